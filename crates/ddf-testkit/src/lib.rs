@@ -1,0 +1,358 @@
+//! Test support for ddf: real `redis-server` and `memcached` processes on free loopback ports.
+//!
+//! Modeled on redis-rs's `redis-test`: each fixture picks a free port on 127.0.0.1, spawns the
+//! server with its log in a temporary directory, polls until it accepts connections (with a
+//! deadline), and on `Drop` kills it and waits for it. One server per test; statics are never
+//! dropped, so never keep a fixture in one.
+//!
+//! Skip policy: when a server binary is missing, [`RedisServer::start`] and
+//! [`MemcachedServer::start`] return `None` after printing a loud message — unless
+//! `DDF_TEST_REQUIRE_SERVERS=1` is set (the README's test command and CI set it), in which case
+//! they panic. A server that is present but fails to start always panics, with its log.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The environment variable that turns a missing server binary from a skip into a failure.
+pub const REQUIRE_SERVERS: &str = "DDF_TEST_REQUIRE_SERVERS";
+
+/// Whether tests must fail rather than skip when a server binary is missing.
+pub fn servers_required() -> bool {
+    std::env::var(REQUIRE_SERVERS).is_ok_and(|v| !v.is_empty() && v != "0")
+}
+
+/// A free TCP port on 127.0.0.1 (bound, then released; the caller binds it next).
+pub fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().expect("local addr").port()
+}
+
+/// Finds an executable on `PATH`.
+pub fn which(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/bin")])
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+/// Reports a missing binary: `None` (skip, loudly) or a panic under [`REQUIRE_SERVERS`].
+fn missing(binary: &str, test_hint: &str) -> Option<std::convert::Infallible> {
+    let msg = format!(
+        "{binary} is not installed: {test_hint} cannot run. Install it (apt-get install -y \
+         redis-server redis-tools memcached) or run the README's test command (scripts/test)."
+    );
+    if servers_required() {
+        panic!("{msg} ({REQUIRE_SERVERS} is set, so this is a failure, not a skip)");
+    }
+    eprintln!("\n!!! SKIPPED: {msg}\n");
+    None
+}
+
+fn is_root() -> bool {
+    // `id -u` avoids libc and unsafe code.
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+/// A spawned server process with its temporary directory and log.
+#[derive(Debug)]
+pub struct ServerProcess {
+    child: Child,
+    /// The port it listens on (127.0.0.1).
+    pub port: u16,
+    dir: tempfile::TempDir,
+    log: PathBuf,
+    name: &'static str,
+}
+
+impl ServerProcess {
+    /// Spawns `cmd` (which logs to `log`) and waits until `ready` answers, at most 10 s.
+    fn spawn(
+        name: &'static str,
+        mut cmd: Command,
+        port: u16,
+        dir: tempfile::TempDir,
+        log: PathBuf,
+        ready: impl Fn(u16) -> bool,
+    ) -> Self {
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(
+                std::fs::File::create(dir.path().join("stdout.log")).unwrap(),
+            ))
+            .stderr(Stdio::from(
+                std::fs::File::create(dir.path().join("stderr.log")).unwrap(),
+            ))
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot spawn {name}: {e}"));
+        let mut server = ServerProcess {
+            child,
+            port,
+            dir,
+            log,
+            name,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if ready(port) {
+                return server;
+            }
+            if let Ok(Some(status)) = server.child.try_wait() {
+                panic!(
+                    "{name} on port {port} exited at start-up ({status}):\n{}",
+                    server.logs()
+                );
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "{name} on port {port} did not answer within 10 s:\n{}",
+                    server.logs()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The server's log, stdout and stderr, for panic messages.
+    pub fn logs(&self) -> String {
+        let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
+        format!(
+            "--- {} log ---\n{}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.name,
+            read(&self.log),
+            read(&self.dir.path().join("stdout.log")),
+            read(&self.dir.path().join("stderr.log"))
+        )
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The temporary directory the server runs in.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// `127.0.0.1:port`.
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// Sends a signal (`STOP`, `CONT`, `KILL`...) with `kill(1)`.
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill -{sig} {} failed", self.child.id());
+    }
+
+    /// Kills the process (SIGKILL) and waits for it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        // A stopped process must be continued to die promptly on some kernels.
+        let _ = Command::new("kill")
+            .arg("-CONT")
+            .arg(self.child.id().to_string())
+            .stderr(Stdio::null())
+            .status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn roundtrip(port: u16, request: &[u8], expect: &[u8]) -> bool {
+    let Ok(mut s) = TcpStream::connect_timeout(
+        &SocketAddr::from(([127, 0, 0, 1], port)),
+        Duration::from_millis(200),
+    ) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+    if s.write_all(request).is_err() {
+        return false;
+    }
+    let mut buf = vec![0u8; expect.len()];
+    s.read_exact(&mut buf).is_ok() && buf == expect
+}
+
+/// A `redis-server` on a free loopback port, with no persistence.
+#[derive(Debug)]
+pub struct RedisServer {
+    /// The process.
+    pub process: ServerProcess,
+}
+
+impl RedisServer {
+    /// Starts a server; `None` (after a loud message) when `redis-server` is not installed and
+    /// servers are not required. Extra arguments are appended to the command line.
+    pub fn start() -> Option<Self> {
+        Self::start_with(&[])
+    }
+
+    /// [`RedisServer::start`] with extra `redis-server` arguments (`["--requirepass", "x"]`).
+    pub fn start_with(extra: &[&str]) -> Option<Self> {
+        let Some(bin) = which("redis-server") else {
+            match missing("redis-server", "this Redis test")? {}
+        };
+        let port = free_port();
+        Some(Self::spawn_on(&bin, port, extra))
+    }
+
+    /// Starts a server on a given port (a restart on the same port after [`ServerProcess::kill`]).
+    pub fn start_on(port: u16, extra: &[&str]) -> Option<Self> {
+        let Some(bin) = which("redis-server") else {
+            match missing("redis-server", "this Redis test")? {}
+        };
+        Some(Self::spawn_on(&bin, port, extra))
+    }
+
+    fn spawn_on(bin: &Path, port: u16, extra: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("redis.log");
+        let mut cmd = Command::new(bin);
+        cmd.args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+            .arg("--dir")
+            .arg(dir.path())
+            .arg("--logfile")
+            .arg(&log)
+            .args(extra);
+        let needs_auth = extra.contains(&"--requirepass");
+        let process = ServerProcess::spawn("redis-server", cmd, port, dir, log, |p| {
+            if needs_auth {
+                // An unauthenticated PING gets -NOAUTH: the server is up.
+                roundtrip(p, b"PING\r\n", b"-NOAUTH")
+            } else {
+                roundtrip(p, b"PING\r\n", b"+PONG\r\n")
+            }
+        });
+        RedisServer { process }
+    }
+
+    /// The port.
+    pub fn port(&self) -> u16 {
+        self.process.port
+    }
+
+    /// `redis://127.0.0.1:port/`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.process.port)
+    }
+}
+
+/// A `memcached` on a free loopback port (`-u root` when run as root).
+#[derive(Debug)]
+pub struct MemcachedServer {
+    /// The process.
+    pub process: ServerProcess,
+}
+
+impl MemcachedServer {
+    /// Starts a server; `None` (after a loud message) when `memcached` is not installed and
+    /// servers are not required.
+    pub fn start() -> Option<Self> {
+        Self::start_with(&[])
+    }
+
+    /// [`MemcachedServer::start`] with extra arguments (`["-I", "2m"]`).
+    pub fn start_with(extra: &[&str]) -> Option<Self> {
+        Self::start_on(free_port(), extra)
+    }
+
+    /// Starts a server on a given port (a restart on the same port).
+    pub fn start_on(port: u16, extra: &[&str]) -> Option<Self> {
+        let Some(bin) = which("memcached") else {
+            match missing("memcached", "this Memcached test")? {}
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("stderr.log");
+        let mut cmd = Command::new(bin);
+        cmd.args([
+            "-l",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-U",
+            "0",
+            "-m",
+            "64",
+        ]);
+        if is_root() {
+            cmd.args(["-u", "root"]);
+        }
+        cmd.args(extra);
+        let process = ServerProcess::spawn("memcached", cmd, port, dir, log, |p| {
+            roundtrip(p, b"version\r\n", b"VERSION ")
+        });
+        Some(MemcachedServer { process })
+    }
+
+    /// The port.
+    pub fn port(&self) -> u16 {
+        self.process.port
+    }
+
+    /// `127.0.0.1:port`.
+    pub fn server(&self) -> String {
+        format!("127.0.0.1:{}", self.process.port)
+    }
+}
+
+/// A Python interpreter with redis-py and pymemcache, for interop tests: `$DDF_TEST_PYTHON`
+/// (the README's test command prepares a virtual environment and sets it), else `None` after a
+/// loud message (a panic under [`REQUIRE_SERVERS`]).
+pub fn python() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("DDF_TEST_PYTHON").filter(|p| !p.is_empty()) {
+        return Some(PathBuf::from(p));
+    }
+    let msg = "DDF_TEST_PYTHON is not set: the Python interop test cannot run. Run the README's \
+               test command (scripts/test), which prepares a virtual environment with redis-py \
+               and pymemcache.";
+    if servers_required() {
+        panic!("{msg} ({REQUIRE_SERVERS} is set, so this is a failure, not a skip)");
+    }
+    eprintln!("\n!!! SKIPPED: {msg}\n");
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_ports_are_bindable() {
+        let p = free_port();
+        TcpListener::bind(("127.0.0.1", p)).unwrap();
+    }
+
+    #[test]
+    fn redis_and_memcached_fixtures_start_and_stop() {
+        if let Some(r) = RedisServer::start() {
+            assert!(roundtrip(r.port(), b"PING\r\n", b"+PONG\r\n"));
+            let port = r.port();
+            drop(r);
+            assert!(!roundtrip(port, b"PING\r\n", b"+PONG\r\n"));
+        }
+        if let Some(m) = MemcachedServer::start() {
+            assert!(roundtrip(m.port(), b"version\r\n", b"VERSION "));
+        }
+    }
+}

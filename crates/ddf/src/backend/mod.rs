@@ -1,0 +1,136 @@
+//! The byte-level backend boundary and the factory that builds a backend from a config.
+//!
+//! A [`Backend`] stores opaque bytes (plus a 32-bit `flags` word that only Memcached keeps on the
+//! server; it carries pymemcache's type flags) under the *user's* keys, inside the namespace it was
+//! built with. Codecs, default TTLs, statistics and `enabled = false` live above it, once, in
+//! [`CacheManager`](crate::CacheManager). The boundary is deliberately narrow and synchronous so
+//! that an async twin, an in-process L1 tier (`Tiered<L1, L2>`) or a fallback wrapper are
+//! additions, not rewrites.
+//!
+//! Key layout (namespace joining, escaping, file names, memcached's key rules) is done in one
+//! place, [`crate::key`]; backends call it rather than joining strings themselves.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::{CacheBackend, CacheConfig};
+use crate::error::{Error, Result};
+
+pub mod file;
+pub mod none;
+
+/// A stored value: the encoded bytes and the flags word.
+///
+/// `flags` follows pymemcache's `python_memcache` serializer convention (see
+/// [`crate::codec::flags`]); backends that cannot store it (Redis) return the flags of the codec
+/// that wrote the value.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct Item {
+    /// The encoded value.
+    pub data: Vec<u8>,
+    /// pymemcache-compatible type flags.
+    pub flags: u32,
+}
+
+impl Item {
+    /// An item from bytes and flags.
+    pub fn new(data: Vec<u8>, flags: u32) -> Self {
+        Item { data, flags }
+    }
+}
+
+impl fmt::Debug for Item {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Item")
+            .field("len", &self.data.len())
+            .field("flags", &self.flags)
+            .finish()
+    }
+}
+
+/// What a backend's health check reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BackendStatus {
+    /// One line a human can read: which server or directory answered, its state.
+    pub detail: String,
+}
+
+/// The byte-level storage trait every backend implements.
+///
+/// Keys are the user's keys; the backend joins them with its namespace through [`crate::key`].
+/// Every method is safe to call from many threads at once.
+///
+/// Batch methods have default implementations in terms of the single-key ones; backends override
+/// them where the protocol has a faster path (MGET, pipelines, memcached multi-get).
+pub trait Backend: Send + Sync + fmt::Debug + 'static {
+    /// The backend's name as in the INI file (`none`, `pickle`, `redis`, ...).
+    fn name(&self) -> &'static str;
+
+    /// Reads a value. `Ok(None)` is a miss (absent or expired).
+    fn get(&self, key: &str) -> Result<Option<Item>>;
+
+    /// Stores a value. `ttl = None` means no expiry. A TTL is never zero (the manager refuses it).
+    fn set(&self, key: &str, item: &Item, ttl: Option<Duration>) -> Result<()>;
+
+    /// Removes a value; `true` if something was removed.
+    fn delete(&self, key: &str) -> Result<bool>;
+
+    /// Removes every key of this namespace that starts with `prefix`, taken literally (no glob or
+    /// regex meaning). Returns the number of keys removed.
+    fn delete_prefix(&self, prefix: &str) -> Result<u64>;
+
+    /// Removes every key of this cache's namespace, and nothing else.
+    fn clear(&self) -> Result<()>;
+
+    /// Checks that the backend answers.
+    fn ping(&self) -> Result<BackendStatus>;
+
+    /// Releases connections and other resources. The backend stays usable: the next call
+    /// reconnects. Also happens on drop.
+    fn close(&self) {}
+
+    /// Reads several values; the result has one entry per key, in order.
+    fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<Item>>> {
+        keys.iter().map(|k| self.get(k)).collect()
+    }
+
+    /// Stores several values with one TTL.
+    fn set_many(&self, items: &[(&str, Item)], ttl: Option<Duration>) -> Result<()> {
+        items.iter().try_for_each(|(k, v)| self.set(k, v, ttl))
+    }
+
+    /// Removes several values; returns how many were removed.
+    fn delete_many(&self, keys: &[&str]) -> Result<u64> {
+        let mut n = 0;
+        for k in keys {
+            n += u64::from(self.delete(k)?);
+        }
+        Ok(n)
+    }
+}
+
+/// Builds the backend a config names.
+///
+/// # Errors
+/// [`Error::Unsupported`] for a backend this version cannot build yet; the backend's own errors
+/// when it cannot be set up (an unusable cache directory, for example).
+pub fn from_config(config: &CacheConfig) -> Result<Arc<dyn Backend>> {
+    match config.backend {
+        CacheBackend::None => Ok(Arc::new(none::NoneBackend)),
+        CacheBackend::Pickle => Ok(Arc::new(file::FileBackend::open(
+            config.pickle_dir(),
+            &config.namespace,
+        )?)),
+        other @ (CacheBackend::Redis
+        | CacheBackend::RedisPickle
+        | CacheBackend::Memcached
+        | CacheBackend::MemcachedPickle) => Err(Error::Unsupported {
+            backend: other.as_str().to_owned(),
+            reason: "this version of ddf does not include it yet; use `backend = pickle` \
+                     (a local cache directory) or `backend = none`"
+                .to_owned(),
+        }),
+    }
+}

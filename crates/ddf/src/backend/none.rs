@@ -1,0 +1,36 @@
+//! `backend = none`: stores nothing. Every get misses; writes succeed and are dropped.
+
+use std::time::Duration;
+
+use super::{Backend, BackendStatus, Item};
+use crate::error::Result;
+
+/// The backend that stores nothing.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoneBackend;
+
+impl Backend for NoneBackend {
+    fn name(&self) -> &'static str {
+        "none"
+    }
+    fn get(&self, _key: &str) -> Result<Option<Item>> {
+        Ok(None)
+    }
+    fn set(&self, _key: &str, _item: &Item, _ttl: Option<Duration>) -> Result<()> {
+        Ok(())
+    }
+    fn delete(&self, _key: &str) -> Result<bool> {
+        Ok(false)
+    }
+    fn delete_prefix(&self, _prefix: &str) -> Result<u64> {
+        Ok(0)
+    }
+    fn clear(&self) -> Result<()> {
+        Ok(())
+    }
+    fn ping(&self) -> Result<BackendStatus> {
+        Ok(BackendStatus {
+            detail: "no cache (backend = none)".to_owned(),
+        })
+    }
+}

@@ -1,0 +1,416 @@
+//! A small INI reader that follows Python's `configparser.ConfigParser` (3.11) rules.
+//!
+//! Written by hand because no maintained crate matches Python's semantics (NOTES.md §3): the
+//! `configparser` crate strips inline comments, lowercases section names and accepts duplicate
+//! keys silently; `rust-ini` interprets backslashes (`C:\temp` becomes a tab) and reports errors at
+//! the end of the file. The Python DDF and ddf read the same `ddf.ini`, so they must agree on
+//! every value. The rules kept here, as in CPython's `RawConfigParser._read`:
+//!
+//! - a line whose stripped text starts with `#` or `;` is a comment; inline `;`/`#` text is part of
+//!   the value;
+//! - `[name]` starts a section; section names keep their case; `[DEFAULT]` values are inherited by
+//!   every section;
+//! - `key = value` or `key: value` (the first `=` or `:` splits); keys are lowercased; surrounding
+//!   white space is stripped;
+//! - a line indented deeper than its key's line continues the value (joined with `\n`); empty
+//!   lines inside a value are kept, trailing ones dropped;
+//! - a key before the first section, a line with no delimiter, an empty key, a duplicate section or
+//!   a duplicate key in one section is an error with its line number;
+//! - values are interpolated as by `BasicInterpolation`: `%%` is a literal `%`, `%(name)s` is the
+//!   value of `name` in the same section (or `[DEFAULT]`), any other `%` is an error.
+
+use std::collections::HashMap;
+
+/// One `key = value` of a section, with the line it starts on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// The lowercased key.
+    pub key: String,
+    /// The raw value (continuation lines joined, not yet interpolated).
+    pub raw: String,
+    /// The 1-based line of the key.
+    pub line: usize,
+}
+
+/// A parsed INI document.
+#[derive(Debug, Default, Clone)]
+pub struct Ini {
+    /// `[DEFAULT]` entries.
+    defaults: Vec<Entry>,
+    /// Sections in file order, each with its entries in file order.
+    sections: Vec<(String, Vec<Entry>)>,
+}
+
+/// An INI syntax error: the line (1-based) and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IniError {
+    /// The 1-based line.
+    pub line: usize,
+    /// What is wrong.
+    pub message: String,
+}
+
+const DEFAULT_SECTION: &str = "DEFAULT";
+
+impl Ini {
+    /// Parses INI text.
+    pub fn parse(text: &str) -> Result<Ini, IniError> {
+        let mut ini = Ini::default();
+        // Where entries go: None before the first section, Some(None) for DEFAULT,
+        // Some(Some(i)) for sections[i].
+        let mut cursect: Option<Option<usize>> = None;
+        let mut in_value = false; // the last key line can take continuation lines
+        let mut indent_level = usize::MAX;
+        let mut seen_sections: Vec<String> = Vec::new();
+
+        // configparser reads lines with their terminators and strips them; `str::lines` splits on
+        // \n and \r\n, which is what Python's universal newlines give for files.
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+        for (idx, line) in text.lines().enumerate() {
+            let lineno = idx + 1;
+            let stripped = line.trim();
+            let is_comment = stripped.starts_with('#') || stripped.starts_with(';');
+            if stripped.is_empty() || is_comment {
+                if !is_comment
+                    && in_value
+                    && let Some(e) = current_entry(&mut ini, cursect)
+                {
+                    e.raw.push('\n');
+                }
+                continue;
+            }
+            let cur_indent = line.len() - line.trim_start().len();
+            if cursect.is_some() && in_value && cur_indent > indent_level {
+                if let Some(e) = current_entry(&mut ini, cursect) {
+                    e.raw.push('\n');
+                    e.raw.push_str(stripped);
+                }
+                continue;
+            }
+            indent_level = cur_indent;
+            if let Some(name) = section_header(stripped) {
+                in_value = false;
+                if name == DEFAULT_SECTION {
+                    cursect = Some(None);
+                    continue;
+                }
+                if seen_sections.iter().any(|s| s == name) {
+                    return Err(IniError {
+                        line: lineno,
+                        message: format!("section [{name}] appears twice"),
+                    });
+                }
+                seen_sections.push(name.to_owned());
+                ini.sections.push((name.to_owned(), Vec::new()));
+                cursect = Some(Some(ini.sections.len() - 1));
+                continue;
+            }
+            let Some(sect) = cursect else {
+                return Err(IniError {
+                    line: lineno,
+                    message: format!(
+                        "{stripped:?} stands before the first section header (e.g. [cache])"
+                    ),
+                });
+            };
+            let Some(pos) = stripped.find(['=', ':']) else {
+                return Err(IniError {
+                    line: lineno,
+                    message: format!("{stripped:?} is not `key = value`, a [section] or a comment"),
+                });
+            };
+            let key = stripped[..pos].trim_end().to_lowercase();
+            if key.is_empty() {
+                return Err(IniError {
+                    line: lineno,
+                    message: format!(
+                        "{stripped:?} has no key before the `{}`",
+                        &stripped[pos..=pos]
+                    ),
+                });
+            }
+            let value = stripped[pos + 1..].trim().to_owned();
+            let (name, entries) = match sect {
+                None => (DEFAULT_SECTION, &mut ini.defaults),
+                Some(i) => {
+                    let (n, v) = &mut ini.sections[i];
+                    (n.as_str(), v)
+                }
+            };
+            if let Some(prev) = entries.iter().find(|e| e.key == key) {
+                return Err(IniError {
+                    line: lineno,
+                    message: format!(
+                        "key {key:?} appears twice in [{name}] (first on line {})",
+                        prev.line
+                    ),
+                });
+            }
+            entries.push(Entry {
+                key,
+                raw: value,
+                line: lineno,
+            });
+            in_value = true;
+        }
+        // configparser strips trailing white space (the empty lines) of joined values.
+        for e in ini
+            .defaults
+            .iter_mut()
+            .chain(ini.sections.iter_mut().flat_map(|(_, v)| v.iter_mut()))
+        {
+            let t = e.raw.trim_end().len();
+            e.raw.truncate(t);
+        }
+        Ok(ini)
+    }
+
+    /// Whether the document has a section of this exact name.
+    pub fn has_section(&self, name: &str) -> bool {
+        self.sections.iter().any(|(n, _)| n == name)
+    }
+
+    /// The section names, in file order.
+    pub fn section_names(&self) -> impl Iterator<Item = &str> {
+        self.sections.iter().map(|(n, _)| n.as_str())
+    }
+
+    /// The entries of a section (its own, then the `[DEFAULT]` ones it does not override), with
+    /// values interpolated.
+    pub fn section(&self, name: &str) -> Result<Vec<Entry>, IniError> {
+        let own: &[Entry] = self
+            .sections
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_slice())
+            .unwrap_or(&[]);
+        let mut all: Vec<&Entry> = own.iter().collect();
+        for d in &self.defaults {
+            if !own.iter().any(|e| e.key == d.key) {
+                all.push(d);
+            }
+        }
+        let lookup: HashMap<&str, &Entry> = all.iter().map(|e| (e.key.as_str(), *e)).collect();
+        all.iter()
+            .map(|e| {
+                Ok(Entry {
+                    key: e.key.clone(),
+                    raw: interpolate(&e.raw, e.line, &lookup, 1)?,
+                    line: e.line,
+                })
+            })
+            .collect()
+    }
+}
+
+fn current_entry(ini: &mut Ini, cursect: Option<Option<usize>>) -> Option<&mut Entry> {
+    match cursect? {
+        None => ini.defaults.last_mut(),
+        Some(i) => ini.sections[i].1.last_mut(),
+    }
+}
+
+/// `\[(?P<header>.+)\]` matched at the start of the stripped line (not anchored at the end):
+/// the header runs to the last `]`.
+fn section_header(stripped: &str) -> Option<&str> {
+    let rest = stripped.strip_prefix('[')?;
+    let end = rest.rfind(']')?;
+    (end > 0).then(|| &rest[..end])
+}
+
+const MAX_INTERPOLATION_DEPTH: usize = 10;
+
+fn interpolate(
+    raw: &str,
+    line: usize,
+    lookup: &HashMap<&str, &Entry>,
+    depth: usize,
+) -> Result<String, IniError> {
+    if depth > MAX_INTERPOLATION_DEPTH {
+        return Err(IniError {
+            line,
+            message: format!(
+                "value references nest deeper than {MAX_INTERPOLATION_DEPTH} levels (a loop of %(name)s?)"
+            ),
+        });
+    }
+    let mut out = String::with_capacity(raw.len());
+    let mut rest = raw;
+    while let Some(pos) = rest.find('%') {
+        out.push_str(&rest[..pos]);
+        rest = &rest[pos..];
+        if let Some(r) = rest.strip_prefix("%%") {
+            out.push('%');
+            rest = r;
+        } else if let Some(r) = rest.strip_prefix("%(") {
+            let Some(close) = r.find(")s") else {
+                return Err(IniError {
+                    line,
+                    message: format!("bad interpolation syntax in {raw:?}: `%(` needs `name)s`"),
+                });
+            };
+            let name = r[..close].to_lowercase();
+            let Some(target) = lookup.get(name.as_str()) else {
+                return Err(IniError {
+                    line,
+                    message: format!(
+                        "{raw:?} refers to %({name})s, which is not set in this section"
+                    ),
+                });
+            };
+            out.push_str(&interpolate(&target.raw, line, lookup, depth + 1)?);
+            rest = &r[close + 2..];
+        } else {
+            return Err(IniError {
+                line,
+                message: format!(
+                    "'%' must be followed by '%' or '(' in {raw:?} (write %% for a literal %, as Python's configparser requires)"
+                ),
+            });
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cache(text: &str) -> Vec<(String, String)> {
+        Ini::parse(text)
+            .unwrap()
+            .section("cache")
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.key, e.raw))
+            .collect()
+    }
+
+    fn err(text: &str) -> IniError {
+        match Ini::parse(text) {
+            Err(e) => e,
+            Ok(ini) => ini.section("cache").unwrap_err(),
+        }
+    }
+
+    #[test]
+    fn inline_comment_characters_are_part_of_the_value() {
+        assert_eq!(
+            cache("[cache]\nredis_password = se;cr#et ; not a comment\n"),
+            vec![("redis_password".into(), "se;cr#et ; not a comment".into())]
+        );
+    }
+
+    #[test]
+    fn keys_are_lowercased_sections_are_not() {
+        let ini = Ini::parse("[Cache]\nBackend = redis\n").unwrap();
+        assert!(ini.has_section("Cache"));
+        assert!(!ini.has_section("cache"));
+        assert_eq!(ini.section("Cache").unwrap()[0].key, "backend");
+    }
+
+    #[test]
+    fn colon_and_equals_both_delimit_and_the_first_wins() {
+        assert_eq!(
+            cache("[cache]\nredis_url: redis://h:1/0\nx = a:b\n"),
+            vec![
+                ("redis_url".into(), "redis://h:1/0".into()),
+                ("x".into(), "a:b".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn backslashes_are_kept() {
+        assert_eq!(
+            cache("[cache]\npickle_dir = C:\\temp\\new\n")[0].1,
+            "C:\\temp\\new"
+        );
+    }
+
+    #[test]
+    fn continuation_lines_join_with_newlines() {
+        assert_eq!(
+            cache("[cache]\nmemcached_servers = a:1,\n    b:2\n\n  c:3\n\nttl = 5\n"),
+            vec![
+                ("memcached_servers".into(), "a:1,\nb:2\n\nc:3".into()),
+                ("ttl".into(), "5".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn comment_lines_inside_values_are_skipped() {
+        assert_eq!(
+            cache("[cache]\nx = a\n  # note\n  b\n")[0].1,
+            "a\nb".to_string()
+        );
+    }
+
+    #[test]
+    fn errors_carry_line_numbers() {
+        let e = err("ttl = 5\n[cache]\n");
+        assert_eq!(e.line, 1);
+        assert!(
+            e.message.contains("before the first section"),
+            "{}",
+            e.message
+        );
+
+        let e = err("[cache]\nttl = 5\n\nTTL = 6\n");
+        assert_eq!(e.line, 4);
+        assert!(e.message.contains("first on line 2"), "{}", e.message);
+
+        let e = err("[cache]\n[other]\n[cache]\n");
+        assert_eq!(e.line, 3);
+
+        let e = err("[cache]\njust words\n");
+        assert_eq!(e.line, 2);
+
+        let e = err("[cache]\n = 5\n");
+        assert_eq!(e.line, 2);
+    }
+
+    #[test]
+    fn defaults_are_inherited_and_overridable() {
+        assert_eq!(
+            cache("[DEFAULT]\nttl = 5\nenabled = yes\n[cache]\nttl = 7\n"),
+            vec![("ttl".into(), "7".into()), ("enabled".into(), "yes".into())]
+        );
+    }
+
+    #[test]
+    fn basic_interpolation() {
+        assert_eq!(
+            cache("[cache]\nbase = /srv\npickle_dir = %(base)s/cache\np = 100%%\n"),
+            vec![
+                ("base".into(), "/srv".into()),
+                ("pickle_dir".into(), "/srv/cache".into()),
+                ("p".into(), "100%".into())
+            ]
+        );
+        let e = err("[cache]\np = 100%\n");
+        assert_eq!(e.line, 2);
+        assert!(e.message.contains("%%"), "{}", e.message);
+        let e = err("[cache]\na = %(b)s\nb = %(a)s\n");
+        assert!(e.message.contains("deeper"), "{}", e.message);
+        let e = err("[cache]\na = %(nope)s\n");
+        assert!(e.message.contains("nope"), "{}", e.message);
+    }
+
+    #[test]
+    fn section_header_runs_to_the_last_bracket() {
+        assert_eq!(section_header("[a]b]"), Some("a]b"));
+        assert_eq!(section_header("[cache] trailing"), Some("cache"));
+        assert_eq!(section_header("[]"), None);
+    }
+
+    #[test]
+    fn crlf_and_bom_are_accepted() {
+        assert_eq!(
+            cache("\u{feff}[cache]\r\nttl = 5\r\n"),
+            vec![("ttl".into(), "5".into())]
+        );
+    }
+}

@@ -1,0 +1,1124 @@
+//! [`CacheConfig`] and [`CacheBackend`]: what the `[cache]` section of `ddf.ini` says.
+//!
+//! Sources, lowest to highest: built-in defaults, the INI file, the environment, calls in code.
+//! Parsing is pure: [`CacheConfig::from_ini_str`] reads text, [`CacheConfig::with_env`] reads
+//! `(name, value)` pairs; only [`CacheConfig::load`] touches the file system and `std::env`.
+//!
+//! The environment variables are `DDF_CACHE_<KEY>` for every key (`DDF_CACHE_BACKEND`,
+//! `DDF_CACHE_TTL`, ...) and the Python DDF's `REDIS_HOST`, `REDIS_PORT`, `REDIS_PASSWORD` and
+//! `REDIS_DB`; when both name one key, `DDF_CACHE_<KEY>` wins.
+
+mod ini;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+pub use ini::{Entry as IniEntry, Ini, IniError};
+
+use crate::error::{Error, Result, Source};
+
+/// The INI section ddf reads.
+pub const SECTION: &str = "cache";
+
+/// The available cache backends, with the Python DDF's names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum CacheBackend {
+    /// No caching: every get misses, writes are dropped.
+    None,
+    /// A local cache directory (`pickle_dir`), values as Python pickles. The default.
+    #[default]
+    Pickle,
+    /// Memcached with JSON values.
+    Memcached,
+    /// Memcached with pickle values.
+    MemcachedPickle,
+    /// Redis with JSON values.
+    Redis,
+    /// Redis with pickle values.
+    RedisPickle,
+}
+
+impl CacheBackend {
+    /// Every backend, in the order the documentation lists them.
+    pub const ALL: [CacheBackend; 6] = [
+        CacheBackend::None,
+        CacheBackend::Pickle,
+        CacheBackend::Redis,
+        CacheBackend::RedisPickle,
+        CacheBackend::Memcached,
+        CacheBackend::MemcachedPickle,
+    ];
+
+    /// The INI name (`none`, `pickle`, `redis`, `redis_pickle`, `memcached`, `memcached_pickle`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheBackend::None => "none",
+            CacheBackend::Pickle => "pickle",
+            CacheBackend::Memcached => "memcached",
+            CacheBackend::MemcachedPickle => "memcached_pickle",
+            CacheBackend::Redis => "redis",
+            CacheBackend::RedisPickle => "redis_pickle",
+        }
+    }
+
+    /// The valid names, comma-separated, for error messages.
+    pub fn names() -> String {
+        Self::ALL.map(Self::as_str).join(", ")
+    }
+}
+
+impl fmt::Display for CacheBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The error of parsing a [`CacheBackend`] name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownBackend(pub String);
+
+impl fmt::Display for UnknownBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{:?} is not a backend; allowed: {}",
+            self.0,
+            CacheBackend::names()
+        )
+    }
+}
+
+impl std::error::Error for UnknownBackend {}
+
+impl FromStr for CacheBackend {
+    type Err = UnknownBackend;
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        let t = s.trim();
+        Self::ALL
+            .into_iter()
+            .find(|b| b.as_str().eq_ignore_ascii_case(t))
+            .ok_or_else(|| UnknownBackend(s.to_owned()))
+    }
+}
+
+/// A `host:port` server address.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ServerAddr {
+    /// Host name or IP address (IPv6 without brackets).
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+}
+
+impl ServerAddr {
+    /// Parses `host:port`, `host` (with `default_port`), `[v6]:port` or `[v6]`.
+    pub fn parse(s: &str, default_port: u16) -> std::result::Result<Self, String> {
+        let s = s.trim();
+        let bad = || format!("{s:?} is not host:port (port 1-65535)");
+        let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+            let (h, after) = rest.split_once(']').ok_or_else(bad)?;
+            match after.strip_prefix(':') {
+                Some(p) => (h, Some(p)),
+                None if after.is_empty() => (h, None),
+                None => return Err(bad()),
+            }
+        } else {
+            match s.rsplit_once(':') {
+                Some((h, p)) if !h.contains(':') => (h, Some(p)),
+                Some(_) => return Err(format!("{s:?}: write IPv6 addresses as [addr]:port")),
+                None => (s, None),
+            }
+        };
+        if host.is_empty() || host.chars().any(|c| c.is_whitespace() || c == ',') {
+            return Err(bad());
+        }
+        let port = match port {
+            None => default_port,
+            Some(p) => match p.parse::<u16>() {
+                Ok(p) if p > 0 => p,
+                _ => return Err(bad()),
+            },
+        };
+        Ok(ServerAddr {
+            host: host.to_owned(),
+            port,
+        })
+    }
+}
+
+impl fmt::Display for ServerAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// A secret string (a password, a URL with credentials). `Debug` and `Display` print
+/// `<redacted>`; [`Secret::expose`] gives the text to the code that needs it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret.
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+    /// The secret text.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// Configuration of a cache: the `[cache]` section of `ddf.ini`.
+///
+/// Build one with [`CacheConfig::default`], [`CacheConfig::from_ini_str`] or
+/// [`CacheConfig::load`], then adjust it with the `with_*` methods (calls in code win over every
+/// other source).
+///
+/// ```
+/// use ddf::{CacheBackend, CacheConfig};
+/// let config = CacheConfig::from_ini_str("[cache]\nbackend = none\nttl = 60\n")?
+///     .with_namespace("myapp:");
+/// assert_eq!(config.backend, CacheBackend::None);
+/// assert_eq!(config.ttl, Some(std::time::Duration::from_secs(60)));
+/// # Ok::<(), ddf::Error>(())
+/// ```
+#[derive(Clone, PartialEq)]
+#[non_exhaustive]
+pub struct CacheConfig {
+    /// Which backend stores the values (`backend`, default `pickle`).
+    pub backend: CacheBackend,
+    /// `enabled` (default `true`): when false every get misses and writes do nothing.
+    pub enabled: bool,
+    /// `ttl`: the default expiry of a `set` without one; `None` (empty) means no expiry.
+    pub ttl: Option<Duration>,
+    /// `namespace` (default `ddf:`): the prefix that scopes this cache's keys. May be empty.
+    pub namespace: String,
+    /// `pickle_dir`: the cache directory of the file backend; `None` means the user's cache
+    /// directory (`$XDG_CACHE_HOME/ddf`, else `~/.cache/ddf`).
+    pub pickle_dir: Option<PathBuf>,
+    /// `redis_host` (default `localhost`).
+    pub redis_host: String,
+    /// `redis_port` (default 6379).
+    pub redis_port: u16,
+    /// `redis_password` (default none).
+    pub redis_password: Option<Secret>,
+    /// `redis_db` (default 0).
+    pub redis_db: u32,
+    /// `redis_url` (`redis://`, `rediss://`, `unix://`): when set, wins over host/port/db.
+    pub redis_url: Option<Secret>,
+    /// `redis_ca_file`: a PEM CA bundle to verify a `rediss://` server.
+    pub redis_ca_file: Option<PathBuf>,
+    /// `redis_cluster_nodes` (`host:port, ...`): when set, Redis is used as a Cluster.
+    pub redis_cluster_nodes: Vec<ServerAddr>,
+    /// `memcached_servers` (`host:port, host:port`; default `localhost:11211`).
+    pub memcached_servers: Vec<ServerAddr>,
+    /// `connect_timeout` in seconds (default 1).
+    pub connect_timeout: Duration,
+    /// `timeout`: the per-operation timeout in seconds (default 2).
+    pub timeout: Duration,
+    /// Where each key's value came from.
+    sources: BTreeMap<&'static str, Source>,
+    /// The file the INI text came from, if any.
+    file: Option<PathBuf>,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            backend: CacheBackend::Pickle,
+            enabled: true,
+            ttl: None,
+            namespace: "ddf:".to_owned(),
+            pickle_dir: None,
+            redis_host: "localhost".to_owned(),
+            redis_port: 6379,
+            redis_password: None,
+            redis_db: 0,
+            redis_url: None,
+            redis_ca_file: None,
+            redis_cluster_nodes: Vec::new(),
+            memcached_servers: vec![ServerAddr {
+                host: "localhost".to_owned(),
+                port: 11211,
+            }],
+            connect_timeout: Duration::from_secs(1),
+            timeout: Duration::from_secs(2),
+            sources: BTreeMap::new(),
+            file: None,
+        }
+    }
+}
+
+impl fmt::Debug for CacheConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("CacheConfig");
+        for spec in KEYS {
+            d.field(spec.name, &(spec.show)(self));
+        }
+        d.finish()
+    }
+}
+
+/// One configuration key: its name, how to parse it into a config, how to show it.
+struct KeySpec {
+    name: &'static str,
+    /// Extra environment variables (the Python DDF's), lower precedence than `DDF_CACHE_<KEY>`.
+    legacy_env: Option<&'static str>,
+    secret: bool,
+    /// Parses the value into the config; the error says what is allowed.
+    apply: fn(&mut CacheConfig, &str) -> std::result::Result<(), String>,
+    /// Shows the current value (secrets redacted).
+    show: fn(&CacheConfig) -> String,
+    /// One line for the documentation.
+    doc: &'static str,
+}
+
+fn parse_bool(v: &str) -> std::result::Result<bool, String> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "1" | "yes" | "true" | "on" => Ok(true),
+        "0" | "no" | "false" | "off" => Ok(false),
+        _ => Err("allowed: true/false, yes/no, on/off, 1/0".to_owned()),
+    }
+}
+
+fn parse_secs(v: &str, what: &str) -> std::result::Result<Duration, String> {
+    let t = v.trim();
+    let secs: f64 = t
+        .parse()
+        .map_err(|_| format!("{what} must be a number of seconds greater than 0"))?;
+    if !(secs.is_finite() && secs > 0.0 && secs <= 86_400.0 * 365.0) {
+        return Err(format!(
+            "{what} must be a number of seconds greater than 0 (and at most a year)"
+        ));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn parse_servers(v: &str, what: &str) -> std::result::Result<Vec<ServerAddr>, String> {
+    let list: Vec<&str> = v
+        .split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|s| !s.is_empty())
+        .collect();
+    if list.is_empty() {
+        return Err(format!("{what} needs at least one host:port"));
+    }
+    let default_port = if what == "memcached_servers" {
+        11211
+    } else {
+        6379
+    };
+    list.iter()
+        .map(|s| ServerAddr::parse(s, default_port))
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| format!("{e}; expected `host:port, host:port`"))
+}
+
+fn show_list(v: &[ServerAddr]) -> String {
+    v.iter()
+        .map(|s| s.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn show_opt_path(p: &Option<PathBuf>) -> String {
+    p.as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default()
+}
+
+const KEYS: &[KeySpec] = &[
+    KeySpec {
+        name: "backend",
+        legacy_env: None,
+        secret: false,
+        apply: |c, v| {
+            c.backend = v
+                .parse()
+                .map_err(|_| format!("allowed: {}", CacheBackend::names()))?;
+            Ok(())
+        },
+        show: |c| c.backend.to_string(),
+        doc: "none, pickle (a local cache directory), redis, redis_pickle, memcached, memcached_pickle",
+    },
+    KeySpec {
+        name: "enabled",
+        legacy_env: None,
+        secret: false,
+        apply: |c, v| {
+            c.enabled = parse_bool(v)?;
+            Ok(())
+        },
+        show: |c| c.enabled.to_string(),
+        doc: "false turns every get into a miss and every write into a no-op",
+    },
+    KeySpec {
+        name: "ttl",
+        legacy_env: None,
+        secret: false,
+        apply: |c, v| {
+            let t = v.trim();
+            c.ttl = if t.is_empty() {
+                None
+            } else {
+                match t.parse::<u64>() {
+                    Ok(n) if n > 0 => Some(Duration::from_secs(n)),
+                    _ => {
+                        return Err(
+                            "allowed: a whole number of seconds of at least 1, or empty for no expiry"
+                                .to_owned(),
+                        );
+                    }
+                }
+            };
+            Ok(())
+        },
+        show: |c| c.ttl.map(|d| d.as_secs().to_string()).unwrap_or_default(),
+        doc: "default expiry in seconds; empty means no expiry",
+    },
+    KeySpec {
+        name: "namespace",
+        legacy_env: None,
+        secret: false,
+        apply: |c, v| {
+            if v.len() > 128 || v.chars().any(char::is_control) {
+                return Err("allowed: at most 128 bytes without control characters".to_owned());
+            }
+            c.namespace = v.to_owned();
+            Ok(())
+        },
+        show: |c| c.namespace.clone(),
+        doc: "prefix that scopes this cache's keys on shared servers and directories; may be empty",
+    },
+    KeySpec {
+        name: "pickle_dir",
+        legacy_env: None,
+        secret: false,
+        apply: |c, v| {
+            let t = v.trim();
+            c.pickle_dir = (!t.is_empty()).then(|| PathBuf::from(t));
+            Ok(())
+        },
+        show: |c| show_opt_path(&c.pickle_dir),
+        doc: "cache directory of the pickle backend; empty means $XDG_CACHE_HOME/ddf or ~/.cache/ddf",
+    },
+    KeySpec {
+        name: "redis_host",
+        legacy_env: Some("REDIS_HOST"),
+        secret: false,
+        apply: |c, v| {
+            let t = v.trim();
+            if t.is_empty() || t.chars().any(char::is_whitespace) {
+                return Err("allowed: a host name or IP address".to_owned());
+            }
+            c.redis_host = t.to_owned();
+            Ok(())
+        },
+        show: |c| c.redis_host.clone(),
+        doc: "Redis host",
+    },
+    KeySpec {
+        name: "redis_port",
+        legacy_env: Some("REDIS_PORT"),
+        secret: false,
+        apply: |c, v| {
+            c.redis_port = match v.trim().parse::<u16>() {
+                Ok(p) if p > 0 => p,
+                _ => return Err("allowed: a port number from 1 to 65535".to_owned()),
+            };
+            Ok(())
+        },
+        show: |c| c.redis_port.to_string(),
+        doc: "Redis port",
+    },
+    KeySpec {
+        name: "redis_password",
+        legacy_env: Some("REDIS_PASSWORD"),
+        secret: true,
+        apply: |c, v| {
+            c.redis_password = (!v.is_empty()).then(|| Secret::new(v));
+            Ok(())
+        },
+        show: |c| {
+            c.redis_password
+                .as_ref()
+                .map(|_| "<redacted>".to_owned())
+                .unwrap_or_default()
+        },
+        doc: "Redis password (AUTH); empty means none",
+    },
+    KeySpec {
+        name: "redis_db",
+        legacy_env: Some("REDIS_DB"),
+        secret: false,
+        apply: |c, v| {
+            c.redis_db = v
+                .trim()
+                .parse::<u32>()
+                .map_err(|_| "allowed: a database number (0, 1, ...)".to_owned())?;
+            Ok(())
+        },
+        show: |c| c.redis_db.to_string(),
+        doc: "Redis database number",
+    },
+    KeySpec {
+        name: "redis_url",
+        legacy_env: None,
+        secret: true,
+        apply: |c, v| {
+            let t = v.trim();
+            if t.is_empty() {
+                c.redis_url = None;
+                return Ok(());
+            }
+            if !["redis://", "rediss://", "unix://", "redis+unix://"]
+                .iter()
+                .any(|s| t.starts_with(s))
+            {
+                return Err("allowed: a redis://, rediss:// (TLS) or unix:// URL".to_owned());
+            }
+            c.redis_url = Some(Secret::new(t));
+            Ok(())
+        },
+        show: |c| {
+            c.redis_url
+                .as_ref()
+                .map(|u| redact_url(u.expose()))
+                .unwrap_or_default()
+        },
+        doc: "Redis URL (redis://, rediss:// for TLS, unix://); wins over host, port, db",
+    },
+    KeySpec {
+        name: "redis_ca_file",
+        legacy_env: None,
+        secret: false,
+        apply: |c, v| {
+            let t = v.trim();
+            c.redis_ca_file = (!t.is_empty()).then(|| PathBuf::from(t));
+            Ok(())
+        },
+        show: |c| show_opt_path(&c.redis_ca_file),
+        doc: "PEM file of the CA that signed the Redis server's TLS certificate",
+    },
+    KeySpec {
+        name: "redis_cluster_nodes",
+        legacy_env: None,
+        secret: false,
+        apply: |c, v| {
+            c.redis_cluster_nodes = if v.trim().is_empty() {
+                Vec::new()
+            } else {
+                parse_servers(v, "redis_cluster_nodes")?
+            };
+            Ok(())
+        },
+        show: |c| show_list(&c.redis_cluster_nodes),
+        doc: "host:port of some Redis Cluster nodes; when set, Redis is used as a Cluster",
+    },
+    KeySpec {
+        name: "memcached_servers",
+        legacy_env: None,
+        secret: false,
+        apply: |c, v| {
+            c.memcached_servers = parse_servers(v, "memcached_servers")?;
+            Ok(())
+        },
+        show: |c| show_list(&c.memcached_servers),
+        doc: "Memcached servers, host:port separated by commas (port defaults to 11211)",
+    },
+    KeySpec {
+        name: "connect_timeout",
+        legacy_env: None,
+        secret: false,
+        apply: |c, v| {
+            c.connect_timeout = parse_secs(v, "connect_timeout")?;
+            Ok(())
+        },
+        show: |c| format!("{}", c.connect_timeout.as_secs_f64()),
+        doc: "seconds to wait for a server connection",
+    },
+    KeySpec {
+        name: "timeout",
+        legacy_env: None,
+        secret: false,
+        apply: |c, v| {
+            c.timeout = parse_secs(v, "timeout")?;
+            Ok(())
+        },
+        show: |c| format!("{}", c.timeout.as_secs_f64()),
+        doc: "seconds to wait for one server operation",
+    },
+];
+
+/// `redis://user:pass@host` -> `redis://<redacted>@host`.
+fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}<redacted>{}", &url[..s + 3], &url[at..]),
+        _ => url.to_owned(),
+    }
+}
+
+fn spec(name: &str) -> Option<&'static KeySpec> {
+    KEYS.iter().find(|k| k.name == name)
+}
+
+fn known_keys() -> String {
+    KEYS.iter().map(|k| k.name).collect::<Vec<_>>().join(", ")
+}
+
+/// One row of [`CacheConfig::describe`]: a key, its shown value and where it came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ConfigRow {
+    /// The INI key.
+    pub key: &'static str,
+    /// The value as the INI file would spell it; secrets print as `<redacted>`.
+    pub value: String,
+    /// Where the value came from.
+    pub source: Source,
+    /// The key's environment variable(s).
+    pub env: String,
+    /// What the key means.
+    pub doc: &'static str,
+}
+
+impl CacheConfig {
+    /// Reads INI text (Python configparser rules) over the defaults. Only the `[cache]` section
+    /// (and `[DEFAULT]`) is read; other sections are left to the application.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the line, the key, the value and what is allowed, for a syntax
+    /// error, a bad value or an unknown key in `[cache]`.
+    pub fn from_ini_str(text: &str) -> Result<Self> {
+        CacheConfig::default().apply_ini(text, None)
+    }
+
+    /// Reads an INI file over the defaults (see [`CacheConfig::from_ini_str`]).
+    ///
+    /// # Errors
+    /// [`Error::ConfigFile`] when the file cannot be read; [`Error::Config`] as for
+    /// [`CacheConfig::from_ini_str`], naming the file.
+    pub fn from_ini_file(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|source| Error::ConfigFile {
+            path: path.to_owned(),
+            source,
+        })?;
+        CacheConfig::default().apply_ini(&text, Some(path))
+    }
+
+    fn apply_ini(mut self, text: &str, path: Option<&Path>) -> Result<Self> {
+        let src = |line| Source::Ini {
+            path: path.map(Path::to_owned),
+            line,
+        };
+        let doc = Ini::parse(text).map_err(|e| Error::config(src(e.line), e.message))?;
+        let entries = doc
+            .section(SECTION)
+            .map_err(|e| Error::config(src(e.line), e.message))?;
+        for e in entries {
+            let Some(spec) = spec(&e.key) else {
+                return Err(Error::config(
+                    src(e.line),
+                    format!(
+                        "unknown key {:?} in [{SECTION}]; known keys: {}",
+                        e.key,
+                        known_keys()
+                    ),
+                ));
+            };
+            self.set_key(spec, &e.raw, src(e.line))?;
+        }
+        if path.is_some() {
+            self.file = path.map(Path::to_owned);
+        }
+        Ok(self)
+    }
+
+    fn set_key(&mut self, spec: &'static KeySpec, value: &str, source: Source) -> Result<()> {
+        (spec.apply)(self, value).map_err(|allowed| {
+            let shown = if spec.secret {
+                "<redacted>".to_owned()
+            } else {
+                format!("{value:?}")
+            };
+            Error::config(
+                source.clone(),
+                format!("{} = {shown} is not valid: {allowed}", spec.name),
+            )
+        })?;
+        self.sources.insert(spec.name, source);
+        Ok(())
+    }
+
+    /// Applies environment overrides from `(name, value)` pairs: `DDF_CACHE_<KEY>` for every key,
+    /// and the Python DDF's `REDIS_HOST`, `REDIS_PORT`, `REDIS_PASSWORD`, `REDIS_DB` (a
+    /// `DDF_CACHE_` variable for the same key wins). Other variables are ignored, except an
+    /// unknown `DDF_CACHE_*` name, which is an error (a typo would otherwise go unnoticed).
+    ///
+    /// Pure: pass `std::env::vars()` or a test's own pairs.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the variable, its value (redacted for secrets) and what is allowed.
+    pub fn with_env<I, K, V>(mut self, vars: I) -> Result<Self>
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: AsRef<str>,
+        V: AsRef<str>,
+    {
+        let mut legacy = Vec::new();
+        let mut ours = Vec::new();
+        for (k, v) in vars {
+            let (k, v) = (k.as_ref(), v.as_ref());
+            if let Some(rest) = k.strip_prefix("DDF_CACHE_") {
+                let name = rest.to_ascii_lowercase();
+                let Some(spec) = spec(&name) else {
+                    return Err(Error::config(
+                        Source::Env(k.to_owned()),
+                        format!(
+                            "unknown setting {k}; known: {}",
+                            KEYS.iter()
+                                .map(|s| format!("DDF_CACHE_{}", s.name.to_ascii_uppercase()))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    ));
+                };
+                ours.push((spec, k.to_owned(), v.to_owned()));
+            } else if let Some(spec) = KEYS.iter().find(|s| s.legacy_env == Some(k)) {
+                legacy.push((spec, k.to_owned(), v.to_owned()));
+            }
+        }
+        for (spec, k, v) in legacy.into_iter().chain(ours) {
+            self.set_key(spec, &v, Source::Env(k))?;
+        }
+        Ok(self)
+    }
+
+    /// Finds the INI file: `explicit`, else `$DDF_CONFIG`, else `./ddf.ini`, else
+    /// `$XDG_CONFIG_HOME/ddf/ddf.ini` (`~/.config/ddf/ddf.ini`). `None` when there is none.
+    ///
+    /// Pure over its inputs: `env` looks a variable up, `exists` checks a path.
+    pub fn discover(
+        explicit: Option<&Path>,
+        env: impl Fn(&str) -> Option<String>,
+        exists: impl Fn(&Path) -> bool,
+    ) -> Option<PathBuf> {
+        if let Some(p) = explicit {
+            return Some(p.to_owned());
+        }
+        if let Some(p) = env("DDF_CONFIG").filter(|p| !p.is_empty()) {
+            return Some(PathBuf::from(p));
+        }
+        let local = PathBuf::from("ddf.ini");
+        if exists(&local) {
+            return Some(local);
+        }
+        let xdg = env("XDG_CONFIG_HOME")
+            .filter(|p| !p.is_empty())
+            .map(PathBuf::from)
+            .or_else(|| env("HOME").map(|h| Path::new(&h).join(".config")))?;
+        let p = xdg.join("ddf").join("ddf.ini");
+        exists(&p).then_some(p)
+    }
+
+    /// The configuration from the usual sources: the INI file found by
+    /// [`CacheConfig::discover`] (with `explicit` first), then the process environment.
+    /// With no file, the defaults plus the environment.
+    ///
+    /// # Errors
+    /// An explicit or `$DDF_CONFIG` file that cannot be read, or any bad value.
+    pub fn load_from(explicit: Option<&Path>) -> Result<Self> {
+        let base = match Self::discover(explicit, |k| std::env::var(k).ok(), |p| p.is_file()) {
+            Some(path) => Self::from_ini_file(&path)?,
+            None => Self::default(),
+        };
+        base.with_env(
+            std::env::vars_os()
+                .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))),
+        )
+    }
+
+    /// [`CacheConfig::load_from`] with no explicit file.
+    ///
+    /// # Errors
+    /// As [`CacheConfig::load_from`].
+    pub fn load() -> Result<Self> {
+        Self::load_from(None)
+    }
+
+    /// The file the configuration was read from, if any.
+    pub fn file(&self) -> Option<&Path> {
+        self.file.as_deref()
+    }
+
+    /// Where a key's value came from.
+    pub fn source_of(&self, key: &str) -> Source {
+        self.sources.get(key).cloned().unwrap_or(Source::Default)
+    }
+
+    /// Every key with its value (secrets redacted), source, environment variable and meaning:
+    /// what `ddf-cache config` prints.
+    pub fn describe(&self) -> Vec<ConfigRow> {
+        KEYS.iter()
+            .map(|k| ConfigRow {
+                key: k.name,
+                value: (k.show)(self),
+                source: self.source_of(k.name),
+                env: match k.legacy_env {
+                    Some(l) => format!("DDF_CACHE_{} or {l}", k.name.to_ascii_uppercase()),
+                    None => format!("DDF_CACHE_{}", k.name.to_ascii_uppercase()),
+                },
+                doc: k.doc,
+            })
+            .collect()
+    }
+
+    /// The cache directory of the file backend: `pickle_dir`, else `$XDG_CACHE_HOME/ddf`, else
+    /// `$HOME/.cache/ddf`, else a `ddf-cache` folder in the temporary directory.
+    pub fn pickle_dir(&self) -> PathBuf {
+        if let Some(p) = &self.pickle_dir {
+            return p.clone();
+        }
+        let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
+        if let Some(x) = env("XDG_CACHE_HOME") {
+            return PathBuf::from(x).join("ddf");
+        }
+        if let Some(h) = env("HOME") {
+            return PathBuf::from(h).join(".cache").join("ddf");
+        }
+        std::env::temp_dir().join("ddf-cache")
+    }
+
+    fn code(mut self, key: &'static str) -> Self {
+        self.sources.insert(key, Source::Code);
+        self
+    }
+
+    /// Sets the backend.
+    #[must_use]
+    pub fn with_backend(mut self, backend: CacheBackend) -> Self {
+        self.backend = backend;
+        self.code("backend")
+    }
+
+    /// Enables or disables the cache.
+    #[must_use]
+    pub fn with_enabled(mut self, enabled: bool) -> Self {
+        self.enabled = enabled;
+        self.code("enabled")
+    }
+
+    /// Sets the default TTL (`None`: no expiry).
+    #[must_use]
+    pub fn with_ttl(mut self, ttl: Option<Duration>) -> Self {
+        self.ttl = ttl;
+        self.code("ttl")
+    }
+
+    /// Sets the namespace.
+    #[must_use]
+    pub fn with_namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.namespace = namespace.into();
+        self.code("namespace")
+    }
+
+    /// Sets the file backend's directory.
+    #[must_use]
+    pub fn with_pickle_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.pickle_dir = Some(dir.into());
+        self.code("pickle_dir")
+    }
+
+    /// Sets the Redis host and port.
+    #[must_use]
+    pub fn with_redis(mut self, host: impl Into<String>, port: u16) -> Self {
+        self.redis_host = host.into();
+        self.redis_port = port;
+        self.code("redis_host").code("redis_port")
+    }
+
+    /// Sets the Redis password.
+    #[must_use]
+    pub fn with_redis_password(mut self, password: Option<String>) -> Self {
+        self.redis_password = password.map(Secret::new);
+        self.code("redis_password")
+    }
+
+    /// Sets the Redis database number.
+    #[must_use]
+    pub fn with_redis_db(mut self, db: u32) -> Self {
+        self.redis_db = db;
+        self.code("redis_db")
+    }
+
+    /// Sets the Redis URL.
+    #[must_use]
+    pub fn with_redis_url(mut self, url: Option<String>) -> Self {
+        self.redis_url = url.map(Secret::new);
+        self.code("redis_url")
+    }
+
+    /// Sets the Redis Cluster nodes.
+    #[must_use]
+    pub fn with_redis_cluster_nodes(mut self, nodes: Vec<ServerAddr>) -> Self {
+        self.redis_cluster_nodes = nodes;
+        self.code("redis_cluster_nodes")
+    }
+
+    /// Sets the Memcached servers.
+    #[must_use]
+    pub fn with_memcached_servers(mut self, servers: Vec<ServerAddr>) -> Self {
+        self.memcached_servers = servers;
+        self.code("memcached_servers")
+    }
+
+    /// Sets the connect and per-operation timeouts.
+    #[must_use]
+    pub fn with_timeouts(mut self, connect: Duration, operation: Duration) -> Self {
+        self.connect_timeout = connect;
+        self.timeout = operation;
+        self.code("connect_timeout").code("timeout")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(text: &str) -> Result<CacheConfig> {
+        CacheConfig::from_ini_str(text)
+    }
+
+    #[test]
+    fn defaults() {
+        let c = CacheConfig::default();
+        assert_eq!(c.backend, CacheBackend::Pickle);
+        assert!(c.enabled);
+        assert_eq!(c.ttl, None);
+        assert_eq!(c.namespace, "ddf:");
+        assert_eq!(c.memcached_servers[0].to_string(), "localhost:11211");
+        assert_eq!(c.timeout, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn backend_names_round_trip() {
+        for b in CacheBackend::ALL {
+            assert_eq!(b.as_str().parse::<CacheBackend>().unwrap(), b);
+            assert_eq!(b.to_string(), b.as_str());
+        }
+        assert_eq!(
+            " Redis_Pickle ".parse::<CacheBackend>().unwrap(),
+            CacheBackend::RedisPickle
+        );
+    }
+
+    #[test]
+    fn every_seed_key_is_read() {
+        let c = cfg("[cache]\nbackend = memcached\nenabled = no\nttl = 3600\n\
+             redis_host = r.example\nredis_port = 6380\nredis_password = s3cret\nredis_db = 2\n\
+             memcached_servers = localhost:11211, 192.168.1.100:11212, m3\n\
+             pickle_dir = /tmp/ddf_cache\nnamespace =\n")
+        .unwrap();
+        assert_eq!(c.backend, CacheBackend::Memcached);
+        assert!(!c.enabled);
+        assert_eq!(c.ttl, Some(Duration::from_secs(3600)));
+        assert_eq!(c.redis_host, "r.example");
+        assert_eq!(c.redis_port, 6380);
+        assert_eq!(c.redis_password.as_ref().unwrap().expose(), "s3cret");
+        assert_eq!(c.redis_db, 2);
+        assert_eq!(
+            show_list(&c.memcached_servers),
+            "localhost:11211, 192.168.1.100:11212, m3:11211"
+        );
+        assert_eq!(c.pickle_dir.as_deref(), Some(Path::new("/tmp/ddf_cache")));
+        assert_eq!(c.namespace, "");
+        assert_eq!(
+            c.source_of("ttl"),
+            Source::Ini {
+                path: None,
+                line: 4
+            }
+        );
+        assert_eq!(c.source_of("timeout"), Source::Default);
+    }
+
+    #[test]
+    fn empty_ttl_means_no_expiry() {
+        assert_eq!(cfg("[cache]\nttl =\n").unwrap().ttl, None);
+    }
+
+    #[test]
+    fn bad_backend_lists_the_six_names_with_line_and_value() {
+        let e = cfg("[cache]\n\nbackend = redsi\n").unwrap_err().to_string();
+        assert!(e.contains("line 3"), "{e}");
+        assert!(e.contains("\"redsi\""), "{e}");
+        for b in CacheBackend::ALL {
+            assert!(e.contains(b.as_str()), "{e}");
+        }
+    }
+
+    #[test]
+    fn file_errors_name_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("ddf.ini");
+        std::fs::write(&p, "[cache]\nttl = soon\n").unwrap();
+        let e = CacheConfig::from_ini_file(&p).unwrap_err().to_string();
+        assert!(e.contains(&p.display().to_string()), "{e}");
+        assert!(
+            e.contains("line 2") && e.contains("ttl") && e.contains("\"soon\""),
+            "{e}"
+        );
+        assert!(e.contains("whole number of seconds"), "{e}");
+    }
+
+    #[test]
+    fn unknown_key_is_an_error_that_lists_known_keys() {
+        let e = cfg("[cache]\nbakend = redis\n").unwrap_err().to_string();
+        assert!(e.contains("\"bakend\"") && e.contains("line 2"), "{e}");
+        assert!(e.contains("memcached_servers"), "{e}");
+    }
+
+    #[test]
+    fn other_sections_are_ignored() {
+        let c = cfg("[app]\nanything = 1\n[cache]\nttl = 5\n").unwrap();
+        assert_eq!(c.ttl, Some(Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn every_bad_value_is_named() {
+        for (text, needle) in [
+            ("enabled = maybe", "yes/no"),
+            ("ttl = 0", "at least 1"),
+            ("ttl = -5", "at least 1"),
+            ("redis_port = 70000", "1 to 65535"),
+            ("redis_db = x", "database number"),
+            ("memcached_servers = a:b", "host:port"),
+            ("memcached_servers = ,", "at least one"),
+            ("redis_url = http://x", "redis://"),
+            ("timeout = 0", "greater than 0"),
+            ("connect_timeout = nan", "greater than 0"),
+        ] {
+            let e = cfg(&format!("[cache]\n{text}\n")).unwrap_err().to_string();
+            assert!(e.contains(needle), "{text}: {e}");
+            assert!(e.contains("line 2"), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn secrets_never_show() {
+        let c = cfg("[cache]\nredis_password = hunter2\nredis_url = redis://u:hunter2@h:1/0\n")
+            .unwrap();
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("hunter2"), "{dbg}");
+        let rows = format!("{:?}", c.describe());
+        assert!(!rows.contains("hunter2"), "{rows}");
+        assert!(rows.contains("redis://<redacted>@h:1/0"), "{rows}");
+        // A bad secret value is not echoed either.
+        let e = CacheConfig::default()
+            .with_env([("DDF_CACHE_REDIS_URL", "http://u:hunter2@h")])
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains("hunter2"), "{e}");
+        assert!(e.contains("DDF_CACHE_REDIS_URL"), "{e}");
+    }
+
+    #[test]
+    fn precedence_default_ini_env_code() {
+        let c = cfg("[cache]\nredis_host = from-ini\nredis_port = 1111\nttl = 5\n")
+            .unwrap()
+            .with_env([
+                ("REDIS_HOST", "from-legacy-env"),
+                ("DDF_CACHE_REDIS_HOST", "from-ddf-env"),
+                ("REDIS_PORT", "2222"),
+                ("UNRELATED", "x"),
+            ])
+            .unwrap()
+            .with_ttl(Some(Duration::from_secs(9)));
+        assert_eq!(c.redis_host, "from-ddf-env");
+        assert_eq!(
+            c.source_of("redis_host"),
+            Source::Env("DDF_CACHE_REDIS_HOST".into())
+        );
+        assert_eq!(c.redis_port, 2222);
+        assert_eq!(c.ttl, Some(Duration::from_secs(9)));
+        assert_eq!(c.source_of("ttl"), Source::Code);
+    }
+
+    #[test]
+    fn bad_env_value_names_the_variable() {
+        let e = CacheConfig::default()
+            .with_env([("REDIS_PORT", "http")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("REDIS_PORT") && e.contains("\"http\""), "{e}");
+        let e = CacheConfig::default()
+            .with_env([("DDF_CACHE_BAKEND", "x")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("DDF_CACHE_BACKEND"), "{e}");
+    }
+
+    #[test]
+    fn discovery_order() {
+        let none = |_: &str| None::<String>;
+        assert_eq!(
+            CacheConfig::discover(Some(Path::new("/x.ini")), none, |_| true),
+            Some(PathBuf::from("/x.ini"))
+        );
+        let env = |k: &str| match k {
+            "DDF_CONFIG" => Some("/env.ini".to_owned()),
+            "HOME" => Some("/home/u".to_owned()),
+            _ => None,
+        };
+        assert_eq!(
+            CacheConfig::discover(None, env, |_| true),
+            Some(PathBuf::from("/env.ini"))
+        );
+        let home = |k: &str| (k == "HOME").then(|| "/home/u".to_owned());
+        assert_eq!(
+            CacheConfig::discover(None, home, |_| true),
+            Some(PathBuf::from("ddf.ini"))
+        );
+        assert_eq!(
+            CacheConfig::discover(None, home, |p| p != Path::new("ddf.ini")),
+            Some(PathBuf::from("/home/u/.config/ddf/ddf.ini"))
+        );
+        let xdg = |k: &str| (k == "XDG_CONFIG_HOME").then(|| "/xdg".to_owned());
+        assert_eq!(
+            CacheConfig::discover(None, xdg, |p| p != Path::new("ddf.ini")),
+            Some(PathBuf::from("/xdg/ddf/ddf.ini"))
+        );
+        assert_eq!(CacheConfig::discover(None, home, |_| false), None);
+    }
+
+    #[test]
+    fn server_addresses() {
+        assert_eq!(
+            ServerAddr::parse("[::1]:11212", 1).unwrap().to_string(),
+            "[::1]:11212"
+        );
+        assert_eq!(ServerAddr::parse("h", 11211).unwrap().port, 11211);
+        assert!(ServerAddr::parse("h:0", 1).is_err());
+        assert!(ServerAddr::parse("::1", 1).is_err());
+    }
+}

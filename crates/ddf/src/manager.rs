@@ -1,0 +1,379 @@
+//! [`CacheManager`]: the typed, cheap-to-clone cache handle.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::backend::{self, Backend, BackendStatus, Item};
+use crate::codec::{Codec, flags};
+use crate::config::CacheConfig;
+use crate::error::{Error, Result};
+
+/// A cache: typed `get`/`set`/`delete`, prefix invalidation and a scoped flush over the backend
+/// the configuration names.
+///
+/// Cloning is cheap (an `Arc`), and clones share the backend, its connections and the
+/// statistics: share a cache by cloning it, never behind a `Mutex`.
+///
+/// ```
+/// use std::time::Duration;
+/// use ddf::{CacheConfig, CacheManager};
+///
+/// let dir = tempfile::tempdir()?;
+/// let cache = CacheManager::new(CacheConfig::default().with_pickle_dir(dir.path()))?;
+/// cache.set("answer", &42u32, Some(Duration::from_secs(60)))?;
+/// assert_eq!(cache.get::<u32>("answer")?, Some(42));
+/// assert_eq!(cache.get::<u32>("question")?, None);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone)]
+pub struct CacheManager {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: CacheConfig,
+    backend: Arc<dyn Backend>,
+    codec: Codec,
+    stats: Counters,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.backend.close();
+    }
+}
+
+impl fmt::Debug for CacheManager {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CacheManager")
+            .field("backend", &self.inner.backend.name())
+            .field("codec", &self.inner.codec)
+            .field("namespace", &self.inner.config.namespace)
+            .field("enabled", &self.inner.config.enabled)
+            .finish()
+    }
+}
+
+#[derive(Default)]
+struct Counters {
+    hits: AtomicU64,
+    misses: AtomicU64,
+    sets: AtomicU64,
+    deletes: AtomicU64,
+    invalidated: AtomicU64,
+    errors: AtomicU64,
+}
+
+/// A snapshot of a manager's statistics (shared by its clones).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct CacheStats {
+    /// Gets that found a value.
+    pub hits: u64,
+    /// Gets that found nothing.
+    pub misses: u64,
+    /// Values written.
+    pub sets: u64,
+    /// Values removed by `delete`/`delete_many`.
+    pub deletes: u64,
+    /// Values removed by `invalidate_pattern`.
+    pub invalidated: u64,
+    /// Operations that returned an error.
+    pub errors: u64,
+}
+
+impl CacheStats {
+    /// Hits over gets, from 0 to 1 (0 when there were no gets).
+    pub fn hit_rate(&self) -> f64 {
+        let total = self.hits + self.misses;
+        if total == 0 {
+            0.0
+        } else {
+            self.hits as f64 / total as f64
+        }
+    }
+}
+
+impl fmt::Display for CacheStats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "hits {} misses {} (hit rate {:.1}%) sets {} deletes {} invalidated {} errors {}",
+            self.hits,
+            self.misses,
+            self.hit_rate() * 100.0,
+            self.sets,
+            self.deletes,
+            self.invalidated,
+            self.errors
+        )
+    }
+}
+
+fn bump(c: &AtomicU64, n: u64) {
+    c.fetch_add(n, Ordering::Relaxed);
+}
+
+fn check_ttl(ttl: Option<Duration>) -> Result<()> {
+    match ttl {
+        Some(t) if t.is_zero() => Err(Error::InvalidArgument(
+            "a TTL of zero is not allowed: give a positive duration, or None for the configured default"
+                .to_owned(),
+        )),
+        _ => Ok(()),
+    }
+}
+
+impl CacheManager {
+    /// Builds the cache the configuration describes.
+    ///
+    /// # Errors
+    /// [`Error::Unsupported`] for a backend this version cannot build, or the backend's own
+    /// set-up error (an unusable cache directory, for example).
+    pub fn new(config: CacheConfig) -> Result<Self> {
+        let backend = backend::from_config(&config)?;
+        Ok(Self::with_backend(config, backend))
+    }
+
+    /// A cache over a backend built elsewhere (your own [`Backend`], or a wrapper around one).
+    /// The config still gives the namespace-independent settings: `enabled` and `ttl`.
+    pub fn with_backend(config: CacheConfig, backend: Arc<dyn Backend>) -> Self {
+        let codec = Codec::Json;
+        CacheManager {
+            inner: Arc::new(Inner {
+                config,
+                backend,
+                codec,
+                stats: Counters::default(),
+            }),
+        }
+    }
+
+    /// The configuration this cache was built from.
+    pub fn config(&self) -> &CacheConfig {
+        &self.inner.config
+    }
+
+    /// The backend's name (`none`, `pickle`, `redis`, ...).
+    pub fn backend_name(&self) -> &'static str {
+        self.inner.backend.name()
+    }
+
+    /// The codec values are stored with.
+    pub fn codec(&self) -> Codec {
+        self.inner.codec
+    }
+
+    fn enabled(&self) -> bool {
+        self.inner.config.enabled
+    }
+
+    fn track<T>(&self, r: Result<T>) -> Result<T> {
+        if r.is_err() {
+            bump(&self.inner.stats.errors, 1);
+        }
+        r
+    }
+
+    fn ttl_or_default(&self, ttl: Option<Duration>) -> Result<Option<Duration>> {
+        check_ttl(ttl)?;
+        Ok(ttl.or(self.inner.config.ttl))
+    }
+
+    /// Reads a value. `Ok(None)` is a miss; a stored falsy value (`""`, `0`, `false`, `[]`)
+    /// is `Ok(Some(..))`.
+    ///
+    /// # Errors
+    /// [`Error::Decode`] when the stored value is not a `T`; [`Error::Backend`] when the
+    /// backend fails.
+    pub fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
+        let item = self.get_item(key)?;
+        item.map(|i| self.track(self.inner.codec.decode(key, &i)))
+            .transpose()
+    }
+
+    fn get_item(&self, key: &str) -> Result<Option<Item>> {
+        if !self.enabled() {
+            bump(&self.inner.stats.misses, 1);
+            return Ok(None);
+        }
+        let r = self.track(self.inner.backend.get(key))?;
+        let s = &self.inner.stats;
+        bump(if r.is_some() { &s.hits } else { &s.misses }, 1);
+        Ok(r)
+    }
+
+    /// Stores a value. `ttl = None` uses the configured `ttl` (no expiry when that is empty).
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for a zero TTL; [`Error::Encode`] when the codec cannot
+    /// represent the value; [`Error::Backend`] when the backend fails.
+    pub fn set<T: Serialize + ?Sized>(
+        &self,
+        key: &str,
+        value: &T,
+        ttl: Option<Duration>,
+    ) -> Result<()> {
+        let ttl = self.ttl_or_default(ttl)?;
+        if !self.enabled() {
+            return Ok(());
+        }
+        let item = self.track(self.inner.codec.encode(key, value))?;
+        self.set_item(key, &item, ttl)
+    }
+
+    fn set_item(&self, key: &str, item: &Item, ttl: Option<Duration>) -> Result<()> {
+        self.track(self.inner.backend.set(key, item, ttl))?;
+        bump(&self.inner.stats.sets, 1);
+        Ok(())
+    }
+
+    /// Removes a value; `true` if one was there.
+    ///
+    /// # Errors
+    /// [`Error::Backend`] when the backend fails.
+    pub fn delete(&self, key: &str) -> Result<bool> {
+        if !self.enabled() {
+            return Ok(false);
+        }
+        let removed = self.track(self.inner.backend.delete(key))?;
+        bump(&self.inner.stats.deletes, u64::from(removed));
+        Ok(removed)
+    }
+
+    /// Removes every key that starts with `prefix`, taken literally (`*`, `?`, `[` have no
+    /// special meaning), and returns how many were removed. The empty prefix removes every
+    /// entry of this cache.
+    ///
+    /// # Errors
+    /// [`Error::Backend`] when the backend fails (some keys may have been removed).
+    pub fn invalidate_pattern(&self, prefix: &str) -> Result<u64> {
+        if !self.enabled() {
+            return Ok(0);
+        }
+        let n = self.track(self.inner.backend.delete_prefix(prefix))?;
+        bump(&self.inner.stats.invalidated, n);
+        Ok(n)
+    }
+
+    /// Removes every entry of this cache (its namespace), and nothing else: other applications'
+    /// keys on a shared server, or other files in the cache directory, stay.
+    ///
+    /// # Errors
+    /// [`Error::Backend`] when the backend fails.
+    pub fn flush_all(&self) -> Result<()> {
+        if !self.enabled() {
+            return Ok(());
+        }
+        self.track(self.inner.backend.clear())
+    }
+
+    /// Releases the backend's connections now (they are also released when the last clone is
+    /// dropped). The cache stays usable: the next operation reconnects.
+    pub fn cleanup(&self) {
+        self.inner.backend.close();
+    }
+
+    /// Reads several values, one result per key, in order.
+    ///
+    /// # Errors
+    /// As [`CacheManager::get`].
+    pub fn get_many<T: DeserializeOwned>(&self, keys: &[&str]) -> Result<Vec<Option<T>>> {
+        if !self.enabled() {
+            bump(&self.inner.stats.misses, keys.len() as u64);
+            return Ok(keys.iter().map(|_| None).collect());
+        }
+        let items = self.track(self.inner.backend.get_many(keys))?;
+        let hits = items.iter().filter(|i| i.is_some()).count() as u64;
+        bump(&self.inner.stats.hits, hits);
+        bump(&self.inner.stats.misses, keys.len() as u64 - hits);
+        keys.iter()
+            .zip(items)
+            .map(|(k, i)| {
+                i.map(|i| self.track(self.inner.codec.decode(k, &i)))
+                    .transpose()
+            })
+            .collect()
+    }
+
+    /// Stores several values with one TTL (`None`: the configured default).
+    ///
+    /// # Errors
+    /// As [`CacheManager::set`]; nothing is written when a value cannot be encoded.
+    pub fn set_many<T: Serialize>(&self, items: &[(&str, T)], ttl: Option<Duration>) -> Result<()> {
+        let ttl = self.ttl_or_default(ttl)?;
+        if !self.enabled() {
+            return Ok(());
+        }
+        let encoded = items
+            .iter()
+            .map(|(k, v)| Ok((*k, self.inner.codec.encode(k, v)?)))
+            .collect::<Result<Vec<_>>>();
+        let encoded = self.track(encoded)?;
+        self.track(self.inner.backend.set_many(&encoded, ttl))?;
+        bump(&self.inner.stats.sets, items.len() as u64);
+        Ok(())
+    }
+
+    /// Removes several values; returns how many were there.
+    ///
+    /// # Errors
+    /// [`Error::Backend`] when the backend fails.
+    pub fn delete_many(&self, keys: &[&str]) -> Result<u64> {
+        if !self.enabled() {
+            return Ok(0);
+        }
+        let n = self.track(self.inner.backend.delete_many(keys))?;
+        bump(&self.inner.stats.deletes, n);
+        Ok(n)
+    }
+
+    /// Reads the raw stored bytes of a key, whatever wrote them.
+    ///
+    /// # Errors
+    /// [`Error::Backend`] when the backend fails.
+    pub fn get_bytes(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.get_item(key)?.map(|i| i.data))
+    }
+
+    /// Stores raw bytes (flags [`flags::BYTES`]), for callers that serialize themselves.
+    ///
+    /// # Errors
+    /// As [`CacheManager::set`].
+    pub fn set_bytes(&self, key: &str, value: &[u8], ttl: Option<Duration>) -> Result<()> {
+        let ttl = self.ttl_or_default(ttl)?;
+        if !self.enabled() {
+            return Ok(());
+        }
+        self.set_item(key, &Item::new(value.to_vec(), flags::BYTES), ttl)
+    }
+
+    /// A snapshot of the statistics.
+    pub fn stats(&self) -> CacheStats {
+        let s = &self.inner.stats;
+        let l = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        CacheStats {
+            hits: l(&s.hits),
+            misses: l(&s.misses),
+            sets: l(&s.sets),
+            deletes: l(&s.deletes),
+            invalidated: l(&s.invalidated),
+            errors: l(&s.errors),
+        }
+    }
+
+    /// Checks the backend and measures the round trip.
+    ///
+    /// # Errors
+    /// The backend's error when it does not answer.
+    pub fn ping(&self) -> Result<(BackendStatus, Duration)> {
+        let start = Instant::now();
+        let status = self.track(self.inner.backend.ping())?;
+        Ok((status, start.elapsed()))
+    }
+}

@@ -197,6 +197,17 @@ impl CacheManager {
             .transpose()
     }
 
+    /// Reads any value as a JSON view, whatever its type: what `ddf-cache get` prints. For
+    /// the pickle codec the view is lossy; see [`crate::codec`].
+    ///
+    /// # Errors
+    /// As [`CacheManager::get`].
+    pub fn get_json(&self, key: &str) -> Result<Option<serde_json::Value>> {
+        let item = self.get_item(key)?;
+        item.map(|i| self.track(self.inner.codec.decode_json(key, &i)))
+            .transpose()
+    }
+
     fn get_item(&self, key: &str) -> Result<Option<Item>> {
         if !self.enabled() {
             bump(&self.inner.stats.misses, 1);

@@ -51,6 +51,14 @@ impl Codec {
         }
     }
 
+    /// Decodes any stored item into a JSON view, for display (`ddf-cache get`).
+    ///
+    /// # Errors
+    /// [`Error::Decode`] naming `key` when the bytes are not valid in this codec.
+    pub fn decode_json(self, key: &str, item: &Item) -> Result<serde_json::Value> {
+        self.decode(key, item)
+    }
+
     /// Decodes a stored item into `T`.
     ///
     /// # Errors

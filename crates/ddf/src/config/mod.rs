@@ -236,6 +236,9 @@ pub struct CacheConfig {
     pub connect_timeout: Duration,
     /// `timeout`: the per-operation timeout in seconds (default 2).
     pub timeout: Duration,
+    /// `server_flush` (default false): with an empty `namespace`, let `flush_all` flush the whole
+    /// Redis database (`FLUSHDB`) or every Memcached server (`flush_all`). Never used otherwise.
+    pub server_flush: bool,
     /// Where each key's value came from.
     sources: BTreeMap<&'static str, Source>,
     /// The file the INI text came from, if any.
@@ -263,6 +266,7 @@ impl Default for CacheConfig {
             }],
             connect_timeout: Duration::from_secs(1),
             timeout: Duration::from_secs(2),
+            server_flush: false,
             sources: BTreeMap::new(),
             file: None,
         }
@@ -566,6 +570,17 @@ const KEYS: &[KeySpec] = &[
         },
         show: |c| format!("{}", c.timeout.as_secs_f64()),
         doc: "seconds to wait for one server operation",
+    },
+    KeySpec {
+        name: "server_flush",
+        legacy_env: None,
+        secret: false,
+        apply: |c, v| {
+            c.server_flush = parse_bool(v)?;
+            Ok(())
+        },
+        show: |c| c.server_flush.to_string(),
+        doc: "with an empty namespace, let flush_all flush the whole Redis database or Memcached servers",
     },
 ];
 

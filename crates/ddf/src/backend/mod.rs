@@ -18,6 +18,7 @@ use crate::config::{CacheBackend, CacheConfig};
 use crate::error::{Error, Result};
 
 pub mod file;
+pub mod memcached;
 pub mod none;
 
 /// A stored value: the encoded bytes and the flags word.
@@ -123,10 +124,10 @@ pub fn from_config(config: &CacheConfig) -> Result<Arc<dyn Backend>> {
             config.pickle_dir(),
             &config.namespace,
         )?)),
-        other @ (CacheBackend::Redis
-        | CacheBackend::RedisPickle
-        | CacheBackend::Memcached
-        | CacheBackend::MemcachedPickle) => Err(Error::Unsupported {
+        CacheBackend::Memcached | CacheBackend::MemcachedPickle => {
+            Ok(Arc::new(memcached::MemcachedBackend::new(config)?))
+        }
+        other @ (CacheBackend::Redis | CacheBackend::RedisPickle) => Err(Error::Unsupported {
             backend: other.as_str().to_owned(),
             reason: "this version of ddf does not include it yet; use `backend = pickle` \
                      (a local cache directory) or `backend = none`"

@@ -12,6 +12,7 @@
 //! change.
 
 pub mod flags;
+pub mod python_memcache;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;

@@ -92,7 +92,9 @@ pub fn run(cache: &CacheManager, args: &BenchArgs, out: &mut impl Write) -> anyh
     let value = "x".repeat(args.value_size);
     let key = |t: usize, i: usize| format!("{prefix}{t}:{i}");
     let batch_keys = |t: usize, b: usize| -> Vec<String> {
-        (0..batch).map(|j| format!("{prefix}b{t}:{}", b * batch + j)).collect()
+        (0..batch)
+            .map(|j| format!("{prefix}b{t}:{}", b * batch + j))
+            .collect()
     };
 
     let total = (4 * n + 3 * batches) * threads;
@@ -111,7 +113,9 @@ pub fn run(cache: &CacheManager, args: &BenchArgs, out: &mut impl Write) -> anyh
         cache.get::<String>(&key(t, i)).map(|_| ())
     })?);
     rows.push(measure("get (miss)", threads, n, 1, &bar, &|t, i| {
-        cache.get::<String>(&format!("{prefix}absent:{t}:{i}")).map(|_| ())
+        cache
+            .get::<String>(&format!("{prefix}absent:{t}:{i}"))
+            .map(|_| ())
     })?);
     rows.push(measure("delete", threads, n, 1, &bar, &|t, i| {
         cache.delete(&key(t, i)).map(|_| ())
@@ -124,7 +128,8 @@ pub fn run(cache: &CacheManager, args: &BenchArgs, out: &mut impl Write) -> anyh
         &bar,
         &|t, b| {
             let keys = batch_keys(t, b);
-            let items: Vec<(&str, &str)> = keys.iter().map(|k| (k.as_str(), value.as_str())).collect();
+            let items: Vec<(&str, &str)> =
+                keys.iter().map(|k| (k.as_str(), value.as_str())).collect();
             cache.set_many(&items, None)
         },
     )?);

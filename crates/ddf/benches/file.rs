@@ -9,8 +9,8 @@ use ddf::{CacheConfig, CacheManager};
 
 fn file(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let cache = CacheManager::new(CacheConfig::default().with_pickle_dir(dir.path()))
-        .expect("file cache");
+    let cache =
+        CacheManager::new(CacheConfig::default().with_pickle_dir(dir.path())).expect("file cache");
     let value = "x".repeat(100);
     cache.set("bench:hit", &value, None).expect("set");
 

@@ -411,7 +411,10 @@ impl Backend for FileBackend {
         }
         Ok(vec![
             ("directory".to_owned(), self.dir.display().to_string()),
-            ("entries (this namespace, expired included)".to_owned(), entries.to_string()),
+            (
+                "entries (this namespace, expired included)".to_owned(),
+                entries.to_string(),
+            ),
             ("bytes on disk".to_owned(), bytes.to_string()),
             ("other files in the directory".to_owned(), other.to_string()),
         ])

@@ -244,22 +244,7 @@ fn four_processes_then_exact_prefix_invalidation() {
     let Some(servers) = start(3) else { return };
     let list: Vec<String> = servers.iter().map(|s| s.server()).collect();
     let exe = std::env::current_exe().unwrap();
-    let children: Vec<_> = (0..4)
-        .map(|w| {
-            Command::new(&exe)
-                .args([
-                    "--exact",
-                    "memcached::memcached_worker",
-                    "--nocapture",
-                    "--test-threads=1",
-                ])
-                .env(WORKER_ENV, format!("{}|{w}", list.join(",")))
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
+    let children = spawn_workers(&exe, &list, "job");
     for c in children {
         let out = c.wait_with_output().unwrap();
         assert!(
@@ -283,6 +268,52 @@ fn four_processes_then_exact_prefix_invalidation() {
         assert!(left.is_empty(), "{left:?}");
     }
     assert_eq!(c.invalidate_pattern("keep:").unwrap(), 40);
+
+    // Phase 2: invalidations run while four processes write: every key written is removed by
+    // exactly one invalidation (the counts add up to 2000) and none is left.
+    let mut children = spawn_workers(&exe, &list, "live");
+    let mut removed = 0;
+    let mut rounds = 0;
+    while children
+        .iter_mut()
+        .any(|ch| ch.try_wait().unwrap().is_none())
+    {
+        removed += c.invalidate_pattern("live:").unwrap();
+        rounds += 1;
+    }
+    eprintln!("{rounds} invalidations during the writes removed {removed} keys");
+    for ch in children {
+        let out = ch.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    removed += c.invalidate_pattern("live:").unwrap();
+    assert_eq!(removed, 2000);
+    for s in &servers {
+        assert!(!dump(s).iter().any(|k| k.starts_with("mp:live:")));
+    }
+}
+
+fn spawn_workers(exe: &std::path::Path, list: &[String], phase: &str) -> Vec<std::process::Child> {
+    (0..4)
+        .map(|w| {
+            Command::new(exe)
+                .args([
+                    "--exact",
+                    "memcached::memcached_worker",
+                    "--nocapture",
+                    "--test-threads=1",
+                ])
+                .env(WORKER_ENV, format!("{}|{phase}|{w}", list.join(",")))
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect()
 }
 
 /// The body of one worker process of the test above (a no-op when run on its own).
@@ -291,7 +322,12 @@ fn memcached_worker() {
     let Ok(spec) = std::env::var(WORKER_ENV) else {
         return;
     };
-    let (list, w) = spec.rsplit_once('|').unwrap();
+    let mut parts = spec.split('|');
+    let (list, phase, w) = (
+        parts.next().unwrap(),
+        parts.next().unwrap(),
+        parts.next().unwrap(),
+    );
     let addrs = list
         .split(',')
         .map(|s| ServerAddr::parse(s, 11211).unwrap())
@@ -304,8 +340,8 @@ fn memcached_worker() {
     )
     .unwrap();
     for i in 0..500 {
-        c.set(&format!("job:{w}:{i}"), &i, None).unwrap();
-        if i % 50 == 0 {
+        c.set(&format!("{phase}:{w}:{i}"), &i, None).unwrap();
+        if phase == "job" && i % 50 == 0 {
             c.set(&format!("keep:{w}:{i}"), &i, None).unwrap();
         }
     }

@@ -337,7 +337,11 @@ impl Conn {
                 return Ok(false);
             }
             if let Some(e) = error_line(line) {
-                return Err(e);
+                let McError::Server(m) = e else { return Err(e) };
+                return Err(McError::Server(format!(
+                    "{m} (ddf lists keys with the LRU crawler: memcached 1.6 or later, without \
+                     -o no_lru_crawler)"
+                )));
             }
             let Some(rest) = line.strip_prefix(b"key=") else {
                 return Err(protocol("lru_crawler metadump", line));

@@ -47,6 +47,9 @@ const POOL_MAX_IDLE: usize = 8;
 /// batch before reading can never deadlock against the server's replies.
 const BATCH: usize = 256;
 
+/// Listing passes per server in a prefix delete (see `delete_prefix`).
+const METADUMP_PASSES: usize = 3;
+
 /// The start of an item stored under a mapped key: magic, then the storage key's length (u32
 /// little-endian) and the storage key.
 const MAPPED_MAGIC: &[u8; 8] = b"\xffDDFKEY\x01";
@@ -451,22 +454,26 @@ impl MemcachedBackend {
         loop {
             sure.clear();
             maybe.clear();
-            let done = self.run(server, "lru_crawler metadump all", |c| {
-                c.metadump(|k| {
-                    // A key we could not send back (binary-protocol keys) is never ours.
-                    let Ok(k) = std::str::from_utf8(k) else {
-                        return;
-                    };
-                    if !memcached_key_is_carryable(k) {
-                        return;
-                    }
-                    match prefix.matches(k.as_bytes()) {
-                        PrefixMatch::Yes => sure.push(k.to_owned()),
-                        PrefixMatch::Maybe => maybe.push(k.to_owned()),
-                        PrefixMatch::No => {}
-                    }
-                })
-            })?;
+            let done = self.run(
+                server,
+                "prefix invalidation (lru_crawler metadump all)",
+                |c| {
+                    c.metadump(|k| {
+                        // A key we could not send back (binary-protocol keys) is never ours.
+                        let Ok(k) = std::str::from_utf8(k) else {
+                            return;
+                        };
+                        if !memcached_key_is_carryable(k) {
+                            return;
+                        }
+                        match prefix.matches(k.as_bytes()) {
+                            PrefixMatch::Yes => sure.push(k.to_owned()),
+                            PrefixMatch::Maybe => maybe.push(k.to_owned()),
+                            PrefixMatch::No => {}
+                        }
+                    })
+                },
+            )?;
             if done {
                 break;
             }
@@ -545,10 +552,19 @@ impl Backend for MemcachedBackend {
         let mp = MemcachedPrefix::new(&raw);
         let mut total = 0;
         for server in &self.servers {
-            let keys = self.list_matching(server, &mp, &raw)?;
-            for chunk in keys.chunks(BATCH * 4) {
-                let refs: Vec<&[u8]> = chunk.iter().map(|k| k.as_bytes()).collect();
-                total += self.run(server, "delete", |c| c.delete_many(&refs))?;
+            // The LRU crawler walks each LRU queue separately; an item that the server moves
+            // between queues while the walk runs (hot -> warm -> cold, or a bump on access) can
+            // be missed. So list again after deleting, until a pass finds nothing (at most
+            // METADUMP_PASSES): the second pass is the normal case and usually finds nothing.
+            for _ in 0..METADUMP_PASSES {
+                let keys = self.list_matching(server, &mp, &raw)?;
+                if keys.is_empty() {
+                    break;
+                }
+                for chunk in keys.chunks(BATCH * 4) {
+                    let refs: Vec<&[u8]> = chunk.iter().map(|k| k.as_bytes()).collect();
+                    total += self.run(server, "delete", |c| c.delete_many(&refs))?;
+                }
             }
         }
         Ok(total)

@@ -526,6 +526,33 @@ fn a_stopped_server_costs_one_timeout_then_fails_fast() {
     servers[0].process.signal("CONT");
 }
 
+/// A restart leaves stale connections in the pool: they are replaced without an error, and the
+/// server is not counted as failing.
+#[test]
+fn a_restarted_server_is_used_again_at_once() {
+    let Some(mut servers) = start(1) else { return };
+    let c = cache(&servers, "restart:");
+    // Several pooled connections.
+    std::thread::scope(|s| {
+        for t in 0..4 {
+            let c = c.clone();
+            s.spawn(move || {
+                for i in 0..50 {
+                    c.set(&format!("k{t}:{i}"), &i, None).unwrap();
+                }
+            });
+        }
+    });
+    let port = servers[0].port();
+    servers[0].process.kill();
+    servers[0] = MemcachedServer::start_on(port, &[]).unwrap();
+    for i in 0..20 {
+        assert_eq!(c.get::<i32>(&format!("k0:{i}")).unwrap(), None);
+        c.set("after", &i, None).unwrap();
+    }
+    assert_eq!(c.get::<i32>("after").unwrap(), Some(19));
+}
+
 #[test]
 fn ttl_over_thirty_days_is_absolute() {
     let Some(servers) = start(1) else { return };
@@ -583,4 +610,27 @@ fn measure_prefix_invalidation_cost() {
         c.delete(k).unwrap();
     }
     eprintln!("delete: {:?} per op", t.elapsed() / 1000);
+}
+
+/// Keys that were just read are still found: memcached's LRU walk (`metadump all`) skips items
+/// that are busy (queued for an LRU bump after a read), the hash walk does not.
+#[test]
+fn keys_just_read_are_still_invalidated() {
+    let Some(servers) = start(1) else { return };
+    let c = cache(&servers, "read:");
+    for round in 0..10 {
+        let keys: Vec<String> = (0..24).map(|i| format!("r{round}:{i}")).collect();
+        for k in &keys {
+            c.set(k, k, None).unwrap();
+        }
+        for k in &keys {
+            assert!(c.get::<String>(k).unwrap().is_some());
+        }
+        assert!(c.get::<String>(&keys[7]).unwrap().is_some());
+        assert_eq!(
+            c.invalidate_pattern(&format!("r{round}:")).unwrap(),
+            24,
+            "round {round}"
+        );
+    }
 }

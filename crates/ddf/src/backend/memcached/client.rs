@@ -323,10 +323,19 @@ impl Conn {
         Err(error_line(line).unwrap_or_else(|| protocol("flush_all", line)))
     }
 
-    /// `lru_crawler metadump all`: calls `each` with every key on the server (URL-decoded).
-    /// `Ok(false)` when the crawler is busy with another request (try again later).
-    pub fn metadump(&mut self, mut each: impl FnMut(&[u8])) -> McResult<bool> {
-        self.send(b"lru_crawler metadump all\r\n")?;
+    /// `lru_crawler metadump hash` (or `all`): calls `each` with every key on the server
+    /// (URL-decoded). `Ok(false)` when the crawler is busy with another request (try again
+    /// later).
+    ///
+    /// `hash` walks the hash table with each bucket locked and sees every linked item; `all`
+    /// walks the LRU queues and skips items that are busy at that moment (being read, queued
+    /// for an LRU bump), so it can miss keys (memcached's crawler.c).
+    pub fn metadump(&mut self, hash: bool, mut each: impl FnMut(&[u8])) -> McResult<bool> {
+        self.send(if hash {
+            b"lru_crawler metadump hash\r\n"
+        } else {
+            b"lru_crawler metadump all\r\n"
+        })?;
         let mut key = Vec::with_capacity(256);
         loop {
             let line = self.read_line()?;
@@ -335,6 +344,10 @@ impl Conn {
             }
             if line.starts_with(b"BUSY") {
                 return Ok(false);
+            }
+            if line.starts_with(b"BADCLASS") {
+                // A server that reads `hash` as a slab class list: no hash walk.
+                return Err(McError::Server(String::from_utf8_lossy(line).into_owned()));
             }
             if let Some(e) = error_line(line) {
                 let McError::Server(m) = e else { return Err(e) };

@@ -8,7 +8,7 @@
 //! - Keys: [`crate::key::memcached_key`]; a key memcached cannot carry is mapped to
 //!   `<visible>~<hash>`, and its item starts with a small header holding the whole storage key
 //!   (so reads verify it and prefix invalidation can decide on cut keys).
-//! - Prefix invalidation lists keys on the servers (`lru_crawler metadump all`) and deletes the
+//! - Prefix invalidation lists keys on the servers (`lru_crawler metadump hash`) and deletes the
 //!   matches; see `docs/memcached.md` for its cost and guarantees.
 //! - Dead servers: see [`DeadPolicy`].
 
@@ -17,7 +17,7 @@ pub(crate) mod placement;
 
 use std::fmt;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::backend::{Backend, BackendStatus, Item};
@@ -112,6 +112,8 @@ struct Server {
     health: Mutex<Health>,
     /// `item_size_max` from `stats settings`; 0 until known.
     item_size_max: AtomicUsize,
+    /// Whether the server refused `lru_crawler metadump hash` (then `all` is used).
+    no_hash_dump: AtomicBool,
 }
 
 /// The Memcached backend: every configured server, pymemcache-compatible placement and values.
@@ -201,6 +203,7 @@ impl Server {
             pool: Mutex::new(Vec::new()),
             health: Mutex::new(Health::default()),
             item_size_max: AtomicUsize::new(0),
+            no_hash_dump: AtomicBool::new(false),
         }
     }
 
@@ -305,7 +308,7 @@ impl MemcachedBackend {
         &self,
         server: &Server,
         what: &str,
-        f: impl FnOnce(&mut Conn) -> McResult<T>,
+        mut f: impl FnMut(&mut Conn) -> McResult<T>,
     ) -> Result<T> {
         {
             let h = server.health();
@@ -329,32 +332,23 @@ impl MemcachedBackend {
             }
         }
         let pooled = server.pool().pop();
+        let was_pooled = pooled.is_some();
         let mut conn = match pooled {
             Some(c) => c,
-            None => {
-                let made = Conn::connect(
-                    &server.addr.host,
-                    server.addr.port,
-                    self.connect_timeout,
-                    self.timeout,
-                )
-                .and_then(|mut c| {
-                    if server.item_size_max.load(Ordering::Relaxed) == 0 {
-                        let max = c.item_size_max()?.unwrap_or(DEFAULT_ITEM_SIZE_MAX);
-                        server.item_size_max.store(max, Ordering::Relaxed);
-                    }
-                    Ok(c)
-                });
-                match made {
-                    Ok(c) => c,
-                    Err(e) => {
-                        server.fail(&self.policy, &e);
-                        return Err(map_err(&server.name, what, self.timeout, e));
-                    }
-                }
-            }
+            None => self.connect(server, what)?,
         };
-        match f(&mut conn) {
+        let mut result = f(&mut conn);
+        // A pooled connection the server closed while it sat idle (a restart, an idle timeout)
+        // fails on first use with a reset, a broken pipe or an end of file, before the server
+        // saw the command. Its siblings in the pool are likely dead too: drop them and retry
+        // once on a fresh connection, so a restart does not count as a failure of the server.
+        // Timeouts are never retried (the command may have run; the server may be stuck).
+        if was_pooled && matches!(&result, Err(McError::Io(e)) if is_stale(e)) {
+            server.pool().clear();
+            conn = self.connect(server, what)?;
+            result = f(&mut conn);
+        }
+        match result {
             Ok(v) => {
                 server.succeed();
                 self.put_back(server, conn);
@@ -370,6 +364,27 @@ impl MemcachedBackend {
                 Err(map_err(&server.name, what, self.timeout, e))
             }
         }
+    }
+
+    /// A new connection to `server`; learns the server's item limit on the first one.
+    fn connect(&self, server: &Server, what: &str) -> Result<Conn> {
+        let made = Conn::connect(
+            &server.addr.host,
+            server.addr.port,
+            self.connect_timeout,
+            self.timeout,
+        )
+        .and_then(|mut c| {
+            if server.item_size_max.load(Ordering::Relaxed) == 0 {
+                let max = c.item_size_max()?.unwrap_or(DEFAULT_ITEM_SIZE_MAX);
+                server.item_size_max.store(max, Ordering::Relaxed);
+            }
+            Ok(c)
+        });
+        made.map_err(|e| {
+            server.fail(&self.policy, &e);
+            map_err(&server.name, what, self.timeout, e)
+        })
     }
 
     fn put_back(&self, server: &Server, conn: Conn) {
@@ -452,28 +467,47 @@ impl MemcachedBackend {
         let mut sure = Vec::new();
         let mut maybe = Vec::new();
         loop {
-            sure.clear();
-            maybe.clear();
-            let done = self.run(
-                server,
-                "prefix invalidation (lru_crawler metadump all)",
-                |c| {
-                    c.metadump(|k| {
-                        // A key we could not send back (binary-protocol keys) is never ours.
-                        let Ok(k) = std::str::from_utf8(k) else {
-                            return;
-                        };
-                        if !memcached_key_is_carryable(k) {
-                            return;
-                        }
-                        match prefix.matches(k.as_bytes()) {
-                            PrefixMatch::Yes => sure.push(k.to_owned()),
-                            PrefixMatch::Maybe => maybe.push(k.to_owned()),
-                            PrefixMatch::No => {}
-                        }
-                    })
-                },
-            )?;
+            let hash = !server.no_hash_dump.load(Ordering::Relaxed);
+            let what = if hash {
+                "prefix invalidation (lru_crawler metadump hash)"
+            } else {
+                "prefix invalidation (lru_crawler metadump all)"
+            };
+            let done = self.run(server, what, |c| {
+                sure.clear();
+                maybe.clear();
+                let r = c.metadump(hash, |k| {
+                    // A key we could not send back (binary-protocol keys) is never ours.
+                    let Ok(k) = std::str::from_utf8(k) else {
+                        return;
+                    };
+                    if !memcached_key_is_carryable(k) {
+                        return;
+                    }
+                    match prefix.matches(k.as_bytes()) {
+                        PrefixMatch::Yes => sure.push(k.to_owned()),
+                        PrefixMatch::Maybe => maybe.push(k.to_owned()),
+                        PrefixMatch::No => {}
+                    }
+                });
+                match r {
+                    // A server without the hash walk answers with an error line.
+                    Err(McError::Server(m)) if hash => Ok(Err(m)),
+                    other => other.map(Ok),
+                }
+            })?;
+            let done = match done {
+                Ok(done) => done,
+                Err(m) => {
+                    tracing::info!(
+                        server = %server.name,
+                        reply = %m,
+                        "memcached: no `lru_crawler metadump hash`; listing keys by LRU walk"
+                    );
+                    server.no_hash_dump.store(true, Ordering::Relaxed);
+                    continue;
+                }
+            };
             if done {
                 break;
             }
@@ -481,8 +515,8 @@ impl MemcachedBackend {
                 return Err(Error::Backend {
                     backend: "memcached",
                     message: format!(
-                        "lru_crawler metadump all on memcached server {}: the crawler stayed \
-                         busy with other requests; try again",
+                        "lru_crawler metadump on memcached server {}: the crawler stayed busy \
+                         with other requests; try again",
                         server.name
                     ),
                     temporary: true,
@@ -504,6 +538,19 @@ impl MemcachedBackend {
         }
         Ok(sure)
     }
+}
+
+/// Whether an I/O error on a pooled connection means the server closed it while it was idle.
+fn is_stale(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind as K;
+    matches!(
+        e.kind(),
+        K::ConnectionReset
+            | K::ConnectionAborted
+            | K::BrokenPipe
+            | K::UnexpectedEof
+            | K::NotConnected
+    )
 }
 
 /// Splits a mapped item into (storage key, value).
@@ -552,18 +599,18 @@ impl Backend for MemcachedBackend {
         let mp = MemcachedPrefix::new(&raw);
         let mut total = 0;
         for server in &self.servers {
-            // The LRU crawler walks each LRU queue separately; an item that the server moves
-            // between queues while the walk runs (hot -> warm -> cold, or a bump on access) can
-            // be missed. So list again after deleting, until a pass finds nothing (at most
-            // METADUMP_PASSES): the second pass is the normal case and usually finds nothing.
+            // `metadump hash` sees every item present when it starts: one pass. The LRU walk
+            // (servers without the hash walk) skips items busy at that moment, so list again
+            // after deleting, until a pass finds nothing (at most METADUMP_PASSES).
             for _ in 0..METADUMP_PASSES {
                 let keys = self.list_matching(server, &mp, &raw)?;
-                if keys.is_empty() {
-                    break;
-                }
+                let again = server.no_hash_dump.load(Ordering::Relaxed) && !keys.is_empty();
                 for chunk in keys.chunks(BATCH * 4) {
                     let refs: Vec<&[u8]> = chunk.iter().map(|k| k.as_bytes()).collect();
                     total += self.run(server, "delete", |c| c.delete_many(&refs))?;
+                }
+                if !again {
+                    break;
                 }
             }
         }

@@ -19,6 +19,7 @@ use crate::error::{Error, Result};
 
 pub mod file;
 pub mod none;
+pub mod resilient;
 
 /// A stored value: the encoded bytes and the flags word.
 ///
@@ -115,6 +116,32 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
         }
         Ok(n)
     }
+}
+
+/// Wraps a server backend (Redis, Memcached) in [`resilient::Resilient`]: breaker, fallback to
+/// the local directory, and the journal of invalidations made during an outage. `address`
+/// identifies the server(s) in the journal, without credentials.
+///
+/// # Errors
+/// When the local directory (the fallback and the journal) cannot be opened.
+pub fn resilient(
+    config: &CacheConfig,
+    name: &'static str,
+    address: &str,
+    factory: resilient::Factory,
+) -> Result<Arc<dyn Backend>> {
+    let local = Arc::new(file::FileBackend::open(
+        config.pickle_dir(),
+        &config.namespace,
+    )?);
+    let cfg = resilient::ResilientConfig {
+        name,
+        scope: format!("{name}|{address}|{}", config.namespace),
+        mode: config.fallback,
+        failures: config.breaker_failures,
+        retry: config.breaker_retry,
+    };
+    Ok(Arc::new(resilient::Resilient::new(cfg, factory, local)))
 }
 
 /// Builds the backend a config names.

@@ -243,7 +243,12 @@ fn globals_never_panic_and_report_a_bad_config() {
     let exe = std::env::current_exe().unwrap();
     for (ini, mode) in [(&bad, "bad"), (&good, "good")] {
         let out = Command::new(&exe)
-            .args(["--exact", "file::global_worker", "--nocapture", "--test-threads=1"])
+            .args([
+                "--exact",
+                "file::global_worker",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env(GLOBAL_ENV, mode)
             .env("DDF_CONFIG", ini)
             .output()

@@ -121,6 +121,18 @@ enum Global {
     CodecsEncode,
 }
 
+impl Global {
+    fn name(self) -> &'static str {
+        match self {
+            Global::Set => "set",
+            Global::FrozenSet => "frozenset",
+            Global::ByteArray => "bytearray",
+            Global::Bytes => "bytes",
+            Global::CodecsEncode => "_codecs.encode",
+        }
+    }
+}
+
 const EMPTY_MEMO: Id = Id::MAX;
 
 struct Machine<'a> {
@@ -486,7 +498,11 @@ impl Machine<'_> {
                 return Err(PickleError::at(
                     ErrorKind::Unsupported,
                     at,
-                    format!("unsupported call {g:?}({}) in REDUCE", kinds.join(", ")),
+                    format!(
+                        "unsupported call {}({}) in REDUCE",
+                        g.name(),
+                        kinds.join(", ")
+                    ),
                 ));
             }
         };

@@ -19,6 +19,7 @@ use crate::error::{Error, Result};
 
 pub mod file;
 pub mod none;
+pub mod redis;
 
 /// A stored value: the encoded bytes and the flags word.
 ///
@@ -123,14 +124,23 @@ pub fn from_config(config: &CacheConfig) -> Result<Arc<dyn Backend>> {
             config.pickle_dir(),
             &config.namespace,
         )?)),
-        other @ (CacheBackend::Redis
-        | CacheBackend::RedisPickle
-        | CacheBackend::Memcached
-        | CacheBackend::MemcachedPickle) => Err(Error::Unsupported {
-            backend: other.as_str().to_owned(),
-            reason: "this version of ddf does not include it yet; use `backend = pickle` \
+        // The codec (JSON or pickle) is chosen above the backend, by CacheManager; the backend
+        // only needs the flags to report for values read.
+        CacheBackend::Redis => Ok(Arc::new(redis::RedisBackend::new(
+            config,
+            crate::codec::flags::TEXT,
+        )?)),
+        CacheBackend::RedisPickle => Ok(Arc::new(redis::RedisBackend::new(
+            config,
+            crate::codec::flags::PICKLE,
+        )?)),
+        other @ (CacheBackend::Memcached | CacheBackend::MemcachedPickle) => {
+            Err(Error::Unsupported {
+                backend: other.as_str().to_owned(),
+                reason: "this version of ddf does not include it yet; use `backend = pickle` \
                      (a local cache directory) or `backend = none`"
-                .to_owned(),
-        }),
+                    .to_owned(),
+            })
+        }
     }
 }

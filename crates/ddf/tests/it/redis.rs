@@ -9,6 +9,8 @@ use ddf::{CacheBackend, CacheConfig, CacheManager, ServerAddr};
 use ddf_testkit::{RedisCluster, RedisServer, TlsFiles, redis_cli};
 use serde_json::{Value, json};
 
+use crate::conformance::{self, Caps};
+
 fn config_for(server: &RedisServer, namespace: &str) -> CacheConfig {
     CacheConfig::default()
         .with_backend(CacheBackend::Redis)
@@ -28,8 +30,8 @@ fn cluster_config(cluster: &RedisCluster, namespace: &str) -> CacheConfig {
         .with_namespace(namespace)
 }
 
-/// The behaviour every Redis deployment must show. (The shared conformance suite from main
-/// should be called here as well once it is merged.)
+/// Redis-specific checks on top of the shared conformance suite: glob characters, more keys than
+/// one SCAN step, cross-slot batches, a sub-second PX expiry.
 fn suite(cache: &CacheManager) {
     // Round trip, miss, falsy values, overwrite, delete.
     assert_eq!(cache.get::<Value>("missing").unwrap(), None);
@@ -144,6 +146,15 @@ fn standalone_suite_never_sends_keys_or_flush() {
     let Some(server) = RedisServer::start() else {
         return;
     };
+    // An empty namespace (the Python DDF's layout), first, while the database is empty (its
+    // empty prefix is the whole database); flush_all is refused there (see below).
+    let bare = CacheManager::new(config_for(&server, "")).unwrap();
+    conformance::prefix_invalidation_is_literal_and_exact(&bare);
+    conformance::odd_keys_round_trip(&bare, Caps::default());
+    conformance::run(
+        &|ns| CacheManager::new(config_for(&server, ns)).unwrap(),
+        Caps::default(),
+    );
     let cache = CacheManager::new(config_for(&server, "t1:")).unwrap();
     suite(&cache);
     assert_never_sent_dangerous(server.port());
@@ -155,6 +166,10 @@ fn cluster_suite_scans_every_primary() {
     let Some(cluster) = RedisCluster::start() else {
         return;
     };
+    conformance::run(
+        &|ns| CacheManager::new(cluster_config(&cluster, ns)).unwrap(),
+        Caps::default(),
+    );
     let cache = CacheManager::new(cluster_config(&cluster, "c1:")).unwrap();
     suite(&cache);
     // Keys on every primary are found by prefix invalidation.

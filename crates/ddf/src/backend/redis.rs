@@ -509,6 +509,52 @@ impl Backend for RedisBackend {
         })
     }
 
+    fn info(&self) -> Result<Vec<(String, String)>> {
+        // INFO (and CLUSTER INFO on a cluster) from one node: cheap, no key walk.
+        let (info, cluster): (String, Option<String>) = self.run("INFO", |c| match c {
+            Conn::Single(s) => Ok((redis::cmd("INFO").query(s)?, None)),
+            Conn::Cluster(cc) => {
+                let random = || RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random);
+                let info =
+                    redis::from_redis_value(cc.route_command(&redis::cmd("INFO"), random())?)?;
+                let ci = redis::from_redis_value(
+                    cc.route_command(redis::cmd("CLUSTER").arg("INFO"), random())?,
+                )?;
+                Ok((info, Some(ci)))
+            }
+        })?;
+        let field = |text: &str, name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+                .map(|v| v.trim().to_owned())
+        };
+        let mut out = vec![("server".to_owned(), self.place.clone())];
+        for name in [
+            "redis_version",
+            "used_memory_human",
+            "connected_clients",
+            "evicted_keys",
+            "maxmemory_policy",
+        ] {
+            if let Some(v) = field(&info, name) {
+                out.push((name.to_owned(), v));
+            }
+        }
+        for line in info.lines().filter(|l| l.starts_with("db")) {
+            if let Some((db, v)) = line.split_once(':') {
+                out.push((db.to_owned(), v.trim().to_owned()));
+            }
+        }
+        if let Some(ci) = cluster {
+            for name in ["cluster_state", "cluster_known_nodes", "cluster_size"] {
+                if let Some(v) = field(&ci, name) {
+                    out.push((name.to_owned(), v));
+                }
+            }
+        }
+        Ok(out)
+    }
+
     fn close(&self) {
         self.pool.clear();
     }

@@ -125,6 +125,8 @@ fn suite(cache: &CacheManager) {
     assert_eq!(cache.get::<i32>("left").unwrap(), None);
     assert_eq!(cache.get::<i32>("svc10:a").unwrap(), None);
 
+    let info = cache.backend_info().unwrap();
+    assert!(info.iter().any(|(k, _)| k == "redis_version"), "{info:?}");
     let status = cache.ping().unwrap().0;
     assert!(status.detail.contains("PONG"), "{status:?}");
 }

@@ -24,6 +24,7 @@ use std::time::Duration;
 
 use redis::cluster::{ClusterClient, ClusterConnection};
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+use redis::io::tcp::TcpSettings;
 use redis::{ConnectionAddr, ConnectionLike, IntoConnectionInfo, RedisConnectionInfo};
 
 use super::{Backend, BackendStatus, Item};
@@ -165,7 +166,8 @@ impl RedisBackend {
                 .collect::<Result<_>>()?;
             let mut b = ClusterClient::builder(nodes)
                 .connection_timeout(config.connect_timeout)
-                .response_timeout(config.timeout);
+                .response_timeout(config.timeout)
+                .tcp_settings(tcp_settings());
             if let Some(p) = &password {
                 b = b.password(p.clone());
             }
@@ -208,6 +210,7 @@ impl RedisBackend {
                         config.redis_db,
                     ))),
             };
+            let info = info.set_tcp_settings(tcp_settings());
             // redis_password applies when the URL carries none.
             let (info, password) = match (info.redis_settings().password(), &password) {
                 (Some(p), _) => {
@@ -422,6 +425,12 @@ fn parse_cluster_nodes(text: &str) -> Vec<(String, u16)> {
     out
 }
 
+/// TCP_NODELAY: every request is one write followed by a read, and a small write must not wait
+/// for the server's delayed ACK (redis-rs leaves Nagle on by default).
+fn tcp_settings() -> TcpSettings {
+    TcpSettings::default().set_nodelay(true)
+}
+
 fn set_cmd(key: &str, data: &[u8], ttl: Option<Duration>) -> redis::Cmd {
     let mut c = redis::cmd("SET");
     c.arg(key).arg(data);
@@ -590,27 +599,33 @@ impl Backend for RedisBackend {
         if items.is_empty() {
             return Ok(());
         }
-        let cmds: Vec<redis::Cmd> = items
+        // One pipeline: one round trip (per node on a cluster). Built once, outside the
+        // closure, which may run twice (a dead pooled connection is retried once).
+        let cmds = items
             .iter()
-            .map(|(k, it)| set_cmd(&self.keyspace.storage_key(k), &it.data, ttl))
-            .collect();
-        // One pipeline: one round trip (per node on a cluster).
-        self.run("SET (pipeline)", |c| match c {
-            Conn::Single(s) => {
+            .map(|(k, it)| set_cmd(&self.keyspace.storage_key(k), &it.data, ttl));
+        match &self.target {
+            Target::Single(_) => {
                 let mut p = redis::pipe();
-                for cmd in &cmds {
-                    p.add_command(cmd.clone()).ignore();
+                for cmd in cmds {
+                    p.add_command(cmd).ignore();
                 }
-                p.query::<()>(s)
+                self.run("SET (pipeline)", |c| p.query::<()>(c.as_like()))
             }
-            Conn::Cluster(cc) => {
+            Target::Cluster(_) => {
                 let mut p = redis::cluster::cluster_pipe();
-                for cmd in &cmds {
-                    p.add_command(cmd.clone()).ignore();
+                for cmd in cmds {
+                    p.add_command(cmd).ignore();
                 }
-                p.query::<()>(cc)
+                self.run("SET (pipeline)", |c| match c {
+                    Conn::Cluster(cc) => p.query::<()>(cc),
+                    Conn::Single(_) => Err(redis::RedisError::from((
+                        redis::ErrorKind::Client,
+                        "a cluster pipeline needs a cluster connection",
+                    ))),
+                })
             }
-        })
+        }
     }
 
     fn delete_many(&self, keys: &[&str]) -> Result<u64> {

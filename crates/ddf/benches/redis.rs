@@ -55,28 +55,144 @@ fn redis(c: &mut Criterion) {
         b.iter(|| black_box(cache.get_many::<String>(&refs).expect("get_many")))
     });
 
-    // One and two threads doing single gets; throughput is gets per second in total.
-    for threads in [1u64, 2] {
-        g.throughput(Throughput::Elements(threads));
-        g.bench_function(format!("get_hit_{threads}_threads"), |b| {
-            b.iter_custom(|iters| {
-                let start = Instant::now();
-                std::thread::scope(|s| {
-                    for _ in 0..threads {
-                        let cache = cache.clone();
-                        s.spawn(move || {
-                            for _ in 0..iters {
-                                black_box(cache.get::<String>("bench:hit").expect("get"));
-                            }
-                        });
-                    }
-                });
-                start.elapsed()
-            })
-        });
-    }
     g.finish();
+    ratios(&server, &cache, &value, &refs, &items);
     drop(server);
+}
+
+/// Operations per second of `op` run in a loop for `secs` on `threads` threads (total).
+fn rate(threads: usize, secs: f64, op: &(dyn Fn() + Sync)) -> f64 {
+    let deadline = Duration::from_secs_f64(secs);
+    let start = Instant::now();
+    let done: u64 = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut n = 0u64;
+                    while start.elapsed() < deadline {
+                        for _ in 0..64 {
+                            op();
+                        }
+                        n += 64;
+                    }
+                    n
+                })
+            })
+            .collect();
+        hs.into_iter()
+            .map(|h| h.join().expect("bench thread"))
+            .sum()
+    });
+    done as f64 / start.elapsed().as_secs_f64()
+}
+
+/// `redis-benchmark -q` requests per second of one test, or `None` when it is not installed.
+fn redis_benchmark(port: u16, clients: u32, pipeline: u32, test: &str) -> Option<f64> {
+    let bin = ddf_testkit::which("redis-benchmark")?;
+    let out = std::process::Command::new(bin)
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-q",
+            "-d",
+            "100",
+            "-n",
+            "100000",
+        ])
+        .args([
+            "-c",
+            &clients.to_string(),
+            "-P",
+            &pipeline.to_string(),
+            "-t",
+            test,
+        ])
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout).replace('\r', "\n");
+    text.lines()
+        .filter_map(|l| {
+            l.split_once(": ")?
+                .1
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .next_back()
+}
+
+/// The targets of issue #4, measured back to back against the same server: each ddf figure
+/// right after the redis-benchmark figure it is compared with.
+fn ratios(
+    server: &RedisServer,
+    cache: &CacheManager,
+    value: &str,
+    refs: &[&str],
+    items: &[(&str, &str)],
+) {
+    let port = server.port();
+    let secs = 1.5;
+    let mut rows = Vec::new();
+    let mut row = |name: &str, ours: f64, theirs: Option<f64>, target: f64| {
+        rows.push(format!(
+            "{name:<34} ddf {ours:>10.0}/s   reference {:>10}   ratio {:>5}   target >= {target}",
+            theirs.map_or("-".to_owned(), |t| format!("{t:.0}/s")),
+            theirs.map_or("-".to_owned(), |t| format!("{:.2}", ours / t)),
+        ));
+    };
+    let rb = redis_benchmark(port, 1, 1, "get");
+    row(
+        "get (vs -c 1 -P 1 GET)",
+        rate(1, secs, &|| {
+            black_box(cache.get::<String>("bench:hit").expect("get"));
+        }),
+        rb,
+        0.9,
+    );
+    let rb = redis_benchmark(port, 1, 1, "set");
+    row(
+        "set (vs -c 1 -P 1 SET)",
+        rate(1, secs, &|| {
+            cache.set("bench:set", value, None).expect("set")
+        }),
+        rb,
+        0.9,
+    );
+    let rb = redis_benchmark(port, 1, 16, "get");
+    row(
+        "get_many 100, keys (vs -P 16 GET)",
+        100.0
+            * rate(1, secs, &|| {
+                black_box(cache.get_many::<String>(refs).expect("get_many"));
+            }),
+        rb,
+        0.7,
+    );
+    let rb = redis_benchmark(port, 1, 16, "set");
+    row(
+        "set_many 100, keys (vs -P 16 SET)",
+        100.0 * rate(1, secs, &|| cache.set_many(items, None).expect("set_many")),
+        rb,
+        0.7,
+    );
+    let get = || {
+        black_box(cache.get::<String>("bench:hit").expect("get"));
+    };
+    let one = rate(1, secs, &get);
+    let two = rate(2, secs, &get);
+    row("get, 2 threads (vs 1 thread)", two, Some(one), 1.7);
+    let c1 = redis_benchmark(port, 1, 1, "get");
+    let c2 = redis_benchmark(port, 2, 1, "get");
+    if let (Some(c1), Some(c2)) = (c1, c2) {
+        row("redis-benchmark -c 2 (vs -c 1)", c2, Some(c1), 1.7);
+    }
+    eprintln!("\nissue #4 ratios (one run, same server, 100-byte values):");
+    for r in rows {
+        eprintln!("  {r}");
+    }
 }
 
 criterion_group!(benches, redis);

@@ -18,10 +18,14 @@ fn redis(c: &mut Criterion) {
         eprintln!("redis-server is not installed: the redis bench is skipped");
         return;
     };
+    // Through CacheManager::new, as users get it: the backend behind the breaker, whose
+    // fallback directory is a temporary one here.
+    let dir = tempfile::tempdir().expect("tempdir");
     let cache = CacheManager::new(
         CacheConfig::default()
             .with_backend(CacheBackend::Redis)
-            .with_redis("127.0.0.1", server.port()),
+            .with_redis("127.0.0.1", server.port())
+            .with_pickle_dir(dir.path()),
     )
     .expect("redis cache");
     // A 100-character string: 102 bytes of JSON, like redis-benchmark -d 100.

@@ -268,6 +268,12 @@ impl RedisBackend {
         })
     }
 
+    /// Where the server is (`host:port db N`, `unix:/path db N`, `cluster [a, b, c]`), without
+    /// credentials: for messages and the outage journal's scope.
+    pub fn place(&self) -> &str {
+        &self.place
+    }
+
     /// The one mapping from redis-rs errors to [`Error::Backend`]. Never includes credentials:
     /// redis-rs error texts carry no URL, and the password is scrubbed anyway.
     fn map_err(&self, what: &str, e: &redis::RedisError) -> Error {

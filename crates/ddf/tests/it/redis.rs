@@ -3,13 +3,28 @@
 
 use std::collections::HashMap;
 use std::process::Command;
+use std::sync::Arc;
 use std::time::Duration;
 
+use ddf::backend::redis::RedisBackend;
+use ddf::config::FallbackMode;
 use ddf::{CacheBackend, CacheConfig, CacheManager, ServerAddr};
 use ddf_testkit::{RedisCluster, RedisServer, TlsFiles, redis_cli};
 use serde_json::{Value, json};
 
 use crate::conformance::{self, Caps};
+
+/// A cache over the Redis backend itself, without the breaker and fallback that
+/// `CacheManager::new` puts in front of it (tested in `factory_puts_redis_behind_the_breaker`).
+fn direct(config: CacheConfig) -> ddf::Result<CacheManager> {
+    let flags = if config.backend == CacheBackend::RedisPickle {
+        ddf::codec::flags::PICKLE
+    } else {
+        ddf::codec::flags::TEXT
+    };
+    let backend = RedisBackend::new(&config, flags)?;
+    Ok(CacheManager::with_backend(config, Arc::new(backend)))
+}
 
 fn config_for(server: &RedisServer, namespace: &str) -> CacheConfig {
     CacheConfig::default()
@@ -150,14 +165,14 @@ fn standalone_suite_never_sends_keys_or_flush() {
     };
     // An empty namespace (the Python DDF's layout), first, while the database is empty (its
     // empty prefix is the whole database); flush_all is refused there (see below).
-    let bare = CacheManager::new(config_for(&server, "")).unwrap();
+    let bare = direct(config_for(&server, "")).unwrap();
     conformance::prefix_invalidation_is_literal_and_exact(&bare);
     conformance::odd_keys_round_trip(&bare, Caps::default());
     conformance::run(
-        &|ns| CacheManager::new(config_for(&server, ns)).unwrap(),
+        &|ns| direct(config_for(&server, ns)).unwrap(),
         Caps::default(),
     );
-    let cache = CacheManager::new(config_for(&server, "t1:")).unwrap();
+    let cache = direct(config_for(&server, "t1:")).unwrap();
     suite(&cache);
     assert_never_sent_dangerous(server.port());
     assert!(commandstats(server.port()).contains("cmdstat_unlink:"));
@@ -169,10 +184,10 @@ fn cluster_suite_scans_every_primary() {
         return;
     };
     conformance::run(
-        &|ns| CacheManager::new(cluster_config(&cluster, ns)).unwrap(),
+        &|ns| direct(cluster_config(&cluster, ns)).unwrap(),
         Caps::default(),
     );
-    let cache = CacheManager::new(cluster_config(&cluster, "c1:")).unwrap();
+    let cache = direct(cluster_config(&cluster, "c1:")).unwrap();
     suite(&cache);
     // Keys on every primary are found by prefix invalidation.
     let keys: Vec<String> = (0..300).map(|i| format!("spread:{i}")).collect();
@@ -196,7 +211,7 @@ fn other_applications_keys_survive_flush_and_invalidation() {
     };
     redis_cli(server.port(), &["SET", "foreign:svc1:a", "keep"]);
     redis_cli(server.port(), &["SET", "svc1:a", "keep"]);
-    let cache = CacheManager::new(config_for(&server, "ddf:")).unwrap();
+    let cache = direct(config_for(&server, "ddf:")).unwrap();
     cache.set("svc1:a", &1, None).unwrap();
     assert_eq!(cache.invalidate_pattern("svc1:").unwrap(), 1);
     cache.set("x", &1, None).unwrap();
@@ -210,7 +225,7 @@ fn other_applications_keys_survive_flush_and_invalidation() {
 
     // An empty namespace: flush_all refuses unless server_flush is set; prefix invalidation
     // stays literal and scoped.
-    let bare = CacheManager::new(config_for(&server, "")).unwrap();
+    let bare = direct(config_for(&server, "")).unwrap();
     let e = bare.flush_all().unwrap_err();
     assert!(e.to_string().contains("server_flush"), "{e}");
     assert_eq!(redis_cli(server.port(), &["DBSIZE"]).trim(), "2");
@@ -223,7 +238,7 @@ fn other_applications_keys_survive_flush_and_invalidation() {
 
     let mut c = config_for(&server, "");
     c.server_flush = true;
-    CacheManager::new(c).unwrap().flush_all().unwrap();
+    direct(c).unwrap().flush_all().unwrap();
     assert_eq!(redis_cli(server.port(), &["DBSIZE"]).trim(), "0");
     assert!(!commandstats(server.port()).contains("cmdstat_flushall:"));
 }
@@ -233,7 +248,7 @@ fn password_and_db_are_used_and_never_shown() {
     let Some(server) = RedisServer::start_with(&["--requirepass", "pa:ss@w/rd"]) else {
         return;
     };
-    let cache = CacheManager::new(
+    let cache = direct(
         config_for(&server, "p:")
             .with_redis_password(Some("pa:ss@w/rd".into()))
             .with_redis_db(3),
@@ -257,22 +272,20 @@ fn password_and_db_are_used_and_never_shown() {
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "\"v\"");
 
-    let wrong = CacheManager::new(
-        config_for(&server, "p:").with_redis_password(Some("wrong-secret".into())),
-    )
-    .unwrap();
+    let wrong =
+        direct(config_for(&server, "p:").with_redis_password(Some("wrong-secret".into()))).unwrap();
     let e = wrong.get::<String>("k").unwrap_err();
     let text = format!("{e} {e:?}");
     assert!(!text.contains("wrong-secret"), "{text}");
-    let none = CacheManager::new(config_for(&server, "p:")).unwrap();
+    let none = direct(config_for(&server, "p:")).unwrap();
     let e = none.get::<String>("k").unwrap_err();
     assert!(!e.is_temporary(), "{e}");
 
     // The same through redis_url.
     let url = format!("redis://:pa%3Ass%40w%2Frd@127.0.0.1:{}/3", server.port());
-    let by_url = CacheManager::new(config_for(&server, "p:").with_redis_url(Some(url))).unwrap();
+    let by_url = direct(config_for(&server, "p:").with_redis_url(Some(url))).unwrap();
     assert_eq!(by_url.get::<String>("k").unwrap().as_deref(), Some("v"));
-    let e = CacheManager::new(config_for(&server, "p:").with_redis_url(Some(format!(
+    let e = direct(config_for(&server, "p:").with_redis_url(Some(format!(
         "redis://:bad-secret@127.0.0.1:{}/3",
         server.port()
     ))))
@@ -295,7 +308,7 @@ fn tls_with_a_throwaway_ca() {
         .with_namespace("tls:")
         .with_redis_url(Some(format!("rediss://localhost:{}/0", server.port())));
     config.redis_ca_file = Some(tls.ca());
-    let cache = CacheManager::new(config.clone()).unwrap();
+    let cache = direct(config.clone()).unwrap();
     cache.set("k", &[1, 2, 3], None).unwrap();
     assert_eq!(cache.get::<Vec<i32>>("k").unwrap(), Some(vec![1, 2, 3]));
     assert_eq!(cache.invalidate_pattern("").unwrap(), 1);
@@ -303,14 +316,14 @@ fn tls_with_a_throwaway_ca() {
 
     // Without the CA the server's certificate is not trusted.
     config.redis_ca_file = None;
-    let untrusted = CacheManager::new(config).unwrap();
+    let untrusted = direct(config).unwrap();
     assert!(untrusted.get::<i32>("k").is_err());
 }
 
 #[test]
 fn unreachable_server_is_a_temporary_error() {
     let port = ddf_testkit::free_port();
-    let cache = CacheManager::new(
+    let cache = direct(
         CacheConfig::default()
             .with_backend(CacheBackend::Redis)
             .with_redis("127.0.0.1", port),
@@ -329,7 +342,7 @@ fn recovers_after_a_restart_and_times_out_on_a_stopped_server() {
     let port = server.port();
     let config = config_for(&server, "r:")
         .with_timeouts(Duration::from_millis(500), Duration::from_millis(300));
-    let cache = CacheManager::new(config).unwrap();
+    let cache = direct(config).unwrap();
     cache.set("k", &1, None).unwrap();
     server.process.kill();
     drop(server);
@@ -373,7 +386,7 @@ fn json_interop_with_redis_py() {
         return;
     };
     // Python DDF layout: empty namespace, json.dumps(v).encode().
-    let cache = CacheManager::new(config_for(&server, "")).unwrap();
+    let cache = direct(config_for(&server, "")).unwrap();
     let port = server.port().to_string();
     let written = python(
         r#"
@@ -413,8 +426,7 @@ fn pickle_interop_with_redis_py() {
     let Some(server) = RedisServer::start() else {
         return;
     };
-    let cache =
-        CacheManager::new(config_for(&server, "").with_backend(CacheBackend::RedisPickle)).unwrap();
+    let cache = direct(config_for(&server, "").with_backend(CacheBackend::RedisPickle)).unwrap();
     if cache.codec().name() != "pickle" {
         // Before the pickle codec (branch `pickle`) is merged, redis_pickle stores JSON.
         eprintln!("\n!!! SKIPPED: the pickle codec is not in this build yet\n");
@@ -458,4 +470,41 @@ print(json.dumps(pickle.loads(r.get("from:rust"))))
     .unwrap();
     let back: Value = serde_json::from_str(&read).unwrap();
     assert_eq!(back, ours);
+}
+
+#[test]
+fn factory_puts_redis_behind_the_breaker() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let cache = CacheManager::new(config_for(&server, "f:").with_pickle_dir(dir.path())).unwrap();
+    cache.set("k", &"v", None).unwrap();
+    assert_eq!(redis_cli(server.port(), &["GET", "f:k"]).trim(), "\"v\"");
+    assert_eq!(cache.invalidate_pattern("").unwrap(), 1);
+    assert!(cache.ping().unwrap().0.detail.contains("127.0.0.1"));
+    // What users get (backend + breaker + fallback) passes the shared suite too.
+    conformance::run(
+        &|ns| CacheManager::new(config_for(&server, ns).with_pickle_dir(dir.path())).unwrap(),
+        Caps::default(),
+    );
+    assert_never_sent_dangerous(server.port());
+
+    // Unreachable: fallback = error reports a temporary error; the default (pickle) serves
+    // from the local directory.
+    let port = ddf_testkit::free_port();
+    let mut down = CacheConfig::default()
+        .with_backend(CacheBackend::Redis)
+        .with_redis("127.0.0.1", port)
+        .with_pickle_dir(dir.path());
+    down.fallback = FallbackMode::Error;
+    let e = CacheManager::new(down.clone())
+        .unwrap()
+        .get::<i32>("k")
+        .unwrap_err();
+    assert!(e.is_temporary(), "{e}");
+    down.fallback = FallbackMode::Pickle;
+    let local = CacheManager::new(down).unwrap();
+    local.set("k", &5, None).unwrap();
+    assert_eq!(local.get::<i32>("k").unwrap(), Some(5));
 }

@@ -34,7 +34,7 @@ use std::sync::{Arc, LazyLock, OnceLock};
 
 pub use backend::{Backend, Item};
 pub use codec::Codec;
-pub use config::{CacheBackend, CacheConfig, ServerAddr};
+pub use config::{CacheBackend, CacheConfig, FallbackMode, ServerAddr};
 pub use error::{Error, Result, Source};
 pub use manager::{CacheManager, CacheStats};
 

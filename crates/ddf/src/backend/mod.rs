@@ -15,11 +15,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::{CacheBackend, CacheConfig};
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 pub mod file;
 pub mod memcached;
 pub mod none;
+pub mod redis;
+pub mod resilient;
 
 /// A stored value: the encoded bytes and the flags word.
 ///
@@ -118,11 +120,37 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     }
 }
 
+/// Wraps a server backend (Redis, Memcached) in [`resilient::Resilient`]: breaker, fallback to
+/// the local directory, and the journal of invalidations made during an outage. `address`
+/// identifies the server(s) in the journal, without credentials.
+///
+/// # Errors
+/// When the local directory (the fallback and the journal) cannot be opened.
+pub fn resilient(
+    config: &CacheConfig,
+    name: &'static str,
+    address: &str,
+    factory: resilient::Factory,
+) -> Result<Arc<dyn Backend>> {
+    let local = Arc::new(file::FileBackend::open(
+        config.pickle_dir(),
+        &config.namespace,
+    )?);
+    let cfg = resilient::ResilientConfig {
+        name,
+        scope: format!("{name}|{address}|{}", config.namespace),
+        mode: config.fallback,
+        failures: config.breaker_failures,
+        retry: config.breaker_retry,
+    };
+    Ok(Arc::new(resilient::Resilient::new(cfg, factory, local)))
+}
+
 /// Builds the backend a config names.
 ///
 /// # Errors
-/// [`Error::Unsupported`] for a backend this version cannot build yet; the backend's own errors
-/// when it cannot be set up (an unusable cache directory, for example).
+/// The backend's own errors when it cannot be set up (an unusable cache directory, for
+/// example).
 pub fn from_config(config: &CacheConfig) -> Result<Arc<dyn Backend>> {
     match config.backend {
         CacheBackend::None => Ok(Arc::new(none::NoneBackend)),
@@ -130,14 +158,33 @@ pub fn from_config(config: &CacheConfig) -> Result<Arc<dyn Backend>> {
             config.pickle_dir(),
             &config.namespace,
         )?)),
-        CacheBackend::Memcached | CacheBackend::MemcachedPickle => {
-            Ok(Arc::new(memcached::MemcachedBackend::new(config)?))
+        // The codec (JSON or pickle) is chosen above the backend, by CacheManager; the backend
+        // only needs the flags to report for values read. Built once here to validate the
+        // settings (no connection is opened), then behind the breaker and fallback.
+        CacheBackend::Redis | CacheBackend::RedisPickle => {
+            let flags = if config.backend == CacheBackend::Redis {
+                crate::codec::flags::TEXT
+            } else {
+                crate::codec::flags::PICKLE
+            };
+            let address = redis::RedisBackend::new(config, flags)?.place().to_owned();
+            let cfg = config.clone();
+            let factory: resilient::Factory = Box::new(move || {
+                Ok(Arc::new(redis::RedisBackend::new(&cfg, flags)?) as Arc<dyn Backend>)
+            });
+            resilient(config, "redis", &address, factory)
         }
-        other @ (CacheBackend::Redis | CacheBackend::RedisPickle) => Err(Error::Unsupported {
-            backend: other.as_str().to_owned(),
-            reason: "this version of ddf does not include it yet; use `backend = pickle` \
-                     (a local cache directory) or `backend = none`"
-                .to_owned(),
-        }),
+        // Every configured server, behind the breaker and fallback like Redis. The backend's
+        // own per-server dead policy makes operations on a failing server fail fast; the
+        // breaker then decides when the whole backend serves from the fallback.
+        CacheBackend::Memcached | CacheBackend::MemcachedPickle => {
+            let backend = memcached::MemcachedBackend::new(config)?;
+            let address = backend.servers().join(",");
+            let cfg = config.clone();
+            let factory: resilient::Factory = Box::new(move || {
+                Ok(Arc::new(memcached::MemcachedBackend::new(&cfg)?) as Arc<dyn Backend>)
+            });
+            resilient(config, backend.name(), &address, factory)
+        }
     }
 }

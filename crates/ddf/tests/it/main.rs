@@ -5,3 +5,5 @@
 mod conformance;
 mod file;
 mod memcached;
+mod pickle;
+mod redis;

@@ -29,8 +29,15 @@ fn config(servers: &[MemcachedServer], namespace: &str) -> CacheConfig {
         .with_timeouts(Duration::from_millis(500), Duration::from_secs(1))
 }
 
+/// A cache over the Memcached backend itself, without the breaker and fallback that
+/// `CacheManager::new` puts in front of it (tested in `factory_puts_memcached_behind_the_breaker`).
+fn direct(config: CacheConfig) -> CacheManager {
+    let backend = MemcachedBackend::new(&config).unwrap();
+    CacheManager::with_backend(config, std::sync::Arc::new(backend))
+}
+
 fn cache(servers: &[MemcachedServer], namespace: &str) -> CacheManager {
-    CacheManager::new(config(servers, namespace)).unwrap()
+    direct(config(servers, namespace))
 }
 
 fn backend(servers: &[MemcachedServer], namespace: &str) -> MemcachedBackend {
@@ -119,7 +126,7 @@ fn conformance_with_an_empty_namespace_and_server_flush() {
     assert_eq!(c.get::<String>("k").unwrap().as_deref(), Some("v"));
     let mut cfg = config(&servers, "");
     cfg.server_flush = true;
-    let c = CacheManager::new(cfg).unwrap();
+    let c = direct(cfg);
     c.flush_all().unwrap();
     assert_eq!(c.get::<String>("k").unwrap(), None);
 }
@@ -127,20 +134,91 @@ fn conformance_with_an_empty_namespace_and_server_flush() {
 #[test]
 fn pickle_mode_reads_python_text_and_ints_as_pickles() {
     let Some(servers) = start(1) else { return };
-    raw_set(&servers[0], "pm:i", "-129");
     let mut s = TcpStream::connect(servers[0].server()).unwrap();
-    s.write_all(b"set pm:s 16 0 3\r\nh\xc3\xa9\r\n").unwrap();
-    let mut line = String::new();
-    BufReader::new(&s).read_line(&mut line).unwrap();
-    let c = CacheManager::new(config(&servers, "pm:").with_backend(CacheBackend::MemcachedPickle))
-        .unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    for cmd in [
+        &b"set pm:i 2 0 4\r\n-129\r\n"[..],
+        b"set pm:s 16 0 3\r\nh\xc3\xa9\r\n",
+        b"set pm:raw 0 0 2\r\nhi\r\n",
+    ] {
+        s.write_all(cmd).unwrap();
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        assert_eq!(line, "STORED\r\n");
+    }
+    let c = direct(config(&servers, "pm:").with_backend(CacheBackend::MemcachedPickle));
     assert_eq!(c.backend_name(), "memcached_pickle");
-    // Flags 0 (raw_set) pass through; text becomes the pickle of a str.
-    assert_eq!(c.get_bytes("i").unwrap().unwrap(), b"-129");
+    assert_eq!(c.get::<i64>("i").unwrap(), Some(-129));
+    assert_eq!(c.get::<String>("s").unwrap().as_deref(), Some("hé"));
+    // Text becomes the pickle of a str; bytes (flags 0) pass through.
     assert_eq!(
         c.get_bytes("s").unwrap().unwrap(),
         b"\x80\x02X\x03\x00\x00\x00h\xc3\xa9."
     );
+    assert_eq!(c.get_bytes("raw").unwrap().unwrap(), b"hi");
+}
+
+/// `memcached_pickle` and pymemcache: Python objects both ways.
+#[test]
+fn pickle_mode_interop_with_pymemcache() {
+    let Some(servers) = start(2) else { return };
+    let Some(python) = ddf_testkit::python() else {
+        return;
+    };
+    let ns = "pk:";
+    let c = direct(config(&servers, ns).with_backend(CacheBackend::MemcachedPickle));
+    let mut env = std::collections::BTreeMap::new();
+    env.insert("A".to_owned(), 1.5f64);
+    c.set("map", &env, None).unwrap();
+    c.set("list", &vec!["a", "b"], None).unwrap();
+    c.set("str", "text", None).unwrap();
+    c.set("int", &42i64, None).unwrap();
+    let server_list: Vec<String> = servers.iter().map(|s| s.server()).collect();
+    let script = r#"
+import json, sys
+from pymemcache.client.hash import HashClient
+from pymemcache import serde
+servers = [(h, int(p)) for h, p in (s.split(":") for s in sys.argv[1].split(","))]
+ns = sys.argv[2]
+c = HashClient(servers, serde=serde.pickle_serde)
+out = {k: c.get(ns + k) for k in ("map", "list", "str", "int")}
+out["types"] = [type(out[k]).__name__ for k in ("map", "list", "str", "int")]
+c.set(ns + "pydict", {"x": [1, 2.5, None, True]})
+c.set(ns + "pystr", "héllo")
+c.set(ns + "pyint", 2**70)
+c.set(ns + "pytuple", ("a", "b"))
+print(json.dumps(out))
+"#;
+    let out = Command::new(&python)
+        .args(["-c", script, &server_list.join(","), ns])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "python failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["map"], serde_json::json!({"A": 1.5}));
+    assert_eq!(v["list"], serde_json::json!(["a", "b"]));
+    assert_eq!(v["str"], "text");
+    assert_eq!(v["int"], 42);
+    assert_eq!(
+        v["types"],
+        serde_json::json!(["dict", "list", "str", "int"])
+    );
+    assert_eq!(
+        c.get::<serde_json::Value>("pydict").unwrap(),
+        Some(serde_json::json!({"x": [1, 2.5, null, true]}))
+    );
+    assert_eq!(c.get::<String>("pystr").unwrap().as_deref(), Some("héllo"));
+    assert_eq!(
+        c.get::<(String, String)>("pytuple").unwrap(),
+        Some(("a".to_owned(), "b".to_owned()))
+    );
+    let big = c.get_json("pyint").unwrap().unwrap();
+    // The pickle codec's JSON view writes integers beyond 64 bits as decimal strings.
+    assert_eq!(big, serde_json::json!("1180591620717411303424"));
 }
 
 /// Placement and values, both directions, against pymemcache's `HashClient` with the
@@ -231,8 +309,11 @@ print(json.dumps(out))
     );
     assert!(c.get_json("pylong").unwrap().unwrap().is_number());
     assert_eq!(c.get_bytes("pybytes").unwrap(), Some(vec![0, 255]));
-    let err = c.get::<serde_json::Value>("pylist").unwrap_err();
-    assert!(err.is_decode(), "{err}");
+    // A Python pickle (flags 1) is read by the pickle codec, whatever the cache's codec.
+    assert_eq!(
+        c.get::<serde_json::Value>("pylist").unwrap(),
+        Some(serde_json::json!([1, "a"]))
+    );
 }
 
 const WORKER_ENV: &str = "DDF_TEST_MEMCACHED_WORKER";
@@ -332,13 +413,12 @@ fn memcached_worker() {
         .split(',')
         .map(|s| ServerAddr::parse(s, 11211).unwrap())
         .collect();
-    let c = CacheManager::new(
+    let c = direct(
         CacheConfig::default()
             .with_backend(CacheBackend::Memcached)
             .with_memcached_servers(addrs)
             .with_namespace("mp:"),
-    )
-    .unwrap();
+    );
     for i in 0..500 {
         c.set(&format!("{phase}:{w}:{i}"), &i, None).unwrap();
         if phase == "job" && i % 50 == 0 {
@@ -551,6 +631,46 @@ fn a_restarted_server_is_used_again_at_once() {
         c.set("after", &i, None).unwrap();
     }
     assert_eq!(c.get::<i32>("after").unwrap(), Some(19));
+}
+
+#[test]
+fn factory_puts_memcached_behind_the_breaker() {
+    let Some(servers) = start(3) else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let make =
+        |ns: &str| CacheManager::new(config(&servers, ns).with_pickle_dir(dir.path())).unwrap();
+    let c = make("f:");
+    assert_eq!(c.backend_name(), "memcached");
+    c.set("k", "v", None).unwrap();
+    assert_eq!(c.invalidate_pattern("").unwrap(), 1);
+    assert!(c.ping().unwrap().0.detail.contains("127.0.0.1"));
+    // What users get (backend + breaker + fallback) passes the shared suite too.
+    conformance::run(
+        &make,
+        Caps {
+            ttl_sleep: None,
+            ..Caps::default()
+        },
+    );
+    // Nothing listening: fallback = error reports a temporary error; the default (pickle)
+    // serves from the local directory.
+    let port = ddf_testkit::free_port();
+    let mut down = CacheConfig::default()
+        .with_backend(CacheBackend::Memcached)
+        .with_memcached_servers(vec![
+            ServerAddr::parse(&format!("127.0.0.1:{port}"), 1).unwrap(),
+        ])
+        .with_pickle_dir(dir.path());
+    down.fallback = ddf::config::FallbackMode::Error;
+    let e = CacheManager::new(down.clone())
+        .unwrap()
+        .get::<i32>("k")
+        .unwrap_err();
+    assert!(e.is_temporary(), "{e}");
+    down.fallback = ddf::config::FallbackMode::Pickle;
+    let local = CacheManager::new(down).unwrap();
+    local.set("k", &5, None).unwrap();
+    assert_eq!(local.get::<i32>("k").unwrap(), Some(5));
 }
 
 #[test]

@@ -290,6 +290,11 @@ impl MemcachedBackend {
         self
     }
 
+    /// The configured servers, as `host:port` (the node names pymemcache hashes).
+    pub fn servers(&self) -> &[String] {
+        &self.names
+    }
+
     /// The server (`host:port`) that holds a user key: where pymemcache's `HashClient` puts the
     /// same wire key.
     pub fn server_for(&self, key: &str) -> &str {

@@ -135,8 +135,8 @@ fn memcached(c: &mut Criterion) {
 fn interleaved(cache: &CacheManager, direct: &CacheManager, bare: &mut Bare, value: &str) {
     const BLOCK: u32 = 500;
     const ROUNDS: usize = 30;
-    let mut t = [[0f64; ROUNDS]; 6];
-    for r in 0..ROUNDS {
+    let mut t: [Vec<f64>; 6] = Default::default();
+    for _ in 0..ROUNDS {
         let time = |f: &mut dyn FnMut()| {
             let start = Instant::now();
             for _ in 0..BLOCK {
@@ -144,18 +144,18 @@ fn interleaved(cache: &CacheManager, direct: &CacheManager, bare: &mut Bare, val
             }
             start.elapsed().as_secs_f64() * 1e6 / f64::from(BLOCK)
         };
-        t[0][r] = time(&mut || {
+        t[0].push(time(&mut || {
             black_box(cache.get::<String>("hit").expect("get"));
-        });
-        t[1][r] = time(&mut || {
+        }));
+        t[1].push(time(&mut || {
             black_box(direct.get::<String>("hit").expect("get"));
-        });
-        t[2][r] = time(&mut || {
+        }));
+        t[2].push(time(&mut || {
             black_box(bare.get("bench:hit"));
-        });
-        t[3][r] = time(&mut || cache.set("set", value, None).expect("set"));
-        t[4][r] = time(&mut || direct.set("set", value, None).expect("set"));
-        t[5][r] = time(&mut || bare.set("bench:set", value.as_bytes()));
+        }));
+        t[3].push(time(&mut || cache.set("set", value, None).expect("set")));
+        t[4].push(time(&mut || direct.set("set", value, None).expect("set")));
+        t[5].push(time(&mut || bare.set("bench:set", value.as_bytes())));
     }
     let med: Vec<f64> = t
         .iter_mut()

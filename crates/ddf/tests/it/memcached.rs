@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ddf::backend::memcached::{DeadPolicy, MemcachedBackend};
-use ddf::{CacheBackend, CacheConfig, CacheManager, Error, ServerAddr};
+use ddf::{Backend, CacheBackend, CacheConfig, CacheManager, Error, ServerAddr};
 use ddf_testkit::MemcachedServer;
 
 use crate::conformance::{self, Caps};
@@ -644,6 +644,15 @@ fn factory_puts_memcached_behind_the_breaker() {
     c.set("k", "v", None).unwrap();
     assert_eq!(c.invalidate_pattern("").unwrap(), 1);
     assert!(c.ping().unwrap().0.detail.contains("127.0.0.1"));
+    let info = MemcachedBackend::new(&config(&servers, "f:"))
+        .unwrap()
+        .info()
+        .unwrap();
+    assert_eq!(
+        info.iter().filter(|(_, v)| v.contains("items")).count(),
+        3,
+        "{info:?}"
+    );
     // What users get (backend + breaker + fallback) passes the shared suite too.
     conformance::run(
         &make,

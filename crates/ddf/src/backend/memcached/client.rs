@@ -295,22 +295,41 @@ impl Conn {
         }
     }
 
-    /// `item_size_max` from `stats settings`.
-    pub fn item_size_max(&mut self) -> McResult<Option<usize>> {
-        self.send(b"stats settings\r\n")?;
-        let mut found = None;
+    /// `stats` (or `stats <group>`): every `STAT name value` line.
+    pub fn stats(&mut self, group: &str) -> McResult<Vec<(String, String)>> {
+        let cmd = if group.is_empty() {
+            "stats\r\n".to_owned()
+        } else {
+            format!("stats {group}\r\n")
+        };
+        self.send(cmd.as_bytes())?;
+        let mut out = Vec::new();
         loop {
             let line = self.read_line()?;
             if line == b"END" {
-                return Ok(found);
+                return Ok(out);
             }
             if let Some(e) = error_line(line) {
                 return Err(e);
             }
-            if let Some(v) = line.strip_prefix(b"STAT item_size_max ") {
-                found = std::str::from_utf8(v).ok().and_then(|v| v.parse().ok());
+            let text = String::from_utf8_lossy(line);
+            let mut it = text.splitn(3, ' ');
+            match (it.next(), it.next(), it.next()) {
+                (Some("STAT"), Some(name), Some(value)) => {
+                    out.push((name.to_owned(), value.to_owned()));
+                }
+                _ => return Err(protocol("stats", line)),
             }
         }
+    }
+
+    /// `item_size_max` from `stats settings`.
+    pub fn item_size_max(&mut self) -> McResult<Option<usize>> {
+        Ok(self
+            .stats("settings")?
+            .into_iter()
+            .find(|(k, _)| k == "item_size_max")
+            .and_then(|(_, v)| v.parse().ok()))
     }
 
     /// `flush_all`: every item on this server.

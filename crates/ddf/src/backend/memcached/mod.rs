@@ -652,6 +652,46 @@ impl Backend for MemcachedBackend {
         })
     }
 
+    fn info(&self) -> Result<Vec<(String, String)>> {
+        // `stats` of every server: cheap, no key walk. A server that does not answer is
+        // reported as such rather than failing the whole report.
+        let mut out = vec![("servers".to_owned(), self.names.join(", "))];
+        let (mut items, mut bytes) = (0u64, 0u64);
+        for server in &self.servers {
+            match self.run(server, "stats", |c| c.stats("")) {
+                Ok(stats) => {
+                    let get = |name: &str| {
+                        stats
+                            .iter()
+                            .find(|(k, _)| k == name)
+                            .map_or("?", |(_, v)| v.as_str())
+                    };
+                    items += get("curr_items").parse::<u64>().unwrap_or(0);
+                    bytes += get("bytes").parse::<u64>().unwrap_or(0);
+                    out.push((
+                        server.name.clone(),
+                        format!(
+                            "memcached {}, {} items, {} bytes of {} max, {} evictions, item limit {}",
+                            get("version"),
+                            get("curr_items"),
+                            get("bytes"),
+                            get("limit_maxbytes"),
+                            get("evictions"),
+                            server.item_size_max.load(Ordering::Relaxed)
+                        ),
+                    ));
+                }
+                Err(e) => out.push((server.name.clone(), format!("not answering: {e}"))),
+            }
+        }
+        out.push((
+            "items (all applications, all servers)".to_owned(),
+            items.to_string(),
+        ));
+        out.push(("bytes (all servers)".to_owned(), bytes.to_string()));
+        Ok(out)
+    }
+
     fn close(&self) {
         for s in &self.servers {
             s.pool().clear();

@@ -682,6 +682,44 @@ fn factory_puts_memcached_behind_the_breaker() {
     assert_eq!(local.get::<i32>("k").unwrap(), Some(5));
 }
 
+/// What users get (`CacheManager::new`: backend + breaker + pickle fallback) with one of three
+/// servers killed: no operation fails or hangs; the breaker serves from the local directory
+/// while the server is down.
+#[test]
+fn factory_with_one_of_three_servers_killed() {
+    let Some(mut servers) = start(3) else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let c = CacheManager::new(config(&servers, "fk:").with_pickle_dir(dir.path())).unwrap();
+    let keys: Vec<String> = (0..60).map(|i| format!("k{i}")).collect();
+    for k in &keys {
+        c.set(k, k, None).unwrap();
+    }
+    servers[1].process.kill();
+    let start = Instant::now();
+    for k in &keys {
+        let t = Instant::now();
+        // A miss is allowed (the fallback starts empty); an error or a wrong value is not.
+        if let Some(v) = c.get::<String>(k).unwrap() {
+            assert_eq!(&v, k);
+        }
+        c.set(k, k, None).unwrap();
+        // Not necessarily a hit: the fallback is emptied when the breaker opens.
+        if let Some(v) = c.get::<String>(k).unwrap() {
+            assert_eq!(&v, k);
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "{k}: {:?}",
+            t.elapsed()
+        );
+    }
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        start.elapsed()
+    );
+}
+
 #[test]
 fn ttl_over_thirty_days_is_absolute() {
     let Some(servers) = start(1) else { return };

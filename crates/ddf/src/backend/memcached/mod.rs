@@ -1,7 +1,7 @@
 //! The Memcached backend (`backend = memcached` and `memcached_pickle`).
 //!
-//! - [`client`]: a small meta-protocol client over `TcpStream` (why in-house: see there).
-//! - [`placement`]: pymemcache `HashClient`'s rendezvous hashing, so Python and Rust clients
+//! - `client`: a small meta-protocol client over `TcpStream` (why in-house: see there).
+//! - `placement`: pymemcache `HashClient`'s rendezvous hashing, so Python and Rust clients
 //!   find each other's entries on the same server list.
 //! - Values: [`crate::codec::python_memcache`] converts items between the codec's form and
 //!   pymemcache's `python_memcache` flags, once, in [`MemcachedBackend`]'s get/set paths.

@@ -140,6 +140,7 @@ fn pickle_mode_reads_python_text_and_ints_as_pickles() {
         &b"set pm:i 2 0 4\r\n-129\r\n"[..],
         b"set pm:s 16 0 3\r\nh\xc3\xa9\r\n",
         b"set pm:raw 0 0 2\r\nhi\r\n",
+        b"set pm:long 4 0 22\r\n1180591620717411303424\r\n",
     ] {
         s.write_all(cmd).unwrap();
         let mut line = String::new();
@@ -156,6 +157,15 @@ fn pickle_mode_reads_python_text_and_ints_as_pickles() {
         b"\x80\x02X\x03\x00\x00\x00h\xc3\xa9."
     );
     assert_eq!(c.get_bytes("raw").unwrap().unwrap(), b"hi");
+    // A Python 2 long (flags 4) of any size.
+    assert_eq!(
+        c.get_json("long").unwrap(),
+        Some(serde_json::json!("1180591620717411303424"))
+    );
+    let j = direct(config(&servers, "pm:"));
+    assert_eq!(j.get::<i64>("i").unwrap(), Some(-129));
+    assert_eq!(j.get::<String>("s").unwrap().as_deref(), Some("hé"));
+    assert!(j.get_json("long").unwrap().unwrap().is_number());
 }
 
 /// `memcached_pickle` and pymemcache: Python objects both ways.

@@ -4,5 +4,6 @@
 
 mod conformance;
 mod file;
+mod memcached;
 mod pickle;
 mod redis;

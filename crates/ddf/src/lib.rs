@@ -29,6 +29,9 @@ pub mod config;
 mod error;
 pub mod key;
 mod manager;
+pub mod memo;
+#[doc(hidden)]
+pub mod __private;
 
 use std::sync::{Arc, LazyLock, OnceLock};
 
@@ -37,6 +40,8 @@ pub use codec::Codec;
 pub use config::{CacheBackend, CacheConfig, ServerAddr};
 pub use error::{Error, Result, Source};
 pub use manager::{CacheManager, CacheStats};
+/// Memoizes a function in the cache; see the attribute's documentation below and [`memo`].
+pub use ddf_macros::cache_with_invalidation;
 
 static GLOBAL_ERROR: OnceLock<Error> = OnceLock::new();
 

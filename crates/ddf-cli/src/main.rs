@@ -1,1 +1,189 @@
-fn main() {}
+//! `ddf-cache`: inspect, set, invalidate, flush, ping and benchmark a ddf cache.
+//!
+//! A thin binary (ripgrep's shape): parse arguments, build the cache from the usual
+//! configuration sources, run one command, print, and map the outcome to an exit code
+//! (0 success, 1 miss / nothing removed, 2 error). Errors print as one line,
+//! `ddf-cache: {err:#}`; a closed stdout (`| head`) exits 0.
+
+mod args;
+mod bench;
+
+use std::io::{self, Read, Write};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use ddf::{CacheBackend, CacheConfig, CacheManager};
+
+use crate::args::{Args, Command};
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    init_logging(args.verbose);
+    match run(args) {
+        Ok(code) => code,
+        Err(err) => {
+            if err
+                .chain()
+                .filter_map(|e| e.downcast_ref::<io::Error>())
+                .any(|e| e.kind() == io::ErrorKind::BrokenPipe)
+            {
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("ddf-cache: {err:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("DDF_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(io::stderr)
+        .with_target(false)
+        .init();
+}
+
+/// The configuration: file and environment, then the command-line overrides.
+fn load_config(args: &Args) -> anyhow::Result<CacheConfig> {
+    let mut config = CacheConfig::load_from(args.config.as_deref())?;
+    if let Some(b) = &args.backend {
+        let backend: CacheBackend = b.parse().context("--backend")?;
+        config = config.with_backend(backend);
+    }
+    if let Some(ns) = &args.namespace {
+        config = config.with_namespace(ns.clone());
+    }
+    Ok(config)
+}
+
+fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let config = load_config(&args)?;
+    if let Command::Config = args.command {
+        return print_config(&config);
+    }
+    let cache = CacheManager::new(config)?;
+    let mut out = io::stdout().lock();
+    match args.command {
+        Command::Get { key } => match cache.get_json(&key)? {
+            Some(value) => {
+                writeln!(out, "{value}")?;
+                Ok(ExitCode::SUCCESS)
+            }
+            None => Ok(ExitCode::from(1)),
+        },
+        Command::Set {
+            key,
+            value,
+            ttl,
+            json,
+        } => {
+            let value = if value == "-" {
+                let mut s = String::new();
+                io::stdin()
+                    .read_to_string(&mut s)
+                    .context("cannot read the value from standard input")?;
+                s
+            } else {
+                value
+            };
+            let ttl = ttl.map(parse_ttl).transpose()?;
+            if json {
+                let v: serde_json::Value = serde_json::from_str(&value)
+                    .with_context(|| format!("--json: the value is not valid JSON: {value:.80}"))?;
+                cache.set(&key, &v, ttl)?;
+            } else {
+                cache.set(&key, &value, ttl)?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Delete { key } => Ok(if cache.delete(&key)? {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        }),
+        Command::Invalidate { prefix } => {
+            let n = cache.invalidate_pattern(&prefix)?;
+            writeln!(out, "{n}")?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Flush => {
+            cache.flush_all()?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Ping => {
+            let (status, rtt) = cache.ping()?;
+            writeln!(
+                out,
+                "{}: {} ({:.3} ms)",
+                cache.backend_name(),
+                status.detail,
+                rtt.as_secs_f64() * 1000.0
+            )?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Stats => {
+            writeln!(out, "backend: {}", cache.backend_name())?;
+            writeln!(out, "namespace: {:?}", cache.config().namespace)?;
+            writeln!(out, "enabled: {}", cache.config().enabled)?;
+            for (k, v) in cache.backend_info()? {
+                writeln!(out, "{k}: {v}")?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench(b) => {
+            bench::run(&cache, &b, &mut out)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        // Handled above, before a cache is built (so that it works when the backend cannot).
+        Command::Config => print_config(cache.config()),
+    }
+}
+
+fn parse_ttl(secs: f64) -> anyhow::Result<Duration> {
+    if !(secs.is_finite() && secs > 0.0 && secs <= 1e10) {
+        bail!("--ttl {secs}: give a number of seconds greater than 0");
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn print_config(config: &CacheConfig) -> anyhow::Result<ExitCode> {
+    let mut out = io::stdout().lock();
+    match config.file() {
+        Some(f) => writeln!(out, "# file: {}", f.display())?,
+        None => writeln!(out, "# file: none (defaults and environment)")?,
+    }
+    let rows = config.describe();
+    let kw = rows.iter().map(|r| r.key.len()).max().unwrap_or(0);
+    let vw = rows
+        .iter()
+        .map(|r| r.value.chars().count())
+        .max()
+        .unwrap_or(0)
+        .clamp(5, 40);
+    writeln!(out, "{:kw$}  {:vw$}  SOURCE", "KEY", "VALUE")?;
+    for row in rows {
+        let value = if row.value.is_empty() {
+            "(empty)".to_owned()
+        } else {
+            row.value
+        };
+        writeln!(out, "{:kw$}  {:vw$}  {}", row.key, value, row.source)?;
+    }
+    if config.pickle_dir.is_none() {
+        writeln!(
+            out,
+            "; pickle_dir resolves to {}",
+            config.pickle_dir().display()
+        )?;
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -84,3 +84,8 @@ pub static CACHE: LazyLock<CacheManager> = LazyLock::new(|| {
 pub fn global_error() -> Option<&'static Error> {
     GLOBAL_ERROR.get()
 }
+
+/// The README's examples, compiled and run as doctests so that it stays true.
+#[doc = include_str!("../../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

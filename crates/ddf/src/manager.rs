@@ -378,6 +378,15 @@ impl CacheManager {
         }
     }
 
+    /// Facts about the backend's storage (entries, bytes, server counters...), as label/value
+    /// pairs: what `ddf-cache stats` prints beside [`CacheManager::stats`].
+    ///
+    /// # Errors
+    /// The backend's error when it cannot tell.
+    pub fn backend_info(&self) -> Result<Vec<(String, String)>> {
+        self.track(self.inner.backend.info())
+    }
+
     /// Checks the backend and measures the round trip.
     ///
     /// # Errors

@@ -47,6 +47,8 @@ const NAME: &str = "pickle";
 const MAGIC: &[u8; 4] = b"DDF\x01";
 const HEADER: usize = 4 + 4 + 8 + 4 + 4;
 const TRAILER: usize = 4;
+/// The largest entry file read (header, 4 GiB key, 4 GiB value): anything larger is not ours.
+const MAX_FILE: u64 = (HEADER + TRAILER) as u64 + 2 * u32::MAX as u64;
 /// Temporary files older than this are removed by `clear`.
 const STALE_TMP: Duration = Duration::from_secs(3600);
 
@@ -204,8 +206,20 @@ impl FileBackend {
             Err(e) => return Err(e),
         };
         let meta = f.metadata()?;
-        let mut buf = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
-        f.read_to_end(&mut buf)?;
+        // Entry files are never modified in place (writes rename a new file over the old one),
+        // so the size from fstat is the size to read: one read, no probe for end of file.
+        let len = match usize::try_from(meta.len()) {
+            Ok(len) if meta.len() <= MAX_FILE => len,
+            // Larger than any entry: not ours. Read nothing; it decodes as a miss.
+            _ => return Ok(Some((Vec::new(), meta))),
+        };
+        let mut buf = vec![0u8; len];
+        match f.read_exact(&mut buf) {
+            Ok(()) => {}
+            // Shrunk under us (not one of our files, which never change in place): a miss.
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => buf.clear(),
+            Err(e) => return Err(e),
+        }
         Ok(Some((buf, meta)))
     }
 
@@ -378,6 +392,32 @@ impl Backend for FileBackend {
     fn clear(&self) -> Result<()> {
         self.remove_stale_tmp();
         self.delete_prefix("").map(|_| ())
+    }
+
+    fn info(&self) -> Result<Vec<(String, String)>> {
+        let matcher = FilePrefix::new(self.keys.namespace());
+        let rd = fs::read_dir(&self.dir)
+            .map_err(|e| Error::io(NAME, format_args!("cannot list {}", self.dir.display()), e))?;
+        let (mut entries, mut bytes, mut other) = (0u64, 0u64, 0u64);
+        for ent in rd.flatten() {
+            let name = ent.file_name();
+            match name.to_str().map(|n| matcher.matches(n)) {
+                Some(PrefixMatch::Yes | PrefixMatch::Maybe) => {
+                    entries += 1;
+                    bytes += ent.metadata().map(|m| m.len()).unwrap_or(0);
+                }
+                _ => other += 1,
+            }
+        }
+        Ok(vec![
+            ("directory".to_owned(), self.dir.display().to_string()),
+            (
+                "entries (this namespace, expired included)".to_owned(),
+                entries.to_string(),
+            ),
+            ("bytes on disk".to_owned(), bytes.to_string()),
+            ("other files in the directory".to_owned(), other.to_string()),
+        ])
     }
 
     fn ping(&self) -> Result<BackendStatus> {

@@ -87,6 +87,12 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// Checks that the backend answers.
     fn ping(&self) -> Result<BackendStatus>;
 
+    /// Facts about the backend's storage for `ddf-cache stats` (entries, bytes, server
+    /// counters...), as label/value pairs. Empty by default.
+    fn info(&self) -> Result<Vec<(String, String)>> {
+        Ok(Vec::new())
+    }
+
     /// Releases connections and other resources. The backend stays usable: the next call
     /// reconnects. Also happens on drop.
     fn close(&self) {}

@@ -1,0 +1,99 @@
+//! Command-line arguments (clap derive).
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// Inspect and operate a ddf cache: the configured backend (a local cache directory by
+/// default, or Redis or Memcached) as the ddf library and the Python DDF see it.
+///
+/// Configuration: the INI file from --config, else $DDF_CONFIG, else ./ddf.ini, else
+/// ~/.config/ddf/ddf.ini; then DDF_CACHE_<KEY> and REDIS_* environment variables; then
+/// --backend/--namespace. Exit codes: 0 success, 1 miss (get) or nothing removed (delete),
+/// 2 error.
+#[derive(Debug, Parser)]
+#[command(name = "ddf-cache", version, about, long_about = None)]
+pub struct Args {
+    /// The INI file to read (its [cache] section).
+    #[arg(short, long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Override the backend: none, pickle, redis, redis_pickle, memcached, memcached_pickle.
+    #[arg(short, long, global = true, value_name = "NAME")]
+    pub backend: Option<String>,
+
+    /// Override the namespace (the prefix of this cache's keys).
+    #[arg(short, long, global = true, value_name = "PREFIX")]
+    pub namespace: Option<String>,
+
+    /// More logging on stderr (-v info, -vv debug). DDF_LOG sets a filter directly.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print a value as JSON. A miss prints nothing and exits 1.
+    Get {
+        /// The key.
+        key: String,
+    },
+    /// Store a value (a string, or JSON with --json). VALUE `-` reads standard input.
+    Set {
+        /// The key.
+        key: String,
+        /// The value.
+        value: String,
+        /// Expiry in seconds (default: the configured ttl).
+        #[arg(long, value_name = "SECS")]
+        ttl: Option<f64>,
+        /// Parse VALUE as JSON instead of storing it as a string.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a value. Exits 0 if something was removed, 1 if not.
+    Delete {
+        /// The key.
+        key: String,
+    },
+    /// Remove every key that starts with PREFIX (literally) and print how many.
+    Invalidate {
+        /// The prefix; `*`, `?` and `[` have no special meaning.
+        prefix: String,
+    },
+    /// Remove every entry of this cache (its namespace), and nothing else.
+    Flush,
+    /// Check that the backend answers; print its name and the round-trip time.
+    Ping,
+    /// Print the backend's storage facts (entries, bytes, server state).
+    Stats,
+    /// Print the effective configuration and where each value came from (secrets redacted).
+    Config,
+    /// Measure get/set/delete and the batch forms on the configured backend.
+    Bench(BenchArgs),
+}
+
+/// `ddf-cache bench` options.
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// Operations per measurement.
+    #[arg(long, default_value_t = 2000)]
+    pub ops: usize,
+    /// Size of each value in bytes.
+    #[arg(long, default_value_t = 100)]
+    pub value_size: usize,
+    /// Threads (each runs the same number of operations on its own keys).
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+    /// Keys per batch in the get_many/set_many/delete_many measurements.
+    #[arg(long, default_value_t = 100)]
+    pub batch: usize,
+    /// Print the results as JSON.
+    #[arg(long)]
+    pub json: bool,
+}

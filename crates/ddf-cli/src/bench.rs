@@ -1,0 +1,234 @@
+//! `ddf-cache bench`: per-operation latency (median, p99) and throughput on the configured
+//! backend, with a progress bar on a terminal and `--json` for machines.
+//!
+//! Every key lives under a prefix of its own (`__ddf_bench_<pid>:`), removed at the end, so a
+//! benchmark never touches the cache's real entries.
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use ddf::CacheManager;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::args::BenchArgs;
+
+/// One measured operation.
+struct Row {
+    op: String,
+    /// Operations (keys for the batch forms).
+    ops: usize,
+    /// Latency of each call.
+    median: Duration,
+    p99: Duration,
+    /// Keys per second over the whole run, all threads together.
+    per_sec: f64,
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let idx = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+/// Runs `calls` calls of `f(thread, i)` on each of `threads` threads; each call handles
+/// `keys_per_call` keys.
+fn measure(
+    name: &str,
+    threads: usize,
+    calls: usize,
+    keys_per_call: usize,
+    bar: &ProgressBar,
+    f: &(dyn Fn(usize, usize) -> ddf::Result<()> + Sync),
+) -> anyhow::Result<Row> {
+    bar.set_message(name.to_owned());
+    let start = Instant::now();
+    let results: Vec<ddf::Result<Vec<Duration>>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                s.spawn(move || {
+                    let mut lat = Vec::with_capacity(calls);
+                    for i in 0..calls {
+                        let t0 = Instant::now();
+                        f(t, i)?;
+                        lat.push(t0.elapsed());
+                        if i % 64 == 63 {
+                            bar.inc(64);
+                        }
+                    }
+                    Ok(lat)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Ok(Vec::new())))
+            .collect()
+    });
+    let wall = start.elapsed();
+    let mut all = Vec::with_capacity(calls * threads);
+    for r in results {
+        all.extend(r.with_context(|| format!("bench: {name} failed"))?);
+    }
+    all.sort_unstable();
+    let ops = calls * threads * keys_per_call;
+    Ok(Row {
+        op: name.to_owned(),
+        ops,
+        median: percentile(&all, 0.5),
+        p99: percentile(&all, 0.99),
+        per_sec: ops as f64 / wall.as_secs_f64().max(1e-9),
+    })
+}
+
+pub fn run(cache: &CacheManager, args: &BenchArgs, out: &mut impl Write) -> anyhow::Result<()> {
+    let threads = args.threads.max(1);
+    let n = args.ops.max(1);
+    let batch = args.batch.max(1);
+    let batches = n.div_ceil(batch);
+    let prefix = format!("__ddf_bench_{}:", std::process::id());
+    let value = "x".repeat(args.value_size);
+    let key = |t: usize, i: usize| format!("{prefix}{t}:{i}");
+    let batch_keys = |t: usize, b: usize| -> Vec<String> {
+        (0..batch)
+            .map(|j| format!("{prefix}b{t}:{}", b * batch + j))
+            .collect()
+    };
+
+    let total = (4 * n + 3 * batches) * threads;
+    let bar = ProgressBar::with_draw_target(Some(total as u64), ProgressDrawTarget::stderr());
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {msg:<18} [{bar:30}] {pos}/{len}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+
+    let mut rows = Vec::new();
+    rows.push(measure("set", threads, n, 1, &bar, &|t, i| {
+        cache.set(&key(t, i), &value, None)
+    })?);
+    rows.push(measure("get (hit)", threads, n, 1, &bar, &|t, i| {
+        cache.get::<String>(&key(t, i)).map(|_| ())
+    })?);
+    rows.push(measure("get (miss)", threads, n, 1, &bar, &|t, i| {
+        cache
+            .get::<String>(&format!("{prefix}absent:{t}:{i}"))
+            .map(|_| ())
+    })?);
+    rows.push(measure("delete", threads, n, 1, &bar, &|t, i| {
+        cache.delete(&key(t, i)).map(|_| ())
+    })?);
+    rows.push(measure(
+        &format!("set_many ({batch})"),
+        threads,
+        batches,
+        batch,
+        &bar,
+        &|t, b| {
+            let keys = batch_keys(t, b);
+            let items: Vec<(&str, &str)> =
+                keys.iter().map(|k| (k.as_str(), value.as_str())).collect();
+            cache.set_many(&items, None)
+        },
+    )?);
+    rows.push(measure(
+        &format!("get_many ({batch})"),
+        threads,
+        batches,
+        batch,
+        &bar,
+        &|t, b| {
+            let keys = batch_keys(t, b);
+            let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+            cache.get_many::<String>(&refs).map(|_| ())
+        },
+    )?);
+    rows.push(measure(
+        &format!("delete_many ({batch})"),
+        threads,
+        batches,
+        batch,
+        &bar,
+        &|t, b| {
+            let keys = batch_keys(t, b);
+            let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+            cache.delete_many(&refs).map(|_| ())
+        },
+    )?);
+    // Prefix invalidation of n keys (one call).
+    for i in 0..n {
+        cache.set(&format!("{prefix}inv:{i}"), &value, None)?;
+    }
+    let t0 = Instant::now();
+    let removed = cache.invalidate_pattern(&format!("{prefix}inv:"))?;
+    let took = t0.elapsed();
+    rows.push(Row {
+        op: format!("invalidate ({removed} keys)"),
+        ops: removed as usize,
+        median: took,
+        p99: took,
+        per_sec: removed as f64 / took.as_secs_f64().max(1e-9),
+    });
+    cache.invalidate_pattern(&prefix)?;
+    bar.finish_and_clear();
+
+    if args.json {
+        let results: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "op": r.op,
+                    "ops": r.ops,
+                    "median_us": r.median.as_secs_f64() * 1e6,
+                    "p99_us": r.p99.as_secs_f64() * 1e6,
+                    "ops_per_sec": r.per_sec,
+                })
+            })
+            .collect();
+        let doc = serde_json::json!({
+            "backend": cache.backend_name(),
+            "codec": cache.codec().name(),
+            "value_size": args.value_size,
+            "threads": threads,
+            "results": results,
+        });
+        writeln!(out, "{doc}")?;
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "backend {} (codec {}), {} threads, {}-byte values, {} ops per thread",
+        cache.backend_name(),
+        cache.codec().name(),
+        threads,
+        args.value_size,
+        n
+    )?;
+    writeln!(
+        out,
+        "{:<22} {:>12} {:>12} {:>14}",
+        "operation", "median", "p99", "keys/s"
+    )?;
+    for r in &rows {
+        writeln!(
+            out,
+            "{:<22} {:>12} {:>12} {:>14.0}",
+            r.op,
+            fmt_dur(r.median),
+            fmt_dur(r.p99),
+            r.per_sec
+        )?;
+    }
+    Ok(())
+}
+
+fn fmt_dur(d: Duration) -> String {
+    let us = d.as_secs_f64() * 1e6;
+    if us >= 10_000.0 {
+        format!("{:.1} ms", us / 1000.0)
+    } else {
+        format!("{us:.1} µs")
+    }
+}

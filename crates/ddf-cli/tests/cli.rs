@@ -1,0 +1,295 @@
+//! The real `ddf-cache` binary, run with a clean environment and a temporary directory per test
+//! (ripgrep's `tests/util.rs` shape).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+
+struct Cli {
+    dir: tempfile::TempDir,
+}
+
+impl Cli {
+    fn new() -> Self {
+        let cli = Cli {
+            dir: tempfile::tempdir().unwrap(),
+        };
+        std::fs::create_dir(cli.home()).unwrap();
+        cli
+    }
+
+    fn home(&self) -> PathBuf {
+        self.dir.path().join("home")
+    }
+
+    fn cmd(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_ddf-cache"));
+        c.env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", self.home())
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null());
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.cmd().args(args).output().unwrap()
+    }
+
+    fn write_ini(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8(o.stdout.clone()).unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8(o.stderr.clone()).unwrap()
+}
+
+fn code(o: &Output) -> i32 {
+    o.status.code().unwrap()
+}
+
+/// An error is one line on stderr starting with `ddf-cache:`, exit code 2, no panic.
+fn assert_clean_error(o: &Output, needle: &str) {
+    let err = stderr(o);
+    assert_eq!(code(o), 2, "stderr: {err}");
+    assert!(err.starts_with("ddf-cache: "), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.contains(needle), "expected {needle:?} in: {err}");
+    assert!(
+        !err.contains("panicked") && !err.contains("backtrace"),
+        "{err}"
+    );
+}
+
+#[test]
+fn set_get_delete_with_exit_codes() {
+    let cli = Cli::new();
+    let o = cli.run(&["set", "greeting", "hello world"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let o = cli.run(&["get", "greeting"]);
+    assert_eq!((code(&o), stdout(&o).as_str()), (0, "\"hello world\"\n"));
+
+    let o = cli.run(&["get", "absent"]);
+    assert_eq!((code(&o), stdout(&o).as_str()), (1, ""));
+
+    assert_eq!(code(&cli.run(&["delete", "greeting"])), 0);
+    assert_eq!(code(&cli.run(&["delete", "greeting"])), 1);
+    assert_eq!(code(&cli.run(&["get", "greeting"])), 1);
+
+    // The default directory is the user's cache directory.
+    assert!(cli.home().join(".cache/ddf").is_dir());
+}
+
+#[test]
+fn set_json_and_stdin() {
+    let cli = Cli::new();
+    assert_eq!(
+        code(&cli.run(&[
+            "set",
+            "svc",
+            r#"{"name":"web","ports":["8080:80"]}"#,
+            "--json"
+        ])),
+        0
+    );
+    let o = cli.run(&["get", "svc"]);
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["ports"][0], "8080:80");
+
+    let o = cli.run(&["set", "bad", "{not json", "--json"]);
+    assert_clean_error(&o, "not valid JSON");
+
+    let mut child = cli
+        .cmd()
+        .args(["set", "piped", "-", "--ttl", "60"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"from stdin")
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    assert_eq!(stdout(&cli.run(&["get", "piped"])), "\"from stdin\"\n");
+
+    assert_clean_error(&cli.run(&["set", "k", "v", "--ttl", "0"]), "--ttl");
+}
+
+#[test]
+fn falsy_values_are_hits() {
+    let cli = Cli::new();
+    for (k, v) in [
+        ("zero", "0"),
+        ("false", "false"),
+        ("empty", "[]"),
+        ("s", "\"\""),
+    ] {
+        assert_eq!(code(&cli.run(&["set", k, v, "--json"])), 0);
+        let o = cli.run(&["get", k]);
+        assert_eq!((code(&o), stdout(&o).trim()), (0, v));
+    }
+}
+
+#[test]
+fn invalidate_is_literal_and_prints_the_count() {
+    let cli = Cli::new();
+    for k in ["svc1:a", "svc1:b", "svc[1]:a", "svc2:a"] {
+        assert_eq!(code(&cli.run(&["set", k, "v"])), 0);
+    }
+    let o = cli.run(&["invalidate", "svc[1]:"]);
+    assert_eq!(stdout(&o), "1\n");
+    let o = cli.run(&["invalidate", "svc1:"]);
+    assert_eq!(stdout(&o), "2\n");
+    assert_eq!(code(&cli.run(&["get", "svc2:a"])), 0);
+    assert_eq!(code(&cli.run(&["flush"])), 0);
+    assert_eq!(code(&cli.run(&["get", "svc2:a"])), 1);
+}
+
+#[test]
+fn ping_stats_and_config() {
+    let cli = Cli::new();
+    let ini = cli.write_ini(
+        "my.ini",
+        "[cache]\nttl = 60\nredis_password = hunter2\nnamespace = app:\n",
+    );
+    let ini = ini.to_str().unwrap();
+    let o = cli.run(&["-c", ini, "ping"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(
+        stdout(&o).starts_with("pickle: directory "),
+        "{}",
+        stdout(&o)
+    );
+
+    cli.run(&["-c", ini, "set", "k", "v"]);
+    let o = cli.run(&["-c", ini, "stats"]);
+    assert!(
+        stdout(&o).contains("entries (this namespace, expired included): 1"),
+        "{}",
+        stdout(&o)
+    );
+
+    let o = cli
+        .cmd()
+        .args(["-c", ini, "config"])
+        .env("REDIS_PORT", "7000")
+        .output()
+        .unwrap();
+    let text = stdout(&o);
+    assert!(!text.contains("hunter2"), "{text}");
+    assert!(text.contains("<redacted>"), "{text}");
+    assert!(text.contains("my.ini, line 2"), "{text}");
+    assert!(text.contains("environment variable REDIS_PORT"), "{text}");
+    assert!(text.contains("default"), "{text}");
+}
+
+#[test]
+fn config_discovery_env_and_local_file() {
+    let cli = Cli::new();
+    cli.write_ini("ddf.ini", "[cache]\nbackend = none\n");
+    let o = cli.run(&["config"]);
+    assert!(stdout(&o).contains("# file: ddf.ini"), "{}", stdout(&o));
+    // backend = none stores nothing.
+    cli.run(&["set", "k", "v"]);
+    assert_eq!(code(&cli.run(&["get", "k"])), 1);
+    // $DDF_CONFIG wins over ./ddf.ini, and the environment over the file.
+    let other = cli.write_ini("other.ini", "[cache]\nttl = 5\n");
+    let o = cli
+        .cmd()
+        .arg("config")
+        .env("DDF_CONFIG", &other)
+        .env("DDF_CACHE_TTL", "7")
+        .output()
+        .unwrap();
+    let text = stdout(&o);
+    assert!(text.contains("other.ini"), "{text}");
+    assert!(
+        text.contains("environment variable DDF_CACHE_TTL"),
+        "{text}"
+    );
+}
+
+#[test]
+fn errors_are_one_clear_line_with_exit_code_2() {
+    let cli = Cli::new();
+    let bad = cli.write_ini("bad.ini", "[cache]\nttl = 60\nbackend = redsi\n");
+    let o = cli.run(&["-c", bad.to_str().unwrap(), "get", "k"]);
+    assert_clean_error(&o, "line 3");
+    let err = stderr(&o);
+    for needle in [
+        "bad.ini",
+        "backend",
+        "\"redsi\"",
+        "memcached_pickle",
+        "redis_pickle",
+    ] {
+        assert!(err.contains(needle), "{needle}: {err}");
+    }
+
+    assert_clean_error(&cli.run(&["-b", "redsi", "get", "k"]), "redsi");
+    assert_clean_error(
+        &cli.run(&["-c", "/nonexistent/ddf.ini", "get", "k"]),
+        "/nonexistent/ddf.ini",
+    );
+    let o = cli
+        .cmd()
+        .args(["get", "k"])
+        .env("DDF_CACHE_TIMEOUT", "soon")
+        .output()
+        .unwrap();
+    assert_clean_error(&o, "DDF_CACHE_TIMEOUT");
+}
+
+#[test]
+fn bench_runs_and_prints_json() {
+    let cli = Cli::new();
+    let o = cli.run(&["bench", "--ops", "50", "--batch", "10", "--json"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["backend"], "pickle");
+    let ops: Vec<&str> = v["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["op"].as_str().unwrap())
+        .collect();
+    assert!(
+        ops.contains(&"get (hit)") && ops.contains(&"set_many (10)"),
+        "{ops:?}"
+    );
+    // The benchmark leaves nothing behind.
+    let o = cli.run(&["stats"]);
+    assert!(
+        stdout(&o).contains("entries (this namespace, expired included): 0"),
+        "{}",
+        stdout(&o)
+    );
+    let o = cli.run(&["bench", "--ops", "20", "--threads", "2"]);
+    assert!(stdout(&o).contains("median"), "{}", stdout(&o));
+}
+
+#[test]
+fn a_closed_stdout_is_not_an_error() {
+    let cli = Cli::new();
+    cli.run(&["set", "k", "v"]);
+    let mut child = cli
+        .cmd()
+        .args(["get", "k"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
+}

@@ -1,0 +1,6 @@
+//! The one integration test binary (ripgrep's layout): a module per backend or feature, all
+//! sharing the conformance suite.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod conformance;
+mod file;

@@ -6,8 +6,7 @@ use quote::{format_ident, quote, quote_spanned};
 use syn::spanned::Spanned;
 use syn::{Expr, FnArg, Ident, ItemFn, Lit, LitStr, Pat, ReturnType, Type};
 
-const OPTIONS: &str =
-    "ttl, key_prefix, validation, cache, cache_none, key_self, invalidate_on";
+const OPTIONS: &str = "ttl, key_prefix, validation, cache, cache_none, key_self, invalidate_on";
 
 #[derive(Default)]
 struct Options {
@@ -153,7 +152,10 @@ pub fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenStream> 
         ));
     }
     if let Some(v) = &sig.variadic {
-        return Err(syn::Error::new(v.span(), "variadic functions cannot be memoized"));
+        return Err(syn::Error::new(
+            v.span(),
+            "variadic functions cannot be memoized",
+        ));
     }
 
     let mut receiver = None;
@@ -214,7 +216,7 @@ pub fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenStream> 
         ));
     }
     let shape = shape(&ret_ty);
-    let cache_none = opts.cache_none.map(|(b, s)| (b, s));
+    let cache_none = opts.cache_none;
     if let Some((_, span)) = cache_none
         && shape != Shape::Option
     {
@@ -260,7 +262,9 @@ fn expand_mutation(
         _ => quote!(::ddf::__private::Always),
     };
     // `format!` with inline arguments: "service:{name}:" reads the argument `name`.
-    let prefixes = prefixes.iter().map(|p| quote_spanned!(p.span()=> ::std::format!(#p)));
+    let prefixes = prefixes
+        .iter()
+        .map(|p| quote_spanned!(p.span()=> ::std::format!(#p)));
     quote! {
         #(#attrs)*
         #vis #sig {
@@ -354,8 +358,7 @@ fn expand_memo(
         quote!(#id: #ty)
     });
     let helper_args: Vec<_> = helper_args.collect();
-    let (impl_generics, _, where_clause) = sig.generics.split_for_impl();
-    let _ = impl_generics;
+    let where_clause = &sig.generics.where_clause;
     let generics = &sig.generics;
     let forget = format_ident!("{}_forget", name);
     let forget_all = format_ident!("{}_forget_all", name);

@@ -330,7 +330,7 @@ fn expand_memo(
         let id = &a.ident;
         keyed.push(quote_spanned!(a.ty.span()=> ::ddf::__private::keyable(&#id)));
     }
-    let key_expr = quote!(::ddf::__private::key(&__DDF_FN, &(#(#keyed,)*)));
+    let key_expr = quote!(::ddf::__private::key(&__DDF_FN, &[#(#keyed),*]));
     let stamp = match &opts.validation {
         None => quote!(::ddf::__private::Stamp::Unused),
         Some(Expr::Path(p)) => quote!(::ddf::__private::stamp(#p())),

@@ -114,17 +114,77 @@ pub fn memo_key<A: Serialize + ?Sized>(
     args: &A,
 ) -> Result<String> {
     let mut c = Canon::default();
-    (KEY_FORMAT, key_prefix, module, name)
+    let r = (KEY_FORMAT, key_prefix, module, name)
         .serialize(&mut c)
-        .and_then(|()| args.serialize(&mut c))
-        .map_err(|e| {
-            Error::InvalidArgument(format!(
-                "cannot derive the memoization key of {module}::{name}: an argument failed to serialize: {e}"
-            ))
-        })?;
+        .and_then(|()| args.serialize(&mut c));
+    finish_key(key_prefix, module, name, c, r)
+}
+
+/// [`memo_key`] for arguments given one by one: encodes exactly as `memo_key` does for the
+/// tuple of the same values, so the macro's keys and `memo_key`'s agree.
+pub(crate) fn memo_key_parts(
+    key_prefix: Option<&str>,
+    module: &str,
+    name: &str,
+    parts: &[&dyn KeyPart],
+) -> Result<String> {
+    let mut w = KeyWriter(Canon::default());
+    let r = (KEY_FORMAT, key_prefix, module, name)
+        .serialize(&mut w.0)
+        .and_then(|()| {
+            w.0.tag(b'(');
+            parts.iter().try_for_each(|p| p.write_key(&mut w))?;
+            w.0.tag(b')');
+            Ok(())
+        });
+    finish_key(key_prefix, module, name, w.0, r)
+}
+
+fn finish_key(
+    key_prefix: Option<&str>,
+    module: &str,
+    name: &str,
+    c: Canon,
+    r: CResult,
+) -> Result<String> {
+    r.map_err(|e| {
+        Error::InvalidArgument(format!(
+            "cannot derive the memoization key of {module}::{name}: an argument failed to serialize: {e}"
+        ))
+    })?;
     let mut key = function_prefix(key_prefix, module, name);
     key.push_str(&sha256_hex(&c.out));
     Ok(key)
+}
+
+/// Where a [`KeyPart`] writes (opaque).
+#[doc(hidden)]
+pub struct KeyWriter(Canon);
+
+impl fmt::Debug for KeyWriter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("KeyWriter")
+    }
+}
+
+/// One argument of a memoized call, type-erased (object-safe, unlike `Serialize`), so the
+/// expansion needs no `Serialize` bound beyond the one on each argument that carries the
+/// diagnostic.
+#[doc(hidden)]
+pub trait KeyPart {
+    /// Writes the value's canonical encoding.
+    ///
+    /// # Errors
+    /// When the value's `Serialize` implementation fails.
+    #[allow(private_interfaces)]
+    fn write_key(&self, w: &mut KeyWriter) -> std::result::Result<(), CanonError>;
+}
+
+impl<T: Serialize + ?Sized> KeyPart for T {
+    #[allow(private_interfaces)]
+    fn write_key(&self, w: &mut KeyWriter) -> std::result::Result<(), CanonError> {
+        self.serialize(&mut w.0)
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

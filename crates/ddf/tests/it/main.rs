@@ -5,3 +5,4 @@
 mod conformance;
 mod file;
 mod memo;
+mod ui;

@@ -182,6 +182,17 @@ fn hits_after_the_first_call(s: &Svc) {
     assert!(key.starts_with("lists:"), "{key}");
     assert!(key.contains("::weigh:"), "{key}");
     assert_eq!(s.cache.get::<u64>(&key).unwrap(), Some(5));
+    // The documented layout: ddf::memo::memo_key over the tuple of the arguments.
+    assert_eq!(
+        key,
+        ddf::memo::memo_key(
+            Some("lists"),
+            module_path!(),
+            "weigh",
+            &(&[1u32, 2][..], &m)
+        )
+        .unwrap()
+    );
 }
 
 fn list_and_map_arguments_key_by_value(s: &Svc) {

@@ -52,6 +52,30 @@ fn memo(c: &mut Criterion) {
         b.iter(|| black_box(services_cache_key(black_box("shop"), black_box(&labels))))
     });
     g.finish();
+
+    // The machine this runs on is often shared, and load shifts between criterion's two
+    // measurements. So also measure the ratio interleaved: rounds of N direct gets then N
+    // memoized hits, and report the median of the per-round ratios.
+    let n = 300;
+    let mut ratios: Vec<f64> = (0..101)
+        .map(|_| {
+            let t = std::time::Instant::now();
+            for _ in 0..n {
+                black_box(cache().get::<Vec<String>>(black_box(&key)).expect("get"));
+            }
+            let direct = t.elapsed();
+            let t = std::time::Instant::now();
+            for _ in 0..n {
+                black_box(services(black_box("shop"), black_box(&labels)));
+            }
+            t.elapsed().as_secs_f64() / direct.as_secs_f64()
+        })
+        .collect();
+    ratios.sort_by(f64::total_cmp);
+    eprintln!(
+        "memo/interleaved: memoized hit / direct get = {:.3} (median of 101 rounds; quartiles {:.3}..{:.3})",
+        ratios[50], ratios[25], ratios[75]
+    );
 }
 
 criterion_group!(benches, memo);

@@ -43,6 +43,7 @@ use serde::de::DeserializeOwned;
 use crate::CacheManager;
 use crate::error::{Error, Result};
 use crate::key::sha256_hex;
+use sha2::{Digest, Sha256};
 
 /// The version of the key derivation; part of every hash, so a future change of the encoding
 /// cannot serve entries written under the old one.
@@ -113,7 +114,7 @@ pub fn memo_key<A: Serialize + ?Sized>(
     name: &str,
     args: &A,
 ) -> Result<String> {
-    let mut c = Canon::default();
+    let mut c = Canon::new();
     let r = (KEY_FORMAT, key_prefix, module, name)
         .serialize(&mut c)
         .and_then(|()| args.serialize(&mut c));
@@ -128,7 +129,7 @@ pub(crate) fn memo_key_parts(
     name: &str,
     parts: &[&dyn KeyPart],
 ) -> Result<String> {
-    let mut w = KeyWriter(Canon::default());
+    let mut w = KeyWriter(Canon::new());
     let r = (KEY_FORMAT, key_prefix, module, name)
         .serialize(&mut w.0)
         .and_then(|()| {
@@ -153,8 +154,19 @@ fn finish_key(
         ))
     })?;
     let mut key = function_prefix(key_prefix, module, name);
-    key.push_str(&sha256_hex(&c.out));
+    push_hex(&mut key, &Sha256::digest(&c.out));
     Ok(key)
+}
+
+/// Lowercase hex, as [`crate::key::sha256_hex`] writes it, without a formatter call per byte
+/// (this is on every memoized call's path).
+fn push_hex(out: &mut String, bytes: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.reserve(bytes.len() * 2);
+    for b in bytes {
+        out.push(char::from(HEX[usize::from(b >> 4)]));
+        out.push(char::from(HEX[usize::from(b & 15)]));
+    }
 }
 
 /// Where a [`KeyPart`] writes (opaque).
@@ -226,6 +238,12 @@ impl serde::ser::Error for CanonError {
 type CResult = std::result::Result<(), CanonError>;
 
 impl Canon {
+    /// Room for a typical call's identity and arguments without regrowing.
+    fn new() -> Self {
+        Canon {
+            out: Vec::with_capacity(256),
+        }
+    }
     fn tag(&mut self, t: u8) {
         self.out.push(t);
     }
@@ -990,6 +1008,13 @@ mod tests {
             k,
             "p:m::f:361c40a0ecdca2e108ef92d5703dd876c4ab831d59dc115d92ee6057e340510f"
         );
+    }
+
+    #[test]
+    fn hex_matches_sha256_hex() {
+        let mut s = String::new();
+        push_hex(&mut s, &Sha256::digest(b"abc"));
+        assert_eq!(s, sha256_hex(b"abc"));
     }
 
     #[test]

@@ -7,6 +7,33 @@
 //! - [`file_sha256`]: the seed's validation stamp (the SHA-256 of a watched file);
 //! - [`function_prefix`] / [`memo_key`]: the key layout, for tools that inspect a cache.
 //!
+//! ```
+//! use std::sync::OnceLock;
+//! use ddf::{CacheConfig, CacheManager, cache_with_invalidation};
+//!
+//! static CACHE: OnceLock<CacheManager> = OnceLock::new();
+//!
+//! #[cache_with_invalidation(cache = CACHE.get().unwrap(), ttl = 3600, key_prefix = "ports")]
+//! fn ports(service: &str, replicas: &[u32]) -> Vec<String> {
+//!     replicas.iter().map(|r| format!("{service}-{r}:80")).collect()
+//! }
+//!
+//! let dir = tempfile::tempdir()?;
+//! CACHE.set(CacheManager::new(CacheConfig::default().with_pickle_dir(dir.path()))?).unwrap();
+//! let cache = CACHE.get().unwrap();
+//!
+//! assert_eq!(ports("web", &[1, 2]), ["web-1:80", "web-2:80"]); // computed, stored
+//! assert_eq!(ports("web", &[1, 2]), ["web-1:80", "web-2:80"]); // from the cache
+//! assert_eq!(cache.stats().hits, 1);
+//! assert_eq!(ports("web", &[2, 1]), ["web-2:80", "web-1:80"]); // other arguments, other key
+//!
+//! assert!(ports_cache_key("web", &[1, 2])?.starts_with("ports:"));
+//! assert!(ports_forget("web", &[1, 2])?);          // one call
+//! assert_eq!(ports_forget_all()?, 1);               // every call of `ports`
+//! assert_eq!(cache.invalidate_pattern("ports:")?, 0); // every call under the prefix
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
 //! # Key layout
 //!
 //! ```text

@@ -574,3 +574,53 @@ fn two_processes_share_results() {
         "the second one reads the first one's result"
     );
 }
+
+// Signatures the attribute must accept: generics, `impl Trait`, `mut` arguments, `self` by
+// value and `&mut self`, a `LazyLock` as the cache.
+
+static NONE_CACHE: std::sync::LazyLock<CacheManager> = std::sync::LazyLock::new(|| {
+    CacheManager::new(CacheConfig::default().with_backend(CacheBackend::None)).unwrap()
+});
+
+#[cache_with_invalidation(cache = NONE_CACHE, key_prefix = "gen")]
+fn generic_len<T>(mut items: Vec<T>, extra: impl Serialize) -> usize
+where
+    T: Serialize + Clone + std::fmt::Debug,
+{
+    let _ = extra;
+    items.push(items[0].clone());
+    items.len()
+}
+
+#[derive(Serialize, Clone)]
+struct Counter {
+    n: u32,
+}
+
+impl Counter {
+    #[cache_with_invalidation(cache = NONE_CACHE, key_self)]
+    fn into_double(self) -> u32 {
+        self.n * 2
+    }
+
+    #[cache_with_invalidation(cache = NONE_CACHE)]
+    fn bump(&mut self, by: u32) -> u32 {
+        self.n += by;
+        self.n
+    }
+}
+
+#[test]
+fn odd_signatures_compile_and_run() {
+    assert_eq!(generic_len(vec![1u8], "x"), 2);
+    assert!(
+        generic_len_cache_key(vec!["a"], 1u8)
+            .unwrap()
+            .starts_with("gen:")
+    );
+    assert_eq!(generic_len_forget_all().unwrap(), 0);
+    let mut c = Counter { n: 1 };
+    assert_eq!(c.bump(2), 3);
+    assert_eq!(c.clone().into_double(), 6);
+    assert!(!c.into_double_forget().unwrap());
+}

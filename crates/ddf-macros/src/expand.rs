@@ -340,8 +340,17 @@ fn expand_memo(
     let body = quote! {
         #fn_info
         let __ddf_cache: &::ddf::__private::CacheManager = &(#cache_expr);
-        let __ddf_key = #key_expr;
-        let __ddf_stamp = #stamp;
+        let __ddf_active = ::ddf::__private::active(__ddf_cache);
+        let __ddf_key = if __ddf_active {
+            ::std::option::Option::Some(#key_expr)
+        } else {
+            ::std::option::Option::None
+        };
+        let __ddf_stamp = if __ddf_active {
+            #stamp
+        } else {
+            ::ddf::__private::Stamp::Unused
+        };
         ::ddf::__private::memoize::<#policy, #ret_ty, _>(
             __ddf_cache,
             &__DDF_FN,

@@ -3,7 +3,7 @@
 
 pub use crate::memo::{
     Always, IfOk, IntoStamp, KeyPart, MemoFn, Policy, PolicyOk, PolicySome, PolicyWhole, Stamp,
-    Succeeded, forget, forget_all, invalidate_after, memoize, stamp,
+    Succeeded, active, forget, forget_all, invalidate_after, memoize, stamp,
 };
 pub use crate::{CACHE, CacheManager, Result};
 pub use std::result::Result::{Err, Ok};

@@ -697,8 +697,10 @@ pub fn stamp<S: IntoStamp>(s: S) -> Stamp {
     }
 }
 
-/// Whether memoization is worth anything with this cache.
-fn active(cache: &CacheManager) -> bool {
+/// Whether memoization is worth anything with this cache (when not, the expansion derives no
+/// key and computes no stamp).
+#[doc(hidden)]
+pub fn active(cache: &CacheManager) -> bool {
     cache.config().enabled && cache.backend_name() != "none"
 }
 
@@ -783,7 +785,7 @@ impl<T: Serialize + DeserializeOwned, E> Policy<std::result::Result<T, E>> for P
 pub fn memoize<P, R, F>(
     cache: &CacheManager,
     f: &MemoFn,
-    key: Result<String>,
+    key: Option<Result<String>>,
     stamp: Stamp,
     compute: F,
 ) -> R
@@ -791,7 +793,10 @@ where
     P: Policy<R>,
     F: FnOnce() -> R,
 {
-    if !active(cache) || matches!(stamp, Stamp::Unavailable) {
+    let Some(key) = key else {
+        return compute(); // an inactive cache
+    };
+    if matches!(stamp, Stamp::Unavailable) {
         return compute();
     }
     let key = match key {

@@ -5,5 +5,7 @@
 mod conformance;
 mod file;
 mod memcached;
+mod memo;
 mod pickle;
 mod redis;
+mod ui;

@@ -8,4 +8,5 @@ mod memcached;
 mod memo;
 mod pickle;
 mod redis;
+mod resilience;
 mod ui;

@@ -302,3 +302,66 @@ fn redis_restart_on_the_same_port() {
 fn redis_start_with_the_server_down() {
     start_with_the_server_down(Kind::Redis);
 }
+
+#[test]
+fn memcached_kill9_under_load() {
+    kill9_under_load(Kind::Memcached);
+}
+
+#[test]
+fn memcached_sigstop_then_sigcont() {
+    sigstop_then_sigcont(Kind::Memcached);
+}
+
+#[test]
+fn memcached_restart_on_the_same_port() {
+    restart_on_the_same_port(Kind::Memcached);
+}
+
+#[test]
+fn memcached_start_with_the_server_down() {
+    start_with_the_server_down(Kind::Memcached);
+}
+
+/// One of three Memcached servers down: operations keep working (its keys from the fallback),
+/// calls stay bounded, and an invalidation made meanwhile reaches it before it serves again.
+#[test]
+fn memcached_one_of_three_servers_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let mut servers: Vec<Server> = Vec::new();
+    for &p in &ports {
+        let Some(s) = Server::start_on(Kind::Memcached, p) else {
+            return;
+        };
+        servers.push(s);
+    }
+    let cfg = config(Kind::Memcached, &ports, dir.path());
+    let cache = CacheManager::new(cfg.clone()).unwrap();
+    let keys: Vec<String> = (0..30).map(|i| format!("k{i}")).collect();
+    for k in &keys {
+        cache.set(k, "old", None).unwrap();
+    }
+    servers[1].process().signal("STOP");
+    let mut worst = Duration::ZERO;
+    for k in &keys {
+        let (r, d) = timed(|| cache.delete(k));
+        r.unwrap();
+        worst = worst.max(d);
+        let (r, d) = timed(|| cache.get::<String>(k));
+        assert_eq!(r.unwrap(), None);
+        worst = worst.max(d);
+    }
+    eprintln!("[Memcached] one of three stopped: worst call {worst:?}");
+    assert!(worst < bound(), "worst call {worst:?}");
+    servers[1].process().signal("CONT");
+    wait_until_up(&cache);
+    for k in &keys {
+        assert_eq!(cache.get::<String>(k).unwrap(), None, "{k} served stale");
+        assert_eq!(
+            direct(&cfg).get::<String>(k).unwrap(),
+            None,
+            "{k} left on a server"
+        );
+    }
+}

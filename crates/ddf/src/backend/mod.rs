@@ -149,8 +149,8 @@ pub fn resilient(
 /// Builds the backend a config names.
 ///
 /// # Errors
-/// The backend's own errors when it cannot be set up (an unusable cache directory, for
-/// example).
+/// [`Error::Unsupported`] for a backend this version cannot build yet; the backend's own errors
+/// when it cannot be set up (an unusable cache directory, for example).
 pub fn from_config(config: &CacheConfig) -> Result<Arc<dyn Backend>> {
     match config.backend {
         CacheBackend::None => Ok(Arc::new(none::NoneBackend)),
@@ -172,19 +172,20 @@ pub fn from_config(config: &CacheConfig) -> Result<Arc<dyn Backend>> {
             let factory: resilient::Factory = Box::new(move || {
                 Ok(Arc::new(redis::RedisBackend::new(&cfg, flags)?) as Arc<dyn Backend>)
             });
-            resilient(config, "redis", &address, factory)
+            resilient(config, config.backend.as_str(), &address, factory)
         }
-        // Every configured server, behind the breaker and fallback like Redis. The backend's
-        // own per-server dead policy makes operations on a failing server fail fast; the
-        // breaker then decides when the whole backend serves from the fallback.
         CacheBackend::Memcached | CacheBackend::MemcachedPickle => {
-            let backend = memcached::MemcachedBackend::new(config)?;
-            let address = backend.servers().join(",");
+            let address = config
+                .memcached_servers
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(",");
             let cfg = config.clone();
             let factory: resilient::Factory = Box::new(move || {
                 Ok(Arc::new(memcached::MemcachedBackend::new(&cfg)?) as Arc<dyn Backend>)
             });
-            resilient(config, backend.name(), &address, factory)
+            resilient(config, config.backend.as_str(), &address, factory)
         }
     }
 }

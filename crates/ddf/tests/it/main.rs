@@ -5,5 +5,8 @@
 mod conformance;
 mod file;
 mod memcached;
+mod memo;
 mod pickle;
 mod redis;
+mod resilience;
+mod ui;

@@ -313,9 +313,21 @@ impl MemcachedBackend {
         &self,
         server: &Server,
         what: &str,
+        f: impl FnMut(&mut Conn) -> McResult<T>,
+    ) -> Result<T> {
+        self.run_checked(server, what, true, f)
+    }
+
+    /// [`Self::run`]; `honor_skip = false` tries a skipped server anyway (`ping`, which is what
+    /// the breaker's probe calls: a probe must see a server come back, not its skip window).
+    fn run_checked<T>(
+        &self,
+        server: &Server,
+        what: &str,
+        honor_skip: bool,
         mut f: impl FnMut(&mut Conn) -> McResult<T>,
     ) -> Result<T> {
-        {
+        if honor_skip {
             let h = server.health();
             if let Some(until) = h.down_until {
                 let now = Instant::now();
@@ -644,7 +656,7 @@ impl Backend for MemcachedBackend {
     fn ping(&self) -> Result<BackendStatus> {
         let mut parts = Vec::with_capacity(self.servers.len());
         for server in &self.servers {
-            let v = self.run(server, "version", |c| c.version())?;
+            let v = self.run_checked(server, "version", false, |c| c.version())?;
             parts.push(format!("{} (memcached {v})", server.name));
         }
         Ok(BackendStatus {

@@ -34,12 +34,9 @@ fn file(c: &mut Criterion) {
     g.finish();
 
     let mut g = c.benchmark_group("key");
-    g.bench_function("file_name_short", |b| {
-        b.iter(|| ddf::key::file_name(black_box("ddf:service:web:config")))
-    });
-    let long = "k".repeat(1000);
-    g.bench_function("file_name_1000B", |b| {
-        b.iter(|| ddf::key::file_name(black_box(&long)))
+    let ks = ddf::key::Keyspace::new("ddf:");
+    g.bench_function("storage_key", |b| {
+        b.iter(|| ks.storage_key(black_box("service:web:config")))
     });
     g.finish();
 }

@@ -37,7 +37,7 @@ use std::sync::{Arc, LazyLock, OnceLock};
 
 pub use backend::{Backend, Item};
 pub use codec::Codec;
-pub use config::{CacheBackend, CacheConfig, ServerAddr};
+pub use config::{CacheBackend, CacheConfig, FallbackMode, ServerAddr};
 /// Memoizes a function in the cache; see the attribute's documentation below and [`memo`].
 pub use ddf_macros::cache_with_invalidation;
 pub use error::{Error, Result, Source};

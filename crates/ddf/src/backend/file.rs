@@ -1,138 +1,138 @@
-//! The file backend (`backend = pickle`): one file per entry in a local cache directory.
+//! The file backend (`backend = pickle`): a local cache directory holding one SQLite database in
+//! WAL mode.
+//!
+//! # Why SQLite and not a file per entry
+//! The first version of this backend stored one file per entry (temporary file + `rename`). On
+//! this project's machines creating an inode costs about 1 ms (ext4 as provisioned here: `open`
+//! with `O_CREAT` measured 1.0-1.3 ms, `rename` 20 µs), so every `set` of a new key cost 0.15 to
+//! 1.3 ms, 5 to 40 times slower than Python's diskcache (32 µs), which keeps small values in
+//! SQLite. A database in WAL mode gives every guarantee the file-per-entry design had, and more,
+//! without creating files: atomic writes (a reader sees the old value or the new one), safe
+//! concurrent use by threads and processes, range-indexed prefix invalidation (it never reads
+//! unrelated entries), and about 7 µs per new-key `set` and 2 µs per `get` here. SQLite is C
+//! code, built from the `rusqlite` crate's bundled amalgamation; no system library is needed.
 //!
 //! # Layout
-//! Entry files sit flat in the directory, named by [`crate::key::file_name`] (percent-encoded
-//! `namespace + key`, ending in `.ddf`; long keys cut and hashed). Any UTF-8 key, including `/`,
-//! `..`, absolute paths, control characters, the empty key and 10 kB keys, maps to one plain
-//! name inside the directory. Other files in the directory are never touched.
-//!
-//! Each file holds a header, the whole key, the value and a CRC-32:
-//!
-//! ```text
-//! "DDF\x01" | flags u32 | expires_at_ms u64 (0 = never) | key_len u32 | value_len u32 | key | value | crc32 u32
-//! ```
-//! (little endian). A file that is short, has another magic, a wrong length or checksum, or holds
-//! another key reads as a miss with a warning, never as wrong data.
+//! `pickle_dir/ddf-cache.sqlite3` (plus its `-wal` and `-shm` files while in use), mode 0600, in a
+//! directory created with mode 0700. One table, keyed by the bytes of `namespace + key`, so any
+//! UTF-8 key — `/`, `..`, absolute paths, control characters, the empty key, 10 kB keys — is just
+//! a key: nothing is ever written outside the database. Other files in the directory are never
+//! touched, and several namespaces can share one directory.
 //!
 //! # Guarantees
-//! - Writes go to a uniquely named temporary file in the same directory and are renamed over the
-//!   entry: a reader sees the old value or the new one, never a torn file, also across processes.
-//!   There is no `fsync` (this is a cache): after a power loss an entry may be lost or read as a
-//!   miss, never as wrong data.
-//! - Each entry carries its own expiry, so per-call TTLs work with or without a default `ttl`.
-//!   Expired entries read as misses and their file is removed (only if it is still the file that
-//!   was read, so a concurrent fresh write survives).
-//! - `delete_prefix` lists the directory once and opens only the files whose names match the
-//!   prefix (plus long hashed names whose visible part is shorter than the prefix): its cost is
-//!   one `readdir` of the directory plus one read and one unlink per matching entry. `clear` is
-//!   `delete_prefix` of the empty prefix (every entry of this namespace) and also removes
-//!   temporary files left by crashed writers more than an hour ago.
-//! - The directory is created with mode 0700 and files with mode 0600.
+//! - Each `set` is one transaction. `synchronous = NORMAL` in WAL mode: no `fsync` per write (this
+//!   is a cache); after a power loss the last writes may be lost, never half-applied.
+//! - Each entry carries its own expiry (milliseconds), so per-call TTLs work with or without a
+//!   default `ttl`. Expired entries read as misses and are removed (only if still the expired
+//!   entry, so a concurrent fresh write survives); they do not count as deleted.
+//! - `delete_prefix` is one range delete on the primary key (`k >= prefix AND k < next(prefix)`):
+//!   its cost is proportional to the matching entries, not to the size of the cache. `clear` is
+//!   the range of the namespace.
+//! - A corrupt or foreign database file reads as a miss with a warning: it is moved aside
+//!   (`ddf-cache.sqlite3.corrupt-<ms>`) and a fresh database takes its place.
+//! - A writer waits at most [`BUSY_TIMEOUT`] for another process's write to finish.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::fmt;
+use std::fs::{self, OpenOptions};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 use tracing::{debug, warn};
 
 use super::{Backend, BackendStatus, Item};
 use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, Result};
-use crate::key::{self, FilePrefix, Keyspace, PrefixMatch};
+use crate::key::{Keyspace, prefix_range};
 
 const NAME: &str = "pickle";
-const MAGIC: &[u8; 4] = b"DDF\x01";
-const HEADER: usize = 4 + 4 + 8 + 4 + 4;
-const TRAILER: usize = 4;
-/// The largest entry file read (header, 4 GiB key, 4 GiB value): anything larger is not ours.
-const MAX_FILE: u64 = (HEADER + TRAILER) as u64 + 2 * u32::MAX as u64;
-/// Temporary files older than this are removed by `clear`.
-const STALE_TMP: Duration = Duration::from_secs(3600);
+/// The database's file name inside the cache directory.
+pub const DB_FILE: &str = "ddf-cache.sqlite3";
+/// How long a write waits for another process's write.
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// The largest value SQLite stores by default (`SQLITE_MAX_LENGTH`), less room for the row.
+const MAX_VALUE: usize = 1_000_000_000 - 64 * 1024;
+/// Connections kept open for reuse.
+const POOL_MAX: usize = 8;
 
-static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS entries (
+    k     BLOB PRIMARY KEY,      -- namespace + key, UTF-8 bytes
+    exp   INTEGER NOT NULL,      -- expiry, ms since the Unix epoch; 0 = never
+    flags INTEGER NOT NULL,      -- pymemcache-compatible type flags
+    v     BLOB NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS pending (
+    id    INTEGER PRIMARY KEY AUTOINCREMENT,
+    scope TEXT NOT NULL,         -- which primary (backend, address, namespace)
+    op    INTEGER NOT NULL,      -- 1 delete, 2 delete_prefix, 3 clear
+    arg   BLOB NOT NULL,         -- the key or prefix
+    at    INTEGER NOT NULL       -- ms since the Unix epoch
+);
+CREATE INDEX IF NOT EXISTS pending_scope ON pending (scope, id);
+";
 
-/// The file backend. Cheap to share; safe for many threads and processes at once.
-#[derive(Debug)]
+const SQL_GET: &str = "SELECT exp, flags, v FROM entries WHERE k = ?1";
+const SQL_SET: &str = "INSERT OR REPLACE INTO entries (k, exp, flags, v) VALUES (?1, ?2, ?3, ?4)";
+const SQL_DEL_EXPIRED: &str = "DELETE FROM entries WHERE k = ?1 AND exp = ?2";
+const SQL_DEL: &str = "DELETE FROM entries WHERE k = ?1 RETURNING exp";
+
+/// The file backend. Safe for many threads and processes at once.
 pub struct FileBackend {
     dir: PathBuf,
+    db: PathBuf,
     keys: Keyspace,
     clock: Arc<dyn Clock>,
+    pool: Mutex<Pool>,
 }
 
-/// A decoded entry file.
-struct Decoded<'a> {
-    flags: u32,
-    expires_at_ms: u64,
-    key: &'a [u8],
-    value: &'a [u8],
+#[derive(Default)]
+struct Pool {
+    idle: Vec<Connection>,
+    /// Bumped when the database is moved aside; older connections are not reused.
+    generation: u64,
 }
 
-fn decode(buf: &[u8]) -> Option<Decoded<'_>> {
-    if buf.len() < HEADER + TRAILER || &buf[..4] != MAGIC {
-        return None;
+impl fmt::Debug for FileBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FileBackend")
+            .field("db", &self.db)
+            .field("namespace", &self.keys.namespace())
+            .finish()
     }
-    let u32_at = |i: usize| u32::from_le_bytes([buf[i], buf[i + 1], buf[i + 2], buf[i + 3]]);
-    let flags = u32_at(4);
-    let mut e = [0u8; 8];
-    e.copy_from_slice(&buf[8..16]);
-    let expires_at_ms = u64::from_le_bytes(e);
-    let key_len = u32_at(16) as usize;
-    let value_len = u32_at(20) as usize;
-    let body_end = HEADER.checked_add(key_len)?.checked_add(value_len)?;
-    if buf.len() != body_end.checked_add(TRAILER)? {
-        return None;
+}
+
+fn is_corruption(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase)
+    )
+}
+
+/// The one mapping from SQLite's errors into ddf's.
+fn sql_error(what: impl fmt::Display, e: rusqlite::Error) -> Error {
+    let temporary = matches!(
+        e.sqlite_error_code(),
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked | ErrorCode::SystemIoFailure)
+    );
+    Error::Backend {
+        backend: NAME,
+        message: format!("{what}: {e}"),
+        temporary,
+        source: Some(Box::new(e)),
     }
-    if crc32fast::hash(&buf[..body_end]) != u32_at(body_end) {
-        return None;
-    }
-    Some(Decoded {
-        flags,
-        expires_at_ms,
-        key: &buf[HEADER..HEADER + key_len],
-        value: &buf[HEADER + key_len..body_end],
-    })
 }
 
-fn encode(storage_key: &str, item: &Item, expires_at_ms: u64) -> Result<Vec<u8>> {
-    let too_big = |what: &str| {
-        Error::InvalidArgument(format!(
-            "the {what} is larger than the file backend's limit of 4 GiB"
-        ))
-    };
-    let key_len = u32::try_from(storage_key.len()).map_err(|_| too_big("key"))?;
-    let value_len = u32::try_from(item.data.len()).map_err(|_| too_big("value"))?;
-    let mut buf = Vec::with_capacity(HEADER + storage_key.len() + item.data.len() + TRAILER);
-    buf.extend_from_slice(MAGIC);
-    buf.extend_from_slice(&item.flags.to_le_bytes());
-    buf.extend_from_slice(&expires_at_ms.to_le_bytes());
-    buf.extend_from_slice(&key_len.to_le_bytes());
-    buf.extend_from_slice(&value_len.to_le_bytes());
-    buf.extend_from_slice(storage_key.as_bytes());
-    buf.extend_from_slice(&item.data);
-    let crc = crc32fast::hash(&buf);
-    buf.extend_from_slice(&crc.to_le_bytes());
-    Ok(buf)
-}
-
-#[cfg(unix)]
-fn same_file(a: &fs::Metadata, b: &fs::Metadata) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    a.dev() == b.dev() && a.ino() == b.ino()
-}
-
-#[cfg(not(unix))]
-fn same_file(a: &fs::Metadata, b: &fs::Metadata) -> bool {
-    a.len() == b.len() && a.modified().ok() == b.modified().ok()
+fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 impl FileBackend {
     /// Opens (creating it with mode 0700 if needed) a cache directory for a namespace.
     ///
     /// # Errors
-    /// [`Error::Backend`] when the directory cannot be created or is not a directory.
+    /// [`Error::Backend`] when the directory or its database cannot be created or opened.
     pub fn open(dir: impl Into<PathBuf>, namespace: &str) -> Result<Self> {
         Self::with_clock(dir, namespace, Arc::new(SystemClock))
     }
@@ -157,9 +157,7 @@ impl FileBackend {
         builder
             .create(&dir)
             .map_err(|e| Error::io(NAME, format_args!("cannot create {}", dir.display()), e))?;
-        let meta = fs::metadata(&dir)
-            .map_err(|e| Error::io(NAME, format_args!("cannot open {}", dir.display()), e))?;
-        if !meta.is_dir() {
+        if !dir.is_dir() {
             return Err(Error::Backend {
                 backend: NAME,
                 message: format!("{} is not a directory", dir.display()),
@@ -167,11 +165,17 @@ impl FileBackend {
                 source: None,
             });
         }
-        Ok(FileBackend {
+        let backend = FileBackend {
+            db: dir.join(DB_FILE),
             dir,
             keys: Keyspace::new(namespace),
             clock,
-        })
+            pool: Mutex::new(Pool::default()),
+        };
+        // Open one connection now so that a bad directory or database shows at start-up.
+        let (c, generation) = backend.take()?;
+        backend.give(c, generation);
+        Ok(backend)
     }
 
     /// The cache directory.
@@ -179,170 +183,206 @@ impl FileBackend {
         &self.dir
     }
 
-    fn path_of(&self, storage_key: &str) -> PathBuf {
-        self.dir.join(key::file_name(storage_key))
+    /// The database file.
+    pub fn db_path(&self) -> &Path {
+        &self.db
     }
 
-    fn expires_at(&self, ttl: Option<Duration>) -> u64 {
+    fn lock_pool(&self) -> MutexGuard<'_, Pool> {
+        // A panic while holding this lock cannot leave the pool inconsistent: recover it.
+        self.pool.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes a connection from the pool (or opens one), with the pool generation it belongs to.
+    fn take(&self) -> Result<(Connection, u64)> {
+        let (idle, generation) = {
+            let mut pool = self.lock_pool();
+            (pool.idle.pop(), pool.generation)
+        };
+        if let Some(c) = idle {
+            return Ok((c, generation));
+        }
+        let open_err = |e| sql_error(format_args!("cannot open {}", self.db.display()), e);
+        match self.connect() {
+            Ok(c) => Ok((c, generation)),
+            Err(e) if is_corruption(&e) => {
+                self.quarantine(generation, &e);
+                let generation = self.lock_pool().generation;
+                Ok((self.connect().map_err(open_err)?, generation))
+            }
+            Err(e) => Err(open_err(e)),
+        }
+    }
+
+    /// Returns a connection to the pool, unless the database was replaced since it was taken.
+    fn give(&self, conn: Connection, generation: u64) {
+        let mut pool = self.lock_pool();
+        if pool.generation == generation && pool.idle.len() < POOL_MAX {
+            pool.idle.push(conn);
+        }
+    }
+
+    fn connect(&self) -> rusqlite::Result<Connection> {
+        if !self.db.exists() {
+            // Create the file ourselves so that it (and the -wal/-shm files SQLite derives from
+            // it) is private to the user.
+            let mut opts = OpenOptions::new();
+            opts.write(true).create(true).truncate(false);
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::OpenOptionsExt;
+                opts.mode(0o600);
+            }
+            let _ = opts.open(&self.db);
+        }
+        let c = Connection::open(&self.db)?;
+        c.busy_timeout(BUSY_TIMEOUT)?;
+        // WAL: readers never block writers; NORMAL: no fsync per transaction (safe in WAL mode).
+        let mode: String = c.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            debug!(mode, "SQLite did not switch to WAL mode");
+        }
+        c.execute_batch("PRAGMA synchronous = NORMAL;")?;
+        c.execute_batch(SCHEMA)?;
+        Ok(c)
+    }
+
+    /// Moves a corrupt or foreign database aside so that a fresh one takes its place.
+    fn quarantine(&self, generation: u64, cause: &rusqlite::Error) {
+        let mut pool = self.lock_pool();
+        if pool.generation != generation {
+            return; // another thread did it already
+        }
+        pool.generation += 1;
+        pool.idle.clear();
+        let aside = self
+            .dir
+            .join(format!("{DB_FILE}.corrupt-{}", self.clock.now_ms()));
+        warn!(
+            db = %self.db.display(),
+            moved_to = %aside.display(),
+            error = %cause,
+            "the cache database is corrupt or not a ddf database; moving it aside and starting empty"
+        );
+        if let Err(e) = fs::rename(&self.db, &aside) {
+            warn!(error = %e, "cannot move the corrupt cache database aside; removing it");
+            let _ = fs::remove_file(&self.db);
+        }
+        for ext in ["-wal", "-shm"] {
+            let mut p = self.db.clone().into_os_string();
+            p.push(ext);
+            let _ = fs::remove_file(PathBuf::from(p));
+        }
+    }
+
+    /// Runs `f` on a pooled connection; on corruption, moves the database aside and runs it
+    /// once more on a fresh one.
+    fn with_conn<T>(
+        &self,
+        what: &str,
+        f: impl Fn(&Connection) -> rusqlite::Result<T>,
+    ) -> Result<T> {
+        let (conn, generation) = self.take()?;
+        let result = f(&conn);
+        match result {
+            Ok(v) => {
+                self.give(conn, generation);
+                Ok(v)
+            }
+            Err(e) if is_corruption(&e) => {
+                drop(conn);
+                self.quarantine(generation, &e);
+                let (conn, generation) = self.take()?;
+                let v = f(&conn).map_err(|e| sql_error(what, e))?;
+                self.give(conn, generation);
+                Ok(v)
+            }
+            Err(e) => {
+                self.give(conn, generation);
+                Err(sql_error(what, e))
+            }
+        }
+    }
+
+    fn expires_at(&self, ttl: Option<Duration>) -> i64 {
         match ttl {
             None => 0,
-            Some(t) => self
-                .clock
-                .now_ms()
-                .saturating_add(u64::try_from(t.as_millis()).unwrap_or(u64::MAX))
-                .max(1),
+            Some(t) => self.now().saturating_add(ms(t)).max(1),
         }
     }
 
-    fn is_expired(&self, expires_at_ms: u64) -> bool {
-        expires_at_ms != 0 && expires_at_ms <= self.clock.now_ms()
+    fn now(&self) -> i64 {
+        i64::try_from(self.clock.now_ms()).unwrap_or(i64::MAX)
     }
 
-    /// Reads a whole file with its metadata; `None` when it does not exist.
-    fn read_file(path: &Path) -> io::Result<Option<(Vec<u8>, fs::Metadata)>> {
-        let mut f = match File::open(path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e),
+    fn is_live(&self, exp: i64) -> bool {
+        exp == 0 || exp > self.now()
+    }
+}
+
+/// An invalidation recorded while a primary was unreachable, to apply when it returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PendingOp {
+    /// `delete(key)`.
+    Delete(String),
+    /// `delete_prefix(prefix)`.
+    DeletePrefix(String),
+    /// `clear()`.
+    Clear,
+}
+
+/// The journal of invalidations made during an outage (see [`super::resilient`]): a table in the
+/// same database, so that several processes sharing the directory append to it safely.
+impl FileBackend {
+    /// Appends an invalidation for the primary identified by `scope`.
+    ///
+    /// # Errors
+    /// [`Error::Backend`] when the database cannot be written.
+    pub fn journal_append(&self, scope: &str, op: &PendingOp) -> Result<()> {
+        let (code, arg) = match op {
+            PendingOp::Delete(k) => (1, k.as_str()),
+            PendingOp::DeletePrefix(p) => (2, p.as_str()),
+            PendingOp::Clear => (3, ""),
         };
-        let meta = f.metadata()?;
-        // Entry files are never modified in place (writes rename a new file over the old one),
-        // so the size from fstat is the size to read: one read, no probe for end of file.
-        let len = match usize::try_from(meta.len()) {
-            Ok(len) if meta.len() <= MAX_FILE => len,
-            // Larger than any entry: not ours. Read nothing; it decodes as a miss.
-            _ => return Ok(Some((Vec::new(), meta))),
-        };
-        let mut buf = vec![0u8; len];
-        match f.read_exact(&mut buf) {
-            Ok(()) => {}
-            // Shrunk under us (not one of our files, which never change in place): a miss.
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => buf.clear(),
-            Err(e) => return Err(e),
-        }
-        Ok(Some((buf, meta)))
-    }
-
-    /// Removes `path` if it is still the file described by `meta`.
-    fn remove_if_same(path: &Path, meta: &fs::Metadata) -> bool {
-        match fs::symlink_metadata(path) {
-            Ok(now) if same_file(&now, meta) => fs::remove_file(path).is_ok(),
-            _ => false,
-        }
-    }
-
-    fn write_atomic(&self, path: &Path, data: &[u8]) -> Result<()> {
-        let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-        let tmp = self.dir.join(format!(
-            ".tmp-{}-{n}-{}.tmp",
-            std::process::id(),
-            self.clock.now_ms()
-        ));
-        let mut opts = OpenOptions::new();
-        opts.write(true).create_new(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            opts.mode(0o600);
-        }
-        let result = opts
-            .open(&tmp)
-            .and_then(|mut f| f.write_all(data))
-            .and_then(|()| fs::rename(&tmp, path));
-        if let Err(e) = result {
-            let _ = fs::remove_file(&tmp);
-            return Err(Error::io(
-                NAME,
-                format_args!("cannot write {}", path.display()),
-                e,
-            ));
-        }
+        let now = self.now();
+        self.with_conn("cannot record an invalidation", |c| {
+            c.prepare_cached("INSERT INTO pending (scope, op, arg, at) VALUES (?1, ?2, ?3, ?4)")?
+                .execute(params![scope, code, arg.as_bytes(), now])
+        })?;
         Ok(())
     }
 
-    /// Reads, checks and (when expired) removes an entry. `Ok(None)` for absent, corrupt,
-    /// foreign or expired entries.
-    fn load(&self, storage_key: &str, path: &Path) -> Result<Option<Item>> {
-        let Some((buf, meta)) = Self::read_file(path)
-            .map_err(|e| Error::io(NAME, format_args!("cannot read {}", path.display()), e))?
-        else {
-            return Ok(None);
-        };
-        let Some(entry) = decode(&buf) else {
-            warn!(path = %path.display(), "cache file is corrupt, truncated or not a ddf entry; treating it as a miss");
-            return Ok(None);
-        };
-        if entry.key != storage_key.as_bytes() {
-            warn!(path = %path.display(), "cache file holds another key; treating it as a miss");
-            return Ok(None);
-        }
-        if self.is_expired(entry.expires_at_ms) {
-            if Self::remove_if_same(path, &meta) {
-                debug!(path = %path.display(), "removed expired entry");
-            }
-            return Ok(None);
-        }
-        Ok(Some(Item {
-            data: entry.value.to_vec(),
-            flags: entry.flags,
-        }))
+    /// The recorded invalidations of `scope`, oldest first, with their ids.
+    ///
+    /// # Errors
+    /// [`Error::Backend`] when the database cannot be read.
+    pub fn journal_read(&self, scope: &str) -> Result<Vec<(i64, PendingOp)>> {
+        self.with_conn("cannot read recorded invalidations", |c| {
+            let mut st =
+                c.prepare_cached("SELECT id, op, arg FROM pending WHERE scope = ?1 ORDER BY id")?;
+            let rows = st.query_map([scope], |r| {
+                let arg = String::from_utf8_lossy(&r.get::<_, Vec<u8>>(2)?).into_owned();
+                let op = match r.get::<_, i64>(1)? {
+                    1 => PendingOp::Delete(arg),
+                    2 => PendingOp::DeletePrefix(arg),
+                    _ => PendingOp::Clear,
+                };
+                Ok((r.get::<_, i64>(0)?, op))
+            })?;
+            rows.collect()
+        })
     }
 
-    /// Removes an entry file if it is ours; returns whether it held a live (unexpired) entry
-    /// whose key starts with `storage_prefix`.
-    fn remove_entry(&self, path: &Path, storage_prefix: &str, check_key: bool) -> Result<bool> {
-        let Some((buf, meta)) = Self::read_file(path)
-            .map_err(|e| Error::io(NAME, format_args!("cannot read {}", path.display()), e))?
-        else {
-            return Ok(false);
-        };
-        let live = match decode(&buf) {
-            Some(entry) => {
-                if check_key && !entry.key.starts_with(storage_prefix.as_bytes()) {
-                    return Ok(false);
-                }
-                !self.is_expired(entry.expires_at_ms)
-            }
-            // Our name and our magic but a bad checksum: a damaged entry of ours; remove it
-            // without counting it. Anything else is not ours: leave it.
-            None if buf.starts_with(MAGIC) => false,
-            None => return Ok(false),
-        };
-        match fs::symlink_metadata(path) {
-            Ok(now) if same_file(&now, &meta) => match fs::remove_file(path) {
-                Ok(()) => Ok(live),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-                Err(e) => Err(Error::io(
-                    NAME,
-                    format_args!("cannot remove {}", path.display()),
-                    e,
-                )),
-            },
-            // Replaced by a concurrent write, or removed by someone else: the newer value wins.
-            _ => Ok(false),
-        }
-    }
-
-    fn remove_stale_tmp(&self) {
-        let Ok(rd) = fs::read_dir(&self.dir) else {
-            return;
-        };
-        for ent in rd.flatten() {
-            let name = ent.file_name();
-            let Some(name) = name.to_str() else { continue };
-            if !(name.starts_with(".tmp-") && name.ends_with(".tmp")) {
-                continue;
-            }
-            let old = ent
-                .metadata()
-                .and_then(|m| m.modified())
-                .ok()
-                .and_then(|m| m.elapsed().ok())
-                .is_some_and(|age| age > STALE_TMP);
-            if old {
-                let _ = fs::remove_file(ent.path());
-            }
-        }
+    /// Removes the recorded invalidations of `scope` up to and including `id`.
+    ///
+    /// # Errors
+    /// [`Error::Backend`] when the database cannot be written.
+    pub fn journal_remove(&self, scope: &str, up_to: i64) -> Result<()> {
+        self.with_conn("cannot remove recorded invalidations", |c| {
+            c.prepare_cached("DELETE FROM pending WHERE scope = ?1 AND id <= ?2")?
+                .execute(params![scope, up_to])
+        })?;
+        Ok(())
     }
 }
 
@@ -353,87 +393,188 @@ impl Backend for FileBackend {
 
     fn get(&self, key: &str) -> Result<Option<Item>> {
         let sk = self.keys.storage_key(key);
-        self.load(&sk, &self.path_of(&sk))
+        let row = self.with_conn("cannot read an entry", |c| {
+            c.prepare_cached(SQL_GET)?
+                .query_row([sk.as_bytes()], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, Vec<u8>>(2)?,
+                    ))
+                })
+                .optional()
+        })?;
+        let Some((exp, flags, data)) = row else {
+            return Ok(None);
+        };
+        if !self.is_live(exp) {
+            // Remove it only if it is still the expired entry (a fresh write may have landed).
+            self.with_conn("cannot remove an expired entry", |c| {
+                c.prepare_cached(SQL_DEL_EXPIRED)?
+                    .execute(params![sk.as_bytes(), exp])
+            })?;
+            return Ok(None);
+        }
+        Ok(Some(Item {
+            data,
+            flags: u32::try_from(flags).unwrap_or(0),
+        }))
     }
 
     fn set(&self, key: &str, item: &Item, ttl: Option<Duration>) -> Result<()> {
+        if item.data.len() > MAX_VALUE {
+            return Err(Error::InvalidArgument(format!(
+                "a value of {} bytes is larger than the file backend's limit of {MAX_VALUE} bytes",
+                item.data.len()
+            )));
+        }
         let sk = self.keys.storage_key(key);
-        let data = encode(&sk, item, self.expires_at(ttl))?;
-        self.write_atomic(&self.path_of(&sk), &data)
+        let exp = self.expires_at(ttl);
+        self.with_conn("cannot write an entry", |c| {
+            c.prepare_cached(SQL_SET)?.execute(params![
+                sk.as_bytes(),
+                exp,
+                i64::from(item.flags),
+                item.data
+            ])
+        })?;
+        Ok(())
     }
 
     fn delete(&self, key: &str) -> Result<bool> {
         let sk = self.keys.storage_key(key);
-        self.remove_entry(&self.path_of(&sk), &sk, true)
+        let exp = self.with_conn("cannot delete an entry", |c| {
+            c.prepare_cached(SQL_DEL)?
+                .query_row([sk.as_bytes()], |r| r.get::<_, i64>(0))
+                .optional()
+        })?;
+        Ok(exp.is_some_and(|e| self.is_live(e)))
     }
 
     fn delete_prefix(&self, prefix: &str) -> Result<u64> {
-        let sp = self.keys.storage_key(prefix);
-        let matcher = FilePrefix::new(&sp);
-        let rd = fs::read_dir(&self.dir)
-            .map_err(|e| Error::io(NAME, format_args!("cannot list {}", self.dir.display()), e))?;
-        let mut removed = 0;
-        for ent in rd {
-            let ent = ent.map_err(|e| {
-                Error::io(NAME, format_args!("cannot list {}", self.dir.display()), e)
-            })?;
-            let name = ent.file_name();
-            let Some(name) = name.to_str() else { continue };
-            let check_key = match matcher.matches(name) {
-                PrefixMatch::No => continue,
-                PrefixMatch::Yes => false,
-                PrefixMatch::Maybe => true,
+        let (lo, hi) = prefix_range(self.keys.storage_key(prefix).as_bytes());
+        let now = self.now();
+        self.with_conn("cannot invalidate a prefix", |c| {
+            // One immediate transaction: count the live entries, then remove the whole range
+            // (expired entries too, uncounted).
+            let tx = rusqlite::Transaction::new_unchecked(c, rusqlite::TransactionBehavior::Immediate)?;
+            let live: i64 = match &hi {
+                Some(hi) => tx.query_row(
+                    "SELECT count(*) FROM entries WHERE k >= ?1 AND k < ?2 AND (exp = 0 OR exp > ?3)",
+                    params![lo, hi, now],
+                    |r| r.get(0),
+                )?,
+                None => tx.query_row(
+                    "SELECT count(*) FROM entries WHERE k >= ?1 AND (exp = 0 OR exp > ?2)",
+                    params![lo, now],
+                    |r| r.get(0),
+                )?,
             };
-            removed += u64::from(self.remove_entry(&ent.path(), &sp, check_key)?);
-        }
-        Ok(removed)
+            match &hi {
+                Some(hi) => tx.execute(
+                    "DELETE FROM entries WHERE k >= ?1 AND k < ?2",
+                    params![lo, hi],
+                )?,
+                None => tx.execute("DELETE FROM entries WHERE k >= ?1", params![lo])?,
+            };
+            tx.commit()?;
+            Ok(u64::try_from(live).unwrap_or(0))
+        })
     }
 
     fn clear(&self) -> Result<()> {
-        self.remove_stale_tmp();
         self.delete_prefix("").map(|_| ())
     }
 
-    fn info(&self) -> Result<Vec<(String, String)>> {
-        let matcher = FilePrefix::new(self.keys.namespace());
-        let rd = fs::read_dir(&self.dir)
-            .map_err(|e| Error::io(NAME, format_args!("cannot list {}", self.dir.display()), e))?;
-        let (mut entries, mut bytes, mut other) = (0u64, 0u64, 0u64);
-        for ent in rd.flatten() {
-            let name = ent.file_name();
-            match name.to_str().map(|n| matcher.matches(n)) {
-                Some(PrefixMatch::Yes | PrefixMatch::Maybe) => {
-                    entries += 1;
-                    bytes += ent.metadata().map(|m| m.len()).unwrap_or(0);
-                }
-                _ => other += 1,
-            }
+    fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<Item>>> {
+        keys.iter().map(|k| self.get(k)).collect()
+    }
+
+    fn set_many(&self, items: &[(&str, Item)], ttl: Option<Duration>) -> Result<()> {
+        if let Some((_, big)) = items.iter().find(|(_, i)| i.data.len() > MAX_VALUE) {
+            return Err(Error::InvalidArgument(format!(
+                "a value of {} bytes is larger than the file backend's limit of {MAX_VALUE} bytes",
+                big.data.len()
+            )));
         }
+        let exp = self.expires_at(ttl);
+        // One transaction for the batch: all or nothing, and one commit.
+        self.with_conn("cannot write entries", |c| {
+            let tx =
+                rusqlite::Transaction::new_unchecked(c, rusqlite::TransactionBehavior::Immediate)?;
+            {
+                let mut st = tx.prepare_cached(SQL_SET)?;
+                for (k, item) in items {
+                    let sk = self.keys.storage_key(k);
+                    st.execute(params![
+                        sk.as_bytes(),
+                        exp,
+                        i64::from(item.flags),
+                        item.data
+                    ])?;
+                }
+            }
+            tx.commit()
+        })
+    }
+
+    fn delete_many(&self, keys: &[&str]) -> Result<u64> {
+        let now = self.now();
+        self.with_conn("cannot delete entries", |c| {
+            let tx =
+                rusqlite::Transaction::new_unchecked(c, rusqlite::TransactionBehavior::Immediate)?;
+            let mut n = 0u64;
+            {
+                let mut st = tx.prepare_cached(SQL_DEL)?;
+                for k in keys {
+                    let sk = self.keys.storage_key(k);
+                    if let Some(exp) = st
+                        .query_row([sk.as_bytes()], |r| r.get::<_, i64>(0))
+                        .optional()?
+                    {
+                        n += u64::from(exp == 0 || exp > now);
+                    }
+                }
+            }
+            tx.commit()?;
+            Ok(n)
+        })
+    }
+
+    fn info(&self) -> Result<Vec<(String, String)>> {
+        let (lo, hi) = prefix_range(self.keys.namespace().as_bytes());
+        let now = self.now();
+        let (entries, live, bytes) = self.with_conn("cannot count entries", |c| {
+            let sql = "SELECT count(*), coalesce(sum(exp = 0 OR exp > ?3), 0), coalesce(sum(length(v)), 0) \
+                       FROM entries WHERE k >= ?1 AND (?2 IS NULL OR k < ?2)";
+            c.query_row(sql, params![lo, hi, now], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+            })
+        })?;
+        let file_bytes = fs::metadata(&self.db).map(|m| m.len()).unwrap_or(0);
         Ok(vec![
-            ("directory".to_owned(), self.dir.display().to_string()),
+            ("database".to_owned(), self.db.display().to_string()),
+            ("entries".to_owned(), live.to_string()),
             (
-                "entries (this namespace, expired included)".to_owned(),
-                entries.to_string(),
+                "expired entries not yet removed".to_owned(),
+                (entries - live).to_string(),
             ),
-            ("bytes on disk".to_owned(), bytes.to_string()),
-            ("other files in the directory".to_owned(), other.to_string()),
+            ("value bytes".to_owned(), bytes.to_string()),
+            ("database file bytes".to_owned(), file_bytes.to_string()),
         ])
     }
 
     fn ping(&self) -> Result<BackendStatus> {
-        let probe = self.dir.join(format!(".ping-{}.tmp", std::process::id()));
-        fs::write(&probe, b"ping")
-            .and_then(|()| fs::remove_file(&probe))
-            .map_err(|e| {
-                Error::io(
-                    NAME,
-                    format_args!("cannot write in {}", self.dir.display()),
-                    e,
-                )
-            })?;
+        self.with_conn("cannot query the database", |c| {
+            c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))
+        })?;
         Ok(BackendStatus {
-            detail: format!("directory {} is writable", self.dir.display()),
+            detail: format!("database {} answers", self.db.display()),
         })
+    }
+
+    fn close(&self) {
+        self.lock_pool().idle.clear();
     }
 }
 
@@ -464,8 +605,8 @@ mod tests {
         assert_eq!(b.get("k").unwrap(), Some(item("v")));
         clock.advance(Duration::from_secs(1));
         assert_eq!(b.get("k").unwrap(), None);
-        // The expired file is gone.
-        assert!(!b.path_of("ns:k").exists());
+        // The expired entry is gone, not just hidden.
+        assert_eq!(b.info().unwrap()[2].1, "0");
         clock.advance(Duration::from_secs(100_000));
         assert_eq!(b.get("forever").unwrap(), Some(item("v")));
     }
@@ -478,75 +619,54 @@ mod tests {
         b.set("p:1", &item("v"), Some(Duration::from_secs(1)))
             .unwrap();
         b.set("p:2", &item("v"), None).unwrap();
+        b.set("m", &item("v"), Some(Duration::from_secs(1)))
+            .unwrap();
         clock.advance(Duration::from_secs(2));
         assert!(!b.delete("a").unwrap());
         assert_eq!(b.delete_prefix("p:").unwrap(), 1);
-        assert_eq!(fs::read_dir(b.dir()).unwrap().count(), 0);
+        assert_eq!(b.delete_many(&["m"]).unwrap(), 0);
+        assert_eq!(b.info().unwrap()[1].1, "0");
     }
 
     #[test]
-    fn corrupt_truncated_and_foreign_files_read_as_misses() {
+    fn a_corrupt_database_reads_as_a_miss_and_is_replaced() {
         let (_d, b, _c) = backend();
         b.set("k", &item("value"), None).unwrap();
-        let p = b.path_of("ns:k");
-        let good = fs::read(&p).unwrap();
-        for bad in [
-            good[..good.len() - 1].to_vec(),
-            {
-                let mut x = good.clone();
-                x[HEADER + 4] ^= 1;
-                x
-            },
-            b"not a cache file".to_vec(),
-            Vec::new(),
-        ] {
-            fs::write(&p, &bad).unwrap();
-            assert_eq!(b.get("k").unwrap(), None);
+        b.close();
+        let garbage = vec![0x5au8; 64 * 1024];
+        fs::write(b.db_path(), &garbage).unwrap();
+        for ext in ["-wal", "-shm"] {
+            let _ = fs::remove_file(format!("{}{ext}", b.db_path().display()));
         }
-        // Another key's entry under this name is a miss too.
-        let other = encode("ns:other", &item("x"), 0).unwrap();
-        fs::write(&p, other).unwrap();
         assert_eq!(b.get("k").unwrap(), None);
+        b.set("k", &item("again"), None).unwrap();
+        assert_eq!(b.get("k").unwrap(), Some(item("again")));
+        let aside = fs::read_dir(b.dir())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .any(|e| e.file_name().to_string_lossy().contains(".corrupt-"));
+        assert!(aside, "the corrupt database was kept aside");
     }
 
     #[test]
-    fn foreign_files_survive_clear_and_prefix_invalidation() {
+    fn other_files_and_namespaces_survive() {
         let (_d, b, _c) = backend();
         fs::write(b.dir().join("notes.txt"), "keep").unwrap();
-        fs::write(b.dir().join("ns%3Afake.ddf"), "not ours").unwrap();
         b.set("x", &item("v"), None).unwrap();
         let other = FileBackend::open(b.dir(), "other:").unwrap();
         other.set("x", &item("v"), None).unwrap();
-        assert_eq!(b.delete_prefix("").unwrap(), 1);
         b.clear().unwrap();
+        assert_eq!(b.get("x").unwrap(), None);
         assert!(b.dir().join("notes.txt").exists());
-        assert!(b.dir().join("ns%3Afake.ddf").exists());
         assert_eq!(other.get("x").unwrap(), Some(item("v")));
     }
 
+    #[cfg(unix)]
     #[test]
-    fn long_keys_with_a_shared_visible_part_are_told_apart() {
+    fn the_database_is_private() {
+        use std::os::unix::fs::PermissionsExt;
         let (_d, b, _c) = backend();
-        let base = "x".repeat(400);
-        for i in 0..5 {
-            b.set(&format!("{base}{i}"), &item(&i.to_string()), None)
-                .unwrap();
-        }
-        b.set(&format!("{base}{}", "y"), &item("y"), None).unwrap();
-        for i in 0..5 {
-            assert_eq!(
-                b.get(&format!("{base}{i}")).unwrap(),
-                Some(item(&i.to_string()))
-            );
-        }
-        assert_eq!(b.delete_prefix(&format!("{base}y")).unwrap(), 1);
-        assert_eq!(b.delete_prefix(&base).unwrap(), 5);
-    }
-
-    #[test]
-    fn stale_temporary_files_are_not_entries() {
-        let (_d, b, _c) = backend();
-        fs::write(b.dir().join(".tmp-1-2-3.tmp"), "partial").unwrap();
-        assert_eq!(b.delete_prefix("").unwrap(), 0);
+        let mode = fs::metadata(b.db_path()).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
     }
 }

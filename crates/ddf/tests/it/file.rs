@@ -23,10 +23,10 @@ fn file_cache(dir: &Path, namespace: &str) -> CacheManager {
 fn conformance_on_the_file_backend() {
     let dir = tempfile::tempdir().unwrap();
     conformance::run(&|ns| file_cache(dir.path(), ns), Caps::default());
-    // Nothing was written outside the directory, and nothing but entries is left behind.
+    // Nothing but the database was written.
     for ent in std::fs::read_dir(dir.path()).unwrap() {
         let name = ent.unwrap().file_name().into_string().unwrap();
-        assert!(name.ends_with(".ddf"), "{name}");
+        assert!(name.starts_with("ddf-cache.sqlite3"), "{name}");
     }
 }
 
@@ -222,5 +222,60 @@ proptest! {
             let ent = ent.unwrap();
             prop_assert!(ent.file_type().unwrap().is_file());
         }
+    }
+}
+
+const GLOBAL_ENV: &str = "DDF_TEST_GLOBAL_WORKER";
+
+/// The globals never panic: with a bad config file the global cache is disabled and the error is
+/// kept; with a good one it works. Each case runs in a child process (globals are per process).
+#[test]
+fn globals_never_panic_and_report_a_bad_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.ini");
+    std::fs::write(&bad, "[cache]\nbackend = redsi\n").unwrap();
+    let good = dir.path().join("good.ini");
+    std::fs::write(
+        &good,
+        format!("[cache]\npickle_dir = {}\n", dir.path().join("c").display()),
+    )
+    .unwrap();
+    let exe = std::env::current_exe().unwrap();
+    for (ini, mode) in [(&bad, "bad"), (&good, "good")] {
+        let out = Command::new(&exe)
+            .args([
+                "--exact",
+                "file::global_worker",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(GLOBAL_ENV, mode)
+            .env("DDF_CONFIG", ini)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{mode}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn global_worker() {
+    let Ok(mode) = std::env::var(GLOBAL_ENV) else {
+        return;
+    };
+    ddf::CACHE.set("k", "v", None).unwrap();
+    let got = ddf::CACHE.get::<String>("k").unwrap();
+    if mode == "bad" {
+        assert_eq!(got, None);
+        assert!(!ddf::CACHE_CONFIG.enabled);
+        let err = ddf::global_error().unwrap().to_string();
+        assert!(err.contains("redsi") && err.contains("line 2"), "{err}");
+    } else {
+        assert_eq!(got.as_deref(), Some("v"));
+        assert!(ddf::global_error().is_none());
     }
 }

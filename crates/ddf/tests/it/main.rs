@@ -5,4 +5,6 @@
 mod conformance;
 mod file;
 mod memo;
+mod pickle;
+mod redis;
 mod ui;

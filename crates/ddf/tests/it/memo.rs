@@ -624,3 +624,59 @@ fn odd_signatures_compile_and_run() {
     assert_eq!(c.clone().into_double(), 6);
     assert!(!c.into_double_forget().unwrap());
 }
+
+/// `cache = self.cache` with `&mut self` and `self` receivers, an inner attribute, and
+/// `validation = path` (called with no arguments).
+struct Owned {
+    cache: CacheManager,
+    n: u32,
+}
+
+static STAMP_CALLS: AtomicUsize = AtomicUsize::new(0);
+
+fn fixed_stamp() -> &'static str {
+    STAMP_CALLS.fetch_add(1, Ordering::SeqCst);
+    "stamp-1"
+}
+
+impl Owned {
+    #[cache_with_invalidation(cache = self.cache, key_prefix = "owned", validation = fixed_stamp)]
+    fn add(&mut self, by: u32) -> u32 {
+        #![allow(clippy::arithmetic_side_effects)]
+        self.n += by;
+        self.n
+    }
+
+    #[cache_with_invalidation(cache = self.cache, invalidate_on = ["owned:"])]
+    fn reset(&mut self) -> u32 {
+        self.n = 0;
+        self.n
+    }
+
+    #[cache_with_invalidation(cache = self.cache, key_prefix = "owned-into")]
+    fn into_n(self) -> u32 {
+        self.n
+    }
+}
+
+#[test]
+fn receivers_and_validation_paths() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = Owned {
+        cache: file_cache(dir.path(), "recv:"),
+        n: 0,
+    };
+    assert_eq!(o.add(2), 2);
+    assert_eq!(o.add(2), 2, "memoized: self is not part of the key");
+    assert_eq!(STAMP_CALLS.load(Ordering::SeqCst), 2);
+    let key = o.add_cache_key(2).unwrap();
+    // With validation, the stamp is stored beside the value.
+    assert_eq!(
+        o.cache.get::<(String, u32)>(&key).unwrap(),
+        Some(("stamp-1".to_owned(), 2))
+    );
+    assert_eq!(o.reset(), 0);
+    assert_eq!(o.add(2), 2, "recomputed after the mutation");
+    assert_eq!(o.n, 2);
+    assert_eq!(o.into_n(), 2);
+}

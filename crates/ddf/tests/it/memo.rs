@@ -680,3 +680,21 @@ fn receivers_and_validation_paths() {
     assert_eq!(o.n, 2);
     assert_eq!(o.into_n(), 2);
 }
+
+#[test]
+fn memo_on_redis() {
+    let Some(server) = ddf_testkit::RedisServer::start() else {
+        return; // no redis-server here (a failure under DDF_TEST_REQUIRE_SERVERS=1)
+    };
+    for backend in [CacheBackend::Redis, CacheBackend::RedisPickle] {
+        run(&|ns| {
+            CacheManager::new(
+                CacheConfig::default()
+                    .with_backend(backend)
+                    .with_redis("127.0.0.1", server.port())
+                    .with_namespace(ns),
+            )
+            .unwrap()
+        });
+    }
+}

@@ -56,12 +56,12 @@
 //! `HashSet` argument may give different keys in different processes: a miss, never a wrong
 //! hit. Use `BTreeSet` for stable keys.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::fmt;
 use std::io;
 use std::path::Path;
 use std::sync::{Arc, Condvar, LazyLock, Mutex, MutexGuard, PoisonError};
-use std::thread::{self, ThreadId};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -819,7 +819,7 @@ where
     // Callers of two caches (another directory, namespace or server) never wait for each other.
     let flight_key = format!("{:?}\0{key}", cache.config());
     match join(&flight_key) {
-        Role::Reentrant => compute_and_store(compute),
+        Role::Bypass => compute_and_store(compute),
         Role::Followed | Role::Leader(_) => {
             // Leader: another caller may have stored the value between our miss and our
             // election. Follower: the leader has finished; its result is there unless it was
@@ -893,19 +893,26 @@ pub fn invalidate_after(cache: &CacheManager, ok: bool, prefixes: &[String]) {
 // A map from key to the flight in progress. The first caller inserts a flight and is the
 // leader; the others wait on the flight's condition variable. The leader's guard ends the
 // flight in `Drop`, so a panicking function (unwinding) wakes its followers instead of leaving
-// them blocked; they then find no value and compute themselves. A memoized function that calls
-// itself with the same arguments on the same thread (the leader's thread) does not wait for
-// itself: it computes directly. Poisoned locks are recovered: the data they guard (a map, a
-// flag) is valid at every point a panic can occur.
+// them blocked; they then find no value and compute themselves.
+//
+// No deadlock: a thread that leads a flight never waits for another one (a nested memoized call
+// that finds its key in flight computes directly). Waiting threads hold no flight, so no thread
+// waits for a thread that waits: no cycle, whether a function calls itself with the same
+// arguments or two functions call each other from two threads. Poisoned locks are recovered:
+// the data they guard (a map, a flag) is valid at every point a panic can occur.
 // ---------------------------------------------------------------------------------------------
 
 struct Flight {
-    owner: ThreadId,
     done: Mutex<bool>,
     cv: Condvar,
 }
 
 static FLIGHTS: LazyLock<Mutex<HashMap<String, Arc<Flight>>>> = LazyLock::new(Default::default);
+
+thread_local! {
+    /// How many flights this thread leads.
+    static LEADING: Cell<usize> = const { Cell::new(0) };
+}
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
@@ -914,7 +921,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 enum Role {
     Leader(#[allow(dead_code)] LeaderGuard),
     Followed,
-    Reentrant,
+    /// The key is in flight, and this thread leads another flight: compute, do not wait.
+    Bypass,
 }
 
 struct LeaderGuard {
@@ -924,6 +932,7 @@ struct LeaderGuard {
 
 impl Drop for LeaderGuard {
     fn drop(&mut self) {
+        LEADING.with(|n| n.set(n.get().saturating_sub(1)));
         {
             let mut map = lock(&FLIGHTS);
             if map
@@ -939,12 +948,11 @@ impl Drop for LeaderGuard {
 }
 
 fn join(key: &str) -> Role {
-    let me = thread::current().id();
     let mut map = lock(&FLIGHTS);
     if let Some(flight) = map.get(key).cloned() {
         drop(map);
-        if flight.owner == me {
-            return Role::Reentrant;
+        if LEADING.with(Cell::get) > 0 {
+            return Role::Bypass;
         }
         let mut done = lock(&flight.done);
         while !*done {
@@ -953,11 +961,12 @@ fn join(key: &str) -> Role {
         return Role::Followed;
     }
     let flight = Arc::new(Flight {
-        owner: me,
         done: Mutex::new(false),
         cv: Condvar::new(),
     });
     map.insert(key.to_owned(), Arc::clone(&flight));
+    drop(map);
+    LEADING.with(|n| n.set(n.get() + 1));
     Role::Leader(LeaderGuard {
         key: key.to_owned(),
         flight,

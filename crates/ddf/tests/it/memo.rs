@@ -21,6 +21,7 @@ struct Svc {
     calls: AtomicUsize,
     stamp: Mutex<String>,
     panic_next: AtomicBool,
+    cross: Barrier,
 }
 
 impl Svc {
@@ -30,6 +31,7 @@ impl Svc {
             calls: AtomicUsize::new(0),
             stamp: Mutex::new("v1".into()),
             panic_next: AtomicBool::new(false),
+            cross: Barrier::new(2),
         }
     }
 
@@ -128,6 +130,28 @@ impl Svc {
         x
     }
 
+    /// `cycle_a` and `cycle_b`: on two threads, each leads its own key and then calls the
+    /// other's (a cycle if leaders waited for other flights); nested calls return at once.
+    #[cache_with_invalidation(cache = self.cache, key_prefix = "cycle")]
+    fn cycle_a(&self) -> u32 {
+        self.tick();
+        if IN_CYCLE.with(|c| c.replace(true)) {
+            return 1;
+        }
+        self.cross.wait();
+        self.cycle_b() + 10
+    }
+
+    #[cache_with_invalidation(cache = self.cache, key_prefix = "cycle")]
+    fn cycle_b(&self) -> u32 {
+        self.tick();
+        if IN_CYCLE.with(|c| c.replace(true)) {
+            return 2;
+        }
+        self.cross.wait();
+        self.cycle_a() + 20
+    }
+
     #[cache_with_invalidation(cache = self.cache, key_prefix = "fib")]
     fn fib(&self, n: u64) -> u64 {
         self.tick();
@@ -171,6 +195,7 @@ pub fn run(make: &dyn Fn(&str) -> CacheManager) {
     single_flight(&Arc::new(Svc::new(make(&unique_namespace("memo-flight")))));
     panics_do_not_deadlock(&Arc::new(Svc::new(make(&unique_namespace("memo-panic")))));
     recursion_does_not_deadlock(&Svc::new(make(&unique_namespace("memo-rec"))));
+    cross_thread_cycles_do_not_deadlock(&Arc::new(Svc::new(make(&unique_namespace("memo-cycle")))));
 }
 
 fn hits_after_the_first_call(s: &Svc) {
@@ -381,6 +406,24 @@ fn recursion_does_not_deadlock(s: &Svc) {
     assert_eq!(s.calls(), 21, "each n computed once");
 }
 
+fn cross_thread_cycles_do_not_deadlock(s: &Arc<Svc>) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    for a in [true, false] {
+        let (s, tx) = (s.clone(), tx.clone());
+        std::thread::spawn(move || {
+            tx.send(if a { s.cycle_a() } else { s.cycle_b() }).unwrap();
+        });
+    }
+    // A bound, not a timing assertion: a deadlock fails here instead of hanging the suite.
+    let deadline = Duration::from_secs(60);
+    let mut got = [
+        rx.recv_timeout(deadline).expect("deadlock"),
+        rx.recv_timeout(deadline).expect("deadlock"),
+    ];
+    got.sort_unstable();
+    assert_eq!(got, [12, 21]);
+}
+
 fn file_cache(dir: &Path, ns: &str) -> CacheManager {
     CacheManager::new(
         CacheConfig::default()
@@ -492,6 +535,10 @@ fn a_value_of_another_type_is_recomputed_and_replaced() {
 }
 
 // Free functions and the global cache.
+
+thread_local! {
+    static IN_CYCLE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
 
 static FREE_CALLS: AtomicUsize = AtomicUsize::new(0);
 

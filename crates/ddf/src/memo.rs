@@ -1021,6 +1021,24 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// Equal encodings only for equal values, whatever the nesting.
+        #[test]
+        fn encoding_is_injective(
+            a in proptest::collection::vec(proptest::collection::btree_map(".{0,3}", proptest::option::of(0u8..3), 0..3), 0..3),
+            b in proptest::collection::vec(proptest::collection::btree_map(".{0,3}", proptest::option::of(0u8..3), 0..3), 0..3),
+        ) {
+            proptest::prop_assert_eq!(enc(&a) == enc(&b), a == b);
+        }
+
+        /// A HashMap encodes as the BTreeMap of the same entries.
+        #[test]
+        fn hash_maps_encode_sorted(m in proptest::collection::hash_map(".{0,4}", 0u32..9, 0..8)) {
+            let sorted: BTreeMap<_, _> = m.clone().into_iter().collect();
+            proptest::prop_assert_eq!(enc(&m), enc(&sorted));
+        }
+    }
+
     #[test]
     fn integer_widths_share_keys() {
         assert_eq!(enc(&7u8), enc(&7i64));

@@ -283,11 +283,6 @@ impl Canon {
         self.out.extend_from_slice(&v.to_le_bytes());
         Ok(())
     }
-    fn child<T: Serialize + ?Sized>(value: &T) -> std::result::Result<Vec<u8>, CanonError> {
-        let mut c = Canon::default();
-        value.serialize(&mut c)?;
-        Ok(c.out)
-    }
 }
 
 /// A sequence, tuple or struct in progress: elements are appended in order.
@@ -310,11 +305,15 @@ impl Seq<'_> {
     }
 }
 
-/// A map in progress: entries are encoded separately and sorted at the end.
+/// A map in progress. Entries are written in place; `entries` remembers where each key and
+/// value start and end, and `end` reorders them by their encoded bytes only when they are not
+/// already sorted (a `BTreeMap` is): no allocation per entry on the hot path.
 struct Map<'a> {
     c: &'a mut Canon,
-    entries: Vec<(Vec<u8>, Vec<u8>)>,
-    key: Option<Vec<u8>>,
+    start: usize,
+    /// (key start, value start, value end) offsets into `c.out`.
+    entries: Vec<(usize, usize, usize)>,
+    key_start: Option<usize>,
 }
 
 impl<'a> serde::Serializer for &'a mut Canon {
@@ -484,11 +483,14 @@ impl<'a> serde::Serializer for &'a mut Canon {
             close: b')',
         })
     }
-    fn serialize_map(self, _len: Option<usize>) -> std::result::Result<Map<'a>, CanonError> {
+    fn serialize_map(self, len: Option<usize>) -> std::result::Result<Map<'a>, CanonError> {
+        self.tag(b'{');
+        let start = self.out.len();
         Ok(Map {
             c: self,
-            entries: Vec::new(),
-            key: None,
+            start,
+            entries: Vec::with_capacity(len.unwrap_or(0)),
+            key_start: None,
         })
     }
     fn serialize_struct(
@@ -590,25 +592,39 @@ impl serde::ser::SerializeMap for Map<'_> {
     type Ok = ();
     type Error = CanonError;
     fn serialize_key<T: Serialize + ?Sized>(&mut self, key: &T) -> CResult {
-        self.key = Some(Canon::child(key)?);
-        Ok(())
+        self.key_start = Some(self.c.out.len());
+        key.serialize(&mut *self.c)
     }
     fn serialize_value<T: Serialize + ?Sized>(&mut self, value: &T) -> CResult {
-        let key = self
-            .key
+        let ks = self
+            .key_start
             .take()
             .ok_or_else(|| CanonError("a map value came without its key".to_owned()))?;
-        self.entries.push((key, Canon::child(value)?));
+        let vs = self.c.out.len();
+        value.serialize(&mut *self.c)?;
+        self.entries.push((ks, vs, self.c.out.len()));
         Ok(())
     }
-    fn end(mut self) -> CResult {
-        self.entries.sort_unstable();
-        self.c.tag(b'{');
-        for (k, v) in &self.entries {
-            self.c.out.extend_from_slice(k);
-            self.c.out.extend_from_slice(v);
+    fn end(self) -> CResult {
+        let out = &mut self.c.out;
+        let entry = |buf: &[u8], &(ks, vs, ve): &(usize, usize, usize)| -> (Vec<u8>, Vec<u8>) {
+            (buf[ks..vs].to_vec(), buf[vs..ve].to_vec())
+        };
+        let in_order = |buf: &[u8], a: &(usize, usize, usize), b: &(usize, usize, usize)| {
+            (&buf[a.0..a.1], &buf[a.1..a.2]) <= (&buf[b.0..b.1], &buf[b.1..b.2])
+        };
+        let sorted = self.entries.windows(2).all(|w| in_order(out, &w[0], &w[1]));
+        if !sorted {
+            let mut pairs: Vec<(Vec<u8>, Vec<u8>)> =
+                self.entries.iter().map(|e| entry(out, e)).collect();
+            pairs.sort_unstable();
+            out.truncate(self.start);
+            for (k, v) in &pairs {
+                out.extend_from_slice(k);
+                out.extend_from_slice(v);
+            }
         }
-        self.c.tag(b'}');
+        out.push(b'}');
         Ok(())
     }
 }
@@ -979,7 +995,9 @@ mod tests {
     use std::collections::{BTreeMap, HashMap};
 
     fn enc<T: Serialize + ?Sized>(v: &T) -> Vec<u8> {
-        Canon::child(v).unwrap()
+        let mut c = Canon::new();
+        v.serialize(&mut c).unwrap();
+        c.out
     }
 
     #[test]
@@ -1037,6 +1055,24 @@ mod tests {
             let sorted: BTreeMap<_, _> = m.clone().into_iter().collect();
             proptest::prop_assert_eq!(enc(&m), enc(&sorted));
         }
+    }
+
+    #[test]
+    fn map_layout_is_sorted_entries_in_braces() {
+        let m: HashMap<&str, u32> = [("b", 1), ("a", 2), ("c", 0)].into();
+        let mut want = vec![b'{'];
+        for (k, v) in [("a", 2u32), ("b", 1), ("c", 0)] {
+            want.extend(enc(k));
+            want.extend(enc(&v));
+        }
+        want.push(b'}');
+        assert_eq!(enc(&m), want);
+        // Nested maps in keys and values are sorted too.
+        let nested: HashMap<u8, HashMap<&str, u8>> =
+            [(2, [("y", 1), ("x", 2)].into()), (1, HashMap::new())].into();
+        let sorted: BTreeMap<u8, BTreeMap<&str, u8>> =
+            [(2, [("y", 1), ("x", 2)].into()), (1, BTreeMap::new())].into();
+        assert_eq!(enc(&nested), enc(&sorted));
     }
 
     #[test]

@@ -160,6 +160,9 @@ pub fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenStream> 
 
     let mut receiver = None;
     let mut args = Vec::new();
+    // Patterns only matter to memoization (each argument is keyed by name); a mutation may
+    // destructure.
+    let mut pattern = None;
     for input in &sig.inputs {
         match input {
             FnArg::Receiver(r) => receiver = Some(r.clone()),
@@ -168,12 +171,7 @@ pub fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenStream> 
                     ident: pi.ident.clone(),
                     ty: (*pt.ty).clone(),
                 }),
-                other => {
-                    return Err(syn::Error::new(
-                        other.span(),
-                        "give this argument a plain name (`name: Type`): #[cache_with_invalidation] keys each argument by name, and destructuring patterns are not supported",
-                    ));
-                }
+                other => pattern = pattern.or(Some(other.span())),
             },
         }
     }
@@ -209,6 +207,12 @@ pub fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenStream> 
         return Ok(expand_mutation(&func, &ret_ty, &cache_expr, prefixes));
     }
 
+    if let Some(span) = pattern {
+        return Err(syn::Error::new(
+            span,
+            "give this argument a plain name (`name: Type`): #[cache_with_invalidation] keys each argument by name, and destructuring patterns are not supported",
+        ));
+    }
     if matches!(sig.output, ReturnType::Default) {
         return Err(syn::Error::new(
             sig.span(),

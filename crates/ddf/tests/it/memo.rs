@@ -640,6 +640,12 @@ where
     items.len()
 }
 
+/// A mutation may destructure its arguments (only memoization keys them by name).
+#[cache_with_invalidation(cache = NONE_CACHE, invalidate_on = ["gen:"])]
+fn add_pair((a, b): (u32, u32)) -> u32 {
+    a + b
+}
+
 #[derive(Serialize, Clone)]
 struct Counter {
     n: u32,
@@ -667,6 +673,7 @@ fn odd_signatures_compile_and_run() {
             .starts_with("gen:")
     );
     assert_eq!(generic_len_forget_all().unwrap(), 0);
+    assert_eq!(add_pair((1, 2)), 3);
     let mut c = Counter { n: 1 };
     assert_eq!(c.bump(2), 3);
     assert_eq!(c.clone().into_double(), 6);

@@ -753,3 +753,28 @@ fn memo_on_redis() {
         });
     }
 }
+
+#[test]
+fn memo_on_memcached() {
+    let Some(servers): Option<Vec<_>> = (0..2)
+        .map(|_| ddf_testkit::MemcachedServer::start())
+        .collect()
+    else {
+        return; // no memcached here (a failure under DDF_TEST_REQUIRE_SERVERS=1)
+    };
+    let addrs: Vec<ddf::ServerAddr> = servers
+        .iter()
+        .map(|s| ddf::ServerAddr::parse(&s.server(), 11211).unwrap())
+        .collect();
+    for backend in [CacheBackend::Memcached, CacheBackend::MemcachedPickle] {
+        run(&|ns| {
+            CacheManager::new(
+                CacheConfig::default()
+                    .with_backend(backend)
+                    .with_memcached_servers(addrs.clone())
+                    .with_namespace(ns),
+            )
+            .unwrap()
+        });
+    }
+}

@@ -48,7 +48,12 @@ const POOL_MAX_IDLE: usize = 8;
 const BATCH: usize = 256;
 
 /// Listing passes per server in a prefix delete (see `delete_prefix`).
-const METADUMP_PASSES: usize = 3;
+const METADUMP_PASSES: usize = 4;
+
+/// How long after a prefix delete starts every item held by a queued LRU bump is listable again:
+/// memcached's LRU maintainer drains the bump queues at least once a second
+/// (`MAX_LRU_MAINTAINER_SLEEP`), plus a margin.
+const BUMP_SETTLE: Duration = Duration::from_millis(1200);
 
 /// The start of an item stored under a mapped key: magic, then the storage key's length (u32
 /// little-endian) and the storage key.
@@ -473,16 +478,18 @@ impl MemcachedBackend {
     }
 
     /// Lists this server's keys that belong to storage keys starting with `prefix` (whole
-    /// storage key checked for undecidable mapped keys).
+    /// storage key checked for undecidable mapped keys), and whether the server holds more items
+    /// than the listing showed (`curr_items` above the keys listed: the crawler skipped some).
     fn list_matching(
         &self,
         server: &Server,
         prefix: &MemcachedPrefix,
         raw_prefix: &str,
-    ) -> Result<Vec<String>> {
+    ) -> Result<(Vec<String>, bool)> {
         let deadline = Instant::now() + self.timeout * 15;
         let mut sure = Vec::new();
         let mut maybe = Vec::new();
+        let mut unlisted = false;
         loop {
             let hash = !server.no_hash_dump.load(Ordering::Relaxed);
             let what = if hash {
@@ -493,7 +500,9 @@ impl MemcachedBackend {
             let done = self.run(server, what, |c| {
                 sure.clear();
                 maybe.clear();
+                let mut listed = 0u64;
                 let r = c.metadump(hash, |k| {
+                    listed += 1;
                     // A key we could not send back (binary-protocol keys) is never ours.
                     let Ok(k) = std::str::from_utf8(k) else {
                         return;
@@ -510,6 +519,11 @@ impl MemcachedBackend {
                 match r {
                     // A server without the hash walk answers with an error line.
                     Err(McError::Server(m)) if hash => Ok(Err(m)),
+                    Ok(true) if !hash => {
+                        // The LRU walk skips busy items: did it list fewer than the server holds?
+                        unlisted = c.curr_items()?.is_some_and(|n| n > listed);
+                        Ok(Ok(true))
+                    }
                     other => other.map(Ok),
                 }
             })?;
@@ -553,7 +567,7 @@ impl MemcachedBackend {
                 sure.push(k);
             }
         }
-        Ok(sure)
+        Ok((sure, unlisted))
     }
 }
 
@@ -614,14 +628,33 @@ impl Backend for MemcachedBackend {
     fn delete_prefix(&self, prefix: &str) -> Result<u64> {
         let raw = self.keyspace.storage_key(prefix);
         let mp = MemcachedPrefix::new(&raw);
+        let settled = Instant::now() + BUMP_SETTLE;
         let mut total = 0;
         for server in &self.servers {
-            // `metadump hash` sees every item present when it starts: one pass. The LRU walk
-            // (servers without the hash walk) skips items busy at that moment, so list again
-            // after deleting, until a pass finds nothing (at most METADUMP_PASSES).
+            // `metadump hash` walks the hash table with each bucket locked and sees every item
+            // present when it starts: one pass is exact.
+            //
+            // Servers without it get the LRU walk (`metadump all`), which can miss items: one the
+            // server moves between LRU queues during the walk, and, silently, every item another
+            // thread holds a reference to (crawler.c: `refcount_incr(search) != 2`); a COLD item
+            // read a second time is queued for an asynchronous LRU bump *holding a reference*
+            // until the LRU maintainer drains the queue, up to 1 s later. So in that mode list
+            // again after deleting, until a pass finds nothing (at most METADUMP_PASSES), and
+            // when a pass finds nothing but the server holds more items than it listed, wait
+            // until BUMP_SETTLE after the call began (once per call, not per server) and list
+            // again.
             for _ in 0..METADUMP_PASSES {
-                let keys = self.list_matching(server, &mp, &raw)?;
-                let again = server.no_hash_dump.load(Ordering::Relaxed) && !keys.is_empty();
+                let began = Instant::now();
+                let (keys, unlisted) = self.list_matching(server, &mp, &raw)?;
+                let lru_walk = server.no_hash_dump.load(Ordering::Relaxed);
+                if keys.is_empty() {
+                    if !lru_walk || !unlisted || began >= settled {
+                        break;
+                    }
+                    std::thread::sleep(settled.saturating_duration_since(Instant::now()));
+                    continue;
+                }
+                let again = lru_walk;
                 for chunk in keys.chunks(BATCH * 4) {
                     let refs: Vec<&[u8]> = chunk.iter().map(|k| k.as_bytes()).collect();
                     total += self.run(server, "delete", |c| c.delete_many(&refs))?;

@@ -743,53 +743,6 @@ fn ttl_over_thirty_days_is_absolute() {
     assert_eq!(c.get::<String>("sub").unwrap().as_deref(), Some("v"));
 }
 
-/// Not a check: prints what a prefix invalidation costs with many items on the servers
-/// (`cargo test -p ddf --test it measure_prefix -- --ignored --nocapture`).
-#[test]
-#[ignore = "a measurement, run by hand"]
-fn measure_prefix_invalidation_cost() {
-    let Some(servers) = start(3) else { return };
-    let c = cache(&servers, "cost:");
-    for total in [10_000usize, 100_000] {
-        let other: Vec<(String, u32)> = (0..total)
-            .map(|i| (format!("other:{total}:{i}"), 1))
-            .collect();
-        for chunk in other.chunks(1000) {
-            let refs: Vec<(&str, u32)> = chunk.iter().map(|(k, v)| (k.as_str(), *v)).collect();
-            c.set_many(&refs, None).unwrap();
-        }
-        let hit: Vec<(String, u32)> = (0..100).map(|i| (format!("hit:{i}"), 1)).collect();
-        let refs: Vec<(&str, u32)> = hit.iter().map(|(k, v)| (k.as_str(), *v)).collect();
-        c.set_many(&refs, None).unwrap();
-        let t = Instant::now();
-        assert_eq!(c.invalidate_pattern("hit:").unwrap(), 100);
-        eprintln!(
-            "invalidate_pattern of 100 keys among {} items on 3 servers: {:?}",
-            total + 100,
-            t.elapsed()
-        );
-        let t = Instant::now();
-        assert_eq!(c.invalidate_pattern("other:").unwrap(), total as u64);
-        eprintln!("invalidate_pattern of all {total} items: {:?}", t.elapsed());
-    }
-    let keys: Vec<String> = (0..1000).map(|i| format!("lat:{i}")).collect();
-    let t = Instant::now();
-    for k in &keys {
-        c.set(k, "value", None).unwrap();
-    }
-    eprintln!("set: {:?} per op", t.elapsed() / 1000);
-    let t = Instant::now();
-    for k in &keys {
-        c.get::<String>(k).unwrap();
-    }
-    eprintln!("get: {:?} per op", t.elapsed() / 1000);
-    let t = Instant::now();
-    for k in &keys {
-        c.delete(k).unwrap();
-    }
-    eprintln!("delete: {:?} per op", t.elapsed() / 1000);
-}
-
 /// Keys that were just read are still found: memcached's LRU walk (`metadump all`) skips items
 /// that are busy (queued for an LRU bump after a read), the hash walk does not.
 #[test]

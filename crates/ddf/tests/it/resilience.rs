@@ -365,3 +365,28 @@ fn memcached_one_of_three_servers_down() {
         );
     }
 }
+
+/// The fallback of a Redis cache lives beside a `pickle` cache of the same namespace in the same
+/// directory without ever touching it.
+#[test]
+fn the_fallback_never_touches_a_pickle_cache_in_the_same_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = CacheManager::new(
+        CacheConfig::default()
+            .with_namespace("res:")
+            .with_pickle_dir(dir.path()),
+    )
+    .unwrap();
+    file.set("k", "file cache", None).unwrap();
+    // A server that is not there: the Redis cache starts on its fallback.
+    let port = free_port();
+    let redis = CacheManager::new(config(Kind::Redis, &[port], dir.path())).unwrap();
+    redis.set("k", "fallback", None).unwrap();
+    redis.flush_all().unwrap();
+    drop(redis);
+    let _again = CacheManager::new(config(Kind::Redis, &[port], dir.path())).unwrap();
+    assert_eq!(
+        file.get::<String>("k").unwrap().as_deref(),
+        Some("file cache")
+    );
+}

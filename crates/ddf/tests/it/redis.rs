@@ -508,3 +508,24 @@ fn factory_puts_redis_behind_the_breaker() {
     local.set("k", &5, None).unwrap();
     assert_eq!(local.get::<i32>("k").unwrap(), Some(5));
 }
+
+#[test]
+fn unix_socket_url() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("redis.sock");
+    let Some(server) = RedisServer::start_with(&["--unixsocket", sock.to_str().unwrap()]) else {
+        return;
+    };
+    let config = CacheConfig::default()
+        .with_backend(CacheBackend::Redis)
+        .with_namespace("u:")
+        .with_redis_url(Some(format!("unix://{}?db=2", sock.display())));
+    let cache = direct(config).unwrap();
+    cache.set("k", &1, None).unwrap();
+    assert_eq!(cache.get::<i32>("k").unwrap(), Some(1));
+    assert!(cache.ping().unwrap().0.detail.contains("unix:"));
+    assert_eq!(
+        redis_cli(server.port(), &["-n", "2", "GET", "u:k"]).trim(),
+        "1"
+    );
+}

@@ -118,10 +118,12 @@ impl fmt::Debug for RedisBackend {
     }
 }
 
-fn config_err(message: impl Into<String>) -> Error {
-    Error::Unsupported {
-        backend: NAME.to_owned(),
-        reason: message.into(),
+/// A configuration error about `key`, pointing at where its value came from (file and line,
+/// environment variable, default).
+fn config_err(config: &CacheConfig, key: &str, message: impl Into<String>) -> Error {
+    Error::Config {
+        source_: config.source_of(key),
+        message: message.into(),
     }
 }
 
@@ -132,16 +134,21 @@ impl RedisBackend {
     /// connects.
     ///
     /// # Errors
-    /// [`Error::Unsupported`] naming the setting when the configuration cannot work: an
+    /// [`Error::Config`] naming the setting (and where its value came from) when the
+    /// configuration cannot work: an
     /// unparseable `redis_url`, an unreadable `redis_ca_file`, a CA file without `rediss://`,
     /// a `redis_db` other than 0 on a cluster.
     pub fn new(config: &CacheConfig, read_flags: u32) -> Result<Self> {
         let ca = match &config.redis_ca_file {
             Some(p) => Some(std::fs::read(p).map_err(|e| {
-                config_err(format!(
-                    "redis_ca_file {} cannot be read: {e}; give a PEM CA bundle",
-                    p.display()
-                ))
+                config_err(
+                    config,
+                    "redis_ca_file",
+                    format!(
+                        "redis_ca_file {} cannot be read: {e}; give a PEM CA bundle",
+                        p.display()
+                    ),
+                )
             })?),
             None => None,
         };
@@ -152,6 +159,8 @@ impl RedisBackend {
         let (target, place, password) = if !config.redis_cluster_nodes.is_empty() {
             if config.redis_db != 0 {
                 return Err(config_err(
+                    config,
+                    "redis_db",
                     "redis_db must be 0 with redis_cluster_nodes: Redis Cluster has only database 0",
                 ));
             }
@@ -161,7 +170,13 @@ impl RedisBackend {
                 .map(|a| {
                     ConnectionAddr::Tcp(a.host.clone(), a.port)
                         .into_connection_info()
-                        .map_err(|_| config_err(format!("redis_cluster_nodes: bad address {a}")))
+                        .map_err(|_| {
+                            config_err(
+                                config,
+                                "redis_cluster_nodes",
+                                format!("redis_cluster_nodes: bad address {a}"),
+                            )
+                        })
                 })
                 .collect::<Result<_>>()?;
             let mut b = ClusterClient::builder(nodes)
@@ -179,10 +194,11 @@ impl RedisBackend {
                 });
             }
             let client = b.build().map_err(|e| {
-                config_err(format!(
-                    "redis_cluster_nodes cannot be used: {:?}",
-                    e.kind()
-                ))
+                config_err(
+                    config,
+                    "redis_cluster_nodes",
+                    format!("redis_cluster_nodes cannot be used: {:?}", e.kind()),
+                )
             })?;
             let list = config
                 .redis_cluster_nodes
@@ -196,19 +212,25 @@ impl RedisBackend {
                 password,
             )
         } else {
+            const URL_FORMS: &str = "expected redis://[:password@]host[:port][/db], \
+                                     rediss://... (TLS) or unix:///path/to/socket[?db=N]";
             let info = match &config.redis_url {
                 Some(url) => url.expose().into_connection_info().map_err(|_| {
                     config_err(
-                        "redis_url is not a valid URL; expected redis://[:password@]host[:port][/db], \
-                         rediss://... (TLS) or unix:///path/to/socket[?db=N]",
+                        config,
+                        "redis_url",
+                        format!("redis_url is not a valid URL; {URL_FORMS}"),
                     )
                 })?,
-                None => ConnectionAddr::Tcp(config.redis_host.clone(), config.redis_port)
-                    .into_connection_info()
-                    .map_err(|_| config_err("redis_host/redis_port cannot be used"))?
-                    .set_redis_settings(RedisConnectionInfo::default().set_db(i64::from(
-                        config.redis_db,
-                    ))),
+                None => {
+                    let db = RedisConnectionInfo::default().set_db(i64::from(config.redis_db));
+                    ConnectionAddr::Tcp(config.redis_host.clone(), config.redis_port)
+                        .into_connection_info()
+                        .map_err(|_| {
+                            config_err(config, "redis_host", "redis_host/redis_port cannot be used")
+                        })?
+                        .set_redis_settings(db)
+                }
             };
             let info = info.set_tcp_settings(tcp_settings());
             // redis_password applies when the URL carries none.
@@ -244,13 +266,21 @@ impl RedisBackend {
                 ),
                 Some(_) => {
                     return Err(config_err(
+                        config,
+                        "redis_ca_file",
                         "redis_ca_file is set but the connection is not TLS: \
                          use redis_url = rediss://host:port, or remove redis_ca_file",
                     ));
                 }
                 None => redis::Client::open(info),
             }
-            .map_err(|e| config_err(format!("cannot set up the Redis client: {:?}", e.kind())))?;
+            .map_err(|e| {
+                config_err(
+                    config,
+                    "redis_url",
+                    format!("cannot set up the Redis client: {:?}", e.kind()),
+                )
+            })?;
             (Target::Single(client), place, password)
         };
         Ok(RedisBackend {
@@ -680,6 +710,41 @@ e5 :0@0 master,noaddr - 0 1 5 disconnected
         config.redis_url = Some(crate::config::Secret::new("redis://:s3cret@[bad"));
         let e = RedisBackend::new(&config, 16).unwrap_err();
         assert!(!format!("{e} {e:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn unusable_settings_are_config_errors_with_their_line() {
+        let ini = "[cache]\nbackend = redis\nredis_url = redis://:pw@[bad\n";
+        let e = RedisBackend::new(&CacheConfig::from_ini_str(ini).unwrap(), 16).unwrap_err();
+        let text = e.to_string();
+        assert!(e.is_config(), "{text}");
+        assert!(
+            text.contains("line 3") && text.contains("rediss://"),
+            "{text}"
+        );
+        assert!(!text.contains("pw"), "{text}");
+
+        let dir = std::env::temp_dir();
+        let ca = dir.join(format!("ddf-redis-unit-{}.pem", std::process::id()));
+        std::fs::write(&ca, "not a certificate").unwrap();
+        let ini = format!("[cache]\nredis_ca_file = {}\n", ca.display());
+        let e = RedisBackend::new(&CacheConfig::from_ini_str(&ini).unwrap(), 16).unwrap_err();
+        let _ = std::fs::remove_file(&ca);
+        assert!(
+            e.to_string().contains("line 2") && e.to_string().contains("rediss://"),
+            "{e}"
+        );
+
+        let ini = "[cache]\nredis_db = 2\nredis_cluster_nodes = 127.0.0.1:7000\n";
+        let e = RedisBackend::new(&CacheConfig::from_ini_str(ini).unwrap(), 16).unwrap_err();
+        assert!(
+            e.to_string().contains("line 2") && e.to_string().contains("Cluster"),
+            "{e}"
+        );
+
+        let ini = "[cache]\nredis_ca_file = /nonexistent/ca.pem\n";
+        let e = RedisBackend::new(&CacheConfig::from_ini_str(ini).unwrap(), 16).unwrap_err();
+        assert!(e.to_string().contains("/nonexistent/ca.pem"), "{e}");
     }
 
     #[test]

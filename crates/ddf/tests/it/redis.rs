@@ -529,3 +529,30 @@ fn unix_socket_url() {
         "1"
     );
 }
+
+#[test]
+fn cluster_over_tls() {
+    let Some(tls) = TlsFiles::generate() else {
+        return;
+    };
+    let Some(cluster) = RedisCluster::start_tls(&tls) else {
+        return;
+    };
+    let mut config = cluster_config(&cluster, "ct:");
+    config.redis_ca_file = Some(tls.ca());
+    let cache = direct(config).unwrap();
+    let keys: Vec<String> = (0..100).map(|i| format!("k:{i}")).collect();
+    let items: Vec<(&str, usize)> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| (k.as_str(), i))
+        .collect();
+    cache.set_many(&items, None).unwrap();
+    let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+    let got = cache.get_many::<usize>(&refs).unwrap();
+    assert!(got.iter().enumerate().all(|(i, v)| *v == Some(i)));
+    assert_eq!(cache.invalidate_pattern("k:").unwrap(), 100);
+    for n in &cluster.nodes {
+        assert_eq!(cluster.cli(n.port(), &["DBSIZE"]).trim(), "0");
+    }
+}

@@ -350,6 +350,7 @@ fn recovers_after_a_restart_and_times_out_on_a_stopped_server() {
     // The pooled connection is dead: the backend reconnects once, transparently.
     assert_eq!(cache.get::<i32>("k").unwrap(), None);
     cache.set("k", &2, None).unwrap();
+    cache.set("other", &3, None).unwrap();
     server.process.signal("STOP");
     let started = std::time::Instant::now();
     let e = cache.get::<i32>("k").unwrap_err();
@@ -361,6 +362,10 @@ fn recovers_after_a_restart_and_times_out_on_a_stopped_server() {
         started.elapsed()
     );
     server.process.signal("CONT");
+    // The late reply to the GET that timed out is never taken for this GET's reply (ddf drops
+    // a connection that failed; redis-rs 1.8 would also skip the late reply, so this guards
+    // the behaviour, not the mechanism).
+    assert_eq!(cache.get::<i32>("other").unwrap(), Some(3));
     assert_eq!(cache.get::<i32>("k").unwrap(), Some(2));
 }
 

@@ -143,7 +143,7 @@ impl CacheManager {
     /// A cache over a backend built elsewhere (your own [`Backend`], or a wrapper around one).
     /// The config still gives the namespace-independent settings: `enabled` and `ttl`.
     pub fn with_backend(config: CacheConfig, backend: Arc<dyn Backend>) -> Self {
-        let codec = Codec::Json;
+        let codec = Codec::for_backend(config.backend);
         CacheManager {
             inner: Arc::new(Inner {
                 config,

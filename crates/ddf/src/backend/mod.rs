@@ -15,9 +15,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::{CacheBackend, CacheConfig};
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 pub mod file;
+pub mod memcached;
 pub mod none;
 pub mod redis;
 pub mod resilient;
@@ -171,15 +172,20 @@ pub fn from_config(config: &CacheConfig) -> Result<Arc<dyn Backend>> {
             let factory: resilient::Factory = Box::new(move || {
                 Ok(Arc::new(redis::RedisBackend::new(&cfg, flags)?) as Arc<dyn Backend>)
             });
-            resilient(config, "redis", &address, factory)
+            resilient(config, config.backend.as_str(), &address, factory)
         }
-        other @ (CacheBackend::Memcached | CacheBackend::MemcachedPickle) => {
-            Err(Error::Unsupported {
-                backend: other.as_str().to_owned(),
-                reason: "this version of ddf does not include it yet; use `backend = pickle` \
-                     (a local cache directory) or `backend = none`"
-                    .to_owned(),
-            })
+        CacheBackend::Memcached | CacheBackend::MemcachedPickle => {
+            let address = config
+                .memcached_servers
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(",");
+            let cfg = config.clone();
+            let factory: resilient::Factory = Box::new(move || {
+                Ok(Arc::new(memcached::MemcachedBackend::new(&cfg)?) as Arc<dyn Backend>)
+            });
+            resilient(config, config.backend.as_str(), &address, factory)
         }
     }
 }

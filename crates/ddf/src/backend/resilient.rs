@@ -32,8 +32,9 @@
 //!   `breaker_retry`).
 //! - Values written during the outage stay in the fallback and are **not** promoted to the
 //!   primary (other processes may have written newer values there meanwhile). The fallback's
-//!   entries are cleared when the primary is marked down and again when it comes back, so the
-//!   fallback never serves a value from an earlier outage.
+//!   entries are cleared when the primary comes back, and when a cache is built (what a process
+//!   that ended during an outage left), so the fallback does not serve values of an earlier
+//!   outage.
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
@@ -128,6 +129,12 @@ impl Resilient {
     /// Wraps the primary that `factory` builds. If it cannot be built now (the server is down at
     /// start-up), the cache starts on the fallback and the probe keeps trying.
     pub fn new(cfg: ResilientConfig, factory: Factory, local: Arc<FileBackend>) -> Self {
+        if cfg.mode == FallbackMode::Pickle
+            && let Err(e) = local.clear()
+        {
+            // Left by a process that ended during an outage: never serve it.
+            warn!(error = %e, "cannot clear the fallback cache");
+        }
         let first = factory();
         let shared = Arc::new(Shared {
             cfg,
@@ -274,12 +281,6 @@ impl Shared {
                 fallback = this.cfg.mode.as_str(),
                 "cache server marked down; serving from the fallback until it answers again"
             );
-            if this.cfg.mode == FallbackMode::Pickle {
-                // The fallback must not serve values from an earlier outage.
-                if let Err(e) = this.local.clear() {
-                    warn!(error = %e, "cannot clear the fallback cache");
-                }
-            }
         }
         Self::start_probe(this);
     }

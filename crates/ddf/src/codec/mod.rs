@@ -4,7 +4,13 @@
 //!
 //! | codec | backends | stores |
 //! |---|---|---|
-//! | JSON | `redis`, `memcached` (and `pickle` until the pickle codec lands) | `serde_json` text, as the Python DDF's `json.dumps(value).encode()` |
+//! | JSON | `redis`, `memcached` | `serde_json` text, as the Python DDF's `json.dumps(value).encode()`, flags [`flags::TEXT`] |
+//! | pickle | `pickle` (file, the default), `redis_pickle`, `memcached_pickle` | a protocol-4 Python pickle ([`pickle`]), flags [`flags::PICKLE`] |
+//!
+//! Decoding follows the item's flags when they name a codec: [`flags::PICKLE`] is read as a
+//! pickle and [`flags::TEXT`] as JSON whatever the cache's codec (so a file cache written by a
+//! JSON-configured build still reads); any other flags (Redis keeps none) are read with the
+//! cache's own codec.
 //!
 //! JSON can represent what serde_json can: strings, numbers (integers up to 64 bits, finite
 //! floats), booleans, null, sequences and maps with string keys. A value it cannot represent
@@ -12,11 +18,14 @@
 //! change.
 
 pub mod flags;
+pub mod pickle;
+pub mod python_memcache;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::backend::Item;
+use crate::config::CacheBackend;
 use crate::error::{Error, Result};
 
 /// The codec of a cache.
@@ -25,6 +34,8 @@ use crate::error::{Error, Result};
 pub enum Codec {
     /// JSON text (UTF-8), flags [`flags::TEXT`].
     Json,
+    /// A Python pickle (protocol 4 written, 0-5 read), flags [`flags::PICKLE`]. See [`pickle`].
+    Pickle,
 }
 
 impl Codec {
@@ -32,6 +43,25 @@ impl Codec {
     pub fn name(self) -> &'static str {
         match self {
             Codec::Json => "json",
+            Codec::Pickle => "pickle",
+        }
+    }
+
+    /// The codec a backend stores values with: pickle for `pickle`, `redis_pickle` and
+    /// `memcached_pickle` (and `none`, which stores nothing), JSON for `redis` and `memcached`.
+    pub fn for_backend(backend: CacheBackend) -> Codec {
+        match backend {
+            CacheBackend::Redis | CacheBackend::Memcached => Codec::Json,
+            _ => Codec::Pickle,
+        }
+    }
+
+    /// The codec an item is read with: the one its flags name, else `self`.
+    fn for_item(self, item: &Item) -> Codec {
+        match item.flags {
+            flags::PICKLE => Codec::Pickle,
+            flags::TEXT => Codec::Json,
+            _ => self,
         }
     }
 
@@ -48,6 +78,13 @@ impl Codec {
                     codec: self.name(),
                     reason: e.to_string(),
                 }),
+            Codec::Pickle => pickle::to_vec(value)
+                .map(|data| Item::new(data, flags::PICKLE))
+                .map_err(|e| Error::Encode {
+                    key: crate::error::shorten(key),
+                    codec: self.name(),
+                    reason: e.to_string(),
+                }),
         }
     }
 
@@ -56,7 +93,16 @@ impl Codec {
     /// # Errors
     /// [`Error::Decode`] naming `key` when the bytes are not valid in this codec.
     pub fn decode_json(self, key: &str, item: &Item) -> Result<serde_json::Value> {
-        self.decode(key, item)
+        match self.for_item(item) {
+            Codec::Json => Codec::Json.decode(key, item),
+            Codec::Pickle => pickle::from_slice_value(&item.data)
+                .map(|v| v.to_json())
+                .map_err(|e| Error::Decode {
+                    key: crate::error::shorten(key),
+                    codec: Codec::Pickle.name(),
+                    reason: e.to_string(),
+                }),
+        }
     }
 
     /// Decodes a stored item into `T`.
@@ -64,10 +110,16 @@ impl Codec {
     /// # Errors
     /// [`Error::Decode`] naming `key` when the bytes are not a `T` in this codec.
     pub fn decode<T: DeserializeOwned>(self, key: &str, item: &Item) -> Result<T> {
-        match self {
+        let codec = self.for_item(item);
+        match codec {
             Codec::Json => serde_json::from_slice(&item.data).map_err(|e| Error::Decode {
                 key: crate::error::shorten(key),
-                codec: self.name(),
+                codec: codec.name(),
+                reason: e.to_string(),
+            }),
+            Codec::Pickle => pickle::from_slice(&item.data).map_err(|e| Error::Decode {
+                key: crate::error::shorten(key),
+                codec: codec.name(),
                 reason: e.to_string(),
             }),
         }

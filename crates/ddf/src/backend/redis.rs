@@ -424,8 +424,7 @@ impl RedisBackend {
                 (c, _) => scan.query(c.as_like())?,
             };
             if !keys.is_empty() {
-                let n: u64 = redis::cmd("UNLINK").arg(&keys).query(c.as_like())?;
-                removed += n;
+                removed += unlink(c, &keys)?;
             }
             if next == 0 {
                 return Ok(removed);
@@ -609,9 +608,13 @@ impl Backend for RedisBackend {
             return Ok(Vec::new());
         }
         let ks: Vec<String> = keys.iter().map(|k| self.keyspace.storage_key(k)).collect();
-        // On a cluster redis-rs splits a cross-slot MGET by slot and reassembles it in order.
-        let vals: Vec<Option<Vec<u8>>> =
-            self.run("MGET", |c| redis::cmd("MGET").arg(&ks).query(c.as_like()))?;
+        let vals: Vec<Option<Vec<u8>>> = self.run("MGET", |c| match c {
+            Conn::Single(s) => redis::cmd("MGET").arg(&ks).query(s),
+            // redis-rs would split a cross-slot MGET into one request per slot, sent one after
+            // the other (100 keys: ~100 round trips). A cluster pipeline of GETs is one round
+            // trip per node instead.
+            Conn::Cluster(cc) => per_key_pipeline("GET", &ks).query(cc),
+        })?;
         if vals.len() != keys.len() {
             return Err(Error::Backend {
                 backend: NAME,
@@ -669,9 +672,31 @@ impl Backend for RedisBackend {
             return Ok(0);
         }
         let ks: Vec<String> = keys.iter().map(|k| self.keyspace.storage_key(k)).collect();
-        self.run("UNLINK", |c| {
-            redis::cmd("UNLINK").arg(&ks).query(c.as_like())
-        })
+        self.run("UNLINK", |c| unlink(c, &ks))
+    }
+}
+
+/// A cluster pipeline of `name key` for every key: one round trip per node.
+fn per_key_pipeline<K: redis::ToRedisArgs>(
+    name: &str,
+    keys: &[K],
+) -> redis::cluster::ClusterPipeline {
+    let mut p = redis::cluster::cluster_pipe();
+    for k in keys {
+        p.cmd(name).arg(k);
+    }
+    p
+}
+
+/// `UNLINK` of many keys; the number removed. One command on a standalone server; on a cluster
+/// a pipeline of single-key UNLINKs (one round trip per node, not one per slot).
+fn unlink<K: redis::ToRedisArgs>(c: &mut Conn, keys: &[K]) -> redis::RedisResult<u64> {
+    match c {
+        Conn::Single(s) => redis::cmd("UNLINK").arg(keys).query(s),
+        Conn::Cluster(cc) => {
+            let counts: Vec<u64> = per_key_pipeline("UNLINK", keys).query(cc.as_mut())?;
+            Ok(counts.iter().sum())
+        }
     }
 }
 

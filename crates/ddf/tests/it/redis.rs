@@ -202,6 +202,20 @@ fn cluster_suite_scans_every_primary() {
     for n in &cluster.nodes {
         assert_never_sent_dangerous(n.port());
     }
+
+    // Empty namespace: flush_all is refused, then with server_flush it empties every primary.
+    for k in &keys {
+        cache.set(k, &1, None).unwrap();
+    }
+    let bare = direct(cluster_config(&cluster, "")).unwrap();
+    assert!(bare.flush_all().is_err());
+    let mut c = cluster_config(&cluster, "");
+    c.server_flush = true;
+    direct(c).unwrap().flush_all().unwrap();
+    for n in &cluster.nodes {
+        assert_eq!(redis_cli(n.port(), &["DBSIZE"]).trim(), "0");
+        assert!(!commandstats(n.port()).contains("cmdstat_flushall:"));
+    }
 }
 
 #[test]

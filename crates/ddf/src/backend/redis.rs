@@ -6,7 +6,7 @@
 //! - **Connections**: `redis_url` (`redis://`, `rediss://`, `unix://`) when set, else
 //!   `redis_host`/`redis_port`/`redis_password`/`redis_db`; `redis_ca_file` names the CA that
 //!   verifies a `rediss://` server; `redis_cluster_nodes` switches to Redis Cluster. Connections
-//!   are kept in a small pool of our own (see [`Pool`]): redis-rs's r2d2 manager has no connect
+//!   are kept in a small pool of our own (see `Pool`): redis-rs's r2d2 manager has no connect
 //!   timeout. Connect timeout = `connect_timeout`, read and write timeouts = `timeout`. A
 //!   connection that failed in any way is dropped, never returned to the pool.
 //! - **Keys**: [`Keyspace::storage_key`] (`namespace + key`); an empty namespace stores keys
@@ -15,7 +15,7 @@
 //!   each batch; on a cluster, on every primary read from `CLUSTER NODES`. `KEYS` is never sent.
 //! - **clear()**: the namespace's keys only; with an empty namespace it refuses unless
 //!   `server_flush = true` (then `FLUSHDB`). `FLUSHALL` is never sent.
-//! - **Errors**: mapped in one function, [`RedisBackend::map_err`], which never includes the
+//! - **Errors**: mapped in one function, `RedisBackend::map_err`, which never includes the
 //!   password or a URL.
 
 use std::fmt;

@@ -93,7 +93,23 @@ impl Pool {
 }
 
 /// The Redis backend. Build it with [`RedisBackend::new`] (or through
-/// [`from_config`](super::from_config)).
+/// [`from_config`](super::from_config), which puts it behind the breaker and fallback).
+///
+/// ```no_run
+/// use std::sync::Arc;
+/// use ddf::backend::redis::RedisBackend;
+/// use ddf::{CacheBackend, CacheConfig, CacheManager};
+///
+/// let config = CacheConfig::default()
+///     .with_backend(CacheBackend::Redis)
+///     .with_redis("127.0.0.1", 6379)
+///     .with_namespace("myapp:");
+/// let backend = RedisBackend::new(&config, ddf::codec::flags::TEXT)?;
+/// let cache = CacheManager::with_backend(config, Arc::new(backend));
+/// cache.set("k", &[1, 2, 3], None)?;
+/// assert_eq!(cache.invalidate_pattern("")?, 1);
+/// # Ok::<(), ddf::Error>(())
+/// ```
 pub struct RedisBackend {
     keyspace: Keyspace,
     target: Target,

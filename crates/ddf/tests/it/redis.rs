@@ -575,3 +575,30 @@ fn cluster_over_tls() {
         assert_eq!(cluster.cli(n.port(), &["DBSIZE"]).trim(), "0");
     }
 }
+
+#[test]
+fn threads_get_their_own_connections() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let cache = direct(config_for(&server, "th:")).unwrap();
+    cache.set("k", &1, None).unwrap();
+    let barrier = std::sync::Barrier::new(4);
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| {
+                barrier.wait();
+                for _ in 0..500 {
+                    assert_eq!(cache.get::<i32>("k").unwrap(), Some(1));
+                }
+            });
+        }
+    });
+    // Connections are opened only when all idle ones are in use, so more than one means threads
+    // worked at the same time; never more than one per thread.
+    let clients: usize = redis_cli(server.port(), &["CLIENT", "LIST"])
+        .lines()
+        .filter(|l| !l.contains("cmd=client"))
+        .count();
+    assert!((2..=4).contains(&clients), "{clients} connections");
+}

@@ -313,6 +313,25 @@ impl Conn {
         }
     }
 
+    /// `curr_items` from `stats`: the items linked on the server (expired ones not yet reclaimed
+    /// included).
+    pub fn curr_items(&mut self) -> McResult<Option<u64>> {
+        self.send(b"stats\r\n")?;
+        let mut found = None;
+        loop {
+            let line = self.read_line()?;
+            if line == b"END" {
+                return Ok(found);
+            }
+            if let Some(e) = error_line(line) {
+                return Err(e);
+            }
+            if let Some(v) = line.strip_prefix(b"STAT curr_items ") {
+                found = std::str::from_utf8(v).ok().and_then(|v| v.parse().ok());
+            }
+        }
+    }
+
     /// `flush_all`: every item on this server.
     pub fn flush_all(&mut self) -> McResult<()> {
         self.send(b"flush_all\r\n")?;

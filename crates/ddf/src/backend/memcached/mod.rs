@@ -48,7 +48,12 @@ const POOL_MAX_IDLE: usize = 8;
 const BATCH: usize = 256;
 
 /// Listing passes per server in a prefix delete (see `delete_prefix`).
-const METADUMP_PASSES: usize = 3;
+const METADUMP_PASSES: usize = 4;
+
+/// How long after a prefix delete starts every item held by a queued LRU bump is listable again:
+/// memcached's LRU maintainer drains the bump queues at least once a second
+/// (`MAX_LRU_MAINTAINER_SLEEP`), plus a margin.
+const BUMP_SETTLE: Duration = Duration::from_millis(1200);
 
 /// The start of an item stored under a mapped key: magic, then the storage key's length (u32
 /// little-endian) and the storage key.
@@ -453,16 +458,18 @@ impl MemcachedBackend {
     }
 
     /// Lists this server's keys that belong to storage keys starting with `prefix` (whole
-    /// storage key checked for undecidable mapped keys).
+    /// storage key checked for undecidable mapped keys), and whether the server holds more items
+    /// than the listing showed (`curr_items` above the keys listed: the crawler skipped some).
     fn list_matching(
         &self,
         server: &Server,
         prefix: &MemcachedPrefix,
         raw_prefix: &str,
-    ) -> Result<Vec<String>> {
+    ) -> Result<(Vec<String>, bool)> {
         let deadline = Instant::now() + self.timeout * 15;
         let mut sure = Vec::new();
         let mut maybe = Vec::new();
+        let mut unlisted = false;
         loop {
             sure.clear();
             maybe.clear();
@@ -470,7 +477,9 @@ impl MemcachedBackend {
                 server,
                 "prefix invalidation (lru_crawler metadump all)",
                 |c| {
-                    c.metadump(|k| {
+                    let mut listed = 0u64;
+                    let done = c.metadump(|k| {
+                        listed += 1;
                         // A key we could not send back (binary-protocol keys) is never ours.
                         let Ok(k) = std::str::from_utf8(k) else {
                             return;
@@ -483,7 +492,11 @@ impl MemcachedBackend {
                             PrefixMatch::Maybe => maybe.push(k.to_owned()),
                             PrefixMatch::No => {}
                         }
-                    })
+                    })?;
+                    if done {
+                        unlisted = c.curr_items()?.is_some_and(|n| n > listed);
+                    }
+                    Ok(done)
                 },
             )?;
             if done {
@@ -514,7 +527,7 @@ impl MemcachedBackend {
                 sure.push(k);
             }
         }
-        Ok(sure)
+        Ok((sure, unlisted))
     }
 }
 
@@ -562,16 +575,29 @@ impl Backend for MemcachedBackend {
     fn delete_prefix(&self, prefix: &str) -> Result<u64> {
         let raw = self.keyspace.storage_key(prefix);
         let mp = MemcachedPrefix::new(&raw);
+        let settled = Instant::now() + BUMP_SETTLE;
         let mut total = 0;
         for server in &self.servers {
             // The LRU crawler walks each LRU queue separately; an item that the server moves
             // between queues while the walk runs (hot -> warm -> cold, or a bump on access) can
             // be missed. So list again after deleting, until a pass finds nothing (at most
             // METADUMP_PASSES): the second pass is the normal case and usually finds nothing.
+            //
+            // The crawler also skips, silently, every item another thread holds a reference to
+            // (crawler.c: `refcount_incr(search) != 2`). A COLD item read a second time is queued
+            // for an asynchronous LRU bump *holding a reference* until the LRU maintainer drains
+            // the queue, up to 1 s later; back-to-back passes all miss it. So when a pass finds
+            // nothing but the server holds more items than it listed, wait until BUMP_SETTLE
+            // after the call began (once per call, not per server) and list again.
             for _ in 0..METADUMP_PASSES {
-                let keys = self.list_matching(server, &mp, &raw)?;
+                let began = Instant::now();
+                let (keys, unlisted) = self.list_matching(server, &mp, &raw)?;
                 if keys.is_empty() {
-                    break;
+                    if !unlisted || began >= settled {
+                        break;
+                    }
+                    std::thread::sleep(settled.saturating_duration_since(Instant::now()));
+                    continue;
                 }
                 for chunk in keys.chunks(BATCH * 4) {
                     let refs: Vec<&[u8]> = chunk.iter().map(|k| k.as_bytes()).collect();

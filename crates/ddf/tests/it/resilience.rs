@@ -17,7 +17,7 @@ use ddf_testkit::{MemcachedServer, RedisServer, ServerProcess, free_port};
 const CONNECT: Duration = Duration::from_millis(300);
 const TIMEOUT: Duration = Duration::from_millis(400);
 /// What a call may take beyond the operation timeout: scheduling on a loaded 2-core machine.
-const MARGIN: Duration = Duration::from_millis(1500);
+const MARGIN: Duration = Duration::from_millis(2500);
 
 #[derive(Clone, Copy, Debug)]
 enum Kind {

@@ -10,7 +10,7 @@ use proc_macro::TokenStream;
 
 /// Memoizes a function's result in a ddf cache, with keys derived from every argument's value.
 ///
-/// ```ignore
+/// ```text
 /// #[ddf::cache_with_invalidation(ttl = 3600, key_prefix = "myfunction")]
 /// fn my_expensive_function(arg1: &str, arg2: &[u32]) -> Vec<String> { /* ... */ }
 ///

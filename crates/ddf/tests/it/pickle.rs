@@ -162,6 +162,34 @@ fn lit(v: &Value, canonical: bool) -> String {
     }
 }
 
+/// What a value looks like through serde's data model: tuples and sets are sequences,
+/// bytearray is bytes.
+fn serde_view(v: &Value) -> Value {
+    match v {
+        Value::List(xs) | Value::Tuple(xs) | Value::Set(xs) | Value::FrozenSet(xs) => {
+            Value::List(xs.iter().map(serde_view).collect())
+        }
+        Value::ByteArray(b) => Value::Bytes(b.clone()),
+        Value::Dict(kv) => Value::Dict(
+            kv.iter()
+                .map(|(k, v)| (serde_view(k), serde_view(v)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
+fn has_huge_int(v: &Value) -> bool {
+    match v {
+        Value::BigInt(n) => n.to_i128().is_none() && n.to_u128().is_none(),
+        Value::List(xs) | Value::Tuple(xs) | Value::Set(xs) | Value::FrozenSet(xs) => {
+            xs.iter().any(has_huge_int)
+        }
+        Value::Dict(kv) => kv.iter().any(|(k, v)| has_huge_int(k) || has_huge_int(v)),
+        _ => false,
+    }
+}
+
 fn canon(v: &Value) -> String {
     lit(v, true)
 }
@@ -321,6 +349,21 @@ fn python_rust_python(py: &PathBuf, values: &[Value]) -> Result<(), TestCaseErro
             let got = pickle::from_slice_value(&unhex(p))
                 .map_err(|e| TestCaseError::fail(format!("protocol {proto}: {e}")))?;
             prop_assert_eq!(canon(&got), canon(expected), "protocol {}", proto);
+            // The typed path (serde straight from the arena) sees the same data, minus the
+            // distinctions serde has no words for.
+            match pickle::from_slice::<Value>(&unhex(p)) {
+                Ok(typed) => prop_assert_eq!(
+                    canon(&typed),
+                    canon(&serde_view(&got)),
+                    "typed, protocol {}",
+                    proto
+                ),
+                // serde's integers stop at 128 bits.
+                Err(e) if has_huge_int(&got) => {
+                    prop_assert!(e.to_string().contains("128 bits"), "{}", e)
+                }
+                Err(e) => return Err(TestCaseError::fail(format!("typed, protocol {proto}: {e}"))),
+            }
             second.push(serde_json::json!({
                 "lit": lit(expected, false),
                 "data": hex(&pickle::to_vec(&got).unwrap()),

@@ -61,6 +61,7 @@
 mod bigint;
 mod de;
 mod ser;
+mod typed;
 mod value;
 
 use std::fmt;
@@ -275,8 +276,13 @@ pub fn from_slice_with_limits<T: DeserializeOwned>(
     bytes: &[u8],
     limits: &Limits,
 ) -> Result<T, PickleError> {
-    let value = de::decode(bytes, limits)?;
-    T::deserialize(value)
+    let (mut m, root) = de::parse(bytes, limits)?;
+    T::deserialize(typed::ArenaDe {
+        m: &mut m,
+        id: root,
+        depth: 0,
+        shared: false,
+    })
 }
 
 /// Decodes a pickle into a [`Value`], keeping every Python distinction (tuple, set, frozenset,

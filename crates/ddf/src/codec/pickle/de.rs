@@ -52,18 +52,18 @@ pub(super) struct Edge {
 
 /// An object under construction.
 #[derive(Debug)]
-pub(super) enum Node {
+pub(super) enum Node<'de> {
     None,
     Bool(bool),
     Int(i64),
     BigInt(BigInt),
     Float(f64),
-    /// A UTF-8-validated slice of the input.
-    StrAt(usize, usize),
+    /// A slice of the input (validated once, when read).
+    StrRef(&'de str),
     Str(String),
-    BytesAt(usize, usize),
+    BytesRef(&'de [u8]),
     Bytes(Vec<u8>),
-    ByteArrayAt(usize, usize),
+    ByteArrayRef(&'de [u8]),
     ByteArray(Vec<u8>),
     List(Seq),
     Tuple(Seq),
@@ -77,16 +77,16 @@ pub(super) enum Node {
     Taken,
 }
 
-impl Node {
+impl<'de> Node<'de> {
     pub(super) fn kind(&self) -> &'static str {
         match self {
             Node::None => "NoneType",
             Node::Bool(_) => "bool",
             Node::Int(_) | Node::BigInt(_) => "int",
             Node::Float(_) => "float",
-            Node::StrAt(..) | Node::Str(_) => "str",
-            Node::BytesAt(..) | Node::Bytes(_) => "bytes",
-            Node::ByteArrayAt(..) | Node::ByteArray(_) => "bytearray",
+            Node::StrRef(_) | Node::Str(_) => "str",
+            Node::BytesRef(_) | Node::Bytes(_) => "bytes",
+            Node::ByteArrayRef(_) | Node::ByteArray(_) => "bytearray",
             Node::List(_) => "list",
             Node::Tuple(_) => "tuple",
             Node::Set(_) => "set",
@@ -108,7 +108,8 @@ impl Node {
 
     fn payload_bytes(&self) -> u64 {
         match self {
-            Node::StrAt(_, n) | Node::BytesAt(_, n) | Node::ByteArrayAt(_, n) => *n as u64,
+            Node::StrRef(x) => x.len() as u64,
+            Node::BytesRef(b) | Node::ByteArrayRef(b) => b.len() as u64,
             Node::Str(s) => s.len() as u64,
             Node::Bytes(b) | Node::ByteArray(b) => b.len() as u64,
             Node::BigInt(n) => n.as_le_bytes().len() as u64,
@@ -116,18 +117,18 @@ impl Node {
         }
     }
 
-    pub(super) fn clone_shallow(&self) -> Node {
+    pub(super) fn clone_shallow(&self) -> Node<'de> {
         match self {
             Node::None => Node::None,
             Node::Bool(b) => Node::Bool(*b),
             Node::Int(i) => Node::Int(*i),
             Node::BigInt(n) => Node::BigInt(n.clone()),
             Node::Float(f) => Node::Float(*f),
-            Node::StrAt(a, n) => Node::StrAt(*a, *n),
+            Node::StrRef(x) => Node::StrRef(x),
             Node::Str(s) => Node::Str(s.clone()),
-            Node::BytesAt(a, n) => Node::BytesAt(*a, *n),
+            Node::BytesRef(b) => Node::BytesRef(b),
             Node::Bytes(b) => Node::Bytes(b.clone()),
-            Node::ByteArrayAt(a, n) => Node::ByteArrayAt(*a, *n),
+            Node::ByteArrayRef(b) => Node::ByteArrayRef(b),
             Node::ByteArray(b) => Node::ByteArray(b.clone()),
             Node::List(s) => Node::List(*s),
             Node::Tuple(s) => Node::Tuple(*s),
@@ -168,7 +169,8 @@ const EMPTY_MEMO: Id = Id::MAX;
 /// The arena's vectors, reused between decodes on a thread.
 #[derive(Debug, Default)]
 pub(super) struct Scratch {
-    pub(super) nodes: Vec<Node>,
+    /// Always empty between decodes; only its allocation is kept (see [`relabel`]).
+    nodes: Vec<Node<'static>>,
     /// How many container slots (plus the root) refer to each node.
     pub(super) uses: Vec<u32>,
     pub(super) edges: Vec<Edge>,
@@ -188,12 +190,21 @@ impl Scratch {
     }
 }
 
+/// Moves an empty vector's allocation to another lifetime of [`Node`]: the standard library
+/// collects a mapped `vec::IntoIter` in place when the element layout is the same, so this
+/// keeps the buffer without `unsafe` (the closure never runs: the vector is empty).
+fn relabel<'a, 'b>(mut v: Vec<Node<'a>>) -> Vec<Node<'b>> {
+    v.clear();
+    v.into_iter().map(|_| Node::None).collect()
+}
+
 thread_local! {
     static SCRATCH: Cell<Scratch> = Cell::new(Scratch::default());
 }
 
 pub(super) struct Machine<'de> {
     pub(super) input: &'de [u8],
+    pub(super) nodes: Vec<Node<'de>>,
     pos: usize,
     pub(super) limits: &'de Limits,
     pub(super) s: Scratch,
@@ -209,8 +220,11 @@ impl Drop for Machine<'_> {
     fn drop(&mut self) {
         // Give the vectors back to the thread, unless a big input made them large.
         let mut s = std::mem::take(&mut self.s);
-        if s.nodes.capacity() <= 4096 && s.edges.capacity() <= 4096 && s.memo.capacity() <= 4096 {
+        let mut nodes = std::mem::take(&mut self.nodes);
+        if nodes.capacity() <= 4096 && s.edges.capacity() <= 4096 && s.memo.capacity() <= 4096 {
             s.clear();
+            nodes.clear();
+            s.nodes = relabel(nodes);
             let _ = SCRATCH.try_with(|c| c.set(s));
         }
     }
@@ -228,9 +242,11 @@ pub(super) fn parse<'de>(input: &'de [u8], limits: &'de Limits) -> Result<(Machi
             ),
         ));
     }
-    let s = SCRATCH.try_with(Cell::take).unwrap_or_default();
+    let mut s = SCRATCH.try_with(Cell::take).unwrap_or_default();
+    let nodes = relabel(std::mem::take(&mut s.nodes));
     let mut m = Machine {
         input,
+        nodes,
         pos: 0,
         limits,
         s,
@@ -244,7 +260,7 @@ pub(super) fn parse<'de>(input: &'de [u8], limits: &'de Limits) -> Result<(Machi
         m.measure(root)?;
     } else {
         // A tree: every node is one element; depth is checked while building.
-        if m.s.nodes.len() as u64 > limits.max_elements {
+        if m.nodes.len() as u64 > limits.max_elements {
             return Err(PickleError::new(
                 ErrorKind::Limit,
                 format!(
@@ -365,10 +381,11 @@ impl<'de> Machine<'de> {
         Ok((at, n as usize))
     }
 
-    fn sized_str(&mut self, n: u64) -> Result<Node, PickleError> {
+    fn sized_str(&mut self, n: u64) -> Result<Node<'de>, PickleError> {
         let (at, n) = self.sized(n, "a str")?;
-        match std::str::from_utf8(&self.input[at..at + n]) {
-            Ok(_) => Ok(Node::StrAt(at, n)),
+        let input: &'de [u8] = self.input;
+        match std::str::from_utf8(&input[at..at + n]) {
+            Ok(x) => Ok(Node::StrRef(x)),
             Err(_) => Err(malformed(
                 at,
                 "a str is not valid UTF-8 (Python strings with lone surrogates cannot be decoded)",
@@ -378,16 +395,16 @@ impl<'de> Machine<'de> {
 
     /// The text of a str node.
     pub(super) fn str_of(&self, id: Id) -> Option<&str> {
-        match &self.s.nodes[id] {
-            Node::StrAt(a, n) => std::str::from_utf8(&self.input[*a..*a + *n]).ok(),
+        match &self.nodes[id] {
+            Node::StrRef(x) => Some(x),
             Node::Str(s) => Some(s),
             _ => None,
         }
     }
 
     fn bytes_of(&self, id: Id) -> Option<&[u8]> {
-        match &self.s.nodes[id] {
-            Node::BytesAt(a, n) => Some(&self.input[*a..*a + *n]),
+        match &self.nodes[id] {
+            Node::BytesRef(b) => Some(b),
             Node::Bytes(b) => Some(b),
             _ => None,
         }
@@ -395,10 +412,10 @@ impl<'de> Machine<'de> {
 
     // ---- stack ----------------------------------------------------------------------------
 
-    fn push(&mut self, node: Node) {
-        self.s.nodes.push(node);
+    fn push(&mut self, node: Node<'de>) {
+        self.nodes.push(node);
         self.s.uses.push(0);
-        self.s.stack.push(self.s.nodes.len() - 1);
+        self.s.stack.push(self.nodes.len() - 1);
     }
 
     fn frame_start(&self) -> usize {
@@ -473,12 +490,12 @@ impl<'de> Machine<'de> {
     }
 
     fn hashable(&self, id: Id, at: usize) -> Result<(), PickleError> {
-        match &self.s.nodes[id] {
+        match &self.nodes[id] {
             n @ (Node::List(_)
             | Node::Dict(_)
             | Node::Set(_)
             | Node::ByteArray(_)
-            | Node::ByteArrayAt(..)) => Err(malformed(
+            | Node::ByteArrayRef(_)) => Err(malformed(
                 at,
                 format!(
                     "unhashable type {} used as a dict key or set element",
@@ -509,7 +526,7 @@ impl<'de> Machine<'de> {
             return Err(malformed(at, "stack underflow"));
         }
         let target = self.s.stack[from - 1];
-        let mut seq = match (&self.s.nodes[target], pairs, set) {
+        let mut seq = match (&self.nodes[target], pairs, set) {
             (Node::List(s), false, false) | (Node::Dict(s), true, false) | (Node::Set(s), false, true) => *s,
             (n, _, _) => return Err(malformed(at, format!("{op} on a {}", n.kind()))),
         };
@@ -520,7 +537,7 @@ impl<'de> Machine<'de> {
 
     fn set_seq(&mut self, id: Id, seq: Seq) {
         if let Node::List(s) | Node::Tuple(s) | Node::Set(s) | Node::FrozenSet(s) | Node::Dict(s) =
-            &mut self.s.nodes[id]
+            &mut self.nodes[id]
         {
             *s = seq;
         }
@@ -564,7 +581,7 @@ impl<'de> Machine<'de> {
 
     // ---- values ---------------------------------------------------------------------------
 
-    fn int_from_le(&mut self, n: u64, at: usize) -> Result<Node, PickleError> {
+    fn int_from_le(&mut self, n: u64, at: usize) -> Result<Node<'de>, PickleError> {
         if n > self.limits.max_int_bytes as u64 {
             return Err(PickleError::at(
                 ErrorKind::Limit,
@@ -590,7 +607,7 @@ impl<'de> Machine<'de> {
         })
     }
 
-    fn int_from_text(&self, text: &[u8], at: usize) -> Result<Node, PickleError> {
+    fn int_from_text(&self, text: &[u8], at: usize) -> Result<Node<'de>, PickleError> {
         let s = std::str::from_utf8(text).map_err(|_| malformed(at, "int text is not ASCII"))?;
         if let Ok(i) = s.parse::<i64>() {
             return Ok(Node::Int(i));
@@ -652,13 +669,13 @@ impl<'de> Machine<'de> {
     fn reduce(&mut self, at: usize) -> Result<(), PickleError> {
         let args_id = self.pop(at)?;
         let f_id = self.pop(at)?;
-        let Node::Global(g) = self.s.nodes[f_id] else {
+        let Node::Global(g) = self.nodes[f_id] else {
             return Err(malformed(
                 at,
-                format!("REDUCE on a {}, not a callable", self.s.nodes[f_id].kind()),
+                format!("REDUCE on a {}, not a callable", self.nodes[f_id].kind()),
             ));
         };
-        let Node::Tuple(args) = self.s.nodes[args_id] else {
+        let Node::Tuple(args) = self.nodes[args_id] else {
             return Err(malformed(at, "REDUCE arguments are not a tuple"));
         };
         let args: Vec<Id> = self.children(args).collect();
@@ -675,9 +692,9 @@ impl<'de> Machine<'de> {
             (Global::Set, []) => Node::Set(Seq::EMPTY),
             (Global::FrozenSet, []) => Node::FrozenSet(Seq::EMPTY),
             (Global::Set | Global::FrozenSet, &[arg]) => {
-                let Some(src) = self.s.nodes[arg]
+                let Some(src) = self.nodes[arg]
                     .seq()
-                    .filter(|_| !matches!(self.s.nodes[arg], Node::Dict(_)))
+                    .filter(|_| !matches!(self.nodes[arg], Node::Dict(_)))
                 else {
                     return Err(self.bad_call(g, &args, at));
                 };
@@ -694,9 +711,9 @@ impl<'de> Machine<'de> {
             }
             (Global::Bytes, []) => Node::Bytes(Vec::new()),
             (Global::ByteArray, []) => Node::ByteArray(Vec::new()),
-            (Global::Bytes, &[b]) if self.bytes_of(b).is_some() => self.s.nodes[b].clone_shallow(),
-            (Global::ByteArray, &[b]) if self.bytes_of(b).is_some() => match self.s.nodes[b] {
-                Node::BytesAt(a, n) => Node::ByteArrayAt(a, n),
+            (Global::Bytes, &[b]) if self.bytes_of(b).is_some() => self.nodes[b].clone_shallow(),
+            (Global::ByteArray, &[b]) if self.bytes_of(b).is_some() => match self.nodes[b] {
+                Node::BytesRef(x) => Node::ByteArrayRef(x),
                 _ => Node::ByteArray(self.bytes_of(b).map(<[u8]>::to_vec).unwrap_or_default()),
             },
             (Global::ByteArray | Global::CodecsEncode, &[s, e])
@@ -716,7 +733,7 @@ impl<'de> Machine<'de> {
     }
 
     fn bad_call(&self, g: Global, args: &[Id], at: usize) -> PickleError {
-        let kinds: Vec<&str> = args.iter().map(|&a| self.s.nodes[a].kind()).collect();
+        let kinds: Vec<&str> = args.iter().map(|&a| self.nodes[a].kind()).collect();
         PickleError::at(
             ErrorKind::Unsupported,
             at,
@@ -881,22 +898,26 @@ impl<'de> Machine<'de> {
                 b'C' => {
                     let n = self.byte()?;
                     let (a, n) = self.sized(n.into(), "a bytes")?;
-                    self.push(Node::BytesAt(a, n));
+                    let input: &'de [u8] = self.input;
+                    self.push(Node::BytesRef(&input[a..a + n]));
                 }
                 b'B' => {
                     let n = u32::from_le_bytes(self.array()?);
                     let (a, n) = self.sized(n.into(), "a bytes")?;
-                    self.push(Node::BytesAt(a, n));
+                    let input: &'de [u8] = self.input;
+                    self.push(Node::BytesRef(&input[a..a + n]));
                 }
                 0x8e => {
                     let n = u64::from_le_bytes(self.array()?);
                     let (a, n) = self.sized(n, "a bytes")?;
-                    self.push(Node::BytesAt(a, n));
+                    let input: &'de [u8] = self.input;
+                    self.push(Node::BytesRef(&input[a..a + n]));
                 }
                 0x96 => {
                     let n = u64::from_le_bytes(self.array()?);
                     let (a, n) = self.sized(n, "a bytearray")?;
-                    self.push(Node::ByteArrayAt(a, n));
+                    let input: &'de [u8] = self.input;
+                    self.push(Node::ByteArrayRef(&input[a..a + n]));
                 }
                 // SHORT_BINSTRING, BINSTRING: Python 2 str; Python 3 reads ASCII ones as str.
                 b'U' | b'T' => {
@@ -907,14 +928,18 @@ impl<'de> Machine<'de> {
                             .map_err(|_| malformed(at, "BINSTRING with a negative length"))?
                     };
                     let (a, n) = self.sized(n, "a Python 2 str")?;
-                    if !self.input[a..a + n].is_ascii() {
+                    let input: &'de [u8] = self.input;
+                    let raw = &input[a..a + n];
+                    if !raw.is_ascii() {
                         return Err(PickleError::at(
                             ErrorKind::Unsupported,
                             at,
                             "a non-ASCII Python 2 str (its encoding is unknown)",
                         ));
                     }
-                    self.push(Node::StrAt(a, n));
+                    let x = std::str::from_utf8(raw)
+                        .map_err(|_| malformed(at, "a Python 2 str is not ASCII"))?;
+                    self.push(Node::StrRef(x));
                 }
                 // Containers
                 b')' => self.push(Node::Tuple(Seq::EMPTY)),
@@ -965,7 +990,7 @@ impl<'de> Machine<'de> {
                         self.check_hashable_from(from, 2, at)?;
                     }
                     let target = self.s.stack[from - 1];
-                    let mut seq = match (&self.s.nodes[target], op) {
+                    let mut seq = match (&self.nodes[target], op) {
                         (Node::List(s), b'a') | (Node::Dict(s), b's') => *s,
                         (node, _) => {
                             let name = if op == b'a' { "APPEND to" } else { "SETITEM on" };
@@ -1060,7 +1085,7 @@ impl<'de> Machine<'de> {
     // ---- measure --------------------------------------------------------------------------
 
     fn measure(&self, root: Id) -> Result<(), PickleError> {
-        let n = self.s.nodes.len();
+        let n = self.nodes.len();
         // 0 unvisited, 1 on the current path, 2 done.
         let mut state = vec![0u8; n];
         let mut elems = vec![0u64; n];
@@ -1071,10 +1096,10 @@ impl<'de> Machine<'de> {
         let mut path: Vec<(Id, usize)> = Vec::new();
         let leaf = |id: Id, elems: &mut [u64], bytes: &mut [u64], state: &mut [u8]| {
             elems[id] = 1;
-            bytes[id] = self.s.nodes[id].payload_bytes();
+            bytes[id] = self.nodes[id].payload_bytes();
             state[id] = 2;
         };
-        match self.s.nodes[root].seq() {
+        match self.nodes[root].seq() {
             Some(seq) => {
                 state[root] = 1;
                 path.push((root, seq.head));
@@ -1086,7 +1111,7 @@ impl<'de> Machine<'de> {
             if *cursor != NIL {
                 let Edge { child: c, next } = self.s.edges[*cursor];
                 *cursor = next;
-                match (state[c], self.s.nodes[c].seq()) {
+                match (state[c], self.nodes[c].seq()) {
                     (0, Some(seq)) => {
                         if path.len() >= self.limits.max_depth {
                             return Err(depth_error(self.limits));
@@ -1105,7 +1130,7 @@ impl<'de> Machine<'de> {
                 }
             } else {
                 let (mut e, mut b, mut d) = (1u64, 0u64, 0u32);
-                if let Some(seq) = self.s.nodes[id].seq() {
+                if let Some(seq) = self.nodes[id].seq() {
                     for c in self.children(seq) {
                         e = e.saturating_add(elems[c]);
                         b = b.saturating_add(bytes[c]);
@@ -1140,11 +1165,11 @@ impl<'de> Machine<'de> {
     // ---- build ----------------------------------------------------------------------------
 
     /// Takes a node out of the arena (moved when reached once, else cloned).
-    pub(super) fn take_node(&mut self, id: Id, shared: bool) -> Node {
+    pub(super) fn take_node(&mut self, id: Id, shared: bool) -> Node<'de> {
         if shared {
-            self.s.nodes[id].clone_shallow()
+            self.nodes[id].clone_shallow()
         } else {
-            std::mem::replace(&mut self.s.nodes[id], Node::Taken)
+            std::mem::replace(&mut self.nodes[id], Node::Taken)
         }
     }
 
@@ -1222,22 +1247,18 @@ impl<'de> Machine<'de> {
     }
 
     /// A non-container node as a value.
-    pub(super) fn scalar(&self, node: Node) -> Result<Value, PickleError> {
-        let slice = |a: usize, n: usize| self.input[a..a + n].to_vec();
+    pub(super) fn scalar(&self, node: Node<'de>) -> Result<Value, PickleError> {
         Ok(match node {
             Node::None => Value::None,
             Node::Bool(b) => Value::Bool(b),
             Node::Int(i) => Value::Int(i),
             Node::BigInt(n) => Value::BigInt(n),
             Node::Float(f) => Value::Float(f),
-            Node::StrAt(a, n) => Value::Str(
-                String::from_utf8(slice(a, n))
-                    .map_err(|_| PickleError::new(ErrorKind::Malformed, "a str is not UTF-8"))?,
-            ),
+            Node::StrRef(x) => Value::Str(x.to_owned()),
             Node::Str(s) => Value::Str(s),
-            Node::BytesAt(a, n) => Value::Bytes(slice(a, n)),
+            Node::BytesRef(b) => Value::Bytes(b.to_vec()),
             Node::Bytes(b) => Value::Bytes(b),
-            Node::ByteArrayAt(a, n) => Value::ByteArray(slice(a, n)),
+            Node::ByteArrayRef(b) => Value::ByteArray(b.to_vec()),
             Node::ByteArray(b) => Value::ByteArray(b),
             Node::Global(_) => return Err(global_value_error()),
             Node::List(_)

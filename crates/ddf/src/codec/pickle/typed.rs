@@ -20,15 +20,9 @@ pub(super) struct ArenaDe<'m, 'de> {
 }
 
 impl<'m, 'de> ArenaDe<'m, 'de> {
-    fn node(&mut self) -> (Node, bool) {
+    fn node(&mut self) -> (Node<'de>, bool) {
         let shared = self.shared || self.m.s.uses[self.id] > 1;
         (self.m.take_node(self.id, shared), shared)
-    }
-
-    fn str_at(&self, a: usize, n: usize) -> Result<&'de str, PickleError> {
-        let input: &'de [u8] = self.m.input;
-        std::str::from_utf8(&input[a..a + n])
-            .map_err(|_| PickleError::new(ErrorKind::Malformed, "a str is not UTF-8"))
     }
 
     fn enter(&self) -> Result<usize, PickleError> {
@@ -39,16 +33,16 @@ impl<'m, 'de> ArenaDe<'m, 'de> {
     }
 }
 
-fn unexpected(node: &Node) -> Unexpected<'_> {
+fn unexpected<'a>(node: &'a Node<'_>) -> Unexpected<'a> {
     match node {
         Node::None => Unexpected::Unit,
         Node::Bool(b) => Unexpected::Bool(*b),
         Node::Int(i) => Unexpected::Signed(*i),
         Node::Float(f) => Unexpected::Float(*f),
         Node::Str(s) => Unexpected::Str(s),
-        Node::StrAt(..) => Unexpected::Other("a str"),
+        Node::StrRef(x) => Unexpected::Str(x),
         Node::Bytes(b) | Node::ByteArray(b) => Unexpected::Bytes(b),
-        Node::BytesAt(..) | Node::ByteArrayAt(..) => Unexpected::Other("bytes"),
+        Node::BytesRef(b) | Node::ByteArrayRef(b) => Unexpected::Bytes(b),
         Node::Dict(_) => Unexpected::Map,
         Node::BigInt(_) => Unexpected::Other("an int too large for 128 bits"),
         _ => Unexpected::Seq,
@@ -60,7 +54,6 @@ impl<'de> de::Deserializer<'de> for ArenaDe<'_, 'de> {
 
     fn deserialize_any<V: Visitor<'de>>(mut self, v: V) -> Result<V::Value, PickleError> {
         let (node, shared) = self.node();
-        let input: &'de [u8] = self.m.input;
         match node {
             Node::None => v.visit_unit(),
             Node::Bool(b) => v.visit_bool(b),
@@ -77,9 +70,9 @@ impl<'de> de::Deserializer<'de> for ArenaDe<'_, 'de> {
                 }
             }
             Node::Float(f) => v.visit_f64(f),
-            Node::StrAt(a, n) => v.visit_borrowed_str(self.str_at(a, n)?),
+            Node::StrRef(x) => v.visit_borrowed_str(x),
             Node::Str(s) => v.visit_string(s),
-            Node::BytesAt(a, n) | Node::ByteArrayAt(a, n) => v.visit_borrowed_bytes(&input[a..a + n]),
+            Node::BytesRef(b) | Node::ByteArrayRef(b) => v.visit_borrowed_bytes(b),
             Node::Bytes(b) | Node::ByteArray(b) => v.visit_byte_buf(b),
             Node::List(seq) | Node::Tuple(seq) | Node::Set(seq) | Node::FrozenSet(seq) => {
                 let depth = self.enter()?;
@@ -120,7 +113,7 @@ impl<'de> de::Deserializer<'de> for ArenaDe<'_, 'de> {
     }
 
     fn deserialize_option<V: Visitor<'de>>(self, v: V) -> Result<V::Value, PickleError> {
-        match self.m.s.nodes[self.id] {
+        match self.m.nodes[self.id] {
             Node::None => v.visit_none(),
             _ => v.visit_some(self),
         }
@@ -141,8 +134,8 @@ impl<'de> de::Deserializer<'de> for ArenaDe<'_, 'de> {
         v: V,
     ) -> Result<V::Value, PickleError> {
         // serde_json's external tagging: "Variant" or {"Variant": content}.
-        match self.m.s.nodes[self.id] {
-            Node::StrAt(..) | Node::Str(_) => v.visit_enum(EnumAccess {
+        match self.m.nodes[self.id] {
+            Node::StrRef(_) | Node::Str(_) => v.visit_enum(EnumAccess {
                 variant: self,
                 content: None,
             }),
@@ -328,7 +321,7 @@ impl<'de> de::VariantAccess<'de> for VariantAccess<'_, 'de> {
     fn unit_variant(self) -> Result<(), PickleError> {
         match self.content {
             None => Ok(()),
-            Some(id) => match &self.m.s.nodes[id] {
+            Some(id) => match &self.m.nodes[id] {
                 Node::None => Ok(()),
                 other => Err(de::Error::invalid_type(unexpected(other), &"a unit variant")),
             },

@@ -27,7 +27,10 @@ fn codec(c: &mut Criterion) {
     };
     let pkl = pickle::to_vec(&record).expect("pickle");
     let json = serde_json::to_vec(&record).expect("json");
-    assert_eq!(pickle::from_slice::<Record>(PYTHON_P5).expect("python pickle"), record);
+    assert_eq!(
+        pickle::from_slice::<Record>(PYTHON_P5).expect("python pickle"),
+        record
+    );
 
     let mut g = c.benchmark_group("codec");
     g.measurement_time(Duration::from_secs(3));

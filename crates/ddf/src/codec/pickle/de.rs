@@ -20,7 +20,7 @@
 //! The arena's vectors are kept per thread between calls, so a small decode allocates nothing
 //! but the result.
 
-use std::cell::Cell;
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 
 use super::{BigInt, ErrorKind, Limits, PickleError, Value};
@@ -199,7 +199,7 @@ fn relabel<'a, 'b>(mut v: Vec<Node<'a>>) -> Vec<Node<'b>> {
 }
 
 thread_local! {
-    static SCRATCH: Cell<Scratch> = Cell::new(Scratch::default());
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
 }
 
 pub(super) struct Machine<'de> {
@@ -207,7 +207,7 @@ pub(super) struct Machine<'de> {
     pub(super) nodes: Vec<Node<'de>>,
     pos: usize,
     pub(super) limits: &'de Limits,
-    pub(super) s: Scratch,
+    pub(super) s: &'de mut Scratch,
     /// Memo entries at indices far beyond the dense part (legal, never written by CPython).
     memo_sparse: BTreeMap<u64, Id>,
     memo_count: u64,
@@ -216,22 +216,13 @@ pub(super) struct Machine<'de> {
     payload: u64,
 }
 
-impl Drop for Machine<'_> {
-    fn drop(&mut self) {
-        // Give the vectors back to the thread, unless a big input made them large.
-        let mut s = std::mem::take(&mut self.s);
-        let mut nodes = std::mem::take(&mut self.nodes);
-        if nodes.capacity() <= 4096 && s.edges.capacity() <= 4096 && s.memo.capacity() <= 4096 {
-            s.clear();
-            nodes.clear();
-            s.nodes = relabel(nodes);
-            let _ = SCRATCH.try_with(|c| c.set(s));
-        }
-    }
-}
-
-/// Runs the machine and measures: the arena is then a tree or a DAG within the limits.
-pub(super) fn parse<'de>(input: &'de [u8], limits: &'de Limits) -> Result<(Machine<'de>, Id), PickleError> {
+/// Runs `f` on a parsed, measured arena: the machine borrows this thread's scratch vectors
+/// (or fresh ones when a decode is already running on the thread) and gives them back after.
+pub(super) fn with_machine<'a, R>(
+    input: &'a [u8],
+    limits: &'a Limits,
+    f: impl for<'m> FnOnce(&mut Machine<'m>, Id) -> Result<R, PickleError>,
+) -> Result<R, PickleError> {
     if input.len() > limits.max_input_bytes {
         return Err(PickleError::new(
             ErrorKind::Limit,
@@ -242,50 +233,44 @@ pub(super) fn parse<'de>(input: &'de [u8], limits: &'de Limits) -> Result<(Machi
             ),
         ));
     }
-    let mut s = SCRATCH.try_with(Cell::take).unwrap_or_default();
-    let nodes = relabel(std::mem::take(&mut s.nodes));
-    let mut m = Machine {
-        input,
-        nodes,
-        pos: 0,
-        limits,
-        s,
-        memo_sparse: BTreeMap::new(),
-        memo_count: 0,
-        shared: false,
-        payload: 0,
+    let mut f = Some(f);
+    let mut go = |s: &mut Scratch| -> Result<R, PickleError> {
+        // The scratch outlives this call; `'a` is shortened to the borrow.
+        let mut m = Machine {
+            input,
+            nodes: relabel(std::mem::take(&mut s.nodes)),
+            pos: 0,
+            limits,
+            s,
+            memo_sparse: BTreeMap::new(),
+            memo_count: 0,
+            shared: false,
+            payload: 0,
+        };
+        let r = match (m.parse(), f.take()) {
+            (Ok(root), Some(f)) => f(&mut m, root),
+            (Err(e), _) => Err(e),
+            (Ok(_), None) => Err(PickleError::new(ErrorKind::Malformed, "internal: reentry")),
+        };
+        // Keep the vectors for the next decode unless a big input made them large.
+        let nodes = std::mem::take(&mut m.nodes);
+        if nodes.capacity() <= 4096 && m.s.edges.capacity() <= 4096 && m.s.memo.capacity() <= 4096 {
+            m.s.clear();
+            m.s.nodes = relabel(nodes);
+        } else {
+            *m.s = Scratch::default();
+        }
+        r
     };
-    let root = m.run()?;
-    if m.shared {
-        m.measure(root)?;
-    } else {
-        // A tree: every node is one element; depth is checked while building.
-        if m.nodes.len() as u64 > limits.max_elements {
-            return Err(PickleError::new(
-                ErrorKind::Limit,
-                format!(
-                    "the value has more than {} elements, over the limit",
-                    limits.max_elements
-                ),
-            ));
-        }
-        if m.payload > limits.max_decoded_bytes {
-            return Err(PickleError::new(
-                ErrorKind::Limit,
-                format!(
-                    "the value has {} bytes of strings and bytes, over the limit of {}",
-                    m.payload, limits.max_decoded_bytes
-                ),
-            ));
-        }
+    match SCRATCH.try_with(|c| c.try_borrow_mut().ok().map(|mut s| go(&mut s))) {
+        Ok(Some(r)) => r,
+        _ => go(&mut Scratch::default()),
     }
-    Ok((m, root))
 }
 
 /// Decodes a pickle into a [`Value`] within `limits`.
 pub(crate) fn decode(input: &[u8], limits: &Limits) -> Result<Value, PickleError> {
-    let (m, root) = parse(input, limits)?;
-    m.build(root)
+    with_machine(input, limits, |m, root| m.build(root))
 }
 
 fn malformed(pos: usize, msg: impl Into<String>) -> PickleError {
@@ -295,7 +280,10 @@ fn malformed(pos: usize, msg: impl Into<String>) -> PickleError {
 pub(super) fn depth_error(limits: &Limits) -> PickleError {
     PickleError::new(
         ErrorKind::Limit,
-        format!("nesting deeper than the depth limit of {}", limits.max_depth),
+        format!(
+            "nesting deeper than the depth limit of {}",
+            limits.max_depth
+        ),
     )
 }
 
@@ -308,6 +296,35 @@ fn short(s: &str) -> String {
 }
 
 impl<'de> Machine<'de> {
+    /// Runs the machine, then checks the limits on what the root expands to.
+    fn parse(&mut self) -> Result<Id, PickleError> {
+        let root = self.run()?;
+        if self.shared {
+            self.measure(root)?;
+        } else {
+            // A tree: every node is one element; depth is checked while building.
+            if self.nodes.len() as u64 > self.limits.max_elements {
+                return Err(PickleError::new(
+                    ErrorKind::Limit,
+                    format!(
+                        "the value has more than {} elements, over the limit",
+                        self.limits.max_elements
+                    ),
+                ));
+            }
+            if self.payload > self.limits.max_decoded_bytes {
+                return Err(PickleError::new(
+                    ErrorKind::Limit,
+                    format!(
+                        "the value has {} bytes of strings and bytes, over the limit of {}",
+                        self.payload, self.limits.max_decoded_bytes
+                    ),
+                ));
+            }
+        }
+        Ok(root)
+    }
+
     // ---- input ----------------------------------------------------------------------------
 
     /// Consumes `n` bytes; returns where they start.
@@ -514,7 +531,13 @@ impl<'de> Machine<'de> {
     }
 
     /// Pops a mark and appends the items above it to the container on top of the stack.
-    fn extend_top(&mut self, at: usize, op: &str, pairs: bool, set: bool) -> Result<(), PickleError> {
+    fn extend_top(
+        &mut self,
+        at: usize,
+        op: &str,
+        pairs: bool,
+        set: bool,
+    ) -> Result<(), PickleError> {
         let from = self.pop_mark(at)?;
         if pairs && !(self.s.stack.len() - from).is_multiple_of(2) {
             return Err(malformed(at, "odd number of items for a dict"));
@@ -527,7 +550,9 @@ impl<'de> Machine<'de> {
         }
         let target = self.s.stack[from - 1];
         let mut seq = match (&self.nodes[target], pairs, set) {
-            (Node::List(s), false, false) | (Node::Dict(s), true, false) | (Node::Set(s), false, true) => *s,
+            (Node::List(s), false, false)
+            | (Node::Dict(s), true, false)
+            | (Node::Set(s), false, true) => *s,
             (n, _, _) => return Err(malformed(at, format!("{op} on a {}", n.kind()))),
         };
         self.append_from_stack(&mut seq, from);
@@ -595,7 +620,11 @@ impl<'de> Machine<'de> {
         let start = self.take(n, "an int")?;
         let b = &self.input[start..start + n as usize];
         if b.len() <= 8 {
-            let fill = if b.last().is_some_and(|x| x & 0x80 != 0) { 0xff } else { 0 };
+            let fill = if b.last().is_some_and(|x| x & 0x80 != 0) {
+                0xff
+            } else {
+                0
+            };
             let mut a = [fill; 8];
             a[..b.len()].copy_from_slice(b);
             return Ok(Node::Int(i64::from_le_bytes(a)));
@@ -685,9 +714,8 @@ impl<'de> Machine<'de> {
                 .collect::<Result<Vec<u8>, _>>()
                 .map_err(|_| malformed(at, "latin-1 text has a character above U+00FF"))
         };
-        let is_latin1 = |e: Option<&str>| {
-            matches!(e, Some("latin1" | "latin-1" | "iso-8859-1" | "iso8859-1"))
-        };
+        let is_latin1 =
+            |e: Option<&str>| matches!(e, Some("latin1" | "latin-1" | "iso-8859-1" | "iso8859-1"));
         let node = match (g, &args[..]) {
             (Global::Set, []) => Node::Set(Seq::EMPTY),
             (Global::FrozenSet, []) => Node::FrozenSet(Seq::EMPTY),
@@ -737,7 +765,11 @@ impl<'de> Machine<'de> {
         PickleError::at(
             ErrorKind::Unsupported,
             at,
-            format!("unsupported call {}({}) in REDUCE", g.name(), kinds.join(", ")),
+            format!(
+                "unsupported call {}({}) in REDUCE",
+                g.name(),
+                kinds.join(", ")
+            ),
         )
     }
 
@@ -993,7 +1025,11 @@ impl<'de> Machine<'de> {
                     let mut seq = match (&self.nodes[target], op) {
                         (Node::List(s), b'a') | (Node::Dict(s), b's') => *s,
                         (node, _) => {
-                            let name = if op == b'a' { "APPEND to" } else { "SETITEM on" };
+                            let name = if op == b'a' {
+                                "APPEND to"
+                            } else {
+                                "SETITEM on"
+                            };
                             return Err(malformed(at, format!("{name} a {}", node.kind())));
                         }
                     };
@@ -1043,7 +1079,8 @@ impl<'de> Machine<'de> {
                 0x93 => {
                     let name = self.pop(at)?;
                     let module = self.pop(at)?;
-                    let (Some(module), Some(name)) = (self.str_of(module), self.str_of(name)) else {
+                    let (Some(module), Some(name)) = (self.str_of(module), self.str_of(name))
+                    else {
                         return Err(malformed(at, "STACK_GLOBAL needs two str"));
                     };
                     let g = self.resolve_global(module, name, at)?;
@@ -1173,7 +1210,7 @@ impl<'de> Machine<'de> {
         }
     }
 
-    fn build(mut self, root: Id) -> Result<Value, PickleError> {
+    fn build(&mut self, root: Id) -> Result<Value, PickleError> {
         #[derive(Clone, Copy)]
         enum Kind {
             List,
@@ -1213,7 +1250,11 @@ impl<'de> Machine<'de> {
                     tasks.push(Task::Close(kind, seq.len));
                     kids.clear();
                     kids.extend(self.children(seq));
-                    tasks.extend(kids.iter().rev().map(|&c| Task::Enter(c, depth + 1, shared)));
+                    tasks.extend(
+                        kids.iter()
+                            .rev()
+                            .map(|&c| Task::Enter(c, depth + 1, shared)),
+                    );
                 }
                 Task::Close(kind, n) => {
                     let start = out.len().checked_sub(n).ok_or_else(|| {

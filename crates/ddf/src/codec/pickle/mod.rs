@@ -282,12 +282,13 @@ pub fn from_slice_with_limits<T: DeserializeOwned>(
     bytes: &[u8],
     limits: &Limits,
 ) -> Result<T, PickleError> {
-    let (mut m, root) = de::parse(bytes, limits)?;
-    T::deserialize(typed::ArenaDe {
-        m: &mut m,
-        id: root,
-        depth: 0,
-        shared: false,
+    de::with_machine(bytes, limits, |m, root| {
+        T::deserialize(typed::ArenaDe {
+            m,
+            id: root,
+            depth: 0,
+            shared: false,
+        })
     })
 }
 

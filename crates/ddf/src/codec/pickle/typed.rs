@@ -239,7 +239,10 @@ impl<'de> de::MapAccess<'de> for MapAccess<'_, 'de> {
         .map(Some)
     }
 
-    fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, PickleError> {
+    fn next_value_seed<V: DeserializeSeed<'de>>(
+        &mut self,
+        seed: V,
+    ) -> Result<V::Value, PickleError> {
         let e = *self.m.s.edges.get(self.cursor).ok_or_else(|| {
             PickleError::new(ErrorKind::Malformed, "internal: a dict key without a value")
         })?;
@@ -323,12 +326,18 @@ impl<'de> de::VariantAccess<'de> for VariantAccess<'_, 'de> {
             None => Ok(()),
             Some(id) => match &self.m.nodes[id] {
                 Node::None => Ok(()),
-                other => Err(de::Error::invalid_type(unexpected(other), &"a unit variant")),
+                other => Err(de::Error::invalid_type(
+                    unexpected(other),
+                    &"a unit variant",
+                )),
             },
         }
     }
 
-    fn newtype_variant_seed<S: DeserializeSeed<'de>>(self, seed: S) -> Result<S::Value, PickleError> {
+    fn newtype_variant_seed<S: DeserializeSeed<'de>>(
+        self,
+        seed: S,
+    ) -> Result<S::Value, PickleError> {
         seed.deserialize(self.content("a newtype variant")?)
     }
 

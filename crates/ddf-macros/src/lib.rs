@@ -1,1 +1,95 @@
+//! The `#[cache_with_invalidation]` attribute of ddf. Use it through `ddf`
+//! (`#[ddf::cache_with_invalidation(..)]`): the expansion calls `ddf::__private`.
+//!
+//! This crate holds the entry point only; the expansion is in `expand.rs`, and every misuse
+//! becomes a `compile_error!` at the offending tokens rather than a panic.
 
+mod expand;
+
+use proc_macro::TokenStream;
+
+/// Memoizes a function's result in a ddf cache, with keys derived from every argument's value.
+///
+/// ```ignore
+/// #[ddf::cache_with_invalidation(ttl = 3600, key_prefix = "myfunction")]
+/// fn my_expensive_function(arg1: &str, arg2: &[u32]) -> Vec<String> { /* ... */ }
+///
+/// my_expensive_function("a", &[1, 2]);             // computes, stores
+/// my_expensive_function("a", &[1, 2]);             // served from the cache
+/// my_expensive_function_forget("a", &[1, 2])?;     // forgets this call
+/// my_expensive_function_forget_all()?;             // forgets every call of the function
+/// ddf::CACHE.invalidate_pattern("myfunction:")?;   // forgets every call under the prefix
+/// ```
+///
+/// Works on sync free functions and methods (inherent `impl` blocks: the helpers below are
+/// extra associated functions, which a trait `impl` cannot hold). Runnable examples are in
+/// the `ddf::memo` documentation, the integration tests and `examples/compose.rs`.
+///
+/// # Options
+///
+/// | option | meaning |
+/// |---|---|
+/// | `ttl = 3600` | expiry in seconds (positive); without it, the cache's configured `ttl` |
+/// | `key_prefix = "name"` | the keys start with `name:`, so `invalidate_pattern("name:")` forgets every call |
+/// | `validation = path::to_fn` or `validation = expr` | a version stamp: entries stored under another stamp are never served. A path is called with no arguments; any other expression is evaluated in the function's scope and may use the arguments (`validation = ddf::memo::file_sha256(path)`). It returns `String`/`&str`, `Option` of one (`None`: the call runs uncached) or `Result` of one (`Err`: logged, the call runs uncached) |
+/// | `cache = expr` | the `CacheManager` to use (an expression evaluated at each call, e.g. `self.cache` or `&*MY_CACHE`); default the global `ddf::CACHE` |
+/// | `cache_none` (or `cache_none = true`) | for `Option<T>` results: cache `None` too (default: `None` is not cached, the function runs again) |
+/// | `key_self` (or `key_self = true`) | for methods: `self`'s value (it must be `Serialize`) is part of the key. Default: `self` is **not** part of the key, so all instances share entries; use it when the result depends on the instance |
+/// | `invalidate_on = ["service:", "service:{name}:"]` | makes the function a **mutation**: it is never memoized, runs on every call, and after each successful call (`Ok` for a `Result`, every return otherwise) every key under each prefix is removed from the cache. `{arg}` inserts an argument's `Display` value (Rust `format!` syntax; `{{` for a brace). Combine it with `cache` only |
+///
+/// Unknown options, a zero `ttl`, `cache_none` on a non-`Option` function, `key_self` on a free
+/// function, memoization options together with `invalidate_on`, `async fn`, `const fn` and
+/// destructuring argument patterns are compile errors that say what to do instead.
+///
+/// # Keys
+///
+/// `[<key_prefix>:]<module path>::<function name>:<SHA-256 hex>`. The hash covers a format
+/// version, the `key_prefix`, the module path, the function name and every argument's value,
+/// serialized by serde into ddf's canonical encoding (maps in sorted order, so a `HashMap`
+/// gives the same key in every process). Not `Debug` text, not addresses: lists, maps and
+/// structs key by content; two functions with one `key_prefix` never share entries; keys are
+/// the same in every process, run and Rust release that runs the same code, so processes that
+/// share a cache share results. Every argument must implement `serde::Serialize`; one that does
+/// not is a compile error naming it. Two memoized methods with the same name in two `impl`
+/// blocks of the same module have the same identity: give them different `key_prefix`es.
+/// A `HashSet` argument serializes in iteration order, which differs between processes (a
+/// miss, never a wrong hit): prefer `BTreeSet`.
+///
+/// # Semantics
+///
+/// - **What is cached**: any return type that is `Serialize + DeserializeOwned`. A type whose
+///   last path segment is `Result` (`Result<T, E>`, `io::Result<T>`) caches `Ok` values only;
+///   `Err` is returned and never stored (`E` need not be serde). A type whose last segment is
+///   `Option` caches `Some` only, unless `cache_none`. Other types are stored whole.
+/// - **Fail open**: when the cache cannot be read or written, or a stored value cannot be
+///   decoded (e.g. after the return type changed), the function runs, its result is returned,
+///   and a `tracing::warn!` says why. A cache error never becomes the function's error.
+/// - **Single-flight**: concurrent callers in one process that miss the same key wait for the
+///   first one, which computes and stores once; they then read its result. If the first one
+///   panics or returns an uncacheable value (`Err`, `None`), the waiting callers compute
+///   themselves; nobody deadlocks, including a function that calls itself with the same
+///   arguments. Different processes do not coordinate (each may compute once).
+/// - A disabled cache (`enabled = false`) or the `none` backend runs the function every time,
+///   with no key derivation and no locking.
+///
+/// # Generated helpers
+///
+/// Next to `fn name(args..)`, with the same visibility and arguments (and `&self` for
+/// methods):
+/// - `name_forget(args..) -> ddf::Result<bool>`: forgets the result of one call;
+/// - `name_forget_all() -> ddf::Result<u64>`: forgets every call of this function;
+/// - `name_cache_key(args..) -> ddf::Result<String>`: the key of one call.
+#[proc_macro_attribute]
+pub fn cache_with_invalidation(attr: TokenStream, item: TokenStream) -> TokenStream {
+    let item = proc_macro2::TokenStream::from(item);
+    match expand::expand(attr.into(), item.clone()) {
+        Ok(tokens) => tokens.into(),
+        // The error, and the function unchanged, so that the error is the only one reported
+        // (no "cannot find function" at every call).
+        Err(e) => {
+            let mut out = e.into_compile_error();
+            out.extend(item);
+            out.into()
+        }
+    }
+}

@@ -258,6 +258,241 @@ impl RedisServer {
     }
 }
 
+/// Throwaway TLS material made with the `openssl` CLI: a CA and a server certificate for
+/// `localhost` and `127.0.0.1`, valid for a day, in a temporary directory.
+#[derive(Debug)]
+pub struct TlsFiles {
+    dir: tempfile::TempDir,
+}
+
+impl TlsFiles {
+    /// Generates the files; `None` (after a loud message; a panic under [`REQUIRE_SERVERS`]) when
+    /// `openssl` is not installed.
+    pub fn generate() -> Option<Self> {
+        if which("openssl").is_none() {
+            match missing("openssl", "this TLS test")? {}
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::write(
+            d.join("ext.cnf"),
+            "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n\
+             keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+        )
+        .unwrap();
+        let run = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(d)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "openssl {args:?} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        run(&[
+            &["req", "-x509"][..],
+            &ec,
+            &[
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.crt",
+                "-days",
+                "1",
+                "-subj",
+                "/CN=ddf test CA",
+            ],
+        ]
+        .concat());
+        run(&[
+            &["req"][..],
+            &ec,
+            &[
+                "-keyout",
+                "server.key",
+                "-out",
+                "server.csr",
+                "-subj",
+                "/CN=localhost",
+            ],
+        ]
+        .concat());
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.crt",
+            "-days",
+            "1",
+            "-extfile",
+            "ext.cnf",
+        ]);
+        Some(TlsFiles { dir })
+    }
+
+    /// The CA certificate (PEM).
+    pub fn ca(&self) -> PathBuf {
+        self.dir.path().join("ca.crt")
+    }
+    /// The server certificate (PEM).
+    pub fn cert(&self) -> PathBuf {
+        self.dir.path().join("server.crt")
+    }
+    /// The server key (PEM).
+    pub fn key(&self) -> PathBuf {
+        self.dir.path().join("server.key")
+    }
+}
+
+impl RedisServer {
+    /// A server that accepts only TLS (`--port 0 --tls-port <port>`), with the certificate of
+    /// `tls`, not asking clients for certificates. `None` as [`RedisServer::start`].
+    pub fn start_tls(tls: &TlsFiles, extra: &[&str]) -> Option<Self> {
+        let Some(bin) = which("redis-server") else {
+            match missing("redis-server", "this Redis TLS test")? {}
+        };
+        let port = free_port();
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("redis.log");
+        let mut cmd = Command::new(bin);
+        cmd.args([
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+        ])
+        .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+        .arg("--tls-cert-file")
+        .arg(tls.cert())
+        .arg("--tls-key-file")
+        .arg(tls.key())
+        .arg("--tls-ca-cert-file")
+        .arg(tls.ca())
+        .args(["--tls-auth-clients", "no"])
+        .arg("--dir")
+        .arg(dir.path())
+        .arg("--logfile")
+        .arg(&log)
+        .args(extra);
+        // Readiness: the TLS port accepts TCP connections.
+        let process = ServerProcess::spawn("redis-server (TLS)", cmd, port, dir, log, |p| {
+            TcpStream::connect_timeout(
+                &SocketAddr::from(([127, 0, 0, 1], p)),
+                Duration::from_millis(200),
+            )
+            .is_ok()
+        });
+        Some(RedisServer { process })
+    }
+}
+
+/// A Redis Cluster of three primaries (no replicas) on free loopback ports, created with
+/// `redis-cli --cluster create`; ready once every node reports `cluster_state:ok`.
+#[derive(Debug)]
+pub struct RedisCluster {
+    /// The three primaries.
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    /// Starts the cluster; `None` as [`RedisServer::start`] when `redis-server` or `redis-cli`
+    /// is missing.
+    pub fn start() -> Option<Self> {
+        if which("redis-cli").is_none() {
+            match missing("redis-cli", "this Redis Cluster test")? {}
+        }
+        let mut nodes = Vec::new();
+        for _ in 0..3 {
+            // The bus port is given explicitly: port + 10000 could exceed 65535.
+            let bus = free_port().to_string();
+            nodes.push(RedisServer::start_with(&[
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-port",
+                &bus,
+                "--cluster-node-timeout",
+                "5000",
+            ])?);
+        }
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port()))
+            .collect();
+        let out = Command::new(which("redis-cli").unwrap())
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create failed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let cluster = RedisCluster { nodes };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let ok = cluster
+                .nodes
+                .iter()
+                .all(|n| redis_cli(n.port(), &["CLUSTER", "INFO"]).contains("cluster_state:ok"));
+            if ok {
+                return Some(cluster);
+            }
+            if Instant::now() > deadline {
+                let logs: Vec<String> = cluster.nodes.iter().map(|n| n.process.logs()).collect();
+                panic!(
+                    "the cluster did not reach cluster_state:ok within 20 s:\n{}",
+                    logs.join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `127.0.0.1:port` of every node.
+    pub fn addrs(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port()))
+            .collect()
+    }
+}
+
+/// Runs `redis-cli -p <port> <args>` on 127.0.0.1 and returns its standard output.
+pub fn redis_cli(port: u16, args: &[&str]) -> String {
+    let out = Command::new(which("redis-cli").expect("redis-cli"))
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run redis-cli");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// A `memcached` on a free loopback port (`-u root` when run as root).
 #[derive(Debug)]
 pub struct MemcachedServer {

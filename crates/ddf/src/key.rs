@@ -4,7 +4,18 @@
 //! - [`prefix_range`]: the byte range of the keys under a prefix (the file backend's range
 //!   delete).
 //! - [`glob_escape`]: Redis `SCAN MATCH` patterns that match a prefix literally.
+//! - [`memcached_key`] / [`MemcachedPrefix`]: memcached's wire keys. A storage key memcached can
+//!   carry (1-250 bytes of printable ASCII, no space) is sent as it is, so pymemcache finds it under
+//!   the same key. Any other key (over 250 bytes, whitespace, control characters, non-ASCII, empty)
+//!   becomes `<visible>~<32 hex>`: `<visible>` is the key with every byte outside `!`..`~` and
+//!   every `%` written `%XX`, cut to at most 217 bytes on a `%XX` boundary, and the hex is the
+//!   first 128 bits of SHA-256 of the whole key. The form has no space or control character, so no
+//!   key can inject a protocol command, and it keeps prefixes: prefix invalidation decides from the
+//!   wire key alone except for cut keys (the backend stores the whole key with those and checks).
+//!   A pymemcache client given the same raw key would not find a mapped key (pymemcache refuses
+//!   such keys anyway).
 
+use std::borrow::Cow;
 use std::fmt::Write as _;
 
 use sha2::{Digest, Sha256};
@@ -74,6 +85,148 @@ pub fn glob_escape(s: &str) -> String {
     out
 }
 
+/// The longest key memcached accepts, in bytes.
+pub const MEMCACHED_KEY_MAX: usize = 250;
+
+/// Hex digits of the hash at the end of a mapped memcached key.
+const MC_HASH_HEX: usize = 32;
+
+/// The longest visible part of a mapped memcached key (`250 - "~" - 32 hex`).
+const MC_VISIBLE_MAX: usize = MEMCACHED_KEY_MAX - 1 - MC_HASH_HEX;
+
+/// A byte memcached can carry in a key and that the mapping keeps as it is.
+fn mc_plain(b: u8) -> bool {
+    (0x21..=0x7e).contains(&b) && b != b'%'
+}
+
+/// Whether memcached can carry `storage_key` as it is: 1-250 bytes, printable ASCII, no space.
+pub fn memcached_key_is_carryable(storage_key: &str) -> bool {
+    !storage_key.is_empty()
+        && storage_key.len() <= MEMCACHED_KEY_MAX
+        && storage_key.bytes().all(|b| (0x21..=0x7e).contains(&b))
+}
+
+/// Percent-encodes every byte outside `!`..`~` and every `%` (a prefix-preserving code).
+fn mc_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 16);
+    for b in s.bytes() {
+        if mc_plain(b) {
+            out.push(char::from(b));
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
+}
+
+/// The memcached wire key of a storage key (`namespace + key`); see the module docs.
+///
+/// ```
+/// use ddf::key::memcached_key;
+/// assert_eq!(memcached_key("ddf:svc:web"), "ddf:svc:web");
+/// let k = memcached_key("ddf:x\r\nflush_all");
+/// assert!(k.starts_with("ddf:x%0D%0Aflush_all~"), "{k}");
+/// assert!(k.bytes().all(|b| b.is_ascii_graphic()));
+/// assert!(memcached_key(&"k".repeat(10_000)).len() <= 250);
+/// ```
+pub fn memcached_key(storage_key: &str) -> Cow<'_, str> {
+    if memcached_key_is_carryable(storage_key) {
+        return Cow::Borrowed(storage_key);
+    }
+    let mut visible = mc_encode(storage_key);
+    if visible.len() > MC_VISIBLE_MAX {
+        let cut = codeword_boundary(&visible, MC_VISIBLE_MAX);
+        visible.truncate(cut);
+    }
+    visible.push('~');
+    let digest = Sha256::digest(storage_key.as_bytes());
+    for b in &digest[..MC_HASH_HEX / 2] {
+        let _ = write!(visible, "{b:02x}");
+    }
+    Cow::Owned(visible)
+}
+
+/// The visible part of a wire key that has the mapped shape (`<visible>~<32 lowercase hex>`).
+fn mc_mapped_visible(wire: &[u8]) -> Option<&[u8]> {
+    let n = wire.len();
+    if n < MC_HASH_HEX + 1 || wire[n - MC_HASH_HEX - 1] != b'~' {
+        return None;
+    }
+    let hex = &wire[n - MC_HASH_HEX..];
+    hex.iter()
+        .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        .then_some(&wire[..n - MC_HASH_HEX - 1])
+}
+
+/// How a stored key relates to a prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PrefixMatch {
+    /// Its key does not start with the prefix.
+    No,
+    /// Its key starts with the prefix (decided from the wire key alone).
+    Yes,
+    /// Cannot tell from the wire key: read the whole key stored with the value.
+    Maybe,
+}
+
+/// The largest index `<= at` that does not split a `%XX` triple of a percent-encoded string.
+fn codeword_boundary(enc: &str, at: usize) -> usize {
+    let b = enc.as_bytes();
+    let mut cut = at.min(b.len());
+    for back in 1..=2 {
+        if cut >= back && b[cut - back] == b'%' {
+            cut -= back;
+            break;
+        }
+    }
+    cut
+}
+
+/// A prefix of storage keys, for matching memcached wire keys (from `lru_crawler metadump`).
+#[derive(Debug, Clone)]
+pub struct MemcachedPrefix {
+    raw: String,
+    encoded: String,
+}
+
+impl MemcachedPrefix {
+    /// The prefix of storage keys (`namespace + prefix`).
+    pub fn new(storage_prefix: &str) -> Self {
+        MemcachedPrefix {
+            raw: storage_prefix.to_owned(),
+            encoded: mc_encode(storage_prefix),
+        }
+    }
+
+    /// Whether the wire key `wire` belongs to a storage key that starts with this prefix.
+    /// [`PrefixMatch::Maybe`] when the wire key alone cannot tell: a mapped key cut before the
+    /// prefix ends, or a key that has the mapped shape but was written as it is by someone
+    /// else; the caller then reads the whole key stored with the value.
+    pub fn matches(&self, wire: &[u8]) -> PrefixMatch {
+        let raw = wire.starts_with(self.raw.as_bytes());
+        let Some(visible) = mc_mapped_visible(wire) else {
+            return if raw {
+                PrefixMatch::Yes
+            } else {
+                PrefixMatch::No
+            };
+        };
+        let enc = self.encoded.as_bytes();
+        let mapped = if visible.starts_with(enc) {
+            PrefixMatch::Yes
+        } else if enc.starts_with(visible) && visible.len() + 2 >= MC_VISIBLE_MAX {
+            PrefixMatch::Maybe
+        } else {
+            PrefixMatch::No
+        };
+        match (mapped, raw) {
+            (PrefixMatch::Yes, true) => PrefixMatch::Yes,
+            (PrefixMatch::No, false) => PrefixMatch::No,
+            _ => PrefixMatch::Maybe,
+        }
+    }
+}
+
 /// Lowercase hex SHA-256 of bytes (sha2 0.11 digests do not format with `{:x}`).
 pub fn sha256_hex(data: &[u8]) -> String {
     let digest = Sha256::digest(data);
@@ -111,6 +264,61 @@ mod tests {
         );
     }
 
+    #[test]
+    fn memcached_keys() {
+        assert_eq!(memcached_key("a"), "a");
+        let k250 = "k".repeat(250);
+        assert_eq!(memcached_key(&k250), k250.as_str());
+        for odd in [
+            "",
+            " ",
+            "a b",
+            "x\r\nflush_all",
+            "café",
+            "tab\there",
+            "\u{7f}",
+            &"k".repeat(251),
+            &"é".repeat(5000),
+        ] {
+            let m = memcached_key(odd);
+            assert!(m.len() <= MEMCACHED_KEY_MAX, "{odd:?}");
+            assert!(m.bytes().all(|b| (0x21..=0x7e).contains(&b)), "{m}");
+            assert!(mc_mapped_visible(m.as_bytes()).is_some(), "{m}");
+        }
+        assert_ne!(
+            memcached_key(&"k".repeat(300)),
+            memcached_key(&"k".repeat(301))
+        );
+    }
+
+    #[test]
+    fn memcached_prefixes() {
+        let p = MemcachedPrefix::new("ns:svc[1]:");
+        let m = |k: &str| p.matches(memcached_key(k).as_bytes());
+        assert_eq!(m("ns:svc[1]:a"), PrefixMatch::Yes);
+        assert_eq!(m("ns:svc[1]:a b"), PrefixMatch::Yes);
+        assert_eq!(m("ns:svc1:a"), PrefixMatch::No);
+        assert_eq!(m("ns:svc1:a b"), PrefixMatch::No);
+        assert_eq!(
+            m(&format!("ns:svc[1]:{}", "x".repeat(400))),
+            PrefixMatch::Yes
+        );
+        // A prefix with a `%` does not match a mapped key through its encoding.
+        let p = MemcachedPrefix::new("a%20");
+        assert_eq!(
+            p.matches(memcached_key("a b").as_bytes()),
+            PrefixMatch::Maybe
+        );
+        // Cut keys are decided by the whole key.
+        let long = "y".repeat(300);
+        let p = MemcachedPrefix::new(&long);
+        assert_eq!(
+            p.matches(memcached_key(&"y".repeat(400)).as_bytes()),
+            PrefixMatch::Maybe
+        );
+        assert_eq!(p.matches(memcached_key("y z").as_bytes()), PrefixMatch::No);
+    }
+
     proptest! {
         #[test]
         fn prefix_range_holds_exactly_the_keys_with_the_prefix(
@@ -120,6 +328,22 @@ mod tests {
             let (lo, hi) = prefix_range(&prefix);
             let inside = key >= lo && hi.as_ref().is_none_or(|h| &key < h);
             prop_assert_eq!(inside, key.starts_with(&prefix));
+        }
+
+        #[test]
+        fn memcached_prefix_relation(key in "[a-c :é%~]{0,300}", cut in 0usize..300) {
+            let mut cut = cut.min(key.len());
+            while !key.is_char_boundary(cut) { cut -= 1; }
+            let m = MemcachedPrefix::new(&key[..cut]).matches(memcached_key(&key).as_bytes());
+            prop_assert_ne!(m, PrefixMatch::No);
+        }
+
+        #[test]
+        fn memcached_non_prefixes(key in "[a-c :é%]{0,20}", prefix in "[a-c :é%]{1,5}") {
+            let m = MemcachedPrefix::new(&prefix).matches(memcached_key(&key).as_bytes());
+            if !key.starts_with(&prefix) {
+                prop_assert_ne!(m, PrefixMatch::Yes);
+            }
         }
     }
 }

@@ -22,6 +22,8 @@
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
+#[doc(hidden)]
+pub mod __private;
 pub mod backend;
 pub mod clock;
 pub mod codec;
@@ -29,12 +31,15 @@ pub mod config;
 mod error;
 pub mod key;
 mod manager;
+pub mod memo;
 
 use std::sync::{Arc, LazyLock, OnceLock};
 
 pub use backend::{Backend, Item};
 pub use codec::Codec;
-pub use config::{CacheBackend, CacheConfig, ServerAddr};
+pub use config::{CacheBackend, CacheConfig, FallbackMode, ServerAddr};
+/// Memoizes a function in the cache; see the attribute's documentation below and [`memo`].
+pub use ddf_macros::cache_with_invalidation;
 pub use error::{Error, Result, Source};
 pub use manager::{CacheManager, CacheStats};
 

@@ -63,6 +63,14 @@ CREATE TABLE IF NOT EXISTS entries (
     flags INTEGER NOT NULL,      -- pymemcache-compatible type flags
     v     BLOB NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS pending (
+    id    INTEGER PRIMARY KEY AUTOINCREMENT,
+    scope TEXT NOT NULL,         -- which primary (backend, address, namespace)
+    op    INTEGER NOT NULL,      -- 1 delete, 2 delete_prefix, 3 clear
+    arg   BLOB NOT NULL,         -- the key or prefix
+    at    INTEGER NOT NULL       -- ms since the Unix epoch
+);
+CREATE INDEX IF NOT EXISTS pending_scope ON pending (scope, id);
 ";
 
 const SQL_GET: &str = "SELECT exp, flags, v FROM entries WHERE k = ?1";
@@ -309,6 +317,72 @@ impl FileBackend {
 
     fn is_live(&self, exp: i64) -> bool {
         exp == 0 || exp > self.now()
+    }
+}
+
+/// An invalidation recorded while a primary was unreachable, to apply when it returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PendingOp {
+    /// `delete(key)`.
+    Delete(String),
+    /// `delete_prefix(prefix)`.
+    DeletePrefix(String),
+    /// `clear()`.
+    Clear,
+}
+
+/// The journal of invalidations made during an outage (see [`super::resilient`]): a table in the
+/// same database, so that several processes sharing the directory append to it safely.
+impl FileBackend {
+    /// Appends an invalidation for the primary identified by `scope`.
+    ///
+    /// # Errors
+    /// [`Error::Backend`] when the database cannot be written.
+    pub fn journal_append(&self, scope: &str, op: &PendingOp) -> Result<()> {
+        let (code, arg) = match op {
+            PendingOp::Delete(k) => (1, k.as_str()),
+            PendingOp::DeletePrefix(p) => (2, p.as_str()),
+            PendingOp::Clear => (3, ""),
+        };
+        let now = self.now();
+        self.with_conn("cannot record an invalidation", |c| {
+            c.prepare_cached("INSERT INTO pending (scope, op, arg, at) VALUES (?1, ?2, ?3, ?4)")?
+                .execute(params![scope, code, arg.as_bytes(), now])
+        })?;
+        Ok(())
+    }
+
+    /// The recorded invalidations of `scope`, oldest first, with their ids.
+    ///
+    /// # Errors
+    /// [`Error::Backend`] when the database cannot be read.
+    pub fn journal_read(&self, scope: &str) -> Result<Vec<(i64, PendingOp)>> {
+        self.with_conn("cannot read recorded invalidations", |c| {
+            let mut st =
+                c.prepare_cached("SELECT id, op, arg FROM pending WHERE scope = ?1 ORDER BY id")?;
+            let rows = st.query_map([scope], |r| {
+                let arg = String::from_utf8_lossy(&r.get::<_, Vec<u8>>(2)?).into_owned();
+                let op = match r.get::<_, i64>(1)? {
+                    1 => PendingOp::Delete(arg),
+                    2 => PendingOp::DeletePrefix(arg),
+                    _ => PendingOp::Clear,
+                };
+                Ok((r.get::<_, i64>(0)?, op))
+            })?;
+            rows.collect()
+        })
+    }
+
+    /// Removes the recorded invalidations of `scope` up to and including `id`.
+    ///
+    /// # Errors
+    /// [`Error::Backend`] when the database cannot be written.
+    pub fn journal_remove(&self, scope: &str, up_to: i64) -> Result<()> {
+        self.with_conn("cannot remove recorded invalidations", |c| {
+            c.prepare_cached("DELETE FROM pending WHERE scope = ?1 AND id <= ?2")?
+                .execute(params![scope, up_to])
+        })?;
+        Ok(())
     }
 }
 

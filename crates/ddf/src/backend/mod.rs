@@ -15,10 +15,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::{CacheBackend, CacheConfig};
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 pub mod file;
+pub mod memcached;
 pub mod none;
+pub mod redis;
+pub mod resilient;
 
 /// A stored value: the encoded bytes and the flags word.
 ///
@@ -117,6 +120,32 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     }
 }
 
+/// Wraps a server backend (Redis, Memcached) in [`resilient::Resilient`]: breaker, fallback to
+/// the local directory, and the journal of invalidations made during an outage. `address`
+/// identifies the server(s) in the journal, without credentials.
+///
+/// # Errors
+/// When the local directory (the fallback and the journal) cannot be opened.
+pub fn resilient(
+    config: &CacheConfig,
+    name: &'static str,
+    address: &str,
+    factory: resilient::Factory,
+) -> Result<Arc<dyn Backend>> {
+    let local = Arc::new(file::FileBackend::open(
+        config.pickle_dir(),
+        &config.namespace,
+    )?);
+    let cfg = resilient::ResilientConfig {
+        name,
+        scope: format!("{name}|{address}|{}", config.namespace),
+        mode: config.fallback,
+        failures: config.breaker_failures,
+        retry: config.breaker_retry,
+    };
+    Ok(Arc::new(resilient::Resilient::new(cfg, factory, local)))
+}
+
 /// Builds the backend a config names.
 ///
 /// # Errors
@@ -129,14 +158,34 @@ pub fn from_config(config: &CacheConfig) -> Result<Arc<dyn Backend>> {
             config.pickle_dir(),
             &config.namespace,
         )?)),
-        other @ (CacheBackend::Redis
-        | CacheBackend::RedisPickle
-        | CacheBackend::Memcached
-        | CacheBackend::MemcachedPickle) => Err(Error::Unsupported {
-            backend: other.as_str().to_owned(),
-            reason: "this version of ddf does not include it yet; use `backend = pickle` \
-                     (a local cache directory) or `backend = none`"
-                .to_owned(),
-        }),
+        // The codec (JSON or pickle) is chosen above the backend, by CacheManager; the backend
+        // only needs the flags to report for values read. Built once here to validate the
+        // settings (no connection is opened), then behind the breaker and fallback.
+        CacheBackend::Redis | CacheBackend::RedisPickle => {
+            let flags = if config.backend == CacheBackend::Redis {
+                crate::codec::flags::TEXT
+            } else {
+                crate::codec::flags::PICKLE
+            };
+            let address = redis::RedisBackend::new(config, flags)?.place().to_owned();
+            let cfg = config.clone();
+            let factory: resilient::Factory = Box::new(move || {
+                Ok(Arc::new(redis::RedisBackend::new(&cfg, flags)?) as Arc<dyn Backend>)
+            });
+            resilient(config, config.backend.as_str(), &address, factory)
+        }
+        CacheBackend::Memcached | CacheBackend::MemcachedPickle => {
+            let address = config
+                .memcached_servers
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(",");
+            let cfg = config.clone();
+            let factory: resilient::Factory = Box::new(move || {
+                Ok(Arc::new(memcached::MemcachedBackend::new(&cfg)?) as Arc<dyn Backend>)
+            });
+            resilient(config, config.backend.as_str(), &address, factory)
+        }
     }
 }

@@ -19,6 +19,7 @@
 
 pub mod flags;
 pub mod pickle;
+pub mod python_memcache;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;

@@ -105,6 +105,30 @@ impl FromStr for CacheBackend {
     }
 }
 
+/// What serves while a Redis or Memcached primary is down (`fallback`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum FallbackMode {
+    /// Serve from the local cache directory (`pickle_dir`), as the original did.
+    #[default]
+    Pickle,
+    /// Every get misses and writes are dropped (invalidations are still recorded).
+    None,
+    /// Operations return an error.
+    Error,
+}
+
+impl FallbackMode {
+    /// The INI name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FallbackMode::Pickle => "pickle",
+            FallbackMode::None => "none",
+            FallbackMode::Error => "error",
+        }
+    }
+}
+
 /// A `host:port` server address.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ServerAddr {
@@ -236,6 +260,12 @@ pub struct CacheConfig {
     pub connect_timeout: Duration,
     /// `timeout`: the per-operation timeout in seconds (default 2).
     pub timeout: Duration,
+    /// `fallback` (default `pickle`): what serves while Redis or Memcached is down.
+    pub fallback: FallbackMode,
+    /// `breaker_failures` (default 3): consecutive failed operations that mark the server down.
+    pub breaker_failures: u32,
+    /// `breaker_retry` in seconds (default 1): how often a down server is probed.
+    pub breaker_retry: Duration,
     /// `server_flush` (default false): with an empty `namespace`, let `flush_all` flush the whole
     /// Redis database (`FLUSHDB`) or every Memcached server (`flush_all`). Never used otherwise.
     pub server_flush: bool,
@@ -266,6 +296,9 @@ impl Default for CacheConfig {
             }],
             connect_timeout: Duration::from_secs(1),
             timeout: Duration::from_secs(2),
+            fallback: FallbackMode::Pickle,
+            breaker_failures: 3,
+            breaker_retry: Duration::from_secs(1),
             server_flush: false,
             sources: BTreeMap::new(),
             file: None,
@@ -570,6 +603,47 @@ const KEYS: &[KeySpec] = &[
         },
         show: |c| format!("{}", c.timeout.as_secs_f64()),
         doc: "seconds to wait for one server operation",
+    },
+    KeySpec {
+        name: "fallback",
+        legacy_env: None,
+        secret: false,
+        apply: |c, v| {
+            c.fallback = match v.trim().to_ascii_lowercase().as_str() {
+                "pickle" => FallbackMode::Pickle,
+                "none" => FallbackMode::None,
+                "error" => FallbackMode::Error,
+                _ => return Err("allowed: pickle, none, error".to_owned()),
+            };
+            Ok(())
+        },
+        show: |c| c.fallback.as_str().to_owned(),
+        doc: "while Redis/Memcached is down: pickle (serve from pickle_dir), none (miss), error",
+    },
+    KeySpec {
+        name: "breaker_failures",
+        legacy_env: None,
+        secret: false,
+        apply: |c, v| {
+            c.breaker_failures = match v.trim().parse::<u32>() {
+                Ok(n) if (1..=1000).contains(&n) => n,
+                _ => return Err("allowed: a whole number from 1 to 1000".to_owned()),
+            };
+            Ok(())
+        },
+        show: |c| c.breaker_failures.to_string(),
+        doc: "consecutive failed operations after which the server is marked down",
+    },
+    KeySpec {
+        name: "breaker_retry",
+        legacy_env: None,
+        secret: false,
+        apply: |c, v| {
+            c.breaker_retry = parse_secs(v, "breaker_retry")?;
+            Ok(())
+        },
+        show: |c| format!("{}", c.breaker_retry.as_secs_f64()),
+        doc: "seconds between probes of a server marked down",
     },
     KeySpec {
         name: "server_flush",

@@ -4,4 +4,9 @@
 
 mod conformance;
 mod file;
+mod memcached;
+mod memo;
 mod pickle;
+mod redis;
+mod resilience;
+mod ui;

@@ -1,0 +1,415 @@
+//! The expansion of `#[cache_with_invalidation]`. Every misuse is a `syn::Error` (a
+//! `compile_error!` at the offending tokens), never a panic.
+
+use proc_macro2::{Span, TokenStream};
+use quote::{format_ident, quote, quote_spanned};
+use syn::spanned::Spanned;
+use syn::{Expr, FnArg, Ident, ItemFn, Lit, LitStr, Pat, ReturnType, Type};
+
+const OPTIONS: &str = "ttl, key_prefix, validation, cache, cache_none, key_self, invalidate_on";
+
+#[derive(Default)]
+struct Options {
+    ttl: Option<u64>,
+    key_prefix: Option<LitStr>,
+    validation: Option<Expr>,
+    cache: Option<Expr>,
+    cache_none: Option<(bool, Span)>,
+    key_self: Option<(bool, Span)>,
+    invalidate_on: Option<(Vec<LitStr>, Span)>,
+    /// Spans of the memoization options, for "cannot be combined with invalidate_on".
+    memo_spans: Vec<(Span, &'static str)>,
+}
+
+fn parse_bool(meta: &syn::meta::ParseNestedMeta<'_>) -> syn::Result<bool> {
+    if meta.input.peek(syn::Token![=]) {
+        Ok(meta.value()?.parse::<syn::LitBool>()?.value)
+    } else {
+        Ok(true)
+    }
+}
+
+fn parse_options(attr: TokenStream) -> syn::Result<Options> {
+    let mut o = Options::default();
+    let parser = syn::meta::parser(|meta| {
+        let span = meta.path.span();
+        let name = meta
+            .path
+            .get_ident()
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        match name.as_str() {
+            "ttl" => {
+                let lit: syn::LitInt = meta.value()?.parse()?;
+                let secs: u64 = lit.base10_parse()?;
+                if secs == 0 {
+                    return Err(syn::Error::new(
+                        lit.span(),
+                        "`ttl` is in seconds and must be positive; leave it out for the cache's configured default",
+                    ));
+                }
+                o.ttl = Some(secs);
+                o.memo_spans.push((span, "ttl"));
+            }
+            "key_prefix" => {
+                let lit: LitStr = meta.value()?.parse()?;
+                if lit.value().is_empty() {
+                    return Err(syn::Error::new(
+                        lit.span(),
+                        "`key_prefix` must not be empty; leave it out to key by the function's path alone",
+                    ));
+                }
+                o.key_prefix = Some(lit);
+                o.memo_spans.push((span, "key_prefix"));
+            }
+            "validation" => {
+                o.validation = Some(meta.value()?.parse()?);
+                o.memo_spans.push((span, "validation"));
+            }
+            "cache" => o.cache = Some(meta.value()?.parse()?),
+            "cache_none" => {
+                o.cache_none = Some((parse_bool(&meta)?, span));
+                o.memo_spans.push((span, "cache_none"));
+            }
+            "key_self" => {
+                o.key_self = Some((parse_bool(&meta)?, span));
+                o.memo_spans.push((span, "key_self"));
+            }
+            "invalidate_on" => {
+                let arr: syn::ExprArray = meta.value()?.parse()?;
+                let mut prefixes = Vec::new();
+                for e in arr.elems {
+                    match e {
+                        Expr::Lit(syn::ExprLit {
+                            lit: Lit::Str(s), ..
+                        }) => prefixes.push(s),
+                        other => {
+                            return Err(syn::Error::new(
+                                other.span(),
+                                "`invalidate_on` takes string literals: key prefixes such as \"service:\" or \"service:{name}:\" ({name} is an argument)",
+                            ));
+                        }
+                    }
+                }
+                o.invalidate_on = Some((prefixes, span));
+            }
+            _ => {
+                return Err(meta.error(format!(
+                    "unknown option `{}` of #[cache_with_invalidation]; expected one of: {OPTIONS}",
+                    {
+                        let path = &meta.path;
+                        quote!(#path).to_string().replace(' ', "")
+                    }
+                )));
+            }
+        }
+        Ok(())
+    });
+    syn::parse::Parser::parse2(parser, attr)?;
+    Ok(o)
+}
+
+/// How the return type is cached, decided from its last path segment.
+#[derive(Clone, Copy, PartialEq)]
+enum Shape {
+    Plain,
+    Option,
+    Result,
+}
+
+fn shape(ty: &Type) -> Shape {
+    match ty {
+        Type::Path(p) if p.qself.is_none() => match p.path.segments.last() {
+            Some(s) if s.ident == "Result" => Shape::Result,
+            Some(s) if s.ident == "Option" => Shape::Option,
+            _ => Shape::Plain,
+        },
+        Type::Paren(p) => shape(&p.elem),
+        Type::Group(g) => shape(&g.elem),
+        _ => Shape::Plain,
+    }
+}
+
+struct Arg {
+    ident: Ident,
+    ty: Type,
+}
+
+pub fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
+    let opts = parse_options(attr)?;
+    let func: ItemFn = syn::parse2(item)?;
+    let sig = &func.sig;
+    if let Some(a) = &sig.asyncness {
+        return Err(syn::Error::new(
+            a.span(),
+            "#[cache_with_invalidation] does not support async functions (yet): memoize a sync function, or call CacheManager::get/set around the await",
+        ));
+    }
+    if let Some(c) = &sig.constness {
+        return Err(syn::Error::new(
+            c.span(),
+            "#[cache_with_invalidation] cannot memoize a `const fn`: the cache is only reachable at run time",
+        ));
+    }
+    if let Some(v) = &sig.variadic {
+        return Err(syn::Error::new(
+            v.span(),
+            "variadic functions cannot be memoized",
+        ));
+    }
+
+    let mut receiver = None;
+    let mut args = Vec::new();
+    for input in &sig.inputs {
+        match input {
+            FnArg::Receiver(r) => receiver = Some(r.clone()),
+            FnArg::Typed(pt) => match &*pt.pat {
+                Pat::Ident(pi) if pi.subpat.is_none() => args.push(Arg {
+                    ident: pi.ident.clone(),
+                    ty: (*pt.ty).clone(),
+                }),
+                other => {
+                    return Err(syn::Error::new(
+                        other.span(),
+                        "give this argument a plain name (`name: Type`): #[cache_with_invalidation] keys each argument by name, and destructuring patterns are not supported",
+                    ));
+                }
+            },
+        }
+    }
+
+    if let Some((_, span)) = opts.key_self
+        && receiver.is_none()
+    {
+        return Err(syn::Error::new(
+            span,
+            "`key_self` applies to methods only (functions with a `self` receiver)",
+        ));
+    }
+
+    let ret_ty: Type = match &sig.output {
+        ReturnType::Type(_, t) => (**t).clone(),
+        ReturnType::Default => syn::parse_quote!(()),
+    };
+
+    let cache_expr = match &opts.cache {
+        Some(e) => quote!(#e),
+        None => quote!(::ddf::__private::CACHE),
+    };
+
+    if let Some((prefixes, _)) = &opts.invalidate_on {
+        if let Some((span, name)) = opts.memo_spans.first() {
+            return Err(syn::Error::new(
+                *span,
+                format!(
+                    "`{name}` cannot be combined with `invalidate_on`: a function with `invalidate_on` is a mutation, which runs on every call and is never memoized; put `{name}` on the reading function instead"
+                ),
+            ));
+        }
+        return Ok(expand_mutation(&func, &ret_ty, &cache_expr, prefixes));
+    }
+
+    if matches!(sig.output, ReturnType::Default) {
+        return Err(syn::Error::new(
+            sig.span(),
+            "#[cache_with_invalidation] memoizes a return value, and this function returns nothing; for a function that changes data, use `invalidate_on = [\"prefix:\"]`",
+        ));
+    }
+    let shape = shape(&ret_ty);
+    let cache_none = opts.cache_none;
+    if let Some((_, span)) = cache_none
+        && shape != Shape::Option
+    {
+        return Err(syn::Error::new(
+            span,
+            "`cache_none` applies to functions returning `Option<T>` only",
+        ));
+    }
+    let policy = match shape {
+        Shape::Result => quote!(::ddf::__private::PolicyOk),
+        Shape::Option if cache_none.is_some_and(|(b, _)| b) => {
+            quote!(::ddf::__private::PolicyWhole)
+        }
+        Shape::Option => quote!(::ddf::__private::PolicySome),
+        Shape::Plain => quote!(::ddf::__private::PolicyWhole),
+    };
+
+    Ok(expand_memo(
+        &func,
+        &opts,
+        receiver.as_ref(),
+        &args,
+        &ret_ty,
+        &cache_expr,
+        &policy,
+    ))
+}
+
+fn expand_mutation(
+    func: &ItemFn,
+    ret_ty: &Type,
+    cache_expr: &TokenStream,
+    prefixes: &[LitStr],
+) -> TokenStream {
+    let ItemFn {
+        attrs,
+        vis,
+        sig,
+        block,
+    } = func;
+    let success = match shape(ret_ty) {
+        Shape::Result => quote!(::ddf::__private::IfOk),
+        _ => quote!(::ddf::__private::Always),
+    };
+    // `format!` with inline arguments: "service:{name}:" reads the argument `name`.
+    let prefixes = prefixes
+        .iter()
+        .map(|p| quote_spanned!(p.span()=> ::std::format!(#p)));
+    quote! {
+        #(#attrs)*
+        #vis #sig {
+            let __ddf_prefixes: ::std::vec::Vec<::std::string::String> =
+                ::std::vec![#(#prefixes),*];
+            let __ddf_out: #ret_ty = (move || -> #ret_ty #block)();
+            {
+                use ::ddf::__private::Succeeded as _;
+                let __ddf_cache: &::ddf::__private::CacheManager = &(#cache_expr);
+                ::ddf::__private::invalidate_after(
+                    __ddf_cache,
+                    #success(&__ddf_out).succeeded(),
+                    &__ddf_prefixes,
+                );
+            }
+            __ddf_out
+        }
+    }
+}
+
+fn expand_memo(
+    func: &ItemFn,
+    opts: &Options,
+    receiver: Option<&syn::Receiver>,
+    args: &[Arg],
+    ret_ty: &Type,
+    cache_expr: &TokenStream,
+    policy: &TokenStream,
+) -> TokenStream {
+    let ItemFn {
+        attrs,
+        vis,
+        sig,
+        block,
+    } = func;
+    let name = &sig.ident;
+    let name_str = name.to_string();
+    let key_prefix = match &opts.key_prefix {
+        Some(p) => quote!(::std::option::Option::Some(#p)),
+        None => quote!(::std::option::Option::None),
+    };
+    let ttl = match opts.ttl {
+        Some(s) => quote!(::std::option::Option::Some(::ddf::__private::Duration::from_secs(#s))),
+        None => quote!(::std::option::Option::None),
+    };
+    let fn_info = quote! {
+        const __DDF_FN: ::ddf::__private::MemoFn = ::ddf::__private::MemoFn {
+            module: ::std::module_path!(),
+            name: #name_str,
+            key_prefix: #key_prefix,
+            ttl: #ttl,
+        };
+    };
+    let key_self = opts.key_self.is_some_and(|(b, _)| b);
+    // Each argument goes through `keyable`, whose bound carries the diagnostic, at the
+    // argument's own span.
+    let mut keyed: Vec<TokenStream> = Vec::new();
+    if key_self && let Some(r) = receiver {
+        let s = r.self_token;
+        keyed.push(quote_spanned!(r.span()=> ::ddf::__private::keyable(&#s)));
+    }
+    for a in args {
+        let id = &a.ident;
+        keyed.push(quote_spanned!(a.ty.span()=> ::ddf::__private::keyable(&#id)));
+    }
+    let key_expr = quote!(::ddf::__private::key(&__DDF_FN, &[#(#keyed),*]));
+    let stamp = match &opts.validation {
+        None => quote!(::ddf::__private::Stamp::Unused),
+        Some(Expr::Path(p)) => quote!(::ddf::__private::stamp(#p())),
+        Some(e) => quote!(::ddf::__private::stamp(#e)),
+    };
+
+    let body = quote! {
+        #fn_info
+        let __ddf_cache: &::ddf::__private::CacheManager = &(#cache_expr);
+        let __ddf_active = ::ddf::__private::active(__ddf_cache);
+        let __ddf_key = if __ddf_active {
+            ::std::option::Option::Some(#key_expr)
+        } else {
+            ::std::option::Option::None
+        };
+        let __ddf_stamp = if __ddf_active {
+            #stamp
+        } else {
+            ::ddf::__private::Stamp::Unused
+        };
+        ::ddf::__private::memoize::<#policy, #ret_ty, _>(
+            __ddf_cache,
+            &__DDF_FN,
+            __ddf_key,
+            __ddf_stamp,
+            move || -> #ret_ty #block,
+        )
+    };
+
+    // The helpers: same visibility, same arguments (without `mut`), `&self` for methods.
+    let helper_recv = receiver.map(|_| quote!(&self,));
+    let helper_args = args.iter().map(|a| {
+        let (id, ty) = (&a.ident, &a.ty);
+        quote!(#id: #ty)
+    });
+    let helper_args: Vec<_> = helper_args.collect();
+    let where_clause = &sig.generics.where_clause;
+    let generics = &sig.generics;
+    let forget = format_ident!("{}_forget", name);
+    let forget_all = format_ident!("{}_forget_all", name);
+    let key_fn = format_ident!("{}_cache_key", name);
+    let doc_forget = format!(
+        "Forgets the memoized result of `{name_str}` for these arguments; `Ok(true)` if one was stored."
+    );
+    let doc_all = format!("Forgets every memoized result of `{name_str}`; returns how many.");
+    let doc_key = format!("The cache key of `{name_str}` for these arguments.");
+    let errors = "\n\n# Errors\nThe cache's error when it cannot be reached.";
+    let doc_forget = format!("{doc_forget}{errors}");
+    let doc_all = format!("{doc_all}{errors}");
+    let doc_key = format!("{doc_key}\n\n# Errors\nWhen an argument fails to serialize.");
+    let unused = quote!(#[allow(unused_variables, clippy::needless_pass_by_value)]);
+
+    quote! {
+        #(#attrs)*
+        #vis #sig {
+            #body
+        }
+
+        #[doc = #doc_forget]
+        #unused
+        #vis fn #forget #generics (#helper_recv #(#helper_args),*) -> ::ddf::__private::Result<bool> #where_clause {
+            #fn_info
+            let __ddf_cache: &::ddf::__private::CacheManager = &(#cache_expr);
+            ::ddf::__private::forget(__ddf_cache, #key_expr)
+        }
+
+        #[doc = #doc_all]
+        #unused
+        #vis fn #forget_all(#helper_recv) -> ::ddf::__private::Result<u64> {
+            #fn_info
+            let __ddf_cache: &::ddf::__private::CacheManager = &(#cache_expr);
+            ::ddf::__private::forget_all(__ddf_cache, &__DDF_FN)
+        }
+
+        #[doc = #doc_key]
+        #unused
+        #vis fn #key_fn #generics (#helper_recv #(#helper_args),*) -> ::ddf::__private::Result<::std::string::String> #where_clause {
+            #fn_info
+            #key_expr
+        }
+    }
+}

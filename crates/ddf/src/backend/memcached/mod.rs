@@ -1,0 +1,719 @@
+//! The Memcached backend (`backend = memcached` and `memcached_pickle`).
+//!
+//! - [`client`]: a small meta-protocol client over `TcpStream` (why in-house: see there).
+//! - [`placement`]: pymemcache `HashClient`'s rendezvous hashing, so Python and Rust clients
+//!   find each other's entries on the same server list.
+//! - Values: [`crate::codec::python_memcache`] converts items between the codec's form and
+//!   pymemcache's `python_memcache` flags, once, in [`MemcachedBackend`]'s get/set paths.
+//! - Keys: [`crate::key::memcached_key`]; a key memcached cannot carry is mapped to
+//!   `<visible>~<hash>`, and its item starts with a small header holding the whole storage key
+//!   (so reads verify it and prefix invalidation can decide on cut keys).
+//! - Prefix invalidation lists keys on the servers (`lru_crawler metadump all`) and deletes the
+//!   matches; see `docs/memcached.md` for its cost and guarantees.
+//! - Dead servers: see [`DeadPolicy`].
+
+mod client;
+pub(crate) mod placement;
+
+use std::fmt;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::backend::{Backend, BackendStatus, Item};
+use crate::codec::python_memcache::{self, Mode};
+use crate::config::{CacheBackend, CacheConfig, ServerAddr};
+use crate::error::{Error, Result};
+use crate::key::{
+    Keyspace, MemcachedPrefix, PrefixMatch, memcached_key, memcached_key_is_carryable,
+};
+
+use client::{Conn, McError, McResult};
+
+/// Memcached reads an expiry over 30 days as an absolute Unix time.
+const RELATIVE_TTL_MAX: u64 = 30 * 24 * 3600;
+
+/// The item limit assumed until a server's `stats settings` says otherwise (memcached's default).
+const DEFAULT_ITEM_SIZE_MAX: usize = 1024 * 1024;
+
+/// Bytes memcached adds to each item besides key and value: the item header (48), CAS (8),
+/// client flags (4), the key's NUL and the value's CRLF, rounded up for safety.
+const ITEM_OVERHEAD: usize = 80;
+
+/// Idle connections kept per server.
+const POOL_MAX_IDLE: usize = 8;
+
+/// Keys per pipelined batch: requests stay well inside the socket buffers, so writing a whole
+/// batch before reading can never deadlock against the server's replies.
+const BATCH: usize = 256;
+
+/// Listing passes per server in a prefix delete (see `delete_prefix`).
+const METADUMP_PASSES: usize = 3;
+
+/// The start of an item stored under a mapped key: magic, then the storage key's length (u32
+/// little-endian) and the storage key.
+const MAPPED_MAGIC: &[u8; 8] = b"\xffDDFKEY\x01";
+
+/// What happens when a server fails, modelled on pymemcache `HashClient`'s
+/// `retry_attempts`/`retry_timeout`/`dead_timeout` (defaults 2, 1 s, 60 s).
+///
+/// After a transport failure (refused, reset, timed out) the server is skipped for
+/// `retry_timeout`; after more than `retry_attempts` failures in a row, for `dead_timeout`. A
+/// success resets the count. While a server is skipped, operations on its keys fail at once with
+/// a temporary [`Error::Backend`] instead of waiting for timeouts; keys are **not** moved to
+/// another server (pymemcache moves them): a moved key would be written where a Python client or a
+/// ddf with a fresh ring does not look, and invalidations made during the outage would miss the
+/// stale copy left on the dead server when it returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DeadPolicy {
+    /// Failures in a row tolerated with short pauses before the server counts as dead.
+    pub retry_attempts: u32,
+    /// The pause after each of those failures.
+    pub retry_timeout: Duration,
+    /// How long a dead server is skipped.
+    pub dead_timeout: Duration,
+}
+
+impl Default for DeadPolicy {
+    fn default() -> Self {
+        DeadPolicy {
+            retry_attempts: 2,
+            retry_timeout: Duration::from_secs(1),
+            dead_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+impl DeadPolicy {
+    /// A policy with the given values.
+    pub fn new(retry_attempts: u32, retry_timeout: Duration, dead_timeout: Duration) -> Self {
+        DeadPolicy {
+            retry_attempts,
+            retry_timeout,
+            dead_timeout,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Health {
+    failures: u32,
+    down_until: Option<Instant>,
+    last_error: String,
+}
+
+/// One configured server: its connection pool, health and item limit.
+struct Server {
+    addr: ServerAddr,
+    /// `host:port`, the node name pymemcache hashes.
+    name: String,
+    pool: Mutex<Vec<Conn>>,
+    health: Mutex<Health>,
+    /// `item_size_max` from `stats settings`; 0 until known.
+    item_size_max: AtomicUsize,
+}
+
+/// The Memcached backend: every configured server, pymemcache-compatible placement and values.
+///
+/// ```no_run
+/// use ddf::{CacheConfig, CacheManager};
+/// let config = CacheConfig::from_ini_str(
+///     "[cache]\nbackend = memcached\nmemcached_servers = 10.0.0.1:11211, 10.0.0.2:11211\n",
+/// )?;
+/// let cache = CacheManager::new(config)?;
+/// cache.set("svc:web", &"up", None)?;
+/// assert_eq!(cache.invalidate_pattern("svc:")?, 1);
+/// # Ok::<(), ddf::Error>(())
+/// ```
+pub struct MemcachedBackend {
+    name: &'static str,
+    servers: Vec<Server>,
+    names: Vec<String>,
+    keyspace: Keyspace,
+    mode: Mode,
+    server_flush: bool,
+    connect_timeout: Duration,
+    timeout: Duration,
+    policy: DeadPolicy,
+}
+
+impl fmt::Debug for MemcachedBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemcachedBackend")
+            .field("servers", &self.names)
+            .field("namespace", &self.keyspace.namespace())
+            .field("mode", &self.mode)
+            .finish()
+    }
+}
+
+/// The one mapping from client errors to [`Error`].
+fn map_err(server: &str, what: &str, timeout: Duration, e: McError) -> Error {
+    use std::io::ErrorKind as K;
+    match e {
+        McError::Io(io) => {
+            let message = match io.kind() {
+                K::WouldBlock | K::TimedOut => format!(
+                    "{what} on memcached server {server}: no answer within {:.1} s",
+                    timeout.as_secs_f64()
+                ),
+                _ => format!("{what} on memcached server {server}: {io}"),
+            };
+            let temporary = !matches!(io.kind(), K::InvalidInput | K::InvalidData);
+            Error::Backend {
+                backend: "memcached",
+                message,
+                temporary,
+                source: Some(Box::new(io)),
+            }
+        }
+        McError::Server(m) | McError::Protocol(m) => Error::Backend {
+            backend: "memcached",
+            message: format!("{what} on memcached server {server}: {m}"),
+            temporary: false,
+            source: None,
+        },
+    }
+}
+
+/// Memcached's exptime for a TTL: whole seconds rounded up, absolute past 30 days, 0 for none.
+fn exptime(ttl: Option<Duration>) -> u64 {
+    let Some(ttl) = ttl else { return 0 };
+    let secs = (ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0)).max(1);
+    if secs > RELATIVE_TTL_MAX {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        now + secs
+    } else {
+        secs
+    }
+}
+
+impl Server {
+    fn new(addr: ServerAddr) -> Self {
+        // pymemcache names a (host, port) node "host:port", IPv6 hosts without brackets.
+        let name = format!("{}:{}", addr.host, addr.port);
+        Server {
+            addr,
+            name,
+            pool: Mutex::new(Vec::new()),
+            health: Mutex::new(Health::default()),
+            item_size_max: AtomicUsize::new(0),
+        }
+    }
+
+    fn health(&self) -> std::sync::MutexGuard<'_, Health> {
+        self.health.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn pool(&self) -> std::sync::MutexGuard<'_, Vec<Conn>> {
+        self.pool.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn fail(&self, policy: &DeadPolicy, e: &McError) {
+        let mut h = self.health();
+        h.failures += 1;
+        let pause = if h.failures > policy.retry_attempts {
+            policy.dead_timeout
+        } else {
+            policy.retry_timeout
+        };
+        h.down_until = Some(Instant::now() + pause);
+        h.last_error = match e {
+            McError::Io(io) => io.to_string(),
+            McError::Server(m) | McError::Protocol(m) => m.clone(),
+        };
+        tracing::warn!(
+            server = %self.name,
+            failures = h.failures,
+            pause_s = pause.as_secs_f64(),
+            error = %h.last_error,
+            "memcached server failed; skipping it"
+        );
+    }
+
+    fn succeed(&self) {
+        let mut h = self.health();
+        if h.failures > 0 {
+            tracing::info!(server = %self.name, "memcached server is answering again");
+            *h = Health::default();
+        }
+    }
+}
+
+impl MemcachedBackend {
+    /// A backend for the config's `memcached_servers`, namespace, timeouts and `server_flush`,
+    /// in JSON mode for `backend = memcached` and pickle mode for `memcached_pickle`. No
+    /// connection is made until the first operation.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] when `memcached_servers` is empty.
+    pub fn new(config: &CacheConfig) -> Result<Self> {
+        if config.memcached_servers.is_empty() {
+            return Err(Error::InvalidArgument(
+                "memcached_servers is empty: give at least one host:port".to_owned(),
+            ));
+        }
+        let (name, mode) = match config.backend {
+            CacheBackend::MemcachedPickle => ("memcached_pickle", Mode::Pickle),
+            _ => ("memcached", Mode::Json),
+        };
+        let servers: Vec<Server> = config
+            .memcached_servers
+            .iter()
+            .cloned()
+            .map(Server::new)
+            .collect();
+        let names = servers.iter().map(|s| s.name.clone()).collect();
+        Ok(MemcachedBackend {
+            name,
+            servers,
+            names,
+            keyspace: Keyspace::new(config.namespace.clone()),
+            mode,
+            server_flush: config.server_flush,
+            connect_timeout: config.connect_timeout,
+            timeout: config.timeout,
+            policy: DeadPolicy::default(),
+        })
+    }
+
+    /// Replaces the dead-server policy (default: pymemcache's).
+    #[must_use]
+    pub fn with_dead_policy(mut self, policy: DeadPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// The server (`host:port`) that holds a user key: where pymemcache's `HashClient` puts the
+    /// same wire key.
+    pub fn server_for(&self, key: &str) -> &str {
+        let wk = memcached_key(&self.keyspace.storage_key(key)).into_owned();
+        &self.names[self.pick(&wk)]
+    }
+
+    fn pick(&self, wire_key: &str) -> usize {
+        placement::pick(&self.names, wire_key).unwrap_or(0)
+    }
+
+    /// Runs `f` on a connection to `server`: fails fast while the server is skipped, takes a
+    /// pooled connection or makes one (learning the item limit on the first), and returns the
+    /// connection to the pool unless the stream may be out of step.
+    fn run<T>(
+        &self,
+        server: &Server,
+        what: &str,
+        f: impl FnOnce(&mut Conn) -> McResult<T>,
+    ) -> Result<T> {
+        self.run_checked(server, what, true, f)
+    }
+
+    /// [`Self::run`]; `honor_skip = false` tries a skipped server anyway (`ping`, which is what
+    /// the breaker's probe calls: a probe must see a server come back, not its skip window).
+    fn run_checked<T>(
+        &self,
+        server: &Server,
+        what: &str,
+        honor_skip: bool,
+        f: impl FnOnce(&mut Conn) -> McResult<T>,
+    ) -> Result<T> {
+        if honor_skip {
+            let h = server.health();
+            if let Some(until) = h.down_until {
+                let now = Instant::now();
+                if now < until {
+                    return Err(Error::Backend {
+                        backend: "memcached",
+                        message: format!(
+                            "{what}: memcached server {} is skipped for {:.1} s more after {} \
+                             failure(s) in a row (last: {})",
+                            server.name,
+                            (until - now).as_secs_f64(),
+                            h.failures,
+                            h.last_error
+                        ),
+                        temporary: true,
+                        source: None,
+                    });
+                }
+            }
+        }
+        let pooled = server.pool().pop();
+        let mut conn = match pooled {
+            Some(c) => c,
+            None => {
+                let made = Conn::connect(
+                    &server.addr.host,
+                    server.addr.port,
+                    self.connect_timeout,
+                    self.timeout,
+                )
+                .and_then(|mut c| {
+                    if server.item_size_max.load(Ordering::Relaxed) == 0 {
+                        let max = c.item_size_max()?.unwrap_or(DEFAULT_ITEM_SIZE_MAX);
+                        server.item_size_max.store(max, Ordering::Relaxed);
+                    }
+                    Ok(c)
+                });
+                match made {
+                    Ok(c) => c,
+                    Err(e) => {
+                        server.fail(&self.policy, &e);
+                        return Err(map_err(&server.name, what, self.timeout, e));
+                    }
+                }
+            }
+        };
+        match f(&mut conn) {
+            Ok(v) => {
+                server.succeed();
+                self.put_back(server, conn);
+                Ok(v)
+            }
+            Err(e @ McError::Server(_)) => {
+                server.succeed();
+                self.put_back(server, conn);
+                Err(map_err(&server.name, what, self.timeout, e))
+            }
+            Err(e) => {
+                server.fail(&self.policy, &e);
+                Err(map_err(&server.name, what, self.timeout, e))
+            }
+        }
+    }
+
+    fn put_back(&self, server: &Server, conn: Conn) {
+        let mut pool = server.pool();
+        if pool.len() < POOL_MAX_IDLE {
+            pool.push(conn);
+        }
+    }
+
+    /// The largest value (after the mapped-key header) a server stores under `wire_key`.
+    fn value_limit(&self, server: &Server, wire_key: &str) -> Result<usize> {
+        if server.item_size_max.load(Ordering::Relaxed) == 0 {
+            self.run(server, "connect", |_| Ok(()))?;
+        }
+        let max = match server.item_size_max.load(Ordering::Relaxed) {
+            0 => DEFAULT_ITEM_SIZE_MAX,
+            n => n,
+        };
+        Ok(max.saturating_sub(ITEM_OVERHEAD + wire_key.len()))
+    }
+
+    /// The wire form of an item about to be stored under `storage_key`/`wire_key`.
+    fn wire_item(&self, storage_key: &str, mapped: bool, item: &Item) -> Item {
+        let mut w = python_memcache::to_wire(self.mode, item.clone());
+        if mapped {
+            let mut data = Vec::with_capacity(w.data.len() + storage_key.len() + 12);
+            data.extend_from_slice(MAPPED_MAGIC);
+            data.extend_from_slice(&(storage_key.len() as u32).to_le_bytes());
+            data.extend_from_slice(storage_key.as_bytes());
+            data.extend_from_slice(&w.data);
+            w.data = data;
+        }
+        w
+    }
+
+    fn check_size(&self, server: &Server, key: &str, wire_key: &str, len: usize) -> Result<()> {
+        let limit = self.value_limit(server, wire_key)?;
+        if len > limit {
+            return Err(Error::InvalidArgument(format!(
+                "the value for key {:?} is {len} bytes encoded; memcached server {} stores at \
+                 most {limit} bytes under this key (item_size_max {} minus the key and item \
+                 overhead). Nothing was sent; the previous value is unchanged. Store less, or \
+                 raise the limit with memcached -I",
+                crate::error::shorten(key),
+                server.name,
+                server.item_size_max.load(Ordering::Relaxed)
+            )));
+        }
+        Ok(())
+    }
+
+    /// The codec's item from a stored value; `None` when a mapped key's header names another
+    /// key (a collision, or a foreign item).
+    fn read_item(&self, storage_key: &str, mapped: bool, v: client::Value) -> Option<Item> {
+        let data = if mapped {
+            let body = split_mapped(&v.data)?;
+            if body.0 != storage_key.as_bytes() {
+                tracing::debug!(key = %crate::error::shorten(storage_key), "memcached: mapped key holds another key's value; a miss");
+                return None;
+            }
+            body.1.to_vec()
+        } else {
+            v.data
+        };
+        Some(python_memcache::from_wire(
+            self.mode,
+            Item::new(data, v.flags),
+        ))
+    }
+
+    /// Lists this server's keys that belong to storage keys starting with `prefix` (whole
+    /// storage key checked for undecidable mapped keys).
+    fn list_matching(
+        &self,
+        server: &Server,
+        prefix: &MemcachedPrefix,
+        raw_prefix: &str,
+    ) -> Result<Vec<String>> {
+        let deadline = Instant::now() + self.timeout * 15;
+        let mut sure = Vec::new();
+        let mut maybe = Vec::new();
+        loop {
+            sure.clear();
+            maybe.clear();
+            let done = self.run(
+                server,
+                "prefix invalidation (lru_crawler metadump all)",
+                |c| {
+                    c.metadump(|k| {
+                        // A key we could not send back (binary-protocol keys) is never ours.
+                        let Ok(k) = std::str::from_utf8(k) else {
+                            return;
+                        };
+                        if !memcached_key_is_carryable(k) {
+                            return;
+                        }
+                        match prefix.matches(k.as_bytes()) {
+                            PrefixMatch::Yes => sure.push(k.to_owned()),
+                            PrefixMatch::Maybe => maybe.push(k.to_owned()),
+                            PrefixMatch::No => {}
+                        }
+                    })
+                },
+            )?;
+            if done {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(Error::Backend {
+                    backend: "memcached",
+                    message: format!(
+                        "lru_crawler metadump all on memcached server {}: the crawler stayed \
+                         busy with other requests; try again",
+                        server.name
+                    ),
+                    temporary: true,
+                    source: None,
+                });
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        for k in maybe {
+            let v = self.run(server, "get", |c| c.get(&k))?;
+            let Some(v) = v else { continue };
+            let full = match split_mapped(&v.data) {
+                Some((key, _)) => key.starts_with(raw_prefix.as_bytes()),
+                None => k.starts_with(raw_prefix),
+            };
+            if full {
+                sure.push(k);
+            }
+        }
+        Ok(sure)
+    }
+}
+
+/// Splits a mapped item into (storage key, value).
+fn split_mapped(data: &[u8]) -> Option<(&[u8], &[u8])> {
+    let rest = data.strip_prefix(MAPPED_MAGIC.as_slice())?;
+    let len = u32::from_le_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+    let rest = &rest[4..];
+    Some((rest.get(..len)?, rest.get(len..)?))
+}
+
+impl Backend for MemcachedBackend {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn get(&self, key: &str) -> Result<Option<Item>> {
+        let sk = self.keyspace.storage_key(key);
+        let wk = memcached_key(&sk);
+        let server = &self.servers[self.pick(&wk)];
+        let v = self.run(server, "get", |c| c.get(&wk))?;
+        let mapped = !memcached_key_is_carryable(&sk);
+        Ok(v.and_then(|v| self.read_item(&sk, mapped, v)))
+    }
+
+    fn set(&self, key: &str, item: &Item, ttl: Option<Duration>) -> Result<()> {
+        let sk = self.keyspace.storage_key(key);
+        let wk = memcached_key(&sk);
+        let mapped = !memcached_key_is_carryable(&sk);
+        let server = &self.servers[self.pick(&wk)];
+        let w = self.wire_item(&sk, mapped, item);
+        self.check_size(server, key, &wk, w.data.len())?;
+        let t = exptime(ttl);
+        self.run(server, "set", |c| c.set(&wk, &w.data, w.flags, t))
+    }
+
+    fn delete(&self, key: &str) -> Result<bool> {
+        let sk = self.keyspace.storage_key(key);
+        let wk = memcached_key(&sk);
+        let server = &self.servers[self.pick(&wk)];
+        let n = self.run(server, "delete", |c| c.delete_many(&[wk.as_bytes()]))?;
+        Ok(n > 0)
+    }
+
+    fn delete_prefix(&self, prefix: &str) -> Result<u64> {
+        let raw = self.keyspace.storage_key(prefix);
+        let mp = MemcachedPrefix::new(&raw);
+        let mut total = 0;
+        for server in &self.servers {
+            // The LRU crawler walks each LRU queue separately; an item that the server moves
+            // between queues while the walk runs (hot -> warm -> cold, or a bump on access) can
+            // be missed. So list again after deleting, until a pass finds nothing (at most
+            // METADUMP_PASSES): the second pass is the normal case and usually finds nothing.
+            for _ in 0..METADUMP_PASSES {
+                let keys = self.list_matching(server, &mp, &raw)?;
+                if keys.is_empty() {
+                    break;
+                }
+                for chunk in keys.chunks(BATCH * 4) {
+                    let refs: Vec<&[u8]> = chunk.iter().map(|k| k.as_bytes()).collect();
+                    total += self.run(server, "delete", |c| c.delete_many(&refs))?;
+                }
+            }
+        }
+        Ok(total)
+    }
+
+    fn clear(&self) -> Result<()> {
+        if !self.keyspace.namespace().is_empty() {
+            self.delete_prefix("")?;
+            return Ok(());
+        }
+        if !self.server_flush {
+            return Err(Error::InvalidArgument(
+                "flush_all with an empty namespace would remove every item on the memcached \
+                 servers, other applications' too: set a namespace, or set `server_flush = true` \
+                 to allow a server-wide flush"
+                    .to_owned(),
+            ));
+        }
+        for server in &self.servers {
+            self.run(server, "flush_all", |c| c.flush_all())?;
+        }
+        Ok(())
+    }
+
+    fn ping(&self) -> Result<BackendStatus> {
+        let mut parts = Vec::with_capacity(self.servers.len());
+        for server in &self.servers {
+            let v = self.run_checked(server, "version", false, |c| c.version())?;
+            parts.push(format!("{} (memcached {v})", server.name));
+        }
+        Ok(BackendStatus {
+            detail: format!("{} server(s) answering: {}", parts.len(), parts.join(", ")),
+        })
+    }
+
+    fn close(&self) {
+        for s in &self.servers {
+            s.pool().clear();
+        }
+    }
+
+    fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<Item>>> {
+        let mut out: Vec<Option<Item>> = keys.iter().map(|_| None).collect();
+        // Per server: (index in `keys`, storage key, wire key).
+        let mut groups: Vec<Vec<(usize, String, String)>> =
+            self.servers.iter().map(|_| Vec::new()).collect();
+        for (i, k) in keys.iter().enumerate() {
+            let sk = self.keyspace.storage_key(k);
+            let wk = memcached_key(&sk).into_owned();
+            groups[self.pick(&wk)].push((i, sk, wk));
+        }
+        for (server, group) in self.servers.iter().zip(&groups) {
+            for chunk in group.chunks(BATCH) {
+                let wks: Vec<&str> = chunk.iter().map(|(_, _, w)| w.as_str()).collect();
+                let vals = self.run(server, "get_many", |c| c.get_many(&wks))?;
+                for ((i, sk, _), v) in chunk.iter().zip(vals) {
+                    let mapped = !memcached_key_is_carryable(sk);
+                    out[*i] = v.and_then(|v| self.read_item(sk, mapped, v));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn set_many(&self, items: &[(&str, Item)], ttl: Option<Duration>) -> Result<()> {
+        let t = exptime(ttl);
+        let mut groups: Vec<Vec<(String, Item)>> =
+            self.servers.iter().map(|_| Vec::new()).collect();
+        for (k, item) in items {
+            let sk = self.keyspace.storage_key(k);
+            let wk = memcached_key(&sk).into_owned();
+            let mapped = !memcached_key_is_carryable(&sk);
+            let idx = self.pick(&wk);
+            let w = self.wire_item(&sk, mapped, item);
+            self.check_size(&self.servers[idx], k, &wk, w.data.len())?;
+            groups[idx].push((wk, w));
+        }
+        for (server, group) in self.servers.iter().zip(&groups) {
+            for chunk in group.chunks(BATCH) {
+                let refs: Vec<(&str, &[u8], u32)> = chunk
+                    .iter()
+                    .map(|(k, w)| (k.as_str(), w.data.as_slice(), w.flags))
+                    .collect();
+                self.run(server, "set_many", |c| c.set_many(&refs, t))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn delete_many(&self, keys: &[&str]) -> Result<u64> {
+        let mut groups: Vec<Vec<String>> = self.servers.iter().map(|_| Vec::new()).collect();
+        for k in keys {
+            let wk = memcached_key(&self.keyspace.storage_key(k)).into_owned();
+            groups[self.pick(&wk)].push(wk);
+        }
+        let mut n = 0;
+        for (server, group) in self.servers.iter().zip(&groups) {
+            for chunk in group.chunks(BATCH * 4) {
+                let refs: Vec<&[u8]> = chunk.iter().map(|k| k.as_bytes()).collect();
+                n += self.run(server, "delete_many", |c| c.delete_many(&refs))?;
+            }
+        }
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ttl_rounding_and_absolute_times() {
+        assert_eq!(exptime(None), 0);
+        assert_eq!(exptime(Some(Duration::from_millis(1))), 1);
+        assert_eq!(exptime(Some(Duration::from_millis(1500))), 2);
+        assert_eq!(
+            exptime(Some(Duration::from_secs(RELATIVE_TTL_MAX))),
+            RELATIVE_TTL_MAX
+        );
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let t = exptime(Some(Duration::from_secs(RELATIVE_TTL_MAX + 1)));
+        assert!(
+            t > now + RELATIVE_TTL_MAX && t < now + RELATIVE_TTL_MAX + 100,
+            "{t}"
+        );
+    }
+
+    #[test]
+    fn mapped_header_round_trip() {
+        let mut d = MAPPED_MAGIC.to_vec();
+        d.extend_from_slice(&3u32.to_le_bytes());
+        d.extend_from_slice(b"a bvalue");
+        assert_eq!(split_mapped(&d), Some((&b"a b"[..], &b"value"[..])));
+        assert_eq!(split_mapped(b"plain"), None);
+        assert_eq!(split_mapped(&d[..10]), None);
+    }
+}

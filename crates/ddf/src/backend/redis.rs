@@ -1,0 +1,697 @@
+//! The Redis backend (`backend = redis` and `backend = redis_pickle`): standalone, TLS and Cluster.
+//!
+//! Every call into the `redis` crate (redis-rs) lives in this module, so that a major version of
+//! the client (2.0 is at rc) touches one file.
+//!
+//! - **Connections**: `redis_url` (`redis://`, `rediss://`, `unix://`) when set, else
+//!   `redis_host`/`redis_port`/`redis_password`/`redis_db`; `redis_ca_file` names the CA that
+//!   verifies a `rediss://` server; `redis_cluster_nodes` switches to Redis Cluster. Connections
+//!   are kept in a small pool of our own (see [`Pool`]): redis-rs's r2d2 manager has no connect
+//!   timeout. Connect timeout = `connect_timeout`, read and write timeouts = `timeout`. A
+//!   connection that failed in any way is dropped, never returned to the pool.
+//! - **Keys**: [`Keyspace::storage_key`] (`namespace + key`); an empty namespace stores keys
+//!   exactly as given (the Python DDF's layout).
+//! - **Prefix deletes**: `SCAN MATCH <glob-escaped namespace+prefix>* COUNT 1000` and `UNLINK` of
+//!   each batch; on a cluster, on every primary read from `CLUSTER NODES`. `KEYS` is never sent.
+//! - **clear()**: the namespace's keys only; with an empty namespace it refuses unless
+//!   `server_flush = true` (then `FLUSHDB`). `FLUSHALL` is never sent.
+//! - **Errors**: mapped in one function, [`RedisBackend::map_err`], which never includes the
+//!   password or a URL.
+
+use std::fmt;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use redis::cluster::{ClusterClient, ClusterConnection};
+use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+use redis::io::tcp::TcpSettings;
+use redis::{ConnectionAddr, ConnectionLike, IntoConnectionInfo, RedisConnectionInfo};
+
+use super::{Backend, BackendStatus, Item};
+use crate::config::CacheConfig;
+use crate::error::{Error, Result};
+use crate::key::{Keyspace, glob_escape};
+
+const NAME: &str = "redis";
+
+/// Keys asked for per `SCAN` step (a hint to the server).
+const SCAN_COUNT: usize = 1000;
+
+/// Idle connections kept per backend; more may be open while many threads work.
+const POOL_MAX_IDLE: usize = 32;
+
+/// How the backend reaches Redis.
+enum Target {
+    Single(redis::Client),
+    Cluster(ClusterClient),
+}
+
+/// One pooled connection.
+enum Conn {
+    Single(redis::Connection),
+    Cluster(Box<ClusterConnection>),
+}
+
+impl Conn {
+    fn as_like(&mut self) -> &mut dyn ConnectionLike {
+        match self {
+            Conn::Single(c) => c,
+            Conn::Cluster(c) => c.as_mut(),
+        }
+    }
+}
+
+/// A small connection pool.
+///
+/// Hand-written rather than r2d2: r2d2's `ManageConnection` for redis has no connect timeout,
+/// and we need little: take an idle connection or open one (with the connect timeout), give it
+/// back only when the operation succeeded. Threads never wait for each other beyond the mutex
+/// around the idle list; a burst of threads opens extra connections, and at most
+/// [`POOL_MAX_IDLE`] are kept afterwards.
+struct Pool {
+    idle: Mutex<Vec<Conn>>,
+}
+
+impl Pool {
+    fn take(&self) -> Option<Conn> {
+        self.idle.lock().ok().and_then(|mut v| v.pop())
+    }
+
+    fn put(&self, c: Conn) {
+        if let Ok(mut v) = self.idle.lock()
+            && v.len() < POOL_MAX_IDLE
+        {
+            v.push(c);
+        }
+    }
+
+    fn clear(&self) {
+        if let Ok(mut v) = self.idle.lock() {
+            v.clear();
+        }
+    }
+}
+
+/// The Redis backend. Build it with [`RedisBackend::new`] (or through
+/// [`from_config`](super::from_config)).
+pub struct RedisBackend {
+    keyspace: Keyspace,
+    target: Target,
+    pool: Pool,
+    timeout: Duration,
+    connect_timeout: Duration,
+    server_flush: bool,
+    /// The flags reported for values read (Redis cannot store them): the codec's.
+    read_flags: u32,
+    /// Where the server is, for messages: never credentials.
+    place: String,
+    /// The password, only to scrub it from error texts (defence in depth).
+    password: Option<String>,
+}
+
+impl fmt::Debug for RedisBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisBackend")
+            .field("place", &self.place)
+            .field("namespace", &self.keyspace.namespace())
+            .finish_non_exhaustive()
+    }
+}
+
+fn config_err(message: impl Into<String>) -> Error {
+    Error::Unsupported {
+        backend: NAME.to_owned(),
+        reason: message.into(),
+    }
+}
+
+impl RedisBackend {
+    /// Builds a Redis backend from a configuration. `read_flags` is the flags word reported with
+    /// every value read ([`crate::codec::flags::TEXT`] for JSON, [`crate::codec::flags::PICKLE`]
+    /// for pickle): Redis stores no flags. No connection is opened here; the first operation
+    /// connects.
+    ///
+    /// # Errors
+    /// [`Error::Unsupported`] naming the setting when the configuration cannot work: an
+    /// unparseable `redis_url`, an unreadable `redis_ca_file`, a CA file without `rediss://`,
+    /// a `redis_db` other than 0 on a cluster.
+    pub fn new(config: &CacheConfig, read_flags: u32) -> Result<Self> {
+        let ca = match &config.redis_ca_file {
+            Some(p) => Some(std::fs::read(p).map_err(|e| {
+                config_err(format!(
+                    "redis_ca_file {} cannot be read: {e}; give a PEM CA bundle",
+                    p.display()
+                ))
+            })?),
+            None => None,
+        };
+        let password = config
+            .redis_password
+            .as_ref()
+            .map(|s| s.expose().to_owned());
+        let (target, place, password) = if !config.redis_cluster_nodes.is_empty() {
+            if config.redis_db != 0 {
+                return Err(config_err(
+                    "redis_db must be 0 with redis_cluster_nodes: Redis Cluster has only database 0",
+                ));
+            }
+            let nodes: Vec<redis::ConnectionInfo> = config
+                .redis_cluster_nodes
+                .iter()
+                .map(|a| {
+                    ConnectionAddr::Tcp(a.host.clone(), a.port)
+                        .into_connection_info()
+                        .map_err(|_| config_err(format!("redis_cluster_nodes: bad address {a}")))
+                })
+                .collect::<Result<_>>()?;
+            let mut b = ClusterClient::builder(nodes)
+                .connection_timeout(config.connect_timeout)
+                .response_timeout(config.timeout)
+                .tcp_settings(tcp_settings());
+            if let Some(p) = &password {
+                b = b.password(p.clone());
+            }
+            if let Some(pem) = ca {
+                // A CA file in cluster mode means TLS to every node.
+                b = b.tls(redis::TlsMode::Secure).certs(redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem),
+                });
+            }
+            let client = b.build().map_err(|e| {
+                config_err(format!(
+                    "redis_cluster_nodes cannot be used: {:?}",
+                    e.kind()
+                ))
+            })?;
+            let list = config
+                .redis_cluster_nodes
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ");
+            (
+                Target::Cluster(client),
+                format!("cluster [{list}]"),
+                password,
+            )
+        } else {
+            let info = match &config.redis_url {
+                Some(url) => url.expose().into_connection_info().map_err(|_| {
+                    config_err(
+                        "redis_url is not a valid URL; expected redis://[:password@]host[:port][/db], \
+                         rediss://... (TLS) or unix:///path/to/socket[?db=N]",
+                    )
+                })?,
+                None => ConnectionAddr::Tcp(config.redis_host.clone(), config.redis_port)
+                    .into_connection_info()
+                    .map_err(|_| config_err("redis_host/redis_port cannot be used"))?
+                    .set_redis_settings(RedisConnectionInfo::default().set_db(i64::from(
+                        config.redis_db,
+                    ))),
+            };
+            let info = info.set_tcp_settings(tcp_settings());
+            // redis_password applies when the URL carries none.
+            let (info, password) = match (info.redis_settings().password(), &password) {
+                (Some(p), _) => {
+                    let p = p.to_owned();
+                    (info, Some(p))
+                }
+                (None, Some(p)) => {
+                    let settings = info.redis_settings().clone().set_password(p);
+                    (info.set_redis_settings(settings), Some(p.clone()))
+                }
+                (None, None) => (info, None),
+            };
+            let place = match info.addr() {
+                ConnectionAddr::Tcp(h, p) => format!("{h}:{p} db {}", info.redis_settings().db()),
+                ConnectionAddr::TcpTls { host, port, .. } => {
+                    format!("{host}:{port} (TLS) db {}", info.redis_settings().db())
+                }
+                ConnectionAddr::Unix(path) => {
+                    format!("unix:{} db {}", path.display(), info.redis_settings().db())
+                }
+                _ => "redis".to_owned(),
+            };
+            let is_tls = matches!(info.addr(), ConnectionAddr::TcpTls { .. });
+            let client = match ca {
+                Some(pem) if is_tls => redis::Client::build_with_tls(
+                    info,
+                    redis::TlsCertificates {
+                        client_tls: None,
+                        root_cert: Some(pem),
+                    },
+                ),
+                Some(_) => {
+                    return Err(config_err(
+                        "redis_ca_file is set but the connection is not TLS: \
+                         use redis_url = rediss://host:port, or remove redis_ca_file",
+                    ));
+                }
+                None => redis::Client::open(info),
+            }
+            .map_err(|e| config_err(format!("cannot set up the Redis client: {:?}", e.kind())))?;
+            (Target::Single(client), place, password)
+        };
+        Ok(RedisBackend {
+            keyspace: Keyspace::new(config.namespace.clone()),
+            target,
+            pool: Pool {
+                idle: Mutex::new(Vec::new()),
+            },
+            timeout: config.timeout,
+            connect_timeout: config.connect_timeout,
+            server_flush: config.server_flush,
+            read_flags,
+            place,
+            password: password.filter(|p| !p.is_empty()),
+        })
+    }
+
+    /// Where the server is (`host:port db N`, `unix:/path db N`, `cluster [a, b, c]`), without
+    /// credentials: for messages and the outage journal's scope.
+    pub fn place(&self) -> &str {
+        &self.place
+    }
+
+    /// The one mapping from redis-rs errors to [`Error::Backend`]. Never includes credentials:
+    /// redis-rs error texts carry no URL, and the password is scrubbed anyway.
+    fn map_err(&self, what: &str, e: &redis::RedisError) -> Error {
+        let temporary = e.is_timeout()
+            || e.is_connection_refusal()
+            || e.is_io_error()
+            || e.is_connection_dropped()
+            || e.is_cluster_error()
+            || matches!(
+                e.kind(),
+                redis::ErrorKind::ClusterConnectionNotFound
+                    | redis::ErrorKind::Server(redis::ServerErrorKind::BusyLoading)
+                    | redis::ErrorKind::Server(redis::ServerErrorKind::MasterDown)
+            );
+        let mut text = e.to_string();
+        if e.is_timeout() {
+            text = format!("timed out ({text})");
+        }
+        if let Some(p) = &self.password {
+            text = text.replace(p.as_str(), "<redacted>");
+        }
+        Error::Backend {
+            backend: NAME,
+            message: format!("{what} on {}: {text}", self.place),
+            temporary,
+            source: None,
+        }
+    }
+
+    fn connect(&self) -> redis::RedisResult<Conn> {
+        match &self.target {
+            Target::Single(client) => {
+                let c = client.get_connection_with_timeout(self.connect_timeout)?;
+                c.set_read_timeout(Some(self.timeout))?;
+                c.set_write_timeout(Some(self.timeout))?;
+                Ok(Conn::Single(c))
+            }
+            Target::Cluster(client) => {
+                let c = client.get_connection()?;
+                c.set_read_timeout(Some(self.timeout))?;
+                c.set_write_timeout(Some(self.timeout))?;
+                Ok(Conn::Cluster(Box::new(c)))
+            }
+        }
+    }
+
+    /// Runs `f` on a pooled connection. A connection whose operation failed is dropped. When a
+    /// connection taken from the pool turns out to be dead (the server restarted or closed an
+    /// idle connection) the operation is retried once on a fresh connection; timeouts are
+    /// never retried.
+    fn run<T>(
+        &self,
+        what: &str,
+        mut f: impl FnMut(&mut Conn) -> redis::RedisResult<T>,
+    ) -> Result<T> {
+        if let Some(mut c) = self.pool.take() {
+            match f(&mut c) {
+                Ok(v) => {
+                    self.pool.put(c);
+                    return Ok(v);
+                }
+                Err(e) if e.is_connection_dropped() && !e.is_timeout() => {
+                    tracing::debug!(place = %self.place, "pooled redis connection was dead; reconnecting");
+                    // Every idle connection is probably as dead as this one.
+                    self.pool.clear();
+                }
+                Err(e) => return Err(self.map_err(what, &e)),
+            }
+        }
+        let mut c = self
+            .connect()
+            .map_err(|e| self.map_err("cannot connect", &e))?;
+        match f(&mut c) {
+            Ok(v) => {
+                self.pool.put(c);
+                Ok(v)
+            }
+            Err(e) => Err(self.map_err(what, &e)),
+        }
+    }
+
+    /// `host:port` of every primary of the cluster, from `CLUSTER NODES`.
+    fn primaries(c: &mut ClusterConnection) -> redis::RedisResult<Vec<(String, u16)>> {
+        let v = c.route_command(
+            &redis::cmd("CLUSTER").arg("NODES").clone(),
+            RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
+        )?;
+        let text: String = redis::from_redis_value(v)?;
+        Ok(parse_cluster_nodes(&text))
+    }
+
+    /// SCAN + UNLINK of `pattern` on one connection or node; returns the number unlinked.
+    fn scan_unlink(
+        &self,
+        c: &mut Conn,
+        pattern: &str,
+        node: Option<&(String, u16)>,
+    ) -> redis::RedisResult<u64> {
+        let mut cursor: u64 = 0;
+        let mut removed = 0u64;
+        loop {
+            let mut scan = redis::cmd("SCAN");
+            scan.arg(cursor)
+                .arg("MATCH")
+                .arg(pattern)
+                .arg("COUNT")
+                .arg(SCAN_COUNT);
+            let (next, keys): (u64, Vec<Vec<u8>>) = match (&mut *c, node) {
+                (Conn::Cluster(cc), Some((host, port))) => {
+                    redis::from_redis_value(cc.route_command(
+                        &scan,
+                        RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+                            host: host.clone(),
+                            port: *port,
+                        }),
+                    )?)?
+                }
+                (c, _) => scan.query(c.as_like())?,
+            };
+            if !keys.is_empty() {
+                let n: u64 = redis::cmd("UNLINK").arg(&keys).query(c.as_like())?;
+                removed += n;
+            }
+            if next == 0 {
+                return Ok(removed);
+            }
+            cursor = next;
+        }
+    }
+}
+
+/// Primaries' `host:port` in `CLUSTER NODES` output: lines `id ip:port@cport[,hostname] flags
+/// ...`; keeps `master` nodes not flagged `fail` or `noaddr`.
+fn parse_cluster_nodes(text: &str) -> Vec<(String, u16)> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let mut f = line.split_whitespace();
+        let (Some(_id), Some(addr), Some(flags)) = (f.next(), f.next(), f.next()) else {
+            continue;
+        };
+        let flags: Vec<&str> = flags.split(',').collect();
+        if !flags.contains(&"master") || flags.iter().any(|x| *x == "fail" || *x == "noaddr") {
+            continue;
+        }
+        let hostport = addr.split(['@', ',']).next().unwrap_or("");
+        if let Some((h, p)) = hostport.rsplit_once(':')
+            && let Ok(p) = p.parse::<u16>()
+            && !h.is_empty()
+            && p != 0
+        {
+            let h = h.trim_start_matches('[').trim_end_matches(']');
+            out.push((h.to_owned(), p));
+        }
+    }
+    out
+}
+
+/// TCP_NODELAY: every request is one write followed by a read, and a small write must not wait
+/// for the server's delayed ACK (redis-rs leaves Nagle on by default).
+fn tcp_settings() -> TcpSettings {
+    TcpSettings::default().set_nodelay(true)
+}
+
+fn set_cmd(key: &str, data: &[u8], ttl: Option<Duration>) -> redis::Cmd {
+    let mut c = redis::cmd("SET");
+    c.arg(key).arg(data);
+    if let Some(t) = ttl {
+        // PX takes whole milliseconds; a sub-millisecond TTL still expires.
+        c.arg("PX")
+            .arg(u64::try_from(t.as_millis()).unwrap_or(u64::MAX).max(1));
+    }
+    c
+}
+
+impl Backend for RedisBackend {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn get(&self, key: &str) -> Result<Option<Item>> {
+        let k = self.keyspace.storage_key(key);
+        let v: Option<Vec<u8>> =
+            self.run("GET", |c| redis::cmd("GET").arg(&k).query(c.as_like()))?;
+        Ok(v.map(|data| Item::new(data, self.read_flags)))
+    }
+
+    fn set(&self, key: &str, item: &Item, ttl: Option<Duration>) -> Result<()> {
+        let k = self.keyspace.storage_key(key);
+        let cmd = set_cmd(&k, &item.data, ttl);
+        self.run("SET", |c| cmd.query::<()>(c.as_like()))
+    }
+
+    fn delete(&self, key: &str) -> Result<bool> {
+        let k = self.keyspace.storage_key(key);
+        let n: u64 = self.run("UNLINK", |c| {
+            redis::cmd("UNLINK").arg(&k).query(c.as_like())
+        })?;
+        Ok(n > 0)
+    }
+
+    fn delete_prefix(&self, prefix: &str) -> Result<u64> {
+        let pattern = format!("{}*", glob_escape(&self.keyspace.storage_key(prefix)));
+        self.run("SCAN/UNLINK", |c| {
+            let nodes = match c {
+                Conn::Single(_) => return self.scan_unlink(c, &pattern, None),
+                Conn::Cluster(cc) => Self::primaries(cc)?,
+            };
+            let mut n = 0;
+            for node in &nodes {
+                n += self.scan_unlink(c, &pattern, Some(node))?;
+            }
+            Ok(n)
+        })
+    }
+
+    fn clear(&self) -> Result<()> {
+        if !self.keyspace.namespace().is_empty() {
+            self.delete_prefix("")?;
+            return Ok(());
+        }
+        if !self.server_flush {
+            return Err(Error::InvalidArgument(
+                "flush_all on Redis with an empty namespace would delete every key of the \
+                 database, including other applications' keys; set a namespace, use \
+                 invalidate_pattern, or set server_flush = true to allow FLUSHDB"
+                    .to_owned(),
+            ));
+        }
+        tracing::info!(place = %self.place, "server_flush: sending FLUSHDB");
+        self.run("FLUSHDB", |c| match c {
+            Conn::Single(s) => redis::cmd("FLUSHDB").query::<()>(s),
+            Conn::Cluster(cc) => {
+                for (host, port) in Self::primaries(cc)? {
+                    cc.route_command(
+                        &redis::cmd("FLUSHDB"),
+                        RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress { host, port }),
+                    )?;
+                }
+                Ok(())
+            }
+        })
+    }
+
+    fn ping(&self) -> Result<BackendStatus> {
+        let pong: String = self.run("PING", |c| redis::cmd("PING").query(c.as_like()))?;
+        Ok(BackendStatus {
+            detail: format!("redis {}: {pong}", self.place),
+        })
+    }
+
+    fn info(&self) -> Result<Vec<(String, String)>> {
+        // INFO (and CLUSTER INFO on a cluster) from one node: cheap, no key walk.
+        let (info, cluster): (String, Option<String>) = self.run("INFO", |c| match c {
+            Conn::Single(s) => Ok((redis::cmd("INFO").query(s)?, None)),
+            Conn::Cluster(cc) => {
+                let random = || RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random);
+                let info =
+                    redis::from_redis_value(cc.route_command(&redis::cmd("INFO"), random())?)?;
+                let ci = redis::from_redis_value(
+                    cc.route_command(redis::cmd("CLUSTER").arg("INFO"), random())?,
+                )?;
+                Ok((info, Some(ci)))
+            }
+        })?;
+        let field = |text: &str, name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+                .map(|v| v.trim().to_owned())
+        };
+        let mut out = vec![("server".to_owned(), self.place.clone())];
+        for name in [
+            "redis_version",
+            "used_memory_human",
+            "connected_clients",
+            "evicted_keys",
+            "maxmemory_policy",
+        ] {
+            if let Some(v) = field(&info, name) {
+                out.push((name.to_owned(), v));
+            }
+        }
+        for line in info.lines().filter(|l| l.starts_with("db")) {
+            if let Some((db, v)) = line.split_once(':') {
+                out.push((db.to_owned(), v.trim().to_owned()));
+            }
+        }
+        if let Some(ci) = cluster {
+            for name in ["cluster_state", "cluster_known_nodes", "cluster_size"] {
+                if let Some(v) = field(&ci, name) {
+                    out.push((name.to_owned(), v));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn close(&self) {
+        self.pool.clear();
+    }
+
+    fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<Item>>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ks: Vec<String> = keys.iter().map(|k| self.keyspace.storage_key(k)).collect();
+        // On a cluster redis-rs splits a cross-slot MGET by slot and reassembles it in order.
+        let vals: Vec<Option<Vec<u8>>> =
+            self.run("MGET", |c| redis::cmd("MGET").arg(&ks).query(c.as_like()))?;
+        if vals.len() != keys.len() {
+            return Err(Error::Backend {
+                backend: NAME,
+                message: format!(
+                    "MGET on {} returned {} values for {} keys",
+                    self.place,
+                    vals.len(),
+                    keys.len()
+                ),
+                temporary: false,
+                source: None,
+            });
+        }
+        Ok(vals
+            .into_iter()
+            .map(|v| v.map(|d| Item::new(d, self.read_flags)))
+            .collect())
+    }
+
+    fn set_many(&self, items: &[(&str, Item)], ttl: Option<Duration>) -> Result<()> {
+        if items.is_empty() {
+            return Ok(());
+        }
+        // One pipeline: one round trip (per node on a cluster). Built once, outside the
+        // closure, which may run twice (a dead pooled connection is retried once).
+        let cmds = items
+            .iter()
+            .map(|(k, it)| set_cmd(&self.keyspace.storage_key(k), &it.data, ttl));
+        match &self.target {
+            Target::Single(_) => {
+                let mut p = redis::pipe();
+                for cmd in cmds {
+                    p.add_command(cmd).ignore();
+                }
+                self.run("SET (pipeline)", |c| p.query::<()>(c.as_like()))
+            }
+            Target::Cluster(_) => {
+                let mut p = redis::cluster::cluster_pipe();
+                for cmd in cmds {
+                    p.add_command(cmd).ignore();
+                }
+                self.run("SET (pipeline)", |c| match c {
+                    Conn::Cluster(cc) => p.query::<()>(cc),
+                    Conn::Single(_) => Err(redis::RedisError::from((
+                        redis::ErrorKind::Client,
+                        "a cluster pipeline needs a cluster connection",
+                    ))),
+                })
+            }
+        }
+    }
+
+    fn delete_many(&self, keys: &[&str]) -> Result<u64> {
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        let ks: Vec<String> = keys.iter().map(|k| self.keyspace.storage_key(k)).collect();
+        self.run("UNLINK", |c| {
+            redis::cmd("UNLINK").arg(&ks).query(c.as_like())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_nodes_parsing_keeps_live_primaries() {
+        let text = "\
+a1 127.0.0.1:7000@17000 myself,master - 0 0 1 connected 0-5460
+b2 127.0.0.1:7001@17001,host-b master - 0 1 2 connected 5461-10922
+c3 127.0.0.1:7002@17002 slave a1 0 1 3 connected
+d4 127.0.0.1:7003@17003 master,fail - 0 1 4 disconnected
+e5 :0@0 master,noaddr - 0 1 5 disconnected
+";
+        assert_eq!(
+            parse_cluster_nodes(text),
+            vec![
+                ("127.0.0.1".to_owned(), 7000),
+                ("127.0.0.1".to_owned(), 7001)
+            ]
+        );
+    }
+
+    #[test]
+    fn errors_never_show_the_password() {
+        let mut config = CacheConfig::default();
+        config.redis_url = Some(crate::config::Secret::new("redis://:s3cret@127.0.0.1:1/0"));
+        let b = RedisBackend::new(&config, 16).unwrap();
+        assert!(!format!("{b:?}").contains("s3cret"));
+        let e = b.get("x").unwrap_err();
+        let text = format!("{e} {e:?}");
+        assert!(!text.contains("s3cret"), "{text}");
+        assert!(e.is_temporary(), "{text}");
+        config.redis_url = Some(crate::config::Secret::new("redis://:s3cret@[bad"));
+        let e = RedisBackend::new(&config, 16).unwrap_err();
+        assert!(!format!("{e} {e:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn set_uses_px() {
+        let c = set_cmd("k", b"v", Some(Duration::from_micros(10)));
+        let args: Vec<&[u8]> = c
+            .args_iter()
+            .filter_map(|a| match a {
+                redis::Arg::Simple(b) => Some(b),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(args, [&b"SET"[..], b"k", b"v", b"PX", b"1"]);
+    }
+}

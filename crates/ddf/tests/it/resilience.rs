@@ -1,0 +1,367 @@
+//! Fault injection against real servers (issue #6): kill -9 under a multi-threaded load,
+//! SIGSTOP then SIGCONT, a restart on the same port, a start with the server down, and (for
+//! Memcached) one of three servers down. For each: no panic, no call longer than the timeout plus
+//! a margin, the program keeps serving from the fallback, the primary is used again after it
+//! returns, and a key invalidated during the outage is not served stale afterwards.
+//!
+//! The worst call duration of each scenario is printed (`--nocapture`) for the record.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use ddf::backend::Backend;
+use ddf::{CacheBackend, CacheConfig, CacheManager, FallbackMode, ServerAddr};
+use ddf_testkit::{MemcachedServer, RedisServer, ServerProcess, free_port};
+
+const CONNECT: Duration = Duration::from_millis(300);
+const TIMEOUT: Duration = Duration::from_millis(400);
+/// What a call may take beyond the operation timeout: scheduling on a loaded 2-core machine.
+const MARGIN: Duration = Duration::from_millis(1500);
+
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    Redis,
+    Memcached,
+}
+
+enum Server {
+    Redis(RedisServer),
+    Memcached(MemcachedServer),
+}
+
+impl Server {
+    fn start_on(kind: Kind, port: u16) -> Option<Server> {
+        Some(match kind {
+            Kind::Redis => Server::Redis(RedisServer::start_on(port, &[])?),
+            Kind::Memcached => Server::Memcached(MemcachedServer::start_on(port, &[])?),
+        })
+    }
+
+    fn process(&mut self) -> &mut ServerProcess {
+        match self {
+            Server::Redis(s) => &mut s.process,
+            Server::Memcached(s) => &mut s.process,
+        }
+    }
+}
+
+fn config(kind: Kind, ports: &[u16], dir: &std::path::Path) -> CacheConfig {
+    let base = CacheConfig::default()
+        .with_namespace("res:")
+        .with_pickle_dir(dir)
+        .with_timeouts(CONNECT, TIMEOUT);
+    let mut c = match kind {
+        Kind::Redis => base
+            .with_backend(CacheBackend::Redis)
+            .with_redis("127.0.0.1", ports[0]),
+        Kind::Memcached => base
+            .with_backend(CacheBackend::Memcached)
+            .with_memcached_servers(
+                ports
+                    .iter()
+                    .map(|p| ServerAddr::parse(&format!("127.0.0.1:{p}"), 1).unwrap())
+                    .collect(),
+            ),
+    };
+    c.fallback = FallbackMode::Pickle;
+    c.breaker_failures = 2;
+    c.breaker_retry = Duration::from_millis(100);
+    c
+}
+
+/// The primary alone, to check what it holds.
+fn direct(config: &CacheConfig) -> CacheManager {
+    let backend: Arc<dyn Backend> = match config.backend {
+        CacheBackend::Redis => Arc::new(
+            ddf::backend::redis::RedisBackend::new(config, ddf::codec::flags::TEXT).unwrap(),
+        ),
+        _ => Arc::new(ddf::backend::memcached::MemcachedBackend::new(config).unwrap()),
+    };
+    CacheManager::with_backend(config.clone(), backend)
+}
+
+fn state(cache: &CacheManager) -> String {
+    cache
+        .backend_info()
+        .unwrap()
+        .into_iter()
+        .find(|(k, _)| k == "state")
+        .map(|(_, v)| v)
+        .unwrap_or_default()
+}
+
+fn wait_until_up(cache: &CacheManager) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        // Traffic is what notices a failure; the probe is what notices the return.
+        let _ = cache.get::<String>("wait:probe");
+        if state(cache) == "up" {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the primary never came back: {}",
+            state(cache)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Runs one call and returns its result and duration.
+fn timed<T>(f: impl FnOnce() -> T) -> (T, Duration) {
+    let t = Instant::now();
+    let r = f();
+    (r, t.elapsed())
+}
+
+fn bound() -> Duration {
+    TIMEOUT + CONNECT + MARGIN
+}
+
+fn kill9_under_load(kind: Kind) {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let Some(mut server) = Server::start_on(kind, port) else {
+        return;
+    };
+    let cfg = config(kind, &[port], dir.path());
+    let cache = CacheManager::new(cfg.clone()).unwrap();
+    let stop = AtomicBool::new(false);
+    let worst = AtomicU64::new(0);
+    let errors = AtomicU64::new(0);
+    let ops = AtomicU64::new(0);
+    let restarted = std::thread::scope(|s| {
+        for t in 0..4 {
+            let (cache, stop, worst, errors, ops) = (&cache, &stop, &worst, &errors, &ops);
+            s.spawn(move || {
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let key = format!("load:{t}:{}", i % 50);
+                    let (r, d) = timed(|| {
+                        cache
+                            .set(&key, &i, None)
+                            .and_then(|()| cache.get::<u64>(&key))
+                    });
+                    if r.is_err() {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                    worst.fetch_max(d.as_micros() as u64, Ordering::Relaxed);
+                    ops.fetch_add(1, Ordering::Relaxed);
+                    i += 1;
+                }
+            });
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        server.process().kill();
+        std::thread::sleep(Duration::from_millis(1000));
+        drop(server);
+        let restarted = Server::start_on(kind, port).unwrap();
+        std::thread::sleep(Duration::from_millis(1000));
+        stop.store(true, Ordering::Relaxed);
+        restarted
+    });
+    let worst = Duration::from_micros(worst.load(Ordering::Relaxed));
+    eprintln!(
+        "[{kind:?}] kill -9 under 4 threads: {} ops, {} errors, worst call {worst:?}",
+        ops.load(Ordering::Relaxed),
+        errors.load(Ordering::Relaxed)
+    );
+    assert_eq!(errors.load(Ordering::Relaxed), 0, "the fallback serves");
+    assert!(worst < bound(), "worst call {worst:?}");
+    wait_until_up(&cache);
+    cache.set("after", "primary", None).unwrap();
+    assert_eq!(
+        direct(&cfg).get::<String>("after").unwrap().as_deref(),
+        Some("primary"),
+        "the primary is used again"
+    );
+    drop(restarted);
+}
+
+fn sigstop_then_sigcont(kind: Kind) {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let Some(mut server) = Server::start_on(kind, port) else {
+        return;
+    };
+    let cfg = config(kind, &[port], dir.path());
+    let cache = CacheManager::new(cfg.clone()).unwrap();
+    cache.set("stale", "old", None).unwrap();
+    cache.set("p:1", "old", None).unwrap();
+    server.process().signal("STOP");
+    let mut worst = Duration::ZERO;
+    // Invalidations during the outage: bounded, recorded, served by the fallback.
+    let (r, d) = timed(|| cache.delete("stale"));
+    r.unwrap();
+    worst = worst.max(d);
+    let (r, d) = timed(|| cache.invalidate_pattern("p:"));
+    r.unwrap();
+    worst = worst.max(d);
+    for i in 0..20 {
+        let (r, d) = timed(|| cache.get::<String>(&format!("other:{i}")));
+        r.unwrap();
+        worst = worst.max(d);
+    }
+    let (r, d) = timed(|| cache.set("during", "fallback", None));
+    r.unwrap();
+    worst = worst.max(d);
+    assert_eq!(
+        cache.get::<String>("during").unwrap().as_deref(),
+        Some("fallback")
+    );
+    assert_eq!(cache.get::<String>("stale").unwrap(), None);
+    eprintln!("[{kind:?}] SIGSTOP: worst call {worst:?}");
+    assert!(worst < bound(), "worst call {worst:?}");
+    server.process().signal("CONT");
+    wait_until_up(&cache);
+    // The primary still held the old values; the recorded invalidations removed them before it
+    // served a read again.
+    assert_eq!(cache.get::<String>("stale").unwrap(), None);
+    assert_eq!(cache.get::<String>("p:1").unwrap(), None);
+    assert_eq!(direct(&cfg).get::<String>("stale").unwrap(), None);
+    // Outage values are not promoted.
+    assert_eq!(cache.get::<String>("during").unwrap(), None);
+}
+
+fn restart_on_the_same_port(kind: Kind) {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let Some(mut server) = Server::start_on(kind, port) else {
+        return;
+    };
+    let cfg = config(kind, &[port], dir.path());
+    let cache = CacheManager::new(cfg.clone()).unwrap();
+    cache.set("k", "v1", None).unwrap();
+    server.process().kill();
+    let (r, d) = timed(|| cache.delete("k"));
+    r.unwrap();
+    assert!(d < bound(), "{d:?}");
+    cache.set("k", "outage", None).unwrap();
+    drop(server);
+    let server = Server::start_on(kind, port).unwrap();
+    // Another client writes the old value back while we were away: the recorded delete still
+    // applies when we return.
+    direct(&cfg).set("k", "v1", None).unwrap();
+    wait_until_up(&cache);
+    assert_eq!(cache.get::<String>("k").unwrap(), None);
+    cache.set("k", "v2", None).unwrap();
+    assert_eq!(
+        direct(&cfg).get::<String>("k").unwrap().as_deref(),
+        Some("v2")
+    );
+    drop(server);
+}
+
+fn start_with_the_server_down(kind: Kind) {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let cfg = config(kind, &[port], dir.path());
+    let (cache, d) = timed(|| CacheManager::new(cfg.clone()).unwrap());
+    assert!(d < bound(), "start-up took {d:?}");
+    let (r, d) = timed(|| cache.set("k", "fallback", None));
+    r.unwrap();
+    assert!(d < bound(), "{d:?}");
+    assert_eq!(
+        cache.get::<String>("k").unwrap().as_deref(),
+        Some("fallback")
+    );
+    assert!(state(&cache).starts_with("down"), "{}", state(&cache));
+    let Some(server) = Server::start_on(kind, port) else {
+        return;
+    };
+    wait_until_up(&cache);
+    assert_eq!(cache.get::<String>("k").unwrap(), None);
+    cache.set("k", "primary", None).unwrap();
+    assert_eq!(
+        direct(&cfg).get::<String>("k").unwrap().as_deref(),
+        Some("primary")
+    );
+    let (status, _) = cache.ping().unwrap();
+    assert!(status.detail.contains("state up"), "{}", status.detail);
+    assert!(status.detail.contains("transitions"), "{}", status.detail);
+    drop(server);
+}
+
+#[test]
+fn redis_kill9_under_load() {
+    kill9_under_load(Kind::Redis);
+}
+
+#[test]
+fn redis_sigstop_then_sigcont() {
+    sigstop_then_sigcont(Kind::Redis);
+}
+
+#[test]
+fn redis_restart_on_the_same_port() {
+    restart_on_the_same_port(Kind::Redis);
+}
+
+#[test]
+fn redis_start_with_the_server_down() {
+    start_with_the_server_down(Kind::Redis);
+}
+
+#[test]
+fn memcached_kill9_under_load() {
+    kill9_under_load(Kind::Memcached);
+}
+
+#[test]
+fn memcached_sigstop_then_sigcont() {
+    sigstop_then_sigcont(Kind::Memcached);
+}
+
+#[test]
+fn memcached_restart_on_the_same_port() {
+    restart_on_the_same_port(Kind::Memcached);
+}
+
+#[test]
+fn memcached_start_with_the_server_down() {
+    start_with_the_server_down(Kind::Memcached);
+}
+
+/// One of three Memcached servers down: operations keep working (its keys from the fallback),
+/// calls stay bounded, and an invalidation made meanwhile reaches it before it serves again.
+#[test]
+fn memcached_one_of_three_servers_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let mut servers: Vec<Server> = Vec::new();
+    for &p in &ports {
+        let Some(s) = Server::start_on(Kind::Memcached, p) else {
+            return;
+        };
+        servers.push(s);
+    }
+    let cfg = config(Kind::Memcached, &ports, dir.path());
+    let cache = CacheManager::new(cfg.clone()).unwrap();
+    let keys: Vec<String> = (0..30).map(|i| format!("k{i}")).collect();
+    for k in &keys {
+        cache.set(k, "old", None).unwrap();
+    }
+    servers[1].process().signal("STOP");
+    let mut worst = Duration::ZERO;
+    for k in &keys {
+        let (r, d) = timed(|| cache.delete(k));
+        r.unwrap();
+        worst = worst.max(d);
+        let (r, d) = timed(|| cache.get::<String>(k));
+        assert_eq!(r.unwrap(), None);
+        worst = worst.max(d);
+    }
+    eprintln!("[Memcached] one of three stopped: worst call {worst:?}");
+    assert!(worst < bound(), "worst call {worst:?}");
+    servers[1].process().signal("CONT");
+    wait_until_up(&cache);
+    for k in &keys {
+        assert_eq!(cache.get::<String>(k).unwrap(), None, "{k} served stale");
+        assert_eq!(
+            direct(&cfg).get::<String>(k).unwrap(),
+            None,
+            "{k} left on a server"
+        );
+    }
+}

@@ -79,10 +79,10 @@ def loop(fn, n):
             "p99_us": lat[n * 99 // 100] * 1e6}
 
 
-def ddf_bench(env, backend, ops, threads=1, batch=100):
+def ddf_bench(env, backend, ops, threads="1,2", batch=100):
     out = subprocess.run(
-        [DDF, "-b", backend, "bench", "--ops", str(ops), "--threads", str(threads),
-         "--batch", str(batch), "--json"],
+        [DDF, "-b", backend, "bench", "--ops", str(ops), "--threads", threads,
+         "--batch", str(batch), "--among", "0", "--json"],
         env=env, check=True, capture_output=True, text=True).stdout
     doc = json.loads(out)
     return {r["op"]: r for r in doc["results"]}
@@ -184,7 +184,7 @@ def main():
             dc = diskcache.Cache(os.path.join(tmp, "diskcache"))
             d_set = loop(lambda i: dc.set(f"k{i}", VALUE), n)
             d_get = loop(lambda i: dc.get(f"k{i}"), n)
-            ours = ddf_bench(env, "pickle", n)
+            ours = {k[:-5]: v for k, v in ddf_bench(env, "pickle", n, threads="1").items()}
             figures["pickle"] = {"ddf": ours, "diskcache": {"set": d_set, "get": d_get}}
             row("pickle", "get (hit)", ours["get (hit)"]["ops_per_sec"], "diskcache",
                 d_get["ops_per_sec"])
@@ -201,8 +201,9 @@ def main():
             rc = redis.Redis(host="127.0.0.1", port=port)
             py_set = loop(lambda i: rc.set(f"py:{i % 1000}", VALUE), n)
             py_get = loop(lambda i: rc.get(f"py:{i % 1000}"), n)
-            one = ddf_bench(env, "redis", n)
-            two = ddf_bench(env, "redis", n, threads=2)
+            both = ddf_bench(env, "redis", n)
+            one = {k[:-5]: v for k, v in both.items() if k.endswith(" [1t]")}
+            two = {k[:-5]: v for k, v in both.items() if k.endswith(" [2t]")}
             figures["redis"] = {"ddf": one, "ddf_2_threads": two, "redis-benchmark -P 1": rb1,
                                 "redis-benchmark -P 16": rb16, "raw": raw,
                                 "redis-py": {"set": py_set, "get": py_get}}
@@ -231,7 +232,7 @@ def main():
             mc = Client(("127.0.0.1", port))
             py_set = loop(lambda i: mc.set(f"py:{i % 1000}", VALUE), n)
             py_get = loop(lambda i: mc.get(f"py:{i % 1000}"), n)
-            one = ddf_bench(env, "memcached", n)
+            one = {k[:-5]: v for k, v in ddf_bench(env, "memcached", n, threads="1").items()}
             figures["memcached"] = {"ddf": one, "raw": raw,
                                     "pymemcache": {"set": py_set, "get": py_get}}
             row("memcached", "get", one["get (hit)"]["ops_per_sec"], "bare meta loop",

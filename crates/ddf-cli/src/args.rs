@@ -87,9 +87,16 @@ pub struct BenchArgs {
     /// Size of each value in bytes.
     #[arg(long, default_value_t = 100)]
     pub value_size: usize,
-    /// Threads (each runs the same number of operations on its own keys).
-    #[arg(long, default_value_t = 1)]
-    pub threads: usize,
+    /// Thread counts to measure, comma-separated (each thread runs the same number of
+    /// operations on its own keys).
+    #[arg(long, value_delimiter = ',', default_value = "1,2")]
+    pub threads: Vec<usize>,
+    /// Keys removed by the invalidate_pattern measurement...
+    #[arg(long, default_value_t = 10_000)]
+    pub invalidate: usize,
+    /// ...among this many keys in the cache (0 skips the measurement).
+    #[arg(long, default_value_t = 100_000)]
+    pub among: usize,
     /// Keys per batch in the get_many/set_many/delete_many measurements.
     #[arg(long, default_value_t = 100)]
     pub batch: usize,

@@ -84,10 +84,14 @@ fn measure(
 }
 
 pub fn run(cache: &CacheManager, args: &BenchArgs, out: &mut impl Write) -> anyhow::Result<()> {
-    let threads = args.threads.max(1);
     let n = args.ops.max(1);
     let batch = args.batch.max(1);
     let batches = n.div_ceil(batch);
+    let thread_counts: Vec<usize> = if args.threads.is_empty() {
+        vec![1]
+    } else {
+        args.threads.iter().map(|t| (*t).max(1)).collect()
+    };
     let prefix = format!("__ddf_bench_{}:", std::process::id());
     let value = "x".repeat(args.value_size);
     let key = |t: usize, i: usize| format!("{prefix}{t}:{i}");
@@ -97,83 +101,147 @@ pub fn run(cache: &CacheManager, args: &BenchArgs, out: &mut impl Write) -> anyh
             .collect()
     };
 
-    let total = (4 * n + 3 * batches) * threads;
+    let fill = if args.among > 0 { args.among } else { 0 };
+    let total: usize = thread_counts
+        .iter()
+        .map(|t| (4 * n + 3 * batches) * t)
+        .sum::<usize>()
+        + fill;
     let bar = ProgressBar::with_draw_target(Some(total as u64), ProgressDrawTarget::stderr());
     bar.set_style(
-        ProgressStyle::with_template("{spinner} {msg:<18} [{bar:30}] {pos}/{len}")
+        ProgressStyle::with_template("{spinner} {msg:<24} [{bar:30}] {pos}/{len}")
             .unwrap_or_else(|_| ProgressStyle::default_bar())
             .progress_chars("=> "),
     );
 
     let mut rows = Vec::new();
-    rows.push(measure("set", threads, n, 1, &bar, &|t, i| {
-        cache.set(&key(t, i), &value, None)
-    })?);
-    rows.push(measure("get (hit)", threads, n, 1, &bar, &|t, i| {
-        cache.get::<String>(&key(t, i)).map(|_| ())
-    })?);
-    rows.push(measure("get (miss)", threads, n, 1, &bar, &|t, i| {
-        cache
-            .get::<String>(&format!("{prefix}absent:{t}:{i}"))
-            .map(|_| ())
-    })?);
-    rows.push(measure("delete", threads, n, 1, &bar, &|t, i| {
-        cache.delete(&key(t, i)).map(|_| ())
-    })?);
-    rows.push(measure(
-        &format!("set_many ({batch})"),
-        threads,
-        batches,
-        batch,
-        &bar,
-        &|t, b| {
-            let keys = batch_keys(t, b);
-            let items: Vec<(&str, &str)> =
-                keys.iter().map(|k| (k.as_str(), value.as_str())).collect();
-            cache.set_many(&items, None)
-        },
-    )?);
-    rows.push(measure(
-        &format!("get_many ({batch})"),
-        threads,
-        batches,
-        batch,
-        &bar,
-        &|t, b| {
-            let keys = batch_keys(t, b);
-            let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
-            cache.get_many::<String>(&refs).map(|_| ())
-        },
-    )?);
-    rows.push(measure(
-        &format!("delete_many ({batch})"),
-        threads,
-        batches,
-        batch,
-        &bar,
-        &|t, b| {
-            let keys = batch_keys(t, b);
-            let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
-            cache.delete_many(&refs).map(|_| ())
-        },
-    )?);
-    // Prefix invalidation of n keys (one call).
-    for i in 0..n {
-        cache.set(&format!("{prefix}inv:{i}"), &value, None)?;
+    let result = (|| -> anyhow::Result<()> {
+        for &threads in &thread_counts {
+            let tag = |op: &str| format!("{op} [{threads}t]");
+            rows.push(measure(&tag("set"), threads, n, 1, &bar, &|t, i| {
+                cache.set(&key(t, i), &value, None)
+            })?);
+            rows.push(measure(&tag("get (hit)"), threads, n, 1, &bar, &|t, i| {
+                cache.get::<String>(&key(t, i)).map(|_| ())
+            })?);
+            rows.push(measure(
+                &tag("get (miss)"),
+                threads,
+                n,
+                1,
+                &bar,
+                &|t, i| {
+                    cache
+                        .get::<String>(&format!("{prefix}absent:{t}:{i}"))
+                        .map(|_| ())
+                },
+            )?);
+            rows.push(measure(&tag("delete"), threads, n, 1, &bar, &|t, i| {
+                cache.delete(&key(t, i)).map(|_| ())
+            })?);
+            rows.push(measure(
+                &tag(&format!("set_many ({batch})")),
+                threads,
+                batches,
+                batch,
+                &bar,
+                &|t, b| {
+                    let keys = batch_keys(t, b);
+                    let items: Vec<(&str, &str)> =
+                        keys.iter().map(|k| (k.as_str(), value.as_str())).collect();
+                    cache.set_many(&items, None)
+                },
+            )?);
+            rows.push(measure(
+                &tag(&format!("get_many ({batch})")),
+                threads,
+                batches,
+                batch,
+                &bar,
+                &|t, b| {
+                    let keys = batch_keys(t, b);
+                    let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+                    cache.get_many::<String>(&refs).map(|_| ())
+                },
+            )?);
+            rows.push(measure(
+                &tag(&format!("delete_many ({batch})")),
+                threads,
+                batches,
+                batch,
+                &bar,
+                &|t, b| {
+                    let keys = batch_keys(t, b);
+                    let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+                    cache.delete_many(&refs).map(|_| ())
+                },
+            )?);
+        }
+        if fill > 0 {
+            rows.push(invalidate_among(
+                cache,
+                &prefix,
+                &value,
+                args.invalidate.min(fill),
+                fill,
+                &bar,
+            )?);
+        }
+        Ok(())
+    })();
+    // Leave nothing behind, whatever happened.
+    let cleanup = cache.invalidate_pattern(&prefix);
+    bar.finish_and_clear();
+    result?;
+    cleanup?;
+    print(cache, args, &thread_counts, &rows, out)
+}
+
+/// Fills `among` keys, `matching` of them under one prefix, then times one
+/// `invalidate_pattern` of that prefix.
+fn invalidate_among(
+    cache: &CacheManager,
+    prefix: &str,
+    value: &str,
+    matching: usize,
+    among: usize,
+    bar: &ProgressBar,
+) -> anyhow::Result<Row> {
+    bar.set_message("fill for invalidate");
+    let keys: Vec<String> = (0..among)
+        .map(|i| {
+            if i < matching {
+                format!("{prefix}inv:{i}")
+            } else {
+                format!("{prefix}keep:{i}")
+            }
+        })
+        .collect();
+    for chunk in keys.chunks(500) {
+        let items: Vec<(&str, &str)> = chunk.iter().map(|k| (k.as_str(), value)).collect();
+        cache.set_many(&items, None)?;
+        bar.inc(chunk.len() as u64);
     }
+    bar.set_message("invalidate");
     let t0 = Instant::now();
     let removed = cache.invalidate_pattern(&format!("{prefix}inv:"))?;
     let took = t0.elapsed();
-    rows.push(Row {
-        op: format!("invalidate ({removed} keys)"),
+    Ok(Row {
+        op: format!("invalidate ({removed} of {among})"),
         ops: removed as usize,
         median: took,
         p99: took,
         per_sec: removed as f64 / took.as_secs_f64().max(1e-9),
-    });
-    cache.invalidate_pattern(&prefix)?;
-    bar.finish_and_clear();
+    })
+}
 
+fn print(
+    cache: &CacheManager,
+    args: &BenchArgs,
+    threads: &[usize],
+    rows: &[Row],
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
     if args.json {
         let results: Vec<serde_json::Value> = rows
             .iter()
@@ -192,6 +260,7 @@ pub fn run(cache: &CacheManager, args: &BenchArgs, out: &mut impl Write) -> anyh
             "codec": cache.codec().name(),
             "value_size": args.value_size,
             "threads": threads,
+            "ops_per_thread": args.ops,
             "results": results,
         });
         writeln!(out, "{doc}")?;
@@ -199,22 +268,21 @@ pub fn run(cache: &CacheManager, args: &BenchArgs, out: &mut impl Write) -> anyh
     }
     writeln!(
         out,
-        "backend {} (codec {}), {} threads, {}-byte values, {} ops per thread",
+        "backend {} (codec {}), {}-byte values, {} ops per thread; [Nt] = N threads",
         cache.backend_name(),
         cache.codec().name(),
-        threads,
         args.value_size,
-        n
+        args.ops
     )?;
     writeln!(
         out,
-        "{:<22} {:>12} {:>12} {:>14}",
+        "{:<30} {:>12} {:>12} {:>14}",
         "operation", "median", "p99", "keys/s"
     )?;
-    for r in &rows {
+    for r in rows {
         writeln!(
             out,
-            "{:<22} {:>12} {:>12} {:>14.0}",
+            "{:<30} {:>12} {:>12} {:>14.0}",
             r.op,
             fmt_dur(r.median),
             fmt_dur(r.p99),

@@ -249,7 +249,18 @@ fn errors_are_one_clear_line_with_exit_code_2() {
 #[test]
 fn bench_runs_and_prints_json() {
     let cli = Cli::new();
-    let o = cli.run(&["bench", "--ops", "50", "--batch", "10", "--json"]);
+    let o = cli.run(&[
+        "bench",
+        "--ops",
+        "50",
+        "--batch",
+        "10",
+        "--invalidate",
+        "30",
+        "--among",
+        "200",
+        "--json",
+    ]);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(v["backend"], "pickle");
@@ -260,13 +271,15 @@ fn bench_runs_and_prints_json() {
         .map(|r| r["op"].as_str().unwrap())
         .collect();
     assert!(
-        ops.contains(&"get (hit)") && ops.contains(&"set_many (10)"),
+        ops.contains(&"get (hit) [1t]")
+            && ops.contains(&"set_many (10) [2t]")
+            && ops.contains(&"invalidate (30 of 200)"),
         "{ops:?}"
     );
     // The benchmark leaves nothing behind.
     let o = cli.run(&["stats"]);
     assert!(stdout(&o).contains("\nentries: 0\n"), "{}", stdout(&o));
-    let o = cli.run(&["bench", "--ops", "20", "--threads", "2"]);
+    let o = cli.run(&["bench", "--ops", "20", "--threads", "2", "--among", "0"]);
     assert!(stdout(&o).contains("median"), "{}", stdout(&o));
 }
 

@@ -160,6 +160,9 @@ pub fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenStream> 
 
     let mut receiver = None;
     let mut args = Vec::new();
+    // Patterns only matter to memoization (each argument is keyed by name); a mutation may
+    // destructure.
+    let mut pattern = None;
     for input in &sig.inputs {
         match input {
             FnArg::Receiver(r) => receiver = Some(r.clone()),
@@ -168,12 +171,7 @@ pub fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenStream> 
                     ident: pi.ident.clone(),
                     ty: (*pt.ty).clone(),
                 }),
-                other => {
-                    return Err(syn::Error::new(
-                        other.span(),
-                        "give this argument a plain name (`name: Type`): #[cache_with_invalidation] keys each argument by name, and destructuring patterns are not supported",
-                    ));
-                }
+                other => pattern = pattern.or(Some(other.span())),
             },
         }
     }
@@ -209,6 +207,12 @@ pub fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenStream> 
         return Ok(expand_mutation(&func, &ret_ty, &cache_expr, prefixes));
     }
 
+    if let Some(span) = pattern {
+        return Err(syn::Error::new(
+            span,
+            "give this argument a plain name (`name: Type`): #[cache_with_invalidation] keys each argument by name, and destructuring patterns are not supported",
+        ));
+    }
     if matches!(sig.output, ReturnType::Default) {
         return Err(syn::Error::new(
             sig.span(),
@@ -245,6 +249,25 @@ pub fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenStream> 
     ))
 }
 
+/// Outer attributes stay on the function; inner ones (`#![allow(..)]` at the top of the body)
+/// must stay first in the body.
+fn split_attrs(attrs: &[syn::Attribute]) -> (Vec<&syn::Attribute>, Vec<&syn::Attribute>) {
+    attrs
+        .iter()
+        .partition(|a| matches!(a.style, syn::AttrStyle::Outer))
+}
+
+/// The cache as an owned handle (a cheap `Arc` clone), so that `cache = self.cache` does not
+/// keep `self` borrowed while the body, which may need `&mut self` or `self`, runs.
+fn cache_owned(cache_expr: &TokenStream) -> TokenStream {
+    quote! {
+        let __ddf_cache: ::ddf::__private::CacheManager = {
+            let __ddf_cache_ref: &::ddf::__private::CacheManager = &(#cache_expr);
+            ::std::clone::Clone::clone(__ddf_cache_ref)
+        };
+    }
+}
+
 fn expand_mutation(
     func: &ItemFn,
     ret_ty: &Type,
@@ -265,17 +288,20 @@ fn expand_mutation(
     let prefixes = prefixes
         .iter()
         .map(|p| quote_spanned!(p.span()=> ::std::format!(#p)));
+    let (outer, inner) = split_attrs(attrs);
+    let cache_owned = cache_owned(cache_expr);
     quote! {
-        #(#attrs)*
+        #(#outer)*
         #vis #sig {
+            #(#inner)*
             let __ddf_prefixes: ::std::vec::Vec<::std::string::String> =
                 ::std::vec![#(#prefixes),*];
+            #cache_owned
             let __ddf_out: #ret_ty = (move || -> #ret_ty #block)();
             {
                 use ::ddf::__private::Succeeded as _;
-                let __ddf_cache: &::ddf::__private::CacheManager = &(#cache_expr);
                 ::ddf::__private::invalidate_after(
-                    __ddf_cache,
+                    &__ddf_cache,
                     #success(&__ddf_out).succeeded(),
                     &__ddf_prefixes,
                 );
@@ -337,10 +363,11 @@ fn expand_memo(
         Some(e) => quote!(::ddf::__private::stamp(#e)),
     };
 
+    let cache_owned = cache_owned(cache_expr);
     let body = quote! {
         #fn_info
-        let __ddf_cache: &::ddf::__private::CacheManager = &(#cache_expr);
-        let __ddf_active = ::ddf::__private::active(__ddf_cache);
+        #cache_owned
+        let __ddf_active = ::ddf::__private::active(&__ddf_cache);
         let __ddf_key = if __ddf_active {
             ::std::option::Option::Some(#key_expr)
         } else {
@@ -352,7 +379,7 @@ fn expand_memo(
             ::ddf::__private::Stamp::Unused
         };
         ::ddf::__private::memoize::<#policy, #ret_ty, _>(
-            __ddf_cache,
+            &__ddf_cache,
             &__DDF_FN,
             __ddf_key,
             __ddf_stamp,
@@ -383,13 +410,18 @@ fn expand_memo(
     let doc_key = format!("{doc_key}\n\n# Errors\nWhen an argument fails to serialize.");
     let unused = quote!(#[allow(unused_variables, clippy::needless_pass_by_value)]);
 
+    let (outer, inner) = split_attrs(attrs);
+    // Helpers exist where the function does.
+    let cfgs: Vec<_> = outer.iter().filter(|a| a.path().is_ident("cfg")).collect();
     quote! {
-        #(#attrs)*
+        #(#outer)*
         #vis #sig {
+            #(#inner)*
             #body
         }
 
         #[doc = #doc_forget]
+        #(#cfgs)*
         #unused
         #vis fn #forget #generics (#helper_recv #(#helper_args),*) -> ::ddf::__private::Result<bool> #where_clause {
             #fn_info
@@ -398,6 +430,7 @@ fn expand_memo(
         }
 
         #[doc = #doc_all]
+        #(#cfgs)*
         #unused
         #vis fn #forget_all(#helper_recv) -> ::ddf::__private::Result<u64> {
             #fn_info
@@ -406,6 +439,7 @@ fn expand_memo(
         }
 
         #[doc = #doc_key]
+        #(#cfgs)*
         #unused
         #vis fn #key_fn #generics (#helper_recv #(#helper_args),*) -> ::ddf::__private::Result<::std::string::String> #where_clause {
             #fn_info

@@ -67,8 +67,10 @@ use proc_macro::TokenStream;
 /// - **Single-flight**: concurrent callers in one process that miss the same key wait for the
 ///   first one, which computes and stores once; they then read its result. If the first one
 ///   panics or returns an uncacheable value (`Err`, `None`), the waiting callers compute
-///   themselves; nobody deadlocks, including a function that calls itself with the same
-///   arguments. Different processes do not coordinate (each may compute once).
+///   themselves. Nobody deadlocks: a caller that is itself computing a memoized value never
+///   waits for another one (it computes directly), so a function that calls itself, or two
+///   functions that call each other from two threads, cannot form a wait cycle. Different
+///   processes do not coordinate (each may compute once).
 /// - A disabled cache (`enabled = false`) or the `none` backend runs the function every time,
 ///   with no key derivation and no locking.
 ///

@@ -56,12 +56,12 @@
 //! `HashSet` argument may give different keys in different processes: a miss, never a wrong
 //! hit. Use `BTreeSet` for stable keys.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::fmt;
 use std::io;
 use std::path::Path;
 use std::sync::{Arc, Condvar, LazyLock, Mutex, MutexGuard, PoisonError};
-use std::thread::{self, ThreadId};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -283,11 +283,6 @@ impl Canon {
         self.out.extend_from_slice(&v.to_le_bytes());
         Ok(())
     }
-    fn child<T: Serialize + ?Sized>(value: &T) -> std::result::Result<Vec<u8>, CanonError> {
-        let mut c = Canon::default();
-        value.serialize(&mut c)?;
-        Ok(c.out)
-    }
 }
 
 /// A sequence, tuple or struct in progress: elements are appended in order.
@@ -310,11 +305,15 @@ impl Seq<'_> {
     }
 }
 
-/// A map in progress: entries are encoded separately and sorted at the end.
+/// A map in progress. Entries are written in place; `entries` remembers where each key and
+/// value start and end, and `end` reorders them by their encoded bytes only when they are not
+/// already sorted (a `BTreeMap` is): no allocation per entry on the hot path.
 struct Map<'a> {
     c: &'a mut Canon,
-    entries: Vec<(Vec<u8>, Vec<u8>)>,
-    key: Option<Vec<u8>>,
+    start: usize,
+    /// (key start, value start, value end) offsets into `c.out`.
+    entries: Vec<(usize, usize, usize)>,
+    key_start: Option<usize>,
 }
 
 impl<'a> serde::Serializer for &'a mut Canon {
@@ -484,11 +483,14 @@ impl<'a> serde::Serializer for &'a mut Canon {
             close: b')',
         })
     }
-    fn serialize_map(self, _len: Option<usize>) -> std::result::Result<Map<'a>, CanonError> {
+    fn serialize_map(self, len: Option<usize>) -> std::result::Result<Map<'a>, CanonError> {
+        self.tag(b'{');
+        let start = self.out.len();
         Ok(Map {
             c: self,
-            entries: Vec::new(),
-            key: None,
+            start,
+            entries: Vec::with_capacity(len.unwrap_or(0)),
+            key_start: None,
         })
     }
     fn serialize_struct(
@@ -590,25 +592,39 @@ impl serde::ser::SerializeMap for Map<'_> {
     type Ok = ();
     type Error = CanonError;
     fn serialize_key<T: Serialize + ?Sized>(&mut self, key: &T) -> CResult {
-        self.key = Some(Canon::child(key)?);
-        Ok(())
+        self.key_start = Some(self.c.out.len());
+        key.serialize(&mut *self.c)
     }
     fn serialize_value<T: Serialize + ?Sized>(&mut self, value: &T) -> CResult {
-        let key = self
-            .key
+        let ks = self
+            .key_start
             .take()
             .ok_or_else(|| CanonError("a map value came without its key".to_owned()))?;
-        self.entries.push((key, Canon::child(value)?));
+        let vs = self.c.out.len();
+        value.serialize(&mut *self.c)?;
+        self.entries.push((ks, vs, self.c.out.len()));
         Ok(())
     }
-    fn end(mut self) -> CResult {
-        self.entries.sort_unstable();
-        self.c.tag(b'{');
-        for (k, v) in &self.entries {
-            self.c.out.extend_from_slice(k);
-            self.c.out.extend_from_slice(v);
+    fn end(self) -> CResult {
+        let out = &mut self.c.out;
+        let entry = |buf: &[u8], &(ks, vs, ve): &(usize, usize, usize)| -> (Vec<u8>, Vec<u8>) {
+            (buf[ks..vs].to_vec(), buf[vs..ve].to_vec())
+        };
+        let in_order = |buf: &[u8], a: &(usize, usize, usize), b: &(usize, usize, usize)| {
+            (&buf[a.0..a.1], &buf[a.1..a.2]) <= (&buf[b.0..b.1], &buf[b.1..b.2])
+        };
+        let sorted = self.entries.windows(2).all(|w| in_order(out, &w[0], &w[1]));
+        if !sorted {
+            let mut pairs: Vec<(Vec<u8>, Vec<u8>)> =
+                self.entries.iter().map(|e| entry(out, e)).collect();
+            pairs.sort_unstable();
+            out.truncate(self.start);
+            for (k, v) in &pairs {
+                out.extend_from_slice(k);
+                out.extend_from_slice(v);
+            }
         }
-        self.c.tag(b'}');
+        out.push(b'}');
         Ok(())
     }
 }
@@ -819,7 +835,7 @@ where
     // Callers of two caches (another directory, namespace or server) never wait for each other.
     let flight_key = format!("{:?}\0{key}", cache.config());
     match join(&flight_key) {
-        Role::Reentrant => compute_and_store(compute),
+        Role::Bypass => compute_and_store(compute),
         Role::Followed | Role::Leader(_) => {
             // Leader: another caller may have stored the value between our miss and our
             // election. Follower: the leader has finished; its result is there unless it was
@@ -893,19 +909,26 @@ pub fn invalidate_after(cache: &CacheManager, ok: bool, prefixes: &[String]) {
 // A map from key to the flight in progress. The first caller inserts a flight and is the
 // leader; the others wait on the flight's condition variable. The leader's guard ends the
 // flight in `Drop`, so a panicking function (unwinding) wakes its followers instead of leaving
-// them blocked; they then find no value and compute themselves. A memoized function that calls
-// itself with the same arguments on the same thread (the leader's thread) does not wait for
-// itself: it computes directly. Poisoned locks are recovered: the data they guard (a map, a
-// flag) is valid at every point a panic can occur.
+// them blocked; they then find no value and compute themselves.
+//
+// No deadlock: a thread that leads a flight never waits for another one (a nested memoized call
+// that finds its key in flight computes directly). Waiting threads hold no flight, so no thread
+// waits for a thread that waits: no cycle, whether a function calls itself with the same
+// arguments or two functions call each other from two threads. Poisoned locks are recovered:
+// the data they guard (a map, a flag) is valid at every point a panic can occur.
 // ---------------------------------------------------------------------------------------------
 
 struct Flight {
-    owner: ThreadId,
     done: Mutex<bool>,
     cv: Condvar,
 }
 
 static FLIGHTS: LazyLock<Mutex<HashMap<String, Arc<Flight>>>> = LazyLock::new(Default::default);
+
+thread_local! {
+    /// How many flights this thread leads.
+    static LEADING: Cell<usize> = const { Cell::new(0) };
+}
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
@@ -914,7 +937,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 enum Role {
     Leader(#[allow(dead_code)] LeaderGuard),
     Followed,
-    Reentrant,
+    /// The key is in flight, and this thread leads another flight: compute, do not wait.
+    Bypass,
 }
 
 struct LeaderGuard {
@@ -924,6 +948,7 @@ struct LeaderGuard {
 
 impl Drop for LeaderGuard {
     fn drop(&mut self) {
+        LEADING.with(|n| n.set(n.get().saturating_sub(1)));
         {
             let mut map = lock(&FLIGHTS);
             if map
@@ -939,12 +964,11 @@ impl Drop for LeaderGuard {
 }
 
 fn join(key: &str) -> Role {
-    let me = thread::current().id();
     let mut map = lock(&FLIGHTS);
     if let Some(flight) = map.get(key).cloned() {
         drop(map);
-        if flight.owner == me {
-            return Role::Reentrant;
+        if LEADING.with(Cell::get) > 0 {
+            return Role::Bypass;
         }
         let mut done = lock(&flight.done);
         while !*done {
@@ -953,11 +977,12 @@ fn join(key: &str) -> Role {
         return Role::Followed;
     }
     let flight = Arc::new(Flight {
-        owner: me,
         done: Mutex::new(false),
         cv: Condvar::new(),
     });
     map.insert(key.to_owned(), Arc::clone(&flight));
+    drop(map);
+    LEADING.with(|n| n.set(n.get() + 1));
     Role::Leader(LeaderGuard {
         key: key.to_owned(),
         flight,
@@ -970,7 +995,9 @@ mod tests {
     use std::collections::{BTreeMap, HashMap};
 
     fn enc<T: Serialize + ?Sized>(v: &T) -> Vec<u8> {
-        Canon::child(v).unwrap()
+        let mut c = Canon::new();
+        v.serialize(&mut c).unwrap();
+        c.out
     }
 
     #[test]
@@ -1010,6 +1037,42 @@ mod tests {
                 assert_eq!(i == j, a == b, "{i} vs {j}");
             }
         }
+    }
+
+    proptest::proptest! {
+        /// Equal encodings only for equal values, whatever the nesting.
+        #[test]
+        fn encoding_is_injective(
+            a in proptest::collection::vec(proptest::collection::btree_map(".{0,3}", proptest::option::of(0u8..3), 0..3), 0..3),
+            b in proptest::collection::vec(proptest::collection::btree_map(".{0,3}", proptest::option::of(0u8..3), 0..3), 0..3),
+        ) {
+            proptest::prop_assert_eq!(enc(&a) == enc(&b), a == b);
+        }
+
+        /// A HashMap encodes as the BTreeMap of the same entries.
+        #[test]
+        fn hash_maps_encode_sorted(m in proptest::collection::hash_map(".{0,4}", 0u32..9, 0..8)) {
+            let sorted: BTreeMap<_, _> = m.clone().into_iter().collect();
+            proptest::prop_assert_eq!(enc(&m), enc(&sorted));
+        }
+    }
+
+    #[test]
+    fn map_layout_is_sorted_entries_in_braces() {
+        let m: HashMap<&str, u32> = [("b", 1), ("a", 2), ("c", 0)].into();
+        let mut want = vec![b'{'];
+        for (k, v) in [("a", 2u32), ("b", 1), ("c", 0)] {
+            want.extend(enc(k));
+            want.extend(enc(&v));
+        }
+        want.push(b'}');
+        assert_eq!(enc(&m), want);
+        // Nested maps in keys and values are sorted too.
+        let nested: HashMap<u8, HashMap<&str, u8>> =
+            [(2, [("y", 1), ("x", 2)].into()), (1, HashMap::new())].into();
+        let sorted: BTreeMap<u8, BTreeMap<&str, u8>> =
+            [(2, [("y", 1), ("x", 2)].into()), (1, BTreeMap::new())].into();
+        assert_eq!(enc(&nested), enc(&sorted));
     }
 
     #[test]

@@ -21,6 +21,7 @@ struct Svc {
     calls: AtomicUsize,
     stamp: Mutex<String>,
     panic_next: AtomicBool,
+    cross: Barrier,
 }
 
 impl Svc {
@@ -30,6 +31,7 @@ impl Svc {
             calls: AtomicUsize::new(0),
             stamp: Mutex::new("v1".into()),
             panic_next: AtomicBool::new(false),
+            cross: Barrier::new(2),
         }
     }
 
@@ -128,6 +130,28 @@ impl Svc {
         x
     }
 
+    /// `cycle_a` and `cycle_b`: on two threads, each leads its own key and then calls the
+    /// other's (a cycle if leaders waited for other flights); nested calls return at once.
+    #[cache_with_invalidation(cache = self.cache, key_prefix = "cycle")]
+    fn cycle_a(&self) -> u32 {
+        self.tick();
+        if IN_CYCLE.with(|c| c.replace(true)) {
+            return 1;
+        }
+        self.cross.wait();
+        self.cycle_b() + 10
+    }
+
+    #[cache_with_invalidation(cache = self.cache, key_prefix = "cycle")]
+    fn cycle_b(&self) -> u32 {
+        self.tick();
+        if IN_CYCLE.with(|c| c.replace(true)) {
+            return 2;
+        }
+        self.cross.wait();
+        self.cycle_a() + 20
+    }
+
     #[cache_with_invalidation(cache = self.cache, key_prefix = "fib")]
     fn fib(&self, n: u64) -> u64 {
         self.tick();
@@ -171,6 +195,7 @@ pub fn run(make: &dyn Fn(&str) -> CacheManager) {
     single_flight(&Arc::new(Svc::new(make(&unique_namespace("memo-flight")))));
     panics_do_not_deadlock(&Arc::new(Svc::new(make(&unique_namespace("memo-panic")))));
     recursion_does_not_deadlock(&Svc::new(make(&unique_namespace("memo-rec"))));
+    cross_thread_cycles_do_not_deadlock(&Arc::new(Svc::new(make(&unique_namespace("memo-cycle")))));
 }
 
 fn hits_after_the_first_call(s: &Svc) {
@@ -381,6 +406,25 @@ fn recursion_does_not_deadlock(s: &Svc) {
     assert_eq!(s.calls(), 21, "each n computed once");
 }
 
+fn cross_thread_cycles_do_not_deadlock(s: &Arc<Svc>) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    for a in [true, false] {
+        let (s, tx) = (s.clone(), tx.clone());
+        std::thread::spawn(move || {
+            tx.send(if a { s.cycle_a() } else { s.cycle_b() }).unwrap();
+        });
+    }
+    // A bound, not a timing assertion: a deadlock fails here instead of hanging the suite.
+    let deadline = Duration::from_secs(60);
+    let got = [
+        rx.recv_timeout(deadline).expect("deadlock"),
+        rx.recv_timeout(deadline).expect("deadlock"),
+    ];
+    // Which nested call finds the other's stored result depends on scheduling (12 or 31 for
+    // cycle_a, 21, 32 or 51 for cycle_b); every outcome is a completed top-level call.
+    assert!(got.iter().all(|v| *v > 10), "{got:?}");
+}
+
 fn file_cache(dir: &Path, ns: &str) -> CacheManager {
     CacheManager::new(
         CacheConfig::default()
@@ -493,6 +537,10 @@ fn a_value_of_another_type_is_recomputed_and_replaced() {
 
 // Free functions and the global cache.
 
+thread_local! {
+    static IN_CYCLE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 static FREE_CALLS: AtomicUsize = AtomicUsize::new(0);
 
 #[cache_with_invalidation(ttl = 600, key_prefix = "ddf-it-global-memo")]
@@ -592,6 +640,12 @@ where
     items.len()
 }
 
+/// A mutation may destructure its arguments (only memoization keys them by name).
+#[cache_with_invalidation(cache = NONE_CACHE, invalidate_on = ["gen:"])]
+fn add_pair((a, b): (u32, u32)) -> u32 {
+    a + b
+}
+
 #[derive(Serialize, Clone)]
 struct Counter {
     n: u32,
@@ -619,8 +673,108 @@ fn odd_signatures_compile_and_run() {
             .starts_with("gen:")
     );
     assert_eq!(generic_len_forget_all().unwrap(), 0);
+    assert_eq!(add_pair((1, 2)), 3);
     let mut c = Counter { n: 1 };
     assert_eq!(c.bump(2), 3);
     assert_eq!(c.clone().into_double(), 6);
     assert!(!c.into_double_forget().unwrap());
+}
+
+/// `cache = self.cache` with `&mut self` and `self` receivers, an inner attribute, and
+/// `validation = path` (called with no arguments).
+struct Owned {
+    cache: CacheManager,
+    n: u32,
+}
+
+static STAMP_CALLS: AtomicUsize = AtomicUsize::new(0);
+
+fn fixed_stamp() -> &'static str {
+    STAMP_CALLS.fetch_add(1, Ordering::SeqCst);
+    "stamp-1"
+}
+
+impl Owned {
+    #[cache_with_invalidation(cache = self.cache, key_prefix = "owned", validation = fixed_stamp)]
+    fn add(&mut self, by: u32) -> u32 {
+        #![allow(clippy::arithmetic_side_effects)]
+        self.n += by;
+        self.n
+    }
+
+    #[cache_with_invalidation(cache = self.cache, invalidate_on = ["owned:"])]
+    fn reset(&mut self) -> u32 {
+        self.n = 0;
+        self.n
+    }
+
+    #[cache_with_invalidation(cache = self.cache, key_prefix = "owned-into")]
+    fn into_n(self) -> u32 {
+        self.n
+    }
+}
+
+#[test]
+fn receivers_and_validation_paths() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = Owned {
+        cache: file_cache(dir.path(), "recv:"),
+        n: 0,
+    };
+    assert_eq!(o.add(2), 2);
+    assert_eq!(o.add(2), 2, "memoized: self is not part of the key");
+    assert_eq!(STAMP_CALLS.load(Ordering::SeqCst), 2);
+    let key = o.add_cache_key(2).unwrap();
+    // With validation, the stamp is stored beside the value.
+    assert_eq!(
+        o.cache.get::<(String, u32)>(&key).unwrap(),
+        Some(("stamp-1".to_owned(), 2))
+    );
+    assert_eq!(o.reset(), 0);
+    assert_eq!(o.add(2), 2, "recomputed after the mutation");
+    assert_eq!(o.n, 2);
+    assert_eq!(o.into_n(), 2);
+}
+
+#[test]
+fn memo_on_redis() {
+    let Some(server) = ddf_testkit::RedisServer::start() else {
+        return; // no redis-server here (a failure under DDF_TEST_REQUIRE_SERVERS=1)
+    };
+    for backend in [CacheBackend::Redis, CacheBackend::RedisPickle] {
+        run(&|ns| {
+            CacheManager::new(
+                CacheConfig::default()
+                    .with_backend(backend)
+                    .with_redis("127.0.0.1", server.port())
+                    .with_namespace(ns),
+            )
+            .unwrap()
+        });
+    }
+}
+
+#[test]
+fn memo_on_memcached() {
+    let Some(servers): Option<Vec<_>> = (0..2)
+        .map(|_| ddf_testkit::MemcachedServer::start())
+        .collect()
+    else {
+        return; // no memcached here (a failure under DDF_TEST_REQUIRE_SERVERS=1)
+    };
+    let addrs: Vec<ddf::ServerAddr> = servers
+        .iter()
+        .map(|s| ddf::ServerAddr::parse(&s.server(), 11211).unwrap())
+        .collect();
+    for backend in [CacheBackend::Memcached, CacheBackend::MemcachedPickle] {
+        run(&|ns| {
+            CacheManager::new(
+                CacheConfig::default()
+                    .with_backend(backend)
+                    .with_memcached_servers(addrs.clone())
+                    .with_namespace(ns),
+            )
+            .unwrap()
+        });
+    }
 }

@@ -88,9 +88,10 @@ def ddf_bench(env, backend, ops, threads="1,2", batch=100):
     return {r["op"]: r for r in doc["results"]}
 
 
-def redis_benchmark(port, pipeline, n):
+def redis_benchmark(port, pipeline, n, clients=1):
     out = subprocess.run(
-        ["redis-benchmark", "-h", "127.0.0.1", "-p", str(port), "-c", "1", "-P", str(pipeline),
+        ["redis-benchmark", "-h", "127.0.0.1", "-p", str(port), "-c", str(clients),
+         "-P", str(pipeline),
          "-n", str(n), "-d", "100", "-r", "1000", "-t", "get,set", "--csv"],
         check=True, capture_output=True, text=True).stdout
     res = {}
@@ -197,6 +198,7 @@ def main():
             port = servers.redis_port
             rb1 = redis_benchmark(port, 1, n)
             rb16 = redis_benchmark(port, 16, n * 5)
+            rb1c2 = redis_benchmark(port, 1, n, clients=2)
             raw = raw_loop("redis", port, n)
             rc = redis.Redis(host="127.0.0.1", port=port)
             py_set = loop(lambda i: rc.set(f"py:{i % 1000}", VALUE), n)
@@ -205,7 +207,7 @@ def main():
             one = {k[:-5]: v for k, v in both.items() if k.endswith(" [1t]")}
             two = {k[:-5]: v for k, v in both.items() if k.endswith(" [2t]")}
             figures["redis"] = {"ddf": one, "ddf_2_threads": two, "redis-benchmark -P 1": rb1,
-                                "redis-benchmark -P 16": rb16, "raw": raw,
+                                "redis-benchmark -P 16": rb16, "redis-benchmark -c 2": rb1c2, "raw": raw,
                                 "redis-py": {"set": py_set, "get": py_get}}
             row("redis", "get", one["get (hit)"]["ops_per_sec"], "redis-benchmark -P 1",
                 rb1.get("get", 0))
@@ -217,6 +219,8 @@ def main():
                 "redis-benchmark -P 16", rb16.get("set", 0))
             row("redis", "get, 2 threads", two["get (hit)"]["ops_per_sec"], "ddf, 1 thread",
                 one["get (hit)"]["ops_per_sec"])
+            row("redis", "(limit) redis-benchmark get -c 2", rb1c2.get("get", 0),
+                "redis-benchmark -c 1", rb1.get("get", 0))
             row("redis", "get", one["get (hit)"]["ops_per_sec"], "redis-py",
                 py_get["ops_per_sec"])
             row("redis", "get", one["get (hit)"]["ops_per_sec"], "raw RESP loop",

@@ -277,7 +277,7 @@ impl TlsFiles {
         std::fs::write(
             d.join("ext.cnf"),
             "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n\
-             keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+             keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth,clientAuth\n",
         )
         .unwrap();
         let run = |args: &[&str]| {
@@ -411,12 +411,24 @@ impl RedisServer {
 pub struct RedisCluster {
     /// The three primaries.
     pub nodes: Vec<RedisServer>,
+    /// The CA `redis-cli` trusts, for a TLS cluster.
+    cli_tls: Option<PathBuf>,
 }
 
 impl RedisCluster {
     /// Starts the cluster; `None` as [`RedisServer::start`] when `redis-server` or `redis-cli`
     /// is missing.
     pub fn start() -> Option<Self> {
+        Self::start_inner(None)
+    }
+
+    /// A cluster whose nodes accept only TLS (client and cluster bus), with the certificate of
+    /// `tls`; `None` as [`RedisCluster::start`].
+    pub fn start_tls(tls: &TlsFiles) -> Option<Self> {
+        Self::start_inner(Some(tls))
+    }
+
+    fn start_inner(tls: Option<&TlsFiles>) -> Option<Self> {
         if which("redis-cli").is_none() {
             match missing("redis-cli", "this Redis Cluster test")? {}
         }
@@ -424,7 +436,7 @@ impl RedisCluster {
         for _ in 0..3 {
             // The bus port is given explicitly: port + 10000 could exceed 65535.
             let bus = free_port().to_string();
-            nodes.push(RedisServer::start_with(&[
+            let args = [
                 "--cluster-enabled",
                 "yes",
                 "--cluster-config-file",
@@ -433,32 +445,62 @@ impl RedisCluster {
                 &bus,
                 "--cluster-node-timeout",
                 "5000",
-            ])?);
+            ];
+            nodes.push(match tls {
+                None => RedisServer::start_with(&args)?,
+                Some(t) => {
+                    let tls_args = [&args[..], &["--tls-cluster", "yes"]].concat();
+                    RedisServer::start_tls(t, &tls_args)?
+                }
+            });
         }
-        let addrs: Vec<String> = nodes
-            .iter()
-            .map(|n| format!("127.0.0.1:{}", n.port()))
-            .collect();
-        let out = Command::new(which("redis-cli").unwrap())
+        let cluster = RedisCluster {
+            nodes,
+            cli_tls: tls.map(|t| t.ca()),
+        };
+        // redis-cli waits forever when the nodes cannot meet (it polls "Waiting for the cluster
+        // to join"): give it 30 s, then fail with the nodes' logs.
+        let dir = tempfile::tempdir().unwrap();
+        let out_path = dir.path().join("create.log");
+        let mut child = cluster
+            .cli_command(None)
             .args(["--cluster", "create"])
-            .args(&addrs)
+            .args(cluster.addrs())
             .args(["--cluster-replicas", "0", "--cluster-yes"])
-            .stdin(Stdio::null())
-            .output()
+            .stdout(Stdio::from(std::fs::File::create(&out_path).unwrap()))
+            .stderr(Stdio::from(
+                std::fs::File::create(dir.path().join("err.log")).unwrap(),
+            ))
+            .spawn()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "redis-cli --cluster create failed:\n{}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let cluster = RedisCluster { nodes };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break Some(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        if !status.is_some_and(|s| s.success()) {
+            let logs: Vec<String> = cluster.nodes.iter().map(|n| n.process.logs()).collect();
+            panic!(
+                "redis-cli --cluster create failed ({status:?}):\n{}\n{}\n{}",
+                std::fs::read_to_string(&out_path).unwrap_or_default(),
+                std::fs::read_to_string(dir.path().join("err.log")).unwrap_or_default(),
+                logs.join("\n")
+            );
+        }
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let ok = cluster
-                .nodes
-                .iter()
-                .all(|n| redis_cli(n.port(), &["CLUSTER", "INFO"]).contains("cluster_state:ok"));
+            let ok = cluster.nodes.iter().all(|n| {
+                cluster
+                    .cli(n.port(), &["CLUSTER", "INFO"])
+                    .contains("cluster_state:ok")
+            });
             if ok {
                 return Some(cluster);
             }
@@ -471,6 +513,29 @@ impl RedisCluster {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// `redis-cli` (with `--tls --cacert` for a TLS cluster), at a node's port when given.
+    fn cli_command(&self, port: Option<u16>) -> Command {
+        let mut cmd = Command::new(which("redis-cli").expect("redis-cli"));
+        if let Some(ca) = &self.cli_tls {
+            cmd.arg("--tls").arg("--cacert").arg(ca);
+        }
+        if let Some(p) = port {
+            cmd.args(["-h", "127.0.0.1", "-p", &p.to_string()]);
+        }
+        cmd.stdin(Stdio::null());
+        cmd
+    }
+
+    /// Runs `redis-cli` against one node (over TLS for a TLS cluster); its standard output.
+    pub fn cli(&self, port: u16, args: &[&str]) -> String {
+        let out = self
+            .cli_command(Some(port))
+            .args(args)
+            .output()
+            .expect("run redis-cli");
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// `127.0.0.1:port` of every node.

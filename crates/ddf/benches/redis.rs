@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use ddf::{CacheBackend, CacheConfig, CacheManager};
-use ddf_testkit::RedisServer;
+use ddf_testkit::{RedisCluster, RedisServer};
 
 fn redis(c: &mut Criterion) {
     let Some(server) = RedisServer::start() else {
@@ -199,5 +199,50 @@ fn ratios(
     }
 }
 
-criterion_group!(benches, redis);
+/// A 3-primary cluster on loopback: single ops and 100-key batches (keys spread over the nodes).
+fn redis_cluster(c: &mut Criterion) {
+    let Some(cluster) = RedisCluster::start() else {
+        eprintln!("redis-server/redis-cli are not installed: the cluster bench is skipped");
+        return;
+    };
+    let nodes = cluster
+        .addrs()
+        .iter()
+        .map(|a| ddf::ServerAddr::parse(a, 6379).expect("addr"))
+        .collect();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cache = CacheManager::new(
+        CacheConfig::default()
+            .with_backend(CacheBackend::Redis)
+            .with_redis_cluster_nodes(nodes)
+            .with_pickle_dir(dir.path()),
+    )
+    .expect("redis cluster cache");
+    let value = "x".repeat(100);
+    cache.set("bench:hit", &value, None).expect("set");
+    let keys: Vec<String> = (0..100).map(|i| format!("bench:many:{i}")).collect();
+    let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+    let items: Vec<(&str, &str)> = refs.iter().map(|k| (*k, value.as_str())).collect();
+
+    let mut g = c.benchmark_group("redis_cluster");
+    g.measurement_time(Duration::from_secs(3));
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("get_hit_100B", |b| {
+        b.iter(|| black_box(cache.get::<String>(black_box("bench:hit")).expect("get")))
+    });
+    g.throughput(Throughput::Elements(100));
+    g.bench_function("set_many_100x100B", |b| {
+        b.iter(|| cache.set_many(&items, None).expect("set_many"))
+    });
+    g.bench_function("get_many_100x100B", |b| {
+        b.iter(|| black_box(cache.get_many::<String>(&refs).expect("get_many")))
+    });
+    g.bench_function("delete_many_100", |b| {
+        b.iter(|| black_box(cache.delete_many(&refs).expect("delete_many")))
+    });
+    g.finish();
+    drop(cluster);
+}
+
+criterion_group!(benches, redis, redis_cluster);
 criterion_main!(benches);

@@ -132,13 +132,16 @@ pub fn resilient(
     address: &str,
     factory: resilient::Factory,
 ) -> Result<Arc<dyn Backend>> {
+    let scope = format!("{name}|{address}|{}", config.namespace);
+    // The fallback's entries live under a namespace of their own: a `pickle` cache with the same
+    // namespace in the same directory is another cache, which the fallback must never clear.
     let local = Arc::new(file::FileBackend::open(
         config.pickle_dir(),
-        &config.namespace,
+        &format!("fallback[{scope}]:"),
     )?);
     let cfg = resilient::ResilientConfig {
         name,
-        scope: format!("{name}|{address}|{}", config.namespace),
+        scope,
         mode: config.fallback,
         failures: config.breaker_failures,
         retry: config.breaker_retry,

@@ -6,7 +6,7 @@
 //! - **Connections**: `redis_url` (`redis://`, `rediss://`, `unix://`) when set, else
 //!   `redis_host`/`redis_port`/`redis_password`/`redis_db`; `redis_ca_file` names the CA that
 //!   verifies a `rediss://` server; `redis_cluster_nodes` switches to Redis Cluster. Connections
-//!   are kept in a small pool of our own (see [`Pool`]): redis-rs's r2d2 manager has no connect
+//!   are kept in a small pool of our own (see `Pool`): redis-rs's r2d2 manager has no connect
 //!   timeout. Connect timeout = `connect_timeout`, read and write timeouts = `timeout`. A
 //!   connection that failed in any way is dropped, never returned to the pool.
 //! - **Keys**: [`Keyspace::storage_key`] (`namespace + key`); an empty namespace stores keys
@@ -15,7 +15,7 @@
 //!   each batch; on a cluster, on every primary read from `CLUSTER NODES`. `KEYS` is never sent.
 //! - **clear()**: the namespace's keys only; with an empty namespace it refuses unless
 //!   `server_flush = true` (then `FLUSHDB`). `FLUSHALL` is never sent.
-//! - **Errors**: mapped in one function, [`RedisBackend::map_err`], which never includes the
+//! - **Errors**: mapped in one function, `RedisBackend::map_err`, which never includes the
 //!   password or a URL.
 
 use std::fmt;
@@ -93,7 +93,23 @@ impl Pool {
 }
 
 /// The Redis backend. Build it with [`RedisBackend::new`] (or through
-/// [`from_config`](super::from_config)).
+/// [`from_config`](super::from_config), which puts it behind the breaker and fallback).
+///
+/// ```no_run
+/// use std::sync::Arc;
+/// use ddf::backend::redis::RedisBackend;
+/// use ddf::{CacheBackend, CacheConfig, CacheManager};
+///
+/// let config = CacheConfig::default()
+///     .with_backend(CacheBackend::Redis)
+///     .with_redis("127.0.0.1", 6379)
+///     .with_namespace("myapp:");
+/// let backend = RedisBackend::new(&config, ddf::codec::flags::TEXT)?;
+/// let cache = CacheManager::with_backend(config, Arc::new(backend));
+/// cache.set("k", &[1, 2, 3], None)?;
+/// assert_eq!(cache.invalidate_pattern("")?, 1);
+/// # Ok::<(), ddf::Error>(())
+/// ```
 pub struct RedisBackend {
     keyspace: Keyspace,
     target: Target,
@@ -118,10 +134,12 @@ impl fmt::Debug for RedisBackend {
     }
 }
 
-fn config_err(message: impl Into<String>) -> Error {
-    Error::Unsupported {
-        backend: NAME.to_owned(),
-        reason: message.into(),
+/// A configuration error about `key`, pointing at where its value came from (file and line,
+/// environment variable, default).
+fn config_err(config: &CacheConfig, key: &str, message: impl Into<String>) -> Error {
+    Error::Config {
+        source_: config.source_of(key),
+        message: message.into(),
     }
 }
 
@@ -132,16 +150,21 @@ impl RedisBackend {
     /// connects.
     ///
     /// # Errors
-    /// [`Error::Unsupported`] naming the setting when the configuration cannot work: an
+    /// [`Error::Config`] naming the setting (and where its value came from) when the
+    /// configuration cannot work: an
     /// unparseable `redis_url`, an unreadable `redis_ca_file`, a CA file without `rediss://`,
     /// a `redis_db` other than 0 on a cluster.
     pub fn new(config: &CacheConfig, read_flags: u32) -> Result<Self> {
         let ca = match &config.redis_ca_file {
             Some(p) => Some(std::fs::read(p).map_err(|e| {
-                config_err(format!(
-                    "redis_ca_file {} cannot be read: {e}; give a PEM CA bundle",
-                    p.display()
-                ))
+                config_err(
+                    config,
+                    "redis_ca_file",
+                    format!(
+                        "redis_ca_file {} cannot be read: {e}; give a PEM CA bundle",
+                        p.display()
+                    ),
+                )
             })?),
             None => None,
         };
@@ -152,6 +175,8 @@ impl RedisBackend {
         let (target, place, password) = if !config.redis_cluster_nodes.is_empty() {
             if config.redis_db != 0 {
                 return Err(config_err(
+                    config,
+                    "redis_db",
                     "redis_db must be 0 with redis_cluster_nodes: Redis Cluster has only database 0",
                 ));
             }
@@ -161,7 +186,13 @@ impl RedisBackend {
                 .map(|a| {
                     ConnectionAddr::Tcp(a.host.clone(), a.port)
                         .into_connection_info()
-                        .map_err(|_| config_err(format!("redis_cluster_nodes: bad address {a}")))
+                        .map_err(|_| {
+                            config_err(
+                                config,
+                                "redis_cluster_nodes",
+                                format!("redis_cluster_nodes: bad address {a}"),
+                            )
+                        })
                 })
                 .collect::<Result<_>>()?;
             let mut b = ClusterClient::builder(nodes)
@@ -179,10 +210,11 @@ impl RedisBackend {
                 });
             }
             let client = b.build().map_err(|e| {
-                config_err(format!(
-                    "redis_cluster_nodes cannot be used: {:?}",
-                    e.kind()
-                ))
+                config_err(
+                    config,
+                    "redis_cluster_nodes",
+                    format!("redis_cluster_nodes cannot be used: {:?}", e.kind()),
+                )
             })?;
             let list = config
                 .redis_cluster_nodes
@@ -196,19 +228,25 @@ impl RedisBackend {
                 password,
             )
         } else {
+            const URL_FORMS: &str = "expected redis://[:password@]host[:port][/db], \
+                                     rediss://... (TLS) or unix:///path/to/socket[?db=N]";
             let info = match &config.redis_url {
                 Some(url) => url.expose().into_connection_info().map_err(|_| {
                     config_err(
-                        "redis_url is not a valid URL; expected redis://[:password@]host[:port][/db], \
-                         rediss://... (TLS) or unix:///path/to/socket[?db=N]",
+                        config,
+                        "redis_url",
+                        format!("redis_url is not a valid URL; {URL_FORMS}"),
                     )
                 })?,
-                None => ConnectionAddr::Tcp(config.redis_host.clone(), config.redis_port)
-                    .into_connection_info()
-                    .map_err(|_| config_err("redis_host/redis_port cannot be used"))?
-                    .set_redis_settings(RedisConnectionInfo::default().set_db(i64::from(
-                        config.redis_db,
-                    ))),
+                None => {
+                    let db = RedisConnectionInfo::default().set_db(i64::from(config.redis_db));
+                    ConnectionAddr::Tcp(config.redis_host.clone(), config.redis_port)
+                        .into_connection_info()
+                        .map_err(|_| {
+                            config_err(config, "redis_host", "redis_host/redis_port cannot be used")
+                        })?
+                        .set_redis_settings(db)
+                }
             };
             let info = info.set_tcp_settings(tcp_settings());
             // redis_password applies when the URL carries none.
@@ -244,13 +282,21 @@ impl RedisBackend {
                 ),
                 Some(_) => {
                     return Err(config_err(
+                        config,
+                        "redis_ca_file",
                         "redis_ca_file is set but the connection is not TLS: \
                          use redis_url = rediss://host:port, or remove redis_ca_file",
                     ));
                 }
                 None => redis::Client::open(info),
             }
-            .map_err(|e| config_err(format!("cannot set up the Redis client: {:?}", e.kind())))?;
+            .map_err(|e| {
+                config_err(
+                    config,
+                    "redis_url",
+                    format!("cannot set up the Redis client: {:?}", e.kind()),
+                )
+            })?;
             (Target::Single(client), place, password)
         };
         Ok(RedisBackend {
@@ -394,8 +440,7 @@ impl RedisBackend {
                 (c, _) => scan.query(c.as_like())?,
             };
             if !keys.is_empty() {
-                let n: u64 = redis::cmd("UNLINK").arg(&keys).query(c.as_like())?;
-                removed += n;
+                removed += unlink(c, &keys)?;
             }
             if next == 0 {
                 return Ok(removed);
@@ -579,9 +624,13 @@ impl Backend for RedisBackend {
             return Ok(Vec::new());
         }
         let ks: Vec<String> = keys.iter().map(|k| self.keyspace.storage_key(k)).collect();
-        // On a cluster redis-rs splits a cross-slot MGET by slot and reassembles it in order.
-        let vals: Vec<Option<Vec<u8>>> =
-            self.run("MGET", |c| redis::cmd("MGET").arg(&ks).query(c.as_like()))?;
+        let vals: Vec<Option<Vec<u8>>> = self.run("MGET", |c| match c {
+            Conn::Single(s) => redis::cmd("MGET").arg(&ks).query(s),
+            // redis-rs would split a cross-slot MGET into one request per slot, sent one after
+            // the other (100 keys: ~100 round trips). A cluster pipeline of GETs is one round
+            // trip per node instead.
+            Conn::Cluster(cc) => per_key_pipeline("GET", &ks).query(cc),
+        })?;
         if vals.len() != keys.len() {
             return Err(Error::Backend {
                 backend: NAME,
@@ -639,9 +688,31 @@ impl Backend for RedisBackend {
             return Ok(0);
         }
         let ks: Vec<String> = keys.iter().map(|k| self.keyspace.storage_key(k)).collect();
-        self.run("UNLINK", |c| {
-            redis::cmd("UNLINK").arg(&ks).query(c.as_like())
-        })
+        self.run("UNLINK", |c| unlink(c, &ks))
+    }
+}
+
+/// A cluster pipeline of `name key` for every key: one round trip per node.
+fn per_key_pipeline<K: redis::ToRedisArgs>(
+    name: &str,
+    keys: &[K],
+) -> redis::cluster::ClusterPipeline {
+    let mut p = redis::cluster::cluster_pipe();
+    for k in keys {
+        p.cmd(name).arg(k);
+    }
+    p
+}
+
+/// `UNLINK` of many keys; the number removed. One command on a standalone server; on a cluster
+/// a pipeline of single-key UNLINKs (one round trip per node, not one per slot).
+fn unlink<K: redis::ToRedisArgs>(c: &mut Conn, keys: &[K]) -> redis::RedisResult<u64> {
+    match c {
+        Conn::Single(s) => redis::cmd("UNLINK").arg(keys).query(s),
+        Conn::Cluster(cc) => {
+            let counts: Vec<u64> = per_key_pipeline("UNLINK", keys).query(cc.as_mut())?;
+            Ok(counts.iter().sum())
+        }
     }
 }
 
@@ -680,6 +751,41 @@ e5 :0@0 master,noaddr - 0 1 5 disconnected
         config.redis_url = Some(crate::config::Secret::new("redis://:s3cret@[bad"));
         let e = RedisBackend::new(&config, 16).unwrap_err();
         assert!(!format!("{e} {e:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn unusable_settings_are_config_errors_with_their_line() {
+        let ini = "[cache]\nbackend = redis\nredis_url = redis://:pw@[bad\n";
+        let e = RedisBackend::new(&CacheConfig::from_ini_str(ini).unwrap(), 16).unwrap_err();
+        let text = e.to_string();
+        assert!(e.is_config(), "{text}");
+        assert!(
+            text.contains("line 3") && text.contains("rediss://"),
+            "{text}"
+        );
+        assert!(!text.contains("pw"), "{text}");
+
+        let dir = std::env::temp_dir();
+        let ca = dir.join(format!("ddf-redis-unit-{}.pem", std::process::id()));
+        std::fs::write(&ca, "not a certificate").unwrap();
+        let ini = format!("[cache]\nredis_ca_file = {}\n", ca.display());
+        let e = RedisBackend::new(&CacheConfig::from_ini_str(&ini).unwrap(), 16).unwrap_err();
+        let _ = std::fs::remove_file(&ca);
+        assert!(
+            e.to_string().contains("line 2") && e.to_string().contains("rediss://"),
+            "{e}"
+        );
+
+        let ini = "[cache]\nredis_db = 2\nredis_cluster_nodes = 127.0.0.1:7000\n";
+        let e = RedisBackend::new(&CacheConfig::from_ini_str(ini).unwrap(), 16).unwrap_err();
+        assert!(
+            e.to_string().contains("line 2") && e.to_string().contains("Cluster"),
+            "{e}"
+        );
+
+        let ini = "[cache]\nredis_ca_file = /nonexistent/ca.pem\n";
+        let e = RedisBackend::new(&CacheConfig::from_ini_str(ini).unwrap(), 16).unwrap_err();
+        assert!(e.to_string().contains("/nonexistent/ca.pem"), "{e}");
     }
 
     #[test]

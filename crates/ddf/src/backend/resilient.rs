@@ -149,7 +149,23 @@ impl Resilient {
             gate: RwLock::new(()),
             down_since: Mutex::new(None),
         });
+        let pending = shared
+            .local
+            .journal_read(&shared.cfg.scope)
+            .map(|p| p.len())
+            .unwrap_or(0);
         match first {
+            // Invalidations recorded by a process that ended during an outage: apply them
+            // before the primary serves a read (the probe does it at once).
+            Ok(p) if pending > 0 => {
+                *write(&shared.primary) = Some(p);
+                Shared::mark_down(
+                    &shared,
+                    &Error::InvalidArgument(format!(
+                        "{pending} recorded invalidation(s) to apply first"
+                    )),
+                );
+            }
             Ok(p) => *write(&shared.primary) = Some(p),
             Err(e) => {
                 shared.failed_ops.fetch_add(1, Ordering::Relaxed);
@@ -696,6 +712,38 @@ mod tests {
         assert!(r.local().journal_read("test|here|ns:").unwrap().is_empty());
         assert_eq!(r.transitions(), 3); // down, recovering, up
         assert!(primary.store.get("b").unwrap().is_some());
+    }
+
+    #[test]
+    fn invalidations_left_by_an_ended_process_are_applied_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileBackend::open(dir.path().join("primary"), "ns:").unwrap();
+        store.set("k", &item("stale"), None).unwrap();
+        let local = Arc::new(FileBackend::open(dir.path().join("local"), "fb:").unwrap());
+        local
+            .journal_append("s", &PendingOp::Delete("k".to_owned()))
+            .unwrap();
+        let up = Arc::new(AtomicBool::new(true));
+        let primary = Arc::new(Switchable {
+            store: FileBackend::open(dir.path().join("primary"), "ns:").unwrap(),
+            up,
+        });
+        let r = Resilient::new(
+            ResilientConfig {
+                name: "test",
+                scope: "s".to_owned(),
+                mode: FallbackMode::Pickle,
+                failures: 3,
+                retry: Duration::from_millis(20),
+            },
+            Box::new(move || Ok(primary.clone() as Arc<dyn Backend>)),
+            local,
+        );
+        // Never the stale value, not even before the probe ran.
+        assert_eq!(r.get("k").unwrap(), None);
+        wait_for(&r, Health::Up);
+        assert_eq!(r.get("k").unwrap(), None);
+        assert_eq!(store.get("k").unwrap(), None);
     }
 
     #[test]

@@ -17,13 +17,14 @@
 //!
 //! Read back: flags 16 becomes a JSON string, flags 2 and 4 (any size) a JSON number, flags 0 is
 //! passed as it is (JSON text, or raw bytes for [`get_bytes`](crate::CacheManager::get_bytes)).
-//! A Python pickle (flags 1) is passed as it is and fails to decode as JSON with a clear
-//! [`Error::Decode`](crate::Error::Decode) (use `memcached_pickle` to read Python objects).
+//! A Python pickle (flags 1: lists, dicts, floats...) is passed as it is; the cache decodes any
+//! item flagged 1 with the pickle codec, whatever its own codec (see [`crate::codec`]).
 //!
 //! Pickle mode (`backend = memcached_pickle`): values are stored as the pickle codec wrote them
 //! (flags 1; pymemcache unpickles them into Python objects, strings and integers included).
 //! Values Python wrote as text (16) or integers (2, 4) are turned into the pickle of that `str`
-//! or `int` on the way in, so they decode like any pickle.
+//! or `int` on the way in, so they decode like any pickle. Python's `bytes` (flags 0) are passed
+//! as they are (raw for [`get_bytes`](crate::CacheManager::get_bytes)).
 
 use crate::backend::Item;
 use crate::codec::flags;

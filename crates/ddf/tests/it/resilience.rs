@@ -17,7 +17,7 @@ use ddf_testkit::{MemcachedServer, RedisServer, ServerProcess, free_port};
 const CONNECT: Duration = Duration::from_millis(300);
 const TIMEOUT: Duration = Duration::from_millis(400);
 /// What a call may take beyond the operation timeout: scheduling on a loaded 2-core machine.
-const MARGIN: Duration = Duration::from_millis(1500);
+const MARGIN: Duration = Duration::from_millis(2500);
 
 #[derive(Clone, Copy, Debug)]
 enum Kind {
@@ -364,4 +364,29 @@ fn memcached_one_of_three_servers_down() {
             "{k} left on a server"
         );
     }
+}
+
+/// The fallback of a Redis cache lives beside a `pickle` cache of the same namespace in the same
+/// directory without ever touching it.
+#[test]
+fn the_fallback_never_touches_a_pickle_cache_in_the_same_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = CacheManager::new(
+        CacheConfig::default()
+            .with_namespace("res:")
+            .with_pickle_dir(dir.path()),
+    )
+    .unwrap();
+    file.set("k", "file cache", None).unwrap();
+    // A server that is not there: the Redis cache starts on its fallback.
+    let port = free_port();
+    let redis = CacheManager::new(config(Kind::Redis, &[port], dir.path())).unwrap();
+    redis.set("k", "fallback", None).unwrap();
+    redis.flush_all().unwrap();
+    drop(redis);
+    let _again = CacheManager::new(config(Kind::Redis, &[port], dir.path())).unwrap();
+    assert_eq!(
+        file.get::<String>("k").unwrap().as_deref(),
+        Some("file cache")
+    );
 }

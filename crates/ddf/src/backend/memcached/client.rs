@@ -295,9 +295,47 @@ impl Conn {
         }
     }
 
+    /// `stats` (or `stats <group>`): every `STAT name value` line.
+    pub fn stats(&mut self, group: &str) -> McResult<Vec<(String, String)>> {
+        let cmd = if group.is_empty() {
+            "stats\r\n".to_owned()
+        } else {
+            format!("stats {group}\r\n")
+        };
+        self.send(cmd.as_bytes())?;
+        let mut out = Vec::new();
+        loop {
+            let line = self.read_line()?;
+            if line == b"END" {
+                return Ok(out);
+            }
+            if let Some(e) = error_line(line) {
+                return Err(e);
+            }
+            let text = String::from_utf8_lossy(line);
+            let mut it = text.splitn(3, ' ');
+            match (it.next(), it.next(), it.next()) {
+                (Some("STAT"), Some(name), Some(value)) => {
+                    out.push((name.to_owned(), value.to_owned()));
+                }
+                _ => return Err(protocol("stats", line)),
+            }
+        }
+    }
+
     /// `item_size_max` from `stats settings`.
     pub fn item_size_max(&mut self) -> McResult<Option<usize>> {
-        self.send(b"stats settings\r\n")?;
+        Ok(self
+            .stats("settings")?
+            .into_iter()
+            .find(|(k, _)| k == "item_size_max")
+            .and_then(|(_, v)| v.parse().ok()))
+    }
+
+    /// `curr_items` from `stats`: the items linked on the server (expired ones not yet reclaimed
+    /// included).
+    pub fn curr_items(&mut self) -> McResult<Option<u64>> {
+        self.send(b"stats\r\n")?;
         let mut found = None;
         loop {
             let line = self.read_line()?;
@@ -307,7 +345,7 @@ impl Conn {
             if let Some(e) = error_line(line) {
                 return Err(e);
             }
-            if let Some(v) = line.strip_prefix(b"STAT item_size_max ") {
+            if let Some(v) = line.strip_prefix(b"STAT curr_items ") {
                 found = std::str::from_utf8(v).ok().and_then(|v| v.parse().ok());
             }
         }
@@ -323,10 +361,19 @@ impl Conn {
         Err(error_line(line).unwrap_or_else(|| protocol("flush_all", line)))
     }
 
-    /// `lru_crawler metadump all`: calls `each` with every key on the server (URL-decoded).
-    /// `Ok(false)` when the crawler is busy with another request (try again later).
-    pub fn metadump(&mut self, mut each: impl FnMut(&[u8])) -> McResult<bool> {
-        self.send(b"lru_crawler metadump all\r\n")?;
+    /// `lru_crawler metadump hash` (or `all`): calls `each` with every key on the server
+    /// (URL-decoded). `Ok(false)` when the crawler is busy with another request (try again
+    /// later).
+    ///
+    /// `hash` walks the hash table with each bucket locked and sees every linked item; `all`
+    /// walks the LRU queues and skips items that are busy at that moment (being read, queued
+    /// for an LRU bump), so it can miss keys (memcached's crawler.c).
+    pub fn metadump(&mut self, hash: bool, mut each: impl FnMut(&[u8])) -> McResult<bool> {
+        self.send(if hash {
+            b"lru_crawler metadump hash\r\n"
+        } else {
+            b"lru_crawler metadump all\r\n"
+        })?;
         let mut key = Vec::with_capacity(256);
         loop {
             let line = self.read_line()?;
@@ -335,6 +382,10 @@ impl Conn {
             }
             if line.starts_with(b"BUSY") {
                 return Ok(false);
+            }
+            if line.starts_with(b"BADCLASS") {
+                // A server that reads `hash` as a slab class list: no hash walk.
+                return Err(McError::Server(String::from_utf8_lossy(line).into_owned()));
             }
             if let Some(e) = error_line(line) {
                 let McError::Server(m) = e else { return Err(e) };

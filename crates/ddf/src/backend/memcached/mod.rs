@@ -1,14 +1,14 @@
 //! The Memcached backend (`backend = memcached` and `memcached_pickle`).
 //!
-//! - [`client`]: a small meta-protocol client over `TcpStream` (why in-house: see there).
-//! - [`placement`]: pymemcache `HashClient`'s rendezvous hashing, so Python and Rust clients
+//! - `client`: a small meta-protocol client over `TcpStream` (why in-house: see there).
+//! - `placement`: pymemcache `HashClient`'s rendezvous hashing, so Python and Rust clients
 //!   find each other's entries on the same server list.
 //! - Values: [`crate::codec::python_memcache`] converts items between the codec's form and
 //!   pymemcache's `python_memcache` flags, once, in [`MemcachedBackend`]'s get/set paths.
 //! - Keys: [`crate::key::memcached_key`]; a key memcached cannot carry is mapped to
 //!   `<visible>~<hash>`, and its item starts with a small header holding the whole storage key
 //!   (so reads verify it and prefix invalidation can decide on cut keys).
-//! - Prefix invalidation lists keys on the servers (`lru_crawler metadump all`) and deletes the
+//! - Prefix invalidation lists keys on the servers (`lru_crawler metadump hash`) and deletes the
 //!   matches; see `docs/memcached.md` for its cost and guarantees.
 //! - Dead servers: see [`DeadPolicy`].
 
@@ -17,7 +17,7 @@ pub(crate) mod placement;
 
 use std::fmt;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::backend::{Backend, BackendStatus, Item};
@@ -48,7 +48,12 @@ const POOL_MAX_IDLE: usize = 8;
 const BATCH: usize = 256;
 
 /// Listing passes per server in a prefix delete (see `delete_prefix`).
-const METADUMP_PASSES: usize = 3;
+const METADUMP_PASSES: usize = 4;
+
+/// How long after a prefix delete starts every item held by a queued LRU bump is listable again:
+/// memcached's LRU maintainer drains the bump queues at least once a second
+/// (`MAX_LRU_MAINTAINER_SLEEP`), plus a margin.
+const BUMP_SETTLE: Duration = Duration::from_millis(1200);
 
 /// The start of an item stored under a mapped key: magic, then the storage key's length (u32
 /// little-endian) and the storage key.
@@ -112,6 +117,8 @@ struct Server {
     health: Mutex<Health>,
     /// `item_size_max` from `stats settings`; 0 until known.
     item_size_max: AtomicUsize,
+    /// Whether the server refused `lru_crawler metadump hash` (then `all` is used).
+    no_hash_dump: AtomicBool,
 }
 
 /// The Memcached backend: every configured server, pymemcache-compatible placement and values.
@@ -201,6 +208,7 @@ impl Server {
             pool: Mutex::new(Vec::new()),
             health: Mutex::new(Health::default()),
             item_size_max: AtomicUsize::new(0),
+            no_hash_dump: AtomicBool::new(false),
         }
     }
 
@@ -287,6 +295,11 @@ impl MemcachedBackend {
         self
     }
 
+    /// The configured servers, as `host:port` (the node names pymemcache hashes).
+    pub fn servers(&self) -> &[String] {
+        &self.names
+    }
+
     /// The server (`host:port`) that holds a user key: where pymemcache's `HashClient` puts the
     /// same wire key.
     pub fn server_for(&self, key: &str) -> &str {
@@ -305,7 +318,7 @@ impl MemcachedBackend {
         &self,
         server: &Server,
         what: &str,
-        f: impl FnOnce(&mut Conn) -> McResult<T>,
+        f: impl FnMut(&mut Conn) -> McResult<T>,
     ) -> Result<T> {
         self.run_checked(server, what, true, f)
     }
@@ -317,7 +330,7 @@ impl MemcachedBackend {
         server: &Server,
         what: &str,
         honor_skip: bool,
-        f: impl FnOnce(&mut Conn) -> McResult<T>,
+        mut f: impl FnMut(&mut Conn) -> McResult<T>,
     ) -> Result<T> {
         if honor_skip {
             let h = server.health();
@@ -341,32 +354,23 @@ impl MemcachedBackend {
             }
         }
         let pooled = server.pool().pop();
+        let was_pooled = pooled.is_some();
         let mut conn = match pooled {
             Some(c) => c,
-            None => {
-                let made = Conn::connect(
-                    &server.addr.host,
-                    server.addr.port,
-                    self.connect_timeout,
-                    self.timeout,
-                )
-                .and_then(|mut c| {
-                    if server.item_size_max.load(Ordering::Relaxed) == 0 {
-                        let max = c.item_size_max()?.unwrap_or(DEFAULT_ITEM_SIZE_MAX);
-                        server.item_size_max.store(max, Ordering::Relaxed);
-                    }
-                    Ok(c)
-                });
-                match made {
-                    Ok(c) => c,
-                    Err(e) => {
-                        server.fail(&self.policy, &e);
-                        return Err(map_err(&server.name, what, self.timeout, e));
-                    }
-                }
-            }
+            None => self.connect(server, what)?,
         };
-        match f(&mut conn) {
+        let mut result = f(&mut conn);
+        // A pooled connection the server closed while it sat idle (a restart, an idle timeout)
+        // fails on first use with a reset, a broken pipe or an end of file, before the server
+        // saw the command. Its siblings in the pool are likely dead too: drop them and retry
+        // once on a fresh connection, so a restart does not count as a failure of the server.
+        // Timeouts are never retried (the command may have run; the server may be stuck).
+        if was_pooled && matches!(&result, Err(McError::Io(e)) if is_stale(e)) {
+            server.pool().clear();
+            conn = self.connect(server, what)?;
+            result = f(&mut conn);
+        }
+        match result {
             Ok(v) => {
                 server.succeed();
                 self.put_back(server, conn);
@@ -382,6 +386,27 @@ impl MemcachedBackend {
                 Err(map_err(&server.name, what, self.timeout, e))
             }
         }
+    }
+
+    /// A new connection to `server`; learns the server's item limit on the first one.
+    fn connect(&self, server: &Server, what: &str) -> Result<Conn> {
+        let made = Conn::connect(
+            &server.addr.host,
+            server.addr.port,
+            self.connect_timeout,
+            self.timeout,
+        )
+        .and_then(|mut c| {
+            if server.item_size_max.load(Ordering::Relaxed) == 0 {
+                let max = c.item_size_max()?.unwrap_or(DEFAULT_ITEM_SIZE_MAX);
+                server.item_size_max.store(max, Ordering::Relaxed);
+            }
+            Ok(c)
+        });
+        made.map_err(|e| {
+            server.fail(&self.policy, &e);
+            map_err(&server.name, what, self.timeout, e)
+        })
     }
 
     fn put_back(&self, server: &Server, conn: Conn) {
@@ -453,39 +478,67 @@ impl MemcachedBackend {
     }
 
     /// Lists this server's keys that belong to storage keys starting with `prefix` (whole
-    /// storage key checked for undecidable mapped keys).
+    /// storage key checked for undecidable mapped keys), and whether the server holds more items
+    /// than the listing showed (`curr_items` above the keys listed: the crawler skipped some).
     fn list_matching(
         &self,
         server: &Server,
         prefix: &MemcachedPrefix,
         raw_prefix: &str,
-    ) -> Result<Vec<String>> {
+    ) -> Result<(Vec<String>, bool)> {
         let deadline = Instant::now() + self.timeout * 15;
         let mut sure = Vec::new();
         let mut maybe = Vec::new();
+        let mut unlisted = false;
         loop {
-            sure.clear();
-            maybe.clear();
-            let done = self.run(
-                server,
-                "prefix invalidation (lru_crawler metadump all)",
-                |c| {
-                    c.metadump(|k| {
-                        // A key we could not send back (binary-protocol keys) is never ours.
-                        let Ok(k) = std::str::from_utf8(k) else {
-                            return;
-                        };
-                        if !memcached_key_is_carryable(k) {
-                            return;
-                        }
-                        match prefix.matches(k.as_bytes()) {
-                            PrefixMatch::Yes => sure.push(k.to_owned()),
-                            PrefixMatch::Maybe => maybe.push(k.to_owned()),
-                            PrefixMatch::No => {}
-                        }
-                    })
-                },
-            )?;
+            let hash = !server.no_hash_dump.load(Ordering::Relaxed);
+            let what = if hash {
+                "prefix invalidation (lru_crawler metadump hash)"
+            } else {
+                "prefix invalidation (lru_crawler metadump all)"
+            };
+            let done = self.run(server, what, |c| {
+                sure.clear();
+                maybe.clear();
+                let mut listed = 0u64;
+                let r = c.metadump(hash, |k| {
+                    listed += 1;
+                    // A key we could not send back (binary-protocol keys) is never ours.
+                    let Ok(k) = std::str::from_utf8(k) else {
+                        return;
+                    };
+                    if !memcached_key_is_carryable(k) {
+                        return;
+                    }
+                    match prefix.matches(k.as_bytes()) {
+                        PrefixMatch::Yes => sure.push(k.to_owned()),
+                        PrefixMatch::Maybe => maybe.push(k.to_owned()),
+                        PrefixMatch::No => {}
+                    }
+                });
+                match r {
+                    // A server without the hash walk answers with an error line.
+                    Err(McError::Server(m)) if hash => Ok(Err(m)),
+                    Ok(true) if !hash => {
+                        // The LRU walk skips busy items: did it list fewer than the server holds?
+                        unlisted = c.curr_items()?.is_some_and(|n| n > listed);
+                        Ok(Ok(true))
+                    }
+                    other => other.map(Ok),
+                }
+            })?;
+            let done = match done {
+                Ok(done) => done,
+                Err(m) => {
+                    tracing::info!(
+                        server = %server.name,
+                        reply = %m,
+                        "memcached: no `lru_crawler metadump hash`; listing keys by LRU walk"
+                    );
+                    server.no_hash_dump.store(true, Ordering::Relaxed);
+                    continue;
+                }
+            };
             if done {
                 break;
             }
@@ -493,8 +546,8 @@ impl MemcachedBackend {
                 return Err(Error::Backend {
                     backend: "memcached",
                     message: format!(
-                        "lru_crawler metadump all on memcached server {}: the crawler stayed \
-                         busy with other requests; try again",
+                        "lru_crawler metadump on memcached server {}: the crawler stayed busy \
+                         with other requests; try again",
                         server.name
                     ),
                     temporary: true,
@@ -514,8 +567,21 @@ impl MemcachedBackend {
                 sure.push(k);
             }
         }
-        Ok(sure)
+        Ok((sure, unlisted))
     }
+}
+
+/// Whether an I/O error on a pooled connection means the server closed it while it was idle.
+fn is_stale(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind as K;
+    matches!(
+        e.kind(),
+        K::ConnectionReset
+            | K::ConnectionAborted
+            | K::BrokenPipe
+            | K::UnexpectedEof
+            | K::NotConnected
+    )
 }
 
 /// Splits a mapped item into (storage key, value).
@@ -562,20 +628,39 @@ impl Backend for MemcachedBackend {
     fn delete_prefix(&self, prefix: &str) -> Result<u64> {
         let raw = self.keyspace.storage_key(prefix);
         let mp = MemcachedPrefix::new(&raw);
+        let settled = Instant::now() + BUMP_SETTLE;
         let mut total = 0;
         for server in &self.servers {
-            // The LRU crawler walks each LRU queue separately; an item that the server moves
-            // between queues while the walk runs (hot -> warm -> cold, or a bump on access) can
-            // be missed. So list again after deleting, until a pass finds nothing (at most
-            // METADUMP_PASSES): the second pass is the normal case and usually finds nothing.
+            // `metadump hash` walks the hash table with each bucket locked and sees every item
+            // present when it starts: one pass is exact.
+            //
+            // Servers without it get the LRU walk (`metadump all`), which can miss items: one the
+            // server moves between LRU queues during the walk, and, silently, every item another
+            // thread holds a reference to (crawler.c: `refcount_incr(search) != 2`); a COLD item
+            // read a second time is queued for an asynchronous LRU bump *holding a reference*
+            // until the LRU maintainer drains the queue, up to 1 s later. So in that mode list
+            // again after deleting, until a pass finds nothing (at most METADUMP_PASSES), and
+            // when a pass finds nothing but the server holds more items than it listed, wait
+            // until BUMP_SETTLE after the call began (once per call, not per server) and list
+            // again.
             for _ in 0..METADUMP_PASSES {
-                let keys = self.list_matching(server, &mp, &raw)?;
+                let began = Instant::now();
+                let (keys, unlisted) = self.list_matching(server, &mp, &raw)?;
+                let lru_walk = server.no_hash_dump.load(Ordering::Relaxed);
                 if keys.is_empty() {
-                    break;
+                    if !lru_walk || !unlisted || began >= settled {
+                        break;
+                    }
+                    std::thread::sleep(settled.saturating_duration_since(Instant::now()));
+                    continue;
                 }
+                let again = lru_walk;
                 for chunk in keys.chunks(BATCH * 4) {
                     let refs: Vec<&[u8]> = chunk.iter().map(|k| k.as_bytes()).collect();
                     total += self.run(server, "delete", |c| c.delete_many(&refs))?;
+                }
+                if !again {
+                    break;
                 }
             }
         }
@@ -610,6 +695,46 @@ impl Backend for MemcachedBackend {
         Ok(BackendStatus {
             detail: format!("{} server(s) answering: {}", parts.len(), parts.join(", ")),
         })
+    }
+
+    fn info(&self) -> Result<Vec<(String, String)>> {
+        // `stats` of every server: cheap, no key walk. A server that does not answer is
+        // reported as such rather than failing the whole report.
+        let mut out = vec![("servers".to_owned(), self.names.join(", "))];
+        let (mut items, mut bytes) = (0u64, 0u64);
+        for server in &self.servers {
+            match self.run(server, "stats", |c| c.stats("")) {
+                Ok(stats) => {
+                    let get = |name: &str| {
+                        stats
+                            .iter()
+                            .find(|(k, _)| k == name)
+                            .map_or("?", |(_, v)| v.as_str())
+                    };
+                    items += get("curr_items").parse::<u64>().unwrap_or(0);
+                    bytes += get("bytes").parse::<u64>().unwrap_or(0);
+                    out.push((
+                        server.name.clone(),
+                        format!(
+                            "memcached {}, {} items, {} bytes of {} max, {} evictions, item limit {}",
+                            get("version"),
+                            get("curr_items"),
+                            get("bytes"),
+                            get("limit_maxbytes"),
+                            get("evictions"),
+                            server.item_size_max.load(Ordering::Relaxed)
+                        ),
+                    ));
+                }
+                Err(e) => out.push((server.name.clone(), format!("not answering: {e}"))),
+            }
+        }
+        out.push((
+            "items (all applications, all servers)".to_owned(),
+            items.to_string(),
+        ));
+        out.push(("bytes (all servers)".to_owned(), bytes.to_string()));
+        Ok(out)
     }
 
     fn close(&self) {

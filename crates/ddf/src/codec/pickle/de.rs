@@ -328,6 +328,7 @@ impl<'de> Machine<'de> {
     // ---- input ----------------------------------------------------------------------------
 
     /// Consumes `n` bytes; returns where they start.
+    #[inline]
     fn take(&mut self, n: u64, what: &str) -> Result<usize, PickleError> {
         let remaining = self.input.len() - self.pos;
         if n > remaining as u64 {
@@ -341,11 +342,13 @@ impl<'de> Machine<'de> {
         Ok(start)
     }
 
+    #[inline]
     fn byte(&mut self) -> Result<u8, PickleError> {
         let at = self.take(1, "an opcode argument")?;
         Ok(self.input[at])
     }
 
+    #[inline]
     fn array<const N: usize>(&mut self) -> Result<[u8; N], PickleError> {
         let at = self.take(N as u64, "a fixed-size argument")?;
         let mut a = [0u8; N];
@@ -376,6 +379,7 @@ impl<'de> Machine<'de> {
         std::str::from_utf8(line).map_err(|_| malformed(pos, "a text argument is not UTF-8"))
     }
 
+    #[inline]
     fn check_len(&mut self, n: u64, what: &str) -> Result<(), PickleError> {
         if n > self.limits.max_decoded_bytes {
             return Err(PickleError::at(
@@ -392,12 +396,14 @@ impl<'de> Machine<'de> {
     }
 
     /// A length-prefixed payload: (start, len) in the input.
+    #[inline]
     fn sized(&mut self, n: u64, what: &str) -> Result<(usize, usize), PickleError> {
         self.check_len(n, what)?;
         let at = self.take(n, what)?;
         Ok((at, n as usize))
     }
 
+    #[inline]
     fn sized_str(&mut self, n: u64) -> Result<Node<'de>, PickleError> {
         let (at, n) = self.sized(n, "a str")?;
         let input: &'de [u8] = self.input;
@@ -429,16 +435,19 @@ impl<'de> Machine<'de> {
 
     // ---- stack ----------------------------------------------------------------------------
 
+    #[inline]
     fn push(&mut self, node: Node<'de>) {
         self.nodes.push(node);
         self.s.uses.push(0);
         self.s.stack.push(self.nodes.len() - 1);
     }
 
+    #[inline]
     fn frame_start(&self) -> usize {
         self.s.marks.last().copied().unwrap_or(0)
     }
 
+    #[inline]
     fn pop(&mut self, at: usize) -> Result<Id, PickleError> {
         if self.s.stack.len() <= self.frame_start() {
             return Err(malformed(at, "stack underflow"));
@@ -449,6 +458,7 @@ impl<'de> Machine<'de> {
             .ok_or_else(|| malformed(at, "stack underflow"))
     }
 
+    #[inline]
     fn top(&self, at: usize) -> Result<Id, PickleError> {
         if self.s.stack.len() <= self.frame_start() {
             return Err(malformed(at, "stack underflow"));
@@ -468,6 +478,7 @@ impl<'de> Machine<'de> {
             .ok_or_else(|| malformed(at, "no MARK on the stack"))
     }
 
+    #[inline]
     fn adopt(&mut self, id: Id) {
         let u = &mut self.s.uses[id];
         *u = u.saturating_add(1);
@@ -485,6 +496,7 @@ impl<'de> Machine<'de> {
         self.s.stack.truncate(from);
     }
 
+    #[inline]
     fn append(&mut self, seq: &mut Seq, child: Id) {
         self.adopt(child);
         let e = self.s.edges.len();

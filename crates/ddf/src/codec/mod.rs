@@ -12,10 +12,12 @@
 //! JSON-configured build still reads); any other flags (Redis keeps none) are read with the
 //! cache's own codec.
 //!
-//! JSON can represent what serde_json can: strings, numbers (integers up to 64 bits, finite
-//! floats), booleans, null, sequences and maps with string keys. A value it cannot represent
-//! (a map with non-string keys, NaN) is an [`Error::Encode`] naming the key, never a silent
-//! change.
+//! JSON can represent what serde_json can: strings, numbers (integers up to 128 bits, finite
+//! floats), booleans, null, sequences and maps with string or integer keys (integer keys are
+//! written as strings and read back as integers by a typed `get`). A value it cannot represent
+//! (a map with tuple keys, say) is an [`Error::Encode`] naming the key. Exception: serde_json
+//! writes NaN and infinities as `null`, so reading them back into `f64` is an
+//! [`Error::Decode`]; the pickle codec keeps them. `docs/codecs.md` compares both codecs.
 
 pub mod flags;
 pub mod pickle;

@@ -162,6 +162,34 @@ fn lit(v: &Value, canonical: bool) -> String {
     }
 }
 
+/// What a value looks like through serde's data model: tuples and sets are sequences,
+/// bytearray is bytes.
+fn serde_view(v: &Value) -> Value {
+    match v {
+        Value::List(xs) | Value::Tuple(xs) | Value::Set(xs) | Value::FrozenSet(xs) => {
+            Value::List(xs.iter().map(serde_view).collect())
+        }
+        Value::ByteArray(b) => Value::Bytes(b.clone()),
+        Value::Dict(kv) => Value::Dict(
+            kv.iter()
+                .map(|(k, v)| (serde_view(k), serde_view(v)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
+fn has_huge_int(v: &Value) -> bool {
+    match v {
+        Value::BigInt(n) => n.to_i128().is_none() && n.to_u128().is_none(),
+        Value::List(xs) | Value::Tuple(xs) | Value::Set(xs) | Value::FrozenSet(xs) => {
+            xs.iter().any(has_huge_int)
+        }
+        Value::Dict(kv) => kv.iter().any(|(k, v)| has_huge_int(k) || has_huge_int(v)),
+        _ => false,
+    }
+}
+
 fn canon(v: &Value) -> String {
     lit(v, true)
 }
@@ -321,6 +349,21 @@ fn python_rust_python(py: &PathBuf, values: &[Value]) -> Result<(), TestCaseErro
             let got = pickle::from_slice_value(&unhex(p))
                 .map_err(|e| TestCaseError::fail(format!("protocol {proto}: {e}")))?;
             prop_assert_eq!(canon(&got), canon(expected), "protocol {}", proto);
+            // The typed path (serde straight from the arena) sees the same data, minus the
+            // distinctions serde has no words for.
+            match pickle::from_slice::<Value>(&unhex(p)) {
+                Ok(typed) => prop_assert_eq!(
+                    canon(&typed),
+                    canon(&serde_view(&got)),
+                    "typed, protocol {}",
+                    proto
+                ),
+                // serde's integers stop at 128 bits.
+                Err(e) if has_huge_int(&got) => {
+                    prop_assert!(e.to_string().contains("128 bits"), "{}", e)
+                }
+                Err(e) => return Err(TestCaseError::fail(format!("typed, protocol {proto}: {e}"))),
+            }
             second.push(serde_json::json!({
                 "lit": lit(expected, false),
                 "data": hex(&pickle::to_vec(&got).unwrap()),
@@ -821,4 +864,87 @@ fn json_backends_keep_json_and_fail_clearly() {
         .decode::<u128>("k", &Codec::Pickle.encode("k", &big).unwrap())
         .unwrap();
     assert_eq!(back, u128::MAX);
+}
+
+/// A mutation fuzzer without nightly: CPython's own pickles of the shapes above at every
+/// protocol, mutated at random (byte flips, insertions, deletions, splices, truncations), for
+/// `DDF_PICKLE_FUZZ_SECS` seconds (default 1). Every input must decode or fail; nothing may
+/// panic or take long; a decoded value must survive its own round trip.
+#[test]
+fn mutation_fuzz_of_python_pickles() {
+    let Some(py) = python3() else { return };
+    let cases = [
+        "[None, True, 0, -1, 2**70, 1.5, float('nan'), '', 'é😀', b'', bytearray(b'ab'), {1, 2}, frozenset({'a'})]",
+        "{'a': 1, 2: 'b', (1, 'x'): [None], b'k': {}}",
+        "(lambda t: [t, t, {'k': t}])(('x', 'y'))",
+        "{'name': 'web', 'ports': ['8080:80'], 'volumes': ['/data:/app/data']}",
+        "[(), (1,), (1, 2), (1, 2, 3), (1, 2, 3, 4), 'a\\\\b\\n\\x00']",
+    ];
+    let requests: Vec<serde_json::Value> = cases
+        .iter()
+        .map(|c| serde_json::json!({ "lit": c, "full": true }))
+        .collect();
+    let seeds: Vec<Vec<u8>> = ask_python(&py, &requests)
+        .into_iter()
+        .flat_map(|r| r.pickles.unwrap().into_iter().map(|p| unhex(&p)))
+        .collect();
+    let secs: u64 = std::env::var("DDF_PICKLE_FUZZ_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1);
+    // xorshift: deterministic per run, no dependency.
+    let mut state: u64 = 0x9E37_79B9_7F4A_7C15 ^ u64::from(std::process::id());
+    let mut rand = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let (mut runs, mut decoded) = (0u64, 0u64);
+    while Instant::now() < deadline {
+        for _ in 0..200 {
+            let mut b = seeds[rand() as usize % seeds.len()].clone();
+            for _ in 0..1 + rand() % 4 {
+                let len = b.len().max(1);
+                let i = rand() as usize % len;
+                match rand() % 6 {
+                    0 if !b.is_empty() => {
+                        let k = i % b.len();
+                        b[k] = rand() as u8;
+                    }
+                    1 if !b.is_empty() => {
+                        let k = i % b.len();
+                        b[k] ^= 1 << (rand() % 8);
+                    }
+                    2 => b.insert(i.min(b.len()), rand() as u8),
+                    3 if !b.is_empty() => {
+                        b.remove(i % b.len());
+                    }
+                    4 => {
+                        let other = &seeds[rand() as usize % seeds.len()];
+                        let j = rand() as usize % other.len();
+                        let n = (rand() as usize % 16).min(other.len() - j);
+                        let at = i.min(b.len());
+                        b.splice(at..at, other[j..j + n].iter().copied());
+                    }
+                    _ => b.truncate(i),
+                }
+            }
+            let t = Instant::now();
+            let _ = pickle::from_slice::<serde_json::Value>(&b);
+            if let Ok(v) = pickle::from_slice_value(&b) {
+                decoded += 1;
+                let _ = v.to_json();
+                if let Ok(again) = pickle::to_vec(&v) {
+                    let back = pickle::from_slice_value(&again).unwrap();
+                    assert_eq!(pickle::to_vec(&back).unwrap(), again, "{b:?}");
+                }
+            }
+            assert!(t.elapsed() < Duration::from_secs(1), "slow input {b:?}");
+            runs += 1;
+        }
+    }
+    eprintln!("mutation fuzz: {runs} inputs in {secs} s, {decoded} decoded");
+    assert!(runs > 1000);
 }

@@ -61,6 +61,7 @@
 mod bigint;
 mod de;
 mod ser;
+mod typed;
 mod value;
 
 use std::fmt;
@@ -170,45 +171,51 @@ pub enum ErrorKind {
 /// An error of the pickle codec. The message says what was wrong and, for malformed input, at
 /// which byte offset.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PickleError {
+pub struct PickleError(Box<ErrorImpl>);
+
+/// Boxed so that `Result<T, PickleError>` stays small on the decoder's hot path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ErrorImpl {
     kind: ErrorKind,
     message: String,
     offset: Option<usize>,
 }
 
 impl PickleError {
+    #[cold]
     pub(crate) fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        PickleError {
+        PickleError(Box::new(ErrorImpl {
             kind,
             message: message.into(),
             offset: None,
-        }
+        }))
     }
 
+    #[cold]
     pub(crate) fn at(kind: ErrorKind, offset: usize, message: impl Into<String>) -> Self {
-        PickleError {
+        PickleError(Box::new(ErrorImpl {
             kind,
             message: message.into(),
             offset: Some(offset),
-        }
+        }))
     }
 
     /// The kind of error.
     pub fn kind(&self) -> ErrorKind {
-        self.kind
+        self.0.kind
     }
 
     /// The byte offset in the input where decoding failed, when known.
     pub fn offset(&self) -> Option<usize> {
-        self.offset
+        self.0.offset
     }
 }
 
 impl fmt::Display for PickleError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.offset {
-            Some(o) => write!(f, "{} (at byte {o})", self.message),
-            None => f.write_str(&self.message),
+        match self.0.offset {
+            Some(o) => write!(f, "{} (at byte {o})", self.0.message),
+            None => f.write_str(&self.0.message),
         }
     }
 }
@@ -275,8 +282,14 @@ pub fn from_slice_with_limits<T: DeserializeOwned>(
     bytes: &[u8],
     limits: &Limits,
 ) -> Result<T, PickleError> {
-    let value = de::decode(bytes, limits)?;
-    T::deserialize(value)
+    de::with_machine(bytes, limits, |m, root| {
+        T::deserialize(typed::ArenaDe {
+            m,
+            id: root,
+            depth: 0,
+            shared: false,
+        })
+    })
 }
 
 /// Decodes a pickle into a [`Value`], keeping every Python distinction (tuple, set, frozenset,

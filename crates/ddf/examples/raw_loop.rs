@@ -28,6 +28,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut r = BufReader::new(stream);
     let value = "x".repeat(100);
     let mut line = String::new();
+    let mut req: Vec<u8> = Vec::with_capacity(256);
     let mut results = Vec::new();
     for op in ["set", "get"] {
         let mut lat = Vec::with_capacity(n);
@@ -36,13 +37,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let key = format!("raw:{}", i % 1000);
             let t = Instant::now();
             line.clear();
+            req.clear();
+            // Each request is formatted into one buffer and sent with one write, as a client
+            // library does; `write!` straight to the socket would send each piece separately.
             match (proto, op) {
                 ("memcached", "set") => {
-                    write!(w, "ms {key} {} T0\r\n{value}\r\n", value.len())?;
+                    write!(req, "ms {key} {} T0\r\n{value}\r\n", value.len())?;
+                    w.write_all(&req)?;
                     r.read_line(&mut line)?; // HD
                 }
                 ("memcached", _) => {
-                    write!(w, "mg {key} v\r\n")?;
+                    write!(req, "mg {key} v\r\n")?;
+                    w.write_all(&req)?;
                     r.read_line(&mut line)?; // VA <len>
                     if let Some(rest) = line.strip_prefix("VA ") {
                         let len: usize = rest.split_whitespace().next().unwrap_or("0").parse()?;
@@ -52,15 +58,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 }
                 (_, "set") => {
                     write!(
-                        w,
+                        req,
                         "*3\r\n$3\r\nSET\r\n${}\r\n{key}\r\n${}\r\n{value}\r\n",
                         key.len(),
                         value.len()
                     )?;
+                    w.write_all(&req)?;
                     r.read_line(&mut line)?; // +OK
                 }
                 _ => {
-                    write!(w, "*2\r\n$3\r\nGET\r\n${}\r\n{key}\r\n", key.len())?;
+                    write!(req, "*2\r\n$3\r\nGET\r\n${}\r\n{key}\r\n", key.len())?;
+                    w.write_all(&req)?;
                     r.read_line(&mut line)?; // $len
                     if let Some(len) = line.strip_prefix('$') {
                         let len: i64 = len.trim().parse()?;

@@ -120,6 +120,31 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     }
 }
 
+/// The one `clear` policy of the server backends: with a namespace, remove the namespace's keys
+/// (`delete_prefix("")`); with an empty namespace ddf cannot tell its keys from anyone else's,
+/// so a server-wide `flush` runs only when `server_flush` allows it. `whole` names what that
+/// flush removes, for the error.
+pub(crate) fn scoped_clear(
+    backend: &dyn Backend,
+    namespace: &str,
+    server_flush: bool,
+    whole: &str,
+    flush: impl FnOnce() -> Result<()>,
+) -> Result<()> {
+    if !namespace.is_empty() {
+        return backend.delete_prefix("").map(|_| ());
+    }
+    if !server_flush {
+        return Err(crate::error::Error::InvalidArgument(format!(
+            "flush_all with an empty namespace would remove {whole}, other applications' \
+             entries included: set a namespace, use invalidate_pattern, or set \
+             `server_flush = true` to allow it"
+        )));
+    }
+    tracing::info!(backend = backend.name(), "server_flush: flushing {whole}");
+    flush()
+}
+
 /// Wraps a server backend (Redis, Memcached) in [`resilient::Resilient`]: breaker, fallback to
 /// the local directory, and the journal of invalidations made during an outage. `address`
 /// identifies the server(s) in the journal, without credentials.

@@ -493,6 +493,24 @@ fn set_cmd(key: &str, data: &[u8], ttl: Option<Duration>) -> redis::Cmd {
     c
 }
 
+impl RedisBackend {
+    /// `FLUSHDB` (on a cluster: on every primary); only through [`super::scoped_clear`].
+    fn flushdb(&self) -> Result<()> {
+        self.run("FLUSHDB", |c| match c {
+            Conn::Single(s) => redis::cmd("FLUSHDB").query::<()>(s),
+            Conn::Cluster(cc) => {
+                for (host, port) in Self::primaries(cc)? {
+                    cc.route_command(
+                        &redis::cmd("FLUSHDB"),
+                        RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress { host, port }),
+                    )?;
+                }
+                Ok(())
+            }
+        })
+    }
+}
+
 impl Backend for RedisBackend {
     fn name(&self) -> &'static str {
         NAME
@@ -535,31 +553,13 @@ impl Backend for RedisBackend {
     }
 
     fn clear(&self) -> Result<()> {
-        if !self.keyspace.namespace().is_empty() {
-            self.delete_prefix("")?;
-            return Ok(());
-        }
-        if !self.server_flush {
-            return Err(Error::InvalidArgument(
-                "flush_all on Redis with an empty namespace would delete every key of the \
-                 database, including other applications' keys; set a namespace, use \
-                 invalidate_pattern, or set server_flush = true to allow FLUSHDB"
-                    .to_owned(),
-            ));
-        }
-        tracing::info!(place = %self.place, "server_flush: sending FLUSHDB");
-        self.run("FLUSHDB", |c| match c {
-            Conn::Single(s) => redis::cmd("FLUSHDB").query::<()>(s),
-            Conn::Cluster(cc) => {
-                for (host, port) in Self::primaries(cc)? {
-                    cc.route_command(
-                        &redis::cmd("FLUSHDB"),
-                        RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress { host, port }),
-                    )?;
-                }
-                Ok(())
-            }
-        })
+        super::scoped_clear(
+            self,
+            self.keyspace.namespace(),
+            self.server_flush,
+            "every key of the Redis database (FLUSHDB)",
+            || self.flushdb(),
+        )
     }
 
     fn ping(&self) -> Result<BackendStatus> {

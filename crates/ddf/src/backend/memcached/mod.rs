@@ -668,22 +668,17 @@ impl Backend for MemcachedBackend {
     }
 
     fn clear(&self) -> Result<()> {
-        if !self.keyspace.namespace().is_empty() {
-            self.delete_prefix("")?;
-            return Ok(());
-        }
-        if !self.server_flush {
-            return Err(Error::InvalidArgument(
-                "flush_all with an empty namespace would remove every item on the memcached \
-                 servers, other applications' too: set a namespace, or set `server_flush = true` \
-                 to allow a server-wide flush"
-                    .to_owned(),
-            ));
-        }
-        for server in &self.servers {
-            self.run(server, "flush_all", |c| c.flush_all())?;
-        }
-        Ok(())
+        super::scoped_clear(
+            self,
+            self.keyspace.namespace(),
+            self.server_flush,
+            "every item on the memcached servers (flush_all)",
+            || {
+                self.servers
+                    .iter()
+                    .try_for_each(|server| self.run(server, "flush_all", |c| c.flush_all()))
+            },
+        )
     }
 
     fn ping(&self) -> Result<BackendStatus> {

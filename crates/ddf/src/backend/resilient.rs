@@ -254,11 +254,33 @@ impl Resilient {
                 .local
                 .journal_append(&self.shared.cfg.scope, &op)?;
         }
+        self.on_fallback(on_local, || none)
+    }
+
+    /// Serves a read or write while the primary is not up, as `fallback` says.
+    fn on_fallback<T>(
+        &self,
+        local: impl FnOnce(&FileBackend) -> Result<T>,
+        none: impl FnOnce() -> T,
+    ) -> Result<T> {
         match self.shared.cfg.mode {
-            FallbackMode::Pickle => on_local(self.local()),
-            FallbackMode::None => Ok(none),
+            FallbackMode::Pickle => local(self.local()),
+            FallbackMode::None => Ok(none()),
             FallbackMode::Error => Err(self.unavailable()),
         }
+    }
+
+    /// An invalidation: on the primary when it is up; else recorded, then on the fallback.
+    fn invalidate<T>(
+        &self,
+        op: PendingOp,
+        on_primary: impl Fn(&dyn Backend) -> Result<T>,
+        on_local: impl FnOnce(&FileBackend) -> Result<T>,
+        none: T,
+    ) -> Result<T> {
+        self.route(true, &on_primary, || {
+            self.invalidate_on_fallback(op, &on_primary, on_local, none)
+        })
     }
 
     fn local(&self) -> &FileBackend {
@@ -421,11 +443,7 @@ impl Backend for Resilient {
         self.route(
             false,
             |p| p.get(key),
-            || match self.shared.cfg.mode {
-                FallbackMode::Pickle => self.local().get(key),
-                FallbackMode::None => Ok(None),
-                FallbackMode::Error => Err(self.unavailable()),
-            },
+            || self.on_fallback(|l| l.get(key), || None),
         )
     }
 
@@ -433,61 +451,37 @@ impl Backend for Resilient {
         self.route(
             false,
             |p| p.set(key, item, ttl),
-            || match self.shared.cfg.mode {
-                FallbackMode::Pickle => self.local().set(key, item, ttl),
-                FallbackMode::None => Ok(()),
-                FallbackMode::Error => Err(self.unavailable()),
-            },
+            || self.on_fallback(|l| l.set(key, item, ttl), || ()),
         )
     }
 
     fn delete(&self, key: &str) -> Result<bool> {
-        self.route(
-            true,
+        self.invalidate(
+            PendingOp::Delete(key.to_owned()),
             |p| p.delete(key),
-            || {
-                self.invalidate_on_fallback(
-                    PendingOp::Delete(key.to_owned()),
-                    |p| p.delete(key),
-                    |l| l.delete(key),
-                    false,
-                )
-            },
+            |l| l.delete(key),
+            false,
         )
     }
 
     fn delete_prefix(&self, prefix: &str) -> Result<u64> {
-        self.route(
-            true,
+        self.invalidate(
+            PendingOp::DeletePrefix(prefix.to_owned()),
             |p| p.delete_prefix(prefix),
-            || {
-                self.invalidate_on_fallback(
-                    PendingOp::DeletePrefix(prefix.to_owned()),
-                    |p| p.delete_prefix(prefix),
-                    |l| l.delete_prefix(prefix),
-                    0,
-                )
-            },
+            |l| l.delete_prefix(prefix),
+            0,
         )
     }
 
     fn clear(&self) -> Result<()> {
-        self.route(
-            true,
-            |p| p.clear(),
-            || self.invalidate_on_fallback(PendingOp::Clear, |p| p.clear(), |l| l.clear(), ()),
-        )
+        self.invalidate(PendingOp::Clear, |p| p.clear(), |l| l.clear(), ())
     }
 
     fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<Item>>> {
         self.route(
             false,
             |p| p.get_many(keys),
-            || match self.shared.cfg.mode {
-                FallbackMode::Pickle => self.local().get_many(keys),
-                FallbackMode::None => Ok(keys.iter().map(|_| None).collect()),
-                FallbackMode::Error => Err(self.unavailable()),
-            },
+            || self.on_fallback(|l| l.get_many(keys), || keys.iter().map(|_| None).collect()),
         )
     }
 
@@ -495,11 +489,7 @@ impl Backend for Resilient {
         self.route(
             false,
             |p| p.set_many(items, ttl),
-            || match self.shared.cfg.mode {
-                FallbackMode::Pickle => self.local().set_many(items, ttl),
-                FallbackMode::None => Ok(()),
-                FallbackMode::Error => Err(self.unavailable()),
-            },
+            || self.on_fallback(|l| l.set_many(items, ttl), || ()),
         )
     }
 

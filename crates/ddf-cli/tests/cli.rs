@@ -298,3 +298,43 @@ fn a_closed_stdout_is_not_an_error() {
     let out = child.wait_with_output().unwrap();
     assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
 }
+
+/// Against a real Redis: ping shows the breaker's state; with the server gone, `get` is served
+/// by the fallback (a miss, exit 1, one warning) and `ping` fails with one line and exit 2.
+#[test]
+fn redis_ping_state_and_a_server_that_goes_away() {
+    let Some(mut server) = ddf_testkit::RedisServer::start() else {
+        return;
+    };
+    let cli = Cli::new();
+    let port = server.port().to_string();
+    let run = |args: &[&str]| {
+        cli.cmd()
+            .args(["-b", "redis"])
+            .args(args)
+            .env("DDF_CACHE_REDIS_HOST", "127.0.0.1")
+            .env("DDF_CACHE_REDIS_PORT", &port)
+            .output()
+            .unwrap()
+    };
+    assert_eq!(code(&run(&["set", "k", "v"])), 0);
+    let o = run(&["get", "k"]);
+    assert_eq!((code(&o), stdout(&o).as_str()), (0, "\"v\"\n"));
+    let o = run(&["ping"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(stdout(&o).contains("state up"), "{}", stdout(&o));
+    server.process.kill();
+    let o = run(&["get", "k"]);
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("served by the fallback"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(
+        !stderr(&o).contains('\x1b'),
+        "no colour codes when not a terminal"
+    );
+    let o = run(&["ping"]);
+    assert_clean_error(&o, "state");
+}

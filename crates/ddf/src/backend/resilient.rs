@@ -524,12 +524,19 @@ impl Backend for Resilient {
             Ok(st) => Ok(BackendStatus {
                 detail: format!("{}; {summary}", st.detail),
             }),
-            Err(e) => Err(Error::Backend {
-                backend: self.shared.cfg.name,
-                message: format!("{e}; {summary}"),
-                temporary: e.is_temporary(),
-                source: None,
-            }),
+            Err(e) => {
+                let temporary = e.is_temporary();
+                let cause = match e {
+                    Error::Backend { message, .. } => message,
+                    other => other.to_string(),
+                };
+                Err(Error::Backend {
+                    backend: self.shared.cfg.name,
+                    message: format!("{cause}; {summary}"),
+                    temporary,
+                    source: None,
+                })
+            }
         }
     }
 

@@ -120,6 +120,29 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     }
 }
 
+/// The error for an operation that would reach every key on a shared server (an empty
+/// namespace without `server_flush`). `whole` names what it would remove.
+pub(crate) fn whole_keyspace_refusal(whole: &str) -> crate::error::Error {
+    crate::error::Error::InvalidArgument(format!(
+        "with an empty namespace this would remove {whole}: set a namespace, invalidate a \
+         non-empty prefix, or set `server_flush = true` to allow it"
+    ))
+}
+
+/// Whether `delete_prefix(prefix)` on a server backend must be refused: the empty prefix of an
+/// empty namespace is every key on the server (the same rule as `clear`).
+pub(crate) fn check_prefix(
+    namespace: &str,
+    prefix: &str,
+    server_flush: bool,
+    whole: &str,
+) -> Result<()> {
+    if namespace.is_empty() && prefix.is_empty() && !server_flush {
+        return Err(whole_keyspace_refusal(whole));
+    }
+    Ok(())
+}
+
 /// The one `clear` policy of the server backends: with a namespace, remove the namespace's keys
 /// (`delete_prefix("")`); with an empty namespace ddf cannot tell its keys from anyone else's,
 /// so a server-wide `flush` runs only when `server_flush` allows it. `whole` names what that
@@ -135,11 +158,7 @@ pub(crate) fn scoped_clear(
         return backend.delete_prefix("").map(|_| ());
     }
     if !server_flush {
-        return Err(crate::error::Error::InvalidArgument(format!(
-            "flush_all with an empty namespace would remove {whole}, other applications' \
-             entries included: set a namespace, use invalidate_pattern, or set \
-             `server_flush = true` to allow it"
-        )));
+        return Err(whole_keyspace_refusal(whole));
     }
     tracing::info!(backend = backend.name(), "server_flush: flushing {whole}");
     flush()
@@ -157,7 +176,14 @@ pub fn resilient(
     address: &str,
     factory: resilient::Factory,
 ) -> Result<Arc<dyn Backend>> {
-    let scope = format!("{name}|{address}|{}", config.namespace);
+    // The journal's scope is the server and the namespace, not the codec: a `redis` and a
+    // `redis_pickle` process on one server replay each other's records.
+    let family = if name.starts_with("redis") {
+        "redis"
+    } else {
+        "memcached"
+    };
+    let scope = format!("{family}|{address}|{}", config.namespace);
     // The fallback's entries live under a namespace of their own: a `pickle` cache with the same
     // namespace in the same directory is another cache, which the fallback must never clear.
     let local = Arc::new(file::FileBackend::open(
@@ -170,6 +196,7 @@ pub fn resilient(
         mode: config.fallback,
         failures: config.breaker_failures,
         retry: config.breaker_retry,
+        refuse_whole_keyspace: config.namespace.is_empty() && !config.server_flush,
     };
     Ok(Arc::new(resilient::Resilient::new(cfg, factory, local)))
 }
@@ -203,12 +230,13 @@ pub fn from_config(config: &CacheConfig) -> Result<Arc<dyn Backend>> {
             resilient(config, config.backend.as_str(), &address, factory)
         }
         CacheBackend::Memcached | CacheBackend::MemcachedPickle => {
-            let address = config
+            let mut servers: Vec<String> = config
                 .memcached_servers
                 .iter()
                 .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join(",");
+                .collect();
+            servers.sort();
+            let address = servers.join(",");
             let cfg = config.clone();
             let factory: resilient::Factory = Box::new(move || {
                 Ok(Arc::new(memcached::MemcachedBackend::new(&cfg)?) as Arc<dyn Backend>)

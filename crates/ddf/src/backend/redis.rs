@@ -538,6 +538,12 @@ impl Backend for RedisBackend {
     }
 
     fn delete_prefix(&self, prefix: &str) -> Result<u64> {
+        super::check_prefix(
+            self.keyspace.namespace(),
+            prefix,
+            self.server_flush,
+            "every key of the Redis database",
+        )?;
         let pattern = format!("{}*", glob_escape(&self.keyspace.storage_key(prefix)));
         self.run("SCAN/UNLINK", |c| {
             let nodes = match c {

@@ -90,6 +90,10 @@ pub struct ResilientConfig {
     pub failures: u32,
     /// Probe interval while down.
     pub retry: Duration,
+    /// The namespace is empty and `server_flush` is off: `clear` and `delete_prefix("")` would
+    /// reach other applications' keys and are refused, in every state (recorded, they would be
+    /// refused at replay, after the caller was told they succeeded).
+    pub refuse_whole_keyspace: bool,
 }
 
 /// A primary backend behind a circuit breaker, with a fallback and a journal.
@@ -149,22 +153,22 @@ impl Resilient {
             gate: RwLock::new(()),
             down_since: Mutex::new(None),
         });
+        // Invalidations recorded by a process that ended during an outage (or a journal that
+        // cannot be read, which might hold some): apply them before the primary serves a read.
         let pending = shared
             .local
             .journal_read(&shared.cfg.scope)
-            .map(|p| p.len())
-            .unwrap_or(0);
+            .map(|p| !p.is_empty())
+            .unwrap_or(true);
         match first {
-            // Invalidations recorded by a process that ended during an outage: apply them
-            // before the primary serves a read (the probe does it at once).
-            Ok(p) if pending > 0 => {
+            Ok(p) if pending => {
                 *write(&shared.primary) = Some(p);
-                Shared::mark_down(
-                    &shared,
-                    &Error::InvalidArgument(format!(
-                        "{pending} recorded invalidation(s) to apply first"
-                    )),
-                );
+                shared.state.store(DOWN, Ordering::Release);
+                // Once now, bounded by the timeouts (a short-lived process, the CLI, may never
+                // see the background probe run), then in the background if that failed.
+                if !shared.try_recover() {
+                    Shared::start_probe(&shared);
+                }
             }
             Ok(p) => *write(&shared.primary) = Some(p),
             Err(e) => {
@@ -232,29 +236,58 @@ impl Resilient {
         }
     }
 
-    /// An invalidation while the primary is not up: record it durably, then apply it to the
-    /// fallback. If the primary came back meanwhile (the probe's last replay has run), apply it
-    /// to the primary instead: a record made now would not be replayed until the next outage.
-    fn invalidate_on_fallback<T>(
+    /// A write or an invalidation while the primary is not up (or just failed on it): record
+    /// what the primary must forget (`ops`) durably, then apply the call to the fallback, both
+    /// under the shared gate, so that the probe's last replay and its clearing of the fallback
+    /// (under the exclusive gate) cannot fall between them. If the primary came back meanwhile,
+    /// the call runs on it instead; a temporary failure there marks it down again and records.
+    fn on_fallback_recorded<T>(
         &self,
-        op: PendingOp,
-        on_primary: impl FnOnce(&dyn Backend) -> Result<T>,
+        ops: &[PendingOp],
+        on_primary: &dyn Fn(&dyn Backend) -> Result<T>,
         on_local: impl FnOnce(&FileBackend) -> Result<T>,
-        none: T,
+        none: impl FnOnce() -> T,
     ) -> Result<T> {
-        {
-            let _gate = read(&self.shared.gate);
-            if self.shared.state.load(Ordering::Acquire) == UP
-                && let Some(p) = read(&self.shared.primary).clone()
+        let s = &self.shared;
+        loop {
+            let gate = read(&s.gate);
+            if s.state.load(Ordering::Acquire) == UP
+                && let Some(p) = read(&s.primary).clone()
             {
-                drop(_gate);
-                return on_primary(p.as_ref());
+                drop(gate);
+                match on_primary(p.as_ref()) {
+                    Err(e) if e.is_temporary() => {
+                        s.failed_ops.fetch_add(1, Ordering::Relaxed);
+                        Shared::mark_down(s, &e);
+                        continue;
+                    }
+                    r => return r,
+                }
             }
-            self.shared
-                .local
-                .journal_append(&self.shared.cfg.scope, &op)?;
+            for op in ops {
+                s.local.journal_append(&s.cfg.scope, op)?;
+            }
+            return self.on_fallback(on_local, none);
         }
-        self.on_fallback(on_local, || none)
+    }
+
+    /// A write or an invalidation: on the primary when it is up (a temporary failure marks it
+    /// down at once: the primary may still hold the old value); else recorded, then on the
+    /// fallback.
+    fn write<T>(
+        &self,
+        ops: &[PendingOp],
+        on_primary: impl Fn(&dyn Backend) -> Result<T>,
+        on_local: impl FnOnce(&FileBackend) -> Result<T>,
+        none: impl FnOnce() -> T,
+    ) -> Result<T> {
+        self.route(true, &on_primary, || {
+            self.on_fallback_recorded(ops, &on_primary, on_local, none)
+        })
+    }
+
+    fn refusal(&self) -> Error {
+        super::whole_keyspace_refusal("every entry on the server, other applications' included")
     }
 
     /// Serves a read or write while the primary is not up, as `fallback` says.
@@ -268,19 +301,6 @@ impl Resilient {
             FallbackMode::None => Ok(none()),
             FallbackMode::Error => Err(self.unavailable()),
         }
-    }
-
-    /// An invalidation: on the primary when it is up; else recorded, then on the fallback.
-    fn invalidate<T>(
-        &self,
-        op: PendingOp,
-        on_primary: impl Fn(&dyn Backend) -> Result<T>,
-        on_local: impl FnOnce(&FileBackend) -> Result<T>,
-        none: T,
-    ) -> Result<T> {
-        self.route(true, &on_primary, || {
-            self.invalidate_on_fallback(op, &on_primary, on_local, none)
-        })
     }
 
     fn local(&self) -> &FileBackend {
@@ -337,6 +357,13 @@ impl Shared {
                     let Some(s) = weak.upgrade() else { return };
                     if s.try_recover() {
                         s.probing.store(false, Ordering::Release);
+                        // A caller may have marked the primary down between the switch to up
+                        // and now, found this probe still running and left it to us.
+                        if s.state.load(Ordering::Acquire) != UP
+                            && !s.probing.swap(true, Ordering::AcqRel)
+                        {
+                            continue;
+                        }
                         return;
                     }
                 }
@@ -369,6 +396,10 @@ impl Shared {
         if !self.replay(primary.as_ref()) {
             self.state.store(DOWN, Ordering::Release);
             self.transitions.fetch_add(1, Ordering::Relaxed);
+            warn!(
+                backend = self.cfg.name,
+                "cache server failed again while recorded invalidations were applied"
+            );
             return false;
         }
         // Last pass under the gate, then up: nothing recorded can be left behind.
@@ -376,6 +407,10 @@ impl Shared {
         if !self.replay(primary.as_ref()) {
             self.state.store(DOWN, Ordering::Release);
             self.transitions.fetch_add(1, Ordering::Relaxed);
+            warn!(
+                backend = self.cfg.name,
+                "cache server failed again while recorded invalidations were applied"
+            );
             return false;
         }
         if self.cfg.mode == FallbackMode::Pickle
@@ -448,33 +483,41 @@ impl Backend for Resilient {
     }
 
     fn set(&self, key: &str, item: &Item, ttl: Option<Duration>) -> Result<()> {
-        self.route(
-            false,
+        // Recorded as a delete: when the primary returns, its older value must not be served.
+        self.write(
+            &[PendingOp::Delete(key.to_owned())],
             |p| p.set(key, item, ttl),
-            || self.on_fallback(|l| l.set(key, item, ttl), || ()),
+            |l| l.set(key, item, ttl),
+            || (),
         )
     }
 
     fn delete(&self, key: &str) -> Result<bool> {
-        self.invalidate(
-            PendingOp::Delete(key.to_owned()),
+        self.write(
+            &[PendingOp::Delete(key.to_owned())],
             |p| p.delete(key),
             |l| l.delete(key),
-            false,
+            || false,
         )
     }
 
     fn delete_prefix(&self, prefix: &str) -> Result<u64> {
-        self.invalidate(
-            PendingOp::DeletePrefix(prefix.to_owned()),
+        if prefix.is_empty() && self.shared.cfg.refuse_whole_keyspace {
+            return Err(self.refusal());
+        }
+        self.write(
+            &[PendingOp::DeletePrefix(prefix.to_owned())],
             |p| p.delete_prefix(prefix),
             |l| l.delete_prefix(prefix),
-            0,
+            || 0,
         )
     }
 
     fn clear(&self) -> Result<()> {
-        self.invalidate(PendingOp::Clear, |p| p.clear(), |l| l.clear(), ())
+        if self.shared.cfg.refuse_whole_keyspace {
+            return Err(self.refusal());
+        }
+        self.write(&[PendingOp::Clear], |p| p.clear(), |l| l.clear(), || ())
     }
 
     fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<Item>>> {
@@ -486,25 +529,24 @@ impl Backend for Resilient {
     }
 
     fn set_many(&self, items: &[(&str, Item)], ttl: Option<Duration>) -> Result<()> {
-        self.route(
-            false,
+        let ops: Vec<PendingOp> = items
+            .iter()
+            .map(|(k, _)| PendingOp::Delete((*k).to_owned()))
+            .collect();
+        self.write(
+            &ops,
             |p| p.set_many(items, ttl),
-            || self.on_fallback(|l| l.set_many(items, ttl), || ()),
+            |l| l.set_many(items, ttl),
+            || (),
         )
     }
 
     fn delete_many(&self, keys: &[&str]) -> Result<u64> {
-        self.route(
-            true,
-            |p| p.delete_many(keys),
-            || {
-                let mut n = 0;
-                for k in keys {
-                    n += u64::from(self.delete(k)?);
-                }
-                Ok(n)
-            },
-        )
+        let ops: Vec<PendingOp> = keys
+            .iter()
+            .map(|k| PendingOp::Delete((*k).to_owned()))
+            .collect();
+        self.write(&ops, |p| p.delete_many(keys), |l| l.delete_many(keys), || 0)
     }
 
     fn ping(&self) -> Result<BackendStatus> {
@@ -664,6 +706,7 @@ mod tests {
                 mode,
                 failures: 2,
                 retry: Duration::from_millis(20),
+                refuse_whole_keyspace: false,
             },
             Box::new(move || Ok(p2.clone() as Arc<dyn Backend>)),
             local,
@@ -696,7 +739,8 @@ mod tests {
         assert_eq!(r.get("c").unwrap(), Some(item("outage")));
         assert!(!r.delete("a").unwrap());
         assert_eq!(r.delete_prefix("p:").unwrap(), 0);
-        assert_eq!(r.local().journal_read("test|here|ns:").unwrap().len(), 2);
+        // The write is recorded as a delete too: the primary's older value must go.
+        assert_eq!(r.local().journal_read("test|here|ns:").unwrap().len(), 3);
         up.store(true, Ordering::SeqCst);
         wait_for(&r, Health::Up);
         // The invalidations reached the primary before it served reads again.
@@ -732,15 +776,62 @@ mod tests {
                 mode: FallbackMode::Pickle,
                 failures: 3,
                 retry: Duration::from_millis(20),
+                refuse_whole_keyspace: false,
             },
             Box::new(move || Ok(primary.clone() as Arc<dyn Backend>)),
             local,
         );
-        // Never the stale value, not even before the probe ran.
+        // Applied while the cache was built (a short-lived process would never see a probe).
+        assert_eq!(r.health(), Health::Up);
         assert_eq!(r.get("k").unwrap(), None);
-        wait_for(&r, Health::Up);
         assert_eq!(r.get("k").unwrap(), None);
         assert_eq!(store.get("k").unwrap(), None);
+    }
+
+    #[test]
+    fn a_write_that_failed_never_lets_the_old_value_back() {
+        let (_d, r, up, _p) = setup(FallbackMode::Pickle);
+        r.set("k", &item("v1"), None).unwrap();
+        up.store(false, Ordering::SeqCst);
+        // Fails on the primary: down at once, recorded, written to the fallback.
+        r.set("k", &item("v2"), None).unwrap();
+        assert_eq!(r.health(), Health::Down);
+        assert_eq!(r.get("k").unwrap(), Some(item("v2")));
+        up.store(true, Ordering::SeqCst);
+        wait_for(&r, Health::Up);
+        // v1 was removed before the primary served again; v2 was not promoted.
+        assert_eq!(r.get("k").unwrap(), None);
+    }
+
+    #[test]
+    fn the_whole_keyspace_is_refused_in_every_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let local = Arc::new(FileBackend::open(dir.path().join("local"), "fb:").unwrap());
+        let r = Resilient::new(
+            ResilientConfig {
+                name: "test",
+                scope: "s".to_owned(),
+                mode: FallbackMode::Pickle,
+                failures: 3,
+                retry: Duration::from_secs(60),
+                refuse_whole_keyspace: true,
+            },
+            Box::new(|| {
+                Err(Error::io(
+                    "test",
+                    "connect",
+                    std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
+                ))
+            }),
+            local.clone(),
+        );
+        assert_eq!(r.health(), Health::Down);
+        assert!(r.clear().unwrap_err().to_string().contains("server_flush"));
+        assert!(r.delete_prefix("").is_err());
+        assert!(
+            local.journal_read("s").unwrap().is_empty(),
+            "nothing recorded"
+        );
     }
 
     #[test]
@@ -793,6 +884,7 @@ mod tests {
                 mode: FallbackMode::Pickle,
                 failures: 3,
                 retry: Duration::from_millis(20),
+                refuse_whole_keyspace: false,
             },
             Box::new(move || {
                 if !up2.load(Ordering::SeqCst) {

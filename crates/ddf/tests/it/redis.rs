@@ -165,7 +165,9 @@ fn standalone_suite_never_sends_keys_or_flush() {
     };
     // An empty namespace (the Python DDF's layout), first, while the database is empty (its
     // empty prefix is the whole database); flush_all is refused there (see below).
-    let bare = direct(config_for(&server, "")).unwrap();
+    let mut cfg = config_for(&server, "");
+    cfg.server_flush = true; // the suite's last step is invalidate_pattern("")
+    let bare = direct(cfg).unwrap();
     conformance::prefix_invalidation_is_literal_and_exact(&bare);
     conformance::odd_keys_round_trip(&bare, Caps::default());
     conformance::run(
@@ -242,6 +244,13 @@ fn other_applications_keys_survive_flush_and_invalidation() {
     let bare = direct(config_for(&server, "")).unwrap();
     let e = bare.flush_all().unwrap_err();
     assert!(e.to_string().contains("server_flush"), "{e}");
+    // Nor may the empty prefix of the empty namespace (the whole database), directly or behind
+    // the breaker (where it would otherwise be recorded and replayed).
+    let e = bare.invalidate_pattern("").unwrap_err();
+    assert!(e.to_string().contains("server_flush"), "{e}");
+    let wrapped = CacheManager::new(config_for(&server, "")).unwrap();
+    assert!(wrapped.invalidate_pattern("").is_err());
+    assert!(wrapped.flush_all().is_err());
     assert_eq!(redis_cli(server.port(), &["DBSIZE"]).trim(), "2");
     assert_eq!(bare.invalidate_pattern("svc1:").unwrap(), 1);
     assert_eq!(

@@ -626,6 +626,12 @@ impl Backend for MemcachedBackend {
     }
 
     fn delete_prefix(&self, prefix: &str) -> Result<u64> {
+        super::check_prefix(
+            self.keyspace.namespace(),
+            prefix,
+            self.server_flush,
+            "every item on the memcached servers",
+        )?;
         let raw = self.keyspace.storage_key(prefix);
         let mp = MemcachedPrefix::new(&raw);
         let settled = Instant::now() + BUMP_SETTLE;

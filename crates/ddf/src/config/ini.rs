@@ -108,25 +108,31 @@ impl Ini {
             let Some(sect) = cursect else {
                 return Err(IniError {
                     line: lineno,
-                    message: format!(
-                        "{stripped:?} stands before the first section header (e.g. [cache])"
-                    ),
+                    // Never echo the line: it may hold a password.
+                    message: match stripped.find(['=', ':']) {
+                        Some(pos) => format!(
+                            "key {:?} stands before the first section header (e.g. [cache])",
+                            stripped[..pos].trim_end().to_lowercase()
+                        ),
+                        None => {
+                            "text stands before the first section header (e.g. [cache])".to_owned()
+                        }
+                    },
                 });
             };
             let Some(pos) = stripped.find(['=', ':']) else {
                 return Err(IniError {
                     line: lineno,
-                    message: format!("{stripped:?} is not `key = value`, a [section] or a comment"),
+                    message: "this line is not `key = value`, a [section], a comment or an \
+                              indented continuation"
+                        .to_owned(),
                 });
             };
             let key = stripped[..pos].trim_end().to_lowercase();
             if key.is_empty() {
                 return Err(IniError {
                     line: lineno,
-                    message: format!(
-                        "{stripped:?} has no key before the `{}`",
-                        &stripped[pos..=pos]
-                    ),
+                    message: format!("no key before the `{}`", &stripped[pos..=pos]),
                 });
             }
             let value = stripped[pos + 1..].trim().to_owned();
@@ -195,7 +201,7 @@ impl Ini {
             .map(|e| {
                 Ok(Entry {
                     key: e.key.clone(),
-                    raw: interpolate(&e.raw, e.line, &lookup, 1)?,
+                    raw: interpolate(&e.raw, &e.key, e.line, &lookup, 1)?,
                     line: e.line,
                 })
             })
@@ -220,8 +226,10 @@ fn section_header(stripped: &str) -> Option<&str> {
 
 const MAX_INTERPOLATION_DEPTH: usize = 10;
 
+/// Error messages name the key, never the value: it may be a password.
 fn interpolate(
     raw: &str,
+    key: &str,
     line: usize,
     lookup: &HashMap<&str, &Entry>,
     depth: usize,
@@ -246,7 +254,9 @@ fn interpolate(
             let Some(close) = r.find(")s") else {
                 return Err(IniError {
                     line,
-                    message: format!("bad interpolation syntax in {raw:?}: `%(` needs `name)s`"),
+                    message: format!(
+                        "bad interpolation syntax in the value of {key:?}: `%(` needs `name)s`"
+                    ),
                 });
             };
             let name = r[..close].to_lowercase();
@@ -254,17 +264,23 @@ fn interpolate(
                 return Err(IniError {
                     line,
                     message: format!(
-                        "{raw:?} refers to %({name})s, which is not set in this section"
+                        "the value of {key:?} refers with %(...)s to a key that is not set in this section or [DEFAULT]"
                     ),
                 });
             };
-            out.push_str(&interpolate(&target.raw, line, lookup, depth + 1)?);
+            out.push_str(&interpolate(
+                &target.raw,
+                &target.key,
+                line,
+                lookup,
+                depth + 1,
+            )?);
             rest = &r[close + 2..];
         } else {
             return Err(IniError {
                 line,
                 message: format!(
-                    "'%' must be followed by '%' or '(' in {raw:?} (write %% for a literal %, as Python's configparser requires)"
+                    "in the value of {key:?}, '%' must be followed by '%' or '(' (write %% for a literal %, as Python's configparser requires)"
                 ),
             });
         }
@@ -396,7 +412,27 @@ mod tests {
         let e = err("[cache]\na = %(b)s\nb = %(a)s\n");
         assert!(e.message.contains("deeper"), "{}", e.message);
         let e = err("[cache]\na = %(nope)s\n");
-        assert!(e.message.contains("nope"), "{}", e.message);
+        assert!(e.message.contains("not set"), "{}", e.message);
+    }
+
+    #[test]
+    fn errors_never_echo_values_or_lines() {
+        for text in [
+            "redis_password = hunter2\n[cache]\n",
+            "[cache]\nhunter2\n",
+            "[cache]\nredis_password = hun%ter2\n",
+            "[cache]\nredis_url = redis://:p%40hunter2@h:1/0\n",
+            "[cache]\nredis_password = %(hunter2)s\n",
+            "[cache]\nredis_password = %(hunter2\n",
+        ] {
+            let e = err(text);
+            assert!(!e.message.contains("hunter2"), "{text:?}: {}", e.message);
+        }
+        assert!(
+            err("redis_password = x\n")
+                .message
+                .contains("redis_password")
+        );
     }
 
     #[test]

@@ -19,7 +19,10 @@ use ddf::{CacheBackend, CacheConfig, CacheManager};
 use crate::args::{Args, Command};
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let args = match Args::try_parse() {
+        Ok(a) => a,
+        Err(e) => return usage_error(&e),
+    };
     init_logging(args.verbose);
     match run(args) {
         Ok(code) => code,
@@ -32,6 +35,35 @@ fn main() -> ExitCode {
                 return ExitCode::SUCCESS;
             }
             eprintln!("ddf-cache: {err:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// `--help` and `--version` print as clap prints them; a usage error is one line, like every
+/// other error, with the way to the help.
+fn usage_error(e: &clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    match e.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+            let _ = e.print();
+            ExitCode::SUCCESS
+        }
+        ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = e.print();
+            ExitCode::from(2)
+        }
+        _ => {
+            let text = e.to_string();
+            // clap's message runs until its blank line (then usage and tips): one line of it.
+            let message = text
+                .lines()
+                .take_while(|l| !l.trim().is_empty())
+                .map(str::trim)
+                .collect::<Vec<_>>()
+                .join(" ");
+            let message = message.trim_start_matches("error: ");
+            eprintln!("ddf-cache: {message} (see ddf-cache --help)");
             ExitCode::from(2)
         }
     }

@@ -233,6 +233,9 @@ fn errors_are_one_clear_line_with_exit_code_2() {
     }
 
     assert_clean_error(&cli.run(&["-b", "redsi", "get", "k"]), "redsi");
+    assert_clean_error(&cli.run(&["get"]), "--help");
+    assert_clean_error(&cli.run(&["frobnicate"]), "frobnicate");
+    assert_eq!(code(&cli.run(&["--help"])), 0);
     assert_clean_error(
         &cli.run(&["-c", "/nonexistent/ddf.ini", "get", "k"]),
         "/nonexistent/ddf.ini",

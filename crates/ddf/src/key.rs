@@ -156,7 +156,11 @@ fn mc_encode(s: &str) -> String {
 /// assert!(memcached_key(&"k".repeat(10_000)).len() <= 250);
 /// ```
 pub fn memcached_key(storage_key: &str) -> Cow<'_, str> {
-    if memcached_key_is_carryable(storage_key) {
+    // A carryable key that already has the mapped shape is mapped too: sent as it is, it could
+    // alias (and overwrite or delete) another key's mapped form.
+    if memcached_key_is_carryable(storage_key)
+        && mc_mapped_visible(storage_key.as_bytes()).is_none()
+    {
         return Cow::Borrowed(storage_key);
     }
     let mut visible = mc_encode(storage_key);
@@ -291,6 +295,13 @@ mod tests {
             memcached_key(&"k".repeat(300)),
             memcached_key(&"k".repeat(301))
         );
+    }
+
+    #[test]
+    fn a_key_in_the_mapped_shape_cannot_alias_a_mapped_key() {
+        let mapped = memcached_key("ns:a b").into_owned();
+        assert_ne!(memcached_key(&mapped), mapped.as_str());
+        assert_ne!(memcached_key(&mapped), memcached_key("ns:a b"));
     }
 
     #[test]

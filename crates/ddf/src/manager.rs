@@ -300,6 +300,19 @@ impl CacheManager {
             return Ok(keys.iter().map(|_| None).collect());
         }
         let items = self.track(self.inner.backend.get_many(keys))?;
+        if items.len() != keys.len() {
+            bump(&self.inner.stats.errors, 1);
+            return Err(Error::Backend {
+                backend: self.inner.backend.name(),
+                message: format!(
+                    "get_many returned {} results for {} keys",
+                    items.len(),
+                    keys.len()
+                ),
+                temporary: false,
+                source: None,
+            });
+        }
         let hits = items.iter().filter(|i| i.is_some()).count() as u64;
         bump(&self.inner.stats.hits, hits);
         bump(&self.inner.stats.misses, keys.len() as u64 - hits);

@@ -19,6 +19,11 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
+/// The longest reply line accepted.
+const MAX_LINE: u64 = 64 * 1024;
+/// The largest value accepted from a server (memcached's `-I` allows at most 1 GiB).
+const MAX_VALUE: usize = 1 << 30;
+
 /// What went wrong talking to one server.
 #[derive(Debug)]
 pub(crate) enum McError {
@@ -99,7 +104,16 @@ impl Conn {
     /// Reads one line without its `\r\n` (or `\n`) into `self.line`.
     fn read_line(&mut self) -> McResult<&[u8]> {
         self.line.clear();
-        let n = self.reader.read_until(b'\n', &mut self.line)?;
+        // A reply line is short (a metadump line holds one key); a peer that is not memcached
+        // must not make us buffer without bound.
+        let n = (&mut self.reader)
+            .take(MAX_LINE)
+            .read_until(b'\n', &mut self.line)?;
+        if n as u64 == MAX_LINE && self.line.last() != Some(&b'\n') {
+            return Err(McError::Protocol(format!(
+                "a reply line longer than {MAX_LINE} bytes (is this a memcached server?)"
+            )));
+        }
         if n == 0 {
             return Err(McError::Io(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
@@ -114,6 +128,12 @@ impl Conn {
 
     /// Reads a data block of `n` bytes and its `\r\n`.
     fn read_data(&mut self, n: usize) -> McResult<Vec<u8>> {
+        // The size comes from the peer: never allocate more than an item can be.
+        if n > MAX_VALUE {
+            return Err(McError::Protocol(format!(
+                "the server announced a value of {n} bytes, more than memcached's largest item"
+            )));
+        }
         let mut data = vec![0; n + 2];
         self.reader.read_exact(&mut data)?;
         if !data.ends_with(b"\r\n") {

@@ -9,7 +9,8 @@
 //!   still hold the value, so reads must not go back to it before the invalidation is replayed.
 //! - **down**: operations go straight to the fallback, without waiting on the primary. A
 //!   background thread probes the primary every `breaker_retry` (a `PING` bounded by the
-//!   operation timeout); no caller ever waits for a probe.
+//!   operation timeout); no read or write waits for a probe (an invalidation made while the probe
+//!   applies the journal's last entries waits for that, under the gate).
 //! - **recovering**: the primary answered; the journal is being replayed. Operations still go to
 //!   the fallback. When the journal is empty the state becomes **up**.
 //!

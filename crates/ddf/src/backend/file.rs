@@ -36,7 +36,7 @@ use std::fmt;
 use std::fs::{self, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 use tracing::{debug, warn};
@@ -49,6 +49,8 @@ use crate::key::{Keyspace, prefix_range};
 const NAME: &str = "pickle";
 /// The database's file name inside the cache directory.
 pub const DB_FILE: &str = "ddf-cache.sqlite3";
+/// The journal's file name (see [`FileBackend::open_journal`]).
+pub const JOURNAL_FILE: &str = "ddf-journal.sqlite3";
 /// How long a write waits for another process's write.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// The largest value SQLite stores by default (`SQLITE_MAX_LENGTH`), less room for the row.
@@ -92,6 +94,25 @@ struct Pool {
     idle: Vec<Connection>,
     /// Bumped when the database is moved aside; older connections are not reused.
     generation: u64,
+    /// The database file this generation's connections opened (device, inode).
+    file_id: Option<(u64, u64)>,
+    /// When the path was last checked to still name that file.
+    checked: Option<Instant>,
+}
+
+/// How often a pool checks that its path still names the file its connections use (another
+/// process may have moved a corrupt database aside).
+const FILE_CHECK: Duration = Duration::from_secs(1);
+
+#[cfg(unix)]
+fn file_id(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+#[cfg(not(unix))]
+fn file_id(_path: &Path) -> Option<(u64, u64)> {
+    None
 }
 
 impl fmt::Debug for FileBackend {
@@ -146,7 +167,19 @@ impl FileBackend {
         namespace: &str,
         clock: Arc<dyn Clock>,
     ) -> Result<Self> {
-        let dir = dir.into();
+        Self::open_at(dir.into(), DB_FILE, namespace, clock)
+    }
+
+    /// Opens the journal of invalidations recorded during outages ([`JOURNAL_FILE`] in `dir`):
+    /// a database of its own, so that moving a corrupt cache database aside never loses it.
+    ///
+    /// # Errors
+    /// As [`FileBackend::open`].
+    pub fn open_journal(dir: impl Into<PathBuf>) -> Result<Self> {
+        Self::open_at(dir.into(), JOURNAL_FILE, "", Arc::new(SystemClock))
+    }
+
+    fn open_at(dir: PathBuf, file: &str, namespace: &str, clock: Arc<dyn Clock>) -> Result<Self> {
         let mut builder = fs::DirBuilder::new();
         builder.recursive(true);
         #[cfg(unix)]
@@ -166,7 +199,7 @@ impl FileBackend {
             });
         }
         let backend = FileBackend {
-            db: dir.join(DB_FILE),
+            db: dir.join(file),
             dir,
             keys: Keyspace::new(namespace),
             clock,
@@ -197,21 +230,36 @@ impl FileBackend {
     fn take(&self) -> Result<(Connection, u64)> {
         let (idle, generation) = {
             let mut pool = self.lock_pool();
+            // At most once a second: if another process moved the database aside, drop the
+            // connections to the old file and open the new one.
+            if pool.checked.is_none_or(|t| t.elapsed() >= FILE_CHECK) {
+                pool.checked = Some(Instant::now());
+                if pool.file_id.is_some() && file_id(&self.db) != pool.file_id {
+                    pool.generation += 1;
+                    pool.idle.clear();
+                    pool.file_id = None;
+                }
+            }
             (pool.idle.pop(), pool.generation)
         };
         if let Some(c) = idle {
             return Ok((c, generation));
         }
         let open_err = |e| sql_error(format_args!("cannot open {}", self.db.display()), e);
-        match self.connect() {
-            Ok(c) => Ok((c, generation)),
+        let (conn, generation) = match self.connect() {
+            Ok(c) => (c, generation),
             Err(e) if is_corruption(&e) => {
                 self.quarantine(generation, &e);
                 let generation = self.lock_pool().generation;
-                Ok((self.connect().map_err(open_err)?, generation))
+                (self.connect().map_err(open_err)?, generation)
             }
-            Err(e) => Err(open_err(e)),
+            Err(e) => return Err(open_err(e)),
+        };
+        let mut pool = self.lock_pool();
+        if pool.generation == generation && pool.file_id.is_none() {
+            pool.file_id = file_id(&self.db);
         }
+        Ok((conn, generation))
     }
 
     /// Returns a connection to the pool, unless the database was replaced since it was taken.
@@ -255,9 +303,20 @@ impl FileBackend {
         }
         pool.generation += 1;
         pool.idle.clear();
-        let aside = self
-            .dir
-            .join(format!("{DB_FILE}.corrupt-{}", self.clock.now_ms()));
+        let ours = pool.file_id.take();
+        if ours.is_some() && file_id(&self.db) != ours {
+            // Another process moved our corrupt file aside already: the path names its fresh
+            // database now, which must not be touched. Reconnect to it.
+            return;
+        }
+        let aside = self.dir.join(format!(
+            "{}.corrupt-{}",
+            self.db
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            self.clock.now_ms()
+        ));
         warn!(
             db = %self.db.display(),
             moved_to = %aside.display(),
@@ -646,6 +705,45 @@ mod tests {
             .filter_map(|e| e.ok())
             .any(|e| e.file_name().to_string_lossy().contains(".corrupt-"));
         assert!(aside, "the corrupt database was kept aside");
+    }
+
+    #[test]
+    fn a_database_moved_aside_by_another_process_is_left_alone() {
+        let (_d, a, _c) = backend();
+        let b = FileBackend::open(a.dir(), "ns:").unwrap();
+        a.set("k", &item("v1"), None).unwrap();
+        assert_eq!(b.get("k").unwrap(), Some(item("v1"))); // b keeps a pooled connection
+        a.close();
+        fs::write(a.db_path(), vec![0x5au8; 64 * 1024]).unwrap();
+        for ext in ["-wal", "-shm"] {
+            let _ = fs::remove_file(format!("{}{ext}", a.db_path().display()));
+        }
+        assert_eq!(a.get("k").unwrap(), None); // a moves it aside and starts empty
+        a.set("fresh", &item("a"), None).unwrap();
+        // b's pooled connection still points at the moved-aside file; once it notices, it
+        // reconnects to a's fresh database, which it must neither move nor miss.
+        std::thread::sleep(FILE_CHECK + Duration::from_millis(100));
+        let _ = b.get("k");
+        b.set("from-b", &item("b"), None).unwrap();
+        assert_eq!(a.get("fresh").unwrap(), Some(item("a")));
+        assert_eq!(a.get("from-b").unwrap(), Some(item("b")));
+        let aside = fs::read_dir(a.dir())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().contains(".corrupt-"))
+            .count();
+        assert_eq!(aside, 1, "moved aside once");
+    }
+
+    #[test]
+    fn the_journal_is_a_database_of_its_own() {
+        let (_d, a, _c) = backend();
+        let j = FileBackend::open_journal(a.dir()).unwrap();
+        j.journal_append("s", &PendingOp::Clear).unwrap();
+        assert_ne!(j.db_path(), a.db_path());
+        let generation = a.lock_pool().generation;
+        a.quarantine(generation, &rusqlite::Error::InvalidQuery);
+        assert_eq!(j.journal_read("s").unwrap().len(), 1);
     }
 
     #[test]

@@ -198,7 +198,10 @@ pub fn resilient(
         retry: config.breaker_retry,
         refuse_whole_keyspace: config.namespace.is_empty() && !config.server_flush,
     };
-    Ok(Arc::new(resilient::Resilient::new(cfg, factory, local)))
+    let journal = Arc::new(file::FileBackend::open_journal(config.pickle_dir())?);
+    Ok(Arc::new(resilient::Resilient::new(
+        cfg, factory, local, journal,
+    )))
 }
 
 /// Builds the backend a config names.

@@ -106,8 +106,10 @@ struct Shared {
     cfg: ResilientConfig,
     primary: RwLock<Option<Arc<dyn Backend>>>,
     factory: Factory,
-    /// The local database: the `pickle` fallback's store and, in every mode, the journal.
+    /// The `pickle` fallback's store (its own namespace in the local database).
     local: Arc<FileBackend>,
+    /// The journal of invalidations recorded during outages (its own database file).
+    journal: Arc<FileBackend>,
     state: AtomicU8,
     consecutive: AtomicU32,
     transitions: AtomicU64,
@@ -133,7 +135,12 @@ impl fmt::Debug for Resilient {
 impl Resilient {
     /// Wraps the primary that `factory` builds. If it cannot be built now (the server is down at
     /// start-up), the cache starts on the fallback and the probe keeps trying.
-    pub fn new(cfg: ResilientConfig, factory: Factory, local: Arc<FileBackend>) -> Self {
+    pub fn new(
+        cfg: ResilientConfig,
+        factory: Factory,
+        local: Arc<FileBackend>,
+        journal: Arc<FileBackend>,
+    ) -> Self {
         if cfg.mode == FallbackMode::Pickle
             && let Err(e) = local.clear()
         {
@@ -146,6 +153,7 @@ impl Resilient {
             primary: RwLock::new(None),
             factory,
             local,
+            journal,
             state: AtomicU8::new(UP),
             consecutive: AtomicU32::new(0),
             transitions: AtomicU64::new(0),
@@ -157,7 +165,7 @@ impl Resilient {
         // Invalidations recorded by a process that ended during an outage (or a journal that
         // cannot be read, which might hold some): apply them before the primary serves a read.
         let pending = shared
-            .local
+            .journal
             .journal_read(&shared.cfg.scope)
             .map(|p| !p.is_empty())
             .unwrap_or(true);
@@ -266,7 +274,7 @@ impl Resilient {
                 }
             }
             for op in ops {
-                s.local.journal_append(&s.cfg.scope, op)?;
+                s.journal.journal_append(&s.cfg.scope, op)?;
             }
             return self.on_fallback(on_local, none);
         }
@@ -439,7 +447,7 @@ impl Shared {
 
     /// Applies the journal to the primary. False when the primary failed again.
     fn replay(&self, primary: &dyn Backend) -> bool {
-        let pending = match self.local.journal_read(&self.cfg.scope) {
+        let pending = match self.journal.journal_read(&self.cfg.scope) {
             Ok(p) => p,
             Err(e) => {
                 warn!(error = %e, "cannot read the recorded invalidations");
@@ -463,7 +471,7 @@ impl Shared {
                 Err(e) => warn!(error = %e, ?op, "a recorded invalidation was refused; dropped"),
             }
         }
-        if let Err(e) = self.local.journal_remove(&self.cfg.scope, last) {
+        if let Err(e) = self.journal.journal_remove(&self.cfg.scope, last) {
             warn!(error = %e, "cannot remove applied invalidations (they will be applied again)");
         }
         true
@@ -586,7 +594,7 @@ impl Backend for Resilient {
     fn info(&self) -> Result<Vec<(String, String)>> {
         let pending = self
             .shared
-            .local
+            .journal
             .journal_read(&self.shared.cfg.scope)
             .map(|p| p.len())
             .unwrap_or(0);
@@ -710,6 +718,7 @@ mod tests {
                 refuse_whole_keyspace: false,
             },
             Box::new(move || Ok(p2.clone() as Arc<dyn Backend>)),
+            local.clone(),
             local,
         );
         (dir, r, up, primary)
@@ -780,6 +789,7 @@ mod tests {
                 refuse_whole_keyspace: false,
             },
             Box::new(move || Ok(primary.clone() as Arc<dyn Backend>)),
+            local.clone(),
             local,
         );
         // Applied while the cache was built (a short-lived process would never see a probe).
@@ -824,6 +834,7 @@ mod tests {
                     std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
                 ))
             }),
+            local.clone(),
             local.clone(),
         );
         assert_eq!(r.health(), Health::Down);
@@ -900,6 +911,7 @@ mod tests {
                     up: up2.clone(),
                 }) as Arc<dyn Backend>)
             }),
+            local.clone(),
             local,
         );
         assert_eq!(r.health(), Health::Down);

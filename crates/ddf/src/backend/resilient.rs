@@ -24,8 +24,8 @@
 //!
 //! # Recovery rules (what is guaranteed)
 //! - Every `delete`, `delete_prefix` and `flush_all` made while the primary is down (or that
-//!   failed on it) is recorded durably in the local database (table `pending`, scoped by backend,
-//!   address and namespace) before the call returns, in every fallback mode. When the primary
+//!   failed on it) is recorded durably in the journal database (`ddf-journal.sqlite3`, scoped by
+//!   server address and namespace) before the call returns, in every fallback mode. When the primary
 //!   answers again they are applied to it, oldest first, before any read is served from it
 //!   again. Several processes share the record safely (SQLite transactions); a process that comes
 //!   back replays what the others recorded too. An invalidation recorded by another process after

@@ -402,25 +402,22 @@ impl Shared {
         }
         self.state.store(RECOVERING, Ordering::Release);
         self.transitions.fetch_add(1, Ordering::Relaxed);
-        if !self.replay(primary.as_ref()) {
+        let failed_again = || {
             self.state.store(DOWN, Ordering::Release);
             self.transitions.fetch_add(1, Ordering::Relaxed);
             warn!(
                 backend = self.cfg.name,
                 "cache server failed again while recorded invalidations were applied"
             );
-            return false;
+            false
+        };
+        if !self.replay(primary.as_ref()) {
+            return failed_again();
         }
         // Last pass under the gate, then up: nothing recorded can be left behind.
         let _gate = write(&self.gate);
         if !self.replay(primary.as_ref()) {
-            self.state.store(DOWN, Ordering::Release);
-            self.transitions.fetch_add(1, Ordering::Relaxed);
-            warn!(
-                backend = self.cfg.name,
-                "cache server failed again while recorded invalidations were applied"
-            );
-            return false;
+            return failed_again();
         }
         if self.cfg.mode == FallbackMode::Pickle
             && let Err(e) = self.local.clear()

@@ -60,6 +60,7 @@
 
 mod bigint;
 mod de;
+mod fast;
 mod ser;
 mod typed;
 mod value;
@@ -279,6 +280,19 @@ pub fn from_slice<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, PickleError> {
 /// # Errors
 /// As [`from_slice`].
 pub fn from_slice_with_limits<T: DeserializeOwned>(
+    bytes: &[u8],
+    limits: &Limits,
+) -> Result<T, PickleError> {
+    // Single pass for pickles without memo references (see `fast.rs`); anything else, and
+    // every error, goes through the two-pass decoder below.
+    if let Some(v) = fast::try_from_slice(bytes, limits) {
+        return Ok(v);
+    }
+    from_slice_slow(bytes, limits)
+}
+
+/// The two-pass decoder alone (the reference the fast path is tested against).
+pub(crate) fn from_slice_slow<T: DeserializeOwned>(
     bytes: &[u8],
     limits: &Limits,
 ) -> Result<T, PickleError> {

@@ -699,28 +699,33 @@ impl<'de, const ANN: bool> de::Deserializer<'de> for &mut Reader<'de, '_, ANN> {
     ) -> Result<V::Value, PickleError> {
         // As the slow path: "Variant" or {"Variant": content} (a dict of exactly one entry).
         self.meta();
-        if self.ann_here() != 0 {
-            return Err(bail());
-        }
-        match self.op() {
-            Some(0x8c | b'X' | 0x8d | b'U' | b'T') => v.visit_enum(Enum {
-                r: self,
-                dict: false,
-            }),
-            Some(b'}') => {
-                self.pos += 1;
-                self.put_ok = true;
-                self.count()?;
-                self.enter()?;
-                let out = v.visit_enum(Enum {
-                    r: &mut *self,
-                    dict: true,
-                })?;
-                self.depth -= 1;
-                Ok(out)
+        let dict = match (self.ann_here(), self.op()) {
+            (0, Some(0x8c | b'X' | 0x8d | b'U' | b'T')) => {
+                return v.visit_enum(Enum {
+                    r: self,
+                    dict: None,
+                });
             }
-            _ => Err(bail()),
-        }
+            (0, Some(b'}')) => {
+                self.put_ok = true;
+                DICT
+            }
+            (A_MARK_DICT, Some(b'(')) => {
+                self.ai += 1;
+                self.put_ok = false;
+                Mode::Mark(b'd')
+            }
+            _ => return Err(bail()),
+        };
+        self.pos += 1;
+        self.count()?;
+        self.enter()?;
+        let out = v.visit_enum(Enum {
+            r: &mut *self,
+            dict: Some(dict),
+        })?;
+        self.depth -= 1;
+        Ok(out)
     }
 
     fn deserialize_ignored_any<V: Visitor<'de>>(self, v: V) -> Result<V::Value, PickleError> {
@@ -905,8 +910,9 @@ impl<'de, const ANN: bool> de::MapAccess<'de> for Access<'_, 'de, '_, ANN> {
 
 struct Enum<'r, 'de, 'a, const ANN: bool> {
     r: &'r mut Reader<'de, 'a, ANN>,
-    /// `{variant: content}` (the dict's opcode consumed), else a bare variant name.
-    dict: bool,
+    /// `{variant: content}` (the dict's opening opcode consumed, its items read in this mode),
+    /// else a bare variant name.
+    dict: Option<Mode>,
 }
 
 impl<'r, 'de, 'a, const ANN: bool> de::EnumAccess<'de> for Enum<'r, 'de, 'a, ANN> {
@@ -917,13 +923,13 @@ impl<'r, 'de, 'a, const ANN: bool> de::EnumAccess<'de> for Enum<'r, 'de, 'a, ANN
         self,
         seed: S,
     ) -> Result<(S::Value, Variant<'r, 'de, 'a, ANN>), PickleError> {
-        if !self.dict {
+        let Some(mode) = self.dict else {
             let name = seed.deserialize(&mut *self.r)?;
             return Ok((name, Variant { a: None }));
-        }
+        };
         let mut a = Access {
             r: self.r,
-            mode: DICT,
+            mode,
             pending: 0,
             hashed: true,
         };
@@ -995,8 +1001,17 @@ impl<'de, const ANN: bool> de::VariantAccess<'de> for Variant<'_, 'de, '_, ANN> 
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    //! The fast path against the two-pass decoder (`from_slice_slow`) over generated pickles:
+    //! ddf's own and CPython-shaped ones (single `APPEND`/`SETITEM`, `TUPLE1-3`, `MARK` forms,
+    //! memo writes, frames), intact and mutated, under default and tiny limits.
+
+    use std::fmt::Debug;
+
+    use proptest::prelude::*;
     use serde::{Deserialize, Serialize};
+
+    use super::super::{Value, from_slice_slow, from_slice_with_limits, to_vec};
+    use super::*;
 
     #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
     struct Record {
@@ -1005,21 +1020,421 @@ mod tests {
         volumes: Vec<String>,
     }
 
+    #[derive(Debug, PartialEq, Deserialize)]
+    enum E {
+        A,
+        B(i64),
+        C { x: String },
+        D(i64, String),
+    }
+
+    #[derive(Debug, PartialEq, Deserialize)]
+    struct Mixed {
+        #[serde(default)]
+        a: Option<i64>,
+        #[serde(default)]
+        e: Option<E>,
+        #[serde(default)]
+        t: Option<(i64, String, Option<bool>)>,
+        #[serde(default)]
+        m: std::collections::BTreeMap<String, Vec<u8>>,
+    }
+
     const PYTHON_P5: &[u8] = b"\x80\x05\x95F\x00\x00\x00\x00\x00\x00\x00}\x94(\x8c\x04name\x94\x8c\x03web\x94\x8c\x05ports\x94]\x94\x8c\x078080:80\x94a\x8c\x07volumes\x94]\x94\x8c\x0f/data:/app/data\x94au.";
 
-    #[test]
-    fn the_seed_record_takes_the_fast_path() {
-        let record = Record {
+    fn record() -> Record {
+        Record {
             name: "web".into(),
             ports: vec!["8080:80".into()],
             volumes: vec!["/data:/app/data".into()],
-        };
-        let ours = super::super::to_vec(&record).unwrap();
+        }
+    }
+
+    #[test]
+    fn the_seed_record_takes_the_fast_path() {
+        let ours = to_vec(&record()).unwrap();
         let l = Limits::default();
+        // ddf's own pickle needs no annotation: no scan at all.
+        assert_eq!(read::<Record, false>(&ours, &l, &[]), Some(record()));
         let mut s = Scratch::default();
-        assert!(scan(&ours, &l, &mut s).is_some());
-        assert_eq!(try_from_slice::<Record>(&ours, &l), Some(record.clone()));
         assert!(scan(PYTHON_P5, &l, &mut s).is_some());
-        assert_eq!(try_from_slice::<Record>(PYTHON_P5, &l), Some(record));
+        assert_eq!(s.ann.len(), 2);
+        assert_eq!(try_from_slice::<Record>(PYTHON_P5, &l), Some(record()));
+    }
+
+    #[test]
+    fn memo_reads_and_globals_take_the_slow_path() {
+        let l = Limits::default();
+        // t = ("x", "y"); [t, t] at protocol 5 (BINGET).
+        let shared = b"\x80\x05\x95\x11\x00\x00\x00\x00\x00\x00\x00]\x94(\x8c\x01x\x94\x8c\x01y\x94\x86\x94h\x03e.";
+        assert!(scan(shared, &l, &mut Scratch::default()).is_none());
+        assert_eq!(try_from_slice::<serde_json::Value>(shared, &l), None);
+        let v: serde_json::Value = from_slice_with_limits(shared, &l).unwrap();
+        assert_eq!(v, serde_json::json!([["x", "y"], ["x", "y"]]));
+        // set() at protocol 2 (a global and REDUCE).
+        let set = b"\x80\x02c__builtin__\nset\nq\x00]q\x01K\x01a\x85q\x02Rq\x03.";
+        assert_eq!(try_from_slice::<Vec<i64>>(set, &l), None);
+        assert_eq!(
+            from_slice_with_limits::<Vec<i64>>(set, &l).unwrap(),
+            vec![1]
+        );
+    }
+
+    #[test]
+    fn limits_hold_on_the_fast_path() {
+        let ours = to_vec(&record()).unwrap();
+        let d = Limits::default();
+        for l in [
+            d.with_max_depth(0),
+            d.with_max_elements(5),
+            d.with_max_decoded_bytes(20),
+            d.with_max_input_bytes(10),
+        ] {
+            assert_eq!(try_from_slice::<Record>(&ours, &l), None, "{l:?}");
+            assert_eq!(try_from_slice::<Record>(PYTHON_P5, &l), None, "{l:?}");
+            let e = from_slice_with_limits::<Record>(&ours, &l).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Limit, "{l:?}");
+        }
+    }
+
+    fn arb_scalar() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            Just(Value::None),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::Int),
+            (0i64..300).prop_map(Value::Int),
+            any::<f64>().prop_map(Value::Float),
+            "[a-z\u{e9}\u{1F600}]{0,6}".prop_map(Value::Str),
+            prop::collection::vec(any::<u8>(), 0..6).prop_map(Value::Bytes),
+        ]
+    }
+
+    fn arb_key() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            4 => arb_scalar(),
+            1 => prop::collection::vec(arb_scalar(), 0..4).prop_map(Value::Tuple),
+        ]
+    }
+
+    fn arb_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            8 => arb_scalar(),
+            1 => prop::collection::vec(any::<u8>(), 0..4).prop_map(Value::ByteArray),
+        ];
+        leaf.prop_recursive(4, 48, 5, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..5).prop_map(Value::List),
+                prop::collection::vec(inner.clone(), 0..5).prop_map(Value::Tuple),
+                prop::collection::vec((arb_key(), inner), 0..5).prop_map(Value::Dict),
+                prop::collection::vec(arb_key(), 0..4).prop_map(Value::Set),
+                prop::collection::vec(arb_key(), 0..4).prop_map(Value::FrozenSet),
+            ]
+        })
+    }
+
+    /// Values shaped like the typed targets above, with extra keys of any shape.
+    fn arb_typed() -> impl Strategy<Value = Value> {
+        let s = |x: &str| Value::Str(x.to_owned());
+        let strs = prop::collection::vec("[a-z:/0-9]{0,9}".prop_map(Value::Str), 0..3);
+        let e = prop_oneof![
+            Just(s("A")),
+            any::<i64>().prop_map(move |i| Value::Dict(vec![(s("B"), Value::Int(i))])),
+            "[a-z]{0,4}".prop_map(move |x| Value::Dict(vec![(
+                s("C"),
+                Value::Dict(vec![(s("x"), Value::Str(x))])
+            )])),
+            (any::<i64>(), "[a-z]{0,4}").prop_map(move |(i, x)| Value::Dict(vec![(
+                s("D"),
+                Value::Tuple(vec![Value::Int(i), Value::Str(x)])
+            )])),
+        ];
+        (
+            "[a-z]{0,5}",
+            strs.clone(),
+            strs,
+            prop::option::of(any::<i64>()),
+            prop::option::of(e),
+            prop::option::of((any::<i64>(), "[a-z]{0,3}", prop::option::of(any::<bool>()))),
+            prop::collection::vec(
+                ("[a-z]{1,3}", prop::collection::vec(any::<u8>(), 0..3)),
+                0..3,
+            ),
+            prop::collection::vec(("[a-z]{1,3}", arb_value()), 0..2),
+        )
+            .prop_map(move |(name, ports, volumes, a, e, t, m, extra)| {
+                let mut d = vec![
+                    (s("name"), Value::Str(name)),
+                    (s("ports"), Value::List(ports)),
+                    (s("volumes"), Value::List(volumes)),
+                ];
+                if let Some(a) = a {
+                    d.push((s("a"), Value::Int(a)));
+                }
+                if let Some(e) = e {
+                    d.push((s("e"), e));
+                }
+                if let Some((i, x, b)) = t {
+                    let b = b.map_or(Value::None, Value::Bool);
+                    d.push((s("t"), Value::Tuple(vec![Value::Int(i), Value::Str(x), b])));
+                }
+                let m = m
+                    .into_iter()
+                    .map(|(k, v)| (Value::Str(k), Value::Bytes(v)))
+                    .collect();
+                d.push((s("m"), Value::Dict(m)));
+                d.extend(extra.into_iter().map(|(k, v)| (Value::Str(k), v)));
+                Value::Dict(d)
+            })
+    }
+
+    /// Writes `v` the ways CPython's pickler (and older ones) do, choosing forms from `r`.
+    fn py_enc(v: &Value, o: &mut Vec<u8>, r: &mut impl FnMut() -> u8) {
+        let len32 = |o: &mut Vec<u8>, n: usize| o.extend((n as u32).to_le_bytes());
+        match v {
+            Value::None => o.push(b'N'),
+            Value::Bool(b) => o.push(if *b { 0x88 } else { 0x89 }),
+            Value::Int(i) => {
+                if let Ok(x) = u8::try_from(*i) {
+                    o.extend([b'K', x]);
+                } else if let Ok(x) = u16::try_from(*i) {
+                    o.push(b'M');
+                    o.extend(x.to_le_bytes());
+                } else if let Ok(x) = i32::try_from(*i) {
+                    o.push(b'J');
+                    o.extend(x.to_le_bytes());
+                } else {
+                    o.extend([0x8a, 8]);
+                    o.extend(i.to_le_bytes());
+                }
+            }
+            Value::Float(f) => {
+                o.push(b'G');
+                o.extend(f.to_be_bytes());
+            }
+            Value::Str(x) => {
+                if x.len() < 256 && r().is_multiple_of(2) {
+                    o.extend([0x8c, x.len() as u8]);
+                } else {
+                    o.push(b'X');
+                    len32(o, x.len());
+                }
+                o.extend(x.as_bytes());
+            }
+            Value::Bytes(b) => {
+                o.extend([b'C', b.len() as u8]);
+                o.extend(b);
+            }
+            Value::ByteArray(b) => {
+                o.push(0x96);
+                o.extend((b.len() as u64).to_le_bytes());
+                o.extend(b);
+            }
+            Value::BigInt(_) => o.push(b'N'),
+            Value::List(items) if r().is_multiple_of(3) => {
+                o.push(b'(');
+                items.iter().for_each(|i| py_enc(i, o, r));
+                o.push(b'l');
+            }
+            Value::List(items) => {
+                o.push(b']');
+                let mut it = items.iter().peekable();
+                while it.peek().is_some() {
+                    if r().is_multiple_of(2) {
+                        py_enc(it.next().unwrap(), o, r);
+                        o.push(b'a');
+                    } else {
+                        o.push(b'(');
+                        for _ in 0..1 + r() % 3 {
+                            if let Some(i) = it.next() {
+                                py_enc(i, o, r);
+                            }
+                        }
+                        o.push(b'e');
+                    }
+                    if r().is_multiple_of(4) {
+                        o.push(0x94);
+                    }
+                }
+            }
+            Value::Tuple(items) if items.is_empty() => o.push(b')'),
+            Value::Tuple(items) if items.len() <= 3 && r().is_multiple_of(2) => {
+                items.iter().for_each(|i| py_enc(i, o, r));
+                o.push(0x84 + items.len() as u8);
+            }
+            Value::Tuple(items) => {
+                o.push(b'(');
+                items.iter().for_each(|i| py_enc(i, o, r));
+                o.push(b't');
+            }
+            Value::Dict(pairs) if r().is_multiple_of(3) => {
+                o.push(b'(');
+                for (k, v) in pairs {
+                    py_enc(k, o, r);
+                    py_enc(v, o, r);
+                }
+                o.push(b'd');
+            }
+            Value::Dict(pairs) => {
+                o.push(b'}');
+                let mut it = pairs.iter().peekable();
+                while it.peek().is_some() {
+                    if r().is_multiple_of(2) {
+                        let (k, v) = it.next().unwrap();
+                        py_enc(k, o, r);
+                        py_enc(v, o, r);
+                        o.push(b's');
+                    } else {
+                        o.push(b'(');
+                        for _ in 0..1 + r() % 3 {
+                            if let Some((k, v)) = it.next() {
+                                py_enc(k, o, r);
+                                py_enc(v, o, r);
+                            }
+                        }
+                        o.push(b'u');
+                    }
+                }
+            }
+            Value::Set(items) => {
+                o.push(0x8f);
+                for chunk in items.chunks(2) {
+                    o.push(b'(');
+                    chunk.iter().for_each(|i| py_enc(i, o, r));
+                    o.push(0x90);
+                }
+            }
+            Value::FrozenSet(items) => {
+                o.push(b'(');
+                items.iter().for_each(|i| py_enc(i, o, r));
+                o.push(0x91);
+            }
+        }
+        if r().is_multiple_of(3) {
+            o.push(0x94);
+        }
+        if r().is_multiple_of(7) {
+            o.extend([b'q', r()]);
+        }
+    }
+
+    fn py_pickle(v: &Value, choices: &[u8]) -> Vec<u8> {
+        let mut i = 0;
+        let mut r = || {
+            i += 1;
+            choices.get(i % choices.len().max(1)).copied().unwrap_or(0) ^ (i as u8)
+        };
+        let mut body = Vec::new();
+        py_enc(v, &mut body, &mut r);
+        body.push(b'.');
+        let mut o = vec![0x80, 5];
+        if r().is_multiple_of(2) {
+            o.push(0x95);
+            o.extend((body.len() as u64).to_le_bytes());
+        }
+        o.extend(body);
+        o
+    }
+
+    /// Decodes `b` on both paths; the fast path may decline, but what it returns must be the
+    /// slow path's value, and the public entry point must answer as the slow path does.
+    /// Returns whether the fast path answered and whether the slow path succeeded.
+    fn check<T: DeserializeOwned + Debug>(b: &[u8], l: &Limits) -> (bool, bool) {
+        let fast = try_from_slice::<T>(b, l);
+        let slow = from_slice_slow::<T>(b, l);
+        if let Some(f) = &fast {
+            match &slow {
+                Ok(s) => assert_eq!(format!("{f:?}"), format!("{s:?}"), "{b:?}"),
+                Err(e) => panic!("fast path returned {f:?}, the slow path {e}: {b:?}"),
+            }
+        }
+        let public = from_slice_with_limits::<T>(b, l);
+        assert_eq!(format!("{public:?}"), format!("{slow:?}"), "{b:?}");
+        (fast.is_some(), slow.is_ok())
+    }
+
+    fn check_all(b: &[u8], l: &Limits) -> bool {
+        let (f1, s1) = check::<Value>(b, l);
+        let (f2, s2) = check::<serde_json::Value>(b, l);
+        let (f3, s3) = check::<Mixed>(b, l);
+        let (f4, s4) = check::<Record>(b, l);
+        check::<E>(b, l);
+        check::<(i64, String)>(b, l);
+        check::<Vec<Option<bool>>>(b, l);
+        check::<serde::de::IgnoredAny>(b, l);
+        // On an intact pickle without memo reads, every success is the fast path's.
+        f1 == s1 && f2 == s2 && f3 == s3 && f4 == s4
+    }
+
+    fn has_bytearray(v: &Value) -> bool {
+        match v {
+            Value::ByteArray(_) => true,
+            Value::List(x) | Value::Tuple(x) | Value::Set(x) | Value::FrozenSet(x) => {
+                x.iter().any(has_bytearray)
+            }
+            Value::Dict(p) => p.iter().any(|(k, v)| has_bytearray(k) || has_bytearray(v)),
+            _ => false,
+        }
+    }
+
+    fn limits(pick: u8, depth: usize, elements: u64, bytes: u64) -> Limits {
+        if pick.is_multiple_of(2) {
+            Limits::default()
+        } else {
+            Limits::default()
+                .with_max_depth(depth)
+                .with_max_elements(elements)
+                .with_max_decoded_bytes(bytes)
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, failure_persistence: None, ..ProptestConfig::default() })]
+
+        #[test]
+        fn fast_path_equals_slow_path(
+            v in prop_oneof![arb_value(), arb_typed()],
+            choices in prop::collection::vec(any::<u8>(), 1..32),
+            (pick, depth, elements, bytes) in (any::<u8>(), 0usize..6, 0u64..40, 0u64..60),
+        ) {
+            let l = limits(pick, depth, elements, bytes);
+            let ours = to_vec(&v).unwrap();
+            let py = py_pickle(&v, &choices);
+            let ours_fast = check_all(&ours, &l);
+            let py_fast = check_all(&py, &l);
+            if l == Limits::default() {
+                // ddf writes a bytearray as a call of the global (slow path).
+                prop_assert!(ours_fast || has_bytearray(&v), "{v:?}");
+                prop_assert!(py_fast, "{v:?} {py:?}");
+            }
+        }
+
+        #[test]
+        fn fast_path_equals_slow_path_on_mutated_pickles(
+            v in prop_oneof![arb_value(), arb_typed()],
+            choices in prop::collection::vec(any::<u8>(), 1..32),
+            flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..4),
+            cut in any::<prop::sample::Index>(),
+            (pick, depth, elements, bytes) in (any::<u8>(), 0usize..6, 0u64..40, 0u64..60),
+        ) {
+            let l = limits(pick, depth, elements, bytes);
+            for mut b in [to_vec(&v).unwrap(), py_pickle(&v, &choices)] {
+                check_all(&b[..cut.index(b.len() + 1)], &l);
+                for &(i, x) in &flips {
+                    let i = i.index(b.len());
+                    b[i] = x;
+                }
+                check_all(&b, &l);
+            }
+        }
+
+        #[test]
+        fn fast_path_never_panics_on_arbitrary_bytes(
+            raw in prop::collection::vec(any::<u8>(), 0..64),
+            (pick, depth, elements, bytes) in (any::<u8>(), 0usize..6, 0u64..40, 0u64..60),
+        ) {
+            let mut b = vec![0x80, 4];
+            b.extend(raw);
+            check_all(&b, &limits(pick, depth, elements, bytes));
+        }
     }
 }

@@ -78,7 +78,9 @@ pub(super) fn try_from_slice<T: DeserializeOwned>(input: &[u8], limits: &Limits)
     if input.len() > limits.max_input_bytes {
         return None;
     }
-    // Without annotations the reader accepts only what needs none (what ddf writes).
+    // Without annotations the reader accepts what needs none: everything ddf writes except
+    // small tuples and enums, and CPython's plain records (single `APPEND`/`SETITEM` of
+    // scalars are recognized by a look ahead).
     if let Some(v) = read::<T, false>(input, limits, &[]) {
         return Some(v);
     }
@@ -377,6 +379,46 @@ fn scan(input: &[u8], limits: &Limits, s: &mut Scratch) -> Option<()> {
 
 // ---- step 2: the reader ---------------------------------------------------------------------
 
+/// Where the scalar starting at `pos` ends, if it is one.
+#[inline]
+fn scalar_end(input: &[u8], pos: usize) -> Option<usize> {
+    let op = *input.get(pos)?;
+    let p = pos + 1;
+    let len = |w: usize| -> Option<usize> {
+        let b = input.get(p..p + w)?;
+        let mut a = [0u8; 8];
+        a[..w].copy_from_slice(b);
+        usize::try_from(u64::from_le_bytes(a))
+            .ok()?
+            .checked_add(p + w)
+    };
+    match op {
+        b'N' | 0x88 | 0x89 => Some(p),
+        b'K' => Some(p + 1),
+        b'M' => Some(p + 2),
+        b'J' => Some(p + 4),
+        b'G' => Some(p + 8),
+        0x8a | 0x8c | b'C' | b'U' => len(1),
+        b'X' | b'B' => len(4),
+        0x8d | 0x8e | 0x96 => len(8),
+        _ => None,
+    }
+}
+
+/// Past memo writes and frames (a look only; [`Reader::meta`] checks them when reading).
+#[inline]
+fn skip_meta(input: &[u8], mut pos: usize) -> usize {
+    loop {
+        pos += match input.get(pos) {
+            Some(0x94) => 1,
+            Some(b'q') => 2,
+            Some(b'r') => 5,
+            Some(0x95) => 9,
+            _ => return pos,
+        };
+    }
+}
+
 /// The opcodes [`Reader::meta`] may skip: `PROTO`, `FRAME`, `MEMOIZE`, `BINPUT`,
 /// `LONG_BINPUT`, `PUT` (one table load on the hot path).
 static META: [bool; 256] = {
@@ -458,6 +500,22 @@ impl<'de, const ANN: bool> Reader<'de, '_, ANN> {
             };
             self.pos += n;
         }
+    }
+
+    /// Without annotations: whether the scalar (`APPEND`) or two scalars (`SETITEM`) at the
+    /// current offset are followed by `op`, which then applies them to the container below.
+    /// Only a look: the reader checks everything again as it reads them.
+    #[cold]
+    #[inline(never)]
+    fn single_follows(&self, op: u8) -> bool {
+        let mut pos = self.pos;
+        for _ in 0..if op == b's' { 2 } else { 1 } {
+            match scalar_end(self.input, pos) {
+                Some(end) => pos = skip_meta(self.input, end),
+                None => return false,
+            }
+        }
+        self.input.get(pos) == Some(&op)
     }
 
     /// Counts one more value against `Limits::max_elements`.
@@ -813,6 +871,10 @@ impl<const ANN: bool> Access<'_, '_, '_, ANN> {
                         *in_batch = true;
                         continue;
                     }
+                    if !ANN && *single_op != 0 && self.r.single_follows(*single_op) {
+                        self.pending = *single_op;
+                        return Ok(true);
+                    }
                     return Ok(false);
                 }
             }
@@ -1059,6 +1121,8 @@ mod tests {
         let mut s = Scratch::default();
         assert!(scan(PYTHON_P5, &l, &mut s).is_some());
         assert_eq!(s.ann.len(), 2);
+        // ... but its single APPENDs of a str are recognized without them too.
+        assert_eq!(read::<Record, false>(PYTHON_P5, &l, &[]), Some(record()));
         assert_eq!(try_from_slice::<Record>(PYTHON_P5, &l), Some(record()));
     }
 

@@ -113,11 +113,18 @@ fn read<T: DeserializeOwned, const ANN: bool>(
         ann,
         ai: 0,
         depth: 0,
-        limits,
+        max_depth: limits.max_depth,
+        max_elements: limits.max_elements,
+        max_payload: limits.max_decoded_bytes,
         elements: 0,
         payload: 0,
         put_ok: false,
     };
+    if let [0x80, v, ..] = input
+        && *v <= 5
+    {
+        r.pos = 2;
+    }
     r.meta();
     let v = T::deserialize(&mut r).ok()?;
     r.meta();
@@ -439,7 +446,10 @@ struct Reader<'de, 'a, const ANN: bool> {
     /// The next annotation to consume.
     ai: usize,
     depth: usize,
-    limits: &'a Limits,
+    /// The limits (copied: read on every value).
+    max_depth: usize,
+    max_elements: u64,
+    max_payload: u64,
     /// Values read so far (every one, skipped ones too) and their str/bytes payload.
     elements: u64,
     payload: u64,
@@ -498,6 +508,9 @@ impl<'de, const ANN: bool> Reader<'de, '_, ANN> {
                 }
                 _ => return,
             };
+            if n > self.input.len() - self.pos {
+                return;
+            }
             self.pos += n;
         }
     }
@@ -522,7 +535,7 @@ impl<'de, const ANN: bool> Reader<'de, '_, ANN> {
     #[inline]
     fn count(&mut self) -> Result<(), PickleError> {
         self.elements += 1;
-        if self.elements > self.limits.max_elements {
+        if self.elements > self.max_elements {
             return Err(bail());
         }
         Ok(())
@@ -549,7 +562,7 @@ impl<'de, const ANN: bool> Reader<'de, '_, ANN> {
     #[inline]
     fn payload(&mut self, n: usize) -> Result<&'de [u8], PickleError> {
         self.payload = self.payload.saturating_add(n as u64);
-        if self.payload > self.limits.max_decoded_bytes {
+        if self.payload > self.max_payload {
             return Err(bail());
         }
         self.take(n)
@@ -575,7 +588,7 @@ impl<'de, const ANN: bool> Reader<'de, '_, ANN> {
     }
 
     fn enter(&mut self) -> Result<(), PickleError> {
-        if self.depth >= self.limits.max_depth {
+        if self.depth >= self.max_depth {
             return Err(bail());
         }
         self.depth += 1;

@@ -16,6 +16,11 @@
 //!   so sharing and later mutation, `d = {}; [d, d]`, are exact), then measures the tree the arena
 //!   would expand to (elements, bytes, depth, cycles) in one iterative pass *before* building
 //!   anything, so a memo bomb is refused in microseconds ([`Limits`]);
+//! - typed decoding ([`from_slice`]) first tries a single pass for pickles without memo
+//!   references (everything ddf writes, and CPython's plain records): a serde `Deserializer`
+//!   reading straight from the opcodes, with the same limits, which gives up on anything else or
+//!   on any error; the two-pass decoder then runs and is the one that reports errors
+//!   (`fast.rs`);
 //! - the only globals it accepts are the ones CPython itself uses for plain data:
 //!   `builtins.set`/`frozenset`/`bytearray`/`bytes` (also as `__builtin__`) and `_codecs.encode`
 //!   with `latin1` (how protocols 0-2 write `bytes`). `datetime`, `decimal` and every other global

@@ -2,23 +2,32 @@
 //! memo references: every pickle ddf writes, and CPython's plain-data pickles at protocols 2-5
 //! that share nothing.
 //!
-//! 1. **Scan** (no allocation once the thread's vectors are warm): one linear pass over the
-//!    opcodes that simulates the pickle machine's stack with one small entry per value (its
-//!    start offset and kind), and proves the pickle is a tree the machine accepts: no
-//!    `GET`/`DUP`/`POP`, no global, every `APPEND`/`SETITEMS`/... on the right container,
-//!    hashable keys, lengths within the input, and the element, payload, int-size and mark-depth
-//!    limits. Anything else (or anything it does not know) makes the pickle ineligible.
-//!    Pickle builds containers postfix (`x y TUPLE2`, `list x APPEND`, `MARK ... TUPLE`), so the
-//!    scan also records, at the offset where such a value starts, how it is wrapped; these
-//!    annotations are the only thing the scan stores.
-//! 2. **Read**: a serde `Deserializer` that walks the opcodes top-down with the annotations,
-//!    borrowing strings and bytes from the input, and checks the depth limit at every container
-//!    (so serde's recursion stays bounded by `Limits::max_depth`, as on the slow path).
+//! The reader is a serde `Deserializer` that walks the opcodes top-down, borrowing strings and
+//! bytes from the input. It counts every value and payload byte it reads against the limits and
+//! checks the depth limit at every container (so serde's recursion stays bounded by
+//! `Limits::max_depth`, as on the slow path). Pickle builds containers postfix (`x y TUPLE2`,
+//! `list x APPEND`, `MARK ... TUPLE`), which a top-down reader cannot tell in advance, hence two
+//! tries:
 //!
-//! On any error of either step the fast path gives up and the caller runs the two-pass decoder
-//! from the start, so errors (their kind, message and offset) are always the slow path's; the
-//! fast path only ever returns values, and only for pickles whose tree it has proven is the
-//! machine's. `pickle::tests::fast_path_equals_slow_path*` check that over generated pickles.
+//! 1. **Without annotations** the reader accepts only containers opened by `EMPTY_LIST`/
+//!    `EMPTY_DICT`/`EMPTY_SET` and filled by `MARK ... APPENDS`/`SETITEMS`/`ADDITEMS` batches,
+//!    plus single `APPEND`/`SETITEM`s of scalars (recognized by looking past the scalars). The
+//!    pickle machine reads this grammar the same way, and the reader checks what the machine
+//!    would (hashable keys, memo writes only where a value is on top, `PROTO`/`FRAME`
+//!    arguments), so a success is the machine's tree. This covers ddf's own pickles (but small
+//!    tuples and enums) and CPython's plain records.
+//! 2. Otherwise, a **scan** (no allocation once the thread's vectors are warm): one linear pass
+//!    that simulates the machine's stack with one small entry per value (its start offset and
+//!    kind) and proves the pickle is a tree the machine accepts: no `GET`/`DUP`/`POP`, no
+//!    global, every `APPEND`/`SETITEMS`/... on the right container, hashable keys, lengths within
+//!    the input, and the element, payload, int-size and mark-depth limits. It records, at the
+//!    offset where each postfix construct starts, how it is wrapped; the reader then runs again
+//!    following these annotations.
+//!
+//! On any error the fast path gives up and the caller runs the two-pass decoder from the start,
+//! so errors (their kind, message and offset) are always the slow path's; the fast path only
+//! ever returns values. The tests below check that against the two-pass decoder over generated
+//! pickles, intact and mutated.
 
 use std::cell::RefCell;
 

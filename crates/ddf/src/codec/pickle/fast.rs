@@ -125,6 +125,7 @@ fn read<T: DeserializeOwned, const ANN: bool>(
         max_depth: limits.max_depth,
         max_elements: limits.max_elements,
         max_payload: limits.max_decoded_bytes,
+        max_int_bytes: limits.max_int_bytes,
         elements: 0,
         payload: 0,
         put_ok: false,
@@ -459,6 +460,7 @@ struct Reader<'de, 'a, const ANN: bool> {
     max_depth: usize,
     max_elements: u64,
     max_payload: u64,
+    max_int_bytes: usize,
     /// Values read so far (every one, skipped ones too) and their str/bytes payload.
     elements: u64,
     payload: u64,
@@ -694,7 +696,7 @@ impl<'de, const ANN: bool> de::Deserializer<'de> for &mut Reader<'de, '_, ANN> {
             0x8a => {
                 let n = usize::from(self.arr::<1>()?[0]);
                 let b = self.take(n)?;
-                if n > 8 {
+                if n > 8 || n > self.max_int_bytes {
                     return Err(bail());
                 }
                 let fill = if b.last().is_some_and(|x| x & 0x80 != 0) {
@@ -1168,6 +1170,12 @@ mod tests {
 
     #[test]
     fn limits_hold_on_the_fast_path() {
+        // An 8-byte LONG1 over a 4-byte int limit.
+        let big = to_vec(&vec![1i64 << 40]).unwrap();
+        let l = Limits::default().with_max_int_bytes(4);
+        assert_eq!(try_from_slice::<Vec<i64>>(&big, &l), None);
+        let e = from_slice_with_limits::<Vec<i64>>(&big, &l).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Limit);
         let ours = to_vec(&record()).unwrap();
         let d = Limits::default();
         for l in [
@@ -1470,6 +1478,7 @@ mod tests {
                 .with_max_depth(depth)
                 .with_max_elements(elements)
                 .with_max_decoded_bytes(bytes)
+                .with_max_int_bytes(usize::from(pick / 16))
         }
     }
 

@@ -16,6 +16,11 @@
 //!   so sharing and later mutation, `d = {}; [d, d]`, are exact), then measures the tree the arena
 //!   would expand to (elements, bytes, depth, cycles) in one iterative pass *before* building
 //!   anything, so a memo bomb is refused in microseconds ([`Limits`]);
+//! - typed decoding ([`from_slice`]) first tries a single pass for pickles without memo
+//!   references (everything ddf writes, and CPython's plain records): a serde `Deserializer`
+//!   reading straight from the opcodes, with the same limits, which gives up on anything else or
+//!   on any error; the two-pass decoder then runs and is the one that reports errors
+//!   (`fast.rs`);
 //! - the only globals it accepts are the ones CPython itself uses for plain data:
 //!   `builtins.set`/`frozenset`/`bytearray`/`bytes` (also as `__builtin__`) and `_codecs.encode`
 //!   with `latin1` (how protocols 0-2 write `bytes`). `datetime`, `decimal` and every other global
@@ -60,6 +65,7 @@
 
 mod bigint;
 mod de;
+mod fast;
 mod ser;
 mod typed;
 mod value;
@@ -279,6 +285,19 @@ pub fn from_slice<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, PickleError> {
 /// # Errors
 /// As [`from_slice`].
 pub fn from_slice_with_limits<T: DeserializeOwned>(
+    bytes: &[u8],
+    limits: &Limits,
+) -> Result<T, PickleError> {
+    // Single pass for pickles without memo references (see `fast.rs`); anything else, and
+    // every error, goes through the two-pass decoder below.
+    if let Some(v) = fast::try_from_slice(bytes, limits) {
+        return Ok(v);
+    }
+    from_slice_slow(bytes, limits)
+}
+
+/// The two-pass decoder alone (the reference the fast path is tested against).
+pub(crate) fn from_slice_slow<T: DeserializeOwned>(
     bytes: &[u8],
     limits: &Limits,
 ) -> Result<T, PickleError> {

@@ -390,3 +390,63 @@ fn the_fallback_never_touches_a_pickle_cache_in_the_same_directory() {
         Some("file cache")
     );
 }
+
+const JOURNAL_WORKER: &str = "DDF_TEST_JOURNAL_WORKER";
+
+/// Another process records an invalidation while Redis is stopped, then ends; a process that
+/// starts once the server is back applies it before its first read.
+#[test]
+fn an_invalidation_recorded_by_an_ended_process_is_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let Some(mut server) = Server::start_on(Kind::Redis, port) else {
+        return;
+    };
+    let cfg = config(Kind::Redis, &[port], dir.path());
+    direct(&cfg).set("k", "old", None).unwrap();
+    server.process().signal("STOP");
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "resilience::journal_worker",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(JOURNAL_WORKER, format!("{port}|{}", dir.path().display()))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    server.process().signal("CONT");
+    assert_eq!(
+        direct(&cfg).get::<String>("k").unwrap().as_deref(),
+        Some("old"),
+        "the server still holds the value"
+    );
+    let cache = CacheManager::new(cfg.clone()).unwrap();
+    assert_eq!(state(&cache), "up", "applied while the cache was built");
+    assert_eq!(cache.get::<String>("k").unwrap(), None);
+    assert_eq!(direct(&cfg).get::<String>("k").unwrap(), None);
+}
+
+/// The other process of the test above (a no-op when run on its own).
+#[test]
+fn journal_worker() {
+    let Ok(spec) = std::env::var(JOURNAL_WORKER) else {
+        return;
+    };
+    let (port, dir) = spec.split_once('|').unwrap();
+    let cfg = config(
+        Kind::Redis,
+        &[port.parse().unwrap()],
+        std::path::Path::new(dir),
+    );
+    let cache = CacheManager::new(cfg).unwrap();
+    // The server is stopped: this waits one timeout, marks it down and records the delete.
+    cache.delete("k").unwrap();
+    assert!(state(&cache).starts_with("down"), "{}", state(&cache));
+}

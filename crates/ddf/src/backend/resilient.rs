@@ -646,11 +646,7 @@ mod tests {
             if self.up.load(Ordering::SeqCst) {
                 Ok(())
             } else {
-                Err(Error::io(
-                    "test",
-                    "connect",
-                    std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
-                ))
+                Err(refused())
             }
         }
     }
@@ -685,6 +681,25 @@ mod tests {
         }
     }
 
+    fn refused() -> Error {
+        Error::io(
+            "test",
+            "connect",
+            std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
+        )
+    }
+
+    fn config(scope: &str, mode: FallbackMode, failures: u32) -> ResilientConfig {
+        ResilientConfig {
+            name: "test",
+            scope: scope.to_owned(),
+            mode,
+            failures,
+            retry: Duration::from_millis(20),
+            refuse_whole_keyspace: false,
+        }
+    }
+
     fn item(s: &str) -> Item {
         Item::new(s.as_bytes().to_vec(), 0)
     }
@@ -706,14 +721,7 @@ mod tests {
         let p2 = primary.clone();
         let local = Arc::new(FileBackend::open(dir.path().join("local"), "ns:").unwrap());
         let r = Resilient::new(
-            ResilientConfig {
-                name: "test",
-                scope: "test|here|ns:".to_owned(),
-                mode,
-                failures: 2,
-                retry: Duration::from_millis(20),
-                refuse_whole_keyspace: false,
-            },
+            config("test|here|ns:", mode, 2),
             Box::new(move || Ok(p2.clone() as Arc<dyn Backend>)),
             local.clone(),
             local,
@@ -777,14 +785,7 @@ mod tests {
             up,
         });
         let r = Resilient::new(
-            ResilientConfig {
-                name: "test",
-                scope: "s".to_owned(),
-                mode: FallbackMode::Pickle,
-                failures: 3,
-                retry: Duration::from_millis(20),
-                refuse_whole_keyspace: false,
-            },
+            config("s", FallbackMode::Pickle, 3),
             Box::new(move || Ok(primary.clone() as Arc<dyn Backend>)),
             local.clone(),
             local,
@@ -817,20 +818,11 @@ mod tests {
         let local = Arc::new(FileBackend::open(dir.path().join("local"), "fb:").unwrap());
         let r = Resilient::new(
             ResilientConfig {
-                name: "test",
-                scope: "s".to_owned(),
-                mode: FallbackMode::Pickle,
-                failures: 3,
                 retry: Duration::from_secs(60),
                 refuse_whole_keyspace: true,
+                ..config("s", FallbackMode::Pickle, 3)
             },
-            Box::new(|| {
-                Err(Error::io(
-                    "test",
-                    "connect",
-                    std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
-                ))
-            }),
+            Box::new(|| Err(refused())),
             local.clone(),
             local.clone(),
         );
@@ -887,21 +879,10 @@ mod tests {
         let store_dir = dir.path().join("primary");
         let local = Arc::new(FileBackend::open(dir.path().join("local"), "ns:").unwrap());
         let r = Resilient::new(
-            ResilientConfig {
-                name: "test",
-                scope: "s".to_owned(),
-                mode: FallbackMode::Pickle,
-                failures: 3,
-                retry: Duration::from_millis(20),
-                refuse_whole_keyspace: false,
-            },
+            config("s", FallbackMode::Pickle, 3),
             Box::new(move || {
                 if !up2.load(Ordering::SeqCst) {
-                    return Err(Error::io(
-                        "test",
-                        "connect",
-                        std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
-                    ));
+                    return Err(refused());
                 }
                 Ok(Arc::new(Switchable {
                     store: FileBackend::open(&store_dir, "ns:")?,

@@ -76,7 +76,7 @@ impl<'de> de::Deserializer<'de> for ArenaDe<'_, 'de> {
             Node::Bytes(b) | Node::ByteArray(b) => v.visit_byte_buf(b),
             Node::List(seq) | Node::Tuple(seq) | Node::Set(seq) | Node::FrozenSet(seq) => {
                 let depth = self.enter()?;
-                let mut access = SeqAccess {
+                let mut access = Children {
                     m: self.m,
                     cursor: seq.head,
                     remaining: seq.len,
@@ -91,7 +91,7 @@ impl<'de> de::Deserializer<'de> for ArenaDe<'_, 'de> {
             }
             Node::Dict(seq) => {
                 let depth = self.enter()?;
-                let mut access = MapAccess {
+                let mut access = Children {
                     m: self.m,
                     cursor: seq.head,
                     remaining: seq.len / 2,
@@ -174,7 +174,9 @@ impl<'de> de::Deserializer<'de> for ArenaDe<'_, 'de> {
     }
 }
 
-struct SeqAccess<'m, 'de> {
+/// The children of a list-like or dict node, in order: a sequence's elements, or a dict's keys
+/// and values alternating. `remaining` counts elements, or entries for a dict.
+struct Children<'m, 'de> {
     m: &'m mut Machine<'de>,
     cursor: usize,
     remaining: usize,
@@ -182,69 +184,14 @@ struct SeqAccess<'m, 'de> {
     shared: bool,
 }
 
-impl<'de> de::SeqAccess<'de> for SeqAccess<'_, 'de> {
-    type Error = PickleError;
-
-    fn next_element_seed<T: DeserializeSeed<'de>>(
-        &mut self,
-        seed: T,
-    ) -> Result<Option<T::Value>, PickleError> {
+impl<'de> Children<'_, 'de> {
+    /// Deserializes the next child; `None` at the end of the list.
+    fn next<T: DeserializeSeed<'de>>(&mut self, seed: T) -> Result<Option<T::Value>, PickleError> {
         if self.cursor == NIL {
             return Ok(None);
         }
-        let e = self.m.s.edges[self.cursor];
-        self.cursor = e.next;
-        self.remaining -= 1;
-        seed.deserialize(ArenaDe {
-            m: &mut *self.m,
-            id: e.child,
-            depth: self.depth,
-            shared: self.shared,
-        })
-        .map(Some)
-    }
-
-    fn size_hint(&self) -> Option<usize> {
-        Some(self.remaining)
-    }
-}
-
-struct MapAccess<'m, 'de> {
-    m: &'m mut Machine<'de>,
-    cursor: usize,
-    remaining: usize,
-    depth: usize,
-    shared: bool,
-}
-
-impl<'de> de::MapAccess<'de> for MapAccess<'_, 'de> {
-    type Error = PickleError;
-
-    fn next_key_seed<K: DeserializeSeed<'de>>(
-        &mut self,
-        seed: K,
-    ) -> Result<Option<K::Value>, PickleError> {
-        if self.cursor == NIL {
-            return Ok(None);
-        }
-        let e = self.m.s.edges[self.cursor];
-        self.cursor = e.next;
-        self.remaining -= 1;
-        seed.deserialize(ArenaDe {
-            m: &mut *self.m,
-            id: e.child,
-            depth: self.depth,
-            shared: self.shared,
-        })
-        .map(Some)
-    }
-
-    fn next_value_seed<V: DeserializeSeed<'de>>(
-        &mut self,
-        seed: V,
-    ) -> Result<V::Value, PickleError> {
         let e = *self.m.s.edges.get(self.cursor).ok_or_else(|| {
-            PickleError::new(ErrorKind::Malformed, "internal: a dict key without a value")
+            PickleError::new(ErrorKind::Malformed, "internal: an edge out of the arena")
         })?;
         self.cursor = e.next;
         seed.deserialize(ArenaDe {
@@ -252,6 +199,50 @@ impl<'de> de::MapAccess<'de> for MapAccess<'_, 'de> {
             id: e.child,
             depth: self.depth,
             shared: self.shared,
+        })
+        .map(Some)
+    }
+}
+
+impl<'de> de::SeqAccess<'de> for Children<'_, 'de> {
+    type Error = PickleError;
+
+    fn next_element_seed<T: DeserializeSeed<'de>>(
+        &mut self,
+        seed: T,
+    ) -> Result<Option<T::Value>, PickleError> {
+        let r = self.next(seed)?;
+        if r.is_some() {
+            self.remaining -= 1;
+        }
+        Ok(r)
+    }
+
+    fn size_hint(&self) -> Option<usize> {
+        Some(self.remaining)
+    }
+}
+
+impl<'de> de::MapAccess<'de> for Children<'_, 'de> {
+    type Error = PickleError;
+
+    fn next_key_seed<K: DeserializeSeed<'de>>(
+        &mut self,
+        seed: K,
+    ) -> Result<Option<K::Value>, PickleError> {
+        let r = self.next(seed)?;
+        if r.is_some() {
+            self.remaining -= 1;
+        }
+        Ok(r)
+    }
+
+    fn next_value_seed<V: DeserializeSeed<'de>>(
+        &mut self,
+        seed: V,
+    ) -> Result<V::Value, PickleError> {
+        self.next(seed)?.ok_or_else(|| {
+            PickleError::new(ErrorKind::Malformed, "internal: a dict key without a value")
         })
     }
 

@@ -29,18 +29,20 @@ pub mod clock;
 pub mod codec;
 pub mod config;
 mod error;
+mod item;
 pub mod key;
 mod manager;
 pub mod memo;
 
 use std::sync::{Arc, LazyLock, OnceLock};
 
-pub use backend::{Backend, Item};
+pub use backend::Backend;
 pub use codec::Codec;
 pub use config::{CacheBackend, CacheConfig, FallbackMode, ServerAddr};
 /// Memoizes a function in the cache; see the attribute's documentation below and [`memo`].
 pub use ddf_macros::cache_with_invalidation;
 pub use error::{Error, Result, Source};
+pub use item::Item;
 pub use manager::{CacheManager, CacheStats};
 
 static GLOBAL_ERROR: OnceLock<Error> = OnceLock::new();

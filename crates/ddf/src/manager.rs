@@ -8,10 +8,11 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::backend::{self, Backend, BackendStatus, Item};
+use crate::backend::{self, Backend, BackendStatus};
 use crate::codec::{Codec, flags};
 use crate::config::CacheConfig;
 use crate::error::{Error, Result};
+use crate::item::Item;
 
 /// A cache: typed `get`/`set`/`delete`, prefix invalidation and a scoped flush over the backend
 /// the configuration names.

@@ -16,41 +16,13 @@ use std::time::Duration;
 
 use crate::config::{CacheBackend, CacheConfig};
 use crate::error::Result;
+pub use crate::item::Item;
 
 pub mod file;
 pub mod memcached;
 pub mod none;
 pub mod redis;
 pub mod resilient;
-
-/// A stored value: the encoded bytes and the flags word.
-///
-/// `flags` follows pymemcache's `python_memcache` serializer convention (see
-/// [`crate::codec::flags`]); backends that cannot store it (Redis) return the flags of the codec
-/// that wrote the value.
-#[derive(Clone, PartialEq, Eq, Default)]
-pub struct Item {
-    /// The encoded value.
-    pub data: Vec<u8>,
-    /// pymemcache-compatible type flags.
-    pub flags: u32,
-}
-
-impl Item {
-    /// An item from bytes and flags.
-    pub fn new(data: Vec<u8>, flags: u32) -> Self {
-        Item { data, flags }
-    }
-}
-
-impl fmt::Debug for Item {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Item")
-            .field("len", &self.data.len())
-            .field("flags", &self.flags)
-            .finish()
-    }
-}
 
 /// What a backend's health check reports.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -26,9 +26,9 @@ pub mod python_memcache;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::backend::Item;
 use crate::config::CacheBackend;
 use crate::error::{Error, Result};
+use crate::item::Item;
 
 /// The codec of a cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -26,8 +26,8 @@
 //! or `int` on the way in, so they decode like any pickle. Python's `bytes` (flags 0) are passed
 //! as they are (raw for [`get_bytes`](crate::CacheManager::get_bytes)).
 
-use crate::backend::Item;
 use crate::codec::flags;
+use crate::item::Item;
 
 /// Which codec the cache uses, as far as the value layer is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

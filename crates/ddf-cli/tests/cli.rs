@@ -249,6 +249,46 @@ fn errors_are_one_clear_line_with_exit_code_2() {
     assert_clean_error(&o, "DDF_CACHE_TIMEOUT");
 }
 
+/// Each cause appears once in an error line: an error that writes its source into its own
+/// message and also returns it from `source()` is printed twice by a chain printer.
+#[test]
+fn an_error_states_its_cause_once() {
+    let cli = Cli::new();
+    let file = cli.write_ini("not-a-dir", "");
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            vec![
+                "-c".into(),
+                "/nonexistent/ddf.ini".into(),
+                "get".into(),
+                "k".into(),
+            ],
+            "No such file or directory",
+        ),
+        (
+            vec!["set".into(), "k".into(), "v".into()],
+            "Not a directory",
+        ),
+        (vec!["get".into(), "k".into()], "Not a directory"),
+    ];
+    for (args, cause) in cases {
+        let o = cli
+            .cmd()
+            .args(&args)
+            .env("DDF_CACHE_PICKLE_DIR", file.join("cache"))
+            .output()
+            .unwrap();
+        assert_clean_error(&o, cause);
+        let err = stderr(&o);
+        assert_eq!(err.matches(cause).count(), 1, "cause printed twice: {err}");
+        assert!(err.matches("(os error").count() <= 1, "{err}");
+        let parts: Vec<&str> = err.trim_end().split(": ").collect();
+        for (i, p) in parts.iter().enumerate() {
+            assert!(!parts[i + 1..].contains(p), "{p:?} repeated in: {err}");
+        }
+    }
+}
+
 #[test]
 fn bench_runs_and_prints_json() {
     let cli = Cli::new();

@@ -4,6 +4,10 @@
 //! (object_store), and predicates rather than more variants (redis-rs). Third-party error types
 //! never appear here: each backend maps its client's errors in one private function. No variant
 //! ever carries a password or a connection URL with credentials.
+//!
+//! Every message is complete: it states its cause once, in its own text, and
+//! [`std::error::Error::source`] returns `None`. A chain printer (`anyhow`'s `{:#}`, tracing's
+//! error fields) and a plain `{}` therefore print the same line, with each cause once.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -60,21 +64,12 @@ pub enum Error {
     },
 
     /// A configuration file could not be read.
-    #[error("cannot read config file {}: {source}", path.display())]
+    #[error("cannot read config file {}: {error}", path.display())]
     ConfigFile {
         /// The file.
         path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
-    },
-
-    /// A key or prefix cannot be used with this backend.
-    #[error("invalid key {key:?}: {reason}")]
-    InvalidKey {
-        /// The key (shortened when long).
-        key: String,
-        /// What is wrong and what is allowed.
-        reason: String,
+        /// The I/O error (its text is in the message).
+        error: std::io::Error,
     },
 
     /// An argument other than a key is wrong (a zero TTL, an oversize value...).
@@ -112,18 +107,10 @@ pub enum Error {
         message: String,
         /// Whether retrying later may succeed (timeouts, refused connections).
         temporary: bool,
-        /// The underlying error, if any.
+        /// Always `None` from ddf's own backends: the message states the cause (see the module
+        /// docs). A custom [`Backend`](crate::Backend) may attach one.
         #[source]
         source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
-    },
-
-    /// The configured backend is not available in this build or this version.
-    #[error("backend {backend:?} is not available: {reason}")]
-    Unsupported {
-        /// The backend's name.
-        backend: String,
-        /// Why, and what to use instead.
-        reason: String,
     },
 }
 
@@ -156,7 +143,8 @@ impl Error {
         }
     }
 
-    /// A backend error from an I/O error. `temporary` follows the error kind.
+    /// A backend error from an I/O error, `what: err` in one message. `temporary` follows the
+    /// error kind.
     pub(crate) fn io(backend: &'static str, what: impl fmt::Display, err: std::io::Error) -> Self {
         use std::io::ErrorKind as K;
         let temporary = matches!(
@@ -175,7 +163,7 @@ impl Error {
             backend,
             message: format!("{what}: {err}"),
             temporary,
-            source: Some(Box::new(err)),
+            source: None,
         }
     }
 }

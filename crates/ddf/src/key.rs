@@ -46,11 +46,6 @@ impl Keyspace {
         s.push_str(key);
         s
     }
-
-    /// The user key of a storage key of this namespace.
-    pub fn user_key<'a>(&self, storage_key: &'a str) -> Option<&'a str> {
-        storage_key.strip_prefix(self.namespace.as_str())
-    }
 }
 
 /// The byte range `[lo, hi)` of the keys that start with `prefix` in byte order: `hi` is the

@@ -134,8 +134,10 @@ impl CacheManager {
     /// Builds the cache the configuration describes.
     ///
     /// # Errors
-    /// [`Error::Unsupported`] for a backend this version cannot build, or the backend's own
-    /// set-up error (an unusable cache directory, for example).
+    /// [`Error::Config`] when a backend's settings cannot work (an unreadable `redis_ca_file`,
+    /// an empty `memcached_servers`), or the backend's own set-up error (an unusable cache
+    /// directory, for example). No server is contacted: an unreachable server is not an error
+    /// here (the cache starts on its fallback).
     pub fn new(config: CacheConfig) -> Result<Self> {
         let backend = backend::from_config(&config)?;
         Ok(Self::with_backend(config, backend))

@@ -139,9 +139,10 @@ fn sql_error(what: impl fmt::Display, e: rusqlite::Error) -> Error {
     );
     Error::Backend {
         backend: NAME,
+        // rusqlite's error repeats its text in its own source: the message keeps it once.
         message: format!("{what}: {e}"),
         temporary,
-        source: Some(Box::new(e)),
+        source: None,
     }
 }
 

@@ -708,9 +708,9 @@ impl CacheConfig {
     /// [`CacheConfig::from_ini_str`], naming the file.
     pub fn from_ini_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|source| Error::ConfigFile {
+        let text = std::fs::read_to_string(path).map_err(|error| Error::ConfigFile {
             path: path.to_owned(),
-            source,
+            error,
         })?;
         CacheConfig::default().apply_ini(&text, Some(path))
     }

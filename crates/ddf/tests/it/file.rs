@@ -1,13 +1,13 @@
 //! The file backend (`backend = pickle`) and `backend = none` through CacheManager.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use ddf::{CacheBackend, CacheConfig, CacheManager};
 use proptest::prelude::*;
 
 use crate::conformance::{self, Caps};
+use crate::process;
 
 fn file_cache(dir: &Path, namespace: &str) -> CacheManager {
     CacheManager::new(
@@ -142,43 +142,30 @@ const WORKER_ENV: &str = "DDF_TEST_FILE_WORKER";
 /// whole value some process wrote for that key, never a torn or foreign one.
 #[test]
 fn processes_share_a_directory_without_torn_reads() {
+    if let Some(job) = process::job(WORKER_ENV) {
+        return file_worker(&job);
+    }
     let dir = tempfile::tempdir().unwrap();
-    let exe = std::env::current_exe().unwrap();
     let children: Vec<_> = (0..4)
         .map(|w| {
-            Command::new(&exe)
-                .args([
-                    "--exact",
-                    "file::file_worker",
-                    "--nocapture",
-                    "--test-threads=1",
-                ])
-                .env(WORKER_ENV, format!("{}|{w}", dir.path().display()))
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap()
+            process::child(
+                "file::processes_share_a_directory_without_torn_reads",
+                WORKER_ENV,
+                &format!("{}|{w}", dir.path().display()),
+            )
+            .spawn()
+            .unwrap()
         })
         .collect();
     for c in children {
-        let out = c.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "a worker process failed:\n{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        process::check(c, "file worker");
     }
     let c = file_cache(dir.path(), "mp:");
     assert_eq!(c.invalidate_pattern("").unwrap(), 20);
 }
 
-/// The body of one worker process of the test above (a no-op when run on its own).
-#[test]
-fn file_worker() {
-    let Ok(spec) = std::env::var(WORKER_ENV) else {
-        return;
-    };
+/// The body of one worker process of the test above.
+fn file_worker(spec: &str) {
     let (dir, w) = spec.rsplit_once('|').unwrap();
     let w: usize = w.parse().unwrap();
     let c = file_cache(Path::new(dir), "mp:");
@@ -231,6 +218,9 @@ const GLOBAL_ENV: &str = "DDF_TEST_GLOBAL_WORKER";
 /// kept; with a good one it works. Each case runs in a child process (globals are per process).
 #[test]
 fn globals_never_panic_and_report_a_bad_config() {
+    if let Some(mode) = process::job(GLOBAL_ENV) {
+        return global_worker(&mode);
+    }
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.ini");
     std::fs::write(&bad, "[cache]\nbackend = redsi\n").unwrap();
@@ -240,33 +230,21 @@ fn globals_never_panic_and_report_a_bad_config() {
         format!("[cache]\npickle_dir = {}\n", dir.path().join("c").display()),
     )
     .unwrap();
-    let exe = std::env::current_exe().unwrap();
     for (ini, mode) in [(&bad, "bad"), (&good, "good")] {
-        let out = Command::new(&exe)
-            .args([
-                "--exact",
-                "file::global_worker",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(GLOBAL_ENV, mode)
-            .env("DDF_CONFIG", ini)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{mode}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let c = process::child(
+            "file::globals_never_panic_and_report_a_bad_config",
+            GLOBAL_ENV,
+            mode,
+        )
+        .env("DDF_CONFIG", ini)
+        .spawn()
+        .unwrap();
+        process::check(c, mode);
     }
 }
 
-#[test]
-fn global_worker() {
-    let Ok(mode) = std::env::var(GLOBAL_ENV) else {
-        return;
-    };
+/// The child of the test above: the globals of a process whose config is `mode`.
+fn global_worker(mode: &str) {
     ddf::CACHE.set("k", "v", None).unwrap();
     let got = ddf::CACHE.get::<String>("k").unwrap();
     if mode == "bad" {

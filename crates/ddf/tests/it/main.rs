@@ -7,6 +7,7 @@ mod file;
 mod memcached;
 mod memo;
 mod pickle;
+mod process;
 mod redis;
 mod resilience;
 mod ui;

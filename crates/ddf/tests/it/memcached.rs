@@ -4,7 +4,7 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use ddf::backend::memcached::{DeadPolicy, MemcachedBackend};
@@ -12,6 +12,7 @@ use ddf::{Backend, CacheBackend, CacheConfig, CacheManager, Error, ServerAddr};
 use ddf_testkit::MemcachedServer;
 
 use crate::conformance::{self, Caps};
+use crate::process;
 
 fn start(n: usize) -> Option<Vec<MemcachedServer>> {
     (0..n).map(|_| MemcachedServer::start()).collect()
@@ -341,18 +342,13 @@ const WORKER_ENV: &str = "DDF_TEST_MEMCACHED_WORKER";
 /// exactly those 2000, on every server, and leaves the other keys alone.
 #[test]
 fn four_processes_then_exact_prefix_invalidation() {
+    if let Some(job) = process::job(WORKER_ENV) {
+        return memcached_worker(&job);
+    }
     let Some(servers) = start(3) else { return };
     let list: Vec<String> = servers.iter().map(|s| s.server()).collect();
-    let exe = std::env::current_exe().unwrap();
-    let children = spawn_workers(&exe, &list, "job");
-    for c in children {
-        let out = c.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "a worker process failed:\n{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+    for c in spawn_workers(&list, "job") {
+        process::check(c, "memcached worker");
     }
     let c = cache(&servers, "mp:");
     for s in &servers {
@@ -371,7 +367,7 @@ fn four_processes_then_exact_prefix_invalidation() {
 
     // Phase 2: invalidations run while four processes write: every key written is removed by
     // exactly one invalidation (the counts add up to 2000) and none is left.
-    let mut children = spawn_workers(&exe, &list, "live");
+    let mut children = spawn_workers(&list, "live");
     let mut removed = 0;
     let mut rounds = 0;
     while children
@@ -383,12 +379,7 @@ fn four_processes_then_exact_prefix_invalidation() {
     }
     eprintln!("{rounds} invalidations during the writes removed {removed} keys");
     for ch in children {
-        let out = ch.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        process::check(ch, "memcached worker");
     }
     removed += c.invalidate_pattern("live:").unwrap();
     assert_eq!(removed, 2000);
@@ -397,31 +388,22 @@ fn four_processes_then_exact_prefix_invalidation() {
     }
 }
 
-fn spawn_workers(exe: &std::path::Path, list: &[String], phase: &str) -> Vec<std::process::Child> {
+fn spawn_workers(list: &[String], phase: &str) -> Vec<std::process::Child> {
     (0..4)
         .map(|w| {
-            Command::new(exe)
-                .args([
-                    "--exact",
-                    "memcached::memcached_worker",
-                    "--nocapture",
-                    "--test-threads=1",
-                ])
-                .env(WORKER_ENV, format!("{}|{phase}|{w}", list.join(",")))
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap()
+            process::child(
+                "memcached::four_processes_then_exact_prefix_invalidation",
+                WORKER_ENV,
+                &format!("{}|{phase}|{w}", list.join(",")),
+            )
+            .spawn()
+            .unwrap()
         })
         .collect()
 }
 
-/// The body of one worker process of the test above (a no-op when run on its own).
-#[test]
-fn memcached_worker() {
-    let Ok(spec) = std::env::var(WORKER_ENV) else {
-        return;
-    };
+/// The body of one worker process of the test above.
+fn memcached_worker(spec: &str) {
     let mut parts = spec.split('|');
     let (list, phase, w) = (
         parts.next().unwrap(),

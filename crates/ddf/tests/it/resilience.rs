@@ -14,6 +14,8 @@ use ddf::backend::Backend;
 use ddf::{CacheBackend, CacheConfig, CacheManager, FallbackMode, ServerAddr};
 use ddf_testkit::{MemcachedServer, RedisServer, ServerProcess, free_port};
 
+use crate::process;
+
 const CONNECT: Duration = Duration::from_millis(300);
 const TIMEOUT: Duration = Duration::from_millis(400);
 /// What a call may take beyond the operation timeout: scheduling on a loaded 2-core machine.
@@ -397,6 +399,9 @@ const JOURNAL_WORKER: &str = "DDF_TEST_JOURNAL_WORKER";
 /// starts once the server is back applies it before its first read.
 #[test]
 fn an_invalidation_recorded_by_an_ended_process_is_applied() {
+    if let Some(job) = process::job(JOURNAL_WORKER) {
+        return journal_worker(&job);
+    }
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let Some(mut server) = Server::start_on(Kind::Redis, port) else {
@@ -405,22 +410,14 @@ fn an_invalidation_recorded_by_an_ended_process_is_applied() {
     let cfg = config(Kind::Redis, &[port], dir.path());
     direct(&cfg).set("k", "old", None).unwrap();
     server.process().signal("STOP");
-    let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "resilience::journal_worker",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(JOURNAL_WORKER, format!("{port}|{}", dir.path().display()))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let c = process::child(
+        "resilience::an_invalidation_recorded_by_an_ended_process_is_applied",
+        JOURNAL_WORKER,
+        &format!("{port}|{}", dir.path().display()),
+    )
+    .spawn()
+    .unwrap();
+    process::check(c, "journal worker");
     server.process().signal("CONT");
     assert_eq!(
         direct(&cfg).get::<String>("k").unwrap().as_deref(),
@@ -433,12 +430,8 @@ fn an_invalidation_recorded_by_an_ended_process_is_applied() {
     assert_eq!(direct(&cfg).get::<String>("k").unwrap(), None);
 }
 
-/// The other process of the test above (a no-op when run on its own).
-#[test]
-fn journal_worker() {
-    let Ok(spec) = std::env::var(JOURNAL_WORKER) else {
-        return;
-    };
+/// The other process of the test above.
+fn journal_worker(spec: &str) {
     let (port, dir) = spec.split_once('|').unwrap();
     let cfg = config(
         Kind::Redis,

@@ -172,7 +172,7 @@ fn map_err(server: &str, what: &str, timeout: Duration, e: McError) -> Error {
                 backend: "memcached",
                 message,
                 temporary,
-                source: Some(Box::new(io)),
+                source: None,
             }
         }
         McError::Server(m) | McError::Protocol(m) => Error::Backend {

@@ -33,6 +33,8 @@ mod item;
 pub mod key;
 mod manager;
 pub mod memo;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 use std::sync::{Arc, LazyLock, OnceLock};
 

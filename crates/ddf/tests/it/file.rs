@@ -23,6 +23,17 @@ fn file_cache(dir: &Path, namespace: &str) -> CacheManager {
 fn conformance_on_the_file_backend() {
     let dir = tempfile::tempdir().unwrap();
     conformance::run(&|ns| file_cache(dir.path(), ns), Caps::default());
+    ddf::testing::conformance::run(
+        &|ns| {
+            ddf::testing::build_backend(
+                &CacheConfig::default()
+                    .with_pickle_dir(dir.path())
+                    .with_namespace(ns),
+            )
+            .unwrap()
+        },
+        ddf::testing::conformance::Caps::default(),
+    );
     // Nothing but the database was written.
     for ent in std::fs::read_dir(dir.path()).unwrap() {
         let name = ent.unwrap().file_name().into_string().unwrap();

@@ -106,6 +106,11 @@ fn conformance_on_three_servers() {
             ..Caps::default()
         },
     );
+    ddf::testing::conformance::run(
+        &|ns| ddf::testing::build_backend(&config(&servers, ns)).unwrap(),
+        ddf::testing::conformance::Caps::default()
+            .with_ttl_sleep(Some(Duration::from_millis(2100))),
+    );
     // The suite's keys went to every server.
     let b = backend(&servers, "x:");
     let mut used = std::collections::BTreeSet::new();

@@ -174,6 +174,11 @@ fn standalone_suite_never_sends_keys_or_flush() {
         &|ns| direct(config_for(&server, ns)).unwrap(),
         Caps::default(),
     );
+    // The byte-level suite, on the backend as CacheManager::new builds it (behind the breaker).
+    ddf::testing::conformance::run(
+        &|ns| ddf::testing::build_backend(&config_for(&server, ns)).unwrap(),
+        ddf::testing::conformance::Caps::default().with_flags(false),
+    );
     let cache = direct(config_for(&server, "t1:")).unwrap();
     suite(&cache);
     assert_never_sent_dangerous(server.port());

@@ -32,13 +32,6 @@ fn file(c: &mut Criterion) {
         })
     });
     g.finish();
-
-    let mut g = c.benchmark_group("key");
-    let ks = ddf::key::Keyspace::new("ddf:");
-    g.bench_function("storage_key", |b| {
-        b.iter(|| ks.storage_key(black_box("service:web:config")))
-    });
-    g.finish();
 }
 
 criterion_group!(benches, file);

@@ -51,11 +51,6 @@ impl Keyspace {
 /// The byte range `[lo, hi)` of the keys that start with `prefix` in byte order: `hi` is the
 /// prefix with its last byte incremented (trailing `0xFF` bytes dropped first); `None` when no
 /// upper bound exists (an empty prefix, or all `0xFF`).
-///
-/// ```
-/// assert_eq!(ddf::key::prefix_range(b"ab"), (b"ab".to_vec(), Some(b"ac".to_vec())));
-/// assert_eq!(ddf::key::prefix_range(b""), (vec![], None));
-/// ```
 pub fn prefix_range(prefix: &[u8]) -> (Vec<u8>, Option<Vec<u8>>) {
     let mut hi = prefix.to_vec();
     while let Some(last) = hi.pop() {
@@ -141,15 +136,6 @@ fn mc_encode(s: &str) -> String {
 }
 
 /// The memcached wire key of a storage key (`namespace + key`); see the module docs.
-///
-/// ```
-/// use ddf::key::memcached_key;
-/// assert_eq!(memcached_key("ddf:svc:web"), "ddf:svc:web");
-/// let k = memcached_key("ddf:x\r\nflush_all");
-/// assert!(k.starts_with("ddf:x%0D%0Aflush_all~"), "{k}");
-/// assert!(k.bytes().all(|b| b.is_ascii_graphic()));
-/// assert!(memcached_key(&"k".repeat(10_000)).len() <= 250);
-/// ```
 pub fn memcached_key(storage_key: &str) -> Cow<'_, str> {
     // A carryable key that already has the mapped shape is mapped too: sent as it is, it could
     // alias (and overwrite or delete) another key's mapped form.
@@ -241,6 +227,21 @@ pub fn sha256_hex(data: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prefix_range_examples() {
+        assert_eq!(prefix_range(b"ab"), (b"ab".to_vec(), Some(b"ac".to_vec())));
+        assert_eq!(prefix_range(b""), (vec![], None));
+    }
+
+    #[test]
+    fn memcached_keys_are_carryable() {
+        assert_eq!(memcached_key("ddf:svc:web"), "ddf:svc:web");
+        let k = memcached_key("ddf:x\r\nflush_all");
+        assert!(k.starts_with("ddf:x%0D%0Aflush_all~"), "{k}");
+        assert!(k.bytes().all(|b| b.is_ascii_graphic()));
+        assert!(memcached_key(&"k".repeat(10_000)).len() <= 250);
+    }
     use proptest::prelude::*;
 
     #[test]

@@ -30,7 +30,7 @@ pub mod codec;
 pub mod config;
 mod error;
 mod item;
-pub mod key;
+pub(crate) mod key;
 mod manager;
 pub mod memo;
 #[cfg(feature = "testing")]

@@ -141,7 +141,8 @@ pub(crate) fn scoped_clear(
 /// identifies the server(s) in the journal, without credentials.
 ///
 /// # Errors
-/// When the local directory (the fallback and the journal) cannot be opened.
+/// [`Error::Config`](crate::Error::Config) for an unusable breaker setting; an error when the
+/// local directory (the fallback and the journal) cannot be opened.
 pub fn resilient(
     config: &CacheConfig,
     name: &'static str,

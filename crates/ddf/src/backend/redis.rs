@@ -1,7 +1,8 @@
 //! The Redis backend (`backend = redis` and `backend = redis_pickle`): standalone, TLS and Cluster.
 //!
 //! Every call into the `redis` crate (redis-rs) lives in this module, so that a major version of
-//! the client (2.0 is at rc) touches one file.
+//! the client (2.0 is at rc) touches one file, except the parsing of `redis_url`, which
+//! `config/settings.rs` leaves to redis-rs so that the two never disagree on the URL grammar.
 //!
 //! - **Connections**: the target (standalone over TCP, TLS or a unix socket, or a Cluster), the
 //!   credentials and the CA bundle are chosen, read and validated once, in
@@ -151,68 +152,11 @@ impl RedisBackend {
                 format!("cannot set up the Redis client: {:?}", e.kind()),
             )
         };
-        let certs = |pem: &Vec<u8>| redis::TlsCertificates {
-            client_tls: None,
-            root_cert: Some(pem.clone()),
-        };
-        let mut redis = RedisConnectionInfo::default().set_db(settings.db);
-        if let Some(u) = &settings.username {
-            redis = redis.set_username(u);
-        }
-        if let Some(p) = &settings.password {
-            redis = redis.set_password(p.expose());
-        }
-        if settings.resp3 {
-            redis = redis.set_protocol(redis::ProtocolVersion::RESP3);
-        }
         let target = match &settings.target {
-            RedisTarget::Cluster(nodes) => {
-                let nodes: Vec<redis::ConnectionInfo> = nodes
-                    .iter()
-                    .map(|a| ConnectionAddr::Tcp(a.host.clone(), a.port).into_connection_info())
-                    .collect::<redis::RedisResult<_>>()
-                    .map_err(refused)?;
-                let mut b = ClusterClient::builder(nodes)
-                    .connection_timeout(settings.connect_timeout)
-                    .response_timeout(settings.timeout)
-                    .tcp_settings(tcp_settings());
-                if let Some(p) = &settings.password {
-                    b = b.password(p.expose());
-                }
-                if let Some(pem) = &settings.ca {
-                    // A CA file in cluster mode means TLS to every node.
-                    b = b.tls(redis::TlsMode::Secure).certs(certs(pem));
-                }
-                Target::Cluster(b.build().map_err(refused)?)
-            }
-            RedisTarget::Standalone(endpoint) => {
-                let addr = match endpoint {
-                    RedisEndpoint::Tcp { host, port } => ConnectionAddr::Tcp(host.clone(), *port),
-                    RedisEndpoint::Tls {
-                        host,
-                        port,
-                        insecure,
-                    } => ConnectionAddr::TcpTls {
-                        host: host.clone(),
-                        port: *port,
-                        insecure: *insecure,
-                        tls_params: None,
-                    },
-                    RedisEndpoint::Unix { path } => ConnectionAddr::Unix(path.clone()),
-                };
-                let info = addr
-                    .into_connection_info()
-                    .map_err(refused)?
-                    .set_redis_settings(redis)
-                    .set_tcp_settings(tcp_settings());
-                match &settings.ca {
-                    Some(pem) => redis::Client::build_with_tls(info, certs(pem)),
-                    None => redis::Client::open(info),
-                }
-                .map(Target::Single)
-                .map_err(refused)?
-            }
-        };
+            RedisTarget::Cluster(nodes) => cluster_client(settings, nodes).map(Target::Cluster),
+            RedisTarget::Standalone(endpoint) => client(settings, endpoint).map(Target::Single),
+        }
+        .map_err(refused)?;
         let tls = settings.ca.is_some()
             || matches!(
                 settings.target,
@@ -381,6 +325,72 @@ impl RedisBackend {
             cursor = next;
         }
     }
+}
+
+/// The CA bundle as redis-rs takes it.
+fn certs(pem: &[u8]) -> redis::TlsCertificates {
+    redis::TlsCertificates {
+        client_tls: None,
+        root_cert: Some(pem.to_vec()),
+    }
+}
+
+/// A client of one server (TCP, TLS or unix socket) from validated settings.
+fn client(settings: &RedisSettings, endpoint: &RedisEndpoint) -> redis::RedisResult<redis::Client> {
+    let addr = match endpoint {
+        RedisEndpoint::Tcp { host, port } => ConnectionAddr::Tcp(host.clone(), *port),
+        RedisEndpoint::Tls {
+            host,
+            port,
+            insecure,
+        } => ConnectionAddr::TcpTls {
+            host: host.clone(),
+            port: *port,
+            insecure: *insecure,
+            tls_params: None,
+        },
+        RedisEndpoint::Unix { path } => ConnectionAddr::Unix(path.clone()),
+    };
+    let mut redis = RedisConnectionInfo::default().set_db(settings.db);
+    if let Some(u) = &settings.username {
+        redis = redis.set_username(u);
+    }
+    if let Some(p) = &settings.password {
+        redis = redis.set_password(p.expose());
+    }
+    if settings.resp3 {
+        redis = redis.set_protocol(redis::ProtocolVersion::RESP3);
+    }
+    let info = addr
+        .into_connection_info()?
+        .set_redis_settings(redis)
+        .set_tcp_settings(tcp_settings());
+    match &settings.ca {
+        Some(pem) => redis::Client::build_with_tls(info, certs(pem)),
+        None => redis::Client::open(info),
+    }
+}
+
+/// A Redis Cluster client from validated settings; a CA means TLS to every node.
+fn cluster_client(
+    settings: &RedisSettings,
+    nodes: &[crate::config::ServerAddr],
+) -> redis::RedisResult<ClusterClient> {
+    let nodes = nodes
+        .iter()
+        .map(|a| ConnectionAddr::Tcp(a.host.clone(), a.port).into_connection_info())
+        .collect::<redis::RedisResult<Vec<_>>>()?;
+    let mut b = ClusterClient::builder(nodes)
+        .connection_timeout(settings.connect_timeout)
+        .response_timeout(settings.timeout)
+        .tcp_settings(tcp_settings());
+    if let Some(p) = &settings.password {
+        b = b.password(p.expose());
+    }
+    if let Some(pem) = &settings.ca {
+        b = b.tls(redis::TlsMode::Secure).certs(certs(pem));
+    }
+    b.build()
 }
 
 /// Primaries' `host:port` in `CLUSTER NODES` output: lines `id ip:port@cport[,hostname] flags

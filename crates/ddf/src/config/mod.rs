@@ -7,6 +7,10 @@
 //! The environment variables are `DDF_CACHE_<KEY>` for every key (`DDF_CACHE_BACKEND`,
 //! `DDF_CACHE_TTL`, ...) and the Python DDF's `REDIS_HOST`, `REDIS_PORT`, `REDIS_PASSWORD` and
 //! `REDIS_DB`; when both name one key, `DDF_CACHE_<KEY>` wins.
+//!
+//! By topic: this file holds the types, loading and precedence; `keys.rs` the table of keys and
+//! the parsers of their values; `values.rs` server addresses and secrets; `ini.rs` the INI reader;
+//! `settings.rs` the per-backend settings a backend is built from, validated once.
 
 mod ini;
 mod keys;
@@ -21,7 +25,9 @@ use std::time::Duration;
 
 use ini::Ini;
 use keys::{KEYS, KeySpec, known_keys, spec};
-pub(crate) use settings::*;
+pub(crate) use settings::{
+    BackendSettings, MemcachedSettings, RedisEndpoint, RedisSettings, RedisTarget, ValueFormat,
+};
 pub use values::{Secret, ServerAddr};
 
 use crate::error::{Error, Result, Source};

@@ -7,8 +7,9 @@
 //! - **Connections**: the target (standalone over TCP, TLS or a unix socket, or a Cluster), the
 //!   credentials and the CA bundle are chosen, read and validated once, in `config/settings.rs`
 //!   (`RedisSettings`); `RedisBackend::new` only turns them into a client. Connections are kept
-//!   in a small pool of our own (see `Pool`): redis-rs's r2d2 manager has no connect timeout. Connect timeout = `connect_timeout`, read and write timeouts = `timeout`. A
-//!   connection that failed in any way is dropped, never returned to the pool.
+//!   in a small pool of our own (see `Pool`): redis-rs's r2d2 manager has no connect timeout.
+//!   Connect timeout = `connect_timeout`, read and write timeouts = `timeout`. A connection that
+//!   failed in any way is dropped, never returned to the pool.
 //! - **Keys**: [`Keyspace::storage_key`] (`namespace + key`); an empty namespace stores keys
 //!   exactly as given (the Python DDF's layout).
 //! - **Prefix deletes**: `SCAN MATCH <glob-escaped namespace+prefix>* COUNT 1000` and `UNLINK` of

@@ -84,7 +84,7 @@ fn memcached(c: &mut Criterion) {
     // The backend alone.
     let direct = CacheManager::with_backend(
         config.clone(),
-        Arc::new(MemcachedBackend::new(&config).expect("backend")),
+        Arc::new(MemcachedBackend::from_config(&config).expect("backend")),
     );
     let value = "x".repeat(100);
     cache.set("hit", &value, None).expect("set");

@@ -14,7 +14,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::{CacheBackend, CacheConfig};
+use crate::config::{BackendSettings, CacheBackend, CacheConfig};
 use crate::error::Result;
 pub use crate::item::Item;
 
@@ -141,7 +141,8 @@ pub(crate) fn scoped_clear(
 /// identifies the server(s) in the journal, without credentials.
 ///
 /// # Errors
-/// When the local directory (the fallback and the journal) cannot be opened.
+/// [`Error::Config`](crate::Error::Config) for an unusable breaker setting; an error when the
+/// local directory (the fallback and the journal) cannot be opened.
 pub fn resilient(
     config: &CacheConfig,
     name: &'static str,
@@ -156,67 +157,58 @@ pub fn resilient(
         "memcached"
     };
     let scope = format!("{family}|{address}|{}", config.namespace);
+    let settings = config.resilience_settings()?;
     // The fallback's entries live under a namespace of their own: a `pickle` cache with the same
     // namespace in the same directory is another cache, which the fallback must never clear.
     let local = Arc::new(file::FileBackend::open(
-        config.pickle_dir(),
+        &settings.dir,
         &format!("fallback[{scope}]:"),
     )?);
     let cfg = resilient::ResilientConfig {
         name,
         scope,
-        mode: config.fallback,
-        failures: config.breaker_failures,
-        retry: config.breaker_retry,
-        refuse_whole_keyspace: config.namespace.is_empty() && !config.server_flush,
+        mode: settings.mode,
+        failures: settings.failures,
+        retry: settings.retry,
+        refuse_whole_keyspace: settings.refuse_whole_keyspace,
     };
-    let journal = Arc::new(file::FileBackend::open_journal(config.pickle_dir())?);
+    let journal = Arc::new(file::FileBackend::open_journal(&settings.dir)?);
     Ok(Arc::new(resilient::Resilient::new(
         cfg, factory, local, journal,
     )))
 }
 
-/// Builds the backend a config names.
+/// Builds the backend a config names: its settings validated once
+/// ([`CacheConfig`]'s `backend_settings`), then the backend built from them; a server backend
+/// behind the breaker and fallback, its journal scoped by the settings' identity.
 ///
 /// # Errors
-/// [`Error::Unsupported`] for a backend this version cannot build yet; the backend's own errors
-/// when it cannot be set up (an unusable cache directory, for example).
+/// [`Error::Config`](crate::Error::Config) naming the setting and where its value came from;
+/// the backend's own errors when it cannot be set up (an unusable cache directory, for example).
 pub fn from_config(config: &CacheConfig) -> Result<Arc<dyn Backend>> {
-    match config.backend {
-        CacheBackend::None => Ok(Arc::new(none::NoneBackend)),
-        CacheBackend::Pickle => Ok(Arc::new(file::FileBackend::open(
-            config.pickle_dir(),
-            &config.namespace,
-        )?)),
+    match config.backend_settings()? {
+        BackendSettings::None => Ok(Arc::new(none::NoneBackend)),
+        BackendSettings::File(s) => Ok(Arc::new(file::FileBackend::open(s.dir, &s.namespace)?)),
         // The codec (JSON or pickle) is chosen above the backend, by CacheManager; the backend
-        // only needs the flags to report for values read. Built once here to validate the
-        // settings (no connection is opened), then behind the breaker and fallback.
-        CacheBackend::Redis | CacheBackend::RedisPickle => {
+        // only needs the flags to report for values read.
+        BackendSettings::Redis(settings) => {
             let flags = if config.backend == CacheBackend::Redis {
                 crate::codec::flags::TEXT
             } else {
                 crate::codec::flags::PICKLE
             };
-            let address = redis::RedisBackend::new(config, flags)?.place().to_owned();
-            let cfg = config.clone();
+            let identity = settings.identity().to_owned();
             let factory: resilient::Factory = Box::new(move || {
-                Ok(Arc::new(redis::RedisBackend::new(&cfg, flags)?) as Arc<dyn Backend>)
+                Ok(Arc::new(redis::RedisBackend::new(&settings, flags)?) as Arc<dyn Backend>)
             });
-            resilient(config, config.backend.as_str(), &address, factory)
+            resilient(config, config.backend.as_str(), &identity, factory)
         }
-        CacheBackend::Memcached | CacheBackend::MemcachedPickle => {
-            let mut servers: Vec<String> = config
-                .memcached_servers
-                .iter()
-                .map(ToString::to_string)
-                .collect();
-            servers.sort();
-            let address = servers.join(",");
-            let cfg = config.clone();
+        BackendSettings::Memcached(settings) => {
+            let identity = settings.identity().to_owned();
             let factory: resilient::Factory = Box::new(move || {
-                Ok(Arc::new(memcached::MemcachedBackend::new(&cfg)?) as Arc<dyn Backend>)
+                Ok(Arc::new(memcached::MemcachedBackend::new(&settings)) as Arc<dyn Backend>)
             });
-            resilient(config, config.backend.as_str(), &address, factory)
+            resilient(config, config.backend.as_str(), &identity, factory)
         }
     }
 }

@@ -1,14 +1,15 @@
 //! The Redis backend (`backend = redis` and `backend = redis_pickle`): standalone, TLS and Cluster.
 //!
 //! Every call into the `redis` crate (redis-rs) lives in this module, so that a major version of
-//! the client (2.0 is at rc) touches one file.
+//! the client (2.0 is at rc) touches one file, except the parsing of `redis_url`, which
+//! `config/settings.rs` leaves to redis-rs so that the two never disagree on the URL grammar.
 //!
-//! - **Connections**: `redis_url` (`redis://`, `rediss://`, `unix://`) when set, else
-//!   `redis_host`/`redis_port`/`redis_password`/`redis_db`; `redis_ca_file` names the CA that
-//!   verifies a `rediss://` server; `redis_cluster_nodes` switches to Redis Cluster. Connections
-//!   are kept in a small pool of our own (see `Pool`): redis-rs's r2d2 manager has no connect
-//!   timeout. Connect timeout = `connect_timeout`, read and write timeouts = `timeout`. A
-//!   connection that failed in any way is dropped, never returned to the pool.
+//! - **Connections**: the target (standalone over TCP, TLS or a unix socket, or a Cluster), the
+//!   credentials and the CA bundle are chosen, read and validated once, in `config/settings.rs`
+//!   (`RedisSettings`); `RedisBackend::new` only turns them into a client. Connections are kept
+//!   in a small pool of our own (see `Pool`): redis-rs's r2d2 manager has no connect timeout.
+//!   Connect timeout = `connect_timeout`, read and write timeouts = `timeout`. A connection that
+//!   failed in any way is dropped, never returned to the pool.
 //! - **Keys**: [`Keyspace::storage_key`] (`namespace + key`); an empty namespace stores keys
 //!   exactly as given (the Python DDF's layout).
 //! - **Prefix deletes**: `SCAN MATCH <glob-escaped namespace+prefix>* COUNT 1000` and `UNLINK` of
@@ -28,7 +29,7 @@ use redis::io::tcp::TcpSettings;
 use redis::{ConnectionAddr, ConnectionLike, IntoConnectionInfo, RedisConnectionInfo};
 
 use super::{Backend, BackendStatus, Item};
-use crate::config::CacheConfig;
+use crate::config::{CacheConfig, RedisEndpoint, RedisSettings, RedisTarget};
 use crate::error::{Error, Result};
 use crate::key::{Keyspace, glob_escape};
 
@@ -92,7 +93,7 @@ impl Pool {
     }
 }
 
-/// The Redis backend. Build it with [`RedisBackend::new`] (or through
+/// The Redis backend. Build it with [`RedisBackend::from_config`] (or through
 /// [`from_config`](super::from_config), which puts it behind the breaker and fallback).
 ///
 /// ```no_run
@@ -104,7 +105,7 @@ impl Pool {
 ///     .with_backend(CacheBackend::Redis)
 ///     .with_redis("127.0.0.1", 6379)
 ///     .with_namespace("myapp:");
-/// let backend = RedisBackend::new(&config, ddf::codec::flags::TEXT)?;
+/// let backend = RedisBackend::from_config(&config, ddf::codec::flags::TEXT)?;
 /// let cache = CacheManager::with_backend(config, Arc::new(backend));
 /// cache.set("k", &[1, 2, 3], None)?;
 /// assert_eq!(cache.invalidate_pattern("")?, 1);
@@ -119,7 +120,7 @@ pub struct RedisBackend {
     server_flush: bool,
     /// The flags reported for values read (Redis cannot store them): the codec's.
     read_flags: u32,
-    /// Where the server is, for messages: never credentials.
+    /// Where the server is, for messages: the settings' identity, never credentials.
     place: String,
     /// The password, only to scrub it from error texts (defence in depth).
     password: Option<String>,
@@ -134,190 +135,66 @@ impl fmt::Debug for RedisBackend {
     }
 }
 
-/// A configuration error about `key`, pointing at where its value came from (file and line,
-/// environment variable, default).
-fn config_err(config: &CacheConfig, key: &str, message: impl Into<String>) -> Error {
-    Error::Config {
-        source_: config.source_of(key),
-        message: message.into(),
-    }
-}
-
 impl RedisBackend {
-    /// Builds a Redis backend from a configuration. `read_flags` is the flags word reported with
+    /// Builds a Redis backend from validated settings ([`crate::config::RedisSettings`]: the
+    /// target is chosen and the CA file read there). `read_flags` is the flags word reported with
     /// every value read ([`crate::codec::flags::TEXT`] for JSON, [`crate::codec::flags::PICKLE`]
     /// for pickle): Redis stores no flags. No connection is opened here; the first operation
     /// connects.
     ///
     /// # Errors
-    /// [`Error::Config`] naming the setting (and where its value came from) when the
-    /// configuration cannot work: an
-    /// unparseable `redis_url`, an unreadable `redis_ca_file`, a CA file without `rediss://`,
-    /// a `redis_db` other than 0 on a cluster.
-    pub fn new(config: &CacheConfig, read_flags: u32) -> Result<Self> {
-        let ca = match &config.redis_ca_file {
-            Some(p) => Some(std::fs::read(p).map_err(|e| {
-                config_err(
-                    config,
-                    "redis_ca_file",
-                    format!(
-                        "redis_ca_file {} cannot be read: {e}; give a PEM CA bundle",
-                        p.display()
-                    ),
-                )
-            })?),
-            None => None,
-        };
-        let password = config
-            .redis_password
-            .as_ref()
-            .map(|s| s.expose().to_owned());
-        let (target, place, password) = if !config.redis_cluster_nodes.is_empty() {
-            if config.redis_db != 0 {
-                return Err(config_err(
-                    config,
-                    "redis_db",
-                    "redis_db must be 0 with redis_cluster_nodes: Redis Cluster has only database 0",
-                ));
-            }
-            let nodes: Vec<redis::ConnectionInfo> = config
-                .redis_cluster_nodes
-                .iter()
-                .map(|a| {
-                    ConnectionAddr::Tcp(a.host.clone(), a.port)
-                        .into_connection_info()
-                        .map_err(|_| {
-                            config_err(
-                                config,
-                                "redis_cluster_nodes",
-                                format!("redis_cluster_nodes: bad address {a}"),
-                            )
-                        })
-                })
-                .collect::<Result<_>>()?;
-            let mut b = ClusterClient::builder(nodes)
-                .connection_timeout(config.connect_timeout)
-                .response_timeout(config.timeout)
-                .tcp_settings(tcp_settings());
-            if let Some(p) = &password {
-                b = b.password(p.clone());
-            }
-            if let Some(pem) = ca {
-                // A CA file in cluster mode means TLS to every node.
-                b = b.tls(redis::TlsMode::Secure).certs(redis::TlsCertificates {
-                    client_tls: None,
-                    root_cert: Some(pem),
-                });
-            }
-            let client = b.build().map_err(|e| {
-                config_err(
-                    config,
-                    "redis_cluster_nodes",
-                    format!("redis_cluster_nodes cannot be used: {:?}", e.kind()),
-                )
-            })?;
-            let list = config
-                .redis_cluster_nodes
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join(", ");
-            (
-                Target::Cluster(client),
-                format!("cluster [{list}]"),
-                password,
+    /// [`Error::Config`] pointing at the target's setting when redis-rs refuses to build the
+    /// client (settings validated by [`CacheConfig`] do not make it refuse).
+    pub(crate) fn new(settings: &RedisSettings, read_flags: u32) -> Result<Self> {
+        let refused = |e: redis::RedisError| {
+            Error::config(
+                settings.source.clone(),
+                format!("cannot set up the Redis client: {:?}", e.kind()),
             )
+        };
+        let target = match &settings.target {
+            RedisTarget::Cluster(nodes) => cluster_client(settings, nodes).map(Target::Cluster),
+            RedisTarget::Standalone(endpoint) => client(settings, endpoint).map(Target::Single),
+        }
+        .map_err(refused)?;
+        let tls = settings.ca.is_some()
+            || matches!(
+                settings.target,
+                RedisTarget::Standalone(RedisEndpoint::Tls { .. })
+            );
+        let place = if tls {
+            format!("{} (TLS)", settings.identity())
         } else {
-            const URL_FORMS: &str = "expected redis://[:password@]host[:port][/db], \
-                                     rediss://... (TLS) or unix:///path/to/socket[?db=N]";
-            let info = match &config.redis_url {
-                Some(url) => url.expose().into_connection_info().map_err(|_| {
-                    config_err(
-                        config,
-                        "redis_url",
-                        format!("redis_url is not a valid URL; {URL_FORMS}"),
-                    )
-                })?,
-                None => {
-                    let db = RedisConnectionInfo::default().set_db(i64::from(config.redis_db));
-                    ConnectionAddr::Tcp(config.redis_host.clone(), config.redis_port)
-                        .into_connection_info()
-                        .map_err(|_| {
-                            config_err(config, "redis_host", "redis_host/redis_port cannot be used")
-                        })?
-                        .set_redis_settings(db)
-                }
-            };
-            let info = info.set_tcp_settings(tcp_settings());
-            // redis_password applies when the URL carries none.
-            let (info, password) = match (info.redis_settings().password(), &password) {
-                (Some(p), _) => {
-                    let p = p.to_owned();
-                    (info, Some(p))
-                }
-                (None, Some(p)) => {
-                    let settings = info.redis_settings().clone().set_password(p);
-                    (info.set_redis_settings(settings), Some(p.clone()))
-                }
-                (None, None) => (info, None),
-            };
-            let place = match info.addr() {
-                ConnectionAddr::Tcp(h, p) => format!("{h}:{p} db {}", info.redis_settings().db()),
-                ConnectionAddr::TcpTls { host, port, .. } => {
-                    format!("{host}:{port} (TLS) db {}", info.redis_settings().db())
-                }
-                ConnectionAddr::Unix(path) => {
-                    format!("unix:{} db {}", path.display(), info.redis_settings().db())
-                }
-                _ => "redis".to_owned(),
-            };
-            let is_tls = matches!(info.addr(), ConnectionAddr::TcpTls { .. });
-            let client = match ca {
-                Some(pem) if is_tls => redis::Client::build_with_tls(
-                    info,
-                    redis::TlsCertificates {
-                        client_tls: None,
-                        root_cert: Some(pem),
-                    },
-                ),
-                Some(_) => {
-                    return Err(config_err(
-                        config,
-                        "redis_ca_file",
-                        "redis_ca_file is set but the connection is not TLS: \
-                         use redis_url = rediss://host:port, or remove redis_ca_file",
-                    ));
-                }
-                None => redis::Client::open(info),
-            }
-            .map_err(|e| {
-                config_err(
-                    config,
-                    "redis_url",
-                    format!("cannot set up the Redis client: {:?}", e.kind()),
-                )
-            })?;
-            (Target::Single(client), place, password)
+            settings.identity().to_owned()
         };
         Ok(RedisBackend {
-            keyspace: Keyspace::new(config.namespace.clone()),
+            keyspace: Keyspace::new(settings.namespace.clone()),
             target,
             pool: Pool {
                 idle: Mutex::new(Vec::new()),
             },
-            timeout: config.timeout,
-            connect_timeout: config.connect_timeout,
-            server_flush: config.server_flush,
+            timeout: settings.timeout,
+            connect_timeout: settings.connect_timeout,
+            server_flush: settings.server_flush,
             read_flags,
             place,
-            password: password.filter(|p| !p.is_empty()),
+            password: settings
+                .password
+                .as_ref()
+                .map(|p| p.expose().to_owned())
+                .filter(|p| !p.is_empty()),
         })
     }
 
-    /// Where the server is (`host:port db N`, `unix:/path db N`, `cluster [a, b, c]`), without
-    /// credentials: for messages and the outage journal's scope.
-    pub fn place(&self) -> &str {
-        &self.place
+    /// A Redis backend for a configuration: [`CacheConfig`]'s Redis settings, validated, then
+    /// the backend built from them (see the type's example). No connection is opened here.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the setting (and where its value came from) when the
+    /// configuration cannot work: an unparseable `redis_url`, an unreadable `redis_ca_file`, a
+    /// CA file without `rediss://`, a `redis_db` other than 0 on a cluster.
+    pub fn from_config(config: &CacheConfig, read_flags: u32) -> Result<Self> {
+        Self::new(&config.redis_settings()?, read_flags)
     }
 
     /// The one mapping from redis-rs errors to [`Error::Backend`]. Never includes credentials:
@@ -448,6 +325,72 @@ impl RedisBackend {
             cursor = next;
         }
     }
+}
+
+/// The CA bundle as redis-rs takes it.
+fn certs(pem: &[u8]) -> redis::TlsCertificates {
+    redis::TlsCertificates {
+        client_tls: None,
+        root_cert: Some(pem.to_vec()),
+    }
+}
+
+/// A client of one server (TCP, TLS or unix socket) from validated settings.
+fn client(settings: &RedisSettings, endpoint: &RedisEndpoint) -> redis::RedisResult<redis::Client> {
+    let addr = match endpoint {
+        RedisEndpoint::Tcp { host, port } => ConnectionAddr::Tcp(host.clone(), *port),
+        RedisEndpoint::Tls {
+            host,
+            port,
+            insecure,
+        } => ConnectionAddr::TcpTls {
+            host: host.clone(),
+            port: *port,
+            insecure: *insecure,
+            tls_params: None,
+        },
+        RedisEndpoint::Unix { path } => ConnectionAddr::Unix(path.clone()),
+    };
+    let mut redis = RedisConnectionInfo::default().set_db(settings.db);
+    if let Some(u) = &settings.username {
+        redis = redis.set_username(u);
+    }
+    if let Some(p) = &settings.password {
+        redis = redis.set_password(p.expose());
+    }
+    if settings.resp3 {
+        redis = redis.set_protocol(redis::ProtocolVersion::RESP3);
+    }
+    let info = addr
+        .into_connection_info()?
+        .set_redis_settings(redis)
+        .set_tcp_settings(tcp_settings());
+    match &settings.ca {
+        Some(pem) => redis::Client::build_with_tls(info, certs(pem)),
+        None => redis::Client::open(info),
+    }
+}
+
+/// A Redis Cluster client from validated settings; a CA means TLS to every node.
+fn cluster_client(
+    settings: &RedisSettings,
+    nodes: &[crate::config::ServerAddr],
+) -> redis::RedisResult<ClusterClient> {
+    let nodes = nodes
+        .iter()
+        .map(|a| ConnectionAddr::Tcp(a.host.clone(), a.port).into_connection_info())
+        .collect::<redis::RedisResult<Vec<_>>>()?;
+    let mut b = ClusterClient::builder(nodes)
+        .connection_timeout(settings.connect_timeout)
+        .response_timeout(settings.timeout)
+        .tcp_settings(tcp_settings());
+    if let Some(p) = &settings.password {
+        b = b.password(p.expose());
+    }
+    if let Some(pem) = &settings.ca {
+        b = b.tls(redis::TlsMode::Secure).certs(certs(pem));
+    }
+    b.build()
 }
 
 /// Primaries' `host:port` in `CLUSTER NODES` output: lines `id ip:port@cport[,hostname] flags
@@ -748,50 +691,16 @@ e5 :0@0 master,noaddr - 0 1 5 disconnected
     fn errors_never_show_the_password() {
         let mut config = CacheConfig::default();
         config.redis_url = Some(crate::config::Secret::new("redis://:s3cret@127.0.0.1:1/0"));
-        let b = RedisBackend::new(&config, 16).unwrap();
+        let b = RedisBackend::from_config(&config, 16).unwrap();
         assert!(!format!("{b:?}").contains("s3cret"));
         let e = b.get("x").unwrap_err();
         let text = format!("{e} {e:?}");
         assert!(!text.contains("s3cret"), "{text}");
         assert!(e.is_temporary(), "{text}");
+        assert!(text.contains("redis://127.0.0.1:1/0"), "{text}");
         config.redis_url = Some(crate::config::Secret::new("redis://:s3cret@[bad"));
-        let e = RedisBackend::new(&config, 16).unwrap_err();
+        let e = RedisBackend::from_config(&config, 16).unwrap_err();
         assert!(!format!("{e} {e:?}").contains("s3cret"));
-    }
-
-    #[test]
-    fn unusable_settings_are_config_errors_with_their_line() {
-        let ini = "[cache]\nbackend = redis\nredis_url = redis://:pw@[bad\n";
-        let e = RedisBackend::new(&CacheConfig::from_ini_str(ini).unwrap(), 16).unwrap_err();
-        let text = e.to_string();
-        assert!(e.is_config(), "{text}");
-        assert!(
-            text.contains("line 3") && text.contains("rediss://"),
-            "{text}"
-        );
-        assert!(!text.contains("pw"), "{text}");
-
-        let dir = std::env::temp_dir();
-        let ca = dir.join(format!("ddf-redis-unit-{}.pem", std::process::id()));
-        std::fs::write(&ca, "not a certificate").unwrap();
-        let ini = format!("[cache]\nredis_ca_file = {}\n", ca.display());
-        let e = RedisBackend::new(&CacheConfig::from_ini_str(&ini).unwrap(), 16).unwrap_err();
-        let _ = std::fs::remove_file(&ca);
-        assert!(
-            e.to_string().contains("line 2") && e.to_string().contains("rediss://"),
-            "{e}"
-        );
-
-        let ini = "[cache]\nredis_db = 2\nredis_cluster_nodes = 127.0.0.1:7000\n";
-        let e = RedisBackend::new(&CacheConfig::from_ini_str(ini).unwrap(), 16).unwrap_err();
-        assert!(
-            e.to_string().contains("line 2") && e.to_string().contains("Cluster"),
-            "{e}"
-        );
-
-        let ini = "[cache]\nredis_ca_file = /nonexistent/ca.pem\n";
-        let e = RedisBackend::new(&CacheConfig::from_ini_str(ini).unwrap(), 16).unwrap_err();
-        assert!(e.to_string().contains("/nonexistent/ca.pem"), "{e}");
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! A small INI reader that follows Python's `configparser.ConfigParser` (3.11) rules.
 //!
-//! Written by hand because no maintained crate matches Python's semantics (NOTES.md §3): the
+//! Written by hand because no maintained crate matches Python's semantics: the
 //! `configparser` crate strips inline comments, lowercases section names and accepts duplicate
 //! keys silently; `rust-ini` interprets backslashes (`C:\temp` becomes a tab) and reports errors at
 //! the end of the file. The Python DDF and ddf read the same `ddf.ini`, so they must agree on
@@ -23,7 +23,7 @@ use std::collections::HashMap;
 
 /// One `key = value` of a section, with the line it starts on.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Entry {
+pub(crate) struct Entry {
     /// The lowercased key.
     pub key: String,
     /// The raw value (continuation lines joined, not yet interpolated).
@@ -34,7 +34,7 @@ pub struct Entry {
 
 /// A parsed INI document.
 #[derive(Debug, Default, Clone)]
-pub struct Ini {
+pub(crate) struct Ini {
     /// `[DEFAULT]` entries.
     defaults: Vec<Entry>,
     /// Sections in file order, each with its entries in file order.
@@ -43,7 +43,7 @@ pub struct Ini {
 
 /// An INI syntax error: the line (1-based) and what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct IniError {
+pub(crate) struct IniError {
     /// The 1-based line.
     pub line: usize,
     /// What is wrong.
@@ -54,7 +54,7 @@ const DEFAULT_SECTION: &str = "DEFAULT";
 
 impl Ini {
     /// Parses INI text.
-    pub fn parse(text: &str) -> Result<Ini, IniError> {
+    pub(crate) fn parse(text: &str) -> Result<Ini, IniError> {
         let mut ini = Ini::default();
         // Where entries go: None before the first section, Some(None) for DEFAULT,
         // Some(Some(i)) for sections[i].
@@ -172,18 +172,14 @@ impl Ini {
     }
 
     /// Whether the document has a section of this exact name.
-    pub fn has_section(&self, name: &str) -> bool {
+    #[cfg(test)]
+    pub(crate) fn has_section(&self, name: &str) -> bool {
         self.sections.iter().any(|(n, _)| n == name)
-    }
-
-    /// The section names, in file order.
-    pub fn section_names(&self) -> impl Iterator<Item = &str> {
-        self.sections.iter().map(|(n, _)| n.as_str())
     }
 
     /// The entries of a section (its own, then the `[DEFAULT]` ones it does not override), with
     /// values interpolated.
-    pub fn section(&self, name: &str) -> Result<Vec<Entry>, IniError> {
+    pub(crate) fn section(&self, name: &str) -> Result<Vec<Entry>, IniError> {
         let own: &[Entry] = self
             .sections
             .iter()

@@ -7,8 +7,15 @@
 //! The environment variables are `DDF_CACHE_<KEY>` for every key (`DDF_CACHE_BACKEND`,
 //! `DDF_CACHE_TTL`, ...) and the Python DDF's `REDIS_HOST`, `REDIS_PORT`, `REDIS_PASSWORD` and
 //! `REDIS_DB`; when both name one key, `DDF_CACHE_<KEY>` wins.
+//!
+//! By topic: this file holds the types, loading and precedence; `keys.rs` the table of keys and
+//! the parsers of their values; `values.rs` server addresses and secrets; `ini.rs` the INI reader;
+//! `settings.rs` the per-backend settings a backend is built from, validated once.
 
 mod ini;
+mod keys;
+mod settings;
+mod values;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -16,7 +23,12 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
-pub use ini::{Entry as IniEntry, Ini, IniError};
+use ini::Ini;
+use keys::{KEYS, KeySpec, known_keys, spec};
+pub(crate) use settings::{
+    BackendSettings, MemcachedSettings, RedisEndpoint, RedisSettings, RedisTarget, ValueFormat,
+};
+pub use values::{Secret, ServerAddr};
 
 use crate::error::{Error, Result, Source};
 
@@ -129,89 +141,6 @@ impl FallbackMode {
     }
 }
 
-/// A `host:port` server address.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct ServerAddr {
-    /// Host name or IP address (IPv6 without brackets).
-    pub host: String,
-    /// TCP port.
-    pub port: u16,
-}
-
-impl ServerAddr {
-    /// Parses `host:port`, `host` (with `default_port`), `[v6]:port` or `[v6]`.
-    pub fn parse(s: &str, default_port: u16) -> std::result::Result<Self, String> {
-        let s = s.trim();
-        let bad = || format!("{s:?} is not host:port (port 1-65535)");
-        let (host, port) = if let Some(rest) = s.strip_prefix('[') {
-            let (h, after) = rest.split_once(']').ok_or_else(bad)?;
-            match after.strip_prefix(':') {
-                Some(p) => (h, Some(p)),
-                None if after.is_empty() => (h, None),
-                None => return Err(bad()),
-            }
-        } else {
-            match s.rsplit_once(':') {
-                Some((h, p)) if !h.contains(':') => (h, Some(p)),
-                Some(_) => return Err(format!("{s:?}: write IPv6 addresses as [addr]:port")),
-                None => (s, None),
-            }
-        };
-        if host.is_empty() || host.chars().any(|c| c.is_whitespace() || c == ',') {
-            return Err(bad());
-        }
-        let port = match port {
-            None => default_port,
-            Some(p) => match p.parse::<u16>() {
-                Ok(p) if p > 0 => p,
-                _ => return Err(bad()),
-            },
-        };
-        Ok(ServerAddr {
-            host: host.to_owned(),
-            port,
-        })
-    }
-}
-
-impl fmt::Display for ServerAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.host.contains(':') {
-            write!(f, "[{}]:{}", self.host, self.port)
-        } else {
-            write!(f, "{}:{}", self.host, self.port)
-        }
-    }
-}
-
-/// A secret string (a password, a URL with credentials). `Debug` and `Display` print
-/// `<redacted>`; [`Secret::expose`] gives the text to the code that needs it.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a secret.
-    pub fn new(s: impl Into<String>) -> Self {
-        Secret(s.into())
-    }
-    /// The secret text.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
-
 /// Configuration of a cache: the `[cache]` section of `ddf.ini`.
 ///
 /// Build one with [`CacheConfig::default`], [`CacheConfig::from_ini_str`] or
@@ -314,364 +243,6 @@ impl fmt::Debug for CacheConfig {
         }
         d.finish()
     }
-}
-
-/// One configuration key: its name, how to parse it into a config, how to show it.
-struct KeySpec {
-    name: &'static str,
-    /// Extra environment variables (the Python DDF's), lower precedence than `DDF_CACHE_<KEY>`.
-    legacy_env: Option<&'static str>,
-    secret: bool,
-    /// Parses the value into the config; the error says what is allowed.
-    apply: fn(&mut CacheConfig, &str) -> std::result::Result<(), String>,
-    /// Shows the current value (secrets redacted).
-    show: fn(&CacheConfig) -> String,
-    /// One line for the documentation.
-    doc: &'static str,
-}
-
-fn parse_bool(v: &str) -> std::result::Result<bool, String> {
-    match v.trim().to_ascii_lowercase().as_str() {
-        "1" | "yes" | "true" | "on" => Ok(true),
-        "0" | "no" | "false" | "off" => Ok(false),
-        _ => Err("allowed: true/false, yes/no, on/off, 1/0".to_owned()),
-    }
-}
-
-fn parse_secs(v: &str, what: &str) -> std::result::Result<Duration, String> {
-    let t = v.trim();
-    let secs: f64 = t
-        .parse()
-        .map_err(|_| format!("{what} must be a number of seconds greater than 0"))?;
-    if !(secs.is_finite() && secs > 0.0 && secs <= 86_400.0 * 365.0) {
-        return Err(format!(
-            "{what} must be a number of seconds greater than 0 (and at most a year)"
-        ));
-    }
-    Ok(Duration::from_secs_f64(secs))
-}
-
-fn parse_servers(v: &str, what: &str) -> std::result::Result<Vec<ServerAddr>, String> {
-    let list: Vec<&str> = v
-        .split(|c: char| c == ',' || c.is_whitespace())
-        .filter(|s| !s.is_empty())
-        .collect();
-    if list.is_empty() {
-        return Err(format!("{what} needs at least one host:port"));
-    }
-    let default_port = if what == "memcached_servers" {
-        11211
-    } else {
-        6379
-    };
-    list.iter()
-        .map(|s| ServerAddr::parse(s, default_port))
-        .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|e| format!("{e}; expected `host:port, host:port`"))
-}
-
-fn show_list(v: &[ServerAddr]) -> String {
-    v.iter()
-        .map(|s| s.to_string())
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-fn show_opt_path(p: &Option<PathBuf>) -> String {
-    p.as_ref()
-        .map(|p| p.display().to_string())
-        .unwrap_or_default()
-}
-
-const KEYS: &[KeySpec] = &[
-    KeySpec {
-        name: "backend",
-        legacy_env: None,
-        secret: false,
-        apply: |c, v| {
-            c.backend = v
-                .parse()
-                .map_err(|_| format!("allowed: {}", CacheBackend::names()))?;
-            Ok(())
-        },
-        show: |c| c.backend.to_string(),
-        doc: "none, pickle (a local cache directory), redis, redis_pickle, memcached, memcached_pickle",
-    },
-    KeySpec {
-        name: "enabled",
-        legacy_env: None,
-        secret: false,
-        apply: |c, v| {
-            c.enabled = parse_bool(v)?;
-            Ok(())
-        },
-        show: |c| c.enabled.to_string(),
-        doc: "false turns every get into a miss and every write into a no-op",
-    },
-    KeySpec {
-        name: "ttl",
-        legacy_env: None,
-        secret: false,
-        apply: |c, v| {
-            let t = v.trim();
-            c.ttl = if t.is_empty() {
-                None
-            } else {
-                match t.parse::<u64>() {
-                    Ok(n) if n > 0 => Some(Duration::from_secs(n)),
-                    _ => {
-                        return Err(
-                            "allowed: a whole number of seconds of at least 1, or empty for no expiry"
-                                .to_owned(),
-                        );
-                    }
-                }
-            };
-            Ok(())
-        },
-        show: |c| c.ttl.map(|d| d.as_secs().to_string()).unwrap_or_default(),
-        doc: "default expiry in seconds; empty means no expiry",
-    },
-    KeySpec {
-        name: "namespace",
-        legacy_env: None,
-        secret: false,
-        apply: |c, v| {
-            if v.len() > 128 || v.chars().any(char::is_control) {
-                return Err("allowed: at most 128 bytes without control characters".to_owned());
-            }
-            c.namespace = v.to_owned();
-            Ok(())
-        },
-        show: |c| c.namespace.clone(),
-        doc: "prefix that scopes this cache's keys on shared servers and directories; may be empty",
-    },
-    KeySpec {
-        name: "pickle_dir",
-        legacy_env: None,
-        secret: false,
-        apply: |c, v| {
-            let t = v.trim();
-            c.pickle_dir = (!t.is_empty()).then(|| PathBuf::from(t));
-            Ok(())
-        },
-        show: |c| show_opt_path(&c.pickle_dir),
-        doc: "cache directory of the pickle backend; empty means $XDG_CACHE_HOME/ddf or ~/.cache/ddf",
-    },
-    KeySpec {
-        name: "redis_host",
-        legacy_env: Some("REDIS_HOST"),
-        secret: false,
-        apply: |c, v| {
-            let t = v.trim();
-            if t.is_empty() || t.chars().any(char::is_whitespace) {
-                return Err("allowed: a host name or IP address".to_owned());
-            }
-            c.redis_host = t.to_owned();
-            Ok(())
-        },
-        show: |c| c.redis_host.clone(),
-        doc: "Redis host",
-    },
-    KeySpec {
-        name: "redis_port",
-        legacy_env: Some("REDIS_PORT"),
-        secret: false,
-        apply: |c, v| {
-            c.redis_port = match v.trim().parse::<u16>() {
-                Ok(p) if p > 0 => p,
-                _ => return Err("allowed: a port number from 1 to 65535".to_owned()),
-            };
-            Ok(())
-        },
-        show: |c| c.redis_port.to_string(),
-        doc: "Redis port",
-    },
-    KeySpec {
-        name: "redis_password",
-        legacy_env: Some("REDIS_PASSWORD"),
-        secret: true,
-        apply: |c, v| {
-            c.redis_password = (!v.is_empty()).then(|| Secret::new(v));
-            Ok(())
-        },
-        show: |c| {
-            c.redis_password
-                .as_ref()
-                .map(|_| "<redacted>".to_owned())
-                .unwrap_or_default()
-        },
-        doc: "Redis password (AUTH); empty means none",
-    },
-    KeySpec {
-        name: "redis_db",
-        legacy_env: Some("REDIS_DB"),
-        secret: false,
-        apply: |c, v| {
-            c.redis_db = v
-                .trim()
-                .parse::<u32>()
-                .map_err(|_| "allowed: a database number (0, 1, ...)".to_owned())?;
-            Ok(())
-        },
-        show: |c| c.redis_db.to_string(),
-        doc: "Redis database number",
-    },
-    KeySpec {
-        name: "redis_url",
-        legacy_env: None,
-        secret: true,
-        apply: |c, v| {
-            let t = v.trim();
-            if t.is_empty() {
-                c.redis_url = None;
-                return Ok(());
-            }
-            if !["redis://", "rediss://", "unix://", "redis+unix://"]
-                .iter()
-                .any(|s| t.starts_with(s))
-            {
-                return Err("allowed: a redis://, rediss:// (TLS) or unix:// URL".to_owned());
-            }
-            c.redis_url = Some(Secret::new(t));
-            Ok(())
-        },
-        show: |c| {
-            c.redis_url
-                .as_ref()
-                .map(|u| redact_url(u.expose()))
-                .unwrap_or_default()
-        },
-        doc: "Redis URL (redis://, rediss:// for TLS, unix://); wins over host, port, db",
-    },
-    KeySpec {
-        name: "redis_ca_file",
-        legacy_env: None,
-        secret: false,
-        apply: |c, v| {
-            let t = v.trim();
-            c.redis_ca_file = (!t.is_empty()).then(|| PathBuf::from(t));
-            Ok(())
-        },
-        show: |c| show_opt_path(&c.redis_ca_file),
-        doc: "PEM file of the CA that signed the Redis server's TLS certificate",
-    },
-    KeySpec {
-        name: "redis_cluster_nodes",
-        legacy_env: None,
-        secret: false,
-        apply: |c, v| {
-            c.redis_cluster_nodes = if v.trim().is_empty() {
-                Vec::new()
-            } else {
-                parse_servers(v, "redis_cluster_nodes")?
-            };
-            Ok(())
-        },
-        show: |c| show_list(&c.redis_cluster_nodes),
-        doc: "host:port of some Redis Cluster nodes; when set, Redis is used as a Cluster",
-    },
-    KeySpec {
-        name: "memcached_servers",
-        legacy_env: None,
-        secret: false,
-        apply: |c, v| {
-            c.memcached_servers = parse_servers(v, "memcached_servers")?;
-            Ok(())
-        },
-        show: |c| show_list(&c.memcached_servers),
-        doc: "Memcached servers, host:port separated by commas (port defaults to 11211)",
-    },
-    KeySpec {
-        name: "connect_timeout",
-        legacy_env: None,
-        secret: false,
-        apply: |c, v| {
-            c.connect_timeout = parse_secs(v, "connect_timeout")?;
-            Ok(())
-        },
-        show: |c| format!("{}", c.connect_timeout.as_secs_f64()),
-        doc: "seconds to wait for a server connection",
-    },
-    KeySpec {
-        name: "timeout",
-        legacy_env: None,
-        secret: false,
-        apply: |c, v| {
-            c.timeout = parse_secs(v, "timeout")?;
-            Ok(())
-        },
-        show: |c| format!("{}", c.timeout.as_secs_f64()),
-        doc: "seconds to wait for one server operation",
-    },
-    KeySpec {
-        name: "fallback",
-        legacy_env: None,
-        secret: false,
-        apply: |c, v| {
-            c.fallback = match v.trim().to_ascii_lowercase().as_str() {
-                "pickle" => FallbackMode::Pickle,
-                "none" => FallbackMode::None,
-                "error" => FallbackMode::Error,
-                _ => return Err("allowed: pickle, none, error".to_owned()),
-            };
-            Ok(())
-        },
-        show: |c| c.fallback.as_str().to_owned(),
-        doc: "while Redis/Memcached is down: pickle (serve from pickle_dir), none (miss), error",
-    },
-    KeySpec {
-        name: "breaker_failures",
-        legacy_env: None,
-        secret: false,
-        apply: |c, v| {
-            c.breaker_failures = match v.trim().parse::<u32>() {
-                Ok(n) if (1..=1000).contains(&n) => n,
-                _ => return Err("allowed: a whole number from 1 to 1000".to_owned()),
-            };
-            Ok(())
-        },
-        show: |c| c.breaker_failures.to_string(),
-        doc: "consecutive failed operations after which the server is marked down",
-    },
-    KeySpec {
-        name: "breaker_retry",
-        legacy_env: None,
-        secret: false,
-        apply: |c, v| {
-            c.breaker_retry = parse_secs(v, "breaker_retry")?;
-            Ok(())
-        },
-        show: |c| format!("{}", c.breaker_retry.as_secs_f64()),
-        doc: "seconds between probes of a server marked down",
-    },
-    KeySpec {
-        name: "server_flush",
-        legacy_env: None,
-        secret: false,
-        apply: |c, v| {
-            c.server_flush = parse_bool(v)?;
-            Ok(())
-        },
-        show: |c| c.server_flush.to_string(),
-        doc: "with an empty namespace, let flush_all flush the whole Redis database or Memcached servers",
-    },
-];
-
-/// `redis://user:pass@host` -> `redis://<redacted>@host`.
-fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => format!("{}<redacted>{}", &url[..s + 3], &url[at..]),
-        _ => url.to_owned(),
-    }
-}
-
-fn spec(name: &str) -> Option<&'static KeySpec> {
-    KEYS.iter().find(|k| k.name == name)
-}
-
-fn known_keys() -> String {
-    KEYS.iter().map(|k| k.name).collect::<Vec<_>>().join(", ")
 }
 
 /// One row of [`CacheConfig::describe`]: a key, its shown value and where it came from.
@@ -992,6 +563,7 @@ impl CacheConfig {
 
 #[cfg(test)]
 mod tests {
+    use super::keys::show_list;
     use super::*;
 
     fn cfg(text: &str) -> Result<CacheConfig> {
@@ -1198,16 +770,5 @@ mod tests {
             Some(PathBuf::from("/xdg/ddf/ddf.ini"))
         );
         assert_eq!(CacheConfig::discover(None, home, |_| false), None);
-    }
-
-    #[test]
-    fn server_addresses() {
-        assert_eq!(
-            ServerAddr::parse("[::1]:11212", 1).unwrap().to_string(),
-            "[::1]:11212"
-        );
-        assert_eq!(ServerAddr::parse("h", 11211).unwrap().port, 11211);
-        assert!(ServerAddr::parse("h:0", 1).is_err());
-        assert!(ServerAddr::parse("::1", 1).is_err());
     }
 }

@@ -33,7 +33,7 @@ fn config(servers: &[MemcachedServer], namespace: &str) -> CacheConfig {
 /// A cache over the Memcached backend itself, without the breaker and fallback that
 /// `CacheManager::new` puts in front of it (tested in `factory_puts_memcached_behind_the_breaker`).
 fn direct(config: CacheConfig) -> CacheManager {
-    let backend = MemcachedBackend::new(&config).unwrap();
+    let backend = MemcachedBackend::from_config(&config).unwrap();
     CacheManager::with_backend(config, std::sync::Arc::new(backend))
 }
 
@@ -42,7 +42,7 @@ fn cache(servers: &[MemcachedServer], namespace: &str) -> CacheManager {
 }
 
 fn backend(servers: &[MemcachedServer], namespace: &str) -> MemcachedBackend {
-    MemcachedBackend::new(&config(servers, namespace)).unwrap()
+    MemcachedBackend::from_config(&config(servers, namespace)).unwrap()
 }
 
 /// Every key on a server, by a raw `lru_crawler metadump all`.
@@ -650,7 +650,7 @@ fn factory_puts_memcached_behind_the_breaker() {
     c.set("k", "v", None).unwrap();
     assert_eq!(c.invalidate_pattern("").unwrap(), 1);
     assert!(c.ping().unwrap().0.detail.contains("127.0.0.1"));
-    let info = MemcachedBackend::new(&config(&servers, "f:"))
+    let info = MemcachedBackend::from_config(&config(&servers, "f:"))
         .unwrap()
         .info()
         .unwrap();

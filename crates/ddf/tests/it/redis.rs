@@ -22,7 +22,7 @@ fn direct(config: CacheConfig) -> ddf::Result<CacheManager> {
     } else {
         ddf::codec::flags::TEXT
     };
-    let backend = RedisBackend::new(&config, flags)?;
+    let backend = RedisBackend::from_config(&config, flags)?;
     Ok(CacheManager::with_backend(config, Arc::new(backend)))
 }
 

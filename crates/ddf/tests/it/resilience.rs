@@ -76,9 +76,10 @@ fn config(kind: Kind, ports: &[u16], dir: &std::path::Path) -> CacheConfig {
 fn direct(config: &CacheConfig) -> CacheManager {
     let backend: Arc<dyn Backend> = match config.backend {
         CacheBackend::Redis => Arc::new(
-            ddf::backend::redis::RedisBackend::new(config, ddf::codec::flags::TEXT).unwrap(),
+            ddf::backend::redis::RedisBackend::from_config(config, ddf::codec::flags::TEXT)
+                .unwrap(),
         ),
-        _ => Arc::new(ddf::backend::memcached::MemcachedBackend::new(config).unwrap()),
+        _ => Arc::new(ddf::backend::memcached::MemcachedBackend::from_config(config).unwrap()),
     };
     CacheManager::with_backend(config.clone(), backend)
 }

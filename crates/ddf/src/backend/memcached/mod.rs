@@ -22,7 +22,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::backend::{Backend, BackendStatus, Item};
 use crate::codec::python_memcache::{self, Mode};
-use crate::config::{CacheBackend, CacheConfig, ServerAddr};
+use crate::config::{CacheConfig, MemcachedSettings, ServerAddr, ValueFormat};
 use crate::error::{Error, Result};
 use crate::key::{
     Keyspace, MemcachedPrefix, PrefixMatch, memcached_key, memcached_key_is_carryable,
@@ -252,40 +252,38 @@ impl Server {
 }
 
 impl MemcachedBackend {
-    /// A backend for the config's `memcached_servers`, namespace, timeouts and `server_flush`,
-    /// in JSON mode for `backend = memcached` and pickle mode for `memcached_pickle`. No
-    /// connection is made until the first operation.
-    ///
-    /// # Errors
-    /// [`Error::InvalidArgument`] when `memcached_servers` is empty.
-    pub fn new(config: &CacheConfig) -> Result<Self> {
-        if config.memcached_servers.is_empty() {
-            return Err(Error::InvalidArgument(
-                "memcached_servers is empty: give at least one host:port".to_owned(),
-            ));
-        }
-        let (name, mode) = match config.backend {
-            CacheBackend::MemcachedPickle => ("memcached_pickle", Mode::Pickle),
-            _ => ("memcached", Mode::Json),
+    /// A backend from validated settings ([`crate::config::MemcachedSettings`]: a non-empty
+    /// server list, timeouts, namespace, `server_flush`), in JSON mode for `backend = memcached`
+    /// and pickle mode for `memcached_pickle`. No connection is made until the first operation.
+    pub(crate) fn new(settings: &MemcachedSettings) -> Self {
+        let (name, mode) = match settings.format {
+            ValueFormat::Pickle => ("memcached_pickle", Mode::Pickle),
+            ValueFormat::Json => ("memcached", Mode::Json),
         };
-        let servers: Vec<Server> = config
-            .memcached_servers
-            .iter()
-            .cloned()
-            .map(Server::new)
-            .collect();
+        let servers: Vec<Server> = settings.servers.iter().cloned().map(Server::new).collect();
         let names = servers.iter().map(|s| s.name.clone()).collect();
-        Ok(MemcachedBackend {
+        MemcachedBackend {
             name,
             servers,
             names,
-            keyspace: Keyspace::new(config.namespace.clone()),
+            keyspace: Keyspace::new(settings.namespace.clone()),
             mode,
-            server_flush: config.server_flush,
-            connect_timeout: config.connect_timeout,
-            timeout: config.timeout,
+            server_flush: settings.server_flush,
+            connect_timeout: settings.connect_timeout,
+            timeout: settings.timeout,
             policy: DeadPolicy::default(),
-        })
+        }
+    }
+
+    /// A backend for a configuration's `memcached_servers`, namespace, timeouts and
+    /// `server_flush`: [`CacheConfig`]'s Memcached settings, validated, then the backend built
+    /// from them. No connection is made until the first operation.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming where `memcached_servers` came from when it is empty, or a zero
+    /// timeout.
+    pub fn from_config(config: &CacheConfig) -> Result<Self> {
+        Ok(Self::new(&config.memcached_settings()?))
     }
 
     /// Replaces the dead-server policy (default: pymemcache's).

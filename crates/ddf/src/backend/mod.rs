@@ -22,7 +22,8 @@ pub mod file;
 pub mod memcached;
 pub mod none;
 pub mod redis;
-pub mod resilient;
+pub(crate) mod resilience;
+mod sqlite;
 
 /// What a backend's health check reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -136,43 +137,49 @@ pub(crate) fn scoped_clear(
     flush()
 }
 
-/// Wraps a server backend (Redis, Memcached) in [`resilient::Resilient`]: breaker, fallback to
-/// the local directory, and the journal of invalidations made during an outage. `address`
-/// identifies the server(s) in the journal, without credentials.
+/// Wraps a server backend (Redis, Memcached) in [`resilience::Resilient`]: breaker, fallback
+/// (`fallback = pickle`: the local directory; `none`; `error`), and the journal of invalidations
+/// made during an outage. `identity` names the server(s) without credentials and without the
+/// codec (`redis://host:port/db`, `memcached://a:1,b:2` with the servers sorted): processes that
+/// pass the same identity and namespace share the journal, so a `redis` and a `redis_pickle`
+/// process on one server replay each other's records.
 ///
 /// # Errors
 /// When the local directory (the fallback and the journal) cannot be opened.
-pub fn resilient(
+pub(crate) fn resilient(
     config: &CacheConfig,
     name: &'static str,
-    address: &str,
-    factory: resilient::Factory,
+    identity: &str,
+    factory: resilience::Factory,
 ) -> Result<Arc<dyn Backend>> {
-    // The journal's scope is the server and the namespace, not the codec: a `redis` and a
-    // `redis_pickle` process on one server replay each other's records.
-    let family = if name.starts_with("redis") {
-        "redis"
-    } else {
-        "memcached"
+    use crate::config::FallbackMode;
+    use resilience::Fallback;
+    let scope = format!("{identity}|{}", config.namespace);
+    let fallback = match config.fallback {
+        // The fallback's entries live under a namespace of their own: a `pickle` cache with the
+        // same namespace in the same directory is another cache, which the fallback must never
+        // clear.
+        FallbackMode::Pickle => Fallback::Serve(Arc::new(file::FileBackend::open(
+            config.pickle_dir(),
+            &format!("fallback[{scope}]:"),
+        )?)),
+        FallbackMode::None => Fallback::Serve(Arc::new(none::NoneBackend)),
+        FallbackMode::Error => Fallback::Refuse,
     };
-    let scope = format!("{family}|{address}|{}", config.namespace);
-    // The fallback's entries live under a namespace of their own: a `pickle` cache with the same
-    // namespace in the same directory is another cache, which the fallback must never clear.
-    let local = Arc::new(file::FileBackend::open(
-        config.pickle_dir(),
-        &format!("fallback[{scope}]:"),
-    )?);
-    let cfg = resilient::ResilientConfig {
+    let cfg = resilience::ResilientConfig {
         name,
         scope,
-        mode: config.fallback,
         failures: config.breaker_failures,
         retry: config.breaker_retry,
         refuse_whole_keyspace: config.namespace.is_empty() && !config.server_flush,
     };
-    let journal = Arc::new(file::FileBackend::open_journal(config.pickle_dir())?);
-    Ok(Arc::new(resilient::Resilient::new(
-        cfg, factory, local, journal,
+    let journal = Arc::new(resilience::journal::Journal::open(config.pickle_dir())?);
+    Ok(Arc::new(resilience::Resilient::new(
+        cfg,
+        factory,
+        fallback,
+        journal,
+        Arc::new(resilience::probe::ThreadSpawn),
     )))
 }
 
@@ -197,9 +204,12 @@ pub fn from_config(config: &CacheConfig) -> Result<Arc<dyn Backend>> {
             } else {
                 crate::codec::flags::PICKLE
             };
-            let address = redis::RedisBackend::new(config, flags)?.place().to_owned();
+            let address = format!(
+                "redis://{}",
+                redis::RedisBackend::new(config, flags)?.place()
+            );
             let cfg = config.clone();
-            let factory: resilient::Factory = Box::new(move || {
+            let factory: resilience::Factory = Box::new(move || {
                 Ok(Arc::new(redis::RedisBackend::new(&cfg, flags)?) as Arc<dyn Backend>)
             });
             resilient(config, config.backend.as_str(), &address, factory)
@@ -211,9 +221,9 @@ pub fn from_config(config: &CacheConfig) -> Result<Arc<dyn Backend>> {
                 .map(ToString::to_string)
                 .collect();
             servers.sort();
-            let address = servers.join(",");
+            let address = format!("memcached://{}", servers.join(","));
             let cfg = config.clone();
-            let factory: resilient::Factory = Box::new(move || {
+            let factory: resilience::Factory = Box::new(move || {
                 Ok(Arc::new(memcached::MemcachedBackend::new(&cfg)?) as Arc<dyn Backend>)
             });
             resilient(config, config.backend.as_str(), &address, factory)

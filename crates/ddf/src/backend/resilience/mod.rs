@@ -1,14 +1,21 @@
 //! [`Resilient`]: a circuit breaker and a fallback in front of a server backend (Redis,
 //! Memcached), with a durable journal of the invalidations made while the server was down.
 //!
+//! The wrapper is generic over its parts: the primary is any [`Backend`] a [`Factory`] builds,
+//! the fallback any [`Backend`] (or a refusal), the journal a database of its own
+//! ([`journal`]) scoped by an opaque string the caller derives from the server's identity, the
+//! state machine a pure [`breaker::Breaker`], and the background probe runs on whatever
+//! [`probe::Spawn`] is given (an OS thread today).
+//!
 //! # States
 //! - **up**: operations go to the primary. A temporary failure (timeout, refused or reset
 //!   connection) is counted; that call is served by the fallback instead of failing. After
-//!   `breaker_failures` consecutive failures the primary is marked **down**. A failed
-//!   invalidation (`delete`, `delete_prefix`, `clear`) marks it down at once: the primary may
-//!   still hold the value, so reads must not go back to it before the invalidation is replayed.
+//!   `breaker_failures` consecutive failures the primary is marked **down**. A failed write or
+//!   invalidation (`set`, `delete`, `delete_prefix`, `clear`) marks it down at once: the primary
+//!   may still hold the old value, so reads must not go back to it before the invalidation is
+//!   replayed.
 //! - **down**: operations go straight to the fallback, without waiting on the primary. A
-//!   background thread probes the primary every `breaker_retry` (a `PING` bounded by the
+//!   background probe pings the primary every `breaker_retry` (a `PING` bounded by the
 //!   operation timeout); no read or write waits for a probe (an invalidation made while the probe
 //!   applies the journal's last entries waits for that, under the gate).
 //! - **recovering**: the primary answered; the journal is being replayed. Operations still go to
@@ -18,87 +25,88 @@
 //! operation.
 //!
 //! # Fallback (`fallback = pickle | none | error`)
-//! - `pickle`: the local cache directory (`pickle_dir`, same namespace) serves gets and writes.
-//! - `none`: gets miss, writes are dropped.
-//! - `error`: operations return a temporary [`Error::Backend`].
+//! - `pickle`: a [`FileBackend`](super::file::FileBackend) on the local cache directory
+//!   (`pickle_dir`, in a namespace of the fallback's own) serves gets and writes.
+//! - `none`: a [`NoneBackend`](super::none::NoneBackend): gets miss, writes are dropped.
+//! - `error`: [`Fallback::Refuse`]: operations return a temporary [`Error::Backend`].
 //!
 //! # Recovery rules (what is guaranteed)
 //! - Every `delete`, `delete_prefix` and `flush_all` made while the primary is down (or that
 //!   failed on it) is recorded durably in the journal database (`ddf-journal.sqlite3`, scoped by
-//!   server address and namespace) before the call returns, in every fallback mode. When the primary
-//!   answers again they are applied to it, oldest first, before any read is served from it
-//!   again. Several processes share the record safely (SQLite transactions); a process that comes
-//!   back replays what the others recorded too. An invalidation recorded by another process after
-//!   this one came back is applied when that process's own probe sees the primary (within
-//!   `breaker_retry`).
+//!   the server's identity and the namespace) before the call returns, in every fallback mode.
+//!   When the primary answers again they are applied to it, oldest first, before any read is
+//!   served from it again. Several processes share the record safely (SQLite transactions); a
+//!   process that comes back replays what the others recorded too. An invalidation recorded by
+//!   another process after this one came back is applied when that process's own probe sees the
+//!   primary (within `breaker_retry`).
 //! - Values written during the outage stay in the fallback and are **not** promoted to the
 //!   primary (other processes may have written newer values there meanwhile). The fallback's
 //!   entries are cleared when the primary comes back, and when a cache is built (what a process
 //!   that ended during an outage left), so the fallback does not serve values of an earlier
 //!   outage.
 
+pub(crate) mod breaker;
+pub(crate) mod journal;
+pub(crate) mod probe;
+
+use std::borrow::Cow;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::ops::ControlFlow;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
-use super::file::{FileBackend, PendingOp};
+use self::breaker::{Breaker, Failure, Health};
+use self::journal::{Journal, PendingOp};
+use self::probe::{Body, Spawn};
 use super::{Backend, BackendStatus, Item};
-use crate::config::FallbackMode;
 use crate::error::{Error, Result};
 
 /// Builds the primary; called again by the probe while it fails.
-pub type Factory = Box<dyn Fn() -> Result<Arc<dyn Backend>> + Send + Sync>;
+pub(crate) type Factory = Box<dyn Fn() -> Result<Arc<dyn Backend>> + Send + Sync>;
 
-const UP: u8 = 0;
-const DOWN: u8 = 1;
-const RECOVERING: u8 = 2;
-
-/// The state of the primary, as `stats` and `ping` show it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Health {
-    /// Operations go to the primary.
-    Up,
-    /// The primary is down; the fallback serves.
-    Down,
-    /// The primary answered again; recorded invalidations are being applied.
-    Recovering,
+/// What serves while the primary is not up.
+#[derive(Debug, Clone)]
+pub(crate) enum Fallback {
+    /// Another backend serves reads and writes (`pickle`: the local directory; `none`: a
+    /// backend that stores nothing). It is emptied when a cache is built and when the primary
+    /// comes back.
+    Serve(Arc<dyn Backend>),
+    /// Every operation returns a temporary error (`fallback = error`).
+    Refuse,
 }
 
-impl fmt::Display for Health {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Health::Up => "up",
-            Health::Down => "down (serving from the fallback)",
-            Health::Recovering => "recovering (applying recorded invalidations)",
-        })
+impl Fallback {
+    /// The setting's value, for messages (`pickle`, `none`, `error`).
+    fn label(&self) -> &'static str {
+        match self {
+            Fallback::Serve(b) => b.name(),
+            Fallback::Refuse => "error",
+        }
     }
 }
 
 /// Settings of [`Resilient`].
 #[derive(Debug, Clone)]
-pub struct ResilientConfig {
+pub(crate) struct ResilientConfig {
     /// The primary's name (`redis`, `memcached`).
-    pub name: &'static str,
-    /// Identifies the primary in the journal: backend, address, namespace.
-    pub scope: String,
-    /// What serves while the primary is down.
-    pub mode: FallbackMode,
+    pub(crate) name: &'static str,
+    /// Identifies the primary in the journal: the server's identity and the namespace.
+    pub(crate) scope: String,
     /// Consecutive failures that mark the primary down.
-    pub failures: u32,
+    pub(crate) failures: u32,
     /// Probe interval while down.
-    pub retry: Duration,
+    pub(crate) retry: Duration,
     /// The namespace is empty and `server_flush` is off: `clear` and `delete_prefix("")` would
     /// reach other applications' keys and are refused, in every state (recorded, they would be
     /// refused at replay, after the caller was told they succeeded).
-    pub refuse_whole_keyspace: bool,
+    pub(crate) refuse_whole_keyspace: bool,
 }
 
 /// A primary backend behind a circuit breaker, with a fallback and a journal.
-pub struct Resilient {
+pub(crate) struct Resilient {
     shared: Arc<Shared>,
 }
 
@@ -106,20 +114,18 @@ struct Shared {
     cfg: ResilientConfig,
     primary: RwLock<Option<Arc<dyn Backend>>>,
     factory: Factory,
-    /// The `pickle` fallback's store (its own namespace in the local database).
-    local: Arc<FileBackend>,
-    /// The journal of invalidations recorded during outages (its own database file).
-    journal: Arc<FileBackend>,
-    state: AtomicU8,
-    consecutive: AtomicU32,
-    transitions: AtomicU64,
-    failed_ops: AtomicU64,
+    fallback: Fallback,
+    /// The invalidations recorded during outages (its own database file).
+    journal: Arc<Journal>,
+    breaker: Breaker,
+    /// Runs the probe loop in the background.
+    spawn: Arc<dyn Spawn>,
+    /// A probe loop is running (at most one per primary).
     probing: AtomicBool,
     /// Held (shared) by callers that record an invalidation while the primary is not up, and
     /// (exclusive) by the probe for its last replay and the switch to up, so that no recorded
     /// invalidation can slip between them.
     gate: RwLock<()>,
-    down_since: Mutex<Option<Instant>>,
 }
 
 impl fmt::Debug for Resilient {
@@ -127,7 +133,7 @@ impl fmt::Debug for Resilient {
         f.debug_struct("Resilient")
             .field("primary", &self.shared.cfg.name)
             .field("health", &self.health())
-            .field("fallback", &self.shared.cfg.mode)
+            .field("fallback", &self.shared.fallback.label())
             .finish()
     }
 }
@@ -135,44 +141,42 @@ impl fmt::Debug for Resilient {
 impl Resilient {
     /// Wraps the primary that `factory` builds. If it cannot be built now (the server is down at
     /// start-up), the cache starts on the fallback and the probe keeps trying.
-    pub fn new(
+    pub(crate) fn new(
         cfg: ResilientConfig,
         factory: Factory,
-        local: Arc<FileBackend>,
-        journal: Arc<FileBackend>,
+        fallback: Fallback,
+        journal: Arc<Journal>,
+        spawn: Arc<dyn Spawn>,
     ) -> Self {
-        if cfg.mode == FallbackMode::Pickle
-            && let Err(e) = local.clear()
+        if let Fallback::Serve(f) = &fallback
+            && let Err(e) = f.clear()
         {
             // Left by a process that ended during an outage: never serve it.
             warn!(error = %e, "cannot clear the fallback cache");
         }
         let first = factory();
         let shared = Arc::new(Shared {
+            breaker: Breaker::new(cfg.failures),
             cfg,
             primary: RwLock::new(None),
             factory,
-            local,
+            fallback,
             journal,
-            state: AtomicU8::new(UP),
-            consecutive: AtomicU32::new(0),
-            transitions: AtomicU64::new(0),
-            failed_ops: AtomicU64::new(0),
+            spawn,
             probing: AtomicBool::new(false),
             gate: RwLock::new(()),
-            down_since: Mutex::new(None),
         });
         // Invalidations recorded by a process that ended during an outage (or a journal that
         // cannot be read, which might hold some): apply them before the primary serves a read.
         let pending = shared
             .journal
-            .journal_read(&shared.cfg.scope)
-            .map(|p| !p.is_empty())
+            .count(&shared.cfg.scope)
+            .map(|n| n > 0)
             .unwrap_or(true);
         match first {
             Ok(p) if pending => {
                 *write(&shared.primary) = Some(p);
-                shared.state.store(DOWN, Ordering::Release);
+                shared.breaker.hold_down();
                 // Once now, bounded by the timeouts (a short-lived process, the CLI, may never
                 // see the background probe run), then in the background if that failed.
                 if !shared.try_recover() {
@@ -180,140 +184,121 @@ impl Resilient {
                 }
             }
             Ok(p) => *write(&shared.primary) = Some(p),
-            Err(e) => {
-                shared.failed_ops.fetch_add(1, Ordering::Relaxed);
-                Shared::mark_down(&shared, &e);
-            }
+            Err(e) => Shared::failed(&shared, true, &e),
         }
         Resilient { shared }
     }
 
     /// The primary's state.
-    pub fn health(&self) -> Health {
-        self.shared.health()
+    pub(crate) fn health(&self) -> Health {
+        self.shared.breaker.health()
     }
 
     /// Transitions between states so far.
-    pub fn transitions(&self) -> u64 {
-        self.shared.transitions.load(Ordering::Relaxed)
+    pub(crate) fn transitions(&self) -> u64 {
+        self.shared.breaker.transitions()
     }
 
     /// Operations that failed on the primary so far.
-    pub fn failed_ops(&self) -> u64 {
-        self.shared.failed_ops.load(Ordering::Relaxed)
+    pub(crate) fn failed_ops(&self) -> u64 {
+        self.shared.breaker.failed_ops()
     }
 
-    /// Runs `op` on the primary when it is up; otherwise, or when it fails temporarily, runs
-    /// `fallback`. `invalidation` ops mark the primary down at their first failure.
-    fn route<T>(
+    /// Runs `op` on the primary when it is up. `None` when it is not, or when it just failed for
+    /// a temporary reason (counted; `at_once` marks the primary down at the first one).
+    fn on_primary<T>(
         &self,
-        invalidation: bool,
-        op: impl FnOnce(&dyn Backend) -> Result<T>,
-        fallback: impl FnOnce() -> Result<T>,
-    ) -> Result<T> {
+        at_once: bool,
+        op: &impl Fn(&dyn Backend) -> Result<T>,
+    ) -> Option<Result<T>> {
         let s = &self.shared;
-        if s.state.load(Ordering::Acquire) == UP {
-            let primary = read(&s.primary).clone();
-            if let Some(p) = primary {
-                match op(p.as_ref()) {
-                    Ok(v) => {
-                        s.consecutive.store(0, Ordering::Relaxed);
-                        return Ok(v);
-                    }
-                    Err(e) if e.is_temporary() => {
-                        s.failed_ops.fetch_add(1, Ordering::Relaxed);
-                        let n = s.consecutive.fetch_add(1, Ordering::Relaxed) + 1;
-                        if invalidation || n >= s.cfg.failures {
-                            Shared::mark_down(s, &e);
-                        } else {
-                            warn!(backend = s.cfg.name, error = %e, "cache operation failed; served by the fallback");
-                        }
-                    }
-                    Err(e) => return Err(e),
-                }
-            }
+        if !s.breaker.is_up() {
+            return None;
         }
-        fallback()
-    }
-
-    fn unavailable(&self) -> Error {
-        Error::Backend {
-            backend: self.shared.cfg.name,
-            message: format!("the server is {} and fallback = error", self.health()),
-            temporary: true,
-            source: None,
+        let p = read(&s.primary).clone()?;
+        match op(p.as_ref()) {
+            Ok(v) => {
+                s.breaker.succeeded();
+                Some(Ok(v))
+            }
+            Err(e) if e.is_temporary() => {
+                Shared::failed(s, at_once, &e);
+                None
+            }
+            Err(e) => Some(Err(e)),
         }
     }
 
-    /// A write or an invalidation while the primary is not up (or just failed on it): record
-    /// what the primary must forget (`ops`) durably, then apply the call to the fallback, both
-    /// under the shared gate, so that the probe's last replay and its clearing of the fallback
-    /// (under the exclusive gate) cannot fall between them. If the primary came back meanwhile,
-    /// the call runs on it instead; a temporary failure there marks it down again and records.
-    fn on_fallback_recorded<T>(
-        &self,
-        ops: &[PendingOp],
-        on_primary: &dyn Fn(&dyn Backend) -> Result<T>,
-        on_local: impl FnOnce(&FileBackend) -> Result<T>,
-        none: impl FnOnce() -> T,
-    ) -> Result<T> {
-        let s = &self.shared;
-        loop {
-            let gate = read(&s.gate);
-            if s.state.load(Ordering::Acquire) == UP
-                && let Some(p) = read(&s.primary).clone()
-            {
-                drop(gate);
-                match on_primary(p.as_ref()) {
-                    Err(e) if e.is_temporary() => {
-                        s.failed_ops.fetch_add(1, Ordering::Relaxed);
-                        Shared::mark_down(s, &e);
-                        continue;
-                    }
-                    r => return r,
-                }
-            }
-            for op in ops {
-                s.journal.journal_append(&s.cfg.scope, op)?;
-            }
-            return self.on_fallback(on_local, none);
+    /// A read: on the primary when it is up, else (or when it fails temporarily) on the
+    /// fallback.
+    fn read_op<T>(&self, op: impl Fn(&dyn Backend) -> Result<T>) -> Result<T> {
+        match self.on_primary(false, &op) {
+            Some(r) => r,
+            None => self.on_fallback(&op),
         }
     }
 
     /// A write or an invalidation: on the primary when it is up (a temporary failure marks it
     /// down at once: the primary may still hold the old value); else recorded, then on the
-    /// fallback.
-    fn write<T>(
+    /// fallback. `record` says what the primary must forget; it is only called (and allocates)
+    /// when the primary is not used.
+    fn write_op<'k, T>(
         &self,
-        ops: &[PendingOp],
-        on_primary: impl Fn(&dyn Backend) -> Result<T>,
-        on_local: impl FnOnce(&FileBackend) -> Result<T>,
-        none: impl FnOnce() -> T,
+        record: impl FnOnce() -> Vec<PendingOp<'k>>,
+        op: impl Fn(&dyn Backend) -> Result<T>,
     ) -> Result<T> {
-        self.route(true, &on_primary, || {
-            self.on_fallback_recorded(ops, &on_primary, on_local, none)
-        })
+        match self.on_primary(true, &op) {
+            Some(r) => r,
+            None => self.on_fallback_recorded(record, &op),
+        }
+    }
+
+    /// A write or an invalidation while the primary is not up (or just failed on it): record
+    /// what the primary must forget durably, then apply the call to the fallback, both under
+    /// the shared gate, so that the probe's last replay and its clearing of the fallback (under
+    /// the exclusive gate) cannot fall between them. If the primary came back meanwhile, the
+    /// call runs on it instead; a temporary failure there marks it down again and records.
+    fn on_fallback_recorded<'k, T>(
+        &self,
+        record: impl FnOnce() -> Vec<PendingOp<'k>>,
+        op: &impl Fn(&dyn Backend) -> Result<T>,
+    ) -> Result<T> {
+        let s = &self.shared;
+        let _gate = loop {
+            let gate = read(&s.gate);
+            if s.breaker.is_up()
+                && let Some(p) = read(&s.primary).clone()
+            {
+                drop(gate);
+                match op(p.as_ref()) {
+                    Err(e) if e.is_temporary() => {
+                        Shared::failed(s, true, &e);
+                        continue;
+                    }
+                    r => return r,
+                }
+            }
+            break gate;
+        };
+        s.journal.append(&s.cfg.scope, &record())?;
+        self.on_fallback(op)
     }
 
     fn refusal(&self) -> Error {
         super::whole_keyspace_refusal("every entry on the server, other applications' included")
     }
 
-    /// Serves a read or write while the primary is not up, as `fallback` says.
-    fn on_fallback<T>(
-        &self,
-        local: impl FnOnce(&FileBackend) -> Result<T>,
-        none: impl FnOnce() -> T,
-    ) -> Result<T> {
-        match self.shared.cfg.mode {
-            FallbackMode::Pickle => local(self.local()),
-            FallbackMode::None => Ok(none()),
-            FallbackMode::Error => Err(self.unavailable()),
+    /// Serves a call while the primary is not up, as the fallback says.
+    fn on_fallback<T>(&self, op: &impl Fn(&dyn Backend) -> Result<T>) -> Result<T> {
+        match &self.shared.fallback {
+            Fallback::Serve(f) => op(f.as_ref()),
+            Fallback::Refuse => Err(Error::Backend {
+                backend: self.shared.cfg.name,
+                message: format!("the server is {} and fallback = error", self.health()),
+                temporary: true,
+                source: None,
+            }),
         }
-    }
-
-    fn local(&self) -> &FileBackend {
-        &self.shared.local
     }
 }
 
@@ -326,28 +311,21 @@ fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 }
 
 impl Shared {
-    fn health(&self) -> Health {
-        match self.state.load(Ordering::Acquire) {
-            UP => Health::Up,
-            DOWN => Health::Down,
-            _ => Health::Recovering,
-        }
-    }
-
-    fn mark_down(this: &Arc<Shared>, cause: &Error) {
-        if this
-            .state
-            .compare_exchange(UP, DOWN, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
-        {
-            this.transitions.fetch_add(1, Ordering::Relaxed);
-            *this.down_since.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
-            warn!(
+    /// A temporary failure on the primary: count it, log the transition it caused (once), and
+    /// start the probe if the primary is not up.
+    fn failed(this: &Arc<Shared>, at_once: bool, cause: &Error) {
+        match this.breaker.failed(at_once, Instant::now()) {
+            Failure::Counted => {
+                warn!(backend = this.cfg.name, error = %cause, "cache operation failed; served by the fallback");
+                return;
+            }
+            Failure::Opened => warn!(
                 backend = this.cfg.name,
                 error = %cause,
-                fallback = this.cfg.mode.as_str(),
+                fallback = this.fallback.label(),
                 "cache server marked down; serving from the fallback until it answers again"
-            );
+            ),
+            Failure::AlreadyOpen => {}
         }
         Self::start_probe(this);
     }
@@ -357,27 +335,22 @@ impl Shared {
             return;
         }
         let weak: Weak<Shared> = Arc::downgrade(this);
-        let retry = this.cfg.retry;
-        let spawned = std::thread::Builder::new()
-            .name("ddf-probe".to_owned())
-            .spawn(move || {
-                loop {
-                    std::thread::sleep(retry);
-                    let Some(s) = weak.upgrade() else { return };
-                    if s.try_recover() {
-                        s.probing.store(false, Ordering::Release);
-                        // A caller may have marked the primary down between the switch to up
-                        // and now, found this probe still running and left it to us.
-                        if s.state.load(Ordering::Acquire) != UP
-                            && !s.probing.swap(true, Ordering::AcqRel)
-                        {
-                            continue;
-                        }
-                        return;
-                    }
-                }
-            });
-        if let Err(e) = spawned {
+        let body: Body = Box::new(move || {
+            let Some(s) = weak.upgrade() else {
+                return ControlFlow::Break(());
+            };
+            if !s.try_recover() {
+                return ControlFlow::Continue(());
+            }
+            s.probing.store(false, Ordering::Release);
+            // A caller may have marked the primary down between the switch to up and now,
+            // found this probe still running and left it to us.
+            if !s.breaker.is_up() && !s.probing.swap(true, Ordering::AcqRel) {
+                return ControlFlow::Continue(());
+            }
+            ControlFlow::Break(())
+        });
+        if let Err(e) = this.spawn.spawn(this.cfg.retry, body) {
             warn!(error = %e, "cannot start the cache server probe");
             this.probing.store(false, Ordering::Release);
         }
@@ -400,11 +373,9 @@ impl Shared {
         if primary.ping().is_err() {
             return false;
         }
-        self.state.store(RECOVERING, Ordering::Release);
-        self.transitions.fetch_add(1, Ordering::Relaxed);
+        self.breaker.begin_recovery();
         let failed_again = || {
-            self.state.store(DOWN, Ordering::Release);
-            self.transitions.fetch_add(1, Ordering::Relaxed);
+            self.breaker.recovery_failed();
             warn!(
                 backend = self.cfg.name,
                 "cache server failed again while recorded invalidations were applied"
@@ -419,21 +390,12 @@ impl Shared {
         if !self.replay(primary.as_ref()) {
             return failed_again();
         }
-        if self.cfg.mode == FallbackMode::Pickle
-            && let Err(e) = self.local.clear()
+        if let Fallback::Serve(f) = &self.fallback
+            && let Err(e) = f.clear()
         {
             warn!(error = %e, "cannot clear the fallback cache");
         }
-        self.consecutive.store(0, Ordering::Relaxed);
-        self.state.store(UP, Ordering::Release);
-        self.transitions.fetch_add(1, Ordering::Relaxed);
-        let down_for = self
-            .down_since
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-            .map(|t| t.elapsed())
-            .unwrap_or_default();
+        let down_for = self.breaker.recovered(Instant::now());
         info!(
             backend = self.cfg.name,
             down_for_ms = down_for.as_millis() as u64,
@@ -444,7 +406,7 @@ impl Shared {
 
     /// Applies the journal to the primary. False when the primary failed again.
     fn replay(&self, primary: &dyn Backend) -> bool {
-        let pending = match self.journal.journal_read(&self.cfg.scope) {
+        let pending = match self.journal.read(&self.cfg.scope) {
             Ok(p) => p,
             Err(e) => {
                 warn!(error = %e, "cannot read the recorded invalidations");
@@ -468,11 +430,17 @@ impl Shared {
                 Err(e) => warn!(error = %e, ?op, "a recorded invalidation was refused; dropped"),
             }
         }
-        if let Err(e) = self.journal.journal_remove(&self.cfg.scope, last) {
+        if let Err(e) = self.journal.remove(&self.cfg.scope, last) {
             warn!(error = %e, "cannot remove applied invalidations (they will be applied again)");
         }
         true
     }
+}
+
+/// What a write of `key` records: a delete (when the primary returns, its older value must not
+/// be served).
+fn deletes<'k>(keys: impl Iterator<Item = &'k str>) -> Vec<PendingOp<'k>> {
+    keys.map(|k| PendingOp::Delete(Cow::Borrowed(k))).collect()
 }
 
 impl Backend for Resilient {
@@ -481,41 +449,24 @@ impl Backend for Resilient {
     }
 
     fn get(&self, key: &str) -> Result<Option<Item>> {
-        self.route(
-            false,
-            |p| p.get(key),
-            || self.on_fallback(|l| l.get(key), || None),
-        )
+        self.read_op(|b| b.get(key))
     }
 
     fn set(&self, key: &str, item: &Item, ttl: Option<Duration>) -> Result<()> {
-        // Recorded as a delete: when the primary returns, its older value must not be served.
-        self.write(
-            &[PendingOp::Delete(key.to_owned())],
-            |p| p.set(key, item, ttl),
-            |l| l.set(key, item, ttl),
-            || (),
-        )
+        self.write_op(|| deletes(std::iter::once(key)), |b| b.set(key, item, ttl))
     }
 
     fn delete(&self, key: &str) -> Result<bool> {
-        self.write(
-            &[PendingOp::Delete(key.to_owned())],
-            |p| p.delete(key),
-            |l| l.delete(key),
-            || false,
-        )
+        self.write_op(|| deletes(std::iter::once(key)), |b| b.delete(key))
     }
 
     fn delete_prefix(&self, prefix: &str) -> Result<u64> {
         if prefix.is_empty() && self.shared.cfg.refuse_whole_keyspace {
             return Err(self.refusal());
         }
-        self.write(
-            &[PendingOp::DeletePrefix(prefix.to_owned())],
-            |p| p.delete_prefix(prefix),
-            |l| l.delete_prefix(prefix),
-            || 0,
+        self.write_op(
+            || vec![PendingOp::DeletePrefix(Cow::Borrowed(prefix))],
+            |b| b.delete_prefix(prefix),
         )
     }
 
@@ -523,36 +474,22 @@ impl Backend for Resilient {
         if self.shared.cfg.refuse_whole_keyspace {
             return Err(self.refusal());
         }
-        self.write(&[PendingOp::Clear], |p| p.clear(), |l| l.clear(), || ())
+        self.write_op(|| vec![PendingOp::Clear], |b| b.clear())
     }
 
     fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<Item>>> {
-        self.route(
-            false,
-            |p| p.get_many(keys),
-            || self.on_fallback(|l| l.get_many(keys), || keys.iter().map(|_| None).collect()),
-        )
+        self.read_op(|b| b.get_many(keys))
     }
 
     fn set_many(&self, items: &[(&str, Item)], ttl: Option<Duration>) -> Result<()> {
-        let ops: Vec<PendingOp> = items
-            .iter()
-            .map(|(k, _)| PendingOp::Delete((*k).to_owned()))
-            .collect();
-        self.write(
-            &ops,
-            |p| p.set_many(items, ttl),
-            |l| l.set_many(items, ttl),
-            || (),
+        self.write_op(
+            || deletes(items.iter().map(|(k, _)| *k)),
+            |b| b.set_many(items, ttl),
         )
     }
 
     fn delete_many(&self, keys: &[&str]) -> Result<u64> {
-        let ops: Vec<PendingOp> = keys
-            .iter()
-            .map(|k| PendingOp::Delete((*k).to_owned()))
-            .collect();
-        self.write(&ops, |p| p.delete_many(keys), |l| l.delete_many(keys), || 0)
+        self.write_op(|| deletes(keys.iter().copied()), |b| b.delete_many(keys))
     }
 
     fn ping(&self) -> Result<BackendStatus> {
@@ -566,7 +503,7 @@ impl Backend for Resilient {
             "state {health}; {} transitions, {} failed operations; fallback = {}",
             self.transitions(),
             self.failed_ops(),
-            self.shared.cfg.mode.as_str()
+            self.shared.fallback.label()
         );
         match result {
             Ok(st) => Ok(BackendStatus {
@@ -592,8 +529,7 @@ impl Backend for Resilient {
         let pending = self
             .shared
             .journal
-            .journal_read(&self.shared.cfg.scope)
-            .map(|p| p.len())
+            .count(&self.shared.cfg.scope)
             .unwrap_or(0);
         let mut rows = vec![
             ("state".to_owned(), self.health().to_string()),
@@ -604,7 +540,7 @@ impl Backend for Resilient {
             ),
             (
                 "fallback".to_owned(),
-                self.shared.cfg.mode.as_str().to_owned(),
+                self.shared.fallback.label().to_owned(),
             ),
             (
                 "recorded invalidations pending".to_owned(),
@@ -624,7 +560,10 @@ impl Backend for Resilient {
         if let Some(p) = read(&self.shared.primary).as_ref() {
             p.close();
         }
-        self.shared.local.close();
+        if let Fallback::Serve(f) = &self.shared.fallback {
+            f.close();
+        }
+        self.shared.journal.close();
     }
 }
 
@@ -633,7 +572,10 @@ mod tests {
     //! The state machine, driven by a primary whose availability a test switches. The same rules
     //! are exercised against real servers (kill -9, SIGSTOP, restart) in the integration tests.
     use super::*;
-    use std::sync::atomic::AtomicBool;
+    use crate::backend::file::FileBackend;
+    use crate::backend::none::NoneBackend;
+    use crate::config::FallbackMode;
+    use probe::ThreadSpawn;
 
     #[derive(Debug)]
     struct Switchable {
@@ -689,11 +631,10 @@ mod tests {
         )
     }
 
-    fn config(scope: &str, mode: FallbackMode, failures: u32) -> ResilientConfig {
+    fn config(scope: &str, failures: u32) -> ResilientConfig {
         ResilientConfig {
             name: "test",
             scope: scope.to_owned(),
-            mode,
             failures,
             retry: Duration::from_millis(20),
             refuse_whole_keyspace: false,
@@ -704,14 +645,40 @@ mod tests {
         Item::new(s.as_bytes().to_vec(), 0)
     }
 
-    fn setup(
-        mode: FallbackMode,
-    ) -> (
-        tempfile::TempDir,
-        Resilient,
-        Arc<AtomicBool>,
-        Arc<Switchable>,
-    ) {
+    /// The fallback a mode stands for, over `local` when it serves from a directory.
+    fn fallback(mode: FallbackMode, local: &Arc<FileBackend>) -> Fallback {
+        match mode {
+            FallbackMode::Pickle => Fallback::Serve(local.clone()),
+            FallbackMode::None => Fallback::Serve(Arc::new(NoneBackend)),
+            _ => Fallback::Refuse,
+        }
+    }
+
+    fn build(
+        cfg: ResilientConfig,
+        factory: Factory,
+        fallback: Fallback,
+        journal: &Arc<Journal>,
+    ) -> Resilient {
+        Resilient::new(
+            cfg,
+            factory,
+            fallback,
+            journal.clone(),
+            Arc::new(ThreadSpawn),
+        )
+    }
+
+    struct Setup {
+        _dir: tempfile::TempDir,
+        r: Resilient,
+        up: Arc<AtomicBool>,
+        primary: Arc<Switchable>,
+        local: Arc<FileBackend>,
+        journal: Arc<Journal>,
+    }
+
+    fn setup(mode: FallbackMode) -> Setup {
         let dir = tempfile::tempdir().unwrap();
         let up = Arc::new(AtomicBool::new(true));
         let primary = Arc::new(Switchable {
@@ -720,13 +687,21 @@ mod tests {
         });
         let p2 = primary.clone();
         let local = Arc::new(FileBackend::open(dir.path().join("local"), "ns:").unwrap());
-        let r = Resilient::new(
-            config("test|here|ns:", mode, 2),
+        let journal = Arc::new(Journal::open(dir.path().join("local")).unwrap());
+        let r = build(
+            config("test|here|ns:", 2),
             Box::new(move || Ok(p2.clone() as Arc<dyn Backend>)),
-            local.clone(),
-            local,
+            fallback(mode, &local),
+            &journal,
         );
-        (dir, r, up, primary)
+        Setup {
+            _dir: dir,
+            r,
+            up,
+            primary,
+            local,
+            journal,
+        }
     }
 
     fn wait_for(r: &Resilient, h: Health) {
@@ -739,7 +714,14 @@ mod tests {
 
     #[test]
     fn outage_fallback_and_recovery_without_stale_reads() {
-        let (_d, r, up, primary) = setup(FallbackMode::Pickle);
+        let Setup {
+            r,
+            up,
+            primary,
+            local,
+            journal,
+            ..
+        } = setup(FallbackMode::Pickle);
         r.set("a", &item("1"), None).unwrap();
         r.set("b", &item("1"), None).unwrap();
         r.set("p:1", &item("1"), None).unwrap();
@@ -755,7 +737,7 @@ mod tests {
         assert!(!r.delete("a").unwrap());
         assert_eq!(r.delete_prefix("p:").unwrap(), 0);
         // The write is recorded as a delete too: the primary's older value must go.
-        assert_eq!(r.local().journal_read("test|here|ns:").unwrap().len(), 3);
+        assert_eq!(journal.read("test|here|ns:").unwrap().len(), 3);
         up.store(true, Ordering::SeqCst);
         wait_for(&r, Health::Up);
         // The invalidations reached the primary before it served reads again.
@@ -764,8 +746,8 @@ mod tests {
         assert_eq!(r.get("b").unwrap(), Some(item("1")));
         // Outage values were not promoted, and the fallback was emptied.
         assert_eq!(r.get("c").unwrap(), None);
-        assert_eq!(r.local().get("c").unwrap(), None);
-        assert!(r.local().journal_read("test|here|ns:").unwrap().is_empty());
+        assert_eq!(local.get("c").unwrap(), None);
+        assert!(journal.read("test|here|ns:").unwrap().is_empty());
         assert_eq!(r.transitions(), 3); // down, recovering, up
         assert!(primary.store.get("b").unwrap().is_some());
     }
@@ -776,19 +758,20 @@ mod tests {
         let store = FileBackend::open(dir.path().join("primary"), "ns:").unwrap();
         store.set("k", &item("stale"), None).unwrap();
         let local = Arc::new(FileBackend::open(dir.path().join("local"), "fb:").unwrap());
-        local
-            .journal_append("s", &PendingOp::Delete("k".to_owned()))
+        let journal = Arc::new(Journal::open(dir.path().join("local")).unwrap());
+        journal
+            .append("s", &[PendingOp::Delete("k".into())])
             .unwrap();
         let up = Arc::new(AtomicBool::new(true));
         let primary = Arc::new(Switchable {
             store: FileBackend::open(dir.path().join("primary"), "ns:").unwrap(),
             up,
         });
-        let r = Resilient::new(
-            config("s", FallbackMode::Pickle, 3),
+        let r = build(
+            config("s", 3),
             Box::new(move || Ok(primary.clone() as Arc<dyn Backend>)),
-            local.clone(),
-            local,
+            Fallback::Serve(local),
+            &journal,
         );
         // Applied while the cache was built (a short-lived process would never see a probe).
         assert_eq!(r.health(), Health::Up);
@@ -799,7 +782,7 @@ mod tests {
 
     #[test]
     fn a_write_that_failed_never_lets_the_old_value_back() {
-        let (_d, r, up, _p) = setup(FallbackMode::Pickle);
+        let Setup { r, up, .. } = setup(FallbackMode::Pickle);
         r.set("k", &item("v1"), None).unwrap();
         up.store(false, Ordering::SeqCst);
         // Fails on the primary: down at once, recorded, written to the fallback.
@@ -816,28 +799,26 @@ mod tests {
     fn the_whole_keyspace_is_refused_in_every_state() {
         let dir = tempfile::tempdir().unwrap();
         let local = Arc::new(FileBackend::open(dir.path().join("local"), "fb:").unwrap());
-        let r = Resilient::new(
+        let journal = Arc::new(Journal::open(dir.path().join("local")).unwrap());
+        let r = build(
             ResilientConfig {
                 retry: Duration::from_secs(60),
                 refuse_whole_keyspace: true,
-                ..config("s", FallbackMode::Pickle, 3)
+                ..config("s", 3)
             },
             Box::new(|| Err(refused())),
-            local.clone(),
-            local.clone(),
+            Fallback::Serve(local),
+            &journal,
         );
         assert_eq!(r.health(), Health::Down);
         assert!(r.clear().unwrap_err().to_string().contains("server_flush"));
         assert!(r.delete_prefix("").is_err());
-        assert!(
-            local.journal_read("s").unwrap().is_empty(),
-            "nothing recorded"
-        );
+        assert!(journal.read("s").unwrap().is_empty(), "nothing recorded");
     }
 
     #[test]
     fn a_failed_invalidation_marks_the_primary_down_at_once() {
-        let (_d, r, up, _p) = setup(FallbackMode::None);
+        let Setup { r, up, .. } = setup(FallbackMode::None);
         r.set("k", &item("v"), None).unwrap();
         up.store(false, Ordering::SeqCst);
         assert!(!r.delete("k").unwrap());
@@ -852,7 +833,7 @@ mod tests {
 
     #[test]
     fn fallback_error_returns_temporary_errors_and_still_records() {
-        let (_d, r, up, _p) = setup(FallbackMode::Error);
+        let Setup { r, up, .. } = setup(FallbackMode::Error);
         r.set("k", &item("v"), None).unwrap();
         up.store(false, Ordering::SeqCst);
         let e = r.delete("k").unwrap_err();
@@ -878,8 +859,9 @@ mod tests {
         let up2 = up.clone();
         let store_dir = dir.path().join("primary");
         let local = Arc::new(FileBackend::open(dir.path().join("local"), "ns:").unwrap());
-        let r = Resilient::new(
-            config("s", FallbackMode::Pickle, 3),
+        let journal = Arc::new(Journal::open(dir.path().join("local")).unwrap());
+        let r = build(
+            config("s", 3),
             Box::new(move || {
                 if !up2.load(Ordering::SeqCst) {
                     return Err(refused());
@@ -889,8 +871,8 @@ mod tests {
                     up: up2.clone(),
                 }) as Arc<dyn Backend>)
             }),
-            local.clone(),
-            local,
+            Fallback::Serve(local),
+            &journal,
         );
         assert_eq!(r.health(), Health::Down);
         r.set("k", &item("v"), None).unwrap();

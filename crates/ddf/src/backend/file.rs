@@ -33,14 +33,14 @@
 //! - A writer waits at most [`BUSY_TIMEOUT`] for another process's write to finish.
 
 use std::fmt;
-use std::fs::{self, OpenOptions};
+use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
-use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
-use tracing::{debug, warn};
+use rusqlite::{Connection, OptionalExtension, params};
 
+use super::sqlite::Db;
 use super::{Backend, BackendStatus, Item};
 use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, Result};
@@ -49,14 +49,10 @@ use crate::key::{Keyspace, prefix_range};
 const NAME: &str = "pickle";
 /// The database's file name inside the cache directory.
 pub const DB_FILE: &str = "ddf-cache.sqlite3";
-/// The journal's file name (see [`FileBackend::open_journal`]).
-pub const JOURNAL_FILE: &str = "ddf-journal.sqlite3";
 /// How long a write waits for another process's write.
-pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+pub const BUSY_TIMEOUT: Duration = super::sqlite::BUSY_TIMEOUT;
 /// The largest value SQLite stores by default (`SQLITE_MAX_LENGTH`), less room for the row.
 const MAX_VALUE: usize = 1_000_000_000 - 64 * 1024;
-/// Connections kept open for reuse.
-const POOL_MAX: usize = 8;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS entries (
@@ -65,14 +61,6 @@ CREATE TABLE IF NOT EXISTS entries (
     flags INTEGER NOT NULL,      -- pymemcache-compatible type flags
     v     BLOB NOT NULL
 ) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS pending (
-    id    INTEGER PRIMARY KEY AUTOINCREMENT,
-    scope TEXT NOT NULL,         -- which primary (backend, address, namespace)
-    op    INTEGER NOT NULL,      -- 1 delete, 2 delete_prefix, 3 clear
-    arg   BLOB NOT NULL,         -- the key or prefix
-    at    INTEGER NOT NULL       -- ms since the Unix epoch
-);
-CREATE INDEX IF NOT EXISTS pending_scope ON pending (scope, id);
 ";
 
 const SQL_GET: &str = "SELECT exp, flags, v FROM entries WHERE k = ?1";
@@ -82,67 +70,17 @@ const SQL_DEL: &str = "DELETE FROM entries WHERE k = ?1 RETURNING exp";
 
 /// The file backend. Safe for many threads and processes at once.
 pub struct FileBackend {
-    dir: PathBuf,
-    db: PathBuf,
+    /// The database and its connections (pool, WAL, corruption handling).
+    db: Db,
     keys: Keyspace,
-    clock: Arc<dyn Clock>,
-    pool: Mutex<Pool>,
-}
-
-#[derive(Default)]
-struct Pool {
-    idle: Vec<Connection>,
-    /// Bumped when the database is moved aside; older connections are not reused.
-    generation: u64,
-    /// The database file this generation's connections opened (device, inode).
-    file_id: Option<(u64, u64)>,
-    /// When the path was last checked to still name that file.
-    checked: Option<Instant>,
-}
-
-/// How often a pool checks that its path still names the file its connections use (another
-/// process may have moved a corrupt database aside).
-const FILE_CHECK: Duration = Duration::from_secs(1);
-
-#[cfg(unix)]
-fn file_id(path: &Path) -> Option<(u64, u64)> {
-    use std::os::unix::fs::MetadataExt;
-    fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
-}
-
-#[cfg(not(unix))]
-fn file_id(_path: &Path) -> Option<(u64, u64)> {
-    None
 }
 
 impl fmt::Debug for FileBackend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("FileBackend")
-            .field("db", &self.db)
+            .field("db", &self.db.path())
             .field("namespace", &self.keys.namespace())
             .finish()
-    }
-}
-
-fn is_corruption(e: &rusqlite::Error) -> bool {
-    matches!(
-        e.sqlite_error_code(),
-        Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase)
-    )
-}
-
-/// The one mapping from SQLite's errors into ddf's.
-fn sql_error(what: impl fmt::Display, e: rusqlite::Error) -> Error {
-    let temporary = matches!(
-        e.sqlite_error_code(),
-        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked | ErrorCode::SystemIoFailure)
-    );
-    Error::Backend {
-        backend: NAME,
-        // rusqlite's error repeats its text in its own source: the message keeps it once.
-        message: format!("{what}: {e}"),
-        temporary,
-        source: None,
     }
 }
 
@@ -168,200 +106,28 @@ impl FileBackend {
         namespace: &str,
         clock: Arc<dyn Clock>,
     ) -> Result<Self> {
-        Self::open_at(dir.into(), DB_FILE, namespace, clock)
-    }
-
-    /// Opens the journal of invalidations recorded during outages ([`JOURNAL_FILE`] in `dir`):
-    /// a database of its own, so that moving a corrupt cache database aside never loses it.
-    ///
-    /// # Errors
-    /// As [`FileBackend::open`].
-    pub fn open_journal(dir: impl Into<PathBuf>) -> Result<Self> {
-        Self::open_at(dir.into(), JOURNAL_FILE, "", Arc::new(SystemClock))
-    }
-
-    fn open_at(dir: PathBuf, file: &str, namespace: &str, clock: Arc<dyn Clock>) -> Result<Self> {
-        let mut builder = fs::DirBuilder::new();
-        builder.recursive(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::DirBuilderExt;
-            builder.mode(0o700);
-        }
-        builder
-            .create(&dir)
-            .map_err(|e| Error::io(NAME, format_args!("cannot create {}", dir.display()), e))?;
-        if !dir.is_dir() {
-            return Err(Error::Backend {
-                backend: NAME,
-                message: format!("{} is not a directory", dir.display()),
-                temporary: false,
-                source: None,
-            });
-        }
-        let backend = FileBackend {
-            db: dir.join(file),
-            dir,
+        Ok(FileBackend {
+            db: Db::open(dir.into(), DB_FILE, SCHEMA, NAME, clock)?,
             keys: Keyspace::new(namespace),
-            clock,
-            pool: Mutex::new(Pool::default()),
-        };
-        // Open one connection now so that a bad directory or database shows at start-up.
-        let (c, generation) = backend.take()?;
-        backend.give(c, generation);
-        Ok(backend)
+        })
     }
 
     /// The cache directory.
     pub fn dir(&self) -> &Path {
-        &self.dir
+        self.db.dir()
     }
 
     /// The database file.
     pub fn db_path(&self) -> &Path {
-        &self.db
+        self.db.path()
     }
 
-    fn lock_pool(&self) -> MutexGuard<'_, Pool> {
-        // A panic while holding this lock cannot leave the pool inconsistent: recover it.
-        self.pool.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Takes a connection from the pool (or opens one), with the pool generation it belongs to.
-    fn take(&self) -> Result<(Connection, u64)> {
-        let (idle, generation) = {
-            let mut pool = self.lock_pool();
-            // At most once a second: if another process moved the database aside, drop the
-            // connections to the old file and open the new one.
-            if pool.checked.is_none_or(|t| t.elapsed() >= FILE_CHECK) {
-                pool.checked = Some(Instant::now());
-                if pool.file_id.is_some() && file_id(&self.db) != pool.file_id {
-                    pool.generation += 1;
-                    pool.idle.clear();
-                    pool.file_id = None;
-                }
-            }
-            (pool.idle.pop(), pool.generation)
-        };
-        if let Some(c) = idle {
-            return Ok((c, generation));
-        }
-        let open_err = |e| sql_error(format_args!("cannot open {}", self.db.display()), e);
-        let (conn, generation) = match self.connect() {
-            Ok(c) => (c, generation),
-            Err(e) if is_corruption(&e) => {
-                self.quarantine(generation, &e);
-                let generation = self.lock_pool().generation;
-                (self.connect().map_err(open_err)?, generation)
-            }
-            Err(e) => return Err(open_err(e)),
-        };
-        let mut pool = self.lock_pool();
-        if pool.generation == generation && pool.file_id.is_none() {
-            pool.file_id = file_id(&self.db);
-        }
-        Ok((conn, generation))
-    }
-
-    /// Returns a connection to the pool, unless the database was replaced since it was taken.
-    fn give(&self, conn: Connection, generation: u64) {
-        let mut pool = self.lock_pool();
-        if pool.generation == generation && pool.idle.len() < POOL_MAX {
-            pool.idle.push(conn);
-        }
-    }
-
-    fn connect(&self) -> rusqlite::Result<Connection> {
-        if !self.db.exists() {
-            // Create the file ourselves so that it (and the -wal/-shm files SQLite derives from
-            // it) is private to the user.
-            let mut opts = OpenOptions::new();
-            opts.write(true).create(true).truncate(false);
-            #[cfg(unix)]
-            {
-                use std::os::unix::fs::OpenOptionsExt;
-                opts.mode(0o600);
-            }
-            let _ = opts.open(&self.db);
-        }
-        let c = Connection::open(&self.db)?;
-        c.busy_timeout(BUSY_TIMEOUT)?;
-        // WAL: readers never block writers; NORMAL: no fsync per transaction (safe in WAL mode).
-        let mode: String = c.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
-        if !mode.eq_ignore_ascii_case("wal") {
-            debug!(mode, "SQLite did not switch to WAL mode");
-        }
-        c.execute_batch("PRAGMA synchronous = NORMAL;")?;
-        c.execute_batch(SCHEMA)?;
-        Ok(c)
-    }
-
-    /// Moves a corrupt or foreign database aside so that a fresh one takes its place.
-    fn quarantine(&self, generation: u64, cause: &rusqlite::Error) {
-        let mut pool = self.lock_pool();
-        if pool.generation != generation {
-            return; // another thread did it already
-        }
-        pool.generation += 1;
-        pool.idle.clear();
-        let ours = pool.file_id.take();
-        if ours.is_some() && file_id(&self.db) != ours {
-            // Another process moved our corrupt file aside already: the path names its fresh
-            // database now, which must not be touched. Reconnect to it.
-            return;
-        }
-        let aside = self.dir.join(format!(
-            "{}.corrupt-{}",
-            self.db
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default(),
-            self.clock.now_ms()
-        ));
-        warn!(
-            db = %self.db.display(),
-            moved_to = %aside.display(),
-            error = %cause,
-            "the cache database is corrupt or not a ddf database; moving it aside and starting empty"
-        );
-        if let Err(e) = fs::rename(&self.db, &aside) {
-            warn!(error = %e, "cannot move the corrupt cache database aside; removing it");
-            let _ = fs::remove_file(&self.db);
-        }
-        for ext in ["-wal", "-shm"] {
-            let mut p = self.db.clone().into_os_string();
-            p.push(ext);
-            let _ = fs::remove_file(PathBuf::from(p));
-        }
-    }
-
-    /// Runs `f` on a pooled connection; on corruption, moves the database aside and runs it
-    /// once more on a fresh one.
     fn with_conn<T>(
         &self,
         what: &str,
         f: impl Fn(&Connection) -> rusqlite::Result<T>,
     ) -> Result<T> {
-        let (conn, generation) = self.take()?;
-        let result = f(&conn);
-        match result {
-            Ok(v) => {
-                self.give(conn, generation);
-                Ok(v)
-            }
-            Err(e) if is_corruption(&e) => {
-                drop(conn);
-                self.quarantine(generation, &e);
-                let (conn, generation) = self.take()?;
-                let v = f(&conn).map_err(|e| sql_error(what, e))?;
-                self.give(conn, generation);
-                Ok(v)
-            }
-            Err(e) => {
-                self.give(conn, generation);
-                Err(sql_error(what, e))
-            }
-        }
+        self.db.with_conn(what, f)
     }
 
     fn expires_at(&self, ttl: Option<Duration>) -> i64 {
@@ -372,77 +138,11 @@ impl FileBackend {
     }
 
     fn now(&self) -> i64 {
-        i64::try_from(self.clock.now_ms()).unwrap_or(i64::MAX)
+        i64::try_from(self.db.now_ms()).unwrap_or(i64::MAX)
     }
 
     fn is_live(&self, exp: i64) -> bool {
         exp == 0 || exp > self.now()
-    }
-}
-
-/// An invalidation recorded while a primary was unreachable, to apply when it returns.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PendingOp {
-    /// `delete(key)`.
-    Delete(String),
-    /// `delete_prefix(prefix)`.
-    DeletePrefix(String),
-    /// `clear()`.
-    Clear,
-}
-
-/// The journal of invalidations made during an outage (see [`super::resilient`]): a table in the
-/// same database, so that several processes sharing the directory append to it safely.
-impl FileBackend {
-    /// Appends an invalidation for the primary identified by `scope`.
-    ///
-    /// # Errors
-    /// [`Error::Backend`] when the database cannot be written.
-    pub fn journal_append(&self, scope: &str, op: &PendingOp) -> Result<()> {
-        let (code, arg) = match op {
-            PendingOp::Delete(k) => (1, k.as_str()),
-            PendingOp::DeletePrefix(p) => (2, p.as_str()),
-            PendingOp::Clear => (3, ""),
-        };
-        let now = self.now();
-        self.with_conn("cannot record an invalidation", |c| {
-            c.prepare_cached("INSERT INTO pending (scope, op, arg, at) VALUES (?1, ?2, ?3, ?4)")?
-                .execute(params![scope, code, arg.as_bytes(), now])
-        })?;
-        Ok(())
-    }
-
-    /// The recorded invalidations of `scope`, oldest first, with their ids.
-    ///
-    /// # Errors
-    /// [`Error::Backend`] when the database cannot be read.
-    pub fn journal_read(&self, scope: &str) -> Result<Vec<(i64, PendingOp)>> {
-        self.with_conn("cannot read recorded invalidations", |c| {
-            let mut st =
-                c.prepare_cached("SELECT id, op, arg FROM pending WHERE scope = ?1 ORDER BY id")?;
-            let rows = st.query_map([scope], |r| {
-                let arg = String::from_utf8_lossy(&r.get::<_, Vec<u8>>(2)?).into_owned();
-                let op = match r.get::<_, i64>(1)? {
-                    1 => PendingOp::Delete(arg),
-                    2 => PendingOp::DeletePrefix(arg),
-                    _ => PendingOp::Clear,
-                };
-                Ok((r.get::<_, i64>(0)?, op))
-            })?;
-            rows.collect()
-        })
-    }
-
-    /// Removes the recorded invalidations of `scope` up to and including `id`.
-    ///
-    /// # Errors
-    /// [`Error::Backend`] when the database cannot be written.
-    pub fn journal_remove(&self, scope: &str, up_to: i64) -> Result<()> {
-        self.with_conn("cannot remove recorded invalidations", |c| {
-            c.prepare_cached("DELETE FROM pending WHERE scope = ?1 AND id <= ?2")?
-                .execute(params![scope, up_to])
-        })?;
-        Ok(())
     }
 }
 
@@ -611,9 +311,9 @@ impl Backend for FileBackend {
                 Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
             })
         })?;
-        let file_bytes = fs::metadata(&self.db).map(|m| m.len()).unwrap_or(0);
+        let file_bytes = fs::metadata(self.db.path()).map(|m| m.len()).unwrap_or(0);
         Ok(vec![
-            ("database".to_owned(), self.db.display().to_string()),
+            ("database".to_owned(), self.db.path().display().to_string()),
             ("entries".to_owned(), live.to_string()),
             (
                 "expired entries not yet removed".to_owned(),
@@ -629,12 +329,12 @@ impl Backend for FileBackend {
             c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))
         })?;
         Ok(BackendStatus {
-            detail: format!("database {} answers", self.db.display()),
+            detail: format!("database {} answers", self.db.path().display()),
         })
     }
 
     fn close(&self) {
-        self.lock_pool().idle.clear();
+        self.db.close();
     }
 }
 
@@ -723,7 +423,7 @@ mod tests {
         a.set("fresh", &item("a"), None).unwrap();
         // b's pooled connection still points at the moved-aside file; once it notices, it
         // reconnects to a's fresh database, which it must neither move nor miss.
-        std::thread::sleep(FILE_CHECK + Duration::from_millis(100));
+        std::thread::sleep(crate::backend::sqlite::FILE_CHECK + Duration::from_millis(100));
         let _ = b.get("k");
         b.set("from-b", &item("b"), None).unwrap();
         assert_eq!(a.get("fresh").unwrap(), Some(item("a")));
@@ -734,17 +434,6 @@ mod tests {
             .filter(|e| e.file_name().to_string_lossy().contains(".corrupt-"))
             .count();
         assert_eq!(aside, 1, "moved aside once");
-    }
-
-    #[test]
-    fn the_journal_is_a_database_of_its_own() {
-        let (_d, a, _c) = backend();
-        let j = FileBackend::open_journal(a.dir()).unwrap();
-        j.journal_append("s", &PendingOp::Clear).unwrap();
-        assert_ne!(j.db_path(), a.db_path());
-        let generation = a.lock_pool().generation;
-        a.quarantine(generation, &rusqlite::Error::InvalidQuery);
-        assert_eq!(j.journal_read("s").unwrap().len(), 1);
     }
 
     #[test]

@@ -22,7 +22,8 @@ pub mod file;
 pub mod memcached;
 pub mod none;
 pub mod redis;
-pub mod resilient;
+pub(crate) mod resilience;
+mod sqlite;
 
 /// What a backend's health check reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -136,45 +137,51 @@ pub(crate) fn scoped_clear(
     flush()
 }
 
-/// Wraps a server backend (Redis, Memcached) in [`resilient::Resilient`]: breaker, fallback to
-/// the local directory, and the journal of invalidations made during an outage. `address`
-/// identifies the server(s) in the journal, without credentials.
+/// Wraps a server backend (Redis, Memcached) in [`resilience::Resilient`]: breaker, fallback
+/// (`fallback = pickle`: the local directory; `none`; `error`), and the journal of invalidations
+/// made during an outage. `identity` names the server(s) without credentials and without the
+/// codec (`redis://host:port/db`, `memcached://a:1,b:2` with the servers sorted): processes that
+/// pass the same identity and namespace share the journal, so a `redis` and a `redis_pickle`
+/// process on one server replay each other's records.
 ///
 /// # Errors
 /// [`Error::Config`](crate::Error::Config) for an unusable breaker setting; an error when the
 /// local directory (the fallback and the journal) cannot be opened.
-pub fn resilient(
+pub(crate) fn resilient(
     config: &CacheConfig,
     name: &'static str,
-    address: &str,
-    factory: resilient::Factory,
+    identity: &str,
+    factory: resilience::Factory,
 ) -> Result<Arc<dyn Backend>> {
-    // The journal's scope is the server and the namespace, not the codec: a `redis` and a
-    // `redis_pickle` process on one server replay each other's records.
-    let family = if name.starts_with("redis") {
-        "redis"
-    } else {
-        "memcached"
-    };
-    let scope = format!("{family}|{address}|{}", config.namespace);
+    use crate::config::FallbackMode;
+    use resilience::Fallback;
     let settings = config.resilience_settings()?;
-    // The fallback's entries live under a namespace of their own: a `pickle` cache with the same
-    // namespace in the same directory is another cache, which the fallback must never clear.
-    let local = Arc::new(file::FileBackend::open(
-        &settings.dir,
-        &format!("fallback[{scope}]:"),
-    )?);
-    let cfg = resilient::ResilientConfig {
+    let scope = format!("{identity}|{}", config.namespace);
+    let fallback = match settings.mode {
+        // The fallback's entries live under a namespace of their own: a `pickle` cache with the
+        // same namespace in the same directory is another cache, which the fallback must never
+        // clear.
+        FallbackMode::Pickle => Fallback::Serve(Arc::new(file::FileBackend::open(
+            settings.dir.clone(),
+            &format!("fallback[{scope}]:"),
+        )?)),
+        FallbackMode::None => Fallback::Serve(Arc::new(none::NoneBackend)),
+        FallbackMode::Error => Fallback::Refuse,
+    };
+    let cfg = resilience::ResilientConfig {
         name,
         scope,
-        mode: settings.mode,
         failures: settings.failures,
         retry: settings.retry,
         refuse_whole_keyspace: settings.refuse_whole_keyspace,
     };
-    let journal = Arc::new(file::FileBackend::open_journal(&settings.dir)?);
-    Ok(Arc::new(resilient::Resilient::new(
-        cfg, factory, local, journal,
+    let journal = Arc::new(resilience::journal::Journal::open(settings.dir.clone())?);
+    Ok(Arc::new(resilience::Resilient::new(
+        cfg,
+        factory,
+        fallback,
+        journal,
+        Arc::new(resilience::probe::ThreadSpawn),
     )))
 }
 
@@ -198,14 +205,14 @@ pub fn from_config(config: &CacheConfig) -> Result<Arc<dyn Backend>> {
                 crate::codec::flags::PICKLE
             };
             let identity = settings.identity().to_owned();
-            let factory: resilient::Factory = Box::new(move || {
+            let factory: resilience::Factory = Box::new(move || {
                 Ok(Arc::new(redis::RedisBackend::new(&settings, flags)?) as Arc<dyn Backend>)
             });
             resilient(config, config.backend.as_str(), &identity, factory)
         }
         BackendSettings::Memcached(settings) => {
             let identity = settings.identity().to_owned();
-            let factory: resilient::Factory = Box::new(move || {
+            let factory: resilience::Factory = Box::new(move || {
                 Ok(Arc::new(memcached::MemcachedBackend::new(&settings)) as Arc<dyn Backend>)
             });
             resilient(config, config.backend.as_str(), &identity, factory)

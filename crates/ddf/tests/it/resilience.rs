@@ -394,6 +394,36 @@ fn the_fallback_never_touches_a_pickle_cache_in_the_same_directory() {
     );
 }
 
+/// The journal's scope is the server's identity and the namespace, not the codec: an
+/// invalidation a `redis_pickle` cache records during an outage is applied by a `redis` cache of
+/// the same server and namespace.
+#[test]
+fn redis_and_redis_pickle_share_the_journal() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let Some(mut server) = Server::start_on(Kind::Redis, port) else {
+        return;
+    };
+    let cfg = config(Kind::Redis, &[port], dir.path());
+    direct(&cfg).set("k", "old", None).unwrap();
+    let pickle = CacheManager::new(cfg.clone().with_backend(CacheBackend::RedisPickle)).unwrap();
+    server.process().signal("STOP");
+    pickle.delete("k").unwrap();
+    assert!(state(&pickle).starts_with("down"), "{}", state(&pickle));
+    drop(pickle);
+    // Let the dropped cache's probe finish its last ping (it must not be the one that replays).
+    std::thread::sleep(TIMEOUT + Duration::from_millis(300));
+    server.process().signal("CONT");
+    assert_eq!(
+        direct(&cfg).get::<String>("k").unwrap().as_deref(),
+        Some("old"),
+        "nobody replayed yet"
+    );
+    let cache = CacheManager::new(cfg.clone()).unwrap();
+    assert_eq!(state(&cache), "up", "applied while the cache was built");
+    assert_eq!(direct(&cfg).get::<String>("k").unwrap(), None);
+}
+
 const JOURNAL_WORKER: &str = "DDF_TEST_JOURNAL_WORKER";
 
 /// Another process records an invalidation while Redis is stopped, then ends; a process that

@@ -1,0 +1,378 @@
+//! The state machine, driven by a primary whose availability a test switches. The same rules
+//! are exercised against real servers (kill -9, SIGSTOP, restart) in the integration tests.
+use super::*;
+use crate::backend::file::FileBackend;
+use crate::backend::none::NoneBackend;
+use crate::config::FallbackMode;
+use probe::ThreadSpawn;
+
+#[derive(Debug)]
+struct Switchable {
+    store: FileBackend,
+    up: Arc<AtomicBool>,
+}
+
+impl Switchable {
+    fn check(&self) -> Result<()> {
+        if self.up.load(Ordering::SeqCst) {
+            Ok(())
+        } else {
+            Err(refused())
+        }
+    }
+}
+
+impl Backend for Switchable {
+    fn name(&self) -> &'static str {
+        "test"
+    }
+    fn get(&self, key: &str) -> Result<Option<Item>> {
+        self.check()?;
+        self.store.get(key)
+    }
+    fn set(&self, key: &str, item: &Item, ttl: Option<Duration>) -> Result<()> {
+        self.check()?;
+        self.store.set(key, item, ttl)
+    }
+    fn delete(&self, key: &str) -> Result<bool> {
+        self.check()?;
+        self.store.delete(key)
+    }
+    fn delete_prefix(&self, prefix: &str) -> Result<u64> {
+        self.check()?;
+        self.store.delete_prefix(prefix)
+    }
+    fn clear(&self) -> Result<()> {
+        self.check()?;
+        self.store.clear()
+    }
+    fn ping(&self) -> Result<BackendStatus> {
+        self.check()?;
+        self.store.ping()
+    }
+}
+
+fn refused() -> Error {
+    Error::io(
+        "test",
+        "connect",
+        std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
+    )
+}
+
+fn config(scope: &str, failures: u32) -> ResilientConfig {
+    ResilientConfig {
+        name: "test",
+        scope: scope.to_owned(),
+        failures,
+        retry: Duration::from_millis(20),
+        refuse_whole_keyspace: false,
+    }
+}
+
+fn item(s: &str) -> Item {
+    Item::new(s.as_bytes().to_vec(), 0)
+}
+
+/// The fallback a mode stands for, over `local` when it serves from a directory.
+fn fallback(mode: FallbackMode, local: &Arc<FileBackend>) -> Fallback {
+    match mode {
+        FallbackMode::Pickle => Fallback::Serve(local.clone()),
+        FallbackMode::None => Fallback::Serve(Arc::new(NoneBackend)),
+        _ => Fallback::Refuse,
+    }
+}
+
+fn build(
+    cfg: ResilientConfig,
+    factory: Factory,
+    fallback: Fallback,
+    journal: &Arc<Journal>,
+) -> Resilient {
+    Resilient::new(
+        cfg,
+        factory,
+        fallback,
+        journal.clone(),
+        Arc::new(ThreadSpawn),
+    )
+}
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    r: Resilient,
+    up: Arc<AtomicBool>,
+    primary: Arc<Switchable>,
+    local: Arc<FileBackend>,
+    journal: Arc<Journal>,
+}
+
+fn setup(mode: FallbackMode) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let up = Arc::new(AtomicBool::new(true));
+    let primary = Arc::new(Switchable {
+        store: FileBackend::open(dir.path().join("primary"), "ns:").unwrap(),
+        up: up.clone(),
+    });
+    let p2 = primary.clone();
+    let local = Arc::new(FileBackend::open(dir.path().join("local"), "ns:").unwrap());
+    let journal = Arc::new(Journal::open(dir.path().join("local")).unwrap());
+    let r = build(
+        config("test|here|ns:", 2),
+        Box::new(move || Ok(p2.clone() as Arc<dyn Backend>)),
+        fallback(mode, &local),
+        &journal,
+    );
+    Setup {
+        _dir: dir,
+        r,
+        up,
+        primary,
+        local,
+        journal,
+    }
+}
+
+fn wait_for(r: &Resilient, h: Health) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while r.health() != h {
+        assert!(Instant::now() < deadline, "never reached {h:?}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn outage_fallback_and_recovery_without_stale_reads() {
+    let Setup {
+        r,
+        up,
+        primary,
+        local,
+        journal,
+        ..
+    } = setup(FallbackMode::Pickle);
+    r.set("a", &item("1"), None).unwrap();
+    r.set("b", &item("1"), None).unwrap();
+    r.set("p:1", &item("1"), None).unwrap();
+    up.store(false, Ordering::SeqCst);
+    // The first failure is served by the fallback; the second marks the primary down.
+    assert_eq!(r.get("a").unwrap(), None);
+    assert_eq!(r.health(), Health::Up);
+    assert_eq!(r.get("a").unwrap(), None);
+    assert_eq!(r.health(), Health::Down);
+    // While down: writes and reads on the fallback, invalidations recorded.
+    r.set("c", &item("outage"), None).unwrap();
+    assert_eq!(r.get("c").unwrap(), Some(item("outage")));
+    assert!(!r.delete("a").unwrap());
+    assert_eq!(r.delete_prefix("p:").unwrap(), 0);
+    // The write is recorded as a delete too: the primary's older value must go.
+    assert_eq!(journal.read("test|here|ns:").unwrap().len(), 3);
+    up.store(true, Ordering::SeqCst);
+    wait_for(&r, Health::Up);
+    // The invalidations reached the primary before it served reads again.
+    assert_eq!(r.get("a").unwrap(), None);
+    assert_eq!(r.get("p:1").unwrap(), None);
+    assert_eq!(r.get("b").unwrap(), Some(item("1")));
+    // Outage values were not promoted, and the fallback was emptied.
+    assert_eq!(r.get("c").unwrap(), None);
+    assert_eq!(local.get("c").unwrap(), None);
+    assert!(journal.read("test|here|ns:").unwrap().is_empty());
+    assert_eq!(r.transitions(), 3); // down, recovering, up
+    assert!(primary.store.get("b").unwrap().is_some());
+}
+
+#[test]
+fn invalidations_left_by_an_ended_process_are_applied_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FileBackend::open(dir.path().join("primary"), "ns:").unwrap();
+    store.set("k", &item("stale"), None).unwrap();
+    let local = Arc::new(FileBackend::open(dir.path().join("local"), "fb:").unwrap());
+    let journal = Arc::new(Journal::open(dir.path().join("local")).unwrap());
+    journal
+        .append("s", &[PendingOp::Delete("k".into())])
+        .unwrap();
+    let up = Arc::new(AtomicBool::new(true));
+    let primary = Arc::new(Switchable {
+        store: FileBackend::open(dir.path().join("primary"), "ns:").unwrap(),
+        up,
+    });
+    let r = build(
+        config("s", 3),
+        Box::new(move || Ok(primary.clone() as Arc<dyn Backend>)),
+        Fallback::Serve(local),
+        &journal,
+    );
+    // Applied while the cache was built (a short-lived process would never see a probe).
+    assert_eq!(r.health(), Health::Up);
+    assert_eq!(r.get("k").unwrap(), None);
+    assert_eq!(r.get("k").unwrap(), None);
+    assert_eq!(store.get("k").unwrap(), None);
+}
+
+#[test]
+fn a_write_that_failed_never_lets_the_old_value_back() {
+    let Setup { r, up, .. } = setup(FallbackMode::Pickle);
+    r.set("k", &item("v1"), None).unwrap();
+    up.store(false, Ordering::SeqCst);
+    // Fails on the primary: down at once, recorded, written to the fallback.
+    r.set("k", &item("v2"), None).unwrap();
+    assert_eq!(r.health(), Health::Down);
+    assert_eq!(r.get("k").unwrap(), Some(item("v2")));
+    up.store(true, Ordering::SeqCst);
+    wait_for(&r, Health::Up);
+    // v1 was removed before the primary served again; v2 was not promoted.
+    assert_eq!(r.get("k").unwrap(), None);
+}
+
+#[test]
+fn the_whole_keyspace_is_refused_in_every_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let local = Arc::new(FileBackend::open(dir.path().join("local"), "fb:").unwrap());
+    let journal = Arc::new(Journal::open(dir.path().join("local")).unwrap());
+    let r = build(
+        ResilientConfig {
+            retry: Duration::from_secs(60),
+            refuse_whole_keyspace: true,
+            ..config("s", 3)
+        },
+        Box::new(|| Err(refused())),
+        Fallback::Serve(local),
+        &journal,
+    );
+    assert_eq!(r.health(), Health::Down);
+    assert!(r.clear().unwrap_err().to_string().contains("server_flush"));
+    assert!(r.delete_prefix("").is_err());
+    assert!(journal.read("s").unwrap().is_empty(), "nothing recorded");
+}
+
+#[test]
+fn a_failed_invalidation_marks_the_primary_down_at_once() {
+    let Setup { r, up, .. } = setup(FallbackMode::None);
+    r.set("k", &item("v"), None).unwrap();
+    up.store(false, Ordering::SeqCst);
+    assert!(!r.delete("k").unwrap());
+    assert_eq!(r.health(), Health::Down);
+    // fallback = none: misses, dropped writes.
+    r.set("x", &item("v"), None).unwrap();
+    assert_eq!(r.get("x").unwrap(), None);
+    up.store(true, Ordering::SeqCst);
+    wait_for(&r, Health::Up);
+    assert_eq!(r.get("k").unwrap(), None);
+}
+
+#[test]
+fn fallback_error_returns_temporary_errors_and_still_records() {
+    let Setup { r, up, .. } = setup(FallbackMode::Error);
+    r.set("k", &item("v"), None).unwrap();
+    up.store(false, Ordering::SeqCst);
+    let e = r.delete("k").unwrap_err();
+    assert!(e.is_temporary(), "{e}");
+    assert!(
+        r.get("k")
+            .unwrap_err()
+            .to_string()
+            .contains("fallback = error")
+    );
+    let ping = r.ping().unwrap_err().to_string();
+    assert!(ping.contains("down"), "{ping}");
+    up.store(true, Ordering::SeqCst);
+    wait_for(&r, Health::Up);
+    assert_eq!(r.get("k").unwrap(), None);
+    assert!(r.ping().unwrap().detail.contains("state up"));
+}
+
+#[test]
+fn a_primary_down_at_start_up_is_probed_until_it_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = Arc::new(AtomicBool::new(false));
+    let up2 = up.clone();
+    let store_dir = dir.path().join("primary");
+    let local = Arc::new(FileBackend::open(dir.path().join("local"), "ns:").unwrap());
+    let journal = Arc::new(Journal::open(dir.path().join("local")).unwrap());
+    let r = build(
+        config("s", 3),
+        Box::new(move || {
+            if !up2.load(Ordering::SeqCst) {
+                return Err(refused());
+            }
+            Ok(Arc::new(Switchable {
+                store: FileBackend::open(&store_dir, "ns:")?,
+                up: up2.clone(),
+            }) as Arc<dyn Backend>)
+        }),
+        Fallback::Serve(local),
+        &journal,
+    );
+    assert_eq!(r.health(), Health::Down);
+    r.set("k", &item("v"), None).unwrap();
+    assert_eq!(r.get("k").unwrap(), Some(item("v")));
+    up.store(true, Ordering::SeqCst);
+    wait_for(&r, Health::Up);
+    assert_eq!(r.get("k").unwrap(), None);
+}
+
+/// A [`Spawn`] that keeps the probe's body for the test to run by hand: the probe's rules without
+/// a thread or a sleep (and the shape a task-based spawner takes).
+#[derive(Default)]
+struct Manual(std::sync::Mutex<Vec<Body>>);
+
+impl fmt::Debug for Manual {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Manual")
+    }
+}
+
+impl Spawn for Arc<Manual> {
+    fn spawn(&self, _every: Duration, body: Body) -> std::io::Result<()> {
+        self.0.lock().unwrap().push(body);
+        Ok(())
+    }
+}
+
+impl Manual {
+    fn spawned(&self) -> usize {
+        self.0.lock().unwrap().len()
+    }
+    fn run(&self, i: usize) -> ControlFlow<()> {
+        (self.0.lock().unwrap()[i])()
+    }
+}
+
+#[test]
+fn one_probe_at_a_time_on_any_spawner() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = Arc::new(AtomicBool::new(true));
+    let primary = Arc::new(Switchable {
+        store: FileBackend::open(dir.path().join("primary"), "ns:").unwrap(),
+        up: up.clone(),
+    });
+    let journal = Arc::new(Journal::open(dir.path()).unwrap());
+    let manual = Arc::new(Manual::default());
+    let r = Resilient::new(
+        config("s", 1),
+        Box::new(move || Ok(primary.clone() as Arc<dyn Backend>)),
+        Fallback::Serve(Arc::new(NoneBackend)),
+        journal.clone(),
+        Arc::new(manual.clone()),
+    );
+    up.store(false, Ordering::SeqCst);
+    assert_eq!(r.get("k").unwrap(), None);
+    assert_eq!(r.health(), Health::Down);
+    r.delete("k").unwrap();
+    r.delete("j").unwrap();
+    assert_eq!(manual.spawned(), 1, "one probe, however many failures");
+    assert_eq!(manual.run(0), ControlFlow::Continue(()), "still down");
+    assert_eq!(journal.count("s").unwrap(), 2);
+    up.store(true, Ordering::SeqCst);
+    assert_eq!(
+        manual.run(0),
+        ControlFlow::Break(()),
+        "back: the probe ends"
+    );
+    assert_eq!(r.health(), Health::Up);
+    assert_eq!(journal.count("s").unwrap(), 0, "replayed");
+    // A later outage starts a new probe.
+    up.store(false, Ordering::SeqCst);
+    r.delete("k").unwrap();
+    assert_eq!(manual.spawned(), 2);
+}

@@ -1,0 +1,314 @@
+//! One local SQLite database file, as the file backend and the outage journal use it: a private
+//! directory (0700) and file (0600), WAL mode, a pool of connections, a bounded wait for other
+//! processes' writes, and a corrupt or foreign file moved aside (`<file>.corrupt-<ms>`) so that a
+//! fresh database takes its place. The schema is the caller's.
+//!
+//! Written here rather than taken from a pool crate (r2d2-sqlite): the pool must also notice that
+//! another process moved the file aside and drop connections to the old inode, which no pool
+//! crate does; the rest is a few lines around `rusqlite`.
+
+use std::fmt;
+use std::fs::{self, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use rusqlite::{Connection, ErrorCode};
+use tracing::{debug, warn};
+
+use crate::clock::Clock;
+use crate::error::{Error, Result};
+
+/// How long a write waits for another process's write.
+pub(crate) const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connections kept open for reuse.
+const POOL_MAX: usize = 8;
+/// How often a pool checks that its path still names the file its connections use (another
+/// process may have moved a corrupt database aside).
+pub(crate) const FILE_CHECK: Duration = Duration::from_secs(1);
+
+/// A database file in a directory, with its pool of connections. Safe for many threads and
+/// processes at once.
+pub(crate) struct Db {
+    dir: PathBuf,
+    path: PathBuf,
+    /// Run on every new connection (`CREATE TABLE IF NOT EXISTS ...`).
+    schema: &'static str,
+    /// The backend name errors carry.
+    label: &'static str,
+    clock: Arc<dyn Clock>,
+    pool: Mutex<Pool>,
+}
+
+#[derive(Default)]
+struct Pool {
+    idle: Vec<Connection>,
+    /// Bumped when the database is moved aside; older connections are not reused.
+    generation: u64,
+    /// The database file this generation's connections opened (device, inode).
+    file_id: Option<(u64, u64)>,
+    /// When the path was last checked to still name that file.
+    checked: Option<Instant>,
+}
+
+#[cfg(unix)]
+fn file_id(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+#[cfg(not(unix))]
+fn file_id(_path: &Path) -> Option<(u64, u64)> {
+    None
+}
+
+impl fmt::Debug for Db {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Db").field("path", &self.path).finish()
+    }
+}
+
+fn is_corruption(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase)
+    )
+}
+
+/// The one mapping from SQLite's errors into ddf's.
+fn sql_error(label: &'static str, what: impl fmt::Display, e: rusqlite::Error) -> Error {
+    let temporary = matches!(
+        e.sqlite_error_code(),
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked | ErrorCode::SystemIoFailure)
+    );
+    Error::Backend {
+        backend: label,
+        // rusqlite's error repeats its text in its own source: the message keeps it once.
+        message: format!("{what}: {e}"),
+        temporary,
+        source: None,
+    }
+}
+
+impl Db {
+    /// Creates `dir` (mode 0700) if needed and opens `dir/file` once, so that a bad directory or
+    /// database shows now. `label` names the owner in errors (`pickle`, `journal`).
+    ///
+    /// # Errors
+    /// [`Error::Backend`] when the directory or the database cannot be created or opened.
+    pub(crate) fn open(
+        dir: PathBuf,
+        file: &str,
+        schema: &'static str,
+        label: &'static str,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self> {
+        let mut builder = fs::DirBuilder::new();
+        builder.recursive(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            builder.mode(0o700);
+        }
+        builder
+            .create(&dir)
+            .map_err(|e| Error::io(label, format_args!("cannot create {}", dir.display()), e))?;
+        if !dir.is_dir() {
+            return Err(Error::Backend {
+                backend: label,
+                message: format!("{} is not a directory", dir.display()),
+                temporary: false,
+                source: None,
+            });
+        }
+        let db = Db {
+            path: dir.join(file),
+            dir,
+            schema,
+            label,
+            clock,
+            pool: Mutex::new(Pool::default()),
+        };
+        let (c, generation) = db.take()?;
+        db.give(c, generation);
+        Ok(db)
+    }
+
+    /// The directory.
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The database file.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The clock (expiry, the names of files moved aside).
+    pub(crate) fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
+    }
+
+    /// Drops the idle connections; the next call reconnects.
+    pub(crate) fn close(&self) {
+        self.lock_pool().idle.clear();
+    }
+
+    fn lock_pool(&self) -> MutexGuard<'_, Pool> {
+        // A panic while holding this lock cannot leave the pool inconsistent: recover it.
+        self.pool.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes a connection from the pool (or opens one), with the pool generation it belongs to.
+    fn take(&self) -> Result<(Connection, u64)> {
+        let (idle, generation) = {
+            let mut pool = self.lock_pool();
+            // At most once a second: if another process moved the database aside, drop the
+            // connections to the old file and open the new one.
+            if pool.checked.is_none_or(|t| t.elapsed() >= FILE_CHECK) {
+                pool.checked = Some(Instant::now());
+                if pool.file_id.is_some() && file_id(&self.path) != pool.file_id {
+                    pool.generation += 1;
+                    pool.idle.clear();
+                    pool.file_id = None;
+                }
+            }
+            (pool.idle.pop(), pool.generation)
+        };
+        if let Some(c) = idle {
+            return Ok((c, generation));
+        }
+        let open_err = |e| {
+            sql_error(
+                self.label,
+                format_args!("cannot open {}", self.path.display()),
+                e,
+            )
+        };
+        let (conn, generation) = match self.connect() {
+            Ok(c) => (c, generation),
+            Err(e) if is_corruption(&e) => {
+                self.quarantine(generation, &e);
+                let generation = self.lock_pool().generation;
+                (self.connect().map_err(open_err)?, generation)
+            }
+            Err(e) => return Err(open_err(e)),
+        };
+        let mut pool = self.lock_pool();
+        if pool.generation == generation && pool.file_id.is_none() {
+            pool.file_id = file_id(&self.path);
+        }
+        Ok((conn, generation))
+    }
+
+    /// Returns a connection to the pool, unless the database was replaced since it was taken.
+    fn give(&self, conn: Connection, generation: u64) {
+        let mut pool = self.lock_pool();
+        if pool.generation == generation && pool.idle.len() < POOL_MAX {
+            pool.idle.push(conn);
+        }
+    }
+
+    fn connect(&self) -> rusqlite::Result<Connection> {
+        if !self.path.exists() {
+            // Create the file ourselves so that it (and the -wal/-shm files SQLite derives from
+            // it) is private to the user.
+            let mut opts = OpenOptions::new();
+            opts.write(true).create(true).truncate(false);
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::OpenOptionsExt;
+                opts.mode(0o600);
+            }
+            let _ = opts.open(&self.path);
+        }
+        let c = Connection::open(&self.path)?;
+        c.busy_timeout(BUSY_TIMEOUT)?;
+        // WAL: readers never block writers; NORMAL: no fsync per transaction (safe in WAL mode).
+        let mode: String = c.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            debug!(mode, "SQLite did not switch to WAL mode");
+        }
+        c.execute_batch("PRAGMA synchronous = NORMAL;")?;
+        c.execute_batch(self.schema)?;
+        Ok(c)
+    }
+
+    /// Moves a corrupt or foreign database aside so that a fresh one takes its place.
+    fn quarantine(&self, generation: u64, cause: &rusqlite::Error) {
+        let mut pool = self.lock_pool();
+        if pool.generation != generation {
+            return; // another thread did it already
+        }
+        pool.generation += 1;
+        pool.idle.clear();
+        let ours = pool.file_id.take();
+        if ours.is_some() && file_id(&self.path) != ours {
+            // Another process moved our corrupt file aside already: the path names its fresh
+            // database now, which must not be touched. Reconnect to it.
+            return;
+        }
+        let aside = self.dir.join(format!(
+            "{}.corrupt-{}",
+            self.path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            self.clock.now_ms()
+        ));
+        warn!(
+            db = %self.path.display(),
+            moved_to = %aside.display(),
+            error = %cause,
+            "the database is corrupt or not a ddf database; moving it aside and starting empty"
+        );
+        if let Err(e) = fs::rename(&self.path, &aside) {
+            warn!(error = %e, "cannot move the corrupt database aside; removing it");
+            let _ = fs::remove_file(&self.path);
+        }
+        for ext in ["-wal", "-shm"] {
+            let mut p = self.path.clone().into_os_string();
+            p.push(ext);
+            let _ = fs::remove_file(PathBuf::from(p));
+        }
+    }
+
+    /// Moves the database aside as if it were found corrupt (tests of what survives that).
+    #[cfg(test)]
+    pub(crate) fn quarantine_now(&self) {
+        let generation = self.lock_pool().generation;
+        self.quarantine(generation, &rusqlite::Error::InvalidQuery);
+    }
+
+    /// Runs `f` on a pooled connection; on corruption, moves the database aside and runs it
+    /// once more on a fresh one. `what` says what failed, for the error.
+    ///
+    /// # Errors
+    /// [`Error::Backend`] when SQLite fails (temporary when busy or locked).
+    pub(crate) fn with_conn<T>(
+        &self,
+        what: &str,
+        f: impl Fn(&Connection) -> rusqlite::Result<T>,
+    ) -> Result<T> {
+        let (conn, generation) = self.take()?;
+        let result = f(&conn);
+        match result {
+            Ok(v) => {
+                self.give(conn, generation);
+                Ok(v)
+            }
+            Err(e) if is_corruption(&e) => {
+                drop(conn);
+                self.quarantine(generation, &e);
+                let (conn, generation) = self.take()?;
+                let v = f(&conn).map_err(|e| sql_error(self.label, what, e))?;
+                self.give(conn, generation);
+                Ok(v)
+            }
+            Err(e) => {
+                self.give(conn, generation);
+                Err(sql_error(self.label, what, e))
+            }
+        }
+    }
+}

@@ -188,20 +188,14 @@ pub fn from_config(config: &CacheConfig) -> Result<Arc<dyn Backend>> {
             config.pickle_dir(),
             &config.namespace,
         )?)),
-        // The codec (JSON or pickle) is chosen above the backend, by CacheManager; the backend
-        // only needs the flags to report for values read. Built once here to validate the
-        // settings (no connection is opened), then behind the breaker and fallback.
+        // The codec (JSON or pickle) is chosen above the backend, by CacheManager. Built once
+        // here to validate the settings (no connection is opened), then behind the breaker and
+        // fallback.
         CacheBackend::Redis | CacheBackend::RedisPickle => {
-            let flags = if config.backend == CacheBackend::Redis {
-                crate::codec::flags::TEXT
-            } else {
-                crate::codec::flags::PICKLE
-            };
-            let address = redis::RedisBackend::new(config, flags)?.place().to_owned();
+            let address = redis::RedisBackend::new(config)?.place().to_owned();
             let cfg = config.clone();
-            let factory: resilient::Factory = Box::new(move || {
-                Ok(Arc::new(redis::RedisBackend::new(&cfg, flags)?) as Arc<dyn Backend>)
-            });
+            let factory: resilient::Factory =
+                Box::new(move || Ok(Arc::new(redis::RedisBackend::new(&cfg)?) as Arc<dyn Backend>));
             resilient(config, config.backend.as_str(), &address, factory)
         }
         CacheBackend::Memcached | CacheBackend::MemcachedPickle => {

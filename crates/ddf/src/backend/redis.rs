@@ -104,7 +104,7 @@ impl Pool {
 ///     .with_backend(CacheBackend::Redis)
 ///     .with_redis("127.0.0.1", 6379)
 ///     .with_namespace("myapp:");
-/// let backend = RedisBackend::new(&config, ddf::codec::flags::TEXT)?;
+/// let backend = RedisBackend::new(&config)?;
 /// let cache = CacheManager::with_backend(config, Arc::new(backend));
 /// cache.set("k", &[1, 2, 3], None)?;
 /// assert_eq!(cache.invalidate_pattern("")?, 1);
@@ -117,8 +117,6 @@ pub struct RedisBackend {
     timeout: Duration,
     connect_timeout: Duration,
     server_flush: bool,
-    /// The flags reported for values read (Redis cannot store them): the codec's.
-    read_flags: u32,
     /// Where the server is, for messages: never credentials.
     place: String,
     /// The password, only to scrub it from error texts (defence in depth).
@@ -144,17 +142,16 @@ fn config_err(config: &CacheConfig, key: &str, message: impl Into<String>) -> Er
 }
 
 impl RedisBackend {
-    /// Builds a Redis backend from a configuration. `read_flags` is the flags word reported with
-    /// every value read ([`crate::codec::flags::TEXT`] for JSON, [`crate::codec::flags::PICKLE`]
-    /// for pickle): Redis stores no flags. No connection is opened here; the first operation
-    /// connects.
+    /// Builds a Redis backend from a configuration. Redis stores no flags: every value read
+    /// comes back with flags 0, which means "decode with the cache's own codec". No connection
+    /// is opened here; the first operation connects.
     ///
     /// # Errors
     /// [`Error::Config`] naming the setting (and where its value came from) when the
     /// configuration cannot work: an
     /// unparseable `redis_url`, an unreadable `redis_ca_file`, a CA file without `rediss://`,
     /// a `redis_db` other than 0 on a cluster.
-    pub fn new(config: &CacheConfig, read_flags: u32) -> Result<Self> {
+    pub fn new(config: &CacheConfig) -> Result<Self> {
         let ca = match &config.redis_ca_file {
             Some(p) => Some(std::fs::read(p).map_err(|e| {
                 config_err(
@@ -308,7 +305,6 @@ impl RedisBackend {
             timeout: config.timeout,
             connect_timeout: config.connect_timeout,
             server_flush: config.server_flush,
-            read_flags,
             place,
             password: password.filter(|p| !p.is_empty()),
         })
@@ -520,7 +516,7 @@ impl Backend for RedisBackend {
         let k = self.keyspace.storage_key(key);
         let v: Option<Vec<u8>> =
             self.run("GET", |c| redis::cmd("GET").arg(&k).query(c.as_like()))?;
-        Ok(v.map(|data| Item::new(data, self.read_flags)))
+        Ok(v.map(Item::unflagged))
     }
 
     fn set(&self, key: &str, item: &Item, ttl: Option<Duration>) -> Result<()> {
@@ -650,10 +646,7 @@ impl Backend for RedisBackend {
                 source: None,
             });
         }
-        Ok(vals
-            .into_iter()
-            .map(|v| v.map(|d| Item::new(d, self.read_flags)))
-            .collect())
+        Ok(vals.into_iter().map(|v| v.map(Item::unflagged)).collect())
     }
 
     fn set_many(&self, items: &[(&str, Item)], ttl: Option<Duration>) -> Result<()> {
@@ -748,21 +741,21 @@ e5 :0@0 master,noaddr - 0 1 5 disconnected
     fn errors_never_show_the_password() {
         let mut config = CacheConfig::default();
         config.redis_url = Some(crate::config::Secret::new("redis://:s3cret@127.0.0.1:1/0"));
-        let b = RedisBackend::new(&config, 16).unwrap();
+        let b = RedisBackend::new(&config).unwrap();
         assert!(!format!("{b:?}").contains("s3cret"));
         let e = b.get("x").unwrap_err();
         let text = format!("{e} {e:?}");
         assert!(!text.contains("s3cret"), "{text}");
         assert!(e.is_temporary(), "{text}");
         config.redis_url = Some(crate::config::Secret::new("redis://:s3cret@[bad"));
-        let e = RedisBackend::new(&config, 16).unwrap_err();
+        let e = RedisBackend::new(&config).unwrap_err();
         assert!(!format!("{e} {e:?}").contains("s3cret"));
     }
 
     #[test]
     fn unusable_settings_are_config_errors_with_their_line() {
         let ini = "[cache]\nbackend = redis\nredis_url = redis://:pw@[bad\n";
-        let e = RedisBackend::new(&CacheConfig::from_ini_str(ini).unwrap(), 16).unwrap_err();
+        let e = RedisBackend::new(&CacheConfig::from_ini_str(ini).unwrap()).unwrap_err();
         let text = e.to_string();
         assert!(e.is_config(), "{text}");
         assert!(
@@ -775,7 +768,7 @@ e5 :0@0 master,noaddr - 0 1 5 disconnected
         let ca = dir.join(format!("ddf-redis-unit-{}.pem", std::process::id()));
         std::fs::write(&ca, "not a certificate").unwrap();
         let ini = format!("[cache]\nredis_ca_file = {}\n", ca.display());
-        let e = RedisBackend::new(&CacheConfig::from_ini_str(&ini).unwrap(), 16).unwrap_err();
+        let e = RedisBackend::new(&CacheConfig::from_ini_str(&ini).unwrap()).unwrap_err();
         let _ = std::fs::remove_file(&ca);
         assert!(
             e.to_string().contains("line 2") && e.to_string().contains("rediss://"),
@@ -783,14 +776,14 @@ e5 :0@0 master,noaddr - 0 1 5 disconnected
         );
 
         let ini = "[cache]\nredis_db = 2\nredis_cluster_nodes = 127.0.0.1:7000\n";
-        let e = RedisBackend::new(&CacheConfig::from_ini_str(ini).unwrap(), 16).unwrap_err();
+        let e = RedisBackend::new(&CacheConfig::from_ini_str(ini).unwrap()).unwrap_err();
         assert!(
             e.to_string().contains("line 2") && e.to_string().contains("Cluster"),
             "{e}"
         );
 
         let ini = "[cache]\nredis_ca_file = /nonexistent/ca.pem\n";
-        let e = RedisBackend::new(&CacheConfig::from_ini_str(ini).unwrap(), 16).unwrap_err();
+        let e = RedisBackend::new(&CacheConfig::from_ini_str(ini).unwrap()).unwrap_err();
         assert!(e.to_string().contains("/nonexistent/ca.pem"), "{e}");
     }
 

@@ -73,9 +73,7 @@ fn config(kind: Kind, ports: &[u16], dir: &std::path::Path) -> CacheConfig {
 /// The primary alone, to check what it holds.
 fn direct(config: &CacheConfig) -> CacheManager {
     let backend: Arc<dyn Backend> = match config.backend {
-        CacheBackend::Redis => Arc::new(
-            ddf::backend::redis::RedisBackend::new(config, ddf::codec::flags::TEXT).unwrap(),
-        ),
+        CacheBackend::Redis => Arc::new(ddf::backend::redis::RedisBackend::new(config).unwrap()),
         _ => Arc::new(ddf::backend::memcached::MemcachedBackend::new(config).unwrap()),
     };
     CacheManager::with_backend(config.clone(), backend)

@@ -252,8 +252,8 @@ impl Server {
 
 impl MemcachedBackend {
     /// A backend for the config's `memcached_servers`, namespace, timeouts and `server_flush`,
-    /// in JSON mode for `backend = memcached` and pickle mode for `memcached_pickle`. No
-    /// connection is made until the first operation.
+    /// named after `backend` (`memcached` or `memcached_pickle`; the values' codec is chosen
+    /// above the backend, by the cache). No connection is made until the first operation.
     ///
     /// # Errors
     /// [`Error::InvalidArgument`] when `memcached_servers` is empty.

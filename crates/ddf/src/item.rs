@@ -8,8 +8,14 @@ use std::fmt;
 /// A stored value: the encoded bytes and the flags word.
 ///
 /// `flags` follows pymemcache's `python_memcache` serializer convention (see
-/// [`crate::codec::flags`]); backends that cannot store it (Redis) return the flags of the codec
-/// that wrote the value.
+/// [`crate::codec::flags`]), decided by the cache's codec when it encodes a value. A backend
+/// stores both as they are and never interprets them; a backend that cannot store flags (Redis)
+/// returns 0, which means "decode with the cache's own codec".
+///
+/// ```
+/// let item = ddf::Item::new(b"hello".to_vec(), 16);
+/// assert_eq!((item.data.as_slice(), item.flags), (&b"hello"[..], 16));
+/// ```
 #[derive(Clone, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub struct Item {
@@ -23,6 +29,12 @@ impl Item {
     /// An item from bytes and flags.
     pub fn new(data: Vec<u8>, flags: u32) -> Self {
         Item { data, flags }
+    }
+
+    /// An item read from a backend that stores no flags: flags 0, decoded with the cache's own
+    /// codec.
+    pub(crate) fn unflagged(data: Vec<u8>) -> Self {
+        Item { data, flags: 0 }
     }
 }
 

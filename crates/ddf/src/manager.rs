@@ -9,7 +9,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::backend::{self, Backend, BackendStatus};
-use crate::codec::{Codec, flags};
+use crate::codec::{Codec, ValueCodec, flags};
 use crate::config::CacheConfig;
 use crate::error::{Error, Result};
 use crate::item::Item;
@@ -39,7 +39,8 @@ pub struct CacheManager {
 struct Inner {
     config: CacheConfig,
     backend: Arc<dyn Backend>,
-    codec: Codec,
+    /// Chosen once from the backend kind: the only place values become items and back.
+    codec: ValueCodec,
     stats: Counters,
 }
 
@@ -53,7 +54,7 @@ impl fmt::Debug for CacheManager {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CacheManager")
             .field("backend", &self.inner.backend.name())
-            .field("codec", &self.inner.codec)
+            .field("codec", &self.inner.codec.codec())
             .field("namespace", &self.inner.config.namespace)
             .field("enabled", &self.inner.config.enabled)
             .finish()
@@ -146,7 +147,7 @@ impl CacheManager {
     /// A cache over a backend built elsewhere (your own [`Backend`], or a wrapper around one).
     /// The config still gives the namespace-independent settings: `enabled` and `ttl`.
     pub fn with_backend(config: CacheConfig, backend: Arc<dyn Backend>) -> Self {
-        let codec = Codec::for_backend(config.backend);
+        let codec = ValueCodec::for_backend(config.backend);
         CacheManager {
             inner: Arc::new(Inner {
                 config,
@@ -169,7 +170,7 @@ impl CacheManager {
 
     /// The codec values are stored with.
     pub fn codec(&self) -> Codec {
-        self.inner.codec
+        self.inner.codec.codec()
     }
 
     fn enabled(&self) -> bool {
@@ -360,12 +361,14 @@ impl CacheManager {
         Ok(n)
     }
 
-    /// Reads the raw stored bytes of a key, whatever wrote them.
+    /// Reads the raw stored bytes of a key, whatever wrote them. On `memcached` and
+    /// `memcached_pickle`, a Python `str` or `int` (pymemcache's flags 16, 2, 4) reads in the
+    /// cache's own codec: JSON text, or the pickle of that `str` or `int`.
     ///
     /// # Errors
     /// [`Error::Backend`] when the backend fails.
     pub fn get_bytes(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        Ok(self.get_item(key)?.map(|i| i.data))
+        Ok(self.get_item(key)?.map(|i| self.inner.codec.raw_bytes(i)))
     }
 
     /// Stores raw bytes (flags [`flags::BYTES`]), for callers that serialize themselves.

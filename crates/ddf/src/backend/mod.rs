@@ -14,7 +14,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::{BackendSettings, CacheBackend, CacheConfig};
+use crate::config::{BackendSettings, CacheConfig};
 use crate::error::Result;
 pub use crate::item::Item;
 
@@ -196,17 +196,11 @@ pub fn from_config(config: &CacheConfig) -> Result<Arc<dyn Backend>> {
     match config.backend_settings()? {
         BackendSettings::None => Ok(Arc::new(none::NoneBackend)),
         BackendSettings::File(s) => Ok(Arc::new(file::FileBackend::open(s.dir, &s.namespace)?)),
-        // The codec (JSON or pickle) is chosen above the backend, by CacheManager; the backend
-        // only needs the flags to report for values read.
+        // The codec (JSON or pickle) is chosen above the backend, by CacheManager.
         BackendSettings::Redis(settings) => {
-            let flags = if config.backend == CacheBackend::Redis {
-                crate::codec::flags::TEXT
-            } else {
-                crate::codec::flags::PICKLE
-            };
             let identity = settings.identity().to_owned();
             let factory: resilience::Factory = Box::new(move || {
-                Ok(Arc::new(redis::RedisBackend::new(&settings, flags)?) as Arc<dyn Backend>)
+                Ok(Arc::new(redis::RedisBackend::new(&settings)?) as Arc<dyn Backend>)
             });
             resilient(config, config.backend.as_str(), &identity, factory)
         }

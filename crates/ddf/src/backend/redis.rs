@@ -105,7 +105,7 @@ impl Pool {
 ///     .with_backend(CacheBackend::Redis)
 ///     .with_redis("127.0.0.1", 6379)
 ///     .with_namespace("myapp:");
-/// let backend = RedisBackend::from_config(&config, ddf::codec::flags::TEXT)?;
+/// let backend = RedisBackend::from_config(&config)?;
 /// let cache = CacheManager::with_backend(config, Arc::new(backend));
 /// cache.set("k", &[1, 2, 3], None)?;
 /// assert_eq!(cache.invalidate_pattern("")?, 1);
@@ -118,8 +118,6 @@ pub struct RedisBackend {
     timeout: Duration,
     connect_timeout: Duration,
     server_flush: bool,
-    /// The flags reported for values read (Redis cannot store them): the codec's.
-    read_flags: u32,
     /// Where the server is, for messages: the settings' identity, never credentials.
     place: String,
     /// The password, only to scrub it from error texts (defence in depth).
@@ -137,15 +135,14 @@ impl fmt::Debug for RedisBackend {
 
 impl RedisBackend {
     /// Builds a Redis backend from validated settings ([`crate::config::RedisSettings`]: the
-    /// target is chosen and the CA file read there). `read_flags` is the flags word reported with
-    /// every value read ([`crate::codec::flags::TEXT`] for JSON, [`crate::codec::flags::PICKLE`]
-    /// for pickle): Redis stores no flags. No connection is opened here; the first operation
-    /// connects.
+    /// target is chosen and the CA file read there). Redis stores no flags: every value read
+    /// comes back with flags 0, which means "decode with the cache's own codec". No connection
+    /// is opened here; the first operation connects.
     ///
     /// # Errors
     /// [`Error::Config`] pointing at the target's setting when redis-rs refuses to build the
     /// client (settings validated by [`CacheConfig`] do not make it refuse).
-    pub(crate) fn new(settings: &RedisSettings, read_flags: u32) -> Result<Self> {
+    pub(crate) fn new(settings: &RedisSettings) -> Result<Self> {
         let refused = |e: redis::RedisError| {
             Error::config(
                 settings.source.clone(),
@@ -176,7 +173,6 @@ impl RedisBackend {
             timeout: settings.timeout,
             connect_timeout: settings.connect_timeout,
             server_flush: settings.server_flush,
-            read_flags,
             place,
             password: settings
                 .password
@@ -193,8 +189,8 @@ impl RedisBackend {
     /// [`Error::Config`] naming the setting (and where its value came from) when the
     /// configuration cannot work: an unparseable `redis_url`, an unreadable `redis_ca_file`, a
     /// CA file without `rediss://`, a `redis_db` other than 0 on a cluster.
-    pub fn from_config(config: &CacheConfig, read_flags: u32) -> Result<Self> {
-        Self::new(&config.redis_settings()?, read_flags)
+    pub fn from_config(config: &CacheConfig) -> Result<Self> {
+        Self::new(&config.redis_settings()?)
     }
 
     /// The one mapping from redis-rs errors to [`Error::Backend`]. Never includes credentials:
@@ -463,7 +459,7 @@ impl Backend for RedisBackend {
         let k = self.keyspace.storage_key(key);
         let v: Option<Vec<u8>> =
             self.run("GET", |c| redis::cmd("GET").arg(&k).query(c.as_like()))?;
-        Ok(v.map(|data| Item::new(data, self.read_flags)))
+        Ok(v.map(Item::unflagged))
     }
 
     fn set(&self, key: &str, item: &Item, ttl: Option<Duration>) -> Result<()> {
@@ -593,10 +589,7 @@ impl Backend for RedisBackend {
                 source: None,
             });
         }
-        Ok(vals
-            .into_iter()
-            .map(|v| v.map(|d| Item::new(d, self.read_flags)))
-            .collect())
+        Ok(vals.into_iter().map(|v| v.map(Item::unflagged)).collect())
     }
 
     fn set_many(&self, items: &[(&str, Item)], ttl: Option<Duration>) -> Result<()> {
@@ -691,7 +684,7 @@ e5 :0@0 master,noaddr - 0 1 5 disconnected
     fn errors_never_show_the_password() {
         let mut config = CacheConfig::default();
         config.redis_url = Some(crate::config::Secret::new("redis://:s3cret@127.0.0.1:1/0"));
-        let b = RedisBackend::from_config(&config, 16).unwrap();
+        let b = RedisBackend::from_config(&config).unwrap();
         assert!(!format!("{b:?}").contains("s3cret"));
         let e = b.get("x").unwrap_err();
         let text = format!("{e} {e:?}");
@@ -699,7 +692,7 @@ e5 :0@0 master,noaddr - 0 1 5 disconnected
         assert!(e.is_temporary(), "{text}");
         assert!(text.contains("redis://127.0.0.1:1/0"), "{text}");
         config.redis_url = Some(crate::config::Secret::new("redis://:s3cret@[bad"));
-        let e = RedisBackend::from_config(&config, 16).unwrap_err();
+        let e = RedisBackend::from_config(&config).unwrap_err();
         assert!(!format!("{e} {e:?}").contains("s3cret"));
     }
 

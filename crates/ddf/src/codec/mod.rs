@@ -7,10 +7,16 @@
 //! | JSON | `redis`, `memcached` | `serde_json` text, as the Python DDF's `json.dumps(value).encode()`, flags [`flags::TEXT`] |
 //! | pickle | `pickle` (file, the default), `redis_pickle`, `memcached_pickle` | a protocol-4 Python pickle ([`pickle`]), flags [`flags::PICKLE`] |
 //!
+//! A cache encodes and decodes through a [`ValueCodec`], chosen once from the backend kind by
+//! [`CacheManager`](crate::CacheManager): the codec above plus, for `memcached` and
+//! `memcached_pickle`, pymemcache's flags convention ([`python_memcache`]). It produces each
+//! [`Item`] with its final flags; backends store items as they are and never call a codec.
+//!
 //! Decoding follows the item's flags when they name a codec: [`flags::PICKLE`] is read as a
-//! pickle and [`flags::TEXT`] as JSON whatever the cache's codec (so a file cache written by a
-//! JSON-configured build still reads); any other flags (Redis keeps none) are read with the
-//! cache's own codec.
+//! pickle whatever the cache's codec; [`flags::TEXT`] is JSON text (so a file cache written by a
+//! JSON-configured build still reads), except on the Memcached codecs where it is a Python `str`
+//! (and [`flags::INTEGER`]/[`flags::LONG`] a Python `int`). Flags 0 ([`flags::BYTES`]) and any
+//! other flags mean "decode with the cache's own codec": Redis keeps no flags and returns 0.
 //!
 //! JSON can represent what serde_json can: strings, numbers (integers up to 128 bits, finite
 //! floats), booleans, null, sequences and maps with string or integer keys (integer keys are
@@ -21,7 +27,7 @@
 
 pub mod flags;
 pub mod pickle;
-pub mod python_memcache;
+pub(crate) mod python_memcache;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -125,5 +131,255 @@ impl Codec {
                 reason: e.to_string(),
             }),
         }
+    }
+}
+
+/// How a cache turns values into items and back: a [`Codec`] and, for the Memcached backends,
+/// pymemcache's flags convention ([`python_memcache`]). Chosen once, from the backend kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ValueCodec {
+    codec: Codec,
+    pymemcache: bool,
+}
+
+impl ValueCodec {
+    /// The value codec of a backend kind: [`Codec::for_backend`], with pymemcache's flags for
+    /// `memcached` and `memcached_pickle`.
+    pub(crate) fn for_backend(backend: CacheBackend) -> Self {
+        ValueCodec {
+            codec: Codec::for_backend(backend),
+            pymemcache: matches!(
+                backend,
+                CacheBackend::Memcached | CacheBackend::MemcachedPickle
+            ),
+        }
+    }
+
+    /// The serialization format.
+    pub(crate) fn codec(self) -> Codec {
+        self.codec
+    }
+
+    /// Encodes a value into the item to store, with its final flags.
+    ///
+    /// # Errors
+    /// [`Error::Encode`] naming `key` when the value cannot be represented.
+    pub(crate) fn encode<T: Serialize + ?Sized>(self, key: &str, value: &T) -> Result<Item> {
+        if !self.pymemcache {
+            return self.codec.encode(key, value);
+        }
+        match self.codec {
+            Codec::Json => match python_memcache::capture(value) {
+                Some(item) => Ok(item),
+                None => {
+                    let mut item = Codec::Json.encode(key, value)?;
+                    item.flags = flags::BYTES;
+                    Ok(item)
+                }
+            },
+            Codec::Pickle => Codec::Pickle.encode(key, value),
+        }
+    }
+
+    /// Decodes a stored item into `T`, by its flags.
+    ///
+    /// # Errors
+    /// [`Error::Decode`] naming `key` when the bytes are not a `T`.
+    pub(crate) fn decode<T: DeserializeOwned>(self, key: &str, item: &Item) -> Result<T> {
+        if self.pymemcache {
+            match self.python_scalar(item) {
+                Some(Scalar::Str(s)) => {
+                    return match self.codec {
+                        Codec::Json => T::deserialize(python_memcache::StrDeserializer(s))
+                            .map_err(|e| decode_error(key, Codec::Json, e)),
+                        Codec::Pickle => pickle::from_slice(&python_memcache::pickle_str(s))
+                            .map_err(|e| decode_error(key, Codec::Pickle, e)),
+                    };
+                }
+                Some(Scalar::Int(digits)) => {
+                    return match self.codec {
+                        // Python's decimal text is a JSON number as it is.
+                        Codec::Json => serde_json::from_slice(digits)
+                            .map_err(|e| decode_error(key, Codec::Json, e)),
+                        Codec::Pickle => pickle::from_slice(&python_memcache::pickle_int(digits))
+                            .map_err(|e| decode_error(key, Codec::Pickle, e)),
+                    };
+                }
+                None => {}
+            }
+        }
+        self.codec.decode(key, item)
+    }
+
+    /// Decodes any stored item into a JSON view, for display (`ddf-cache get`).
+    ///
+    /// # Errors
+    /// [`Error::Decode`] naming `key` when the bytes are not valid in their codec.
+    pub(crate) fn decode_json(self, key: &str, item: &Item) -> Result<serde_json::Value> {
+        if self.pymemcache {
+            match (self.codec, self.python_scalar(item)) {
+                (Codec::Json, Some(Scalar::Str(s))) => {
+                    return Ok(serde_json::Value::String(s.to_owned()));
+                }
+                (Codec::Pickle, Some(_)) => {
+                    // The pickle codec's view (integers beyond 64 bits as decimal strings).
+                    let pickled = Item::new(self.raw_bytes(item.clone()), flags::PICKLE);
+                    return Codec::Pickle.decode_json(key, &pickled);
+                }
+                _ => {}
+            }
+        }
+        self.codec.decode_json(key, item)
+    }
+
+    /// The bytes [`CacheManager::get_bytes`](crate::CacheManager::get_bytes) returns for an
+    /// item: its data, except that the Memcached codecs show a Python `str` or `int` in the
+    /// cache's own codec (JSON text, or its pickle), as the seed's value layer did.
+    pub(crate) fn raw_bytes(self, item: Item) -> Vec<u8> {
+        if !self.pymemcache {
+            return item.data;
+        }
+        match (self.codec, self.python_scalar(&item)) {
+            (Codec::Json, Some(Scalar::Str(s))) => {
+                serde_json::to_vec(s).unwrap_or_else(|_| s.as_bytes().to_vec())
+            }
+            (Codec::Pickle, Some(Scalar::Str(s))) => python_memcache::pickle_str(s),
+            (Codec::Pickle, Some(Scalar::Int(d))) => python_memcache::pickle_int(d),
+            _ => item.data,
+        }
+    }
+
+    /// A Python `str` (flags 16, valid UTF-8) or `int` (flags 2 or 4, decimal text) item.
+    fn python_scalar(self, item: &Item) -> Option<Scalar<'_>> {
+        match item.flags {
+            flags::TEXT => std::str::from_utf8(&item.data).ok().map(Scalar::Str),
+            flags::INTEGER | flags::LONG if python_memcache::is_decimal_int(&item.data) => {
+                Some(Scalar::Int(&item.data))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// What pymemcache stores outside a serialization: a `str` or an `int`'s decimal text.
+enum Scalar<'a> {
+    Str(&'a str),
+    Int(&'a [u8]),
+}
+
+fn decode_error(key: &str, codec: Codec, e: impl std::fmt::Display) -> Error {
+    Error::Decode {
+        key: crate::error::shorten(key),
+        codec: codec.name(),
+        reason: e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{Value, json};
+
+    const MC_JSON: ValueCodec = ValueCodec {
+        codec: Codec::Json,
+        pymemcache: true,
+    };
+    const MC_PICKLE: ValueCodec = ValueCodec {
+        codec: Codec::Pickle,
+        pymemcache: true,
+    };
+
+    #[test]
+    fn chosen_once_from_the_backend_kind() {
+        assert_eq!(ValueCodec::for_backend(CacheBackend::Memcached), MC_JSON);
+        assert_eq!(
+            ValueCodec::for_backend(CacheBackend::MemcachedPickle),
+            MC_PICKLE
+        );
+        let redis = ValueCodec::for_backend(CacheBackend::Redis);
+        assert_eq!((redis.codec(), redis.pymemcache), (Codec::Json, false));
+        let file = ValueCodec::for_backend(CacheBackend::Pickle);
+        assert_eq!((file.codec(), file.pymemcache), (Codec::Pickle, false));
+    }
+
+    #[test]
+    fn memcached_json_items_carry_their_final_flags() {
+        let e = |v: &Value| MC_JSON.encode("k", v).unwrap();
+        assert_eq!(
+            e(&json!("héllo \"x\"")),
+            Item::new("héllo \"x\"".into(), flags::TEXT)
+        );
+        assert_eq!(e(&json!(-42)), Item::new(b"-42".to_vec(), flags::INTEGER));
+        assert_eq!(
+            e(&json!([1, "a"])),
+            Item::new(br#"[1,"a"]"#.to_vec(), flags::BYTES)
+        );
+        assert_eq!(e(&json!(1.5)).flags, flags::BYTES);
+        // Redis and the file backend keep the plain codec's flags.
+        let redis = ValueCodec::for_backend(CacheBackend::Redis);
+        assert_eq!(
+            redis.encode("k", "s").unwrap(),
+            Item::new(br#""s""#.to_vec(), flags::TEXT)
+        );
+    }
+
+    #[test]
+    fn memcached_json_round_trips() {
+        for v in [
+            json!("s"),
+            json!(""),
+            json!(0),
+            json!(u64::MAX),
+            json!(i64::MIN),
+            json!(null),
+            json!({"a": [true, 1.25]}),
+        ] {
+            let item = MC_JSON.encode("k", &v).unwrap();
+            assert_eq!(MC_JSON.decode::<Value>("k", &item).unwrap(), v);
+            assert_eq!(MC_JSON.decode_json("k", &item).unwrap(), v);
+        }
+        let item = MC_JSON.encode("k", &Some("x".to_owned())).unwrap();
+        assert_eq!(
+            MC_JSON.decode::<Option<String>>("k", &item).unwrap(),
+            Some("x".to_owned())
+        );
+        // A string is not a number: a Decode error naming the key and the codec.
+        let e = MC_JSON.decode::<u32>("key1", &item).unwrap_err();
+        assert!(e.is_decode() && e.to_string().contains("key1"), "{e}");
+    }
+
+    #[test]
+    fn python_items_read_in_both_modes() {
+        let s = Item::new("a\"b".into(), flags::TEXT);
+        assert_eq!(MC_JSON.decode::<String>("k", &s).unwrap(), "a\"b");
+        assert_eq!(MC_PICKLE.decode::<String>("k", &s).unwrap(), "a\"b");
+        assert_eq!(MC_JSON.raw_bytes(s.clone()), br#""a\"b""#);
+        assert_eq!(
+            MC_PICKLE.raw_bytes(s.clone()),
+            python_memcache::pickle_str("a\"b")
+        );
+        let big = Item::new(b"1180591620717411303424".to_vec(), flags::LONG); // 2**70
+        assert!(MC_JSON.decode_json("k", &big).unwrap().is_number());
+        assert_eq!(
+            MC_PICKLE.decode_json("k", &big).unwrap(),
+            json!("1180591620717411303424")
+        );
+        assert_eq!(MC_JSON.raw_bytes(big.clone()), big.data);
+        let i = Item::new(b"-129".to_vec(), flags::INTEGER);
+        assert_eq!(MC_JSON.decode::<i64>("k", &i).unwrap(), -129);
+        assert_eq!(MC_PICKLE.decode::<i64>("k", &i).unwrap(), -129);
+        let raw = Item::new(vec![0, 255], flags::BYTES);
+        assert_eq!(MC_JSON.raw_bytes(raw.clone()), raw.data);
+        assert_eq!(MC_PICKLE.raw_bytes(raw.clone()), raw.data);
+        // A pickle reads in JSON mode too.
+        let p = Codec::Pickle.encode("k", &("a", 1)).unwrap();
+        assert_eq!(
+            MC_JSON.decode::<(String, i32)>("k", &p).unwrap(),
+            ("a".into(), 1)
+        );
+        // Flags 0 from Redis: the cache's own codec.
+        let redis = ValueCodec::for_backend(CacheBackend::Redis);
+        let item = Item::unflagged(b"[1,2]".to_vec());
+        assert_eq!(redis.decode::<Vec<u8>>("k", &item).unwrap(), vec![1, 2]);
     }
 }

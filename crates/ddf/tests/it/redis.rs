@@ -17,12 +17,7 @@ use crate::conformance::{self, Caps};
 /// A cache over the Redis backend itself, without the breaker and fallback that
 /// `CacheManager::new` puts in front of it (tested in `factory_puts_redis_behind_the_breaker`).
 fn direct(config: CacheConfig) -> ddf::Result<CacheManager> {
-    let flags = if config.backend == CacheBackend::RedisPickle {
-        ddf::codec::flags::PICKLE
-    } else {
-        ddf::codec::flags::TEXT
-    };
-    let backend = RedisBackend::from_config(&config, flags)?;
+    let backend = RedisBackend::from_config(&config)?;
     Ok(CacheManager::with_backend(config, Arc::new(backend)))
 }
 

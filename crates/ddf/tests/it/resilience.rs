@@ -75,10 +75,9 @@ fn config(kind: Kind, ports: &[u16], dir: &std::path::Path) -> CacheConfig {
 /// The primary alone, to check what it holds.
 fn direct(config: &CacheConfig) -> CacheManager {
     let backend: Arc<dyn Backend> = match config.backend {
-        CacheBackend::Redis => Arc::new(
-            ddf::backend::redis::RedisBackend::from_config(config, ddf::codec::flags::TEXT)
-                .unwrap(),
-        ),
+        CacheBackend::Redis => {
+            Arc::new(ddf::backend::redis::RedisBackend::from_config(config).unwrap())
+        }
         _ => Arc::new(ddf::backend::memcached::MemcachedBackend::from_config(config).unwrap()),
     };
     CacheManager::with_backend(config.clone(), backend)

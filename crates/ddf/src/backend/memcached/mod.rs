@@ -3,8 +3,9 @@
 //! - `client`: a small meta-protocol client over `TcpStream` (why in-house: see there).
 //! - `placement`: pymemcache `HashClient`'s rendezvous hashing, so Python and Rust clients
 //!   find each other's entries on the same server list.
-//! - Values: [`crate::codec::python_memcache`] converts items between the codec's form and
-//!   pymemcache's `python_memcache` flags, once, in [`MemcachedBackend`]'s get/set paths.
+//! - Values: items are stored as the cache's codec made them, bytes and flags (pymemcache's
+//!   `python_memcache` flags, chosen above the backend by the codec layer), and read back as
+//!   stored. The backend never calls a codec.
 //! - Keys: [`crate::key::memcached_key`]; a key memcached cannot carry is mapped to
 //!   `<visible>~<hash>`, and its item starts with a small header holding the whole storage key
 //!   (so reads verify it and prefix invalidation can decide on cut keys).
@@ -15,13 +16,13 @@
 mod client;
 pub(crate) mod placement;
 
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::backend::{Backend, BackendStatus, Item};
-use crate::codec::python_memcache::{self, Mode};
 use crate::config::{CacheConfig, MemcachedSettings, ServerAddr, ValueFormat};
 use crate::error::{Error, Result};
 use crate::key::{
@@ -138,7 +139,6 @@ pub struct MemcachedBackend {
     servers: Vec<Server>,
     names: Vec<String>,
     keyspace: Keyspace,
-    mode: Mode,
     server_flush: bool,
     connect_timeout: Duration,
     timeout: Duration,
@@ -150,7 +150,6 @@ impl fmt::Debug for MemcachedBackend {
         f.debug_struct("MemcachedBackend")
             .field("servers", &self.names)
             .field("namespace", &self.keyspace.namespace())
-            .field("mode", &self.mode)
             .finish()
     }
 }
@@ -253,12 +252,13 @@ impl Server {
 
 impl MemcachedBackend {
     /// A backend from validated settings ([`crate::config::MemcachedSettings`]: a non-empty
-    /// server list, timeouts, namespace, `server_flush`), in JSON mode for `backend = memcached`
-    /// and pickle mode for `memcached_pickle`. No connection is made until the first operation.
+    /// server list, timeouts, namespace, `server_flush`), named `memcached` or
+    /// `memcached_pickle` (the values' codec is chosen above the backend, by the cache). No
+    /// connection is made until the first operation.
     pub(crate) fn new(settings: &MemcachedSettings) -> Self {
-        let (name, mode) = match settings.format {
-            ValueFormat::Pickle => ("memcached_pickle", Mode::Pickle),
-            ValueFormat::Json => ("memcached", Mode::Json),
+        let name = match settings.format {
+            ValueFormat::Pickle => "memcached_pickle",
+            ValueFormat::Json => "memcached",
         };
         let servers: Vec<Server> = settings.servers.iter().cloned().map(Server::new).collect();
         let names = servers.iter().map(|s| s.name.clone()).collect();
@@ -267,7 +267,6 @@ impl MemcachedBackend {
             servers,
             names,
             keyspace: Keyspace::new(settings.namespace.clone()),
-            mode,
             server_flush: settings.server_flush,
             connect_timeout: settings.connect_timeout,
             timeout: settings.timeout,
@@ -426,18 +425,18 @@ impl MemcachedBackend {
         Ok(max.saturating_sub(ITEM_OVERHEAD + wire_key.len()))
     }
 
-    /// The wire form of an item about to be stored under `storage_key`/`wire_key`.
-    fn wire_item(&self, storage_key: &str, mapped: bool, item: &Item) -> Item {
-        let mut w = python_memcache::to_wire(self.mode, item.clone());
-        if mapped {
-            let mut data = Vec::with_capacity(w.data.len() + storage_key.len() + 12);
-            data.extend_from_slice(MAPPED_MAGIC);
-            data.extend_from_slice(&(storage_key.len() as u32).to_le_bytes());
-            data.extend_from_slice(storage_key.as_bytes());
-            data.extend_from_slice(&w.data);
-            w.data = data;
+    /// The bytes to store for `item` under `storage_key`: the item's own bytes (borrowed, no
+    /// copy), or for a mapped key the header naming the storage key, then the bytes.
+    fn wire_data<'a>(storage_key: &str, mapped: bool, item: &'a Item) -> Cow<'a, [u8]> {
+        if !mapped {
+            return Cow::Borrowed(&item.data);
         }
-        w
+        let mut data = Vec::with_capacity(item.data.len() + storage_key.len() + 12);
+        data.extend_from_slice(MAPPED_MAGIC);
+        data.extend_from_slice(&(storage_key.len() as u32).to_le_bytes());
+        data.extend_from_slice(storage_key.as_bytes());
+        data.extend_from_slice(&item.data);
+        Cow::Owned(data)
     }
 
     fn check_size(&self, server: &Server, key: &str, wire_key: &str, len: usize) -> Result<()> {
@@ -456,8 +455,8 @@ impl MemcachedBackend {
         Ok(())
     }
 
-    /// The codec's item from a stored value; `None` when a mapped key's header names another
-    /// key (a collision, or a foreign item).
+    /// The item of a stored value, bytes and flags as stored; `None` when a mapped key's header
+    /// names another key (a collision, or a foreign item).
     fn read_item(&self, storage_key: &str, mapped: bool, v: client::Value) -> Option<Item> {
         let data = if mapped {
             let body = split_mapped(&v.data)?;
@@ -469,10 +468,7 @@ impl MemcachedBackend {
         } else {
             v.data
         };
-        Some(python_memcache::from_wire(
-            self.mode,
-            Item::new(data, v.flags),
-        ))
+        Some(Item::new(data, v.flags))
     }
 
     /// Lists this server's keys that belong to storage keys starting with `prefix` (whole
@@ -609,10 +605,10 @@ impl Backend for MemcachedBackend {
         let wk = memcached_key(&sk);
         let mapped = !memcached_key_is_carryable(&sk);
         let server = &self.servers[self.pick(&wk)];
-        let w = self.wire_item(&sk, mapped, item);
-        self.check_size(server, key, &wk, w.data.len())?;
+        let data = Self::wire_data(&sk, mapped, item);
+        self.check_size(server, key, &wk, data.len())?;
         let t = exptime(ttl);
-        self.run(server, "set", |c| c.set(&wk, &w.data, w.flags, t))
+        self.run(server, "set", |c| c.set(&wk, &data, item.flags, t))
     }
 
     fn delete(&self, key: &str) -> Result<bool> {
@@ -767,22 +763,23 @@ impl Backend for MemcachedBackend {
 
     fn set_many(&self, items: &[(&str, Item)], ttl: Option<Duration>) -> Result<()> {
         let t = exptime(ttl);
-        let mut groups: Vec<Vec<(String, Item)>> =
-            self.servers.iter().map(|_| Vec::new()).collect();
+        // Per server: (wire key, bytes to store, flags).
+        type Entry<'a> = (String, Cow<'a, [u8]>, u32);
+        let mut groups: Vec<Vec<Entry<'_>>> = self.servers.iter().map(|_| Vec::new()).collect();
         for (k, item) in items {
             let sk = self.keyspace.storage_key(k);
             let wk = memcached_key(&sk).into_owned();
             let mapped = !memcached_key_is_carryable(&sk);
             let idx = self.pick(&wk);
-            let w = self.wire_item(&sk, mapped, item);
-            self.check_size(&self.servers[idx], k, &wk, w.data.len())?;
-            groups[idx].push((wk, w));
+            let data = Self::wire_data(&sk, mapped, item);
+            self.check_size(&self.servers[idx], k, &wk, data.len())?;
+            groups[idx].push((wk, data, item.flags));
         }
         for (server, group) in self.servers.iter().zip(&groups) {
             for chunk in group.chunks(BATCH) {
                 let refs: Vec<(&str, &[u8], u32)> = chunk
                     .iter()
-                    .map(|(k, w)| (k.as_str(), w.data.as_slice(), w.flags))
+                    .map(|(k, data, flags)| (k.as_str(), &data[..], *flags))
                     .collect();
                 self.run(server, "set_many", |c| c.set_many(&refs, t))?;
             }

@@ -1,6 +1,7 @@
 //! The Memcached backend (`backend = memcached` and `memcached_pickle`).
 //!
-//! - `client`: a small meta-protocol client over `TcpStream` (why in-house: see there).
+//! - `proto`: the meta protocol (plus a few text commands) as pure code over byte buffers.
+//! - `client`: its blocking transport over `TcpStream` (why in-house: see there).
 //! - `placement`: pymemcache `HashClient`'s rendezvous hashing, so Python and Rust clients
 //!   find each other's entries on the same server list.
 //! - Values: [`crate::codec::python_memcache`] converts items between the codec's form and
@@ -14,6 +15,7 @@
 
 mod client;
 pub(crate) mod placement;
+mod proto;
 
 use std::fmt;
 use std::sync::Mutex;
@@ -401,6 +403,7 @@ impl MemcachedBackend {
                 let max = c.item_size_max()?.unwrap_or(DEFAULT_ITEM_SIZE_MAX);
                 server.item_size_max.store(max, Ordering::Relaxed);
             }
+            c.set_value_limit(server.item_size_max.load(Ordering::Relaxed));
             Ok(c)
         });
         made.map_err(|e| {

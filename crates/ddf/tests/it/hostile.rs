@@ -11,7 +11,7 @@ use ddf::{CacheConfig, CacheManager};
 use ddf_testkit::{FakeReply, FakeServer};
 
 /// The operation timeout the caches below use.
-const TIMEOUT: Duration = Duration::from_millis(500);
+const TIMEOUT: Duration = Duration::from_secs(1);
 
 /// A fake memcached: answers `stats settings` (a 1 MiB item limit) and `version` like memcached,
 /// `mg` with `hostile`, and anything else with `ERROR`.

@@ -31,8 +31,9 @@ use super::proto::{self, MetaReply, Parsed, ProtoError, Status, TextLine};
 const READ_INITIAL: usize = 16 * 1024;
 /// The most the read buffer grows by at a time.
 const READ_CHUNK: usize = 64 * 1024;
-/// A read buffer larger than this is shrunk back to [`READ_INITIAL`] before the next request.
-const READ_KEEP: usize = 256 * 1024;
+/// A read buffer (or request buffer) larger than this is shrunk back before the next request,
+/// so an idle pooled connection does not keep the memory of its largest reply or pipeline.
+const KEEP: usize = 256 * 1024;
 
 /// What went wrong talking to one server.
 #[derive(Debug)]
@@ -142,8 +143,11 @@ impl Conn {
         }
         self.start = 0;
         self.end = 0;
-        if self.buf.len() > READ_KEEP {
+        if self.buf.len() > KEEP {
             self.buf = vec![0; READ_INITIAL];
+        }
+        if self.out.capacity() > KEEP {
+            self.out = Vec::with_capacity(256);
         }
         self.out.clear();
         Ok(())

@@ -4,6 +4,7 @@
 
 mod conformance;
 mod file;
+mod hostile;
 mod memcached;
 mod memo;
 mod pickle;

@@ -1,28 +1,39 @@
-//! A small memcached client: the meta protocol (plus a few text commands) over std `TcpStream`.
+//! The blocking transport of the memcached client: one `TcpStream`, one write per request
+//! (a pipeline is one buffer), replies read into a buffer and parsed by [`super::proto`].
 //!
-//! Why in-house rather than the `memcache` crate's `exp::MetaClient` (NOTES.md §3): we need
-//! exactly six commands (`mg`, `ms`, `md`, `mn`, and the text `version`, `stats settings`,
+//! Why in-house rather than the `memcache` crate's `exp::MetaClient`: we need exactly these
+//! commands (`mg`, `ms`, `md`, `mn`, and the text `version`, `stats settings`,
 //! `lru_crawler metadump`, `flush_all`, which that crate lacks), our own placement (pymemcache's
 //! rendezvous hashing), our own dead-server policy and pipelining with quiet mode; its `exp` API
-//! may change in any minor release. About 300 lines over `TcpStream` keep all of that in one
-//! place with no dependency.
+//! may change in any minor release.
 //!
-//! - Every connection has TCP_NODELAY (NOTES.md §1 item 6: 44 ms per write without it), a connect
-//!   timeout and read/write timeouts.
+//! - Every connection has TCP_NODELAY (without it, each write of a request waits up to 40 ms
+//!   for the previous one's ACK), a connect timeout and read/write timeouts.
 //! - Keys reach this module only as wire keys from [`crate::key::memcached_key`]: printable ASCII
-//!   without spaces, at most 250 bytes, so no key can inject a command.
+//!   without spaces, at most 250 bytes; [`proto::check_key`] refuses anything else before
+//!   sending, so no key can inject a command.
+//! - Memory: the read buffer grows only when it is full of unconsumed reply bytes, by at most
+//!   [`READ_CHUNK`], so a connection never holds more than what the server actually sent plus
+//!   one chunk; a value length above the server's item limit is refused when its `VA` line
+//!   arrives.
 //! - A connection that saw an I/O error, a timeout or an unexpected reply is dropped, never reused
 //!   (its stream may be out of step); one that got a clean `SERVER_ERROR`/`CLIENT_ERROR` line goes
 //!   back to the pool.
 
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
-/// The longest reply line accepted.
-const MAX_LINE: u64 = 64 * 1024;
-/// The largest value accepted from a server (memcached's `-I` allows at most 1 GiB).
-const MAX_VALUE: usize = 1 << 30;
+use super::proto::{self, MetaReply, Parsed, ProtoError, Status, TextLine};
+
+/// The read buffer's size when a connection opens, and what it shrinks back to after a large
+/// reply.
+const READ_INITIAL: usize = 16 * 1024;
+/// The most the read buffer grows by at a time.
+const READ_CHUNK: usize = 64 * 1024;
+/// A read buffer (or request buffer) larger than this is shrunk back before the next request,
+/// so an idle pooled connection does not keep the memory of its largest reply or pipeline.
+const KEEP: usize = 256 * 1024;
 
 /// What went wrong talking to one server.
 #[derive(Debug)]
@@ -30,7 +41,8 @@ pub(crate) enum McError {
     /// Transport failure (connect, read, write, timeout): the connection is dropped and counts
     /// against the server's health.
     Io(io::Error),
-    /// The server answered with an error line; the connection is still in step.
+    /// The server answered with an error line, or this client refused to send a request (a key
+    /// the protocol cannot carry); either way the connection is still in step.
     Server(String),
     /// The reply did not parse: the connection is dropped.
     Protocol(String),
@@ -42,13 +54,36 @@ impl From<io::Error> for McError {
     }
 }
 
+impl From<ProtoError> for McError {
+    fn from(e: ProtoError) -> Self {
+        McError::Protocol(e.0)
+    }
+}
+
 pub(crate) type McResult<T> = std::result::Result<T, McError>;
+
+/// A request this client refused to format: nothing was sent, the connection is in step.
+fn refused(e: ProtoError) -> McError {
+    McError::Server(e.0)
+}
+
+/// An error line as a clean server error.
+fn server_error(line: &[u8]) -> McError {
+    McError::Server(String::from_utf8_lossy(line).into_owned())
+}
 
 /// One connection.
 #[derive(Debug)]
 pub(crate) struct Conn {
-    reader: BufReader<TcpStream>,
-    line: Vec<u8>,
+    stream: TcpStream,
+    /// The request being built (reused: one write per request or pipeline).
+    out: Vec<u8>,
+    /// Read buffer; `buf[start..end]` holds received bytes not parsed yet.
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    /// The longest value accepted (the server's item limit, at most [`proto::MAX_VALUE_CAP`]).
+    max_value: usize,
 }
 
 /// The reply to `mg <key> v f`.
@@ -57,20 +92,11 @@ pub(crate) struct Value {
     pub flags: u32,
 }
 
-fn protocol(what: &str, line: &[u8]) -> McError {
-    let shown: String = String::from_utf8_lossy(line).chars().take(120).collect();
-    McError::Protocol(format!("unexpected reply to {what}: {shown:?}"))
-}
-
-/// An error line (`SERVER_ERROR ...`, `CLIENT_ERROR ...`, `ERROR`) as a clean server error.
-fn error_line(line: &[u8]) -> Option<McError> {
-    let s = String::from_utf8_lossy(line);
-    (s.starts_with("SERVER_ERROR") || s.starts_with("CLIENT_ERROR") || s == "ERROR")
-        .then(|| McError::Server(s.into_owned()))
-}
-
 impl Conn {
     /// Connects to `host:port` within `connect_timeout`, trying each resolved address.
+    ///
+    /// Until [`Conn::set_value_limit`] is called, values up to [`proto::MAX_VALUE_CAP`] are
+    /// accepted.
     pub fn connect(
         host: &str,
         port: u16,
@@ -86,8 +112,12 @@ impl Conn {
                     s.set_read_timeout(Some(timeout))?;
                     s.set_write_timeout(Some(timeout))?;
                     return Ok(Conn {
-                        reader: BufReader::with_capacity(64 * 1024, s),
-                        line: Vec::with_capacity(256),
+                        stream: s,
+                        out: Vec::with_capacity(256),
+                        buf: vec![0; READ_INITIAL],
+                        start: 0,
+                        end: 0,
+                        max_value: proto::MAX_VALUE_CAP,
                     });
                 }
                 Err(e) => last = e,
@@ -96,182 +126,208 @@ impl Conn {
         Err(McError::Io(last))
     }
 
-    pub fn send(&mut self, buf: &[u8]) -> McResult<()> {
-        self.reader.get_mut().write_all(buf)?;
+    /// Sets the longest value this connection accepts from the server (its `item_size_max`;
+    /// capped at [`proto::MAX_VALUE_CAP`]).
+    pub fn set_value_limit(&mut self, item_size_max: usize) {
+        self.max_value = item_size_max.min(proto::MAX_VALUE_CAP);
+    }
+
+    /// Starts a request: checks that no reply bytes are left over, shrinks a buffer a large
+    /// reply grew, and clears the request buffer.
+    fn begin(&mut self) -> McResult<()> {
+        if self.start != self.end {
+            return Err(McError::Protocol(format!(
+                "the server sent {} bytes nobody asked for",
+                self.end - self.start
+            )));
+        }
+        self.start = 0;
+        self.end = 0;
+        if self.buf.len() > KEEP {
+            self.buf = vec![0; READ_INITIAL];
+        }
+        if self.out.capacity() > KEEP {
+            self.out = Vec::with_capacity(256);
+        }
+        self.out.clear();
         Ok(())
     }
 
-    /// Reads one line without its `\r\n` (or `\n`) into `self.line`.
-    fn read_line(&mut self) -> McResult<&[u8]> {
-        self.line.clear();
-        // A reply line is short (a metadump line holds one key); a peer that is not memcached
-        // must not make us buffer without bound.
-        let n = (&mut self.reader)
-            .take(MAX_LINE)
-            .read_until(b'\n', &mut self.line)?;
-        if n as u64 == MAX_LINE && self.line.last() != Some(&b'\n') {
-            return Err(McError::Protocol(format!(
-                "a reply line longer than {MAX_LINE} bytes (is this a memcached server?)"
-            )));
-        }
-        if n == 0 {
-            return Err(McError::Io(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "the server closed the connection",
-            )));
-        }
-        while matches!(self.line.last(), Some(b'\n' | b'\r')) {
-            self.line.pop();
-        }
-        Ok(&self.line)
+    /// Writes the request built in `self.out` in one write.
+    fn flush(&mut self) -> McResult<()> {
+        self.stream.write_all(&self.out)?;
+        Ok(())
     }
 
-    /// Reads a data block of `n` bytes and its `\r\n`.
-    fn read_data(&mut self, n: usize) -> McResult<Vec<u8>> {
-        // The size comes from the peer: never allocate more than an item can be.
-        if n > MAX_VALUE {
-            return Err(McError::Protocol(format!(
-                "the server announced a value of {n} bytes, more than memcached's largest item"
-            )));
+    /// Reads more reply bytes into the buffer: moves unparsed bytes to the front when that
+    /// makes room, and grows the buffer by at most [`READ_CHUNK`] only when it is full of them.
+    fn fill(&mut self) -> McResult<()> {
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        } else if self.end == self.buf.len() && self.start > 0 {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
         }
-        let mut data = vec![0; n + 2];
-        self.reader.read_exact(&mut data)?;
-        if !data.ends_with(b"\r\n") {
-            return Err(McError::Protocol(
-                "a value block did not end with CRLF".into(),
-            ));
+        if self.end == self.buf.len() {
+            self.buf.reserve_exact(READ_CHUNK);
+            self.buf.resize(self.buf.len() + READ_CHUNK, 0);
         }
-        data.truncate(n);
-        Ok(data)
-    }
-
-    /// Parses `VA <size> <flags>*` (after the line was read): size, client flags, opaque.
-    fn parse_va(line: &[u8]) -> Option<(usize, u32, Option<usize>)> {
-        let s = std::str::from_utf8(line).ok()?;
-        let mut it = s.split(' ');
-        if it.next()? != "VA" {
-            return None;
-        }
-        let size = it.next()?.parse().ok()?;
-        let (mut flags, mut opaque) = (0, None);
-        for tok in it {
-            match tok.as_bytes().first() {
-                Some(b'f') => flags = tok[1..].parse().ok()?,
-                Some(b'O') => opaque = Some(tok[1..].parse().ok()?),
-                _ => {}
+        loop {
+            match self.stream.read(&mut self.buf[self.end..]) {
+                Ok(0) => {
+                    return Err(McError::Io(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the server closed the connection",
+                    )));
+                }
+                Ok(n) => {
+                    self.end += n;
+                    return Ok(());
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e.into()),
             }
         }
-        Some((size, flags, opaque))
+    }
+
+    /// The next meta reply, handed to `f` (it borrows the read buffer), then consumed.
+    fn meta<T>(&mut self, f: impl FnOnce(MetaReply<'_>) -> McResult<T>) -> McResult<T> {
+        loop {
+            match proto::parse_meta(&self.buf[self.start..self.end], self.max_value)? {
+                Parsed::Done(reply, used) => {
+                    let out = f(reply);
+                    self.start += used;
+                    return out;
+                }
+                Parsed::Incomplete => self.fill()?,
+            }
+        }
+    }
+
+    /// The next line of a text reply, handed to `f`, then consumed.
+    fn text<T>(&mut self, f: impl FnOnce(TextLine<'_>) -> McResult<T>) -> McResult<T> {
+        loop {
+            match proto::parse_text(&self.buf[self.start..self.end])? {
+                Parsed::Done(line, used) => {
+                    let out = f(line);
+                    self.start += used;
+                    return out;
+                }
+                Parsed::Incomplete => self.fill()?,
+            }
+        }
     }
 
     /// `mg <key> v f`: one value or a miss.
     pub fn get(&mut self, key: &str) -> McResult<Option<Value>> {
-        let mut cmd = Vec::with_capacity(key.len() + 12);
-        cmd.extend_from_slice(b"mg ");
-        cmd.extend_from_slice(key.as_bytes());
-        cmd.extend_from_slice(b" v f\r\n");
-        self.send(&cmd)?;
-        self.read_get_reply()
+        self.begin()?;
+        proto::get(&mut self.out, key.as_bytes(), None).map_err(refused)?;
+        self.flush()?;
+        self.meta(|r| match r {
+            MetaReply::Value { data, flags, .. } => Ok(Some(Value {
+                data: data.to_vec(),
+                flags,
+            })),
+            MetaReply::Status {
+                status: Status::En, ..
+            } => Ok(None),
+            MetaReply::Error(l) => Err(server_error(l)),
+            MetaReply::Status { status, .. } => Err(unexpected_status("mg", status)),
+        })
     }
 
-    fn read_get_reply(&mut self) -> McResult<Option<Value>> {
-        let line = self.read_line()?;
-        if line == b"EN" {
-            return Ok(None);
-        }
-        if let Some(e) = error_line(line) {
-            return Err(e);
-        }
-        let (size, flags, _) = Self::parse_va(line).ok_or_else(|| protocol("mg", line))?;
-        let data = self.read_data(size)?;
-        Ok(Some(Value { data, flags }))
-    }
-
-    /// Pipelined `mg <key> v f O<i> q` for every key, then `mn`: one round trip. The result has
+    /// Pipelined `mg <key> v f q O<i>` for every key, then `mn`: one round trip. The result has
     /// one entry per key.
     pub fn get_many(&mut self, keys: &[&str]) -> McResult<Vec<Option<Value>>> {
-        let mut cmd = Vec::with_capacity(keys.iter().map(|k| k.len() + 24).sum::<usize>() + 4);
+        self.begin()?;
         for (i, k) in keys.iter().enumerate() {
-            cmd.extend_from_slice(b"mg ");
-            cmd.extend_from_slice(k.as_bytes());
-            cmd.extend_from_slice(format!(" v f q O{i}\r\n").as_bytes());
+            let opaque = u32::try_from(i)
+                .map_err(|_| McError::Server(format!("{} keys in one pipeline", keys.len())))?;
+            proto::get(&mut self.out, k.as_bytes(), Some(opaque)).map_err(refused)?;
         }
-        cmd.extend_from_slice(b"mn\r\n");
-        self.send(&cmd)?;
+        proto::noop(&mut self.out);
+        self.flush()?;
         let mut out: Vec<Option<Value>> = keys.iter().map(|_| None).collect();
         let mut first_err = None;
         loop {
-            let line = self.read_line()?;
-            if line == b"MN" {
+            let done = self.meta(|r| match r {
+                MetaReply::Status {
+                    status: Status::Mn, ..
+                } => Ok(true),
+                MetaReply::Error(l) => {
+                    first_err.get_or_insert(server_error(l));
+                    Ok(false)
+                }
+                MetaReply::Value {
+                    data,
+                    flags,
+                    opaque,
+                } => {
+                    let slot = opaque
+                        .and_then(|i| out.get_mut(i as usize))
+                        .ok_or_else(|| {
+                            McError::Protocol("mg reply with an unknown opaque".into())
+                        })?;
+                    *slot = Some(Value {
+                        data: data.to_vec(),
+                        flags,
+                    });
+                    Ok(false)
+                }
+                MetaReply::Status { status, .. } => Err(unexpected_status("mg", status)),
+            })?;
+            if done {
                 break;
             }
-            if let Some(e) = error_line(line) {
-                first_err.get_or_insert(e);
-                continue;
-            }
-            let (size, flags, opaque) = Self::parse_va(line).ok_or_else(|| protocol("mg", line))?;
-            let data = self.read_data(size)?;
-            let slot = opaque
-                .and_then(|i| out.get_mut(i))
-                .ok_or_else(|| McError::Protocol("mg reply with an unknown opaque".into()))?;
-            *slot = Some(Value { data, flags });
         }
-        match first_err {
-            Some(e) => Err(e),
-            None => Ok(out),
-        }
-    }
-
-    fn push_set(cmd: &mut Vec<u8>, key: &str, data: &[u8], flags: u32, exptime: u64, quiet: bool) {
-        cmd.extend_from_slice(b"ms ");
-        cmd.extend_from_slice(key.as_bytes());
-        let q = if quiet { " q" } else { "" };
-        let t = if exptime > 0 {
-            format!(" T{exptime}")
-        } else {
-            String::new()
-        };
-        cmd.extend_from_slice(format!(" {} F{flags}{t}{q}\r\n", data.len()).as_bytes());
-        cmd.extend_from_slice(data);
-        cmd.extend_from_slice(b"\r\n");
+        first_err.map_or(Ok(out), Err)
     }
 
     /// `ms <key> <len> F<flags> [T<exptime>]` (exptime 0: no expiry).
     pub fn set(&mut self, key: &str, data: &[u8], flags: u32, exptime: u64) -> McResult<()> {
-        let mut cmd = Vec::with_capacity(key.len() + data.len() + 48);
-        Self::push_set(&mut cmd, key, data, flags, exptime, false);
-        self.send(&cmd)?;
-        let line = self.read_line()?;
-        if line == b"HD" {
-            return Ok(());
-        }
-        if let Some(e) = error_line(line) {
-            return Err(e);
-        }
-        Err(protocol("ms", line))
+        self.begin()?;
+        proto::set(&mut self.out, key.as_bytes(), data, flags, exptime, false).map_err(refused)?;
+        self.flush()?;
+        self.meta(|r| match r {
+            MetaReply::Status {
+                status: Status::Hd, ..
+            } => Ok(()),
+            MetaReply::Error(l) => Err(server_error(l)),
+            MetaReply::Status { status, .. } => Err(unexpected_status("ms", status)),
+            MetaReply::Value { .. } => Err(McError::Protocol("a value in reply to ms".into())),
+        })
     }
 
     /// Pipelined quiet `ms` for every item, then `mn`: one round trip.
     pub fn set_many(&mut self, items: &[(&str, &[u8], u32)], exptime: u64) -> McResult<()> {
-        let mut cmd = Vec::with_capacity(
-            items
-                .iter()
-                .map(|(k, d, _)| k.len() + d.len() + 48)
-                .sum::<usize>(),
-        );
+        self.begin()?;
         for (k, d, f) in items {
-            Self::push_set(&mut cmd, k, d, *f, exptime, true);
+            proto::set(&mut self.out, k.as_bytes(), d, *f, exptime, true).map_err(refused)?;
         }
-        cmd.extend_from_slice(b"mn\r\n");
-        self.send(&cmd)?;
+        proto::noop(&mut self.out);
+        self.flush()?;
         let mut first_err = None;
         loop {
-            let line = self.read_line()?;
-            if line == b"MN" {
+            let done = self.meta(|r| match r {
+                MetaReply::Status {
+                    status: Status::Mn, ..
+                } => Ok(true),
+                MetaReply::Error(l) => {
+                    first_err.get_or_insert(server_error(l));
+                    Ok(false)
+                }
+                // A quiet `ms` answers only on failure (`NS`, `EX`, `NF`).
+                MetaReply::Status { status, .. } => {
+                    first_err.get_or_insert(unexpected_status("ms", status));
+                    Ok(false)
+                }
+                MetaReply::Value { .. } => Err(McError::Protocol("a value in reply to ms".into())),
+            })?;
+            if done {
                 break;
             }
-            let e = error_line(line).unwrap_or_else(|| protocol("ms", line));
-            first_err.get_or_insert(e);
         }
         first_err.map_or(Ok(()), Err)
     }
@@ -279,66 +335,83 @@ impl Conn {
     /// Pipelined `md <key>` for every key (not quiet, to count): one round trip. Returns how
     /// many existed.
     pub fn delete_many(&mut self, keys: &[&[u8]]) -> McResult<u64> {
-        let mut cmd = Vec::with_capacity(keys.iter().map(|k| k.len() + 6).sum::<usize>());
+        self.begin()?;
         for k in keys {
-            cmd.extend_from_slice(b"md ");
-            cmd.extend_from_slice(k);
-            cmd.extend_from_slice(b"\r\n");
+            proto::delete(&mut self.out, k).map_err(refused)?;
         }
-        self.send(&cmd)?;
+        self.flush()?;
         let mut n = 0;
         let mut first_err = None;
         for _ in keys {
-            let line = self.read_line()?;
-            match line {
-                b"HD" => n += 1,
-                b"NF" => {}
-                other => {
-                    let e = error_line(other).unwrap_or_else(|| protocol("md", other));
-                    if matches!(e, McError::Protocol(_)) {
-                        return Err(e);
-                    }
-                    first_err.get_or_insert(e);
+            self.meta(|r| match r {
+                MetaReply::Status {
+                    status: Status::Hd, ..
+                } => {
+                    n += 1;
+                    Ok(())
                 }
-            }
+                MetaReply::Status {
+                    status: Status::Nf, ..
+                } => Ok(()),
+                MetaReply::Error(l) => {
+                    first_err.get_or_insert(server_error(l));
+                    Ok(())
+                }
+                MetaReply::Status { status, .. } => Err(unexpected_status("md", status)),
+                MetaReply::Value { .. } => Err(McError::Protocol("a value in reply to md".into())),
+            })?;
         }
         first_err.map_or(Ok(n), Err)
     }
 
     /// `version`.
     pub fn version(&mut self) -> McResult<String> {
-        self.send(b"version\r\n")?;
-        let line = self.read_line()?;
-        match line.strip_prefix(b"VERSION ") {
-            Some(v) => Ok(String::from_utf8_lossy(v).into_owned()),
-            None => Err(protocol("version", line)),
-        }
+        self.begin()?;
+        proto::version(&mut self.out);
+        self.flush()?;
+        self.text(|l| match l {
+            TextLine::Version(v) => Ok(String::from_utf8_lossy(v).into_owned()),
+            TextLine::Error(l) => Err(server_error(l)),
+            other => Err(unexpected_text("version", &other)),
+        })
     }
 
     /// `stats` (or `stats <group>`): every `STAT name value` line.
     pub fn stats(&mut self, group: &str) -> McResult<Vec<(String, String)>> {
-        let cmd = if group.is_empty() {
-            "stats\r\n".to_owned()
-        } else {
-            format!("stats {group}\r\n")
-        };
-        self.send(cmd.as_bytes())?;
+        self.stats_each(group, |_, _| true)
+    }
+
+    /// `stats [group]`, calling `keep` with each line's name and value; the pairs it keeps are
+    /// returned.
+    fn stats_each(
+        &mut self,
+        group: &str,
+        mut keep: impl FnMut(&[u8], &[u8]) -> bool,
+    ) -> McResult<Vec<(String, String)>> {
+        self.begin()?;
+        proto::stats(&mut self.out, group);
+        self.flush()?;
         let mut out = Vec::new();
         loop {
-            let line = self.read_line()?;
-            if line == b"END" {
-                return Ok(out);
-            }
-            if let Some(e) = error_line(line) {
-                return Err(e);
-            }
-            let text = String::from_utf8_lossy(line);
-            let mut it = text.splitn(3, ' ');
-            match (it.next(), it.next(), it.next()) {
-                (Some("STAT"), Some(name), Some(value)) => {
-                    out.push((name.to_owned(), value.to_owned()));
+            let done = self.text(|l| match l {
+                TextLine::End => Ok(true),
+                TextLine::Stat { name, value } => {
+                    if keep(name, value) {
+                        out.push((
+                            String::from_utf8_lossy(name).into_owned(),
+                            String::from_utf8_lossy(value).into_owned(),
+                        ));
+                    }
+                    Ok(false)
                 }
-                _ => return Err(protocol("stats", line)),
+                TextLine::Error(l) => Err(server_error(l)),
+                other => Err(unexpected_text("stats", &other)),
+            });
+            match done {
+                Ok(true) => return Ok(out),
+                Ok(false) => {}
+                // An error line ends the reply: the stream is in step.
+                Err(e) => return Err(e),
             }
         }
     }
@@ -346,39 +419,30 @@ impl Conn {
     /// `item_size_max` from `stats settings`.
     pub fn item_size_max(&mut self) -> McResult<Option<usize>> {
         Ok(self
-            .stats("settings")?
+            .stats_each("settings", |name, _| name == b"item_size_max")?
             .into_iter()
-            .find(|(k, _)| k == "item_size_max")
-            .and_then(|(_, v)| v.parse().ok()))
+            .find_map(|(_, v)| v.parse().ok()))
     }
 
     /// `curr_items` from `stats`: the items linked on the server (expired ones not yet reclaimed
     /// included).
     pub fn curr_items(&mut self) -> McResult<Option<u64>> {
-        self.send(b"stats\r\n")?;
-        let mut found = None;
-        loop {
-            let line = self.read_line()?;
-            if line == b"END" {
-                return Ok(found);
-            }
-            if let Some(e) = error_line(line) {
-                return Err(e);
-            }
-            if let Some(v) = line.strip_prefix(b"STAT curr_items ") {
-                found = std::str::from_utf8(v).ok().and_then(|v| v.parse().ok());
-            }
-        }
+        Ok(self
+            .stats_each("", |name, _| name == b"curr_items")?
+            .into_iter()
+            .find_map(|(_, v)| v.parse().ok()))
     }
 
     /// `flush_all`: every item on this server.
     pub fn flush_all(&mut self) -> McResult<()> {
-        self.send(b"flush_all\r\n")?;
-        let line = self.read_line()?;
-        if line == b"OK" {
-            return Ok(());
-        }
-        Err(error_line(line).unwrap_or_else(|| protocol("flush_all", line)))
+        self.begin()?;
+        proto::flush_all(&mut self.out);
+        self.flush()?;
+        self.text(|l| match l {
+            TextLine::Ok => Ok(()),
+            TextLine::Error(l) => Err(server_error(l)),
+            other => Err(unexpected_text("flush_all", &other)),
+        })
     }
 
     /// `lru_crawler metadump hash` (or `all`): calls `each` with every key on the server
@@ -389,75 +453,147 @@ impl Conn {
     /// walks the LRU queues and skips items that are busy at that moment (being read, queued
     /// for an LRU bump), so it can miss keys (memcached's crawler.c).
     pub fn metadump(&mut self, hash: bool, mut each: impl FnMut(&[u8])) -> McResult<bool> {
-        self.send(if hash {
-            b"lru_crawler metadump hash\r\n"
-        } else {
-            b"lru_crawler metadump all\r\n"
-        })?;
+        self.begin()?;
+        proto::metadump(&mut self.out, hash);
+        self.flush()?;
         let mut key = Vec::with_capacity(256);
         loop {
-            let line = self.read_line()?;
-            if line == b"END" {
-                return Ok(true);
-            }
-            if line.starts_with(b"BUSY") {
-                return Ok(false);
-            }
-            if line.starts_with(b"BADCLASS") {
+            let step = self.text(|l| match l {
+                TextLine::End => Ok(Some(true)),
+                TextLine::Busy(_) => Ok(Some(false)),
                 // A server that reads `hash` as a slab class list: no hash walk.
-                return Err(McError::Server(String::from_utf8_lossy(line).into_owned()));
+                TextLine::BadClass(l) => Err(server_error(l)),
+                TextLine::Error(l) => Err(McError::Server(format!(
+                    "{} (ddf lists keys with the LRU crawler: memcached 1.6 or later, without \
+                     -o no_lru_crawler)",
+                    String::from_utf8_lossy(l)
+                ))),
+                TextLine::DumpKey(enc) => {
+                    key.clear();
+                    proto::url_decode(enc, &mut key);
+                    each(&key);
+                    Ok(None)
+                }
+                other => Err(unexpected_text("lru_crawler metadump", &other)),
+            })?;
+            if let Some(done) = step {
+                return Ok(done);
             }
-            if let Some(e) = error_line(line) {
-                let McError::Server(m) = e else { return Err(e) };
-                return Err(McError::Server(format!(
-                    "{m} (ddf lists keys with the LRU crawler: memcached 1.6 or later, without \
-                     -o no_lru_crawler)"
-                )));
-            }
-            let Some(rest) = line.strip_prefix(b"key=") else {
-                return Err(protocol("lru_crawler metadump", line));
-            };
-            let enc = rest.split(|&b| b == b' ').next().unwrap_or(rest);
-            key.clear();
-            url_decode(enc, &mut key);
-            each(&key);
         }
     }
 }
 
-/// Decodes memcached's URL encoding of keys in `metadump` (`%XX`; `+` is not used).
-fn url_decode(s: &[u8], out: &mut Vec<u8>) {
-    let hex = |b: u8| (b as char).to_digit(16);
-    let mut i = 0;
-    while i < s.len() {
-        if s[i] == b'%'
-            && i + 2 < s.len()
-            && let (Some(h), Some(l)) = (hex(s[i + 1]), hex(s[i + 2]))
-        {
-            out.push((h * 16 + l) as u8);
-            i += 3;
-            continue;
-        }
-        out.push(s[i]);
-        i += 1;
-    }
+fn unexpected_status(what: &str, status: Status) -> McError {
+    McError::Protocol(format!("unexpected reply to {what}: {}", status.token()))
+}
+
+fn unexpected_text(what: &str, line: &TextLine<'_>) -> McError {
+    let text = match line {
+        TextLine::Other(l)
+        | TextLine::Version(l)
+        | TextLine::DumpKey(l)
+        | TextLine::Busy(l)
+        | TextLine::BadClass(l)
+        | TextLine::Error(l) => proto::shown(l),
+        TextLine::Stat { name, .. } => format!("STAT {}", proto::shown(name)),
+        TextLine::End => "END".into(),
+        TextLine::Ok => "OK".into(),
+    };
+    McError::Protocol(format!("unexpected reply to {what}: {text}"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ddf_testkit::{FakeReply, FakeServer};
 
-    #[test]
-    fn url_decoding() {
-        let mut out = Vec::new();
-        url_decode(b"a%20b%25%0D%0A%", &mut out);
-        assert_eq!(out, b"a b%\r\n%");
+    fn conn_to(fake: &FakeServer) -> Conn {
+        Conn::connect(
+            "127.0.0.1",
+            fake.port(),
+            Duration::from_secs(1),
+            Duration::from_millis(200),
+        )
+        .unwrap()
     }
 
+    /// A value announced within the limit but never sent: the buffer holds what arrived plus at
+    /// most one chunk, never the announced length.
     #[test]
-    fn va_lines() {
-        assert_eq!(Conn::parse_va(b"VA 5 f16 O3"), Some((5, 16, Some(3))));
-        assert_eq!(Conn::parse_va(b"VA 0 f0"), Some((0, 0, None)));
-        assert_eq!(Conn::parse_va(b"HD"), None);
+    fn an_announced_length_is_never_reserved() {
+        let fake = FakeServer::start(|line: &[u8]| {
+            if line.starts_with(b"mg ") {
+                let mut b = b"VA 900000000 f0\r\n".to_vec();
+                b.extend_from_slice(&[b'x'; 100_000]);
+                FakeReply::SendThenStall(b)
+            } else {
+                FakeReply::Send(b"ERROR\r\n".to_vec())
+            }
+        });
+        let mut c = conn_to(&fake);
+        c.set_value_limit(usize::MAX);
+        match c.get("k") {
+            Err(McError::Io(e)) => assert!(
+                matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ),
+                "{e}"
+            ),
+            other => panic!("{:?}", other.map(|v| v.map(|v| v.data.len()))),
+        }
+        assert!(c.end >= 100_000, "{} bytes received", c.end);
+        assert!(
+            c.buf.len() <= c.end + READ_CHUNK && c.buf.capacity() <= c.end + 2 * READ_CHUNK,
+            "buffer of {} (capacity {}) for {} bytes received",
+            c.buf.len(),
+            c.buf.capacity(),
+            c.end
+        );
+    }
+
+    /// A large value is read whole; the grown buffer shrinks back before the next request.
+    #[test]
+    fn a_large_value_then_a_small_one() {
+        const N: usize = 700_000;
+        let fake = FakeServer::start(|line: &[u8]| {
+            if line == b"mg big v f" {
+                let mut b = format!("VA {N} f3\r\n").into_bytes();
+                b.extend((0..N).map(|i| (i % 251) as u8));
+                b.extend_from_slice(b"\r\n");
+                FakeReply::Send(b)
+            } else if line.starts_with(b"mg ") {
+                FakeReply::Send(b"EN\r\n".to_vec())
+            } else {
+                FakeReply::Send(b"ERROR\r\n".to_vec())
+            }
+        });
+        let mut c = conn_to(&fake);
+        let v = c.get("big").unwrap().unwrap();
+        assert_eq!((v.data.len(), v.flags), (N, 3));
+        assert!(
+            v.data
+                .iter()
+                .enumerate()
+                .all(|(i, &b)| b == (i % 251) as u8)
+        );
+        assert!(c.get("small").unwrap().is_none());
+        assert_eq!(c.buf.len(), READ_INITIAL);
+        // The server's `ERROR` for a command it does not know is a clean server error.
+        assert!(matches!(c.flush_all(), Err(McError::Server(m)) if m == "ERROR"));
+        assert!(c.get("small").unwrap().is_none());
+    }
+
+    /// Bytes nobody asked for put the connection out of step: refused before the next request.
+    #[test]
+    fn unsolicited_bytes_are_a_protocol_error() {
+        let fake = FakeServer::start(|_: &[u8]| FakeReply::Send(b"EN\r\nEN\r\n".to_vec()));
+        let mut c = conn_to(&fake);
+        assert!(c.get("a").unwrap().is_none());
+        // The second `EN` may arrive in the same read or later; either way the stream is out
+        // of step by the time it is noticed.
+        std::thread::sleep(Duration::from_millis(50));
+        let _ = c.fill();
+        assert!(matches!(c.get("b"), Err(McError::Protocol(m)) if m.contains("nobody asked")));
     }
 }

@@ -1,6 +1,7 @@
 //! The Memcached backend (`backend = memcached` and `memcached_pickle`).
 //!
-//! - `client`: a small meta-protocol client over `TcpStream` (why in-house: see there).
+//! - `proto`: the meta protocol (plus a few text commands) as pure code over byte buffers.
+//! - `client`: its blocking transport over `TcpStream` (why in-house: see there).
 //! - `placement`: pymemcache `HashClient`'s rendezvous hashing, so Python and Rust clients
 //!   find each other's entries on the same server list.
 //! - Values: items are stored as the cache's codec made them, bytes and flags (pymemcache's
@@ -15,6 +16,7 @@
 
 mod client;
 pub(crate) mod placement;
+mod proto;
 
 use std::borrow::Cow;
 use std::fmt;
@@ -398,6 +400,7 @@ impl MemcachedBackend {
                 let max = c.item_size_max()?.unwrap_or(DEFAULT_ITEM_SIZE_MAX);
                 server.item_size_max.store(max, Ordering::Relaxed);
             }
+            c.set_value_limit(server.item_size_max.load(Ordering::Relaxed));
             Ok(c)
         });
         made.map_err(|e| {

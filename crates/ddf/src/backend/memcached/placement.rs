@@ -5,7 +5,7 @@
 //! the highest score wins, a tie goes to the lexicographically larger node name. The key hashed is
 //! the memcached key as sent on the wire (namespace included, after [`crate::key::memcached_key`]),
 //! which is what a pymemcache client without `key_prefix` hashes. Hand-written (30 lines) rather
-//! than a dependency: the crates' routers disagree with pymemcache (NOTES.md §2).
+//! than a dependency: the crates' routers disagree with pymemcache.
 
 /// MurmurHash3, x86 32-bit, as pymemcache computes it: over the low byte of each character
 /// (our wire keys and node names are ASCII, so this is the bytes).

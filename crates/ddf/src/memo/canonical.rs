@@ -51,13 +51,16 @@ impl Canon {
         }
     }
     /// Appends one tag byte (the key derivation brackets its argument list with them).
+    #[inline]
     pub(crate) fn tag(&mut self, t: u8) {
         self.out.push(t);
     }
+    #[inline]
     fn bytes(&mut self, b: &[u8]) {
         self.out.extend_from_slice(&(b.len() as u64).to_le_bytes());
         self.out.extend_from_slice(b);
     }
+    #[inline]
     fn int(&mut self, v: i128) -> CResult {
         self.tag(b'i');
         self.out.extend_from_slice(&v.to_le_bytes());

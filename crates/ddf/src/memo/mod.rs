@@ -60,7 +60,7 @@
 //! hit. Use `BTreeSet` for stable keys.
 
 mod canonical;
-mod flight;
+pub(crate) mod flight;
 mod key;
 
 use std::fmt;

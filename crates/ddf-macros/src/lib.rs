@@ -64,10 +64,11 @@ use proc_macro::TokenStream;
 /// - **Fail open**: when the cache cannot be read or written, or a stored value cannot be
 ///   decoded (e.g. after the return type changed), the function runs, its result is returned,
 ///   and a `tracing::warn!` says why. A cache error never becomes the function's error.
-/// - **Single-flight**: concurrent callers in one process that miss the same key wait for the
-///   first one, which computes and stores once; they then read its result. If the first one
-///   panics or returns an uncacheable value (`Err`, `None`), the waiting callers compute
-///   themselves. Nobody deadlocks: a caller that is itself computing a memoized value never
+/// - **Single-flight**: concurrent callers in one process that miss the same key of one cache
+///   (a `CacheManager` and its clones) wait for the first one, which computes and stores once;
+///   they then read its result. If the first one panics, one waiting caller takes over (the
+///   others wait for it); if it returns an uncacheable value (`Err`, `None`), the waiting
+///   callers compute themselves. Nobody deadlocks: a caller that is itself computing a memoized value never
 ///   waits for another one (it computes directly), so a function that calls itself, or two
 ///   functions that call each other from two threads, cannot form a wait cycle. Different
 ///   processes do not coordinate (each may compute once).

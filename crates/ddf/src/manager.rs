@@ -10,7 +10,7 @@ use serde::de::DeserializeOwned;
 
 use crate::backend::{self, Backend, BackendStatus};
 use crate::codec::{Codec, ValueCodec, flags};
-use crate::config::CacheConfig;
+use crate::config::{CacheBackend, CacheConfig};
 use crate::error::{Error, Result};
 use crate::item::Item;
 
@@ -37,6 +37,8 @@ pub struct CacheManager {
 }
 
 struct Inner {
+    /// See [`CacheManager::id`].
+    id: u64,
     config: CacheConfig,
     backend: Arc<dyn Backend>,
     /// Chosen once from the backend kind: the only place values become items and back.
@@ -117,6 +119,9 @@ impl fmt::Display for CacheStats {
     }
 }
 
+/// The next [`CacheManager::id`]. A `u64` counter does not wrap in any process's lifetime.
+static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+
 fn bump(c: &AtomicU64, n: u64) {
     c.fetch_add(n, Ordering::Relaxed);
 }
@@ -150,6 +155,7 @@ impl CacheManager {
         let codec = ValueCodec::for_backend(config.backend);
         CacheManager {
             inner: Arc::new(Inner {
+                id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
                 config,
                 backend,
                 codec,
@@ -175,6 +181,19 @@ impl CacheManager {
 
     fn enabled(&self) -> bool {
         self.inner.config.enabled
+    }
+
+    /// This cache's identity in this process: unique per manager built, shared by its clones.
+    /// What in-process coordination (memoization's single-flight) keys on, so that callers of
+    /// two caches never wait for each other.
+    pub(crate) fn id(&self) -> u64 {
+        self.inner.id
+    }
+
+    /// Whether a value written can be read back: the cache is enabled and its configuration
+    /// names a backend that stores (not `backend = none`).
+    pub(crate) fn is_enabled(&self) -> bool {
+        self.inner.config.enabled && self.inner.config.backend != CacheBackend::None
     }
 
     fn track<T>(&self, r: Result<T>) -> Result<T> {

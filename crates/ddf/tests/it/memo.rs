@@ -196,6 +196,8 @@ pub fn run(make: &dyn Fn(&str) -> CacheManager) {
     panics_do_not_deadlock(&Arc::new(Svc::new(make(&unique_namespace("memo-panic")))));
     recursion_does_not_deadlock(&Svc::new(make(&unique_namespace("memo-rec"))));
     cross_thread_cycles_do_not_deadlock(&Arc::new(Svc::new(make(&unique_namespace("memo-cycle")))));
+    let ns = unique_namespace("memo-two");
+    two_caches_never_wait_for_each_other(make(&ns), make(&ns));
 }
 
 fn hits_after_the_first_call(s: &Svc) {
@@ -399,6 +401,13 @@ fn panics_do_not_deadlock(s: &Arc<Svc>) {
     let results: Vec<_> = threads.into_iter().map(|t| t.join()).collect();
     assert_eq!(results.iter().filter(|r| r.is_err()).count(), 1);
     assert!(results.into_iter().flatten().all(|v| v == 2));
+    // One waiter took the lead over and the others read its result: the panicking call and one
+    // more, whatever the threads' timing (a key has one flight at a time).
+    assert_eq!(
+        s.calls(),
+        4,
+        "one computation after the panic, not one per waiter"
+    );
 }
 
 fn recursion_does_not_deadlock(s: &Svc) {
@@ -423,6 +432,43 @@ fn cross_thread_cycles_do_not_deadlock(s: &Arc<Svc>) {
     // Which nested call finds the other's stored result depends on scheduling (12 or 31 for
     // cycle_a, 21, 32 or 51 for cycle_b); every outcome is a completed top-level call.
     assert!(got.iter().all(|v| *v > 10), "{got:?}");
+}
+
+/// Meets another caller inside the memoized body: two calls of one key complete only if
+/// neither waits for the other's flight.
+struct Meeting {
+    cache: CacheManager,
+    both: Arc<Barrier>,
+}
+
+impl Meeting {
+    #[cache_with_invalidation(cache = self.cache, key_prefix = "meet")]
+    fn meet(&self) -> u32 {
+        self.both.wait();
+        1
+    }
+}
+
+fn two_caches_never_wait_for_each_other(a: CacheManager, b: CacheManager) {
+    // Two managers over the same storage and namespace are two caches: single-flight is per
+    // cache (its id), so each computes; clones of one manager share flights (`single_flight`).
+    let both = Arc::new(Barrier::new(2));
+    let (tx, rx) = std::sync::mpsc::channel();
+    for cache in [a, b] {
+        let (m, tx) = (
+            Meeting {
+                cache,
+                both: both.clone(),
+            },
+            tx.clone(),
+        );
+        std::thread::spawn(move || tx.send(m.meet()).unwrap());
+    }
+    // A bound, not a timing assertion: a wait between the two fails here instead of hanging.
+    let deadline = Duration::from_secs(60);
+    for _ in 0..2 {
+        assert_eq!(rx.recv_timeout(deadline).expect("deadlock"), 1);
+    }
 }
 
 fn file_cache(dir: &Path, ns: &str) -> CacheManager {

@@ -1,0 +1,370 @@
+//! Single-flight: concurrent callers that miss the same key of the same cache in this process
+//! compute once.
+//!
+//! Two layers:
+//!
+//! - [`Flights`], the registry: a map from (cache id, key) to the flight in progress. The first
+//!   caller to [`join`](Flights::join) a key leads its flight; later callers get the flight's
+//!   latch to wait on. The leader's [`Lead`] ends the flight when it is dropped, reporting
+//!   [`Landing::Finished`] if the leader called [`Lead::finish`] and [`Landing::Abandoned`]
+//!   otherwise (it unwound from a panic, or, on an async face, its future was dropped), so no
+//!   waiter is left blocked and waiters know whether to take over. The registry knows nothing
+//!   of threads: how a waiter waits is the [`Latch`]'s business.
+//! - The thread face ([`take_turn`]): one registry with a [`BlockingLatch`] (a condition
+//!   variable), and the rule that keeps it free of deadlocks. A task-based face adds a latch over
+//!   `tokio::sync::Notify` and its own rule (a task-local instead of a thread-local), and reuses
+//!   the registry.
+//!
+//! No deadlock on the thread face: a thread that leads a flight never waits for another one (a
+//! nested memoized call that finds its key in flight computes directly: [`Turn::Bypass`]).
+//! Waiting threads lead no flight, so no thread waits for a thread that waits: no cycle, whether
+//! a function calls itself with the same arguments or two functions call each other from two
+//! threads. Poisoned locks are recovered: the data they guard (a map, a landing) is valid at
+//! every point a panic can occur.
+
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::sync::{Arc, Condvar, LazyLock, Mutex, MutexGuard, PoisonError};
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// How a flight ended, as its waiters learn it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Landing {
+    /// The leader finished: its result is stored, unless it was not cacheable (an `Err`, a
+    /// `None`) or the write failed (writes fail open).
+    Finished,
+    /// The leader ended without finishing (it panicked; on an async face, its future was
+    /// dropped): nothing was stored, and a waiter should take the lead.
+    Abandoned,
+}
+
+/// What a flight's waiters wait on. Only opening is shared; waiting is each implementation's own
+/// method, blocking ([`BlockingLatch::wait`]) or, for a task-based face, `async`.
+pub(crate) trait Latch: Send + Sync {
+    /// A closed latch.
+    fn new() -> Self
+    where
+        Self: Sized;
+    /// Records how the flight ended and wakes every waiter, present and future. Called once per
+    /// latch, by the flight's [`Lead`].
+    fn open(&self, landing: Landing);
+}
+
+/// Which flight: callers of two caches (another directory, namespace or server) never wait for
+/// each other.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct FlightKey {
+    /// [`crate::CacheManager::id`].
+    cache: u64,
+    key: String,
+}
+
+/// The flights in progress.
+pub(crate) struct Flights<L> {
+    map: Mutex<HashMap<FlightKey, Arc<L>>>,
+}
+
+/// A caller's place in a flight.
+pub(crate) enum Join<'a, L: Latch> {
+    /// No flight was in progress: this caller leads a new one.
+    Lead(Lead<'a, L>),
+    /// A flight is in progress: its latch opens when it ends.
+    Wait(Arc<L>),
+}
+
+impl<L: Latch> Flights<L> {
+    pub(crate) fn new() -> Self {
+        Flights {
+            map: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Leads the flight of `key` in cache `cache`, or joins the one in progress.
+    pub(crate) fn join(&self, cache: u64, key: &str) -> Join<'_, L> {
+        let key = FlightKey {
+            cache,
+            key: key.to_owned(),
+        };
+        match lock(&self.map).entry(key) {
+            Entry::Occupied(e) => Join::Wait(Arc::clone(e.get())),
+            Entry::Vacant(e) => {
+                let latch = Arc::new(L::new());
+                let key = e.key().clone();
+                e.insert(Arc::clone(&latch));
+                Join::Lead(Lead {
+                    flights: self,
+                    key,
+                    latch,
+                    finished: false,
+                })
+            }
+        }
+    }
+
+    #[cfg(test)]
+    fn in_flight(&self) -> usize {
+        lock(&self.map).len()
+    }
+}
+
+/// The leader's hold on a flight. Dropping it ends the flight: the key leaves the registry (the
+/// next caller that misses leads a new flight) and the latch opens.
+pub(crate) struct Lead<'a, L: Latch> {
+    flights: &'a Flights<L>,
+    key: FlightKey,
+    latch: Arc<L>,
+    finished: bool,
+}
+
+impl<L: Latch> Lead<'_, L> {
+    /// Marks the flight finished (the result is stored, or was not cacheable); it ends when
+    /// this lead is dropped.
+    pub(crate) fn mark_finished(&mut self) {
+        self.finished = true;
+    }
+}
+
+impl<L: Latch> Drop for Lead<'_, L> {
+    fn drop(&mut self) {
+        {
+            let mut map = lock(&self.flights.map);
+            if map
+                .get(&self.key)
+                .is_some_and(|l| Arc::ptr_eq(l, &self.latch))
+            {
+                map.remove(&self.key);
+            }
+        }
+        self.latch.open(if self.finished {
+            Landing::Finished
+        } else {
+            Landing::Abandoned
+        });
+    }
+}
+
+/// A latch for threads: a condition variable over the landing.
+pub(crate) struct BlockingLatch {
+    landing: Mutex<Option<Landing>>,
+    cv: Condvar,
+}
+
+impl Latch for BlockingLatch {
+    fn new() -> Self {
+        BlockingLatch {
+            landing: Mutex::new(None),
+            cv: Condvar::new(),
+        }
+    }
+
+    fn open(&self, landing: Landing) {
+        *lock(&self.landing) = Some(landing);
+        self.cv.notify_all();
+    }
+}
+
+impl BlockingLatch {
+    /// Blocks this thread until the flight ends.
+    pub(crate) fn wait(&self) -> Landing {
+        let mut landing = lock(&self.landing);
+        loop {
+            if let Some(l) = *landing {
+                return l;
+            }
+            landing = self
+                .cv
+                .wait(landing)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The thread face.
+// ---------------------------------------------------------------------------------------------
+
+static THREAD_FLIGHTS: LazyLock<Flights<BlockingLatch>> = LazyLock::new(Flights::new);
+
+thread_local! {
+    /// How many flights this thread leads.
+    static LEADING: Cell<usize> = const { Cell::new(0) };
+}
+
+/// What a thread that missed a key does next.
+pub(crate) enum Turn {
+    /// Compute and store, then [`ThreadLead::finish`].
+    Lead(ThreadLead),
+    /// Another thread's flight of this key ended.
+    Landed(Landing),
+    /// The key is in flight, and this thread leads another flight: compute, do not wait.
+    Bypass,
+}
+
+/// A thread's lead of a flight (counted in [`LEADING`] while it lives).
+pub(crate) struct ThreadLead(Lead<'static, BlockingLatch>);
+
+impl ThreadLead {
+    /// Ends the flight as finished.
+    pub(crate) fn finish(mut self) {
+        self.0.mark_finished();
+    }
+}
+
+impl Drop for ThreadLead {
+    fn drop(&mut self) {
+        LEADING.with(|n| n.set(n.get().saturating_sub(1)));
+    }
+}
+
+/// Leads the flight of `key` in cache `cache`, or waits for the one in progress (unless this
+/// thread leads a flight: then [`Turn::Bypass`]).
+pub(crate) fn take_turn(cache: u64, key: &str) -> Turn {
+    match THREAD_FLIGHTS.join(cache, key) {
+        Join::Lead(lead) => {
+            LEADING.with(|n| n.set(n.get() + 1));
+            Turn::Lead(ThreadLead(lead))
+        }
+        Join::Wait(_) if LEADING.with(Cell::get) > 0 => Turn::Bypass,
+        Join::Wait(latch) => Turn::Landed(latch.wait()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Barrier;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[test]
+    fn one_leader_per_key_and_cache() {
+        let f = Flights::<BlockingLatch>::new();
+        let Join::Lead(a) = f.join(1, "k") else {
+            panic!("the first caller leads")
+        };
+        assert!(matches!(f.join(1, "k"), Join::Wait(_)));
+        assert!(matches!(f.join(2, "k"), Join::Lead(_)), "another cache");
+        assert!(matches!(f.join(1, "k2"), Join::Lead(_)), "another key");
+        assert_eq!(f.in_flight(), 1, "dropped leads left the registry");
+        drop(a);
+        assert_eq!(f.in_flight(), 0);
+        assert!(matches!(f.join(1, "k"), Join::Lead(_)), "a new flight");
+    }
+
+    #[test]
+    fn waiters_learn_how_the_flight_ended() {
+        let f = Flights::<BlockingLatch>::new();
+        let Join::Lead(mut lead) = f.join(1, "k") else {
+            panic!("leads")
+        };
+        let Join::Wait(w) = f.join(1, "k") else {
+            panic!("waits")
+        };
+        lead.mark_finished();
+        drop(lead);
+        assert_eq!(w.wait(), Landing::Finished);
+
+        let Join::Lead(lead) = f.join(1, "k") else {
+            panic!("leads")
+        };
+        let Join::Wait(w) = f.join(1, "k") else {
+            panic!("waits")
+        };
+        drop(lead); // as a panic's unwinding does
+        assert_eq!(w.wait(), Landing::Abandoned);
+    }
+
+    #[test]
+    fn a_panicking_leader_releases_its_waiters() {
+        let f = Arc::new(Flights::<BlockingLatch>::new());
+        let Join::Lead(lead) = f.join(7, "k") else {
+            panic!("leads")
+        };
+        let n = 4;
+        let waiting = Arc::new(Barrier::new(n + 1));
+        let waiters: Vec<_> = (0..n)
+            .map(|_| {
+                let (f, waiting) = (f.clone(), waiting.clone());
+                std::thread::spawn(move || {
+                    let Join::Wait(w) = f.join(7, "k") else {
+                        panic!("waits")
+                    };
+                    waiting.wait();
+                    w.wait()
+                })
+            })
+            .collect();
+        waiting.wait();
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+            let _lead = lead;
+            panic!("the function panicked");
+        }));
+        assert!(r.is_err());
+        for w in waiters {
+            assert_eq!(w.join().unwrap(), Landing::Abandoned);
+        }
+    }
+
+    #[test]
+    fn threads_take_turns() {
+        // Concurrent callers of one key: one leads, the others wait for it.
+        let n = 8;
+        let start = Arc::new(Barrier::new(n));
+        let leads = Arc::new(AtomicUsize::new(0));
+        let cache = u64::MAX - 1; // no other test uses this id
+        let threads: Vec<_> = (0..n)
+            .map(|_| {
+                let (start, leads) = (start.clone(), leads.clone());
+                std::thread::spawn(move || {
+                    start.wait();
+                    match take_turn(cache, "k") {
+                        Turn::Lead(l) => {
+                            leads.fetch_add(1, Ordering::SeqCst);
+                            std::thread::sleep(std::time::Duration::from_millis(50));
+                            l.finish();
+                            None
+                        }
+                        Turn::Landed(l) => Some(l),
+                        Turn::Bypass => panic!("no thread leads another flight"),
+                    }
+                })
+            })
+            .collect();
+        let landed: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+        // Threads that arrive after the flight ended lead a flight of their own.
+        let led = leads.load(Ordering::SeqCst);
+        assert!(led >= 1);
+        assert_eq!(landed.iter().flatten().count(), n - led);
+        assert!(landed.iter().flatten().all(|l| *l == Landing::Finished));
+    }
+
+    #[test]
+    fn a_leading_thread_never_waits() {
+        let cache = u64::MAX - 2;
+        let Turn::Lead(outer) = take_turn(cache, "a") else {
+            panic!("leads a")
+        };
+        // Another thread leads "b" and holds it until told.
+        let (held, release) = (Arc::new(Barrier::new(2)), Arc::new(Barrier::new(2)));
+        let other = {
+            let (held, release) = (held.clone(), release.clone());
+            std::thread::spawn(move || {
+                let Turn::Lead(l) = take_turn(cache, "b") else {
+                    panic!("leads b")
+                };
+                held.wait();
+                release.wait();
+                l.finish();
+            })
+        };
+        held.wait();
+        assert!(matches!(take_turn(cache, "b"), Turn::Bypass));
+        release.wait();
+        other.join().unwrap();
+        outer.finish();
+        assert_eq!(LEADING.with(Cell::get), 0);
+    }
+}

@@ -29,7 +29,7 @@ use redis::io::tcp::TcpSettings;
 use redis::{ConnectionAddr, ConnectionLike, IntoConnectionInfo, RedisConnectionInfo};
 
 use super::{Backend, BackendStatus, Item};
-use crate::config::{CacheConfig, RedisEndpoint, RedisSettings, RedisTarget};
+use crate::config::{RedisEndpoint, RedisSettings, RedisTarget};
 use crate::error::{Error, Result};
 use crate::key::{Keyspace, glob_escape};
 
@@ -93,24 +93,8 @@ impl Pool {
     }
 }
 
-/// The Redis backend. Build it with [`RedisBackend::from_config`] (or through
-/// [`from_config`](super::from_config), which puts it behind the breaker and fallback).
-///
-/// ```no_run
-/// use std::sync::Arc;
-/// use ddf::backend::redis::RedisBackend;
-/// use ddf::{CacheBackend, CacheConfig, CacheManager};
-///
-/// let config = CacheConfig::default()
-///     .with_backend(CacheBackend::Redis)
-///     .with_redis("127.0.0.1", 6379)
-///     .with_namespace("myapp:");
-/// let backend = RedisBackend::from_config(&config)?;
-/// let cache = CacheManager::with_backend(config, Arc::new(backend));
-/// cache.set("k", &[1, 2, 3], None)?;
-/// assert_eq!(cache.invalidate_pattern("")?, 1);
-/// # Ok::<(), ddf::Error>(())
-/// ```
+/// The Redis backend, built from validated settings by [`from_config`](super::from_config),
+/// which puts it behind the breaker and fallback.
 pub struct RedisBackend {
     keyspace: Keyspace,
     target: Target,
@@ -182,6 +166,7 @@ impl RedisBackend {
         })
     }
 
+    #[cfg(any(test, feature = "testing"))]
     /// A Redis backend for a configuration: [`CacheConfig`]'s Redis settings, validated, then
     /// the backend built from them (see the type's example). No connection is opened here.
     ///
@@ -189,7 +174,7 @@ impl RedisBackend {
     /// [`Error::Config`] naming the setting (and where its value came from) when the
     /// configuration cannot work: an unparseable `redis_url`, an unreadable `redis_ca_file`, a
     /// CA file without `rediss://`, a `redis_db` other than 0 on a cluster.
-    pub fn from_config(config: &CacheConfig) -> Result<Self> {
+    pub fn from_config(config: &crate::CacheConfig) -> Result<Self> {
         Self::new(&config.redis_settings()?)
     }
 
@@ -661,6 +646,7 @@ fn unlink<K: redis::ToRedisArgs>(c: &mut Conn, keys: &[K]) -> redis::RedisResult
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::CacheConfig;
 
     #[test]
     fn cluster_nodes_parsing_keeps_live_primaries() {

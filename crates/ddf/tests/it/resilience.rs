@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use ddf::backend::Backend;
+use ddf::Backend;
 use ddf::{CacheBackend, CacheConfig, CacheManager, FallbackMode, ServerAddr};
 use ddf_testkit::{MemcachedServer, RedisServer, ServerProcess, free_port};
 
@@ -76,9 +76,9 @@ fn config(kind: Kind, ports: &[u16], dir: &std::path::Path) -> CacheConfig {
 fn direct(config: &CacheConfig) -> CacheManager {
     let backend: Arc<dyn Backend> = match config.backend {
         CacheBackend::Redis => {
-            Arc::new(ddf::backend::redis::RedisBackend::from_config(config).unwrap())
+            Arc::new(ddf::testing::internals::RedisBackend::from_config(config).unwrap())
         }
-        _ => Arc::new(ddf::backend::memcached::MemcachedBackend::from_config(config).unwrap()),
+        _ => Arc::new(ddf::testing::internals::MemcachedBackend::from_config(config).unwrap()),
     };
     CacheManager::with_backend(config.clone(), backend)
 }

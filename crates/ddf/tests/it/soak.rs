@@ -1,6 +1,7 @@
 //! A soak with a reference model (issue #14, point 4): threads run random `get`, `set`,
 //! `delete`, `invalidate_pattern` and `flush_all` over 64 keys under 8 prefixes on one
-//! `CacheManager` with short timeouts and the pickle fallback, while a chaos thread kills (-9)
+//! `CacheManager` with short timeouts and the pickle fallback (and pause together at random, as
+//! a long-running process that sleeps through an outage), while a chaos thread kills (-9)
 //! and restarts, or stops (SIGSTOP) and resumes (SIGCONT), servers at random. Every call is
 //! recorded; at the end [`ddf_testkit::model::check`] replays the whole history and the test
 //! fails listing each stale or phantom read with its key's history and the faults around it.
@@ -167,31 +168,61 @@ fn config(kind: Kind, ports: &[u16], dir: &Path) -> CacheConfig {
     .with_pickle_dir(dir)
 }
 
-/// One worker thread: random operations until `until`; every set writes `t<thread>-<seq>`.
-fn work(cache: &CacheManager, thread: u32, clock: Clock, until: Instant, seed: u64) -> Vec<Op> {
+/// When the parent process is idle (all its threads together): a process that sleeps through
+/// an outage and then reads is the victim of several of issue #14's findings.
+fn naps(start: Instant, until: Instant, rng: &mut Rng) -> Vec<(Instant, Instant)> {
+    let mut naps = Vec::new();
+    let mut t = start;
+    while t < until {
+        let from = t + rng.millis(300, 2000);
+        let to = from + rng.millis(200, 1500);
+        naps.push((from, to));
+        t = to;
+    }
+    naps
+}
+
+/// One worker thread: random operations until `until`, idle during `naps`; every set writes
+/// `t<thread>-<seq>`.
+fn work(
+    cache: &CacheManager,
+    thread: u32,
+    clock: Clock,
+    until: Instant,
+    naps: &[(Instant, Instant)],
+    seed: u64,
+) -> Vec<Op> {
     let mut rng = Rng::new(seed ^ (u64::from(thread) + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
     let mut ops = Vec::new();
     let mut seq = 0u64;
-    while Instant::now() < until {
+    loop {
+        let now = Instant::now();
+        if let Some(&(_, to)) = naps.iter().find(|(from, to)| *from <= now && now < *to) {
+            std::thread::sleep(to - now);
+            continue;
+        }
+        if now >= until {
+            break;
+        }
         let prefix = format!("p{}:", rng.below(PREFIXES));
         let key = format!("{prefix}k{}", rng.below(KEYS_PER_PREFIX));
         let start = clock.now();
-        let (action, outcome) = match rng.below(100) {
-            0..=54 => {
+        let (action, outcome) = match rng.below(1000) {
+            0..=549 => {
                 let r = cache.get::<String>(&key);
                 (Action::Get { key }, outcome(r))
             }
-            55..=84 => {
+            550..=849 => {
                 seq += 1;
                 let value = format!("t{thread}-{seq}");
                 let r = cache.set(&key, &value, None);
                 (Action::Set { key, value }, outcome(r.map(|()| None)))
             }
-            85..=95 => {
+            850..=969 => {
                 let r = cache.delete(&key);
                 (Action::Delete { key }, outcome(r.map(|_| None)))
             }
-            96..=98 => {
+            970..=994 => {
                 let r = cache.invalidate_pattern(&prefix);
                 (
                     Action::InvalidatePattern { prefix },
@@ -333,7 +364,7 @@ fn child_job(spec: &str) {
         let hs: Vec<_> = (0..CHILD_THREADS)
             .map(|t| {
                 let cache = &cache;
-                s.spawn(move || work(cache, first + t, clock, until, seed))
+                s.spawn(move || work(cache, first + t, clock, until, &[], seed))
             })
             .collect();
         hs.into_iter().flat_map(|h| h.join().unwrap()).collect()
@@ -370,15 +401,15 @@ fn soak(kind: Kind, servers: usize, children_of: Option<&str>) {
     let clock = Clock::new();
     let cache = CacheManager::new(config(kind, &ports, dir.path())).unwrap();
     let until = Instant::now() + duration;
+    let naps = naps(Instant::now(), until, &mut Rng::new(seed ^ 0x5EE9));
     let stop = AtomicBool::new(false);
     let children = AtomicU64::new(0);
-    let worst = AtomicU64::new(0);
     let child_files = Mutex::new(Vec::new());
     let (mut history, faults) = std::thread::scope(|s| {
         let workers: Vec<_> = (0..THREADS)
             .map(|t| {
-                let cache = &cache;
-                s.spawn(move || work(cache, t, clock, until, seed))
+                let (cache, naps) = (&cache, &naps);
+                s.spawn(move || work(cache, t, clock, until, naps, seed))
             })
             .collect();
         let spawner = children_of.map(|test| {
@@ -406,6 +437,8 @@ fn soak(kind: Kind, servers: usize, children_of: Option<&str>) {
                         .unwrap();
                     process::check(c, "soak child");
                     child_files.lock().unwrap().push(out);
+                    // A gap without children: an outage value left in the fallback stays there.
+                    std::thread::sleep(rng.millis(0, 800));
                 }
             })
         });
@@ -437,11 +470,8 @@ fn soak(kind: Kind, servers: usize, children_of: Option<&str>) {
         let text = std::fs::read_to_string(&f).unwrap();
         history.extend(text.lines().map(from_json_line));
     }
-    for op in &history {
-        worst.fetch_max(op.end - op.start, Ordering::Relaxed);
-    }
+    let worst = Duration::from_nanos(history.iter().map(|o| o.end - o.start).max().unwrap_or(0));
     let report = model::check(&history);
-    let worst = Duration::from_nanos(worst.load(Ordering::Relaxed));
     println!(
         "soak summary: backend={name} ops={} faults={} violations={} hits={} misses={} \
          errors={} processes={} worst_call_ms={} secs={}",
@@ -472,6 +502,15 @@ fn soak(kind: Kind, servers: usize, children_of: Option<&str>) {
     );
 }
 
+/// Which process a thread id belongs to: the parent's threads are below 100, child `n`'s are
+/// `100 * (n + 1) + t`.
+fn process_of(thread: u32) -> String {
+    match thread / 100 {
+        0 => "the parent".to_string(),
+        n => format!("child {}", n - 1),
+    }
+}
+
 /// The checker's report with, for each violation, the faults injected between its write and
 /// its read (and in the second before).
 fn render(report: &model::Report, history: &[Op], faults: &[Fault], max: usize) -> String {
@@ -487,6 +526,14 @@ fn render(report: &model::Report, history: &[Op], faults: &[Fault], max: usize) 
         let text = one.render(history, 1);
         out.push_str(&text.replacen("violation 1:", "violation:", 1));
         let read = &history[v.read()];
+        if let Violation::Stale { write, removal, .. } = v {
+            out.push_str(&format!(
+                "  processes: read by {}, written by {}, removed by {}\n",
+                process_of(read.thread),
+                process_of(history[*write].thread),
+                process_of(history[*removal].thread)
+            ));
+        }
         let from = match v {
             Violation::Stale { write, .. } => history[*write].start,
             Violation::Phantom { .. } => read.start,

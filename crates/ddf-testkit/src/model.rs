@@ -324,7 +324,7 @@ impl Report {
                     let _ = writeln!(out, "  removal {}", o.describe(origin));
                     let _ = writeln!(out, "  read    {}", r.describe(origin));
                     let _ = writeln!(out, "  history of {key} from the write to the read:");
-                    let slice: Vec<&Op> = history
+                    let mut slice: Vec<&Op> = history
                         .iter()
                         .filter(|x| {
                             std::ptr::eq(*x, r)
@@ -334,6 +334,7 @@ impl Report {
                                     && !matches!(x.action, Action::Get { .. })
                         })
                         .collect();
+                    slice.sort_by_key(|x| (x.start, x.end));
                     let shown = 40;
                     for x in slice.iter().take(shown) {
                         let _ = writeln!(out, "    {}", x.describe(origin));

@@ -15,7 +15,8 @@
 //! `DDF_SOAK_SECS` sets how long each soak runs (default 4 s: the four run in CI in under 30 s);
 //! `scripts/soak --minutes N` runs them for longer in release. Each prints one line starting
 //! with `soak summary:` (operations, faults injected, violations) for that script; with
-//! `DDF_SOAK_REPORT=<dir>` the full report of a failing soak is also written there.
+//! `DDF_SOAK_REPORT=<dir>` the full report of a failing soak is also written there, with its
+//! whole history (JSON lines, by start) and every process's breaker states.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -533,7 +534,24 @@ fn soak(kind: Kind, servers: usize, children_of: Option<&str>) {
         let path = Path::new(&dir).join(format!("soak-{name}-{seed}.txt"));
         let full = render(&report, &history, &context, usize::MAX);
         std::fs::write(&path, full).unwrap();
-        eprintln!("soak {name}: full report in {}", path.display());
+        let mut sorted: Vec<&Op> = history.iter().collect();
+        sorted.sort_by_key(|o| o.start);
+        let lines: String = sorted.iter().map(|o| to_json_line(o) + "\n").collect();
+        std::fs::write(path.with_extension("history.jsonl"), lines).unwrap();
+        let mut states: Vec<String> = Vec::new();
+        for (p, timeline) in &context.states {
+            states.extend(
+                timeline
+                    .iter()
+                    .map(|(t, s)| format!("{t}\tprocess {p}\t{s}")),
+            );
+        }
+        states.sort();
+        std::fs::write(path.with_extension("states"), states.join("\n")).unwrap();
+        eprintln!(
+            "soak {name}: full report in {} (with the history and the states beside it)",
+            path.display()
+        );
     }
     panic!(
         "soak {name} (seed {seed}): {} of {} reads returned a value they may not:\n{text}",

@@ -11,4 +11,5 @@ mod pickle;
 mod process;
 mod redis;
 mod resilience;
+mod soak;
 mod ui;

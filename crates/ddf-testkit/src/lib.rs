@@ -656,3 +656,161 @@ mod tests {
         }
     }
 }
+
+/// What a [`FakeServer`]'s script does with one request line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FakeReply {
+    /// Write these bytes (possibly a partial or hostile reply) and read the next line.
+    Send(Vec<u8>),
+    /// Write these bytes, then hold the connection open without answering anything more (a
+    /// server stalled mid-reply) until the fake server is dropped.
+    SendThenStall(Vec<u8>),
+    /// Say nothing and read the next line (a line that is part of a larger request).
+    Nothing,
+    /// Close the connection.
+    Close,
+}
+
+/// A hostile or broken server on a free loopback port: a `TcpListener` thread that reads each
+/// connection line by line (up to `\n`) and answers what a script says, for tests that a client
+/// survives garbage, partial lines, enormous announced lengths and stalls. Dropping it stops the
+/// threads and closes every connection.
+///
+/// ```no_run
+/// use ddf_testkit::{FakeReply, FakeServer};
+/// // A memcached that reports a 1 MiB item limit, then announces a 1 GB value and stalls.
+/// let fake = FakeServer::start(|line: &[u8]| match line {
+///     l if l.starts_with(b"stats") => FakeReply::Send(b"STAT item_size_max 1048576\r\nEND\r\n".to_vec()),
+///     l if l.starts_with(b"mg ") => FakeReply::SendThenStall(b"VA 999999999 f0\r\n".to_vec()),
+///     _ => FakeReply::Send(b"ERROR\r\n".to_vec()),
+/// });
+/// let server = fake.server(); // "127.0.0.1:port"
+/// ```
+#[derive(Debug)]
+pub struct FakeServer {
+    port: u16,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl FakeServer {
+    /// Starts the server; `script` is called with every request line (without its line end).
+    pub fn start<F>(script: F) -> FakeServer
+    where
+        F: Fn(&[u8]) -> FakeReply + Send + Sync + 'static,
+    {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let port = listener.local_addr().expect("local addr").port();
+        listener
+            .set_nonblocking(true)
+            .expect("nonblocking listener");
+        let stop = Arc::new(AtomicBool::new(false));
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let script = Arc::new(script);
+        let (stop2, accepted2) = (stop.clone(), accepted.clone());
+        let thread = std::thread::spawn(move || {
+            let mut conns = Vec::new();
+            while !stop2.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((s, _)) => {
+                        accepted2.fetch_add(1, Ordering::Relaxed);
+                        let (script, stop) = (script.clone(), stop2.clone());
+                        conns.push(std::thread::spawn(move || fake_conn(s, &*script, &stop)));
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    Err(_) => break,
+                }
+            }
+            for c in conns {
+                let _ = c.join();
+            }
+        });
+        FakeServer {
+            port,
+            stop,
+            accepted,
+            thread: Some(thread),
+        }
+    }
+
+    /// The port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `127.0.0.1:port`.
+    pub fn server(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// How many connections it accepted so far.
+    pub fn connections(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Drop for FakeServer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// One connection of a [`FakeServer`]: reads lines, answers per the script, stalls or closes.
+fn fake_conn(
+    mut s: TcpStream,
+    script: &dyn Fn(&[u8]) -> FakeReply,
+    stop: &std::sync::atomic::AtomicBool,
+) {
+    use std::sync::atomic::Ordering;
+    let _ = s.set_nonblocking(false);
+    let _ = s.set_read_timeout(Some(Duration::from_millis(20)));
+    let mut pending: Vec<u8> = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let mut stalled = false;
+    while !stop.load(Ordering::Relaxed) {
+        if stalled {
+            std::thread::sleep(Duration::from_millis(10));
+            continue;
+        }
+        match s.read(&mut chunk) {
+            Ok(0) => return,
+            Ok(n) => pending.extend_from_slice(&chunk[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                continue;
+            }
+            Err(_) => return,
+        }
+        while let Some(i) = pending.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=i).collect();
+            let line = line.strip_suffix(b"\n").unwrap_or(&line);
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            match script(line) {
+                FakeReply::Send(b) => {
+                    if s.write_all(&b).is_err() {
+                        return;
+                    }
+                }
+                FakeReply::SendThenStall(b) => {
+                    let _ = s.write_all(&b);
+                    stalled = true;
+                    break;
+                }
+                FakeReply::Nothing => {}
+                FakeReply::Close => return,
+            }
+        }
+    }
+}

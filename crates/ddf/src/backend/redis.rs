@@ -28,10 +28,13 @@ use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::io::tcp::TcpSettings;
 use redis::{ConnectionAddr, ConnectionLike, IntoConnectionInfo, RedisConnectionInfo};
 
+use self::conn::Bounded;
 use super::{Backend, BackendStatus, Item};
 use crate::config::{CacheConfig, RedisEndpoint, RedisSettings, RedisTarget};
 use crate::error::{Error, Result};
 use crate::key::{Keyspace, glob_escape};
+
+mod conn;
 
 const NAME: &str = "redis";
 
@@ -49,7 +52,7 @@ enum Target {
 
 /// One pooled connection.
 enum Conn {
-    Single(redis::Connection),
+    Single(Bounded),
     Cluster(Box<ClusterConnection>),
 }
 
@@ -228,12 +231,11 @@ impl RedisBackend {
 
     fn connect(&self) -> redis::RedisResult<Conn> {
         match &self.target {
-            Target::Single(client) => {
-                let c = client.get_connection_with_timeout(self.connect_timeout)?;
-                c.set_read_timeout(Some(self.timeout))?;
-                c.set_write_timeout(Some(self.timeout))?;
-                Ok(Conn::Single(c))
-            }
+            Target::Single(client) => Ok(Conn::Single(Bounded::open(
+                client,
+                self.connect_timeout,
+                self.timeout,
+            )?)),
             Target::Cluster(client) => {
                 let c = client.get_connection()?;
                 c.set_read_timeout(Some(self.timeout))?;

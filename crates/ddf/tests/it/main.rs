@@ -11,3 +11,4 @@ mod process;
 mod redis;
 mod resilience;
 mod ui;
+mod waits;

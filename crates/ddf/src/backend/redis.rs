@@ -120,6 +120,8 @@ pub struct RedisBackend {
     pool: Pool,
     timeout: Duration,
     connect_timeout: Duration,
+    /// The database a standalone connection selects (`SELECT`, sent by [`Bounded::open`]).
+    db: i64,
     server_flush: bool,
     /// The flags reported for values read (Redis cannot store them): the codec's.
     read_flags: u32,
@@ -178,6 +180,7 @@ impl RedisBackend {
             },
             timeout: settings.timeout,
             connect_timeout: settings.connect_timeout,
+            db: settings.db,
             server_flush: settings.server_flush,
             read_flags,
             place,
@@ -233,6 +236,7 @@ impl RedisBackend {
         match &self.target {
             Target::Single(client) => Ok(Conn::Single(Bounded::open(
                 client,
+                self.db,
                 self.connect_timeout,
                 self.timeout,
             )?)),
@@ -353,7 +357,11 @@ fn client(settings: &RedisSettings, endpoint: &RedisEndpoint) -> redis::RedisRes
         },
         RedisEndpoint::Unix { path } => ConnectionAddr::Unix(path.clone()),
     };
-    let mut redis = RedisConnectionInfo::default().set_db(settings.db);
+    // Database 0 and no `CLIENT SETINFO`: the whole set-up must fit in `connect_timeout`, and
+    // redis-rs gives each set-up reply its own (see `Bounded::open`, which sends `SELECT`).
+    let mut redis = RedisConnectionInfo::default()
+        .set_db(0)
+        .set_skip_set_lib_name();
     if let Some(u) = &settings.username {
         redis = redis.set_username(u);
     }

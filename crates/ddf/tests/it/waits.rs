@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use ddf::backend::memcached::MemcachedBackend;
 use ddf::backend::redis::RedisBackend;
 use ddf::{CacheBackend, CacheConfig, CacheManager};
-use ddf_testkit::{MemcachedServer, RedisServer};
+use ddf_testkit::{FakeReply, FakeServer, MemcachedServer, RedisServer};
 
 const TIMEOUT: Duration = Duration::from_millis(300);
 const CONNECT: Duration = Duration::from_millis(300);
@@ -49,6 +49,7 @@ fn redis_batches_on_a_stopped_server_wait_one_timeout() {
     let keys: Vec<&str> = refs.iter().map(|(k, _)| *k).collect();
     // A pooled connection exists: the calls below use it, then reconnect.
     cache.set_many(&refs, None).unwrap();
+    cache.set("other", &99, None).unwrap();
     server.process.signal("STOP");
     let mut worst = Duration::ZERO;
     for _ in 0..2 {
@@ -61,8 +62,9 @@ fn redis_batches_on_a_stopped_server_wait_one_timeout() {
     }
     server.process.signal("CONT");
     assert!(worst < bound(), "worst call {worst:?}, bound {:?}", bound());
-    // The connections that timed out were dropped: no late reply is taken for a new one.
-    assert_eq!(cache.get::<i32>("k3").unwrap(), Some(3));
+    // The connections that timed out were dropped: no late reply (here, of the requests sent
+    // while the server was stopped, which it runs once continued) is taken for a new one.
+    assert_eq!(cache.get::<i32>("other").unwrap(), Some(99));
 }
 
 #[test]
@@ -96,4 +98,28 @@ fn memcached_batches_on_a_stopped_server_wait_one_timeout() {
     }
     server.process.signal("CONT");
     assert!(worst < bound(), "worst call {worst:?}, bound {:?}", bound());
+}
+
+/// A fake Redis that accepts `AUTH` and stalls on `SELECT`: the whole connection set-up
+/// (`AUTH`, `SELECT`) ends within `connect_timeout`, not one connect timeout per set-up reply.
+#[test]
+fn redis_connection_set_up_fits_in_the_connect_timeout() {
+    let fake = FakeServer::start(|line: &[u8]| match line {
+        b"AUTH" => FakeReply::Send(b"+OK\r\n".to_vec()),
+        b"SELECT" => FakeReply::SendThenStall(Vec::new()),
+        _ => FakeReply::Nothing,
+    });
+    // A long operation timeout, so that only the set-up's deadline can end the call early.
+    let timeout = Duration::from_secs(3);
+    let mut config = CacheConfig::default()
+        .with_backend(CacheBackend::Redis)
+        .with_timeouts(CONNECT, timeout);
+    config.redis_url = Some(ddf::config::Secret::new(format!(
+        "redis://:pw@127.0.0.1:{}/2",
+        fake.port()
+    )));
+    let backend = RedisBackend::from_config(&config, ddf::codec::flags::TEXT).unwrap();
+    let cache = CacheManager::with_backend(config, Arc::new(backend));
+    let took = failing("get through a stalled SELECT", || cache.get::<i32>("k"));
+    assert!(took < CONNECT + SLACK, "{took:?}");
 }

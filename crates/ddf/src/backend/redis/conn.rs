@@ -1,11 +1,17 @@
 //! One connection to one Redis server whose waits the configuration bounds.
 //!
-//! Written here rather than left to redis-rs 1.8 because of a wait it multiplies: its pipelines
-//! read every reply even after one timed out, so a pipeline of `n` commands on a stopped server
-//! waits `n` timeouts (`set_many` of 20 items: 10 s with `timeout = 0.5`). [`Bounded`] stops
-//! reading at the first failed reply and refuses every later request: the caller drops it.
+//! Written here rather than left to redis-rs 1.8 because of two waits it multiplies:
+//! - its pipelines read every reply even after one timed out, so a pipeline of `n` commands on
+//!   a stopped server waits `n` timeouts (`set_many` of 20 items: 10 s with `timeout = 0.5`).
+//!   [`Bounded`] stops reading at the first failed reply and refuses every later request: the
+//!   caller drops it.
+//! - its connection set-up reads each reply (`AUTH`, `SELECT`, `CLIENT SETINFO` twice) with
+//!   what is left of the connect timeout, so the set-up can take several connect timeouts.
+//!   [`Bounded::open`] has redis-rs skip `CLIENT SETINFO` (the client is built so) and sends
+//!   `SELECT` itself, so redis-rs reads at most one set-up reply (`AUTH` or `HELLO`) and
+//!   `SELECT` gets what is left of the same deadline.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redis::{ConnectionLike, RedisError, RedisResult, Value};
 
@@ -13,6 +19,8 @@ use redis::{ConnectionLike, RedisError, RedisResult, Value};
 /// that is not RESP): later requests are refused without touching the socket.
 pub(super) struct Bounded {
     inner: redis::Connection,
+    /// The database selected (redis-rs's connection believes it is 0).
+    db: i64,
     /// Set by the first failed read or write; the connection is then out of step.
     broken: bool,
 }
@@ -25,21 +33,44 @@ fn abandoned() -> RedisError {
     ))
 }
 
+/// What is left until `deadline`, or a timeout error when nothing is.
+fn left(deadline: Instant) -> RedisResult<Duration> {
+    deadline
+        .checked_duration_since(Instant::now())
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| {
+            RedisError::from(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the connection set-up took longer than connect_timeout",
+            ))
+        })
+}
+
 impl Bounded {
-    /// Connects with `client` within `connect_timeout`; then every read and write waits at most
-    /// `timeout`.
+    /// Connects with `client` (built with database 0 and without `CLIENT SETINFO`) and selects
+    /// `db`, all within `connect_timeout`; then every read and write waits at most `timeout`.
     pub(super) fn open(
         client: &redis::Client,
+        db: i64,
         connect_timeout: Duration,
         timeout: Duration,
     ) -> RedisResult<Self> {
+        let deadline = Instant::now() + connect_timeout;
         let inner = client.get_connection_with_timeout(connect_timeout)?;
-        inner.set_read_timeout(Some(timeout))?;
-        inner.set_write_timeout(Some(timeout))?;
-        Ok(Bounded {
+        let mut c = Bounded {
             inner,
+            db,
             broken: false,
-        })
+        };
+        if db != 0 {
+            let rest = left(deadline)?;
+            c.inner.set_read_timeout(Some(rest))?;
+            c.inner.set_write_timeout(Some(rest))?;
+            redis::cmd("SELECT").arg(db).exec(&mut c)?;
+        }
+        c.inner.set_read_timeout(Some(timeout))?;
+        c.inner.set_write_timeout(Some(timeout))?;
+        Ok(c)
     }
 
     /// Marks the connection broken when `r` failed.
@@ -90,7 +121,7 @@ impl ConnectionLike for Bounded {
     }
 
     fn get_db(&self) -> i64 {
-        self.inner.get_db()
+        self.db
     }
 
     fn check_connection(&mut self) -> bool {

@@ -218,6 +218,11 @@ impl RedisBackend {
                     | redis::ErrorKind::Server(redis::ServerErrorKind::MasterDown)
             );
         let mut text = e.to_string();
+        if e.kind() == redis::ErrorKind::Parse {
+            // redis-rs's parse errors span lines ("Unexpected `84`" per byte); one line here.
+            let detail = text.split_whitespace().collect::<Vec<_>>().join(" ");
+            text = format!("a reply that is not RESP (is this a Redis server?): {detail}");
+        }
         if e.is_timeout() {
             text = format!("timed out ({text})");
         }

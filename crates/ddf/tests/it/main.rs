@@ -9,6 +9,7 @@ mod memo;
 mod pickle;
 mod process;
 mod redis;
+mod redis_hostile;
 mod resilience;
 mod ui;
 mod waits;

@@ -5,6 +5,7 @@
 mod conformance;
 mod file;
 mod memcached;
+mod memcached_hostile;
 mod memo;
 mod pickle;
 mod process;

@@ -57,6 +57,17 @@ impl Bounded {
     ) -> RedisResult<Self> {
         let deadline = Instant::now() + connect_timeout;
         let inner = client.get_connection_with_timeout(connect_timeout)?;
+        Bounded::ready(inner, db, deadline, timeout)
+    }
+
+    /// Takes a connection redis-rs opened (on database 0), selects `db` before `deadline`, then
+    /// sets every read and write to wait at most `timeout`.
+    pub(super) fn ready(
+        inner: redis::Connection,
+        db: i64,
+        deadline: Instant,
+        timeout: Duration,
+    ) -> RedisResult<Self> {
         let mut c = Bounded {
             inner,
             db,

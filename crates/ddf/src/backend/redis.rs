@@ -28,10 +28,13 @@ use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::io::tcp::TcpSettings;
 use redis::{ConnectionAddr, ConnectionLike, IntoConnectionInfo, RedisConnectionInfo};
 
+use self::conn::Bounded;
 use super::{Backend, BackendStatus, Item};
 use crate::config::{RedisEndpoint, RedisSettings, RedisTarget};
 use crate::error::{Error, Result};
 use crate::key::{Keyspace, glob_escape};
+
+mod conn;
 
 const NAME: &str = "redis";
 
@@ -49,7 +52,7 @@ enum Target {
 
 /// One pooled connection.
 enum Conn {
-    Single(redis::Connection),
+    Single(Bounded),
     Cluster(Box<ClusterConnection>),
 }
 
@@ -101,6 +104,8 @@ pub struct RedisBackend {
     pool: Pool,
     timeout: Duration,
     connect_timeout: Duration,
+    /// The database a standalone connection selects (`SELECT`, sent by [`Bounded::open`]).
+    db: i64,
     server_flush: bool,
     /// Where the server is, for messages: the settings' identity, never credentials.
     place: String,
@@ -156,6 +161,7 @@ impl RedisBackend {
             },
             timeout: settings.timeout,
             connect_timeout: settings.connect_timeout,
+            db: settings.db,
             server_flush: settings.server_flush,
             place,
             password: settings
@@ -193,6 +199,11 @@ impl RedisBackend {
                     | redis::ErrorKind::Server(redis::ServerErrorKind::MasterDown)
             );
         let mut text = e.to_string();
+        if e.kind() == redis::ErrorKind::Parse {
+            // redis-rs's parse errors span lines ("Unexpected `84`" per byte); one line here.
+            let detail = text.split_whitespace().collect::<Vec<_>>().join(" ");
+            text = format!("a reply that is not RESP (is this a Redis server?): {detail}");
+        }
         if e.is_timeout() {
             text = format!("timed out ({text})");
         }
@@ -209,12 +220,12 @@ impl RedisBackend {
 
     fn connect(&self) -> redis::RedisResult<Conn> {
         match &self.target {
-            Target::Single(client) => {
-                let c = client.get_connection_with_timeout(self.connect_timeout)?;
-                c.set_read_timeout(Some(self.timeout))?;
-                c.set_write_timeout(Some(self.timeout))?;
-                Ok(Conn::Single(c))
-            }
+            Target::Single(client) => Ok(Conn::Single(Bounded::open(
+                client,
+                self.db,
+                self.connect_timeout,
+                self.timeout,
+            )?)),
             Target::Cluster(client) => {
                 let c = client.get_connection()?;
                 c.set_read_timeout(Some(self.timeout))?;
@@ -332,7 +343,11 @@ fn client(settings: &RedisSettings, endpoint: &RedisEndpoint) -> redis::RedisRes
         },
         RedisEndpoint::Unix { path } => ConnectionAddr::Unix(path.clone()),
     };
-    let mut redis = RedisConnectionInfo::default().set_db(settings.db);
+    // Database 0 and no `CLIENT SETINFO`: the whole set-up must fit in `connect_timeout`, and
+    // redis-rs gives each set-up reply its own (see `Bounded::open`, which sends `SELECT`).
+    let mut redis = RedisConnectionInfo::default()
+        .set_db(0)
+        .set_skip_set_lib_name();
     if let Some(u) = &settings.username {
         redis = redis.set_username(u);
     }

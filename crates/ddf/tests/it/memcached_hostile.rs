@@ -116,7 +116,6 @@ fn vm_peak() -> u64 {
 /// A `VA 999999999` in a `get_many` reply is not allocated (issue #14: about 1 GB of peak
 /// virtual memory). Measured in a child process running this test alone.
 #[test]
-#[ignore = "needs the bounded value reads of branch mcproto; un-ignore once it is merged"]
 fn an_enormous_announced_length_in_a_batch_is_not_allocated() {
     if process::job(ALLOC_WORKER).is_some() {
         let keys = ["a", "b", "c"];
@@ -140,7 +139,6 @@ fn an_enormous_announced_length_in_a_batch_is_not_allocated() {
         ALLOC_WORKER,
         "1",
     )
-    .arg("--include-ignored")
     .spawn()
     .unwrap();
     let out = process::check(c, "allocation worker");

@@ -4,8 +4,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ddf::backend::memcached::MemcachedBackend;
-use ddf::backend::redis::RedisBackend;
+use ddf::testing::internals::MemcachedBackend;
+use ddf::testing::internals::RedisBackend;
 use ddf::{CacheBackend, CacheConfig, CacheManager};
 use ddf_testkit::{FakeReply, FakeServer, MemcachedServer, RedisServer};
 
@@ -34,7 +34,7 @@ fn redis_direct(server: &RedisServer) -> CacheManager {
         .with_redis("127.0.0.1", server.port())
         .with_namespace("w:")
         .with_timeouts(CONNECT, TIMEOUT);
-    let backend = RedisBackend::from_config(&config, ddf::codec::flags::TEXT).unwrap();
+    let backend = RedisBackend::from_config(&config).unwrap();
     CacheManager::with_backend(config, Arc::new(backend))
 }
 
@@ -114,11 +114,11 @@ fn redis_connection_set_up_fits_in_the_connect_timeout() {
     let mut config = CacheConfig::default()
         .with_backend(CacheBackend::Redis)
         .with_timeouts(CONNECT, timeout);
-    config.redis_url = Some(ddf::config::Secret::new(format!(
+    config.redis_url = Some(ddf::Secret::new(format!(
         "redis://:pw@127.0.0.1:{}/2",
         fake.port()
     )));
-    let backend = RedisBackend::from_config(&config, ddf::codec::flags::TEXT).unwrap();
+    let backend = RedisBackend::from_config(&config).unwrap();
     let cache = CacheManager::with_backend(config, Arc::new(backend));
     let took = failing("get through a stalled SELECT", || cache.get::<i32>("k"));
     assert!(took < CONNECT + SLACK, "{took:?}");

@@ -10,4 +10,5 @@ mod pickle;
 mod process;
 mod redis;
 mod resilience;
+mod sentinel;
 mod ui;

@@ -6,10 +6,11 @@
 //! host that drops packets) would block a call forever. What a client has to do is small (the
 //! Sentinel client specification, <https://redis.io/docs/latest/develop/reference/sentinel-clients/>):
 //!
-//! 1. ask the Sentinels in turn `SENTINEL get-master-addr-by-name NAME`; the first that answers
-//!    is asked first next time;
-//! 2. connect to the address it gives and check with `ROLE` that the server is a master (a
-//!    Sentinel's view can be stale during a failover);
+//! 1. ask the Sentinels in turn `SENTINEL get-master-addr-by-name NAME`;
+//! 2. connect to the address one gives and check with `ROLE` that the server is a master; when
+//!    it is not, or does not answer, ask the next Sentinel (during a failover the Sentinels other
+//!    than the leader name the old master for up to a couple of seconds). The Sentinel whose
+//!    master answered is asked first next time;
 //! 3. ask again when the master fails: the backend calls [`Sentinels::forget`] after a
 //!    connection error, a timeout or a `READONLY` reply (a demoted master; Sentinel also closes
 //!    the clients of a server it turns into a replica).
@@ -105,8 +106,7 @@ impl Sentinels {
                 }
             }
         }
-        let m = self.discover(deadline)?;
-        let c = self.open_master(&m, deadline)?;
+        let (m, c) = self.discover(deadline)?;
         let mut state = self.state();
         if state.master.as_ref().map(|k| &k.addr) != Some(&m.addr) {
             tracing::info!(master = %self.name, addr = %m.addr, "Sentinel: using the master at {}", m.addr);
@@ -115,9 +115,10 @@ impl Sentinels {
         Ok(c)
     }
 
-    /// Asks the Sentinels in turn, from the one that answered last, where the master is.
-    /// Each gets an equal share of the time left.
-    fn discover(&self, deadline: Instant) -> RedisResult<Master> {
+    /// Asks the Sentinels in turn, from the one whose master answered last, where the master
+    /// is, until one names a server that answers `ROLE` as a master; a connection to it. Each
+    /// Sentinel (and the master it names) gets an equal share of the time left.
+    fn discover(&self, deadline: Instant) -> RedisResult<(Master, redis::Connection)> {
         let n = self.sentinels.len();
         let first = self.state().first;
         let mut last = None;
@@ -127,9 +128,9 @@ impl Sentinels {
                 continue;
             };
             let share = left(deadline)? / u32::try_from(n - i).unwrap_or(1);
+            let until = Instant::now() + share;
             match self.ask(client, share) {
                 Ok(Some((host, port))) => {
-                    self.state().first = idx;
                     let endpoint = if self.settings.ca.is_some() {
                         RedisEndpoint::Tls {
                             host: host.clone(),
@@ -143,8 +144,21 @@ impl Sentinels {
                         }
                     };
                     let addr = ServerAddr { host, port }.to_string();
-                    let client = super::client(&self.settings, &endpoint)?;
-                    return Ok(Master { addr, client });
+                    let m = Master {
+                        addr,
+                        client: super::client(&self.settings, &endpoint)?,
+                    };
+                    match self.open_master(&m, until) {
+                        Ok(c) => {
+                            self.state().first = idx;
+                            return Ok((m, c));
+                        }
+                        Err(e) => {
+                            tracing::debug!(sentinel = %label, addr = %m.addr, error = %e,
+                                "the master this Sentinel names does not answer as a master");
+                            last = Some(e);
+                        }
+                    }
                 }
                 Ok(None) => {
                     tracing::debug!(sentinel = %label, master = %self.name, "Sentinel does not know the master");

@@ -1,0 +1,153 @@
+//! A Redis Sentinel deployment on free loopback ports: a master, a replica and three
+//! `redis-sentinel` processes with a quorum of 2, quick to fail over.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::{RedisServer, ServerProcess, free_port, missing, redis_cli, roundtrip, which};
+
+/// The name the Sentinels monitor the master under.
+pub const SENTINEL_MASTER: &str = "m";
+
+/// Sentinel's `down-after-milliseconds`: how long the master must not answer to be down.
+pub const DOWN_AFTER_MS: u64 = 1000;
+
+/// Sentinel's `failover-timeout`.
+pub const FAILOVER_TIMEOUT_MS: u64 = 3000;
+
+/// A master, its replica (`--replicaof`) and three Sentinels (`sentinel monitor m 127.0.0.1
+/// PORT 2`, `down-after-milliseconds` [`DOWN_AFTER_MS`], `failover-timeout`
+/// [`FAILOVER_TIMEOUT_MS`]). Ready once every Sentinel knows the replica and the two other
+/// Sentinels, so that a failover can be authorized at once. Everything is stopped on drop.
+#[derive(Debug)]
+pub struct RedisSentinel {
+    /// The master at start (after a failover, a dead process or a replica).
+    pub master: RedisServer,
+    /// The replica at start (promoted by a failover).
+    pub replica: RedisServer,
+    /// The three Sentinels.
+    pub sentinels: Vec<ServerProcess>,
+}
+
+impl RedisSentinel {
+    /// Starts the deployment; `None` (after a loud message) when `redis-server`, `redis-cli` or
+    /// `redis-sentinel` is missing and servers are not required. Panics, with the logs, when it
+    /// does not become ready within 30 s.
+    pub fn start() -> Option<Self> {
+        let Some(bin) = which("redis-sentinel") else {
+            match missing("redis-sentinel", "this Redis Sentinel test")? {}
+        };
+        if which("redis-cli").is_none() {
+            match missing("redis-cli", "this Redis Sentinel test")? {}
+        }
+        let master = RedisServer::start()?;
+        let mport = master.port().to_string();
+        let replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &mport])?;
+        let mut sentinels = Vec::new();
+        for _ in 0..3 {
+            let port = free_port();
+            let dir = tempfile::tempdir().unwrap();
+            let log = dir.path().join("sentinel.log");
+            // Sentinel rewrites its configuration file: it lives in the temporary directory.
+            let conf = dir.path().join("sentinel.conf");
+            std::fs::write(
+                &conf,
+                format!(
+                    "port {port}\nbind 127.0.0.1\nprotected-mode no\ndaemonize no\n\
+                     dir {dir}\nlogfile {log}\n\
+                     sentinel monitor {SENTINEL_MASTER} 127.0.0.1 {mport} 2\n\
+                     sentinel down-after-milliseconds {SENTINEL_MASTER} {DOWN_AFTER_MS}\n\
+                     sentinel failover-timeout {SENTINEL_MASTER} {FAILOVER_TIMEOUT_MS}\n\
+                     sentinel parallel-syncs {SENTINEL_MASTER} 1\n",
+                    dir = dir.path().display(),
+                    log = log.display(),
+                ),
+            )
+            .unwrap();
+            let mut cmd = Command::new(&bin);
+            cmd.arg(&conf);
+            sentinels.push(ServerProcess::spawn(
+                "redis-sentinel",
+                cmd,
+                port,
+                dir,
+                log,
+                |p| roundtrip(p, b"PING\r\n", b"+PONG\r\n"),
+            ));
+        }
+        let deployment = RedisSentinel {
+            master,
+            replica,
+            sentinels,
+        };
+        deployment.wait_ready();
+        Some(deployment)
+    }
+
+    /// Waits until the replica is in sync and every Sentinel sees it and the two others.
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let synced = redis_cli(self.replica.port(), &["INFO", "replication"])
+                .contains("master_link_status:up");
+            let known = self.sentinels.iter().all(|s| {
+                let info = redis_cli(s.port, &["SENTINEL", "MASTER", SENTINEL_MASTER]);
+                field(&info, "num-slaves") == Some("1")
+                    && field(&info, "num-other-sentinels") == Some("2")
+            });
+            if synced && known {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "the Sentinel deployment was not ready within 30 s (replica in sync: \
+                     {synced}):\n{}",
+                    self.logs()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// `127.0.0.1:port` of every Sentinel.
+    pub fn sentinel_addrs(&self) -> Vec<String> {
+        self.sentinels
+            .iter()
+            .map(|s| format!("127.0.0.1:{}", s.port))
+            .collect()
+    }
+
+    /// The master's port as each Sentinel reports it (`SENTINEL get-master-addr-by-name m`);
+    /// `None` for a Sentinel that does not answer. During a failover the leader names the
+    /// promoted replica first, the others when they hear of it.
+    pub fn master_ports(&self) -> Vec<Option<u16>> {
+        self.sentinels
+            .iter()
+            .map(|s| {
+                let out = redis_cli(
+                    s.port,
+                    &["SENTINEL", "get-master-addr-by-name", SENTINEL_MASTER],
+                );
+                out.lines().nth(1)?.trim().parse().ok()
+            })
+            .collect()
+    }
+
+    /// Every process's log, for panic messages.
+    pub fn logs(&self) -> String {
+        let mut out = vec![self.master.process.logs(), self.replica.process.logs()];
+        out.extend(self.sentinels.iter().map(ServerProcess::logs));
+        out.join("\n")
+    }
+}
+
+/// A `name` line's value in redis-cli's output of a flat reply (`name` then its value).
+fn field<'a>(out: &'a str, name: &str) -> Option<&'a str> {
+    let mut lines = out.lines();
+    while let Some(l) = lines.next() {
+        if l.trim() == name {
+            return lines.next().map(str::trim);
+        }
+    }
+    None
+}

@@ -4,7 +4,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::{RedisServer, ServerProcess, free_port, missing, redis_cli, roundtrip, which};
+use crate::{RedisServer, ServerProcess, free_port, missing, roundtrip, which};
 
 /// The name the Sentinels monitor the master under.
 pub const SENTINEL_MASTER: &str = "m";
@@ -27,6 +27,10 @@ pub struct RedisSentinel {
     pub replica: RedisServer,
     /// The three Sentinels.
     pub sentinels: Vec<ServerProcess>,
+    /// The master's and replica's password (`requirepass`), if any.
+    master_password: Option<String>,
+    /// The Sentinels' password (`requirepass` in their configuration), if any.
+    sentinel_password: Option<String>,
 }
 
 impl RedisSentinel {
@@ -34,15 +38,34 @@ impl RedisSentinel {
     /// `redis-sentinel` is missing and servers are not required. Panics, with the logs, when it
     /// does not become ready within 30 s.
     pub fn start() -> Option<Self> {
+        Self::start_with_passwords(None, None)
+    }
+
+    /// [`RedisSentinel::start`] with a password on the master and replica (`requirepass`,
+    /// `masterauth`, and `sentinel auth-pass` for the Sentinels) and one on the Sentinels
+    /// themselves (`requirepass` in their configuration).
+    pub fn start_with_passwords(master: Option<&str>, sentinel: Option<&str>) -> Option<Self> {
         let Some(bin) = which("redis-sentinel") else {
             match missing("redis-sentinel", "this Redis Sentinel test")? {}
         };
         if which("redis-cli").is_none() {
             match missing("redis-cli", "this Redis Sentinel test")? {}
         }
-        let master = RedisServer::start()?;
-        let mport = master.port().to_string();
-        let replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &mport])?;
+        let auth: Vec<&str> = match master {
+            Some(pw) => vec!["--requirepass", pw, "--masterauth", pw],
+            None => Vec::new(),
+        };
+        let master_server = RedisServer::start_with(&auth)?;
+        let mport = master_server.port().to_string();
+        let replica =
+            RedisServer::start_with(&[&auth[..], &["--replicaof", "127.0.0.1", &mport]].concat())?;
+        let mut extra = String::new();
+        if let Some(pw) = master {
+            extra.push_str(&format!("sentinel auth-pass {SENTINEL_MASTER} {pw}\n"));
+        }
+        if let Some(pw) = sentinel {
+            extra.push_str(&format!("requirepass {pw}\n"));
+        }
         let mut sentinels = Vec::new();
         for _ in 0..3 {
             let port = free_port();
@@ -58,7 +81,7 @@ impl RedisSentinel {
                      sentinel monitor {SENTINEL_MASTER} 127.0.0.1 {mport} 2\n\
                      sentinel down-after-milliseconds {SENTINEL_MASTER} {DOWN_AFTER_MS}\n\
                      sentinel failover-timeout {SENTINEL_MASTER} {FAILOVER_TIMEOUT_MS}\n\
-                     sentinel parallel-syncs {SENTINEL_MASTER} 1\n",
+                     sentinel parallel-syncs {SENTINEL_MASTER} 1\n{extra}",
                     dir = dir.path().display(),
                     log = log.display(),
                 ),
@@ -66,19 +89,28 @@ impl RedisSentinel {
             .unwrap();
             let mut cmd = Command::new(&bin);
             cmd.arg(&conf);
+            let needs_auth = sentinel.is_some();
             sentinels.push(ServerProcess::spawn(
                 "redis-sentinel",
                 cmd,
                 port,
                 dir,
                 log,
-                |p| roundtrip(p, b"PING\r\n", b"+PONG\r\n"),
+                move |p| {
+                    if needs_auth {
+                        roundtrip(p, b"PING\r\n", b"-NOAUTH")
+                    } else {
+                        roundtrip(p, b"PING\r\n", b"+PONG\r\n")
+                    }
+                },
             ));
         }
         let deployment = RedisSentinel {
-            master,
+            master: master_server,
             replica,
             sentinels,
+            master_password: master.map(str::to_owned),
+            sentinel_password: sentinel.map(str::to_owned),
         };
         deployment.wait_ready();
         Some(deployment)
@@ -88,10 +120,11 @@ impl RedisSentinel {
     fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let synced = redis_cli(self.replica.port(), &["INFO", "replication"])
+            let synced = self
+                .server_cli(self.replica.port(), &["INFO", "replication"])
                 .contains("master_link_status:up");
             let known = self.sentinels.iter().all(|s| {
-                let info = redis_cli(s.port, &["SENTINEL", "MASTER", SENTINEL_MASTER]);
+                let info = self.sentinel_cli(s.port, &["SENTINEL", "MASTER", SENTINEL_MASTER]);
                 field(&info, "num-slaves") == Some("1")
                     && field(&info, "num-other-sentinels") == Some("2")
             });
@@ -124,7 +157,7 @@ impl RedisSentinel {
         self.sentinels
             .iter()
             .map(|s| {
-                let out = redis_cli(
+                let out = self.sentinel_cli(
                     s.port,
                     &["SENTINEL", "get-master-addr-by-name", SENTINEL_MASTER],
                 );
@@ -133,12 +166,37 @@ impl RedisSentinel {
             .collect()
     }
 
+    /// `redis-cli` against the master or the replica (with their password); its output.
+    pub fn server_cli(&self, port: u16, args: &[&str]) -> String {
+        cli(port, self.master_password.as_deref(), args)
+    }
+
+    /// `redis-cli` against a Sentinel (with its password); its output.
+    pub fn sentinel_cli(&self, port: u16, args: &[&str]) -> String {
+        cli(port, self.sentinel_password.as_deref(), args)
+    }
+
     /// Every process's log, for panic messages.
     pub fn logs(&self) -> String {
         let mut out = vec![self.master.process.logs(), self.replica.process.logs()];
         out.extend(self.sentinels.iter().map(ServerProcess::logs));
         out.join("\n")
     }
+}
+
+/// `redis-cli -p PORT [-a PASSWORD] ARGS` on 127.0.0.1; its standard output.
+fn cli(port: u16, password: Option<&str>, args: &[&str]) -> String {
+    let mut cmd = Command::new(which("redis-cli").expect("redis-cli"));
+    cmd.args(["-h", "127.0.0.1", "-p", &port.to_string()]);
+    if let Some(pw) = password {
+        cmd.args(["-a", pw, "--no-auth-warning"]);
+    }
+    let out = cmd
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run redis-cli");
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// A `name` line's value in redis-cli's output of a flat reply (`name` then its value).

@@ -114,6 +114,101 @@ fn master_is_found_through_the_sentinels() {
 }
 
 #[test]
+fn passwords_of_the_master_and_of_the_sentinels() {
+    let Some(deployment) = RedisSentinel::start_with_passwords(Some("m-pw:1"), Some("s-pw@2"))
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(&deployment, dir.path());
+    c.redis_password = Some(ddf::config::Secret::new("m-pw:1"));
+    c.redis_sentinel_password = Some(ddf::config::Secret::new("s-pw@2"));
+    let b = ddf::backend::redis::RedisBackend::from_config(&c, ddf::codec::flags::TEXT).unwrap();
+    let cache = CacheManager::with_backend(c.clone(), Arc::new(b));
+    cache.set("k", "v", None).unwrap();
+    assert_eq!(
+        deployment
+            .server_cli(deployment.master.port(), &["GET", "sent:k"])
+            .trim(),
+        "\"v\""
+    );
+
+    // A wrong Sentinel password: an error that is not temporary and shows no password.
+    for (master_pw, sentinel_pw) in [("m-pw:1", "wrong"), ("wrong", "s-pw@2")] {
+        let mut bad = c.clone();
+        bad.redis_password = Some(ddf::config::Secret::new(master_pw));
+        bad.redis_sentinel_password = Some(ddf::config::Secret::new(sentinel_pw));
+        let b =
+            ddf::backend::redis::RedisBackend::from_config(&bad, ddf::codec::flags::TEXT).unwrap();
+        let e = ddf::backend::Backend::ping(&b).unwrap_err();
+        let text = format!("{e} {e:?}");
+        assert!(!text.contains("pw"), "{text}");
+        assert!(!e.is_temporary(), "{text}");
+    }
+}
+
+#[test]
+fn a_demoted_master_is_left_for_the_promoted_replica() {
+    // SENTINEL FAILOVER: the master stays up but becomes a replica; Sentinel closes its
+    // clients, the known master answers ROLE as a replica, and the Sentinels are asked again.
+    let Some(deployment) = RedisSentinel::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let cache = CacheManager::new(config(&deployment, dir.path())).unwrap();
+    cache.set("k", "before", None).unwrap();
+    let old = direct(deployment.master.port());
+    let new = direct(deployment.replica.port());
+    let sentinel = deployment.sentinels[0].port;
+    let out = deployment.sentinel_cli(sentinel, &["SENTINEL", "FAILOVER", SENTINEL_MASTER]);
+    assert!(out.contains("OK"), "{out}");
+    // Until the replica is promoted it replicates the old master: a write seen on it proves
+    // nothing before that.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !deployment
+        .server_cli(deployment.replica.port(), &["ROLE"])
+        .starts_with("master")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the replica was not promoted:\n{}",
+            deployment.logs()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut n = 0u64;
+    loop {
+        n += 1;
+        cache.set("k", &n, None).unwrap();
+        if new.get::<u64>("k").ok().flatten() == Some(n) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "writes never reached the promoted replica:\n{}",
+            deployment.logs()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        info(&cache, "sentinel_master"),
+        Some(format!("127.0.0.1:{}", deployment.replica.port()))
+    );
+    // The demoted master follows the new one; nothing the cache reads is older than its last
+    // write.
+    cache.set("k", "after", None).unwrap();
+    assert_eq!(cache.get::<String>("k").unwrap().as_deref(), Some("after"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while old.get::<String>("k").ok().flatten().as_deref() != Some("after") {
+        assert!(
+            Instant::now() < deadline,
+            "the old master never became a replica"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
 fn kill_9_of_the_master_under_load_is_followed() {
     let Some(mut deployment) = RedisSentinel::start() else {
         return;

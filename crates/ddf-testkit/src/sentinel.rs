@@ -1,6 +1,8 @@
 //! A Redis Sentinel deployment on free loopback ports: a master, a replica and three
 //! `redis-sentinel` processes with a quorum of 2, quick to fail over.
 
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -156,14 +158,49 @@ impl RedisSentinel {
     pub fn master_ports(&self) -> Vec<Option<u16>> {
         self.sentinels
             .iter()
-            .map(|s| {
-                let out = self.sentinel_cli(
-                    s.port,
-                    &["SENTINEL", "get-master-addr-by-name", SENTINEL_MASTER],
-                );
-                out.lines().nth(1)?.trim().parse().ok()
-            })
+            .map(|s| self.ask_master_port(s.port))
             .collect()
+    }
+
+    /// `SENTINEL get-master-addr-by-name m` on one Sentinel over a plain socket (a process per
+    /// poll would blur a measurement of the failover time); the port of the reply.
+    fn ask_master_port(&self, port: u16) -> Option<u16> {
+        let mut s = TcpStream::connect_timeout(
+            &SocketAddr::from(([127, 0, 0, 1], port)),
+            Duration::from_millis(200),
+        )
+        .ok()?;
+        s.set_read_timeout(Some(Duration::from_millis(500))).ok()?;
+        let mut request = Vec::new();
+        if let Some(pw) = &self.sentinel_password {
+            request.extend(resp(&["AUTH", pw]));
+        }
+        request.extend(resp(&[
+            "SENTINEL",
+            "get-master-addr-by-name",
+            SENTINEL_MASTER,
+        ]));
+        s.write_all(&request).ok()?;
+        // The reply: `*2`, `$N`, the address, `$N`, the port (after `+OK` for AUTH).
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 512];
+        loop {
+            let n = s.read(&mut chunk).ok()?;
+            if n == 0 {
+                return None;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            let text = String::from_utf8_lossy(&buf);
+            let lines: Vec<&str> = text.split("\r\n").collect();
+            if lines.iter().any(|l| l.starts_with('-') || *l == "*-1") {
+                return None;
+            }
+            if let Some(i) = lines.iter().position(|l| *l == "*2")
+                && lines.len() > i + 5
+            {
+                return lines[i + 4].parse().ok();
+            }
+        }
     }
 
     /// `redis-cli` against the master or the replica (with their password); its output.
@@ -182,6 +219,15 @@ impl RedisSentinel {
         out.extend(self.sentinels.iter().map(ServerProcess::logs));
         out.join("\n")
     }
+}
+
+/// A command as a RESP array of bulk strings.
+fn resp(args: &[&str]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        out.extend(format!("${}\r\n{a}\r\n", a.len()).into_bytes());
+    }
+    out
 }
 
 /// `redis-cli -p PORT [-a PASSWORD] ARGS` on 127.0.0.1; its standard output.

@@ -114,6 +114,43 @@ fn master_is_found_through_the_sentinels() {
 }
 
 #[test]
+fn a_stalled_sentinel_costs_a_share_of_the_connect_timeout() {
+    // The reason the lookup is ours and not redis-rs's: its sync Sentinel client waits forever
+    // on a Sentinel that accepts connections but does not answer (SIGSTOP).
+    let Some(deployment) = RedisSentinel::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let c = config(&deployment, dir.path());
+    let fresh = || {
+        let b =
+            ddf::backend::redis::RedisBackend::from_config(&c, ddf::codec::flags::TEXT).unwrap();
+        CacheManager::with_backend(c.clone(), Arc::new(b))
+    };
+    deployment.sentinels[0].signal("STOP");
+    let t = Instant::now();
+    let r = fresh().ping();
+    let took = t.elapsed();
+    assert!(r.is_ok(), "{r:?}");
+    // The first Sentinel gets a third of connect_timeout, then the second answers.
+    assert!(took < CONNECT + MARGIN, "{took:?}");
+    println!("sentinel: one of three stopped, first ping took {took:?}");
+
+    for s in &deployment.sentinels[1..] {
+        s.signal("STOP");
+    }
+    let t = Instant::now();
+    let e = fresh().ping().unwrap_err();
+    let took = t.elapsed();
+    assert!(e.is_temporary(), "{e}");
+    assert!(took < CONNECT + MARGIN, "{took:?}: {e}");
+    println!("sentinel: all three stopped, ping failed after {took:?}: {e}");
+    for s in &deployment.sentinels {
+        s.signal("CONT");
+    }
+}
+
+#[test]
 fn passwords_of_the_master_and_of_the_sentinels() {
     let Some(deployment) = RedisSentinel::start_with_passwords(Some("m-pw:1"), Some("s-pw@2"))
     else {

@@ -3,10 +3,11 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::{RedisServer, ServerProcess, free_port, missing, roundtrip, which};
+use crate::{RedisServer, ServerProcess, TlsFiles, free_port, missing, roundtrip, which};
 
 /// The name the Sentinels monitor the master under.
 pub const SENTINEL_MASTER: &str = "m";
@@ -33,6 +34,8 @@ pub struct RedisSentinel {
     master_password: Option<String>,
     /// The Sentinels' password (`requirepass` in their configuration), if any.
     sentinel_password: Option<String>,
+    /// The CA `redis-cli` trusts, for a TLS deployment.
+    tls_ca: Option<PathBuf>,
 }
 
 impl RedisSentinel {
@@ -47,6 +50,20 @@ impl RedisSentinel {
     /// `masterauth`, and `sentinel auth-pass` for the Sentinels) and one on the Sentinels
     /// themselves (`requirepass` in their configuration).
     pub fn start_with_passwords(master: Option<&str>, sentinel: Option<&str>) -> Option<Self> {
+        Self::start_inner(master, sentinel, None)
+    }
+
+    /// A deployment that speaks only TLS (servers, replication, Sentinels), with the
+    /// certificate of `tls` (it names 127.0.0.1, the address the Sentinels give).
+    pub fn start_tls(tls: &TlsFiles) -> Option<Self> {
+        Self::start_inner(None, None, Some(tls))
+    }
+
+    fn start_inner(
+        master: Option<&str>,
+        sentinel: Option<&str>,
+        tls: Option<&TlsFiles>,
+    ) -> Option<Self> {
         let Some(bin) = which("redis-sentinel") else {
             match missing("redis-sentinel", "this Redis Sentinel test")? {}
         };
@@ -57,11 +74,23 @@ impl RedisSentinel {
             Some(pw) => vec!["--requirepass", pw, "--masterauth", pw],
             None => Vec::new(),
         };
-        let master_server = RedisServer::start_with(&auth)?;
+        let start = |args: &[&str]| match tls {
+            None => RedisServer::start_with(args),
+            Some(t) => RedisServer::start_tls(t, &[args, &["--tls-replication", "yes"]].concat()),
+        };
+        let master_server = start(&auth)?;
         let mport = master_server.port().to_string();
-        let replica =
-            RedisServer::start_with(&[&auth[..], &["--replicaof", "127.0.0.1", &mport]].concat())?;
+        let replica = start(&[&auth[..], &["--replicaof", "127.0.0.1", &mport]].concat())?;
         let mut extra = String::new();
+        if let Some(t) = tls {
+            extra.push_str(&format!(
+                "tls-cert-file {}\ntls-key-file {}\ntls-ca-cert-file {}\n\
+                 tls-auth-clients no\ntls-replication yes\n",
+                t.cert().display(),
+                t.key().display(),
+                t.ca().display()
+            ));
+        }
         if let Some(pw) = master {
             extra.push_str(&format!("sentinel auth-pass {SENTINEL_MASTER} {pw}\n"));
         }
@@ -78,12 +107,17 @@ impl RedisSentinel {
             std::fs::write(
                 &conf,
                 format!(
-                    "port {port}\nbind 127.0.0.1\nprotected-mode no\ndaemonize no\n\
+                    "{listen}\nbind 127.0.0.1\nprotected-mode no\ndaemonize no\n\
                      dir {dir}\nlogfile {log}\n\
                      sentinel monitor {SENTINEL_MASTER} 127.0.0.1 {mport} 2\n\
                      sentinel down-after-milliseconds {SENTINEL_MASTER} {DOWN_AFTER_MS}\n\
                      sentinel failover-timeout {SENTINEL_MASTER} {FAILOVER_TIMEOUT_MS}\n\
                      sentinel parallel-syncs {SENTINEL_MASTER} 1\n{extra}",
+                    listen = if tls.is_some() {
+                        format!("port 0\ntls-port {port}")
+                    } else {
+                        format!("port {port}")
+                    },
                     dir = dir.path().display(),
                     log = log.display(),
                 ),
@@ -92,6 +126,7 @@ impl RedisSentinel {
             let mut cmd = Command::new(&bin);
             cmd.arg(&conf);
             let needs_auth = sentinel.is_some();
+            let plain = tls.is_none();
             sentinels.push(ServerProcess::spawn(
                 "redis-sentinel",
                 cmd,
@@ -99,7 +134,14 @@ impl RedisSentinel {
                 dir,
                 log,
                 move |p| {
-                    if needs_auth {
+                    if !plain {
+                        // The TLS port accepts TCP connections.
+                        TcpStream::connect_timeout(
+                            &SocketAddr::from(([127, 0, 0, 1], p)),
+                            Duration::from_millis(200),
+                        )
+                        .is_ok()
+                    } else if needs_auth {
                         roundtrip(p, b"PING\r\n", b"-NOAUTH")
                     } else {
                         roundtrip(p, b"PING\r\n", b"+PONG\r\n")
@@ -113,6 +155,7 @@ impl RedisSentinel {
             sentinels,
             master_password: master.map(str::to_owned),
             sentinel_password: sentinel.map(str::to_owned),
+            tls_ca: tls.map(TlsFiles::ca),
         };
         deployment.wait_ready();
         Some(deployment)
@@ -163,8 +206,16 @@ impl RedisSentinel {
     }
 
     /// `SENTINEL get-master-addr-by-name m` on one Sentinel over a plain socket (a process per
-    /// poll would blur a measurement of the failover time); the port of the reply.
+    /// poll would blur a measurement of the failover time); the port of the reply. Through
+    /// `redis-cli` for a TLS deployment.
     fn ask_master_port(&self, port: u16) -> Option<u16> {
+        if self.tls_ca.is_some() {
+            let out = self.sentinel_cli(
+                port,
+                &["SENTINEL", "get-master-addr-by-name", SENTINEL_MASTER],
+            );
+            return out.lines().nth(1)?.trim().parse().ok();
+        }
         let mut s = TcpStream::connect_timeout(
             &SocketAddr::from(([127, 0, 0, 1], port)),
             Duration::from_millis(200),
@@ -205,12 +256,22 @@ impl RedisSentinel {
 
     /// `redis-cli` against the master or the replica (with their password); its output.
     pub fn server_cli(&self, port: u16, args: &[&str]) -> String {
-        cli(port, self.master_password.as_deref(), args)
+        cli(
+            port,
+            self.master_password.as_deref(),
+            self.tls_ca.as_ref(),
+            args,
+        )
     }
 
     /// `redis-cli` against a Sentinel (with its password); its output.
     pub fn sentinel_cli(&self, port: u16, args: &[&str]) -> String {
-        cli(port, self.sentinel_password.as_deref(), args)
+        cli(
+            port,
+            self.sentinel_password.as_deref(),
+            self.tls_ca.as_ref(),
+            args,
+        )
     }
 
     /// Every process's log, for panic messages.
@@ -230,10 +291,14 @@ fn resp(args: &[&str]) -> Vec<u8> {
     out
 }
 
-/// `redis-cli -p PORT [-a PASSWORD] ARGS` on 127.0.0.1; its standard output.
-fn cli(port: u16, password: Option<&str>, args: &[&str]) -> String {
+/// `redis-cli -p PORT [-a PASSWORD] [--tls --cacert CA] ARGS` on 127.0.0.1; its standard
+/// output.
+fn cli(port: u16, password: Option<&str>, ca: Option<&PathBuf>, args: &[&str]) -> String {
     let mut cmd = Command::new(which("redis-cli").expect("redis-cli"));
     cmd.args(["-h", "127.0.0.1", "-p", &port.to_string()]);
+    if let Some(ca) = ca {
+        cmd.arg("--tls").arg("--cacert").arg(ca);
+    }
     if let Some(pw) = password {
         cmd.args(["-a", pw, "--no-auth-warning"]);
     }

@@ -151,6 +151,40 @@ fn a_stalled_sentinel_costs_a_share_of_the_connect_timeout() {
 }
 
 #[test]
+fn sentinels_and_master_over_tls() {
+    let Some(tls) = ddf_testkit::TlsFiles::generate() else {
+        return;
+    };
+    let Some(deployment) = RedisSentinel::start_tls(&tls) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    // TLS handshakes in a debug build on a loaded machine take tens of milliseconds each, and
+    // each Sentinel (with the master it names) gets a third of connect_timeout.
+    let mut c = config(&deployment, dir.path()).with_timeouts(CONNECT * 10, TIMEOUT * 5);
+    c.redis_ca_file = Some(tls.ca());
+    let b = ddf::backend::redis::RedisBackend::from_config(&c, ddf::codec::flags::TEXT).unwrap();
+    let cache = CacheManager::with_backend(c.clone(), Arc::new(b));
+    cache.set("k", "v", None).unwrap();
+    assert_eq!(cache.get::<String>("k").unwrap().as_deref(), Some("v"));
+    assert_eq!(
+        deployment
+            .server_cli(deployment.master.port(), &["GET", "sent:k"])
+            .trim(),
+        "\"v\""
+    );
+    assert!(
+        info(&cache, "server").is_some_and(|s| s.ends_with("(TLS)")),
+        "{:?}",
+        cache.backend_info()
+    );
+    // Without the CA the certificate is not trusted: an error, not a plain-text connection.
+    c.redis_ca_file = None;
+    let b = ddf::backend::redis::RedisBackend::from_config(&c, ddf::codec::flags::TEXT).unwrap();
+    assert!(ddf::backend::Backend::ping(&b).is_err());
+}
+
+#[test]
 fn passwords_of_the_master_and_of_the_sentinels() {
     let Some(deployment) = RedisSentinel::start_with_passwords(Some("m-pw:1"), Some("s-pw@2"))
     else {

@@ -13,6 +13,7 @@ mod process;
 mod redis;
 mod redis_hostile;
 mod resilience;
+mod sentinel;
 mod soak;
 mod ui;
 mod waits;

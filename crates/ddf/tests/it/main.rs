@@ -6,6 +6,7 @@ mod conformance;
 mod file;
 mod memcached;
 mod memo;
+mod outage;
 mod pickle;
 mod process;
 mod redis;

@@ -14,9 +14,9 @@
 //!   invalidation (`set`, `delete`, `delete_prefix`, `clear`) marks it down at once: the primary
 //!   may still hold the old value, so reads must not go back to it before the invalidation is
 //!   replayed.
-//! - **down**: operations go straight to the fallback, without waiting on the primary. A
-//!   background probe pings the primary every `breaker_retry` (a `PING` bounded by the
-//!   operation timeout); no read or write waits for a probe (an invalidation made while the probe
+//! - **down**: operations go straight to the fallback, without waiting on the primary. The
+//!   cache's background loop (one per cache, started with it) pings the primary every
+//!   `breaker_retry` (a `PING` bounded by the operation timeout); no read or write waits for a probe (an invalidation made while the probe
 //!   applies the journal's last entries waits for that, under the gate).
 //! - **recovering**: the primary answered; the journal is being replayed. Operations still go to
 //!   the fallback. When the journal is empty the state becomes **up**.
@@ -36,9 +36,10 @@
 //!   the server's identity and the namespace) before the call returns, in every fallback mode.
 //!   When the primary answers again they are applied to it, oldest first, before any read is
 //!   served from it again. Several processes share the record safely (SQLite transactions); a
-//!   process that comes back replays what the others recorded too. An invalidation recorded by
-//!   another process after this one came back is applied when that process's own probe sees the
-//!   primary (within `breaker_retry`).
+//!   process that comes back replays what the others recorded too. A process that stayed up
+//!   (it never saw the outage) applies what the others recorded within `breaker_retry`: its
+//!   background loop checks the journal (one indexed count) and applies and removes the entries
+//!   it finds; if it cannot, it marks the primary down, which may hold an invalidated value.
 //! - Values written during the outage stay in the fallback and are **not** promoted to the
 //!   primary (other processes may have written newer values there meanwhile). The fallback's
 //!   entries are cleared when the primary comes back, and when a cache is built (what a process
@@ -120,7 +121,8 @@ struct Shared {
     breaker: Breaker,
     /// Runs the probe loop in the background.
     spawn: Arc<dyn Spawn>,
-    /// A probe loop is running (at most one per primary).
+    /// The background loop is running (one per cache: the probe while down, the journal
+    /// watcher while up).
     probing: AtomicBool,
     /// Held (shared) by callers that record an invalidation while the primary is not up, and
     /// (exclusive) by the probe for its last replay and the switch to up, so that no recorded
@@ -179,13 +181,12 @@ impl Resilient {
                 shared.breaker.hold_down();
                 // Once now, bounded by the timeouts (a short-lived process, the CLI, may never
                 // see the background probe run), then in the background if that failed.
-                if !shared.try_recover() {
-                    Shared::start_probe(&shared);
-                }
+                shared.try_recover();
             }
             Ok(p) => *write(&shared.primary) = Some(p),
             Err(e) => Shared::failed(&shared, true, &e),
         }
+        Shared::start_probe(&shared);
         Resilient { shared }
     }
 
@@ -327,9 +328,14 @@ impl Shared {
             ),
             Failure::AlreadyOpen => {}
         }
+        // The loop normally runs already (started with the cache); this restarts it if the
+        // system refused it a thread.
         Self::start_probe(this);
     }
 
+    /// Starts the background loop of this cache (at most one): while the primary is up it
+    /// watches the journal for invalidations other processes recorded and applies them; while
+    /// it is not, it probes the primary and replays. It ends when the cache is dropped.
     fn start_probe(this: &Arc<Shared>) {
         if this.probing.swap(true, Ordering::AcqRel) {
             return;
@@ -339,16 +345,8 @@ impl Shared {
             let Some(s) = weak.upgrade() else {
                 return ControlFlow::Break(());
             };
-            if !s.try_recover() {
-                return ControlFlow::Continue(());
-            }
-            s.probing.store(false, Ordering::Release);
-            // A caller may have marked the primary down between the switch to up and now,
-            // found this probe still running and left it to us.
-            if !s.breaker.is_up() && !s.probing.swap(true, Ordering::AcqRel) {
-                return ControlFlow::Continue(());
-            }
-            ControlFlow::Break(())
+            s.tick();
+            ControlFlow::Continue(())
         });
         if let Err(e) = this.spawn.spawn(this.cfg.retry, body) {
             warn!(error = %e, "cannot start the cache server probe");
@@ -356,8 +354,44 @@ impl Shared {
         }
     }
 
+    /// One run of the background loop.
+    fn tick(self: &Arc<Self>) {
+        if self.breaker.is_up() {
+            self.watch();
+        } else {
+            self.try_recover();
+        }
+    }
+
+    /// While up: applies what other processes recorded (a process that was down while this one
+    /// was not) so that this process does not keep reading a value they invalidated. The check
+    /// is one indexed count in the journal database. A failure to apply marks the primary down:
+    /// it may hold a value that must not be served.
+    fn watch(self: &Arc<Self>) {
+        match self.journal.count(&self.cfg.scope) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e) => {
+                warn!(error = %e, "cannot read the recorded invalidations");
+                return;
+            }
+        }
+        let Some(primary) = read(&self.primary).clone() else {
+            return;
+        };
+        match self.replay(primary.as_ref()) {
+            Ok(0) => {}
+            Ok(n) => info!(
+                backend = self.cfg.name,
+                applied = n,
+                "applied invalidations recorded by another process during an outage"
+            ),
+            Err(e) => Shared::failed(self, true, &e),
+        }
+    }
+
     /// One probe: build or ping the primary, replay the journal, switch to up.
-    fn try_recover(&self) -> bool {
+    fn try_recover(self: &Arc<Self>) -> bool {
         // Bind first: a guard in a match scrutinee would live through the arms (and the write).
         let current = read(&self.primary).clone();
         let primary = match current {
@@ -374,21 +408,22 @@ impl Shared {
             return false;
         }
         self.breaker.begin_recovery();
-        let failed_again = || {
+        let failed_again = |e: Error| {
             self.breaker.recovery_failed();
             warn!(
                 backend = self.cfg.name,
-                "cache server failed again while recorded invalidations were applied"
+                error = %e,
+                "recorded invalidations could not be applied; the server stays down"
             );
             false
         };
-        if !self.replay(primary.as_ref()) {
-            return failed_again();
+        if let Err(e) = self.replay(primary.as_ref()) {
+            return failed_again(e);
         }
         // Last pass under the gate, then up: nothing recorded can be left behind.
         let _gate = write(&self.gate);
-        if !self.replay(primary.as_ref()) {
-            return failed_again();
+        if let Err(e) = self.replay(primary.as_ref()) {
+            return failed_again(e);
         }
         if let Fallback::Serve(f) = &self.fallback
             && let Err(e) = f.clear()
@@ -404,17 +439,14 @@ impl Shared {
         true
     }
 
-    /// Applies the journal to the primary. False when the primary failed again.
-    fn replay(&self, primary: &dyn Backend) -> bool {
-        let pending = match self.journal.read(&self.cfg.scope) {
-            Ok(p) => p,
-            Err(e) => {
-                warn!(error = %e, "cannot read the recorded invalidations");
-                return false;
-            }
-        };
+    /// Applies the journal to the primary; returns how many entries it applied.
+    ///
+    /// # Errors
+    /// The primary's temporary error (it failed again), or the journal's.
+    fn replay(&self, primary: &dyn Backend) -> Result<usize> {
+        let pending = self.journal.read(&self.cfg.scope)?;
         let Some(last) = pending.last().map(|(id, _)| *id) else {
-            return true;
+            return Ok(0);
         };
         for (_, op) in &pending {
             let r = match op {
@@ -424,7 +456,7 @@ impl Shared {
             };
             match r {
                 Ok(()) => {}
-                Err(e) if e.is_temporary() => return false,
+                Err(e) if e.is_temporary() => return Err(e),
                 // A permanent refusal (say, a flush the primary does not allow) will not succeed
                 // later either: drop it, loudly.
                 Err(e) => warn!(error = %e, ?op, "a recorded invalidation was refused; dropped"),
@@ -433,7 +465,7 @@ impl Shared {
         if let Err(e) = self.journal.remove(&self.cfg.scope, last) {
             warn!(error = %e, "cannot remove applied invalidations (they will be applied again)");
         }
-        true
+        Ok(pending.len())
     }
 }
 

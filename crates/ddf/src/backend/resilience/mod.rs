@@ -9,7 +9,9 @@
 //!
 //! # States
 //! - **up**: operations go to the primary. A temporary failure (timeout, refused or reset
-//!   connection) is counted; that call is served by the fallback instead of failing. After
+//!   connection) is counted; a read that failed so is a miss (with `fallback = error`, the
+//!   error), never an answer from the fallback, which may hold what another process wrote during
+//!   an outage this one did not see. After
 //!   `breaker_failures` consecutive failures the primary is marked **down**. A failed write or
 //!   invalidation (`set`, `delete`, `delete_prefix`, `clear`) marks it down at once: the primary
 //!   may still hold the old value, so reads must not go back to it before the invalidation is
@@ -19,7 +21,8 @@
 //!   `breaker_retry` (a `PING` bounded by the operation timeout); no read or write waits for a probe (an invalidation made while the probe
 //!   applies the journal's last entries waits for that, under the gate).
 //! - **recovering**: the primary answered; the journal is being replayed. Operations still go to
-//!   the fallback. When the journal is empty the state becomes **up**.
+//!   the fallback. When the journal is empty and the fallback emptied the state becomes **up**
+//!   (if the fallback cannot be emptied, it stays down and tries again).
 //!
 //! Each transition is logged once (`warn` when going down, `info` when back), never per
 //! operation.
@@ -230,12 +233,35 @@ impl Resilient {
         }
     }
 
-    /// A read: on the primary when it is up, else (or when it fails temporarily) on the
-    /// fallback.
-    fn read_op<T>(&self, op: impl Fn(&dyn Backend) -> Result<T>) -> Result<T> {
-        match self.on_primary(false, &op) {
-            Some(r) => r,
-            None => self.on_fallback(&op),
+    /// A read: on the primary when it is up, else on the fallback. A read that fails on the
+    /// primary while it is up is a miss (`miss`), or the primary's error with `fallback =
+    /// error`: the fallback may hold what another process wrote during an outage this one never
+    /// saw, which a process that is up must not serve.
+    fn read_op<T>(
+        &self,
+        miss: impl FnOnce() -> T,
+        op: impl Fn(&dyn Backend) -> Result<T>,
+    ) -> Result<T> {
+        let s = &self.shared;
+        if !s.breaker.is_up() {
+            return self.on_fallback(&op);
+        }
+        let Some(p) = read(&s.primary).clone() else {
+            return self.on_fallback(&op);
+        };
+        match op(p.as_ref()) {
+            Ok(v) => {
+                s.breaker.succeeded();
+                Ok(v)
+            }
+            Err(e) if e.is_temporary() => {
+                Shared::failed(s, false, &e);
+                match s.fallback {
+                    Fallback::Serve(_) => Ok(miss()),
+                    Fallback::Refuse => Err(e),
+                }
+            }
+            Err(e) => Err(e),
         }
     }
 
@@ -317,7 +343,7 @@ impl Shared {
     fn failed(this: &Arc<Shared>, at_once: bool, cause: &Error) {
         match this.breaker.failed(at_once, Instant::now()) {
             Failure::Counted => {
-                warn!(backend = this.cfg.name, error = %cause, "cache operation failed; served by the fallback");
+                warn!(backend = this.cfg.name, error = %cause, "cache operation failed on the server; a read misses");
                 return;
             }
             Failure::Opened => warn!(
@@ -425,10 +451,11 @@ impl Shared {
         if let Err(e) = self.replay(primary.as_ref()) {
             return failed_again(e);
         }
+        // Up with outage values left in the fallback would let a later outage serve them.
         if let Fallback::Serve(f) = &self.fallback
             && let Err(e) = f.clear()
         {
-            warn!(error = %e, "cannot clear the fallback cache");
+            return failed_again(e);
         }
         let down_for = self.breaker.recovered(Instant::now());
         info!(
@@ -481,7 +508,7 @@ impl Backend for Resilient {
     }
 
     fn get(&self, key: &str) -> Result<Option<Item>> {
-        self.read_op(|b| b.get(key))
+        self.read_op(|| None, |b| b.get(key))
     }
 
     fn set(&self, key: &str, item: &Item, ttl: Option<Duration>) -> Result<()> {
@@ -510,7 +537,7 @@ impl Backend for Resilient {
     }
 
     fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<Item>>> {
-        self.read_op(|b| b.get_many(keys))
+        self.read_op(|| vec![None; keys.len()], |b| b.get_many(keys))
     }
 
     fn set_many(&self, items: &[(&str, Item)], ttl: Option<Duration>) -> Result<()> {

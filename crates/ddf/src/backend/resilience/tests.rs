@@ -423,3 +423,88 @@ fn a_watcher_that_cannot_apply_marks_the_primary_down() {
     assert_eq!(r.health(), Health::Up);
     assert_eq!(r.get("k").unwrap(), None);
 }
+
+#[test]
+fn a_failed_read_while_up_never_answers_from_the_fallback() {
+    let Setup { r, up, local, .. } = setup(FallbackMode::Pickle);
+    // Left in the shared fallback by another process during an outage this one did not see.
+    local.set("k", &item("outage"), None).unwrap();
+    up.store(false, Ordering::SeqCst);
+    assert_eq!(r.get("k").unwrap(), None);
+    assert_eq!(r.get_many(&["k", "j"]).unwrap(), [None, None]);
+    let Setup { r, up, .. } = setup(FallbackMode::Error);
+    up.store(false, Ordering::SeqCst);
+    assert!(r.get("k").unwrap_err().is_temporary());
+}
+
+/// A fallback whose `clear` fails while `fail` is set.
+#[derive(Debug)]
+struct StuckFallback {
+    inner: FileBackend,
+    fail: Arc<AtomicBool>,
+}
+
+impl Backend for StuckFallback {
+    fn name(&self) -> &'static str {
+        "pickle"
+    }
+    fn get(&self, key: &str) -> Result<Option<Item>> {
+        self.inner.get(key)
+    }
+    fn set(&self, key: &str, item: &Item, ttl: Option<Duration>) -> Result<()> {
+        self.inner.set(key, item, ttl)
+    }
+    fn delete(&self, key: &str) -> Result<bool> {
+        self.inner.delete(key)
+    }
+    fn delete_prefix(&self, prefix: &str) -> Result<u64> {
+        if self.fail.load(Ordering::SeqCst) {
+            return Err(refused());
+        }
+        self.inner.delete_prefix(prefix)
+    }
+    fn clear(&self) -> Result<()> {
+        if self.fail.load(Ordering::SeqCst) {
+            return Err(refused());
+        }
+        self.inner.clear()
+    }
+    fn ping(&self) -> Result<BackendStatus> {
+        self.inner.ping()
+    }
+}
+
+#[test]
+fn recovery_stays_down_while_the_fallback_cannot_be_emptied() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = Arc::new(AtomicBool::new(true));
+    let primary = Arc::new(Switchable {
+        store: FileBackend::open(dir.path().join("primary"), "ns:").unwrap(),
+        up: up.clone(),
+    });
+    let fail = Arc::new(AtomicBool::new(false));
+    let fallback = Arc::new(StuckFallback {
+        inner: FileBackend::open(dir.path().join("local"), "fb:").unwrap(),
+        fail: fail.clone(),
+    });
+    let journal = Arc::new(Journal::open(dir.path().join("local")).unwrap());
+    let manual = Arc::new(Manual::default());
+    let r = Resilient::new(
+        config("s", 1),
+        Box::new(move || Ok(primary.clone() as Arc<dyn Backend>)),
+        Fallback::Serve(fallback),
+        journal,
+        Arc::new(manual.clone()),
+    );
+    up.store(false, Ordering::SeqCst);
+    r.set("k", &item("outage"), None).unwrap();
+    assert_eq!(r.health(), Health::Down);
+    fail.store(true, Ordering::SeqCst);
+    up.store(true, Ordering::SeqCst);
+    let _ = manual.run(0);
+    assert_eq!(r.health(), Health::Down, "outage values are still there");
+    fail.store(false, Ordering::SeqCst);
+    let _ = manual.run(0);
+    assert_eq!(r.health(), Health::Up);
+    assert_eq!(r.get("k").unwrap(), None);
+}

@@ -165,3 +165,58 @@ fn memcached_a_failed_read_while_up_is_a_miss() {
         "outage::memcached_a_failed_read_while_up_is_a_miss",
     );
 }
+
+fn pending(cache: &CacheManager) -> String {
+    cache
+        .backend_info()
+        .unwrap()
+        .into_iter()
+        .find(|(k, _)| k == "recorded invalidations pending")
+        .map(|(_, v)| v)
+        .unwrap_or_default()
+}
+
+/// A delete recorded during an outage is refused at replay with READONLY (the server came back
+/// as a replica, as after a failover): the entry stays recorded, the server stays down, and the
+/// old value is not served; once the server accepts writes again the delete is applied.
+#[test]
+fn redis_a_replay_refused_with_readonly_keeps_the_entry() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let Some(mut server) = Server::start_on(Kind::Redis, port) else {
+        return;
+    };
+    let cfg = config(Kind::Redis, &[port], dir.path());
+    direct(&cfg).set("k", "old", None).unwrap();
+    let cache = CacheManager::new(cfg.clone()).unwrap();
+    // Connected before the stop, so that the command below is queued ahead of the probe's.
+    let mut admin = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    server.process().signal("STOP");
+    cache.delete("k").unwrap();
+    assert!(state(&cache).starts_with("down"), "{}", state(&cache));
+    let nowhere = free_port();
+    admin
+        .write_all(format!("REPLICAOF 127.0.0.1 {nowhere}\r\n").as_bytes())
+        .unwrap();
+    server.process().signal("CONT");
+    // Several probes: each pings, replays, is refused.
+    std::thread::sleep(cfg.breaker_retry * 10 + Duration::from_millis(500));
+    assert!(state(&cache).starts_with("down"), "{}", state(&cache));
+    assert_eq!(pending(&cache), "1", "the refused entry is kept");
+    assert_eq!(
+        cache.get::<String>("k").unwrap(),
+        None,
+        "the old value is not served"
+    );
+    assert_eq!(
+        direct(&cfg).get::<String>("k").unwrap().as_deref(),
+        Some("old"),
+        "a replica keeps the old value"
+    );
+    ddf_testkit::redis_cli(port, &["REPLICAOF", "NO", "ONE"]);
+    crate::resilience::wait_until_up(&cache);
+    assert_eq!(cache.get::<String>("k").unwrap(), None);
+    assert_eq!(direct(&cfg).get::<String>("k").unwrap(), None);
+    assert_eq!(pending(&cache), "0");
+}

@@ -38,7 +38,9 @@
 //!   failed on it) is recorded durably in the journal database (`ddf-journal.sqlite3`, scoped by
 //!   the server's identity and the namespace) before the call returns, in every fallback mode.
 //!   When the primary answers again they are applied to it, oldest first, before any read is
-//!   served from it again. Several processes share the record safely (SQLite transactions); a
+//!   served from it again. Any error during that replay (a timeout, or READONLY from a server
+//!   that came back as a replica) stops it: the entries not applied stay recorded, the primary
+//!   stays down, and the next probe tries again (one warning per probe, not per entry). Several processes share the record safely (SQLite transactions); a
 //!   process that comes back replays what the others recorded too. A process that stayed up
 //!   (it never saw the outage) applies what the others recorded within `breaker_retry`: its
 //!   background loop checks the journal (one indexed count) and applies and removes the entries
@@ -466,33 +468,39 @@ impl Shared {
         true
     }
 
-    /// Applies the journal to the primary; returns how many entries it applied.
+    /// Applies the journal to the primary, oldest first; returns how many entries it applied.
+    /// The first error of any kind stops it: what was applied is removed from the journal, the
+    /// rest stays recorded (a refusal, READONLY from a server that became a replica, say, may
+    /// pass once the server changes; dropping the entry would let its old value be served).
     ///
     /// # Errors
-    /// The primary's temporary error (it failed again), or the journal's.
+    /// The primary's error for the first entry it did not apply, or the journal's.
     fn replay(&self, primary: &dyn Backend) -> Result<usize> {
         let pending = self.journal.read(&self.cfg.scope)?;
-        let Some(last) = pending.last().map(|(id, _)| *id) else {
-            return Ok(0);
-        };
-        for (_, op) in &pending {
+        let mut applied = None;
+        let mut outcome = Ok(());
+        for (id, op) in &pending {
             let r = match op {
                 PendingOp::Delete(k) => primary.delete(k).map(|_| ()),
                 PendingOp::DeletePrefix(p) => primary.delete_prefix(p).map(|_| ()),
                 PendingOp::Clear => primary.clear(),
             };
-            match r {
-                Ok(()) => {}
-                Err(e) if e.is_temporary() => return Err(e),
-                // A permanent refusal (say, a flush the primary does not allow) will not succeed
-                // later either: drop it, loudly.
-                Err(e) => warn!(error = %e, ?op, "a recorded invalidation was refused; dropped"),
+            if let Err(e) = r {
+                outcome = Err(e);
+                break;
             }
+            applied = Some(*id);
         }
-        if let Err(e) = self.journal.remove(&self.cfg.scope, last) {
-            warn!(error = %e, "cannot remove applied invalidations (they will be applied again)");
-        }
-        Ok(pending.len())
+        let n = match applied {
+            Some(last) => {
+                if let Err(e) = self.journal.remove(&self.cfg.scope, last) {
+                    warn!(error = %e, "cannot remove applied invalidations (they will be applied again)");
+                }
+                pending.iter().take_while(|(id, _)| *id <= last).count()
+            }
+            None => 0,
+        };
+        outcome.map(|()| n)
     }
 }
 

@@ -220,3 +220,53 @@ fn redis_a_replay_refused_with_readonly_keeps_the_entry() {
     assert_eq!(direct(&cfg).get::<String>("k").unwrap(), None);
     assert_eq!(pending(&cache), "0");
 }
+
+/// `invalidate_pattern` over many keys, the server stopped part-way: the call returns either the
+/// exact count (it finished first) or a temporary error saying it was recorded, never the
+/// fallback's count; once the server is back no key of the prefix is left.
+fn an_interrupted_invalidation_is_an_error_or_exact(kind: Kind) {
+    const N: usize = 60_000;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let Some(mut server) = Server::start_on(kind, port) else {
+        return;
+    };
+    let cfg = config(kind, &[port], dir.path());
+    let d = direct(&cfg);
+    let keys: Vec<String> = (0..N).map(|i| format!("p:{i}")).collect();
+    for chunk in keys.chunks(2000) {
+        let items: Vec<(&str, u32)> = chunk.iter().map(|k| (k.as_str(), 1)).collect();
+        d.set_many(&items, None).unwrap();
+    }
+    let cache = CacheManager::new(cfg.clone()).unwrap();
+    let (r, took) = std::thread::scope(|s| {
+        let call = s.spawn(|| crate::resilience::timed(|| cache.invalidate_pattern("p:")));
+        std::thread::sleep(Duration::from_millis(60));
+        server.process().signal("STOP");
+        let r = call.join().unwrap();
+        server.process().signal("CONT");
+        r
+    });
+    eprintln!("[{kind:?}] invalidate_pattern of {N} keys, stopped at 60 ms: {r:?} in {took:?}");
+    match r {
+        Ok(n) => assert_eq!(n, N as u64, "a count must be exact"),
+        Err(e) => {
+            assert!(e.is_temporary(), "{e}");
+            assert!(e.to_string().contains("recorded"), "{e}");
+        }
+    }
+    crate::resilience::wait_until_up(&cache);
+    for k in keys.iter().step_by(997) {
+        assert_eq!(direct(&cfg).get::<u32>(k).unwrap(), None, "{k} left");
+    }
+}
+
+#[test]
+fn redis_an_interrupted_invalidation_is_an_error_or_exact() {
+    an_interrupted_invalidation_is_an_error_or_exact(Kind::Redis);
+}
+
+#[test]
+fn memcached_an_interrupted_invalidation_is_an_error_or_exact() {
+    an_interrupted_invalidation_is_an_error_or_exact(Kind::Memcached);
+}

@@ -15,7 +15,9 @@
 //!   `breaker_failures` consecutive failures the primary is marked **down**. A failed write or
 //!   invalidation (`set`, `delete`, `delete_prefix`, `clear`) marks it down at once: the primary
 //!   may still hold the old value, so reads must not go back to it before the invalidation is
-//!   replayed.
+//!   replayed. A `delete_prefix` or `clear` that fails part-way on the primary (it may have
+//!   removed some keys: no exact count exists) is recorded, applied to the fallback, and returns
+//!   a temporary [`Error::Backend`] saying so, whose source is the primary's error.
 //! - **down**: operations go straight to the fallback, without waiting on the primary. The
 //!   cache's background loop (one per cache, started with it) pings the primary every
 //!   `breaker_retry` (a `PING` bounded by the operation timeout); no read or write waits for a probe (an invalidation made while the probe
@@ -92,6 +94,16 @@ impl Fallback {
             Fallback::Refuse => "error",
         }
     }
+}
+
+/// What became of a call offered to the primary.
+enum Attempt<T> {
+    /// It ran there: its result (a permanent error included).
+    Done(Result<T>),
+    /// The primary is not up: not tried.
+    NotUp,
+    /// It failed there for a temporary reason (already counted).
+    Failed(Error),
 }
 
 /// Settings of [`Resilient`].
@@ -210,28 +222,27 @@ impl Resilient {
         self.shared.breaker.failed_ops()
     }
 
-    /// Runs `op` on the primary when it is up. `None` when it is not, or when it just failed for
-    /// a temporary reason (counted; `at_once` marks the primary down at the first one).
-    fn on_primary<T>(
-        &self,
-        at_once: bool,
-        op: &impl Fn(&dyn Backend) -> Result<T>,
-    ) -> Option<Result<T>> {
+    /// Runs `op` on the primary when it is up: its result, or why it was not used (not up, or
+    /// it just failed for a temporary reason: counted, `at_once` marks the primary down at the
+    /// first one).
+    fn on_primary<T>(&self, at_once: bool, op: &impl Fn(&dyn Backend) -> Result<T>) -> Attempt<T> {
         let s = &self.shared;
         if !s.breaker.is_up() {
-            return None;
+            return Attempt::NotUp;
         }
-        let p = read(&s.primary).clone()?;
+        let Some(p) = read(&s.primary).clone() else {
+            return Attempt::NotUp;
+        };
         match op(p.as_ref()) {
             Ok(v) => {
                 s.breaker.succeeded();
-                Some(Ok(v))
+                Attempt::Done(Ok(v))
             }
             Err(e) if e.is_temporary() => {
                 Shared::failed(s, at_once, &e);
-                None
+                Attempt::Failed(e)
             }
-            Err(e) => Some(Err(e)),
+            Err(e) => Attempt::Done(Err(e)),
         }
     }
 
@@ -277,8 +288,37 @@ impl Resilient {
         op: impl Fn(&dyn Backend) -> Result<T>,
     ) -> Result<T> {
         match self.on_primary(true, &op) {
-            Some(r) => r,
-            None => self.on_fallback_recorded(record, &op),
+            Attempt::Done(r) => r,
+            Attempt::NotUp | Attempt::Failed(_) => self.on_fallback_recorded(record, &op),
+        }
+    }
+
+    /// A namespace-wide invalidation (`delete_prefix`, `clear`): as [`Resilient::write_op`],
+    /// except that when it fails part-way on the primary (which may have removed part of the
+    /// keys: no count can be given) the caller gets a temporary error saying it was recorded,
+    /// not the fallback's count.
+    fn invalidate_op<'k, T>(
+        &self,
+        what: &str,
+        record: impl FnOnce() -> Vec<PendingOp<'k>>,
+        op: impl Fn(&dyn Backend) -> Result<T>,
+    ) -> Result<T> {
+        match self.on_primary(true, &op) {
+            Attempt::Done(r) => r,
+            Attempt::NotUp => self.on_fallback_recorded(record, &op),
+            Attempt::Failed(e) => {
+                self.on_fallback_recorded(record, &op)?;
+                Err(Error::Backend {
+                    backend: self.shared.cfg.name,
+                    message: format!(
+                        "{what} failed part-way on the server, which may have removed some of \
+                         the keys; it was recorded and will be applied in full when the server \
+                         answers again"
+                    ),
+                    temporary: true,
+                    source: Some(Box::new(e)),
+                })
+            }
         }
     }
 
@@ -531,7 +571,8 @@ impl Backend for Resilient {
         if prefix.is_empty() && self.shared.cfg.refuse_whole_keyspace {
             return Err(self.refusal());
         }
-        self.write_op(
+        self.invalidate_op(
+            "delete_prefix",
             || vec![PendingOp::DeletePrefix(Cow::Borrowed(prefix))],
             |b| b.delete_prefix(prefix),
         )
@@ -541,7 +582,7 @@ impl Backend for Resilient {
         if self.shared.cfg.refuse_whole_keyspace {
             return Err(self.refusal());
         }
-        self.write_op(|| vec![PendingOp::Clear], |b| b.clear())
+        self.invalidate_op("clear", || vec![PendingOp::Clear], |b| b.clear())
     }
 
     fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<Item>>> {

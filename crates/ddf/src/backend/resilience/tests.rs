@@ -508,3 +508,21 @@ fn recovery_stays_down_while_the_fallback_cannot_be_emptied() {
     assert_eq!(r.health(), Health::Up);
     assert_eq!(r.get("k").unwrap(), None);
 }
+
+#[test]
+fn an_invalidation_that_fails_on_the_primary_says_it_was_recorded() {
+    let Setup { r, up, journal, .. } = setup(FallbackMode::Pickle);
+    up.store(false, Ordering::SeqCst);
+    let e = r.delete_prefix("p:").unwrap_err();
+    assert!(e.is_temporary(), "{e}");
+    assert!(e.to_string().contains("recorded"), "{e}");
+    assert!(
+        std::error::Error::source(&e).is_some(),
+        "the cause is the source"
+    );
+    assert_eq!(journal.count("test|here|ns:").unwrap(), 1);
+    // Already down: recorded, and the fallback's own count is the answer.
+    assert_eq!(r.delete_prefix("p:").unwrap(), 0);
+    r.clear().unwrap();
+    assert_eq!(journal.count("test|here|ns:").unwrap(), 3);
+}

@@ -42,7 +42,11 @@
 //!   When the primary answers again they are applied to it, oldest first, before any read is
 //!   served from it again. Any error during that replay (a timeout, or READONLY from a server
 //!   that came back as a replica) stops it: the entries not applied stay recorded, the primary
-//!   stays down, and the next probe tries again (one warning per probe, not per entry). Several processes share the record safely (SQLite transactions); a
+//!   stays down, and the next probe tries again (one warning per probe, not per entry).
+//!   Building a cache while entries are pending applies them for at most one operation
+//!   timeout; what is left is applied by the background loop at once (state **recovering**,
+//!   served by the fallback meanwhile), saving its progress every few hundred entries, so
+//!   that no call waits for a long journal. Several processes share the record safely (SQLite transactions); a
 //!   process that comes back replays what the others recorded too. A process that stayed up
 //!   (it never saw the outage) applies what the others recorded within `breaker_retry`: its
 //!   background loop checks the journal (one indexed count) and applies and removes the entries
@@ -117,6 +121,9 @@ pub(crate) struct ResilientConfig {
     pub(crate) failures: u32,
     /// Probe interval while down.
     pub(crate) retry: Duration,
+    /// How long building the cache may spend applying recorded invalidations before it leaves
+    /// the rest to the background loop (the operation timeout).
+    pub(crate) startup_wait: Duration,
     /// The namespace is empty and `server_flush` is off: `clear` and `delete_prefix("")` would
     /// reach other applications' keys and are refused, in every state (recorded, they would be
     /// refused at replay, after the caller was told they succeeded).
@@ -196,14 +203,26 @@ impl Resilient {
             Ok(p) if pending => {
                 *write(&shared.primary) = Some(p);
                 shared.breaker.hold_down();
-                // Once now, bounded by the timeouts (a short-lived process, the CLI, may never
-                // see the background probe run), then in the background if that failed.
-                shared.try_recover();
+                // For at most one operation timeout here (a short-lived process, the CLI, is
+                // then served by the primary at once when the journal is short), the rest in
+                // the background, at once: the cache serves from the fallback meanwhile.
+                let deadline = Instant::now() + shared.cfg.startup_wait;
+                if !shared.try_recover(Some(deadline)) {
+                    info!(
+                        backend = shared.cfg.name,
+                        "recorded invalidations are being applied in the background; serving from the fallback meanwhile"
+                    );
+                }
             }
             Ok(p) => *write(&shared.primary) = Some(p),
             Err(e) => Shared::failed(&shared, true, &e),
         }
-        Shared::start_probe(&shared);
+        let first_run = if shared.breaker.is_up() {
+            shared.cfg.retry
+        } else {
+            Duration::ZERO
+        };
+        Shared::start_probe(&shared, first_run);
         Resilient { shared }
     }
 
@@ -398,13 +417,13 @@ impl Shared {
         }
         // The loop normally runs already (started with the cache); this restarts it if the
         // system refused it a thread.
-        Self::start_probe(this);
+        Self::start_probe(this, this.cfg.retry);
     }
 
     /// Starts the background loop of this cache (at most one): while the primary is up it
     /// watches the journal for invalidations other processes recorded and applies them; while
     /// it is not, it probes the primary and replays. It ends when the cache is dropped.
-    fn start_probe(this: &Arc<Shared>) {
+    fn start_probe(this: &Arc<Shared>, first: Duration) {
         if this.probing.swap(true, Ordering::AcqRel) {
             return;
         }
@@ -416,7 +435,7 @@ impl Shared {
             s.tick();
             ControlFlow::Continue(())
         });
-        if let Err(e) = this.spawn.spawn(this.cfg.retry, body) {
+        if let Err(e) = this.spawn.spawn(first, this.cfg.retry, body) {
             warn!(error = %e, "cannot start the cache server probe");
             this.probing.store(false, Ordering::Release);
         }
@@ -427,7 +446,7 @@ impl Shared {
         if self.breaker.is_up() {
             self.watch();
         } else {
-            self.try_recover();
+            self.try_recover(None);
         }
     }
 
@@ -447,9 +466,9 @@ impl Shared {
         let Some(primary) = read(&self.primary).clone() else {
             return;
         };
-        match self.replay(primary.as_ref()) {
-            Ok(0) => {}
-            Ok(n) => info!(
+        match self.replay(primary.as_ref(), None) {
+            Ok(Replayed { applied: 0, .. }) => {}
+            Ok(Replayed { applied: n, .. }) => info!(
                 backend = self.cfg.name,
                 applied = n,
                 "applied invalidations recorded by another process during an outage"
@@ -458,8 +477,9 @@ impl Shared {
         }
     }
 
-    /// One probe: build or ping the primary, replay the journal, switch to up.
-    fn try_recover(self: &Arc<Self>) -> bool {
+    /// One probe: build or ping the primary, replay the journal, switch to up. With a
+    /// `deadline`, a replay still unfinished then is left (state recovering) to the next probe.
+    fn try_recover(self: &Arc<Self>, deadline: Option<Instant>) -> bool {
         // Bind first: a guard in a match scrutinee would live through the arms (and the write).
         let current = read(&self.primary).clone();
         let primary = match current {
@@ -473,6 +493,10 @@ impl Shared {
             },
         };
         if primary.ping().is_err() {
+            if self.breaker.health() == Health::Recovering {
+                // A replay left unfinished at start-up, and the primary is gone again.
+                self.breaker.recovery_failed();
+            }
             return false;
         }
         self.breaker.begin_recovery();
@@ -485,12 +509,14 @@ impl Shared {
             );
             false
         };
-        if let Err(e) = self.replay(primary.as_ref()) {
-            return failed_again(e);
+        match self.replay(primary.as_ref(), deadline) {
+            Err(e) => return failed_again(e),
+            Ok(r) if !r.finished => return false,
+            Ok(_) => {}
         }
         // Last pass under the gate, then up: nothing recorded can be left behind.
         let _gate = write(&self.gate);
-        if let Err(e) = self.replay(primary.as_ref()) {
+        if let Err(e) = self.replay(primary.as_ref(), None) {
             return failed_again(e);
         }
         // Up with outage values left in the fallback would let a later outage serve them.
@@ -508,18 +534,28 @@ impl Shared {
         true
     }
 
-    /// Applies the journal to the primary, oldest first; returns how many entries it applied.
+    /// Applies the journal to the primary, oldest first, until `deadline` if one is given.
     /// The first error of any kind stops it: what was applied is removed from the journal, the
     /// rest stays recorded (a refusal, READONLY from a server that became a replica, say, may
     /// pass once the server changes; dropping the entry would let its old value be served).
+    /// Progress is saved every [`REPLAY_BATCH`] entries, so that a replay cut short (a process
+    /// that ends) is not started over.
     ///
     /// # Errors
     /// The primary's error for the first entry it did not apply, or the journal's.
-    fn replay(&self, primary: &dyn Backend) -> Result<usize> {
+    fn replay(&self, primary: &dyn Backend, deadline: Option<Instant>) -> Result<Replayed> {
         let pending = self.journal.read(&self.cfg.scope)?;
-        let mut applied = None;
+        let mut done = Replayed {
+            applied: 0,
+            finished: true,
+        };
+        let mut saved = 0;
         let mut outcome = Ok(());
-        for (id, op) in &pending {
+        for (i, (_, op)) in pending.iter().enumerate() {
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                done.finished = false;
+                break;
+            }
             let r = match op {
                 PendingOp::Delete(k) => primary.delete(k).map(|_| ()),
                 PendingOp::DeletePrefix(p) => primary.delete_prefix(p).map(|_| ()),
@@ -529,19 +565,39 @@ impl Shared {
                 outcome = Err(e);
                 break;
             }
-            applied = Some(*id);
-        }
-        let n = match applied {
-            Some(last) => {
-                if let Err(e) = self.journal.remove(&self.cfg.scope, last) {
-                    warn!(error = %e, "cannot remove applied invalidations (they will be applied again)");
-                }
-                pending.iter().take_while(|(id, _)| *id <= last).count()
+            done.applied = i + 1;
+            if done.applied - saved >= REPLAY_BATCH {
+                self.forget(&pending[..done.applied]);
+                saved = done.applied;
             }
-            None => 0,
-        };
-        outcome.map(|()| n)
+        }
+        if done.applied > saved {
+            self.forget(&pending[..done.applied]);
+        }
+        outcome.map(|()| done)
     }
+
+    /// Removes applied entries (the last one's id and every older one) from the journal.
+    fn forget(&self, applied: &[(i64, PendingOp<'static>)]) {
+        let Some((last, _)) = applied.last() else {
+            return;
+        };
+        if let Err(e) = self.journal.remove(&self.cfg.scope, *last) {
+            warn!(error = %e, "cannot remove applied invalidations (they will be applied again)");
+        }
+    }
+}
+
+/// Entries a replay applies between two saves of its progress.
+const REPLAY_BATCH: usize = 256;
+
+/// What a replay did.
+#[derive(Debug, Clone, Copy)]
+struct Replayed {
+    /// Entries applied (and removed from the journal).
+    applied: usize,
+    /// Nothing was left for lack of time.
+    finished: bool,
 }
 
 /// What a write of `key` records: a delete (when the primary returns, its older value must not

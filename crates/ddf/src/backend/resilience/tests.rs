@@ -66,6 +66,7 @@ fn config(scope: &str, failures: u32) -> ResilientConfig {
         scope: scope.to_owned(),
         failures,
         retry: Duration::from_millis(20),
+        startup_wait: Duration::from_secs(2),
         refuse_whole_keyspace: false,
     }
 }
@@ -323,7 +324,7 @@ impl fmt::Debug for Manual {
 }
 
 impl Spawn for Arc<Manual> {
-    fn spawn(&self, _every: Duration, body: Body) -> std::io::Result<()> {
+    fn spawn(&self, _first: Duration, _every: Duration, body: Body) -> std::io::Result<()> {
         self.0.lock().unwrap().push(body);
         Ok(())
     }
@@ -525,4 +526,40 @@ fn an_invalidation_that_fails_on_the_primary_says_it_was_recorded() {
     assert_eq!(r.delete_prefix("p:").unwrap(), 0);
     r.clear().unwrap();
     assert_eq!(journal.count("test|here|ns:").unwrap(), 3);
+}
+
+#[test]
+fn a_long_journal_is_applied_in_the_background_not_while_building() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FileBackend::open(dir.path().join("primary"), "ns:").unwrap();
+    store.set("k", &item("stale"), None).unwrap();
+    let journal = Arc::new(Journal::open(dir.path().join("local")).unwrap());
+    let many: Vec<PendingOp> = (0..600)
+        .map(|i| PendingOp::Delete(format!("x{i}").into()))
+        .chain([PendingOp::Delete("k".into())])
+        .collect();
+    journal.append("s", &many).unwrap();
+    let primary = Arc::new(Switchable {
+        store,
+        up: Arc::new(AtomicBool::new(true)),
+    });
+    let manual = Arc::new(Manual::default());
+    let r = Resilient::new(
+        ResilientConfig {
+            startup_wait: Duration::ZERO,
+            ..config("s", 3)
+        },
+        Box::new(move || Ok(primary.clone() as Arc<dyn Backend>)),
+        Fallback::Serve(Arc::new(NoneBackend)),
+        journal.clone(),
+        Arc::new(manual.clone()),
+    );
+    // Nothing applied while building: served from the fallback meanwhile, never stale.
+    assert_ne!(r.health(), Health::Up);
+    assert_eq!(journal.count("s").unwrap(), 601);
+    assert_eq!(r.get("k").unwrap(), None);
+    let _ = manual.run(0);
+    assert_eq!(r.health(), Health::Up);
+    assert_eq!(journal.count("s").unwrap(), 0);
+    assert_eq!(r.get("k").unwrap(), None);
 }

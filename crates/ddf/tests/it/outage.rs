@@ -11,8 +11,9 @@ use ddf_testkit::free_port;
 use crate::process;
 use crate::resilience::{Kind, Server, config, direct, state};
 
-/// The child's job: `kind|port|dir|what`, `what` being `delete` (delete `k`) or `set` (set
-/// `k = outage`), run with the server stopped.
+/// The child's job: `kind|port|dir|what`, `what` being `delete` (delete `k`), `set` (set
+/// `k = outage`) or `expect-outage` (read it back), run with the server stopped or killed, or
+/// `expect-miss` (the server is back: `k` misses).
 const WORKER: &str = "DDF_TEST_OUTAGE_WORKER";
 
 fn kind_name(kind: Kind) -> &'static str {
@@ -54,7 +55,20 @@ fn worker(job: &str) {
         "delete" => {
             cache.delete("k").unwrap();
         }
-        _ => cache.set("k", "outage", None).unwrap(),
+        "set" => cache.set("k", "outage", None).unwrap(),
+        "expect-outage" => {
+            assert_eq!(cache.get::<String>("k").unwrap().as_deref(), Some("outage"));
+        }
+        "expect-miss" => {
+            assert_eq!(cache.get::<String>("k").unwrap(), None);
+            assert_eq!(state(&cache), "up");
+            return;
+        }
+        _ => {
+            // A later outage: the first read fails on the server and misses.
+            assert_eq!(cache.get::<String>("k").unwrap(), None);
+            return;
+        }
     }
     assert!(state(&cache).starts_with("down"), "{}", state(&cache));
 }
@@ -338,4 +352,47 @@ fn redis_start_up_leaves_a_long_replay_to_the_background() {
 #[test]
 fn memcached_start_up_leaves_a_long_replay_to_the_background() {
     start_up_leaves_a_long_replay_to_the_background(Kind::Memcached);
+}
+
+/// The shared fallback: with the server killed, a value one process writes is read back by the
+/// next process while the outage lasts; once the server is back, the next process misses it
+/// (outage values are never promoted, and the closed outage's entries are not read).
+fn the_next_process_reads_an_outage_value_while_the_outage_lasts(kind: Kind, test: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let Some(mut server) = Server::start_on(kind, port) else {
+        return;
+    };
+    server.process().kill();
+    drop(server);
+    in_another_process(test, kind, port, dir.path(), "set");
+    in_another_process(test, kind, port, dir.path(), "expect-outage");
+    in_another_process(test, kind, port, dir.path(), "expect-outage");
+    let server = Server::start_on(kind, port).unwrap();
+    in_another_process(test, kind, port, dir.path(), "expect-miss");
+    // A later outage does not see the earlier one's value.
+    drop(server);
+    in_another_process(test, kind, port, dir.path(), "expect-miss-down");
+}
+
+#[test]
+fn redis_the_next_process_reads_an_outage_value_while_the_outage_lasts() {
+    if let Some(job) = process::job(WORKER) {
+        return worker(&job);
+    }
+    the_next_process_reads_an_outage_value_while_the_outage_lasts(
+        Kind::Redis,
+        "outage::redis_the_next_process_reads_an_outage_value_while_the_outage_lasts",
+    );
+}
+
+#[test]
+fn memcached_the_next_process_reads_an_outage_value_while_the_outage_lasts() {
+    if let Some(job) = process::job(WORKER) {
+        return worker(&job);
+    }
+    the_next_process_reads_an_outage_value_while_the_outage_lasts(
+        Kind::Memcached,
+        "outage::memcached_the_next_process_reads_an_outage_value_while_the_outage_lasts",
+    );
 }

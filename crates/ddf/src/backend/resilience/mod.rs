@@ -20,11 +20,12 @@
 //!   a temporary [`Error::Backend`] saying so, whose source is the primary's error.
 //! - **down**: operations go straight to the fallback, without waiting on the primary. The
 //!   cache's background loop (one per cache, started with it) pings the primary every
-//!   `breaker_retry` (a `PING` bounded by the operation timeout); no read or write waits for a probe (an invalidation made while the probe
-//!   applies the journal's last entries waits for that, under the gate).
+//!   `breaker_retry` (a `PING` bounded by the operation timeout); no read or write waits for a
+//!   probe (an invalidation made while the probe applies the journal's last entries waits for
+//!   that, under the gate).
 //! - **recovering**: the primary answered; the journal is being replayed. Operations still go to
-//!   the fallback. When the journal is empty and the fallback emptied the state becomes **up**
-//!   (if the fallback cannot be emptied, it stays down and tries again).
+//!   the fallback. When the journal is empty and the outage closed the state becomes **up**
+//!   (if the outage cannot be closed, it stays down and tries again).
 //!
 //! Each transition is logged once (`warn` when going down, `info` when back), never per
 //! operation.
@@ -52,25 +53,34 @@
 //!   background loop checks the journal (one indexed count) and applies and removes the entries
 //!   it finds; if it cannot, it marks the primary down, which may hold an invalidated value.
 //! - Values written during the outage stay in the fallback and are **not** promoted to the
-//!   primary (other processes may have written newer values there meanwhile). The fallback's
-//!   entries are cleared when the primary comes back, and when a cache is built (what a process
-//!   that ended during an outage left), so the fallback does not serve values of an earlier
-//!   outage.
+//!   primary (other processes may have written newer values there meanwhile).
+//!
+//! # A fallback shared for the length of an outage
+//! The journal database numbers the outages of each scope. A process that marks the primary
+//! down (or starts while pending entries or an open outage exist) joins the open outage or opens
+//! one, and its fallback entries live under that generation ([`generation`]): the processes of
+//! one outage, short-lived ones included, share what they write. When the primary is back and
+//! the journal applied, the process that sees it (its probe, or the watcher of a process that
+//! stayed up) empties that generation's entries and closes the outage; until both succeeded it
+//! does not switch to up. A process still down whose outage another closed joins the next one
+//! at its next probe (within `breaker_retry`), so a closed generation is not read.
 
 pub(crate) mod breaker;
+mod generation;
 pub(crate) mod journal;
 pub(crate) mod probe;
 
 use std::borrow::Cow;
 use std::fmt;
 use std::ops::ControlFlow;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
 use self::breaker::{Breaker, Failure, Health};
+use self::generation::GenerationView;
 use self::journal::{Journal, PendingOp};
 use self::probe::{Body, Spawn};
 use super::{Backend, BackendStatus, Item};
@@ -83,8 +93,7 @@ pub(crate) type Factory = Box<dyn Fn() -> Result<Arc<dyn Backend>> + Send + Sync
 #[derive(Debug, Clone)]
 pub(crate) enum Fallback {
     /// Another backend serves reads and writes (`pickle`: the local directory; `none`: a
-    /// backend that stores nothing). It is emptied when a cache is built and when the primary
-    /// comes back.
+    /// backend that stores nothing), under the generation of the current outage.
     Serve(Arc<dyn Backend>),
     /// Every operation returns a temporary error (`fallback = error`).
     Refuse,
@@ -140,8 +149,11 @@ struct Shared {
     primary: RwLock<Option<Arc<dyn Backend>>>,
     factory: Factory,
     fallback: Fallback,
-    /// The invalidations recorded during outages (its own database file).
+    /// The invalidations recorded during outages, and the outages (its own database file).
     journal: Arc<Journal>,
+    /// The outage this process serves from the fallback (its generation), 0 when none: up,
+    /// or the journal could not say (then the fallback misses and drops writes).
+    generation: AtomicI64,
     breaker: Breaker,
     /// Runs the probe loop in the background.
     spawn: Arc<dyn Spawn>,
@@ -174,12 +186,6 @@ impl Resilient {
         journal: Arc<Journal>,
         spawn: Arc<dyn Spawn>,
     ) -> Self {
-        if let Fallback::Serve(f) = &fallback
-            && let Err(e) = f.clear()
-        {
-            // Left by a process that ended during an outage: never serve it.
-            warn!(error = %e, "cannot clear the fallback cache");
-        }
         let first = factory();
         let shared = Arc::new(Shared {
             breaker: Breaker::new(cfg.failures),
@@ -188,21 +194,26 @@ impl Resilient {
             factory,
             fallback,
             journal,
+            generation: AtomicI64::new(0),
             spawn,
             probing: AtomicBool::new(false),
             gate: RwLock::new(()),
         });
         // Invalidations recorded by a process that ended during an outage (or a journal that
         // cannot be read, which might hold some): apply them before the primary serves a read.
+        // An outage still open: start in it (its fallback entries are served) until the probe,
+        // at once, finds the primary back and closes it.
+        let scope = &shared.cfg.scope;
         let pending = shared
             .journal
-            .count(&shared.cfg.scope)
-            .map(|n| n > 0)
+            .count(scope)
+            .and_then(|n| Ok(n > 0 || !shared.journal.open_outages(scope)?.is_empty()))
             .unwrap_or(true);
         match first {
             Ok(p) if pending => {
                 *write(&shared.primary) = Some(p);
                 shared.breaker.hold_down();
+                shared.join_outage();
                 // For at most one operation timeout here (a short-lived process, the CLI, is
                 // then served by the primary at once when the journal is short), the rest in
                 // the background, at once: the cache serves from the fallback meanwhile.
@@ -379,7 +390,10 @@ impl Resilient {
     /// Serves a call while the primary is not up, as the fallback says.
     fn on_fallback<T>(&self, op: &impl Fn(&dyn Backend) -> Result<T>) -> Result<T> {
         match &self.shared.fallback {
-            Fallback::Serve(f) => op(f.as_ref()),
+            Fallback::Serve(f) => match self.shared.generation.load(Ordering::Acquire) {
+                0 => op(&super::none::NoneBackend),
+                g => op(&GenerationView::new(f.clone(), g)),
+            },
             Fallback::Refuse => Err(Error::Backend {
                 backend: self.shared.cfg.name,
                 message: format!("the server is {} and fallback = error", self.health()),
@@ -407,12 +421,15 @@ impl Shared {
                 warn!(backend = this.cfg.name, error = %cause, "cache operation failed on the server; a read misses");
                 return;
             }
-            Failure::Opened => warn!(
-                backend = this.cfg.name,
-                error = %cause,
-                fallback = this.fallback.label(),
-                "cache server marked down; serving from the fallback until it answers again"
-            ),
+            Failure::Opened => {
+                this.join_outage();
+                warn!(
+                    backend = this.cfg.name,
+                    error = %cause,
+                    fallback = this.fallback.label(),
+                    "cache server marked down; serving from the fallback until it answers again"
+                );
+            }
             Failure::AlreadyOpen => {}
         }
         // The loop normally runs already (started with the cache); this restarts it if the
@@ -445,9 +462,47 @@ impl Shared {
     fn tick(self: &Arc<Self>) {
         if self.breaker.is_up() {
             self.watch();
-        } else {
-            self.try_recover(None);
+            return;
         }
+        // Another process closed our outage (the primary answered it): never read a closed
+        // generation; join (or open) the current one.
+        let g = self.generation.load(Ordering::Acquire);
+        if g == 0 || matches!(self.journal.is_open(&self.cfg.scope, g), Ok(false)) {
+            self.join_outage();
+        }
+        self.try_recover(None);
+    }
+
+    /// This process marks the primary down: it joins the open outage of its scope, or opens
+    /// one, and serves the fallback entries of that generation.
+    fn join_outage(&self) {
+        let g = match self.journal.join_outage(&self.cfg.scope) {
+            Ok(g) => g,
+            Err(e) => {
+                warn!(error = %e, "cannot join the outage; the fallback misses until it can");
+                0
+            }
+        };
+        self.generation.store(g, Ordering::Release);
+    }
+
+    /// The primary is back and the journal applied: empties the fallback entries of the open
+    /// outages of this scope, then closes them (nobody reads them again; an entry another
+    /// process writes between the two is never read).
+    ///
+    /// # Errors
+    /// The journal's or the fallback's: the outage stays open.
+    fn end_outages(&self) -> Result<()> {
+        let open = self.journal.open_outages(&self.cfg.scope)?;
+        if open.is_empty() {
+            return Ok(());
+        }
+        if let Fallback::Serve(f) = &self.fallback {
+            for &g in &open {
+                GenerationView::new(f.clone(), g).clear()?;
+            }
+        }
+        self.journal.close_outages(&self.cfg.scope, &open)
     }
 
     /// While up: applies what other processes recorded (a process that was down while this one
@@ -455,9 +510,13 @@ impl Shared {
     /// is one indexed count in the journal database. A failure to apply marks the primary down:
     /// it may hold a value that must not be served.
     fn watch(self: &Arc<Self>) {
-        match self.journal.count(&self.cfg.scope) {
-            Ok(0) => return,
-            Ok(_) => {}
+        let check = self
+            .journal
+            .count(&self.cfg.scope)
+            .and_then(|n| Ok(n > 0 || !self.journal.open_outages(&self.cfg.scope)?.is_empty()));
+        match check {
+            Ok(false) => return,
+            Ok(true) => {}
             Err(e) => {
                 warn!(error = %e, "cannot read the recorded invalidations");
                 return;
@@ -473,7 +532,11 @@ impl Shared {
                 applied = n,
                 "applied invalidations recorded by another process during an outage"
             ),
-            Err(e) => Shared::failed(self, true, &e),
+            Err(e) => return Shared::failed(self, true, &e),
+        }
+        // Applied: the outage another process saw is over for everybody.
+        if let Err(e) = self.end_outages() {
+            warn!(error = %e, "cannot close the outage; trying again");
         }
     }
 
@@ -519,12 +582,11 @@ impl Shared {
         if let Err(e) = self.replay(primary.as_ref(), None) {
             return failed_again(e);
         }
-        // Up with outage values left in the fallback would let a later outage serve them.
-        if let Fallback::Serve(f) = &self.fallback
-            && let Err(e) = f.clear()
-        {
+        // Up with the outage open would let a later outage serve its values.
+        if let Err(e) = self.end_outages() {
             return failed_again(e);
         }
+        self.generation.store(0, Ordering::Release);
         let down_for = self.breaker.recovered(Instant::now());
         info!(
             backend = self.cfg.name,
@@ -709,6 +771,10 @@ impl Backend for Resilient {
             (
                 "recorded invalidations pending".to_owned(),
                 pending.to_string(),
+            ),
+            (
+                "outage generation".to_owned(),
+                self.shared.generation.load(Ordering::Acquire).to_string(),
             ),
         ];
         if self.health() == Health::Up

@@ -563,3 +563,60 @@ fn a_long_journal_is_applied_in_the_background_not_while_building() {
     assert_eq!(journal.count("s").unwrap(), 0);
     assert_eq!(r.get("k").unwrap(), None);
 }
+
+#[test]
+fn processes_share_the_fallback_for_the_length_of_one_outage() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = Arc::new(AtomicBool::new(false));
+    let primary = Arc::new(Switchable {
+        store: FileBackend::open(dir.path().join("primary"), "ns:").unwrap(),
+        up: up.clone(),
+    });
+    // Two processes: their own handles on the same directory.
+    let process = |manual: &Arc<Manual>| {
+        let p = primary.clone();
+        Resilient::new(
+            config("s", 1),
+            Box::new(move || {
+                p.check()?;
+                Ok(p.clone() as Arc<dyn Backend>)
+            }),
+            Fallback::Serve(Arc::new(
+                FileBackend::open(dir.path().join("local"), "fb:").unwrap(),
+            )),
+            Arc::new(Journal::open(dir.path().join("local")).unwrap()),
+            Arc::new(manual.clone()),
+        )
+    };
+    let (ma, mb) = (Arc::new(Manual::default()), Arc::new(Manual::default()));
+    let a = process(&ma);
+    assert_eq!(a.health(), Health::Down, "the server is down at start-up");
+    a.set("k", &item("x"), None).unwrap();
+    drop(a);
+    // A process that starts while the outage lasts reads what the first one wrote.
+    let b = process(&mb);
+    assert_eq!(b.get("k").unwrap(), Some(item("x")));
+    // The primary comes back: B applies the journal and closes the outage.
+    up.store(true, Ordering::SeqCst);
+    let _ = mb.run(0);
+    assert_eq!(b.health(), Health::Up);
+    assert_eq!(b.get("k").unwrap(), None, "not promoted");
+    // A later outage starts empty: nobody reads a closed generation.
+    up.store(false, Ordering::SeqCst);
+    let c = process(&Arc::new(Manual::default()));
+    assert_eq!(c.health(), Health::Down);
+    assert_eq!(c.get("k").unwrap(), None);
+}
+
+#[test]
+fn a_process_whose_outage_was_closed_joins_the_next_one() {
+    let (Setup { r, up, journal, .. }, manual) = manual_setup(1);
+    up.store(false, Ordering::SeqCst);
+    r.set("k", &item("x"), None).unwrap();
+    assert_eq!(r.get("k").unwrap(), Some(item("x")));
+    // Another process saw the primary back and closed the outage.
+    let open = journal.open_outages("s").unwrap();
+    journal.close_outages("s", &open).unwrap();
+    let _ = manual.run(0);
+    assert_eq!(r.get("k").unwrap(), None, "a closed generation is not read");
+}

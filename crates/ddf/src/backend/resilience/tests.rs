@@ -4,7 +4,8 @@ use super::*;
 use crate::backend::file::FileBackend;
 use crate::backend::none::NoneBackend;
 use crate::config::FallbackMode;
-use probe::ThreadSpawn;
+use probe::{Body, ThreadSpawn};
+use std::ops::ControlFlow;
 
 #[derive(Debug)]
 struct Switchable {

@@ -112,9 +112,9 @@ impl Shared {
     }
 
     /// While up: applies what other processes recorded (a process that was down while this one
-    /// was not) so that this process does not keep reading a value they invalidated. The check
-    /// is one indexed count in the journal database. A failure to apply marks the primary down:
-    /// it may hold a value that must not be served.
+    /// was not) so that this process does not keep reading a value they invalidated, then closes
+    /// their outage. The check is two indexed queries in the journal database. A failure to
+    /// apply marks the primary down: it may hold a value that must not be served.
     fn watch(self: &Arc<Self>) {
         let check = self
             .journal
@@ -140,7 +140,11 @@ impl Shared {
             ),
             Err(e) => return Shared::failed(self, true, &e),
         }
-        // Applied: the outage another process saw is over for everybody.
+        // Applied: the outage another process saw is over for everybody (unless this process
+        // has just gone down and joined it meanwhile: its own probe will close it).
+        if !self.breaker.is_up() {
+            return;
+        }
         if let Err(e) = self.end_outages() {
             warn!(error = %e, "cannot close the outage; trying again");
         }

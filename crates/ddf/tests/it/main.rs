@@ -8,6 +8,7 @@ mod hostile;
 mod memcached;
 mod memcached_hostile;
 mod memo;
+mod outage;
 mod pickle;
 mod process;
 mod redis;

@@ -1,10 +1,119 @@
-//! The table of configuration keys: each key's name, environment variables, parser, display and
-//! one line of documentation. [`CacheConfig`] loading, `describe` and `Debug` walk this table.
+//! The keys of `[cache]`: [`CacheConfig`], which holds their values, and the table of keys (each
+//! key's name, environment variables, parser, display and one line of documentation) that
+//! loading, `describe` and `Debug` walk. Together because the table is made of accessors of the
+//! struct's fields.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::{CacheBackend, CacheConfig, FallbackMode, Secret, ServerAddr};
+use super::types::{CacheBackend, FallbackMode};
+use super::values::{Secret, ServerAddr};
+use crate::error::Source;
+
+/// Configuration of a cache: the `[cache]` section of `ddf.ini`.
+///
+/// Build one with [`CacheConfig::default`], [`CacheConfig::from_ini_str`] or
+/// [`CacheConfig::load`], then adjust it with the `with_*` methods (calls in code win over every
+/// other source).
+///
+/// ```
+/// use ddf::{CacheBackend, CacheConfig};
+/// let config = CacheConfig::from_ini_str("[cache]\nbackend = none\nttl = 60\n")?
+///     .with_namespace("myapp:");
+/// assert_eq!(config.backend, CacheBackend::None);
+/// assert_eq!(config.ttl, Some(std::time::Duration::from_secs(60)));
+/// # Ok::<(), ddf::Error>(())
+/// ```
+#[derive(Clone, PartialEq)]
+#[non_exhaustive]
+pub struct CacheConfig {
+    /// Which backend stores the values (`backend`, default `pickle`).
+    pub backend: CacheBackend,
+    /// `enabled` (default `true`): when false every get misses and writes do nothing.
+    pub enabled: bool,
+    /// `ttl`: the default expiry of a `set` without one; `None` (empty) means no expiry.
+    pub ttl: Option<Duration>,
+    /// `namespace` (default `ddf:`): the prefix that scopes this cache's keys. May be empty.
+    pub namespace: String,
+    /// `pickle_dir`: the cache directory of the file backend; `None` means the user's cache
+    /// directory (`$XDG_CACHE_HOME/ddf`, else `~/.cache/ddf`).
+    pub pickle_dir: Option<PathBuf>,
+    /// `redis_host` (default `localhost`).
+    pub redis_host: String,
+    /// `redis_port` (default 6379).
+    pub redis_port: u16,
+    /// `redis_password` (default none).
+    pub redis_password: Option<Secret>,
+    /// `redis_db` (default 0).
+    pub redis_db: u32,
+    /// `redis_url` (`redis://`, `rediss://`, `unix://`): when set, wins over host/port/db.
+    pub redis_url: Option<Secret>,
+    /// `redis_ca_file`: a PEM CA bundle to verify a `rediss://` server.
+    pub redis_ca_file: Option<PathBuf>,
+    /// `redis_cluster_nodes` (`host:port, ...`): when set, Redis is used as a Cluster.
+    pub redis_cluster_nodes: Vec<ServerAddr>,
+    /// `redis_sentinels` (`host:port, ...`, port 26379 by default): when set, the master named
+    /// [`redis_sentinel_master`](Self::redis_sentinel_master) is found through these Sentinels.
+    pub redis_sentinels: Vec<ServerAddr>,
+    /// `redis_sentinel_master`: the name the Sentinels monitor the master under.
+    pub redis_sentinel_master: Option<String>,
+    /// `redis_sentinel_password`: the Sentinels' own password, when they have one.
+    pub redis_sentinel_password: Option<Secret>,
+    /// `memcached_servers` (`host:port, host:port`; default `localhost:11211`).
+    pub memcached_servers: Vec<ServerAddr>,
+    /// `connect_timeout` in seconds (default 1).
+    pub connect_timeout: Duration,
+    /// `timeout`: the per-operation timeout in seconds (default 2).
+    pub timeout: Duration,
+    /// `fallback` (default `pickle`): what serves while Redis or Memcached is down.
+    pub fallback: FallbackMode,
+    /// `breaker_failures` (default 3): consecutive failed operations that mark the server down.
+    pub breaker_failures: u32,
+    /// `breaker_retry` in seconds (default 1): how often a down server is probed.
+    pub breaker_retry: Duration,
+    /// `server_flush` (default false): with an empty `namespace`, let `flush_all` flush the whole
+    /// Redis database (`FLUSHDB`) or every Memcached server (`flush_all`). Never used otherwise.
+    pub server_flush: bool,
+    /// Where each key's value came from.
+    pub(super) sources: BTreeMap<&'static str, Source>,
+    /// The file the INI text came from, if any.
+    pub(super) file: Option<PathBuf>,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            backend: CacheBackend::Pickle,
+            enabled: true,
+            ttl: None,
+            namespace: "ddf:".to_owned(),
+            pickle_dir: None,
+            redis_host: "localhost".to_owned(),
+            redis_port: 6379,
+            redis_password: None,
+            redis_db: 0,
+            redis_url: None,
+            redis_ca_file: None,
+            redis_cluster_nodes: Vec::new(),
+            redis_sentinels: Vec::new(),
+            redis_sentinel_master: None,
+            redis_sentinel_password: None,
+            memcached_servers: vec![ServerAddr {
+                host: "localhost".to_owned(),
+                port: 11211,
+            }],
+            connect_timeout: Duration::from_secs(1),
+            timeout: Duration::from_secs(2),
+            fallback: FallbackMode::Pickle,
+            breaker_failures: 3,
+            breaker_retry: Duration::from_secs(1),
+            server_flush: false,
+            sources: BTreeMap::new(),
+            file: None,
+        }
+    }
+}
 
 /// One configuration key: its name, how to parse it into a config, how to show it.
 pub(super) struct KeySpec {

@@ -8,26 +8,28 @@
 //! `DDF_CACHE_TTL`, ...) and the Python DDF's `REDIS_HOST`, `REDIS_PORT`, `REDIS_PASSWORD` and
 //! `REDIS_DB`; when both name one key, `DDF_CACHE_<KEY>` wins.
 //!
-//! By topic: this file holds the types, loading and precedence; `keys.rs` the table of keys and
+//! By topic: `types.rs` holds the types (a leaf the others build on); this file loading and
+//! precedence; `keys.rs` the table of keys and
 //! the parsers of their values; `values.rs` server addresses and secrets; `ini.rs` the INI reader;
 //! `settings.rs` the per-backend settings a backend is built from, validated once.
 
 mod ini;
 mod keys;
 mod settings;
+mod types;
 mod values;
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::time::Duration;
 
 use ini::Ini;
+pub use keys::CacheConfig;
 use keys::{KEYS, KeySpec, known_keys, spec};
 pub(crate) use settings::{
     BackendSettings, MemcachedSettings, RedisEndpoint, RedisSettings, RedisTarget, ValueFormat,
 };
+pub use types::{CacheBackend, ConfigRow, FallbackMode, UnknownBackend};
 pub use values::{Secret, ServerAddr};
 
 use crate::error::{Error, Result, Source};
@@ -35,216 +37,7 @@ use crate::error::{Error, Result, Source};
 /// The INI section ddf reads.
 pub const SECTION: &str = "cache";
 
-/// The available cache backends, with the Python DDF's names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-#[non_exhaustive]
-pub enum CacheBackend {
-    /// No caching: every get misses, writes are dropped.
-    None,
-    /// A local cache directory (`pickle_dir`), values as Python pickles. The default.
-    #[default]
-    Pickle,
-    /// Memcached with JSON values.
-    Memcached,
-    /// Memcached with pickle values.
-    MemcachedPickle,
-    /// Redis with JSON values.
-    Redis,
-    /// Redis with pickle values.
-    RedisPickle,
-}
-
-impl CacheBackend {
-    /// Every backend, in the order the documentation lists them.
-    pub const ALL: [CacheBackend; 6] = [
-        CacheBackend::None,
-        CacheBackend::Pickle,
-        CacheBackend::Redis,
-        CacheBackend::RedisPickle,
-        CacheBackend::Memcached,
-        CacheBackend::MemcachedPickle,
-    ];
-
-    /// The INI name (`none`, `pickle`, `redis`, `redis_pickle`, `memcached`, `memcached_pickle`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CacheBackend::None => "none",
-            CacheBackend::Pickle => "pickle",
-            CacheBackend::Memcached => "memcached",
-            CacheBackend::MemcachedPickle => "memcached_pickle",
-            CacheBackend::Redis => "redis",
-            CacheBackend::RedisPickle => "redis_pickle",
-        }
-    }
-
-    /// The valid names, comma-separated, for error messages.
-    pub fn names() -> String {
-        Self::ALL.map(Self::as_str).join(", ")
-    }
-}
-
-impl fmt::Display for CacheBackend {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// The error of parsing a [`CacheBackend`] name.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UnknownBackend(pub String);
-
-impl fmt::Display for UnknownBackend {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{:?} is not a backend; allowed: {}",
-            self.0,
-            CacheBackend::names()
-        )
-    }
-}
-
-impl std::error::Error for UnknownBackend {}
-
-impl FromStr for CacheBackend {
-    type Err = UnknownBackend;
-    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
-        let t = s.trim();
-        Self::ALL
-            .into_iter()
-            .find(|b| b.as_str().eq_ignore_ascii_case(t))
-            .ok_or_else(|| UnknownBackend(s.to_owned()))
-    }
-}
-
-/// What serves while a Redis or Memcached primary is down (`fallback`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub enum FallbackMode {
-    /// Serve from the local cache directory (`pickle_dir`), as the original did.
-    #[default]
-    Pickle,
-    /// Every get misses and writes are dropped (invalidations are still recorded).
-    None,
-    /// Operations return an error.
-    Error,
-}
-
-impl FallbackMode {
-    /// The INI name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FallbackMode::Pickle => "pickle",
-            FallbackMode::None => "none",
-            FallbackMode::Error => "error",
-        }
-    }
-}
-
-/// Configuration of a cache: the `[cache]` section of `ddf.ini`.
-///
-/// Build one with [`CacheConfig::default`], [`CacheConfig::from_ini_str`] or
-/// [`CacheConfig::load`], then adjust it with the `with_*` methods (calls in code win over every
-/// other source).
-///
-/// ```
-/// use ddf::{CacheBackend, CacheConfig};
-/// let config = CacheConfig::from_ini_str("[cache]\nbackend = none\nttl = 60\n")?
-///     .with_namespace("myapp:");
-/// assert_eq!(config.backend, CacheBackend::None);
-/// assert_eq!(config.ttl, Some(std::time::Duration::from_secs(60)));
-/// # Ok::<(), ddf::Error>(())
-/// ```
-#[derive(Clone, PartialEq)]
-#[non_exhaustive]
-pub struct CacheConfig {
-    /// Which backend stores the values (`backend`, default `pickle`).
-    pub backend: CacheBackend,
-    /// `enabled` (default `true`): when false every get misses and writes do nothing.
-    pub enabled: bool,
-    /// `ttl`: the default expiry of a `set` without one; `None` (empty) means no expiry.
-    pub ttl: Option<Duration>,
-    /// `namespace` (default `ddf:`): the prefix that scopes this cache's keys. May be empty.
-    pub namespace: String,
-    /// `pickle_dir`: the cache directory of the file backend; `None` means the user's cache
-    /// directory (`$XDG_CACHE_HOME/ddf`, else `~/.cache/ddf`).
-    pub pickle_dir: Option<PathBuf>,
-    /// `redis_host` (default `localhost`).
-    pub redis_host: String,
-    /// `redis_port` (default 6379).
-    pub redis_port: u16,
-    /// `redis_password` (default none).
-    pub redis_password: Option<Secret>,
-    /// `redis_db` (default 0).
-    pub redis_db: u32,
-    /// `redis_url` (`redis://`, `rediss://`, `unix://`): when set, wins over host/port/db.
-    pub redis_url: Option<Secret>,
-    /// `redis_ca_file`: a PEM CA bundle to verify a `rediss://` server.
-    pub redis_ca_file: Option<PathBuf>,
-    /// `redis_cluster_nodes` (`host:port, ...`): when set, Redis is used as a Cluster.
-    pub redis_cluster_nodes: Vec<ServerAddr>,
-    /// `redis_sentinels` (`host:port, ...`, port 26379 by default): when set, the master named
-    /// [`redis_sentinel_master`](Self::redis_sentinel_master) is found through these Sentinels.
-    pub redis_sentinels: Vec<ServerAddr>,
-    /// `redis_sentinel_master`: the name the Sentinels monitor the master under.
-    pub redis_sentinel_master: Option<String>,
-    /// `redis_sentinel_password`: the Sentinels' own password, when they have one.
-    pub redis_sentinel_password: Option<Secret>,
-    /// `memcached_servers` (`host:port, host:port`; default `localhost:11211`).
-    pub memcached_servers: Vec<ServerAddr>,
-    /// `connect_timeout` in seconds (default 1).
-    pub connect_timeout: Duration,
-    /// `timeout`: the per-operation timeout in seconds (default 2).
-    pub timeout: Duration,
-    /// `fallback` (default `pickle`): what serves while Redis or Memcached is down.
-    pub fallback: FallbackMode,
-    /// `breaker_failures` (default 3): consecutive failed operations that mark the server down.
-    pub breaker_failures: u32,
-    /// `breaker_retry` in seconds (default 1): how often a down server is probed.
-    pub breaker_retry: Duration,
-    /// `server_flush` (default false): with an empty `namespace`, let `flush_all` flush the whole
-    /// Redis database (`FLUSHDB`) or every Memcached server (`flush_all`). Never used otherwise.
-    pub server_flush: bool,
-    /// Where each key's value came from.
-    sources: BTreeMap<&'static str, Source>,
-    /// The file the INI text came from, if any.
-    file: Option<PathBuf>,
-}
-
-impl Default for CacheConfig {
-    fn default() -> Self {
-        CacheConfig {
-            backend: CacheBackend::Pickle,
-            enabled: true,
-            ttl: None,
-            namespace: "ddf:".to_owned(),
-            pickle_dir: None,
-            redis_host: "localhost".to_owned(),
-            redis_port: 6379,
-            redis_password: None,
-            redis_db: 0,
-            redis_url: None,
-            redis_ca_file: None,
-            redis_cluster_nodes: Vec::new(),
-            redis_sentinels: Vec::new(),
-            redis_sentinel_master: None,
-            redis_sentinel_password: None,
-            memcached_servers: vec![ServerAddr {
-                host: "localhost".to_owned(),
-                port: 11211,
-            }],
-            connect_timeout: Duration::from_secs(1),
-            timeout: Duration::from_secs(2),
-            fallback: FallbackMode::Pickle,
-            breaker_failures: 3,
-            breaker_retry: Duration::from_secs(1),
-            server_flush: false,
-            sources: BTreeMap::new(),
-            file: None,
-        }
-    }
-}
-
+/// Every key, through its table entry: secrets are redacted as in `ddf-cache config`.
 impl fmt::Debug for CacheConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut d = f.debug_struct("CacheConfig");
@@ -253,22 +46,6 @@ impl fmt::Debug for CacheConfig {
         }
         d.finish()
     }
-}
-
-/// One row of [`CacheConfig::describe`]: a key, its shown value and where it came from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct ConfigRow {
-    /// The INI key.
-    pub key: &'static str,
-    /// The value as the INI file would spell it; secrets print as `<redacted>`.
-    pub value: String,
-    /// Where the value came from.
-    pub source: Source,
-    /// The key's environment variable(s).
-    pub env: String,
-    /// What the key means.
-    pub doc: &'static str,
 }
 
 impl CacheConfig {

@@ -13,7 +13,9 @@ use std::time::Duration;
 
 use redis::IntoConnectionInfo;
 
-use super::{CacheBackend, CacheConfig, FallbackMode, Secret, ServerAddr};
+use super::keys::CacheConfig;
+use super::types::{CacheBackend, FallbackMode};
+use super::values::{Secret, ServerAddr};
 use crate::error::{Error, Result, Source};
 
 /// The settings of the backend a config names.

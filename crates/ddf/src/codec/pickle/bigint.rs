@@ -8,7 +8,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use super::{ErrorKind, PickleError};
+use super::error::{ErrorKind, PickleError};
 
 /// An integer of any size as two's complement little-endian bytes, minimal length (pickle's own
 /// `LONG1` representation).

@@ -7,7 +7,8 @@ use serde::de::{self, IntoDeserializer, Unexpected, Visitor};
 use serde::ser::{SerializeMap, SerializeSeq, SerializeTuple};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::{BigInt, PickleError};
+use super::bigint::BigInt;
+use super::error::PickleError;
 
 // Newtype-struct names that tell the pickle serializer to write a Python type serde has no
 // notion of (the trick serde_json's `RawValue` uses). Other serializers see a plain newtype:

@@ -4,7 +4,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier, Mutex};
 use std::time::Duration;
@@ -13,6 +12,7 @@ use ddf::{Backend, CacheBackend, CacheConfig, CacheManager, Error, Item, cache_w
 use serde::Serialize;
 
 use crate::conformance::unique_namespace;
+use crate::process;
 
 /// A service whose memoized methods use the cache it holds (`cache = self.cache`) and count
 /// how often their bodies run.
@@ -616,17 +616,16 @@ fn free_functions_use_the_global_cache_by_default() {
     }
 }
 
-// Two processes: the test binary re-runs one test of itself with DDF_MEMO_CHILD_DIR set.
+// Two processes: the parent test runs itself again as a child (see `process`), with the
+// shared directory as the child's job.
 
 const CHILD_DIR: &str = "DDF_MEMO_CHILD_DIR";
-const CHILD_TEST: &str = "memo::two_processes_child";
+const CHILD_TEST: &str = "memo::two_processes_share_results";
 
-#[test]
-fn two_processes_child() {
-    let Some(dir) = std::env::var_os(CHILD_DIR) else {
-        return; // only meaningful when run by two_processes_share_results
-    };
-    let s = Svc::new(file_cache(Path::new(&dir), "shared-ns:"));
+/// The body of one child process of the test below: one memoized call on the shared directory;
+/// prints how many times the function ran.
+fn two_processes_child(dir: &str) {
+    let s = Svc::new(file_cache(Path::new(dir), "shared-ns:"));
     let m = HashMap::from([
         ("x".to_owned(), 1),
         ("y".to_owned(), 2),
@@ -637,17 +636,10 @@ fn two_processes_child() {
 }
 
 fn run_child(dir: &Path) -> usize {
-    let out = Command::new(std::env::current_exe().unwrap())
-        .args([CHILD_TEST, "--exact", "--nocapture", "--test-threads=1"])
-        .env(CHILD_DIR, dir)
-        .output()
+    let child = process::child(CHILD_TEST, CHILD_DIR, &dir.display().to_string())
+        .spawn()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = process::check(child, "memo child");
     stdout
         .lines()
         .find_map(|l| l.split("DDF_MEMO_COMPUTED=").nth(1))
@@ -659,6 +651,9 @@ fn run_child(dir: &Path) -> usize {
 
 #[test]
 fn two_processes_share_results() {
+    if let Some(dir) = process::job(CHILD_DIR) {
+        return two_processes_child(&dir);
+    }
     let dir = tempfile::tempdir().unwrap();
     // The map is built in another iteration order in each process (random HashMap seeds).
     assert_eq!(run_child(dir.path()), 1, "the first process computes");

@@ -3,13 +3,16 @@
 //!
 //! Two layers:
 //!
-//! - [`Flights`], the registry: a map from (cache id, key) to the flight in progress. The first
-//!   caller to [`join`](Flights::join) a key leads its flight; later callers get the flight's
-//!   latch to wait on. The leader's [`Lead`] ends the flight when it is dropped, reporting
-//!   [`Landing::Finished`] if the leader called [`Lead::finish`] and [`Landing::Abandoned`]
-//!   otherwise (it unwound from a panic, or, on an async face, its future was dropped), so no
-//!   waiter is left blocked and waiters know whether to take over. The registry knows nothing
-//!   of threads: how a waiter waits is the [`Latch`]'s business.
+//! - [`Flights`], the registry: a map from (cache id, key) to the flight in progress and the
+//!   invalidation epoch it started in ([`super::epoch`]). The first caller to
+//!   [`join`](Flights::join) a key leads its flight; later callers of the same epoch or an older
+//!   one get the flight's latch to wait on, and a caller of a newer epoch (it started after an
+//!   invalidation the flight may predate) leads a flight of its own instead. The leader's
+//!   [`Lead`] ends the flight when it is dropped, reporting [`Landing::Finished`] if the leader
+//!   called [`Lead::finish`] and [`Landing::Abandoned`] otherwise (it unwound from a panic, or,
+//!   on an async face, its future was dropped), so no waiter is left blocked and waiters know
+//!   whether to take over. The registry knows nothing of threads: how a waiter waits is the
+//!   [`Latch`]'s business.
 //! - The thread face ([`take_turn`]): one registry with a [`BlockingLatch`] (a condition
 //!   variable), and the rule that keeps it free of deadlocks. A task-based face adds a latch over
 //!   `tokio::sync::Notify` and its own rule (a task-local instead of a thread-local), and reuses
@@ -24,7 +27,6 @@
 
 use std::cell::Cell;
 use std::collections::HashMap;
-use std::collections::hash_map::Entry;
 use std::sync::{Arc, Condvar, LazyLock, Mutex, MutexGuard, PoisonError};
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -63,14 +65,21 @@ struct FlightKey {
     key: String,
 }
 
+/// A flight in progress.
+struct Flight<L> {
+    /// The invalidation epoch its leader started in.
+    epoch: u64,
+    latch: Arc<L>,
+}
+
 /// The flights in progress.
 pub(crate) struct Flights<L> {
-    map: Mutex<HashMap<FlightKey, Arc<L>>>,
+    map: Mutex<HashMap<FlightKey, Flight<L>>>,
 }
 
 /// A caller's place in a flight.
 pub(crate) enum Join<'a, L: Latch> {
-    /// No flight was in progress: this caller leads a new one.
+    /// No flight of this epoch or a newer one was in progress: this caller leads a new one.
     Lead(Lead<'a, L>),
     /// A flight is in progress: its latch opens when it ends.
     Wait(Arc<L>),
@@ -83,26 +92,34 @@ impl<L: Latch> Flights<L> {
         }
     }
 
-    /// Leads the flight of `key` in cache `cache`, or joins the one in progress.
-    pub(crate) fn join(&self, cache: u64, key: &str) -> Join<'_, L> {
+    /// Leads the flight of `key` in cache `cache`, or joins the one in progress if it started
+    /// in `epoch` or a newer one. A caller of a newer epoch than the flight in progress leads a
+    /// new flight, which takes the older one's place in the registry (the older one still
+    /// lands for its own waiters).
+    pub(crate) fn join(&self, cache: u64, key: &str, epoch: u64) -> Join<'_, L> {
         let key = FlightKey {
             cache,
             key: key.to_owned(),
         };
-        match lock(&self.map).entry(key) {
-            Entry::Occupied(e) => Join::Wait(Arc::clone(e.get())),
-            Entry::Vacant(e) => {
-                let latch = Arc::new(L::new());
-                let key = e.key().clone();
-                e.insert(Arc::clone(&latch));
-                Join::Lead(Lead {
-                    flights: self,
-                    key,
-                    latch,
-                    finished: false,
-                })
-            }
+        let mut map = lock(&self.map);
+        if let Some(f) = map.get(&key)
+            && f.epoch >= epoch
+        {
+            return Join::Wait(Arc::clone(&f.latch));
         }
+        let latch = Arc::new(L::new());
+        let flight = Flight {
+            epoch,
+            latch: Arc::clone(&latch),
+        };
+        map.insert(key.clone(), flight);
+        drop(map);
+        Join::Lead(Lead {
+            flights: self,
+            key,
+            latch,
+            finished: false,
+        })
     }
 
     #[cfg(test)]
@@ -134,7 +151,7 @@ impl<L: Latch> Drop for Lead<'_, L> {
             let mut map = lock(&self.flights.map);
             if map
                 .get(&self.key)
-                .is_some_and(|l| Arc::ptr_eq(l, &self.latch))
+                .is_some_and(|f| Arc::ptr_eq(&f.latch, &self.latch))
             {
                 map.remove(&self.key);
             }
@@ -220,10 +237,10 @@ impl Drop for ThreadLead {
     }
 }
 
-/// Leads the flight of `key` in cache `cache`, or waits for the one in progress (unless this
-/// thread leads a flight: then [`Turn::Bypass`]).
-pub(crate) fn take_turn(cache: u64, key: &str) -> Turn {
-    match THREAD_FLIGHTS.join(cache, key) {
+/// Leads the flight of `key` in cache `cache`, or waits for the one in progress if it started
+/// in `epoch` or a newer one (unless this thread leads a flight: then [`Turn::Bypass`]).
+pub(crate) fn take_turn(cache: u64, key: &str, epoch: u64) -> Turn {
+    match THREAD_FLIGHTS.join(cache, key, epoch) {
         Join::Lead(lead) => {
             LEADING.with(|n| n.set(n.get() + 1));
             Turn::Lead(ThreadLead(lead))
@@ -242,35 +259,61 @@ mod tests {
     #[test]
     fn one_leader_per_key_and_cache() {
         let f = Flights::<BlockingLatch>::new();
-        let Join::Lead(a) = f.join(1, "k") else {
+        let Join::Lead(a) = f.join(1, "k", 0) else {
             panic!("the first caller leads")
         };
-        assert!(matches!(f.join(1, "k"), Join::Wait(_)));
-        assert!(matches!(f.join(2, "k"), Join::Lead(_)), "another cache");
-        assert!(matches!(f.join(1, "k2"), Join::Lead(_)), "another key");
+        assert!(matches!(f.join(1, "k", 0), Join::Wait(_)));
+        assert!(matches!(f.join(2, "k", 0), Join::Lead(_)), "another cache");
+        assert!(matches!(f.join(1, "k2", 0), Join::Lead(_)), "another key");
         assert_eq!(f.in_flight(), 1, "dropped leads left the registry");
         drop(a);
         assert_eq!(f.in_flight(), 0);
-        assert!(matches!(f.join(1, "k"), Join::Lead(_)), "a new flight");
+        assert!(matches!(f.join(1, "k", 0), Join::Lead(_)), "a new flight");
+    }
+
+    #[test]
+    fn a_caller_of_a_newer_epoch_leads_its_own_flight() {
+        let f = Flights::<BlockingLatch>::new();
+        let Join::Lead(old) = f.join(1, "k", 3) else {
+            panic!("the first caller leads")
+        };
+        assert!(matches!(f.join(1, "k", 2), Join::Wait(_)), "an older epoch");
+        assert!(matches!(f.join(1, "k", 3), Join::Wait(_)), "the same epoch");
+        let Join::Lead(new) = f.join(1, "k", 4) else {
+            panic!("a newer epoch never joins an older flight")
+        };
+        let Join::Wait(w) = f.join(1, "k", 4) else {
+            panic!("the newer flight took the key")
+        };
+        drop(old);
+        assert_eq!(
+            f.in_flight(),
+            1,
+            "the older flight left the newer one in place"
+        );
+        assert!(matches!(f.join(1, "k", 4), Join::Wait(_)));
+        drop(new);
+        assert_eq!(w.wait(), Landing::Abandoned);
+        assert_eq!(f.in_flight(), 0);
     }
 
     #[test]
     fn waiters_learn_how_the_flight_ended() {
         let f = Flights::<BlockingLatch>::new();
-        let Join::Lead(mut lead) = f.join(1, "k") else {
+        let Join::Lead(mut lead) = f.join(1, "k", 0) else {
             panic!("leads")
         };
-        let Join::Wait(w) = f.join(1, "k") else {
+        let Join::Wait(w) = f.join(1, "k", 0) else {
             panic!("waits")
         };
         lead.mark_finished();
         drop(lead);
         assert_eq!(w.wait(), Landing::Finished);
 
-        let Join::Lead(lead) = f.join(1, "k") else {
+        let Join::Lead(lead) = f.join(1, "k", 0) else {
             panic!("leads")
         };
-        let Join::Wait(w) = f.join(1, "k") else {
+        let Join::Wait(w) = f.join(1, "k", 0) else {
             panic!("waits")
         };
         drop(lead); // as a panic's unwinding does
@@ -280,7 +323,7 @@ mod tests {
     #[test]
     fn a_panicking_leader_releases_its_waiters() {
         let f = Arc::new(Flights::<BlockingLatch>::new());
-        let Join::Lead(lead) = f.join(7, "k") else {
+        let Join::Lead(lead) = f.join(7, "k", 0) else {
             panic!("leads")
         };
         let n = 4;
@@ -289,7 +332,7 @@ mod tests {
             .map(|_| {
                 let (f, waiting) = (f.clone(), waiting.clone());
                 std::thread::spawn(move || {
-                    let Join::Wait(w) = f.join(7, "k") else {
+                    let Join::Wait(w) = f.join(7, "k", 0) else {
                         panic!("waits")
                     };
                     waiting.wait();
@@ -320,7 +363,7 @@ mod tests {
                 let (start, leads) = (start.clone(), leads.clone());
                 std::thread::spawn(move || {
                     start.wait();
-                    match take_turn(cache, "k") {
+                    match take_turn(cache, "k", 0) {
                         Turn::Lead(l) => {
                             leads.fetch_add(1, Ordering::SeqCst);
                             std::thread::sleep(std::time::Duration::from_millis(50));
@@ -344,7 +387,7 @@ mod tests {
     #[test]
     fn a_leading_thread_never_waits() {
         let cache = u64::MAX - 2;
-        let Turn::Lead(outer) = take_turn(cache, "a") else {
+        let Turn::Lead(outer) = take_turn(cache, "a", 0) else {
             panic!("leads a")
         };
         // Another thread leads "b" and holds it until told.
@@ -352,7 +395,7 @@ mod tests {
         let other = {
             let (held, release) = (held.clone(), release.clone());
             std::thread::spawn(move || {
-                let Turn::Lead(l) = take_turn(cache, "b") else {
+                let Turn::Lead(l) = take_turn(cache, "b", 0) else {
                     panic!("leads b")
                 };
                 held.wait();
@@ -361,7 +404,7 @@ mod tests {
             })
         };
         held.wait();
-        assert!(matches!(take_turn(cache, "b"), Turn::Bypass));
+        assert!(matches!(take_turn(cache, "b", 0), Turn::Bypass));
         release.wait();
         other.join().unwrap();
         outer.finish();

@@ -8,7 +8,9 @@
 //!
 //! and, hidden, what the attribute expands to (reached through `ddf::__private`, not a public
 //! API): the runtime here (lookup, policies, validation stamps, `invalidate_on`), the key
-//! derivation (`key`, over the canonical encoding in `canonical`) and single-flight (`flight`).
+//! derivation (`key`, over the canonical encoding in `canonical`), single-flight (`flight`) and
+//! the invalidation epochs that keep a result computed before an invalidation from being served
+//! after it (`epoch`).
 //!
 //! ```
 //! use std::sync::OnceLock;
@@ -60,6 +62,7 @@
 //! hit. Use `BTreeSet` for stable keys.
 
 mod canonical;
+pub(crate) mod epoch;
 pub(crate) mod flight;
 mod key;
 
@@ -205,14 +208,29 @@ fn lookup<S: DeserializeOwned>(cache: &CacheManager, key: &str, stamp: &Stamp) -
     })
 }
 
-/// Stores a result. Errors fail open: logged.
-fn store<S: Serialize>(cache: &CacheManager, f: &MemoFn, key: &str, stamp: &Stamp, value: &S) {
-    let r = match stamp {
+/// Stores a result, unless an invalidation began since the call started (`epoch`): the result
+/// may predate it. Errors fail open: logged.
+fn store<S: Serialize>(
+    cache: &CacheManager,
+    f: &MemoFn,
+    key: &str,
+    stamp: &Stamp,
+    epoch: u64,
+    value: &S,
+) {
+    let write = || match stamp {
         Stamp::Is(current) => cache.set(key, &(current, value), f.ttl),
         _ => cache.set(key, value, f.ttl),
     };
-    if let Err(e) = r {
-        tracing::warn!(error = %e, "ddf: memoized write failed; the result is not cached");
+    match cache.epochs().store(epoch, write) {
+        None => tracing::debug!(
+            key,
+            "ddf: an invalidation began while the result was computed; it is not cached"
+        ),
+        Some(Err(e)) => {
+            tracing::warn!(error = %e, "ddf: memoized write failed; the result is not cached")
+        }
+        Some(Ok(())) => {}
     }
 }
 
@@ -293,22 +311,26 @@ where
             return compute();
         }
     };
+    // Read before the lookup: an invalidation that returns after this never has its
+    // pre-invalidation results served to a later call (see `epoch`).
+    let epoch = cache.epochs().current();
     if let Some(v) = lookup::<P::Stored>(cache, &key, &stamp) {
         return P::restore(v);
     }
     let compute_and_store = |compute: F| {
         let r = compute();
         if let Some(s) = P::stored(&r) {
-            store(cache, f, &key, &stamp, s);
+            store(cache, f, &key, &stamp, epoch, s);
         }
         r
     };
     let lead = loop {
-        match flight::take_turn(cache.id(), &key) {
+        match flight::take_turn(cache.id(), &key, epoch) {
             Turn::Lead(lead) => break lead,
             Turn::Bypass => return compute_and_store(compute),
-            // The leader's result is there unless it was not cacheable (an Err, a None) or
-            // its write failed: then compute here, as without a flight.
+            // The leader's result is there unless it was not cacheable (an Err, a None), its
+            // write failed, or an invalidation made it stale: then compute here, as without a
+            // flight.
             Turn::Landed(Landing::Finished) => {
                 if let Some(v) = lookup::<P::Stored>(cache, &key, &stamp) {
                     return P::restore(v);

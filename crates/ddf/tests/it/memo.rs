@@ -1,12 +1,13 @@
 //! `#[cache_with_invalidation]`: behaviour on every backend ([`run`] takes a cache factory, as
-//! the conformance suite does), collisions that broke the original, single-flight, fail-open,
-//! two processes sharing results, the global `CACHE`.
+//! the conformance suite does), collisions that broke the original, single-flight, no result
+//! older than an invalidation served after it, fail-open, two processes sharing results, the
+//! global `CACHE`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Barrier, Mutex};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Barrier, Mutex, mpsc};
+use std::time::{Duration, Instant};
 
 use ddf::{Backend, CacheBackend, CacheConfig, CacheManager, Error, Item, cache_with_invalidation};
 use serde::Serialize;
@@ -198,6 +199,7 @@ pub fn run(make: &dyn Fn(&str) -> CacheManager) {
     cross_thread_cycles_do_not_deadlock(&Arc::new(Svc::new(make(&unique_namespace("memo-cycle")))));
     let ns = unique_namespace("memo-two");
     two_caches_never_wait_for_each_other(make(&ns), make(&ns));
+    no_result_older_than_an_invalidation(make);
 }
 
 fn hits_after_the_first_call(s: &Svc) {
@@ -468,6 +470,149 @@ fn two_caches_never_wait_for_each_other(a: CacheManager, b: CacheManager) {
     let deadline = Duration::from_secs(60);
     for _ in 0..2 {
         assert_eq!(rx.recv_timeout(deadline).expect("deadlock"), 1);
+    }
+}
+
+/// How long a held computation waits to be released. A bound, not synchronisation: when a
+/// caller wrongly waits for the held flight, the computation goes on after this and the test
+/// fails on the value instead of hanging.
+const HOLD_BOUND: Duration = Duration::from_secs(10);
+
+/// Memoizes a read of `data`; its next computation can be held inside the function (after it
+/// read the data) while the test changes the data.
+struct Versioned {
+    cache: CacheManager,
+    data: AtomicU64,
+    calls: AtomicUsize,
+    hold_next: AtomicBool,
+    /// Met by the held computation once it read the data, and by the test.
+    inside: Barrier,
+    release: Mutex<mpsc::Receiver<()>>,
+    releaser: mpsc::Sender<()>,
+}
+
+impl Versioned {
+    fn new(cache: CacheManager) -> Arc<Self> {
+        let (releaser, release) = mpsc::channel();
+        Arc::new(Versioned {
+            cache,
+            data: AtomicU64::new(0),
+            calls: AtomicUsize::new(0),
+            hold_next: AtomicBool::new(false),
+            inside: Barrier::new(2),
+            release: Mutex::new(release),
+            releaser,
+        })
+    }
+
+    #[cache_with_invalidation(cache = self.cache, key_prefix = "ver")]
+    fn read(&self) -> u64 {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let v = self.data.load(Ordering::SeqCst);
+        if self.hold_next.swap(false, Ordering::SeqCst) {
+            self.inside.wait();
+            let _ = self.release.lock().unwrap().recv_timeout(HOLD_BOUND);
+        }
+        v
+    }
+
+    /// A mutation: `invalidate_on` removes every `read` result once it returns.
+    #[cache_with_invalidation(cache = self.cache, invalidate_on = ["ver:"])]
+    fn write(&self, v: u64) {
+        self.data.store(v, Ordering::SeqCst);
+    }
+
+    /// Starts a `read` on another thread and returns once its computation read the data and is
+    /// held (it leads the flight of the key).
+    fn held_read(self: &Arc<Self>) -> std::thread::JoinHandle<u64> {
+        self.hold_next.store(true, Ordering::SeqCst);
+        let s = self.clone();
+        let t = std::thread::spawn(move || s.read());
+        self.inside.wait();
+        t
+    }
+
+    fn release(&self) {
+        self.releaser.send(()).unwrap();
+    }
+}
+
+/// The ways to change the data and invalidate `read`'s results: each returns when done.
+type Mutation = (&'static str, fn(&Versioned, u64));
+
+const MUTATIONS: [Mutation; 7] = [
+    ("invalidate_on", |s, v| s.write(v)),
+    ("_forget", |s, v| {
+        s.data.store(v, Ordering::SeqCst);
+        s.read_forget().unwrap();
+    }),
+    ("_forget_all", |s, v| {
+        s.data.store(v, Ordering::SeqCst);
+        s.read_forget_all().unwrap();
+    }),
+    ("delete", |s, v| {
+        s.data.store(v, Ordering::SeqCst);
+        s.cache.delete(&s.read_cache_key().unwrap()).unwrap();
+    }),
+    ("delete_many", |s, v| {
+        s.data.store(v, Ordering::SeqCst);
+        s.cache
+            .delete_many(&[&s.read_cache_key().unwrap()])
+            .unwrap();
+    }),
+    ("invalidate_pattern", |s, v| {
+        s.data.store(v, Ordering::SeqCst);
+        s.cache.invalidate_pattern("ver:").unwrap();
+    }),
+    ("flush_all", |s, v| {
+        s.data.store(v, Ordering::SeqCst);
+        s.cache.flush_all().unwrap();
+    }),
+];
+
+/// A memoized call that starts after an invalidation returned never receives a result computed
+/// before it: it does not join the older flight, and the older flight's leader does not store
+/// its result. The order of events is fixed by barriers and a channel, not by sleeps.
+fn no_result_older_than_an_invalidation(make: &dyn Fn(&str) -> CacheManager) {
+    for (what, mutate) in MUTATIONS {
+        // The leader ends after the mutation: it must not store what it computed before.
+        let s = Versioned::new(make(&unique_namespace("memo-epoch")));
+        let leader = s.held_read();
+        mutate(&s, 1);
+        s.release();
+        assert_eq!(
+            leader.join().unwrap(),
+            0,
+            "{what}: the leader started before"
+        );
+        assert_eq!(
+            s.read(),
+            1,
+            "{what}: a result older than the invalidation was stored"
+        );
+
+        // A caller that starts after the mutation, while the older flight is still held.
+        let s = Versioned::new(make(&unique_namespace("memo-epoch")));
+        let leader = s.held_read();
+        mutate(&s, 1);
+        let t = Instant::now();
+        assert_eq!(
+            s.read(),
+            1,
+            "{what}: a caller that started after the invalidation joined an older flight"
+        );
+        assert!(
+            t.elapsed() < HOLD_BOUND,
+            "{what}: it waited for the older flight"
+        );
+        s.release();
+        assert_eq!(leader.join().unwrap(), 0);
+        assert_eq!(
+            s.read(),
+            1,
+            "{what}: the older leader overwrote the newer result"
+        );
+        assert_eq!(s.calls.load(Ordering::SeqCst), 2);
     }
 }
 

@@ -314,6 +314,7 @@ where
     // Read before the lookup: an invalidation that returns after this never has its
     // pre-invalidation results served to a later call (see `epoch`).
     let epoch = cache.epochs().current();
+    let landings = flight::landings();
     if let Some(v) = lookup::<P::Stored>(cache, &key, &stamp) {
         return P::restore(v);
     }
@@ -325,7 +326,7 @@ where
         r
     };
     let lead = loop {
-        match flight::take_turn(cache.id(), &key, epoch) {
+        match flight::take_turn(cache.id(), &key, epoch, landings) {
             Turn::Lead(lead) => break lead,
             Turn::Bypass => return compute_and_store(compute),
             // The leader's result is there unless it was not cacheable (an Err, a None), its
@@ -341,9 +342,15 @@ where
             Turn::Landed(Landing::Abandoned) => {}
         }
     };
-    // Another caller may have stored the value between our miss and our election. The flight
-    // ends when `lead` is finished or dropped: after the value is stored.
-    let r = match lookup::<P::Stored>(cache, &key, &stamp) {
+    // A flight of this key that ended between our miss and our election may have stored the
+    // value: look again then only (each lookup is a round trip, and a miss in the statistics).
+    // The flight ends when `lead` is finished or dropped: after the value is stored.
+    let again = if lead.landed_since_miss() {
+        lookup::<P::Stored>(cache, &key, &stamp)
+    } else {
+        None
+    };
+    let r = match again {
         Some(v) => P::restore(v),
         None => compute_and_store(compute),
     };

@@ -1,7 +1,7 @@
 //! `#[cache_with_invalidation]`: behaviour on every backend ([`run`] takes a cache factory, as
 //! the conformance suite does), collisions that broke the original, single-flight, no result
-//! older than an invalidation served after it, fail-open, two processes sharing results, the
-//! global `CACHE`.
+//! older than an invalidation served after it, the statistics, fail-open, two processes sharing
+//! results, the global `CACHE`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -199,6 +199,7 @@ pub fn run(make: &dyn Fn(&str) -> CacheManager) {
     cross_thread_cycles_do_not_deadlock(&Arc::new(Svc::new(make(&unique_namespace("memo-cycle")))));
     let ns = unique_namespace("memo-two");
     two_caches_never_wait_for_each_other(make(&ns), make(&ns));
+    one_miss_per_memoized_miss(&Svc::new(make(&unique_namespace("memo-stats"))));
     no_result_older_than_an_invalidation(make);
 }
 
@@ -471,6 +472,19 @@ fn two_caches_never_wait_for_each_other(a: CacheManager, b: CacheManager) {
     for _ in 0..2 {
         assert_eq!(rx.recv_timeout(deadline).expect("deadlock"), 1);
     }
+}
+
+fn one_miss_per_memoized_miss(s: &Svc) {
+    // Two calls that compute, then the same two from the cache: one get each.
+    s.upper("a");
+    s.lower("b");
+    let st = s.cache.stats();
+    assert_eq!((st.misses, st.hits, st.sets), (2, 0, 2), "{st}");
+    s.upper("a");
+    s.lower("b");
+    let st = s.cache.stats();
+    assert_eq!((st.misses, st.hits, st.sets), (2, 2, 2), "{st}");
+    assert_eq!(s.calls(), 2);
 }
 
 /// How long a held computation waits to be released. A bound, not synchronisation: when a

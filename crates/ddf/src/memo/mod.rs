@@ -76,6 +76,7 @@ use serde::de::DeserializeOwned;
 
 use self::flight::{Landing, Turn};
 use crate::CacheManager;
+use crate::backend::degraded;
 use crate::error::Result;
 use crate::key::sha256_hex;
 
@@ -194,18 +195,36 @@ pub fn active(cache: &CacheManager) -> bool {
     cache.is_enabled()
 }
 
-/// Reads a stored result. Errors fail open: logged, read as a miss.
-fn lookup<S: DeserializeOwned>(cache: &CacheManager, key: &str, stamp: &Stamp) -> Option<S> {
+/// What a lookup found.
+enum Found<S> {
+    Hit(S),
+    Miss,
+    /// The server failed for a temporary reason (a timeout, a refused connection), whether the
+    /// read returned the error or was answered otherwise (a miss): going back to it for a store
+    /// would wait a second time on a server that is likely stopped.
+    Unavailable,
+}
+
+/// Reads a stored result. Errors fail open: logged, read as a miss (a temporary one as
+/// [`Found::Unavailable`]).
+fn lookup<S: DeserializeOwned>(cache: &CacheManager, key: &str, stamp: &Stamp) -> Found<S> {
+    let watch = degraded::Watch::start();
     let r = match stamp {
         Stamp::Is(current) => cache
             .get::<(String, S)>(key)
             .map(|hit| hit.and_then(|(s, v)| (s == *current).then_some(v))),
         _ => cache.get::<S>(key),
     };
-    r.unwrap_or_else(|e| {
-        tracing::warn!(error = %e, "ddf: memoized read failed; calling the function");
-        None
-    })
+    match r {
+        _ if watch.failed() => Found::Unavailable,
+        Ok(Some(v)) => Found::Hit(v),
+        Ok(None) => Found::Miss,
+        Err(e) if e.is_temporary() => Found::Unavailable,
+        Err(e) => {
+            tracing::warn!(error = %e, "ddf: memoized read failed; calling the function");
+            Found::Miss
+        }
+    }
 }
 
 /// Stores a result, unless an invalidation began since the call started (`epoch`): the result
@@ -232,6 +251,16 @@ fn store<S: Serialize>(
         }
         Some(Ok(())) => {}
     }
+}
+
+/// A memoized call whose lookup met a stopped or failing server: computes, without looking up
+/// again or storing (each would wait on the server once more). Logged once per call.
+fn compute_uncached<R>(key: &str, compute: impl FnOnce() -> R) -> R {
+    tracing::warn!(
+        key,
+        "ddf: the cache server failed on the memoized lookup; calling the function, result not cached"
+    );
+    compute()
 }
 
 /// Marker types select the policy; the expansion names one of them.
@@ -315,8 +344,10 @@ where
     // pre-invalidation results served to a later call (see `epoch`).
     let epoch = cache.epochs().current();
     let landings = flight::landings();
-    if let Some(v) = lookup::<P::Stored>(cache, &key, &stamp) {
-        return P::restore(v);
+    match lookup::<P::Stored>(cache, &key, &stamp) {
+        Found::Hit(v) => return P::restore(v),
+        Found::Miss => {}
+        Found::Unavailable => return compute_uncached(&key, compute),
     }
     let compute_and_store = |compute: F| {
         let r = compute();
@@ -333,10 +364,11 @@ where
             // write failed, or an invalidation made it stale: then compute here, as without a
             // flight.
             Turn::Landed(Landing::Finished) => {
-                if let Some(v) = lookup::<P::Stored>(cache, &key, &stamp) {
-                    return P::restore(v);
-                }
-                return compute_and_store(compute);
+                return match lookup::<P::Stored>(cache, &key, &stamp) {
+                    Found::Hit(v) => P::restore(v),
+                    Found::Miss => compute_and_store(compute),
+                    Found::Unavailable => compute_uncached(&key, compute),
+                };
             }
             // The leader panicked: take over (one of the waiters leads, the others wait again).
             Turn::Landed(Landing::Abandoned) => {}
@@ -348,11 +380,12 @@ where
     let again = if lead.landed_since_miss() {
         lookup::<P::Stored>(cache, &key, &stamp)
     } else {
-        None
+        Found::Miss
     };
     let r = match again {
-        Some(v) => P::restore(v),
-        None => compute_and_store(compute),
+        Found::Hit(v) => P::restore(v),
+        Found::Miss => compute_and_store(compute),
+        Found::Unavailable => compute_uncached(&key, compute),
     };
     lead.finish();
     r

@@ -2,7 +2,7 @@
 //! decoded value that can be written again reads back as the same bytes.
 #![no_main]
 
-use ddf::codec::pickle::{self, Limits};
+use ddf::testing::internals::pickle::{self, Limits};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

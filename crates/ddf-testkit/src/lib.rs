@@ -11,6 +11,8 @@
 //! they panic. A server that is present but fails to start always panics, with its log.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod model;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};

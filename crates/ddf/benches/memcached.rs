@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use ddf::backend::memcached::MemcachedBackend;
+use ddf::testing::internals::MemcachedBackend;
 use ddf::{CacheBackend, CacheConfig, CacheManager, ServerAddr};
 use ddf_testkit::MemcachedServer;
 

@@ -1,7 +1,9 @@
 //! Time, behind a trait so that expiry tests advance a mock clock instead of sleeping (moka).
 
 use std::fmt;
+#[cfg(any(test, feature = "testing"))]
 use std::sync::Arc;
+#[cfg(any(test, feature = "testing"))]
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -26,10 +28,12 @@ impl Clock for SystemClock {
     }
 }
 
+#[cfg(any(test, feature = "testing"))]
 /// A clock that moves only when told to. Clones share the time.
 #[derive(Debug, Clone, Default)]
 pub struct MockClock(Arc<AtomicU64>);
 
+#[cfg(any(test, feature = "testing"))]
 impl MockClock {
     /// A mock clock at `start_ms`.
     pub fn new(start_ms: u64) -> Self {
@@ -43,6 +47,7 @@ impl MockClock {
     }
 }
 
+#[cfg(any(test, feature = "testing"))]
 impl Clock for MockClock {
     fn now_ms(&self) -> u64 {
         self.0.load(Ordering::SeqCst)

@@ -7,8 +7,8 @@ use std::fmt;
 
 /// A stored value: the encoded bytes and the flags word.
 ///
-/// `flags` follows pymemcache's `python_memcache` serializer convention (see
-/// [`crate::codec::flags`]), decided by the cache's codec when it encodes a value. A backend
+/// `flags` follows pymemcache's `python_memcache` serializer convention (bytes 0, pickle 1,
+/// int 2, text 16), decided by the cache's codec when it encodes a value. A backend
 /// stores both as they are and never interprets them; a backend that cannot store flags (Redis)
 /// returns 0, which means "decode with the cache's own codec".
 ///

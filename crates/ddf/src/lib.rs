@@ -24,10 +24,10 @@
 
 #[doc(hidden)]
 pub mod __private;
-pub mod backend;
-pub mod clock;
-pub mod codec;
-pub mod config;
+pub(crate) mod backend;
+pub(crate) mod clock;
+pub(crate) mod codec;
+pub(crate) mod config;
 mod error;
 mod item;
 pub(crate) mod key;
@@ -38,14 +38,34 @@ pub mod testing;
 
 use std::sync::{Arc, LazyLock, OnceLock};
 
-pub use backend::Backend;
+pub use backend::{Backend, BackendStatus};
 pub use codec::Codec;
-pub use config::{CacheBackend, CacheConfig, FallbackMode, ServerAddr};
+pub use config::{
+    CacheBackend, CacheConfig, ConfigRow, FallbackMode, Secret, ServerAddr, UnknownBackend,
+};
 /// Memoizes a function in the cache; see the attribute's documentation below and [`memo`].
 pub use ddf_macros::cache_with_invalidation;
 pub use error::{Error, Result, Source};
 pub use item::Item;
 pub use manager::{CacheManager, CacheStats};
+
+/// Python values as ddf's pickle codec models them: [`pickle::Value`] (integers of any size,
+/// floats, strings, bytes, lists, tuples, sets, dicts with any hashable keys), for
+/// `cache.get::<ddf::pickle::Value>(key)` when the stored type is not known in advance. Read
+/// through serde like this, tuples and sets arrive as lists.
+///
+/// ```
+/// use ddf::pickle::Value;
+/// let dir = tempfile::tempdir()?;
+/// let cache = ddf::CacheManager::new(ddf::CacheConfig::default().with_pickle_dir(dir.path()))?;
+/// cache.set("k", &(1, "a"), None)?;
+/// let v: Option<Value> = cache.get("k")?;
+/// assert!(v.is_some());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub mod pickle {
+    pub use crate::codec::pickle::{BigInt, Value};
+}
 
 static GLOBAL_ERROR: OnceLock<Error> = OnceLock::new();
 

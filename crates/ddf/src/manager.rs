@@ -231,7 +231,7 @@ impl CacheManager {
     }
 
     /// Reads any value as a JSON view, whatever its type: what `ddf-cache get` prints. For
-    /// the pickle codec the view is lossy; see [`crate::codec`].
+    /// the pickle codec the view is lossy; see docs/codecs.md.
     ///
     /// # Errors
     /// As [`CacheManager::get`].
@@ -412,7 +412,7 @@ impl CacheManager {
         Ok(self.get_item(key)?.map(|i| self.inner.codec.raw_bytes(i)))
     }
 
-    /// Stores raw bytes (flags [`flags::BYTES`]), for callers that serialize themselves.
+    /// Stores raw bytes (flags 0), for callers that serialize themselves.
     ///
     /// # Errors
     /// As [`CacheManager::set`].

@@ -30,11 +30,13 @@
 //!   the range of the namespace.
 //! - A corrupt or foreign database file reads as a miss with a warning: it is moved aside
 //!   (`ddf-cache.sqlite3.corrupt-<ms>`) and a fresh database takes its place.
-//! - A writer waits at most [`BUSY_TIMEOUT`] for another process's write to finish.
+//! - A writer waits at most 5 s (`sqlite::BUSY_TIMEOUT`) for another process's write to finish.
 
 use std::fmt;
 use std::fs;
-use std::path::{Path, PathBuf};
+#[cfg(test)]
+use std::path::Path;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -49,8 +51,6 @@ use crate::key::{Keyspace, prefix_range};
 const NAME: &str = "pickle";
 /// The database's file name inside the cache directory.
 pub const DB_FILE: &str = "ddf-cache.sqlite3";
-/// How long a write waits for another process's write.
-pub const BUSY_TIMEOUT: Duration = super::sqlite::BUSY_TIMEOUT;
 /// The largest value SQLite stores by default (`SQLITE_MAX_LENGTH`), less room for the row.
 const MAX_VALUE: usize = 1_000_000_000 - 64 * 1024;
 
@@ -113,11 +113,13 @@ impl FileBackend {
     }
 
     /// The cache directory.
+    #[cfg(test)]
     pub fn dir(&self) -> &Path {
         self.db.dir()
     }
 
     /// The database file.
+    #[cfg(test)]
     pub fn db_path(&self) -> &Path {
         self.db.path()
     }

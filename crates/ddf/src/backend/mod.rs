@@ -36,7 +36,7 @@ pub struct BackendStatus {
 
 /// The byte-level storage trait every backend implements.
 ///
-/// Keys are the user's keys; the backend joins them with its namespace through [`crate::key`].
+/// Keys are the user's keys; the backend joins them with its namespace through ddf's one key layout.
 /// Every method is safe to call from many threads at once.
 ///
 /// Batch methods have default implementations in terms of the single-key ones; backends override

@@ -28,10 +28,13 @@ use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::io::tcp::TcpSettings;
 use redis::{ConnectionAddr, ConnectionLike, IntoConnectionInfo, RedisConnectionInfo};
 
+use self::conn::Bounded;
 use super::{Backend, BackendStatus, Item};
-use crate::config::{CacheConfig, RedisEndpoint, RedisSettings, RedisTarget};
+use crate::config::{RedisEndpoint, RedisSettings, RedisTarget};
 use crate::error::{Error, Result};
 use crate::key::{Keyspace, glob_escape};
+
+mod conn;
 
 const NAME: &str = "redis";
 
@@ -49,7 +52,7 @@ enum Target {
 
 /// One pooled connection.
 enum Conn {
-    Single(redis::Connection),
+    Single(Bounded),
     Cluster(Box<ClusterConnection>),
 }
 
@@ -93,30 +96,16 @@ impl Pool {
     }
 }
 
-/// The Redis backend. Build it with [`RedisBackend::from_config`] (or through
-/// [`from_config`](super::from_config), which puts it behind the breaker and fallback).
-///
-/// ```no_run
-/// use std::sync::Arc;
-/// use ddf::backend::redis::RedisBackend;
-/// use ddf::{CacheBackend, CacheConfig, CacheManager};
-///
-/// let config = CacheConfig::default()
-///     .with_backend(CacheBackend::Redis)
-///     .with_redis("127.0.0.1", 6379)
-///     .with_namespace("myapp:");
-/// let backend = RedisBackend::from_config(&config)?;
-/// let cache = CacheManager::with_backend(config, Arc::new(backend));
-/// cache.set("k", &[1, 2, 3], None)?;
-/// assert_eq!(cache.invalidate_pattern("")?, 1);
-/// # Ok::<(), ddf::Error>(())
-/// ```
+/// The Redis backend, built from validated settings by [`from_config`](super::from_config),
+/// which puts it behind the breaker and fallback.
 pub struct RedisBackend {
     keyspace: Keyspace,
     target: Target,
     pool: Pool,
     timeout: Duration,
     connect_timeout: Duration,
+    /// The database a standalone connection selects (`SELECT`, sent by [`Bounded::open`]).
+    db: i64,
     server_flush: bool,
     /// Where the server is, for messages: the settings' identity, never credentials.
     place: String,
@@ -172,6 +161,7 @@ impl RedisBackend {
             },
             timeout: settings.timeout,
             connect_timeout: settings.connect_timeout,
+            db: settings.db,
             server_flush: settings.server_flush,
             place,
             password: settings
@@ -182,6 +172,7 @@ impl RedisBackend {
         })
     }
 
+    #[cfg(any(test, feature = "testing"))]
     /// A Redis backend for a configuration: [`CacheConfig`]'s Redis settings, validated, then
     /// the backend built from them (see the type's example). No connection is opened here.
     ///
@@ -189,7 +180,7 @@ impl RedisBackend {
     /// [`Error::Config`] naming the setting (and where its value came from) when the
     /// configuration cannot work: an unparseable `redis_url`, an unreadable `redis_ca_file`, a
     /// CA file without `rediss://`, a `redis_db` other than 0 on a cluster.
-    pub fn from_config(config: &CacheConfig) -> Result<Self> {
+    pub fn from_config(config: &crate::CacheConfig) -> Result<Self> {
         Self::new(&config.redis_settings()?)
     }
 
@@ -208,6 +199,11 @@ impl RedisBackend {
                     | redis::ErrorKind::Server(redis::ServerErrorKind::MasterDown)
             );
         let mut text = e.to_string();
+        if e.kind() == redis::ErrorKind::Parse {
+            // redis-rs's parse errors span lines ("Unexpected `84`" per byte); one line here.
+            let detail = text.split_whitespace().collect::<Vec<_>>().join(" ");
+            text = format!("a reply that is not RESP (is this a Redis server?): {detail}");
+        }
         if e.is_timeout() {
             text = format!("timed out ({text})");
         }
@@ -224,12 +220,12 @@ impl RedisBackend {
 
     fn connect(&self) -> redis::RedisResult<Conn> {
         match &self.target {
-            Target::Single(client) => {
-                let c = client.get_connection_with_timeout(self.connect_timeout)?;
-                c.set_read_timeout(Some(self.timeout))?;
-                c.set_write_timeout(Some(self.timeout))?;
-                Ok(Conn::Single(c))
-            }
+            Target::Single(client) => Ok(Conn::Single(Bounded::open(
+                client,
+                self.db,
+                self.connect_timeout,
+                self.timeout,
+            )?)),
             Target::Cluster(client) => {
                 let c = client.get_connection()?;
                 c.set_read_timeout(Some(self.timeout))?;
@@ -347,7 +343,11 @@ fn client(settings: &RedisSettings, endpoint: &RedisEndpoint) -> redis::RedisRes
         },
         RedisEndpoint::Unix { path } => ConnectionAddr::Unix(path.clone()),
     };
-    let mut redis = RedisConnectionInfo::default().set_db(settings.db);
+    // Database 0 and no `CLIENT SETINFO`: the whole set-up must fit in `connect_timeout`, and
+    // redis-rs gives each set-up reply its own (see `Bounded::open`, which sends `SELECT`).
+    let mut redis = RedisConnectionInfo::default()
+        .set_db(0)
+        .set_skip_set_lib_name();
     if let Some(u) = &settings.username {
         redis = redis.set_username(u);
     }
@@ -661,6 +661,7 @@ fn unlink<K: redis::ToRedisArgs>(c: &mut Conn, keys: &[K]) -> redis::RedisResult
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::CacheConfig;
 
     #[test]
     fn cluster_nodes_parsing_keeps_live_primaries() {

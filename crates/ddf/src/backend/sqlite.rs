@@ -135,6 +135,7 @@ impl Db {
     }
 
     /// The directory.
+    #[cfg(test)]
     pub(crate) fn dir(&self) -> &Path {
         &self.dir
     }

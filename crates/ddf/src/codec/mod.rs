@@ -40,9 +40,9 @@ use crate::item::Item;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Codec {
-    /// JSON text (UTF-8), flags [`flags::TEXT`].
+    /// JSON text (UTF-8), flags 16 (pymemcache's text).
     Json,
-    /// A Python pickle (protocol 4 written, 0-5 read), flags [`flags::PICKLE`]. See [`pickle`].
+    /// A Python pickle (protocol 4 written, 0-5 read), flags 1 (pymemcache's pickle).
     Pickle,
 }
 

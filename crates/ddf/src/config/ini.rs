@@ -445,4 +445,127 @@ mod tests {
             vec![("ttl".into(), "5".into())]
         );
     }
+
+    /// Property tests: [`Ini::parse`] never panics on any text, and what it accepts survives a
+    /// write and a second read unchanged.
+    mod props {
+        use proptest::prelude::*;
+
+        use super::super::*;
+
+        /// Writes a document back as INI text: `[DEFAULT]` first, then the sections in order;
+        /// a value's later lines as indented continuation lines (empty ones as empty lines).
+        fn render(ini: &Ini) -> String {
+            fn entries(out: &mut String, entries: &[Entry]) {
+                for e in entries {
+                    let mut lines = e.raw.split('\n');
+                    out.push_str(&format!("{} = {}\n", e.key, lines.next().unwrap_or("")));
+                    for l in lines {
+                        if !l.is_empty() {
+                            out.push_str("  ");
+                            out.push_str(l);
+                        }
+                        out.push('\n');
+                    }
+                }
+            }
+            let mut out = String::new();
+            if !ini.defaults.is_empty() {
+                out.push_str("[DEFAULT]\n");
+                entries(&mut out, &ini.defaults);
+            }
+            for (name, es) in &ini.sections {
+                out.push_str(&format!("[{name}]\n"));
+                entries(&mut out, es);
+            }
+            out
+        }
+
+        /// Keys and values without their line numbers (which a rewrite changes).
+        fn shape(ini: &Ini) -> Vec<(String, Vec<(String, String)>)> {
+            let kv = |es: &[Entry]| {
+                es.iter()
+                    .map(|e| (e.key.clone(), e.raw.clone()))
+                    .collect::<Vec<_>>()
+            };
+            std::iter::once((DEFAULT_SECTION.to_owned(), kv(&ini.defaults)))
+                .chain(ini.sections.iter().map(|(n, es)| (n.clone(), kv(es))))
+                .collect()
+        }
+
+        /// One line of INI-like text: headers, `key = value` (indented or not), comments,
+        /// blank lines, interpolation syntax, and now and then anything at all.
+        fn line() -> impl Strategy<Value = String> {
+            prop_oneof![
+                3 => "(cache|DEFAULT|[a-zA-Z \\]\\[]{1,5})".prop_map(|n| format!("[{n}]")),
+                6 => (
+                    "( |\t){0,3}",
+                    "[a-zA-Z_ %\\[]{0,5}",
+                    "[=:]",
+                    "([ -~]|%\\((a|b|K)\\)s|%%|é){0,6}",
+                )
+                    .prop_map(|(i, k, d, v)| format!("{i}{k}{d}{v}")),
+                1 => "[#;][ -~]{0,8}",
+                2 => "( |\t){0,4}",
+                1 => ".{0,12}",
+            ]
+        }
+
+        fn document() -> impl Strategy<Value = String> {
+            (
+                prop::collection::vec(line(), 0..24),
+                prop_oneof![Just("\n"), Just("\r\n")],
+                any::<bool>(),
+                any::<bool>(),
+            )
+                .prop_map(|(lines, eol, bom, header)| {
+                    // Half the documents start with a section, so that more are accepted.
+                    let bom = if bom { "\u{feff}" } else { "" };
+                    let header = if header { "[cache]" } else { "" };
+                    format!("{bom}{header}{eol}{}", lines.join(eol))
+                })
+        }
+
+        /// Every section (and a missing one) of a parsed document, interpolated: an error or
+        /// entries, never a panic.
+        fn read_all(ini: &Ini) {
+            for (name, _) in &ini.sections {
+                let _ = ini.section(name);
+            }
+            let _ = ini.section("cache");
+            let _ = ini.section("no such section");
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 1024, failure_persistence: None, ..ProptestConfig::default() })]
+
+            #[test]
+            fn arbitrary_text_never_panics(text in ".*") {
+                if let Ok(ini) = Ini::parse(&text) {
+                    read_all(&ini);
+                }
+            }
+
+            #[test]
+            fn accepted_documents_round_trip(text in document()) {
+                let Ok(ini) = Ini::parse(&text) else {
+                    return Ok(());
+                };
+                read_all(&ini);
+                let written = render(&ini);
+                let again = Ini::parse(&written).map_err(|e| {
+                    TestCaseError::fail(format!("{e:?} on the rewrite:\n{written}"))
+                })?;
+                prop_assert_eq!(shape(&again), shape(&ini), "rewrite:\n{}", written);
+                // Interpolation sees the same values too.
+                for (name, _) in &ini.sections {
+                    let strip = |r: Result<Vec<Entry>, IniError>| {
+                        r.map(|es| es.into_iter().map(|e| (e.key, e.raw)).collect::<Vec<_>>())
+                            .map_err(|e| e.message)
+                    };
+                    prop_assert_eq!(strip(again.section(name)), strip(ini.section(name)));
+                }
+            }
+        }
+    }
 }

@@ -33,3 +33,12 @@ use crate::{Backend, CacheConfig, Result};
 pub fn build_backend(config: &CacheConfig) -> Result<Arc<dyn Backend>> {
     crate::backend::from_config(config)
 }
+
+/// ddf's own tests and benchmarks reach a few internals through here; not for users (no
+/// stability promise).
+#[doc(hidden)]
+pub mod internals {
+    pub use crate::backend::memcached::{DeadPolicy, MemcachedBackend};
+    pub use crate::backend::redis::RedisBackend;
+    pub use crate::codec::{flags, pickle};
+}

@@ -7,7 +7,7 @@ use std::net::TcpStream;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use ddf::backend::memcached::{DeadPolicy, MemcachedBackend};
+use ddf::testing::internals::{DeadPolicy, MemcachedBackend};
 use ddf::{Backend, CacheBackend, CacheConfig, CacheManager, Error, ServerAddr};
 use ddf_testkit::MemcachedServer;
 
@@ -676,13 +676,13 @@ fn factory_puts_memcached_behind_the_breaker() {
             ServerAddr::parse(&format!("127.0.0.1:{port}"), 1).unwrap(),
         ])
         .with_pickle_dir(dir.path());
-    down.fallback = ddf::config::FallbackMode::Error;
+    down.fallback = ddf::FallbackMode::Error;
     let e = CacheManager::new(down.clone())
         .unwrap()
         .get::<i32>("k")
         .unwrap_err();
     assert!(e.is_temporary(), "{e}");
-    down.fallback = ddf::config::FallbackMode::Pickle;
+    down.fallback = ddf::FallbackMode::Pickle;
     let local = CacheManager::new(down).unwrap();
     local.set("k", &5, None).unwrap();
     assert_eq!(local.get::<i32>("k").unwrap(), Some(5));

@@ -715,7 +715,7 @@ impl Backend for Broken {
     fn clear(&self) -> ddf::Result<()> {
         Err(down())
     }
-    fn ping(&self) -> ddf::Result<ddf::backend::BackendStatus> {
+    fn ping(&self) -> ddf::Result<ddf::BackendStatus> {
         Err(down())
     }
 }

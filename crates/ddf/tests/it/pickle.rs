@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ddf::codec::pickle::{self, BigInt, ErrorKind, Limits, Value};
+use ddf::testing::internals::pickle::{self, BigInt, ErrorKind, Limits, Value};
 use ddf::{CacheConfig, CacheManager, Codec};
 use proptest::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -760,9 +760,9 @@ fn the_default_file_cache_stores_pickles_python_can_read() {
     assert_eq!(json["cpu"], 1.0);
 
     // What the backend stores is a pickle with the PICKLE flag.
-    let backend = ddf::backend::from_config(cache.config()).unwrap();
+    let backend = ddf::testing::build_backend(cache.config()).unwrap();
     let stored = backend.get("svc").unwrap().unwrap();
-    assert_eq!(stored.flags, ddf::codec::flags::PICKLE);
+    assert_eq!(stored.flags, ddf::testing::internals::flags::PICKLE);
     if let Some(py) = python3() {
         let r = ask_python(
             &py,
@@ -793,13 +793,13 @@ fn the_default_file_cache_stores_pickles_python_can_read() {
 fn items_are_decoded_by_their_flags() {
     let dir = tempfile::tempdir().unwrap();
     let config = CacheConfig::default().with_pickle_dir(dir.path());
-    let backend = ddf::backend::from_config(&config).unwrap();
+    let backend = ddf::testing::build_backend(&config).unwrap();
     let cache = CacheManager::new(config).unwrap();
     // A JSON item (flags TEXT) in a pickle cache still reads.
     backend
         .set(
             "j",
-            &ddf::Item::new(b"[1,2]".to_vec(), ddf::codec::flags::TEXT),
+            &ddf::Item::new(b"[1,2]".to_vec(), ddf::testing::internals::flags::TEXT),
             None,
         )
         .unwrap();
@@ -820,7 +820,7 @@ fn items_are_decoded_by_their_flags() {
             "bad",
             &ddf::Item::new(
                 b"\x80\x04cos\nsystem\n.".to_vec(),
-                ddf::codec::flags::PICKLE,
+                ddf::testing::internals::flags::PICKLE,
             ),
             None,
         )

@@ -6,8 +6,8 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ddf::backend::redis::RedisBackend;
-use ddf::config::FallbackMode;
+use ddf::FallbackMode;
+use ddf::testing::internals::RedisBackend;
 use ddf::{CacheBackend, CacheConfig, CacheManager, ServerAddr};
 use ddf_testkit::{RedisCluster, RedisServer, TlsFiles, redis_cli};
 use serde_json::{Value, json};

@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::backend::{Backend, BackendStatus, Item};
-use crate::config::{CacheConfig, MemcachedSettings, ServerAddr, ValueFormat};
+use crate::config::{MemcachedSettings, ServerAddr, ValueFormat};
 use crate::error::{Error, Result};
 use crate::key::{
     Keyspace, MemcachedPrefix, PrefixMatch, memcached_key, memcached_key_is_carryable,
@@ -94,6 +94,7 @@ impl Default for DeadPolicy {
 }
 
 impl DeadPolicy {
+    #[cfg(any(test, feature = "testing"))]
     /// A policy with the given values.
     pub fn new(retry_attempts: u32, retry_timeout: Duration, dead_timeout: Duration) -> Self {
         DeadPolicy {
@@ -276,6 +277,7 @@ impl MemcachedBackend {
         }
     }
 
+    #[cfg(any(test, feature = "testing"))]
     /// A backend for a configuration's `memcached_servers`, namespace, timeouts and
     /// `server_flush`: [`CacheConfig`]'s Memcached settings, validated, then the backend built
     /// from them. No connection is made until the first operation.
@@ -283,10 +285,11 @@ impl MemcachedBackend {
     /// # Errors
     /// [`Error::Config`] naming where `memcached_servers` came from when it is empty, or a zero
     /// timeout.
-    pub fn from_config(config: &CacheConfig) -> Result<Self> {
+    pub fn from_config(config: &crate::CacheConfig) -> Result<Self> {
         Ok(Self::new(&config.memcached_settings()?))
     }
 
+    #[cfg(any(test, feature = "testing"))]
     /// Replaces the dead-server policy (default: pymemcache's).
     #[must_use]
     pub fn with_dead_policy(mut self, policy: DeadPolicy) -> Self {
@@ -294,11 +297,13 @@ impl MemcachedBackend {
         self
     }
 
+    #[cfg(any(test, feature = "testing"))]
     /// The configured servers, as `host:port` (the node names pymemcache hashes).
     pub fn servers(&self) -> &[String] {
         &self.names
     }
 
+    #[cfg(any(test, feature = "testing"))]
     /// The server (`host:port`) that holds a user key: where pymemcache's `HashClient` puts the
     /// same wire key.
     pub fn server_for(&self, key: &str) -> &str {

@@ -17,11 +17,11 @@ use super::{ErrorKind, PickleError};
 /// only for larger ones.
 ///
 /// ```
-/// use ddf::codec::pickle::BigInt;
+/// use ddf::pickle::BigInt;
 /// let n: BigInt = "-1180591620717411303424".parse()?;
 /// assert_eq!(n.to_string(), "-1180591620717411303424");
 /// assert_eq!(n.to_i128(), Some(-(1i128 << 70)));
-/// # Ok::<(), ddf::codec::pickle::PickleError>(())
+/// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct BigInt {

@@ -48,7 +48,7 @@
 //!
 //! ```
 //! use std::collections::BTreeMap;
-//! use ddf::codec::pickle::{self, Value};
+//! use ddf::testing::internals::pickle::{self, Value};
 //!
 //! let bytes = pickle::to_vec(&("web", 8080u16))?;
 //! let back: (String, u16) = pickle::from_slice(&bytes)?;
@@ -60,7 +60,7 @@
 //! let t = Value::Tuple(vec![Value::Str("x".into()), Value::Str("y".into())]);
 //! assert_eq!(v, Value::List(vec![t.clone(), t]));
 //! assert_eq!(v.to_json(), serde_json::json!([["x", "y"], ["x", "y"]]));
-//! # Ok::<(), ddf::codec::pickle::PickleError>(())
+//! # Ok::<(), ddf::testing::internals::pickle::PickleError>(())
 //! ```
 
 mod bigint;
@@ -122,6 +122,7 @@ impl Default for Limits {
 }
 
 impl Limits {
+    #[cfg(any(test, feature = "testing"))]
     /// Sets [`Limits::max_input_bytes`].
     #[must_use]
     pub fn with_max_input_bytes(mut self, n: usize) -> Self {
@@ -129,6 +130,7 @@ impl Limits {
         self
     }
 
+    #[cfg(any(test, feature = "testing"))]
     /// Sets [`Limits::max_depth`].
     #[must_use]
     pub fn with_max_depth(mut self, n: usize) -> Self {
@@ -136,6 +138,7 @@ impl Limits {
         self
     }
 
+    #[cfg(any(test, feature = "testing"))]
     /// Sets [`Limits::max_elements`].
     #[must_use]
     pub fn with_max_elements(mut self, n: u64) -> Self {
@@ -143,6 +146,7 @@ impl Limits {
         self
     }
 
+    #[cfg(any(test, feature = "testing"))]
     /// Sets [`Limits::max_decoded_bytes`].
     #[must_use]
     pub fn with_max_decoded_bytes(mut self, n: u64) -> Self {
@@ -150,6 +154,7 @@ impl Limits {
         self
     }
 
+    #[cfg(any(test, feature = "testing"))]
     /// Sets [`Limits::max_int_bytes`].
     #[must_use]
     pub fn with_max_int_bytes(mut self, n: usize) -> Self {
@@ -244,9 +249,9 @@ impl serde::ser::Error for PickleError {
 /// Python value (see the module's table).
 ///
 /// ```
-/// let bytes = ddf::codec::pickle::to_vec(&vec![1, 2, 3])?;
+/// let bytes = ddf::testing::internals::pickle::to_vec(&vec![1, 2, 3])?;
 /// assert_eq!(bytes[..2], [0x80, 4]);
-/// # Ok::<(), ddf::codec::pickle::PickleError>(())
+/// # Ok::<(), ddf::testing::internals::pickle::PickleError>(())
 /// ```
 ///
 /// # Errors
@@ -268,9 +273,9 @@ pub fn to_vec<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, PickleError> 
 /// use std::collections::HashMap;
 /// // pickle.dumps({'name': 'web', 'ports': ['8080:80']}, protocol=2)
 /// let py = b"\x80\x02}q\x00(X\x04\x00\x00\x00nameq\x01X\x03\x00\x00\x00webq\x02X\x05\x00\x00\x00portsq\x03]q\x04X\x07\x00\x00\x008080:80q\x05au.";
-/// let v: HashMap<String, serde_json::Value> = ddf::codec::pickle::from_slice(py)?;
+/// let v: HashMap<String, serde_json::Value> = ddf::testing::internals::pickle::from_slice(py)?;
 /// assert_eq!(v["ports"][0], "8080:80");
-/// # Ok::<(), ddf::codec::pickle::PickleError>(())
+/// # Ok::<(), ddf::testing::internals::pickle::PickleError>(())
 /// ```
 ///
 /// # Errors
@@ -320,6 +325,7 @@ pub fn from_slice_value(bytes: &[u8]) -> Result<Value, PickleError> {
     de::decode(bytes, &Limits::default())
 }
 
+#[cfg(any(test, feature = "testing"))]
 /// [`from_slice_value`] with explicit [`Limits`].
 ///
 /// # Errors

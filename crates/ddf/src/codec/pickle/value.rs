@@ -19,12 +19,11 @@ pub(crate) const BIGINT_TOKEN: &str = "$ddf::pickle::bigint";
 
 /// A Python value of the plain-data subset the pickle codec reads and writes.
 ///
-/// Produced losslessly by [`super::from_slice_value`]; written back losslessly by
-/// [`super::to_vec`] (a `Set` is written as a Python `set`, a `Tuple` as a `tuple`, and so on).
+/// Read losslessly from any pickle (`cache.get::<Value>(key)`), and written back losslessly (a `Set` is written as a Python `set`, a `Tuple` as a `tuple`, and so on).
 /// `PartialEq` is structural: `Float(NAN) != Float(NAN)`, and sets compare in order.
 ///
 /// Drop and the serde impls recurse on nesting; values from the decoder are at most
-/// [`super::Limits::max_depth`] deep.
+/// as deep as the decoder's depth limit (1,000 by default).
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub enum Value {
@@ -100,7 +99,7 @@ impl Value {
     ///   (`("a", 1)` → `"[\"a\",1]"`). When two keys map to the same string, the later wins.
     ///
     /// ```
-    /// use ddf::codec::pickle::Value;
+    /// use ddf::pickle::Value;
     /// let v = Value::Dict(vec![
     ///     (Value::Int(1), Value::Tuple(vec![Value::Bytes(b"hi".to_vec())])),
     /// ]);
@@ -339,7 +338,7 @@ impl<'de> Visitor<'de> for ValueVisitor {
 impl<'de> Deserialize<'de> for Value {
     /// Reads a value from any serde format: sequences become [`Value::List`], maps
     /// [`Value::Dict`]. To keep tuples and sets when reading a pickle, use
-    /// [`super::from_slice_value`].
+    /// the pickle decoder.
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Value, D::Error> {
         d.deserialize_any(ValueVisitor)
     }

@@ -1,0 +1,125 @@
+//! Bounded waits (issue #14 point 5, "waits"): one call never waits longer than its timeout
+//! plus one connect timeout, whatever the batch size, against a stopped (SIGSTOP) server.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ddf::testing::internals::MemcachedBackend;
+use ddf::testing::internals::RedisBackend;
+use ddf::{CacheBackend, CacheConfig, CacheManager};
+use ddf_testkit::{FakeReply, FakeServer, MemcachedServer, RedisServer};
+
+const TIMEOUT: Duration = Duration::from_millis(300);
+const CONNECT: Duration = Duration::from_millis(300);
+/// What a loaded 2-core test machine may add to a bound.
+const SLACK: Duration = Duration::from_millis(250);
+
+fn bound() -> Duration {
+    TIMEOUT + CONNECT + SLACK
+}
+
+/// Runs `f`, which must fail, and returns how long it took.
+fn failing<T: std::fmt::Debug>(what: &str, f: impl FnOnce() -> ddf::Result<T>) -> Duration {
+    let t = Instant::now();
+    let r = f();
+    let took = t.elapsed();
+    assert!(r.is_err(), "{what}: {r:?}");
+    eprintln!("{what}: {took:?}");
+    took
+}
+
+fn redis_direct(server: &RedisServer) -> CacheManager {
+    let config = CacheConfig::default()
+        .with_backend(CacheBackend::Redis)
+        .with_redis("127.0.0.1", server.port())
+        .with_namespace("w:")
+        .with_timeouts(CONNECT, TIMEOUT);
+    let backend = RedisBackend::from_config(&config).unwrap();
+    CacheManager::with_backend(config, Arc::new(backend))
+}
+
+#[test]
+fn redis_batches_on_a_stopped_server_wait_one_timeout() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let cache = redis_direct(&server);
+    let items: Vec<(String, i32)> = (0..20).map(|i| (format!("k{i}"), i)).collect();
+    let refs: Vec<(&str, i32)> = items.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+    let keys: Vec<&str> = refs.iter().map(|(k, _)| *k).collect();
+    // A pooled connection exists: the calls below use it, then reconnect.
+    cache.set_many(&refs, None).unwrap();
+    cache.set("other", &99, None).unwrap();
+    server.process.signal("STOP");
+    let mut worst = Duration::ZERO;
+    for _ in 0..2 {
+        worst = worst.max(failing("set_many", || cache.set_many(&refs, None)));
+        worst = worst.max(failing("get_many", || cache.get_many::<i32>(&keys)));
+        worst = worst.max(failing("delete_many", || cache.delete_many(&keys)));
+        worst = worst.max(failing("invalidate_pattern", || {
+            cache.invalidate_pattern("k")
+        }));
+    }
+    server.process.signal("CONT");
+    assert!(worst < bound(), "worst call {worst:?}, bound {:?}", bound());
+    // The connections that timed out were dropped: no late reply (here, of the requests sent
+    // while the server was stopped, which it runs once continued) is taken for a new one.
+    assert_eq!(cache.get::<i32>("other").unwrap(), Some(99));
+}
+
+#[test]
+fn memcached_batches_on_a_stopped_server_wait_one_timeout() {
+    let Some(server) = MemcachedServer::start() else {
+        return;
+    };
+    let config = CacheConfig::default()
+        .with_backend(CacheBackend::Memcached)
+        .with_memcached_servers(vec![
+            ddf::ServerAddr::parse(&server.server(), 11211).unwrap(),
+        ])
+        .with_namespace("w:")
+        .with_timeouts(CONNECT, TIMEOUT);
+    // The backend itself (no breaker): every call below goes to the stopped server.
+    let backend = MemcachedBackend::from_config(&config).unwrap();
+    let cache = CacheManager::with_backend(config, Arc::new(backend));
+    let items: Vec<(String, i32)> = (0..200).map(|i| (format!("k{i}"), i)).collect();
+    let refs: Vec<(&str, i32)> = items.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+    let keys: Vec<&str> = refs.iter().map(|(k, _)| *k).collect();
+    cache.set_many(&refs, None).unwrap();
+    server.process.signal("STOP");
+    let mut worst = Duration::ZERO;
+    for _ in 0..2 {
+        worst = worst.max(failing("set_many", || cache.set_many(&refs, None)));
+        worst = worst.max(failing("get_many", || cache.get_many::<i32>(&keys)));
+        worst = worst.max(failing("delete_many", || cache.delete_many(&keys)));
+        worst = worst.max(failing("invalidate_pattern", || {
+            cache.invalidate_pattern("k")
+        }));
+    }
+    server.process.signal("CONT");
+    assert!(worst < bound(), "worst call {worst:?}, bound {:?}", bound());
+}
+
+/// A fake Redis that accepts `AUTH` and stalls on `SELECT`: the whole connection set-up
+/// (`AUTH`, `SELECT`) ends within `connect_timeout`, not one connect timeout per set-up reply.
+#[test]
+fn redis_connection_set_up_fits_in_the_connect_timeout() {
+    let fake = FakeServer::start(|line: &[u8]| match line {
+        b"AUTH" => FakeReply::Send(b"+OK\r\n".to_vec()),
+        b"SELECT" => FakeReply::SendThenStall(Vec::new()),
+        _ => FakeReply::Nothing,
+    });
+    // A long operation timeout, so that only the set-up's deadline can end the call early.
+    let timeout = Duration::from_secs(3);
+    let mut config = CacheConfig::default()
+        .with_backend(CacheBackend::Redis)
+        .with_timeouts(CONNECT, timeout);
+    config.redis_url = Some(ddf::Secret::new(format!(
+        "redis://:pw@127.0.0.1:{}/2",
+        fake.port()
+    )));
+    let backend = RedisBackend::from_config(&config).unwrap();
+    let cache = CacheManager::with_backend(config, Arc::new(backend));
+    let took = failing("get through a stalled SELECT", || cache.get::<i32>("k"));
+    assert!(took < CONNECT + SLACK, "{took:?}");
+}

@@ -19,6 +19,7 @@
 //! seen here (as between any two processes, its results can cross).
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -32,6 +33,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// lock in std or a maintained crate offers, hence this mutex and condition variable.
 #[derive(Debug, Default)]
 pub(crate) struct Epochs {
+    /// Invalidations begun so far. Read without the lock (every memoized call reads it, hits
+    /// included); changed, and compared by stores, only under it.
+    current: AtomicU64,
     state: Mutex<State>,
     /// Signalled when a store ends.
     stored: Condvar,
@@ -39,8 +43,6 @@ pub(crate) struct Epochs {
 
 #[derive(Debug, Default)]
 struct State {
-    /// Invalidations begun so far.
-    current: u64,
     /// Stores writing now, by the epoch their call started in.
     writing: BTreeMap<u64, usize>,
 }
@@ -48,7 +50,7 @@ struct State {
 impl Epochs {
     /// The current epoch: read when a memoized call starts.
     pub(crate) fn current(&self) -> u64 {
-        lock(&self.state).current
+        self.current.load(Ordering::SeqCst)
     }
 
     /// Runs an invalidation: begins a new epoch, waits until no store of an older epoch is
@@ -56,8 +58,7 @@ impl Epochs {
     pub(crate) fn invalidate<T>(&self, op: impl FnOnce() -> T) -> T {
         {
             let mut st = lock(&self.state);
-            st.current = st.current.wrapping_add(1);
-            let mine = st.current;
+            let mine = self.current.fetch_add(1, Ordering::SeqCst).wrapping_add(1);
             while st.writing.first_key_value().is_some_and(|(e, _)| *e < mine) {
                 st = self.stored.wait(st).unwrap_or_else(PoisonError::into_inner);
             }
@@ -70,7 +71,7 @@ impl Epochs {
     pub(crate) fn store<T>(&self, epoch: u64, write: impl FnOnce() -> T) -> Option<T> {
         {
             let mut st = lock(&self.state);
-            if st.current != epoch {
+            if self.current.load(Ordering::SeqCst) != epoch {
                 return None;
             }
             *st.writing.entry(epoch).or_insert(0) += 1;

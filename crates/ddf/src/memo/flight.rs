@@ -9,10 +9,10 @@
 //!   one get the flight's latch to wait on, and a caller of a newer epoch (it started after an
 //!   invalidation the flight may predate) leads a flight of its own instead. The leader's
 //!   [`Lead`] ends the flight when it is dropped, reporting [`Landing::Finished`] if the leader
-//!   called [`Lead::finish`] and [`Landing::Abandoned`] otherwise (it unwound from a panic, or,
-//!   on an async face, its future was dropped), so no waiter is left blocked and waiters know
-//!   whether to take over. The registry knows nothing of threads: how a waiter waits is the
-//!   [`Latch`]'s business.
+//!   called [`Lead::mark_finished`] and [`Landing::Abandoned`] otherwise (it unwound from a
+//!   panic, or, on an async face, its future was dropped), so no waiter is left blocked and
+//!   waiters know whether to take over. The registry knows nothing of threads: how a waiter
+//!   waits is the [`Latch`]'s business.
 //! - The thread face ([`take_turn`]): one registry with a [`BlockingLatch`] (a condition
 //!   variable), and the rule that keeps it free of deadlocks. A task-based face adds a latch over
 //!   `tokio::sync::Notify` and its own rule (a task-local instead of a thread-local), and reuses

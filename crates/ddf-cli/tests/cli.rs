@@ -370,7 +370,7 @@ fn redis_ping_state_and_a_server_that_goes_away() {
     let o = run(&["get", "k"]);
     assert_eq!(code(&o), 1, "{}", stderr(&o));
     assert!(
-        stderr(&o).contains("served by the fallback"),
+        stderr(&o).contains("cache operation failed"),
         "{}",
         stderr(&o)
     );
@@ -380,4 +380,40 @@ fn redis_ping_state_and_a_server_that_goes_away() {
     );
     let o = run(&["ping"]);
     assert_clean_error(&o, "state");
+}
+
+/// Issue #14: with Redis killed, a value one `ddf-cache set` wrote to the fallback is read back
+/// by the next process while the outage lasts; once Redis is back, `get` misses (outage values
+/// are not promoted).
+#[test]
+fn redis_an_outage_value_is_shared_until_the_server_returns() {
+    let Some(mut server) = ddf_testkit::RedisServer::start() else {
+        return;
+    };
+    let cli = Cli::new();
+    let port = server.port();
+    let port_s = port.to_string();
+    let run = |args: &[&str]| {
+        cli.cmd()
+            .args(["-b", "redis"])
+            .args(args)
+            .env("DDF_CACHE_REDIS_HOST", "127.0.0.1")
+            .env("DDF_CACHE_REDIS_PORT", &port_s)
+            .output()
+            .unwrap()
+    };
+    server.process.kill();
+    let o = run(&["set", "k", "x"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let o = run(&["get", "k"]);
+    assert_eq!(
+        (code(&o), stdout(&o).as_str()),
+        (0, "\"x\"\n"),
+        "{}",
+        stderr(&o)
+    );
+    drop(server);
+    let _back = ddf_testkit::RedisServer::start_on(port, &[]).unwrap();
+    let o = run(&["get", "k"]);
+    assert_eq!(code(&o), 1, "{}{}", stdout(&o), stderr(&o));
 }

@@ -19,6 +19,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod sentinel;
+pub use sentinel::{DOWN_AFTER_MS, FAILOVER_TIMEOUT_MS, RedisSentinel, SENTINEL_MASTER};
+
 /// The environment variable that turns a missing server binary from a skip into a failure.
 pub const REQUIRE_SERVERS: &str = "DDF_TEST_REQUIRE_SERVERS";
 
@@ -46,7 +49,8 @@ pub fn which(name: &str) -> Option<PathBuf> {
 fn missing(binary: &str, test_hint: &str) -> Option<std::convert::Infallible> {
     let msg = format!(
         "{binary} is not installed: {test_hint} cannot run. Install it (apt-get install -y \
-         redis-server redis-tools memcached) or run the README's test command (scripts/test)."
+         redis-server redis-tools redis-sentinel memcached) or run the README's test command \
+         (scripts/test)."
     );
     if servers_required() {
         panic!("{msg} ({REQUIRE_SERVERS} is set, so this is a failure, not a skip)");

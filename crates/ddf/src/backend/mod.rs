@@ -174,6 +174,7 @@ pub(crate) fn resilient(
         scope,
         failures: settings.failures,
         retry: settings.retry,
+        startup_wait: config.timeout,
         refuse_whole_keyspace: settings.refuse_whole_keyspace,
     };
     let journal = Arc::new(resilience::journal::Journal::open(settings.dir.clone())?);

@@ -1,12 +1,16 @@
-//! The Redis backend (`backend = redis` and `backend = redis_pickle`): standalone, TLS and Cluster.
+//! The Redis backend (`backend = redis` and `backend = redis_pickle`): standalone, TLS, Cluster
+//! and Sentinel.
 //!
 //! Every call into the `redis` crate (redis-rs) lives in this module, so that a major version of
 //! the client (2.0 is at rc) touches one file, except the parsing of `redis_url`, which
 //! `config/settings.rs` leaves to redis-rs so that the two never disagree on the URL grammar.
 //!
-//! - **Connections**: the target (standalone over TCP, TLS or a unix socket, or a Cluster), the
-//!   credentials and the CA bundle are chosen, read and validated once, in `config/settings.rs`
-//!   (`RedisSettings`); `RedisBackend::new` only turns them into a client. Connections are kept
+//! - **Connections**: the target (standalone over TCP, TLS or a unix socket, a Cluster, or the
+//!   master of a group of Sentinels), the credentials and the CA bundle are chosen, read and
+//!   validated once, in `config/settings.rs` (`RedisSettings`); `RedisBackend::new` only turns
+//!   them into a client. With Sentinel, each new connection goes to the master the Sentinels
+//!   name, checked with `ROLE`, and a connection error, a timeout or `READONLY` makes the next
+//!   one ask the Sentinels again ([`sentinel`]). Connections are kept
 //!   in a small pool of our own (see `Pool`): redis-rs's r2d2 manager has no connect timeout.
 //!   Connect timeout = `connect_timeout`, read and write timeouts = `timeout`. A connection that
 //!   failed in any way is dropped, never returned to the pool.
@@ -35,6 +39,7 @@ use crate::error::{Error, Result};
 use crate::key::{Keyspace, glob_escape};
 
 mod conn;
+mod sentinel;
 
 const NAME: &str = "redis";
 
@@ -48,6 +53,8 @@ const POOL_MAX_IDLE: usize = 32;
 enum Target {
     Single(redis::Client),
     Cluster(ClusterClient),
+    /// The master a group of Sentinels names; its connections are [`Conn::Single`].
+    Sentinel(Box<sentinel::Sentinels>),
 }
 
 /// One pooled connection.
@@ -141,6 +148,12 @@ impl RedisBackend {
         let target = match &settings.target {
             RedisTarget::Cluster(nodes) => cluster_client(settings, nodes).map(Target::Cluster),
             RedisTarget::Standalone(endpoint) => client(settings, endpoint).map(Target::Single),
+            RedisTarget::Sentinel {
+                sentinels,
+                master,
+                password,
+            } => sentinel::Sentinels::new(settings, sentinels, master, password.as_ref())
+                .map(|s| Target::Sentinel(Box::new(s))),
         }
         .map_err(refused)?;
         let tls = settings.ca.is_some()
@@ -197,6 +210,8 @@ impl RedisBackend {
                 redis::ErrorKind::ClusterConnectionNotFound
                     | redis::ErrorKind::Server(redis::ServerErrorKind::BusyLoading)
                     | redis::ErrorKind::Server(redis::ServerErrorKind::MasterDown)
+                    // A demoted master (Sentinel failover): the next connection finds the new one.
+                    | redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly)
             );
         let mut text = e.to_string();
         if e.kind() == redis::ErrorKind::Parse {
@@ -232,6 +247,36 @@ impl RedisBackend {
                 c.set_write_timeout(Some(self.timeout))?;
                 Ok(Conn::Cluster(Box::new(c)))
             }
+            Target::Sentinel(s) => {
+                // The lookup and the master's set-up (database included) fit in
+                // `connect_timeout` (sentinel.rs); the connection is then bounded like any other.
+                let deadline = std::time::Instant::now() + self.connect_timeout;
+                let c = s.connect()?;
+                Ok(Conn::Single(Bounded::ready(c, 0, deadline, self.timeout)?))
+            }
+        }
+    }
+
+    /// With Sentinel, an error that may mean the master moved (a connection error, a timeout,
+    /// `READONLY`, `MASTERDOWN`) makes the next connection ask the Sentinels, and drops the idle
+    /// connections: they lead to the same server.
+    fn after_error(&self, e: &redis::RedisError) {
+        let Target::Sentinel(s) = &self.target else {
+            return;
+        };
+        let moved = e.is_timeout()
+            || e.is_io_error()
+            || e.is_connection_dropped()
+            || e.is_connection_refusal()
+            || matches!(
+                e.kind(),
+                redis::ErrorKind::Server(
+                    redis::ServerErrorKind::ReadOnly | redis::ServerErrorKind::MasterDown
+                )
+            );
+        if moved {
+            s.forget();
+            self.pool.clear();
         }
     }
 
@@ -252,21 +297,29 @@ impl RedisBackend {
                 }
                 Err(e) if e.is_connection_dropped() && !e.is_timeout() => {
                     tracing::debug!(place = %self.place, "pooled redis connection was dead; reconnecting");
+                    self.after_error(&e);
                     // Every idle connection is probably as dead as this one.
                     self.pool.clear();
                 }
-                Err(e) => return Err(self.map_err(what, &e)),
+                Err(e) => {
+                    self.after_error(&e);
+                    return Err(self.map_err(what, &e));
+                }
             }
         }
-        let mut c = self
-            .connect()
-            .map_err(|e| self.map_err("cannot connect", &e))?;
+        let mut c = self.connect().map_err(|e| {
+            self.after_error(&e);
+            self.map_err("cannot connect", &e)
+        })?;
         match f(&mut c) {
             Ok(v) => {
                 self.pool.put(c);
                 Ok(v)
             }
-            Err(e) => Err(self.map_err(what, &e)),
+            Err(e) => {
+                self.after_error(&e);
+                Err(self.map_err(what, &e))
+            }
         }
     }
 
@@ -534,6 +587,11 @@ impl Backend for RedisBackend {
                 .map(|v| v.trim().to_owned())
         };
         let mut out = vec![("server".to_owned(), self.place.clone())];
+        if let Target::Sentinel(s) = &self.target
+            && let Some(master) = s.current()
+        {
+            out.push(("sentinel_master".to_owned(), master));
+        }
         for name in [
             "redis_version",
             "used_memory_human",
@@ -602,7 +660,7 @@ impl Backend for RedisBackend {
             .iter()
             .map(|(k, it)| set_cmd(&self.keyspace.storage_key(k), &it.data, ttl));
         match &self.target {
-            Target::Single(_) => {
+            Target::Single(_) | Target::Sentinel(_) => {
                 let mut p = redis::pipe();
                 for cmd in cmds {
                     p.add_command(cmd).ignore();

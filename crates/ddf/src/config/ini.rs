@@ -197,7 +197,14 @@ impl Ini {
             .map(|e| {
                 Ok(Entry {
                     key: e.key.clone(),
-                    raw: interpolate(&e.raw, &e.key, e.line, &lookup, 1)?,
+                    raw: interpolate(
+                        &e.raw,
+                        &e.key,
+                        e.line,
+                        &lookup,
+                        1,
+                        &mut MAX_REFERENCES.clone(),
+                    )?,
                     line: e.line,
                 })
             })
@@ -221,6 +228,13 @@ fn section_header(stripped: &str) -> Option<&str> {
 }
 
 const MAX_INTERPOLATION_DEPTH: usize = 10;
+/// The longest value interpolation may produce. References can multiply (ten `%(a)s` in a value
+/// whose `a` holds ten `%(b)s`...), so a small file could otherwise expand exponentially; no
+/// setting of ddf's is anywhere near this long.
+const MAX_INTERPOLATED_LEN: usize = 64 * 1024;
+/// The most `%(name)s` references one value may resolve, nested ones included: references to
+/// empty values expand to nothing but still cost a lookup each.
+const MAX_REFERENCES: usize = 10_000;
 
 /// Error messages name the key, never the value: it may be a password.
 fn interpolate(
@@ -229,6 +243,7 @@ fn interpolate(
     line: usize,
     lookup: &HashMap<&str, &Entry>,
     depth: usize,
+    budget: &mut usize,
 ) -> Result<String, IniError> {
     if depth > MAX_INTERPOLATION_DEPTH {
         return Err(IniError {
@@ -255,6 +270,16 @@ fn interpolate(
                     ),
                 });
             };
+            if *budget == 0 {
+                return Err(IniError {
+                    line,
+                    message: format!(
+                        "the value of {key:?} resolves more than {MAX_REFERENCES} %(name)s \
+                         references (nested ones included); allowed: at most {MAX_REFERENCES}"
+                    ),
+                });
+            }
+            *budget -= 1;
             let name = r[..close].to_lowercase();
             let Some(target) = lookup.get(name.as_str()) else {
                 return Err(IniError {
@@ -270,7 +295,17 @@ fn interpolate(
                 line,
                 lookup,
                 depth + 1,
+                budget,
             )?);
+            if out.len() > MAX_INTERPOLATED_LEN {
+                return Err(IniError {
+                    line,
+                    message: format!(
+                        "the value of {key:?} expands to more than {MAX_INTERPOLATED_LEN} bytes \
+                         through %(name)s references; allowed: at most {MAX_INTERPOLATED_LEN}"
+                    ),
+                });
+            }
             rest = &r[close + 2..];
         } else {
             return Err(IniError {
@@ -288,6 +323,40 @@ fn interpolate(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn interpolation_cannot_expand_exponentially() {
+        // Six levels of ten references: 10^6 copies of "x" at the top if unbounded.
+        let mut text = String::from(
+            "[cache]\nv0 = xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\n",
+        );
+        for i in 1..=6 {
+            text.push_str(&format!(
+                "v{i} = {}\n",
+                format!("%(v{})s", i - 1).repeat(10)
+            ));
+        }
+        let msg = Ini::parse(&text)
+            .unwrap()
+            .section("cache")
+            .unwrap_err()
+            .message;
+        assert!(msg.contains("expands to more than"), "{msg}");
+        // Empty values expand to nothing: the number of references is bounded instead.
+        let mut text = String::from("[cache]\nv0 =\n");
+        for i in 1..=9 {
+            text.push_str(&format!(
+                "v{i} = {}\n",
+                format!("%(v{})s", i - 1).repeat(100)
+            ));
+        }
+        let msg = Ini::parse(&text)
+            .unwrap()
+            .section("cache")
+            .unwrap_err()
+            .message;
+        assert!(msg.contains("references"), "{msg}");
+    }
 
     fn cache(text: &str) -> Vec<(String, String)> {
         Ini::parse(text)

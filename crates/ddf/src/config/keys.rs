@@ -49,10 +49,10 @@ fn parse_servers(v: &str, what: &str) -> std::result::Result<Vec<ServerAddr>, St
     if list.is_empty() {
         return Err(format!("{what} needs at least one host:port"));
     }
-    let default_port = if what == "memcached_servers" {
-        11211
-    } else {
-        6379
+    let default_port = match what {
+        "memcached_servers" => 11211,
+        "redis_sentinels" => 26379,
+        _ => 6379,
     };
     list.iter()
         .map(|s| ServerAddr::parse(s, default_port))
@@ -260,6 +260,56 @@ pub(super) const KEYS: &[KeySpec] = &[
         },
         show: |c| show_list(&c.redis_cluster_nodes),
         doc: "host:port of some Redis Cluster nodes; when set, Redis is used as a Cluster",
+    },
+    KeySpec {
+        name: "redis_sentinels",
+        legacy_env: None,
+        secret: false,
+        apply: |c, v| {
+            c.redis_sentinels = if v.trim().is_empty() {
+                Vec::new()
+            } else {
+                parse_servers(v, "redis_sentinels")?
+            };
+            Ok(())
+        },
+        show: |c| show_list(&c.redis_sentinels),
+        doc: "host:port of the Redis Sentinels (port defaults to 26379); when set, the master is found through them",
+    },
+    KeySpec {
+        name: "redis_sentinel_master",
+        legacy_env: None,
+        secret: false,
+        apply: |c, v| {
+            let t = v.trim();
+            if t.len() > 256 || t.chars().any(|ch| ch.is_whitespace() || ch.is_control()) {
+                return Err(
+                    "allowed: the master's name as the Sentinels know it (sentinel monitor NAME ...), \
+                     without spaces, at most 256 bytes"
+                        .to_owned(),
+                );
+            }
+            c.redis_sentinel_master = (!t.is_empty()).then(|| t.to_owned());
+            Ok(())
+        },
+        show: |c| c.redis_sentinel_master.clone().unwrap_or_default(),
+        doc: "the name of the master the Sentinels monitor (sentinel monitor NAME ...)",
+    },
+    KeySpec {
+        name: "redis_sentinel_password",
+        legacy_env: None,
+        secret: true,
+        apply: |c, v| {
+            c.redis_sentinel_password = (!v.is_empty()).then(|| Secret::new(v));
+            Ok(())
+        },
+        show: |c| {
+            c.redis_sentinel_password
+                .as_ref()
+                .map(|_| "<redacted>".to_owned())
+                .unwrap_or_default()
+        },
+        doc: "the Sentinels' own password (their requirepass); empty means none",
     },
     KeySpec {
         name: "memcached_servers",

@@ -183,6 +183,13 @@ pub struct CacheConfig {
     pub redis_ca_file: Option<PathBuf>,
     /// `redis_cluster_nodes` (`host:port, ...`): when set, Redis is used as a Cluster.
     pub redis_cluster_nodes: Vec<ServerAddr>,
+    /// `redis_sentinels` (`host:port, ...`, port 26379 by default): when set, the master named
+    /// [`redis_sentinel_master`](Self::redis_sentinel_master) is found through these Sentinels.
+    pub redis_sentinels: Vec<ServerAddr>,
+    /// `redis_sentinel_master`: the name the Sentinels monitor the master under.
+    pub redis_sentinel_master: Option<String>,
+    /// `redis_sentinel_password`: the Sentinels' own password, when they have one.
+    pub redis_sentinel_password: Option<Secret>,
     /// `memcached_servers` (`host:port, host:port`; default `localhost:11211`).
     pub memcached_servers: Vec<ServerAddr>,
     /// `connect_timeout` in seconds (default 1).
@@ -219,6 +226,9 @@ impl Default for CacheConfig {
             redis_url: None,
             redis_ca_file: None,
             redis_cluster_nodes: Vec::new(),
+            redis_sentinels: Vec::new(),
+            redis_sentinel_master: None,
+            redis_sentinel_password: None,
             memcached_servers: vec![ServerAddr {
                 host: "localhost".to_owned(),
                 port: 11211,
@@ -543,6 +553,27 @@ impl CacheConfig {
     pub fn with_redis_cluster_nodes(mut self, nodes: Vec<ServerAddr>) -> Self {
         self.redis_cluster_nodes = nodes;
         self.code("redis_cluster_nodes")
+    }
+
+    /// Finds the Redis master through Sentinel: the Sentinels' addresses and the name they
+    /// monitor the master under (`redis_sentinels`, `redis_sentinel_master`).
+    ///
+    /// ```
+    /// use ddf::{CacheConfig, ServerAddr};
+    /// let sentinels = vec![ServerAddr::parse("10.0.0.1:26379", 26379)?];
+    /// let config = CacheConfig::default().with_redis_sentinels(sentinels, "mymaster");
+    /// assert_eq!(config.redis_sentinel_master.as_deref(), Some("mymaster"));
+    /// # Ok::<(), String>(())
+    /// ```
+    #[must_use]
+    pub fn with_redis_sentinels(
+        mut self,
+        sentinels: Vec<ServerAddr>,
+        master: impl Into<String>,
+    ) -> Self {
+        self.redis_sentinels = sentinels;
+        self.redis_sentinel_master = Some(master.into());
+        self.code("redis_sentinels").code("redis_sentinel_master")
     }
 
     /// Sets the Memcached servers.

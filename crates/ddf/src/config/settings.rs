@@ -124,15 +124,27 @@ pub(crate) enum RedisTarget {
     /// A Redis Cluster, discovered from these nodes (`redis_cluster_nodes`); TLS to every node
     /// when a CA is given.
     Cluster(Vec<ServerAddr>),
+    /// The master a group of Redis Sentinels monitors (`redis_sentinels`,
+    /// `redis_sentinel_master`), found through them and followed across failovers; TLS to the
+    /// Sentinels and the master when a CA is given. The master's credentials and database are
+    /// `redis_password` and `redis_db`.
+    Sentinel {
+        /// The Sentinels, in the configured order.
+        sentinels: Vec<ServerAddr>,
+        /// The name the Sentinels monitor the master under.
+        master: String,
+        /// The Sentinels' own password (`redis_sentinel_password`).
+        password: Option<Secret>,
+    },
 }
 
 /// The Redis backend's settings.
 #[derive(Clone, PartialEq, Eq)]
 pub(crate) struct RedisSettings {
-    /// Standalone (TCP, TLS, unix socket) or Cluster.
+    /// Standalone (TCP, TLS, unix socket), Cluster or Sentinel.
     pub(crate) target: RedisTarget,
     /// The PEM CA bundle of `redis_ca_file`, read once, checked to hold certificates; only with
-    /// TLS (`rediss://`) or a cluster.
+    /// TLS (`rediss://`), a cluster or Sentinel.
     pub(crate) ca: Option<Vec<u8>>,
     /// The user of `AUTH` (from the URL).
     pub(crate) username: Option<String>,
@@ -150,8 +162,8 @@ pub(crate) struct RedisSettings {
     pub(crate) namespace: String,
     /// `server_flush`.
     pub(crate) server_flush: bool,
-    /// Where the target's setting came from (`redis_url`, `redis_cluster_nodes` or
-    /// `redis_host`), for an error the client raises when it is built.
+    /// Where the target's setting came from (`redis_url`, `redis_cluster_nodes`,
+    /// `redis_sentinels` or `redis_host`), for an error the client raises when it is built.
     pub(crate) source: Source,
     identity: String,
 }
@@ -169,7 +181,8 @@ impl std::fmt::Debug for RedisSettings {
 
 impl RedisSettings {
     /// The server without credentials: `redis://host:port/db`, `rediss://host:port/db`,
-    /// `unix:/path?db=N` or `cluster[a:1,b:2]` (nodes sorted). Names the server in messages and
+    /// `unix:/path?db=N`, `cluster[a:1,b:2]` (nodes sorted) or `sentinel[a:1,b:2]/NAME/db`
+    /// (Sentinels sorted). Names the server in messages and
     /// scopes the outage journal, so `redis` and `redis_pickle` on one server share it.
     pub(crate) fn identity(&self) -> &str {
         &self.identity
@@ -305,13 +318,15 @@ impl CacheConfig {
         })
     }
 
-    /// The Redis backend's settings: the target chosen (Cluster when `redis_cluster_nodes` is
-    /// set, else `redis_url`, else `redis_host`/`redis_port`/`redis_db`), the CA file read.
+    /// The Redis backend's settings: the target chosen (Sentinel when `redis_sentinels` or
+    /// `redis_sentinel_master` is set, Cluster when `redis_cluster_nodes` is, else `redis_url`,
+    /// else `redis_host`/`redis_port`/`redis_db`), the CA file read.
     ///
     /// # Errors
     /// [`Error::Config`] naming the setting and where its value came from: an unparseable
     /// `redis_url`, an unreadable `redis_ca_file` or one without a PEM certificate, a CA file
-    /// without `rediss://`, a `redis_db` other than 0 on a cluster, a zero timeout.
+    /// without `rediss://`, a `redis_db` other than 0 on a cluster, Sentinels without a master
+    /// name (or the reverse), Sentinels with cluster nodes or a `redis_url`, a zero timeout.
     pub(crate) fn redis_settings(&self) -> Result<RedisSettings> {
         self.check_server()?;
         let ca = match &self.redis_ca_file {
@@ -330,7 +345,10 @@ impl CacheConfig {
             .redis_password
             .clone()
             .filter(|p| !p.expose().is_empty());
-        let mut settings = if self.redis_cluster_nodes.is_empty() {
+        let sentinel = !self.redis_sentinels.is_empty() || self.redis_sentinel_master.is_some();
+        let mut settings = if sentinel {
+            self.sentinel(config_password)?
+        } else if self.redis_cluster_nodes.is_empty() {
             self.standalone(config_password)?
         } else {
             if self.redis_db != 0 {
@@ -376,6 +394,68 @@ impl CacheConfig {
             settings.ca = Some(pem);
         }
         Ok(settings)
+    }
+
+    /// The master a group of Sentinels monitors (`redis_sentinels`, `redis_sentinel_master`);
+    /// its password and database are `redis_password` and `redis_db`.
+    fn sentinel(&self, config_password: Option<Secret>) -> Result<RedisSettings> {
+        if !self.redis_cluster_nodes.is_empty() {
+            return Err(self.invalid(
+                "redis_sentinels",
+                "redis_sentinels and redis_cluster_nodes are both set: a Redis deployment is \
+                 either Sentinel or Cluster; remove one of them",
+            ));
+        }
+        if self.redis_sentinels.is_empty() {
+            return Err(self.invalid(
+                "redis_sentinel_master",
+                "redis_sentinel_master is set but redis_sentinels is empty: give the Sentinels \
+                 as host:port, host:port",
+            ));
+        }
+        let Some(master) = self.redis_sentinel_master.clone().filter(|m| !m.is_empty()) else {
+            return Err(self.invalid(
+                "redis_sentinels",
+                "redis_sentinels is set without redis_sentinel_master: give the name the \
+                 Sentinels monitor the master under (sentinel monitor NAME ...)",
+            ));
+        };
+        if self.redis_url.is_some() {
+            return Err(self.invalid(
+                "redis_url",
+                "redis_url names one server but redis_sentinels finds the master: remove \
+                 redis_url (with Sentinel, the master's password and database are \
+                 redis_password and redis_db; TLS is on when redis_ca_file is set)",
+            ));
+        }
+        let mut names: Vec<String> = self
+            .redis_sentinels
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        names.sort();
+        names.dedup();
+        Ok(RedisSettings {
+            target: RedisTarget::Sentinel {
+                sentinels: self.redis_sentinels.clone(),
+                master: master.clone(),
+                password: self
+                    .redis_sentinel_password
+                    .clone()
+                    .filter(|p| !p.expose().is_empty()),
+            },
+            ca: None,
+            username: None,
+            password: config_password,
+            db: i64::from(self.redis_db),
+            resp3: false,
+            connect_timeout: self.connect_timeout,
+            timeout: self.timeout,
+            namespace: self.namespace.clone(),
+            server_flush: self.server_flush,
+            source: self.source_of("redis_sentinels"),
+            identity: format!("sentinel[{}]/{master}/{}", names.join(","), self.redis_db),
+        })
     }
 
     /// A standalone server from `redis_url`, else from `redis_host`/`redis_port`/`redis_db`.
@@ -599,6 +679,74 @@ mod tests {
             .unwrap();
         assert_eq!(s.identity(), "cluster[a:7000,b:7001]");
         assert!(matches!(s.target, RedisTarget::Cluster(ref n) if n.len() == 2));
+    }
+
+    #[test]
+    fn sentinel_settings_and_their_errors() {
+        let s = cfg(
+            "[cache]\nredis_sentinels = s2, s1:26380\nredis_sentinel_master = mymaster\n\
+                     redis_sentinel_password = spw\nredis_password = mpw\nredis_db = 3\n",
+        )
+        .redis_settings()
+        .unwrap();
+        assert_eq!(s.identity(), "sentinel[s1:26380,s2:26379]/mymaster/3");
+        assert_eq!((s.db, s.ca.is_none()), (3, true));
+        assert_eq!(s.password.as_ref().map(Secret::expose), Some("mpw"));
+        let RedisTarget::Sentinel {
+            sentinels,
+            master,
+            password,
+        } = &s.target
+        else {
+            panic!("{s:?}")
+        };
+        // The configured order is kept (the first is asked first); the default port is 26379.
+        assert_eq!(sentinels[0].to_string(), "s2:26379");
+        assert_eq!(master, "mymaster");
+        assert_eq!(password.as_ref().map(Secret::expose), Some("spw"));
+        assert!(!format!("{s:?}").contains("spw"));
+
+        let err = |ini: &str| cfg(ini).redis_settings().unwrap_err().to_string();
+        let e = err("[cache]\nredis_sentinels = s1\n");
+        assert!(
+            e.contains("line 2") && e.contains("without redis_sentinel_master"),
+            "{e}"
+        );
+        let e = err("[cache]\nbackend = redis\nredis_sentinel_master = m\n");
+        assert!(
+            e.contains("line 3") && e.contains("redis_sentinels is empty"),
+            "{e}"
+        );
+        let e = err(
+            "[cache]\nredis_cluster_nodes = c:7000\nredis_sentinels = s1\nredis_sentinel_master = m\n",
+        );
+        assert!(
+            e.contains("line 3") && e.contains("either Sentinel or Cluster"),
+            "{e}"
+        );
+        let e = err(
+            "[cache]\nredis_sentinels = s1\nredis_sentinel_master = m\nredis_url = redis://:pw@h\n",
+        );
+        assert!(
+            e.contains("line 4") && e.contains("remove redis_url"),
+            "{e}"
+        );
+        assert!(!e.contains("pw@"), "{e}");
+        let e = CacheConfig::from_ini_str("[cache]\nredis_sentinel_master = my master\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 2") && e.contains("without spaces"), "{e}");
+
+        // With a CA, the Sentinels and the master are reached over TLS.
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, "not a certificate").unwrap();
+        let ini = format!(
+            "[cache]\nredis_sentinels = s1\nredis_sentinel_master = m\nredis_ca_file = {}\n",
+            ca.display()
+        );
+        let e = err(&ini);
+        assert!(e.contains("no PEM certificate"), "{e}");
     }
 
     #[test]

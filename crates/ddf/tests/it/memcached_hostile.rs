@@ -139,6 +139,9 @@ fn an_enormous_announced_length_in_a_batch_is_not_allocated() {
         ALLOC_WORKER,
         "1",
     )
+    // One malloc arena: every cache has a background thread, and glibc reserves 64 MB of
+    // address space per thread arena, which would blur the peak this test reads.
+    .env("MALLOC_ARENA_MAX", "1")
     .spawn()
     .unwrap();
     let out = process::check(c, "allocation worker");

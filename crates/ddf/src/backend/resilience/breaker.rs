@@ -140,10 +140,12 @@ impl Breaker {
         self.state.store(DOWN, Ordering::Release);
     }
 
-    /// The probe saw the primary answer: down to recovering.
+    /// The probe saw the primary answer: down to recovering (a transition only when it was
+    /// not recovering already: a long replay goes on over several probes).
     pub(crate) fn begin_recovery(&self) {
-        self.state.store(RECOVERING, Ordering::Release);
-        self.transitions.fetch_add(1, Ordering::Relaxed);
+        if self.state.swap(RECOVERING, Ordering::AcqRel) != RECOVERING {
+            self.transitions.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// The primary failed while recovering: back to down.

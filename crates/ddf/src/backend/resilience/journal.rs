@@ -30,6 +30,13 @@ CREATE TABLE IF NOT EXISTS pending (
     at    INTEGER NOT NULL       -- ms since the Unix epoch
 );
 CREATE INDEX IF NOT EXISTS pending_scope ON pending (scope, id);
+CREATE TABLE IF NOT EXISTS outages (
+    generation INTEGER PRIMARY KEY AUTOINCREMENT, -- names the fallback entries of this outage
+    scope      TEXT NOT NULL,
+    opened_at  INTEGER NOT NULL,                  -- ms since the Unix epoch
+    closed     INTEGER NOT NULL DEFAULT 0         -- 1 once the primary is back and replayed
+);
+CREATE INDEX IF NOT EXISTS outages_scope ON outages (scope, closed);
 ";
 
 /// An invalidation recorded while a primary was unreachable, to apply when it returns. Borrowed
@@ -154,6 +161,89 @@ impl Journal {
         Ok(())
     }
 
+    /// The open outage of `scope`, opening one if there is none: its generation.
+    ///
+    /// # Errors
+    /// [`crate::Error::Backend`] when the database cannot be written.
+    pub(crate) fn join_outage(&self, scope: &str) -> Result<i64> {
+        let now = i64::try_from(self.db.now_ms()).unwrap_or(i64::MAX);
+        self.db.with_conn("cannot record an outage", |c| {
+            let tx =
+                rusqlite::Transaction::new_unchecked(c, rusqlite::TransactionBehavior::Immediate)?;
+            let open = tx
+                .prepare_cached(
+                    "SELECT max(generation) FROM outages WHERE scope = ?1 AND closed = 0",
+                )?
+                .query_row([scope], |r| r.get::<_, Option<i64>>(0))?;
+            let generation = match open {
+                Some(g) => g,
+                None => {
+                    tx.prepare_cached(
+                        "INSERT INTO outages (scope, opened_at, closed) VALUES (?1, ?2, 0)",
+                    )?
+                    .execute(params![scope, now])?;
+                    tx.last_insert_rowid()
+                }
+            };
+            tx.commit()?;
+            Ok(generation)
+        })
+    }
+
+    /// The generations of the open outages of `scope` (at most one, unless processes raced).
+    ///
+    /// # Errors
+    /// [`crate::Error::Backend`] when the database cannot be read.
+    pub(crate) fn open_outages(&self, scope: &str) -> Result<Vec<i64>> {
+        self.db.with_conn("cannot read the outages", |c| {
+            let mut st = c.prepare_cached(
+                "SELECT generation FROM outages WHERE scope = ?1 AND closed = 0 ORDER BY generation",
+            )?;
+            let rows = st.query_map([scope], |r| r.get::<_, i64>(0))?;
+            rows.collect()
+        })
+    }
+
+    /// Whether outage `generation` of `scope` is still open.
+    ///
+    /// # Errors
+    /// [`crate::Error::Backend`] when the database cannot be read.
+    pub(crate) fn is_open(&self, scope: &str, generation: i64) -> Result<bool> {
+        self.db.with_conn("cannot read the outages", |c| {
+            c.prepare_cached(
+                "SELECT count(*) FROM outages WHERE scope = ?1 AND generation = ?2 AND closed = 0",
+            )?
+            .query_row(params![scope, generation], |r| r.get::<_, i64>(0))
+            .map(|n| n > 0)
+        })
+    }
+
+    /// Closes outages `generations` of `scope` (their fallback entries are never read again)
+    /// and forgets the closed outages older than a day.
+    ///
+    /// # Errors
+    /// [`crate::Error::Backend`] when the database cannot be written.
+    pub(crate) fn close_outages(&self, scope: &str, generations: &[i64]) -> Result<()> {
+        let day_ago = i64::try_from(self.db.now_ms())
+            .unwrap_or(i64::MAX)
+            .saturating_sub(86_400_000);
+        self.db.with_conn("cannot close an outage", |c| {
+            let tx =
+                rusqlite::Transaction::new_unchecked(c, rusqlite::TransactionBehavior::Immediate)?;
+            {
+                let mut st = tx.prepare_cached(
+                    "UPDATE outages SET closed = 1 WHERE scope = ?1 AND generation = ?2",
+                )?;
+                for g in generations {
+                    st.execute(params![scope, g])?;
+                }
+            }
+            tx.prepare_cached("DELETE FROM outages WHERE closed = 1 AND opened_at < ?1")?
+                .execute([day_ago])?;
+            tx.commit()
+        })
+    }
+
     /// Releases the idle connections.
     pub(crate) fn close(&self) {
         self.db.close();
@@ -187,6 +277,22 @@ mod tests {
     }
 
     #[test]
+    fn processes_join_the_open_outage_until_it_is_closed() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(dir.path()).unwrap();
+        let other = Journal::open(dir.path()).unwrap();
+        let g = j.join_outage("s").unwrap();
+        assert_eq!(other.join_outage("s").unwrap(), g, "the same outage");
+        assert_ne!(other.join_outage("t").unwrap(), g, "another scope's");
+        assert_eq!(j.open_outages("s").unwrap(), [g]);
+        j.close_outages("s", &[g]).unwrap();
+        assert!(!other.is_open("s", g).unwrap());
+        let next = other.join_outage("s").unwrap();
+        assert!(next > g, "a later outage is a new generation");
+        assert!(j.is_open("s", next).unwrap());
+    }
+
+    #[test]
     fn the_journal_is_a_database_of_its_own() {
         let dir = tempfile::tempdir().unwrap();
         let cache = FileBackend::open(dir.path(), "ns:").unwrap();
@@ -215,7 +321,7 @@ mod tests {
                 .collect::<rusqlite::Result<_>>()
                 .unwrap()
         };
-        assert_eq!(tables(j.db.path()), ["pending"]);
+        assert_eq!(tables(j.db.path()), ["outages", "pending"]);
         let fresh = FileBackend::open(dir.path(), "ns:").unwrap();
         assert_eq!(tables(fresh.db_path()), ["entries"]);
     }

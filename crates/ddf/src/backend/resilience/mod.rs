@@ -4,22 +4,29 @@
 //! The wrapper is generic over its parts: the primary is any [`Backend`] a [`Factory`] builds,
 //! the fallback any [`Backend`] (or a refusal), the journal a database of its own
 //! ([`journal`]) scoped by an opaque string the caller derives from the server's identity, the
-//! state machine a pure [`breaker::Breaker`], and the background probe runs on whatever
-//! [`probe::Spawn`] is given (an OS thread today).
+//! state machine a pure [`breaker::Breaker`], the fallback's entries under the current outage's
+//! generation ([`generation`]), and the background loop ([`recovery`]: probe, replay, journal
+//! watcher) runs on whatever [`probe::Spawn`] is given (an OS thread today).
 //!
 //! # States
 //! - **up**: operations go to the primary. A temporary failure (timeout, refused or reset
-//!   connection) is counted; that call is served by the fallback instead of failing. After
+//!   connection) is counted; a read that failed so is a miss (with `fallback = error`, the
+//!   error), never an answer from the fallback, which may hold what another process wrote during
+//!   an outage this one did not see. After
 //!   `breaker_failures` consecutive failures the primary is marked **down**. A failed write or
 //!   invalidation (`set`, `delete`, `delete_prefix`, `clear`) marks it down at once: the primary
 //!   may still hold the old value, so reads must not go back to it before the invalidation is
-//!   replayed.
-//! - **down**: operations go straight to the fallback, without waiting on the primary. A
-//!   background probe pings the primary every `breaker_retry` (a `PING` bounded by the
-//!   operation timeout); no read or write waits for a probe (an invalidation made while the probe
-//!   applies the journal's last entries waits for that, under the gate).
+//!   replayed. A `delete_prefix` or `clear` that fails part-way on the primary (it may have
+//!   removed some keys: no exact count exists) is recorded, applied to the fallback, and returns
+//!   a temporary [`Error::Backend`] saying so, whose source is the primary's error.
+//! - **down**: operations go straight to the fallback, without waiting on the primary. The
+//!   cache's background loop (one per cache, started with it) pings the primary every
+//!   `breaker_retry` (a `PING` bounded by the operation timeout); no read or write waits for a
+//!   probe (an invalidation made while the probe applies the journal's last entries waits for
+//!   that, under the gate).
 //! - **recovering**: the primary answered; the journal is being replayed. Operations still go to
-//!   the fallback. When the journal is empty the state becomes **up**.
+//!   the fallback. When the journal is empty and the outage closed the state becomes **up**
+//!   (if the outage cannot be closed, it stays down and tries again).
 //!
 //! Each transition is logged once (`warn` when going down, `info` when back), never per
 //! operation.
@@ -35,32 +42,48 @@
 //!   failed on it) is recorded durably in the journal database (`ddf-journal.sqlite3`, scoped by
 //!   the server's identity and the namespace) before the call returns, in every fallback mode.
 //!   When the primary answers again they are applied to it, oldest first, before any read is
-//!   served from it again. Several processes share the record safely (SQLite transactions); a
-//!   process that comes back replays what the others recorded too. An invalidation recorded by
-//!   another process after this one came back is applied when that process's own probe sees the
-//!   primary (within `breaker_retry`).
+//!   served from it again. Any error during that replay (a timeout, or READONLY from a server
+//!   that came back as a replica) stops it: the entries not applied stay recorded, the primary
+//!   stays down, and the next probe tries again (one warning per probe, not per entry).
+//!   Building a cache while entries are pending applies them for at most one operation
+//!   timeout; what is left is applied by the background loop at once (state **recovering**,
+//!   served by the fallback meanwhile), saving its progress every few hundred entries, so
+//!   that no call waits for a long journal. Several processes share the record safely (SQLite transactions); a
+//!   process that comes back replays what the others recorded too. A process that stayed up
+//!   (it never saw the outage) applies what the others recorded within `breaker_retry`: its
+//!   background loop checks the journal (one indexed count) and applies and removes the entries
+//!   it finds; if it cannot, it marks the primary down, which may hold an invalidated value.
 //! - Values written during the outage stay in the fallback and are **not** promoted to the
-//!   primary (other processes may have written newer values there meanwhile). The fallback's
-//!   entries are cleared when the primary comes back, and when a cache is built (what a process
-//!   that ended during an outage left), so the fallback does not serve values of an earlier
-//!   outage.
+//!   primary (other processes may have written newer values there meanwhile).
+//!
+//! # A fallback shared for the length of an outage
+//! The journal database numbers the outages of each scope. A process that marks the primary
+//! down (or starts while pending entries or an open outage exist) joins the open outage or opens
+//! one, and its fallback entries live under that generation ([`generation`]): the processes of
+//! one outage, short-lived ones included, share what they write. When the primary is back and
+//! the journal applied, the process that sees it (its probe, or the watcher of a process that
+//! stayed up) empties that generation's entries and closes the outage; until both succeeded it
+//! does not switch to up. A process still down whose outage another closed joins the next one
+//! at its next probe (within `breaker_retry`), so a closed generation is not read.
 
 pub(crate) mod breaker;
+mod generation;
 pub(crate) mod journal;
 pub(crate) mod probe;
+mod recovery;
 
 use std::borrow::Cow;
 use std::fmt;
-use std::ops::ControlFlow;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock, Weak};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use tracing::{info, warn};
+use tracing::info;
 
-use self::breaker::{Breaker, Failure, Health};
+use self::breaker::{Breaker, Health};
+use self::generation::GenerationView;
 use self::journal::{Journal, PendingOp};
-use self::probe::{Body, Spawn};
+use self::probe::Spawn;
 use super::{Backend, BackendStatus, Item};
 use crate::error::{Error, Result};
 
@@ -71,8 +94,7 @@ pub(crate) type Factory = Box<dyn Fn() -> Result<Arc<dyn Backend>> + Send + Sync
 #[derive(Debug, Clone)]
 pub(crate) enum Fallback {
     /// Another backend serves reads and writes (`pickle`: the local directory; `none`: a
-    /// backend that stores nothing). It is emptied when a cache is built and when the primary
-    /// comes back.
+    /// backend that stores nothing), under the generation of the current outage.
     Serve(Arc<dyn Backend>),
     /// Every operation returns a temporary error (`fallback = error`).
     Refuse,
@@ -88,6 +110,16 @@ impl Fallback {
     }
 }
 
+/// What became of a call offered to the primary.
+enum Attempt<T> {
+    /// It ran there: its result (a permanent error included).
+    Done(Result<T>),
+    /// The primary is not up: not tried.
+    NotUp,
+    /// It failed there for a temporary reason (already counted).
+    Failed(Error),
+}
+
 /// Settings of [`Resilient`].
 #[derive(Debug, Clone)]
 pub(crate) struct ResilientConfig {
@@ -99,6 +131,9 @@ pub(crate) struct ResilientConfig {
     pub(crate) failures: u32,
     /// Probe interval while down.
     pub(crate) retry: Duration,
+    /// How long building the cache may spend applying recorded invalidations before it leaves
+    /// the rest to the background loop (the operation timeout).
+    pub(crate) startup_wait: Duration,
     /// The namespace is empty and `server_flush` is off: `clear` and `delete_prefix("")` would
     /// reach other applications' keys and are refused, in every state (recorded, they would be
     /// refused at replay, after the caller was told they succeeded).
@@ -115,12 +150,16 @@ struct Shared {
     primary: RwLock<Option<Arc<dyn Backend>>>,
     factory: Factory,
     fallback: Fallback,
-    /// The invalidations recorded during outages (its own database file).
+    /// The invalidations recorded during outages, and the outages (its own database file).
     journal: Arc<Journal>,
+    /// The outage this process serves from the fallback (its generation), 0 when none: up,
+    /// or the journal could not say (then the fallback misses and drops writes).
+    generation: AtomicI64,
     breaker: Breaker,
     /// Runs the probe loop in the background.
     spawn: Arc<dyn Spawn>,
-    /// A probe loop is running (at most one per primary).
+    /// The background loop is running (one per cache: the probe while down, the journal
+    /// watcher while up).
     probing: AtomicBool,
     /// Held (shared) by callers that record an invalidation while the primary is not up, and
     /// (exclusive) by the probe for its last replay and the switch to up, so that no recorded
@@ -148,12 +187,6 @@ impl Resilient {
         journal: Arc<Journal>,
         spawn: Arc<dyn Spawn>,
     ) -> Self {
-        if let Fallback::Serve(f) = &fallback
-            && let Err(e) = f.clear()
-        {
-            // Left by a process that ended during an outage: never serve it.
-            warn!(error = %e, "cannot clear the fallback cache");
-        }
         let first = factory();
         let shared = Arc::new(Shared {
             breaker: Breaker::new(cfg.failures),
@@ -162,30 +195,46 @@ impl Resilient {
             factory,
             fallback,
             journal,
+            generation: AtomicI64::new(0),
             spawn,
             probing: AtomicBool::new(false),
             gate: RwLock::new(()),
         });
         // Invalidations recorded by a process that ended during an outage (or a journal that
         // cannot be read, which might hold some): apply them before the primary serves a read.
+        // An outage still open: start in it (its fallback entries are served) until the probe,
+        // at once, finds the primary back and closes it.
+        let scope = &shared.cfg.scope;
         let pending = shared
             .journal
-            .count(&shared.cfg.scope)
-            .map(|n| n > 0)
+            .count(scope)
+            .and_then(|n| Ok(n > 0 || !shared.journal.open_outages(scope)?.is_empty()))
             .unwrap_or(true);
         match first {
             Ok(p) if pending => {
                 *write(&shared.primary) = Some(p);
                 shared.breaker.hold_down();
-                // Once now, bounded by the timeouts (a short-lived process, the CLI, may never
-                // see the background probe run), then in the background if that failed.
-                if !shared.try_recover() {
-                    Shared::start_probe(&shared);
+                shared.join_outage();
+                // For at most one operation timeout here (a short-lived process, the CLI, is
+                // then served by the primary at once when the journal is short), the rest in
+                // the background, at once: the cache serves from the fallback meanwhile.
+                let deadline = Instant::now() + shared.cfg.startup_wait;
+                if !shared.try_recover(Some(deadline)) {
+                    info!(
+                        backend = shared.cfg.name,
+                        "recorded invalidations are being applied in the background; serving from the fallback meanwhile"
+                    );
                 }
             }
             Ok(p) => *write(&shared.primary) = Some(p),
             Err(e) => Shared::failed(&shared, true, &e),
         }
+        let first_run = if shared.breaker.is_up() {
+            shared.cfg.retry
+        } else {
+            Duration::ZERO
+        };
+        Shared::start_probe(&shared, first_run);
         Resilient { shared }
     }
 
@@ -204,37 +253,59 @@ impl Resilient {
         self.shared.breaker.failed_ops()
     }
 
-    /// Runs `op` on the primary when it is up. `None` when it is not, or when it just failed for
-    /// a temporary reason (counted; `at_once` marks the primary down at the first one).
-    fn on_primary<T>(
-        &self,
-        at_once: bool,
-        op: &impl Fn(&dyn Backend) -> Result<T>,
-    ) -> Option<Result<T>> {
+    /// Runs `op` on the primary when it is up: its result, or why it was not used (not up, or
+    /// it just failed for a temporary reason: counted, `at_once` marks the primary down at the
+    /// first one).
+    fn on_primary<T>(&self, at_once: bool, op: &impl Fn(&dyn Backend) -> Result<T>) -> Attempt<T> {
         let s = &self.shared;
         if !s.breaker.is_up() {
-            return None;
+            return Attempt::NotUp;
         }
-        let p = read(&s.primary).clone()?;
+        let Some(p) = read(&s.primary).clone() else {
+            return Attempt::NotUp;
+        };
         match op(p.as_ref()) {
             Ok(v) => {
                 s.breaker.succeeded();
-                Some(Ok(v))
+                Attempt::Done(Ok(v))
             }
             Err(e) if e.is_temporary() => {
                 Shared::failed(s, at_once, &e);
-                None
+                Attempt::Failed(e)
             }
-            Err(e) => Some(Err(e)),
+            Err(e) => Attempt::Done(Err(e)),
         }
     }
 
-    /// A read: on the primary when it is up, else (or when it fails temporarily) on the
-    /// fallback.
-    fn read_op<T>(&self, op: impl Fn(&dyn Backend) -> Result<T>) -> Result<T> {
-        match self.on_primary(false, &op) {
-            Some(r) => r,
-            None => self.on_fallback(&op),
+    /// A read: on the primary when it is up, else on the fallback. A read that fails on the
+    /// primary while it is up is a miss (`miss`), or the primary's error with `fallback =
+    /// error`: the fallback may hold what another process wrote during an outage this one never
+    /// saw, which a process that is up must not serve.
+    fn read_op<T>(
+        &self,
+        miss: impl FnOnce() -> T,
+        op: impl Fn(&dyn Backend) -> Result<T>,
+    ) -> Result<T> {
+        let s = &self.shared;
+        if !s.breaker.is_up() {
+            return self.on_fallback(&op);
+        }
+        let Some(p) = read(&s.primary).clone() else {
+            return self.on_fallback(&op);
+        };
+        match op(p.as_ref()) {
+            Ok(v) => {
+                s.breaker.succeeded();
+                Ok(v)
+            }
+            Err(e) if e.is_temporary() => {
+                Shared::failed(s, false, &e);
+                match s.fallback {
+                    Fallback::Serve(_) => Ok(miss()),
+                    Fallback::Refuse => Err(e),
+                }
+            }
+            Err(e) => Err(e),
         }
     }
 
@@ -248,8 +319,37 @@ impl Resilient {
         op: impl Fn(&dyn Backend) -> Result<T>,
     ) -> Result<T> {
         match self.on_primary(true, &op) {
-            Some(r) => r,
-            None => self.on_fallback_recorded(record, &op),
+            Attempt::Done(r) => r,
+            Attempt::NotUp | Attempt::Failed(_) => self.on_fallback_recorded(record, &op),
+        }
+    }
+
+    /// A namespace-wide invalidation (`delete_prefix`, `clear`): as [`Resilient::write_op`],
+    /// except that when it fails part-way on the primary (which may have removed part of the
+    /// keys: no count can be given) the caller gets a temporary error saying it was recorded,
+    /// not the fallback's count.
+    fn invalidate_op<'k, T>(
+        &self,
+        what: &str,
+        record: impl FnOnce() -> Vec<PendingOp<'k>>,
+        op: impl Fn(&dyn Backend) -> Result<T>,
+    ) -> Result<T> {
+        match self.on_primary(true, &op) {
+            Attempt::Done(r) => r,
+            Attempt::NotUp => self.on_fallback_recorded(record, &op),
+            Attempt::Failed(e) => {
+                self.on_fallback_recorded(record, &op)?;
+                Err(Error::Backend {
+                    backend: self.shared.cfg.name,
+                    message: format!(
+                        "{what} failed part-way on the server, which may have removed some of \
+                         the keys; it was recorded and will be applied in full when the server \
+                         answers again"
+                    ),
+                    temporary: true,
+                    source: Some(Box::new(e)),
+                })
+            }
         }
     }
 
@@ -291,7 +391,10 @@ impl Resilient {
     /// Serves a call while the primary is not up, as the fallback says.
     fn on_fallback<T>(&self, op: &impl Fn(&dyn Backend) -> Result<T>) -> Result<T> {
         match &self.shared.fallback {
-            Fallback::Serve(f) => op(f.as_ref()),
+            Fallback::Serve(f) => match self.shared.generation.load(Ordering::Acquire) {
+                0 => op(&super::none::NoneBackend),
+                g => op(&GenerationView::new(f.clone(), g)),
+            },
             Fallback::Refuse => Err(Error::Backend {
                 backend: self.shared.cfg.name,
                 message: format!("the server is {} and fallback = error", self.health()),
@@ -310,134 +413,6 @@ fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
     l.write().unwrap_or_else(|p| p.into_inner())
 }
 
-impl Shared {
-    /// A temporary failure on the primary: count it, log the transition it caused (once), and
-    /// start the probe if the primary is not up.
-    fn failed(this: &Arc<Shared>, at_once: bool, cause: &Error) {
-        crate::backend::degraded::note_temporary_failure();
-        match this.breaker.failed(at_once, Instant::now()) {
-            Failure::Counted => {
-                warn!(backend = this.cfg.name, error = %cause, "cache operation failed; served by the fallback");
-                return;
-            }
-            Failure::Opened => warn!(
-                backend = this.cfg.name,
-                error = %cause,
-                fallback = this.fallback.label(),
-                "cache server marked down; serving from the fallback until it answers again"
-            ),
-            Failure::AlreadyOpen => {}
-        }
-        Self::start_probe(this);
-    }
-
-    fn start_probe(this: &Arc<Shared>) {
-        if this.probing.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        let weak: Weak<Shared> = Arc::downgrade(this);
-        let body: Body = Box::new(move || {
-            let Some(s) = weak.upgrade() else {
-                return ControlFlow::Break(());
-            };
-            if !s.try_recover() {
-                return ControlFlow::Continue(());
-            }
-            s.probing.store(false, Ordering::Release);
-            // A caller may have marked the primary down between the switch to up and now,
-            // found this probe still running and left it to us.
-            if !s.breaker.is_up() && !s.probing.swap(true, Ordering::AcqRel) {
-                return ControlFlow::Continue(());
-            }
-            ControlFlow::Break(())
-        });
-        if let Err(e) = this.spawn.spawn(this.cfg.retry, body) {
-            warn!(error = %e, "cannot start the cache server probe");
-            this.probing.store(false, Ordering::Release);
-        }
-    }
-
-    /// One probe: build or ping the primary, replay the journal, switch to up.
-    fn try_recover(&self) -> bool {
-        // Bind first: a guard in a match scrutinee would live through the arms (and the write).
-        let current = read(&self.primary).clone();
-        let primary = match current {
-            Some(p) => p,
-            None => match (self.factory)() {
-                Ok(p) => {
-                    *write(&self.primary) = Some(p.clone());
-                    p
-                }
-                Err(_) => return false,
-            },
-        };
-        if primary.ping().is_err() {
-            return false;
-        }
-        self.breaker.begin_recovery();
-        let failed_again = || {
-            self.breaker.recovery_failed();
-            warn!(
-                backend = self.cfg.name,
-                "cache server failed again while recorded invalidations were applied"
-            );
-            false
-        };
-        if !self.replay(primary.as_ref()) {
-            return failed_again();
-        }
-        // Last pass under the gate, then up: nothing recorded can be left behind.
-        let _gate = write(&self.gate);
-        if !self.replay(primary.as_ref()) {
-            return failed_again();
-        }
-        if let Fallback::Serve(f) = &self.fallback
-            && let Err(e) = f.clear()
-        {
-            warn!(error = %e, "cannot clear the fallback cache");
-        }
-        let down_for = self.breaker.recovered(Instant::now());
-        info!(
-            backend = self.cfg.name,
-            down_for_ms = down_for.as_millis() as u64,
-            "cache server is back; recorded invalidations applied"
-        );
-        true
-    }
-
-    /// Applies the journal to the primary. False when the primary failed again.
-    fn replay(&self, primary: &dyn Backend) -> bool {
-        let pending = match self.journal.read(&self.cfg.scope) {
-            Ok(p) => p,
-            Err(e) => {
-                warn!(error = %e, "cannot read the recorded invalidations");
-                return false;
-            }
-        };
-        let Some(last) = pending.last().map(|(id, _)| *id) else {
-            return true;
-        };
-        for (_, op) in &pending {
-            let r = match op {
-                PendingOp::Delete(k) => primary.delete(k).map(|_| ()),
-                PendingOp::DeletePrefix(p) => primary.delete_prefix(p).map(|_| ()),
-                PendingOp::Clear => primary.clear(),
-            };
-            match r {
-                Ok(()) => {}
-                Err(e) if e.is_temporary() => return false,
-                // A permanent refusal (say, a flush the primary does not allow) will not succeed
-                // later either: drop it, loudly.
-                Err(e) => warn!(error = %e, ?op, "a recorded invalidation was refused; dropped"),
-            }
-        }
-        if let Err(e) = self.journal.remove(&self.cfg.scope, last) {
-            warn!(error = %e, "cannot remove applied invalidations (they will be applied again)");
-        }
-        true
-    }
-}
-
 /// What a write of `key` records: a delete (when the primary returns, its older value must not
 /// be served).
 fn deletes<'k>(keys: impl Iterator<Item = &'k str>) -> Vec<PendingOp<'k>> {
@@ -450,7 +425,7 @@ impl Backend for Resilient {
     }
 
     fn get(&self, key: &str) -> Result<Option<Item>> {
-        self.read_op(|b| b.get(key))
+        self.read_op(|| None, |b| b.get(key))
     }
 
     fn set(&self, key: &str, item: &Item, ttl: Option<Duration>) -> Result<()> {
@@ -465,7 +440,8 @@ impl Backend for Resilient {
         if prefix.is_empty() && self.shared.cfg.refuse_whole_keyspace {
             return Err(self.refusal());
         }
-        self.write_op(
+        self.invalidate_op(
+            "delete_prefix",
             || vec![PendingOp::DeletePrefix(Cow::Borrowed(prefix))],
             |b| b.delete_prefix(prefix),
         )
@@ -475,11 +451,11 @@ impl Backend for Resilient {
         if self.shared.cfg.refuse_whole_keyspace {
             return Err(self.refusal());
         }
-        self.write_op(|| vec![PendingOp::Clear], |b| b.clear())
+        self.invalidate_op("clear", || vec![PendingOp::Clear], |b| b.clear())
     }
 
     fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<Item>>> {
-        self.read_op(|b| b.get_many(keys))
+        self.read_op(|| vec![None; keys.len()], |b| b.get_many(keys))
     }
 
     fn set_many(&self, items: &[(&str, Item)], ttl: Option<Duration>) -> Result<()> {
@@ -546,6 +522,10 @@ impl Backend for Resilient {
             (
                 "recorded invalidations pending".to_owned(),
                 pending.to_string(),
+            ),
+            (
+                "outage generation".to_owned(),
+                self.shared.generation.load(Ordering::Acquire).to_string(),
             ),
         ];
         if self.health() == Health::Up

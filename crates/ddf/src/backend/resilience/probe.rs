@@ -10,14 +10,14 @@ use std::time::Duration;
 /// One run of a probe: `Continue` to run again after the interval, `Break` to stop.
 pub(crate) type Body = Box<dyn FnMut() -> ControlFlow<()> + Send + 'static>;
 
-/// Runs a probe body every `every` (first run after one interval) until it breaks.
+/// Runs a probe body after `first`, then every `every`, until it breaks.
 pub(crate) trait Spawn: Send + Sync + std::fmt::Debug {
     /// Starts the loop in the background and returns at once.
     ///
     /// # Errors
     /// When the loop cannot be started (the system refused a thread); the caller stays
     /// without a probe and may try again on its next failure.
-    fn spawn(&self, every: Duration, body: Body) -> std::io::Result<()>;
+    fn spawn(&self, first: Duration, every: Duration, body: Body) -> std::io::Result<()>;
 }
 
 /// One OS thread per running probe (named `ddf-probe`); it ends when the body breaks.
@@ -25,15 +25,13 @@ pub(crate) trait Spawn: Send + Sync + std::fmt::Debug {
 pub(crate) struct ThreadSpawn;
 
 impl Spawn for ThreadSpawn {
-    fn spawn(&self, every: Duration, mut body: Body) -> std::io::Result<()> {
+    fn spawn(&self, first: Duration, every: Duration, mut body: Body) -> std::io::Result<()> {
         std::thread::Builder::new()
             .name("ddf-probe".to_owned())
             .spawn(move || {
-                loop {
+                std::thread::sleep(first);
+                while body().is_continue() {
                     std::thread::sleep(every);
-                    if body().is_break() {
-                        return;
-                    }
                 }
             })
             .map(drop)
@@ -51,6 +49,7 @@ mod tests {
         let mut n = 0;
         ThreadSpawn
             .spawn(
+                Duration::ZERO,
                 Duration::from_millis(1),
                 Box::new(move || {
                     n += 1;

@@ -4,7 +4,8 @@ use super::*;
 use crate::backend::file::FileBackend;
 use crate::backend::none::NoneBackend;
 use crate::config::FallbackMode;
-use probe::ThreadSpawn;
+use probe::{Body, ThreadSpawn};
+use std::ops::ControlFlow;
 
 #[derive(Debug)]
 struct Switchable {
@@ -66,6 +67,7 @@ fn config(scope: &str, failures: u32) -> ResilientConfig {
         scope: scope.to_owned(),
         failures,
         retry: Duration::from_millis(20),
+        startup_wait: Duration::from_secs(2),
         refuse_whole_keyspace: false,
     }
 }
@@ -323,7 +325,7 @@ impl fmt::Debug for Manual {
 }
 
 impl Spawn for Arc<Manual> {
-    fn spawn(&self, _every: Duration, body: Body) -> std::io::Result<()> {
+    fn spawn(&self, _first: Duration, _every: Duration, body: Body) -> std::io::Result<()> {
         self.0.lock().unwrap().push(body);
         Ok(())
     }
@@ -338,41 +340,284 @@ impl Manual {
     }
 }
 
-#[test]
-fn one_probe_at_a_time_on_any_spawner() {
+/// A cache over a switchable primary whose background loop the test runs by hand.
+fn manual_setup(failures: u32) -> (Setup, Arc<Manual>) {
     let dir = tempfile::tempdir().unwrap();
     let up = Arc::new(AtomicBool::new(true));
     let primary = Arc::new(Switchable {
         store: FileBackend::open(dir.path().join("primary"), "ns:").unwrap(),
         up: up.clone(),
     });
-    let journal = Arc::new(Journal::open(dir.path()).unwrap());
+    let p2 = primary.clone();
+    let local = Arc::new(FileBackend::open(dir.path().join("local"), "fb:").unwrap());
+    let journal = Arc::new(Journal::open(dir.path().join("local")).unwrap());
     let manual = Arc::new(Manual::default());
     let r = Resilient::new(
-        config("s", 1),
-        Box::new(move || Ok(primary.clone() as Arc<dyn Backend>)),
-        Fallback::Serve(Arc::new(NoneBackend)),
+        config("s", failures),
+        Box::new(move || Ok(p2.clone() as Arc<dyn Backend>)),
+        Fallback::Serve(local.clone()),
         journal.clone(),
         Arc::new(manual.clone()),
     );
+    let s = Setup {
+        _dir: dir,
+        r,
+        up,
+        primary,
+        local,
+        journal,
+    };
+    (s, manual)
+}
+
+#[test]
+fn one_loop_per_cache_on_any_spawner() {
+    let (Setup { r, up, journal, .. }, manual) = manual_setup(1);
+    assert_eq!(manual.spawned(), 1, "started with the cache");
     up.store(false, Ordering::SeqCst);
     assert_eq!(r.get("k").unwrap(), None);
     assert_eq!(r.health(), Health::Down);
     r.delete("k").unwrap();
     r.delete("j").unwrap();
-    assert_eq!(manual.spawned(), 1, "one probe, however many failures");
+    assert_eq!(manual.spawned(), 1, "one loop, however many failures");
     assert_eq!(manual.run(0), ControlFlow::Continue(()), "still down");
     assert_eq!(journal.count("s").unwrap(), 2);
     up.store(true, Ordering::SeqCst);
-    assert_eq!(
-        manual.run(0),
-        ControlFlow::Break(()),
-        "back: the probe ends"
-    );
+    assert_eq!(manual.run(0), ControlFlow::Continue(()), "the loop goes on");
     assert_eq!(r.health(), Health::Up);
     assert_eq!(journal.count("s").unwrap(), 0, "replayed");
-    // A later outage starts a new probe.
+    // A later outage is probed by the same loop.
     up.store(false, Ordering::SeqCst);
     r.delete("k").unwrap();
-    assert_eq!(manual.spawned(), 2);
+    assert_eq!(manual.spawned(), 1);
+    drop(r);
+    assert_eq!(manual.run(0), ControlFlow::Break(()), "ends with the cache");
+}
+
+#[test]
+fn an_up_cache_applies_what_another_process_recorded() {
+    let (Setup { r, journal, .. }, manual) = manual_setup(2);
+    r.set("k", &item("v"), None).unwrap();
+    // Another process, down meanwhile, recorded a delete of k.
+    journal
+        .append("s", &[PendingOp::Delete("k".into())])
+        .unwrap();
+    assert_eq!(r.get("k").unwrap(), Some(item("v")), "not yet seen");
+    let _ = manual.run(0);
+    assert_eq!(r.health(), Health::Up, "never went down");
+    assert_eq!(r.get("k").unwrap(), None);
+    assert_eq!(journal.count("s").unwrap(), 0);
+}
+
+#[test]
+fn a_watcher_that_cannot_apply_marks_the_primary_down() {
+    let (Setup { r, up, journal, .. }, manual) = manual_setup(3);
+    r.set("k", &item("v"), None).unwrap();
+    journal
+        .append("s", &[PendingOp::Delete("k".into())])
+        .unwrap();
+    up.store(false, Ordering::SeqCst);
+    let _ = manual.run(0);
+    assert_eq!(r.health(), Health::Down);
+    assert_eq!(journal.count("s").unwrap(), 1, "kept");
+    up.store(true, Ordering::SeqCst);
+    let _ = manual.run(0);
+    assert_eq!(r.health(), Health::Up);
+    assert_eq!(r.get("k").unwrap(), None);
+}
+
+#[test]
+fn a_failed_read_while_up_never_answers_from_the_fallback() {
+    let Setup { r, up, local, .. } = setup(FallbackMode::Pickle);
+    // Left in the shared fallback by another process during an outage this one did not see.
+    local.set("k", &item("outage"), None).unwrap();
+    up.store(false, Ordering::SeqCst);
+    assert_eq!(r.get("k").unwrap(), None);
+    assert_eq!(r.get_many(&["k", "j"]).unwrap(), [None, None]);
+    let Setup { r, up, .. } = setup(FallbackMode::Error);
+    up.store(false, Ordering::SeqCst);
+    assert!(r.get("k").unwrap_err().is_temporary());
+}
+
+/// A fallback whose `clear` fails while `fail` is set.
+#[derive(Debug)]
+struct StuckFallback {
+    inner: FileBackend,
+    fail: Arc<AtomicBool>,
+}
+
+impl Backend for StuckFallback {
+    fn name(&self) -> &'static str {
+        "pickle"
+    }
+    fn get(&self, key: &str) -> Result<Option<Item>> {
+        self.inner.get(key)
+    }
+    fn set(&self, key: &str, item: &Item, ttl: Option<Duration>) -> Result<()> {
+        self.inner.set(key, item, ttl)
+    }
+    fn delete(&self, key: &str) -> Result<bool> {
+        self.inner.delete(key)
+    }
+    fn delete_prefix(&self, prefix: &str) -> Result<u64> {
+        if self.fail.load(Ordering::SeqCst) {
+            return Err(refused());
+        }
+        self.inner.delete_prefix(prefix)
+    }
+    fn clear(&self) -> Result<()> {
+        if self.fail.load(Ordering::SeqCst) {
+            return Err(refused());
+        }
+        self.inner.clear()
+    }
+    fn ping(&self) -> Result<BackendStatus> {
+        self.inner.ping()
+    }
+}
+
+#[test]
+fn recovery_stays_down_while_the_fallback_cannot_be_emptied() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = Arc::new(AtomicBool::new(true));
+    let primary = Arc::new(Switchable {
+        store: FileBackend::open(dir.path().join("primary"), "ns:").unwrap(),
+        up: up.clone(),
+    });
+    let fail = Arc::new(AtomicBool::new(false));
+    let fallback = Arc::new(StuckFallback {
+        inner: FileBackend::open(dir.path().join("local"), "fb:").unwrap(),
+        fail: fail.clone(),
+    });
+    let journal = Arc::new(Journal::open(dir.path().join("local")).unwrap());
+    let manual = Arc::new(Manual::default());
+    let r = Resilient::new(
+        config("s", 1),
+        Box::new(move || Ok(primary.clone() as Arc<dyn Backend>)),
+        Fallback::Serve(fallback),
+        journal,
+        Arc::new(manual.clone()),
+    );
+    up.store(false, Ordering::SeqCst);
+    r.set("k", &item("outage"), None).unwrap();
+    assert_eq!(r.health(), Health::Down);
+    fail.store(true, Ordering::SeqCst);
+    up.store(true, Ordering::SeqCst);
+    let _ = manual.run(0);
+    assert_eq!(r.health(), Health::Down, "outage values are still there");
+    fail.store(false, Ordering::SeqCst);
+    let _ = manual.run(0);
+    assert_eq!(r.health(), Health::Up);
+    assert_eq!(r.get("k").unwrap(), None);
+}
+
+#[test]
+fn an_invalidation_that_fails_on_the_primary_says_it_was_recorded() {
+    let Setup { r, up, journal, .. } = setup(FallbackMode::Pickle);
+    up.store(false, Ordering::SeqCst);
+    let e = r.delete_prefix("p:").unwrap_err();
+    assert!(e.is_temporary(), "{e}");
+    assert!(e.to_string().contains("recorded"), "{e}");
+    assert!(
+        std::error::Error::source(&e).is_some(),
+        "the cause is the source"
+    );
+    assert_eq!(journal.count("test|here|ns:").unwrap(), 1);
+    // Already down: recorded, and the fallback's own count is the answer.
+    assert_eq!(r.delete_prefix("p:").unwrap(), 0);
+    r.clear().unwrap();
+    assert_eq!(journal.count("test|here|ns:").unwrap(), 3);
+}
+
+#[test]
+fn a_long_journal_is_applied_in_the_background_not_while_building() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FileBackend::open(dir.path().join("primary"), "ns:").unwrap();
+    store.set("k", &item("stale"), None).unwrap();
+    let journal = Arc::new(Journal::open(dir.path().join("local")).unwrap());
+    let many: Vec<PendingOp> = (0..600)
+        .map(|i| PendingOp::Delete(format!("x{i}").into()))
+        .chain([PendingOp::Delete("k".into())])
+        .collect();
+    journal.append("s", &many).unwrap();
+    let primary = Arc::new(Switchable {
+        store,
+        up: Arc::new(AtomicBool::new(true)),
+    });
+    let manual = Arc::new(Manual::default());
+    let r = Resilient::new(
+        ResilientConfig {
+            startup_wait: Duration::ZERO,
+            ..config("s", 3)
+        },
+        Box::new(move || Ok(primary.clone() as Arc<dyn Backend>)),
+        Fallback::Serve(Arc::new(NoneBackend)),
+        journal.clone(),
+        Arc::new(manual.clone()),
+    );
+    // Nothing applied while building: served from the fallback meanwhile, never stale.
+    assert_ne!(r.health(), Health::Up);
+    assert_eq!(journal.count("s").unwrap(), 601);
+    assert_eq!(r.get("k").unwrap(), None);
+    let _ = manual.run(0);
+    assert_eq!(r.health(), Health::Up);
+    assert_eq!(journal.count("s").unwrap(), 0);
+    assert_eq!(r.get("k").unwrap(), None);
+}
+
+#[test]
+fn processes_share_the_fallback_for_the_length_of_one_outage() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = Arc::new(AtomicBool::new(false));
+    let primary = Arc::new(Switchable {
+        store: FileBackend::open(dir.path().join("primary"), "ns:").unwrap(),
+        up: up.clone(),
+    });
+    // Two processes: their own handles on the same directory.
+    let process = |manual: &Arc<Manual>| {
+        let p = primary.clone();
+        Resilient::new(
+            config("s", 1),
+            Box::new(move || {
+                p.check()?;
+                Ok(p.clone() as Arc<dyn Backend>)
+            }),
+            Fallback::Serve(Arc::new(
+                FileBackend::open(dir.path().join("local"), "fb:").unwrap(),
+            )),
+            Arc::new(Journal::open(dir.path().join("local")).unwrap()),
+            Arc::new(manual.clone()),
+        )
+    };
+    let (ma, mb) = (Arc::new(Manual::default()), Arc::new(Manual::default()));
+    let a = process(&ma);
+    assert_eq!(a.health(), Health::Down, "the server is down at start-up");
+    a.set("k", &item("x"), None).unwrap();
+    drop(a);
+    // A process that starts while the outage lasts reads what the first one wrote.
+    let b = process(&mb);
+    assert_eq!(b.get("k").unwrap(), Some(item("x")));
+    // The primary comes back: B applies the journal and closes the outage.
+    up.store(true, Ordering::SeqCst);
+    let _ = mb.run(0);
+    assert_eq!(b.health(), Health::Up);
+    assert_eq!(b.get("k").unwrap(), None, "not promoted");
+    // A later outage starts empty: nobody reads a closed generation.
+    up.store(false, Ordering::SeqCst);
+    let c = process(&Arc::new(Manual::default()));
+    assert_eq!(c.health(), Health::Down);
+    assert_eq!(c.get("k").unwrap(), None);
+}
+
+#[test]
+fn a_process_whose_outage_was_closed_joins_the_next_one() {
+    let (Setup { r, up, journal, .. }, manual) = manual_setup(1);
+    up.store(false, Ordering::SeqCst);
+    r.set("k", &item("x"), None).unwrap();
+    assert_eq!(r.get("k").unwrap(), Some(item("x")));
+    // Another process saw the primary back and closed the outage.
+    let open = journal.open_outages("s").unwrap();
+    journal.close_outages("s", &open).unwrap();
+    let _ = manual.run(0);
+    assert_eq!(r.get("k").unwrap(), None, "a closed generation is not read");
 }

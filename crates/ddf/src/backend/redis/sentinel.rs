@@ -1,0 +1,262 @@
+//! Redis Sentinel: finding the current master through the Sentinels, and following a failover.
+//!
+//! Written here rather than with redis-rs's `sentinel` module: its sync client (1.8) connects to
+//! the Sentinels, and to the master it verifies, with `get_connection()`, which has no connect
+//! timeout, and reads their replies without a read timeout, so one Sentinel that stalls (or a
+//! host that drops packets) would block a call forever. What a client has to do is small (the
+//! Sentinel client specification, <https://redis.io/docs/latest/develop/reference/sentinel-clients/>):
+//!
+//! 1. ask the Sentinels in turn `SENTINEL get-master-addr-by-name NAME`;
+//! 2. connect to the address one gives and check with `ROLE` that the server is a master; when
+//!    it is not, or does not answer, ask the next Sentinel (during a failover the Sentinels other
+//!    than the leader name the old master for up to a couple of seconds). The Sentinel whose
+//!    master answered is asked first next time;
+//! 3. ask again when the master fails: the backend calls [`Sentinels::forget`] after a
+//!    connection error, a timeout or a `READONLY` reply (a demoted master; Sentinel also closes
+//!    the clients of a server it turns into a replica).
+//!
+//! Every connection opened here, to a Sentinel or to the master, and every reply read, is bounded,
+//! and the whole of one [`Sentinels::connect`] takes at most `connect_timeout`.
+
+use std::io;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use redis::{ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo, RedisResult};
+
+use crate::config::{RedisEndpoint, RedisSettings, Secret, ServerAddr};
+
+/// The Sentinels of one master, and the master last found through them.
+pub(super) struct Sentinels {
+    /// One client per Sentinel, with its `host:port` for logs.
+    sentinels: Vec<(String, redis::Client)>,
+    /// The name the Sentinels monitor the master under.
+    name: String,
+    /// The master's settings (credentials, database, TLS): a client for each address found.
+    settings: RedisSettings,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    /// The Sentinel asked first: the last one that answered.
+    first: usize,
+    /// The master last found and verified; `None` makes the next connection ask the Sentinels.
+    master: Option<Master>,
+}
+
+#[derive(Clone)]
+struct Master {
+    addr: String,
+    client: redis::Client,
+}
+
+impl Sentinels {
+    /// Clients of the Sentinels (TLS with the settings' CA when there is one); no connection is
+    /// opened here.
+    pub(super) fn new(
+        settings: &RedisSettings,
+        sentinels: &[ServerAddr],
+        name: &str,
+        password: Option<&Secret>,
+    ) -> RedisResult<Self> {
+        let clients = sentinels
+            .iter()
+            .map(|a| Ok((a.to_string(), sentinel_client(settings, a, password)?)))
+            .collect::<RedisResult<Vec<_>>>()?;
+        Ok(Sentinels {
+            sentinels: clients,
+            name: name.to_owned(),
+            settings: settings.clone(),
+            state: Mutex::new(State::default()),
+        })
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // The state is two plain fields, valid whatever a panicking thread was doing.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// `host:port` of the master last found, if any.
+    pub(super) fn current(&self) -> Option<String> {
+        self.state().master.as_ref().map(|m| m.addr.clone())
+    }
+
+    /// Makes the next connection ask the Sentinels where the master is.
+    pub(super) fn forget(&self) {
+        if self.state().master.take().is_some() {
+            tracing::debug!(master = %self.name, "Sentinel: the master will be looked up again");
+        }
+    }
+
+    /// A connection to the current master, verified with `ROLE`: to the master last found
+    /// while it still is one, else to the one the Sentinels name now. Takes at most
+    /// `connect_timeout` in all; the connection's read and write timeouts are left for the
+    /// caller to set.
+    pub(super) fn connect(&self) -> RedisResult<redis::Connection> {
+        let deadline = Instant::now() + self.settings.connect_timeout;
+        let known = self.state().master.clone();
+        if let Some(m) = known {
+            match self.open_master(&m, deadline) {
+                Ok(c) => return Ok(c),
+                Err(e) => {
+                    tracing::debug!(master = %self.name, addr = %m.addr, error = %e,
+                        "Sentinel: the known master failed; asking the Sentinels");
+                    self.forget();
+                }
+            }
+        }
+        let (m, c) = self.discover(deadline)?;
+        let mut state = self.state();
+        if state.master.as_ref().map(|k| &k.addr) != Some(&m.addr) {
+            tracing::info!(master = %self.name, addr = %m.addr, "Sentinel: using the master at {}", m.addr);
+        }
+        state.master = Some(m);
+        Ok(c)
+    }
+
+    /// Asks the Sentinels in turn, from the one whose master answered last, where the master
+    /// is, until one names a server that answers `ROLE` as a master; a connection to it. Each
+    /// Sentinel (and the master it names) gets an equal share of the time left.
+    fn discover(&self, deadline: Instant) -> RedisResult<(Master, redis::Connection)> {
+        let n = self.sentinels.len();
+        let first = self.state().first;
+        let mut last = None;
+        for i in 0..n {
+            let idx = (first + i) % n;
+            let Some((label, client)) = self.sentinels.get(idx) else {
+                continue;
+            };
+            let share = left(deadline)? / u32::try_from(n - i).unwrap_or(1);
+            let until = Instant::now() + share;
+            match self.ask(client, share) {
+                Ok(Some((host, port))) => {
+                    let endpoint = if self.settings.ca.is_some() {
+                        RedisEndpoint::Tls {
+                            host: host.clone(),
+                            port,
+                            insecure: false,
+                        }
+                    } else {
+                        RedisEndpoint::Tcp {
+                            host: host.clone(),
+                            port,
+                        }
+                    };
+                    let addr = ServerAddr { host, port }.to_string();
+                    let m = Master {
+                        addr,
+                        client: super::client(&self.settings, &endpoint)?,
+                    };
+                    match self.open_master(&m, until) {
+                        Ok(c) => {
+                            self.state().first = idx;
+                            return Ok((m, c));
+                        }
+                        Err(e) => {
+                            tracing::debug!(sentinel = %label, addr = %m.addr, error = %e,
+                                "the master this Sentinel names does not answer as a master");
+                            last = Some(e);
+                        }
+                    }
+                }
+                Ok(None) => {
+                    tracing::debug!(sentinel = %label, master = %self.name, "Sentinel does not know the master");
+                    last = Some(redis::RedisError::from((
+                        redis::ErrorKind::Server(redis::ServerErrorKind::MasterDown),
+                        "no Sentinel knows the master",
+                        format!(
+                            "Sentinel {label} does not monitor a master named {:?} \
+                             (check redis_sentinel_master)",
+                            self.name
+                        ),
+                    )));
+                }
+                Err(e) => {
+                    tracing::debug!(sentinel = %label, error = %e, "Sentinel did not answer");
+                    last = Some(e);
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| timed_out("no Sentinel answered in time")))
+    }
+
+    /// `SENTINEL get-master-addr-by-name NAME` on one Sentinel, within `budget`.
+    fn ask(&self, client: &redis::Client, budget: Duration) -> RedisResult<Option<(String, u16)>> {
+        let deadline = Instant::now() + budget;
+        let mut c = client.get_connection_with_timeout(budget)?;
+        let rest = left(deadline)?;
+        c.set_read_timeout(Some(rest))?;
+        c.set_write_timeout(Some(rest))?;
+        redis::cmd("SENTINEL")
+            .arg("get-master-addr-by-name")
+            .arg(&self.name)
+            .query(&mut c)
+    }
+
+    /// A connection to `m` if it answers `ROLE` as a master, before `deadline`.
+    fn open_master(&self, m: &Master, deadline: Instant) -> RedisResult<redis::Connection> {
+        let mut c = m.client.get_connection_with_timeout(left(deadline)?)?;
+        let rest = left(deadline)?.min(self.settings.timeout);
+        c.set_read_timeout(Some(rest))?;
+        c.set_write_timeout(Some(rest))?;
+        match redis::cmd("ROLE").query::<redis::Role>(&mut c)? {
+            redis::Role::Primary { .. } => Ok(c),
+            _ => Err(redis::RedisError::from((
+                redis::ErrorKind::Server(redis::ServerErrorKind::MasterDown),
+                "not a master",
+                format!(
+                    "{} is not a master (yet); the Sentinels of {:?} are asked again",
+                    m.addr, self.name
+                ),
+            ))),
+        }
+    }
+}
+
+/// The time left before `deadline`, or a timeout error when there is none.
+fn left(deadline: Instant) -> RedisResult<Duration> {
+    let rest = deadline.saturating_duration_since(Instant::now());
+    if rest.is_zero() {
+        return Err(timed_out(
+            "connect_timeout elapsed while looking the master up through Sentinel",
+        ));
+    }
+    Ok(rest)
+}
+
+fn timed_out(what: &'static str) -> redis::RedisError {
+    redis::RedisError::from(io::Error::new(io::ErrorKind::TimedOut, what))
+}
+
+/// A client of one Sentinel: database 0, the Sentinels' own password, TLS when a CA is set.
+fn sentinel_client(
+    settings: &RedisSettings,
+    at: &ServerAddr,
+    password: Option<&Secret>,
+) -> RedisResult<redis::Client> {
+    let addr = match settings.ca {
+        Some(_) => ConnectionAddr::TcpTls {
+            host: at.host.clone(),
+            port: at.port,
+            insecure: false,
+            tls_params: None,
+        },
+        None => ConnectionAddr::Tcp(at.host.clone(), at.port),
+    };
+    // No `CLIENT SETINFO`: a round trip a Sentinel does not need, whose replies redis-rs reads
+    // one after the other, each with the whole timeout, and then ignores when they time out: a
+    // stalled Sentinel cost twice its share with it.
+    let mut redis = RedisConnectionInfo::default().set_skip_set_lib_name();
+    if let Some(p) = password {
+        redis = redis.set_password(p.expose());
+    }
+    let info = addr
+        .into_connection_info()?
+        .set_redis_settings(redis)
+        .set_tcp_settings(super::tcp_settings());
+    match &settings.ca {
+        Some(pem) => redis::Client::build_with_tls(info, super::certs(pem)),
+        None => redis::Client::open(info),
+    }
+}

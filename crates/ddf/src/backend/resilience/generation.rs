@@ -1,0 +1,87 @@
+//! The fallback as one outage sees it: every key under the outage's generation (`g<N>:`), so
+//! that the processes of one outage share its entries and no later outage reads them. Clearing
+//! a generation removes its entries only.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::backend::{Backend, BackendStatus, Item};
+use crate::error::Result;
+
+/// The fallback's entries of one outage generation.
+#[derive(Debug)]
+pub(crate) struct GenerationView {
+    inner: Arc<dyn Backend>,
+    prefix: String,
+}
+
+impl GenerationView {
+    /// The entries of `generation` in `inner`.
+    pub(crate) fn new(inner: Arc<dyn Backend>, generation: i64) -> Self {
+        GenerationView {
+            inner,
+            prefix: prefix(generation),
+        }
+    }
+
+    fn key(&self, key: &str) -> String {
+        format!("{}{key}", self.prefix)
+    }
+}
+
+/// The key prefix of a generation's entries.
+pub(crate) fn prefix(generation: i64) -> String {
+    format!("g{generation}:")
+}
+
+impl Backend for GenerationView {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+
+    fn get(&self, key: &str) -> Result<Option<Item>> {
+        self.inner.get(&self.key(key))
+    }
+
+    fn set(&self, key: &str, item: &Item, ttl: Option<Duration>) -> Result<()> {
+        self.inner.set(&self.key(key), item, ttl)
+    }
+
+    fn delete(&self, key: &str) -> Result<bool> {
+        self.inner.delete(&self.key(key))
+    }
+
+    fn delete_prefix(&self, prefix: &str) -> Result<u64> {
+        self.inner.delete_prefix(&self.key(prefix))
+    }
+
+    fn clear(&self) -> Result<()> {
+        self.inner.delete_prefix(&self.prefix).map(drop)
+    }
+
+    fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<Item>>> {
+        let owned: Vec<String> = keys.iter().map(|k| self.key(k)).collect();
+        let refs: Vec<&str> = owned.iter().map(String::as_str).collect();
+        self.inner.get_many(&refs)
+    }
+
+    fn set_many(&self, items: &[(&str, Item)], ttl: Option<Duration>) -> Result<()> {
+        let keys: Vec<String> = items.iter().map(|(k, _)| self.key(k)).collect();
+        let refs: Vec<(&str, Item)> = keys
+            .iter()
+            .zip(items)
+            .map(|(k, (_, v))| (k.as_str(), v.clone()))
+            .collect();
+        self.inner.set_many(&refs, ttl)
+    }
+
+    fn delete_many(&self, keys: &[&str]) -> Result<u64> {
+        let owned: Vec<String> = keys.iter().map(|k| self.key(k)).collect();
+        let refs: Vec<&str> = owned.iter().map(String::as_str).collect();
+        self.inner.delete_many(&refs)
+    }
+
+    fn ping(&self) -> Result<BackendStatus> {
+        self.inner.ping()
+    }
+}

@@ -1,0 +1,274 @@
+//! The background loop of a [`Resilient`](super::Resilient) cache, one per cache on its
+//! [`Spawn`]: while the primary is down it probes it, replays the journal and closes the outage
+//! (then up); while it is up it watches the journal for what other processes recorded. Also the
+//! reaction to a failure (count it, open the breaker, join the outage).
+
+use std::ops::ControlFlow;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use tracing::{info, warn};
+
+use super::breaker::{Failure, Health};
+use super::generation::GenerationView;
+use super::journal::PendingOp;
+use super::probe::Body;
+use super::{Fallback, Shared, read, write};
+use crate::backend::Backend;
+use crate::error::{Error, Result};
+
+impl Shared {
+    /// A temporary failure on the primary: count it, log the transition it caused (once), and
+    /// start the probe if the primary is not up.
+    pub(super) fn failed(this: &Arc<Shared>, at_once: bool, cause: &Error) {
+        crate::backend::degraded::note_temporary_failure();
+        match this.breaker.failed(at_once, Instant::now()) {
+            Failure::Counted => {
+                warn!(backend = this.cfg.name, error = %cause, "cache operation failed on the server; a read misses");
+                return;
+            }
+            Failure::Opened => {
+                this.join_outage();
+                warn!(
+                    backend = this.cfg.name,
+                    error = %cause,
+                    fallback = this.fallback.label(),
+                    "cache server marked down; serving from the fallback until it answers again"
+                );
+            }
+            Failure::AlreadyOpen => {}
+        }
+        // The loop normally runs already (started with the cache); this restarts it if the
+        // system refused it a thread.
+        Self::start_probe(this, this.cfg.retry);
+    }
+
+    /// Starts the background loop of this cache (at most one): while the primary is up it
+    /// watches the journal for invalidations other processes recorded and applies them; while
+    /// it is not, it probes the primary and replays. It ends when the cache is dropped.
+    pub(super) fn start_probe(this: &Arc<Shared>, first: Duration) {
+        if this.probing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let weak: Weak<Shared> = Arc::downgrade(this);
+        let body: Body = Box::new(move || {
+            let Some(s) = weak.upgrade() else {
+                return ControlFlow::Break(());
+            };
+            s.tick();
+            ControlFlow::Continue(())
+        });
+        if let Err(e) = this.spawn.spawn(first, this.cfg.retry, body) {
+            warn!(error = %e, "cannot start the cache server probe");
+            this.probing.store(false, Ordering::Release);
+        }
+    }
+
+    /// One run of the background loop.
+    fn tick(self: &Arc<Self>) {
+        if self.breaker.is_up() {
+            self.watch();
+            return;
+        }
+        // Another process closed our outage (the primary answered it): never read a closed
+        // generation; join (or open) the current one.
+        let g = self.generation.load(Ordering::Acquire);
+        if g == 0 || matches!(self.journal.is_open(&self.cfg.scope, g), Ok(false)) {
+            self.join_outage();
+        }
+        self.try_recover(None);
+    }
+
+    /// This process marks the primary down: it joins the open outage of its scope, or opens
+    /// one, and serves the fallback entries of that generation.
+    pub(super) fn join_outage(&self) {
+        let g = match self.journal.join_outage(&self.cfg.scope) {
+            Ok(g) => g,
+            Err(e) => {
+                warn!(error = %e, "cannot join the outage; the fallback misses until it can");
+                0
+            }
+        };
+        self.generation.store(g, Ordering::Release);
+    }
+
+    /// The primary is back and the journal applied: empties the fallback entries of the open
+    /// outages of this scope, then closes them (nobody reads them again; an entry another
+    /// process writes between the two is never read).
+    ///
+    /// # Errors
+    /// The journal's or the fallback's: the outage stays open.
+    fn end_outages(&self) -> Result<()> {
+        let open = self.journal.open_outages(&self.cfg.scope)?;
+        if open.is_empty() {
+            return Ok(());
+        }
+        if let Fallback::Serve(f) = &self.fallback {
+            for &g in &open {
+                GenerationView::new(f.clone(), g).clear()?;
+            }
+        }
+        self.journal.close_outages(&self.cfg.scope, &open)
+    }
+
+    /// While up: applies what other processes recorded (a process that was down while this one
+    /// was not) so that this process does not keep reading a value they invalidated, then closes
+    /// their outage. The check is two indexed queries in the journal database. A failure to
+    /// apply marks the primary down: it may hold a value that must not be served.
+    fn watch(self: &Arc<Self>) {
+        let check = self
+            .journal
+            .count(&self.cfg.scope)
+            .and_then(|n| Ok(n > 0 || !self.journal.open_outages(&self.cfg.scope)?.is_empty()));
+        match check {
+            Ok(false) => return,
+            Ok(true) => {}
+            Err(e) => {
+                warn!(error = %e, "cannot read the recorded invalidations");
+                return;
+            }
+        }
+        let Some(primary) = read(&self.primary).clone() else {
+            return;
+        };
+        match self.replay(primary.as_ref(), None) {
+            Ok(Replayed { applied: 0, .. }) => {}
+            Ok(Replayed { applied: n, .. }) => info!(
+                backend = self.cfg.name,
+                applied = n,
+                "applied invalidations recorded by another process during an outage"
+            ),
+            Err(e) => return Shared::failed(self, true, &e),
+        }
+        // Applied: the outage another process saw is over for everybody (unless this process
+        // has just gone down and joined it meanwhile: its own probe will close it).
+        if !self.breaker.is_up() {
+            return;
+        }
+        if let Err(e) = self.end_outages() {
+            warn!(error = %e, "cannot close the outage; trying again");
+        }
+    }
+
+    /// One probe: build or ping the primary, replay the journal, switch to up. With a
+    /// `deadline`, a replay still unfinished then is left (state recovering) to the next probe.
+    pub(super) fn try_recover(self: &Arc<Self>, deadline: Option<Instant>) -> bool {
+        // Bind first: a guard in a match scrutinee would live through the arms (and the write).
+        let current = read(&self.primary).clone();
+        let primary = match current {
+            Some(p) => p,
+            None => match (self.factory)() {
+                Ok(p) => {
+                    *write(&self.primary) = Some(p.clone());
+                    p
+                }
+                Err(_) => return false,
+            },
+        };
+        if primary.ping().is_err() {
+            if self.breaker.health() == Health::Recovering {
+                // A replay left unfinished at start-up, and the primary is gone again.
+                self.breaker.recovery_failed();
+            }
+            return false;
+        }
+        self.breaker.begin_recovery();
+        let failed_again = |e: Error| {
+            self.breaker.recovery_failed();
+            warn!(
+                backend = self.cfg.name,
+                error = %e,
+                "recorded invalidations could not be applied; the server stays down"
+            );
+            false
+        };
+        match self.replay(primary.as_ref(), deadline) {
+            Err(e) => return failed_again(e),
+            Ok(r) if !r.finished => return false,
+            Ok(_) => {}
+        }
+        // Last pass under the gate, then up: nothing recorded can be left behind.
+        let _gate = write(&self.gate);
+        if let Err(e) = self.replay(primary.as_ref(), None) {
+            return failed_again(e);
+        }
+        // Up with the outage open would let a later outage serve its values.
+        if let Err(e) = self.end_outages() {
+            return failed_again(e);
+        }
+        self.generation.store(0, Ordering::Release);
+        let down_for = self.breaker.recovered(Instant::now());
+        info!(
+            backend = self.cfg.name,
+            down_for_ms = down_for.as_millis() as u64,
+            "cache server is back; recorded invalidations applied"
+        );
+        true
+    }
+
+    /// Applies the journal to the primary, oldest first, until `deadline` if one is given.
+    /// The first error of any kind stops it: what was applied is removed from the journal, the
+    /// rest stays recorded (a refusal, READONLY from a server that became a replica, say, may
+    /// pass once the server changes; dropping the entry would let its old value be served).
+    /// Progress is saved every [`REPLAY_BATCH`] entries, so that a replay cut short (a process
+    /// that ends) is not started over.
+    ///
+    /// # Errors
+    /// The primary's error for the first entry it did not apply, or the journal's.
+    fn replay(&self, primary: &dyn Backend, deadline: Option<Instant>) -> Result<Replayed> {
+        let pending = self.journal.read(&self.cfg.scope)?;
+        let mut done = Replayed {
+            applied: 0,
+            finished: true,
+        };
+        let mut saved = 0;
+        let mut outcome = Ok(());
+        for (i, (_, op)) in pending.iter().enumerate() {
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                done.finished = false;
+                break;
+            }
+            let r = match op {
+                PendingOp::Delete(k) => primary.delete(k).map(|_| ()),
+                PendingOp::DeletePrefix(p) => primary.delete_prefix(p).map(|_| ()),
+                PendingOp::Clear => primary.clear(),
+            };
+            if let Err(e) = r {
+                outcome = Err(e);
+                break;
+            }
+            done.applied = i + 1;
+            if done.applied - saved >= REPLAY_BATCH {
+                self.forget(&pending[..done.applied]);
+                saved = done.applied;
+            }
+        }
+        if done.applied > saved {
+            self.forget(&pending[..done.applied]);
+        }
+        outcome.map(|()| done)
+    }
+
+    /// Removes applied entries (the last one's id and every older one) from the journal.
+    fn forget(&self, applied: &[(i64, PendingOp<'static>)]) {
+        let Some((last, _)) = applied.last() else {
+            return;
+        };
+        if let Err(e) = self.journal.remove(&self.cfg.scope, *last) {
+            warn!(error = %e, "cannot remove applied invalidations (they will be applied again)");
+        }
+    }
+}
+
+/// Entries a replay applies between two saves of its progress.
+const REPLAY_BATCH: usize = 256;
+
+/// What a replay did.
+#[derive(Debug, Clone, Copy)]
+struct Replayed {
+    /// Entries applied (and removed from the journal).
+    applied: usize,
+    /// Nothing was left for lack of time.
+    finished: bool,
+}

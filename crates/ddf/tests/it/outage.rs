@@ -1,0 +1,398 @@
+//! Regressions of issue #14's failure-path findings, each against real servers and several
+//! processes: what one process records during an outage reaches the others, nothing another
+//! process wrote to the fallback is served by a process that is up, a replay error keeps the
+//! record, an interrupted invalidation says so, and start-up does not replay inline.
+
+use std::time::{Duration, Instant};
+
+use ddf::CacheManager;
+use ddf_testkit::free_port;
+
+use crate::process;
+use crate::resilience::{Kind, Server, config, direct, state};
+
+/// The child's job: `kind|port|dir|what`, `what` being `delete` (delete `k`), `set` (set
+/// `k = outage`) or `expect-outage` (read it back), run with the server stopped or killed, or
+/// `expect-miss` (the server is back: `k` misses).
+const WORKER: &str = "DDF_TEST_OUTAGE_WORKER";
+
+fn kind_name(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Redis => "redis",
+        Kind::Memcached => "memcached",
+    }
+}
+
+/// Runs `what` in a child process (the test `test` started again) against the server on
+/// `port` and waits for it.
+fn in_another_process(test: &str, kind: Kind, port: u16, dir: &std::path::Path, what: &str) {
+    let c = process::child(
+        test,
+        WORKER,
+        &format!("{}|{port}|{}|{what}", kind_name(kind), dir.display()),
+    )
+    .spawn()
+    .unwrap();
+    process::check(c, "outage worker");
+}
+
+/// The child's side of [`in_another_process`]: the server is stopped, so its first call waits
+/// one timeout, marks it down and records.
+fn worker(job: &str) {
+    let parts: Vec<&str> = job.split('|').collect();
+    let kind = if parts[0] == "redis" {
+        Kind::Redis
+    } else {
+        Kind::Memcached
+    };
+    let cfg = config(
+        kind,
+        &[parts[1].parse().unwrap()],
+        std::path::Path::new(parts[2]),
+    );
+    let cache = CacheManager::new(cfg).unwrap();
+    match parts[3] {
+        "delete" => {
+            cache.delete("k").unwrap();
+        }
+        "set" => cache.set("k", "outage", None).unwrap(),
+        "expect-outage" => {
+            assert_eq!(cache.get::<String>("k").unwrap().as_deref(), Some("outage"));
+        }
+        "expect-miss" => {
+            assert_eq!(cache.get::<String>("k").unwrap(), None);
+            assert_eq!(state(&cache), "up");
+            return;
+        }
+        _ => {
+            // A later outage: the first read fails on the server and misses.
+            assert_eq!(cache.get::<String>("k").unwrap(), None);
+            return;
+        }
+    }
+    assert!(state(&cache).starts_with("down"), "{}", state(&cache));
+}
+
+/// Polls `f` until it is true or `within` passed; returns whether it became true.
+fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A process that stays up while another records a delete during a short outage (SIGSTOP)
+/// applies that delete within `breaker_retry` (plus scheduling), instead of reading the deleted
+/// value from the server forever.
+fn an_up_process_applies_what_others_recorded(kind: Kind, test: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let Some(mut server) = Server::start_on(kind, port) else {
+        return;
+    };
+    let cfg = config(kind, &[port], dir.path());
+    let cache = CacheManager::new(cfg.clone()).unwrap();
+    cache.set("k", "old", None).unwrap();
+    assert_eq!(cache.get::<String>("k").unwrap().as_deref(), Some("old"));
+    server.process().signal("STOP");
+    in_another_process(test, kind, port, dir.path(), "delete");
+    server.process().signal("CONT");
+    let applied = eventually(cfg.breaker_retry + Duration::from_secs(3), || {
+        cache.get::<String>("k").ok().flatten().is_none()
+    });
+    assert!(applied, "the up process still reads the deleted value");
+    assert_eq!(direct(&cfg).get::<String>("k").unwrap(), None);
+}
+
+#[test]
+fn redis_an_up_process_applies_what_others_recorded() {
+    if let Some(job) = process::job(WORKER) {
+        return worker(&job);
+    }
+    an_up_process_applies_what_others_recorded(
+        Kind::Redis,
+        "outage::redis_an_up_process_applies_what_others_recorded",
+    );
+}
+
+#[test]
+fn memcached_an_up_process_applies_what_others_recorded() {
+    if let Some(job) = process::job(WORKER) {
+        return worker(&job);
+    }
+    an_up_process_applies_what_others_recorded(
+        Kind::Memcached,
+        "outage::memcached_an_up_process_applies_what_others_recorded",
+    );
+}
+
+/// Another process, down, writes `k = outage` to the shared fallback and ends; this process,
+/// up, sets and deletes `k`, then one of its reads times out with the breaker still closed: it
+/// must miss, not answer with the other process's outage value.
+fn a_failed_read_while_up_is_a_miss(kind: Kind, test: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let Some(mut server) = Server::start_on(kind, port) else {
+        return;
+    };
+    let cfg = config(kind, &[port], dir.path());
+    let cache = CacheManager::new(cfg.clone()).unwrap();
+    server.process().signal("STOP");
+    in_another_process(test, kind, port, dir.path(), "set");
+    server.process().signal("CONT");
+    // Let this process's watcher apply the other's record first: the read below must fail on
+    // the primary with the breaker closed, not find it down because the watcher failed.
+    std::thread::sleep(cfg.breaker_retry * 5);
+    cache.set("k", "v2", None).unwrap();
+    cache.delete("k").unwrap();
+    server.process().signal("STOP");
+    // breaker_failures = 2: this read fails on the primary and the breaker stays closed.
+    let r = cache.get::<String>("k");
+    server.process().signal("CONT");
+    assert_eq!(r.unwrap(), None, "served another process's outage value");
+}
+
+#[test]
+fn redis_a_failed_read_while_up_is_a_miss() {
+    if let Some(job) = process::job(WORKER) {
+        return worker(&job);
+    }
+    a_failed_read_while_up_is_a_miss(
+        Kind::Redis,
+        "outage::redis_a_failed_read_while_up_is_a_miss",
+    );
+}
+
+#[test]
+fn memcached_a_failed_read_while_up_is_a_miss() {
+    if let Some(job) = process::job(WORKER) {
+        return worker(&job);
+    }
+    a_failed_read_while_up_is_a_miss(
+        Kind::Memcached,
+        "outage::memcached_a_failed_read_while_up_is_a_miss",
+    );
+}
+
+fn pending(cache: &CacheManager) -> String {
+    cache
+        .backend_info()
+        .unwrap()
+        .into_iter()
+        .find(|(k, _)| k == "recorded invalidations pending")
+        .map(|(_, v)| v)
+        .unwrap_or_default()
+}
+
+/// A delete recorded during an outage is refused at replay with READONLY (the server came back
+/// as a replica, as after a failover): the entry stays recorded, the server stays down, and the
+/// old value is not served; once the server accepts writes again the delete is applied.
+#[test]
+fn redis_a_replay_refused_with_readonly_keeps_the_entry() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let Some(mut server) = Server::start_on(Kind::Redis, port) else {
+        return;
+    };
+    let cfg = config(Kind::Redis, &[port], dir.path());
+    direct(&cfg).set("k", "old", None).unwrap();
+    let cache = CacheManager::new(cfg.clone()).unwrap();
+    // Connected before the stop, so that the command below is queued ahead of the probe's.
+    let mut admin = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    server.process().signal("STOP");
+    cache.delete("k").unwrap();
+    assert!(state(&cache).starts_with("down"), "{}", state(&cache));
+    let nowhere = free_port();
+    admin
+        .write_all(format!("REPLICAOF 127.0.0.1 {nowhere}\r\n").as_bytes())
+        .unwrap();
+    server.process().signal("CONT");
+    // Several probes: each pings, replays, is refused.
+    std::thread::sleep(cfg.breaker_retry * 10 + Duration::from_millis(500));
+    assert!(state(&cache).starts_with("down"), "{}", state(&cache));
+    assert_eq!(pending(&cache), "1", "the refused entry is kept");
+    assert_eq!(
+        cache.get::<String>("k").unwrap(),
+        None,
+        "the old value is not served"
+    );
+    assert_eq!(
+        direct(&cfg).get::<String>("k").unwrap().as_deref(),
+        Some("old"),
+        "a replica keeps the old value"
+    );
+    ddf_testkit::redis_cli(port, &["REPLICAOF", "NO", "ONE"]);
+    crate::resilience::wait_until_up(&cache);
+    assert_eq!(cache.get::<String>("k").unwrap(), None);
+    assert_eq!(direct(&cfg).get::<String>("k").unwrap(), None);
+    assert_eq!(pending(&cache), "0");
+}
+
+/// `invalidate_pattern` over many keys, the server stopped part-way: the call returns either the
+/// exact count (it finished first) or a temporary error saying it was recorded, never the
+/// fallback's count; once the server is back no key of the prefix is left.
+fn an_interrupted_invalidation_is_an_error_or_exact(kind: Kind) {
+    const N: usize = 60_000;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let Some(mut server) = Server::start_on(kind, port) else {
+        return;
+    };
+    let cfg = config(kind, &[port], dir.path());
+    let d = direct(&cfg);
+    let keys: Vec<String> = (0..N).map(|i| format!("p:{i}")).collect();
+    for chunk in keys.chunks(2000) {
+        let items: Vec<(&str, u32)> = chunk.iter().map(|k| (k.as_str(), 1)).collect();
+        d.set_many(&items, None).unwrap();
+    }
+    let cache = CacheManager::new(cfg.clone()).unwrap();
+    let (r, took) = std::thread::scope(|s| {
+        let call = s.spawn(|| crate::resilience::timed(|| cache.invalidate_pattern("p:")));
+        std::thread::sleep(Duration::from_millis(60));
+        server.process().signal("STOP");
+        let r = call.join().unwrap();
+        server.process().signal("CONT");
+        r
+    });
+    eprintln!("[{kind:?}] invalidate_pattern of {N} keys, stopped at 60 ms: {r:?} in {took:?}");
+    match r {
+        Ok(n) => assert_eq!(n, N as u64, "a count must be exact"),
+        Err(e) => {
+            assert!(e.is_temporary(), "{e}");
+            assert!(e.to_string().contains("recorded"), "{e}");
+        }
+    }
+    crate::resilience::wait_until_up(&cache);
+    for k in keys.iter().step_by(997) {
+        assert_eq!(direct(&cfg).get::<u32>(k).unwrap(), None, "{k} left");
+    }
+}
+
+#[test]
+fn redis_an_interrupted_invalidation_is_an_error_or_exact() {
+    an_interrupted_invalidation_is_an_error_or_exact(Kind::Redis);
+}
+
+#[test]
+fn memcached_an_interrupted_invalidation_is_an_error_or_exact() {
+    an_interrupted_invalidation_is_an_error_or_exact(Kind::Memcached);
+}
+
+/// A long journal left by a process that ended during an outage (Redis: 60,000 recorded
+/// deletes; Memcached: 100 recorded prefix invalidations over 30,000 items): building a cache
+/// returns within one timeout plus one connect timeout (and scheduling), serves from the
+/// fallback while the background loop applies the rest, and never serves a deleted value.
+fn start_up_leaves_a_long_replay_to_the_background(kind: Kind) {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let Some(mut server) = Server::start_on(kind, port) else {
+        return;
+    };
+    let cfg = config(kind, &[port], dir.path());
+    let d = direct(&cfg);
+    if let Kind::Memcached = kind {
+        let keys: Vec<String> = (0..30_000).map(|i| format!("item:{i}")).collect();
+        for chunk in keys.chunks(2000) {
+            let items: Vec<(&str, u32)> = chunk.iter().map(|k| (k.as_str(), 1)).collect();
+            d.set_many(&items, None).unwrap();
+        }
+    }
+    d.set("victim", "old", None).unwrap();
+    let cache = CacheManager::new(cfg.clone()).unwrap();
+    server.process().signal("STOP");
+    cache.delete("victim").unwrap();
+    match kind {
+        Kind::Redis => {
+            let keys: Vec<String> = (0..60_000).map(|i| format!("r{i}")).collect();
+            let items: Vec<(&str, u32)> = keys.iter().map(|k| (k.as_str(), 1)).collect();
+            cache.set_many(&items, None).unwrap();
+        }
+        Kind::Memcached => {
+            for i in 0..100 {
+                cache.invalidate_pattern(&format!("p{i}:")).unwrap();
+            }
+        }
+    }
+    assert!(state(&cache).starts_with("down"), "{}", state(&cache));
+    drop(cache);
+    // Let the dropped cache's loop finish its last probe (it must not be the one that replays).
+    std::thread::sleep(crate::resilience::TIMEOUT + Duration::from_millis(300));
+    server.process().signal("CONT");
+    let (cache, took) = crate::resilience::timed(|| CacheManager::new(cfg.clone()).unwrap());
+    let (first, first_took) = crate::resilience::timed(|| cache.get::<String>("victim"));
+    eprintln!(
+        "[{kind:?}] build with a long journal: {took:?} ({}); first get {first_took:?}",
+        state(&cache)
+    );
+    let limit =
+        crate::resilience::TIMEOUT + crate::resilience::CONNECT + Duration::from_millis(700);
+    assert!(took < limit, "building took {took:?}");
+    assert!(first_took < limit, "the first get took {first_took:?}");
+    assert_eq!(first.unwrap(), None, "a deleted value was served");
+    let t = Instant::now();
+    crate::resilience::wait_until_up(&cache);
+    eprintln!("[{kind:?}] up after {:?} more", t.elapsed());
+    assert_eq!(cache.get::<String>("victim").unwrap(), None);
+    assert_eq!(direct(&cfg).get::<String>("victim").unwrap(), None);
+    assert_eq!(pending(&cache), "0");
+}
+
+#[test]
+fn redis_start_up_leaves_a_long_replay_to_the_background() {
+    start_up_leaves_a_long_replay_to_the_background(Kind::Redis);
+}
+
+#[test]
+fn memcached_start_up_leaves_a_long_replay_to_the_background() {
+    start_up_leaves_a_long_replay_to_the_background(Kind::Memcached);
+}
+
+/// The shared fallback: with the server killed, a value one process writes is read back by the
+/// next process while the outage lasts; once the server is back, the next process misses it
+/// (outage values are never promoted, and the closed outage's entries are not read).
+fn the_next_process_reads_an_outage_value_while_the_outage_lasts(kind: Kind, test: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let Some(mut server) = Server::start_on(kind, port) else {
+        return;
+    };
+    server.process().kill();
+    drop(server);
+    in_another_process(test, kind, port, dir.path(), "set");
+    in_another_process(test, kind, port, dir.path(), "expect-outage");
+    in_another_process(test, kind, port, dir.path(), "expect-outage");
+    let server = Server::start_on(kind, port).unwrap();
+    in_another_process(test, kind, port, dir.path(), "expect-miss");
+    // A later outage does not see the earlier one's value.
+    drop(server);
+    in_another_process(test, kind, port, dir.path(), "expect-miss-down");
+}
+
+#[test]
+fn redis_the_next_process_reads_an_outage_value_while_the_outage_lasts() {
+    if let Some(job) = process::job(WORKER) {
+        return worker(&job);
+    }
+    the_next_process_reads_an_outage_value_while_the_outage_lasts(
+        Kind::Redis,
+        "outage::redis_the_next_process_reads_an_outage_value_while_the_outage_lasts",
+    );
+}
+
+#[test]
+fn memcached_the_next_process_reads_an_outage_value_while_the_outage_lasts() {
+    if let Some(job) = process::job(WORKER) {
+        return worker(&job);
+    }
+    the_next_process_reads_an_outage_value_while_the_outage_lasts(
+        Kind::Memcached,
+        "outage::memcached_the_next_process_reads_an_outage_value_while_the_outage_lasts",
+    );
+}

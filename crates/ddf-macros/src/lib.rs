@@ -63,15 +63,23 @@ use proc_macro::TokenStream;
 ///   `Option` caches `Some` only, unless `cache_none`. Other types are stored whole.
 /// - **Fail open**: when the cache cannot be read or written, or a stored value cannot be
 ///   decoded (e.g. after the return type changed), the function runs, its result is returned,
-///   and a `tracing::warn!` says why. A cache error never becomes the function's error.
+///   and a `tracing::warn!` says why. A cache error never becomes the function's error. A
+///   lookup that met a temporary server failure (a timeout, a refused connection) is the only
+///   wait on the server: the function runs and its result is not stored, so a call against a
+///   stopped server waits one timeout, not one per cache operation.
 /// - **Single-flight**: concurrent callers in one process that miss the same key of one cache
 ///   (a `CacheManager` and its clones) wait for the first one, which computes and stores once;
 ///   they then read its result. If the first one panics, one waiting caller takes over (the
 ///   others wait for it); if it returns an uncacheable value (`Err`, `None`), the waiting
-///   callers compute themselves. Nobody deadlocks: a caller that is itself computing a memoized value never
-///   waits for another one (it computes directly), so a function that calls itself, or two
-///   functions that call each other from two threads, cannot form a wait cycle. Different
-///   processes do not coordinate (each may compute once).
+///   callers compute themselves. Nobody deadlocks: a caller that is itself computing a
+///   memoized value never waits for another one (it computes directly), so a function that
+///   calls itself, or two functions that call each other from two threads, cannot form a wait
+///   cycle. Different processes do not coordinate (each may compute once).
+/// - **Invalidations win**: a call that starts after an invalidation through the same cache
+///   returned (an `invalidate_on` mutation, `<fn>_forget`, `<fn>_forget_all`, or the cache's
+///   `delete`, `delete_many`, `invalidate_pattern`, `flush_all`) never receives a result
+///   computed before it: it does not wait for an older computation, and a computation that
+///   an invalidation overtook returns its result to its own caller without storing it.
 /// - A disabled cache (`enabled = false`) or the `none` backend runs the function every time,
 ///   with no key derivation and no locking.
 ///

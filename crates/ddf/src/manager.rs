@@ -13,6 +13,7 @@ use crate::codec::{Codec, ValueCodec, flags};
 use crate::config::{CacheBackend, CacheConfig};
 use crate::error::{Error, Result};
 use crate::item::Item;
+use crate::memo::epoch::Epochs;
 
 /// A cache: typed `get`/`set`/`delete`, prefix invalidation and a scoped flush over the backend
 /// the configuration names.
@@ -44,6 +45,8 @@ struct Inner {
     /// Chosen once from the backend kind: the only place values become items and back.
     codec: ValueCodec,
     stats: Counters,
+    /// The invalidations made through this cache, for memoization (see [`Epochs`]).
+    epochs: Epochs,
 }
 
 impl Drop for Inner {
@@ -160,6 +163,7 @@ impl CacheManager {
                 backend,
                 codec,
                 stats: Counters::default(),
+                epochs: Epochs::default(),
             }),
         }
     }
@@ -188,6 +192,12 @@ impl CacheManager {
     /// two caches never wait for each other.
     pub(crate) fn id(&self) -> u64 {
         self.inner.id
+    }
+
+    /// The invalidation epochs of this cache (shared by its clones): every invalidation below
+    /// begins a new one.
+    pub(crate) fn epochs(&self) -> &Epochs {
+        &self.inner.epochs
     }
 
     /// Whether a value written can be read back: the cache is enabled and its configuration
@@ -275,7 +285,11 @@ impl CacheManager {
         if !self.enabled() {
             return Ok(false);
         }
-        let removed = self.track(self.inner.backend.delete(key))?;
+        let removed = self.track(
+            self.inner
+                .epochs
+                .invalidate(|| self.inner.backend.delete(key)),
+        )?;
         bump(&self.inner.stats.deletes, u64::from(removed));
         Ok(removed)
     }
@@ -290,7 +304,11 @@ impl CacheManager {
         if !self.enabled() {
             return Ok(0);
         }
-        let n = self.track(self.inner.backend.delete_prefix(prefix))?;
+        let n = self.track(
+            self.inner
+                .epochs
+                .invalidate(|| self.inner.backend.delete_prefix(prefix)),
+        )?;
         bump(&self.inner.stats.invalidated, n);
         Ok(n)
     }
@@ -304,7 +322,7 @@ impl CacheManager {
         if !self.enabled() {
             return Ok(());
         }
-        self.track(self.inner.backend.clear())
+        self.track(self.inner.epochs.invalidate(|| self.inner.backend.clear()))
     }
 
     /// Releases the backend's connections now (they are also released when the last clone is
@@ -375,7 +393,11 @@ impl CacheManager {
         if !self.enabled() {
             return Ok(0);
         }
-        let n = self.track(self.inner.backend.delete_many(keys))?;
+        let n = self.track(
+            self.inner
+                .epochs
+                .invalidate(|| self.inner.backend.delete_many(keys)),
+        )?;
         bump(&self.inner.stats.deletes, n);
         Ok(n)
     }

@@ -18,6 +18,7 @@ use crate::config::{BackendSettings, CacheConfig};
 use crate::error::Result;
 pub use crate::item::Item;
 
+pub(crate) mod degraded;
 pub mod file;
 pub mod memcached;
 pub mod none;

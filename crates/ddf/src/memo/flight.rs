@@ -3,13 +3,16 @@
 //!
 //! Two layers:
 //!
-//! - [`Flights`], the registry: a map from (cache id, key) to the flight in progress. The first
-//!   caller to [`join`](Flights::join) a key leads its flight; later callers get the flight's
-//!   latch to wait on. The leader's [`Lead`] ends the flight when it is dropped, reporting
-//!   [`Landing::Finished`] if the leader called [`Lead::finish`] and [`Landing::Abandoned`]
-//!   otherwise (it unwound from a panic, or, on an async face, its future was dropped), so no
-//!   waiter is left blocked and waiters know whether to take over. The registry knows nothing
-//!   of threads: how a waiter waits is the [`Latch`]'s business.
+//! - [`Flights`], the registry: a map from (cache id, key) to the flight in progress and the
+//!   invalidation epoch it started in ([`super::epoch`]). The first caller to
+//!   [`join`](Flights::join) a key leads its flight; later callers of the same epoch or an older
+//!   one get the flight's latch to wait on, and a caller of a newer epoch (it started after an
+//!   invalidation the flight may predate) leads a flight of its own instead. The leader's
+//!   [`Lead`] ends the flight when it is dropped, reporting [`Landing::Finished`] if the leader
+//!   called [`Lead::mark_finished`] and [`Landing::Abandoned`] otherwise (it unwound from a
+//!   panic, or, on an async face, its future was dropped), so no waiter is left blocked and
+//!   waiters know whether to take over. The registry knows nothing of threads: how a waiter
+//!   waits is the [`Latch`]'s business.
 //! - The thread face ([`take_turn`]): one registry with a [`BlockingLatch`] (a condition
 //!   variable), and the rule that keeps it free of deadlocks. A task-based face adds a latch over
 //!   `tokio::sync::Notify` and its own rule (a task-local instead of a thread-local), and reuses
@@ -24,7 +27,8 @@
 
 use std::cell::Cell;
 use std::collections::HashMap;
-use std::collections::hash_map::Entry;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, LazyLock, Mutex, MutexGuard, PoisonError};
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -63,14 +67,75 @@ struct FlightKey {
     key: String,
 }
 
+impl FlightKey {
+    fn new(cache: u64, key: &str) -> Self {
+        FlightKey {
+            cache,
+            key: key.to_owned(),
+        }
+    }
+}
+
+/// How many of the last landings [`Landings`] remembers by key.
+const REMEMBERED: usize = 1024;
+
+/// The last flights that ended, by key: what tells a caller that leads a flight whether a flight
+/// of its key ended (and may have stored the value) after it missed. Bounded: beyond
+/// [`REMEMBERED`] landings, the oldest are forgotten, and a caller whose miss is older than what
+/// is remembered looks again.
+#[derive(Default)]
+struct Landings {
+    /// The sequence number of each remembered key's last landing.
+    last: HashMap<FlightKey, u64>,
+    /// The remembered landings, oldest first.
+    order: VecDeque<(u64, FlightKey)>,
+    /// The sequence number of the last landing forgotten (0: none yet).
+    forgotten: u64,
+}
+
+impl Landings {
+    fn record(&mut self, key: &FlightKey, seq: u64) {
+        self.last.insert(key.clone(), seq);
+        self.order.push_back((seq, key.clone()));
+        if self.order.len() > REMEMBERED
+            && let Some((old, k)) = self.order.pop_front()
+        {
+            if self.last.get(&k) == Some(&old) {
+                self.last.remove(&k);
+            }
+            self.forgotten = old;
+        }
+    }
+
+    /// Whether a flight of `key` ended after landing number `seen`, or may have (it is older
+    /// than what is remembered).
+    fn since(&self, key: &FlightKey, seen: u64) -> bool {
+        self.last.get(key).is_some_and(|l| *l > seen) || seen < self.forgotten
+    }
+}
+
+/// A flight in progress.
+struct Flight<L> {
+    /// The invalidation epoch its leader started in.
+    epoch: u64,
+    latch: Arc<L>,
+}
+
 /// The flights in progress.
 pub(crate) struct Flights<L> {
-    map: Mutex<HashMap<FlightKey, Arc<L>>>,
+    map: Mutex<Registry<L>>,
+    /// Flights ended so far: the sequence number of the last landing.
+    landed: AtomicU64,
+}
+
+struct Registry<L> {
+    flights: HashMap<FlightKey, Flight<L>>,
+    landings: Landings,
 }
 
 /// A caller's place in a flight.
 pub(crate) enum Join<'a, L: Latch> {
-    /// No flight was in progress: this caller leads a new one.
+    /// No flight of this epoch or a newer one was in progress: this caller leads a new one.
     Lead(Lead<'a, L>),
     /// A flight is in progress: its latch opens when it ends.
     Wait(Arc<L>),
@@ -79,35 +144,53 @@ pub(crate) enum Join<'a, L: Latch> {
 impl<L: Latch> Flights<L> {
     pub(crate) fn new() -> Self {
         Flights {
-            map: Mutex::new(HashMap::new()),
+            map: Mutex::new(Registry {
+                flights: HashMap::new(),
+                landings: Landings::default(),
+            }),
+            landed: AtomicU64::new(0),
         }
     }
 
-    /// Leads the flight of `key` in cache `cache`, or joins the one in progress.
-    pub(crate) fn join(&self, cache: u64, key: &str) -> Join<'_, L> {
-        let key = FlightKey {
-            cache,
-            key: key.to_owned(),
-        };
-        match lock(&self.map).entry(key) {
-            Entry::Occupied(e) => Join::Wait(Arc::clone(e.get())),
-            Entry::Vacant(e) => {
-                let latch = Arc::new(L::new());
-                let key = e.key().clone();
-                e.insert(Arc::clone(&latch));
-                Join::Lead(Lead {
-                    flights: self,
-                    key,
-                    latch,
-                    finished: false,
-                })
-            }
+    /// How many flights have ended: read before looking a key up, and given to
+    /// [`Flights::join`].
+    pub(crate) fn landings(&self) -> u64 {
+        self.landed.load(Ordering::Acquire)
+    }
+
+    /// Leads the flight of `key` in cache `cache`, or joins the one in progress if it started
+    /// in `epoch` or a newer one. A caller of a newer epoch than the flight in progress leads a
+    /// new flight, which takes the older one's place in the registry (the older one still
+    /// lands for its own waiters). `seen` is [`Flights::landings`] before the caller's lookup
+    /// (see [`Lead::landed_since_miss`]).
+    pub(crate) fn join(&self, cache: u64, key: &str, epoch: u64, seen: u64) -> Join<'_, L> {
+        let key = FlightKey::new(cache, key);
+        let mut reg = lock(&self.map);
+        if let Some(f) = reg.flights.get(&key)
+            && f.epoch >= epoch
+        {
+            return Join::Wait(Arc::clone(&f.latch));
         }
+        let landed_since_miss = reg.landings.since(&key, seen);
+        let latch = Arc::new(L::new());
+        let flight = Flight {
+            epoch,
+            latch: Arc::clone(&latch),
+        };
+        reg.flights.insert(key.clone(), flight);
+        drop(reg);
+        Join::Lead(Lead {
+            flights: self,
+            key,
+            landed_since_miss,
+            latch,
+            finished: false,
+        })
     }
 
     #[cfg(test)]
     fn in_flight(&self) -> usize {
-        lock(&self.map).len()
+        lock(&self.map).flights.len()
     }
 }
 
@@ -116,11 +199,21 @@ impl<L: Latch> Flights<L> {
 pub(crate) struct Lead<'a, L: Latch> {
     flights: &'a Flights<L>,
     key: FlightKey,
+    /// See [`Lead::landed_since_miss`].
+    landed_since_miss: bool,
     latch: Arc<L>,
     finished: bool,
 }
 
 impl<L: Latch> Lead<'_, L> {
+    /// Whether a flight of this key ended (or may have) between the caller's reading of
+    /// [`Flights::landings`] before its lookup and the start of this flight: if not, no flight
+    /// of this key stored a value in this process after the caller's miss, and looking the key
+    /// up again is a wasted round trip.
+    pub(crate) fn landed_since_miss(&self) -> bool {
+        self.landed_since_miss
+    }
+
     /// Marks the flight finished (the result is stored, or was not cacheable); it ends when
     /// this lead is dropped.
     pub(crate) fn mark_finished(&mut self) {
@@ -131,12 +224,17 @@ impl<L: Latch> Lead<'_, L> {
 impl<L: Latch> Drop for Lead<'_, L> {
     fn drop(&mut self) {
         {
-            let mut map = lock(&self.flights.map);
-            if map
+            let mut reg = lock(&self.flights.map);
+            // Recorded before the key leaves the registry (under its lock), so that a caller
+            // that leads the next flight sees it.
+            let seq = self.flights.landed.fetch_add(1, Ordering::AcqRel) + 1;
+            reg.landings.record(&self.key, seq);
+            if reg
+                .flights
                 .get(&self.key)
-                .is_some_and(|l| Arc::ptr_eq(l, &self.latch))
+                .is_some_and(|f| Arc::ptr_eq(&f.latch, &self.latch))
             {
-                map.remove(&self.key);
+                reg.flights.remove(&self.key);
             }
         }
         self.latch.open(if self.finished {
@@ -212,6 +310,16 @@ impl ThreadLead {
     pub(crate) fn finish(mut self) {
         self.0.mark_finished();
     }
+
+    /// See [`Lead::landed_since_miss`].
+    pub(crate) fn landed_since_miss(&self) -> bool {
+        self.0.landed_since_miss()
+    }
+}
+
+/// [`Flights::landings`] of the thread face's registry: read before looking a key up.
+pub(crate) fn landings() -> u64 {
+    THREAD_FLIGHTS.landings()
 }
 
 impl Drop for ThreadLead {
@@ -220,10 +328,11 @@ impl Drop for ThreadLead {
     }
 }
 
-/// Leads the flight of `key` in cache `cache`, or waits for the one in progress (unless this
-/// thread leads a flight: then [`Turn::Bypass`]).
-pub(crate) fn take_turn(cache: u64, key: &str) -> Turn {
-    match THREAD_FLIGHTS.join(cache, key) {
+/// Leads the flight of `key` in cache `cache`, or waits for the one in progress if it started
+/// in `epoch` or a newer one (unless this thread leads a flight: then [`Turn::Bypass`]). `seen`:
+/// [`landings`] before the caller's lookup.
+pub(crate) fn take_turn(cache: u64, key: &str, epoch: u64, seen: u64) -> Turn {
+    match THREAD_FLIGHTS.join(cache, key, epoch, seen) {
         Join::Lead(lead) => {
             LEADING.with(|n| n.set(n.get() + 1));
             Turn::Lead(ThreadLead(lead))
@@ -242,35 +351,132 @@ mod tests {
     #[test]
     fn one_leader_per_key_and_cache() {
         let f = Flights::<BlockingLatch>::new();
-        let Join::Lead(a) = f.join(1, "k") else {
+        let Join::Lead(a) = f.join(1, "k", 0, 0) else {
             panic!("the first caller leads")
         };
-        assert!(matches!(f.join(1, "k"), Join::Wait(_)));
-        assert!(matches!(f.join(2, "k"), Join::Lead(_)), "another cache");
-        assert!(matches!(f.join(1, "k2"), Join::Lead(_)), "another key");
+        assert!(matches!(f.join(1, "k", 0, 0), Join::Wait(_)));
+        assert!(
+            matches!(f.join(2, "k", 0, 0), Join::Lead(_)),
+            "another cache"
+        );
+        assert!(
+            matches!(f.join(1, "k2", 0, 0), Join::Lead(_)),
+            "another key"
+        );
         assert_eq!(f.in_flight(), 1, "dropped leads left the registry");
         drop(a);
         assert_eq!(f.in_flight(), 0);
-        assert!(matches!(f.join(1, "k"), Join::Lead(_)), "a new flight");
+        assert!(
+            matches!(f.join(1, "k", 0, 0), Join::Lead(_)),
+            "a new flight"
+        );
+    }
+
+    #[test]
+    fn a_caller_of_a_newer_epoch_leads_its_own_flight() {
+        let f = Flights::<BlockingLatch>::new();
+        let Join::Lead(old) = f.join(1, "k", 3, 0) else {
+            panic!("the first caller leads")
+        };
+        assert!(
+            matches!(f.join(1, "k", 2, 0), Join::Wait(_)),
+            "an older epoch"
+        );
+        assert!(
+            matches!(f.join(1, "k", 3, 0), Join::Wait(_)),
+            "the same epoch"
+        );
+        let Join::Lead(new) = f.join(1, "k", 4, 0) else {
+            panic!("a newer epoch never joins an older flight")
+        };
+        let Join::Wait(w) = f.join(1, "k", 4, 0) else {
+            panic!("the newer flight took the key")
+        };
+        drop(old);
+        assert_eq!(
+            f.in_flight(),
+            1,
+            "the older flight left the newer one in place"
+        );
+        assert!(matches!(f.join(1, "k", 4, 0), Join::Wait(_)));
+        drop(new);
+        assert_eq!(w.wait(), Landing::Abandoned);
+        assert_eq!(f.in_flight(), 0);
+    }
+
+    #[test]
+    fn a_leader_knows_whether_a_flight_of_its_key_landed_since_its_miss() {
+        let f = Flights::<BlockingLatch>::new();
+        let seen = f.landings();
+        let Join::Lead(lead) = f.join(1, "k", 0, seen) else {
+            panic!("leads")
+        };
+        assert!(!lead.landed_since_miss(), "nothing ended in between");
+        drop(lead);
+        let Join::Lead(other) = f.join(1, "other key", 0, seen) else {
+            panic!("leads")
+        };
+        assert!(
+            !other.landed_since_miss(),
+            "another key's landing does not count"
+        );
+        let Join::Lead(lead) = f.join(1, "k", 0, seen) else {
+            panic!("leads")
+        };
+        assert!(
+            lead.landed_since_miss(),
+            "the first flight ended after the miss"
+        );
+        drop((lead, other));
+        let Join::Lead(lead) = f.join(1, "k", 0, f.landings()) else {
+            panic!("leads")
+        };
+        assert!(!lead.landed_since_miss(), "a miss after the landings");
+    }
+
+    #[test]
+    fn landings_are_remembered_within_a_bound() {
+        let f = Flights::<BlockingLatch>::new();
+        let seen = f.landings();
+        for i in 0..REMEMBERED + 10 {
+            let Join::Lead(l) = f.join(1, &format!("k{i}"), 0, seen) else {
+                panic!("leads")
+            };
+            drop(l);
+        }
+        let reg = lock(&f.map);
+        assert_eq!(reg.landings.order.len(), REMEMBERED);
+        assert_eq!(reg.landings.last.len(), REMEMBERED);
+        drop(reg);
+        // "k0" was forgotten: a miss older than what is remembered looks again.
+        let Join::Lead(l) = f.join(1, "k0", 0, seen) else {
+            panic!("leads")
+        };
+        assert!(l.landed_since_miss());
+        drop(l);
+        let Join::Lead(l) = f.join(1, "never", 0, f.landings()) else {
+            panic!("leads")
+        };
+        assert!(!l.landed_since_miss());
     }
 
     #[test]
     fn waiters_learn_how_the_flight_ended() {
         let f = Flights::<BlockingLatch>::new();
-        let Join::Lead(mut lead) = f.join(1, "k") else {
+        let Join::Lead(mut lead) = f.join(1, "k", 0, 0) else {
             panic!("leads")
         };
-        let Join::Wait(w) = f.join(1, "k") else {
+        let Join::Wait(w) = f.join(1, "k", 0, 0) else {
             panic!("waits")
         };
         lead.mark_finished();
         drop(lead);
         assert_eq!(w.wait(), Landing::Finished);
 
-        let Join::Lead(lead) = f.join(1, "k") else {
+        let Join::Lead(lead) = f.join(1, "k", 0, 0) else {
             panic!("leads")
         };
-        let Join::Wait(w) = f.join(1, "k") else {
+        let Join::Wait(w) = f.join(1, "k", 0, 0) else {
             panic!("waits")
         };
         drop(lead); // as a panic's unwinding does
@@ -280,7 +486,7 @@ mod tests {
     #[test]
     fn a_panicking_leader_releases_its_waiters() {
         let f = Arc::new(Flights::<BlockingLatch>::new());
-        let Join::Lead(lead) = f.join(7, "k") else {
+        let Join::Lead(lead) = f.join(7, "k", 0, 0) else {
             panic!("leads")
         };
         let n = 4;
@@ -289,7 +495,7 @@ mod tests {
             .map(|_| {
                 let (f, waiting) = (f.clone(), waiting.clone());
                 std::thread::spawn(move || {
-                    let Join::Wait(w) = f.join(7, "k") else {
+                    let Join::Wait(w) = f.join(7, "k", 0, 0) else {
                         panic!("waits")
                     };
                     waiting.wait();
@@ -320,7 +526,7 @@ mod tests {
                 let (start, leads) = (start.clone(), leads.clone());
                 std::thread::spawn(move || {
                     start.wait();
-                    match take_turn(cache, "k") {
+                    match take_turn(cache, "k", 0, 0) {
                         Turn::Lead(l) => {
                             leads.fetch_add(1, Ordering::SeqCst);
                             std::thread::sleep(std::time::Duration::from_millis(50));
@@ -344,7 +550,7 @@ mod tests {
     #[test]
     fn a_leading_thread_never_waits() {
         let cache = u64::MAX - 2;
-        let Turn::Lead(outer) = take_turn(cache, "a") else {
+        let Turn::Lead(outer) = take_turn(cache, "a", 0, 0) else {
             panic!("leads a")
         };
         // Another thread leads "b" and holds it until told.
@@ -352,7 +558,7 @@ mod tests {
         let other = {
             let (held, release) = (held.clone(), release.clone());
             std::thread::spawn(move || {
-                let Turn::Lead(l) = take_turn(cache, "b") else {
+                let Turn::Lead(l) = take_turn(cache, "b", 0, 0) else {
                     panic!("leads b")
                 };
                 held.wait();
@@ -361,7 +567,7 @@ mod tests {
             })
         };
         held.wait();
-        assert!(matches!(take_turn(cache, "b"), Turn::Bypass));
+        assert!(matches!(take_turn(cache, "b", 0, 0), Turn::Bypass));
         release.wait();
         other.join().unwrap();
         outer.finish();

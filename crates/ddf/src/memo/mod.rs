@@ -8,7 +8,9 @@
 //!
 //! and, hidden, what the attribute expands to (reached through `ddf::__private`, not a public
 //! API): the runtime here (lookup, policies, validation stamps, `invalidate_on`), the key
-//! derivation (`key`, over the canonical encoding in `canonical`) and single-flight (`flight`).
+//! derivation (`key`, over the canonical encoding in `canonical`), single-flight (`flight`) and
+//! the invalidation epochs that keep a result computed before an invalidation from being served
+//! after it (`epoch`).
 //!
 //! ```
 //! use std::sync::OnceLock;
@@ -60,6 +62,7 @@
 //! hit. Use `BTreeSet` for stable keys.
 
 mod canonical;
+pub(crate) mod epoch;
 pub(crate) mod flight;
 mod key;
 
@@ -73,6 +76,7 @@ use serde::de::DeserializeOwned;
 
 use self::flight::{Landing, Turn};
 use crate::CacheManager;
+use crate::backend::degraded;
 use crate::error::Result;
 use crate::key::sha256_hex;
 
@@ -191,29 +195,72 @@ pub fn active(cache: &CacheManager) -> bool {
     cache.is_enabled()
 }
 
-/// Reads a stored result. Errors fail open: logged, read as a miss.
-fn lookup<S: DeserializeOwned>(cache: &CacheManager, key: &str, stamp: &Stamp) -> Option<S> {
+/// What a lookup found.
+enum Found<S> {
+    Hit(S),
+    Miss,
+    /// The server failed for a temporary reason (a timeout, a refused connection), whether the
+    /// read returned the error or was answered otherwise (a miss): going back to it for a store
+    /// would wait a second time on a server that is likely stopped.
+    Unavailable,
+}
+
+/// Reads a stored result. Errors fail open: logged, read as a miss (a temporary one as
+/// [`Found::Unavailable`]).
+fn lookup<S: DeserializeOwned>(cache: &CacheManager, key: &str, stamp: &Stamp) -> Found<S> {
+    let watch = degraded::Watch::start();
     let r = match stamp {
         Stamp::Is(current) => cache
             .get::<(String, S)>(key)
             .map(|hit| hit.and_then(|(s, v)| (s == *current).then_some(v))),
         _ => cache.get::<S>(key),
     };
-    r.unwrap_or_else(|e| {
-        tracing::warn!(error = %e, "ddf: memoized read failed; calling the function");
-        None
-    })
+    match r {
+        _ if watch.failed() => Found::Unavailable,
+        Ok(Some(v)) => Found::Hit(v),
+        Ok(None) => Found::Miss,
+        Err(e) if e.is_temporary() => Found::Unavailable,
+        Err(e) => {
+            tracing::warn!(error = %e, "ddf: memoized read failed; calling the function");
+            Found::Miss
+        }
+    }
 }
 
-/// Stores a result. Errors fail open: logged.
-fn store<S: Serialize>(cache: &CacheManager, f: &MemoFn, key: &str, stamp: &Stamp, value: &S) {
-    let r = match stamp {
+/// Stores a result, unless an invalidation began since the call started (`epoch`): the result
+/// may predate it. Errors fail open: logged.
+fn store<S: Serialize>(
+    cache: &CacheManager,
+    f: &MemoFn,
+    key: &str,
+    stamp: &Stamp,
+    epoch: u64,
+    value: &S,
+) {
+    let write = || match stamp {
         Stamp::Is(current) => cache.set(key, &(current, value), f.ttl),
         _ => cache.set(key, value, f.ttl),
     };
-    if let Err(e) = r {
-        tracing::warn!(error = %e, "ddf: memoized write failed; the result is not cached");
+    match cache.epochs().store(epoch, write) {
+        None => tracing::debug!(
+            key,
+            "ddf: an invalidation began while the result was computed; it is not cached"
+        ),
+        Some(Err(e)) => {
+            tracing::warn!(error = %e, "ddf: memoized write failed; the result is not cached")
+        }
+        Some(Ok(())) => {}
     }
+}
+
+/// A memoized call whose lookup met a stopped or failing server: computes, without looking up
+/// again or storing (each would wait on the server once more). Logged once per call.
+fn compute_uncached<R>(key: &str, compute: impl FnOnce() -> R) -> R {
+    tracing::warn!(
+        key,
+        "ddf: the cache server failed on the memoized lookup; calling the function, result not cached"
+    );
+    compute()
 }
 
 /// Marker types select the policy; the expansion names one of them.
@@ -293,37 +340,52 @@ where
             return compute();
         }
     };
-    if let Some(v) = lookup::<P::Stored>(cache, &key, &stamp) {
-        return P::restore(v);
+    // Read before the lookup: an invalidation that returns after this never has its
+    // pre-invalidation results served to a later call (see `epoch`).
+    let epoch = cache.epochs().current();
+    let landings = flight::landings();
+    match lookup::<P::Stored>(cache, &key, &stamp) {
+        Found::Hit(v) => return P::restore(v),
+        Found::Miss => {}
+        Found::Unavailable => return compute_uncached(&key, compute),
     }
     let compute_and_store = |compute: F| {
         let r = compute();
         if let Some(s) = P::stored(&r) {
-            store(cache, f, &key, &stamp, s);
+            store(cache, f, &key, &stamp, epoch, s);
         }
         r
     };
     let lead = loop {
-        match flight::take_turn(cache.id(), &key) {
+        match flight::take_turn(cache.id(), &key, epoch, landings) {
             Turn::Lead(lead) => break lead,
             Turn::Bypass => return compute_and_store(compute),
-            // The leader's result is there unless it was not cacheable (an Err, a None) or
-            // its write failed: then compute here, as without a flight.
+            // The leader's result is there unless it was not cacheable (an Err, a None), its
+            // write failed, or an invalidation made it stale: then compute here, as without a
+            // flight.
             Turn::Landed(Landing::Finished) => {
-                if let Some(v) = lookup::<P::Stored>(cache, &key, &stamp) {
-                    return P::restore(v);
-                }
-                return compute_and_store(compute);
+                return match lookup::<P::Stored>(cache, &key, &stamp) {
+                    Found::Hit(v) => P::restore(v),
+                    Found::Miss => compute_and_store(compute),
+                    Found::Unavailable => compute_uncached(&key, compute),
+                };
             }
             // The leader panicked: take over (one of the waiters leads, the others wait again).
             Turn::Landed(Landing::Abandoned) => {}
         }
     };
-    // Another caller may have stored the value between our miss and our election. The flight
-    // ends when `lead` is finished or dropped: after the value is stored.
-    let r = match lookup::<P::Stored>(cache, &key, &stamp) {
-        Some(v) => P::restore(v),
-        None => compute_and_store(compute),
+    // A flight of this key that ended between our miss and our election may have stored the
+    // value: look again then only (each lookup is a round trip, and a miss in the statistics).
+    // The flight ends when `lead` is finished or dropped: after the value is stored.
+    let again = if lead.landed_since_miss() {
+        lookup::<P::Stored>(cache, &key, &stamp)
+    } else {
+        Found::Miss
+    };
+    let r = match again {
+        Found::Hit(v) => P::restore(v),
+        Found::Miss => compute_and_store(compute),
+        Found::Unavailable => compute_uncached(&key, compute),
     };
     lead.finish();
     r

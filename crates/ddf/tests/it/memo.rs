@@ -1,18 +1,22 @@
 //! `#[cache_with_invalidation]`: behaviour on every backend ([`run`] takes a cache factory, as
-//! the conformance suite does), collisions that broke the original, single-flight, fail-open,
-//! two processes sharing results, the global `CACHE`.
+//! the conformance suite does), collisions that broke the original, single-flight, no result
+//! older than an invalidation served after it, the statistics, fail-open (one timeout on a
+//! stopped server), two processes sharing results, the global `CACHE`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::process::Command;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Barrier, Mutex};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Barrier, Mutex, mpsc};
+use std::time::{Duration, Instant};
 
-use ddf::{Backend, CacheBackend, CacheConfig, CacheManager, Error, Item, cache_with_invalidation};
+use ddf::{
+    Backend, CacheBackend, CacheConfig, CacheManager, Error, FallbackMode, Item,
+    cache_with_invalidation,
+};
 use serde::Serialize;
 
 use crate::conformance::unique_namespace;
+use crate::process;
 
 /// A service whose memoized methods use the cache it holds (`cache = self.cache`) and count
 /// how often their bodies run.
@@ -198,6 +202,8 @@ pub fn run(make: &dyn Fn(&str) -> CacheManager) {
     cross_thread_cycles_do_not_deadlock(&Arc::new(Svc::new(make(&unique_namespace("memo-cycle")))));
     let ns = unique_namespace("memo-two");
     two_caches_never_wait_for_each_other(make(&ns), make(&ns));
+    one_miss_per_memoized_miss(&Svc::new(make(&unique_namespace("memo-stats"))));
+    no_result_older_than_an_invalidation(make);
 }
 
 fn hits_after_the_first_call(s: &Svc) {
@@ -471,6 +477,162 @@ fn two_caches_never_wait_for_each_other(a: CacheManager, b: CacheManager) {
     }
 }
 
+fn one_miss_per_memoized_miss(s: &Svc) {
+    // Two calls that compute, then the same two from the cache: one get each.
+    s.upper("a");
+    s.lower("b");
+    let st = s.cache.stats();
+    assert_eq!((st.misses, st.hits, st.sets), (2, 0, 2), "{st}");
+    s.upper("a");
+    s.lower("b");
+    let st = s.cache.stats();
+    assert_eq!((st.misses, st.hits, st.sets), (2, 2, 2), "{st}");
+    assert_eq!(s.calls(), 2);
+}
+
+/// How long a held computation waits to be released. A bound, not synchronisation: when a
+/// caller wrongly waits for the held flight, the computation goes on after this and the test
+/// fails on the value instead of hanging.
+const HOLD_BOUND: Duration = Duration::from_secs(10);
+
+/// Memoizes a read of `data`; its next computation can be held inside the function (after it
+/// read the data) while the test changes the data.
+struct Versioned {
+    cache: CacheManager,
+    data: AtomicU64,
+    calls: AtomicUsize,
+    hold_next: AtomicBool,
+    /// Met by the held computation once it read the data, and by the test.
+    inside: Barrier,
+    release: Mutex<mpsc::Receiver<()>>,
+    releaser: mpsc::Sender<()>,
+}
+
+impl Versioned {
+    fn new(cache: CacheManager) -> Arc<Self> {
+        let (releaser, release) = mpsc::channel();
+        Arc::new(Versioned {
+            cache,
+            data: AtomicU64::new(0),
+            calls: AtomicUsize::new(0),
+            hold_next: AtomicBool::new(false),
+            inside: Barrier::new(2),
+            release: Mutex::new(release),
+            releaser,
+        })
+    }
+
+    #[cache_with_invalidation(cache = self.cache, key_prefix = "ver")]
+    fn read(&self) -> u64 {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let v = self.data.load(Ordering::SeqCst);
+        if self.hold_next.swap(false, Ordering::SeqCst) {
+            self.inside.wait();
+            let _ = self.release.lock().unwrap().recv_timeout(HOLD_BOUND);
+        }
+        v
+    }
+
+    /// A mutation: `invalidate_on` removes every `read` result once it returns.
+    #[cache_with_invalidation(cache = self.cache, invalidate_on = ["ver:"])]
+    fn write(&self, v: u64) {
+        self.data.store(v, Ordering::SeqCst);
+    }
+
+    /// Starts a `read` on another thread and returns once its computation read the data and is
+    /// held (it leads the flight of the key).
+    fn held_read(self: &Arc<Self>) -> std::thread::JoinHandle<u64> {
+        self.hold_next.store(true, Ordering::SeqCst);
+        let s = self.clone();
+        let t = std::thread::spawn(move || s.read());
+        self.inside.wait();
+        t
+    }
+
+    fn release(&self) {
+        self.releaser.send(()).unwrap();
+    }
+}
+
+/// The ways to change the data and invalidate `read`'s results: each returns when done.
+type Mutation = (&'static str, fn(&Versioned, u64));
+
+const MUTATIONS: [Mutation; 7] = [
+    ("invalidate_on", |s, v| s.write(v)),
+    ("_forget", |s, v| {
+        s.data.store(v, Ordering::SeqCst);
+        s.read_forget().unwrap();
+    }),
+    ("_forget_all", |s, v| {
+        s.data.store(v, Ordering::SeqCst);
+        s.read_forget_all().unwrap();
+    }),
+    ("delete", |s, v| {
+        s.data.store(v, Ordering::SeqCst);
+        s.cache.delete(&s.read_cache_key().unwrap()).unwrap();
+    }),
+    ("delete_many", |s, v| {
+        s.data.store(v, Ordering::SeqCst);
+        s.cache
+            .delete_many(&[&s.read_cache_key().unwrap()])
+            .unwrap();
+    }),
+    ("invalidate_pattern", |s, v| {
+        s.data.store(v, Ordering::SeqCst);
+        s.cache.invalidate_pattern("ver:").unwrap();
+    }),
+    ("flush_all", |s, v| {
+        s.data.store(v, Ordering::SeqCst);
+        s.cache.flush_all().unwrap();
+    }),
+];
+
+/// A memoized call that starts after an invalidation returned never receives a result computed
+/// before it: it does not join the older flight, and the older flight's leader does not store
+/// its result. The order of events is fixed by barriers and a channel, not by sleeps.
+fn no_result_older_than_an_invalidation(make: &dyn Fn(&str) -> CacheManager) {
+    for (what, mutate) in MUTATIONS {
+        // The leader ends after the mutation: it must not store what it computed before.
+        let s = Versioned::new(make(&unique_namespace("memo-epoch")));
+        let leader = s.held_read();
+        mutate(&s, 1);
+        s.release();
+        assert_eq!(
+            leader.join().unwrap(),
+            0,
+            "{what}: the leader started before"
+        );
+        assert_eq!(
+            s.read(),
+            1,
+            "{what}: a result older than the invalidation was stored"
+        );
+
+        // A caller that starts after the mutation, while the older flight is still held.
+        let s = Versioned::new(make(&unique_namespace("memo-epoch")));
+        let leader = s.held_read();
+        mutate(&s, 1);
+        let t = Instant::now();
+        assert_eq!(
+            s.read(),
+            1,
+            "{what}: a caller that started after the invalidation joined an older flight"
+        );
+        assert!(
+            t.elapsed() < HOLD_BOUND,
+            "{what}: it waited for the older flight"
+        );
+        s.release();
+        assert_eq!(leader.join().unwrap(), 0);
+        assert_eq!(
+            s.read(),
+            1,
+            "{what}: the older leader overwrote the newer result"
+        );
+        assert_eq!(s.calls.load(Ordering::SeqCst), 2);
+    }
+}
+
 fn file_cache(dir: &Path, ns: &str) -> CacheManager {
     CacheManager::new(
         CacheConfig::default()
@@ -516,9 +678,12 @@ fn memo_on_a_disabled_cache_always_computes() {
 }
 
 /// A backend that fails every operation: the fault a dead server produces, without waiting
-/// for timeouts.
-#[derive(Debug)]
-struct Broken;
+/// for timeouts. Counts the reads and writes it was asked for.
+#[derive(Debug, Default)]
+struct Broken {
+    gets: AtomicUsize,
+    sets: AtomicUsize,
+}
 
 fn down() -> Error {
     Error::Backend {
@@ -534,9 +699,11 @@ impl Backend for Broken {
         "broken"
     }
     fn get(&self, _: &str) -> ddf::Result<Option<Item>> {
+        self.gets.fetch_add(1, Ordering::SeqCst);
         Err(down())
     }
     fn set(&self, _: &str, _: &Item, _: Option<Duration>) -> ddf::Result<()> {
+        self.sets.fetch_add(1, Ordering::SeqCst);
         Err(down())
     }
     fn delete(&self, _: &str) -> ddf::Result<bool> {
@@ -555,13 +722,18 @@ impl Backend for Broken {
 
 #[test]
 fn cache_errors_fail_open() {
+    let broken = Arc::new(Broken::default());
     let s = Svc::new(CacheManager::with_backend(
         CacheConfig::default(),
-        Arc::new(Broken),
+        broken.clone(),
     ));
     assert_eq!(s.upper("a"), "A");
     assert_eq!(s.upper("a"), "A");
     assert_eq!(s.calls(), 2);
+    // A lookup that failed for a temporary reason is neither repeated nor followed by a store:
+    // each would wait on the server again.
+    assert_eq!(broken.gets.load(Ordering::SeqCst), 2);
+    assert_eq!(broken.sets.load(Ordering::SeqCst), 0);
     assert_eq!(s.parse("4"), Ok(4));
     // A mutation's result is returned even when invalidation fails.
     assert_eq!(s.edit("web", true), Ok(()));
@@ -616,17 +788,16 @@ fn free_functions_use_the_global_cache_by_default() {
     }
 }
 
-// Two processes: the test binary re-runs one test of itself with DDF_MEMO_CHILD_DIR set.
+// Two processes: the parent test runs itself again as a child (see `process`), with the
+// shared directory as the child's job.
 
 const CHILD_DIR: &str = "DDF_MEMO_CHILD_DIR";
-const CHILD_TEST: &str = "memo::two_processes_child";
+const CHILD_TEST: &str = "memo::two_processes_share_results";
 
-#[test]
-fn two_processes_child() {
-    let Some(dir) = std::env::var_os(CHILD_DIR) else {
-        return; // only meaningful when run by two_processes_share_results
-    };
-    let s = Svc::new(file_cache(Path::new(&dir), "shared-ns:"));
+/// The body of one child process of the test below: one memoized call on the shared directory;
+/// prints how many times the function ran.
+fn two_processes_child(dir: &str) {
+    let s = Svc::new(file_cache(Path::new(dir), "shared-ns:"));
     let m = HashMap::from([
         ("x".to_owned(), 1),
         ("y".to_owned(), 2),
@@ -637,17 +808,10 @@ fn two_processes_child() {
 }
 
 fn run_child(dir: &Path) -> usize {
-    let out = Command::new(std::env::current_exe().unwrap())
-        .args([CHILD_TEST, "--exact", "--nocapture", "--test-threads=1"])
-        .env(CHILD_DIR, dir)
-        .output()
+    let child = process::child(CHILD_TEST, CHILD_DIR, &dir.display().to_string())
+        .spawn()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = process::check(child, "memo child");
     stdout
         .lines()
         .find_map(|l| l.split("DDF_MEMO_COMPUTED=").nth(1))
@@ -659,6 +823,9 @@ fn run_child(dir: &Path) -> usize {
 
 #[test]
 fn two_processes_share_results() {
+    if let Some(dir) = process::job(CHILD_DIR) {
+        return two_processes_child(&dir);
+    }
     let dir = tempfile::tempdir().unwrap();
     // The map is built in another iteration order in each process (random HashMap seeds).
     assert_eq!(run_child(dir.path()), 1, "the first process computes");
@@ -823,4 +990,52 @@ fn memo_on_memcached() {
             .unwrap()
         });
     }
+}
+
+/// Timeouts of the stopped-server test below.
+const STOP_CONNECT: Duration = Duration::from_millis(300);
+const STOP_TIMEOUT: Duration = Duration::from_millis(400);
+
+/// A memoized call against a stopped (SIGSTOP) Redis waits for one timeout, not three (a
+/// lookup, a second lookup, a store: 1.8 s with `timeout = 0.5` before): a lookup that met a
+/// temporary failure computes without looking up again or storing. With each fallback: `pickle`
+/// (the failed read is answered by a miss) and `error` (the read returns the error).
+#[test]
+fn a_memoized_call_on_a_stopped_redis_waits_one_timeout() {
+    let port = ddf_testkit::free_port();
+    let Some(server) = ddf_testkit::RedisServer::start_on(port, &[]) else {
+        return; // no redis-server here (a failure under DDF_TEST_REQUIRE_SERVERS=1)
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let caches: Vec<_> = [FallbackMode::Pickle, FallbackMode::Error]
+        .into_iter()
+        .map(|fallback| {
+            let mut c = CacheConfig::default()
+                .with_backend(CacheBackend::Redis)
+                .with_redis("127.0.0.1", port)
+                .with_namespace(unique_namespace("memo-stop"))
+                .with_pickle_dir(dir.path())
+                .with_timeouts(STOP_CONNECT, STOP_TIMEOUT);
+            c.fallback = fallback;
+            (fallback, Svc::new(CacheManager::new(c).unwrap()))
+        })
+        .collect();
+    for (_, s) in &caches {
+        assert_eq!(s.upper("warm"), "WARM"); // the connection is open before the server stops
+    }
+    server.process.signal("STOP");
+    for (fallback, s) in &caches {
+        let t = Instant::now();
+        assert_eq!(s.upper("a"), "A");
+        let took = t.elapsed();
+        eprintln!("[{fallback:?}] a memoized call on a stopped Redis took {took:?}");
+        // A bound that proves "one timeout, not three" (three are 1.2 s here), with room for a
+        // loaded machine; not a performance target.
+        assert!(
+            took < 2 * STOP_TIMEOUT,
+            "[{fallback:?}] {took:?}: more than one timeout"
+        );
+        assert_eq!(s.calls(), 2);
+    }
+    server.process.signal("CONT");
 }

@@ -22,6 +22,7 @@ impl Shared {
     /// A temporary failure on the primary: count it, log the transition it caused (once), and
     /// start the probe if the primary is not up.
     pub(super) fn failed(this: &Arc<Shared>, at_once: bool, cause: &Error) {
+        crate::backend::degraded::note_temporary_failure();
         match this.breaker.failed(at_once, Instant::now()) {
             Failure::Counted => {
                 warn!(backend = this.cfg.name, error = %cause, "cache operation failed on the server; a read misses");

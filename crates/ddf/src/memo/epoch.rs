@@ -1,0 +1,170 @@
+//! Invalidation epochs: what keeps a memoized result computed before an invalidation from being
+//! served after it returned.
+//!
+//! Each cache (a [`crate::CacheManager`] and its clones) counts the invalidations made through
+//! it (`delete`, `delete_many`, `invalidate_pattern`, `flush_all`, hence the generated
+//! `<fn>_forget`, `<fn>_forget_all` and every `invalidate_on` mutation). A memoized call reads
+//! the epoch when it starts, and:
+//!
+//! - it joins only a flight that started in its epoch or a newer one ([`super::flight`]): a
+//!   caller that starts after an invalidation returned never waits for a result computed before;
+//! - it stores its result only if no invalidation began since it started ([`Epochs::store`]).
+//!   The check and the write are one step with respect to invalidations: an invalidation waits
+//!   for the stores of older epochs in progress, so a store either lands before the
+//!   invalidation removes it, or sees the new epoch and stores nothing.
+//!
+//! Stores never wait, and invalidations never wait for each other: only an invalidation waits,
+//! for the older stores already writing (each bounded by the backend's timeout). Epochs are per
+//! cache and per process: an invalidation through another manager, or another process, is not
+//! seen here (as between any two processes, its results can cross).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The invalidation epoch of one cache, and the memoized stores in progress.
+///
+/// A readers-writer lock would make invalidations exclusive of each other (or stores of each
+/// other); what is needed is two groups that exclude each other only across epochs, which no
+/// lock in std or a maintained crate offers, hence this mutex and condition variable.
+#[derive(Debug, Default)]
+pub(crate) struct Epochs {
+    /// Invalidations begun so far. Read without the lock (every memoized call reads it, hits
+    /// included); changed, and compared by stores, only under it.
+    current: AtomicU64,
+    state: Mutex<State>,
+    /// Signalled when a store ends.
+    stored: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Stores writing now, by the epoch their call started in.
+    writing: BTreeMap<u64, usize>,
+}
+
+impl Epochs {
+    /// The current epoch: read when a memoized call starts.
+    pub(crate) fn current(&self) -> u64 {
+        self.current.load(Ordering::SeqCst)
+    }
+
+    /// Runs an invalidation: begins a new epoch, waits until no store of an older epoch is
+    /// writing (it would otherwise land after `op`), then runs `op`.
+    pub(crate) fn invalidate<T>(&self, op: impl FnOnce() -> T) -> T {
+        {
+            let mut st = lock(&self.state);
+            let mine = self.current.fetch_add(1, Ordering::SeqCst).wrapping_add(1);
+            while st.writing.first_key_value().is_some_and(|(e, _)| *e < mine) {
+                st = self.stored.wait(st).unwrap_or_else(PoisonError::into_inner);
+            }
+        }
+        op()
+    }
+
+    /// Runs `write` (a memoized call's store) if no invalidation began since `epoch`; `None`
+    /// (nothing written) if one did.
+    pub(crate) fn store<T>(&self, epoch: u64, write: impl FnOnce() -> T) -> Option<T> {
+        {
+            let mut st = lock(&self.state);
+            if self.current.load(Ordering::SeqCst) != epoch {
+                return None;
+            }
+            *st.writing.entry(epoch).or_insert(0) += 1;
+        }
+        let _writing = Writing {
+            epochs: self,
+            epoch,
+        };
+        Some(write())
+    }
+}
+
+/// A store in progress; ends (and wakes waiting invalidations) when dropped, on unwinding too.
+struct Writing<'a> {
+    epochs: &'a Epochs,
+    epoch: u64,
+}
+
+impl Drop for Writing<'_> {
+    fn drop(&mut self) {
+        let mut st = lock(&self.epochs.state);
+        if let Some(n) = st.writing.get_mut(&self.epoch) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                st.writing.remove(&self.epoch);
+            }
+        }
+        drop(st);
+        self.epochs.stored.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Barrier, mpsc};
+
+    #[test]
+    fn a_store_of_an_older_epoch_writes_nothing() {
+        let e = Epochs::default();
+        let start = e.current();
+        assert_eq!(e.store(start, || 1), Some(1));
+        assert!(e.invalidate(|| true));
+        assert_eq!(e.store(start, || 2), None);
+        assert_eq!(e.store(e.current(), || 3), Some(3));
+    }
+
+    #[test]
+    fn an_invalidation_waits_for_older_stores_writing() {
+        let e = Arc::new(Epochs::default());
+        let start = e.current();
+        let (writing, release) = (Arc::new(Barrier::new(2)), Arc::new(Barrier::new(2)));
+        let (tx, rx) = mpsc::channel();
+        let store = {
+            let (e, writing, release, tx) =
+                (e.clone(), writing.clone(), release.clone(), tx.clone());
+            std::thread::spawn(move || {
+                e.store(start, || {
+                    writing.wait();
+                    release.wait();
+                    tx.send("stored").unwrap();
+                })
+            })
+        };
+        writing.wait();
+        let inv = {
+            let e = e.clone();
+            std::thread::spawn(move || e.invalidate(|| tx.send("invalidated").unwrap()))
+        };
+        // A store that starts now, in the old epoch, writes nothing; one of the new epoch
+        // writes without waiting for anything.
+        while e.current() == start {
+            std::thread::yield_now();
+        }
+        assert_eq!(e.store(start, || ()), None);
+        assert_eq!(e.store(e.current(), || 5), Some(5));
+        release.wait();
+        store.join().unwrap();
+        inv.join().unwrap();
+        let order: Vec<_> = rx.try_iter().collect();
+        assert_eq!(order, ["stored", "invalidated"]);
+        assert!(e.invalidate(|| true), "nothing is left writing");
+    }
+
+    #[test]
+    fn invalidations_do_not_wait_for_each_other_or_for_newer_stores() {
+        let e = Epochs::default();
+        let outer = e.current();
+        e.invalidate(|| {
+            // Another invalidation and a store of the new epoch, while this one runs.
+            assert!(e.invalidate(|| true));
+            assert_eq!(e.store(e.current(), || 1), Some(1));
+            assert_eq!(e.store(outer, || 1), None);
+        });
+    }
+}

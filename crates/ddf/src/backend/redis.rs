@@ -248,11 +248,17 @@ impl RedisBackend {
                 Ok(Conn::Cluster(Box::new(c)))
             }
             Target::Sentinel(s) => {
-                // The lookup and the master's set-up (database included) fit in
-                // `connect_timeout` (sentinel.rs); the connection is then bounded like any other.
+                // The lookup and the master's set-up fit in `connect_timeout` (sentinel.rs);
+                // `SELECT` of `redis_db` gets what is left of that deadline, and the connection
+                // is then bounded like any other.
                 let deadline = std::time::Instant::now() + self.connect_timeout;
                 let c = s.connect()?;
-                Ok(Conn::Single(Bounded::ready(c, 0, deadline, self.timeout)?))
+                Ok(Conn::Single(Bounded::ready(
+                    c,
+                    self.db,
+                    deadline,
+                    self.timeout,
+                )?))
             }
         }
     }

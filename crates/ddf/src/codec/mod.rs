@@ -253,7 +253,13 @@ impl ValueCodec {
     fn python_scalar(self, item: &Item) -> Option<Scalar<'_>> {
         match item.flags {
             flags::TEXT => std::str::from_utf8(&item.data).ok().map(Scalar::Str),
-            flags::INTEGER | flags::LONG if python_memcache::is_decimal_int(&item.data) => {
+            // Longer digit strings than Python itself writes (its default `int` limit is 4,300
+            // digits) are not read as an int: converting decimal text costs quadratic time, so a
+            // hostile 1 MB item would take minutes. Such an item decodes as its bytes, or fails.
+            flags::INTEGER | flags::LONG
+                if item.data.len() <= python_memcache::MAX_INT_TEXT
+                    && python_memcache::is_decimal_int(&item.data) =>
+            {
                 Some(Scalar::Int(&item.data))
             }
             _ => None,
@@ -279,6 +285,22 @@ fn decode_error(key: &str, codec: Codec, e: impl std::fmt::Display) -> Error {
 mod tests {
     use super::*;
     use serde_json::{Value, json};
+
+    #[test]
+    fn a_huge_python_int_item_is_not_converted_in_quadratic_time() {
+        // 1 MB of digits with pymemcache's int flag: decoded as bytes or refused, at once.
+        let item = Item::new(vec![b'7'; 1_000_000], flags::INTEGER);
+        let start = std::time::Instant::now();
+        for codec in [MC_JSON, MC_PICKLE] {
+            let _ = codec.decode::<Value>("k", &item);
+            let _ = codec.decode_json("k", &item);
+        }
+        assert!(start.elapsed() < std::time::Duration::from_secs(5));
+        // Shorter ones still read as an int, exactly.
+        let ok = Item::new(format!("1{}", "0".repeat(30)).into_bytes(), flags::INTEGER);
+        assert_eq!(MC_PICKLE.decode::<u128>("k", &ok).unwrap(), 10u128.pow(30));
+        assert_eq!(MC_JSON.decode::<u128>("k", &ok).unwrap(), 10u128.pow(30));
+    }
 
     const MC_JSON: ValueCodec = ValueCodec {
         codec: Codec::Json,

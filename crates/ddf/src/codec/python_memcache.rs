@@ -37,6 +37,10 @@ use serde::ser::{self, Impossible, Serialize};
 use crate::codec::flags;
 use crate::item::Item;
 
+/// The longest decimal text read as a Python `int`: Python's own default limit on the digits of
+/// `str(int)` (`sys.get_int_max_str_digits()`, 4,300), plus a sign.
+pub(crate) const MAX_INT_TEXT: usize = 4_301;
+
 /// Whether `data` is a decimal integer as Python's `str(int)` writes it (optional `-`).
 pub(crate) fn is_decimal_int(data: &[u8]) -> bool {
     let digits = data.strip_prefix(b"-").unwrap_or(data);

@@ -103,6 +103,27 @@ fn master_is_found_through_the_sentinels() {
         cache.backend_info()
     );
 
+    // `redis_db` is honoured through Sentinel too: the value lands in database 3 only.
+    let mut db3 = config(&deployment, dir.path());
+    db3.redis_db = 3;
+    let cache3 = CacheManager::new(db3).unwrap();
+    cache3.set("in3", "x", None).unwrap();
+    let master3 = direct(deployment.master.port());
+    assert_eq!(
+        master3.get::<String>("in3").unwrap(),
+        None,
+        "written to db 0"
+    );
+    let mut c = CacheConfig::default()
+        .with_backend(CacheBackend::Redis)
+        .with_redis("127.0.0.1", deployment.master.port())
+        .with_namespace("sent:")
+        .with_timeouts(CONNECT, TIMEOUT);
+    c.redis_db = 3;
+    let b = ddf::testing::internals::RedisBackend::from_config(&c).unwrap();
+    let in_db3 = CacheManager::with_backend(c, Arc::new(b));
+    assert_eq!(in_db3.get::<String>("in3").unwrap().as_deref(), Some("x"));
+
     // A master name the Sentinels do not monitor: a temporary error that names it.
     let mut wrong = config(&deployment, dir.path());
     wrong.redis_sentinel_master = Some("nope".to_owned());

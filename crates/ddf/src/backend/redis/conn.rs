@@ -122,7 +122,11 @@ impl ConnectionLike for Bounded {
                 // Out-of-band data (RESP3) is not a reply.
                 Value::Push { .. } => continue,
                 // An error before `offset` (inside MULTI, which ddf never sends) aborts.
-                Value::ServerError(e) if seen < offset => return Err(e.into()),
+                // Later replies stay unread: the connection must not go back to the pool.
+                Value::ServerError(e) if seen < offset => {
+                    self.broken = true;
+                    return Err(e.into());
+                }
                 v if seen >= offset => out.push(v),
                 _ => {}
             }

@@ -208,9 +208,12 @@ impl Shared {
     }
 
     /// Applies the journal to the primary, oldest first, until `deadline` if one is given.
-    /// The first error of any kind stops it: what was applied is removed from the journal, the
-    /// rest stays recorded (a refusal, READONLY from a server that became a replica, say, may
-    /// pass once the server changes; dropping the entry would let its old value be served).
+    /// A temporary error (a timeout, READONLY from a server that became a replica) stops it:
+    /// what was applied is removed from the journal, the rest stays recorded, to be applied when
+    /// the server accepts it (dropping the entry would let its old value be served). A permanent
+    /// refusal (a whole-keyspace flush this process's settings refuse, an operation the server
+    /// cannot do) can never pass: that entry is dropped with a warning, so that one such entry
+    /// does not keep every process of the scope on the fallback for good.
     /// Progress is saved every [`REPLAY_BATCH`] entries, so that a replay cut short (a process
     /// that ends) is not started over.
     ///
@@ -234,9 +237,17 @@ impl Shared {
                 PendingOp::DeletePrefix(p) => primary.delete_prefix(p).map(|_| ()),
                 PendingOp::Clear => primary.clear(),
             };
-            if let Err(e) = r {
-                outcome = Err(e);
-                break;
+            match r {
+                Ok(()) => {}
+                Err(e) if e.is_temporary() => {
+                    outcome = Err(e);
+                    break;
+                }
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    ?op,
+                    "a recorded invalidation can never be applied here (a permanent refusal); dropped"
+                ),
             }
             done.applied = i + 1;
             if done.applied - saved >= REPLAY_BATCH {

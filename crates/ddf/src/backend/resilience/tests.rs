@@ -211,6 +211,63 @@ fn invalidations_left_by_an_ended_process_are_applied_first() {
     assert_eq!(store.get("k").unwrap(), None);
 }
 
+/// A primary that refuses `clear` for good, as a server backend with an empty namespace and no
+/// `server_flush` does.
+#[derive(Debug)]
+struct RefusesClear(FileBackend);
+
+impl Backend for RefusesClear {
+    fn name(&self) -> &'static str {
+        "test"
+    }
+    fn get(&self, key: &str) -> Result<Option<Item>> {
+        self.0.get(key)
+    }
+    fn set(&self, key: &str, item: &Item, ttl: Option<Duration>) -> Result<()> {
+        self.0.set(key, item, ttl)
+    }
+    fn delete(&self, key: &str) -> Result<bool> {
+        self.0.delete(key)
+    }
+    fn delete_prefix(&self, prefix: &str) -> Result<u64> {
+        self.0.delete_prefix(prefix)
+    }
+    fn clear(&self) -> Result<()> {
+        Err(crate::backend::whole_keyspace_refusal("everything"))
+    }
+    fn ping(&self) -> Result<BackendStatus> {
+        self.0.ping()
+    }
+}
+
+/// A recorded entry the primary refuses for good (a flush recorded by a process with other
+/// settings) is dropped with a warning: the entries after it are applied and the cache comes
+/// up, instead of every process of the scope staying on the fallback for good.
+#[test]
+fn a_permanently_refused_entry_does_not_keep_the_scope_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FileBackend::open(dir.path().join("primary"), "ns:").unwrap();
+    store.set("k", &item("stale"), None).unwrap();
+    let local = Arc::new(FileBackend::open(dir.path().join("local"), "fb:").unwrap());
+    let journal = Arc::new(Journal::open(dir.path().join("local")).unwrap());
+    journal
+        .append("s", &[PendingOp::Clear, PendingOp::Delete("k".into())])
+        .unwrap();
+    let primary = Arc::new(RefusesClear(
+        FileBackend::open(dir.path().join("primary"), "ns:").unwrap(),
+    ));
+    let r = build(
+        config("s", 3),
+        Box::new(move || Ok(primary.clone() as Arc<dyn Backend>)),
+        Fallback::Serve(local),
+        &journal,
+    );
+    wait_for(&r, Health::Up);
+    assert_eq!(r.get("k").unwrap(), None, "the entry after the refused one");
+    assert_eq!(store.get("k").unwrap(), None);
+    assert!(journal.read("s").unwrap().is_empty());
+}
+
 #[test]
 fn a_write_that_failed_never_lets_the_old_value_back() {
     let Setup { r, up, .. } = setup(FallbackMode::Pickle);

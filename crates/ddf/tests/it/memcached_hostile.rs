@@ -103,47 +103,21 @@ fn hostile_replies_to_batches_end_within_the_bound() {
 
 const ALLOC_WORKER: &str = "DDF_TEST_MEMCACHED_ALLOC_WORKER";
 
-/// The process's peak virtual memory (`VmPeak`), in bytes.
-fn vm_peak() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmPeak:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
-}
-
 /// A `VA 999999999` in a `get_many` reply is not allocated (issue #14: about 1 GB of peak
 /// virtual memory). Measured in a child process running this test alone.
 #[test]
 fn an_enormous_announced_length_in_a_batch_is_not_allocated() {
     if process::job(ALLOC_WORKER).is_some() {
-        let keys = ["a", "b", "c"];
-        let before = vm_peak();
-        let dir = tempfile::tempdir().unwrap();
-        let f = fake(b"mg ", b"VA 999999999 f0 O0\r\nabc");
-        let c = cache(&f, "error", dir.path());
-        let (r, _) = timed(|| c.get_many::<i32>(&keys));
-        assert!(r.starts_with("Err("), "{r}");
-        let grown = vm_peak().saturating_sub(before);
-        println!("peak virtual memory grew by {} MB", grown >> 20);
-        assert!(
-            grown < 256 << 20,
-            "peak virtual memory grew by {} MB",
-            grown >> 20
-        );
-        return;
+        return process::assert_peak_growth_below(256 << 20, || {
+            let dir = tempfile::tempdir().unwrap();
+            let f = fake(b"mg ", b"VA 999999999 f0 O0\r\nabc");
+            let c = cache(&f, "error", dir.path());
+            let (r, _) = timed(|| c.get_many::<i32>(&["a", "b", "c"]));
+            assert!(r.starts_with("Err("), "{r}");
+        });
     }
-    let c = process::child(
+    process::measure_in_child(
         "memcached_hostile::an_enormous_announced_length_in_a_batch_is_not_allocated",
         ALLOC_WORKER,
-        "1",
-    )
-    // One malloc arena: every cache has a background thread, and glibc reserves 64 MB of
-    // address space per thread arena, which would blur the peak this test reads.
-    .env("MALLOC_ARENA_MAX", "1")
-    .spawn()
-    .unwrap();
-    let out = process::check(c, "allocation worker");
-    eprintln!("{out}");
+    );
 }

@@ -34,3 +34,38 @@ pub fn check(child: std::process::Child, what: &str) -> String {
     );
     stdout
 }
+
+/// The peak virtual memory of this process, in bytes (0 where `/proc` does not say).
+fn vm_peak() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmPeak:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// In a child: runs `body` and fails unless the peak virtual memory grew by less than
+/// `limit` bytes (an announced length that was reserved shows here even if never touched).
+pub fn assert_peak_growth_below(limit: u64, body: impl FnOnce()) {
+    let before = vm_peak();
+    body();
+    let grown = vm_peak().saturating_sub(before);
+    println!("peak virtual memory grew by {} MB", grown >> 20);
+    assert!(
+        grown < limit,
+        "peak virtual memory grew by {} MB",
+        grown >> 20
+    );
+}
+
+/// Runs the test `test` alone in a child with `var` set, for a peak-memory measurement: one
+/// malloc arena, because every cache has a background thread and glibc reserves 64 MB of
+/// address space per thread arena, which would blur the peak.
+pub fn measure_in_child(test: &str, var: &str) {
+    let c = child(test, var, "1")
+        .env("MALLOC_ARENA_MAX", "1")
+        .spawn()
+        .expect("spawning the measuring child");
+    eprintln!("{}", check(c, "allocation worker"));
+}

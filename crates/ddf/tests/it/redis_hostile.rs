@@ -53,16 +53,6 @@ fn cache(fake: &FakeServer, fallback: &str, dir: &std::path::Path) -> CacheManag
     CacheManager::new(CacheConfig::from_ini_str(&ini).unwrap()).unwrap()
 }
 
-/// The process's peak virtual memory (`VmPeak`), in bytes.
-fn vm_peak() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmPeak:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
-}
-
 /// Runs `f` and returns a text of its result and how long it took.
 fn timed<T: std::fmt::Debug>(f: impl FnOnce() -> ddf::Result<T>) -> (String, Duration) {
     let t = Instant::now();
@@ -102,38 +92,23 @@ const ALLOC_WORKER: &str = "DDF_TEST_REDIS_ALLOC_WORKER";
 #[test]
 fn an_enormous_announced_length_is_not_allocated() {
     if process::job(ALLOC_WORKER).is_some() {
-        let before = vm_peak();
-        for reply in HOSTILE
-            .iter()
-            .filter(|r| r.windows(9).any(|w| w == b"999999999"))
-        {
-            let fake = fake(reply);
-            let dir = tempfile::tempdir().unwrap();
-            let c = cache(&fake, "error", dir.path());
-            let (r, _) = timed(|| c.get::<String>("k"));
-            assert!(r.starts_with("Err("), "{r}");
-        }
-        let grown = vm_peak().saturating_sub(before);
-        println!("peak virtual memory grew by {} MB", grown >> 20);
-        assert!(
-            grown < 256 << 20,
-            "peak virtual memory grew by {} MB",
-            grown >> 20
-        );
-        return;
+        return process::assert_peak_growth_below(256 << 20, || {
+            for reply in HOSTILE
+                .iter()
+                .filter(|r| r.windows(9).any(|w| w == b"999999999"))
+            {
+                let fake = fake(reply);
+                let dir = tempfile::tempdir().unwrap();
+                let c = cache(&fake, "error", dir.path());
+                let (r, _) = timed(|| c.get::<String>("k"));
+                assert!(r.starts_with("Err("), "{r}");
+            }
+        });
     }
-    let c = process::child(
+    process::measure_in_child(
         "redis_hostile::an_enormous_announced_length_is_not_allocated",
         ALLOC_WORKER,
-        "1",
-    )
-    // One malloc arena: every cache has a background thread, and glibc reserves 64 MB of
-    // address space per thread arena, which would blur the peak this test reads.
-    .env("MALLOC_ARENA_MAX", "1")
-    .spawn()
-    .unwrap();
-    let out = process::check(c, "allocation worker");
-    eprintln!("{out}");
+    );
 }
 
 /// The case of the issue: `ping` against a Redis that answers garbage and then stalls took

@@ -742,9 +742,10 @@ fn memcached() {
 }
 
 #[test]
-#[ignore = "fails until issue #14's fixes land: an up process reads a value another process \
-            recorded as invalidated while that process recovers (finding 1), and a recovering \
-            process serves its fallback while the up one writes the server"]
+#[ignore = "the checker does not yet know which reads the fallback served: a process that \
+            stayed up sees another process's outage write within breaker_retry, and a process in \
+            its own outage serves the shared fallback (both allowed by the README); issue #14 \
+            point 4, run by scripts/soak"]
 fn redis_processes() {
     if let Some(job) = process::job(CHILD) {
         return child_job(&job);
@@ -753,9 +754,10 @@ fn redis_processes() {
 }
 
 #[test]
-#[ignore = "fails until issue #14's fixes land: an up process reads a value another process \
-            recorded as invalidated while that process recovers (finding 1), and a recovering \
-            process serves its fallback while the up one writes the server"]
+#[ignore = "the checker does not yet know which reads the fallback served: a process that \
+            stayed up sees another process's outage write within breaker_retry, and a process in \
+            its own outage serves the shared fallback (both allowed by the README); issue #14 \
+            point 4, run by scripts/soak"]
 fn memcached_processes() {
     if let Some(job) = process::job(CHILD) {
         return child_job(&job);

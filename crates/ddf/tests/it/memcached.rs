@@ -604,8 +604,11 @@ fn a_stopped_server_costs_one_timeout_then_fails_fast() {
     for _ in 0..20 {
         assert!(c.get::<String>(&key).is_err());
     }
+    // Each call that went to the stopped server would wait its 500 ms read timeout: 20 of them
+    // take 10 s. The bound tells "fails fast" from "waits every time" with room for a loaded
+    // machine; it is not a speed target.
     assert!(
-        t.elapsed() < Duration::from_millis(500),
+        t.elapsed() < Duration::from_millis(2500),
         "{:?}",
         t.elapsed()
     );

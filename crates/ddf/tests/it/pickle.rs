@@ -941,7 +941,7 @@ fn mutation_fuzz_of_python_pickles() {
                     assert_eq!(pickle::to_vec(&back).unwrap(), again, "{b:?}");
                 }
             }
-            assert!(t.elapsed() < Duration::from_secs(1), "slow input {b:?}");
+            assert!(t.elapsed() < Duration::from_secs(5), "slow input {b:?}");
             runs += 1;
         }
     }

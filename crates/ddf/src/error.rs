@@ -166,6 +166,43 @@ impl Error {
             source: None,
         }
     }
+
+    /// An equal error for a second caller (`ddf::init` returns the one the globals keep). An
+    /// I/O error keeps its kind and text; a custom backend's source is folded into the message.
+    pub(crate) fn duplicate(&self) -> Self {
+        match self {
+            Error::Config { source_, message } => Error::config(source_.clone(), message.clone()),
+            Error::ConfigFile { path, error } => Error::ConfigFile {
+                path: path.clone(),
+                error: std::io::Error::new(error.kind(), error.to_string()),
+            },
+            Error::InvalidArgument(m) => Error::InvalidArgument(m.clone()),
+            Error::Encode { key, codec, reason } => Error::Encode {
+                key: key.clone(),
+                codec,
+                reason: reason.clone(),
+            },
+            Error::Decode { key, codec, reason } => Error::Decode {
+                key: key.clone(),
+                codec,
+                reason: reason.clone(),
+            },
+            Error::Backend {
+                backend,
+                message,
+                temporary,
+                source,
+            } => Error::Backend {
+                backend,
+                message: match source {
+                    Some(s) => format!("{message}: {s}"),
+                    None => message.clone(),
+                },
+                temporary: *temporary,
+                source: None,
+            },
+        }
+    }
 }
 
 /// Shortens a key for an error message: keys may be 10 kB.

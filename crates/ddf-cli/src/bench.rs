@@ -262,6 +262,7 @@ fn print(
             "threads": threads,
             "ops_per_thread": args.ops,
             "results": results,
+            "calls": calls_json(&cache.stats()),
         });
         writeln!(out, "{doc}")?;
         return Ok(());
@@ -289,7 +290,30 @@ fn print(
             r.per_sec
         )?;
     }
+    let stats = cache.stats();
+    writeln!(out, "calls: {stats}")?;
+    if stats.fallback > 0 {
+        writeln!(
+            out,
+            "note: {} calls were answered by the fallback (the server was down or failing): \
+             these figures are not the server's",
+            stats.fallback
+        )?;
+    }
     Ok(())
+}
+
+/// The manager's counters of the run, for `--json`.
+fn calls_json(s: &ddf::CacheStats) -> serde_json::Value {
+    serde_json::json!({
+        "hits": s.hits,
+        "misses": s.misses,
+        "sets": s.sets,
+        "deletes": s.deletes,
+        "invalidated": s.invalidated,
+        "errors": s.errors,
+        "fallback": s.fallback,
+    })
 }
 
 fn fmt_dur(d: Duration) -> String {

@@ -319,6 +319,10 @@ fn bench_runs_and_prints_json() {
             && ops.contains(&"invalidate (30 of 200)"),
         "{ops:?}"
     );
+    // The counters of the run: every call reached the directory, none the fallback.
+    assert_eq!(v["calls"]["fallback"], 0, "{v}");
+    assert_eq!(v["calls"]["errors"], 0, "{v}");
+    assert!(v["calls"]["hits"].as_u64().unwrap() > 0, "{v}");
     // The benchmark leaves nothing behind.
     let o = cli.run(&["stats"]);
     assert!(stdout(&o).contains("\nentries: 0\n"), "{}", stdout(&o));

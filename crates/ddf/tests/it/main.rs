@@ -16,5 +16,6 @@ mod redis_hostile;
 mod resilience;
 mod sentinel;
 mod soak;
+mod stats;
 mod ui;
 mod waits;

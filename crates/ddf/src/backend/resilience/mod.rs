@@ -301,7 +301,10 @@ impl Resilient {
             Err(e) if e.is_temporary() => {
                 Shared::failed(s, false, &e);
                 match s.fallback {
-                    Fallback::Serve(_) => Ok(miss()),
+                    Fallback::Serve(_) => {
+                        super::degraded::note_fallback();
+                        Ok(miss())
+                    }
                     Fallback::Refuse => Err(e),
                 }
             }
@@ -391,10 +394,13 @@ impl Resilient {
     /// Serves a call while the primary is not up, as the fallback says.
     fn on_fallback<T>(&self, op: &impl Fn(&dyn Backend) -> Result<T>) -> Result<T> {
         match &self.shared.fallback {
-            Fallback::Serve(f) => match self.shared.generation.load(Ordering::Acquire) {
-                0 => op(&super::none::NoneBackend),
-                g => op(&GenerationView::new(f.clone(), g)),
-            },
+            Fallback::Serve(f) => {
+                super::degraded::note_fallback();
+                match self.shared.generation.load(Ordering::Acquire) {
+                    0 => op(&super::none::NoneBackend),
+                    g => op(&GenerationView::new(f.clone(), g)),
+                }
+            }
             Fallback::Refuse => Err(Error::Backend {
                 backend: self.shared.cfg.name,
                 message: format!("the server is {} and fallback = error", self.health()),

@@ -10,7 +10,8 @@ use clap::{Parser, Subcommand};
 /// Configuration: the INI file from --config, else $DDF_CONFIG, else ./ddf.ini, else
 /// ~/.config/ddf/ddf.ini; then DDF_CACHE_<KEY> and REDIS_* environment variables; then
 /// --backend/--namespace. Exit codes: 0 success, 1 miss (get) or nothing removed (delete),
-/// 2 error.
+/// 2 error, 3 a write, delete, invalidation or flush that the server did not take: the
+/// fallback did (Redis or Memcached down; see --fallback-ok).
 #[derive(Debug, Parser)]
 #[command(name = "ddf-cache", version, about, long_about = None)]
 pub struct Args {
@@ -29,6 +30,11 @@ pub struct Args {
     /// More logging on stderr (-v info, -vv debug). DDF_LOG sets a filter directly.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
+
+    /// Count a write, delete, invalidation or flush answered by the fallback (the server
+    /// down) as success: exit 0 instead of 3, without the notice.
+    #[arg(long, global = true)]
+    pub fallback_ok: bool,
 
     /// What to do.
     #[command(subcommand)]

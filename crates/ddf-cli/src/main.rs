@@ -2,7 +2,8 @@
 //!
 //! A thin binary (ripgrep's shape): parse arguments, build the cache from the usual
 //! configuration sources, run one command, print, and map the outcome to an exit code
-//! (0 success, 1 miss / nothing removed, 2 error). Errors print as one line,
+//! (0 success, 1 miss / nothing removed, 2 error, 3 a change the fallback took instead of the
+//! server). Errors print as one line,
 //! `ddf-cache: {err:#}`; a closed stdout (`| head`) exits 0.
 
 mod args;
@@ -105,6 +106,31 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     let cache = CacheManager::new(config)?;
     let mut out = io::stdout().lock();
+    let fallback_ok = args.fallback_ok;
+    let fallback_before = cache.stats().fallback;
+    // A change the fallback took instead of the server: one line, exit 3 (unless
+    // --fallback-ok).
+    let landed = |what: &str, code: ExitCode| -> ExitCode {
+        if fallback_ok || cache.stats().fallback == fallback_before {
+            return code;
+        }
+        let config = cache.config();
+        let fate = match (what, config.fallback) {
+            ("write", ddf::FallbackMode::None) => "was dropped (fallback = none)".to_owned(),
+            ("write", _) => format!(
+                "went to the local fallback in {}, not to the server, and will not be there \
+                 when the server returns",
+                config.pickle_dir().display()
+            ),
+            _ => "was recorded and reaches the server when it answers again".to_owned(),
+        };
+        eprintln!(
+            "ddf-cache: {} did not answer: the {what} {fate}; exit code 3 (--fallback-ok to \
+             accept)",
+            cache.backend_name()
+        );
+        ExitCode::from(3)
+    };
     match args.command {
         Command::Get { key } => match cache.get_json(&key)? {
             Some(value) => {
@@ -136,21 +162,25 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
             } else {
                 cache.set(&key, &value, ttl)?;
             }
-            Ok(ExitCode::SUCCESS)
+            Ok(landed("write", ExitCode::SUCCESS))
         }
-        Command::Delete { key } => Ok(if cache.delete(&key)? {
-            ExitCode::SUCCESS
-        } else {
-            ExitCode::from(1)
-        }),
+        Command::Delete { key } => {
+            let code = if cache.delete(&key)? {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            };
+            Ok(landed("delete", code))
+        }
         Command::Invalidate { prefix } => {
             let n = cache.invalidate_pattern(&prefix)?;
             writeln!(out, "{n}")?;
-            Ok(ExitCode::SUCCESS)
+            out.flush()?;
+            Ok(landed("invalidation", ExitCode::SUCCESS))
         }
         Command::Flush => {
             cache.flush_all()?;
-            Ok(ExitCode::SUCCESS)
+            Ok(landed("flush", ExitCode::SUCCESS))
         }
         Command::Ping => {
             let (status, rtt) = cache.ping()?;

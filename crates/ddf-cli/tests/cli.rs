@@ -407,8 +407,24 @@ fn redis_an_outage_value_is_shared_until_the_server_returns() {
             .unwrap()
     };
     server.process.kill();
+    // The write reached the fallback, not the server: one line says so, exit code 3.
     let o = run(&["set", "k", "x"]);
+    assert_eq!(code(&o), 3, "{}", stderr(&o));
+    let err = stderr(&o);
+    let notice: Vec<&str> = err
+        .lines()
+        .filter(|l| l.starts_with("ddf-cache: "))
+        .collect();
+    assert_eq!(notice.len(), 1, "{}", stderr(&o));
+    assert!(
+        notice[0].contains("redis did not answer") && notice[0].contains("local fallback"),
+        "{}",
+        notice[0]
+    );
+    // Asked for, the fallback counts as success.
+    let o = run(&["--fallback-ok", "set", "k", "x"]);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(!stderr(&o).contains("ddf-cache: "), "{}", stderr(&o));
     let o = run(&["get", "k"]);
     assert_eq!(
         (code(&o), stdout(&o).as_str()),
@@ -416,6 +432,15 @@ fn redis_an_outage_value_is_shared_until_the_server_returns() {
         "{}",
         stderr(&o)
     );
+    // Deletes, invalidations and flushes too.
+    run(&["--fallback-ok", "set", "gone", "x"]);
+    for args in [&["delete", "gone"][..], &["invalidate", "p:"], &["flush"]] {
+        let o = run(args);
+        assert_eq!(code(&o), 3, "{args:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains("was recorded"), "{}", stderr(&o));
+    }
+    // A read is not a change: a miss stays exit 1.
+    assert_eq!(code(&run(&["get", "gone"])), 1);
     drop(server);
     let _back = ddf_testkit::RedisServer::start_on(port, &[]).unwrap();
     let o = run(&["get", "k"]);

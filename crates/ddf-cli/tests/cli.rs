@@ -446,3 +446,95 @@ fn redis_an_outage_value_is_shared_until_the_server_returns() {
     let o = run(&["get", "k"]);
     assert_eq!(code(&o), 1, "{}{}", stdout(&o), stderr(&o));
 }
+
+/// Issue #18: a server that has not answered is never shown `up`; `stats` and `ping` say why
+/// (refused, timed out on a reply, protocol error), and a reply timeout after connecting is not
+/// "cannot connect".
+#[test]
+fn status_is_never_up_without_an_answer_and_says_why() {
+    let cli = Cli::new();
+    let run = |backend: &str, env: &[(&str, String)], args: &[&str]| {
+        let mut c = cli.cmd();
+        c.args(["-b", backend]).args(args);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        c.env("DDF_CACHE_TIMEOUT", "0.3")
+            .env("DDF_CACHE_CONNECT_TIMEOUT", "0.3")
+            .output()
+            .unwrap()
+    };
+    let check = |backend: &str, env: &[(&str, String)], why: &str| {
+        let o = run(backend, env, &["stats"]);
+        let out = stdout(&o);
+        assert!(!out.contains("\nstate: up"), "{backend}: {out}");
+        assert!(
+            out.contains(&format!("not answering ({why})")),
+            "{backend}: {out}"
+        );
+        let o = run(backend, env, &["ping"]);
+        let err = stderr(&o);
+        assert_eq!(code(&o), 2, "{err}");
+        // One line from ddf-cache (the library may log a warning beside it).
+        let line: Vec<&str> = err
+            .lines()
+            .filter(|l| l.starts_with("ddf-cache: "))
+            .collect();
+        assert_eq!(line.len(), 1, "{err}");
+        assert!(
+            line[0].contains(&format!("state not answering ({why})")),
+            "{backend}: {err}"
+        );
+        assert!(!err.contains("state up"), "{err}");
+        err
+    };
+    // Nothing listens.
+    let port = ddf_testkit::free_port().to_string();
+    check(
+        "redis",
+        &[
+            ("DDF_CACHE_REDIS_HOST", "127.0.0.1".into()),
+            ("DDF_CACHE_REDIS_PORT", port.clone()),
+        ],
+        "refused",
+    );
+    check(
+        "memcached",
+        &[("DDF_CACHE_MEMCACHED_SERVERS", format!("127.0.0.1:{port}"))],
+        "refused",
+    );
+    // Something that is not the protocol answers.
+    let fake = ddf_testkit::FakeServer::start(|_| {
+        ddf_testkit::FakeReply::Send(b"HTTP/1.1 400 Bad Request\r\n\r\n".to_vec())
+    });
+    check(
+        "redis",
+        &[
+            ("DDF_CACHE_REDIS_HOST", "127.0.0.1".into()),
+            ("DDF_CACHE_REDIS_PORT", fake.port().to_string()),
+        ],
+        "protocol error",
+    );
+    check(
+        "memcached",
+        &[("DDF_CACHE_MEMCACHED_SERVERS", fake.server())],
+        "protocol error",
+    );
+    drop(fake);
+    // A stopped Redis accepts the connection (the kernel does) and never replies: with
+    // redis_db = 1 the set-up's SELECT is what times out, and that is not "cannot connect".
+    let Some(server) = ddf_testkit::RedisServer::start() else {
+        return;
+    };
+    server.process.signal("STOP");
+    let env = [
+        ("DDF_CACHE_REDIS_HOST", "127.0.0.1".to_owned()),
+        ("DDF_CACHE_REDIS_PORT", server.port().to_string()),
+        ("DDF_CACHE_REDIS_DB", "1".to_owned()),
+    ];
+    let err = check("redis", &env, "timed out on a reply");
+    assert!(!err.contains("cannot connect"), "{err}");
+    server.process.signal("CONT");
+    let o = run("redis", &env, &["stats"]);
+    assert!(stdout(&o).contains("\nstate: up\n"), "{}", stdout(&o));
+}

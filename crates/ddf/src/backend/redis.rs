@@ -213,14 +213,25 @@ impl RedisBackend {
                     // A demoted master (Sentinel failover): the next connection finds the new one.
                     | redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly)
             );
+        use crate::error::why;
         let mut text = e.to_string();
         if e.kind() == redis::ErrorKind::Parse {
             // redis-rs's parse errors span lines ("Unexpected `84`" per byte); one line here.
             let detail = text.split_whitespace().collect::<Vec<_>>().join(" ");
-            text = format!("a reply that is not RESP (is this a Redis server?): {detail}");
+            text = format!(
+                "{}: a reply that is not RESP (is this a Redis server?): {detail}",
+                why::PROTOCOL
+            );
         }
         if e.is_timeout() {
-            text = format!("timed out ({text})");
+            // A connect timeout is `TimedOut`; a read or write timeout on a connected socket
+            // is `WouldBlock` (EAGAIN).
+            let phase = if io_kind(e) == Some(std::io::ErrorKind::TimedOut) {
+                why::CONNECT_TIMEOUT
+            } else {
+                why::REPLY_TIMEOUT
+            };
+            text = format!("{phase} ({text})");
         }
         if let Some(p) = &self.password {
             text = text.replace(p.as_str(), "<redacted>");
@@ -315,7 +326,13 @@ impl RedisBackend {
         }
         let mut c = self.connect().map_err(|e| {
             self.after_error(&e);
-            self.map_err("cannot connect", &e)
+            // Connected, then no reply to the set-up (AUTH, SELECT): not "cannot connect".
+            let what = if e.is_timeout() && io_kind(&e) != Some(std::io::ErrorKind::TimedOut) {
+                "setting up the connection"
+            } else {
+                "cannot connect"
+            };
+            self.map_err(what, &e)
         })?;
         match f(&mut c) {
             Ok(v) => {
@@ -720,6 +737,13 @@ fn unlink<K: redis::ToRedisArgs>(c: &mut Conn, keys: &[K]) -> redis::RedisResult
             Ok(counts.iter().sum())
         }
     }
+}
+
+/// The I/O error kind behind a redis-rs error, if it is one.
+fn io_kind(e: &redis::RedisError) -> Option<std::io::ErrorKind> {
+    std::error::Error::source(e)?
+        .downcast_ref::<std::io::Error>()
+        .map(std::io::Error::kind)
 }
 
 #[cfg(test)]

@@ -163,8 +163,14 @@ fn map_err(server: &str, what: &str, timeout: Duration, e: McError) -> Error {
     match e {
         McError::Io(io) => {
             let message = match io.kind() {
-                K::WouldBlock | K::TimedOut => format!(
-                    "{what} on memcached server {server}: no answer within {:.1} s",
+                // `connect_timeout` ends as `TimedOut`, a read or write timeout as `WouldBlock`.
+                K::TimedOut => format!(
+                    "{what} on memcached server {server}: {}",
+                    crate::error::why::CONNECT_TIMEOUT
+                ),
+                K::WouldBlock => format!(
+                    "{what} on memcached server {server}: {} (none within {:.1} s)",
+                    crate::error::why::REPLY_TIMEOUT,
                     timeout.as_secs_f64()
                 ),
                 _ => format!("{what} on memcached server {server}: {io}"),
@@ -177,7 +183,16 @@ fn map_err(server: &str, what: &str, timeout: Duration, e: McError) -> Error {
                 source: None,
             }
         }
-        McError::Server(m) | McError::Protocol(m) => Error::Backend {
+        McError::Protocol(m) => Error::Backend {
+            backend: "memcached",
+            message: format!(
+                "{what} on memcached server {server}: {}: {m}",
+                crate::error::why::PROTOCOL
+            ),
+            temporary: false,
+            source: None,
+        },
+        McError::Server(m) => Error::Backend {
             backend: "memcached",
             message: format!("{what} on memcached server {server}: {m}"),
             temporary: false,

@@ -238,6 +238,28 @@ impl Resilient {
         Resilient { shared }
     }
 
+    /// Asks the primary (built now if it never was) whether it answers: what `ping` and
+    /// `stats` report, whatever the breaker's state.
+    fn ask_primary(&self) -> Result<BackendStatus> {
+        let current = read(&self.shared.primary).clone();
+        match current {
+            Some(p) => p.ping(),
+            None => (self.shared.factory)().and_then(|p| p.ping()),
+        }
+    }
+
+    /// The state `ping` and `stats` show: the breaker's, except that a server that did not
+    /// answer just now is never shown `up`, and the reason is named.
+    fn shown_state(&self, answer: &Result<BackendStatus>) -> String {
+        match (answer, self.health()) {
+            (Ok(_), h) => h.to_string(),
+            (Err(e), Health::Up) => {
+                format!("not answering ({})", crate::error::failure_kind(e))
+            }
+            (Err(e), h) => format!("{h}; not answering ({})", crate::error::failure_kind(e)),
+        }
+    }
+
     /// The primary's state.
     pub(crate) fn health(&self) -> Health {
         self.shared.breaker.health()
@@ -476,14 +498,10 @@ impl Backend for Resilient {
     }
 
     fn ping(&self) -> Result<BackendStatus> {
-        let health = self.health();
-        let current = read(&self.shared.primary).clone();
-        let result = match current {
-            Some(p) => p.ping(),
-            None => (self.shared.factory)().and_then(|p| p.ping()),
-        };
+        let result = self.ask_primary();
         let summary = format!(
-            "state {health}; {} transitions, {} failed operations; fallback = {}",
+            "state {}; {} transitions, {} failed operations; fallback = {}",
+            self.shown_state(&result),
             self.transitions(),
             self.failed_ops(),
             self.shared.fallback.label()
@@ -514,8 +532,21 @@ impl Backend for Resilient {
             .journal
             .count(&self.shared.cfg.scope)
             .unwrap_or(0);
-        let mut rows = vec![
-            ("state".to_owned(), self.health().to_string()),
+        // Up is shown only when the server answers now; a server that is down or recovering is
+        // not asked (the probe does), so that polling `info` adds no load to a replay.
+        let answer = (self.health() == Health::Up).then(|| self.ask_primary());
+        let mut rows = vec![(
+            "state".to_owned(),
+            match &answer {
+                Some(a) => self.shown_state(a),
+                None => self.health().to_string(),
+            },
+        )];
+        if let Some(Err(e)) = &answer {
+            rows.push(("server error".to_owned(), e.to_string()));
+        }
+        rows.extend([
+            ("breaker".to_owned(), self.health().to_string()),
             ("transitions".to_owned(), self.transitions().to_string()),
             (
                 "failed operations".to_owned(),
@@ -533,7 +564,7 @@ impl Backend for Resilient {
                 "outage generation".to_owned(),
                 self.shared.generation.load(Ordering::Acquire).to_string(),
             ),
-        ];
+        ]);
         if self.health() == Health::Up
             && let Some(p) = read(&self.shared.primary).clone()
             && let Ok(more) = p.info()

@@ -27,7 +27,9 @@ pub struct Args {
     #[arg(short, long, global = true, value_name = "PREFIX")]
     pub namespace: Option<String>,
 
-    /// More logging on stderr (-v info, -vv debug). DDF_LOG sets a filter directly.
+    /// More logging on stderr: -v the file read, the backend and servers chosen, state
+    /// changes; -vv also connections and every hit and miss; -vvv everything. DDF_LOG sets a
+    /// filter directly.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
 

@@ -71,10 +71,13 @@ fn usage_error(e: &clap::Error) -> ExitCode {
 }
 
 fn init_logging(verbose: u8) {
+    // -v: what was chosen (file, backend, servers, state changes); -vv: connections and every
+    // hit and miss; -vvv: everything, other crates included.
     let default = match verbose {
         0 => "warn",
         1 => "info",
-        _ => "debug",
+        2 => "debug,ddf=trace",
+        _ => "trace",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("DDF_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));

@@ -538,3 +538,52 @@ fn status_is_never_up_without_an_answer_and_says_why() {
     let o = run("redis", &env, &["stats"]);
     assert!(stdout(&o).contains("\nstate: up\n"), "{}", stdout(&o));
 }
+
+/// Issue #18: `-v` says which file was read (or where it looked), the backend and its
+/// servers; `-vv` adds connections and every hit and miss. Without `-v`, nothing.
+#[test]
+fn verbose_logs_say_what_the_cache_is_doing() {
+    let cli = Cli::new();
+    let o = cli.run(&["get", "nosuch"]);
+    assert_eq!((code(&o), stderr(&o).as_str()), (1, ""));
+    let o = cli.run(&["-v", "get", "nosuch"]);
+    let err = stderr(&o);
+    for needle in [
+        "no configuration file found",
+        "./ddf.ini",
+        ".config/ddf/ddf.ini",
+        "backend chosen",
+        "backend=\"pickle\"",
+    ] {
+        assert!(err.contains(needle), "{needle}: {err}");
+    }
+    assert!(!err.contains("hit=false"), "a miss is -vv: {err}");
+    cli.write_ini("ddf.ini", "[cache]\nttl = 60\n");
+    let err = stderr(&cli.run(&["-vv", "get", "nosuch"]));
+    assert!(
+        err.contains("configuration read") && err.contains("file=ddf.ini"),
+        "{err}"
+    );
+    assert!(err.contains("key=nosuch hit=false"), "{err}");
+
+    let Some(server) = ddf_testkit::RedisServer::start() else {
+        return;
+    };
+    let o = cli
+        .cmd()
+        .args(["-vv", "-b", "redis", "get", "nosuch"])
+        .env("DDF_CACHE_REDIS_HOST", "127.0.0.1")
+        .env("DDF_CACHE_REDIS_PORT", server.port().to_string())
+        .output()
+        .unwrap();
+    let err = stderr(&o);
+    assert_eq!(code(&o), 1, "{err}");
+    for needle in [
+        "backend=\"redis\"",
+        &format!("servers=redis://127.0.0.1:{}/0", server.port()),
+        "redis connection opened",
+        "key=nosuch hit=false",
+    ] {
+        assert!(err.contains(needle), "{needle}: {err}");
+    }
+}

@@ -266,6 +266,7 @@ impl CacheManager {
             return Ok(None);
         }
         let r = self.backend_call(|| self.inner.backend.get(key))?;
+        tracing::trace!(key = %crate::error::shorten(key), hit = r.is_some(), "ddf: get");
         let s = &self.inner.stats;
         bump(if r.is_some() { &s.hits } else { &s.misses }, 1);
         Ok(r)
@@ -374,6 +375,7 @@ impl CacheManager {
             });
         }
         let hits = items.iter().filter(|i| i.is_some()).count() as u64;
+        tracing::trace!(keys = keys.len(), hits, "ddf: get_many");
         bump(&self.inner.stats.hits, hits);
         bump(&self.inner.stats.misses, keys.len() as u64 - hits);
         keys.iter()

@@ -195,12 +195,20 @@ pub(crate) fn resilient(
 /// [`Error::Config`](crate::Error::Config) naming the setting and where its value came from;
 /// the backend's own errors when it cannot be set up (an unusable cache directory, for example).
 pub fn from_config(config: &CacheConfig) -> Result<Arc<dyn Backend>> {
+    let (backend, namespace) = (config.backend.as_str(), &config.namespace);
     match config.backend_settings()? {
-        BackendSettings::None => Ok(Arc::new(none::NoneBackend)),
-        BackendSettings::File(s) => Ok(Arc::new(file::FileBackend::open(s.dir, &s.namespace)?)),
+        BackendSettings::None => {
+            tracing::info!(backend, "ddf: cache backend chosen (stores nothing)");
+            Ok(Arc::new(none::NoneBackend))
+        }
+        BackendSettings::File(s) => {
+            tracing::info!(backend, namespace, dir = %s.dir.display(), "ddf: cache backend chosen");
+            Ok(Arc::new(file::FileBackend::open(s.dir, &s.namespace)?))
+        }
         // The codec (JSON or pickle) is chosen above the backend, by CacheManager.
         BackendSettings::Redis(settings) => {
             let identity = settings.identity().to_owned();
+            tracing::info!(backend, namespace, servers = %identity, fallback = config.fallback.as_str(), "ddf: cache backend chosen");
             let factory: resilience::Factory = Box::new(move || {
                 Ok(Arc::new(redis::RedisBackend::new(&settings)?) as Arc<dyn Backend>)
             });
@@ -208,6 +216,7 @@ pub fn from_config(config: &CacheConfig) -> Result<Arc<dyn Backend>> {
         }
         BackendSettings::Memcached(settings) => {
             let identity = settings.identity().to_owned();
+            tracing::info!(backend, namespace, servers = %identity, fallback = config.fallback.as_str(), "ddf: cache backend chosen");
             let factory: resilience::Factory = Box::new(move || {
                 Ok(Arc::new(memcached::MemcachedBackend::new(&settings)) as Arc<dyn Backend>)
             });

@@ -320,6 +320,7 @@ impl RedisBackend {
                 }
                 Err(e) => {
                     self.after_error(&e);
+                    tracing::debug!(place = %self.place, error = %e, "redis connection dropped after an error");
                     return Err(self.map_err(what, &e));
                 }
             }
@@ -334,6 +335,7 @@ impl RedisBackend {
             };
             self.map_err(what, &e)
         })?;
+        tracing::debug!(place = %self.place, "redis connection opened");
         match f(&mut c) {
             Ok(v) => {
                 self.pool.put(c);

@@ -229,14 +229,38 @@ impl CacheConfig {
     /// # Errors
     /// An explicit or `$DDF_CONFIG` file that cannot be read, or any bad value.
     pub fn load_from(explicit: Option<&Path>) -> Result<Self> {
-        let base = match Self::discover(explicit, |k| std::env::var(k).ok(), |p| p.is_file()) {
-            Some(path) => Self::from_ini_file(&path)?,
-            None => Self::default(),
+        let env = |k: &str| std::env::var(k).ok();
+        let base = match Self::discover(explicit, env, |p| p.is_file()) {
+            Some(path) => {
+                let config = Self::from_ini_file(&path)?;
+                tracing::info!(file = %path.display(), "ddf: configuration read");
+                config
+            }
+            None => {
+                tracing::info!(
+                    looked_in = %Self::search_path(env),
+                    "ddf: no configuration file found; using the defaults and the environment"
+                );
+                Self::default()
+            }
         };
         base.with_env(
             std::env::vars_os()
                 .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))),
         )
+    }
+
+    /// Where [`CacheConfig::discover`] looks when no file is given, for the log.
+    fn search_path(env: impl Fn(&str) -> Option<String>) -> String {
+        let xdg = env("XDG_CONFIG_HOME")
+            .filter(|p| !p.is_empty())
+            .map(PathBuf::from)
+            .or_else(|| env("HOME").map(|h| Path::new(&h).join(".config")));
+        let mut places = vec!["$DDF_CONFIG (unset)".to_owned(), "./ddf.ini".to_owned()];
+        if let Some(x) = xdg {
+            places.push(x.join("ddf").join("ddf.ini").display().to_string());
+        }
+        places.join(", ")
     }
 
     /// [`CacheConfig::load_from`] with no explicit file.

@@ -421,6 +421,7 @@ impl MemcachedBackend {
                 server.item_size_max.store(max, Ordering::Relaxed);
             }
             c.set_value_limit(server.item_size_max.load(Ordering::Relaxed));
+            tracing::debug!(server = %server.name, "memcached connection opened");
             Ok(c)
         });
         made.map_err(|e| {

@@ -50,6 +50,18 @@ pub enum Command {
     Get {
         /// The key.
         key: String,
+        /// Print what is stored instead of the value: TTL, stored form (codec), flags, size.
+        #[arg(long)]
+        meta: bool,
+    },
+    /// List the keys that start with PREFIX (literally), with their TTL, at most --limit.
+    Keys {
+        /// The prefix (empty: every key of this cache).
+        #[arg(default_value = "")]
+        prefix: String,
+        /// The most keys to list (the walk stops there).
+        #[arg(long, default_value_t = 100, value_name = "N")]
+        limit: usize,
     },
     /// Store a value (a string, or JSON with --json). VALUE `-` reads standard input.
     Set {

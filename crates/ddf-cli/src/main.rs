@@ -135,7 +135,34 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
         ExitCode::from(3)
     };
     match args.command {
-        Command::Get { key } => match cache.get_json(&key)? {
+        Command::Get { key, meta: true } => match cache.get_meta(&key)? {
+            Some(entry) => {
+                writeln!(out, "key: {}", entry.key)?;
+                writeln!(out, "ttl: {}", shown_expiry(entry.expiry))?;
+                writeln!(out, "stored form: {}", cache.stored_form(&entry))?;
+                match entry.flags {
+                    Some(f) => writeln!(out, "flags: {f}")?,
+                    None => writeln!(out, "flags: none ({} keeps no flags)", cache.backend_name())?,
+                }
+                if let Some(size) = entry.size {
+                    writeln!(out, "size: {size} bytes")?;
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            None => Ok(ExitCode::from(1)),
+        },
+        Command::Keys { prefix, limit } => {
+            let keys = cache.keys(&prefix, limit)?;
+            for k in &keys {
+                writeln!(out, "{}\t{}", k.key, shown_expiry(k.expiry))?;
+            }
+            out.flush()?;
+            if keys.len() >= limit && limit > 0 {
+                eprintln!("ddf-cache: stopped at --limit {limit}; more keys may match");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Get { key, meta: false } => match cache.get_json(&key)? {
             Some(value) => {
                 writeln!(out, "{value}")?;
                 Ok(ExitCode::SUCCESS)
@@ -211,6 +238,15 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         // Handled above, before a cache is built (so that it works when the backend cannot).
         Command::Config => print_config(cache.config()),
+    }
+}
+
+/// An expiry as `keys` and `get --meta` print it.
+fn shown_expiry(e: ddf::Expiry) -> String {
+    match e {
+        ddf::Expiry::Never => "no expiry".to_owned(),
+        ddf::Expiry::In(d) => format!("{:.0} s", d.as_secs_f64().ceil()),
+        _ => "unknown (this backend does not tell)".to_owned(),
     }
 }
 

@@ -587,3 +587,98 @@ fn verbose_logs_say_what_the_cache_is_doing() {
         assert!(err.contains(needle), "{needle}: {err}");
     }
 }
+
+/// Issue #18: `keys PREFIX [--limit N]` lists the user keys under a prefix with their TTL, and
+/// `get --meta` shows TTL, stored form, flags and size, on the local directory, Redis and
+/// Memcached; on a large keyspace `keys` stops at the limit.
+#[test]
+fn keys_and_get_meta_on_every_backend() {
+    let redis = ddf_testkit::RedisServer::start();
+    let memcached = ddf_testkit::MemcachedServer::start();
+    let mut backends: Vec<(&str, Vec<(&str, String)>)> = vec![("pickle", vec![])];
+    if let Some(r) = &redis {
+        backends.push((
+            "redis",
+            vec![
+                ("DDF_CACHE_REDIS_HOST", "127.0.0.1".into()),
+                ("DDF_CACHE_REDIS_PORT", r.port().to_string()),
+            ],
+        ));
+    }
+    if let Some(m) = &memcached {
+        backends.push((
+            "memcached",
+            vec![("DDF_CACHE_MEMCACHED_SERVERS", m.server())],
+        ));
+    }
+    for (backend, env) in &backends {
+        let cli = Cli::new();
+        let run = |args: &[&str]| {
+            let mut c = cli.cmd();
+            c.args(["-b", backend]).args(args);
+            for (k, v) in env {
+                c.env(k, v);
+            }
+            c.output().unwrap()
+        };
+        for args in [
+            &["set", "svc:a", "1", "--ttl", "100"][..],
+            &["set", "svc:b b", "two"],
+            &["set", "other", "x"],
+        ] {
+            assert_eq!(code(&run(args)), 0, "{backend}: {}", stderr(&run(args)));
+        }
+        let o = run(&["keys", "svc:"]);
+        assert_eq!(code(&o), 0, "{backend}: {}", stderr(&o));
+        let lines: Vec<String> = stdout(&o).lines().map(str::to_owned).collect();
+        assert_eq!(lines.len(), 2, "{backend}: {lines:?}");
+        assert!(lines[0].starts_with("svc:a\t"), "{backend}: {lines:?}");
+        assert!(lines[1].starts_with("svc:b b\t"), "{backend}: {lines:?}");
+        if *backend == "memcached" {
+            assert!(lines[0].contains("unknown"), "{lines:?}");
+        } else {
+            let secs: f64 = lines[0]["svc:a\t".len()..]
+                .trim_end_matches(" s")
+                .parse()
+                .unwrap();
+            assert!(secs > 0.0 && secs <= 100.0, "{backend}: {lines:?}");
+            assert!(lines[1].ends_with("no expiry"), "{backend}: {lines:?}");
+        }
+        let o = run(&["keys", "", "--limit", "1"]);
+        assert_eq!(stdout(&o).lines().count(), 1, "{backend}: {}", stdout(&o));
+        assert!(stderr(&o).contains("--limit 1"), "{}", stderr(&o));
+
+        let o = run(&["get", "--meta", "svc:b b"]);
+        assert_eq!(code(&o), 0, "{backend}: {}", stderr(&o));
+        let meta = stdout(&o);
+        let form = match *backend {
+            "pickle" => "stored form: pickle",
+            "memcached" => "stored form: python str",
+            _ => "stored form: json",
+        };
+        for needle in ["key: svc:b b\n", "ttl: ", form, "size: "] {
+            assert!(meta.contains(needle), "{backend}: {needle}: {meta}");
+        }
+        assert_eq!(code(&run(&["get", "--meta", "absent"])), 1);
+    }
+
+    // A large keyspace: the listing stops at the limit.
+    let Some(r) = &redis else { return };
+    ddf_testkit::redis_cli(
+        r.port(),
+        &[
+            "EVAL",
+            "for i=1,20000 do redis.call('SET','ddf:big:'..i,'1') end",
+            "0",
+        ],
+    );
+    let cli = Cli::new();
+    let o = cli
+        .cmd()
+        .args(["-b", "redis", "keys", "big:", "--limit", "50"])
+        .env("DDF_CACHE_REDIS_HOST", "127.0.0.1")
+        .env("DDF_CACHE_REDIS_PORT", r.port().to_string())
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&o).lines().count(), 50, "{}", stderr(&o));
+}

@@ -38,7 +38,7 @@ pub mod testing;
 
 use std::sync::{Arc, LazyLock, OnceLock};
 
-pub use backend::{Backend, BackendStatus};
+pub use backend::{Backend, BackendStatus, EntryInfo, Expiry};
 pub use codec::Codec;
 pub use config::{
     CacheBackend, CacheConfig, ConfigRow, FallbackMode, Secret, ServerAddr, UnknownBackend,

@@ -445,6 +445,48 @@ impl CacheManager {
         self.set_item(key, &Item::new(value.to_vec(), flags::BYTES), ttl)
     }
 
+    /// Lists at most `limit` keys that start with `prefix` (literally), with their expiry:
+    /// what `ddf-cache keys` prints. Bounded on a large keyspace: Redis walks it with `SCAN`,
+    /// Memcached with `lru_crawler metadump` (no expiry shown), the local directory with one
+    /// range scan; it stops at `limit`. A disabled cache lists nothing.
+    ///
+    /// ```
+    /// let dir = tempfile::tempdir()?;
+    /// let cache = ddf::CacheManager::new(ddf::CacheConfig::default().with_pickle_dir(dir.path()))?;
+    /// cache.set("svc:web", "x", None)?;
+    /// let keys = cache.keys("svc:", 100)?;
+    /// assert_eq!(keys[0].key, "svc:web");
+    /// assert_eq!(keys[0].expiry, ddf::Expiry::Never);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// The backend's error; an error saying it is not supported for a custom [`Backend`] that
+    /// does not implement [`Backend::keys`], and while Redis or Memcached is down.
+    pub fn keys(&self, prefix: &str, limit: usize) -> Result<Vec<crate::backend::EntryInfo>> {
+        if !self.enabled() || limit == 0 {
+            return Ok(Vec::new());
+        }
+        self.backend_call(|| self.inner.backend.keys(prefix, limit))
+    }
+
+    /// What is stored under `key` (expiry, size, flags), without decoding it; `Ok(None)` when
+    /// nothing is. What `ddf-cache get --meta` prints, with [`CacheManager::stored_form`].
+    ///
+    /// # Errors
+    /// The backend's error.
+    pub fn get_meta(&self, key: &str) -> Result<Option<crate::backend::EntryInfo>> {
+        if !self.enabled() {
+            return Ok(None);
+        }
+        self.backend_call(|| self.inner.backend.meta(key))
+    }
+
+    /// The stored form an entry's flags name (`json`, `pickle`, a pymemcache `str` or `int`).
+    pub fn stored_form(&self, entry: &crate::backend::EntryInfo) -> &'static str {
+        self.inner.codec.describe_flags(entry.flags)
+    }
+
     /// A snapshot of the statistics.
     pub fn stats(&self) -> CacheStats {
         let s = &self.inner.stats;

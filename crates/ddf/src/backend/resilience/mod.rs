@@ -497,6 +497,26 @@ impl Backend for Resilient {
         self.write_op(|| deletes(keys.iter().copied()), |b| b.delete_many(keys))
     }
 
+    fn keys(&self, prefix: &str, limit: usize) -> Result<Vec<super::EntryInfo>> {
+        match self.on_primary(false, &|b: &dyn Backend| b.keys(prefix, limit)) {
+            Attempt::Done(r) => r,
+            Attempt::Failed(e) => Err(e),
+            Attempt::NotUp => Err(Error::Backend {
+                backend: self.shared.cfg.name,
+                message: format!(
+                    "the server is {}: its keys cannot be listed now",
+                    self.health()
+                ),
+                temporary: true,
+                source: None,
+            }),
+        }
+    }
+
+    fn meta(&self, key: &str) -> Result<Option<super::EntryInfo>> {
+        self.read_op(|| None, |b| b.meta(key))
+    }
+
     fn ping(&self) -> Result<BackendStatus> {
         let result = self.ask_primary();
         let summary = format!(

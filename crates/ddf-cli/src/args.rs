@@ -94,7 +94,9 @@ pub enum Command {
     Stats,
     /// Print the effective configuration and where each value came from (secrets redacted).
     Config,
-    /// Measure get/set/delete and the batch forms on the configured backend.
+    /// Measure get/set/delete and the batch forms on the configured backend, in a namespace of
+    /// its own (<namespace>ddf-bench:, every key with a TTL), removed at the end and on
+    /// SIGINT/SIGTERM (exit 130).
     Bench(BenchArgs),
 }
 

@@ -36,6 +36,9 @@ fn main() -> ExitCode {
                 return ExitCode::SUCCESS;
             }
             eprintln!("ddf-cache: {err:#}");
+            if err.downcast_ref::<bench::Interrupted>().is_some() {
+                return ExitCode::from(130);
+            }
             ExitCode::from(2)
         }
     }

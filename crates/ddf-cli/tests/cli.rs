@@ -682,3 +682,70 @@ fn keys_and_get_meta_on_every_backend() {
         .unwrap();
     assert_eq!(stdout(&o).lines().count(), 50, "{}", stderr(&o));
 }
+
+/// Issue #18: the benchmark runs in a namespace of its own with a TTL on every key; SIGINT makes
+/// it remove what it wrote (the test interrupts the real binary and counts what is left), and
+/// a run removes what an earlier interrupted one left.
+#[test]
+fn bench_cleans_up_on_sigint_and_after_an_earlier_run() {
+    let cli = Cli::new();
+    cli.run(&["set", "mine", "kept"]);
+    let bench_keys = || {
+        let o = cli.run(&["-n", "ddf:ddf-bench:", "keys", "", "--limit", "1000000"]);
+        assert_eq!(code(&o), 0, "{}", stderr(&o));
+        stdout(&o).lines().count()
+    };
+    let child = cli
+        .cmd()
+        .args([
+            "bench",
+            "--ops",
+            "1000000",
+            "--threads",
+            "1",
+            "--among",
+            "0",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until it has written (no time bound asserted: a deadline only ends a broken run).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while bench_keys() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the bench wrote nothing"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // Its keys carry a TTL.
+    let o = cli.run(&["-n", "ddf:ddf-bench:", "keys", "", "--limit", "5"]);
+    assert!(
+        stdout(&o).lines().all(|l| l.ends_with(" s")),
+        "{}",
+        stdout(&o)
+    );
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert!(err.contains("bench interrupted; removed the"), "{err}");
+    assert_eq!(bench_keys(), 0, "the interrupted bench left keys behind");
+    assert_eq!(stdout(&cli.run(&["get", "mine"])), "\"kept\"\n");
+
+    // What an earlier run left (here planted by hand) is removed by the next run.
+    cli.run(&["-n", "ddf:ddf-bench:", "set", "999:left", "x"]);
+    let o = cli.run(&["bench", "--ops", "10", "--threads", "1", "--among", "0"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("removed 1 keys an earlier"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(bench_keys(), 0);
+}

@@ -69,8 +69,8 @@ pub enum Command {
         key: String,
         /// The value.
         value: String,
-        /// Expiry in seconds (default: the configured ttl).
-        #[arg(long, value_name = "SECS")]
+        /// Expiry in seconds, greater than 0 (default: the configured ttl).
+        #[arg(long, value_name = "SECS", allow_negative_numbers = true)]
         ttl: Option<f64>,
         /// Parse VALUE as JSON instead of storing it as a string.
         #[arg(long)]

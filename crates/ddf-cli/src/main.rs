@@ -255,7 +255,10 @@ fn shown_expiry(e: ddf::Expiry) -> String {
 
 fn parse_ttl(secs: f64) -> anyhow::Result<Duration> {
     if !(secs.is_finite() && secs > 0.0 && secs <= 1e10) {
-        bail!("--ttl {secs}: give a number of seconds greater than 0");
+        bail!(
+            "--ttl {secs}: a TTL is a number of seconds greater than 0 and at most 1e10 \
+             (fractions allowed, e.g. 0.5); leave --ttl out for the configured ttl"
+        );
     }
     Ok(Duration::from_secs_f64(secs))
 }

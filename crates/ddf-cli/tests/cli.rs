@@ -122,7 +122,12 @@ fn set_json_and_stdin() {
     assert!(child.wait().unwrap().success());
     assert_eq!(stdout(&cli.run(&["get", "piped"])), "\"from stdin\"\n");
 
-    assert_clean_error(&cli.run(&["set", "k", "v", "--ttl", "0"]), "--ttl");
+    // A TTL that is not positive: a message that says what a TTL may be.
+    for ttl in ["0", "-1", "-0.5"] {
+        let o = cli.run(&["set", "k", "v", "--ttl", ttl]);
+        assert_clean_error(&o, &format!("--ttl {ttl}: a TTL is a number of seconds"));
+        assert!(stderr(&o).contains("greater than 0"), "{}", stderr(&o));
+    }
 }
 
 #[test]

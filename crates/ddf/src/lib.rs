@@ -21,6 +21,13 @@
 #![warn(missing_docs)]
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+// Without a server backend's feature (`default-features = false`), what only the server backends
+// use (the breaker and journal, the server key rules, the settings of that server) is compiled
+// but unused.
+#![cfg_attr(
+    not(all(feature = "redis", feature = "memcached")),
+    allow(dead_code, unused_imports)
+)]
 
 #[doc(hidden)]
 pub mod __private;

@@ -20,8 +20,10 @@ pub use crate::item::Item;
 
 pub(crate) mod degraded;
 pub mod file;
+#[cfg(feature = "memcached")]
 pub mod memcached;
 pub mod none;
+#[cfg(feature = "redis")]
 pub mod redis;
 pub(crate) mod resilience;
 mod sqlite;
@@ -280,6 +282,11 @@ pub fn from_config(config: &CacheConfig) -> Result<Arc<dyn Backend>> {
             Ok(Arc::new(file::FileBackend::open(s.dir, &s.namespace)?))
         }
         // The codec (JSON or pickle) is chosen above the backend, by CacheManager.
+        #[cfg(not(feature = "redis"))]
+        BackendSettings::Redis(_) => Err(config.feature_off("redis")),
+        #[cfg(not(feature = "memcached"))]
+        BackendSettings::Memcached(_) => Err(config.feature_off("memcached")),
+        #[cfg(feature = "redis")]
         BackendSettings::Redis(settings) => {
             let identity = settings.identity().to_owned();
             tracing::info!(backend, namespace, servers = %identity, fallback = config.fallback.as_str(), "ddf: cache backend chosen");
@@ -288,6 +295,7 @@ pub fn from_config(config: &CacheConfig) -> Result<Arc<dyn Backend>> {
             });
             resilient(config, config.backend.as_str(), &identity, factory)
         }
+        #[cfg(feature = "memcached")]
         BackendSettings::Memcached(settings) => {
             let identity = settings.identity().to_owned();
             tracing::info!(backend, namespace, servers = %identity, fallback = config.fallback.as_str(), "ddf: cache backend chosen");

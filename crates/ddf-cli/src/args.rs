@@ -10,7 +10,8 @@ use clap::{Parser, Subcommand};
 /// Configuration: the INI file from --config, else $DDF_CONFIG, else ./ddf.ini, else
 /// ~/.config/ddf/ddf.ini; then DDF_CACHE_<KEY> and REDIS_* environment variables; then
 /// --backend/--namespace. Exit codes: 0 success, 1 miss (get) or nothing removed (delete),
-/// 2 error.
+/// 2 error, 3 a write, delete, invalidation or flush that the server did not take: the
+/// fallback did (Redis or Memcached down; see --fallback-ok).
 #[derive(Debug, Parser)]
 #[command(name = "ddf-cache", version, about, long_about = None)]
 pub struct Args {
@@ -26,9 +27,16 @@ pub struct Args {
     #[arg(short, long, global = true, value_name = "PREFIX")]
     pub namespace: Option<String>,
 
-    /// More logging on stderr (-v info, -vv debug). DDF_LOG sets a filter directly.
+    /// More logging on stderr: -v the file read, the backend and servers chosen, state
+    /// changes; -vv also connections and every hit and miss; -vvv everything. DDF_LOG sets a
+    /// filter directly.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
+
+    /// Count a write, delete, invalidation or flush answered by the fallback (the server
+    /// down) as success: exit 0 instead of 3, without the notice.
+    #[arg(long, global = true)]
+    pub fallback_ok: bool,
 
     /// What to do.
     #[command(subcommand)]
@@ -42,6 +50,18 @@ pub enum Command {
     Get {
         /// The key.
         key: String,
+        /// Print what is stored instead of the value: TTL, stored form (codec), flags, size.
+        #[arg(long)]
+        meta: bool,
+    },
+    /// List the keys that start with PREFIX (literally), with their TTL, at most --limit.
+    Keys {
+        /// The prefix (empty: every key of this cache).
+        #[arg(default_value = "")]
+        prefix: String,
+        /// The most keys to list (the walk stops there).
+        #[arg(long, default_value_t = 100, value_name = "N")]
+        limit: usize,
     },
     /// Store a value (a string, or JSON with --json). VALUE `-` reads standard input.
     Set {
@@ -49,8 +69,8 @@ pub enum Command {
         key: String,
         /// The value.
         value: String,
-        /// Expiry in seconds (default: the configured ttl).
-        #[arg(long, value_name = "SECS")]
+        /// Expiry in seconds, greater than 0 (default: the configured ttl).
+        #[arg(long, value_name = "SECS", allow_negative_numbers = true)]
         ttl: Option<f64>,
         /// Parse VALUE as JSON instead of storing it as a string.
         #[arg(long)]
@@ -74,7 +94,9 @@ pub enum Command {
     Stats,
     /// Print the effective configuration and where each value came from (secrets redacted).
     Config,
-    /// Measure get/set/delete and the batch forms on the configured backend.
+    /// Measure get/set/delete and the batch forms on the configured backend, in a namespace of
+    /// its own (<namespace>ddf-bench:, every key with a TTL), removed at the end and on
+    /// SIGINT/SIGTERM (exit 130).
     Bench(BenchArgs),
 }
 

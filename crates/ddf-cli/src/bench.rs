@@ -1,10 +1,15 @@
 //! `ddf-cache bench`: per-operation latency (median, p99) and throughput on the configured
 //! backend, with a progress bar on a terminal and `--json` for machines.
 //!
-//! Every key lives under a prefix of its own (`__ddf_bench_<pid>:`), removed at the end, so a
-//! benchmark never touches the cache's real entries.
+//! A benchmark never touches the cache's real entries: it runs in a namespace of its own under
+//! the configured one (`<namespace>ddf-bench:`), gives every key a TTL ([`KEY_TTL`]), removes
+//! what an earlier interrupted run left there when it starts, and removes everything it wrote
+//! when it ends, also on SIGINT or SIGTERM (a second signal exits at once). Two benchmarks on
+//! one namespace at once disturb each other.
 
 use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -12,6 +17,55 @@ use ddf::CacheManager;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::args::BenchArgs;
+
+/// The TTL of every key the benchmark writes: what an interrupted run could not remove (a
+/// `kill -9`) expires.
+pub const KEY_TTL: Duration = Duration::from_secs(3600);
+
+/// The namespace the benchmark runs in, under the configured one.
+pub fn namespace(configured: &str) -> String {
+    format!("{configured}ddf-bench:")
+}
+
+/// Set by SIGINT or SIGTERM while a benchmark runs.
+static STOP: OnceLock<Arc<AtomicBool>> = OnceLock::new();
+
+fn stopped() -> bool {
+    STOP.get().is_some_and(|s| s.load(Ordering::Relaxed))
+}
+
+/// The benchmark was interrupted by a signal; what it wrote was removed.
+#[derive(Debug)]
+pub struct Interrupted {
+    /// What the cleanup removed.
+    pub removed: u64,
+}
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "bench interrupted; removed the {} keys it had written",
+            self.removed
+        )
+    }
+}
+
+impl std::error::Error for Interrupted {}
+
+/// Turns SIGINT and SIGTERM into [`stopped`] (once per process); a second one exits at once
+/// (130 or 143).
+fn catch_signals() -> anyhow::Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let flag = Arc::new(AtomicBool::new(false));
+    for (sig, code) in [(SIGINT, 130), (SIGTERM, 143)] {
+        signal_hook::flag::register_conditional_shutdown(sig, code, flag.clone())
+            .context("cannot catch SIGINT/SIGTERM")?;
+        signal_hook::flag::register(sig, flag.clone()).context("cannot catch SIGINT/SIGTERM")?;
+    }
+    let _ = STOP.set(flag);
+    Ok(())
+}
 
 /// One measured operation.
 struct Row {
@@ -51,6 +105,9 @@ fn measure(
                 s.spawn(move || {
                     let mut lat = Vec::with_capacity(calls);
                     for i in 0..calls {
+                        if stopped() {
+                            break;
+                        }
                         let t0 = Instant::now();
                         f(t, i)?;
                         lat.push(t0.elapsed());
@@ -83,7 +140,25 @@ fn measure(
     })
 }
 
-pub fn run(cache: &CacheManager, args: &BenchArgs, out: &mut impl Write) -> anyhow::Result<()> {
+/// Runs the benchmark in its own namespace under `configured`'s (see the module docs).
+///
+/// # Errors
+/// [`Interrupted`] after SIGINT/SIGTERM (what it wrote removed); the cache's errors.
+pub fn run(
+    configured: &CacheManager,
+    args: &BenchArgs,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    catch_signals()?;
+    let ns = namespace(&configured.config().namespace);
+    let cache = &CacheManager::new(configured.config().clone().with_namespace(ns.clone()))?;
+    let left = cache
+        .invalidate_pattern("")
+        .context("bench: cannot remove what an earlier run left")?;
+    if left > 0 {
+        eprintln!("ddf-cache: removed {left} keys an earlier interrupted bench left in {ns:?}");
+    }
+    let ttl = Some(KEY_TTL);
     let n = args.ops.max(1);
     let batch = args.batch.max(1);
     let batches = n.div_ceil(batch);
@@ -92,7 +167,7 @@ pub fn run(cache: &CacheManager, args: &BenchArgs, out: &mut impl Write) -> anyh
     } else {
         args.threads.iter().map(|t| (*t).max(1)).collect()
     };
-    let prefix = format!("__ddf_bench_{}:", std::process::id());
+    let prefix = format!("{}:", std::process::id());
     let value = "x".repeat(args.value_size);
     let key = |t: usize, i: usize| format!("{prefix}{t}:{i}");
     let batch_keys = |t: usize, b: usize| -> Vec<String> {
@@ -119,7 +194,7 @@ pub fn run(cache: &CacheManager, args: &BenchArgs, out: &mut impl Write) -> anyh
         for &threads in &thread_counts {
             let tag = |op: &str| format!("{op} [{threads}t]");
             rows.push(measure(&tag("set"), threads, n, 1, &bar, &|t, i| {
-                cache.set(&key(t, i), &value, None)
+                cache.set(&key(t, i), &value, ttl)
             })?);
             rows.push(measure(&tag("get (hit)"), threads, n, 1, &bar, &|t, i| {
                 cache.get::<String>(&key(t, i)).map(|_| ())
@@ -149,7 +224,7 @@ pub fn run(cache: &CacheManager, args: &BenchArgs, out: &mut impl Write) -> anyh
                     let keys = batch_keys(t, b);
                     let items: Vec<(&str, &str)> =
                         keys.iter().map(|k| (k.as_str(), value.as_str())).collect();
-                    cache.set_many(&items, None)
+                    cache.set_many(&items, ttl)
                 },
             )?);
             rows.push(measure(
@@ -190,8 +265,12 @@ pub fn run(cache: &CacheManager, args: &BenchArgs, out: &mut impl Write) -> anyh
         Ok(())
     })();
     // Leave nothing behind, whatever happened.
-    let cleanup = cache.invalidate_pattern(&prefix);
+    bar.set_message("removing what it wrote");
+    let cleanup = cache.invalidate_pattern("");
     bar.finish_and_clear();
+    if stopped() {
+        return Err(Interrupted { removed: cleanup? }.into());
+    }
     result?;
     cleanup?;
     print(cache, args, &thread_counts, &rows, out)
@@ -218,8 +297,11 @@ fn invalidate_among(
         })
         .collect();
     for chunk in keys.chunks(500) {
+        if stopped() {
+            break;
+        }
         let items: Vec<(&str, &str)> = chunk.iter().map(|k| (k.as_str(), value)).collect();
-        cache.set_many(&items, None)?;
+        cache.set_many(&items, Some(KEY_TTL))?;
         bar.inc(chunk.len() as u64);
     }
     bar.set_message("invalidate");
@@ -262,6 +344,7 @@ fn print(
             "threads": threads,
             "ops_per_thread": args.ops,
             "results": results,
+            "calls": calls_json(&cache.stats()),
         });
         writeln!(out, "{doc}")?;
         return Ok(());
@@ -289,7 +372,30 @@ fn print(
             r.per_sec
         )?;
     }
+    let stats = cache.stats();
+    writeln!(out, "calls: {stats}")?;
+    if stats.fallback > 0 {
+        writeln!(
+            out,
+            "note: {} calls were answered by the fallback (the server was down or failing): \
+             these figures are not the server's",
+            stats.fallback
+        )?;
+    }
     Ok(())
+}
+
+/// The manager's counters of the run, for `--json`.
+fn calls_json(s: &ddf::CacheStats) -> serde_json::Value {
+    serde_json::json!({
+        "hits": s.hits,
+        "misses": s.misses,
+        "sets": s.sets,
+        "deletes": s.deletes,
+        "invalidated": s.invalidated,
+        "errors": s.errors,
+        "fallback": s.fallback,
+    })
 }
 
 fn fmt_dur(d: Duration) -> String {

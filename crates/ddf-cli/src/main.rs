@@ -2,7 +2,8 @@
 //!
 //! A thin binary (ripgrep's shape): parse arguments, build the cache from the usual
 //! configuration sources, run one command, print, and map the outcome to an exit code
-//! (0 success, 1 miss / nothing removed, 2 error). Errors print as one line,
+//! (0 success, 1 miss / nothing removed, 2 error, 3 a change the fallback took instead of the
+//! server). Errors print as one line,
 //! `ddf-cache: {err:#}`; a closed stdout (`| head`) exits 0.
 
 mod args;
@@ -35,6 +36,9 @@ fn main() -> ExitCode {
                 return ExitCode::SUCCESS;
             }
             eprintln!("ddf-cache: {err:#}");
+            if err.downcast_ref::<bench::Interrupted>().is_some() {
+                return ExitCode::from(130);
+            }
             ExitCode::from(2)
         }
     }
@@ -70,10 +74,13 @@ fn usage_error(e: &clap::Error) -> ExitCode {
 }
 
 fn init_logging(verbose: u8) {
+    // -v: what was chosen (file, backend, servers, state changes); -vv: connections and every
+    // hit and miss; -vvv: everything, other crates included.
     let default = match verbose {
         0 => "warn",
         1 => "info",
-        _ => "debug",
+        2 => "debug,ddf=trace",
+        _ => "trace",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("DDF_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
@@ -105,8 +112,60 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     let cache = CacheManager::new(config)?;
     let mut out = io::stdout().lock();
+    let fallback_ok = args.fallback_ok;
+    let fallback_before = cache.stats().fallback;
+    // A change the fallback took instead of the server: one line, exit 3 (unless
+    // --fallback-ok).
+    let landed = |what: &str, code: ExitCode| -> ExitCode {
+        if fallback_ok || cache.stats().fallback == fallback_before {
+            return code;
+        }
+        let config = cache.config();
+        let fate = match (what, config.fallback) {
+            ("write", ddf::FallbackMode::None) => "was dropped (fallback = none)".to_owned(),
+            ("write", _) => format!(
+                "went to the local fallback in {}, not to the server, and will not be there \
+                 when the server returns",
+                config.pickle_dir().display()
+            ),
+            _ => "was recorded and reaches the server when it answers again".to_owned(),
+        };
+        eprintln!(
+            "ddf-cache: {} did not answer: the {what} {fate}; exit code 3 (--fallback-ok to \
+             accept)",
+            cache.backend_name()
+        );
+        ExitCode::from(3)
+    };
     match args.command {
-        Command::Get { key } => match cache.get_json(&key)? {
+        Command::Get { key, meta: true } => match cache.get_meta(&key)? {
+            Some(entry) => {
+                writeln!(out, "key: {}", entry.key)?;
+                writeln!(out, "ttl: {}", shown_expiry(entry.expiry))?;
+                writeln!(out, "stored form: {}", cache.stored_form(&entry))?;
+                match entry.flags {
+                    Some(f) => writeln!(out, "flags: {f}")?,
+                    None => writeln!(out, "flags: none ({} keeps no flags)", cache.backend_name())?,
+                }
+                if let Some(size) = entry.size {
+                    writeln!(out, "size: {size} bytes")?;
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            None => Ok(ExitCode::from(1)),
+        },
+        Command::Keys { prefix, limit } => {
+            let keys = cache.keys(&prefix, limit)?;
+            for k in &keys {
+                writeln!(out, "{}\t{}", k.key, shown_expiry(k.expiry))?;
+            }
+            out.flush()?;
+            if keys.len() >= limit && limit > 0 {
+                eprintln!("ddf-cache: stopped at --limit {limit}; more keys may match");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Get { key, meta: false } => match cache.get_json(&key)? {
             Some(value) => {
                 writeln!(out, "{value}")?;
                 Ok(ExitCode::SUCCESS)
@@ -136,21 +195,25 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
             } else {
                 cache.set(&key, &value, ttl)?;
             }
-            Ok(ExitCode::SUCCESS)
+            Ok(landed("write", ExitCode::SUCCESS))
         }
-        Command::Delete { key } => Ok(if cache.delete(&key)? {
-            ExitCode::SUCCESS
-        } else {
-            ExitCode::from(1)
-        }),
+        Command::Delete { key } => {
+            let code = if cache.delete(&key)? {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            };
+            Ok(landed("delete", code))
+        }
         Command::Invalidate { prefix } => {
             let n = cache.invalidate_pattern(&prefix)?;
             writeln!(out, "{n}")?;
-            Ok(ExitCode::SUCCESS)
+            out.flush()?;
+            Ok(landed("invalidation", ExitCode::SUCCESS))
         }
         Command::Flush => {
             cache.flush_all()?;
-            Ok(ExitCode::SUCCESS)
+            Ok(landed("flush", ExitCode::SUCCESS))
         }
         Command::Ping => {
             let (status, rtt) = cache.ping()?;
@@ -181,9 +244,21 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// An expiry as `keys` and `get --meta` print it.
+fn shown_expiry(e: ddf::Expiry) -> String {
+    match e {
+        ddf::Expiry::Never => "no expiry".to_owned(),
+        ddf::Expiry::In(d) => format!("{:.0} s", d.as_secs_f64().ceil()),
+        _ => "unknown (this backend does not tell)".to_owned(),
+    }
+}
+
 fn parse_ttl(secs: f64) -> anyhow::Result<Duration> {
     if !(secs.is_finite() && secs > 0.0 && secs <= 1e10) {
-        bail!("--ttl {secs}: give a number of seconds greater than 0");
+        bail!(
+            "--ttl {secs}: a TTL is a number of seconds greater than 0 and at most 1e10 \
+             (fractions allowed, e.g. 0.5); leave --ttl out for the configured ttl"
+        );
     }
     Ok(Duration::from_secs_f64(secs))
 }

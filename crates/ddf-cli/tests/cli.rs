@@ -122,7 +122,12 @@ fn set_json_and_stdin() {
     assert!(child.wait().unwrap().success());
     assert_eq!(stdout(&cli.run(&["get", "piped"])), "\"from stdin\"\n");
 
-    assert_clean_error(&cli.run(&["set", "k", "v", "--ttl", "0"]), "--ttl");
+    // A TTL that is not positive: a message that says what a TTL may be.
+    for ttl in ["0", "-1", "-0.5"] {
+        let o = cli.run(&["set", "k", "v", "--ttl", ttl]);
+        assert_clean_error(&o, &format!("--ttl {ttl}: a TTL is a number of seconds"));
+        assert!(stderr(&o).contains("greater than 0"), "{}", stderr(&o));
+    }
 }
 
 #[test]
@@ -319,6 +324,10 @@ fn bench_runs_and_prints_json() {
             && ops.contains(&"invalidate (30 of 200)"),
         "{ops:?}"
     );
+    // The counters of the run: every call reached the directory, none the fallback.
+    assert_eq!(v["calls"]["fallback"], 0, "{v}");
+    assert_eq!(v["calls"]["errors"], 0, "{v}");
+    assert!(v["calls"]["hits"].as_u64().unwrap() > 0, "{v}");
     // The benchmark leaves nothing behind.
     let o = cli.run(&["stats"]);
     assert!(stdout(&o).contains("\nentries: 0\n"), "{}", stdout(&o));
@@ -403,8 +412,24 @@ fn redis_an_outage_value_is_shared_until_the_server_returns() {
             .unwrap()
     };
     server.process.kill();
+    // The write reached the fallback, not the server: one line says so, exit code 3.
     let o = run(&["set", "k", "x"]);
+    assert_eq!(code(&o), 3, "{}", stderr(&o));
+    let err = stderr(&o);
+    let notice: Vec<&str> = err
+        .lines()
+        .filter(|l| l.starts_with("ddf-cache: "))
+        .collect();
+    assert_eq!(notice.len(), 1, "{}", stderr(&o));
+    assert!(
+        notice[0].contains("redis did not answer") && notice[0].contains("local fallback"),
+        "{}",
+        notice[0]
+    );
+    // Asked for, the fallback counts as success.
+    let o = run(&["--fallback-ok", "set", "k", "x"]);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(!stderr(&o).contains("ddf-cache: "), "{}", stderr(&o));
     let o = run(&["get", "k"]);
     assert_eq!(
         (code(&o), stdout(&o).as_str()),
@@ -412,8 +437,320 @@ fn redis_an_outage_value_is_shared_until_the_server_returns() {
         "{}",
         stderr(&o)
     );
+    // Deletes, invalidations and flushes too.
+    run(&["--fallback-ok", "set", "gone", "x"]);
+    for args in [&["delete", "gone"][..], &["invalidate", "p:"], &["flush"]] {
+        let o = run(args);
+        assert_eq!(code(&o), 3, "{args:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains("was recorded"), "{}", stderr(&o));
+    }
+    // A read is not a change: a miss stays exit 1.
+    assert_eq!(code(&run(&["get", "gone"])), 1);
     drop(server);
     let _back = ddf_testkit::RedisServer::start_on(port, &[]).unwrap();
     let o = run(&["get", "k"]);
     assert_eq!(code(&o), 1, "{}{}", stdout(&o), stderr(&o));
+}
+
+/// Issue #18: a server that has not answered is never shown `up`; `stats` and `ping` say why
+/// (refused, timed out on a reply, protocol error), and a reply timeout after connecting is not
+/// "cannot connect".
+#[test]
+fn status_is_never_up_without_an_answer_and_says_why() {
+    let cli = Cli::new();
+    let run = |backend: &str, env: &[(&str, String)], args: &[&str]| {
+        let mut c = cli.cmd();
+        c.args(["-b", backend]).args(args);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        c.env("DDF_CACHE_TIMEOUT", "0.3")
+            .env("DDF_CACHE_CONNECT_TIMEOUT", "0.3")
+            .output()
+            .unwrap()
+    };
+    let check = |backend: &str, env: &[(&str, String)], why: &str| {
+        let o = run(backend, env, &["stats"]);
+        let out = stdout(&o);
+        assert!(!out.contains("\nstate: up"), "{backend}: {out}");
+        assert!(
+            out.contains(&format!("not answering ({why})")),
+            "{backend}: {out}"
+        );
+        let o = run(backend, env, &["ping"]);
+        let err = stderr(&o);
+        assert_eq!(code(&o), 2, "{err}");
+        // One line from ddf-cache (the library may log a warning beside it).
+        let line: Vec<&str> = err
+            .lines()
+            .filter(|l| l.starts_with("ddf-cache: "))
+            .collect();
+        assert_eq!(line.len(), 1, "{err}");
+        assert!(
+            line[0].contains(&format!("state not answering ({why})")),
+            "{backend}: {err}"
+        );
+        assert!(!err.contains("state up"), "{err}");
+        err
+    };
+    // Nothing listens.
+    let port = ddf_testkit::free_port().to_string();
+    check(
+        "redis",
+        &[
+            ("DDF_CACHE_REDIS_HOST", "127.0.0.1".into()),
+            ("DDF_CACHE_REDIS_PORT", port.clone()),
+        ],
+        "refused",
+    );
+    check(
+        "memcached",
+        &[("DDF_CACHE_MEMCACHED_SERVERS", format!("127.0.0.1:{port}"))],
+        "refused",
+    );
+    // Something that is not the protocol answers.
+    let fake = ddf_testkit::FakeServer::start(|_| {
+        ddf_testkit::FakeReply::Send(b"HTTP/1.1 400 Bad Request\r\n\r\n".to_vec())
+    });
+    check(
+        "redis",
+        &[
+            ("DDF_CACHE_REDIS_HOST", "127.0.0.1".into()),
+            ("DDF_CACHE_REDIS_PORT", fake.port().to_string()),
+        ],
+        "protocol error",
+    );
+    check(
+        "memcached",
+        &[("DDF_CACHE_MEMCACHED_SERVERS", fake.server())],
+        "protocol error",
+    );
+    drop(fake);
+    // A stopped Redis accepts the connection (the kernel does) and never replies: with
+    // redis_db = 1 the set-up's SELECT is what times out, and that is not "cannot connect".
+    let Some(server) = ddf_testkit::RedisServer::start() else {
+        return;
+    };
+    server.process.signal("STOP");
+    let env = [
+        ("DDF_CACHE_REDIS_HOST", "127.0.0.1".to_owned()),
+        ("DDF_CACHE_REDIS_PORT", server.port().to_string()),
+        ("DDF_CACHE_REDIS_DB", "1".to_owned()),
+    ];
+    let err = check("redis", &env, "timed out on a reply");
+    assert!(!err.contains("cannot connect"), "{err}");
+    server.process.signal("CONT");
+    let o = run("redis", &env, &["stats"]);
+    assert!(stdout(&o).contains("\nstate: up\n"), "{}", stdout(&o));
+}
+
+/// Issue #18: `-v` says which file was read (or where it looked), the backend and its
+/// servers; `-vv` adds connections and every hit and miss. Without `-v`, nothing.
+#[test]
+fn verbose_logs_say_what_the_cache_is_doing() {
+    let cli = Cli::new();
+    let o = cli.run(&["get", "nosuch"]);
+    assert_eq!((code(&o), stderr(&o).as_str()), (1, ""));
+    let o = cli.run(&["-v", "get", "nosuch"]);
+    let err = stderr(&o);
+    for needle in [
+        "no configuration file found",
+        "./ddf.ini",
+        ".config/ddf/ddf.ini",
+        "backend chosen",
+        "backend=\"pickle\"",
+    ] {
+        assert!(err.contains(needle), "{needle}: {err}");
+    }
+    assert!(!err.contains("hit=false"), "a miss is -vv: {err}");
+    cli.write_ini("ddf.ini", "[cache]\nttl = 60\n");
+    let err = stderr(&cli.run(&["-vv", "get", "nosuch"]));
+    assert!(
+        err.contains("configuration read") && err.contains("file=ddf.ini"),
+        "{err}"
+    );
+    assert!(err.contains("key=nosuch hit=false"), "{err}");
+
+    let Some(server) = ddf_testkit::RedisServer::start() else {
+        return;
+    };
+    let o = cli
+        .cmd()
+        .args(["-vv", "-b", "redis", "get", "nosuch"])
+        .env("DDF_CACHE_REDIS_HOST", "127.0.0.1")
+        .env("DDF_CACHE_REDIS_PORT", server.port().to_string())
+        .output()
+        .unwrap();
+    let err = stderr(&o);
+    assert_eq!(code(&o), 1, "{err}");
+    for needle in [
+        "backend=\"redis\"",
+        &format!("servers=redis://127.0.0.1:{}/0", server.port()),
+        "redis connection opened",
+        "key=nosuch hit=false",
+    ] {
+        assert!(err.contains(needle), "{needle}: {err}");
+    }
+}
+
+/// Issue #18: `keys PREFIX [--limit N]` lists the user keys under a prefix with their TTL, and
+/// `get --meta` shows TTL, stored form, flags and size, on the local directory, Redis and
+/// Memcached; on a large keyspace `keys` stops at the limit.
+#[test]
+fn keys_and_get_meta_on_every_backend() {
+    let redis = ddf_testkit::RedisServer::start();
+    let memcached = ddf_testkit::MemcachedServer::start();
+    let mut backends: Vec<(&str, Vec<(&str, String)>)> = vec![("pickle", vec![])];
+    if let Some(r) = &redis {
+        backends.push((
+            "redis",
+            vec![
+                ("DDF_CACHE_REDIS_HOST", "127.0.0.1".into()),
+                ("DDF_CACHE_REDIS_PORT", r.port().to_string()),
+            ],
+        ));
+    }
+    if let Some(m) = &memcached {
+        backends.push((
+            "memcached",
+            vec![("DDF_CACHE_MEMCACHED_SERVERS", m.server())],
+        ));
+    }
+    for (backend, env) in &backends {
+        let cli = Cli::new();
+        let run = |args: &[&str]| {
+            let mut c = cli.cmd();
+            c.args(["-b", backend]).args(args);
+            for (k, v) in env {
+                c.env(k, v);
+            }
+            c.output().unwrap()
+        };
+        for args in [
+            &["set", "svc:a", "1", "--ttl", "100"][..],
+            &["set", "svc:b b", "two"],
+            &["set", "other", "x"],
+        ] {
+            assert_eq!(code(&run(args)), 0, "{backend}: {}", stderr(&run(args)));
+        }
+        let o = run(&["keys", "svc:"]);
+        assert_eq!(code(&o), 0, "{backend}: {}", stderr(&o));
+        let lines: Vec<String> = stdout(&o).lines().map(str::to_owned).collect();
+        assert_eq!(lines.len(), 2, "{backend}: {lines:?}");
+        assert!(lines[0].starts_with("svc:a\t"), "{backend}: {lines:?}");
+        assert!(lines[1].starts_with("svc:b b\t"), "{backend}: {lines:?}");
+        if *backend == "memcached" {
+            assert!(lines[0].contains("unknown"), "{lines:?}");
+        } else {
+            let secs: f64 = lines[0]["svc:a\t".len()..]
+                .trim_end_matches(" s")
+                .parse()
+                .unwrap();
+            assert!(secs > 0.0 && secs <= 100.0, "{backend}: {lines:?}");
+            assert!(lines[1].ends_with("no expiry"), "{backend}: {lines:?}");
+        }
+        let o = run(&["keys", "", "--limit", "1"]);
+        assert_eq!(stdout(&o).lines().count(), 1, "{backend}: {}", stdout(&o));
+        assert!(stderr(&o).contains("--limit 1"), "{}", stderr(&o));
+
+        let o = run(&["get", "--meta", "svc:b b"]);
+        assert_eq!(code(&o), 0, "{backend}: {}", stderr(&o));
+        let meta = stdout(&o);
+        let form = match *backend {
+            "pickle" => "stored form: pickle",
+            "memcached" => "stored form: python str",
+            _ => "stored form: json",
+        };
+        for needle in ["key: svc:b b\n", "ttl: ", form, "size: "] {
+            assert!(meta.contains(needle), "{backend}: {needle}: {meta}");
+        }
+        assert_eq!(code(&run(&["get", "--meta", "absent"])), 1);
+    }
+
+    // A large keyspace: the listing stops at the limit.
+    let Some(r) = &redis else { return };
+    ddf_testkit::redis_cli(
+        r.port(),
+        &[
+            "EVAL",
+            "for i=1,20000 do redis.call('SET','ddf:big:'..i,'1') end",
+            "0",
+        ],
+    );
+    let cli = Cli::new();
+    let o = cli
+        .cmd()
+        .args(["-b", "redis", "keys", "big:", "--limit", "50"])
+        .env("DDF_CACHE_REDIS_HOST", "127.0.0.1")
+        .env("DDF_CACHE_REDIS_PORT", r.port().to_string())
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&o).lines().count(), 50, "{}", stderr(&o));
+}
+
+/// Issue #18: the benchmark runs in a namespace of its own with a TTL on every key; SIGINT makes
+/// it remove what it wrote (the test interrupts the real binary and counts what is left), and
+/// a run removes what an earlier interrupted one left.
+#[test]
+fn bench_cleans_up_on_sigint_and_after_an_earlier_run() {
+    let cli = Cli::new();
+    cli.run(&["set", "mine", "kept"]);
+    let bench_keys = || {
+        let o = cli.run(&["-n", "ddf:ddf-bench:", "keys", "", "--limit", "1000000"]);
+        assert_eq!(code(&o), 0, "{}", stderr(&o));
+        stdout(&o).lines().count()
+    };
+    let child = cli
+        .cmd()
+        .args([
+            "bench",
+            "--ops",
+            "1000000",
+            "--threads",
+            "1",
+            "--among",
+            "0",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until it has written (no time bound asserted: a deadline only ends a broken run).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while bench_keys() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the bench wrote nothing"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // Its keys carry a TTL.
+    let o = cli.run(&["-n", "ddf:ddf-bench:", "keys", "", "--limit", "5"]);
+    assert!(
+        stdout(&o).lines().all(|l| l.ends_with(" s")),
+        "{}",
+        stdout(&o)
+    );
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert!(err.contains("bench interrupted; removed the"), "{err}");
+    assert_eq!(bench_keys(), 0, "the interrupted bench left keys behind");
+    assert_eq!(stdout(&cli.run(&["get", "mine"])), "\"kept\"\n");
+
+    // What an earlier run left (here planted by hand) is removed by the next run.
+    cli.run(&["-n", "ddf:ddf-bench:", "set", "999:left", "x"]);
+    let o = cli.run(&["bench", "--ops", "10", "--threads", "1", "--among", "0"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("removed 1 keys an earlier"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(bench_keys(), 0);
 }

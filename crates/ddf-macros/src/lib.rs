@@ -14,12 +14,18 @@ use proc_macro::TokenStream;
 /// #[ddf::cache_with_invalidation(ttl = 3600, key_prefix = "myfunction")]
 /// fn my_expensive_function(arg1: &str, arg2: &[u32]) -> Vec<String> { /* ... */ }
 ///
+/// ddf::init()?;                                    // first: a bad configuration is an error here
 /// my_expensive_function("a", &[1, 2]);             // computes, stores
 /// my_expensive_function("a", &[1, 2]);             // served from the cache
 /// my_expensive_function_forget("a", &[1, 2])?;     // forgets this call
 /// my_expensive_function_forget_all()?;             // forgets every call of the function
 /// ddf::CACHE.invalidate_pattern("myfunction:")?;   // forgets every call under the prefix
 /// ```
+///
+/// Without `cache = ...` the attribute uses the global `ddf::CACHE`. Call `ddf::init()` first:
+/// it returns the configuration's error (a bad value, a misspelt `[cache]` section). Without
+/// it, a configuration that cannot be loaded is only logged (`tracing`, `error` level) and kept
+/// in `ddf::global_error()`, and every memoized function runs uncached.
 ///
 /// Works on sync free functions and methods (inherent `impl` blocks: the helpers below are
 /// extra associated functions, which a trait `impl` cannot hold). Runnable examples are in

@@ -166,6 +166,73 @@ impl Error {
             source: None,
         }
     }
+
+    /// An equal error for a second caller (`ddf::init` returns the one the globals keep). An
+    /// I/O error keeps its kind and text; a custom backend's source is folded into the message.
+    pub(crate) fn duplicate(&self) -> Self {
+        match self {
+            Error::Config { source_, message } => Error::config(source_.clone(), message.clone()),
+            Error::ConfigFile { path, error } => Error::ConfigFile {
+                path: path.clone(),
+                error: std::io::Error::new(error.kind(), error.to_string()),
+            },
+            Error::InvalidArgument(m) => Error::InvalidArgument(m.clone()),
+            Error::Encode { key, codec, reason } => Error::Encode {
+                key: key.clone(),
+                codec,
+                reason: reason.clone(),
+            },
+            Error::Decode { key, codec, reason } => Error::Decode {
+                key: key.clone(),
+                codec,
+                reason: reason.clone(),
+            },
+            Error::Backend {
+                backend,
+                message,
+                temporary,
+                source,
+            } => Error::Backend {
+                backend,
+                message: match source {
+                    Some(s) => format!("{message}: {s}"),
+                    None => message.clone(),
+                },
+                temporary: *temporary,
+                source: None,
+            },
+        }
+    }
+}
+
+/// The words a backend's message uses for each kind of server failure, so that `ping` and
+/// `stats` can say why a server is not answering (each backend's `map_err` writes them).
+pub(crate) mod why {
+    /// The connection was refused (nothing listens on the port).
+    pub(crate) const REFUSED: &str = "connection refused";
+    /// No connection within `connect_timeout`.
+    pub(crate) const CONNECT_TIMEOUT: &str = "timed out while connecting";
+    /// Connected, but no reply within `timeout` (a stopped or overloaded server).
+    pub(crate) const REPLY_TIMEOUT: &str = "timed out waiting for a reply";
+    /// The server answered something that is not its protocol.
+    pub(crate) const PROTOCOL: &str = "protocol error";
+}
+
+/// Why a server failed, in the words `ping` and `stats` show: `refused`, `timed out while
+/// connecting`, `timed out on a reply`, `protocol error`, or `failed` for anything else.
+pub(crate) fn failure_kind(e: &Error) -> &'static str {
+    let text = e.to_string().to_lowercase();
+    if text.contains(why::REFUSED) {
+        "refused"
+    } else if text.contains(why::CONNECT_TIMEOUT) {
+        "timed out while connecting"
+    } else if text.contains(why::REPLY_TIMEOUT) {
+        "timed out on a reply"
+    } else if text.contains(why::PROTOCOL) {
+        "protocol error"
+    } else {
+        "failed"
+    }
 }
 
 /// Shortens a key for an error message: keys may be 10 kB.
@@ -184,6 +251,37 @@ pub(crate) fn shorten(key: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn failure_kinds_are_named_from_the_backends_words() {
+        let e = |m: &str| Error::Backend {
+            backend: "redis",
+            message: m.to_owned(),
+            temporary: true,
+            source: None,
+        };
+        for (message, kind) in [
+            (
+                "cannot connect on x: Connection refused (os error 111)",
+                "refused",
+            ),
+            (
+                "cannot connect on x: timed out while connecting (x)",
+                "timed out while connecting",
+            ),
+            (
+                "PING on x: timed out waiting for a reply (x)",
+                "timed out on a reply",
+            ),
+            (
+                "PING on x: protocol error: a reply that is not RESP",
+                "protocol error",
+            ),
+            ("PING on x: NOAUTH", "failed"),
+        ] {
+            assert_eq!(failure_kind(&e(message)), kind, "{message}");
+        }
+    }
 
     #[test]
     fn long_keys_are_shortened_on_a_char_boundary() {

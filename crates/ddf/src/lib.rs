@@ -21,6 +21,13 @@
 #![warn(missing_docs)]
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+// Without a server backend's feature (`default-features = false`), what only the server backends
+// use (the breaker and journal, the server key rules, the settings of that server) is compiled
+// but unused.
+#![cfg_attr(
+    not(all(feature = "redis", feature = "memcached")),
+    allow(dead_code, unused_imports)
+)]
 
 #[doc(hidden)]
 pub mod __private;
@@ -38,7 +45,7 @@ pub mod testing;
 
 use std::sync::{Arc, LazyLock, OnceLock};
 
-pub use backend::{Backend, BackendStatus};
+pub use backend::{Backend, BackendStatus, EntryInfo, Expiry};
 pub use codec::Codec;
 pub use config::{
     CacheBackend, CacheConfig, ConfigRow, FallbackMode, Secret, ServerAddr, UnknownBackend,
@@ -67,46 +74,104 @@ pub mod pickle {
     pub use crate::codec::pickle::{BigInt, Value};
 }
 
-static GLOBAL_ERROR: OnceLock<Error> = OnceLock::new();
+/// The configuration of the globals, or why it could not be loaded.
+static GLOBAL_CONFIG: OnceLock<(CacheConfig, Option<Error>)> = OnceLock::new();
+/// The global cache, or why it could not be built.
+static GLOBAL_CACHE: OnceLock<(CacheManager, Option<Error>)> = OnceLock::new();
 
-/// The global configuration, loaded on first use by [`CacheConfig::load`] (the INI file from
-/// `$DDF_CONFIG`, `./ddf.ini` or `~/.config/ddf/ddf.ini`, then the environment).
+fn global_config() -> &'static (CacheConfig, Option<Error>) {
+    GLOBAL_CONFIG.get_or_init(|| match CacheConfig::load() {
+        Ok(c) => (c, None),
+        Err(e) => {
+            tracing::error!(error = %e, "ddf: cannot load the cache configuration; caching is disabled");
+            (CacheConfig::default().with_enabled(false), Some(e))
+        }
+    })
+}
+
+fn global_cache() -> &'static (CacheManager, Option<Error>) {
+    GLOBAL_CACHE.get_or_init(|| {
+        let config = global_config().0.clone();
+        match CacheManager::new(config.clone()) {
+            Ok(m) => (m, None),
+            Err(e) => {
+                tracing::error!(error = %e, "ddf: cannot build the cache backend; caching is disabled");
+                let m = CacheManager::with_backend(
+                    config.with_enabled(false),
+                    Arc::new(backend::none::NoneBackend),
+                );
+                (m, Some(e))
+            }
+        }
+    })
+}
+
+/// Builds [`CACHE_CONFIG`] and [`CACHE`] now, or returns why they cannot be: call it first in
+/// a program that uses the globals (the `#[cache_with_invalidation]` attribute uses [`CACHE`]
+/// unless given `cache = ...`), so that a bad configuration stops the program with a message
+/// instead of running it uncached.
+///
+/// Without it the globals are built on first use and never fail: a bad configuration is
+/// logged at `error` level, kept in [`global_error`], and the global cache is disabled. After a
+/// failed `init` the globals are that disabled cache too. Calling `init` again returns the
+/// same outcome (the globals are built once per process).
+///
+/// ```no_run
+/// fn main() -> Result<(), ddf::Error> {
+///     ddf::init()?; // a bad ddf.ini stops the program here, naming the file and line
+///     ddf::CACHE.set("greeting", "hello", None)?;
+///     Ok(())
+/// }
+/// ```
+///
+/// # Errors
+/// [`Error::Config`] or [`Error::ConfigFile`] when the configuration cannot be loaded (a bad
+/// value, an unknown key, a misspelt `[cache]` section, an unreadable file), naming the file
+/// and line; the backend's set-up error when the cache cannot be built (an unusable cache
+/// directory, an unreadable `redis_ca_file`). An unreachable server is not an error: the cache
+/// starts on its fallback.
+pub fn init() -> Result<()> {
+    if let Some(e) = &global_config().1 {
+        return Err(e.duplicate());
+    }
+    match &global_cache().1 {
+        Some(e) => Err(e.duplicate()),
+        None => Ok(()),
+    }
+}
+
+/// The global configuration, loaded on first use (or by [`init`]) by [`CacheConfig::load`]
+/// (the INI file from `$DDF_CONFIG`, `./ddf.ini` or `~/.config/ddf/ddf.ini`, then the
+/// environment).
 ///
 /// First use never panics. If the configuration cannot be loaded (an unreadable file, a bad
 /// value), the error is logged at `error` level, kept for [`global_error`], and this is the
 /// default configuration with `enabled = false`: the program runs uncached rather than with a
-/// cache it did not ask for.
-pub static CACHE_CONFIG: LazyLock<CacheConfig> = LazyLock::new(|| match CacheConfig::load() {
-    Ok(c) => c,
-    Err(e) => {
-        tracing::error!(error = %e, "ddf: cannot load the cache configuration; caching is disabled");
-        let _ = GLOBAL_ERROR.set(e);
-        CacheConfig::default().with_enabled(false)
-    }
-});
+/// cache it did not ask for. Call [`init`] first to get that error instead.
+pub static CACHE_CONFIG: LazyLock<CacheConfig> = LazyLock::new(|| global_config().0.clone());
 
-/// The global cache, built on first use from [`CACHE_CONFIG`].
+/// The global cache, built on first use (or by [`init`]) from [`CACHE_CONFIG`]; what
+/// `#[cache_with_invalidation]` uses unless given `cache = ...`.
 ///
-/// First use never panics. If the backend cannot be built, the error is logged at `error`
-/// level, kept for [`global_error`], and this is a disabled cache (every get misses).
-pub static CACHE: LazyLock<CacheManager> = LazyLock::new(|| {
-    let config = CACHE_CONFIG.clone();
-    match CacheManager::new(config.clone()) {
-        Ok(m) => m,
-        Err(e) => {
-            tracing::error!(error = %e, "ddf: cannot build the cache backend; caching is disabled");
-            let _ = GLOBAL_ERROR.set(e);
-            CacheManager::with_backend(
-                config.with_enabled(false),
-                Arc::new(backend::none::NoneBackend),
-            )
-        }
-    }
-});
+/// First use never panics. If the configuration cannot be loaded or the backend cannot be
+/// built, the error is logged at `error` level, kept for [`global_error`], and this is a
+/// disabled cache (every get misses, writes are dropped): the program runs, uncached. Call
+/// [`init`] first to get that error instead and stop.
+///
+/// ```no_run
+/// ddf::init()?;
+/// ddf::CACHE.set("k", "v", None)?;
+/// # Ok::<(), ddf::Error>(())
+/// ```
+pub static CACHE: LazyLock<CacheManager> = LazyLock::new(|| global_cache().0.clone());
 
-/// Why [`CACHE_CONFIG`] or [`CACHE`] fell back to a disabled cache, if one of them did.
+/// Why [`CACHE_CONFIG`] or [`CACHE`] fell back to a disabled cache, if one of them was built
+/// and did ([`init`] returns the same error).
 pub fn global_error() -> Option<&'static Error> {
-    GLOBAL_ERROR.get()
+    GLOBAL_CONFIG
+        .get()
+        .and_then(|c| c.1.as_ref())
+        .or_else(|| GLOBAL_CACHE.get().and_then(|c| c.1.as_ref()))
 }
 
 /// The README's examples, compiled and run as doctests so that it stays true.

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::backend::degraded::FallbackWatch;
 use crate::backend::{self, Backend, BackendStatus};
 use crate::codec::{Codec, ValueCodec, flags};
 use crate::config::{CacheBackend, CacheConfig};
@@ -74,6 +75,7 @@ struct Counters {
     deletes: AtomicU64,
     invalidated: AtomicU64,
     errors: AtomicU64,
+    fallback: AtomicU64,
 }
 
 /// A snapshot of a manager's statistics (shared by its clones).
@@ -92,6 +94,11 @@ pub struct CacheStats {
     pub invalidated: u64,
     /// Operations that returned an error.
     pub errors: u64,
+    /// Operations answered by the fallback while the server was down or failing (Redis,
+    /// Memcached): served from the local directory, or a miss / a dropped write with `fallback
+    /// = none`. Counted beside the operation's own counter (a get the fallback answered is also
+    /// a hit or a miss).
+    pub fallback: u64,
 }
 
 impl CacheStats {
@@ -110,14 +117,16 @@ impl fmt::Display for CacheStats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "hits {} misses {} (hit rate {:.1}%) sets {} deletes {} invalidated {} errors {}",
+            "hits {} misses {} (hit rate {:.1}%) sets {} deletes {} invalidated {} errors {} \
+             fallback {}",
             self.hits,
             self.misses,
             self.hit_rate() * 100.0,
             self.sets,
             self.deletes,
             self.invalidated,
-            self.errors
+            self.errors,
+            self.fallback
         )
     }
 }
@@ -206,6 +215,16 @@ impl CacheManager {
         self.inner.config.enabled && self.inner.config.backend != CacheBackend::None
     }
 
+    /// A backend call: its error counted, and counted as `fallback` when the fallback answered.
+    fn backend_call<T>(&self, op: impl FnOnce() -> Result<T>) -> Result<T> {
+        let watch = FallbackWatch::start();
+        let r = op();
+        if watch.served() {
+            bump(&self.inner.stats.fallback, 1);
+        }
+        self.track(r)
+    }
+
     fn track<T>(&self, r: Result<T>) -> Result<T> {
         if r.is_err() {
             bump(&self.inner.stats.errors, 1);
@@ -246,7 +265,8 @@ impl CacheManager {
             bump(&self.inner.stats.misses, 1);
             return Ok(None);
         }
-        let r = self.track(self.inner.backend.get(key))?;
+        let r = self.backend_call(|| self.inner.backend.get(key))?;
+        tracing::trace!(key = %crate::error::shorten(key), hit = r.is_some(), "ddf: get");
         let s = &self.inner.stats;
         bump(if r.is_some() { &s.hits } else { &s.misses }, 1);
         Ok(r)
@@ -272,7 +292,7 @@ impl CacheManager {
     }
 
     fn set_item(&self, key: &str, item: &Item, ttl: Option<Duration>) -> Result<()> {
-        self.track(self.inner.backend.set(key, item, ttl))?;
+        self.backend_call(|| self.inner.backend.set(key, item, ttl))?;
         bump(&self.inner.stats.sets, 1);
         Ok(())
     }
@@ -285,11 +305,11 @@ impl CacheManager {
         if !self.enabled() {
             return Ok(false);
         }
-        let removed = self.track(
+        let removed = self.backend_call(|| {
             self.inner
                 .epochs
-                .invalidate(|| self.inner.backend.delete(key)),
-        )?;
+                .invalidate(|| self.inner.backend.delete(key))
+        })?;
         bump(&self.inner.stats.deletes, u64::from(removed));
         Ok(removed)
     }
@@ -304,11 +324,11 @@ impl CacheManager {
         if !self.enabled() {
             return Ok(0);
         }
-        let n = self.track(
+        let n = self.backend_call(|| {
             self.inner
                 .epochs
-                .invalidate(|| self.inner.backend.delete_prefix(prefix)),
-        )?;
+                .invalidate(|| self.inner.backend.delete_prefix(prefix))
+        })?;
         bump(&self.inner.stats.invalidated, n);
         Ok(n)
     }
@@ -322,7 +342,7 @@ impl CacheManager {
         if !self.enabled() {
             return Ok(());
         }
-        self.track(self.inner.epochs.invalidate(|| self.inner.backend.clear()))
+        self.backend_call(|| self.inner.epochs.invalidate(|| self.inner.backend.clear()))
     }
 
     /// Releases the backend's connections now (they are also released when the last clone is
@@ -340,7 +360,7 @@ impl CacheManager {
             bump(&self.inner.stats.misses, keys.len() as u64);
             return Ok(keys.iter().map(|_| None).collect());
         }
-        let items = self.track(self.inner.backend.get_many(keys))?;
+        let items = self.backend_call(|| self.inner.backend.get_many(keys))?;
         if items.len() != keys.len() {
             bump(&self.inner.stats.errors, 1);
             return Err(Error::Backend {
@@ -355,6 +375,7 @@ impl CacheManager {
             });
         }
         let hits = items.iter().filter(|i| i.is_some()).count() as u64;
+        tracing::trace!(keys = keys.len(), hits, "ddf: get_many");
         bump(&self.inner.stats.hits, hits);
         bump(&self.inner.stats.misses, keys.len() as u64 - hits);
         keys.iter()
@@ -380,7 +401,7 @@ impl CacheManager {
             .map(|(k, v)| Ok((*k, self.inner.codec.encode(k, v)?)))
             .collect::<Result<Vec<_>>>();
         let encoded = self.track(encoded)?;
-        self.track(self.inner.backend.set_many(&encoded, ttl))?;
+        self.backend_call(|| self.inner.backend.set_many(&encoded, ttl))?;
         bump(&self.inner.stats.sets, items.len() as u64);
         Ok(())
     }
@@ -393,11 +414,11 @@ impl CacheManager {
         if !self.enabled() {
             return Ok(0);
         }
-        let n = self.track(
+        let n = self.backend_call(|| {
             self.inner
                 .epochs
-                .invalidate(|| self.inner.backend.delete_many(keys)),
-        )?;
+                .invalidate(|| self.inner.backend.delete_many(keys))
+        })?;
         bump(&self.inner.stats.deletes, n);
         Ok(n)
     }
@@ -424,6 +445,48 @@ impl CacheManager {
         self.set_item(key, &Item::new(value.to_vec(), flags::BYTES), ttl)
     }
 
+    /// Lists at most `limit` keys that start with `prefix` (literally), with their expiry:
+    /// what `ddf-cache keys` prints. Bounded on a large keyspace: Redis walks it with `SCAN`,
+    /// Memcached with `lru_crawler metadump` (no expiry shown), the local directory with one
+    /// range scan; it stops at `limit`. A disabled cache lists nothing.
+    ///
+    /// ```
+    /// let dir = tempfile::tempdir()?;
+    /// let cache = ddf::CacheManager::new(ddf::CacheConfig::default().with_pickle_dir(dir.path()))?;
+    /// cache.set("svc:web", "x", None)?;
+    /// let keys = cache.keys("svc:", 100)?;
+    /// assert_eq!(keys[0].key, "svc:web");
+    /// assert_eq!(keys[0].expiry, ddf::Expiry::Never);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// The backend's error; an error saying it is not supported for a custom [`Backend`] that
+    /// does not implement [`Backend::keys`], and while Redis or Memcached is down.
+    pub fn keys(&self, prefix: &str, limit: usize) -> Result<Vec<crate::backend::EntryInfo>> {
+        if !self.enabled() || limit == 0 {
+            return Ok(Vec::new());
+        }
+        self.backend_call(|| self.inner.backend.keys(prefix, limit))
+    }
+
+    /// What is stored under `key` (expiry, size, flags), without decoding it; `Ok(None)` when
+    /// nothing is. What `ddf-cache get --meta` prints, with [`CacheManager::stored_form`].
+    ///
+    /// # Errors
+    /// The backend's error.
+    pub fn get_meta(&self, key: &str) -> Result<Option<crate::backend::EntryInfo>> {
+        if !self.enabled() {
+            return Ok(None);
+        }
+        self.backend_call(|| self.inner.backend.meta(key))
+    }
+
+    /// The stored form an entry's flags name (`json`, `pickle`, a pymemcache `str` or `int`).
+    pub fn stored_form(&self, entry: &crate::backend::EntryInfo) -> &'static str {
+        self.inner.codec.describe_flags(entry.flags)
+    }
+
     /// A snapshot of the statistics.
     pub fn stats(&self) -> CacheStats {
         let s = &self.inner.stats;
@@ -435,6 +498,7 @@ impl CacheManager {
             deletes: l(&s.deletes),
             invalidated: l(&s.invalidated),
             errors: l(&s.errors),
+            fallback: l(&s.fallback),
         }
     }
 

@@ -4,12 +4,38 @@
 //! A caller that would go back to the same server at once (memoization: a lookup, then a store)
 //! reads [`Watch::failed`] after its first call and does not wait on a stopped server a second
 //! time. The record is per thread: a synchronous call runs on one thread from start to end.
+//!
+//! Likewise, a call answered by the fallback (while the server is down, or a read that failed on
+//! it and became a miss) is noted, so that the manager counts it (`CacheStats::fallback`) and
+//! the CLI can tell an operator where a write landed.
 
 use std::cell::Cell;
 
 thread_local! {
     /// Temporary server failures met on this thread so far.
     static FAILURES: Cell<u64> = const { Cell::new(0) };
+    /// Calls answered by the fallback on this thread so far.
+    static FALLBACK: Cell<u64> = const { Cell::new(0) };
+}
+
+/// Records that the call running on this thread was answered by the fallback.
+pub(crate) fn note_fallback() {
+    FALLBACK.with(|n| n.set(n.get().wrapping_add(1)));
+}
+
+/// Watches this thread for calls answered by the fallback from its creation on.
+#[derive(Debug)]
+pub(crate) struct FallbackWatch(u64);
+
+impl FallbackWatch {
+    pub(crate) fn start() -> Self {
+        FallbackWatch(FALLBACK.with(Cell::get))
+    }
+
+    /// Whether a call was answered by the fallback on this thread since [`FallbackWatch::start`].
+    pub(crate) fn served(&self) -> bool {
+        FALLBACK.with(Cell::get) != self.0
+    }
 }
 
 /// Records a temporary failure of a server on this thread (the resilience wrapper calls it for
@@ -46,5 +72,14 @@ mod tests {
         note_temporary_failure();
         assert!(w.failed());
         assert!(!Watch::start().failed());
+    }
+
+    #[test]
+    fn a_fallback_watch_sees_its_own_thread_only() {
+        let w = FallbackWatch::start();
+        std::thread::spawn(note_fallback).join().unwrap();
+        assert!(!w.served());
+        note_fallback();
+        assert!(w.served() && !FallbackWatch::start().served());
     }
 }

@@ -146,6 +146,22 @@ impl FileBackend {
     fn is_live(&self, exp: i64) -> bool {
         exp == 0 || exp > self.now()
     }
+
+    /// A row as [`Backend::keys`] and [`Backend::meta`] report it.
+    fn entry(&self, key: &[u8], exp: i64, flags: i64, len: i64) -> super::EntryInfo {
+        let expiry = match exp {
+            0 => super::Expiry::Never,
+            e => super::Expiry::In(Duration::from_millis(
+                u64::try_from(e.saturating_sub(self.now())).unwrap_or(0),
+            )),
+        };
+        super::EntryInfo {
+            key: String::from_utf8_lossy(key).into_owned(),
+            expiry,
+            size: u64::try_from(len).ok(),
+            flags: u32::try_from(flags).ok(),
+        }
+    }
 }
 
 impl Backend for FileBackend {
@@ -246,6 +262,61 @@ impl Backend for FileBackend {
 
     fn clear(&self) -> Result<()> {
         self.delete_prefix("").map(|_| ())
+    }
+
+    fn keys(&self, prefix: &str, limit: usize) -> Result<Vec<super::EntryInfo>> {
+        // One range scan of the primary key, stopped at `limit` rows.
+        let (lo, hi) = prefix_range(self.keys.storage_key(prefix).as_bytes());
+        let now = self.now();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = self.with_conn("cannot list keys", |c| {
+            let row = |r: &rusqlite::Row<'_>| {
+                Ok((
+                    r.get::<_, Vec<u8>>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, i64>(3)?,
+                ))
+            };
+            const COLS: &str = "SELECT k, exp, flags, length(v) FROM entries";
+            match &hi {
+                Some(hi) => c
+                    .prepare_cached(&format!(
+                        "{COLS} WHERE k >= ?1 AND k < ?2 AND (exp = 0 OR exp > ?3) ORDER BY k LIMIT ?4"
+                    ))?
+                    .query_map(params![lo, hi, now, limit], row)?
+                    .collect::<rusqlite::Result<Vec<_>>>(),
+                None => c
+                    .prepare_cached(&format!(
+                        "{COLS} WHERE k >= ?1 AND (exp = 0 OR exp > ?2) ORDER BY k LIMIT ?3"
+                    ))?
+                    .query_map(params![lo, now, limit], row)?
+                    .collect::<rusqlite::Result<Vec<_>>>(),
+            }
+        })?;
+        let ns = self.keys.namespace().len();
+        Ok(rows
+            .into_iter()
+            .map(|(k, exp, flags, len)| self.entry(&k[ns.min(k.len())..], exp, flags, len))
+            .collect())
+    }
+
+    fn meta(&self, key: &str) -> Result<Option<super::EntryInfo>> {
+        let sk = self.keys.storage_key(key);
+        let row = self.with_conn("cannot read an entry", |c| {
+            c.prepare_cached("SELECT exp, flags, length(v) FROM entries WHERE k = ?1")?
+                .query_row([sk.as_bytes()], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, i64>(2)?,
+                    ))
+                })
+                .optional()
+        })?;
+        Ok(row
+            .filter(|(exp, ..)| self.is_live(*exp))
+            .map(|(exp, flags, len)| self.entry(key.as_bytes(), exp, flags, len)))
     }
 
     fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<Item>>> {

@@ -20,8 +20,10 @@ pub use crate::item::Item;
 
 pub(crate) mod degraded;
 pub mod file;
+#[cfg(feature = "memcached")]
 pub mod memcached;
 pub mod none;
+#[cfg(feature = "redis")]
 pub mod redis;
 pub(crate) mod resilience;
 mod sqlite;
@@ -32,6 +34,59 @@ mod sqlite;
 pub struct BackendStatus {
     /// One line a human can read: which server or directory answered, its state.
     pub detail: String,
+}
+
+/// How long a stored entry has left, as [`Backend::keys`] and [`Backend::meta`] report it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Expiry {
+    /// It does not expire.
+    Never,
+    /// It expires in this long (rounded down to the backend's precision).
+    In(Duration),
+    /// The backend does not tell.
+    Unknown,
+}
+
+/// One stored entry as `ddf-cache keys` and `ddf-cache get --meta` show it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct EntryInfo {
+    /// The user's key (the namespace left out).
+    pub key: String,
+    /// Its expiry.
+    pub expiry: Expiry,
+    /// The stored size in bytes, when the backend tells.
+    pub size: Option<u64>,
+    /// The stored flags word (pymemcache's type flags), when the backend keeps one.
+    pub flags: Option<u32>,
+}
+
+impl EntryInfo {
+    /// An entry: its key and expiry, with neither size nor flags known.
+    ///
+    /// ```
+    /// let e = ddf::EntryInfo::new("k", ddf::Expiry::Never);
+    /// assert_eq!((e.key.as_str(), e.size), ("k", None));
+    /// ```
+    pub fn new(key: impl Into<String>, expiry: Expiry) -> Self {
+        EntryInfo {
+            key: key.into(),
+            expiry,
+            size: None,
+            flags: None,
+        }
+    }
+}
+
+/// The error of an operation a backend does not offer.
+pub(crate) fn unsupported(backend: &'static str, what: &str) -> crate::error::Error {
+    crate::error::Error::Backend {
+        backend,
+        message: format!("{what} is not supported by this backend"),
+        temporary: false,
+        source: None,
+    }
 }
 
 /// The byte-level storage trait every backend implements.
@@ -68,6 +123,27 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// counters...), as label/value pairs. Empty by default.
     fn info(&self) -> Result<Vec<(String, String)>> {
         Ok(Vec::new())
+    }
+
+    /// Lists at most `limit` keys of this namespace that start with `prefix` (literally), with
+    /// their expiry, for an operator (`ddf-cache keys`). Bounded: it stops at `limit` and never
+    /// blocks a server on a large keyspace. The default says it is not supported (a custom
+    /// backend may override it).
+    fn keys(&self, prefix: &str, limit: usize) -> Result<Vec<EntryInfo>> {
+        let _ = (prefix, limit);
+        Err(unsupported(self.name(), "listing keys"))
+    }
+
+    /// What is stored under `key`: its expiry, size and flags (`ddf-cache get --meta`);
+    /// `Ok(None)` when nothing is. The default reads the value, so the expiry is
+    /// [`Expiry::Unknown`].
+    fn meta(&self, key: &str) -> Result<Option<EntryInfo>> {
+        Ok(self.get(key)?.map(|item| EntryInfo {
+            key: key.to_owned(),
+            expiry: Expiry::Unknown,
+            size: Some(item.data.len() as u64),
+            flags: Some(item.flags),
+        }))
     }
 
     /// Releases connections and other resources. The backend stays usable: the next call
@@ -195,19 +271,34 @@ pub(crate) fn resilient(
 /// [`Error::Config`](crate::Error::Config) naming the setting and where its value came from;
 /// the backend's own errors when it cannot be set up (an unusable cache directory, for example).
 pub fn from_config(config: &CacheConfig) -> Result<Arc<dyn Backend>> {
+    let (backend, namespace) = (config.backend.as_str(), &config.namespace);
     match config.backend_settings()? {
-        BackendSettings::None => Ok(Arc::new(none::NoneBackend)),
-        BackendSettings::File(s) => Ok(Arc::new(file::FileBackend::open(s.dir, &s.namespace)?)),
+        BackendSettings::None => {
+            tracing::info!(backend, "ddf: cache backend chosen (stores nothing)");
+            Ok(Arc::new(none::NoneBackend))
+        }
+        BackendSettings::File(s) => {
+            tracing::info!(backend, namespace, dir = %s.dir.display(), "ddf: cache backend chosen");
+            Ok(Arc::new(file::FileBackend::open(s.dir, &s.namespace)?))
+        }
         // The codec (JSON or pickle) is chosen above the backend, by CacheManager.
+        #[cfg(not(feature = "redis"))]
+        BackendSettings::Redis(_) => Err(config.feature_off("redis")),
+        #[cfg(not(feature = "memcached"))]
+        BackendSettings::Memcached(_) => Err(config.feature_off("memcached")),
+        #[cfg(feature = "redis")]
         BackendSettings::Redis(settings) => {
             let identity = settings.identity().to_owned();
+            tracing::info!(backend, namespace, servers = %identity, fallback = config.fallback.as_str(), "ddf: cache backend chosen");
             let factory: resilience::Factory = Box::new(move || {
                 Ok(Arc::new(redis::RedisBackend::new(&settings)?) as Arc<dyn Backend>)
             });
             resilient(config, config.backend.as_str(), &identity, factory)
         }
+        #[cfg(feature = "memcached")]
         BackendSettings::Memcached(settings) => {
             let identity = settings.identity().to_owned();
+            tracing::info!(backend, namespace, servers = %identity, fallback = config.fallback.as_str(), "ddf: cache backend chosen");
             let factory: resilience::Factory = Box::new(move || {
                 Ok(Arc::new(memcached::MemcachedBackend::new(&settings)) as Arc<dyn Backend>)
             });

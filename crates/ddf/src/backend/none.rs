@@ -28,6 +28,9 @@ impl Backend for NoneBackend {
     fn clear(&self) -> Result<()> {
         Ok(())
     }
+    fn keys(&self, _prefix: &str, _limit: usize) -> Result<Vec<super::EntryInfo>> {
+        Ok(Vec::new())
+    }
     fn ping(&self) -> Result<BackendStatus> {
         Ok(BackendStatus {
             detail: "no cache (backend = none)".to_owned(),

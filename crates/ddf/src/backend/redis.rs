@@ -213,14 +213,25 @@ impl RedisBackend {
                     // A demoted master (Sentinel failover): the next connection finds the new one.
                     | redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly)
             );
+        use crate::error::why;
         let mut text = e.to_string();
         if e.kind() == redis::ErrorKind::Parse {
             // redis-rs's parse errors span lines ("Unexpected `84`" per byte); one line here.
             let detail = text.split_whitespace().collect::<Vec<_>>().join(" ");
-            text = format!("a reply that is not RESP (is this a Redis server?): {detail}");
+            text = format!(
+                "{}: a reply that is not RESP (is this a Redis server?): {detail}",
+                why::PROTOCOL
+            );
         }
         if e.is_timeout() {
-            text = format!("timed out ({text})");
+            // A connect timeout is `TimedOut`; a read or write timeout on a connected socket
+            // is `WouldBlock` (EAGAIN).
+            let phase = if io_kind(e) == Some(std::io::ErrorKind::TimedOut) {
+                why::CONNECT_TIMEOUT
+            } else {
+                why::REPLY_TIMEOUT
+            };
+            text = format!("{phase} ({text})");
         }
         if let Some(p) = &self.password {
             text = text.replace(p.as_str(), "<redacted>");
@@ -309,14 +320,22 @@ impl RedisBackend {
                 }
                 Err(e) => {
                     self.after_error(&e);
+                    tracing::debug!(place = %self.place, error = %e, "redis connection dropped after an error");
                     return Err(self.map_err(what, &e));
                 }
             }
         }
         let mut c = self.connect().map_err(|e| {
             self.after_error(&e);
-            self.map_err("cannot connect", &e)
+            // Connected, then no reply to the set-up (AUTH, SELECT): not "cannot connect".
+            let what = if e.is_timeout() && io_kind(&e) != Some(std::io::ErrorKind::TimedOut) {
+                "setting up the connection"
+            } else {
+                "cannot connect"
+            };
+            self.map_err(what, &e)
         })?;
+        tracing::debug!(place = %self.place, "redis connection opened");
         match f(&mut c) {
             Ok(v) => {
                 self.pool.put(c);
@@ -337,6 +356,87 @@ impl RedisBackend {
         )?;
         let text: String = redis::from_redis_value(v)?;
         Ok(parse_cluster_nodes(&text))
+    }
+
+    /// SCAN of `pattern` on one connection or node, into `out` until it holds `limit` keys.
+    fn scan_keys(
+        c: &mut Conn,
+        pattern: &str,
+        node: Option<&(String, u16)>,
+        limit: usize,
+        out: &mut Vec<Vec<u8>>,
+    ) -> redis::RedisResult<()> {
+        let mut cursor: u64 = 0;
+        while out.len() < limit {
+            let mut scan = redis::cmd("SCAN");
+            scan.arg(cursor)
+                .arg("MATCH")
+                .arg(pattern)
+                .arg("COUNT")
+                .arg(SCAN_COUNT);
+            let (next, keys): (u64, Vec<Vec<u8>>) = match (&mut *c, node) {
+                (Conn::Cluster(cc), Some((host, port))) => {
+                    redis::from_redis_value(cc.route_command(
+                        &scan,
+                        RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+                            host: host.clone(),
+                            port: *port,
+                        }),
+                    )?)?
+                }
+                (c, _) => scan.query(c.as_like())?,
+            };
+            let room = limit - out.len();
+            out.extend(keys.into_iter().take(room));
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        Ok(())
+    }
+
+    /// Each key's `PTTL` (ms; -1 no expiry, -2 absent) and `STRLEN`, in one round trip per
+    /// node.
+    fn ttl_and_size(c: &mut Conn, keys: &[Vec<u8>]) -> redis::RedisResult<Vec<(i64, u64)>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (ttls, sizes): (Vec<i64>, Vec<u64>) = match c {
+            Conn::Single(s) => {
+                let mut p = redis::pipe();
+                for k in keys {
+                    p.cmd("PTTL").arg(k);
+                }
+                for k in keys {
+                    p.cmd("STRLEN").arg(k);
+                }
+                let mut all: Vec<i64> = p.query(s)?;
+                let sizes = all.split_off(keys.len());
+                (all, sizes.into_iter().map(|n| n.max(0) as u64).collect())
+            }
+            Conn::Cluster(cc) => (
+                per_key_pipeline("PTTL", keys).query(cc.as_mut())?,
+                per_key_pipeline("STRLEN", keys).query(cc.as_mut())?,
+            ),
+        };
+        Ok(ttls.into_iter().zip(sizes).collect())
+    }
+
+    /// An entry from its storage key, `PTTL` and `STRLEN`; `None` when it is gone.
+    fn entry(&self, storage_key: &[u8], pttl: i64, size: u64) -> Option<super::EntryInfo> {
+        let expiry = match pttl {
+            -2 => return None,
+            ms if ms < 0 => super::Expiry::Never,
+            ms => super::Expiry::In(Duration::from_millis(ms as u64)),
+        };
+        let ns = self.keyspace.namespace().len();
+        Some(super::EntryInfo {
+            key: String::from_utf8_lossy(&storage_key[ns.min(storage_key.len())..]).into_owned(),
+            expiry,
+            size: Some(size),
+            flags: None,
+        })
     }
 
     /// SCAN + UNLINK of `pattern` on one connection or node; returns the number unlinked.
@@ -566,6 +666,40 @@ impl Backend for RedisBackend {
         )
     }
 
+    fn keys(&self, prefix: &str, limit: usize) -> Result<Vec<super::EntryInfo>> {
+        // SCAN, never KEYS: each step is bounded on the server, and it stops at `limit`.
+        let pattern = format!("{}*", glob_escape(&self.keyspace.storage_key(prefix)));
+        let found = self.run("SCAN", |c| {
+            let mut keys = Vec::new();
+            match c {
+                Conn::Single(_) => Self::scan_keys(c, &pattern, None, limit, &mut keys)?,
+                Conn::Cluster(cc) => {
+                    for node in &Self::primaries(cc)? {
+                        Self::scan_keys(c, &pattern, Some(node), limit, &mut keys)?;
+                    }
+                }
+            }
+            let meta = Self::ttl_and_size(c, &keys)?;
+            Ok(keys.into_iter().zip(meta).collect::<Vec<_>>())
+        })?;
+        let mut out: Vec<_> = found
+            .into_iter()
+            .filter_map(|(k, (pttl, size))| self.entry(&k, pttl, size))
+            .collect();
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
+    }
+
+    fn meta(&self, key: &str) -> Result<Option<super::EntryInfo>> {
+        let k = self.keyspace.storage_key(key).into_bytes();
+        let meta = self.run("PTTL/STRLEN", |c| {
+            Self::ttl_and_size(c, std::slice::from_ref(&k))
+        })?;
+        Ok(meta
+            .first()
+            .and_then(|(pttl, size)| self.entry(&k, *pttl, *size)))
+    }
+
     fn ping(&self) -> Result<BackendStatus> {
         let pong: String = self.run("PING", |c| redis::cmd("PING").query(c.as_like()))?;
         Ok(BackendStatus {
@@ -720,6 +854,13 @@ fn unlink<K: redis::ToRedisArgs>(c: &mut Conn, keys: &[K]) -> redis::RedisResult
             Ok(counts.iter().sum())
         }
     }
+}
+
+/// The I/O error kind behind a redis-rs error, if it is one.
+fn io_kind(e: &redis::RedisError) -> Option<std::io::ErrorKind> {
+    std::error::Error::source(e)?
+        .downcast_ref::<std::io::Error>()
+        .map(std::io::Error::kind)
 }
 
 #[cfg(test)]

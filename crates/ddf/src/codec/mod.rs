@@ -143,6 +143,20 @@ pub(crate) struct ValueCodec {
 }
 
 impl ValueCodec {
+    /// What an item's flags say of its stored form, for `ddf-cache get --meta` (`None`: a
+    /// backend that keeps no flags, whose values are in the cache's codec).
+    pub(crate) fn describe_flags(self, flags: Option<u32>) -> &'static str {
+        match flags {
+            None => self.codec.name(),
+            Some(flags::PICKLE) => "pickle",
+            Some(flags::TEXT) if self.pymemcache => "python str (UTF-8 text, pymemcache flags 16)",
+            Some(flags::TEXT) => "json",
+            Some(flags::INTEGER | flags::LONG) => "python int (decimal text, pymemcache flags 2/4)",
+            Some(flags::BYTES) => "raw bytes (flags 0: set_bytes, or read in the cache's codec)",
+            Some(_) => "unknown flags (not written by ddf or pymemcache)",
+        }
+    }
+
     /// The value codec of a backend kind: [`Codec::for_backend`], with pymemcache's flags for
     /// `memcached` and `memcached_pickle`.
     pub(crate) fn for_backend(backend: CacheBackend) -> Self {

@@ -39,6 +39,8 @@ pub(crate) struct Ini {
     defaults: Vec<Entry>,
     /// Sections in file order, each with its entries in file order.
     sections: Vec<(String, Vec<Entry>)>,
+    /// The line of each section's header, in the order of `sections`.
+    header_lines: Vec<usize>,
 }
 
 /// An INI syntax error: the line (1-based) and what is wrong.
@@ -102,6 +104,7 @@ impl Ini {
                 }
                 seen_sections.push(name.to_owned());
                 ini.sections.push((name.to_owned(), Vec::new()));
+                ini.header_lines.push(lineno);
                 cursect = Some(Some(ini.sections.len() - 1));
                 continue;
             }
@@ -169,6 +172,14 @@ impl Ini {
             e.raw.truncate(t);
         }
         Ok(ini)
+    }
+
+    /// Every section's name (`[DEFAULT]` aside) and the line of its header, in file order.
+    pub(crate) fn section_headers(&self) -> impl Iterator<Item = (&str, usize)> {
+        self.sections
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .zip(self.header_lines.iter().copied())
     }
 
     /// Whether the document has a section of this exact name.

@@ -37,6 +37,28 @@ use crate::error::{Error, Result, Source};
 /// The INI section ddf reads.
 pub const SECTION: &str = "cache";
 
+/// Whether a section name is probably a misspelt `[cache]`: the same name in another case, or
+/// at most two edits (insertions, deletions, substitutions) away, compared case-insensitively.
+fn looks_like_cache(name: &str) -> bool {
+    let name = name.trim().to_lowercase();
+    let (a, b): (Vec<char>, Vec<char>) = (name.chars().collect(), SECTION.chars().collect());
+    if a.len().abs_diff(b.len()) > 2 {
+        return false;
+    }
+    // Levenshtein distance, one row at a time (both names are short).
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.iter().enumerate() {
+        let mut row = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            row[j + 1] = (prev[j] + usize::from(ca != cb))
+                .min(prev[j + 1] + 1)
+                .min(row[j] + 1);
+        }
+        prev = row;
+    }
+    prev[b.len()] <= 2
+}
+
 /// Every key, through its table entry: secrets are redacted as in `ddf-cache config`.
 impl fmt::Debug for CacheConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -79,6 +101,18 @@ impl CacheConfig {
             line,
         };
         let doc = Ini::parse(text).map_err(|e| Error::config(src(e.line), e.message))?;
+        if let Some((name, line)) = doc
+            .section_headers()
+            .find(|(n, _)| *n != SECTION && looks_like_cache(n))
+        {
+            return Err(Error::config(
+                src(line),
+                format!(
+                    "section [{name}] looks like a misspelling of [{SECTION}], the only section \
+                     ddf reads (section names are case-sensitive): rename it to [{SECTION}]"
+                ),
+            ));
+        }
         let entries = doc
             .section(SECTION)
             .map_err(|e| Error::config(src(e.line), e.message))?;
@@ -195,14 +229,38 @@ impl CacheConfig {
     /// # Errors
     /// An explicit or `$DDF_CONFIG` file that cannot be read, or any bad value.
     pub fn load_from(explicit: Option<&Path>) -> Result<Self> {
-        let base = match Self::discover(explicit, |k| std::env::var(k).ok(), |p| p.is_file()) {
-            Some(path) => Self::from_ini_file(&path)?,
-            None => Self::default(),
+        let env = |k: &str| std::env::var(k).ok();
+        let base = match Self::discover(explicit, env, |p| p.is_file()) {
+            Some(path) => {
+                let config = Self::from_ini_file(&path)?;
+                tracing::info!(file = %path.display(), "ddf: configuration read");
+                config
+            }
+            None => {
+                tracing::info!(
+                    looked_in = %Self::search_path(env),
+                    "ddf: no configuration file found; using the defaults and the environment"
+                );
+                Self::default()
+            }
         };
         base.with_env(
             std::env::vars_os()
                 .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))),
         )
+    }
+
+    /// Where [`CacheConfig::discover`] looks when no file is given, for the log.
+    fn search_path(env: impl Fn(&str) -> Option<String>) -> String {
+        let xdg = env("XDG_CONFIG_HOME")
+            .filter(|p| !p.is_empty())
+            .map(PathBuf::from)
+            .or_else(|| env("HOME").map(|h| Path::new(&h).join(".config")));
+        let mut places = vec!["$DDF_CONFIG (unset)".to_owned(), "./ddf.ini".to_owned()];
+        if let Some(x) = xdg {
+            places.push(x.join("ddf").join("ddf.ini").display().to_string());
+        }
+        places.join(", ")
     }
 
     /// [`CacheConfig::load_from`] with no explicit file.
@@ -465,6 +523,31 @@ mod tests {
         let e = cfg("[cache]\nbakend = redis\n").unwrap_err().to_string();
         assert!(e.contains("\"bakend\"") && e.contains("line 2"), "{e}");
         assert!(e.contains("memcached_servers"), "{e}");
+    }
+
+    #[test]
+    fn a_misspelt_cache_section_is_an_error_naming_it_and_the_file() {
+        for name in ["Cache", "CACHE", "cahce", "cach", "caches", " cache"] {
+            let e = cfg(&format!("[app]\nx = 1\n[{name}]\nbackend = redis\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains(&format!("[{name}]")) && e.contains("line 3"),
+                "{e}"
+            );
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("app.ini");
+        std::fs::write(&p, "[Cache]\nbackend = redis\n").unwrap();
+        let e = CacheConfig::from_ini_file(&p).unwrap_err().to_string();
+        assert!(
+            e.contains("app.ini, line 1") && e.contains("[Cache]"),
+            "{e}"
+        );
+        // Sections of other names are the application's.
+        for name in ["app", "database", "logging", "server"] {
+            cfg(&format!("[{name}]\nx = 1\n[cache]\nttl = 5\n")).unwrap();
+        }
     }
 
     #[test]

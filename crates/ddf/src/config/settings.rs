@@ -11,8 +11,6 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use redis::IntoConnectionInfo;
-
 use super::keys::CacheConfig;
 use super::types::{CacheBackend, FallbackMode};
 use super::values::{Secret, ServerAddr};
@@ -227,6 +225,20 @@ impl CacheConfig {
             }
         }
         Ok(())
+    }
+
+    /// The error for a backend whose cargo feature this build of ddf lacks.
+    #[cfg_attr(all(feature = "redis", feature = "memcached"), allow(dead_code))]
+    pub(crate) fn feature_off(&self, feature: &str) -> Error {
+        self.invalid(
+            "backend",
+            format!(
+                "backend = {} needs ddf's cargo feature `{feature}`, which this build was compiled \
+                 without: enable it (`features = [\"{feature}\"]`, or leave ddf's default \
+                 features on)",
+                self.backend.as_str()
+            ),
+        )
     }
 
     /// The settings of the backend this config names, validated.
@@ -488,6 +500,27 @@ impl CacheConfig {
             };
             return Ok(base(endpoint, identity, self.source_of("redis_host")));
         };
+        let s = base(
+            RedisEndpoint::Tcp {
+                host: String::new(),
+                port: 0,
+            },
+            String::new(),
+            self.source_of("redis_url"),
+        );
+        self.standalone_url(url, s)
+    }
+
+    /// A standalone server from `redis_url`, over `s` (the settings the other keys give).
+    #[cfg(not(feature = "redis"))]
+    fn standalone_url(&self, _url: &Secret, _s: RedisSettings) -> Result<RedisSettings> {
+        Err(self.feature_off("redis"))
+    }
+
+    /// A standalone server from `redis_url`, over `s` (the settings the other keys give).
+    #[cfg(feature = "redis")]
+    fn standalone_url(&self, url: &Secret, mut s: RedisSettings) -> Result<RedisSettings> {
+        use redis::IntoConnectionInfo;
         // The URL grammar (defaults, percent-decoding, `#insecure`, `?db=` of unix URLs) is
         // redis-rs's: parsed by redis-rs here so that the two never disagree, and turned at once
         // into our own types. The error text is ours: redis-rs's could quote the URL.
@@ -539,7 +572,8 @@ impl CacheConfig {
             ),
             _ => return Err(bad_url()),
         };
-        let mut s = base(endpoint, identity, self.source_of("redis_url"));
+        s.target = RedisTarget::Standalone(endpoint);
+        s.identity = identity;
         s.db = db;
         s.username = r.username().map(str::to_owned);
         s.resp3 = r.protocol().supports_resp3();
@@ -550,7 +584,16 @@ impl CacheConfig {
         Ok(s)
     }
 
+    #[cfg(not(feature = "tls"))]
+    fn check_ca(&self, _pem: &[u8]) -> Result<()> {
+        Err(self.invalid(
+            "redis_ca_file",
+            "redis_ca_file needs ddf's cargo feature `tls`, which this build was compiled without",
+        ))
+    }
+
     /// Checks that the CA bundle holds at least one PEM certificate that can be a trust anchor.
+    #[cfg(feature = "tls")]
     fn check_ca(&self, pem: &[u8]) -> Result<()> {
         use rustls::pki_types::CertificateDer;
         use rustls::pki_types::pem::PemObject;
@@ -588,6 +631,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "tls")]
     fn unusable_settings_are_config_errors_with_their_line() {
         let ini = "[cache]\nbackend = redis\nredis_url = redis://:pw@[bad\n";
         let e = cfg(ini).redis_settings().unwrap_err();
@@ -633,6 +677,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "tls")]
     fn redis_targets_are_chosen_once_with_identities_without_credentials() {
         let s = cfg("[cache]\nredis_host = r.example\nredis_port = 6380\nredis_db = 2\nredis_password = pw\n")
             .redis_settings()
@@ -684,6 +729,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "tls")]
     fn sentinel_settings_and_their_errors() {
         let s = cfg(
             "[cache]\nredis_sentinels = s2, s1:26380\nredis_sentinel_master = mymaster\n\
@@ -749,6 +795,35 @@ mod tests {
         );
         let e = err(&ini);
         assert!(e.contains("no PEM certificate"), "{e}");
+    }
+
+    /// `default-features = false`: a server backend is a configuration error naming the
+    /// feature, from the settings and from `from_config`.
+    #[test]
+    #[cfg(not(all(feature = "redis", feature = "memcached")))]
+    fn a_backend_without_its_feature_is_a_clear_error() {
+        let cases = [
+            (cfg!(feature = "redis"), "redis", "redis"),
+            (cfg!(feature = "redis"), "redis_pickle", "redis"),
+            (cfg!(feature = "memcached"), "memcached", "memcached"),
+        ];
+        for (on, backend, feature) in cases {
+            if on {
+                continue;
+            }
+            let c = cfg(&format!("[cache]\nbackend = {backend}\n"));
+            let e = crate::backend::from_config(&c).unwrap_err();
+            let text = e.to_string();
+            assert!(e.is_config(), "{text}");
+            assert!(
+                text.contains(&format!("cargo feature `{feature}`")) && text.contains("line 2"),
+                "{text}"
+            );
+        }
+        // The local directory needs no feature.
+        let dir = tempfile::tempdir().unwrap();
+        let c = cfg("[cache]\nbackend = pickle\n").with_pickle_dir(dir.path());
+        crate::backend::from_config(&c).unwrap();
     }
 
     #[test]

@@ -38,7 +38,9 @@ pub fn build_backend(config: &CacheConfig) -> Result<Arc<dyn Backend>> {
 /// stability promise).
 #[doc(hidden)]
 pub mod internals {
+    #[cfg(feature = "memcached")]
     pub use crate::backend::memcached::{DeadPolicy, MemcachedBackend};
+    #[cfg(feature = "redis")]
     pub use crate::backend::redis::RedisBackend;
     pub use crate::codec::{flags, pickle};
 }

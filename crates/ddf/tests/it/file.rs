@@ -241,7 +241,9 @@ fn globals_never_panic_and_report_a_bad_config() {
         format!("[cache]\npickle_dir = {}\n", dir.path().join("c").display()),
     )
     .unwrap();
-    for (ini, mode) in [(&bad, "bad"), (&good, "good")] {
+    let misspelt = dir.path().join("misspelt.ini");
+    std::fs::write(&misspelt, "[app]\nx = 1\n[Cache]\nbackend = none\n").unwrap();
+    for (ini, mode) in [(&bad, "bad"), (&good, "good"), (&misspelt, "misspelt")] {
         let c = process::child(
             "file::globals_never_panic_and_report_a_bad_config",
             GLOBAL_ENV,
@@ -256,6 +258,17 @@ fn globals_never_panic_and_report_a_bad_config() {
 
 /// The child of the test above: the globals of a process whose config is `mode`.
 fn global_worker(mode: &str) {
+    if mode == "misspelt" {
+        // `ddf::init` first: the program gets the error and can stop, naming file and line.
+        let err = ddf::init().unwrap_err().to_string();
+        assert!(
+            err.contains("misspelt.ini, line 3") && err.contains("[Cache]"),
+            "{err}"
+        );
+        assert_eq!(ddf::global_error().unwrap().to_string(), err);
+        assert!(!ddf::CACHE.config().enabled);
+        return;
+    }
     ddf::CACHE.set("k", "v", None).unwrap();
     let got = ddf::CACHE.get::<String>("k").unwrap();
     if mode == "bad" {
@@ -263,8 +276,11 @@ fn global_worker(mode: &str) {
         assert!(!ddf::CACHE_CONFIG.enabled);
         let err = ddf::global_error().unwrap().to_string();
         assert!(err.contains("redsi") && err.contains("line 2"), "{err}");
+        // `ddf::init` after first use returns the same error.
+        assert_eq!(ddf::init().unwrap_err().to_string(), err);
     } else {
         assert_eq!(got.as_deref(), Some("v"));
         assert!(ddf::global_error().is_none());
+        ddf::init().unwrap();
     }
 }

@@ -1,21 +1,39 @@
 //! The one integration test binary (ripgrep's layout): a module per backend or feature, all
-//! sharing the conformance suite.
+//! sharing the conformance suite. The modules of a server backend need its cargo feature (on by
+//! default); `cargo test -p ddf --no-default-features` runs the rest.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![cfg_attr(
+    not(all(feature = "redis", feature = "memcached")),
+    allow(dead_code, unused_imports)
+)]
 
 mod conformance;
+mod docs;
 mod file;
+#[cfg(feature = "memcached")]
 mod hostile;
+#[cfg(feature = "memcached")]
 mod memcached;
+#[cfg(feature = "memcached")]
 mod memcached_hostile;
 mod memo;
+#[cfg(all(feature = "redis", feature = "memcached"))]
 mod outage;
 mod pickle;
 mod process;
+#[cfg(feature = "redis")]
 mod redis;
+#[cfg(feature = "redis")]
 mod redis_hostile;
+#[cfg(all(feature = "redis", feature = "memcached"))]
 mod resilience;
+#[cfg(feature = "redis")]
 mod sentinel;
+#[cfg(all(feature = "redis", feature = "memcached"))]
 mod soak;
+#[cfg(all(feature = "redis", feature = "memcached"))]
+mod stats;
 mod timing;
 mod ui;
+#[cfg(all(feature = "redis", feature = "memcached"))]
 mod waits;

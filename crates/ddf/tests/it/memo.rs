@@ -950,6 +950,7 @@ fn receivers_and_validation_paths() {
 }
 
 #[test]
+#[cfg(feature = "redis")]
 fn memo_on_redis() {
     let Some(server) = ddf_testkit::RedisServer::start() else {
         return; // no redis-server here (a failure under DDF_TEST_REQUIRE_SERVERS=1)
@@ -968,6 +969,7 @@ fn memo_on_redis() {
 }
 
 #[test]
+#[cfg(feature = "memcached")]
 fn memo_on_memcached() {
     let Some(servers): Option<Vec<_>> = (0..2)
         .map(|_| ddf_testkit::MemcachedServer::start())
@@ -1001,6 +1003,7 @@ const STOP_TIMEOUT: Duration = Duration::from_millis(400);
 /// temporary failure computes without looking up again or storing. With each fallback: `pickle`
 /// (the failed read is answered by a miss) and `error` (the read returns the error).
 #[test]
+#[cfg(feature = "redis")]
 fn a_memoized_call_on_a_stopped_redis_waits_one_timeout() {
     let port = ddf_testkit::free_port();
     let Some(server) = ddf_testkit::RedisServer::start_on(port, &[]) else {

@@ -163,8 +163,14 @@ fn map_err(server: &str, what: &str, timeout: Duration, e: McError) -> Error {
     match e {
         McError::Io(io) => {
             let message = match io.kind() {
-                K::WouldBlock | K::TimedOut => format!(
-                    "{what} on memcached server {server}: no answer within {:.1} s",
+                // `connect_timeout` ends as `TimedOut`, a read or write timeout as `WouldBlock`.
+                K::TimedOut => format!(
+                    "{what} on memcached server {server}: {}",
+                    crate::error::why::CONNECT_TIMEOUT
+                ),
+                K::WouldBlock => format!(
+                    "{what} on memcached server {server}: {} (none within {:.1} s)",
+                    crate::error::why::REPLY_TIMEOUT,
                     timeout.as_secs_f64()
                 ),
                 _ => format!("{what} on memcached server {server}: {io}"),
@@ -177,7 +183,16 @@ fn map_err(server: &str, what: &str, timeout: Duration, e: McError) -> Error {
                 source: None,
             }
         }
-        McError::Server(m) | McError::Protocol(m) => Error::Backend {
+        McError::Protocol(m) => Error::Backend {
+            backend: "memcached",
+            message: format!(
+                "{what} on memcached server {server}: {}: {m}",
+                crate::error::why::PROTOCOL
+            ),
+            temporary: false,
+            source: None,
+        },
+        McError::Server(m) => Error::Backend {
             backend: "memcached",
             message: format!("{what} on memcached server {server}: {m}"),
             temporary: false,
@@ -406,6 +421,7 @@ impl MemcachedBackend {
                 server.item_size_max.store(max, Ordering::Relaxed);
             }
             c.set_value_limit(server.item_size_max.load(Ordering::Relaxed));
+            tracing::debug!(server = %server.name, "memcached connection opened");
             Ok(c)
         });
         made.map_err(|e| {
@@ -587,6 +603,31 @@ fn is_stale(e: &std::io::Error) -> bool {
 }
 
 /// Splits a mapped item into (storage key, value).
+/// The user's key of a listed wire key: a mapped key (`<visible>~<32 hex>`) is decoded, and
+/// one whose visible part was cut ends with `…`; the namespace is left out.
+fn shown_key(wire: &str, namespace: &str) -> String {
+    let mapped = wire
+        .rsplit_once('~')
+        .filter(|(_, h)| h.len() == 32 && h.bytes().all(|b| b.is_ascii_hexdigit()));
+    let storage = match mapped {
+        None => wire.to_owned(),
+        Some((visible, _)) => {
+            let mut buf = Vec::new();
+            proto::url_decode(visible.as_bytes(), &mut buf);
+            let key = String::from_utf8_lossy(&buf).into_owned();
+            if memcached_key(&key) == wire {
+                key
+            } else {
+                format!("{key}…")
+            }
+        }
+    };
+    storage
+        .strip_prefix(namespace)
+        .unwrap_or(&storage)
+        .to_owned()
+}
+
 fn split_mapped(data: &[u8]) -> Option<(&[u8], &[u8])> {
     let rest = data.strip_prefix(MAPPED_MAGIC.as_slice())?;
     let len = u32::from_le_bytes(rest.get(..4)?.try_into().ok()?) as usize;
@@ -673,6 +714,28 @@ impl Backend for MemcachedBackend {
             }
         }
         Ok(total)
+    }
+
+    fn keys(&self, prefix: &str, limit: usize) -> Result<Vec<super::EntryInfo>> {
+        // The same server-side listing as prefix invalidation (`lru_crawler metadump`): the
+        // server walks its items, ddf keeps the matching keys only. Expiries are not listed.
+        let raw = self.keyspace.storage_key(prefix);
+        let mp = MemcachedPrefix::new(&raw);
+        let mut out = Vec::new();
+        for server in &self.servers {
+            if out.len() >= limit {
+                break;
+            }
+            let (keys, _) = self.list_matching(server, &mp, &raw)?;
+            out.extend(keys.iter().take(limit - out.len()).map(|wire| {
+                super::EntryInfo::new(
+                    shown_key(wire, self.keyspace.namespace()),
+                    super::Expiry::Unknown,
+                )
+            }));
+        }
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
     }
 
     fn clear(&self) -> Result<()> {
@@ -815,6 +878,17 @@ impl Backend for MemcachedBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn listed_keys_show_the_users_key() {
+        for key in ["plain", "with space", "ünï", "50%"] {
+            let sk = format!("ns:{key}");
+            assert_eq!(shown_key(&memcached_key(&sk), "ns:"), key);
+        }
+        let long = format!("ns:{}", "x".repeat(300));
+        let shown = shown_key(&memcached_key(&long), "ns:");
+        assert!(shown.ends_with('…') && shown.starts_with("xxx"), "{shown}");
+    }
 
     #[test]
     fn ttl_rounding_and_absolute_times() {

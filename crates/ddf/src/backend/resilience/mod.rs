@@ -238,6 +238,28 @@ impl Resilient {
         Resilient { shared }
     }
 
+    /// Asks the primary (built now if it never was) whether it answers: what `ping` and
+    /// `stats` report, whatever the breaker's state.
+    fn ask_primary(&self) -> Result<BackendStatus> {
+        let current = read(&self.shared.primary).clone();
+        match current {
+            Some(p) => p.ping(),
+            None => (self.shared.factory)().and_then(|p| p.ping()),
+        }
+    }
+
+    /// The state `ping` and `stats` show: the breaker's, except that a server that did not
+    /// answer just now is never shown `up`, and the reason is named.
+    fn shown_state(&self, answer: &Result<BackendStatus>) -> String {
+        match (answer, self.health()) {
+            (Ok(_), h) => h.to_string(),
+            (Err(e), Health::Up) => {
+                format!("not answering ({})", crate::error::failure_kind(e))
+            }
+            (Err(e), h) => format!("{h}; not answering ({})", crate::error::failure_kind(e)),
+        }
+    }
+
     /// The primary's state.
     pub(crate) fn health(&self) -> Health {
         self.shared.breaker.health()
@@ -301,7 +323,10 @@ impl Resilient {
             Err(e) if e.is_temporary() => {
                 Shared::failed(s, false, &e);
                 match s.fallback {
-                    Fallback::Serve(_) => Ok(miss()),
+                    Fallback::Serve(_) => {
+                        super::degraded::note_fallback();
+                        Ok(miss())
+                    }
                     Fallback::Refuse => Err(e),
                 }
             }
@@ -391,10 +416,13 @@ impl Resilient {
     /// Serves a call while the primary is not up, as the fallback says.
     fn on_fallback<T>(&self, op: &impl Fn(&dyn Backend) -> Result<T>) -> Result<T> {
         match &self.shared.fallback {
-            Fallback::Serve(f) => match self.shared.generation.load(Ordering::Acquire) {
-                0 => op(&super::none::NoneBackend),
-                g => op(&GenerationView::new(f.clone(), g)),
-            },
+            Fallback::Serve(f) => {
+                super::degraded::note_fallback();
+                match self.shared.generation.load(Ordering::Acquire) {
+                    0 => op(&super::none::NoneBackend),
+                    g => op(&GenerationView::new(f.clone(), g)),
+                }
+            }
             Fallback::Refuse => Err(Error::Backend {
                 backend: self.shared.cfg.name,
                 message: format!("the server is {} and fallback = error", self.health()),
@@ -469,15 +497,31 @@ impl Backend for Resilient {
         self.write_op(|| deletes(keys.iter().copied()), |b| b.delete_many(keys))
     }
 
+    fn keys(&self, prefix: &str, limit: usize) -> Result<Vec<super::EntryInfo>> {
+        match self.on_primary(false, &|b: &dyn Backend| b.keys(prefix, limit)) {
+            Attempt::Done(r) => r,
+            Attempt::Failed(e) => Err(e),
+            Attempt::NotUp => Err(Error::Backend {
+                backend: self.shared.cfg.name,
+                message: format!(
+                    "the server is {}: its keys cannot be listed now",
+                    self.health()
+                ),
+                temporary: true,
+                source: None,
+            }),
+        }
+    }
+
+    fn meta(&self, key: &str) -> Result<Option<super::EntryInfo>> {
+        self.read_op(|| None, |b| b.meta(key))
+    }
+
     fn ping(&self) -> Result<BackendStatus> {
-        let health = self.health();
-        let current = read(&self.shared.primary).clone();
-        let result = match current {
-            Some(p) => p.ping(),
-            None => (self.shared.factory)().and_then(|p| p.ping()),
-        };
+        let result = self.ask_primary();
         let summary = format!(
-            "state {health}; {} transitions, {} failed operations; fallback = {}",
+            "state {}; {} transitions, {} failed operations; fallback = {}",
+            self.shown_state(&result),
             self.transitions(),
             self.failed_ops(),
             self.shared.fallback.label()
@@ -508,8 +552,21 @@ impl Backend for Resilient {
             .journal
             .count(&self.shared.cfg.scope)
             .unwrap_or(0);
-        let mut rows = vec![
-            ("state".to_owned(), self.health().to_string()),
+        // Up is shown only when the server answers now; a server that is down or recovering is
+        // not asked (the probe does), so that polling `info` adds no load to a replay.
+        let answer = (self.health() == Health::Up).then(|| self.ask_primary());
+        let mut rows = vec![(
+            "state".to_owned(),
+            match &answer {
+                Some(a) => self.shown_state(a),
+                None => self.health().to_string(),
+            },
+        )];
+        if let Some(Err(e)) = &answer {
+            rows.push(("server error".to_owned(), e.to_string()));
+        }
+        rows.extend([
+            ("breaker".to_owned(), self.health().to_string()),
             ("transitions".to_owned(), self.transitions().to_string()),
             (
                 "failed operations".to_owned(),
@@ -527,7 +584,7 @@ impl Backend for Resilient {
                 "outage generation".to_owned(),
                 self.shared.generation.load(Ordering::Acquire).to_string(),
             ),
-        ];
+        ]);
         if self.health() == Health::Up
             && let Some(p) = read(&self.shared.primary).clone()
             && let Ok(more) = p.info()

@@ -154,9 +154,28 @@ pub(crate) fn resilient(
     identity: &str,
     factory: resilience::Factory,
 ) -> Result<Arc<dyn Backend>> {
+    let settings = config.resilience_settings()?;
+    let journal = Arc::new(resilience::journal::Journal::open(settings.dir.clone())?);
+    Ok(Arc::new(resilient_scope(
+        config, &settings, name, identity, factory, journal,
+    )?))
+}
+
+/// One [`resilience::Resilient`] (see [`resilient`]) on a journal the caller opened: the
+/// servers of a [`resilience::scopes::PerScope`] share one.
+///
+/// # Errors
+/// An error when the fallback's directory cannot be opened.
+pub(crate) fn resilient_scope(
+    config: &CacheConfig,
+    settings: &crate::config::ResilienceSettings,
+    name: &'static str,
+    identity: &str,
+    factory: resilience::Factory,
+    journal: Arc<resilience::journal::Journal>,
+) -> Result<resilience::Resilient> {
     use crate::config::FallbackMode;
     use resilience::Fallback;
-    let settings = config.resilience_settings()?;
     let scope = format!("{identity}|{}", config.namespace);
     let fallback = match settings.mode {
         // The fallback's entries live under a namespace of their own: a `pickle` cache with the
@@ -177,14 +196,46 @@ pub(crate) fn resilient(
         startup_wait: config.timeout,
         refuse_whole_keyspace: settings.refuse_whole_keyspace,
     };
-    let journal = Arc::new(resilience::journal::Journal::open(settings.dir.clone())?);
-    Ok(Arc::new(resilience::Resilient::new(
+    Ok(resilience::Resilient::new(
         cfg,
         factory,
         fallback,
         journal,
         Arc::new(resilience::probe::ThreadSpawn),
-    )))
+    ))
+}
+
+/// A server backend over several independent servers (Memcached's `memcached_servers`): a
+/// [`resilience::Resilient`] per server, each with its own breaker, journal scope
+/// (`memcached://host:port|namespace`), outage generation and fallback entries, and keys routed
+/// to the server `partition` places them on.
+///
+/// # Errors
+/// As [`resilient`].
+pub(crate) fn per_server(
+    config: &CacheConfig,
+    name: &'static str,
+    partition: Arc<dyn resilience::scopes::Partition>,
+    specs: Vec<resilience::scopes::ScopeSpec>,
+) -> Result<Arc<dyn Backend>> {
+    use resilience::scopes::{Cause, PerScope, Scope, watched};
+    let settings = config.resilience_settings()?;
+    let journal = Arc::new(resilience::journal::Journal::open(settings.dir.clone())?);
+    let mut scopes = Vec::with_capacity(specs.len());
+    for spec in specs {
+        let cause = Arc::new(Cause::default());
+        let factory = watched(spec.factory, cause.clone());
+        let r = resilient_scope(
+            config,
+            &settings,
+            name,
+            &spec.identity,
+            factory,
+            journal.clone(),
+        )?;
+        scopes.push(Scope::new(spec.label, r, cause));
+    }
+    Ok(Arc::new(PerScope::new(name, partition, scopes)))
 }
 
 /// Builds the backend a config names: its settings validated once
@@ -206,6 +257,13 @@ pub fn from_config(config: &CacheConfig) -> Result<Arc<dyn Backend>> {
             });
             resilient(config, config.backend.as_str(), &identity, factory)
         }
+        // Several servers: a breaker per server, keys placed as pymemcache places them.
+        BackendSettings::Memcached(settings) if settings.servers.len() > 1 => per_server(
+            config,
+            config.backend.as_str(),
+            Arc::new(memcached::placement::Placement::new(&settings)),
+            memcached::MemcachedBackend::per_server(&settings),
+        ),
         BackendSettings::Memcached(settings) => {
             let identity = settings.identity().to_owned();
             let factory: resilience::Factory = Box::new(move || {

@@ -9,6 +9,7 @@ mod memcached;
 mod memcached_hostile;
 mod memo;
 mod outage;
+mod per_server;
 mod pickle;
 mod process;
 mod redis;

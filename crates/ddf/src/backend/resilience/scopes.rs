@@ -1,0 +1,461 @@
+//! A breaker per server: [`PerScope`] routes each key to the [`Resilient`] of the server (the
+//! *scope*) that holds it, so that one server down sends only its own keys to the fallback.
+//!
+//! The seam is [`Partition`]: a backend whose keys live on several independent servers says
+//! which scope a key belongs to (`scope_of`), and builds a primary that serves one scope alone.
+//! Memcached implements it with pymemcache's placement over **every** configured server: a down
+//! server is never removed from the ring, its keys go to the fallback and never to another
+//! server, so no second copy can go stale. (A Redis Cluster node could implement it later with
+//! the key's slot.)
+//!
+//! Each scope is a whole [`Resilient`]: the one pure breaker state machine
+//! ([`Breaker`](super::breaker::Breaker)), its journal scope (`memcached://host:port|namespace`),
+//! its outage generation, its fallback entries and its background loop (probe, replay, journal
+//! watcher). What is per-server is only the set of instances and the scope string.
+//!
+//! Operations on one key go to its scope; batches are split by scope; `delete_prefix` and
+//! `clear` run on every scope (applied to the servers that are up, recorded and applied to the
+//! fallback for the others), and report the first error after every scope was tried.
+
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::Resilient;
+use super::breaker::Health;
+use crate::backend::{Backend, BackendStatus, Item};
+use crate::error::{Error, Result};
+
+/// How a backend's keys are spread over independent servers (scopes).
+pub(crate) trait Partition: Send + Sync + fmt::Debug + 'static {
+    /// The scope (an index into the scopes the backend was built with) that holds `key`, a user
+    /// key. Never changes for a key while the configuration is the same, whatever the servers'
+    /// state.
+    fn scope_of(&self, key: &str) -> usize;
+}
+
+/// What makes one scope: its label in messages (`host:port`), its identity in the journal
+/// (`memcached://host:port`, without the namespace), and the factory of its primary (a backend
+/// that serves that scope alone).
+pub(crate) struct ScopeSpec {
+    /// `host:port`: what `stats` and `ping` name.
+    pub(crate) label: String,
+    /// The identity the journal scope is made from.
+    pub(crate) identity: String,
+    /// Builds the scope's primary.
+    pub(crate) factory: super::Factory,
+}
+
+/// Why a scope's primary last failed, as its watcher saw it.
+#[derive(Debug, Default)]
+pub(crate) struct Cause(Mutex<Option<String>>);
+
+impl Cause {
+    fn note(&self, e: &Error) {
+        if !e.is_temporary() {
+            return;
+        }
+        let text = match e {
+            Error::Backend { message, .. } => message.clone(),
+            other => other.to_string(),
+        };
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(text);
+    }
+
+    fn get(&self) -> Option<String> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// Wraps a scope's factory so that every temporary failure of its primary (operations and the
+/// probe's pings) is remembered as the reason the scope is down.
+pub(crate) fn watched(factory: super::Factory, cause: Arc<Cause>) -> super::Factory {
+    Box::new(move || match factory() {
+        Ok(inner) => Ok(Arc::new(Watched {
+            inner,
+            cause: cause.clone(),
+        }) as Arc<dyn Backend>),
+        Err(e) => {
+            cause.note(&e);
+            Err(e)
+        }
+    })
+}
+
+/// A primary that notes its temporary failures in a [`Cause`].
+#[derive(Debug)]
+struct Watched {
+    inner: Arc<dyn Backend>,
+    cause: Arc<Cause>,
+}
+
+impl Watched {
+    fn seen<T>(&self, r: Result<T>) -> Result<T> {
+        if let Err(e) = &r {
+            self.cause.note(e);
+        }
+        r
+    }
+}
+
+impl Backend for Watched {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+    fn get(&self, key: &str) -> Result<Option<Item>> {
+        self.seen(self.inner.get(key))
+    }
+    fn set(&self, key: &str, item: &Item, ttl: Option<Duration>) -> Result<()> {
+        self.seen(self.inner.set(key, item, ttl))
+    }
+    fn delete(&self, key: &str) -> Result<bool> {
+        self.seen(self.inner.delete(key))
+    }
+    fn delete_prefix(&self, prefix: &str) -> Result<u64> {
+        self.seen(self.inner.delete_prefix(prefix))
+    }
+    fn clear(&self) -> Result<()> {
+        self.seen(self.inner.clear())
+    }
+    fn ping(&self) -> Result<BackendStatus> {
+        self.seen(self.inner.ping())
+    }
+    fn info(&self) -> Result<Vec<(String, String)>> {
+        self.inner.info()
+    }
+    fn close(&self) {
+        self.inner.close();
+    }
+    fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<Item>>> {
+        self.seen(self.inner.get_many(keys))
+    }
+    fn set_many(&self, items: &[(&str, Item)], ttl: Option<Duration>) -> Result<()> {
+        self.seen(self.inner.set_many(items, ttl))
+    }
+    fn delete_many(&self, keys: &[&str]) -> Result<u64> {
+        self.seen(self.inner.delete_many(keys))
+    }
+}
+
+/// One server's breaker, fallback, journal scope and background loop.
+pub(crate) struct Scope {
+    label: String,
+    resilient: Resilient,
+    cause: Arc<Cause>,
+}
+
+impl Scope {
+    /// A scope made of its label, its [`Resilient`] (built on a [`watched`] factory) and the
+    /// [`Cause`] that factory notes failures in.
+    pub(crate) fn new(label: String, resilient: Resilient, cause: Arc<Cause>) -> Self {
+        Scope {
+            label,
+            resilient,
+            cause,
+        }
+    }
+
+    /// The scope's state for `stats` and `ping`: `up`, `down (why)` or `recovering (...)`.
+    fn state(&self) -> String {
+        match self.resilient.health() {
+            Health::Up => "up".to_owned(),
+            Health::Down => match self.cause.get() {
+                Some(why) => format!("down ({why}); its keys are served by the fallback"),
+                None => Health::Down.to_string(),
+            },
+            h @ Health::Recovering => h.to_string(),
+        }
+    }
+}
+
+/// Keys routed to the breaker of the server that holds them (see the module docs).
+pub(crate) struct PerScope {
+    name: &'static str,
+    partition: Arc<dyn Partition>,
+    scopes: Vec<Scope>,
+}
+
+impl fmt::Debug for PerScope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PerScope")
+            .field("name", &self.name)
+            .field(
+                "scopes",
+                &self
+                    .scopes
+                    .iter()
+                    .map(|s| (&s.label, s.resilient.health()))
+                    .collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+/// Items of a batch split by scope: for each scope, the positions in the batch.
+fn split<T>(
+    partition: &dyn Partition,
+    n: usize,
+    items: &[T],
+    key: impl Fn(&T) -> &str,
+) -> Vec<Vec<usize>> {
+    let mut groups = vec![Vec::new(); n];
+    for (i, item) in items.iter().enumerate() {
+        let s = partition.scope_of(key(item)).min(n - 1);
+        groups[s].push(i);
+    }
+    groups
+}
+
+impl PerScope {
+    /// Routes keys over `scopes` (in the order `partition` numbers them; at least one).
+    pub(crate) fn new(
+        name: &'static str,
+        partition: Arc<dyn Partition>,
+        scopes: Vec<Scope>,
+    ) -> Self {
+        PerScope {
+            name,
+            partition,
+            scopes,
+        }
+    }
+
+    fn scope(&self, key: &str) -> &Resilient {
+        let i = self.partition.scope_of(key).min(self.scopes.len() - 1);
+        &self.scopes[i].resilient
+    }
+
+    /// Runs `op` on every scope (none is skipped because another failed), and returns the
+    /// results combined by `add`, or the first error (the others are logged).
+    fn on_every<T>(
+        &self,
+        what: &str,
+        zero: T,
+        add: impl Fn(T, T) -> T,
+        op: impl Fn(&Resilient) -> Result<T>,
+    ) -> Result<T> {
+        let mut acc = zero;
+        let mut first: Option<Error> = None;
+        for s in &self.scopes {
+            match op(&s.resilient) {
+                Ok(v) => acc = add(acc, v),
+                Err(e) => {
+                    if first.is_some() {
+                        tracing::warn!(server = %s.label, error = %e, "{what} failed on this server too");
+                    } else {
+                        first = Some(e);
+                    }
+                }
+            }
+        }
+        first.map_or(Ok(acc), Err)
+    }
+
+    /// The aggregate state: `up` when every server is, else how many are not and which.
+    fn state(&self) -> String {
+        let not_up: Vec<&Scope> = self
+            .scopes
+            .iter()
+            .filter(|s| s.resilient.health() != Health::Up)
+            .collect();
+        if not_up.is_empty() {
+            return "up".to_owned();
+        }
+        if not_up.len() == self.scopes.len()
+            && self
+                .scopes
+                .iter()
+                .all(|s| s.resilient.health() == Health::Down)
+        {
+            return Health::Down.to_string();
+        }
+        format!(
+            "partly down: {} of {} servers not up ({}); their keys are served by the fallback, \
+             the others' by their servers",
+            not_up.len(),
+            self.scopes.len(),
+            not_up
+                .iter()
+                .map(|s| s.label.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    }
+}
+
+impl Backend for PerScope {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn get(&self, key: &str) -> Result<Option<Item>> {
+        self.scope(key).get(key)
+    }
+
+    fn set(&self, key: &str, item: &Item, ttl: Option<Duration>) -> Result<()> {
+        self.scope(key).set(key, item, ttl)
+    }
+
+    fn delete(&self, key: &str) -> Result<bool> {
+        self.scope(key).delete(key)
+    }
+
+    fn delete_prefix(&self, prefix: &str) -> Result<u64> {
+        self.on_every(
+            "delete_prefix",
+            0,
+            |a, b| a + b,
+            |r| r.delete_prefix(prefix),
+        )
+    }
+
+    fn clear(&self) -> Result<()> {
+        self.on_every("clear", (), |(), ()| (), Resilient::clear)
+    }
+
+    fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<Item>>> {
+        let groups = split(self.partition.as_ref(), self.scopes.len(), keys, |k| k);
+        let mut out: Vec<Option<Item>> = vec![None; keys.len()];
+        for (scope, group) in self.scopes.iter().zip(&groups) {
+            if group.is_empty() {
+                continue;
+            }
+            let ks: Vec<&str> = group.iter().map(|&i| keys[i]).collect();
+            let vals = scope.resilient.get_many(&ks)?;
+            for (&i, v) in group.iter().zip(vals) {
+                out[i] = v;
+            }
+        }
+        Ok(out)
+    }
+
+    fn set_many(&self, items: &[(&str, Item)], ttl: Option<Duration>) -> Result<()> {
+        let groups = split(
+            self.partition.as_ref(),
+            self.scopes.len(),
+            items,
+            |(k, _)| k,
+        );
+        let mut first = None;
+        for (scope, group) in self.scopes.iter().zip(&groups) {
+            if group.is_empty() {
+                continue;
+            }
+            let part: Vec<(&str, Item)> = group.iter().map(|&i| items[i].clone()).collect();
+            if let Err(e) = scope.resilient.set_many(&part, ttl) {
+                first.get_or_insert(e);
+            }
+        }
+        first.map_or(Ok(()), Err)
+    }
+
+    fn delete_many(&self, keys: &[&str]) -> Result<u64> {
+        let groups = split(self.partition.as_ref(), self.scopes.len(), keys, |k| k);
+        let (mut n, mut first) = (0, None);
+        for (scope, group) in self.scopes.iter().zip(&groups) {
+            if group.is_empty() {
+                continue;
+            }
+            let ks: Vec<&str> = group.iter().map(|&i| keys[i]).collect();
+            match scope.resilient.delete_many(&ks) {
+                Ok(k) => n += k,
+                Err(e) => {
+                    first.get_or_insert(e);
+                }
+            }
+        }
+        first.map_or(Ok(n), Err)
+    }
+
+    fn ping(&self) -> Result<BackendStatus> {
+        let mut lines = Vec::with_capacity(self.scopes.len());
+        let mut failed = 0;
+        let mut temporary = false;
+        for s in &self.scopes {
+            let answer = match s.resilient.ping() {
+                Ok(st) => st.detail,
+                Err(e) => {
+                    failed += 1;
+                    temporary |= e.is_temporary();
+                    match e {
+                        Error::Backend { message, .. } => message,
+                        other => other.to_string(),
+                    }
+                }
+            };
+            lines.push(format!("{}: {}; {answer}", s.label, s.state()));
+        }
+        let detail = lines.join(" | ");
+        if failed == 0 {
+            return Ok(BackendStatus { detail });
+        }
+        Err(Error::Backend {
+            backend: self.name,
+            message: format!(
+                "{failed} of {} servers not answering: {detail}",
+                self.scopes.len()
+            ),
+            temporary,
+            source: None,
+        })
+    }
+
+    fn info(&self) -> Result<Vec<(String, String)>> {
+        let mut rows = vec![
+            (
+                "servers".to_owned(),
+                self.scopes
+                    .iter()
+                    .map(|s| s.label.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            ),
+            ("state".to_owned(), self.state()),
+        ];
+        let (mut transitions, mut failed_ops, mut pending) = (0u64, 0u64, 0u64);
+        let (mut items, mut bytes) = (0u64, 0u64);
+        let mut fallback = String::new();
+        let mut per_server = Vec::new();
+        for s in &self.scopes {
+            let r = &s.resilient;
+            transitions += r.transitions();
+            failed_ops += r.failed_ops();
+            per_server.push((format!("server.{}.state", s.label), s.state()));
+            for (k, v) in r.info()? {
+                let number = v.parse::<u64>().unwrap_or(0);
+                match k.as_str() {
+                    "state" | "servers" | "failed operations" => {}
+                    "fallback" => fallback = v,
+                    "recorded invalidations pending" => {
+                        pending += number;
+                        per_server.push((format!("server.{}.pending", s.label), v));
+                    }
+                    "items (all applications, all servers)" => items += number,
+                    "bytes (all servers)" => bytes += number,
+                    _ if k == s.label => per_server.push((format!("server.{}", s.label), v)),
+                    _ => per_server.push((format!("server.{}.{k}", s.label), v)),
+                }
+            }
+        }
+        rows.push(("transitions".to_owned(), transitions.to_string()));
+        rows.push(("failed operations".to_owned(), failed_ops.to_string()));
+        rows.push(("fallback".to_owned(), fallback));
+        rows.push((
+            "recorded invalidations pending".to_owned(),
+            pending.to_string(),
+        ));
+        rows.extend(per_server);
+        rows.push((
+            "items (all applications, servers up)".to_owned(),
+            items.to_string(),
+        ));
+        rows.push(("bytes (servers up)".to_owned(), bytes.to_string()));
+        Ok(rows)
+    }
+
+    fn close(&self) {
+        for s in &self.scopes {
+            s.resilient.close();
+        }
+    }
+}

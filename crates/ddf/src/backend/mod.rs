@@ -161,6 +161,11 @@ pub(crate) fn resilient(
     )?))
 }
 
+/// The journal scope of a server identity: the identity and the namespace.
+fn journal_scope(config: &CacheConfig, identity: &str) -> String {
+    format!("{identity}|{}", config.namespace)
+}
+
 /// One [`resilience::Resilient`] (see [`resilient`]) on a journal the caller opened: the
 /// servers of a [`resilience::scopes::PerScope`] share one.
 ///
@@ -176,7 +181,7 @@ pub(crate) fn resilient_scope(
 ) -> Result<resilience::Resilient> {
     use crate::config::FallbackMode;
     use resilience::Fallback;
-    let scope = format!("{identity}|{}", config.namespace);
+    let scope = journal_scope(config, identity);
     let fallback = match settings.mode {
         // The fallback's entries live under a namespace of their own: a `pickle` cache with the
         // same namespace in the same directory is another cache, which the fallback must never
@@ -208,19 +213,29 @@ pub(crate) fn resilient_scope(
 /// A server backend over several independent servers (Memcached's `memcached_servers`): a
 /// [`resilience::Resilient`] per server, each with its own breaker, journal scope
 /// (`memcached://host:port|namespace`), outage generation and fallback entries, and keys routed
-/// to the server `partition` places them on.
+/// to the server `partition` places them on. Invalidations recorded under the whole list's
+/// `identity` (by a ddf before the breaker per server) are first moved to the servers' scopes.
 ///
 /// # Errors
 /// As [`resilient`].
 pub(crate) fn per_server(
     config: &CacheConfig,
     name: &'static str,
+    identity: &str,
     partition: Arc<dyn resilience::scopes::Partition>,
     specs: Vec<resilience::scopes::ScopeSpec>,
 ) -> Result<Arc<dyn Backend>> {
-    use resilience::scopes::{Cause, PerScope, Scope, watched};
+    use resilience::scopes::{Cause, PerScope, Scope, adopt_legacy, watched};
     let settings = config.resilience_settings()?;
     let journal = Arc::new(resilience::journal::Journal::open(settings.dir.clone())?);
+    let names: Vec<String> = specs
+        .iter()
+        .map(|s| journal_scope(config, &s.identity))
+        .collect();
+    let legacy = journal_scope(config, identity);
+    if let Err(e) = adopt_legacy(&journal, &legacy, partition.as_ref(), &names) {
+        tracing::warn!(error = %e, "cannot move the recorded invalidations of the whole server list; trying again at the next start");
+    }
     let mut scopes = Vec::with_capacity(specs.len());
     for spec in specs {
         let cause = Arc::new(Cause::default());
@@ -261,6 +276,7 @@ pub fn from_config(config: &CacheConfig) -> Result<Arc<dyn Backend>> {
         BackendSettings::Memcached(settings) if settings.servers.len() > 1 => per_server(
             config,
             config.backend.as_str(),
+            settings.identity(),
             Arc::new(memcached::placement::Placement::new(&settings)),
             memcached::MemcachedBackend::per_server(&settings),
         ),

@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use super::Resilient;
 use super::breaker::Health;
+use super::journal::{Journal, PendingOp};
 use crate::backend::{Backend, BackendStatus, Item};
 use crate::error::{Error, Result};
 
@@ -44,6 +45,46 @@ pub(crate) struct ScopeSpec {
     pub(crate) identity: String,
     /// Builds the scope's primary.
     pub(crate) factory: super::Factory,
+}
+
+/// Moves the invalidations recorded under `legacy` (the scope of the whole server list, used
+/// before the breaker per server, or by an older ddf still running) to the scopes of the
+/// servers they concern: a `delete` to the scope of its key, a prefix or `clear` to every
+/// scope. Called before the scopes' breakers are built, so that they find the entries and apply
+/// them before serving. An entry moved twice (two processes starting at once, or a crash
+/// between the copy and the removal) is applied twice, which is harmless.
+///
+/// # Errors
+/// The journal's: the entries stay under `legacy` for the next start.
+pub(crate) fn adopt_legacy(
+    journal: &Journal,
+    legacy: &str,
+    partition: &dyn Partition,
+    scopes: &[String],
+) -> Result<()> {
+    let entries = journal.read(legacy)?;
+    let Some(&(last, _)) = entries.last() else {
+        return Ok(());
+    };
+    let n = scopes.len().max(1);
+    let mut per: Vec<Vec<PendingOp<'_>>> = vec![Vec::new(); n];
+    for (_, op) in &entries {
+        match op {
+            PendingOp::Delete(k) => per[partition.scope_of(k).min(n - 1)].push(op.clone()),
+            _ => per.iter_mut().for_each(|ops| ops.push(op.clone())),
+        }
+    }
+    for (scope, ops) in scopes.iter().zip(&per) {
+        if !ops.is_empty() {
+            journal.append(scope, ops)?;
+        }
+    }
+    tracing::info!(
+        from = legacy,
+        entries = entries.len(),
+        "recorded invalidations of the whole server list moved to the servers they concern"
+    );
+    journal.remove(legacy, last)
 }
 
 /// Why a scope's primary last failed, as its watcher saw it.
@@ -674,5 +715,48 @@ mod tests {
         assert_eq!(value(c.get("b3")), None, "the outage write is not promoted");
         assert_eq!(row(c, "recorded invalidations pending"), "0");
         assert!(c.ping().unwrap().detail.contains("b:2: "));
+    }
+
+    #[test]
+    fn entries_of_the_whole_list_move_to_the_servers_they_concern() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(dir.path()).unwrap();
+        let scopes = ["m://a|".to_owned(), "m://b|".to_owned()];
+        adopt_legacy(&j, "m://a,b|", &ByLetter, &scopes).unwrap();
+        j.append(
+            "m://a,b|",
+            &[
+                PendingOp::Delete("a1".into()),
+                PendingOp::Delete("b1".into()),
+                PendingOp::DeletePrefix("x".into()),
+                PendingOp::Clear,
+            ],
+        )
+        .unwrap();
+        adopt_legacy(&j, "m://a,b|", &ByLetter, &scopes).unwrap();
+        assert_eq!(j.count("m://a,b|").unwrap(), 0);
+        let ops = |s: &str| {
+            j.read(s)
+                .unwrap()
+                .into_iter()
+                .map(|(_, o)| o)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            ops("m://a|"),
+            [
+                PendingOp::Delete("a1".into()),
+                PendingOp::DeletePrefix("x".into()),
+                PendingOp::Clear
+            ]
+        );
+        assert_eq!(
+            ops("m://b|"),
+            [
+                PendingOp::Delete("b1".into()),
+                PendingOp::DeletePrefix("x".into()),
+                PendingOp::Clear
+            ]
+        );
     }
 }

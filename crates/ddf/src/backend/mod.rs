@@ -225,7 +225,7 @@ pub(crate) fn per_server(
     partition: Arc<dyn resilience::scopes::Partition>,
     specs: Vec<resilience::scopes::ScopeSpec>,
 ) -> Result<Arc<dyn Backend>> {
-    use resilience::scopes::{Cause, PerScope, Scope, adopt_legacy, watched};
+    use resilience::scopes::{Cause, PerScope, Scope, adopt_legacy, build_all, watched};
     let settings = config.resilience_settings()?;
     let journal = Arc::new(resilience::journal::Journal::open(settings.dir.clone())?);
     let names: Vec<String> = specs
@@ -236,8 +236,7 @@ pub(crate) fn per_server(
     if let Err(e) = adopt_legacy(&journal, &legacy, partition.as_ref(), &names) {
         tracing::warn!(error = %e, "cannot move the recorded invalidations of the whole server list; trying again at the next start");
     }
-    let mut scopes = Vec::with_capacity(specs.len());
-    for spec in specs {
+    let scopes = build_all(specs, |spec| {
         let cause = Arc::new(Cause::default());
         let factory = watched(spec.factory, cause.clone());
         let r = resilient_scope(
@@ -248,8 +247,8 @@ pub(crate) fn per_server(
             factory,
             journal.clone(),
         )?;
-        scopes.push(Scope::new(spec.label, r, cause));
-    }
+        Ok(Scope::new(spec.label, r, cause))
+    })?;
     Ok(Arc::new(PerScope::new(name, partition, scopes)))
 }
 

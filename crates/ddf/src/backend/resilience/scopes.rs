@@ -87,6 +87,59 @@ pub(crate) fn adopt_legacy(
     journal.remove(legacy, last)
 }
 
+/// Builds every scope with `build`, each on a thread of its own: a scope that finds recorded
+/// invalidations applies them for up to one operation timeout while it is built (its server may
+/// be stopped), and the servers wait together, not one after another. A thread the system
+/// refuses is replaced by building that scope here.
+///
+/// # Errors
+/// The first scope's error, in order.
+pub(crate) fn build_all(
+    specs: Vec<ScopeSpec>,
+    build: impl Fn(ScopeSpec) -> Result<Scope> + Sync,
+) -> Result<Vec<Scope>> {
+    let slots: Vec<Mutex<Option<ScopeSpec>>> =
+        specs.into_iter().map(|s| Mutex::new(Some(s))).collect();
+    let take =
+        |slot: &Mutex<Option<ScopeSpec>>| slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+    let run = |slot: &Mutex<Option<ScopeSpec>>| -> Option<Result<Scope>> { take(slot).map(&build) };
+    let results: Vec<Option<Result<Scope>>> = std::thread::scope(|s| {
+        let handles: Vec<_> = slots
+            .iter()
+            .map(|slot| {
+                std::thread::Builder::new()
+                    .name("ddf-scope-start".to_owned())
+                    .spawn_scoped(s, || run(slot))
+                    .ok()
+            })
+            .collect();
+        handles
+            .into_iter()
+            .zip(&slots)
+            .map(
+                |(h, slot)| match h.map(std::thread::ScopedJoinHandle::join) {
+                    Some(Ok(r)) => r,
+                    // Not started (or it panicked, which library code does not): build it here.
+                    _ => run(slot),
+                },
+            )
+            .collect()
+    });
+    results
+        .into_iter()
+        .map(|r| {
+            r.unwrap_or_else(|| {
+                Err(Error::Backend {
+                    backend: "cache",
+                    message: "a server of the list could not be set up".to_owned(),
+                    temporary: false,
+                    source: None,
+                })
+            })
+        })
+        .collect()
+}
+
 /// Why a scope's primary last failed, as its watcher saw it.
 #[derive(Debug, Default)]
 pub(crate) struct Cause(Mutex<Option<String>>);

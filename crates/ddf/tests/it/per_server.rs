@@ -278,3 +278,81 @@ fn one_of_three_stopped_keeps_the_others_keys_on_their_servers() {
 fn one_of_three_killed_keeps_the_others_keys_on_their_servers() {
     one_of_three_down(Fault::Kill);
 }
+
+const WORKER: &str = "DDF_PER_SERVER_JOB";
+
+/// A child process: `set|ports|dir|key|value` or `get|ports|dir|key` (prints `HIT value` or
+/// `MISS`).
+fn worker(job: &str) {
+    let f: Vec<&str> = job.split('|').collect();
+    let ports: Vec<u16> = f[1].split(',').map(|p| p.parse().unwrap()).collect();
+    let cache =
+        CacheManager::new(config(Kind::Memcached, &ports, std::path::Path::new(f[2]))).unwrap();
+    match f[0] {
+        "set" => cache.set(f[3], &f[4], None).unwrap(),
+        _ => match cache.get::<String>(f[3]).unwrap() {
+            Some(v) => println!("HIT {v}"),
+            None => println!("MISS"),
+        },
+    }
+}
+
+/// The issue's scenario: one of three servers killed, then one process per `set` and one per
+/// `get`. Every key placed on a live server is stored there and read back from it by the next
+/// process; the dead server's keys are read back from the outage's shared fallback.
+#[test]
+fn one_of_three_killed_across_processes() {
+    if let Some(job) = crate::process::job(WORKER) {
+        return worker(&job);
+    }
+    const KEYS: usize = 30;
+    let test = "per_server::one_of_three_killed_across_processes";
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let Some(mut servers) = ports
+        .iter()
+        .map(|&p| MemcachedServer::start_on(p, &[]))
+        .collect::<Option<Vec<_>>>()
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(Kind::Memcached, &ports, dir.path());
+    let placement = MemcachedBackend::from_config(&cfg).unwrap();
+    let victim = servers[1].server();
+    servers[1].process.kill();
+    let list = ports
+        .iter()
+        .map(u16::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    let base = format!("{list}|{}", dir.path().display());
+    let run = |job: String| {
+        let child = crate::process::child(test, WORKER, &job).spawn().unwrap();
+        crate::process::check(child, &job)
+    };
+    for i in 0..KEYS {
+        run(format!("set|{base}|after:{i}|v{i}"));
+    }
+    let direct = crate::resilience::direct(&cfg);
+    let (mut on_servers, mut hits) = (0, 0);
+    for i in 0..KEYS {
+        let key = format!("after:{i}");
+        let out = run(format!("get|{base}|{key}"));
+        let hit = out.contains(&format!("HIT v{i}\n"));
+        hits += usize::from(hit);
+        if placement.server_for(&key) != victim {
+            assert!(hit, "{key} is on a live server: {out}");
+            assert_eq!(direct.get::<String>(&key).unwrap(), Some(format!("v{i}")));
+            on_servers += 1;
+        }
+    }
+    println!(
+        "across processes, one of three killed: {hits} of {KEYS} keys hit, {on_servers} \
+         ({:.0}%) from the live servers",
+        on_servers as f64 * 100.0 / KEYS as f64
+    );
+    assert_eq!(
+        hits, KEYS,
+        "the dead server's keys come from the shared fallback"
+    );
+}

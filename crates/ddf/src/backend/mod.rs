@@ -141,9 +141,9 @@ pub(crate) fn scoped_clear(
 /// Wraps a server backend (Redis, Memcached) in [`resilience::Resilient`]: breaker, fallback
 /// (`fallback = pickle`: the local directory; `none`; `error`), and the journal of invalidations
 /// made during an outage. `identity` names the server(s) without credentials and without the
-/// codec (`redis://host:port/db`, `memcached://a:1,b:2` with the servers sorted): processes that
-/// pass the same identity and namespace share the journal, so a `redis` and a `redis_pickle`
-/// process on one server replay each other's records.
+/// codec (`redis://host:port/db`, `memcached://host:port`; several Memcached servers get one
+/// each, see [`per_server`]): processes that pass the same identity and namespace share the
+/// journal, so a `redis` and a `redis_pickle` process on one server replay each other's records.
 ///
 /// # Errors
 /// [`Error::Config`](crate::Error::Config) for an unusable breaker setting; an error when the

@@ -69,7 +69,7 @@ pub(crate) fn pick<S: AsRef<str>>(nodes: &[S], key: &str) -> Option<usize> {
 }
 
 /// Which configured server holds a user key, for the breaker per server
-/// ([`Partition`](crate::backend::resilience::scopes::Partition)): pymemcache's placement of the
+/// ([`Partition`]): pymemcache's placement of the
 /// wire key over **every** configured server, whatever their state (a down server's keys go to
 /// the fallback, never to another server).
 #[derive(Debug)]

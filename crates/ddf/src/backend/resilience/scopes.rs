@@ -319,19 +319,65 @@ impl PerScope {
         &self.scopes[i].resilient
     }
 
-    /// Runs `op` on every scope (none is skipped because another failed), and returns the
-    /// results combined by `add`, or the first error (the others are logged).
-    fn on_every<T>(
+    /// Runs `op` on every scope at once, one thread each (this thread takes the first scope),
+    /// so that a call spanning the servers (two of them stopped, say) waits for the slowest,
+    /// not for the sum. A thread the system refuses is replaced by running on this one. A
+    /// temporary failure met on a helper thread is noted on this one (memoization reads it).
+    /// Results in scope order.
+    fn fan_out<T: Send>(&self, op: impl Fn(&Scope) -> T + Sync) -> Vec<T> {
+        use crate::backend::degraded;
+        let Some((first, rest)) = self.scopes.split_first() else {
+            return Vec::new();
+        };
+        let op = &op;
+        let watched = move |scope: &Scope| {
+            let watch = degraded::Watch::start();
+            let v = op(scope);
+            (v, watch.failed())
+        };
+        std::thread::scope(|s| {
+            let handles: Vec<_> = rest
+                .iter()
+                .map(|scope| {
+                    let h = std::thread::Builder::new()
+                        .name("ddf-scope".to_owned())
+                        .spawn_scoped(s, move || watched(scope))
+                        .ok();
+                    (scope, h)
+                })
+                .collect();
+            let mut out = Vec::with_capacity(self.scopes.len());
+            out.push(op(first));
+            for (scope, h) in handles {
+                match h.map(std::thread::ScopedJoinHandle::join) {
+                    Some(Ok((v, failed))) => {
+                        if failed {
+                            degraded::note_temporary_failure();
+                        }
+                        out.push(v);
+                    }
+                    // Not started (or it panicked, which library code does not): run it here.
+                    _ => out.push(op(scope)),
+                }
+            }
+            out
+        })
+    }
+
+    /// Runs `op` on every scope, at once (none is skipped because another failed), and returns
+    /// the results combined by `add`, or the first error (the others are logged).
+    fn on_every<T: Send>(
         &self,
         what: &str,
         zero: T,
         add: impl Fn(T, T) -> T,
-        op: impl Fn(&Resilient) -> Result<T>,
+        op: impl Fn(&Resilient) -> Result<T> + Sync,
     ) -> Result<T> {
         let mut acc = zero;
         let mut first: Option<Error> = None;
-        for s in &self.scopes {
-            match op(&s.resilient) {
+        let results = self.fan_out(|s| op(&s.resilient));
+        for (s, r) in self.scopes.iter().zip(results) {
+            match r {
                 Ok(v) => acc = add(acc, v),
                 Err(e) => {
                     if first.is_some() {
@@ -465,8 +511,9 @@ impl Backend for PerScope {
         let mut lines = Vec::with_capacity(self.scopes.len());
         let mut failed = 0;
         let mut temporary = false;
-        for s in &self.scopes {
-            let answer = match s.resilient.ping() {
+        let answers = self.fan_out(|s| s.resilient.ping());
+        for (s, answer) in self.scopes.iter().zip(answers) {
+            let answer = match answer {
                 Ok(st) => st.detail,
                 Err(e) => {
                     failed += 1;
@@ -514,12 +561,13 @@ impl Backend for PerScope {
         let (mut items, mut bytes) = (0u64, 0u64);
         let mut fallback = String::new();
         let mut per_server = Vec::new();
-        for s in &self.scopes {
+        let infos = self.fan_out(|s| s.resilient.info());
+        for (s, info) in self.scopes.iter().zip(infos) {
             let r = &s.resilient;
             transitions += r.transitions();
             failed_ops += r.failed_ops();
             per_server.push((format!("server.{}.state", s.label), s.state()));
-            for (k, v) in r.info()? {
+            for (k, v) in info? {
                 let number = v.parse::<u64>().unwrap_or(0);
                 match k.as_str() {
                     "state" | "servers" => {}

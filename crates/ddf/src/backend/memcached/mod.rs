@@ -289,11 +289,10 @@ impl MemcachedBackend {
             .servers
             .iter()
             .map(|addr| {
-                let mut one = settings.clone();
-                one.servers = vec![addr.clone()];
+                let one = settings.only(addr);
                 crate::backend::resilience::scopes::ScopeSpec {
                     label: placement::node_name(addr),
-                    identity: format!("memcached://{addr}"),
+                    identity: one.identity().to_owned(),
                     factory: Box::new(move || {
                         Ok(std::sync::Arc::new(MemcachedBackend::new(&one))
                             as std::sync::Arc<dyn Backend>)

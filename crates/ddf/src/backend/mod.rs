@@ -249,7 +249,7 @@ pub(crate) fn per_server(
         )?;
         Ok(Scope::new(spec.label, r, cause))
     })?;
-    Ok(Arc::new(PerScope::new(name, partition, scopes)))
+    Ok(Arc::new(PerScope::new(name, partition, scopes)?))
 }
 
 /// Builds the backend a config names: its settings validated once

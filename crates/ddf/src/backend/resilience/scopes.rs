@@ -294,28 +294,39 @@ fn split<T>(
 ) -> Vec<Vec<usize>> {
     let mut groups = vec![Vec::new(); n];
     for (i, item) in items.iter().enumerate() {
-        let s = partition.scope_of(key(item)).min(n - 1);
+        let s = partition.scope_of(key(item)).min(n.saturating_sub(1));
         groups[s].push(i);
     }
     groups
 }
 
 impl PerScope {
-    /// Routes keys over `scopes` (in the order `partition` numbers them; at least one).
+    /// Routes keys over `scopes` (in the order `partition` numbers them).
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] when `scopes` is empty.
     pub(crate) fn new(
         name: &'static str,
         partition: Arc<dyn Partition>,
         scopes: Vec<Scope>,
-    ) -> Self {
-        PerScope {
+    ) -> Result<Self> {
+        if scopes.is_empty() {
+            return Err(Error::InvalidArgument(format!(
+                "{name}: no server to route keys to: list at least one"
+            )));
+        }
+        Ok(PerScope {
             name,
             partition,
             scopes,
-        }
+        })
     }
 
     fn scope(&self, key: &str) -> &Resilient {
-        let i = self.partition.scope_of(key).min(self.scopes.len() - 1);
+        let i = self
+            .partition
+            .scope_of(key)
+            .min(self.scopes.len().saturating_sub(1));
         &self.scopes[i].resilient
     }
 
@@ -735,7 +746,7 @@ mod tests {
         }
         let servers = ["a_1", "b_2"].map(|d| FileBackend::open(dir.path().join(d), "").unwrap());
         Rig {
-            cache: PerScope::new("test", Arc::new(ByLetter), scopes),
+            cache: PerScope::new("test", Arc::new(ByLetter), scopes).unwrap(),
             up,
             servers,
             journal,

@@ -217,9 +217,9 @@ pub(crate) fn scoped_clear(
 /// Wraps a server backend (Redis, Memcached) in [`resilience::Resilient`]: breaker, fallback
 /// (`fallback = pickle`: the local directory; `none`; `error`), and the journal of invalidations
 /// made during an outage. `identity` names the server(s) without credentials and without the
-/// codec (`redis://host:port/db`, `memcached://a:1,b:2` with the servers sorted): processes that
-/// pass the same identity and namespace share the journal, so a `redis` and a `redis_pickle`
-/// process on one server replay each other's records.
+/// codec (`redis://host:port/db`, `memcached://host:port`; several Memcached servers get one
+/// each, see [`per_server`]): processes that pass the same identity and namespace share the
+/// journal, so a `redis` and a `redis_pickle` process on one server replay each other's records.
 ///
 /// # Errors
 /// [`Error::Config`](crate::Error::Config) for an unusable breaker setting; an error when the
@@ -230,10 +230,34 @@ pub(crate) fn resilient(
     identity: &str,
     factory: resilience::Factory,
 ) -> Result<Arc<dyn Backend>> {
+    let settings = config.resilience_settings()?;
+    let journal = Arc::new(resilience::journal::Journal::open(settings.dir.clone())?);
+    Ok(Arc::new(resilient_scope(
+        config, &settings, name, identity, factory, journal,
+    )?))
+}
+
+/// The journal scope of a server identity: the identity and the namespace.
+fn journal_scope(config: &CacheConfig, identity: &str) -> String {
+    format!("{identity}|{}", config.namespace)
+}
+
+/// One [`resilience::Resilient`] (see [`resilient`]) on a journal the caller opened: the
+/// servers of a [`resilience::scopes::PerScope`] share one.
+///
+/// # Errors
+/// An error when the fallback's directory cannot be opened.
+pub(crate) fn resilient_scope(
+    config: &CacheConfig,
+    settings: &crate::config::ResilienceSettings,
+    name: &'static str,
+    identity: &str,
+    factory: resilience::Factory,
+    journal: Arc<resilience::journal::Journal>,
+) -> Result<resilience::Resilient> {
     use crate::config::FallbackMode;
     use resilience::Fallback;
-    let settings = config.resilience_settings()?;
-    let scope = format!("{identity}|{}", config.namespace);
+    let scope = journal_scope(config, identity);
     let fallback = match settings.mode {
         // The fallback's entries live under a namespace of their own: a `pickle` cache with the
         // same namespace in the same directory is another cache, which the fallback must never
@@ -253,14 +277,55 @@ pub(crate) fn resilient(
         startup_wait: config.timeout,
         refuse_whole_keyspace: settings.refuse_whole_keyspace,
     };
-    let journal = Arc::new(resilience::journal::Journal::open(settings.dir.clone())?);
-    Ok(Arc::new(resilience::Resilient::new(
+    Ok(resilience::Resilient::new(
         cfg,
         factory,
         fallback,
         journal,
         Arc::new(resilience::probe::ThreadSpawn),
-    )))
+    ))
+}
+
+/// A server backend over several independent servers (Memcached's `memcached_servers`): a
+/// [`resilience::Resilient`] per server, each with its own breaker, journal scope
+/// (`memcached://host:port|namespace`), outage generation and fallback entries, and keys routed
+/// to the server `partition` places them on. Invalidations recorded under the whole list's
+/// `identity` (by a ddf before the breaker per server) are first moved to the servers' scopes.
+///
+/// # Errors
+/// As [`resilient`].
+pub(crate) fn per_server(
+    config: &CacheConfig,
+    name: &'static str,
+    identity: &str,
+    partition: Arc<dyn resilience::scopes::Partition>,
+    specs: Vec<resilience::scopes::ScopeSpec>,
+) -> Result<Arc<dyn Backend>> {
+    use resilience::scopes::{Cause, PerScope, Scope, adopt_legacy, build_all, watched};
+    let settings = config.resilience_settings()?;
+    let journal = Arc::new(resilience::journal::Journal::open(settings.dir.clone())?);
+    let names: Vec<String> = specs
+        .iter()
+        .map(|s| journal_scope(config, &s.identity))
+        .collect();
+    let legacy = journal_scope(config, identity);
+    if let Err(e) = adopt_legacy(&journal, &legacy, partition.as_ref(), &names) {
+        tracing::warn!(error = %e, "cannot move the recorded invalidations of the whole server list; trying again at the next start");
+    }
+    let scopes = build_all(specs, |spec| {
+        let cause = Arc::new(Cause::default());
+        let factory = watched(spec.factory, cause.clone());
+        let r = resilient_scope(
+            config,
+            &settings,
+            name,
+            &spec.identity,
+            factory,
+            journal.clone(),
+        )?;
+        Ok(Scope::new(spec.label, r, cause))
+    })?;
+    Ok(Arc::new(PerScope::new(name, partition, scopes)?))
 }
 
 /// Builds the backend a config names: its settings validated once
@@ -294,6 +359,18 @@ pub fn from_config(config: &CacheConfig) -> Result<Arc<dyn Backend>> {
                 Ok(Arc::new(redis::RedisBackend::new(&settings)?) as Arc<dyn Backend>)
             });
             resilient(config, config.backend.as_str(), &identity, factory)
+        }
+        // Several servers: a breaker per server, keys placed as pymemcache places them.
+        #[cfg(feature = "memcached")]
+        BackendSettings::Memcached(settings) if settings.servers.len() > 1 => {
+            tracing::info!(backend, namespace, servers = %settings.identity(), fallback = config.fallback.as_str(), "ddf: cache backend chosen (a breaker per server)");
+            per_server(
+                config,
+                config.backend.as_str(),
+                settings.identity(),
+                Arc::new(memcached::placement::Placement::new(&settings)),
+                memcached::MemcachedBackend::per_server(&settings),
+            )
         }
         #[cfg(feature = "memcached")]
         BackendSettings::Memcached(settings) => {

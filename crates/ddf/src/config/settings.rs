@@ -88,6 +88,21 @@ impl MemcachedSettings {
     pub(crate) fn identity(&self) -> &str {
         &self.identity
     }
+
+    /// The settings of one of the servers alone, for the breaker per server: its identity is
+    /// that of a one-server list (`memcached://host:port`).
+    pub(crate) fn only(&self, server: &ServerAddr) -> MemcachedSettings {
+        MemcachedSettings {
+            servers: vec![server.clone()],
+            identity: memcached_identity(&[server.to_string()]),
+            ..self.clone()
+        }
+    }
+}
+
+/// The identity of a Memcached server list (sorted, without duplicates): `memcached://a:1,b:2`.
+fn memcached_identity(names: &[String]) -> String {
+    format!("memcached://{}", names.join(","))
 }
 
 /// Where a standalone Redis server is, and how to reach it.
@@ -328,7 +343,7 @@ impl CacheConfig {
             timeout: self.timeout,
             namespace: self.namespace.clone(),
             server_flush: self.server_flush,
-            identity: format!("memcached://{}", names.join(",")),
+            identity: memcached_identity(&names),
         })
     }
 

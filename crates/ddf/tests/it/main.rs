@@ -19,6 +19,8 @@ mod memcached_hostile;
 mod memo;
 #[cfg(all(feature = "redis", feature = "memcached"))]
 mod outage;
+#[cfg(all(feature = "redis", feature = "memcached"))]
+mod per_server;
 mod pickle;
 mod process;
 #[cfg(feature = "redis")]

@@ -218,7 +218,7 @@ fn exptime(ttl: Option<Duration>) -> u64 {
 impl Server {
     fn new(addr: ServerAddr) -> Self {
         // pymemcache names a (host, port) node "host:port", IPv6 hosts without brackets.
-        let name = format!("{}:{}", addr.host, addr.port);
+        let name = placement::node_name(&addr);
         Server {
             addr,
             name,
@@ -290,6 +290,31 @@ impl MemcachedBackend {
             timeout: settings.timeout,
             policy: DeadPolicy::default(),
         }
+    }
+
+    /// One scope per configured server for the breaker per server
+    /// ([`crate::backend::per_server`]): its label (`host:port`), its journal identity
+    /// (`memcached://host:port`, as the identity of a one-server configuration) and a factory of
+    /// a backend on that server alone. Which server a key belongs to is
+    /// [`placement::Placement`]'s answer, over every configured server.
+    pub(crate) fn per_server(
+        settings: &MemcachedSettings,
+    ) -> Vec<crate::backend::resilience::scopes::ScopeSpec> {
+        settings
+            .servers
+            .iter()
+            .map(|addr| {
+                let one = settings.only(addr);
+                crate::backend::resilience::scopes::ScopeSpec {
+                    label: placement::node_name(addr),
+                    identity: one.identity().to_owned(),
+                    factory: Box::new(move || {
+                        Ok(std::sync::Arc::new(MemcachedBackend::new(&one))
+                            as std::sync::Arc<dyn Backend>)
+                    }),
+                }
+            })
+            .collect()
     }
 
     #[cfg(any(test, feature = "testing"))]

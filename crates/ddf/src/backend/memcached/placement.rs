@@ -7,6 +7,10 @@
 //! which is what a pymemcache client without `key_prefix` hashes. Hand-written (30 lines) rather
 //! than a dependency: the crates' routers disagree with pymemcache.
 
+use crate::backend::resilience::scopes::Partition;
+use crate::config::{MemcachedSettings, ServerAddr};
+use crate::key::{Keyspace, memcached_key};
+
 /// MurmurHash3, x86 32-bit, as pymemcache computes it: over the low byte of each character
 /// (our wire keys and node names are ASCII, so this is the bytes).
 pub(crate) fn murmur3_32(data: &[u8], seed: u32) -> u32 {
@@ -62,6 +66,39 @@ pub(crate) fn pick<S: AsRef<str>>(nodes: &[S], key: &str) -> Option<usize> {
         }
     }
     best.map(|(_, _, i)| i)
+}
+
+/// Which configured server holds a user key, for the breaker per server
+/// ([`Partition`]): pymemcache's placement of the
+/// wire key over **every** configured server, whatever their state (a down server's keys go to
+/// the fallback, never to another server).
+#[derive(Debug)]
+pub(crate) struct Placement {
+    names: Vec<String>,
+    keyspace: Keyspace,
+}
+
+impl Placement {
+    /// The placement of `settings`' servers, in their configured order, and namespace.
+    pub(crate) fn new(settings: &MemcachedSettings) -> Self {
+        Placement {
+            names: settings.servers.iter().map(node_name).collect(),
+            keyspace: Keyspace::new(settings.namespace.clone()),
+        }
+    }
+}
+
+impl Partition for Placement {
+    fn scope_of(&self, key: &str) -> usize {
+        let sk = self.keyspace.storage_key(key);
+        let wk = memcached_key(&sk);
+        pick(&self.names, &wk).unwrap_or(0)
+    }
+}
+
+/// The node name pymemcache hashes for a server: `host:port`, IPv6 hosts without brackets.
+pub(crate) fn node_name(addr: &ServerAddr) -> String {
+    format!("{}:{}", addr.host, addr.port)
 }
 
 #[cfg(test)]

@@ -71,6 +71,7 @@ mod generation;
 pub(crate) mod journal;
 pub(crate) mod probe;
 mod recovery;
+pub(crate) mod scopes;
 
 use std::borrow::Cow;
 use std::fmt;

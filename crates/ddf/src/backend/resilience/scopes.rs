@@ -1,0 +1,622 @@
+//! A breaker per server: [`PerScope`] routes each key to the [`Resilient`] of the server (the
+//! *scope*) that holds it, so that one server down sends only its own keys to the fallback.
+//!
+//! The seam is [`Partition`]: a backend whose keys live on several independent servers says
+//! which scope a key belongs to (`scope_of`), and builds a primary that serves one scope alone.
+//! Memcached implements it with pymemcache's placement over **every** configured server: a down
+//! server is never removed from the ring, its keys go to the fallback and never to another
+//! server, so no second copy can go stale. (A Redis Cluster node could implement it later with
+//! the key's slot.)
+//!
+//! Each scope is a whole [`Resilient`]: the one pure breaker state machine
+//! ([`Breaker`](super::breaker::Breaker)), its journal scope (`memcached://host:port|namespace`),
+//! its outage generation, its fallback entries and its background loop (probe, replay, journal
+//! watcher). What is per-server is only the set of instances and the scope string.
+//!
+//! Operations on one key go to its scope; batches are split by scope; `delete_prefix` and
+//! `clear` run on every scope (applied to the servers that are up, recorded and applied to the
+//! fallback for the others), and report the first error after every scope was tried.
+
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::Resilient;
+use super::breaker::Health;
+use super::journal::{Journal, PendingOp};
+use crate::backend::{Backend, BackendStatus, Item};
+use crate::error::{Error, Result};
+
+/// How a backend's keys are spread over independent servers (scopes).
+pub(crate) trait Partition: Send + Sync + fmt::Debug + 'static {
+    /// The scope (an index into the scopes the backend was built with) that holds `key`, a user
+    /// key. Never changes for a key while the configuration is the same, whatever the servers'
+    /// state.
+    fn scope_of(&self, key: &str) -> usize;
+}
+
+/// What makes one scope: its label in messages (`host:port`), its identity in the journal
+/// (`memcached://host:port`, without the namespace), and the factory of its primary (a backend
+/// that serves that scope alone).
+pub(crate) struct ScopeSpec {
+    /// `host:port`: what `stats` and `ping` name.
+    pub(crate) label: String,
+    /// The identity the journal scope is made from.
+    pub(crate) identity: String,
+    /// Builds the scope's primary.
+    pub(crate) factory: super::Factory,
+}
+
+/// Moves the invalidations recorded under `legacy` (the scope of the whole server list, used
+/// before the breaker per server, or by an older ddf still running) to the scopes of the
+/// servers they concern: a `delete` to the scope of its key, a prefix or `clear` to every
+/// scope. Called before the scopes' breakers are built, so that they find the entries and apply
+/// them before serving. An entry moved twice (two processes starting at once, or a crash
+/// between the copy and the removal) is applied twice, which is harmless.
+///
+/// # Errors
+/// The journal's: the entries stay under `legacy` for the next start.
+pub(crate) fn adopt_legacy(
+    journal: &Journal,
+    legacy: &str,
+    partition: &dyn Partition,
+    scopes: &[String],
+) -> Result<()> {
+    let entries = journal.read(legacy)?;
+    let Some(&(last, _)) = entries.last() else {
+        return Ok(());
+    };
+    let n = scopes.len().max(1);
+    let mut per: Vec<Vec<PendingOp<'_>>> = vec![Vec::new(); n];
+    for (_, op) in &entries {
+        match op {
+            PendingOp::Delete(k) => per[partition.scope_of(k).min(n - 1)].push(op.clone()),
+            _ => per.iter_mut().for_each(|ops| ops.push(op.clone())),
+        }
+    }
+    for (scope, ops) in scopes.iter().zip(&per) {
+        if !ops.is_empty() {
+            journal.append(scope, ops)?;
+        }
+    }
+    tracing::info!(
+        from = legacy,
+        entries = entries.len(),
+        "recorded invalidations of the whole server list moved to the servers they concern"
+    );
+    journal.remove(legacy, last)
+}
+
+/// Builds every scope with `build`, each on a thread of its own: a scope that finds recorded
+/// invalidations applies them for up to one operation timeout while it is built (its server may
+/// be stopped), and the servers wait together, not one after another. A thread the system
+/// refuses is replaced by building that scope here.
+///
+/// # Errors
+/// The first scope's error, in order.
+pub(crate) fn build_all(
+    specs: Vec<ScopeSpec>,
+    build: impl Fn(ScopeSpec) -> Result<Scope> + Sync,
+) -> Result<Vec<Scope>> {
+    let slots: Vec<Mutex<Option<ScopeSpec>>> =
+        specs.into_iter().map(|s| Mutex::new(Some(s))).collect();
+    let take =
+        |slot: &Mutex<Option<ScopeSpec>>| slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+    let run = |slot: &Mutex<Option<ScopeSpec>>| -> Option<Result<Scope>> { take(slot).map(&build) };
+    let results: Vec<Option<Result<Scope>>> = std::thread::scope(|s| {
+        let handles: Vec<_> = slots
+            .iter()
+            .map(|slot| {
+                std::thread::Builder::new()
+                    .name("ddf-scope-start".to_owned())
+                    .spawn_scoped(s, || run(slot))
+                    .ok()
+            })
+            .collect();
+        handles
+            .into_iter()
+            .zip(&slots)
+            .map(
+                |(h, slot)| match h.map(std::thread::ScopedJoinHandle::join) {
+                    Some(Ok(r)) => r,
+                    // Not started (or it panicked, which library code does not): build it here.
+                    _ => run(slot),
+                },
+            )
+            .collect()
+    });
+    results
+        .into_iter()
+        .map(|r| {
+            r.unwrap_or_else(|| {
+                Err(Error::Backend {
+                    backend: "cache",
+                    message: "a server of the list could not be set up".to_owned(),
+                    temporary: false,
+                    source: None,
+                })
+            })
+        })
+        .collect()
+}
+
+/// Why a scope's primary last failed, as its watcher saw it.
+#[derive(Debug, Default)]
+pub(crate) struct Cause(Mutex<Option<String>>);
+
+impl Cause {
+    fn note(&self, e: &Error) {
+        if !e.is_temporary() {
+            return;
+        }
+        let text = match e {
+            Error::Backend { message, .. } => message.clone(),
+            other => other.to_string(),
+        };
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(text);
+    }
+
+    fn get(&self) -> Option<String> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// Wraps a scope's factory so that every temporary failure of its primary (operations and the
+/// probe's pings) is remembered as the reason the scope is down.
+pub(crate) fn watched(factory: super::Factory, cause: Arc<Cause>) -> super::Factory {
+    Box::new(move || match factory() {
+        Ok(inner) => Ok(Arc::new(Watched {
+            inner,
+            cause: cause.clone(),
+        }) as Arc<dyn Backend>),
+        Err(e) => {
+            cause.note(&e);
+            Err(e)
+        }
+    })
+}
+
+/// A primary that notes its temporary failures in a [`Cause`].
+#[derive(Debug)]
+struct Watched {
+    inner: Arc<dyn Backend>,
+    cause: Arc<Cause>,
+}
+
+impl Watched {
+    fn seen<T>(&self, r: Result<T>) -> Result<T> {
+        if let Err(e) = &r {
+            self.cause.note(e);
+        }
+        r
+    }
+}
+
+impl Backend for Watched {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+    fn get(&self, key: &str) -> Result<Option<Item>> {
+        self.seen(self.inner.get(key))
+    }
+    fn set(&self, key: &str, item: &Item, ttl: Option<Duration>) -> Result<()> {
+        self.seen(self.inner.set(key, item, ttl))
+    }
+    fn delete(&self, key: &str) -> Result<bool> {
+        self.seen(self.inner.delete(key))
+    }
+    fn delete_prefix(&self, prefix: &str) -> Result<u64> {
+        self.seen(self.inner.delete_prefix(prefix))
+    }
+    fn clear(&self) -> Result<()> {
+        self.seen(self.inner.clear())
+    }
+    fn ping(&self) -> Result<BackendStatus> {
+        self.seen(self.inner.ping())
+    }
+    fn info(&self) -> Result<Vec<(String, String)>> {
+        self.inner.info()
+    }
+    fn close(&self) {
+        self.inner.close();
+    }
+    fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<Item>>> {
+        self.seen(self.inner.get_many(keys))
+    }
+    fn set_many(&self, items: &[(&str, Item)], ttl: Option<Duration>) -> Result<()> {
+        self.seen(self.inner.set_many(items, ttl))
+    }
+    fn delete_many(&self, keys: &[&str]) -> Result<u64> {
+        self.seen(self.inner.delete_many(keys))
+    }
+}
+
+/// One server's breaker, fallback, journal scope and background loop.
+pub(crate) struct Scope {
+    label: String,
+    resilient: Resilient,
+    cause: Arc<Cause>,
+}
+
+impl Scope {
+    /// A scope made of its label, its [`Resilient`] (built on a [`watched`] factory) and the
+    /// [`Cause`] that factory notes failures in.
+    pub(crate) fn new(label: String, resilient: Resilient, cause: Arc<Cause>) -> Self {
+        Scope {
+            label,
+            resilient,
+            cause,
+        }
+    }
+
+    /// The scope's state for `stats` and `ping`: `up`, `down (why)` or `recovering (...)`.
+    fn state(&self) -> String {
+        match self.resilient.health() {
+            Health::Up => "up".to_owned(),
+            Health::Down => match self.cause.get() {
+                Some(why) => format!("down ({why}); its keys are served by the fallback"),
+                None => Health::Down.to_string(),
+            },
+            h @ Health::Recovering => h.to_string(),
+        }
+    }
+}
+
+/// Keys routed to the breaker of the server that holds them (see the module docs).
+pub(crate) struct PerScope {
+    name: &'static str,
+    partition: Arc<dyn Partition>,
+    scopes: Vec<Scope>,
+}
+
+impl fmt::Debug for PerScope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PerScope")
+            .field("name", &self.name)
+            .field(
+                "scopes",
+                &self
+                    .scopes
+                    .iter()
+                    .map(|s| (&s.label, s.resilient.health()))
+                    .collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+/// Items of a batch split by scope: for each scope, the positions in the batch.
+fn split<T>(
+    partition: &dyn Partition,
+    n: usize,
+    items: &[T],
+    key: impl Fn(&T) -> &str,
+) -> Vec<Vec<usize>> {
+    let mut groups = vec![Vec::new(); n];
+    for (i, item) in items.iter().enumerate() {
+        let s = partition.scope_of(key(item)).min(n.saturating_sub(1));
+        groups[s].push(i);
+    }
+    groups
+}
+
+impl PerScope {
+    /// Routes keys over `scopes` (in the order `partition` numbers them).
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] when `scopes` is empty.
+    pub(crate) fn new(
+        name: &'static str,
+        partition: Arc<dyn Partition>,
+        scopes: Vec<Scope>,
+    ) -> Result<Self> {
+        if scopes.is_empty() {
+            return Err(Error::InvalidArgument(format!(
+                "{name}: no server to route keys to: list at least one"
+            )));
+        }
+        Ok(PerScope {
+            name,
+            partition,
+            scopes,
+        })
+    }
+
+    fn scope(&self, key: &str) -> &Resilient {
+        let i = self
+            .partition
+            .scope_of(key)
+            .min(self.scopes.len().saturating_sub(1));
+        &self.scopes[i].resilient
+    }
+
+    /// Runs `op` on every scope at once, one thread each (this thread takes the first scope),
+    /// so that a call spanning the servers (two of them stopped, say) waits for the slowest,
+    /// not for the sum. A thread the system refuses is replaced by running on this one. A
+    /// temporary failure met on a helper thread is noted on this one (memoization reads it).
+    /// Results in scope order.
+    fn fan_out<T: Send>(&self, op: impl Fn(&Scope) -> T + Sync) -> Vec<T> {
+        use crate::backend::degraded;
+        let Some((first, rest)) = self.scopes.split_first() else {
+            return Vec::new();
+        };
+        let op = &op;
+        let watched = move |scope: &Scope| {
+            let watch = degraded::Watch::start();
+            let v = op(scope);
+            (v, watch.failed())
+        };
+        std::thread::scope(|s| {
+            let handles: Vec<_> = rest
+                .iter()
+                .map(|scope| {
+                    let h = std::thread::Builder::new()
+                        .name("ddf-scope".to_owned())
+                        .spawn_scoped(s, move || watched(scope))
+                        .ok();
+                    (scope, h)
+                })
+                .collect();
+            let mut out = Vec::with_capacity(self.scopes.len());
+            out.push(op(first));
+            for (scope, h) in handles {
+                match h.map(std::thread::ScopedJoinHandle::join) {
+                    Some(Ok((v, failed))) => {
+                        if failed {
+                            degraded::note_temporary_failure();
+                        }
+                        out.push(v);
+                    }
+                    // Not started (or it panicked, which library code does not): run it here.
+                    _ => out.push(op(scope)),
+                }
+            }
+            out
+        })
+    }
+
+    /// Runs `op` on every scope, at once (none is skipped because another failed), and returns
+    /// the results combined by `add`, or the first error (the others are logged).
+    fn on_every<T: Send>(
+        &self,
+        what: &str,
+        zero: T,
+        add: impl Fn(T, T) -> T,
+        op: impl Fn(&Resilient) -> Result<T> + Sync,
+    ) -> Result<T> {
+        let mut acc = zero;
+        let mut first: Option<Error> = None;
+        let results = self.fan_out(|s| op(&s.resilient));
+        for (s, r) in self.scopes.iter().zip(results) {
+            match r {
+                Ok(v) => acc = add(acc, v),
+                Err(e) => {
+                    if first.is_some() {
+                        tracing::warn!(server = %s.label, error = %e, "{what} failed on this server too");
+                    } else {
+                        first = Some(e);
+                    }
+                }
+            }
+        }
+        first.map_or(Ok(acc), Err)
+    }
+
+    /// The aggregate state: `up` when every server is, else how many are not and which.
+    fn state(&self) -> String {
+        let not_up: Vec<&Scope> = self
+            .scopes
+            .iter()
+            .filter(|s| s.resilient.health() != Health::Up)
+            .collect();
+        if not_up.is_empty() {
+            return "up".to_owned();
+        }
+        if not_up.len() == self.scopes.len()
+            && self
+                .scopes
+                .iter()
+                .all(|s| s.resilient.health() == Health::Down)
+        {
+            return Health::Down.to_string();
+        }
+        format!(
+            "partly down: {} of {} servers not up ({}); their keys are served by the fallback, \
+             the others' by their servers",
+            not_up.len(),
+            self.scopes.len(),
+            not_up
+                .iter()
+                .map(|s| s.label.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    }
+}
+
+impl Backend for PerScope {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn get(&self, key: &str) -> Result<Option<Item>> {
+        self.scope(key).get(key)
+    }
+
+    fn set(&self, key: &str, item: &Item, ttl: Option<Duration>) -> Result<()> {
+        self.scope(key).set(key, item, ttl)
+    }
+
+    fn delete(&self, key: &str) -> Result<bool> {
+        self.scope(key).delete(key)
+    }
+
+    fn delete_prefix(&self, prefix: &str) -> Result<u64> {
+        self.on_every(
+            "delete_prefix",
+            0,
+            |a, b| a + b,
+            |r| r.delete_prefix(prefix),
+        )
+    }
+
+    fn clear(&self) -> Result<()> {
+        self.on_every("clear", (), |(), ()| (), Resilient::clear)
+    }
+
+    fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<Item>>> {
+        let groups = split(self.partition.as_ref(), self.scopes.len(), keys, |k| k);
+        let mut out: Vec<Option<Item>> = vec![None; keys.len()];
+        for (scope, group) in self.scopes.iter().zip(&groups) {
+            if group.is_empty() {
+                continue;
+            }
+            let ks: Vec<&str> = group.iter().map(|&i| keys[i]).collect();
+            let vals = scope.resilient.get_many(&ks)?;
+            for (&i, v) in group.iter().zip(vals) {
+                out[i] = v;
+            }
+        }
+        Ok(out)
+    }
+
+    fn set_many(&self, items: &[(&str, Item)], ttl: Option<Duration>) -> Result<()> {
+        let groups = split(
+            self.partition.as_ref(),
+            self.scopes.len(),
+            items,
+            |(k, _)| k,
+        );
+        let mut first = None;
+        for (scope, group) in self.scopes.iter().zip(&groups) {
+            if group.is_empty() {
+                continue;
+            }
+            let part: Vec<(&str, Item)> = group.iter().map(|&i| items[i].clone()).collect();
+            if let Err(e) = scope.resilient.set_many(&part, ttl) {
+                first.get_or_insert(e);
+            }
+        }
+        first.map_or(Ok(()), Err)
+    }
+
+    fn delete_many(&self, keys: &[&str]) -> Result<u64> {
+        let groups = split(self.partition.as_ref(), self.scopes.len(), keys, |k| k);
+        let (mut n, mut first) = (0, None);
+        for (scope, group) in self.scopes.iter().zip(&groups) {
+            if group.is_empty() {
+                continue;
+            }
+            let ks: Vec<&str> = group.iter().map(|&i| keys[i]).collect();
+            match scope.resilient.delete_many(&ks) {
+                Ok(k) => n += k,
+                Err(e) => {
+                    first.get_or_insert(e);
+                }
+            }
+        }
+        first.map_or(Ok(n), Err)
+    }
+
+    fn ping(&self) -> Result<BackendStatus> {
+        let mut lines = Vec::with_capacity(self.scopes.len());
+        let mut failed = 0;
+        let mut temporary = false;
+        let answers = self.fan_out(|s| s.resilient.ping());
+        for (s, answer) in self.scopes.iter().zip(answers) {
+            let answer = match answer {
+                Ok(st) => st.detail,
+                Err(e) => {
+                    failed += 1;
+                    temporary |= e.is_temporary();
+                    match e {
+                        Error::Backend { message, .. } => message,
+                        other => other.to_string(),
+                    }
+                }
+            };
+            let why = match (s.resilient.health(), s.cause.get()) {
+                (Health::Up, _) | (_, None) => String::new(),
+                (_, Some(cause)) => format!("; down because: {cause}"),
+            };
+            lines.push(format!("{}: {answer}{why}", s.label));
+        }
+        let detail = lines.join(" | ");
+        if failed == 0 {
+            return Ok(BackendStatus { detail });
+        }
+        Err(Error::Backend {
+            backend: self.name,
+            message: format!(
+                "{failed} of {} servers not answering: {detail}",
+                self.scopes.len()
+            ),
+            temporary,
+            source: None,
+        })
+    }
+
+    fn info(&self) -> Result<Vec<(String, String)>> {
+        let mut rows = vec![
+            (
+                "servers".to_owned(),
+                self.scopes
+                    .iter()
+                    .map(|s| s.label.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            ),
+            ("state".to_owned(), self.state()),
+        ];
+        let (mut transitions, mut failed_ops, mut pending) = (0, 0, 0);
+        let (mut items, mut bytes) = (0u64, 0u64);
+        let mut fallback = String::new();
+        let mut per_server = Vec::new();
+        let infos = self.fan_out(|s| s.resilient.info());
+        for (s, info) in self.scopes.iter().zip(infos) {
+            let r = &s.resilient;
+            transitions += r.transitions();
+            failed_ops += r.failed_ops();
+            per_server.push((format!("server.{}.state", s.label), s.state()));
+            for (k, v) in info? {
+                let number = v.parse::<u64>().unwrap_or(0);
+                match k.as_str() {
+                    "state" | "servers" => {}
+                    "fallback" => fallback = v,
+                    "recorded invalidations pending" => {
+                        pending += number;
+                        per_server.push((format!("server.{}.pending", s.label), v));
+                    }
+                    "items (all applications, all servers)" => items += number,
+                    "bytes (all servers)" => bytes += number,
+                    _ if k == s.label => per_server.push((format!("server.{}", s.label), v)),
+                    _ => per_server.push((format!("server.{}.{k}", s.label), v)),
+                }
+            }
+        }
+        rows.push(("transitions".to_owned(), transitions.to_string()));
+        rows.push(("failed operations".to_owned(), failed_ops.to_string()));
+        rows.push(("fallback".to_owned(), fallback));
+        rows.push((
+            "recorded invalidations pending".to_owned(),
+            pending.to_string(),
+        ));
+        rows.extend(per_server);
+        rows.push((
+            "items (all applications, servers up)".to_owned(),
+            items.to_string(),
+        ));
+        rows.push(("bytes (servers up)".to_owned(), bytes.to_string()));
+        Ok(rows)
+    }
+
+    fn close(&self) {
+        for s in &self.scopes {
+            s.resilient.close();
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "scopes_tests.rs"]
+mod tests;

@@ -1,0 +1,253 @@
+//! The per-server router, driven by two primaries whose availability a test switches; the
+//! same rules against three real memcached servers are in `tests/it/per_server.rs`.
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use super::*;
+use crate::backend::file::FileBackend;
+use crate::backend::resilience::journal::Journal;
+use crate::backend::resilience::probe::ThreadSpawn;
+use crate::backend::resilience::{Fallback, ResilientConfig};
+
+/// A server whose availability the test switches, storing in a directory.
+#[derive(Debug)]
+struct Switchable {
+    store: FileBackend,
+    up: Arc<AtomicBool>,
+}
+
+impl Switchable {
+    fn check(&self) -> Result<()> {
+        if self.up.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        Err(Error::io(
+            "test",
+            "connect",
+            std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
+        ))
+    }
+}
+
+impl Backend for Switchable {
+    fn name(&self) -> &'static str {
+        "test"
+    }
+    fn get(&self, key: &str) -> Result<Option<Item>> {
+        self.check()?;
+        self.store.get(key)
+    }
+    fn set(&self, key: &str, item: &Item, ttl: Option<Duration>) -> Result<()> {
+        self.check()?;
+        self.store.set(key, item, ttl)
+    }
+    fn delete(&self, key: &str) -> Result<bool> {
+        self.check()?;
+        self.store.delete(key)
+    }
+    fn delete_prefix(&self, prefix: &str) -> Result<u64> {
+        self.check()?;
+        self.store.delete_prefix(prefix)
+    }
+    fn clear(&self) -> Result<()> {
+        self.check()?;
+        self.store.clear()
+    }
+    fn ping(&self) -> Result<BackendStatus> {
+        self.check()?;
+        self.store.ping()
+    }
+}
+
+/// Keys starting with `b` live on the second server, the others on the first.
+#[derive(Debug)]
+struct ByLetter;
+
+impl Partition for ByLetter {
+    fn scope_of(&self, key: &str) -> usize {
+        usize::from(key.starts_with('b'))
+    }
+}
+
+fn item(s: &str) -> Item {
+    Item::new(s.as_bytes().to_vec(), 0)
+}
+
+fn value(r: Result<Option<Item>>) -> Option<String> {
+    r.unwrap().map(|i| String::from_utf8(i.data).unwrap())
+}
+
+struct Rig {
+    cache: PerScope,
+    up: [Arc<AtomicBool>; 2],
+    /// What each server holds, read around the breaker.
+    servers: [FileBackend; 2],
+    journal: Arc<Journal>,
+    _dir: tempfile::TempDir,
+}
+
+fn rig() -> Rig {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Arc::new(Journal::open(dir.path()).unwrap());
+    let up = [
+        Arc::new(AtomicBool::new(true)),
+        Arc::new(AtomicBool::new(true)),
+    ];
+    let mut scopes = Vec::new();
+    for (i, label) in ["a:1", "b:2"].into_iter().enumerate() {
+        let server_dir = dir.path().join(label.replace(':', "_"));
+        let (d, flag) = (server_dir.clone(), up[i].clone());
+        let factory: super::super::Factory = Box::new(move || {
+            Ok(Arc::new(Switchable {
+                store: FileBackend::open(d.clone(), "")?,
+                up: flag.clone(),
+            }) as Arc<dyn Backend>)
+        });
+        let cause = Arc::new(Cause::default());
+        let cfg = ResilientConfig {
+            name: "test",
+            scope: format!("test://{label}|"),
+            failures: 1,
+            retry: Duration::from_millis(20),
+            startup_wait: Duration::from_secs(2),
+            refuse_whole_keyspace: false,
+        };
+        let fallback = Fallback::Serve(Arc::new(
+            FileBackend::open(dir.path().join("local"), &format!("fallback[{label}]:")).unwrap(),
+        ));
+        let r = Resilient::new(
+            cfg,
+            watched(factory, cause.clone()),
+            fallback,
+            journal.clone(),
+            Arc::new(ThreadSpawn),
+        );
+        scopes.push(Scope::new(label.to_owned(), r, cause));
+    }
+    let servers = ["a_1", "b_2"].map(|d| FileBackend::open(dir.path().join(d), "").unwrap());
+    Rig {
+        cache: PerScope::new("test", Arc::new(ByLetter), scopes).unwrap(),
+        up,
+        servers,
+        journal,
+        _dir: dir,
+    }
+}
+
+fn row(cache: &PerScope, name: &str) -> String {
+    let rows = cache.info().unwrap();
+    rows.into_iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v)
+        .unwrap_or_default()
+}
+
+fn wait_up(cache: &PerScope) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while row(cache, "state") != "up" {
+        assert!(Instant::now() < deadline, "{:?}", cache.info());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn one_server_down_sends_only_its_keys_to_the_fallback() {
+    let r = rig();
+    let c = &r.cache;
+    c.set("a1", &item("old"), None).unwrap();
+    c.set("b1", &item("old"), None).unwrap();
+    c.set("b2", &item("old"), None).unwrap();
+    r.up[1].store(false, Ordering::SeqCst);
+    // The write fails on b's server: b is down at once, a stays up.
+    c.set("b1", &item("outage"), None).unwrap();
+    c.set("a1", &item("new"), None).unwrap();
+    assert_eq!(value(r.servers[0].get("a1")), Some("new".into()));
+    assert_eq!(
+        value(c.get("b1")),
+        Some("outage".into()),
+        "from the fallback"
+    );
+    assert_eq!(value(r.servers[1].get("b1")), Some("old".into()));
+    assert!(
+        row(c, "server.b:2.state").starts_with("down (connect"),
+        "{:?}",
+        c.info()
+    );
+    assert_eq!(row(c, "server.a:1.state"), "up");
+    assert!(
+        row(c, "state").starts_with("partly down: 1 of 2"),
+        "{:?}",
+        c.info()
+    );
+    assert!(c.ping().unwrap_err().to_string().contains("down because"));
+
+    // A prefix invalidation spans both: applied on a, recorded for b.
+    c.set("a2", &item("x"), None).unwrap();
+    assert_eq!(
+        c.delete_prefix("").unwrap(),
+        3,
+        "a1, a2 on a; b1 in the fallback"
+    );
+    assert_eq!(value(r.servers[0].get("a1")), None);
+    assert_eq!(r.journal.count("test://a:1|").unwrap(), 0);
+    assert!(r.journal.count("test://b:2|").unwrap() > 0);
+    assert_eq!(value(c.get("b2")), None, "b's fallback was invalidated too");
+    // Batches are split by server.
+    c.set_many(&[("a3", item("3")), ("b3", item("3"))], None)
+        .unwrap();
+    let got = c.get_many(&["b3", "a3", "b2"]).unwrap();
+    assert_eq!(got.iter().filter(|v| v.is_some()).count(), 2);
+    assert_eq!(value(r.servers[0].get("a3")), Some("3".into()));
+
+    // b returns: what was recorded is applied before it serves again.
+    r.up[1].store(true, Ordering::SeqCst);
+    wait_up(c);
+    assert_eq!(value(r.servers[1].get("b1")), None);
+    assert_eq!(value(r.servers[1].get("b2")), None);
+    assert_eq!(value(c.get("b3")), None, "the outage write is not promoted");
+    assert_eq!(row(c, "recorded invalidations pending"), "0");
+    assert!(c.ping().unwrap().detail.contains("b:2: "));
+}
+
+#[test]
+fn entries_of_the_whole_list_move_to_the_servers_they_concern() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = Journal::open(dir.path()).unwrap();
+    let scopes = ["m://a|".to_owned(), "m://b|".to_owned()];
+    adopt_legacy(&j, "m://a,b|", &ByLetter, &scopes).unwrap();
+    j.append(
+        "m://a,b|",
+        &[
+            PendingOp::Delete("a1".into()),
+            PendingOp::Delete("b1".into()),
+            PendingOp::DeletePrefix("x".into()),
+            PendingOp::Clear,
+        ],
+    )
+    .unwrap();
+    adopt_legacy(&j, "m://a,b|", &ByLetter, &scopes).unwrap();
+    assert_eq!(j.count("m://a,b|").unwrap(), 0);
+    let ops = |s: &str| {
+        j.read(s)
+            .unwrap()
+            .into_iter()
+            .map(|(_, o)| o)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        ops("m://a|"),
+        [
+            PendingOp::Delete("a1".into()),
+            PendingOp::DeletePrefix("x".into()),
+            PendingOp::Clear
+        ]
+    );
+    assert_eq!(
+        ops("m://b|"),
+        [
+            PendingOp::Delete("b1".into()),
+            PendingOp::DeletePrefix("x".into()),
+            PendingOp::Clear
+        ]
+    );
+}

@@ -18,14 +18,15 @@
 //! (and [`flags::INTEGER`]/[`flags::LONG`] a Python `int`). Flags 0 ([`flags::BYTES`]) and any
 //! other flags mean "decode with the cache's own codec": Redis keeps no flags and returns 0.
 //!
-//! JSON can represent what serde_json can: strings, numbers (integers up to 128 bits, finite
-//! floats), booleans, null, sequences and maps with string or integer keys (integer keys are
+//! JSON can represent what serde_json can: strings, numbers (integers of any size, kept exactly
+//! by [`json`]; finite floats), booleans, null, sequences and maps with string or integer keys (integer keys are
 //! written as strings and read back as integers by a typed `get`). A value it cannot represent
 //! (a map with tuple keys, say) is an [`Error::Encode`] naming the key. Exception: serde_json
 //! writes NaN and infinities as `null`, so reading them back into `f64` is an
 //! [`Error::Decode`]; the pickle codec keeps them. `docs/codecs.md` compares both codecs.
 
 pub mod flags;
+pub(crate) mod json;
 pub mod pickle;
 pub(crate) mod python_memcache;
 
@@ -102,7 +103,9 @@ impl Codec {
     /// [`Error::Decode`] naming `key` when the bytes are not valid in this codec.
     pub fn decode_json(self, key: &str, item: &Item) -> Result<serde_json::Value> {
         match self.for_item(item) {
-            Codec::Json => Codec::Json.decode(key, item),
+            Codec::Json => {
+                json::to_json_view(&item.data).map_err(|e| decode_error(key, Codec::Json, e))
+            }
             Codec::Pickle => pickle::from_slice_value(&item.data)
                 .map(|v| v.to_json())
                 .map_err(|e| Error::Decode {
@@ -120,11 +123,9 @@ impl Codec {
     pub fn decode<T: DeserializeOwned>(self, key: &str, item: &Item) -> Result<T> {
         let codec = self.for_item(item);
         match codec {
-            Codec::Json => serde_json::from_slice(&item.data).map_err(|e| Error::Decode {
-                key: crate::error::shorten(key),
-                codec: codec.name(),
-                reason: e.to_string(),
-            }),
+            Codec::Json => {
+                json::from_slice(&item.data).map_err(|e| decode_error(key, Codec::Json, e))
+            }
             Codec::Pickle => pickle::from_slice(&item.data).map_err(|e| Error::Decode {
                 key: crate::error::shorten(key),
                 codec: codec.name(),
@@ -198,9 +199,10 @@ impl ValueCodec {
                 }
                 Some(Scalar::Int(digits)) => {
                     return match self.codec {
-                        // Python's decimal text is a JSON number as it is.
-                        Codec::Json => serde_json::from_slice(digits)
-                            .map_err(|e| decode_error(key, Codec::Json, e)),
+                        // Python's decimal text is a JSON number as it is (of any size).
+                        Codec::Json => {
+                            json::from_slice(digits).map_err(|e| decode_error(key, Codec::Json, e))
+                        }
                         Codec::Pickle => pickle::from_slice(&python_memcache::pickle_int(digits))
                             .map_err(|e| decode_error(key, Codec::Pickle, e)),
                     };
@@ -312,6 +314,70 @@ mod tests {
     };
 
     #[test]
+    fn integers_of_any_size_are_exact_in_every_codec() {
+        use pickle::{BigInt, Value as P};
+        let big = |s: &str| s.parse::<BigInt>().unwrap();
+        let cases = [
+            "1180591620717411303425",
+            "-1180591620717411303425",
+            "10000000000000000000000000000000000000000",
+            "-340282366920938463463374607431768211457",
+            "18446744073709551616",
+        ];
+        let redis_json = ValueCodec::for_backend(CacheBackend::Redis);
+        let file = ValueCodec::for_backend(CacheBackend::Pickle);
+        for text in cases {
+            let n = big(text);
+            let v = P::BigInt(n.clone());
+            for codec in [redis_json, file, MC_JSON, MC_PICKLE] {
+                let what = format!("{text} in {codec:?}");
+                let item = codec.encode("k", &v).unwrap();
+                if codec == MC_JSON {
+                    // pymemcache's int: decimal text, flags 2.
+                    assert_eq!(item, Item::new(text.into(), flags::INTEGER), "{what}");
+                }
+                if codec == redis_json {
+                    assert_eq!(item.data, text.as_bytes(), "{what}");
+                }
+                assert_eq!(codec.decode::<P>("k", &item).unwrap(), v, "{what}");
+                assert_eq!(codec.decode::<BigInt>("k", &item).unwrap(), n, "{what}");
+                assert_eq!(
+                    codec.decode_json("k", &item).unwrap(),
+                    json!(text),
+                    "{what}"
+                );
+                match n.to_i128() {
+                    Some(i) => assert_eq!(codec.decode::<i128>("k", &item).unwrap(), i),
+                    None => {
+                        let e = codec.decode::<i128>("key9", &item).unwrap_err();
+                        assert!(e.is_decode() && e.to_string().contains("key9"), "{e}");
+                    }
+                }
+                // Never a rounded number: a target that cannot hold it is a Decode error.
+                let e = codec.decode::<u64>("key9", &item).unwrap_err();
+                assert!(e.is_decode() && e.to_string().contains("key9"), "{e}");
+                assert!(codec.decode::<Value>("k", &item).is_err(), "{what}");
+                // Nested, beside small integers.
+                let doc = P::Dict(vec![
+                    (P::Str("m".into()), v.clone()),
+                    (P::Str("n".into()), P::Int(12345678901234)),
+                ]);
+                let item = codec.encode("k", &doc).unwrap();
+                assert_eq!(codec.decode::<P>("k", &item).unwrap(), doc, "{what}");
+            }
+        }
+        // (Beyond 128 bits the pickle and pymemcache cases above also pin serde_json's RawValue
+        // struct name, which the pickle serializer and the int capture recognize.)
+        // u128 and i128 written from Rust, read back exactly.
+        for codec in [redis_json, file, MC_JSON, MC_PICKLE] {
+            let item = codec.encode("k", &u128::MAX).unwrap();
+            assert_eq!(codec.decode::<u128>("k", &item).unwrap(), u128::MAX);
+            let item = codec.encode("k", &i128::MIN).unwrap();
+            assert_eq!(codec.decode::<i128>("k", &item).unwrap(), i128::MIN);
+        }
+    }
+
+    #[test]
     fn chosen_once_from_the_backend_kind() {
         assert_eq!(ValueCodec::for_backend(CacheBackend::Memcached), MC_JSON);
         assert_eq!(
@@ -381,11 +447,13 @@ mod tests {
             python_memcache::pickle_str("a\"b")
         );
         let big = Item::new(b"1180591620717411303424".to_vec(), flags::LONG); // 2**70
-        assert!(MC_JSON.decode_json("k", &big).unwrap().is_number());
-        assert_eq!(
-            MC_PICKLE.decode_json("k", &big).unwrap(),
-            json!("1180591620717411303424")
-        );
+        // Both modes' JSON view: the digits, as a string (never a rounded float).
+        for codec in [MC_JSON, MC_PICKLE] {
+            assert_eq!(
+                codec.decode_json("k", &big).unwrap(),
+                json!("1180591620717411303424")
+            );
+        }
         assert_eq!(MC_JSON.raw_bytes(big.clone()), big.data);
         let i = Item::new(b"-129".to_vec(), flags::INTEGER);
         assert_eq!(MC_JSON.decode::<i64>("k", &i).unwrap(), -129);

@@ -1,0 +1,329 @@
+//! The JSON codec's reading side: serde_json, plus integers of any size kept exactly.
+//!
+//! serde_json (without its `arbitrary_precision` feature) reads an integer literal beyond 64 bits
+//! as an `f64` whenever the target asks for "any value" (`serde_json::Value`,
+//! [`pickle::Value`](super::pickle::Value), untagged enums): `json.dumps(2**70 + 1)` written by
+//! the Python DDF would read as `1.1805916207174113e+21`. `arbitrary_precision` would fix that by
+//! changing `serde_json::Number` for the whole build, which breaks untagged enums and
+//! `#[serde(flatten)]` over numbers and changes how every serializer sees a `serde_json::Value`
+//! (docs/codecs.md has the comparison). So instead:
+//!
+//! 1. [`has_big_int`] looks for an integer literal outside strings that fits neither `i64` nor
+//!    `u64`: a stride scan finds digit runs of 19 or more (shorter ones always fit), and only
+//!    then a tokenizer that skips strings checks them. Text without one (nearly all) is read by
+//!    serde_json as before.
+//! 2. Text with one is read by [`to_value`] into the lossless [`Value`] (integers of any size
+//!    exact, object keys in order), using serde_json's own parser for everything but numbers
+//!    (`RawValue` slices), and the target type is then read from that `Value`: an integer the
+//!    target cannot hold is an error, never a rounded number.
+
+use serde::Deserialize;
+use serde::de::{self, DeserializeOwned, MapAccess, Visitor};
+use serde_json::value::RawValue;
+
+use super::pickle::{BigInt, Value};
+use super::python_memcache::MAX_INT_TEXT;
+
+/// Digits of `i64::MAX`: a shorter integer literal always fits 64 bits.
+const RUN: usize = 19;
+
+/// The deepest nesting [`to_value`] reads (serde_json's own default limit).
+const MAX_DEPTH: usize = 128;
+
+/// Decodes JSON text into `T`; integers beyond 64 bits are read exactly (see the module comment).
+///
+/// # Errors
+/// The reason, when the text is not valid JSON or not a `T`.
+pub(crate) fn from_slice<T: DeserializeOwned>(data: &[u8]) -> Result<T, String> {
+    if has_big_int(data) {
+        let value = to_value(data)?;
+        return T::deserialize(value).map_err(|e| e.to_string());
+    }
+    serde_json::from_slice(data).map_err(|e| e.to_string())
+}
+
+/// The JSON view ([`Value::to_json`]'s rules) of JSON text: the text as serde_json reads it,
+/// except that integers beyond 64 bits become strings of their digits instead of floats.
+///
+/// # Errors
+/// The reason, when the text is not valid JSON.
+pub(crate) fn to_json_view(data: &[u8]) -> Result<serde_json::Value, String> {
+    if has_big_int(data) {
+        return to_value(data).map(|v| v.to_json());
+    }
+    serde_json::from_slice(data).map_err(|e| e.to_string())
+}
+
+/// Whether JSON text holds an integer literal (outside strings) that fits neither `i64` nor
+/// `u64`. Invalid text may answer either way; the parser that runs next reports it.
+pub(crate) fn has_big_int(data: &[u8]) -> bool {
+    may_have_big_int(data) && big_int_token(data)
+}
+
+/// Whether `data` has a run of at least [`RUN`] ASCII digits anywhere (strings included).
+/// Looks at one byte in [`RUN`]: any run that long covers one of them.
+fn may_have_big_int(data: &[u8]) -> bool {
+    let mut i = RUN - 1;
+    while let Some(b) = data.get(i) {
+        if !b.is_ascii_digit() {
+            i += RUN;
+            continue;
+        }
+        let start = data[..i]
+            .iter()
+            .rposition(|b| !b.is_ascii_digit())
+            .map_or(0, |p| p + 1);
+        let end = data[i..]
+            .iter()
+            .position(|b| !b.is_ascii_digit())
+            .map_or(data.len(), |p| i + p);
+        if end - start >= RUN {
+            return true;
+        }
+        // The next run starts after `end`; its RUN-th digit is at `end + RUN` or later.
+        i = end + RUN;
+    }
+    false
+}
+
+/// The exact check behind [`may_have_big_int`]: tokens outside strings.
+fn big_int_token(data: &[u8]) -> bool {
+    let mut i = 0;
+    while let Some(&b) = data.get(i) {
+        match b {
+            b'"' => {
+                i += 1;
+                while let Some(&c) = data.get(i) {
+                    match c {
+                        b'\\' => i += 2,
+                        b'"' => break,
+                        _ => i += 1,
+                    }
+                }
+                i += 1;
+            }
+            b'-' | b'0'..=b'9' => {
+                let start = i;
+                i += 1;
+                while data
+                    .get(i)
+                    .is_some_and(|c| matches!(c, b'0'..=b'9' | b'.' | b'e' | b'E' | b'+' | b'-'))
+                {
+                    i += 1;
+                }
+                let token = &data[start..i];
+                if !token.iter().any(|c| matches!(c, b'.' | b'e' | b'E')) && !fits_64(token) {
+                    return true;
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    false
+}
+
+fn fits_64(token: &[u8]) -> bool {
+    std::str::from_utf8(token).is_ok_and(|s| s.parse::<i64>().is_ok() || s.parse::<u64>().is_ok())
+}
+
+/// Reads JSON text into the lossless [`Value`]: integers of any size exact ([`Value::Int`] or
+/// [`Value::BigInt`]), floats as Python's `json.loads` reads them, objects as
+/// [`Value::Dict`] with string keys in order (a repeated key kept once, the last value, as
+/// Python does), arrays as [`Value::List`].
+///
+/// # Errors
+/// The reason, when the text is not valid JSON, nests deeper than 128 levels, or holds an
+/// integer longer than Python's own limit (4,300 digits).
+pub(crate) fn to_value(data: &[u8]) -> Result<Value, String> {
+    let raw: &RawValue = serde_json::from_slice(data).map_err(|e| e.to_string())?;
+    exact(raw, 0)
+}
+
+fn exact(raw: &RawValue, depth: usize) -> Result<Value, String> {
+    let text = raw.get();
+    let err = |e: serde_json::Error| e.to_string();
+    match text.as_bytes().first() {
+        Some(b'[' | b'{') if depth >= MAX_DEPTH => Err(format!(
+            "JSON nested deeper than {MAX_DEPTH} levels (the most this codec reads)"
+        )),
+        Some(b'[') => {
+            let items: Vec<&RawValue> = serde_json::from_str(text).map_err(err)?;
+            items
+                .into_iter()
+                .map(|r| exact(r, depth + 1))
+                .collect::<Result<_, _>>()
+                .map(Value::List)
+        }
+        Some(b'{') => {
+            let Pairs(pairs) = serde_json::from_str(text).map_err(err)?;
+            let mut out: Vec<(Value, Value)> = Vec::with_capacity(pairs.len());
+            for (k, v) in pairs {
+                let v = exact(v, depth + 1)?;
+                // Python's json.loads keeps the last value of a repeated key, at its first place.
+                match out
+                    .iter_mut()
+                    .find(|(ok, _)| matches!(ok, Value::Str(s) if *s == k))
+                {
+                    Some(slot) => slot.1 = v,
+                    None => out.push((Value::Str(k), v)),
+                }
+            }
+            Ok(Value::Dict(out))
+        }
+        Some(b'"') => serde_json::from_str::<String>(text)
+            .map(Value::Str)
+            .map_err(err),
+        Some(b't') => Ok(Value::Bool(true)),
+        Some(b'f') => Ok(Value::Bool(false)),
+        Some(b'n') => Ok(Value::None),
+        _ => number(text),
+    }
+}
+
+/// A number serde_json has already validated: a float when it has a fraction or an exponent
+/// (as Python's `json.loads`), else an integer of any size.
+fn number(text: &str) -> Result<Value, String> {
+    if text.contains(['.', 'e', 'E']) {
+        return text
+            .parse::<f64>()
+            .map(Value::Float)
+            .map_err(|e| format!("invalid JSON number {text:.40}: {e}"));
+    }
+    if let Ok(i) = text.parse::<i64>() {
+        return Ok(Value::Int(i));
+    }
+    if text.len() > MAX_INT_TEXT {
+        return Err(format!(
+            "an integer of {} digits: the most Python itself reads is 4,300",
+            text.trim_start_matches('-').len()
+        ));
+    }
+    text.parse::<BigInt>()
+        .map(Value::BigInt)
+        .map_err(|e| e.to_string())
+}
+
+/// An object's entries in order, values left as raw text.
+struct Pairs<'a>(Vec<(String, &'a RawValue)>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Pairs<'a> {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = Pairs<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Pairs<'a>, A::Error> {
+                let mut out = Vec::with_capacity(map.size_hint().unwrap_or(0).min(4096));
+                while let Some((k, v)) = map.next_entry::<String, &'de RawValue>()? {
+                    out.push((k, v));
+                }
+                Ok(Pairs(out))
+            }
+        }
+        d.deserialize_map(V(std::marker::PhantomData))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const BIG: &str = "1180591620717411303425"; // 2**70 + 1
+
+    #[test]
+    fn the_scan_finds_big_integers_outside_strings_only() {
+        for (text, big) in [
+            ("1", false),
+            ("9223372036854775807", false),
+            ("-9223372036854775808", false),
+            ("18446744073709551615", false),
+            ("18446744073709551616", true),
+            ("-9223372036854775809", true),
+            (BIG, true),
+            ("[1, {\"a\": -1180591620717411303425}]", true),
+            ("\"1180591620717411303425\"", false),
+            ("[\"\\\"1180591620717411303425\"]", false),
+            ("1180591620717411303425.0", false),
+            ("1.180591620717411303425e21", false),
+            (
+                "{\"k\": \"x\", \"n\": 100000000000000000000000000000000000000000}",
+                true,
+            ),
+        ] {
+            assert_eq!(has_big_int(text.as_bytes()), big, "{text}");
+        }
+        // Every position of a long digit run is found by the stride scan.
+        for pad in 0..40 {
+            let text = format!("[{}{BIG}]", "0, ".repeat(pad));
+            assert!(has_big_int(text.as_bytes()), "{text}");
+        }
+    }
+
+    #[test]
+    fn big_integers_are_exact_everywhere() {
+        let text = format!("{{\"m\": {BIG}, \"n\": 12345678901234, \"l\": [-{BIG}, 1.5]}}");
+        let v = to_value(text.as_bytes()).unwrap();
+        let big: BigInt = BIG.parse().unwrap();
+        let Value::Dict(pairs) = &v else {
+            panic!("{v:?}")
+        };
+        assert_eq!(pairs[0], (Value::Str("m".into()), Value::BigInt(big)));
+        assert_eq!(pairs[1].1, Value::Int(12345678901234));
+        // Typed: i128 and u128 hold it; u64 and serde_json::Value cannot: an error, not a float.
+        assert_eq!(
+            from_slice::<i128>(BIG.as_bytes()).unwrap(),
+            (1i128 << 70) + 1
+        );
+        assert_eq!(
+            from_slice::<u128>(BIG.as_bytes()).unwrap(),
+            (1u128 << 70) + 1
+        );
+        assert!(from_slice::<u64>(BIG.as_bytes()).is_err());
+        assert!(from_slice::<serde_json::Value>(text.as_bytes()).is_err());
+        assert_eq!(
+            from_slice::<Value>(text.as_bytes()).unwrap(),
+            v,
+            "the lossless value"
+        );
+        let ten40 = format!("1{}", "0".repeat(40));
+        assert_eq!(
+            from_slice::<BigInt>(ten40.as_bytes()).unwrap().to_string(),
+            ten40
+        );
+        assert!(from_slice::<i128>(ten40.as_bytes()).is_err());
+        // The JSON view: digits kept, as strings.
+        assert_eq!(
+            to_json_view(text.as_bytes()).unwrap(),
+            json!({"m": BIG, "n": 12345678901234u64, "l": [format!("-{BIG}"), 1.5]})
+        );
+    }
+
+    #[test]
+    fn the_exact_reader_follows_json_loads() {
+        let v = to_value(br#"{"b": 1, "a": [true, null, "\u00e9\n"], "b": 2}"#).unwrap();
+        assert_eq!(
+            v,
+            Value::Dict(vec![
+                (Value::Str("b".into()), Value::Int(2)),
+                (
+                    Value::Str("a".into()),
+                    Value::List(vec![
+                        Value::Bool(true),
+                        Value::None,
+                        Value::Str("é\n".into())
+                    ])
+                ),
+            ])
+        );
+        assert_eq!(to_value(b"1e400").unwrap(), Value::Float(f64::INFINITY));
+        assert_eq!(to_value(b"-0.0").unwrap(), Value::Float(-0.0));
+        assert!(to_value(b"[1,").is_err());
+        let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+        assert!(to_value(deep.as_bytes()).is_err());
+        let long = "9".repeat(5000);
+        assert!(to_value(long.as_bytes()).unwrap_err().contains("4,300"));
+    }
+}

@@ -170,13 +170,12 @@ impl ValueCodec {
             return self.codec.encode(key, value);
         }
         match self.codec {
+            // What the Python DDF's `memcached` backend writes (pymemcache's python_memcache
+            // serializer): a str as text (16), an int as decimal text (2), anything else a
+            // pickle (1). JSON text would reach Python as `bytes`.
             Codec::Json => match python_memcache::capture(value) {
                 Some(item) => Ok(item),
-                None => {
-                    let mut item = Codec::Json.encode(key, value)?;
-                    item.flags = flags::BYTES;
-                    Ok(item)
-                }
+                None => Codec::Pickle.encode(key, value),
             },
             Codec::Pickle => Codec::Pickle.encode(key, value),
         }
@@ -398,11 +397,20 @@ mod tests {
             Item::new("héllo \"x\"".into(), flags::TEXT)
         );
         assert_eq!(e(&json!(-42)), Item::new(b"-42".to_vec(), flags::INTEGER));
-        assert_eq!(
-            e(&json!([1, "a"])),
-            Item::new(br#"[1,"a"]"#.to_vec(), flags::BYTES)
-        );
-        assert_eq!(e(&json!(1.5)).flags, flags::BYTES);
+        // Anything else is a pickle (flags 1), as the Python DDF's `memcached` backend writes.
+        for v in [
+            json!([1, "a"]),
+            json!(1.5),
+            json!(true),
+            json!(null),
+            json!({"b": 1}),
+        ] {
+            let item = e(&v);
+            assert_eq!(item, Item::new(pickle::to_vec(&v).unwrap(), flags::PICKLE));
+        }
+        // JSON text with flags 0 (what ddf wrote before) still reads.
+        let old = Item::new(br#"[1,"a"]"#.to_vec(), flags::BYTES);
+        assert_eq!(MC_JSON.decode::<Value>("k", &old).unwrap(), json!([1, "a"]));
         // Redis and the file backend keep the plain codec's flags.
         let redis = ValueCodec::for_backend(CacheBackend::Redis);
         assert_eq!(

@@ -12,12 +12,13 @@
 //! |---|---|---|
 //! | string | UTF-8 text, flags 16 | `str` |
 //! | integer | decimal text, flags 2 | `int` |
-//! | anything else (float, bool, null, list, map) | JSON text, flags 0 | `bytes` (`json.loads` it) |
+//! | anything else (float, bool, null, list, map) | a pickle, flags 1 | the object |
 //! | `set_bytes` | the bytes, flags 0 | `bytes` |
 //!
-//! Read back: flags 16 is a string, flags 2 and 4 (any size) a JSON number, flags 0 is JSON text
-//! (or raw bytes for [`get_bytes`](crate::CacheManager::get_bytes)). A Python pickle (flags 1:
-//! lists, dicts, floats...) is read with the pickle codec, whatever the cache's own codec.
+//! That is what the Python DDF's `memcached` backend writes. Read back: flags 16 is a string,
+//! flags 2 and 4 an integer of any size, flags 0 JSON text (what ddf wrote before; or raw bytes
+//! for [`get_bytes`](crate::CacheManager::get_bytes)). A pickle (flags 1) is read with the pickle
+//! codec, whatever the cache's own codec.
 //!
 //! Pickle mode (`backend = memcached_pickle`): values are stored as the pickle codec wrote them
 //! (flags 1; pymemcache unpickles them into Python objects, strings and integers included).

@@ -285,7 +285,7 @@ for i in range(n):
     out["values"][f"s{i}"] = c.get(f"{ns}s{i}")
     out["values"][f"i{i}"] = c.get(f"{ns}i{i}")
 lst = c.get(f"{ns}list")
-out["list"] = json.loads(lst) if isinstance(lst, bytes) else repr(lst)
+out["list"] = lst if isinstance(lst, list) else repr(lst)  # a pickle (flags 1): a list
 out["big"] = c.get(f"{ns}big")
 for i in range(n):
     c.set(f"{ns}py{i}", f"py {i}")

@@ -155,7 +155,7 @@ impl CacheManager {
     /// A cache over a backend built elsewhere (your own [`Backend`], or a wrapper around one).
     /// The config still gives the namespace-independent settings: `enabled` and `ttl`.
     pub fn with_backend(config: CacheConfig, backend: Arc<dyn Backend>) -> Self {
-        let codec = ValueCodec::for_backend(config.backend);
+        let codec = ValueCodec::for_config(&config);
         CacheManager {
             inner: Arc::new(Inner {
                 id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
@@ -409,7 +409,9 @@ impl CacheManager {
     /// # Errors
     /// [`Error::Backend`] when the backend fails.
     pub fn get_bytes(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        Ok(self.get_item(key)?.map(|i| self.inner.codec.raw_bytes(i)))
+        self.get_item(key)?
+            .map(|i| self.inner.codec.raw_bytes(key, i))
+            .transpose()
     }
 
     /// Stores raw bytes (flags 0), for callers that serialize themselves.

@@ -25,6 +25,7 @@
 //! writes NaN and infinities as `null`, so reading them back into `f64` is an
 //! [`Error::Decode`]; the pickle codec keeps them. `docs/codecs.md` compares both codecs.
 
+pub(crate) mod compress;
 pub mod flags;
 pub(crate) mod json;
 pub mod pickle;
@@ -141,6 +142,8 @@ impl Codec {
 pub(crate) struct ValueCodec {
     codec: Codec,
     pymemcache: bool,
+    /// `compress_min_bytes`, on the Memcached backends only.
+    compress_min: Option<usize>,
 }
 
 impl ValueCodec {
@@ -153,7 +156,27 @@ impl ValueCodec {
                 backend,
                 CacheBackend::Memcached | CacheBackend::MemcachedPickle
             ),
+            compress_min: None,
         }
+    }
+
+    /// The value codec of a configuration: [`for_backend`](Self::for_backend), and on the
+    /// Memcached backends `compress_min_bytes` (see `compress.rs` for why nowhere else).
+    pub(crate) fn for_config(config: &crate::config::CacheConfig) -> Self {
+        let codec = Self::for_backend(config.backend);
+        ValueCodec {
+            compress_min: config.compress_min_bytes.filter(|_| codec.pymemcache),
+            ..codec
+        }
+    }
+
+    /// The item a stored one stands for: inflated when it is compressed (flags 8).
+    fn inflate<'a>(key: &str, item: &'a Item) -> Result<std::borrow::Cow<'a, Item>> {
+        compress::inflate(item).map_err(|reason| Error::Decode {
+            key: crate::error::shorten(key),
+            codec: "zlib",
+            reason,
+        })
     }
 
     /// The serialization format.
@@ -166,6 +189,14 @@ impl ValueCodec {
     /// # Errors
     /// [`Error::Encode`] naming `key` when the value cannot be represented.
     pub(crate) fn encode<T: Serialize + ?Sized>(self, key: &str, value: &T) -> Result<Item> {
+        let item = self.encode_plain(key, value)?;
+        Ok(match self.compress_min {
+            Some(min) => compress::compress(item, min),
+            None => item,
+        })
+    }
+
+    fn encode_plain<T: Serialize + ?Sized>(self, key: &str, value: &T) -> Result<Item> {
         if !self.pymemcache {
             return self.codec.encode(key, value);
         }
@@ -186,6 +217,7 @@ impl ValueCodec {
     /// # Errors
     /// [`Error::Decode`] naming `key` when the bytes are not a `T`.
     pub(crate) fn decode<T: DeserializeOwned>(self, key: &str, item: &Item) -> Result<T> {
+        let item = &*Self::inflate(key, item)?;
         if self.pymemcache {
             match self.python_scalar(item) {
                 Some(Scalar::Str(s)) => {
@@ -217,6 +249,7 @@ impl ValueCodec {
     /// # Errors
     /// [`Error::Decode`] naming `key` when the bytes are not valid in their codec.
     pub(crate) fn decode_json(self, key: &str, item: &Item) -> Result<serde_json::Value> {
+        let item = &*Self::inflate(key, item)?;
         if self.pymemcache {
             match (self.codec, self.python_scalar(item)) {
                 (Codec::Json, Some(Scalar::Str(s))) => {
@@ -224,7 +257,7 @@ impl ValueCodec {
                 }
                 (Codec::Pickle, Some(_)) => {
                     // The pickle codec's view (integers beyond 64 bits as decimal strings).
-                    let pickled = Item::new(self.raw_bytes(item.clone()), flags::PICKLE);
+                    let pickled = Item::new(self.raw_bytes(key, item.clone())?, flags::PICKLE);
                     return Codec::Pickle.decode_json(key, &pickled);
                 }
                 _ => {}
@@ -235,19 +268,27 @@ impl ValueCodec {
 
     /// The bytes [`CacheManager::get_bytes`](crate::CacheManager::get_bytes) returns for an
     /// item: its data, except that the Memcached codecs show a Python `str` or `int` in the
-    /// cache's own codec (JSON text, or its pickle), as the seed's value layer did.
-    pub(crate) fn raw_bytes(self, item: Item) -> Vec<u8> {
+    /// cache's own codec (JSON text, or its pickle), as the seed's value layer did. A compressed
+    /// item (flags 8) is inflated.
+    ///
+    /// # Errors
+    /// [`Error::Decode`] naming `key` when a compressed item does not inflate.
+    pub(crate) fn raw_bytes(self, key: &str, item: Item) -> Result<Vec<u8>> {
+        let item = match Self::inflate(key, &item)? {
+            std::borrow::Cow::Borrowed(_) => item,
+            std::borrow::Cow::Owned(inflated) => inflated,
+        };
         if !self.pymemcache {
-            return item.data;
+            return Ok(item.data);
         }
-        match (self.codec, self.python_scalar(&item)) {
+        Ok(match (self.codec, self.python_scalar(&item)) {
             (Codec::Json, Some(Scalar::Str(s))) => {
                 serde_json::to_vec(s).unwrap_or_else(|_| s.as_bytes().to_vec())
             }
             (Codec::Pickle, Some(Scalar::Str(s))) => python_memcache::pickle_str(s),
             (Codec::Pickle, Some(Scalar::Int(d))) => python_memcache::pickle_int(d),
             _ => item.data,
-        }
+        })
     }
 
     /// A Python `str` (flags 16, valid UTF-8) or `int` (flags 2 or 4, decimal text) item.
@@ -306,10 +347,12 @@ mod tests {
     const MC_JSON: ValueCodec = ValueCodec {
         codec: Codec::Json,
         pymemcache: true,
+        compress_min: None,
     };
     const MC_PICKLE: ValueCodec = ValueCodec {
         codec: Codec::Pickle,
         pymemcache: true,
+        compress_min: None,
     };
 
     #[test]
@@ -373,6 +416,84 @@ mod tests {
             assert_eq!(codec.decode::<u128>("k", &item).unwrap(), u128::MAX);
             let item = codec.encode("k", &i128::MIN).unwrap();
             assert_eq!(codec.decode::<i128>("k", &item).unwrap(), i128::MIN);
+        }
+    }
+
+    #[test]
+    fn compressed_items_read_in_every_mode_and_are_written_on_memcached_only() {
+        use crate::config::CacheConfig;
+        // As pymemcache's CompressedSerde writes (zlib.compress), even when not smaller.
+        let z = |data: &[u8], f: u32| {
+            use std::io::Write;
+            let mut e = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::new(6));
+            e.write_all(data).unwrap();
+            Item::new(e.finish().unwrap(), f | flags::COMPRESSED)
+        };
+        let list = pickle::to_vec(&json!([1, "a", null])).unwrap();
+        let all = [
+            MC_JSON,
+            MC_PICKLE,
+            ValueCodec::for_backend(CacheBackend::Redis),
+            ValueCodec::for_backend(CacheBackend::Pickle),
+        ];
+        for codec in all {
+            let item = z(&list, flags::PICKLE);
+            assert_eq!(item.flags, 9);
+            assert_eq!(
+                codec.decode::<Value>("k", &item).unwrap(),
+                json!([1, "a", null])
+            );
+            assert_eq!(
+                codec.decode_json("k", &item).unwrap(),
+                json!([1, "a", null])
+            );
+            let bad = Item::new(b"xx".to_vec(), 9);
+            let e = codec.decode::<Value>("key7", &bad).unwrap_err();
+            assert!(
+                e.is_decode() && e.to_string().contains("key7") && e.to_string().contains("zlib"),
+                "{e}"
+            );
+        }
+        for codec in [MC_JSON, MC_PICKLE] {
+            assert_eq!(
+                codec
+                    .decode::<String>("k", &z("héllo".as_bytes(), flags::TEXT))
+                    .unwrap(),
+                "héllo"
+            );
+            assert_eq!(
+                codec
+                    .decode::<i64>("k", &z(b"-42", flags::INTEGER))
+                    .unwrap(),
+                -42
+            );
+            assert_eq!(
+                codec.raw_bytes("k", z(b"\x00\xff", 0)).unwrap(),
+                b"\x00\xff"
+            );
+        }
+        // Written compressed only on the Memcached backends, and only when asked.
+        let doc = json!({"text": "x".repeat(2000)});
+        for (backend, compressed) in [
+            (CacheBackend::Memcached, true),
+            (CacheBackend::MemcachedPickle, true),
+            (CacheBackend::Redis, false),
+            (CacheBackend::RedisPickle, false),
+            (CacheBackend::Pickle, false),
+        ] {
+            let config = CacheConfig::default()
+                .with_backend(backend)
+                .with_compress_min_bytes(Some(400));
+            let codec = ValueCodec::for_config(&config);
+            let item = codec.encode("k", &doc).unwrap();
+            assert_eq!(
+                item.flags & flags::COMPRESSED != 0,
+                compressed,
+                "{backend:?}"
+            );
+            assert_eq!(codec.decode::<Value>("k", &item).unwrap(), doc);
+            let off = ValueCodec::for_config(&CacheConfig::default().with_backend(backend));
+            assert_eq!(off.encode("k", &doc).unwrap().flags & flags::COMPRESSED, 0);
         }
     }
 
@@ -449,9 +570,9 @@ mod tests {
         let s = Item::new("a\"b".into(), flags::TEXT);
         assert_eq!(MC_JSON.decode::<String>("k", &s).unwrap(), "a\"b");
         assert_eq!(MC_PICKLE.decode::<String>("k", &s).unwrap(), "a\"b");
-        assert_eq!(MC_JSON.raw_bytes(s.clone()), br#""a\"b""#);
+        assert_eq!(MC_JSON.raw_bytes("k", s.clone()).unwrap(), br#""a\"b""#);
         assert_eq!(
-            MC_PICKLE.raw_bytes(s.clone()),
+            MC_PICKLE.raw_bytes("k", s.clone()).unwrap(),
             python_memcache::pickle_str("a\"b")
         );
         let big = Item::new(b"1180591620717411303424".to_vec(), flags::LONG); // 2**70
@@ -462,13 +583,13 @@ mod tests {
                 json!("1180591620717411303424")
             );
         }
-        assert_eq!(MC_JSON.raw_bytes(big.clone()), big.data);
+        assert_eq!(MC_JSON.raw_bytes("k", big.clone()).unwrap(), big.data);
         let i = Item::new(b"-129".to_vec(), flags::INTEGER);
         assert_eq!(MC_JSON.decode::<i64>("k", &i).unwrap(), -129);
         assert_eq!(MC_PICKLE.decode::<i64>("k", &i).unwrap(), -129);
         let raw = Item::new(vec![0, 255], flags::BYTES);
-        assert_eq!(MC_JSON.raw_bytes(raw.clone()), raw.data);
-        assert_eq!(MC_PICKLE.raw_bytes(raw.clone()), raw.data);
+        assert_eq!(MC_JSON.raw_bytes("k", raw.clone()).unwrap(), raw.data);
+        assert_eq!(MC_PICKLE.raw_bytes("k", raw.clone()).unwrap(), raw.data);
         // A pickle reads in JSON mode too.
         let p = Codec::Pickle.encode("k", &("a", 1)).unwrap();
         assert_eq!(

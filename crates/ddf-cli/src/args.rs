@@ -47,7 +47,8 @@ pub enum Command {
     Set {
         /// The key.
         key: String,
-        /// The value.
+        /// The value (with --json: JSON, in the form `get` prints; see the README).
+        #[arg(allow_hyphen_values = true)]
         value: String,
         /// Expiry in seconds (default: the configured ttl).
         #[arg(long, value_name = "SECS")]

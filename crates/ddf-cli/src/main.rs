@@ -7,6 +7,7 @@
 
 mod args;
 mod bench;
+mod value;
 
 use std::io::{self, IsTerminal, Read, Write};
 use std::process::ExitCode;
@@ -106,9 +107,9 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
     let cache = CacheManager::new(config)?;
     let mut out = io::stdout().lock();
     match args.command {
-        Command::Get { key } => match cache.get_json(&key)? {
-            Some(value) => {
-                writeln!(out, "{value}")?;
+        Command::Get { key } => match cache.get_value(&key)? {
+            Some(v) => {
+                writeln!(out, "{}", value::print(&v))?;
                 Ok(ExitCode::SUCCESS)
             }
             None => Ok(ExitCode::from(1)),
@@ -130,8 +131,15 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
             };
             let ttl = ttl.map(parse_ttl).transpose()?;
             if json {
-                let v: serde_json::Value = serde_json::from_str(&value)
-                    .with_context(|| format!("--json: the value is not valid JSON: {value:.80}"))?;
+                let v = value::parse(&value)?;
+                if cache.config().backend == CacheBackend::Redis
+                    && let Some(what) = value::not_json(&v)
+                {
+                    bail!(
+                        "--json: the redis backend stores JSON, which has no form for {what}: \
+                         it would read back changed (use redis_pickle)"
+                    );
+                }
                 cache.set(&key, &v, ttl)?;
             } else {
                 cache.set(&key, &value, ttl)?;

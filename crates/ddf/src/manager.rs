@@ -230,6 +230,26 @@ impl CacheManager {
             .transpose()
     }
 
+    /// Reads any value as the Python value it is, losslessly (tuples, sets, bytes, integers of
+    /// any size, dict order): what `ddf-cache get` prints. A typed `get::<pickle::Value>` goes
+    /// through serde and forgets which sequence kind a pickle held; this does not.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// let cache = ddf::CacheManager::new(ddf::CacheConfig::default().with_pickle_dir(dir.path()))?;
+    /// cache.set("t", &("a", 1), None)?;
+    /// assert_eq!(cache.get_value("t")?.map(|v| v.type_name()), Some("tuple"));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`CacheManager::get`].
+    pub fn get_value(&self, key: &str) -> Result<Option<crate::pickle::Value>> {
+        let item = self.get_item(key)?;
+        item.map(|i| self.track(self.inner.codec.decode_value(key, &i)))
+            .transpose()
+    }
+
     /// Reads any value as a JSON view, whatever its type: what `ddf-cache get` prints. For
     /// the pickle codec the view is lossy; see docs/codecs.md.
     ///

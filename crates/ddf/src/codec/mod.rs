@@ -244,6 +244,40 @@ impl ValueCodec {
         self.codec.decode(key, item)
     }
 
+    /// Decodes any stored item into the lossless Python value ([`pickle::Value`]): a pickle
+    /// with [`pickle::from_slice_value`], JSON text exactly ([`json::to_value`]), pymemcache's
+    /// `str` and `int` as such, and on the Memcached backends flags 0 as `bytes` (what Python's
+    /// `bytes` and `set_bytes` store) unless it is JSON text (what ddf wrote before).
+    ///
+    /// # Errors
+    /// [`Error::Decode`] naming `key` when the bytes are not valid in their codec.
+    pub(crate) fn decode_value(self, key: &str, item: &Item) -> Result<pickle::Value> {
+        let item = &*Self::inflate(key, item)?;
+        if self.pymemcache {
+            match self.python_scalar(item) {
+                Some(Scalar::Str(s)) => return Ok(pickle::Value::Str(s.to_owned())),
+                Some(Scalar::Int(digits)) => {
+                    return json::to_value(digits).map_err(|e| decode_error(key, Codec::Json, e));
+                }
+                None if item.flags == flags::BYTES => {
+                    return Ok(match self.codec {
+                        Codec::Json => json::to_value(&item.data)
+                            .unwrap_or_else(|_| pickle::Value::Bytes(item.data.clone())),
+                        Codec::Pickle => pickle::Value::Bytes(item.data.clone()),
+                    });
+                }
+                None => {}
+            }
+        }
+        match self.codec.for_item(item) {
+            Codec::Json => {
+                json::to_value(&item.data).map_err(|e| decode_error(key, Codec::Json, e))
+            }
+            Codec::Pickle => pickle::from_slice_value(&item.data)
+                .map_err(|e| decode_error(key, Codec::Pickle, e)),
+        }
+    }
+
     /// Decodes any stored item into a JSON view, for display (`ddf-cache get`).
     ///
     /// # Errors

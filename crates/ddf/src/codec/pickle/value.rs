@@ -71,6 +71,28 @@ impl Value {
         }
     }
 
+    /// Reads JSON text exactly, as Python's `json.loads` reads it: integers of any size
+    /// ([`Value::Int`] or [`Value::BigInt`]), a number with a fraction or an exponent as a
+    /// [`Value::Float`], objects as [`Value::Dict`] with keys in their order (a repeated key
+    /// keeps its first place and its last value), arrays as [`Value::List`].
+    ///
+    /// ```
+    /// use ddf::pickle::Value;
+    /// let v = Value::from_json(r#"{"b": 1180591620717411303425, "a": [1.0]}"#)?;
+    /// let Value::Dict(pairs) = v else { unreachable!() };
+    /// assert_eq!(pairs[0].1, Value::BigInt("1180591620717411303425".parse()?));
+    /// assert_eq!(pairs[1].1, Value::List(vec![Value::Float(1.0)]));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) saying why, when the text is not
+    /// JSON, nests deeper than 128 levels or holds an integer of more than 4,300 digits.
+    pub fn from_json(text: &str) -> crate::Result<Value> {
+        crate::codec::json::to_value(text.as_bytes())
+            .map_err(|e| crate::Error::InvalidArgument(format!("not valid JSON: {e}")))
+    }
+
     /// The Python type name (`"int"`, `"dict"`...).
     pub fn type_name(&self) -> &'static str {
         match self {

@@ -77,6 +77,17 @@ pub enum Command {
     Config,
     /// Measure get/set/delete and the batch forms on the configured backend.
     Bench(BenchArgs),
+    /// Import a Python DDF cache directory (`<key>.pkl` files): each entry with the time it had
+    /// left; prints what was imported, skipped as expired and refused. Never deletes the files.
+    /// Exits 1 if a file was refused.
+    ImportPickleDir {
+        /// The Python DDF's pickle_dir.
+        dir: PathBuf,
+        /// The Python DDF's ttl in seconds: an entry expires that long after its file's
+        /// modification time (default: no expiry but the cache's own ttl).
+        #[arg(long, value_name = "SECS")]
+        ttl: Option<f64>,
+    },
 }
 
 /// `ddf-cache bench` options.

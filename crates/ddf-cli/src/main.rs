@@ -7,6 +7,7 @@
 
 mod args;
 mod bench;
+mod import;
 mod value;
 
 use std::io::{self, IsTerminal, Read, Write};
@@ -179,6 +180,11 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
                 writeln!(out, "{k}: {v}")?;
             }
             Ok(ExitCode::SUCCESS)
+        }
+        Command::ImportPickleDir { dir, ttl } => {
+            let ttl = ttl.map(parse_ttl).transpose()?;
+            let outcome = import::run(&cache, &dir, ttl, &mut out)?;
+            Ok(ExitCode::from(u8::from(outcome.refused > 0)))
         }
         Command::Bench(b) => {
             bench::run(&cache, &b, &mut out)?;

@@ -93,6 +93,26 @@ impl Value {
             .map_err(|e| crate::Error::InvalidArgument(format!("not valid JSON: {e}")))
     }
 
+    /// Reads a Python pickle (protocols 0-5) with ddf's restricted decoder and its default
+    /// limits: nothing in it is executed, and any global but the plain-data builtins (a class,
+    /// `os.system`, `datetime`) is refused. Lossless: tuples, sets, bytes, ints of any size.
+    ///
+    /// ```
+    /// use ddf::pickle::Value;
+    /// // pickle.dumps(("a", 1), protocol=5)
+    /// let v = Value::from_pickle(b"\x80\x05\x95\t\x00\x00\x00\x00\x00\x00\x00\x8c\x01a\x94K\x01\x86\x94.")?;
+    /// assert_eq!(v, Value::Tuple(vec![Value::Str("a".into()), Value::Int(1)]));
+    /// # Ok::<(), ddf::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) saying what is wrong (malformed,
+    /// a refused global, a limit exceeded, with the byte offset when it has one).
+    pub fn from_pickle(bytes: &[u8]) -> crate::Result<Value> {
+        super::from_slice_value(bytes)
+            .map_err(|e| crate::Error::InvalidArgument(format!("not a pickle ddf reads: {e}")))
+    }
+
     /// The Python type name (`"int"`, `"dict"`...).
     pub fn type_name(&self) -> &'static str {
         match self {

@@ -5,6 +5,7 @@
 mod conformance;
 mod file;
 mod hostile;
+mod interop;
 mod memcached;
 mod memcached_hostile;
 mod memo;

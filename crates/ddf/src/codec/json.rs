@@ -17,8 +17,8 @@
 //!    (`RawValue` slices), and the target type is then read from that `Value`: an integer the
 //!    target cannot hold is an error, never a rounded number.
 
-use serde::Deserialize;
 use serde::de::{self, DeserializeOwned, MapAccess, Visitor};
+use serde::{Deserialize, Serialize, ser};
 use serde_json::value::RawValue;
 
 use super::pickle::{BigInt, Value};
@@ -226,6 +226,224 @@ impl<'de: 'a, 'a> Deserialize<'de> for Pairs<'a> {
     }
 }
 
+/// Encodes a value as JSON text, refusing NaN and infinities: serde_json would write them as
+/// `null`, which reads back (in ddf and in Python) as a different value.
+///
+/// # Errors
+/// The reason, when the value cannot be represented.
+pub(crate) fn to_vec<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, String> {
+    let data = serde_json::to_vec(value).map_err(|e| e.to_string())?;
+    // Only text with a `null` can hide a non-finite float: then look for one.
+    if data.windows(4).any(|w| w == b"null")
+        && let Err(NonFinite(Some(f))) = value.serialize(Probe)
+    {
+        return Err(format!(
+            "the float {f} has no JSON form (serde_json would write null, which reads back as \
+             None): use a pickle backend for NaN and infinities"
+        ));
+    }
+    Ok(data)
+}
+
+/// What [`Probe`] stops at: a non-finite float (`Some`), or the value's own error (`None`).
+#[derive(Debug)]
+struct NonFinite(Option<f64>);
+
+impl std::fmt::Display for NonFinite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a non-finite float")
+    }
+}
+
+impl std::error::Error for NonFinite {}
+
+impl ser::Error for NonFinite {
+    fn custom<M: std::fmt::Display>(_msg: M) -> Self {
+        NonFinite(None)
+    }
+}
+
+/// A serializer that writes nothing and fails at the first NaN or infinity. Hand-written: a
+/// serde_json `Formatter` sees `null` for both a NaN and a real `None`.
+struct Probe;
+
+fn check(f: f64) -> Result<(), NonFinite> {
+    if f.is_finite() {
+        Ok(())
+    } else {
+        Err(NonFinite(Some(f)))
+    }
+}
+
+impl ser::Serializer for Probe {
+    type Ok = ();
+    type Error = NonFinite;
+    type SerializeSeq = Probe;
+    type SerializeTuple = Probe;
+    type SerializeTupleStruct = Probe;
+    type SerializeTupleVariant = Probe;
+    type SerializeMap = Probe;
+    type SerializeStruct = Probe;
+    type SerializeStructVariant = Probe;
+
+    fn serialize_f32(self, v: f32) -> Result<(), NonFinite> {
+        check(v.into())
+    }
+    fn serialize_f64(self, v: f64) -> Result<(), NonFinite> {
+        check(v)
+    }
+    fn serialize_bool(self, _: bool) -> Result<(), NonFinite> {
+        Ok(())
+    }
+    fn serialize_i8(self, _: i8) -> Result<(), NonFinite> {
+        Ok(())
+    }
+    fn serialize_i16(self, _: i16) -> Result<(), NonFinite> {
+        Ok(())
+    }
+    fn serialize_i32(self, _: i32) -> Result<(), NonFinite> {
+        Ok(())
+    }
+    fn serialize_i64(self, _: i64) -> Result<(), NonFinite> {
+        Ok(())
+    }
+    fn serialize_i128(self, _: i128) -> Result<(), NonFinite> {
+        Ok(())
+    }
+    fn serialize_u8(self, _: u8) -> Result<(), NonFinite> {
+        Ok(())
+    }
+    fn serialize_u16(self, _: u16) -> Result<(), NonFinite> {
+        Ok(())
+    }
+    fn serialize_u32(self, _: u32) -> Result<(), NonFinite> {
+        Ok(())
+    }
+    fn serialize_u64(self, _: u64) -> Result<(), NonFinite> {
+        Ok(())
+    }
+    fn serialize_u128(self, _: u128) -> Result<(), NonFinite> {
+        Ok(())
+    }
+    fn serialize_char(self, _: char) -> Result<(), NonFinite> {
+        Ok(())
+    }
+    fn serialize_str(self, _: &str) -> Result<(), NonFinite> {
+        Ok(())
+    }
+    fn serialize_bytes(self, _: &[u8]) -> Result<(), NonFinite> {
+        Ok(())
+    }
+    fn serialize_none(self) -> Result<(), NonFinite> {
+        Ok(())
+    }
+    fn serialize_unit(self) -> Result<(), NonFinite> {
+        Ok(())
+    }
+    fn serialize_unit_struct(self, _: &'static str) -> Result<(), NonFinite> {
+        Ok(())
+    }
+    fn serialize_unit_variant(
+        self,
+        _: &'static str,
+        _: u32,
+        _: &'static str,
+    ) -> Result<(), NonFinite> {
+        Ok(())
+    }
+    fn serialize_some<T: Serialize + ?Sized>(self, v: &T) -> Result<(), NonFinite> {
+        v.serialize(self)
+    }
+    fn serialize_newtype_struct<T: Serialize + ?Sized>(
+        self,
+        _: &'static str,
+        v: &T,
+    ) -> Result<(), NonFinite> {
+        v.serialize(self)
+    }
+    fn serialize_newtype_variant<T: Serialize + ?Sized>(
+        self,
+        _: &'static str,
+        _: u32,
+        _: &'static str,
+        v: &T,
+    ) -> Result<(), NonFinite> {
+        v.serialize(self)
+    }
+    fn serialize_seq(self, _: Option<usize>) -> Result<Probe, NonFinite> {
+        Ok(Probe)
+    }
+    fn serialize_tuple(self, _: usize) -> Result<Probe, NonFinite> {
+        Ok(Probe)
+    }
+    fn serialize_tuple_struct(self, _: &'static str, _: usize) -> Result<Probe, NonFinite> {
+        Ok(Probe)
+    }
+    fn serialize_tuple_variant(
+        self,
+        _: &'static str,
+        _: u32,
+        _: &'static str,
+        _: usize,
+    ) -> Result<Probe, NonFinite> {
+        Ok(Probe)
+    }
+    fn serialize_map(self, _: Option<usize>) -> Result<Probe, NonFinite> {
+        Ok(Probe)
+    }
+    fn serialize_struct(self, _: &'static str, _: usize) -> Result<Probe, NonFinite> {
+        Ok(Probe)
+    }
+    fn serialize_struct_variant(
+        self,
+        _: &'static str,
+        _: u32,
+        _: &'static str,
+        _: usize,
+    ) -> Result<Probe, NonFinite> {
+        Ok(Probe)
+    }
+}
+
+/// Every compound form: each element, key and value goes through [`Probe`].
+macro_rules! probe_compound {
+    ($($tr:ident :: $method:ident ($($arg:ty),*);)*) => {$(
+        impl ser::$tr for Probe {
+            type Ok = ();
+            type Error = NonFinite;
+            fn $method<T: Serialize + ?Sized>(&mut self, $(_: $arg,)* v: &T) -> Result<(), NonFinite> {
+                v.serialize(Probe)
+            }
+            fn end(self) -> Result<(), NonFinite> {
+                Ok(())
+            }
+        }
+    )*};
+}
+
+probe_compound! {
+    SerializeSeq::serialize_element();
+    SerializeTuple::serialize_element();
+    SerializeTupleStruct::serialize_field();
+    SerializeTupleVariant::serialize_field();
+    SerializeStruct::serialize_field(&'static str);
+    SerializeStructVariant::serialize_field(&'static str);
+}
+
+impl ser::SerializeMap for Probe {
+    type Ok = ();
+    type Error = NonFinite;
+    fn serialize_key<T: Serialize + ?Sized>(&mut self, k: &T) -> Result<(), NonFinite> {
+        k.serialize(Probe)
+    }
+    fn serialize_value<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), NonFinite> {
+        v.serialize(Probe)
+    }
+    fn end(self) -> Result<(), NonFinite> {
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -299,6 +517,37 @@ mod tests {
             to_json_view(text.as_bytes()).unwrap(),
             json!({"m": BIG, "n": 12345678901234u64, "l": [format!("-{BIG}"), 1.5]})
         );
+    }
+
+    #[test]
+    fn non_finite_floats_are_refused_not_written_as_null() {
+        #[derive(serde::Serialize)]
+        struct S {
+            a: Option<f64>,
+            b: Vec<(String, f32)>,
+        }
+        let ok = S {
+            a: None,
+            b: vec![("x".into(), 1.5)],
+        };
+        assert_eq!(to_vec(&ok).unwrap(), br#"{"a":null,"b":[["x",1.5]]}"#);
+        for f in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+            let e = to_vec(&S {
+                a: Some(f),
+                b: vec![],
+            })
+            .unwrap_err();
+            assert!(e.contains("pickle backend"), "{e}");
+            let e = to_vec(&S {
+                a: None,
+                b: vec![("x".into(), f as f32)],
+            })
+            .unwrap_err();
+            assert!(e.contains("no JSON form"), "{e}");
+            let mut m = std::collections::BTreeMap::new();
+            m.insert("k", vec![Some(f)]);
+            assert!(to_vec(&m).is_err());
+        }
     }
 
     #[test]

@@ -21,9 +21,8 @@
 //! JSON can represent what serde_json can: strings, numbers (integers of any size, kept exactly
 //! by [`json`]; finite floats), booleans, null, sequences and maps with string or integer keys (integer keys are
 //! written as strings and read back as integers by a typed `get`). A value it cannot represent
-//! (a map with tuple keys, say) is an [`Error::Encode`] naming the key. Exception: serde_json
-//! writes NaN and infinities as `null`, so reading them back into `f64` is an
-//! [`Error::Decode`]; the pickle codec keeps them. `docs/codecs.md` compares both codecs.
+//! (a map with tuple keys, say) is an [`Error::Encode`] naming the key, and so are NaN and
+//! infinities (serde_json would write `null`, a different value); the pickle codec keeps them. `docs/codecs.md` compares both codecs.
 
 pub(crate) mod compress;
 pub mod flags;
@@ -81,12 +80,12 @@ impl Codec {
     /// [`Error::Encode`] naming `key` when the value cannot be represented.
     pub fn encode<T: Serialize + ?Sized>(self, key: &str, value: &T) -> Result<Item> {
         match self {
-            Codec::Json => serde_json::to_vec(value)
+            Codec::Json => json::to_vec(value)
                 .map(|data| Item::new(data, flags::TEXT))
-                .map_err(|e| Error::Encode {
+                .map_err(|reason| Error::Encode {
                     key: crate::error::shorten(key),
                     codec: self.name(),
-                    reason: e.to_string(),
+                    reason,
                 }),
             Codec::Pickle => pickle::to_vec(value)
                 .map(|data| Item::new(data, flags::PICKLE))

@@ -212,10 +212,9 @@ fn both_ways(cache: &CacheManager, backend: &str, target: &str, dir: &Path) -> O
     }
     let path = dir.join("results.json");
     std::fs::write(&path, serde_json::Value::Object(results).to_string()).unwrap();
-    let out: serde_json::Value = serde_json::from_str(
-        &python(&["check", backend, target, path.to_str().unwrap()]).unwrap(),
-    )
-    .unwrap();
+    let out: serde_json::Value =
+        serde_json::from_str(&python(&["check", backend, target, path.to_str().unwrap()]).unwrap())
+            .unwrap();
     let failures = out["failures"].as_array().unwrap();
     assert!(
         failures.is_empty(),
@@ -264,7 +263,9 @@ fn memcached_config(servers: &[MemcachedServer], backend: CacheBackend, dir: &Pa
 }
 
 fn memcached_suite(backend: CacheBackend) {
-    let Some(servers) = (0..2).map(|_| MemcachedServer::start()).collect::<Option<Vec<_>>>()
+    let Some(servers) = (0..2)
+        .map(|_| MemcachedServer::start())
+        .collect::<Option<Vec<_>>>()
     else {
         return;
     };
@@ -301,7 +302,9 @@ fn memcached_pickle_both_ways() {
 /// off); ddf writes with `compress_min_bytes = 400`, `CompressedSerde` reads.
 #[test]
 fn compressed_items_both_ways() {
-    let Some(servers) = (0..2).map(|_| MemcachedServer::start()).collect::<Option<Vec<_>>>()
+    let Some(servers) = (0..2)
+        .map(|_| MemcachedServer::start())
+        .collect::<Option<Vec<_>>>()
     else {
         return;
     };
@@ -354,7 +357,10 @@ else:
     );
     let big = format!("1{}", "0".repeat(100));
     assert_eq!(
-        plain.get::<ddf::pickle::BigInt>("z:big").unwrap().map(|n| n.to_string()),
+        plain
+            .get::<ddf::pickle::BigInt>("z:big")
+            .unwrap()
+            .map(|n| n.to_string()),
         Some(big)
     );
     assert_eq!(plain.get::<Vec<i32>>("z:small").unwrap(), Some(vec![1, 2]));

@@ -157,15 +157,17 @@ fn exact(raw: &RawValue, depth: usize) -> Result<Value, String> {
         Some(b'{') => {
             let Pairs(pairs) = serde_json::from_str(text).map_err(err)?;
             let mut out: Vec<(Value, Value)> = Vec::with_capacity(pairs.len());
+            // Python's json.loads keeps the last value of a repeated key, at its first place.
+            let mut seen: std::collections::HashMap<String, usize> =
+                std::collections::HashMap::with_capacity(pairs.len());
             for (k, v) in pairs {
                 let v = exact(v, depth + 1)?;
-                // Python's json.loads keeps the last value of a repeated key, at its first place.
-                match out
-                    .iter_mut()
-                    .find(|(ok, _)| matches!(ok, Value::Str(s) if *s == k))
-                {
+                match seen.get(&k).and_then(|&i| out.get_mut(i)) {
                     Some(slot) => slot.1 = v,
-                    None => out.push((Value::Str(k), v)),
+                    None => {
+                        seen.insert(k.clone(), out.len());
+                        out.push((Value::Str(k), v));
+                    }
                 }
             }
             Ok(Value::Dict(out))
@@ -574,5 +576,13 @@ mod tests {
         assert!(to_value(deep.as_bytes()).is_err());
         let long = "9".repeat(5000);
         assert!(to_value(long.as_bytes()).unwrap_err().contains("4,300"));
+        // 200,000 keys (and a big integer): linear, not quadratic.
+        let wide: String = (0..200_000).map(|i| format!("\"k{i}\":{i},")).collect();
+        let text = format!("{{{wide}\"k0\":{BIG}}}");
+        let Value::Dict(pairs) = to_value(text.as_bytes()).unwrap() else {
+            panic!()
+        };
+        assert_eq!(pairs.len(), 200_000);
+        assert_eq!(pairs[0].1, Value::BigInt(BIG.parse().unwrap()));
     }
 }

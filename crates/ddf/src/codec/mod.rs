@@ -282,20 +282,12 @@ impl ValueCodec {
     /// # Errors
     /// [`Error::Decode`] naming `key` when the bytes are not valid in their codec.
     pub(crate) fn decode_json(self, key: &str, item: &Item) -> Result<serde_json::Value> {
-        let item = &*Self::inflate(key, item)?;
         if self.pymemcache {
-            match (self.codec, self.python_scalar(item)) {
-                (Codec::Json, Some(Scalar::Str(s))) => {
-                    return Ok(serde_json::Value::String(s.to_owned()));
-                }
-                (Codec::Pickle, Some(_)) => {
-                    // The pickle codec's view (integers beyond 64 bits as decimal strings).
-                    let pickled = Item::new(self.raw_bytes(key, item.clone())?, flags::PICKLE);
-                    return Codec::Pickle.decode_json(key, &pickled);
-                }
-                _ => {}
-            }
+            // The view of the Python value: a `str`, an `int` (beyond 64 bits as a string of
+            // digits), `bytes` (flags 0 that is not JSON text) as `{"$bytes": ...}`, a pickle.
+            return self.decode_value(key, item).map(|v| v.to_json());
         }
+        let item = &*Self::inflate(key, item)?;
         self.codec.decode_json(key, item)
     }
 
@@ -609,6 +601,14 @@ mod tests {
             python_memcache::pickle_str("a\"b")
         );
         let big = Item::new(b"1180591620717411303424".to_vec(), flags::LONG); // 2**70
+        // Python's bytes (flags 0, not JSON text): the view's {"$bytes": ...} in both modes.
+        let py_bytes = Item::new(vec![0, 255], flags::BYTES);
+        for codec in [MC_JSON, MC_PICKLE] {
+            assert_eq!(
+                codec.decode_json("k", &py_bytes).unwrap(),
+                json!({"$bytes": "AP8="})
+            );
+        }
         // Both modes' JSON view: the digits, as a string (never a rounded float).
         for codec in [MC_JSON, MC_PICKLE] {
             assert_eq!(

@@ -4,7 +4,8 @@
 //!
 //! | codec | backends | stores |
 //! |---|---|---|
-//! | JSON | `redis`, `memcached` | `serde_json` text, as the Python DDF's `json.dumps(value).encode()`, flags [`flags::TEXT`] |
+//! | JSON | `redis` | `serde_json` text, as the Python DDF's `json.dumps(value).encode()`, flags [`flags::TEXT`] |
+//! | JSON, pymemcache's convention | `memcached` | a string as text (16), an integer as decimal text (2), anything else a pickle (1), as the Python DDF's `memcached` backend |
 //! | pickle | `pickle` (file, the default), `redis_pickle`, `memcached_pickle` | a protocol-4 Python pickle ([`pickle`]), flags [`flags::PICKLE`] |
 //!
 //! A cache encodes and decodes through a [`ValueCodec`], chosen once from the backend kind by

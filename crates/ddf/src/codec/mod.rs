@@ -32,7 +32,7 @@ pub mod pickle;
 pub(crate) mod python_memcache;
 
 use serde::Serialize;
-use serde::de::DeserializeOwned;
+use serde::de::{self, DeserializeOwned};
 
 use crate::config::CacheBackend;
 use crate::error::{Error, Result};
@@ -240,14 +240,24 @@ impl ValueCodec {
                 }
                 None => {}
             }
+            if item.flags == flags::BYTES {
+                // JSON text (what an older ddf wrote) or a pickle (`set_bytes`) when it is one;
+                // else Python's `bytes`, for a target that takes bytes (`serde_bytes::ByteBuf`).
+                return self.codec.decode(key, item).or_else(|e| {
+                    T::deserialize(de::value::BytesDeserializer::<de::value::Error>::new(
+                        &item.data,
+                    ))
+                    .map_err(|_| e)
+                });
+            }
         }
         self.codec.decode(key, item)
     }
 
     /// Decodes any stored item into the lossless Python value ([`pickle::Value`]): a pickle
-    /// with [`pickle::from_slice_value`], JSON text exactly ([`json::to_value`]), pymemcache's
-    /// `str` and `int` as such, and on the Memcached backends flags 0 as `bytes` (what Python's
-    /// `bytes` and `set_bytes` store) unless it is JSON text (what ddf wrote before).
+    /// with [`pickle::from_slice_value`], JSON text exactly ([`json::to_value`]), and on the
+    /// Memcached backends what pymemcache reads: `str` and `int` as such, flags 0 as `bytes`
+    /// (Python's `bytes`, `set_bytes`; JSON text an older ddf wrote shows as its bytes too).
     ///
     /// # Errors
     /// [`Error::Decode`] naming `key` when the bytes are not valid in their codec.
@@ -259,12 +269,9 @@ impl ValueCodec {
                 Some(Scalar::Int(digits)) => {
                     return json::to_value(digits).map_err(|e| decode_error(key, Codec::Json, e));
                 }
+                // What pymemcache reads: `bytes` (Python's bytes, or `set_bytes`).
                 None if item.flags == flags::BYTES => {
-                    return Ok(match self.codec {
-                        Codec::Json => json::to_value(&item.data)
-                            .unwrap_or_else(|_| pickle::Value::Bytes(item.data.clone())),
-                        Codec::Pickle => pickle::Value::Bytes(item.data.clone()),
-                    });
+                    return Ok(pickle::Value::Bytes(item.data.clone()));
                 }
                 None => {}
             }
@@ -602,6 +609,14 @@ mod tests {
             python_memcache::pickle_str("a\"b")
         );
         let big = Item::new(b"1180591620717411303424".to_vec(), flags::LONG); // 2**70
+        // Python's bytes (flags 0): bytes for a target that takes them, in both modes.
+        let raw = Item::new(vec![0, 255], flags::BYTES);
+        for codec in [MC_JSON, MC_PICKLE] {
+            let b: pickle::Value = codec.decode("k", &raw).unwrap();
+            assert_eq!(b, pickle::Value::Bytes(vec![0, 255]));
+            assert_eq!(codec.decode_value("k", &raw).unwrap(), b);
+            assert!(codec.decode::<String>("k", &raw).is_err());
+        }
         // Python's bytes (flags 0, not JSON text): the view's {"$bytes": ...} in both modes.
         let py_bytes = Item::new(vec![0, 255], flags::BYTES);
         for codec in [MC_JSON, MC_PICKLE] {

@@ -13,22 +13,22 @@
 //!    then a tokenizer that skips strings checks them. Text without one (nearly all) is read by
 //!    serde_json as before.
 //! 2. Text with one is read by [`to_value`] into the lossless [`Value`] (integers of any size
-//!    exact, object keys in order), using serde_json's own parser for everything but numbers
-//!    (`RawValue` slices), and the target type is then read from that `Value`: an integer the
+//!    exact, object keys in order) in one pass: serde_json parses, and each number it visits is
+//!    matched by rank with its token in the text, so an integer it could only give as an `f64`
+//!    is read from its digits. The target type is then read from that `Value`: an integer the
 //!    target cannot hold is an error, never a rounded number.
 
-use serde::de::{self, DeserializeOwned, MapAccess, Visitor};
-use serde::{Deserialize, Serialize, ser};
-use serde_json::value::RawValue;
+use std::cell::Cell;
+use std::collections::HashMap;
+
+use serde::de::{self, DeserializeOwned, DeserializeSeed, MapAccess, SeqAccess, Visitor};
+use serde::{Serialize, ser};
 
 use super::pickle::{BigInt, Value};
 use super::python_memcache::MAX_INT_TEXT;
 
 /// Digits of `i64::MAX`: a shorter integer literal always fits 64 bits.
 const RUN: usize = 19;
-
-/// The deepest nesting [`to_value`] reads (serde_json's own default limit).
-const MAX_DEPTH: usize = 128;
 
 /// Decodes JSON text into `T`; integers beyond 64 bits are read exactly (see the module comment).
 ///
@@ -86,40 +86,56 @@ fn may_have_big_int(data: &[u8]) -> bool {
     false
 }
 
-/// The exact check behind [`may_have_big_int`]: tokens outside strings.
+/// The exact check behind [`may_have_big_int`]: number tokens outside strings.
 fn big_int_token(data: &[u8]) -> bool {
-    let mut i = 0;
-    while let Some(&b) = data.get(i) {
-        match b {
-            b'"' => {
-                i += 1;
-                while let Some(&c) = data.get(i) {
-                    match c {
-                        b'\\' => i += 2,
-                        b'"' => break,
-                        _ => i += 1,
+    NumberTokens { data, i: 0 }.any(|r| data.get(r).is_some_and(is_big_int))
+}
+
+/// An integer token (no fraction, no exponent) that fits neither `i64` nor `u64`.
+fn is_big_int(token: &[u8]) -> bool {
+    !token.iter().any(|c| matches!(c, b'.' | b'e' | b'E')) && !fits_64(token)
+}
+
+/// Where the number tokens of JSON text are, outside strings, in order: in valid JSON, exactly
+/// the numbers a parser visits, in the order it visits them.
+struct NumberTokens<'a> {
+    data: &'a [u8],
+    i: usize,
+}
+
+impl Iterator for NumberTokens<'_> {
+    type Item = std::ops::Range<usize>;
+
+    fn next(&mut self) -> Option<std::ops::Range<usize>> {
+        let data = self.data;
+        while let Some(&b) = data.get(self.i) {
+            match b {
+                b'"' => {
+                    self.i += 1;
+                    while let Some(&c) = data.get(self.i) {
+                        match c {
+                            b'\\' => self.i += 2,
+                            b'"' => break,
+                            _ => self.i += 1,
+                        }
                     }
+                    self.i += 1;
                 }
-                i += 1;
+                b'-' | b'0'..=b'9' => {
+                    let start = self.i;
+                    self.i += 1;
+                    while data.get(self.i).is_some_and(|c| {
+                        matches!(c, b'0'..=b'9' | b'.' | b'e' | b'E' | b'+' | b'-')
+                    }) {
+                        self.i += 1;
+                    }
+                    return Some(start..self.i);
+                }
+                _ => self.i += 1,
             }
-            b'-' | b'0'..=b'9' => {
-                let start = i;
-                i += 1;
-                while data
-                    .get(i)
-                    .is_some_and(|c| matches!(c, b'0'..=b'9' | b'.' | b'e' | b'E' | b'+' | b'-'))
-                {
-                    i += 1;
-                }
-                let token = &data[start..i];
-                if !token.iter().any(|c| matches!(c, b'.' | b'e' | b'E')) && !fits_64(token) {
-                    return true;
-                }
-            }
-            _ => i += 1,
         }
+        None
     }
-    false
 }
 
 fn fits_64(token: &[u8]) -> bool {
@@ -127,7 +143,8 @@ fn fits_64(token: &[u8]) -> bool {
 }
 
 /// Reads JSON text into the lossless [`Value`]: integers of any size exact ([`Value::Int`] or
-/// [`Value::BigInt`]), floats as Python's `json.loads` reads them, objects as
+/// [`Value::BigInt`]), floats as Python's `json.loads` reads them (except beyond `f64`'s range,
+/// `1e400`, which serde_json refuses and Python reads as `inf`), objects as
 /// [`Value::Dict`] with string keys in order (a repeated key kept once, the last value, as
 /// Python does), arrays as [`Value::List`].
 ///
@@ -135,62 +152,132 @@ fn fits_64(token: &[u8]) -> bool {
 /// The reason, when the text is not valid JSON, nests deeper than 128 levels, or holds an
 /// integer longer than Python's own limit (4,300 digits).
 pub(crate) fn to_value(data: &[u8]) -> Result<Value, String> {
-    let raw: &RawValue = serde_json::from_slice(data).map_err(|e| e.to_string())?;
-    exact(raw, 0)
+    let ranges: Vec<_> = NumberTokens { data, i: 0 }.collect();
+    // serde_json refuses an integer beyond f64's range (10**400): each integer beyond 64 bits is
+    // given to it as `0`, at the same rank, and read from its own digits below.
+    let mut text = Vec::with_capacity(data.len());
+    let mut at = 0;
+    for r in &ranges {
+        if let Some(token) = data.get(r.clone())
+            && is_big_int(token)
+        {
+            text.extend_from_slice(data.get(at..r.start).unwrap_or_default());
+            text.push(b'0');
+            at = r.end;
+        }
+    }
+    text.extend_from_slice(data.get(at..).unwrap_or_default());
+    let numbers = Numbers {
+        tokens: ranges.into_iter().filter_map(|r| data.get(r)).collect(),
+        next: Cell::new(0),
+    };
+    let mut de = serde_json::Deserializer::from_slice(&text);
+    let v = Exact(&numbers)
+        .deserialize(&mut de)
+        .map_err(|e| e.to_string())?;
+    de.end().map_err(|e| e.to_string())?;
+    Ok(v)
 }
 
-fn exact(raw: &RawValue, depth: usize) -> Result<Value, String> {
-    let text = raw.get();
-    let err = |e: serde_json::Error| e.to_string();
-    match text.as_bytes().first() {
-        Some(b'[' | b'{') if depth >= MAX_DEPTH => Err(format!(
-            "JSON nested deeper than {MAX_DEPTH} levels (the most this codec reads)"
-        )),
-        Some(b'[') => {
-            let items: Vec<&RawValue> = serde_json::from_str(text).map_err(err)?;
-            items
-                .into_iter()
-                .map(|r| exact(r, depth + 1))
-                .collect::<Result<_, _>>()
-                .map(Value::List)
+/// One pass: serde_json parses, and every number it visits is matched (by its rank) with its
+/// token in the text, so that an integer serde_json could only give as an `f64` is read from
+/// its digits. No text is parsed twice.
+struct Numbers<'a> {
+    tokens: Vec<&'a [u8]>,
+    next: Cell<usize>,
+}
+
+impl Numbers<'_> {
+    /// The text of the number being visited.
+    fn take(&self) -> Option<&[u8]> {
+        let k = self.next.get();
+        self.next.set(k + 1);
+        self.tokens.get(k).copied()
+    }
+
+    /// An integer serde_json visited: `v`, unless its token is an integer beyond 64 bits (which
+    /// serde_json was given as `0`), then read from the token's digits.
+    fn integer<E: de::Error>(&self, v: Value) -> Result<Value, E> {
+        match self.take() {
+            Some(t) if is_big_int(t) => integer(t).map_err(E::custom),
+            Some(_) => Ok(v),
+            None => Err(E::custom("a number the scan did not see (not valid JSON)")),
         }
-        Some(b'{') => {
-            let Pairs(pairs) = serde_json::from_str(text).map_err(err)?;
-            let mut out: Vec<(Value, Value)> = Vec::with_capacity(pairs.len());
-            // Python's json.loads keeps the last value of a repeated key, at its first place.
-            let mut seen: std::collections::HashMap<String, usize> =
-                std::collections::HashMap::with_capacity(pairs.len());
-            for (k, v) in pairs {
-                let v = exact(v, depth + 1)?;
-                match seen.get(&k).and_then(|&i| out.get_mut(i)) {
-                    Some(slot) => slot.1 = v,
-                    None => {
-                        seen.insert(k.clone(), out.len());
-                        out.push((Value::Str(k), v));
-                    }
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Exact<'n, 'a>(&'n Numbers<'a>);
+
+impl<'de> DeserializeSeed<'de> for Exact<'_, '_> {
+    type Value = Value;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Exact<'_, '_> {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::None)
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::Str(v.to_owned()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::Str(v))
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Value, E> {
+        self.0.integer(Value::Int(v))
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Value, E> {
+        self.0.integer(
+            i64::try_from(v)
+                .map_or_else(|_| Value::BigInt(BigInt::from_u128(v.into())), Value::Int),
+        )
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Value, E> {
+        match self.0.take() {
+            Some(_) => Ok(Value::Float(v)),
+            None => Err(E::custom("a number the scan did not see (not valid JSON)")),
+        }
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
+        while let Some(v) = seq.next_element_seed(self)? {
+            out.push(v);
+        }
+        Ok(Value::List(out))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut out: Vec<(Value, Value)> =
+            Vec::with_capacity(map.size_hint().unwrap_or(0).min(4096));
+        // Python's json.loads keeps the last value of a repeated key, at its first place.
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        while let Some(k) = map.next_key::<String>()? {
+            let v = map.next_value_seed(self)?;
+            match seen.get(&k).and_then(|&i| out.get_mut(i)) {
+                Some(slot) => slot.1 = v,
+                None => {
+                    seen.insert(k.clone(), out.len());
+                    out.push((Value::Str(k), v));
                 }
             }
-            Ok(Value::Dict(out))
         }
-        Some(b'"') => serde_json::from_str::<String>(text)
-            .map(Value::Str)
-            .map_err(err),
-        Some(b't') => Ok(Value::Bool(true)),
-        Some(b'f') => Ok(Value::Bool(false)),
-        Some(b'n') => Ok(Value::None),
-        _ => number(text),
+        Ok(Value::Dict(out))
     }
 }
 
-/// A number serde_json has already validated: a float when it has a fraction or an exponent
-/// (as Python's `json.loads`), else an integer of any size.
-fn number(text: &str) -> Result<Value, String> {
-    if text.contains(['.', 'e', 'E']) {
-        return text
-            .parse::<f64>()
-            .map(Value::Float)
-            .map_err(|e| format!("invalid JSON number {text:.40}: {e}"));
-    }
+/// An integer token of any size, up to Python's own limit of 4,300 digits.
+fn integer(token: &[u8]) -> Result<Value, String> {
+    let text = std::str::from_utf8(token).map_err(|e| e.to_string())?;
     if let Ok(i) = text.parse::<i64>() {
         return Ok(Value::Int(i));
     }
@@ -201,31 +288,8 @@ fn number(text: &str) -> Result<Value, String> {
         ));
     }
     text.parse::<BigInt>()
-        .map(Value::BigInt)
+        .map(|n| Value::int_from_le_bytes(n.as_le_bytes()))
         .map_err(|e| e.to_string())
-}
-
-/// An object's entries in order, values left as raw text.
-struct Pairs<'a>(Vec<(String, &'a RawValue)>);
-
-impl<'de: 'a, 'a> Deserialize<'de> for Pairs<'a> {
-    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V<'a>(std::marker::PhantomData<&'a ()>);
-        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
-            type Value = Pairs<'a>;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Pairs<'a>, A::Error> {
-                let mut out = Vec::with_capacity(map.size_hint().unwrap_or(0).min(4096));
-                while let Some((k, v)) = map.next_entry::<String, &'de RawValue>()? {
-                    out.push((k, v));
-                }
-                Ok(Pairs(out))
-            }
-        }
-        d.deserialize_map(V(std::marker::PhantomData))
-    }
 }
 
 /// Encodes a value as JSON text, refusing NaN and infinities: serde_json would write them as
@@ -569,7 +633,26 @@ mod tests {
                 ),
             ])
         );
-        assert_eq!(to_value(b"1e400").unwrap(), Value::Float(f64::INFINITY));
+        // Integers beyond f64's range, nested, beside floats and strings of digits.
+        let ten400 = format!("1{}", "0".repeat(400));
+        let text = format!("[[{{\"a\": [-{ten400}, 2.5, \"{ten400}\"]}}], {ten400}]");
+        let expect_big = |s: &str| Value::BigInt(s.parse().unwrap());
+        assert_eq!(
+            to_value(text.as_bytes()).unwrap(),
+            Value::List(vec![
+                Value::List(vec![Value::Dict(vec![(
+                    Value::Str("a".into()),
+                    Value::List(vec![
+                        expect_big(&format!("-{ten400}")),
+                        Value::Float(2.5),
+                        Value::Str(ten400.clone())
+                    ])
+                )])]),
+                expect_big(&ten400),
+            ])
+        );
+        // Python reads 1e400 as inf; serde_json refuses it: an error, not a changed value.
+        assert!(to_value(b"1e400").is_err());
         assert_eq!(to_value(b"-0.0").unwrap(), Value::Float(-0.0));
         assert!(to_value(b"[1,").is_err());
         let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));

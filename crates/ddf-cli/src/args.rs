@@ -67,7 +67,8 @@ pub enum Command {
     Set {
         /// The key.
         key: String,
-        /// The value.
+        /// The value (with --json: JSON, in the form `get` prints; see the README).
+        #[arg(allow_hyphen_values = true)]
         value: String,
         /// Expiry in seconds, greater than 0 (default: the configured ttl).
         #[arg(long, value_name = "SECS", allow_negative_numbers = true)]
@@ -98,6 +99,17 @@ pub enum Command {
     /// its own (<namespace>ddf-bench:, every key with a TTL), removed at the end and on
     /// SIGINT/SIGTERM (exit 130).
     Bench(BenchArgs),
+    /// Import a Python DDF cache directory (`<key>.pkl` files): each entry with the time it had
+    /// left; prints what was imported, skipped as expired and refused. Never deletes the files.
+    /// Exits 1 if a file was refused.
+    ImportPickleDir {
+        /// The Python DDF's pickle_dir.
+        dir: PathBuf,
+        /// The Python DDF's ttl in seconds: an entry expires that long after its file's
+        /// modification time (default: no expiry but the cache's own ttl).
+        #[arg(long, value_name = "SECS")]
+        ttl: Option<f64>,
+    },
 }
 
 /// `ddf-cache bench` options.

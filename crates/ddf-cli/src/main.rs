@@ -8,6 +8,8 @@
 
 mod args;
 mod bench;
+mod import;
+mod value;
 
 use std::io::{self, IsTerminal, Read, Write};
 use std::process::ExitCode;
@@ -165,9 +167,9 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Get { key, meta: false } => match cache.get_json(&key)? {
-            Some(value) => {
-                writeln!(out, "{value}")?;
+        Command::Get { key, meta: false } => match cache.get_value(&key)? {
+            Some(v) => {
+                writeln!(out, "{}", value::print(&v))?;
                 Ok(ExitCode::SUCCESS)
             }
             None => Ok(ExitCode::from(1)),
@@ -189,8 +191,15 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
             };
             let ttl = ttl.map(parse_ttl).transpose()?;
             if json {
-                let v: serde_json::Value = serde_json::from_str(&value)
-                    .with_context(|| format!("--json: the value is not valid JSON: {value:.80}"))?;
+                let v = value::parse(&value)?;
+                if cache.config().backend == CacheBackend::Redis
+                    && let Some(what) = value::not_json(&v)
+                {
+                    bail!(
+                        "--json: the redis backend stores JSON, which has no form for {what}: \
+                         it would read back changed (use redis_pickle)"
+                    );
+                }
                 cache.set(&key, &v, ttl)?;
             } else {
                 cache.set(&key, &value, ttl)?;
@@ -234,6 +243,11 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
                 writeln!(out, "{k}: {v}")?;
             }
             Ok(ExitCode::SUCCESS)
+        }
+        Command::ImportPickleDir { dir, ttl } => {
+            let ttl = ttl.map(parse_ttl).transpose()?;
+            let outcome = import::run(&cache, &dir, ttl, &mut out)?;
+            Ok(ExitCode::from(u8::from(outcome.refused > 0)))
         }
         Command::Bench(b) => {
             bench::run(&cache, &b, &mut out)?;

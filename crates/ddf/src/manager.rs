@@ -164,7 +164,7 @@ impl CacheManager {
     /// A cache over a backend built elsewhere (your own [`Backend`], or a wrapper around one).
     /// The config still gives the namespace-independent settings: `enabled` and `ttl`.
     pub fn with_backend(config: CacheConfig, backend: Arc<dyn Backend>) -> Self {
-        let codec = ValueCodec::for_backend(config.backend);
+        let codec = ValueCodec::for_config(&config);
         CacheManager {
             inner: Arc::new(Inner {
                 id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
@@ -246,6 +246,26 @@ impl CacheManager {
     pub fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
         let item = self.get_item(key)?;
         item.map(|i| self.track(self.inner.codec.decode(key, &i)))
+            .transpose()
+    }
+
+    /// Reads any value as the Python value it is, losslessly (tuples, sets, bytes, integers of
+    /// any size, dict order): what `ddf-cache get` prints. A typed `get::<pickle::Value>` goes
+    /// through serde and forgets which sequence kind a pickle held; this does not.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// let cache = ddf::CacheManager::new(ddf::CacheConfig::default().with_pickle_dir(dir.path()))?;
+    /// cache.set("t", &("a", 1), None)?;
+    /// assert_eq!(cache.get_value("t")?.map(|v| v.type_name()), Some("tuple"));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`CacheManager::get`].
+    pub fn get_value(&self, key: &str) -> Result<Option<crate::pickle::Value>> {
+        let item = self.get_item(key)?;
+        item.map(|i| self.track(self.inner.codec.decode_value(key, &i)))
             .transpose()
     }
 
@@ -430,7 +450,9 @@ impl CacheManager {
     /// # Errors
     /// [`Error::Backend`] when the backend fails.
     pub fn get_bytes(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        Ok(self.get_item(key)?.map(|i| self.inner.codec.raw_bytes(i)))
+        self.get_item(key)?
+            .map(|i| self.inner.codec.raw_bytes(key, i))
+            .transpose()
     }
 
     /// Stores raw bytes (flags 0), for callers that serialize themselves.

@@ -3,7 +3,8 @@
 //! The codec layer decides an item's flags ([`crate::codec`]); backends keep them (Memcached on
 //! the server with each item, the file backend in its entry header) or, like Redis, have no
 //! place for them and return [`BYTES`]: flags 0 means "decode with the cache's own codec".
-//! Flags 8 (pymemcache's zlib compression) is not read or written yet.
+//! [`COMPRESSED`] (pymemcache's zlib compression) is added to the flags of what was compressed
+//! (`codec/compress.rs`).
 
 /// Raw bytes, or a value in the cache's own codec.
 pub const BYTES: u32 = 0;
@@ -13,5 +14,7 @@ pub const PICKLE: u32 = 1;
 pub const INTEGER: u32 = 2;
 /// A Python 2 long as decimal text.
 pub const LONG: u32 = 4;
+/// zlib-compressed (added to the other flags): pymemcache's `CompressedSerde`.
+pub const COMPRESSED: u32 = 8;
 /// UTF-8 text: a Python `str` for the Memcached codecs, JSON text for the others.
 pub const TEXT: u32 = 16;

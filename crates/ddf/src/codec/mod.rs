@@ -4,7 +4,8 @@
 //!
 //! | codec | backends | stores |
 //! |---|---|---|
-//! | JSON | `redis`, `memcached` | `serde_json` text, as the Python DDF's `json.dumps(value).encode()`, flags [`flags::TEXT`] |
+//! | JSON | `redis` | `serde_json` text, as the Python DDF's `json.dumps(value).encode()`, flags [`flags::TEXT`] |
+//! | JSON, pymemcache's convention | `memcached` | a string as text (16), an integer as decimal text (2), anything else a pickle (1), as the Python DDF's `memcached` backend |
 //! | pickle | `pickle` (file, the default), `redis_pickle`, `memcached_pickle` | a protocol-4 Python pickle ([`pickle`]), flags [`flags::PICKLE`] |
 //!
 //! A cache encodes and decodes through a [`ValueCodec`], chosen once from the backend kind by
@@ -18,19 +19,20 @@
 //! (and [`flags::INTEGER`]/[`flags::LONG`] a Python `int`). Flags 0 ([`flags::BYTES`]) and any
 //! other flags mean "decode with the cache's own codec": Redis keeps no flags and returns 0.
 //!
-//! JSON can represent what serde_json can: strings, numbers (integers up to 128 bits, finite
-//! floats), booleans, null, sequences and maps with string or integer keys (integer keys are
+//! JSON can represent what serde_json can: strings, numbers (integers of any size, kept exactly
+//! by [`json`]; finite floats), booleans, null, sequences and maps with string or integer keys (integer keys are
 //! written as strings and read back as integers by a typed `get`). A value it cannot represent
-//! (a map with tuple keys, say) is an [`Error::Encode`] naming the key. Exception: serde_json
-//! writes NaN and infinities as `null`, so reading them back into `f64` is an
-//! [`Error::Decode`]; the pickle codec keeps them. `docs/codecs.md` compares both codecs.
+//! (a map with tuple keys, say) is an [`Error::Encode`] naming the key, and so are NaN and
+//! infinities (serde_json would write `null`, a different value); the pickle codec keeps them. `docs/codecs.md` compares both codecs.
 
+pub(crate) mod compress;
 pub mod flags;
+pub(crate) mod json;
 pub mod pickle;
 pub(crate) mod python_memcache;
 
 use serde::Serialize;
-use serde::de::DeserializeOwned;
+use serde::de::{self, DeserializeOwned};
 
 use crate::config::CacheBackend;
 use crate::error::{Error, Result};
@@ -79,12 +81,12 @@ impl Codec {
     /// [`Error::Encode`] naming `key` when the value cannot be represented.
     pub fn encode<T: Serialize + ?Sized>(self, key: &str, value: &T) -> Result<Item> {
         match self {
-            Codec::Json => serde_json::to_vec(value)
+            Codec::Json => json::to_vec(value)
                 .map(|data| Item::new(data, flags::TEXT))
-                .map_err(|e| Error::Encode {
+                .map_err(|reason| Error::Encode {
                     key: crate::error::shorten(key),
                     codec: self.name(),
-                    reason: e.to_string(),
+                    reason,
                 }),
             Codec::Pickle => pickle::to_vec(value)
                 .map(|data| Item::new(data, flags::PICKLE))
@@ -102,7 +104,9 @@ impl Codec {
     /// [`Error::Decode`] naming `key` when the bytes are not valid in this codec.
     pub fn decode_json(self, key: &str, item: &Item) -> Result<serde_json::Value> {
         match self.for_item(item) {
-            Codec::Json => Codec::Json.decode(key, item),
+            Codec::Json => {
+                json::to_json_view(&item.data).map_err(|e| decode_error(key, Codec::Json, e))
+            }
             Codec::Pickle => pickle::from_slice_value(&item.data)
                 .map(|v| v.to_json())
                 .map_err(|e| Error::Decode {
@@ -120,11 +124,9 @@ impl Codec {
     pub fn decode<T: DeserializeOwned>(self, key: &str, item: &Item) -> Result<T> {
         let codec = self.for_item(item);
         match codec {
-            Codec::Json => serde_json::from_slice(&item.data).map_err(|e| Error::Decode {
-                key: crate::error::shorten(key),
-                codec: codec.name(),
-                reason: e.to_string(),
-            }),
+            Codec::Json => {
+                json::from_slice(&item.data).map_err(|e| decode_error(key, Codec::Json, e))
+            }
             Codec::Pickle => pickle::from_slice(&item.data).map_err(|e| Error::Decode {
                 key: crate::error::shorten(key),
                 codec: codec.name(),
@@ -140,6 +142,8 @@ impl Codec {
 pub(crate) struct ValueCodec {
     codec: Codec,
     pymemcache: bool,
+    /// `compress_min_bytes`, on the Memcached backends only.
+    compress_min: Option<usize>,
 }
 
 impl ValueCodec {
@@ -166,7 +170,27 @@ impl ValueCodec {
                 backend,
                 CacheBackend::Memcached | CacheBackend::MemcachedPickle
             ),
+            compress_min: None,
         }
+    }
+
+    /// The value codec of a configuration: [`for_backend`](Self::for_backend), and on the
+    /// Memcached backends `compress_min_bytes` (see `compress.rs` for why nowhere else).
+    pub(crate) fn for_config(config: &crate::config::CacheConfig) -> Self {
+        let codec = Self::for_backend(config.backend);
+        ValueCodec {
+            compress_min: config.compress_min_bytes.filter(|_| codec.pymemcache),
+            ..codec
+        }
+    }
+
+    /// The item a stored one stands for: inflated when it is compressed (flags 8).
+    fn inflate<'a>(key: &str, item: &'a Item) -> Result<std::borrow::Cow<'a, Item>> {
+        compress::inflate(item).map_err(|reason| Error::Decode {
+            key: crate::error::shorten(key),
+            codec: "zlib",
+            reason,
+        })
     }
 
     /// The serialization format.
@@ -179,17 +203,24 @@ impl ValueCodec {
     /// # Errors
     /// [`Error::Encode`] naming `key` when the value cannot be represented.
     pub(crate) fn encode<T: Serialize + ?Sized>(self, key: &str, value: &T) -> Result<Item> {
+        let item = self.encode_plain(key, value)?;
+        Ok(match self.compress_min {
+            Some(min) => compress::compress(item, min),
+            None => item,
+        })
+    }
+
+    fn encode_plain<T: Serialize + ?Sized>(self, key: &str, value: &T) -> Result<Item> {
         if !self.pymemcache {
             return self.codec.encode(key, value);
         }
         match self.codec {
+            // What the Python DDF's `memcached` backend writes (pymemcache's python_memcache
+            // serializer): a str as text (16), an int as decimal text (2), anything else a
+            // pickle (1). JSON text would reach Python as `bytes`.
             Codec::Json => match python_memcache::capture(value) {
                 Some(item) => Ok(item),
-                None => {
-                    let mut item = Codec::Json.encode(key, value)?;
-                    item.flags = flags::BYTES;
-                    Ok(item)
-                }
+                None => Codec::Pickle.encode(key, value),
             },
             Codec::Pickle => Codec::Pickle.encode(key, value),
         }
@@ -200,6 +231,7 @@ impl ValueCodec {
     /// # Errors
     /// [`Error::Decode`] naming `key` when the bytes are not a `T`.
     pub(crate) fn decode<T: DeserializeOwned>(self, key: &str, item: &Item) -> Result<T> {
+        let item = &*Self::inflate(key, item)?;
         if self.pymemcache {
             match self.python_scalar(item) {
                 Some(Scalar::Str(s)) => {
@@ -212,17 +244,59 @@ impl ValueCodec {
                 }
                 Some(Scalar::Int(digits)) => {
                     return match self.codec {
-                        // Python's decimal text is a JSON number as it is.
-                        Codec::Json => serde_json::from_slice(digits)
-                            .map_err(|e| decode_error(key, Codec::Json, e)),
+                        // Python's decimal text is a JSON number as it is (of any size).
+                        Codec::Json => {
+                            json::from_slice(digits).map_err(|e| decode_error(key, Codec::Json, e))
+                        }
                         Codec::Pickle => pickle::from_slice(&python_memcache::pickle_int(digits))
                             .map_err(|e| decode_error(key, Codec::Pickle, e)),
                     };
                 }
                 None => {}
             }
+            if item.flags == flags::BYTES {
+                // JSON text (what an older ddf wrote) or a pickle (`set_bytes`) when it is one;
+                // else Python's `bytes`, for a target that takes bytes (`serde_bytes::ByteBuf`).
+                return self.codec.decode(key, item).or_else(|e| {
+                    T::deserialize(de::value::BytesDeserializer::<de::value::Error>::new(
+                        &item.data,
+                    ))
+                    .map_err(|_| e)
+                });
+            }
         }
         self.codec.decode(key, item)
+    }
+
+    /// Decodes any stored item into the lossless Python value ([`pickle::Value`]): a pickle
+    /// with [`pickle::from_slice_value`], JSON text exactly ([`json::to_value`]), and on the
+    /// Memcached backends what pymemcache reads: `str` and `int` as such, flags 0 as `bytes`
+    /// (Python's `bytes`, `set_bytes`; JSON text an older ddf wrote shows as its bytes too).
+    ///
+    /// # Errors
+    /// [`Error::Decode`] naming `key` when the bytes are not valid in their codec.
+    pub(crate) fn decode_value(self, key: &str, item: &Item) -> Result<pickle::Value> {
+        let item = &*Self::inflate(key, item)?;
+        if self.pymemcache {
+            match self.python_scalar(item) {
+                Some(Scalar::Str(s)) => return Ok(pickle::Value::Str(s.to_owned())),
+                Some(Scalar::Int(digits)) => {
+                    return json::to_value(digits).map_err(|e| decode_error(key, Codec::Json, e));
+                }
+                // What pymemcache reads: `bytes` (Python's bytes, or `set_bytes`).
+                None if item.flags == flags::BYTES => {
+                    return Ok(pickle::Value::Bytes(item.data.clone()));
+                }
+                None => {}
+            }
+        }
+        match self.codec.for_item(item) {
+            Codec::Json => {
+                json::to_value(&item.data).map_err(|e| decode_error(key, Codec::Json, e))
+            }
+            Codec::Pickle => pickle::from_slice_value(&item.data)
+                .map_err(|e| decode_error(key, Codec::Pickle, e)),
+        }
     }
 
     /// Decodes any stored item into a JSON view, for display (`ddf-cache get`).
@@ -231,36 +305,37 @@ impl ValueCodec {
     /// [`Error::Decode`] naming `key` when the bytes are not valid in their codec.
     pub(crate) fn decode_json(self, key: &str, item: &Item) -> Result<serde_json::Value> {
         if self.pymemcache {
-            match (self.codec, self.python_scalar(item)) {
-                (Codec::Json, Some(Scalar::Str(s))) => {
-                    return Ok(serde_json::Value::String(s.to_owned()));
-                }
-                (Codec::Pickle, Some(_)) => {
-                    // The pickle codec's view (integers beyond 64 bits as decimal strings).
-                    let pickled = Item::new(self.raw_bytes(item.clone()), flags::PICKLE);
-                    return Codec::Pickle.decode_json(key, &pickled);
-                }
-                _ => {}
-            }
+            // The view of the Python value: a `str`, an `int` (beyond 64 bits as a string of
+            // digits), `bytes` (flags 0 that is not JSON text) as `{"$bytes": ...}`, a pickle.
+            return self.decode_value(key, item).map(|v| v.to_json());
         }
+        let item = &*Self::inflate(key, item)?;
         self.codec.decode_json(key, item)
     }
 
     /// The bytes [`CacheManager::get_bytes`](crate::CacheManager::get_bytes) returns for an
     /// item: its data, except that the Memcached codecs show a Python `str` or `int` in the
-    /// cache's own codec (JSON text, or its pickle), as the seed's value layer did.
-    pub(crate) fn raw_bytes(self, item: Item) -> Vec<u8> {
+    /// cache's own codec (JSON text, or its pickle), as the seed's value layer did. A compressed
+    /// item (flags 8) is inflated.
+    ///
+    /// # Errors
+    /// [`Error::Decode`] naming `key` when a compressed item does not inflate.
+    pub(crate) fn raw_bytes(self, key: &str, item: Item) -> Result<Vec<u8>> {
+        let item = match Self::inflate(key, &item)? {
+            std::borrow::Cow::Borrowed(_) => item,
+            std::borrow::Cow::Owned(inflated) => inflated,
+        };
         if !self.pymemcache {
-            return item.data;
+            return Ok(item.data);
         }
-        match (self.codec, self.python_scalar(&item)) {
+        Ok(match (self.codec, self.python_scalar(&item)) {
             (Codec::Json, Some(Scalar::Str(s))) => {
                 serde_json::to_vec(s).unwrap_or_else(|_| s.as_bytes().to_vec())
             }
             (Codec::Pickle, Some(Scalar::Str(s))) => python_memcache::pickle_str(s),
             (Codec::Pickle, Some(Scalar::Int(d))) => python_memcache::pickle_int(d),
             _ => item.data,
-        }
+        })
     }
 
     /// A Python `str` (flags 16, valid UTF-8) or `int` (flags 2 or 4, decimal text) item.
@@ -296,126 +371,4 @@ fn decode_error(key: &str, codec: Codec, e: impl std::fmt::Display) -> Error {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::{Value, json};
-
-    #[test]
-    fn a_huge_python_int_item_is_not_converted_in_quadratic_time() {
-        // 1 MB of digits with pymemcache's int flag: decoded as bytes or refused, at once.
-        let item = Item::new(vec![b'7'; 1_000_000], flags::INTEGER);
-        let start = std::time::Instant::now();
-        for codec in [MC_JSON, MC_PICKLE] {
-            let _ = codec.decode::<Value>("k", &item);
-            let _ = codec.decode_json("k", &item);
-        }
-        assert!(start.elapsed() < std::time::Duration::from_secs(5));
-        // Shorter ones still read as an int, exactly.
-        let ok = Item::new(format!("1{}", "0".repeat(30)).into_bytes(), flags::INTEGER);
-        assert_eq!(MC_PICKLE.decode::<u128>("k", &ok).unwrap(), 10u128.pow(30));
-        assert_eq!(MC_JSON.decode::<u128>("k", &ok).unwrap(), 10u128.pow(30));
-    }
-
-    const MC_JSON: ValueCodec = ValueCodec {
-        codec: Codec::Json,
-        pymemcache: true,
-    };
-    const MC_PICKLE: ValueCodec = ValueCodec {
-        codec: Codec::Pickle,
-        pymemcache: true,
-    };
-
-    #[test]
-    fn chosen_once_from_the_backend_kind() {
-        assert_eq!(ValueCodec::for_backend(CacheBackend::Memcached), MC_JSON);
-        assert_eq!(
-            ValueCodec::for_backend(CacheBackend::MemcachedPickle),
-            MC_PICKLE
-        );
-        let redis = ValueCodec::for_backend(CacheBackend::Redis);
-        assert_eq!((redis.codec(), redis.pymemcache), (Codec::Json, false));
-        let file = ValueCodec::for_backend(CacheBackend::Pickle);
-        assert_eq!((file.codec(), file.pymemcache), (Codec::Pickle, false));
-    }
-
-    #[test]
-    fn memcached_json_items_carry_their_final_flags() {
-        let e = |v: &Value| MC_JSON.encode("k", v).unwrap();
-        assert_eq!(
-            e(&json!("héllo \"x\"")),
-            Item::new("héllo \"x\"".into(), flags::TEXT)
-        );
-        assert_eq!(e(&json!(-42)), Item::new(b"-42".to_vec(), flags::INTEGER));
-        assert_eq!(
-            e(&json!([1, "a"])),
-            Item::new(br#"[1,"a"]"#.to_vec(), flags::BYTES)
-        );
-        assert_eq!(e(&json!(1.5)).flags, flags::BYTES);
-        // Redis and the file backend keep the plain codec's flags.
-        let redis = ValueCodec::for_backend(CacheBackend::Redis);
-        assert_eq!(
-            redis.encode("k", "s").unwrap(),
-            Item::new(br#""s""#.to_vec(), flags::TEXT)
-        );
-    }
-
-    #[test]
-    fn memcached_json_round_trips() {
-        for v in [
-            json!("s"),
-            json!(""),
-            json!(0),
-            json!(u64::MAX),
-            json!(i64::MIN),
-            json!(null),
-            json!({"a": [true, 1.25]}),
-        ] {
-            let item = MC_JSON.encode("k", &v).unwrap();
-            assert_eq!(MC_JSON.decode::<Value>("k", &item).unwrap(), v);
-            assert_eq!(MC_JSON.decode_json("k", &item).unwrap(), v);
-        }
-        let item = MC_JSON.encode("k", &Some("x".to_owned())).unwrap();
-        assert_eq!(
-            MC_JSON.decode::<Option<String>>("k", &item).unwrap(),
-            Some("x".to_owned())
-        );
-        // A string is not a number: a Decode error naming the key and the codec.
-        let e = MC_JSON.decode::<u32>("key1", &item).unwrap_err();
-        assert!(e.is_decode() && e.to_string().contains("key1"), "{e}");
-    }
-
-    #[test]
-    fn python_items_read_in_both_modes() {
-        let s = Item::new("a\"b".into(), flags::TEXT);
-        assert_eq!(MC_JSON.decode::<String>("k", &s).unwrap(), "a\"b");
-        assert_eq!(MC_PICKLE.decode::<String>("k", &s).unwrap(), "a\"b");
-        assert_eq!(MC_JSON.raw_bytes(s.clone()), br#""a\"b""#);
-        assert_eq!(
-            MC_PICKLE.raw_bytes(s.clone()),
-            python_memcache::pickle_str("a\"b")
-        );
-        let big = Item::new(b"1180591620717411303424".to_vec(), flags::LONG); // 2**70
-        assert!(MC_JSON.decode_json("k", &big).unwrap().is_number());
-        assert_eq!(
-            MC_PICKLE.decode_json("k", &big).unwrap(),
-            json!("1180591620717411303424")
-        );
-        assert_eq!(MC_JSON.raw_bytes(big.clone()), big.data);
-        let i = Item::new(b"-129".to_vec(), flags::INTEGER);
-        assert_eq!(MC_JSON.decode::<i64>("k", &i).unwrap(), -129);
-        assert_eq!(MC_PICKLE.decode::<i64>("k", &i).unwrap(), -129);
-        let raw = Item::new(vec![0, 255], flags::BYTES);
-        assert_eq!(MC_JSON.raw_bytes(raw.clone()), raw.data);
-        assert_eq!(MC_PICKLE.raw_bytes(raw.clone()), raw.data);
-        // A pickle reads in JSON mode too.
-        let p = Codec::Pickle.encode("k", &("a", 1)).unwrap();
-        assert_eq!(
-            MC_JSON.decode::<(String, i32)>("k", &p).unwrap(),
-            ("a".into(), 1)
-        );
-        // Flags 0 from Redis: the cache's own codec.
-        let redis = ValueCodec::for_backend(CacheBackend::Redis);
-        let item = Item::unflagged(b"[1,2]".to_vec());
-        assert_eq!(redis.decode::<Vec<u8>>("k", &item).unwrap(), vec![1, 2]);
-    }
-}
+mod tests;

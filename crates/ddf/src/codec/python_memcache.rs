@@ -12,12 +12,13 @@
 //! |---|---|---|
 //! | string | UTF-8 text, flags 16 | `str` |
 //! | integer | decimal text, flags 2 | `int` |
-//! | anything else (float, bool, null, list, map) | JSON text, flags 0 | `bytes` (`json.loads` it) |
+//! | anything else (float, bool, null, list, map) | a pickle, flags 1 | the object |
 //! | `set_bytes` | the bytes, flags 0 | `bytes` |
 //!
-//! Read back: flags 16 is a string, flags 2 and 4 (any size) a JSON number, flags 0 is JSON text
-//! (or raw bytes for [`get_bytes`](crate::CacheManager::get_bytes)). A Python pickle (flags 1:
-//! lists, dicts, floats...) is read with the pickle codec, whatever the cache's own codec.
+//! That is what the Python DDF's `memcached` backend writes. Read back: flags 16 is a string,
+//! flags 2 and 4 an integer of any size, flags 0 JSON text (what ddf wrote before; or raw bytes
+//! for [`get_bytes`](crate::CacheManager::get_bytes)). A pickle (flags 1) is read with the pickle
+//! codec, whatever the cache's own codec.
 //!
 //! Pickle mode (`backend = memcached_pickle`): values are stored as the pickle codec wrote them
 //! (flags 1; pymemcache unpickles them into Python objects, strings and integers included).
@@ -35,6 +36,7 @@ use serde::de::{self, Visitor};
 use serde::ser::{self, Impossible, Serialize};
 
 use crate::codec::flags;
+use crate::codec::pickle::value::RAW_VALUE_TOKEN;
 use crate::item::Item;
 
 /// The longest decimal text read as a Python `int`: Python's own default limit on the digits of
@@ -95,7 +97,7 @@ impl ser::Serializer for Capture {
     type SerializeTupleStruct = Impossible<Item, NotScalar>;
     type SerializeTupleVariant = Impossible<Item, NotScalar>;
     type SerializeMap = Impossible<Item, NotScalar>;
-    type SerializeStruct = Impossible<Item, NotScalar>;
+    type SerializeStruct = RawInt;
     type SerializeStructVariant = Impossible<Item, NotScalar>;
 
     fn serialize_str(self, v: &str) -> Result<Item, NotScalar> {
@@ -214,9 +216,13 @@ impl ser::Serializer for Capture {
     }
     fn serialize_struct(
         self,
-        _name: &'static str,
+        name: &'static str,
         _len: usize,
     ) -> Result<Self::SerializeStruct, NotScalar> {
+        // A `BigInt` beyond 128 bits (serde_json's RawValue of its digits): an int, flags 2.
+        if name == RAW_VALUE_TOKEN {
+            return Ok(RawInt(None));
+        }
         Err(NotScalar)
     }
     fn serialize_struct_variant(
@@ -227,6 +233,29 @@ impl ser::Serializer for Capture {
         _len: usize,
     ) -> Result<Self::SerializeStructVariant, NotScalar> {
         Err(NotScalar)
+    }
+}
+
+/// The one field of a `RawValue` struct: accepted when it is decimal integer text.
+pub(crate) struct RawInt(Option<Item>);
+
+impl ser::SerializeStruct for RawInt {
+    type Ok = Item;
+    type Error = NotScalar;
+    fn serialize_field<T: Serialize + ?Sized>(
+        &mut self,
+        _key: &'static str,
+        value: &T,
+    ) -> Result<(), NotScalar> {
+        let item = value.serialize(Capture)?;
+        if item.flags != flags::TEXT || !is_decimal_int(&item.data) {
+            return Err(NotScalar);
+        }
+        self.0 = Some(Item::new(item.data, flags::INTEGER));
+        Ok(())
+    }
+    fn end(self) -> Result<Item, NotScalar> {
+        self.0.ok_or(NotScalar)
     }
 }
 

@@ -62,6 +62,9 @@ pub struct CacheConfig {
     pub redis_sentinel_password: Option<Secret>,
     /// `memcached_servers` (`host:port, host:port`; default `localhost:11211`).
     pub memcached_servers: Vec<ServerAddr>,
+    /// `compress_min_bytes` (default none: never): Memcached values longer than this many bytes
+    /// are stored zlib-compressed with flags 8, as pymemcache's `CompressedSerde` writes them.
+    pub compress_min_bytes: Option<usize>,
     /// `connect_timeout` in seconds (default 1).
     pub connect_timeout: Duration,
     /// `timeout`: the per-operation timeout in seconds (default 2).
@@ -103,6 +106,7 @@ impl Default for CacheConfig {
                 host: "localhost".to_owned(),
                 port: 11211,
             }],
+            compress_min_bytes: None,
             connect_timeout: Duration::from_secs(1),
             timeout: Duration::from_secs(2),
             fallback: FallbackMode::Pickle,
@@ -430,6 +434,34 @@ pub(super) const KEYS: &[KeySpec] = &[
         },
         show: |c| show_list(&c.memcached_servers),
         doc: "Memcached servers, host:port separated by commas (port defaults to 11211)",
+    },
+    KeySpec {
+        name: "compress_min_bytes",
+        legacy_env: None,
+        secret: false,
+        apply: |c, v| {
+            let t = v.trim();
+            c.compress_min_bytes = if t.is_empty() {
+                None
+            } else {
+                match t.parse::<usize>() {
+                    Ok(n) if n <= 1 << 30 => Some(n),
+                    _ => {
+                        return Err(
+                            "allowed: a number of bytes (0 to 1073741824), or empty for never"
+                                .to_owned(),
+                        );
+                    }
+                }
+            };
+            Ok(())
+        },
+        show: |c| {
+            c.compress_min_bytes
+                .map(|n| n.to_string())
+                .unwrap_or_default()
+        },
+        doc: "Memcached: zlib-compress values longer than this (flags 8, pymemcache's CompressedSerde); empty: never",
     },
     KeySpec {
         name: "connect_timeout",

@@ -419,6 +419,14 @@ impl CacheConfig {
         self.code("memcached_servers")
     }
 
+    /// Sets `compress_min_bytes`: Memcached values longer than this are stored zlib-compressed
+    /// (flags 8, readable by pymemcache's `CompressedSerde`); `None`, the default, never.
+    #[must_use]
+    pub fn with_compress_min_bytes(mut self, min: Option<usize>) -> Self {
+        self.compress_min_bytes = min;
+        self.code("compress_min_bytes")
+    }
+
     /// Sets the connect and per-operation timeouts.
     #[must_use]
     pub fn with_timeouts(mut self, connect: Duration, operation: Duration) -> Self {

@@ -12,6 +12,8 @@ mod docs;
 mod file;
 #[cfg(feature = "memcached")]
 mod hostile;
+#[cfg(all(feature = "redis", feature = "memcached"))]
+mod interop;
 #[cfg(feature = "memcached")]
 mod memcached;
 #[cfg(feature = "memcached")]

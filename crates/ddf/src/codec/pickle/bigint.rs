@@ -8,6 +8,9 @@
 use std::fmt;
 use std::str::FromStr;
 
+use serde::de::{self, Visitor};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
 use super::error::{ErrorKind, PickleError};
 
 /// An integer of any size as two's complement little-endian bytes, minimal length (pickle's own
@@ -189,6 +192,63 @@ impl fmt::Display for BigInt {
             write!(f, "{c:09}")?;
         }
         Ok(())
+    }
+}
+
+/// Written as the integer it is: `i128`/`u128` when it fits, else (beyond 128 bits) as a bare
+/// JSON number for serde_json (a `RawValue`) and a `LONG` for the pickle codec.
+impl Serialize for BigInt {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match (self.to_i128(), self.to_u128()) {
+            (Some(i), _) => s.serialize_i128(i),
+            (None, Some(u)) => s.serialize_u128(u),
+            _ => match serde_json::value::RawValue::from_string(self.to_string()) {
+                Ok(raw) => raw.serialize(s),
+                Err(e) => Err(serde::ser::Error::custom(e)),
+            },
+        }
+    }
+}
+
+/// Read from any integer (any size from a pickle or from ddf's JSON codec, up to 128 bits from
+/// other formats); a string or a float is an error, never converted.
+impl<'de> Deserialize<'de> for BigInt {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<BigInt, D::Error> {
+        d.deserialize_newtype_struct(super::value::BIGINT_TOKEN, BigIntVisitor { text: true })
+    }
+}
+
+/// `text`: asked through [`super::value::BIGINT_TOKEN`]; only the pickle deserializers' answer
+/// to it ([`super::value::bigint_text`]) is read, never a stored string.
+struct BigIntVisitor {
+    text: bool,
+}
+
+impl<'de> Visitor<'de> for BigIntVisitor {
+    type Value = BigInt;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an integer")
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<BigInt, E> {
+        Ok(BigInt::from_i128(v.into()))
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<BigInt, E> {
+        Ok(BigInt::from_u128(v.into()))
+    }
+    fn visit_i128<E: de::Error>(self, v: i128) -> Result<BigInt, E> {
+        Ok(BigInt::from_i128(v))
+    }
+    fn visit_u128<E: de::Error>(self, v: u128) -> Result<BigInt, E> {
+        Ok(BigInt::from_u128(v))
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<BigInt, E> {
+        match super::value::parse_bigint_text(v) {
+            Some(n) if self.text => n.map_err(E::custom),
+            _ => Err(E::invalid_type(de::Unexpected::Str(v), &self)),
+        }
+    }
+    fn visit_newtype_struct<D: Deserializer<'de>>(self, d: D) -> Result<BigInt, D::Error> {
+        d.deserialize_any(BigIntVisitor { text: false })
     }
 }
 

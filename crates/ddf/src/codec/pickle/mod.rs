@@ -69,7 +69,7 @@ mod error;
 mod fast;
 mod ser;
 mod typed;
-mod value;
+pub(crate) mod value;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;

@@ -8,7 +8,7 @@
 
 use serde::ser::{self, Serialize};
 
-use super::value::{BIGINT_TOKEN, BYTEARRAY_TOKEN, FROZENSET_TOKEN, SET_TOKEN};
+use super::value::{BIGINT_TOKEN, BYTEARRAY_TOKEN, FROZENSET_TOKEN, RAW_VALUE_TOKEN, SET_TOKEN};
 use super::{BigInt, ErrorKind, PROTOCOL, PickleError};
 
 const MARK: u8 = b'(';
@@ -144,6 +144,9 @@ enum Close {
     Set,
     /// `FROZENSET`.
     FrozenSet,
+    /// serde_json's `RawValue`, the form of a [`BigInt`] beyond 128 bits: its one field is the
+    /// integer's decimal text, written as a `LONG`. Nothing to open or close.
+    RawInt,
 }
 
 struct Compound<'a> {
@@ -160,7 +163,7 @@ impl<'a> Compound<'a> {
             Close::Dict => e.out.extend_from_slice(&[EMPTY_DICT, MARK]),
             Close::Set => e.out.extend_from_slice(&[EMPTY_SET, MARK]),
             Close::FrozenSet => e.out.push(MARK),
-            Close::Tuple(0..=3) => {}
+            Close::Tuple(0..=3) | Close::RawInt => {}
             Close::Tuple(_) => e.out.push(MARK),
         }
         Compound { e, close, variant }
@@ -176,6 +179,7 @@ impl<'a> Compound<'a> {
             Close::Tuple(0) => out.push(EMPTY_TUPLE),
             Close::Tuple(n @ 1..=3) => out.push(TUPLE1 + (n as u8 - 1)),
             Close::Tuple(_) => out.push(TUPLE),
+            Close::RawInt => {}
         }
         if self.variant {
             out.push(SETITEM);
@@ -374,10 +378,15 @@ impl<'a> ser::Serializer for &'a mut Encoder {
     }
     fn serialize_struct(
         self,
-        _name: &'static str,
+        name: &'static str,
         _len: usize,
     ) -> Result<Compound<'a>, PickleError> {
-        Ok(Compound::open(self, Close::Dict, false))
+        let close = if name == RAW_VALUE_TOKEN {
+            Close::RawInt
+        } else {
+            Close::Dict
+        };
+        Ok(Compound::open(self, close, false))
     }
     fn serialize_struct_variant(
         self,
@@ -466,6 +475,13 @@ impl ser::SerializeStruct for Compound<'_> {
         key: &'static str,
         v: &T,
     ) -> Result<(), PickleError> {
+        if matches!(self.close, Close::RawInt) {
+            // Only integers: other raw JSON has no Python value to become.
+            self.e.pending = Some(Pending::BigInt);
+            let r = v.serialize(&mut *self.e);
+            self.e.pending = None;
+            return r;
+        }
         self.e.str(key);
         v.serialize(&mut *self.e)
     }

@@ -121,9 +121,15 @@ impl<'de> de::Deserializer<'de> for ArenaDe<'_, 'de> {
 
     fn deserialize_newtype_struct<V: Visitor<'de>>(
         self,
-        _name: &'static str,
+        name: &'static str,
         v: V,
     ) -> Result<V::Value, PickleError> {
+        // `BigInt`'s own Deserialize: any size, as decimal text.
+        if name == super::value::BIGINT_TOKEN
+            && let Node::BigInt(n) = &self.m.nodes[self.id]
+        {
+            return v.visit_string(super::value::bigint_text(n));
+        }
         v.visit_newtype_struct(self)
     }
 

@@ -17,6 +17,10 @@ pub(crate) const SET_TOKEN: &str = "$ddf::pickle::set";
 pub(crate) const FROZENSET_TOKEN: &str = "$ddf::pickle::frozenset";
 pub(crate) const BYTEARRAY_TOKEN: &str = "$ddf::pickle::bytearray";
 pub(crate) const BIGINT_TOKEN: &str = "$ddf::pickle::bigint";
+/// The struct name serde_json's `RawValue` serializes with: how a [`BigInt`] beyond 128 bits is
+/// written (a bare number in JSON text; the pickle serializer and pymemcache's integer capture
+/// read its one field as decimal text). A test pins it against serde_json.
+pub(crate) const RAW_VALUE_TOKEN: &str = "$serde_json::private::RawValue";
 
 /// A Python value of the plain-data subset the pickle codec reads and writes.
 ///
@@ -65,6 +69,48 @@ impl Value {
             Some(i) => Value::Int(i),
             None => Value::BigInt(n),
         }
+    }
+
+    /// Reads JSON text exactly, as Python's `json.loads` reads it: integers of any size
+    /// ([`Value::Int`] or [`Value::BigInt`]), a number with a fraction or an exponent as a
+    /// [`Value::Float`], objects as [`Value::Dict`] with keys in their order (a repeated key
+    /// keeps its first place and its last value), arrays as [`Value::List`].
+    ///
+    /// ```
+    /// use ddf::pickle::Value;
+    /// let v = Value::from_json(r#"{"b": 1180591620717411303425, "a": [1.0]}"#)?;
+    /// let Value::Dict(pairs) = v else { unreachable!() };
+    /// assert_eq!(pairs[0].1, Value::BigInt("1180591620717411303425".parse()?));
+    /// assert_eq!(pairs[1].1, Value::List(vec![Value::Float(1.0)]));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) saying why, when the text is not
+    /// JSON, nests deeper than 128 levels or holds an integer of more than 4,300 digits.
+    pub fn from_json(text: &str) -> crate::Result<Value> {
+        crate::codec::json::to_value(text.as_bytes())
+            .map_err(|e| crate::Error::InvalidArgument(format!("not valid JSON: {e}")))
+    }
+
+    /// Reads a Python pickle (protocols 0-5) with ddf's restricted decoder and its default
+    /// limits: nothing in it is executed, and any global but the plain-data builtins (a class,
+    /// `os.system`, `datetime`) is refused. Lossless: tuples, sets, bytes, ints of any size.
+    ///
+    /// ```
+    /// use ddf::pickle::Value;
+    /// // pickle.dumps(("a", 1), protocol=5)
+    /// let v = Value::from_pickle(b"\x80\x05\x95\t\x00\x00\x00\x00\x00\x00\x00\x8c\x01a\x94K\x01\x86\x94.")?;
+    /// assert_eq!(v, Value::Tuple(vec![Value::Str("a".into()), Value::Int(1)]));
+    /// # Ok::<(), ddf::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) saying what is wrong (malformed,
+    /// a refused global, a limit exceeded, with the byte offset when it has one).
+    pub fn from_pickle(bytes: &[u8]) -> crate::Result<Value> {
+        super::from_slice_value(bytes)
+            .map_err(|e| crate::Error::InvalidArgument(format!("not a pickle ddf reads: {e}")))
     }
 
     /// The Python type name (`"int"`, `"dict"`...).
@@ -235,11 +281,7 @@ impl Serialize for Value {
             Value::None => s.serialize_unit(),
             Value::Bool(b) => s.serialize_bool(*b),
             Value::Int(i) => s.serialize_i64(*i),
-            Value::BigInt(n) => match (n.to_i128(), n.to_u128()) {
-                (Some(i), _) => s.serialize_i128(i),
-                (None, Some(u)) => s.serialize_u128(u),
-                _ => s.serialize_newtype_struct(BIGINT_TOKEN, &n.to_string()),
-            },
+            Value::BigInt(n) => n.serialize(s),
             Value::Float(f) => s.serialize_f64(*f),
             Value::Str(v) => s.serialize_str(v),
             Value::Bytes(b) => s.serialize_bytes(b),
@@ -267,7 +309,24 @@ impl Serialize for Value {
 
 // ---- Deserialize: a Value read from any serde format (e.g. JSON for `ddf-cache set --json`) --
 
-struct ValueVisitor;
+/// `text`: asked through [`BIGINT_TOKEN`], to which the pickle deserializers answer an int
+/// beyond 64 bits as [`bigint_text`] (ints beyond 128 bits have no place in serde's data model);
+/// only a string with that prefix is read as an int.
+struct ValueVisitor {
+    text: bool,
+}
+
+/// How the pickle deserializers answer [`BIGINT_TOKEN`] for an int beyond 64 bits: the token
+/// followed by the decimal digits. The token makes the answer unmistakable for a stored string
+/// from a deserializer that ignores newtype names.
+pub(crate) fn bigint_text(n: &BigInt) -> String {
+    format!("{BIGINT_TOKEN}{n}")
+}
+
+/// The int in a [`bigint_text`], if `s` is one.
+pub(crate) fn parse_bigint_text(s: &str) -> Option<Result<BigInt, PickleError>> {
+    s.strip_prefix(BIGINT_TOKEN).map(str::parse)
+}
 
 impl<'de> Visitor<'de> for ValueVisitor {
     type Value = Value;
@@ -296,10 +355,20 @@ impl<'de> Visitor<'de> for ValueVisitor {
     fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
         Ok(Value::Float(v))
     }
-    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Value, E> {
+        if self.text
+            && let Some(n) = parse_bigint_text(v)
+        {
+            return Ok(Value::int_from_le_bytes(
+                n.map_err(E::custom)?.as_le_bytes(),
+            ));
+        }
         Ok(Value::Str(v.to_owned()))
     }
-    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Value, E> {
+        if self.text && v.starts_with(BIGINT_TOKEN) {
+            return self.visit_str(&v);
+        }
         Ok(Value::Str(v))
     }
     fn visit_bytes<E>(self, v: &[u8]) -> Result<Value, E> {
@@ -318,7 +387,7 @@ impl<'de> Visitor<'de> for ValueVisitor {
         Value::deserialize(d)
     }
     fn visit_newtype_struct<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
-        Value::deserialize(d)
+        d.deserialize_any(ValueVisitor { text: false })
     }
     fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
         let mut v = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
@@ -341,7 +410,7 @@ impl<'de> Deserialize<'de> for Value {
     /// [`Value::Dict`]. To keep tuples and sets when reading a pickle, use
     /// the pickle decoder.
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Value, D::Error> {
-        d.deserialize_any(ValueVisitor)
+        d.deserialize_newtype_struct(BIGINT_TOKEN, ValueVisitor { text: true })
     }
 }
 
@@ -419,10 +488,14 @@ impl<'de> Deserializer<'de> for Value {
 
     fn deserialize_newtype_struct<V: Visitor<'de>>(
         self,
-        _name: &'static str,
+        name: &'static str,
         v: V,
     ) -> Result<V::Value, PickleError> {
-        v.visit_newtype_struct(self)
+        match self {
+            // `BigInt`'s own Deserialize: any size, as decimal text.
+            Value::BigInt(n) if name == BIGINT_TOKEN => v.visit_string(bigint_text(&n)),
+            other => v.visit_newtype_struct(other),
+        }
     }
 
     fn deserialize_enum<V: Visitor<'de>>(

@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod aio;
+mod aio_face;
 mod conformance;
 mod file;
 mod hostile;

@@ -4,6 +4,7 @@
 
 mod aio;
 mod aio_face;
+mod aio_faults;
 mod conformance;
 mod file;
 mod hostile;

@@ -5,6 +5,7 @@
 mod aio;
 mod aio_face;
 mod aio_faults;
+mod aio_model;
 mod conformance;
 mod file;
 mod hostile;

@@ -108,9 +108,16 @@ fn redis_benchmark(port: u16, clients: usize) -> Option<f64> {
         .output()
         .ok()?;
     let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        eprintln!(
+            "redis-benchmark failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     // "GET: 123456.79 requests per second, p50=0.255 msec"
+    // Progress lines end in `\r`, not a newline: split on both.
     let line = text
-        .lines()
+        .split(['\r', '\n'])
         .rev()
         .find(|l| l.contains("requests per second"))?;
     let rps = line.split(':').nth(1)?.split_whitespace().next()?;

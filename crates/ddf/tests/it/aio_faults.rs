@@ -198,3 +198,91 @@ async fn memcached_kill9_under_load() {
 async fn memcached_sigstop_then_sigcont() {
     sigstop_then_sigcont(Kind::Memcached).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memcached_one_of_three_servers_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let mut servers: Vec<Server> = Vec::new();
+    for &p in &ports {
+        let Some(s) = Server::start_on(Kind::Memcached, p) else {
+            return;
+        };
+        servers.push(s);
+    }
+    let cfg = config(Kind::Memcached, &ports, dir.path());
+    let cache = AsyncCacheManager::new(cfg.clone()).unwrap();
+    let keys: Vec<String> = (0..30).map(|i| format!("k{i}")).collect();
+    for k in &keys {
+        cache.set(k, "old", None).await.unwrap();
+    }
+    servers[1].process().signal("STOP");
+    let mut worst = Duration::ZERO;
+    for k in &keys {
+        let t = Instant::now();
+        cache.delete(k).await.unwrap();
+        worst = worst.max(t.elapsed());
+        let t = Instant::now();
+        assert_eq!(cache.get::<String>(k).await.unwrap(), None);
+        worst = worst.max(t.elapsed());
+    }
+    eprintln!("[Memcached] async, one of three stopped: worst call {worst:?}");
+    assert!(worst < bound(), "worst call {worst:?}");
+    servers[1].process().signal("CONT");
+    wait_until_up(&cache).await;
+    for k in &keys {
+        assert_eq!(
+            cache.get::<String>(k).await.unwrap(),
+            None,
+            "{k} served stale"
+        );
+        let (check, key) = (cfg.clone(), k.clone());
+        let held = tokio::task::spawn_blocking(move || direct(&check).get::<String>(&key))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(held, None, "{k} left on a server");
+    }
+}
+
+async fn start_with_the_server_down(kind: Kind) {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let cfg = config(kind, &[port], dir.path());
+    let t = Instant::now();
+    let cache = AsyncCacheManager::new(cfg.clone()).unwrap();
+    cache.set("k", "fallback", None).await.unwrap();
+    assert!(t.elapsed() < bound(), "{:?}", t.elapsed());
+    assert_eq!(
+        cache.get::<String>("k").await.unwrap().as_deref(),
+        Some("fallback")
+    );
+    assert!(
+        state(&cache).await.starts_with("down"),
+        "{}",
+        state(&cache).await
+    );
+    let Some(server) = Server::start_on(kind, port) else {
+        return;
+    };
+    wait_until_up(&cache).await;
+    assert_eq!(cache.get::<String>("k").await.unwrap(), None);
+    cache.set("k", "primary", None).await.unwrap();
+    let check = cfg.clone();
+    let held = tokio::task::spawn_blocking(move || direct(&check).get::<String>("k"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(held.as_deref(), Some("primary"));
+    drop(server);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_start_with_the_server_down() {
+    start_with_the_server_down(Kind::Redis).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memcached_start_with_the_server_down() {
+    start_with_the_server_down(Kind::Memcached).await;
+}

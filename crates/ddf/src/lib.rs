@@ -31,6 +31,8 @@
 
 #[doc(hidden)]
 pub mod __private;
+#[cfg(feature = "async")]
+mod aio;
 pub(crate) mod backend;
 pub(crate) mod clock;
 pub(crate) mod codec;
@@ -45,6 +47,8 @@ pub mod testing;
 
 use std::sync::{Arc, LazyLock, OnceLock};
 
+#[cfg(feature = "async")]
+pub use aio::{ASYNC_CACHE, AsyncCacheManager};
 pub use backend::{Backend, BackendStatus, EntryInfo, Expiry};
 pub use codec::Codec;
 pub use config::{
@@ -78,6 +82,9 @@ pub mod pickle {
 static GLOBAL_CONFIG: OnceLock<(CacheConfig, Option<Error>)> = OnceLock::new();
 /// The global cache, or why it could not be built.
 static GLOBAL_CACHE: OnceLock<(CacheManager, Option<Error>)> = OnceLock::new();
+/// Why the global async cache could not be built (`ASYNC_CACHE`).
+#[cfg(feature = "async")]
+pub(crate) static GLOBAL_ASYNC_ERROR: OnceLock<Error> = OnceLock::new();
 
 fn global_config() -> &'static (CacheConfig, Option<Error>) {
     GLOBAL_CONFIG.get_or_init(|| match CacheConfig::load() {
@@ -165,13 +172,24 @@ pub static CACHE_CONFIG: LazyLock<CacheConfig> = LazyLock::new(|| global_config(
 /// ```
 pub static CACHE: LazyLock<CacheManager> = LazyLock::new(|| global_cache().0.clone());
 
-/// Why [`CACHE_CONFIG`] or [`CACHE`] fell back to a disabled cache, if one of them was built
+/// Why [`CACHE_CONFIG`] or [`CACHE`] (or, with feature `async`, `ASYNC_CACHE`) fell back to a disabled cache, if one of them was built
 /// and did ([`init`] returns the same error).
 pub fn global_error() -> Option<&'static Error> {
     GLOBAL_CONFIG
         .get()
         .and_then(|c| c.1.as_ref())
         .or_else(|| GLOBAL_CACHE.get().and_then(|c| c.1.as_ref()))
+        .or_else(global_async_error)
+}
+
+#[cfg(feature = "async")]
+fn global_async_error() -> Option<&'static Error> {
+    GLOBAL_ASYNC_ERROR.get()
+}
+
+#[cfg(not(feature = "async"))]
+fn global_async_error() -> Option<&'static Error> {
+    None
 }
 
 /// The README's examples, compiled and run as doctests so that it stays true.

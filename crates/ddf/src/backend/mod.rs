@@ -204,14 +204,39 @@ pub(crate) fn scoped_clear(
     whole: &str,
     flush: impl FnOnce() -> Result<()>,
 ) -> Result<()> {
+    match clear_plan(backend.name(), namespace, server_flush, whole)? {
+        ClearPlan::Prefix => backend.delete_prefix("").map(|_| ()),
+        ClearPlan::Flush => flush(),
+    }
+}
+
+/// How a server backend's `clear` runs (the policy of [`scoped_clear`], for either face).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ClearPlan {
+    /// `delete_prefix("")`: the namespace's keys.
+    Prefix,
+    /// The server-wide flush (`server_flush = true`, empty namespace).
+    Flush,
+}
+
+/// The one `clear` policy: see [`scoped_clear`]. Logs the server-wide flush it allows.
+///
+/// # Errors
+/// The refusal of a whole-keyspace flush without `server_flush`.
+pub(crate) fn clear_plan(
+    name: &str,
+    namespace: &str,
+    server_flush: bool,
+    whole: &str,
+) -> Result<ClearPlan> {
     if !namespace.is_empty() {
-        return backend.delete_prefix("").map(|_| ());
+        return Ok(ClearPlan::Prefix);
     }
     if !server_flush {
         return Err(whole_keyspace_refusal(whole));
     }
-    tracing::info!(backend = backend.name(), "server_flush: flushing {whole}");
-    flush()
+    tracing::info!(backend = name, "server_flush: flushing {whole}");
+    Ok(ClearPlan::Flush)
 }
 
 /// Wraps a server backend (Redis, Memcached) in [`resilience::Resilient`]: breaker, fallback
@@ -230,6 +255,20 @@ pub(crate) fn resilient(
     identity: &str,
     factory: resilience::Factory,
 ) -> Result<Arc<dyn Backend>> {
+    Ok(resilient_state(config, name, identity, factory)?)
+}
+
+/// [`resilient`], as the wrapper itself: the async face drives the same state machine,
+/// fallback and journal through its crate-private hooks.
+///
+/// # Errors
+/// As [`resilient`].
+pub(crate) fn resilient_state(
+    config: &CacheConfig,
+    name: &'static str,
+    identity: &str,
+    factory: resilience::Factory,
+) -> Result<Arc<resilience::Resilient>> {
     let settings = config.resilience_settings()?;
     let journal = Arc::new(resilience::journal::Journal::open(settings.dir.clone())?);
     Ok(Arc::new(resilient_scope(
@@ -353,12 +392,8 @@ pub fn from_config(config: &CacheConfig) -> Result<Arc<dyn Backend>> {
         BackendSettings::Memcached(_) => Err(config.feature_off("memcached")),
         #[cfg(feature = "redis")]
         BackendSettings::Redis(settings) => {
-            let identity = settings.identity().to_owned();
-            tracing::info!(backend, namespace, servers = %identity, fallback = config.fallback.as_str(), "ddf: cache backend chosen");
-            let factory: resilience::Factory = Box::new(move || {
-                Ok(Arc::new(redis::RedisBackend::new(&settings)?) as Arc<dyn Backend>)
-            });
-            resilient(config, config.backend.as_str(), &identity, factory)
+            tracing::info!(backend, namespace, servers = %settings.identity(), fallback = config.fallback.as_str(), "ddf: cache backend chosen");
+            Ok(redis_resilient(config, settings)?)
         }
         // Several servers: a breaker per server, keys placed as pymemcache places them.
         #[cfg(feature = "memcached")]
@@ -382,4 +417,20 @@ pub fn from_config(config: &CacheConfig) -> Result<Arc<dyn Backend>> {
             resilient(config, config.backend.as_str(), &identity, factory)
         }
     }
+}
+
+/// The Redis backend behind [`resilience::Resilient`], its journal scoped by the settings'
+/// identity (for either face: the async face drives the same wrapper).
+///
+/// # Errors
+/// As [`resilient`].
+#[cfg(feature = "redis")]
+pub(crate) fn redis_resilient(
+    config: &CacheConfig,
+    settings: crate::config::RedisSettings,
+) -> Result<Arc<resilience::Resilient>> {
+    let identity = settings.identity().to_owned();
+    let factory: resilience::Factory =
+        Box::new(move || Ok(Arc::new(redis::RedisBackend::new(&settings)?) as Arc<dyn Backend>));
+    resilient_state(config, config.backend.as_str(), &identity, factory)
 }

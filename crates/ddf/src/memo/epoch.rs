@@ -39,6 +39,10 @@ pub(crate) struct Epochs {
     state: Mutex<State>,
     /// Signalled when a store ends.
     stored: Condvar,
+    /// Also signalled when a store ends, for the async face's invalidations, which wait
+    /// without blocking a runtime worker (the store they wait for may run on that worker).
+    #[cfg(feature = "async")]
+    stored_async: tokio::sync::Notify,
 }
 
 #[derive(Debug, Default)]
@@ -69,18 +73,61 @@ impl Epochs {
     /// Runs `write` (a memoized call's store) if no invalidation began since `epoch`; `None`
     /// (nothing written) if one did.
     pub(crate) fn store<T>(&self, epoch: u64, write: impl FnOnce() -> T) -> Option<T> {
-        {
-            let mut st = lock(&self.state);
-            if self.current.load(Ordering::SeqCst) != epoch {
-                return None;
-            }
-            *st.writing.entry(epoch).or_insert(0) += 1;
+        let _writing = self.begin_store(epoch)?;
+        Some(write())
+    }
+
+    /// Registers a store of `epoch` unless an invalidation began since; it ends when the
+    /// guard is dropped.
+    fn begin_store(&self, epoch: u64) -> Option<Writing<'_>> {
+        let mut st = lock(&self.state);
+        if self.current.load(Ordering::SeqCst) != epoch {
+            return None;
         }
-        let _writing = Writing {
+        *st.writing.entry(epoch).or_insert(0) += 1;
+        Some(Writing {
             epochs: self,
             epoch,
+        })
+    }
+
+    /// [`Epochs::invalidate`] for the async face: the wait for older stores is a wait on a
+    /// notification, never a blocked worker. Dropped before `op` starts, the new epoch stays
+    /// begun (stores of older epochs write nothing), which is the safe side.
+    #[cfg(feature = "async")]
+    pub(crate) async fn invalidate_async<F: std::future::Future>(&self, op: F) -> F::Output {
+        let mine = {
+            let _st = lock(&self.state);
+            self.current.fetch_add(1, Ordering::SeqCst).wrapping_add(1)
         };
-        Some(write())
+        loop {
+            let notified = self.stored_async.notified();
+            let mut notified = std::pin::pin!(notified);
+            // Registered before the check, so that a store ending in between wakes us.
+            notified.as_mut().enable();
+            let older = lock(&self.state)
+                .writing
+                .first_key_value()
+                .is_some_and(|(e, _)| *e < mine);
+            if !older {
+                break;
+            }
+            notified.await;
+        }
+        op.await
+    }
+
+    /// [`Epochs::store`] for the async face: `write` runs (and is awaited) if no invalidation
+    /// began since `epoch`. A dropped future ends its store (the guard lives in the future).
+    #[cfg(feature = "async")]
+    #[allow(dead_code, reason = "for async memoization")]
+    pub(crate) async fn store_async<F: std::future::Future>(
+        &self,
+        epoch: u64,
+        write: F,
+    ) -> Option<F::Output> {
+        let _writing = self.begin_store(epoch)?;
+        Some(write.await)
     }
 }
 
@@ -101,6 +148,8 @@ impl Drop for Writing<'_> {
         }
         drop(st);
         self.epochs.stored.notify_all();
+        #[cfg(feature = "async")]
+        self.epochs.stored_async.notify_waiters();
     }
 }
 

@@ -7,6 +7,13 @@
     allow(dead_code, unused_imports)
 )]
 
+#[cfg(all(feature = "redis", feature = "memcached"))]
+mod aio;
+mod aio_face;
+#[cfg(all(feature = "redis", feature = "memcached"))]
+mod aio_faults;
+#[cfg(all(feature = "redis", feature = "memcached"))]
+mod aio_model;
 mod conformance;
 mod docs;
 mod file;

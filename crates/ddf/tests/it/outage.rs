@@ -396,3 +396,68 @@ fn memcached_the_next_process_reads_an_outage_value_while_the_outage_lasts() {
         "outage::memcached_the_next_process_reads_an_outage_value_while_the_outage_lasts",
     );
 }
+
+/// What the server forgets, the open outage forgets: process `down` (down, its probe far
+/// away) wrote `k`, `k2` and `p:1` into the shared fallback; process `up` (up, its watcher far
+/// away) deletes `k`, overwrites `k2` and invalidates `p:` on the server. Neither `down` nor a
+/// process that starts during the outage reads the values the server no longer has (they used
+/// to, until the outage closed).
+fn a_server_write_reaches_the_open_outage(kind: Kind, test: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let Some(mut server) = Server::start_on(kind, port) else {
+        return;
+    };
+    let mut cfg = config(kind, &[port], dir.path());
+    // No background loop runs within the test: the watcher of `up` would close the outage
+    // (emptying it) and the probe of `down` would end it.
+    cfg.breaker_retry = Duration::from_secs(600);
+    let up = CacheManager::new(cfg.clone()).unwrap();
+    let down = CacheManager::new(cfg.clone()).unwrap();
+    up.set("warm", "1", None).unwrap();
+    down.set("warm", "1", None).unwrap();
+    server.process().signal("STOP");
+    for k in ["k", "k2", "p:1"] {
+        down.set(k, "outage", None).unwrap();
+    }
+    assert!(state(&down).starts_with("down"), "{}", state(&down));
+    assert_eq!(down.get::<String>("k").unwrap().as_deref(), Some("outage"));
+    server.process().signal("CONT");
+    up.delete("k").unwrap();
+    up.set("k2", "new", None).unwrap();
+    up.invalidate_pattern("p:").unwrap();
+    assert_eq!(state(&up), "up");
+    // A process that starts during the outage joins it.
+    server.process().signal("STOP");
+    in_another_process(test, kind, port, dir.path(), "expect-miss-down");
+    server.process().signal("CONT");
+    for k in ["k", "k2", "p:1"] {
+        assert_eq!(
+            down.get::<String>(k).unwrap(),
+            None,
+            "{k}: the process that is down read a value the server no longer has"
+        );
+    }
+}
+
+#[test]
+fn redis_a_server_write_reaches_the_open_outage() {
+    if let Some(job) = process::job(WORKER) {
+        return worker(&job);
+    }
+    a_server_write_reaches_the_open_outage(
+        Kind::Redis,
+        "outage::redis_a_server_write_reaches_the_open_outage",
+    );
+}
+
+#[test]
+fn memcached_a_server_write_reaches_the_open_outage() {
+    if let Some(job) = process::job(WORKER) {
+        return worker(&job);
+    }
+    a_server_write_reaches_the_open_outage(
+        Kind::Memcached,
+        "outage::memcached_a_server_write_reaches_the_open_outage",
+    );
+}

@@ -1,12 +1,59 @@
 //! The fallback as one outage sees it: every key under the outage's generation (`g<N>:`), so
 //! that the processes of one outage share its entries and no later outage reads them. Clearing
 //! a generation removes its entries only.
+//!
+//! What an open generation holds stays true for the processes that read it:
+//! - **What the server forgets, the open outages forget**: a write or an invalidation that
+//!   succeeds on the server (a process that is up) is applied to the entries of every open
+//!   outage of its scope before the call returns ([`Shared::forget_in_open_outages`]), so a
+//!   process that is down (or starts during the outage) does not go on reading a value the
+//!   server no longer has. The check is one indexed query in the journal database.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use tracing::warn;
+
+use super::journal::PendingOp;
+use super::{Fallback, Shared};
 use crate::backend::{Backend, BackendStatus, Item};
 use crate::error::Result;
+
+impl Shared {
+    /// The fallback entries outages are kept in, if any (`fallback = pickle`).
+    fn outage_store(&self) -> Option<&Arc<dyn Backend>> {
+        match &self.fallback {
+            Fallback::Serve(f) if f.name() != "none" => Some(f),
+            _ => None,
+        }
+    }
+
+    /// A write or an invalidation succeeded on the server: applies what it invalidates
+    /// (`record`, called only when an outage is open) to the entries of every open outage of
+    /// this scope. A failure is logged: the call itself succeeded.
+    pub(super) fn forget_in_open_outages<'k>(&self, record: impl FnOnce() -> Vec<PendingOp<'k>>) {
+        let Some(store) = self.outage_store() else {
+            return;
+        };
+        let open = match self.journal.open_outages(&self.cfg.scope) {
+            Ok(open) if open.is_empty() => return,
+            Ok(open) => open,
+            Err(e) => {
+                warn!(error = %e, "cannot read the open outages; a process that is down may serve a value this call replaced until its outage ends");
+                return;
+            }
+        };
+        let ops = record();
+        for g in open {
+            let view = GenerationView::new(store.clone(), g);
+            for op in &ops {
+                if let Err(e) = op.apply(&view) {
+                    warn!(error = %e, generation = g, "cannot apply a server write to the open outage's fallback entries");
+                }
+            }
+        }
+    }
+}
 
 /// The fallback's entries of one outage generation.
 #[derive(Debug)]

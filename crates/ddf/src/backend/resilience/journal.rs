@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use rusqlite::params;
 
+use crate::backend::Backend;
 use crate::backend::sqlite::Db;
 use crate::clock::SystemClock;
 use crate::error::Result;
@@ -57,6 +58,18 @@ impl PendingOp<'_> {
             PendingOp::Delete(k) => (1, k),
             PendingOp::DeletePrefix(p) => (2, p),
             PendingOp::Clear => (3, ""),
+        }
+    }
+
+    /// Applies this invalidation to `backend`.
+    ///
+    /// # Errors
+    /// The backend's.
+    pub(crate) fn apply(&self, backend: &dyn Backend) -> Result<()> {
+        match self {
+            PendingOp::Delete(k) => backend.delete(k).map(drop),
+            PendingOp::DeletePrefix(p) => backend.delete_prefix(p).map(drop),
+            PendingOp::Clear => backend.clear(),
         }
     }
 

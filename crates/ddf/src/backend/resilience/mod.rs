@@ -319,7 +319,12 @@ impl Resilient {
         op: impl Fn(&dyn Backend) -> Result<T>,
     ) -> Result<T> {
         match self.on_primary(true, &op) {
-            Attempt::Done(r) => r,
+            Attempt::Done(r) => {
+                if r.is_ok() {
+                    self.shared.forget_in_open_outages(record);
+                }
+                r
+            }
             Attempt::NotUp | Attempt::Failed(_) => self.on_fallback_recorded(record, &op),
         }
     }
@@ -335,7 +340,12 @@ impl Resilient {
         op: impl Fn(&dyn Backend) -> Result<T>,
     ) -> Result<T> {
         match self.on_primary(true, &op) {
-            Attempt::Done(r) => r,
+            Attempt::Done(r) => {
+                if r.is_ok() {
+                    self.shared.forget_in_open_outages(record);
+                }
+                r
+            }
             Attempt::NotUp => self.on_fallback_recorded(record, &op),
             Attempt::Failed(e) => {
                 self.on_fallback_recorded(record, &op)?;

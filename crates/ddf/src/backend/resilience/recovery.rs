@@ -232,12 +232,7 @@ impl Shared {
                 done.finished = false;
                 break;
             }
-            let r = match op {
-                PendingOp::Delete(k) => primary.delete(k).map(|_| ()),
-                PendingOp::DeletePrefix(p) => primary.delete_prefix(p).map(|_| ()),
-                PendingOp::Clear => primary.clear(),
-            };
-            match r {
+            match op.apply(primary) {
                 Ok(()) => {}
                 Err(e) if e.is_temporary() => {
                     outcome = Err(e);

@@ -64,6 +64,11 @@ fn worker(job: &str) {
             assert_eq!(state(&cache), "up");
             return;
         }
+        "wait-up" => {
+            // The server is back: this process applies the journal and ends the outage.
+            crate::resilience::wait_until_up(&cache);
+            return;
+        }
         _ => {
             // A later outage: the first read fails on the server and misses.
             assert_eq!(cache.get::<String>("k").unwrap(), None);
@@ -397,6 +402,31 @@ fn memcached_the_next_process_reads_an_outage_value_while_the_outage_lasts() {
     );
 }
 
+/// How many entries the fallback holds under outage generation `g` (removing them).
+fn entries_of_generation(kind: Kind, port: u16, dir: &std::path::Path, g: &str) -> u64 {
+    let scope = match kind {
+        Kind::Redis => format!("redis://127.0.0.1:{port}/0|res:"),
+        Kind::Memcached => format!("memcached://127.0.0.1:{port}|res:"),
+    };
+    let fallback = ddf::CacheConfig::default()
+        .with_namespace(format!("fallback[{scope}]:g{g}:"))
+        .with_pickle_dir(dir);
+    CacheManager::new(fallback)
+        .unwrap()
+        .invalidate_pattern("")
+        .unwrap()
+}
+
+fn generation(cache: &CacheManager) -> String {
+    cache
+        .backend_info()
+        .unwrap()
+        .into_iter()
+        .find(|(k, _)| k == "outage generation")
+        .map(|(_, v)| v)
+        .unwrap_or_default()
+}
+
 /// What the server forgets, the open outage forgets: process `down` (down, its probe far
 /// away) wrote `k`, `k2` and `p:1` into the shared fallback; process `up` (up, its watcher far
 /// away) deletes `k`, overwrites `k2` and invalidates `p:` on the server. Neither `down` nor a
@@ -459,5 +489,70 @@ fn memcached_a_server_write_reaches_the_open_outage() {
     a_server_write_reaches_the_open_outage(
         Kind::Memcached,
         "outage::memcached_a_server_write_reaches_the_open_outage",
+    );
+}
+
+/// No entry outlives its outage: a process that is down keeps writing into its generation
+/// (its probe far away, so it does not notice) while another process, which sees the server
+/// back, ends the outage. Nothing is left under the closed generation: not what was written
+/// between the closer's emptying and its close, nor what was written after the close.
+fn no_entry_outlives_its_outage(kind: Kind, test: &str) {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut cfg = config(kind, &[port], dir.path());
+    cfg.breaker_retry = Duration::from_secs(600);
+    // The server is not running: the writer goes down at its first write.
+    let writer = CacheManager::new(cfg.clone()).unwrap();
+    let keys: Vec<String> = (0..5000).map(|i| format!("fill:{i}")).collect();
+    let items: Vec<(&str, u32)> = keys.iter().map(|k| (k.as_str(), 1)).collect();
+    writer.set_many(&items, None).unwrap();
+    assert!(state(&writer).starts_with("down"), "{}", state(&writer));
+    let g = generation(&writer);
+    let Some(server) = Server::start_on(kind, port) else {
+        return;
+    };
+    let stop = AtomicBool::new(false);
+    let written = AtomicU64::new(0);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                writer.set(&format!("late:{i}"), &i, None).unwrap();
+                i += 1;
+            }
+            written.store(i, Ordering::Relaxed);
+        });
+        // Another process sees the server back, applies the journal and ends the outage.
+        in_another_process(test, kind, port, dir.path(), "wait-up");
+        // A few writes more after the close.
+        std::thread::sleep(Duration::from_millis(200));
+        stop.store(true, Ordering::Relaxed);
+    });
+    let left = entries_of_generation(kind, port, dir.path(), &g);
+    eprintln!(
+        "[{kind:?}] {} writes during the close; entries left in closed generation {g}: {left}",
+        written.load(Ordering::Relaxed)
+    );
+    assert_eq!(left, 0, "entries outlived their outage");
+    drop(server);
+}
+
+#[test]
+fn redis_no_entry_outlives_its_outage() {
+    if let Some(job) = process::job(WORKER) {
+        return worker(&job);
+    }
+    no_entry_outlives_its_outage(Kind::Redis, "outage::redis_no_entry_outlives_its_outage");
+}
+
+#[test]
+fn memcached_no_entry_outlives_its_outage() {
+    if let Some(job) = process::job(WORKER) {
+        return worker(&job);
+    }
+    no_entry_outlives_its_outage(
+        Kind::Memcached,
+        "outage::memcached_no_entry_outlives_its_outage",
     );
 }

@@ -2,17 +2,22 @@
 //! that the processes of one outage share its entries and no later outage reads them. Clearing
 //! a generation removes its entries only.
 //!
-//! What an open generation holds stays true for the processes that read it:
+//! Two rules keep what an open generation holds true for the processes that read it:
 //! - **What the server forgets, the open outages forget**: a write or an invalidation that
 //!   succeeds on the server (a process that is up) is applied to the entries of every open
 //!   outage of its scope before the call returns ([`Shared::forget_in_open_outages`]), so a
 //!   process that is down (or starts during the outage) does not go on reading a value the
 //!   server no longer has. The check is one indexed query in the journal database.
+//! - **No entry outlives its generation**: the process that ends an outage empties its entries,
+//!   closes it, and empties them again; a process that writes into a generation checks, after
+//!   the write, that it is still open, and removes what it wrote if not
+//!   ([`Shared::drop_if_closed`]). Whatever the interleaving, an entry written into a closed
+//!   generation is removed by one of the two.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use tracing::warn;
+use tracing::{debug, warn};
 
 use super::journal::PendingOp;
 use super::{Fallback, Shared};
@@ -50,6 +55,29 @@ impl Shared {
                 if let Err(e) = op.apply(&view) {
                     warn!(error = %e, generation = g, "cannot apply a server write to the open outage's fallback entries");
                 }
+            }
+        }
+    }
+
+    /// After a write into generation `g` of the fallback: if that outage was closed meanwhile
+    /// (by another process that saw the server back), removes what the write put there
+    /// (`ops`: what it recorded), so that nothing is left in a closed generation. When the
+    /// journal cannot say, the write is removed too: a miss is always allowed.
+    pub(super) fn drop_if_closed(&self, g: i64, ops: &[PendingOp<'_>]) {
+        let Some(store) = self.outage_store() else {
+            return;
+        };
+        if g == 0 || matches!(self.journal.is_open(&self.cfg.scope, g), Ok(true)) {
+            return;
+        }
+        debug!(
+            generation = g,
+            "the outage was closed during a fallback write; its entries are removed"
+        );
+        let view = GenerationView::new(store.clone(), g);
+        for op in ops {
+            if let Err(e) = op.apply(&view) {
+                warn!(error = %e, generation = g, "cannot remove a fallback entry of a closed outage (it is never read)");
             }
         }
     }

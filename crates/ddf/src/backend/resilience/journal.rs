@@ -176,6 +176,10 @@ impl Journal {
 
     /// The open outage of `scope`, opening one if there is none: its generation.
     ///
+    /// A new generation is at least the time in ms since the Unix epoch (and above every
+    /// earlier one), so that a journal database created again (deleted, or moved aside as
+    /// corrupt) never hands out a number whose fallback entries a crashed writer may have left.
+    ///
     /// # Errors
     /// [`crate::Error::Backend`] when the database cannot be written.
     pub(crate) fn join_outage(&self, scope: &str) -> Result<i64> {
@@ -192,7 +196,10 @@ impl Journal {
                 Some(g) => g,
                 None => {
                     tx.prepare_cached(
-                        "INSERT INTO outages (scope, opened_at, closed) VALUES (?1, ?2, 0)",
+                        "INSERT INTO outages (generation, scope, opened_at, closed) VALUES (
+                            max(?2, 1 + coalesce(
+                                (SELECT seq FROM sqlite_sequence WHERE name = 'outages'), 0)),
+                            ?1, ?2, 0)",
                     )?
                     .execute(params![scope, now])?;
                     tx.last_insert_rowid()
@@ -303,6 +310,21 @@ mod tests {
         let next = other.join_outage("s").unwrap();
         assert!(next > g, "a later outage is a new generation");
         assert!(j.is_open("s", next).unwrap());
+    }
+
+    #[test]
+    fn a_journal_created_again_never_reuses_a_generation() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = Journal::open(dir.path()).unwrap().join_outage("s").unwrap();
+        for end in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(dir.path().join(format!("{JOURNAL_FILE}{end}")));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        let again = Journal::open(dir.path()).unwrap();
+        let g = again.join_outage("s").unwrap();
+        assert!(g > first, "{g} after {first}: a reused number");
+        again.close_outages("s", &[g]).unwrap();
+        assert!(again.join_outage("s").unwrap() > g);
     }
 
     #[test]

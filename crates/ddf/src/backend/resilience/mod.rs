@@ -390,8 +390,12 @@ impl Resilient {
             }
             break gate;
         };
-        s.journal.append(&s.cfg.scope, &record())?;
-        self.on_fallback(op)
+        let ops = record();
+        s.journal.append(&s.cfg.scope, &ops)?;
+        let g = s.generation.load(Ordering::Acquire);
+        let r = self.on_fallback_in(g, op);
+        s.drop_if_closed(g, &ops);
+        r
     }
 
     fn refusal(&self) -> Error {
@@ -400,8 +404,13 @@ impl Resilient {
 
     /// Serves a call while the primary is not up, as the fallback says.
     fn on_fallback<T>(&self, op: &impl Fn(&dyn Backend) -> Result<T>) -> Result<T> {
+        self.on_fallback_in(self.shared.generation.load(Ordering::Acquire), op)
+    }
+
+    /// [`Resilient::on_fallback`] in outage generation `g` (0: none, the fallback misses).
+    fn on_fallback_in<T>(&self, g: i64, op: &impl Fn(&dyn Backend) -> Result<T>) -> Result<T> {
         match &self.shared.fallback {
-            Fallback::Serve(f) => match self.shared.generation.load(Ordering::Acquire) {
+            Fallback::Serve(f) => match g {
                 0 => op(&super::none::NoneBackend),
                 g => op(&GenerationView::new(f.clone(), g)),
             },

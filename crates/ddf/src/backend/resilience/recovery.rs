@@ -94,22 +94,33 @@ impl Shared {
     }
 
     /// The primary is back and the journal applied: empties the fallback entries of the open
-    /// outages of this scope, then closes them (nobody reads them again; an entry another
-    /// process writes between the two is never read).
+    /// outages of this scope, closes them (nobody reads them again), then empties them once
+    /// more: an entry another process wrote between the first emptying and the close is
+    /// removed by the second, one written after the close by its writer
+    /// ([`Shared::drop_if_closed`]).
     ///
     /// # Errors
-    /// The journal's or the fallback's: the outage stays open.
+    /// The journal's or the fallback's before the close: the outage stays open. A failure of
+    /// the last emptying is logged (the outage is closed: its entries are never read).
     fn end_outages(&self) -> Result<()> {
         let open = self.journal.open_outages(&self.cfg.scope)?;
         if open.is_empty() {
             return Ok(());
         }
-        if let Fallback::Serve(f) = &self.fallback {
-            for &g in &open {
-                GenerationView::new(f.clone(), g).clear()?;
+        let empty = |g: i64| match &self.fallback {
+            Fallback::Serve(f) => GenerationView::new(f.clone(), g).clear(),
+            Fallback::Refuse => Ok(()),
+        };
+        for &g in &open {
+            empty(g)?;
+        }
+        self.journal.close_outages(&self.cfg.scope, &open)?;
+        for &g in &open {
+            if let Err(e) = empty(g) {
+                warn!(error = %e, generation = g, "cannot empty a closed outage's fallback entries (they are never read)");
             }
         }
-        self.journal.close_outages(&self.cfg.scope, &open)
+        Ok(())
     }
 
     /// While up: applies what other processes recorded (a process that was down while this one

@@ -7,7 +7,9 @@
 //!   succeeds on the server (a process that is up) is applied to the entries of every open
 //!   outage of its scope before the call returns ([`Shared::forget_in_open_outages`]), so a
 //!   process that is down (or starts during the outage) does not go on reading a value the
-//!   server no longer has. The check is one indexed query in the journal database.
+//!   server no longer has. The check is one `stat` of a marker file that exists while an
+//!   outage may be open ([`super::journal::OUTAGE_MARKER`]), then, only then, one indexed
+//!   query in the journal database.
 //! - **No entry outlives its generation**: the process that ends an outage empties its entries,
 //!   closes it, and empties them again; a process that writes into a generation checks, after
 //!   the write, that it is still open, and removes what it wrote if not
@@ -40,6 +42,9 @@ impl Shared {
         let Some(store) = self.outage_store() else {
             return;
         };
+        if !self.journal.may_have_open_outages() {
+            return;
+        }
         let open = match self.journal.open_outages(&self.cfg.scope) {
             Ok(open) if open.is_empty() => return,
             Ok(open) => open,

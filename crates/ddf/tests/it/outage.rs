@@ -556,3 +556,67 @@ fn memcached_no_entry_outlives_its_outage() {
         "outage::memcached_no_entry_outlives_its_outage",
     );
 }
+
+/// The last pass of a replay runs under the gate that this process's invalidations wait for.
+/// While another process (down, its probe far away) keeps recording, what it recorded during
+/// the long first pass made the last pass long too, and an invalidation made meanwhile waited
+/// for all of it: it now waits at most one timeout for the gate (the rest is left to the next
+/// probe), and the replay still ends once the other process stops.
+fn an_invalidation_during_a_long_replay_waits_one_timeout(kind: Kind) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let Some(mut server) = Server::start_on(kind, port) else {
+        return;
+    };
+    let cfg = config(kind, &[port], dir.path());
+    let mut far = cfg.clone();
+    far.breaker_retry = Duration::from_secs(600);
+    let recorder = CacheManager::new(far).unwrap();
+    recorder.set("warm", "1", None).unwrap();
+    server.process().signal("STOP");
+    let keys: Vec<String> = (0..40_000).map(|i| format!("r{i}")).collect();
+    let items: Vec<(&str, u32)> = keys.iter().map(|k| (k.as_str(), 1)).collect();
+    recorder.set_many(&items, None).unwrap();
+    assert!(state(&recorder).starts_with("down"), "{}", state(&recorder));
+    server.process().signal("CONT");
+    let stop = AtomicBool::new(false);
+    let (worst, up) = std::thread::scope(|s| {
+        s.spawn(|| {
+            // Records faster than a replay applies them, each batch in one transaction.
+            while !stop.load(Ordering::Relaxed) {
+                recorder.set_many(&items[..1000], None).unwrap();
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        });
+        let cache = CacheManager::new(cfg.clone()).unwrap();
+        let mut worst = Duration::ZERO;
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(6) {
+            let (r, took) = crate::resilience::timed(|| cache.delete("x"));
+            r.unwrap();
+            worst = worst.max(took);
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        stop.store(true, Ordering::Relaxed);
+        (worst, cache)
+    });
+    eprintln!("[{kind:?}] worst delete during the replay: {worst:?}");
+    assert!(
+        worst < crate::resilience::bound(),
+        "a delete waited {worst:?}"
+    );
+    crate::resilience::wait_until_up(&up);
+    // The other process's last records (after the outage closed) are applied by the watcher.
+    assert!(eventually(Duration::from_secs(10), || pending(&up) == "0"));
+}
+
+#[test]
+fn redis_an_invalidation_during_a_long_replay_waits_one_timeout() {
+    an_invalidation_during_a_long_replay_waits_one_timeout(Kind::Redis);
+}
+
+#[test]
+fn memcached_an_invalidation_during_a_long_replay_waits_one_timeout() {
+    an_invalidation_during_a_long_replay_waits_one_timeout(Kind::Memcached);
+}

@@ -23,7 +23,7 @@
 //!   cache's background loop (one per cache, started with it) pings the primary every
 //!   `breaker_retry` (a `PING` bounded by the operation timeout); no read or write waits for a
 //!   probe (an invalidation made while the probe applies the journal's last entries waits for
-//!   that, under the gate).
+//!   that, under the gate, at most one operation timeout).
 //! - **recovering**: the primary answered; the journal is being replayed. Operations still go to
 //!   the fallback. When the journal is empty and the outage closed the state becomes **up**
 //!   (if the outage cannot be closed, it stays down and tries again).

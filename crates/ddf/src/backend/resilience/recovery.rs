@@ -107,18 +107,30 @@ impl Shared {
         if open.is_empty() {
             return Ok(());
         }
-        let empty = |g: i64| match &self.fallback {
-            Fallback::Serve(f) => GenerationView::new(f.clone(), g).clear(),
-            Fallback::Refuse => Ok(()),
-        };
         for &g in &open {
-            empty(g)?;
+            self.empty(g)?;
         }
         self.journal.close_outages(&self.cfg.scope, &open)?;
         for &g in &open {
-            if let Err(e) = empty(g) {
+            if let Err(e) = self.empty(g) {
                 warn!(error = %e, generation = g, "cannot empty a closed outage's fallback entries (they are never read)");
             }
+        }
+        Ok(())
+    }
+
+    /// Removes the fallback entries of outage `g`.
+    fn empty(&self, g: i64) -> Result<()> {
+        match &self.fallback {
+            Fallback::Serve(f) => GenerationView::new(f.clone(), g).clear(),
+            Fallback::Refuse => Ok(()),
+        }
+    }
+
+    /// Empties the fallback entries of the open outages of this scope (they stay open).
+    fn empty_outages(&self) -> Result<()> {
+        for g in self.journal.open_outages(&self.cfg.scope)? {
+            self.empty(g)?;
         }
         Ok(())
     }
@@ -199,10 +211,22 @@ impl Shared {
             Ok(r) if !r.finished => return false,
             Ok(_) => {}
         }
-        // Last pass under the gate, then up: nothing recorded can be left behind.
-        let _gate = write(&self.gate);
-        if let Err(e) = self.replay(primary.as_ref(), None) {
+        // Last pass under the gate, then up: nothing recorded can be left behind. Invalidations
+        // this process makes meanwhile wait for the gate, so the pass gets at most one
+        // operation timeout (and what is left of `deadline`): what other processes recorded
+        // during the pass above can be long, and the rest is left to the next probe.
+        // The outages' fallback entries are emptied before the gate too (there can be many):
+        // under it, only what was written since is left to remove.
+        if let Err(e) = self.empty_outages() {
             return failed_again(e);
+        }
+        let gated = Instant::now() + self.cfg.startup_wait;
+        let gated = deadline.map_or(gated, |d| d.min(gated));
+        let _gate = write(&self.gate);
+        match self.replay(primary.as_ref(), Some(gated)) {
+            Err(e) => return failed_again(e),
+            Ok(r) if !r.finished => return false,
+            Ok(_) => {}
         }
         // Up with the outage open would let a later outage serve its values.
         if let Err(e) = self.end_outages() {

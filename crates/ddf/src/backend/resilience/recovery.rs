@@ -243,14 +243,17 @@ impl Shared {
     }
 
     /// Applies the journal to the primary, oldest first, until `deadline` if one is given.
+    /// Consecutive deletes go in batches of up to [`REPLAY_BATCH`] keys, one pipelined call
+    /// (`Backend::delete_many`: one `UNLINK` on Redis, pipelined meta deletes on Memcached).
     /// A temporary error (a timeout, READONLY from a server that became a replica) stops it:
-    /// what was applied is removed from the journal, the rest stays recorded, to be applied when
-    /// the server accepts it (dropping the entry would let its old value be served). A permanent
-    /// refusal (a whole-keyspace flush this process's settings refuse, an operation the server
-    /// cannot do) can never pass: that entry is dropped with a warning, so that one such entry
-    /// does not keep every process of the scope on the fallback for good.
-    /// Progress is saved every [`REPLAY_BATCH`] entries, so that a replay cut short (a process
-    /// that ends) is not started over.
+    /// what was applied is removed from the journal, the rest (the failed batch included)
+    /// stays recorded, to be applied when the server accepts it (dropping the entry would let
+    /// its old value be served). A permanent refusal (a whole-keyspace flush this process's
+    /// settings refuse, an operation the server cannot do) can never pass: that entry is
+    /// dropped with a warning (a batch so refused is applied again entry by entry to find
+    /// it), so that one such entry does not keep every process of the scope on the fallback
+    /// for good. Progress is saved every [`REPLAY_BATCH`] entries or more, so that a replay
+    /// cut short (a process that ends) is not started over.
     ///
     /// # Errors
     /// The primary's error for the first entry it did not apply, or the journal's.
@@ -262,24 +265,41 @@ impl Shared {
         };
         let mut saved = 0;
         let mut outcome = Ok(());
-        for (i, (_, op)) in pending.iter().enumerate() {
+        while done.applied < pending.len() {
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 done.finished = false;
                 break;
             }
-            match op.apply(primary) {
+            let batch = deletes_from(&pending[done.applied..]);
+            let r = match batch.len() {
+                0 | 1 => pending[done.applied].1.apply(primary),
+                _ => primary.delete_many(&batch).map(drop),
+            };
+            let step = batch.len().max(1);
+            match r {
                 Ok(()) => {}
                 Err(e) if e.is_temporary() => {
                     outcome = Err(e);
                     break;
                 }
-                Err(e) => tracing::warn!(
-                    error = %e,
-                    ?op,
-                    "a recorded invalidation can never be applied here (a permanent refusal); dropped"
-                ),
+                Err(_) if step > 1 => {
+                    // Find the entry refused for good: one by one, as before batches.
+                    for (_, op) in &pending[done.applied..done.applied + step] {
+                        if let Err(e) = op.apply(primary) {
+                            if e.is_temporary() {
+                                outcome = Err(e);
+                                break;
+                            }
+                            warn_dropped(&e, op);
+                        }
+                    }
+                    if outcome.is_err() {
+                        break;
+                    }
+                }
+                Err(e) => warn_dropped(&e, &pending[done.applied].1),
             }
-            done.applied = i + 1;
+            done.applied += step;
             if done.applied - saved >= REPLAY_BATCH {
                 self.forget(&pending[..done.applied]);
                 saved = done.applied;
@@ -302,8 +322,29 @@ impl Shared {
     }
 }
 
-/// Entries a replay applies between two saves of its progress.
+/// Keys per batch of recorded deletes, and entries a replay applies between two saves of its
+/// progress.
 const REPLAY_BATCH: usize = 256;
+
+/// The keys of the recorded deletes that open `pending` (at most [`REPLAY_BATCH`]).
+fn deletes_from<'a>(pending: &'a [(i64, PendingOp<'static>)]) -> Vec<&'a str> {
+    pending
+        .iter()
+        .take(REPLAY_BATCH)
+        .map_while(|(_, op)| match op {
+            PendingOp::Delete(k) => Some(k.as_ref()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn warn_dropped(e: &Error, op: &PendingOp<'_>) {
+    warn!(
+        error = %e,
+        ?op,
+        "a recorded invalidation can never be applied here (a permanent refusal); dropped"
+    );
+}
 
 /// What a replay did.
 #[derive(Debug, Clone, Copy)]

@@ -620,3 +620,59 @@ fn redis_an_invalidation_during_a_long_replay_waits_one_timeout() {
 fn memcached_an_invalidation_during_a_long_replay_waits_one_timeout() {
     an_invalidation_during_a_long_replay_waits_one_timeout(Kind::Memcached);
 }
+
+/// Processes in different outage generations: `a` (down, its probe far away) is still in an
+/// outage another process has closed, `b` went down after and opened the next one. An
+/// invalidation `a` records reaches `b`'s entries too (it did not: `b` read the value `a` had
+/// deleted, a violation the multi-process soak found).
+fn an_invalidation_reaches_every_open_outage(kind: Kind, test: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let Some(mut server) = Server::start_on(kind, port) else {
+        return;
+    };
+    let mut cfg = config(kind, &[port], dir.path());
+    cfg.breaker_retry = Duration::from_secs(600);
+    let a = CacheManager::new(cfg.clone()).unwrap();
+    let b = CacheManager::new(cfg.clone()).unwrap();
+    a.set("warm", "1", None).unwrap();
+    b.set("warm", "1", None).unwrap();
+    server.process().signal("STOP");
+    a.set("k", "a", None).unwrap();
+    assert!(state(&a).starts_with("down"), "{}", state(&a));
+    let first = generation(&a);
+    server.process().signal("CONT");
+    // Another process sees the server back and closes `a`'s outage; `a` does not notice.
+    in_another_process(test, kind, port, dir.path(), "wait-up");
+    server.process().signal("STOP");
+    b.set("k", "b", None).unwrap();
+    assert!(state(&b).starts_with("down"), "{}", state(&b));
+    assert_ne!(generation(&b), first, "b opened the next outage");
+    assert_eq!(b.get::<String>("k").unwrap().as_deref(), Some("b"));
+    a.delete("k").unwrap();
+    let r = b.get::<String>("k");
+    server.process().signal("CONT");
+    assert_eq!(r.unwrap(), None, "b read a value a had deleted");
+}
+
+#[test]
+fn redis_an_invalidation_reaches_every_open_outage() {
+    if let Some(job) = process::job(WORKER) {
+        return worker(&job);
+    }
+    an_invalidation_reaches_every_open_outage(
+        Kind::Redis,
+        "outage::redis_an_invalidation_reaches_every_open_outage",
+    );
+}
+
+#[test]
+fn memcached_an_invalidation_reaches_every_open_outage() {
+    if let Some(job) = process::job(WORKER) {
+        return worker(&job);
+    }
+    an_invalidation_reaches_every_open_outage(
+        Kind::Memcached,
+        "outage::memcached_an_invalidation_reaches_every_open_outage",
+    );
+}

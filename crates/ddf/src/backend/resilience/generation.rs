@@ -7,7 +7,9 @@
 //!   succeeds on the server (a process that is up) is applied to the entries of every open
 //!   outage of its scope before the call returns ([`Shared::forget_in_open_outages`]), so a
 //!   process that is down (or starts during the outage) does not go on reading a value the
-//!   server no longer has. The check is one `stat` of a marker file that exists while an
+//!   server no longer has. Likewise a write or an invalidation recorded during an outage is
+//!   applied to every other open outage of the scope ([`Shared::forget_in_other_outages`]):
+//!   processes can be in different generations for a while. The check is one `stat` of a marker file that exists while an
 //!   outage may be open ([`super::journal::OUTAGE_MARKER`]), then, only then, one indexed
 //!   query in the journal database.
 //! - **No entry outlives its generation**: the process that ends an outage empties its entries,
@@ -39,26 +41,48 @@ impl Shared {
     /// (`record`, called only when an outage is open) to the entries of every open outage of
     /// this scope. A failure is logged: the call itself succeeded.
     pub(super) fn forget_in_open_outages<'k>(&self, record: impl FnOnce() -> Vec<PendingOp<'k>>) {
-        let Some(store) = self.outage_store() else {
-            return;
-        };
-        if !self.journal.may_have_open_outages() {
-            return;
+        if let Some((store, open)) = self.open_outages_but(0) {
+            self.forget_in(store, &open, &record());
         }
-        let open = match self.journal.open_outages(&self.cfg.scope) {
-            Ok(open) if open.is_empty() => return,
-            Ok(open) => open,
-            Err(e) => {
-                warn!(error = %e, "cannot read the open outages; a process that is down may serve a value this call replaced until its outage ends");
-                return;
+    }
+
+    /// A write or an invalidation was recorded and applied to generation `own`: applies what
+    /// it invalidates to the other open outages of this scope too. Processes can be in
+    /// different generations for a while (one whose outage was closed joins the next at its
+    /// next probe; one that starts meanwhile joins that one at once): an invalidation recorded
+    /// in one must not leave the other serving the value.
+    pub(super) fn forget_in_other_outages(&self, own: i64, ops: &[PendingOp<'_>]) {
+        if let Some((store, open)) = self.open_outages_but(own) {
+            self.forget_in(store, &open, ops);
+        }
+    }
+
+    /// The fallback store and the open outages of this scope other than `but`, when there are
+    /// any (the marker file first: one `stat` when none is open).
+    fn open_outages_but(&self, but: i64) -> Option<(&Arc<dyn Backend>, Vec<i64>)> {
+        let store = self.outage_store()?;
+        if !self.journal.may_have_open_outages() {
+            return None;
+        }
+        match self.journal.open_outages(&self.cfg.scope) {
+            Ok(mut open) => {
+                open.retain(|&g| g != but);
+                (!open.is_empty()).then_some((store, open))
             }
-        };
-        let ops = record();
-        for g in open {
+            Err(e) => {
+                warn!(error = %e, "cannot read the open outages; a process in an outage may serve a value this call replaced until its outage ends");
+                None
+            }
+        }
+    }
+
+    /// Applies `ops` to the entries of the outages `open`.
+    fn forget_in(&self, store: &Arc<dyn Backend>, open: &[i64], ops: &[PendingOp<'_>]) {
+        for &g in open {
             let view = GenerationView::new(store.clone(), g);
-            for op in &ops {
+            for op in ops {
                 if let Err(e) = op.apply(&view) {
-                    warn!(error = %e, generation = g, "cannot apply a server write to the open outage's fallback entries");
+                    warn!(error = %e, generation = g, "cannot apply an invalidation to an open outage's fallback entries");
                 }
             }
         }

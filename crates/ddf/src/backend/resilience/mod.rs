@@ -395,6 +395,7 @@ impl Resilient {
         let g = s.generation.load(Ordering::Acquire);
         let r = self.on_fallback_in(g, op);
         s.drop_if_closed(g, &ops);
+        s.forget_in_other_outages(g, &ops);
         r
     }
 

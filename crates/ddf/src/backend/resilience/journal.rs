@@ -116,16 +116,22 @@ impl Journal {
             db: Db::open(dir, JOURNAL_FILE, SCHEMA, "journal", Arc::new(SystemClock))?,
         };
         // A journal written by a version without the marker, or a marker left by one that
-        // was removed: make the marker say what the outages table says.
-        journal.db.with_conn("cannot read the outages", |c| {
-            let tx =
-                rusqlite::Transaction::new_unchecked(c, rusqlite::TransactionBehavior::Immediate)?;
-            let open = any_open(&tx)?;
-            if open != journal.marker.exists() {
-                journal.set_marker(open).map_err(fs_error)?;
-            }
-            tx.commit()
-        })?;
+        // was removed: make the marker say what the outages table says (checked without the
+        // write lock first: building a cache, the CLI's every call, should not take it).
+        let agree = |c: &rusqlite::Connection| Ok(any_open(c)? == journal.marker.exists());
+        if !journal.db.with_conn("cannot read the outages", agree)? {
+            journal.db.with_conn("cannot read the outages", |c| {
+                let tx = rusqlite::Transaction::new_unchecked(
+                    c,
+                    rusqlite::TransactionBehavior::Immediate,
+                )?;
+                let open = any_open(&tx)?;
+                if open != journal.marker.exists() {
+                    journal.set_marker(open).map_err(fs_error)?;
+                }
+                tx.commit()
+            })?;
+        }
         Ok(journal)
     }
 
@@ -378,6 +384,21 @@ mod tests {
         let next = other.join_outage("s").unwrap();
         assert!(next > g, "a later outage is a new generation");
         assert!(j.is_open("s", next).unwrap());
+    }
+
+    #[test]
+    fn opening_makes_the_marker_agree_with_the_outages() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(dir.path()).unwrap();
+        j.join_outage("s").unwrap();
+        // A marker lost (a version without it, or removed by hand) is put back, and one left
+        // behind is removed.
+        std::fs::remove_file(dir.path().join(OUTAGE_MARKER)).unwrap();
+        assert!(Journal::open(dir.path()).unwrap().may_have_open_outages());
+        let open = j.open_outages("s").unwrap();
+        j.close_outages("s", &open).unwrap();
+        std::fs::write(dir.path().join(OUTAGE_MARKER), "").unwrap();
+        assert!(!Journal::open(dir.path()).unwrap().may_have_open_outages());
     }
 
     #[test]

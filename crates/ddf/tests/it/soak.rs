@@ -577,10 +577,11 @@ fn soak(kind: Kind, servers: usize, children_of: Option<&str>) {
 const GRACE: Duration = Duration::from_millis(300);
 
 /// Whether `op` may have been recorded (its process was not up, or it failed on the server)
-/// rather than made on the server: it took long enough to have met a timeout, or its process
-/// was in another state than up at some point from just before it began to just after it ended
-/// (states are sampled every 10 ms, and a process stays down at least one probe interval, 0.1
-/// s, so no outage falls between two samples). Reads are never recorded.
+/// rather than made on the server: it took long enough to have met a timeout, or its process's
+/// state at its start is unknown or not up, or a change of state (transitions counted) was
+/// sampled from its start to just after its end. States are sampled every 10 ms with the
+/// number of transitions, so even an outage shorter than that leaves a change behind it.
+/// Reads are never recorded.
 fn maybe_recorded(op: &Op, context: &Context) -> bool {
     if matches!(op.action, Action::Get { .. }) {
         return false;
@@ -591,13 +592,14 @@ fn maybe_recorded(op: &Op, context: &Context) -> bool {
     let Some(timeline) = context.states.get(&(op.thread / 100)) else {
         return true;
     };
-    let first = timeline
-        .partition_point(|(t, _)| *t <= op.start)
-        .saturating_sub(1);
-    timeline[first..]
-        .iter()
-        .take_while(|(t, _)| *t <= op.end + 30_000_000)
-        .any(|(_, s)| !s.starts_with("up"))
+    let at_start = timeline.partition_point(|(t, _)| *t <= op.start);
+    let Some(first) = at_start.checked_sub(1) else {
+        return true;
+    };
+    let changed = timeline
+        .get(at_start)
+        .is_some_and(|(t, _)| *t <= op.end + 30_000_000);
+    changed || !timeline[first].1.starts_with("up")
 }
 
 /// Which process a thread id belongs to: the parent's threads are below 100, child `n`'s are

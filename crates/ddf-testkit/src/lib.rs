@@ -671,6 +671,9 @@ pub enum FakeReply {
     /// Write these bytes, then hold the connection open without answering anything more (a
     /// server stalled mid-reply) until the fake server is dropped.
     SendThenStall(Vec<u8>),
+    /// Write these bytes one at a time, waiting the given interval before each (a server that
+    /// drip-feeds its reply, each byte within a client's read timeout), then read the next line.
+    Drip(Vec<u8>, Duration),
     /// Say nothing and read the next line (a line that is part of a larger request).
     Nothing,
     /// Close the connection.
@@ -813,6 +816,14 @@ fn fake_conn(
                     let _ = s.write_all(&b);
                     stalled = true;
                     break;
+                }
+                FakeReply::Drip(b, every) => {
+                    for byte in b {
+                        std::thread::sleep(every);
+                        if stop.load(Ordering::Relaxed) || s.write_all(&[byte]).is_err() {
+                            return;
+                        }
+                    }
                 }
                 FakeReply::Nothing => {}
                 FakeReply::Close => return,

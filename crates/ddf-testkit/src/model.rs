@@ -391,8 +391,15 @@ impl Removals {
     }
 
     /// A removal with `start > after` and `end < before`, the earliest-ending one, unless it is
-    /// `exclude(index)` (another write of the same value).
-    fn between(&self, after: u64, before: u64, exclude: impl Fn(usize) -> bool) -> Option<usize> {
+    /// `exclude(index)` (another write of the same value). `late(index)` is added to a
+    /// removal's end (see [`Grace`]).
+    fn between(
+        &self,
+        after: u64,
+        before: u64,
+        exclude: impl Fn(usize) -> bool,
+        late: impl Fn(usize) -> u64,
+    ) -> Option<usize> {
         let first = self.ops.partition_point(|o| o.0 <= after);
         if self.suffix_min_end.get(first).is_none_or(|&m| m >= before) {
             return None;
@@ -401,7 +408,7 @@ impl Removals {
         self.ops[first..]
             .iter()
             .take_while(|o| o.0 < before)
-            .filter(|o| o.1 < before && !exclude(o.2))
+            .filter(|o| o.1.saturating_add(late(o.2)) < before && !exclude(o.2))
             .min_by_key(|o| o.1)
             .map(|o| o.2)
     }
@@ -422,6 +429,41 @@ impl Removals {
 /// assert!(check(&h).is_ok());
 /// ```
 pub fn check(history: &[Op]) -> Report {
+    check_with(history, None)
+}
+
+/// The one window the resilience design allows a read to lag a removal: a removal that a
+/// process made while its server was not up (or that failed there) is recorded in the journal
+/// and served by the fallback at once, but reaches the server, which the *other* processes
+/// that are up read, only within `breaker_retry` (their watcher applies it). Such a removal
+/// counts for reads of other processes only from `window` after it ended.
+#[derive(Clone, Debug)]
+pub struct Grace {
+    /// How late a recorded removal may reach other processes (ns): `breaker_retry` plus the
+    /// time a watcher takes to apply it.
+    pub window: u64,
+    /// Per operation of the history (same index): whether it may have been recorded rather than
+    /// made on the server.
+    pub recorded: Vec<bool>,
+    /// The process a thread id belongs to.
+    pub process_of: fn(u32) -> u32,
+}
+
+/// [`check`] with the [`Grace`] the resilience design allows, if any.
+///
+/// ```
+/// use ddf_testkit::model::{check_with, Grace, Op, Outcome};
+///
+/// let h = vec![
+///     Op::set(0, "k", "t0-1", 0, 10),
+///     Op::delete(100, "k", 20, 30), // recorded by process 1, down
+///     Op::get(0, "k", Outcome::Ok(Some("t0-1".into())), 40, 50),
+/// ];
+/// let grace = Grace { window: 100, recorded: vec![false, true, false], process_of: |t| t / 100 };
+/// assert!(check_with(&h, Some(&grace)).is_ok(), "process 0 may lag it");
+/// assert!(!check_with(&h, None).is_ok());
+/// ```
+pub fn check_with(history: &[Op], grace: Option<&Grace>) -> Report {
     let mut report = Report::default();
     // Per key: its writes by value, and its own removals (deletes, sets of any value).
     let mut writes: HashMap<(&str, &str), Vec<usize>> = HashMap::new();
@@ -483,13 +525,22 @@ pub fn check(history: &[Op]) -> Report {
         });
         // Another write of the same value is not a removal of it.
         let same_value = |j: usize| ws.contains(&j);
+        let late = |j: usize| match grace {
+            Some(g)
+                if g.recorded.get(j).copied().unwrap_or(false)
+                    && (g.process_of)(history[j].thread) != (g.process_of)(op.thread) =>
+            {
+                g.window
+            }
+            _ => 0,
+        };
         // Legal when any write of the value leaves it legal; otherwise report the latest write.
         let mut proof = None;
         for &w in ws {
             let after = history[w].end;
             let found = lists
                 .iter()
-                .filter_map(|l| l.between(after, op.start, same_value))
+                .filter_map(|l| l.between(after, op.start, same_value, late))
                 .min_by_key(|&j| history[j].end);
             match found {
                 None => {
@@ -639,6 +690,38 @@ mod tests {
                 removal: 1
             }
         );
+    }
+
+    #[test]
+    fn a_recorded_removal_reaches_other_processes_within_the_grace_only() {
+        let process_of: fn(u32) -> u32 = |t| t / 100;
+        let h = vec![
+            Op::set(0, "k", "t0-1", 0, 10),
+            Op::delete(100, "k", 20, 30),
+            // Process 0, 20 ns after the recorded delete: within a grace of 50.
+            Op::get(0, "k", Outcome::Ok(Some("t0-1".into())), 50, 60),
+            // Process 0, 70 ns after: past it.
+            Op::get(1, "k", Outcome::Ok(Some("t0-1".into())), 100, 110),
+            // Process 1 itself: at once.
+            Op::get(101, "k", Outcome::Ok(Some("t0-1".into())), 40, 45),
+        ];
+        let grace = Grace {
+            window: 50,
+            recorded: vec![false, true, false, false, false],
+            process_of,
+        };
+        let reads: Vec<usize> = check_with(&h, Some(&grace))
+            .violations
+            .iter()
+            .map(Violation::read)
+            .collect();
+        assert_eq!(reads, [3, 4]);
+        // Not recorded (made on the server): every later read is judged at once.
+        let exact = Grace {
+            recorded: vec![false; 5],
+            ..grace
+        };
+        assert_eq!(check_with(&h, Some(&exact)).violations.len(), 3);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::backend::{AsyncBackend, Blocking, BoxFuture, Noted, Place, offload};
-use crate::backend::resilience::Resilient;
+use crate::backend::resilience::{Forget, Resilient};
 use crate::backend::{Backend, BackendStatus, Item};
 use crate::error::{Error, Result};
 
@@ -88,6 +88,7 @@ impl AsyncResilient {
     /// once, then the sync wrapper records the call and applies it to the fallback.
     async fn write<'a, T>(
         &'a self,
+        forgets: Forget<'a>,
         primary: impl FnOnce() -> BoxFuture<'a, Result<T>> + Send,
         otherwise: impl FnOnce() -> BoxFuture<'a, Noted<T>> + Send,
     ) -> Noted<T> {
@@ -97,6 +98,7 @@ impl AsyncResilient {
         match primary().await {
             Ok(v) => {
                 self.state.succeeded();
+                self.state.primary_forgot(forgets);
                 Noted::clean(Ok(v))
             }
             Err(e) if e.is_temporary() => {
@@ -116,6 +118,7 @@ impl AsyncResilient {
     async fn invalidate<'a, T>(
         &'a self,
         what: &str,
+        forgets: Forget<'a>,
         primary: impl FnOnce() -> BoxFuture<'a, Result<T>> + Send,
         otherwise: impl FnOnce() -> BoxFuture<'a, Result<T>> + Send,
     ) -> Result<T> {
@@ -125,6 +128,7 @@ impl AsyncResilient {
         match primary().await {
             Ok(v) => {
                 self.state.succeeded();
+                self.state.primary_forgot(forgets);
                 Ok(v)
             }
             Err(e) if e.is_temporary() => {
@@ -164,6 +168,7 @@ impl AsyncBackend for AsyncResilient {
         ttl: Option<Duration>,
     ) -> BoxFuture<'a, Noted<()>> {
         Box::pin(self.write(
+            Forget::Key(key),
             move || {
                 let f = self.primary.set(key, item, ttl);
                 Box::pin(async move { f.await.result })
@@ -175,6 +180,7 @@ impl AsyncBackend for AsyncResilient {
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<bool>> {
         Box::pin(async move {
             self.write(
+                Forget::Key(key),
                 || self.primary.delete(key),
                 || noted(self.otherwise.delete(key)),
             )
@@ -188,6 +194,7 @@ impl AsyncBackend for AsyncResilient {
             self.state.check_whole_keyspace(prefix.is_empty())?;
             self.invalidate(
                 "delete_prefix",
+                Forget::Prefix(prefix),
                 || self.primary.delete_prefix(prefix),
                 || self.otherwise.delete_prefix(prefix),
             )
@@ -198,8 +205,13 @@ impl AsyncBackend for AsyncResilient {
     fn clear(&self) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
             self.state.check_whole_keyspace(true)?;
-            self.invalidate("clear", || self.primary.clear(), || self.otherwise.clear())
-                .await
+            self.invalidate(
+                "clear",
+                Forget::All,
+                || self.primary.clear(),
+                || self.otherwise.clear(),
+            )
+            .await
         })
     }
 
@@ -235,7 +247,9 @@ impl AsyncBackend for AsyncResilient {
         ttl: Option<Duration>,
     ) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
+            let keys: Vec<&str> = items.iter().map(|(k, _)| *k).collect();
             self.write(
+                Forget::Keys(&keys),
                 move || self.primary.set_many(items, ttl),
                 move || noted(self.otherwise.set_many(items, ttl)),
             )
@@ -247,6 +261,7 @@ impl AsyncBackend for AsyncResilient {
     fn delete_many<'a>(&'a self, keys: &'a [&'a str]) -> BoxFuture<'a, Result<u64>> {
         Box::pin(async move {
             self.write(
+                Forget::Keys(keys),
                 || self.primary.delete_many(keys),
                 || noted(self.otherwise.delete_many(keys)),
             )

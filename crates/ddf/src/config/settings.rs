@@ -545,6 +545,14 @@ impl CacheConfig {
                 format!("redis_url is not a valid URL; {URL_FORMS}"),
             )
         };
+        if has_empty_port(url.expose()) {
+            // The URL parser reads `host:` as the default port 6379: almost surely not meant.
+            return Err(self.invalid(
+                "redis_url",
+                "redis_url has an empty port (a colon after the host, then no number): give the \
+                 port, or leave the colon out for 6379",
+            ));
+        }
         let info = url.expose().into_connection_info().map_err(|_| bad_url())?;
         let r = info.redis_settings();
         let db = r.db();
@@ -637,9 +645,54 @@ impl CacheConfig {
     }
 }
 
+/// Whether a `redis://` or `rediss://` URL's authority ends with a colon (`host:/0`).
+fn has_empty_port(url: &str) -> bool {
+    let Some((_, rest)) = url.split_once("://") else {
+        return false;
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    host_port.ends_with(':')
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_empty_redis_port_names_the_key_the_file_and_the_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ddf.ini");
+        for url in [
+            "redis://127.0.0.1:/0",
+            "redis://:secret@127.0.0.1:",
+            "rediss://[::1]:/2",
+        ] {
+            std::fs::write(
+                &path,
+                format!("[cache]\nbackend = redis\nredis_url = {url}\n"),
+            )
+            .unwrap();
+            let e = CacheConfig::from_ini_file(&path)
+                .unwrap()
+                .redis_settings()
+                .unwrap_err();
+            let text = e.to_string();
+            assert!(e.is_config(), "{text}");
+            assert!(text.contains("redis_url"), "{text}");
+            assert!(text.contains("empty port"), "{text}");
+            assert!(text.contains("line 3"), "{text}");
+            assert!(text.contains(&path.display().to_string()), "{text}");
+            assert!(!text.contains("secret"), "{text}");
+        }
+        for fine in [
+            "redis://127.0.0.1/0",
+            "redis://u:p:w@h:1/0",
+            "unix:///tmp/r.sock",
+        ] {
+            assert!(!has_empty_port(fine), "{fine}");
+        }
+    }
 
     fn cfg(text: &str) -> CacheConfig {
         CacheConfig::from_ini_str(text).unwrap()

@@ -64,6 +64,11 @@ fn worker(job: &str) {
             assert_eq!(state(&cache), "up");
             return;
         }
+        "wait-up" => {
+            // The server is back: this process applies the journal and ends the outage.
+            crate::resilience::wait_until_up(&cache);
+            return;
+        }
         _ => {
             // A later outage: the first read fails on the server and misses.
             assert_eq!(cache.get::<String>("k").unwrap(), None);
@@ -394,5 +399,280 @@ fn memcached_the_next_process_reads_an_outage_value_while_the_outage_lasts() {
     the_next_process_reads_an_outage_value_while_the_outage_lasts(
         Kind::Memcached,
         "outage::memcached_the_next_process_reads_an_outage_value_while_the_outage_lasts",
+    );
+}
+
+/// How many entries the fallback holds under outage generation `g` (removing them).
+fn entries_of_generation(kind: Kind, port: u16, dir: &std::path::Path, g: &str) -> u64 {
+    let scope = match kind {
+        Kind::Redis => format!("redis://127.0.0.1:{port}/0|res:"),
+        Kind::Memcached => format!("memcached://127.0.0.1:{port}|res:"),
+    };
+    let fallback = ddf::CacheConfig::default()
+        .with_namespace(format!("fallback[{scope}]:g{g}:"))
+        .with_pickle_dir(dir);
+    CacheManager::new(fallback)
+        .unwrap()
+        .invalidate_pattern("")
+        .unwrap()
+}
+
+fn generation(cache: &CacheManager) -> String {
+    cache
+        .backend_info()
+        .unwrap()
+        .into_iter()
+        .find(|(k, _)| k == "outage generation")
+        .map(|(_, v)| v)
+        .unwrap_or_default()
+}
+
+/// What the server forgets, the open outage forgets: process `down` (down, its probe far
+/// away) wrote `k`, `k2` and `p:1` into the shared fallback; process `up` (up, its watcher far
+/// away) deletes `k`, overwrites `k2` and invalidates `p:` on the server. Neither `down` nor a
+/// process that starts during the outage reads the values the server no longer has (they used
+/// to, until the outage closed).
+fn a_server_write_reaches_the_open_outage(kind: Kind, test: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let Some(mut server) = Server::start_on(kind, port) else {
+        return;
+    };
+    let mut cfg = config(kind, &[port], dir.path());
+    // No background loop runs within the test: the watcher of `up` would close the outage
+    // (emptying it) and the probe of `down` would end it.
+    cfg.breaker_retry = Duration::from_secs(600);
+    let up = CacheManager::new(cfg.clone()).unwrap();
+    let down = CacheManager::new(cfg.clone()).unwrap();
+    up.set("warm", "1", None).unwrap();
+    down.set("warm", "1", None).unwrap();
+    server.process().signal("STOP");
+    for k in ["k", "k2", "p:1"] {
+        down.set(k, "outage", None).unwrap();
+    }
+    assert!(state(&down).starts_with("down"), "{}", state(&down));
+    assert_eq!(down.get::<String>("k").unwrap().as_deref(), Some("outage"));
+    server.process().signal("CONT");
+    up.delete("k").unwrap();
+    up.set("k2", "new", None).unwrap();
+    up.invalidate_pattern("p:").unwrap();
+    assert_eq!(state(&up), "up");
+    // A process that starts during the outage joins it.
+    server.process().signal("STOP");
+    in_another_process(test, kind, port, dir.path(), "expect-miss-down");
+    server.process().signal("CONT");
+    for k in ["k", "k2", "p:1"] {
+        assert_eq!(
+            down.get::<String>(k).unwrap(),
+            None,
+            "{k}: the process that is down read a value the server no longer has"
+        );
+    }
+}
+
+#[test]
+fn redis_a_server_write_reaches_the_open_outage() {
+    if let Some(job) = process::job(WORKER) {
+        return worker(&job);
+    }
+    a_server_write_reaches_the_open_outage(
+        Kind::Redis,
+        "outage::redis_a_server_write_reaches_the_open_outage",
+    );
+}
+
+#[test]
+fn memcached_a_server_write_reaches_the_open_outage() {
+    if let Some(job) = process::job(WORKER) {
+        return worker(&job);
+    }
+    a_server_write_reaches_the_open_outage(
+        Kind::Memcached,
+        "outage::memcached_a_server_write_reaches_the_open_outage",
+    );
+}
+
+/// No entry outlives its outage: a process that is down keeps writing into its generation
+/// (its probe far away, so it does not notice) while another process, which sees the server
+/// back, ends the outage. Nothing is left under the closed generation: not what was written
+/// between the closer's emptying and its close, nor what was written after the close.
+fn no_entry_outlives_its_outage(kind: Kind, test: &str) {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut cfg = config(kind, &[port], dir.path());
+    cfg.breaker_retry = Duration::from_secs(600);
+    // The server is not running: the writer goes down at its first write.
+    let writer = CacheManager::new(cfg.clone()).unwrap();
+    let keys: Vec<String> = (0..5000).map(|i| format!("fill:{i}")).collect();
+    let items: Vec<(&str, u32)> = keys.iter().map(|k| (k.as_str(), 1)).collect();
+    writer.set_many(&items, None).unwrap();
+    assert!(state(&writer).starts_with("down"), "{}", state(&writer));
+    let g = generation(&writer);
+    let Some(server) = Server::start_on(kind, port) else {
+        return;
+    };
+    let stop = AtomicBool::new(false);
+    let written = AtomicU64::new(0);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                writer.set(&format!("late:{i}"), &i, None).unwrap();
+                i += 1;
+            }
+            written.store(i, Ordering::Relaxed);
+        });
+        // Another process sees the server back, applies the journal and ends the outage.
+        in_another_process(test, kind, port, dir.path(), "wait-up");
+        // A few writes more after the close.
+        std::thread::sleep(Duration::from_millis(200));
+        stop.store(true, Ordering::Relaxed);
+    });
+    let left = entries_of_generation(kind, port, dir.path(), &g);
+    eprintln!(
+        "[{kind:?}] {} writes during the close; entries left in closed generation {g}: {left}",
+        written.load(Ordering::Relaxed)
+    );
+    assert_eq!(left, 0, "entries outlived their outage");
+    drop(server);
+}
+
+#[test]
+fn redis_no_entry_outlives_its_outage() {
+    if let Some(job) = process::job(WORKER) {
+        return worker(&job);
+    }
+    no_entry_outlives_its_outage(Kind::Redis, "outage::redis_no_entry_outlives_its_outage");
+}
+
+#[test]
+fn memcached_no_entry_outlives_its_outage() {
+    if let Some(job) = process::job(WORKER) {
+        return worker(&job);
+    }
+    no_entry_outlives_its_outage(
+        Kind::Memcached,
+        "outage::memcached_no_entry_outlives_its_outage",
+    );
+}
+
+/// The last pass of a replay runs under the gate that this process's invalidations wait for.
+/// While another process (down, its probe far away) keeps recording, what it recorded during
+/// the long first pass made the last pass long too, and an invalidation made meanwhile waited
+/// for all of it: it now waits at most one timeout for the gate (the rest is left to the next
+/// probe), and the replay still ends once the other process stops.
+fn an_invalidation_during_a_long_replay_waits_one_timeout(kind: Kind) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let Some(mut server) = Server::start_on(kind, port) else {
+        return;
+    };
+    let cfg = config(kind, &[port], dir.path());
+    let mut far = cfg.clone();
+    far.breaker_retry = Duration::from_secs(600);
+    let recorder = CacheManager::new(far).unwrap();
+    recorder.set("warm", "1", None).unwrap();
+    server.process().signal("STOP");
+    let keys: Vec<String> = (0..40_000).map(|i| format!("r{i}")).collect();
+    let items: Vec<(&str, u32)> = keys.iter().map(|k| (k.as_str(), 1)).collect();
+    recorder.set_many(&items, None).unwrap();
+    assert!(state(&recorder).starts_with("down"), "{}", state(&recorder));
+    server.process().signal("CONT");
+    let stop = AtomicBool::new(false);
+    let (worst, up) = std::thread::scope(|s| {
+        s.spawn(|| {
+            // Records faster than a replay applies them, each batch in one transaction.
+            while !stop.load(Ordering::Relaxed) {
+                recorder.set_many(&items[..1000], None).unwrap();
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        });
+        let cache = CacheManager::new(cfg.clone()).unwrap();
+        let mut worst = Duration::ZERO;
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(6) {
+            let (r, took) = crate::resilience::timed(|| cache.delete("x"));
+            r.unwrap();
+            worst = worst.max(took);
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        stop.store(true, Ordering::Relaxed);
+        (worst, cache)
+    });
+    eprintln!("[{kind:?}] worst delete during the replay: {worst:?}");
+    assert!(
+        worst < crate::resilience::bound(),
+        "a delete waited {worst:?}"
+    );
+    crate::resilience::wait_until_up(&up);
+    // The other process's last records (after the outage closed) are applied by the watcher.
+    assert!(eventually(Duration::from_secs(10), || pending(&up) == "0"));
+}
+
+#[test]
+fn redis_an_invalidation_during_a_long_replay_waits_one_timeout() {
+    an_invalidation_during_a_long_replay_waits_one_timeout(Kind::Redis);
+}
+
+#[test]
+fn memcached_an_invalidation_during_a_long_replay_waits_one_timeout() {
+    an_invalidation_during_a_long_replay_waits_one_timeout(Kind::Memcached);
+}
+
+/// Processes in different outage generations: `a` (down, its probe far away) is still in an
+/// outage another process has closed, `b` went down after and opened the next one. An
+/// invalidation `a` records reaches `b`'s entries too (it did not: `b` read the value `a` had
+/// deleted, a violation the multi-process soak found).
+fn an_invalidation_reaches_every_open_outage(kind: Kind, test: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let Some(mut server) = Server::start_on(kind, port) else {
+        return;
+    };
+    let mut cfg = config(kind, &[port], dir.path());
+    cfg.breaker_retry = Duration::from_secs(600);
+    let a = CacheManager::new(cfg.clone()).unwrap();
+    let b = CacheManager::new(cfg.clone()).unwrap();
+    a.set("warm", "1", None).unwrap();
+    b.set("warm", "1", None).unwrap();
+    server.process().signal("STOP");
+    a.set("k", "a", None).unwrap();
+    assert!(state(&a).starts_with("down"), "{}", state(&a));
+    let first = generation(&a);
+    server.process().signal("CONT");
+    // Another process sees the server back and closes `a`'s outage; `a` does not notice.
+    in_another_process(test, kind, port, dir.path(), "wait-up");
+    server.process().signal("STOP");
+    b.set("k", "b", None).unwrap();
+    assert!(state(&b).starts_with("down"), "{}", state(&b));
+    assert_ne!(generation(&b), first, "b opened the next outage");
+    assert_eq!(b.get::<String>("k").unwrap().as_deref(), Some("b"));
+    a.delete("k").unwrap();
+    let r = b.get::<String>("k");
+    server.process().signal("CONT");
+    assert_eq!(r.unwrap(), None, "b read a value a had deleted");
+}
+
+#[test]
+fn redis_an_invalidation_reaches_every_open_outage() {
+    if let Some(job) = process::job(WORKER) {
+        return worker(&job);
+    }
+    an_invalidation_reaches_every_open_outage(
+        Kind::Redis,
+        "outage::redis_an_invalidation_reaches_every_open_outage",
+    );
+}
+
+#[test]
+fn memcached_an_invalidation_reaches_every_open_outage() {
+    if let Some(job) = process::job(WORKER) {
+        return worker(&job);
+    }
+    an_invalidation_reaches_every_open_outage(
+        Kind::Memcached,
+        "outage::memcached_an_invalidation_reaches_every_open_outage",
     );
 }

@@ -494,3 +494,28 @@ fn journal_worker(spec: &str) {
     cache.delete("k").unwrap();
     assert!(state(&cache).starts_with("down"), "{}", state(&cache));
 }
+
+/// The Memcached item limit is learned again on a new connection: a server restarted on the
+/// same port with a larger `-I` takes the larger values (it kept the old limit before).
+#[test]
+fn memcached_a_restart_with_a_larger_item_limit_is_learned() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let Some(server) = MemcachedServer::start_on(port, &["-I", "1m"]) else {
+        return;
+    };
+    let cfg = config(Kind::Memcached, &[port], dir.path());
+    let cache = direct(&cfg);
+    let big = "x".repeat(2 << 20);
+    cache.set("small", "1", None).unwrap();
+    assert!(cache.set("big", &big, None).is_err(), "above -I 1m");
+    drop(server);
+    let _server = MemcachedServer::start_on(port, &["-I", "4m"]).unwrap();
+    // The pooled connection died with the server: the next call (or the one after) connects.
+    let _ = cache.get::<String>("small");
+    cache.set("big", &big, None).unwrap();
+    assert_eq!(
+        cache.get::<String>("big").unwrap().map(|v| v.len()),
+        Some(big.len())
+    );
+}

@@ -123,3 +123,28 @@ fn redis_connection_set_up_fits_in_the_connect_timeout() {
     let took = failing("get through a stalled SELECT", || cache.get::<i32>("k"));
     assert!(took < CONNECT + SLACK, "{took:?}");
 }
+
+/// A fake Redis that drip-feeds its reply to `GET`, one byte every half timeout (each socket
+/// read is within the timeout): the call ends within its timeout, not one timeout per byte (57
+/// bytes: 8.5 s before).
+#[test]
+fn redis_a_drip_fed_reply_ends_within_the_timeout() {
+    let mut reply = b"$50\r\n".to_vec();
+    reply.extend([b'x'; 50]);
+    reply.extend(b"\r\n");
+    let every = TIMEOUT / 2;
+    let fake = FakeServer::start(move |line: &[u8]| match line {
+        b"GET" => FakeReply::Drip(reply.clone(), every),
+        _ => FakeReply::Nothing,
+    });
+    let mut config = CacheConfig::default()
+        .with_backend(CacheBackend::Redis)
+        .with_redis("127.0.0.1", fake.port())
+        .with_timeouts(CONNECT, TIMEOUT);
+    config.namespace = "w:".to_owned();
+    let backend = RedisBackend::from_config(&config).unwrap();
+    let cache = CacheManager::with_backend(config, Arc::new(backend));
+    let took = failing("get of a drip-fed reply", || cache.get::<String>("k"));
+    // Generous (a loaded machine), and far below one timeout per byte.
+    assert!(took < TIMEOUT + Duration::from_secs(2), "{took:?}");
+}

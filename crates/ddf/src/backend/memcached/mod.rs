@@ -434,7 +434,8 @@ impl MemcachedBackend {
         }
     }
 
-    /// A new connection to `server`; learns the server's item limit on the first one.
+    /// A new connection to `server`; learns the server's item limit on each (a server
+    /// restarted with another `-I` is met on a new connection).
     fn connect(&self, server: &Server, what: &str) -> Result<Conn> {
         let made = Conn::connect(
             &server.addr.host,
@@ -443,10 +444,8 @@ impl MemcachedBackend {
             self.timeout,
         )
         .and_then(|mut c| {
-            if server.item_size_max.load(Ordering::Relaxed) == 0 {
-                let max = c.item_size_max()?.unwrap_or(DEFAULT_ITEM_SIZE_MAX);
-                server.item_size_max.store(max, Ordering::Relaxed);
-            }
+            let max = c.item_size_max()?.unwrap_or(DEFAULT_ITEM_SIZE_MAX);
+            server.item_size_max.store(max, Ordering::Relaxed);
             c.set_value_limit(server.item_size_max.load(Ordering::Relaxed));
             tracing::debug!(server = %server.name, "memcached connection opened");
             Ok(c)

@@ -1,6 +1,6 @@
 //! One connection to one Redis server whose waits the configuration bounds.
 //!
-//! Written here rather than left to redis-rs 1.8 because of two waits it multiplies:
+//! Written here rather than left to redis-rs 1.8 because of the waits it multiplies:
 //! - its pipelines read every reply even after one timed out, so a pipeline of `n` commands on
 //!   a stopped server waits `n` timeouts (`set_many` of 20 items: 10 s with `timeout = 0.5`).
 //!   [`Bounded`] stops reading at the first failed reply and refuses every later request: the
@@ -10,19 +10,44 @@
 //!   [`Bounded::open`] has redis-rs skip `CLIENT SETINFO` (the client is built so) and sends
 //!   `SELECT` itself, so redis-rs reads at most one set-up reply (`AUTH` or `HELLO`) and
 //!   `SELECT` gets what is left of the same deadline.
+//! - its timeout is per socket read: a server that sends a reply one byte at a time, each
+//!   within the timeout, keeps one call waiting for as long as it likes. A plain TCP or unix
+//!   socket connection ([`Own`]) is therefore ours: we connect, authenticate (`AUTH`, or
+//!   `HELLO 3` for RESP3) and write the requests, and redis-rs's own RESP parser reads the
+//!   replies through a reader that gives each socket read only what is left of the request's
+//!   deadline, so that a request (one command or one pipeline) ends within `timeout` whatever
+//!   the server does. A TLS connection (and the master a Sentinel names) stays redis-rs's,
+//!   bounded per reply: the deadline is set before each reply is read, not before each socket
+//!   read inside one reply.
 
+use std::io::{Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+#[cfg(unix)]
+use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
-use redis::{ConnectionLike, RedisError, RedisResult, Value};
+use redis::{ConnectionAddr, ConnectionLike, RedisError, RedisResult, Value};
 
 /// A connection that fails fast once one of its replies failed (timeout, I/O error, a reply
 /// that is not RESP): later requests are refused without touching the socket.
 pub(super) struct Bounded {
-    inner: redis::Connection,
+    io: Io,
     /// The database selected (redis-rs's connection believes it is 0).
     db: i64,
+    /// What one request (a command or a pipeline) may take, set-up excepted.
+    timeout: Duration,
+    /// When the request being made must be over.
+    deadline: Instant,
     /// Set by the first failed read or write; the connection is then out of step.
     broken: bool,
+}
+
+/// Who carries the bytes.
+enum Io {
+    /// Our socket and redis-rs's parser: every socket read gets what is left of the deadline.
+    Own(Own),
+    /// redis-rs's connection (TLS, Sentinel): the deadline is applied per reply.
+    Lib(redis::Connection),
 }
 
 /// The error of a request on a connection that already failed.
@@ -33,22 +58,184 @@ fn abandoned() -> RedisError {
     ))
 }
 
+fn timed_out(what: &'static str) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::TimedOut, what)
+}
+
 /// What is left until `deadline`, or a timeout error when nothing is.
 fn left(deadline: Instant) -> RedisResult<Duration> {
+    rest(
+        deadline,
+        "the connection set-up took longer than connect_timeout",
+    )
+    .map_err(Into::into)
+}
+
+fn rest(deadline: Instant, what: &'static str) -> std::io::Result<Duration> {
     deadline
         .checked_duration_since(Instant::now())
         .filter(|d| !d.is_zero())
-        .ok_or_else(|| {
-            RedisError::from(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                "the connection set-up took longer than connect_timeout",
-            ))
-        })
+        .ok_or_else(|| timed_out(what))
+}
+
+const REQUEST_TOOK_TOO_LONG: &str = "the reply took longer than timeout";
+
+/// A socket of ours.
+enum Stream {
+    Tcp(TcpStream),
+    #[cfg(unix)]
+    Unix(UnixStream),
+}
+
+impl Stream {
+    fn set_read_timeout(&self, d: Duration) -> std::io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.set_read_timeout(Some(d)),
+            #[cfg(unix)]
+            Stream::Unix(s) => s.set_read_timeout(Some(d)),
+        }
+    }
+
+    fn set_write_timeout(&self, d: Duration) -> std::io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.set_write_timeout(Some(d)),
+            #[cfg(unix)]
+            Stream::Unix(s) => s.set_write_timeout(Some(d)),
+        }
+    }
+}
+
+/// Our end of a plain connection: the socket, the timeouts it carries now, and redis-rs's
+/// parser (which keeps what it read beyond one reply for the next).
+struct Own {
+    stream: Stream,
+    parser: redis::Parser,
+    /// The socket's read and write timeouts as last set.
+    read_to: Duration,
+    write_to: Duration,
+}
+
+/// A socket timeout is shortened only when it is this much longer than what is left: the
+/// first read of a request (the usual only one) costs no system call, and a request still
+/// ends within its deadline plus this.
+const SLACK: Duration = Duration::from_millis(1);
+
+impl Own {
+    /// Connects to a plain TCP or unix address before `deadline`; `None` for TLS (left to
+    /// redis-rs).
+    fn connect(addr: &ConnectionAddr, deadline: Instant) -> Option<RedisResult<Own>> {
+        let stream = match addr {
+            ConnectionAddr::Tcp(host, port) => Self::tcp(host, *port, deadline).map(Stream::Tcp),
+            #[cfg(unix)]
+            ConnectionAddr::Unix(path) => UnixStream::connect(path)
+                .map(Stream::Unix)
+                .map_err(Into::into),
+            _ => return None,
+        };
+        Some(stream.map(|stream| Own {
+            stream,
+            parser: redis::Parser::new(),
+            read_to: Duration::ZERO,
+            write_to: Duration::ZERO,
+        }))
+    }
+
+    fn tcp(host: &str, port: u16, deadline: Instant) -> RedisResult<TcpStream> {
+        let mut last = None;
+        for a in (host, port).to_socket_addrs()? {
+            match TcpStream::connect_timeout(&a, left(deadline)?) {
+                Ok(s) => {
+                    s.set_nodelay(true)?;
+                    return Ok(s);
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last
+            .unwrap_or_else(|| {
+                std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "the host name resolved to no address",
+                )
+            })
+            .into())
+    }
+
+    /// Writes `bytes`, each write waiting at most what is left until `deadline`.
+    fn send(&mut self, mut bytes: &[u8], deadline: Instant) -> std::io::Result<()> {
+        while !bytes.is_empty() {
+            let rest = rest(deadline, REQUEST_TOOK_TOO_LONG)?;
+            if self.write_to > rest + SLACK || self.write_to.is_zero() {
+                self.stream.set_write_timeout(rest)?;
+                self.write_to = rest;
+            }
+            let n = match &mut self.stream {
+                Stream::Tcp(s) => s.write(bytes),
+                #[cfg(unix)]
+                Stream::Unix(s) => s.write(bytes),
+            };
+            match n {
+                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Ok(n) => bytes = &bytes[n..],
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads one reply before `deadline`.
+    fn recv(&mut self, deadline: Instant) -> RedisResult<Value> {
+        let mut until = Until {
+            stream: &mut self.stream,
+            read_to: &mut self.read_to,
+            deadline,
+        };
+        self.parser.parse_value(&mut until)
+    }
+
+    /// Starts a request of at most `timeout`: a socket timeout the previous request shortened
+    /// is set back (so that the first read of this one needs no system call).
+    fn start(&mut self, timeout: Duration) -> std::io::Result<()> {
+        if self.read_to != timeout {
+            self.stream.set_read_timeout(timeout)?;
+            self.read_to = timeout;
+        }
+        if self.write_to != timeout {
+            self.stream.set_write_timeout(timeout)?;
+            self.write_to = timeout;
+        }
+        Ok(())
+    }
+}
+
+/// The reader the parser reads a reply through: each socket read waits at most what is left
+/// of the request's deadline.
+struct Until<'a> {
+    stream: &'a mut Stream,
+    read_to: &'a mut Duration,
+    deadline: Instant,
+}
+
+impl Read for Until<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let rest = rest(self.deadline, REQUEST_TOOK_TOO_LONG)?;
+        if *self.read_to > rest + SLACK || self.read_to.is_zero() {
+            self.stream.set_read_timeout(rest)?;
+            *self.read_to = rest;
+        }
+        match self.stream {
+            Stream::Tcp(s) => s.read(buf),
+            #[cfg(unix)]
+            Stream::Unix(s) => s.read(buf),
+        }
+    }
 }
 
 impl Bounded {
-    /// Connects with `client` (built with database 0 and without `CLIENT SETINFO`) and selects
-    /// `db`, all within `connect_timeout`; then every read and write waits at most `timeout`.
+    /// Connects with `client` (built with database 0 and without `CLIENT SETINFO`),
+    /// authenticates and selects `db`, all within `connect_timeout`; then every request waits
+    /// at most `timeout`.
     pub(super) fn open(
         client: &redis::Client,
         db: i64,
@@ -56,8 +243,26 @@ impl Bounded {
         timeout: Duration,
     ) -> RedisResult<Self> {
         let deadline = Instant::now() + connect_timeout;
-        let inner = client.get_connection_with_timeout(connect_timeout)?;
-        Bounded::ready(inner, db, deadline, timeout)
+        let info = client.get_connection_info();
+        match Own::connect(info.addr(), deadline) {
+            Some(own) => {
+                let mut c = Bounded {
+                    io: Io::Own(own?),
+                    db,
+                    timeout: connect_timeout,
+                    deadline,
+                    broken: false,
+                };
+                c.authenticate(info.redis_settings(), deadline)?;
+                c.select(deadline)?;
+                c.timeout = timeout;
+                Ok(c)
+            }
+            None => {
+                let inner = client.get_connection_with_timeout(connect_timeout)?;
+                Bounded::ready(inner, db, deadline, timeout)
+            }
+        }
     }
 
     /// Takes a connection redis-rs opened (on database 0), selects `db` before `deadline`, then
@@ -69,19 +274,65 @@ impl Bounded {
         timeout: Duration,
     ) -> RedisResult<Self> {
         let mut c = Bounded {
-            inner,
+            io: Io::Lib(inner),
             db,
+            timeout,
+            deadline,
             broken: false,
         };
-        if db != 0 {
-            let rest = left(deadline)?;
-            c.inner.set_read_timeout(Some(rest))?;
-            c.inner.set_write_timeout(Some(rest))?;
-            redis::cmd("SELECT").arg(db).exec(&mut c)?;
+        c.select(deadline)?;
+        if let Io::Lib(inner) = &c.io {
+            inner.set_write_timeout(Some(timeout))?;
         }
-        c.inner.set_read_timeout(Some(timeout))?;
-        c.inner.set_write_timeout(Some(timeout))?;
         Ok(c)
+    }
+
+    /// `AUTH` (RESP2 with a password) or `HELLO 3` (RESP3), before `deadline`.
+    fn authenticate(
+        &mut self,
+        settings: &redis::RedisConnectionInfo,
+        deadline: Instant,
+    ) -> RedisResult<()> {
+        let cmd = if settings.protocol() == redis::ProtocolVersion::RESP3 {
+            let mut hello = redis::cmd("HELLO");
+            hello.arg(3);
+            if let Some(p) = settings.password() {
+                hello
+                    .arg("AUTH")
+                    .arg(settings.username().unwrap_or("default"))
+                    .arg(p);
+            }
+            hello
+        } else if let Some(p) = settings.password() {
+            let mut auth = redis::cmd("AUTH");
+            if let Some(u) = settings.username() {
+                auth.arg(u);
+            }
+            auth.arg(p);
+            auth
+        } else {
+            return Ok(());
+        };
+        self.timeout = left(deadline)?;
+        match self.req_packed_command(&cmd.get_packed_command())? {
+            Value::ServerError(e) => Err(e.into()),
+            _ => Ok(()),
+        }
+    }
+
+    /// `SELECT db` (when not 0) with what is left of `deadline`.
+    fn select(&mut self, deadline: Instant) -> RedisResult<()> {
+        if self.db == 0 {
+            return Ok(());
+        }
+        let rest = left(deadline)?;
+        let timeout = std::mem::replace(&mut self.timeout, rest);
+        if let Io::Lib(inner) = &self.io {
+            inner.set_write_timeout(Some(rest))?;
+        }
+        let r = redis::cmd("SELECT").arg(self.db).exec(self);
+        self.timeout = timeout;
+        r
     }
 
     /// Marks the connection broken when `r` failed.
@@ -91,6 +342,33 @@ impl Bounded {
         }
         r
     }
+
+    /// Sends a request, which must be answered within `timeout` from now.
+    fn send(&mut self, cmd: &[u8]) -> RedisResult<()> {
+        self.deadline = Instant::now() + self.timeout;
+        let r = match &mut self.io {
+            Io::Own(o) => o
+                .start(self.timeout)
+                .and_then(|()| o.send(cmd, self.deadline))
+                .map_err(Into::into),
+            Io::Lib(inner) => inner.send_packed_command(cmd),
+        };
+        self.watch(r)
+    }
+
+    /// Reads one reply of the request, before its deadline (with redis-rs's connection, each
+    /// reply is given what is left of it).
+    fn recv(&mut self) -> RedisResult<Value> {
+        let deadline = self.deadline;
+        let r = match &mut self.io {
+            Io::Own(o) => o.recv(deadline),
+            Io::Lib(inner) => rest(deadline, REQUEST_TOOK_TOO_LONG)
+                .map_err(RedisError::from)
+                .and_then(|d| inner.set_read_timeout(Some(d)))
+                .and_then(|()| inner.recv_response()),
+        };
+        self.watch(r)
+    }
 }
 
 impl ConnectionLike for Bounded {
@@ -98,8 +376,13 @@ impl ConnectionLike for Bounded {
         if self.broken {
             return Err(abandoned());
         }
-        let r = self.inner.req_packed_command(cmd);
-        self.watch(r)
+        self.send(cmd)?;
+        loop {
+            match self.recv()? {
+                Value::Push { .. } => continue,
+                v => return Ok(v),
+            }
+        }
     }
 
     /// Sends the pipeline and reads `offset + count` replies, stopping at the first that fails.
@@ -112,13 +395,11 @@ impl ConnectionLike for Bounded {
         if self.broken {
             return Err(abandoned());
         }
-        let sent = self.inner.send_packed_command(cmd);
-        self.watch(sent)?;
+        self.send(cmd)?;
         let mut out = Vec::with_capacity(count.min(1024));
         let mut seen = 0;
         while seen < offset + count {
-            let reply = self.inner.recv_response();
-            match self.watch(reply)? {
+            match self.recv()? {
                 // Out-of-band data (RESP3) is not a reply.
                 Value::Push { .. } => continue,
                 // An error before `offset` (inside MULTI, which ddf never sends) aborts.
@@ -140,10 +421,20 @@ impl ConnectionLike for Bounded {
     }
 
     fn check_connection(&mut self) -> bool {
-        !self.broken && self.inner.check_connection()
+        if self.broken {
+            return false;
+        }
+        match &mut self.io {
+            Io::Lib(inner) => inner.check_connection(),
+            Io::Own(_) => redis::cmd("PING").exec(self).is_ok(),
+        }
     }
 
     fn is_open(&self) -> bool {
-        !self.broken && self.inner.is_open()
+        !self.broken
+            && match &self.io {
+                Io::Own(_) => true,
+                Io::Lib(inner) => inner.is_open(),
+            }
     }
 }

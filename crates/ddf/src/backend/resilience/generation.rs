@@ -1,12 +1,116 @@
 //! The fallback as one outage sees it: every key under the outage's generation (`g<N>:`), so
 //! that the processes of one outage share its entries and no later outage reads them. Clearing
 //! a generation removes its entries only.
+//!
+//! Two rules keep what an open generation holds true for the processes that read it:
+//! - **What the server forgets, the open outages forget**: a write or an invalidation that
+//!   succeeds on the server (a process that is up) is applied to the entries of every open
+//!   outage of its scope before the call returns ([`Shared::forget_in_open_outages`]), so a
+//!   process that is down (or starts during the outage) does not go on reading a value the
+//!   server no longer has. Likewise a write or an invalidation recorded during an outage is
+//!   applied to every other open outage of the scope ([`Shared::forget_in_other_outages`]):
+//!   processes can be in different generations for a while. The check is one `stat` of a marker file that exists while an
+//!   outage may be open ([`super::journal::OUTAGE_MARKER`]), then, only then, one indexed
+//!   query in the journal database.
+//! - **No entry outlives its generation**: the process that ends an outage empties its entries,
+//!   closes it, and empties them again; a process that writes into a generation checks, after
+//!   the write, that it is still open, and removes what it wrote if not
+//!   ([`Shared::drop_if_closed`]). Whatever the interleaving, an entry written into a closed
+//!   generation is removed by one of the two.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use tracing::{debug, warn};
+
+use super::journal::PendingOp;
+use super::{Fallback, Shared};
 use crate::backend::{Backend, BackendStatus, Item};
 use crate::error::Result;
+
+impl Shared {
+    /// The fallback entries outages are kept in, if any (`fallback = pickle`).
+    fn outage_store(&self) -> Option<&Arc<dyn Backend>> {
+        match &self.fallback {
+            Fallback::Serve(f) if f.name() != "none" => Some(f),
+            _ => None,
+        }
+    }
+
+    /// A write or an invalidation succeeded on the server: applies what it invalidates
+    /// (`record`, called only when an outage is open) to the entries of every open outage of
+    /// this scope. A failure is logged: the call itself succeeded.
+    pub(super) fn forget_in_open_outages<'k>(&self, record: impl FnOnce() -> Vec<PendingOp<'k>>) {
+        if let Some((store, open)) = self.open_outages_but(0) {
+            self.forget_in(store, &open, &record());
+        }
+    }
+
+    /// A write or an invalidation was recorded and applied to generation `own`: applies what
+    /// it invalidates to the other open outages of this scope too. Processes can be in
+    /// different generations for a while (one whose outage was closed joins the next at its
+    /// next probe; one that starts meanwhile joins that one at once): an invalidation recorded
+    /// in one must not leave the other serving the value.
+    pub(super) fn forget_in_other_outages(&self, own: i64, ops: &[PendingOp<'_>]) {
+        if let Some((store, open)) = self.open_outages_but(own) {
+            self.forget_in(store, &open, ops);
+        }
+    }
+
+    /// The fallback store and the open outages of this scope other than `but`, when there are
+    /// any (the marker file first: one `stat` when none is open).
+    fn open_outages_but(&self, but: i64) -> Option<(&Arc<dyn Backend>, Vec<i64>)> {
+        let store = self.outage_store()?;
+        if !self.journal.may_have_open_outages() {
+            return None;
+        }
+        match self.journal.open_outages(&self.cfg.scope) {
+            Ok(mut open) => {
+                open.retain(|&g| g != but);
+                (!open.is_empty()).then_some((store, open))
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot read the open outages; a process in an outage may serve a value this call replaced until its outage ends");
+                None
+            }
+        }
+    }
+
+    /// Applies `ops` to the entries of the outages `open`.
+    fn forget_in(&self, store: &Arc<dyn Backend>, open: &[i64], ops: &[PendingOp<'_>]) {
+        for &g in open {
+            let view = GenerationView::new(store.clone(), g);
+            for op in ops {
+                if let Err(e) = op.apply(&view) {
+                    warn!(error = %e, generation = g, "cannot apply an invalidation to an open outage's fallback entries");
+                }
+            }
+        }
+    }
+
+    /// After a write into generation `g` of the fallback: if that outage was closed meanwhile
+    /// (by another process that saw the server back), removes what the write put there
+    /// (`ops`: what it recorded), so that nothing is left in a closed generation. When the
+    /// journal cannot say, the write is removed too: a miss is always allowed.
+    pub(super) fn drop_if_closed(&self, g: i64, ops: &[PendingOp<'_>]) {
+        let Some(store) = self.outage_store() else {
+            return;
+        };
+        if g == 0 || matches!(self.journal.is_open(&self.cfg.scope, g), Ok(true)) {
+            return;
+        }
+        debug!(
+            generation = g,
+            "the outage was closed during a fallback write; its entries are removed"
+        );
+        let view = GenerationView::new(store.clone(), g);
+        for op in ops {
+            if let Err(e) = op.apply(&view) {
+                warn!(error = %e, generation = g, "cannot remove a fallback entry of a closed outage (it is never read)");
+            }
+        }
+    }
+}
 
 /// The fallback's entries of one outage generation.
 #[derive(Debug)]

@@ -14,12 +14,20 @@ use std::sync::Arc;
 
 use rusqlite::params;
 
+use crate::backend::Backend;
 use crate::backend::sqlite::Db;
 use crate::clock::SystemClock;
 use crate::error::Result;
 
 /// The journal's file name inside the cache directory.
 pub(crate) const JOURNAL_FILE: &str = "ddf-journal.sqlite3";
+
+/// A file that exists in the cache directory while an outage of any scope may be open: a
+/// process that is up looks for it (one `stat`, about a microsecond) on every write before it
+/// asks the database which outages are open (several microseconds). It is created inside the
+/// transaction that opens an outage and removed inside the one that closes the last, so that
+/// it is never missing while an outage is open.
+pub(crate) const OUTAGE_MARKER: &str = "ddf-outage-open";
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS pending (
@@ -60,6 +68,18 @@ impl PendingOp<'_> {
         }
     }
 
+    /// Applies this invalidation to `backend`.
+    ///
+    /// # Errors
+    /// The backend's.
+    pub(crate) fn apply(&self, backend: &dyn Backend) -> Result<()> {
+        match self {
+            PendingOp::Delete(k) => backend.delete(k).map(drop),
+            PendingOp::DeletePrefix(p) => backend.delete_prefix(p).map(drop),
+            PendingOp::Clear => backend.clear(),
+        }
+    }
+
     fn decode(code: i64, arg: String) -> PendingOp<'static> {
         match code {
             1 => PendingOp::Delete(Cow::Owned(arg)),
@@ -75,6 +95,13 @@ impl PendingOp<'_> {
 #[derive(Debug)]
 pub(crate) struct Journal {
     db: Db,
+    /// [`OUTAGE_MARKER`] in the cache directory.
+    marker: PathBuf,
+}
+
+/// A file system error inside a database transaction.
+fn fs_error(e: std::io::Error) -> rusqlite::Error {
+    rusqlite::Error::ToSqlConversionFailure(Box::new(e))
 }
 
 impl Journal {
@@ -83,15 +110,51 @@ impl Journal {
     /// # Errors
     /// [`crate::Error::Backend`] when the directory or the database cannot be created or opened.
     pub(crate) fn open(dir: impl Into<PathBuf>) -> Result<Self> {
-        Ok(Journal {
-            db: Db::open(
-                dir.into(),
-                JOURNAL_FILE,
-                SCHEMA,
-                "journal",
-                Arc::new(SystemClock),
-            )?,
-        })
+        let dir = dir.into();
+        let journal = Journal {
+            marker: dir.join(OUTAGE_MARKER),
+            db: Db::open(dir, JOURNAL_FILE, SCHEMA, "journal", Arc::new(SystemClock))?,
+        };
+        // A journal written by a version without the marker, or a marker left by one that
+        // was removed: make the marker say what the outages table says (checked without the
+        // write lock first: building a cache, the CLI's every call, should not take it).
+        let agree = |c: &rusqlite::Connection| Ok(any_open(c)? == journal.marker.exists());
+        if !journal.db.with_conn("cannot read the outages", agree)? {
+            journal.db.with_conn("cannot read the outages", |c| {
+                let tx = rusqlite::Transaction::new_unchecked(
+                    c,
+                    rusqlite::TransactionBehavior::Immediate,
+                )?;
+                let open = any_open(&tx)?;
+                if open != journal.marker.exists() {
+                    journal.set_marker(open).map_err(fs_error)?;
+                }
+                tx.commit()
+            })?;
+        }
+        Ok(journal)
+    }
+
+    /// Whether an outage of any scope may be open (the marker exists): when not, none is.
+    pub(crate) fn may_have_open_outages(&self) -> bool {
+        self.marker.exists()
+    }
+
+    /// Creates or removes the marker (inside a transaction holding the write lock).
+    fn set_marker(&self, open: bool) -> std::io::Result<()> {
+        if open {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&self.marker)
+                .map(drop)
+        } else {
+            match std::fs::remove_file(&self.marker) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            }
+        }
     }
 
     /// Appends invalidations for `scope`, in order, in one transaction: all are recorded or
@@ -163,6 +226,10 @@ impl Journal {
 
     /// The open outage of `scope`, opening one if there is none: its generation.
     ///
+    /// A new generation is at least the time in ms since the Unix epoch (and above every
+    /// earlier one), so that a journal database created again (deleted, or moved aside as
+    /// corrupt) never hands out a number whose fallback entries a crashed writer may have left.
+    ///
     /// # Errors
     /// [`crate::Error::Backend`] when the database cannot be written.
     pub(crate) fn join_outage(&self, scope: &str) -> Result<i64> {
@@ -179,9 +246,15 @@ impl Journal {
                 Some(g) => g,
                 None => {
                     tx.prepare_cached(
-                        "INSERT INTO outages (scope, opened_at, closed) VALUES (?1, ?2, 0)",
+                        "INSERT INTO outages (generation, scope, opened_at, closed) VALUES (
+                            max(?2, 1 + coalesce(
+                                (SELECT seq FROM sqlite_sequence WHERE name = 'outages'), 0)),
+                            ?1, ?2, 0)",
                     )?
                     .execute(params![scope, now])?;
+                    // Before the commit: no process writes into the outage before the
+                    // processes that are up can see it is open.
+                    self.set_marker(true).map_err(fs_error)?;
                     tx.last_insert_rowid()
                 }
             };
@@ -240,7 +313,16 @@ impl Journal {
             }
             tx.prepare_cached("DELETE FROM outages WHERE closed = 1 AND opened_at < ?1")?
                 .execute([day_ago])?;
-            tx.commit()
+            let last = !any_open(&tx)?;
+            if last {
+                self.set_marker(false).map_err(fs_error)?;
+            }
+            tx.commit().inspect_err(|_| {
+                if last {
+                    // Still open: the marker must say so.
+                    let _ = self.set_marker(true);
+                }
+            })
         })
     }
 
@@ -248,6 +330,13 @@ impl Journal {
     pub(crate) fn close(&self) {
         self.db.close();
     }
+}
+
+/// Whether any outage (of any scope) is open.
+fn any_open(c: &rusqlite::Connection) -> rusqlite::Result<bool> {
+    c.prepare_cached("SELECT count(*) FROM outages WHERE closed = 0")?
+        .query_row([], |r| r.get::<_, i64>(0))
+        .map(|n| n > 0)
 }
 
 #[cfg(test)]
@@ -285,11 +374,46 @@ mod tests {
         assert_eq!(other.join_outage("s").unwrap(), g, "the same outage");
         assert_ne!(other.join_outage("t").unwrap(), g, "another scope's");
         assert_eq!(j.open_outages("s").unwrap(), [g]);
+        assert!(j.may_have_open_outages());
         j.close_outages("s", &[g]).unwrap();
         assert!(!other.is_open("s", g).unwrap());
+        assert!(other.may_have_open_outages(), "scope t's is open");
+        let t = other.open_outages("t").unwrap();
+        other.close_outages("t", &t).unwrap();
+        assert!(!j.may_have_open_outages(), "none open");
         let next = other.join_outage("s").unwrap();
         assert!(next > g, "a later outage is a new generation");
         assert!(j.is_open("s", next).unwrap());
+    }
+
+    #[test]
+    fn opening_makes_the_marker_agree_with_the_outages() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(dir.path()).unwrap();
+        j.join_outage("s").unwrap();
+        // A marker lost (a version without it, or removed by hand) is put back, and one left
+        // behind is removed.
+        std::fs::remove_file(dir.path().join(OUTAGE_MARKER)).unwrap();
+        assert!(Journal::open(dir.path()).unwrap().may_have_open_outages());
+        let open = j.open_outages("s").unwrap();
+        j.close_outages("s", &open).unwrap();
+        std::fs::write(dir.path().join(OUTAGE_MARKER), "").unwrap();
+        assert!(!Journal::open(dir.path()).unwrap().may_have_open_outages());
+    }
+
+    #[test]
+    fn a_journal_created_again_never_reuses_a_generation() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = Journal::open(dir.path()).unwrap().join_outage("s").unwrap();
+        for end in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(dir.path().join(format!("{JOURNAL_FILE}{end}")));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        let again = Journal::open(dir.path()).unwrap();
+        let g = again.join_outage("s").unwrap();
+        assert!(g > first, "{g} after {first}: a reused number");
+        again.close_outages("s", &[g]).unwrap();
+        assert!(again.join_outage("s").unwrap() > g);
     }
 
     #[test]

@@ -23,7 +23,7 @@
 //!   cache's background loop (one per cache, started with it) pings the primary every
 //!   `breaker_retry` (a `PING` bounded by the operation timeout); no read or write waits for a
 //!   probe (an invalidation made while the probe applies the journal's last entries waits for
-//!   that, under the gate).
+//!   that, under the gate, at most one operation timeout).
 //! - **recovering**: the primary answered; the journal is being replayed. Operations still go to
 //!   the fallback. When the journal is empty and the outage closed the state becomes **up**
 //!   (if the outage cannot be closed, it stays down and tries again).
@@ -290,6 +290,20 @@ impl Resilient {
     }
 
     #[cfg(feature = "async")]
+    /// A write or an invalidation succeeded on the primary (the async face's hot path): the
+    /// sync face's rule, what the server forgets the open outages forget (see
+    /// [`generation`]). One `stat` of the outage marker when no outage is open; the journal and
+    /// the fallback (SQLite) otherwise.
+    pub(crate) fn primary_forgot(&self, what: Forget<'_>) {
+        self.shared.forget_in_open_outages(|| match what {
+            Forget::Key(key) => deletes(std::iter::once(key)),
+            Forget::Keys(keys) => deletes(keys.iter().copied()),
+            Forget::Prefix(p) => vec![PendingOp::DeletePrefix(Cow::Borrowed(p))],
+            Forget::All => vec![PendingOp::Clear],
+        });
+    }
+
+    #[cfg(feature = "async")]
     /// A call failed on the primary for a temporary reason (counted; `at_once` marks the
     /// primary down at the first one, as writes and invalidations do). May open an outage in
     /// the journal: blocking.
@@ -385,7 +399,12 @@ impl Resilient {
         op: impl Fn(&dyn Backend) -> Result<T>,
     ) -> Result<T> {
         match self.on_primary(true, &op) {
-            Attempt::Done(r) => r,
+            Attempt::Done(r) => {
+                if r.is_ok() {
+                    self.shared.forget_in_open_outages(record);
+                }
+                r
+            }
             Attempt::NotUp | Attempt::Failed(_) => self.on_fallback_recorded(record, &op),
         }
     }
@@ -401,7 +420,12 @@ impl Resilient {
         op: impl Fn(&dyn Backend) -> Result<T>,
     ) -> Result<T> {
         match self.on_primary(true, &op) {
-            Attempt::Done(r) => r,
+            Attempt::Done(r) => {
+                if r.is_ok() {
+                    self.shared.forget_in_open_outages(record);
+                }
+                r
+            }
             Attempt::NotUp => self.on_fallback_recorded(record, &op),
             Attempt::Failed(e) => {
                 self.on_fallback_recorded(record, &op)?;
@@ -452,8 +476,13 @@ impl Resilient {
             }
             break gate;
         };
-        s.journal.append(&s.cfg.scope, &record())?;
-        self.on_fallback(op)
+        let ops = record();
+        s.journal.append(&s.cfg.scope, &ops)?;
+        let g = s.generation.load(Ordering::Acquire);
+        let r = self.on_fallback_in(g, op);
+        s.drop_if_closed(g, &ops);
+        s.forget_in_other_outages(g, &ops);
+        r
     }
 
     fn refusal(&self) -> Error {
@@ -462,10 +491,15 @@ impl Resilient {
 
     /// Serves a call while the primary is not up, as the fallback says.
     fn on_fallback<T>(&self, op: &impl Fn(&dyn Backend) -> Result<T>) -> Result<T> {
+        self.on_fallback_in(self.shared.generation.load(Ordering::Acquire), op)
+    }
+
+    /// [`Resilient::on_fallback`] in outage generation `g` (0: none, the fallback misses).
+    fn on_fallback_in<T>(&self, g: i64, op: &impl Fn(&dyn Backend) -> Result<T>) -> Result<T> {
         match &self.shared.fallback {
             Fallback::Serve(f) => {
                 super::degraded::note_fallback();
-                match self.shared.generation.load(Ordering::Acquire) {
+                match g {
                     0 => op(&super::none::NoneBackend),
                     g => op(&GenerationView::new(f.clone(), g)),
                 }
@@ -490,6 +524,21 @@ fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 
 /// What a write of `key` records: a delete (when the primary returns, its older value must not
 /// be served).
+/// What a write or an invalidation that succeeded on the primary makes it forget (for
+/// [`Resilient::primary_forgot`]).
+#[cfg(feature = "async")]
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Forget<'a> {
+    /// A key's old value (a `set`, a `delete`).
+    Key(&'a str),
+    /// These keys' old values (`set_many`, `delete_many`).
+    Keys(&'a [&'a str]),
+    /// Every key under a prefix.
+    Prefix(&'a str),
+    /// The whole namespace.
+    All,
+}
+
 fn deletes<'k>(keys: impl Iterator<Item = &'k str>) -> Vec<PendingOp<'k>> {
     keys.map(|k| PendingOp::Delete(Cow::Borrowed(k))).collect()
 }

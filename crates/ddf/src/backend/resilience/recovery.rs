@@ -94,22 +94,45 @@ impl Shared {
     }
 
     /// The primary is back and the journal applied: empties the fallback entries of the open
-    /// outages of this scope, then closes them (nobody reads them again; an entry another
-    /// process writes between the two is never read).
+    /// outages of this scope, closes them (nobody reads them again), then empties them once
+    /// more: an entry another process wrote between the first emptying and the close is
+    /// removed by the second, one written after the close by its writer
+    /// ([`Shared::drop_if_closed`]).
     ///
     /// # Errors
-    /// The journal's or the fallback's: the outage stays open.
+    /// The journal's or the fallback's before the close: the outage stays open. A failure of
+    /// the last emptying is logged (the outage is closed: its entries are never read).
     fn end_outages(&self) -> Result<()> {
         let open = self.journal.open_outages(&self.cfg.scope)?;
         if open.is_empty() {
             return Ok(());
         }
-        if let Fallback::Serve(f) = &self.fallback {
-            for &g in &open {
-                GenerationView::new(f.clone(), g).clear()?;
+        for &g in &open {
+            self.empty(g)?;
+        }
+        self.journal.close_outages(&self.cfg.scope, &open)?;
+        for &g in &open {
+            if let Err(e) = self.empty(g) {
+                warn!(error = %e, generation = g, "cannot empty a closed outage's fallback entries (they are never read)");
             }
         }
-        self.journal.close_outages(&self.cfg.scope, &open)
+        Ok(())
+    }
+
+    /// Removes the fallback entries of outage `g`.
+    fn empty(&self, g: i64) -> Result<()> {
+        match &self.fallback {
+            Fallback::Serve(f) => GenerationView::new(f.clone(), g).clear(),
+            Fallback::Refuse => Ok(()),
+        }
+    }
+
+    /// Empties the fallback entries of the open outages of this scope (they stay open).
+    fn empty_outages(&self) -> Result<()> {
+        for g in self.journal.open_outages(&self.cfg.scope)? {
+            self.empty(g)?;
+        }
+        Ok(())
     }
 
     /// While up: applies what other processes recorded (a process that was down while this one
@@ -188,10 +211,22 @@ impl Shared {
             Ok(r) if !r.finished => return false,
             Ok(_) => {}
         }
-        // Last pass under the gate, then up: nothing recorded can be left behind.
-        let _gate = write(&self.gate);
-        if let Err(e) = self.replay(primary.as_ref(), None) {
+        // Last pass under the gate, then up: nothing recorded can be left behind. Invalidations
+        // this process makes meanwhile wait for the gate, so the pass gets at most one
+        // operation timeout (and what is left of `deadline`): what other processes recorded
+        // during the pass above can be long, and the rest is left to the next probe.
+        // The outages' fallback entries are emptied before the gate too (there can be many):
+        // under it, only what was written since is left to remove.
+        if let Err(e) = self.empty_outages() {
             return failed_again(e);
+        }
+        let gated = Instant::now() + self.cfg.startup_wait;
+        let gated = deadline.map_or(gated, |d| d.min(gated));
+        let _gate = write(&self.gate);
+        match self.replay(primary.as_ref(), Some(gated)) {
+            Err(e) => return failed_again(e),
+            Ok(r) if !r.finished => return false,
+            Ok(_) => {}
         }
         // Up with the outage open would let a later outage serve its values.
         if let Err(e) = self.end_outages() {
@@ -208,14 +243,17 @@ impl Shared {
     }
 
     /// Applies the journal to the primary, oldest first, until `deadline` if one is given.
+    /// Consecutive deletes go in batches of up to [`REPLAY_BATCH`] keys, one pipelined call
+    /// (`Backend::delete_many`: one `UNLINK` on Redis, pipelined meta deletes on Memcached).
     /// A temporary error (a timeout, READONLY from a server that became a replica) stops it:
-    /// what was applied is removed from the journal, the rest stays recorded, to be applied when
-    /// the server accepts it (dropping the entry would let its old value be served). A permanent
-    /// refusal (a whole-keyspace flush this process's settings refuse, an operation the server
-    /// cannot do) can never pass: that entry is dropped with a warning, so that one such entry
-    /// does not keep every process of the scope on the fallback for good.
-    /// Progress is saved every [`REPLAY_BATCH`] entries, so that a replay cut short (a process
-    /// that ends) is not started over.
+    /// what was applied is removed from the journal, the rest (the failed batch included)
+    /// stays recorded, to be applied when the server accepts it (dropping the entry would let
+    /// its old value be served). A permanent refusal (a whole-keyspace flush this process's
+    /// settings refuse, an operation the server cannot do) can never pass: that entry is
+    /// dropped with a warning (a batch so refused is applied again entry by entry to find
+    /// it), so that one such entry does not keep every process of the scope on the fallback
+    /// for good. Progress is saved every [`REPLAY_BATCH`] entries or more, so that a replay
+    /// cut short (a process that ends) is not started over.
     ///
     /// # Errors
     /// The primary's error for the first entry it did not apply, or the journal's.
@@ -227,29 +265,41 @@ impl Shared {
         };
         let mut saved = 0;
         let mut outcome = Ok(());
-        for (i, (_, op)) in pending.iter().enumerate() {
+        while done.applied < pending.len() {
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 done.finished = false;
                 break;
             }
-            let r = match op {
-                PendingOp::Delete(k) => primary.delete(k).map(|_| ()),
-                PendingOp::DeletePrefix(p) => primary.delete_prefix(p).map(|_| ()),
-                PendingOp::Clear => primary.clear(),
+            let batch = deletes_from(&pending[done.applied..]);
+            let r = match batch.len() {
+                0 | 1 => pending[done.applied].1.apply(primary),
+                _ => primary.delete_many(&batch).map(drop),
             };
+            let step = batch.len().max(1);
             match r {
                 Ok(()) => {}
                 Err(e) if e.is_temporary() => {
                     outcome = Err(e);
                     break;
                 }
-                Err(e) => tracing::warn!(
-                    error = %e,
-                    ?op,
-                    "a recorded invalidation can never be applied here (a permanent refusal); dropped"
-                ),
+                Err(_) if step > 1 => {
+                    // Find the entry refused for good: one by one, as before batches.
+                    for (_, op) in &pending[done.applied..done.applied + step] {
+                        if let Err(e) = op.apply(primary) {
+                            if e.is_temporary() {
+                                outcome = Err(e);
+                                break;
+                            }
+                            warn_dropped(&e, op);
+                        }
+                    }
+                    if outcome.is_err() {
+                        break;
+                    }
+                }
+                Err(e) => warn_dropped(&e, &pending[done.applied].1),
             }
-            done.applied = i + 1;
+            done.applied += step;
             if done.applied - saved >= REPLAY_BATCH {
                 self.forget(&pending[..done.applied]);
                 saved = done.applied;
@@ -272,8 +322,29 @@ impl Shared {
     }
 }
 
-/// Entries a replay applies between two saves of its progress.
+/// Keys per batch of recorded deletes, and entries a replay applies between two saves of its
+/// progress.
 const REPLAY_BATCH: usize = 256;
+
+/// The keys of the recorded deletes that open `pending` (at most [`REPLAY_BATCH`]).
+fn deletes_from<'a>(pending: &'a [(i64, PendingOp<'static>)]) -> Vec<&'a str> {
+    pending
+        .iter()
+        .take(REPLAY_BATCH)
+        .map_while(|(_, op)| match op {
+            PendingOp::Delete(k) => Some(k.as_ref()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn warn_dropped(e: &Error, op: &PendingOp<'_>) {
+    warn!(
+        error = %e,
+        ?op,
+        "a recorded invalidation can never be applied here (a permanent refusal); dropped"
+    );
+}
 
 /// What a replay did.
 #[derive(Debug, Clone, Copy)]

@@ -151,6 +151,7 @@ fn outage_fallback_and_recovery_without_stale_reads() {
         primary,
         local,
         journal,
+        _dir: _kept,
         ..
     } = setup(FallbackMode::Pickle);
     r.set("a", &item("1"), None).unwrap();
@@ -270,7 +271,9 @@ fn a_permanently_refused_entry_does_not_keep_the_scope_down() {
 
 #[test]
 fn a_write_that_failed_never_lets_the_old_value_back() {
-    let Setup { r, up, .. } = setup(FallbackMode::Pickle);
+    let Setup {
+        r, up, _dir: _kept, ..
+    } = setup(FallbackMode::Pickle);
     r.set("k", &item("v1"), None).unwrap();
     up.store(false, Ordering::SeqCst);
     // Fails on the primary: down at once, recorded, written to the fallback.
@@ -306,7 +309,9 @@ fn the_whole_keyspace_is_refused_in_every_state() {
 
 #[test]
 fn a_failed_invalidation_marks_the_primary_down_at_once() {
-    let Setup { r, up, .. } = setup(FallbackMode::None);
+    let Setup {
+        r, up, _dir: _kept, ..
+    } = setup(FallbackMode::None);
     r.set("k", &item("v"), None).unwrap();
     up.store(false, Ordering::SeqCst);
     assert!(!r.delete("k").unwrap());
@@ -321,7 +326,9 @@ fn a_failed_invalidation_marks_the_primary_down_at_once() {
 
 #[test]
 fn fallback_error_returns_temporary_errors_and_still_records() {
-    let Setup { r, up, .. } = setup(FallbackMode::Error);
+    let Setup {
+        r, up, _dir: _kept, ..
+    } = setup(FallbackMode::Error);
     r.set("k", &item("v"), None).unwrap();
     up.store(false, Ordering::SeqCst);
     let e = r.delete("k").unwrap_err();
@@ -429,7 +436,16 @@ fn manual_setup(failures: u32) -> (Setup, Arc<Manual>) {
 
 #[test]
 fn one_loop_per_cache_on_any_spawner() {
-    let (Setup { r, up, journal, .. }, manual) = manual_setup(1);
+    let (
+        Setup {
+            r,
+            up,
+            journal,
+            _dir: _kept,
+            ..
+        },
+        manual,
+    ) = manual_setup(1);
     assert_eq!(manual.spawned(), 1, "started with the cache");
     up.store(false, Ordering::SeqCst);
     assert_eq!(r.get("k").unwrap(), None);
@@ -453,7 +469,15 @@ fn one_loop_per_cache_on_any_spawner() {
 
 #[test]
 fn an_up_cache_applies_what_another_process_recorded() {
-    let (Setup { r, journal, .. }, manual) = manual_setup(2);
+    let (
+        Setup {
+            r,
+            journal,
+            _dir: _kept,
+            ..
+        },
+        manual,
+    ) = manual_setup(2);
     r.set("k", &item("v"), None).unwrap();
     // Another process, down meanwhile, recorded a delete of k.
     journal
@@ -468,7 +492,16 @@ fn an_up_cache_applies_what_another_process_recorded() {
 
 #[test]
 fn a_watcher_that_cannot_apply_marks_the_primary_down() {
-    let (Setup { r, up, journal, .. }, manual) = manual_setup(3);
+    let (
+        Setup {
+            r,
+            up,
+            journal,
+            _dir: _kept,
+            ..
+        },
+        manual,
+    ) = manual_setup(3);
     r.set("k", &item("v"), None).unwrap();
     journal
         .append("s", &[PendingOp::Delete("k".into())])
@@ -485,13 +518,21 @@ fn a_watcher_that_cannot_apply_marks_the_primary_down() {
 
 #[test]
 fn a_failed_read_while_up_never_answers_from_the_fallback() {
-    let Setup { r, up, local, .. } = setup(FallbackMode::Pickle);
+    let Setup {
+        r,
+        up,
+        local,
+        _dir: _kept,
+        ..
+    } = setup(FallbackMode::Pickle);
     // Left in the shared fallback by another process during an outage this one did not see.
     local.set("k", &item("outage"), None).unwrap();
     up.store(false, Ordering::SeqCst);
     assert_eq!(r.get("k").unwrap(), None);
     assert_eq!(r.get_many(&["k", "j"]).unwrap(), [None, None]);
-    let Setup { r, up, .. } = setup(FallbackMode::Error);
+    let Setup {
+        r, up, _dir: _kept, ..
+    } = setup(FallbackMode::Error);
     up.store(false, Ordering::SeqCst);
     assert!(r.get("k").unwrap_err().is_temporary());
 }
@@ -570,7 +611,13 @@ fn recovery_stays_down_while_the_fallback_cannot_be_emptied() {
 
 #[test]
 fn an_invalidation_that_fails_on_the_primary_says_it_was_recorded() {
-    let Setup { r, up, journal, .. } = setup(FallbackMode::Pickle);
+    let Setup {
+        r,
+        up,
+        journal,
+        _dir: _kept,
+        ..
+    } = setup(FallbackMode::Pickle);
     up.store(false, Ordering::SeqCst);
     let e = r.delete_prefix("p:").unwrap_err();
     assert!(e.is_temporary(), "{e}");
@@ -668,7 +715,16 @@ fn processes_share_the_fallback_for_the_length_of_one_outage() {
 
 #[test]
 fn a_process_whose_outage_was_closed_joins_the_next_one() {
-    let (Setup { r, up, journal, .. }, manual) = manual_setup(1);
+    let (
+        Setup {
+            r,
+            up,
+            journal,
+            _dir: _kept,
+            ..
+        },
+        manual,
+    ) = manual_setup(1);
     up.store(false, Ordering::SeqCst);
     r.set("k", &item("x"), None).unwrap();
     assert_eq!(r.get("k").unwrap(), Some(item("x")));

@@ -39,6 +39,10 @@ pub(crate) struct Epochs {
     state: Mutex<State>,
     /// Signalled when a store ends.
     stored: Condvar,
+    /// Notified when a store ends, for invalidations that wait as tasks
+    /// ([`Epochs::invalidate_async`]).
+    #[cfg(feature = "async")]
+    stored_async: tokio::sync::Notify,
 }
 
 #[derive(Debug, Default)]
@@ -53,39 +57,79 @@ impl Epochs {
         self.current.load(Ordering::SeqCst)
     }
 
+    /// Begins a new epoch (under the state's lock) and returns it.
+    fn begin_invalidation(&self, _st: &MutexGuard<'_, State>) -> u64 {
+        self.current.fetch_add(1, Ordering::SeqCst).wrapping_add(1)
+    }
+
     /// Runs an invalidation: begins a new epoch, waits until no store of an older epoch is
     /// writing (it would otherwise land after `op`), then runs `op`.
     pub(crate) fn invalidate<T>(&self, op: impl FnOnce() -> T) -> T {
         {
             let mut st = lock(&self.state);
-            let mine = self.current.fetch_add(1, Ordering::SeqCst).wrapping_add(1);
-            while st.writing.first_key_value().is_some_and(|(e, _)| *e < mine) {
+            let mine = self.begin_invalidation(&st);
+            while st.older_writing(mine) {
                 st = self.stored.wait(st).unwrap_or_else(PoisonError::into_inner);
             }
         }
         op()
     }
 
+    /// [`Epochs::invalidate`] for a task: the wait for older stores is awaited, not blocked on,
+    /// and `op` is a future. Dropped before `op` runs, it leaves a new epoch begun and nothing
+    /// invalidated: stores of older epochs then write nothing, which is only cautious.
+    #[cfg(feature = "async")]
+    #[allow(dead_code)] // the async face's manager is its caller
+    pub(crate) async fn invalidate_async<F: Future>(&self, op: F) -> F::Output {
+        let mine = self.begin_invalidation(&lock(&self.state));
+        loop {
+            let stored = self.stored_async.notified();
+            let mut stored = std::pin::pin!(stored);
+            // Registered before the check, so that a store ending in between is not missed.
+            stored.as_mut().enable();
+            if !lock(&self.state).older_writing(mine) {
+                break;
+            }
+            stored.await;
+        }
+        op.await
+    }
+
     /// Runs `write` (a memoized call's store) if no invalidation began since `epoch`; `None`
     /// (nothing written) if one did.
     pub(crate) fn store<T>(&self, epoch: u64, write: impl FnOnce() -> T) -> Option<T> {
-        {
-            let mut st = lock(&self.state);
-            if self.current.load(Ordering::SeqCst) != epoch {
-                return None;
-            }
-            *st.writing.entry(epoch).or_insert(0) += 1;
+        let _writing = self.begin_store(epoch)?;
+        Some(write())
+    }
+
+    /// Begins a memoized store if no invalidation began since `epoch` (`None`: write nothing).
+    /// The store lasts as long as the returned guard: write while holding it (across an
+    /// `await` on the async face; a dropped future drops it too).
+    pub(crate) fn begin_store(&self, epoch: u64) -> Option<Writing<'_>> {
+        let mut st = lock(&self.state);
+        if self.current.load(Ordering::SeqCst) != epoch {
+            return None;
         }
-        let _writing = Writing {
+        *st.writing.entry(epoch).or_insert(0) += 1;
+        Some(Writing {
             epochs: self,
             epoch,
-        };
-        Some(write())
+        })
+    }
+}
+
+impl State {
+    /// Whether a store of an epoch older than `epoch` is writing.
+    fn older_writing(&self, epoch: u64) -> bool {
+        self.writing
+            .first_key_value()
+            .is_some_and(|(e, _)| *e < epoch)
     }
 }
 
 /// A store in progress; ends (and wakes waiting invalidations) when dropped, on unwinding too.
-struct Writing<'a> {
+#[derive(Debug)]
+pub(crate) struct Writing<'a> {
     epochs: &'a Epochs,
     epoch: u64,
 }
@@ -101,6 +145,8 @@ impl Drop for Writing<'_> {
         }
         drop(st);
         self.epochs.stored.notify_all();
+        #[cfg(feature = "async")]
+        self.epochs.stored_async.notify_waiters();
     }
 }
 

@@ -197,10 +197,13 @@ pub fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenStream> 
         ReturnType::Default => syn::parse_quote!(()),
     };
 
-    let cache_expr = match (&opts.cache, face) {
-        (Some(e), _) => quote!(#e),
-        (None, Face::Sync) => quote!(::ddf::__private::CACHE),
-        (None, Face::Async) => quote!(::ddf::__private::ASYNC_CACHE),
+    let cache = Cache {
+        expr: match (&opts.cache, face) {
+            (Some(e), _) => quote!(#e),
+            (None, Face::Sync) => quote!(::ddf::__private::CACHE),
+            (None, Face::Async) => quote!(::ddf::__private::ASYNC_CACHE),
+        },
+        face,
     };
 
     if let Some((prefixes, _)) = &opts.invalidate_on {
@@ -212,7 +215,7 @@ pub fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenStream> 
                 ),
             ));
         }
-        return Ok(expand_mutation(&func, &ret_ty, &cache_expr, prefixes, face));
+        return Ok(expand_mutation(&func, &ret_ty, &cache, prefixes));
     }
 
     if let Some(span) = pattern {
@@ -252,10 +255,16 @@ pub fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenStream> 
         receiver.as_ref(),
         &args,
         &ret_ty,
-        &cache_expr,
+        &cache,
         &policy,
-        face,
     ))
+}
+
+/// The cache a function is memoized in, and through which face.
+struct Cache {
+    /// The `cache = ..` expression, or the face's global.
+    expr: TokenStream,
+    face: Face,
 }
 
 /// Which face of the cache the function is memoized with.
@@ -301,10 +310,10 @@ fn cache_owned_async(cache_expr: &TokenStream) -> TokenStream {
 fn expand_mutation(
     func: &ItemFn,
     ret_ty: &Type,
-    cache_expr: &TokenStream,
+    cache: &Cache,
     prefixes: &[LitStr],
-    face: Face,
 ) -> TokenStream {
+    let (cache_expr, face) = (&cache.expr, cache.face);
     let ItemFn {
         attrs,
         vis,
@@ -363,10 +372,10 @@ fn expand_memo(
     receiver: Option<&syn::Receiver>,
     args: &[Arg],
     ret_ty: &Type,
-    cache_expr: &TokenStream,
+    cache: &Cache,
     policy: &TokenStream,
-    face: Face,
 ) -> TokenStream {
+    let (cache_expr, face) = (&cache.expr, cache.face);
     let ItemFn {
         attrs,
         vis,

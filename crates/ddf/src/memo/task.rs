@@ -251,6 +251,7 @@ impl AsyncMemoCache for InlineAsyncCache {
         self.0.id()
     }
 
+    #[allow(private_interfaces)]
     fn memo_epochs(&self) -> &Epochs {
         self.0.epochs()
     }

@@ -2,6 +2,8 @@
 //! sharing the conformance suite.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+#[cfg(feature = "async")]
+mod amemo;
 mod conformance;
 mod file;
 mod hostile;

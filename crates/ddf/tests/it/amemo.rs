@@ -1,0 +1,325 @@
+//! `#[cache_with_invalidation]` on an `async fn` (feature `async`): hits and misses, `Result`
+//! and `Option`, validation, the async helpers, `invalidate_on`, concurrent callers running the
+//! body once, a leader whose task is aborted mid-body, and the invalidation rules.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use ddf::{CacheConfig, CacheManager, cache_with_invalidation};
+use tokio::sync::Semaphore;
+
+use crate::conformance::unique_namespace;
+
+/// The cache the async face memoizes in.
+type Cache = ddf::__private::InlineAsyncCache;
+
+fn pickle_cache(dir: &std::path::Path) -> Cache {
+    let c = CacheManager::new(
+        CacheConfig::default()
+            .with_pickle_dir(dir)
+            .with_namespace(unique_namespace("amemo")),
+    )
+    .unwrap();
+    ddf::__private::InlineAsyncCache(c)
+}
+
+/// A service whose memoized async methods use the cache it holds and count their runs.
+struct Svc {
+    cache: Cache,
+    calls: AtomicUsize,
+    stamp: Mutex<String>,
+    /// Bodies of `gated` wait for a permit here.
+    gate: Semaphore,
+    /// Bodies of `gated` add one here when they start.
+    started: Semaphore,
+}
+
+impl Svc {
+    fn new(cache: Cache) -> Self {
+        Svc {
+            cache,
+            calls: AtomicUsize::new(0),
+            stamp: Mutex::new("v1".into()),
+            gate: Semaphore::new(0),
+            started: Semaphore::new(0),
+        }
+    }
+
+    fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+
+    fn tick(&self) {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+    }
+
+    async fn current_stamp(&self) -> String {
+        tokio::task::yield_now().await;
+        self.stamp.lock().unwrap().clone()
+    }
+
+    #[cache_with_invalidation(cache = self.cache, ttl = 3600, key_prefix = "lists")]
+    async fn weigh(&self, xs: &[u32], m: &HashMap<String, u32>) -> u64 {
+        self.tick();
+        tokio::task::yield_now().await;
+        xs.iter().map(|x| u64::from(*x)).sum::<u64>() * 100
+            + m.values().map(|v| u64::from(*v)).sum::<u64>()
+    }
+
+    #[cache_with_invalidation(cache = self.cache, key_prefix = "shared")]
+    async fn upper(&self, s: &str) -> String {
+        self.tick();
+        s.to_uppercase()
+    }
+
+    #[cache_with_invalidation(cache = self.cache, key_prefix = "shared")]
+    async fn lower(&self, s: &str) -> String {
+        self.tick();
+        s.to_lowercase()
+    }
+
+    #[cache_with_invalidation(cache = self.cache, key_prefix = "res")]
+    async fn parse(&self, s: &str) -> Result<u32, std::num::ParseIntError> {
+        self.tick();
+        let n: u32 = s.parse()?;
+        if n == 0 {
+            return Ok(1000);
+        }
+        Ok(n)
+    }
+
+    #[cache_with_invalidation(cache = self.cache, key_prefix = "opt")]
+    async fn find(&self, s: &str) -> Option<u32> {
+        self.tick();
+        s.parse().ok()
+    }
+
+    #[cache_with_invalidation(cache = self.cache, key_prefix = "stamp", validation = self.current_stamp().await)]
+    async fn stamped(&self, s: &str) -> String {
+        self.tick();
+        format!("{s}@{}", self.current_stamp().await)
+    }
+
+    #[cache_with_invalidation(cache = self.cache, key_prefix = "svc:web")]
+    async fn web(&self) -> u32 {
+        self.tick();
+        80
+    }
+
+    #[cache_with_invalidation(cache = self.cache, invalidate_on = ["shared:", "svc:{name}:"])]
+    async fn edit(&self, name: &str, ok: bool) -> Result<(), String> {
+        tokio::task::yield_now().await;
+        if ok {
+            Ok(())
+        } else {
+            Err(format!("cannot edit {name}"))
+        }
+    }
+
+    /// Announces its start, then waits for a permit: what the concurrency tests hold.
+    #[cache_with_invalidation(cache = self.cache, key_prefix = "gated")]
+    async fn gated(&self, x: u32) -> u32 {
+        let n = self.calls.fetch_add(1, Ordering::SeqCst);
+        self.started.add_permits(1);
+        self.gate.acquire().await.unwrap().forget();
+        x * 1000 + n as u32
+    }
+
+    #[cache_with_invalidation(cache = self.cache, key_prefix = "fib")]
+    async fn fib(&self, n: u64) -> u64 {
+        self.tick();
+        if n < 2 {
+            n
+        } else {
+            Box::pin(self.fib(n - 1)).await + Box::pin(self.fib(n - 2)).await
+        }
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn assert_send<T: Send>(t: T) -> T {
+    t
+}
+
+/// The behaviour suite, on a fresh cache from `make` per check.
+fn run(make: &(dyn Fn() -> Cache + Sync)) {
+    let rt = runtime();
+    rt.block_on(async {
+        hits_and_keys(&Svc::new(make())).await;
+        result_and_option(&Svc::new(make())).await;
+        validation(&Svc::new(make())).await;
+        helpers(&Svc::new(make())).await;
+        invalidate_on(&Svc::new(make())).await;
+        recursion(&Svc::new(make())).await;
+        one_run_for_concurrent_callers(Arc::new(Svc::new(make()))).await;
+        an_aborted_leader_hands_over(Arc::new(Svc::new(make()))).await;
+        a_caller_after_an_invalidation_does_not_wait(Arc::new(Svc::new(make()))).await;
+    });
+}
+
+async fn hits_and_keys(s: &Svc) {
+    let m: HashMap<String, u32> = [("a".into(), 1), ("b".into(), 2)].into();
+    assert_eq!(assert_send(s.weigh(&[1, 2], &m)).await, 303);
+    assert_eq!(s.weigh(&[1, 2], &m).await, 303);
+    assert_eq!(s.calls(), 1, "the second call is a hit");
+    assert_eq!(s.weigh(&[2, 1], &m).await, 303);
+    assert_eq!(s.calls(), 2, "other arguments, other key");
+    assert!(
+        s.weigh_cache_key(&[1, 2], &m)
+            .unwrap()
+            .starts_with("lists:")
+    );
+    assert_ne!(
+        s.upper_cache_key("a").unwrap(),
+        s.lower_cache_key("a").unwrap()
+    );
+}
+
+async fn result_and_option(s: &Svc) {
+    assert!(s.parse("x").await.is_err());
+    assert!(s.parse("x").await.is_err());
+    assert_eq!(s.calls(), 2, "Err is never cached");
+    assert_eq!(s.parse("0").await, Ok(1000), "`return` in the body");
+    assert_eq!(s.parse("0").await, Ok(1000));
+    assert_eq!(s.calls(), 3, "Ok is cached");
+    assert_eq!(s.find("x").await, None);
+    assert_eq!(s.find("x").await, None);
+    assert_eq!(s.find("7").await, Some(7));
+    assert_eq!(s.find("7").await, Some(7));
+    assert_eq!(s.calls(), 6, "None is not cached, Some is");
+}
+
+async fn validation(s: &Svc) {
+    assert_eq!(s.stamped("a").await, "a@v1");
+    assert_eq!(s.stamped("a").await, "a@v1");
+    assert_eq!(s.calls(), 1);
+    *s.stamp.lock().unwrap() = "v2".into();
+    assert_eq!(
+        s.stamped("a").await,
+        "a@v2",
+        "another stamp is never served"
+    );
+    assert_eq!(s.calls(), 2);
+}
+
+async fn helpers(s: &Svc) {
+    s.upper("a").await;
+    s.upper("b").await;
+    s.lower("a").await;
+    assert_eq!(s.calls(), 3);
+    assert!(s.upper_forget("a").await.unwrap());
+    assert!(!s.upper_forget("a").await.unwrap());
+    s.upper("a").await;
+    s.upper("b").await;
+    assert_eq!(s.calls(), 4);
+    assert_eq!(s.upper_forget_all().await.unwrap(), 2);
+    s.upper("a").await;
+    s.lower("a").await;
+    assert_eq!(s.calls(), 5, "forget_all of upper keeps lower");
+}
+
+async fn invalidate_on(s: &Svc) {
+    s.upper("a").await;
+    s.web().await;
+    assert_eq!(s.calls(), 2);
+    assert!(s.edit("web", false).await.is_err());
+    s.upper("a").await;
+    s.web().await;
+    assert_eq!(s.calls(), 2, "a failed mutation invalidates nothing");
+    s.edit("web", true).await.unwrap();
+    s.upper("a").await;
+    s.web().await;
+    assert_eq!(s.calls(), 4);
+    s.edit("db", true).await.unwrap();
+    s.web().await;
+    assert_eq!(s.calls(), 4, "svc:db: does not touch svc:web:");
+}
+
+/// A memoized call inside a leader's body never waits for another flight.
+async fn recursion(s: &Svc) {
+    assert_eq!(s.fib(20).await, 6765);
+    assert_eq!(s.calls(), 21, "each argument computed once");
+}
+
+/// Concurrent callers of one key: the body runs once, every caller gets its value.
+async fn one_run_for_concurrent_callers(s: Arc<Svc>) {
+    let tasks: Vec<_> = (0..32)
+        .map(|_| {
+            let s = s.clone();
+            tokio::spawn(async move { s.gated(7).await })
+        })
+        .collect();
+    // The leader's body started: release it.
+    s.started.acquire().await.unwrap().forget();
+    s.gate.add_permits(1);
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 7000);
+    }
+    assert_eq!(s.calls(), 1, "one body ran");
+}
+
+/// The leading caller's task is aborted mid-body: one waiter takes over, every other caller
+/// gets the value it computed.
+async fn an_aborted_leader_hands_over(s: Arc<Svc>) {
+    let leader = {
+        let s = s.clone();
+        tokio::spawn(async move { s.gated(1).await })
+    };
+    s.started.acquire().await.unwrap().forget();
+    let waiters: Vec<_> = (0..16)
+        .map(|_| {
+            let s = s.clone();
+            tokio::spawn(async move { s.gated(1).await })
+        })
+        .collect();
+    leader.abort();
+    assert!(leader.await.unwrap_err().is_cancelled());
+    // The taker's body started (the aborted one was the first): release it.
+    s.started.acquire().await.unwrap().forget();
+    s.gate.add_permits(1);
+    for w in waiters {
+        assert_eq!(w.await.unwrap(), 1001, "the taker's value");
+    }
+    assert_eq!(s.calls(), 2, "the aborted body, then one taker");
+}
+
+/// A caller that starts after an invalidation returned never waits for, or receives, a result
+/// computed before it; the older computation's result is not stored.
+async fn a_caller_after_an_invalidation_does_not_wait(s: Arc<Svc>) {
+    let old = {
+        let s = s.clone();
+        tokio::spawn(async move { s.gated(3).await })
+    };
+    s.started.acquire().await.unwrap().forget();
+    assert_eq!(s.gated_forget_all().await.unwrap(), 0);
+    let new = {
+        let s = s.clone();
+        tokio::spawn(async move { s.gated(3).await })
+    };
+    // The new caller leads its own flight: its body starts while the old one still waits.
+    s.started.acquire().await.unwrap().forget();
+    s.gate.add_permits(2);
+    assert_eq!(
+        old.await.unwrap(),
+        3000,
+        "the old caller gets its own result"
+    );
+    assert_eq!(new.await.unwrap(), 3001);
+    assert_eq!(s.gated(3).await, 3001, "only the newer result was stored");
+    assert_eq!(s.calls(), 2);
+}
+
+#[test]
+fn async_memo_on_the_file_backend() {
+    let dir = tempfile::tempdir().unwrap();
+    run(&|| pickle_cache(dir.path()));
+}

@@ -563,3 +563,45 @@ fn expand_memo(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn expand_str(attr: &str, item: &str) -> syn::Result<TokenStream> {
+        expand(attr.parse().unwrap(), item.parse().unwrap())
+    }
+
+    /// Run by `cargo test -p ddf-macros`, which builds this crate alone, without the feature
+    /// (ddf's tests turn it on through ddf's feature `async`).
+    #[cfg(not(feature = "async"))]
+    #[test]
+    fn an_async_fn_needs_the_feature() {
+        let e = expand_str("ttl = 60", "async fn f(x: u32) -> u32 { x }").unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("feature `async`"), "{msg}");
+        assert!(msg.contains("features = [\"async\"]"), "{msg}");
+    }
+
+    #[cfg(feature = "async")]
+    #[test]
+    fn an_async_fn_uses_the_async_face() {
+        let out = expand_str("ttl = 60", "async fn f(x: u32) -> u32 { x }")
+            .unwrap()
+            .to_string();
+        assert!(out.contains("ASYNC_CACHE"), "{out}");
+        assert!(out.contains("memoize_async"), "{out}");
+        assert!(out.contains("async fn f_forget"), "{out}");
+        assert!(out.contains("async fn f_forget_all"), "{out}");
+        assert!(!out.contains("async fn f_cache_key"), "{out}");
+    }
+
+    #[test]
+    fn a_sync_fn_uses_the_sync_face() {
+        let out = expand_str("ttl = 60", "fn f(x: u32) -> u32 { x }")
+            .unwrap()
+            .to_string();
+        assert!(out.contains(":: CACHE"), "{out}");
+        assert!(!out.contains("async"), "{out}");
+    }
+}

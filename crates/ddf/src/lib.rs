@@ -24,6 +24,8 @@
 
 #[doc(hidden)]
 pub mod __private;
+#[cfg(feature = "async")]
+mod aio;
 pub(crate) mod backend;
 pub(crate) mod clock;
 pub(crate) mod codec;
@@ -38,6 +40,8 @@ pub mod testing;
 
 use std::sync::{Arc, LazyLock, OnceLock};
 
+#[cfg(feature = "async")]
+pub use aio::{ASYNC_CACHE, AsyncCacheManager};
 pub use backend::{Backend, BackendStatus};
 pub use codec::Codec;
 pub use config::{

@@ -2,18 +2,22 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::backend::{self, Backend, BackendStatus};
-use crate::codec::{Codec, ValueCodec, flags};
-use crate::config::{CacheBackend, CacheConfig};
-use crate::error::{Error, Result};
+use crate::codec::{Codec, flags};
+use crate::config::CacheConfig;
+use crate::error::Result;
 use crate::item::Item;
 use crate::memo::epoch::Epochs;
+
+pub(crate) mod core;
+
+pub use self::core::CacheStats;
+use self::core::Core;
 
 /// A cache: typed `get`/`set`/`delete`, prefix invalidation and a scoped flush over the backend
 /// the configuration names.
@@ -38,15 +42,9 @@ pub struct CacheManager {
 }
 
 struct Inner {
-    /// See [`CacheManager::id`].
-    id: u64,
-    config: CacheConfig,
+    /// Codec, TTL rules, statistics, identity, epochs: shared with the async face's code.
+    core: Core,
     backend: Arc<dyn Backend>,
-    /// Chosen once from the backend kind: the only place values become items and back.
-    codec: ValueCodec,
-    stats: Counters,
-    /// The invalidations made through this cache, for memoization (see [`Epochs`]).
-    epochs: Epochs,
 }
 
 impl Drop for Inner {
@@ -57,85 +55,13 @@ impl Drop for Inner {
 
 impl fmt::Debug for CacheManager {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let core = &self.inner.core;
         f.debug_struct("CacheManager")
             .field("backend", &self.inner.backend.name())
-            .field("codec", &self.inner.codec.codec())
-            .field("namespace", &self.inner.config.namespace)
-            .field("enabled", &self.inner.config.enabled)
+            .field("codec", &core.codec())
+            .field("namespace", &core.config().namespace)
+            .field("enabled", &core.config().enabled)
             .finish()
-    }
-}
-
-#[derive(Default)]
-struct Counters {
-    hits: AtomicU64,
-    misses: AtomicU64,
-    sets: AtomicU64,
-    deletes: AtomicU64,
-    invalidated: AtomicU64,
-    errors: AtomicU64,
-}
-
-/// A snapshot of a manager's statistics (shared by its clones).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub struct CacheStats {
-    /// Gets that found a value.
-    pub hits: u64,
-    /// Gets that found nothing.
-    pub misses: u64,
-    /// Values written.
-    pub sets: u64,
-    /// Values removed by `delete`/`delete_many`.
-    pub deletes: u64,
-    /// Values removed by `invalidate_pattern`.
-    pub invalidated: u64,
-    /// Operations that returned an error.
-    pub errors: u64,
-}
-
-impl CacheStats {
-    /// Hits over gets, from 0 to 1 (0 when there were no gets).
-    pub fn hit_rate(&self) -> f64 {
-        let total = self.hits + self.misses;
-        if total == 0 {
-            0.0
-        } else {
-            self.hits as f64 / total as f64
-        }
-    }
-}
-
-impl fmt::Display for CacheStats {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "hits {} misses {} (hit rate {:.1}%) sets {} deletes {} invalidated {} errors {}",
-            self.hits,
-            self.misses,
-            self.hit_rate() * 100.0,
-            self.sets,
-            self.deletes,
-            self.invalidated,
-            self.errors
-        )
-    }
-}
-
-/// The next [`CacheManager::id`]. A `u64` counter does not wrap in any process's lifetime.
-static NEXT_ID: AtomicU64 = AtomicU64::new(0);
-
-fn bump(c: &AtomicU64, n: u64) {
-    c.fetch_add(n, Ordering::Relaxed);
-}
-
-fn check_ttl(ttl: Option<Duration>) -> Result<()> {
-    match ttl {
-        Some(t) if t.is_zero() => Err(Error::InvalidArgument(
-            "a TTL of zero is not allowed: give a positive duration, or None for the configured default"
-                .to_owned(),
-        )),
-        _ => Ok(()),
     }
 }
 
@@ -143,10 +69,10 @@ impl CacheManager {
     /// Builds the cache the configuration describes.
     ///
     /// # Errors
-    /// [`Error::Config`] when a backend's settings cannot work (an unreadable `redis_ca_file`,
-    /// an empty `memcached_servers`), or the backend's own set-up error (an unusable cache
-    /// directory, for example). No server is contacted: an unreachable server is not an error
-    /// here (the cache starts on its fallback).
+    /// [`Error::Config`](crate::Error::Config) when a backend's settings cannot work (an
+    /// unreadable `redis_ca_file`, an empty `memcached_servers`), or the backend's own set-up
+    /// error (an unusable cache directory, for example). No server is contacted: an unreachable
+    /// server is not an error here (the cache starts on its fallback).
     pub fn new(config: CacheConfig) -> Result<Self> {
         let backend = backend::from_config(&config)?;
         Ok(Self::with_backend(config, backend))
@@ -155,22 +81,21 @@ impl CacheManager {
     /// A cache over a backend built elsewhere (your own [`Backend`], or a wrapper around one).
     /// The config still gives the namespace-independent settings: `enabled` and `ttl`.
     pub fn with_backend(config: CacheConfig, backend: Arc<dyn Backend>) -> Self {
-        let codec = ValueCodec::for_backend(config.backend);
         CacheManager {
             inner: Arc::new(Inner {
-                id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
-                config,
+                core: Core::new(config),
                 backend,
-                codec,
-                stats: Counters::default(),
-                epochs: Epochs::default(),
             }),
         }
     }
 
+    fn core(&self) -> &Core {
+        &self.inner.core
+    }
+
     /// The configuration this cache was built from.
     pub fn config(&self) -> &CacheConfig {
-        &self.inner.config
+        self.core().config()
     }
 
     /// The backend's name (`none`, `pickle`, `redis`, ...).
@@ -180,54 +105,37 @@ impl CacheManager {
 
     /// The codec values are stored with.
     pub fn codec(&self) -> Codec {
-        self.inner.codec.codec()
-    }
-
-    fn enabled(&self) -> bool {
-        self.inner.config.enabled
+        self.core().codec()
     }
 
     /// This cache's identity in this process: unique per manager built, shared by its clones.
     /// What in-process coordination (memoization's single-flight) keys on, so that callers of
     /// two caches never wait for each other.
     pub(crate) fn id(&self) -> u64 {
-        self.inner.id
+        self.core().id()
     }
 
     /// The invalidation epochs of this cache (shared by its clones): every invalidation below
     /// begins a new one.
     pub(crate) fn epochs(&self) -> &Epochs {
-        &self.inner.epochs
+        self.core().epochs()
     }
 
     /// Whether a value written can be read back: the cache is enabled and its configuration
     /// names a backend that stores (not `backend = none`).
     pub(crate) fn is_enabled(&self) -> bool {
-        self.inner.config.enabled && self.inner.config.backend != CacheBackend::None
-    }
-
-    fn track<T>(&self, r: Result<T>) -> Result<T> {
-        if r.is_err() {
-            bump(&self.inner.stats.errors, 1);
-        }
-        r
-    }
-
-    fn ttl_or_default(&self, ttl: Option<Duration>) -> Result<Option<Duration>> {
-        check_ttl(ttl)?;
-        Ok(ttl.or(self.inner.config.ttl))
+        self.core().is_enabled()
     }
 
     /// Reads a value. `Ok(None)` is a miss; a stored falsy value (`""`, `0`, `false`, `[]`)
     /// is `Ok(Some(..))`.
     ///
     /// # Errors
-    /// [`Error::Decode`] when the stored value is not a `T`; [`Error::Backend`] when the
-    /// backend fails.
+    /// [`Error::Decode`](crate::Error::Decode) when the stored value is not a `T`;
+    /// [`Error::Backend`](crate::Error::Backend) when the backend fails.
     pub fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
         let item = self.get_item(key)?;
-        item.map(|i| self.track(self.inner.codec.decode(key, &i)))
-            .transpose()
+        self.core().decode(key, item)
     }
 
     /// Reads any value as a JSON view, whatever its type: what `ddf-cache get` prints. For
@@ -237,61 +145,48 @@ impl CacheManager {
     /// As [`CacheManager::get`].
     pub fn get_json(&self, key: &str) -> Result<Option<serde_json::Value>> {
         let item = self.get_item(key)?;
-        item.map(|i| self.track(self.inner.codec.decode_json(key, &i)))
-            .transpose()
+        self.core().decode_json(key, item)
     }
 
     fn get_item(&self, key: &str) -> Result<Option<Item>> {
-        if !self.enabled() {
-            bump(&self.inner.stats.misses, 1);
+        if !self.core().enabled() {
+            self.core().missed(1);
             return Ok(None);
         }
-        let r = self.track(self.inner.backend.get(key))?;
-        let s = &self.inner.stats;
-        bump(if r.is_some() { &s.hits } else { &s.misses }, 1);
-        Ok(r)
+        self.core().got(self.inner.backend.get(key))
     }
 
     /// Stores a value. `ttl = None` uses the configured `ttl` (no expiry when that is empty).
     ///
     /// # Errors
-    /// [`Error::InvalidArgument`] for a zero TTL; [`Error::Encode`] when the codec cannot
-    /// represent the value; [`Error::Backend`] when the backend fails.
+    /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) for a zero TTL;
+    /// [`Error::Encode`](crate::Error::Encode) when the codec cannot represent the value;
+    /// [`Error::Backend`](crate::Error::Backend) when the backend fails.
     pub fn set<T: Serialize + ?Sized>(
         &self,
         key: &str,
         value: &T,
         ttl: Option<Duration>,
     ) -> Result<()> {
-        let ttl = self.ttl_or_default(ttl)?;
-        if !self.enabled() {
+        let ttl = self.core().ttl_or_default(ttl)?;
+        if !self.core().enabled() {
             return Ok(());
         }
-        let item = self.track(self.inner.codec.encode(key, value))?;
-        self.set_item(key, &item, ttl)
-    }
-
-    fn set_item(&self, key: &str, item: &Item, ttl: Option<Duration>) -> Result<()> {
-        self.track(self.inner.backend.set(key, item, ttl))?;
-        bump(&self.inner.stats.sets, 1);
-        Ok(())
+        let item = self.core().encode(key, value)?;
+        self.core()
+            .stored(self.inner.backend.set(key, &item, ttl), 1)
     }
 
     /// Removes a value; `true` if one was there.
     ///
     /// # Errors
-    /// [`Error::Backend`] when the backend fails.
+    /// [`Error::Backend`](crate::Error::Backend) when the backend fails.
     pub fn delete(&self, key: &str) -> Result<bool> {
-        if !self.enabled() {
+        if !self.core().enabled() {
             return Ok(false);
         }
-        let removed = self.track(
-            self.inner
-                .epochs
-                .invalidate(|| self.inner.backend.delete(key)),
-        )?;
-        bump(&self.inner.stats.deletes, u64::from(removed));
-        Ok(removed)
+        let r = self.epochs().invalidate(|| self.inner.backend.delete(key));
+        self.core().deleted(r)
     }
 
     /// Removes every key that starts with `prefix`, taken literally (`*`, `?`, `[` have no
@@ -299,30 +194,29 @@ impl CacheManager {
     /// entry of this cache.
     ///
     /// # Errors
-    /// [`Error::Backend`] when the backend fails (some keys may have been removed).
+    /// [`Error::Backend`](crate::Error::Backend) when the backend fails (some keys may have
+    /// been removed).
     pub fn invalidate_pattern(&self, prefix: &str) -> Result<u64> {
-        if !self.enabled() {
+        if !self.core().enabled() {
             return Ok(0);
         }
-        let n = self.track(
-            self.inner
-                .epochs
-                .invalidate(|| self.inner.backend.delete_prefix(prefix)),
-        )?;
-        bump(&self.inner.stats.invalidated, n);
-        Ok(n)
+        let r = self
+            .epochs()
+            .invalidate(|| self.inner.backend.delete_prefix(prefix));
+        self.core().invalidated(r)
     }
 
     /// Removes every entry of this cache (its namespace), and nothing else: other applications'
     /// keys on a shared server, or other files in the cache directory, stay.
     ///
     /// # Errors
-    /// [`Error::Backend`] when the backend fails.
+    /// [`Error::Backend`](crate::Error::Backend) when the backend fails.
     pub fn flush_all(&self) -> Result<()> {
-        if !self.enabled() {
+        if !self.core().enabled() {
             return Ok(());
         }
-        self.track(self.inner.epochs.invalidate(|| self.inner.backend.clear()))
+        let r = self.epochs().invalidate(|| self.inner.backend.clear());
+        self.core().track(r)
     }
 
     /// Releases the backend's connections now (they are also released when the last clone is
@@ -336,34 +230,12 @@ impl CacheManager {
     /// # Errors
     /// As [`CacheManager::get`].
     pub fn get_many<T: DeserializeOwned>(&self, keys: &[&str]) -> Result<Vec<Option<T>>> {
-        if !self.enabled() {
-            bump(&self.inner.stats.misses, keys.len() as u64);
+        if !self.core().enabled() {
+            self.core().missed(keys.len());
             return Ok(keys.iter().map(|_| None).collect());
         }
-        let items = self.track(self.inner.backend.get_many(keys))?;
-        if items.len() != keys.len() {
-            bump(&self.inner.stats.errors, 1);
-            return Err(Error::Backend {
-                backend: self.inner.backend.name(),
-                message: format!(
-                    "get_many returned {} results for {} keys",
-                    items.len(),
-                    keys.len()
-                ),
-                temporary: false,
-                source: None,
-            });
-        }
-        let hits = items.iter().filter(|i| i.is_some()).count() as u64;
-        bump(&self.inner.stats.hits, hits);
-        bump(&self.inner.stats.misses, keys.len() as u64 - hits);
-        keys.iter()
-            .zip(items)
-            .map(|(k, i)| {
-                i.map(|i| self.track(self.inner.codec.decode(k, &i)))
-                    .transpose()
-            })
-            .collect()
+        let r = self.inner.backend.get_many(keys);
+        self.core().got_many(self.inner.backend.name(), keys, r)
     }
 
     /// Stores several values with one TTL (`None`: the configured default).
@@ -371,35 +243,27 @@ impl CacheManager {
     /// # Errors
     /// As [`CacheManager::set`]; nothing is written when a value cannot be encoded.
     pub fn set_many<T: Serialize>(&self, items: &[(&str, T)], ttl: Option<Duration>) -> Result<()> {
-        let ttl = self.ttl_or_default(ttl)?;
-        if !self.enabled() {
+        let ttl = self.core().ttl_or_default(ttl)?;
+        if !self.core().enabled() {
             return Ok(());
         }
-        let encoded = items
-            .iter()
-            .map(|(k, v)| Ok((*k, self.inner.codec.encode(k, v)?)))
-            .collect::<Result<Vec<_>>>();
-        let encoded = self.track(encoded)?;
-        self.track(self.inner.backend.set_many(&encoded, ttl))?;
-        bump(&self.inner.stats.sets, items.len() as u64);
-        Ok(())
+        let encoded = self.core().encode_many(items)?;
+        let r = self.inner.backend.set_many(&encoded, ttl);
+        self.core().stored(r, items.len())
     }
 
     /// Removes several values; returns how many were there.
     ///
     /// # Errors
-    /// [`Error::Backend`] when the backend fails.
+    /// [`Error::Backend`](crate::Error::Backend) when the backend fails.
     pub fn delete_many(&self, keys: &[&str]) -> Result<u64> {
-        if !self.enabled() {
+        if !self.core().enabled() {
             return Ok(0);
         }
-        let n = self.track(
-            self.inner
-                .epochs
-                .invalidate(|| self.inner.backend.delete_many(keys)),
-        )?;
-        bump(&self.inner.stats.deletes, n);
-        Ok(n)
+        let r = self
+            .epochs()
+            .invalidate(|| self.inner.backend.delete_many(keys));
+        self.core().deleted_many(r)
     }
 
     /// Reads the raw stored bytes of a key, whatever wrote them. On `memcached` and
@@ -407,9 +271,10 @@ impl CacheManager {
     /// cache's own codec: JSON text, or the pickle of that `str` or `int`.
     ///
     /// # Errors
-    /// [`Error::Backend`] when the backend fails.
+    /// [`Error::Backend`](crate::Error::Backend) when the backend fails.
     pub fn get_bytes(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        Ok(self.get_item(key)?.map(|i| self.inner.codec.raw_bytes(i)))
+        let item = self.get_item(key)?;
+        Ok(self.core().raw_bytes(item))
     }
 
     /// Stores raw bytes (flags 0), for callers that serialize themselves.
@@ -417,25 +282,18 @@ impl CacheManager {
     /// # Errors
     /// As [`CacheManager::set`].
     pub fn set_bytes(&self, key: &str, value: &[u8], ttl: Option<Duration>) -> Result<()> {
-        let ttl = self.ttl_or_default(ttl)?;
-        if !self.enabled() {
+        let ttl = self.core().ttl_or_default(ttl)?;
+        if !self.core().enabled() {
             return Ok(());
         }
-        self.set_item(key, &Item::new(value.to_vec(), flags::BYTES), ttl)
+        let item = Item::new(value.to_vec(), flags::BYTES);
+        self.core()
+            .stored(self.inner.backend.set(key, &item, ttl), 1)
     }
 
     /// A snapshot of the statistics.
     pub fn stats(&self) -> CacheStats {
-        let s = &self.inner.stats;
-        let l = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        CacheStats {
-            hits: l(&s.hits),
-            misses: l(&s.misses),
-            sets: l(&s.sets),
-            deletes: l(&s.deletes),
-            invalidated: l(&s.invalidated),
-            errors: l(&s.errors),
-        }
+        self.core().stats()
     }
 
     /// Facts about the backend's storage (entries, bytes, server counters...), as label/value
@@ -444,7 +302,7 @@ impl CacheManager {
     /// # Errors
     /// The backend's error when it cannot tell.
     pub fn backend_info(&self) -> Result<Vec<(String, String)>> {
-        self.track(self.inner.backend.info())
+        self.core().track(self.inner.backend.info())
     }
 
     /// Checks the backend and measures the round trip.
@@ -453,7 +311,7 @@ impl CacheManager {
     /// The backend's error when it does not answer.
     pub fn ping(&self) -> Result<(BackendStatus, Duration)> {
         let start = Instant::now();
-        let status = self.track(self.inner.backend.ping())?;
+        let status = self.core().track(self.inner.backend.ping())?;
         Ok((status, start.elapsed()))
     }
 }

@@ -50,6 +50,10 @@ const SCAN_COUNT: usize = 1000;
 const POOL_MAX_IDLE: usize = 32;
 
 /// How the backend reaches Redis.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one per backend; the clients' sizes change with redis-rs's features"
+)]
 enum Target {
     Single(redis::Client),
     Cluster(ClusterClient),

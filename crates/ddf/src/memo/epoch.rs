@@ -39,8 +39,8 @@ pub(crate) struct Epochs {
     state: Mutex<State>,
     /// Signalled when a store ends.
     stored: Condvar,
-    /// Notified when a store ends, for invalidations that wait as tasks
-    /// ([`Epochs::invalidate_async`]).
+    /// Also signalled when a store ends, for the async face's invalidations, which wait
+    /// without blocking a runtime worker (the store they wait for may run on that worker).
     #[cfg(feature = "async")]
     stored_async: tokio::sync::Notify,
 }
@@ -57,42 +57,17 @@ impl Epochs {
         self.current.load(Ordering::SeqCst)
     }
 
-    /// Begins a new epoch (under the state's lock) and returns it.
-    fn begin_invalidation(&self, _st: &MutexGuard<'_, State>) -> u64 {
-        self.current.fetch_add(1, Ordering::SeqCst).wrapping_add(1)
-    }
-
     /// Runs an invalidation: begins a new epoch, waits until no store of an older epoch is
     /// writing (it would otherwise land after `op`), then runs `op`.
     pub(crate) fn invalidate<T>(&self, op: impl FnOnce() -> T) -> T {
         {
             let mut st = lock(&self.state);
-            let mine = self.begin_invalidation(&st);
-            while st.older_writing(mine) {
+            let mine = self.current.fetch_add(1, Ordering::SeqCst).wrapping_add(1);
+            while st.writing.first_key_value().is_some_and(|(e, _)| *e < mine) {
                 st = self.stored.wait(st).unwrap_or_else(PoisonError::into_inner);
             }
         }
         op()
-    }
-
-    /// [`Epochs::invalidate`] for a task: the wait for older stores is awaited, not blocked on,
-    /// and `op` is a future. Dropped before `op` runs, it leaves a new epoch begun and nothing
-    /// invalidated: stores of older epochs then write nothing, which is only cautious.
-    #[cfg(feature = "async")]
-    #[allow(dead_code)] // the async face's manager is its caller
-    pub(crate) async fn invalidate_async<F: Future>(&self, op: F) -> F::Output {
-        let mine = self.begin_invalidation(&lock(&self.state));
-        loop {
-            let stored = self.stored_async.notified();
-            let mut stored = std::pin::pin!(stored);
-            // Registered before the check, so that a store ending in between is not missed.
-            stored.as_mut().enable();
-            if !lock(&self.state).older_writing(mine) {
-                break;
-            }
-            stored.await;
-        }
-        op.await
     }
 
     /// Runs `write` (a memoized call's store) if no invalidation began since `epoch`; `None`
@@ -102,10 +77,9 @@ impl Epochs {
         Some(write())
     }
 
-    /// Begins a memoized store if no invalidation began since `epoch` (`None`: write nothing).
-    /// The store lasts as long as the returned guard: write while holding it (across an
-    /// `await` on the async face; a dropped future drops it too).
-    pub(crate) fn begin_store(&self, epoch: u64) -> Option<Writing<'_>> {
+    /// Registers a store of `epoch` unless an invalidation began since; it ends when the
+    /// guard is dropped.
+    fn begin_store(&self, epoch: u64) -> Option<Writing<'_>> {
         let mut st = lock(&self.state);
         if self.current.load(Ordering::SeqCst) != epoch {
             return None;
@@ -116,20 +90,49 @@ impl Epochs {
             epoch,
         })
     }
-}
 
-impl State {
-    /// Whether a store of an epoch older than `epoch` is writing.
-    fn older_writing(&self, epoch: u64) -> bool {
-        self.writing
-            .first_key_value()
-            .is_some_and(|(e, _)| *e < epoch)
+    /// [`Epochs::invalidate`] for the async face: the wait for older stores is a wait on a
+    /// notification, never a blocked worker. Dropped before `op` starts, the new epoch stays
+    /// begun (stores of older epochs write nothing), which is the safe side.
+    #[cfg(feature = "async")]
+    pub(crate) async fn invalidate_async<F: std::future::Future>(&self, op: F) -> F::Output {
+        let mine = {
+            let _st = lock(&self.state);
+            self.current.fetch_add(1, Ordering::SeqCst).wrapping_add(1)
+        };
+        loop {
+            let notified = self.stored_async.notified();
+            let mut notified = std::pin::pin!(notified);
+            // Registered before the check, so that a store ending in between wakes us.
+            notified.as_mut().enable();
+            let older = lock(&self.state)
+                .writing
+                .first_key_value()
+                .is_some_and(|(e, _)| *e < mine);
+            if !older {
+                break;
+            }
+            notified.await;
+        }
+        op.await
+    }
+
+    /// [`Epochs::store`] for the async face: `write` runs (and is awaited) if no invalidation
+    /// began since `epoch`. A dropped future ends its store (the guard lives in the future).
+    #[cfg(feature = "async")]
+    #[allow(dead_code, reason = "for async memoization")]
+    pub(crate) async fn store_async<F: std::future::Future>(
+        &self,
+        epoch: u64,
+        write: F,
+    ) -> Option<F::Output> {
+        let _writing = self.begin_store(epoch)?;
+        Some(write.await)
     }
 }
 
 /// A store in progress; ends (and wakes waiting invalidations) when dropped, on unwinding too.
-#[derive(Debug)]
-pub(crate) struct Writing<'a> {
+struct Writing<'a> {
     epochs: &'a Epochs,
     epoch: u64,
 }

@@ -46,12 +46,12 @@ pub trait AsyncMemoCache: Sync {
         key: &str,
     ) -> impl Future<Output = (Result<Option<S>>, bool)> + Send;
     /// Writes a value.
-    fn memo_set<S: Serialize + Sync + ?Sized>(
-        &self,
-        key: &str,
-        value: &S,
+    fn memo_set<'a, S: Serialize + Sync + ?Sized>(
+        &'a self,
+        key: &'a str,
+        value: &'a S,
         ttl: Option<Duration>,
-    ) -> impl Future<Output = Result<()>> + Send;
+    ) -> impl Future<Output = Result<()>> + Send + 'a;
     /// Deletes a key (an invalidation: it begins a new epoch).
     fn memo_delete(&self, key: &str) -> impl Future<Output = Result<bool>> + Send;
     /// Deletes every key under a prefix (an invalidation: it begins a new epoch).
@@ -92,14 +92,13 @@ where
     C: AsyncMemoCache + ?Sized,
     S: Serialize + Sync,
 {
-    let outcome = match cache.memo_epochs().begin_store(epoch) {
-        None => None,
-        Some(_writing) => Some(match stamp {
+    let write = async {
+        match stamp {
             Stamp::Is(current) => cache.memo_set(key, &(current, value), f.ttl).await,
             _ => cache.memo_set(key, value, f.ttl).await,
-        }),
+        }
     };
-    stored(key, outcome);
+    stored(key, cache.memo_epochs().store_async(epoch, write).await);
 }
 
 async fn compute_and_store<C, P, R, F, Fut>(
@@ -237,50 +236,40 @@ pub async fn invalidate_after_async<C: AsyncMemoCache + ?Sized>(
     }
 }
 
-/// A sync [`crate::CacheManager`] seen as an async cache, each call run inline (it blocks the
-/// task for the length of the call). For ddf's own tests of async memoization's rules only:
-/// not a public API, and no way to use a cache from async code (`AsyncCacheManager` is).
-#[doc(hidden)]
-#[cfg(any(test, feature = "testing"))]
-#[derive(Debug, Clone)]
-pub struct InlineAsyncCache(pub crate::CacheManager);
-
-#[cfg(any(test, feature = "testing"))]
-impl AsyncMemoCache for InlineAsyncCache {
+impl AsyncMemoCache for crate::AsyncCacheManager {
     fn memo_id(&self) -> u64 {
-        self.0.id()
+        self.id()
     }
 
     #[allow(private_interfaces)]
     fn memo_epochs(&self) -> &Epochs {
-        self.0.epochs()
+        self.epochs()
     }
 
     fn memo_enabled(&self) -> bool {
-        self.0.is_enabled()
+        self.is_enabled()
     }
 
     async fn memo_get<S: DeserializeOwned + Send>(&self, key: &str) -> (Result<Option<S>>, bool) {
-        let watch = crate::backend::degraded::Watch::start();
-        let r = self.0.get(key);
-        (r, watch.failed())
+        let noted = self.get_noted(key).await;
+        (noted.result, noted.degraded)
     }
 
-    async fn memo_set<S: Serialize + Sync + ?Sized>(
-        &self,
-        key: &str,
-        value: &S,
+    fn memo_set<'a, S: Serialize + Sync + ?Sized>(
+        &'a self,
+        key: &'a str,
+        value: &'a S,
         ttl: Option<Duration>,
-    ) -> Result<()> {
-        self.0.set(key, value, ttl)
+    ) -> impl Future<Output = Result<()>> + Send + 'a {
+        self.set(key, value, ttl)
     }
 
-    async fn memo_delete(&self, key: &str) -> Result<bool> {
-        self.0.delete(key)
+    fn memo_delete(&self, key: &str) -> impl Future<Output = Result<bool>> + Send {
+        self.delete(key)
     }
 
-    async fn memo_invalidate_pattern(&self, prefix: &str) -> Result<u64> {
-        self.0.invalidate_pattern(prefix)
+    fn memo_invalidate_pattern(&self, prefix: &str) -> impl Future<Output = Result<u64>> + Send {
+        self.invalidate_pattern(prefix)
     }
 }
 
@@ -288,7 +277,7 @@ impl AsyncMemoCache for InlineAsyncCache {
 mod tests {
     use super::*;
     use crate::memo::{PolicyOk, PolicyWhole};
-    use crate::{CacheConfig, CacheManager};
+    use crate::{AsyncCacheManager, CacheConfig};
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -307,10 +296,10 @@ mod tests {
             .unwrap()
     }
 
-    fn cache() -> (tempfile::TempDir, InlineAsyncCache) {
+    fn cache() -> (tempfile::TempDir, AsyncCacheManager) {
         let dir = tempfile::tempdir().unwrap();
-        let c = CacheManager::new(CacheConfig::default().with_pickle_dir(dir.path())).unwrap();
-        (dir, InlineAsyncCache(c))
+        let c = AsyncCacheManager::new(CacheConfig::default().with_pickle_dir(dir.path())).unwrap();
+        (dir, c)
     }
 
     fn key(k: &str) -> Option<Result<String>> {
@@ -362,13 +351,17 @@ mod tests {
                 key("k"),
                 Stamp::Unused,
                 || async {
-                    c.0.epochs().invalidate_async(async {}).await;
+                    c.epochs().invalidate_async(async {}).await;
                     1
                 },
             )
             .await;
             assert_eq!(r, 1, "the caller gets its result");
-            assert_eq!(c.0.get::<u32>("k").unwrap(), None, "but it is not stored");
+            assert_eq!(
+                c.get::<u32>("k").await.unwrap(),
+                None,
+                "but it is not stored"
+            );
         });
     }
 

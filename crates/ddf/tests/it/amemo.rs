@@ -7,22 +7,16 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use ddf::{CacheConfig, CacheManager, cache_with_invalidation};
+use ddf::{AsyncCacheManager, CacheBackend, CacheConfig, FallbackMode, cache_with_invalidation};
 use tokio::sync::Semaphore;
 
 use crate::conformance::unique_namespace;
 
 /// The cache the async face memoizes in.
-type Cache = ddf::__private::InlineAsyncCache;
+type Cache = AsyncCacheManager;
 
-fn pickle_cache(dir: &std::path::Path) -> Cache {
-    let c = CacheManager::new(
-        CacheConfig::default()
-            .with_pickle_dir(dir)
-            .with_namespace(unique_namespace("amemo")),
-    )
-    .unwrap();
-    ddf::__private::InlineAsyncCache(c)
+fn with_namespace(config: CacheConfig) -> Cache {
+    AsyncCacheManager::new(config.with_namespace(unique_namespace("amemo"))).unwrap()
 }
 
 /// A service whose memoized async methods use the cache it holds and count their runs.
@@ -321,5 +315,134 @@ async fn a_caller_after_an_invalidation_does_not_wait(s: Arc<Svc>) {
 #[test]
 fn async_memo_on_the_file_backend() {
     let dir = tempfile::tempdir().unwrap();
-    run(&|| pickle_cache(dir.path()));
+    run(&|| with_namespace(CacheConfig::default().with_pickle_dir(dir.path())));
+}
+
+#[test]
+fn async_memo_on_redis() {
+    let Some(server) = ddf_testkit::RedisServer::start() else {
+        return; // no redis-server here (a failure under DDF_TEST_REQUIRE_SERVERS=1)
+    };
+    for backend in [CacheBackend::Redis, CacheBackend::RedisPickle] {
+        run(&|| {
+            with_namespace(
+                CacheConfig::default()
+                    .with_backend(backend)
+                    .with_redis("127.0.0.1", server.port()),
+            )
+        });
+    }
+}
+
+#[test]
+fn async_memo_on_memcached() {
+    let Some(servers): Option<Vec<_>> = (0..2)
+        .map(|_| ddf_testkit::MemcachedServer::start())
+        .collect()
+    else {
+        return; // no memcached here (a failure under DDF_TEST_REQUIRE_SERVERS=1)
+    };
+    let addrs: Vec<ddf::ServerAddr> = servers
+        .iter()
+        .map(|s| ddf::ServerAddr::parse(&s.server(), 11211).unwrap())
+        .collect();
+    for backend in [CacheBackend::Memcached, CacheBackend::MemcachedPickle] {
+        run(&|| {
+            with_namespace(
+                CacheConfig::default()
+                    .with_backend(backend)
+                    .with_memcached_servers(addrs.clone()),
+            )
+        });
+    }
+}
+
+#[test]
+fn async_memo_on_the_none_backend_always_computes() {
+    let s = Svc::new(
+        AsyncCacheManager::new(CacheConfig::default().with_backend(CacheBackend::None)).unwrap(),
+    );
+    runtime().block_on(async {
+        assert_eq!(s.upper("a").await, "A");
+        assert_eq!(s.upper("a").await, "A");
+        assert_eq!(s.calls(), 2);
+        assert!(!s.upper_forget("a").await.unwrap());
+        assert_eq!(s.upper_forget_all().await.unwrap(), 0);
+        s.edit("web", true).await.unwrap();
+    });
+}
+
+static FREE_CALLS: AtomicUsize = AtomicUsize::new(0);
+
+/// No `cache = ..`: the global `ddf::ASYNC_CACHE`.
+#[cache_with_invalidation(ttl = 600, key_prefix = "ddf-it-global-amemo")]
+async fn global_triple(x: u32) -> u64 {
+    FREE_CALLS.fetch_add(1, Ordering::SeqCst);
+    tokio::task::yield_now().await;
+    u64::from(x) * 3
+}
+
+#[test]
+fn free_async_functions_use_the_global_async_cache_by_default() {
+    runtime().block_on(async {
+        let _ = global_triple_forget_all().await;
+        let x = std::process::id();
+        assert_eq!(global_triple(x).await, u64::from(x) * 3);
+        assert_eq!(global_triple(x).await, u64::from(x) * 3);
+        let c = &*ddf::ASYNC_CACHE;
+        if c.config().enabled && c.backend_name() != "none" {
+            assert_eq!(FREE_CALLS.load(Ordering::SeqCst), 1);
+            let key = global_triple_cache_key(x).unwrap();
+            assert!(c.get::<u64>(&key).await.unwrap().is_some());
+            assert!(global_triple_forget(x).await.unwrap());
+        }
+    });
+}
+
+/// A memoized call against a stopped (SIGSTOP) Redis goes to the server once: the lookup met
+/// a temporary failure (returned, or hidden by the pickle fallback and reported by the async
+/// cache with the read), so the function runs and nothing is looked up again or stored.
+/// Counted in the statistics, not timed.
+#[test]
+fn a_memoized_call_on_a_stopped_redis_reads_once_and_stores_nothing() {
+    let port = ddf_testkit::free_port();
+    let Some(server) = ddf_testkit::RedisServer::start_on(port, &[]) else {
+        return; // no redis-server here (a failure under DDF_TEST_REQUIRE_SERVERS=1)
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    let caches: Vec<_> = [FallbackMode::Pickle, FallbackMode::Error]
+        .into_iter()
+        .map(|fallback| {
+            let mut c = CacheConfig::default()
+                .with_backend(CacheBackend::Redis)
+                .with_redis("127.0.0.1", port)
+                .with_pickle_dir(dir.path())
+                .with_timeouts(
+                    std::time::Duration::from_millis(300),
+                    std::time::Duration::from_millis(400),
+                );
+            c.fallback = fallback;
+            (fallback, Svc::new(with_namespace(c)))
+        })
+        .collect();
+    rt.block_on(async {
+        for (_, s) in &caches {
+            assert_eq!(s.upper("warm").await, "WARM");
+        }
+        server.process.signal("STOP");
+        for (fallback, s) in &caches {
+            let before = s.cache.stats();
+            assert_eq!(s.upper("a").await, "A");
+            let after = s.cache.stats();
+            assert_eq!(s.calls(), 2, "[{fallback:?}]");
+            assert_eq!(
+                after.hits + after.misses + after.errors,
+                before.hits + before.misses + before.errors + 1,
+                "[{fallback:?}] one read: {before} -> {after}"
+            );
+            assert_eq!(after.sets, before.sets, "[{fallback:?}] no store");
+        }
+    });
+    server.process.signal("CONT");
 }

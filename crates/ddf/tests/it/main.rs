@@ -2,6 +2,7 @@
 //! sharing the conformance suite.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod aio;
 #[cfg(feature = "async")]
 mod amemo;
 mod conformance;

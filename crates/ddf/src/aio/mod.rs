@@ -1,0 +1,435 @@
+//! The async face: [`AsyncCacheManager`] and [`ASYNC_CACHE`] (feature `async`).
+//!
+//! One core, two faces: the codec, the TTL rules, `enabled = false`, the statistics and the
+//! invalidation epochs are the sync face's ([`crate::manager::core::Core`]); the backends are
+//! built from the same validated settings, share their key layout, command building, error
+//! mapping, breaker, fallback and journal with the sync backends, and differ only in how the
+//! bytes travel ([`backend::AsyncBackend`]).
+
+pub(crate) mod backend;
+
+use std::fmt;
+use std::future::Future;
+use std::sync::{Arc, LazyLock};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use self::backend::{AsyncBackend, Blocking, Noted, Place};
+use crate::backend::{Backend, BackendStatus};
+use crate::codec::{Codec, flags};
+use crate::config::{BackendSettings, CacheConfig};
+use crate::error::Result;
+use crate::item::Item;
+use crate::manager::CacheStats;
+use crate::manager::core::Core;
+use crate::memo::epoch::Epochs;
+
+/// The async cache: [`CacheManager`](crate::CacheManager)'s methods, names, arguments and
+/// meaning, as futures, over native async clients (feature `async`).
+///
+/// Cloning is cheap (an `Arc`); clones share the backend, its connections and the statistics.
+/// It is `Send + Sync` and every future it returns is `Send`, so it works inside
+/// `tokio::spawn`. It needs a tokio runtime for server backends; the file backend's writes
+/// run on the runtime's blocking pool (inline when polled outside a runtime).
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::time::Duration;
+/// use ddf::{AsyncCacheManager, CacheConfig};
+///
+/// let dir = tempfile::tempdir()?;
+/// let cache = AsyncCacheManager::new(CacheConfig::default().with_pickle_dir(dir.path()))?;
+/// cache.set("answer", &42u32, Some(Duration::from_secs(60))).await?;
+/// assert_eq!(cache.get::<u32>("answer").await?, Some(42));
+/// assert_eq!(cache.get::<u32>("question").await?, None);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct AsyncCacheManager {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    core: Core,
+    backend: Arc<dyn AsyncBackend>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.backend.close();
+    }
+}
+
+impl fmt::Debug for AsyncCacheManager {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let core = &self.inner.core;
+        f.debug_struct("AsyncCacheManager")
+            .field("backend", &self.inner.backend.name())
+            .field("codec", &core.codec())
+            .field("namespace", &core.config().namespace)
+            .field("enabled", &core.config().enabled)
+            .finish()
+    }
+}
+
+/// The async backend a config names, from the same validated settings as the sync face's.
+fn from_config(config: &CacheConfig) -> Result<Arc<dyn AsyncBackend>> {
+    Ok(match config.backend_settings()? {
+        BackendSettings::None => Arc::new(Blocking::new(
+            Arc::new(crate::backend::none::NoneBackend),
+            Place::Inline,
+            Place::Inline,
+        )),
+        // Reads inline, writes on the blocking pool. Measured on this project's machine
+        // (examples/async_bench.rs, `file` rows): a read is one indexed SELECT on a pooled
+        // connection (a few µs, WAL readers never wait for a writer), less than the hop to the
+        // blocking pool and back; a write is a few µs too but may wait up to SQLite's busy
+        // timeout (5 s) for another process's transaction, which must not hold a worker.
+        BackendSettings::File(s) => Arc::new(Blocking::new(
+            Arc::new(crate::backend::file::FileBackend::open(
+                s.dir,
+                &s.namespace,
+            )?),
+            Place::Inline,
+            Place::Offload,
+        )),
+        BackendSettings::Redis(_) | BackendSettings::Memcached(_) => Arc::new(Blocking::new(
+            crate::backend::from_config(config)?,
+            Place::Offload,
+            Place::Offload,
+        )),
+    })
+}
+
+impl AsyncCacheManager {
+    /// Builds the cache the configuration describes. A plain function: it may be called inside
+    /// or outside a runtime, and contacts no server (connections open on first use).
+    ///
+    /// # Errors
+    /// As [`CacheManager::new`](crate::CacheManager::new): a configuration that cannot work,
+    /// or an unusable cache directory.
+    pub fn new(config: CacheConfig) -> Result<Self> {
+        let backend = from_config(&config)?;
+        Ok(Self::from_parts(config, backend))
+    }
+
+    /// A cache over a sync [`Backend`] built elsewhere (your own, or a wrapper), each call run
+    /// on the runtime's blocking pool. The config gives `enabled` and `ttl`.
+    pub fn with_backend(config: CacheConfig, backend: Arc<dyn Backend>) -> Self {
+        Self::from_parts(
+            config,
+            Arc::new(Blocking::new(backend, Place::Offload, Place::Offload)),
+        )
+    }
+
+    pub(crate) fn from_parts(config: CacheConfig, backend: Arc<dyn AsyncBackend>) -> Self {
+        AsyncCacheManager {
+            inner: Arc::new(Inner {
+                core: Core::new(config),
+                backend,
+            }),
+        }
+    }
+
+    fn core(&self) -> &Core {
+        &self.inner.core
+    }
+
+    fn backend(&self) -> &dyn AsyncBackend {
+        self.inner.backend.as_ref()
+    }
+
+    /// The configuration this cache was built from.
+    pub fn config(&self) -> &CacheConfig {
+        self.core().config()
+    }
+
+    /// The backend's name (`none`, `pickle`, `redis`, ...).
+    pub fn backend_name(&self) -> &'static str {
+        self.backend().name()
+    }
+
+    /// The codec values are stored with.
+    pub fn codec(&self) -> Codec {
+        self.core().codec()
+    }
+
+    /// This cache's identity in this process (see `CacheManager::id`).
+    #[allow(dead_code, reason = "for async memoization (memo/)")]
+    pub(crate) fn id(&self) -> u64 {
+        self.core().id()
+    }
+
+    /// The invalidation epochs of this cache: use [`Epochs::invalidate_async`] and
+    /// [`Epochs::store_async`] from async code.
+    pub(crate) fn epochs(&self) -> &Epochs {
+        self.core().epochs()
+    }
+
+    /// Whether a value written can be read back (see `CacheManager::is_enabled`).
+    #[allow(dead_code, reason = "for async memoization (memo/)")]
+    pub(crate) fn is_enabled(&self) -> bool {
+        self.core().is_enabled()
+    }
+
+    /// Reads a value. `Ok(None)` is a miss.
+    ///
+    /// # Errors
+    /// As [`CacheManager::get`](crate::CacheManager::get).
+    pub async fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
+        let item = self.get_item(key).await.result?;
+        self.core().decode(key, item)
+    }
+
+    /// [`AsyncCacheManager::get`], and whether it met a temporary server failure that it
+    /// answered otherwise (a miss, or the fallback): memoization's note.
+    #[allow(dead_code, reason = "for async memoization (memo/)")]
+    pub(crate) async fn get_noted<T: DeserializeOwned>(&self, key: &str) -> Noted<Option<T>> {
+        let Noted { result, degraded } = self.get_item(key).await;
+        Noted {
+            result: result.and_then(|item| self.core().decode(key, item)),
+            degraded,
+        }
+    }
+
+    /// Reads any value as a JSON view, whatever its type.
+    ///
+    /// # Errors
+    /// As [`AsyncCacheManager::get`].
+    pub async fn get_json(&self, key: &str) -> Result<Option<serde_json::Value>> {
+        let item = self.get_item(key).await.result?;
+        self.core().decode_json(key, item)
+    }
+
+    async fn get_item(&self, key: &str) -> Noted<Option<Item>> {
+        if !self.core().enabled() {
+            self.core().missed(1);
+            return Noted::clean(Ok(None));
+        }
+        let Noted { result, degraded } = self.backend().get(key).await;
+        Noted {
+            result: self.core().got(result),
+            degraded,
+        }
+    }
+
+    /// Stores a value. `ttl = None` uses the configured `ttl`. The value is encoded when this
+    /// is called (so `T` need not be `Sync`), stored when the future is awaited.
+    ///
+    /// # Errors
+    /// As [`CacheManager::set`](crate::CacheManager::set).
+    pub fn set<'a, T: Serialize + ?Sized>(
+        &'a self,
+        key: &'a str,
+        value: &T,
+        ttl: Option<Duration>,
+    ) -> impl Future<Output = Result<()>> + Send + 'a {
+        let noted = self.set_noted(key, value, ttl);
+        async move { noted.await.result }
+    }
+
+    /// [`AsyncCacheManager::set`] with memoization's note (see
+    /// [`AsyncCacheManager::get_noted`]).
+    pub(crate) fn set_noted<'a, T: Serialize + ?Sized>(
+        &'a self,
+        key: &'a str,
+        value: &T,
+        ttl: Option<Duration>,
+    ) -> impl Future<Output = Noted<()>> + Send + 'a {
+        let prepared = self.core().ttl_or_default(ttl).and_then(|ttl| {
+            if !self.core().enabled() {
+                return Ok(None);
+            }
+            Ok(Some((self.core().encode(key, value)?, ttl)))
+        });
+        async move {
+            match prepared {
+                Err(e) => Noted::clean(Err(e)),
+                Ok(None) => Noted::clean(Ok(())),
+                Ok(Some((item, ttl))) => self.set_item(key, item, ttl).await,
+            }
+        }
+    }
+
+    async fn set_item(&self, key: &str, item: Item, ttl: Option<Duration>) -> Noted<()> {
+        let Noted { result, degraded } = self.backend().set(key, &item, ttl).await;
+        Noted {
+            result: self.core().stored(result, 1),
+            degraded,
+        }
+    }
+
+    /// Removes a value; `true` if one was there.
+    ///
+    /// # Errors
+    /// As [`CacheManager::delete`](crate::CacheManager::delete).
+    pub async fn delete(&self, key: &str) -> Result<bool> {
+        if !self.core().enabled() {
+            return Ok(false);
+        }
+        let r = self
+            .epochs()
+            .invalidate_async(self.backend().delete(key))
+            .await;
+        self.core().deleted(r)
+    }
+
+    /// Removes every key that starts with `prefix`, taken literally; returns how many.
+    ///
+    /// # Errors
+    /// As [`CacheManager::invalidate_pattern`](crate::CacheManager::invalidate_pattern).
+    pub async fn invalidate_pattern(&self, prefix: &str) -> Result<u64> {
+        if !self.core().enabled() {
+            return Ok(0);
+        }
+        let r = self
+            .epochs()
+            .invalidate_async(self.backend().delete_prefix(prefix))
+            .await;
+        self.core().invalidated(r)
+    }
+
+    /// Removes every entry of this cache (its namespace), and nothing else.
+    ///
+    /// # Errors
+    /// As [`CacheManager::flush_all`](crate::CacheManager::flush_all).
+    pub async fn flush_all(&self) -> Result<()> {
+        if !self.core().enabled() {
+            return Ok(());
+        }
+        let r = self.epochs().invalidate_async(self.backend().clear()).await;
+        self.core().track(r)
+    }
+
+    /// Releases the backend's connections now; the next operation reconnects.
+    pub fn cleanup(&self) {
+        self.backend().close();
+    }
+
+    /// Reads several values, one result per key, in order.
+    ///
+    /// # Errors
+    /// As [`AsyncCacheManager::get`].
+    pub async fn get_many<T: DeserializeOwned>(&self, keys: &[&str]) -> Result<Vec<Option<T>>> {
+        if !self.core().enabled() {
+            self.core().missed(keys.len());
+            return Ok(keys.iter().map(|_| None).collect());
+        }
+        let r = self.backend().get_many(keys).await;
+        self.core().got_many(self.backend().name(), keys, r)
+    }
+
+    /// Stores several values with one TTL (`None`: the configured default). Encoded when
+    /// called, stored when awaited; nothing is written when a value cannot be encoded.
+    ///
+    /// # Errors
+    /// As [`CacheManager::set_many`](crate::CacheManager::set_many).
+    pub fn set_many<'a, T: Serialize>(
+        &'a self,
+        items: &[(&'a str, T)],
+        ttl: Option<Duration>,
+    ) -> impl Future<Output = Result<()>> + Send + 'a {
+        let prepared = self.core().ttl_or_default(ttl).and_then(|ttl| {
+            if !self.core().enabled() {
+                return Ok(None);
+            }
+            Ok(Some((self.core().encode_many(items)?, ttl)))
+        });
+        async move {
+            match prepared? {
+                None => Ok(()),
+                Some((encoded, ttl)) => {
+                    let r = self.backend().set_many(&encoded, ttl).await;
+                    self.core().stored(r, encoded.len())
+                }
+            }
+        }
+    }
+
+    /// Removes several values; returns how many were there.
+    ///
+    /// # Errors
+    /// As [`CacheManager::delete_many`](crate::CacheManager::delete_many).
+    pub async fn delete_many(&self, keys: &[&str]) -> Result<u64> {
+        if !self.core().enabled() {
+            return Ok(0);
+        }
+        let r = self
+            .epochs()
+            .invalidate_async(self.backend().delete_many(keys))
+            .await;
+        self.core().deleted_many(r)
+    }
+
+    /// Reads the raw stored bytes of a key (see
+    /// [`CacheManager::get_bytes`](crate::CacheManager::get_bytes)).
+    ///
+    /// # Errors
+    /// As [`AsyncCacheManager::get`].
+    pub async fn get_bytes(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        let item = self.get_item(key).await.result?;
+        Ok(self.core().raw_bytes(item))
+    }
+
+    /// Stores raw bytes (flags 0), for callers that serialize themselves.
+    ///
+    /// # Errors
+    /// As [`AsyncCacheManager::set`].
+    pub async fn set_bytes(&self, key: &str, value: &[u8], ttl: Option<Duration>) -> Result<()> {
+        let ttl = self.core().ttl_or_default(ttl)?;
+        if !self.core().enabled() {
+            return Ok(());
+        }
+        let item = Item::new(value.to_vec(), flags::BYTES);
+        self.set_item(key, item, ttl).await.result
+    }
+
+    /// A snapshot of the statistics (a plain method: no I/O).
+    pub fn stats(&self) -> CacheStats {
+        self.core().stats()
+    }
+
+    /// Facts about the backend's storage, as label/value pairs.
+    ///
+    /// # Errors
+    /// The backend's error when it cannot tell.
+    pub async fn backend_info(&self) -> Result<Vec<(String, String)>> {
+        let r = self.backend().info().await;
+        self.core().track(r)
+    }
+
+    /// Checks the backend and measures the round trip.
+    ///
+    /// # Errors
+    /// The backend's error when it does not answer.
+    pub async fn ping(&self) -> Result<(BackendStatus, Duration)> {
+        let start = Instant::now();
+        let r = self.backend().ping().await;
+        let status = self.core().track(r)?;
+        Ok((status, start.elapsed()))
+    }
+}
+
+/// The global async cache, built on first use from [`CACHE_CONFIG`](crate::CACHE_CONFIG).
+///
+/// First use never panics, and may happen inside or outside a runtime. If the backend cannot
+/// be built, the error is logged at `error` level, kept for
+/// [`global_error`](crate::global_error), and this is a disabled cache (every get misses).
+pub static ASYNC_CACHE: LazyLock<AsyncCacheManager> = LazyLock::new(|| {
+    let config = crate::CACHE_CONFIG.clone();
+    match AsyncCacheManager::new(config.clone()) {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::error!(error = %e, "ddf: cannot build the async cache backend; caching is disabled");
+            let _ = crate::GLOBAL_ERROR.set(e);
+            AsyncCacheManager::with_backend(
+                config.with_enabled(false),
+                Arc::new(crate::backend::none::NoneBackend),
+            )
+        }
+    }
+});

@@ -1,0 +1,111 @@
+//! The async face ([`ddf::AsyncCacheManager`], feature `async`) against every backend.
+
+use std::time::Duration;
+
+use ddf::{AsyncCacheManager, CacheConfig};
+
+fn assert_send<T: Send>(_: &T) {}
+fn assert_send_sync<T: Send + Sync + Clone>() {}
+
+fn pickle(dir: &std::path::Path) -> AsyncCacheManager {
+    AsyncCacheManager::new(CacheConfig::default().with_pickle_dir(dir)).unwrap()
+}
+
+#[test]
+fn the_handle_and_its_futures_are_send() {
+    assert_send_sync::<AsyncCacheManager>();
+    let dir = tempfile::tempdir().unwrap();
+    let c = pickle(dir.path());
+    // Not awaited: only their types are checked.
+    assert_send(&c.get::<String>("k"));
+    assert_send(&c.set("k", &std::cell::Cell::new(1), None));
+    assert_send(&c.set_many(&[("k", 1)], None));
+    assert_send(&c.get_many::<u8>(&["k"]));
+    assert_send(&c.delete("k"));
+    assert_send(&c.invalidate_pattern("k"));
+    assert_send(&c.flush_all());
+    assert_send(&c.delete_many(&["k"]));
+    assert_send(&c.get_bytes("k"));
+    assert_send(&c.set_bytes("k", b"v", None));
+    assert_send(&c.get_json("k"));
+    assert_send(&c.ping());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pickle_round_trip_inside_spawned_tasks() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = pickle(dir.path());
+    let tasks: Vec<_> = (0..16)
+        .map(|i| {
+            let c = c.clone();
+            tokio::spawn(async move {
+                let k = format!("svc:{i}");
+                c.set(&k, &vec![i; 3], Some(Duration::from_secs(60)))
+                    .await
+                    .unwrap();
+                c.get::<Vec<u32>>(&k).await.unwrap()
+            })
+        })
+        .collect();
+    for (i, t) in tasks.into_iter().enumerate() {
+        assert_eq!(t.await.unwrap(), Some(vec![i as u32; 3]));
+    }
+    assert_eq!(c.invalidate_pattern("svc:1").await.unwrap(), 7); // 1, 10..15
+    assert_eq!(c.get::<Vec<u32>>("svc:1").await.unwrap(), None);
+    assert!(c.delete("svc:2").await.unwrap());
+    c.flush_all().await.unwrap();
+    assert_eq!(c.get::<Vec<u32>>("svc:3").await.unwrap(), None);
+    let s = c.stats();
+    assert_eq!(
+        (s.sets, s.hits, s.deletes, s.invalidated),
+        (16, 16, 1, 7),
+        "{s}"
+    );
+    assert!(c.ping().await.is_ok());
+}
+
+#[test]
+fn a_future_polled_outside_a_runtime_runs_inline() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = pickle(dir.path());
+    // Another executor (no tokio runtime): the blocking calls run inline, never a panic.
+    futures_lite_block_on(async {
+        c.set("k", "v", None).await.unwrap();
+        assert_eq!(c.get::<String>("k").await.unwrap().as_deref(), Some("v"));
+        assert!(c.delete("k").await.unwrap());
+    });
+}
+
+/// A minimal executor without a tokio runtime: polls with a no-op waker until ready (the
+/// futures here complete without waiting on I/O readiness outside a runtime).
+fn futures_lite_block_on<F: std::future::Future>(f: F) -> F::Output {
+    let mut f = std::pin::pin!(f);
+    let waker = std::task::Waker::noop();
+    let mut cx = std::task::Context::from_waker(waker);
+    loop {
+        if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+            return v;
+        }
+        std::thread::yield_now();
+    }
+}
+
+#[tokio::test]
+async fn none_and_disabled_caches_miss() {
+    let c = AsyncCacheManager::new(CacheConfig::from_ini_str("[cache]\nbackend = none\n").unwrap())
+        .unwrap();
+    c.set("k", &1, None).await.unwrap();
+    assert_eq!(c.get::<i32>("k").await.unwrap(), None);
+    let dir = tempfile::tempdir().unwrap();
+    let off = AsyncCacheManager::new(
+        CacheConfig::default()
+            .with_pickle_dir(dir.path())
+            .with_enabled(false),
+    )
+    .unwrap();
+    off.set("k", &1, None).await.unwrap();
+    assert_eq!(off.get::<i32>("k").await.unwrap(), None);
+    assert_eq!(off.stats().misses, 1);
+    let err = off.set("k", &1, Some(Duration::ZERO)).await.unwrap_err();
+    assert!(matches!(err, ddf::Error::InvalidArgument(_)), "{err}");
+}

@@ -295,14 +295,16 @@ fn cache_owned(cache_expr: &TokenStream) -> TokenStream {
     }
 }
 
-/// The async face's cache as an owned handle: any expression whose value (or what it
-/// dereferences to) is an `AsyncCacheManager`, cloned (a cheap `Arc` clone) for the same reason
-/// as [`cache_owned`].
+/// [`cache_owned`] for the async face: an `AsyncCacheManager` (a mismatch is reported at the
+/// `cache = ..` expression).
 fn cache_owned_async(cache_expr: &TokenStream) -> TokenStream {
+    let cache_ref = quote_spanned! {cache_expr.span()=>
+        let __ddf_cache_ref: &::ddf::__private::AsyncCacheManager = &(#cache_expr);
+    };
     quote! {
-        let __ddf_cache = {
-            use ::ddf::__private::AsyncMemoCache as _;
-            (#cache_expr).memo_handle()
+        let __ddf_cache: ::ddf::__private::AsyncCacheManager = {
+            #cache_ref
+            ::std::clone::Clone::clone(__ddf_cache_ref)
         };
     }
 }

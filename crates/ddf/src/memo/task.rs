@@ -20,17 +20,10 @@ use super::flight_task::{self, TaskTurn};
 use super::{Found, MemoFn, Policy, Stamp, found, memoized_key, stored, unstamp, warn_uncached};
 use crate::error::Result;
 
-/// What async memoization needs of a cache.
+/// What async memoization needs of a cache: [`crate::AsyncCacheManager`] is the one
+/// implementation (the trait keeps the runtime apart from the manager's own code).
 #[doc(hidden)]
 pub trait AsyncMemoCache: Sync {
-    /// An owned handle on this cache (a cheap clone): what the expansion calls on the `cache`
-    /// expression, so that any expression that is, or dereferences to, an async cache works.
-    fn memo_handle(&self) -> Self
-    where
-        Self: Sized + Clone,
-    {
-        self.clone()
-    }
     /// The cache's identity in this process (shared by its clones): flights key on it.
     fn memo_id(&self) -> u64;
     /// The cache's invalidation epochs (shared by its clones). `Epochs` cannot be named

@@ -2,7 +2,9 @@
 //!
 //! The goldens hold rustc's diagnostics, which change between compiler releases: after a
 //! toolchain update, review the new text and refresh them with `TRYBUILD=overwrite`.
-//! `tests/ui/sync_only` holds what is an error only without feature `async` (an `async fn`).
+//! `tests/ui/sync_only` holds what is an error only without feature `async` (an `async fn`;
+//! ddf's own tests build with it, so `cargo test -p ddf-macros` checks that message too), and
+//! `tests/ui/async` what is an error with it.
 
 #[test]
 fn misuse_is_a_clear_compile_error() {
@@ -10,4 +12,6 @@ fn misuse_is_a_clear_compile_error() {
     t.compile_fail("tests/ui/*.rs");
     #[cfg(not(feature = "async"))]
     t.compile_fail("tests/ui/sync_only/*.rs");
+    #[cfg(feature = "async")]
+    t.compile_fail("tests/ui/async/*.rs");
 }

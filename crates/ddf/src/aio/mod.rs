@@ -7,6 +7,8 @@
 //! bytes travel ([`backend::AsyncBackend`]).
 
 pub(crate) mod backend;
+mod redis;
+mod resilient;
 
 use std::fmt;
 use std::future::Future;
@@ -97,7 +99,19 @@ fn from_config(config: &CacheConfig) -> Result<Arc<dyn AsyncBackend>> {
             Place::Inline,
             Place::Offload,
         )),
-        BackendSettings::Redis(_) | BackendSettings::Memcached(_) => Arc::new(Blocking::new(
+        BackendSettings::Redis(settings) => {
+            let twin = crate::backend::redis::RedisBackend::new(&settings)?;
+            let primary =
+                redis::AsyncRedis::new(Arc::new(twin), settings.timeout, settings.connect_timeout);
+            let state = crate::backend::redis_resilient(config, settings)?;
+            match primary {
+                Some(p) => Arc::new(resilient::AsyncResilient::new(state, Arc::new(p))),
+                // Sentinel: the sync backend, whole, on the blocking pool (its master lookup
+                // and failover handling are sync code; not yet ported).
+                None => Arc::new(Blocking::new(state, Place::Offload, Place::Offload)),
+            }
+        }
+        BackendSettings::Memcached(_) => Arc::new(Blocking::new(
             crate::backend::from_config(config)?,
             Place::Offload,
             Place::Offload,

@@ -128,14 +128,39 @@ pub(crate) fn scoped_clear(
     whole: &str,
     flush: impl FnOnce() -> Result<()>,
 ) -> Result<()> {
+    match clear_plan(backend.name(), namespace, server_flush, whole)? {
+        ClearPlan::Prefix => backend.delete_prefix("").map(|_| ()),
+        ClearPlan::Flush => flush(),
+    }
+}
+
+/// How a server backend's `clear` runs (the policy of [`scoped_clear`], for either face).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ClearPlan {
+    /// `delete_prefix("")`: the namespace's keys.
+    Prefix,
+    /// The server-wide flush (`server_flush = true`, empty namespace).
+    Flush,
+}
+
+/// The one `clear` policy: see [`scoped_clear`]. Logs the server-wide flush it allows.
+///
+/// # Errors
+/// The refusal of a whole-keyspace flush without `server_flush`.
+pub(crate) fn clear_plan(
+    name: &str,
+    namespace: &str,
+    server_flush: bool,
+    whole: &str,
+) -> Result<ClearPlan> {
     if !namespace.is_empty() {
-        return backend.delete_prefix("").map(|_| ());
+        return Ok(ClearPlan::Prefix);
     }
     if !server_flush {
         return Err(whole_keyspace_refusal(whole));
     }
-    tracing::info!(backend = backend.name(), "server_flush: flushing {whole}");
-    flush()
+    tracing::info!(backend = name, "server_flush: flushing {whole}");
+    Ok(ClearPlan::Flush)
 }
 
 /// Wraps a server backend (Redis, Memcached) in [`resilience::Resilient`]: breaker, fallback
@@ -153,7 +178,7 @@ pub(crate) fn resilient(
     name: &'static str,
     identity: &str,
     factory: resilience::Factory,
-) -> Result<Arc<dyn Backend>> {
+) -> Result<Arc<resilience::Resilient>> {
     use crate::config::FallbackMode;
     use resilience::Fallback;
     let settings = config.resilience_settings()?;
@@ -199,19 +224,37 @@ pub fn from_config(config: &CacheConfig) -> Result<Arc<dyn Backend>> {
         BackendSettings::None => Ok(Arc::new(none::NoneBackend)),
         BackendSettings::File(s) => Ok(Arc::new(file::FileBackend::open(s.dir, &s.namespace)?)),
         // The codec (JSON or pickle) is chosen above the backend, by CacheManager.
-        BackendSettings::Redis(settings) => {
-            let identity = settings.identity().to_owned();
-            let factory: resilience::Factory = Box::new(move || {
-                Ok(Arc::new(redis::RedisBackend::new(&settings)?) as Arc<dyn Backend>)
-            });
-            resilient(config, config.backend.as_str(), &identity, factory)
-        }
-        BackendSettings::Memcached(settings) => {
-            let identity = settings.identity().to_owned();
-            let factory: resilience::Factory = Box::new(move || {
-                Ok(Arc::new(memcached::MemcachedBackend::new(&settings)) as Arc<dyn Backend>)
-            });
-            resilient(config, config.backend.as_str(), &identity, factory)
-        }
+        BackendSettings::Redis(s) => Ok(redis_resilient(config, s)?),
+        BackendSettings::Memcached(s) => Ok(memcached_resilient(config, s)?),
     }
+}
+
+/// The Redis backend behind [`resilience::Resilient`], its journal scoped by the settings'
+/// identity (for either face: the async face drives the same wrapper).
+///
+/// # Errors
+/// As [`resilient`].
+pub(crate) fn redis_resilient(
+    config: &CacheConfig,
+    settings: crate::config::RedisSettings,
+) -> Result<Arc<resilience::Resilient>> {
+    let identity = settings.identity().to_owned();
+    let factory: resilience::Factory =
+        Box::new(move || Ok(Arc::new(redis::RedisBackend::new(&settings)?) as Arc<dyn Backend>));
+    resilient(config, config.backend.as_str(), &identity, factory)
+}
+
+/// The Memcached backend behind [`resilience::Resilient`] (see [`redis_resilient`]).
+///
+/// # Errors
+/// As [`resilient`].
+pub(crate) fn memcached_resilient(
+    config: &CacheConfig,
+    settings: crate::config::MemcachedSettings,
+) -> Result<Arc<resilience::Resilient>> {
+    let identity = settings.identity().to_owned();
+    let factory: resilience::Factory = Box::new(move || {
+        Ok(Arc::new(memcached::MemcachedBackend::new(&settings)) as Arc<dyn Backend>)
+    });
+    resilient(config, config.backend.as_str(), &identity, factory)
 }

@@ -36,15 +36,13 @@ use self::conn::Bounded;
 use super::{Backend, BackendStatus, Item};
 use crate::config::{RedisEndpoint, RedisSettings, RedisTarget};
 use crate::error::{Error, Result};
-use crate::key::{Keyspace, glob_escape};
+use crate::key::Keyspace;
 
+pub(crate) mod commands;
 mod conn;
 mod sentinel;
 
 const NAME: &str = "redis";
-
-/// Keys asked for per `SCAN` step (a hint to the server).
-const SCAN_COUNT: usize = 1000;
 
 /// Idle connections kept per backend; more may be open while many threads work.
 const POOL_MAX_IDLE: usize = 32;
@@ -59,6 +57,17 @@ enum Target {
     Cluster(ClusterClient),
     /// The master a group of Sentinels names; its connections are [`Conn::Single`].
     Sentinel(Box<sentinel::Sentinels>),
+}
+
+/// What the async face connects with ([`RedisBackend::async_client`]).
+#[cfg(feature = "async")]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one per backend; the clients' sizes change with redis-rs's features"
+)]
+pub(crate) enum AsyncClient {
+    Single(redis::Client),
+    Cluster(ClusterClient),
 }
 
 /// One pooled connection.
@@ -201,9 +210,46 @@ impl RedisBackend {
         Self::new(&config.redis_settings()?)
     }
 
+    /// The namespace and key layout.
+    #[cfg(feature = "async")]
+    pub(crate) fn keyspace(&self) -> &Keyspace {
+        &self.keyspace
+    }
+
+    /// Where the server is, for messages (no credentials).
+    #[cfg(feature = "async")]
+    pub(crate) fn place(&self) -> &str {
+        &self.place
+    }
+
+    /// `server_flush` as configured.
+    #[cfg(feature = "async")]
+    pub(crate) fn server_flush(&self) -> bool {
+        self.server_flush
+    }
+
+    /// The client the async face connects with (the same target, credentials and TLS), or
+    /// `None` for Sentinel, which the async face serves through this backend.
+    #[cfg(feature = "async")]
+    pub(crate) fn async_client(&self) -> Option<AsyncClient> {
+        match &self.target {
+            Target::Single(c) => {
+                // Built with database 0 for the sync set-up (see `client`); the async set-up
+                // fits in one bounded connect, so redis-rs selects `redis_db` itself.
+                let info = c.get_connection_info().clone();
+                let redis = info.redis_settings().clone().set_db(self.db);
+                redis::Client::open(info.set_redis_settings(redis))
+                    .ok()
+                    .map(AsyncClient::Single)
+            }
+            Target::Cluster(c) => Some(AsyncClient::Cluster(c.clone())),
+            Target::Sentinel(_) => None,
+        }
+    }
+
     /// The one mapping from redis-rs errors to [`Error::Backend`]. Never includes credentials:
     /// redis-rs error texts carry no URL, and the password is scrubbed anyway.
-    fn map_err(&self, what: &str, e: &redis::RedisError) -> Error {
+    pub(crate) fn map_err(&self, what: &str, e: &redis::RedisError) -> Error {
         let temporary = e.is_timeout()
             || e.is_connection_refusal()
             || e.is_io_error()
@@ -336,11 +382,11 @@ impl RedisBackend {
     /// `host:port` of every primary of the cluster, from `CLUSTER NODES`.
     fn primaries(c: &mut ClusterConnection) -> redis::RedisResult<Vec<(String, u16)>> {
         let v = c.route_command(
-            &redis::cmd("CLUSTER").arg("NODES").clone(),
+            &commands::cluster_nodes(),
             RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
         )?;
         let text: String = redis::from_redis_value(v)?;
-        Ok(parse_cluster_nodes(&text))
+        Ok(commands::parse_cluster_nodes(&text))
     }
 
     /// SCAN + UNLINK of `pattern` on one connection or node; returns the number unlinked.
@@ -353,12 +399,7 @@ impl RedisBackend {
         let mut cursor: u64 = 0;
         let mut removed = 0u64;
         loop {
-            let mut scan = redis::cmd("SCAN");
-            scan.arg(cursor)
-                .arg("MATCH")
-                .arg(pattern)
-                .arg("COUNT")
-                .arg(SCAN_COUNT);
+            let scan = commands::scan(cursor, pattern);
             let (next, keys): (u64, Vec<Vec<u8>>) = match (&mut *c, node) {
                 (Conn::Cluster(cc), Some((host, port))) => {
                     redis::from_redis_value(cc.route_command(
@@ -452,58 +493,21 @@ fn cluster_client(
     b.build()
 }
 
-/// Primaries' `host:port` in `CLUSTER NODES` output: lines `id ip:port@cport[,hostname] flags
-/// ...`; keeps `master` nodes not flagged `fail` or `noaddr`.
-fn parse_cluster_nodes(text: &str) -> Vec<(String, u16)> {
-    let mut out = Vec::new();
-    for line in text.lines() {
-        let mut f = line.split_whitespace();
-        let (Some(_id), Some(addr), Some(flags)) = (f.next(), f.next(), f.next()) else {
-            continue;
-        };
-        let flags: Vec<&str> = flags.split(',').collect();
-        if !flags.contains(&"master") || flags.iter().any(|x| *x == "fail" || *x == "noaddr") {
-            continue;
-        }
-        let hostport = addr.split(['@', ',']).next().unwrap_or("");
-        if let Some((h, p)) = hostport.rsplit_once(':')
-            && let Ok(p) = p.parse::<u16>()
-            && !h.is_empty()
-            && p != 0
-        {
-            let h = h.trim_start_matches('[').trim_end_matches(']');
-            out.push((h.to_owned(), p));
-        }
-    }
-    out
-}
-
 /// TCP_NODELAY: every request is one write followed by a read, and a small write must not wait
 /// for the server's delayed ACK (redis-rs leaves Nagle on by default).
 fn tcp_settings() -> TcpSettings {
     TcpSettings::default().set_nodelay(true)
 }
 
-fn set_cmd(key: &str, data: &[u8], ttl: Option<Duration>) -> redis::Cmd {
-    let mut c = redis::cmd("SET");
-    c.arg(key).arg(data);
-    if let Some(t) = ttl {
-        // PX takes whole milliseconds; a sub-millisecond TTL still expires.
-        c.arg("PX")
-            .arg(u64::try_from(t.as_millis()).unwrap_or(u64::MAX).max(1));
-    }
-    c
-}
-
 impl RedisBackend {
     /// `FLUSHDB` (on a cluster: on every primary); only through [`super::scoped_clear`].
     fn flushdb(&self) -> Result<()> {
         self.run("FLUSHDB", |c| match c {
-            Conn::Single(s) => redis::cmd("FLUSHDB").query::<()>(s),
+            Conn::Single(s) => commands::flushdb().query::<()>(s),
             Conn::Cluster(cc) => {
                 for (host, port) in Self::primaries(cc)? {
                     cc.route_command(
-                        &redis::cmd("FLUSHDB"),
+                        &commands::flushdb(),
                         RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress { host, port }),
                     )?;
                 }
@@ -520,22 +524,19 @@ impl Backend for RedisBackend {
 
     fn get(&self, key: &str) -> Result<Option<Item>> {
         let k = self.keyspace.storage_key(key);
-        let v: Option<Vec<u8>> =
-            self.run("GET", |c| redis::cmd("GET").arg(&k).query(c.as_like()))?;
+        let v: Option<Vec<u8>> = self.run("GET", |c| commands::get(&k).query(c.as_like()))?;
         Ok(v.map(Item::unflagged))
     }
 
     fn set(&self, key: &str, item: &Item, ttl: Option<Duration>) -> Result<()> {
         let k = self.keyspace.storage_key(key);
-        let cmd = set_cmd(&k, &item.data, ttl);
+        let cmd = commands::set(&k, &item.data, ttl);
         self.run("SET", |c| cmd.query::<()>(c.as_like()))
     }
 
     fn delete(&self, key: &str) -> Result<bool> {
         let k = self.keyspace.storage_key(key);
-        let n: u64 = self.run("UNLINK", |c| {
-            redis::cmd("UNLINK").arg(&k).query(c.as_like())
-        })?;
+        let n: u64 = self.run("UNLINK", |c| commands::unlink(&[&k]).query(c.as_like()))?;
         Ok(n > 0)
     }
 
@@ -544,9 +545,9 @@ impl Backend for RedisBackend {
             self.keyspace.namespace(),
             prefix,
             self.server_flush,
-            "every key of the Redis database",
+            commands::WHOLE,
         )?;
-        let pattern = format!("{}*", glob_escape(&self.keyspace.storage_key(prefix)));
+        let pattern = commands::prefix_pattern(&self.keyspace, prefix);
         self.run("SCAN/UNLINK", |c| {
             let nodes = match c {
                 Conn::Single(_) => return self.scan_unlink(c, &pattern, None),
@@ -565,13 +566,13 @@ impl Backend for RedisBackend {
             self,
             self.keyspace.namespace(),
             self.server_flush,
-            "every key of the Redis database (FLUSHDB)",
+            commands::WHOLE_FLUSH,
             || self.flushdb(),
         )
     }
 
     fn ping(&self) -> Result<BackendStatus> {
-        let pong: String = self.run("PING", |c| redis::cmd("PING").query(c.as_like()))?;
+        let pong: String = self.run("PING", |c| commands::ping().query(c.as_like()))?;
         Ok(BackendStatus {
             detail: format!("redis {}: {pong}", self.place),
         })
@@ -580,52 +581,26 @@ impl Backend for RedisBackend {
     fn info(&self) -> Result<Vec<(String, String)>> {
         // INFO (and CLUSTER INFO on a cluster) from one node: cheap, no key walk.
         let (info, cluster): (String, Option<String>) = self.run("INFO", |c| match c {
-            Conn::Single(s) => Ok((redis::cmd("INFO").query(s)?, None)),
+            Conn::Single(s) => Ok((commands::info().query(s)?, None)),
             Conn::Cluster(cc) => {
                 let random = || RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random);
-                let info =
-                    redis::from_redis_value(cc.route_command(&redis::cmd("INFO"), random())?)?;
+                let info = redis::from_redis_value(cc.route_command(&commands::info(), random())?)?;
                 let ci = redis::from_redis_value(
-                    cc.route_command(redis::cmd("CLUSTER").arg("INFO"), random())?,
+                    cc.route_command(&commands::cluster_info(), random())?,
                 )?;
                 Ok((info, Some(ci)))
             }
         })?;
-        let field = |text: &str, name: &str| {
-            text.lines()
-                .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
-                .map(|v| v.trim().to_owned())
+        let master = match &self.target {
+            Target::Sentinel(s) => s.current(),
+            _ => None,
         };
-        let mut out = vec![("server".to_owned(), self.place.clone())];
-        if let Target::Sentinel(s) = &self.target
-            && let Some(master) = s.current()
-        {
-            out.push(("sentinel_master".to_owned(), master));
-        }
-        for name in [
-            "redis_version",
-            "used_memory_human",
-            "connected_clients",
-            "evicted_keys",
-            "maxmemory_policy",
-        ] {
-            if let Some(v) = field(&info, name) {
-                out.push((name.to_owned(), v));
-            }
-        }
-        for line in info.lines().filter(|l| l.starts_with("db")) {
-            if let Some((db, v)) = line.split_once(':') {
-                out.push((db.to_owned(), v.trim().to_owned()));
-            }
-        }
-        if let Some(ci) = cluster {
-            for name in ["cluster_state", "cluster_known_nodes", "cluster_size"] {
-                if let Some(v) = field(&ci, name) {
-                    out.push((name.to_owned(), v));
-                }
-            }
-        }
-        Ok(out)
+        Ok(commands::info_rows(
+            &self.place,
+            master,
+            &info,
+            cluster.as_deref(),
+        ))
     }
 
     fn close(&self) {
@@ -638,11 +613,11 @@ impl Backend for RedisBackend {
         }
         let ks: Vec<String> = keys.iter().map(|k| self.keyspace.storage_key(k)).collect();
         let vals: Vec<Option<Vec<u8>>> = self.run("MGET", |c| match c {
-            Conn::Single(s) => redis::cmd("MGET").arg(&ks).query(s),
+            Conn::Single(s) => commands::mget(&ks).query(s),
             // redis-rs would split a cross-slot MGET into one request per slot, sent one after
             // the other (100 keys: ~100 round trips). A cluster pipeline of GETs is one round
             // trip per node instead.
-            Conn::Cluster(cc) => per_key_pipeline("GET", &ks).query(cc),
+            Conn::Cluster(cc) => commands::per_key_pipeline("GET", &ks).query(cc),
         })?;
         if vals.len() != keys.len() {
             return Err(Error::Backend {
@@ -668,7 +643,7 @@ impl Backend for RedisBackend {
         // closure, which may run twice (a dead pooled connection is retried once).
         let cmds = items
             .iter()
-            .map(|(k, it)| set_cmd(&self.keyspace.storage_key(k), &it.data, ttl));
+            .map(|(k, it)| commands::set(&self.keyspace.storage_key(k), &it.data, ttl));
         match &self.target {
             Target::Single(_) | Target::Sentinel(_) => {
                 let mut p = redis::pipe();
@@ -702,25 +677,13 @@ impl Backend for RedisBackend {
     }
 }
 
-/// A cluster pipeline of `name key` for every key: one round trip per node.
-fn per_key_pipeline<K: redis::ToRedisArgs>(
-    name: &str,
-    keys: &[K],
-) -> redis::cluster::ClusterPipeline {
-    let mut p = redis::cluster::cluster_pipe();
-    for k in keys {
-        p.cmd(name).arg(k);
-    }
-    p
-}
-
 /// `UNLINK` of many keys; the number removed. One command on a standalone server; on a cluster
 /// a pipeline of single-key UNLINKs (one round trip per node, not one per slot).
 fn unlink<K: redis::ToRedisArgs>(c: &mut Conn, keys: &[K]) -> redis::RedisResult<u64> {
     match c {
-        Conn::Single(s) => redis::cmd("UNLINK").arg(keys).query(s),
+        Conn::Single(s) => commands::unlink(keys).query(s),
         Conn::Cluster(cc) => {
-            let counts: Vec<u64> = per_key_pipeline("UNLINK", keys).query(cc.as_mut())?;
+            let counts: Vec<u64> = commands::per_key_pipeline("UNLINK", keys).query(cc.as_mut())?;
             Ok(counts.iter().sum())
         }
     }
@@ -730,24 +693,6 @@ fn unlink<K: redis::ToRedisArgs>(c: &mut Conn, keys: &[K]) -> redis::RedisResult
 mod tests {
     use super::*;
     use crate::CacheConfig;
-
-    #[test]
-    fn cluster_nodes_parsing_keeps_live_primaries() {
-        let text = "\
-a1 127.0.0.1:7000@17000 myself,master - 0 0 1 connected 0-5460
-b2 127.0.0.1:7001@17001,host-b master - 0 1 2 connected 5461-10922
-c3 127.0.0.1:7002@17002 slave a1 0 1 3 connected
-d4 127.0.0.1:7003@17003 master,fail - 0 1 4 disconnected
-e5 :0@0 master,noaddr - 0 1 5 disconnected
-";
-        assert_eq!(
-            parse_cluster_nodes(text),
-            vec![
-                ("127.0.0.1".to_owned(), 7000),
-                ("127.0.0.1".to_owned(), 7001)
-            ]
-        );
-    }
 
     #[test]
     fn errors_never_show_the_password() {
@@ -763,18 +708,5 @@ e5 :0@0 master,noaddr - 0 1 5 disconnected
         config.redis_url = Some(crate::config::Secret::new("redis://:s3cret@[bad"));
         let e = RedisBackend::from_config(&config).unwrap_err();
         assert!(!format!("{e} {e:?}").contains("s3cret"));
-    }
-
-    #[test]
-    fn set_uses_px() {
-        let c = set_cmd("k", b"v", Some(Duration::from_micros(10)));
-        let args: Vec<&[u8]> = c
-            .args_iter()
-            .filter_map(|a| match a {
-                redis::Arg::Simple(b) => Some(b),
-                _ => None,
-            })
-            .collect();
-        assert_eq!(args, [&b"SET"[..], b"k", b"v", b"PX", b"1"]);
     }
 }

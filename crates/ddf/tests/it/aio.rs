@@ -109,3 +109,120 @@ async fn none_and_disabled_caches_miss() {
     let err = off.set("k", &1, Some(Duration::ZERO)).await.unwrap_err();
     assert!(matches!(err, ddf::Error::InvalidArgument(_)), "{err}");
 }
+
+mod conformance_suite {
+    use std::path::Path;
+    use std::time::Duration;
+
+    use ddf::{AsyncCacheManager, CacheBackend, CacheConfig, ServerAddr};
+    use ddf_testkit::{MemcachedServer, RedisCluster, RedisServer};
+
+    use crate::aio_face::{Blocked, runtime};
+    use crate::conformance::{self, Caps};
+
+    /// A server config whose fallback and journal live in `dir`.
+    pub fn redis_config(port: u16, dir: &Path, ns: &str) -> CacheConfig {
+        CacheConfig::default()
+            .with_backend(CacheBackend::Redis)
+            .with_redis("127.0.0.1", port)
+            .with_pickle_dir(dir)
+            .with_namespace(ns)
+    }
+
+    pub fn memcached_config(servers: &[MemcachedServer], dir: &Path, ns: &str) -> CacheConfig {
+        let addrs = servers
+            .iter()
+            .map(|s| ServerAddr::parse(&s.server(), 11211).unwrap())
+            .collect();
+        CacheConfig::default()
+            .with_backend(CacheBackend::Memcached)
+            .with_memcached_servers(addrs)
+            .with_pickle_dir(dir)
+            .with_namespace(ns)
+            .with_timeouts(Duration::from_millis(500), Duration::from_secs(1))
+    }
+
+    #[test]
+    fn on_the_file_backend() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = runtime();
+        conformance::run(
+            &|ns| {
+                let cfg = CacheConfig::default()
+                    .with_pickle_dir(dir.path())
+                    .with_namespace(ns);
+                Blocked::new(AsyncCacheManager::new(cfg).unwrap(), &rt)
+            },
+            Caps::default(),
+        );
+    }
+
+    #[test]
+    fn on_redis() {
+        let Some(server) = RedisServer::start() else {
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let rt = runtime();
+        conformance::run(
+            &|ns| {
+                let cfg = redis_config(server.port(), dir.path(), ns);
+                Blocked::new(AsyncCacheManager::new(cfg).unwrap(), &rt)
+            },
+            Caps::default(),
+        );
+        let c = Blocked::new(
+            AsyncCacheManager::new(redis_config(server.port(), dir.path(), "x:")).unwrap(),
+            &rt,
+        );
+        let (status, _) = rt.block_on(c.cache.ping()).unwrap();
+        assert!(status.detail.contains("state up"), "{}", status.detail);
+    }
+
+    #[test]
+    fn on_a_redis_cluster() {
+        let Some(cluster) = RedisCluster::start() else {
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let rt = runtime();
+        let nodes: Vec<ServerAddr> = cluster
+            .addrs()
+            .iter()
+            .map(|a| ServerAddr::parse(a, 6379).unwrap())
+            .collect();
+        conformance::run(
+            &|ns| {
+                let cfg = CacheConfig::default()
+                    .with_backend(CacheBackend::Redis)
+                    .with_redis_cluster_nodes(nodes.clone())
+                    .with_pickle_dir(dir.path())
+                    .with_namespace(ns);
+                Blocked::new(AsyncCacheManager::new(cfg).unwrap(), &rt)
+            },
+            Caps::default(),
+        );
+    }
+
+    #[test]
+    fn on_three_memcached_servers() {
+        let Some(servers) = (0..3)
+            .map(|_| MemcachedServer::start())
+            .collect::<Option<Vec<_>>>()
+        else {
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let rt = runtime();
+        conformance::run(
+            &|ns| {
+                let cfg = memcached_config(&servers, dir.path(), ns);
+                Blocked::new(AsyncCacheManager::new(cfg).unwrap(), &rt)
+            },
+            Caps {
+                ttl_sleep: Some(Duration::from_millis(2100)),
+                ..Caps::default()
+            },
+        );
+    }
+}

@@ -8,8 +8,10 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use ddf::{CacheManager, Error};
+use ddf::Error;
 use serde::{Deserialize, Serialize};
+
+use crate::aio_face::Face;
 
 /// What a backend can be asked to do in the suite.
 #[derive(Debug, Clone, Copy)]
@@ -65,7 +67,7 @@ fn service() -> Service {
 }
 
 /// Runs every check. `make(namespace)` builds a fresh cache over the backend under test.
-pub fn run(make: &dyn Fn(&str) -> CacheManager, caps: Caps) {
+pub fn run<C: Face>(make: &dyn Fn(&str) -> C, caps: Caps) {
     round_trip_of_typed_values(&make(&unique_namespace("rt")));
     miss_and_falsy_values_are_distinct(&make(&unique_namespace("falsy")));
     overwrite_and_delete(&make(&unique_namespace("del")));
@@ -82,7 +84,7 @@ pub fn run(make: &dyn Fn(&str) -> CacheManager, caps: Caps) {
     stats_count(&make(&unique_namespace("stats")));
 }
 
-pub fn round_trip_of_typed_values(c: &CacheManager) {
+pub fn round_trip_of_typed_values(c: &impl Face) {
     let s = service();
     c.set("service", &s, None).unwrap();
     assert_eq!(c.get::<Service>("service").unwrap(), Some(s));
@@ -113,7 +115,7 @@ pub fn round_trip_of_typed_values(c: &CacheManager) {
     assert!(err.to_string().contains("unicode"), "{err}");
 }
 
-pub fn miss_and_falsy_values_are_distinct(c: &CacheManager) {
+pub fn miss_and_falsy_values_are_distinct(c: &impl Face) {
     assert_eq!(c.get::<String>("absent").unwrap(), None);
     c.set("empty", "", None).unwrap();
     c.set("zero", &0, None).unwrap();
@@ -127,7 +129,7 @@ pub fn miss_and_falsy_values_are_distinct(c: &CacheManager) {
     assert_eq!(c.get::<Option<u8>>("none").unwrap(), Some(None));
 }
 
-pub fn overwrite_and_delete(c: &CacheManager) {
+pub fn overwrite_and_delete(c: &impl Face) {
     c.set("k", "one", None).unwrap();
     c.set("k", "two", None).unwrap();
     assert_eq!(c.get::<String>("k").unwrap().as_deref(), Some("two"));
@@ -137,7 +139,7 @@ pub fn overwrite_and_delete(c: &CacheManager) {
     assert!(!c.delete("never-set").unwrap());
 }
 
-pub fn prefix_invalidation_is_literal_and_exact(c: &CacheManager) {
+pub fn prefix_invalidation_is_literal_and_exact(c: &impl Face) {
     let keys = [
         "svc1:a", "svc1:b", "svc2:a", "svc[1]:a", "svc?x", "svc*", "svc", "svcx", r"svc\x",
         "foo:1", "foobar", "other",
@@ -177,7 +179,7 @@ pub fn prefix_invalidation_is_literal_and_exact(c: &CacheManager) {
     assert_eq!(c.invalidate_pattern("").unwrap(), 2); // foobar, other
 }
 
-pub fn flush_is_scoped_to_the_namespace(make: &dyn Fn(&str) -> CacheManager, a: &str, b: &str) {
+pub fn flush_is_scoped_to_the_namespace<C: Face>(make: &dyn Fn(&str) -> C, a: &str, b: &str) {
     let (ca, cb) = (make(a), make(b));
     ca.set("k", "a", None).unwrap();
     cb.set("k", "b", None).unwrap();
@@ -188,7 +190,7 @@ pub fn flush_is_scoped_to_the_namespace(make: &dyn Fn(&str) -> CacheManager, a: 
     assert_eq!(cb.invalidate_pattern("").unwrap(), 1);
 }
 
-pub fn odd_keys_round_trip(c: &CacheManager, caps: Caps) {
+pub fn odd_keys_round_trip(c: &impl Face, caps: Caps) {
     let long = "k".repeat(caps.long_key);
     let keys: Vec<String> = [
         "",
@@ -230,7 +232,7 @@ pub fn odd_keys_round_trip(c: &CacheManager, caps: Caps) {
     assert_eq!(c.invalidate_pattern("").unwrap(), keys.len() as u64 - 3);
 }
 
-pub fn batches(c: &CacheManager) {
+pub fn batches(c: &impl Face) {
     let items: Vec<(String, u32)> = (0..100).map(|i| (format!("b:{i}"), i)).collect();
     let refs: Vec<(&str, u32)> = items.iter().map(|(k, v)| (k.as_str(), *v)).collect();
     c.set_many(&refs, None).unwrap();
@@ -248,7 +250,7 @@ pub fn batches(c: &CacheManager) {
     assert_eq!(c.get_many::<u32>(&[]).unwrap(), Vec::<Option<u32>>::new());
 }
 
-pub fn bytes_api(c: &CacheManager) {
+pub fn bytes_api(c: &impl Face) {
     let data: Vec<u8> = (0..=255).collect();
     c.set_bytes("raw", &data, None).unwrap();
     assert_eq!(c.get_bytes("raw").unwrap(), Some(data));
@@ -257,13 +259,13 @@ pub fn bytes_api(c: &CacheManager) {
     assert_eq!(c.get_bytes("absent").unwrap(), None);
 }
 
-pub fn zero_ttl_is_refused(c: &CacheManager) {
+pub fn zero_ttl_is_refused(c: &impl Face) {
     let err = c.set("k", &1, Some(Duration::ZERO)).unwrap_err();
     assert!(matches!(err, Error::InvalidArgument(_)), "{err}");
     assert_eq!(c.get::<i32>("k").unwrap(), None);
 }
 
-pub fn ttl_expires(c: &CacheManager, sleep: Duration) {
+pub fn ttl_expires(c: &impl Face, sleep: Duration) {
     c.set("short", "v", Some(Duration::from_secs(1))).unwrap();
     c.set("long", "v", Some(Duration::from_secs(3600))).unwrap();
     c.set("forever", "v", None).unwrap();
@@ -274,7 +276,7 @@ pub fn ttl_expires(c: &CacheManager, sleep: Duration) {
     assert_eq!(c.get::<String>("forever").unwrap().as_deref(), Some("v"));
 }
 
-pub fn concurrent_writers_never_tear(c: &CacheManager) {
+pub fn concurrent_writers_never_tear(c: &impl Face) {
     let values: Vec<String> = (0..4).map(|t| format!("{t}").repeat(2000)).collect();
     std::thread::scope(|s| {
         for t in 0..4 {
@@ -293,7 +295,7 @@ pub fn concurrent_writers_never_tear(c: &CacheManager) {
     });
 }
 
-pub fn stats_count(c: &CacheManager) {
+pub fn stats_count(c: &impl Face) {
     c.set("s", &1, None).unwrap();
     let _ = c.get::<i32>("s").unwrap();
     let _ = c.get::<i32>("absent").unwrap();

@@ -3,7 +3,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod aio;
-#[cfg(feature = "async")]
+mod aio_face;
+mod aio_faults;
+mod aio_model;
 mod amemo;
 mod conformance;
 mod file;

@@ -253,6 +253,46 @@ impl Resilient {
         self.shared.breaker.failed_ops()
     }
 
+    #[cfg(feature = "async")]
+    /// Whether calls go to the primary now (for a face that drives its own primary: the async
+    /// face sends its hot path to an async twin of the primary and reports back below).
+    pub(crate) fn is_up(&self) -> bool {
+        self.shared.breaker.is_up()
+    }
+
+    #[cfg(feature = "async")]
+    /// A call succeeded on the primary.
+    pub(crate) fn succeeded(&self) {
+        self.shared.breaker.succeeded();
+    }
+
+    #[cfg(feature = "async")]
+    /// A call failed on the primary for a temporary reason (counted; `at_once` marks the
+    /// primary down at the first one, as writes and invalidations do). May open an outage in
+    /// the journal: blocking.
+    pub(crate) fn failed(&self, at_once: bool, cause: &Error) {
+        Shared::failed(&self.shared, at_once, cause);
+    }
+
+    #[cfg(feature = "async")]
+    /// Whether a read that failed on the primary returns the error (`fallback = error`)
+    /// rather than a miss.
+    pub(crate) fn refuses(&self) -> bool {
+        matches!(self.shared.fallback, Fallback::Refuse)
+    }
+
+    /// The refusal of `clear`/`delete_prefix("")` when they would reach every key on the
+    /// server, in every state.
+    ///
+    /// # Errors
+    /// That refusal.
+    pub(crate) fn check_whole_keyspace(&self, whole: bool) -> Result<()> {
+        if whole && self.shared.cfg.refuse_whole_keyspace {
+            return Err(self.refusal());
+        }
+        Ok(())
+    }
+
     /// Runs `op` on the primary when it is up: its result, or why it was not used (not up, or
     /// it just failed for a temporary reason: counted, `at_once` marks the primary down at the
     /// first one).
@@ -339,17 +379,23 @@ impl Resilient {
             Attempt::NotUp => self.on_fallback_recorded(record, &op),
             Attempt::Failed(e) => {
                 self.on_fallback_recorded(record, &op)?;
-                Err(Error::Backend {
-                    backend: self.shared.cfg.name,
-                    message: format!(
-                        "{what} failed part-way on the server, which may have removed some of \
-                         the keys; it was recorded and will be applied in full when the server \
-                         answers again"
-                    ),
-                    temporary: true,
-                    source: Some(Box::new(e)),
-                })
+                Err(self.partway(what, e))
             }
+        }
+    }
+
+    /// The error of a namespace-wide invalidation that failed part-way on the primary (`e`)
+    /// and was recorded.
+    pub(crate) fn partway(&self, what: &str, e: Error) -> Error {
+        Error::Backend {
+            backend: self.shared.cfg.name,
+            message: format!(
+                "{what} failed part-way on the server, which may have removed some of \
+                 the keys; it was recorded and will be applied in full when the server \
+                 answers again"
+            ),
+            temporary: true,
+            source: Some(Box::new(e)),
         }
     }
 
@@ -437,9 +483,7 @@ impl Backend for Resilient {
     }
 
     fn delete_prefix(&self, prefix: &str) -> Result<u64> {
-        if prefix.is_empty() && self.shared.cfg.refuse_whole_keyspace {
-            return Err(self.refusal());
-        }
+        self.check_whole_keyspace(prefix.is_empty())?;
         self.invalidate_op(
             "delete_prefix",
             || vec![PendingOp::DeletePrefix(Cow::Borrowed(prefix))],
@@ -448,9 +492,7 @@ impl Backend for Resilient {
     }
 
     fn clear(&self) -> Result<()> {
-        if self.shared.cfg.refuse_whole_keyspace {
-            return Err(self.refusal());
-        }
+        self.check_whole_keyspace(true)?;
         self.invalidate_op("clear", || vec![PendingOp::Clear], |b| b.clear())
     }
 

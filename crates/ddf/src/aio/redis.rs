@@ -1,0 +1,513 @@
+//! The async Redis backend: redis-rs's multiplexed connection (standalone over TCP, TLS or a
+//! unix socket) or its async cluster connection, shared by every task of the cache.
+//!
+//! Everything but the transport is the sync backend's: the target, credentials, TLS and
+//! timeouts come from the same [`RedisBackend`] (built from the same validated settings), the
+//! requests from `backend/redis/commands.rs`, the errors from [`RedisBackend::map_err`], the
+//! `clear` policy from [`crate::backend::clear_plan`]. Sentinel is served by the sync backend
+//! on the blocking pool (see `aio/mod.rs`).
+//!
+//! - **One connection, many requests in flight**: concurrent tasks share one multiplexed
+//!   connection (cloned per call: an `Arc` and a channel), whose driver task writes their
+//!   requests as they come and matches replies in order, so that 64 tasks pipeline on one
+//!   socket without a pool.
+//! - **Bounded waits**: connect (set-up, `AUTH`, `SELECT` included) within `connect_timeout`,
+//!   every reply within `timeout` (redis-rs's response timeout).
+//! - **Cancellation**: a dropped future only drops its reply's receiver; the driver still reads
+//!   that reply and discards it, so the connection never gets out of step and a later request
+//!   never reads another's reply.
+//! - **Reconnection**: a connection that failed with an I/O error or was dropped (the server
+//!   restarted, or the runtime that drove it ended) is forgotten; the next call connects again,
+//!   and a call that met a dead connection is retried once on a fresh one (as the sync pool
+//!   retries a dead pooled connection once). Timeouts are never retried.
+
+use std::future::Future;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use redis::aio::MultiplexedConnection;
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+use redis::{AsyncConnectionConfig, Cmd, FromRedisValue, RedisError, RedisResult};
+
+use super::backend::{AsyncBackend, BoxFuture, Noted};
+use crate::backend::redis::{AsyncClient, RedisBackend, commands};
+use crate::backend::{BackendStatus, ClearPlan, Item, check_prefix, clear_plan};
+use crate::error::{Error, Result};
+
+const NAME: &str = "redis";
+
+/// A live connection of either kind (cheap to clone: requests share its socket).
+#[derive(Clone)]
+enum Conn {
+    Single(MultiplexedConnection),
+    Cluster(ClusterConnection),
+}
+
+impl Conn {
+    async fn query<T: FromRedisValue>(&mut self, cmd: &Cmd) -> RedisResult<T> {
+        match self {
+            Conn::Single(c) => cmd.query_async(c).await,
+            Conn::Cluster(c) => cmd.query_async(c).await,
+        }
+    }
+}
+
+/// The async Redis backend (see the module's documentation).
+pub(crate) struct AsyncRedis {
+    /// Key layout, error mapping, place and settings: the sync backend's.
+    core: Arc<RedisBackend>,
+    client: AsyncClient,
+    timeout: Duration,
+    connect_timeout: Duration,
+    /// The shared connection, once open.
+    current: Mutex<Option<Conn>>,
+    /// Held while connecting, so that a burst of tasks opens one connection, not one each.
+    connecting: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for AsyncRedis {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AsyncRedis")
+            .field("place", &self.core.place())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Whether an error means the connection is unusable (dropped, reset, refused): forget it.
+fn is_dead(e: &RedisError) -> bool {
+    e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal()
+}
+
+impl AsyncRedis {
+    /// The async twin of `core` (built from the same settings); `None` for a target the async
+    /// face serves through the sync backend (Sentinel).
+    pub(crate) fn new(
+        core: Arc<RedisBackend>,
+        timeout: Duration,
+        connect_timeout: Duration,
+    ) -> Option<Self> {
+        let client = core.async_client()?;
+        Some(AsyncRedis {
+            core,
+            client,
+            timeout,
+            connect_timeout,
+            current: Mutex::new(None),
+            connecting: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    fn current(&self) -> Option<Conn> {
+        self.current
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn forget(&self) {
+        *self.current.lock().unwrap_or_else(PoisonError::into_inner) = None;
+    }
+
+    /// The shared connection, opened (once, whoever asks first) if there is none.
+    async fn conn(&self) -> Result<Conn> {
+        if let Some(c) = self.current() {
+            return Ok(c);
+        }
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(Error::Backend {
+                backend: NAME,
+                message: "the async Redis client needs a tokio runtime: await this future \
+                          inside one (tokio::main, Runtime::block_on)"
+                    .to_owned(),
+                temporary: false,
+                source: None,
+            });
+        }
+        let _one = self.connecting.lock().await;
+        if let Some(c) = self.current() {
+            return Ok(c);
+        }
+        let opened = tokio::time::timeout(self.connect_timeout, self.open()).await;
+        let c = match opened {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => return Err(self.core.map_err("cannot connect", &e)),
+            Err(_) => {
+                return Err(Error::Backend {
+                    backend: NAME,
+                    message: format!(
+                        "cannot connect to {}: timed out after {:?} (connect_timeout)",
+                        self.core.place(),
+                        self.connect_timeout
+                    ),
+                    temporary: true,
+                    source: None,
+                });
+            }
+        };
+        *self.current.lock().unwrap_or_else(PoisonError::into_inner) = Some(c.clone());
+        Ok(c)
+    }
+
+    async fn open(&self) -> RedisResult<Conn> {
+        match &self.client {
+            AsyncClient::Single(client) => {
+                let cfg = AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(self.connect_timeout))
+                    .set_response_timeout(Some(self.timeout));
+                Ok(Conn::Single(
+                    client
+                        .get_multiplexed_async_connection_with_config(&cfg)
+                        .await?,
+                ))
+            }
+            // The cluster client carries both timeouts (see `cluster_client`).
+            AsyncClient::Cluster(client) => Ok(Conn::Cluster(client.get_async_connection().await?)),
+        }
+    }
+
+    /// Runs `f` on the shared connection; see the module's documentation for what a failure
+    /// does to the connection, and the single retry.
+    async fn run<T, F, Fut>(&self, what: &str, f: F) -> Result<T>
+    where
+        F: Fn(Conn) -> Fut,
+        Fut: Future<Output = RedisResult<T>> + Send,
+    {
+        let c = self.conn().await?;
+        match f(c).await {
+            Ok(v) => return Ok(v),
+            Err(e) if is_dead(&e) && !e.is_timeout() => {
+                tracing::debug!(place = %self.core.place(), "redis connection was dead; reconnecting");
+                self.forget();
+            }
+            Err(e) => {
+                if is_dead(&e) {
+                    self.forget();
+                }
+                return Err(self.core.map_err(what, &e));
+            }
+        }
+        let c = self.conn().await?;
+        f(c).await.map_err(|e| {
+            if is_dead(&e) {
+                self.forget();
+            }
+            self.core.map_err(what, &e)
+        })
+    }
+
+    fn key(&self, key: &str) -> String {
+        self.core.keyspace().storage_key(key)
+    }
+}
+
+/// `host:port` of every primary of the cluster.
+async fn primaries(cc: &mut ClusterConnection) -> RedisResult<Vec<(String, u16)>> {
+    let v = cc
+        .route_command(
+            commands::cluster_nodes(),
+            RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
+        )
+        .await?;
+    let text: String = redis::from_redis_value(v)?;
+    Ok(commands::parse_cluster_nodes(&text))
+}
+
+fn on_node(host: &str, port: u16) -> RoutingInfo {
+    RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+        host: host.to_owned(),
+        port,
+    })
+}
+
+/// `name key` for every key, sent at once on the cluster connection (it pipelines them per
+/// node), the replies in order.
+async fn per_key<T: FromRedisValue>(
+    cc: &ClusterConnection,
+    name: &str,
+    keys: &[String],
+) -> RedisResult<Vec<T>> {
+    let calls = keys.iter().map(|k| {
+        let mut cc = cc.clone();
+        let mut cmd = redis::cmd(name);
+        cmd.arg(k);
+        async move { cmd.query_async::<T>(&mut cc).await }
+    });
+    futures_util::future::join_all(calls)
+        .await
+        .into_iter()
+        .collect()
+}
+
+/// `UNLINK` of many keys; the number removed.
+async fn unlink(c: &mut Conn, keys: &[String]) -> RedisResult<u64> {
+    match c {
+        Conn::Single(_) => c.query(&commands::unlink(keys)).await,
+        Conn::Cluster(cc) => Ok(per_key::<u64>(cc, "UNLINK", keys).await?.iter().sum()),
+    }
+}
+
+/// SCAN + UNLINK of `pattern` on the connection or one node of the cluster.
+async fn scan_unlink(
+    c: &mut Conn,
+    pattern: &str,
+    node: Option<&(String, u16)>,
+) -> RedisResult<u64> {
+    let mut cursor = 0u64;
+    let mut removed = 0u64;
+    loop {
+        let scan = commands::scan(cursor, pattern);
+        let (next, keys): (u64, Vec<String>) = match (&mut *c, node) {
+            (Conn::Cluster(cc), Some((host, port))) => {
+                redis::from_redis_value(cc.route_command(scan, on_node(host, *port)).await?)?
+            }
+            (c, _) => c.query(&scan).await?,
+        };
+        if !keys.is_empty() {
+            removed += unlink(c, &keys).await?;
+        }
+        if next == 0 {
+            return Ok(removed);
+        }
+        cursor = next;
+    }
+}
+
+impl AsyncRedis {
+    async fn get_item(&self, key: &str) -> Result<Option<Item>> {
+        let cmd = &commands::get(&self.key(key));
+        let v: Option<Vec<u8>> = self
+            .run("GET", |mut c| async move { c.query(cmd).await })
+            .await?;
+        Ok(v.map(Item::unflagged))
+    }
+
+    async fn set_item(&self, key: &str, item: &Item, ttl: Option<Duration>) -> Result<()> {
+        let cmd = &commands::set(&self.key(key), &item.data, ttl);
+        self.run("SET", |mut c| async move { c.query::<()>(cmd).await })
+            .await
+    }
+
+    async fn remove_prefix(&self, prefix: &str) -> Result<u64> {
+        check_prefix(
+            self.core.keyspace().namespace(),
+            prefix,
+            self.core.server_flush(),
+            commands::WHOLE,
+        )?;
+        let pattern = &commands::prefix_pattern(self.core.keyspace(), prefix);
+        self.run("SCAN/UNLINK", |mut c| async move {
+            let nodes = match &mut c {
+                Conn::Single(_) => return scan_unlink(&mut c, pattern, None).await,
+                Conn::Cluster(cc) => primaries(cc).await?,
+            };
+            let mut n = 0;
+            for node in &nodes {
+                n += scan_unlink(&mut c, pattern, Some(node)).await?;
+            }
+            Ok(n)
+        })
+        .await
+    }
+
+    async fn clear_all(&self) -> Result<()> {
+        let plan = clear_plan(
+            NAME,
+            self.core.keyspace().namespace(),
+            self.core.server_flush(),
+            commands::WHOLE_FLUSH,
+        )?;
+        match plan {
+            ClearPlan::Prefix => self.remove_prefix("").await.map(drop),
+            ClearPlan::Flush => {
+                self.run("FLUSHDB", |mut c| async move {
+                    match &mut c {
+                        Conn::Single(_) => c.query::<()>(&commands::flushdb()).await,
+                        Conn::Cluster(cc) => {
+                            for (host, port) in primaries(cc).await? {
+                                cc.route_command(commands::flushdb(), on_node(&host, port))
+                                    .await?;
+                            }
+                            Ok(())
+                        }
+                    }
+                })
+                .await
+            }
+        }
+    }
+
+    async fn ping_server(&self) -> Result<BackendStatus> {
+        let pong: String = self
+            .run(
+                "PING",
+                |mut c| async move { c.query(&commands::ping()).await },
+            )
+            .await?;
+        Ok(BackendStatus {
+            detail: format!("redis {}: {pong}", self.core.place()),
+        })
+    }
+
+    async fn server_info(&self) -> Result<Vec<(String, String)>> {
+        let (info, cluster): (String, Option<String>) = self
+            .run("INFO", |mut c| async move {
+                let cc = match &mut c {
+                    Conn::Single(_) => return Ok((c.query(&commands::info()).await?, None)),
+                    Conn::Cluster(cc) => cc,
+                };
+                {
+                    let random = || RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random);
+                    let info = redis::from_redis_value(
+                        cc.route_command(commands::info(), random()).await?,
+                    )?;
+                    let ci = redis::from_redis_value(
+                        cc.route_command(commands::cluster_info(), random()).await?,
+                    )?;
+                    Ok((info, Some(ci)))
+                }
+            })
+            .await?;
+        Ok(commands::info_rows(
+            self.core.place(),
+            None,
+            &info,
+            cluster.as_deref(),
+        ))
+    }
+
+    async fn get_items(&self, keys: &[&str]) -> Result<Vec<Option<Item>>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ks: &[String] = &keys.iter().map(|k| self.key(k)).collect::<Vec<_>>();
+        let vals: Vec<Option<Vec<u8>>> = self
+            .run("MGET", |mut c| async move {
+                match &mut c {
+                    Conn::Single(_) => c.query(&commands::mget(ks)).await,
+                    Conn::Cluster(cc) => per_key(cc, "GET", ks).await,
+                }
+            })
+            .await?;
+        if vals.len() != keys.len() {
+            return Err(Error::Backend {
+                backend: NAME,
+                message: format!(
+                    "MGET on {} returned {} values for {} keys",
+                    self.core.place(),
+                    vals.len(),
+                    keys.len()
+                ),
+                temporary: false,
+                source: None,
+            });
+        }
+        Ok(vals.into_iter().map(|v| v.map(Item::unflagged)).collect())
+    }
+
+    async fn set_items(&self, items: &[(&str, Item)], ttl: Option<Duration>) -> Result<()> {
+        if items.is_empty() {
+            return Ok(());
+        }
+        let cmds: &[Cmd] = &items
+            .iter()
+            .map(|(k, it)| commands::set(&self.key(k), &it.data, ttl))
+            .collect::<Vec<_>>();
+        self.run("SET (pipeline)", |c| async move {
+            match c {
+                Conn::Single(mut mc) => {
+                    let mut p = redis::pipe();
+                    for cmd in cmds {
+                        p.add_command(cmd.clone()).ignore();
+                    }
+                    p.query_async::<()>(&mut mc).await
+                }
+                Conn::Cluster(cc) => {
+                    let calls = cmds.iter().map(|cmd| {
+                        let mut cc = cc.clone();
+                        async move { cmd.query_async::<()>(&mut cc).await }
+                    });
+                    futures_util::future::join_all(calls)
+                        .await
+                        .into_iter()
+                        .collect()
+                }
+            }
+        })
+        .await
+    }
+
+    async fn delete_items(&self, keys: &[&str]) -> Result<u64> {
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        let ks: &[String] = &keys.iter().map(|k| self.key(k)).collect::<Vec<_>>();
+        self.run("UNLINK", |mut c| async move { unlink(&mut c, ks).await })
+            .await
+    }
+}
+
+impl AsyncBackend for AsyncRedis {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Noted<Option<Item>>> {
+        Box::pin(async move { Noted::clean(self.get_item(key).await) })
+    }
+
+    fn set<'a>(
+        &'a self,
+        key: &'a str,
+        item: &'a Item,
+        ttl: Option<Duration>,
+    ) -> BoxFuture<'a, Noted<()>> {
+        Box::pin(async move { Noted::clean(self.set_item(key, item, ttl).await) })
+    }
+
+    fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(async move {
+            let ks: &[String] = &[self.key(key)];
+            let n = self
+                .run("UNLINK", |mut c| async move { unlink(&mut c, ks).await })
+                .await?;
+            Ok(n > 0)
+        })
+    }
+
+    fn delete_prefix<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<u64>> {
+        Box::pin(self.remove_prefix(prefix))
+    }
+
+    fn clear(&self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(self.clear_all())
+    }
+
+    fn ping(&self) -> BoxFuture<'_, Result<BackendStatus>> {
+        Box::pin(self.ping_server())
+    }
+
+    fn info(&self) -> BoxFuture<'_, Result<Vec<(String, String)>>> {
+        Box::pin(self.server_info())
+    }
+
+    fn close(&self) {
+        self.forget();
+    }
+
+    fn get_many<'a>(&'a self, keys: &'a [&'a str]) -> BoxFuture<'a, Result<Vec<Option<Item>>>> {
+        Box::pin(self.get_items(keys))
+    }
+
+    fn set_many<'a>(
+        &'a self,
+        items: &'a [(&'a str, Item)],
+        ttl: Option<Duration>,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(self.set_items(items, ttl))
+    }
+
+    fn delete_many<'a>(&'a self, keys: &'a [&'a str]) -> BoxFuture<'a, Result<u64>> {
+        Box::pin(self.delete_items(keys))
+    }
+}

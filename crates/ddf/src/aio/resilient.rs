@@ -1,0 +1,257 @@
+//! The breaker, fallback and journal for the async face: the sync face's
+//! [`Resilient`](crate::backend::resilience::Resilient), driven through its hooks.
+//!
+//! The sync wrapper keeps all the state: the breaker, the fallback, the journal and its
+//! background loop (probe and replay with the sync primary). This wrapper only sends the hot
+//! path, while the primary is up, to the async twin of the primary, and reports each result
+//! back (`succeeded`, `failed`), so that both faces share one state machine and one recovery.
+//! Everything else (the primary not up, or a write that just failed on it: recorded in the
+//! journal and applied to the fallback) is the sync wrapper's own code, run on the blocking
+//! pool: the journal and the local fallback are SQLite.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::backend::{AsyncBackend, Blocking, BoxFuture, Noted, Place, offload};
+use crate::backend::resilience::Resilient;
+use crate::backend::{Backend, BackendStatus, Item};
+use crate::error::{Error, Result};
+
+/// An async primary behind the sync face's breaker, fallback and journal.
+#[derive(Debug)]
+pub(crate) struct AsyncResilient {
+    state: Arc<Resilient>,
+    /// `state` as a backend, on the blocking pool: the fallback path.
+    otherwise: Blocking,
+    primary: Arc<dyn AsyncBackend>,
+}
+
+impl AsyncResilient {
+    pub(crate) fn new(state: Arc<Resilient>, primary: Arc<dyn AsyncBackend>) -> Self {
+        let otherwise = Blocking::new(
+            state.clone() as Arc<dyn Backend>,
+            Place::Offload,
+            Place::Offload,
+        );
+        AsyncResilient {
+            state,
+            otherwise,
+            primary,
+        }
+    }
+
+    /// Reports a temporary failure of the primary (it may open an outage in the journal: on
+    /// the blocking pool) and gives the error back.
+    async fn failed(&self, at_once: bool, e: Error) -> Error {
+        let state = self.state.clone();
+        let name = self.primary.name();
+        offload(name, move || {
+            state.failed(at_once, &e);
+            Ok(e)
+        })
+        .await
+        .unwrap_or_else(|other| other)
+    }
+
+    /// A read: the primary when up; a temporary failure there is a miss (or the error with
+    /// `fallback = error`), never the fallback's answer (the rule of the sync wrapper).
+    async fn read<'a, T>(
+        &'a self,
+        miss: impl FnOnce() -> T + Send,
+        primary: impl FnOnce() -> BoxFuture<'a, Result<T>> + Send,
+        otherwise: impl FnOnce() -> BoxFuture<'a, Noted<T>> + Send,
+    ) -> Noted<T> {
+        if !self.state.is_up() {
+            return otherwise().await;
+        }
+        match primary().await {
+            Ok(v) => {
+                self.state.succeeded();
+                Noted::clean(Ok(v))
+            }
+            Err(e) if e.is_temporary() => {
+                let e = self.failed(false, e).await;
+                Noted {
+                    result: if self.state.refuses() {
+                        Err(e)
+                    } else {
+                        Ok(miss())
+                    },
+                    degraded: true,
+                }
+            }
+            Err(e) => Noted::clean(Err(e)),
+        }
+    }
+
+    /// A write or a delete: the primary when up; a temporary failure there marks it down at
+    /// once, then the sync wrapper records the call and applies it to the fallback.
+    async fn write<'a, T>(
+        &'a self,
+        primary: impl FnOnce() -> BoxFuture<'a, Result<T>> + Send,
+        otherwise: impl FnOnce() -> BoxFuture<'a, Noted<T>> + Send,
+    ) -> Noted<T> {
+        if !self.state.is_up() {
+            return otherwise().await;
+        }
+        match primary().await {
+            Ok(v) => {
+                self.state.succeeded();
+                Noted::clean(Ok(v))
+            }
+            Err(e) if e.is_temporary() => {
+                drop(self.failed(true, e).await);
+                let Noted { result, .. } = otherwise().await;
+                Noted {
+                    result,
+                    degraded: true,
+                }
+            }
+            Err(e) => Noted::clean(Err(e)),
+        }
+    }
+
+    /// A namespace-wide invalidation: as [`AsyncResilient::write`], except that one that
+    /// failed part-way on the primary returns the sync wrapper's "recorded" error.
+    async fn invalidate<'a, T>(
+        &'a self,
+        what: &str,
+        primary: impl FnOnce() -> BoxFuture<'a, Result<T>> + Send,
+        otherwise: impl FnOnce() -> BoxFuture<'a, Result<T>> + Send,
+    ) -> Result<T> {
+        if !self.state.is_up() {
+            return otherwise().await;
+        }
+        match primary().await {
+            Ok(v) => {
+                self.state.succeeded();
+                Ok(v)
+            }
+            Err(e) if e.is_temporary() => {
+                let e = self.failed(true, e).await;
+                otherwise().await?;
+                Err(self.state.partway(what, e))
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+fn noted<T: Send + 'static>(f: BoxFuture<'_, Result<T>>) -> BoxFuture<'_, Noted<T>> {
+    Box::pin(async move { Noted::clean(f.await) })
+}
+
+impl AsyncBackend for AsyncResilient {
+    fn name(&self) -> &'static str {
+        self.otherwise.name()
+    }
+
+    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Noted<Option<Item>>> {
+        Box::pin(self.read(
+            || None,
+            || {
+                let f = self.primary.get(key);
+                Box::pin(async move { f.await.result })
+            },
+            || self.otherwise.get(key),
+        ))
+    }
+
+    fn set<'a>(
+        &'a self,
+        key: &'a str,
+        item: &'a Item,
+        ttl: Option<Duration>,
+    ) -> BoxFuture<'a, Noted<()>> {
+        Box::pin(self.write(
+            move || {
+                let f = self.primary.set(key, item, ttl);
+                Box::pin(async move { f.await.result })
+            },
+            move || self.otherwise.set(key, item, ttl),
+        ))
+    }
+
+    fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(async move {
+            self.write(
+                || self.primary.delete(key),
+                || noted(self.otherwise.delete(key)),
+            )
+            .await
+            .result
+        })
+    }
+
+    fn delete_prefix<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<u64>> {
+        Box::pin(async move {
+            self.state.check_whole_keyspace(prefix.is_empty())?;
+            self.invalidate(
+                "delete_prefix",
+                || self.primary.delete_prefix(prefix),
+                || self.otherwise.delete_prefix(prefix),
+            )
+            .await
+        })
+    }
+
+    fn clear(&self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            self.state.check_whole_keyspace(true)?;
+            self.invalidate("clear", || self.primary.clear(), || self.otherwise.clear())
+                .await
+        })
+    }
+
+    /// The sync wrapper's `ping`: the state, the counters and the sync primary's answer.
+    fn ping(&self) -> BoxFuture<'_, Result<BackendStatus>> {
+        self.otherwise.ping()
+    }
+
+    fn info(&self) -> BoxFuture<'_, Result<Vec<(String, String)>>> {
+        self.otherwise.info()
+    }
+
+    fn close(&self) {
+        self.primary.close();
+        self.otherwise.close();
+    }
+
+    fn get_many<'a>(&'a self, keys: &'a [&'a str]) -> BoxFuture<'a, Result<Vec<Option<Item>>>> {
+        Box::pin(async move {
+            self.read(
+                || vec![None; keys.len()],
+                || self.primary.get_many(keys),
+                || noted(self.otherwise.get_many(keys)),
+            )
+            .await
+            .result
+        })
+    }
+
+    fn set_many<'a>(
+        &'a self,
+        items: &'a [(&'a str, Item)],
+        ttl: Option<Duration>,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            self.write(
+                move || self.primary.set_many(items, ttl),
+                move || noted(self.otherwise.set_many(items, ttl)),
+            )
+            .await
+            .result
+        })
+    }
+
+    fn delete_many<'a>(&'a self, keys: &'a [&'a str]) -> BoxFuture<'a, Result<u64>> {
+        Box::pin(async move {
+            self.write(
+                || self.primary.delete_many(keys),
+                || noted(self.otherwise.delete_many(keys)),
+            )
+            .await
+            .result
+        })
+    }
+}

@@ -1,0 +1,210 @@
+//! The Redis commands ddf sends and the parsing of what it reads back, pure: no connection,
+//! no I/O. The sync backend (`backend/redis.rs`, over redis-rs's blocking connections) and the
+//! async one (`aio/redis.rs`, over redis-rs's multiplexed and cluster connections) both build
+//! their requests here, so that the two faces send the same bytes.
+
+use std::time::Duration;
+
+use crate::key::{Keyspace, glob_escape};
+
+/// What a `delete_prefix("")` with an empty namespace would remove, for its refusal.
+pub(crate) const WHOLE: &str = "every key of the Redis database";
+/// What `clear` with an empty namespace and `server_flush` removes.
+pub(crate) const WHOLE_FLUSH: &str = "every key of the Redis database (FLUSHDB)";
+
+/// Keys asked for per `SCAN` step (a hint to the server).
+pub(crate) const SCAN_COUNT: usize = 1000;
+
+/// `GET key`.
+pub(crate) fn get(key: &str) -> redis::Cmd {
+    let mut c = redis::cmd("GET");
+    c.arg(key);
+    c
+}
+
+/// `SET key data [PX ms]`.
+pub(crate) fn set(key: &str, data: &[u8], ttl: Option<Duration>) -> redis::Cmd {
+    let mut c = redis::cmd("SET");
+    c.arg(key).arg(data);
+    if let Some(t) = ttl {
+        // PX takes whole milliseconds; a sub-millisecond TTL still expires.
+        c.arg("PX")
+            .arg(u64::try_from(t.as_millis()).unwrap_or(u64::MAX).max(1));
+    }
+    c
+}
+
+/// `UNLINK key...`.
+pub(crate) fn unlink<K: redis::ToRedisArgs>(keys: &[K]) -> redis::Cmd {
+    let mut c = redis::cmd("UNLINK");
+    c.arg(keys);
+    c
+}
+
+/// `MGET key...`.
+pub(crate) fn mget<K: redis::ToRedisArgs>(keys: &[K]) -> redis::Cmd {
+    let mut c = redis::cmd("MGET");
+    c.arg(keys);
+    c
+}
+
+/// The `SCAN MATCH` pattern of every key of `keyspace` that starts with `prefix` (literal).
+pub(crate) fn prefix_pattern(keyspace: &Keyspace, prefix: &str) -> String {
+    format!("{}*", glob_escape(&keyspace.storage_key(prefix)))
+}
+
+/// `SCAN cursor MATCH pattern COUNT 1000`.
+pub(crate) fn scan(cursor: u64, pattern: &str) -> redis::Cmd {
+    let mut c = redis::cmd("SCAN");
+    c.arg(cursor)
+        .arg("MATCH")
+        .arg(pattern)
+        .arg("COUNT")
+        .arg(SCAN_COUNT);
+    c
+}
+
+/// `FLUSHDB`.
+pub(crate) fn flushdb() -> redis::Cmd {
+    redis::cmd("FLUSHDB")
+}
+
+/// `PING`.
+pub(crate) fn ping() -> redis::Cmd {
+    redis::cmd("PING")
+}
+
+/// `INFO`.
+pub(crate) fn info() -> redis::Cmd {
+    redis::cmd("INFO")
+}
+
+/// `CLUSTER INFO`.
+pub(crate) fn cluster_info() -> redis::Cmd {
+    let mut c = redis::cmd("CLUSTER");
+    c.arg("INFO");
+    c
+}
+
+/// `CLUSTER NODES`.
+pub(crate) fn cluster_nodes() -> redis::Cmd {
+    let mut c = redis::cmd("CLUSTER");
+    c.arg("NODES");
+    c
+}
+
+/// A cluster pipeline of `name key` for every key: one round trip per node.
+pub(crate) fn per_key_pipeline<K: redis::ToRedisArgs>(
+    name: &str,
+    keys: &[K],
+) -> redis::cluster::ClusterPipeline {
+    let mut p = redis::cluster::cluster_pipe();
+    for k in keys {
+        p.cmd(name).arg(k);
+    }
+    p
+}
+
+/// Primaries' `host:port` in `CLUSTER NODES` output: lines `id ip:port@cport[,hostname] flags
+/// ...`; keeps `master` nodes not flagged `fail` or `noaddr`.
+pub(crate) fn parse_cluster_nodes(text: &str) -> Vec<(String, u16)> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let mut f = line.split_whitespace();
+        let (Some(_id), Some(addr), Some(flags)) = (f.next(), f.next(), f.next()) else {
+            continue;
+        };
+        let flags: Vec<&str> = flags.split(',').collect();
+        if !flags.contains(&"master") || flags.iter().any(|x| *x == "fail" || *x == "noaddr") {
+            continue;
+        }
+        let hostport = addr.split(['@', ',']).next().unwrap_or("");
+        if let Some((h, p)) = hostport.rsplit_once(':')
+            && let Ok(p) = p.parse::<u16>()
+            && !h.is_empty()
+            && p != 0
+        {
+            let h = h.trim_start_matches('[').trim_end_matches(']');
+            out.push((h.to_owned(), p));
+        }
+    }
+    out
+}
+
+/// The rows of `ddf-cache stats` from `INFO` (and `CLUSTER INFO` on a cluster).
+pub(crate) fn info_rows(
+    place: &str,
+    sentinel_master: Option<String>,
+    info: &str,
+    cluster: Option<&str>,
+) -> Vec<(String, String)> {
+    let field = |text: &str, name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+            .map(|v| v.trim().to_owned())
+    };
+    let mut out = vec![("server".to_owned(), place.to_owned())];
+    if let Some(master) = sentinel_master {
+        out.push(("sentinel_master".to_owned(), master));
+    }
+    for name in [
+        "redis_version",
+        "used_memory_human",
+        "connected_clients",
+        "evicted_keys",
+        "maxmemory_policy",
+    ] {
+        if let Some(v) = field(info, name) {
+            out.push((name.to_owned(), v));
+        }
+    }
+    for line in info.lines().filter(|l| l.starts_with("db")) {
+        if let Some((db, v)) = line.split_once(':') {
+            out.push((db.to_owned(), v.trim().to_owned()));
+        }
+    }
+    if let Some(ci) = cluster {
+        for name in ["cluster_state", "cluster_known_nodes", "cluster_size"] {
+            if let Some(v) = field(ci, name) {
+                out.push((name.to_owned(), v));
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_nodes_parsing_keeps_live_primaries() {
+        let text = "\
+a1 127.0.0.1:7000@17000 myself,master - 0 0 1 connected 0-5460
+b2 127.0.0.1:7001@17001,host-b master - 0 1 2 connected 5461-10922
+c3 127.0.0.1:7002@17002 slave a1 0 1 3 connected
+d4 127.0.0.1:7003@17003 master,fail - 0 1 4 disconnected
+e5 :0@0 master,noaddr - 0 1 5 disconnected
+";
+        assert_eq!(
+            parse_cluster_nodes(text),
+            vec![
+                ("127.0.0.1".to_owned(), 7000),
+                ("127.0.0.1".to_owned(), 7001)
+            ]
+        );
+    }
+
+    #[test]
+    fn set_uses_px() {
+        let c = set("k", b"v", Some(Duration::from_micros(10)));
+        let args: Vec<&[u8]> = c
+            .args_iter()
+            .filter_map(|a| match a {
+                redis::Arg::Simple(b) => Some(b),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(args, [&b"SET"[..], b"k", b"v", b"PX", b"1"]);
+    }
+}

@@ -1,0 +1,200 @@
+//! Fault injection on the async face (issue #12, point 7): kill -9 under 64 tasks, SIGSTOP
+//! then SIGCONT, for Redis and Memcached, with the same configuration and the same promises as
+//! the sync face's tests (`resilience.rs`): no error while the fallback serves, every call
+//! bounded by the timeout plus a margin (a generous "does not hang" bound, not a speed
+//! target), invalidations made during the outage applied before the server serves a read
+//! again, and the primary used again afterwards.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use ddf::AsyncCacheManager;
+use ddf_testkit::free_port;
+
+use crate::resilience::{Kind, Server, bound, config, direct};
+
+async fn state(cache: &AsyncCacheManager) -> String {
+    cache
+        .backend_info()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|(k, _)| k == "state")
+        .map(|(_, v)| v)
+        .unwrap_or_default()
+}
+
+async fn wait_until_up(cache: &AsyncCacheManager) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let _ = cache.get::<String>("wait:probe").await;
+        if state(cache).await == "up" {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the primary never came back: {}",
+            state(cache).await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn kill9_under_load(kind: Kind) {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let Some(mut server) = Server::start_on(kind, port) else {
+        return;
+    };
+    let cfg = config(kind, &[port], dir.path());
+    let cache = AsyncCacheManager::new(cfg.clone()).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (worst, errors, ops) = (
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+    );
+    let tasks: Vec<_> = (0..64)
+        .map(|t| {
+            let (cache, stop, worst, errors, ops) = (
+                cache.clone(),
+                stop.clone(),
+                worst.clone(),
+                errors.clone(),
+                ops.clone(),
+            );
+            tokio::spawn(async move {
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let key = format!("load:{t}:{}", i % 50);
+                    let start = Instant::now();
+                    let r = match cache.set(&key, &i, None).await {
+                        Ok(()) => cache.get::<u64>(&key).await.map(drop),
+                        Err(e) => Err(e),
+                    };
+                    if let Err(e) = r {
+                        eprintln!("error: {e}");
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                    worst.fetch_max(start.elapsed().as_micros() as u64, Ordering::Relaxed);
+                    ops.fetch_add(1, Ordering::Relaxed);
+                    i += 1;
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    server.process().kill();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    drop(server);
+    let restarted = Server::start_on(kind, port).unwrap();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let worst = Duration::from_micros(worst.load(Ordering::Relaxed));
+    eprintln!(
+        "[{kind:?}] async kill -9 under 64 tasks: {} ops, {} errors, worst call {worst:?}",
+        ops.load(Ordering::Relaxed),
+        errors.load(Ordering::Relaxed)
+    );
+    assert_eq!(errors.load(Ordering::Relaxed), 0, "the fallback serves");
+    assert!(worst < bound(), "worst call {worst:?}");
+    wait_until_up(&cache).await;
+    cache.set("after", "primary", None).await.unwrap();
+    let check = cfg.clone();
+    let held = tokio::task::spawn_blocking(move || direct(&check).get::<String>("after"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        held.as_deref(),
+        Some("primary"),
+        "the primary is used again"
+    );
+    drop(restarted);
+}
+
+async fn sigstop_then_sigcont(kind: Kind) {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let Some(mut server) = Server::start_on(kind, port) else {
+        return;
+    };
+    let cfg = config(kind, &[port], dir.path());
+    let cache = AsyncCacheManager::new(cfg.clone()).unwrap();
+    cache.set("stale", "old", None).await.unwrap();
+    cache.set("p:1", "old", None).await.unwrap();
+    server.process().signal("STOP");
+    let mut worst = Duration::ZERO;
+    let t = Instant::now();
+    cache.delete("stale").await.unwrap();
+    worst = worst.max(t.elapsed());
+    let t = Instant::now();
+    if let Err(e) = cache.invalidate_pattern("p:").await {
+        assert!(
+            e.is_temporary() && e.to_string().contains("recorded"),
+            "{e}"
+        );
+    }
+    worst = worst.max(t.elapsed());
+    // Reads from many tasks at once while the server is stopped.
+    let reads: Vec<_> = (0..20)
+        .map(|i| {
+            let cache = cache.clone();
+            tokio::spawn(async move {
+                let t = Instant::now();
+                cache.get::<String>(&format!("other:{i}")).await.unwrap();
+                t.elapsed()
+            })
+        })
+        .collect();
+    for r in reads {
+        worst = worst.max(r.await.unwrap());
+    }
+    let t = Instant::now();
+    cache.set("during", "fallback", None).await.unwrap();
+    worst = worst.max(t.elapsed());
+    assert_eq!(
+        cache.get::<String>("during").await.unwrap().as_deref(),
+        Some("fallback")
+    );
+    assert_eq!(cache.get::<String>("stale").await.unwrap(), None);
+    eprintln!("[{kind:?}] async SIGSTOP: worst call {worst:?}");
+    assert!(worst < bound(), "worst call {worst:?}");
+    server.process().signal("CONT");
+    wait_until_up(&cache).await;
+    // The recorded invalidations were applied before the primary served a read again.
+    assert_eq!(cache.get::<String>("stale").await.unwrap(), None);
+    assert_eq!(cache.get::<String>("p:1").await.unwrap(), None);
+    let check = cfg.clone();
+    let held = tokio::task::spawn_blocking(move || direct(&check).get::<String>("stale"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(held, None);
+    // Outage values are not promoted.
+    assert_eq!(cache.get::<String>("during").await.unwrap(), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_kill9_under_load() {
+    kill9_under_load(Kind::Redis).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_sigstop_then_sigcont() {
+    sigstop_then_sigcont(Kind::Redis).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memcached_kill9_under_load() {
+    kill9_under_load(Kind::Memcached).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memcached_sigstop_then_sigcont() {
+    sigstop_then_sigcont(Kind::Memcached).await;
+}

@@ -1,0 +1,315 @@
+//! The async face under concurrency, checked against the model of what a read may return
+//! (`ddf_testkit::model`): 256 tasks on a multi-threaded runtime doing mixed operations, then
+//! the same with futures dropped at random points (tiny `tokio::time::timeout` limits), then
+//! every later answer checked exactly. And the sync face called from a runtime's workers.
+
+use std::time::{Duration, Instant};
+
+use ddf::{AsyncCacheManager, CacheBackend, CacheConfig, CacheManager};
+use ddf_testkit::RedisServer;
+use ddf_testkit::model::{self, Op, Outcome};
+
+const TASKS: u32 = 256;
+const PREFIXES: u64 = 4;
+const KEYS: u64 = 8;
+
+/// A small deterministic generator (xorshift64*): no `rand` dependency for a test mix.
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Self {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+fn ns(origin: Instant) -> u64 {
+    origin.elapsed().as_nanos() as u64
+}
+
+/// The end recorded for a write whose future was dropped: it may land at any later time, so
+/// it can explain a read but never make one stale.
+const UNKNOWN_END: u64 = u64::MAX / 4;
+
+/// One task's share of the mix: `ops` operations, each (with `cancel`) under a random tiny
+/// timeout. Returns the recorded history.
+async fn mixed(
+    cache: AsyncCacheManager,
+    task: u32,
+    ops: u32,
+    cancel: bool,
+    origin: Instant,
+) -> Vec<Op> {
+    let mut rng = Rng::new(u64::from(task) + 1);
+    let mut out = Vec::with_capacity(ops as usize);
+    for seq in 0..ops {
+        let key = format!("p{}:k{}", rng.below(PREFIXES), rng.below(KEYS));
+        let limit = if cancel && rng.below(2) == 0 {
+            // Half the calls get up to 5 ms: some complete, some are cut before sending,
+            // some after.
+            Duration::from_micros(rng.below(5000))
+        } else {
+            Duration::from_secs(30)
+        };
+        let roll = rng.below(1000);
+        let start = ns(origin);
+        if roll < 500 {
+            let r = tokio::time::timeout(limit, cache.get::<String>(&key)).await;
+            let end = ns(origin);
+            match r {
+                Ok(Ok(v)) => out.push(Op::get(task, &key, Outcome::Ok(v), start, end)),
+                Ok(Err(e)) => {
+                    out.push(Op::get(task, &key, Outcome::Err(e.to_string()), start, end))
+                }
+                Err(_) => {} // dropped: returned nothing
+            }
+        } else if roll < 850 {
+            let value = format!("t{task}-{seq}");
+            let r = tokio::time::timeout(limit, cache.set(&key, &value, None)).await;
+            let end = ns(origin);
+            out.push(match r {
+                Ok(Ok(())) => Op::set(task, &key, &value, start, end),
+                Ok(Err(e)) => Op::set(task, &key, &value, start, UNKNOWN_END)
+                    .with(Outcome::Err(e.to_string())),
+                Err(_) => Op::set(task, &key, &value, start, UNKNOWN_END)
+                    .with(Outcome::Err("dropped".into())),
+            });
+        } else if roll < 950 {
+            let r = tokio::time::timeout(limit, cache.delete(&key)).await;
+            let end = ns(origin);
+            let op = Op::delete(task, &key, start, end);
+            out.push(match r {
+                Ok(Ok(_)) => op,
+                Ok(Err(e)) => op.with(Outcome::Err(e.to_string())),
+                Err(_) => op.with(Outcome::Err("dropped".into())),
+            });
+        } else if roll < 998 {
+            let prefix = format!("p{}:", rng.below(PREFIXES));
+            let r = tokio::time::timeout(limit, cache.invalidate_pattern(&prefix)).await;
+            let end = ns(origin);
+            let op = Op::invalidate_pattern(task, &prefix, start, end);
+            out.push(match r {
+                Ok(Ok(_)) => op,
+                Ok(Err(e)) => op.with(Outcome::Err(e.to_string())),
+                Err(_) => op.with(Outcome::Err("dropped".into())),
+            });
+        } else {
+            let r = tokio::time::timeout(limit, cache.flush_all()).await;
+            let end = ns(origin);
+            let op = Op::flush_all(task, start, end);
+            out.push(match r {
+                Ok(Ok(())) => op,
+                Ok(Err(e)) => op.with(Outcome::Err(e.to_string())),
+                Err(_) => op.with(Outcome::Err("dropped".into())),
+            });
+        }
+    }
+    out
+}
+
+/// Runs the mix on `TASKS` tasks and returns the whole history.
+async fn run_mix(cache: &AsyncCacheManager, ops: u32, cancel: bool) -> Vec<Op> {
+    let origin = Instant::now();
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|t| tokio::spawn(mixed(cache.clone(), t, ops, cancel, origin)))
+        .collect();
+    let mut history = Vec::new();
+    for t in tasks {
+        history.extend(t.await.unwrap());
+    }
+    history
+}
+
+/// Checks the history, and that the checker catches a stale read planted after it.
+fn check(history: &mut Vec<Op>, what: &str) -> model::Report {
+    let report = model::check(history);
+    assert!(
+        report.is_ok(),
+        "{what}: {} violation(s)\n{}",
+        report.violations.len(),
+        report.render(history, 10)
+    );
+    let t = history
+        .iter()
+        .map(|o| o.end.min(UNKNOWN_END - 1))
+        .max()
+        .unwrap_or(0)
+        + 10;
+    history.push(Op::set(9999, "p0:planted", "planted-1", t, t + 1));
+    history.push(Op::delete(9999, "p0:planted", t + 2, t + 3));
+    history.push(Op::get(
+        9999,
+        "p0:planted",
+        Outcome::Ok(Some("planted-1".into())),
+        t + 4,
+        t + 5,
+    ));
+    assert_eq!(
+        model::check(history).violations.len(),
+        1,
+        "{what}: the checker misses a planted stale read"
+    );
+    report
+}
+
+fn redis_config(server: &RedisServer, dir: &std::path::Path, ns: &str) -> CacheConfig {
+    CacheConfig::default()
+        .with_backend(CacheBackend::Redis)
+        .with_redis("127.0.0.1", server.port())
+        .with_pickle_dir(dir)
+        .with_namespace(ns)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_256_tasks_match_the_model() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let cache = AsyncCacheManager::new(redis_config(&server, dir.path(), "model:")).unwrap();
+    let mut history = run_mix(&cache, 100, false).await;
+    let report = check(&mut history, "redis");
+    eprintln!(
+        "redis, 256 tasks: {} ops, {} hits, {} misses, {} errors",
+        history.len(),
+        report.hits,
+        report.misses,
+        report.errors
+    );
+    assert_eq!(report.errors, 0, "no error on a healthy server");
+    assert!(report.hits > 0, "the mix must read what it wrote");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pickle_256_tasks_match_the_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = AsyncCacheManager::new(
+        CacheConfig::default()
+            .with_pickle_dir(dir.path())
+            .with_namespace("model:"),
+    )
+    .unwrap();
+    let mut history = run_mix(&cache, 40, false).await;
+    let report = check(&mut history, "pickle");
+    assert_eq!(report.errors, 0, "no error on a local directory");
+    assert!(report.hits > 0);
+}
+
+/// Futures dropped at random points under load never leave the shared connection out of
+/// step: the history still matches the model, and afterwards every key reads back exactly
+/// what is written to it (a reply meant for a dropped request would show up as another
+/// value, a decode error, or an error).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_dropped_futures_leave_every_later_answer_right() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let cache = AsyncCacheManager::new(redis_config(&server, dir.path(), "cancel:")).unwrap();
+    let mut history = run_mix(&cache, 100, true).await;
+    let dropped = history
+        .iter()
+        .filter(|o| o.outcome == Outcome::Err("dropped".into()))
+        .count();
+    let report = check(&mut history, "redis, dropped futures");
+    let errors: Vec<_> = history
+        .iter()
+        .filter(|o| matches!(&o.outcome, Outcome::Err(e) if e != "dropped"))
+        .take(5)
+        .map(|o| format!("{o:?}"))
+        .collect();
+    assert!(errors.is_empty(), "completed calls failed: {errors:#?}");
+    eprintln!(
+        "redis, 256 tasks, random drops: {} ops recorded, {dropped} writes dropped, {} hits",
+        history.len(),
+        report.hits
+    );
+    assert!(dropped > 0, "the limits must cut some calls");
+    // Requests already sent by dropped futures are answered (and discarded) before these,
+    // which go through the same connection afterwards.
+    for round in 0..3 {
+        let writes: Vec<_> = (0..PREFIXES * KEYS)
+            .map(|i| {
+                let cache = cache.clone();
+                tokio::spawn(async move {
+                    let key = format!("p{}:k{}", i / KEYS, i % KEYS);
+                    let value = format!("final-{round}-{i}");
+                    cache.set(&key, &value, None).await.unwrap();
+                    assert_eq!(
+                        cache.get::<String>(&key).await.unwrap().as_deref(),
+                        Some(value.as_str()),
+                        "{key}"
+                    );
+                    let got = cache.get_many::<String>(&[&key, "absent"]).await.unwrap();
+                    assert_eq!(got, vec![Some(value.clone()), None], "{key}");
+                })
+            })
+            .collect();
+        for w in writes {
+            w.await.unwrap();
+        }
+    }
+    assert!(cache.ping().await.is_ok());
+}
+
+/// The sync face called directly on a runtime's worker threads (no `spawn_blocking`) works
+/// and never panics: ddf's sync face starts no runtime of its own. It blocks the worker for
+/// the call (see the README).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sync_face_on_runtime_workers_never_panics() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let redis = CacheManager::new(redis_config(&server, dir.path(), "sync-in-rt:")).unwrap();
+    let pickle = CacheManager::new(CacheConfig::default().with_pickle_dir(dir.path())).unwrap();
+    let tasks: Vec<_> = (0..8)
+        .map(|i| {
+            let (redis, pickle) = (redis.clone(), pickle.clone());
+            tokio::spawn(async move {
+                for c in [&redis, &pickle] {
+                    let k = format!("s{i}:k");
+                    c.set(&k, &i, None).unwrap();
+                    assert_eq!(c.get::<i32>(&k).unwrap(), Some(i));
+                    assert!(c.delete(&k).unwrap());
+                    c.set(&k, &i, None).unwrap();
+                    assert_eq!(c.invalidate_pattern(&format!("s{i}:")).unwrap(), 1);
+                    c.ping().unwrap();
+                }
+                tokio::task::yield_now().await;
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    // A current-thread runtime too, and a cache built and dropped inside it.
+    let dir2 = dir.path().to_owned();
+    let port = server.port();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let cfg = CacheConfig::default()
+                .with_backend(CacheBackend::Redis)
+                .with_redis("127.0.0.1", port)
+                .with_pickle_dir(&dir2);
+            let c = CacheManager::new(cfg).unwrap();
+            c.set("cur", "thread", None).unwrap();
+            assert_eq!(c.get::<String>("cur").unwrap().as_deref(), Some("thread"));
+            drop(c);
+        });
+    })
+    .join()
+    .unwrap();
+}

@@ -39,6 +39,37 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
+//! With feature `async`, the attribute on an `async fn` memoizes in an
+//! [`AsyncCacheManager`](crate::AsyncCacheManager) (default `ddf::ASYNC_CACHE`) by the same
+//! rules; concurrent callers await the leader, and a dropped leader hands over to one of them:
+//!
+//! ```
+//! use std::sync::OnceLock;
+//! use ddf::{AsyncCacheManager, CacheConfig, cache_with_invalidation};
+//!
+//! static ASYNC: OnceLock<AsyncCacheManager> = OnceLock::new();
+//!
+//! #[cache_with_invalidation(cache = ASYNC.get().unwrap(), ttl = 3600, key_prefix = "ports")]
+//! async fn ports(service: &str, replicas: &[u32]) -> Vec<String> {
+//!     replicas.iter().map(|r| format!("{service}-{r}:80")).collect()
+//! }
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(async {
+//! let dir = tempfile::tempdir()?;
+//! ASYNC.set(AsyncCacheManager::new(CacheConfig::default().with_pickle_dir(dir.path()))?).unwrap();
+//!
+//! assert_eq!(ports("web", &[1, 2]).await, ["web-1:80", "web-2:80"]); // computed, stored
+//! assert_eq!(ports("web", &[1, 2]).await, ["web-1:80", "web-2:80"]); // from the cache
+//! assert_eq!(ASYNC.get().unwrap().stats().hits, 1);
+//! assert!(ports_cache_key("web", &[1, 2])?.starts_with("ports:")); // sync: no cache access
+//! assert!(ports_forget("web", &[1, 2]).await?);                   // async: it deletes
+//! assert_eq!(ports_forget_all().await?, 0);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! # })
+//! # }
+//! ```
+//!
 //! # Key layout
 //!
 //! ```text

@@ -376,6 +376,90 @@ fn async_memo_on_the_none_backend_always_computes() {
     });
 }
 
+/// A pickle cache of its own per test process, for the signature tests below.
+static FILE_CACHE: std::sync::LazyLock<(tempfile::TempDir, AsyncCacheManager)> =
+    std::sync::LazyLock::new(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let c = with_namespace(CacheConfig::default().with_pickle_dir(dir.path()));
+        (dir, c)
+    });
+
+#[cache_with_invalidation(cache = FILE_CACHE.1, key_prefix = "agen")]
+async fn generic_len<T>(mut items: Vec<T>, extra: impl serde::Serialize + Send) -> usize
+where
+    T: serde::Serialize + Clone + Send + Sync,
+{
+    let _ = extra;
+    tokio::task::yield_now().await;
+    items.push(items[0].clone());
+    items.len()
+}
+
+#[derive(Debug, PartialEq)]
+struct ParseError(String);
+
+impl From<std::num::ParseIntError> for ParseError {
+    fn from(e: std::num::ParseIntError) -> Self {
+        ParseError(e.to_string())
+    }
+}
+
+/// `?` converts through `From` into the function's own error type.
+#[cache_with_invalidation(cache = FILE_CACHE.1, key_prefix = "agen")]
+async fn parse_twice(s: &str) -> Result<u32, ParseError> {
+    let n: u32 = s.parse()?;
+    Ok(n * 2)
+}
+
+/// A mutation may destructure its arguments.
+#[cache_with_invalidation(cache = FILE_CACHE.1, invalidate_on = ["agen:"])]
+async fn add_pair((a, b): (u32, u32)) -> u32 {
+    a + b
+}
+
+#[derive(serde::Serialize, Clone)]
+struct Counter {
+    n: u32,
+}
+
+impl Counter {
+    #[cache_with_invalidation(cache = FILE_CACHE.1, key_prefix = "actr", key_self)]
+    async fn into_double(self) -> u32 {
+        self.n * 2
+    }
+
+    #[cache_with_invalidation(cache = FILE_CACHE.1, key_prefix = "actr")]
+    async fn bump(&mut self, by: u32) -> u32 {
+        self.n += by;
+        self.n
+    }
+}
+
+#[test]
+fn odd_async_signatures_compile_and_run() {
+    runtime().block_on(async {
+        assert_eq!(generic_len(vec![1u8], "x").await, 2);
+        assert_eq!(generic_len(vec![1u8], "x").await, 2);
+        assert!(
+            generic_len_cache_key(vec!["a"], 1u8)
+                .unwrap()
+                .starts_with("agen:")
+        );
+        assert_eq!(parse_twice("4").await, Ok(8));
+        assert!(matches!(parse_twice("x").await, Err(ParseError(_))));
+        assert_eq!(add_pair((1, 2)).await, 3);
+        assert_eq!(
+            generic_len_forget_all().await.unwrap(),
+            0,
+            "add_pair removed agen:"
+        );
+        let mut c = Counter { n: 1 };
+        assert_eq!(c.bump(2).await, 3);
+        assert_eq!(c.clone().into_double().await, 6);
+        assert!(c.into_double_forget().await.unwrap());
+    });
+}
+
 static FREE_CALLS: AtomicUsize = AtomicUsize::new(0);
 
 /// No `cache = ..`: the global `ddf::ASYNC_CACHE`.

@@ -8,9 +8,10 @@
 //!
 //! and, hidden, what the attribute expands to (reached through `ddf::__private`, not a public
 //! API): the runtime here (lookup, policies, validation stamps, `invalidate_on`), the key
-//! derivation (`key`, over the canonical encoding in `canonical`), single-flight (`flight`) and
+//! derivation (`key`, over the canonical encoding in `canonical`), single-flight (`flight`),
 //! the invalidation epochs that keep a result computed before an invalidation from being served
-//! after it (`epoch`).
+//! after it (`epoch`), and, with feature `async`, the async face of the same rules (`task`, and
+//! `flight_task`, the single-flight that tasks await).
 //!
 //! ```
 //! use std::sync::OnceLock;

@@ -136,11 +136,17 @@ struct Arg {
 }
 
 pub fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
+    expand_with(attr, item, cfg!(feature = "async"))
+}
+
+/// [`expand`], with whether ddf's feature `async` is on as an argument (so that both answers
+/// are tested whatever the build's features).
+fn expand_with(attr: TokenStream, item: TokenStream, async_on: bool) -> syn::Result<TokenStream> {
     let opts = parse_options(attr)?;
     let func: ItemFn = syn::parse2(item)?;
     let sig = &func.sig;
     if let Some(a) = &sig.asyncness
-        && !cfg!(feature = "async")
+        && !async_on
     {
         return Err(syn::Error::new(
             a.span(),
@@ -571,21 +577,23 @@ mod tests {
     use super::*;
 
     fn expand_str(attr: &str, item: &str) -> syn::Result<TokenStream> {
-        expand(attr.parse().unwrap(), item.parse().unwrap())
+        expand_with(attr.parse().unwrap(), item.parse().unwrap(), true)
     }
 
-    /// Run by `cargo test -p ddf-macros`, which builds this crate alone, without the feature
-    /// (ddf's tests turn it on through ddf's feature `async`).
-    #[cfg(not(feature = "async"))]
+    /// Whatever the build's features (ddf's tests turn this crate's `async` on).
     #[test]
     fn an_async_fn_needs_the_feature() {
-        let e = expand_str("ttl = 60", "async fn f(x: u32) -> u32 { x }").unwrap_err();
+        let e = expand_with(
+            "ttl = 60".parse().unwrap(),
+            "async fn f(x: u32) -> u32 { x }".parse().unwrap(),
+            false,
+        )
+        .unwrap_err();
         let msg = e.to_string();
         assert!(msg.contains("feature `async`"), "{msg}");
         assert!(msg.contains("features = [\"async\"]"), "{msg}");
     }
 
-    #[cfg(feature = "async")]
     #[test]
     fn an_async_fn_uses_the_async_face() {
         let out = expand_str("ttl = 60", "async fn f(x: u32) -> u32 { x }")

@@ -41,7 +41,7 @@
 //! ```
 //!
 //! With feature `async`, the attribute on an `async fn` memoizes in an
-//! [`AsyncCacheManager`](crate::AsyncCacheManager) (default `ddf::ASYNC_CACHE`) by the same
+//! `AsyncCacheManager` (default `ddf::ASYNC_CACHE`) by the same
 //! rules; concurrent callers await the leader, and a dropped leader hands over to one of them:
 //!
 //! ```

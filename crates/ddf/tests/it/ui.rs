@@ -3,8 +3,8 @@
 //! The goldens hold rustc's diagnostics, which change between compiler releases: after a
 //! toolchain update, review the new text and refresh them with `TRYBUILD=overwrite`.
 //! `tests/ui/sync_only` holds what is an error only without feature `async` (an `async fn`;
-//! ddf's own tests build with it, so `cargo test -p ddf-macros` checks that message too), and
-//! `tests/ui/async` what is an error with it.
+//! ddf's own tests build with the feature, so ddf-macros' unit tests check that message in every
+//! build), and `tests/ui/async` what is an error with it.
 
 #[test]
 fn misuse_is_a_clear_compile_error() {

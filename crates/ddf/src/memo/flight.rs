@@ -192,6 +192,16 @@ impl<L: Latch> Flights<L> {
     fn in_flight(&self) -> usize {
         lock(&self.map).flights.len()
     }
+
+    /// Flights in progress in cache `cache` (tests share the registry across caches).
+    #[cfg(test)]
+    pub(crate) fn in_flight_of(&self, cache: u64) -> usize {
+        lock(&self.map)
+            .flights
+            .keys()
+            .filter(|k| k.cache == cache)
+            .count()
+    }
 }
 
 /// The leader's hold on a flight. Dropping it ends the flight: the key leaves the registry (the

@@ -62,6 +62,12 @@ pub(crate) fn landings() -> u64 {
     TASK_FLIGHTS.landings()
 }
 
+/// Flights in progress in cache `cache` on the task face.
+#[cfg(test)]
+pub(crate) fn in_flight_of(cache: u64) -> usize {
+    TASK_FLIGHTS.in_flight_of(cache)
+}
+
 /// What a task that missed a key does next.
 pub(crate) enum TaskTurn {
     /// Compute (inside [`leading`]) and store, then mark the lead finished.

@@ -111,11 +111,26 @@ fn from_config(config: &CacheConfig) -> Result<Arc<dyn AsyncBackend>> {
                 None => Arc::new(Blocking::new(state, Place::Offload, Place::Offload)),
             }
         }
-        BackendSettings::Memcached(_) => Arc::new(Blocking::new(
-            crate::backend::from_config(config)?,
-            Place::Offload,
-            Place::Offload,
-        )),
+        BackendSettings::Memcached(settings) => {
+            use crate::backend::memcached::{MemcachedBackend, aio::AsyncMemcached};
+            // One backend for both paths: its servers' health (the dead-server policy) is
+            // shared, so the probe's successful ping also ends the async path's skip window.
+            // Building it connects to nothing, so the factory need not build a new one.
+            let twin = Arc::new(MemcachedBackend::new(&settings));
+            let shared = twin.clone();
+            let factory: crate::backend::resilience::Factory =
+                Box::new(move || Ok(shared.clone() as Arc<dyn Backend>));
+            let state = crate::backend::resilient(
+                config,
+                config.backend.as_str(),
+                settings.identity(),
+                factory,
+            )?;
+            Arc::new(resilient::AsyncResilient::new(
+                state,
+                Arc::new(AsyncMemcached::new(twin)),
+            ))
+        }
     })
 }
 

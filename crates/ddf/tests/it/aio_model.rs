@@ -5,9 +5,9 @@
 
 use std::time::{Duration, Instant};
 
-use ddf::{AsyncCacheManager, CacheBackend, CacheConfig, CacheManager};
-use ddf_testkit::RedisServer;
+use ddf::{AsyncCacheManager, CacheBackend, CacheConfig, CacheManager, ServerAddr};
 use ddf_testkit::model::{self, Op, Outcome};
+use ddf_testkit::{MemcachedServer, RedisServer};
 
 const TASKS: u32 = 256;
 const PREFIXES: u64 = 4;
@@ -203,38 +203,33 @@ async fn pickle_256_tasks_match_the_model() {
     assert!(report.hits > 0);
 }
 
-/// Futures dropped at random points under load never leave the shared connection out of
-/// step: the history still matches the model, and afterwards every key reads back exactly
-/// what is written to it (a reply meant for a dropped request would show up as another
-/// value, a decode error, or an error).
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn redis_dropped_futures_leave_every_later_answer_right() {
-    let Some(server) = RedisServer::start() else {
-        return;
-    };
-    let dir = tempfile::tempdir().unwrap();
-    let cache = AsyncCacheManager::new(redis_config(&server, dir.path(), "cancel:")).unwrap();
+/// Futures dropped at random points under load never leave a connection out of step: the
+/// history still matches the model, and afterwards every key reads back exactly what is
+/// written to it (a reply meant for a dropped request would show up as another value, a
+/// decode error, or an error).
+async fn dropped_futures_leave_every_later_answer_right(cache: AsyncCacheManager, what: &str) {
     let mut history = run_mix(&cache, 100, true).await;
     let dropped = history
         .iter()
         .filter(|o| o.outcome == Outcome::Err("dropped".into()))
         .count();
-    let report = check(&mut history, "redis, dropped futures");
+    let report = check(&mut history, what);
     let errors: Vec<_> = history
         .iter()
         .filter(|o| matches!(&o.outcome, Outcome::Err(e) if e != "dropped"))
         .take(5)
         .map(|o| format!("{o:?}"))
         .collect();
-    assert!(errors.is_empty(), "completed calls failed: {errors:#?}");
+    assert!(
+        errors.is_empty(),
+        "{what}: completed calls failed: {errors:#?}"
+    );
     eprintln!(
-        "redis, 256 tasks, random drops: {} ops recorded, {dropped} writes dropped, {} hits",
+        "{what}, 256 tasks, random drops: {} ops recorded, {dropped} writes dropped, {} hits",
         history.len(),
         report.hits
     );
     assert!(dropped > 0, "the limits must cut some calls");
-    // Requests already sent by dropped futures are answered (and discarded) before these,
-    // which go through the same connection afterwards.
     for round in 0..3 {
         let writes: Vec<_> = (0..PREFIXES * KEYS)
             .map(|i| {
@@ -258,6 +253,50 @@ async fn redis_dropped_futures_leave_every_later_answer_right() {
         }
     }
     assert!(cache.ping().await.is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_dropped_futures_leave_every_later_answer_right() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let cache = AsyncCacheManager::new(redis_config(&server, dir.path(), "cancel:")).unwrap();
+    // Requests already sent by dropped futures are answered (and discarded by the connection's
+    // driver) before the later ones, which share the connection.
+    dropped_futures_leave_every_later_answer_right(cache, "redis").await;
+}
+
+fn memcached_config(server: &MemcachedServer, dir: &std::path::Path, ns: &str) -> CacheConfig {
+    CacheConfig::default()
+        .with_backend(CacheBackend::Memcached)
+        .with_memcached_servers(vec![ServerAddr::parse(&server.server(), 11211).unwrap()])
+        .with_pickle_dir(dir)
+        .with_namespace(ns)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn memcached_256_tasks_match_the_model() {
+    let Some(server) = MemcachedServer::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let cache = AsyncCacheManager::new(memcached_config(&server, dir.path(), "model:")).unwrap();
+    let mut history = run_mix(&cache, 60, false).await;
+    let report = check(&mut history, "memcached");
+    assert_eq!(report.errors, 0, "no error on a healthy server");
+    assert!(report.hits > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn memcached_dropped_futures_leave_every_later_answer_right() {
+    let Some(server) = MemcachedServer::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let cache = AsyncCacheManager::new(memcached_config(&server, dir.path(), "cancel:")).unwrap();
+    // A connection whose exchange was cut is dropped with the future, never pooled again.
+    dropped_futures_leave_every_later_answer_right(cache, "memcached").await;
 }
 
 /// The sync face called directly on a runtime's worker threads (no `spawn_blocking`) works

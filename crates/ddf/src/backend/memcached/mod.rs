@@ -14,6 +14,8 @@
 //!   matches; see `docs/memcached.md` for its cost and guarantees.
 //! - Dead servers: see [`DeadPolicy`].
 
+#[cfg(feature = "async")]
+pub(crate) mod aio;
 mod client;
 pub(crate) mod placement;
 mod proto;

@@ -1,0 +1,255 @@
+//! The async face's throughput against its peers, in one run on the same servers (issue #12):
+//!
+//! - Redis: gets/s of `AsyncCacheManager` with 1, 16, 64, 256 tasks, of the sync face with the
+//!   same number of threads, and of `redis-benchmark -c <n> -P 1 -t get` at 1 and 64 clients;
+//! - Memcached: gets/s of the async face with those tasks, and of the sync face with 2 threads;
+//! - file: median `get` and `set` of the sync face inline, of the same calls moved to the
+//!   blocking pool (`spawn_blocking`), and of the async face (reads inline, writes moved).
+//!
+//! ```text
+//! cargo run --release -p ddf --features async --example async_bench -- [--tasks 1,16,64,256] [--secs 2]
+//! ```
+//! Starts its own `redis-server` and `memcached` on free loopback ports (ddf-testkit). Prints a
+//! table; nothing is asserted (speed is measured here, never in tests).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use ddf::{AsyncCacheManager, CacheBackend, CacheConfig, CacheManager, ServerAddr};
+use ddf_testkit::{MemcachedServer, RedisServer};
+
+const KEYS: usize = 100;
+
+fn value() -> String {
+    "x".repeat(100)
+}
+
+/// Gets per second of the async face with `tasks` tasks for `secs`.
+fn async_gets(
+    rt: &tokio::runtime::Runtime,
+    cache: &AsyncCacheManager,
+    tasks: usize,
+    secs: f64,
+) -> f64 {
+    rt.block_on(async {
+        let stop = Arc::new(AtomicBool::new(false));
+        let count = Arc::new(AtomicU64::new(0));
+        let handles: Vec<_> = (0..tasks)
+            .map(|t| {
+                let (cache, stop, count) = (cache.clone(), stop.clone(), count.clone());
+                tokio::spawn(async move {
+                    let keys: Vec<String> = (0..KEYS).map(|i| format!("bench:{i}")).collect();
+                    let mut i = t;
+                    let mut n = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        let v = cache.get::<String>(&keys[i % KEYS]).await;
+                        if !matches!(v, Ok(Some(_))) {
+                            eprintln!("unexpected: {v:?}");
+                        }
+                        i += 1;
+                        n += 1;
+                    }
+                    count.fetch_add(n, Ordering::Relaxed);
+                })
+            })
+            .collect();
+        let start = Instant::now();
+        tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+        stop.store(true, Ordering::Relaxed);
+        for h in handles {
+            let _ = h.await;
+        }
+        count.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
+    })
+}
+
+/// Gets per second of the sync face with `threads` threads for `secs`.
+fn sync_gets(cache: &CacheManager, threads: usize, secs: f64) -> f64 {
+    let stop = AtomicBool::new(false);
+    let count = AtomicU64::new(0);
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        for t in 0..threads {
+            let (cache, stop, count) = (cache, &stop, &count);
+            s.spawn(move || {
+                let keys: Vec<String> = (0..KEYS).map(|i| format!("bench:{i}")).collect();
+                let mut i = t;
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let _ = cache.get::<String>(&keys[i % KEYS]);
+                    i += 1;
+                    n += 1;
+                }
+                count.fetch_add(n, Ordering::Relaxed);
+            });
+        }
+        std::thread::sleep(Duration::from_secs_f64(secs));
+        stop.store(true, Ordering::Relaxed);
+    });
+    count.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
+}
+
+/// `redis-benchmark -c clients -P 1 -t get`: requests per second.
+fn redis_benchmark(port: u16, clients: usize) -> Option<f64> {
+    let out = std::process::Command::new("redis-benchmark")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args([
+            "-c",
+            &clients.to_string(),
+            "-P",
+            "1",
+            "-t",
+            "get",
+            "-n",
+            "200000",
+            "-q",
+        ])
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    // "GET: 123456.79 requests per second, p50=0.255 msec"
+    let line = text
+        .lines()
+        .rev()
+        .find(|l| l.contains("requests per second"))?;
+    let rps = line.split(':').nth(1)?.split_whitespace().next()?;
+    rps.parse().ok()
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().collect();
+    let mut tasks = vec![1usize, 16, 64, 256];
+    let mut secs = 2.0;
+    let mut i = 1;
+    while i < args.len() {
+        match args[i].as_str() {
+            "--tasks" => {
+                tasks = args[i + 1]
+                    .split(',')
+                    .map(|s| s.parse())
+                    .collect::<Result<_, _>>()?;
+                i += 1;
+            }
+            "--secs" => {
+                secs = args[i + 1].parse()?;
+                i += 1;
+            }
+            other => return Err(format!("unknown argument {other}").into()),
+        }
+        i += 1;
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let dir = tempfile::tempdir()?;
+    let v = value();
+    let items: Vec<(String, String)> = (0..KEYS)
+        .map(|i| (format!("bench:{i}"), v.clone()))
+        .collect();
+    let refs: Vec<(&str, &str)> = items
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+
+    // Redis.
+    let redis = RedisServer::start().ok_or("redis-server not found")?;
+    let rcfg = CacheConfig::default()
+        .with_backend(CacheBackend::Redis)
+        .with_redis("127.0.0.1", redis.port())
+        .with_pickle_dir(dir.path())
+        .with_namespace("b:");
+    let sync_r = CacheManager::new(rcfg.clone())?;
+    sync_r.set_many(&refs, None)?;
+    let async_r = rt.block_on(async { AsyncCacheManager::new(rcfg.clone()) })?;
+    println!("## Redis gets/s (value 100 B, {KEYS} keys, {secs} s per row)");
+    println!(
+        "| concurrency | async face (tasks) | sync face (threads) | redis-benchmark -P 1 (clients) |"
+    );
+    println!("|---|---|---|---|");
+    for &n in &tasks {
+        let a = async_gets(&rt, &async_r, n, secs);
+        let s = sync_gets(&sync_r, n, secs);
+        let rb = redis_benchmark(redis.port(), n).map_or("-".to_owned(), |r| format!("{r:.0}"));
+        println!("| {n} | {a:.0} | {s:.0} | {rb} |");
+    }
+
+    // Memcached.
+    let mc = MemcachedServer::start().ok_or("memcached not found")?;
+    let mcfg = CacheConfig::default()
+        .with_backend(CacheBackend::Memcached)
+        .with_memcached_servers(vec![ServerAddr::parse(&mc.server(), 11211)?])
+        .with_pickle_dir(dir.path())
+        .with_namespace("b:");
+    let sync_m = CacheManager::new(mcfg.clone())?;
+    sync_m.set_many(&refs, None)?;
+    let async_m = rt.block_on(async { AsyncCacheManager::new(mcfg.clone()) })?;
+    let two = sync_gets(&sync_m, 2, secs);
+    println!("\n## Memcached gets/s; sync face with 2 threads: {two:.0}");
+    println!("| tasks | async face | x sync(2 threads) |");
+    println!("|---|---|---|");
+    for &n in &tasks {
+        let a = async_gets(&rt, &async_m, n, secs);
+        println!("| {n} | {a:.0} | {:.2} |", a / two);
+    }
+
+    // File: where a read and a write cost least.
+    let fcfg = CacheConfig::default()
+        .with_pickle_dir(dir.path())
+        .with_namespace("f:");
+    let sync_f = CacheManager::new(fcfg.clone())?;
+    sync_f.set_many(&refs, None)?;
+    let async_f = rt.block_on(async { AsyncCacheManager::new(fcfg.clone()) })?;
+    const N: usize = 5000;
+    let mut rows = Vec::new();
+    for op in ["get", "set"] {
+        let mut inline = Vec::with_capacity(N);
+        let mut moved = Vec::with_capacity(N);
+        let mut face = Vec::with_capacity(N);
+        for i in 0..N {
+            let key = format!("bench:{}", i % KEYS);
+            let t = Instant::now();
+            if op == "get" {
+                sync_f.get::<String>(&key)?;
+            } else {
+                sync_f.set(&key, &v, None)?;
+            }
+            inline.push(t.elapsed());
+            let (c, k, val) = (sync_f.clone(), key.clone(), v.clone());
+            let t = Instant::now();
+            rt.block_on(async move {
+                tokio::task::spawn_blocking(move || {
+                    if op == "get" {
+                        c.get::<String>(&k).map(drop)
+                    } else {
+                        c.set(&k, &val, None)
+                    }
+                })
+                .await
+            })??;
+            moved.push(t.elapsed());
+            let t = Instant::now();
+            rt.block_on(async {
+                if op == "get" {
+                    async_f.get::<String>(&key).await.map(drop)
+                } else {
+                    async_f.set(&key, &v, None).await
+                }
+            })?;
+            face.push(t.elapsed());
+        }
+        rows.push((op, median(inline), median(moved), median(face)));
+    }
+    println!("\n## File backend, median per call ({N} calls, value 100 B)");
+    println!("| op | sync inline | sync via spawn_blocking | async face |");
+    println!("|---|---|---|---|");
+    for (op, a, b, c) in rows {
+        println!("| {op} | {a:?} | {b:?} | {c:?} |");
+    }
+    Ok(())
+}

@@ -1,0 +1,648 @@
+//! The async face's Memcached client: the same meta protocol ([`super::proto`]), placement,
+//! key mapping, item limits, error mapping and dead-server policy as the sync backend (this
+//! module is a child of it and calls its code), over tokio sockets.
+//!
+//! - **Connections**: a small pool per server; a request takes a connection for its round trip
+//!   (a batch is one pipelined write, as in the sync client), so concurrent tasks use several
+//!   connections at once, each with one request in flight. Every exchange is bounded by
+//!   `timeout`, every connect by `connect_timeout`.
+//! - **Cancellation**: a connection is returned to the pool only after a whole exchange; one
+//!   whose future was dropped (or that timed out, or failed) is dropped with it, so no later
+//!   request can read a reply meant for another.
+//! - **What stays sync**: prefix invalidation (key listing with the LRU crawler, several passes),
+//!   `clear`, `ping` and `info` run the sync backend on the blocking pool: they are rare and
+//!   long, and their logic exists once, there. A server in its skip window (the dead-server
+//!   policy) is answered by the sync backend too, which returns its skip error at once.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::client::{McError, McResult, Value};
+use super::proto::{self, MetaReply, Parsed, Status, TextLine};
+use super::{BATCH, DEFAULT_ITEM_SIZE_MAX, MemcachedBackend, Server, exptime, is_stale, map_err};
+use crate::aio::backend::{AsyncBackend, Blocking, BoxFuture, Noted, Place};
+use crate::backend::{Backend, BackendStatus, Item};
+use crate::error::Result;
+use crate::key::{memcached_key, memcached_key_is_carryable};
+
+const READ_INITIAL: usize = 16 * 1024;
+const READ_CHUNK: usize = 64 * 1024;
+const KEEP: usize = 256 * 1024;
+/// Idle connections kept per server: one per concurrent task is what a burst uses.
+const POOL_MAX_IDLE: usize = 64;
+
+fn server_error(line: &[u8]) -> McError {
+    McError::Server(String::from_utf8_lossy(line).into_owned())
+}
+
+fn refused(e: proto::ProtoError) -> McError {
+    McError::Server(e.0)
+}
+
+fn unexpected_status(what: &str, status: Status) -> McError {
+    McError::Protocol(format!("unexpected reply to {what}: {}", status.token()))
+}
+
+/// One connection over a tokio socket (the sync `client::Conn`'s buffers and rules).
+struct Conn {
+    stream: TcpStream,
+    out: Vec<u8>,
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    max_value: usize,
+}
+
+impl Conn {
+    async fn connect(host: &str, port: u16) -> McResult<Conn> {
+        let stream = TcpStream::connect((host, port)).await?;
+        stream.set_nodelay(true)?;
+        Ok(Conn {
+            stream,
+            out: Vec::with_capacity(256),
+            buf: vec![0; READ_INITIAL],
+            start: 0,
+            end: 0,
+            max_value: proto::MAX_VALUE_CAP,
+        })
+    }
+
+    fn begin(&mut self) -> McResult<()> {
+        if self.start != self.end {
+            return Err(McError::Protocol(format!(
+                "the server sent {} bytes nobody asked for",
+                self.end - self.start
+            )));
+        }
+        self.start = 0;
+        self.end = 0;
+        if self.buf.len() > KEEP {
+            self.buf = vec![0; READ_INITIAL];
+        }
+        if self.out.capacity() > KEEP {
+            self.out = Vec::with_capacity(256);
+        }
+        self.out.clear();
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> McResult<()> {
+        self.stream.write_all(&self.out).await?;
+        Ok(())
+    }
+
+    async fn fill(&mut self) -> McResult<()> {
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        } else if self.end == self.buf.len() && self.start > 0 {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        if self.end == self.buf.len() {
+            self.buf.reserve_exact(READ_CHUNK);
+            self.buf.resize(self.buf.len() + READ_CHUNK, 0);
+        }
+        match self.stream.read(&mut self.buf[self.end..]).await? {
+            0 => Err(McError::Io(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the server closed the connection",
+            ))),
+            n => {
+                self.end += n;
+                Ok(())
+            }
+        }
+    }
+
+    async fn meta<T>(&mut self, f: impl FnOnce(MetaReply<'_>) -> McResult<T>) -> McResult<T> {
+        loop {
+            match proto::parse_meta(&self.buf[self.start..self.end], self.max_value)? {
+                Parsed::Done(reply, used) => {
+                    let out = f(reply);
+                    self.start += used;
+                    return out;
+                }
+                Parsed::Incomplete => self.fill().await?,
+            }
+        }
+    }
+
+    async fn text<T>(&mut self, f: impl FnOnce(TextLine<'_>) -> McResult<T>) -> McResult<T> {
+        loop {
+            match proto::parse_text(&self.buf[self.start..self.end])? {
+                Parsed::Done(line, used) => {
+                    let out = f(line);
+                    self.start += used;
+                    return out;
+                }
+                Parsed::Incomplete => self.fill().await?,
+            }
+        }
+    }
+
+    async fn get(&mut self, key: &str) -> McResult<Option<Value>> {
+        self.begin()?;
+        proto::get(&mut self.out, key.as_bytes(), None).map_err(refused)?;
+        self.flush().await?;
+        self.meta(|r| match r {
+            MetaReply::Value { data, flags, .. } => Ok(Some(Value {
+                data: data.to_vec(),
+                flags,
+            })),
+            MetaReply::Status {
+                status: Status::En, ..
+            } => Ok(None),
+            MetaReply::Error(l) => Err(server_error(l)),
+            MetaReply::Status { status, .. } => Err(unexpected_status("mg", status)),
+        })
+        .await
+    }
+
+    async fn get_many(&mut self, keys: &[&str]) -> McResult<Vec<Option<Value>>> {
+        self.begin()?;
+        for (i, k) in keys.iter().enumerate() {
+            let opaque = u32::try_from(i)
+                .map_err(|_| McError::Server(format!("{} keys in one pipeline", keys.len())))?;
+            proto::get(&mut self.out, k.as_bytes(), Some(opaque)).map_err(refused)?;
+        }
+        proto::noop(&mut self.out);
+        self.flush().await?;
+        let mut out: Vec<Option<Value>> = keys.iter().map(|_| None).collect();
+        let mut first_err = None;
+        loop {
+            let done = self
+                .meta(|r| match r {
+                    MetaReply::Status {
+                        status: Status::Mn, ..
+                    } => Ok(true),
+                    MetaReply::Error(l) => {
+                        first_err.get_or_insert(server_error(l));
+                        Ok(false)
+                    }
+                    MetaReply::Value {
+                        data,
+                        flags,
+                        opaque,
+                    } => {
+                        let slot =
+                            opaque
+                                .and_then(|i| out.get_mut(i as usize))
+                                .ok_or_else(|| {
+                                    McError::Protocol("mg reply with an unknown opaque".into())
+                                })?;
+                        *slot = Some(Value {
+                            data: data.to_vec(),
+                            flags,
+                        });
+                        Ok(false)
+                    }
+                    MetaReply::Status { status, .. } => Err(unexpected_status("mg", status)),
+                })
+                .await?;
+            if done {
+                break;
+            }
+        }
+        first_err.map_or(Ok(out), Err)
+    }
+
+    async fn set_many(&mut self, items: &[(&str, &[u8], u32)], exptime: u64) -> McResult<()> {
+        self.begin()?;
+        let quiet = items.len() > 1;
+        for (k, d, f) in items {
+            proto::set(&mut self.out, k.as_bytes(), d, *f, exptime, quiet).map_err(refused)?;
+        }
+        if quiet {
+            proto::noop(&mut self.out);
+        }
+        self.flush().await?;
+        let mut first_err = None;
+        loop {
+            let done = self
+                .meta(|r| match r {
+                    MetaReply::Status {
+                        status: Status::Mn, ..
+                    } => Ok(true),
+                    MetaReply::Status {
+                        status: Status::Hd, ..
+                    } if !quiet => Ok(true),
+                    MetaReply::Error(l) => {
+                        first_err.get_or_insert(server_error(l));
+                        Ok(!quiet)
+                    }
+                    MetaReply::Status { status, .. } => {
+                        first_err.get_or_insert(unexpected_status("ms", status));
+                        Ok(!quiet)
+                    }
+                    MetaReply::Value { .. } => {
+                        Err(McError::Protocol("a value in reply to ms".into()))
+                    }
+                })
+                .await?;
+            if done {
+                break;
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    async fn delete_many(&mut self, keys: &[&[u8]]) -> McResult<u64> {
+        self.begin()?;
+        for k in keys {
+            proto::delete(&mut self.out, k).map_err(refused)?;
+        }
+        self.flush().await?;
+        let mut n = 0;
+        let mut first_err = None;
+        for _ in keys {
+            self.meta(|r| match r {
+                MetaReply::Status {
+                    status: Status::Hd, ..
+                } => {
+                    n += 1;
+                    Ok(())
+                }
+                MetaReply::Status {
+                    status: Status::Nf, ..
+                } => Ok(()),
+                MetaReply::Error(l) => {
+                    first_err.get_or_insert(server_error(l));
+                    Ok(())
+                }
+                MetaReply::Status { status, .. } => Err(unexpected_status("md", status)),
+                MetaReply::Value { .. } => Err(McError::Protocol("a value in reply to md".into())),
+            })
+            .await?;
+        }
+        first_err.map_or(Ok(n), Err)
+    }
+
+    /// `item_size_max` from `stats settings`.
+    async fn item_size_max(&mut self) -> McResult<Option<usize>> {
+        self.begin()?;
+        proto::stats(&mut self.out, "settings");
+        self.flush().await?;
+        let mut found = None;
+        loop {
+            let done = self
+                .text(|l| match l {
+                    TextLine::End => Ok(true),
+                    TextLine::Stat { name, value } => {
+                        if name == b"item_size_max" {
+                            found = std::str::from_utf8(value).ok().and_then(|v| v.parse().ok());
+                        }
+                        Ok(false)
+                    }
+                    TextLine::Error(l) => Err(server_error(l)),
+                    _ => Err(McError::Protocol(
+                        "unexpected reply to stats settings".into(),
+                    )),
+                })
+                .await?;
+            if done {
+                return Ok(found);
+            }
+        }
+    }
+}
+
+/// The async Memcached backend: the sync backend's rules, tokio sockets (see the module).
+pub(crate) struct AsyncMemcached {
+    core: Arc<MemcachedBackend>,
+    /// Idle connections per server, in the order of `core.servers`.
+    pools: Vec<Mutex<Vec<Conn>>>,
+    /// The sync backend on the blocking pool, for what stays sync.
+    slow: Blocking,
+}
+
+impl std::fmt::Debug for AsyncMemcached {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AsyncMemcached")
+            .field("servers", &self.core.names)
+            .finish_non_exhaustive()
+    }
+}
+
+fn timed_out() -> McError {
+    McError::Io(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        "no answer within the timeout",
+    ))
+}
+
+impl AsyncMemcached {
+    pub(crate) fn new(core: Arc<MemcachedBackend>) -> Self {
+        let pools = core
+            .servers
+            .iter()
+            .map(|_| Mutex::new(Vec::new()))
+            .collect();
+        let slow = Blocking::new(
+            core.clone() as Arc<dyn Backend>,
+            Place::Offload,
+            Place::Offload,
+        );
+        AsyncMemcached { core, pools, slow }
+    }
+
+    fn pool(&self, i: usize) -> std::sync::MutexGuard<'_, Vec<Conn>> {
+        self.pools[i].lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Whether server `i` is in its skip window (then the sync backend answers: its error).
+    fn skipped(&self, i: usize) -> bool {
+        self.core.servers[i]
+            .health()
+            .down_until
+            .is_some_and(|until| Instant::now() < until)
+    }
+
+    /// A new connection to server `i`, within `connect_timeout`; learns the item limit.
+    async fn connect(&self, i: usize, what: &str) -> Result<Conn> {
+        let server: &Server = &self.core.servers[i];
+        let made = async {
+            let mut c = Conn::connect(&server.addr.host, server.addr.port).await?;
+            if server.item_size_max.load(Ordering::Relaxed) == 0 {
+                let max = c.item_size_max().await?.unwrap_or(DEFAULT_ITEM_SIZE_MAX);
+                server.item_size_max.store(max, Ordering::Relaxed);
+            }
+            c.max_value = server
+                .item_size_max
+                .load(Ordering::Relaxed)
+                .min(proto::MAX_VALUE_CAP);
+            Ok(c)
+        };
+        let made = match tokio::time::timeout(self.core.connect_timeout, made).await {
+            Ok(r) => r,
+            Err(_) => Err(timed_out()),
+        };
+        made.map_err(|e| {
+            server.fail(&self.core.policy, &e);
+            map_err(&server.name, what, self.core.timeout, e)
+        })
+    }
+
+    /// Runs one exchange on a connection to server `i` (the sync `run_checked`'s rules: a
+    /// pooled connection found dead is retried once on a fresh one; a connection goes back to
+    /// the pool only after a whole exchange that left it in step).
+    async fn run<T, F, Fut>(&self, i: usize, what: &str, f: F) -> Result<T>
+    where
+        F: Fn(Conn) -> Fut,
+        Fut: Future<Output = (Conn, McResult<T>)>,
+    {
+        let server = &self.core.servers[i];
+        let pooled = self.pool(i).pop();
+        let was_pooled = pooled.is_some();
+        let conn = match pooled {
+            Some(c) => c,
+            None => self.connect(i, what).await?,
+        };
+        let limit = self.core.timeout;
+        let once = |c: Conn| async {
+            match tokio::time::timeout(limit, f(c)).await {
+                Ok((c, r)) => (Some(c), r),
+                Err(_) => (None, Err(timed_out())),
+            }
+        };
+        let (mut conn, mut result) = once(conn).await;
+        if was_pooled && matches!(&result, Err(McError::Io(e)) if is_stale(e)) {
+            self.pool(i).clear();
+            let fresh = self.connect(i, what).await?;
+            (conn, result) = once(fresh).await;
+        }
+        match result {
+            Ok(v) => {
+                server.succeed();
+                self.put_back(i, conn);
+                Ok(v)
+            }
+            Err(e @ McError::Server(_)) => {
+                server.succeed();
+                self.put_back(i, conn);
+                Err(map_err(&server.name, what, self.core.timeout, e))
+            }
+            Err(e) => {
+                server.fail(&self.core.policy, &e);
+                Err(map_err(&server.name, what, self.core.timeout, e))
+            }
+        }
+    }
+
+    fn put_back(&self, i: usize, conn: Option<Conn>) {
+        if let Some(c) = conn {
+            let mut pool = self.pool(i);
+            if pool.len() < POOL_MAX_IDLE {
+                pool.push(c);
+            }
+        }
+    }
+
+    /// Makes sure server `i`'s item limit is known (the sync size check then does no I/O).
+    async fn limit_known(&self, i: usize) -> Result<()> {
+        if self.core.servers[i].item_size_max.load(Ordering::Relaxed) == 0 {
+            self.run(i, "connect", |c| async { (c, Ok(())) }).await?;
+        }
+        Ok(())
+    }
+
+    async fn get_one(&self, key: &str) -> Result<Option<Item>> {
+        let sk = self.core.keyspace.storage_key(key);
+        let wk = memcached_key(&sk);
+        let i = self.core.pick(&wk);
+        if self.skipped(i) {
+            return self.slow.get(key).await.result;
+        }
+        let wk: &str = &wk;
+        let v = self
+            .run(i, "get", |mut c| async move {
+                let r = c.get(wk).await;
+                (c, r)
+            })
+            .await?;
+        let mapped = !memcached_key_is_carryable(&sk);
+        Ok(v.and_then(|v| self.core.read_item(&sk, mapped, v)))
+    }
+
+    async fn set_one(&self, key: &str, item: &Item, ttl: Option<Duration>) -> Result<()> {
+        let sk = self.core.keyspace.storage_key(key);
+        let wk = memcached_key(&sk);
+        let i = self.core.pick(&wk);
+        if self.skipped(i) {
+            return self.slow.set(key, item, ttl).await.result;
+        }
+        let mapped = !memcached_key_is_carryable(&sk);
+        let data = MemcachedBackend::wire_data(&sk, mapped, item);
+        self.limit_known(i).await?;
+        self.core
+            .check_size(&self.core.servers[i], key, &wk, data.len())?;
+        let t = exptime(ttl);
+        let one: &[(&str, &[u8], u32)] = &[(&wk, &data, item.flags)];
+        self.run(i, "set", |mut c| async move {
+            let r = c.set_many(one, t).await;
+            (c, r)
+        })
+        .await
+    }
+
+    async fn get_batch(&self, keys: &[&str]) -> Result<Vec<Option<Item>>> {
+        let mut out: Vec<Option<Item>> = keys.iter().map(|_| None).collect();
+        let mut groups: Vec<Vec<(usize, String, String)>> =
+            self.core.servers.iter().map(|_| Vec::new()).collect();
+        for (i, k) in keys.iter().enumerate() {
+            let sk = self.core.keyspace.storage_key(k);
+            let wk = memcached_key(&sk).into_owned();
+            groups[self.core.pick(&wk)].push((i, sk, wk));
+        }
+        for (s, group) in groups.iter().enumerate() {
+            if group.is_empty() {
+                continue;
+            }
+            if self.skipped(s) {
+                // The sync backend returns the skip error of this server.
+                let ks: Vec<&str> = group.iter().map(|(i, _, _)| keys[*i]).collect();
+                self.slow.get_many(&ks).await?;
+                continue;
+            }
+            for chunk in group.chunks(BATCH) {
+                let wks: &[&str] = &chunk.iter().map(|(_, _, w)| w.as_str()).collect::<Vec<_>>();
+                let vals = self
+                    .run(s, "get_many", |mut c| async move {
+                        let r = c.get_many(wks).await;
+                        (c, r)
+                    })
+                    .await?;
+                for ((i, sk, _), v) in chunk.iter().zip(vals) {
+                    let mapped = !memcached_key_is_carryable(sk);
+                    out[*i] = v.and_then(|v| self.core.read_item(sk, mapped, v));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn set_batch(&self, items: &[(&str, Item)], ttl: Option<Duration>) -> Result<()> {
+        let t = exptime(ttl);
+        type Entry = (String, Vec<u8>, u32);
+        let mut groups: Vec<Vec<Entry>> = self.core.servers.iter().map(|_| Vec::new()).collect();
+        for (k, item) in items {
+            let sk = self.core.keyspace.storage_key(k);
+            let wk = memcached_key(&sk).into_owned();
+            let mapped = !memcached_key_is_carryable(&sk);
+            let s = self.core.pick(&wk);
+            if self.skipped(s) {
+                return self.slow.set_many(items, ttl).await;
+            }
+            let data = MemcachedBackend::wire_data(&sk, mapped, item).into_owned();
+            self.limit_known(s).await?;
+            self.core
+                .check_size(&self.core.servers[s], k, &wk, data.len())?;
+            groups[s].push((wk, data, item.flags));
+        }
+        for (s, group) in groups.iter().enumerate() {
+            for chunk in group.chunks(BATCH) {
+                let refs: &[(&str, &[u8], u32)] = &chunk
+                    .iter()
+                    .map(|(k, d, f)| (k.as_str(), d.as_slice(), *f))
+                    .collect::<Vec<_>>();
+                self.run(s, "set_many", |mut c| async move {
+                    let r = c.set_many(refs, t).await;
+                    (c, r)
+                })
+                .await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn delete_batch(&self, keys: &[&str]) -> Result<u64> {
+        let mut groups: Vec<Vec<String>> = self.core.servers.iter().map(|_| Vec::new()).collect();
+        for k in keys {
+            let wk = memcached_key(&self.core.keyspace.storage_key(k)).into_owned();
+            groups[self.core.pick(&wk)].push(wk);
+        }
+        if (0..groups.len()).any(|s| !groups[s].is_empty() && self.skipped(s)) {
+            return self.slow.delete_many(keys).await;
+        }
+        let mut n = 0;
+        for (s, group) in groups.iter().enumerate() {
+            for chunk in group.chunks(BATCH * 4) {
+                let refs: &[&[u8]] = &chunk.iter().map(|k| k.as_bytes()).collect::<Vec<_>>();
+                n += self
+                    .run(s, "delete_many", |mut c| async move {
+                        let r = c.delete_many(refs).await;
+                        (c, r)
+                    })
+                    .await?;
+            }
+        }
+        Ok(n)
+    }
+}
+
+impl AsyncBackend for AsyncMemcached {
+    fn name(&self) -> &'static str {
+        self.core.name
+    }
+
+    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Noted<Option<Item>>> {
+        Box::pin(async move { Noted::clean(self.get_one(key).await) })
+    }
+
+    fn set<'a>(
+        &'a self,
+        key: &'a str,
+        item: &'a Item,
+        ttl: Option<Duration>,
+    ) -> BoxFuture<'a, Noted<()>> {
+        Box::pin(async move { Noted::clean(self.set_one(key, item, ttl).await) })
+    }
+
+    fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(async move { Ok(self.delete_batch(&[key]).await? > 0) })
+    }
+
+    fn delete_prefix<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<u64>> {
+        self.slow.delete_prefix(prefix)
+    }
+
+    fn clear(&self) -> BoxFuture<'_, Result<()>> {
+        self.slow.clear()
+    }
+
+    fn ping(&self) -> BoxFuture<'_, Result<BackendStatus>> {
+        self.slow.ping()
+    }
+
+    fn info(&self) -> BoxFuture<'_, Result<Vec<(String, String)>>> {
+        self.slow.info()
+    }
+
+    fn close(&self) {
+        for i in 0..self.pools.len() {
+            self.pool(i).clear();
+        }
+        self.core.close();
+    }
+
+    fn get_many<'a>(&'a self, keys: &'a [&'a str]) -> BoxFuture<'a, Result<Vec<Option<Item>>>> {
+        Box::pin(self.get_batch(keys))
+    }
+
+    fn set_many<'a>(
+        &'a self,
+        items: &'a [(&'a str, Item)],
+        ttl: Option<Duration>,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(self.set_batch(items, ttl))
+    }
+
+    fn delete_many<'a>(&'a self, keys: &'a [&'a str]) -> BoxFuture<'a, Result<u64>> {
+        Box::pin(self.delete_batch(keys))
+    }
+}

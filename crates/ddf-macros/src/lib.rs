@@ -100,7 +100,8 @@ use proc_macro::TokenStream;
 /// is dropped (or its body panics), one waiting caller takes over. A body leading a flight never
 /// awaits another flight. `validation` may `.await`. `name_forget` and `name_forget_all` are
 /// `async fn`s; `name_cache_key` stays sync. The future is `Send` when the body's is and the
-/// result type is `Send + Sync`.
+/// result type is `Send + Sync` (a result that is not `Sync` is memoized all the same, by a
+/// future that is not `Send`).
 #[proc_macro_attribute]
 pub fn cache_with_invalidation(attr: TokenStream, item: TokenStream) -> TokenStream {
     let item = proc_macro2::TokenStream::from(item);

@@ -38,13 +38,14 @@ pub trait AsyncMemoCache: Sync {
         &self,
         key: &str,
     ) -> impl Future<Output = (Result<Option<S>>, bool)> + Send;
-    /// Writes a value.
-    fn memo_set<'a, S: Serialize + Sync + ?Sized>(
+    /// Writes a value. The future is `Send` as the implementation's is (no bound here: a
+    /// `Send` bound would require `S: Sync` of every result type).
+    fn memo_set<'a, S: Serialize + ?Sized>(
         &'a self,
         key: &'a str,
         value: &'a S,
         ttl: Option<Duration>,
-    ) -> impl Future<Output = Result<()>> + Send + 'a;
+    ) -> impl Future<Output = Result<()>> + 'a;
     /// Deletes a key (an invalidation: it begins a new epoch).
     fn memo_delete(&self, key: &str) -> impl Future<Output = Result<bool>> + Send;
     /// Deletes every key under a prefix (an invalidation: it begins a new epoch).
@@ -83,7 +84,7 @@ where
 async fn store<C, S>(cache: &C, f: &MemoFn, key: &str, stamp: &Stamp, epoch: u64, value: &S)
 where
     C: AsyncMemoCache + ?Sized,
-    S: Serialize + Sync,
+    S: Serialize,
 {
     let write = async {
         match stamp {
@@ -105,7 +106,6 @@ async fn compute_and_store<C, P, R, F, Fut>(
 where
     C: AsyncMemoCache + ?Sized,
     P: Policy<R>,
-    P::Stored: Sync,
     F: FnOnce() -> Fut,
     Fut: Future<Output = R>,
 {
@@ -129,7 +129,7 @@ pub async fn memoize_async<C, P, R, F, Fut>(
 where
     C: AsyncMemoCache + ?Sized,
     P: Policy<R>,
-    P::Stored: Send + Sync,
+    P::Stored: Send,
     F: FnOnce() -> Fut,
     Fut: Future<Output = R>,
 {
@@ -248,12 +248,12 @@ impl AsyncMemoCache for crate::AsyncCacheManager {
         (noted.result, noted.degraded)
     }
 
-    fn memo_set<'a, S: Serialize + Sync + ?Sized>(
+    fn memo_set<'a, S: Serialize + ?Sized>(
         &'a self,
         key: &'a str,
         value: &'a S,
         ttl: Option<Duration>,
-    ) -> impl Future<Output = Result<()>> + Send + 'a {
+    ) -> impl Future<Output = Result<()>> + 'a {
         self.set(key, value, ttl)
     }
 

@@ -411,6 +411,13 @@ async fn parse_twice(s: &str) -> Result<u32, ParseError> {
     Ok(n * 2)
 }
 
+/// A result that is not `Sync`: memoized all the same (its future is not `Send`: it runs in
+/// `block_on` or a local task).
+#[cache_with_invalidation(cache = FILE_CACHE.1, key_prefix = "agen")]
+async fn cell(x: u32) -> std::cell::Cell<u32> {
+    std::cell::Cell::new(x)
+}
+
 /// A mutation may destructure its arguments.
 #[cache_with_invalidation(cache = FILE_CACHE.1, invalidate_on = ["agen:"])]
 async fn add_pair((a, b): (u32, u32)) -> u32 {
@@ -447,6 +454,8 @@ fn odd_async_signatures_compile_and_run() {
         );
         assert_eq!(parse_twice("4").await, Ok(8));
         assert!(matches!(parse_twice("x").await, Err(ParseError(_))));
+        assert_eq!(cell(3).await.get(), 3);
+        assert_eq!(cell(3).await.get(), 3);
         assert_eq!(add_pair((1, 2)).await, 3);
         assert_eq!(
             generic_len_forget_all().await.unwrap(),

@@ -136,15 +136,28 @@ struct Arg {
 }
 
 pub fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
+    expand_with(attr, item, cfg!(feature = "async"))
+}
+
+/// [`expand`], with whether ddf's feature `async` is on as an argument (so that both answers
+/// are tested whatever the build's features).
+fn expand_with(attr: TokenStream, item: TokenStream, async_on: bool) -> syn::Result<TokenStream> {
     let opts = parse_options(attr)?;
     let func: ItemFn = syn::parse2(item)?;
     let sig = &func.sig;
-    if let Some(a) = &sig.asyncness {
+    if let Some(a) = &sig.asyncness
+        && !async_on
+    {
         return Err(syn::Error::new(
             a.span(),
-            "#[cache_with_invalidation] does not support async functions (yet): memoize a sync function, or call CacheManager::get/set around the await",
+            "#[cache_with_invalidation] on an `async fn` needs ddf's feature `async` (in Cargo.toml: ddf = { version = \"..\", features = [\"async\"] }); it then memoizes in `ddf::ASYNC_CACHE` or the `AsyncCacheManager` that `cache = ..` names",
         ));
     }
+    let face = if sig.asyncness.is_some() {
+        Face::Async
+    } else {
+        Face::Sync
+    };
     if let Some(c) = &sig.constness {
         return Err(syn::Error::new(
             c.span(),
@@ -190,9 +203,13 @@ pub fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenStream> 
         ReturnType::Default => syn::parse_quote!(()),
     };
 
-    let cache_expr = match &opts.cache {
-        Some(e) => quote!(#e),
-        None => quote!(::ddf::__private::CACHE),
+    let cache = Cache {
+        expr: match (&opts.cache, face) {
+            (Some(e), _) => quote!(#e),
+            (None, Face::Sync) => quote!(::ddf::__private::CACHE),
+            (None, Face::Async) => quote!(::ddf::__private::ASYNC_CACHE),
+        },
+        face,
     };
 
     if let Some((prefixes, _)) = &opts.invalidate_on {
@@ -204,7 +221,7 @@ pub fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenStream> 
                 ),
             ));
         }
-        return Ok(expand_mutation(&func, &ret_ty, &cache_expr, prefixes));
+        return Ok(expand_mutation(&func, &ret_ty, &cache, prefixes));
     }
 
     if let Some(span) = pattern {
@@ -244,9 +261,25 @@ pub fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenStream> 
         receiver.as_ref(),
         &args,
         &ret_ty,
-        &cache_expr,
+        &cache,
         &policy,
     ))
+}
+
+/// The cache a function is memoized in, and through which face.
+struct Cache {
+    /// The `cache = ..` expression, or the face's global.
+    expr: TokenStream,
+    face: Face,
+}
+
+/// Which face of the cache the function is memoized with.
+#[derive(Clone, Copy, PartialEq)]
+enum Face {
+    /// A plain `fn`: `CacheManager`, the calling thread waits.
+    Sync,
+    /// An `async fn` (feature `async`): `AsyncCacheManager`, callers await.
+    Async,
 }
 
 /// Outer attributes stay on the function; inner ones (`#![allow(..)]` at the top of the body)
@@ -268,12 +301,27 @@ fn cache_owned(cache_expr: &TokenStream) -> TokenStream {
     }
 }
 
+/// [`cache_owned`] for the async face: an `AsyncCacheManager` (a mismatch is reported at the
+/// `cache = ..` expression).
+fn cache_owned_async(cache_expr: &TokenStream) -> TokenStream {
+    let cache_ref = quote_spanned! {cache_expr.span()=>
+        let __ddf_cache_ref: &::ddf::__private::AsyncCacheManager = &(#cache_expr);
+    };
+    quote! {
+        let __ddf_cache: ::ddf::__private::AsyncCacheManager = {
+            #cache_ref
+            ::std::clone::Clone::clone(__ddf_cache_ref)
+        };
+    }
+}
+
 fn expand_mutation(
     func: &ItemFn,
     ret_ty: &Type,
-    cache_expr: &TokenStream,
+    cache: &Cache,
     prefixes: &[LitStr],
 ) -> TokenStream {
+    let (cache_expr, face) = (&cache.expr, cache.face);
     let ItemFn {
         attrs,
         vis,
@@ -289,7 +337,25 @@ fn expand_mutation(
         .iter()
         .map(|p| quote_spanned!(p.span()=> ::std::format!(#p)));
     let (outer, inner) = split_attrs(attrs);
-    let cache_owned = cache_owned(cache_expr);
+    let (cache_owned, run, invalidate) = match face {
+        Face::Sync => (
+            cache_owned(cache_expr),
+            quote!((move || -> #ret_ty #block)()),
+            quote!(::ddf::__private::invalidate_after(
+                &__ddf_cache,
+                __ddf_ok,
+                &__ddf_prefixes
+            )),
+        ),
+        Face::Async => (
+            cache_owned_async(cache_expr),
+            quote!(::ddf::__private::body::<#ret_ty, _>(async move #block).await),
+            quote!(
+                ::ddf::__private::invalidate_after_async(&__ddf_cache, __ddf_ok, &__ddf_prefixes)
+                    .await
+            ),
+        ),
+    };
     quote! {
         #(#outer)*
         #vis #sig {
@@ -297,15 +363,12 @@ fn expand_mutation(
             let __ddf_prefixes: ::std::vec::Vec<::std::string::String> =
                 ::std::vec![#(#prefixes),*];
             #cache_owned
-            let __ddf_out: #ret_ty = (move || -> #ret_ty #block)();
-            {
+            let __ddf_out: #ret_ty = #run;
+            let __ddf_ok = {
                 use ::ddf::__private::Succeeded as _;
-                ::ddf::__private::invalidate_after(
-                    &__ddf_cache,
-                    #success(&__ddf_out).succeeded(),
-                    &__ddf_prefixes,
-                );
-            }
+                #success(&__ddf_out).succeeded()
+            };
+            #invalidate;
             __ddf_out
         }
     }
@@ -317,9 +380,10 @@ fn expand_memo(
     receiver: Option<&syn::Receiver>,
     args: &[Arg],
     ret_ty: &Type,
-    cache_expr: &TokenStream,
+    cache: &Cache,
     policy: &TokenStream,
 ) -> TokenStream {
+    let (cache_expr, face) = (&cache.expr, cache.face);
     let ItemFn {
         attrs,
         vis,
@@ -363,11 +427,39 @@ fn expand_memo(
         Some(e) => quote!(::ddf::__private::stamp(#e)),
     };
 
-    let cache_owned = cache_owned(cache_expr);
+    let (cache_owned, active, memoize) = match face {
+        Face::Sync => (
+            cache_owned(cache_expr),
+            quote!(::ddf::__private::active(&__ddf_cache)),
+            quote! {
+                ::ddf::__private::memoize::<#policy, #ret_ty, _>(
+                    &__ddf_cache,
+                    &__DDF_FN,
+                    __ddf_key,
+                    __ddf_stamp,
+                    move || -> #ret_ty #block,
+                )
+            },
+        ),
+        Face::Async => (
+            cache_owned_async(cache_expr),
+            quote!(::ddf::__private::active_async(&__ddf_cache)),
+            quote! {
+                ::ddf::__private::memoize_async::<_, #policy, #ret_ty, _, _>(
+                    &__ddf_cache,
+                    &__DDF_FN,
+                    __ddf_key,
+                    __ddf_stamp,
+                    move || ::ddf::__private::body::<#ret_ty, _>(async move #block),
+                )
+                .await
+            },
+        ),
+    };
     let body = quote! {
         #fn_info
         #cache_owned
-        let __ddf_active = ::ddf::__private::active(&__ddf_cache);
+        let __ddf_active = #active;
         let __ddf_key = if __ddf_active {
             ::std::option::Option::Some(#key_expr)
         } else {
@@ -378,13 +470,7 @@ fn expand_memo(
         } else {
             ::ddf::__private::Stamp::Unused
         };
-        ::ddf::__private::memoize::<#policy, #ret_ty, _>(
-            &__ddf_cache,
-            &__DDF_FN,
-            __ddf_key,
-            __ddf_stamp,
-            move || -> #ret_ty #block,
-        )
+        #memoize
     };
 
     // The helpers: same visibility, same arguments (without `mut`), `&self` for methods.
@@ -413,6 +499,44 @@ fn expand_memo(
     let (outer, inner) = split_attrs(attrs);
     // Helpers exist where the function does.
     let cfgs: Vec<_> = outer.iter().filter(|a| a.path().is_ident("cfg")).collect();
+    if face == Face::Async {
+        // The key is derived before the first `await`: its argument references are not `Send`.
+        let cache_owned = cache_owned_async(cache_expr);
+        return quote! {
+            #(#outer)*
+            #vis #sig {
+                #(#inner)*
+                #body
+            }
+
+            #[doc = #doc_forget]
+            #(#cfgs)*
+            #unused
+            #vis async fn #forget #generics (#helper_recv #(#helper_args),*) -> ::ddf::__private::Result<bool> #where_clause {
+                #fn_info
+                let __ddf_key = #key_expr;
+                #cache_owned
+                ::ddf::__private::forget_async(&__ddf_cache, __ddf_key).await
+            }
+
+            #[doc = #doc_all]
+            #(#cfgs)*
+            #unused
+            #vis async fn #forget_all(#helper_recv) -> ::ddf::__private::Result<u64> {
+                #fn_info
+                #cache_owned
+                ::ddf::__private::forget_all_async(&__ddf_cache, &__DDF_FN).await
+            }
+
+            #[doc = #doc_key]
+            #(#cfgs)*
+            #unused
+            #vis fn #key_fn #generics (#helper_recv #(#helper_args),*) -> ::ddf::__private::Result<::std::string::String> #where_clause {
+                #fn_info
+                #key_expr
+            }
+        };
+    }
     quote! {
         #(#outer)*
         #vis #sig {
@@ -445,5 +569,49 @@ fn expand_memo(
             #fn_info
             #key_expr
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn expand_str(attr: &str, item: &str) -> syn::Result<TokenStream> {
+        expand_with(attr.parse().unwrap(), item.parse().unwrap(), true)
+    }
+
+    /// Whatever the build's features (ddf's tests turn this crate's `async` on).
+    #[test]
+    fn an_async_fn_needs_the_feature() {
+        let e = expand_with(
+            "ttl = 60".parse().unwrap(),
+            "async fn f(x: u32) -> u32 { x }".parse().unwrap(),
+            false,
+        )
+        .unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("feature `async`"), "{msg}");
+        assert!(msg.contains("features = [\"async\"]"), "{msg}");
+    }
+
+    #[test]
+    fn an_async_fn_uses_the_async_face() {
+        let out = expand_str("ttl = 60", "async fn f(x: u32) -> u32 { x }")
+            .unwrap()
+            .to_string();
+        assert!(out.contains("ASYNC_CACHE"), "{out}");
+        assert!(out.contains("memoize_async"), "{out}");
+        assert!(out.contains("async fn f_forget"), "{out}");
+        assert!(out.contains("async fn f_forget_all"), "{out}");
+        assert!(!out.contains("async fn f_cache_key"), "{out}");
+    }
+
+    #[test]
+    fn a_sync_fn_uses_the_sync_face() {
+        let out = expand_str("ttl = 60", "fn f(x: u32) -> u32 { x }")
+            .unwrap()
+            .to_string();
+        assert!(out.contains(":: CACHE"), "{out}");
+        assert!(!out.contains("async"), "{out}");
     }
 }

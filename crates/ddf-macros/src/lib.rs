@@ -22,14 +22,16 @@ use proc_macro::TokenStream;
 /// ddf::CACHE.invalidate_pattern("myfunction:")?;   // forgets every call under the prefix
 /// ```
 ///
-/// Without `cache = ...` the attribute uses the global `ddf::CACHE`. Call `ddf::init()` first:
-/// it returns the configuration's error (a bad value, a misspelt `[cache]` section). Without
-/// it, a configuration that cannot be loaded is only logged (`tracing`, `error` level) and kept
-/// in `ddf::global_error()`, and every memoized function runs uncached.
+/// Without `cache = ...` the attribute uses the global `ddf::CACHE` (`ddf::ASYNC_CACHE` for an
+/// `async fn`). Call `ddf::init()` first: it returns the configuration's error (a bad value, a
+/// misspelt `[cache]` section). Without it, a configuration that cannot be loaded is only
+/// logged (`tracing`, `error` level) and kept in `ddf::global_error()`, and every memoized
+/// function runs uncached.
 ///
-/// Works on sync free functions and methods (inherent `impl` blocks: the helpers below are
-/// extra associated functions, which a trait `impl` cannot hold). Runnable examples are in
-/// the `ddf::memo` documentation, the integration tests and `examples/compose.rs`.
+/// Works on free functions and methods (inherent `impl` blocks: the helpers below are extra
+/// associated functions, which a trait `impl` cannot hold), sync, or `async fn` with ddf's
+/// feature `async` (see "async fn" below). Runnable examples are in the `ddf::memo`
+/// documentation, the integration tests and `examples/compose.rs`.
 ///
 /// # Options
 ///
@@ -38,14 +40,15 @@ use proc_macro::TokenStream;
 /// | `ttl = 3600` | expiry in seconds (positive); without it, the cache's configured `ttl` |
 /// | `key_prefix = "name"` | the keys start with `name:`, so `invalidate_pattern("name:")` forgets every call |
 /// | `validation = path::to_fn` or `validation = expr` | a version stamp: entries stored under another stamp are never served. A path is called with no arguments; any other expression is evaluated in the function's scope and may use the arguments (`validation = ddf::memo::file_sha256(path)`). It returns `String`/`&str`, `Option` of one (`None`: the call runs uncached) or `Result` of one (`Err`: logged, the call runs uncached) |
-/// | `cache = expr` | the `CacheManager` to use (an expression evaluated at each call, e.g. `self.cache` or `&*MY_CACHE`); default the global `ddf::CACHE` |
+/// | `cache = expr` | the `CacheManager` to use (an expression evaluated at each call, e.g. `self.cache` or `&*MY_CACHE`); default the global `ddf::CACHE`. On an `async fn`: an `AsyncCacheManager` (or what dereferences to one); default `ddf::ASYNC_CACHE` |
 /// | `cache_none` (or `cache_none = true`) | for `Option<T>` results: cache `None` too (default: `None` is not cached, the function runs again) |
 /// | `key_self` (or `key_self = true`) | for methods: `self`'s value (it must be `Serialize`) is part of the key. Default: `self` is **not** part of the key, so all instances share entries; use it when the result depends on the instance |
 /// | `invalidate_on = ["service:", "service:{name}:"]` | makes the function a **mutation**: it is never memoized, runs on every call, and after each successful call (`Ok` for a `Result`, every return otherwise) every key under each prefix is removed from the cache. `{arg}` inserts an argument's `Display` value (Rust `format!` syntax; `{{` for a brace). Combine it with `cache` only |
 ///
 /// Unknown options, a zero `ttl`, `cache_none` on a non-`Option` function, `key_self` on a free
-/// function, memoization options together with `invalidate_on`, `async fn`, `const fn` and
-/// destructuring argument patterns are compile errors that say what to do instead.
+/// function, memoization options together with `invalidate_on`, `async fn` without ddf's
+/// feature `async`, `const fn` and destructuring argument patterns are compile errors that say
+/// what to do instead.
 ///
 /// # Keys
 ///
@@ -96,6 +99,16 @@ use proc_macro::TokenStream;
 /// - `name_forget(args..) -> ddf::Result<bool>`: forgets the result of one call;
 /// - `name_forget_all() -> ddf::Result<u64>`: forgets every call of this function;
 /// - `name_cache_key(args..) -> ddf::Result<String>`: the key of one call.
+///
+/// # async fn
+///
+/// With ddf's feature `async`, an `async fn` is memoized by the same rules in an
+/// `AsyncCacheManager`. Concurrent callers of one key await the leader; if the leader's future
+/// is dropped (or its body panics), one waiting caller takes over. A body leading a flight never
+/// awaits another flight. `validation` may `.await`. `name_forget` and `name_forget_all` are
+/// `async fn`s; `name_cache_key` stays sync. The future is `Send` when the body's is and the
+/// result type is `Send + Sync` (a result that is not `Sync` is memoized all the same, by a
+/// future that is not `Send`).
 #[proc_macro_attribute]
 pub fn cache_with_invalidation(attr: TokenStream, item: TokenStream) -> TokenStream {
     let item = proc_macro2::TokenStream::from(item);

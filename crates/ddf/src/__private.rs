@@ -1,10 +1,17 @@
 //! What `#[cache_with_invalidation]` expands to. Not a public API: names and signatures may
 //! change in any release.
 
+#[cfg(feature = "async")]
+pub use crate::memo::task::{
+    AsyncMemoCache, active_async, body, forget_all_async, forget_async, invalidate_after_async,
+    memoize_async,
+};
 pub use crate::memo::{
     Always, IfOk, IntoStamp, KeyPart, MemoFn, Policy, PolicyOk, PolicySome, PolicyWhole, Stamp,
     Succeeded, active, forget, forget_all, invalidate_after, memoize, stamp,
 };
+#[cfg(feature = "async")]
+pub use crate::{ASYNC_CACHE, AsyncCacheManager};
 pub use crate::{CACHE, CacheManager, Result};
 pub use std::result::Result::{Err, Ok};
 pub use std::time::Duration;

@@ -120,7 +120,6 @@ impl Epochs {
     /// [`Epochs::store`] for the async face: `write` runs (and is awaited) if no invalidation
     /// began since `epoch`. A dropped future ends its store (the guard lives in the future).
     #[cfg(feature = "async")]
-    #[allow(dead_code, reason = "for async memoization")]
     pub(crate) async fn store_async<F: std::future::Future>(
         &self,
         epoch: u64,

@@ -14,9 +14,9 @@
 //!   waiters know whether to take over. The registry knows nothing of threads: how a waiter
 //!   waits is the [`Latch`]'s business.
 //! - The thread face ([`take_turn`]): one registry with a [`BlockingLatch`] (a condition
-//!   variable), and the rule that keeps it free of deadlocks. A task-based face adds a latch over
-//!   `tokio::sync::Notify` and its own rule (a task-local instead of a thread-local), and reuses
-//!   the registry.
+//!   variable), and the rule that keeps it free of deadlocks. The task face
+//!   ([`super::flight_task`], feature `async`) adds a latch tasks await and its own rule (a
+//!   task-local instead of a thread-local), and reuses the registry.
 //!
 //! No deadlock on the thread face: a thread that leads a flight never waits for another one (a
 //! nested memoized call that finds its key in flight computes directly: [`Turn::Bypass`]).
@@ -191,6 +191,16 @@ impl<L: Latch> Flights<L> {
     #[cfg(test)]
     fn in_flight(&self) -> usize {
         lock(&self.map).flights.len()
+    }
+
+    /// Flights in progress in cache `cache` (tests share the registry across caches).
+    #[cfg(test)]
+    pub(crate) fn in_flight_of(&self, cache: u64) -> usize {
+        lock(&self.map)
+            .flights
+            .keys()
+            .filter(|k| k.cache == cache)
+            .count()
     }
 }
 

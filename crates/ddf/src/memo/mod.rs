@@ -8,9 +8,10 @@
 //!
 //! and, hidden, what the attribute expands to (reached through `ddf::__private`, not a public
 //! API): the runtime here (lookup, policies, validation stamps, `invalidate_on`), the key
-//! derivation (`key`, over the canonical encoding in `canonical`), single-flight (`flight`) and
+//! derivation (`key`, over the canonical encoding in `canonical`), single-flight (`flight`),
 //! the invalidation epochs that keep a result computed before an invalidation from being served
-//! after it (`epoch`).
+//! after it (`epoch`), and, with feature `async`, the async face of the same rules (`task`, and
+//! `flight_task`, the single-flight that tasks await).
 //!
 //! ```
 //! use std::sync::OnceLock;
@@ -39,6 +40,37 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
+//! With feature `async`, the attribute on an `async fn` memoizes in an
+//! `AsyncCacheManager` (default `ddf::ASYNC_CACHE`) by the same
+//! rules; concurrent callers await the leader, and a dropped leader hands over to one of them:
+//!
+//! ```
+//! use std::sync::OnceLock;
+//! use ddf::{AsyncCacheManager, CacheConfig, cache_with_invalidation};
+//!
+//! static ASYNC: OnceLock<AsyncCacheManager> = OnceLock::new();
+//!
+//! #[cache_with_invalidation(cache = ASYNC.get().unwrap(), ttl = 3600, key_prefix = "ports")]
+//! async fn ports(service: &str, replicas: &[u32]) -> Vec<String> {
+//!     replicas.iter().map(|r| format!("{service}-{r}:80")).collect()
+//! }
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(async {
+//! let dir = tempfile::tempdir()?;
+//! ASYNC.set(AsyncCacheManager::new(CacheConfig::default().with_pickle_dir(dir.path()))?).unwrap();
+//!
+//! assert_eq!(ports("web", &[1, 2]).await, ["web-1:80", "web-2:80"]); // computed, stored
+//! assert_eq!(ports("web", &[1, 2]).await, ["web-1:80", "web-2:80"]); // from the cache
+//! assert_eq!(ASYNC.get().unwrap().stats().hits, 1);
+//! assert!(ports_cache_key("web", &[1, 2])?.starts_with("ports:")); // sync: no cache access
+//! assert!(ports_forget("web", &[1, 2]).await?);                   // async: it deletes
+//! assert_eq!(ports_forget_all().await?, 0);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! # })
+//! # }
+//! ```
+//!
 //! # Key layout
 //!
 //! ```text
@@ -64,7 +96,11 @@
 mod canonical;
 pub(crate) mod epoch;
 pub(crate) mod flight;
+#[cfg(feature = "async")]
+pub(crate) mod flight_task;
 mod key;
+#[cfg(feature = "async")]
+pub(crate) mod task;
 
 use std::fmt;
 use std::io;
@@ -205,18 +241,32 @@ enum Found<S> {
     Unavailable,
 }
 
-/// Reads a stored result. Errors fail open: logged, read as a miss (a temporary one as
+/// The key a call is memoized under, or `None` when it only computes: an inactive cache (no
+/// key derived), no validation stamp now, or a key that cannot be derived (logged).
+fn memoized_key(key: Option<Result<String>>, stamp: &Stamp) -> Option<String> {
+    if matches!(stamp, Stamp::Unavailable) {
+        return None;
+    }
+    match key? {
+        Ok(k) => Some(k),
+        Err(e) => {
+            tracing::warn!(error = %e, "ddf: calling the function uncached");
+            None
+        }
+    }
+}
+
+/// A stored `(stamp, value)` pair read as a hit only when its stamp is the current one.
+fn unstamp<S>(hit: Option<(String, S)>, current: &str) -> Option<S> {
+    hit.and_then(|(s, v)| (s == current).then_some(v))
+}
+
+/// What a read means to a memoized call, on either face. Errors fail open: logged, read as a
+/// miss (a temporary one, or one the cache answered otherwise (`failed`), as
 /// [`Found::Unavailable`]).
-fn lookup<S: DeserializeOwned>(cache: &CacheManager, key: &str, stamp: &Stamp) -> Found<S> {
-    let watch = degraded::Watch::start();
-    let r = match stamp {
-        Stamp::Is(current) => cache
-            .get::<(String, S)>(key)
-            .map(|hit| hit.and_then(|(s, v)| (s == *current).then_some(v))),
-        _ => cache.get::<S>(key),
-    };
+fn found<S>(r: Result<Option<S>>, failed: bool) -> Found<S> {
     match r {
-        _ if watch.failed() => Found::Unavailable,
+        _ if failed => Found::Unavailable,
         Ok(Some(v)) => Found::Hit(v),
         Ok(None) => Found::Miss,
         Err(e) if e.is_temporary() => Found::Unavailable,
@@ -227,8 +277,34 @@ fn lookup<S: DeserializeOwned>(cache: &CacheManager, key: &str, stamp: &Stamp) -
     }
 }
 
-/// Stores a result, unless an invalidation began since the call started (`epoch`): the result
-/// may predate it. Errors fail open: logged.
+/// Reads a stored result (see [`found`]).
+fn lookup<S: DeserializeOwned>(cache: &CacheManager, key: &str, stamp: &Stamp) -> Found<S> {
+    let watch = degraded::Watch::start();
+    let r = match stamp {
+        Stamp::Is(current) => cache
+            .get::<(String, S)>(key)
+            .map(|hit| unstamp(hit, current)),
+        _ => cache.get::<S>(key),
+    };
+    found(r, watch.failed())
+}
+
+/// Logs how a memoized store went, on either face: `None` when an invalidation began since
+/// the call started (nothing written: the result may predate it). Errors fail open.
+fn stored(key: &str, outcome: Option<Result<()>>) {
+    match outcome {
+        None => tracing::debug!(
+            key,
+            "ddf: an invalidation began while the result was computed; it is not cached"
+        ),
+        Some(Err(e)) => {
+            tracing::warn!(error = %e, "ddf: memoized write failed; the result is not cached")
+        }
+        Some(Ok(())) => {}
+    }
+}
+
+/// Stores a result, unless an invalidation began since the call started (`epoch`).
 fn store<S: Serialize>(
     cache: &CacheManager,
     f: &MemoFn,
@@ -241,25 +317,20 @@ fn store<S: Serialize>(
         Stamp::Is(current) => cache.set(key, &(current, value), f.ttl),
         _ => cache.set(key, value, f.ttl),
     };
-    match cache.epochs().store(epoch, write) {
-        None => tracing::debug!(
-            key,
-            "ddf: an invalidation began while the result was computed; it is not cached"
-        ),
-        Some(Err(e)) => {
-            tracing::warn!(error = %e, "ddf: memoized write failed; the result is not cached")
-        }
-        Some(Ok(())) => {}
-    }
+    stored(key, cache.epochs().store(epoch, write));
 }
 
-/// A memoized call whose lookup met a stopped or failing server: computes, without looking up
-/// again or storing (each would wait on the server once more). Logged once per call.
-fn compute_uncached<R>(key: &str, compute: impl FnOnce() -> R) -> R {
+/// A memoized call whose lookup met a stopped or failing server computes, without looking up
+/// again or storing (each would wait on the server once more): logged once per call.
+fn warn_uncached(key: &str) {
     tracing::warn!(
         key,
         "ddf: the cache server failed on the memoized lookup; calling the function, result not cached"
     );
+}
+
+fn compute_uncached<R>(key: &str, compute: impl FnOnce() -> R) -> R {
+    warn_uncached(key);
     compute()
 }
 
@@ -327,18 +398,8 @@ where
     P: Policy<R>,
     F: FnOnce() -> R,
 {
-    let Some(key) = key else {
-        return compute(); // an inactive cache
-    };
-    if matches!(stamp, Stamp::Unavailable) {
+    let Some(key) = memoized_key(key, &stamp) else {
         return compute();
-    }
-    let key = match key {
-        Ok(k) => k,
-        Err(e) => {
-            tracing::warn!(error = %e, "ddf: calling the function uncached");
-            return compute();
-        }
     };
     // Read before the lookup: an invalidation that returns after this never has its
     // pre-invalidation results served to a later call (see `epoch`).
@@ -436,11 +497,16 @@ pub fn invalidate_after(cache: &CacheManager, ok: bool, prefixes: &[String]) {
         return;
     }
     for p in prefixes {
-        match cache.invalidate_pattern(p) {
-            Ok(n) => tracing::debug!(prefix = %p, removed = n, "ddf: invalidate_on"),
-            Err(e) => {
-                tracing::warn!(prefix = %p, error = %e, "ddf: invalidate_on failed; stale entries may be served")
-            }
+        invalidated(p, cache.invalidate_pattern(p));
+    }
+}
+
+/// Logs how one `invalidate_on` prefix went, on either face.
+fn invalidated(prefix: &str, r: Result<u64>) {
+    match r {
+        Ok(n) => tracing::debug!(prefix, removed = n, "ddf: invalidate_on"),
+        Err(e) => {
+            tracing::warn!(prefix, error = %e, "ddf: invalidate_on failed; stale entries may be served")
         }
     }
 }

@@ -14,6 +14,7 @@ mod aio_face;
 mod aio_faults;
 #[cfg(all(feature = "redis", feature = "memcached"))]
 mod aio_model;
+mod amemo;
 mod conformance;
 mod docs;
 mod file;

@@ -117,8 +117,24 @@ mod conformance_suite {
     use ddf::{AsyncCacheManager, CacheBackend, CacheConfig, ServerAddr};
     use ddf_testkit::{MemcachedServer, RedisCluster, RedisServer};
 
+    use std::sync::Mutex;
+
     use crate::aio_face::{Blocked, runtime};
     use crate::conformance::{self, Caps};
+
+    /// Keeps each cache the suite builds, for [`assert_up`].
+    fn made(built: &Mutex<Vec<Blocked>>, c: Blocked) -> Blocked {
+        built.lock().unwrap().push(c.clone());
+        c
+    }
+
+    /// The suite ran on the server, not on the fallback: the breaker never opened.
+    pub fn assert_up(rt: &tokio::runtime::Runtime, cache: &AsyncCacheManager) {
+        let info = rt.block_on(cache.backend_info()).unwrap();
+        let get = |k: &str| info.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        assert_eq!(get("state").as_deref(), Some("up"), "{info:?}");
+        assert_eq!(get("transitions").as_deref(), Some("0"), "{info:?}");
+    }
 
     /// A server config whose fallback and journal live in `dir`.
     pub fn redis_config(port: u16, dir: &Path, ns: &str) -> CacheConfig {
@@ -164,13 +180,20 @@ mod conformance_suite {
         };
         let dir = tempfile::tempdir().unwrap();
         let rt = runtime();
+        let built = Mutex::new(Vec::new());
         conformance::run(
             &|ns| {
                 let cfg = redis_config(server.port(), dir.path(), ns);
-                Blocked::new(AsyncCacheManager::new(cfg).unwrap(), &rt)
+                made(
+                    &built,
+                    Blocked::new(AsyncCacheManager::new(cfg).unwrap(), &rt),
+                )
             },
             Caps::default(),
         );
+        for c in built.lock().unwrap().iter() {
+            assert_up(&rt, &c.cache);
+        }
         let c = Blocked::new(
             AsyncCacheManager::new(redis_config(server.port(), dir.path(), "x:")).unwrap(),
             &rt,
@@ -186,6 +209,7 @@ mod conformance_suite {
         };
         let dir = tempfile::tempdir().unwrap();
         let rt = runtime();
+        let built = Mutex::new(Vec::new());
         let nodes: Vec<ServerAddr> = cluster
             .addrs()
             .iter()
@@ -198,10 +222,16 @@ mod conformance_suite {
                     .with_redis_cluster_nodes(nodes.clone())
                     .with_pickle_dir(dir.path())
                     .with_namespace(ns);
-                Blocked::new(AsyncCacheManager::new(cfg).unwrap(), &rt)
+                made(
+                    &built,
+                    Blocked::new(AsyncCacheManager::new(cfg).unwrap(), &rt),
+                )
             },
             Caps::default(),
         );
+        for c in built.lock().unwrap().iter() {
+            assert_up(&rt, &c.cache);
+        }
     }
 
     #[test]
@@ -214,15 +244,113 @@ mod conformance_suite {
         };
         let dir = tempfile::tempdir().unwrap();
         let rt = runtime();
+        let built = Mutex::new(Vec::new());
         conformance::run(
             &|ns| {
                 let cfg = memcached_config(&servers, dir.path(), ns);
-                Blocked::new(AsyncCacheManager::new(cfg).unwrap(), &rt)
+                made(
+                    &built,
+                    Blocked::new(AsyncCacheManager::new(cfg).unwrap(), &rt),
+                )
             },
             Caps {
                 ttl_sleep: Some(Duration::from_millis(2100)),
                 ..Caps::default()
             },
         );
+        for c in built.lock().unwrap().iter() {
+            assert_up(&rt, &c.cache);
+        }
+    }
+}
+
+mod tls {
+    use std::sync::Arc;
+
+    use ddf::testing::internals::RedisBackend;
+    use ddf::{AsyncCacheManager, CacheBackend, CacheConfig, CacheManager, ServerAddr};
+    use ddf_testkit::{RedisCluster, RedisServer, TlsFiles};
+
+    /// What the server holds, read by the sync backend alone (no fallback in between).
+    fn held(config: &CacheConfig, key: &str) -> Option<Vec<i32>> {
+        let b = RedisBackend::from_config(config).unwrap();
+        CacheManager::with_backend(config.clone(), Arc::new(b))
+            .get(key)
+            .unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_async_client_speaks_tls() {
+        let Some(tls) = TlsFiles::generate() else {
+            return;
+        };
+        let Some(server) = RedisServer::start_tls(&tls, &[]) else {
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = CacheConfig::default()
+            .with_backend(CacheBackend::Redis)
+            .with_namespace("atls:")
+            .with_pickle_dir(dir.path())
+            .with_redis_url(Some(format!("rediss://localhost:{}/0", server.port())));
+        config.redis_ca_file = Some(tls.ca());
+        let cache = AsyncCacheManager::new(config.clone()).unwrap();
+        cache.set("k", &[1, 2, 3], None).await.unwrap();
+        assert_eq!(
+            cache.get::<Vec<i32>>("k").await.unwrap(),
+            Some(vec![1, 2, 3])
+        );
+        let check = config.clone();
+        let on_server = tokio::task::spawn_blocking(move || held(&check, "k"))
+            .await
+            .unwrap();
+        assert_eq!(on_server, Some(vec![1, 2, 3]), "written to the server");
+        assert_eq!(cache.invalidate_pattern("").await.unwrap(), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_cluster_over_tls() {
+        let Some(tls) = TlsFiles::generate() else {
+            return;
+        };
+        let Some(cluster) = RedisCluster::start_tls(&tls) else {
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let nodes: Vec<ServerAddr> = cluster
+            .addrs()
+            .iter()
+            .map(|a| ServerAddr::parse(a, 6379).unwrap())
+            .collect();
+        let mut config = CacheConfig::default()
+            .with_backend(CacheBackend::Redis)
+            .with_redis_cluster_nodes(nodes)
+            .with_pickle_dir(dir.path())
+            .with_namespace("act:");
+        config.redis_ca_file = Some(tls.ca());
+        let cache = AsyncCacheManager::new(config).unwrap();
+        let keys: Vec<String> = (0..100).map(|i| format!("k:{i}")).collect();
+        let items: Vec<(&str, usize)> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| (k.as_str(), i))
+            .collect();
+        cache.set_many(&items, None).await.unwrap();
+        let on_nodes: u64 = cluster
+            .nodes
+            .iter()
+            .map(|n| {
+                let size = cluster.cli(n.port(), &["DBSIZE"]);
+                size.trim().parse::<u64>().unwrap()
+            })
+            .sum();
+        assert_eq!(on_nodes, 100, "written to the cluster, not the fallback");
+        let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let got = cache.get_many::<usize>(&refs).await.unwrap();
+        assert!(got.iter().enumerate().all(|(i, v)| *v == Some(i)));
+        assert_eq!(cache.invalidate_pattern("k:").await.unwrap(), 100);
+        for n in &cluster.nodes {
+            assert_eq!(cluster.cli(n.port(), &["DBSIZE"]).trim(), "0");
+        }
     }
 }

@@ -122,9 +122,11 @@ fn from_config(config: &CacheConfig) -> Result<Arc<dyn AsyncBackend>> {
         // two faces replay each other's records), on the blocking pool. Not yet native: the
         // async twin of the per-server router is left for issue #12.
         #[cfg(feature = "memcached")]
-        BackendSettings::Memcached(s) if s.servers.len() > 1 => Arc::new(
-            Blocking::new(crate::backend::from_config(config)?, Place::Offload, Place::Offload),
-        ),
+        BackendSettings::Memcached(s) if s.servers.len() > 1 => Arc::new(Blocking::new(
+            crate::backend::from_config(config)?,
+            Place::Offload,
+            Place::Offload,
+        )),
         #[cfg(feature = "memcached")]
         BackendSettings::Memcached(settings) => {
             use crate::backend::memcached::{MemcachedBackend, aio::AsyncMemcached};

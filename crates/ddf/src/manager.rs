@@ -328,7 +328,7 @@ impl CacheManager {
 
     /// Lists at most `limit` keys that start with `prefix` (literally), with their expiry:
     /// what `ddf-cache keys` prints. Bounded on a large keyspace: Redis walks it with `SCAN`,
-    /// Memcached with `lru_crawler metadump` (no expiry shown), the local directory with one
+    /// Memcached with `lru_crawler metadump`, the local directory with one
     /// range scan; it stops at `limit`. A disabled cache lists nothing.
     ///
     /// ```

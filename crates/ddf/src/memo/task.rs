@@ -489,6 +489,7 @@ mod tests {
         runtime().block_on(async {
             let c = Arc::new(c);
             let (go_tx, go) = tokio::sync::oneshot::channel::<()>();
+            let (started_tx, started) = tokio::sync::oneshot::channel::<()>();
             let leader = {
                 let c = c.clone();
                 tokio::spawn(async move {
@@ -498,6 +499,7 @@ mod tests {
                         key("p"),
                         Stamp::Unused,
                         || async {
+                            let _ = started_tx.send(());
                             let _ = go.await;
                             panic!("the body panicked")
                         },
@@ -505,7 +507,8 @@ mod tests {
                     .await
                 })
             };
-            tokio::task::yield_now().await;
+            // The leader leads (its body runs) before the waiter starts: no race on who leads.
+            started.await.unwrap();
             let waiter = {
                 let c = c.clone();
                 tokio::spawn(async move {

@@ -446,13 +446,17 @@ impl Conn {
     }
 
     /// `lru_crawler metadump hash` (or `all`): calls `each` with every key on the server
-    /// (URL-decoded). `Ok(false)` when the crawler is busy with another request (try again
-    /// later).
+    /// (URL-decoded) and its `exp=` field (a Unix time, `-1` for never; `None` if absent).
+    /// `Ok(false)` when the crawler is busy with another request (try again later).
     ///
     /// `hash` walks the hash table with each bucket locked and sees every linked item; `all`
     /// walks the LRU queues and skips items that are busy at that moment (being read, queued
     /// for an LRU bump), so it can miss keys (memcached's crawler.c).
-    pub fn metadump(&mut self, hash: bool, mut each: impl FnMut(&[u8])) -> McResult<bool> {
+    pub fn metadump(
+        &mut self,
+        hash: bool,
+        mut each: impl FnMut(&[u8], Option<i64>),
+    ) -> McResult<bool> {
         self.begin()?;
         proto::metadump(&mut self.out, hash);
         self.flush()?;
@@ -468,10 +472,10 @@ impl Conn {
                      -o no_lru_crawler)",
                     String::from_utf8_lossy(l)
                 ))),
-                TextLine::DumpKey(enc) => {
+                TextLine::DumpKey { key: enc, exp } => {
                     key.clear();
                     proto::url_decode(enc, &mut key);
-                    each(&key);
+                    each(&key, exp);
                     Ok(None)
                 }
                 other => Err(unexpected_text("lru_crawler metadump", &other)),
@@ -491,7 +495,7 @@ fn unexpected_text(what: &str, line: &TextLine<'_>) -> McError {
     let text = match line {
         TextLine::Other(l)
         | TextLine::Version(l)
-        | TextLine::DumpKey(l)
+        | TextLine::DumpKey { key: l, .. }
         | TextLine::Busy(l)
         | TextLine::BadClass(l)
         | TextLine::Error(l) => proto::shown(l),

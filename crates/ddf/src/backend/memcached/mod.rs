@@ -522,14 +522,17 @@ impl MemcachedBackend {
     }
 
     /// Lists this server's keys that belong to storage keys starting with `prefix` (whole
-    /// storage key checked for undecidable mapped keys), and whether the server holds more items
-    /// than the listing showed (`curr_items` above the keys listed: the crawler skipped some).
+    /// storage key checked for undecidable mapped keys), at most `cap` of them (the server's
+    /// whole dump is still read, one line at a time: memory follows `cap`, not the keyspace),
+    /// each with its `exp=` field; and whether the server holds more items than the listing
+    /// showed (`curr_items` above the keys listed: the crawler skipped some).
     fn list_matching(
         &self,
         server: &Server,
         prefix: &MemcachedPrefix,
         raw_prefix: &str,
-    ) -> Result<(Vec<String>, bool)> {
+        cap: usize,
+    ) -> Result<(Vec<(String, Option<i64>)>, bool)> {
         let deadline = Instant::now() + self.timeout * 15;
         let mut sure = Vec::new();
         let mut maybe = Vec::new();
@@ -545,8 +548,11 @@ impl MemcachedBackend {
                 sure.clear();
                 maybe.clear();
                 let mut listed = 0u64;
-                let r = c.metadump(hash, |k| {
+                let r = c.metadump(hash, |k, exp| {
                     listed += 1;
+                    if sure.len() + maybe.len() >= cap {
+                        return;
+                    }
                     // A key we could not send back (binary-protocol keys) is never ours.
                     let Ok(k) = std::str::from_utf8(k) else {
                         return;
@@ -555,8 +561,8 @@ impl MemcachedBackend {
                         return;
                     }
                     match prefix.matches(k.as_bytes()) {
-                        PrefixMatch::Yes => sure.push(k.to_owned()),
-                        PrefixMatch::Maybe => maybe.push(k.to_owned()),
+                        PrefixMatch::Yes => sure.push((k.to_owned(), exp)),
+                        PrefixMatch::Maybe => maybe.push((k.to_owned(), exp)),
                         PrefixMatch::No => {}
                     }
                 });
@@ -600,7 +606,7 @@ impl MemcachedBackend {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        for k in maybe {
+        for (k, exp) in maybe {
             let v = self.run(server, "get", |c| c.get(&k))?;
             let Some(v) = v else { continue };
             let full = match split_mapped(&v.data) {
@@ -608,10 +614,26 @@ impl MemcachedBackend {
                 None => k.starts_with(raw_prefix),
             };
             if full {
-                sure.push(k);
+                sure.push((k, exp));
             }
         }
         Ok((sure, unlisted))
+    }
+}
+
+/// The expiry a metadump's `exp=` field gives: `-1` never; else an absolute Unix time, shown as
+/// what is left of it (whole seconds, as memcached keeps it).
+fn dump_expiry(exp: Option<i64>) -> super::Expiry {
+    match exp {
+        Some(-1) => super::Expiry::Never,
+        Some(at) if at >= 0 => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let at = u64::try_from(at).unwrap_or(0);
+            super::Expiry::In(Duration::from_secs(at.saturating_sub(now)))
+        }
+        _ => super::Expiry::Unknown,
     }
 }
 
@@ -720,7 +742,7 @@ impl Backend for MemcachedBackend {
             // again.
             for _ in 0..METADUMP_PASSES {
                 let began = Instant::now();
-                let (keys, unlisted) = self.list_matching(server, &mp, &raw)?;
+                let (keys, unlisted) = self.list_matching(server, &mp, &raw, usize::MAX)?;
                 let lru_walk = server.no_hash_dump.load(Ordering::Relaxed);
                 if keys.is_empty() {
                     if !lru_walk || !unlisted || began >= settled {
@@ -731,7 +753,7 @@ impl Backend for MemcachedBackend {
                 }
                 let again = lru_walk;
                 for chunk in keys.chunks(BATCH * 4) {
-                    let refs: Vec<&[u8]> = chunk.iter().map(|k| k.as_bytes()).collect();
+                    let refs: Vec<&[u8]> = chunk.iter().map(|(k, _)| k.as_bytes()).collect();
                     total += self.run(server, "delete", |c| c.delete_many(&refs))?;
                 }
                 if !again {
@@ -744,7 +766,8 @@ impl Backend for MemcachedBackend {
 
     fn keys(&self, prefix: &str, limit: usize) -> Result<Vec<super::EntryInfo>> {
         // The same server-side listing as prefix invalidation (`lru_crawler metadump`): the
-        // server walks its items, ddf keeps the matching keys only. Expiries are not listed.
+        // server walks its items, ddf keeps at most `limit` matching keys per server, with the
+        // expiry the dump gives (`exp=`, an absolute Unix time).
         let raw = self.keyspace.storage_key(prefix);
         let mp = MemcachedPrefix::new(&raw);
         let mut out = Vec::new();
@@ -752,11 +775,11 @@ impl Backend for MemcachedBackend {
             if out.len() >= limit {
                 break;
             }
-            let (keys, _) = self.list_matching(server, &mp, &raw)?;
-            out.extend(keys.iter().take(limit - out.len()).map(|wire| {
+            let (keys, _) = self.list_matching(server, &mp, &raw, limit - out.len())?;
+            out.extend(keys.iter().map(|(wire, exp)| {
                 super::EntryInfo::new(
                     shown_key(wire, self.keyspace.namespace()),
-                    super::Expiry::Unknown,
+                    dump_expiry(*exp),
                 )
             }));
         }

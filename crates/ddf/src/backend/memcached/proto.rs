@@ -256,9 +256,15 @@ pub(crate) enum TextLine<'a> {
         /// Its value.
         value: &'a [u8],
     },
-    /// A metadump line `key=<url-encoded key> exp=...`: the key, still URL-encoded (decode it
-    /// with [`url_decode`]).
-    DumpKey(&'a [u8]),
+    /// A metadump line `key=<url-encoded key> exp=<unix time, or -1> ...`: the key, still
+    /// URL-encoded (decode it with [`url_decode`]), and its expiry as the server gave it
+    /// (`None` when the line has no readable `exp=` field).
+    DumpKey {
+        /// The URL-encoded key.
+        key: &'a [u8],
+        /// `exp=`: an absolute Unix time in seconds, or `-1` (never).
+        exp: Option<i64>,
+    },
     /// `BUSY ...`: the LRU crawler is busy with another request; the whole line.
     Busy(&'a [u8]),
     /// `BADCLASS ...`: the server read the metadump argument as a slab class list.
@@ -424,7 +430,13 @@ pub(crate) fn parse_text(buf: &[u8]) -> Result<Parsed<TextLine<'_>>, ProtoError>
                     _ => TextLine::Other(l),
                 }
             } else if let Some(rest) = l.strip_prefix(b"key=") {
-                TextLine::DumpKey(rest.split(|&b| b == b' ').next().unwrap_or(rest))
+                let mut fields = rest.split(|&b| b == b' ');
+                let key = fields.next().unwrap_or(rest);
+                let exp = fields
+                    .find_map(|f| f.strip_prefix(b"exp="))
+                    .and_then(|v| std::str::from_utf8(v).ok())
+                    .and_then(|v| v.parse::<i64>().ok());
+                TextLine::DumpKey { key, exp }
             } else if l.starts_with(b"BUSY") {
                 TextLine::Busy(l)
             } else if l.starts_with(b"BADCLASS") {

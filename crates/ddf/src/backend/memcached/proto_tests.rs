@@ -152,8 +152,14 @@ fn text_expected() -> Vec<TextLine<'static>> {
         },
         TextLine::End,
         TextLine::Ok,
-        TextLine::DumpKey(b"a%20b"),
-        TextLine::DumpKey(b"plain"),
+        TextLine::DumpKey {
+            key: b"a%20b",
+            exp: Some(-1),
+        },
+        TextLine::DumpKey {
+            key: b"plain",
+            exp: None,
+        },
         TextLine::Busy(b"BUSY currently processing crawler request"),
         TextLine::BadClass(b"BADCLASS invalid class id"),
         TextLine::Error(b"ERROR"),

@@ -532,7 +532,7 @@ impl MemcachedBackend {
         prefix: &MemcachedPrefix,
         raw_prefix: &str,
         cap: usize,
-    ) -> Result<(Vec<(String, Option<i64>)>, bool)> {
+    ) -> Result<(Vec<Listed>, bool)> {
         let deadline = Instant::now() + self.timeout * 15;
         let mut sure = Vec::new();
         let mut maybe = Vec::new();
@@ -620,6 +620,9 @@ impl MemcachedBackend {
         Ok((sure, unlisted))
     }
 }
+
+/// A key a metadump listed (on the wire), with its `exp=` field.
+type Listed = (String, Option<i64>);
 
 /// The expiry a metadump's `exp=` field gives: `-1` never; else an absolute Unix time, shown as
 /// what is left of it (whole seconds, as memcached keeps it).

@@ -428,6 +428,27 @@ mod tests {
         Item::new(s.as_bytes().to_vec(), 16)
     }
 
+    /// A breaker per Memcached server opens one fallback per server on the same database at
+    /// once; the first open of a fresh file (WAL switch, schema) must not fail with "database is
+    /// locked" (it did in the interop suite, with two servers).
+    #[test]
+    fn many_first_opens_of_one_database_at_once_all_succeed() {
+        for _ in 0..50 {
+            let dir = tempfile::tempdir().unwrap();
+            let barrier = std::sync::Barrier::new(8);
+            std::thread::scope(|s| {
+                for i in 0..8 {
+                    let (dir, barrier) = (dir.path(), &barrier);
+                    s.spawn(move || {
+                        barrier.wait();
+                        let b = FileBackend::open(dir.join("c"), &format!("ns{i}:")).unwrap();
+                        b.set("k", &item("v"), None).unwrap();
+                    });
+                }
+            });
+        }
+    }
+
     #[test]
     fn expiry_with_a_mock_clock() {
         let (_d, b, clock) = backend();

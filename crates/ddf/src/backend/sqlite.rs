@@ -210,7 +210,31 @@ impl Db {
         }
     }
 
+    /// Opens a connection; a first open that several threads or processes make at once (the
+    /// switch to WAL mode and the schema need the write lock, and SQLite answers `SQLITE_BUSY`
+    /// to some of them at once, without waiting on its busy handler) is tried again until
+    /// [`BUSY_TIMEOUT`].
     fn connect(&self) -> rusqlite::Result<Connection> {
+        let deadline = Instant::now() + BUSY_TIMEOUT;
+        let mut pause = Duration::from_millis(2);
+        loop {
+            match self.connect_once() {
+                Err(e)
+                    if matches!(
+                        e.sqlite_error_code(),
+                        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
+                    ) && Instant::now() + pause < deadline =>
+                {
+                    debug!(error = %e, "SQLite busy while opening {}; trying again", self.path.display());
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(100));
+                }
+                r => return r,
+            }
+        }
+    }
+
+    fn connect_once(&self) -> rusqlite::Result<Connection> {
         if !self.path.exists() {
             // Create the file ourselves so that it (and the -wal/-shm files SQLite derives from
             // it) is private to the user.

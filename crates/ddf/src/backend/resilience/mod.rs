@@ -405,7 +405,7 @@ impl Resilient {
                 }
                 r
             }
-            Attempt::NotUp | Attempt::Failed(_) => self.on_fallback_recorded(record, &op),
+            Attempt::NotUp | Attempt::Failed(_) => self.on_fallback_recorded(record, &op).0,
         }
     }
 
@@ -426,9 +426,13 @@ impl Resilient {
                 }
                 r
             }
-            Attempt::NotUp => self.on_fallback_recorded(record, &op),
+            Attempt::NotUp => self.on_fallback_recorded(record, &op).0,
             Attempt::Failed(e) => {
-                self.on_fallback_recorded(record, &op)?;
+                match self.on_fallback_recorded(record, &op) {
+                    // The primary came back meanwhile and took the whole call: its answer.
+                    (r, Landed::Primary) => return r,
+                    (r, Landed::Fallback) => drop(r?),
+                }
                 Err(self.partway(what, e))
             }
         }
@@ -453,12 +457,14 @@ impl Resilient {
     /// what the primary must forget durably, then apply the call to the fallback, both under
     /// the shared gate, so that the probe's last replay and its clearing of the fallback (under
     /// the exclusive gate) cannot fall between them. If the primary came back meanwhile, the
-    /// call runs on it instead; a temporary failure there marks it down again and records.
+    /// call runs on it instead (and, as on the primary's first try, what it makes the server
+    /// forget the open outages forget); a temporary failure there marks it down again and
+    /// records. Says where the call landed.
     fn on_fallback_recorded<'k, T>(
         &self,
         record: impl FnOnce() -> Vec<PendingOp<'k>>,
         op: &impl Fn(&dyn Backend) -> Result<T>,
-    ) -> Result<T> {
+    ) -> (Result<T>, Landed) {
         let s = &self.shared;
         let _gate = loop {
             let gate = read(&s.gate);
@@ -471,18 +477,24 @@ impl Resilient {
                         Shared::failed(s, true, &e);
                         continue;
                     }
-                    r => return r,
+                    Ok(v) => {
+                        s.forget_in_open_outages(record);
+                        return (Ok(v), Landed::Primary);
+                    }
+                    Err(e) => return (Err(e), Landed::Primary),
                 }
             }
             break gate;
         };
         let ops = record();
-        s.journal.append(&s.cfg.scope, &ops)?;
+        if let Err(e) = s.journal.append(&s.cfg.scope, &ops) {
+            return (Err(e), Landed::Fallback);
+        }
         let g = s.generation.load(Ordering::Acquire);
         let r = self.on_fallback_in(g, op);
         s.drop_if_closed(g, &ops);
         s.forget_in_other_outages(g, &ops);
-        r
+        (r, Landed::Fallback)
     }
 
     fn refusal(&self) -> Error {
@@ -537,6 +549,15 @@ pub(crate) enum Forget<'a> {
     Prefix(&'a str),
     /// The whole namespace.
     All,
+}
+
+/// Where [`Resilient::on_fallback_recorded`] ran a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Landed {
+    /// On the primary, which came back meanwhile: nothing was recorded.
+    Primary,
+    /// Recorded, then on the fallback.
+    Fallback,
 }
 
 fn deletes<'k>(keys: impl Iterator<Item = &'k str>) -> Vec<PendingOp<'k>> {

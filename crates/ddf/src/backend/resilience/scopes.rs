@@ -333,8 +333,8 @@ impl PerScope {
     /// Runs `op` on every scope at once, one thread each (this thread takes the first scope),
     /// so that a call spanning the servers (two of them stopped, say) waits for the slowest,
     /// not for the sum. A thread the system refuses is replaced by running on this one. A
-    /// temporary failure met on a helper thread is noted on this one (memoization reads it).
-    /// Results in scope order.
+    /// temporary failure or a fallback answer met on a helper thread is noted on this one
+    /// (memoization and the manager's `fallback` counter read them). Results in scope order.
     fn fan_out<T: Send>(&self, op: impl Fn(&Scope) -> T + Sync) -> Vec<T> {
         use crate::backend::degraded;
         let Some((first, rest)) = self.scopes.split_first() else {
@@ -343,8 +343,9 @@ impl PerScope {
         let op = &op;
         let watched = move |scope: &Scope| {
             let watch = degraded::Watch::start();
+            let fallback = degraded::FallbackWatch::start();
             let v = op(scope);
-            (v, watch.failed())
+            (v, watch.failed(), fallback.served())
         };
         std::thread::scope(|s| {
             let handles: Vec<_> = rest
@@ -361,9 +362,12 @@ impl PerScope {
             out.push(op(first));
             for (scope, h) in handles {
                 match h.map(std::thread::ScopedJoinHandle::join) {
-                    Some(Ok((v, failed))) => {
+                    Some(Ok((v, failed, served))) => {
                         if failed {
                             degraded::note_temporary_failure();
+                        }
+                        if served {
+                            degraded::note_fallback();
                         }
                         out.push(v);
                     }

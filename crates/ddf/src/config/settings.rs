@@ -660,6 +660,7 @@ mod tests {
     use super::*;
 
     #[test]
+    #[cfg(feature = "redis")]
     fn an_empty_redis_port_names_the_key_the_file_and_the_line() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ddf.ini");

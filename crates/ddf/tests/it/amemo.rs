@@ -323,6 +323,7 @@ fn async_memo_on_the_file_backend() {
 }
 
 #[test]
+#[cfg(feature = "redis")]
 fn async_memo_on_redis() {
     let Some(server) = ddf_testkit::RedisServer::start() else {
         return; // no redis-server here (a failure under DDF_TEST_REQUIRE_SERVERS=1)
@@ -339,6 +340,7 @@ fn async_memo_on_redis() {
 }
 
 #[test]
+#[cfg(feature = "memcached")]
 fn async_memo_on_memcached() {
     let Some(servers): Option<Vec<_>> = (0..2)
         .map(|_| ddf_testkit::MemcachedServer::start())
@@ -501,6 +503,7 @@ fn free_async_functions_use_the_global_async_cache_by_default() {
 /// cache with the read), so the function runs and nothing is looked up again or stored.
 /// Counted in the statistics, not timed.
 #[test]
+#[cfg(feature = "redis")]
 fn a_memoized_call_on_a_stopped_redis_reads_once_and_stores_nothing() {
     let port = ddf_testkit::free_port();
     let Some(server) = ddf_testkit::RedisServer::start_on(port, &[]) else {

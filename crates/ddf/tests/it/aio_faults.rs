@@ -286,3 +286,51 @@ async fn redis_start_with_the_server_down() {
 async fn memcached_start_with_the_server_down() {
     start_with_the_server_down(Kind::Memcached).await;
 }
+
+/// A Redis that accepts connections and never answers: 64 tasks that find no connection share
+/// the connection attempt under way (the ones queued behind it do not each make their own, one
+/// `connect_timeout` after another). Counted: the connections the server accepted; bounded: the
+/// slowest call, generously (a "does not hang" bound, not a speed target).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_connect_attempts_are_shared_by_the_calls_queued_behind_them() {
+    let fake = ddf_testkit::FakeServer::start(|_| ddf_testkit::FakeReply::Nothing);
+    let (connect, timeout) = (Duration::from_millis(300), Duration::from_millis(400));
+    let mut config = ddf::CacheConfig::default()
+        .with_backend(ddf::CacheBackend::Redis)
+        .with_redis("127.0.0.1", fake.port())
+        .with_timeouts(connect, timeout)
+        .with_namespace(crate::conformance::unique_namespace("aconnect"));
+    // A `SELECT` at connection set-up: the attempt waits for its reply (the TCP connect alone
+    // would succeed against this server).
+    config.redis_db = 1;
+    // Errors, not the fallback: each call's own outcome is the attempt's.
+    config.fallback = ddf::FallbackMode::Error;
+    let cache = AsyncCacheManager::new(config).unwrap();
+    let calls: Vec<_> = (0..64)
+        .map(|i| {
+            let cache = cache.clone();
+            tokio::spawn(async move {
+                let t = Instant::now();
+                let r = cache.get::<String>(&format!("k:{i}")).await;
+                (t.elapsed(), r.map_err(|e| e.to_string()))
+            })
+        })
+        .collect();
+    let mut worst = Duration::ZERO;
+    for c in calls {
+        let (took, r) = c.await.unwrap();
+        worst = worst.max(took);
+        let e = r.expect_err("nothing answers");
+        assert!(e.contains("connect"), "{e}");
+    }
+    let attempts = fake.connections();
+    eprintln!("64 calls, server never answering: worst call {worst:?}, {attempts} connections");
+    assert!(
+        worst < 3 * (connect + timeout),
+        "worst call {worst:?}, {attempts} connection attempts"
+    );
+    assert!(
+        attempts <= 4,
+        "{attempts} connection attempts for one burst"
+    );
+}

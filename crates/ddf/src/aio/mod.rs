@@ -67,6 +67,17 @@ impl Drop for Inner {
     }
 }
 
+/// An owned handle on a cache's invalidation epochs, for a store task that may outlive its
+/// caller.
+struct OwnedEpochs(AsyncCacheManager);
+
+impl std::ops::Deref for OwnedEpochs {
+    type Target = Epochs;
+    fn deref(&self) -> &Epochs {
+        self.0.epochs()
+    }
+}
+
 impl fmt::Debug for AsyncCacheManager {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let core = &self.inner.core;
@@ -286,12 +297,7 @@ impl AsyncCacheManager {
         value: &T,
         ttl: Option<Duration>,
     ) -> impl Future<Output = Noted<()>> + Send + 'a {
-        let prepared = self.core().ttl_or_default(ttl).and_then(|ttl| {
-            if !self.core().enabled() {
-                return Ok(None);
-            }
-            Ok(Some((self.core().encode(key, value)?, ttl)))
-        });
+        let prepared = self.prepare_set(key, value, ttl);
         async move {
             match prepared {
                 Err(e) => Noted::clean(Err(e)),
@@ -299,6 +305,41 @@ impl AsyncCacheManager {
                 Ok(Some((item, ttl))) => self.set_item(key, item, ttl).await,
             }
         }
+    }
+
+    /// A `set`'s item and TTL, encoded now; `None` when the cache is disabled.
+    fn prepare_set<T: Serialize + ?Sized>(
+        &self,
+        key: &str,
+        value: &T,
+        ttl: Option<Duration>,
+    ) -> Result<Option<(Item, Option<Duration>)>> {
+        let ttl = self.core().ttl_or_default(ttl)?;
+        if !self.core().enabled() {
+            return Ok(None);
+        }
+        Ok(Some((self.core().encode(key, value)?, ttl)))
+    }
+
+    /// Memoization's store: the value encoded now, then written (as [`AsyncCacheManager::set`])
+    /// unless an invalidation began since `epoch`, in a task of its own that holds the
+    /// store's registration until the write finished (see [`Epochs::store_async`]).
+    pub(crate) fn store_memoized<T: Serialize + ?Sized>(
+        &self,
+        epoch: u64,
+        key: &str,
+        value: &T,
+        ttl: Option<Duration>,
+    ) -> impl Future<Output = Option<Result<()>>> + Send + 'static {
+        let prepared = self.prepare_set(key, value, ttl);
+        let (this, key) = (self.clone(), key.to_owned());
+        let write = async move {
+            match prepared? {
+                None => Ok(()),
+                Some((item, ttl)) => this.set_item(&key, item, ttl).await.result,
+            }
+        };
+        Epochs::store_async(OwnedEpochs(self.clone()), epoch, write)
     }
 
     async fn set_item(&self, key: &str, item: Item, ttl: Option<Duration>) -> Noted<()> {

@@ -12,7 +12,10 @@
 //!   requests as they come and matches replies in order, so that 64 tasks pipeline on one
 //!   socket without a pool.
 //! - **Bounded waits**: connect (set-up, `AUTH`, `SELECT` included) within `connect_timeout`,
-//!   every reply within `timeout` (redis-rs's response timeout).
+//!   every reply within `timeout` (redis-rs's response timeout). One attempt connects at a
+//!   time, and the calls queued behind it share its outcome (a failure included) instead of
+//!   each making its own in turn: a call waits at most one `connect_timeout` plus its
+//!   `timeout`, however many tasks find no connection at once.
 //! - **Cancellation**: a dropped future only drops its reply's receiver; the driver still reads
 //!   that reply and discards it, so the connection never gets out of step and a later request
 //!   never reads another's reply.
@@ -22,6 +25,7 @@
 //!   retries a dead pooled connection once). Timeouts are never retried.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -62,8 +66,19 @@ pub(crate) struct AsyncRedis {
     connect_timeout: Duration,
     /// The shared connection, once open.
     current: Mutex<Option<Conn>>,
-    /// Held while connecting, so that a burst of tasks opens one connection, not one each.
-    connecting: tokio::sync::Mutex<()>,
+    /// Held while connecting, so that a burst of tasks opens one connection, not one each;
+    /// it keeps the last attempt's failure for the calls that queued behind that attempt.
+    connecting: tokio::sync::Mutex<LastAttempt>,
+    /// Connection attempts finished (a generation: a call reads it before it queues for
+    /// `connecting`, and an attempt that finished since is its outcome too).
+    attempts: AtomicU64,
+}
+
+/// The outcome of the last connection attempt, when it failed: the message and whether it is
+/// temporary (an [`Error`] is not `Clone`; every waiter gets its own).
+#[derive(Debug, Default)]
+struct LastAttempt {
+    failure: Option<(String, bool)>,
 }
 
 impl std::fmt::Debug for AsyncRedis {
@@ -94,7 +109,8 @@ impl AsyncRedis {
             timeout,
             connect_timeout,
             current: Mutex::new(None),
-            connecting: tokio::sync::Mutex::new(()),
+            connecting: tokio::sync::Mutex::new(LastAttempt::default()),
+            attempts: AtomicU64::new(0),
         })
     }
 
@@ -124,29 +140,55 @@ impl AsyncRedis {
                 source: None,
             });
         }
-        let _one = self.connecting.lock().await;
+        // Calls that queue while an attempt is under way share its outcome: with a server
+        // that accepts and never answers, 64 queued calls then wait one `connect_timeout`,
+        // not one each in turn.
+        let queued_at = self.attempts.load(Ordering::SeqCst);
+        let mut last = self.connecting.lock().await;
         if let Some(c) = self.current() {
             return Ok(c);
         }
-        let opened = tokio::time::timeout(self.connect_timeout, self.open()).await;
-        let c = match opened {
-            Ok(Ok(c)) => c,
-            Ok(Err(e)) => return Err(self.core.map_err("cannot connect", &e)),
-            Err(_) => {
-                return Err(Error::Backend {
-                    backend: NAME,
-                    message: format!(
-                        "cannot connect to {}: timed out after {:?} (connect_timeout)",
-                        self.core.place(),
-                        self.connect_timeout
-                    ),
-                    temporary: true,
-                    source: None,
-                });
+        if self.attempts.load(Ordering::SeqCst) != queued_at
+            && let Some((message, temporary)) = &last.failure
+        {
+            return Err(Error::Backend {
+                backend: NAME,
+                message: message.clone(),
+                temporary: *temporary,
+                source: None,
+            });
+        }
+        let opened = self.attempt().await;
+        last.failure = match &opened {
+            Ok(c) => {
+                *self.current.lock().unwrap_or_else(PoisonError::into_inner) = Some(c.clone());
+                None
             }
+            Err(Error::Backend {
+                message, temporary, ..
+            }) => Some((message.clone(), *temporary)),
+            Err(e) => Some((e.to_string(), e.is_temporary())),
         };
-        *self.current.lock().unwrap_or_else(PoisonError::into_inner) = Some(c.clone());
-        Ok(c)
+        self.attempts.fetch_add(1, Ordering::SeqCst);
+        opened
+    }
+
+    /// One connection attempt, bounded by `connect_timeout`.
+    async fn attempt(&self) -> Result<Conn> {
+        match tokio::time::timeout(self.connect_timeout, self.open()).await {
+            Ok(Ok(c)) => Ok(c),
+            Ok(Err(e)) => Err(self.core.map_err("cannot connect", &e)),
+            Err(_) => Err(Error::Backend {
+                backend: NAME,
+                message: format!(
+                    "cannot connect to {}: timed out after {:?} (connect_timeout)",
+                    self.core.place(),
+                    self.connect_timeout
+                ),
+                temporary: true,
+                source: None,
+            }),
+        }
     }
 
     async fn open(&self) -> RedisResult<Conn> {

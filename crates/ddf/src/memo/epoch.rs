@@ -19,6 +19,7 @@
 //! seen here (as between any two processes, its results can cross).
 
 use std::collections::BTreeMap;
+use std::ops::Deref;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 
@@ -73,22 +74,8 @@ impl Epochs {
     /// Runs `write` (a memoized call's store) if no invalidation began since `epoch`; `None`
     /// (nothing written) if one did.
     pub(crate) fn store<T>(&self, epoch: u64, write: impl FnOnce() -> T) -> Option<T> {
-        let _writing = self.begin_store(epoch)?;
+        let _writing = begin_store(self, epoch)?;
         Some(write())
-    }
-
-    /// Registers a store of `epoch` unless an invalidation began since; it ends when the
-    /// guard is dropped.
-    fn begin_store(&self, epoch: u64) -> Option<Writing<'_>> {
-        let mut st = lock(&self.state);
-        if self.current.load(Ordering::SeqCst) != epoch {
-            return None;
-        }
-        *st.writing.entry(epoch).or_insert(0) += 1;
-        Some(Writing {
-            epochs: self,
-            epoch,
-        })
     }
 
     /// [`Epochs::invalidate`] for the async face: the wait for older stores is a wait on a
@@ -118,25 +105,77 @@ impl Epochs {
     }
 
     /// [`Epochs::store`] for the async face: `write` runs (and is awaited) if no invalidation
-    /// began since `epoch`. A dropped future ends its store (the guard lives in the future).
+    /// began since `epoch`; `None` (nothing written) if one did.
+    ///
+    /// The write runs as a task of its own that holds the store's registration until the write
+    /// has finished, and this future awaits that task. A caller's future dropped mid-store (a
+    /// timeout, `select!`, an aborted task) therefore ends nothing early: a write already
+    /// handed to the blocking pool, or to a socket, keeps running, and so does the
+    /// registration, so an invalidation begun after the drop still waits for it (the guard in
+    /// the caller's future alone would let the invalidation's delete commit first and the
+    /// orphaned write after it: a stale entry). Outside a tokio runtime the write runs in this
+    /// future (the blocking pool is not used then either, see
+    /// [`offload`](crate::aio::backend::offload)); `epochs` is an owned handle on the cache's
+    /// epochs, for the task.
     #[cfg(feature = "async")]
-    pub(crate) async fn store_async<F: std::future::Future>(
-        &self,
+    pub(crate) async fn store_async<E, F, T>(
+        epochs: E,
         epoch: u64,
         write: F,
-    ) -> Option<F::Output> {
-        let _writing = self.begin_store(epoch)?;
-        Some(write.await)
+    ) -> Option<crate::error::Result<T>>
+    where
+        E: Deref<Target = Epochs> + Send + 'static,
+        F: std::future::Future<Output = crate::error::Result<T>> + Send + 'static,
+        T: Send + 'static,
+    {
+        let writing = begin_store(epochs, epoch)?;
+        let task = async move {
+            let r = write.await;
+            drop(writing);
+            r
+        };
+        Some(match tokio::runtime::Handle::try_current() {
+            Ok(h) => h.spawn(task).await.unwrap_or_else(|e| {
+                Err(crate::error::Error::Backend {
+                    backend: "memo",
+                    message: format!(
+                        "the memoized store did not finish ({}): is the runtime shutting down?",
+                        if e.is_panic() {
+                            "it panicked"
+                        } else {
+                            "cancelled"
+                        }
+                    ),
+                    temporary: true,
+                    source: None,
+                })
+            }),
+            Err(_) => task.await,
+        })
     }
 }
 
+/// Registers a store of `epoch` unless an invalidation began since; it ends when the guard is
+/// dropped. `epochs` is a reference (the sync face) or an owned handle (the async face's store
+/// task, which may outlive its caller).
+fn begin_store<E: Deref<Target = Epochs>>(epochs: E, epoch: u64) -> Option<Writing<E>> {
+    {
+        let mut st = lock(&epochs.state);
+        if epochs.current.load(Ordering::SeqCst) != epoch {
+            return None;
+        }
+        *st.writing.entry(epoch).or_insert(0) += 1;
+    }
+    Some(Writing { epochs, epoch })
+}
+
 /// A store in progress; ends (and wakes waiting invalidations) when dropped, on unwinding too.
-struct Writing<'a> {
-    epochs: &'a Epochs,
+struct Writing<E: Deref<Target = Epochs>> {
+    epochs: E,
     epoch: u64,
 }
 
-impl Drop for Writing<'_> {
+impl<E: Deref<Target = Epochs>> Drop for Writing<E> {
     fn drop(&mut self) {
         let mut st = lock(&self.epochs.state);
         if let Some(n) = st.writing.get_mut(&self.epoch) {

@@ -18,6 +18,7 @@ use super::epoch::Epochs;
 use super::flight::Landing;
 use super::flight_task::{self, TaskTurn};
 use super::{Found, MemoFn, Policy, Stamp, found, memoized_key, stored, unstamp, warn_uncached};
+use crate::aio::backend::BoxFuture;
 use crate::error::Result;
 
 /// What async memoization needs of a cache: [`crate::AsyncCacheManager`] is the one
@@ -38,14 +39,17 @@ pub trait AsyncMemoCache: Sync {
         &self,
         key: &str,
     ) -> impl Future<Output = (Result<Option<S>>, bool)> + Send;
-    /// Writes a value. The future is `Send` as the implementation's is (no bound here: a
-    /// `Send` bound would require `S: Sync` of every result type).
-    fn memo_set<'a, S: Serialize + ?Sized>(
-        &'a self,
-        key: &'a str,
-        value: &'a S,
+    /// Stores a memoized result unless an invalidation began since `epoch` (`None`: nothing
+    /// written; see [`Epochs::store_async`]). The value is encoded when this is called; the
+    /// write then runs as a task of its own, so it neither borrows the value nor ends early
+    /// when the caller's future is dropped.
+    fn memo_store<S: Serialize + ?Sized>(
+        &self,
+        epoch: u64,
+        key: &str,
+        value: &S,
         ttl: Option<Duration>,
-    ) -> impl Future<Output = Result<()>> + 'a;
+    ) -> impl Future<Output = Option<Result<()>>> + Send + 'static;
     /// Deletes a key (an invalidation: it begins a new epoch).
     fn memo_delete(&self, key: &str) -> impl Future<Output = Result<bool>> + Send;
     /// Deletes every key under a prefix (an invalidation: it begins a new epoch).
@@ -81,18 +85,22 @@ where
     found(r, failed)
 }
 
-async fn store<C, S>(cache: &C, f: &MemoFn, key: &str, stamp: &Stamp, epoch: u64, value: &S)
+fn store<C, S>(
+    cache: &C,
+    f: &MemoFn,
+    key: &str,
+    stamp: &Stamp,
+    epoch: u64,
+    value: &S,
+) -> BoxFuture<'static, Option<Result<()>>>
 where
     C: AsyncMemoCache + ?Sized,
     S: Serialize,
 {
-    let write = async {
-        match stamp {
-            Stamp::Is(current) => cache.memo_set(key, &(current, value), f.ttl).await,
-            _ => cache.memo_set(key, value, f.ttl).await,
-        }
-    };
-    stored(key, cache.memo_epochs().store_async(epoch, write).await);
+    match stamp {
+        Stamp::Is(current) => Box::pin(cache.memo_store(epoch, key, &(current, value), f.ttl)),
+        _ => Box::pin(cache.memo_store(epoch, key, value, f.ttl)),
+    }
 }
 
 async fn compute_and_store<C, P, R, F, Fut>(
@@ -110,8 +118,9 @@ where
     Fut: Future<Output = R>,
 {
     let r = compute().await;
-    if let Some(s) = P::stored(&r) {
-        store(cache, f, key, stamp, epoch, s).await;
+    // Encoded here; the store's future borrows nothing of `r`.
+    if let Some(write) = P::stored(&r).map(|s| store(cache, f, key, stamp, epoch, s)) {
+        stored(key, write.await);
     }
     r
 }
@@ -248,13 +257,14 @@ impl AsyncMemoCache for crate::AsyncCacheManager {
         (noted.result, noted.degraded)
     }
 
-    fn memo_set<'a, S: Serialize + ?Sized>(
-        &'a self,
-        key: &'a str,
-        value: &'a S,
+    fn memo_store<S: Serialize + ?Sized>(
+        &self,
+        epoch: u64,
+        key: &str,
+        value: &S,
         ttl: Option<Duration>,
-    ) -> impl Future<Output = Result<()>> + 'a {
-        self.set(key, value, ttl)
+    ) -> impl Future<Output = Option<Result<()>>> + Send + 'static {
+        self.store_memoized(epoch, key, value, ttl)
     }
 
     fn memo_delete(&self, key: &str) -> impl Future<Output = Result<bool>> + Send {

@@ -286,3 +286,108 @@ async fn redis_start_with_the_server_down() {
 async fn memcached_start_with_the_server_down() {
     start_with_the_server_down(Kind::Memcached).await;
 }
+
+/// A Redis that accepts connections and never answers: 64 tasks that find no connection share
+/// the connection attempt under way (the ones queued behind it do not each make their own, one
+/// `connect_timeout` after another). Counted: the connections the server accepted; bounded: the
+/// slowest call, generously (a "does not hang" bound, not a speed target).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_connect_attempts_are_shared_by_the_calls_queued_behind_them() {
+    let fake = ddf_testkit::FakeServer::start(|_| ddf_testkit::FakeReply::Nothing);
+    let (connect, timeout) = (Duration::from_millis(300), Duration::from_millis(400));
+    let mut config = ddf::CacheConfig::default()
+        .with_backend(ddf::CacheBackend::Redis)
+        .with_redis("127.0.0.1", fake.port())
+        .with_timeouts(connect, timeout)
+        .with_namespace(crate::conformance::unique_namespace("aconnect"));
+    // A `SELECT` at connection set-up: the attempt waits for its reply (the TCP connect alone
+    // would succeed against this server).
+    config.redis_db = 1;
+    // Errors, not the fallback: each call's own outcome is the attempt's.
+    config.fallback = ddf::FallbackMode::Error;
+    let cache = AsyncCacheManager::new(config).unwrap();
+    let calls: Vec<_> = (0..64)
+        .map(|i| {
+            let cache = cache.clone();
+            tokio::spawn(async move {
+                let t = Instant::now();
+                let r = cache.get::<String>(&format!("k:{i}")).await;
+                (t.elapsed(), r.map_err(|e| e.to_string()))
+            })
+        })
+        .collect();
+    let mut worst = Duration::ZERO;
+    for c in calls {
+        let (took, r) = c.await.unwrap();
+        worst = worst.max(took);
+        let e = r.expect_err("nothing answers");
+        assert!(e.contains("connect"), "{e}");
+    }
+    let attempts = fake.connections();
+    eprintln!("64 calls, server never answering: worst call {worst:?}, {attempts} connections");
+    assert!(
+        worst < 3 * (connect + timeout),
+        "worst call {worst:?}, {attempts} connection attempts"
+    );
+    assert!(
+        attempts <= 4,
+        "{attempts} connection attempts for one burst"
+    );
+}
+
+/// The async Memcached client learns the item limit again on each new connection: a server
+/// restarted on the same port with a larger `-I` takes the larger values (as the sync client,
+/// `resilience::memcached_a_restart_with_a_larger_item_limit_is_learned`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memcached_a_restart_with_a_larger_item_limit_is_learned() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let Some(server) = ddf_testkit::MemcachedServer::start_on(port, &["-I", "1m"]) else {
+        return;
+    };
+    let mut cfg = config(Kind::Memcached, &[port], dir.path());
+    cfg.fallback = ddf::FallbackMode::Error;
+    let cache = AsyncCacheManager::new(cfg).unwrap();
+    let big = "x".repeat(2 << 20);
+    cache.set("small", "1", None).await.unwrap();
+    assert!(cache.set("big", &big, None).await.is_err(), "above -I 1m");
+    drop(server);
+    let _server = ddf_testkit::MemcachedServer::start_on(port, &["-I", "4m"]).unwrap();
+    // The pooled connection died with the server: the next call (or the one after) connects.
+    let _ = cache.get::<String>("small").await;
+    cache.set("big", &big, None).await.unwrap();
+    assert_eq!(
+        cache.get::<String>("big").await.unwrap().map(|v| v.len()),
+        Some(big.len())
+    );
+}
+
+/// The async Memcached client opens at most `MAX_CONNECTIONS` (64) connections to a server,
+/// however many tasks call at once: 256 concurrent reads against a server that answers each
+/// one (counted: the connections it accepted).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memcached_connections_per_server_are_bounded() {
+    let fake = ddf_testkit::FakeServer::start(|line: &[u8]| match line {
+        l if l.starts_with(b"stats") => {
+            ddf_testkit::FakeReply::Send(b"STAT item_size_max 1048576\r\nEND\r\n".to_vec())
+        }
+        l if l.starts_with(b"mg ") => ddf_testkit::FakeReply::Send(b"EN\r\n".to_vec()),
+        _ => ddf_testkit::FakeReply::Send(b"ERROR\r\n".to_vec()),
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(Kind::Memcached, &[fake.port()], dir.path());
+    cfg.fallback = ddf::FallbackMode::Error;
+    let cache = AsyncCacheManager::new(cfg).unwrap();
+    let calls: Vec<_> = (0..256)
+        .map(|i| {
+            let cache = cache.clone();
+            tokio::spawn(async move { cache.get::<String>(&format!("k:{i}")).await })
+        })
+        .collect();
+    for c in calls {
+        assert_eq!(c.await.unwrap().unwrap(), None);
+    }
+    let opened = fake.connections();
+    eprintln!("256 concurrent reads: {opened} connections");
+    assert!((1..=64).contains(&opened), "{opened} connections");
+}

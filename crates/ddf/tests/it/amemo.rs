@@ -413,11 +413,17 @@ async fn parse_twice(s: &str) -> Result<u32, ParseError> {
     Ok(n * 2)
 }
 
-/// A result that is not `Sync`: memoized all the same (its future is not `Send`: it runs in
-/// `block_on` or a local task).
+/// A result that is not `Sync`: memoized all the same, and its future is `Send` (the result is
+/// encoded before the store's await; `cell_is_send` checks it).
 #[cache_with_invalidation(cache = FILE_CACHE.1, key_prefix = "agen")]
 async fn cell(x: u32) -> std::cell::Cell<u32> {
     std::cell::Cell::new(x)
+}
+
+#[allow(dead_code, reason = "a compile-time check")]
+fn cell_is_send() {
+    fn send<T: Send>(_: T) {}
+    send(cell(1));
 }
 
 /// A mutation may destructure its arguments.
@@ -545,4 +551,107 @@ fn a_memoized_call_on_a_stopped_redis_reads_once_and_stores_nothing() {
         }
     });
     server.process.signal("CONT");
+}
+
+/// A sync backend (a map) whose `set`s wait at a gate while it is closed: a memoized store held
+/// on the blocking pool. It logs the writes in the order they commit.
+#[derive(Debug, Default)]
+struct HeldSets {
+    map: Mutex<HashMap<String, ddf::Item>>,
+    closed: Mutex<bool>,
+    opened: std::sync::Condvar,
+    sets_begun: AtomicUsize,
+    log: Mutex<Vec<&'static str>>,
+}
+
+impl HeldSets {
+    fn open(&self) {
+        *self.closed.lock().unwrap() = false;
+        self.opened.notify_all();
+    }
+}
+
+impl ddf::Backend for HeldSets {
+    fn name(&self) -> &'static str {
+        "held-sets"
+    }
+    fn get(&self, key: &str) -> ddf::Result<Option<ddf::Item>> {
+        Ok(self.map.lock().unwrap().get(key).cloned())
+    }
+    fn set(&self, key: &str, item: &ddf::Item, _: Option<std::time::Duration>) -> ddf::Result<()> {
+        self.sets_begun.fetch_add(1, Ordering::SeqCst);
+        let mut closed = self.closed.lock().unwrap();
+        while *closed {
+            closed = self.opened.wait(closed).unwrap();
+        }
+        self.map.lock().unwrap().insert(key.into(), item.clone());
+        self.log.lock().unwrap().push("set");
+        Ok(())
+    }
+    fn delete(&self, key: &str) -> ddf::Result<bool> {
+        self.log.lock().unwrap().push("delete");
+        Ok(self.map.lock().unwrap().remove(key).is_some())
+    }
+    fn delete_prefix(&self, prefix: &str) -> ddf::Result<u64> {
+        let mut map = self.map.lock().unwrap();
+        let before = map.len();
+        map.retain(|k, _| !k.starts_with(prefix));
+        Ok((before - map.len()) as u64)
+    }
+    fn clear(&self) -> ddf::Result<()> {
+        self.map.lock().unwrap().clear();
+        Ok(())
+    }
+    fn ping(&self) -> ddf::Result<ddf::BackendStatus> {
+        Err(ddf::Error::Backend {
+            backend: "held-sets",
+            message: "not used by these tests".into(),
+            temporary: false,
+            source: None,
+        })
+    }
+}
+
+/// A memoized call dropped while its store is on the blocking pool (a timeout, an aborted
+/// task): an invalidation begun after the drop waits for that store, so the store cannot land
+/// after the invalidation's delete and serve the old value afterwards.
+#[test]
+fn a_dropped_call_s_store_cannot_land_after_a_later_invalidation() {
+    let rt = runtime();
+    let backend = Arc::new(HeldSets::default());
+    *backend.closed.lock().unwrap() = true;
+    let s = Arc::new(Svc::new(AsyncCacheManager::with_backend(
+        CacheConfig::default(),
+        backend.clone(),
+    )));
+    rt.block_on(async {
+        let call = tokio::spawn({
+            let s = s.clone();
+            async move { s.upper("a").await }
+        });
+        while backend.sets_begun.load(Ordering::SeqCst) == 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        // The caller's future is dropped; its write waits at the gate on the blocking pool.
+        call.abort();
+        assert!(call.await.unwrap_err().is_cancelled());
+        let forget = tokio::spawn({
+            let s = s.clone();
+            async move { s.upper_forget("a").await }
+        });
+        // Time for the invalidation to run ahead if it could (not a bound on anything).
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        backend.open();
+        assert!(
+            forget.await.unwrap().unwrap(),
+            "it deleted the held store's entry"
+        );
+        assert_eq!(*backend.log.lock().unwrap(), ["set", "delete"]);
+        assert_eq!(s.upper("a").await, "A");
+        assert_eq!(
+            s.calls(),
+            2,
+            "the value computed before the invalidation is not served"
+        );
+    });
 }

@@ -4,8 +4,10 @@
 //!
 //! - **Connections**: a small pool per server; a request takes a connection for its round trip
 //!   (a batch is one pipelined write, as in the sync client), so concurrent tasks use several
-//!   connections at once, each with one request in flight. Every exchange is bounded by
-//!   `timeout`, every connect by `connect_timeout`.
+//!   connections at once, each with one request in flight, at most [`MAX_CONNECTIONS`] per
+//!   server (a task beyond that waits for one, within `timeout`). Every exchange is bounded by
+//!   `timeout`, every connect by `connect_timeout`. Each new connection learns the server's
+//!   item limit (a server restarted with another `-I` is met, as by the sync client).
 //! - **Cancellation**: a connection is returned to the pool only after a whole exchange; one
 //!   whose future was dropped (or that timed out, or failed) is dropped with it, so no later
 //!   request can read a reply meant for another.
@@ -29,14 +31,24 @@ use crate::key::{memcached_key, memcached_key_is_carryable};
 
 mod conn;
 
-/// Idle connections kept per server: one per concurrent task is what a burst uses.
-const POOL_MAX_IDLE: usize = 64;
+/// Connections open at once per server, busy or idle: exchanges in flight to one server
+/// beyond this wait for one to end. 64 lets a burst of 64 tasks (the load this backend is
+/// measured and tested with) pipeline without waiting, and keeps a process far below
+/// memcached's default connection limit (`-c 1024`), which every client of the server shares.
+///
+/// The bound holds because a connection is made only by a task holding an exchange permit
+/// that found no idle connection: every open connection is then either idle or held by a
+/// permit holder, so there are never more than the permits (the idle pool needs no cap).
+pub(crate) const MAX_CONNECTIONS: usize = 64;
 
 /// The async Memcached backend: the sync backend's rules, tokio sockets (see the module).
 pub(crate) struct AsyncMemcached {
     core: Arc<MemcachedBackend>,
     /// Idle connections per server, in the order of `core.servers`.
     pools: Vec<Mutex<Vec<Conn>>>,
+    /// Exchanges in flight per server (a connection's round trip, its connect included), at
+    /// most [`MAX_CONNECTIONS`]: what bounds the connections open (see there).
+    exchanges: Vec<tokio::sync::Semaphore>,
     /// The sync backend on the blocking pool, for what stays sync.
     slow: Blocking,
 }
@@ -63,12 +75,22 @@ impl AsyncMemcached {
             .iter()
             .map(|_| Mutex::new(Vec::new()))
             .collect();
+        let exchanges = core
+            .servers
+            .iter()
+            .map(|_| tokio::sync::Semaphore::new(MAX_CONNECTIONS))
+            .collect();
         let slow = Blocking::new(
             core.clone() as Arc<dyn Backend>,
             Place::Offload,
             Place::Offload,
         );
-        AsyncMemcached { core, pools, slow }
+        AsyncMemcached {
+            core,
+            pools,
+            exchanges,
+            slow,
+        }
     }
 
     fn pool(&self, i: usize) -> std::sync::MutexGuard<'_, Vec<Conn>> {
@@ -83,15 +105,14 @@ impl AsyncMemcached {
             .is_some_and(|until| Instant::now() < until)
     }
 
-    /// A new connection to server `i`, within `connect_timeout`; learns the item limit.
+    /// A new connection to server `i`, within `connect_timeout`; learns the item limit on each
+    /// (a server restarted with another `-I` is met on a new connection).
     async fn connect(&self, i: usize, what: &str) -> Result<Conn> {
         let server: &Server = &self.core.servers[i];
         let made = async {
             let mut c = Conn::connect(&server.addr.host, server.addr.port).await?;
-            if server.item_size_max.load(Ordering::Relaxed) == 0 {
-                let max = c.item_size_max().await?.unwrap_or(DEFAULT_ITEM_SIZE_MAX);
-                server.item_size_max.store(max, Ordering::Relaxed);
-            }
+            let max = c.item_size_max().await?.unwrap_or(DEFAULT_ITEM_SIZE_MAX);
+            server.item_size_max.store(max, Ordering::Relaxed);
             c.max_value = server
                 .item_size_max
                 .load(Ordering::Relaxed)
@@ -117,6 +138,24 @@ impl AsyncMemcached {
         Fut: Future<Output = (Conn, McResult<T>)>,
     {
         let server = &self.core.servers[i];
+        // Held for the whole exchange: the bound on connections (see MAX_CONNECTIONS).
+        let _exchange =
+            match tokio::time::timeout(self.core.timeout, self.exchanges[i].acquire()).await {
+                Ok(Ok(permit)) => permit,
+                // The semaphores are never closed; a timeout means every connection stayed busy.
+                Ok(Err(_)) | Err(_) => {
+                    return Err(crate::error::Error::Backend {
+                        backend: self.core.name,
+                        message: format!(
+                            "{what} on {}: all {MAX_CONNECTIONS} connections stayed busy for {:?} \
+                         (timeout)",
+                            server.name, self.core.timeout
+                        ),
+                        temporary: true,
+                        source: None,
+                    });
+                }
+            };
         let pooled = self.pool(i).pop();
         let was_pooled = pooled.is_some();
         let conn = match pooled {
@@ -156,10 +195,7 @@ impl AsyncMemcached {
 
     fn put_back(&self, i: usize, conn: Option<Conn>) {
         if let Some(c) = conn {
-            let mut pool = self.pool(i);
-            if pool.len() < POOL_MAX_IDLE {
-                pool.push(c);
-            }
+            self.pool(i).push(c);
         }
     }
 

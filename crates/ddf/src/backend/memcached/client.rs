@@ -24,7 +24,8 @@ use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
-use super::proto::{self, MetaReply, Parsed, ProtoError, Status, TextLine};
+use super::proto::{self, MetaReply, Parsed, ProtoError, TextLine};
+use super::replies::{self, refused, server_error, unexpected_text};
 
 /// The read buffer's size when a connection opens, and what it shrinks back to after a large
 /// reply.
@@ -61,16 +62,6 @@ impl From<ProtoError> for McError {
 }
 
 pub(crate) type McResult<T> = std::result::Result<T, McError>;
-
-/// A request this client refused to format: nothing was sent, the connection is in step.
-fn refused(e: ProtoError) -> McError {
-    McError::Server(e.0)
-}
-
-/// An error line as a clean server error.
-fn server_error(line: &[u8]) -> McError {
-    McError::Server(String::from_utf8_lossy(line).into_owned())
-}
 
 /// One connection.
 #[derive(Debug)]
@@ -225,17 +216,7 @@ impl Conn {
         self.begin()?;
         proto::get(&mut self.out, key.as_bytes(), None).map_err(refused)?;
         self.flush()?;
-        self.meta(|r| match r {
-            MetaReply::Value { data, flags, .. } => Ok(Some(Value {
-                data: data.to_vec(),
-                flags,
-            })),
-            MetaReply::Status {
-                status: Status::En, ..
-            } => Ok(None),
-            MetaReply::Error(l) => Err(server_error(l)),
-            MetaReply::Status { status, .. } => Err(unexpected_status("mg", status)),
-        })
+        self.meta(replies::get)
     }
 
     /// Pipelined `mg <key> v f q O<i>` for every key, then `mn`: one round trip. The result has
@@ -243,46 +224,14 @@ impl Conn {
     pub fn get_many(&mut self, keys: &[&str]) -> McResult<Vec<Option<Value>>> {
         self.begin()?;
         for (i, k) in keys.iter().enumerate() {
-            let opaque = u32::try_from(i)
-                .map_err(|_| McError::Server(format!("{} keys in one pipeline", keys.len())))?;
+            let opaque = replies::opaque(i, keys.len())?;
             proto::get(&mut self.out, k.as_bytes(), Some(opaque)).map_err(refused)?;
         }
         proto::noop(&mut self.out);
         self.flush()?;
-        let mut out: Vec<Option<Value>> = keys.iter().map(|_| None).collect();
-        let mut first_err = None;
-        loop {
-            let done = self.meta(|r| match r {
-                MetaReply::Status {
-                    status: Status::Mn, ..
-                } => Ok(true),
-                MetaReply::Error(l) => {
-                    first_err.get_or_insert(server_error(l));
-                    Ok(false)
-                }
-                MetaReply::Value {
-                    data,
-                    flags,
-                    opaque,
-                } => {
-                    let slot = opaque
-                        .and_then(|i| out.get_mut(i as usize))
-                        .ok_or_else(|| {
-                            McError::Protocol("mg reply with an unknown opaque".into())
-                        })?;
-                    *slot = Some(Value {
-                        data: data.to_vec(),
-                        flags,
-                    });
-                    Ok(false)
-                }
-                MetaReply::Status { status, .. } => Err(unexpected_status("mg", status)),
-            })?;
-            if done {
-                break;
-            }
-        }
-        first_err.map_or(Ok(out), Err)
+        let mut replies = replies::GetMany::new(keys.len());
+        while !self.meta(|r| replies.step(r))? {}
+        replies.finish()
     }
 
     /// `ms <key> <len> F<flags> [T<exptime>]` (exptime 0: no expiry).
@@ -290,14 +239,9 @@ impl Conn {
         self.begin()?;
         proto::set(&mut self.out, key.as_bytes(), data, flags, exptime, false).map_err(refused)?;
         self.flush()?;
-        self.meta(|r| match r {
-            MetaReply::Status {
-                status: Status::Hd, ..
-            } => Ok(()),
-            MetaReply::Error(l) => Err(server_error(l)),
-            MetaReply::Status { status, .. } => Err(unexpected_status("ms", status)),
-            MetaReply::Value { .. } => Err(McError::Protocol("a value in reply to ms".into())),
-        })
+        let mut replies = replies::Set::new(false);
+        while !self.meta(|r| replies.step(r))? {}
+        replies.finish()
     }
 
     /// Pipelined quiet `ms` for every item, then `mn`: one round trip.
@@ -308,28 +252,9 @@ impl Conn {
         }
         proto::noop(&mut self.out);
         self.flush()?;
-        let mut first_err = None;
-        loop {
-            let done = self.meta(|r| match r {
-                MetaReply::Status {
-                    status: Status::Mn, ..
-                } => Ok(true),
-                MetaReply::Error(l) => {
-                    first_err.get_or_insert(server_error(l));
-                    Ok(false)
-                }
-                // A quiet `ms` answers only on failure (`NS`, `EX`, `NF`).
-                MetaReply::Status { status, .. } => {
-                    first_err.get_or_insert(unexpected_status("ms", status));
-                    Ok(false)
-                }
-                MetaReply::Value { .. } => Err(McError::Protocol("a value in reply to ms".into())),
-            })?;
-            if done {
-                break;
-            }
-        }
-        first_err.map_or(Ok(()), Err)
+        let mut replies = replies::Set::new(true);
+        while !self.meta(|r| replies.step(r))? {}
+        replies.finish()
     }
 
     /// Pipelined `md <key>` for every key (not quiet, to count): one round trip. Returns how
@@ -340,28 +265,11 @@ impl Conn {
             proto::delete(&mut self.out, k).map_err(refused)?;
         }
         self.flush()?;
-        let mut n = 0;
-        let mut first_err = None;
+        let mut replies = replies::DeleteMany::default();
         for _ in keys {
-            self.meta(|r| match r {
-                MetaReply::Status {
-                    status: Status::Hd, ..
-                } => {
-                    n += 1;
-                    Ok(())
-                }
-                MetaReply::Status {
-                    status: Status::Nf, ..
-                } => Ok(()),
-                MetaReply::Error(l) => {
-                    first_err.get_or_insert(server_error(l));
-                    Ok(())
-                }
-                MetaReply::Status { status, .. } => Err(unexpected_status("md", status)),
-                MetaReply::Value { .. } => Err(McError::Protocol("a value in reply to md".into())),
-            })?;
+            self.meta(|r| replies.step(r))?;
         }
-        first_err.map_or(Ok(n), Err)
+        replies.finish()
     }
 
     /// `version`.
@@ -485,25 +393,6 @@ impl Conn {
             }
         }
     }
-}
-
-fn unexpected_status(what: &str, status: Status) -> McError {
-    McError::Protocol(format!("unexpected reply to {what}: {}", status.token()))
-}
-
-fn unexpected_text(what: &str, line: &TextLine<'_>) -> McError {
-    let text = match line {
-        TextLine::Other(l)
-        | TextLine::Version(l)
-        | TextLine::DumpKey { key: l, .. }
-        | TextLine::Busy(l)
-        | TextLine::BadClass(l)
-        | TextLine::Error(l) => proto::shown(l),
-        TextLine::Stat { name, .. } => format!("STAT {}", proto::shown(name)),
-        TextLine::End => "END".into(),
-        TextLine::Ok => "OK".into(),
-    };
-    McError::Protocol(format!("unexpected reply to {what}: {text}"))
 }
 
 #[cfg(test)]

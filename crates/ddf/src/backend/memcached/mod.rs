@@ -19,6 +19,7 @@ pub(crate) mod aio;
 mod client;
 pub(crate) mod placement;
 mod proto;
+mod replies;
 
 use std::borrow::Cow;
 use std::fmt;

@@ -1,29 +1,19 @@
 //! One Memcached connection over a tokio socket: the sync `client::Conn`'s buffers and rules
 //! (one write per request or pipeline, a read buffer that grows by at most one chunk beyond
 //! what the server sent, a value length above the item limit refused when announced), and the
-//! replies of the commands the async backend sends, parsed by [`proto`].
+//! replies of the commands the async backend sends, parsed by [`proto`] and read by
+//! [`replies`] (the meaning of each reply, shared with the sync connection).
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::super::client::{McError, McResult, Value};
-use super::super::proto::{self, MetaReply, Parsed, Status, TextLine};
+use super::super::proto::{self, MetaReply, Parsed, TextLine};
+use super::super::replies::{self, refused, server_error};
 
 const READ_INITIAL: usize = 16 * 1024;
 const READ_CHUNK: usize = 64 * 1024;
 const KEEP: usize = 256 * 1024;
-
-fn server_error(line: &[u8]) -> McError {
-    McError::Server(String::from_utf8_lossy(line).into_owned())
-}
-
-fn refused(e: proto::ProtoError) -> McError {
-    McError::Server(e.0)
-}
-
-fn unexpected_status(what: &str, status: Status) -> McError {
-    McError::Protocol(format!("unexpected reply to {what}: {}", status.token()))
-}
 
 /// One connection over a tokio socket.
 pub(super) struct Conn {
@@ -128,66 +118,20 @@ impl Conn {
         self.begin()?;
         proto::get(&mut self.out, key.as_bytes(), None).map_err(refused)?;
         self.flush().await?;
-        self.meta(|r| match r {
-            MetaReply::Value { data, flags, .. } => Ok(Some(Value {
-                data: data.to_vec(),
-                flags,
-            })),
-            MetaReply::Status {
-                status: Status::En, ..
-            } => Ok(None),
-            MetaReply::Error(l) => Err(server_error(l)),
-            MetaReply::Status { status, .. } => Err(unexpected_status("mg", status)),
-        })
-        .await
+        self.meta(replies::get).await
     }
 
     pub(super) async fn get_many(&mut self, keys: &[&str]) -> McResult<Vec<Option<Value>>> {
         self.begin()?;
         for (i, k) in keys.iter().enumerate() {
-            let opaque = u32::try_from(i)
-                .map_err(|_| McError::Server(format!("{} keys in one pipeline", keys.len())))?;
+            let opaque = replies::opaque(i, keys.len())?;
             proto::get(&mut self.out, k.as_bytes(), Some(opaque)).map_err(refused)?;
         }
         proto::noop(&mut self.out);
         self.flush().await?;
-        let mut out: Vec<Option<Value>> = keys.iter().map(|_| None).collect();
-        let mut first_err = None;
-        loop {
-            let done = self
-                .meta(|r| match r {
-                    MetaReply::Status {
-                        status: Status::Mn, ..
-                    } => Ok(true),
-                    MetaReply::Error(l) => {
-                        first_err.get_or_insert(server_error(l));
-                        Ok(false)
-                    }
-                    MetaReply::Value {
-                        data,
-                        flags,
-                        opaque,
-                    } => {
-                        let slot =
-                            opaque
-                                .and_then(|i| out.get_mut(i as usize))
-                                .ok_or_else(|| {
-                                    McError::Protocol("mg reply with an unknown opaque".into())
-                                })?;
-                        *slot = Some(Value {
-                            data: data.to_vec(),
-                            flags,
-                        });
-                        Ok(false)
-                    }
-                    MetaReply::Status { status, .. } => Err(unexpected_status("mg", status)),
-                })
-                .await?;
-            if done {
-                break;
-            }
-        }
-        first_err.map_or(Ok(out), Err)
+        let mut replies = replies::GetMany::new(keys.len());
+        while !self.meta(|r| replies.step(r)).await? {}
+        replies.finish()
     }
 
     pub(super) async fn set_many(
@@ -204,34 +148,9 @@ impl Conn {
             proto::noop(&mut self.out);
         }
         self.flush().await?;
-        let mut first_err = None;
-        loop {
-            let done = self
-                .meta(|r| match r {
-                    MetaReply::Status {
-                        status: Status::Mn, ..
-                    } => Ok(true),
-                    MetaReply::Status {
-                        status: Status::Hd, ..
-                    } if !quiet => Ok(true),
-                    MetaReply::Error(l) => {
-                        first_err.get_or_insert(server_error(l));
-                        Ok(!quiet)
-                    }
-                    MetaReply::Status { status, .. } => {
-                        first_err.get_or_insert(unexpected_status("ms", status));
-                        Ok(!quiet)
-                    }
-                    MetaReply::Value { .. } => {
-                        Err(McError::Protocol("a value in reply to ms".into()))
-                    }
-                })
-                .await?;
-            if done {
-                break;
-            }
-        }
-        first_err.map_or(Ok(()), Err)
+        let mut replies = replies::Set::new(quiet);
+        while !self.meta(|r| replies.step(r)).await? {}
+        replies.finish()
     }
 
     pub(super) async fn delete_many(&mut self, keys: &[&[u8]]) -> McResult<u64> {
@@ -240,29 +159,11 @@ impl Conn {
             proto::delete(&mut self.out, k).map_err(refused)?;
         }
         self.flush().await?;
-        let mut n = 0;
-        let mut first_err = None;
+        let mut replies = replies::DeleteMany::default();
         for _ in keys {
-            self.meta(|r| match r {
-                MetaReply::Status {
-                    status: Status::Hd, ..
-                } => {
-                    n += 1;
-                    Ok(())
-                }
-                MetaReply::Status {
-                    status: Status::Nf, ..
-                } => Ok(()),
-                MetaReply::Error(l) => {
-                    first_err.get_or_insert(server_error(l));
-                    Ok(())
-                }
-                MetaReply::Status { status, .. } => Err(unexpected_status("md", status)),
-                MetaReply::Value { .. } => Err(McError::Protocol("a value in reply to md".into())),
-            })
-            .await?;
+            self.meta(|r| replies.step(r)).await?;
         }
-        first_err.map_or(Ok(n), Err)
+        replies.finish()
     }
 
     /// `item_size_max` from `stats settings`.

@@ -162,6 +162,34 @@ impl ServerProcess {
             .status()
             .is_ok_and(|s| s.success());
         assert!(ok, "kill -{sig} {} failed", self.child.id());
+        if sig == "STOP" {
+            self.wait_stopped();
+        }
+    }
+
+    /// Waits (at most 5 s) until every thread of the process is stopped: `kill -STOP` returns
+    /// before the kernel has stopped them, and a request sent in between can still be answered
+    /// (a SIGSTOP test then sees a server that is "down" answer once).
+    fn wait_stopped(&self) {
+        let tasks = format!("/proc/{}/task", self.child.id());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            let Ok(entries) = std::fs::read_dir(&tasks) else {
+                return; // not Linux, or the process is gone: nothing to wait for
+            };
+            let all_stopped = entries.flatten().all(|t| {
+                std::fs::read_to_string(t.path().join("stat")).is_ok_and(|stat| {
+                    // `pid (comm) state ...`: the state follows the last ')'.
+                    stat.rsplit_once(')')
+                        .and_then(|(_, rest)| rest.split_whitespace().next())
+                        .is_some_and(|state| state == "T" || state == "t")
+                })
+            });
+            if all_stopped {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 
     /// Kills the process (SIGKILL) and waits for it.

@@ -10,9 +10,10 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::backend::degraded::Watch;
+use crate::backend::degraded::{FallbackWatch, Watch};
 use crate::backend::{Backend, BackendStatus, Item};
 use crate::error::{Error, Result};
 
@@ -135,6 +136,9 @@ pub(crate) struct Blocking {
     inner: Arc<dyn Backend>,
     reads: Place,
     writes: Place,
+    /// The manager's `fallback` counter, for a backend that has a fallback (the resilience
+    /// wrapper notes each call it answered on the thread that ran it: counted there).
+    fallback: Option<Arc<AtomicU64>>,
 }
 
 impl Blocking {
@@ -143,7 +147,14 @@ impl Blocking {
             inner,
             reads,
             writes,
+            fallback: None,
         }
+    }
+
+    /// Counts the calls the fallback answered in `tally` (the manager's `fallback` counter).
+    pub(crate) fn counting_fallback(mut self, tally: Arc<AtomicU64>) -> Self {
+        self.fallback = Some(tally);
+        self
     }
 
     /// Runs `f` on the backend where `place` says, with the degraded note of the thread it ran
@@ -154,9 +165,16 @@ impl Blocking {
         f: impl FnOnce(&dyn Backend) -> Result<T> + Send + 'static,
     ) -> BoxFuture<'static, Noted<T>> {
         let b = self.inner.clone();
+        let tally = self.fallback.clone();
         let noted = move || {
             let watch = Watch::start();
+            let served = FallbackWatch::start();
             let result = f(b.as_ref());
+            if let Some(t) = &tally
+                && served.served()
+            {
+                t.fetch_add(1, Ordering::Relaxed);
+            }
             Ok(Noted {
                 result,
                 degraded: watch.failed(),

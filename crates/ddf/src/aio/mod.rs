@@ -13,6 +13,7 @@ mod resilient;
 
 use std::fmt;
 use std::future::Future;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
@@ -91,7 +92,10 @@ impl fmt::Debug for AsyncCacheManager {
 }
 
 /// The async backend a config names, from the same validated settings as the sync face's.
-fn from_config(config: &CacheConfig) -> Result<Arc<dyn AsyncBackend>> {
+fn from_config(config: &CacheConfig, fallback: &Arc<AtomicU64>) -> Result<Arc<dyn AsyncBackend>> {
+    // Only the server backends have a fallback to count.
+    #[cfg(not(any(feature = "redis", feature = "memcached")))]
+    let _ = fallback;
     Ok(match config.backend_settings()? {
         BackendSettings::None => Arc::new(Blocking::new(
             Arc::new(crate::backend::none::NoneBackend),
@@ -123,21 +127,31 @@ fn from_config(config: &CacheConfig) -> Result<Arc<dyn AsyncBackend>> {
                 redis::AsyncRedis::new(Arc::new(twin), settings.timeout, settings.connect_timeout);
             let state = crate::backend::redis_resilient(config, settings)?;
             match primary {
-                Some(p) => Arc::new(resilient::AsyncResilient::new(state, Arc::new(p))),
+                Some(p) => Arc::new(resilient::AsyncResilient::new(
+                    state,
+                    Arc::new(p),
+                    fallback.clone(),
+                )),
                 // Sentinel: the sync backend, whole, on the blocking pool (its master lookup
                 // and failover handling are sync code; not yet ported).
-                None => Arc::new(Blocking::new(state, Place::Offload, Place::Offload)),
+                None => Arc::new(
+                    Blocking::new(state, Place::Offload, Place::Offload)
+                        .counting_fallback(fallback.clone()),
+                ),
             }
         }
         // Several servers: the sync face's breaker per server (the same journal scopes, so the
         // two faces replay each other's records), on the blocking pool. Not yet native: the
         // async twin of the per-server router is left for issue #12.
         #[cfg(feature = "memcached")]
-        BackendSettings::Memcached(s) if s.servers.len() > 1 => Arc::new(Blocking::new(
-            crate::backend::from_config(config)?,
-            Place::Offload,
-            Place::Offload,
-        )),
+        BackendSettings::Memcached(s) if s.servers.len() > 1 => Arc::new(
+            Blocking::new(
+                crate::backend::from_config(config)?,
+                Place::Offload,
+                Place::Offload,
+            )
+            .counting_fallback(fallback.clone()),
+        ),
         #[cfg(feature = "memcached")]
         BackendSettings::Memcached(settings) => {
             use crate::backend::memcached::{MemcachedBackend, aio::AsyncMemcached};
@@ -157,6 +171,7 @@ fn from_config(config: &CacheConfig) -> Result<Arc<dyn AsyncBackend>> {
             Arc::new(resilient::AsyncResilient::new(
                 state,
                 Arc::new(AsyncMemcached::new(twin)),
+                fallback.clone(),
             ))
         }
     })
@@ -164,14 +179,17 @@ fn from_config(config: &CacheConfig) -> Result<Arc<dyn AsyncBackend>> {
 
 impl AsyncCacheManager {
     /// Builds the cache the configuration describes. A plain function: it may be called inside
-    /// or outside a runtime, and contacts no server (connections open on first use).
+    /// or outside a runtime, and opens no connection for calls (they open on first use). Like
+    /// the sync face, if invalidations recorded during an outage are pending, it applies them
+    /// for at most one `timeout` before returning (the rest goes on in the background).
     ///
     /// # Errors
     /// As [`CacheManager::new`](crate::CacheManager::new): a configuration that cannot work,
     /// or an unusable cache directory.
     pub fn new(config: CacheConfig) -> Result<Self> {
-        let backend = from_config(&config)?;
-        Ok(Self::from_parts(config, backend))
+        let core = Core::new(config);
+        let backend = from_config(core.config(), &core.fallback_tally())?;
+        Ok(Self::from_core(core, backend))
     }
 
     /// A cache over a sync [`Backend`] built elsewhere (your own, or a wrapper), each call run
@@ -184,11 +202,12 @@ impl AsyncCacheManager {
     }
 
     pub(crate) fn from_parts(config: CacheConfig, backend: Arc<dyn AsyncBackend>) -> Self {
+        Self::from_core(Core::new(config), backend)
+    }
+
+    fn from_core(core: Core, backend: Arc<dyn AsyncBackend>) -> Self {
         AsyncCacheManager {
-            inner: Arc::new(Inner {
-                core: Core::new(config),
-                backend,
-            }),
+            inner: Arc::new(Inner { core, backend }),
         }
     }
 

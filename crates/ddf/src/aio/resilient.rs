@@ -10,6 +10,7 @@
 //! pool: the journal and the local fallback are SQLite.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use super::backend::{AsyncBackend, Blocking, BoxFuture, Noted, Place, offload};
@@ -24,19 +25,28 @@ pub(crate) struct AsyncResilient {
     /// `state` as a backend, on the blocking pool: the fallback path.
     otherwise: Blocking,
     primary: Arc<dyn AsyncBackend>,
+    /// The manager's `fallback` counter (see `CacheStats::fallback`): the fallback path counts
+    /// through `otherwise`; a read that failed on the primary and became a miss, here.
+    fallback: Arc<AtomicU64>,
 }
 
 impl AsyncResilient {
-    pub(crate) fn new(state: Arc<Resilient>, primary: Arc<dyn AsyncBackend>) -> Self {
+    pub(crate) fn new(
+        state: Arc<Resilient>,
+        primary: Arc<dyn AsyncBackend>,
+        fallback: Arc<AtomicU64>,
+    ) -> Self {
         let otherwise = Blocking::new(
             state.clone() as Arc<dyn Backend>,
             Place::Offload,
             Place::Offload,
-        );
+        )
+        .counting_fallback(fallback.clone());
         AsyncResilient {
             state,
             otherwise,
             primary,
+            fallback,
         }
     }
 
@@ -75,6 +85,8 @@ impl AsyncResilient {
                     result: if self.state.refuses() {
                         Err(e)
                     } else {
+                        // Answered as the fallback answers a failed read (the sync rule).
+                        self.fallback.fetch_add(1, Ordering::Relaxed);
                         Ok(miss())
                     },
                     degraded: true,

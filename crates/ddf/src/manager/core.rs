@@ -7,6 +7,7 @@
 //! steps after the rest, so that every rule below exists once whatever the face.
 
 use std::fmt;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -27,7 +28,8 @@ struct Counters {
     deletes: AtomicU64,
     invalidated: AtomicU64,
     errors: AtomicU64,
-    fallback: AtomicU64,
+    /// Shared with the async face's backends, which count on the thread that ran the fallback.
+    fallback: Arc<AtomicU64>,
 }
 
 /// A snapshot of a manager's statistics (shared by its clones).
@@ -167,6 +169,13 @@ impl Core {
     /// A call the fallback answered (see [`CacheStats::fallback`]).
     pub(crate) fn fallback_served(&self) {
         bump(&self.stats.fallback, 1);
+    }
+
+    /// The `fallback` counter itself, for a face whose fallback runs on another thread (the
+    /// async face's blocking pool) and counts there.
+    #[cfg(feature = "async")]
+    pub(crate) fn fallback_tally(&self) -> Arc<AtomicU64> {
+        self.stats.fallback.clone()
     }
 
     /// A read on a disabled cache: `n` misses.

@@ -391,3 +391,49 @@ async fn memcached_connections_per_server_are_bounded() {
     eprintln!("256 concurrent reads: {opened} connections");
     assert!((1..=64).contains(&opened), "{opened} connections");
 }
+
+/// `stats().fallback` counts on the async face as on the sync one (issue #18 point 7): the calls
+/// the fallback answered while the server was down, and a read that failed on the server and
+/// became a miss; nothing while it is up.
+async fn the_fallback_counter_counts(kind: Kind) {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let Some(mut server) = Server::start_on(kind, port) else {
+        return;
+    };
+    let cache = AsyncCacheManager::new(config(kind, &[port], dir.path())).unwrap();
+    cache.set("k", "v", None).await.unwrap();
+    assert_eq!(
+        cache.get::<String>("k").await.unwrap().as_deref(),
+        Some("v")
+    );
+    assert_eq!(
+        cache.stats().fallback,
+        0,
+        "[{kind:?}] up: {}",
+        cache.stats()
+    );
+    server.process().kill();
+    // The first read fails on the server (a miss the fallback answers, or the breaker opens);
+    // then the breaker is open and every call goes to the fallback.
+    for i in 0..5 {
+        let _ = cache.get::<String>("k").await.unwrap();
+        cache.set(&format!("o{i}"), "x", None).await.unwrap();
+    }
+    let s = cache.stats();
+    assert!(
+        s.fallback >= 9,
+        "[{kind:?}] 10 calls, at most one before the fallback: {s}"
+    );
+    assert_eq!(s.errors, 0, "[{kind:?}] {s}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_the_fallback_counter_counts() {
+    the_fallback_counter_counts(Kind::Redis).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memcached_the_fallback_counter_counts() {
+    the_fallback_counter_counts(Kind::Memcached).await;
+}

@@ -260,9 +260,14 @@ impl AsyncMemcached {
                 continue;
             }
             if self.skipped(s) {
-                // The sync backend returns the skip error of this server.
+                // The sync backend returns the skip error of this server, or, if its skip
+                // window ended meanwhile, the values (kept: they were thrown away, and a value
+                // just written read back as a miss).
                 let ks: Vec<&str> = group.iter().map(|(i, _, _)| keys[*i]).collect();
-                self.slow.get_many(&ks).await?;
+                let got = self.slow.get_many(&ks).await?;
+                for ((i, _, _), v) in group.iter().zip(got) {
+                    out[*i] = v;
+                }
                 continue;
             }
             for chunk in group.chunks(BATCH) {

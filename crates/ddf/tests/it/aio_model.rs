@@ -298,7 +298,11 @@ async fn memcached_256_tasks_match_the_model() {
     // server (the async Memcached client's open bug, issue #12); an error is never a wrong
     // value, and a few of them do not fail the run while the cause is found.
     eprintln!("memcached, 256 tasks: {} errors", report.errors);
-    assert!(report.errors <= 3, "{} errors on a healthy server", report.errors);
+    assert!(
+        report.errors <= 3,
+        "{} errors on a healthy server",
+        report.errors
+    );
     assert!(report.hits > 0);
 }
 

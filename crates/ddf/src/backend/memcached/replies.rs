@@ -85,6 +85,7 @@ impl GetMany {
                 data,
                 flags,
                 opaque,
+                ..
             } => {
                 let slot = opaque
                     .and_then(|i| self.out.get_mut(i as usize))
@@ -160,6 +161,57 @@ pub(crate) fn add(r: MetaReply<'_>) -> McResult<bool> {
         MetaReply::Error(l) => Err(server_error(l)),
         MetaReply::Status { status, .. } => Err(unexpected_status("ms (add)", status)),
         MetaReply::Value { .. } => Err(McError::Protocol("a value in reply to ms".into())),
+    }
+}
+
+/// The reply to `mg <key> v c f` (`incr`'s read): the value and its CAS value, or a miss.
+pub(crate) fn get_cas(r: MetaReply<'_>) -> McResult<Option<(Vec<u8>, u64)>> {
+    match r {
+        MetaReply::Value { data, fields, .. } => {
+            let cas = fields
+                .cas
+                .ok_or_else(|| McError::Protocol("mg ... c: a value without its CAS".into()))?;
+            Ok(Some((data.to_vec(), cas)))
+        }
+        MetaReply::Status {
+            status: Status::En, ..
+        } => Ok(None),
+        MetaReply::Error(l) => Err(server_error(l)),
+        MetaReply::Status { status, .. } => Err(unexpected_status("mg", status)),
+    }
+}
+
+/// The reply to `ma <key> C<cas> ... v`: the new value's text, or `None` when another write
+/// came first (`EX`) or the item went (`NF`): the caller reads again.
+pub(crate) fn arith(r: MetaReply<'_>) -> McResult<Option<Vec<u8>>> {
+    match r {
+        MetaReply::Value { data, .. } => Ok(Some(data.to_vec())),
+        MetaReply::Status {
+            status: Status::Ex | Status::Nf,
+            ..
+        } => Ok(None),
+        MetaReply::Error(l) => Err(server_error(l)),
+        MetaReply::Status { status, .. } => Err(unexpected_status("ma", status)),
+    }
+}
+
+/// The reply to `mg <key> T<n>` (touch, `true` when the item is there) or `mg <key> s t f`
+/// (its fields, `None` when it is not).
+pub(crate) fn touch_or_meta(r: MetaReply<'_>) -> McResult<Option<proto::Fields>> {
+    match r {
+        MetaReply::Status {
+            status: Status::Hd,
+            fields,
+            ..
+        } => Ok(Some(fields)),
+        MetaReply::Status {
+            status: Status::En, ..
+        } => Ok(None),
+        MetaReply::Error(l) => Err(server_error(l)),
+        MetaReply::Status { status, .. } => Err(unexpected_status("mg", status)),
+        MetaReply::Value { .. } => {
+            Err(McError::Protocol("a value in reply to mg without v".into()))
+        }
     }
 }
 

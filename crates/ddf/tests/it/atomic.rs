@@ -403,3 +403,62 @@ fn eight_processes_count_exactly_on_memcached() {
         );
     }
 }
+
+/// The async face: the same operations, through native Redis, Memcached on the sync client
+/// (blocking pool), the file backend through `Blocking`.
+async fn async_checks(cache: &ddf::AsyncCacheManager) {
+    assert!(cache.add("a", &1, None).await.unwrap());
+    assert!(!cache.add("a", &2, None).await.unwrap());
+    assert_eq!(cache.get::<i32>("a").await.unwrap(), Some(1));
+    assert_eq!(cache.incr("c", 5).await.unwrap(), 5);
+    assert_eq!(cache.decr("c", 2).await.unwrap(), 3);
+    assert!(matches!(
+        cache.decr("c", 4).await,
+        Err(Error::InvalidArgument(_))
+    ));
+    assert_eq!(cache.get::<i64>("c").await.unwrap(), Some(3));
+    assert_eq!(cache.ttl("c").await.unwrap(), Some(Expiry::Never));
+    assert!(
+        cache
+            .touch("c", Some(Duration::from_secs(50)))
+            .await
+            .unwrap()
+    );
+    match cache.ttl("c").await.unwrap() {
+        Some(Expiry::In(d)) => assert!(d > Duration::from_secs(40), "{d:?}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(!cache.touch("absent", None).await.unwrap());
+    assert_eq!(cache.ttl("absent").await.unwrap(), None);
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let cache = cache.clone();
+            tokio::spawn(async move {
+                for _ in 0..100 {
+                    cache.incr("tasks", 1).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(cache.get::<i64>("tasks").await.unwrap(), Some(800));
+}
+
+#[test]
+fn the_async_face_on_every_backend() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (Some(redis), Some(memcached)) = (RedisServer::start(), MemcachedServer::start()) else {
+        return;
+    };
+    for config in [
+        file_config(dir.path(), &unique_namespace("async")),
+        redis_config(&redis, &unique_namespace("async")),
+        memcached_config(&memcached, &unique_namespace("async")),
+    ] {
+        let cache = ddf::AsyncCacheManager::new(config).unwrap();
+        rt.block_on(async_checks(&cache));
+    }
+}

@@ -534,3 +534,84 @@ fn outage_on_redis() {
 fn outage_on_memcached() {
     outage(crate::resilience::Kind::Memcached);
 }
+
+/// A Redis Cluster: each script and command names one key, so it goes to that key's primary.
+#[test]
+fn add_and_counters_on_a_redis_cluster() {
+    let Some(cluster) = ddf_testkit::RedisCluster::start() else {
+        return;
+    };
+    let nodes: Vec<ServerAddr> = cluster
+        .addrs()
+        .iter()
+        .map(|a| ServerAddr::parse(a, 6379).unwrap())
+        .collect();
+    let make = |tag: &str| {
+        CacheManager::new(
+            CacheConfig::default()
+                .with_backend(CacheBackend::Redis)
+                .with_redis_cluster_nodes(nodes.clone())
+                .with_namespace(unique_namespace(tag)),
+        )
+        .unwrap()
+    };
+    add_checks(&make("add"));
+    counter_checks(&make("ctr"));
+}
+
+/// Several Memcached servers: each key's operations go to the server pymemcache places it on,
+/// behind that server's breaker.
+#[test]
+fn add_and_counters_on_several_memcached_servers() {
+    let (Some(a), Some(b)) = (MemcachedServer::start(), MemcachedServer::start()) else {
+        return;
+    };
+    let make = |tag: &str| {
+        CacheManager::new(
+            CacheConfig::default()
+                .with_backend(CacheBackend::Memcached)
+                .with_memcached_servers(
+                    [&a, &b]
+                        .iter()
+                        .map(|s| ServerAddr::parse(&s.server(), 11211).unwrap())
+                        .collect(),
+                )
+                .with_namespace(unique_namespace(tag)),
+        )
+        .unwrap()
+    };
+    add_checks(&make("add"));
+    counter_checks(&make("ctr"));
+}
+
+/// The async face during an outage: the same routing as the sync face (`AsyncResilient`).
+#[test]
+fn the_async_face_during_an_outage() {
+    use crate::resilience::{Kind, Server, config};
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    for kind in [Kind::Redis, Kind::Memcached] {
+        let dir = tempfile::tempdir().unwrap();
+        let port = ddf_testkit::free_port();
+        let Some(mut server) = Server::start_on(kind, port) else {
+            return;
+        };
+        let cache = ddf::AsyncCacheManager::new(config(kind, &[port], dir.path())).unwrap();
+        rt.block_on(async {
+            assert_eq!(cache.incr("n", 5).await.unwrap(), 5);
+            server.process().signal("STOP");
+            for _ in 0..2 {
+                assert_eq!(cache.get::<i64>("probe").await.unwrap(), None);
+            }
+            assert_eq!(
+                cache.incr("n", 1).await.unwrap(),
+                1,
+                "{kind:?}: on the fallback"
+            );
+            assert!(cache.add("lock", &1, None).await.unwrap());
+            assert!(!cache.add("lock", &1, None).await.unwrap());
+            assert_eq!(cache.ttl("n").await.unwrap(), Some(Expiry::Never));
+            assert!(cache.stats().fallback > 0);
+        });
+        server.process().signal("CONT");
+    }
+}

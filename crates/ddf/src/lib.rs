@@ -38,6 +38,7 @@ pub(crate) mod clock;
 pub(crate) mod codec;
 pub(crate) mod config;
 mod error;
+pub(crate) mod flags;
 mod item;
 pub(crate) mod key;
 mod manager;

@@ -267,8 +267,9 @@ impl CacheManager {
     /// # Errors
     /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) for a step outside the range
     /// (or any counter on `redis_pickle`); [`Error::Decode`](crate::Error::Decode) when the
-    /// stored value is not an integer; [`Error::Backend`](crate::Error::Backend) when the
-    /// backend fails.
+    /// stored value is not an integer (Redis says so itself: an
+    /// [`Error::Backend`](crate::Error::Backend) carrying its "not an integer" refusal);
+    /// [`Error::Backend`](crate::Error::Backend) when the backend fails.
     pub fn incr(&self, key: &str, delta: i64) -> Result<i64> {
         self.core().check_counter()?;
         if !self.core().enabled() {
@@ -285,7 +286,12 @@ impl CacheManager {
     /// As [`CacheManager::incr`].
     pub fn decr(&self, key: &str, delta: i64) -> Result<i64> {
         let neg = delta.checked_neg().ok_or_else(|| {
-            crate::Error::InvalidArgument(format!("decr by {delta}: its negation is not an i64"))
+            crate::Error::InvalidArgument(format!(
+                "decr by {delta} would add {}: ddf's counters stay within 0..={}, on every \
+                 backend; nothing was changed",
+                -i128::from(delta),
+                i64::MAX
+            ))
         })?;
         self.incr(key, neg)
     }

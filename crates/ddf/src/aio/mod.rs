@@ -408,7 +408,12 @@ impl AsyncCacheManager {
     /// As [`CacheManager::incr`](crate::CacheManager::incr).
     pub async fn decr(&self, key: &str, delta: i64) -> Result<i64> {
         let neg = delta.checked_neg().ok_or_else(|| {
-            crate::Error::InvalidArgument(format!("decr by {delta}: its negation is not an i64"))
+            crate::Error::InvalidArgument(format!(
+                "decr by {delta} would add {}: ddf's counters stay within 0..={}, on every \
+                 backend; nothing was changed",
+                -i128::from(delta),
+                i64::MAX
+            ))
         })?;
         self.incr(key, neg).await
     }

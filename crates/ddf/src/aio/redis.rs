@@ -55,6 +55,13 @@ impl Conn {
             Conn::Cluster(c) => cmd.query_async(c).await,
         }
     }
+
+    async fn query_pipe<T: FromRedisValue>(&mut self, p: &redis::Pipeline) -> RedisResult<T> {
+        match self {
+            Conn::Single(c) => p.query_async(c).await,
+            Conn::Cluster(c) => p.query_async(c).await,
+        }
+    }
 }
 
 /// The async Redis backend (see the module's documentation).
@@ -599,12 +606,12 @@ impl AsyncBackend for AsyncRedis {
     ) -> BoxFuture<'a, Result<Option<crate::backend::EntryInfo>>> {
         Box::pin(async move {
             let k = self.key(key);
-            let (pttl, size) = (&commands::pttl(&k), &commands::strlen(&k));
-            let pttl: i64 = self
-                .run("PTTL", |mut c| async move { c.query(pttl).await })
-                .await?;
-            let size: u64 = self
-                .run("STRLEN", |mut c| async move { c.query(size).await })
+            let both = &commands::ttl_and_size(&k);
+            let (pttl, size): (i64, u64) = self
+                .run(
+                    "PTTL/STRLEN",
+                    |mut c| async move { c.query_pipe(both).await },
+                )
                 .await?;
             Ok(self.core.entry(k.as_bytes(), pttl, size))
         })

@@ -249,12 +249,14 @@ impl Backend for FileBackend {
 
     fn incr(&self, key: &str, delta: i64, counter: &dyn super::Counter) -> Result<i64> {
         let sk = self.keys.storage_key(key);
-        let now = self.now();
         // One immediate transaction: read, step, write. A codec or range error rolls it back
         // (the transaction is dropped) and is returned as it is.
         self.with_conn("cannot update a counter", |c| {
             let tx =
                 rusqlite::Transaction::new_unchecked(c, rusqlite::TransactionBehavior::Immediate)?;
+            // The clock is read once the transaction holds the write lock: `BEGIN IMMEDIATE`
+            // may wait up to the busy timeout, and a row that expired meanwhile is absent.
+            let now = self.now();
             let row = tx
                 .prepare_cached(SQL_GET)?
                 .query_row([sk.as_bytes()], |r| {

@@ -92,6 +92,31 @@ pub(crate) fn unsupported(backend: &'static str, what: &str) -> crate::error::Er
 /// How the cache's codec stores a counter, handed to [`Backend::incr`] by the manager so that a
 /// backend that stores items as the codec writes them (the file backend) reads and writes an
 /// integer without calling a codec itself.
+///
+/// A backend's `incr` calls it; users implement it only to test a backend of their own:
+///
+/// ```
+/// use ddf::{Counter, Item, Result};
+///
+/// /// Counters as decimal text.
+/// struct Decimal;
+///
+/// impl Counter for Decimal {
+///     fn read(&self, key: &str, item: &Item) -> Result<i64> {
+///         std::str::from_utf8(&item.data)
+///             .ok()
+///             .and_then(|s| s.parse().ok())
+///             .ok_or_else(|| ddf::Error::InvalidArgument(format!("{key}: not a number")))
+///     }
+///     fn write(&self, _key: &str, n: i64) -> Result<Item> {
+///         Ok(Item::new(n.to_string().into_bytes(), 2))
+///     }
+/// }
+///
+/// let item = Decimal.write("hits", 41)?;
+/// assert_eq!(Decimal.read("hits", &item)? + 1, 42);
+/// # Ok::<(), ddf::Error>(())
+/// ```
 pub trait Counter: Send + Sync {
     /// The integer a stored item holds.
     ///

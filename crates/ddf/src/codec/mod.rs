@@ -26,7 +26,7 @@
 //! infinities (serde_json would write `null`, a different value); the pickle codec keeps them. `docs/codecs.md` compares both codecs.
 
 pub(crate) mod compress;
-pub mod flags;
+pub(crate) use crate::flags;
 pub(crate) mod json;
 pub mod pickle;
 pub(crate) mod python_memcache;

@@ -42,5 +42,9 @@ pub mod internals {
     pub use crate::backend::memcached::{DeadPolicy, MemcachedBackend};
     #[cfg(feature = "redis")]
     pub use crate::backend::redis::RedisBackend;
-    pub use crate::codec::{flags, pickle};
+    pub use crate::codec::pickle;
+    /// pymemcache's flags (see the crate's `flags` module).
+    pub mod flags {
+        pub use crate::flags::*;
+    }
 }

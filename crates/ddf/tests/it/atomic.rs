@@ -229,6 +229,18 @@ fn counter_checks(cache: &CacheManager) {
     cache.set("text", "abc", None).unwrap();
     assert!(cache.incr("text", 1).is_err());
     assert_eq!(cache.get::<String>("text").unwrap().as_deref(), Some("abc"));
+    // A str of digits is a str, not a counter (memcached's `ma` would count on it).
+    cache.set("digits", "7", None).unwrap();
+    assert!(cache.incr("digits", 1).is_err());
+    assert_eq!(cache.get::<String>("digits").unwrap().as_deref(), Some("7"));
+    // The most negative step on a live counter is refused and changes nothing (Redis cannot
+    // step back by it: `DECRBY i64::MIN` overflows).
+    cache.set("five", &5i64, None).unwrap();
+    assert!(matches!(
+        cache.incr("five", i64::MIN),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert_eq!(cache.get::<i64>("five").unwrap(), Some(5));
     // An existing counter keeps its expiry; touch and ttl.
     cache
         .set("exp", &1i64, Some(Duration::from_secs(100)))
@@ -521,7 +533,8 @@ fn the_async_face_on_every_backend() {
 /// Outage semantics (issue #17 point 6), with the server stopped: the atomic operations run on
 /// the fallback's entries of the outage (shared by the processes of this machine); counters
 /// count from 0 there and record nothing, so when the server returns its count resumes where it
-/// was; an `add` made during the outage is recorded as a delete, like `set`.
+/// was; an `add` made during the outage records nothing, so the lease another host (here:
+/// before the outage) put on the server is still there when it returns.
 fn outage(kind: crate::resilience::Kind) {
     use crate::resilience::{Server, config, wait_until_up};
     let dir = tempfile::tempdir().unwrap();
@@ -571,8 +584,12 @@ fn outage(kind: crate::resilience::Kind) {
         "the outage's touch stayed there"
     );
     assert!(
-        cache.add("lease", &"after", None).unwrap(),
-        "an add during the outage was recorded as a delete and replayed"
+        !cache.add("lease", &"after", None).unwrap(),
+        "an add during the outage recorded nothing: the server's lease is still there"
+    );
+    assert_eq!(
+        cache.get::<String>("lease").unwrap().as_deref(),
+        Some("server")
     );
     assert!(
         cache.add("other", &4, None).unwrap(),

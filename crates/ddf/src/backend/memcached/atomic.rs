@@ -15,9 +15,23 @@ use crate::key::{memcached_key, memcached_key_is_carryable};
 /// healthy server reaches).
 const INCR_RACES: usize = 10_000;
 
-/// A counter's stored text as an `i64`: decimal digits (what `ma` and pymemcache's `int`
-/// store; memcached's `decr` pads a shorter number with spaces), within `0..=i64::MAX`.
-fn counter_value(key: &str, data: &[u8]) -> Result<i64> {
+/// A counter's stored text as an `i64`: an item stored as an int (pymemcache's flags 2, or 4
+/// for a Python 2 long) holding decimal digits (what `ma` and pymemcache's `int` store;
+/// memcached's `decr` pads a shorter number with spaces), within `0..=i64::MAX`. A str or
+/// bytes of digits is not a counter: `ma` would count on it, and keep its flags, so the
+/// Python DDF would read the str `"8"` where an int was meant.
+fn counter_value(key: &str, flags: u32, data: &[u8]) -> Result<i64> {
+    use crate::flags::{INTEGER, LONG};
+    if flags != INTEGER && flags != LONG {
+        return Err(Error::Decode {
+            key: crate::error::shorten(key),
+            codec: "memcached counter",
+            reason: format!(
+                "incr/decr need an int (stored with flags {INTEGER} or {LONG}, as ddf's incr and \
+                 pymemcache write one); the stored value has flags {flags}"
+            ),
+        });
+    }
     std::str::from_utf8(data.trim_ascii_end())
         .ok()
         .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
@@ -73,16 +87,17 @@ impl MemcachedBackend {
                     let n = counter_step(0, delta)?;
                     let text = n.to_string();
                     let first =
-                        |c: &mut Conn| c.add(&wk, text.as_bytes(), crate::codec::flags::INTEGER, 0);
+                        |c: &mut Conn| c.add(&wk, text.as_bytes(), crate::flags::INTEGER, 0);
                     if self.run(server, "incr", first)? {
                         return Ok(n);
                     }
                 }
-                Some((data, cas)) => {
-                    counter_step(counter_value(key, &data)?, delta)?;
+                Some(read) => {
+                    let cas = read.cas;
+                    counter_step(counter_value(key, read.flags, &read.data)?, delta)?;
                     let (decr, by) = (delta < 0, delta.unsigned_abs());
                     if let Some(text) = self.run(server, "incr", |c| c.arith(&wk, cas, decr, by))? {
-                        return counter_value(key, &text);
+                        return counter_value(key, crate::flags::INTEGER, &text);
                     }
                 }
             }
@@ -90,9 +105,10 @@ impl MemcachedBackend {
         Err(Error::Backend {
             backend: "memcached",
             message: format!(
-                "incr: the counter changed between the read and the update {INCR_RACES} times"
+                "incr: the counter changed between the read and the update {INCR_RACES} times \
+                 (contention on one key, not an outage)"
             ),
-            temporary: true,
+            temporary: false,
             source: None,
         })
     }

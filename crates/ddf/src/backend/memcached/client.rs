@@ -252,8 +252,8 @@ impl Conn {
         self.meta(replies::add)
     }
 
-    /// `mg <key> v c f`: the value and its CAS value, or a miss.
-    pub fn get_cas(&mut self, key: &str) -> McResult<Option<(Vec<u8>, u64)>> {
+    /// `mg <key> v c f`: the value, its flags and its CAS value, or a miss.
+    pub fn get_cas(&mut self, key: &str) -> McResult<Option<replies::CasValue>> {
         self.begin()?;
         proto::get_cas(&mut self.out, key.as_bytes()).map_err(refused)?;
         self.flush()?;

@@ -164,14 +164,30 @@ pub(crate) fn add(r: MetaReply<'_>) -> McResult<bool> {
     }
 }
 
-/// The reply to `mg <key> v c f` (`incr`'s read): the value and its CAS value, or a miss.
-pub(crate) fn get_cas(r: MetaReply<'_>) -> McResult<Option<(Vec<u8>, u64)>> {
+/// An item read with its CAS value (`mg <key> v c f`).
+#[derive(Debug)]
+pub(crate) struct CasValue {
+    /// The stored bytes.
+    pub(crate) data: Vec<u8>,
+    /// The client flags (0 when the server sent none).
+    pub(crate) flags: u32,
+    /// The CAS value a conditional write names.
+    pub(crate) cas: u64,
+}
+
+/// The reply to `mg <key> v c f` (`incr`'s read): the value, its flags and its CAS value, or
+/// a miss.
+pub(crate) fn get_cas(r: MetaReply<'_>) -> McResult<Option<CasValue>> {
     match r {
         MetaReply::Value { data, fields, .. } => {
             let cas = fields
                 .cas
                 .ok_or_else(|| McError::Protocol("mg ... c: a value without its CAS".into()))?;
-            Ok(Some((data.to_vec(), cas)))
+            Ok(Some(CasValue {
+                data: data.to_vec(),
+                flags: fields.flags.unwrap_or(0),
+                cas,
+            }))
         }
         MetaReply::Status {
             status: Status::En, ..

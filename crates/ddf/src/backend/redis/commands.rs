@@ -53,19 +53,22 @@ pub(crate) fn add(key: &str, data: &[u8], ttl: Option<Duration>) -> redis::Cmd {
 
 /// `incr`: `INCRBY` under the one range rule ([`counter_step`](crate::backend::counter_step)),
 /// atomic in one script. Replies `{1, value}` when applied; `{0, value}` when the step would
-/// leave the range (undone: the key as it was, absent if it was); `{2, value}` when Redis
-/// refused it as an overflow. `value` is the stored decimal text (exact at any size, where a
-/// Lua number is not), nil for an absent key.
+/// leave the range (undone: the old text is put back with its TTL, or the key removed if it
+/// was absent); `{2, value}` when Redis refused it as an overflow. `value` is the stored
+/// decimal text (exact at any size, where a Lua number is not), nil for an absent key.
+///
+/// The undo puts the old text back rather than stepping back: `DECRBY` by the step itself
+/// overflows for `i64::MIN`, and a script that fails part-way keeps what it wrote.
 const INCR_SCRIPT: &str = r"
-local existed = redis.call('EXISTS', KEYS[1])
+local old = redis.call('GET', KEYS[1])
 local v = redis.pcall('INCRBY', KEYS[1], ARGV[1])
 if type(v) == 'table' and v.err then
-  if string.find(v.err, 'overflow') then return {2, redis.call('GET', KEYS[1])} end
+  if string.find(v.err, 'overflow') then return {2, old} end
   return v
 end
 if v < 0 then
-  if existed == 1 then redis.call('DECRBY', KEYS[1], ARGV[1]) else redis.call('DEL', KEYS[1]) end
-  return {0, redis.call('GET', KEYS[1])}
+  if old then redis.call('SET', KEYS[1], old, 'KEEPTTL') else redis.call('DEL', KEYS[1]) end
+  return {0, old}
 end
 return {1, redis.call('GET', KEYS[1])}
 ";
@@ -119,20 +122,14 @@ pub(crate) fn touch(key: &str, ttl: Option<Duration>) -> redis::Cmd {
     }
 }
 
-/// `PTTL key` (ms; -1 no expiry, -2 absent).
+/// `MULTI; PTTL key; STRLEN key; EXEC`: a key's TTL (ms; -1 no expiry, -2 absent) and size
+/// in one atomic round trip (a delete between two separate commands would give a TTL with
+/// size 0). Read the reply as `(i64, u64)`.
 #[cfg(feature = "async")]
-pub(crate) fn pttl(key: &str) -> redis::Cmd {
-    let mut c = redis::cmd("PTTL");
-    c.arg(key);
-    c
-}
-
-/// `STRLEN key`.
-#[cfg(feature = "async")]
-pub(crate) fn strlen(key: &str) -> redis::Cmd {
-    let mut c = redis::cmd("STRLEN");
-    c.arg(key);
-    c
+pub(crate) fn ttl_and_size(key: &str) -> redis::Pipeline {
+    let mut p = redis::pipe();
+    p.atomic().cmd("PTTL").arg(key).cmd("STRLEN").arg(key);
+    p
 }
 
 /// `UNLINK key...`.

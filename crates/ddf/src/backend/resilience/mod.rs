@@ -417,15 +417,24 @@ impl Resilient {
     fn unrecorded_op<T>(&self, key: &str, op: impl Fn(&dyn Backend) -> Result<T>) -> Result<T> {
         match self.on_primary(true, &op) {
             Attempt::Done(r) => r,
-            Attempt::NotUp | Attempt::Failed(_) => {
-                let s = &self.shared;
-                let _gate = read(&s.gate);
-                let g = s.generation.load(Ordering::Acquire);
-                let r = self.on_fallback_in(g, &op);
-                s.drop_if_closed(g, &deletes(std::iter::once(key)));
-                r
-            }
+            Attempt::NotUp | Attempt::Failed(_) => self.on_fallback_unrecorded(key, &op),
         }
+    }
+
+    /// The fallback half of [`Resilient::unrecorded_op`]: `op` on the fallback's entries of
+    /// the current outage, under the shared gate, removed again if that outage closed
+    /// meanwhile.
+    fn on_fallback_unrecorded<T>(
+        &self,
+        key: &str,
+        op: &impl Fn(&dyn Backend) -> Result<T>,
+    ) -> Result<T> {
+        let s = &self.shared;
+        let _gate = read(&s.gate);
+        let g = s.generation.load(Ordering::Acquire);
+        let r = self.on_fallback_in(g, op);
+        s.drop_if_closed(g, &deletes(std::iter::once(key)));
+        r
     }
 
     /// A namespace-wide invalidation (`delete_prefix`, `clear`): as [`Resilient::write_op`],
@@ -600,10 +609,24 @@ impl Backend for Resilient {
         self.write_op(|| deletes(std::iter::once(key)), |b| b.delete(key))
     }
 
-    /// A write: while the server is not up, an `add` on the fallback's entries of the outage
-    /// (shared by the processes of this machine), recorded as a delete like `set`.
+    /// A write that records nothing: while the server is not up, an `add` on the fallback's
+    /// entries of the outage (shared by the processes of this machine). An `add` never makes
+    /// the server's value stale (on the server it would have replaced nothing), so nothing is
+    /// recorded: a recorded delete would remove, when the server returns, a value (a lease, a
+    /// counter) that another host put there and still relies on. On the server, a stored
+    /// `add` makes the open outages forget the key, as a `set` does.
     fn add(&self, key: &str, item: &Item, ttl: Option<Duration>) -> Result<bool> {
-        self.write_op(|| deletes(std::iter::once(key)), |b| b.add(key, item, ttl))
+        let op = |b: &dyn Backend| b.add(key, item, ttl);
+        match self.on_primary(true, &op) {
+            Attempt::Done(r) => {
+                if matches!(r, Ok(true)) {
+                    self.shared
+                        .forget_in_open_outages(|| deletes(std::iter::once(key)));
+                }
+                r
+            }
+            Attempt::NotUp | Attempt::Failed(_) => self.on_fallback_unrecorded(key, &op),
+        }
     }
 
     /// A write that records nothing: while the server is not up the counter counts on the

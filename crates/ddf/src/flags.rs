@@ -1,5 +1,9 @@
 //! pymemcache's `python_memcache` serializer flags, the type tags of stored items.
 //!
+//! A leaf beside [`Item`](crate::Item), below the codecs and the backends: the codecs decide
+//! flags; one backend operation reads them, Memcached's `incr`, which must count only on an
+//! item stored as an int (memcached's `ma` would count on a str of digits and keep its flags).
+//!
 //! The codec layer decides an item's flags ([`crate::codec`]); backends keep them (Memcached on
 //! the server with each item, the file backend in its entry header) or, like Redis, have no
 //! place for them and return [`BYTES`]: flags 0 means "decode with the cache's own codec".

@@ -38,6 +38,7 @@ use crate::config::{RedisEndpoint, RedisSettings, RedisTarget};
 use crate::error::{Error, Result};
 use crate::key::Keyspace;
 
+pub(crate) mod cluster;
 pub(crate) mod commands;
 mod conn;
 mod sentinel;

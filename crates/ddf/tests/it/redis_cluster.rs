@@ -1,11 +1,16 @@
-//! A Redis Cluster with one primary stopped (SIGSTOP), against a real 3-primary cluster (issue
-//! #14 point 1: a breaker per Cluster primary). Prints the figures of the outage (`--nocapture`:
-//! "cluster outage: ..."); asserts counts and generous "does not hang" bounds, never speed.
+//! A Redis Cluster through the breaker per primary (issue #14 point 1), against a real
+//! 3-primary cluster: the conformance suite, one primary stopped (SIGSTOP: the healthy
+//! primaries keep their keys, the stopped one's go to the fallback and are replayed when it
+//! returns), and a resharded slot (`ASK` during the migration, `MOVED` after it). Prints the
+//! figures of the outage (`--nocapture`: "cluster outage: ..."); asserts counts and generous
+//! "does not hang" bounds, never speed.
 
 use std::time::{Duration, Instant};
 
 use ddf::{CacheBackend, CacheConfig, CacheManager, FallbackMode, ServerAddr};
 use ddf_testkit::RedisCluster;
+
+use crate::conformance::{self, Caps};
 
 const CONNECT: Duration = Duration::from_millis(300);
 const TIMEOUT: Duration = Duration::from_millis(500);
@@ -72,6 +77,26 @@ fn owner(cluster: &RedisCluster, key: &str) -> usize {
     panic!("no owner for slot {slot} in {slots}")
 }
 
+fn row(cache: &CacheManager, name: &str) -> String {
+    cache
+        .backend_info()
+        .unwrap()
+        .into_iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v)
+        .unwrap_or_default()
+}
+
+/// Waits (at most 30 s) until every primary's breaker is closed again.
+fn wait_up(cache: &CacheManager) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while row(cache, "state") != "up" {
+        let _ = cache.get::<String>("wait:probe");
+        assert!(Instant::now() < deadline, "{}", row(cache, "state"));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn timed<T>(f: impl FnOnce() -> T) -> (T, Duration) {
     let t = Instant::now();
     let r = f();
@@ -133,7 +158,41 @@ fn one_stopped_primary_of_three() {
             read_back += 1;
         }
     }
+    // The stopped primary's keys: served by the fallback, their deletes recorded.
+    let mut from_fallback = 0;
+    for (k, &o) in keys.iter().zip(&owners) {
+        if o == stopped
+            && cache.get::<String>(k).unwrap().as_deref() == Some(&format!("during-{k}"))
+        {
+            from_fallback += 1;
+        }
+    }
+    let label = cluster.addrs()[stopped].clone();
+    let state = row(&cache, &format!("server.{label}.state"));
+    let pending: u64 = row(&cache, "recorded invalidations pending")
+        .parse()
+        .unwrap_or(0);
     cluster.nodes[stopped].process.signal("CONT");
+    assert_eq!(
+        on_server, healthy,
+        "keys of healthy primaries left their server"
+    );
+    assert_eq!(read_back, healthy);
+    assert_eq!(from_fallback, N - healthy, "the stopped primary's keys");
+    assert!(state.starts_with("down"), "{state}");
+    assert!(pending > 0, "nothing recorded for the stopped primary");
+    // Its return: the recorded deletes are replayed before it serves again, so the value it
+    // held from before the outage is never read.
+    wait_up(&cache);
+    for (k, &o) in keys.iter().zip(&owners) {
+        if o != stopped {
+            continue;
+        }
+        let on_node = cluster.cli(cluster.nodes[o].port(), &["GET", &format!("rc:{k}")]);
+        assert!(!on_node.contains("before-"), "{k} not replayed: {on_node}");
+        let v = cache.get::<String>(k).unwrap();
+        assert!(v.is_none(), "{k} after the return: {v:?}");
+    }
     eprintln!(
         "cluster outage: first get {first_took:?} ({}), set_many of 20 {many_took:?} ({}), \
          worst set {worst:?}; keys of healthy primaries written to their server during the \
@@ -141,4 +200,80 @@ fn one_stopped_primary_of_three() {
         if first.is_ok() { "ok" } else { "error" },
         if many.is_ok() { "ok" } else { "error" },
     );
+}
+
+/// The conformance suite through the breaker per primary (what `CacheManager::new` builds),
+/// and a prefix invalidation that spans every primary.
+#[test]
+fn conformance_through_the_breaker_per_primary() {
+    let Some(cluster) = cluster() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&cluster, dir.path());
+    conformance::run(
+        &|ns| CacheManager::new(cfg.clone().with_namespace(ns)).unwrap(),
+        Caps::default(),
+    );
+    let cache = CacheManager::new(cfg.clone()).unwrap();
+    for i in 0..300 {
+        cache.set(&format!("spread:{i}"), &i, None).unwrap();
+    }
+    for n in &cluster.nodes {
+        let dbsize: u64 = cluster.cli(n.port(), &["DBSIZE"]).trim().parse().unwrap();
+        assert!(dbsize > 0, "node {} holds none of the keys", n.port());
+    }
+    assert_eq!(cache.invalidate_pattern("spread:").unwrap(), 300);
+    assert_eq!(row(&cache, "state"), "up");
+}
+
+/// One slot moved from its primary to another while a cache runs: `ASK` during the migration,
+/// `MOVED` after it; every read is right and the writes land on the new owner.
+#[test]
+fn a_resharded_slot_still_reads_right() {
+    let Some(cluster) = cluster() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let cache = CacheManager::new(config(&cluster, dir.path())).unwrap();
+    let (key, stored) = ("moving", "rc:moving");
+    cache.set(key, &"v1", None).unwrap();
+    let from = owner(&cluster, stored);
+    let to = (from + 1) % 3;
+    let (fp, tp) = (cluster.nodes[from].port(), cluster.nodes[to].port());
+    let id = |p| cluster.cli(p, &["CLUSTER", "MYID"]).trim().to_owned();
+    let (from_id, to_id) = (id(fp), id(tp));
+    let slot = cluster
+        .cli(fp, &["CLUSTER", "KEYSLOT", stored])
+        .trim()
+        .to_owned();
+    cluster.cli(tp, &["CLUSTER", "SETSLOT", &slot, "IMPORTING", &from_id]);
+    cluster.cli(fp, &["CLUSTER", "SETSLOT", &slot, "MIGRATING", &to_id]);
+    let out = cluster.cli(
+        fp,
+        &[
+            "MIGRATE",
+            "127.0.0.1",
+            &tp.to_string(),
+            "",
+            "0",
+            "5000",
+            "KEYS",
+            stored,
+        ],
+    );
+    assert!(out.contains("OK"), "MIGRATE: {out}");
+    // Mid-migration: the old owner answers ASK for a key it no longer has.
+    assert_eq!(cache.get::<String>(key).unwrap().as_deref(), Some("v1"));
+    for n in &cluster.nodes {
+        cluster.cli(n.port(), &["CLUSTER", "SETSLOT", &slot, "NODE", &to_id]);
+    }
+    // After: MOVED, the map is read again, and the key's reads and writes go to the new owner.
+    assert_eq!(cache.get::<String>(key).unwrap().as_deref(), Some("v1"));
+    cache.set(key, &"v2", None).unwrap();
+    assert!(cluster.cli(tp, &["GET", stored]).contains("v2"));
+    assert_eq!(cache.get::<String>(key).unwrap().as_deref(), Some("v2"));
+    assert_eq!(cache.delete(key).unwrap(), true);
+    assert_eq!(cache.get::<String>(key).unwrap(), None);
+    assert_eq!(row(&cache, "state"), "up");
 }

@@ -137,10 +137,24 @@ struct Map {
 }
 
 impl Map {
-    /// The even split `redis-cli --cluster create` makes over `n` nodes.
+    /// The split `redis-cli --cluster create` makes over `n` nodes: node `i` gets up to slot
+    /// `round((i + 1) * 16384 / n - 1)`, the last node the rest.
     fn even(nodes: &[Addr]) -> Map {
         let n = nodes.len().max(1);
-        let scope: Vec<u16> = (0..SLOTS).map(|s| (s * n / SLOTS) as u16).collect();
+        let per = SLOTS as f64 / n as f64;
+        let mut scope = vec![0u16; SLOTS];
+        let mut first = 0usize;
+        for i in 0..n {
+            let last = if i + 1 == n {
+                SLOTS - 1
+            } else {
+                (((i + 1) as f64 * per - 1.0).round() as usize).clamp(first, SLOTS - 1)
+            };
+            for s in scope.iter_mut().take(last + 1).skip(first) {
+                *s = i as u16;
+            }
+            first = last + 1;
+        }
         Map {
             owner: scope.clone(),
             scope,
@@ -697,8 +711,13 @@ mod tests {
     #[test]
     fn a_promoted_replica_keeps_the_shard_and_a_resharding_moves_slots() {
         let nodes = addrs(&[("a", 1), ("b", 2)]);
+        let three = addrs(&[("a", 1), ("b", 2), ("c", 3)]);
+        let m = Map::even(&three);
+        // What `redis-cli --cluster create` assigns: 0-5460, 5461-10922, 10923-16383.
+        assert_eq!((m.scope[5460], m.scope[5461]), (0, 1));
+        assert_eq!((m.scope[10922], m.scope[10923], m.scope[16383]), (1, 2, 2));
         let mut m = Map::even(&nodes);
-        assert_eq!((m.scope[0], m.scope[16383]), (0, 1));
+        assert_eq!((m.scope[8191], m.scope[8192], m.scope[16383]), (0, 1, 1));
         let r = |first, last, h: &str, p| Range {
             first,
             last,

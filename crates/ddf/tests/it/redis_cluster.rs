@@ -223,6 +223,11 @@ fn conformance_through_the_breaker_per_primary() {
         let dbsize: u64 = cluster.cli(n.port(), &["DBSIZE"]).trim().parse().unwrap();
         assert!(dbsize > 0, "node {} holds none of the keys", n.port());
     }
+    // Listing (`ddf-cache keys`) reaches every primary, sorted, bounded by the limit.
+    let listed = cache.keys("spread:", 1000).unwrap();
+    assert_eq!(listed.len(), 300);
+    assert!(listed.windows(2).all(|w| w[0].key < w[1].key));
+    assert_eq!(cache.keys("spread:", 10).unwrap().len(), 10);
     assert_eq!(cache.invalidate_pattern("spread:").unwrap(), 300);
     assert_eq!(row(&cache, "state"), "up");
 }

@@ -617,6 +617,21 @@ impl Backend for NodeBackend {
         self.shards.node(&self.shards.primary(self.scope))?.info()
     }
 
+    fn keys(&self, prefix: &str, limit: usize) -> Result<Vec<crate::backend::EntryInfo>> {
+        let mut out = Vec::new();
+        for addr in self.shards.nodes_of(self.scope) {
+            out.extend(self.shards.node(&addr)?.keys(prefix, limit)?);
+        }
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        out.truncate(limit);
+        Ok(out)
+    }
+
+    fn meta(&self, key: &str) -> Result<Option<crate::backend::EntryInfo>> {
+        let slot = slot_of(self.shards.keyspace.storage_key(key).as_bytes());
+        self.shards.node(&self.shards.owner(slot))?.meta(key)
+    }
+
     fn close(&self) {
         let all = self
             .shards

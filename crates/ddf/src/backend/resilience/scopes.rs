@@ -217,6 +217,12 @@ impl Backend for Watched {
     fn info(&self) -> Result<Vec<(String, String)>> {
         self.inner.info()
     }
+    fn keys(&self, prefix: &str, limit: usize) -> Result<Vec<crate::backend::EntryInfo>> {
+        self.seen(self.inner.keys(prefix, limit))
+    }
+    fn meta(&self, key: &str) -> Result<Option<crate::backend::EntryInfo>> {
+        self.seen(self.inner.meta(key))
+    }
     fn close(&self) {
         self.inner.close();
     }
@@ -466,6 +472,25 @@ impl Backend for PerScope {
 
     fn clear(&self) -> Result<()> {
         self.on_every("clear", (), |(), ()| (), Resilient::clear)
+    }
+
+    fn keys(&self, prefix: &str, limit: usize) -> Result<Vec<crate::backend::EntryInfo>> {
+        let mut out = self.on_every(
+            "keys",
+            Vec::new(),
+            |mut a, b| {
+                a.extend(b);
+                a
+            },
+            |r| r.keys(prefix, limit),
+        )?;
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        out.truncate(limit);
+        Ok(out)
+    }
+
+    fn meta(&self, key: &str) -> Result<Option<crate::backend::EntryInfo>> {
+        self.scope(key).meta(key)
     }
 
     fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<Item>>> {

@@ -282,3 +282,97 @@ fn a_resharded_slot_still_reads_right() {
     assert_eq!(cache.get::<String>(key).unwrap(), None);
     assert_eq!(row(&cache, "state"), "up");
 }
+
+/// Polls `f` every 50 ms for at most 30 s.
+fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !f() {
+        assert!(Instant::now() < deadline, "{what}: not within 30 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A failover: a primary is stopped, a key of its deleted during the outage (recorded in its
+/// scope), then its replica (not in `redis_cluster_nodes`) takes over holding the old value.
+/// The scope follows its slots to the promoted replica: the recorded delete is replayed there
+/// before the scope serves again, so the old value is never read.
+#[test]
+fn a_failover_replays_the_old_primarys_records_on_the_promoted_replica() {
+    let Some(cluster) = cluster() else {
+        return;
+    };
+    let (p, pport) = (0, cluster.nodes[0].port());
+    let bus = ddf_testkit::free_port().to_string();
+    let replica = ddf_testkit::RedisServer::start_with(&[
+        "--cluster-enabled",
+        "yes",
+        "--cluster-config-file",
+        "nodes.conf",
+        "--cluster-port",
+        &bus,
+        "--cluster-node-timeout",
+        "5000",
+        "--cluster-require-full-coverage",
+        "no",
+    ])
+    .unwrap();
+    let rport = replica.port();
+    let cli = |port, args: &[&str]| cluster.cli(port, args);
+    let pid = cli(pport, &["CLUSTER", "MYID"]).trim().to_owned();
+    let pbus = cli(pport, &["CLUSTER", "NODES"])
+        .lines()
+        .find(|l| l.contains("myself"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|a| a.split(['@', ',']).nth(1))
+        .unwrap()
+        .to_owned();
+    cli(
+        rport,
+        &["CLUSTER", "MEET", "127.0.0.1", &pport.to_string(), &pbus],
+    );
+    eventually("the replica meets the cluster", || {
+        cli(rport, &["CLUSTER", "NODES"]).contains(&pid)
+    });
+    eventually("CLUSTER REPLICATE", || {
+        cli(rport, &["CLUSTER", "REPLICATE", &pid]).contains("OK")
+    });
+    eventually("the replica is in sync", || {
+        cli(rport, &["INFO", "replication"]).contains("master_link_status:up")
+    });
+
+    let dir = tempfile::tempdir().unwrap();
+    let cache = CacheManager::new(config(&cluster, dir.path())).unwrap();
+    let key = (0..)
+        .map(|i| format!("fo{i}"))
+        .find(|k| owner(&cluster, &format!("rc:{k}")) == p)
+        .unwrap();
+    let stored = format!("rc:{key}");
+    cache.set(&key, &"old", None).unwrap();
+    assert!(
+        cli(pport, &["WAIT", "1", "5000"]).trim() == "1",
+        "not replicated"
+    );
+
+    cluster.nodes[p].process.signal("STOP");
+    let (r, took) = timed(|| cache.delete(&key));
+    assert!(took < HANG, "delete hung");
+    r.unwrap();
+    assert_eq!(cache.get::<String>(&key).unwrap(), None);
+    // The replica, which still holds the old value, takes over the stopped primary's slots.
+    cli(rport, &["CLUSTER", "FAILOVER", "TAKEOVER"]);
+    eventually("the replica is promoted", || {
+        cli(rport, &["ROLE"]).starts_with("master")
+    });
+    wait_up(&cache);
+    let on_replica = cli(rport, &["GET", &stored]);
+    cluster.nodes[p].process.signal("CONT");
+    assert!(
+        !on_replica.contains("old"),
+        "the recorded delete was not replayed on the promoted replica: {on_replica}"
+    );
+    assert_eq!(cache.get::<String>(&key).unwrap(), None);
+    // The scope now serves through the promoted replica.
+    cache.set(&key, &"new", None).unwrap();
+    assert!(cli(rport, &["GET", &stored]).contains("new"));
+    assert_eq!(cache.get::<String>(&key).unwrap().as_deref(), Some("new"));
+}

@@ -127,7 +127,8 @@ fn one_stopped_primary_of_three() {
         }
     }
     cluster.nodes[stopped].process.signal("STOP");
-    let cache = CacheManager::new(cfg.clone()).unwrap();
+    let (cache, new_took) = timed(|| CacheManager::new(cfg.clone()).unwrap());
+    let first_owner = owners[0];
     let (first, first_took) = timed(|| cache.get::<String>(&keys[0]));
     let items: Vec<(String, String)> = keys[..20]
         .iter()
@@ -194,7 +195,8 @@ fn one_stopped_primary_of_three() {
         assert!(v.is_none(), "{k} after the return: {v:?}");
     }
     eprintln!(
-        "cluster outage: first get {first_took:?} ({}), set_many of 20 {many_took:?} ({}), \
+        "cluster outage: new cache {new_took:?}, first get {first_took:?} (key on node \
+         {first_owner}, node {stopped} stopped; {}), set_many of 20 {many_took:?} ({}), \
          worst set {worst:?}; keys of healthy primaries written to their server during the \
          outage: {on_server} of {healthy}, read back: {read_back} of {healthy}",
         if first.is_ok() { "ok" } else { "error" },

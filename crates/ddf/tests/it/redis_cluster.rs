@@ -378,3 +378,46 @@ fn a_failover_replays_the_old_primarys_records_on_the_promoted_replica() {
     assert!(cli(rport, &["GET", &stored]).contains("new"));
     assert_eq!(cache.get::<String>(&key).unwrap().as_deref(), Some("new"));
 }
+
+/// For the record (`--nocapture`, no assertion on speed): single `get`s and batches on a
+/// healthy cluster through the breaker per primary, beside redis-rs's cluster connection (the
+/// bare backend of before), in the same run.
+#[test]
+fn healthy_cluster_figures() {
+    let Some(cluster) = cluster() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&cluster, dir.path());
+    let per_primary = CacheManager::new(cfg.clone()).unwrap();
+    let bare = CacheManager::with_backend(
+        cfg.clone(),
+        std::sync::Arc::new(ddf::testing::internals::RedisBackend::from_config(&cfg).unwrap()),
+    );
+    let keys: Vec<String> = (0..100).map(|i| format!("h{i}")).collect();
+    let items: Vec<(&str, u32)> = keys.iter().map(|k| (k.as_str(), 7)).collect();
+    let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+    let mut line = String::new();
+    for (name, cache) in [("per primary", &per_primary), ("redis-rs cluster", &bare)] {
+        cache.set_many(&items, None).unwrap();
+        let (_, gets) = timed(|| {
+            for _ in 0..5 {
+                for k in &keys {
+                    cache.get::<u32>(k).unwrap();
+                }
+            }
+        });
+        let (_, batches) = timed(|| {
+            for _ in 0..20 {
+                cache.get_many::<u32>(&refs).unwrap();
+                cache.set_many(&items, None).unwrap();
+            }
+        });
+        line.push_str(&format!(
+            "{name}: get {:?}/op, get_many+set_many of 100 {:?}/pair; ",
+            gets / 500,
+            batches / 20
+        ));
+    }
+    eprintln!("healthy cluster (debug build): {line}");
+}

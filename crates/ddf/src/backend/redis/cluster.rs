@@ -430,14 +430,22 @@ impl NodeBackend {
         let mut out = vec![Value::Nil; cmds.len()];
         for (addr, idx) in &groups {
             let b = self.shards.node(addr)?;
-            let mut p = redis::pipe();
-            for &i in idx {
-                p.add_command(cmds[i].cmd.clone());
-            }
-            let packed = p.get_packed_pipeline();
-            let vals = b.run(what, |c| {
-                c.as_like().req_packed_commands(&packed, 0, idx.len())
-            })?;
+            let vals = match idx.as_slice() {
+                [one] => {
+                    let packed = cmds[*one].cmd.get_packed_command();
+                    vec![b.run(what, |c| c.as_like().req_packed_command(&packed))?]
+                }
+                _ => {
+                    let mut p = redis::pipe();
+                    for &i in idx {
+                        p.add_command(cmds[i].cmd.clone());
+                    }
+                    let packed = p.get_packed_pipeline();
+                    b.run(what, |c| {
+                        c.as_like().req_packed_commands(&packed, 0, idx.len())
+                    })?
+                }
+            };
             if vals.len() != idx.len() {
                 return Err(Error::Backend {
                     backend: super::NAME,

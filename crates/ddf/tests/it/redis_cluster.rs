@@ -296,11 +296,22 @@ fn eventually(what: &str, mut f: impl FnMut() -> bool) {
 }
 
 /// A failover: a primary is stopped, a key of its deleted during the outage (recorded in its
-/// scope), then its replica (not in `redis_cluster_nodes`) takes over holding the old value.
-/// The scope follows its slots to the promoted replica: the recorded delete is replayed there
-/// before the scope serves again, so the old value is never read.
+/// scope), then its replica takes over holding the old value. The scope follows its slots to
+/// the promoted replica: the recorded delete is replayed there before the scope serves again,
+/// so the old value is never read.
 #[test]
 fn a_failover_replays_the_old_primarys_records_on_the_promoted_replica() {
+    failover(false);
+}
+
+/// [`a_failover_replays_the_old_primarys_records_on_the_promoted_replica`] with the replica
+/// listed in `redis_cluster_nodes` (a scope of its own, which must not take the keys over).
+#[test]
+fn a_failover_to_a_listed_replica_keeps_the_records_with_the_keys() {
+    failover(true);
+}
+
+fn failover(replica_listed: bool) {
     let Some(cluster) = cluster() else {
         return;
     };
@@ -344,7 +355,12 @@ fn a_failover_replays_the_old_primarys_records_on_the_promoted_replica() {
     });
 
     let dir = tempfile::tempdir().unwrap();
-    let cache = CacheManager::new(config(&cluster, dir.path())).unwrap();
+    let mut cfg = config(&cluster, dir.path());
+    if replica_listed {
+        cfg.redis_cluster_nodes
+            .push(ServerAddr::parse(&format!("127.0.0.1:{rport}"), 6379).unwrap());
+    }
+    let cache = CacheManager::new(cfg).unwrap();
     let key = (0..)
         .map(|i| format!("fo{i}"))
         .find(|k| owner(&cluster, &format!("rc:{k}")) == p)

@@ -13,8 +13,9 @@
 //!   when the map was read. When a failover promotes a replica, the slots keep their scope and
 //!   the scope's requests go to the promoted node: the invalidations recorded while the old
 //!   primary was down are replayed on the node that now holds its keys, before the scope serves
-//!   again. A slot changes scope only when the map names another configured node as its owner
-//!   (a resharding, which `MIGRATE` can only do while both nodes answer).
+//!   again, also when the promoted replica is itself listed. A slot changes scope only when
+//!   the map names as its owner a node that already held slots (a resharding, which `MIGRATE`
+//!   can only do while both nodes answer).
 //! - **Requests** ([`NodeBackend`], the primary of one scope) go to the slot's owner over our
 //!   bounded connection (`conn.rs`: one deadline per request), through a standalone
 //!   [`RedisBackend`] per node (its pool, error mapping and connection set-up): a stopped
@@ -174,20 +175,35 @@ impl Map {
         }
     }
 
-    /// Takes the ranges a node announced (see the module docs for the scope rule); whether a
-    /// slot changed owner.
+    /// Takes the ranges a node announced; whether a slot changed owner. The scope rule (see
+    /// the module docs): at the first reading, a listed node's slots are its scope; later, a
+    /// node that held slots before takes a slot into its scope (a resharding), while a node that
+    /// held none (a promoted replica, listed or not) takes the slots over in the scope they were
+    /// in (a failover), whose probe then pings it.
     fn apply(&mut self, nodes: &[Addr], ranges: &[Range]) -> bool {
+        let first_reading = !self.known;
+        let mut held = vec![false; self.addrs.len()];
+        for &o in &self.owner {
+            if let Some(h) = held.get_mut(usize::from(o)) {
+                *h = true;
+            }
+        }
         let mut changed = false;
         for r in ranges {
             let owner = self.index(&r.primary);
-            let scope = match nodes.iter().position(|n| *n == r.primary) {
-                Some(i) => i as u16,
-                // A node not configured (a promoted replica): the shard it took over keeps its
-                // scope; a scope already led by that node keeps it.
-                None => match self.primary.iter().position(|&p| p == owner) {
-                    Some(s) => s as u16,
-                    None => self.scope[usize::from(r.first)],
-                },
+            let listed = nodes.iter().position(|n| *n == r.primary).map(|i| i as u16);
+            let led = self
+                .primary
+                .iter()
+                .position(|&p| p == owner)
+                .map(|i| i as u16);
+            let current = self.scope[usize::from(r.first)];
+            let scope = if first_reading {
+                listed.or(led).unwrap_or(current)
+            } else if held.get(usize::from(owner)).copied().unwrap_or(false) {
+                led.or(listed).unwrap_or(current)
+            } else {
+                current
             };
             for s in usize::from(r.first)..=usize::from(r.last) {
                 changed |= self.owner[s] != owner;
@@ -757,5 +773,20 @@ mod tests {
         // One slot resharded to b: it moves to b's scope.
         m.apply(&nodes, &[r(0, 100, "b", 2), r(101, 16383, "c", 3)]);
         assert_eq!((m.scope[100], m.scope[101]), (1, 0));
+
+        // Every node listed, replicas too: a listed replica that is promoted takes the shard
+        // over in its primary's scope (where the records of the primary's outage are), not in
+        // its own.
+        let all = addrs(&[("a", 1), ("b", 2), ("a2", 3)]);
+        let mut m = Map::even(&all);
+        m.apply(&all, &[r(0, 8191, "a", 1), r(8192, 16383, "b", 2)]);
+        assert_eq!((m.scope[0], m.scope[8192]), (0, 1));
+        m.apply(&all, &[r(0, 8191, "a2", 3), r(8192, 16383, "b", 2)]);
+        assert_eq!(m.scope[0], 0);
+        assert_eq!(m.addrs[usize::from(m.primary[0])], ("a2".to_owned(), 3));
+        // Failback (a is promoted again): still the same scope.
+        m.apply(&all, &[r(0, 8191, "a", 1), r(8192, 16383, "b", 2)]);
+        assert_eq!(m.scope[0], 0);
+        assert_eq!(m.addrs[usize::from(m.primary[0])], ("a".to_owned(), 1));
     }
 }

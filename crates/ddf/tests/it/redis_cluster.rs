@@ -394,6 +394,10 @@ fn failover(replica_listed: bool) {
     cache.set(&key, &"new", None).unwrap();
     assert!(cli(rport, &["GET", &stored]).contains("new"));
     assert_eq!(cache.get::<String>(&key).unwrap().as_deref(), Some("new"));
+    // A prefix invalidation reaches the promoted replica once (a listed replica's own scope
+    // holds no slot and scans nothing).
+    assert_eq!(cache.invalidate_pattern("fo").unwrap(), 1);
+    assert_eq!(cache.get::<String>(&key).unwrap(), None);
 }
 
 /// For the record (`--nocapture`, no assertion on speed): single `get`s and batches on a

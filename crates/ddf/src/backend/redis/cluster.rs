@@ -336,9 +336,7 @@ impl Shards {
                 out.push(a.clone());
             }
         }
-        if out.is_empty() {
-            out.push(map.addrs[usize::from(map.primary.get(scope).copied().unwrap_or(0))].clone());
-        }
+        // None when the scope holds no slot (a listed replica): nothing of ours is there.
         out
     }
 

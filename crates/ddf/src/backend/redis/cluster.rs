@@ -247,8 +247,9 @@ impl Partition for Shards {
 
 impl Shards {
     /// The shards of a cluster's settings, with the slot map of the first configured node that
-    /// answers (each tried within `connect_timeout` + `timeout`; when none does, the even
-    /// split, corrected by the first node that answers later). `None` for another target.
+    /// answers (all asked at once, waited for at most `connect_timeout` + `timeout`; when none
+    /// answers, the even split, corrected by the first node that answers later). `None` for
+    /// another target.
     pub(crate) fn discover(settings: &RedisSettings) -> Option<Arc<Shards>> {
         let RedisTarget::Cluster(nodes) = &settings.target else {
             return None;
@@ -264,11 +265,39 @@ impl Shards {
             backends: Mutex::new(HashMap::new()),
             settings: settings.clone(),
         });
-        let found = shards.nodes.iter().any(|n| shards.refresh_from(n).is_ok());
-        if !found {
+        if !shards.first_map(settings.connect_timeout + settings.timeout) {
             tracing::warn!(nodes = ?shards.nodes, "no Redis Cluster node answered CLUSTER SLOTS; keys are placed by the even split until one does");
         }
         Some(shards)
+    }
+
+    /// Asks every listed node for the slot map at once and waits for the first answer, at most
+    /// `wait` (a stopped node costs nothing when another answers); whether one did. A node that
+    /// answers later still applies its map (the same map: nothing changes).
+    fn first_map(self: &Arc<Self>, wait: Duration) -> bool {
+        let (tx, rx) = std::sync::mpsc::channel();
+        for n in &self.nodes {
+            let (shards, node, tx) = (self.clone(), n.clone(), tx.clone());
+            let asked = std::thread::Builder::new()
+                .name("ddf-cluster-map".to_owned())
+                .spawn(move || {
+                    let _ = tx.send(shards.refresh_from(&node).is_ok());
+                });
+            // A thread the system refuses: ask that node here.
+            if asked.is_err() && self.refresh_from(n).is_ok() {
+                return true;
+            }
+        }
+        drop(tx);
+        let deadline = std::time::Instant::now() + wait;
+        while let Ok(ok) =
+            rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
+        {
+            if ok {
+                return true;
+            }
+        }
+        false
     }
 
     /// One scope per configured node: label `host:port`, identity

@@ -5,8 +5,9 @@
 //! which scope a key belongs to (`scope_of`), and builds a primary that serves one scope alone.
 //! Memcached implements it with pymemcache's placement over **every** configured server: a down
 //! server is never removed from the ring, its keys go to the fallback and never to another
-//! server, so no second copy can go stale. (A Redis Cluster node could implement it later with
-//! the key's slot.)
+//! server, so no second copy can go stale. A Redis Cluster implements it with the key's hash
+//! slot (`redis/cluster.rs`: one scope per listed node, a failover keeps the slots in their
+//! scope, a resharding moves them).
 //!
 //! Each scope is a whole [`Resilient`]: the one pure breaker state machine
 //! ([`Breaker`](super::breaker::Breaker)), its journal scope (`memcached://host:port|namespace`),
@@ -31,7 +32,8 @@ use crate::error::{Error, Result};
 pub(crate) trait Partition: Send + Sync + fmt::Debug + 'static {
     /// The scope (an index into the scopes the backend was built with) that holds `key`, a user
     /// key. Never changes for a key while the configuration is the same, whatever the servers'
-    /// state.
+    /// state, except on a Redis Cluster when a resharding moves the key's slot to another
+    /// primary (both up: see `redis/cluster.rs`).
     fn scope_of(&self, key: &str) -> usize;
 }
 

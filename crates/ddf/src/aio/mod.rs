@@ -120,6 +120,21 @@ fn from_config(config: &CacheConfig, fallback: &Arc<AtomicU64>) -> Result<Arc<dy
         BackendSettings::Redis(_) => return Err(config.feature_off("redis")),
         #[cfg(not(feature = "memcached"))]
         BackendSettings::Memcached(_) => return Err(config.feature_off("memcached")),
+        // A Cluster: the sync face's breaker per primary (the same journal scopes, so the two
+        // faces replay each other's records), on the blocking pool, as several Memcached
+        // servers below. Not yet native: redis-rs's async cluster connection has one breaker
+        // for every node.
+        #[cfg(feature = "redis")]
+        BackendSettings::Redis(s) if matches!(s.target, crate::config::RedisTarget::Cluster(_)) => {
+            Arc::new(
+                Blocking::new(
+                    crate::backend::from_config(config)?,
+                    Place::Offload,
+                    Place::Offload,
+                )
+                .counting_fallback(fallback.clone()),
+            )
+        }
         #[cfg(feature = "redis")]
         BackendSettings::Redis(settings) => {
             let twin = crate::backend::redis::RedisBackend::new(&settings)?;

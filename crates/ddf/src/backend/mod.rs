@@ -490,6 +490,23 @@ pub fn from_config(config: &CacheConfig) -> Result<Arc<dyn Backend>> {
         BackendSettings::Redis(_) => Err(config.feature_off("redis")),
         #[cfg(not(feature = "memcached"))]
         BackendSettings::Memcached(_) => Err(config.feature_off("memcached")),
+        // A Cluster: a breaker per primary, keys placed by hash slot (`redis/cluster.rs`).
+        #[cfg(feature = "redis")]
+        BackendSettings::Redis(settings)
+            if matches!(settings.target, crate::config::RedisTarget::Cluster(_)) =>
+        {
+            tracing::info!(backend, namespace, servers = %settings.identity(), fallback = config.fallback.as_str(), "ddf: cache backend chosen (a breaker per Cluster primary)");
+            match redis::cluster::Shards::discover(&settings) {
+                Some(shards) => per_server(
+                    config,
+                    config.backend.as_str(),
+                    settings.identity(),
+                    shards.clone(),
+                    shards.specs(),
+                ),
+                None => Ok(redis_resilient(config, settings)?),
+            }
+        }
         #[cfg(feature = "redis")]
         BackendSettings::Redis(settings) => {
             tracing::info!(backend, namespace, servers = %settings.identity(), fallback = config.fallback.as_str(), "ddf: cache backend chosen");

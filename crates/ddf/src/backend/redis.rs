@@ -22,6 +22,9 @@
 //!   `server_flush = true` (then `FLUSHDB`). `FLUSHALL` is never sent.
 //! - **Errors**: mapped in one function, `RedisBackend::map_err`, which never includes the
 //!   password or a URL.
+//! - **Cluster**: what `from_config` builds for a Cluster is [`cluster`]'s breaker per primary
+//!   (a standalone `RedisBackend` per node, keys placed by hash slot); this type's own Cluster
+//!   target (redis-rs's `ClusterConnection`) remains for ddf's tests of the bare backend.
 
 use std::fmt;
 use std::sync::Mutex;
@@ -38,6 +41,7 @@ use crate::config::{RedisEndpoint, RedisSettings, RedisTarget};
 use crate::error::{Error, Result};
 use crate::key::Keyspace;
 
+pub(crate) mod cluster;
 pub(crate) mod commands;
 mod conn;
 mod sentinel;

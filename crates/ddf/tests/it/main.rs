@@ -38,6 +38,8 @@ mod process;
 #[cfg(feature = "redis")]
 mod redis;
 #[cfg(feature = "redis")]
+mod redis_cluster;
+#[cfg(feature = "redis")]
 mod redis_hostile;
 #[cfg(all(feature = "redis", feature = "memcached"))]
 mod resilience;

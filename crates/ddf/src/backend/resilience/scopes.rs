@@ -5,8 +5,9 @@
 //! which scope a key belongs to (`scope_of`), and builds a primary that serves one scope alone.
 //! Memcached implements it with pymemcache's placement over **every** configured server: a down
 //! server is never removed from the ring, its keys go to the fallback and never to another
-//! server, so no second copy can go stale. (A Redis Cluster node could implement it later with
-//! the key's slot.)
+//! server, so no second copy can go stale. A Redis Cluster implements it with the key's hash
+//! slot (`redis/cluster.rs`: one scope per listed node, a failover keeps the slots in their
+//! scope, a resharding moves them).
 //!
 //! Each scope is a whole [`Resilient`]: the one pure breaker state machine
 //! ([`Breaker`](super::breaker::Breaker)), its journal scope (`memcached://host:port|namespace`),
@@ -31,7 +32,8 @@ use crate::error::{Error, Result};
 pub(crate) trait Partition: Send + Sync + fmt::Debug + 'static {
     /// The scope (an index into the scopes the backend was built with) that holds `key`, a user
     /// key. Never changes for a key while the configuration is the same, whatever the servers'
-    /// state.
+    /// state, except on a Redis Cluster when a resharding moves the key's slot to another
+    /// primary (both up: see `redis/cluster.rs`).
     fn scope_of(&self, key: &str) -> usize;
 }
 
@@ -228,6 +230,12 @@ impl Backend for Watched {
     }
     fn info(&self) -> Result<Vec<(String, String)>> {
         self.inner.info()
+    }
+    fn keys(&self, prefix: &str, limit: usize) -> Result<Vec<crate::backend::EntryInfo>> {
+        self.seen(self.inner.keys(prefix, limit))
+    }
+    fn meta(&self, key: &str) -> Result<Option<crate::backend::EntryInfo>> {
+        self.seen(self.inner.meta(key))
     }
     fn close(&self) {
         self.inner.close();
@@ -494,6 +502,25 @@ impl Backend for PerScope {
 
     fn clear(&self) -> Result<()> {
         self.on_every("clear", (), |(), ()| (), Resilient::clear)
+    }
+
+    fn keys(&self, prefix: &str, limit: usize) -> Result<Vec<crate::backend::EntryInfo>> {
+        let mut out = self.on_every(
+            "keys",
+            Vec::new(),
+            |mut a, b| {
+                a.extend(b);
+                a
+            },
+            |r| r.keys(prefix, limit),
+        )?;
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        out.truncate(limit);
+        Ok(out)
+    }
+
+    fn meta(&self, key: &str) -> Result<Option<crate::backend::EntryInfo>> {
+        self.scope(key).meta(key)
     }
 
     fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<Item>>> {

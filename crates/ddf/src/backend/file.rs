@@ -67,6 +67,12 @@ const SQL_GET: &str = "SELECT exp, flags, v FROM entries WHERE k = ?1";
 const SQL_SET: &str = "INSERT OR REPLACE INTO entries (k, exp, flags, v) VALUES (?1, ?2, ?3, ?4)";
 const SQL_DEL_EXPIRED: &str = "DELETE FROM entries WHERE k = ?1 AND exp = ?2";
 const SQL_DEL: &str = "DELETE FROM entries WHERE k = ?1 RETURNING exp";
+/// `add`: insert, or replace only an expired row (`?5` is now); one statement, so atomic
+/// against every other connection. Changes one row when it stored, none when a live row was
+/// there.
+const SQL_ADD: &str = "INSERT INTO entries (k, exp, flags, v) VALUES (?1, ?2, ?3, ?4) \
+     ON CONFLICT (k) DO UPDATE SET exp = excluded.exp, flags = excluded.flags, v = excluded.v \
+     WHERE entries.exp <> 0 AND entries.exp <= ?5";
 
 /// The file backend. Safe for many threads and processes at once.
 pub struct FileBackend {
@@ -164,6 +170,17 @@ impl FileBackend {
     }
 }
 
+/// Refuses a value larger than SQLite stores.
+fn check_size(item: &Item) -> Result<()> {
+    if item.data.len() > MAX_VALUE {
+        return Err(Error::InvalidArgument(format!(
+            "a value of {} bytes is larger than the file backend's limit of {MAX_VALUE} bytes",
+            item.data.len()
+        )));
+    }
+    Ok(())
+}
+
 impl Backend for FileBackend {
     fn name(&self) -> &'static str {
         NAME
@@ -200,12 +217,7 @@ impl Backend for FileBackend {
     }
 
     fn set(&self, key: &str, item: &Item, ttl: Option<Duration>) -> Result<()> {
-        if item.data.len() > MAX_VALUE {
-            return Err(Error::InvalidArgument(format!(
-                "a value of {} bytes is larger than the file backend's limit of {MAX_VALUE} bytes",
-                item.data.len()
-            )));
-        }
+        check_size(item)?;
         let sk = self.keys.storage_key(key);
         let exp = self.expires_at(ttl);
         self.with_conn("cannot write an entry", |c| {
@@ -217,6 +229,22 @@ impl Backend for FileBackend {
             ])
         })?;
         Ok(())
+    }
+
+    fn add(&self, key: &str, item: &Item, ttl: Option<Duration>) -> Result<bool> {
+        check_size(item)?;
+        let sk = self.keys.storage_key(key);
+        let (exp, now) = (self.expires_at(ttl), self.now());
+        let n = self.with_conn("cannot add an entry", |c| {
+            c.prepare_cached(SQL_ADD)?.execute(params![
+                sk.as_bytes(),
+                exp,
+                i64::from(item.flags),
+                item.data,
+                now
+            ])
+        })?;
+        Ok(n == 1)
     }
 
     fn delete(&self, key: &str) -> Result<bool> {
@@ -372,6 +400,19 @@ impl Backend for FileBackend {
             tx.commit()?;
             Ok(n)
         })
+    }
+
+    fn compare_and_delete(&self, key: &str, expected: &[u8]) -> Result<bool> {
+        let sk = self.keys.storage_key(key);
+        let now = self.now();
+        // One statement: atomic against every other connection. An expired row holding the
+        // token is removed too, but does not count (the lease it was had already ended).
+        let exp = self.with_conn("cannot release a lease", |c| {
+            c.prepare_cached("DELETE FROM entries WHERE k = ?1 AND v = ?2 RETURNING exp")?
+                .query_row(params![sk.as_bytes(), expected], |r| r.get::<_, i64>(0))
+                .optional()
+        })?;
+        Ok(exp.is_some_and(|e| e == 0 || e > now))
     }
 
     fn info(&self) -> Result<Vec<(String, String)>> {

@@ -109,6 +109,18 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// Removes a value; `true` if something was removed.
     fn delete(&self, key: &str) -> Result<bool>;
 
+    /// Stores a value only if `key` holds none (absent, or expired): `Ok(true)` when this call
+    /// stored it, `Ok(false)` when a live value was already there (it is left unchanged). Atomic
+    /// against every other writer of the same store, other processes included: of many
+    /// concurrent `add`s of one absent key exactly one returns `true`. `ttl = None` means no
+    /// expiry; the TTL keeps the backend's precision (Redis and the file backend: milliseconds;
+    /// Memcached: whole seconds, rounded up). The default says it is not supported (a custom
+    /// backend may override it).
+    fn add(&self, key: &str, item: &Item, ttl: Option<Duration>) -> Result<bool> {
+        let _ = (key, item, ttl);
+        Err(unsupported(self.name(), "add"))
+    }
+
     /// Removes every key of this namespace that starts with `prefix`, taken literally (no glob or
     /// regex meaning). Returns the number of keys removed.
     fn delete_prefix(&self, prefix: &str) -> Result<u64>;
@@ -167,6 +179,17 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
             n += u64::from(self.delete(k)?);
         }
         Ok(n)
+    }
+
+    /// Removes `key` only if its stored bytes are `expected` (a lease's token): `Ok(true)` when
+    /// this call removed it, `Ok(false)` when it held something else or nothing. Atomic against
+    /// every other writer of the same store (Redis: one Lua script; Memcached: `mg` for the CAS
+    /// value, then `md` with it; the file backend: one `DELETE ... WHERE v = ?`). What releases
+    /// a `get_or_set` lease without removing the lease a waiter took over. The default says it
+    /// is not supported (a custom backend may override it).
+    fn compare_and_delete(&self, key: &str, expected: &[u8]) -> Result<bool> {
+        let _ = (key, expected);
+        Err(unsupported(self.name(), "compare_and_delete"))
     }
 }
 

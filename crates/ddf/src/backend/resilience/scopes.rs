@@ -229,6 +229,9 @@ impl Backend for Watched {
     fn delete_many(&self, keys: &[&str]) -> Result<u64> {
         self.seen(self.inner.delete_many(keys))
     }
+    fn compare_and_delete(&self, key: &str, expected: &[u8]) -> Result<bool> {
+        self.seen(self.inner.compare_and_delete(key, expected))
+    }
 }
 
 /// One server's breaker, fallback, journal scope and background loop.
@@ -520,6 +523,10 @@ impl Backend for PerScope {
             }
         }
         first.map_or(Ok(n), Err)
+    }
+
+    fn compare_and_delete(&self, key: &str, expected: &[u8]) -> Result<bool> {
+        self.scope(key).compare_and_delete(key, expected)
     }
 
     fn ping(&self) -> Result<BackendStatus> {

@@ -1,0 +1,396 @@
+//! `get_or_set` across processes (issue #17): one computation per miss in the whole deployment,
+//! takeover when the leader is killed, stale-while-revalidate. Real servers; every assertion is
+//! a count (computations, callers), never a duration. Children are this test binary run again
+//! (see `process`); they count computations by appending a line to a shared file.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use ddf::{CacheBackend, CacheConfig, CacheManager, RefreshOptions, ServerAddr};
+use ddf_testkit::{MemcachedServer, RedisServer};
+
+use crate::process;
+
+const JOB: &str = "DDF_TEST_STAMPEDE_JOB";
+const KEY: &str = "stampede:popular";
+/// A bound for "does not hang" waits: far above every configured timeout.
+const PATIENCE: Duration = Duration::from_secs(60);
+
+/// Where the children's cache is: `pickle`, `redis:<port>` or `memcached:<host:port>`.
+fn config(target: &str, dir: &Path) -> CacheConfig {
+    let base = CacheConfig::default()
+        .with_pickle_dir(dir.join("cache"))
+        .with_namespace("stampede:");
+    match target.split_once(':') {
+        None => base.with_backend(CacheBackend::Pickle),
+        Some(("redis", port)) => base
+            .with_backend(CacheBackend::Redis)
+            .with_redis("127.0.0.1", port.parse().unwrap()),
+        Some(("memcached", server)) => base
+            .with_backend(CacheBackend::Memcached)
+            .with_memcached_servers(vec![ServerAddr::parse(server, 11211).unwrap()]),
+        Some(_) => panic!("unknown target {target}"),
+    }
+}
+
+/// One line per computation, appended (`O_APPEND`: whole lines from every process).
+fn record(dir: &Path, what: &str) -> usize {
+    let path = dir.join("computed");
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .unwrap();
+    writeln!(f, "{what} {}", std::process::id()).unwrap();
+    drop(f);
+    computations(dir).len()
+}
+
+fn computations(dir: &Path) -> Vec<String> {
+    std::fs::read_to_string(dir.join("computed"))
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Waits until `ok()` holds (a generous bound: a hang fails, a slow machine does not).
+fn wait_until(what: &str, ok: impl Fn() -> bool) {
+    let start = Instant::now();
+    while !ok() {
+        assert!(start.elapsed() < PATIENCE, "never happened: {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A child: marks itself ready, waits for the parent's go, then runs `threads` callers of
+/// `get_or_set` on one missing key at once; every caller must get the value.
+fn child(job: &str) {
+    let mut parts = job.split('|');
+    let (target, dir, threads, lease_ttl) = (
+        parts.next().unwrap(),
+        PathBuf::from(parts.next().unwrap()),
+        parts.next().unwrap().parse::<usize>().unwrap(),
+        parts.next().unwrap().parse::<u64>().unwrap(),
+    );
+    let mut cfg = config(target, &dir);
+    cfg.lease_ttl = Duration::from_secs(lease_ttl);
+    cfg.lock_timeout = Duration::from_secs(45);
+    let cache = CacheManager::new(cfg).unwrap();
+    std::fs::write(dir.join(format!("ready-{}", std::process::id())), "").unwrap();
+    wait_until("the parent's go", || dir.join("go").exists());
+    let start = Arc::new(Barrier::new(threads));
+    let callers: Vec<_> = (0..threads)
+        .map(|_| {
+            let (cache, dir, start) = (cache.clone(), dir.clone(), start.clone());
+            std::thread::spawn(move || {
+                start.wait();
+                cache
+                    .get_or_set(KEY, Some(Duration::from_secs(120)), || {
+                        if record(&dir, "computed") == 1 && dir.join("hang-first").exists() {
+                            // The parent kills this process now (kill -9).
+                            std::thread::sleep(PATIENCE * 2);
+                        }
+                        std::thread::sleep(Duration::from_millis(200));
+                        "the value".to_owned()
+                    })
+                    .unwrap()
+            })
+        })
+        .collect();
+    for c in callers {
+        assert_eq!(c.join().unwrap(), "the value");
+    }
+    println!("DDF_STAMPEDE_CALLERS={threads}");
+}
+
+/// Starts `procs` children of `threads` callers each, lets them go at once, and returns them.
+fn start_children(
+    test: &str,
+    target: &str,
+    dir: &Path,
+    procs: usize,
+    threads: usize,
+    lease_ttl: u64,
+) -> Vec<std::process::Child> {
+    let job = format!("{target}|{}|{threads}|{lease_ttl}", dir.display());
+    let children: Vec<_> = (0..procs)
+        .map(|_| process::child(test, JOB, &job).spawn().unwrap())
+        .collect();
+    let ready = || {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with("ready-")
+            })
+            .count()
+    };
+    wait_until("every child ready", || ready() == procs);
+    std::fs::write(dir.join("go"), "").unwrap();
+    children
+}
+
+/// 16 processes x 8 threads call `get_or_set` on one missing key whose computation takes
+/// 200 ms: it runs exactly once.
+fn computes_once(test: &str, target: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let children = start_children(test, target, dir.path(), 16, 8, 10);
+    let mut callers = 0;
+    for c in children {
+        let out = process::check(c, "stampede child");
+        callers += out
+            .lines()
+            .find_map(|l| l.split("DDF_STAMPEDE_CALLERS=").nth(1))
+            .map_or(0, |n| n.trim().parse::<usize>().unwrap());
+    }
+    assert_eq!(callers, 128, "every caller got the value");
+    assert_eq!(
+        computations(dir.path()).len(),
+        1,
+        "computed once: {:?}",
+        computations(dir.path())
+    );
+}
+
+/// The leader is killed (-9) mid-computation: a waiter takes over when its lease expires,
+/// exactly one more computation runs, and every other caller gets a value.
+fn leader_killed(test: &str, target: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("hang-first"), "").unwrap();
+    let children = start_children(test, target, dir.path(), 4, 4, 2);
+    wait_until("a leader computing", || {
+        !computations(dir.path()).is_empty()
+    });
+    let first = computations(dir.path())[0].clone();
+    let pid: u32 = first.split(' ').nth(1).unwrap().parse().unwrap();
+    let status = std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut killed = 0;
+    for c in children {
+        if c.id() == pid {
+            let out = c.wait_with_output().unwrap();
+            assert!(!out.status.success(), "the leader was killed");
+            killed += 1;
+        } else {
+            process::check(c, "stampede child");
+        }
+    }
+    assert_eq!(killed, 1);
+    let all = computations(dir.path());
+    assert_eq!(all.len(), 2, "one more computation: {all:?}");
+    assert_ne!(all[1], first, "the takeover ran in another process");
+}
+
+#[test]
+fn file_backend_computes_once_across_processes() {
+    if let Some(job) = process::job(JOB) {
+        return child(&job);
+    }
+    computes_once(
+        "stampede::file_backend_computes_once_across_processes",
+        "pickle",
+    );
+}
+
+#[test]
+fn file_backend_leader_killed() {
+    if let Some(job) = process::job(JOB) {
+        return child(&job);
+    }
+    leader_killed("stampede::file_backend_leader_killed", "pickle");
+}
+
+#[test]
+fn redis_computes_once_across_processes() {
+    if let Some(job) = process::job(JOB) {
+        return child(&job);
+    }
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    computes_once(
+        "stampede::redis_computes_once_across_processes",
+        &format!("redis:{}", server.port()),
+    );
+}
+
+#[test]
+fn redis_leader_killed() {
+    if let Some(job) = process::job(JOB) {
+        return child(&job);
+    }
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    leader_killed(
+        "stampede::redis_leader_killed",
+        &format!("redis:{}", server.port()),
+    );
+}
+
+#[test]
+fn memcached_computes_once_across_processes() {
+    if let Some(job) = process::job(JOB) {
+        return child(&job);
+    }
+    let Some(server) = MemcachedServer::start() else {
+        return;
+    };
+    computes_once(
+        "stampede::memcached_computes_once_across_processes",
+        &format!("memcached:{}", server.server()),
+    );
+}
+
+#[test]
+fn memcached_leader_killed() {
+    if let Some(job) = process::job(JOB) {
+        return child(&job);
+    }
+    let Some(server) = MemcachedServer::start() else {
+        return;
+    };
+    leader_killed(
+        "stampede::memcached_leader_killed",
+        &format!("memcached:{}", server.server()),
+    );
+}
+
+/// With `stale_ttl`, after the first fill no caller waits for a computation: once the value is
+/// past its TTL, one caller refreshes it (its computation is held until every other caller has
+/// returned, so a caller that waited for it would hang the test) and the others get the stale
+/// value at once.
+fn stale_while_revalidate(target: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = CacheManager::new(config(target, dir.path())).unwrap();
+    let opts = RefreshOptions::new().stale_ttl(Duration::from_secs(120));
+    let ttl = Some(Duration::from_secs(1));
+    let first: u32 = cache
+        .try_get_or_set_with(KEY, ttl, opts, || Ok::<_, ddf::Error>(1))
+        .unwrap();
+    assert_eq!(first, 1);
+    // Past the soft expiry (the server keeps the value for stale_ttl more).
+    let soft = Instant::now() + Duration::from_millis(1100);
+    while Instant::now() < soft {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let n = 8;
+    let (ran, returned) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let release = Arc::new(AtomicBool::new(false));
+    let callers: Vec<_> = (0..n)
+        .map(|_| {
+            let (cache, ran, returned, release) = (
+                cache.clone(),
+                ran.clone(),
+                returned.clone(),
+                release.clone(),
+            );
+            std::thread::spawn(move || {
+                let v: u32 = cache
+                    .try_get_or_set_with(KEY, ttl, opts, || {
+                        ran.fetch_add(1, Ordering::SeqCst);
+                        wait_until("the test's release", || release.load(Ordering::SeqCst));
+                        Ok::<_, ddf::Error>(2)
+                    })
+                    .unwrap();
+                returned.fetch_add(1, Ordering::SeqCst);
+                v
+            })
+        })
+        .collect();
+    wait_until("every caller but the refresher returned", || {
+        returned.load(Ordering::SeqCst) == n - 1
+    });
+    assert_eq!(ran.load(Ordering::SeqCst), 1, "one caller refreshes");
+    release.store(true, Ordering::SeqCst);
+    let mut got: Vec<u32> = callers.into_iter().map(|c| c.join().unwrap()).collect();
+    got.sort_unstable();
+    assert_eq!(
+        got[..n - 1],
+        vec![1; n - 1],
+        "the others got the stale value"
+    );
+    assert_eq!(got[n - 1], 2, "the refresher got the new one");
+    let now: u32 = cache
+        .try_get_or_set_with(KEY, ttl, opts, || Ok::<_, ddf::Error>(3))
+        .unwrap();
+    assert_eq!(now, 2, "the refreshed value is stored");
+}
+
+#[test]
+fn file_backend_serves_stale_while_one_refreshes() {
+    stale_while_revalidate("pickle");
+}
+
+#[test]
+fn redis_serves_stale_while_one_refreshes() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    stale_while_revalidate(&format!("redis:{}", server.port()));
+}
+
+#[test]
+fn memcached_serves_stale_while_one_refreshes() {
+    let Some(server) = MemcachedServer::start() else {
+        return;
+    };
+    stale_while_revalidate(&format!("memcached:{}", server.server()));
+}
+
+/// A failed computation is returned and stores nothing; the next caller computes.
+#[test]
+fn a_failed_computation_is_not_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = CacheManager::new(config("pickle", dir.path())).unwrap();
+    let r: Result<u32, ddf::Error> = cache.try_get_or_set(KEY, None, || {
+        Err(ddf::Error::InvalidArgument("upstream down".into()))
+    });
+    assert!(r.is_err());
+    assert_eq!(cache.get::<u32>(KEY).unwrap(), None);
+    assert_eq!(cache.get_or_set(KEY, None, || 5u32).unwrap(), 5);
+    assert_eq!(cache.get::<u32>(KEY).unwrap(), Some(5));
+    assert_eq!(
+        cache.keys("", 10).unwrap().len(),
+        1,
+        "the lease was released"
+    );
+}
+
+/// Threads of one process that miss together compute once (the in-process wait is shared).
+#[test]
+fn threads_compute_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = CacheManager::new(config("pickle", dir.path())).unwrap();
+    let ran = Arc::new(AtomicUsize::new(0));
+    let start = Arc::new(Barrier::new(16));
+    let callers: Vec<_> = (0..16)
+        .map(|_| {
+            let (cache, ran, start) = (cache.clone(), ran.clone(), start.clone());
+            std::thread::spawn(move || {
+                start.wait();
+                cache
+                    .get_or_set(KEY, None, || {
+                        ran.fetch_add(1, Ordering::SeqCst);
+                        std::thread::sleep(Duration::from_millis(100));
+                        7u32
+                    })
+                    .unwrap()
+            })
+        })
+        .collect();
+    for c in callers {
+        assert_eq!(c.join().unwrap(), 7);
+    }
+    assert_eq!(ran.load(Ordering::SeqCst), 1);
+}

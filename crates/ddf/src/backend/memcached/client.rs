@@ -272,6 +272,22 @@ impl Conn {
         replies.finish()
     }
 
+    /// `mg <key> v f c`: the value and its CAS value, or a miss.
+    pub fn get_cas(&mut self, key: &str) -> McResult<Option<(Value, u64)>> {
+        self.begin()?;
+        proto::get_cas(&mut self.out, key.as_bytes()).map_err(refused)?;
+        self.flush()?;
+        self.meta(replies::get_cas)
+    }
+
+    /// `md <key> C<cas>`: `true` when it removed the item (still at `cas`).
+    pub fn delete_cas(&mut self, key: &str, cas: u64) -> McResult<bool> {
+        self.begin()?;
+        proto::delete_cas(&mut self.out, key.as_bytes(), cas).map_err(refused)?;
+        self.flush()?;
+        self.meta(replies::delete_cas)
+    }
+
     /// `version`.
     pub fn version(&mut self) -> McResult<String> {
         self.begin()?;

@@ -146,6 +146,35 @@ pub(crate) fn delete(buf: &mut Vec<u8>, key: &[u8]) -> Result<(), ProtoError> {
     Ok(())
 }
 
+/// `mg <key> v f c`: the value, its flags and its CAS value (for [`delete_cas`]).
+///
+/// # Errors
+///
+/// A key [`check_key`] refuses; nothing is appended then.
+pub(crate) fn get_cas(buf: &mut Vec<u8>, key: &[u8]) -> Result<(), ProtoError> {
+    check_key(key)?;
+    buf.extend_from_slice(b"mg ");
+    buf.extend_from_slice(key);
+    buf.extend_from_slice(b" v f c\r\n");
+    Ok(())
+}
+
+/// `md <key> C<cas>`: removes the item only while its CAS value is `cas` (`HD` removed, `EX`
+/// changed since, `NF` gone).
+///
+/// # Errors
+///
+/// A key [`check_key`] refuses; nothing is appended then.
+pub(crate) fn delete_cas(buf: &mut Vec<u8>, key: &[u8], cas: u64) -> Result<(), ProtoError> {
+    check_key(key)?;
+    buf.extend_from_slice(b"md ");
+    buf.extend_from_slice(key);
+    buf.extend_from_slice(b" C");
+    push_uint(buf, cas);
+    buf.extend_from_slice(b"\r\n");
+    Ok(())
+}
+
 /// `mn`: the server answers `MN` after every earlier reply (the end of a quiet pipeline).
 pub(crate) fn noop(buf: &mut Vec<u8>) {
     buf.extend_from_slice(b"mn\r\n");
@@ -227,6 +256,8 @@ pub(crate) enum MetaReply<'a> {
         flags: u32,
         /// The opaque (`O<n>`), when the request carried one.
         opaque: Option<u32>,
+        /// The CAS value (`c<n>`), when the request asked for it.
+        cas: Option<u64>,
     },
     /// A reply without a value.
     Status {
@@ -321,22 +352,23 @@ fn number<T: TryFrom<u64>>(s: &[u8]) -> Option<T> {
     T::try_from(n).ok()
 }
 
-/// The client flags (`f<n>`) and opaque (`O<n>`) among a meta reply's flags; other flags are
-/// ignored.
+/// The client flags (`f<n>`), opaque (`O<n>`) and CAS value (`c<n>`) among a meta reply's
+/// flags; other flags are ignored.
 fn meta_flags<'a>(
     what: &str,
     line: &[u8],
     tokens: impl Iterator<Item = &'a [u8]>,
-) -> Result<(u32, Option<u32>), ProtoError> {
-    let (mut flags, mut opaque) = (0, None);
+) -> Result<(u32, Option<u32>, Option<u64>), ProtoError> {
+    let (mut flags, mut opaque, mut cas) = (0, None, None);
     for tok in tokens {
         match tok.split_first() {
             Some((b'f', n)) => flags = number(n).ok_or_else(|| unexpected(what, line))?,
             Some((b'O', n)) => opaque = Some(number(n).ok_or_else(|| unexpected(what, line))?),
+            Some((b'c', n)) => cas = Some(number(n).ok_or_else(|| unexpected(what, line))?),
             _ => {}
         }
     }
-    Ok((flags, opaque))
+    Ok((flags, opaque, cas))
 }
 
 /// Parses the next reply to a meta command from the start of `buf`.
@@ -374,7 +406,7 @@ pub(crate) fn parse_meta(
                      {max} bytes (item_size_max), so no value can be that long"
                 )));
             }
-            let (flags, opaque) = meta_flags("a meta command", l, tokens)?;
+            let (flags, opaque, cas) = meta_flags("a meta command", l, tokens)?;
             // `size <= MAX_VALUE_CAP` and `used <= MAX_LINE`: no overflow.
             let end = used + size + 2;
             let Some(block) = buf.get(used..end) else {
@@ -390,6 +422,7 @@ pub(crate) fn parse_meta(
                     data,
                     flags,
                     opaque,
+                    cas,
                 },
                 end,
             ));
@@ -402,7 +435,7 @@ pub(crate) fn parse_meta(
         Some(b"MN") => Status::Mn,
         _ => return Err(unexpected("a meta command", l)),
     };
-    let (_, opaque) = meta_flags("a meta command", l, tokens)?;
+    let (_, opaque, _) = meta_flags("a meta command", l, tokens)?;
     Ok(Parsed::Done(MetaReply::Status { status, opaque }, used))
 }
 

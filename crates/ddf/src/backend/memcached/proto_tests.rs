@@ -60,6 +60,23 @@ fn meta(buf: &[u8]) -> Result<Parsed<MetaReply<'_>>, ProtoError> {
     parse_meta(buf, LIMIT)
 }
 
+#[test]
+fn cas_requests_and_replies() {
+    let mut buf = Vec::new();
+    get_cas(&mut buf, b"k").unwrap();
+    delete_cas(&mut buf, b"k", 42).unwrap();
+    assert_eq!(buf, b"mg k v f c\r\nmd k C42\r\n");
+    let Ok(Parsed::Done(MetaReply::Value { data, cas, .. }, _)) = meta(b"VA 1 f0 c99\r\nx\r\n")
+    else {
+        panic!("a value")
+    };
+    assert_eq!((data, cas), (&b"x"[..], Some(99)));
+    assert!(
+        matches!(meta(b"VA 1 cx\r\nx\r\n"), Err(_)),
+        "a malformed CAS value is refused"
+    );
+}
+
 /// Owned copies of meta replies (the parsed ones borrow the buffer).
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Owned {
@@ -74,6 +91,7 @@ fn owned(r: MetaReply<'_>) -> Owned {
             data,
             flags,
             opaque,
+            ..
         } => Owned::Value(data.to_vec(), flags, opaque),
         MetaReply::Status { status, opaque } => Owned::Status(status, opaque),
         MetaReply::Error(l) => Owned::Error(l.to_vec()),

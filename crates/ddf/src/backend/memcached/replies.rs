@@ -57,6 +57,49 @@ pub(crate) fn get(r: MetaReply<'_>) -> McResult<Option<Value>> {
     }
 }
 
+/// The reply to `mg <key> v f c`: the value and its CAS value, or a miss.
+pub(crate) fn get_cas(r: MetaReply<'_>) -> McResult<Option<(Value, u64)>> {
+    match r {
+        MetaReply::Value {
+            data,
+            flags,
+            cas: Some(cas),
+            ..
+        } => Ok(Some((
+            Value {
+                data: data.to_vec(),
+                flags,
+            },
+            cas,
+        ))),
+        MetaReply::Value { cas: None, .. } => Err(McError::Protocol(
+            "mg with the c flag answered without a CAS value".into(),
+        )),
+        MetaReply::Status {
+            status: Status::En, ..
+        } => Ok(None),
+        MetaReply::Error(l) => Err(server_error(l)),
+        MetaReply::Status { status, .. } => Err(unexpected_status("mg", status)),
+    }
+}
+
+/// The reply to `md <key> C<cas>`: `true` when it removed the item; `false` when the item
+/// changed since (`EX`) or is gone (`NF`).
+pub(crate) fn delete_cas(r: MetaReply<'_>) -> McResult<bool> {
+    match r {
+        MetaReply::Status {
+            status: Status::Hd, ..
+        } => Ok(true),
+        MetaReply::Status {
+            status: Status::Ex | Status::Nf,
+            ..
+        } => Ok(false),
+        MetaReply::Error(l) => Err(server_error(l)),
+        MetaReply::Status { status, .. } => Err(unexpected_status("md", status)),
+        MetaReply::Value { .. } => Err(McError::Protocol("a value in reply to md".into())),
+    }
+}
+
 /// The replies to pipelined quiet `mg <key> v f q O<i>`, then `mn`.
 pub(crate) struct GetMany {
     out: Vec<Option<Value>>,
@@ -85,6 +128,7 @@ impl GetMany {
                 data,
                 flags,
                 opaque,
+                ..
             } => {
                 let slot = opaque
                     .and_then(|i| self.out.get_mut(i as usize))

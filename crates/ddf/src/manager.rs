@@ -210,6 +210,40 @@ impl CacheManager {
             .stored(self.call(|| self.inner.backend.set(key, &item, ttl)), 1)
     }
 
+    /// Stores a value only if `key` holds none (absent or expired): `true` when this call
+    /// stored it, `false` when a value was there (left unchanged). Atomic across threads,
+    /// processes and hosts sharing the store: of concurrent `add`s of one absent key exactly
+    /// one returns `true` (Redis `SET NX`, Memcached `add`, one SQLite statement). `ttl =
+    /// None` uses the configured `ttl`. On `backend = none` and a disabled cache it returns
+    /// `true` (stored, and forgotten at once, as `set`). While Redis or Memcached is down it
+    /// follows the fallback rules (see the README, "Atomic operations").
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// let cache = ddf::CacheManager::new(ddf::CacheConfig::default().with_pickle_dir(dir.path()))?;
+    /// assert!(cache.add("lock", &1, None)?);
+    /// assert!(!cache.add("lock", &2, None)?);
+    /// assert_eq!(cache.get::<i32>("lock")?, Some(1));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`CacheManager::set`].
+    pub fn add<T: Serialize + ?Sized>(
+        &self,
+        key: &str,
+        value: &T,
+        ttl: Option<Duration>,
+    ) -> Result<bool> {
+        let ttl = self.core().ttl_or_default(ttl)?;
+        if !self.core().enabled() {
+            return Ok(true);
+        }
+        let item = self.core().encode(key, value)?;
+        self.core()
+            .added(self.call(|| self.inner.backend.add(key, &item, ttl)))
+    }
+
     /// Removes a value; `true` if one was there.
     ///
     /// # Errors

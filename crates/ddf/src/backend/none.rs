@@ -22,6 +22,11 @@ impl Backend for NoneBackend {
     fn delete(&self, _key: &str) -> Result<bool> {
         Ok(false)
     }
+    /// Stored, as `set` is, and forgotten at once (as Django's dummy cache answers): a lease
+    /// taken on `none` is always granted, so every caller computes, as without a cache.
+    fn add(&self, _key: &str, _item: &Item, _ttl: Option<Duration>) -> Result<bool> {
+        Ok(true)
+    }
     fn delete_prefix(&self, _prefix: &str) -> Result<u64> {
         Ok(0)
     }

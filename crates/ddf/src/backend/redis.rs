@@ -629,6 +629,13 @@ impl Backend for RedisBackend {
         self.run("SET", |c| cmd.query::<()>(c.as_like()))
     }
 
+    fn add(&self, key: &str, item: &Item, ttl: Option<Duration>) -> Result<bool> {
+        let k = self.keyspace.storage_key(key);
+        let cmd = commands::add(&k, &item.data, ttl);
+        let r: Option<String> = self.run("SET NX", |c| cmd.query(c.as_like()))?;
+        Ok(r.is_some())
+    }
+
     fn delete(&self, key: &str) -> Result<bool> {
         let k = self.keyspace.storage_key(key);
         let n: u64 = self.run("UNLINK", |c| commands::unlink(&[&k]).query(c.as_like()))?;

@@ -262,6 +262,13 @@ impl Core {
         Ok(())
     }
 
+    /// Counts what the backend's `add` returned (a value stored is a set).
+    pub(crate) fn added(&self, r: Result<bool>) -> Result<bool> {
+        let stored = self.track(r)?;
+        bump(&self.stats.sets, u64::from(stored));
+        Ok(stored)
+    }
+
     /// Counts what the backend's `delete` returned.
     pub(crate) fn deleted(&self, r: Result<bool>) -> Result<bool> {
         let removed = self.track(r)?;

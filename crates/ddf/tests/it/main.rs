@@ -15,6 +15,8 @@ mod aio_faults;
 #[cfg(all(feature = "redis", feature = "memcached"))]
 mod aio_model;
 mod amemo;
+#[cfg(all(feature = "redis", feature = "memcached"))]
+mod atomic;
 mod conformance;
 mod docs;
 mod file;

@@ -244,6 +244,14 @@ impl Conn {
         replies.finish()
     }
 
+    /// `ms <key> <len> F<flags> [T<exptime>] ME` (add): `true` when stored.
+    pub fn add(&mut self, key: &str, data: &[u8], flags: u32, exptime: u64) -> McResult<bool> {
+        self.begin()?;
+        proto::add(&mut self.out, key.as_bytes(), data, flags, exptime).map_err(refused)?;
+        self.flush()?;
+        self.meta(replies::add)
+    }
+
     /// Pipelined quiet `ms` for every item, then `mn`: one round trip.
     pub fn set_many(&mut self, items: &[(&str, &[u8], u32)], exptime: u64) -> McResult<()> {
         self.begin()?;

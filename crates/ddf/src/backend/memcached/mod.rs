@@ -712,6 +712,17 @@ impl Backend for MemcachedBackend {
         self.run(server, "set", |c| c.set(&wk, &data, item.flags, t))
     }
 
+    fn add(&self, key: &str, item: &Item, ttl: Option<Duration>) -> Result<bool> {
+        let sk = self.keyspace.storage_key(key);
+        let wk = memcached_key(&sk);
+        let mapped = !memcached_key_is_carryable(&sk);
+        let server = &self.servers[self.pick(&wk)];
+        let data = Self::wire_data(&sk, mapped, item);
+        self.check_size(server, key, &wk, data.len())?;
+        let t = exptime(ttl);
+        self.run(server, "add", |c| c.add(&wk, &data, item.flags, t))
+    }
+
     fn delete(&self, key: &str) -> Result<bool> {
         let sk = self.keyspace.storage_key(key);
         let wk = memcached_key(&sk);

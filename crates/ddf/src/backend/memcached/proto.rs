@@ -112,6 +112,35 @@ pub(crate) fn set(
     exptime: u64,
     quiet: bool,
 ) -> Result<(), ProtoError> {
+    store(buf, key, data, flags, exptime, quiet, None)
+}
+
+/// `ms <key> <len> F<flags> [T<exptime>] ME` and the data block: store only if the key holds
+/// no item (`HD` stored, `NS` not stored).
+///
+/// # Errors
+///
+/// A key [`check_key`] refuses; nothing is appended then.
+pub(crate) fn add(
+    buf: &mut Vec<u8>,
+    key: &[u8],
+    data: &[u8],
+    flags: u32,
+    exptime: u64,
+) -> Result<(), ProtoError> {
+    store(buf, key, data, flags, exptime, false, Some(b'E'))
+}
+
+/// `ms` with an optional mode (`M<mode>`: `E` add; none: set).
+fn store(
+    buf: &mut Vec<u8>,
+    key: &[u8],
+    data: &[u8],
+    flags: u32,
+    exptime: u64,
+    quiet: bool,
+    mode: Option<u8>,
+) -> Result<(), ProtoError> {
     check_key(key)?;
     buf.reserve(key.len() + data.len() + 48);
     buf.extend_from_slice(b"ms ");
@@ -123,6 +152,10 @@ pub(crate) fn set(
     if exptime > 0 {
         buf.extend_from_slice(b" T");
         push_uint(buf, exptime);
+    }
+    if let Some(m) = mode {
+        buf.extend_from_slice(b" M");
+        buf.push(m);
     }
     if quiet {
         buf.extend_from_slice(b" q");

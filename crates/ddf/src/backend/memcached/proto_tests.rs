@@ -372,3 +372,10 @@ fn feed_split_lenient<'a, T>(
         }
     }
 }
+
+#[test]
+fn add_is_ms_in_mode_e() {
+    let mut buf = Vec::new();
+    add(&mut buf, b"k", b"v", 2, 10).unwrap();
+    assert_eq!(buf, b"ms k 1 F2 T10 ME\r\nv\r\n");
+}

@@ -192,6 +192,21 @@ impl Set {
     }
 }
 
+/// The reply to `ms ... ME` (add): `HD` stored, `NS` not stored (the key holds an item).
+pub(crate) fn add(r: MetaReply<'_>) -> McResult<bool> {
+    match r {
+        MetaReply::Status {
+            status: Status::Hd, ..
+        } => Ok(true),
+        MetaReply::Status {
+            status: Status::Ns, ..
+        } => Ok(false),
+        MetaReply::Error(l) => Err(server_error(l)),
+        MetaReply::Status { status, .. } => Err(unexpected_status("ms (add)", status)),
+        MetaReply::Value { .. } => Err(McError::Protocol("a value in reply to ms".into())),
+    }
+}
+
 /// The replies to pipelined `md <key>` (not quiet, to count): one per key.
 #[derive(Default)]
 pub(crate) struct DeleteMany {

@@ -26,11 +26,28 @@ pub(crate) fn get(key: &str) -> redis::Cmd {
 pub(crate) fn set(key: &str, data: &[u8], ttl: Option<Duration>) -> redis::Cmd {
     let mut c = redis::cmd("SET");
     c.arg(key).arg(data);
+    px(&mut c, ttl);
+    c
+}
+
+/// `PX ms` for a TTL: whole milliseconds; a sub-millisecond TTL still expires.
+fn px(c: &mut redis::Cmd, ttl: Option<Duration>) {
     if let Some(t) = ttl {
-        // PX takes whole milliseconds; a sub-millisecond TTL still expires.
-        c.arg("PX")
-            .arg(u64::try_from(t.as_millis()).unwrap_or(u64::MAX).max(1));
+        c.arg("PX").arg(millis(t));
     }
+}
+
+/// A TTL in whole milliseconds, at least 1.
+fn millis(t: Duration) -> u64 {
+    u64::try_from(t.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+/// `SET key data NX [PX ms]` (`add`): the reply is `OK` when stored, nil when the key exists
+/// (read it as `Option<String>`).
+pub(crate) fn add(key: &str, data: &[u8], ttl: Option<Duration>) -> redis::Cmd {
+    let mut c = redis::cmd("SET");
+    c.arg(key).arg(data).arg("NX");
+    px(&mut c, ttl);
     c
 }
 
@@ -204,6 +221,25 @@ e5 :0@0 master,noaddr - 0 1 5 disconnected
                 ("127.0.0.1".to_owned(), 7000),
                 ("127.0.0.1".to_owned(), 7001)
             ]
+        );
+    }
+
+    fn args(c: &redis::Cmd) -> Vec<Vec<u8>> {
+        c.args_iter()
+            .filter_map(|a| match a {
+                redis::Arg::Simple(b) => Some(b.to_vec()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn add_is_set_nx_px() {
+        let c = add("k", b"v", Some(Duration::from_millis(1500)));
+        assert_eq!(args(&c), [&b"SET"[..], b"k", b"v", b"NX", b"PX", b"1500"]);
+        assert_eq!(
+            args(&add("k", b"v", None)),
+            [&b"SET"[..], b"k", b"v", b"NX"]
         );
     }
 

@@ -155,6 +155,10 @@ impl Backend for GenerationView {
         self.inner.delete(&self.key(key))
     }
 
+    fn add(&self, key: &str, item: &Item, ttl: Option<Duration>) -> Result<bool> {
+        self.inner.add(&self.key(key), item, ttl)
+    }
+
     fn delete_prefix(&self, prefix: &str) -> Result<u64> {
         self.inner.delete_prefix(&self.key(prefix))
     }

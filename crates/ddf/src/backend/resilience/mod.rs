@@ -581,6 +581,12 @@ impl Backend for Resilient {
         self.write_op(|| deletes(std::iter::once(key)), |b| b.delete(key))
     }
 
+    /// A write: while the server is not up, an `add` on the fallback's entries of the outage
+    /// (shared by the processes of this machine), recorded as a delete like `set`.
+    fn add(&self, key: &str, item: &Item, ttl: Option<Duration>) -> Result<bool> {
+        self.write_op(|| deletes(std::iter::once(key)), |b| b.add(key, item, ttl))
+    }
+
     fn delete_prefix(&self, prefix: &str) -> Result<u64> {
         self.check_whole_keyspace(prefix.is_empty())?;
         self.invalidate_op(

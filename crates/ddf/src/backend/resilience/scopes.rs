@@ -205,6 +205,9 @@ impl Backend for Watched {
     fn delete(&self, key: &str) -> Result<bool> {
         self.seen(self.inner.delete(key))
     }
+    fn add(&self, key: &str, item: &Item, ttl: Option<Duration>) -> Result<bool> {
+        self.seen(self.inner.add(key, item, ttl))
+    }
     fn delete_prefix(&self, prefix: &str) -> Result<u64> {
         self.seen(self.inner.delete_prefix(prefix))
     }
@@ -456,6 +459,10 @@ impl Backend for PerScope {
 
     fn delete(&self, key: &str) -> Result<bool> {
         self.scope(key).delete(key)
+    }
+
+    fn add(&self, key: &str, item: &Item, ttl: Option<Duration>) -> Result<bool> {
+        self.scope(key).add(key, item, ttl)
     }
 
     fn delete_prefix(&self, prefix: &str) -> Result<u64> {

@@ -371,6 +371,26 @@ mod tests {
     }
 
     #[test]
+    fn the_file_backends_compare_and_delete_removes_only_the_expected_bytes() {
+        use crate::backend::Backend;
+        let dir = tempfile::tempdir().unwrap();
+        let b = crate::backend::file::FileBackend::open(dir.path(), "cad:").unwrap();
+        let ttl = Some(Duration::from_secs(60));
+        assert!(
+            b.add("lease", &crate::Item::new(b"tok1".to_vec(), 0), ttl)
+                .unwrap()
+        );
+        assert!(!b.compare_and_delete("lease", b"tok2").unwrap());
+        assert!(b.get("lease").unwrap().is_some(), "left in place");
+        assert!(b.compare_and_delete("lease", b"tok1").unwrap());
+        assert!(b.get("lease").unwrap().is_none());
+        assert!(
+            !b.compare_and_delete("lease", b"tok1").unwrap(),
+            "already gone"
+        );
+    }
+
+    #[test]
     fn tokens_differ() {
         assert_ne!(token(), token());
     }

@@ -9,7 +9,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use ddf::{CacheBackend, CacheConfig, CacheManager, RefreshOptions, ServerAddr};
+use ddf::testing::internals::{MemcachedBackend, RedisBackend};
+use ddf::{Backend, CacheBackend, CacheConfig, CacheManager, Item, RefreshOptions, ServerAddr};
 use ddf_testkit::{MemcachedServer, RedisServer};
 
 use crate::process;
@@ -393,4 +394,49 @@ fn threads_compute_once() {
         assert_eq!(c.join().unwrap(), 7);
     }
     assert_eq!(ran.load(Ordering::SeqCst), 1);
+}
+
+/// `compare_and_delete` removes a key only while it holds the expected bytes (what releases a
+/// lease without removing one a waiter took over), on every backend, long (Memcached-mapped)
+/// keys included.
+pub(crate) fn compare_and_delete_contract(b: &dyn Backend) {
+    for key in ["lease", &"long".repeat(100)] {
+        let ttl = Some(Duration::from_secs(60));
+        assert!(b.add(key, &Item::new(b"tok1".to_vec(), 0), ttl).unwrap());
+        assert!(
+            !b.compare_and_delete(key, b"tok2").unwrap(),
+            "another token"
+        );
+        assert!(
+            !b.compare_and_delete(key, b"tok").unwrap(),
+            "a prefix of it"
+        );
+        assert_eq!(b.get(key).unwrap().unwrap().data, b"tok1", "left in place");
+        assert!(b.compare_and_delete(key, b"tok1").unwrap());
+        assert_eq!(b.get(key).unwrap(), None);
+        assert!(!b.compare_and_delete(key, b"tok1").unwrap(), "already gone");
+    }
+}
+
+/// After `get_or_set` the lease is released (not left to expire).
+fn lease_released(cache: &CacheManager) {
+    assert_eq!(cache.get_or_set("released", None, || 1u32).unwrap(), 1);
+    assert_eq!(cache.get_bytes("ddf-lease:released").unwrap(), None);
+}
+
+#[test]
+fn compare_and_delete_on_every_backend() {
+    let dir = tempfile::tempdir().unwrap();
+    // The file backend's contract: a unit test of `stampede` (its type is crate-private).
+    lease_released(&CacheManager::new(config("pickle", dir.path())).unwrap());
+    if let Some(server) = RedisServer::start() {
+        let cfg = config(&format!("redis:{}", server.port()), dir.path());
+        compare_and_delete_contract(&RedisBackend::from_config(&cfg).unwrap());
+        lease_released(&CacheManager::new(cfg).unwrap());
+    }
+    if let Some(server) = MemcachedServer::start() {
+        let cfg = config(&format!("memcached:{}", server.server()), dir.path());
+        compare_and_delete_contract(&MemcachedBackend::from_config(&cfg).unwrap());
+        lease_released(&CacheManager::new(cfg).unwrap());
+    }
 }

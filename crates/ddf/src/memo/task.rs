@@ -289,6 +289,9 @@ mod tests {
         name: "f",
         key_prefix: None,
         ttl: None,
+        lock: false,
+        stale_ttl: None,
+        early_refresh: None,
     };
 
     fn runtime() -> tokio::runtime::Runtime {

@@ -10,7 +10,10 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use ddf::testing::internals::{MemcachedBackend, RedisBackend};
-use ddf::{Backend, CacheBackend, CacheConfig, CacheManager, Item, RefreshOptions, ServerAddr};
+use ddf::{
+    Backend, CacheBackend, CacheConfig, CacheManager, Item, RefreshOptions, ServerAddr,
+    cache_with_invalidation,
+};
 use ddf_testkit::{MemcachedServer, RedisServer};
 
 use crate::process;
@@ -81,6 +84,10 @@ fn child(job: &str) {
     cfg.lease_ttl = Duration::from_secs(lease_ttl);
     cfg.lock_timeout = Duration::from_secs(45);
     let cache = CacheManager::new(cfg).unwrap();
+    let attribute = parts.next() == Some("attribute");
+    if attribute {
+        ATTR_CACHE.set(cache.clone()).unwrap();
+    }
     std::fs::write(dir.join(format!("ready-{}", std::process::id())), "").unwrap();
     wait_until("the parent's go", || dir.join("go").exists());
     let start = Arc::new(Barrier::new(threads));
@@ -89,6 +96,9 @@ fn child(job: &str) {
             let (cache, dir, start) = (cache.clone(), dir.clone(), start.clone());
             std::thread::spawn(move || {
                 start.wait();
+                if attribute {
+                    return popular(&dir.display().to_string());
+                }
                 cache
                     .get_or_set(KEY, Some(Duration::from_secs(120)), || {
                         if record(&dir, "computed") == 1 && dir.join("hang-first").exists() {
@@ -108,6 +118,16 @@ fn child(job: &str) {
     println!("DDF_STAMPEDE_CALLERS={threads}");
 }
 
+static ATTR_CACHE: std::sync::OnceLock<CacheManager> = std::sync::OnceLock::new();
+
+/// The attribute's face of the same computation: `lock = true`.
+#[cache_with_invalidation(cache = ATTR_CACHE.get().unwrap(), ttl = 120, lock = true)]
+fn popular(dir: &str) -> String {
+    record(Path::new(dir), "computed");
+    std::thread::sleep(Duration::from_millis(200));
+    "the value".to_owned()
+}
+
 /// Starts `procs` children of `threads` callers each, lets them go at once, and returns them.
 fn start_children(
     test: &str,
@@ -116,8 +136,9 @@ fn start_children(
     procs: usize,
     threads: usize,
     lease_ttl: u64,
+    face: &str,
 ) -> Vec<std::process::Child> {
-    let job = format!("{target}|{}|{threads}|{lease_ttl}", dir.display());
+    let job = format!("{target}|{}|{threads}|{lease_ttl}|{face}", dir.display());
     let children: Vec<_> = (0..procs)
         .map(|_| process::child(test, JOB, &job).spawn().unwrap())
         .collect();
@@ -141,8 +162,12 @@ fn start_children(
 /// 16 processes x 8 threads call `get_or_set` on one missing key whose computation takes
 /// 200 ms: it runs exactly once.
 fn computes_once(test: &str, target: &str) {
+    computes_once_through(test, target, "method");
+}
+
+fn computes_once_through(test: &str, target: &str, face: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let children = start_children(test, target, dir.path(), 16, 8, 10);
+    let children = start_children(test, target, dir.path(), 16, 8, 10, face);
     let mut callers = 0;
     for c in children {
         let out = process::check(c, "stampede child");
@@ -165,7 +190,7 @@ fn computes_once(test: &str, target: &str) {
 fn leader_killed(test: &str, target: &str) {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("hang-first"), "").unwrap();
-    let children = start_children(test, target, dir.path(), 4, 4, 2);
+    let children = start_children(test, target, dir.path(), 4, 4, 2, "method");
     wait_until("a leader computing", || {
         !computations(dir.path()).is_empty()
     });
@@ -201,6 +226,72 @@ fn file_backend_computes_once_across_processes() {
         "stampede::file_backend_computes_once_across_processes",
         "pickle",
     );
+}
+
+#[test]
+fn the_attribute_with_lock_computes_once_across_processes() {
+    if let Some(job) = process::job(JOB) {
+        return child(&job);
+    }
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    computes_once_through(
+        "stampede::the_attribute_with_lock_computes_once_across_processes",
+        &format!("redis:{}", server.port()),
+        "attribute",
+    );
+}
+
+static STALE_CACHE: std::sync::OnceLock<CacheManager> = std::sync::OnceLock::new();
+static STALE_RAN: AtomicUsize = AtomicUsize::new(0);
+static STALE_RELEASE: AtomicBool = AtomicBool::new(false);
+
+/// The attribute's stale-while-revalidate: the first call returns 1, every refresh blocks
+/// until released and returns how many computations ran.
+#[cache_with_invalidation(cache = STALE_CACHE.get().unwrap(), ttl = 1, stale_ttl = 120, early_refresh = 1.0)]
+fn stale_counted() -> Result<usize, String> {
+    let n = STALE_RAN.fetch_add(1, Ordering::SeqCst) + 1;
+    if n > 1 {
+        wait_until("the test's release", || {
+            STALE_RELEASE.load(Ordering::SeqCst)
+        });
+    }
+    Ok(n)
+}
+
+#[test]
+fn the_attribute_serves_stale_while_one_refreshes() {
+    let dir = tempfile::tempdir().unwrap();
+    STALE_CACHE
+        .set(CacheManager::new(config("pickle", dir.path())).unwrap())
+        .unwrap();
+    assert_eq!(stale_counted(), Ok(1));
+    assert_eq!(stale_counted(), Ok(1), "fresh: from the cache");
+    let soft = Instant::now() + Duration::from_millis(1100);
+    while Instant::now() < soft {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let returned = Arc::new(AtomicUsize::new(0));
+    let callers: Vec<_> = (0..8)
+        .map(|_| {
+            let returned = returned.clone();
+            std::thread::spawn(move || {
+                let v = stale_counted().unwrap();
+                returned.fetch_add(1, Ordering::SeqCst);
+                v
+            })
+        })
+        .collect();
+    wait_until("every caller but the refresher returned", || {
+        returned.load(Ordering::SeqCst) == 7
+    });
+    assert_eq!(STALE_RAN.load(Ordering::SeqCst), 2, "one refresh");
+    STALE_RELEASE.store(true, Ordering::SeqCst);
+    let mut got: Vec<usize> = callers.into_iter().map(|c| c.join().unwrap()).collect();
+    got.sort_unstable();
+    assert_eq!(got, [1, 1, 1, 1, 1, 1, 1, 2]);
+    assert_eq!(stale_counted(), Ok(2), "the refreshed value is stored");
 }
 
 #[test]

@@ -307,7 +307,7 @@ impl CacheManager {
     /// let cache = ddf::CacheManager::new(ddf::CacheConfig::default().with_pickle_dir(dir.path()))?;
     /// let v = cache.get_or_set("answer", None, || 42u32)?;
     /// assert_eq!(v, 42);
-    /// assert_eq!(cache.get_or_set("answer", None, || unreachable!())?, 42);
+    /// assert_eq!(cache.get_or_set("answer", None, || 0u32)?, 42); // stored: not computed
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     ///

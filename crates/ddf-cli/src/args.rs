@@ -77,6 +77,54 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Store a value only if the key holds none (atomic). Exits 0 if it was stored, 1 if a
+    /// value was there (left unchanged).
+    Add {
+        /// The key.
+        key: String,
+        /// The value (with --json: JSON, in the form `get` prints).
+        #[arg(allow_hyphen_values = true)]
+        value: String,
+        /// Expiry in seconds, greater than 0 (default: the configured ttl).
+        #[arg(long, value_name = "SECS", allow_negative_numbers = true)]
+        ttl: Option<f64>,
+        /// Parse VALUE as JSON instead of storing it as a string.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add DELTA (default 1) to the integer under the key, atomically, and print the new value;
+    /// a missing key counts from 0. Counters stay within 0..=2^63-1 (a step outside fails and
+    /// changes nothing).
+    Incr {
+        /// The key.
+        key: String,
+        /// How much to add.
+        #[arg(default_value_t = 1, allow_negative_numbers = true)]
+        delta: i64,
+    },
+    /// Subtract DELTA (default 1), as `incr`.
+    Decr {
+        /// The key.
+        key: String,
+        /// How much to subtract.
+        #[arg(default_value_t = 1, allow_negative_numbers = true)]
+        delta: i64,
+    },
+    /// Set a value's expiry to --ttl seconds from now (default: the configured ttl; none: no
+    /// expiry). Exits 0 if the key holds a value, 1 if not.
+    Touch {
+        /// The key.
+        key: String,
+        /// Expiry in seconds, greater than 0.
+        #[arg(long, value_name = "SECS", allow_negative_numbers = true)]
+        ttl: Option<f64>,
+    },
+    /// Print how long a value has left (`no expiry`, or seconds). A miss prints nothing and
+    /// exits 1.
+    Ttl {
+        /// The key.
+        key: String,
+    },
     /// Remove a value. Exits 0 if something was removed, 1 if not.
     Delete {
         /// The key.

@@ -180,32 +180,57 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
             ttl,
             json,
         } => {
-            let value = if value == "-" {
-                let mut s = String::new();
-                io::stdin()
-                    .read_to_string(&mut s)
-                    .context("cannot read the value from standard input")?;
-                s
-            } else {
-                value
-            };
             let ttl = ttl.map(parse_ttl).transpose()?;
-            if json {
-                let v = value::parse(&value)?;
-                if cache.config().backend == CacheBackend::Redis
-                    && let Some(what) = value::not_json(&v)
-                {
-                    bail!(
-                        "--json: the redis backend stores JSON, which has no form for {what}: \
-                         it would read back changed (use redis_pickle)"
-                    );
-                }
-                cache.set(&key, &v, ttl)?;
-            } else {
-                cache.set(&key, &value, ttl)?;
+            match input(&cache, value, json)? {
+                Input::Json(v) => cache.set(&key, &v, ttl)?,
+                Input::Text(s) => cache.set(&key, &s, ttl)?,
             }
             Ok(landed("write", ExitCode::SUCCESS))
         }
+        Command::Add {
+            key,
+            value,
+            ttl,
+            json,
+        } => {
+            let ttl = ttl.map(parse_ttl).transpose()?;
+            let stored = match input(&cache, value, json)? {
+                Input::Json(v) => cache.add(&key, &v, ttl)?,
+                Input::Text(s) => cache.add(&key, &s, ttl)?,
+            };
+            let code = if stored {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            };
+            Ok(landed("write", code))
+        }
+        Command::Incr { key, delta } => {
+            writeln!(out, "{}", cache.incr(&key, delta)?)?;
+            out.flush()?;
+            Ok(landed("write", ExitCode::SUCCESS))
+        }
+        Command::Decr { key, delta } => {
+            writeln!(out, "{}", cache.decr(&key, delta)?)?;
+            out.flush()?;
+            Ok(landed("write", ExitCode::SUCCESS))
+        }
+        Command::Touch { key, ttl } => {
+            let ttl = ttl.map(parse_ttl).transpose()?;
+            let code = if cache.touch(&key, ttl)? {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            };
+            Ok(landed("write", code))
+        }
+        Command::Ttl { key } => match cache.ttl(&key)? {
+            Some(e) => {
+                writeln!(out, "{}", shown_ttl(e))?;
+                Ok(ExitCode::SUCCESS)
+            }
+            None => Ok(ExitCode::from(1)),
+        },
         Command::Delete { key } => {
             let code = if cache.delete(&key)? {
                 ExitCode::SUCCESS
@@ -255,6 +280,46 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         // Handled above, before a cache is built (so that it works when the backend cannot).
         Command::Config => print_config(cache.config()),
+    }
+}
+
+/// A value given on the command line (`-`: standard input): a string, or with `--json` the
+/// value its JSON form stands for.
+enum Input {
+    Json(ddf::pickle::Value),
+    Text(String),
+}
+
+fn input(cache: &CacheManager, value: String, json: bool) -> anyhow::Result<Input> {
+    let value = if value == "-" {
+        let mut s = String::new();
+        io::stdin()
+            .read_to_string(&mut s)
+            .context("cannot read the value from standard input")?;
+        s
+    } else {
+        value
+    };
+    if !json {
+        return Ok(Input::Text(value));
+    }
+    let v = value::parse(&value)?;
+    if cache.config().backend == CacheBackend::Redis
+        && let Some(what) = value::not_json(&v)
+    {
+        bail!(
+            "--json: the redis backend stores JSON, which has no form for {what}: \
+             it would read back changed (use redis_pickle)"
+        );
+    }
+    Ok(Input::Json(v))
+}
+
+/// An expiry as `ttl` prints it: milliseconds where the backend keeps them.
+fn shown_ttl(e: ddf::Expiry) -> String {
+    match e {
+        ddf::Expiry::In(d) => format!("{:.3} s", d.as_secs_f64()),
+        other => shown_expiry(other),
     }
 }
 

@@ -751,3 +751,31 @@ fn bench_cleans_up_on_sigint_and_after_an_earlier_run() {
     );
     assert_eq!(bench_keys(), 0);
 }
+
+#[test]
+fn add_incr_decr_touch_ttl_with_exit_codes() {
+    let cli = Cli::new();
+    assert_eq!(code(&cli.run(&["add", "lock", "me"])), 0);
+    let o = cli.run(&["add", "lock", "you"]);
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    assert_eq!(stdout(&cli.run(&["get", "lock"])), "\"me\"\n");
+    assert_eq!(code(&cli.run(&["add", "j", "[1, 2]", "--json"])), 0);
+
+    let o = cli.run(&["incr", "hits"]);
+    assert_eq!((code(&o), stdout(&o).as_str()), (0, "1\n"));
+    assert_eq!(stdout(&cli.run(&["incr", "hits", "10"])), "11\n");
+    assert_eq!(stdout(&cli.run(&["decr", "hits", "5"])), "6\n");
+    assert_eq!(stdout(&cli.run(&["incr", "hits", "-1"])), "5\n");
+    assert_eq!(stdout(&cli.run(&["get", "hits"])), "5\n");
+    assert_clean_error(&cli.run(&["decr", "hits", "6"]), "never negative");
+    assert_clean_error(&cli.run(&["incr", "lock"]), "lock");
+
+    assert_eq!(stdout(&cli.run(&["ttl", "hits"])), "no expiry\n");
+    assert_eq!(code(&cli.run(&["touch", "hits", "--ttl", "100"])), 0);
+    let o = cli.run(&["ttl", "hits"]);
+    let secs: f64 = stdout(&o).trim().trim_end_matches(" s").parse().unwrap();
+    assert!(secs > 90.0 && secs <= 100.0, "{secs}");
+    assert_eq!(code(&cli.run(&["touch", "absent", "--ttl", "5"])), 1);
+    let o = cli.run(&["ttl", "absent"]);
+    assert_eq!((code(&o), stdout(&o).as_str()), (1, ""));
+}

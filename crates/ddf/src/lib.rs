@@ -50,7 +50,7 @@ use std::sync::{Arc, LazyLock, OnceLock};
 
 #[cfg(feature = "async")]
 pub use aio::{ASYNC_CACHE, AsyncCacheManager};
-pub use backend::{Backend, BackendStatus, EntryInfo, Expiry};
+pub use backend::{Backend, BackendStatus, Counter, EntryInfo, Expiry, counter_step};
 pub use codec::Codec;
 pub use config::{
     CacheBackend, CacheConfig, ConfigRow, FallbackMode, Secret, ServerAddr, UnknownBackend,

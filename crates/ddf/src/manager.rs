@@ -244,6 +244,99 @@ impl CacheManager {
             .added(self.call(|| self.inner.backend.add(key, &item, ttl)))
     }
 
+    /// Adds `delta` to the integer under `key` atomically and returns the new value; a missing
+    /// key counts from 0 (created without expiry; an existing key keeps its expiry). The
+    /// stored value is one the Python DDF reads as an `int` (Redis: decimal text; Memcached:
+    /// pymemcache's `int`, flags 2; the file backend: the codec's integer). Counters stay within
+    /// `0..=i64::MAX` on every backend ([`counter_step`](crate::counter_step)): a
+    /// step outside is refused and changes nothing. On `backend = none` and a disabled cache it
+    /// returns `delta` (counted from 0, forgotten). While Redis or Memcached is down it counts
+    /// on the fallback (see the README, "Atomic operations").
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// let cache = ddf::CacheManager::new(ddf::CacheConfig::default().with_pickle_dir(dir.path()))?;
+    /// assert_eq!(cache.incr("hits", 1)?, 1);
+    /// assert_eq!(cache.incr("hits", 5)?, 6);
+    /// assert_eq!(cache.decr("hits", 2)?, 4);
+    /// assert_eq!(cache.get::<i64>("hits")?, Some(4));
+    /// assert!(cache.decr("hits", 5).is_err()); // never below 0
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) for a step outside the range
+    /// (or any counter on `redis_pickle`); [`Error::Decode`](crate::Error::Decode) when the
+    /// stored value is not an integer; [`Error::Backend`](crate::Error::Backend) when the
+    /// backend fails.
+    pub fn incr(&self, key: &str, delta: i64) -> Result<i64> {
+        self.core().check_counter()?;
+        if !self.core().enabled() {
+            return self.core().track(backend::counter_step(0, delta));
+        }
+        let r = self.call(|| self.inner.backend.incr(key, delta, self.core()));
+        tracing::trace!(key = %crate::error::shorten(key), delta, "ddf: incr");
+        self.core().counted(r)
+    }
+
+    /// Subtracts `delta`: [`CacheManager::incr`] with `-delta`.
+    ///
+    /// # Errors
+    /// As [`CacheManager::incr`].
+    pub fn decr(&self, key: &str, delta: i64) -> Result<i64> {
+        let neg = delta.checked_neg().ok_or_else(|| {
+            crate::Error::InvalidArgument(format!("decr by {delta}: its negation is not an i64"))
+        })?;
+        self.incr(key, neg)
+    }
+
+    /// Sets the expiry of the value under `key` to `ttl` from now (`None`: the configured
+    /// `ttl`, and no expiry when that is empty); `true` when a value was there. Redis keeps
+    /// milliseconds, the file backend milliseconds, Memcached whole seconds (rounded up).
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// let cache = ddf::CacheManager::new(ddf::CacheConfig::default().with_pickle_dir(dir.path()))?;
+    /// cache.set("k", "v", None)?;
+    /// assert!(cache.touch("k", Some(std::time::Duration::from_secs(60)))?);
+    /// assert!(!cache.touch("absent", Some(std::time::Duration::from_secs(60)))?);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) for a zero TTL;
+    /// [`Error::Backend`](crate::Error::Backend) when the backend fails.
+    pub fn touch(&self, key: &str, ttl: Option<Duration>) -> Result<bool> {
+        let ttl = self.core().ttl_or_default(ttl)?;
+        if !self.core().enabled() {
+            return Ok(false);
+        }
+        let r = self.call(|| self.inner.backend.touch(key, ttl));
+        self.core().track(r)
+    }
+
+    /// How long the value under `key` has left: `None` when there is no value,
+    /// `Some(Expiry::Never)` when it does not expire, `Some(Expiry::In(d))` otherwise (Redis
+    /// and the file backend in milliseconds, Memcached in whole seconds);
+    /// `Some(Expiry::Unknown)` when the backend cannot tell (a custom backend, a Memcached key
+    /// ddf maps).
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// use ddf::Expiry;
+    /// let cache = ddf::CacheManager::new(ddf::CacheConfig::default().with_pickle_dir(dir.path()))?;
+    /// cache.set("k", "v", None)?;
+    /// assert_eq!(cache.ttl("k")?, Some(Expiry::Never));
+    /// assert_eq!(cache.ttl("absent")?, None);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Backend`](crate::Error::Backend) when the backend fails.
+    pub fn ttl(&self, key: &str) -> Result<Option<crate::backend::Expiry>> {
+        Ok(self.get_meta(key)?.map(|e| e.expiry))
+    }
+
     /// Removes a value; `true` if one was there.
     ///
     /// # Errors

@@ -247,6 +247,61 @@ impl Backend for FileBackend {
         Ok(n == 1)
     }
 
+    fn incr(&self, key: &str, delta: i64, counter: &dyn super::Counter) -> Result<i64> {
+        let sk = self.keys.storage_key(key);
+        let now = self.now();
+        // One immediate transaction: read, step, write. A codec or range error rolls it back
+        // (the transaction is dropped) and is returned as it is.
+        self.with_conn("cannot update a counter", |c| {
+            let tx =
+                rusqlite::Transaction::new_unchecked(c, rusqlite::TransactionBehavior::Immediate)?;
+            let row = tx
+                .prepare_cached(SQL_GET)?
+                .query_row([sk.as_bytes()], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, Vec<u8>>(2)?,
+                    ))
+                })
+                .optional()?
+                .filter(|(exp, ..)| *exp == 0 || *exp > now);
+            let step = || -> Result<(i64, i64, Item)> {
+                let (exp, current) = match &row {
+                    Some((exp, flags, data)) => {
+                        let item = Item::new(data.clone(), u32::try_from(*flags).unwrap_or(0));
+                        (*exp, counter.read(key, &item)?)
+                    }
+                    None => (0, 0),
+                };
+                let n = super::counter_step(current, delta)?;
+                Ok((n, exp, counter.write(key, n)?))
+            };
+            let (n, exp, item) = match step() {
+                Ok(v) => v,
+                Err(e) => return Ok(Err(e)),
+            };
+            tx.prepare_cached(SQL_SET)?.execute(params![
+                sk.as_bytes(),
+                exp,
+                i64::from(item.flags),
+                item.data
+            ])?;
+            tx.commit()?;
+            Ok(Ok(n))
+        })?
+    }
+
+    fn touch(&self, key: &str, ttl: Option<Duration>) -> Result<bool> {
+        let sk = self.keys.storage_key(key);
+        let (exp, now) = (self.expires_at(ttl), self.now());
+        let n = self.with_conn("cannot touch an entry", |c| {
+            c.prepare_cached("UPDATE entries SET exp = ?2 WHERE k = ?1 AND (exp = 0 OR exp > ?3)")?
+                .execute(params![sk.as_bytes(), exp, now])
+        })?;
+        Ok(n == 1)
+    }
+
     fn delete(&self, key: &str) -> Result<bool> {
         let sk = self.keys.storage_key(key);
         let exp = self.with_conn("cannot delete an entry", |c| {

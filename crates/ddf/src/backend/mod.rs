@@ -89,6 +89,49 @@ pub(crate) fn unsupported(backend: &'static str, what: &str) -> crate::error::Er
     }
 }
 
+/// How the cache's codec stores a counter, handed to [`Backend::incr`] by the manager so that a
+/// backend that stores items as the codec writes them (the file backend) reads and writes an
+/// integer without calling a codec itself.
+pub trait Counter: Send + Sync {
+    /// The integer a stored item holds.
+    ///
+    /// # Errors
+    /// [`Error::Decode`](crate::Error::Decode) when the item is not an integer.
+    fn read(&self, key: &str, item: &Item) -> Result<i64>;
+
+    /// The item that stores `n`.
+    ///
+    /// # Errors
+    /// [`Error::Encode`](crate::Error::Encode) when the codec cannot write it.
+    fn write(&self, key: &str, n: i64) -> Result<Item>;
+}
+
+/// The one range rule of counters, on every backend: `current + delta` must stay within
+/// `0..=i64::MAX`. Memcached's counters are unsigned 64-bit, its `decr` stops at 0 and its
+/// `incr` wraps; Redis and SQLite are signed. Rather than differ, every backend refuses a step
+/// that leaves that range (nothing is changed) with this error.
+///
+/// ```
+/// use ddf::counter_step;
+/// assert_eq!(counter_step(2, 3).unwrap(), 5);
+/// assert!(counter_step(2, -3).is_err());
+/// assert!(counter_step(i64::MAX, 1).is_err());
+/// ```
+///
+/// # Errors
+/// [`Error::InvalidArgument`](crate::Error::InvalidArgument) naming the rule.
+pub fn counter_step(current: i64, delta: i64) -> Result<i64> {
+    match current.checked_add(delta) {
+        Some(n) if n >= 0 => Ok(n),
+        _ => Err(crate::error::Error::InvalidArgument(format!(
+            "a counter of {current} changed by {delta} would leave 0..={}: ddf's counters are \
+             never negative and never wrap, on every backend (memcached's are unsigned); \
+             nothing was changed",
+            i64::MAX
+        ))),
+    }
+}
+
 /// The byte-level storage trait every backend implements.
 ///
 /// Keys are the user's keys; the backend joins them with its namespace through ddf's one key layout.
@@ -119,6 +162,26 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     fn add(&self, key: &str, item: &Item, ttl: Option<Duration>) -> Result<bool> {
         let _ = (key, item, ttl);
         Err(unsupported(self.name(), "add"))
+    }
+
+    /// Adds `delta` (negative: subtracts) to the counter under `key` atomically and returns the
+    /// new value. A missing (or expired) key counts from 0 and is created without expiry; an
+    /// existing key keeps its expiry. The result must stay within `0..=i64::MAX`
+    /// ([`counter_step`]): otherwise nothing changes and the error says so. A backend that
+    /// stores items in the cache's codec (the file backend) reads and writes the value through
+    /// `counter`; Redis keeps decimal text, Memcached a pymemcache `int` (flags 2). The default
+    /// says it is not supported.
+    fn incr(&self, key: &str, delta: i64, counter: &dyn Counter) -> Result<i64> {
+        let _ = (key, delta, counter);
+        Err(unsupported(self.name(), "incr"))
+    }
+
+    /// Sets the expiry of the value under `key` to `ttl` from now (`None`: no expiry),
+    /// leaving the value alone; `true` when a live value was there. The default says it is
+    /// not supported.
+    fn touch(&self, key: &str, ttl: Option<Duration>) -> Result<bool> {
+        let _ = (key, ttl);
+        Err(unsupported(self.name(), "touch"))
     }
 
     /// Removes every key of this namespace that starts with `prefix`, taken literally (no glob or

@@ -27,6 +27,17 @@ impl Backend for NoneBackend {
     fn add(&self, _key: &str, _item: &Item, _ttl: Option<Duration>) -> Result<bool> {
         Ok(true)
     }
+    /// Counted from 0 and forgotten at once: `delta` (within the range rule).
+    fn incr(&self, _key: &str, delta: i64, _counter: &dyn super::Counter) -> Result<i64> {
+        super::counter_step(0, delta)
+    }
+    /// Nothing is there to touch.
+    fn touch(&self, _key: &str, _ttl: Option<Duration>) -> Result<bool> {
+        Ok(false)
+    }
+    fn meta(&self, _key: &str) -> Result<Option<super::EntryInfo>> {
+        Ok(None)
+    }
     fn delete_prefix(&self, _prefix: &str) -> Result<u64> {
         Ok(0)
     }

@@ -636,6 +636,21 @@ impl Backend for RedisBackend {
         Ok(r.is_some())
     }
 
+    fn incr(&self, key: &str, delta: i64, _counter: &dyn super::Counter) -> Result<i64> {
+        let k = self.keyspace.storage_key(key);
+        let cmd = commands::incr(&k, delta);
+        let (code, value): (i64, Option<String>) =
+            self.run("INCRBY", |c| cmd.query(c.as_like()))?;
+        commands::incr_reply(code, value, delta)
+    }
+
+    fn touch(&self, key: &str, ttl: Option<Duration>) -> Result<bool> {
+        let k = self.keyspace.storage_key(key);
+        let cmd = commands::touch(&k, ttl);
+        let n: i64 = self.run("PEXPIRE", |c| cmd.query(c.as_like()))?;
+        Ok(n == 1)
+    }
+
     fn delete(&self, key: &str) -> Result<bool> {
         let k = self.keyspace.storage_key(key);
         let n: u64 = self.run("UNLINK", |c| commands::unlink(&[&k]).query(c.as_like()))?;

@@ -345,11 +345,12 @@ impl ValueCodec {
             // Longer digit strings than Python itself writes (its default `int` limit is 4,300
             // digits) are not read as an int: converting decimal text costs quadratic time, so a
             // hostile 1 MB item would take minutes. Such an item decodes as its bytes, or fails.
+            // Memcached's `decr` keeps an item's length and pads a shorter number with spaces.
             flags::INTEGER | flags::LONG
                 if item.data.len() <= python_memcache::MAX_INT_TEXT
-                    && python_memcache::is_decimal_int(&item.data) =>
+                    && python_memcache::is_decimal_int(item.data.trim_ascii_end()) =>
             {
-                Some(Scalar::Int(&item.data))
+                Some(Scalar::Int(item.data.trim_ascii_end()))
             }
             _ => None,
         }

@@ -102,6 +102,17 @@ fn check_ttl(ttl: Option<Duration>) -> Result<()> {
     }
 }
 
+/// A counter's value in the cache's codec, for [`Backend::incr`](crate::backend::Backend::incr).
+impl crate::backend::Counter for Core {
+    fn read(&self, key: &str, item: &Item) -> Result<i64> {
+        self.codec.decode(key, item)
+    }
+
+    fn write(&self, key: &str, n: i64) -> Result<Item> {
+        self.codec.encode(key, &n)
+    }
+}
+
 /// What one cache (a manager of either face and its clones) shares, without its backend.
 pub(crate) struct Core {
     /// See [`Core::id`].
@@ -267,6 +278,28 @@ impl Core {
         let stored = self.track(r)?;
         bump(&self.stats.sets, u64::from(stored));
         Ok(stored)
+    }
+
+    /// The counter rule of the codec: on `redis_pickle` a counter is refused (Redis counts in
+    /// decimal text, which a pickle reader, ddf's or the Python DDF's, does not read as a value).
+    pub(crate) fn check_counter(&self) -> Result<()> {
+        if self.config.backend == CacheBackend::RedisPickle {
+            bump(&self.stats.errors, 1);
+            return Err(Error::InvalidArgument(
+                "incr/decr are not offered on redis_pickle: Redis counts in decimal text \
+                 (INCRBY), which neither ddf nor the Python DDF reads as a pickle; use backend \
+                 = redis, where both read it as an int"
+                    .to_owned(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Counts what the backend's `incr` returned (a write, as a set).
+    pub(crate) fn counted(&self, r: Result<i64>) -> Result<i64> {
+        let n = self.track(r)?;
+        bump(&self.stats.sets, 1);
+        Ok(n)
     }
 
     /// Counts what the backend's `delete` returned.

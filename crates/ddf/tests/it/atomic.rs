@@ -5,10 +5,11 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use ddf::{CacheBackend, CacheConfig, CacheManager, ServerAddr};
+use ddf::{CacheBackend, CacheConfig, CacheManager, Error, Expiry, ServerAddr};
 use ddf_testkit::{MemcachedServer, RedisServer};
 
 use crate::conformance::unique_namespace;
+use crate::process;
 
 fn file_config(dir: &std::path::Path, namespace: &str) -> CacheConfig {
     CacheConfig::default()
@@ -133,4 +134,272 @@ fn add_on_none_is_granted_and_forgotten() {
     assert!(cache.add("k", &1, None).unwrap());
     assert!(cache.add("k", &1, None).unwrap());
     assert_eq!(cache.get::<i32>("k").unwrap(), None);
+}
+
+/// The `incr`/`decr`/`touch`/`ttl` checks every backend passes.
+fn counter_checks(cache: &CacheManager) {
+    assert_eq!(
+        cache.incr("c", 1).unwrap(),
+        1,
+        "a missing key counts from 0"
+    );
+    assert_eq!(cache.incr("c", 41).unwrap(), 42);
+    assert_eq!(cache.decr("c", 2).unwrap(), 40);
+    assert_eq!(cache.incr("c", -40).unwrap(), 0);
+    assert_eq!(
+        cache.get::<i64>("c").unwrap(),
+        Some(0),
+        "read back as an int"
+    );
+    // The range rule: never below 0, never past i64::MAX; nothing changes.
+    let e = cache.decr("c", 1).unwrap_err();
+    assert!(matches!(e, Error::InvalidArgument(_)), "{e}");
+    assert!(e.to_string().contains("never negative"), "{e}");
+    assert_eq!(cache.get::<i64>("c").unwrap(), Some(0));
+    assert!(cache.decr("absent", 1).is_err());
+    assert_eq!(
+        cache.ttl("absent").unwrap(),
+        None,
+        "a refused first decr creates nothing"
+    );
+    assert_eq!(cache.incr("big", i64::MAX).unwrap(), i64::MAX);
+    assert!(matches!(
+        cache.incr("big", 1),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert_eq!(cache.get::<i64>("big").unwrap(), Some(i64::MAX));
+    // A value ddf wrote as an int counts on; one that is no int is an error, unchanged.
+    cache.set("set-int", &7i64, None).unwrap();
+    assert_eq!(cache.incr("set-int", 1).unwrap(), 8);
+    cache.set("text", "abc", None).unwrap();
+    assert!(cache.incr("text", 1).is_err());
+    assert_eq!(cache.get::<String>("text").unwrap().as_deref(), Some("abc"));
+    // An existing counter keeps its expiry; touch and ttl.
+    cache
+        .set("exp", &1i64, Some(Duration::from_secs(100)))
+        .unwrap();
+    assert_eq!(cache.incr("exp", 1).unwrap(), 2);
+    let left = |k: &str| match cache.ttl(k).unwrap() {
+        Some(Expiry::In(d)) => d,
+        other => panic!("{k}: {other:?}"),
+    };
+    assert!(left("exp") > Duration::from_secs(90), "{:?}", left("exp"));
+    assert_eq!(cache.ttl("c").unwrap(), Some(Expiry::Never));
+    assert!(cache.touch("c", Some(Duration::from_secs(50))).unwrap());
+    let d = left("c");
+    assert!(
+        d > Duration::from_secs(40) && d <= Duration::from_secs(50),
+        "{d:?}"
+    );
+    assert!(cache.touch("c", None).unwrap());
+    assert_eq!(cache.ttl("c").unwrap(), Some(Expiry::Never));
+    assert!(!cache.touch("absent", Some(Duration::from_secs(5))).unwrap());
+    assert_eq!(
+        cache.get::<i64>("c").unwrap(),
+        Some(0),
+        "touch leaves the value"
+    );
+    // Threads.
+    std::thread::scope(|s| {
+        for _ in 0..8 {
+            let cache = cache.clone();
+            s.spawn(move || {
+                for _ in 0..250 {
+                    cache.incr("threads", 1).unwrap();
+                }
+            });
+        }
+    });
+    assert_eq!(cache.get::<i64>("threads").unwrap(), Some(2000));
+}
+
+#[test]
+fn counters_on_the_file_backend() {
+    let dir = tempfile::tempdir().unwrap();
+    counter_checks(&CacheManager::new(file_config(dir.path(), &unique_namespace("ctr"))).unwrap());
+}
+
+#[test]
+fn counters_on_redis() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    counter_checks(&CacheManager::new(redis_config(&server, &unique_namespace("ctr"))).unwrap());
+    let pickled = CacheManager::new(
+        redis_config(&server, &unique_namespace("ctrp")).with_backend(CacheBackend::RedisPickle),
+    )
+    .unwrap();
+    let e = pickled.incr("c", 1).unwrap_err();
+    assert!(e.to_string().contains("redis_pickle"), "{e}");
+}
+
+#[test]
+fn counters_on_memcached() {
+    let Some(server) = MemcachedServer::start() else {
+        return;
+    };
+    counter_checks(
+        &CacheManager::new(memcached_config(&server, &unique_namespace("ctr"))).unwrap(),
+    );
+    let pickled = CacheManager::new(
+        memcached_config(&server, &unique_namespace("ctrp"))
+            .with_backend(CacheBackend::MemcachedPickle),
+    )
+    .unwrap();
+    assert_eq!(pickled.incr("c", 3).unwrap(), 3);
+    assert_eq!(pickled.get::<i64>("c").unwrap(), Some(3));
+    // memcached pads a shorter number with spaces: still an int.
+    assert_eq!(pickled.incr("c", 7).unwrap(), 10);
+    assert_eq!(pickled.decr("c", 1).unwrap(), 9);
+    assert_eq!(pickled.get::<i64>("c").unwrap(), Some(9));
+    assert_eq!(
+        pickled.get_value("c").unwrap().map(|v| v.type_name()),
+        Some("int")
+    );
+    let long = "k".repeat(300);
+    assert!(matches!(
+        pickled.incr(&long, 1),
+        Err(Error::InvalidArgument(_))
+    ));
+}
+
+const JOB: &str = "DDF_TEST_ATOMIC_INCR";
+const PROCS: usize = 8;
+const PER_PROC: i64 = 10_000;
+
+/// A child: 10,000 `incr` by 1 on the cache its job names (`kind|where|namespace`).
+fn incr_child() -> bool {
+    let Some(job) = process::job(JOB) else {
+        return false;
+    };
+    let mut parts = job.splitn(3, '|');
+    let (kind, place, ns) = (
+        parts.next().unwrap(),
+        parts.next().unwrap(),
+        parts.next().unwrap(),
+    );
+    let config = match kind {
+        "file" => file_config(std::path::Path::new(place), ns),
+        "redis" => CacheConfig::default()
+            .with_backend(CacheBackend::Redis)
+            .with_redis("127.0.0.1", place.parse().unwrap())
+            .with_namespace(ns),
+        _ => CacheConfig::default()
+            .with_backend(CacheBackend::Memcached)
+            .with_memcached_servers(vec![ServerAddr::parse(place, 11211).unwrap()])
+            .with_namespace(ns),
+    };
+    let cache = CacheManager::new(config).unwrap();
+    for _ in 0..PER_PROC {
+        cache.incr("n", 1).unwrap();
+    }
+    assert_eq!(cache.stats().fallback, 0, "every incr reached the store");
+    true
+}
+
+/// 8 processes x 10,000 `incr` by 1 leave exactly 80,000.
+fn processes_count_exactly(test: &str, kind: &str, place: &str, cache: &CacheManager) {
+    let job = format!("{kind}|{place}|{}", cache.config().namespace);
+    let children: Vec<_> = (0..PROCS)
+        .map(|_| process::child(test, JOB, &job).spawn().unwrap())
+        .collect();
+    for c in children {
+        process::check(c, "incr child");
+    }
+    assert_eq!(
+        cache.get::<i64>("n").unwrap(),
+        Some(PROCS as i64 * PER_PROC),
+        "{kind}"
+    );
+}
+
+#[test]
+fn eight_processes_count_exactly_on_the_file_backend() {
+    if incr_child() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cache = CacheManager::new(file_config(dir.path(), &unique_namespace("procs"))).unwrap();
+    processes_count_exactly(
+        "atomic::eight_processes_count_exactly_on_the_file_backend",
+        "file",
+        dir.path().to_str().unwrap(),
+        &cache,
+    );
+}
+
+#[test]
+fn eight_processes_count_exactly_on_redis() {
+    if incr_child() {
+        return;
+    }
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let cache = CacheManager::new(redis_config(&server, &unique_namespace("procs"))).unwrap();
+    processes_count_exactly(
+        "atomic::eight_processes_count_exactly_on_redis",
+        "redis",
+        &server.port().to_string(),
+        &cache,
+    );
+    // redis-py and the Python DDF's JSON read an int.
+    if let Some(python) = ddf_testkit::python() {
+        let key = format!("{}n", cache.config().namespace);
+        let out = std::process::Command::new(python)
+            .args([
+                "-c",
+                "import json, sys, redis; v = json.loads(redis.Redis(port=int(sys.argv[1])).get(sys.argv[2])); print(type(v).__name__, v)",
+                &server.port().to_string(),
+                &key,
+            ])
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "int 80000",
+            "{out:?}"
+        );
+    }
+}
+
+#[test]
+fn eight_processes_count_exactly_on_memcached() {
+    if incr_child() {
+        return;
+    }
+    let Some(server) = MemcachedServer::start() else {
+        return;
+    };
+    let cache = CacheManager::new(memcached_config(&server, &unique_namespace("procs"))).unwrap();
+    processes_count_exactly(
+        "atomic::eight_processes_count_exactly_on_memcached",
+        "memcached",
+        &server.server(),
+        &cache,
+    );
+    // pymemcache with the python_memcache serializer (the Python DDF's) reads an int.
+    if let Some(python) = ddf_testkit::python() {
+        let key = format!("{}n", cache.config().namespace);
+        let (host, port) = server
+            .server()
+            .rsplit_once(':')
+            .map(|(h, p)| (h.to_owned(), p.to_owned()))
+            .unwrap();
+        let out = std::process::Command::new(python)
+            .args([
+                "-c",
+                "import sys\nfrom pymemcache.client.base import Client\nfrom pymemcache import serde\nc = Client((sys.argv[1], int(sys.argv[2])), serde=serde.pickle_serde)\nv = c.get(sys.argv[3]); print(type(v).__name__, v)",
+                &host,
+                &port,
+                &key,
+            ])
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "int 80000",
+            "{out:?}"
+        );
+    }
 }

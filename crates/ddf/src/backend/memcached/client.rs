@@ -252,6 +252,42 @@ impl Conn {
         self.meta(replies::add)
     }
 
+    /// `mg <key> v c f`: the value and its CAS value, or a miss.
+    pub fn get_cas(&mut self, key: &str) -> McResult<Option<(Vec<u8>, u64)>> {
+        self.begin()?;
+        proto::get_cas(&mut self.out, key.as_bytes()).map_err(refused)?;
+        self.flush()?;
+        self.meta(replies::get_cas)
+    }
+
+    /// `ma <key> C<cas> M<I|D> D<delta> v`: the new value's text, or `None` when the item
+    /// changed or went since `cas` was read.
+    pub fn arith(
+        &mut self,
+        key: &str,
+        cas: u64,
+        decr: bool,
+        delta: u64,
+    ) -> McResult<Option<Vec<u8>>> {
+        self.begin()?;
+        proto::arith(&mut self.out, key.as_bytes(), cas, decr, delta).map_err(refused)?;
+        self.flush()?;
+        self.meta(replies::arith)
+    }
+
+    /// `mg <key> T<exptime>` (touch, `Some` when there) or `mg <key> s t f` (`exptime =
+    /// None`: the fields).
+    pub fn touch_or_meta(
+        &mut self,
+        key: &str,
+        exptime: Option<u64>,
+    ) -> McResult<Option<proto::Fields>> {
+        self.begin()?;
+        proto::touch_or_meta(&mut self.out, key.as_bytes(), exptime).map_err(refused)?;
+        self.flush()?;
+        self.meta(replies::touch_or_meta)
+    }
+
     /// Pipelined quiet `ms` for every item, then `mn`: one round trip.
     pub fn set_many(&mut self, items: &[(&str, &[u8], u32)], exptime: u64) -> McResult<()> {
         self.begin()?;
@@ -278,14 +314,6 @@ impl Conn {
             self.meta(|r| replies.step(r))?;
         }
         replies.finish()
-    }
-
-    /// `mg <key> v f c`: the value and its CAS value, or a miss.
-    pub fn get_cas(&mut self, key: &str) -> McResult<Option<(Value, u64)>> {
-        self.begin()?;
-        proto::get_cas(&mut self.out, key.as_bytes()).map_err(refused)?;
-        self.flush()?;
-        self.meta(replies::get_cas)
     }
 
     /// `md <key> C<cas>`: `true` when it removed the item (still at `cas`).

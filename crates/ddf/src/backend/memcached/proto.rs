@@ -166,6 +166,68 @@ fn store(
     Ok(())
 }
 
+/// `mg <key> v c f`: the value, its CAS value and client flags (for `incr`).
+///
+/// # Errors
+///
+/// A key [`check_key`] refuses; nothing is appended then.
+pub(crate) fn get_cas(buf: &mut Vec<u8>, key: &[u8]) -> Result<(), ProtoError> {
+    check_key(key)?;
+    buf.extend_from_slice(b"mg ");
+    buf.extend_from_slice(key);
+    buf.extend_from_slice(b" v c f\r\n");
+    Ok(())
+}
+
+/// `ma <key> C<cas> M<I|D> D<delta> v`: arithmetic on the item only if its CAS value is still
+/// `cas` (`VA` with the new value; `EX` when another write came first; `NF` when it is gone).
+///
+/// # Errors
+///
+/// A key [`check_key`] refuses; nothing is appended then.
+pub(crate) fn arith(
+    buf: &mut Vec<u8>,
+    key: &[u8],
+    cas: u64,
+    decr: bool,
+    delta: u64,
+) -> Result<(), ProtoError> {
+    check_key(key)?;
+    buf.extend_from_slice(b"ma ");
+    buf.extend_from_slice(key);
+    buf.extend_from_slice(b" C");
+    push_uint(buf, cas);
+    buf.extend_from_slice(if decr { b" MD D" } else { b" MI D" });
+    push_uint(buf, delta);
+    buf.extend_from_slice(b" v\r\n");
+    Ok(())
+}
+
+/// `mg <key> T<exptime>` (touch: `HD` when there, `EN` when not; exptime 0: no expiry), or
+/// with `exptime = None` `mg <key> s t f` (size, seconds left, client flags, for `meta`).
+///
+/// # Errors
+///
+/// A key [`check_key`] refuses; nothing is appended then.
+pub(crate) fn touch_or_meta(
+    buf: &mut Vec<u8>,
+    key: &[u8],
+    exptime: Option<u64>,
+) -> Result<(), ProtoError> {
+    check_key(key)?;
+    buf.extend_from_slice(b"mg ");
+    buf.extend_from_slice(key);
+    match exptime {
+        Some(t) => {
+            buf.extend_from_slice(b" T");
+            push_uint(buf, t);
+        }
+        None => buf.extend_from_slice(b" s t f"),
+    }
+    buf.extend_from_slice(b"\r\n");
+    Ok(())
+}
+
 /// `md <key>` (not quiet: the caller counts `HD` against `NF`).
 ///
 /// # Errors
@@ -176,19 +238,6 @@ pub(crate) fn delete(buf: &mut Vec<u8>, key: &[u8]) -> Result<(), ProtoError> {
     buf.extend_from_slice(b"md ");
     buf.extend_from_slice(key);
     buf.extend_from_slice(b"\r\n");
-    Ok(())
-}
-
-/// `mg <key> v f c`: the value, its flags and its CAS value (for [`delete_cas`]).
-///
-/// # Errors
-///
-/// A key [`check_key`] refuses; nothing is appended then.
-pub(crate) fn get_cas(buf: &mut Vec<u8>, key: &[u8]) -> Result<(), ProtoError> {
-    check_key(key)?;
-    buf.extend_from_slice(b"mg ");
-    buf.extend_from_slice(key);
-    buf.extend_from_slice(b" v f c\r\n");
     Ok(())
 }
 
@@ -289,8 +338,8 @@ pub(crate) enum MetaReply<'a> {
         flags: u32,
         /// The opaque (`O<n>`), when the request carried one.
         opaque: Option<u32>,
-        /// The CAS value (`c<n>`), when the request asked for it.
-        cas: Option<u64>,
+        /// The other fields the request asked for.
+        fields: Fields,
     },
     /// A reply without a value.
     Status {
@@ -298,9 +347,24 @@ pub(crate) enum MetaReply<'a> {
         status: Status,
         /// The opaque (`O<n>`), when the request carried one.
         opaque: Option<u32>,
+        /// The other fields the request asked for.
+        fields: Fields,
     },
     /// `SERVER_ERROR ...`, `CLIENT_ERROR ...` or `ERROR`: the whole line. The stream is in step.
     Error(&'a [u8]),
+}
+
+/// The fields of a meta reply beyond flags and opaque, each when the request asked for it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Fields {
+    /// `c<n>`: the item's CAS value.
+    pub(crate) cas: Option<u64>,
+    /// `t<n>`: seconds left, `-1` for no expiry.
+    pub(crate) ttl: Option<i64>,
+    /// `s<n>`: the value's size in bytes.
+    pub(crate) size: Option<u64>,
+    /// `f<n>`: the client flags (in a reply without a value).
+    pub(crate) flags: Option<u32>,
 }
 
 /// One line of a reply to a text command (`version`, `stats`, `flush_all`,
@@ -391,17 +455,24 @@ fn meta_flags<'a>(
     what: &str,
     line: &[u8],
     tokens: impl Iterator<Item = &'a [u8]>,
-) -> Result<(u32, Option<u32>, Option<u64>), ProtoError> {
-    let (mut flags, mut opaque, mut cas) = (0, None, None);
+) -> Result<(u32, Option<u32>, Fields), ProtoError> {
+    let (mut flags, mut opaque, mut fields) = (0, None, Fields::default());
+    let bad = || unexpected(what, line);
     for tok in tokens {
         match tok.split_first() {
-            Some((b'f', n)) => flags = number(n).ok_or_else(|| unexpected(what, line))?,
-            Some((b'O', n)) => opaque = Some(number(n).ok_or_else(|| unexpected(what, line))?),
-            Some((b'c', n)) => cas = Some(number(n).ok_or_else(|| unexpected(what, line))?),
+            Some((b'f', n)) => {
+                flags = number(n).ok_or_else(bad)?;
+                fields.flags = Some(flags);
+            }
+            Some((b'O', n)) => opaque = Some(number(n).ok_or_else(bad)?),
+            Some((b'c', n)) => fields.cas = Some(number(n).ok_or_else(bad)?),
+            Some((b's', n)) => fields.size = Some(number(n).ok_or_else(bad)?),
+            Some((b't', b"-1")) => fields.ttl = Some(-1),
+            Some((b't', n)) => fields.ttl = Some(number(n).ok_or_else(bad)?),
             _ => {}
         }
     }
-    Ok((flags, opaque, cas))
+    Ok((flags, opaque, fields))
 }
 
 /// Parses the next reply to a meta command from the start of `buf`.
@@ -439,7 +510,7 @@ pub(crate) fn parse_meta(
                      {max} bytes (item_size_max), so no value can be that long"
                 )));
             }
-            let (flags, opaque, cas) = meta_flags("a meta command", l, tokens)?;
+            let (flags, opaque, fields) = meta_flags("a meta command", l, tokens)?;
             // `size <= MAX_VALUE_CAP` and `used <= MAX_LINE`: no overflow.
             let end = used + size + 2;
             let Some(block) = buf.get(used..end) else {
@@ -455,7 +526,7 @@ pub(crate) fn parse_meta(
                     data,
                     flags,
                     opaque,
-                    cas,
+                    fields,
                 },
                 end,
             ));
@@ -468,8 +539,15 @@ pub(crate) fn parse_meta(
         Some(b"MN") => Status::Mn,
         _ => return Err(unexpected("a meta command", l)),
     };
-    let (_, opaque, _) = meta_flags("a meta command", l, tokens)?;
-    Ok(Parsed::Done(MetaReply::Status { status, opaque }, used))
+    let (_, opaque, fields) = meta_flags("a meta command", l, tokens)?;
+    Ok(Parsed::Done(
+        MetaReply::Status {
+            status,
+            opaque,
+            fields,
+        },
+        used,
+    ))
 }
 
 /// Parses the next line of a reply to a text command from the start of `buf`.

@@ -63,14 +63,8 @@ fn meta(buf: &[u8]) -> Result<Parsed<MetaReply<'_>>, ProtoError> {
 #[test]
 fn cas_requests_and_replies() {
     let mut buf = Vec::new();
-    get_cas(&mut buf, b"k").unwrap();
     delete_cas(&mut buf, b"k", 42).unwrap();
-    assert_eq!(buf, b"mg k v f c\r\nmd k C42\r\n");
-    let Ok(Parsed::Done(MetaReply::Value { data, cas, .. }, _)) = meta(b"VA 1 f0 c99\r\nx\r\n")
-    else {
-        panic!("a value")
-    };
-    assert_eq!((data, cas), (&b"x"[..], Some(99)));
+    assert_eq!(buf, b"md k C42\r\n");
     assert!(
         meta(b"VA 1 cx\r\nx\r\n").is_err(),
         "a malformed CAS value is refused"
@@ -93,7 +87,7 @@ fn owned(r: MetaReply<'_>) -> Owned {
             opaque,
             ..
         } => Owned::Value(data.to_vec(), flags, opaque),
-        MetaReply::Status { status, opaque } => Owned::Status(status, opaque),
+        MetaReply::Status { status, opaque, .. } => Owned::Status(status, opaque),
         MetaReply::Error(l) => Owned::Error(l.to_vec()),
     }
 }
@@ -378,4 +372,38 @@ fn add_is_ms_in_mode_e() {
     let mut buf = Vec::new();
     add(&mut buf, b"k", b"v", 2, 10).unwrap();
     assert_eq!(buf, b"ms k 1 F2 T10 ME\r\nv\r\n");
+}
+
+#[test]
+fn arithmetic_touch_and_meta_requests() {
+    let mut buf = Vec::new();
+    get_cas(&mut buf, b"k").unwrap();
+    arith(&mut buf, b"k", 42, true, 3).unwrap();
+    touch_or_meta(&mut buf, b"k", Some(0)).unwrap();
+    touch_or_meta(&mut buf, b"k", None).unwrap();
+    assert_eq!(
+        buf,
+        b"mg k v c f\r\nma k C42 MD D3 v\r\nmg k T0\r\nmg k s t f\r\n"
+    );
+}
+
+#[test]
+fn reply_fields_are_read() {
+    let Ok(Parsed::Done(MetaReply::Status { fields, .. }, _)) = meta(b"HD s5 t-1 f2\r\n") else {
+        panic!("not parsed");
+    };
+    assert_eq!(
+        fields,
+        Fields {
+            cas: None,
+            ttl: Some(-1),
+            size: Some(5),
+            flags: Some(2)
+        }
+    );
+    let Ok(Parsed::Done(MetaReply::Value { fields, data, .. }, _)) = meta(b"VA 1 c77 f2\r\n7\r\n")
+    else {
+        panic!("not parsed");
+    };
+    assert_eq!((fields.cas, data), (Some(77), &b"7"[..]));
 }

@@ -57,32 +57,6 @@ pub(crate) fn get(r: MetaReply<'_>) -> McResult<Option<Value>> {
     }
 }
 
-/// The reply to `mg <key> v f c`: the value and its CAS value, or a miss.
-pub(crate) fn get_cas(r: MetaReply<'_>) -> McResult<Option<(Value, u64)>> {
-    match r {
-        MetaReply::Value {
-            data,
-            flags,
-            cas: Some(cas),
-            ..
-        } => Ok(Some((
-            Value {
-                data: data.to_vec(),
-                flags,
-            },
-            cas,
-        ))),
-        MetaReply::Value { cas: None, .. } => Err(McError::Protocol(
-            "mg with the c flag answered without a CAS value".into(),
-        )),
-        MetaReply::Status {
-            status: Status::En, ..
-        } => Ok(None),
-        MetaReply::Error(l) => Err(server_error(l)),
-        MetaReply::Status { status, .. } => Err(unexpected_status("mg", status)),
-    }
-}
-
 /// The reply to `md <key> C<cas>`: `true` when it removed the item; `false` when the item
 /// changed since (`EX`) or is gone (`NF`).
 pub(crate) fn delete_cas(r: MetaReply<'_>) -> McResult<bool> {
@@ -204,6 +178,57 @@ pub(crate) fn add(r: MetaReply<'_>) -> McResult<bool> {
         MetaReply::Error(l) => Err(server_error(l)),
         MetaReply::Status { status, .. } => Err(unexpected_status("ms (add)", status)),
         MetaReply::Value { .. } => Err(McError::Protocol("a value in reply to ms".into())),
+    }
+}
+
+/// The reply to `mg <key> v c f` (`incr`'s read): the value and its CAS value, or a miss.
+pub(crate) fn get_cas(r: MetaReply<'_>) -> McResult<Option<(Vec<u8>, u64)>> {
+    match r {
+        MetaReply::Value { data, fields, .. } => {
+            let cas = fields
+                .cas
+                .ok_or_else(|| McError::Protocol("mg ... c: a value without its CAS".into()))?;
+            Ok(Some((data.to_vec(), cas)))
+        }
+        MetaReply::Status {
+            status: Status::En, ..
+        } => Ok(None),
+        MetaReply::Error(l) => Err(server_error(l)),
+        MetaReply::Status { status, .. } => Err(unexpected_status("mg", status)),
+    }
+}
+
+/// The reply to `ma <key> C<cas> ... v`: the new value's text, or `None` when another write
+/// came first (`EX`) or the item went (`NF`): the caller reads again.
+pub(crate) fn arith(r: MetaReply<'_>) -> McResult<Option<Vec<u8>>> {
+    match r {
+        MetaReply::Value { data, .. } => Ok(Some(data.to_vec())),
+        MetaReply::Status {
+            status: Status::Ex | Status::Nf,
+            ..
+        } => Ok(None),
+        MetaReply::Error(l) => Err(server_error(l)),
+        MetaReply::Status { status, .. } => Err(unexpected_status("ma", status)),
+    }
+}
+
+/// The reply to `mg <key> T<n>` (touch, `true` when the item is there) or `mg <key> s t f`
+/// (its fields, `None` when it is not).
+pub(crate) fn touch_or_meta(r: MetaReply<'_>) -> McResult<Option<proto::Fields>> {
+    match r {
+        MetaReply::Status {
+            status: Status::Hd,
+            fields,
+            ..
+        } => Ok(Some(fields)),
+        MetaReply::Status {
+            status: Status::En, ..
+        } => Ok(None),
+        MetaReply::Error(l) => Err(server_error(l)),
+        MetaReply::Status { status, .. } => Err(unexpected_status("mg", status)),
+        MetaReply::Value { .. } => {
+            Err(McError::Protocol("a value in reply to mg without v".into()))
+        }
     }
 }
 

@@ -51,6 +51,74 @@ pub(crate) fn add(key: &str, data: &[u8], ttl: Option<Duration>) -> redis::Cmd {
     c
 }
 
+/// `incr`: `INCRBY` under the one range rule ([`counter_step`](crate::backend::counter_step)),
+/// atomic in one script. Replies `{1, value}` when applied; `{0, value}` when the step would
+/// leave the range (undone: the key as it was, absent if it was); `{2, value}` when Redis
+/// refused it as an overflow. `value` is the stored decimal text (exact at any size, where a
+/// Lua number is not), nil for an absent key.
+const INCR_SCRIPT: &str = r"
+local existed = redis.call('EXISTS', KEYS[1])
+local v = redis.pcall('INCRBY', KEYS[1], ARGV[1])
+if type(v) == 'table' and v.err then
+  if string.find(v.err, 'overflow') then return {2, redis.call('GET', KEYS[1])} end
+  return v
+end
+if v < 0 then
+  if existed == 1 then redis.call('DECRBY', KEYS[1], ARGV[1]) else redis.call('DEL', KEYS[1]) end
+  return {0, redis.call('GET', KEYS[1])}
+end
+return {1, redis.call('GET', KEYS[1])}
+";
+
+/// `EVAL` of the `incr` script on `key` with `delta` (read the reply with [`incr_reply`]).
+pub(crate) fn incr(key: &str, delta: i64) -> redis::Cmd {
+    let mut c = redis::cmd("EVAL");
+    c.arg(INCR_SCRIPT).arg(1).arg(key).arg(delta);
+    c
+}
+
+/// The new value from the `incr` script's reply, or the range rule's error.
+///
+/// # Errors
+/// The range rule's error (`code` 0 or 2); a protocol error for a reply no script sends.
+pub(crate) fn incr_reply(
+    code: i64,
+    value: Option<String>,
+    delta: i64,
+) -> crate::error::Result<i64> {
+    let parsed = value.as_deref().map(str::parse::<i64>);
+    match (code, parsed) {
+        (1, Some(Ok(n))) => Ok(n),
+        (0 | 2, Some(Ok(current))) => crate::backend::counter_step(current, delta),
+        (0 | 2, None) => crate::backend::counter_step(0, delta),
+        _ => Err(crate::error::Error::Backend {
+            backend: "redis",
+            message: format!("unexpected reply to the incr script: {code} {value:?}"),
+            temporary: false,
+            source: None,
+        }),
+    }
+}
+
+/// `touch`: `PEXPIRE key ms`, or for no expiry a script that `PERSIST`s a present key;
+/// both reply 1 when the key is there.
+pub(crate) fn touch(key: &str, ttl: Option<Duration>) -> redis::Cmd {
+    match ttl {
+        Some(t) => {
+            let mut c = redis::cmd("PEXPIRE");
+            c.arg(key).arg(millis(t));
+            c
+        }
+        None => {
+            let mut c = redis::cmd("EVAL");
+            c.arg("if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('PERSIST', KEYS[1]) return 1 end return 0")
+                .arg(1)
+                .arg(key);
+            c
+        }
+    }
+}
+
 /// `UNLINK key...`.
 pub(crate) fn unlink<K: redis::ToRedisArgs>(keys: &[K]) -> redis::Cmd {
     let mut c = redis::cmd("UNLINK");

@@ -159,6 +159,21 @@ impl Backend for GenerationView {
         self.inner.add(&self.key(key), item, ttl)
     }
 
+    fn incr(&self, key: &str, delta: i64, counter: &dyn crate::backend::Counter) -> Result<i64> {
+        self.inner.incr(&self.key(key), delta, counter)
+    }
+
+    fn touch(&self, key: &str, ttl: Option<Duration>) -> Result<bool> {
+        self.inner.touch(&self.key(key), ttl)
+    }
+
+    fn meta(&self, key: &str) -> Result<Option<crate::backend::EntryInfo>> {
+        Ok(self.inner.meta(&self.key(key))?.map(|mut e| {
+            e.key = key.to_owned();
+            e
+        }))
+    }
+
     fn delete_prefix(&self, prefix: &str) -> Result<u64> {
         self.inner.delete_prefix(&self.key(prefix))
     }

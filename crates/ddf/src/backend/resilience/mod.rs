@@ -587,6 +587,21 @@ impl Backend for Resilient {
         self.write_op(|| deletes(std::iter::once(key)), |b| b.add(key, item, ttl))
     }
 
+    /// A write that records nothing: while the server is not up the counter counts on the
+    /// fallback's entries of the outage (from 0), and when the server is back its count
+    /// resumes where it was before the outage; the outage's counts go with the outage's
+    /// entries. A server count is a lower bound of the true count, never a stale value to
+    /// forget: a recorded delete would make it 0, a worse one.
+    fn incr(&self, key: &str, delta: i64, counter: &dyn super::Counter) -> Result<i64> {
+        self.write_op(Vec::new, |b| b.incr(key, delta, counter))
+    }
+
+    /// A write that records nothing (it changes no value): on the fallback's entry while the
+    /// server is not up.
+    fn touch(&self, key: &str, ttl: Option<Duration>) -> Result<bool> {
+        self.write_op(Vec::new, |b| b.touch(key, ttl))
+    }
+
     fn delete_prefix(&self, prefix: &str) -> Result<u64> {
         self.check_whole_keyspace(prefix.is_empty())?;
         self.invalidate_op(

@@ -208,6 +208,15 @@ impl Backend for Watched {
     fn add(&self, key: &str, item: &Item, ttl: Option<Duration>) -> Result<bool> {
         self.seen(self.inner.add(key, item, ttl))
     }
+    fn incr(&self, key: &str, delta: i64, counter: &dyn crate::backend::Counter) -> Result<i64> {
+        self.seen(self.inner.incr(key, delta, counter))
+    }
+    fn touch(&self, key: &str, ttl: Option<Duration>) -> Result<bool> {
+        self.seen(self.inner.touch(key, ttl))
+    }
+    fn meta(&self, key: &str) -> Result<Option<crate::backend::EntryInfo>> {
+        self.seen(self.inner.meta(key))
+    }
     fn delete_prefix(&self, prefix: &str) -> Result<u64> {
         self.seen(self.inner.delete_prefix(prefix))
     }
@@ -463,6 +472,18 @@ impl Backend for PerScope {
 
     fn add(&self, key: &str, item: &Item, ttl: Option<Duration>) -> Result<bool> {
         self.scope(key).add(key, item, ttl)
+    }
+
+    fn incr(&self, key: &str, delta: i64, counter: &dyn crate::backend::Counter) -> Result<i64> {
+        self.scope(key).incr(key, delta, counter)
+    }
+
+    fn touch(&self, key: &str, ttl: Option<Duration>) -> Result<bool> {
+        self.scope(key).touch(key, ttl)
+    }
+
+    fn meta(&self, key: &str) -> Result<Option<crate::backend::EntryInfo>> {
+        self.scope(key).meta(key)
     }
 
     fn delete_prefix(&self, prefix: &str) -> Result<u64> {

@@ -274,7 +274,7 @@ impl CacheManager {
         if !self.core().enabled() {
             return self.core().track(backend::counter_step(0, delta));
         }
-        let r = self.call(|| self.inner.backend.incr(key, delta, self.core()));
+        let r = self.call(|| self.inner.backend.incr(key, delta, &self.core().counter()));
         tracing::trace!(key = %crate::error::shorten(key), delta, "ddf: incr");
         self.core().counted(r)
     }

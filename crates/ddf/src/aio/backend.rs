@@ -14,8 +14,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::backend::degraded::{FallbackWatch, Watch};
-use crate::backend::{Backend, BackendStatus, Item};
+use crate::backend::{Backend, BackendStatus, EntryInfo, Item};
 use crate::error::{Error, Result};
+use crate::manager::core::CodecCounter;
 
 /// A boxed future that may move between runtime workers.
 pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -90,6 +91,28 @@ pub(crate) trait AsyncBackend: Send + Sync + fmt::Debug + 'static {
 
     /// As [`Backend::delete_many`].
     fn delete_many<'a>(&'a self, keys: &'a [&'a str]) -> BoxFuture<'a, Result<u64>>;
+
+    /// As [`Backend::add`].
+    fn add<'a>(
+        &'a self,
+        key: &'a str,
+        item: &'a Item,
+        ttl: Option<Duration>,
+    ) -> BoxFuture<'a, Result<bool>>;
+
+    /// As [`Backend::incr`], with the cache's codec.
+    fn incr<'a>(
+        &'a self,
+        key: &'a str,
+        delta: i64,
+        counter: CodecCounter,
+    ) -> BoxFuture<'a, Result<i64>>;
+
+    /// As [`Backend::touch`].
+    fn touch<'a>(&'a self, key: &'a str, ttl: Option<Duration>) -> BoxFuture<'a, Result<bool>>;
+
+    /// As [`Backend::meta`].
+    fn meta<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<EntryInfo>>>;
 }
 
 /// Runs blocking `f` on the runtime's blocking pool when there is a runtime, inline when there
@@ -285,5 +308,35 @@ impl AsyncBackend for Blocking {
             let ks: Vec<&str> = keys.iter().map(String::as_str).collect();
             b.delete_many(&ks)
         })
+    }
+
+    fn add<'a>(
+        &'a self,
+        key: &'a str,
+        item: &'a Item,
+        ttl: Option<Duration>,
+    ) -> BoxFuture<'a, Result<bool>> {
+        let (key, item) = (key.to_owned(), item.clone());
+        self.plain(self.writes, move |b| b.add(&key, &item, ttl))
+    }
+
+    fn incr<'a>(
+        &'a self,
+        key: &'a str,
+        delta: i64,
+        counter: CodecCounter,
+    ) -> BoxFuture<'a, Result<i64>> {
+        let key = key.to_owned();
+        self.plain(self.writes, move |b| b.incr(&key, delta, &counter))
+    }
+
+    fn touch<'a>(&'a self, key: &'a str, ttl: Option<Duration>) -> BoxFuture<'a, Result<bool>> {
+        let key = key.to_owned();
+        self.plain(self.writes, move |b| b.touch(&key, ttl))
+    }
+
+    fn meta<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<EntryInfo>>> {
+        let key = key.to_owned();
+        self.plain(self.reads, move |b| b.meta(&key))
     }
 }

@@ -369,6 +369,75 @@ impl AsyncCacheManager {
         }
     }
 
+    /// Stores a value only if `key` holds none; `true` when this call stored it. The value is
+    /// encoded when this is called.
+    ///
+    /// # Errors
+    /// As [`CacheManager::add`](crate::CacheManager::add).
+    pub fn add<'a, T: Serialize + ?Sized>(
+        &'a self,
+        key: &'a str,
+        value: &T,
+        ttl: Option<Duration>,
+    ) -> impl Future<Output = Result<bool>> + Send + 'a {
+        let prepared = self.prepare_set(key, value, ttl);
+        async move {
+            match prepared? {
+                None => Ok(true),
+                Some((item, ttl)) => self.core().added(self.backend().add(key, &item, ttl).await),
+            }
+        }
+    }
+
+    /// Adds `delta` to the integer under `key` atomically; returns the new value.
+    ///
+    /// # Errors
+    /// As [`CacheManager::incr`](crate::CacheManager::incr).
+    pub async fn incr(&self, key: &str, delta: i64) -> Result<i64> {
+        self.core().check_counter()?;
+        if !self.core().enabled() {
+            return self.core().track(crate::backend::counter_step(0, delta));
+        }
+        let r = self.backend().incr(key, delta, self.core().counter()).await;
+        self.core().counted(r)
+    }
+
+    /// Subtracts `delta`: [`AsyncCacheManager::incr`] with `-delta`.
+    ///
+    /// # Errors
+    /// As [`CacheManager::incr`](crate::CacheManager::incr).
+    pub async fn decr(&self, key: &str, delta: i64) -> Result<i64> {
+        let neg = delta.checked_neg().ok_or_else(|| {
+            crate::Error::InvalidArgument(format!("decr by {delta}: its negation is not an i64"))
+        })?;
+        self.incr(key, neg).await
+    }
+
+    /// Sets the expiry of the value under `key`; `true` when a value was there.
+    ///
+    /// # Errors
+    /// As [`CacheManager::touch`](crate::CacheManager::touch).
+    pub async fn touch(&self, key: &str, ttl: Option<Duration>) -> Result<bool> {
+        let ttl = self.core().ttl_or_default(ttl)?;
+        if !self.core().enabled() {
+            return Ok(false);
+        }
+        let r = self.backend().touch(key, ttl).await;
+        self.core().track(r)
+    }
+
+    /// How long the value under `key` has left (`None`: no value).
+    ///
+    /// # Errors
+    /// As [`CacheManager::ttl`](crate::CacheManager::ttl).
+    pub async fn ttl(&self, key: &str) -> Result<Option<crate::backend::Expiry>> {
+        if !self.core().enabled() {
+            return Ok(None);
+        }
+        let r = self.backend().meta(key).await;
+        Ok(self.core().track(r)?.map(|e| e.expiry))
+    }
+
     /// Removes a value; `true` if one was there.
     ///
     /// # Errors

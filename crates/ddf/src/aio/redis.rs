@@ -552,4 +552,61 @@ impl AsyncBackend for AsyncRedis {
     fn delete_many<'a>(&'a self, keys: &'a [&'a str]) -> BoxFuture<'a, Result<u64>> {
         Box::pin(self.delete_items(keys))
     }
+
+    fn add<'a>(
+        &'a self,
+        key: &'a str,
+        item: &'a Item,
+        ttl: Option<Duration>,
+    ) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(async move {
+            let cmd = &commands::add(&self.key(key), &item.data, ttl);
+            let r: Option<String> = self
+                .run("SET NX", |mut c| async move { c.query(cmd).await })
+                .await?;
+            Ok(r.is_some())
+        })
+    }
+
+    fn incr<'a>(
+        &'a self,
+        key: &'a str,
+        delta: i64,
+        _counter: crate::manager::core::CodecCounter,
+    ) -> BoxFuture<'a, Result<i64>> {
+        Box::pin(async move {
+            let cmd = &commands::incr(&self.key(key), delta);
+            let (code, value): (i64, Option<String>) = self
+                .run("INCRBY", |mut c| async move { c.query(cmd).await })
+                .await?;
+            commands::incr_reply(code, value, delta)
+        })
+    }
+
+    fn touch<'a>(&'a self, key: &'a str, ttl: Option<Duration>) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(async move {
+            let cmd = &commands::touch(&self.key(key), ttl);
+            let n: i64 = self
+                .run("PEXPIRE", |mut c| async move { c.query(cmd).await })
+                .await?;
+            Ok(n == 1)
+        })
+    }
+
+    fn meta<'a>(
+        &'a self,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Option<crate::backend::EntryInfo>>> {
+        Box::pin(async move {
+            let k = self.key(key);
+            let (pttl, size) = (&commands::pttl(&k), &commands::strlen(&k));
+            let pttl: i64 = self
+                .run("PTTL", |mut c| async move { c.query(pttl).await })
+                .await?;
+            let size: u64 = self
+                .run("STRLEN", |mut c| async move { c.query(size).await })
+                .await?;
+            Ok(self.core.entry(k.as_bytes(), pttl, size))
+        })
+    }
 }

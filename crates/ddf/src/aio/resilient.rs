@@ -15,8 +15,9 @@ use std::time::Duration;
 
 use super::backend::{AsyncBackend, Blocking, BoxFuture, Noted, Place, offload};
 use crate::backend::resilience::{Forget, Resilient};
-use crate::backend::{Backend, BackendStatus, Item};
+use crate::backend::{Backend, BackendStatus, EntryInfo, Item};
 use crate::error::{Error, Result};
+use crate::manager::core::CodecCounter;
 
 /// An async primary behind the sync face's breaker, fallback and journal.
 #[derive(Debug)]
@@ -276,6 +277,65 @@ impl AsyncBackend for AsyncResilient {
                 Forget::Keys(keys),
                 || self.primary.delete_many(keys),
                 || noted(self.otherwise.delete_many(keys)),
+            )
+            .await
+            .result
+        })
+    }
+
+    fn add<'a>(
+        &'a self,
+        key: &'a str,
+        item: &'a Item,
+        ttl: Option<Duration>,
+    ) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(async move {
+            self.write(
+                Forget::Key(key),
+                || self.primary.add(key, item, ttl),
+                || noted(self.otherwise.add(key, item, ttl)),
+            )
+            .await
+            .result
+        })
+    }
+
+    /// As the sync wrapper: nothing is forgotten or recorded (see `Resilient::incr`).
+    fn incr<'a>(
+        &'a self,
+        key: &'a str,
+        delta: i64,
+        counter: CodecCounter,
+    ) -> BoxFuture<'a, Result<i64>> {
+        Box::pin(async move {
+            self.write(
+                Forget::Keys(&[]),
+                || self.primary.incr(key, delta, counter),
+                || noted(self.otherwise.incr(key, delta, counter)),
+            )
+            .await
+            .result
+        })
+    }
+
+    fn touch<'a>(&'a self, key: &'a str, ttl: Option<Duration>) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(async move {
+            self.write(
+                Forget::Keys(&[]),
+                || self.primary.touch(key, ttl),
+                || noted(self.otherwise.touch(key, ttl)),
+            )
+            .await
+            .result
+        })
+    }
+
+    fn meta<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<EntryInfo>>> {
+        Box::pin(async move {
+            self.read(
+                || None,
+                || self.primary.meta(key),
+                || noted(self.otherwise.meta(key)),
             )
             .await
             .result

@@ -469,7 +469,12 @@ impl RedisBackend {
     }
 
     /// An entry from its storage key, `PTTL` and `STRLEN`; `None` when it is gone.
-    fn entry(&self, storage_key: &[u8], pttl: i64, size: u64) -> Option<super::EntryInfo> {
+    pub(crate) fn entry(
+        &self,
+        storage_key: &[u8],
+        pttl: i64,
+        size: u64,
+    ) -> Option<super::EntryInfo> {
         let expiry = match pttl {
             -2 => return None,
             ms if ms < 0 => super::Expiry::Never,

@@ -102,14 +102,18 @@ fn check_ttl(ttl: Option<Duration>) -> Result<()> {
     }
 }
 
-/// A counter's value in the cache's codec, for [`Backend::incr`](crate::backend::Backend::incr).
-impl crate::backend::Counter for Core {
+/// A counter's value in the cache's codec, for [`Backend::incr`](crate::backend::Backend::incr)
+/// (a copy of the codec: it may travel to the blocking pool).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CodecCounter(ValueCodec);
+
+impl crate::backend::Counter for CodecCounter {
     fn read(&self, key: &str, item: &Item) -> Result<i64> {
-        self.codec.decode(key, item)
+        self.0.decode(key, item)
     }
 
     fn write(&self, key: &str, n: i64) -> Result<Item> {
-        self.codec.encode(key, &n)
+        self.0.encode(key, &n)
     }
 }
 
@@ -293,6 +297,11 @@ impl Core {
             ));
         }
         Ok(())
+    }
+
+    /// How this cache's codec stores a counter.
+    pub(crate) fn counter(&self) -> CodecCounter {
+        CodecCounter(self.codec)
     }
 
     /// Counts what the backend's `incr` returned (a write, as a set).

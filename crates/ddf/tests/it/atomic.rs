@@ -403,3 +403,134 @@ fn eight_processes_count_exactly_on_memcached() {
         );
     }
 }
+
+/// The async face: the same operations, through native Redis, Memcached on the sync client
+/// (blocking pool), the file backend through `Blocking`.
+async fn async_checks(cache: &ddf::AsyncCacheManager) {
+    assert!(cache.add("a", &1, None).await.unwrap());
+    assert!(!cache.add("a", &2, None).await.unwrap());
+    assert_eq!(cache.get::<i32>("a").await.unwrap(), Some(1));
+    assert_eq!(cache.incr("c", 5).await.unwrap(), 5);
+    assert_eq!(cache.decr("c", 2).await.unwrap(), 3);
+    assert!(matches!(
+        cache.decr("c", 4).await,
+        Err(Error::InvalidArgument(_))
+    ));
+    assert_eq!(cache.get::<i64>("c").await.unwrap(), Some(3));
+    assert_eq!(cache.ttl("c").await.unwrap(), Some(Expiry::Never));
+    assert!(
+        cache
+            .touch("c", Some(Duration::from_secs(50)))
+            .await
+            .unwrap()
+    );
+    match cache.ttl("c").await.unwrap() {
+        Some(Expiry::In(d)) => assert!(d > Duration::from_secs(40), "{d:?}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(!cache.touch("absent", None).await.unwrap());
+    assert_eq!(cache.ttl("absent").await.unwrap(), None);
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let cache = cache.clone();
+            tokio::spawn(async move {
+                for _ in 0..100 {
+                    cache.incr("tasks", 1).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(cache.get::<i64>("tasks").await.unwrap(), Some(800));
+}
+
+#[test]
+fn the_async_face_on_every_backend() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (Some(redis), Some(memcached)) = (RedisServer::start(), MemcachedServer::start()) else {
+        return;
+    };
+    for config in [
+        file_config(dir.path(), &unique_namespace("async")),
+        redis_config(&redis, &unique_namespace("async")),
+        memcached_config(&memcached, &unique_namespace("async")),
+    ] {
+        let cache = ddf::AsyncCacheManager::new(config).unwrap();
+        rt.block_on(async_checks(&cache));
+    }
+}
+
+/// Outage semantics (issue #17 point 6), with the server stopped: the atomic operations run on
+/// the fallback's entries of the outage (shared by the processes of this machine); counters
+/// count from 0 there and record nothing, so when the server returns its count resumes where it
+/// was; an `add` made during the outage is recorded as a delete, like `set`.
+fn outage(kind: crate::resilience::Kind) {
+    use crate::resilience::{Server, config, wait_until_up};
+    let dir = tempfile::tempdir().unwrap();
+    let port = ddf_testkit::free_port();
+    let Some(mut server) = Server::start_on(kind, port) else {
+        return;
+    };
+    let cfg = config(kind, &[port], dir.path());
+    let cache = CacheManager::new(cfg.clone()).unwrap();
+    assert_eq!(cache.incr("n", 5).unwrap(), 5);
+    assert!(cache.add("lease", &"server", None).unwrap());
+
+    // Paused, not killed: the server keeps its data. Two reads that time out open the breaker
+    // (no counter step is in flight when it stops: one sent to a paused server would run when
+    // it resumes).
+    server.process().signal("STOP");
+    for _ in 0..2 {
+        assert_eq!(cache.get::<i64>("probe").unwrap(), None);
+    }
+    let before = cache.stats().fallback;
+    assert_eq!(cache.incr("n", 1).unwrap(), 1, "the fallback counts from 0");
+    assert_eq!(cache.incr("n", 1).unwrap(), 2);
+    assert!(cache.stats().fallback > before, "answered by the fallback");
+    assert!(cache.add("other", &1, None).unwrap());
+    assert!(
+        !cache.add("other", &2, None).unwrap(),
+        "add is still exclusive there"
+    );
+    assert!(
+        cache.add("lease", &"outage", None).unwrap(),
+        "the server's lease is out of reach"
+    );
+    assert_eq!(cache.ttl("n").unwrap(), Some(Expiry::Never));
+    assert!(cache.touch("n", Some(Duration::from_secs(100))).unwrap());
+    assert!(matches!(cache.decr("n", 3), Err(Error::InvalidArgument(_))));
+    // Another cache on this machine (another process's worth) shares the outage's entries.
+    let other = CacheManager::new(cfg.clone()).unwrap();
+    assert_eq!(other.incr("n", 1).unwrap(), 3);
+    assert!(!other.add("other", &3, None).unwrap());
+
+    server.process().signal("CONT");
+    wait_until_up(&cache);
+    assert_eq!(cache.incr("n", 1).unwrap(), 6, "the server's count resumes");
+    assert_eq!(
+        cache.ttl("n").unwrap(),
+        Some(Expiry::Never),
+        "the outage's touch stayed there"
+    );
+    assert!(
+        cache.add("lease", &"after", None).unwrap(),
+        "an add during the outage was recorded as a delete and replayed"
+    );
+    assert!(
+        cache.add("other", &4, None).unwrap(),
+        "the outage's entries are gone"
+    );
+}
+
+#[test]
+fn outage_on_redis() {
+    outage(crate::resilience::Kind::Redis);
+}
+
+#[test]
+fn outage_on_memcached() {
+    outage(crate::resilience::Kind::Memcached);
+}

@@ -406,4 +406,36 @@ impl AsyncBackend for AsyncMemcached {
     fn delete_many<'a>(&'a self, keys: &'a [&'a str]) -> BoxFuture<'a, Result<u64>> {
         Box::pin(self.delete_batch(keys))
     }
+
+    // The atomic operations run on the sync client (the same protocol code) on the blocking
+    // pool: a lease or a counter step is two round trips at most, and this keeps them out of
+    // the async connection's buffer code.
+    fn add<'a>(
+        &'a self,
+        key: &'a str,
+        item: &'a Item,
+        ttl: Option<Duration>,
+    ) -> BoxFuture<'a, Result<bool>> {
+        self.slow.add(key, item, ttl)
+    }
+
+    fn incr<'a>(
+        &'a self,
+        key: &'a str,
+        delta: i64,
+        counter: crate::manager::core::CodecCounter,
+    ) -> BoxFuture<'a, Result<i64>> {
+        self.slow.incr(key, delta, counter)
+    }
+
+    fn touch<'a>(&'a self, key: &'a str, ttl: Option<Duration>) -> BoxFuture<'a, Result<bool>> {
+        self.slow.touch(key, ttl)
+    }
+
+    fn meta<'a>(
+        &'a self,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Option<crate::backend::EntryInfo>>> {
+        self.slow.meta(key)
+    }
 }

@@ -119,6 +119,22 @@ pub(crate) fn touch(key: &str, ttl: Option<Duration>) -> redis::Cmd {
     }
 }
 
+/// `PTTL key` (ms; -1 no expiry, -2 absent).
+#[cfg(feature = "async")]
+pub(crate) fn pttl(key: &str) -> redis::Cmd {
+    let mut c = redis::cmd("PTTL");
+    c.arg(key);
+    c
+}
+
+/// `STRLEN key`.
+#[cfg(feature = "async")]
+pub(crate) fn strlen(key: &str) -> redis::Cmd {
+    let mut c = redis::cmd("STRLEN");
+    c.arg(key);
+    c
+}
+
 /// `UNLINK key...`.
 pub(crate) fn unlink<K: redis::ToRedisArgs>(keys: &[K]) -> redis::Cmd {
     let mut c = redis::cmd("UNLINK");

@@ -20,6 +20,8 @@
 //!   last computation's duration with the value; the server's TTL is `ttl + stale_ttl`.
 
 pub(crate) mod sync;
+#[cfg(feature = "async")]
+pub(crate) mod task;
 
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -83,8 +83,12 @@ fn child(job: &str) {
     let mut cfg = config(target, &dir);
     cfg.lease_ttl = Duration::from_secs(lease_ttl);
     cfg.lock_timeout = Duration::from_secs(45);
+    let face = parts.next().unwrap_or("method");
+    if face == "async" {
+        return async_child(cfg, &dir, threads);
+    }
     let cache = CacheManager::new(cfg).unwrap();
-    let attribute = parts.next() == Some("attribute");
+    let attribute = face == "attribute";
     if attribute {
         ATTR_CACHE.set(cache.clone()).unwrap();
     }
@@ -116,6 +120,39 @@ fn child(job: &str) {
         assert_eq!(c.join().unwrap(), "the value");
     }
     println!("DDF_STAMPEDE_CALLERS={threads}");
+}
+
+/// [`child`] on the async face: `tasks` tasks on a multi-threaded runtime.
+fn async_child(cfg: CacheConfig, dir: &Path, tasks: usize) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let cache = ddf::AsyncCacheManager::new(cfg).unwrap();
+        std::fs::write(dir.join(format!("ready-{}", std::process::id())), "").unwrap();
+        wait_until("the parent's go", || dir.join("go").exists());
+        let callers: Vec<_> = (0..tasks)
+            .map(|_| {
+                let (cache, dir) = (cache.clone(), dir.to_owned());
+                tokio::spawn(async move {
+                    cache
+                        .get_or_set(KEY, Some(Duration::from_secs(120)), || async move {
+                            record(&dir, "computed");
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                            "the value".to_owned()
+                        })
+                        .await
+                        .unwrap()
+                })
+            })
+            .collect();
+        for c in callers {
+            assert_eq!(c.await.unwrap(), "the value");
+        }
+    });
+    println!("DDF_STAMPEDE_CALLERS={tasks}");
 }
 
 static ATTR_CACHE: std::sync::OnceLock<CacheManager> = std::sync::OnceLock::new();
@@ -292,6 +329,48 @@ fn the_attribute_serves_stale_while_one_refreshes() {
     got.sort_unstable();
     assert_eq!(got, [1, 1, 1, 1, 1, 1, 1, 2]);
     assert_eq!(stale_counted(), Ok(2), "the refreshed value is stored");
+}
+
+#[test]
+fn async_face_computes_once_across_processes_on_redis() {
+    if let Some(job) = process::job(JOB) {
+        return child(&job);
+    }
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    computes_once_through(
+        "stampede::async_face_computes_once_across_processes_on_redis",
+        &format!("redis:{}", server.port()),
+        "async",
+    );
+}
+
+#[test]
+fn async_face_computes_once_across_processes_on_memcached() {
+    if let Some(job) = process::job(JOB) {
+        return child(&job);
+    }
+    let Some(server) = MemcachedServer::start() else {
+        return;
+    };
+    computes_once_through(
+        "stampede::async_face_computes_once_across_processes_on_memcached",
+        &format!("memcached:{}", server.server()),
+        "async",
+    );
+}
+
+#[test]
+fn async_face_computes_once_across_processes_on_the_file_backend() {
+    if let Some(job) = process::job(JOB) {
+        return child(&job);
+    }
+    computes_once_through(
+        "stampede::async_face_computes_once_across_processes_on_the_file_backend",
+        "pickle",
+        "async",
+    );
 }
 
 #[test]

@@ -86,8 +86,13 @@ async fn release(cache: &AsyncCacheManager, key: &str, held: &Held) {
     }
 }
 
+/// A store in progress (either shape of value).
+type Writing = std::pin::Pin<Box<dyn Future<Output = Option<crate::Result<()>>> + Send>>;
+
 /// As `sync::store`: not after an invalidation, not once the lease may have been taken over.
-async fn store<T: Serialize>(
+/// The value is encoded now (the returned future borrows nothing: a result that is not `Sync`
+/// keeps the caller's future `Send`).
+fn store<T: Serialize>(
     cache: &AsyncCacheManager,
     key: &str,
     plan: &Plan,
@@ -95,31 +100,30 @@ async fn store<T: Serialize>(
     held: Option<&Held>,
     value: &T,
     delta: Duration,
-) {
-    if held.is_some_and(|h| !h.may_write()) {
+) -> impl Future<Output = ()> + Send + 'static {
+    let shown = crate::error::shorten(key);
+    let write = if held.is_some_and(|h| !h.may_write()) {
         tracing::warn!(
-            key = %crate::error::shorten(key),
+            key = %shown,
             "ddf: get_or_set's computation outlived its lease (lease_ttl); its value is returned, not stored"
         );
-        return;
-    }
-    let written = if plan.enveloped {
+        None
+    } else if plan.enveloped {
         let env = Envelope::new(value, plan.soft_expiry_ms(), delta);
-        cache
-            .store_memoized(epoch, key, &env, plan.server_ttl)
-            .await
+        Some(Box::pin(cache.store_memoized(epoch, key, &env, plan.server_ttl)) as Writing)
     } else {
-        cache
-            .store_memoized(epoch, key, value, plan.server_ttl)
-            .await
+        Some(Box::pin(cache.store_memoized(epoch, key, value, plan.server_ttl)) as Writing)
     };
-    match written {
-        None => tracing::debug!(
-            key = %crate::error::shorten(key),
-            "ddf: an invalidation began while get_or_set computed; the value is not stored"
-        ),
-        Some(Err(e)) => tracing::warn!(error = %e, "ddf: get_or_set could not store its value"),
-        Some(Ok(())) => {}
+    async move {
+        let Some(write) = write else { return };
+        match write.await {
+            None => tracing::debug!(
+                key = %shown,
+                "ddf: an invalidation began while get_or_set computed; the value is not stored"
+            ),
+            Some(Err(e)) => tracing::warn!(error = %e, "ddf: get_or_set could not store its value"),
+            Some(Ok(())) => {}
+        }
     }
 }
 

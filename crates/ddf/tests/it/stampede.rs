@@ -610,3 +610,55 @@ fn compare_and_delete_on_every_backend() {
         lease_released(&CacheManager::new(cfg).unwrap());
     }
 }
+
+static ASYNC_RAN: AtomicUsize = AtomicUsize::new(0);
+
+/// A service with its own async cache: two of them on one server are two caches (no shared
+/// in-process flight), as two processes are.
+struct AsyncSvc {
+    cache: ddf::AsyncCacheManager,
+}
+
+impl AsyncSvc {
+    #[cache_with_invalidation(cache = self.cache, ttl = 60, lock = true)]
+    async fn slow(&self) -> String {
+        ASYNC_RAN.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        "the value".to_owned()
+    }
+}
+
+/// The attribute with `lock = true` on an `async fn`: two caches on one Redis, 8 tasks each,
+/// compute once.
+#[test]
+fn the_attribute_with_lock_on_an_async_fn_computes_once_across_caches() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let target = format!("redis:{}", server.port());
+        let svcs: Vec<_> = (0..2)
+            .map(|_| {
+                Arc::new(AsyncSvc {
+                    cache: ddf::AsyncCacheManager::new(config(&target, dir.path())).unwrap(),
+                })
+            })
+            .collect();
+        let calls: Vec<_> = (0..16)
+            .map(|i| {
+                let svc = svcs[i % 2].clone();
+                tokio::spawn(async move { svc.slow().await })
+            })
+            .collect();
+        for c in calls {
+            assert_eq!(c.await.unwrap(), "the value");
+        }
+    });
+    assert_eq!(ASYNC_RAN.load(Ordering::SeqCst), 1);
+}

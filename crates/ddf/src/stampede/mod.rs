@@ -222,10 +222,9 @@ impl Backoff {
 #[derive(Debug)]
 pub(crate) struct Held {
     pub(crate) token: Vec<u8>,
-    /// Read before the lease was requested: the server's expiry is later than this plus
-    /// `lease_ttl`.
-    started: Instant,
-    /// The last instant the lease is certainly ours.
+    /// Until when the lease is certainly ours: `started` (read before the lease was requested,
+    /// so the server's expiry is later than `started + lease_ttl`) plus `lease_ttl`, minus the
+    /// write margin and the backend's slack.
     until: Instant,
 }
 
@@ -233,19 +232,16 @@ impl Held {
     pub(crate) fn new(token: Vec<u8>, started: Instant, plan: &Plan) -> Self {
         let until = (started + plan.lease_ttl)
             .checked_sub(write_margin(plan.lease_ttl) + plan.lease_slack)
-            .unwrap_or(started);
-        Held {
-            token,
-            started,
-            until,
-        }
+            .unwrap_or(started)
+            .max(started);
+        Held { token, until }
     }
 
     /// Whether the lease is certainly still ours: at least [`write_margin`] (and the backend's
     /// slack) left by this process's clock. A leader past that does not write (a waiter may
     /// have taken over).
     pub(crate) fn may_write(&self) -> bool {
-        Instant::now() < self.until.max(self.started)
+        Instant::now() < self.until
     }
 }
 

@@ -112,6 +112,13 @@ impl Plan {
     pub(crate) fn new(config: &CacheConfig, ttl: Option<Duration>, opts: RefreshOptions) -> Self {
         let enveloped = opts.enveloped() && ttl.is_some();
         let stale = opts.stale_ttl.unwrap_or_default();
+        let memcached = matches!(
+            config.backend,
+            CacheBackend::Memcached | CacheBackend::MemcachedPickle
+        );
+        // Memcached: at least 2 s, so that a lease that may end a second early still leaves
+        // its holder a window to write.
+        let floor = Duration::from_millis(if memcached { 2000 } else { 1 });
         Plan {
             ttl,
             server_ttl: if enveloped {
@@ -121,10 +128,11 @@ impl Plan {
             },
             enveloped,
             beta: opts.early_refresh,
-            lease_ttl: config.lease_ttl.max(Duration::from_millis(1)),
-            lease_slack: match config.backend {
-                CacheBackend::Memcached | CacheBackend::MemcachedPickle => Duration::from_secs(1),
-                _ => Duration::ZERO,
+            lease_ttl: config.lease_ttl.max(floor),
+            lease_slack: if memcached {
+                Duration::from_secs(1)
+            } else {
+                Duration::ZERO
             },
             lock_timeout: config.lock_timeout,
         }
@@ -355,6 +363,23 @@ mod tests {
         assert!(p.enveloped);
         let p = Plan::new(&c, None, RefreshOptions::new().early_refresh(1.0));
         assert!(!p.enveloped, "no TTL: nothing to refresh");
+    }
+
+    #[test]
+    fn a_lease_leaves_a_window_to_write_on_every_backend() {
+        for backend in [
+            CacheBackend::Pickle,
+            CacheBackend::Redis,
+            CacheBackend::Memcached,
+        ] {
+            let mut c = CacheConfig::default().with_backend(backend);
+            c.lease_ttl = Duration::from_millis(500);
+            let plan = Plan::new(&c, None, RefreshOptions::new());
+            let held = Held::new(Vec::new(), Instant::now(), &plan);
+            assert!(held.may_write(), "{backend:?}");
+            let old = Held::new(Vec::new(), Instant::now() - plan.lease_ttl, &plan);
+            assert!(!old.may_write(), "{backend:?}: past its lease");
+        }
     }
 
     #[test]

@@ -66,25 +66,80 @@ fn add_checks(cache: &CacheManager) {
     add_race(cache, "race");
 }
 
-/// 16 threads `add` one absent key at once: exactly one wins.
+/// 16 threads `add` one absent key at once: exactly one wins, in each of 5 rounds.
 fn add_race(cache: &CacheManager, key: &str) {
-    for round in 0..5 {
-        let key = format!("{key}{round}");
-        let wins = AtomicUsize::new(0);
-        let barrier = std::sync::Barrier::new(16);
-        std::thread::scope(|s| {
-            for t in 0..16 {
-                let (cache, key, wins, barrier) = (cache.clone(), &key, &wins, &barrier);
-                s.spawn(move || {
-                    barrier.wait();
-                    if cache.add(key, &t, None).unwrap() {
-                        wins.fetch_add(1, Ordering::Relaxed);
-                    }
-                });
-            }
-        });
-        assert_eq!(wins.load(Ordering::Relaxed), 1, "round {round}");
+    for (round, wins) in add_wins(cache, key).into_iter().enumerate() {
+        assert_eq!(wins, 1, "round {round}");
     }
+}
+
+/// How many of 16 threads won an `add` of one absent key, in each of 5 rounds.
+fn add_wins(cache: &CacheManager, key: &str) -> Vec<usize> {
+    (0..5)
+        .map(|round| {
+            let key = format!("{key}{round}");
+            let wins = AtomicUsize::new(0);
+            let barrier = std::sync::Barrier::new(16);
+            std::thread::scope(|s| {
+                for t in 0..16 {
+                    let (cache, key, wins, barrier) = (cache.clone(), &key, &wins, &barrier);
+                    s.spawn(move || {
+                        barrier.wait();
+                        if cache.add(key, &t, None).unwrap() {
+                            wins.fetch_add(1, Ordering::Relaxed);
+                        }
+                    });
+                }
+            });
+            wins.load(Ordering::Relaxed)
+        })
+        .collect()
+}
+
+/// A planted violation: an `add` made of a read then a write (what a cache without an atomic
+/// add offers) lets several threads win; the race check above sees it.
+#[test]
+fn the_add_race_check_catches_a_read_then_write_add() {
+    #[derive(Debug, Default)]
+    struct ReadThenWrite(std::sync::Mutex<std::collections::HashMap<String, ddf::Item>>);
+    impl ddf::Backend for ReadThenWrite {
+        fn name(&self) -> &'static str {
+            "racy"
+        }
+        fn get(&self, key: &str) -> ddf::Result<Option<ddf::Item>> {
+            Ok(self.0.lock().unwrap().get(key).cloned())
+        }
+        fn set(&self, key: &str, item: &ddf::Item, _ttl: Option<Duration>) -> ddf::Result<()> {
+            self.0.lock().unwrap().insert(key.to_owned(), item.clone());
+            Ok(())
+        }
+        fn add(&self, key: &str, item: &ddf::Item, ttl: Option<Duration>) -> ddf::Result<bool> {
+            if self.get(key)?.is_some() {
+                return Ok(false);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+            self.set(key, item, ttl).map(|()| true)
+        }
+        fn delete(&self, key: &str) -> ddf::Result<bool> {
+            Ok(self.0.lock().unwrap().remove(key).is_some())
+        }
+        fn delete_prefix(&self, _prefix: &str) -> ddf::Result<u64> {
+            Ok(0)
+        }
+        fn clear(&self) -> ddf::Result<()> {
+            Ok(())
+        }
+        fn ping(&self) -> ddf::Result<ddf::BackendStatus> {
+            Err(Error::InvalidArgument("a test double".into()))
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cache = CacheManager::with_backend(
+        file_config(dir.path(), "racy:"),
+        std::sync::Arc::new(ReadThenWrite::default()),
+    );
+    let wins = add_wins(&cache, "k");
+    assert!(wins.iter().any(|&w| w > 1), "{wins:?}");
 }
 
 #[test]
@@ -533,4 +588,85 @@ fn outage_on_redis() {
 #[test]
 fn outage_on_memcached() {
     outage(crate::resilience::Kind::Memcached);
+}
+
+/// A Redis Cluster: each script and command names one key, so it goes to that key's primary.
+#[test]
+fn add_and_counters_on_a_redis_cluster() {
+    let Some(cluster) = ddf_testkit::RedisCluster::start() else {
+        return;
+    };
+    let nodes: Vec<ServerAddr> = cluster
+        .addrs()
+        .iter()
+        .map(|a| ServerAddr::parse(a, 6379).unwrap())
+        .collect();
+    let make = |tag: &str| {
+        CacheManager::new(
+            CacheConfig::default()
+                .with_backend(CacheBackend::Redis)
+                .with_redis_cluster_nodes(nodes.clone())
+                .with_namespace(unique_namespace(tag)),
+        )
+        .unwrap()
+    };
+    add_checks(&make("add"));
+    counter_checks(&make("ctr"));
+}
+
+/// Several Memcached servers: each key's operations go to the server pymemcache places it on,
+/// behind that server's breaker.
+#[test]
+fn add_and_counters_on_several_memcached_servers() {
+    let (Some(a), Some(b)) = (MemcachedServer::start(), MemcachedServer::start()) else {
+        return;
+    };
+    let make = |tag: &str| {
+        CacheManager::new(
+            CacheConfig::default()
+                .with_backend(CacheBackend::Memcached)
+                .with_memcached_servers(
+                    [&a, &b]
+                        .iter()
+                        .map(|s| ServerAddr::parse(&s.server(), 11211).unwrap())
+                        .collect(),
+                )
+                .with_namespace(unique_namespace(tag)),
+        )
+        .unwrap()
+    };
+    add_checks(&make("add"));
+    counter_checks(&make("ctr"));
+}
+
+/// The async face during an outage: the same routing as the sync face (`AsyncResilient`).
+#[test]
+fn the_async_face_during_an_outage() {
+    use crate::resilience::{Kind, Server, config};
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    for kind in [Kind::Redis, Kind::Memcached] {
+        let dir = tempfile::tempdir().unwrap();
+        let port = ddf_testkit::free_port();
+        let Some(mut server) = Server::start_on(kind, port) else {
+            return;
+        };
+        let cache = ddf::AsyncCacheManager::new(config(kind, &[port], dir.path())).unwrap();
+        rt.block_on(async {
+            assert_eq!(cache.incr("n", 5).await.unwrap(), 5);
+            server.process().signal("STOP");
+            for _ in 0..2 {
+                assert_eq!(cache.get::<i64>("probe").await.unwrap(), None);
+            }
+            assert_eq!(
+                cache.incr("n", 1).await.unwrap(),
+                1,
+                "{kind:?}: on the fallback"
+            );
+            assert!(cache.add("lock", &1, None).await.unwrap());
+            assert!(!cache.add("lock", &1, None).await.unwrap());
+            assert_eq!(cache.ttl("n").await.unwrap(), Some(Expiry::Never));
+            assert!(cache.stats().fallback > 0);
+        });
+        server.process().signal("CONT");
+    }
 }

@@ -12,10 +12,12 @@
 //!   (so reads verify it and prefix invalidation can decide on cut keys).
 //! - Prefix invalidation lists keys on the servers (`lru_crawler metadump hash`) and deletes the
 //!   matches; see `docs/memcached.md` for its cost and guarantees.
+//! - Atomic operations (`add`, `incr`, `touch`, `meta`): `atomic`.
 //! - Dead servers: see [`DeadPolicy`].
 
 #[cfg(feature = "async")]
 pub(crate) mod aio;
+mod atomic;
 mod client;
 pub(crate) mod placement;
 mod proto;
@@ -627,40 +629,6 @@ type Listed = (String, Option<i64>);
 
 /// The expiry a metadump's `exp=` field gives: `-1` never; else an absolute Unix time, shown as
 /// what is left of it (whole seconds, as memcached keeps it).
-/// How many times `incr` reads again after another write changed the counter between its read
-/// and its update (each lost race is another writer's success, so this bounds nothing a
-/// healthy server reaches).
-const INCR_RACES: usize = 10_000;
-
-/// A counter's stored text as an `i64`: decimal digits (what `ma` and pymemcache's `int`
-/// store; memcached's `decr` pads a shorter number with spaces), within `0..=i64::MAX`.
-fn counter_value(key: &str, data: &[u8]) -> Result<i64> {
-    std::str::from_utf8(data.trim_ascii_end())
-        .ok()
-        .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
-        .and_then(|s| s.parse::<i64>().ok())
-        .ok_or_else(|| Error::Decode {
-            key: crate::error::shorten(key),
-            codec: "memcached counter",
-            reason: format!(
-                "incr/decr need the decimal digits of an integer within 0..={}; the stored \
-                 value is {} bytes of something else",
-                i64::MAX,
-                data.len()
-            ),
-        })
-}
-
-/// The refusal of `incr` on a key memcached cannot carry as it is.
-fn unmapped_counter(key: &str) -> Error {
-    Error::InvalidArgument(format!(
-        "incr/decr on key {:?}: memcached cannot carry this key as it is (ddf stores it under a \
-         hash, with the key in a header of the value), and a counter's value must be the bare \
-         number; use a key of at most 250 printable ASCII bytes without spaces",
-        crate::error::shorten(key)
-    ))
-}
-
 fn dump_expiry(exp: Option<i64>) -> super::Expiry {
     match exp {
         Some(-1) => super::Expiry::Never,
@@ -747,89 +715,19 @@ impl Backend for MemcachedBackend {
     }
 
     fn add(&self, key: &str, item: &Item, ttl: Option<Duration>) -> Result<bool> {
-        let sk = self.keyspace.storage_key(key);
-        let wk = memcached_key(&sk);
-        let mapped = !memcached_key_is_carryable(&sk);
-        let server = &self.servers[self.pick(&wk)];
-        let data = Self::wire_data(&sk, mapped, item);
-        self.check_size(server, key, &wk, data.len())?;
-        let t = exptime(ttl);
-        self.run(server, "add", |c| c.add(&wk, &data, item.flags, t))
+        self.add_item(key, item, ttl)
     }
 
-    /// A read with its CAS value, then `ma` on that CAS value (or `add` of the first value, as
-    /// pymemcache's `int`, flags 2), again while another write comes between: the range rule
-    /// is checked before anything changes, so memcached's clamping and wrapping never happen.
     fn incr(&self, key: &str, delta: i64, _counter: &dyn super::Counter) -> Result<i64> {
-        let sk = self.keyspace.storage_key(key);
-        if !memcached_key_is_carryable(&sk) {
-            return Err(unmapped_counter(key));
-        }
-        let wk = memcached_key(&sk);
-        let server = &self.servers[self.pick(&wk)];
-        for _ in 0..INCR_RACES {
-            match self.run(server, "incr", |c| c.get_cas(&wk))? {
-                None => {
-                    let n = super::counter_step(0, delta)?;
-                    let text = n.to_string();
-                    let first =
-                        |c: &mut Conn| c.add(&wk, text.as_bytes(), crate::codec::flags::INTEGER, 0);
-                    if self.run(server, "incr", first)? {
-                        return Ok(n);
-                    }
-                }
-                Some((data, cas)) => {
-                    super::counter_step(counter_value(key, &data)?, delta)?;
-                    let (decr, by) = (delta < 0, delta.unsigned_abs());
-                    if let Some(text) = self.run(server, "incr", |c| c.arith(&wk, cas, decr, by))? {
-                        return counter_value(key, &text);
-                    }
-                }
-            }
-        }
-        Err(Error::Backend {
-            backend: "memcached",
-            message: format!(
-                "incr: the counter changed between the read and the update {INCR_RACES} times"
-            ),
-            temporary: true,
-            source: None,
-        })
+        self.incr_counter(key, delta)
     }
 
     fn touch(&self, key: &str, ttl: Option<Duration>) -> Result<bool> {
-        let sk = self.keyspace.storage_key(key);
-        let wk = memcached_key(&sk);
-        let server = &self.servers[self.pick(&wk)];
-        let t = exptime(ttl);
-        let r = self.run(server, "touch", |c| c.touch_or_meta(&wk, Some(t)))?;
-        Ok(r.is_some())
+        self.touch_item(key, ttl)
     }
 
     fn meta(&self, key: &str) -> Result<Option<super::EntryInfo>> {
-        let sk = self.keyspace.storage_key(key);
-        if !memcached_key_is_carryable(&sk) {
-            // The value's header says whose it is: read it.
-            return Ok(self.get(key)?.map(|item| super::EntryInfo {
-                key: key.to_owned(),
-                expiry: super::Expiry::Unknown,
-                size: Some(item.data.len() as u64),
-                flags: Some(item.flags),
-            }));
-        }
-        let wk = memcached_key(&sk);
-        let server = &self.servers[self.pick(&wk)];
-        let r = self.run(server, "mg", |c| c.touch_or_meta(&wk, None))?;
-        Ok(r.map(|f| super::EntryInfo {
-            key: key.to_owned(),
-            expiry: match f.ttl {
-                Some(-1) => super::Expiry::Never,
-                Some(t) => super::Expiry::In(Duration::from_secs(u64::try_from(t).unwrap_or(0))),
-                None => super::Expiry::Unknown,
-            },
-            size: f.size,
-            flags: f.flags,
-        }))
+        self.entry_meta(key)
     }
 
     fn delete(&self, key: &str) -> Result<bool> {

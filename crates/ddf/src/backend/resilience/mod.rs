@@ -409,6 +409,25 @@ impl Resilient {
         }
     }
 
+    /// A write the journal does not record (`incr`, `touch`, on `key`): on the primary when it
+    /// is up (a temporary failure marks it down at once), else on the fallback's entries of the
+    /// current outage, under the shared gate; if that outage was closed meanwhile, what the
+    /// call put there is removed (as for a recorded write: nothing stays in a closed
+    /// generation).
+    fn unrecorded_op<T>(&self, key: &str, op: impl Fn(&dyn Backend) -> Result<T>) -> Result<T> {
+        match self.on_primary(true, &op) {
+            Attempt::Done(r) => r,
+            Attempt::NotUp | Attempt::Failed(_) => {
+                let s = &self.shared;
+                let _gate = read(&s.gate);
+                let g = s.generation.load(Ordering::Acquire);
+                let r = self.on_fallback_in(g, &op);
+                s.drop_if_closed(g, &deletes(std::iter::once(key)));
+                r
+            }
+        }
+    }
+
     /// A namespace-wide invalidation (`delete_prefix`, `clear`): as [`Resilient::write_op`],
     /// except that when it fails part-way on the primary (which may have removed part of the
     /// keys: no count can be given) the caller gets a temporary error saying it was recorded,
@@ -593,13 +612,13 @@ impl Backend for Resilient {
     /// entries. A server count is a lower bound of the true count, never a stale value to
     /// forget: a recorded delete would make it 0, a worse one.
     fn incr(&self, key: &str, delta: i64, counter: &dyn super::Counter) -> Result<i64> {
-        self.write_op(Vec::new, |b| b.incr(key, delta, counter))
+        self.unrecorded_op(key, |b| b.incr(key, delta, counter))
     }
 
     /// A write that records nothing (it changes no value): on the fallback's entry while the
     /// server is not up.
     fn touch(&self, key: &str, ttl: Option<Duration>) -> Result<bool> {
-        self.write_op(Vec::new, |b| b.touch(key, ttl))
+        self.unrecorded_op(key, |b| b.touch(key, ttl))
     }
 
     fn delete_prefix(&self, prefix: &str) -> Result<u64> {

@@ -6,7 +6,7 @@ use quote::{format_ident, quote, quote_spanned};
 use syn::spanned::Spanned;
 use syn::{Expr, FnArg, Ident, ItemFn, Lit, LitStr, Pat, ReturnType, Type};
 
-const OPTIONS: &str = "ttl, key_prefix, validation, cache, cache_none, key_self, invalidate_on";
+const OPTIONS: &str = "ttl, key_prefix, validation, cache, cache_none, key_self, invalidate_on, lock, stale_ttl, early_refresh";
 
 #[derive(Default)]
 struct Options {
@@ -17,6 +17,12 @@ struct Options {
     cache_none: Option<(bool, Span)>,
     key_self: Option<(bool, Span)>,
     invalidate_on: Option<(Vec<LitStr>, Span)>,
+    /// `lock`: one computation per miss across processes (`get_or_set`'s lease).
+    lock: Option<(bool, Span)>,
+    /// `stale_ttl` in seconds: serve a value this long past its TTL while one caller refreshes.
+    stale_ttl: Option<(u64, Span)>,
+    /// `early_refresh = BETA`: XFetch's beta.
+    early_refresh: Option<(f64, Span)>,
     /// Spans of the memoization options, for "cannot be combined with invalidate_on".
     memo_spans: Vec<(Span, &'static str)>,
 }
@@ -67,6 +73,39 @@ fn parse_options(attr: TokenStream) -> syn::Result<Options> {
                 o.memo_spans.push((span, "validation"));
             }
             "cache" => o.cache = Some(meta.value()?.parse()?),
+            "lock" => {
+                o.lock = Some((parse_bool(&meta)?, span));
+                o.memo_spans.push((span, "lock"));
+            }
+            "stale_ttl" => {
+                let lit: syn::LitInt = meta.value()?.parse()?;
+                let secs: u64 = lit.base10_parse()?;
+                if secs == 0 {
+                    return Err(syn::Error::new(
+                        lit.span(),
+                        "`stale_ttl` is in seconds and must be positive; leave it out to serve no stale values",
+                    ));
+                }
+                o.stale_ttl = Some((secs, span));
+                o.memo_spans.push((span, "stale_ttl"));
+            }
+            "early_refresh" => {
+                let value = meta.value()?;
+                let beta: f64 = if value.peek(syn::LitInt) {
+                    value.parse::<syn::LitInt>()?.base10_parse()?
+                } else {
+                    let lit: syn::LitFloat = value.parse()?;
+                    lit.base10_parse()?
+                };
+                if !(beta.is_finite() && beta > 0.0) {
+                    return Err(syn::Error::new(
+                        span,
+                        "`early_refresh` is XFetch's beta and must be a positive number (1.0 is the usual choice)",
+                    ));
+                }
+                o.early_refresh = Some((beta, span));
+                o.memo_spans.push((span, "early_refresh"));
+            }
             "cache_none" => {
                 o.cache_none = Some((parse_bool(&meta)?, span));
                 o.memo_spans.push((span, "cache_none"));
@@ -222,6 +261,30 @@ fn expand_with(attr: TokenStream, item: TokenStream, async_on: bool) -> syn::Res
             ));
         }
         return Ok(expand_mutation(&func, &ret_ty, &cache, prefixes));
+    }
+
+    let stampede = [
+        opts.lock.filter(|(on, _)| *on).map(|(_, s)| (s, "lock")),
+        opts.stale_ttl.map(|(_, s)| (s, "stale_ttl")),
+        opts.early_refresh.map(|(_, s)| (s, "early_refresh")),
+    ];
+    if let Some((span, name)) = stampede.iter().flatten().next() {
+        if opts.validation.is_some() {
+            return Err(syn::Error::new(
+                *span,
+                format!(
+                    "`{name}` cannot be combined with `validation` yet: a locked or refreshed result is stored without a validation stamp; drop one of them"
+                ),
+            ));
+        }
+        if (opts.stale_ttl.is_some() || opts.early_refresh.is_some()) && opts.ttl.is_none() {
+            return Err(syn::Error::new(
+                *span,
+                format!(
+                    "`{name}` needs a `ttl`: without one, a result never expires and is never refreshed"
+                ),
+            ));
+        }
     }
 
     if let Some(span) = pattern {
@@ -400,12 +463,26 @@ fn expand_memo(
         Some(s) => quote!(::std::option::Option::Some(::ddf::__private::Duration::from_secs(#s))),
         None => quote!(::std::option::Option::None),
     };
+    let lock = opts.lock.is_some_and(|(on, _)| on);
+    let stale_ttl = match opts.stale_ttl {
+        Some((s, _)) => {
+            quote!(::std::option::Option::Some(::ddf::__private::Duration::from_secs(#s)))
+        }
+        None => quote!(::std::option::Option::None),
+    };
+    let early_refresh = match opts.early_refresh {
+        Some((b, _)) => quote!(::std::option::Option::Some(#b)),
+        None => quote!(::std::option::Option::None),
+    };
     let fn_info = quote! {
         const __DDF_FN: ::ddf::__private::MemoFn = ::ddf::__private::MemoFn {
             module: ::std::module_path!(),
             name: #name_str,
             key_prefix: #key_prefix,
             ttl: #ttl,
+            lock: #lock,
+            stale_ttl: #stale_ttl,
+            early_refresh: #early_refresh,
         };
     };
     let key_self = opts.key_self.is_some_and(|(b, _)| b);
@@ -613,5 +690,39 @@ mod tests {
             .to_string();
         assert!(out.contains(":: CACHE"), "{out}");
         assert!(!out.contains("async"), "{out}");
+    }
+
+    #[test]
+    fn stampede_options() {
+        let out = expand_str(
+            "ttl = 60, lock = true, stale_ttl = 30, early_refresh = 1.5",
+            "fn f(x: u32) -> u32 { x }",
+        )
+        .unwrap()
+        .to_string();
+        assert!(out.contains("lock : true"), "{out}");
+        assert!(out.contains("from_secs (30u64)"), "{out}");
+        assert!(out.contains("1.5f64"), "{out}");
+        let out = expand_str("ttl = 60, early_refresh = 2", "fn f(x: u32) -> u32 { x }")
+            .unwrap()
+            .to_string();
+        assert!(out.contains("2f64"), "{out}");
+        let err = |attr: &str, item: &str| expand_str(attr, item).unwrap_err().to_string();
+        let e = err("stale_ttl = 5", "fn f(x: u32) -> u32 { x }");
+        assert!(e.contains("needs a `ttl`"), "{e}");
+        let e = err("ttl = 5, early_refresh = 0.0", "fn f(x: u32) -> u32 { x }");
+        assert!(e.contains("positive"), "{e}");
+        let e = err("ttl = 5, stale_ttl = 0", "fn f(x: u32) -> u32 { x }");
+        assert!(e.contains("positive"), "{e}");
+        let e = err("lock = true, validation = v", "fn f(x: u32) -> u32 { x }");
+        assert!(e.contains("`validation`"), "{e}");
+        assert!(expand_str("lock", "async fn f(x: u32) -> u32 { x }").is_ok());
+        let e = err(
+            "lock, invalidate_on = [\"a:\"]",
+            "fn f(x: u32) -> u32 { x }",
+        );
+        assert!(e.contains("invalidate_on"), "{e}");
+        // `lock = false` is memoization as before.
+        assert!(expand_str("lock = false", "async fn f(x: u32) -> u32 { x }").is_ok());
     }
 }

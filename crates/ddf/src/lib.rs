@@ -43,6 +43,7 @@ mod item;
 pub(crate) mod key;
 mod manager;
 pub mod memo;
+mod stampede;
 #[cfg(feature = "testing")]
 pub mod testing;
 
@@ -60,6 +61,7 @@ pub use ddf_macros::cache_with_invalidation;
 pub use error::{Error, Result, Source};
 pub use item::Item;
 pub use manager::{CacheManager, CacheStats};
+pub use stampede::RefreshOptions;
 
 /// Python values as ddf's pickle codec models them: [`pickle::Value`] (integers of any size,
 /// floats, strings, bytes, lists, tuples, sets, dicts with any hashable keys), for

@@ -392,6 +392,108 @@ impl CacheManager {
         self.inner.backend.close();
     }
 
+    /// Returns the value stored under `key`, or computes, stores (with `ttl`; `None`: the
+    /// configured `ttl`) and returns it. On a miss **one caller in the whole deployment
+    /// computes**: it holds a lease on the key (`lease_ttl`); the others, in every process
+    /// sharing the cache, wait up to `lock_timeout` for its value, and take over if the lease
+    /// expires (its holder died or ran too long). Threads of one process share one wait. Cache
+    /// failures fail open (logged): the value is computed and returned. See the README's
+    /// "get_or_set" section and [`CacheManager::try_get_or_set_with`] for stale serving and
+    /// early refresh.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// let cache = ddf::CacheManager::new(ddf::CacheConfig::default().with_pickle_dir(dir.path()))?;
+    /// let v = cache.get_or_set("answer", None, || 42u32)?;
+    /// assert_eq!(v, 42);
+    /// assert_eq!(cache.get_or_set("answer", None, || 0u32)?, 42); // stored: not computed
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) for a zero TTL (nothing is
+    /// computed).
+    pub fn get_or_set<T, F>(&self, key: &str, ttl: Option<Duration>, compute: F) -> Result<T>
+    where
+        T: Serialize + DeserializeOwned,
+        F: FnOnce() -> T,
+    {
+        self.try_get_or_set(key, ttl, || Ok(compute()))
+    }
+
+    /// [`CacheManager::get_or_set`] with a computation that may fail: its error is returned
+    /// and nothing is stored (the next caller computes again).
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// let cache = ddf::CacheManager::new(ddf::CacheConfig::default().with_pickle_dir(dir.path()))?;
+    /// let r: Result<u32, Box<dyn std::error::Error>> =
+    ///     cache.try_get_or_set("n", None, || Err("upstream down".into()));
+    /// assert!(r.is_err());
+    /// assert_eq!(cache.get::<u32>("n")?, None);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// The computation's error; a zero TTL's (converted into `E`).
+    pub fn try_get_or_set<T, E, F>(
+        &self,
+        key: &str,
+        ttl: Option<Duration>,
+        compute: F,
+    ) -> std::result::Result<T, E>
+    where
+        T: Serialize + DeserializeOwned,
+        E: From<crate::Error>,
+        F: FnOnce() -> std::result::Result<T, E>,
+    {
+        self.try_get_or_set_with(key, ttl, crate::RefreshOptions::new(), compute)
+    }
+
+    /// [`CacheManager::try_get_or_set`] with stale serving and early refresh
+    /// ([`RefreshOptions`](crate::RefreshOptions)): a value past its `ttl` is served for
+    /// `stale_ttl` more while one caller refreshes it, and with `early_refresh` a caller may
+    /// refresh it before its `ttl` runs out (XFetch). Such values are stored in an envelope
+    /// (see docs/memoize.md): read them back through this method, not `get`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// # let dir = tempfile::tempdir()?;
+    /// let cache = ddf::CacheManager::new(ddf::CacheConfig::default().with_pickle_dir(dir.path()))?;
+    /// let opts = ddf::RefreshOptions::new().stale_ttl(Duration::from_secs(60));
+    /// let v: u32 = cache.try_get_or_set_with("k", Some(Duration::from_secs(5)), opts, || {
+    ///     Ok::<_, ddf::Error>(7)
+    /// })?;
+    /// assert_eq!(v, 7);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`CacheManager::try_get_or_set`].
+    pub fn try_get_or_set_with<T, E, F>(
+        &self,
+        key: &str,
+        ttl: Option<Duration>,
+        options: crate::RefreshOptions,
+        compute: F,
+    ) -> std::result::Result<T, E>
+    where
+        T: Serialize + DeserializeOwned,
+        E: From<crate::Error>,
+        F: FnOnce() -> std::result::Result<T, E>,
+    {
+        let ttl = self.core().ttl_or_default(ttl)?;
+        let plan = crate::stampede::Plan::new(self.config(), ttl, options);
+        crate::stampede::sync::get_or_set(self, key, &plan, compute)
+    }
+
+    /// A backend call from a module that joins no codec (`get_or_set`'s lease), counted as the
+    /// others are (errors, `fallback`).
+    pub(crate) fn on_backend<T>(&self, op: impl FnOnce(&dyn Backend) -> Result<T>) -> Result<T> {
+        self.core()
+            .track(self.call(|| op(self.inner.backend.as_ref())))
+    }
+
     /// Reads several values, one result per key, in order.
     ///
     /// # Errors

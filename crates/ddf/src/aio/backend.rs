@@ -113,6 +113,13 @@ pub(crate) trait AsyncBackend: Send + Sync + fmt::Debug + 'static {
 
     /// As [`Backend::meta`].
     fn meta<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<EntryInfo>>>;
+
+    /// As [`Backend::compare_and_delete`].
+    fn compare_and_delete<'a>(
+        &'a self,
+        key: &'a str,
+        expected: &'a [u8],
+    ) -> BoxFuture<'a, Result<bool>>;
 }
 
 /// Runs blocking `f` on the runtime's blocking pool when there is a runtime, inline when there
@@ -338,5 +345,14 @@ impl AsyncBackend for Blocking {
     fn meta<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<EntryInfo>>> {
         let key = key.to_owned();
         self.plain(self.reads, move |b| b.meta(&key))
+    }
+
+    fn compare_and_delete<'a>(
+        &'a self,
+        key: &'a str,
+        expected: &'a [u8],
+    ) -> BoxFuture<'a, Result<bool>> {
+        let (key, expected) = (key.to_owned(), expected.to_vec());
+        self.plain(self.writes, move |b| b.compare_and_delete(&key, &expected))
     }
 }

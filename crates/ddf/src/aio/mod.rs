@@ -583,6 +583,71 @@ impl AsyncCacheManager {
         self.set_item(key, item, ttl).await.result
     }
 
+    /// [`CacheManager::get_or_set`](crate::CacheManager::get_or_set) with an async
+    /// computation: on a miss one caller in the whole deployment computes (the lease), the
+    /// others await its value (timers, never a blocked worker), and tasks of one process share
+    /// one wait.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(async {
+    /// # let dir = tempfile::tempdir()?;
+    /// let cache = ddf::AsyncCacheManager::new(ddf::CacheConfig::default().with_pickle_dir(dir.path()))?;
+    /// let v = cache.get_or_set("answer", None, || async { 42u32 }).await?;
+    /// assert_eq!(v, 42);
+    /// assert_eq!(cache.get_or_set("answer", None, || async { 0u32 }).await?, 42);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # })
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`CacheManager::get_or_set`](crate::CacheManager::get_or_set).
+    pub async fn get_or_set<T, F, Fut>(
+        &self,
+        key: &str,
+        ttl: Option<Duration>,
+        compute: F,
+    ) -> Result<T>
+    where
+        T: Serialize + DeserializeOwned,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = T>,
+    {
+        self.try_get_or_set_with(key, ttl, crate::RefreshOptions::new(), || async {
+            Ok(compute().await)
+        })
+        .await
+    }
+
+    /// [`CacheManager::try_get_or_set_with`](crate::CacheManager::try_get_or_set_with) with
+    /// an async computation (stale serving and early refresh included).
+    ///
+    /// # Errors
+    /// The computation's error; a zero TTL's (converted into `E`).
+    pub async fn try_get_or_set_with<T, E, F, Fut>(
+        &self,
+        key: &str,
+        ttl: Option<Duration>,
+        options: crate::RefreshOptions,
+        compute: F,
+    ) -> std::result::Result<T, E>
+    where
+        T: Serialize + DeserializeOwned,
+        E: From<crate::Error>,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = std::result::Result<T, E>>,
+    {
+        let ttl = self.core().ttl_or_default(ttl)?;
+        let plan = crate::stampede::Plan::new(self.config(), ttl, options);
+        crate::stampede::task::get_or_set(self, key, &plan, compute).await
+    }
+
+    /// The backend, for `get_or_set`'s lease (`add`, `compare_and_delete`).
+    pub(crate) fn lease_backend(&self) -> &dyn AsyncBackend {
+        self.backend()
+    }
+
     /// A snapshot of the statistics (a plain method: no I/O).
     pub fn stats(&self) -> CacheStats {
         self.core().stats()

@@ -616,4 +616,20 @@ impl AsyncBackend for AsyncRedis {
             Ok(self.core.entry(k.as_bytes(), pttl, size))
         })
     }
+
+    fn compare_and_delete<'a>(
+        &'a self,
+        key: &'a str,
+        expected: &'a [u8],
+    ) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(async move {
+            let cmd = &commands::compare_and_delete(&self.key(key), expected);
+            let n: u64 = self
+                .run("EVAL (compare-and-delete)", |mut c| async move {
+                    c.query(cmd).await
+                })
+                .await?;
+            Ok(n > 0)
+        })
+    }
 }

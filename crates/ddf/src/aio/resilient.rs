@@ -341,4 +341,21 @@ impl AsyncBackend for AsyncResilient {
             .result
         })
     }
+
+    /// A write, as the sync wrapper's: on the fallback while the server is not up.
+    fn compare_and_delete<'a>(
+        &'a self,
+        key: &'a str,
+        expected: &'a [u8],
+    ) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(async move {
+            self.write(
+                Forget::Key(key),
+                || self.primary.compare_and_delete(key, expected),
+                || noted(self.otherwise.compare_and_delete(key, expected)),
+            )
+            .await
+            .result
+        })
+    }
 }

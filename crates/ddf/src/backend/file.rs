@@ -459,6 +459,19 @@ impl Backend for FileBackend {
         })
     }
 
+    fn compare_and_delete(&self, key: &str, expected: &[u8]) -> Result<bool> {
+        let sk = self.keys.storage_key(key);
+        let now = self.now();
+        // One statement: atomic against every other connection. An expired row holding the
+        // token is removed too, but does not count (the lease it was had already ended).
+        let exp = self.with_conn("cannot release a lease", |c| {
+            c.prepare_cached("DELETE FROM entries WHERE k = ?1 AND v = ?2 RETURNING exp")?
+                .query_row(params![sk.as_bytes(), expected], |r| r.get::<_, i64>(0))
+                .optional()
+        })?;
+        Ok(exp.is_some_and(|e| e == 0 || e > now))
+    }
+
     fn info(&self) -> Result<Vec<(String, String)>> {
         let (lo, hi) = prefix_range(self.keys.namespace().as_bytes());
         let now = self.now();

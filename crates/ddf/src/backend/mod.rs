@@ -268,6 +268,17 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
         }
         Ok(n)
     }
+
+    /// Removes `key` only if its stored bytes are `expected` (a lease's token): `Ok(true)` when
+    /// this call removed it, `Ok(false)` when it held something else or nothing. Atomic against
+    /// every other writer of the same store (Redis: one Lua script; Memcached: `mg` for the CAS
+    /// value, then `md` with it; the file backend: one `DELETE ... WHERE v = ?`). What releases
+    /// a `get_or_set` lease without removing the lease a waiter took over. The default says it
+    /// is not supported (a custom backend may override it).
+    fn compare_and_delete(&self, key: &str, expected: &[u8]) -> Result<bool> {
+        let _ = (key, expected);
+        Err(unsupported(self.name(), "compare_and_delete"))
+    }
 }
 
 /// The error for an operation that would reach every key on a shared server (an empty

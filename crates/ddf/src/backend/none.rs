@@ -52,4 +52,7 @@ impl Backend for NoneBackend {
             detail: "no cache (backend = none)".to_owned(),
         })
     }
+    fn compare_and_delete(&self, _key: &str, _expected: &[u8]) -> Result<bool> {
+        Ok(false)
+    }
 }

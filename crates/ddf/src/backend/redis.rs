@@ -835,6 +835,13 @@ impl Backend for RedisBackend {
         let ks: Vec<String> = keys.iter().map(|k| self.keyspace.storage_key(k)).collect();
         self.run("UNLINK", |c| unlink(c, &ks))
     }
+
+    fn compare_and_delete(&self, key: &str, expected: &[u8]) -> Result<bool> {
+        let k = self.keyspace.storage_key(key);
+        let cmd = commands::compare_and_delete(&k, expected);
+        let n: u64 = self.run("EVAL (compare-and-delete)", |c| cmd.query(c.as_like()))?;
+        Ok(n > 0)
+    }
 }
 
 /// `UNLINK` of many keys; the number removed. One command on a standalone server; on a cluster

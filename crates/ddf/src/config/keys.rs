@@ -78,6 +78,12 @@ pub struct CacheConfig {
     /// `server_flush` (default false): with an empty `namespace`, let `flush_all` flush the whole
     /// Redis database (`FLUSHDB`) or every Memcached server (`flush_all`). Never used otherwise.
     pub server_flush: bool,
+    /// `lock_timeout` in seconds (default 20): how long a `get_or_set` caller waits for another
+    /// one's computation of the same key before computing itself (uncached).
+    pub lock_timeout: Duration,
+    /// `lease_ttl` in seconds (default 10): how long a `get_or_set` computation holds its lease;
+    /// a waiter takes over a lease that outlived this (its holder died or ran too long).
+    pub lease_ttl: Duration,
     /// Where each key's value came from.
     pub(super) sources: BTreeMap<&'static str, Source>,
     /// The file the INI text came from, if any.
@@ -113,6 +119,8 @@ impl Default for CacheConfig {
             breaker_failures: 3,
             breaker_retry: Duration::from_secs(1),
             server_flush: false,
+            lock_timeout: Duration::from_secs(20),
+            lease_ttl: Duration::from_secs(10),
             sources: BTreeMap::new(),
             file: None,
         }
@@ -536,6 +544,28 @@ pub(super) const KEYS: &[KeySpec] = &[
         },
         show: |c| c.server_flush.to_string(),
         doc: "with an empty namespace, let flush_all flush the whole Redis database or Memcached servers",
+    },
+    KeySpec {
+        name: "lock_timeout",
+        legacy_env: None,
+        secret: false,
+        apply: |c, v| {
+            c.lock_timeout = parse_secs(v, "lock_timeout")?;
+            Ok(())
+        },
+        show: |c| format!("{}", c.lock_timeout.as_secs_f64()),
+        doc: "seconds a get_or_set caller waits for another one's computation before computing itself",
+    },
+    KeySpec {
+        name: "lease_ttl",
+        legacy_env: None,
+        secret: false,
+        apply: |c, v| {
+            c.lease_ttl = parse_secs(v, "lease_ttl")?;
+            Ok(())
+        },
+        show: |c| format!("{}", c.lease_ttl.as_secs_f64()),
+        doc: "seconds a get_or_set computation holds its lease before a waiter may take over",
     },
 ];
 

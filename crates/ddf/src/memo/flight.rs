@@ -352,6 +352,19 @@ pub(crate) fn take_turn(cache: u64, key: &str, epoch: u64, seen: u64) -> Turn {
     }
 }
 
+/// Leads the flight of `key` in cache `cache` if none of `epoch` or a newer one is in progress;
+/// `None` otherwise, without waiting (a stale-while-revalidate refresh: the others serve the
+/// stale value). A thread that leads another flight may lead this one too: it never waits here.
+pub(crate) fn try_lead(cache: u64, key: &str, epoch: u64) -> Option<ThreadLead> {
+    match THREAD_FLIGHTS.join(cache, key, epoch, landings()) {
+        Join::Lead(lead) => {
+            LEADING.with(|n| n.set(n.get() + 1));
+            Some(ThreadLead(lead))
+        }
+        Join::Wait(_) => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -90,6 +90,15 @@ pub(crate) async fn take_turn(cache: u64, key: &str, epoch: u64, seen: u64) -> T
     }
 }
 
+/// Leads the flight of `key` in cache `cache` if none of `epoch` or a newer one is in progress;
+/// `None` otherwise, without waiting (a stale-while-revalidate refresh).
+pub(crate) fn try_lead(cache: u64, key: &str, epoch: u64) -> Option<Lead<'static, TaskLatch>> {
+    match TASK_FLIGHTS.join(cache, key, epoch, landings()) {
+        Join::Lead(lead) => Some(lead),
+        Join::Wait(_) => None,
+    }
+}
+
 /// Runs a leader's computation marked as leading, so that a memoized call nested in it never
 /// awaits another flight.
 pub(crate) async fn leading<F: Future>(compute: F) -> F::Output {

@@ -151,11 +151,34 @@ pub struct MemoFn {
     pub name: &'static str,
     pub key_prefix: Option<&'static str>,
     pub ttl: Option<Duration>,
+    /// `lock = true`: one computation per miss across processes (`get_or_set`'s lease).
+    pub lock: bool,
+    /// `stale_ttl = N`.
+    pub stale_ttl: Option<Duration>,
+    /// `early_refresh = BETA`.
+    pub early_refresh: Option<f64>,
 }
 
 impl MemoFn {
     pub(crate) fn prefix(&self) -> String {
         function_prefix(self.key_prefix, self.module, self.name)
+    }
+
+    /// Whether calls go through `get_or_set`'s lease (`lock`, `stale_ttl`, `early_refresh`).
+    pub(crate) fn leased(&self) -> bool {
+        self.lock || self.stale_ttl.is_some() || self.early_refresh.is_some()
+    }
+
+    /// The `get_or_set` options of a leased function.
+    pub(crate) fn refresh(&self) -> crate::RefreshOptions {
+        let mut o = crate::RefreshOptions::new();
+        if let Some(s) = self.stale_ttl {
+            o = o.stale_ttl(s);
+        }
+        if let Some(b) = self.early_refresh {
+            o = o.early_refresh(b);
+        }
+        o
     }
 }
 
@@ -340,6 +363,8 @@ pub trait Policy<R> {
     type Stored: Serialize + DeserializeOwned;
     fn stored(r: &R) -> Option<&Self::Stored>;
     fn restore(s: Self::Stored) -> R;
+    /// The part to store, or the whole result when it is not cached (an `Err`, a `None`).
+    fn split(r: R) -> std::result::Result<Self::Stored, R>;
 }
 
 /// Plain values, and `Option<T>` with `cache_none`: everything is stored.
@@ -363,6 +388,9 @@ impl<R: Serialize + DeserializeOwned> Policy<R> for PolicyWhole {
     fn restore(s: R) -> R {
         s
     }
+    fn split(r: R) -> std::result::Result<R, R> {
+        Ok(r)
+    }
 }
 
 impl<T: Serialize + DeserializeOwned> Policy<Option<T>> for PolicySome {
@@ -373,6 +401,9 @@ impl<T: Serialize + DeserializeOwned> Policy<Option<T>> for PolicySome {
     fn restore(s: T) -> Option<T> {
         Some(s)
     }
+    fn split(r: Option<T>) -> std::result::Result<T, Option<T>> {
+        r.ok_or(None)
+    }
 }
 
 impl<T: Serialize + DeserializeOwned, E> Policy<std::result::Result<T, E>> for PolicyOk {
@@ -382,6 +413,9 @@ impl<T: Serialize + DeserializeOwned, E> Policy<std::result::Result<T, E>> for P
     }
     fn restore(s: T) -> std::result::Result<T, E> {
         Ok(s)
+    }
+    fn split(r: std::result::Result<T, E>) -> std::result::Result<T, std::result::Result<T, E>> {
+        r.map_err(Err)
     }
 }
 
@@ -401,6 +435,9 @@ where
     let Some(key) = memoized_key(key, &stamp) else {
         return compute();
     };
+    if f.leased() {
+        return memoize_leased::<P, R, F>(cache, f, &key, compute);
+    }
     // Read before the lookup: an invalidation that returns after this never has its
     // pre-invalidation results served to a later call (see `epoch`).
     let epoch = cache.epochs().current();
@@ -450,6 +487,23 @@ where
     };
     lead.finish();
     r
+}
+
+/// A memoized call with `lock`, `stale_ttl` or `early_refresh`: `get_or_set` under the memo
+/// key (the attribute refuses `validation` with these). A result that is not cached (an `Err`,
+/// a `None`) is returned as it is; one met while refreshing a stale value is dropped and the
+/// stale value returned (logged).
+fn memoize_leased<P, R, F>(cache: &CacheManager, f: &MemoFn, key: &str, compute: F) -> R
+where
+    P: Policy<R>,
+    F: FnOnce() -> R,
+{
+    let ttl = f.ttl.or(cache.config().ttl);
+    let plan = crate::stampede::Plan::new(cache.config(), ttl, f.refresh());
+    match crate::stampede::sync::get_or_set(cache, key, &plan, || P::split(compute())) {
+        Ok(s) => P::restore(s),
+        Err(r) => r,
+    }
 }
 
 /// Removes the stored result of one call.

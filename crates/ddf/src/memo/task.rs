@@ -54,6 +54,9 @@ pub trait AsyncMemoCache: Sync {
     fn memo_delete(&self, key: &str) -> impl Future<Output = Result<bool>> + Send;
     /// Deletes every key under a prefix (an invalidation: it begins a new epoch).
     fn memo_invalidate_pattern(&self, prefix: &str) -> impl Future<Output = Result<u64>> + Send;
+    /// The manager itself, for `lock`/`stale_ttl`/`early_refresh` (`get_or_set`'s lease).
+    #[allow(private_interfaces)]
+    fn memo_manager(&self) -> &crate::AsyncCacheManager;
 }
 
 /// Whether memoization is worth anything with this cache.
@@ -145,6 +148,19 @@ where
     let Some(key) = memoized_key(key, &stamp) else {
         return compute().await;
     };
+    if f.leased() {
+        // As `memoize_leased` on the sync face (the attribute refuses `validation` here).
+        let cache = cache.memo_manager();
+        let ttl = f.ttl.or(cache.config().ttl);
+        let plan = crate::stampede::Plan::new(cache.config(), ttl, f.refresh());
+        let leased = crate::stampede::task::get_or_set(cache, &key, &plan, || async {
+            P::split(compute().await)
+        });
+        return match leased.await {
+            Ok(s) => P::restore(s),
+            Err(r) => r,
+        };
+    }
     // Read before the lookup, as on the sync face (see `epoch`).
     let epoch = cache.memo_epochs().current();
     let landings = flight_task::landings();
@@ -244,6 +260,11 @@ impl AsyncMemoCache for crate::AsyncCacheManager {
     }
 
     #[allow(private_interfaces)]
+    fn memo_manager(&self) -> &crate::AsyncCacheManager {
+        self
+    }
+
+    #[allow(private_interfaces)]
     fn memo_epochs(&self) -> &Epochs {
         self.epochs()
     }
@@ -289,6 +310,9 @@ mod tests {
         name: "f",
         key_prefix: None,
         ttl: None,
+        lock: false,
+        stale_ttl: None,
+        early_refresh: None,
     };
 
     fn runtime() -> tokio::runtime::Runtime {

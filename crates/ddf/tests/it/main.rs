@@ -48,6 +48,10 @@ mod sentinel;
 #[cfg(all(feature = "redis", feature = "memcached"))]
 mod soak;
 #[cfg(all(feature = "redis", feature = "memcached"))]
+mod stampede;
+#[cfg(all(feature = "redis", feature = "memcached"))]
+mod stampede_refresh;
+#[cfg(all(feature = "redis", feature = "memcached"))]
 mod stats;
 mod timing;
 mod ui;

@@ -438,4 +438,12 @@ impl AsyncBackend for AsyncMemcached {
     ) -> BoxFuture<'a, Result<Option<crate::backend::EntryInfo>>> {
         self.slow.meta(key)
     }
+
+    fn compare_and_delete<'a>(
+        &'a self,
+        key: &'a str,
+        expected: &'a [u8],
+    ) -> BoxFuture<'a, Result<bool>> {
+        self.slow.compare_and_delete(key, expected)
+    }
 }

@@ -316,6 +316,14 @@ impl Conn {
         replies.finish()
     }
 
+    /// `md <key> C<cas>`: `true` when it removed the item (still at `cas`).
+    pub fn delete_cas(&mut self, key: &str, cas: u64) -> McResult<bool> {
+        self.begin()?;
+        proto::delete_cas(&mut self.out, key.as_bytes(), cas).map_err(refused)?;
+        self.flush()?;
+        self.meta(replies::delete_cas)
+    }
+
     /// `version`.
     pub fn version(&mut self) -> McResult<String> {
         self.begin()?;

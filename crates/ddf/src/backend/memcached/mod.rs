@@ -944,6 +944,31 @@ impl Backend for MemcachedBackend {
         }
         Ok(n)
     }
+
+    /// `mg` for the value and its CAS value, then, if the value is `expected`, `md` with that
+    /// CAS value: the delete fails if anything wrote the key in between.
+    fn compare_and_delete(&self, key: &str, expected: &[u8]) -> Result<bool> {
+        let sk = self.keyspace.storage_key(key);
+        let wk = memcached_key(&sk);
+        let mapped = !memcached_key_is_carryable(&sk);
+        let server = &self.servers[self.pick(&wk)];
+        self.run(server, "compare_and_delete", |c| {
+            let Some(read) = c.get_cas(&wk)? else {
+                return Ok(false);
+            };
+            let (cas, value) = (
+                read.cas,
+                client::Value {
+                    data: read.data,
+                    flags: read.flags,
+                },
+            );
+            match self.read_item(&sk, mapped, value) {
+                Some(item) if item.data == expected => c.delete_cas(&wk, cas),
+                _ => Ok(false),
+            }
+        })
+    }
 }
 
 #[cfg(test)]

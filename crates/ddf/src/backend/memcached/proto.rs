@@ -241,6 +241,22 @@ pub(crate) fn delete(buf: &mut Vec<u8>, key: &[u8]) -> Result<(), ProtoError> {
     Ok(())
 }
 
+/// `md <key> C<cas>`: removes the item only while its CAS value is `cas` (`HD` removed, `EX`
+/// changed since, `NF` gone).
+///
+/// # Errors
+///
+/// A key [`check_key`] refuses; nothing is appended then.
+pub(crate) fn delete_cas(buf: &mut Vec<u8>, key: &[u8], cas: u64) -> Result<(), ProtoError> {
+    check_key(key)?;
+    buf.extend_from_slice(b"md ");
+    buf.extend_from_slice(key);
+    buf.extend_from_slice(b" C");
+    push_uint(buf, cas);
+    buf.extend_from_slice(b"\r\n");
+    Ok(())
+}
+
 /// `mn`: the server answers `MN` after every earlier reply (the end of a quiet pipeline).
 pub(crate) fn noop(buf: &mut Vec<u8>) {
     buf.extend_from_slice(b"mn\r\n");
@@ -433,8 +449,8 @@ fn number<T: TryFrom<u64>>(s: &[u8]) -> Option<T> {
     T::try_from(n).ok()
 }
 
-/// The client flags (`f<n>`) and opaque (`O<n>`) among a meta reply's flags; other flags are
-/// ignored.
+/// The client flags (`f<n>`), opaque (`O<n>`) and CAS value (`c<n>`) among a meta reply's
+/// flags; other flags are ignored.
 fn meta_flags<'a>(
     what: &str,
     line: &[u8],

@@ -60,6 +60,17 @@ fn meta(buf: &[u8]) -> Result<Parsed<MetaReply<'_>>, ProtoError> {
     parse_meta(buf, LIMIT)
 }
 
+#[test]
+fn cas_requests_and_replies() {
+    let mut buf = Vec::new();
+    delete_cas(&mut buf, b"k", 42).unwrap();
+    assert_eq!(buf, b"md k C42\r\n");
+    assert!(
+        meta(b"VA 1 cx\r\nx\r\n").is_err(),
+        "a malformed CAS value is refused"
+    );
+}
+
 /// Owned copies of meta replies (the parsed ones borrow the buffer).
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Owned {

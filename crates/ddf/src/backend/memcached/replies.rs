@@ -57,6 +57,23 @@ pub(crate) fn get(r: MetaReply<'_>) -> McResult<Option<Value>> {
     }
 }
 
+/// The reply to `md <key> C<cas>`: `true` when it removed the item; `false` when the item
+/// changed since (`EX`) or is gone (`NF`).
+pub(crate) fn delete_cas(r: MetaReply<'_>) -> McResult<bool> {
+    match r {
+        MetaReply::Status {
+            status: Status::Hd, ..
+        } => Ok(true),
+        MetaReply::Status {
+            status: Status::Ex | Status::Nf,
+            ..
+        } => Ok(false),
+        MetaReply::Error(l) => Err(server_error(l)),
+        MetaReply::Status { status, .. } => Err(unexpected_status("md", status)),
+        MetaReply::Value { .. } => Err(McError::Protocol("a value in reply to md".into())),
+    }
+}
+
 /// The replies to pipelined quiet `mg <key> v f q O<i>`, then `mn`.
 pub(crate) struct GetMany {
     out: Vec<Option<Value>>,

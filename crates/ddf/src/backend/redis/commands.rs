@@ -191,6 +191,18 @@ pub(crate) fn cluster_nodes() -> redis::Cmd {
     c
 }
 
+/// The compare-and-delete script: removes `KEYS[1]` only while it holds `ARGV[1]`; returns 1
+/// when it removed it, 0 otherwise. One script runs atomically on the server.
+pub(crate) const COMPARE_AND_DELETE: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then \
+     return redis.call('DEL', KEYS[1]) else return 0 end";
+
+/// `EVAL <compare-and-delete> 1 key expected` (one key: a cluster routes it by that key).
+pub(crate) fn compare_and_delete(key: &str, expected: &[u8]) -> redis::Cmd {
+    let mut c = redis::cmd("EVAL");
+    c.arg(COMPARE_AND_DELETE).arg(1).arg(key).arg(expected);
+    c
+}
+
 /// A cluster pipeline of `name key` for every key: one round trip per node.
 pub(crate) fn per_key_pipeline<K: redis::ToRedisArgs>(
     name: &str,

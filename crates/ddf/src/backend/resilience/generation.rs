@@ -204,6 +204,10 @@ impl Backend for GenerationView {
         self.inner.delete_many(&refs)
     }
 
+    fn compare_and_delete(&self, key: &str, expected: &[u8]) -> Result<bool> {
+        self.inner.compare_and_delete(&self.key(key), expected)
+    }
+
     fn ping(&self) -> Result<BackendStatus> {
         self.inner.ping()
     }

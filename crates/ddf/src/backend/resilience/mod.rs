@@ -673,6 +673,15 @@ impl Backend for Resilient {
         self.write_op(|| deletes(keys.iter().copied()), |b| b.delete_many(keys))
     }
 
+    /// A write, like `delete`: while the server is not up, on the fallback's entries (where
+    /// that outage's leases are), recorded as a delete.
+    fn compare_and_delete(&self, key: &str, expected: &[u8]) -> Result<bool> {
+        self.write_op(
+            || deletes(std::iter::once(key)),
+            |b| b.compare_and_delete(key, expected),
+        )
+    }
+
     fn keys(&self, prefix: &str, limit: usize) -> Result<Vec<super::EntryInfo>> {
         match self.on_primary(false, &|b: &dyn Backend| b.keys(prefix, limit)) {
             Attempt::Done(r) => r,

@@ -234,9 +234,6 @@ impl Backend for Watched {
     fn keys(&self, prefix: &str, limit: usize) -> Result<Vec<crate::backend::EntryInfo>> {
         self.seen(self.inner.keys(prefix, limit))
     }
-    fn meta(&self, key: &str) -> Result<Option<crate::backend::EntryInfo>> {
-        self.seen(self.inner.meta(key))
-    }
     fn close(&self) {
         self.inner.close();
     }
@@ -248,6 +245,9 @@ impl Backend for Watched {
     }
     fn delete_many(&self, keys: &[&str]) -> Result<u64> {
         self.seen(self.inner.delete_many(keys))
+    }
+    fn compare_and_delete(&self, key: &str, expected: &[u8]) -> Result<bool> {
+        self.seen(self.inner.compare_and_delete(key, expected))
     }
 }
 
@@ -519,10 +519,6 @@ impl Backend for PerScope {
         Ok(out)
     }
 
-    fn meta(&self, key: &str) -> Result<Option<crate::backend::EntryInfo>> {
-        self.scope(key).meta(key)
-    }
-
     fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<Item>>> {
         let groups = split(self.partition.as_ref(), self.scopes.len(), keys, |k| k);
         let mut out: Vec<Option<Item>> = vec![None; keys.len()];
@@ -575,6 +571,10 @@ impl Backend for PerScope {
             }
         }
         first.map_or(Ok(n), Err)
+    }
+
+    fn compare_and_delete(&self, key: &str, expected: &[u8]) -> Result<bool> {
+        self.scope(key).compare_and_delete(key, expected)
     }
 
     fn ping(&self) -> Result<BackendStatus> {

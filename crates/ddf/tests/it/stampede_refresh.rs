@@ -1,0 +1,368 @@
+//! `get_or_set` within one process and at the edges (issue #17): stale-while-revalidate on
+//! every backend and through the attribute, a failed computation, the in-process shared wait,
+//! `compare_and_delete`'s contract, the attribute on an `async fn`, and the lease during an
+//! outage. Counts, never durations. The cross-process runs are in `stampede`.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use ddf::testing::internals::{MemcachedBackend, RedisBackend};
+use ddf::{Backend, CacheManager, Item, RefreshOptions, cache_with_invalidation};
+use ddf_testkit::{MemcachedServer, RedisServer};
+
+use crate::stampede::{KEY, config, wait_until};
+
+static STALE_CACHE: std::sync::OnceLock<CacheManager> = std::sync::OnceLock::new();
+static STALE_RAN: AtomicUsize = AtomicUsize::new(0);
+static STALE_RELEASE: AtomicBool = AtomicBool::new(false);
+
+/// The attribute's stale-while-revalidate: the first call returns 1, every refresh blocks
+/// until released and returns how many computations ran.
+#[cache_with_invalidation(cache = STALE_CACHE.get().unwrap(), ttl = 1, stale_ttl = 120, early_refresh = 1.0)]
+fn stale_counted() -> Result<usize, String> {
+    let n = STALE_RAN.fetch_add(1, Ordering::SeqCst) + 1;
+    if n > 1 {
+        wait_until("the test's release", || {
+            STALE_RELEASE.load(Ordering::SeqCst)
+        });
+    }
+    Ok(n)
+}
+
+#[test]
+fn the_attribute_serves_stale_while_one_refreshes() {
+    let dir = tempfile::tempdir().unwrap();
+    STALE_CACHE
+        .set(CacheManager::new(config("pickle", dir.path())).unwrap())
+        .unwrap();
+    assert_eq!(stale_counted(), Ok(1));
+    assert_eq!(stale_counted(), Ok(1), "fresh: from the cache");
+    let soft = Instant::now() + Duration::from_millis(1100);
+    while Instant::now() < soft {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let returned = Arc::new(AtomicUsize::new(0));
+    let callers: Vec<_> = (0..8)
+        .map(|_| {
+            let returned = returned.clone();
+            std::thread::spawn(move || {
+                let v = stale_counted().unwrap();
+                returned.fetch_add(1, Ordering::SeqCst);
+                v
+            })
+        })
+        .collect();
+    wait_until("every caller but the refresher returned", || {
+        returned.load(Ordering::SeqCst) == 7
+    });
+    assert_eq!(STALE_RAN.load(Ordering::SeqCst), 2, "one refresh");
+    STALE_RELEASE.store(true, Ordering::SeqCst);
+    let mut got: Vec<usize> = callers.into_iter().map(|c| c.join().unwrap()).collect();
+    got.sort_unstable();
+    assert_eq!(got, [1, 1, 1, 1, 1, 1, 1, 2]);
+    assert_eq!(stale_counted(), Ok(2), "the refreshed value is stored");
+}
+
+/// With `stale_ttl`, after the first fill no caller waits for a computation: once the value is
+/// past its TTL, one caller refreshes it (its computation is held until every other caller has
+/// returned, so a caller that waited for it would hang the test) and the others get the stale
+/// value at once.
+fn stale_while_revalidate(target: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = CacheManager::new(config(target, dir.path())).unwrap();
+    let opts = RefreshOptions::new().stale_ttl(Duration::from_secs(120));
+    let ttl = Some(Duration::from_secs(1));
+    let first: u32 = cache
+        .try_get_or_set_with(KEY, ttl, opts, || Ok::<_, ddf::Error>(1))
+        .unwrap();
+    assert_eq!(first, 1);
+    // Past the soft expiry (the server keeps the value for stale_ttl more).
+    let soft = Instant::now() + Duration::from_millis(1100);
+    while Instant::now() < soft {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let n = 8;
+    let (ran, returned) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let release = Arc::new(AtomicBool::new(false));
+    let callers: Vec<_> = (0..n)
+        .map(|_| {
+            let (cache, ran, returned, release) = (
+                cache.clone(),
+                ran.clone(),
+                returned.clone(),
+                release.clone(),
+            );
+            std::thread::spawn(move || {
+                let v: u32 = cache
+                    .try_get_or_set_with(KEY, ttl, opts, || {
+                        ran.fetch_add(1, Ordering::SeqCst);
+                        wait_until("the test's release", || release.load(Ordering::SeqCst));
+                        Ok::<_, ddf::Error>(2)
+                    })
+                    .unwrap();
+                returned.fetch_add(1, Ordering::SeqCst);
+                v
+            })
+        })
+        .collect();
+    wait_until("every caller but the refresher returned", || {
+        returned.load(Ordering::SeqCst) == n - 1
+    });
+    assert_eq!(ran.load(Ordering::SeqCst), 1, "one caller refreshes");
+    release.store(true, Ordering::SeqCst);
+    let mut got: Vec<u32> = callers.into_iter().map(|c| c.join().unwrap()).collect();
+    got.sort_unstable();
+    assert_eq!(
+        got[..n - 1],
+        vec![1; n - 1],
+        "the others got the stale value"
+    );
+    assert_eq!(got[n - 1], 2, "the refresher got the new one");
+    let now: u32 = cache
+        .try_get_or_set_with(KEY, ttl, opts, || Ok::<_, ddf::Error>(3))
+        .unwrap();
+    assert_eq!(now, 2, "the refreshed value is stored");
+}
+
+#[test]
+fn file_backend_serves_stale_while_one_refreshes() {
+    stale_while_revalidate("pickle");
+}
+
+#[test]
+fn redis_serves_stale_while_one_refreshes() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    stale_while_revalidate(&format!("redis:{}", server.port()));
+}
+
+#[test]
+fn memcached_serves_stale_while_one_refreshes() {
+    let Some(server) = MemcachedServer::start() else {
+        return;
+    };
+    stale_while_revalidate(&format!("memcached:{}", server.server()));
+}
+
+/// A failed computation is returned and stores nothing; the next caller computes.
+#[test]
+fn a_failed_computation_is_not_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = CacheManager::new(config("pickle", dir.path())).unwrap();
+    let r: Result<u32, ddf::Error> = cache.try_get_or_set(KEY, None, || {
+        Err(ddf::Error::InvalidArgument("upstream down".into()))
+    });
+    assert!(r.is_err());
+    assert_eq!(cache.get::<u32>(KEY).unwrap(), None);
+    assert_eq!(cache.get_or_set(KEY, None, || 5u32).unwrap(), 5);
+    assert_eq!(cache.get::<u32>(KEY).unwrap(), Some(5));
+    assert_eq!(
+        cache.keys("", 10).unwrap().len(),
+        1,
+        "the lease was released"
+    );
+}
+
+/// Threads of one process that miss together compute once (the in-process wait is shared).
+#[test]
+fn threads_compute_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = CacheManager::new(config("pickle", dir.path())).unwrap();
+    let ran = Arc::new(AtomicUsize::new(0));
+    let start = Arc::new(Barrier::new(16));
+    let callers: Vec<_> = (0..16)
+        .map(|_| {
+            let (cache, ran, start) = (cache.clone(), ran.clone(), start.clone());
+            std::thread::spawn(move || {
+                start.wait();
+                cache
+                    .get_or_set(KEY, None, || {
+                        ran.fetch_add(1, Ordering::SeqCst);
+                        std::thread::sleep(Duration::from_millis(100));
+                        7u32
+                    })
+                    .unwrap()
+            })
+        })
+        .collect();
+    for c in callers {
+        assert_eq!(c.join().unwrap(), 7);
+    }
+    assert_eq!(ran.load(Ordering::SeqCst), 1);
+}
+
+/// `compare_and_delete` removes a key only while it holds the expected bytes (what releases a
+/// lease without removing one a waiter took over), on every backend, long (Memcached-mapped)
+/// keys included.
+pub(crate) fn compare_and_delete_contract(b: &dyn Backend) {
+    for key in ["lease", &"long".repeat(100)] {
+        let ttl = Some(Duration::from_secs(60));
+        assert!(b.add(key, &Item::new(b"tok1".to_vec(), 0), ttl).unwrap());
+        assert!(
+            !b.compare_and_delete(key, b"tok2").unwrap(),
+            "another token"
+        );
+        assert!(
+            !b.compare_and_delete(key, b"tok").unwrap(),
+            "a prefix of it"
+        );
+        assert_eq!(b.get(key).unwrap().unwrap().data, b"tok1", "left in place");
+        assert!(b.compare_and_delete(key, b"tok1").unwrap());
+        assert_eq!(b.get(key).unwrap(), None);
+        assert!(!b.compare_and_delete(key, b"tok1").unwrap(), "already gone");
+    }
+}
+
+/// After `get_or_set` the lease is released (not left to expire).
+fn lease_released(cache: &CacheManager) {
+    assert_eq!(cache.get_or_set("released", None, || 1u32).unwrap(), 1);
+    assert_eq!(cache.get_bytes("ddf-lease:released").unwrap(), None);
+}
+
+#[test]
+fn compare_and_delete_on_every_backend() {
+    let dir = tempfile::tempdir().unwrap();
+    // The file backend's contract: a unit test of `stampede` (its type is crate-private).
+    lease_released(&CacheManager::new(config("pickle", dir.path())).unwrap());
+    if let Some(server) = RedisServer::start() {
+        let cfg = config(&format!("redis:{}", server.port()), dir.path());
+        compare_and_delete_contract(&RedisBackend::from_config(&cfg).unwrap());
+        lease_released(&CacheManager::new(cfg).unwrap());
+    }
+    if let Some(server) = MemcachedServer::start() {
+        let cfg = config(&format!("memcached:{}", server.server()), dir.path());
+        compare_and_delete_contract(&MemcachedBackend::from_config(&cfg).unwrap());
+        lease_released(&CacheManager::new(cfg).unwrap());
+    }
+}
+
+static ASYNC_RAN: AtomicUsize = AtomicUsize::new(0);
+
+/// A service with its own async cache: two of them on one server are two caches (no shared
+/// in-process flight), as two processes are.
+struct AsyncSvc {
+    cache: ddf::AsyncCacheManager,
+}
+
+impl AsyncSvc {
+    #[cache_with_invalidation(cache = self.cache, ttl = 60, lock = true)]
+    async fn slow(&self) -> String {
+        ASYNC_RAN.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        "the value".to_owned()
+    }
+}
+
+/// The attribute with `lock = true` on an `async fn`: two caches on one Redis, 8 tasks each,
+/// compute once.
+#[test]
+fn the_attribute_with_lock_on_an_async_fn_computes_once_across_caches() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let target = format!("redis:{}", server.port());
+        let svcs: Vec<_> = (0..2)
+            .map(|_| {
+                Arc::new(AsyncSvc {
+                    cache: ddf::AsyncCacheManager::new(config(&target, dir.path())).unwrap(),
+                })
+            })
+            .collect();
+        let calls: Vec<_> = (0..16)
+            .map(|i| {
+                let svc = svcs[i % 2].clone();
+                tokio::spawn(async move { svc.slow().await })
+            })
+            .collect();
+        for c in calls {
+            assert_eq!(c.await.unwrap(), "the value");
+        }
+    });
+    assert_eq!(ASYNC_RAN.load(Ordering::SeqCst), 1);
+}
+
+/// During an outage the lease follows the fallback rules (`fallback = pickle`): it lives in the
+/// outage's entries of the local directory. Every caller gets a value and no caller waits for
+/// a lease it cannot see; how many compute is not exact there (two caches, as two processes,
+/// open their outages at different times, and the entries of an outage one of them closes
+/// are removed: measured 2 to 4 computations of 8 callers). When the server returns the
+/// outage's entries are forgotten (journaled deletes), the lease is released, and the next
+/// miss computes exactly once on the server.
+fn lease_during_an_outage(kind: crate::resilience::Kind) {
+    use crate::resilience::{Server, config, wait_until_up};
+    let dir = tempfile::tempdir().unwrap();
+    let port = ddf_testkit::free_port();
+    let Some(mut server) = Server::start_on(kind, port) else {
+        return;
+    };
+    let cfg = config(kind, &[port], dir.path());
+    let caches = [
+        CacheManager::new(cfg.clone()).unwrap(),
+        CacheManager::new(cfg).unwrap(),
+    ];
+    server.process().signal("STOP");
+    for c in &caches {
+        for _ in 0..2 {
+            assert_eq!(c.get::<i64>("probe").unwrap(), None);
+        }
+    }
+    let ran = Arc::new(AtomicUsize::new(0));
+    let run = |ran: &Arc<AtomicUsize>| {
+        let start = Arc::new(Barrier::new(8));
+        let callers: Vec<_> = (0..8)
+            .map(|i| {
+                let (cache, ran, start) = (caches[i % 2].clone(), ran.clone(), start.clone());
+                std::thread::spawn(move || {
+                    start.wait();
+                    cache
+                        .get_or_set(KEY, Some(Duration::from_secs(60)), || {
+                            ran.fetch_add(1, Ordering::SeqCst);
+                            std::thread::sleep(Duration::from_millis(200));
+                            9u32
+                        })
+                        .unwrap()
+                })
+            })
+            .collect();
+        for c in callers {
+            assert_eq!(c.join().unwrap(), 9);
+        }
+    };
+    run(&ran);
+    let during = ran.load(Ordering::SeqCst);
+    println!("computations during the outage: {during} of 8 callers");
+    assert!((1..=8).contains(&during));
+    server.process().signal("CONT");
+    for c in &caches {
+        wait_until_up(c);
+    }
+    run(&ran);
+    assert_eq!(
+        ran.load(Ordering::SeqCst),
+        during + 1,
+        "once more on the server"
+    );
+    assert_eq!(
+        caches[0].get_bytes(&format!("ddf-lease:{KEY}")).unwrap(),
+        None
+    );
+}
+
+#[test]
+fn lease_during_an_outage_on_redis() {
+    lease_during_an_outage(crate::resilience::Kind::Redis);
+}
+
+#[test]
+fn lease_during_an_outage_on_memcached() {
+    lease_during_an_outage(crate::resilience::Kind::Memcached);
+}

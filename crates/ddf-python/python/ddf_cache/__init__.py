@@ -16,7 +16,6 @@ import atexit
 import enum
 import functools
 import os
-import pickle
 import threading
 import weakref
 
@@ -33,7 +32,15 @@ __all__ = [
     "cache_with_invalidation",
 ]
 
-_PICKLE_PROTOCOL = pickle.HIGHEST_PROTOCOL  # what the Python DDF and pymemcache write
+_PICKLE_PROTOCOL = 5  # pickle.HIGHEST_PROTOCOL on 3.8+: what the Python DDF and pymemcache write
+
+
+def _pickle():
+    # Imported on first use: `import ddf_cache` and a first read of plain data need no pickle
+    # module (the restricted decoder is native), and importing it costs milliseconds.
+    import pickle
+
+    return pickle
 
 # pymemcache's python_memcache flags.
 _FLAG_BYTES, _FLAG_PICKLE, _FLAG_INTEGER, _FLAG_LONG, _FLAG_COMPRESSED, _FLAG_TEXT = 0, 1, 2, 4, 8, 16
@@ -224,7 +231,7 @@ class CacheManager:
         self._lock = threading.Lock()
         self._mode = _MODES[config._native.backend]
         self._memcached = config._native.backend.startswith("memcached")
-        self._loads = pickle.loads if config.trust_pickles else _ddf.loads_restricted
+        self._loads = (lambda data: _pickle().loads(data)) if config.trust_pickles else _ddf.loads_restricted
         _MANAGERS.add(self)
 
     def _client(self):
@@ -261,7 +268,7 @@ class CacheManager:
     def _serialize(self, key, value):
         mode = self._mode
         if mode is _PICKLE:
-            return pickle.dumps(value, _PICKLE_PROTOCOL), _FLAG_PICKLE
+            return _pickle().dumps(value, _PICKLE_PROTOCOL), _FLAG_PICKLE
         if mode is _JSON:
             import json
 
@@ -281,7 +288,7 @@ class CacheManager:
             return value.encode("utf8"), _FLAG_TEXT
         if t is int:
             return b"%d" % value, _FLAG_INTEGER
-        return pickle.dumps(value, _PICKLE_PROTOCOL), _FLAG_PICKLE
+        return _pickle().dumps(value, _PICKLE_PROTOCOL), _FLAG_PICKLE
 
     def _deserialize(self, key, data, flags):
         if flags & _FLAG_COMPRESSED:
@@ -429,7 +436,7 @@ def cache_with_invalidation(ttl=None, key_prefix="", invalidate_on=None, validat
             if not mgr.config.enabled:
                 return func(*args, **kwargs)
             try:
-                blob = pickle.dumps((args, sorted(kwargs.items())), _PICKLE_PROTOCOL)
+                blob = _pickle().dumps((args, sorted(kwargs.items())), _PICKLE_PROTOCOL)
             except Exception as e:  # noqa: BLE001 - unpicklable arguments: not cacheable
                 _log().debug("ddf_cache: %s called uncached (arguments: %s)", name, e)
                 return func(*args, **kwargs)

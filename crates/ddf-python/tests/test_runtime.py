@@ -61,9 +61,9 @@ def test_checker_catches_a_planted_violation():
 def test_the_gil_is_released_during_a_backend_call():
     server = start_redis()
     try:
-        cache = redis_cache(server, timeout=3, connect_timeout=3, fallback="none")
+        cache = redis_cache(server, timeout=10, connect_timeout=10, fallback="none")
         cache.set("k", 1)
-        os.kill(server.pid, 19)  # SIGSTOP: the next call waits for its 3 s timeout
+        os.kill(server.pid, 19)  # SIGSTOP: the next call waits up to its 10 s timeout
         blocked = threading.Thread(target=lambda: _swallow(cache.get, "k"))
         blocked.start()
         time.sleep(0.3)

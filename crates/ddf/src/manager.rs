@@ -179,7 +179,21 @@ impl CacheManager {
         self.core().decode_json(key, item)
     }
 
-    fn get_item(&self, key: &str) -> Result<Option<Item>> {
+    /// Reads a stored item undecoded: its bytes and pymemcache flags (Redis stores no flags:
+    /// 0), for a caller that decodes values itself, such as the Python package `ddf_cache`.
+    /// Counted as a hit or a miss like [`CacheManager::get`].
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// let cache = ddf::CacheManager::new(ddf::CacheConfig::default().with_pickle_dir(dir.path()))?;
+    /// cache.set_item("k", &ddf::Item::new(b"raw".to_vec(), 0), None)?;
+    /// assert_eq!(cache.get_item("k")?.map(|i| i.data), Some(b"raw".to_vec()));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Backend`](crate::Error::Backend) when the backend fails.
+    pub fn get_item(&self, key: &str) -> Result<Option<Item>> {
         if !self.core().enabled() {
             self.core().missed(1);
             return Ok(None);
@@ -341,6 +355,29 @@ impl CacheManager {
     /// [`Error::Backend`](crate::Error::Backend) when the backend fails.
     pub fn ttl(&self, key: &str) -> Result<Option<crate::backend::Expiry>> {
         Ok(self.get_meta(key)?.map(|e| e.expiry))
+    }
+
+    /// Stores an item as it is (bytes and flags, encoded by the caller), with the TTL rules of
+    /// [`CacheManager::set`]: the level below `set` for the Python package `ddf_cache`.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// let cache = ddf::CacheManager::new(ddf::CacheConfig::default().with_pickle_dir(dir.path()))?;
+    /// // Flags 16 outside Memcached: JSON text.
+    /// cache.set_item("k", &ddf::Item::new(b"\"hello\"".to_vec(), 16), None)?;
+    /// assert_eq!(cache.get::<String>("k")?.as_deref(), Some("hello"));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`CacheManager::set`], without the encoding step.
+    pub fn set_item(&self, key: &str, item: &Item, ttl: Option<Duration>) -> Result<()> {
+        let ttl = self.core().ttl_or_default(ttl)?;
+        if !self.core().enabled() {
+            return Ok(());
+        }
+        self.core()
+            .stored(self.call(|| self.inner.backend.set(key, item, ttl)), 1)
     }
 
     /// Removes a value; `true` if one was there.

@@ -1,0 +1,149 @@
+"""Python's runtime: threads sharing one manager, the GIL released during backend calls, a
+forked child with working connections and resilience probe, cleanup at exit."""
+
+import os
+import threading
+import time
+
+import pytest
+
+from conftest import run_python, start_redis
+from ddf_cache import CacheBackend, CacheConfig, CacheError, CacheManager
+
+
+def redis_cache(server, **kw):
+    kw.setdefault("fallback", "error")
+    return CacheManager(CacheConfig(backend=CacheBackend.REDIS_PICKLE, redis_host="127.0.0.1",
+                                    redis_port=server.port, **kw))
+
+
+@pytest.mark.parametrize("kind", ["file", "redis", "memcached"])
+def test_threads_share_one_manager(kind, tmp_path, redis_server, memcached_server):
+    if kind == "file":
+        cache = CacheManager(CacheConfig(backend=CacheBackend.PICKLE, pickle_dir=str(tmp_path)))
+    elif kind == "redis":
+        cache = redis_cache(redis_server, namespace="threads:")
+    else:
+        cache = CacheManager(CacheConfig(backend=CacheBackend.MEMCACHED, fallback="error",
+                                         memcached_servers=[("127.0.0.1", memcached_server.port)],
+                                         namespace="threads:"))
+    written = set()  # every value written to the shared key: a read must be one of them or None
+    lock = threading.Lock()
+    errors = []
+
+    def worker(t):
+        try:
+            for i in range(150):
+                cache.set(f"own:{t}", [t, i])
+                assert cache.get(f"own:{t}") == [t, i]  # nobody else writes it
+                with lock:
+                    written.add((t, i))
+                cache.set("shared", [t, i])
+                got = cache.get("shared")
+                assert got is not None and tuple(got) in written, got
+        except BaseException as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(8)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(120)
+    assert not errors, errors[0]
+    assert cache.stats()["errors"] == 0
+
+
+def test_checker_catches_a_planted_violation():
+    written = {(0, 1)}
+    assert (0, 2) not in written  # what the worker's check would reject
+
+
+def test_the_gil_is_released_during_a_backend_call():
+    server = start_redis()
+    try:
+        cache = redis_cache(server, timeout=10, connect_timeout=10, fallback="none")
+        cache.set("k", 1)
+        os.kill(server.pid, 19)  # SIGSTOP: the next call waits up to its 10 s timeout
+        blocked = threading.Thread(target=lambda: _swallow(cache.get, "k"))
+        blocked.start()
+        time.sleep(0.3)
+        # This line runs while the call waits: were the GIL held, the main thread could not
+        # have woken before the call ended.
+        assert blocked.is_alive()
+        os.kill(server.pid, 18)
+        blocked.join(30)
+    finally:
+        os.kill(server.pid, 18)
+        server.stop()
+
+
+def _swallow(f, *a):
+    try:
+        f(*a)
+    except CacheError:
+        pass
+
+
+def test_a_forked_child_gets_its_own_connections_and_probe(redis_server, tmp_path):
+    import redis
+
+    cache = redis_cache(redis_server, namespace="fork:", fallback="pickle", pickle_dir=str(tmp_path),
+                        timeout=0.5, connect_timeout=0.5, breaker_failures=1, breaker_retry=0.2)
+    cache.set("parent", "before")  # the parent's connection exists
+    assert cache.get("parent") == "before"
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child
+        os.close(r)
+        code = 1
+        try:
+            assert cache.get("parent") == "before"
+            cache.set("child", "hello")
+            assert cache.get("child") == "hello"
+            raw = redis.Redis(port=redis_server.port)
+            # The probe: the server stops answering, the breaker opens (fallback serves), the
+            # server answers again: writes reach Redis again.
+            os.kill(redis_server.pid, 19)
+            try:
+                cache.set("during", 1)
+                cache.get("during")
+            finally:
+                os.kill(redis_server.pid, 18)
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                cache.set("after", "x")
+                if raw.get("fork:after") is not None:
+                    code = 0
+                    break
+                time.sleep(0.1)
+        except BaseException as e:  # noqa: BLE001
+            os.write(w, repr(e).encode())
+        finally:
+            os._exit(code)
+    os.close(w)
+    _, status = os.waitpid(pid, 0)
+    msg = os.read(r, 4096).decode()
+    os.close(r)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, msg
+    # The parent's manager still works on its own connection.
+    assert cache.get("child") == "hello"
+    cache.set("parent", "after")
+    assert cache.get("parent") == "after"
+
+
+def test_cleanup_runs_at_exit(tmp_path, redis_server):
+    # atexit runs handlers last-registered first: this one, registered before ddf_cache is
+    # imported, runs after ddf_cache's and sees what it did.
+    code = (
+        "import atexit\n"
+        "calls = []\n"
+        "atexit.register(lambda: print('cleanup calls', len(calls)))\n"
+        "import ddf_cache\n"
+        "orig = ddf_cache.CacheManager.cleanup\n"
+        "ddf_cache.CacheManager.cleanup = lambda self: (calls.append(1), orig(self))\n"
+        "c = ddf_cache.CacheManager(ddf_cache.CacheConfig(backend='redis', redis_host='127.0.0.1',"
+        f" redis_port={redis_server.port}))\n"
+        "c.set('k', 1)\n"
+    )
+    out = run_python(code, tmp_path=tmp_path)
+    assert "cleanup calls 0" not in out and "cleanup calls" in out

@@ -175,25 +175,20 @@ impl Shards {
         map.addrs[usize::from(map.owner[usize::from(slot)])].clone()
     }
 
-    /// The node a scope's probe pings.
-    fn primary(&self, scope: usize) -> Addr {
-        let map = self.read();
-        let i = map.primary.get(scope).copied().unwrap_or(0);
-        map.addrs[usize::from(i)].clone()
+    /// The nodes a scope's probe pings: every owner of one of its slots, or, when it holds
+    /// none (a listed replica), its listed node.
+    fn probed(&self, scope: usize) -> Vec<Addr> {
+        let owners = self.read().owners_of(scope);
+        if owners.is_empty() {
+            return self.nodes.get(scope).cloned().into_iter().collect();
+        }
+        owners
     }
 
-    /// The nodes that own a slot of `scope`.
+    /// The nodes that own a slot of `scope` (none when it holds no slot, a listed replica:
+    /// nothing of ours is there).
     fn nodes_of(&self, scope: usize) -> Vec<Addr> {
-        let map = self.read();
-        let mut out: Vec<Addr> = Vec::new();
-        for (s, &o) in map.scope.iter().zip(&map.owner) {
-            let a = &map.addrs[usize::from(o)];
-            if usize::from(*s) == scope && !out.contains(a) {
-                out.push(a.clone());
-            }
-        }
-        // None when the scope holds no slot (a listed replica): nothing of ours is there.
-        out
+        self.read().owners_of(scope)
     }
 
     /// The standalone backend of one node (made on first use).
@@ -467,32 +462,56 @@ impl Backend for NodeBackend {
         )
     }
 
-    /// Pings the scope's primary, then reads the slot map from it (a node that comes back may
-    /// have lost or gained slots). When it does not answer, the map is read from another node:
-    /// after a failover the scope's slots are on the promoted replica, which is pinged instead.
+    /// Pings every node that owns one of the scope's slots (the scope is up only when all
+    /// answer), then reads the slot map from the first (a node that comes back may have lost
+    /// or gained slots). When one does not answer, the map is read from another node and the
+    /// owners pinged once more: after a failover the scope's slots are on the promoted
+    /// replica, which is pinged instead.
     fn ping(&self) -> Result<BackendStatus> {
-        let addr = self.shards.primary(self.scope);
-        match self.shards.node(&addr)?.ping() {
-            Ok(st) => {
-                if let Err(e) = self.shards.refresh_from(&addr) {
-                    tracing::debug!(error = %e, "cannot read the slot map");
-                }
-                Ok(st)
-            }
-            Err(e) => {
-                if self.shards.refresh_elsewhere(&addr) {
-                    let now = self.shards.primary(self.scope);
-                    if now != addr {
-                        return self.shards.node(&now)?.ping();
+        let mut before: Vec<Addr> = Vec::new();
+        loop {
+            let owners = self.shards.probed(self.scope);
+            let mut answers = Vec::with_capacity(owners.len());
+            let mut failed = None;
+            for addr in &owners {
+                match self.shards.node(addr)?.ping() {
+                    Ok(st) => answers.push(st.detail),
+                    Err(e) => {
+                        failed = Some((addr.clone(), e));
+                        break;
                     }
                 }
-                Err(e)
+            }
+            match failed {
+                None => {
+                    if let Some(first) = owners.first()
+                        && let Err(e) = self.shards.refresh_from(first)
+                    {
+                        tracing::debug!(error = %e, "cannot read the slot map");
+                    }
+                    return Ok(BackendStatus {
+                        detail: answers.join(", "),
+                    });
+                }
+                Some((addr, e)) => {
+                    if !before.is_empty()
+                        || !self.shards.refresh_elsewhere(&addr)
+                        || self.shards.probed(self.scope) == owners
+                    {
+                        return Err(e);
+                    }
+                    before = owners;
+                }
             }
         }
     }
 
     fn info(&self) -> Result<Vec<(String, String)>> {
-        self.shards.node(&self.shards.primary(self.scope))?.info()
+        let first = self.shards.probed(self.scope).into_iter().next();
+        let Some(addr) = first else {
+            return Ok(Vec::new());
+        };
+        self.shards.node(&addr)?.info()
     }
 
     fn keys(&self, prefix: &str, limit: usize) -> Result<Vec<crate::backend::EntryInfo>> {

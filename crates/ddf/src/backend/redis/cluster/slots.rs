@@ -95,8 +95,9 @@ pub(super) struct Map {
     pub(super) owner: Vec<u16>,
     /// Every primary seen; the configured nodes first, in their order.
     pub(super) addrs: Vec<Addr>,
-    /// Per scope: the node (index into `addrs`) its probe pings.
-    pub(super) primary: Vec<u16>,
+    /// Per node (index into `addrs`): the scope its slots belong to (its shard), once it has
+    /// owned slots.
+    home: Vec<Option<u16>>,
     /// Whether a node has answered `CLUSTER SLOTS` yet.
     known: bool,
 }
@@ -124,7 +125,7 @@ impl Map {
             owner: scope.clone(),
             scope,
             addrs: nodes.to_vec(),
-            primary: (0..n as u16).collect(),
+            home: (0..nodes.len() as u16).map(Some).collect(),
             known: false,
         }
     }
@@ -134,16 +135,19 @@ impl Map {
             Some(i) => i as u16,
             None => {
                 self.addrs.push(a.clone());
+                self.home.push(None);
                 (self.addrs.len() - 1) as u16
             }
         }
     }
 
     /// Takes the ranges a node announced; whether a slot changed owner. The scope rule (see
-    /// the module docs): at the first reading, a listed node's slots are its scope; later, a
-    /// node that held slots before takes a slot into its scope (a resharding), while a node that
-    /// held none (a promoted replica, listed or not) takes the slots over in the scope they were
-    /// in (a failover), whose probe then pings it.
+    /// the module docs): each node has a *home* scope. At the first reading, a listed node's
+    /// home is its own scope. Later, a node that held no slots (a promoted replica, listed or
+    /// not, or a new node) makes its home the scope the slots it takes were in (a failover:
+    /// the scope's probe then pings it); a node that held slots keeps its home, whatever the
+    /// order of the listed nodes, so a slot moves only when the map names as its owner a node
+    /// of another scope (a resharding).
     pub(super) fn apply(&mut self, nodes: &[Addr], ranges: &[Range]) -> bool {
         let first_reading = !self.known;
         let mut held = vec![false; self.addrs.len()];
@@ -152,34 +156,47 @@ impl Map {
                 *h = true;
             }
         }
+        if first_reading {
+            self.home.iter_mut().for_each(|h| *h = None);
+        }
         let mut changed = false;
         for r in ranges {
             let owner = self.index(&r.primary);
-            let listed = nodes.iter().position(|n| *n == r.primary).map(|i| i as u16);
-            let led = self
-                .primary
-                .iter()
-                .position(|&p| p == owner)
-                .map(|i| i as u16);
             let current = self.scope[usize::from(r.first)];
-            let scope = if first_reading {
-                listed.or(led).unwrap_or(current)
-            } else if held.get(usize::from(owner)).copied().unwrap_or(false) {
-                led.or(listed).unwrap_or(current)
-            } else {
-                current
+            let held_before =
+                !first_reading && held.get(usize::from(owner)).copied().unwrap_or(false);
+            let home = match self.home[usize::from(owner)] {
+                Some(h) if held_before || first_reading => h,
+                _ => {
+                    let listed = nodes.iter().position(|n| *n == r.primary);
+                    let h = match listed {
+                        Some(i) if first_reading => i as u16,
+                        _ => current,
+                    };
+                    self.home[usize::from(owner)] = Some(h);
+                    h
+                }
             };
             for s in usize::from(r.first)..=usize::from(r.last) {
                 changed |= self.owner[s] != owner;
-                self.scope[s] = scope;
+                self.scope[s] = home;
                 self.owner[s] = owner;
-            }
-            if let Some(p) = self.primary.get_mut(usize::from(scope)) {
-                *p = owner;
             }
         }
         self.known = true;
         changed
+    }
+
+    /// The nodes that own a slot of `scope`, in slot order.
+    pub(super) fn owners_of(&self, scope: usize) -> Vec<Addr> {
+        let mut out: Vec<Addr> = Vec::new();
+        for (s, &o) in self.scope.iter().zip(&self.owner) {
+            let a = &self.addrs[usize::from(o)];
+            if usize::from(*s) == scope && !out.contains(a) {
+                out.push(a.clone());
+            }
+        }
+        out
     }
 }
 
@@ -198,9 +215,21 @@ mod tests {
         assert_eq!(slot_of(b"foo"), 12182);
         // A hash tag: only the part in braces counts; an empty tag does not.
         assert_eq!(slot_of(b"{user1000}.following"), slot_of(b"user1000"));
-        assert_eq!(slot_of(b"foo{}{bar}"), slot_of(b"foo{}{bar}"));
         assert_ne!(slot_of(b"foo{}{bar}"), slot_of(b"bar"));
         assert_eq!(slot_of(b"foo{{bar}}zap"), slot_of(b"{bar"));
+        // Against redis-rs's own computation (the `crc16` crate): written apart from ours.
+        use redis::cluster_routing::Slot;
+        for key in [
+            &b"foo{}{bar}"[..],
+            b"foo{{bar}}zap",
+            b"{user1000}.following",
+            b"",
+            b"{}",
+            b"rc:k1",
+            b"\xff\x00{x}",
+        ] {
+            assert_eq!(Slot::new(slot_of(key)), Some(Slot::for_key(key)), "{key:?}");
+        }
     }
 
     fn range(first: i64, last: i64, host: &str, port: i64) -> Value {
@@ -251,7 +280,7 @@ mod tests {
         // a's replica c is promoted: its slots stay in a's scope, whose probe now pings c.
         m.apply(&nodes, &[r(0, 99, "b", 2), r(100, 16383, "c", 3)]);
         assert_eq!(m.scope[100], 0);
-        assert_eq!(m.addrs[usize::from(m.primary[0])], ("c".to_owned(), 3));
+        assert_eq!(m.owners_of(0), addrs(&[("c", 3)]));
         assert_eq!(m.addrs[usize::from(m.owner[100])], ("c".to_owned(), 3));
         // One slot resharded to b: it moves to b's scope.
         m.apply(&nodes, &[r(0, 100, "b", 2), r(101, 16383, "c", 3)]);
@@ -266,10 +295,41 @@ mod tests {
         assert_eq!((m.scope[0], m.scope[8192]), (0, 1));
         m.apply(&all, &[r(0, 8191, "a2", 3), r(8192, 16383, "b", 2)]);
         assert_eq!(m.scope[0], 0);
-        assert_eq!(m.addrs[usize::from(m.primary[0])], ("a2".to_owned(), 3));
+        assert_eq!(m.owners_of(0), addrs(&[("a2", 3)]));
+        assert!(m.owners_of(2).is_empty());
         // Failback (a is promoted again): still the same scope.
         m.apply(&all, &[r(0, 8191, "a", 1), r(8192, 16383, "b", 2)]);
         assert_eq!(m.scope[0], 0);
-        assert_eq!(m.addrs[usize::from(m.primary[0])], ("a".to_owned(), 1));
+        assert_eq!(m.owners_of(0), addrs(&[("a", 1)]));
+    }
+
+    fn r(first: u16, last: u16, h: &str, p: u16) -> Range {
+        Range {
+            first,
+            last,
+            primary: (h.to_owned(), p),
+        }
+    }
+
+    /// A listed replica that comes BEFORE its primary: once promoted it holds the slots in its
+    /// old primary's scope, and reading the same map again (every probe does) leaves them there
+    /// (they moved to the replica's own, empty, scope: its reads skipped the primary's records).
+    #[test]
+    fn a_promoted_replica_listed_first_keeps_the_slots_in_their_scope() {
+        let all = addrs(&[("a2", 3), ("a", 1), ("b", 2)]);
+        let mut m = Map::even(&all);
+        m.apply(&all, &[r(0, 8191, "a", 1), r(8192, 16383, "b", 2)]);
+        assert_eq!((m.scope[0], m.scope[8192]), (1, 2));
+        let promoted = [r(0, 8191, "a2", 3), r(8192, 16383, "b", 2)];
+        for _ in 0..3 {
+            m.apply(&all, &promoted);
+            assert_eq!((m.scope[0], m.scope[8191], m.scope[8192]), (1, 1, 2));
+            assert!(m.owners_of(0).is_empty());
+            assert_eq!(m.owners_of(1), addrs(&[("a2", 3)]));
+        }
+        // The old primary comes back as a replica (not in the map) and is promoted again.
+        m.apply(&all, &[r(0, 8191, "a", 1), r(8192, 16383, "b", 2)]);
+        m.apply(&all, &[r(0, 8191, "a", 1), r(8192, 16383, "b", 2)]);
+        assert_eq!(m.scope[0], 1);
     }
 }

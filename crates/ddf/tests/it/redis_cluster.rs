@@ -250,6 +250,27 @@ fn a_resharded_slot_still_reads_right() {
     cache.set(key, &"v1", None).unwrap();
     let from = owner(&cluster, stored);
     let to = (from + 1) % 3;
+    let slot = start_migration(&cluster, stored, from, to);
+    // Mid-migration: the old owner answers ASK for a key it no longer has.
+    assert_eq!(cache.get::<String>(key).unwrap().as_deref(), Some("v1"));
+    end_migration(&cluster, &slot, to);
+    // After: MOVED, the map is read again, and the key's reads and writes go to the new owner.
+    assert_eq!(cache.get::<String>(key).unwrap().as_deref(), Some("v1"));
+    cache.set(key, &"v2", None).unwrap();
+    assert!(
+        cluster
+            .cli(cluster.nodes[to].port(), &["GET", stored])
+            .contains("v2")
+    );
+    assert_eq!(cache.get::<String>(key).unwrap().as_deref(), Some("v2"));
+    assert!(cache.delete(key).unwrap());
+    assert_eq!(cache.get::<String>(key).unwrap(), None);
+    assert_eq!(row(&cache, "state"), "up");
+}
+
+/// Starts moving the slot of `stored` (a key as stored) from node `from` to node `to`, the
+/// key migrated: `ASK` from the old owner until [`end_migration`]. The slot.
+fn start_migration(cluster: &RedisCluster, stored: &str, from: usize, to: usize) -> String {
     let (fp, tp) = (cluster.nodes[from].port(), cluster.nodes[to].port());
     let id = |p| cluster.cli(p, &["CLUSTER", "MYID"]).trim().to_owned();
     let (from_id, to_id) = (id(fp), id(tp));
@@ -273,19 +294,63 @@ fn a_resharded_slot_still_reads_right() {
         ],
     );
     assert!(out.contains("OK"), "MIGRATE: {out}");
-    // Mid-migration: the old owner answers ASK for a key it no longer has.
-    assert_eq!(cache.get::<String>(key).unwrap().as_deref(), Some("v1"));
+    slot
+}
+
+/// Gives `slot` to node `to` on every node (the end of a resharding: `MOVED` from then on).
+fn end_migration(cluster: &RedisCluster, slot: &str, to: usize) {
+    let to_id = cluster
+        .cli(cluster.nodes[to].port(), &["CLUSTER", "MYID"])
+        .trim()
+        .to_owned();
     for n in &cluster.nodes {
-        cluster.cli(n.port(), &["CLUSTER", "SETSLOT", &slot, "NODE", &to_id]);
+        cluster.cli(n.port(), &["CLUSTER", "SETSLOT", slot, "NODE", &to_id]);
     }
-    // After: MOVED, the map is read again, and the key's reads and writes go to the new owner.
-    assert_eq!(cache.get::<String>(key).unwrap().as_deref(), Some("v1"));
-    cache.set(key, &"v2", None).unwrap();
-    assert!(cluster.cli(tp, &["GET", stored]).contains("v2"));
-    assert_eq!(cache.get::<String>(key).unwrap().as_deref(), Some("v2"));
-    assert!(cache.delete(key).unwrap());
-    assert_eq!(cache.get::<String>(key).unwrap(), None);
-    assert_eq!(row(&cache, "state"), "up");
+}
+
+/// A slot resharded while its scope is down here with a delete recorded (the node was cut off
+/// from this host, not from the cluster): the slot stays in its scope, whose fallback answers,
+/// until that scope has replayed; the new owner's scope, up, never serves the deleted value.
+#[test]
+fn a_slot_resharded_during_an_outage_stays_with_its_records() {
+    let Some(cluster) = cluster() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(&cluster, dir.path());
+    // The stopped node's scope stays down for the whole test once it has failed.
+    cfg.breaker_retry = Duration::from_secs(120);
+    let cache = CacheManager::new(cfg).unwrap();
+    let (key, stored) = ("resharded", "rc:resharded");
+    let from = owner(&cluster, stored);
+    let to = (from + 1) % 3;
+    cluster.nodes[from].process.signal("STOP");
+    let (r, took) = timed(|| cache.delete(key));
+    cluster.nodes[from].process.signal("CONT");
+    assert!(took < HANG, "delete hung");
+    r.unwrap();
+    assert_eq!(row(&cache, "recorded invalidations pending"), "1");
+    // The stopped node ran the delete once resumed (it was in its socket): put the value
+    // back as a delete that never arrived would have left it (another cache, its own journal).
+    let other = tempfile::tempdir().unwrap();
+    CacheManager::new(config(&cluster, other.path()))
+        .unwrap()
+        .set(key, &"old", None)
+        .unwrap();
+    let slot = start_migration(&cluster, stored, from, to);
+    end_migration(&cluster, &slot, to);
+    assert!(
+        cluster
+            .cli(cluster.nodes[to].port(), &["GET", stored])
+            .contains("old")
+    );
+    // `ping` reads the map again (every probe does): the new owner's scope is up.
+    let _ = cache.ping();
+    assert_eq!(
+        cache.get::<String>(key).unwrap(),
+        None,
+        "the deleted value was read through the new owner's scope"
+    );
 }
 
 /// Polls `f` every 50 ms for at most 30 s.

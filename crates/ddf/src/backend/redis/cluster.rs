@@ -10,12 +10,14 @@
 //!   primaries), each a whole `Resilient` with its own breaker, journal scope
 //!   (`redis-cluster://host:port|namespace`), outage generation and fallback entries, built by
 //!   `backend::per_server` as for Memcached. A scope is a **shard**: the slots its node owned
-//!   when the map was read. When a failover promotes a replica, the slots keep their scope and
-//!   the scope's requests go to the promoted node: the invalidations recorded while the old
-//!   primary was down are replayed on the node that now holds its keys, before the scope serves
-//!   again, also when the promoted replica is itself listed. A slot changes scope only when
-//!   the map names as its owner a node that already held slots (a resharding, which `MIGRATE`
-//!   can only do while both nodes answer).
+//!   when the map was read (each node has a home scope, see [`slots::Map::apply`]). When a
+//!   failover promotes a replica, the slots keep their scope and the scope's requests go to the
+//!   promoted node: the invalidations recorded while the old primary was down are replayed on
+//!   the node that now holds its keys, before the scope serves again, also when the promoted
+//!   replica is itself listed (in any order). A slot changes scope only when the map names as
+//!   its owner a node of another scope (a resharding), and only once the old scope has nothing
+//!   to replay and both breakers are closed ([`ScopeState`]); until then it stays, its requests
+//!   going to its new owner.
 //! - **Requests** ([`NodeBackend`], the primary of one scope) go to the slot's owner over our
 //!   bounded connection (`conn.rs`: one deadline per request), through a standalone
 //!   [`RedisBackend`] per node (its pool, error mapping and connection set-up): a stopped
@@ -28,7 +30,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
 use redis::{RedisError, Value};
@@ -36,7 +38,7 @@ use redis::{RedisError, Value};
 use self::slots::{Map, parse_slots, slot_of};
 
 use super::{RedisBackend, commands};
-use crate::backend::resilience::scopes::{Partition, ScopeSpec};
+use crate::backend::resilience::scopes::{Partition, ScopeSpec, ScopeState};
 use crate::backend::{Backend, BackendStatus, Item};
 use crate::config::{RedisEndpoint, RedisSettings, RedisTarget};
 use crate::error::{Error, Result};
@@ -55,6 +57,8 @@ pub(crate) struct Shards {
     /// A standalone backend (pool, error mapping) per node, made on first use.
     backends: Mutex<HashMap<Addr, Arc<RedisBackend>>>,
     settings: RedisSettings,
+    /// The scopes' states, once built: a slot leaves a scope only when it may.
+    states: OnceLock<Vec<ScopeState>>,
 }
 
 impl fmt::Debug for Shards {
@@ -69,6 +73,10 @@ impl Partition for Shards {
     fn scope_of(&self, key: &str) -> usize {
         let slot = slot_of(self.keyspace.storage_key(key).as_bytes());
         usize::from(self.read().scope[usize::from(slot)])
+    }
+
+    fn watch(&self, scopes: Vec<ScopeState>) {
+        let _ = self.states.set(scopes);
     }
 }
 
@@ -91,6 +99,7 @@ impl Shards {
             nodes,
             backends: Mutex::new(HashMap::new()),
             settings: settings.clone(),
+            states: OnceLock::new(),
         });
         if !shards.first_map(settings.connect_timeout + settings.timeout) {
             tracing::warn!(nodes = ?shards.nodes, "no Redis Cluster node answered CLUSTER SLOTS; keys are placed by the even split until one does");
@@ -238,13 +247,32 @@ impl Shards {
                 source: None,
             });
         };
-        let changed = self
-            .map
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .apply(&self.nodes, &ranges);
-        if changed {
+        // A slot leaves a scope only when that scope has nothing to replay and its breaker is
+        // closed, into a scope whose breaker is closed: a key recorded while its scope was
+        // down is never read through another scope first. Before the scopes are built (the
+        // first reading), nothing is recorded by this cache yet.
+        let mut may_move = |from: u16, to: u16| match self.states.get() {
+            None => true,
+            Some(states) => {
+                states
+                    .get(usize::from(from))
+                    .is_some_and(ScopeState::is_settled)
+                    && states.get(usize::from(to)).is_some_and(ScopeState::is_up)
+            }
+        };
+        let done = self.map.write().unwrap_or_else(|p| p.into_inner()).apply(
+            &self.nodes,
+            &ranges,
+            &mut may_move,
+        );
+        if done.changed {
             tracing::info!(from = %format!("{}:{}", addr.0, addr.1), ranges = ranges.len(), "Redis Cluster slot map changed");
+        }
+        if done.held_back > 0 {
+            tracing::debug!(
+                slots = done.held_back,
+                "resharded slots stay in their scope until it has replayed its records"
+            );
         }
         Ok(())
     }

@@ -33,8 +33,41 @@ pub(crate) trait Partition: Send + Sync + fmt::Debug + 'static {
     /// The scope (an index into the scopes the backend was built with) that holds `key`, a user
     /// key. Never changes for a key while the configuration is the same, whatever the servers'
     /// state, except on a Redis Cluster when a resharding moves the key's slot to another
-    /// primary (both up: see `redis/cluster.rs`).
+    /// primary (once the old scope has nothing to replay: see [`Partition::watch`] and
+    /// `redis/cluster.rs`).
     fn scope_of(&self, key: &str) -> usize;
+
+    /// Told once the scopes are built (in their order) how to see their state: a partition
+    /// that can move a key from one scope to another (a Redis Cluster's resharding) moves it
+    /// only out of a scope with nothing to replay. The default ignores it.
+    fn watch(&self, _scopes: Vec<ScopeState>) {}
+}
+
+/// A scope's state as a [`Partition`] may ask it: whether its breaker is closed and whether
+/// invalidations are recorded for it (by this process or another). Holds the scope weakly:
+/// the partition is reached from the scope's own primary.
+#[derive(Clone)]
+pub(crate) struct ScopeState(std::sync::Weak<super::Shared>);
+
+impl fmt::Debug for ScopeState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("ScopeState").finish_non_exhaustive()
+    }
+}
+
+impl ScopeState {
+    /// The scope's breaker is closed (its primary serves its keys).
+    pub(crate) fn is_up(&self) -> bool {
+        self.0.upgrade().is_some_and(|s| s.breaker.is_up())
+    }
+
+    /// The scope may give a key away: its breaker is closed and nothing is recorded for it
+    /// (a journal that cannot be read counts as something recorded).
+    pub(crate) fn is_settled(&self) -> bool {
+        self.0.upgrade().is_some_and(|s| {
+            s.breaker.is_up() && s.journal.count(&s.cfg.scope).is_ok_and(|n| n == 0)
+        })
+    }
 }
 
 /// What makes one scope: its label in messages (`host:port`), its identity in the journal
@@ -335,6 +368,12 @@ impl PerScope {
                 "{name}: no server to route keys to: list at least one"
             )));
         }
+        partition.watch(
+            scopes
+                .iter()
+                .map(|s| ScopeState(Arc::downgrade(&s.resilient.shared)))
+                .collect(),
+        );
         Ok(PerScope {
             name,
             partition,

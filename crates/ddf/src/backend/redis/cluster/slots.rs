@@ -86,6 +86,16 @@ pub(super) fn parse_slots(v: &Value, asked: &str) -> Option<Vec<Range>> {
     Some(out)
 }
 
+/// What [`Map::apply`] did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(super) struct Applied {
+    /// A slot changed owner.
+    pub(super) changed: bool,
+    /// Slots left in their scope although their owner's home is another (the move waits
+    /// until their scope may give them away).
+    pub(super) held_back: usize,
+}
+
 /// The slot map: which scope and which node each slot belongs to.
 #[derive(Debug)]
 pub(super) struct Map {
@@ -141,14 +151,22 @@ impl Map {
         }
     }
 
-    /// Takes the ranges a node announced; whether a slot changed owner. The scope rule (see
-    /// the module docs): each node has a *home* scope. At the first reading, a listed node's
-    /// home is its own scope. Later, a node that held no slots (a promoted replica, listed or
-    /// not, or a new node) makes its home the scope the slots it takes were in (a failover:
-    /// the scope's probe then pings it); a node that held slots keeps its home, whatever the
-    /// order of the listed nodes, so a slot moves only when the map names as its owner a node
-    /// of another scope (a resharding).
-    pub(super) fn apply(&mut self, nodes: &[Addr], ranges: &[Range]) -> bool {
+    /// Takes the ranges a node announced. The scope rule (see the module docs): each node has
+    /// a *home* scope. At the first reading, a listed node's home is its own scope. Later, a
+    /// node that held no slots (a promoted replica, listed or not, or a new node) makes its
+    /// home the scope the slots it takes were in (a failover: the scope's probe then pings
+    /// it); a node that held slots keeps its home, whatever the order of the listed nodes.
+    /// So a slot changes scope only when the map names as its owner a node of another scope (a
+    /// resharding, or the real map replacing the even split), and only when
+    /// `may_move(from, to)` allows it (the old scope's breaker is closed with nothing recorded,
+    /// the new one's closed); until then it stays in its scope, its requests going to its new
+    /// owner.
+    pub(super) fn apply(
+        &mut self,
+        nodes: &[Addr],
+        ranges: &[Range],
+        may_move: &mut dyn FnMut(u16, u16) -> bool,
+    ) -> Applied {
         let first_reading = !self.known;
         let mut held = vec![false; self.addrs.len()];
         for &o in &self.owner {
@@ -159,7 +177,23 @@ impl Map {
         if first_reading {
             self.home.iter_mut().for_each(|h| *h = None);
         }
-        let mut changed = false;
+        // One question per pair of scopes (asking may read the journal).
+        let n = nodes.len().max(1);
+        let mut asked: Vec<Option<bool>> = vec![None; n * n];
+        let mut allowed = |from: u16, to: u16| {
+            let i = usize::from(from) * n + usize::from(to);
+            match asked.get(i).copied().flatten() {
+                Some(yes) => yes,
+                None => {
+                    let yes = may_move(from, to);
+                    if let Some(a) = asked.get_mut(i) {
+                        *a = Some(yes);
+                    }
+                    yes
+                }
+            }
+        };
+        let mut out = Applied::default();
         for r in ranges {
             let owner = self.index(&r.primary);
             let current = self.scope[usize::from(r.first)];
@@ -178,13 +212,18 @@ impl Map {
                 }
             };
             for s in usize::from(r.first)..=usize::from(r.last) {
-                changed |= self.owner[s] != owner;
-                self.scope[s] = home;
+                out.changed |= self.owner[s] != owner;
+                let from = self.scope[s];
+                if from == home || allowed(from, home) {
+                    self.scope[s] = home;
+                } else {
+                    out.held_back += 1;
+                }
                 self.owner[s] = owner;
             }
         }
         self.known = true;
-        changed
+        out
     }
 
     /// The nodes that own a slot of `scope`, in slot order.
@@ -259,6 +298,10 @@ mod tests {
         assert!(parse_slots(&Value::Array(vec![range(0, 16384, "h", 1)]), "x").is_none());
     }
 
+    fn yes(_: u16, _: u16) -> bool {
+        true
+    }
+
     #[test]
     fn a_promoted_replica_keeps_the_shard_and_a_resharding_moves_slots() {
         let nodes = addrs(&[("a", 1), ("b", 2)]);
@@ -269,21 +312,23 @@ mod tests {
         assert_eq!((m.scope[10922], m.scope[10923], m.scope[16383]), (1, 2, 2));
         let mut m = Map::even(&nodes);
         assert_eq!((m.scope[8191], m.scope[8192], m.scope[16383]), (0, 1, 1));
-        let r = |first, last, h: &str, p| Range {
-            first,
-            last,
-            primary: (h.to_owned(), p),
-        };
         // The real map: b owns the start.
-        assert!(m.apply(&nodes, &[r(0, 99, "b", 2), r(100, 16383, "a", 1)]));
+        assert!(
+            m.apply(&nodes, &[r(0, 99, "b", 2), r(100, 16383, "a", 1)], &mut yes)
+                .changed
+        );
         assert_eq!((m.scope[0], m.scope[100]), (1, 0));
         // a's replica c is promoted: its slots stay in a's scope, whose probe now pings c.
-        m.apply(&nodes, &[r(0, 99, "b", 2), r(100, 16383, "c", 3)]);
+        m.apply(&nodes, &[r(0, 99, "b", 2), r(100, 16383, "c", 3)], &mut yes);
         assert_eq!(m.scope[100], 0);
         assert_eq!(m.owners_of(0), addrs(&[("c", 3)]));
         assert_eq!(m.addrs[usize::from(m.owner[100])], ("c".to_owned(), 3));
         // One slot resharded to b: it moves to b's scope.
-        m.apply(&nodes, &[r(0, 100, "b", 2), r(101, 16383, "c", 3)]);
+        m.apply(
+            &nodes,
+            &[r(0, 100, "b", 2), r(101, 16383, "c", 3)],
+            &mut yes,
+        );
         assert_eq!((m.scope[100], m.scope[101]), (1, 0));
 
         // Every node listed, replicas too: a listed replica that is promoted takes the shard
@@ -291,14 +336,26 @@ mod tests {
         // its own.
         let all = addrs(&[("a", 1), ("b", 2), ("a2", 3)]);
         let mut m = Map::even(&all);
-        m.apply(&all, &[r(0, 8191, "a", 1), r(8192, 16383, "b", 2)]);
+        m.apply(
+            &all,
+            &[r(0, 8191, "a", 1), r(8192, 16383, "b", 2)],
+            &mut yes,
+        );
         assert_eq!((m.scope[0], m.scope[8192]), (0, 1));
-        m.apply(&all, &[r(0, 8191, "a2", 3), r(8192, 16383, "b", 2)]);
+        m.apply(
+            &all,
+            &[r(0, 8191, "a2", 3), r(8192, 16383, "b", 2)],
+            &mut yes,
+        );
         assert_eq!(m.scope[0], 0);
         assert_eq!(m.owners_of(0), addrs(&[("a2", 3)]));
         assert!(m.owners_of(2).is_empty());
         // Failback (a is promoted again): still the same scope.
-        m.apply(&all, &[r(0, 8191, "a", 1), r(8192, 16383, "b", 2)]);
+        m.apply(
+            &all,
+            &[r(0, 8191, "a", 1), r(8192, 16383, "b", 2)],
+            &mut yes,
+        );
         assert_eq!(m.scope[0], 0);
         assert_eq!(m.owners_of(0), addrs(&[("a", 1)]));
     }
@@ -318,18 +375,80 @@ mod tests {
     fn a_promoted_replica_listed_first_keeps_the_slots_in_their_scope() {
         let all = addrs(&[("a2", 3), ("a", 1), ("b", 2)]);
         let mut m = Map::even(&all);
-        m.apply(&all, &[r(0, 8191, "a", 1), r(8192, 16383, "b", 2)]);
+        m.apply(
+            &all,
+            &[r(0, 8191, "a", 1), r(8192, 16383, "b", 2)],
+            &mut yes,
+        );
         assert_eq!((m.scope[0], m.scope[8192]), (1, 2));
         let promoted = [r(0, 8191, "a2", 3), r(8192, 16383, "b", 2)];
         for _ in 0..3 {
-            m.apply(&all, &promoted);
+            m.apply(&all, &promoted, &mut yes);
             assert_eq!((m.scope[0], m.scope[8191], m.scope[8192]), (1, 1, 2));
             assert!(m.owners_of(0).is_empty());
             assert_eq!(m.owners_of(1), addrs(&[("a2", 3)]));
         }
         // The old primary comes back as a replica (not in the map) and is promoted again.
-        m.apply(&all, &[r(0, 8191, "a", 1), r(8192, 16383, "b", 2)]);
-        m.apply(&all, &[r(0, 8191, "a", 1), r(8192, 16383, "b", 2)]);
+        m.apply(
+            &all,
+            &[r(0, 8191, "a", 1), r(8192, 16383, "b", 2)],
+            &mut yes,
+        );
+        m.apply(
+            &all,
+            &[r(0, 8191, "a", 1), r(8192, 16383, "b", 2)],
+            &mut yes,
+        );
         assert_eq!(m.scope[0], 1);
+    }
+
+    /// A resharding moves a slot only out of a scope that may give it away (breaker closed,
+    /// nothing recorded) into one that is up; until then the slot stays, its requests going to
+    /// the new owner, and a later reading moves it.
+    #[test]
+    fn a_slot_leaves_a_scope_only_when_that_scope_may_give_it_away() {
+        let nodes = addrs(&[("a", 1), ("b", 2)]);
+        let mut m = Map::even(&nodes);
+        let before = [r(0, 8191, "a", 1), r(8192, 16383, "b", 2)];
+        m.apply(&nodes, &before, &mut yes);
+        // Slots 0-9 resharded from a to b while a's scope has records (or is open).
+        let after = [r(0, 9, "b", 2), r(10, 8191, "a", 1), r(8192, 16383, "b", 2)];
+        let mut asked = Vec::new();
+        let done = m.apply(&nodes, &after, &mut |from, to| {
+            asked.push((from, to));
+            false
+        });
+        assert_eq!(asked, [(0, 1)], "one question per pair of scopes");
+        assert_eq!(
+            done,
+            Applied {
+                changed: true,
+                held_back: 10
+            }
+        );
+        assert_eq!((m.scope[0], m.scope[9], m.scope[10]), (0, 0, 0));
+        assert_eq!(m.addrs[usize::from(m.owner[0])], ("b".to_owned(), 2));
+        assert_eq!(m.owners_of(0), addrs(&[("b", 2), ("a", 1)]));
+        // Read again while a's scope still may not: the slots stay.
+        let again = m.apply(&nodes, &after, &mut |_, _| false);
+        assert_eq!(
+            again,
+            Applied {
+                changed: false,
+                held_back: 10
+            }
+        );
+        assert_eq!(m.scope[0], 0);
+        // Once it may (replayed, closed), the next reading moves them.
+        let moved = m.apply(&nodes, &after, &mut yes);
+        assert_eq!(
+            moved,
+            Applied {
+                changed: false,
+                held_back: 0
+            }
+        );
+        assert_eq!((m.scope[0], m.scope[9], m.scope[10]), (1, 1, 0));
+        assert_eq!(m.owners_of(0), addrs(&[("a", 1)]));
     }
 }

@@ -353,6 +353,58 @@ fn a_slot_resharded_during_an_outage_stays_with_its_records() {
     );
 }
 
+/// `CLUSTER SLOTS` calls a node has served since its statistics were reset.
+fn cluster_slots_calls(cluster: &RedisCluster, node: usize) -> u64 {
+    let stats = cluster.cli(cluster.nodes[node].port(), &["INFO", "commandstats"]);
+    stats
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("cmdstat_cluster|slots:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+/// A batch whose keys all met `MOVED` (their slot resharded): the map is read once, not once
+/// per key, and every key is read, written and deleted on the new owner; `meta` follows
+/// `MOVED` too.
+#[test]
+fn a_batch_in_a_moved_slot_reads_the_map_once() {
+    let Some(cluster) = cluster() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let cache = CacheManager::new(config(&cluster, dir.path())).unwrap();
+    let keys: Vec<String> = (0..20).map(|i| format!("{{mv}}:{i}")).collect();
+    for k in &keys {
+        cache.set(k, &format!("v-{k}"), None).unwrap();
+    }
+    let from = owner(&cluster, "rc:{mv}:0");
+    let to = (from + 1) % 3;
+    let (fp, tp) = (cluster.nodes[from].port(), cluster.nodes[to].port());
+    let slot = start_migration(&cluster, "rc:{mv}:0", from, to);
+    let mut migrate = vec!["MIGRATE", "127.0.0.1"];
+    let tp_text = tp.to_string();
+    migrate.extend([tp_text.as_str(), "", "0", "5000", "KEYS"]);
+    let stored: Vec<String> = keys.iter().map(|k| format!("rc:{k}")).collect();
+    migrate.extend(stored.iter().skip(1).map(String::as_str));
+    assert!(cluster.cli(fp, &migrate).contains("OK"));
+    end_migration(&cluster, &slot, to);
+    cluster.cli(tp, &["CONFIG", "RESETSTAT"]);
+    let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+    let got = cache.get_many::<String>(&refs).unwrap();
+    assert_eq!(got.len(), 20);
+    for (k, v) in keys.iter().zip(&got) {
+        assert_eq!(v.as_deref(), Some(format!("v-{k}").as_str()), "{k}");
+    }
+    let calls = cluster_slots_calls(&cluster, to);
+    // One after the MOVEDs; the probes may read it once or twice meanwhile (not 20).
+    assert!((1..=3).contains(&calls), "CLUSTER SLOTS read {calls} times");
+    // The slot moves back (its first key with it): `meta` meets MOVED and follows it.
+    let slot = start_migration(&cluster, "rc:{mv}:0", to, from);
+    end_migration(&cluster, &slot, from);
+    assert!(cache.get_meta(&keys[0]).unwrap().is_some());
+    assert_eq!(row(&cache, "state"), "up");
+}
+
 /// Polls `f` every 50 ms for at most 30 s.
 fn eventually(what: &str, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -22,9 +22,10 @@
 //!   bounded connection (`conn.rs`: one deadline per request), through a standalone
 //!   [`RedisBackend`] per node (its pool, error mapping and connection set-up): a stopped
 //!   primary costs one timeout, then its breaker is open and only its keys go to the fallback.
-//!   Batches are one pipeline per node. `MOVED` refreshes the map and the command is sent once
-//!   more, to the new owner; `ASK` sends `ASKING` and the command to the node named (the map is
-//!   not changed: the slot is only being migrated).
+//!   Batches are one pipeline per node. The commands met by `MOVED` are sent again to the node
+//!   named, grouped per node, and the map is read once per batch; `ASK` sends `ASKING` and the
+//!   command to the node named (the map is not changed: the slot is only being migrated). At
+//!   most [`HOPS`] sends per command.
 //! - **Prefix deletes, `clear`**: each scope scans the nodes that own its slots (`SCAN` +
 //!   single-key `UNLINK`s: a multi-key `UNLINK` across slots is refused by a cluster node).
 
@@ -300,6 +301,34 @@ struct Keyed {
     cmd: redis::Cmd,
 }
 
+/// Where a command goes: its slot's owner, or (after `ASK`) the node named, `ASKING` first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Hop {
+    addr: Addr,
+    asking: bool,
+}
+
+/// Sends per command: the first, then up to two redirects (`MOVED` to a node that answers
+/// `ASK` during a migration, say). A slot still redirected after that is moving again.
+const HOPS: usize = 3;
+
+/// The node a `MOVED`/`ASK` names; `None` for another error. A redirect that names no host
+/// (`-MOVED 3999 :6381`, a node announced without an endpoint) is at the host asked.
+fn redirect(e: &RedisError, asked: &Addr) -> Option<Hop> {
+    let (named, _slot) = e.redirect_node()?;
+    let (host, port) = named.rsplit_once(':')?;
+    let port = port.parse::<u16>().ok().filter(|&p| p != 0)?;
+    let host = if host.is_empty() || host == "?" {
+        asked.0.clone()
+    } else {
+        host.to_owned()
+    };
+    Some(Hop {
+        addr: (host, port),
+        asking: e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::Ask),
+    })
+}
+
 impl NodeBackend {
     fn keyed(&self, key: &str, f: impl FnOnce(&str) -> redis::Cmd) -> Keyed {
         let k = self.shards.keyspace.storage_key(key);
@@ -309,89 +338,122 @@ impl NodeBackend {
         }
     }
 
-    /// Sends the commands, one pipeline per owning node (one round trip each, one deadline
-    /// each), then follows each `MOVED`/`ASK` once. Replies in order.
+    /// Sends the commands, one pipeline per node (one round trip each, one deadline each).
+    /// The commands redirected are sent again together, grouped by the node named: after a
+    /// `MOVED` the map is read once (from the first node named), whatever the number of keys;
+    /// after an `ASK`, `ASKING` precedes each command. At most [`HOPS`] sends per command; a
+    /// slot still redirected after that is an error that is not the server's failure (it
+    /// does not count toward the breaker). Replies in order.
     fn exec(&self, what: &str, cmds: &[Keyed]) -> Result<Vec<Value>> {
-        let mut groups: Vec<(Addr, Vec<usize>)> = Vec::new();
-        for (i, c) in cmds.iter().enumerate() {
-            let owner = self.shards.owner(c.slot);
-            match groups.iter_mut().find(|(a, _)| *a == owner) {
-                Some((_, v)) => v.push(i),
-                None => groups.push((owner, vec![i])),
-            }
-        }
         let mut out = vec![Value::Nil; cmds.len()];
-        for (addr, idx) in &groups {
-            let b = self.shards.node(addr)?;
-            let vals = match idx.as_slice() {
-                [one] => {
-                    let packed = cmds[*one].cmd.get_packed_command();
-                    vec![b.run(what, |c| c.as_like().req_packed_command(&packed))?]
+        let mut todo: Vec<(usize, Hop)> = cmds
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let addr = self.shards.owner(c.slot);
+                (
+                    i,
+                    Hop {
+                        addr,
+                        asking: false,
+                    },
+                )
+            })
+            .collect();
+        for hop in 1..=HOPS {
+            let mut groups: Vec<(Hop, Vec<usize>)> = Vec::new();
+            for (i, to) in todo.drain(..) {
+                match groups.iter_mut().find(|(h, _)| *h == to) {
+                    Some((_, v)) => v.push(i),
+                    None => groups.push((to, vec![i])),
                 }
-                _ => {
-                    let mut p = redis::pipe();
-                    for &i in idx {
-                        p.add_command(cmds[i].cmd.clone());
-                    }
-                    let packed = p.get_packed_pipeline();
-                    b.run(what, |c| {
-                        c.as_like().req_packed_commands(&packed, 0, idx.len())
-                    })?
-                }
-            };
-            if vals.len() != idx.len() {
-                return Err(Error::Backend {
-                    backend: super::NAME,
-                    message: format!(
-                        "{what} on {}:{}: {} replies for {} commands",
-                        addr.0,
-                        addr.1,
-                        vals.len(),
-                        idx.len()
-                    ),
-                    temporary: false,
-                    source: None,
-                });
             }
-            for (&i, v) in idx.iter().zip(vals) {
-                out[i] = match v {
-                    Value::ServerError(e) => self.redirect(what, addr, &cmds[i].cmd, e.into())?,
-                    v => v,
-                };
+            let mut moved: Option<Addr> = None;
+            for (to, idx) in &groups {
+                let vals = self.send(what, to, cmds, idx)?;
+                for (&i, v) in idx.iter().zip(vals) {
+                    let Value::ServerError(e) = v else {
+                        out[i] = v;
+                        continue;
+                    };
+                    let e: RedisError = e.into();
+                    match redirect(&e, &to.addr) {
+                        None => return Err(self.shards.node(&to.addr)?.map_err(what, &e)),
+                        Some(_) if hop == HOPS => return Err(self.still_moving(what, &e)),
+                        Some(next) => {
+                            if !next.asking && moved.is_none() {
+                                moved = Some(next.addr.clone());
+                            }
+                            todo.push((i, next));
+                        }
+                    }
+                }
+            }
+            if let Some(to) = moved
+                && let Err(err) = self.shards.refresh_from(&to)
+            {
+                tracing::debug!(error = %err, "cannot read the slot map after MOVED");
+            }
+            if todo.is_empty() {
+                break;
             }
         }
         Ok(out)
     }
 
-    /// Follows a `MOVED` (map refreshed from the new owner, the command sent there once) or an
-    /// `ASK` (`ASKING` + the command at the node named); any other error reply is the error.
-    fn redirect(&self, what: &str, from: &Addr, cmd: &redis::Cmd, e: RedisError) -> Result<Value> {
-        let to = e
-            .redirect_node()
-            .and_then(|(a, _)| a.rsplit_once(':'))
-            .and_then(|(h, p)| Some((h.to_owned(), p.parse::<u16>().ok()?)));
-        let Some(to) = to else {
-            return Err(self.shards.node(from)?.map_err(what, &e));
+    /// One pipeline of `idx`'s commands to one node (`ASKING` before each after an `ASK`); a
+    /// reply per command.
+    fn send(&self, what: &str, to: &Hop, cmds: &[Keyed], idx: &[usize]) -> Result<Vec<Value>> {
+        let b = self.shards.node(&to.addr)?;
+        let vals = match (idx, to.asking) {
+            ([one], false) => {
+                let packed = cmds[*one].cmd.get_packed_command();
+                vec![b.run(what, |c| c.as_like().req_packed_command(&packed))?]
+            }
+            _ => {
+                let mut p = redis::pipe();
+                for &i in idx {
+                    if to.asking {
+                        p.add_command(redis::cmd("ASKING"));
+                    }
+                    p.add_command(cmds[i].cmd.clone());
+                }
+                let packed = p.get_packed_pipeline();
+                let per = if to.asking { 2 } else { 1 };
+                let all = b.run(what, |c| {
+                    c.as_like().req_packed_commands(&packed, 0, idx.len() * per)
+                })?;
+                // After `ASKING`, its `OK` then the command's reply: keep the second.
+                all.into_iter().skip(per - 1).step_by(per).collect()
+            }
         };
-        let ask = e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::Ask);
-        if !ask && let Err(err) = self.shards.refresh_from(&to) {
-            tracing::debug!(error = %err, "cannot read the slot map after MOVED");
+        if vals.len() != idx.len() {
+            return Err(Error::Backend {
+                backend: super::NAME,
+                message: format!(
+                    "{what} on {}:{}: {} replies for {} commands",
+                    to.addr.0,
+                    to.addr.1,
+                    vals.len(),
+                    idx.len()
+                ),
+                temporary: false,
+                source: None,
+            });
         }
-        let b = self.shards.node(&to)?;
-        let v = if ask {
-            let mut p = redis::pipe();
-            p.add_command(redis::cmd("ASKING")).add_command(cmd.clone());
-            let packed = p.get_packed_pipeline();
-            b.run(what, |c| c.as_like().req_packed_commands(&packed, 1, 1))?
-                .pop()
-                .unwrap_or(Value::Nil)
-        } else {
-            let packed = cmd.get_packed_command();
-            b.run(what, |c| c.as_like().req_packed_command(&packed))?
-        };
-        match v {
-            Value::ServerError(e) => Err(b.map_err(what, &e.into())),
-            v => Ok(v),
+        Ok(vals)
+    }
+
+    /// A slot redirected at every send: it is being resharded again.
+    fn still_moving(&self, what: &str, e: &RedisError) -> Error {
+        Error::Backend {
+            backend: super::NAME,
+            message: format!(
+                "{what} on the Redis Cluster: the key's slot was redirected {HOPS} times \
+                 (a resharding in progress; try again): {e}"
+            ),
+            temporary: false,
+            source: None,
         }
     }
 
@@ -552,9 +614,23 @@ impl Backend for NodeBackend {
         Ok(out)
     }
 
+    /// `PTTL` and `STRLEN` of the key, one pipeline to its owner, redirects followed as for
+    /// any request.
     fn meta(&self, key: &str) -> Result<Option<crate::backend::EntryInfo>> {
-        let slot = slot_of(self.shards.keyspace.storage_key(key).as_bytes());
-        self.shards.node(&self.shards.owner(slot))?.meta(key)
+        let pttl = self.keyed(key, |k| redis::cmd("PTTL").arg(k).clone());
+        let strlen = self.keyed(key, |k| redis::cmd("STRLEN").arg(k).clone());
+        let slot = pttl.slot;
+        let vals = self.exec("PTTL/STRLEN", &[pttl, strlen])?;
+        let [pttl, size] =
+            <[Value; 2]>::try_from(vals).map_err(|_| self.parse_error("PTTL/STRLEN"))?;
+        let pttl: i64 = self.convert("PTTL", pttl)?;
+        let size: i64 = self.convert("STRLEN", size)?;
+        let stored = self.shards.keyspace.storage_key(key);
+        Ok(self.shards.node(&self.shards.owner(slot))?.entry(
+            stored.as_bytes(),
+            pttl,
+            size.max(0) as u64,
+        ))
     }
 
     fn close(&self) {
@@ -598,5 +674,50 @@ impl Backend for NodeBackend {
             n += self.convert::<u64>("UNLINK", v)?;
         }
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The error a node replies with.
+    fn reply(resp: &str) -> RedisError {
+        match redis::parse_redis_value(resp.as_bytes()) {
+            Ok(Value::ServerError(e)) => e.into(),
+            Ok(v) => panic!("not an error reply: {v:?}"),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn redirects_name_their_node_or_the_one_asked() {
+        let asked = ("10.0.0.9".to_owned(), 7000);
+        let to = |h: &str, p| (h.to_owned(), p);
+        assert_eq!(
+            redirect(&reply("-MOVED 3999 10.0.0.2:6381\r\n"), &asked),
+            Some(Hop {
+                addr: to("10.0.0.2", 6381),
+                asking: false
+            })
+        );
+        // No host announced: the node asked.
+        assert_eq!(
+            redirect(&reply("-MOVED 3999 :6381\r\n"), &asked),
+            Some(Hop {
+                addr: to("10.0.0.9", 6381),
+                asking: false
+            })
+        );
+        assert_eq!(
+            redirect(&reply("-ASK 3999 ?:6382\r\n"), &asked),
+            Some(Hop {
+                addr: to("10.0.0.9", 6382),
+                asking: true
+            })
+        );
+        assert_eq!(redirect(&reply("-MOVED 3999 h:0\r\n"), &asked), None);
+        assert_eq!(redirect(&reply("-ERR wrong\r\n"), &asked), None);
+        assert_eq!(redirect(&reply("-TRYAGAIN later\r\n"), &asked), None);
     }
 }

@@ -36,7 +36,7 @@ use std::time::Duration;
 
 use redis::{RedisError, Value};
 
-use self::slots::{Map, parse_slots, slot_of};
+use self::slots::{Map, parse_slots, slot_of, unknown};
 
 use super::{RedisBackend, commands};
 use crate::backend::resilience::scopes::{Partition, ScopeSpec, ScopeState};
@@ -60,6 +60,8 @@ pub(crate) struct Shards {
     settings: RedisSettings,
     /// The scopes' states, once built: a slot leaves a scope only when it may.
     states: OnceLock<Vec<ScopeState>>,
+    /// The listed nodes already warned about (absent from the slot map).
+    warned: Mutex<Vec<Addr>>,
 }
 
 impl fmt::Debug for Shards {
@@ -101,6 +103,7 @@ impl Shards {
             backends: Mutex::new(HashMap::new()),
             settings: settings.clone(),
             states: OnceLock::new(),
+            warned: Mutex::new(Vec::new()),
         });
         if !shards.first_map(settings.connect_timeout + settings.timeout) {
             tracing::warn!(nodes = ?shards.nodes, "no Redis Cluster node answered CLUSTER SLOTS; keys are placed by the even split until one does");
@@ -109,18 +112,24 @@ impl Shards {
     }
 
     /// Asks every listed node for the slot map at once and waits for the first answer, at most
-    /// `wait` (a stopped node costs nothing when another answers); whether one did. A node that
-    /// answers later still applies its map (the same map: nothing changes).
+    /// `wait` (a stopped node costs nothing when another answers); whether one did.
     fn first_map(self: &Arc<Self>, wait: Duration) -> bool {
+        self.ask_map(&self.nodes, wait)
+    }
+
+    /// Asks `addrs` for the slot map at once, each on a thread of its own, and waits for the
+    /// first answer, at most `wait`; whether one did. A node that answers later still applies
+    /// its map (read by the same rule: a stale one cannot move a slot out of a scope with
+    /// records). A thread the system refuses is replaced by asking that node here.
+    fn ask_map(self: &Arc<Self>, addrs: &[Addr], wait: Duration) -> bool {
         let (tx, rx) = std::sync::mpsc::channel();
-        for n in &self.nodes {
+        for n in addrs {
             let (shards, node, tx) = (self.clone(), n.clone(), tx.clone());
             let asked = std::thread::Builder::new()
                 .name("ddf-cluster-map".to_owned())
                 .spawn(move || {
                     let _ = tx.send(shards.refresh_from(&node).is_ok());
                 });
-            // A thread the system refuses: ask that node here.
             if asked.is_err() && self.refresh_from(n).is_ok() {
                 return true;
             }
@@ -248,6 +257,7 @@ impl Shards {
                 source: None,
             });
         };
+        self.warn_unknown(&ranges);
         // A slot leaves a scope only when that scope has nothing to replay and its breaker is
         // closed, into a scope whose breaker is closed: a key recorded while its scope was
         // down is never read through another scope first. Before the scopes are built (the
@@ -278,13 +288,41 @@ impl Shards {
         Ok(())
     }
 
-    /// Reads the map from any node but `skip`, the first that answers; whether one did.
-    fn refresh_elsewhere(&self, skip: &Addr) -> bool {
-        let others: Vec<Addr> = {
+    /// Warns once per listed node that the slot map names nowhere (neither a primary nor a
+    /// replica): its scope never holds a slot, and when it is listed under another name than
+    /// the cluster announces, its slots fall into the even split's guess.
+    fn warn_unknown(&self, ranges: &[slots::Range]) {
+        let missing = unknown(&self.nodes, ranges);
+        if missing.is_empty() {
+            return;
+        }
+        let mut warned = self.warned.lock().unwrap_or_else(|p| p.into_inner());
+        for (host, port) in missing {
+            if warned.iter().any(|w| w.0 == *host && w.1 == *port) {
+                continue;
+            }
+            warned.push((host.clone(), *port));
+            tracing::warn!(node = %format!("{host}:{port}"), "a node of redis_cluster_nodes is not in the cluster's slot map (CLUSTER SLOTS) as a primary or a replica: list the nodes as the cluster announces them (the same host names or addresses)");
+        }
+    }
+
+    /// Reads the map from the nodes that may know it (the listed nodes and the owners of a
+    /// slot now; an address seen once and owning nothing is not asked again) but `skip`, all
+    /// at once, the first answer taken (at most `connect_timeout` + `timeout`); whether one
+    /// did.
+    fn refresh_elsewhere(self: &Arc<Self>, skip: &Addr) -> bool {
+        let mut ask: Vec<Addr> = self.nodes.clone();
+        {
             let map = self.read();
-            map.addrs.iter().filter(|a| *a != skip).cloned().collect()
-        };
-        others.iter().any(|a| self.refresh_from(a).is_ok())
+            for a in map.owners() {
+                if !ask.contains(a) {
+                    ask.push(a.clone());
+                }
+            }
+        }
+        ask.retain(|a| a != skip);
+        let wait = self.settings.connect_timeout + self.settings.timeout;
+        self.ask_map(&ask, wait)
     }
 }
 

@@ -42,6 +42,22 @@ pub(super) struct Range {
     first: u16,
     last: u16,
     primary: Addr,
+    /// Its replicas (what the reply names after the primary).
+    replicas: Vec<Addr>,
+}
+
+/// The nodes of `nodes` that `ranges` name neither as a primary nor as a replica: listed in
+/// the configuration under another name than the cluster announces (`localhost` for
+/// `127.0.0.1`), or not in the cluster.
+pub(super) fn unknown<'a>(nodes: &'a [Addr], ranges: &[Range]) -> Vec<&'a Addr> {
+    nodes
+        .iter()
+        .filter(|n| {
+            !ranges
+                .iter()
+                .any(|r| r.primary == **n || r.replicas.contains(n))
+        })
+        .collect()
 }
 
 /// The ranges of a `CLUSTER SLOTS` reply (`[[first, last, [host, port, id, ...], replicas...],
@@ -64,23 +80,30 @@ pub(super) fn parse_slots(v: &Value, asked: &str) -> Option<Vec<Range>> {
     for r in ranges {
         let Value::Array(f) = r else { return None };
         let (first, last) = (int(f.first()?)?, int(f.get(1)?)?);
-        let Value::Array(node) = f.get(2)? else {
-            return None;
+        let node = |v: &Value| {
+            let Value::Array(node) = v else {
+                return None;
+            };
+            let host = text(node.first()?)?;
+            let port = int(node.get(1)?).filter(|&p| p != 0)?;
+            let host = if host.is_empty() || host == "?" {
+                asked.to_owned()
+            } else {
+                host
+            };
+            Some((host, port))
         };
-        let host = text(node.first()?)?;
-        let port = int(node.get(1)?)?;
-        let host = if host.is_empty() || host == "?" {
-            asked.to_owned()
-        } else {
-            host
-        };
-        if first > last || usize::from(last) >= SLOTS || port == 0 {
+        let primary = node(f.get(2)?)?;
+        if first > last || usize::from(last) >= SLOTS {
             return None;
         }
+        // A replica the reply does not describe fully is left out (it serves no request).
+        let replicas = f.iter().skip(3).filter_map(node).collect();
         out.push(Range {
             first,
             last,
-            primary: (host, port),
+            primary,
+            replicas,
         });
     }
     Some(out)
@@ -226,6 +249,20 @@ impl Map {
         out
     }
 
+    /// Every node that owns a slot.
+    pub(super) fn owners(&self) -> impl Iterator<Item = &Addr> {
+        let mut seen = vec![false; self.addrs.len()];
+        for &o in &self.owner {
+            if let Some(x) = seen.get_mut(usize::from(o)) {
+                *x = true;
+            }
+        }
+        self.addrs
+            .iter()
+            .zip(seen)
+            .filter_map(|(a, owns)| owns.then_some(a))
+    }
+
     /// The nodes that own a slot of `scope`, in slot order.
     pub(super) fn owners_of(&self, scope: usize) -> Vec<Addr> {
         let mut out: Vec<Addr> = Vec::new();
@@ -293,6 +330,19 @@ mod tests {
         assert_eq!(r[0].primary, ("10.0.0.1".to_owned(), 7000));
         assert_eq!(r[1].primary, ("10.0.0.9".to_owned(), 7001));
         assert_eq!((r[1].first, r[1].last), (5461, 16383));
+        assert!(r[0].replicas.is_empty());
+        // Replicas follow the primary; a listed node the reply names nowhere is unknown.
+        let Value::Array(mut with) = range(0, 16383, "10.0.0.1", 7000) else {
+            unreachable!()
+        };
+        with.push(Value::Array(vec![
+            Value::BulkString(b"".to_vec()),
+            Value::Int(7003),
+        ]));
+        let r = parse_slots(&Value::Array(vec![Value::Array(with)]), "10.0.0.9").unwrap();
+        assert_eq!(r[0].replicas, [("10.0.0.9".to_owned(), 7003)]);
+        let listed = addrs(&[("10.0.0.1", 7000), ("10.0.0.9", 7003), ("localhost", 7000)]);
+        assert_eq!(unknown(&listed, &r), [&("localhost".to_owned(), 7000)]);
         assert!(parse_slots(&Value::Int(3), "x").is_none());
         assert!(parse_slots(&Value::Array(vec![range(5, 4, "h", 1)]), "x").is_none());
         assert!(parse_slots(&Value::Array(vec![range(0, 16384, "h", 1)]), "x").is_none());
@@ -365,6 +415,7 @@ mod tests {
             first,
             last,
             primary: (h.to_owned(), p),
+            replicas: Vec::new(),
         }
     }
 

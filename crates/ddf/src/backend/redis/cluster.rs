@@ -561,6 +561,29 @@ impl Backend for NodeBackend {
         Ok(self.convert::<u64>("UNLINK", v)? > 0)
     }
 
+    fn add(&self, key: &str, item: &Item, ttl: Option<Duration>) -> Result<bool> {
+        let cmd = self.keyed(key, |k| commands::add(k, &item.data, ttl));
+        let v = self.one("SET NX", cmd)?;
+        Ok(self.convert::<Option<String>>("SET NX", v)?.is_some())
+    }
+
+    fn incr(&self, key: &str, delta: i64, _counter: &dyn crate::backend::Counter) -> Result<i64> {
+        let v = self.one("INCRBY", self.keyed(key, |k| commands::incr(k, delta)))?;
+        let (code, value): (i64, Option<String>) = self.convert("INCRBY", v)?;
+        commands::incr_reply(code, value, delta)
+    }
+
+    fn touch(&self, key: &str, ttl: Option<Duration>) -> Result<bool> {
+        let v = self.one("PEXPIRE", self.keyed(key, |k| commands::touch(k, ttl)))?;
+        Ok(self.convert::<i64>("PEXPIRE", v)? == 1)
+    }
+
+    fn compare_and_delete(&self, key: &str, expected: &[u8]) -> Result<bool> {
+        let cmd = self.keyed(key, |k| commands::compare_and_delete(k, expected));
+        let v = self.one("EVAL (compare-and-delete)", cmd)?;
+        Ok(self.convert::<u64>("EVAL (compare-and-delete)", v)? > 0)
+    }
+
     fn delete_prefix(&self, prefix: &str) -> Result<u64> {
         let s = &self.shards.settings;
         super::super::check_prefix(&s.namespace, prefix, s.server_flush, commands::WHOLE)?;
@@ -645,7 +668,14 @@ impl Backend for NodeBackend {
     fn keys(&self, prefix: &str, limit: usize) -> Result<Vec<crate::backend::EntryInfo>> {
         let mut out = Vec::new();
         for addr in self.shards.nodes_of(self.scope) {
-            out.extend(self.shards.node(&addr)?.keys(prefix, limit)?);
+            // A node can own slots of two scopes (a resharded slot waiting to move): each
+            // scope lists only its own keys, so none is listed twice.
+            let found = self.shards.node(&addr)?.keys(prefix, limit)?;
+            out.extend(
+                found
+                    .into_iter()
+                    .filter(|e| self.shards.scope_of(&e.key) == self.scope),
+            );
         }
         out.sort_by(|a, b| a.key.cmp(&b.key));
         out.truncate(limit);

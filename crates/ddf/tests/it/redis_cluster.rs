@@ -405,6 +405,90 @@ fn a_batch_in_a_moved_slot_reads_the_map_once() {
     assert_eq!(row(&cache, "state"), "up");
 }
 
+/// A node joins the cluster and imports its first slot: until the migration ends it is in no
+/// `CLUSTER SLOTS` range, yet holds the keys already moved to it. A prefix invalidation meanwhile
+/// reaches them (the old owner names the node it migrates to), so none is read afterwards.
+#[test]
+fn a_prefix_invalidation_reaches_a_new_node_importing_its_first_slot() {
+    let Some(cluster) = cluster() else {
+        return;
+    };
+    let bus = ddf_testkit::free_port().to_string();
+    let new = ddf_testkit::RedisServer::start_with(&[
+        "--cluster-enabled",
+        "yes",
+        "--cluster-config-file",
+        "nodes.conf",
+        "--cluster-port",
+        &bus,
+        "--cluster-require-full-coverage",
+        "no",
+    ])
+    .unwrap();
+    let np = new.port();
+    let cli = |port, args: &[&str]| cluster.cli(port, args);
+    let p0 = cluster.nodes[0].port();
+    let p0bus = cli(p0, &["CLUSTER", "NODES"])
+        .lines()
+        .find(|l| l.contains("myself"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|a| a.split(['@', ',']).nth(1))
+        .unwrap()
+        .to_owned();
+    cli(
+        np,
+        &["CLUSTER", "MEET", "127.0.0.1", &p0.to_string(), &p0bus],
+    );
+    let new_id = cli(np, &["CLUSTER", "MYID"]).trim().to_owned();
+    eventually("the new node is known to every node", || {
+        cluster
+            .nodes
+            .iter()
+            .all(|n| cli(n.port(), &["CLUSTER", "NODES"]).contains(&new_id))
+    });
+    eventually("the new node sees the cluster up", || {
+        cli(np, &["CLUSTER", "INFO"]).contains("cluster_state:ok")
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let cache = CacheManager::new(config(&cluster, dir.path())).unwrap();
+    let keys: Vec<String> = (0..5).map(|i| format!("imp:{{t}}{i}")).collect();
+    for k in &keys {
+        cache.set(k, &"v", None).unwrap();
+    }
+    let from = owner(&cluster, "rc:imp:{t}0");
+    let fp = cluster.nodes[from].port();
+    let from_id = cli(fp, &["CLUSTER", "MYID"]).trim().to_owned();
+    let slot = cli(fp, &["CLUSTER", "KEYSLOT", "rc:imp:{t}0"])
+        .trim()
+        .to_owned();
+    cli(np, &["CLUSTER", "SETSLOT", &slot, "IMPORTING", &from_id]);
+    cli(fp, &["CLUSTER", "SETSLOT", &slot, "MIGRATING", &new_id]);
+    // Two keys moved so far.
+    let out = cli(
+        fp,
+        &[
+            "MIGRATE",
+            "127.0.0.1",
+            &np.to_string(),
+            "",
+            "0",
+            "5000",
+            "KEYS",
+            "rc:imp:{t}0",
+            "rc:imp:{t}1",
+        ],
+    );
+    assert!(out.contains("OK"), "MIGRATE: {out}");
+    assert_eq!(cache.invalidate_pattern("imp:").unwrap(), 5);
+    assert_eq!(cli(np, &["DBSIZE"]).trim(), "0");
+    for n in cluster.nodes.iter().map(|n| n.port()).chain([np]) {
+        cli(n, &["CLUSTER", "SETSLOT", &slot, "NODE", &new_id]);
+    }
+    for k in &keys {
+        assert_eq!(cache.get::<String>(k).unwrap(), None, "{k}");
+    }
+}
+
 /// Polls `f` every 50 ms for at most 30 s.
 fn eventually(what: &str, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -27,7 +27,8 @@
 //!   command to the node named (the map is not changed: the slot is only being migrated). At
 //!   most [`HOPS`] sends per command.
 //! - **Prefix deletes, `clear`**: each scope scans the nodes that own its slots (`SCAN` +
-//!   single-key `UNLINK`s: a multi-key `UNLINK` across slots is refused by a cluster node).
+//!   single-key `UNLINK`s: a multi-key `UNLINK` across slots is refused by a cluster node), then
+//!   the nodes they are migrating slots to (`ASKING` + `UNLINK`).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -36,7 +37,7 @@ use std::time::Duration;
 
 use redis::{RedisError, Value};
 
-use self::slots::{Map, parse_slots, slot_of, unknown};
+use self::slots::{Map, migrating_to, parse_slots, slot_of, unknown};
 
 use super::{RedisBackend, commands};
 use crate::backend::resilience::scopes::{Partition, ScopeSpec, ScopeState};
@@ -208,6 +209,37 @@ impl Shards {
     /// nothing of ours is there).
     fn nodes_of(&self, scope: usize) -> Vec<Addr> {
         self.read().owners_of(scope)
+    }
+
+    /// The nodes `owners` are migrating slots to, not among them (one `CLUSTER NODES` each):
+    /// a node importing its first slot is in no scope yet, but holds the keys already moved
+    /// to it. A node that refuses the command names none.
+    ///
+    /// # Errors
+    /// A node that does not answer (its scan would not either).
+    fn migrating_to(&self, owners: &[Addr]) -> Result<Vec<Addr>> {
+        let mut out: Vec<Addr> = Vec::new();
+        for addr in owners {
+            let text = self.node(addr).and_then(|b| {
+                b.run("CLUSTER NODES", |c| {
+                    commands::cluster_nodes().query::<String>(c.as_like())
+                })
+            });
+            match text {
+                Ok(text) => {
+                    for to in migrating_to(&text, &addr.0) {
+                        if !owners.contains(&to) && !out.contains(&to) {
+                            out.push(to);
+                        }
+                    }
+                }
+                // The node did not answer: its scan would not either.
+                Err(e) if e.is_temporary() => return Err(e),
+                // `CLUSTER NODES` refused (renamed, say): its own keys are still scanned.
+                Err(e) => tracing::debug!(error = %e, "cannot read the slots being migrated"),
+            }
+        }
+        Ok(out)
     }
 
     /// The standalone backend of one node (made on first use).
@@ -515,7 +547,9 @@ impl NodeBackend {
     }
 
     /// `SCAN` + single-key `UNLINK`s of `pattern` on one node; the number unlinked.
-    fn scan_unlink(b: &RedisBackend, pattern: &str) -> Result<u64> {
+    /// `asking`: the node is importing the keys' slot (not its owner yet), so each `UNLINK`
+    /// is preceded by `ASKING`.
+    fn scan_unlink(b: &RedisBackend, pattern: &str, asking: bool) -> Result<u64> {
         let (mut cursor, mut removed) = (0u64, 0u64);
         loop {
             let (next, keys): (u64, Vec<Vec<u8>>) = b.run("SCAN", |c| {
@@ -524,6 +558,9 @@ impl NodeBackend {
             if !keys.is_empty() {
                 let mut p = redis::pipe();
                 for k in &keys {
+                    if asking {
+                        p.cmd("ASKING").ignore();
+                    }
                     p.add_command(commands::unlink(std::slice::from_ref(k)));
                 }
                 let counts: Vec<u64> = b.run("UNLINK", |c| p.query(c.as_like()))?;
@@ -589,8 +626,12 @@ impl Backend for NodeBackend {
         super::super::check_prefix(&s.namespace, prefix, s.server_flush, commands::WHOLE)?;
         let pattern = commands::prefix_pattern(&self.shards.keyspace, prefix);
         let mut n = 0;
-        for addr in self.shards.nodes_of(self.scope) {
-            n += Self::scan_unlink(&*self.shards.node(&addr)?, &pattern)?;
+        let owners = self.shards.nodes_of(self.scope);
+        for addr in &owners {
+            n += Self::scan_unlink(&*self.shards.node(addr)?, &pattern, false)?;
+        }
+        for addr in self.shards.migrating_to(&owners)? {
+            n += Self::scan_unlink(&*self.shards.node(&addr)?, &pattern, true)?;
         }
         Ok(n)
     }

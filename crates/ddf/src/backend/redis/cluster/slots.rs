@@ -119,6 +119,50 @@ pub(super) struct Applied {
     pub(super) held_back: usize,
 }
 
+/// The nodes the node answering `CLUSTER NODES` (`text`) is migrating slots to: the ids in
+/// the `[slot->-id]` entries of its `myself` line, found in the same reply. A node importing
+/// its first slot is in no `CLUSTER SLOTS` range until the migration ends, yet holds the keys
+/// already moved. An address without a host is at `asked`'s host.
+pub(super) fn migrating_to(text: &str, asked: &str) -> Vec<Addr> {
+    let lines: Vec<Vec<&str>> = text
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    let Some(me) = lines.iter().find(|f| {
+        f.get(2)
+            .is_some_and(|flags| flags.split(',').any(|x| x == "myself"))
+    }) else {
+        return Vec::new();
+    };
+    let mut out: Vec<Addr> = Vec::new();
+    for slot in me.iter().skip(8) {
+        let Some(id) = slot
+            .strip_prefix('[')
+            .and_then(|x| x.strip_suffix(']'))
+            .and_then(|x| x.split_once("->-"))
+            .map(|(_, id)| id)
+        else {
+            continue;
+        };
+        let Some(target) = lines.iter().find(|f| f.first() == Some(&id)) else {
+            continue;
+        };
+        let hostport = target.get(1).and_then(|a| a.split(['@', ',']).next());
+        if let Some((h, p)) = hostport.and_then(|a| a.rsplit_once(':'))
+            && let Ok(p) = p.parse::<u16>()
+            && p != 0
+        {
+            let h = h.trim_start_matches('[').trim_end_matches(']');
+            let h = if h.is_empty() { asked } else { h };
+            let a = (h.to_owned(), p);
+            if !out.contains(&a) {
+                out.push(a);
+            }
+        }
+    }
+    out
+}
+
 /// The slot map: which scope and which node each slot belongs to.
 #[derive(Debug)]
 pub(super) struct Map {
@@ -318,6 +362,28 @@ mod tests {
                 Value::BulkString(b"id".to_vec()),
             ]),
         ])
+    }
+
+    #[test]
+    fn migration_targets_from_cluster_nodes() {
+        let text = "\
+aaa 127.0.0.1:7000@17000 myself,master - 0 0 1 connected 0-5460 [5461-<-ccc] [100->-ddd] [101->-ddd]
+bbb 127.0.0.1:7001@17001 master - 0 1 2 connected 5462-16383
+ddd :7003@17003,host3 master - 0 1 4 connected
+ccc 127.0.0.1:7002@17002 master - 0 1 3 connected
+";
+        assert_eq!(
+            migrating_to(text, "10.0.0.9"),
+            [("10.0.0.9".to_owned(), 7003)]
+        );
+        assert!(
+            migrating_to(
+                "bbb 127.0.0.1:7001@17001 master - 0 1 2 connected 1-2\n",
+                "x"
+            )
+            .is_empty()
+        );
+        assert!(migrating_to("garbage", "x").is_empty());
     }
 
     #[test]

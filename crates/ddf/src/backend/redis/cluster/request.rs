@@ -1,0 +1,263 @@
+//! The requests of one scope ([`NodeBackend`]): commands sent to their slots' owners, one
+//! pipeline per node, `MOVED`/`ASK` followed (at most [`HOPS`] sends per command, the map read
+//! once per batch), and the `SCAN` + `UNLINK` of a prefix on one node.
+
+use redis::{RedisError, Value};
+
+use super::super::commands;
+use super::{Addr, NodeBackend, RedisBackend, slot_of};
+use crate::error::{Error, Result};
+
+/// A command for the key of `slot`.
+pub(super) struct Keyed {
+    pub(super) slot: u16,
+    cmd: redis::Cmd,
+}
+
+/// Where a command goes: its slot's owner, or (after `ASK`) the node named, `ASKING` first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Hop {
+    addr: Addr,
+    asking: bool,
+}
+
+/// Sends per command: the first, then up to two redirects (`MOVED` to a node that answers
+/// `ASK` during a migration, say). A slot still redirected after that is moving again.
+const HOPS: usize = 3;
+
+/// The node a `MOVED`/`ASK` names; `None` for another error. A redirect that names no host
+/// (`-MOVED 3999 :6381`, a node announced without an endpoint) is at the host asked.
+fn redirect(e: &RedisError, asked: &Addr) -> Option<Hop> {
+    let (named, _slot) = e.redirect_node()?;
+    let (host, port) = named.rsplit_once(':')?;
+    let port = port.parse::<u16>().ok().filter(|&p| p != 0)?;
+    let host = if host.is_empty() || host == "?" {
+        asked.0.clone()
+    } else {
+        host.to_owned()
+    };
+    Some(Hop {
+        addr: (host, port),
+        asking: e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::Ask),
+    })
+}
+
+impl NodeBackend {
+    pub(super) fn keyed(&self, key: &str, f: impl FnOnce(&str) -> redis::Cmd) -> Keyed {
+        let k = self.shards.keyspace.storage_key(key);
+        Keyed {
+            slot: slot_of(k.as_bytes()),
+            cmd: f(&k),
+        }
+    }
+
+    /// Sends the commands, one pipeline per node (one round trip each, one deadline each).
+    /// The commands redirected are sent again together, grouped by the node named: after a
+    /// `MOVED` the map is read once (from the first node named), whatever the number of keys;
+    /// after an `ASK`, `ASKING` precedes each command. At most [`HOPS`] sends per command; a
+    /// slot still redirected after that is an error that is not the server's failure (it
+    /// does not count toward the breaker). Replies in order.
+    pub(super) fn exec(&self, what: &str, cmds: &[Keyed]) -> Result<Vec<Value>> {
+        let mut out = vec![Value::Nil; cmds.len()];
+        let mut todo: Vec<(usize, Hop)> = cmds
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let addr = self.shards.owner(c.slot);
+                (
+                    i,
+                    Hop {
+                        addr,
+                        asking: false,
+                    },
+                )
+            })
+            .collect();
+        for hop in 1..=HOPS {
+            let mut groups: Vec<(Hop, Vec<usize>)> = Vec::new();
+            for (i, to) in todo.drain(..) {
+                match groups.iter_mut().find(|(h, _)| *h == to) {
+                    Some((_, v)) => v.push(i),
+                    None => groups.push((to, vec![i])),
+                }
+            }
+            let mut moved: Option<Addr> = None;
+            for (to, idx) in &groups {
+                let vals = self.send(what, to, cmds, idx)?;
+                for (&i, v) in idx.iter().zip(vals) {
+                    let Value::ServerError(e) = v else {
+                        out[i] = v;
+                        continue;
+                    };
+                    let e: RedisError = e.into();
+                    match redirect(&e, &to.addr) {
+                        None => return Err(self.shards.node(&to.addr)?.map_err(what, &e)),
+                        Some(_) if hop == HOPS => return Err(self.still_moving(what, &e)),
+                        Some(next) => {
+                            if !next.asking && moved.is_none() {
+                                moved = Some(next.addr.clone());
+                            }
+                            todo.push((i, next));
+                        }
+                    }
+                }
+            }
+            if let Some(to) = moved
+                && let Err(err) = self.shards.refresh_from(&to)
+            {
+                tracing::debug!(error = %err, "cannot read the slot map after MOVED");
+            }
+            if todo.is_empty() {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// One pipeline of `idx`'s commands to one node (`ASKING` before each after an `ASK`); a
+    /// reply per command.
+    fn send(&self, what: &str, to: &Hop, cmds: &[Keyed], idx: &[usize]) -> Result<Vec<Value>> {
+        let b = self.shards.node(&to.addr)?;
+        let vals = match (idx, to.asking) {
+            ([one], false) => {
+                let packed = cmds[*one].cmd.get_packed_command();
+                vec![b.run(what, |c| c.as_like().req_packed_command(&packed))?]
+            }
+            _ => {
+                let mut p = redis::pipe();
+                for &i in idx {
+                    if to.asking {
+                        p.add_command(redis::cmd("ASKING"));
+                    }
+                    p.add_command(cmds[i].cmd.clone());
+                }
+                let packed = p.get_packed_pipeline();
+                let per = if to.asking { 2 } else { 1 };
+                let all = b.run(what, |c| {
+                    c.as_like().req_packed_commands(&packed, 0, idx.len() * per)
+                })?;
+                // After `ASKING`, its `OK` then the command's reply: keep the second.
+                all.into_iter().skip(per - 1).step_by(per).collect()
+            }
+        };
+        if vals.len() != idx.len() {
+            return Err(Error::Backend {
+                backend: super::super::NAME,
+                message: format!(
+                    "{what} on {}:{}: {} replies for {} commands",
+                    to.addr.0,
+                    to.addr.1,
+                    vals.len(),
+                    idx.len()
+                ),
+                temporary: false,
+                source: None,
+            });
+        }
+        Ok(vals)
+    }
+
+    /// A slot redirected at every send: it is being resharded again.
+    fn still_moving(&self, what: &str, e: &RedisError) -> Error {
+        Error::Backend {
+            backend: super::super::NAME,
+            message: format!(
+                "{what} on the Redis Cluster: the key's slot was redirected {HOPS} times \
+                 (a resharding in progress; try again): {e}"
+            ),
+            temporary: false,
+            source: None,
+        }
+    }
+
+    pub(super) fn one(&self, what: &str, cmd: Keyed) -> Result<Value> {
+        self.exec(what, std::slice::from_ref(&cmd))?
+            .pop()
+            .ok_or_else(|| self.parse_error(what))
+    }
+
+    pub(super) fn parse_error(&self, what: &str) -> Error {
+        Error::Backend {
+            backend: super::super::NAME,
+            message: format!("{what} on the Redis Cluster: an unexpected reply"),
+            temporary: false,
+            source: None,
+        }
+    }
+
+    pub(super) fn convert<T: redis::FromRedisValue>(&self, what: &str, v: Value) -> Result<T> {
+        redis::from_redis_value(v).map_err(|_| self.parse_error(what))
+    }
+
+    /// `SCAN` + single-key `UNLINK`s of `pattern` on one node; the number unlinked.
+    /// `asking`: the node is importing the keys' slot (not its owner yet), so each `UNLINK`
+    /// is preceded by `ASKING`.
+    pub(super) fn scan_unlink(b: &RedisBackend, pattern: &str, asking: bool) -> Result<u64> {
+        let (mut cursor, mut removed) = (0u64, 0u64);
+        loop {
+            let (next, keys): (u64, Vec<Vec<u8>>) = b.run("SCAN", |c| {
+                commands::scan(cursor, pattern).query(c.as_like())
+            })?;
+            if !keys.is_empty() {
+                let mut p = redis::pipe();
+                for k in &keys {
+                    if asking {
+                        p.cmd("ASKING").ignore();
+                    }
+                    p.add_command(commands::unlink(std::slice::from_ref(k)));
+                }
+                let counts: Vec<u64> = b.run("UNLINK", |c| p.query(c.as_like()))?;
+                removed += counts.iter().sum::<u64>();
+            }
+            if next == 0 {
+                return Ok(removed);
+            }
+            cursor = next;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The error a node replies with.
+    fn reply(resp: &str) -> RedisError {
+        match redis::parse_redis_value(resp.as_bytes()) {
+            Ok(Value::ServerError(e)) => e.into(),
+            Ok(v) => panic!("not an error reply: {v:?}"),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn redirects_name_their_node_or_the_one_asked() {
+        let asked = ("10.0.0.9".to_owned(), 7000);
+        let to = |h: &str, p| (h.to_owned(), p);
+        assert_eq!(
+            redirect(&reply("-MOVED 3999 10.0.0.2:6381\r\n"), &asked),
+            Some(Hop {
+                addr: to("10.0.0.2", 6381),
+                asking: false
+            })
+        );
+        // No host announced: the node asked.
+        assert_eq!(
+            redirect(&reply("-MOVED 3999 :6381\r\n"), &asked),
+            Some(Hop {
+                addr: to("10.0.0.9", 6381),
+                asking: false
+            })
+        );
+        assert_eq!(
+            redirect(&reply("-ASK 3999 ?:6382\r\n"), &asked),
+            Some(Hop {
+                addr: to("10.0.0.9", 6382),
+                asking: true
+            })
+        );
+        assert_eq!(redirect(&reply("-MOVED 3999 h:0\r\n"), &asked), None);
+        assert_eq!(redirect(&reply("-ERR wrong\r\n"), &asked), None);
+        assert_eq!(redirect(&reply("-TRYAGAIN later\r\n"), &asked), None);
+    }
+}

@@ -22,7 +22,6 @@ use std::time::{Duration, Instant};
 
 use self::conn::Conn;
 use super::client::{McError, McResult};
-use super::proto;
 use super::{BATCH, DEFAULT_ITEM_SIZE_MAX, MemcachedBackend, Server, exptime, is_stale, map_err};
 use crate::aio::backend::{AsyncBackend, Blocking, BoxFuture, Noted, Place};
 use crate::backend::{Backend, BackendStatus, Item};
@@ -113,10 +112,7 @@ impl AsyncMemcached {
             let mut c = Conn::connect(&server.addr.host, server.addr.port).await?;
             let max = c.item_size_max().await?.unwrap_or(DEFAULT_ITEM_SIZE_MAX);
             server.item_size_max.store(max, Ordering::Relaxed);
-            c.max_value = server
-                .item_size_max
-                .load(Ordering::Relaxed)
-                .min(proto::MAX_VALUE_CAP);
+            c.set_value_limit(server.item_size_max.load(Ordering::Relaxed));
             Ok(c)
         };
         let made = match tokio::time::timeout(self.core.connect_timeout, made).await {

@@ -16,6 +16,7 @@
 
 #[cfg(feature = "async")]
 pub(crate) mod aio;
+mod buffer;
 mod client;
 pub(crate) mod placement;
 mod proto;

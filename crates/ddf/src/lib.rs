@@ -42,6 +42,7 @@ mod item;
 pub(crate) mod key;
 mod manager;
 pub mod memo;
+pub(crate) mod near;
 #[cfg(feature = "testing")]
 pub mod testing;
 

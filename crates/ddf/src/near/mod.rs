@@ -387,5 +387,27 @@ pub(crate) fn build(config: &CacheConfig) -> Result<(Arc<dyn Backend>, Option<Ar
     }
 }
 
+/// The near cache of an async face whose backend `aio/` built (`breaker`: the primary's
+/// `Resilient`, when there is one); the same type, rules and tracking thread as the sync face's.
+///
+/// # Errors
+/// As [`build`].
+#[cfg(feature = "async")]
+pub(crate) fn for_async(
+    config: &CacheConfig,
+    breaker: Option<Arc<Resilient>>,
+) -> Result<Option<Arc<Near>>> {
+    let Some(near) = config.near_settings()? else {
+        return Ok(None);
+    };
+    let health = breaker.map(|b| b as Arc<dyn Health>);
+    let cache = Arc::new(Near::new(&near, health));
+    #[cfg(feature = "redis")]
+    if let BackendSettings::Redis(settings) = config.backend_settings()? {
+        tracking::start(&settings, &cache);
+    }
+    Ok(Some(cache))
+}
+
 #[cfg(test)]
 mod tests;

@@ -325,6 +325,9 @@ impl Near {
     }
 }
 
+/// A backend and its near cache, if any.
+pub(crate) type Built = (Arc<dyn Backend>, Option<Arc<Near>>);
+
 /// `stats` with the near cache's counters, when there is one.
 pub(crate) fn with_counts(
     mut stats: crate::manager::CacheStats,
@@ -348,7 +351,7 @@ pub(crate) fn with_counts(
 /// # Errors
 /// As [`crate::backend::from_config`]; [`Error::Config`](crate::Error::Config) for a near
 /// cache the configuration cannot have (see `CacheConfig::near_settings`).
-pub(crate) fn build(config: &CacheConfig) -> Result<(Arc<dyn Backend>, Option<Arc<Near>>)> {
+pub(crate) fn build(config: &CacheConfig) -> Result<Built> {
     let Some(near) = config.near_settings()? else {
         return Ok((crate::backend::from_config(config)?, None));
     };

@@ -216,7 +216,7 @@ fn run(
             reads.push(ReadRec { start, version });
         }
         n += 1;
-        if n % 256 == 0 {
+        if n.is_multiple_of(256) {
             faults(server, began.elapsed());
             if writer.try_wait().unwrap().is_some() {
                 break;
@@ -400,5 +400,160 @@ fn faults_on_the_invalidation_channel_and_the_server_yield_no_stale_read() {
     assert!(
         stats.near_resets_lost >= 2,
         "the channel's losses were not seen: {stats}"
+    );
+}
+
+fn wait_for_near_hit(cache: &CacheManager, key: &str) {
+    for _ in 0..500 {
+        let before = cache.stats().near_hits;
+        let _ = cache.get::<String>(key);
+        if cache.stats().near_hits > before {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("the near cache never served {key}: {}", cache.stats());
+}
+
+#[test]
+fn writes_by_anyone_evict_and_own_writes_are_read_back_at_once() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let near = CacheManager::new(config(server.port(), "neare:", dir.path(), true)).unwrap();
+    let other = CacheManager::new(config(server.port(), "neare:", dir.path(), false)).unwrap();
+    near.set("k", "v1", None).unwrap();
+    wait_for_near_hit(&near, "k");
+    // Own writes: read back at once, whatever the push's timing.
+    near.set("k", "v2", None).unwrap();
+    assert_eq!(near.get::<String>("k").unwrap().as_deref(), Some("v2"));
+    near.delete("k").unwrap();
+    assert_eq!(near.get::<String>("k").unwrap(), None);
+    // A foreign write (another process's, redis-cli's) evicts through the push.
+    near.set("k", "v3", None).unwrap();
+    wait_for_near_hit(&near, "k");
+    redis_cli(server.port(), &["SET", "neare:k", "\"v4\""]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while near.get::<String>("k").unwrap().as_deref() != Some("v4") {
+        assert!(
+            Instant::now() < deadline,
+            "the foreign write was never seen"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(near.stats().near_evictions >= 1, "{}", near.stats());
+    // invalidate_pattern and a foreign FLUSHDB.
+    other.set("p:1", "x", None).unwrap();
+    assert_eq!(near.get::<String>("p:1").unwrap().as_deref(), Some("x"));
+    near.invalidate_pattern("p:").unwrap();
+    assert_eq!(near.get::<String>("p:1").unwrap(), None);
+    wait_for_near_hit(&near, "k");
+    redis_cli(server.port(), &["FLUSHDB"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while near.get::<String>("k").unwrap().is_some() {
+        assert!(Instant::now() < deadline, "the flush was never seen");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(near.stats().near_resets_flush >= 1, "{}", near.stats());
+}
+
+#[test]
+fn the_async_face_uses_the_same_near_cache_rules() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let near =
+            ddf::AsyncCacheManager::new(config(server.port(), "neara:", dir.path(), true)).unwrap();
+        near.set("k", "v1", None).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while near.stats().near_hits == 0 {
+            assert!(Instant::now() < deadline, "the near cache never served");
+            let _ = near.get::<String>("k").await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        near.set("k", "v2", None).await.unwrap();
+        assert_eq!(
+            near.get::<String>("k").await.unwrap().as_deref(),
+            Some("v2")
+        );
+        redis_cli(server.port(), &["SET", "neara:k", "\"v3\""]);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while near.get::<String>("k").await.unwrap().as_deref() != Some("v3") {
+            assert!(
+                Instant::now() < deadline,
+                "the foreign write was never seen"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    });
+}
+
+#[cfg(feature = "memcached")]
+#[test]
+fn memcached_near_entries_are_bounded_by_the_ttl_and_own_writes_evict_at_once() {
+    let Some(server) = ddf_testkit::MemcachedServer::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mc = |near: bool| {
+        let mut c = CacheConfig::default()
+            .with_backend(CacheBackend::Memcached)
+            .with_memcached_servers(vec![
+                ddf::ServerAddr::parse(&server.server(), 11211).unwrap(),
+            ])
+            .with_namespace("nearm:")
+            .with_pickle_dir(dir.path());
+        c.near_cache = near;
+        c.near_cache_ttl = Duration::from_secs(1);
+        CacheManager::new(c).unwrap()
+    };
+    let (near, other) = (mc(true), mc(false));
+    near.set("k", "v1", None).unwrap();
+    assert_eq!(near.get::<String>("k").unwrap().as_deref(), Some("v1"));
+    assert_eq!(near.get::<String>("k").unwrap().as_deref(), Some("v1"));
+    assert!(near.stats().near_hits >= 1);
+    // Own writes: at once.
+    near.set("k", "v2", None).unwrap();
+    assert_eq!(near.get::<String>("k").unwrap().as_deref(), Some("v2"));
+    // Another writer's change is seen once the near entry's TTL (1 s here) ran out.
+    other.set("k", "v3", None).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while near.get::<String>("k").unwrap().as_deref() != Some("v3") {
+        assert!(Instant::now() < deadline, "the near entry outlived its TTL");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn near_cache_is_refused_where_it_is_not_offered_with_the_key_and_line() {
+    let err = CacheConfig::from_ini_str("[cache]\nbackend = pickle\nnear_cache = true\n")
+        .and_then(CacheManager::new)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("near_cache") && err.contains("pickle"),
+        "{err}"
+    );
+    let err = CacheConfig::from_ini_str(
+        "[cache]\nbackend = redis\nredis_cluster_nodes = 127.0.0.1:1\nnear_cache = true\n",
+    )
+    .and_then(CacheManager::new)
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("Cluster"), "{err}");
+    let err = CacheConfig::from_ini_str("[cache]\nnear_cache_size = 0\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("line 2") && err.contains("near_cache_size"),
+        "{err}"
     );
 }

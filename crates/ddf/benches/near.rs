@@ -5,6 +5,8 @@
 //! - `floor_100B`: the least any near hit can cost: a `HashMap` lookup plus decoding the stored
 //!   JSON into a new `String`.
 //! - `redis_get_100B`: the same `get` without the near cache (one loopback round trip).
+//! - `file_get_100B` and `sqlite_data_version`: the file backend's get, and the change check a
+//!   near cache over it would need on every hit.
 
 use std::collections::HashMap;
 use std::hint::black_box;
@@ -58,6 +60,29 @@ fn near(c: &mut Criterion) {
     });
     g.bench_function("redis_get_100B", |b| {
         b.iter(|| black_box(plain.get::<String>(black_box("hot")).expect("get")))
+    });
+    // The file backend's decision (docs/near-cache.md): today's file get, against the change
+    // check a coherent near hit there would need first (`PRAGMA data_version`, WAL, a
+    // prepared statement on an open connection).
+    let fdir = tempfile::tempdir().expect("tempdir");
+    let file =
+        CacheManager::new(CacheConfig::default().with_pickle_dir(fdir.path())).expect("file cache");
+    file.set("hot", &value, None).expect("set");
+    g.bench_function("file_get_100B", |b| {
+        b.iter(|| black_box(file.get::<String>(black_box("hot")).expect("get")))
+    });
+    let db = rusqlite::Connection::open(fdir.path().join("version-check.db")).expect("sqlite");
+    db.pragma_update(None, "journal_mode", "WAL").expect("wal");
+    db.execute_batch("CREATE TABLE t(k TEXT PRIMARY KEY, v BLOB)")
+        .expect("table");
+    g.bench_function("sqlite_data_version", |b| {
+        b.iter(|| {
+            let mut st = db.prepare_cached("PRAGMA data_version").expect("prepare");
+            black_box(
+                st.query_row([], |r| r.get::<_, i64>(0))
+                    .expect("data_version"),
+            )
+        })
     });
     g.finish();
     eprintln!("near cache: {}", cached.stats());

@@ -2,9 +2,9 @@
 //! the backend, for both faces. The design, its guarantee and its limits are in
 //! docs/near-cache.md; in short:
 //!
-//! - The store is moka's sync `Cache` of `Arc<Item>` (bytes + flags, never a decoded value), so
-//!   a hit is one lookup plus the core's decode, bounded by `near_cache_size` entries and
-//!   `near_cache_ttl`.
+//! - The store is quick_cache's sync `Cache` of `Arc<Item>` (bytes + flags, never a decoded
+//!   value) with the instant each stops being served, so a hit is one lookup plus the core's
+//!   decode, bounded by `near_cache_size` entries and `near_cache_ttl`.
 //! - A fill takes a [`Ticket`] before the backend's `get` is sent: the invalidation sequence of
 //!   the key's shard and the cache's generation. The reply is stored only when neither moved,
 //!   checked and inserted under the shard's lock, the lock an invalidation takes to evict. So a
@@ -22,6 +22,7 @@ use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use crate::backend::Backend;
 use crate::backend::resilience::Resilient;
@@ -110,10 +111,19 @@ pub(crate) struct NearCounts {
     pub(crate) resets_flush: u64,
 }
 
+/// A held item and when it stops being served (`near_cache_ttl` after its fill).
+#[derive(Clone)]
+struct Held {
+    item: Arc<Item>,
+    until: Instant,
+}
+
 /// The near cache of one cache (shared by the manager's clones, and by its tracking thread
 /// through a weak reference).
 pub(crate) struct Near {
-    store: moka::sync::Cache<String, Arc<Item>>,
+    store: quick_cache::sync::Cache<String, Held>,
+    /// `near_cache_ttl`.
+    ttl: Duration,
     /// Per shard: the number of invalidations of any key of the shard so far. Its lock is the
     /// one a fill's check-and-insert and an eviction both take.
     shards: Box<[Mutex<u64>]>,
@@ -133,7 +143,7 @@ impl fmt::Debug for Near {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Near")
             .field("mode", &self.mode)
-            .field("entries", &self.store.entry_count())
+            .field("entries", &self.store.len())
             .field("live", &self.live.load(Ordering::Relaxed))
             .finish_non_exhaustive()
     }
@@ -151,13 +161,12 @@ fn bump(c: &AtomicU64) {
 
 impl Near {
     pub(crate) fn new(settings: &NearSettings, health: Option<Arc<dyn Health>>) -> Self {
-        let store = moka::sync::Cache::builder()
-            .max_capacity(settings.size)
-            .time_to_live(settings.ttl)
-            .build();
+        let store =
+            quick_cache::sync::Cache::new(usize::try_from(settings.size).unwrap_or(usize::MAX));
         let seen = health.as_ref().map_or(0, |h| h.transitions());
         Near {
             store,
+            ttl: settings.ttl,
             shards: (0..SHARDS).map(|_| Mutex::new(0)).collect(),
             generation: AtomicU64::new(0),
             // A tracked near cache is live once its channel is established.
@@ -200,9 +209,11 @@ impl Near {
         if !self.usable() {
             return Lookup::Miss(None);
         }
-        if let Some(item) = self.store.get(key) {
+        if let Some(held) = self.store.get(key)
+            && Instant::now() < held.until
+        {
             bump(&self.counts.hits);
-            return Lookup::Hit(item);
+            return Lookup::Hit(held.item);
         }
         bump(&self.counts.misses);
         Lookup::Miss(Some(self.ticket(key)))
@@ -237,7 +248,11 @@ impl Near {
             && up
             && self.live.load(Ordering::Acquire)
         {
-            self.store.insert(key.to_owned(), Arc::new(item.clone()));
+            let held = Held {
+                item: Arc::new(item.clone()),
+                until: Instant::now() + self.ttl,
+            };
+            self.store.insert(key.to_owned(), held);
         }
         drop(guard);
     }
@@ -262,15 +277,7 @@ impl Near {
         for g in &mut guards {
             **g = g.wrapping_add(1);
         }
-        let doomed: Vec<Arc<String>> = self
-            .store
-            .iter()
-            .filter(|(k, _)| k.starts_with(prefix))
-            .map(|(k, _)| k)
-            .collect();
-        for k in doomed {
-            self.store.invalidate(k.as_str());
-        }
+        self.store.retain(|k, _| !k.starts_with(prefix));
         drop(guards);
     }
 
@@ -279,7 +286,7 @@ impl Near {
     pub(crate) fn reset(&self, cause: Cause) {
         let guards: Vec<MutexGuard<'_, u64>> = (0..SHARDS).map(|s| self.lock(s)).collect();
         self.generation.fetch_add(1, Ordering::AcqRel);
-        self.store.invalidate_all();
+        self.store.clear();
         drop(guards);
         bump(match cause {
             Cause::ChannelLost => &self.counts.lost,
@@ -301,7 +308,7 @@ impl Near {
         // Empty it again: nothing filled before the channel was established may stay.
         let guards: Vec<MutexGuard<'_, u64>> = (0..SHARDS).map(|s| self.lock(s)).collect();
         self.generation.fetch_add(1, Ordering::AcqRel);
-        self.store.invalidate_all();
+        self.store.clear();
         self.live.store(true, Ordering::Release);
         drop(guards);
     }

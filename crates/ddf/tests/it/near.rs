@@ -253,7 +253,7 @@ fn verdict(what: &str, writes: &[WriteRec], reads: &[ReadRec], stats: &ddf::Cach
     let mut versions: Vec<u64> = bad.iter().filter_map(|(r, _)| r.version).collect();
     versions.dedup();
     eprintln!(
-        "stale reads returned {} distinct versions; the worst was {} µs past its bound",
+        "stale reads returned {} distinct versions; the latest came {} µs after the write it missed",
         versions.len(),
         bad.iter()
             .map(|(r, want)| {

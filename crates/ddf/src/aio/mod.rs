@@ -102,7 +102,7 @@ fn from_config(
 ) -> Result<Arc<dyn AsyncBackend>> {
     // Only the server backends have a fallback to count.
     #[cfg(not(any(feature = "redis", feature = "memcached")))]
-    let _ = fallback;
+    let _ = (fallback, breaker);
     Ok(match config.backend_settings()? {
         BackendSettings::None => Arc::new(Blocking::new(
             Arc::new(crate::backend::none::NoneBackend),

@@ -267,6 +267,23 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
             for (k, v) in cache.backend_info()? {
                 writeln!(out, "{k}: {v}")?;
             }
+            let c = cache.config();
+            if c.near_cache {
+                let s = cache.stats();
+                writeln!(
+                    out,
+                    "near_cache: at most {} entries, {} s each; this process: hits {} misses {} \
+                     evictions {} resets (lost {} breaker {} flush {})",
+                    c.near_cache_size,
+                    c.near_cache_ttl.as_secs_f64(),
+                    s.near_hits,
+                    s.near_misses,
+                    s.near_evictions,
+                    s.near_resets_lost,
+                    s.near_resets_breaker,
+                    s.near_resets_flush
+                )?;
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::ImportPickleDir { dir, ttl } => {

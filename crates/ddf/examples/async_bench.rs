@@ -7,7 +7,7 @@
 //!   blocking pool (`spawn_blocking`), and of the async face (reads inline, writes moved).
 //!
 //! ```text
-//! cargo run --release -p ddf --features async --example async_bench -- [--tasks 1,16,64,256] [--secs 2]
+//! cargo run --release -p ddf --features async --example async_bench -- [--tasks 1,16,64,256] [--secs 2] [--only redis|memcached|file]
 //! ```
 //! Starts its own `redis-server` and `memcached` on free loopback ports (ddf-testkit). Prints a
 //! table; nothing is asserted (speed is measured here, never in tests).
@@ -133,6 +133,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
     let mut tasks = vec![1usize, 16, 64, 256];
     let mut secs = 2.0;
+    let mut only: Option<String> = None;
     let mut i = 1;
     while i < args.len() {
         match args[i].as_str() {
@@ -145,6 +146,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
             "--secs" => {
                 secs = args[i + 1].parse()?;
+                i += 1;
+            }
+            "--only" => {
+                only = Some(args[i + 1].clone());
                 i += 1;
             }
             other => return Err(format!("unknown argument {other}").into()),
@@ -164,45 +169,54 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
 
+    let run = |what: &str| only.as_deref().is_none_or(|o| o == what);
+
     // Redis.
-    let redis = RedisServer::start().ok_or("redis-server not found")?;
-    let rcfg = CacheConfig::default()
-        .with_backend(CacheBackend::Redis)
-        .with_redis("127.0.0.1", redis.port())
-        .with_pickle_dir(dir.path())
-        .with_namespace("b:");
-    let sync_r = CacheManager::new(rcfg.clone())?;
-    sync_r.set_many(&refs, None)?;
-    let async_r = rt.block_on(async { AsyncCacheManager::new(rcfg.clone()) })?;
-    println!("## Redis gets/s (value 100 B, {KEYS} keys, {secs} s per row)");
-    println!(
-        "| concurrency | async face (tasks) | sync face (threads) | redis-benchmark -P 1 (clients) |"
-    );
-    println!("|---|---|---|---|");
-    for &n in &tasks {
-        let a = async_gets(&rt, &async_r, n, secs);
-        let s = sync_gets(&sync_r, n, secs);
-        let rb = redis_benchmark(redis.port(), n).map_or("-".to_owned(), |r| format!("{r:.0}"));
-        println!("| {n} | {a:.0} | {s:.0} | {rb} |");
+    if run("redis") {
+        let redis = RedisServer::start().ok_or("redis-server not found")?;
+        let rcfg = CacheConfig::default()
+            .with_backend(CacheBackend::Redis)
+            .with_redis("127.0.0.1", redis.port())
+            .with_pickle_dir(dir.path())
+            .with_namespace("b:");
+        let sync_r = CacheManager::new(rcfg.clone())?;
+        sync_r.set_many(&refs, None)?;
+        let async_r = rt.block_on(async { AsyncCacheManager::new(rcfg.clone()) })?;
+        println!("## Redis gets/s (value 100 B, {KEYS} keys, {secs} s per row)");
+        println!(
+            "| concurrency | async face (tasks) | sync face (threads) | redis-benchmark -P 1 (clients) |"
+        );
+        println!("|---|---|---|---|");
+        for &n in &tasks {
+            let a = async_gets(&rt, &async_r, n, secs);
+            let s = sync_gets(&sync_r, n, secs);
+            let rb = redis_benchmark(redis.port(), n).map_or("-".to_owned(), |r| format!("{r:.0}"));
+            println!("| {n} | {a:.0} | {s:.0} | {rb} |");
+        }
     }
 
     // Memcached.
-    let mc = MemcachedServer::start().ok_or("memcached not found")?;
-    let mcfg = CacheConfig::default()
-        .with_backend(CacheBackend::Memcached)
-        .with_memcached_servers(vec![ServerAddr::parse(&mc.server(), 11211)?])
-        .with_pickle_dir(dir.path())
-        .with_namespace("b:");
-    let sync_m = CacheManager::new(mcfg.clone())?;
-    sync_m.set_many(&refs, None)?;
-    let async_m = rt.block_on(async { AsyncCacheManager::new(mcfg.clone()) })?;
-    let two = sync_gets(&sync_m, 2, secs);
-    println!("\n## Memcached gets/s; sync face with 2 threads: {two:.0}");
-    println!("| tasks | async face | x sync(2 threads) |");
-    println!("|---|---|---|");
-    for &n in &tasks {
-        let a = async_gets(&rt, &async_m, n, secs);
-        println!("| {n} | {a:.0} | {:.2} |", a / two);
+    if run("memcached") {
+        let mc = MemcachedServer::start().ok_or("memcached not found")?;
+        let mcfg = CacheConfig::default()
+            .with_backend(CacheBackend::Memcached)
+            .with_memcached_servers(vec![ServerAddr::parse(&mc.server(), 11211)?])
+            .with_pickle_dir(dir.path())
+            .with_namespace("b:");
+        let sync_m = CacheManager::new(mcfg.clone())?;
+        sync_m.set_many(&refs, None)?;
+        let async_m = rt.block_on(async { AsyncCacheManager::new(mcfg.clone()) })?;
+        let two = sync_gets(&sync_m, 2, secs);
+        println!("\n## Memcached gets/s; sync face with 2 threads: {two:.0}");
+        println!("| tasks | async face | x sync(2 threads) |");
+        println!("|---|---|---|");
+        for &n in &tasks {
+            let a = async_gets(&rt, &async_m, n, secs);
+            println!("| {n} | {a:.0} | {:.2} |", a / two);
+        }
+    }
+    if !run("file") {
+        return Ok(());
     }
 
     // File: where a read and a write cost least.

@@ -43,6 +43,7 @@ mod item;
 pub(crate) mod key;
 mod manager;
 pub mod memo;
+pub(crate) mod near;
 mod stampede;
 #[cfg(feature = "testing")]
 pub mod testing;

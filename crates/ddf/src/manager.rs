@@ -8,12 +8,13 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::backend::degraded::FallbackWatch;
-use crate::backend::{self, Backend, BackendStatus};
+use crate::backend::{Backend, BackendStatus};
 use crate::codec::{Codec, flags};
 use crate::config::CacheConfig;
 use crate::error::Result;
 use crate::item::Item;
 use crate::memo::epoch::Epochs;
+use crate::near::{Lookup, Near, Read};
 
 pub(crate) mod core;
 
@@ -46,6 +47,8 @@ struct Inner {
     /// Codec, TTL rules, statistics, identity, epochs: shared with the async face's code.
     core: Core,
     backend: Arc<dyn Backend>,
+    /// `near_cache = true`: the in-process tier (see `near/`).
+    near: Option<Arc<Near>>,
 }
 
 impl Drop for Inner {
@@ -75,8 +78,12 @@ impl CacheManager {
     /// error (an unusable cache directory, for example). No server is contacted: an unreachable
     /// server is not an error here (the cache starts on its fallback).
     pub fn new(config: CacheConfig) -> Result<Self> {
-        let backend = backend::from_config(&config)?;
-        Ok(Self::with_backend(config, backend))
+        let (backend, near) = crate::near::build(&config)?;
+        let mut cache = Self::with_backend(config, backend);
+        if let Some(inner) = Arc::get_mut(&mut cache.inner) {
+            inner.near = near;
+        }
+        Ok(cache)
     }
 
     /// A cache over a backend built elsewhere (your own [`Backend`], or a wrapper around one).
@@ -86,6 +93,7 @@ impl CacheManager {
             inner: Arc::new(Inner {
                 core: Core::new(config),
                 backend,
+                near: None,
             }),
         }
     }
@@ -97,10 +105,30 @@ impl CacheManager {
     /// A backend call, counted as `fallback` when the fallback answered it (the resilience
     /// wrapper notes that on this thread); the core's steps count the rest.
     fn call<T>(&self, op: impl FnOnce() -> Result<T>) -> Result<T> {
+        self.call_noted(op).0
+    }
+
+    /// [`CacheManager::call`], also telling whether the fallback answered.
+    fn call_noted<T>(&self, op: impl FnOnce() -> Result<T>) -> (Result<T>, bool) {
         let watch = FallbackWatch::start();
         let r = op();
-        if watch.served() {
+        let served = watch.served();
+        if served {
             self.core().fallback_served();
+        }
+        (r, served)
+    }
+
+    /// The near cache, when configured.
+    fn near(&self) -> Option<&Near> {
+        self.inner.near.as_deref()
+    }
+
+    /// A write through this cache: the near cache forgets what it changed once the server
+    /// call returned, whatever it returned (see docs/near-cache.md for why after).
+    fn written<T>(&self, r: Result<T>, forget: impl FnOnce(&Near)) -> Result<T> {
+        if let Some(n) = self.near() {
+            forget(n);
         }
         r
     }
@@ -146,8 +174,10 @@ impl CacheManager {
     /// [`Error::Decode`](crate::Error::Decode) when the stored value is not a `T`;
     /// [`Error::Backend`](crate::Error::Backend) when the backend fails.
     pub fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
-        let item = self.get_item(key)?;
-        self.core().decode(key, item)
+        match self.read(key)? {
+            Read::Held(held) => self.core().decode_held(key, &held).map(Some),
+            Read::Fetched(item) => self.core().decode(key, item),
+        }
     }
 
     /// Reads any value as the Python value it is, losslessly (tuples, sets, bytes, integers of
@@ -194,13 +224,34 @@ impl CacheManager {
     /// # Errors
     /// [`Error::Backend`](crate::Error::Backend) when the backend fails.
     pub fn get_item(&self, key: &str) -> Result<Option<Item>> {
+        Ok(match self.read(key)? {
+            Read::Held(held) => Some(Item::clone(&held)),
+            Read::Fetched(item) => item,
+        })
+    }
+
+    /// A read: from the near cache when it holds the key, else from the backend (offered to
+    /// the near cache with the ticket taken before the call).
+    fn read(&self, key: &str) -> Result<Read> {
         if !self.core().enabled() {
             self.core().missed(1);
-            return Ok(None);
+            return Ok(Read::Fetched(None));
         }
-        let r = self.core().got(self.call(|| self.inner.backend.get(key)))?;
+        let ticket = match self.near().map(|n| n.lookup(key)) {
+            Some(Lookup::Hit(held)) => {
+                self.core().near_hit();
+                return Ok(Read::Held(held));
+            }
+            Some(Lookup::Miss(t)) => t,
+            None => None,
+        };
+        let (r, served) = self.call_noted(|| self.inner.backend.get(key));
+        if let (Some(n), Some(t), Ok(Some(item))) = (self.near(), ticket, &r) {
+            n.fill(t, key, item, served);
+        }
+        let r = self.core().got(r)?;
         tracing::trace!(key = %crate::error::shorten(key), hit = r.is_some(), "ddf: get");
-        Ok(r)
+        Ok(Read::Fetched(r))
     }
 
     /// Stores a value. `ttl = None` uses the configured `ttl` (no expiry when that is empty).
@@ -220,8 +271,9 @@ impl CacheManager {
             return Ok(());
         }
         let item = self.core().encode(key, value)?;
+        let r = self.call(|| self.inner.backend.set(key, &item, ttl));
         self.core()
-            .stored(self.call(|| self.inner.backend.set(key, &item, ttl)), 1)
+            .stored(self.written(r, |n| n.evict(key, false)), 1)
     }
 
     /// Stores a value only if `key` holds none (absent or expired): `true` when this call
@@ -254,8 +306,8 @@ impl CacheManager {
             return Ok(true);
         }
         let item = self.core().encode(key, value)?;
-        self.core()
-            .added(self.call(|| self.inner.backend.add(key, &item, ttl)))
+        let r = self.call(|| self.inner.backend.add(key, &item, ttl));
+        self.core().added(self.written(r, |n| n.evict(key, false)))
     }
 
     /// Adds `delta` to the integer under `key` atomically and returns the new value; a missing
@@ -287,9 +339,10 @@ impl CacheManager {
     pub fn incr(&self, key: &str, delta: i64) -> Result<i64> {
         self.core().check_counter()?;
         if !self.core().enabled() {
-            return self.core().track(backend::counter_step(0, delta));
+            return self.core().track(crate::backend::counter_step(0, delta));
         }
         let r = self.call(|| self.inner.backend.incr(key, delta, &self.core().counter()));
+        let r = self.written(r, |n| n.evict(key, false));
         tracing::trace!(key = %crate::error::shorten(key), delta, "ddf: incr");
         self.core().counted(r)
     }
@@ -332,6 +385,8 @@ impl CacheManager {
             return Ok(false);
         }
         let r = self.call(|| self.inner.backend.touch(key, ttl));
+        // A near entry keeps the expiry it was read with: forget it, as for a write.
+        let r = self.written(r, |n| n.evict(key, false));
         self.core().track(r)
     }
 
@@ -376,8 +431,9 @@ impl CacheManager {
         if !self.core().enabled() {
             return Ok(());
         }
+        let r = self.call(|| self.inner.backend.set(key, item, ttl));
         self.core()
-            .stored(self.call(|| self.inner.backend.set(key, item, ttl)), 1)
+            .stored(self.written(r, |n| n.evict(key, false)), 1)
     }
 
     /// Removes a value; `true` if one was there.
@@ -389,7 +445,8 @@ impl CacheManager {
             return Ok(false);
         }
         let r = self.call(|| self.epochs().invalidate(|| self.inner.backend.delete(key)));
-        self.core().deleted(r)
+        self.core()
+            .deleted(self.written(r, |n| n.evict(key, false)))
     }
 
     /// Removes every key that starts with `prefix`, taken literally (`*`, `?`, `[` have no
@@ -407,7 +464,8 @@ impl CacheManager {
             self.epochs()
                 .invalidate(|| self.inner.backend.delete_prefix(prefix))
         });
-        self.core().invalidated(r)
+        self.core()
+            .invalidated(self.written(r, |n| n.evict_prefix(prefix)))
     }
 
     /// Removes every entry of this cache (its namespace), and nothing else: other applications'
@@ -420,7 +478,8 @@ impl CacheManager {
             return Ok(());
         }
         let r = self.call(|| self.epochs().invalidate(|| self.inner.backend.clear()));
-        self.core().track(r)
+        self.core()
+            .track(self.written(r, |n| n.reset(crate::near::Cause::Flush)))
     }
 
     /// Releases the backend's connections now (they are also released when the last clone is
@@ -555,6 +614,7 @@ impl CacheManager {
         }
         let encoded = self.core().encode_many(items)?;
         let r = self.call(|| self.inner.backend.set_many(&encoded, ttl));
+        let r = self.written(r, |n| items.iter().for_each(|(k, _)| n.evict(k, false)));
         self.core().stored(r, items.len())
     }
 
@@ -570,6 +630,7 @@ impl CacheManager {
             self.epochs()
                 .invalidate(|| self.inner.backend.delete_many(keys))
         });
+        let r = self.written(r, |n| keys.iter().for_each(|k| n.evict(k, false)));
         self.core().deleted_many(r)
     }
 
@@ -594,8 +655,9 @@ impl CacheManager {
             return Ok(());
         }
         let item = Item::new(value.to_vec(), flags::BYTES);
+        let r = self.call(|| self.inner.backend.set(key, &item, ttl));
         self.core()
-            .stored(self.call(|| self.inner.backend.set(key, &item, ttl)), 1)
+            .stored(self.written(r, |n| n.evict(key, false)), 1)
     }
 
     /// Lists at most `limit` keys that start with `prefix` (literally), with their expiry:
@@ -644,7 +706,7 @@ impl CacheManager {
 
     /// A snapshot of the statistics.
     pub fn stats(&self) -> CacheStats {
-        self.core().stats()
+        crate::near::with_counts(self.core().stats(), self.near())
     }
 
     /// Facts about the backend's storage (entries, bytes, server counters...), as label/value

@@ -29,6 +29,7 @@ use crate::item::Item;
 use crate::manager::CacheStats;
 use crate::manager::core::Core;
 use crate::memo::epoch::Epochs;
+use crate::near::{Lookup, Near, Read};
 
 /// The async cache: [`CacheManager`](crate::CacheManager)'s methods, names, arguments and
 /// meaning, as futures, over native async clients (feature `async`).
@@ -60,6 +61,8 @@ pub struct AsyncCacheManager {
 struct Inner {
     core: Core,
     backend: Arc<dyn AsyncBackend>,
+    /// `near_cache = true`: the in-process tier, the sync face's (see `near/`).
+    near: Option<Arc<Near>>,
 }
 
 impl Drop for Inner {
@@ -92,10 +95,14 @@ impl fmt::Debug for AsyncCacheManager {
 }
 
 /// The async backend a config names, from the same validated settings as the sync face's.
-fn from_config(config: &CacheConfig, fallback: &Arc<AtomicU64>) -> Result<Arc<dyn AsyncBackend>> {
+fn from_config(
+    config: &CacheConfig,
+    fallback: &Arc<AtomicU64>,
+    breaker: &mut Option<Arc<crate::backend::resilience::Resilient>>,
+) -> Result<Arc<dyn AsyncBackend>> {
     // Only the server backends have a fallback to count.
     #[cfg(not(any(feature = "redis", feature = "memcached")))]
-    let _ = fallback;
+    let _ = (fallback, breaker);
     Ok(match config.backend_settings()? {
         BackendSettings::None => Arc::new(Blocking::new(
             Arc::new(crate::backend::none::NoneBackend),
@@ -141,6 +148,7 @@ fn from_config(config: &CacheConfig, fallback: &Arc<AtomicU64>) -> Result<Arc<dy
             let primary =
                 redis::AsyncRedis::new(Arc::new(twin), settings.timeout, settings.connect_timeout);
             let state = crate::backend::redis_resilient(config, settings)?;
+            *breaker = Some(state.clone());
             match primary {
                 Some(p) => Arc::new(resilient::AsyncResilient::new(
                     state,
@@ -183,6 +191,7 @@ fn from_config(config: &CacheConfig, fallback: &Arc<AtomicU64>) -> Result<Arc<dy
                 settings.identity(),
                 factory,
             )?;
+            *breaker = Some(state.clone());
             Arc::new(resilient::AsyncResilient::new(
                 state,
                 Arc::new(AsyncMemcached::new(twin)),
@@ -203,8 +212,14 @@ impl AsyncCacheManager {
     /// or an unusable cache directory.
     pub fn new(config: CacheConfig) -> Result<Self> {
         let core = Core::new(config);
-        let backend = from_config(core.config(), &core.fallback_tally())?;
-        Ok(Self::from_core(core, backend))
+        let mut breaker = None;
+        let backend = from_config(core.config(), &core.fallback_tally(), &mut breaker)?;
+        let near = crate::near::for_async(core.config(), breaker)?;
+        let mut cache = Self::from_core(core, backend);
+        if let Some(inner) = Arc::get_mut(&mut cache.inner) {
+            inner.near = near;
+        }
+        Ok(cache)
     }
 
     /// A cache over a sync [`Backend`] built elsewhere (your own, or a wrapper), each call run
@@ -222,7 +237,11 @@ impl AsyncCacheManager {
 
     fn from_core(core: Core, backend: Arc<dyn AsyncBackend>) -> Self {
         AsyncCacheManager {
-            inner: Arc::new(Inner { core, backend }),
+            inner: Arc::new(Inner {
+                core,
+                backend,
+                near: None,
+            }),
         }
     }
 
@@ -232,6 +251,15 @@ impl AsyncCacheManager {
 
     fn backend(&self) -> &dyn AsyncBackend {
         self.inner.backend.as_ref()
+    }
+
+    /// A write through this cache: the near cache forgets what it changed once the server
+    /// call returned, whatever it returned (docs/near-cache.md, "Own writes").
+    fn written<T>(&self, r: T, forget: impl FnOnce(&Near)) -> T {
+        if let Some(n) = self.inner.near.as_deref() {
+            forget(n);
+        }
+        r
     }
 
     /// The configuration this cache was built from.
@@ -272,8 +300,10 @@ impl AsyncCacheManager {
     /// # Errors
     /// As [`CacheManager::get`](crate::CacheManager::get).
     pub async fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
-        let item = self.get_item(key).await.result?;
-        self.core().decode(key, item)
+        match self.read(key).await.result? {
+            Read::Held(held) => self.core().decode_held(key, &held).map(Some),
+            Read::Fetched(item) => self.core().decode(key, item),
+        }
     }
 
     /// [`AsyncCacheManager::get`], and whether it met a temporary server failure that it
@@ -297,13 +327,39 @@ impl AsyncCacheManager {
     }
 
     async fn get_item(&self, key: &str) -> Noted<Option<Item>> {
+        let Noted { result, degraded } = self.read(key).await;
+        Noted {
+            result: result.map(|r| match r {
+                Read::Held(held) => Some(Item::clone(&held)),
+                Read::Fetched(item) => item,
+            }),
+            degraded,
+        }
+    }
+
+    /// A read: from the near cache when it holds the key (no await), else from the backend,
+    /// offered to the near cache with the ticket taken before the call.
+    async fn read(&self, key: &str) -> Noted<Read> {
         if !self.core().enabled() {
             self.core().missed(1);
-            return Noted::clean(Ok(None));
+            return Noted::clean(Ok(Read::Fetched(None)));
         }
+        let near = self.inner.near.as_deref();
+        let ticket = match near.map(|n| n.lookup(key)) {
+            Some(Lookup::Hit(held)) => {
+                self.core().near_hit();
+                return Noted::clean(Ok(Read::Held(held)));
+            }
+            Some(Lookup::Miss(t)) => t,
+            None => None,
+        };
         let Noted { result, degraded } = self.backend().get(key).await;
+        if let (Some(n), Some(t), Ok(Some(item))) = (near, ticket, &result) {
+            // A degraded read may have been the fallback's: never stored.
+            n.fill(t, key, item, degraded);
+        }
         Noted {
-            result: self.core().got(result),
+            result: self.core().got(result).map(Read::Fetched),
             degraded,
         }
     }
@@ -378,6 +434,7 @@ impl AsyncCacheManager {
 
     async fn set_item(&self, key: &str, item: Item, ttl: Option<Duration>) -> Noted<()> {
         let Noted { result, degraded } = self.backend().set(key, &item, ttl).await;
+        let result = self.written(result, |n| n.evict(key, false));
         Noted {
             result: self.core().stored(result, 1),
             degraded,
@@ -399,7 +456,10 @@ impl AsyncCacheManager {
         async move {
             match prepared? {
                 None => Ok(true),
-                Some((item, ttl)) => self.core().added(self.backend().add(key, &item, ttl).await),
+                Some((item, ttl)) => {
+                    let r = self.backend().add(key, &item, ttl).await;
+                    self.core().added(self.written(r, |n| n.evict(key, false)))
+                }
             }
         }
     }
@@ -414,7 +474,8 @@ impl AsyncCacheManager {
             return self.core().track(crate::backend::counter_step(0, delta));
         }
         let r = self.backend().incr(key, delta, self.core().counter()).await;
-        self.core().counted(r)
+        self.core()
+            .counted(self.written(r, |n| n.evict(key, false)))
     }
 
     /// Subtracts `delta`: [`AsyncCacheManager::incr`] with `-delta`.
@@ -443,7 +504,8 @@ impl AsyncCacheManager {
             return Ok(false);
         }
         let r = self.backend().touch(key, ttl).await;
-        self.core().track(r)
+        // A near entry keeps the expiry it was read with: forget it, as for a write.
+        self.core().track(self.written(r, |n| n.evict(key, false)))
     }
 
     /// How long the value under `key` has left (`None`: no value).
@@ -470,7 +532,8 @@ impl AsyncCacheManager {
             .epochs()
             .invalidate_async(self.backend().delete(key))
             .await;
-        self.core().deleted(r)
+        self.core()
+            .deleted(self.written(r, |n| n.evict(key, false)))
     }
 
     /// Removes every key that starts with `prefix`, taken literally; returns how many.
@@ -485,7 +548,8 @@ impl AsyncCacheManager {
             .epochs()
             .invalidate_async(self.backend().delete_prefix(prefix))
             .await;
-        self.core().invalidated(r)
+        self.core()
+            .invalidated(self.written(r, |n| n.evict_prefix(prefix)))
     }
 
     /// Removes every entry of this cache (its namespace), and nothing else.
@@ -497,7 +561,8 @@ impl AsyncCacheManager {
             return Ok(());
         }
         let r = self.epochs().invalidate_async(self.backend().clear()).await;
-        self.core().track(r)
+        self.core()
+            .track(self.written(r, |n| n.reset(crate::near::Cause::Flush)))
     }
 
     /// Releases the backend's connections now; the next operation reconnects.
@@ -539,6 +604,8 @@ impl AsyncCacheManager {
                 None => Ok(()),
                 Some((encoded, ttl)) => {
                     let r = self.backend().set_many(&encoded, ttl).await;
+                    let r =
+                        self.written(r, |n| encoded.iter().for_each(|(k, _)| n.evict(k, false)));
                     self.core().stored(r, encoded.len())
                 }
             }
@@ -557,6 +624,7 @@ impl AsyncCacheManager {
             .epochs()
             .invalidate_async(self.backend().delete_many(keys))
             .await;
+        let r = self.written(r, |n| keys.iter().for_each(|k| n.evict(k, false)));
         self.core().deleted_many(r)
     }
 
@@ -650,7 +718,7 @@ impl AsyncCacheManager {
 
     /// A snapshot of the statistics (a plain method: no I/O).
     pub fn stats(&self) -> CacheStats {
-        self.core().stats()
+        crate::near::with_counts(self.core().stats(), self.inner.near.as_deref())
     }
 
     /// Facts about the backend's storage, as label/value pairs.

@@ -84,6 +84,13 @@ pub struct CacheConfig {
     /// `lease_ttl` in seconds (default 10): how long a `get_or_set` computation holds its lease;
     /// a waiter takes over a lease that outlived this (its holder died or ran too long).
     pub lease_ttl: Duration,
+    /// `near_cache` (default false): keep recently read values in this process, kept coherent
+    /// with Redis by server-assisted invalidation (Memcached: for at most `near_cache_ttl`).
+    pub near_cache: bool,
+    /// `near_cache_size` (default 10000): the most entries the near cache keeps.
+    pub near_cache_size: u64,
+    /// `near_cache_ttl` in seconds (default 60): how long an entry may live in the near cache.
+    pub near_cache_ttl: Duration,
     /// Where each key's value came from.
     pub(super) sources: BTreeMap<&'static str, Source>,
     /// The file the INI text came from, if any.
@@ -121,6 +128,9 @@ impl Default for CacheConfig {
             server_flush: false,
             lock_timeout: Duration::from_secs(20),
             lease_ttl: Duration::from_secs(10),
+            near_cache: false,
+            near_cache_size: 10_000,
+            near_cache_ttl: Duration::from_secs(60),
             sources: BTreeMap::new(),
             file: None,
         }
@@ -567,7 +577,50 @@ pub(super) const KEYS: &[KeySpec] = &[
         show: |c| format!("{}", c.lease_ttl.as_secs_f64()),
         doc: "seconds a get_or_set computation holds its lease before a waiter may take over",
     },
+    KeySpec {
+        name: "near_cache",
+        legacy_env: None,
+        secret: false,
+        apply: |c, v| {
+            c.near_cache = parse_bool(v)?;
+            Ok(())
+        },
+        show: |c| c.near_cache.to_string(),
+        doc: "keep read values in this process too (Redis: invalidated by the server; Memcached: for at most near_cache_ttl)",
+    },
+    KeySpec {
+        name: "near_cache_size",
+        legacy_env: None,
+        secret: false,
+        apply: |c, v| {
+            c.near_cache_size = match v.trim().parse::<u64>() {
+                Ok(n) if (1..=NEAR_CACHE_SIZE_MAX).contains(&n) => n,
+                _ => {
+                    return Err(format!(
+                        "allowed: a whole number of entries from 1 to {NEAR_CACHE_SIZE_MAX}"
+                    ));
+                }
+            };
+            Ok(())
+        },
+        show: |c| c.near_cache_size.to_string(),
+        doc: "the most entries the near cache keeps",
+    },
+    KeySpec {
+        name: "near_cache_ttl",
+        legacy_env: None,
+        secret: false,
+        apply: |c, v| {
+            c.near_cache_ttl = parse_secs(v, "near_cache_ttl")?;
+            Ok(())
+        },
+        show: |c| format!("{}", c.near_cache_ttl.as_secs_f64()),
+        doc: "seconds an entry may live in the near cache (Memcached: the staleness bound)",
+    },
 ];
+
+/// The largest `near_cache_size` accepted: ten million entries.
+pub(super) const NEAR_CACHE_SIZE_MAX: u64 = 10_000_000;
 
 /// `redis://user:pass@host` -> `redis://<redacted>@host`.
 fn redact_url(url: &str) -> String {

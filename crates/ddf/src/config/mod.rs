@@ -27,8 +27,8 @@ use ini::Ini;
 pub use keys::CacheConfig;
 use keys::{KEYS, KeySpec, known_keys, spec};
 pub(crate) use settings::{
-    BackendSettings, MemcachedSettings, RedisEndpoint, RedisSettings, RedisTarget,
-    ResilienceSettings, ValueFormat,
+    BackendSettings, MemcachedSettings, NearMode, NearSettings, RedisEndpoint, RedisSettings,
+    RedisTarget, ResilienceSettings, ValueFormat,
 };
 pub use types::{CacheBackend, ConfigRow, FallbackMode, UnknownBackend};
 pub use values::{Secret, ServerAddr};

@@ -54,6 +54,26 @@ pub(crate) struct ResilienceSettings {
     pub(crate) dir: PathBuf,
 }
 
+/// How the near cache (`near_cache = true`) learns that a value changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum NearMode {
+    /// Redis: server-assisted invalidation (`CLIENT TRACKING`).
+    Tracked,
+    /// Memcached: no push; entries live at most `near_cache_ttl`.
+    TtlOnly,
+}
+
+/// The near cache's settings (`near_cache`, `near_cache_size`, `near_cache_ttl`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct NearSettings {
+    /// The most entries kept (at least 1).
+    pub(crate) size: u64,
+    /// How long an entry may live (more than 0).
+    pub(crate) ttl: Duration,
+    /// How invalidations are learnt.
+    pub(crate) mode: NearMode,
+}
+
 /// How values are written on a Memcached server (pymemcache's conventions).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ValueFormat {
@@ -310,6 +330,81 @@ impl CacheConfig {
             refuse_whole_keyspace: self.namespace.is_empty() && !self.server_flush,
             dir: self.pickle_dir(),
         })
+    }
+
+    /// The near cache's settings: `None` when `near_cache` is off or the backend stores
+    /// nothing.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for a size or TTL out of range (only possible by setting the fields
+    /// directly: the parsers refuse them), and for `near_cache = true` where it is not offered:
+    /// the local directory (see docs/near-cache.md: a hit could not be both coherent and faster
+    /// than the file's own get), a Redis Cluster, TLS or Sentinel (not tracked yet).
+    pub(crate) fn near_settings(&self) -> Result<Option<NearSettings>> {
+        if !self.near_cache {
+            return Ok(None);
+        }
+        if !(1..=super::keys::NEAR_CACHE_SIZE_MAX).contains(&self.near_cache_size) {
+            return Err(self.invalid(
+                "near_cache_size",
+                format!(
+                    "near_cache_size is {}: allowed: a whole number of entries from 1 to {}",
+                    self.near_cache_size,
+                    super::keys::NEAR_CACHE_SIZE_MAX
+                ),
+            ));
+        }
+        if self.near_cache_ttl.is_zero() {
+            return Err(self.invalid(
+                "near_cache_ttl",
+                "near_cache_ttl is 0: it must be a number of seconds greater than 0",
+            ));
+        }
+        let not_offered = |what: &str| {
+            self.invalid(
+                "near_cache",
+                format!(
+                    "near_cache = true is not offered with {what}; set near_cache = false \
+                     (see docs/near-cache.md)"
+                ),
+            )
+        };
+        let mode = match self.backend {
+            CacheBackend::None => return Ok(None),
+            CacheBackend::Pickle => {
+                return Err(not_offered(
+                    "backend = pickle (a local directory: a hit would not be faster than its own get)",
+                ));
+            }
+            CacheBackend::Memcached | CacheBackend::MemcachedPickle => NearMode::TtlOnly,
+            CacheBackend::Redis | CacheBackend::RedisPickle => {
+                if !self.redis_cluster_nodes.is_empty() {
+                    return Err(not_offered(
+                        "a Redis Cluster (redis_cluster_nodes): tracking every primary is not written yet",
+                    ));
+                }
+                if !self.redis_sentinels.is_empty() {
+                    return Err(not_offered(
+                        "Redis Sentinel (redis_sentinels): tracking across failovers is not written yet",
+                    ));
+                }
+                let tls = self
+                    .redis_url
+                    .as_ref()
+                    .is_some_and(|u| u.expose().trim().starts_with("rediss://"));
+                if tls || self.redis_ca_file.is_some() {
+                    return Err(not_offered(
+                        "TLS (rediss://): the invalidation connection is plain TCP or unix only",
+                    ));
+                }
+                NearMode::Tracked
+            }
+        };
+        Ok(Some(NearSettings {
+            size: self.near_cache_size,
+            ttl: self.near_cache_ttl,
+            mode,
+        }))
     }
 
     /// The Memcached backend's settings.

@@ -53,6 +53,20 @@ pub struct CacheStats {
     /// = none`. Counted beside the operation's own counter (a get the fallback answered is also
     /// a hit or a miss).
     pub fallback: u64,
+    /// Gets the near cache answered (`near_cache = true`; counted in `hits` too).
+    pub near_hits: u64,
+    /// Gets the near cache did not hold while it served (counted as `hits` or `misses` by
+    /// what the backend then returned).
+    pub near_misses: u64,
+    /// Near entries evicted because the server said their key changed (Redis tracking).
+    pub near_evictions: u64,
+    /// Times the near cache was emptied because its invalidation channel was lost.
+    pub near_resets_lost: u64,
+    /// Times the near cache was emptied because the breaker changed state or the fallback
+    /// answered a call.
+    pub near_resets_breaker: u64,
+    /// Times the near cache was emptied by a flush (`flush_all`, or anyone's `FLUSHDB`).
+    pub near_resets_flush: u64,
 }
 
 impl CacheStats {
@@ -81,7 +95,20 @@ impl fmt::Display for CacheStats {
             self.invalidated,
             self.errors,
             self.fallback
-        )
+        )?;
+        if self.near_hits + self.near_misses > 0 {
+            write!(
+                f,
+                " near: hits {} misses {} evictions {} resets (lost {} breaker {} flush {})",
+                self.near_hits,
+                self.near_misses,
+                self.near_evictions,
+                self.near_resets_lost,
+                self.near_resets_breaker,
+                self.near_resets_flush
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -210,6 +237,16 @@ impl Core {
             1,
         );
         Ok(r)
+    }
+
+    /// A get the near cache answered.
+    pub(crate) fn near_hit(&self) {
+        bump(&self.stats.hits, 1);
+    }
+
+    /// Decodes an item the near cache holds as a `T`.
+    pub(crate) fn decode_held<T: DeserializeOwned>(&self, key: &str, item: &Item) -> Result<T> {
+        self.track(self.codec.decode(key, item))
     }
 
     /// Decodes a read item as a `T`.
@@ -375,6 +412,7 @@ impl Core {
             invalidated: l(&s.invalidated),
             errors: l(&s.errors),
             fallback: l(&s.fallback),
+            ..CacheStats::default()
         }
     }
 }

@@ -293,15 +293,26 @@ async fn memcached_256_tasks_match_the_model() {
     let cache = AsyncCacheManager::new(memcached_config(&server, dir.path(), "model:")).unwrap();
     let mut history = run_mix(&cache, 60, false).await;
     let report = check(&mut history, "memcached");
-    // Every read is checked against the model above, strictly. The error count is not held at
-    // zero here: fresh-clone CI runs met 1 temporary error in a few thousand calls on a healthy
-    // server (the async Memcached client's open bug, issue #12); an error is never a wrong
-    // value, and a few of them do not fail the run while the cause is found.
-    eprintln!("memcached, 256 tasks: {} errors", report.errors);
-    assert!(
-        report.errors <= 3,
-        "{} errors on a healthy server",
-        report.errors
+    // Every read is checked against the model above, strictly, and a healthy server gives no
+    // error. (Prefix invalidations used to poll the server's one LRU crawler, and under load a
+    // caller could lose every poll for half a minute: "the crawler stayed busy", or the call
+    // cut by the 30 s limit above. They now queue in arrival order.)
+    let slowest = history.iter().map(|o| o.end - o.start).max().unwrap_or(0);
+    eprintln!(
+        "memcached, 256 tasks: {} ops, {} errors, slowest call {:.1} s",
+        history.len(),
+        report.errors,
+        slowest as f64 / 1e9
+    );
+    let errors: Vec<_> = history
+        .iter()
+        .filter(|o| matches!(o.outcome, Outcome::Err(_)))
+        .take(5)
+        .map(|o| format!("{o:?}"))
+        .collect();
+    assert_eq!(
+        report.errors, 0,
+        "errors on a healthy server (the first ones): {errors:#?}"
     );
     assert!(report.hits > 0);
 }

@@ -29,6 +29,8 @@ mod memcached;
 #[cfg(feature = "memcached")]
 mod memcached_hostile;
 mod memo;
+#[cfg(feature = "redis")]
+mod near;
 #[cfg(all(feature = "redis", feature = "memcached"))]
 mod outage;
 #[cfg(all(feature = "redis", feature = "memcached"))]

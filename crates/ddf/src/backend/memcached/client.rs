@@ -12,10 +12,8 @@
 //! - Keys reach this module only as wire keys from [`crate::key::memcached_key`]: printable ASCII
 //!   without spaces, at most 250 bytes; [`proto::check_key`] refuses anything else before
 //!   sending, so no key can inject a command.
-//! - Memory: the read buffer grows only when it is full of unconsumed reply bytes, by at most
-//!   [`READ_CHUNK`], so a connection never holds more than what the server actually sent plus
-//!   one chunk; a value length above the server's item limit is refused when its `VA` line
-//!   arrives.
+//! - The buffers and their memory bounds are [`super::buffer::Buffers`] (no I/O there): this
+//!   module only writes the request and reads reply bytes into it.
 //! - A connection that saw an I/O error, a timeout or an unexpected reply is dropped, never reused
 //!   (its stream may be out of step); one that got a clean `SERVER_ERROR`/`CLIENT_ERROR` line goes
 //!   back to the pool.
@@ -24,17 +22,9 @@ use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
-use super::proto::{self, MetaReply, Parsed, ProtoError, TextLine};
+use super::buffer::{Buffers, Step};
+use super::proto::{self, MetaReply, ProtoError, TextLine};
 use super::replies::{self, refused, server_error, unexpected_text};
-
-/// The read buffer's size when a connection opens, and what it shrinks back to after a large
-/// reply.
-const READ_INITIAL: usize = 16 * 1024;
-/// The most the read buffer grows by at a time.
-const READ_CHUNK: usize = 64 * 1024;
-/// A read buffer (or request buffer) larger than this is shrunk back before the next request,
-/// so an idle pooled connection does not keep the memory of its largest reply or pipeline.
-const KEEP: usize = 256 * 1024;
 
 /// What went wrong talking to one server.
 #[derive(Debug)]
@@ -67,14 +57,8 @@ pub(crate) type McResult<T> = std::result::Result<T, McError>;
 #[derive(Debug)]
 pub(crate) struct Conn {
     stream: TcpStream,
-    /// The request being built (reused: one write per request or pipeline).
-    out: Vec<u8>,
-    /// Read buffer; `buf[start..end]` holds received bytes not parsed yet.
-    buf: Vec<u8>,
-    start: usize,
-    end: usize,
-    /// The longest value accepted (the server's item limit, at most [`proto::MAX_VALUE_CAP`]).
-    max_value: usize,
+    /// The request being built and the replies received.
+    b: Buffers,
 }
 
 /// The reply to `mg <key> v f`.
@@ -104,11 +88,7 @@ impl Conn {
                     s.set_write_timeout(Some(timeout))?;
                     return Ok(Conn {
                         stream: s,
-                        out: Vec::with_capacity(256),
-                        buf: vec![0; READ_INITIAL],
-                        start: 0,
-                        end: 0,
-                        max_value: proto::MAX_VALUE_CAP,
+                        b: Buffers::default(),
                     });
                 }
                 Err(e) => last = e,
@@ -120,63 +100,25 @@ impl Conn {
     /// Sets the longest value this connection accepts from the server (its `item_size_max`;
     /// capped at [`proto::MAX_VALUE_CAP`]).
     pub fn set_value_limit(&mut self, item_size_max: usize) {
-        self.max_value = item_size_max.min(proto::MAX_VALUE_CAP);
+        self.b.set_value_limit(item_size_max);
     }
 
-    /// Starts a request: checks that no reply bytes are left over, shrinks a buffer a large
-    /// reply grew, and clears the request buffer.
+    /// Starts a request (see [`Buffers::begin`]).
     fn begin(&mut self) -> McResult<()> {
-        if self.start != self.end {
-            return Err(McError::Protocol(format!(
-                "the server sent {} bytes nobody asked for",
-                self.end - self.start
-            )));
-        }
-        self.start = 0;
-        self.end = 0;
-        if self.buf.len() > KEEP {
-            self.buf = vec![0; READ_INITIAL];
-        }
-        if self.out.capacity() > KEEP {
-            self.out = Vec::with_capacity(256);
-        }
-        self.out.clear();
-        Ok(())
+        Ok(self.b.begin()?)
     }
 
-    /// Writes the request built in `self.out` in one write.
+    /// Writes the request built in `self.b.out` in one write.
     fn flush(&mut self) -> McResult<()> {
-        self.stream.write_all(&self.out)?;
+        self.stream.write_all(&self.b.out)?;
         Ok(())
     }
 
-    /// Reads more reply bytes into the buffer: moves unparsed bytes to the front when that
-    /// makes room, and grows the buffer by at most [`READ_CHUNK`] only when it is full of them.
+    /// Reads more reply bytes into the buffers.
     fn fill(&mut self) -> McResult<()> {
-        if self.start == self.end {
-            self.start = 0;
-            self.end = 0;
-        } else if self.end == self.buf.len() && self.start > 0 {
-            self.buf.copy_within(self.start..self.end, 0);
-            self.end -= self.start;
-            self.start = 0;
-        }
-        if self.end == self.buf.len() {
-            self.buf.reserve_exact(READ_CHUNK);
-            self.buf.resize(self.buf.len() + READ_CHUNK, 0);
-        }
         loop {
-            match self.stream.read(&mut self.buf[self.end..]) {
-                Ok(0) => {
-                    return Err(McError::Io(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "the server closed the connection",
-                    )));
-                }
-                Ok(n) => {
-                    self.end += n;
-                    return Ok(());
-                }
+            match self.stream.read(self.b.spare()) {
+                Ok(n) => return self.b.filled(n),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e.into()),
             }
@@ -185,36 +127,32 @@ impl Conn {
 
     /// The next meta reply, handed to `f` (it borrows the read buffer), then consumed.
     fn meta<T>(&mut self, f: impl FnOnce(MetaReply<'_>) -> McResult<T>) -> McResult<T> {
+        let mut f = f;
         loop {
-            match proto::parse_meta(&self.buf[self.start..self.end], self.max_value)? {
-                Parsed::Done(reply, used) => {
-                    let out = f(reply);
-                    self.start += used;
-                    return out;
-                }
-                Parsed::Incomplete => self.fill()?,
+            match self.b.meta(f) {
+                Step::Done(r) => return r,
+                Step::Fill(back) => f = back,
             }
+            self.fill()?;
         }
     }
 
     /// The next line of a text reply, handed to `f`, then consumed.
     fn text<T>(&mut self, f: impl FnOnce(TextLine<'_>) -> McResult<T>) -> McResult<T> {
+        let mut f = f;
         loop {
-            match proto::parse_text(&self.buf[self.start..self.end])? {
-                Parsed::Done(line, used) => {
-                    let out = f(line);
-                    self.start += used;
-                    return out;
-                }
-                Parsed::Incomplete => self.fill()?,
+            match self.b.text(f) {
+                Step::Done(r) => return r,
+                Step::Fill(back) => f = back,
             }
+            self.fill()?;
         }
     }
 
     /// `mg <key> v f`: one value or a miss.
     pub fn get(&mut self, key: &str) -> McResult<Option<Value>> {
         self.begin()?;
-        proto::get(&mut self.out, key.as_bytes(), None).map_err(refused)?;
+        proto::get(&mut self.b.out, key.as_bytes(), None).map_err(refused)?;
         self.flush()?;
         self.meta(replies::get)
     }
@@ -225,9 +163,9 @@ impl Conn {
         self.begin()?;
         for (i, k) in keys.iter().enumerate() {
             let opaque = replies::opaque(i, keys.len())?;
-            proto::get(&mut self.out, k.as_bytes(), Some(opaque)).map_err(refused)?;
+            proto::get(&mut self.b.out, k.as_bytes(), Some(opaque)).map_err(refused)?;
         }
-        proto::noop(&mut self.out);
+        proto::noop(&mut self.b.out);
         self.flush()?;
         let mut replies = replies::GetMany::new(keys.len());
         while !self.meta(|r| replies.step(r))? {}
@@ -237,7 +175,8 @@ impl Conn {
     /// `ms <key> <len> F<flags> [T<exptime>]` (exptime 0: no expiry).
     pub fn set(&mut self, key: &str, data: &[u8], flags: u32, exptime: u64) -> McResult<()> {
         self.begin()?;
-        proto::set(&mut self.out, key.as_bytes(), data, flags, exptime, false).map_err(refused)?;
+        proto::set(&mut self.b.out, key.as_bytes(), data, flags, exptime, false)
+            .map_err(refused)?;
         self.flush()?;
         let mut replies = replies::Set::new(false);
         while !self.meta(|r| replies.step(r))? {}
@@ -247,7 +186,7 @@ impl Conn {
     /// `ms <key> <len> F<flags> [T<exptime>] ME` (add): `true` when stored.
     pub fn add(&mut self, key: &str, data: &[u8], flags: u32, exptime: u64) -> McResult<bool> {
         self.begin()?;
-        proto::add(&mut self.out, key.as_bytes(), data, flags, exptime).map_err(refused)?;
+        proto::add(&mut self.b.out, key.as_bytes(), data, flags, exptime).map_err(refused)?;
         self.flush()?;
         self.meta(replies::add)
     }
@@ -255,7 +194,7 @@ impl Conn {
     /// `mg <key> v c f`: the value, its flags and its CAS value, or a miss.
     pub fn get_cas(&mut self, key: &str) -> McResult<Option<replies::CasValue>> {
         self.begin()?;
-        proto::get_cas(&mut self.out, key.as_bytes()).map_err(refused)?;
+        proto::get_cas(&mut self.b.out, key.as_bytes()).map_err(refused)?;
         self.flush()?;
         self.meta(replies::get_cas)
     }
@@ -270,7 +209,7 @@ impl Conn {
         delta: u64,
     ) -> McResult<Option<Vec<u8>>> {
         self.begin()?;
-        proto::arith(&mut self.out, key.as_bytes(), cas, decr, delta).map_err(refused)?;
+        proto::arith(&mut self.b.out, key.as_bytes(), cas, decr, delta).map_err(refused)?;
         self.flush()?;
         self.meta(replies::arith)
     }
@@ -283,7 +222,7 @@ impl Conn {
         exptime: Option<u64>,
     ) -> McResult<Option<proto::Fields>> {
         self.begin()?;
-        proto::touch_or_meta(&mut self.out, key.as_bytes(), exptime).map_err(refused)?;
+        proto::touch_or_meta(&mut self.b.out, key.as_bytes(), exptime).map_err(refused)?;
         self.flush()?;
         self.meta(replies::touch_or_meta)
     }
@@ -292,9 +231,9 @@ impl Conn {
     pub fn set_many(&mut self, items: &[(&str, &[u8], u32)], exptime: u64) -> McResult<()> {
         self.begin()?;
         for (k, d, f) in items {
-            proto::set(&mut self.out, k.as_bytes(), d, *f, exptime, true).map_err(refused)?;
+            proto::set(&mut self.b.out, k.as_bytes(), d, *f, exptime, true).map_err(refused)?;
         }
-        proto::noop(&mut self.out);
+        proto::noop(&mut self.b.out);
         self.flush()?;
         let mut replies = replies::Set::new(true);
         while !self.meta(|r| replies.step(r))? {}
@@ -306,7 +245,7 @@ impl Conn {
     pub fn delete_many(&mut self, keys: &[&[u8]]) -> McResult<u64> {
         self.begin()?;
         for k in keys {
-            proto::delete(&mut self.out, k).map_err(refused)?;
+            proto::delete(&mut self.b.out, k).map_err(refused)?;
         }
         self.flush()?;
         let mut replies = replies::DeleteMany::default();
@@ -319,7 +258,7 @@ impl Conn {
     /// `md <key> C<cas>`: `true` when it removed the item (still at `cas`).
     pub fn delete_cas(&mut self, key: &str, cas: u64) -> McResult<bool> {
         self.begin()?;
-        proto::delete_cas(&mut self.out, key.as_bytes(), cas).map_err(refused)?;
+        proto::delete_cas(&mut self.b.out, key.as_bytes(), cas).map_err(refused)?;
         self.flush()?;
         self.meta(replies::delete_cas)
     }
@@ -327,7 +266,7 @@ impl Conn {
     /// `version`.
     pub fn version(&mut self) -> McResult<String> {
         self.begin()?;
-        proto::version(&mut self.out);
+        proto::version(&mut self.b.out);
         self.flush()?;
         self.text(|l| match l {
             TextLine::Version(v) => Ok(String::from_utf8_lossy(v).into_owned()),
@@ -349,7 +288,7 @@ impl Conn {
         mut keep: impl FnMut(&[u8], &[u8]) -> bool,
     ) -> McResult<Vec<(String, String)>> {
         self.begin()?;
-        proto::stats(&mut self.out, group);
+        proto::stats(&mut self.b.out, group);
         self.flush()?;
         let mut out = Vec::new();
         loop {
@@ -396,7 +335,7 @@ impl Conn {
     /// `flush_all`: every item on this server.
     pub fn flush_all(&mut self) -> McResult<()> {
         self.begin()?;
-        proto::flush_all(&mut self.out);
+        proto::flush_all(&mut self.b.out);
         self.flush()?;
         self.text(|l| match l {
             TextLine::Ok => Ok(()),
@@ -418,7 +357,7 @@ impl Conn {
         mut each: impl FnMut(&[u8], Option<i64>),
     ) -> McResult<bool> {
         self.begin()?;
-        proto::metadump(&mut self.out, hash);
+        proto::metadump(&mut self.b.out, hash);
         self.flush()?;
         let mut key = Vec::with_capacity(256);
         loop {
@@ -449,6 +388,7 @@ impl Conn {
 
 #[cfg(test)]
 mod tests {
+    use super::super::buffer::{READ_CHUNK, READ_INITIAL};
     use super::*;
     use ddf_testkit::{FakeReply, FakeServer};
 
@@ -487,13 +427,11 @@ mod tests {
             ),
             other => panic!("{:?}", other.map(|v| v.map(|v| v.data.len()))),
         }
-        assert!(c.end >= 100_000, "{} bytes received", c.end);
+        let (end, len, capacity) = c.b.sizes();
+        assert!(end >= 100_000, "{end} bytes received");
         assert!(
-            c.buf.len() <= c.end + READ_CHUNK && c.buf.capacity() <= c.end + 2 * READ_CHUNK,
-            "buffer of {} (capacity {}) for {} bytes received",
-            c.buf.len(),
-            c.buf.capacity(),
-            c.end
+            len <= end + READ_CHUNK && capacity <= end + 2 * READ_CHUNK,
+            "buffer of {len} (capacity {capacity}) for {end} bytes received"
         );
     }
 
@@ -523,7 +461,7 @@ mod tests {
                 .all(|(i, &b)| b == (i % 251) as u8)
         );
         assert!(c.get("small").unwrap().is_none());
-        assert_eq!(c.buf.len(), READ_INITIAL);
+        assert_eq!(c.b.sizes().1, READ_INITIAL);
         // The server's `ERROR` for a command it does not know is a clean server error.
         assert!(matches!(c.flush_all(), Err(McError::Server(m)) if m == "ERROR"));
         assert!(c.get("small").unwrap().is_none());

@@ -18,10 +18,12 @@
 #[cfg(feature = "async")]
 pub(crate) mod aio;
 mod atomic;
+mod buffer;
 mod client;
 pub(crate) mod placement;
 mod proto;
 mod replies;
+mod turns;
 
 use std::borrow::Cow;
 use std::fmt;
@@ -128,6 +130,8 @@ struct Server {
     item_size_max: AtomicUsize,
     /// Whether the server refused `lru_crawler metadump hash` (then `all` is used).
     no_hash_dump: AtomicBool,
+    /// This process's callers of the server's LRU crawler, served in arrival order.
+    crawler: turns::Turns,
 }
 
 /// The Memcached backend: every configured server, pymemcache-compatible placement and values.
@@ -231,6 +235,7 @@ impl Server {
             health: Mutex::new(Health::default()),
             item_size_max: AtomicUsize::new(0),
             no_hash_dump: AtomicBool::new(false),
+            crawler: turns::Turns::default(),
         }
     }
 
@@ -540,6 +545,18 @@ impl MemcachedBackend {
         let mut sure = Vec::new();
         let mut maybe = Vec::new();
         let mut unlisted = false;
+        let busy = || Error::Backend {
+            backend: "memcached",
+            message: format!(
+                "lru_crawler metadump on memcached server {}: the crawler stayed busy with other \
+                 requests; try again",
+                server.name
+            ),
+            temporary: true,
+            source: None,
+        };
+        // This process's callers ask the crawler one at a time, in arrival order (see turns.rs).
+        let _turn = server.crawler.wait(deadline).ok_or_else(busy)?;
         loop {
             let hash = !server.no_hash_dump.load(Ordering::Relaxed);
             let what = if hash {
@@ -596,16 +613,7 @@ impl MemcachedBackend {
                 break;
             }
             if Instant::now() > deadline {
-                return Err(Error::Backend {
-                    backend: "memcached",
-                    message: format!(
-                        "lru_crawler metadump on memcached server {}: the crawler stayed busy \
-                         with other requests; try again",
-                        server.name
-                    ),
-                    temporary: true,
-                    source: None,
-                });
+                return Err(busy());
             }
             std::thread::sleep(Duration::from_millis(20));
         }

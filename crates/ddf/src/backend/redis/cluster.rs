@@ -392,8 +392,10 @@ impl Backend for NodeBackend {
     }
 
     fn add(&self, key: &str, item: &Item, ttl: Option<Duration>) -> Result<bool> {
-        let cmd = self.keyed(key, |k| commands::add(k, &item.data, ttl));
-        let v = self.one("SET NX", cmd)?;
+        let v = self.one(
+            "SET NX",
+            self.keyed(key, |k| commands::add(k, &item.data, ttl)),
+        )?;
         Ok(self.convert::<Option<String>>("SET NX", v)?.is_some())
     }
 
@@ -409,8 +411,10 @@ impl Backend for NodeBackend {
     }
 
     fn compare_and_delete(&self, key: &str, expected: &[u8]) -> Result<bool> {
-        let cmd = self.keyed(key, |k| commands::compare_and_delete(k, expected));
-        let v = self.one("EVAL (compare-and-delete)", cmd)?;
+        let v = self.one(
+            "EVAL (compare-and-delete)",
+            self.keyed(key, |k| commands::compare_and_delete(k, expected)),
+        )?;
         Ok(self.convert::<u64>("EVAL (compare-and-delete)", v)? > 0)
     }
 

@@ -1,176 +1,126 @@
 //! One Memcached connection over a tokio socket: the sync `client::Conn`'s buffers and rules
-//! (one write per request or pipeline, a read buffer that grows by at most one chunk beyond
-//! what the server sent, a value length above the item limit refused when announced), and the
-//! replies of the commands the async backend sends, parsed by [`proto`] and read by
-//! [`replies`] (the meaning of each reply, shared with the sync connection).
+//! ([`Buffers`]: a read buffer that grows by at most one chunk beyond what the server sent, a
+//! value length above the item limit refused when announced), the requests the async backend
+//! sends (formatted by [`proto`], each with the [`Kind`] of reply it expects), and their
+//! replies, read by [`replies`] (the meaning of each reply, shared with the sync connection).
+//!
+//! A connection opens whole ([`Conn::connect`], one exchange to learn the item limit), then
+//! its read side answers the requests of a pipeline ([`super::pipe`]) in order.
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use super::super::buffer::{Buffers, Step};
 use super::super::client::{McError, McResult, Value};
-use super::super::proto::{self, MetaReply, Parsed, TextLine};
+use super::super::proto::{self, MetaReply, TextLine};
 use super::super::replies::{self, refused, server_error};
 
-const READ_INITIAL: usize = 16 * 1024;
-const READ_CHUNK: usize = 64 * 1024;
-const KEEP: usize = 256 * 1024;
-
-/// One connection over a tokio socket.
-pub(super) struct Conn {
-    stream: TcpStream,
-    out: Vec<u8>,
-    buf: Vec<u8>,
-    start: usize,
-    end: usize,
-    pub(super) max_value: usize,
+/// The reply a request expects.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Kind {
+    /// `mg <key> v f`: one value or a miss.
+    Get,
+    /// `n` quiet `mg ... O<i>`, then `mn`.
+    GetMany(usize),
+    /// One `ms` (not quiet), or several quiet ones then `mn`.
+    Set { quiet: bool },
+    /// `n` `md` (not quiet): how many existed.
+    DeleteMany(usize),
 }
 
-impl Conn {
+/// The meaning of a reply, by [`Kind`].
+pub(super) enum Answer {
+    Value(Option<Value>),
+    Values(Vec<Option<Value>>),
+    Stored,
+    Deleted(u64),
+}
+
+/// `mg <key> v f`.
+pub(super) fn get(out: &mut Vec<u8>, key: &str) -> McResult<Kind> {
+    proto::get(out, key.as_bytes(), None).map_err(refused)?;
+    Ok(Kind::Get)
+}
+
+/// Quiet `mg <key> v f q O<i>` for every key, then `mn`.
+pub(super) fn get_many(out: &mut Vec<u8>, keys: &[&str]) -> McResult<Kind> {
+    for (i, k) in keys.iter().enumerate() {
+        let opaque = replies::opaque(i, keys.len())?;
+        proto::get(out, k.as_bytes(), Some(opaque)).map_err(refused)?;
+    }
+    proto::noop(out);
+    Ok(Kind::GetMany(keys.len()))
+}
+
+/// `ms` for every item (quiet, then `mn`, when there are several).
+pub(super) fn set_many(
+    out: &mut Vec<u8>,
+    items: &[(&str, &[u8], u32)],
+    exptime: u64,
+) -> McResult<Kind> {
+    let quiet = items.len() > 1;
+    for (k, d, f) in items {
+        proto::set(out, k.as_bytes(), d, *f, exptime, quiet).map_err(refused)?;
+    }
+    if quiet {
+        proto::noop(out);
+    }
+    Ok(Kind::Set { quiet })
+}
+
+/// `md <key>` for every key.
+pub(super) fn delete_many(out: &mut Vec<u8>, keys: &[&[u8]]) -> McResult<Kind> {
+    for k in keys {
+        proto::delete(out, k).map_err(refused)?;
+    }
+    Ok(Kind::DeleteMany(keys.len()))
+}
+
+/// One connection (`S`: the whole socket, or its read half once pipelined).
+pub(super) struct Conn<S = TcpStream> {
+    stream: S,
+    b: Buffers,
+}
+
+impl Conn<TcpStream> {
+    /// Connects (TCP_NODELAY); values up to [`proto::MAX_VALUE_CAP`] until
+    /// [`Conn::set_value_limit`].
     pub(super) async fn connect(host: &str, port: u16) -> McResult<Conn> {
         let stream = TcpStream::connect((host, port)).await?;
         stream.set_nodelay(true)?;
         Ok(Conn {
             stream,
-            out: Vec::with_capacity(256),
-            buf: vec![0; READ_INITIAL],
-            start: 0,
-            end: 0,
-            max_value: proto::MAX_VALUE_CAP,
+            b: Buffers::default(),
         })
     }
 
-    fn begin(&mut self) -> McResult<()> {
-        if self.start != self.end {
-            return Err(McError::Protocol(format!(
-                "the server sent {} bytes nobody asked for",
-                self.end - self.start
-            )));
-        }
-        self.start = 0;
-        self.end = 0;
-        if self.buf.len() > KEEP {
-            self.buf = vec![0; READ_INITIAL];
-        }
-        if self.out.capacity() > KEEP {
-            self.out = Vec::with_capacity(256);
-        }
-        self.out.clear();
-        Ok(())
+    /// Sets the longest value this connection accepts (the server's `item_size_max`).
+    pub(super) fn set_value_limit(&mut self, item_size_max: usize) {
+        self.b.set_value_limit(item_size_max);
     }
 
-    async fn flush(&mut self) -> McResult<()> {
-        self.stream.write_all(&self.out).await?;
-        Ok(())
+    /// The read half with the buffers, and the write half: the two ends of a pipeline.
+    pub(super) fn split(
+        self,
+    ) -> (
+        Conn<tokio::net::tcp::OwnedReadHalf>,
+        tokio::net::tcp::OwnedWriteHalf,
+    ) {
+        let (r, w) = self.stream.into_split();
+        (
+            Conn {
+                stream: r,
+                b: self.b,
+            },
+            w,
+        )
     }
 
-    async fn fill(&mut self) -> McResult<()> {
-        if self.start == self.end {
-            self.start = 0;
-            self.end = 0;
-        } else if self.end == self.buf.len() && self.start > 0 {
-            self.buf.copy_within(self.start..self.end, 0);
-            self.end -= self.start;
-            self.start = 0;
-        }
-        if self.end == self.buf.len() {
-            self.buf.reserve_exact(READ_CHUNK);
-            self.buf.resize(self.buf.len() + READ_CHUNK, 0);
-        }
-        match self.stream.read(&mut self.buf[self.end..]).await? {
-            0 => Err(McError::Io(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                "the server closed the connection",
-            ))),
-            n => {
-                self.end += n;
-                Ok(())
-            }
-        }
-    }
-
-    async fn meta<T>(&mut self, f: impl FnOnce(MetaReply<'_>) -> McResult<T>) -> McResult<T> {
-        loop {
-            match proto::parse_meta(&self.buf[self.start..self.end], self.max_value)? {
-                Parsed::Done(reply, used) => {
-                    let out = f(reply);
-                    self.start += used;
-                    return out;
-                }
-                Parsed::Incomplete => self.fill().await?,
-            }
-        }
-    }
-
-    async fn text<T>(&mut self, f: impl FnOnce(TextLine<'_>) -> McResult<T>) -> McResult<T> {
-        loop {
-            match proto::parse_text(&self.buf[self.start..self.end])? {
-                Parsed::Done(line, used) => {
-                    let out = f(line);
-                    self.start += used;
-                    return out;
-                }
-                Parsed::Incomplete => self.fill().await?,
-            }
-        }
-    }
-
-    pub(super) async fn get(&mut self, key: &str) -> McResult<Option<Value>> {
-        self.begin()?;
-        proto::get(&mut self.out, key.as_bytes(), None).map_err(refused)?;
-        self.flush().await?;
-        self.meta(replies::get).await
-    }
-
-    pub(super) async fn get_many(&mut self, keys: &[&str]) -> McResult<Vec<Option<Value>>> {
-        self.begin()?;
-        for (i, k) in keys.iter().enumerate() {
-            let opaque = replies::opaque(i, keys.len())?;
-            proto::get(&mut self.out, k.as_bytes(), Some(opaque)).map_err(refused)?;
-        }
-        proto::noop(&mut self.out);
-        self.flush().await?;
-        let mut replies = replies::GetMany::new(keys.len());
-        while !self.meta(|r| replies.step(r)).await? {}
-        replies.finish()
-    }
-
-    pub(super) async fn set_many(
-        &mut self,
-        items: &[(&str, &[u8], u32)],
-        exptime: u64,
-    ) -> McResult<()> {
-        self.begin()?;
-        let quiet = items.len() > 1;
-        for (k, d, f) in items {
-            proto::set(&mut self.out, k.as_bytes(), d, *f, exptime, quiet).map_err(refused)?;
-        }
-        if quiet {
-            proto::noop(&mut self.out);
-        }
-        self.flush().await?;
-        let mut replies = replies::Set::new(quiet);
-        while !self.meta(|r| replies.step(r)).await? {}
-        replies.finish()
-    }
-
-    pub(super) async fn delete_many(&mut self, keys: &[&[u8]]) -> McResult<u64> {
-        self.begin()?;
-        for k in keys {
-            proto::delete(&mut self.out, k).map_err(refused)?;
-        }
-        self.flush().await?;
-        let mut replies = replies::DeleteMany::default();
-        for _ in keys {
-            self.meta(|r| replies.step(r)).await?;
-        }
-        replies.finish()
-    }
-
-    /// `item_size_max` from `stats settings`.
+    /// `item_size_max` from `stats settings` (one whole exchange, before any pipelining).
     pub(super) async fn item_size_max(&mut self) -> McResult<Option<usize>> {
-        self.begin()?;
-        proto::stats(&mut self.out, "settings");
-        self.flush().await?;
+        self.b.begin()?;
+        proto::stats(&mut self.b.out, "settings");
+        self.stream.write_all(&self.b.out).await?;
         let mut found = None;
         loop {
             let done = self
@@ -190,6 +140,60 @@ impl Conn {
                 .await?;
             if done {
                 return Ok(found);
+            }
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> Conn<S> {
+    async fn fill(&mut self) -> McResult<()> {
+        let n = self.stream.read(self.b.spare()).await?;
+        self.b.filled(n)
+    }
+
+    async fn meta<T>(&mut self, f: impl FnOnce(MetaReply<'_>) -> McResult<T>) -> McResult<T> {
+        let mut f = f;
+        loop {
+            match self.b.meta(f) {
+                Step::Done(r) => return r,
+                Step::Fill(back) => f = back,
+            }
+            self.fill().await?;
+        }
+    }
+
+    async fn text<T>(&mut self, f: impl FnOnce(TextLine<'_>) -> McResult<T>) -> McResult<T> {
+        let mut f = f;
+        loop {
+            match self.b.text(f) {
+                Step::Done(r) => return r,
+                Step::Fill(back) => f = back,
+            }
+            self.fill().await?;
+        }
+    }
+
+    /// Reads the whole reply of a request of `kind` (every line of it, also when it carries a
+    /// server error: the stream stays in step).
+    pub(super) async fn answer(&mut self, kind: Kind) -> McResult<Answer> {
+        match kind {
+            Kind::Get => Ok(Answer::Value(self.meta(replies::get).await?)),
+            Kind::GetMany(n) => {
+                let mut replies = replies::GetMany::new(n);
+                while !self.meta(|r| replies.step(r)).await? {}
+                replies.finish().map(Answer::Values)
+            }
+            Kind::Set { quiet } => {
+                let mut replies = replies::Set::new(quiet);
+                while !self.meta(|r| replies.step(r)).await? {}
+                replies.finish().map(|()| Answer::Stored)
+            }
+            Kind::DeleteMany(n) => {
+                let mut replies = replies::DeleteMany::default();
+                for _ in 0..n {
+                    self.meta(|r| replies.step(r)).await?;
+                }
+                replies.finish().map(Answer::Deleted)
             }
         }
     }

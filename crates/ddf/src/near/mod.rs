@@ -1,0 +1,423 @@
+//! The near cache (`near_cache = true`): recently read items kept in this process, in front of
+//! the backend, for both faces. The design, its guarantee and its limits are in
+//! docs/near-cache.md; in short:
+//!
+//! - The store is quick_cache's sync `Cache` of `Arc<Item>` (bytes + flags, never a decoded
+//!   value) with the instant each stops being served, so a hit is one lookup plus the core's
+//!   decode, bounded by `near_cache_size` entries and `near_cache_ttl`.
+//! - A fill takes a [`Ticket`] before the backend's `get` is sent: the invalidation sequence of
+//!   the key's shard and the cache's generation. The reply is stored only when neither moved,
+//!   checked and inserted under the shard's lock, the lock an invalidation takes to evict. So a
+//!   reply that crossed an invalidation of its key is never stored, whichever arrived first.
+//! - A reset (the invalidation channel lost, the breaker not up, a flush) takes every shard's
+//!   lock, moves the generation and empties the store: no fill from before it lands after it.
+//! - While the near cache is not live (Redis: tracking not established) or the breaker is not
+//!   up, reads bypass it and fills are refused.
+
+#[cfg(feature = "redis")]
+mod tracking;
+
+use std::collections::hash_map::DefaultHasher;
+use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crate::backend::Backend;
+use crate::backend::resilience::Resilient;
+use crate::config::{BackendSettings, CacheConfig, NearMode, NearSettings};
+use crate::error::Result;
+use crate::item::Item;
+
+/// Shards of the ticket lock: fills of keys in different shards never wait for each other.
+const SHARDS: usize = 64;
+
+/// Why the near cache was emptied as a whole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Cause {
+    /// The invalidation channel (Redis tracking connection) was lost or could not be opened.
+    ChannelLost,
+    /// The breaker left the up state, came back, or the fallback answered a call.
+    Breaker,
+    /// A flush: `flush_all` here, or a null invalidation (`FLUSHDB`/`FLUSHALL` by anyone).
+    Flush,
+}
+
+/// What the breaker says, for the near cache: whether the primary serves, and a counter that
+/// moves at every change of state.
+pub(crate) trait Health: Send + Sync {
+    /// The primary serves calls.
+    fn is_up(&self) -> bool;
+    /// Changes of state so far.
+    fn transitions(&self) -> u64;
+}
+
+impl Health for Resilient {
+    fn is_up(&self) -> bool {
+        matches!(
+            Resilient::health(self),
+            crate::backend::resilience::breaker::Health::Up
+        )
+    }
+    fn transitions(&self) -> u64 {
+        Resilient::transitions(self)
+    }
+}
+
+/// Taken before a fill's `get` is sent; the reply is stored only if nothing moved since.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Ticket {
+    shard: usize,
+    seq: u64,
+    generation: u64,
+    transitions: u64,
+}
+
+/// What a face's read returned: an item the near cache holds, or what the backend returned.
+pub(crate) enum Read {
+    /// From the near cache.
+    Held(Arc<Item>),
+    /// From the backend.
+    Fetched(Option<Item>),
+}
+
+/// What a near lookup found.
+pub(crate) enum Lookup {
+    /// The item, held in this process.
+    Hit(Arc<Item>),
+    /// Not held: fetch it, then offer the reply with the ticket (`None`: do not store it).
+    Miss(Option<Ticket>),
+}
+
+#[derive(Default)]
+struct Counters {
+    hits: AtomicU64,
+    misses: AtomicU64,
+    evictions: AtomicU64,
+    lost: AtomicU64,
+    breaker: AtomicU64,
+    flush: AtomicU64,
+}
+
+/// The near cache's statistics (see [`CacheStats`](crate::CacheStats)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct NearCounts {
+    pub(crate) hits: u64,
+    pub(crate) misses: u64,
+    pub(crate) evictions: u64,
+    pub(crate) resets_lost: u64,
+    pub(crate) resets_breaker: u64,
+    pub(crate) resets_flush: u64,
+}
+
+/// A held item and when it stops being served (`near_cache_ttl` after its fill).
+#[derive(Clone)]
+struct Held {
+    item: Arc<Item>,
+    until: Instant,
+}
+
+/// The near cache of one cache (shared by the manager's clones, and by its tracking thread
+/// through a weak reference).
+pub(crate) struct Near {
+    store: quick_cache::sync::Cache<String, Held>,
+    /// `near_cache_ttl`.
+    ttl: Duration,
+    /// Per shard: the number of invalidations of any key of the shard so far. Its lock is the
+    /// one a fill's check-and-insert and an eviction both take.
+    shards: Box<[Mutex<u64>]>,
+    /// Moves at every reset, under every shard's lock.
+    generation: AtomicU64,
+    /// Whether invalidations are being received (always, for a TTL-only near cache).
+    live: AtomicBool,
+    /// The breaker of the primary, when there is one.
+    health: Option<Arc<dyn Health>>,
+    /// The breaker's transitions when last looked at: a change means a reset.
+    seen: AtomicU64,
+    counts: Counters,
+    mode: NearMode,
+}
+
+impl fmt::Debug for Near {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Near")
+            .field("mode", &self.mode)
+            .field("entries", &self.store.len())
+            .field("live", &self.live.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+fn shard_of(key: &str) -> usize {
+    let mut h = DefaultHasher::new();
+    key.hash(&mut h);
+    (h.finish() % SHARDS as u64) as usize
+}
+
+fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+impl Near {
+    pub(crate) fn new(settings: &NearSettings, health: Option<Arc<dyn Health>>) -> Self {
+        let store =
+            quick_cache::sync::Cache::new(usize::try_from(settings.size).unwrap_or(usize::MAX));
+        let seen = health.as_ref().map_or(0, |h| h.transitions());
+        Near {
+            store,
+            ttl: settings.ttl,
+            shards: (0..SHARDS).map(|_| Mutex::new(0)).collect(),
+            generation: AtomicU64::new(0),
+            // A tracked near cache is live once its channel is established.
+            live: AtomicBool::new(settings.mode == NearMode::TtlOnly),
+            health,
+            seen: AtomicU64::new(seen),
+            counts: Counters::default(),
+            mode: settings.mode,
+        }
+    }
+
+    fn lock(&self, shard: usize) -> MutexGuard<'_, u64> {
+        // A poisoned shard only means a thread panicked while holding it: the counter is
+        // still a counter.
+        match self.shards[shard].lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    /// Whether the near cache may serve and fill now; resets it when the breaker changed
+    /// state since last seen.
+    fn usable(&self) -> bool {
+        if !self.live.load(Ordering::Acquire) {
+            return false;
+        }
+        let Some(h) = &self.health else {
+            return true;
+        };
+        let t = h.transitions();
+        if t != self.seen.load(Ordering::Acquire) {
+            self.reset(Cause::Breaker);
+            self.seen.store(t, Ordering::Release);
+        }
+        h.is_up()
+    }
+
+    /// Looks `key` up: a hit, or a miss with the ticket its fill must take.
+    pub(crate) fn lookup(&self, key: &str) -> Lookup {
+        if !self.usable() {
+            return Lookup::Miss(None);
+        }
+        if let Some(held) = self.store.get(key)
+            && Instant::now() < held.until
+        {
+            bump(&self.counts.hits);
+            return Lookup::Hit(held.item);
+        }
+        bump(&self.counts.misses);
+        Lookup::Miss(Some(self.ticket(key)))
+    }
+
+    /// The ticket of a fill of `key`, taken before its `get` is sent.
+    fn ticket(&self, key: &str) -> Ticket {
+        let shard = shard_of(key);
+        let seq = *self.lock(shard);
+        Ticket {
+            shard,
+            seq,
+            generation: self.generation.load(Ordering::Acquire),
+            transitions: self.health.as_ref().map_or(0, |h| h.transitions()),
+        }
+    }
+
+    /// Stores what the backend returned for `key` if nothing invalidated it since `ticket`
+    /// was taken (the key's shard, a reset, the breaker) and the near cache is still usable;
+    /// `served_by_fallback`: the reply came from the fallback, never stored.
+    pub(crate) fn fill(&self, ticket: Ticket, key: &str, item: &Item, served_by_fallback: bool) {
+        if served_by_fallback {
+            self.reset(Cause::Breaker);
+            return;
+        }
+        let guard = self.lock(ticket.shard);
+        let transitions = self.health.as_ref().map_or(0, |h| h.transitions());
+        let up = self.health.as_ref().is_none_or(|h| h.is_up());
+        if *guard == ticket.seq
+            && self.generation.load(Ordering::Acquire) == ticket.generation
+            && transitions == ticket.transitions
+            && up
+            && self.live.load(Ordering::Acquire)
+        {
+            let held = Held {
+                item: Arc::new(item.clone()),
+                until: Instant::now() + self.ttl,
+            };
+            self.store.insert(key.to_owned(), held);
+        }
+        drop(guard);
+    }
+
+    /// Evicts `key` under its shard's lock, so that no fill whose ticket predates this lands
+    /// after it. `pushed`: the server said it changed (counted as an eviction by
+    /// invalidation).
+    pub(crate) fn evict(&self, key: &str, pushed: bool) {
+        let shard = shard_of(key);
+        let mut guard = self.lock(shard);
+        *guard = guard.wrapping_add(1);
+        let had = self.store.remove(key).is_some();
+        drop(guard);
+        if pushed && had {
+            bump(&self.counts.evictions);
+        }
+    }
+
+    /// Evicts every key that starts with `prefix` (this cache's `invalidate_pattern`).
+    pub(crate) fn evict_prefix(&self, prefix: &str) {
+        let mut guards: Vec<MutexGuard<'_, u64>> = (0..SHARDS).map(|s| self.lock(s)).collect();
+        for g in &mut guards {
+            **g = g.wrapping_add(1);
+        }
+        self.store.retain(|k, _| !k.starts_with(prefix));
+        drop(guards);
+    }
+
+    /// Empties the near cache: every shard's lock is taken, the generation moves, the store is
+    /// emptied; no fill whose ticket predates this is stored after it.
+    pub(crate) fn reset(&self, cause: Cause) {
+        let guards: Vec<MutexGuard<'_, u64>> = (0..SHARDS).map(|s| self.lock(s)).collect();
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.store.clear();
+        drop(guards);
+        bump(match cause {
+            Cause::ChannelLost => &self.counts.lost,
+            Cause::Breaker => &self.counts.breaker,
+            Cause::Flush => &self.counts.flush,
+        });
+        tracing::debug!(?cause, "ddf: near cache reset");
+    }
+
+    /// The invalidation channel is down: bypass and empty until [`Near::resume`].
+    pub(crate) fn suspend(&self) {
+        if self.live.swap(false, Ordering::AcqRel) {
+            self.reset(Cause::ChannelLost);
+        }
+    }
+
+    /// The invalidation channel is up again (tracking established): resume, empty.
+    pub(crate) fn resume(&self) {
+        // Empty it again: nothing filled before the channel was established may stay.
+        let guards: Vec<MutexGuard<'_, u64>> = (0..SHARDS).map(|s| self.lock(s)).collect();
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.store.clear();
+        self.live.store(true, Ordering::Release);
+        drop(guards);
+    }
+
+    /// Whether reads may be served from the near cache now.
+    pub(crate) fn is_live(&self) -> bool {
+        self.live.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn counts(&self) -> NearCounts {
+        let c = &self.counts;
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        NearCounts {
+            hits: l(&c.hits),
+            misses: l(&c.misses),
+            evictions: l(&c.evictions),
+            resets_lost: l(&c.lost),
+            resets_breaker: l(&c.breaker),
+            resets_flush: l(&c.flush),
+        }
+    }
+}
+
+/// A backend and its near cache, if any.
+pub(crate) type Built = (Arc<dyn Backend>, Option<Arc<Near>>);
+
+/// `stats` with the near cache's counters, when there is one.
+pub(crate) fn with_counts(
+    mut stats: crate::manager::CacheStats,
+    near: Option<&Near>,
+) -> crate::manager::CacheStats {
+    if let Some(n) = near {
+        let c = n.counts();
+        stats.near_hits = c.hits;
+        stats.near_misses = c.misses;
+        stats.near_evictions = c.evictions;
+        stats.near_resets_lost = c.resets_lost;
+        stats.near_resets_breaker = c.resets_breaker;
+        stats.near_resets_flush = c.resets_flush;
+    }
+    stats
+}
+
+/// The backend a config names and, with `near_cache = true`, its near cache (Redis: with its
+/// tracking thread started). The backend is the one [`crate::backend::from_config`] builds.
+///
+/// # Errors
+/// As [`crate::backend::from_config`]; [`Error::Config`](crate::Error::Config) for a near
+/// cache the configuration cannot have (see `CacheConfig::near_settings`).
+pub(crate) fn build(config: &CacheConfig) -> Result<Built> {
+    let Some(near) = config.near_settings()? else {
+        return Ok((crate::backend::from_config(config)?, None));
+    };
+    match config.backend_settings()? {
+        #[cfg(feature = "redis")]
+        BackendSettings::Redis(settings) => {
+            let state = crate::backend::redis_resilient(config, settings.clone())?;
+            let cache = Arc::new(Near::new(&near, Some(state.clone() as Arc<dyn Health>)));
+            tracking::start(&settings, &cache);
+            Ok((state, Some(cache)))
+        }
+        #[cfg(feature = "memcached")]
+        BackendSettings::Memcached(settings) if settings.servers.len() == 1 => {
+            let identity = settings.identity().to_owned();
+            let factory: crate::backend::resilience::Factory = Box::new(move || {
+                Ok(
+                    Arc::new(crate::backend::memcached::MemcachedBackend::new(&settings))
+                        as Arc<dyn Backend>,
+                )
+            });
+            let state = crate::backend::resilient_state(
+                config,
+                config.backend.as_str(),
+                &identity,
+                factory,
+            )?;
+            let cache = Arc::new(Near::new(&near, Some(state.clone() as Arc<dyn Health>)));
+            Ok((state, Some(cache)))
+        }
+        // Several Memcached servers (a breaker each): TTL-bounded, reset whenever a fallback
+        // answers a call.
+        _ => Ok((
+            crate::backend::from_config(config)?,
+            Some(Arc::new(Near::new(&near, None))),
+        )),
+    }
+}
+
+/// The near cache of an async face whose backend `aio/` built (`breaker`: the primary's
+/// `Resilient`, when there is one); the same type, rules and tracking thread as the sync face's.
+///
+/// # Errors
+/// As [`build`].
+#[cfg(feature = "async")]
+pub(crate) fn for_async(
+    config: &CacheConfig,
+    breaker: Option<Arc<Resilient>>,
+) -> Result<Option<Arc<Near>>> {
+    let Some(near) = config.near_settings()? else {
+        return Ok(None);
+    };
+    let health = breaker.map(|b| b as Arc<dyn Health>);
+    let cache = Arc::new(Near::new(&near, health));
+    #[cfg(feature = "redis")]
+    if let BackendSettings::Redis(settings) = config.backend_settings()? {
+        tracking::start(&settings, &cache);
+    }
+    Ok(Some(cache))
+}
+
+#[cfg(test)]
+mod tests;

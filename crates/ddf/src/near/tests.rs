@@ -1,0 +1,192 @@
+//! The ticket rule, with planted races: an invalidation or a reset between a fill's ticket and
+//! its insert must prevent the fill.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use super::*;
+
+fn settings(mode: NearMode) -> NearSettings {
+    NearSettings {
+        size: 100,
+        ttl: Duration::from_secs(60),
+        mode,
+    }
+}
+
+fn item(v: &str) -> Item {
+    Item::new(v.as_bytes().to_vec(), 0)
+}
+
+fn ticket(n: &Near, key: &str) -> Ticket {
+    match n.lookup(key) {
+        Lookup::Miss(Some(t)) => t,
+        Lookup::Miss(None) => panic!("the near cache bypassed a lookup"),
+        Lookup::Hit(_) => panic!("unexpected hit"),
+    }
+}
+
+fn held(n: &Near, key: &str) -> Option<Vec<u8>> {
+    match n.lookup(key) {
+        Lookup::Hit(i) => Some(i.data.clone()),
+        Lookup::Miss(_) => None,
+    }
+}
+
+#[derive(Default)]
+struct FakeBreaker {
+    down: AtomicBool,
+    transitions: AtomicU64,
+}
+
+impl Health for FakeBreaker {
+    fn is_up(&self) -> bool {
+        !self.down.load(Ordering::SeqCst)
+    }
+    fn transitions(&self) -> u64 {
+        self.transitions.load(Ordering::SeqCst)
+    }
+}
+
+impl FakeBreaker {
+    fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::SeqCst);
+        self.transitions.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn a_fill_without_a_race_is_stored_and_hit() {
+    let n = Near::new(&settings(NearMode::TtlOnly), None);
+    let t = ticket(&n, "k");
+    n.fill(t, "k", &item("v1"), false);
+    assert_eq!(held(&n, "k"), Some(b"v1".to_vec()));
+    let c = n.counts();
+    assert_eq!((c.hits, c.misses), (1, 1));
+}
+
+#[test]
+fn an_invalidation_between_the_get_and_the_fill_prevents_the_fill() {
+    let n = Near::new(&settings(NearMode::TtlOnly), None);
+    let t = ticket(&n, "k");
+    // The GET was sent; the invalidation of its key arrives before its reply is offered.
+    n.evict("k", true);
+    n.fill(t, "k", &item("old"), false);
+    assert_eq!(
+        held(&n, "k"),
+        None,
+        "a reply that crossed an invalidation was stored"
+    );
+    // The next fill, with a ticket taken after the invalidation, is stored.
+    let t = ticket(&n, "k");
+    n.fill(t, "k", &item("new"), false);
+    assert_eq!(held(&n, "k"), Some(b"new".to_vec()));
+}
+
+#[test]
+fn an_invalidation_after_the_fill_evicts_it() {
+    let n = Near::new(&settings(NearMode::TtlOnly), None);
+    let t = ticket(&n, "k");
+    n.fill(t, "k", &item("old"), false);
+    n.evict("k", true);
+    assert_eq!(held(&n, "k"), None);
+    assert_eq!(n.counts().evictions, 1);
+}
+
+#[test]
+fn a_reset_between_the_get_and_the_fill_prevents_the_fill() {
+    let n = Near::new(&settings(NearMode::TtlOnly), None);
+    let t = ticket(&n, "k");
+    n.reset(Cause::Flush);
+    n.fill(t, "k", &item("old"), false);
+    assert_eq!(held(&n, "k"), None);
+    assert_eq!(n.counts().resets_flush, 1);
+}
+
+#[test]
+fn a_tracked_near_cache_bypasses_until_tracking_is_established_and_after_a_loss() {
+    let n = Near::new(&settings(NearMode::Tracked), None);
+    assert!(matches!(n.lookup("k"), Lookup::Miss(None)));
+    n.resume();
+    let t = ticket(&n, "k");
+    n.fill(t, "k", &item("v"), false);
+    assert!(held(&n, "k").is_some());
+    // Lost between a ticket and its fill: the fill is refused, the cache emptied and bypassed.
+    let t2 = ticket(&n, "j");
+    n.suspend();
+    n.fill(t2, "j", &item("v"), false);
+    assert!(matches!(n.lookup("k"), Lookup::Miss(None)));
+    assert_eq!(n.counts().resets_lost, 1);
+    // Resumed: empty, the old ticket still refused.
+    n.resume();
+    n.fill(t2, "j", &item("v"), false);
+    assert_eq!(held(&n, "k"), None);
+    assert_eq!(held(&n, "j"), None);
+}
+
+#[test]
+fn the_breaker_leaving_up_bypasses_and_resets_and_its_return_resumes_empty() {
+    let b = Arc::new(FakeBreaker::default());
+    let n = Near::new(
+        &settings(NearMode::TtlOnly),
+        Some(b.clone() as Arc<dyn Health>),
+    );
+    let t = ticket(&n, "k");
+    n.fill(t, "k", &item("v"), false);
+    let t2 = ticket(&n, "j");
+    b.set_down(true);
+    assert!(matches!(n.lookup("k"), Lookup::Miss(None)));
+    // A reply of the primary taken before the outage is not stored during it...
+    n.fill(t2, "j", &item("v"), false);
+    b.set_down(false);
+    // ...nor after it; and the cache is empty.
+    n.fill(t2, "j", &item("v"), false);
+    assert_eq!(held(&n, "k"), None);
+    assert_eq!(held(&n, "j"), None);
+    assert!(n.counts().resets_breaker >= 1);
+    // A reply the fallback served is never stored.
+    let t = ticket(&n, "k");
+    n.fill(t, "k", &item("fallback"), true);
+    assert_eq!(held(&n, "k"), None);
+}
+
+#[test]
+fn an_invalidation_racing_fills_from_other_threads_never_leaves_an_old_value() {
+    // The planted race, many times over: a writer changes the "server" value then evicts (as
+    // the tracking thread would after the push); readers take a ticket, read the server value,
+    // then fill. After the writer's last eviction, the near cache must never hold anything but
+    // the last value.
+    let n = Arc::new(Near::new(&settings(NearMode::TtlOnly), None));
+    let server = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let readers: Vec<_> = (0..3)
+        .map(|_| {
+            let (n, server, stop) = (n.clone(), server.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    if let Lookup::Miss(Some(t)) = n.lookup("k") {
+                        let v = server.load(Ordering::SeqCst);
+                        std::thread::yield_now();
+                        n.fill(t, "k", &item(&v.to_string()), false);
+                    }
+                }
+            })
+        })
+        .collect();
+    for v in 1..=2000u64 {
+        server.store(v, Ordering::SeqCst);
+        n.evict("k", true);
+        if let Lookup::Hit(i) = n.lookup("k") {
+            let got: u64 = String::from_utf8_lossy(&i.data).parse().unwrap_or(0);
+            assert!(
+                got >= v,
+                "stale near value {got} after the invalidation of version {v}"
+            );
+        }
+    }
+    stop.store(true, Ordering::SeqCst);
+    for r in readers {
+        r.join().expect("reader");
+    }
+}

@@ -342,7 +342,8 @@ impl AsyncBackend for AsyncResilient {
         })
     }
 
-    /// A write, as the sync wrapper's: on the fallback while the server is not up.
+    /// As the sync wrapper: on the fallback while the server is not up, recorded nowhere and
+    /// forgotten by no outage (see `Resilient::compare_and_delete`).
     fn compare_and_delete<'a>(
         &'a self,
         key: &'a str,
@@ -350,7 +351,7 @@ impl AsyncBackend for AsyncResilient {
     ) -> BoxFuture<'a, Result<bool>> {
         Box::pin(async move {
             self.write(
-                Forget::Key(key),
+                Forget::Keys(&[]),
                 || self.primary.compare_and_delete(key, expected),
                 || noted(self.otherwise.compare_and_delete(key, expected)),
             )

@@ -673,13 +673,12 @@ impl Backend for Resilient {
         self.write_op(|| deletes(keys.iter().copied()), |b| b.delete_many(keys))
     }
 
-    /// A write, like `delete`: while the server is not up, on the fallback's entries (where
-    /// that outage's leases are), recorded as a delete.
+    /// A write that records nothing, like `add` (it only releases leases): while the server is
+    /// not up, on the fallback's entries (where that outage's leases are). A recorded delete
+    /// would remove, when the server returns, the live lease of another host; and on the
+    /// server it makes no value stale, so the open outages forget nothing.
     fn compare_and_delete(&self, key: &str, expected: &[u8]) -> Result<bool> {
-        self.write_op(
-            || deletes(std::iter::once(key)),
-            |b| b.compare_and_delete(key, expected),
-        )
+        self.unrecorded_op(key, |b| b.compare_and_delete(key, expected))
     }
 
     fn keys(&self, prefix: &str, limit: usize) -> Result<Vec<super::EntryInfo>> {

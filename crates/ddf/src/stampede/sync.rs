@@ -129,10 +129,15 @@ fn store<T: Serialize>(
     }
     let write = || {
         if plan.enveloped {
-            let env = Envelope::new(value, plan.soft_expiry_ms(), delta);
-            cache.set(key, &env, plan.server_ttl)
+            put(
+                cache,
+                key,
+                plan,
+                held,
+                &Envelope::new(value, plan.soft_expiry_ms(), delta),
+            )
         } else {
-            cache.set(key, value, plan.server_ttl)
+            put(cache, key, plan, held, value)
         }
     };
     match cache.epochs().store(epoch, write) {
@@ -141,7 +146,27 @@ fn store<T: Serialize>(
             "ddf: an invalidation began while get_or_set computed; the value is not stored"
         ),
         Some(Err(e)) => tracing::warn!(error = %e, "ddf: get_or_set could not store its value"),
-        Some(Ok(())) => {}
+        Some(Ok(false)) => tracing::warn!(
+            key = %crate::error::shorten(key),
+            "ddf: get_or_set's lease was gone on the server (expired or taken over); its value is returned, not stored"
+        ),
+        Some(Ok(true)) => {}
+    }
+}
+
+/// One write of `get_or_set`: under a lease, fenced on the server where the backend can (Redis
+/// outside a Cluster, the file backend): stored only while the lease still holds our token.
+/// `Ok(false)`: not stored.
+fn put<V: Serialize + ?Sized>(
+    cache: &CacheManager,
+    key: &str,
+    plan: &Plan,
+    held: Option<&Held>,
+    v: &V,
+) -> crate::Result<bool> {
+    match held {
+        Some(h) => cache.set_if_lease(key, v, plan.server_ttl, &Plan::lease_key(key), &h.token),
+        None => cache.set(key, v, plan.server_ttl).map(|()| true),
     }
 }
 

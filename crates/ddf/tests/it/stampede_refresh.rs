@@ -499,3 +499,42 @@ fn waiters_past_lock_timeout_compute_together() {
     assert_eq!(arrived.load(Ordering::SeqCst), 4);
     assert_eq!(cache.get::<u32>("held").unwrap(), None, "not stored");
 }
+
+/// A leader whose lease was taken over while it computed (by its own clock still within the
+/// lease) does not store: the store is fenced on the server (file backend, Redis). Memcached
+/// keeps only the clock margin (docs/memoize.md).
+fn a_leader_whose_lease_was_taken_over_does_not_store(cache: &CacheManager) {
+    let v = cache
+        .get_or_set("fenced", None, || {
+            // A waiter's lease replaces ours (a `set`: not an invalidation, which would stop
+            // the store by itself).
+            cache
+                .set(
+                    "ddf-lease:fenced",
+                    "a waiter's",
+                    Some(Duration::from_secs(600)),
+                )
+                .unwrap();
+            6u32
+        })
+        .unwrap();
+    assert_eq!(v, 6, "returned");
+    assert_eq!(cache.get::<u32>("fenced").unwrap(), None, "not stored");
+    assert_eq!(
+        cache.get::<String>("ddf-lease:fenced").unwrap().as_deref(),
+        Some("a waiter's"),
+        "the waiter's lease is left alone"
+    );
+}
+
+#[test]
+fn the_store_is_fenced_by_the_lease() {
+    let dir = tempfile::tempdir().unwrap();
+    a_leader_whose_lease_was_taken_over_does_not_store(
+        &CacheManager::new(config("pickle", dir.path())).unwrap(),
+    );
+    if let Some(server) = RedisServer::start() {
+        let cfg = config(&format!("redis:{}", server.port()), dir.path());
+        a_leader_whose_lease_was_taken_over_does_not_store(&CacheManager::new(cfg).unwrap());
+    }
+}

@@ -681,6 +681,22 @@ impl Backend for Resilient {
         self.unrecorded_op(key, |b| b.compare_and_delete(key, expected))
     }
 
+    /// A write, like `set` (recorded as a delete during an outage; on the fallback it is
+    /// fenced by the outage's lease there).
+    fn set_if_lease(
+        &self,
+        key: &str,
+        item: &Item,
+        ttl: Option<Duration>,
+        lease: &str,
+        token: &[u8],
+    ) -> Result<bool> {
+        self.write_op(
+            || deletes(std::iter::once(key)),
+            |b| b.set_if_lease(key, item, ttl, lease, token),
+        )
+    }
+
     fn keys(&self, prefix: &str, limit: usize) -> Result<Vec<super::EntryInfo>> {
         match self.on_primary(false, &|b: &dyn Backend| b.keys(prefix, limit)) {
             Attempt::Done(r) => r,

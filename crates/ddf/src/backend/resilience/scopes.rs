@@ -249,6 +249,16 @@ impl Backend for Watched {
     fn compare_and_delete(&self, key: &str, expected: &[u8]) -> Result<bool> {
         self.seen(self.inner.compare_and_delete(key, expected))
     }
+    fn set_if_lease(
+        &self,
+        key: &str,
+        item: &Item,
+        ttl: Option<Duration>,
+        lease: &str,
+        token: &[u8],
+    ) -> Result<bool> {
+        self.seen(self.inner.set_if_lease(key, item, ttl, lease, token))
+    }
 }
 
 /// One server's breaker, fallback, journal scope and background loop.

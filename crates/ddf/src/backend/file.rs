@@ -492,6 +492,19 @@ impl Backend for FileBackend {
         Ok(n == 1)
     }
 
+    /// One statement: only a live row holding `token` gets the new expiry.
+    fn extend_lease(&self, lease: &str, token: &[u8], ttl: Duration) -> Result<bool> {
+        let lk = self.keys.storage_key(lease);
+        let (exp, now) = (self.expires_at(Some(ttl)), self.now());
+        let n = self.with_conn("cannot extend a lease", |c| {
+            c.prepare_cached(
+                "UPDATE entries SET exp = ?3 WHERE k = ?1 AND v = ?2 AND (exp = 0 OR exp > ?4)",
+            )?
+            .execute(params![lk.as_bytes(), token, exp, now])
+        })?;
+        Ok(n == 1)
+    }
+
     fn compare_and_delete(&self, key: &str, expected: &[u8]) -> Result<bool> {
         let sk = self.keys.storage_key(key);
         let now = self.now();

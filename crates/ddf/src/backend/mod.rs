@@ -298,6 +298,17 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
         let _ = (lease, token);
         self.set(key, item, ttl).map(|()| true)
     }
+
+    /// A `get_or_set` lease's heartbeat: gives `lease` the TTL `ttl` from now only while it
+    /// holds `token`; `Ok(false)` when it does not (expired, taken over) or when the backend
+    /// cannot (the default, Memcached): the heartbeat then stops. Redis: one Lua script
+    /// (`PEXPIRE`); the file backend: one `UPDATE .. WHERE v = token`. Internal to
+    /// `get_or_set`.
+    #[doc(hidden)]
+    fn extend_lease(&self, lease: &str, token: &[u8], ttl: Duration) -> Result<bool> {
+        let _ = (lease, token, ttl);
+        Ok(false)
+    }
 }
 
 /// The error for an operation that would reach every key on a shared server (an empty

@@ -863,6 +863,13 @@ impl Backend for RedisBackend {
         })?;
         Ok(n > 0)
     }
+
+    fn extend_lease(&self, lease: &str, token: &[u8], ttl: Duration) -> Result<bool> {
+        let l = self.keyspace.storage_key(lease);
+        let cmd = commands::extend_lease(&l, token, ttl);
+        let n: u64 = self.run("EVAL (extend-lease)", |c| cmd.query(c.as_like()))?;
+        Ok(n > 0)
+    }
 }
 
 /// `UNLINK` of many keys; the number removed. One command on a standalone server; on a cluster

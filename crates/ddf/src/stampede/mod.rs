@@ -25,6 +25,7 @@ pub(crate) mod task;
 
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -249,25 +250,44 @@ pub(crate) struct Held {
     pub(crate) token: Vec<u8>,
     /// Until when the lease is certainly ours: `started` (read before the lease was requested,
     /// so the server's expiry is later than `started + lease_ttl`) plus `lease_ttl`, minus the
-    /// write margin and the backend's slack. `None`: a `lease_ttl` past what an [`Instant`]
-    /// can hold, never over.
-    until: Option<Instant>,
+    /// write margin and the backend's slack; moved on by each heartbeat that extended the
+    /// lease. `None`: a `lease_ttl` past what an [`Instant`] can hold, never over.
+    until: Mutex<Option<Instant>>,
 }
 
 impl Held {
     pub(crate) fn new(token: Vec<u8>, started: Instant, plan: &Plan) -> Self {
+        Held {
+            token,
+            until: Mutex::new(Self::until(started, plan)),
+        }
+    }
+
+    /// Until when a lease given (or extended) to `lease_ttl` at `started` is certainly ours.
+    fn until(started: Instant, plan: &Plan) -> Option<Instant> {
         let margin = write_margin(plan.lease_ttl).saturating_add(plan.lease_slack);
-        let until = started
+        started
             .checked_add(plan.lease_ttl)
-            .map(|end| end.checked_sub(margin).unwrap_or(started).max(started));
-        Held { token, until }
+            .map(|end| end.checked_sub(margin).unwrap_or(started).max(started))
+    }
+
+    /// A heartbeat, sent at `started`, extended the lease to `lease_ttl` from then.
+    pub(crate) fn extended(&self, started: Instant, plan: &Plan) {
+        let mut until = self.until.lock().unwrap_or_else(PoisonError::into_inner);
+        *until = match (*until, Self::until(started, plan)) {
+            (Some(old), Some(new)) => Some(old.max(new)),
+            _ => None,
+        };
     }
 
     /// Whether the lease is certainly still ours: at least [`write_margin`] (and the backend's
     /// slack) left by this process's clock. A leader past that does not write (a waiter may
     /// have taken over).
     pub(crate) fn may_write(&self) -> bool {
-        self.until.is_none_or(|until| Instant::now() < until)
+        self.until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_none_or(|until| Instant::now() < until)
     }
 }
 

@@ -184,9 +184,83 @@ where
     F: FnOnce() -> Result<T, E>,
 {
     let start = Instant::now();
-    let v = compute()?;
+    let v = match held {
+        Some(h) => with_heartbeat(cache, key, plan, h, compute)?,
+        None => compute()?,
+    };
     store(cache, key, plan, epoch, held, &v, start.elapsed());
     Ok(v)
+}
+
+/// Runs `compute` while a scoped thread extends the lease every `lease_ttl / 3` (compare-and-
+/// expire of our token), so that a computation longer than `lease_ttl` is neither taken over
+/// nor kept from storing. The heartbeat stops when `compute` returns or unwinds, when the
+/// lease is no longer ours, or on a backend that cannot extend one (Memcached: there the
+/// limit stays, docs/memoize.md).
+fn with_heartbeat<R>(
+    cache: &CacheManager,
+    key: &str,
+    plan: &Plan,
+    held: &Held,
+    compute: impl FnOnce() -> R,
+) -> R {
+    let Some(every) = deadline(plan.lease_ttl).map(|_| plan.lease_ttl / 3) else {
+        return compute();
+    };
+    let stop = Stop::default();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let lease = Plan::lease_key(key);
+            while !stop.wait(every) {
+                let sent = Instant::now();
+                match cache.on_backend(|b| b.extend_lease(&lease, &held.token, plan.lease_ttl)) {
+                    Ok(true) => held.extended(sent, plan),
+                    Ok(false) => return,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "ddf: get_or_set could not extend its lease");
+                    }
+                }
+            }
+        });
+        // Stops the heartbeat also when `compute` unwinds (the scope joins it).
+        let _stopping = Stopping(&stop);
+        compute()
+    })
+}
+
+/// The heartbeat's stop signal.
+#[derive(Default)]
+struct Stop {
+    stopped: std::sync::Mutex<bool>,
+    wake: std::sync::Condvar,
+}
+
+impl Stop {
+    /// Waits up to `every`; whether the heartbeat must stop.
+    fn wait(&self, every: Duration) -> bool {
+        let stopped = self
+            .stopped
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (stopped, _) = self
+            .wake
+            .wait_timeout_while(stopped, every, |s| !*s)
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *stopped
+    }
+}
+
+struct Stopping<'a>(&'a Stop);
+
+impl Drop for Stopping<'_> {
+    fn drop(&mut self) {
+        *self
+            .0
+            .stopped
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = true;
+        self.0.wake.notify_all();
+    }
 }
 
 /// `get_or_set` and `try_get_or_set` of [`CacheManager`]: `ttl` has passed the TTL rule.

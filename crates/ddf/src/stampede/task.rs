@@ -64,7 +64,7 @@ struct Lease {
 impl Lease {
     async fn release(mut self) {
         self.released = true;
-        release(&self.cache, &self.key, &self.held).await;
+        release(&self.cache, &self.key, &self.held.token).await;
     }
 }
 
@@ -81,11 +81,8 @@ impl Drop for Lease {
         };
         let cache = self.cache.clone();
         let key = std::mem::take(&mut self.key);
-        let held = Held {
-            token: std::mem::take(&mut self.held.token),
-            until: self.held.until,
-        };
-        drop(rt.spawn(async move { release(&cache, &key, &held).await }));
+        let token = std::mem::take(&mut self.held.token);
+        drop(rt.spawn(async move { release(&cache, &key, &token).await }));
     }
 }
 
@@ -119,11 +116,11 @@ async fn acquire(cache: &AsyncCacheManager, key: &str, plan: &Plan) -> Acquired 
     }
 }
 
-async fn release(cache: &AsyncCacheManager, key: &str, held: &Held) {
+async fn release(cache: &AsyncCacheManager, key: &str, token: &[u8]) {
     let lease = Plan::lease_key(key);
     match cache
         .lease_backend()
-        .compare_and_delete(&lease, &held.token)
+        .compare_and_delete(&lease, token)
         .await
     {
         Ok(true) => {}

@@ -538,3 +538,48 @@ fn the_store_is_fenced_by_the_lease() {
         a_leader_whose_lease_was_taken_over_does_not_store(&CacheManager::new(cfg).unwrap());
     }
 }
+
+/// A computation longer than lease_ttl keeps its lease (a heartbeat extends it while it runs):
+/// it is stored, and a caller of another cache (another process) waiting for it does not take
+/// over and compute again.
+fn a_slow_computation_keeps_its_lease(target: &str, dir: &std::path::Path) {
+    let mut cfg = config(target, dir);
+    cfg.lease_ttl = Duration::from_millis(600);
+    let (a, b) = (
+        CacheManager::new(cfg.clone()).unwrap(),
+        CacheManager::new(cfg).unwrap(),
+    );
+    let ran = Arc::new(AtomicUsize::new(0));
+    let leader = {
+        let ran = ran.clone();
+        std::thread::spawn(move || {
+            a.get_or_set("slow", None, || {
+                ran.fetch_add(1, Ordering::SeqCst);
+                // Four lease_ttls.
+                std::thread::sleep(Duration::from_millis(2400));
+                1u32
+            })
+            .unwrap()
+        })
+    };
+    wait_until("the leader computing", || ran.load(Ordering::SeqCst) == 1);
+    let got = b
+        .get_or_set("slow", None, || {
+            ran.fetch_add(1, Ordering::SeqCst);
+            2u32
+        })
+        .unwrap();
+    assert_eq!(leader.join().unwrap(), 1);
+    assert_eq!(got, 1, "{target}: the waiter got the leader's value");
+    assert_eq!(ran.load(Ordering::SeqCst), 1, "{target}: computed once");
+    assert_eq!(b.get::<u32>("slow").unwrap(), Some(1), "{target}: stored");
+}
+
+#[test]
+fn a_slow_computation_keeps_its_lease_on_the_file_backend_and_redis() {
+    let dir = tempfile::tempdir().unwrap();
+    a_slow_computation_keeps_its_lease("pickle", dir.path());
+    if let Some(server) = RedisServer::start() {
+        a_slow_computation_keeps_its_lease(&format!("redis:{}", server.port()), dir.path());
+    }
+}

@@ -233,6 +233,22 @@ pub(crate) fn set_if_lease(
     c
 }
 
+/// The lease heartbeat: `PEXPIRE KEYS[1] ARGV[2]` only while it holds `ARGV[1]`; returns 1
+/// when it extended it.
+pub(crate) const EXTEND_LEASE: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then \
+     return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else return 0 end";
+
+/// `EVAL <extend-lease> 1 lease token ms` (one key: a cluster routes it by that key).
+pub(crate) fn extend_lease(lease: &str, token: &[u8], ttl: Duration) -> redis::Cmd {
+    let mut c = redis::cmd("EVAL");
+    c.arg(EXTEND_LEASE)
+        .arg(1)
+        .arg(lease)
+        .arg(token)
+        .arg(millis(ttl));
+    c
+}
+
 /// A cluster pipeline of `name key` for every key: one round trip per node.
 pub(crate) fn per_key_pipeline<K: redis::ToRedisArgs>(
     name: &str,

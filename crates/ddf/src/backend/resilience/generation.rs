@@ -220,6 +220,10 @@ impl Backend for GenerationView {
             .set_if_lease(&self.key(key), item, ttl, &self.key(lease), token)
     }
 
+    fn extend_lease(&self, lease: &str, token: &[u8], ttl: Duration) -> Result<bool> {
+        self.inner.extend_lease(&self.key(lease), token, ttl)
+    }
+
     fn ping(&self) -> Result<BackendStatus> {
         self.inner.ping()
     }

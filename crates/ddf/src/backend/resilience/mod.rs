@@ -697,6 +697,12 @@ impl Backend for Resilient {
         )
     }
 
+    /// A write that records nothing, like `touch`: on the fallback's entry while the server is
+    /// not up.
+    fn extend_lease(&self, lease: &str, token: &[u8], ttl: Duration) -> Result<bool> {
+        self.unrecorded_op(lease, |b| b.extend_lease(lease, token, ttl))
+    }
+
     fn keys(&self, prefix: &str, limit: usize) -> Result<Vec<super::EntryInfo>> {
         match self.on_primary(false, &|b: &dyn Backend| b.keys(prefix, limit)) {
             Attempt::Done(r) => r,

@@ -13,9 +13,13 @@
 //!   round trip. In one process only one thread waits this way; the others wait on it through
 //!   `memo/flight.rs`'s registry (the same one memoization uses).
 //! - **A leader whose lease ran out does not write**: it writes only while its own monotonic
-//!   clock, started before the lease was requested, says the lease has at least
-//!   [`write_margin`] left. A waiter can take over only after the lease expired on the server,
-//!   so the late leader's older value never overwrites the newer one.
+//!   clock, started before the lease was requested (or its last heartbeat), says the lease has
+//!   at least [`write_margin`] left, and, where the backend can, only while the lease still
+//!   holds its token on the server (`Backend::set_if_lease`: Redis outside a Cluster, the file
+//!   backend). A waiter can take over only after the lease expired on the server, so the late
+//!   leader's older value never overwrites the newer one.
+//! - **A heartbeat** (thread face) extends the lease while `compute` runs
+//!   (`Backend::extend_lease`: Redis, the file backend), so slow computations are stored.
 //! - **The envelope** (only with `stale_ttl` or `early_refresh`) stores the soft expiry and the
 //!   last computation's duration with the value; the server's TTL is `ttl + stale_ttl`.
 

@@ -133,7 +133,33 @@ async fn release(cache: &AsyncCacheManager, key: &str, token: &[u8]) {
 }
 
 /// A store in progress (either shape of value).
-type Writing = std::pin::Pin<Box<dyn Future<Output = Option<crate::Result<()>>> + Send>>;
+type Writing = std::pin::Pin<Box<dyn Future<Output = Option<crate::Result<bool>>> + Send>>;
+
+/// One write of `get_or_set` (as `sync::put`): under a lease, fenced on the server where the
+/// backend can.
+fn put<V: Serialize + ?Sized>(
+    cache: &AsyncCacheManager,
+    key: &str,
+    plan: &Plan,
+    epoch: u64,
+    held: Option<&Held>,
+    v: &V,
+) -> Writing {
+    match held {
+        Some(h) => Box::pin(cache.store_under_lease(
+            epoch,
+            key,
+            v,
+            plan.server_ttl,
+            &Plan::lease_key(key),
+            &h.token,
+        )),
+        None => {
+            let w = cache.store_memoized(epoch, key, v, plan.server_ttl);
+            Box::pin(async move { w.await.map(|r| r.map(|()| true)) })
+        }
+    }
+}
 
 /// As `sync::store`: not after an invalidation, not once the lease may have been taken over.
 /// The value is encoded now (the returned future borrows nothing: a result that is not `Sync`
@@ -156,9 +182,9 @@ fn store<T: Serialize>(
         None
     } else if plan.enveloped {
         let env = Envelope::new(value, plan.soft_expiry_ms(), delta);
-        Some(Box::pin(cache.store_memoized(epoch, key, &env, plan.server_ttl)) as Writing)
+        Some(put(cache, key, plan, epoch, held, &env))
     } else {
-        Some(Box::pin(cache.store_memoized(epoch, key, value, plan.server_ttl)) as Writing)
+        Some(put(cache, key, plan, epoch, held, value))
     };
     async move {
         let Some(write) = write else { return };
@@ -168,7 +194,11 @@ fn store<T: Serialize>(
                 "ddf: an invalidation began while get_or_set computed; the value is not stored"
             ),
             Some(Err(e)) => tracing::warn!(error = %e, "ddf: get_or_set could not store its value"),
-            Some(Ok(())) => {}
+            Some(Ok(false)) => tracing::warn!(
+                key = %shown,
+                "ddf: get_or_set's lease was gone on the server (expired or taken over); its value is returned, not stored"
+            ),
+            Some(Ok(true)) => {}
         }
     }
 }
@@ -187,9 +217,62 @@ where
     Fut: Future<Output = Result<T, E>>,
 {
     let start = Instant::now();
-    let v = flight_task::leading(compute()).await?;
+    let computing = flight_task::leading(compute());
+    let v = match held {
+        Some(h) => with_heartbeat(cache, key, plan, h, computing).await?,
+        None => computing.await?,
+    };
     store(cache, key, plan, epoch, held, &v, start.elapsed()).await;
     Ok(v)
+}
+
+/// Awaits `computing` while extending the lease every `lease_ttl / 3` (as the thread face's
+/// heartbeat, polled beside it: no task is spawned). The heartbeat stops when the lease is no
+/// longer ours or the backend cannot extend one.
+async fn with_heartbeat<R>(
+    cache: &AsyncCacheManager,
+    key: &str,
+    plan: &Plan,
+    held: &Held,
+    computing: impl Future<Output = R>,
+) -> R {
+    use std::task::Poll;
+    // Timers need a tokio runtime; polled by another executor, no heartbeat.
+    if deadline(plan.lease_ttl).is_none() || tokio::runtime::Handle::try_current().is_err() {
+        return computing.await;
+    }
+    let every = plan.lease_ttl / 3;
+    let lease = Plan::lease_key(key);
+    let beat = async {
+        loop {
+            tokio::time::sleep(every).await;
+            let sent = Instant::now();
+            match cache
+                .lease_backend()
+                .extend_lease(&lease, &held.token, plan.lease_ttl)
+                .await
+            {
+                Ok(true) => held.extended(sent, plan),
+                Ok(false) => return,
+                Err(e) => {
+                    tracing::debug!(error = %e, "ddf: get_or_set could not extend its lease");
+                }
+            }
+        }
+    };
+    let mut computing = std::pin::pin!(computing);
+    let mut beat = std::pin::pin!(beat);
+    let mut beating = true;
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(r) = computing.as_mut().poll(cx) {
+            return Poll::Ready(r);
+        }
+        if beating && beat.as_mut().poll(cx).is_ready() {
+            beating = false;
+        }
+        Poll::Pending
+    })
+    .await
 }
 
 /// `get_or_set` of [`AsyncCacheManager`]: `ttl` has passed the TTL rule.

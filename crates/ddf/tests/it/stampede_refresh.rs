@@ -583,3 +583,78 @@ fn a_slow_computation_keeps_its_lease_on_the_file_backend_and_redis() {
         a_slow_computation_keeps_its_lease(&format!("redis:{}", server.port()), dir.path());
     }
 }
+
+/// The async face: a slow computation keeps its lease (a heartbeat polled beside it) and is
+/// stored; a late leader's store is fenced on the server.
+fn async_lease_rules(target: &str, dir: &std::path::Path) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut cfg = config(target, dir);
+    cfg.lease_ttl = Duration::from_millis(600);
+    rt.block_on(async {
+        let a = ddf::AsyncCacheManager::new(cfg.clone()).unwrap();
+        let b = ddf::AsyncCacheManager::new(cfg).unwrap();
+        let ran = Arc::new(AtomicUsize::new(0));
+        let leader = {
+            let ran = ran.clone();
+            tokio::spawn(async move {
+                a.get_or_set("aslow", None, || async move {
+                    ran.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(2400)).await;
+                    1u32
+                })
+                .await
+                .unwrap()
+            })
+        };
+        let start = Instant::now();
+        while ran.load(Ordering::SeqCst) == 0 {
+            assert!(start.elapsed() < Duration::from_secs(20), "never computed");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let ran2 = ran.clone();
+        let got = b
+            .get_or_set("aslow", None, || async move {
+                ran2.fetch_add(1, Ordering::SeqCst);
+                2u32
+            })
+            .await
+            .unwrap();
+        assert_eq!(leader.await.unwrap(), 1);
+        assert_eq!(got, 1, "{target}: the waiter got the leader's value");
+        assert_eq!(ran.load(Ordering::SeqCst), 1, "{target}: computed once");
+        assert_eq!(b.get::<u32>("aslow").await.unwrap(), Some(1));
+        // Fenced: a waiter's lease replaced ours while we computed.
+        let v = b
+            .get_or_set("afenced", None, || async {
+                b.set(
+                    "ddf-lease:afenced",
+                    "a waiter's",
+                    Some(Duration::from_secs(600)),
+                )
+                .await
+                .unwrap();
+                6u32
+            })
+            .await
+            .unwrap();
+        assert_eq!(v, 6);
+        assert_eq!(
+            b.get::<u32>("afenced").await.unwrap(),
+            None,
+            "{target}: not stored"
+        );
+    });
+}
+
+#[test]
+fn the_async_face_keeps_and_fences_its_lease() {
+    let dir = tempfile::tempdir().unwrap();
+    async_lease_rules("pickle", dir.path());
+    if let Some(server) = RedisServer::start() {
+        async_lease_rules(&format!("redis:{}", server.port()), dir.path());
+    }
+}

@@ -18,7 +18,7 @@
 //!   holds its token on the server (`Backend::set_if_lease`: Redis outside a Cluster, the file
 //!   backend). A waiter can take over only after the lease expired on the server, so the late
 //!   leader's older value never overwrites the newer one.
-//! - **A heartbeat** (thread face) extends the lease while `compute` runs
+//! - **A heartbeat** extends the lease every `lease_ttl / 3` while `compute` runs
 //!   (`Backend::extend_lease`: Redis, the file backend), so slow computations are stored.
 //! - **The envelope** (only with `stale_ttl` or `early_refresh`) stores the soft expiry and the
 //!   last computation's duration with the value; the server's TTL is `ttl + stale_ttl`.

@@ -658,3 +658,39 @@ fn the_async_face_keeps_and_fences_its_lease() {
         async_lease_rules(&format!("redis:{}", server.port()), dir.path());
     }
 }
+
+/// On a Redis Cluster (per-node breakers): the lease is taken, released, and extended by the
+/// heartbeat (the store is unfenced there: the clock margin guards it).
+#[test]
+fn get_or_set_on_a_redis_cluster() {
+    let Some(cluster) = ddf_testkit::RedisCluster::start() else {
+        return;
+    };
+    let nodes: Vec<ddf::ServerAddr> = cluster
+        .addrs()
+        .iter()
+        .map(|a| ddf::ServerAddr::parse(a, 6379).unwrap())
+        .collect();
+    let mut cfg = ddf::CacheConfig::default()
+        .with_backend(ddf::CacheBackend::Redis)
+        .with_redis_cluster_nodes(nodes)
+        .with_namespace("stampede-cluster:");
+    cfg.lease_ttl = Duration::from_millis(600);
+    let cache = CacheManager::new(cfg).unwrap();
+    lease_released(&cache);
+    let ran = AtomicUsize::new(0);
+    let v = cache
+        .get_or_set("slow", None, || {
+            ran.fetch_add(1, Ordering::SeqCst);
+            std::thread::sleep(Duration::from_millis(1800));
+            assert!(
+                cache.get_bytes("ddf-lease:slow").unwrap().is_some(),
+                "extended past lease_ttl"
+            );
+            3u32
+        })
+        .unwrap();
+    assert_eq!(v, 3);
+    assert_eq!(cache.get::<u32>("slow").unwrap(), Some(3), "stored");
+    assert_eq!(cache.get_bytes("ddf-lease:slow").unwrap(), None, "released");
+}

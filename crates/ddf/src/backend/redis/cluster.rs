@@ -438,6 +438,43 @@ impl Backend for NodeBackend {
         Ok(self.convert::<u64>("UNLINK", v)? > 0)
     }
 
+    fn add(&self, key: &str, item: &Item, ttl: Option<Duration>) -> Result<bool> {
+        let v = self.one(
+            "SET NX",
+            self.keyed(key, |k| commands::add(k, &item.data, ttl)),
+        )?;
+        Ok(self.convert::<Option<String>>("SET NX", v)?.is_some())
+    }
+
+    fn incr(&self, key: &str, delta: i64, _counter: &dyn super::super::Counter) -> Result<i64> {
+        let v = self.one("INCRBY", self.keyed(key, |k| commands::incr(k, delta)))?;
+        let (code, value): (i64, Option<String>) = self.convert("INCRBY", v)?;
+        commands::incr_reply(code, value, delta)
+    }
+
+    fn touch(&self, key: &str, ttl: Option<Duration>) -> Result<bool> {
+        let v = self.one("PEXPIRE", self.keyed(key, |k| commands::touch(k, ttl)))?;
+        Ok(self.convert::<i64>("PEXPIRE", v)? == 1)
+    }
+
+    fn compare_and_delete(&self, key: &str, expected: &[u8]) -> Result<bool> {
+        let what = "EVAL (compare-and-delete)";
+        let v = self.one(
+            what,
+            self.keyed(key, |k| commands::compare_and_delete(k, expected)),
+        )?;
+        Ok(self.convert::<u64>(what, v)? > 0)
+    }
+
+    fn extend_lease(&self, lease: &str, token: &[u8], ttl: Duration) -> Result<bool> {
+        let what = "EVAL (extend-lease)";
+        let v = self.one(
+            what,
+            self.keyed(lease, |k| commands::extend_lease(k, token, ttl)),
+        )?;
+        Ok(self.convert::<u64>(what, v)? > 0)
+    }
+
     fn delete_prefix(&self, prefix: &str) -> Result<u64> {
         let s = &self.shards.settings;
         super::super::check_prefix(&s.namespace, prefix, s.server_flush, commands::WHOLE)?;

@@ -276,6 +276,28 @@ impl CacheManager {
             .stored(self.written(r, |n| n.evict(key, false)), 1)
     }
 
+    /// `set` fenced by a `get_or_set` lease ([`Backend::set_if_lease`]): `Ok(false)` when the
+    /// lease no longer holds `token` (nothing stored).
+    pub(crate) fn set_if_lease<T: Serialize + ?Sized>(
+        &self,
+        key: &str,
+        value: &T,
+        ttl: Option<Duration>,
+        lease: &str,
+        token: &[u8],
+    ) -> Result<bool> {
+        let ttl = self.core().ttl_or_default(ttl)?;
+        if !self.core().enabled() {
+            return Ok(true);
+        }
+        let item = self.core().encode(key, value)?;
+        self.core().added(self.call(|| {
+            self.inner
+                .backend
+                .set_if_lease(key, &item, ttl, lease, token)
+        }))
+    }
+
     /// Stores a value only if `key` holds none (absent or expired): `true` when this call
     /// stored it, `false` when a value was there (left unchanged). Atomic across threads,
     /// processes and hosts sharing the store: of concurrent `add`s of one absent key exactly

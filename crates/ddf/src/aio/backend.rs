@@ -120,6 +120,30 @@ pub(crate) trait AsyncBackend: Send + Sync + fmt::Debug + 'static {
         key: &'a str,
         expected: &'a [u8],
     ) -> BoxFuture<'a, Result<bool>>;
+
+    /// As [`Backend::set_if_lease`]; the default stores unfenced.
+    fn set_if_lease<'a>(
+        &'a self,
+        key: &'a str,
+        item: &'a Item,
+        ttl: Option<Duration>,
+        lease: &'a str,
+        token: &'a [u8],
+    ) -> BoxFuture<'a, Result<bool>> {
+        let _ = (lease, token);
+        Box::pin(async move { self.set(key, item, ttl).await.result.map(|()| true) })
+    }
+
+    /// As [`Backend::extend_lease`]; the default cannot (`Ok(false)`).
+    fn extend_lease<'a>(
+        &'a self,
+        lease: &'a str,
+        token: &'a [u8],
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool>> {
+        let _ = (lease, token, ttl);
+        Box::pin(async { Ok(false) })
+    }
 }
 
 /// Runs blocking `f` on the runtime's blocking pool when there is a runtime, inline when there
@@ -354,5 +378,34 @@ impl AsyncBackend for Blocking {
     ) -> BoxFuture<'a, Result<bool>> {
         let (key, expected) = (key.to_owned(), expected.to_vec());
         self.plain(self.writes, move |b| b.compare_and_delete(&key, &expected))
+    }
+
+    fn set_if_lease<'a>(
+        &'a self,
+        key: &'a str,
+        item: &'a Item,
+        ttl: Option<Duration>,
+        lease: &'a str,
+        token: &'a [u8],
+    ) -> BoxFuture<'a, Result<bool>> {
+        let (key, item, lease, token) = (
+            key.to_owned(),
+            item.clone(),
+            lease.to_owned(),
+            token.to_vec(),
+        );
+        self.plain(self.writes, move |b| {
+            b.set_if_lease(&key, &item, ttl, &lease, &token)
+        })
+    }
+
+    fn extend_lease<'a>(
+        &'a self,
+        lease: &'a str,
+        token: &'a [u8],
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool>> {
+        let (lease, token) = (lease.to_owned(), token.to_vec());
+        self.plain(self.writes, move |b| b.extend_lease(&lease, &token, ttl))
     }
 }

@@ -432,6 +432,35 @@ impl AsyncCacheManager {
         Epochs::store_async(OwnedEpochs(self.clone()), epoch, write)
     }
 
+    /// [`AsyncCacheManager::store_memoized`] fenced by a `get_or_set` lease
+    /// (`Backend::set_if_lease`): `Some(Ok(false))` when the lease no longer holds `token`.
+    pub(crate) fn store_under_lease<T: Serialize + ?Sized>(
+        &self,
+        epoch: u64,
+        key: &str,
+        value: &T,
+        ttl: Option<Duration>,
+        lease: &str,
+        token: &[u8],
+    ) -> impl Future<Output = Option<Result<bool>>> + Send + 'static {
+        let prepared = self.prepare_set(key, value, ttl);
+        let (this, key) = (self.clone(), key.to_owned());
+        let (lease, token) = (lease.to_owned(), token.to_vec());
+        let write = async move {
+            match prepared? {
+                None => Ok(true),
+                Some((item, ttl)) => {
+                    let r = this
+                        .backend()
+                        .set_if_lease(&key, &item, ttl, &lease, &token)
+                        .await;
+                    this.core().added(r)
+                }
+            }
+        };
+        Epochs::store_async(OwnedEpochs(self.clone()), epoch, write)
+    }
+
     async fn set_item(&self, key: &str, item: Item, ttl: Option<Duration>) -> Noted<()> {
         let Noted { result, degraded } = self.backend().set(key, &item, ttl).await;
         let result = self.written(result, |n| n.evict(key, false));

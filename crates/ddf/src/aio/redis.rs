@@ -632,4 +632,47 @@ impl AsyncBackend for AsyncRedis {
             Ok(n > 0)
         })
     }
+
+    /// As the sync backend's: one script outside a Cluster, a plain `SET` on one.
+    fn set_if_lease<'a>(
+        &'a self,
+        key: &'a str,
+        item: &'a Item,
+        ttl: Option<Duration>,
+        lease: &'a str,
+        token: &'a [u8],
+    ) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(async move {
+            let k = self.key(key);
+            let fenced = &commands::set_if_lease(&k, &item.data, ttl, &self.key(lease), token);
+            let plain = &commands::set(&k, &item.data, ttl);
+            let n: u64 = self
+                .run("EVAL (set-if-lease)", |c| async move {
+                    match c {
+                        Conn::Single(mut s) => fenced.query_async(&mut s).await,
+                        Conn::Cluster(mut cc) => plain.query_async::<()>(&mut cc).await.map(|()| 1),
+                    }
+                })
+                .await?;
+            Ok(n > 0)
+        })
+    }
+
+    fn extend_lease<'a>(
+        &'a self,
+        lease: &'a str,
+        token: &'a [u8],
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(async move {
+            let cmd = &commands::extend_lease(&self.key(lease), token, ttl);
+            let n: u64 = self
+                .run(
+                    "EVAL (extend-lease)",
+                    |mut c| async move { c.query(cmd).await },
+                )
+                .await?;
+            Ok(n > 0)
+        })
+    }
 }

@@ -342,7 +342,8 @@ impl AsyncBackend for AsyncResilient {
         })
     }
 
-    /// A write, as the sync wrapper's: on the fallback while the server is not up.
+    /// As the sync wrapper: on the fallback while the server is not up, recorded nowhere and
+    /// forgotten by no outage (see `Resilient::compare_and_delete`).
     fn compare_and_delete<'a>(
         &'a self,
         key: &'a str,
@@ -350,9 +351,47 @@ impl AsyncBackend for AsyncResilient {
     ) -> BoxFuture<'a, Result<bool>> {
         Box::pin(async move {
             self.write(
-                Forget::Key(key),
+                Forget::Keys(&[]),
                 || self.primary.compare_and_delete(key, expected),
                 || noted(self.otherwise.compare_and_delete(key, expected)),
+            )
+            .await
+            .result
+        })
+    }
+
+    /// A write, like `set` (the sync wrapper records it as a delete during an outage).
+    fn set_if_lease<'a>(
+        &'a self,
+        key: &'a str,
+        item: &'a Item,
+        ttl: Option<Duration>,
+        lease: &'a str,
+        token: &'a [u8],
+    ) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(async move {
+            self.write(
+                Forget::Key(key),
+                || self.primary.set_if_lease(key, item, ttl, lease, token),
+                || noted(self.otherwise.set_if_lease(key, item, ttl, lease, token)),
+            )
+            .await
+            .result
+        })
+    }
+
+    /// Records nothing, like `touch`.
+    fn extend_lease<'a>(
+        &'a self,
+        lease: &'a str,
+        token: &'a [u8],
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(async move {
+            self.write(
+                Forget::Keys(&[]),
+                || self.primary.extend_lease(lease, token, ttl),
+                || noted(self.otherwise.extend_lease(lease, token, ttl)),
             )
             .await
             .result

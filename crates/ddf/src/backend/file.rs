@@ -459,6 +459,52 @@ impl Backend for FileBackend {
         })
     }
 
+    /// One statement (atomic against every other connection): the value is written only
+    /// while the lease row is live and holds `token`.
+    fn set_if_lease(
+        &self,
+        key: &str,
+        item: &Item,
+        ttl: Option<Duration>,
+        lease: &str,
+        token: &[u8],
+    ) -> Result<bool> {
+        check_size(item)?;
+        let sk = self.keys.storage_key(key);
+        let lk = self.keys.storage_key(lease);
+        let (exp, now) = (self.expires_at(ttl), self.now());
+        let n = self.with_conn("cannot write an entry", |c| {
+            c.prepare_cached(
+                "INSERT OR REPLACE INTO entries (k, exp, flags, v) SELECT ?1, ?2, ?3, ?4 \
+                 WHERE EXISTS (SELECT 1 FROM entries WHERE k = ?5 AND v = ?6 \
+                 AND (exp = 0 OR exp > ?7))",
+            )?
+            .execute(params![
+                sk.as_bytes(),
+                exp,
+                i64::from(item.flags),
+                item.data,
+                lk.as_bytes(),
+                token,
+                now
+            ])
+        })?;
+        Ok(n == 1)
+    }
+
+    /// One statement: only a live row holding `token` gets the new expiry.
+    fn extend_lease(&self, lease: &str, token: &[u8], ttl: Duration) -> Result<bool> {
+        let lk = self.keys.storage_key(lease);
+        let (exp, now) = (self.expires_at(Some(ttl)), self.now());
+        let n = self.with_conn("cannot extend a lease", |c| {
+            c.prepare_cached(
+                "UPDATE entries SET exp = ?3 WHERE k = ?1 AND v = ?2 AND (exp = 0 OR exp > ?4)",
+            )?
+            .execute(params![lk.as_bytes(), token, exp, now])
+        })?;
+        Ok(n == 1)
+    }
+
     fn compare_and_delete(&self, key: &str, expected: &[u8]) -> Result<bool> {
         let sk = self.keys.storage_key(key);
         let now = self.now();

@@ -279,6 +279,36 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
         let _ = (key, expected);
         Err(unsupported(self.name(), "compare_and_delete"))
     }
+
+    /// A `get_or_set` leader's store, fenced by its lease: stores `item` under `key` only
+    /// while `lease` holds `token`, in one atomic step on the server; `Ok(false)` when it did
+    /// not store (the lease expired or was taken over). Redis (not Cluster: the two keys may
+    /// be on two nodes): one Lua script; the file backend: one transaction. The default (and
+    /// Memcached, Redis Cluster) stores unfenced, and the caller's clock margin is the only
+    /// guard. Internal to `get_or_set`: a custom backend need not implement it.
+    #[doc(hidden)]
+    fn set_if_lease(
+        &self,
+        key: &str,
+        item: &Item,
+        ttl: Option<Duration>,
+        lease: &str,
+        token: &[u8],
+    ) -> Result<bool> {
+        let _ = (lease, token);
+        self.set(key, item, ttl).map(|()| true)
+    }
+
+    /// A `get_or_set` lease's heartbeat: gives `lease` the TTL `ttl` from now only while it
+    /// holds `token`; `Ok(false)` when it does not (expired, taken over) or when the backend
+    /// cannot (the default, Memcached): the heartbeat then stops. Redis: one Lua script
+    /// (`PEXPIRE`); the file backend: one `UPDATE .. WHERE v = token`. Internal to
+    /// `get_or_set`.
+    #[doc(hidden)]
+    fn extend_lease(&self, lease: &str, token: &[u8], ttl: Duration) -> Result<bool> {
+        let _ = (lease, token, ttl);
+        Ok(false)
+    }
 }
 
 /// The error for an operation that would reach every key on a shared server (an empty

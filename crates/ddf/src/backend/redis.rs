@@ -842,6 +842,34 @@ impl Backend for RedisBackend {
         let n: u64 = self.run("EVAL (compare-and-delete)", |c| cmd.query(c.as_like()))?;
         Ok(n > 0)
     }
+
+    /// One script on a standalone server (or Sentinel's master); on a cluster the value and
+    /// its lease may live on two nodes: an unfenced `SET` (the clock margin guards it).
+    fn set_if_lease(
+        &self,
+        key: &str,
+        item: &Item,
+        ttl: Option<Duration>,
+        lease: &str,
+        token: &[u8],
+    ) -> Result<bool> {
+        let k = self.keyspace.storage_key(key);
+        let l = self.keyspace.storage_key(lease);
+        let fenced = commands::set_if_lease(&k, &item.data, ttl, &l, token);
+        let plain = commands::set(&k, &item.data, ttl);
+        let n: u64 = self.run("EVAL (set-if-lease)", |c| match c {
+            Conn::Single(s) => fenced.query(s),
+            Conn::Cluster(cc) => plain.query::<()>(cc.as_mut()).map(|()| 1),
+        })?;
+        Ok(n > 0)
+    }
+
+    fn extend_lease(&self, lease: &str, token: &[u8], ttl: Duration) -> Result<bool> {
+        let l = self.keyspace.storage_key(lease);
+        let cmd = commands::extend_lease(&l, token, ttl);
+        let n: u64 = self.run("EVAL (extend-lease)", |c| cmd.query(c.as_like()))?;
+        Ok(n > 0)
+    }
 }
 
 /// `UNLINK` of many keys; the number removed. One command on a standalone server; on a cluster

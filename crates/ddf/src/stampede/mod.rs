@@ -13,9 +13,13 @@
 //!   round trip. In one process only one thread waits this way; the others wait on it through
 //!   `memo/flight.rs`'s registry (the same one memoization uses).
 //! - **A leader whose lease ran out does not write**: it writes only while its own monotonic
-//!   clock, started before the lease was requested, says the lease has at least
-//!   [`write_margin`] left. A waiter can take over only after the lease expired on the server,
-//!   so the late leader's older value never overwrites the newer one.
+//!   clock, started before the lease was requested (or its last heartbeat), says the lease has
+//!   at least [`write_margin`] left, and, where the backend can, only while the lease still
+//!   holds its token on the server (`Backend::set_if_lease`: Redis outside a Cluster, the file
+//!   backend). A waiter can take over only after the lease expired on the server, so the late
+//!   leader's older value never overwrites the newer one.
+//! - **A heartbeat** extends the lease every `lease_ttl / 3` while `compute` runs
+//!   (`Backend::extend_lease`: Redis, the file backend), so slow computations are stored.
 //! - **The envelope** (only with `stale_ttl` or `early_refresh`) stores the soft expiry and the
 //!   last computation's duration with the value; the server's TTL is `ttl + stale_ttl`.
 
@@ -25,6 +29,7 @@ pub(crate) mod task;
 
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -177,6 +182,12 @@ impl<V> Envelope<V> {
         }
     }
 
+    /// When the value is due for a refresh (ms since the Unix epoch; 0: never): a refresh
+    /// that finds another one changed it knows the value is new.
+    pub(crate) fn soft_expiry_ms(&self) -> u64 {
+        self.soft_expiry_ms
+    }
+
     /// The value, and whether it is due for a refresh now (`u`: a uniform draw in (0, 1]).
     /// `None`: not an envelope of this version (read as a miss, and replaced).
     pub(crate) fn open(self, beta: Option<f64>, now_ms: u64, u: f64) -> Option<(V, bool)> {
@@ -218,12 +229,23 @@ impl Backoff {
         Backoff(FIRST_POLL)
     }
 
-    /// The next interval, never past `deadline`.
-    pub(crate) fn next(&mut self, deadline: Instant) -> Duration {
+    /// The next interval, never past `deadline` (`None`: no deadline).
+    pub(crate) fn next(&mut self, deadline: Option<Instant>) -> Duration {
         let d = self.0;
         self.0 = (d * 2).min(LAST_POLL);
-        d.min(deadline.saturating_duration_since(Instant::now()))
+        deadline.map_or(d, |at| d.min(at.saturating_duration_since(Instant::now())))
     }
+}
+
+/// When a wait of `timeout` from now ends; `None` when that is past what an [`Instant`] can
+/// hold (a public setting of `Duration::MAX`): no deadline.
+pub(crate) fn deadline(timeout: Duration) -> Option<Instant> {
+    Instant::now().checked_add(timeout)
+}
+
+/// Whether `deadline` has passed (`None`: never).
+pub(crate) fn passed(deadline: Option<Instant>) -> bool {
+    deadline.is_some_and(|at| Instant::now() >= at)
 }
 
 /// A lease this caller holds.
@@ -232,24 +254,44 @@ pub(crate) struct Held {
     pub(crate) token: Vec<u8>,
     /// Until when the lease is certainly ours: `started` (read before the lease was requested,
     /// so the server's expiry is later than `started + lease_ttl`) plus `lease_ttl`, minus the
-    /// write margin and the backend's slack.
-    until: Instant,
+    /// write margin and the backend's slack; moved on by each heartbeat that extended the
+    /// lease. `None`: a `lease_ttl` past what an [`Instant`] can hold, never over.
+    until: Mutex<Option<Instant>>,
 }
 
 impl Held {
     pub(crate) fn new(token: Vec<u8>, started: Instant, plan: &Plan) -> Self {
-        let until = (started + plan.lease_ttl)
-            .checked_sub(write_margin(plan.lease_ttl) + plan.lease_slack)
-            .unwrap_or(started)
-            .max(started);
-        Held { token, until }
+        Held {
+            token,
+            until: Mutex::new(Self::until(started, plan)),
+        }
+    }
+
+    /// Until when a lease given (or extended) to `lease_ttl` at `started` is certainly ours.
+    fn until(started: Instant, plan: &Plan) -> Option<Instant> {
+        let margin = write_margin(plan.lease_ttl).saturating_add(plan.lease_slack);
+        started
+            .checked_add(plan.lease_ttl)
+            .map(|end| end.checked_sub(margin).unwrap_or(started).max(started))
+    }
+
+    /// A heartbeat, sent at `started`, extended the lease to `lease_ttl` from then.
+    pub(crate) fn extended(&self, started: Instant, plan: &Plan) {
+        let mut until = self.until.lock().unwrap_or_else(PoisonError::into_inner);
+        *until = match (*until, Self::until(started, plan)) {
+            (Some(old), Some(new)) => Some(old.max(new)),
+            _ => None,
+        };
     }
 
     /// Whether the lease is certainly still ours: at least [`write_margin`] (and the backend's
     /// slack) left by this process's clock. A leader past that does not write (a waiter may
     /// have taken over).
     pub(crate) fn may_write(&self) -> bool {
-        Instant::now() < self.until
+        self.until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_none_or(|until| Instant::now() < until)
     }
 }
 
@@ -384,13 +426,27 @@ mod tests {
 
     #[test]
     fn backoff_doubles_to_its_cap_and_stops_at_the_deadline() {
-        let far = Instant::now() + Duration::from_secs(60);
+        let far = deadline(Duration::from_secs(60));
         let mut b = Backoff::new();
         let steps: Vec<_> = (0..7).map(|_| b.next(far)).collect();
         assert_eq!(steps[0], FIRST_POLL);
         assert_eq!(steps[1], FIRST_POLL * 2);
         assert_eq!(*steps.last().unwrap(), LAST_POLL);
-        assert_eq!(b.next(Instant::now()), Duration::ZERO);
+        assert_eq!(b.next(Some(Instant::now())), Duration::ZERO);
+        assert_eq!(b.next(None), LAST_POLL, "no deadline");
+    }
+
+    #[test]
+    fn settings_of_duration_max_mean_no_deadline_not_a_panic() {
+        let mut c = CacheConfig::default();
+        c.lease_ttl = Duration::MAX;
+        c.lock_timeout = Duration::MAX;
+        let plan = Plan::new(&c, None, RefreshOptions::new());
+        let held = Held::new(Vec::new(), Instant::now(), &plan);
+        assert!(held.may_write());
+        assert_eq!(deadline(plan.lock_timeout), None);
+        assert!(!passed(None));
+        assert!(passed(Some(Instant::now())));
     }
 
     #[test]

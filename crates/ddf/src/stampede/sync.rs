@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::{Backoff, Envelope, Held, Plan, now_ms, token, uniform};
+use super::{Backoff, Envelope, Held, Plan, deadline, now_ms, passed, token, uniform};
 use crate::CacheManager;
 use crate::codec::flags;
 use crate::item::Item;
@@ -15,9 +15,9 @@ use crate::memo::flight::{self, Landing, Turn};
 enum Read<T> {
     /// A value not due for a refresh.
     Fresh(T),
-    /// A value due for a refresh (stale, or chosen by XFetch): served while one caller
-    /// refreshes it.
-    Due(T),
+    /// A value due for a refresh (stale, or chosen by XFetch), and its soft expiry: served
+    /// while one caller refreshes it.
+    Due(T, u64),
     Miss,
     /// The server failed for a temporary reason: compute, store nothing.
     Unavailable,
@@ -25,15 +25,19 @@ enum Read<T> {
 
 fn read<T: DeserializeOwned>(cache: &CacheManager, key: &str, plan: &Plan) -> Read<T> {
     let r = if plan.enveloped {
-        cache
-            .get::<Envelope<T>>(key)
-            .map(|hit| hit.and_then(|e| e.open(plan.beta, now_ms(), uniform())))
+        cache.get::<Envelope<T>>(key).map(|hit| {
+            hit.and_then(|e| {
+                let soft = e.soft_expiry_ms();
+                e.open(plan.beta, now_ms(), uniform())
+                    .map(|(v, due)| (v, due, soft))
+            })
+        })
     } else {
-        cache.get::<T>(key).map(|hit| hit.map(|v| (v, false)))
+        cache.get::<T>(key).map(|hit| hit.map(|v| (v, false, 0)))
     };
     match r {
-        Ok(Some((v, false))) => Read::Fresh(v),
-        Ok(Some((v, true))) => Read::Due(v),
+        Ok(Some((v, false, _))) => Read::Fresh(v),
+        Ok(Some((v, true, soft))) => Read::Due(v, soft),
         Ok(None) => Read::Miss,
         Err(e) if e.is_temporary() => {
             tracing::warn!(error = %e, "ddf: get_or_set could not read the cache; computing, not storing");
@@ -48,22 +52,40 @@ fn read<T: DeserializeOwned>(cache: &CacheManager, key: &str, plan: &Plan) -> Re
     }
 }
 
+/// A lease this caller holds: released (compare-and-delete of its token) when dropped, also
+/// when `compute` panics, so that the others do not wait out `lease_ttl`.
+struct Lease<'a> {
+    cache: &'a CacheManager,
+    key: &'a str,
+    held: Held,
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        release(self.cache, self.key, &self.held);
+    }
+}
+
 /// What asking for the lease gave.
-enum Acquired {
-    Held(Held),
+enum Acquired<'a> {
+    Held(Lease<'a>),
     /// Another caller holds it.
     Busy,
     /// The backend could not tell (an error, logged): compute without a lease.
     Failed,
 }
 
-fn acquire(cache: &CacheManager, key: &str, plan: &Plan) -> Acquired {
+fn acquire<'a>(cache: &'a CacheManager, key: &'a str, plan: &Plan) -> Acquired<'a> {
     let token = token();
     let started = Instant::now();
     let item = Item::new(token.clone(), flags::BYTES);
     let lease = Plan::lease_key(key);
     match cache.on_backend(|b| b.add(&lease, &item, Some(plan.lease_ttl))) {
-        Ok(true) => Acquired::Held(Held::new(token, started, plan)),
+        Ok(true) => Acquired::Held(Lease {
+            cache,
+            key,
+            held: Held::new(token, started, plan),
+        }),
         Ok(false) => Acquired::Busy,
         Err(e) => {
             tracing::warn!(error = %e, "ddf: get_or_set could not take its lease; computing without one");
@@ -72,6 +94,7 @@ fn acquire(cache: &CacheManager, key: &str, plan: &Plan) -> Acquired {
     }
 }
 
+/// Never panics (it runs in `Drop`, also while unwinding): failures are logged.
 fn release(cache: &CacheManager, key: &str, held: &Held) {
     let lease = Plan::lease_key(key);
     match cache.on_backend(|b| b.compare_and_delete(&lease, &held.token)) {
@@ -106,10 +129,15 @@ fn store<T: Serialize>(
     }
     let write = || {
         if plan.enveloped {
-            let env = Envelope::new(value, plan.soft_expiry_ms(), delta);
-            cache.set(key, &env, plan.server_ttl)
+            put(
+                cache,
+                key,
+                plan,
+                held,
+                &Envelope::new(value, plan.soft_expiry_ms(), delta),
+            )
         } else {
-            cache.set(key, value, plan.server_ttl)
+            put(cache, key, plan, held, value)
         }
     };
     match cache.epochs().store(epoch, write) {
@@ -118,7 +146,27 @@ fn store<T: Serialize>(
             "ddf: an invalidation began while get_or_set computed; the value is not stored"
         ),
         Some(Err(e)) => tracing::warn!(error = %e, "ddf: get_or_set could not store its value"),
-        Some(Ok(())) => {}
+        Some(Ok(false)) => tracing::warn!(
+            key = %crate::error::shorten(key),
+            "ddf: get_or_set's lease was gone on the server (expired or taken over); its value is returned, not stored"
+        ),
+        Some(Ok(true)) => {}
+    }
+}
+
+/// One write of `get_or_set`: under a lease, fenced on the server where the backend can (Redis
+/// outside a Cluster, the file backend): stored only while the lease still holds our token.
+/// `Ok(false)`: not stored.
+fn put<V: Serialize + ?Sized>(
+    cache: &CacheManager,
+    key: &str,
+    plan: &Plan,
+    held: Option<&Held>,
+    v: &V,
+) -> crate::Result<bool> {
+    match held {
+        Some(h) => cache.set_if_lease(key, v, plan.server_ttl, &Plan::lease_key(key), &h.token),
+        None => cache.set(key, v, plan.server_ttl).map(|()| true),
     }
 }
 
@@ -136,9 +184,83 @@ where
     F: FnOnce() -> Result<T, E>,
 {
     let start = Instant::now();
-    let v = compute()?;
+    let v = match held {
+        Some(h) => with_heartbeat(cache, key, plan, h, compute)?,
+        None => compute()?,
+    };
     store(cache, key, plan, epoch, held, &v, start.elapsed());
     Ok(v)
+}
+
+/// Runs `compute` while a scoped thread extends the lease every `lease_ttl / 3` (compare-and-
+/// expire of our token), so that a computation longer than `lease_ttl` is neither taken over
+/// nor kept from storing. The heartbeat stops when `compute` returns or unwinds, when the
+/// lease is no longer ours, or on a backend that cannot extend one (Memcached: there the
+/// limit stays, docs/memoize.md).
+fn with_heartbeat<R>(
+    cache: &CacheManager,
+    key: &str,
+    plan: &Plan,
+    held: &Held,
+    compute: impl FnOnce() -> R,
+) -> R {
+    let Some(every) = deadline(plan.lease_ttl).map(|_| plan.lease_ttl / 3) else {
+        return compute();
+    };
+    let stop = Stop::default();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let lease = Plan::lease_key(key);
+            while !stop.wait(every) {
+                let sent = Instant::now();
+                match cache.on_backend(|b| b.extend_lease(&lease, &held.token, plan.lease_ttl)) {
+                    Ok(true) => held.extended(sent, plan),
+                    Ok(false) => return,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "ddf: get_or_set could not extend its lease");
+                    }
+                }
+            }
+        });
+        // Stops the heartbeat also when `compute` unwinds (the scope joins it).
+        let _stopping = Stopping(&stop);
+        compute()
+    })
+}
+
+/// The heartbeat's stop signal.
+#[derive(Default)]
+struct Stop {
+    stopped: std::sync::Mutex<bool>,
+    wake: std::sync::Condvar,
+}
+
+impl Stop {
+    /// Waits up to `every`; whether the heartbeat must stop.
+    fn wait(&self, every: Duration) -> bool {
+        let stopped = self
+            .stopped
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (stopped, _) = self
+            .wake
+            .wait_timeout_while(stopped, every, |s| !*s)
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *stopped
+    }
+}
+
+struct Stopping<'a>(&'a Stop);
+
+impl Drop for Stopping<'_> {
+    fn drop(&mut self) {
+        *self
+            .0
+            .stopped
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = true;
+        self.0.wake.notify_all();
+    }
 }
 
 /// `get_or_set` and `try_get_or_set` of [`CacheManager`]: `ttl` has passed the TTL rule.
@@ -158,23 +280,33 @@ where
     // Read before the lookup, as memoization does: a value computed before an invalidation
     // that returns after this is not stored.
     let epoch = cache.epochs().current();
+    // Every caller waits at most `lock_timeout` from its call, in the flight or for the lease.
+    let deadline = deadline(plan.lock_timeout);
     let flight_key = Plan::lease_key(key);
     loop {
         let landings = flight::landings();
         match read::<T>(cache, key, plan) {
             Read::Fresh(v) => return Ok(v),
-            Read::Due(v) => return refresh(cache, key, plan, epoch, v, compute),
+            Read::Due(v, soft) => return refresh(cache, key, plan, epoch, (v, soft), compute),
             Read::Unavailable => return compute(),
             Read::Miss => {}
         }
         match flight::take_turn(cache.id(), &flight_key, epoch, landings) {
-            Turn::Lead(lead) => {
-                let r = lead_across(cache, key, plan, epoch, compute);
-                lead.finish();
-                return r;
-            }
-            // This thread leads another flight: it never waits (no deadlock), it computes.
-            Turn::Bypass => return compute_and_store(cache, key, plan, epoch, None, compute),
+            Turn::Lead(lead) => match lead_across(cache, key, plan, epoch, deadline, compute) {
+                Led::Done(r) => {
+                    lead.finish();
+                    return r;
+                }
+                // The flight opens first: this process's waiters do not queue behind a
+                // computation that will not be stored.
+                Led::Alone(compute) => {
+                    lead.finish();
+                    return compute();
+                }
+            },
+            // This thread leads another flight: it never waits (no deadlock), it computes,
+            // and stores nothing (it holds no lease: its value could overwrite a newer one).
+            Turn::Bypass => return compute(),
             // Read again: the value is there unless the leader's computation failed or its
             // write did not happen; then one of the waiters leads next.
             Turn::Landed(Landing::Finished | Landing::Abandoned) => {}
@@ -182,49 +314,57 @@ where
     }
 }
 
+/// How the leader of this process ended.
+enum Led<T, E, F> {
+    Done(Result<T, E>),
+    /// No value and no lease (`lock_timeout` passed, or the cache could not be read): `compute`
+    /// runs without storing, after the flight opened.
+    Alone(F),
+}
+
 /// The leader of this process: takes the lease, or waits for the process that holds it (and
-/// takes over a lease that expired), up to `lock_timeout`.
+/// takes over a lease that expired), up to `deadline`.
 fn lead_across<T, E, F>(
     cache: &CacheManager,
     key: &str,
     plan: &Plan,
     epoch: u64,
+    deadline: Option<Instant>,
     compute: F,
-) -> Result<T, E>
+) -> Led<T, E, F>
 where
     T: Serialize + DeserializeOwned,
     F: FnOnce() -> Result<T, E>,
 {
-    let deadline = Instant::now() + plan.lock_timeout;
     let mut backoff = Backoff::new();
     loop {
         match acquire(cache, key, plan) {
-            Acquired::Held(held) => {
+            Acquired::Held(lease) => {
                 // A leader elsewhere may have stored and released between our miss and our
                 // lease: one more read, so that the value is computed once.
-                let r = match read::<T>(cache, key, plan) {
-                    Read::Fresh(v) | Read::Due(v) => Ok(v),
+                return Led::Done(match read::<T>(cache, key, plan) {
+                    Read::Fresh(v) | Read::Due(v, _) => Ok(v),
                     Read::Miss | Read::Unavailable => {
-                        compute_and_store(cache, key, plan, epoch, Some(&held), compute)
+                        compute_and_store(cache, key, plan, epoch, Some(&lease.held), compute)
                     }
-                };
-                release(cache, key, &held);
-                return r;
+                });
             }
             Acquired::Busy => {}
-            Acquired::Failed => return compute_and_store(cache, key, plan, epoch, None, compute),
+            Acquired::Failed => {
+                return Led::Done(compute_and_store(cache, key, plan, epoch, None, compute));
+            }
         }
-        if Instant::now() >= deadline {
+        if passed(deadline) {
             tracing::warn!(
                 key = %crate::error::shorten(key),
                 "ddf: get_or_set waited lock_timeout for another caller's computation; computing, not storing"
             );
-            return compute();
+            return Led::Alone(compute);
         }
         std::thread::sleep(backoff.next(deadline));
         match read::<T>(cache, key, plan) {
-            Read::Fresh(v) | Read::Due(v) => return Ok(v),
-            Read::Unavailable => return compute(),
+            Read::Fresh(v) | Read::Due(v, _) => return Led::Done(Ok(v)),
+            Read::Unavailable => return Led::Alone(compute),
             Read::Miss => {}
         }
     }
@@ -238,7 +378,7 @@ fn refresh<T, E, F>(
     key: &str,
     plan: &Plan,
     epoch: u64,
-    stale: T,
+    (stale, soft): (T, u64),
     compute: F,
 ) -> Result<T, E>
 where
@@ -248,14 +388,29 @@ where
     let Some(lead) = flight::try_lead(cache.id(), &Plan::lease_key(key), epoch) else {
         return Ok(stale);
     };
-    let held = match acquire(cache, key, plan) {
-        Acquired::Held(held) => held,
+    let lease = match acquire(cache, key, plan) {
+        Acquired::Held(lease) => lease,
         Acquired::Busy | Acquired::Failed => {
             lead.finish();
             return Ok(stale);
         }
     };
-    let r = match compute_and_store(cache, key, plan, epoch, Some(&held), compute) {
+    // Another caller may have refreshed and released between our read and our lease: a
+    // value with another soft expiry is new, not computed again.
+    match read::<T>(cache, key, plan) {
+        Read::Fresh(v) => {
+            drop(lease);
+            lead.finish();
+            return Ok(v);
+        }
+        Read::Due(v, again) if again != soft => {
+            drop(lease);
+            lead.finish();
+            return Ok(v);
+        }
+        Read::Due(..) | Read::Miss | Read::Unavailable => {}
+    }
+    let r = match compute_and_store(cache, key, plan, epoch, Some(&lease.held), compute) {
         Ok(v) => v,
         Err(_) => {
             tracing::warn!(
@@ -265,7 +420,7 @@ where
             stale
         }
     };
-    release(cache, key, &held);
+    drop(lease);
     lead.finish();
     Ok(r)
 }

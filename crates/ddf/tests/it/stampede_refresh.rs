@@ -294,9 +294,10 @@ fn the_attribute_with_lock_on_an_async_fn_computes_once_across_caches() {
 /// outage's entries of the local directory. Every caller gets a value and no caller waits for
 /// a lease it cannot see; how many compute is not exact there (two caches, as two processes,
 /// open their outages at different times, and the entries of an outage one of them closes
-/// are removed: measured 2 to 4 computations of 8 callers). When the server returns the
-/// outage's entries are forgotten (journaled deletes), the lease is released, and the next
-/// miss computes exactly once on the server.
+/// are removed: measured 2 to 4 computations of 8 callers), but every caller gets a value one
+/// of them computed. When the server returns the outage's entries are forgotten, the lease
+/// (neither taken nor released on the server, neither recorded) is not there, and the next
+/// miss computes exactly once on the server: every caller gets that computation's value.
 fn lease_during_an_outage(kind: crate::resilience::Kind) {
     use crate::resilience::{Server, config, wait_until_up};
     let dir = tempfile::tempdir().unwrap();
@@ -316,7 +317,8 @@ fn lease_during_an_outage(kind: crate::resilience::Kind) {
         }
     }
     let ran = Arc::new(AtomicUsize::new(0));
-    let run = |ran: &Arc<AtomicUsize>| {
+    // Each computation returns its number: the callers' values say which one they got.
+    let run = |ran: &Arc<AtomicUsize>| -> Vec<usize> {
         let start = Arc::new(Barrier::new(8));
         let callers: Vec<_> = (0..8)
             .map(|i| {
@@ -325,31 +327,36 @@ fn lease_during_an_outage(kind: crate::resilience::Kind) {
                     start.wait();
                     cache
                         .get_or_set(KEY, Some(Duration::from_secs(60)), || {
-                            ran.fetch_add(1, Ordering::SeqCst);
+                            let n = ran.fetch_add(1, Ordering::SeqCst) + 1;
                             std::thread::sleep(Duration::from_millis(200));
-                            9u32
+                            n
                         })
                         .unwrap()
                 })
             })
             .collect();
-        for c in callers {
-            assert_eq!(c.join().unwrap(), 9);
-        }
+        callers.into_iter().map(|c| c.join().unwrap()).collect()
     };
-    run(&ran);
+    let got = run(&ran);
     let during = ran.load(Ordering::SeqCst);
     println!("computations during the outage: {during} of 8 callers");
-    assert!((1..=8).contains(&during));
+    assert!(
+        got.iter().all(|v| (1..=during).contains(v)),
+        "{got:?}: only values computed during the outage ({during})"
+    );
     server.process().signal("CONT");
     for c in &caches {
         wait_until_up(c);
     }
-    run(&ran);
+    let got = run(&ran);
     assert_eq!(
         ran.load(Ordering::SeqCst),
         during + 1,
         "once more on the server"
+    );
+    assert!(
+        got.iter().all(|v| *v == during + 1),
+        "{got:?}: every caller gets the server's one computation"
     );
     assert_eq!(
         caches[0].get_bytes(&format!("ddf-lease:{KEY}")).unwrap(),
@@ -365,4 +372,325 @@ fn lease_during_an_outage_on_redis() {
 #[test]
 fn lease_during_an_outage_on_memcached() {
     lease_during_an_outage(crate::resilience::Kind::Memcached);
+}
+
+/// A nested call that finds its own key in flight (same thread) computes without waiting and
+/// stores nothing: it holds no lease, so its value could overwrite a newer one.
+#[test]
+fn a_nested_call_on_its_own_key_stores_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = CacheManager::new(config("pickle", dir.path())).unwrap();
+    let r: Result<u32, ddf::Error> = cache.try_get_or_set("nested", None, || {
+        assert_eq!(cache.get_or_set("nested", None, || 1u32).unwrap(), 1);
+        Err(ddf::Error::InvalidArgument("the outer call fails".into()))
+    });
+    assert!(r.is_err());
+    assert_eq!(cache.get::<u32>("nested").unwrap(), None, "nothing stored");
+    assert_eq!(cache.get_bytes("ddf-lease:nested").unwrap(), None);
+}
+
+/// A computation that panics releases its lease (the others need not wait out lease_ttl).
+#[test]
+fn a_panicking_computation_releases_its_lease() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = CacheManager::new(config("pickle", dir.path())).unwrap();
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        cache.get_or_set("boom", None, || -> u32 { panic!("the computation fails") })
+    }));
+    assert!(r.is_err());
+    assert_eq!(cache.get_bytes("ddf-lease:boom").unwrap(), None);
+    assert_eq!(cache.get_or_set("boom", None, || 3u32).unwrap(), 3);
+}
+
+/// An async caller whose future is dropped mid-computation releases its lease (a task spawned
+/// on the runtime).
+#[test]
+fn a_dropped_async_call_releases_its_lease() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut cfg = config("pickle", dir.path());
+    // Far longer than the wait below: the lease is released, not expired.
+    cfg.lease_ttl = Duration::from_secs(600);
+    rt.block_on(async {
+        let cache = ddf::AsyncCacheManager::new(cfg).unwrap();
+        let started = Arc::new(tokio::sync::Notify::new());
+        let call = {
+            let (cache, started) = (cache.clone(), started.clone());
+            tokio::spawn(async move {
+                cache
+                    .get_or_set("dropped", None, || async move {
+                        started.notify_one();
+                        std::future::pending::<u32>().await
+                    })
+                    .await
+            })
+        };
+        started.notified().await;
+        assert!(
+            cache
+                .get_bytes("ddf-lease:dropped")
+                .await
+                .unwrap()
+                .is_some()
+        );
+        call.abort();
+        assert!(call.await.unwrap_err().is_cancelled());
+        let start = Instant::now();
+        while cache
+            .get_bytes("ddf-lease:dropped")
+            .await
+            .unwrap()
+            .is_some()
+        {
+            assert!(start.elapsed() < Duration::from_secs(20), "never released");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(
+            cache
+                .get_or_set("dropped", None, || async { 4u32 })
+                .await
+                .unwrap(),
+            4
+        );
+    });
+}
+
+/// Threads of one process waiting for a lease held elsewhere give up at their lock_timeout
+/// together and compute at once (not one after another, each waiting out the previous one's
+/// computation): every computation waits here until all four have started. Nothing is stored.
+#[test]
+fn waiters_past_lock_timeout_compute_together() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config("pickle", dir.path());
+    cfg.lock_timeout = Duration::from_millis(200);
+    let cache = CacheManager::new(cfg).unwrap();
+    // Another process's lease, alive for the whole test.
+    assert!(
+        cache
+            .add("ddf-lease:held", "theirs", Some(Duration::from_secs(600)))
+            .unwrap()
+    );
+    let arrived = Arc::new(AtomicUsize::new(0));
+    let start = Arc::new(Barrier::new(4));
+    let callers: Vec<_> = (0..4)
+        .map(|_| {
+            let (cache, arrived, start) = (cache.clone(), arrived.clone(), start.clone());
+            std::thread::spawn(move || {
+                start.wait();
+                cache
+                    .get_or_set("held", None, || {
+                        arrived.fetch_add(1, Ordering::SeqCst);
+                        wait_until("every caller computing", || {
+                            arrived.load(Ordering::SeqCst) == 4
+                        });
+                        5u32
+                    })
+                    .unwrap()
+            })
+        })
+        .collect();
+    for c in callers {
+        assert_eq!(c.join().unwrap(), 5);
+    }
+    assert_eq!(arrived.load(Ordering::SeqCst), 4);
+    assert_eq!(cache.get::<u32>("held").unwrap(), None, "not stored");
+}
+
+/// A leader whose lease was taken over while it computed (by its own clock still within the
+/// lease) does not store: the store is fenced on the server (file backend, Redis). Memcached
+/// keeps only the clock margin (docs/memoize.md).
+fn a_leader_whose_lease_was_taken_over_does_not_store(cache: &CacheManager) {
+    let v = cache
+        .get_or_set("fenced", None, || {
+            // A waiter's lease replaces ours (a `set`: not an invalidation, which would stop
+            // the store by itself).
+            cache
+                .set(
+                    "ddf-lease:fenced",
+                    "a waiter's",
+                    Some(Duration::from_secs(600)),
+                )
+                .unwrap();
+            6u32
+        })
+        .unwrap();
+    assert_eq!(v, 6, "returned");
+    assert_eq!(cache.get::<u32>("fenced").unwrap(), None, "not stored");
+    assert_eq!(
+        cache.get::<String>("ddf-lease:fenced").unwrap().as_deref(),
+        Some("a waiter's"),
+        "the waiter's lease is left alone"
+    );
+}
+
+#[test]
+fn the_store_is_fenced_by_the_lease() {
+    let dir = tempfile::tempdir().unwrap();
+    a_leader_whose_lease_was_taken_over_does_not_store(
+        &CacheManager::new(config("pickle", dir.path())).unwrap(),
+    );
+    if let Some(server) = RedisServer::start() {
+        let cfg = config(&format!("redis:{}", server.port()), dir.path());
+        a_leader_whose_lease_was_taken_over_does_not_store(&CacheManager::new(cfg).unwrap());
+    }
+}
+
+/// A computation longer than lease_ttl keeps its lease (a heartbeat extends it while it runs):
+/// it is stored, and a caller of another cache (another process) waiting for it does not take
+/// over and compute again.
+fn a_slow_computation_keeps_its_lease(target: &str, dir: &std::path::Path) {
+    let mut cfg = config(target, dir);
+    cfg.lease_ttl = Duration::from_millis(600);
+    let (a, b) = (
+        CacheManager::new(cfg.clone()).unwrap(),
+        CacheManager::new(cfg).unwrap(),
+    );
+    let ran = Arc::new(AtomicUsize::new(0));
+    let leader = {
+        let ran = ran.clone();
+        std::thread::spawn(move || {
+            a.get_or_set("slow", None, || {
+                ran.fetch_add(1, Ordering::SeqCst);
+                // Four lease_ttls.
+                std::thread::sleep(Duration::from_millis(2400));
+                1u32
+            })
+            .unwrap()
+        })
+    };
+    wait_until("the leader computing", || ran.load(Ordering::SeqCst) == 1);
+    let got = b
+        .get_or_set("slow", None, || {
+            ran.fetch_add(1, Ordering::SeqCst);
+            2u32
+        })
+        .unwrap();
+    assert_eq!(leader.join().unwrap(), 1);
+    assert_eq!(got, 1, "{target}: the waiter got the leader's value");
+    assert_eq!(ran.load(Ordering::SeqCst), 1, "{target}: computed once");
+    assert_eq!(b.get::<u32>("slow").unwrap(), Some(1), "{target}: stored");
+}
+
+#[test]
+fn a_slow_computation_keeps_its_lease_on_the_file_backend_and_redis() {
+    let dir = tempfile::tempdir().unwrap();
+    a_slow_computation_keeps_its_lease("pickle", dir.path());
+    if let Some(server) = RedisServer::start() {
+        a_slow_computation_keeps_its_lease(&format!("redis:{}", server.port()), dir.path());
+    }
+}
+
+/// The async face: a slow computation keeps its lease (a heartbeat polled beside it) and is
+/// stored; a late leader's store is fenced on the server.
+fn async_lease_rules(target: &str, dir: &std::path::Path) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut cfg = config(target, dir);
+    cfg.lease_ttl = Duration::from_millis(600);
+    rt.block_on(async {
+        let a = ddf::AsyncCacheManager::new(cfg.clone()).unwrap();
+        let b = ddf::AsyncCacheManager::new(cfg).unwrap();
+        let ran = Arc::new(AtomicUsize::new(0));
+        let leader = {
+            let ran = ran.clone();
+            tokio::spawn(async move {
+                a.get_or_set("aslow", None, || async move {
+                    ran.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(2400)).await;
+                    1u32
+                })
+                .await
+                .unwrap()
+            })
+        };
+        let start = Instant::now();
+        while ran.load(Ordering::SeqCst) == 0 {
+            assert!(start.elapsed() < Duration::from_secs(20), "never computed");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let ran2 = ran.clone();
+        let got = b
+            .get_or_set("aslow", None, || async move {
+                ran2.fetch_add(1, Ordering::SeqCst);
+                2u32
+            })
+            .await
+            .unwrap();
+        assert_eq!(leader.await.unwrap(), 1);
+        assert_eq!(got, 1, "{target}: the waiter got the leader's value");
+        assert_eq!(ran.load(Ordering::SeqCst), 1, "{target}: computed once");
+        assert_eq!(b.get::<u32>("aslow").await.unwrap(), Some(1));
+        // Fenced: a waiter's lease replaced ours while we computed.
+        let v = b
+            .get_or_set("afenced", None, || async {
+                b.set(
+                    "ddf-lease:afenced",
+                    "a waiter's",
+                    Some(Duration::from_secs(600)),
+                )
+                .await
+                .unwrap();
+                6u32
+            })
+            .await
+            .unwrap();
+        assert_eq!(v, 6);
+        assert_eq!(
+            b.get::<u32>("afenced").await.unwrap(),
+            None,
+            "{target}: not stored"
+        );
+    });
+}
+
+#[test]
+fn the_async_face_keeps_and_fences_its_lease() {
+    let dir = tempfile::tempdir().unwrap();
+    async_lease_rules("pickle", dir.path());
+    if let Some(server) = RedisServer::start() {
+        async_lease_rules(&format!("redis:{}", server.port()), dir.path());
+    }
+}
+
+/// On a Redis Cluster (per-node breakers): the lease is taken, released, and extended by the
+/// heartbeat (the store is unfenced there: the clock margin guards it).
+#[test]
+fn get_or_set_on_a_redis_cluster() {
+    let Some(cluster) = ddf_testkit::RedisCluster::start() else {
+        return;
+    };
+    let nodes: Vec<ddf::ServerAddr> = cluster
+        .addrs()
+        .iter()
+        .map(|a| ddf::ServerAddr::parse(a, 6379).unwrap())
+        .collect();
+    let mut cfg = ddf::CacheConfig::default()
+        .with_backend(ddf::CacheBackend::Redis)
+        .with_redis_cluster_nodes(nodes)
+        .with_namespace("stampede-cluster:");
+    cfg.lease_ttl = Duration::from_millis(600);
+    let cache = CacheManager::new(cfg).unwrap();
+    lease_released(&cache);
+    let ran = AtomicUsize::new(0);
+    let v = cache
+        .get_or_set("slow", None, || {
+            ran.fetch_add(1, Ordering::SeqCst);
+            std::thread::sleep(Duration::from_millis(1800));
+            assert!(
+                cache.get_bytes("ddf-lease:slow").unwrap().is_some(),
+                "extended past lease_ttl"
+            );
+            3u32
+        })
+        .unwrap();
+    assert_eq!(v, 3);
+    assert_eq!(cache.get::<u32>("slow").unwrap(), Some(3), "stored");
+    assert_eq!(cache.get_bytes("ddf-lease:slow").unwrap(), None, "released");
 }

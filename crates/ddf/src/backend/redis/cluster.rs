@@ -399,7 +399,7 @@ impl Backend for NodeBackend {
         Ok(self.convert::<Option<String>>("SET NX", v)?.is_some())
     }
 
-    fn incr(&self, key: &str, delta: i64, _counter: &dyn crate::backend::Counter) -> Result<i64> {
+    fn incr(&self, key: &str, delta: i64, _counter: &dyn super::super::Counter) -> Result<i64> {
         let v = self.one("INCRBY", self.keyed(key, |k| commands::incr(k, delta)))?;
         let (code, value): (i64, Option<String>) = self.convert("INCRBY", v)?;
         commands::incr_reply(code, value, delta)
@@ -411,11 +411,21 @@ impl Backend for NodeBackend {
     }
 
     fn compare_and_delete(&self, key: &str, expected: &[u8]) -> Result<bool> {
+        let what = "EVAL (compare-and-delete)";
         let v = self.one(
-            "EVAL (compare-and-delete)",
+            what,
             self.keyed(key, |k| commands::compare_and_delete(k, expected)),
         )?;
-        Ok(self.convert::<u64>("EVAL (compare-and-delete)", v)? > 0)
+        Ok(self.convert::<u64>(what, v)? > 0)
+    }
+
+    fn extend_lease(&self, lease: &str, token: &[u8], ttl: Duration) -> Result<bool> {
+        let what = "EVAL (extend-lease)";
+        let v = self.one(
+            what,
+            self.keyed(lease, |k| commands::extend_lease(k, token, ttl)),
+        )?;
+        Ok(self.convert::<u64>(what, v)? > 0)
     }
 
     fn delete_prefix(&self, prefix: &str) -> Result<u64> {

@@ -203,6 +203,52 @@ pub(crate) fn compare_and_delete(key: &str, expected: &[u8]) -> redis::Cmd {
     c
 }
 
+/// The fenced store of `get_or_set`: sets `KEYS[1]` to `ARGV[1]` (with `PX ARGV[3]` unless
+/// it is empty) only while `KEYS[2]` (the lease) holds `ARGV[2]`; returns 1 when it stored.
+pub(crate) const SET_IF_LEASE: &str = "if redis.call('GET', KEYS[2]) == ARGV[2] then \
+     if ARGV[3] == '' then redis.call('SET', KEYS[1], ARGV[1]) \
+     else redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3]) end \
+     return 1 else return 0 end";
+
+/// `EVAL <set-if-lease> 2 key lease data token ms` (standalone and Sentinel only: on a
+/// cluster the two keys may be in two slots).
+pub(crate) fn set_if_lease(
+    key: &str,
+    data: &[u8],
+    ttl: Option<Duration>,
+    lease: &str,
+    token: &[u8],
+) -> redis::Cmd {
+    let mut c = redis::cmd("EVAL");
+    c.arg(SET_IF_LEASE)
+        .arg(2)
+        .arg(key)
+        .arg(lease)
+        .arg(data)
+        .arg(token);
+    match ttl {
+        Some(t) => c.arg(millis(t)),
+        None => c.arg(""),
+    };
+    c
+}
+
+/// The lease heartbeat: `PEXPIRE KEYS[1] ARGV[2]` only while it holds `ARGV[1]`; returns 1
+/// when it extended it.
+pub(crate) const EXTEND_LEASE: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then \
+     return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else return 0 end";
+
+/// `EVAL <extend-lease> 1 lease token ms` (one key: a cluster routes it by that key).
+pub(crate) fn extend_lease(lease: &str, token: &[u8], ttl: Duration) -> redis::Cmd {
+    let mut c = redis::cmd("EVAL");
+    c.arg(EXTEND_LEASE)
+        .arg(1)
+        .arg(lease)
+        .arg(token)
+        .arg(millis(ttl));
+    c
+}
+
 /// A cluster pipeline of `name key` for every key: one round trip per node.
 pub(crate) fn per_key_pipeline<K: redis::ToRedisArgs>(
     name: &str,

@@ -208,6 +208,22 @@ impl Backend for GenerationView {
         self.inner.compare_and_delete(&self.key(key), expected)
     }
 
+    fn set_if_lease(
+        &self,
+        key: &str,
+        item: &Item,
+        ttl: Option<Duration>,
+        lease: &str,
+        token: &[u8],
+    ) -> Result<bool> {
+        self.inner
+            .set_if_lease(&self.key(key), item, ttl, &self.key(lease), token)
+    }
+
+    fn extend_lease(&self, lease: &str, token: &[u8], ttl: Duration) -> Result<bool> {
+        self.inner.extend_lease(&self.key(lease), token, ttl)
+    }
+
     fn ping(&self) -> Result<BackendStatus> {
         self.inner.ping()
     }

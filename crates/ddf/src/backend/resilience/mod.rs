@@ -673,13 +673,34 @@ impl Backend for Resilient {
         self.write_op(|| deletes(keys.iter().copied()), |b| b.delete_many(keys))
     }
 
-    /// A write, like `delete`: while the server is not up, on the fallback's entries (where
-    /// that outage's leases are), recorded as a delete.
+    /// A write that records nothing, like `add` (it only releases leases): while the server is
+    /// not up, on the fallback's entries (where that outage's leases are). A recorded delete
+    /// would remove, when the server returns, the live lease of another host; and on the
+    /// server it makes no value stale, so the open outages forget nothing.
     fn compare_and_delete(&self, key: &str, expected: &[u8]) -> Result<bool> {
+        self.unrecorded_op(key, |b| b.compare_and_delete(key, expected))
+    }
+
+    /// A write, like `set` (recorded as a delete during an outage; on the fallback it is
+    /// fenced by the outage's lease there).
+    fn set_if_lease(
+        &self,
+        key: &str,
+        item: &Item,
+        ttl: Option<Duration>,
+        lease: &str,
+        token: &[u8],
+    ) -> Result<bool> {
         self.write_op(
             || deletes(std::iter::once(key)),
-            |b| b.compare_and_delete(key, expected),
+            |b| b.set_if_lease(key, item, ttl, lease, token),
         )
+    }
+
+    /// A write that records nothing, like `touch`: on the fallback's entry while the server is
+    /// not up.
+    fn extend_lease(&self, lease: &str, token: &[u8], ttl: Duration) -> Result<bool> {
+        self.unrecorded_op(lease, |b| b.extend_lease(lease, token, ttl))
     }
 
     fn keys(&self, prefix: &str, limit: usize) -> Result<Vec<super::EntryInfo>> {

@@ -282,6 +282,19 @@ impl Backend for Watched {
     fn compare_and_delete(&self, key: &str, expected: &[u8]) -> Result<bool> {
         self.seen(self.inner.compare_and_delete(key, expected))
     }
+    fn set_if_lease(
+        &self,
+        key: &str,
+        item: &Item,
+        ttl: Option<Duration>,
+        lease: &str,
+        token: &[u8],
+    ) -> Result<bool> {
+        self.seen(self.inner.set_if_lease(key, item, ttl, lease, token))
+    }
+    fn extend_lease(&self, lease: &str, token: &[u8], ttl: Duration) -> Result<bool> {
+        self.seen(self.inner.extend_lease(lease, token, ttl))
+    }
 }
 
 /// One server's breaker, fallback, journal scope and background loop.
@@ -614,6 +627,10 @@ impl Backend for PerScope {
 
     fn compare_and_delete(&self, key: &str, expected: &[u8]) -> Result<bool> {
         self.scope(key).compare_and_delete(key, expected)
+    }
+
+    fn extend_lease(&self, lease: &str, token: &[u8], ttl: Duration) -> Result<bool> {
+        self.scope(lease).extend_lease(lease, token, ttl)
     }
 
     fn ping(&self) -> Result<BackendStatus> {

@@ -734,3 +734,31 @@ fn a_process_whose_outage_was_closed_joins_the_next_one() {
     let _ = manual.run(0);
     assert_eq!(r.get("k").unwrap(), None, "a closed generation is not read");
 }
+
+#[test]
+fn a_compare_and_delete_during_an_outage_records_nothing() {
+    let Setup {
+        r,
+        up,
+        primary,
+        journal,
+        _dir: _kept,
+        ..
+    } = setup(FallbackMode::Pickle);
+    // Another host's lease on the server.
+    primary.store.set("lease", &item("theirs"), None).unwrap();
+    up.store(false, Ordering::SeqCst);
+    assert_eq!(r.get("x").unwrap(), None);
+    assert_eq!(r.get("x").unwrap(), None);
+    assert_eq!(r.health(), Health::Down);
+    // This host's lease of the outage, taken and released on the fallback.
+    assert!(r.add("lease", &item("ours"), None).unwrap());
+    assert!(r.compare_and_delete("lease", b"ours").unwrap());
+    assert!(
+        journal.read("test|here|ns:").unwrap().is_empty(),
+        "nothing to replay"
+    );
+    up.store(true, Ordering::SeqCst);
+    wait_for(&r, Health::Up);
+    assert_eq!(r.get("lease").unwrap(), Some(item("theirs")), "left alone");
+}

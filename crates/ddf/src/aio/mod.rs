@@ -353,11 +353,21 @@ impl AsyncCacheManager {
             Some(Lookup::Miss(t)) => t,
             None => None,
         };
-        let Noted { result, degraded } = self.backend().get(key).await;
-        if let (Some(n), Some(t), Ok(Some(item))) = (near, ticket, &result) {
-            // A degraded read may have been the fallback's: never stored.
-            n.fill(t, key, item, degraded);
-        }
+        let Noted { result, degraded } = match (near, ticket) {
+            // A fill: with how long the key has left on the server, in the same round trip.
+            (Some(n), Some(t)) => {
+                let Noted { result, degraded } = self.backend().get_expiring(key).await;
+                if let Ok(Some((item, expiry))) = &result {
+                    // A degraded read may have been the fallback's: never stored.
+                    n.fill(t, key, item, *expiry, degraded);
+                }
+                Noted {
+                    result: result.map(|o| o.map(|(item, _)| item)),
+                    degraded,
+                }
+            }
+            _ => self.backend().get(key).await,
+        };
         Noted {
             result: self.core().got(result).map(Read::Fetched),
             degraded,
@@ -504,7 +514,7 @@ impl AsyncCacheManager {
             return Ok(false);
         }
         let r = self.backend().touch(key, ttl).await;
-        // A near entry keeps the expiry it was read with: forget it, as for a write.
+        // A near entry is bounded by the expiry it was read with: forget it, as for a write.
         self.core().track(self.written(r, |n| n.evict(key, false)))
     }
 

@@ -496,6 +496,100 @@ fn the_async_face_uses_the_same_near_cache_rules() {
     });
 }
 
+/// Reads `key` on `cache` until the near cache serves it (the push of the write that stored it
+/// may evict the first fill).
+fn hit_twice(cache: &CacheManager, key: &str, want: &str) {
+    let before = cache.stats().near_hits;
+    for _ in 0..200 {
+        assert_eq!(cache.get::<String>(key).unwrap().as_deref(), Some(want));
+        if cache.stats().near_hits > before {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    panic!("the near cache never served {key}: {}", cache.stats());
+}
+
+/// Review finding 1: a near entry is served no longer than the key lives on the server, even
+/// when the server sends no invalidation for its expiry (Redis's active expiry switched off
+/// here, as it lags on a big keyspace; Memcached sends none at all).
+#[test]
+fn a_near_entry_never_outlives_the_servers_expiry() {
+    let Some(server) = RedisServer::start_with(&["--enable-debug-command", "local"]) else {
+        return;
+    };
+    redis_cli(server.port(), &["DEBUG", "SET-ACTIVE-EXPIRE", "0"]);
+    let dir = tempfile::tempdir().unwrap();
+    let near = CacheManager::new(config(server.port(), "nearx:", dir.path(), true)).unwrap();
+    near.set("warm", "w", None).unwrap();
+    wait_for_near_hit(&near, "warm");
+    let ttl = Some(Duration::from_secs(2));
+    let at = Instant::now();
+    near.set("k", "v", ttl).unwrap();
+    hit_twice(&near, "k", "v");
+    // A key without expiry is still held (near_cache_ttl, 60 s).
+    hit_twice(&near, "warm", "w");
+    std::thread::sleep(
+        (at + Duration::from_millis(2500)).saturating_duration_since(Instant::now()),
+    );
+    assert_eq!(near.get::<String>("k").unwrap(), None, "{}", near.stats());
+
+    // The async face: the same rule.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let a =
+            ddf::AsyncCacheManager::new(config(server.port(), "nearx:", dir.path(), true)).unwrap();
+        a.set("w2", "w", None).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while a.stats().near_hits == 0 {
+            assert!(Instant::now() < deadline, "the near cache never served");
+            let _ = a.get::<String>("w2").await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let at = Instant::now();
+        a.set("k2", "v", ttl).await.unwrap();
+        let before = a.stats().near_hits;
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while a.stats().near_hits == before {
+            assert!(Instant::now() < deadline, "never served: {}", a.stats());
+            assert_eq!(a.get::<String>("k2").await.unwrap().as_deref(), Some("v"));
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let wake = at + Duration::from_millis(2500);
+        tokio::time::sleep(wake.saturating_duration_since(Instant::now())).await;
+        assert_eq!(a.get::<String>("k2").await.unwrap(), None, "{}", a.stats());
+    });
+}
+
+/// The same on Memcached (whole seconds there: 2 s, so that the reply says at least 1 s left).
+#[cfg(feature = "memcached")]
+#[test]
+fn a_memcached_near_entry_never_outlives_the_servers_expiry() {
+    let Some(server) = ddf_testkit::MemcachedServer::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = CacheConfig::default()
+        .with_backend(CacheBackend::Memcached)
+        .with_memcached_servers(vec![
+            ddf::ServerAddr::parse(&server.server(), 11211).unwrap(),
+        ])
+        .with_namespace("nearmx:")
+        .with_pickle_dir(dir.path());
+    c.near_cache = true;
+    let near = CacheManager::new(c).unwrap();
+    near.set("k", "v", Some(Duration::from_secs(2))).unwrap();
+    near.set("forever", "f", None).unwrap();
+    hit_twice(&near, "k", "v");
+    hit_twice(&near, "forever", "f");
+    std::thread::sleep(Duration::from_millis(3500));
+    assert_eq!(near.get::<String>("k").unwrap(), None, "{}", near.stats());
+    hit_twice(&near, "forever", "f");
+}
+
 #[cfg(feature = "memcached")]
 #[test]
 fn memcached_near_entries_are_bounded_by_the_ttl_and_own_writes_evict_at_once() {

@@ -348,11 +348,6 @@ impl Near {
         drop(guards);
     }
 
-    /// Whether reads may be served from the near cache now.
-    pub(crate) fn is_live(&self) -> bool {
-        self.live.load(Ordering::Acquire)
-    }
-
     pub(crate) fn counts(&self) -> NearCounts {
         let c = &self.counts;
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);

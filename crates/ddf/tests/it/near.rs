@@ -664,6 +664,24 @@ fn near_cache_is_refused_where_it_is_not_offered_with_the_key_and_line() {
     .unwrap_err()
     .to_string();
     assert!(err.contains("Cluster"), "{err}");
+    // TLS, decided from the parsed endpoint (review finding 4); other spellings of a TLS
+    // scheme are refused as URLs.
+    for url in [
+        "rediss://127.0.0.1:1",
+        "valkeys://127.0.0.1:1",
+        "REDISS://127.0.0.1:1",
+    ] {
+        let err = CacheConfig::from_ini_str(&format!(
+            "[cache]\nbackend = redis\nredis_url = {url}\nnear_cache = true\n"
+        ))
+        .and_then(CacheManager::new)
+        .unwrap_err()
+        .to_string();
+        assert!(
+            (err.contains("TLS") && err.contains("near_cache")) || err.contains("redis_url"),
+            "{url}: {err}"
+        );
+    }
     let err = CacheConfig::from_ini_str("[cache]\nnear_cache_size = 0\n")
         .unwrap_err()
         .to_string();

@@ -301,6 +301,13 @@ impl Channel {
                 ));
             }
             match parser.parse_value(&mut stream) {
+                // A server still loading or busy: try again soon; anything else is a refusal
+                // (an old Redis, an ACL without CLIENT, a bad password).
+                Ok(Value::ServerError(e))
+                    if matches!(e.code(), "LOADING" | "BUSY" | "TRYAGAIN" | "MASTERDOWN") =>
+                {
+                    return Err(End::Lost(format!("set-up: {e:?}")));
+                }
                 Ok(Value::ServerError(e)) => {
                     return Err(End::Refused(format!(
                         "the server refused the set-up: {e:?}"

@@ -362,6 +362,45 @@ impl Near {
     }
 }
 
+/// Planted faults: per namespace, how many invalidated keys the tracking threads still ignore.
+#[cfg(all(feature = "testing", feature = "redis"))]
+static DROPS: Mutex<Vec<(String, u64)>> = Mutex::new(Vec::new());
+
+/// A planted fault for ddf's own tests (no stability promise): the tracking threads of the near
+/// caches of `namespace` ignore the next `n` keys the server says changed, as if those
+/// invalidations were lost, so that a test can show its checker catches a lost invalidation.
+///
+/// ```
+/// ddf::testing::internals::drop_invalidations("fault:", 1);
+/// ddf::testing::internals::drop_invalidations("fault:", 0);
+/// ```
+#[cfg(all(feature = "testing", feature = "redis"))]
+pub fn drop_invalidations(namespace: &str, n: u64) {
+    let mut d = DROPS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    d.retain(|(ns, _)| ns != namespace);
+    if n > 0 {
+        d.push((namespace.to_owned(), n));
+    }
+}
+
+/// Whether the tracking thread of `namespace` must ignore this invalidated key (a planted
+/// fault, see [`drop_invalidations`]).
+#[cfg(all(feature = "testing", feature = "redis"))]
+fn dropped(namespace: &str) -> bool {
+    let mut d = DROPS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    match d.iter_mut().find(|(ns, n)| ns == namespace && *n > 0) {
+        Some((_, n)) => {
+            *n -= 1;
+            true
+        }
+        None => false,
+    }
+}
+
 /// A backend and its near cache, if any.
 pub(crate) type Built = (Arc<dyn Backend>, Option<Arc<Near>>);
 

@@ -384,6 +384,10 @@ impl Channel {
                             // Keys that are not UTF-8 were never stored here.
                             && let Ok(key) = std::str::from_utf8(user)
                         {
+                            #[cfg(feature = "testing")]
+                            if super::dropped(&self.settings.namespace) {
+                                continue;
+                            }
                             near.evict(key, true);
                         }
                     }

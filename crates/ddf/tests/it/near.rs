@@ -727,6 +727,56 @@ fn memcached_near_entries_are_bounded_by_the_ttl_and_own_writes_evict_at_once() 
     }
 }
 
+/// Review finding 5: an async write whose future is dropped mid-call (it may have reached the
+/// server) still makes the near cache forget the key: on Memcached (no push) the near entry
+/// would otherwise be served for `near_cache_ttl`.
+#[cfg(feature = "memcached")]
+#[test]
+fn a_cancelled_async_write_still_evicts_the_near_entry() {
+    let Some(server) = ddf_testkit::MemcachedServer::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mc = |near: bool| {
+        let mut c = CacheConfig::default()
+            .with_backend(CacheBackend::Memcached)
+            .with_memcached_servers(vec![
+                ddf::ServerAddr::parse(&server.server(), 11211).unwrap(),
+            ])
+            .with_namespace("nearcw:")
+            .with_pickle_dir(dir.path());
+        c.near_cache = near;
+        c
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let near = ddf::AsyncCacheManager::new(mc(true)).unwrap();
+        let other = ddf::AsyncCacheManager::new(mc(false)).unwrap();
+        for round in 0..20u64 {
+            near.set("k", &round, None).await.unwrap();
+            let before = near.stats().near_hits;
+            assert_eq!(near.get::<u64>("k").await.unwrap(), Some(round));
+            assert_eq!(near.get::<u64>("k").await.unwrap(), Some(round));
+            assert!(near.stats().near_hits > before, "{}", near.stats());
+            // Polled once, then dropped: it may or may not reach the server.
+            let _ = tokio::time::timeout(Duration::ZERO, near.set("k", &(round + 100), None)).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            // Whatever the server holds, the near cache must not hide it (read between two
+            // reads of the server's: the cancelled write may still land in between).
+            let before = other.get::<u64>("k").await.unwrap();
+            let seen = near.get::<u64>("k").await.unwrap();
+            let after = other.get::<u64>("k").await.unwrap();
+            assert!(
+                seen == before || seen == after,
+                "round {round}: near {seen:?}, server {before:?} then {after:?}"
+            );
+        }
+    });
+}
+
 #[test]
 fn near_cache_is_refused_where_it_is_not_offered_with_the_key_and_line() {
     let err = CacheConfig::from_ini_str("[cache]\nbackend = pickle\nnear_cache = true\n")

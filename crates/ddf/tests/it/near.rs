@@ -374,7 +374,8 @@ fn bursts(port: u16, namespace: &str, plant: bool) -> (usize, ddf::CacheStats) {
     for i in 0..BURST_KEYS {
         writer.set(&key(i), &0u64, None).unwrap();
     }
-    wait_for_near_hit(&near, &key(0));
+    writer.set("warm", "w", None).unwrap();
+    wait_for_near_hit(&near, "warm");
     let stop = std::sync::atomic::AtomicBool::new(false);
     let (writes, reads) = std::thread::scope(|s| {
         let reader = s.spawn(|| {

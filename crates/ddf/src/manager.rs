@@ -245,10 +245,17 @@ impl CacheManager {
             Some(Lookup::Miss(t)) => t,
             None => None,
         };
-        let (r, served) = self.call_noted(|| self.inner.backend.get(key));
-        if let (Some(n), Some(t), Ok(Some(item))) = (self.near(), ticket, &r) {
-            n.fill(t, key, item, served);
-        }
+        let r = match (self.near(), ticket) {
+            // A fill: with how long the key has left on the server, in the same round trip.
+            (Some(n), Some(t)) => {
+                let (r, served) = self.call_noted(|| self.inner.backend.get_expiring(key));
+                if let Ok(Some((item, expiry))) = &r {
+                    n.fill(t, key, item, *expiry, served);
+                }
+                r.map(|o| o.map(|(item, _)| item))
+            }
+            _ => self.call_noted(|| self.inner.backend.get(key)).0,
+        };
         let r = self.core().got(r)?;
         tracing::trace!(key = %crate::error::shorten(key), hit = r.is_some(), "ddf: get");
         Ok(Read::Fetched(r))
@@ -407,7 +414,7 @@ impl CacheManager {
             return Ok(false);
         }
         let r = self.call(|| self.inner.backend.touch(key, ttl));
-        // A near entry keeps the expiry it was read with: forget it, as for a write.
+        // A near entry is bounded by the expiry it was read with: forget it, as for a write.
         let r = self.written(r, |n| n.evict(key, false));
         self.core().track(r)
     }

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::backend::degraded::{FallbackWatch, Watch};
-use crate::backend::{Backend, BackendStatus, EntryInfo, Item};
+use crate::backend::{Backend, BackendStatus, EntryInfo, Expiry, Item};
 use crate::error::{Error, Result};
 use crate::manager::core::CodecCounter;
 
@@ -52,6 +52,18 @@ pub(crate) trait AsyncBackend: Send + Sync + fmt::Debug + 'static {
 
     /// As [`Backend::get`], with the degraded note.
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Noted<Option<Item>>>;
+
+    /// As [`Backend::get_expiring`], with the degraded note; the default gets the value, so
+    /// the expiry is [`Expiry::Unknown`].
+    fn get_expiring<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Noted<Option<(Item, Expiry)>>> {
+        Box::pin(async move {
+            let Noted { result, degraded } = self.get(key).await;
+            Noted {
+                result: result.map(|o| o.map(|item| (item, Expiry::Unknown))),
+                degraded,
+            }
+        })
+    }
 
     /// As [`Backend::set`], with the degraded note.
     fn set<'a>(
@@ -272,6 +284,11 @@ impl AsyncBackend for Blocking {
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Noted<Option<Item>>> {
         let key = key.to_owned();
         self.run(self.reads, move |b| b.get(&key))
+    }
+
+    fn get_expiring<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Noted<Option<(Item, Expiry)>>> {
+        let key = key.to_owned();
+        self.run(self.reads, move |b| b.get_expiring(&key))
     }
 
     fn set<'a>(

@@ -254,12 +254,14 @@ impl AsyncCacheManager {
     }
 
     /// A write through this cache: the near cache forgets what it changed once the server
-    /// call returned, whatever it returned (docs/near-cache.md, "Own writes").
-    fn written<T>(&self, r: T, forget: impl FnOnce(&Near)) -> T {
-        if let Some(n) = self.inner.near.as_deref() {
-            forget(n);
+    /// call returned, whatever it returned (docs/near-cache.md, "Own writes"), or once the
+    /// write's future is dropped before that (a cancelled write may have reached the server):
+    /// hold the guard across the call's await, then drop it.
+    fn forgetting<F: FnOnce(&Near)>(&self, forget: F) -> Forget<'_, F> {
+        Forget {
+            near: self.inner.near.as_deref(),
+            forget: Some(forget),
         }
-        r
     }
 
     /// The configuration this cache was built from.
@@ -353,11 +355,21 @@ impl AsyncCacheManager {
             Some(Lookup::Miss(t)) => t,
             None => None,
         };
-        let Noted { result, degraded } = self.backend().get(key).await;
-        if let (Some(n), Some(t), Ok(Some(item))) = (near, ticket, &result) {
-            // A degraded read may have been the fallback's: never stored.
-            n.fill(t, key, item, degraded);
-        }
+        let Noted { result, degraded } = match (near, ticket) {
+            // A fill: with how long the key has left on the server, in the same round trip.
+            (Some(n), Some(t)) => {
+                let Noted { result, degraded } = self.backend().get_expiring(key).await;
+                if let Ok(Some((item, expiry))) = &result {
+                    // A degraded read may have been the fallback's: never stored.
+                    n.fill(t, key, item, *expiry, degraded);
+                }
+                Noted {
+                    result: result.map(|o| o.map(|(item, _)| item)),
+                    degraded,
+                }
+            }
+            _ => self.backend().get(key).await,
+        };
         Noted {
             result: self.core().got(result).map(Read::Fetched),
             degraded,
@@ -462,8 +474,9 @@ impl AsyncCacheManager {
     }
 
     async fn set_item(&self, key: &str, item: Item, ttl: Option<Duration>) -> Noted<()> {
+        let forget = self.forgetting(|n| n.evict(key, false));
         let Noted { result, degraded } = self.backend().set(key, &item, ttl).await;
-        let result = self.written(result, |n| n.evict(key, false));
+        drop(forget);
         Noted {
             result: self.core().stored(result, 1),
             degraded,
@@ -486,8 +499,10 @@ impl AsyncCacheManager {
             match prepared? {
                 None => Ok(true),
                 Some((item, ttl)) => {
+                    let forget = self.forgetting(|n| n.evict(key, false));
                     let r = self.backend().add(key, &item, ttl).await;
-                    self.core().added(self.written(r, |n| n.evict(key, false)))
+                    drop(forget);
+                    self.core().added(r)
                 }
             }
         }
@@ -502,9 +517,10 @@ impl AsyncCacheManager {
         if !self.core().enabled() {
             return self.core().track(crate::backend::counter_step(0, delta));
         }
+        let forget = self.forgetting(|n| n.evict(key, false));
         let r = self.backend().incr(key, delta, self.core().counter()).await;
-        self.core()
-            .counted(self.written(r, |n| n.evict(key, false)))
+        drop(forget);
+        self.core().counted(r)
     }
 
     /// Subtracts `delta`: [`AsyncCacheManager::incr`] with `-delta`.
@@ -532,9 +548,11 @@ impl AsyncCacheManager {
         if !self.core().enabled() {
             return Ok(false);
         }
+        // A near entry is bounded by the expiry it was read with: forget it, as for a write.
+        let forget = self.forgetting(|n| n.evict(key, false));
         let r = self.backend().touch(key, ttl).await;
-        // A near entry keeps the expiry it was read with: forget it, as for a write.
-        self.core().track(self.written(r, |n| n.evict(key, false)))
+        drop(forget);
+        self.core().track(r)
     }
 
     /// How long the value under `key` has left (`None`: no value).
@@ -557,12 +575,13 @@ impl AsyncCacheManager {
         if !self.core().enabled() {
             return Ok(false);
         }
+        let forget = self.forgetting(|n| n.evict(key, false));
         let r = self
             .epochs()
             .invalidate_async(self.backend().delete(key))
             .await;
-        self.core()
-            .deleted(self.written(r, |n| n.evict(key, false)))
+        drop(forget);
+        self.core().deleted(r)
     }
 
     /// Removes every key that starts with `prefix`, taken literally; returns how many.
@@ -573,12 +592,13 @@ impl AsyncCacheManager {
         if !self.core().enabled() {
             return Ok(0);
         }
+        let forget = self.forgetting(|n| n.evict_prefix(prefix));
         let r = self
             .epochs()
             .invalidate_async(self.backend().delete_prefix(prefix))
             .await;
-        self.core()
-            .invalidated(self.written(r, |n| n.evict_prefix(prefix)))
+        drop(forget);
+        self.core().invalidated(r)
     }
 
     /// Removes every entry of this cache (its namespace), and nothing else.
@@ -589,9 +609,10 @@ impl AsyncCacheManager {
         if !self.core().enabled() {
             return Ok(());
         }
+        let forget = self.forgetting(|n| n.reset(crate::near::Cause::Flush));
         let r = self.epochs().invalidate_async(self.backend().clear()).await;
-        self.core()
-            .track(self.written(r, |n| n.reset(crate::near::Cause::Flush)))
+        drop(forget);
+        self.core().track(r)
     }
 
     /// Releases the backend's connections now; the next operation reconnects.
@@ -632,9 +653,10 @@ impl AsyncCacheManager {
             match prepared? {
                 None => Ok(()),
                 Some((encoded, ttl)) => {
+                    let forget =
+                        self.forgetting(|n| encoded.iter().for_each(|(k, _)| n.evict(k, false)));
                     let r = self.backend().set_many(&encoded, ttl).await;
-                    let r =
-                        self.written(r, |n| encoded.iter().for_each(|(k, _)| n.evict(k, false)));
+                    drop(forget);
                     self.core().stored(r, encoded.len())
                 }
             }
@@ -649,11 +671,12 @@ impl AsyncCacheManager {
         if !self.core().enabled() {
             return Ok(0);
         }
+        let forget = self.forgetting(|n| keys.iter().for_each(|k| n.evict(k, false)));
         let r = self
             .epochs()
             .invalidate_async(self.backend().delete_many(keys))
             .await;
-        let r = self.written(r, |n| keys.iter().for_each(|k| n.evict(k, false)));
+        drop(forget);
         self.core().deleted_many(r)
     }
 
@@ -790,3 +813,18 @@ pub static ASYNC_CACHE: LazyLock<AsyncCacheManager> = LazyLock::new(|| {
         }
     }
 });
+
+/// What a write makes the near cache forget, done when dropped: after the write's await, or
+/// when its future is dropped mid-call (see [`AsyncCacheManager::forgetting`]).
+struct Forget<'a, F: FnOnce(&Near)> {
+    near: Option<&'a Near>,
+    forget: Option<F>,
+}
+
+impl<F: FnOnce(&Near)> Drop for Forget<'_, F> {
+    fn drop(&mut self) {
+        if let (Some(n), Some(f)) = (self.near, self.forget.take()) {
+            f(n);
+        }
+    }
+}

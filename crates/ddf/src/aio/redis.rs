@@ -331,6 +331,14 @@ impl AsyncRedis {
         Ok(v.map(Item::unflagged))
     }
 
+    async fn get_expiring_item(&self, key: &str) -> Result<Option<(Item, crate::backend::Expiry)>> {
+        let p = &commands::get_expiring(&self.key(key));
+        let (v, pttl): (Option<Vec<u8>>, i64) = self
+            .run("GET/PTTL", |mut c| async move { c.query_pipe(p).await })
+            .await?;
+        Ok(v.map(|v| (Item::unflagged(v), commands::expiry(pttl))))
+    }
+
     async fn set_item(&self, key: &str, item: &Item, ttl: Option<Duration>) -> Result<()> {
         let cmd = &commands::set(&self.key(key), &item.data, ttl);
         self.run("SET", |mut c| async move { c.query::<()>(cmd).await })
@@ -503,6 +511,13 @@ impl AsyncBackend for AsyncRedis {
 
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Noted<Option<Item>>> {
         Box::pin(async move { Noted::clean(self.get_item(key).await) })
+    }
+
+    fn get_expiring<'a>(
+        &'a self,
+        key: &'a str,
+    ) -> BoxFuture<'a, Noted<Option<(Item, crate::backend::Expiry)>>> {
+        Box::pin(async move { Noted::clean(self.get_expiring_item(key).await) })
     }
 
     fn set<'a>(

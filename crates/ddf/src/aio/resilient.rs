@@ -174,6 +174,20 @@ impl AsyncBackend for AsyncResilient {
         ))
     }
 
+    fn get_expiring<'a>(
+        &'a self,
+        key: &'a str,
+    ) -> BoxFuture<'a, Noted<Option<(Item, crate::backend::Expiry)>>> {
+        Box::pin(self.read(
+            || None,
+            || {
+                let f = self.primary.get_expiring(key);
+                Box::pin(async move { f.await.result })
+            },
+            || self.otherwise.get_expiring(key),
+        ))
+    }
+
     fn set<'a>(
         &'a self,
         key: &'a str,

@@ -246,6 +246,16 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
         }))
     }
 
+    /// Reads a value with how long it has left on the server, in the same round trip (the near
+    /// cache keeps an item no longer than that). `Ok(None)` is a miss. The default reads the
+    /// value, so the expiry is [`Expiry::Unknown`]; Redis and Memcached override it.
+    ///
+    /// # Errors
+    /// As [`Backend::get`].
+    fn get_expiring(&self, key: &str) -> Result<Option<(Item, Expiry)>> {
+        Ok(self.get(key)?.map(|item| (item, Expiry::Unknown)))
+    }
+
     /// Releases connections and other resources. The backend stays usable: the next call
     /// reconnects. Also happens on drop.
     fn close(&self) {}

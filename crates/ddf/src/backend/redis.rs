@@ -632,6 +632,13 @@ impl Backend for RedisBackend {
         Ok(v.map(Item::unflagged))
     }
 
+    fn get_expiring(&self, key: &str) -> Result<Option<(Item, super::Expiry)>> {
+        let k = self.keyspace.storage_key(key);
+        let p = commands::get_expiring(&k);
+        let (v, pttl): (Option<Vec<u8>>, i64) = self.run("GET/PTTL", |c| p.query(c.as_like()))?;
+        Ok(v.map(|v| (Item::unflagged(v), commands::expiry(pttl))))
+    }
+
     fn set(&self, key: &str, item: &Item, ttl: Option<Duration>) -> Result<()> {
         let k = self.keyspace.storage_key(key);
         let cmd = commands::set(&k, &item.data, ttl);

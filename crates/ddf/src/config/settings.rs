@@ -388,10 +388,11 @@ impl CacheConfig {
                         "Redis Sentinel (redis_sentinels): tracking across failovers is not written yet",
                     ));
                 }
-                let tls = self
-                    .redis_url
-                    .as_ref()
-                    .is_some_and(|u| u.expose().trim().starts_with("rediss://"));
+                // From the parsed endpoint, whatever the URL's spelling (rediss://, valkeys://,
+                // upper case): a URL that does not parse is refused by the backend itself.
+                let tls = self.redis_settings().is_ok_and(|s| {
+                    matches!(s.target, RedisTarget::Standalone(RedisEndpoint::Tls { .. }))
+                });
                 if tls || self.redis_ca_file.is_some() {
                     return Err(not_offered(
                         "TLS (rediss://): the invalidation connection is plain TCP or unix only",

@@ -4,7 +4,8 @@
 //!
 //! - The store is quick_cache's sync `Cache` of `Arc<Item>` (bytes + flags, never a decoded
 //!   value) with the instant each stops being served, so a hit is one lookup plus the core's
-//!   decode, bounded by `near_cache_size` entries and `near_cache_ttl`.
+//!   decode, bounded by `near_cache_size` entries, `near_cache_ttl` and the key's own expiry on
+//!   the server (read with the value in the same round trip).
 //! - A fill takes a [`Ticket`] before the backend's `get` is sent: the invalidation sequence of
 //!   the key's shard and the cache's generation. The reply is stored only when neither moved,
 //!   checked and inserted under the shard's lock, the lock an invalidation takes to evict. So a
@@ -24,14 +25,18 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::backend::Backend;
 use crate::backend::resilience::Resilient;
+use crate::backend::{Backend, Expiry};
 use crate::config::{BackendSettings, CacheConfig, NearMode, NearSettings};
 use crate::error::Result;
 use crate::item::Item;
 
 /// Shards of the ticket lock: fills of keys in different shards never wait for each other.
 const SHARDS: usize = 64;
+
+/// The longest a near entry is kept, whatever `near_cache_ttl` says (so that `Instant::now()`
+/// plus it never overflows).
+const MAX_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// Why the near cache was emptied as a whole.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,6 +77,8 @@ pub(crate) struct Ticket {
     seq: u64,
     generation: u64,
     transitions: u64,
+    /// When it was taken: the remaining TTL the reply carries counts from no earlier.
+    at: Instant,
 }
 
 /// What a face's read returned: an item the near cache holds, or what the backend returned.
@@ -111,7 +118,8 @@ pub(crate) struct NearCounts {
     pub(crate) resets_flush: u64,
 }
 
-/// A held item and when it stops being served (`near_cache_ttl` after its fill).
+/// A held item and when it stops being served (`near_cache_ttl` after its fill, or the key's
+/// expiry on the server if sooner).
 #[derive(Clone)]
 struct Held {
     item: Arc<Item>,
@@ -166,7 +174,7 @@ impl Near {
         let seen = health.as_ref().map_or(0, |h| h.transitions());
         Near {
             store,
-            ttl: settings.ttl,
+            ttl: settings.ttl.min(MAX_TTL),
             shards: (0..SHARDS).map(|_| Mutex::new(0)).collect(),
             generation: AtomicU64::new(0),
             // A tracked near cache is live once its channel is established.
@@ -228,17 +236,30 @@ impl Near {
             seq,
             generation: self.generation.load(Ordering::Acquire),
             transitions: self.health.as_ref().map_or(0, |h| h.transitions()),
+            at: Instant::now(),
         }
     }
 
     /// Stores what the backend returned for `key` if nothing invalidated it since `ticket`
-    /// was taken (the key's shard, a reset, the breaker) and the near cache is still usable;
-    /// `served_by_fallback`: the reply came from the fallback, never stored.
-    pub(crate) fn fill(&self, ticket: Ticket, key: &str, item: &Item, served_by_fallback: bool) {
+    /// was taken (the key's shard, a reset, the breaker) and the near cache is still usable,
+    /// for `near_cache_ttl` or what the server said it has left (`expiry`), whichever is
+    /// shorter: an item that expired there is not stored; `served_by_fallback`: the reply came
+    /// from the fallback, never stored.
+    pub(crate) fn fill(
+        &self,
+        ticket: Ticket,
+        key: &str,
+        item: &Item,
+        expiry: Expiry,
+        served_by_fallback: bool,
+    ) {
         if served_by_fallback {
             self.reset(Cause::Breaker);
             return;
         }
+        let Some(until) = self.until(ticket.at, expiry) else {
+            return;
+        };
         let guard = self.lock(ticket.shard);
         let transitions = self.health.as_ref().map_or(0, |h| h.transitions());
         let up = self.health.as_ref().is_none_or(|h| h.is_up());
@@ -250,11 +271,25 @@ impl Near {
         {
             let held = Held {
                 item: Arc::new(item.clone()),
-                until: Instant::now() + self.ttl,
+                until,
             };
             self.store.insert(key.to_owned(), held);
         }
         drop(guard);
+    }
+
+    /// Until when an item read at `now` with `expiry` left on the server may be served: the
+    /// shorter of `near_cache_ttl` and `expiry`; `None`: not at all (expired, or past what an
+    /// `Instant` holds).
+    fn until(&self, now: Instant, expiry: Expiry) -> Option<Instant> {
+        let life = match expiry {
+            Expiry::In(left) => left.min(self.ttl),
+            _ => self.ttl,
+        };
+        if life.is_zero() {
+            return None;
+        }
+        now.checked_add(life)
     }
 
     /// Evicts `key` under its shard's lock, so that no fill whose ticket predates this lands
@@ -313,11 +348,6 @@ impl Near {
         drop(guards);
     }
 
-    /// Whether reads may be served from the near cache now.
-    pub(crate) fn is_live(&self) -> bool {
-        self.live.load(Ordering::Acquire)
-    }
-
     pub(crate) fn counts(&self) -> NearCounts {
         let c = &self.counts;
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
@@ -329,6 +359,45 @@ impl Near {
             resets_breaker: l(&c.breaker),
             resets_flush: l(&c.flush),
         }
+    }
+}
+
+/// Planted faults: per namespace, how many invalidated keys the tracking threads still ignore.
+#[cfg(all(feature = "testing", feature = "redis"))]
+static DROPS: Mutex<Vec<(String, u64)>> = Mutex::new(Vec::new());
+
+/// A planted fault for ddf's own tests (no stability promise): the tracking threads of the near
+/// caches of `namespace` ignore the next `n` keys the server says changed, as if those
+/// invalidations were lost, so that a test can show its checker catches a lost invalidation.
+///
+/// ```
+/// ddf::testing::internals::drop_invalidations("fault:", 1);
+/// ddf::testing::internals::drop_invalidations("fault:", 0);
+/// ```
+#[cfg(all(feature = "testing", feature = "redis"))]
+pub fn drop_invalidations(namespace: &str, n: u64) {
+    let mut d = DROPS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    d.retain(|(ns, _)| ns != namespace);
+    if n > 0 {
+        d.push((namespace.to_owned(), n));
+    }
+}
+
+/// Whether the tracking thread of `namespace` must ignore this invalidated key (a planted
+/// fault, see [`drop_invalidations`]).
+#[cfg(all(feature = "testing", feature = "redis"))]
+fn dropped(namespace: &str) -> bool {
+    let mut d = DROPS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    match d.iter_mut().find(|(ns, n)| ns == namespace && *n > 0) {
+        Some((_, n)) => {
+            *n -= 1;
+            true
+        }
+        None => false,
     }
 }
 

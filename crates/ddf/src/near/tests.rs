@@ -60,7 +60,7 @@ impl FakeBreaker {
 fn a_fill_without_a_race_is_stored_and_hit() {
     let n = Near::new(&settings(NearMode::TtlOnly), None);
     let t = ticket(&n, "k");
-    n.fill(t, "k", &item("v1"), false);
+    n.fill(t, "k", &item("v1"), Expiry::Unknown, false);
     assert_eq!(held(&n, "k"), Some(b"v1".to_vec()));
     let c = n.counts();
     assert_eq!((c.hits, c.misses), (1, 1));
@@ -72,7 +72,7 @@ fn an_invalidation_between_the_get_and_the_fill_prevents_the_fill() {
     let t = ticket(&n, "k");
     // The GET was sent; the invalidation of its key arrives before its reply is offered.
     n.evict("k", true);
-    n.fill(t, "k", &item("old"), false);
+    n.fill(t, "k", &item("old"), Expiry::Unknown, false);
     assert_eq!(
         held(&n, "k"),
         None,
@@ -80,7 +80,7 @@ fn an_invalidation_between_the_get_and_the_fill_prevents_the_fill() {
     );
     // The next fill, with a ticket taken after the invalidation, is stored.
     let t = ticket(&n, "k");
-    n.fill(t, "k", &item("new"), false);
+    n.fill(t, "k", &item("new"), Expiry::Unknown, false);
     assert_eq!(held(&n, "k"), Some(b"new".to_vec()));
 }
 
@@ -88,7 +88,7 @@ fn an_invalidation_between_the_get_and_the_fill_prevents_the_fill() {
 fn an_invalidation_after_the_fill_evicts_it() {
     let n = Near::new(&settings(NearMode::TtlOnly), None);
     let t = ticket(&n, "k");
-    n.fill(t, "k", &item("old"), false);
+    n.fill(t, "k", &item("old"), Expiry::Unknown, false);
     n.evict("k", true);
     assert_eq!(held(&n, "k"), None);
     assert_eq!(n.counts().evictions, 1);
@@ -99,7 +99,7 @@ fn a_reset_between_the_get_and_the_fill_prevents_the_fill() {
     let n = Near::new(&settings(NearMode::TtlOnly), None);
     let t = ticket(&n, "k");
     n.reset(Cause::Flush);
-    n.fill(t, "k", &item("old"), false);
+    n.fill(t, "k", &item("old"), Expiry::Unknown, false);
     assert_eq!(held(&n, "k"), None);
     assert_eq!(n.counts().resets_flush, 1);
 }
@@ -110,17 +110,17 @@ fn a_tracked_near_cache_bypasses_until_tracking_is_established_and_after_a_loss(
     assert!(matches!(n.lookup("k"), Lookup::Miss(None)));
     n.resume();
     let t = ticket(&n, "k");
-    n.fill(t, "k", &item("v"), false);
+    n.fill(t, "k", &item("v"), Expiry::Unknown, false);
     assert!(held(&n, "k").is_some());
     // Lost between a ticket and its fill: the fill is refused, the cache emptied and bypassed.
     let t2 = ticket(&n, "j");
     n.suspend();
-    n.fill(t2, "j", &item("v"), false);
+    n.fill(t2, "j", &item("v"), Expiry::Unknown, false);
     assert!(matches!(n.lookup("k"), Lookup::Miss(None)));
     assert_eq!(n.counts().resets_lost, 1);
     // Resumed: empty, the old ticket still refused.
     n.resume();
-    n.fill(t2, "j", &item("v"), false);
+    n.fill(t2, "j", &item("v"), Expiry::Unknown, false);
     assert_eq!(held(&n, "k"), None);
     assert_eq!(held(&n, "j"), None);
 }
@@ -133,21 +133,21 @@ fn the_breaker_leaving_up_bypasses_and_resets_and_its_return_resumes_empty() {
         Some(b.clone() as Arc<dyn Health>),
     );
     let t = ticket(&n, "k");
-    n.fill(t, "k", &item("v"), false);
+    n.fill(t, "k", &item("v"), Expiry::Unknown, false);
     let t2 = ticket(&n, "j");
     b.set_down(true);
     assert!(matches!(n.lookup("k"), Lookup::Miss(None)));
     // A reply of the primary taken before the outage is not stored during it...
-    n.fill(t2, "j", &item("v"), false);
+    n.fill(t2, "j", &item("v"), Expiry::Unknown, false);
     b.set_down(false);
     // ...nor after it; and the cache is empty.
-    n.fill(t2, "j", &item("v"), false);
+    n.fill(t2, "j", &item("v"), Expiry::Unknown, false);
     assert_eq!(held(&n, "k"), None);
     assert_eq!(held(&n, "j"), None);
     assert!(n.counts().resets_breaker >= 1);
     // A reply the fallback served is never stored.
     let t = ticket(&n, "k");
-    n.fill(t, "k", &item("fallback"), true);
+    n.fill(t, "k", &item("fallback"), Expiry::Unknown, true);
     assert_eq!(held(&n, "k"), None);
 }
 
@@ -168,7 +168,7 @@ fn an_invalidation_racing_fills_from_other_threads_never_leaves_an_old_value() {
                     if let Lookup::Miss(Some(t)) = n.lookup("k") {
                         let v = server.load(Ordering::SeqCst);
                         std::thread::yield_now();
-                        n.fill(t, "k", &item(&v.to_string()), false);
+                        n.fill(t, "k", &item(&v.to_string()), Expiry::Unknown, false);
                     }
                 }
             })
@@ -189,4 +189,43 @@ fn an_invalidation_racing_fills_from_other_threads_never_leaves_an_old_value() {
     for r in readers {
         r.join().expect("reader");
     }
+}
+
+#[test]
+fn an_entry_never_outlives_the_servers_expiry() {
+    let n = Near::new(&settings(NearMode::TtlOnly), None);
+    let now = Instant::now();
+    let left = Duration::from_millis(300);
+    assert_eq!(n.until(now, Expiry::In(left)), Some(now + left));
+    assert_eq!(
+        n.until(now, Expiry::Never),
+        Some(now + Duration::from_secs(60))
+    );
+    assert_eq!(
+        n.until(now, Expiry::In(Duration::from_secs(3600))),
+        Some(now + Duration::from_secs(60))
+    );
+    assert_eq!(n.until(now, Expiry::In(Duration::ZERO)), None);
+    // Expired on the server: not stored.
+    let t = ticket(&n, "k");
+    n.fill(t, "k", &item("v"), Expiry::In(Duration::ZERO), false);
+    assert_eq!(held(&n, "k"), None);
+    let t = ticket(&n, "k");
+    n.fill(t, "k", &item("v"), Expiry::In(left), false);
+    assert_eq!(held(&n, "k"), Some(b"v".to_vec()));
+}
+
+#[test]
+fn a_huge_near_ttl_does_not_panic() {
+    let n = Near::new(
+        &NearSettings {
+            size: 10,
+            ttl: Duration::MAX,
+            mode: NearMode::TtlOnly,
+        },
+        None,
+    );
+    let t = ticket(&n, "k");
+    n.fill(t, "k", &item("v"), Expiry::Unknown, false);
+    assert_eq!(held(&n, "k"), Some(b"v".to_vec()));
 }

@@ -29,6 +29,9 @@ const TICK: Duration = Duration::from_millis(500);
 /// The first and the longest wait between reconnection attempts.
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// The wait after the server refused the set-up (an old Redis without `CLIENT TRACKING`, an
+/// ACL without `CLIENT`): a refusal is not expected to pass soon.
+const REFUSED_BACKOFF: Duration = Duration::from_secs(60);
 
 static NEXT: AtomicU64 = AtomicU64::new(0);
 
@@ -108,6 +111,19 @@ enum End {
     Dropped,
     /// The connection failed or went quiet: reconnect.
     Lost(String),
+    /// The server answered the set-up with an error: retry seldom, say it once.
+    Refused(String),
+}
+
+/// The wait before the next attempt after a session that ended with `end` (`established`: it
+/// reached tracking), the last wait having been `backoff`.
+fn next_backoff(backoff: Duration, end: &End, established: bool) -> Duration {
+    match end {
+        End::Refused(_) => REFUSED_BACKOFF,
+        // A session that worked starts the backoff over.
+        _ if established => BACKOFF_MIN,
+        _ => (backoff * 2).clamp(BACKOFF_MIN, BACKOFF_MAX),
+    }
 }
 
 fn is_timeout(e: &redis::RedisError) -> bool {
@@ -124,29 +140,51 @@ fn is_timeout(e: &redis::RedisError) -> bool {
 
 impl Channel {
     fn run(self) {
-        let mut backoff = BACKOFF_MIN;
+        // Zero: the first attempt after a loss of a working session is at BACKOFF_MIN.
+        let mut backoff = Duration::ZERO;
+        let mut refused: Option<String> = None;
         loop {
-            match self.session() {
+            let (end, established) = self.session();
+            match &end {
                 End::Dropped => return,
-                End::Lost(why) => {
+                End::Lost(why) | End::Refused(why) => {
                     match self.near.upgrade() {
                         Some(near) => near.suspend(),
                         None => return,
                     }
-                    tracing::warn!(client = %self.name, reason = %why, "ddf: near cache's invalidation channel lost; bypassing the near cache until it is back");
+                    if let End::Refused(_) = end {
+                        // Said once (again only if the refusal changes).
+                        if refused.as_deref() != Some(why.as_str()) {
+                            tracing::warn!(client = %self.name, reason = %why, "ddf: the server refused the near cache's invalidation channel; bypassing the near cache, retrying every {REFUSED_BACKOFF:?}");
+                            refused = Some(why.clone());
+                        }
+                    } else {
+                        tracing::warn!(client = %self.name, reason = %why, "ddf: near cache's invalidation channel lost; bypassing the near cache until it is back");
+                    }
                 }
             }
-            std::thread::sleep(backoff);
-            backoff = (backoff * 2).min(BACKOFF_MAX);
-            if self.near.strong_count() == 0 {
+            if established {
+                refused = None;
+            }
+            backoff = next_backoff(backoff, &end, established);
+            if !self.pause(backoff) {
                 return;
             }
-            // A session that lasted resets the backoff.
-            if let Some(near) = self.near.upgrade()
-                && near.is_live()
-            {
-                backoff = BACKOFF_MIN;
+        }
+    }
+
+    /// Sleeps `d` a tick at a time; `false` once the near cache is dropped.
+    fn pause(&self, d: Duration) -> bool {
+        let until = Instant::now() + d;
+        loop {
+            if self.near.strong_count() == 0 {
+                return false;
             }
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return true;
+            }
+            std::thread::sleep(left.min(TICK));
         }
     }
 
@@ -229,40 +267,66 @@ impl Channel {
     }
 
     /// One connection's life: set up tracking, resume the near cache, then evict on every push
-    /// until the connection fails, goes quiet, or the near cache is dropped.
-    fn session(&self) -> End {
-        let mut stream = match self.connect() {
+    /// until the connection fails, goes quiet, or the near cache is dropped. `true` with it:
+    /// tracking was established (the near cache resumed).
+    fn session(&self) -> (End, bool) {
+        let (stream, parser) = match self.establish() {
             Ok(s) => s,
-            Err(e) => return End::Lost(format!("cannot connect: {e}")),
+            Err(end) => return (end, false),
         };
-        let mut parser = redis::Parser::new();
-        if let Err(e) = stream.write_all(&self.setup()) {
-            return End::Lost(format!("cannot send the set-up: {e}"));
-        }
-        let deadline = Instant::now() + self.settings.connect_timeout;
-        let mut answered = 0;
-        while answered < 3 {
-            if Instant::now() > deadline {
-                return End::Lost("the set-up took longer than connect_timeout".to_owned());
-            }
-            match parser.parse_value(&mut stream) {
-                Ok(Value::ServerError(e)) => {
-                    return End::Lost(format!("the server refused the set-up: {e:?}"));
-                }
-                Ok(Value::Push { .. }) => {}
-                Ok(_) => answered += 1,
-                Err(e) => return End::Lost(format!("set-up: {e}")),
-            }
-        }
-        if let Err(e) = stream.timeouts(TICK, self.settings.timeout) {
-            return End::Lost(format!("cannot set the socket's timeouts: {e}"));
-        }
         let Some(near) = self.near.upgrade() else {
-            return End::Dropped;
+            return (End::Dropped, false);
         };
         near.resume();
         drop(near);
         tracing::debug!(client = %self.name, "ddf: near cache tracking established");
+        (self.listen(stream, parser), true)
+    }
+
+    /// Connects and sets tracking up (every reply read).
+    fn establish(&self) -> Result<(Stream, redis::Parser), End> {
+        let mut stream = self
+            .connect()
+            .map_err(|e| End::Lost(format!("cannot connect: {e}")))?;
+        let mut parser = redis::Parser::new();
+        stream
+            .write_all(&self.setup())
+            .map_err(|e| End::Lost(format!("cannot send the set-up: {e}")))?;
+        let deadline = Instant::now() + self.settings.connect_timeout;
+        let mut answered = 0;
+        while answered < 3 {
+            if Instant::now() > deadline {
+                return Err(End::Lost(
+                    "the set-up took longer than connect_timeout".to_owned(),
+                ));
+            }
+            match parser.parse_value(&mut stream) {
+                // A server still loading or busy: try again soon; anything else is a refusal
+                // (an old Redis, an ACL without CLIENT, a bad password).
+                Ok(Value::ServerError(e))
+                    if matches!(e.code(), "LOADING" | "BUSY" | "TRYAGAIN" | "MASTERDOWN") =>
+                {
+                    return Err(End::Lost(format!("set-up: {e:?}")));
+                }
+                Ok(Value::ServerError(e)) => {
+                    return Err(End::Refused(format!(
+                        "the server refused the set-up: {e:?}"
+                    )));
+                }
+                Ok(Value::Push { .. }) => {}
+                Ok(_) => answered += 1,
+                Err(e) => return Err(End::Lost(format!("set-up: {e}"))),
+            }
+        }
+        stream
+            .timeouts(TICK, self.settings.timeout)
+            .map_err(|e| End::Lost(format!("cannot set the socket's timeouts: {e}")))?;
+        Ok((stream, parser))
+    }
+
+    /// Evicts on every push until the connection fails, goes quiet, or the near cache is
+    /// dropped.
+    fn listen(&self, mut stream: Stream, mut parser: redis::Parser) -> End {
         // When the PING of a quiet spell was sent, if unanswered yet.
         let mut pinged: Option<Instant> = None;
         let ping = redis::cmd("PING").get_packed_command();
@@ -320,6 +384,10 @@ impl Channel {
                             // Keys that are not UTF-8 were never stored here.
                             && let Ok(key) = std::str::from_utf8(user)
                         {
+                            #[cfg(feature = "testing")]
+                            if super::dropped(&self.settings.namespace) {
+                                continue;
+                            }
                             near.evict(key, true);
                         }
                     }
@@ -330,5 +398,26 @@ impl Channel {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Review finding 3: after a session that reached tracking the backoff starts over, however
+    /// long it had grown; a refusal waits long.
+    #[test]
+    fn the_backoff_starts_over_after_an_established_session() {
+        let lost = End::Lost("x".to_owned());
+        let mut b = Duration::ZERO;
+        for _ in 0..10 {
+            b = next_backoff(b, &lost, false);
+        }
+        assert_eq!(b, BACKOFF_MAX);
+        assert_eq!(next_backoff(b, &lost, true), BACKOFF_MIN);
+        assert_eq!(next_backoff(Duration::ZERO, &lost, false), BACKOFF_MIN);
+        let refused = End::Refused("ERR unknown command".to_owned());
+        assert_eq!(next_backoff(BACKOFF_MIN, &refused, false), REFUSED_BACKOFF);
     }
 }

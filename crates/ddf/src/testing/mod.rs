@@ -43,6 +43,8 @@ pub mod internals {
     #[cfg(feature = "redis")]
     pub use crate::backend::redis::RedisBackend;
     pub use crate::codec::pickle;
+    #[cfg(feature = "redis")]
+    pub use crate::near::drop_invalidations;
     /// pymemcache's flags (see the crate's `flags` module).
     pub mod flags {
         pub use crate::flags::*;

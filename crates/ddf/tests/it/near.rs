@@ -353,6 +353,87 @@ fn the_same_with_redis_py_as_the_writer() {
 }
 
 /// The ids of this test's tracking connections (`CLIENT SETNAME ddf-near-<pid>-<n>`).
+/// Keys, rounds and the quiet gap of the burst test.
+const BURST_KEYS: usize = 32;
+const BURST_ROUNDS: u64 = 6;
+const QUIET: Duration = Duration::from_millis(300);
+/// The bound on reads in the quiet gaps: far above a push's delay on a loaded machine, far below
+/// the gap (5 ms with `DDF_NEAR_STRICT=1`).
+const QUIET_GRACE_NS: u64 = 100_000_000;
+
+/// Another cache (no near cache, so the reader learns only from the server's pushes) rewrites
+/// `BURST_KEYS` keys in bursts separated by `QUIET` gaps while a thread reads them all in a loop
+/// through a near cache; `plant`: the reader's tracking thread ignores one invalidation, in the
+/// third burst. Returns the reads that broke the rule (a version older than one written
+/// `QUIET_GRACE_NS` before the read began) and the reader's statistics.
+fn bursts(port: u16, namespace: &str, plant: bool) -> (usize, ddf::CacheStats) {
+    let dir = tempfile::tempdir().unwrap();
+    let near = CacheManager::new(config(port, namespace, dir.path(), true)).unwrap();
+    let writer = CacheManager::new(config(port, namespace, dir.path(), false)).unwrap();
+    let key = |i: usize| format!("b{i}");
+    for i in 0..BURST_KEYS {
+        writer.set(&key(i), &0u64, None).unwrap();
+    }
+    writer.set("warm", "w", None).unwrap();
+    wait_for_near_hit(&near, "warm");
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (writes, reads) = std::thread::scope(|s| {
+        let reader = s.spawn(|| {
+            let mut reads: Vec<Vec<ReadRec>> = vec![Vec::new(); BURST_KEYS];
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for (i, log) in reads.iter_mut().enumerate() {
+                    let start = mono_ns();
+                    let version = near.get::<u64>(&key(i)).ok().flatten();
+                    log.push(ReadRec { start, version });
+                }
+            }
+            reads
+        });
+        let mut writes: Vec<Vec<WriteRec>> = vec![Vec::new(); BURST_KEYS];
+        for round in 1..=BURST_ROUNDS {
+            std::thread::sleep(QUIET);
+            if plant && round == 3 {
+                ddf::testing::internals::drop_invalidations(namespace, 1);
+            }
+            for (i, log) in writes.iter_mut().enumerate() {
+                writer.set(&key(i), &round, None).unwrap();
+                log.push(WriteRec {
+                    version: round,
+                    done: mono_ns(),
+                });
+            }
+        }
+        std::thread::sleep(QUIET);
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        (writes, reader.join().unwrap())
+    });
+    ddf::testing::internals::drop_invalidations(namespace, 0);
+    let grace = if strict() { GRACE_NS } else { QUIET_GRACE_NS };
+    let bad = writes
+        .iter()
+        .zip(&reads)
+        .map(|(w, r)| stale(w, r, grace).len())
+        .sum();
+    (bad, near.stats())
+}
+
+/// Review finding 2: the rule holds across many keys rewritten in bursts, and the test can see a
+/// lost invalidation: with one planted (the tracking thread ignores one key's push), reads in
+/// the following quiet gap return the old version and are flagged.
+#[test]
+fn bursts_across_many_keys_yield_no_stale_read_and_a_lost_invalidation_is_caught() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let (bad, stats) = bursts(server.port(), "nearb:", false);
+    eprintln!("bursts: {bad} stale reads; {stats}");
+    assert!(stats.near_hits > 0, "the near cache never served: {stats}");
+    assert_eq!(bad, 0, "stale reads in the quiet gaps: {stats}");
+    let (bad, stats) = bursts(server.port(), "nearbp:", true);
+    eprintln!("bursts with a planted lost invalidation: {bad} stale reads; {stats}");
+    assert!(bad > 0, "the lost invalidation was not caught: {stats}");
+}
+
 fn tracking_ids(port: u16) -> Vec<String> {
     let me = format!("name=ddf-near-{}-", std::process::id());
     redis_cli(port, &["CLIENT", "LIST"])
@@ -496,6 +577,100 @@ fn the_async_face_uses_the_same_near_cache_rules() {
     });
 }
 
+/// Reads `key` on `cache` until the near cache serves it (the push of the write that stored it
+/// may evict the first fill).
+fn hit_twice(cache: &CacheManager, key: &str, want: &str) {
+    let before = cache.stats().near_hits;
+    for _ in 0..200 {
+        assert_eq!(cache.get::<String>(key).unwrap().as_deref(), Some(want));
+        if cache.stats().near_hits > before {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    panic!("the near cache never served {key}: {}", cache.stats());
+}
+
+/// Review finding 1: a near entry is served no longer than the key lives on the server, even
+/// when the server sends no invalidation for its expiry (Redis's active expiry switched off
+/// here, as it lags on a big keyspace; Memcached sends none at all).
+#[test]
+fn a_near_entry_never_outlives_the_servers_expiry() {
+    let Some(server) = RedisServer::start_with(&["--enable-debug-command", "local"]) else {
+        return;
+    };
+    redis_cli(server.port(), &["DEBUG", "SET-ACTIVE-EXPIRE", "0"]);
+    let dir = tempfile::tempdir().unwrap();
+    let near = CacheManager::new(config(server.port(), "nearx:", dir.path(), true)).unwrap();
+    near.set("warm", "w", None).unwrap();
+    wait_for_near_hit(&near, "warm");
+    let ttl = Some(Duration::from_secs(2));
+    let at = Instant::now();
+    near.set("k", "v", ttl).unwrap();
+    hit_twice(&near, "k", "v");
+    // A key without expiry is still held (near_cache_ttl, 60 s).
+    hit_twice(&near, "warm", "w");
+    std::thread::sleep(
+        (at + Duration::from_millis(2500)).saturating_duration_since(Instant::now()),
+    );
+    assert_eq!(near.get::<String>("k").unwrap(), None, "{}", near.stats());
+
+    // The async face: the same rule.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let a =
+            ddf::AsyncCacheManager::new(config(server.port(), "nearx:", dir.path(), true)).unwrap();
+        a.set("w2", "w", None).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while a.stats().near_hits == 0 {
+            assert!(Instant::now() < deadline, "the near cache never served");
+            let _ = a.get::<String>("w2").await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let at = Instant::now();
+        a.set("k2", "v", ttl).await.unwrap();
+        let before = a.stats().near_hits;
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while a.stats().near_hits == before {
+            assert!(Instant::now() < deadline, "never served: {}", a.stats());
+            assert_eq!(a.get::<String>("k2").await.unwrap().as_deref(), Some("v"));
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let wake = at + Duration::from_millis(2500);
+        tokio::time::sleep(wake.saturating_duration_since(Instant::now())).await;
+        assert_eq!(a.get::<String>("k2").await.unwrap(), None, "{}", a.stats());
+    });
+}
+
+/// The same on Memcached (whole seconds there: 2 s, so that the reply says at least 1 s left).
+#[cfg(feature = "memcached")]
+#[test]
+fn a_memcached_near_entry_never_outlives_the_servers_expiry() {
+    let Some(server) = ddf_testkit::MemcachedServer::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = CacheConfig::default()
+        .with_backend(CacheBackend::Memcached)
+        .with_memcached_servers(vec![
+            ddf::ServerAddr::parse(&server.server(), 11211).unwrap(),
+        ])
+        .with_namespace("nearmx:")
+        .with_pickle_dir(dir.path());
+    c.near_cache = true;
+    let near = CacheManager::new(c).unwrap();
+    near.set("k", "v", Some(Duration::from_secs(2))).unwrap();
+    near.set("forever", "f", None).unwrap();
+    hit_twice(&near, "k", "v");
+    hit_twice(&near, "forever", "f");
+    std::thread::sleep(Duration::from_millis(3500));
+    assert_eq!(near.get::<String>("k").unwrap(), None, "{}", near.stats());
+    hit_twice(&near, "forever", "f");
+}
+
 #[cfg(feature = "memcached")]
 #[test]
 fn memcached_near_entries_are_bounded_by_the_ttl_and_own_writes_evict_at_once() {
@@ -553,6 +728,56 @@ fn memcached_near_entries_are_bounded_by_the_ttl_and_own_writes_evict_at_once() 
     }
 }
 
+/// Review finding 5: an async write whose future is dropped mid-call (it may have reached the
+/// server) still makes the near cache forget the key: on Memcached (no push) the near entry
+/// would otherwise be served for `near_cache_ttl`.
+#[cfg(feature = "memcached")]
+#[test]
+fn a_cancelled_async_write_still_evicts_the_near_entry() {
+    let Some(server) = ddf_testkit::MemcachedServer::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mc = |near: bool| {
+        let mut c = CacheConfig::default()
+            .with_backend(CacheBackend::Memcached)
+            .with_memcached_servers(vec![
+                ddf::ServerAddr::parse(&server.server(), 11211).unwrap(),
+            ])
+            .with_namespace("nearcw:")
+            .with_pickle_dir(dir.path());
+        c.near_cache = near;
+        c
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let near = ddf::AsyncCacheManager::new(mc(true)).unwrap();
+        let other = ddf::AsyncCacheManager::new(mc(false)).unwrap();
+        for round in 0..20u64 {
+            near.set("k", &round, None).await.unwrap();
+            let before = near.stats().near_hits;
+            assert_eq!(near.get::<u64>("k").await.unwrap(), Some(round));
+            assert_eq!(near.get::<u64>("k").await.unwrap(), Some(round));
+            assert!(near.stats().near_hits > before, "{}", near.stats());
+            // Polled once, then dropped: it may or may not reach the server.
+            let _ = tokio::time::timeout(Duration::ZERO, near.set("k", &(round + 100), None)).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            // Whatever the server holds, the near cache must not hide it (read between two
+            // reads of the server's: the cancelled write may still land in between).
+            let before = other.get::<u64>("k").await.unwrap();
+            let seen = near.get::<u64>("k").await.unwrap();
+            let after = other.get::<u64>("k").await.unwrap();
+            assert!(
+                seen == before || seen == after,
+                "round {round}: near {seen:?}, server {before:?} then {after:?}"
+            );
+        }
+    });
+}
+
 #[test]
 fn near_cache_is_refused_where_it_is_not_offered_with_the_key_and_line() {
     let err = CacheConfig::from_ini_str("[cache]\nbackend = pickle\nnear_cache = true\n")
@@ -570,6 +795,24 @@ fn near_cache_is_refused_where_it_is_not_offered_with_the_key_and_line() {
     .unwrap_err()
     .to_string();
     assert!(err.contains("Cluster"), "{err}");
+    // TLS, decided from the parsed endpoint (review finding 4); other spellings of a TLS
+    // scheme are refused as URLs.
+    for url in [
+        "rediss://127.0.0.1:1",
+        "valkeys://127.0.0.1:1",
+        "REDISS://127.0.0.1:1",
+    ] {
+        let err = CacheConfig::from_ini_str(&format!(
+            "[cache]\nbackend = redis\nredis_url = {url}\nnear_cache = true\n"
+        ))
+        .and_then(CacheManager::new)
+        .unwrap_err()
+        .to_string();
+        assert!(
+            (err.contains("TLS") && err.contains("near_cache")) || err.contains("redis_url"),
+            "{url}: {err}"
+        );
+    }
     let err = CacheConfig::from_ini_str("[cache]\nnear_cache_size = 0\n")
         .unwrap_err()
         .to_string();

@@ -373,6 +373,15 @@ impl AsyncBackend for AsyncMemcached {
         Box::pin(async move { Noted::clean(self.get_one(key).await) })
     }
 
+    /// A near cache fill: `mg <key> v f t` on the blocking client (a miss of the near cache
+    /// only; the pipelined connections carry the plain reads).
+    fn get_expiring<'a>(
+        &'a self,
+        key: &'a str,
+    ) -> BoxFuture<'a, Noted<Option<(Item, crate::backend::Expiry)>>> {
+        self.slow.get_expiring(key)
+    }
+
     fn set<'a>(
         &'a self,
         key: &'a str,

@@ -157,6 +157,14 @@ impl Conn {
         self.meta(replies::get)
     }
 
+    /// `mg <key> v f t`: one value and its seconds left (`-1`: no expiry), or a miss.
+    pub fn get_expiring(&mut self, key: &str) -> McResult<Option<(Value, Option<i64>)>> {
+        self.begin()?;
+        proto::get_expiring(&mut self.b.out, key.as_bytes()).map_err(refused)?;
+        self.flush()?;
+        self.meta(replies::get_expiring)
+    }
+
     /// Pipelined `mg <key> v f q O<i>` for every key, then `mn`: one round trip. The result has
     /// one entry per key.
     pub fn get_many(&mut self, keys: &[&str]) -> McResult<Vec<Option<Value>>> {

@@ -637,6 +637,16 @@ type Listed = (String, Option<i64>);
 
 /// The expiry a metadump's `exp=` field gives: `-1` never; else an absolute Unix time, shown as
 /// what is left of it (whole seconds, as memcached keeps it).
+/// The expiry an `mg ... t` reply says: seconds left, `-1` for none (whole seconds: the server's
+/// clock ticks once a second, so the item may go up to a second sooner).
+pub(crate) fn seconds_left(ttl: Option<i64>) -> super::Expiry {
+    match ttl {
+        Some(-1) => super::Expiry::Never,
+        Some(t) => super::Expiry::In(Duration::from_secs(u64::try_from(t).unwrap_or(0))),
+        None => super::Expiry::Unknown,
+    }
+}
+
 fn dump_expiry(exp: Option<i64>) -> super::Expiry {
     match exp {
         Some(-1) => super::Expiry::Never,
@@ -709,6 +719,15 @@ impl Backend for MemcachedBackend {
         let v = self.run(server, "get", |c| c.get(&wk))?;
         let mapped = !memcached_key_is_carryable(&sk);
         Ok(v.and_then(|v| self.read_item(&sk, mapped, v)))
+    }
+
+    fn get_expiring(&self, key: &str) -> Result<Option<(Item, super::Expiry)>> {
+        let sk = self.keyspace.storage_key(key);
+        let wk = memcached_key(&sk);
+        let server = &self.servers[self.pick(&wk)];
+        let v = self.run(server, "get", |c| c.get_expiring(&wk))?;
+        let mapped = !memcached_key_is_carryable(&sk);
+        Ok(v.and_then(|(v, ttl)| Some((self.read_item(&sk, mapped, v)?, seconds_left(ttl)))))
     }
 
     fn set(&self, key: &str, item: &Item, ttl: Option<Duration>) -> Result<()> {

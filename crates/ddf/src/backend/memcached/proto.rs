@@ -99,6 +99,19 @@ pub(crate) fn get(buf: &mut Vec<u8>, key: &[u8], quiet: Option<u32>) -> Result<(
     Ok(())
 }
 
+/// `mg <key> v f t`: value, client flags and seconds left (a near cache fill).
+///
+/// # Errors
+///
+/// A key [`check_key`] refuses; nothing is appended then.
+pub(crate) fn get_expiring(buf: &mut Vec<u8>, key: &[u8]) -> Result<(), ProtoError> {
+    check_key(key)?;
+    buf.extend_from_slice(b"mg ");
+    buf.extend_from_slice(key);
+    buf.extend_from_slice(b" v f t\r\n");
+    Ok(())
+}
+
 /// `ms <key> <len> F<flags> [T<exptime>] [q]` and the data block (exptime 0: no expiry).
 ///
 /// # Errors

@@ -407,3 +407,20 @@ fn reply_fields_are_read() {
     };
     assert_eq!((fields.cas, data), (Some(77), &b"7"[..]));
 }
+
+#[test]
+fn a_near_fill_asks_for_the_ttl_with_the_value() {
+    let mut buf = Vec::new();
+    get_expiring(&mut buf, b"k").unwrap();
+    assert_eq!(buf, b"mg k v f t\r\n");
+    assert!(get_expiring(&mut Vec::new(), b"bad key").is_err());
+    match meta(b"VA 1 f3 t17\r\nx\r\n").unwrap() {
+        Parsed::Done(r, _) => {
+            let (v, ttl) = crate::backend::memcached::replies::get_expiring(r)
+                .unwrap()
+                .unwrap();
+            assert_eq!((v.data.as_slice(), v.flags, ttl), (&b"x"[..], 3, Some(17)));
+        }
+        Parsed::Incomplete => panic!("a whole reply read as incomplete"),
+    }
+}

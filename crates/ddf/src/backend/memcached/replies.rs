@@ -57,6 +57,15 @@ pub(crate) fn get(r: MetaReply<'_>) -> McResult<Option<Value>> {
     }
 }
 
+/// The reply to `mg <key> v f t`: one value and its seconds left (`-1`: no expiry), or a miss.
+pub(crate) fn get_expiring(r: MetaReply<'_>) -> McResult<Option<(Value, Option<i64>)>> {
+    let ttl = match &r {
+        MetaReply::Value { fields, .. } => fields.ttl,
+        _ => None,
+    };
+    Ok(get(r)?.map(|v| (v, ttl)))
+}
+
 /// The reply to `md <key> C<cas>`: `true` when it removed the item; `false` when the item
 /// changed since (`EX`) or is gone (`NF`).
 pub(crate) fn delete_cas(r: MetaReply<'_>) -> McResult<bool> {

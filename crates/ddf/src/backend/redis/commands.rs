@@ -22,6 +22,24 @@ pub(crate) fn get(key: &str) -> redis::Cmd {
     c
 }
 
+/// `MULTI; GET key; PTTL key; EXEC`: a value and how long it has left, in one atomic round
+/// trip (a near cache fill). Read the reply as `(Option<Vec<u8>>, i64)`; see [`expiry`].
+pub(crate) fn get_expiring(key: &str) -> redis::Pipeline {
+    let mut p = redis::pipe();
+    p.atomic().cmd("GET").arg(key).cmd("PTTL").arg(key);
+    p
+}
+
+/// The expiry a `PTTL` reply says (ms; -1 no expiry; -2 absent, read as expired).
+pub(crate) fn expiry(pttl: i64) -> crate::backend::Expiry {
+    match pttl {
+        -1 => crate::backend::Expiry::Never,
+        ms => crate::backend::Expiry::In(std::time::Duration::from_millis(
+            u64::try_from(ms).unwrap_or(0),
+        )),
+    }
+}
+
 /// `SET key data [PX ms]`.
 pub(crate) fn set(key: &str, data: &[u8], ttl: Option<Duration>) -> redis::Cmd {
     let mut c = redis::cmd("SET");

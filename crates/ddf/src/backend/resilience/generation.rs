@@ -147,6 +147,10 @@ impl Backend for GenerationView {
         self.inner.get(&self.key(key))
     }
 
+    fn get_expiring(&self, key: &str) -> Result<Option<(Item, crate::backend::Expiry)>> {
+        self.inner.get_expiring(&self.key(key))
+    }
+
     fn set(&self, key: &str, item: &Item, ttl: Option<Duration>) -> Result<()> {
         self.inner.set(&self.key(key), item, ttl)
     }

@@ -601,6 +601,10 @@ impl Backend for Resilient {
         self.read_op(|| None, |b| b.get(key))
     }
 
+    fn get_expiring(&self, key: &str) -> Result<Option<(Item, crate::backend::Expiry)>> {
+        self.read_op(|| None, |b| b.get_expiring(key))
+    }
+
     fn set(&self, key: &str, item: &Item, ttl: Option<Duration>) -> Result<()> {
         self.write_op(|| deletes(std::iter::once(key)), |b| b.set(key, item, ttl))
     }

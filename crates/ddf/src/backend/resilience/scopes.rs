@@ -234,6 +234,9 @@ impl Backend for Watched {
     fn get(&self, key: &str) -> Result<Option<Item>> {
         self.seen(self.inner.get(key))
     }
+    fn get_expiring(&self, key: &str) -> Result<Option<(Item, crate::backend::Expiry)>> {
+        self.seen(self.inner.get_expiring(key))
+    }
     fn set(&self, key: &str, item: &Item, ttl: Option<Duration>) -> Result<()> {
         self.seen(self.inner.set(key, item, ttl))
     }
@@ -517,6 +520,10 @@ impl Backend for PerScope {
 
     fn get(&self, key: &str) -> Result<Option<Item>> {
         self.scope(key).get(key)
+    }
+
+    fn get_expiring(&self, key: &str) -> Result<Option<(Item, crate::backend::Expiry)>> {
+        self.scope(key).get_expiring(key)
     }
 
     fn set(&self, key: &str, item: &Item, ttl: Option<Duration>) -> Result<()> {

@@ -527,7 +527,9 @@ impl RedisBackend {
     }
 }
 
-/// The CA bundle as redis-rs takes it.
+/// The CA bundle as redis-rs takes it (feature `tls`; without it a CA is a configuration
+/// error before any backend is built).
+#[cfg(feature = "tls")]
 fn certs(pem: &[u8]) -> redis::TlsCertificates {
     redis::TlsCertificates {
         client_tls: None,
@@ -569,10 +571,11 @@ fn client(settings: &RedisSettings, endpoint: &RedisEndpoint) -> redis::RedisRes
         .into_connection_info()?
         .set_redis_settings(redis)
         .set_tcp_settings(tcp_settings());
-    match &settings.ca {
-        Some(pem) => redis::Client::build_with_tls(info, certs(pem)),
-        None => redis::Client::open(info),
+    #[cfg(feature = "tls")]
+    if let Some(pem) = &settings.ca {
+        return redis::Client::build_with_tls(info, certs(pem));
     }
+    redis::Client::open(info)
 }
 
 /// A Redis Cluster client from validated settings; a CA means TLS to every node.
@@ -591,6 +594,7 @@ fn cluster_client(
     if let Some(p) = &settings.password {
         b = b.password(p.expose());
     }
+    #[cfg(feature = "tls")]
     if let Some(pem) = &settings.ca {
         b = b.tls(redis::TlsMode::Secure).certs(certs(pem));
     }

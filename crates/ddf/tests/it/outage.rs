@@ -342,7 +342,9 @@ fn start_up_leaves_a_long_replay_to_the_background(kind: Kind) {
     assert!(first_took < limit, "the first get took {first_took:?}");
     assert_eq!(first.unwrap(), None, "a deleted value was served");
     let t = Instant::now();
-    crate::resilience::wait_until_up(&cache);
+    // The replay walks memcached's 30,000 items once per recorded prefix (100): seconds on an
+    // idle machine, more than 20 s on a loaded one (fresh-clone CI met it): a generous bound.
+    crate::resilience::wait_until_up_within(&cache, Duration::from_secs(120));
     eprintln!("[{kind:?}] up after {:?} more", t.elapsed());
     assert_eq!(cache.get::<String>("victim").unwrap(), None);
     assert_eq!(direct(&cfg).get::<String>("victim").unwrap(), None);

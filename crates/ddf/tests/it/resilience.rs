@@ -94,7 +94,13 @@ pub(crate) fn state(cache: &CacheManager) -> String {
 }
 
 pub(crate) fn wait_until_up(cache: &CacheManager) {
-    let deadline = Instant::now() + Duration::from_secs(20);
+    wait_until_up_within(cache, Duration::from_secs(20));
+}
+
+/// [`wait_until_up`] with a "does not hang" bound of `limit` (a long replay on a loaded
+/// machine: 100 recorded prefix invalidations each walk memcached's whole keyspace).
+pub(crate) fn wait_until_up_within(cache: &CacheManager, limit: Duration) {
+    let deadline = Instant::now() + limit;
     loop {
         // Traffic is what notices a failure; the probe is what notices the return.
         let _ = cache.get::<String>("wait:probe");

@@ -255,8 +255,9 @@ fn sentinel_client(
         .into_connection_info()?
         .set_redis_settings(redis)
         .set_tcp_settings(super::tcp_settings());
-    match &settings.ca {
-        Some(pem) => redis::Client::build_with_tls(info, super::certs(pem)),
-        None => redis::Client::open(info),
+    #[cfg(feature = "tls")]
+    if let Some(pem) = &settings.ca {
+        return redis::Client::build_with_tls(info, super::certs(pem));
     }
+    redis::Client::open(info)
 }

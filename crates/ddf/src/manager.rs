@@ -381,14 +381,7 @@ impl CacheManager {
     /// # Errors
     /// As [`CacheManager::incr`].
     pub fn decr(&self, key: &str, delta: i64) -> Result<i64> {
-        let neg = delta.checked_neg().ok_or_else(|| {
-            crate::Error::InvalidArgument(format!(
-                "decr by {delta} would add {}: ddf's counters stay within 0..={}, on every \
-                 backend; nothing was changed",
-                -i128::from(delta),
-                i64::MAX
-            ))
-        })?;
+        let neg = crate::backend::decr_step(delta)?;
         self.incr(key, neg)
     }
 

@@ -157,6 +157,19 @@ pub fn counter_step(current: i64, delta: i64) -> Result<i64> {
     }
 }
 
+/// The step `decr(delta)` adds: `-delta`, or the range rule's error when `-delta` is no `i64`
+/// (`delta = i64::MIN`: no counter within the range can take it).
+pub(crate) fn decr_step(delta: i64) -> Result<i64> {
+    delta.checked_neg().ok_or_else(|| {
+        crate::error::Error::InvalidArgument(format!(
+            "decr by {delta} would add {}: ddf's counters stay within 0..={}, on every \
+             backend; nothing was changed",
+            -i128::from(delta),
+            i64::MAX
+        ))
+    })
+}
+
 /// The byte-level storage trait every backend implements.
 ///
 /// Keys are the user's keys; the backend joins them with its namespace through ddf's one key layout.

@@ -182,20 +182,47 @@ impl<V> Envelope<V> {
         }
     }
 
-    /// When the value is due for a refresh (ms since the Unix epoch; 0: never): a refresh
-    /// that finds another one changed it knows the value is new.
-    pub(crate) fn soft_expiry_ms(&self) -> u64 {
-        self.soft_expiry_ms
-    }
-
-    /// The value, and whether it is due for a refresh now (`u`: a uniform draw in (0, 1]).
-    /// `None`: not an envelope of this version (read as a miss, and replaced).
-    pub(crate) fn open(self, beta: Option<f64>, now_ms: u64, u: f64) -> Option<(V, bool)> {
+    /// The value, whether it is due for a refresh now (`u`: a uniform draw in (0, 1]), and its
+    /// soft expiry. `None`: not an envelope of this version (read as a miss, and replaced).
+    pub(crate) fn open(self, beta: Option<f64>, now_ms: u64, u: f64) -> Option<(V, bool, u64)> {
         if self.ddf_envelope != ENVELOPE {
             return None;
         }
         let due = due(now_ms, self.soft_expiry_ms, self.delta_ms, beta, u);
-        Some((self.value, due))
+        Some((self.value, due, self.soft_expiry_ms))
+    }
+}
+
+/// What a `get_or_set` read found (both faces' drivers read, then act on this).
+pub(crate) enum Read<T> {
+    /// A value not due for a refresh.
+    Fresh(T),
+    /// A value due for a refresh (stale, or chosen by XFetch), and its soft expiry: served
+    /// while one caller refreshes it.
+    Due(T, u64),
+    Miss,
+    /// The server failed for a temporary reason: compute, store nothing.
+    Unavailable,
+}
+
+impl<T> Read<T> {
+    /// The meaning of a read's result: `(value, due, soft expiry)` or a miss, or an error.
+    pub(crate) fn of(r: crate::error::Result<Option<(T, bool, u64)>>) -> Self {
+        match r {
+            Ok(Some((v, false, _))) => Read::Fresh(v),
+            Ok(Some((v, true, soft))) => Read::Due(v, soft),
+            Ok(None) => Read::Miss,
+            Err(e) if e.is_temporary() => {
+                tracing::warn!(error = %e, "ddf: get_or_set could not read the cache; computing, not storing");
+                Read::Unavailable
+            }
+            Err(e) => {
+                // A value of another shape (a plain value where an envelope is expected, or
+                // the reverse): computed again and replaced.
+                tracing::debug!(error = %e, "ddf: get_or_set read an unusable value; computing");
+                Read::Miss
+            }
+        }
     }
 }
 
@@ -383,7 +410,10 @@ mod tests {
         assert_eq!(json["ddf_envelope"], 1);
         assert_eq!(json["delta_ms"], 7);
         let back: Envelope<String> = serde_json::from_value(json.clone()).unwrap();
-        assert_eq!(back.open(None, 5, 1.0), Some(("v".to_owned(), false)));
+        assert_eq!(
+            back.open(None, 5, 1.0).map(|(v, due, _)| (v, due)),
+            Some(("v".to_owned(), false))
+        );
         let mut other = json;
         other["ddf_envelope"] = 2.into();
         let back: Envelope<String> = serde_json::from_value(other).unwrap();

@@ -5,51 +5,22 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::{Backoff, Envelope, Held, Plan, deadline, now_ms, passed, token, uniform};
+use super::{Backoff, Envelope, Held, Plan, Read, deadline, now_ms, passed, token, uniform};
 use crate::CacheManager;
 use crate::codec::flags;
 use crate::item::Item;
 use crate::memo::flight::{self, Landing, Turn};
 
 /// What a read found.
-enum Read<T> {
-    /// A value not due for a refresh.
-    Fresh(T),
-    /// A value due for a refresh (stale, or chosen by XFetch), and its soft expiry: served
-    /// while one caller refreshes it.
-    Due(T, u64),
-    Miss,
-    /// The server failed for a temporary reason: compute, store nothing.
-    Unavailable,
-}
-
 fn read<T: DeserializeOwned>(cache: &CacheManager, key: &str, plan: &Plan) -> Read<T> {
     let r = if plan.enveloped {
-        cache.get::<Envelope<T>>(key).map(|hit| {
-            hit.and_then(|e| {
-                let soft = e.soft_expiry_ms();
-                e.open(plan.beta, now_ms(), uniform())
-                    .map(|(v, due)| (v, due, soft))
-            })
-        })
+        cache
+            .get::<Envelope<T>>(key)
+            .map(|hit| hit.and_then(|e| e.open(plan.beta, now_ms(), uniform())))
     } else {
         cache.get::<T>(key).map(|hit| hit.map(|v| (v, false, 0)))
     };
-    match r {
-        Ok(Some((v, false, _))) => Read::Fresh(v),
-        Ok(Some((v, true, soft))) => Read::Due(v, soft),
-        Ok(None) => Read::Miss,
-        Err(e) if e.is_temporary() => {
-            tracing::warn!(error = %e, "ddf: get_or_set could not read the cache; computing, not storing");
-            Read::Unavailable
-        }
-        Err(e) => {
-            // A value of another shape (a plain value where an envelope is expected, or
-            // the reverse): computed again and replaced.
-            tracing::debug!(error = %e, "ddf: get_or_set read an unusable value; computing");
-            Read::Miss
-        }
-    }
+    Read::of(r)
 }
 
 /// A lease this caller holds: released (compare-and-delete of its token) when dropped, also

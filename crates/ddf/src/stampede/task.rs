@@ -8,47 +8,25 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::{Backoff, Envelope, Held, Plan, deadline, now_ms, passed, token, uniform};
+use super::{Backoff, Envelope, Held, Plan, Read, deadline, now_ms, passed, token, uniform};
 use crate::AsyncCacheManager;
 use crate::codec::flags;
 use crate::item::Item;
 use crate::memo::flight_task::{self, TaskTurn};
 
-enum Read<T> {
-    Fresh(T),
-    Due(T, u64),
-    Miss,
-    Unavailable,
-}
-
 async fn read<T: DeserializeOwned>(cache: &AsyncCacheManager, key: &str, plan: &Plan) -> Read<T> {
     let r = if plan.enveloped {
-        cache.get::<Envelope<T>>(key).await.map(|hit| {
-            hit.and_then(|e| {
-                let soft = e.soft_expiry_ms();
-                e.open(plan.beta, now_ms(), uniform())
-                    .map(|(v, due)| (v, due, soft))
-            })
-        })
+        cache
+            .get::<Envelope<T>>(key)
+            .await
+            .map(|hit| hit.and_then(|e| e.open(plan.beta, now_ms(), uniform())))
     } else {
         cache
             .get::<T>(key)
             .await
             .map(|hit| hit.map(|v| (v, false, 0)))
     };
-    match r {
-        Ok(Some((v, false, _))) => Read::Fresh(v),
-        Ok(Some((v, true, soft))) => Read::Due(v, soft),
-        Ok(None) => Read::Miss,
-        Err(e) if e.is_temporary() => {
-            tracing::warn!(error = %e, "ddf: get_or_set could not read the cache; computing, not storing");
-            Read::Unavailable
-        }
-        Err(e) => {
-            tracing::debug!(error = %e, "ddf: get_or_set read an unusable value; computing");
-            Read::Miss
-        }
-    }
+    Read::of(r)
 }
 
 /// A lease this task holds. [`Lease::release`] releases it; dropped without that (the

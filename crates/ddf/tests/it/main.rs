@@ -56,6 +56,5 @@ mod stampede_refresh;
 #[cfg(all(feature = "redis", feature = "memcached"))]
 mod stats;
 mod timing;
-mod ui;
 #[cfg(all(feature = "redis", feature = "memcached"))]
 mod waits;

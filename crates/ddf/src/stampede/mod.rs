@@ -1,7 +1,9 @@
 //! `get_or_set`: one computation of a missing key across every process that shares the cache,
-//! stale-while-revalidate and early refresh (XFetch). The rules are here, once; the thread face
-//! (`sync.rs`, over [`CacheManager`](crate::CacheManager)) drives them with blocking waits, and
-//! the async face (with feature `async`) with timers. docs/memoize.md explains the design.
+//! stale-while-revalidate and early refresh (XFetch). The rules are here, once, and the control
+//! flow in `flow.rs` (a state machine without I/O); the thread face (`sync.rs`, over
+//! [`CacheManager`](crate::CacheManager)) drives it with blocking calls and sleeps, and the async
+//! face (`task.rs`, with feature `async`) with awaits and timers. docs/memoize.md explains the
+//! design.
 //!
 //! - **The lease** is a second key, `ddf-lease:<key>` inside the cache's namespace, written with
 //!   [`Backend::add`](crate::Backend::add) (stored only if absent) holding a random token, with

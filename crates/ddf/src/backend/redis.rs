@@ -3,12 +3,12 @@
 //!
 //! Every call into the `redis` crate (redis-rs) lives in this module, so that a major version of
 //! the client (2.0 is at rc) touches one file, except the parsing of `redis_url`, which
-//! `config/settings.rs` leaves to redis-rs so that the two never disagree on the URL grammar.
+//! `config/settings/redis.rs` leaves to redis-rs so that the two never disagree on the URL grammar.
 //!
 //! - **Connections**: the target (standalone over TCP, TLS or a unix socket, a Cluster, or the
 //!   master of a group of Sentinels), the credentials and the CA bundle are chosen, read and
-//!   validated once, in `config/settings.rs` (`RedisSettings`); `RedisBackend::new` only turns
-//!   them into a client. With Sentinel, each new connection goes to the master the Sentinels
+//!   validated once, in `config/settings/redis.rs` (`RedisSettings`); `RedisBackend::new` only
+//!   turns them into a client. With Sentinel, each new connection goes to the master the Sentinels
 //!   name, checked with `ROLE`, and a connection error, a timeout or `READONLY` makes the next
 //!   one ask the Sentinels again ([`sentinel`]). Connections are kept
 //!   in a small pool of our own (see `Pool`): redis-rs's r2d2 manager has no connect timeout.

@@ -11,7 +11,7 @@
 //! By topic: `types.rs` holds the types (a leaf the others build on); this file loading and
 //! precedence; `keys.rs` the table of keys and
 //! the parsers of their values; `values.rs` server addresses and secrets; `ini.rs` the INI reader;
-//! `settings.rs` the per-backend settings a backend is built from, validated once.
+//! `settings/` the per-backend settings a backend is built from, validated once.
 
 mod ini;
 mod keys;

@@ -1,7 +1,9 @@
 //! `get_or_set`: one computation of a missing key across every process that shares the cache,
-//! stale-while-revalidate and early refresh (XFetch). The rules are here, once; the thread face
-//! (`sync.rs`, over [`CacheManager`](crate::CacheManager)) drives them with blocking waits, and
-//! the async face (with feature `async`) with timers. docs/memoize.md explains the design.
+//! stale-while-revalidate and early refresh (XFetch). The rules are here, once, and the control
+//! flow in `flow.rs` (a state machine without I/O); the thread face (`sync.rs`, over
+//! [`CacheManager`](crate::CacheManager)) drives it with blocking calls and sleeps, and the async
+//! face (`task.rs`, with feature `async`) with awaits and timers. docs/memoize.md explains the
+//! design.
 //!
 //! - **The lease** is a second key, `ddf-lease:<key>` inside the cache's namespace, written with
 //!   [`Backend::add`](crate::Backend::add) (stored only if absent) holding a random token, with
@@ -23,6 +25,7 @@
 //! - **The envelope** (only with `stale_ttl` or `early_refresh`) stores the soft expiry and the
 //!   last computation's duration with the value; the server's TTL is `ttl + stale_ttl`.
 
+pub(crate) mod flow;
 pub(crate) mod sync;
 #[cfg(feature = "async")]
 pub(crate) mod task;
@@ -34,7 +37,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use crate::codec::flags;
 use crate::config::{CacheBackend, CacheConfig};
+use crate::item::Item;
+use flow::Leased;
 
 /// Where leases live: `<namespace>ddf-lease:<key>`. `invalidate_pattern("")` and `flush_all`
 /// remove them too (a computation in progress then finishes and writes, and the others may
@@ -146,6 +152,12 @@ impl Plan {
     /// The lease's key.
     pub(crate) fn lease_key(key: &str) -> String {
         format!("{LEASE_PREFIX}{key}")
+    }
+
+    /// What an envelope read now holds: the value, whether it is due for a refresh, its soft
+    /// expiry (`None`: a miss, or not an envelope of this version).
+    pub(crate) fn open<T>(&self, hit: Option<Envelope<T>>) -> Option<(T, bool, u64)> {
+        hit.and_then(|e| e.open(self.beta, now_ms(), uniform()))
     }
 
     /// The soft expiry of a value stored now, in ms since the Unix epoch (0: never).
@@ -319,6 +331,103 @@ impl Held {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .is_none_or(|until| Instant::now() < until)
+    }
+}
+
+/// A request for the lease of a key: a fresh token in the item `add` writes, and when it was
+/// asked (before the request: see [`Held`]).
+pub(crate) struct Ask {
+    /// The lease's key.
+    pub(crate) key: String,
+    pub(crate) item: Item,
+    token: Vec<u8>,
+    started: Instant,
+}
+
+impl Ask {
+    pub(crate) fn new(key: &str) -> Self {
+        let token = token();
+        let started = Instant::now();
+        Ask {
+            key: Plan::lease_key(key),
+            item: Item::new(token.clone(), flags::BYTES),
+            token,
+            started,
+        }
+    }
+
+    /// What the backend's answer to `add` (with TTL `plan.lease_ttl`) means.
+    pub(crate) fn answer(self, r: crate::Result<bool>, plan: &Plan) -> Leased<Held> {
+        match r {
+            Ok(true) => Leased::Held(Held::new(self.token, self.started, plan)),
+            Ok(false) => Leased::Busy,
+            Err(e) => {
+                tracing::warn!(error = %e, "ddf: get_or_set could not take its lease; computing without one");
+                Leased::Failed
+            }
+        }
+    }
+}
+
+/// Logs the backend's answer to the release of the lease of `key` (a release never fails: a
+/// lease not removed expires by its TTL).
+pub(crate) fn released(key: &str, r: crate::Result<bool>) {
+    match r {
+        Ok(true) => {}
+        Ok(false) => tracing::debug!(
+            key = %crate::error::shorten(key),
+            "ddf: get_or_set's lease had expired before its release"
+        ),
+        Err(e) => tracing::warn!(error = %e, "ddf: get_or_set could not release its lease"),
+    }
+}
+
+impl Held {
+    /// What the heartbeat sent at `sent` (`extend_lease` to `lease_ttl`) got: whether to go on
+    /// beating (not once the lease is no longer ours, or the backend cannot extend one).
+    pub(crate) fn beat(&self, sent: Instant, plan: &Plan, r: crate::Result<bool>) -> bool {
+        match r {
+            Ok(true) => {
+                self.extended(sent, plan);
+                true
+            }
+            Ok(false) => false,
+            Err(e) => {
+                tracing::debug!(error = %e, "ddf: get_or_set could not extend its lease");
+                true
+            }
+        }
+    }
+}
+
+/// Whether a value computed under `held` may be stored: not once the lease may have been taken
+/// over (no longer certainly ours; logged).
+pub(crate) fn may_store(key: &str, held: Option<&Held>) -> bool {
+    let may = held.is_none_or(Held::may_write);
+    if !may {
+        tracing::warn!(
+            key = %crate::error::shorten(key),
+            "ddf: get_or_set's computation outlived its lease (lease_ttl); its value is returned, not stored"
+        );
+    }
+    may
+}
+
+/// Logs what the store of a computed value gave: `None`, an invalidation began since the call
+/// started (not stored); `Ok(false)`, the lease was gone on the server (not stored). Errors
+/// fail open.
+pub(crate) fn stored(key: &str, outcome: Option<crate::Result<bool>>) {
+    match outcome {
+        None => tracing::debug!(
+            key = %crate::error::shorten(key),
+            "ddf: an invalidation began while get_or_set computed; the value is not stored"
+        ),
+        Some(Err(e)) => tracing::warn!(error = %e, "ddf: get_or_set could not store its value"),
+        Some(Ok(false)) => tracing::warn!(
+            key = %crate::error::shorten(key),
+            "ddf: get_or_set's lease was gone on the server (expired or taken over); its value is returned, not stored"
+        ),
+        Some(Ok(true)) => {}
     }
 }
 

@@ -1,22 +1,20 @@
-//! The thread face of `get_or_set`: blocking waits, over [`CacheManager`].
+//! The thread face of `get_or_set`: [`flow::Flow`]'s steps as blocking calls and sleeps, over
+//! [`CacheManager`] and the thread face's flight registry (`memo/flight.rs`).
 
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::{Backoff, Envelope, Held, Plan, Read, deadline, now_ms, passed, token, uniform};
+use super::flow::{self, Answer, Compute, Flow, Leased, Step};
+use super::{Ask, Envelope, Held, Plan, Read, deadline, may_store, released, stored};
 use crate::CacheManager;
-use crate::codec::flags;
-use crate::item::Item;
-use crate::memo::flight::{self, Landing, Turn};
+use crate::memo::flight::{self, ThreadLead, Turn};
 
 /// What a read found.
 fn read<T: DeserializeOwned>(cache: &CacheManager, key: &str, plan: &Plan) -> Read<T> {
     let r = if plan.enveloped {
-        cache
-            .get::<Envelope<T>>(key)
-            .map(|hit| hit.and_then(|e| e.open(plan.beta, now_ms(), uniform())))
+        cache.get::<Envelope<T>>(key).map(|hit| plan.open(hit))
     } else {
         cache.get::<T>(key).map(|hit| hit.map(|v| (v, false, 0)))
     };
@@ -32,50 +30,21 @@ struct Lease<'a> {
 }
 
 impl Drop for Lease<'_> {
+    /// Never panics (also while unwinding): failures are logged.
     fn drop(&mut self) {
-        release(self.cache, self.key, &self.held);
+        let lease = Plan::lease_key(self.key);
+        let r = (self.cache).on_backend(|b| b.compare_and_delete(&lease, &self.held.token));
+        released(self.key, r);
     }
 }
 
-/// What asking for the lease gave.
-enum Acquired<'a> {
-    Held(Lease<'a>),
-    /// Another caller holds it.
-    Busy,
-    /// The backend could not tell (an error, logged): compute without a lease.
-    Failed,
-}
-
-fn acquire<'a>(cache: &'a CacheManager, key: &'a str, plan: &Plan) -> Acquired<'a> {
-    let token = token();
-    let started = Instant::now();
-    let item = Item::new(token.clone(), flags::BYTES);
-    let lease = Plan::lease_key(key);
-    match cache.on_backend(|b| b.add(&lease, &item, Some(plan.lease_ttl))) {
-        Ok(true) => Acquired::Held(Lease {
-            cache,
-            key,
-            held: Held::new(token, started, plan),
-        }),
-        Ok(false) => Acquired::Busy,
-        Err(e) => {
-            tracing::warn!(error = %e, "ddf: get_or_set could not take its lease; computing without one");
-            Acquired::Failed
-        }
-    }
-}
-
-/// Never panics (it runs in `Drop`, also while unwinding): failures are logged.
-fn release(cache: &CacheManager, key: &str, held: &Held) {
-    let lease = Plan::lease_key(key);
-    match cache.on_backend(|b| b.compare_and_delete(&lease, &held.token)) {
-        Ok(true) => {}
-        Ok(false) => tracing::debug!(
-            key = %crate::error::shorten(key),
-            "ddf: get_or_set's lease had expired before its release"
-        ),
-        // The lease then expires by its TTL.
-        Err(e) => tracing::warn!(error = %e, "ddf: get_or_set could not release its lease"),
+fn acquire<'a>(cache: &'a CacheManager, key: &'a str, plan: &Plan) -> Leased<Lease<'a>> {
+    let ask = Ask::new(key);
+    let r = cache.on_backend(|b| b.add(&ask.key, &ask.item, Some(plan.lease_ttl)));
+    match ask.answer(r, plan) {
+        Leased::Held(held) => Leased::Held(Lease { cache, key, held }),
+        Leased::Busy => Leased::Busy,
+        Leased::Failed => Leased::Failed,
     }
 }
 
@@ -91,11 +60,7 @@ fn store<T: Serialize>(
     value: &T,
     delta: Duration,
 ) {
-    if held.is_some_and(|h| !h.may_write()) {
-        tracing::warn!(
-            key = %crate::error::shorten(key),
-            "ddf: get_or_set's computation outlived its lease (lease_ttl); its value is returned, not stored"
-        );
+    if !may_store(key, held) {
         return;
     }
     let write = || {
@@ -111,18 +76,7 @@ fn store<T: Serialize>(
             put(cache, key, plan, held, value)
         }
     };
-    match cache.epochs().store(epoch, write) {
-        None => tracing::debug!(
-            key = %crate::error::shorten(key),
-            "ddf: an invalidation began while get_or_set computed; the value is not stored"
-        ),
-        Some(Err(e)) => tracing::warn!(error = %e, "ddf: get_or_set could not store its value"),
-        Some(Ok(false)) => tracing::warn!(
-            key = %crate::error::shorten(key),
-            "ddf: get_or_set's lease was gone on the server (expired or taken over); its value is returned, not stored"
-        ),
-        Some(Ok(true)) => {}
-    }
+    stored(key, cache.epochs().store(epoch, write));
 }
 
 /// One write of `get_or_set`: under a lease, fenced on the server where the backend can (Redis
@@ -184,12 +138,9 @@ fn with_heartbeat<R>(
             let lease = Plan::lease_key(key);
             while !stop.wait(every) {
                 let sent = Instant::now();
-                match cache.on_backend(|b| b.extend_lease(&lease, &held.token, plan.lease_ttl)) {
-                    Ok(true) => held.extended(sent, plan),
-                    Ok(false) => return,
-                    Err(e) => {
-                        tracing::debug!(error = %e, "ddf: get_or_set could not extend its lease");
-                    }
+                let r = cache.on_backend(|b| b.extend_lease(&lease, &held.token, plan.lease_ttl));
+                if !held.beat(sent, plan, r) {
+                    return;
                 }
             }
         });
@@ -251,147 +202,61 @@ where
     // Read before the lookup, as memoization does: a value computed before an invalidation
     // that returns after this is not stored.
     let epoch = cache.epochs().current();
-    // Every caller waits at most `lock_timeout` from its call, in the flight or for the lease.
-    let deadline = deadline(plan.lock_timeout);
     let flight_key = Plan::lease_key(key);
-    loop {
-        let landings = flight::landings();
-        match read::<T>(cache, key, plan) {
-            Read::Fresh(v) => return Ok(v),
-            Read::Due(v, soft) => return refresh(cache, key, plan, epoch, (v, soft), compute),
-            Read::Unavailable => return compute(),
-            Read::Miss => {}
+    let (mut flow, mut step) = Flow::new(key, plan.lock_timeout);
+    let mut landings = 0;
+    let mut lead: Option<ThreadLead> = None;
+    let mut lease: Option<Lease<'_>> = None;
+    // The lease is released before the flight ends: this process's next leader finds it free.
+    let end = |lease: Option<Lease<'_>>, lead: Option<ThreadLead>| {
+        drop(lease);
+        if let Some(lead) = lead {
+            lead.finish();
         }
-        match flight::take_turn(cache.id(), &flight_key, epoch, landings) {
-            Turn::Lead(lead) => match lead_across(cache, key, plan, epoch, deadline, compute) {
-                Led::Done(r) => {
-                    lead.finish();
-                    return r;
-                }
-                // The flight opens first: this process's waiters do not queue behind a
-                // computation that will not be stored.
-                Led::Alone(compute) => {
-                    lead.finish();
-                    return compute();
-                }
-            },
-            // This thread leads another flight: it never waits (no deadlock), it computes,
-            // and stores nothing (it holds no lease: its value could overwrite a newer one).
-            Turn::Bypass => return compute(),
-            // Read again: the value is there unless the leader's computation failed or its
-            // write did not happen; then one of the waiters leads next.
-            Turn::Landed(Landing::Finished | Landing::Abandoned) => {}
-        }
-    }
-}
-
-/// How the leader of this process ended.
-enum Led<T, E, F> {
-    Done(Result<T, E>),
-    /// No value and no lease (`lock_timeout` passed, or the cache could not be read): `compute`
-    /// runs without storing, after the flight opened.
-    Alone(F),
-}
-
-/// The leader of this process: takes the lease, or waits for the process that holds it (and
-/// takes over a lease that expired), up to `deadline`.
-fn lead_across<T, E, F>(
-    cache: &CacheManager,
-    key: &str,
-    plan: &Plan,
-    epoch: u64,
-    deadline: Option<Instant>,
-    compute: F,
-) -> Led<T, E, F>
-where
-    T: Serialize + DeserializeOwned,
-    F: FnOnce() -> Result<T, E>,
-{
-    let mut backoff = Backoff::new();
-    loop {
-        match acquire(cache, key, plan) {
-            Acquired::Held(lease) => {
-                // A leader elsewhere may have stored and released between our miss and our
-                // lease: one more read, so that the value is computed once.
-                return Led::Done(match read::<T>(cache, key, plan) {
-                    Read::Fresh(v) | Read::Due(v, _) => Ok(v),
-                    Read::Miss | Read::Unavailable => {
-                        compute_and_store(cache, key, plan, epoch, Some(&lease.held), compute)
+    };
+    let how = loop {
+        let answer = match step {
+            Step::Read => {
+                landings = flight::landings();
+                Answer::Read(read(cache, key, plan))
+            }
+            Step::Join => Answer::Turn(
+                match flight::take_turn(cache.id(), &flight_key, epoch, landings) {
+                    Turn::Lead(l) => {
+                        lead = Some(l);
+                        flow::Turn::Lead
                     }
-                });
+                    Turn::Landed(_) => flow::Turn::Landed,
+                    Turn::Bypass => flow::Turn::Bypass,
+                },
+            ),
+            Step::TryLead => {
+                lead = flight::try_lead(cache.id(), &flight_key, epoch);
+                Answer::Led(lead.is_some())
             }
-            Acquired::Busy => {}
-            Acquired::Failed => {
-                return Led::Done(compute_and_store(cache, key, plan, epoch, None, compute));
+            Step::Lease => Answer::Lease(acquire(cache, key, plan).keep(|l| lease = Some(l))),
+            Step::Wait(d) => {
+                std::thread::sleep(d);
+                Answer::Waited
             }
+            Step::Return(v) => {
+                end(lease, lead);
+                return Ok(v);
+            }
+            Step::Compute(how) => break how,
+        };
+        step = flow.next(answer);
+    };
+    match how {
+        Compute::Alone => {
+            end(lease, lead);
+            compute()
         }
-        if passed(deadline) {
-            tracing::warn!(
-                key = %crate::error::shorten(key),
-                "ddf: get_or_set waited lock_timeout for another caller's computation; computing, not storing"
-            );
-            return Led::Alone(compute);
-        }
-        std::thread::sleep(backoff.next(deadline));
-        match read::<T>(cache, key, plan) {
-            Read::Fresh(v) | Read::Due(v, _) => return Led::Done(Ok(v)),
-            Read::Unavailable => return Led::Alone(compute),
-            Read::Miss => {}
+        Compute::Store => {
+            let held = lease.as_ref().map(|l| &l.held);
+            let r = flow.computed(compute_and_store(cache, key, plan, epoch, held, compute));
+            end(lease, lead);
+            r
         }
     }
-}
-
-/// A value due for a refresh: one caller (in this process, the flight's leader; across
-/// processes, the lease holder) computes the new one, the others return `stale` at once. A
-/// failed refresh returns `stale` too (logged).
-fn refresh<T, E, F>(
-    cache: &CacheManager,
-    key: &str,
-    plan: &Plan,
-    epoch: u64,
-    (stale, soft): (T, u64),
-    compute: F,
-) -> Result<T, E>
-where
-    T: Serialize + DeserializeOwned,
-    F: FnOnce() -> Result<T, E>,
-{
-    let Some(lead) = flight::try_lead(cache.id(), &Plan::lease_key(key), epoch) else {
-        return Ok(stale);
-    };
-    let lease = match acquire(cache, key, plan) {
-        Acquired::Held(lease) => lease,
-        Acquired::Busy | Acquired::Failed => {
-            lead.finish();
-            return Ok(stale);
-        }
-    };
-    // Another caller may have refreshed and released between our read and our lease: a
-    // value with another soft expiry is new, not computed again.
-    match read::<T>(cache, key, plan) {
-        Read::Fresh(v) => {
-            drop(lease);
-            lead.finish();
-            return Ok(v);
-        }
-        Read::Due(v, again) if again != soft => {
-            drop(lease);
-            lead.finish();
-            return Ok(v);
-        }
-        Read::Due(..) | Read::Miss | Read::Unavailable => {}
-    }
-    let r = match compute_and_store(cache, key, plan, epoch, Some(&lease.held), compute) {
-        Ok(v) => v,
-        Err(_) => {
-            tracing::warn!(
-                key = %crate::error::shorten(key),
-                "ddf: get_or_set's refresh failed; serving the stale value"
-            );
-            stale
-        }
-    };
-    drop(lease);
-    lead.finish();
-    Ok(r)
 }

@@ -1,6 +1,5 @@
-//! The async face of `get_or_set`: the same steps as `sync.rs` (read, lead or wait, store under
-//! the lease, release; a due value refreshed by one caller), with the rules of `mod.rs`; the
-//! waits are timers and the task face's flight registry (`memo/flight_task.rs`).
+//! The async face of `get_or_set`: [`flow::Flow`]'s steps as awaits and timers, over
+//! [`AsyncCacheManager`] and the task face's flight registry (`memo/flight_task.rs`).
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -8,18 +7,18 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::{Backoff, Envelope, Held, Plan, Read, deadline, now_ms, passed, token, uniform};
+use super::flow::{self, Answer, Compute, Flow, Leased, Step};
+use super::{Ask, Envelope, Held, Plan, Read, deadline, may_store, released, stored};
 use crate::AsyncCacheManager;
-use crate::codec::flags;
-use crate::item::Item;
-use crate::memo::flight_task::{self, TaskTurn};
+use crate::memo::flight::Lead;
+use crate::memo::flight_task::{self, TaskLatch, TaskTurn};
 
 async fn read<T: DeserializeOwned>(cache: &AsyncCacheManager, key: &str, plan: &Plan) -> Read<T> {
     let r = if plan.enveloped {
         cache
             .get::<Envelope<T>>(key)
             .await
-            .map(|hit| hit.and_then(|e| e.open(plan.beta, now_ms(), uniform())))
+            .map(|hit| plan.open(hit))
     } else {
         cache
             .get::<T>(key)
@@ -64,50 +63,29 @@ impl Drop for Lease {
     }
 }
 
-enum Acquired {
-    Held(Lease),
-    Busy,
-    Failed,
-}
-
-async fn acquire(cache: &AsyncCacheManager, key: &str, plan: &Plan) -> Acquired {
-    let token = token();
-    let started = Instant::now();
-    let item = Item::new(token.clone(), flags::BYTES);
-    let lease = Plan::lease_key(key);
-    match cache
-        .lease_backend()
-        .add(&lease, &item, Some(plan.lease_ttl))
-        .await
-    {
-        Ok(true) => Acquired::Held(Lease {
+async fn acquire(cache: &AsyncCacheManager, key: &str, plan: &Plan) -> Leased<Lease> {
+    let ask = Ask::new(key);
+    let r = (cache.lease_backend())
+        .add(&ask.key, &ask.item, Some(plan.lease_ttl))
+        .await;
+    match ask.answer(r, plan) {
+        Leased::Held(held) => Leased::Held(Lease {
             cache: cache.clone(),
             key: key.to_owned(),
-            held: Held::new(token, started, plan),
+            held,
             released: false,
         }),
-        Ok(false) => Acquired::Busy,
-        Err(e) => {
-            tracing::warn!(error = %e, "ddf: get_or_set could not take its lease; computing without one");
-            Acquired::Failed
-        }
+        Leased::Busy => Leased::Busy,
+        Leased::Failed => Leased::Failed,
     }
 }
 
 async fn release(cache: &AsyncCacheManager, key: &str, token: &[u8]) {
     let lease = Plan::lease_key(key);
-    match cache
-        .lease_backend()
+    let r = (cache.lease_backend())
         .compare_and_delete(&lease, token)
-        .await
-    {
-        Ok(true) => {}
-        Ok(false) => tracing::debug!(
-            key = %crate::error::shorten(key),
-            "ddf: get_or_set's lease had expired before its release"
-        ),
-        Err(e) => tracing::warn!(error = %e, "ddf: get_or_set could not release its lease"),
-    }
+        .await;
+    released(key, r);
 }
 
 /// A store in progress (either shape of value).
@@ -151,12 +129,7 @@ fn store<T: Serialize>(
     value: &T,
     delta: Duration,
 ) -> impl Future<Output = ()> + Send + 'static {
-    let shown = crate::error::shorten(key);
-    let write = if held.is_some_and(|h| !h.may_write()) {
-        tracing::warn!(
-            key = %shown,
-            "ddf: get_or_set's computation outlived its lease (lease_ttl); its value is returned, not stored"
-        );
+    let write = if !may_store(key, held) {
         None
     } else if plan.enveloped {
         let env = Envelope::new(value, plan.soft_expiry_ms(), delta);
@@ -164,19 +137,10 @@ fn store<T: Serialize>(
     } else {
         Some(put(cache, key, plan, epoch, held, value))
     };
+    let key = key.to_owned();
     async move {
-        let Some(write) = write else { return };
-        match write.await {
-            None => tracing::debug!(
-                key = %shown,
-                "ddf: an invalidation began while get_or_set computed; the value is not stored"
-            ),
-            Some(Err(e)) => tracing::warn!(error = %e, "ddf: get_or_set could not store its value"),
-            Some(Ok(false)) => tracing::warn!(
-                key = %shown,
-                "ddf: get_or_set's lease was gone on the server (expired or taken over); its value is returned, not stored"
-            ),
-            Some(Ok(true)) => {}
+        if let Some(write) = write {
+            stored(&key, write.await);
         }
     }
 }
@@ -225,16 +189,11 @@ async fn with_heartbeat<R>(
         loop {
             tokio::time::sleep(every).await;
             let sent = Instant::now();
-            match cache
-                .lease_backend()
+            let r = (cache.lease_backend())
                 .extend_lease(&lease, &held.token, plan.lease_ttl)
-                .await
-            {
-                Ok(true) => held.extended(sent, plan),
-                Ok(false) => return,
-                Err(e) => {
-                    tracing::debug!(error = %e, "ddf: get_or_set could not extend its lease");
-                }
+                .await;
+            if !held.beat(sent, plan, r) {
+                return;
             }
         }
     };
@@ -269,143 +228,66 @@ where
         return compute().await;
     }
     let epoch = cache.epochs().current();
-    // Every caller waits at most `lock_timeout` from its call, in the flight or for the lease.
-    let deadline = deadline(plan.lock_timeout);
     let flight_key = Plan::lease_key(key);
-    loop {
-        let landings = flight_task::landings();
-        match read::<T>(cache, key, plan).await {
-            Read::Fresh(v) => return Ok(v),
-            Read::Due(v, soft) => {
-                return refresh(cache, key, plan, epoch, (v, soft), compute).await;
+    let (mut flow, mut step) = Flow::new(key, plan.lock_timeout);
+    let mut landings = 0;
+    let mut lead: Option<Lead<'static, TaskLatch>> = None;
+    let mut lease: Option<Lease> = None;
+    let how = loop {
+        let answer = match step {
+            Step::Read => {
+                landings = flight_task::landings();
+                Answer::Read(read(cache, key, plan).await)
             }
-            Read::Unavailable => return compute().await,
-            Read::Miss => {}
+            Step::Join => Answer::Turn(
+                match flight_task::take_turn(cache.id(), &flight_key, epoch, landings).await {
+                    TaskTurn::Lead(l) => {
+                        lead = Some(l);
+                        flow::Turn::Lead
+                    }
+                    TaskTurn::Landed(_) => flow::Turn::Landed,
+                    TaskTurn::Bypass => flow::Turn::Bypass,
+                },
+            ),
+            Step::TryLead => {
+                lead = flight_task::try_lead(cache.id(), &flight_key, epoch);
+                Answer::Led(lead.is_some())
+            }
+            Step::Lease => Answer::Lease(acquire(cache, key, plan).await.keep(|l| lease = Some(l))),
+            Step::Wait(d) => {
+                tokio::time::sleep(d).await;
+                Answer::Waited
+            }
+            Step::Return(v) => {
+                end(lease, lead).await;
+                return Ok(v);
+            }
+            Step::Compute(how) => break how,
+        };
+        step = flow.next(answer);
+    };
+    match how {
+        Compute::Alone => {
+            end(lease, lead).await;
+            compute().await
         }
-        match flight_task::take_turn(cache.id(), &flight_key, epoch, landings).await {
-            TaskTurn::Lead(mut lead) => {
-                match lead_across(cache, key, plan, epoch, deadline, compute).await {
-                    Led::Done(r) => {
-                        lead.mark_finished();
-                        return r;
-                    }
-                    // The flight opens first: this process's waiters do not queue behind a
-                    // computation that will not be stored.
-                    Led::Alone(compute) => {
-                        lead.mark_finished();
-                        drop(lead);
-                        return compute().await;
-                    }
-                }
-            }
-            // Nested in another flight: computes, stores nothing (no lease).
-            TaskTurn::Bypass => return compute().await,
-            TaskTurn::Landed(_) => {}
+        Compute::Store => {
+            let held = lease.as_ref().map(|l| &l.held);
+            let r = compute_and_store(cache, key, plan, epoch, held, compute).await;
+            let r = flow.computed(r);
+            end(lease, lead).await;
+            r
         }
     }
 }
 
-/// As `sync::Led`.
-enum Led<T, E, F> {
-    Done(Result<T, E>),
-    Alone(F),
-}
-
-async fn lead_across<T, E, F, Fut>(
-    cache: &AsyncCacheManager,
-    key: &str,
-    plan: &Plan,
-    epoch: u64,
-    deadline: Option<Instant>,
-    compute: F,
-) -> Led<T, E, F>
-where
-    T: Serialize + DeserializeOwned,
-    F: FnOnce() -> Fut,
-    Fut: Future<Output = Result<T, E>>,
-{
-    let mut backoff = Backoff::new();
-    loop {
-        match acquire(cache, key, plan).await {
-            Acquired::Held(lease) => {
-                let r = match read::<T>(cache, key, plan).await {
-                    Read::Fresh(v) | Read::Due(v, _) => Ok(v),
-                    Read::Miss | Read::Unavailable => {
-                        compute_and_store(cache, key, plan, epoch, Some(&lease.held), compute).await
-                    }
-                };
-                lease.release().await;
-                return Led::Done(r);
-            }
-            Acquired::Busy => {}
-            Acquired::Failed => {
-                return Led::Done(compute_and_store(cache, key, plan, epoch, None, compute).await);
-            }
-        }
-        if passed(deadline) {
-            tracing::warn!(
-                key = %crate::error::shorten(key),
-                "ddf: get_or_set waited lock_timeout for another caller's computation; computing, not storing"
-            );
-            return Led::Alone(compute);
-        }
-        tokio::time::sleep(backoff.next(deadline)).await;
-        match read::<T>(cache, key, plan).await {
-            Read::Fresh(v) | Read::Due(v, _) => return Led::Done(Ok(v)),
-            Read::Unavailable => return Led::Alone(compute),
-            Read::Miss => {}
-        }
+/// Releases the lease if held, then ends the flight if led (this process's next leader finds
+/// the lease free); dropping the lead opens the flight.
+async fn end(lease: Option<Lease>, lead: Option<Lead<'static, TaskLatch>>) {
+    if let Some(lease) = lease {
+        lease.release().await;
     }
-}
-
-async fn refresh<T, E, F, Fut>(
-    cache: &AsyncCacheManager,
-    key: &str,
-    plan: &Plan,
-    epoch: u64,
-    (stale, soft): (T, u64),
-    compute: F,
-) -> Result<T, E>
-where
-    T: Serialize + DeserializeOwned,
-    F: FnOnce() -> Fut,
-    Fut: Future<Output = Result<T, E>>,
-{
-    let Some(mut lead) = flight_task::try_lead(cache.id(), &Plan::lease_key(key), epoch) else {
-        return Ok(stale);
-    };
-    let lease = match acquire(cache, key, plan).await {
-        Acquired::Held(lease) => lease,
-        Acquired::Busy | Acquired::Failed => {
-            lead.mark_finished();
-            return Ok(stale);
-        }
-    };
-    // As the thread face: a value refreshed by another caller meanwhile is not computed again.
-    match read::<T>(cache, key, plan).await {
-        Read::Fresh(v) => {
-            lease.release().await;
-            lead.mark_finished();
-            return Ok(v);
-        }
-        Read::Due(v, again) if again != soft => {
-            lease.release().await;
-            lead.mark_finished();
-            return Ok(v);
-        }
-        Read::Due(..) | Read::Miss | Read::Unavailable => {}
+    if let Some(mut lead) = lead {
+        lead.mark_finished();
     }
-    let r = match compute_and_store(cache, key, plan, epoch, Some(&lease.held), compute).await {
-        Ok(v) => v,
-        Err(_) => {
-            tracing::warn!(
-                key = %crate::error::shorten(key),
-                "ddf: get_or_set's refresh failed; serving the stale value"
-            );
-            stale
-        }
-    };
-    lease.release().await;
-    lead.mark_finished();
-    Ok(r)
 }

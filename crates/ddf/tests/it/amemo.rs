@@ -7,10 +7,11 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use ddf::{AsyncCacheManager, CacheBackend, CacheConfig, FallbackMode, cache_with_invalidation};
+use ddf::{AsyncCacheManager, CacheBackend, CacheConfig, cache_with_invalidation};
 use tokio::sync::Semaphore;
 
 use crate::conformance::unique_namespace;
+use crate::memo::fixture;
 
 mod invalidation;
 
@@ -134,21 +135,13 @@ impl Svc {
     }
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(4)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 fn assert_send<T: Send>(t: T) -> T {
     t
 }
 
 /// The behaviour suite, on a fresh cache from `make` per check.
 fn run(make: &(dyn Fn() -> Cache + Sync)) {
-    let rt = runtime();
+    let rt = fixture::runtime(4);
     rt.block_on(async {
         hits_and_keys(&Svc::new(make())).await;
         result_and_option(&Svc::new(make())).await;
@@ -325,41 +318,22 @@ fn async_memo_on_the_file_backend() {
 #[test]
 #[cfg(feature = "redis")]
 fn async_memo_on_redis() {
-    let Some(server) = ddf_testkit::RedisServer::start() else {
-        return; // no redis-server here (a failure under DDF_TEST_REQUIRE_SERVERS=1)
+    let Some((_server, configs)) = fixture::redis() else {
+        return;
     };
-    for backend in [CacheBackend::Redis, CacheBackend::RedisPickle] {
-        run(&|| {
-            with_namespace(
-                CacheConfig::default()
-                    .with_backend(backend)
-                    .with_redis("127.0.0.1", server.port()),
-            )
-        });
+    for c in configs {
+        run(&|| with_namespace(c.clone()));
     }
 }
 
 #[test]
 #[cfg(feature = "memcached")]
 fn async_memo_on_memcached() {
-    let Some(servers): Option<Vec<_>> = (0..2)
-        .map(|_| ddf_testkit::MemcachedServer::start())
-        .collect()
-    else {
-        return; // no memcached here (a failure under DDF_TEST_REQUIRE_SERVERS=1)
+    let Some((_servers, configs)) = fixture::memcached() else {
+        return;
     };
-    let addrs: Vec<ddf::ServerAddr> = servers
-        .iter()
-        .map(|s| ddf::ServerAddr::parse(&s.server(), 11211).unwrap())
-        .collect();
-    for backend in [CacheBackend::Memcached, CacheBackend::MemcachedPickle] {
-        run(&|| {
-            with_namespace(
-                CacheConfig::default()
-                    .with_backend(backend)
-                    .with_memcached_servers(addrs.clone()),
-            )
-        });
+    for c in configs {
+        run(&|| with_namespace(c.clone()));
     }
 }
 
@@ -368,7 +342,7 @@ fn async_memo_on_the_none_backend_always_computes() {
     let s = Svc::new(
         AsyncCacheManager::new(CacheConfig::default().with_backend(CacheBackend::None)).unwrap(),
     );
-    runtime().block_on(async {
+    fixture::runtime(4).block_on(async {
         assert_eq!(s.upper("a").await, "A");
         assert_eq!(s.upper("a").await, "A");
         assert_eq!(s.calls(), 2);
@@ -452,7 +426,7 @@ impl Counter {
 
 #[test]
 fn odd_async_signatures_compile_and_run() {
-    runtime().block_on(async {
+    fixture::runtime(4).block_on(async {
         assert_eq!(generic_len(vec![1u8], "x").await, 2);
         assert_eq!(generic_len(vec![1u8], "x").await, 2);
         assert!(
@@ -489,7 +463,7 @@ async fn global_triple(x: u32) -> u64 {
 
 #[test]
 fn free_async_functions_use_the_global_async_cache_by_default() {
-    runtime().block_on(async {
+    fixture::runtime(4).block_on(async {
         let _ = global_triple_forget_all().await;
         let x = std::process::id();
         assert_eq!(global_triple(x).await, u64::from(x) * 3);
@@ -511,26 +485,14 @@ fn free_async_functions_use_the_global_async_cache_by_default() {
 #[test]
 #[cfg(feature = "redis")]
 fn a_memoized_call_on_a_stopped_redis_reads_once_and_stores_nothing() {
-    let port = ddf_testkit::free_port();
-    let Some(server) = ddf_testkit::RedisServer::start_on(port, &[]) else {
-        return; // no redis-server here (a failure under DDF_TEST_REQUIRE_SERVERS=1)
-    };
     let dir = tempfile::tempdir().unwrap();
-    let rt = runtime();
-    let caches: Vec<_> = [FallbackMode::Pickle, FallbackMode::Error]
+    let Some((server, configs)) = fixture::redis_to_stop(dir.path()) else {
+        return;
+    };
+    let rt = fixture::runtime(4);
+    let caches: Vec<_> = configs
         .into_iter()
-        .map(|fallback| {
-            let mut c = CacheConfig::default()
-                .with_backend(CacheBackend::Redis)
-                .with_redis("127.0.0.1", port)
-                .with_pickle_dir(dir.path())
-                .with_timeouts(
-                    std::time::Duration::from_millis(300),
-                    std::time::Duration::from_millis(400),
-                );
-            c.fallback = fallback;
-            (fallback, Svc::new(with_namespace(c)))
-        })
+        .map(|(fallback, c)| (fallback, Svc::new(with_namespace(c))))
         .collect();
     rt.block_on(async {
         for (_, s) in &caches {
@@ -617,7 +579,7 @@ impl ddf::Backend for HeldSets {
 /// after the invalidation's delete and serve the old value afterwards.
 #[test]
 fn a_dropped_call_s_store_cannot_land_after_a_later_invalidation() {
-    let rt = runtime();
+    let rt = fixture::runtime(4);
     let backend = Arc::new(HeldSets::default());
     *backend.closed.lock().unwrap() = true;
     let s = Arc::new(Svc::new(AsyncCacheManager::with_backend(

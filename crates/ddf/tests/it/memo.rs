@@ -9,14 +9,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
-use ddf::{
-    Backend, CacheBackend, CacheConfig, CacheManager, Error, FallbackMode, Item,
-    cache_with_invalidation,
-};
+use ddf::{Backend, CacheBackend, CacheConfig, CacheManager, Error, Item, cache_with_invalidation};
 use serde::Serialize;
 
 use crate::conformance::unique_namespace;
 use crate::process;
+
+pub(crate) mod fixture;
 
 /// A service whose memoized methods use the cache it holds (`cache = self.cache`) and count
 /// how often their bodies run.
@@ -368,19 +367,8 @@ fn key_self(cache: &CacheManager) {
 }
 
 fn single_flight(s: &Arc<Svc>) {
-    let n = 8;
-    let barrier = Arc::new(Barrier::new(n));
-    let threads: Vec<_> = (0..n)
-        .map(|_| {
-            let (s, b) = (s.clone(), barrier.clone());
-            std::thread::spawn(move || {
-                b.wait();
-                s.slow(42)
-            })
-        })
-        .collect();
-    for t in threads {
-        assert_eq!(t.join().unwrap(), 42);
+    for v in fixture::together(8, |_| s.slow(42)) {
+        assert_eq!(v, 42);
     }
     assert_eq!(s.calls(), 1, "concurrent misses of one key compute once");
 }
@@ -952,51 +940,24 @@ fn receivers_and_validation_paths() {
 #[test]
 #[cfg(feature = "redis")]
 fn memo_on_redis() {
-    let Some(server) = ddf_testkit::RedisServer::start() else {
-        return; // no redis-server here (a failure under DDF_TEST_REQUIRE_SERVERS=1)
+    let Some((_server, configs)) = fixture::redis() else {
+        return;
     };
-    for backend in [CacheBackend::Redis, CacheBackend::RedisPickle] {
-        run(&|ns| {
-            CacheManager::new(
-                CacheConfig::default()
-                    .with_backend(backend)
-                    .with_redis("127.0.0.1", server.port())
-                    .with_namespace(ns),
-            )
-            .unwrap()
-        });
+    for c in configs {
+        run(&|ns| CacheManager::new(c.clone().with_namespace(ns)).unwrap());
     }
 }
 
 #[test]
 #[cfg(feature = "memcached")]
 fn memo_on_memcached() {
-    let Some(servers): Option<Vec<_>> = (0..2)
-        .map(|_| ddf_testkit::MemcachedServer::start())
-        .collect()
-    else {
-        return; // no memcached here (a failure under DDF_TEST_REQUIRE_SERVERS=1)
+    let Some((_servers, configs)) = fixture::memcached() else {
+        return;
     };
-    let addrs: Vec<ddf::ServerAddr> = servers
-        .iter()
-        .map(|s| ddf::ServerAddr::parse(&s.server(), 11211).unwrap())
-        .collect();
-    for backend in [CacheBackend::Memcached, CacheBackend::MemcachedPickle] {
-        run(&|ns| {
-            CacheManager::new(
-                CacheConfig::default()
-                    .with_backend(backend)
-                    .with_memcached_servers(addrs.clone())
-                    .with_namespace(ns),
-            )
-            .unwrap()
-        });
+    for c in configs {
+        run(&|ns| CacheManager::new(c.clone().with_namespace(ns)).unwrap());
     }
 }
-
-/// Timeouts of the stopped-server test below.
-const STOP_CONNECT: Duration = Duration::from_millis(300);
-const STOP_TIMEOUT: Duration = Duration::from_millis(400);
 
 /// A memoized call against a stopped (SIGSTOP) Redis makes one read, not three (a
 /// lookup, a second lookup, a store: 1.8 s with `timeout = 0.5` before): a lookup that met a
@@ -1005,21 +966,14 @@ const STOP_TIMEOUT: Duration = Duration::from_millis(400);
 #[test]
 #[cfg(feature = "redis")]
 fn a_memoized_call_on_a_stopped_redis_waits_one_timeout() {
-    let port = ddf_testkit::free_port();
-    let Some(server) = ddf_testkit::RedisServer::start_on(port, &[]) else {
-        return; // no redis-server here (a failure under DDF_TEST_REQUIRE_SERVERS=1)
-    };
     let dir = tempfile::tempdir().unwrap();
-    let caches: Vec<_> = [FallbackMode::Pickle, FallbackMode::Error]
+    let Some((server, configs)) = fixture::redis_to_stop(dir.path()) else {
+        return;
+    };
+    let caches: Vec<_> = configs
         .into_iter()
-        .map(|fallback| {
-            let mut c = CacheConfig::default()
-                .with_backend(CacheBackend::Redis)
-                .with_redis("127.0.0.1", port)
-                .with_namespace(unique_namespace("memo-stop"))
-                .with_pickle_dir(dir.path())
-                .with_timeouts(STOP_CONNECT, STOP_TIMEOUT);
-            c.fallback = fallback;
+        .map(|(fallback, c)| {
+            let c = c.with_namespace(unique_namespace("memo-stop"));
             (fallback, Svc::new(CacheManager::new(c).unwrap()))
         })
         .collect();
@@ -1044,7 +998,7 @@ fn a_memoized_call_on_a_stopped_redis_waits_one_timeout() {
         );
         assert_eq!(after.sets, before.sets, "[{fallback:?}] no store");
         // Only a "does not hang" bound, far above the three timeouts of the old behaviour.
-        assert!(took < 10 * STOP_TIMEOUT, "[{fallback:?}] {took:?}");
+        assert!(took < 10 * fixture::STOP_TIMEOUT, "[{fallback:?}] {took:?}");
     }
     server.process.signal("CONT");
 }

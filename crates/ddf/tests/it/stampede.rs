@@ -7,12 +7,12 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use ddf::{CacheBackend, CacheConfig, CacheManager, ServerAddr, cache_with_invalidation};
 use ddf_testkit::{MemcachedServer, RedisServer};
 
+use crate::memo::fixture::together;
 use crate::process;
 
 const JOB: &str = "DDF_TEST_STAMPEDE_JOB";
@@ -34,6 +34,54 @@ pub(crate) fn config(target: &str, dir: &Path) -> CacheConfig {
             .with_backend(CacheBackend::Memcached)
             .with_memcached_servers(vec![ServerAddr::parse(server, 11211).unwrap()]),
         Some(_) => panic!("unknown target {target}"),
+    }
+}
+
+/// A backend for [`config`]: its target (`pickle`, `redis:<port>`, `memcached:<host:port>`)
+/// and the server it names, started here and stopped when dropped. `None` where the server is
+/// not installed (a failure under `DDF_TEST_REQUIRE_SERVERS=1`).
+pub(crate) struct Target {
+    pub(crate) name: String,
+    _redis: Option<RedisServer>,
+    _memcached: Option<MemcachedServer>,
+}
+
+impl Target {
+    pub(crate) fn pickle() -> Option<Self> {
+        Some(Target {
+            name: "pickle".to_owned(),
+            _redis: None,
+            _memcached: None,
+        })
+    }
+
+    pub(crate) fn redis() -> Option<Self> {
+        let server = RedisServer::start()?;
+        Some(Target {
+            name: format!("redis:{}", server.port()),
+            _redis: Some(server),
+            _memcached: None,
+        })
+    }
+
+    pub(crate) fn memcached() -> Option<Self> {
+        let server = MemcachedServer::start()?;
+        Some(Target {
+            name: format!("memcached:{}", server.server()),
+            _redis: None,
+            _memcached: Some(server),
+        })
+    }
+}
+
+/// A cross-process test: in a child, the child's job; in the parent, `run` on the target
+/// `target()` starts.
+fn across(target: fn() -> Option<Target>, run: impl FnOnce(&str)) {
+    if let Some(job) = process::job(JOB) {
+        return child(&job);
+    }
+    if let Some(target) = target() {
+        run(&target.name);
     }
 }
 
@@ -91,33 +139,25 @@ fn child(job: &str) {
     }
     std::fs::write(dir.join(format!("ready-{}", std::process::id())), "").unwrap();
     wait_until("the parent's go", || dir.join("go").exists());
-    let start = Arc::new(Barrier::new(threads));
-    let callers: Vec<_> = (0..threads)
-        .map(|_| {
-            let (cache, dir, start) = (cache.clone(), dir.clone(), start.clone());
-            std::thread::spawn(move || {
-                start.wait();
-                let t0 = Instant::now();
-                if attribute {
-                    return (popular(&dir.display().to_string()), t0.elapsed());
+    let got = together(threads, |_| {
+        let t0 = Instant::now();
+        if attribute {
+            return (popular(&dir.display().to_string()), t0.elapsed());
+        }
+        let v = cache
+            .get_or_set(KEY, Some(Duration::from_secs(120)), || {
+                if record(&dir, "computed") == 1 && dir.join("hang-first").exists() {
+                    // The parent kills this process now (kill -9).
+                    std::thread::sleep(PATIENCE * 2);
                 }
-                let v = cache
-                    .get_or_set(KEY, Some(Duration::from_secs(120)), || {
-                        if record(&dir, "computed") == 1 && dir.join("hang-first").exists() {
-                            // The parent kills this process now (kill -9).
-                            std::thread::sleep(PATIENCE * 2);
-                        }
-                        std::thread::sleep(Duration::from_millis(200));
-                        "the value".to_owned()
-                    })
-                    .unwrap();
-                (v, t0.elapsed())
+                std::thread::sleep(Duration::from_millis(200));
+                "the value".to_owned()
             })
-        })
-        .collect();
+            .unwrap();
+        (v, t0.elapsed())
+    });
     let mut slowest = Duration::ZERO;
-    for c in callers {
-        let (v, took) = c.join().unwrap();
+    for (v, took) in got {
         assert_eq!(v, "the value");
         slowest = slowest.max(took);
     }
@@ -127,12 +167,7 @@ fn child(job: &str) {
 
 /// [`child`] on the async face: `tasks` tasks on a multi-threaded runtime.
 fn async_child(cfg: CacheConfig, dir: &Path, tasks: usize) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(4)
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
+    crate::memo::fixture::runtime(4).block_on(async {
         let cache = ddf::AsyncCacheManager::new(cfg).unwrap();
         std::fs::write(dir.join(format!("ready-{}", std::process::id())), "").unwrap();
         wait_until("the parent's go", || dir.join("go").exists());
@@ -265,132 +300,74 @@ fn leader_killed(test: &str, target: &str) {
 
 #[test]
 fn file_backend_computes_once_across_processes() {
-    if let Some(job) = process::job(JOB) {
-        return child(&job);
-    }
-    computes_once(
-        "stampede::file_backend_computes_once_across_processes",
-        "pickle",
-    );
+    across(Target::pickle, |t| {
+        computes_once("stampede::file_backend_computes_once_across_processes", t)
+    });
 }
 
 #[test]
 fn the_attribute_with_lock_computes_once_across_processes() {
-    if let Some(job) = process::job(JOB) {
-        return child(&job);
-    }
-    let Some(server) = RedisServer::start() else {
-        return;
-    };
-    computes_once_through(
-        "stampede::the_attribute_with_lock_computes_once_across_processes",
-        &format!("redis:{}", server.port()),
-        "attribute",
-    );
+    across(Target::redis, |t| {
+        let test = "stampede::the_attribute_with_lock_computes_once_across_processes";
+        computes_once_through(test, t, "attribute")
+    });
 }
 
 #[test]
 fn async_face_computes_once_across_processes_on_redis() {
-    if let Some(job) = process::job(JOB) {
-        return child(&job);
-    }
-    let Some(server) = RedisServer::start() else {
-        return;
-    };
-    computes_once_through(
-        "stampede::async_face_computes_once_across_processes_on_redis",
-        &format!("redis:{}", server.port()),
-        "async",
-    );
+    across(Target::redis, |t| {
+        let test = "stampede::async_face_computes_once_across_processes_on_redis";
+        computes_once_through(test, t, "async")
+    });
 }
 
 #[test]
 fn async_face_computes_once_across_processes_on_memcached() {
-    if let Some(job) = process::job(JOB) {
-        return child(&job);
-    }
-    let Some(server) = MemcachedServer::start() else {
-        return;
-    };
-    computes_once_through(
-        "stampede::async_face_computes_once_across_processes_on_memcached",
-        &format!("memcached:{}", server.server()),
-        "async",
-    );
+    across(Target::memcached, |t| {
+        let test = "stampede::async_face_computes_once_across_processes_on_memcached";
+        computes_once_through(test, t, "async")
+    });
 }
 
 #[test]
 fn async_face_computes_once_across_processes_on_the_file_backend() {
-    if let Some(job) = process::job(JOB) {
-        return child(&job);
-    }
-    computes_once_through(
-        "stampede::async_face_computes_once_across_processes_on_the_file_backend",
-        "pickle",
-        "async",
-    );
+    across(Target::pickle, |t| {
+        let test = "stampede::async_face_computes_once_across_processes_on_the_file_backend";
+        computes_once_through(test, t, "async")
+    });
 }
 
 #[test]
 fn file_backend_leader_killed() {
-    if let Some(job) = process::job(JOB) {
-        return child(&job);
-    }
-    leader_killed("stampede::file_backend_leader_killed", "pickle");
+    across(Target::pickle, |t| {
+        leader_killed("stampede::file_backend_leader_killed", t)
+    });
 }
 
 #[test]
 fn redis_computes_once_across_processes() {
-    if let Some(job) = process::job(JOB) {
-        return child(&job);
-    }
-    let Some(server) = RedisServer::start() else {
-        return;
-    };
-    computes_once(
-        "stampede::redis_computes_once_across_processes",
-        &format!("redis:{}", server.port()),
-    );
+    across(Target::redis, |t| {
+        computes_once("stampede::redis_computes_once_across_processes", t)
+    });
 }
 
 #[test]
 fn redis_leader_killed() {
-    if let Some(job) = process::job(JOB) {
-        return child(&job);
-    }
-    let Some(server) = RedisServer::start() else {
-        return;
-    };
-    leader_killed(
-        "stampede::redis_leader_killed",
-        &format!("redis:{}", server.port()),
-    );
+    across(Target::redis, |t| {
+        leader_killed("stampede::redis_leader_killed", t)
+    });
 }
 
 #[test]
 fn memcached_computes_once_across_processes() {
-    if let Some(job) = process::job(JOB) {
-        return child(&job);
-    }
-    let Some(server) = MemcachedServer::start() else {
-        return;
-    };
-    computes_once(
-        "stampede::memcached_computes_once_across_processes",
-        &format!("memcached:{}", server.server()),
-    );
+    across(Target::memcached, |t| {
+        computes_once("stampede::memcached_computes_once_across_processes", t)
+    });
 }
 
 #[test]
 fn memcached_leader_killed() {
-    if let Some(job) = process::job(JOB) {
-        return child(&job);
-    }
-    let Some(server) = MemcachedServer::start() else {
-        return;
-    };
-    leader_killed(
-        "stampede::memcached_leader_killed",
-        &format!("memcached:{}", server.server()),
-    );
+    across(Target::memcached, |t| {
+        leader_killed("stampede::memcached_leader_killed", t)
+    });
 }

@@ -3,15 +3,15 @@
 //! `compare_and_delete`'s contract, the attribute on an `async fn`, and the lease during an
 //! outage. Counts, never durations. The cross-process runs are in `stampede`.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use ddf::testing::internals::{MemcachedBackend, RedisBackend};
 use ddf::{Backend, CacheManager, Item, RefreshOptions, cache_with_invalidation};
-use ddf_testkit::{MemcachedServer, RedisServer};
 
-use crate::stampede::{KEY, config, wait_until};
+use crate::memo::fixture::{runtime, together};
+use crate::stampede::{KEY, Target, config, wait_until};
 
 static STALE_CACHE: std::sync::OnceLock<CacheManager> = std::sync::OnceLock::new();
 static STALE_RAN: AtomicUsize = AtomicUsize::new(0);
@@ -30,6 +30,11 @@ fn stale_counted() -> Result<usize, String> {
     Ok(n)
 }
 
+/// Waits past the soft expiry of a value stored now with a TTL of 1 s.
+fn past_the_soft_expiry() {
+    std::thread::sleep(Duration::from_millis(1100));
+}
+
 #[test]
 fn the_attribute_serves_stale_while_one_refreshes() {
     let dir = tempfile::tempdir().unwrap();
@@ -38,10 +43,7 @@ fn the_attribute_serves_stale_while_one_refreshes() {
         .unwrap();
     assert_eq!(stale_counted(), Ok(1));
     assert_eq!(stale_counted(), Ok(1), "fresh: from the cache");
-    let soft = Instant::now() + Duration::from_millis(1100);
-    while Instant::now() < soft {
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    past_the_soft_expiry();
     let returned = Arc::new(AtomicUsize::new(0));
     let callers: Vec<_> = (0..8)
         .map(|_| {
@@ -78,10 +80,7 @@ fn stale_while_revalidate(target: &str) {
         .unwrap();
     assert_eq!(first, 1);
     // Past the soft expiry (the server keeps the value for stale_ttl more).
-    let soft = Instant::now() + Duration::from_millis(1100);
-    while Instant::now() < soft {
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    past_the_soft_expiry();
     let n = 8;
     let (ran, returned) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let release = Arc::new(AtomicBool::new(false));
@@ -132,18 +131,16 @@ fn file_backend_serves_stale_while_one_refreshes() {
 
 #[test]
 fn redis_serves_stale_while_one_refreshes() {
-    let Some(server) = RedisServer::start() else {
-        return;
-    };
-    stale_while_revalidate(&format!("redis:{}", server.port()));
+    if let Some(t) = Target::redis() {
+        stale_while_revalidate(&t.name);
+    }
 }
 
 #[test]
 fn memcached_serves_stale_while_one_refreshes() {
-    let Some(server) = MemcachedServer::start() else {
-        return;
-    };
-    stale_while_revalidate(&format!("memcached:{}", server.server()));
+    if let Some(t) = Target::memcached() {
+        stale_while_revalidate(&t.name);
+    }
 }
 
 /// A failed computation is returned and stores nothing; the next caller computes.
@@ -170,26 +167,17 @@ fn a_failed_computation_is_not_stored() {
 fn threads_compute_once() {
     let dir = tempfile::tempdir().unwrap();
     let cache = CacheManager::new(config("pickle", dir.path())).unwrap();
-    let ran = Arc::new(AtomicUsize::new(0));
-    let start = Arc::new(Barrier::new(16));
-    let callers: Vec<_> = (0..16)
-        .map(|_| {
-            let (cache, ran, start) = (cache.clone(), ran.clone(), start.clone());
-            std::thread::spawn(move || {
-                start.wait();
-                cache
-                    .get_or_set(KEY, None, || {
-                        ran.fetch_add(1, Ordering::SeqCst);
-                        std::thread::sleep(Duration::from_millis(100));
-                        7u32
-                    })
-                    .unwrap()
+    let ran = AtomicUsize::new(0);
+    let got = together(16, |_| {
+        cache
+            .get_or_set(KEY, None, || {
+                ran.fetch_add(1, Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(100));
+                7u32
             })
-        })
-        .collect();
-    for c in callers {
-        assert_eq!(c.join().unwrap(), 7);
-    }
+            .unwrap()
+    });
+    assert_eq!(got, [7; 16]);
     assert_eq!(ran.load(Ordering::SeqCst), 1);
 }
 
@@ -226,13 +214,13 @@ fn compare_and_delete_on_every_backend() {
     let dir = tempfile::tempdir().unwrap();
     // The file backend's contract: a unit test of `stampede` (its type is crate-private).
     lease_released(&CacheManager::new(config("pickle", dir.path())).unwrap());
-    if let Some(server) = RedisServer::start() {
-        let cfg = config(&format!("redis:{}", server.port()), dir.path());
+    if let Some(t) = Target::redis() {
+        let cfg = config(&t.name, dir.path());
         compare_and_delete_contract(&RedisBackend::from_config(&cfg).unwrap());
         lease_released(&CacheManager::new(cfg).unwrap());
     }
-    if let Some(server) = MemcachedServer::start() {
-        let cfg = config(&format!("memcached:{}", server.server()), dir.path());
+    if let Some(t) = Target::memcached() {
+        let cfg = config(&t.name, dir.path());
         compare_and_delete_contract(&MemcachedBackend::from_config(&cfg).unwrap());
         lease_released(&CacheManager::new(cfg).unwrap());
     }
@@ -259,21 +247,15 @@ impl AsyncSvc {
 /// compute once.
 #[test]
 fn the_attribute_with_lock_on_an_async_fn_computes_once_across_caches() {
-    let Some(server) = RedisServer::start() else {
+    let Some(target) = Target::redis() else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(4)
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let target = format!("redis:{}", server.port());
+    runtime(4).block_on(async {
         let svcs: Vec<_> = (0..2)
             .map(|_| {
                 Arc::new(AsyncSvc {
-                    cache: ddf::AsyncCacheManager::new(config(&target, dir.path())).unwrap(),
+                    cache: ddf::AsyncCacheManager::new(config(&target.name, dir.path())).unwrap(),
                 })
             })
             .collect();
@@ -319,23 +301,15 @@ fn lease_during_an_outage(kind: crate::resilience::Kind) {
     let ran = Arc::new(AtomicUsize::new(0));
     // Each computation returns its number: the callers' values say which one they got.
     let run = |ran: &Arc<AtomicUsize>| -> Vec<usize> {
-        let start = Arc::new(Barrier::new(8));
-        let callers: Vec<_> = (0..8)
-            .map(|i| {
-                let (cache, ran, start) = (caches[i % 2].clone(), ran.clone(), start.clone());
-                std::thread::spawn(move || {
-                    start.wait();
-                    cache
-                        .get_or_set(KEY, Some(Duration::from_secs(60)), || {
-                            let n = ran.fetch_add(1, Ordering::SeqCst) + 1;
-                            std::thread::sleep(Duration::from_millis(200));
-                            n
-                        })
-                        .unwrap()
+        together(8, |i| {
+            caches[i % 2]
+                .get_or_set(KEY, Some(Duration::from_secs(60)), || {
+                    let n = ran.fetch_add(1, Ordering::SeqCst) + 1;
+                    std::thread::sleep(Duration::from_millis(200));
+                    n
                 })
-            })
-            .collect();
-        callers.into_iter().map(|c| c.join().unwrap()).collect()
+                .unwrap()
+        })
     };
     let got = run(&ran);
     let during = ran.load(Ordering::SeqCst);
@@ -407,11 +381,7 @@ fn a_panicking_computation_releases_its_lease() {
 #[test]
 fn a_dropped_async_call_releases_its_lease() {
     let dir = tempfile::tempdir().unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime(2);
     let mut cfg = config("pickle", dir.path());
     // Far longer than the wait below: the lease is released, not expired.
     cfg.lease_ttl = Duration::from_secs(600);
@@ -474,28 +444,19 @@ fn waiters_past_lock_timeout_compute_together() {
             .add("ddf-lease:held", "theirs", Some(Duration::from_secs(600)))
             .unwrap()
     );
-    let arrived = Arc::new(AtomicUsize::new(0));
-    let start = Arc::new(Barrier::new(4));
-    let callers: Vec<_> = (0..4)
-        .map(|_| {
-            let (cache, arrived, start) = (cache.clone(), arrived.clone(), start.clone());
-            std::thread::spawn(move || {
-                start.wait();
-                cache
-                    .get_or_set("held", None, || {
-                        arrived.fetch_add(1, Ordering::SeqCst);
-                        wait_until("every caller computing", || {
-                            arrived.load(Ordering::SeqCst) == 4
-                        });
-                        5u32
-                    })
-                    .unwrap()
+    let arrived = AtomicUsize::new(0);
+    let got = together(4, |_| {
+        cache
+            .get_or_set("held", None, || {
+                arrived.fetch_add(1, Ordering::SeqCst);
+                wait_until("every caller computing", || {
+                    arrived.load(Ordering::SeqCst) == 4
+                });
+                5u32
             })
-        })
-        .collect();
-    for c in callers {
-        assert_eq!(c.join().unwrap(), 5);
-    }
+            .unwrap()
+    });
+    assert_eq!(got, [5; 4]);
     assert_eq!(arrived.load(Ordering::SeqCst), 4);
     assert_eq!(cache.get::<u32>("held").unwrap(), None, "not stored");
 }
@@ -530,12 +491,9 @@ fn a_leader_whose_lease_was_taken_over_does_not_store(cache: &CacheManager) {
 #[test]
 fn the_store_is_fenced_by_the_lease() {
     let dir = tempfile::tempdir().unwrap();
-    a_leader_whose_lease_was_taken_over_does_not_store(
-        &CacheManager::new(config("pickle", dir.path())).unwrap(),
-    );
-    if let Some(server) = RedisServer::start() {
-        let cfg = config(&format!("redis:{}", server.port()), dir.path());
-        a_leader_whose_lease_was_taken_over_does_not_store(&CacheManager::new(cfg).unwrap());
+    for t in [Target::pickle(), Target::redis()].into_iter().flatten() {
+        let cache = CacheManager::new(config(&t.name, dir.path())).unwrap();
+        a_leader_whose_lease_was_taken_over_does_not_store(&cache);
     }
 }
 
@@ -578,20 +536,15 @@ fn a_slow_computation_keeps_its_lease(target: &str, dir: &std::path::Path) {
 #[test]
 fn a_slow_computation_keeps_its_lease_on_the_file_backend_and_redis() {
     let dir = tempfile::tempdir().unwrap();
-    a_slow_computation_keeps_its_lease("pickle", dir.path());
-    if let Some(server) = RedisServer::start() {
-        a_slow_computation_keeps_its_lease(&format!("redis:{}", server.port()), dir.path());
+    for t in [Target::pickle(), Target::redis()].into_iter().flatten() {
+        a_slow_computation_keeps_its_lease(&t.name, dir.path());
     }
 }
 
 /// The async face: a slow computation keeps its lease (a heartbeat polled beside it) and is
 /// stored; a late leader's store is fenced on the server.
 fn async_lease_rules(target: &str, dir: &std::path::Path) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime(2);
     let mut cfg = config(target, dir);
     cfg.lease_ttl = Duration::from_millis(600);
     rt.block_on(async {
@@ -653,9 +606,8 @@ fn async_lease_rules(target: &str, dir: &std::path::Path) {
 #[test]
 fn the_async_face_keeps_and_fences_its_lease() {
     let dir = tempfile::tempdir().unwrap();
-    async_lease_rules("pickle", dir.path());
-    if let Some(server) = RedisServer::start() {
-        async_lease_rules(&format!("redis:{}", server.port()), dir.path());
+    for t in [Target::pickle(), Target::redis()].into_iter().flatten() {
+        async_lease_rules(&t.name, dir.path());
     }
 }
 

@@ -1,0 +1,107 @@
+//! The near cache's settings (`near_cache`, `near_cache_size`, `near_cache_ttl`), and where it is
+//! not offered.
+
+use std::time::Duration;
+
+use super::{RedisEndpoint, RedisTarget};
+use crate::config::keys::CacheConfig;
+use crate::config::types::CacheBackend;
+use crate::error::Result;
+
+/// How the near cache (`near_cache = true`) learns that a value changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum NearMode {
+    /// Redis: server-assisted invalidation (`CLIENT TRACKING`).
+    Tracked,
+    /// Memcached: no push; entries live at most `near_cache_ttl`.
+    TtlOnly,
+}
+
+/// The near cache's settings (`near_cache`, `near_cache_size`, `near_cache_ttl`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct NearSettings {
+    /// The most entries kept (at least 1).
+    pub(crate) size: u64,
+    /// How long an entry may live (more than 0).
+    pub(crate) ttl: Duration,
+    /// How invalidations are learnt.
+    pub(crate) mode: NearMode,
+}
+
+impl CacheConfig {
+    /// The near cache's settings: `None` when `near_cache` is off or the backend stores
+    /// nothing.
+    ///
+    /// # Errors
+    /// [`Error::Config`](crate::Error) for a size or TTL out of range (only possible by setting the
+    /// fields directly: the parsers refuse them), and for `near_cache = true` where it is not
+    /// offered: the local directory (see docs/near-cache.md: a hit could not be both coherent and
+    /// faster than the file's own get), a Redis Cluster, TLS or Sentinel (not tracked yet).
+    pub(crate) fn near_settings(&self) -> Result<Option<NearSettings>> {
+        if !self.near_cache {
+            return Ok(None);
+        }
+        if !(1..=crate::config::keys::NEAR_CACHE_SIZE_MAX).contains(&self.near_cache_size) {
+            return Err(self.invalid(
+                "near_cache_size",
+                format!(
+                    "near_cache_size is {}: allowed: a whole number of entries from 1 to {}",
+                    self.near_cache_size,
+                    crate::config::keys::NEAR_CACHE_SIZE_MAX
+                ),
+            ));
+        }
+        if self.near_cache_ttl.is_zero() {
+            return Err(self.invalid(
+                "near_cache_ttl",
+                "near_cache_ttl is 0: it must be a number of seconds greater than 0",
+            ));
+        }
+        let not_offered = |what: &str| {
+            self.invalid(
+                "near_cache",
+                format!(
+                    "near_cache = true is not offered with {what}; set near_cache = false \
+                     (see docs/near-cache.md)"
+                ),
+            )
+        };
+        let mode = match self.backend {
+            CacheBackend::None => return Ok(None),
+            CacheBackend::Pickle => {
+                return Err(not_offered(
+                    "backend = pickle (a local directory: a hit would not be faster than its own get)",
+                ));
+            }
+            CacheBackend::Memcached | CacheBackend::MemcachedPickle => NearMode::TtlOnly,
+            CacheBackend::Redis | CacheBackend::RedisPickle => {
+                if !self.redis_cluster_nodes.is_empty() {
+                    return Err(not_offered(
+                        "a Redis Cluster (redis_cluster_nodes): tracking every primary is not written yet",
+                    ));
+                }
+                if !self.redis_sentinels.is_empty() {
+                    return Err(not_offered(
+                        "Redis Sentinel (redis_sentinels): tracking across failovers is not written yet",
+                    ));
+                }
+                // From the parsed endpoint, whatever the URL's spelling (rediss://, valkeys://,
+                // upper case): a URL that does not parse is refused by the backend itself.
+                let tls = self.redis_settings().is_ok_and(|s| {
+                    matches!(s.target, RedisTarget::Standalone(RedisEndpoint::Tls { .. }))
+                });
+                if tls || self.redis_ca_file.is_some() {
+                    return Err(not_offered(
+                        "TLS (rediss://): the invalidation connection is plain TCP or unix only",
+                    ));
+                }
+                NearMode::Tracked
+            }
+        };
+        Ok(Some(NearSettings {
+            size: self.near_cache_size,
+            ttl: self.near_cache_ttl,
+            mode,
+        }))
+    }
+}

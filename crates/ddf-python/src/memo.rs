@@ -172,7 +172,7 @@ impl Memo {
         }
         let mut key = String::with_capacity(self.prefix.len() + 64);
         key.push_str(&self.prefix);
-        push_hex(&mut key, &Sha256::digest(&enc));
+        push_hex(&mut key, &Sha256::digest(&enc).into());
         Ok(Some(key))
     }
 }
@@ -242,13 +242,15 @@ fn seq<'py>(
     Ok(true)
 }
 
-/// Lowercase hex, as Python's `hexdigest()` writes it.
-fn push_hex(out: &mut String, bytes: &[u8]) {
+/// Lowercase hex, as Python's `hexdigest()` writes it, appended in one `push_str`.
+fn push_hex(out: &mut String, bytes: &[u8; 32]) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    for b in bytes {
-        out.push(char::from(HEX[usize::from(b >> 4)]));
-        out.push(char::from(HEX[usize::from(b & 15)]));
+    let mut buf = [0u8; 64];
+    for (pair, b) in buf.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = HEX[usize::from(b >> 4)];
+        pair[1] = HEX[usize::from(b & 15)];
     }
+    out.push_str(std::str::from_utf8(&buf).unwrap_or_default());
 }
 
 /// Whether serde_json reads this JSON text as Python's `json.loads` does, where it succeeds:

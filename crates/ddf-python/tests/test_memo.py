@@ -182,3 +182,43 @@ def test_a_json_hit_reads_as_json_loads(text, tmp_path, redis_server, redis_py):
     assert type(got) is type(want)
     assert got == want or math.isnan(got) and math.isnan(want)
     assert repr(got) == repr(want)
+
+
+def _reference_encoding(v):
+    """The typed encoding of src/memo.rs, written again in Python: the key format is pinned by
+    this test (a change orphans every cached call)."""
+    import struct
+
+    n = lambda k: struct.pack("<Q", k)  # noqa: E731
+    if v is None:
+        return b"N"
+    if type(v) is bool:
+        return b"T" if v else b"F"
+    if type(v) is int:
+        return b"i" + struct.pack("<q", v)
+    if type(v) is float:
+        return b"f" + struct.pack("<d", v)
+    if type(v) is str:
+        return b"s" + n(len(v.encode())) + v.encode()
+    if type(v) is bytes:
+        return b"b" + n(len(v)) + v
+    tag = b"(" if type(v) is tuple else b"["
+    return tag + n(len(v)) + b"".join(_reference_encoding(x) for x in v)
+
+
+def test_the_key_of_plain_arguments_is_the_sha256_of_their_typed_encoding():
+    import hashlib
+    import struct
+
+    from ddf_cache import _ddf
+
+    args, kwargs = (1, -2**63, "ünï", None, (True, False, 1.5, -0.0), [b"x", []]), {"z": 2**63 - 1, "a": ""}
+    enc = b"ddf_cache-memo/1\0" + _reference_encoding(args) + b"k" + struct.pack("<Q", 2)
+    for name in sorted(kwargs):
+        enc += struct.pack("<Q", len(name)) + name.encode() + _reference_encoding(kwargs[name])
+    key = _ddf.Memo("p:m.f:", None, None).key(args, kwargs)
+    assert key == "p:m.f:" + hashlib.sha256(enc).hexdigest()
+    assert key == "p:m.f:0d5f05c94a0d77ad0ea014e688978e61649ae10b5b9e72d1f670b41c48a8d8b2"
+    # Not plain: left to Python's pickle.
+    for other in [2**63, {"a": 1}, {1}, frozenset(), Color.RED, Text("x"), bytearray(b"x"), object()]:
+        assert _ddf.Memo("p:", None, None).key((other,), None) is None

@@ -222,3 +222,29 @@ def test_the_key_of_plain_arguments_is_the_sha256_of_their_typed_encoding():
     # Not plain: left to Python's pickle.
     for other in [2**63, {"a": 1}, {1}, frozenset(), Color.RED, Text("x"), bytearray(b"x"), object()]:
         assert _ddf.Memo("p:", None, None).key((other,), None) is None
+
+
+def test_validation_keeps_fresh_entries_and_drops_stale_ones(tmp_path):
+    cache = make("file", tmp_path)
+    state = {"fresh": True, "hash": "h1"}
+    calls = []
+
+    def validation():
+        if state["fresh"] is None:
+            raise OSError("the watched file is gone")
+        return state["hash"], "cached", state["fresh"]
+
+    @cache_with_invalidation(ttl=60, invalidate_on=["other:"], validation=validation, cache=cache)
+    def f(x):
+        calls.append(x)
+        return len(calls)
+
+    cache.set("other:1", "x")
+    assert f(1) == 1 and f(1) == 1 and f({"a": 1}) == 2 and f({"a": 1}) == 2  # plain and pickled keys
+    state.update(fresh=False, hash="h2")
+    assert f(1) == 3  # stale: the function's entries and `other:` dropped, recomputed
+    assert cache.get("other:1") is None and cache.get("yaml:hash") == "h2"
+    state["fresh"] = True
+    assert f(1) == 3 and f({"a": 1}) == 4  # the recomputed entry is served; the dropped one is not
+    state["fresh"] = None
+    assert f(1) == 5  # a failing validation recomputes

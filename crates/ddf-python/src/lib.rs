@@ -6,6 +6,8 @@
 //! (`python/ddf_cache/__init__.py`) encodes and decodes values the way the Python DDF stores
 //! them, and provides the names of the API document. Every backend call releases the GIL.
 
+mod memo;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -26,7 +28,7 @@ create_exception!(
 );
 
 /// A ddf error as a Python `CacheError` with the library's message.
-fn to_py(e: ddf::Error) -> PyErr {
+pub(crate) fn to_py(e: ddf::Error) -> PyErr {
     CacheError::new_err(e.to_string())
 }
 
@@ -145,7 +147,7 @@ fn item_to_py(py: Python<'_>, item: Option<Item>) -> Option<PyItem> {
 
 /// ddf's cache manager at the level of stored items. Every backend call releases the GIL.
 #[pyclass(frozen, module = "ddf_cache._ddf")]
-struct Manager {
+pub(crate) struct Manager {
     /// Always `Some` until dropped.
     inner: Option<CacheManager>,
     /// Set in a forked child: the parent's connections and threads are not this process's, so
@@ -164,7 +166,7 @@ impl Drop for Manager {
 }
 
 impl Manager {
-    fn m(&self) -> PyResult<&CacheManager> {
+    pub(crate) fn m(&self) -> PyResult<&CacheManager> {
         self.inner
             .as_ref()
             .ok_or_else(|| CacheError::new_err("the cache manager was dropped"))
@@ -300,7 +302,7 @@ fn loads_restricted(py: Python<'_>, data: &[u8]) -> PyResult<Py<PyAny>> {
     Ok(value_to_py(py, value)?.unbind())
 }
 
-fn value_to_py(py: Python<'_>, v: Value) -> PyResult<Bound<'_, PyAny>> {
+pub(crate) fn value_to_py(py: Python<'_>, v: Value) -> PyResult<Bound<'_, PyAny>> {
     let seq = |items: Vec<Value>| -> PyResult<Vec<Bound<'_, PyAny>>> {
         items.into_iter().map(|i| value_to_py(py, i)).collect()
     };
@@ -338,6 +340,7 @@ fn _ddf(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Config>()?;
     m.add_class::<Manager>()?;
     m.add_function(wrap_pyfunction!(loads_restricted, m)?)?;
+    memo::register(m)?;
     m.add("CacheError", m.py().get_type::<CacheError>())?;
     Ok(())
 }

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from conftest import run_python, start_redis
+from conftest import run_python, start_memcached, start_redis
 from ddf_cache import CacheBackend, CacheConfig, CacheError, CacheManager
 
 
@@ -84,11 +84,33 @@ def _swallow(f, *a):
         pass
 
 
-def test_a_forked_child_gets_its_own_connections_and_probe(redis_server, tmp_path):
-    import redis
+@pytest.mark.parametrize("kind", ["redis", "memcached"])
+def test_a_forked_child_gets_its_own_connections_and_probe(kind, tmp_path):
+    # A server of its own: the test stops it (SIGSTOP) while the child probes.
+    server = start_redis() if kind == "redis" else start_memcached()
+    try:
+        _fork_and_probe(kind, server, tmp_path)
+    finally:
+        os.kill(server.pid, 18)
+        server.stop()
 
-    cache = redis_cache(redis_server, namespace="fork:", fallback="pickle", pickle_dir=str(tmp_path),
-                        timeout=0.5, connect_timeout=0.5, breaker_failures=1, breaker_retry=0.2)
+
+def _fork_and_probe(kind, server, tmp_path):
+    common = dict(namespace="fork:", fallback="pickle", pickle_dir=str(tmp_path), timeout=0.5,
+                  connect_timeout=0.5, breaker_failures=1, breaker_retry=0.2)
+    if kind == "redis":
+        import redis
+
+        cache = redis_cache(server, **common)
+        raw = redis.Redis(port=server.port)
+        raw_get = lambda key: raw.get(key)  # noqa: E731
+    else:
+        from pymemcache.client.base import Client
+
+        cache = CacheManager(CacheConfig(backend=CacheBackend.MEMCACHED_PICKLE,
+                                         memcached_servers=[("127.0.0.1", server.port)], **common))
+        raw = Client(("127.0.0.1", server.port), connect_timeout=2, timeout=2)
+        raw_get = lambda key: raw.get(key)  # noqa: E731
     cache.set("parent", "before")  # the parent's connection exists
     assert cache.get("parent") == "before"
     r, w = os.pipe()
@@ -100,19 +122,19 @@ def test_a_forked_child_gets_its_own_connections_and_probe(redis_server, tmp_pat
             assert cache.get("parent") == "before"
             cache.set("child", "hello")
             assert cache.get("child") == "hello"
-            raw = redis.Redis(port=redis_server.port)
             # The probe: the server stops answering, the breaker opens (fallback serves), the
-            # server answers again: writes reach Redis again.
-            os.kill(redis_server.pid, 19)
+            # server answers again: writes reach the server again.
+            os.kill(server.pid, 19)
             try:
                 cache.set("during", 1)
                 cache.get("during")
+                assert cache.stats()["fallback"] > 0, cache.stats()
             finally:
-                os.kill(redis_server.pid, 18)
+                os.kill(server.pid, 18)
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline:
                 cache.set("after", "x")
-                if raw.get("fork:after") is not None:
+                if raw_get("fork:after") is not None:
                     code = 0
                     break
                 time.sleep(0.1)

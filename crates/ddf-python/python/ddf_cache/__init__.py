@@ -232,6 +232,18 @@ class CacheManager:
         self._mode = _MODES[config._native.backend]
         self._memcached = config._native.backend.startswith("memcached")
         self._loads = (lambda data: _pickle().loads(data)) if config.trust_pickles else _ddf.loads_restricted
+        self._enabled = config.enabled
+        # What a memoized hit decodes natively: JSON, restricted pickles (flags 1; also flags
+        # 0 where the backend stores no flags and 0 means the manager's pickle); trusted
+        # pickles are Python's.
+        if self._mode is _JSON:
+            self._memo_decode = _ddf.DECODE_JSON
+        elif config.trust_pickles:
+            self._memo_decode = _ddf.DECODE_NONE
+        elif self._mode is _PICKLE and not self._memcached:
+            self._memo_decode = _ddf.DECODE_PICKLE_OR_ZERO
+        else:
+            self._memo_decode = _ddf.DECODE_PICKLE
         _MANAGERS.add(self)
 
     def _client(self):
@@ -404,17 +416,40 @@ atexit.register(_cleanup_at_exit)
 
 _VALIDATION_KEY = "yaml:hash"  # the Python DDF's key for the watched file's hash
 
+# What a memoized function's native lookup (_ddf.Memo.get) returns besides a result.
+_MISS = object()  # nothing stored under the call's key
+_UNKEYED = object()  # the arguments are not plain: Python keys the call (_pickled_key)
+_RawHit = _ddf.RawHit  # a hit for Python to decode (JSON, trusted pickles, other flags)
+
+
+def _pickled_key(func_prefix, name, args, kwargs):
+    """The key of a call whose arguments are not plain: the SHA-256 of their pickle (None when
+    they cannot be pickled: the call is not cacheable)."""
+    try:
+        blob = _pickle().dumps((args, sorted(kwargs.items())), _PICKLE_PROTOCOL)
+    except Exception as e:  # noqa: BLE001 - unpicklable arguments: not cacheable
+        _log().debug("ddf_cache: %s called uncached (arguments: %s)", name, e)
+        return None
+    import hashlib
+
+    return func_prefix + hashlib.sha256(blob).hexdigest()
+
 
 def cache_with_invalidation(ttl=None, key_prefix="", invalidate_on=None, validation=None, cache=None):
     """Memoizes a function in the cache.
 
     The key holds ``key_prefix`` (or ``memo``), the function's module and qualified name, and a
-    SHA-256 of all its arguments (pickled), so different arguments never share a result and two
-    functions never share entries. ``None`` results are cached too. ``validation`` is the
-    Python DDF's callable returning ``(current_hash, cached_hash, status)``: a false ``status``
-    drops this function's entries and every prefix in ``invalidate_on``, stores
-    ``current_hash`` under ``yaml:hash``, and recomputes. ``cache`` defaults to ``CACHE``.
-    ``wrapper.invalidate()`` drops every cached call of the function.
+    SHA-256 of all its arguments (a typed encoding, built natively, for ``None``, ``bool``,
+    ``int``, ``float``, ``str``, ``bytes`` and tuples and lists of them; the pickle of the
+    arguments otherwise), so different arguments never share a result and two functions never
+    share entries. ``None`` results are cached too. ``validation`` is the Python DDF's callable
+    returning ``(current_hash, cached_hash, status)``: a false ``status`` drops this function's
+    entries and every prefix in ``invalidate_on``, stores ``current_hash`` under ``yaml:hash``,
+    and recomputes. ``cache`` defaults to ``CACHE``. ``wrapper.invalidate()`` drops every
+    cached call of the function.
+
+    A hit is one native call (key, read with the GIL released, decoding); every hit reads the
+    backend, so nothing another process deleted is served.
     """
     if validation is not None and not callable(validation):
         raise TypeError("validation must be a callable returning (current_hash, cached_hash, status)")
@@ -423,50 +458,65 @@ def cache_with_invalidation(ttl=None, key_prefix="", invalidate_on=None, validat
     def decorator(func):
         name = f"{func.__module__}.{func.__qualname__}"
         func_prefix = f"{key_prefix or 'memo'}:{name}:"
-
-        def target():
-            return cache if cache is not None else CACHE
+        memo = _ddf.Memo(func_prefix, _MISS, _UNKEYED)
 
         def invalidate():
-            return target().invalidate_pattern(func_prefix)
+            return (cache if cache is not None else CACHE).invalidate_pattern(func_prefix)
 
-        @functools.wraps(func)
-        def wrapper(*args, **kwargs):
-            mgr = target()
-            if not mgr.config.enabled:
-                return func(*args, **kwargs)
-            try:
-                blob = _pickle().dumps((args, sorted(kwargs.items())), _PICKLE_PROTOCOL)
-            except Exception as e:  # noqa: BLE001 - unpicklable arguments: not cacheable
-                _log().debug("ddf_cache: %s called uncached (arguments: %s)", name, e)
-                return func(*args, **kwargs)
-            import hashlib
+        def key_of(args, kwargs):
+            key = memo.key(args, kwargs)
+            return key if key is not None else _pickled_key(func_prefix, name, args, kwargs)
 
-            key = func_prefix + hashlib.sha256(blob).hexdigest()
-            fresh = True
-            if validation is not None:
+        def compute_and_store(mgr, key, args, kwargs):
+            result = func(*args, **kwargs)
+            if key is not None:
                 try:
-                    current_hash, _cached_hash, fresh = validation()
-                except Exception as e:  # noqa: BLE001 - the original recomputes then too
-                    _log().warning("ddf_cache: validation failed (%s); recomputing %s", e, name)
-                    fresh = False
-                    current_hash = None
-                if not fresh:
-                    invalidate()
-                    for pattern in patterns:
-                        mgr.invalidate_pattern(pattern)
-                    if current_hash is not None:
-                        mgr.set(_VALIDATION_KEY, current_hash, ttl=ttl)
-            if fresh:
+                    mgr.set(key, [result], ttl=ttl)
+                except CacheError as e:
+                    _log().warning("ddf_cache: %s's result not cached: %s", name, e)
+            return result
+
+        def validated(mgr, args, kwargs):
+            key = key_of(args, kwargs)
+            try:
+                current_hash, _cached_hash, fresh = validation()
+            except Exception as e:  # noqa: BLE001 - the original recomputes then too
+                _log().warning("ddf_cache: validation failed (%s); recomputing %s", e, name)
+                fresh = False
+                current_hash = None
+            if not fresh:
+                invalidate()
+                for pattern in patterns:
+                    mgr.invalidate_pattern(pattern)
+                if current_hash is not None:
+                    mgr.set(_VALIDATION_KEY, current_hash, ttl=ttl)
+            elif key is not None:
                 hit = mgr.get(key)
                 if hit is not None:
                     return hit[0]
-            result = func(*args, **kwargs)
-            try:
-                mgr.set(key, [result], ttl=ttl)
-            except CacheError as e:
-                _log().warning("ddf_cache: %s's result not cached: %s", name, e)
-            return result
+            return compute_and_store(mgr, key, args, kwargs)
+
+        @functools.wraps(func)
+        def wrapper(*args, **kwargs):
+            mgr = cache if cache is not None else CACHE
+            if not mgr._enabled:
+                return func(*args, **kwargs)
+            if validation is not None:
+                return validated(mgr, args, kwargs)
+            # The hit: one native call builds the key, reads, and decodes.
+            r = memo.get(mgr._native or mgr._client(), args, kwargs, mgr._memo_decode)
+            if r is _MISS:
+                return compute_and_store(mgr, memo.key(args, kwargs), args, kwargs)
+            if r is _UNKEYED:
+                key = _pickled_key(func_prefix, name, args, kwargs)
+                if key is not None:
+                    hit = mgr.get(key)
+                    if hit is not None:
+                        return hit[0]
+                return compute_and_store(mgr, key, args, kwargs)
+            if r.__class__ is _RawHit:
+                return mgr._deserialize(r.key, r.data, r.flags)[0]
+            return r
 
         wrapper.invalidate = invalidate
         wrapper.cache_key_prefix = func_prefix

@@ -156,9 +156,17 @@ fn drip_fed_get(cache: &CacheManager, proxy: &DripProxy) -> Duration {
     assert_eq!(cache.get::<String>("k").unwrap().map(|v| v.len()), Some(50));
     let connections = proxy.connections();
     proxy.drip(Some(TIMEOUT / 2));
-    let took = failing("get of a drip-fed reply", || cache.get::<String>("k"));
-    // The pooled connection was the one drip-fed (not a new one timing out its set-up).
+    let t = Instant::now();
+    let e = cache.get::<String>("k").unwrap_err();
+    let took = t.elapsed();
+    eprintln!("get of a drip-fed reply: {took:?}: {e}");
+    // The pooled connection was the one drip-fed (not a new one timing out its set-up), and
+    // the error says so.
     assert_eq!(proxy.connections(), connections);
+    assert!(
+        e.to_string().contains("timed out waiting for a reply"),
+        "{e}"
+    );
     took
 }
 

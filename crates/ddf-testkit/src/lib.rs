@@ -19,6 +19,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod proxy;
+pub use proxy::DripProxy;
+
 mod sentinel;
 pub use sentinel::{DOWN_AFTER_MS, FAILOVER_TIMEOUT_MS, RedisSentinel, SENTINEL_MASTER};
 

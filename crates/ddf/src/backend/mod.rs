@@ -332,6 +332,15 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
         let _ = (lease, token, ttl);
         Ok(false)
     }
+
+    /// Several [`Backend::delete_prefix`] at once (the replay of recorded prefix
+    /// invalidations); the number of keys removed. The default deletes one prefix after the
+    /// other; Memcached lists each server's keys once for all of them. Internal to the
+    /// resilience wrapper.
+    #[doc(hidden)]
+    fn delete_prefixes(&self, prefixes: &[&str]) -> Result<u64> {
+        prefixes.iter().map(|p| self.delete_prefix(p)).sum()
+    }
 }
 
 /// The error for an operation that would reach every key on a shared server (an empty

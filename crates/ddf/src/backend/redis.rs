@@ -57,7 +57,8 @@ const POOL_MAX_IDLE: usize = 32;
     reason = "one per backend; the clients' sizes change with redis-rs's features"
 )]
 enum Target {
-    Single(redis::Client),
+    /// A standalone server; the TLS configuration when it is reached over TLS.
+    Single(redis::Client, Option<conn::TlsConfig>),
     Cluster(ClusterClient),
     /// The master a group of Sentinels names; its connections are [`Conn::Single`].
     Sentinel(Box<sentinel::Sentinels>),
@@ -159,12 +160,17 @@ impl RedisBackend {
         let refused = |e: redis::RedisError| {
             Error::config(
                 settings.source.clone(),
-                format!("cannot set up the Redis client: {:?}", e.kind()),
+                // The detail names what was refused (a TLS setting); never a credential.
+                match e.detail() {
+                    Some(d) => format!("cannot set up the Redis client: {d}"),
+                    None => format!("cannot set up the Redis client: {:?}", e.kind()),
+                },
             )
         };
         let target = match &settings.target {
             RedisTarget::Cluster(nodes) => cluster_client(settings, nodes).map(Target::Cluster),
-            RedisTarget::Standalone(endpoint) => client(settings, endpoint).map(Target::Single),
+            RedisTarget::Standalone(endpoint) => client(settings, endpoint)
+                .and_then(|c| Ok(Target::Single(c, tls_config(settings, endpoint)?))),
             RedisTarget::Sentinel {
                 sentinels,
                 master,
@@ -237,7 +243,7 @@ impl RedisBackend {
     #[cfg(feature = "async")]
     pub(crate) fn async_client(&self) -> Option<AsyncClient> {
         match &self.target {
-            Target::Single(c) => {
+            Target::Single(c, _) => {
                 // Built with database 0 for the sync set-up (see `client`); the async set-up
                 // fits in one bounded connect, so redis-rs selects `redis_db` itself.
                 let info = c.get_connection_info().clone();
@@ -300,8 +306,9 @@ impl RedisBackend {
 
     fn connect(&self) -> redis::RedisResult<Conn> {
         match &self.target {
-            Target::Single(client) => Ok(Conn::Single(Bounded::open(
+            Target::Single(client, tls) => Ok(Conn::Single(Bounded::open(
                 client,
+                tls.as_ref(),
                 self.db,
                 self.connect_timeout,
                 self.timeout,
@@ -312,19 +319,9 @@ impl RedisBackend {
                 c.set_write_timeout(Some(self.timeout))?;
                 Ok(Conn::Cluster(Box::new(c)))
             }
-            Target::Sentinel(s) => {
-                // The lookup and the master's set-up fit in `connect_timeout` (sentinel.rs);
-                // `SELECT` of `redis_db` gets what is left of that deadline, and the connection
-                // is then bounded like any other.
-                let deadline = std::time::Instant::now() + self.connect_timeout;
-                let c = s.connect()?;
-                Ok(Conn::Single(Bounded::ready(
-                    c,
-                    self.db,
-                    deadline,
-                    self.timeout,
-                )?))
-            }
+            // The lookup and the master's set-up (`SELECT` included) fit in `connect_timeout`
+            // (sentinel.rs); the connection is then bounded like any other.
+            Target::Sentinel(s) => Ok(Conn::Single(s.connect()?)),
         }
     }
 
@@ -578,6 +575,23 @@ fn client(settings: &RedisSettings, endpoint: &RedisEndpoint) -> redis::RedisRes
     redis::Client::open(info)
 }
 
+/// The TLS configuration of a TLS endpoint (its CA, else the system's); `None` for a plain one.
+fn tls_config(
+    settings: &RedisSettings,
+    endpoint: &RedisEndpoint,
+) -> redis::RedisResult<Option<conn::TlsConfig>> {
+    match endpoint {
+        #[cfg(feature = "tls")]
+        RedisEndpoint::Tls { insecure, .. } => {
+            conn::TlsConfig::new(settings.ca.as_deref(), *insecure).map(Some)
+        }
+        _ => {
+            let _ = settings;
+            Ok(None)
+        }
+    }
+}
+
 /// A Redis Cluster client from validated settings; a CA means TLS to every node.
 fn cluster_client(
     settings: &RedisSettings,
@@ -816,7 +830,7 @@ impl Backend for RedisBackend {
             .iter()
             .map(|(k, it)| commands::set(&self.keyspace.storage_key(k), &it.data, ttl));
         match &self.target {
-            Target::Single(_) | Target::Sentinel(_) => {
+            Target::Single(..) | Target::Sentinel(_) => {
                 let mut p = redis::pipe();
                 for cmd in cmds {
                     p.add_command(cmd).ignore();

@@ -793,7 +793,7 @@ fn model_checked_run_with_a_stopped_primary() {
 }
 
 /// Every primary stopped: a cache built during the outage and its first calls do not hang (the
-/// figures are printed: building waits at most one `connect_timeout` + `timeout` for the slot
+/// figures are printed: the first call waits at most one `connect_timeout` + `timeout` for the slot
 /// map; each primary's first failure costs one timeout).
 #[test]
 fn every_primary_stopped() {
@@ -822,4 +822,58 @@ fn every_primary_stopped() {
         if got.is_ok() { "ok" } else { "error" },
         if many.is_ok() { "ok" } else { "error" },
     );
+}
+
+/// Building a cache, on either face, waits for no node (issue #14: `AsyncCacheManager::new`
+/// does no network I/O): with every primary stopped, both return at once, where they waited for
+/// the slot map on the caller's thread (one `timeout` here, 6 s: the stopped nodes accept the
+/// connection and never answer `CLUSTER SLOTS`). The first
+/// call waits for the map instead (bounded as before); once the nodes continue, each key is
+/// written to its owner.
+#[test]
+fn building_a_cache_waits_for_no_node() {
+    let Some(cluster) = cluster() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let slow = Duration::from_secs(6);
+    let cfg = config(&cluster, dir.path()).with_timeouts(Duration::from_secs(1), slow);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    for n in &cluster.nodes {
+        n.process.signal("STOP");
+    }
+    let (cache, sync_took) = timed(|| CacheManager::new(cfg.clone()).unwrap());
+    let (acache, async_took) = timed(|| {
+        let _in_runtime = rt.enter();
+        ddf::AsyncCacheManager::new(cfg.clone()).unwrap()
+    });
+    for n in &cluster.nodes {
+        n.process.signal("CONT");
+    }
+    eprintln!(
+        "cluster, every primary stopped: CacheManager::new {sync_took:?}, AsyncCacheManager::new {async_took:?}"
+    );
+    // Generous for a loaded machine (it takes milliseconds), and half the wait of before.
+    assert!(sync_took < slow / 2, "CacheManager::new took {sync_took:?}");
+    assert!(
+        async_took < slow / 2,
+        "AsyncCacheManager::new took {async_took:?}"
+    );
+    cache.set("sync-k", "s", None).unwrap();
+    rt.block_on(acache.set("async-k", "a", None)).unwrap();
+    assert_eq!(cache.get::<String>("sync-k").unwrap().as_deref(), Some("s"));
+    assert_eq!(
+        rt.block_on(acache.get::<String>("async-k"))
+            .unwrap()
+            .as_deref(),
+        Some("a")
+    );
+    for (key, v) in [("rc:sync-k", "\"s\""), ("rc:async-k", "\"a\"")] {
+        let port = cluster.nodes[owner(&cluster, key)].port();
+        assert_eq!(cluster.cli(port, &["GET", key]).trim(), v, "{key}");
+    }
 }

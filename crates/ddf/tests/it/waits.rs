@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use ddf::testing::internals::MemcachedBackend;
 use ddf::testing::internals::RedisBackend;
 use ddf::{CacheBackend, CacheConfig, CacheManager};
-use ddf_testkit::{FakeReply, FakeServer, MemcachedServer, RedisServer};
+use ddf_testkit::{DripProxy, FakeReply, FakeServer, MemcachedServer, RedisServer, TlsFiles};
 
 const TIMEOUT: Duration = Duration::from_millis(300);
 const CONNECT: Duration = Duration::from_millis(300);
@@ -146,5 +146,79 @@ fn redis_a_drip_fed_reply_ends_within_the_timeout() {
     let cache = CacheManager::with_backend(config, Arc::new(backend));
     let took = failing("get of a drip-fed reply", || cache.get::<String>("k"));
     // Generous (a loaded machine), and far below one timeout per byte.
+    assert!(took < TIMEOUT + Duration::from_secs(2), "{took:?}");
+}
+
+/// A value whose GET reply is long enough that one byte every half timeout takes far longer
+/// than the timeout: with TLS, the reply's record is about 80 bytes (12 s at 150 ms a byte).
+fn drip_fed_get(cache: &CacheManager, proxy: &DripProxy) -> Duration {
+    cache.set("k", &"x".repeat(50), None).unwrap();
+    assert_eq!(cache.get::<String>("k").unwrap().map(|v| v.len()), Some(50));
+    let connections = proxy.connections();
+    proxy.drip(Some(TIMEOUT / 2));
+    let t = Instant::now();
+    let e = cache.get::<String>("k").unwrap_err();
+    let took = t.elapsed();
+    eprintln!("get of a drip-fed reply: {took:?}: {e}");
+    // The pooled connection was the one drip-fed (not a new one timing out its set-up), and
+    // the error says so.
+    assert_eq!(proxy.connections(), connections);
+    assert!(
+        e.to_string().contains("timed out waiting for a reply"),
+        "{e}"
+    );
+    took
+}
+
+/// A real TLS redis-server behind a proxy that drip-feeds its bytes, one every half timeout,
+/// once the connection is set up: the request ends within its timeout (redis-rs's TLS
+/// connection bounded each reply, not each request: one timeout per byte of the TLS record).
+#[test]
+fn redis_a_drip_fed_tls_reply_ends_within_the_timeout() {
+    let Some(tls) = TlsFiles::generate() else {
+        return;
+    };
+    let Some(server) = RedisServer::start_tls(&tls, &[]) else {
+        return;
+    };
+    let proxy = DripProxy::start(server.port());
+    // A handshake in a debug build on a loaded machine: a generous connect timeout (the drip
+    // starts after it).
+    let mut config = CacheConfig::default()
+        .with_backend(CacheBackend::Redis)
+        .with_namespace("w:")
+        .with_redis_url(Some(format!("rediss://127.0.0.1:{}/0", proxy.port())))
+        .with_timeouts(Duration::from_secs(3), TIMEOUT);
+    config.redis_ca_file = Some(tls.ca());
+    let backend = RedisBackend::from_config(&config).unwrap();
+    let cache = CacheManager::with_backend(config, Arc::new(backend));
+    let took = drip_fed_get(&cache, &proxy);
+    assert!(took < TIMEOUT + Duration::from_secs(2), "{took:?}");
+}
+
+/// The master a Sentinel names, a real redis-server behind the drip-feeding proxy: the request
+/// ends within its timeout (the master's connection was redis-rs's, bounded per reply). The
+/// Sentinel is a fake that names the proxy: a real one would mark the drip-fed master down.
+#[test]
+fn redis_a_drip_fed_sentinel_master_reply_ends_within_the_timeout() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let proxy = DripProxy::start(server.port());
+    let at = proxy.port().to_string();
+    let named = format!("*2\r\n$9\r\n127.0.0.1\r\n${}\r\n{at}\r\n", at.len()).into_bytes();
+    let sentinel = FakeServer::start(move |line: &[u8]| match line {
+        b"get-master-addr-by-name" => FakeReply::Send(named.clone()),
+        _ => FakeReply::Nothing,
+    });
+    let sentinels = vec![ddf::ServerAddr::parse(&sentinel.server(), 26379).unwrap()];
+    let config = CacheConfig::default()
+        .with_backend(CacheBackend::Redis)
+        .with_redis_sentinels(sentinels, "m")
+        .with_namespace("w:")
+        .with_timeouts(CONNECT, TIMEOUT);
+    let backend = RedisBackend::from_config(&config).unwrap();
+    let cache = CacheManager::with_backend(config, Arc::new(backend));
+    let took = drip_fed_get(&cache, &proxy);
     assert!(took < TIMEOUT + Duration::from_secs(2), "{took:?}");
 }

@@ -529,16 +529,16 @@ impl MemcachedBackend {
         Some(Item::new(data, v.flags))
     }
 
-    /// Lists this server's keys that belong to storage keys starting with `prefix` (whole
-    /// storage key checked for undecidable mapped keys), at most `cap` of them (the server's
-    /// whole dump is still read, one line at a time: memory follows `cap`, not the keyspace),
-    /// each with its `exp=` field; and whether the server holds more items than the listing
-    /// showed (`curr_items` above the keys listed: the crawler skipped some).
+    /// Lists this server's keys that belong to storage keys starting with one of `prefixes`
+    /// (whole storage key checked for undecidable mapped keys), in one walk of the server's
+    /// items whatever the number of prefixes, at most `cap` of them (the server's whole dump
+    /// is still read, one line at a time: memory follows `cap`, not the keyspace), each with
+    /// its `exp=` field; and whether the server holds more items than the listing showed
+    /// (`curr_items` above the keys listed: the crawler skipped some).
     fn list_matching(
         &self,
         server: &Server,
-        prefix: &MemcachedPrefix,
-        raw_prefix: &str,
+        prefixes: &Prefixes,
         cap: usize,
     ) -> Result<(Vec<Listed>, bool)> {
         let deadline = Instant::now() + self.timeout * 15;
@@ -580,7 +580,7 @@ impl MemcachedBackend {
                     if !memcached_key_is_carryable(k) {
                         return;
                     }
-                    match prefix.matches(k.as_bytes()) {
+                    match prefixes.matches(k.as_bytes()) {
                         PrefixMatch::Yes => sure.push((k.to_owned(), exp)),
                         PrefixMatch::Maybe => maybe.push((k.to_owned(), exp)),
                         PrefixMatch::No => {}
@@ -621,8 +621,8 @@ impl MemcachedBackend {
             let v = self.run(server, "get", |c| c.get(&k))?;
             let Some(v) = v else { continue };
             let full = match split_mapped(&v.data) {
-                Some((key, _)) => key.starts_with(raw_prefix.as_bytes()),
-                None => k.starts_with(raw_prefix),
+                Some((key, _)) => prefixes.starts(key),
+                None => prefixes.starts(k.as_bytes()),
             };
             if full {
                 sure.push((k, exp));
@@ -634,6 +634,42 @@ impl MemcachedBackend {
 
 /// A key a metadump listed (on the wire), with its `exp=` field.
 type Listed = (String, Option<i64>);
+
+/// The storage-key prefixes one listing looks for (a prefix invalidation, or all the recorded
+/// ones a replay applies at once), each also as the server may hold it (mapped keys).
+struct Prefixes(Vec<(MemcachedPrefix, String)>);
+
+impl Prefixes {
+    fn new(storage_prefixes: impl IntoIterator<Item = String>) -> Self {
+        Prefixes(
+            storage_prefixes
+                .into_iter()
+                .map(|raw| (MemcachedPrefix::new(&raw), raw))
+                .collect(),
+        )
+    }
+
+    /// Whether the wire key belongs to one of the prefixes: `Yes` when one says so, else
+    /// `Maybe` when one cannot tell from the wire key, else `No`.
+    fn matches(&self, wire: &[u8]) -> PrefixMatch {
+        let mut answer = PrefixMatch::No;
+        for (p, _) in &self.0 {
+            match p.matches(wire) {
+                PrefixMatch::Yes => return PrefixMatch::Yes,
+                PrefixMatch::Maybe => answer = PrefixMatch::Maybe,
+                PrefixMatch::No => {}
+            }
+        }
+        answer
+    }
+
+    /// Whether a whole storage key starts with one of the prefixes.
+    fn starts(&self, storage_key: &[u8]) -> bool {
+        self.0
+            .iter()
+            .any(|(_, raw)| storage_key.starts_with(raw.as_bytes()))
+    }
+}
 
 /// The expiry a metadump's `exp=` field gives: `-1` never; else an absolute Unix time, shown as
 /// what is left of it (whole seconds, as memcached keeps it).
@@ -766,14 +802,25 @@ impl Backend for MemcachedBackend {
     }
 
     fn delete_prefix(&self, prefix: &str) -> Result<u64> {
-        super::check_prefix(
-            self.keyspace.namespace(),
-            prefix,
-            self.server_flush,
-            "every item on the memcached servers",
-        )?;
-        let raw = self.keyspace.storage_key(prefix);
-        let mp = MemcachedPrefix::new(&raw);
+        self.delete_prefixes(&[prefix])
+    }
+
+    /// Every prefix at once: each server's items are listed once, every key matched against
+    /// all the prefixes (a replay of 100 recorded prefix invalidations walks each server once,
+    /// not 100 times).
+    fn delete_prefixes(&self, prefixes: &[&str]) -> Result<u64> {
+        for prefix in prefixes {
+            super::check_prefix(
+                self.keyspace.namespace(),
+                prefix,
+                self.server_flush,
+                "every item on the memcached servers",
+            )?;
+        }
+        if prefixes.is_empty() {
+            return Ok(0);
+        }
+        let wanted = Prefixes::new(prefixes.iter().map(|p| self.keyspace.storage_key(p)));
         let settled = Instant::now() + BUMP_SETTLE;
         let mut total = 0;
         for server in &self.servers {
@@ -791,7 +838,7 @@ impl Backend for MemcachedBackend {
             // again.
             for _ in 0..METADUMP_PASSES {
                 let began = Instant::now();
-                let (keys, unlisted) = self.list_matching(server, &mp, &raw, usize::MAX)?;
+                let (keys, unlisted) = self.list_matching(server, &wanted, usize::MAX)?;
                 let lru_walk = server.no_hash_dump.load(Ordering::Relaxed);
                 if keys.is_empty() {
                     if !lru_walk || !unlisted || began >= settled {
@@ -817,14 +864,13 @@ impl Backend for MemcachedBackend {
         // The same server-side listing as prefix invalidation (`lru_crawler metadump`): the
         // server walks its items, ddf keeps at most `limit` matching keys per server, with the
         // expiry the dump gives (`exp=`, an absolute Unix time).
-        let raw = self.keyspace.storage_key(prefix);
-        let mp = MemcachedPrefix::new(&raw);
+        let wanted = Prefixes::new([self.keyspace.storage_key(prefix)]);
         let mut out = Vec::new();
         for server in &self.servers {
             if out.len() >= limit {
                 break;
             }
-            let (keys, _) = self.list_matching(server, &mp, &raw, limit - out.len())?;
+            let (keys, _) = self.list_matching(server, &wanted, limit - out.len())?;
             out.extend(keys.iter().map(|(wire, exp)| {
                 super::EntryInfo::new(
                     shown_key(wire, self.keyspace.namespace()),

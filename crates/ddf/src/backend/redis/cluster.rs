@@ -2,10 +2,13 @@
 //!
 //! - **Placement** ([`Shards`], a [`Partition`]): a key's slot is the CRC16 of its namespaced
 //!   key as stored (or of its `{hash tag}`), and the slot map (from `CLUSTER SLOTS`) says which
-//!   primary owns the slot; both pure, in [`slots`]. The map is read when the backend is built
-//!   (every configured node asked at once, the first answer taken), again on every `MOVED`, and
-//!   each time a primary's probe reaches it. Until a node answers, the map is the split
-//!   `redis-cli --cluster create` makes over the configured nodes, in their order.
+//!   primary owns the slot; both pure, in [`slots`]. The map is first read in the background
+//!   from the moment the backend is built (every configured node asked at once, the first
+//!   answer taken): building a cache, on either face, waits for no server. The first use of
+//!   the map waits for that reading, at most `connect_timeout` + `timeout` from the build
+//!   ([`First`]). It is read again on every `MOVED`, and each time a primary's probe reaches
+//!   it. Until a node answers, the map is the split `redis-cli --cluster create` makes over the
+//!   configured nodes, in their order.
 //! - **Scopes**: one per configured node (`redis_cluster_nodes`, which should list the
 //!   primaries), each a whole `Resilient` with its own breaker, journal scope
 //!   (`redis-cluster://host:port|namespace`), outage generation and fallback entries, built by
@@ -32,8 +35,9 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, RwLock};
+use std::time::{Duration, Instant};
 
 use redis::Value;
 
@@ -65,6 +69,58 @@ pub(crate) struct Shards {
     states: OnceLock<Vec<ScopeState>>,
     /// The listed nodes already warned about (absent from the slot map).
     warned: Mutex<Vec<Addr>>,
+    /// The first reading of the map, which its first use waits for.
+    first: First,
+}
+
+/// The first reading of the slot map, made in the background from the build: the map's first
+/// use waits until it is done or `until` (the build + `connect_timeout` + `timeout`) has
+/// passed; later uses cost one atomic load.
+struct First {
+    /// Set once nobody need wait any more (the reading is over, or its time is).
+    over: AtomicBool,
+    /// Whether the reading is over, and the waiters' wake-up.
+    done: Mutex<bool>,
+    cv: Condvar,
+    until: Instant,
+}
+
+impl First {
+    fn new(wait: Duration) -> Self {
+        First {
+            over: AtomicBool::new(false),
+            done: Mutex::new(false),
+            cv: Condvar::new(),
+            until: Instant::now() + wait,
+        }
+    }
+
+    /// The reading is over (answered or not): the waiters go on.
+    fn finish(&self) {
+        *self.done.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        self.over.store(true, Ordering::Release);
+        self.cv.notify_all();
+    }
+
+    /// Waits until the reading is over, at most until `until`.
+    fn wait(&self) {
+        if self.over.load(Ordering::Acquire) {
+            return;
+        }
+        let mut done = self.done.lock().unwrap_or_else(|p| p.into_inner());
+        while !*done {
+            let left = self.until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            done = self
+                .cv
+                .wait_timeout(done, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        self.over.store(true, Ordering::Release);
+    }
 }
 
 impl fmt::Debug for Shards {
@@ -87,10 +143,10 @@ impl Partition for Shards {
 }
 
 impl Shards {
-    /// The shards of a cluster's settings, with the slot map of the first configured node that
-    /// answers (all asked at once, waited for at most `connect_timeout` + `timeout`; when none
-    /// answers, the even split, corrected by the first node that answers later). `None` for
-    /// another target.
+    /// The shards of a cluster's settings, without waiting for any server: the slot map is
+    /// asked of every configured node at once in the background, and its first use waits for
+    /// the first answer, at most `connect_timeout` + `timeout` from now (when none answers, the
+    /// even split, corrected by the first node that answers later). `None` for another target.
     pub(crate) fn discover(settings: &RedisSettings) -> Option<Arc<Shards>> {
         let RedisTarget::Cluster(nodes) = &settings.target else {
             return None;
@@ -99,6 +155,7 @@ impl Shards {
         if nodes.is_empty() {
             return None;
         }
+        let wait = settings.connect_timeout + settings.timeout;
         let shards = Arc::new(Shards {
             keyspace: Keyspace::new(settings.namespace.clone()),
             map: RwLock::new(Map::even(&nodes)),
@@ -107,9 +164,21 @@ impl Shards {
             settings: settings.clone(),
             states: OnceLock::new(),
             warned: Mutex::new(Vec::new()),
+            first: First::new(wait),
         });
-        if !shards.first_map(settings.connect_timeout + settings.timeout) {
-            tracing::warn!(nodes = ?shards.nodes, "no Redis Cluster node answered CLUSTER SLOTS; keys are placed by the even split until one does");
+        let reader = shards.clone();
+        let read = move || {
+            if !reader.first_map(wait) {
+                tracing::warn!(nodes = ?reader.nodes, "no Redis Cluster node answered CLUSTER SLOTS; keys are placed by the even split until one does");
+            }
+            reader.first.finish();
+        };
+        let spawned = std::thread::Builder::new()
+            .name("ddf-cluster-map".to_owned())
+            .spawn(read.clone());
+        if spawned.is_err() {
+            // No thread to be had: the map is read here (bounded as above).
+            read();
         }
         Some(shards)
     }
@@ -188,7 +257,9 @@ impl Shards {
         out
     }
 
+    /// The map, once its first reading is over (or its time is).
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Map> {
+        self.first.wait();
         self.map.read().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -294,8 +365,9 @@ impl Shards {
         self.warn_unknown(&ranges);
         // A slot leaves a scope only when that scope has nothing to replay and its breaker is
         // closed, into a scope whose breaker is closed: a key recorded while its scope was
-        // down is never read through another scope first. Before the scopes are built (the
-        // first reading), nothing is recorded by this cache yet.
+        // down is never read through another scope first. Before the scopes are built, nothing
+        // is recorded by this cache yet; a first reading that ends after they are built (it
+        // runs in the background) follows the rule like any later one.
         let mut may_move = |from: u16, to: u16| match self.states.get() {
             None => true,
             Some(states) => {

@@ -16,9 +16,8 @@
 //!   `HELLO 3` for RESP3) and write the requests, and redis-rs's own RESP parser reads the
 //!   replies through a reader that gives each socket read only what is left of the request's
 //!   deadline, so that a request (one command or one pipeline) ends within `timeout` whatever
-//!   the server does. A TLS connection (and the master a Sentinel names) stays redis-rs's,
-//!   bounded per reply: the deadline is set before each reply is read, not before each socket
-//!   read inside one reply.
+//!   the server does. A TLS connection is ours too ([`tls`]: rustls over a socket bounded the
+//!   same way), and so is a connection to a Sentinel or to the master it names.
 
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
@@ -28,10 +27,21 @@ use std::time::{Duration, Instant};
 
 use redis::{ConnectionAddr, ConnectionLike, RedisError, RedisResult, Value};
 
+#[cfg(feature = "tls")]
+mod tls;
+#[cfg(feature = "tls")]
+pub(super) use tls::TlsConfig;
+
+/// Without feature `tls` there is no TLS configuration (a TLS target is refused by the
+/// settings).
+#[cfg(not(feature = "tls"))]
+pub(super) enum TlsConfig {}
+
 /// A connection that fails fast once one of its replies failed (timeout, I/O error, a reply
 /// that is not RESP): later requests are refused without touching the socket.
 pub(super) struct Bounded {
-    io: Io,
+    /// Our socket and redis-rs's parser: every socket read gets what is left of the deadline.
+    io: Own,
     /// The database selected (redis-rs's connection believes it is 0).
     db: i64,
     /// What one request (a command or a pipeline) may take, set-up excepted.
@@ -40,14 +50,6 @@ pub(super) struct Bounded {
     deadline: Instant,
     /// Set by the first failed read or write; the connection is then out of step.
     broken: bool,
-}
-
-/// Who carries the bytes.
-enum Io {
-    /// Our socket and redis-rs's parser: every socket read gets what is left of the deadline.
-    Own(Own),
-    /// redis-rs's connection (TLS, Sentinel): the deadline is applied per reply.
-    Lib(redis::Connection),
 }
 
 /// The error of a request on a connection that already failed.
@@ -85,6 +87,9 @@ enum Stream {
     Tcp(TcpStream),
     #[cfg(unix)]
     Unix(UnixStream),
+    /// TLS: bounded beneath rustls, by the deadline each read and write is given.
+    #[cfg(feature = "tls")]
+    Tls(Box<tls::TlsStream>),
 }
 
 impl Stream {
@@ -93,6 +98,8 @@ impl Stream {
             Stream::Tcp(s) => s.set_read_timeout(Some(d)),
             #[cfg(unix)]
             Stream::Unix(s) => s.set_read_timeout(Some(d)),
+            #[cfg(feature = "tls")]
+            Stream::Tls(_) => Ok(()),
         }
     }
 
@@ -101,6 +108,8 @@ impl Stream {
             Stream::Tcp(s) => s.set_write_timeout(Some(d)),
             #[cfg(unix)]
             Stream::Unix(s) => s.set_write_timeout(Some(d)),
+            #[cfg(feature = "tls")]
+            Stream::Tls(_) => Ok(()),
         }
     }
 }
@@ -121,23 +130,37 @@ struct Own {
 const SLACK: Duration = Duration::from_millis(1);
 
 impl Own {
-    /// Connects to a plain TCP or unix address before `deadline`; `None` for TLS (left to
-    /// redis-rs).
-    fn connect(addr: &ConnectionAddr, deadline: Instant) -> Option<RedisResult<Own>> {
-        let stream = match addr {
-            ConnectionAddr::Tcp(host, port) => Self::tcp(host, *port, deadline).map(Stream::Tcp),
+    /// Connects to a TCP, TLS (with `tls`) or unix address before `deadline`.
+    fn connect(
+        addr: &ConnectionAddr,
+        tls: Option<&TlsConfig>,
+        deadline: Instant,
+    ) -> RedisResult<Own> {
+        let stream = match (addr, tls) {
+            (ConnectionAddr::Tcp(host, port), _) => Stream::Tcp(Self::tcp(host, *port, deadline)?),
+            #[cfg(feature = "tls")]
+            (ConnectionAddr::TcpTls { host, port, .. }, Some(tls)) => {
+                let tcp = Self::tcp(host, *port, deadline)?;
+                Stream::Tls(Box::new(tls::TlsStream::handshake(
+                    tls, host, tcp, deadline,
+                )?))
+            }
             #[cfg(unix)]
-            ConnectionAddr::Unix(path) => UnixStream::connect(path)
-                .map(Stream::Unix)
-                .map_err(Into::into),
-            _ => return None,
+            (ConnectionAddr::Unix(path), _) => Stream::Unix(UnixStream::connect(path)?),
+            _ => {
+                return Err(RedisError::from((
+                    redis::ErrorKind::InvalidClientConfig,
+                    "unsupported address",
+                    format!("{addr} needs TLS settings (this build or target has none)"),
+                )));
+            }
         };
-        Some(stream.map(|stream| Own {
+        Ok(Own {
             stream,
             parser: redis::Parser::new(),
             read_to: Duration::ZERO,
             write_to: Duration::ZERO,
-        }))
+        })
     }
 
     fn tcp(host: &str, port: u16, deadline: Instant) -> RedisResult<TcpStream> {
@@ -173,6 +196,9 @@ impl Own {
                 Stream::Tcp(s) => s.write(bytes),
                 #[cfg(unix)]
                 Stream::Unix(s) => s.write(bytes),
+                // All of it, flushed, each socket write within the deadline.
+                #[cfg(feature = "tls")]
+                Stream::Tls(s) => s.send_until(bytes, deadline).map(|()| bytes.len()),
             };
             match n {
                 Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
@@ -228,63 +254,41 @@ impl Read for Until<'_> {
             Stream::Tcp(s) => s.read(buf),
             #[cfg(unix)]
             Stream::Unix(s) => s.read(buf),
+            #[cfg(feature = "tls")]
+            Stream::Tls(s) => s.read_until(buf, self.deadline),
         }
     }
 }
 
 impl Bounded {
-    /// Connects with `client` (built with database 0 and without `CLIENT SETINFO`),
-    /// authenticates and selects `db`, all within `connect_timeout`; then every request waits
-    /// at most `timeout`.
+    /// Connects with `client` (built with database 0 and without `CLIENT SETINFO`; over TLS
+    /// with `tls`), authenticates and selects `db`, all within `connect_timeout`; then every
+    /// request waits at most `timeout`.
     pub(super) fn open(
         client: &redis::Client,
+        tls: Option<&TlsConfig>,
         db: i64,
         connect_timeout: Duration,
         timeout: Duration,
     ) -> RedisResult<Self> {
         let deadline = Instant::now() + connect_timeout;
         let info = client.get_connection_info();
-        match Own::connect(info.addr(), deadline) {
-            Some(own) => {
-                let mut c = Bounded {
-                    io: Io::Own(own?),
-                    db,
-                    timeout: connect_timeout,
-                    deadline,
-                    broken: false,
-                };
-                c.authenticate(info.redis_settings(), deadline)?;
-                c.select(deadline)?;
-                c.timeout = timeout;
-                Ok(c)
-            }
-            None => {
-                let inner = client.get_connection_with_timeout(connect_timeout)?;
-                Bounded::ready(inner, db, deadline, timeout)
-            }
-        }
-    }
-
-    /// Takes a connection redis-rs opened (on database 0), selects `db` before `deadline`, then
-    /// sets every read and write to wait at most `timeout`.
-    pub(super) fn ready(
-        inner: redis::Connection,
-        db: i64,
-        deadline: Instant,
-        timeout: Duration,
-    ) -> RedisResult<Self> {
         let mut c = Bounded {
-            io: Io::Lib(inner),
+            io: Own::connect(info.addr(), tls, deadline)?,
             db,
-            timeout,
+            timeout: connect_timeout,
             deadline,
             broken: false,
         };
+        c.authenticate(info.redis_settings(), deadline)?;
         c.select(deadline)?;
-        if let Io::Lib(inner) = &c.io {
-            inner.set_write_timeout(Some(timeout))?;
-        }
+        c.timeout = timeout;
         Ok(c)
+    }
+
+    /// Makes every later request wait at most `timeout`.
+    pub(super) fn set_timeout(&mut self, timeout: Duration) {
+        self.timeout = timeout;
     }
 
     /// `AUTH` (RESP2 with a password) or `HELLO 3` (RESP3), before `deadline`.
@@ -327,9 +331,6 @@ impl Bounded {
         }
         let rest = left(deadline)?;
         let timeout = std::mem::replace(&mut self.timeout, rest);
-        if let Io::Lib(inner) = &self.io {
-            inner.set_write_timeout(Some(rest))?;
-        }
         let r = redis::cmd("SELECT").arg(self.db).exec(self);
         self.timeout = timeout;
         r
@@ -346,27 +347,17 @@ impl Bounded {
     /// Sends a request, which must be answered within `timeout` from now.
     fn send(&mut self, cmd: &[u8]) -> RedisResult<()> {
         self.deadline = Instant::now() + self.timeout;
-        let r = match &mut self.io {
-            Io::Own(o) => o
-                .start(self.timeout)
-                .and_then(|()| o.send(cmd, self.deadline))
-                .map_err(Into::into),
-            Io::Lib(inner) => inner.send_packed_command(cmd),
-        };
+        let r = self
+            .io
+            .start(self.timeout)
+            .and_then(|()| self.io.send(cmd, self.deadline))
+            .map_err(Into::into);
         self.watch(r)
     }
 
-    /// Reads one reply of the request, before its deadline (with redis-rs's connection, each
-    /// reply is given what is left of it).
+    /// Reads one reply of the request, before its deadline.
     fn recv(&mut self) -> RedisResult<Value> {
-        let deadline = self.deadline;
-        let r = match &mut self.io {
-            Io::Own(o) => o.recv(deadline),
-            Io::Lib(inner) => rest(deadline, REQUEST_TOOK_TOO_LONG)
-                .map_err(RedisError::from)
-                .and_then(|d| inner.set_read_timeout(Some(d)))
-                .and_then(|()| inner.recv_response()),
-        };
+        let r = self.io.recv(self.deadline);
         self.watch(r)
     }
 }
@@ -421,20 +412,10 @@ impl ConnectionLike for Bounded {
     }
 
     fn check_connection(&mut self) -> bool {
-        if self.broken {
-            return false;
-        }
-        match &mut self.io {
-            Io::Lib(inner) => inner.check_connection(),
-            Io::Own(_) => redis::cmd("PING").exec(self).is_ok(),
-        }
+        !self.broken && redis::cmd("PING").exec(self).is_ok()
     }
 
     fn is_open(&self) -> bool {
         !self.broken
-            && match &self.io {
-                Io::Own(_) => true,
-                Io::Lib(inner) => inner.is_open(),
-            }
     }
 }

@@ -15,7 +15,8 @@
 //!    connection error, a timeout or a `READONLY` reply (a demoted master; Sentinel also closes
 //!    the clients of a server it turns into a replica).
 //!
-//! Every connection opened here, to a Sentinel or to the master, and every reply read, is bounded,
+//! Every connection opened here, to a Sentinel or to the master, is a [`Bounded`] one (TLS
+//! included): each request ends within its deadline however the server drip-feeds its reply,
 //! and the whole of one [`Sentinels::connect`] takes at most `connect_timeout`.
 
 use std::io;
@@ -24,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use redis::{ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo, RedisResult};
 
+use super::conn::{Bounded, TlsConfig};
 use crate::config::{RedisEndpoint, RedisSettings, Secret, ServerAddr};
 
 /// The Sentinels of one master, and the master last found through them.
@@ -34,6 +36,8 @@ pub(super) struct Sentinels {
     name: String,
     /// The master's settings (credentials, database, TLS): a client for each address found.
     settings: RedisSettings,
+    /// With a CA: the TLS configuration of the Sentinels and of the master.
+    tls: Option<TlsConfig>,
     state: Mutex<State>,
 }
 
@@ -64,10 +68,16 @@ impl Sentinels {
             .iter()
             .map(|a| Ok((a.to_string(), sentinel_client(settings, a, password)?)))
             .collect::<RedisResult<Vec<_>>>()?;
+        let tls = match &settings.ca {
+            #[cfg(feature = "tls")]
+            Some(ca) => Some(TlsConfig::new(Some(ca), false)?),
+            _ => None,
+        };
         Ok(Sentinels {
             sentinels: clients,
             name: name.to_owned(),
             settings: settings.clone(),
+            tls,
             state: Mutex::new(State::default()),
         })
     }
@@ -89,11 +99,10 @@ impl Sentinels {
         }
     }
 
-    /// A connection to the current master, verified with `ROLE`: to the master last found
-    /// while it still is one, else to the one the Sentinels name now. Takes at most
-    /// `connect_timeout` in all; the connection's read and write timeouts are left for the
-    /// caller to set.
-    pub(super) fn connect(&self) -> RedisResult<redis::Connection> {
+    /// A connection to the current master, verified with `ROLE`, on `redis_db`: to the master
+    /// last found while it still is one, else to the one the Sentinels name now. Takes at most
+    /// `connect_timeout` in all; each later request on it waits at most `timeout`.
+    pub(super) fn connect(&self) -> RedisResult<Bounded> {
         let deadline = Instant::now() + self.settings.connect_timeout;
         let known = self.state().master.clone();
         if let Some(m) = known {
@@ -118,7 +127,7 @@ impl Sentinels {
     /// Asks the Sentinels in turn, from the one whose master answered last, where the master
     /// is, until one names a server that answers `ROLE` as a master; a connection to it. Each
     /// Sentinel (and the master it names) gets an equal share of the time left.
-    fn discover(&self, deadline: Instant) -> RedisResult<(Master, redis::Connection)> {
+    fn discover(&self, deadline: Instant) -> RedisResult<(Master, Bounded)> {
         let n = self.sentinels.len();
         let first = self.state().first;
         let mut last = None;
@@ -184,23 +193,29 @@ impl Sentinels {
     /// `SENTINEL get-master-addr-by-name NAME` on one Sentinel, within `budget`.
     fn ask(&self, client: &redis::Client, budget: Duration) -> RedisResult<Option<(String, u16)>> {
         let deadline = Instant::now() + budget;
-        let mut c = client.get_connection_with_timeout(budget)?;
-        let rest = left(deadline)?;
-        c.set_read_timeout(Some(rest))?;
-        c.set_write_timeout(Some(rest))?;
+        let mut c = Bounded::open(client, self.tls.as_ref(), 0, budget, budget)?;
+        c.set_timeout(left(deadline)?);
         redis::cmd("SENTINEL")
             .arg("get-master-addr-by-name")
             .arg(&self.name)
             .query(&mut c)
     }
 
-    /// A connection to `m` if it answers `ROLE` as a master, before `deadline`.
-    fn open_master(&self, m: &Master, deadline: Instant) -> RedisResult<redis::Connection> {
-        let mut c = m.client.get_connection_with_timeout(left(deadline)?)?;
-        let rest = left(deadline)?.min(self.settings.timeout);
-        c.set_read_timeout(Some(rest))?;
-        c.set_write_timeout(Some(rest))?;
-        match redis::cmd("ROLE").query::<redis::Role>(&mut c)? {
+    /// A connection to `m` on `redis_db` if it answers `ROLE` as a master, before `deadline`;
+    /// its later requests wait at most `timeout`.
+    fn open_master(&self, m: &Master, deadline: Instant) -> RedisResult<Bounded> {
+        let timeout = self.settings.timeout;
+        let mut c = Bounded::open(
+            &m.client,
+            self.tls.as_ref(),
+            self.settings.db,
+            left(deadline)?,
+            timeout,
+        )?;
+        c.set_timeout(left(deadline)?.min(timeout));
+        let role = redis::cmd("ROLE").query::<redis::Role>(&mut c)?;
+        c.set_timeout(timeout);
+        match role {
             redis::Role::Primary { .. } => Ok(c),
             _ => Err(redis::RedisError::from((
                 redis::ErrorKind::Server(redis::ServerErrorKind::MasterDown),
@@ -251,13 +266,10 @@ fn sentinel_client(
     if let Some(p) = password {
         redis = redis.set_password(p.expose());
     }
+    // TLS is [`Bounded`]'s (the Sentinels' `tls`): the client carries the address and settings.
     let info = addr
         .into_connection_info()?
         .set_redis_settings(redis)
         .set_tcp_settings(super::tcp_settings());
-    #[cfg(feature = "tls")]
-    if let Some(pem) = &settings.ca {
-        return redis::Client::build_with_tls(info, super::certs(pem));
-    }
     redis::Client::open(info)
 }

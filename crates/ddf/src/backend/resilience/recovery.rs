@@ -244,7 +244,9 @@ impl Shared {
 
     /// Applies the journal to the primary, oldest first, until `deadline` if one is given.
     /// Consecutive deletes go in batches of up to [`REPLAY_BATCH`] keys, one pipelined call
-    /// (`Backend::delete_many`: one `UNLINK` on Redis, pipelined meta deletes on Memcached).
+    /// (`Backend::delete_many`: one `UNLINK` on Redis, pipelined meta deletes on Memcached);
+    /// consecutive prefix deletes in batches of up to [`REPLAY_BATCH`] prefixes, one call
+    /// (`Backend::delete_prefixes`: Memcached lists each server's items once for the batch).
     /// A temporary error (a timeout, READONLY from a server that became a replica) stops it:
     /// what was applied is removed from the journal, the rest (the failed batch included)
     /// stays recorded, to be applied when the server accepts it (dropping the entry would let
@@ -270,12 +272,15 @@ impl Shared {
                 done.finished = false;
                 break;
             }
-            let batch = deletes_from(&pending[done.applied..]);
-            let r = match batch.len() {
-                0 | 1 => pending[done.applied].1.apply(primary),
-                _ => primary.delete_many(&batch).map(drop),
+            let rest = &pending[done.applied..];
+            let (keys, prefixes) = (run_of(rest, Run::Deletes), run_of(rest, Run::Prefixes));
+            let (r, step) = if keys.len() > 1 {
+                (primary.delete_many(&keys).map(drop), keys.len())
+            } else if prefixes.len() > 1 {
+                (primary.delete_prefixes(&prefixes).map(drop), prefixes.len())
+            } else {
+                (pending[done.applied].1.apply(primary), 1)
             };
-            let step = batch.len().max(1);
             match r {
                 Ok(()) => {}
                 Err(e) if e.is_temporary() => {
@@ -326,13 +331,23 @@ impl Shared {
 /// progress.
 const REPLAY_BATCH: usize = 256;
 
-/// The keys of the recorded deletes that open `pending` (at most [`REPLAY_BATCH`]).
-fn deletes_from<'a>(pending: &'a [(i64, PendingOp<'static>)]) -> Vec<&'a str> {
+/// Which recorded invalidations a batch is made of.
+#[derive(Clone, Copy)]
+enum Run {
+    Deletes,
+    Prefixes,
+}
+
+/// The keys (or prefixes) of the recorded deletes (or prefix deletes) that open `pending`, at
+/// most [`REPLAY_BATCH`] of them.
+fn run_of<'a>(pending: &'a [(i64, PendingOp<'static>)], run: Run) -> Vec<&'a str> {
     pending
         .iter()
         .take(REPLAY_BATCH)
-        .map_while(|(_, op)| match op {
-            PendingOp::Delete(k) => Some(k.as_ref()),
+        .map_while(|(_, op)| match (op, run) {
+            (PendingOp::Delete(k), Run::Deletes) | (PendingOp::DeletePrefix(k), Run::Prefixes) => {
+                Some(k.as_ref())
+            }
             _ => None,
         })
         .collect()

@@ -398,11 +398,53 @@ impl PerScope {
     }
 
     fn scope(&self, key: &str) -> &Resilient {
-        let i = self
-            .partition
+        &self.scopes[self.index(key)].resilient
+    }
+
+    fn index(&self, key: &str) -> usize {
+        self.partition
             .scope_of(key)
-            .min(self.scopes.len().saturating_sub(1));
-        &self.scopes[i].resilient
+            .min(self.scopes.len().saturating_sub(1))
+    }
+
+    /// After a write in scope `from` that did not reach its server (recorded there): a key the
+    /// partition now places in another scope moved there meanwhile (a Redis Cluster's
+    /// resharding at that very instant, its check that `from` had nothing recorded made just
+    /// before this write recorded). The key's delete is recorded in the scope that holds it
+    /// now too, and that scope marked down, so that it replays the record before it reads the
+    /// key from the server again. A write that reached the server needs nothing.
+    fn follow_moves(&self, from: usize, keys: &[&str]) {
+        let Some(old) = self.scopes.get(from) else {
+            return;
+        };
+        if old.resilient.shared.breaker.is_up() {
+            return;
+        }
+        for (to, scope) in self.scopes.iter().enumerate() {
+            let moved: Vec<PendingOp> = keys
+                .iter()
+                .filter(|k| to != from && self.index(k) == to)
+                .map(|k| PendingOp::Delete(std::borrow::Cow::Borrowed(*k)))
+                .collect();
+            if moved.is_empty() {
+                continue;
+            }
+            let s = &scope.resilient.shared;
+            if let Err(e) = s.journal.append(&s.cfg.scope, &moved) {
+                tracing::warn!(error = %e, "cannot record a write for the scope its key moved to");
+            }
+            let cause = Error::Backend {
+                backend: self.name,
+                message: format!(
+                    "{} key(s) moved here from {} while a write to them was recorded there;                      replaying before serving them",
+                    moved.len(),
+                    old.label
+                ),
+                temporary: true,
+                source: None,
+            };
+            super::Shared::failed(s, true, &cause);
+        }
     }
 
     /// Runs `op` on every scope at once, one thread each (this thread takes the first scope),
@@ -527,11 +569,17 @@ impl Backend for PerScope {
     }
 
     fn set(&self, key: &str, item: &Item, ttl: Option<Duration>) -> Result<()> {
-        self.scope(key).set(key, item, ttl)
+        let i = self.index(key);
+        let r = self.scopes[i].resilient.set(key, item, ttl);
+        self.follow_moves(i, &[key]);
+        r
     }
 
     fn delete(&self, key: &str) -> Result<bool> {
-        self.scope(key).delete(key)
+        let i = self.index(key);
+        let r = self.scopes[i].resilient.delete(key);
+        self.follow_moves(i, &[key]);
+        r
     }
 
     fn add(&self, key: &str, item: &Item, ttl: Option<Duration>) -> Result<bool> {
@@ -602,7 +650,7 @@ impl Backend for PerScope {
             |(k, _)| k,
         );
         let mut first = None;
-        for (scope, group) in self.scopes.iter().zip(&groups) {
+        for (i, (scope, group)) in self.scopes.iter().zip(&groups).enumerate() {
             if group.is_empty() {
                 continue;
             }
@@ -610,6 +658,8 @@ impl Backend for PerScope {
             if let Err(e) = scope.resilient.set_many(&part, ttl) {
                 first.get_or_insert(e);
             }
+            let keys: Vec<&str> = part.iter().map(|(k, _)| *k).collect();
+            self.follow_moves(i, &keys);
         }
         first.map_or(Ok(()), Err)
     }
@@ -617,12 +667,14 @@ impl Backend for PerScope {
     fn delete_many(&self, keys: &[&str]) -> Result<u64> {
         let groups = split(self.partition.as_ref(), self.scopes.len(), keys, |k| k);
         let (mut n, mut first) = (0, None);
-        for (scope, group) in self.scopes.iter().zip(&groups) {
+        for (i, (scope, group)) in self.scopes.iter().zip(&groups).enumerate() {
             if group.is_empty() {
                 continue;
             }
             let ks: Vec<&str> = group.iter().map(|&i| keys[i]).collect();
-            match scope.resilient.delete_many(&ks) {
+            let r = scope.resilient.delete_many(&ks);
+            self.follow_moves(i, &ks);
+            match r {
                 Ok(k) => n += k,
                 Err(e) => {
                     first.get_or_insert(e);

@@ -14,12 +14,17 @@ use crate::backend::resilience::{Fallback, ResilientConfig};
 struct Switchable {
     store: FileBackend,
     up: Arc<AtomicBool>,
+    /// Set when a call fails (a test's way to make something happen during that call).
+    on_failure: Option<Arc<AtomicBool>>,
 }
 
 impl Switchable {
     fn check(&self) -> Result<()> {
         if self.up.load(Ordering::SeqCst) {
             return Ok(());
+        }
+        if let Some(f) = &self.on_failure {
+            f.store(true, Ordering::SeqCst);
         }
         Err(Error::io(
             "test",
@@ -87,6 +92,11 @@ struct Rig {
 }
 
 fn rig() -> Rig {
+    rig_with(Arc::new(ByLetter), None)
+}
+
+/// A rig over `partition`; the first server sets `on_failure` when one of its calls fails.
+fn rig_with(partition: Arc<dyn Partition>, on_failure: Option<Arc<AtomicBool>>) -> Rig {
     let dir = tempfile::tempdir().unwrap();
     let journal = Arc::new(Journal::open(dir.path()).unwrap());
     let up = [
@@ -97,10 +107,12 @@ fn rig() -> Rig {
     for (i, label) in ["a:1", "b:2"].into_iter().enumerate() {
         let server_dir = dir.path().join(label.replace(':', "_"));
         let (d, flag) = (server_dir.clone(), up[i].clone());
+        let hook = on_failure.clone().filter(|_| i == 0);
         let factory: super::super::Factory = Box::new(move || {
             Ok(Arc::new(Switchable {
                 store: FileBackend::open(d.clone(), "")?,
                 up: flag.clone(),
+                on_failure: hook.clone(),
             }) as Arc<dyn Backend>)
         });
         let cause = Arc::new(Cause::default());
@@ -126,7 +138,7 @@ fn rig() -> Rig {
     }
     let servers = ["a_1", "b_2"].map(|d| FileBackend::open(dir.path().join(d), "").unwrap());
     Rig {
-        cache: PerScope::new("test", Arc::new(ByLetter), scopes).unwrap(),
+        cache: PerScope::new("test", partition, scopes).unwrap(),
         up,
         servers,
         journal,
@@ -250,4 +262,59 @@ fn entries_of_the_whole_list_move_to_the_servers_they_concern() {
             PendingOp::Clear
         ]
     );
+}
+
+/// `ByLetter`, except that key `m` moves from the first scope to the second once `moved` is set
+/// (a Redis Cluster's resharding of its slot).
+#[derive(Debug)]
+struct Moving {
+    moved: Arc<AtomicBool>,
+}
+
+impl Partition for Moving {
+    fn scope_of(&self, key: &str) -> usize {
+        match key {
+            "m" => usize::from(self.moved.load(Ordering::SeqCst)),
+            _ => ByLetter.scope_of(key),
+        }
+    }
+}
+
+/// A key's slot moves to another scope at the very instant a delete of it fails on its old
+/// scope's server and is recorded there (after the move's check that the old scope had nothing
+/// recorded): the scope that now holds the key gets the record too and is marked down, so the
+/// value the delete did not remove from the server (one node holds the key, whatever the
+/// scope) is never read; that scope replays the delete, then serves again.
+#[test]
+fn a_key_moved_while_its_write_was_recorded_is_not_read_stale() {
+    let moved = Arc::new(AtomicBool::new(false));
+    let r = rig_with(
+        Arc::new(Moving {
+            moved: moved.clone(),
+        }),
+        Some(moved.clone()),
+    );
+    let c = &r.cache;
+    c.set("m", &item("old"), None).unwrap();
+    // In a cluster the key's node is the same for both scopes: its new owner holds it too.
+    r.servers[1].set("m", &item("old"), None).unwrap();
+    r.up[0].store(false, Ordering::SeqCst);
+    c.delete("m").unwrap();
+    assert!(
+        moved.load(Ordering::SeqCst),
+        "the slot moved during the delete"
+    );
+    assert_eq!(value(c.get("m")), None, "the deleted value was read");
+    assert!(
+        r.journal.count("test://b:2|").unwrap() > 0,
+        "recorded for b too"
+    );
+    // b replays the delete on its server, then serves again; a stays down.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while row(c, "server.b:2.state") != "up" {
+        assert!(Instant::now() < deadline, "{:?}", c.info());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(value(r.servers[1].get("m")), None);
+    assert_eq!(value(c.get("m")), None);
 }

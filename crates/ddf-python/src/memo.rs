@@ -158,7 +158,11 @@ impl Memo {
                 let Ok(name) = k.cast_exact::<PyString>() else {
                     return Ok(None);
                 };
-                pairs.push((name.to_cow()?.into_owned(), v));
+                // A name that is not valid UTF-8 (a lone surrogate) is keyed by pickle.
+                let Ok(name) = name.to_cow() else {
+                    return Ok(None);
+                };
+                pairs.push((name.into_owned(), v));
             }
             pairs.sort_unstable_by(|a, b| a.0.cmp(&b.0));
             enc.push(b'k');

@@ -90,6 +90,33 @@ def test_unpicklable_arguments_run_uncached(tmp_path):
     assert len(calls) == 2
 
 
+def test_a_keyword_name_with_a_lone_surrogate_is_keyed_by_pickle(tmp_path):
+    cache = make("file", tmp_path)
+    calls = []
+
+    @cache_with_invalidation(ttl=60, cache=cache)
+    def f(**kw):
+        calls.append(1)
+        return sorted(kw.values())
+
+    assert f(**{"\ud800": 1}) == [1] and f(**{"\ud800": 1}) == [1]
+    assert len(calls) == 1
+
+
+def test_a_stored_none_under_a_calls_key_is_a_miss(tmp_path):
+    from ddf_cache import _ddf
+
+    cache = make("file", tmp_path)
+
+    @cache_with_invalidation(ttl=60, cache=cache)
+    def f(x):
+        return x * 2
+
+    cache.set(_ddf.Memo(f.cache_key_prefix, 0, 0).key((3,), None), None)
+    assert f(3) == 6
+    assert f(3) == 6
+
+
 RESULTS = [0, "", None, False, 1.5, 2**70, "ünï", [1, [2]], {"a": {"b": None}}, (1, "t"), {1, 2}, b"\x00raw"]
 
 

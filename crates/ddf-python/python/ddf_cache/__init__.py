@@ -515,7 +515,11 @@ def cache_with_invalidation(ttl=None, key_prefix="", invalidate_on=None, validat
                         return hit[0]
                 return compute_and_store(mgr, key, args, kwargs)
             if r.__class__ is _RawHit:
-                return mgr._deserialize(r.key, r.data, r.flags)[0]
+                hit = mgr._deserialize(r.key, r.data, r.flags)
+                if hit is None:
+                    # A stored None is a miss, as on the other paths.
+                    return compute_and_store(mgr, r.key, args, kwargs)
+                return hit[0]
             return r
 
         wrapper.invalidate = invalidate

@@ -40,8 +40,10 @@ struct Lease {
 
 impl Lease {
     async fn release(mut self) {
-        self.released = true;
         release(&self.cache, &self.key, &self.held.token).await;
+        // Only once it is done: a future dropped during the release leaves the lease to `Drop`,
+        // which releases it from a spawned task.
+        self.released = true;
     }
 }
 

@@ -117,6 +117,23 @@ def test_a_stored_none_under_a_calls_key_is_a_miss(tmp_path):
     assert f(3) == 6
 
 
+def test_closures_of_one_function_do_not_share_results(tmp_path):
+    cache = make("file", tmp_path)
+
+    def make_scaler(n, token=None):
+        @cache_with_invalidation(ttl=60, cache=cache)
+        def scale(x):
+            _ = token  # captured; unpicklable when a lambda
+            return x * n
+
+        return scale
+
+    assert make_scaler(2)(10) == 20
+    assert make_scaler(3)(10) == 30
+    assert make_scaler(2)(10) == 20
+    assert make_scaler(4, token=lambda: None)(10) == 40
+
+
 RESULTS = [0, "", None, False, 1.5, 2**70, "ünï", [1, [2]], {"a": {"b": None}}, (1, "t"), {1, 2}, b"\x00raw"]
 
 

@@ -435,6 +435,25 @@ def _pickled_key(func_prefix, name, args, kwargs):
     return func_prefix + hashlib.sha256(blob).hexdigest()
 
 
+def _closure_tag(func):
+    """What tells apart closures of one function: ``make(2)`` and ``make(3)`` of
+    ``def make(n): @cache_with_invalidation() def f(x): return x * n`` share a qualified name, and
+    keyed by it alone they would share results (the Python DDF's keys do). The tag is a hash of
+    the captured values when they pickle (so processes that build the same closure share its
+    entries), else a random token (this decorated function's entries are its own). A captured
+    value changed after decoration is not seen."""
+    cells = getattr(func, "__closure__", None)
+    if not cells:
+        return ""
+    try:
+        import hashlib
+
+        data = _pickle().dumps(tuple(c.cell_contents for c in cells), protocol=4)
+        return "<closure " + hashlib.sha256(data).hexdigest()[:16] + ">"
+    except Exception:  # unpicklable, or a cell not yet filled
+        return "<closure " + os.urandom(8).hex() + ">"
+
+
 def cache_with_invalidation(ttl=None, key_prefix="", invalidate_on=None, validation=None, cache=None):
     """Memoizes a function in the cache.
 
@@ -456,7 +475,7 @@ def cache_with_invalidation(ttl=None, key_prefix="", invalidate_on=None, validat
     patterns = list(invalidate_on or ())
 
     def decorator(func):
-        name = f"{func.__module__}.{func.__qualname__}"
+        name = f"{func.__module__}.{func.__qualname__}" + _closure_tag(func)
         func_prefix = f"{key_prefix or 'memo'}:{name}:"
         memo = _ddf.Memo(func_prefix, _MISS, _UNKEYED)
 

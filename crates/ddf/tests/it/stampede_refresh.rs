@@ -58,6 +58,8 @@ fn the_attribute_serves_stale_while_one_refreshes() {
     wait_until("every caller but the refresher returned", || {
         returned.load(Ordering::SeqCst) == 7
     });
+    // The refresher may not have started its computation yet: wait for it.
+    wait_until("the refresh runs", || STALE_RAN.load(Ordering::SeqCst) >= 2);
     assert_eq!(STALE_RAN.load(Ordering::SeqCst), 2, "one refresh");
     STALE_RELEASE.store(true, Ordering::SeqCst);
     let mut got: Vec<usize> = callers.into_iter().map(|c| c.join().unwrap()).collect();
@@ -108,6 +110,9 @@ fn stale_while_revalidate(target: &str) {
     wait_until("every caller but the refresher returned", || {
         returned.load(Ordering::SeqCst) == n - 1
     });
+    // The refresher may return the others' answer before its own computation starts (it takes
+    // the lease, then computes): wait for it rather than expect it.
+    wait_until("the refresher computes", || ran.load(Ordering::SeqCst) >= 1);
     assert_eq!(ran.load(Ordering::SeqCst), 1, "one caller refreshes");
     release.store(true, Ordering::SeqCst);
     let mut got: Vec<u32> = callers.into_iter().map(|c| c.join().unwrap()).collect();

@@ -185,4 +185,13 @@ pub struct BenchArgs {
     /// Print the results as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Measure the async face (tasks on a tokio runtime) instead, beside its baselines from
+    /// the same run: `redis-benchmark -c <tasks> -P 1` (Redis, when on PATH), the sync face
+    /// with 2 threads (Memcached), the sync `get` (the others).
+    #[arg(long = "async")]
+    pub r#async: bool,
+    /// With --async: task counts to measure, comma-separated (each task runs --ops operations
+    /// on its own keys).
+    #[arg(long, value_delimiter = ',', default_value = "1,16,64,256")]
+    pub tasks: Vec<usize>,
 }

@@ -6,6 +6,9 @@
 //! what an earlier interrupted run left there when it starts, and removes everything it wrote
 //! when it ends, also on SIGINT or SIGTERM (a second signal exits at once). Two benchmarks on
 //! one namespace at once disturb each other.
+//!
+//! Both faces go through one driver ([`measure`] over a [`Face`]: threads of the sync face,
+//! or with `--async` tasks of the async face, [`tasks`]) and one [`Table`].
 
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,6 +20,8 @@ use ddf::CacheManager;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::args::BenchArgs;
+
+mod tasks;
 
 /// The TTL of every key the benchmark writes: what an interrupted run could not remove (a
 /// `kill -9`) expires.
@@ -67,16 +72,16 @@ fn catch_signals() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One measured operation.
-struct Row {
-    op: String,
+/// One line of the table: a measured operation, or a peer's figure.
+pub(crate) struct Row {
+    pub(crate) op: String,
     /// Operations (keys for the batch forms).
-    ops: usize,
-    /// Latency of each call.
-    median: Duration,
-    p99: Duration,
-    /// Keys per second over the whole run, all threads together.
-    per_sec: f64,
+    pub(crate) ops: usize,
+    /// Latency of each call (a peer may give only its median, or neither).
+    pub(crate) median: Option<Duration>,
+    pub(crate) p99: Option<Duration>,
+    /// Keys per second over the whole run, all workers together.
+    pub(crate) per_sec: f64,
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -87,60 +92,288 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[idx.min(sorted.len() - 1)]
 }
 
-/// Runs `calls` calls of `f(thread, i)` on each of `threads` threads; each call handles
-/// `keys_per_call` keys.
-fn measure(
-    name: &str,
-    threads: usize,
-    calls: usize,
-    keys_per_call: usize,
-    bar: &ProgressBar,
-    f: &(dyn Fn(usize, usize) -> ddf::Result<()> + Sync),
-) -> anyhow::Result<Row> {
-    bar.set_message(name.to_owned());
-    let start = Instant::now();
-    let results: Vec<ddf::Result<Vec<Duration>>> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..threads)
-            .map(|t| {
-                s.spawn(move || {
-                    let mut lat = Vec::with_capacity(calls);
-                    for i in 0..calls {
-                        if stopped() {
-                            break;
-                        }
-                        let t0 = Instant::now();
-                        f(t, i)?;
-                        lat.push(t0.elapsed());
-                        if i % 64 == 63 {
-                            bar.inc(64);
-                        }
-                    }
-                    Ok(lat)
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().unwrap_or_else(|_| Ok(Vec::new())))
+/// The measured operations, in the order of the table; both faces run the same list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Op {
+    Set,
+    GetHit,
+    GetMiss,
+    Delete,
+    SetMany,
+    GetMany,
+    DeleteMany,
+}
+
+impl Op {
+    pub(crate) const ALL: [Op; 7] = [
+        Op::Set,
+        Op::GetHit,
+        Op::GetMiss,
+        Op::Delete,
+        Op::SetMany,
+        Op::GetMany,
+        Op::DeleteMany,
+    ];
+
+    /// Whether a call handles a batch of keys.
+    fn is_batch(self) -> bool {
+        matches!(self, Op::SetMany | Op::GetMany | Op::DeleteMany)
+    }
+
+    fn name(self, batch: usize) -> String {
+        match self {
+            Op::Set => "set".into(),
+            Op::GetHit => "get (hit)".into(),
+            Op::GetMiss => "get (miss)".into(),
+            Op::Delete => "delete".into(),
+            Op::SetMany => format!("set_many ({batch})"),
+            Op::GetMany => format!("get_many ({batch})"),
+            Op::DeleteMany => format!("delete_many ({batch})"),
+        }
+    }
+}
+
+/// The keys and the value of one run: worker `t`'s call `i` (or batch `i`) uses its own keys,
+/// under a prefix of this process.
+#[derive(Clone)]
+pub(crate) struct Plan {
+    prefix: String,
+    pub(crate) batch: usize,
+    pub(crate) value: String,
+    /// Calls per worker of a single-key operation.
+    pub(crate) calls: usize,
+}
+
+impl Plan {
+    pub(crate) fn key(&self, t: usize, i: usize) -> String {
+        format!("{}{t}:{i}", self.prefix)
+    }
+
+    pub(crate) fn absent(&self, t: usize, i: usize) -> String {
+        format!("{}absent:{t}:{i}", self.prefix)
+    }
+
+    pub(crate) fn batch_keys(&self, t: usize, b: usize) -> Vec<String> {
+        (0..self.batch)
+            .map(|j| format!("{}b{t}:{}", self.prefix, b * self.batch + j))
             .collect()
-    });
+    }
+
+    /// Calls per worker of `op` (a batch op: as many keys as the single-key ops in all).
+    fn calls_of(&self, op: Op) -> usize {
+        if op.is_batch() {
+            self.calls.div_ceil(self.batch)
+        } else {
+            self.calls
+        }
+    }
+
+    /// Progress-bar steps of one measurement of every op with `workers` workers.
+    fn steps(&self, workers: usize) -> usize {
+        Op::ALL.iter().map(|op| self.calls_of(*op)).sum::<usize>() * workers
+    }
+}
+
+/// A face under measurement: runs `calls` calls of an op on each of `workers` workers (threads
+/// or tasks), each recording the latency of its calls, and stops early once [`stopped`].
+pub(crate) trait Face {
+    /// How a row names its workers: `[2t]` (threads), `[64 tasks]`.
+    fn tag(&self, workers: usize) -> String;
+
+    /// Each worker's latencies, or the error that stopped it.
+    fn run(
+        &self,
+        plan: &Plan,
+        op: Op,
+        workers: usize,
+        calls: usize,
+        bar: &ProgressBar,
+    ) -> Vec<ddf::Result<Vec<Duration>>>;
+}
+
+/// Measures `op` with `workers` workers of `face` (the one driver both faces share).
+pub(crate) fn measure(
+    face: &dyn Face,
+    plan: &Plan,
+    op: Op,
+    workers: usize,
+    bar: &ProgressBar,
+) -> anyhow::Result<Row> {
+    let name = format!("{} {}", op.name(plan.batch), face.tag(workers));
+    bar.set_message(name.clone());
+    let calls = plan.calls_of(op);
+    let start = Instant::now();
+    let results = face.run(plan, op, workers, calls, bar);
     let wall = start.elapsed();
-    let mut all = Vec::with_capacity(calls * threads);
+    let mut all = Vec::with_capacity(calls * workers);
     for r in results {
         all.extend(r.with_context(|| format!("bench: {name} failed"))?);
     }
     all.sort_unstable();
-    let ops = calls * threads * keys_per_call;
+    let ops = all.len() * if op.is_batch() { plan.batch } else { 1 };
     Ok(Row {
-        op: name.to_owned(),
+        op: name,
         ops,
-        median: percentile(&all, 0.5),
-        p99: percentile(&all, 0.99),
+        median: Some(percentile(&all, 0.5)),
+        p99: Some(percentile(&all, 0.99)),
         per_sec: ops as f64 / wall.as_secs_f64().max(1e-9),
     })
 }
 
-/// Runs the benchmark in its own namespace under `configured`'s (see the module docs).
+/// Every op of the list with each worker count, in order (a set fills what the gets read).
+pub(crate) fn measure_all(
+    face: &dyn Face,
+    plan: &Plan,
+    counts: &[usize],
+    bar: &ProgressBar,
+) -> anyhow::Result<Vec<Row>> {
+    let mut rows = Vec::new();
+    for &workers in counts {
+        for op in Op::ALL {
+            rows.push(measure(face, plan, op, workers, bar)?);
+        }
+    }
+    Ok(rows)
+}
+
+/// The sync face: `workers` threads.
+pub(crate) struct Threads<'a>(pub(crate) &'a CacheManager);
+
+impl Threads<'_> {
+    fn call(&self, plan: &Plan, op: Op, t: usize, i: usize) -> ddf::Result<()> {
+        let cache = self.0;
+        let ttl = Some(KEY_TTL);
+        match op {
+            Op::Set => cache.set(&plan.key(t, i), &plan.value, ttl),
+            Op::GetHit => cache.get::<String>(&plan.key(t, i)).map(drop),
+            Op::GetMiss => cache.get::<String>(&plan.absent(t, i)).map(drop),
+            Op::Delete => cache.delete(&plan.key(t, i)).map(drop),
+            Op::SetMany => {
+                let keys = plan.batch_keys(t, i);
+                let items: Vec<(&str, &str)> = keys
+                    .iter()
+                    .map(|k| (k.as_str(), plan.value.as_str()))
+                    .collect();
+                cache.set_many(&items, ttl)
+            }
+            Op::GetMany => {
+                let keys = plan.batch_keys(t, i);
+                let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+                cache.get_many::<String>(&refs).map(drop)
+            }
+            Op::DeleteMany => {
+                let keys = plan.batch_keys(t, i);
+                let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+                cache.delete_many(&refs).map(drop)
+            }
+        }
+    }
+}
+
+impl Face for Threads<'_> {
+    fn tag(&self, workers: usize) -> String {
+        format!("[{workers}t]")
+    }
+
+    fn run(
+        &self,
+        plan: &Plan,
+        op: Op,
+        workers: usize,
+        calls: usize,
+        bar: &ProgressBar,
+    ) -> Vec<ddf::Result<Vec<Duration>>> {
+        std::thread::scope(|s| {
+            let handles: Vec<_> = (0..workers)
+                .map(|t| {
+                    s.spawn(move || {
+                        let mut lat = Vec::with_capacity(calls);
+                        for i in 0..calls {
+                            if stopped() {
+                                break;
+                            }
+                            let t0 = Instant::now();
+                            self.call(plan, op, t, i)?;
+                            lat.push(t0.elapsed());
+                            tick(bar, i);
+                        }
+                        Ok(lat)
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|_| Ok(Vec::new())))
+                .collect()
+        })
+    }
+}
+
+/// Advances the progress bar every 64 calls of a worker.
+pub(crate) fn tick(bar: &ProgressBar, i: usize) {
+    if i % 64 == 63 {
+        bar.inc(64);
+    }
+}
+
+/// A benchmark's namespace, its keys and its progress bar; removes what it wrote when it ends.
+pub(crate) struct Session {
+    /// The sync face in the benchmark's namespace.
+    pub(crate) cache: CacheManager,
+    pub(crate) plan: Plan,
+    pub(crate) bar: ProgressBar,
+}
+
+impl Session {
+    /// Catches signals, opens the benchmark's namespace and removes what an earlier
+    /// interrupted run left there; `steps` sizes the progress bar, given the plan.
+    pub(crate) fn open(
+        configured: &CacheManager,
+        args: &BenchArgs,
+        steps: impl FnOnce(&Plan) -> usize,
+    ) -> anyhow::Result<Session> {
+        catch_signals()?;
+        let ns = namespace(&configured.config().namespace);
+        let cache = CacheManager::new(configured.config().clone().with_namespace(ns.clone()))?;
+        let left = cache
+            .invalidate_pattern("")
+            .context("bench: cannot remove what an earlier run left")?;
+        if left > 0 {
+            eprintln!("ddf-cache: removed {left} keys an earlier interrupted bench left in {ns:?}");
+        }
+        let plan = Plan {
+            prefix: format!("{}:", std::process::id()),
+            batch: args.batch.max(1),
+            value: "x".repeat(args.value_size),
+            calls: args.ops.max(1),
+        };
+        let bar =
+            ProgressBar::with_draw_target(Some(steps(&plan) as u64), ProgressDrawTarget::stderr());
+        bar.set_style(
+            ProgressStyle::with_template("{spinner} {msg:<24} [{bar:30}] {pos}/{len}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        Ok(Session { cache, plan, bar })
+    }
+
+    /// Removes everything the run wrote (whatever `result` is), then gives `result`, or
+    /// [`Interrupted`] after a signal.
+    pub(crate) fn close<T>(&self, result: anyhow::Result<T>) -> anyhow::Result<T> {
+        self.bar.set_message("removing what it wrote");
+        let cleanup = self.cache.invalidate_pattern("");
+        self.bar.finish_and_clear();
+        if stopped() {
+            return Err(Interrupted { removed: cleanup? }.into());
+        }
+        let out = result?;
+        cleanup?;
+        Ok(out)
+    }
+}
+
+/// Runs the benchmark in its own namespace under `configured`'s (see the module docs); with
+/// `--async`, the async face's ([`tasks`]).
 ///
 /// # Errors
 /// [`Interrupted`] after SIGINT/SIGTERM (what it wrote removed); the cache's errors.
@@ -149,131 +382,43 @@ pub fn run(
     args: &BenchArgs,
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
-    catch_signals()?;
-    let ns = namespace(&configured.config().namespace);
-    let cache = &CacheManager::new(configured.config().clone().with_namespace(ns.clone()))?;
-    let left = cache
-        .invalidate_pattern("")
-        .context("bench: cannot remove what an earlier run left")?;
-    if left > 0 {
-        eprintln!("ddf-cache: removed {left} keys an earlier interrupted bench left in {ns:?}");
+    if args.r#async {
+        return tasks::run(configured, args, out);
     }
-    let ttl = Some(KEY_TTL);
-    let n = args.ops.max(1);
-    let batch = args.batch.max(1);
-    let batches = n.div_ceil(batch);
     let thread_counts: Vec<usize> = if args.threads.is_empty() {
         vec![1]
     } else {
         args.threads.iter().map(|t| (*t).max(1)).collect()
     };
-    let prefix = format!("{}:", std::process::id());
-    let value = "x".repeat(args.value_size);
-    let key = |t: usize, i: usize| format!("{prefix}{t}:{i}");
-    let batch_keys = |t: usize, b: usize| -> Vec<String> {
-        (0..batch)
-            .map(|j| format!("{prefix}b{t}:{}", b * batch + j))
-            .collect()
-    };
-
-    let fill = if args.among > 0 { args.among } else { 0 };
-    let total: usize = thread_counts
-        .iter()
-        .map(|t| (4 * n + 3 * batches) * t)
-        .sum::<usize>()
-        + fill;
-    let bar = ProgressBar::with_draw_target(Some(total as u64), ProgressDrawTarget::stderr());
-    bar.set_style(
-        ProgressStyle::with_template("{spinner} {msg:<24} [{bar:30}] {pos}/{len}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-    );
-
-    let mut rows = Vec::new();
-    let result = (|| -> anyhow::Result<()> {
-        for &threads in &thread_counts {
-            let tag = |op: &str| format!("{op} [{threads}t]");
-            rows.push(measure(&tag("set"), threads, n, 1, &bar, &|t, i| {
-                cache.set(&key(t, i), &value, ttl)
-            })?);
-            rows.push(measure(&tag("get (hit)"), threads, n, 1, &bar, &|t, i| {
-                cache.get::<String>(&key(t, i)).map(|_| ())
-            })?);
-            rows.push(measure(
-                &tag("get (miss)"),
-                threads,
-                n,
-                1,
-                &bar,
-                &|t, i| {
-                    cache
-                        .get::<String>(&format!("{prefix}absent:{t}:{i}"))
-                        .map(|_| ())
-                },
-            )?);
-            rows.push(measure(&tag("delete"), threads, n, 1, &bar, &|t, i| {
-                cache.delete(&key(t, i)).map(|_| ())
-            })?);
-            rows.push(measure(
-                &tag(&format!("set_many ({batch})")),
-                threads,
-                batches,
-                batch,
-                &bar,
-                &|t, b| {
-                    let keys = batch_keys(t, b);
-                    let items: Vec<(&str, &str)> =
-                        keys.iter().map(|k| (k.as_str(), value.as_str())).collect();
-                    cache.set_many(&items, ttl)
-                },
-            )?);
-            rows.push(measure(
-                &tag(&format!("get_many ({batch})")),
-                threads,
-                batches,
-                batch,
-                &bar,
-                &|t, b| {
-                    let keys = batch_keys(t, b);
-                    let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
-                    cache.get_many::<String>(&refs).map(|_| ())
-                },
-            )?);
-            rows.push(measure(
-                &tag(&format!("delete_many ({batch})")),
-                threads,
-                batches,
-                batch,
-                &bar,
-                &|t, b| {
-                    let keys = batch_keys(t, b);
-                    let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
-                    cache.delete_many(&refs).map(|_| ())
-                },
-            )?);
-        }
+    let fill = args.among;
+    let session = Session::open(configured, args, |plan| {
+        thread_counts.iter().map(|t| plan.steps(*t)).sum::<usize>() + fill
+    })?;
+    let (cache, plan, bar) = (&session.cache, &session.plan, &session.bar);
+    let result = (|| -> anyhow::Result<Vec<Row>> {
+        let mut rows = measure_all(&Threads(cache), plan, &thread_counts, bar)?;
         if fill > 0 {
             rows.push(invalidate_among(
                 cache,
-                &prefix,
-                &value,
+                &plan.prefix,
+                &plan.value,
                 args.invalidate.min(fill),
                 fill,
-                &bar,
+                bar,
             )?);
         }
-        Ok(())
+        Ok(rows)
     })();
-    // Leave nothing behind, whatever happened.
-    bar.set_message("removing what it wrote");
-    let cleanup = cache.invalidate_pattern("");
-    bar.finish_and_clear();
-    if stopped() {
-        return Err(Interrupted { removed: cleanup? }.into());
-    }
-    result?;
-    cleanup?;
-    print(cache, args, &thread_counts, &rows, out)
+    let rows = session.close(result)?;
+    let table = Table {
+        backend: cache.backend_name(),
+        codec: cache.codec().name(),
+        workers: ("threads", &thread_counts),
+        stats: cache.stats(),
+        rows: &rows,
+        ratios: &[],
+    };
+    table.print(args, out)
 }
 
 /// Fills `among` keys, `matching` of them under one prefix, then times one
@@ -311,78 +456,97 @@ fn invalidate_among(
     Ok(Row {
         op: format!("invalidate ({removed} of {among})"),
         ops: removed as usize,
-        median: took,
-        p99: took,
+        median: Some(took),
+        p99: Some(took),
         per_sec: removed as f64 / took.as_secs_f64().max(1e-9),
     })
 }
 
-fn print(
-    cache: &CacheManager,
-    args: &BenchArgs,
-    threads: &[usize],
-    rows: &[Row],
-    out: &mut impl Write,
-) -> anyhow::Result<()> {
-    if args.json {
-        let results: Vec<serde_json::Value> = rows
-            .iter()
-            .map(|r| {
-                serde_json::json!({
-                    "op": r.op,
-                    "ops": r.ops,
-                    "median_us": r.median.as_secs_f64() * 1e6,
-                    "p99_us": r.p99.as_secs_f64() * 1e6,
-                    "ops_per_sec": r.per_sec,
+/// What a run prints: its rows, and the ratios that set them against their baselines.
+pub(crate) struct Table<'a> {
+    pub(crate) backend: &'static str,
+    pub(crate) codec: &'static str,
+    /// What the counts count (`threads`, `tasks`) and the counts.
+    pub(crate) workers: (&'static str, &'a [usize]),
+    /// The measured face's counters.
+    pub(crate) stats: ddf::CacheStats,
+    pub(crate) rows: &'a [Row],
+    /// (what is compared, the ratio).
+    pub(crate) ratios: &'a [(String, f64)],
+}
+
+impl Table<'_> {
+    fn print(&self, args: &BenchArgs, out: &mut impl Write) -> anyhow::Result<()> {
+        let us = |d: Option<Duration>| d.map(|d| d.as_secs_f64() * 1e6);
+        let (unit, counts) = self.workers;
+        if args.json {
+            let results: Vec<serde_json::Value> = self
+                .rows
+                .iter()
+                .map(|r| {
+                    serde_json::json!({
+                        "op": r.op,
+                        "ops": r.ops,
+                        "median_us": us(r.median),
+                        "p99_us": us(r.p99),
+                        "ops_per_sec": r.per_sec,
+                    })
                 })
-            })
-            .collect();
-        let doc = serde_json::json!({
-            "backend": cache.backend_name(),
-            "codec": cache.codec().name(),
-            "value_size": args.value_size,
-            "threads": threads,
-            "ops_per_thread": args.ops,
-            "results": results,
-            "calls": calls_json(&cache.stats()),
-        });
-        writeln!(out, "{doc}")?;
-        return Ok(());
-    }
-    writeln!(
-        out,
-        "backend {} (codec {}), {}-byte values, {} ops per thread; [Nt] = N threads",
-        cache.backend_name(),
-        cache.codec().name(),
-        args.value_size,
-        args.ops
-    )?;
-    writeln!(
-        out,
-        "{:<30} {:>12} {:>12} {:>14}",
-        "operation", "median", "p99", "keys/s"
-    )?;
-    for r in rows {
+                .collect();
+            let ratios: Vec<serde_json::Value> = self
+                .ratios
+                .iter()
+                .map(|(what, ratio)| serde_json::json!({ "what": what, "ratio": ratio }))
+                .collect();
+            let doc = serde_json::json!({
+                "backend": self.backend,
+                "codec": self.codec,
+                "value_size": args.value_size,
+                unit: counts,
+                format!("ops_per_{}", unit.trim_end_matches('s')): args.ops,
+                "results": results,
+                "ratios": ratios,
+                "calls": calls_json(&self.stats),
+            });
+            writeln!(out, "{doc}")?;
+            return Ok(());
+        }
+        let one = unit.trim_end_matches('s');
         writeln!(
             out,
-            "{:<30} {:>12} {:>12} {:>14.0}",
-            r.op,
-            fmt_dur(r.median),
-            fmt_dur(r.p99),
-            r.per_sec
+            "backend {} (codec {}), {}-byte values, {} ops per {one}; [Nt] = N threads (the \
+             sync face), [N tasks] = the async face",
+            self.backend, self.codec, args.value_size, args.ops
         )?;
-    }
-    let stats = cache.stats();
-    writeln!(out, "calls: {stats}")?;
-    if stats.fallback > 0 {
         writeln!(
             out,
-            "note: {} calls were answered by the fallback (the server was down or failing): \
-             these figures are not the server's",
-            stats.fallback
+            "{:<34} {:>12} {:>12} {:>14}",
+            "operation", "median", "p99", "keys/s"
         )?;
+        for r in self.rows {
+            writeln!(
+                out,
+                "{:<34} {:>12} {:>12} {:>14.0}",
+                r.op,
+                fmt_dur(r.median),
+                fmt_dur(r.p99),
+                r.per_sec
+            )?;
+        }
+        for (what, ratio) in self.ratios {
+            writeln!(out, "{what}: {ratio:.2}")?;
+        }
+        writeln!(out, "calls: {}", self.stats)?;
+        if self.stats.fallback > 0 {
+            writeln!(
+                out,
+                "note: {} calls were answered by the fallback (the server was down or failing): \
+                 these figures are not the server's",
+                self.stats.fallback
+            )?;
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 /// The manager's counters of the run, for `--json`.
@@ -398,7 +562,10 @@ fn calls_json(s: &ddf::CacheStats) -> serde_json::Value {
     })
 }
 
-fn fmt_dur(d: Duration) -> String {
+fn fmt_dur(d: Option<Duration>) -> String {
+    let Some(d) = d else {
+        return "-".into();
+    };
     let us = d.as_secs_f64() * 1e6;
     if us >= 10_000.0 {
         format!("{:.1} ms", us / 1000.0)

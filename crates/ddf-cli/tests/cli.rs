@@ -335,6 +335,107 @@ fn bench_runs_and_prints_json() {
     assert!(stdout(&o).contains("median"), "{}", stdout(&o));
 }
 
+/// Issue #12: `bench --async` runs the async face with each task count through the same table,
+/// with the sync `get` as baseline on the file backend, and leaves nothing behind.
+#[test]
+fn bench_async_on_the_file_backend() {
+    let cli = Cli::new();
+    let o = cli.run(&[
+        "bench", "--async", "--tasks", "1,4", "--ops", "30", "--batch", "5", "--json",
+    ]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["backend"], "pickle");
+    assert_eq!(v["tasks"], serde_json::json!([1, 4]));
+    let ops: Vec<&str> = v["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["op"].as_str().unwrap())
+        .collect();
+    for op in [
+        "get (hit) [1 task]",
+        "get (miss) [4 tasks]",
+        "set_many (5) [4 tasks]",
+        "sync get (hit) [1t]",
+    ] {
+        assert!(ops.contains(&op), "{op} not in {ops:?}");
+    }
+    let ratio = &v["ratios"][0];
+    assert!(
+        ratio["what"]
+            .as_str()
+            .unwrap()
+            .starts_with("median, get (hit) [1 task] ÷ sync"),
+        "{v}"
+    );
+    assert!(ratio["ratio"].as_f64().unwrap() > 0.0, "{v}");
+    // The async face's counters: each task count's 30 gets and 30 keys of get_many hit.
+    assert_eq!(v["calls"]["errors"], 0, "{v}");
+    assert_eq!(
+        v["calls"]["hits"].as_u64().unwrap(),
+        (1 + 4) * (30 + 30),
+        "{v}"
+    );
+    let o = cli.run(&["stats"]);
+    assert!(stdout(&o).contains("\nentries: 0\n"), "{}", stdout(&o));
+    // The table form.
+    let o = cli.run(&["bench", "--async", "--tasks", "2", "--ops", "10"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(stdout(&o).contains("get (hit) [2 tasks]"), "{}", stdout(&o));
+}
+
+/// Issue #12: `bench --async` against a real Redis puts `redis-benchmark -c <tasks> -P 1` (same
+/// server, same run) beside each task count when it is on PATH.
+#[test]
+fn bench_async_on_redis_beside_redis_benchmark() {
+    let Some(server) = ddf_testkit::RedisServer::start() else {
+        return;
+    };
+    let cli = Cli::new();
+    let o = cli
+        .cmd()
+        .args(["-b", "redis", "bench", "--async", "--tasks", "1,8"])
+        .args(["--ops", "40", "--batch", "10", "--json"])
+        .env("DDF_CACHE_REDIS_HOST", "127.0.0.1")
+        .env("DDF_CACHE_REDIS_PORT", server.port().to_string())
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["backend"], "redis");
+    assert_eq!(v["calls"]["errors"], 0, "{v}");
+    assert_eq!(v["calls"]["fallback"], 0, "{v}");
+    let results = v["results"].as_array().unwrap();
+    let ops: Vec<&str> = results.iter().map(|r| r["op"].as_str().unwrap()).collect();
+    assert!(ops.contains(&"get (hit) [8 tasks]"), "{ops:?}");
+    assert!(ops.contains(&"sync get (hit) [1t]"), "{ops:?}");
+    let on_path = std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("redis-benchmark").is_file()));
+    if on_path {
+        for n in [1, 8] {
+            let name = format!("redis-benchmark -c {n} -P 1 get");
+            let row = results.iter().find(|r| r["op"] == name.as_str());
+            let row = row.unwrap_or_else(|| panic!("{name} not in {ops:?}"));
+            assert!(row["ops_per_sec"].as_f64().unwrap() > 0.0, "{row}");
+        }
+        let ratios = v["ratios"].to_string();
+        assert!(
+            ratios.contains("get (hit) [8 tasks] ÷ redis-benchmark -c 8"),
+            "{ratios}"
+        );
+    }
+    // Nothing left in the benchmark's namespace.
+    let o = cli
+        .cmd()
+        .args(["-b", "redis", "-n", "ddf:ddf-bench:", "keys", ""])
+        .env("DDF_CACHE_REDIS_HOST", "127.0.0.1")
+        .env("DDF_CACHE_REDIS_PORT", server.port().to_string())
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&o), "", "{}", stderr(&o));
+}
+
 #[test]
 fn a_closed_stdout_is_not_an_error() {
     let cli = Cli::new();

@@ -1,8 +1,9 @@
 //! A pipelined connection: many requests in flight on one socket, answered in order.
 //!
 //! - **Two tasks per connection.** The writer takes the queued requests, as many as are waiting
-//!   (automatic pipelining: one write for all of them), records each one's reply slot in the
-//!   in-flight queue *before* writing its bytes, then writes. The reader takes the in-flight
+//!   (automatic pipelining: one write for all of them), hands their reply slots to the reader
+//!   in one message *before* writing their bytes, then writes; it yields once before taking
+//!   them, so that the tasks ready to run queue theirs first. The reader takes the in-flight
 //!   queue in order and reads each request's whole reply (the meta protocol answers in order;
 //!   quiet batches end with `mn`), and hands it to the request's slot.
 //! - **Cancellation** (issue #12, point 4): a caller that is gone (its future dropped) leaves
@@ -106,23 +107,24 @@ impl Pipe {
 async fn write_requests(
     mut w: OwnedWriteHalf,
     mut queued: mpsc::UnboundedReceiver<Request>,
-    in_flight: mpsc::UnboundedSender<(Kind, Slot)>,
+    in_flight: mpsc::UnboundedSender<Vec<(Kind, Slot)>>,
     dead: Arc<AtomicBool>,
     reader: AbortHandle,
 ) {
     let mut out = Vec::new();
     while let Some(first) = queued.recv().await {
+        // Let the tasks that are ready to run queue their requests first: woken by the first
+        // request, the writer would otherwise run right after that request's task (tokio runs
+        // a task it just woke next) and write one request at a time while 64 wait behind it.
+        tokio::task::yield_now().await;
         out.clear();
+        let mut slots = Vec::new();
         let mut next = Some(first);
         while let Some(r) = next.take() {
             // A caller already gone: never sent, so nothing to read for it.
             if !r.slot.is_closed() {
                 out.extend_from_slice(&r.bytes);
-                if in_flight.send((r.kind, r.slot)).is_err() {
-                    // The reader ended: the connection failed.
-                    dead.store(true, Ordering::Relaxed);
-                    return;
-                }
+                slots.push((r.kind, r.slot));
             }
             if out.len() < WRITE_BATCH {
                 next = queued.try_recv().ok();
@@ -130,6 +132,12 @@ async fn write_requests(
         }
         if out.is_empty() {
             continue;
+        }
+        // The batch's slots, in order, to the reader in one message.
+        if in_flight.send(slots).is_err() {
+            // The reader ended: the connection failed.
+            dead.store(true, Ordering::Relaxed);
+            return;
         }
         if let Err(e) = w.write_all(&out).await {
             tracing::debug!(error = %e, "memcached pipeline: write failed");
@@ -147,21 +155,23 @@ async fn write_requests(
 
 async fn read_replies(
     mut r: Conn<OwnedReadHalf>,
-    mut to_read: mpsc::UnboundedReceiver<(Kind, Slot)>,
+    mut to_read: mpsc::UnboundedReceiver<Vec<(Kind, Slot)>>,
     dead: Arc<AtomicBool>,
 ) {
-    while let Some((kind, slot)) = to_read.recv().await {
-        match r.answer(kind).await {
-            Err(e @ (McError::Io(_) | McError::Protocol(_))) => {
-                dead.store(true, Ordering::Relaxed);
-                let _ = slot.send(Err(e));
-                // Dropping `to_read` closes every other slot in flight: their callers get
-                // `closed`, and the writer stops.
-                return;
-            }
-            answer => {
-                // Gone callers: the reply was read in full and is discarded here.
-                let _ = slot.send(answer);
+    while let Some(batch) = to_read.recv().await {
+        for (kind, slot) in batch {
+            match r.answer(kind).await {
+                Err(e @ (McError::Io(_) | McError::Protocol(_))) => {
+                    dead.store(true, Ordering::Relaxed);
+                    let _ = slot.send(Err(e));
+                    // Dropping the rest of the batch and `to_read` closes every other slot in
+                    // flight: their callers get `closed`, and the writer stops.
+                    return;
+                }
+                answer => {
+                    // Gone callers: the reply was read in full and is discarded here.
+                    let _ = slot.send(answer);
+                }
             }
         }
     }

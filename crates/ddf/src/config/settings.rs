@@ -383,21 +383,6 @@ impl CacheConfig {
                         "a Redis Cluster (redis_cluster_nodes): tracking every primary is not written yet",
                     ));
                 }
-                if !self.redis_sentinels.is_empty() {
-                    return Err(not_offered(
-                        "Redis Sentinel (redis_sentinels): tracking across failovers is not written yet",
-                    ));
-                }
-                // From the parsed endpoint, whatever the URL's spelling (rediss://, valkeys://,
-                // upper case): a URL that does not parse is refused by the backend itself.
-                let tls = self.redis_settings().is_ok_and(|s| {
-                    matches!(s.target, RedisTarget::Standalone(RedisEndpoint::Tls { .. }))
-                });
-                if tls || self.redis_ca_file.is_some() {
-                    return Err(not_offered(
-                        "TLS (rediss://): the invalidation connection is plain TCP or unix only",
-                    ));
-                }
                 NearMode::Tracked
             }
         };

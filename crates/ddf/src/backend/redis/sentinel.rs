@@ -27,7 +27,7 @@ use redis::{ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo, RedisResult
 use crate::config::{RedisEndpoint, RedisSettings, Secret, ServerAddr};
 
 /// The Sentinels of one master, and the master last found through them.
-pub(super) struct Sentinels {
+pub(crate) struct Sentinels {
     /// One client per Sentinel, with its `host:port` for logs.
     sentinels: Vec<(String, redis::Client)>,
     /// The name the Sentinels monitor the master under.
@@ -54,7 +54,7 @@ struct Master {
 impl Sentinels {
     /// Clients of the Sentinels (TLS with the settings' CA when there is one); no connection is
     /// opened here.
-    pub(super) fn new(
+    pub(crate) fn new(
         settings: &RedisSettings,
         sentinels: &[ServerAddr],
         name: &str,
@@ -78,7 +78,7 @@ impl Sentinels {
     }
 
     /// `host:port` of the master last found, if any.
-    pub(super) fn current(&self) -> Option<String> {
+    pub(crate) fn current(&self) -> Option<String> {
         self.state().master.as_ref().map(|m| m.addr.clone())
     }
 
@@ -93,7 +93,7 @@ impl Sentinels {
     /// while it still is one, else to the one the Sentinels name now. Takes at most
     /// `connect_timeout` in all; the connection's read and write timeouts are left for the
     /// caller to set.
-    pub(super) fn connect(&self) -> RedisResult<redis::Connection> {
+    pub(crate) fn connect(&self) -> RedisResult<redis::Connection> {
         let deadline = Instant::now() + self.settings.connect_timeout;
         let known = self.state().master.clone();
         if let Some(m) = known {

@@ -15,7 +15,7 @@
 //! - While the near cache is not live (Redis: tracking not established) or the breaker is not
 //!   up, reads bypass it and fills are refused.
 //! - Redis: a hit applies first what the tracking socket already delivered when no drain began
-//!   in the last [`CATCH_UP`] (`Near::catch_up`), so a push is applied before a later hit even
+//!   in the last millisecond ([`CATCH_UP_NS`], `Near::catch_up`), so a push is applied before a later hit even
 //!   while the tracking thread waits for a core.
 
 #[cfg(feature = "redis")]
@@ -42,7 +42,7 @@ const SHARDS: usize = 64;
 /// How often a hit drains the tracking socket itself: a hit serves only after a drain that
 /// began at most this long before it (docs/near-cache.md, "The strict rule").
 #[cfg(feature = "redis")]
-const CATCH_UP: Duration = Duration::from_millis(1);
+const CATCH_UP_NS: u64 = 1_000_000;
 
 /// The longest a near entry is kept, whatever `near_cache_ttl` says (so that `Instant::now()`
 /// plus it never overflows).
@@ -242,23 +242,32 @@ impl Near {
     }
 
     /// The strict rule: before a hit at `now` is served, every push the kernel delivered before
-    /// `now - CATCH_UP` is applied. If no drain of the inbox began since then, this hit drains
+    /// `now - CATCH_UP_NS` is applied. If no drain of the inbox began since then, this hit drains
     /// it (a `recv` that does not wait, and the evictions it brings), so a push is applied
     /// before any later hit even while the tracking thread waits for a core. Most hits pay one
     /// clock read and one atomic load.
     #[cfg(feature = "redis")]
+    #[inline]
     fn catch_up(&self, now: Instant) {
         if !self.catch_up {
             return;
         }
         let t = self.since(now);
-        let every = CATCH_UP.as_nanos() as u64;
-        if self.drained.load(Ordering::Acquire).saturating_add(every) > t {
+        if self.drained.load(Ordering::Acquire).saturating_add(CATCH_UP_NS) > t {
             return;
         }
+        self.drain_due(t);
+    }
+
+    /// The slow side of [`Near::catch_up`] (once a millisecond at most), kept out of the hit's
+    /// code.
+    #[cfg(feature = "redis")]
+    #[cold]
+    #[inline(never)]
+    fn drain_due(&self, t: u64) {
         let mut inbox = self.inbox();
         // Another thread may have drained while this one waited for the lock.
-        if self.drained.load(Ordering::Acquire).saturating_add(every) > t {
+        if self.drained.load(Ordering::Acquire).saturating_add(CATCH_UP_NS) > t {
             return;
         }
         let Some(ib) = inbox.as_mut() else {

@@ -99,15 +99,43 @@ fn near(c: &mut Criterion) {
     // The near miss: MULTI GET PTTL EXEC against a plain GET, on one connection each.
     let backend =
         ddf::testing::internals::RedisBackend::from_config(&config(false)).expect("backend");
+    let mut raw = redis::Client::open(format!("redis://127.0.0.1:{}/", server.port()))
+        .and_then(|c| c.get_connection())
+        .expect("redis-rs");
+    // The same, interleaved, fastest of 20 rounds of 2,000 (robust to a loaded machine).
+    let mut best = [f64::MAX; 3];
+    for _ in 0..20 {
+        for (i, b) in best.iter_mut().enumerate() {
+            let t = std::time::Instant::now();
+            for _ in 0..2_000 {
+                match i {
+                    0 => drop(black_box(backend.get("hot").expect("get"))),
+                    1 => drop(black_box(backend.get_expiring("hot").expect("get"))),
+                    _ => {
+                        let r: (Option<Vec<u8>>, i64) = redis::pipe()
+                            .cmd("GET")
+                            .arg("bench:hot")
+                            .cmd("PTTL")
+                            .arg("bench:hot")
+                            .query(&mut raw)
+                            .expect("pipeline");
+                        drop(black_box(r));
+                    }
+                }
+            }
+            *b = b.min(t.elapsed().as_nanos() as f64 / 2_000.0 / 1000.0);
+        }
+    }
+    eprintln!(
+        "fastest of 20 interleaved rounds: GET {:.2} µs, MULTI GET PTTL EXEC {:.2} µs, GET+PTTL pipelined {:.2} µs",
+        best[0], best[1], best[2]
+    );
     g.bench_function("backend_get_100B", |b| {
         b.iter(|| black_box(backend.get(black_box("hot")).expect("get")))
     });
     g.bench_function("backend_get_expiring_100B", |b| {
         b.iter(|| black_box(backend.get_expiring(black_box("hot")).expect("get")))
     });
-    let mut raw = redis::Client::open(format!("redis://127.0.0.1:{}/", server.port()))
-        .and_then(|c| c.get_connection())
-        .expect("redis-rs");
     g.bench_function("pipeline_get_pttl_100B", |b| {
         b.iter(|| {
             let r: (Option<Vec<u8>>, i64) = redis::pipe()

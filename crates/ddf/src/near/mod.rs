@@ -15,8 +15,8 @@
 //! - While the near cache is not live (Redis: tracking not established) or the breaker is not
 //!   up, reads bypass it and fills are refused.
 //! - Redis: a hit applies first what the tracking socket already delivered when no drain began
-//!   in the last millisecond ([`CATCH_UP_NS`], `Near::catch_up`), so a push is applied before a later hit even
-//!   while the tracking thread waits for a core.
+//!   in the last millisecond ([`CATCH_UP_NS`], `Near::catch_up`), so a push is applied before
+//!   a later hit even while the tracking thread waits for a core.
 
 #[cfg(feature = "redis")]
 mod socket;
@@ -253,7 +253,12 @@ impl Near {
             return;
         }
         let t = self.since(now);
-        if self.drained.load(Ordering::Acquire).saturating_add(CATCH_UP_NS) > t {
+        if self
+            .drained
+            .load(Ordering::Acquire)
+            .saturating_add(CATCH_UP_NS)
+            > t
+        {
             return;
         }
         self.drain_due(t);
@@ -267,7 +272,12 @@ impl Near {
     fn drain_due(&self, t: u64) {
         let mut inbox = self.inbox();
         // Another thread may have drained while this one waited for the lock.
-        if self.drained.load(Ordering::Acquire).saturating_add(CATCH_UP_NS) > t {
+        if self
+            .drained
+            .load(Ordering::Acquire)
+            .saturating_add(CATCH_UP_NS)
+            > t
+        {
             return;
         }
         let Some(ib) = inbox.as_mut() else {

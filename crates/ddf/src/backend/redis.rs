@@ -44,7 +44,7 @@ use crate::key::Keyspace;
 pub(crate) mod cluster;
 pub(crate) mod commands;
 mod conn;
-mod sentinel;
+pub(crate) mod sentinel;
 
 const NAME: &str = "redis";
 

@@ -14,7 +14,12 @@
 //!   lock, moves the generation and empties the store: no fill from before it lands after it.
 //! - While the near cache is not live (Redis: tracking not established) or the breaker is not
 //!   up, reads bypass it and fills are refused.
+//! - Redis: a hit applies first what the tracking socket already delivered when no drain began
+//!   in the last millisecond ([`CATCH_UP_NS`], `Near::catch_up`), so a push is applied before
+//!   a later hit even while the tracking thread waits for a core.
 
+#[cfg(feature = "redis")]
+mod socket;
 #[cfg(feature = "redis")]
 mod tracking;
 
@@ -33,6 +38,11 @@ use crate::item::Item;
 
 /// Shards of the ticket lock: fills of keys in different shards never wait for each other.
 const SHARDS: usize = 64;
+
+/// How often a hit drains the tracking socket itself: a hit serves only after a drain that
+/// began at most this long before it (docs/near-cache.md, "The strict rule").
+#[cfg(feature = "redis")]
+const CATCH_UP_NS: u64 = 1_000_000;
 
 /// The longest a near entry is kept, whatever `near_cache_ttl` says (so that `Instant::now()`
 /// plus it never overflows).
@@ -145,6 +155,18 @@ pub(crate) struct Near {
     seen: AtomicU64,
     counts: Counters,
     mode: NearMode,
+    /// The tracking session's socket and parser, while one is open (Redis).
+    #[cfg(feature = "redis")]
+    inbox: Mutex<Option<tracking::Inbox>>,
+    /// The origin of [`Near::clock`].
+    #[cfg(feature = "redis")]
+    base: Instant,
+    /// [`Near::clock`] when the latest completed drain of the inbox began.
+    #[cfg(feature = "redis")]
+    drained: AtomicU64,
+    /// Hits drain the inbox (off only in ddf's own before/after measurements).
+    #[cfg(feature = "redis")]
+    catch_up: bool,
 }
 
 impl fmt::Debug for Near {
@@ -183,6 +205,92 @@ impl Near {
             seen: AtomicU64::new(seen),
             counts: Counters::default(),
             mode: settings.mode,
+            #[cfg(feature = "redis")]
+            inbox: Mutex::new(None),
+            #[cfg(feature = "redis")]
+            base: Instant::now(),
+            #[cfg(feature = "redis")]
+            drained: AtomicU64::new(0),
+            #[cfg(feature = "redis")]
+            catch_up: settings.mode == NearMode::Tracked && catching_up(),
+        }
+    }
+
+    /// The tracking session's inbox (see `tracking::Inbox`).
+    #[cfg(feature = "redis")]
+    fn inbox(&self) -> MutexGuard<'_, Option<tracking::Inbox>> {
+        self.inbox
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Nanoseconds since this near cache was made (the time of a drain).
+    #[cfg(feature = "redis")]
+    fn clock(&self) -> u64 {
+        self.since(Instant::now())
+    }
+
+    #[cfg(feature = "redis")]
+    fn since(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.base).as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// A drain that began at `began` (a [`Near::clock`]) completed.
+    #[cfg(feature = "redis")]
+    fn drained(&self, began: u64) {
+        self.drained.fetch_max(began, Ordering::AcqRel);
+    }
+
+    /// The strict rule: before a hit at `now` is served, every push the kernel delivered before
+    /// `now - CATCH_UP_NS` is applied. If no drain of the inbox began since then, this hit drains
+    /// it (a `recv` that does not wait, and the evictions it brings), so a push is applied
+    /// before any later hit even while the tracking thread waits for a core. Most hits pay one
+    /// clock read and one atomic load.
+    #[cfg(feature = "redis")]
+    #[inline]
+    fn catch_up(&self, now: Instant) {
+        if !self.catch_up {
+            return;
+        }
+        let t = self.since(now);
+        if self
+            .drained
+            .load(Ordering::Acquire)
+            .saturating_add(CATCH_UP_NS)
+            > t
+        {
+            return;
+        }
+        self.drain_due(t);
+    }
+
+    /// The slow side of [`Near::catch_up`] (once a millisecond at most), kept out of the hit's
+    /// code.
+    #[cfg(feature = "redis")]
+    #[cold]
+    #[inline(never)]
+    fn drain_due(&self, t: u64) {
+        let mut inbox = self.inbox();
+        // Another thread may have drained while this one waited for the lock.
+        if self
+            .drained
+            .load(Ordering::Acquire)
+            .saturating_add(CATCH_UP_NS)
+            > t
+        {
+            return;
+        }
+        let Some(ib) = inbox.as_mut() else {
+            return;
+        };
+        let began = self.clock();
+        match ib.drain(self) {
+            Ok(()) => self.drained(began),
+            Err(why) => {
+                tracing::debug!(reason = %why, "ddf: a near hit found the tracking connection broken");
+                // The thread ends the session and reconnects; until then, bypass.
+                self.suspend();
+            }
         }
     }
 
@@ -217,8 +325,11 @@ impl Near {
         if !self.usable() {
             return Lookup::Miss(None);
         }
+        let now = Instant::now();
+        #[cfg(feature = "redis")]
+        self.catch_up(now);
         if let Some(held) = self.store.get(key)
-            && Instant::now() < held.until
+            && now < held.until
         {
             bump(&self.counts.hits);
             return Lookup::Hit(held.item);
@@ -383,6 +494,30 @@ pub fn drop_invalidations(namespace: &str, n: u64) {
     if n > 0 {
         d.push((namespace.to_owned(), n));
     }
+}
+
+/// Whether near caches made from now on drain the tracking socket on a hit (see
+/// `Near::catch_up`); off only to measure the rule without it.
+#[cfg(feature = "redis")]
+static NO_CATCH_UP: AtomicBool = AtomicBool::new(false);
+
+#[cfg(feature = "redis")]
+fn catching_up() -> bool {
+    !NO_CATCH_UP.load(Ordering::Relaxed)
+}
+
+/// For ddf's own measurements (no stability promise): near caches made after
+/// `without_catch_up(true)` leave the tracking socket to the tracking thread alone (the
+/// behaviour before the strict rule's catch-up), so a benchmark or a test can show both in one
+/// run.
+///
+/// ```
+/// ddf::testing::internals::without_catch_up(true);
+/// ddf::testing::internals::without_catch_up(false);
+/// ```
+#[cfg(all(feature = "testing", feature = "redis"))]
+pub fn without_catch_up(off: bool) {
+    NO_CATCH_UP.store(off, Ordering::Relaxed);
 }
 
 /// Whether the tracking thread of `namespace` must ignore this invalidated key (a planted

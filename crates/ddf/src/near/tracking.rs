@@ -5,14 +5,18 @@
 //! changes, and `invalidate` with a null for a flush. One background thread per cache reads it
 //! (for both faces: a blocking read needs no runtime, and the pushes are few and small).
 //!
-//! Our own socket and redis-rs's RESP parser (as `backend/redis/conn.rs` does): the read
-//! timeout is a heartbeat tick. After a quiet tick a `PING` is sent; a connection that answers
-//! nothing (no push, no `PONG`) for `timeout` after that is given up, like one that closed. On
-//! loss the near cache is suspended (emptied, bypassed), and the thread reconnects with backoff;
-//! once tracking is on again the near cache resumes, empty.
+//! Our own socket and redis-rs's RESP parser (as `backend/redis/conn.rs` does). Once tracking is
+//! on, the socket and its parser (the [`Inbox`]) sit behind a lock in the near cache, and are
+//! read without waiting (`MSG_DONTWAIT`) by whoever holds it: the thread, woken by `poll`, and
+//! a hit that finds no drain began in the last millisecond (`Near::catch_up`), so that a push
+//! the kernel already delivered is applied before a later hit is served even when this thread
+//! waits for a core. The poll's timeout is a heartbeat tick: after a quiet tick a `PING` is
+//! sent; a connection that answers nothing (no push, no `PONG`) for `timeout` after that is
+//! given up, like one that closed. On loss the near cache is suspended (emptied, bypassed), and
+//! the thread reconnects with backoff; once tracking is on again the near cache resumes, empty.
 
-use std::io::Write;
-use std::net::{TcpStream, ToSocketAddrs};
+use std::io::Read;
+use std::os::fd::OwnedFd;
 #[cfg(unix)]
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,6 +25,9 @@ use std::time::{Duration, Instant};
 
 use redis::{PushKind, Value};
 
+#[cfg(feature = "tls")]
+use super::socket::tls;
+use super::socket::{Raw, Sock, Stream, readable, tcp};
 use super::{Cause, Near};
 use crate::config::{RedisEndpoint, RedisSettings, RedisTarget};
 
@@ -57,48 +64,142 @@ pub(super) fn start(settings: &RedisSettings, near: &Arc<Near>) {
     }
 }
 
+/// The master the Sentinels name now, verified with `ROLE` (the backend's own Sentinel client,
+/// asked afresh at each connection): its endpoint, with TLS when the settings have a CA.
+fn sentinel_master(
+    s: &RedisSettings,
+    sentinels: &[crate::config::ServerAddr],
+    master: &str,
+    password: Option<&crate::config::Secret>,
+) -> Result<RedisEndpoint, End> {
+    use crate::backend::redis::sentinel::Sentinels;
+    let lost = |e: redis::RedisError| End::Lost(format!("Sentinel: {e}"));
+    let finder = Sentinels::new(s, sentinels, master, password).map_err(lost)?;
+    finder.find_master().map_err(lost)?;
+    let addr = finder
+        .current()
+        .ok_or_else(|| End::Lost("Sentinel: no master found".to_owned()))?;
+    let a = crate::config::ServerAddr::parse(&addr, 6379)
+        .map_err(|e| End::Lost(format!("Sentinel named {addr:?}: {e}")))?;
+    Ok(if s.ca.is_some() {
+        RedisEndpoint::Tls {
+            host: a.host,
+            port: a.port,
+            insecure: false,
+        }
+    } else {
+        RedisEndpoint::Tcp {
+            host: a.host,
+            port: a.port,
+        }
+    })
+}
+
 struct Channel {
     settings: RedisSettings,
     name: String,
     near: Weak<Near>,
 }
 
-/// A socket of ours.
-enum Stream {
-    Tcp(TcpStream),
-    #[cfg(unix)]
-    Unix(UnixStream),
+/// The open session's socket and parser, kept in the near cache behind its lock: the tracking
+/// thread and the hits (`Near::catch_up`) both drain it, whoever holds the lock.
+pub(super) struct Inbox {
+    stream: Stream,
+    parser: redis::Parser,
+    namespace: String,
+    /// When the unanswered `PING` of a quiet spell was sent.
+    pinged: Option<Instant>,
+    /// When anything (a push, a `PONG`) last came.
+    heard: Instant,
+    /// Why a hit's drain found the connection unusable (the thread ends the session).
+    broken: Option<String>,
 }
 
-impl std::io::Read for Stream {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        match self {
-            Stream::Tcp(s) => s.read(buf),
-            #[cfg(unix)]
-            Stream::Unix(s) => s.read(buf),
+impl Inbox {
+    /// Reads and applies everything the server already delivered, without waiting.
+    ///
+    /// # Errors
+    /// Why the connection is unusable: closed, failed, or the server answered an error.
+    pub(super) fn drain(&mut self, near: &Near) -> Result<(), String> {
+        if let Some(why) = &self.broken {
+            return Err(why.clone());
+        }
+        let r = read_all(&mut self.parser, &mut self.stream, |v| {
+            self.heard = Instant::now();
+            self.pinged = None;
+            apply(near, &self.namespace, v)
+        });
+        if let Err(why) = &r {
+            self.broken = Some(why.clone());
+        }
+        r
+    }
+}
+
+/// Parses every value `reader` has without waiting and hands each to `each`; `Ok` once the
+/// reader would block (a value cut in two stays in the parser for the next call).
+fn read_all(
+    parser: &mut redis::Parser,
+    reader: &mut impl Read,
+    mut each: impl FnMut(Value) -> Result<(), String>,
+) -> Result<(), String> {
+    loop {
+        match parser.parse_value(&mut *reader) {
+            Ok(v) => each(v)?,
+            Err(e) if is_timeout(&e) => return Ok(()),
+            Err(e) => return Err(e.to_string()),
         }
     }
 }
 
-impl Stream {
-    fn write_all(&mut self, b: &[u8]) -> std::io::Result<()> {
-        match self {
-            Stream::Tcp(s) => s.write_all(b),
-            #[cfg(unix)]
-            Stream::Unix(s) => s.write_all(b),
-        }
-    }
-
-    fn timeouts(&self, read: Duration, write: Duration) -> std::io::Result<()> {
-        match self {
-            Stream::Tcp(s) => {
-                s.set_read_timeout(Some(read))?;
-                s.set_write_timeout(Some(write))
+/// Applies one value read on the tracking connection: an `invalidate` push evicts, a `PONG`
+/// or another push is only a sign of life, an error ends the session.
+fn apply(near: &Near, namespace: &str, v: Value) -> Result<(), String> {
+    match v {
+        Value::Push { kind, data } => {
+            if kind == PushKind::Invalidate {
+                invalidate(near, namespace, data);
             }
-            #[cfg(unix)]
-            Stream::Unix(s) => {
-                s.set_read_timeout(Some(read))?;
-                s.set_write_timeout(Some(write))
+            Ok(())
+        }
+        Value::ServerError(e) => Err(format!("the server answered an error: {e:?}")),
+        // The reply to `ROLE` (the heartbeat behind Sentinel): only a master may be tracked.
+        Value::Array(role)
+            if role.first().is_some_and(
+                |r| matches!(r, Value::BulkString(b) if b.as_slice() != b"master"),
+            ) =>
+        {
+            Err("the server is no longer the master (failover)".to_owned())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Applies one `invalidate` push: a list of keys (this namespace's, by the prefix), or a null
+/// (a flush) which empties the near cache.
+fn invalidate(near: &Near, namespace: &str, data: Vec<Value>) {
+    let ns = namespace.as_bytes();
+    for v in data {
+        match v {
+            Value::Nil => near.reset(Cause::Flush),
+            Value::Array(keys) | Value::Set(keys) => {
+                for k in keys {
+                    if let Value::BulkString(b) = k
+                        && let Some(user) = b.strip_prefix(ns)
+                        // Keys that are not UTF-8 were never stored here.
+                        && let Ok(key) = std::str::from_utf8(user)
+                    {
+                        #[cfg(feature = "testing")]
+                        if super::dropped(namespace) {
+                            continue;
+                        }
+                        near.evict(key, true);
+                    }
+                }
+            }
+            other => {
+                tracing::debug!(value = ?other, "ddf: unexpected invalidation payload; emptying the near cache");
+                near.reset(Cause::Flush);
             }
         }
     }
@@ -106,7 +207,7 @@ impl Stream {
 
 /// Why a connection ended.
 #[derive(Debug)]
-enum End {
+pub(super) enum End {
     /// The near cache was dropped: the thread ends.
     Dropped,
     /// The connection failed or went quiet: reconnect.
@@ -188,53 +289,57 @@ impl Channel {
         }
     }
 
-    fn connect(&self) -> std::io::Result<Stream> {
+    fn connect(&self) -> Result<Stream, End> {
         let s = &self.settings;
+        let lost = |e: std::io::Error| End::Lost(format!("cannot connect: {e}"));
+        let found;
         let endpoint = match &s.target {
             RedisTarget::Standalone(e) => e,
-            _ => {
-                return Err(std::io::Error::other(
-                    "the near cache tracks a standalone server only",
+            RedisTarget::Sentinel {
+                sentinels,
+                master,
+                password,
+            } => {
+                found = sentinel_master(s, sentinels, master, password.as_ref())?;
+                &found
+            }
+            RedisTarget::Cluster(_) => {
+                return Err(End::Refused(
+                    "the near cache does not track a Redis Cluster".to_owned(),
                 ));
             }
         };
         let stream = match endpoint {
-            RedisEndpoint::Tcp { host, port } => {
-                let mut last = None;
-                let mut found = None;
-                for a in (host.as_str(), *port).to_socket_addrs()? {
-                    match TcpStream::connect_timeout(&a, s.connect_timeout) {
-                        Ok(t) => {
-                            found = Some(t);
-                            break;
-                        }
-                        Err(e) => last = Some(e),
-                    }
-                }
-                match found {
-                    Some(t) => {
-                        t.set_nodelay(true)?;
-                        Stream::Tcp(t)
-                    }
-                    None => {
-                        return Err(last.unwrap_or_else(|| {
-                            std::io::Error::new(
-                                std::io::ErrorKind::NotFound,
-                                "the host name resolved to no address",
-                            )
-                        }));
-                    }
-                }
-            }
+            RedisEndpoint::Tcp { host, port } => Stream::Plain(tcp(host, *port, s)?),
             #[cfg(unix)]
-            RedisEndpoint::Unix { path } => Stream::Unix(UnixStream::connect(path)?),
+            RedisEndpoint::Unix { path } => Stream::Plain(Raw::new(Sock::Unix(
+                UnixStream::connect(path).map_err(lost)?,
+            ))),
+            #[cfg(feature = "tls")]
+            RedisEndpoint::Tls {
+                host,
+                port,
+                insecure: false,
+            } => tls(s, tcp(host, *port, s)?, host)?,
+            #[cfg(feature = "tls")]
+            RedisEndpoint::Tls { insecure: true, .. } => {
+                return Err(End::Refused(
+                    "rediss://...#insecure: ddf's redis-rs is built without tls-rustls-insecure"
+                        .to_owned(),
+                ));
+            }
+            #[allow(unreachable_patterns)]
             _ => {
-                return Err(std::io::Error::other(
-                    "the near cache's invalidation channel is plain TCP or unix only",
+                return Err(End::Refused(
+                    "this endpoint needs a cargo feature ddf was built without".to_owned(),
                 ));
             }
         };
-        stream.timeouts(s.connect_timeout, s.connect_timeout)?;
+        let mut stream = stream;
+        stream
+            .raw()
+            .timeouts(s.connect_timeout, s.connect_timeout)
+            .map_err(lost)?;
         Ok(stream)
     }
 
@@ -266,28 +371,44 @@ impl Channel {
         out
     }
 
-    /// One connection's life: set up tracking, resume the near cache, then evict on every push
-    /// until the connection fails, goes quiet, or the near cache is dropped. `true` with it:
-    /// tracking was established (the near cache resumed).
+    /// One connection's life: set up tracking, hand the socket to the near cache, resume it,
+    /// then drain the socket whenever it is readable until the connection fails, goes quiet,
+    /// or the near cache is dropped. `true` with it: tracking was established (the near cache
+    /// resumed).
     fn session(&self) -> (End, bool) {
-        let (stream, parser) = match self.establish() {
+        let (mut stream, parser) = match self.establish() {
             Ok(s) => s,
             Err(end) => return (end, false),
+        };
+        let watcher = match stream.raw().watcher() {
+            Ok(fd) => fd,
+            Err(e) => return (End::Lost(format!("cannot watch the socket: {e}")), false),
         };
         let Some(near) = self.near.upgrade() else {
             return (End::Dropped, false);
         };
+        stream.raw().dontwait = true;
+        *near.inbox() = Some(Inbox {
+            stream,
+            parser,
+            namespace: self.settings.namespace.clone(),
+            pinged: None,
+            heard: Instant::now(),
+            broken: None,
+        });
         near.resume();
         drop(near);
         tracing::debug!(client = %self.name, "ddf: near cache tracking established");
-        (self.listen(stream, parser), true)
+        let end = self.listen(&watcher);
+        if let Some(near) = self.near.upgrade() {
+            *near.inbox() = None;
+        }
+        (end, true)
     }
 
     /// Connects and sets tracking up (every reply read).
     fn establish(&self) -> Result<(Stream, redis::Parser), End> {
-        let mut stream = self
-            .connect()
-            .map_err(|e| End::Lost(format!("cannot connect: {e}")))?;
+        let mut stream = self.connect()?;
         let mut parser = redis::Parser::new();
         stream
             .write_all(&self.setup())
@@ -319,83 +440,57 @@ impl Channel {
             }
         }
         stream
+            .raw()
             .timeouts(TICK, self.settings.timeout)
             .map_err(|e| End::Lost(format!("cannot set the socket's timeouts: {e}")))?;
         Ok((stream, parser))
     }
 
-    /// Evicts on every push until the connection fails, goes quiet, or the near cache is
-    /// dropped.
-    fn listen(&self, mut stream: Stream, mut parser: redis::Parser) -> End {
-        // When the PING of a quiet spell was sent, if unanswered yet.
-        let mut pinged: Option<Instant> = None;
-        let ping = redis::cmd("PING").get_packed_command();
+    /// Drains the near cache's inbox whenever its socket is readable; pings after a quiet
+    /// tick; ends when the connection fails, goes quiet, or the near cache is dropped.
+    fn listen(&self, watcher: &OwnedFd) -> End {
+        // Behind Sentinel the heartbeat is `ROLE`: a server that stops being the master (a
+        // failover that did not close this connection) ends the session (see `apply`).
+        let ping = match self.settings.target {
+            RedisTarget::Sentinel { .. } => redis::cmd("ROLE").get_packed_command(),
+            _ => redis::cmd("PING").get_packed_command(),
+        };
         loop {
-            match parser.parse_value(&mut stream) {
-                Ok(Value::Push { kind, data }) => {
-                    pinged = None;
-                    let Some(near) = self.near.upgrade() else {
-                        return End::Dropped;
-                    };
-                    if kind == PushKind::Invalidate {
-                        self.invalidate(&near, data);
-                    }
+            let ready = match readable(watcher, TICK) {
+                Ok(r) => r,
+                Err(e) => return End::Lost(format!("cannot poll the socket: {e}")),
+            };
+            let Some(near) = self.near.upgrade() else {
+                return End::Dropped;
+            };
+            let mut inbox = near.inbox();
+            let Some(ib) = inbox.as_mut() else {
+                return End::Lost("the inbox was taken".to_owned());
+            };
+            if ready {
+                let began = near.clock();
+                match ib.drain(&near) {
+                    Ok(()) => near.drained(began),
+                    Err(why) => return End::Lost(why),
                 }
-                Ok(Value::ServerError(e)) => {
-                    return End::Lost(format!("the server answered an error: {e:?}"));
-                }
-                Ok(_) => pinged = None,
-                Err(e) if is_timeout(&e) => {
-                    if self.near.strong_count() == 0 {
-                        return End::Dropped;
-                    }
-                    match pinged {
-                        Some(at) if at.elapsed() >= self.settings.timeout => {
-                            return End::Lost(format!(
-                                "no answer to PING within timeout ({:?})",
-                                self.settings.timeout
-                            ));
-                        }
-                        Some(_) => {}
-                        None => {
-                            if let Err(e) = stream.write_all(&ping) {
-                                return End::Lost(format!("cannot send PING: {e}"));
-                            }
-                            pinged = Some(Instant::now());
-                        }
-                    }
-                }
-                Err(e) => return End::Lost(e.to_string()),
+            } else if let Some(why) = &ib.broken {
+                return End::Lost(why.clone());
             }
-        }
-    }
-
-    /// Applies one `invalidate` push: a list of keys (this namespace's, by the prefix), or a
-    /// null (a flush) which empties the near cache.
-    fn invalidate(&self, near: &Near, data: Vec<Value>) {
-        let ns = self.settings.namespace.as_bytes();
-        for v in data {
-            match v {
-                Value::Nil => near.reset(Cause::Flush),
-                Value::Array(keys) | Value::Set(keys) => {
-                    for k in keys {
-                        if let Value::BulkString(b) = k
-                            && let Some(user) = b.strip_prefix(ns)
-                            // Keys that are not UTF-8 were never stored here.
-                            && let Ok(key) = std::str::from_utf8(user)
-                        {
-                            #[cfg(feature = "testing")]
-                            if super::dropped(&self.settings.namespace) {
-                                continue;
-                            }
-                            near.evict(key, true);
-                        }
+            match ib.pinged {
+                Some(at) if at.elapsed() >= self.settings.timeout => {
+                    return End::Lost(format!(
+                        "no answer to PING within timeout ({:?})",
+                        self.settings.timeout
+                    ));
+                }
+                Some(_) => {}
+                None if ib.heard.elapsed() >= TICK => {
+                    if let Err(e) = ib.stream.write_all(&ping) {
+                        return End::Lost(format!("cannot send PING: {e}"));
                     }
+                    ib.pinged = Some(Instant::now());
                 }
-                other => {
-                    tracing::debug!(value = ?other, "ddf: unexpected invalidation payload; emptying the near cache");
-                    near.reset(Cause::Flush);
-                }
+                None => {}
             }
         }
     }
@@ -419,5 +514,58 @@ mod tests {
         assert_eq!(next_backoff(Duration::ZERO, &lost, false), BACKOFF_MIN);
         let refused = End::Refused("ERR unknown command".to_owned());
         assert_eq!(next_backoff(BACKOFF_MIN, &refused, false), REFUSED_BACKOFF);
+    }
+
+    /// A reader that hands out its chunks one per read, then would block.
+    struct Chunks(std::collections::VecDeque<Vec<u8>>);
+
+    impl Read for Chunks {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            match self.0.pop_front() {
+                Some(c) => {
+                    buf[..c.len()].copy_from_slice(&c);
+                    Ok(c.len())
+                }
+                None => Err(std::io::ErrorKind::WouldBlock.into()),
+            }
+        }
+    }
+
+    /// The strict rule's drain reads without waiting: a push cut in two by the socket is kept
+    /// by the parser and completed by the next drain, and two pushes in one read are both
+    /// applied.
+    #[test]
+    fn a_drain_keeps_a_push_cut_in_two_for_the_next_one() {
+        let push = b">2\r\n$10\r\ninvalidate\r\n*1\r\n$3\r\nn:a\r\n".to_vec();
+        let mut parser = redis::Parser::new();
+        let mut got = Vec::new();
+        let mut first = Chunks([push[..20].to_vec()].into());
+        read_all(&mut parser, &mut first, |v| {
+            got.push(v);
+            Ok(())
+        })
+        .unwrap();
+        assert!(got.is_empty(), "half a push is not a value: {got:?}");
+        let mut rest = push[20..].to_vec();
+        rest.extend_from_slice(&push);
+        rest.extend_from_slice(b"+PONG\r\n");
+        let mut second = Chunks([rest].into());
+        read_all(&mut parser, &mut second, |v| {
+            got.push(v);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(got.len(), 3, "{got:?}");
+        assert!(matches!(
+            &got[0],
+            Value::Push {
+                kind: PushKind::Invalidate,
+                ..
+            }
+        ));
+        assert_eq!(got[2], Value::SimpleString("PONG".to_owned()));
+        // A closed socket is an error, not "nothing yet".
+        let mut closed: &[u8] = b"";
+        assert!(read_all(&mut parser, &mut closed, |_| Ok(())).is_err());
     }
 }

@@ -29,7 +29,7 @@ use super::conn::{Bounded, TlsConfig};
 use crate::config::{RedisEndpoint, RedisSettings, Secret, ServerAddr};
 
 /// The Sentinels of one master, and the master last found through them.
-pub(super) struct Sentinels {
+pub(crate) struct Sentinels {
     /// One client per Sentinel, with its `host:port` for logs.
     sentinels: Vec<(String, redis::Client)>,
     /// The name the Sentinels monitor the master under.
@@ -58,7 +58,7 @@ struct Master {
 impl Sentinels {
     /// Clients of the Sentinels (TLS with the settings' CA when there is one); no connection is
     /// opened here.
-    pub(super) fn new(
+    pub(crate) fn new(
         settings: &RedisSettings,
         sentinels: &[ServerAddr],
         name: &str,
@@ -88,7 +88,7 @@ impl Sentinels {
     }
 
     /// `host:port` of the master last found, if any.
-    pub(super) fn current(&self) -> Option<String> {
+    pub(crate) fn current(&self) -> Option<String> {
         self.state().master.as_ref().map(|m| m.addr.clone())
     }
 
@@ -97,6 +97,12 @@ impl Sentinels {
         if self.state().master.take().is_some() {
             tracing::debug!(master = %self.name, "Sentinel: the master will be looked up again");
         }
+    }
+
+    /// Finds the current master and verifies it with `ROLE` (a connection opened and closed),
+    /// so that [`Sentinels::current`] names it: what the near cache's tracking connection needs.
+    pub(crate) fn find_master(&self) -> RedisResult<()> {
+        self.connect().map(drop)
     }
 
     /// A connection to the current master, verified with `ROLE`, on `redis_db`: to the master

@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use super::{RedisEndpoint, RedisTarget};
 use crate::config::keys::CacheConfig;
 use crate::config::types::CacheBackend;
 use crate::error::Result;
@@ -36,7 +35,7 @@ impl CacheConfig {
     /// [`Error::Config`](crate::Error) for a size or TTL out of range (only possible by setting the
     /// fields directly: the parsers refuse them), and for `near_cache = true` where it is not
     /// offered: the local directory (see docs/near-cache.md: a hit could not be both coherent and
-    /// faster than the file's own get), a Redis Cluster, TLS or Sentinel (not tracked yet).
+    /// faster than the file's own get) and a Redis Cluster (not tracked yet).
     pub(crate) fn near_settings(&self) -> Result<Option<NearSettings>> {
         if !self.near_cache {
             return Ok(None);
@@ -78,21 +77,6 @@ impl CacheConfig {
                 if !self.redis_cluster_nodes.is_empty() {
                     return Err(not_offered(
                         "a Redis Cluster (redis_cluster_nodes): tracking every primary is not written yet",
-                    ));
-                }
-                if !self.redis_sentinels.is_empty() {
-                    return Err(not_offered(
-                        "Redis Sentinel (redis_sentinels): tracking across failovers is not written yet",
-                    ));
-                }
-                // From the parsed endpoint, whatever the URL's spelling (rediss://, valkeys://,
-                // upper case): a URL that does not parse is refused by the backend itself.
-                let tls = self.redis_settings().is_ok_and(|s| {
-                    matches!(s.target, RedisTarget::Standalone(RedisEndpoint::Tls { .. }))
-                });
-                if tls || self.redis_ca_file.is_some() {
-                    return Err(not_offered(
-                        "TLS (rediss://): the invalidation connection is plain TCP or unix only",
                     ));
                 }
                 NearMode::Tracked

@@ -1,0 +1,194 @@
+//! The near cache's tracking socket (see `tracking.rs`): TCP, TLS (rustls) or unix, read
+//! without waiting once tracking is on (`recv` with `MSG_DONTWAIT`, so a hit can drain it
+//! while the socket itself stays blocking for writes), and a `poll` for the thread's wait.
+
+use std::io::{Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::os::fd::{AsFd, OwnedFd};
+#[cfg(unix)]
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+
+use super::tracking::End;
+use crate::config::RedisSettings;
+
+/// A socket of ours; read without waiting once `dontwait` is set (tracking established).
+pub(super) struct Raw {
+    sock: Sock,
+    /// Reads use `MSG_DONTWAIT` (the socket itself stays blocking, so writes still block up to
+    /// `timeout`).
+    pub(super) dontwait: bool,
+}
+
+pub(super) enum Sock {
+    Tcp(TcpStream),
+    #[cfg(unix)]
+    Unix(UnixStream),
+}
+
+impl Read for Raw {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.dontwait {
+            let got = match &self.sock {
+                Sock::Tcp(s) => rustix::net::recv(s, &mut *buf, rustix::net::RecvFlags::DONTWAIT),
+                #[cfg(unix)]
+                Sock::Unix(s) => rustix::net::recv(s, &mut *buf, rustix::net::RecvFlags::DONTWAIT),
+            };
+            return got.map(|(n, _)| n).map_err(std::io::Error::from);
+        }
+        match &mut self.sock {
+            Sock::Tcp(s) => s.read(buf),
+            #[cfg(unix)]
+            Sock::Unix(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Raw {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        match &mut self.sock {
+            Sock::Tcp(s) => s.write(b),
+            #[cfg(unix)]
+            Sock::Unix(s) => s.write(b),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Raw {
+    pub(super) fn new(sock: Sock) -> Self {
+        Raw {
+            sock,
+            dontwait: false,
+        }
+    }
+
+    pub(super) fn timeouts(&self, read: Duration, write: Duration) -> std::io::Result<()> {
+        match &self.sock {
+            Sock::Tcp(s) => {
+                s.set_read_timeout(Some(read))?;
+                s.set_write_timeout(Some(write))
+            }
+            #[cfg(unix)]
+            Sock::Unix(s) => {
+                s.set_read_timeout(Some(read))?;
+                s.set_write_timeout(Some(write))
+            }
+        }
+    }
+
+    /// A second handle on the socket, for the thread's `poll` (which needs no lock).
+    pub(super) fn watcher(&self) -> std::io::Result<OwnedFd> {
+        match &self.sock {
+            Sock::Tcp(s) => s.as_fd().try_clone_to_owned(),
+            #[cfg(unix)]
+            Sock::Unix(s) => s.as_fd().try_clone_to_owned(),
+        }
+    }
+}
+
+/// The tracking connection: plain, or TLS over the same kind of socket (rustls, with the data
+/// connection's trust: `redis_ca_file`, else the system's roots).
+pub(super) enum Stream {
+    Plain(Raw),
+    #[cfg(feature = "tls")]
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, Raw>>),
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Plain(r) => r.read(buf),
+            #[cfg(feature = "tls")]
+            Stream::Tls(t) => t.read(buf),
+        }
+    }
+}
+
+impl Stream {
+    pub(super) fn raw(&mut self) -> &mut Raw {
+        match self {
+            Stream::Plain(r) => r,
+            #[cfg(feature = "tls")]
+            Stream::Tls(t) => &mut t.sock,
+        }
+    }
+
+    pub(super) fn write_all(&mut self, b: &[u8]) -> std::io::Result<()> {
+        match self {
+            Stream::Plain(r) => r.write_all(b),
+            #[cfg(feature = "tls")]
+            Stream::Tls(t) => {
+                t.write_all(b)?;
+                t.flush()
+            }
+        }
+    }
+}
+
+/// TLS over `raw` to `host`, trusting `redis_ca_file` when given, else the system's roots (as
+/// redis-rs does for the data connections).
+#[cfg(feature = "tls")]
+pub(super) fn tls(settings: &RedisSettings, raw: Raw, host: &str) -> Result<Stream, End> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName};
+    let mut roots = rustls::RootCertStore::empty();
+    match &settings.ca {
+        Some(pem) => {
+            for c in CertificateDer::pem_slice_iter(pem) {
+                let c = c.map_err(|e| End::Refused(format!("redis_ca_file: {e}")))?;
+                roots
+                    .add(c)
+                    .map_err(|e| End::Refused(format!("redis_ca_file: {e}")))?;
+            }
+        }
+        None => {
+            for c in rustls_native_certs::load_native_certs().certs {
+                // A system certificate rustls cannot use is not a trust anchor: skipped.
+                let _ = roots.add(c);
+            }
+        }
+    }
+    let config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = ServerName::try_from(host.to_owned())
+        .map_err(|e| End::Refused(format!("TLS server name {host:?}: {e}")))?;
+    let conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name)
+        .map_err(|e| End::Refused(format!("TLS: {e}")))?;
+    Ok(Stream::Tls(Box::new(rustls::StreamOwned::new(conn, raw))))
+}
+
+/// A TCP connection to `host:port` within `connect_timeout` (each address in turn).
+pub(super) fn tcp(host: &str, port: u16, s: &RedisSettings) -> Result<Raw, End> {
+    let lost = |e: std::io::Error| End::Lost(format!("cannot connect: {e}"));
+    let mut last = None;
+    for a in (host, port).to_socket_addrs().map_err(lost)? {
+        match TcpStream::connect_timeout(&a, s.connect_timeout) {
+            Ok(t) => {
+                t.set_nodelay(true).map_err(lost)?;
+                return Ok(Raw::new(Sock::Tcp(t)));
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(lost(last.unwrap_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "the host name resolved to no address",
+        )
+    })))
+}
+/// Waits up to `tick` for `fd` to be readable (or closed); `true` if it is.
+pub(super) fn readable(fd: &OwnedFd, tick: Duration) -> std::io::Result<bool> {
+    let timeout = rustix::event::Timespec::try_from(tick).map_err(std::io::Error::other)?;
+    let mut fds = [rustix::event::PollFd::new(fd, rustix::event::PollFlags::IN)];
+    match rustix::event::poll(&mut fds, Some(&timeout)) {
+        Ok(n) => Ok(n > 0),
+        Err(rustix::io::Errno::INTR) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}

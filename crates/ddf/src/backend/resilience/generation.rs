@@ -59,7 +59,7 @@ impl Shared {
     }
 
     /// The fallback store and the open outages of this scope other than `but`, when there are
-    /// any (the marker first: one `pread` when none is open).
+    /// any (the marker first: one load of a mapped byte when none is open).
     fn open_outages_but(&self, but: i64) -> Option<(&Arc<dyn Backend>, Vec<i64>)> {
         let store = self.outage_store()?;
         if !self.journal.may_have_open_outages() {

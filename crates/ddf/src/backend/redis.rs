@@ -44,6 +44,7 @@ use crate::key::Keyspace;
 pub(crate) mod cluster;
 pub(crate) mod commands;
 mod conn;
+pub(crate) mod resp;
 pub(crate) mod sentinel;
 
 const NAME: &str = "redis";
@@ -76,6 +77,9 @@ pub(crate) enum AsyncClient {
 }
 
 /// One pooled connection.
+// A few pooled connections per cache: the hot single-server variant is kept inline (no pointer
+// to follow on each request) at the cost of a larger enum.
+#[allow(clippy::large_enum_variant)]
 enum Conn {
     Single(Bounded),
     Cluster(Box<ClusterConnection>),
@@ -88,6 +92,32 @@ impl Conn {
             Conn::Cluster(c) => c.as_mut(),
         }
     }
+
+    /// A hot command (`GET`, `SET`, `UNLINK`) through our RESP2 encoder and parser
+    /// ([`resp`], [`Bounded::hot`]) when this is a plain or unix RESP2 connection; else
+    /// `fallback`, through redis-rs.
+    fn hot<T>(
+        &mut self,
+        encode: impl FnOnce(&mut Vec<u8>),
+        read: impl FnOnce(resp::Reply<'_>) -> redis::RedisResult<T>,
+        fallback: impl FnOnce(&mut dyn ConnectionLike) -> redis::RedisResult<T>,
+    ) -> redis::RedisResult<T> {
+        if let Conn::Single(b) = self
+            && let Some(r) = b.hot(encode, read)
+        {
+            return r;
+        }
+        fallback(self.as_like())
+    }
+}
+
+/// A hot reply that is not the type its command answers with.
+fn unexpected(reply: &resp::Reply<'_>, command: &'static str) -> redis::RedisError {
+    redis::RedisError::from((
+        redis::ErrorKind::UnexpectedReturnType,
+        "unexpected reply type",
+        format!("{reply:?} to {command}"),
+    ))
 }
 
 /// A small connection pool.
@@ -646,7 +676,16 @@ impl Backend for RedisBackend {
 
     fn get(&self, key: &str) -> Result<Option<Item>> {
         let k = self.keyspace.storage_key(key);
-        let v: Option<Vec<u8>> = self.run("GET", |c| commands::get(&k).query(c.as_like()))?;
+        let v: Option<Vec<u8>> = self.run("GET", |c| {
+            c.hot(
+                |b| resp::get(b, k.as_bytes()),
+                |r| match r {
+                    resp::Reply::Bulk(v) => Ok(v.map(<[u8]>::to_vec)),
+                    r => Err(unexpected(&r, "GET")),
+                },
+                |c| commands::get(&k).query(c),
+            )
+        })?;
         Ok(v.map(Item::unflagged))
     }
 
@@ -659,8 +698,14 @@ impl Backend for RedisBackend {
 
     fn set(&self, key: &str, item: &Item, ttl: Option<Duration>) -> Result<()> {
         let k = self.keyspace.storage_key(key);
-        let cmd = commands::set(&k, &item.data, ttl);
-        self.run("SET", |c| cmd.query::<()>(c.as_like()))
+        self.run("SET", |c| {
+            c.hot(
+                |b| resp::set(b, k.as_bytes(), &item.data, ttl),
+                // redis-rs reads any reply that is not an error as `()`: the same here.
+                |_| Ok(()),
+                |c| commands::set(&k, &item.data, ttl).query::<()>(c),
+            )
+        })
     }
 
     fn add(&self, key: &str, item: &Item, ttl: Option<Duration>) -> Result<bool> {
@@ -687,7 +732,16 @@ impl Backend for RedisBackend {
 
     fn delete(&self, key: &str) -> Result<bool> {
         let k = self.keyspace.storage_key(key);
-        let n: u64 = self.run("UNLINK", |c| commands::unlink(&[&k]).query(c.as_like()))?;
+        let n: i64 = self.run("UNLINK", |c| {
+            c.hot(
+                |b| resp::unlink(b, k.as_bytes()),
+                |r| match r {
+                    resp::Reply::Int(n) => Ok(n),
+                    r => Err(unexpected(&r, "UNLINK")),
+                },
+                |c| commands::unlink(&[&k]).query(c),
+            )
+        })?;
         Ok(n > 0)
     }
 

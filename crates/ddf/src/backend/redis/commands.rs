@@ -59,7 +59,7 @@ fn px(c: &mut redis::Cmd, ttl: Option<Duration>) {
 }
 
 /// A TTL in whole milliseconds, at least 1.
-fn millis(t: Duration) -> u64 {
+pub(super) fn millis(t: Duration) -> u64 {
     u64::try_from(t.as_millis()).unwrap_or(u64::MAX).max(1)
 }
 

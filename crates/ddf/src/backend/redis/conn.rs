@@ -37,6 +37,8 @@ pub(super) use tls::TlsConfig;
 #[cfg(not(feature = "tls"))]
 pub(super) enum TlsConfig {}
 
+use super::resp::{self, Parsed, Reply};
+
 /// A connection that fails fast once one of its replies failed (timeout, I/O error, a reply
 /// that is not RESP): later requests are refused without touching the socket.
 pub(super) struct Bounded {
@@ -115,14 +117,25 @@ impl Stream {
 }
 
 /// Our end of a plain connection: the socket, the timeouts it carries now, and redis-rs's
-/// parser (which keeps what it read beyond one reply for the next).
+/// parser (which keeps what it read beyond one reply for the next), beside the buffers of the
+/// hot commands ([`Bounded::hot`]).
 struct Own {
     stream: Stream,
     parser: redis::Parser,
     /// The socket's read and write timeouts as last set.
     read_to: Duration,
     write_to: Duration,
+    /// Whether the connection speaks RESP2 (the hot path's parser knows RESP2 only).
+    resp2: bool,
+    /// The request of a hot command (kept: no allocation per call).
+    req: Vec<u8>,
+    /// The room a hot command's reply is read into (kept: no allocation per call; it grows
+    /// with what the server sent, never with a length it announced).
+    rbuf: Vec<u8>,
 }
+
+/// What a hot reply's buffer starts at, and what it is brought back to after a larger reply.
+const RBUF: usize = 4096;
 
 /// A socket timeout is shortened only when it is this much longer than what is left: the
 /// first read of a request (the usual only one) costs no system call, and a request still
@@ -160,6 +173,9 @@ impl Own {
             parser: redis::Parser::new(),
             read_to: Duration::ZERO,
             write_to: Duration::ZERO,
+            resp2: true,
+            req: Vec::new(),
+            rbuf: Vec::new(),
         })
     }
 
@@ -220,6 +236,70 @@ impl Own {
         self.parser.parse_value(&mut until)
     }
 
+    /// Reads one reply of a hot command before `deadline` with our RESP2 parser. The outer
+    /// error is the connection's (I/O, timeout, bytes that are not RESP2, or bytes after the
+    /// reply, which RESP2 never sends unasked): it is out of step. The inner result is the
+    /// reply's: `read`'s, or an error reply as redis-rs classifies it (the connection is fine).
+    fn recv_hot<T>(
+        &mut self,
+        deadline: Instant,
+        read: impl FnOnce(Reply<'_>) -> RedisResult<T>,
+    ) -> RedisResult<RedisResult<T>> {
+        // `buf`'s length is its zeroed room, kept between calls; `filled` what was received.
+        // It grows with what the server sent (at most doubling it), never with an announced
+        // length, and is brought back to `RBUF` after a large reply.
+        let mut buf = std::mem::take(&mut self.rbuf);
+        if buf.len() > 16 * RBUF {
+            buf = Vec::new();
+        }
+        if buf.len() < RBUF {
+            buf.resize(RBUF, 0);
+        }
+        let mut filled = 0;
+        let r = loop {
+            match resp::parse(&buf[..filled]) {
+                Err(e) => break Err(protocol(e)),
+                Ok(Parsed::Done(reply, used)) if used == filled => {
+                    break Ok(match reply {
+                        Reply::Error(raw) => match redis::parse_redis_value(raw) {
+                            Ok(Value::ServerError(e)) => Err(e.into()),
+                            Ok(_) => Err(protocol(resp::RespError(
+                                "an error reply redis-rs reads as no error".to_owned(),
+                            ))),
+                            Err(e) => Err(e),
+                        },
+                        r => read(r),
+                    });
+                }
+                Ok(Parsed::Done(..)) => {
+                    break Err(protocol(resp::RespError(
+                        "bytes after the reply to one command: the connection is out of step"
+                            .to_owned(),
+                    )));
+                }
+                Ok(Parsed::Incomplete) => {}
+            }
+            if filled == buf.len() {
+                buf.resize(filled.saturating_mul(2), 0);
+            }
+            let mut until = Until {
+                stream: &mut self.stream,
+                read_to: &mut self.read_to,
+                deadline,
+            };
+            match until.read(&mut buf[filled..]) {
+                Ok(0) => {
+                    break Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+                }
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => break Err(e.into()),
+            }
+        };
+        self.rbuf = buf;
+        r
+    }
+
     /// Starts a request of at most `timeout`: a socket timeout the previous request shortened
     /// is set back (so that the first read of this one needs no system call).
     fn start(&mut self, timeout: Duration) -> std::io::Result<()> {
@@ -233,6 +313,11 @@ impl Own {
         }
         Ok(())
     }
+}
+
+/// A reply the hot path's parser refused, as redis-rs's own parse errors are.
+fn protocol(e: resp::RespError) -> RedisError {
+    RedisError::from((redis::ErrorKind::Parse, "the reply is not valid RESP2", e.0))
 }
 
 /// The reader the parser reads a reply through: each socket read waits at most what is left
@@ -280,6 +365,8 @@ impl Bounded {
             deadline,
             broken: false,
         };
+        // The hot path's parser knows RESP2 only.
+        c.io.resp2 = info.redis_settings().protocol() != redis::ProtocolVersion::RESP3;
         c.authenticate(info.redis_settings(), deadline)?;
         c.select(deadline)?;
         c.timeout = timeout;
@@ -334,6 +421,40 @@ impl Bounded {
         let r = redis::cmd("SELECT").arg(self.db).exec(self);
         self.timeout = timeout;
         r
+    }
+
+    /// One hot command on a connection speaking RESP2 (plain, unix or TLS): `encode` appends
+    /// its request ([`resp`]), and its reply, read by our parser within the request's deadline,
+    /// is given to `read`. `None` when the connection speaks RESP3: the caller sends the command
+    /// through redis-rs's parser then. The same bytes go out either way, and the same bound
+    /// holds (each socket read waits at most what is left).
+    pub(super) fn hot<T>(
+        &mut self,
+        encode: impl FnOnce(&mut Vec<u8>),
+        read: impl FnOnce(Reply<'_>) -> RedisResult<T>,
+    ) -> Option<RedisResult<T>> {
+        let o = &mut self.io;
+        if !o.resp2 {
+            return None;
+        }
+        if self.broken {
+            return Some(Err(abandoned()));
+        }
+        let mut req = std::mem::take(&mut o.req);
+        req.clear();
+        encode(&mut req);
+        self.deadline = Instant::now() + self.timeout;
+        let deadline = self.deadline;
+        let r = o
+            .start(self.timeout)
+            .and_then(|()| o.send(&req, deadline))
+            .map_err(RedisError::from)
+            .and_then(|()| o.recv_hot(deadline, read));
+        if req.capacity() <= 16 * RBUF {
+            o.req = req;
+        }
+        // A failed connection is out of step; an error reply leaves it in step.
+        Some(self.watch(r).and_then(|reply| reply))
     }
 
     /// Marks the connection broken when `r` failed.

@@ -9,9 +9,10 @@
 //!   process that is down (or starts during the outage) does not go on reading a value the
 //!   server no longer has. Likewise a write or an invalidation recorded during an outage is
 //!   applied to every other open outage of the scope ([`Shared::forget_in_other_outages`]):
-//!   processes can be in different generations for a while. The check is one `stat` of a marker file that exists while an
-//!   outage may be open ([`super::journal::OUTAGE_MARKER`]), then, only then, one indexed
-//!   query in the journal database.
+//!   processes can be in different generations for a while. The check is one read of a
+//!   one-byte marker that says whether an outage may be open
+//!   ([`super::journal::OUTAGE_MARKER`]), then, only then, one indexed query in the journal
+//!   database.
 //! - **No entry outlives its generation**: the process that ends an outage empties its entries,
 //!   closes it, and empties them again; a process that writes into a generation checks, after
 //!   the write, that it is still open, and removes what it wrote if not
@@ -58,7 +59,7 @@ impl Shared {
     }
 
     /// The fallback store and the open outages of this scope other than `but`, when there are
-    /// any (the marker file first: one `stat` when none is open).
+    /// any (the marker first: one load of a mapped byte when none is open).
     fn open_outages_but(&self, but: i64) -> Option<(&Arc<dyn Backend>, Vec<i64>)> {
         let store = self.outage_store()?;
         if !self.journal.may_have_open_outages() {

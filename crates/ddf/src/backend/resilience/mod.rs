@@ -292,7 +292,7 @@ impl Resilient {
     #[cfg(feature = "async")]
     /// A write or an invalidation succeeded on the primary (the async face's hot path): the
     /// sync face's rule, what the server forgets the open outages forget (see
-    /// [`generation`]). One `stat` of the outage marker when no outage is open; the journal and
+    /// [`generation`]). One load of the mapped outage marker when no outage is open; the journal and
     /// the fallback (SQLite) otherwise.
     pub(crate) fn primary_forgot(&self, what: Forget<'_>) {
         self.shared.forget_in_open_outages(|| match what {

@@ -43,7 +43,7 @@ use crate::key::Keyspace;
 
 pub(crate) mod cluster;
 pub(crate) mod commands;
-mod conn;
+pub(crate) mod conn;
 pub(crate) mod resp;
 pub(crate) mod sentinel;
 

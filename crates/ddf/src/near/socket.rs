@@ -129,35 +129,16 @@ impl Stream {
     }
 }
 
-/// TLS over `raw` to `host`, trusting `redis_ca_file` when given, else the system's roots (as
-/// redis-rs does for the data connections).
+/// TLS over `raw` to `host`, with the data connections' configuration (`redis_ca_file` when
+/// given, else the system's roots; `#insecure` refused): one place decides what is trusted.
 #[cfg(feature = "tls")]
 pub(super) fn tls(settings: &RedisSettings, raw: Raw, host: &str) -> Result<Stream, End> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, ServerName};
-    let mut roots = rustls::RootCertStore::empty();
-    match &settings.ca {
-        Some(pem) => {
-            for c in CertificateDer::pem_slice_iter(pem) {
-                let c = c.map_err(|e| End::Refused(format!("redis_ca_file: {e}")))?;
-                roots
-                    .add(c)
-                    .map_err(|e| End::Refused(format!("redis_ca_file: {e}")))?;
-            }
-        }
-        None => {
-            for c in rustls_native_certs::load_native_certs().certs {
-                // A system certificate rustls cannot use is not a trust anchor: skipped.
-                let _ = roots.add(c);
-            }
-        }
-    }
-    let config = rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    use rustls::pki_types::ServerName;
+    let config = crate::backend::redis::conn::TlsConfig::new(settings.ca.as_deref(), false)
+        .map_err(|e| End::Refused(format!("TLS: {e}")))?;
     let name = ServerName::try_from(host.to_owned())
         .map_err(|e| End::Refused(format!("TLS server name {host:?}: {e}")))?;
-    let conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name)
+    let conn = rustls::ClientConnection::new(config.client_config(), name)
         .map_err(|e| End::Refused(format!("TLS: {e}")))?;
     Ok(Stream::Tls(Box::new(rustls::StreamOwned::new(conn, raw))))
 }

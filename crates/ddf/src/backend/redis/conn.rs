@@ -30,7 +30,7 @@ use redis::{ConnectionAddr, ConnectionLike, RedisError, RedisResult, Value};
 #[cfg(feature = "tls")]
 mod tls;
 #[cfg(feature = "tls")]
-pub(super) use tls::TlsConfig;
+pub(crate) use tls::TlsConfig;
 
 /// Without feature `tls` there is no TLS configuration (a TLS target is refused by the
 /// settings).

@@ -23,7 +23,7 @@ use super::{REQUEST_TOOK_TOO_LONG, SLACK, rest};
 
 /// The rustls configuration of one backend's connections (built once; connections share it).
 #[derive(Clone)]
-pub(in crate::backend::redis) struct TlsConfig(Arc<ClientConfig>);
+pub(crate) struct TlsConfig(Arc<ClientConfig>);
 
 impl TlsConfig {
     /// The configuration that trusts `ca` (PEM, already checked by the settings), or the
@@ -32,7 +32,7 @@ impl TlsConfig {
     ///
     /// # Errors
     /// An unreadable CA, no trusted root at all, `insecure`, or a rustls refusal.
-    pub(in crate::backend::redis) fn new(ca: Option<&[u8]>, insecure: bool) -> RedisResult<Self> {
+    pub(crate) fn new(ca: Option<&[u8]>, insecure: bool) -> RedisResult<Self> {
         if insecure {
             return Err(config_error(
                 "`#insecure` is not supported: the server's certificate is always checked \
@@ -71,6 +71,12 @@ impl TlsConfig {
             .with_root_certificates(roots)
             .with_no_client_auth();
         Ok(TlsConfig(Arc::new(config)))
+    }
+
+    /// The rustls configuration, for a connection of ours that is not a [`TlsStream`] (the
+    /// near cache's tracking socket).
+    pub(crate) fn client_config(&self) -> Arc<ClientConfig> {
+        Arc::clone(&self.0)
     }
 }
 

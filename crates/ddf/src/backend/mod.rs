@@ -18,6 +18,8 @@ use crate::config::{BackendSettings, CacheConfig};
 use crate::error::Result;
 pub use crate::item::Item;
 
+#[cfg(any(feature = "redis", feature = "memcached"))]
+mod ascii;
 pub(crate) mod degraded;
 pub mod file;
 #[cfg(feature = "memcached")]

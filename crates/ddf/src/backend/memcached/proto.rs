@@ -13,6 +13,7 @@
 //! a value is a slice of the buffer, and a length a peer announces is only compared, never
 //! reserved.
 
+use crate::backend::ascii::push_uint;
 use std::fmt;
 
 /// The longest reply line accepted (a metadump line holds one key; a peer that is not memcached
@@ -48,22 +49,6 @@ pub(crate) enum Parsed<T> {
 // ---------------------------------------------------------------------------------------------
 // Requests
 // ---------------------------------------------------------------------------------------------
-
-/// Appends the decimal form of `n` (by hand: `itoa` is not a direct dependency, and `format!`
-/// would allocate on every request of the write path).
-fn push_uint(buf: &mut Vec<u8>, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    buf.extend_from_slice(&digits[i..]);
-}
 
 /// Refuses a key the text protocol cannot carry: empty, longer than 250 bytes, or holding a
 /// space, a control character or a non-ASCII byte (which could end the command line early and

@@ -17,6 +17,7 @@
 //! ([`Reply::Error`]) so that redis-rs classifies it (the error kinds the rest of the backend
 //! maps stay redis-rs's).
 
+use crate::backend::ascii::push_uint;
 use std::time::Duration;
 
 /// The result of one parse step.
@@ -62,21 +63,6 @@ pub(crate) enum Reply<'a> {
 // ---------------------------------------------------------------------------------------------
 // Requests
 // ---------------------------------------------------------------------------------------------
-
-/// Appends the decimal form of `n`.
-fn push_uint(buf: &mut Vec<u8>, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    buf.extend_from_slice(&digits[i..]);
-}
 
 /// Appends one bulk string argument: `$<len>\r\n<bytes>\r\n`.
 fn push_arg(buf: &mut Vec<u8>, arg: &[u8]) {

@@ -877,3 +877,37 @@ fn building_a_cache_waits_for_no_node() {
         assert_eq!(cluster.cli(port, &["GET", key]).trim(), v, "{key}");
     }
 }
+
+/// The first call of a new cache waits for the background slot map, and that wait counts
+/// against its own bound: with every primary stopped (they accept the connection and never
+/// answer), `timeout = 3 s` and `connect_timeout = 1 s`, one `get` made at once after the
+/// build ends within `timeout` + `connect_timeout` (a generous second above it is allowed
+/// here). Before, it waited for the map (one `timeout`) and then its own request (another):
+/// about 6 s.
+#[test]
+fn the_first_call_counts_the_map_wait_against_its_bound() {
+    let Some(cluster) = cluster() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (connect, timeout) = (Duration::from_secs(1), Duration::from_secs(3));
+    let cfg = config(&cluster, dir.path()).with_timeouts(connect, timeout);
+    for n in &cluster.nodes {
+        n.process.signal("STOP");
+    }
+    let (got, took) = timed(|| {
+        let cache = CacheManager::new(cfg.clone()).unwrap();
+        cache.get::<String>("k1")
+    });
+    for n in &cluster.nodes {
+        n.process.signal("CONT");
+    }
+    eprintln!(
+        "cluster, every primary stopped: build + first get {took:?} ({})",
+        if got.is_ok() { "ok" } else { "error" }
+    );
+    assert!(
+        took < connect + timeout + Duration::from_secs(1),
+        "build + first get took {took:?}"
+    );
+}

@@ -258,6 +258,10 @@ impl Backend for Watched {
     fn delete_prefix(&self, prefix: &str) -> Result<u64> {
         self.seen(self.inner.delete_prefix(prefix))
     }
+    /// Forwarded as one call (the replay's batch: Memcached walks the server once for it).
+    fn delete_prefixes(&self, prefixes: &[&str]) -> Result<u64> {
+        self.seen(self.inner.delete_prefixes(prefixes))
+    }
     fn clear(&self) -> Result<()> {
         self.seen(self.inner.clear())
     }
@@ -604,6 +608,16 @@ impl Backend for PerScope {
             0,
             |a, b| a + b,
             |r| r.delete_prefix(prefix),
+        )
+    }
+
+    /// One fan-out for all the prefixes (each scope's wrapper records or applies them).
+    fn delete_prefixes(&self, prefixes: &[&str]) -> Result<u64> {
+        self.on_every(
+            "delete_prefixes",
+            0,
+            |a, b| a + b,
+            |r| r.delete_prefixes(prefixes),
         )
     }
 

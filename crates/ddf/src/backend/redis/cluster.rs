@@ -388,10 +388,15 @@ impl Shards {
         self.warn_unknown(&ranges);
         // A slot leaves a scope only when that scope has nothing to replay and its breaker is
         // closed, into a scope whose breaker is closed: a key recorded while its scope was
-        // down is never read through another scope first. Before the scopes are built, nothing
-        // is recorded by this cache yet; a first reading that ends after they are built (it
-        // runs in the background) follows the rule like any later one.
+        // down is never read through another scope first. Until the first reading is over
+        // (answered, or its time up: the calls waiting for it then go on with the even
+        // split), no call has placed a key by the even split's guess, so every slot goes to
+        // its owner's scope whatever the scopes' states: a record another process made there
+        // is then met, never bypassed by the guessed scope. Checked under the map's write lock:
+        // a call that stops waiting marks the reading over before it reads the map. A first
+        // answer after that follows the rule like any later one.
         let mut may_move = |from: u16, to: u16| match self.states.get() {
+            _ if !self.first.is_over() => true,
             None => true,
             Some(states) => {
                 states

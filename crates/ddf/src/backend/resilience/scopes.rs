@@ -304,6 +304,20 @@ impl Backend for Watched {
     }
 }
 
+/// Why a scope is marked down by [`PerScope::follow_moves`]: `n` keys moved to it from the
+/// scope labelled `from` while a write to them was recorded there.
+fn moved_here(backend: &'static str, n: usize, from: &str) -> Error {
+    Error::Backend {
+        backend,
+        message: format!(
+            "{n} key(s) moved here from {from} while a write to them was recorded there; \
+             replaying before serving them"
+        ),
+        temporary: true,
+        source: None,
+    }
+}
+
 /// One server's breaker, fallback, journal scope and background loop.
 pub(crate) struct Scope {
     label: String,
@@ -437,16 +451,7 @@ impl PerScope {
             if let Err(e) = s.journal.append(&s.cfg.scope, &moved) {
                 tracing::warn!(error = %e, "cannot record a write for the scope its key moved to");
             }
-            let cause = Error::Backend {
-                backend: self.name,
-                message: format!(
-                    "{} key(s) moved here from {} while a write to them was recorded there;                      replaying before serving them",
-                    moved.len(),
-                    old.label
-                ),
-                temporary: true,
-                source: None,
-            };
+            let cause = moved_here(self.name, moved.len(), &old.label);
             super::Shared::failed(s, true, &cause);
         }
     }

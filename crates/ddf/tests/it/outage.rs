@@ -748,3 +748,58 @@ fn memcached_recorded_prefix_invalidations_share_one_walk() {
         );
     }
 }
+
+/// With several Memcached servers (a breaker per server), the prefix invalidations recorded
+/// for the stopped one are replayed with one walk of its items for all of them too (the
+/// per-server wrapper forwards the batch), and every one is applied on both servers.
+#[test]
+fn memcached_recorded_prefix_invalidations_share_one_walk_per_server() {
+    const PREFIXES: usize = 10;
+    let dir = tempfile::tempdir().unwrap();
+    let start = || ddf_testkit::MemcachedServer::start_with(&["-o", "no_lru_maintainer"]);
+    let (Some(stopped), Some(healthy)) = (start(), start()) else {
+        return;
+    };
+    let port = stopped.port();
+    let cfg = config(Kind::Memcached, &[port, healthy.port()], dir.path());
+    let d = direct(&cfg);
+    for i in 0..PREFIXES {
+        for j in 0..4 {
+            d.set(&format!("p{i}:k{j}"), "old", None).unwrap();
+            d.set(&format!("keep{i}:{j}"), "v", None).unwrap();
+        }
+    }
+    let cache = CacheManager::new(cfg.clone()).unwrap();
+    stopped.process.signal("STOP");
+    for i in 0..PREFIXES {
+        // The first one times out on the stopped server; all are recorded for it.
+        let _ = cache.invalidate_pattern(&format!("p{i}:"));
+    }
+    assert_eq!(pending(&cache), PREFIXES.to_string(), "{}", state(&cache));
+    drop(cache);
+    // As in the one-server test: the walk the first call left unanswered runs on CONT.
+    std::thread::sleep(crate::resilience::TIMEOUT + Duration::from_millis(300));
+    stopped.process.signal("CONT");
+    std::thread::sleep(Duration::from_millis(300));
+    let before = crawler_starts(port);
+    let cache = CacheManager::new(cfg.clone()).unwrap();
+    crate::resilience::wait_until_up(&cache);
+    let walks = crawler_starts(port) - before;
+    eprintln!(
+        "{PREFIXES} recorded prefix invalidations replayed with {walks} walk(s) of the server"
+    );
+    assert_eq!(
+        walks, 1,
+        "one walk of the returning server for every recorded prefix"
+    );
+    assert_eq!(pending(&cache), "0");
+    for i in 0..PREFIXES {
+        for j in 0..4 {
+            assert_eq!(d.get::<String>(&format!("p{i}:k{j}")).unwrap(), None);
+            assert_eq!(
+                d.get::<String>(&format!("keep{i}:{j}")).unwrap().as_deref(),
+                Some("v")
+            );
+        }
+    }
+}

@@ -611,3 +611,39 @@ fn threads_get_their_own_connections() {
         .count();
     assert!((2..=4).contains(&clients), "{clients} connections");
 }
+
+/// `rediss://...#insecure` (no certificate check) is refused when the settings are read, on
+/// both faces, with an error that names the key, where it came from and what is allowed:
+/// before, the sync face marked the server down at its first connection and served the
+/// fallback for as long as the process ran.
+#[test]
+fn an_insecure_tls_url_is_refused_at_build_on_both_faces() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = CacheConfig::default()
+        .with_backend(CacheBackend::Redis)
+        .with_namespace("tls:")
+        .with_pickle_dir(dir.path())
+        .with_redis_url(Some(format!(
+            "rediss://:s3cret@localhost:{}/0#insecure",
+            ddf_testkit::free_port()
+        )));
+    config.fallback = FallbackMode::Pickle;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let sync = CacheManager::new(config.clone()).map(drop).unwrap_err();
+    let aio = {
+        let _in = rt.enter();
+        ddf::AsyncCacheManager::new(config).map(drop).unwrap_err()
+    };
+    for e in [sync, aio] {
+        let text = e.to_string();
+        eprintln!("{text}");
+        assert!(text.contains("redis_url"), "{text}");
+        assert!(text.contains("#insecure"), "{text}");
+        assert!(text.contains("redis_ca_file"), "what is allowed: {text}");
+        assert!(!text.contains("s3cret"), "{text}");
+        assert!(!e.is_temporary(), "{text}");
+    }
+}

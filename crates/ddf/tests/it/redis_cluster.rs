@@ -877,3 +877,86 @@ fn building_a_cache_waits_for_no_node() {
         assert_eq!(cluster.cli(port, &["GET", key]).trim(), v, "{key}");
     }
 }
+
+/// The first call of a new cache waits for the background slot map, and that wait counts
+/// against its own bound: with every primary stopped (they accept the connection and never
+/// answer), `timeout = 3 s` and `connect_timeout = 1 s`, one `get` made at once after the
+/// build ends within `timeout` + `connect_timeout` (a generous second above it is allowed
+/// here). Before, it waited for the map (one `timeout`) and then its own request (another):
+/// about 6 s.
+#[test]
+fn the_first_call_counts_the_map_wait_against_its_bound() {
+    let Some(cluster) = cluster() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (connect, timeout) = (Duration::from_secs(1), Duration::from_secs(3));
+    let cfg = config(&cluster, dir.path()).with_timeouts(connect, timeout);
+    for n in &cluster.nodes {
+        n.process.signal("STOP");
+    }
+    let (got, took) = timed(|| {
+        let cache = CacheManager::new(cfg.clone()).unwrap();
+        cache.get::<String>("k1")
+    });
+    for n in &cluster.nodes {
+        n.process.signal("CONT");
+    }
+    eprintln!(
+        "cluster, every primary stopped: build + first get {took:?} ({})",
+        if got.is_ok() { "ok" } else { "error" }
+    );
+    assert!(
+        took < connect + timeout + Duration::from_secs(1),
+        "build + first get took {took:?}"
+    );
+}
+
+/// The first reading of the slot map puts every slot in its owner's scope, whatever the
+/// scopes' states (no call places a key before it: they wait for it). The nodes are listed in
+/// reverse, so the even split guesses the first node's slots in the scope of the third (the
+/// first listed); the first reading is answered only after another process recorded a delete
+/// in that scope. The first node's key is still read through its own scope (here: the read
+/// times out on the stopped first node, a failed operation of the first node's scope).
+/// Before, the first reading followed the rule for later ones (a slot leaves a scope only
+/// when it has nothing recorded): the first node's slots stayed in the third's scope, which
+/// was asked for the key, and the first node's scope never was.
+#[test]
+fn the_first_map_reading_places_every_slot() {
+    let Some(cluster) = cluster() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut other = config(&cluster, dir.path());
+    other.redis_cluster_nodes.reverse();
+    // Long enough for the steps below to end before this cache's first reading gives up.
+    let cfg = other.clone().with_timeouts(CONNECT, Duration::from_secs(4));
+    let owned_by = |node: usize| {
+        (0..1000)
+            .map(|i| format!("first{i}"))
+            .find(|k| owner(&cluster, &format!("rc:{k}")) == node)
+            .unwrap()
+    };
+    let (key, third) = (owned_by(0), owned_by(2));
+    let other = CacheManager::new(other).unwrap();
+    other.set(&third, "v", None).unwrap();
+    for n in &cluster.nodes {
+        n.process.signal("STOP");
+    }
+    // Built with no record and no outage: its scopes are built (all settled), its map not.
+    let cache = CacheManager::new(cfg).unwrap();
+    // Another process records a delete in the third node's scope meanwhile.
+    let _ = other.delete(&third);
+    cluster.nodes[1].process.signal("CONT");
+    let got = cache.get::<String>(&key);
+    let first = cluster.addrs()[0].clone();
+    let first_failed = row(&cache, &format!("server.{first}.failed operations"));
+    for n in &cluster.nodes {
+        n.process.signal("CONT");
+    }
+    assert!(got.is_ok(), "{got:?}");
+    assert_eq!(
+        first_failed, "1",
+        "the first node's key was not read through the first node's scope"
+    );
+}

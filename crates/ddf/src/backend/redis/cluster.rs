@@ -6,7 +6,8 @@
 //!   from the moment the backend is built (every configured node asked at once, the first
 //!   answer taken): building a cache, on either face, waits for no server. The first use of
 //!   the map waits for that reading, at most `connect_timeout` + `timeout` from the build
-//!   ([`First`]). It is read again on every `MOVED`, and each time a primary's probe reaches
+//!   ([`First`]); that wait counts against the call's own bound (`CALL_DEADLINE`: its request
+//!   gets what is left of `connect_timeout` + `timeout`). It is read again on every `MOVED`, and each time a primary's probe reaches
 //!   it. Until a node answers, the map is the split `redis-cli --cluster create` makes over the
 //!   configured nodes, in their order.
 //! - **Scopes**: one per configured node (`redis_cluster_nodes`, which should list the
@@ -33,6 +34,7 @@
 //!   single-key `UNLINK`s: a multi-key `UNLINK` across slots is refused by a cluster node), then
 //!   the nodes they are migrating slots to (`ASKING` + `UNLINK`).
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -83,6 +85,16 @@ struct First {
     done: Mutex<bool>,
     cv: Condvar,
     until: Instant,
+    /// One call's bound (`connect_timeout` + `timeout`), which its wait counts against.
+    budget: Duration,
+}
+
+thread_local! {
+    /// The deadline of the call on this thread whose routing waited for the first slot map
+    /// (its start + `connect_timeout` + `timeout`): its request gets only what is left
+    /// ([`NodeBackend::exec`] takes it). Set by [`Partition::scope_of`] for every keyed call,
+    /// `None` when it did not wait, so no call inherits another's.
+    static CALL_DEADLINE: Cell<Option<Instant>> = const { Cell::new(None) };
 }
 
 impl First {
@@ -92,7 +104,13 @@ impl First {
             done: Mutex::new(false),
             cv: Condvar::new(),
             until: Instant::now() + wait,
+            budget: wait,
         }
+    }
+
+    /// Whether the reading is over, without waiting.
+    fn is_over(&self) -> bool {
+        self.over.load(Ordering::Acquire)
     }
 
     /// The reading is over (answered or not): the waiters go on.
@@ -132,9 +150,14 @@ impl fmt::Debug for Shards {
 }
 
 impl Partition for Shards {
+    /// The scope of `key`; the first calls wait here for the first slot map, and that wait
+    /// counts against the call's own bound (`CALL_DEADLINE`).
     fn scope_of(&self, key: &str) -> usize {
+        let deadline = (!self.first.is_over()).then(|| Instant::now() + self.first.budget);
         let slot = slot_of(self.keyspace.storage_key(key).as_bytes());
-        usize::from(self.read().scope[usize::from(slot)])
+        let scope = usize::from(self.read().scope[usize::from(slot)]);
+        CALL_DEADLINE.set(deadline);
+        scope
     }
 
     fn watch(&self, scopes: Vec<ScopeState>) {
@@ -365,10 +388,15 @@ impl Shards {
         self.warn_unknown(&ranges);
         // A slot leaves a scope only when that scope has nothing to replay and its breaker is
         // closed, into a scope whose breaker is closed: a key recorded while its scope was
-        // down is never read through another scope first. Before the scopes are built, nothing
-        // is recorded by this cache yet; a first reading that ends after they are built (it
-        // runs in the background) follows the rule like any later one.
+        // down is never read through another scope first. Until the first reading is over
+        // (answered, or its time up: the calls waiting for it then go on with the even
+        // split), no call has placed a key by the even split's guess, so every slot goes to
+        // its owner's scope whatever the scopes' states: a record another process made there
+        // is then met, never bypassed by the guessed scope. Checked under the map's write lock:
+        // a call that stops waiting marks the reading over before it reads the map. A first
+        // answer after that follows the rule like any later one.
         let mut may_move = |from: u16, to: u16| match self.states.get() {
+            _ if !self.first.is_over() => true,
             None => true,
             Some(states) => {
                 states
@@ -433,7 +461,7 @@ impl Shards {
 }
 
 /// The primary of one scope: requests for its keys, sent to the owner of each key's slot.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct NodeBackend {
     shards: Arc<Shards>,
     scope: usize,

@@ -183,6 +183,13 @@ impl Backend for GenerationView {
         self.inner.delete_prefix(&self.key(prefix))
     }
 
+    /// Forwarded as one call, each prefix within the generation.
+    fn delete_prefixes(&self, prefixes: &[&str]) -> Result<u64> {
+        let owned: Vec<String> = prefixes.iter().map(|p| self.key(p)).collect();
+        let refs: Vec<&str> = owned.iter().map(String::as_str).collect();
+        self.inner.delete_prefixes(&refs)
+    }
+
     fn clear(&self) -> Result<()> {
         self.inner.delete_prefix(&self.prefix).map(drop)
     }

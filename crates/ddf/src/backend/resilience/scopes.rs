@@ -258,6 +258,10 @@ impl Backend for Watched {
     fn delete_prefix(&self, prefix: &str) -> Result<u64> {
         self.seen(self.inner.delete_prefix(prefix))
     }
+    /// Forwarded as one call (the replay's batch: Memcached walks the server once for it).
+    fn delete_prefixes(&self, prefixes: &[&str]) -> Result<u64> {
+        self.seen(self.inner.delete_prefixes(prefixes))
+    }
     fn clear(&self) -> Result<()> {
         self.seen(self.inner.clear())
     }
@@ -297,6 +301,20 @@ impl Backend for Watched {
     }
     fn extend_lease(&self, lease: &str, token: &[u8], ttl: Duration) -> Result<bool> {
         self.seen(self.inner.extend_lease(lease, token, ttl))
+    }
+}
+
+/// Why a scope is marked down by [`PerScope::follow_moves`]: `n` keys moved to it from the
+/// scope labelled `from` while a write to them was recorded there.
+fn moved_here(backend: &'static str, n: usize, from: &str) -> Error {
+    Error::Backend {
+        backend,
+        message: format!(
+            "{n} key(s) moved here from {from} while a write to them was recorded there; \
+             replaying before serving them"
+        ),
+        temporary: true,
+        source: None,
     }
 }
 
@@ -433,16 +451,7 @@ impl PerScope {
             if let Err(e) = s.journal.append(&s.cfg.scope, &moved) {
                 tracing::warn!(error = %e, "cannot record a write for the scope its key moved to");
             }
-            let cause = Error::Backend {
-                backend: self.name,
-                message: format!(
-                    "{} key(s) moved here from {} while a write to them was recorded there;                      replaying before serving them",
-                    moved.len(),
-                    old.label
-                ),
-                temporary: true,
-                source: None,
-            };
+            let cause = moved_here(self.name, moved.len(), &old.label);
             super::Shared::failed(s, true, &cause);
         }
     }
@@ -604,6 +613,16 @@ impl Backend for PerScope {
             0,
             |a, b| a + b,
             |r| r.delete_prefix(prefix),
+        )
+    }
+
+    /// One fan-out for all the prefixes (each scope's wrapper records or applies them).
+    fn delete_prefixes(&self, prefixes: &[&str]) -> Result<u64> {
+        self.on_every(
+            "delete_prefixes",
+            0,
+            |a, b| a + b,
+            |r| r.delete_prefixes(prefixes),
         )
     }
 

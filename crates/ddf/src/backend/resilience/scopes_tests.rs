@@ -318,3 +318,18 @@ fn a_key_moved_while_its_write_was_recorded_is_not_read_stale() {
     assert_eq!(value(r.servers[1].get("m")), None);
     assert_eq!(value(c.get("m")), None);
 }
+
+/// The reason `follow_moves` gives is one sentence with single spaces (it was written across
+/// two source lines without a `\`, which kept the indentation inside the message).
+#[test]
+fn the_moved_here_reason_reads_as_one_sentence() {
+    let text = super::moved_here("redis", 2, "a:1").to_string();
+    assert!(!text.contains("  "), "{text:?}");
+    assert!(
+        text.contains(
+            "2 key(s) moved here from a:1 while a write to them was recorded there; replaying \
+             before serving them"
+        ),
+        "{text:?}"
+    );
+}

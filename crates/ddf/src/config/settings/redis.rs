@@ -24,7 +24,8 @@ pub(crate) enum RedisEndpoint {
         host: String,
         /// TCP port.
         port: u16,
-        /// `rediss://...#insecure`: the certificate's host name is not checked.
+        /// `rediss://...#insecure` (no certificate check): refused when the settings are read,
+        /// so always `false` here; the connection refuses it too.
         insecure: bool,
     },
     /// A unix socket (`unix://` or `redis+unix://`).
@@ -340,6 +341,18 @@ impl CacheConfig {
                 insecure,
                 ..
             } => {
+                if *insecure {
+                    // Refused here, so that both faces refuse it when the cache is built
+                    // (the connection could only refuse it later, as an outage).
+                    return Err(self.invalid(
+                        "redis_url",
+                        "redis_url ends with #insecure (no certificate check), which is not \
+                         supported: the server's certificate is always checked; allowed: \
+                         rediss://host[:port][/db] without #insecure, with redis_ca_file naming \
+                         the CA that signed the server's certificate (else the system's CA \
+                         certificates are trusted)",
+                    ));
+                }
                 let at = ServerAddr {
                     host: host.clone(),
                     port: *port,

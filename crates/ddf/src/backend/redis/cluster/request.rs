@@ -9,6 +9,7 @@ use super::{Addr, NodeBackend, RedisBackend, slot_of};
 use crate::error::{Error, Result};
 
 /// A command for the key of `slot`.
+#[derive(Clone)]
 pub(super) struct Keyed {
     pub(super) slot: u16,
     cmd: redis::Cmd,
@@ -57,7 +58,44 @@ impl NodeBackend {
     /// after an `ASK`, `ASKING` precedes each command. At most [`HOPS`] sends per command; a
     /// slot still redirected after that is an error that is not the server's failure (it
     /// does not count toward the breaker). Replies in order.
+    ///
+    /// A call whose routing waited for the first slot map gets only what is left of its own
+    /// bound (`connect_timeout` + `timeout` from its start): its request runs on a thread of
+    /// its own, given up (a temporary error, as a timeout) when that time is over; nothing is
+    /// sent when none is left.
     pub(super) fn exec(&self, what: &str, cmds: &[Keyed]) -> Result<Vec<Value>> {
+        let Some(deadline) = super::CALL_DEADLINE.take() else {
+            return self.exec_now(what, cmds);
+        };
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let out_of_time = || Error::Backend {
+            backend: super::super::NAME,
+            message: format!(
+                "{what} on the Redis Cluster: no reply within connect_timeout + timeout ({:?}) \
+                 of the call, which first waited for the cluster's slot map",
+                self.shards.first.budget
+            ),
+            temporary: true,
+            source: None,
+        };
+        if left.is_zero() {
+            return Err(out_of_time());
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (me, owned, label) = (self.clone(), cmds.to_vec(), what.to_owned());
+        let spawned = std::thread::Builder::new()
+            .name("ddf-cluster-first".to_owned())
+            .spawn(move || {
+                let _ = tx.send(me.exec_now(&label, &owned));
+            });
+        if spawned.is_err() {
+            // No thread to be had: the request runs here, bounded by its own timeouts.
+            return self.exec_now(what, cmds);
+        }
+        rx.recv_timeout(left).unwrap_or_else(|_| Err(out_of_time()))
+    }
+
+    fn exec_now(&self, what: &str, cmds: &[Keyed]) -> Result<Vec<Value>> {
         let mut out = vec![Value::Nil; cmds.len()];
         let mut todo: Vec<(usize, Hop)> = cmds
             .iter()

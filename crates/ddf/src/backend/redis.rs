@@ -116,7 +116,22 @@ fn unexpected(reply: &resp::Reply<'_>, command: &'static str) -> redis::RedisErr
     redis::RedisError::from((
         redis::ErrorKind::UnexpectedReturnType,
         "unexpected reply type",
-        format!("{reply:?} to {command}"),
+        {
+            // The kind and at most 40 bytes: a misbehaving peer's bulk reply is not copied
+            // whole into the message.
+            let (kind, bytes): (&str, &[u8]) = match reply {
+                resp::Reply::Status(b) => ("a status", b),
+                resp::Reply::Int(_) => ("an integer", b""),
+                resp::Reply::Bulk(Some(b)) => ("a bulk string", b),
+                resp::Reply::Bulk(None) => ("nil", b""),
+                resp::Reply::Error(b) => ("an error", b),
+            };
+            let shown = String::from_utf8_lossy(&bytes[..bytes.len().min(40)]);
+            format!(
+                "{kind} ({} bytes: {shown:?}) in reply to {command}",
+                bytes.len()
+            )
+        },
     ))
 }
 

@@ -249,9 +249,6 @@ impl Own {
         // It grows with what the server sent (at most doubling it), never with an announced
         // length, and is brought back to `RBUF` after a large reply.
         let mut buf = std::mem::take(&mut self.rbuf);
-        if buf.len() > 16 * RBUF {
-            buf = Vec::new();
-        }
         if buf.len() < RBUF {
             buf.resize(RBUF, 0);
         }
@@ -296,6 +293,10 @@ impl Own {
                 Err(e) => break Err(e.into()),
             }
         };
+        // A large reply's room is not kept while the connection idles in the pool.
+        if buf.len() > 16 * RBUF {
+            buf = Vec::new();
+        }
         self.rbuf = buf;
         r
     }
@@ -317,7 +318,8 @@ impl Own {
 
 /// A reply the hot path's parser refused, as redis-rs's own parse errors are.
 fn protocol(e: resp::RespError) -> RedisError {
-    RedisError::from((redis::ErrorKind::Parse, "the reply is not valid RESP2", e.0))
+    // The caller's message says "a reply that is not RESP"; this names the form only.
+    RedisError::from((redis::ErrorKind::Parse, "RESP2", e.0))
 }
 
 /// The reader the parser reads a reply through: each socket read waits at most what is left

@@ -121,7 +121,10 @@ pub(crate) struct Journal {
 /// at the latest (and by the current one when opened before its check), exactly what the
 /// `stat` of a created file gave. Clearing stores `0` inside the transaction that closes the
 /// last outage (put back to `1` if the commit fails); an opener waits for that lock, so the
-/// two never interleave. A read that fails says "may be open": the database is then asked,
+/// two never interleave (one exception: a process killed between that store and putting `1`
+/// back after a failed commit leaves `0` with the outage open, until the next
+/// [`Journal::open`] repairs it; the file-based marker before had the same gap). A read that
+/// fails says "may be open": the database is then asked,
 /// which is slower, never wrong.
 ///
 /// The marker must stay the same file while processes use the directory (as the journal

@@ -281,6 +281,9 @@ impl Near {
             return;
         }
         let Some(ib) = inbox.as_mut() else {
+            // Live without a channel: only in the gap before the tracking thread's teardown
+            // (which suspends under this lock first); bypass as if suspended.
+            self.suspend();
             return;
         };
         let began = self.clock();
@@ -292,6 +295,15 @@ impl Near {
                 self.suspend();
             }
         }
+    }
+
+    /// Ends the tracking session whose inbox `inbox` (this near cache's, locked) holds: suspends
+    /// the near cache, then drops the inbox, both before the lock is let go (lock order: the
+    /// inbox, then the shards). A hit that finds no inbox thus finds the near cache suspended.
+    #[cfg(feature = "redis")]
+    fn end_session(&self, inbox: &mut MutexGuard<'_, Option<tracking::Inbox>>) {
+        self.suspend();
+        **inbox = None;
     }
 
     fn lock(&self, shard: usize) -> MutexGuard<'_, u64> {
@@ -493,6 +505,46 @@ pub fn drop_invalidations(namespace: &str, n: u64) {
     d.retain(|(ns, _)| ns != namespace);
     if n > 0 {
         d.push((namespace.to_owned(), n));
+    }
+}
+
+/// Planted delays: per namespace, how long the tracking threads sleep once a session is lost,
+/// before they suspend the near cache and tear the session down.
+#[cfg(all(feature = "testing", feature = "redis"))]
+static TEARDOWN_PAUSES: Mutex<Vec<(String, Duration)>> = Mutex::new(Vec::new());
+
+/// A planted delay for ddf's own tests (no stability promise): the tracking threads of the near
+/// caches of `namespace` sleep `d` once they found their session lost, before they suspend the
+/// near cache (as a thread that waits for a core would), so that a test can show no hit is
+/// served from the near cache in that gap. `Duration::ZERO` removes it.
+///
+/// ```
+/// use std::time::Duration;
+/// ddf::testing::internals::pause_teardown("fault:", Duration::from_millis(50));
+/// ddf::testing::internals::pause_teardown("fault:", Duration::ZERO);
+/// ```
+#[cfg(all(feature = "testing", feature = "redis"))]
+pub fn pause_teardown(namespace: &str, d: Duration) {
+    let mut p = TEARDOWN_PAUSES
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    p.retain(|(ns, _)| ns != namespace);
+    if !d.is_zero() {
+        p.push((namespace.to_owned(), d));
+    }
+}
+
+/// Sleeps the planted delay of `namespace`, if any (see [`pause_teardown`]).
+#[cfg(all(feature = "testing", feature = "redis"))]
+fn teardown_pause(namespace: &str) {
+    let d = TEARDOWN_PAUSES
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .iter()
+        .find(|(ns, _)| ns == namespace)
+        .map(|(_, d)| *d);
+    if let Some(d) = d {
+        std::thread::sleep(d);
     }
 }
 

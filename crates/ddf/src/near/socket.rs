@@ -29,12 +29,22 @@ pub(super) enum Sock {
 impl Read for Raw {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         if self.dontwait {
-            let got = match &self.sock {
-                Sock::Tcp(s) => rustix::net::recv(s, &mut *buf, rustix::net::RecvFlags::DONTWAIT),
-                #[cfg(unix)]
-                Sock::Unix(s) => rustix::net::recv(s, &mut *buf, rustix::net::RecvFlags::DONTWAIT),
-            };
-            return got.map(|(n, _)| n).map_err(std::io::Error::from);
+            loop {
+                let got = match &self.sock {
+                    Sock::Tcp(s) => {
+                        rustix::net::recv(s, &mut *buf, rustix::net::RecvFlags::DONTWAIT)
+                    }
+                    #[cfg(unix)]
+                    Sock::Unix(s) => {
+                        rustix::net::recv(s, &mut *buf, rustix::net::RecvFlags::DONTWAIT)
+                    }
+                };
+                // A signal that interrupted the call is no error of the connection: retry.
+                if got == Err(rustix::io::Errno::INTR) {
+                    continue;
+                }
+                return got.map(|(n, _)| n).map_err(std::io::Error::from);
+            }
         }
         match &mut self.sock {
             Sock::Tcp(s) => s.read(buf),

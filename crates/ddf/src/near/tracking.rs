@@ -107,10 +107,10 @@ pub(super) struct Inbox {
     stream: Stream,
     parser: redis::Parser,
     namespace: String,
-    /// When the unanswered `PING` of a quiet spell was sent.
+    /// When the oldest heartbeat not answered yet (nothing heard since) was sent.
     pinged: Option<Instant>,
-    /// When anything (a push, a `PONG`) last came.
-    heard: Instant,
+    /// When the latest heartbeat was sent.
+    sent: Instant,
     /// Why a hit's drain found the connection unusable (the thread ends the session).
     broken: Option<String>,
 }
@@ -125,7 +125,6 @@ impl Inbox {
             return Err(why.clone());
         }
         let r = read_all(&mut self.parser, &mut self.stream, |v| {
-            self.heard = Instant::now();
             self.pinged = None;
             apply(near, &self.namespace, v)
         });
@@ -164,15 +163,16 @@ fn apply(near: &Near, namespace: &str, v: Value) -> Result<(), String> {
         }
         Value::ServerError(e) => Err(format!("the server answered an error: {e:?}")),
         // The reply to `ROLE` (the heartbeat behind Sentinel): only a master may be tracked.
-        Value::Array(role)
-            if role.first().is_some_and(
-                |r| matches!(r, Value::BulkString(b) if b.as_slice() != b"master"),
-            ) =>
-        {
-            Err("the server is no longer the master (failover)".to_owned())
-        }
+        v if not_master(&v) => Err("the server is no longer the master (failover)".to_owned()),
         _ => Ok(()),
     }
+}
+
+/// Whether `v` is a reply to `ROLE` that names another role than master.
+fn not_master(v: &Value) -> bool {
+    matches!(v, Value::Array(role) if role.first().is_some_and(
+        |r| matches!(r, Value::BulkString(b) if b.as_slice() != b"master"),
+    ))
 }
 
 /// Applies one `invalidate` push: a list of keys (this namespace's, by the prefix), or a null
@@ -249,6 +249,8 @@ impl Channel {
             match &end {
                 End::Dropped => return,
                 End::Lost(why) | End::Refused(why) => {
+                    // Already done under the inbox's lock for a session that was established
+                    // (see `listen`); a no-op then.
                     match self.near.upgrade() {
                         Some(near) => near.suspend(),
                         None => return,
@@ -344,8 +346,10 @@ impl Channel {
     }
 
     /// The set-up requests, pipelined: `HELLO 3` (with `AUTH`), `CLIENT SETNAME`,
-    /// `CLIENT TRACKING ON BCAST [PREFIX <namespace>]`.
-    fn setup(&self) -> Vec<u8> {
+    /// `CLIENT TRACKING ON BCAST [PREFIX <namespace>]`, and behind Sentinel `ROLE` (the
+    /// tracked server itself must be the master, not only the one the Sentinels named a
+    /// moment before); with the number of replies they bring.
+    fn setup(&self) -> (Vec<u8>, usize) {
         let s = &self.settings;
         let mut hello = redis::cmd("HELLO");
         hello.arg(3);
@@ -368,7 +372,11 @@ impl Channel {
             track.arg("PREFIX").arg(s.namespace.as_bytes());
         }
         out.extend(track.get_packed_command());
-        out
+        if let RedisTarget::Sentinel { .. } = s.target {
+            out.extend(redis::cmd("ROLE").get_packed_command());
+            return (out, 4);
+        }
+        (out, 3)
     }
 
     /// One connection's life: set up tracking, hand the socket to the near cache, resume it,
@@ -393,15 +401,16 @@ impl Channel {
             parser,
             namespace: self.settings.namespace.clone(),
             pinged: None,
-            heard: Instant::now(),
+            sent: Instant::now(),
             broken: None,
         });
         near.resume();
         drop(near);
         tracing::debug!(client = %self.name, "ddf: near cache tracking established");
         let end = self.listen(&watcher);
+        // `listen` tore a lost session down already; this only covers any other way out.
         if let Some(near) = self.near.upgrade() {
-            *near.inbox() = None;
+            near.end_session(&mut near.inbox());
         }
         (end, true)
     }
@@ -410,12 +419,13 @@ impl Channel {
     fn establish(&self) -> Result<(Stream, redis::Parser), End> {
         let mut stream = self.connect()?;
         let mut parser = redis::Parser::new();
+        let (setup, replies) = self.setup();
         stream
-            .write_all(&self.setup())
+            .write_all(&setup)
             .map_err(|e| End::Lost(format!("cannot send the set-up: {e}")))?;
         let deadline = Instant::now() + self.settings.connect_timeout;
         let mut answered = 0;
-        while answered < 3 {
+        while answered < replies {
             if Instant::now() > deadline {
                 return Err(End::Lost(
                     "the set-up took longer than connect_timeout".to_owned(),
@@ -435,6 +445,11 @@ impl Channel {
                     )));
                 }
                 Ok(Value::Push { .. }) => {}
+                Ok(v) if not_master(&v) => {
+                    return Err(End::Lost(
+                        "the server the Sentinels named is not the master (ROLE)".to_owned(),
+                    ));
+                }
                 Ok(_) => answered += 1,
                 Err(e) => return Err(End::Lost(format!("set-up: {e}"))),
             }
@@ -446,8 +461,10 @@ impl Channel {
         Ok((stream, parser))
     }
 
-    /// Drains the near cache's inbox whenever its socket is readable; pings after a quiet
-    /// tick; ends when the connection fails, goes quiet, or the near cache is dropped.
+    /// Drains the near cache's inbox whenever its socket is readable; sends a heartbeat every
+    /// tick; ends when the connection fails, goes quiet, or the near cache is dropped. A lost
+    /// session is torn down before the inbox's lock is let go (the near cache suspended, then
+    /// the inbox dropped): no hit finds the channel gone and the near cache still live.
     fn listen(&self, watcher: &OwnedFd) -> End {
         // Behind Sentinel the heartbeat is `ROLE`: a server that stops being the master (a
         // failover that did not close this connection) ends the session (see `apply`).
@@ -456,43 +473,57 @@ impl Channel {
             _ => redis::cmd("PING").get_packed_command(),
         };
         loop {
-            let ready = match readable(watcher, TICK) {
-                Ok(r) => r,
-                Err(e) => return End::Lost(format!("cannot poll the socket: {e}")),
-            };
+            let ready = readable(watcher, TICK);
             let Some(near) = self.near.upgrade() else {
                 return End::Dropped;
             };
             let mut inbox = near.inbox();
-            let Some(ib) = inbox.as_mut() else {
-                return End::Lost("the inbox was taken".to_owned());
+            let why = match (ready, inbox.as_mut()) {
+                (Err(e), _) => format!("cannot poll the socket: {e}"),
+                (Ok(_), None) => "the inbox was taken".to_owned(),
+                (Ok(ready), Some(ib)) => match self.beat(ib, &near, ready, &ping) {
+                    Ok(()) => continue,
+                    Err(why) => why,
+                },
             };
-            if ready {
-                let began = near.clock();
-                match ib.drain(&near) {
-                    Ok(()) => near.drained(began),
-                    Err(why) => return End::Lost(why),
-                }
-            } else if let Some(why) = &ib.broken {
-                return End::Lost(why.clone());
-            }
-            match ib.pinged {
-                Some(at) if at.elapsed() >= self.settings.timeout => {
-                    return End::Lost(format!(
-                        "no answer to PING within timeout ({:?})",
-                        self.settings.timeout
-                    ));
-                }
-                Some(_) => {}
-                None if ib.heard.elapsed() >= TICK => {
-                    if let Err(e) = ib.stream.write_all(&ping) {
-                        return End::Lost(format!("cannot send PING: {e}"));
-                    }
-                    ib.pinged = Some(Instant::now());
-                }
-                None => {}
-            }
+            #[cfg(feature = "testing")]
+            super::teardown_pause(&self.settings.namespace);
+            near.end_session(&mut inbox);
+            return End::Lost(why);
         }
+    }
+
+    /// One turn of [`Channel::listen`] on the open session: drains what came, gives up a
+    /// connection that answered nothing for `timeout` after a heartbeat, sends the heartbeat
+    /// when a tick passed since the last (whatever was heard: a stream of pushes must not keep
+    /// `ROLE` from being asked).
+    ///
+    /// # Errors
+    /// Why the session is lost.
+    fn beat(&self, ib: &mut Inbox, near: &Near, ready: bool, ping: &[u8]) -> Result<(), String> {
+        if ready {
+            let began = near.clock();
+            ib.drain(near)?;
+            near.drained(began);
+        } else if let Some(why) = &ib.broken {
+            return Err(why.clone());
+        }
+        if let Some(at) = ib.pinged
+            && at.elapsed() >= self.settings.timeout
+        {
+            return Err(format!(
+                "no answer to the heartbeat within timeout ({:?})",
+                self.settings.timeout
+            ));
+        }
+        if ib.sent.elapsed() >= TICK {
+            ib.stream
+                .write_all(ping)
+                .map_err(|e| format!("cannot send the heartbeat: {e}"))?;
+            ib.sent = Instant::now();
+            ib.pinged.get_or_insert(ib.sent);
+        }
+        Ok(())
     }
 }
 

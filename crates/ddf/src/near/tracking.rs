@@ -10,10 +10,12 @@
 //! read without waiting (`MSG_DONTWAIT`) by whoever holds it: the thread, woken by `poll`, and
 //! a hit that finds no drain began in the last millisecond (`Near::catch_up`), so that a push
 //! the kernel already delivered is applied before a later hit is served even when this thread
-//! waits for a core. The poll's timeout is a heartbeat tick: after a quiet tick a `PING` is
-//! sent; a connection that answers nothing (no push, no `PONG`) for `timeout` after that is
-//! given up, like one that closed. On loss the near cache is suspended (emptied, bypassed), and
-//! the thread reconnects with backoff; once tracking is on again the near cache resumes, empty.
+//! waits for a core. The poll's timeout is a heartbeat tick: every tick a `PING` (`ROLE` behind
+//! Sentinel, also asked in the set-up) is sent, whatever was heard; a connection that answers
+//! nothing (no push, no `PONG`) for `timeout` after that is given up, like one that closed. On
+//! loss the near cache is suspended (emptied, bypassed) and the inbox dropped, under the inbox's
+//! lock; the thread reconnects with backoff; once tracking is on again the near cache resumes,
+//! empty.
 
 use std::io::Read;
 use std::os::fd::OwnedFd;

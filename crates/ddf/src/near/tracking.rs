@@ -192,7 +192,7 @@ fn invalidate(near: &Near, namespace: &str, data: Vec<Value>) {
                         && let Ok(key) = std::str::from_utf8(user)
                     {
                         #[cfg(feature = "testing")]
-                        if super::dropped(namespace) {
+                        if super::hooks::dropped(namespace) {
                             continue;
                         }
                         near.evict(key, true);
@@ -489,7 +489,7 @@ impl Channel {
                 },
             };
             #[cfg(feature = "testing")]
-            super::teardown_pause(&self.settings.namespace);
+            super::hooks::teardown_pause(&self.settings.namespace);
             near.end_session(&mut inbox);
             return End::Lost(why);
         }

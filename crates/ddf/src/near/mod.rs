@@ -247,12 +247,13 @@ impl Near {
     /// `now - CATCH_UP_NS` is applied. If no drain of the inbox began since then, this hit drains
     /// it (a `recv` that does not wait, and the evictions it brings), so a push is applied
     /// before any later hit even while the tracking thread waits for a core. Most hits pay one
-    /// clock read and one atomic load.
+    /// clock read and one atomic load. `false`: that could not be done (a drain cut short by
+    /// its budget, a broken channel); this read bypasses the near cache.
     #[cfg(feature = "redis")]
     #[inline]
-    fn catch_up(&self, now: Instant) {
+    fn catch_up(&self, now: Instant) -> bool {
         if !self.catch_up {
-            return;
+            return true;
         }
         let t = self.since(now);
         if self
@@ -261,9 +262,9 @@ impl Near {
             .saturating_add(CATCH_UP_NS)
             > t
         {
-            return;
+            return true;
         }
-        self.drain_due(t);
+        self.drain_due(t)
     }
 
     /// The slow side of [`Near::catch_up`] (once a millisecond at most), kept out of the hit's
@@ -271,7 +272,7 @@ impl Near {
     #[cfg(feature = "redis")]
     #[cold]
     #[inline(never)]
-    fn drain_due(&self, t: u64) {
+    fn drain_due(&self, t: u64) -> bool {
         let mut inbox = self.inbox();
         // Another thread may have drained while this one waited for the lock.
         if self
@@ -280,21 +281,27 @@ impl Near {
             .saturating_add(CATCH_UP_NS)
             > t
         {
-            return;
+            return true;
         }
         let Some(ib) = inbox.as_mut() else {
             // Live without a channel: only in the gap before the tracking thread's teardown
             // (which suspends under this lock first); bypass as if suspended.
             self.suspend();
-            return;
+            return false;
         };
         let began = self.clock();
         match ib.drain(self) {
-            Ok(()) => self.drained(began),
+            Ok(true) => {
+                self.drained(began);
+                true
+            }
+            // A flood of pushes: the rest is the next drain's; this read bypasses.
+            Ok(false) => false,
             Err(why) => {
                 tracing::debug!(reason = %why, "ddf: a near hit found the tracking connection broken");
                 // The thread ends the session and reconnects; until then, bypass.
                 self.suspend();
+                false
             }
         }
     }
@@ -341,7 +348,10 @@ impl Near {
         }
         let now = Instant::now();
         #[cfg(feature = "redis")]
-        self.catch_up(now);
+        if !self.catch_up(now) {
+            bump(&self.counts.misses);
+            return Lookup::Miss(None);
+        }
         if let Some(held) = self.store.get(key)
             && now < held.until
         {

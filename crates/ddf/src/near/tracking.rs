@@ -117,16 +117,22 @@ pub(super) struct Inbox {
     broken: Option<String>,
 }
 
+/// The most values one drain applies: a flood of pushes does not hold the inbox's lock (and a
+/// due hit) for long; what is left is read by the next drain.
+const DRAIN_BUDGET: usize = 1024;
+
 impl Inbox {
-    /// Reads and applies everything the server already delivered, without waiting.
+    /// Reads and applies what the server already delivered, without waiting, at most
+    /// [`DRAIN_BUDGET`] values: `true` once nothing is left, `false` when the budget ran out
+    /// first (the drain is not complete).
     ///
     /// # Errors
     /// Why the connection is unusable: closed, failed, or the server answered an error.
-    pub(super) fn drain(&mut self, near: &Near) -> Result<(), String> {
+    pub(super) fn drain(&mut self, near: &Near) -> Result<bool, String> {
         if let Some(why) = &self.broken {
             return Err(why.clone());
         }
-        let r = read_all(&mut self.parser, &mut self.stream, |v| {
+        let r = read_all(&mut self.parser, &mut self.stream, DRAIN_BUDGET, |v| {
             self.pinged = None;
             apply(near, &self.namespace, v)
         });
@@ -137,20 +143,23 @@ impl Inbox {
     }
 }
 
-/// Parses every value `reader` has without waiting and hands each to `each`; `Ok` once the
-/// reader would block (a value cut in two stays in the parser for the next call).
+/// Parses the values `reader` has without waiting, at most `budget`, and hands each to `each`;
+/// `Ok(true)` once the reader would block (a value cut in two stays in the parser for the next
+/// call), `Ok(false)` once `budget` values were handed (more may be waiting).
 fn read_all(
     parser: &mut redis::Parser,
     reader: &mut impl Read,
+    budget: usize,
     mut each: impl FnMut(Value) -> Result<(), String>,
-) -> Result<(), String> {
-    loop {
+) -> Result<bool, String> {
+    for _ in 0..budget {
         match parser.parse_value(&mut *reader) {
             Ok(v) => each(v)?,
-            Err(e) if is_timeout(&e) => return Ok(()),
+            Err(e) if is_timeout(&e) => return Ok(true),
             Err(e) => return Err(e.to_string()),
         }
     }
+    Ok(false)
 }
 
 /// Applies one value read on the tracking connection: an `invalidate` push evicts, a `PONG`
@@ -474,8 +483,15 @@ impl Channel {
             RedisTarget::Sentinel { .. } => redis::cmd("ROLE").get_packed_command(),
             _ => redis::cmd("PING").get_packed_command(),
         };
+        // A drain cut short by its budget may leave values in the parser's buffer, which `poll`
+        // does not see: the next turn drains without waiting.
+        let mut pending = false;
         loop {
-            let ready = readable(watcher, TICK);
+            let ready = if pending {
+                Ok(true)
+            } else {
+                readable(watcher, TICK)
+            };
             let Some(near) = self.near.upgrade() else {
                 return End::Dropped;
             };
@@ -484,7 +500,10 @@ impl Channel {
                 (Err(e), _) => format!("cannot poll the socket: {e}"),
                 (Ok(_), None) => "the inbox was taken".to_owned(),
                 (Ok(ready), Some(ib)) => match self.beat(ib, &near, ready, &ping) {
-                    Ok(()) => continue,
+                    Ok(done) => {
+                        pending = !done;
+                        continue;
+                    }
                     Err(why) => why,
                 },
             };
@@ -500,13 +519,18 @@ impl Channel {
     /// when a tick passed since the last (whatever was heard: a stream of pushes must not keep
     /// `ROLE` from being asked).
     ///
+    /// `false`: the drain was cut short by its budget (the next turn goes on).
+    ///
     /// # Errors
     /// Why the session is lost.
-    fn beat(&self, ib: &mut Inbox, near: &Near, ready: bool, ping: &[u8]) -> Result<(), String> {
+    fn beat(&self, ib: &mut Inbox, near: &Near, ready: bool, ping: &[u8]) -> Result<bool, String> {
+        let mut done = true;
         if ready {
             let began = near.clock();
-            ib.drain(near)?;
-            near.drained(began);
+            done = ib.drain(near)?;
+            if done {
+                near.drained(began);
+            }
         } else if let Some(why) = &ib.broken {
             return Err(why.clone());
         }
@@ -525,7 +549,7 @@ impl Channel {
             ib.sent = Instant::now();
             ib.pinged.get_or_insert(ib.sent);
         }
-        Ok(())
+        Ok(done)
     }
 }
 

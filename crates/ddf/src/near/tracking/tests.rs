@@ -99,18 +99,18 @@ fn the_heartbeat_is_sent_every_tick_whatever_was_heard() {
     };
     // A push was just heard, and a tick passed since the last heartbeat: one goes.
     server.write_all(push).unwrap();
-    ch.beat(&mut ib, &near, true, b"HB").unwrap();
+    assert!(ch.beat(&mut ib, &near, true, b"HB").unwrap());
     assert_eq!(sent(&mut server), 2);
     assert!(ib.pinged.is_some());
     // Pushes heard within the tick: none.
     server.write_all(push).unwrap();
-    ch.beat(&mut ib, &near, true, b"HB").unwrap();
+    assert!(ch.beat(&mut ib, &near, true, b"HB").unwrap());
     assert_eq!(sent(&mut server), 0);
     assert!(ib.pinged.is_none(), "a push is a sign of life");
     // The next tick: again, though a push was heard just now.
     ib.sent = Instant::now() - TICK;
     server.write_all(push).unwrap();
-    ch.beat(&mut ib, &near, true, b"HB").unwrap();
+    assert!(ch.beat(&mut ib, &near, true, b"HB").unwrap());
     assert_eq!(sent(&mut server), 2);
 }
 
@@ -161,7 +161,7 @@ fn a_drain_keeps_a_push_cut_in_two_for_the_next_one() {
     let mut parser = redis::Parser::new();
     let mut got = Vec::new();
     let mut first = Chunks([push[..20].to_vec()].into());
-    read_all(&mut parser, &mut first, |v| {
+    read_all(&mut parser, &mut first, DRAIN_BUDGET, |v| {
         got.push(v);
         Ok(())
     })
@@ -171,7 +171,7 @@ fn a_drain_keeps_a_push_cut_in_two_for_the_next_one() {
     rest.extend_from_slice(&push);
     rest.extend_from_slice(b"+PONG\r\n");
     let mut second = Chunks([rest].into());
-    read_all(&mut parser, &mut second, |v| {
+    read_all(&mut parser, &mut second, DRAIN_BUDGET, |v| {
         got.push(v);
         Ok(())
     })
@@ -187,5 +187,24 @@ fn a_drain_keeps_a_push_cut_in_two_for_the_next_one() {
     assert_eq!(got[2], Value::SimpleString("PONG".to_owned()));
     // A closed socket is an error, not "nothing yet".
     let mut closed: &[u8] = b"";
-    assert!(read_all(&mut parser, &mut closed, |_| Ok(())).is_err());
+    assert!(read_all(&mut parser, &mut closed, DRAIN_BUDGET, |_| Ok(())).is_err());
+}
+
+/// A drain applies at most its budget and says it is not complete; the next one goes on.
+#[test]
+fn a_drain_stops_at_its_budget_and_the_next_goes_on() {
+    let pong = b"+PONG\r\n".repeat(5);
+    let mut parser = redis::Parser::new();
+    let mut reader = Chunks([pong].into());
+    let mut n = 0;
+    let done = read_all(&mut parser, &mut reader, 3, |_| {
+        n += 1;
+        Ok(())
+    });
+    assert_eq!((done, n), (Ok(false), 3));
+    let done = read_all(&mut parser, &mut reader, 3, |_| {
+        n += 1;
+        Ok(())
+    });
+    assert_eq!((done, n), (Ok(true), 5));
 }

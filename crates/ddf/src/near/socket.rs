@@ -183,3 +183,21 @@ pub(super) fn readable(fd: &OwnedFd, tick: Duration) -> std::io::Result<bool> {
         Err(e) => Err(e.into()),
     }
 }
+
+/// Whether `fd` can take a write now (`poll` without waiting): a heartbeat is not written
+/// where it could block with the inbox's lock held.
+pub(super) fn writable(fd: &OwnedFd) -> std::io::Result<bool> {
+    let zero = rustix::event::Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    let mut fds = [rustix::event::PollFd::new(
+        fd,
+        rustix::event::PollFlags::OUT,
+    )];
+    match rustix::event::poll(&mut fds, Some(&zero)) {
+        Ok(n) => Ok(n > 0),
+        Err(rustix::io::Errno::INTR) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}

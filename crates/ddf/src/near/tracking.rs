@@ -29,7 +29,7 @@ use redis::{PushKind, Value};
 
 #[cfg(feature = "tls")]
 use super::socket::tls;
-use super::socket::{Raw, Sock, Stream, readable, tcp};
+use super::socket::{Raw, Sock, Stream, readable, tcp, writable};
 use super::{Cause, Near};
 use crate::config::{RedisEndpoint, RedisSettings, RedisTarget};
 
@@ -499,7 +499,7 @@ impl Channel {
             let why = match (ready, inbox.as_mut()) {
                 (Err(e), _) => format!("cannot poll the socket: {e}"),
                 (Ok(_), None) => "the inbox was taken".to_owned(),
-                (Ok(ready), Some(ib)) => match self.beat(ib, &near, ready, &ping) {
+                (Ok(ready), Some(ib)) => match self.beat(ib, &near, ready, (&ping, watcher)) {
                     Ok(done) => {
                         pending = !done;
                         continue;
@@ -523,7 +523,13 @@ impl Channel {
     ///
     /// # Errors
     /// Why the session is lost.
-    fn beat(&self, ib: &mut Inbox, near: &Near, ready: bool, ping: &[u8]) -> Result<bool, String> {
+    fn beat(
+        &self,
+        ib: &mut Inbox,
+        near: &Near,
+        ready: bool,
+        (ping, watcher): (&[u8], &OwnedFd),
+    ) -> Result<bool, String> {
         let mut done = true;
         if ready {
             let began = near.clock();
@@ -543,9 +549,14 @@ impl Channel {
             ));
         }
         if ib.sent.elapsed() >= TICK {
-            ib.stream
-                .write_all(ping)
-                .map_err(|e| format!("cannot send the heartbeat: {e}"))?;
+            // Written only where it cannot block with the inbox's lock held (a due hit waits
+            // on it); a socket that takes nothing counts as a heartbeat unanswered, so a
+            // server that stopped reading is given up after `timeout`.
+            if writable(watcher).map_err(|e| format!("cannot poll the socket: {e}"))? {
+                ib.stream
+                    .write_all(ping)
+                    .map_err(|e| format!("cannot send the heartbeat: {e}"))?;
+            }
             ib.sent = Instant::now();
             ib.pinged.get_or_insert(ib.sent);
         }

@@ -84,6 +84,7 @@ fn the_heartbeat_is_sent_every_tick_whatever_was_heard() {
     server.set_nonblocking(true).unwrap();
     let mut raw = Raw::new(Sock::Unix(ours));
     raw.dontwait = true;
+    let watcher = raw.watcher().unwrap();
     let mut ib = Inbox {
         stream: Stream::Plain(raw),
         parser: redis::Parser::new(),
@@ -99,18 +100,18 @@ fn the_heartbeat_is_sent_every_tick_whatever_was_heard() {
     };
     // A push was just heard, and a tick passed since the last heartbeat: one goes.
     server.write_all(push).unwrap();
-    assert!(ch.beat(&mut ib, &near, true, b"HB").unwrap());
+    assert!(ch.beat(&mut ib, &near, true, (b"HB", &watcher)).unwrap());
     assert_eq!(sent(&mut server), 2);
     assert!(ib.pinged.is_some());
     // Pushes heard within the tick: none.
     server.write_all(push).unwrap();
-    assert!(ch.beat(&mut ib, &near, true, b"HB").unwrap());
+    assert!(ch.beat(&mut ib, &near, true, (b"HB", &watcher)).unwrap());
     assert_eq!(sent(&mut server), 0);
     assert!(ib.pinged.is_none(), "a push is a sign of life");
     // The next tick: again, though a push was heard just now.
     ib.sent = Instant::now() - TICK;
     server.write_all(push).unwrap();
-    assert!(ch.beat(&mut ib, &near, true, b"HB").unwrap());
+    assert!(ch.beat(&mut ib, &near, true, (b"HB", &watcher)).unwrap());
     assert_eq!(sent(&mut server), 2);
 }
 

@@ -19,6 +19,8 @@
 //!   a later hit even while the tracking thread waits for a core.
 
 #[cfg(feature = "redis")]
+mod hooks;
+#[cfg(feature = "redis")]
 mod socket;
 #[cfg(feature = "redis")]
 mod tracking;
@@ -245,12 +247,13 @@ impl Near {
     /// `now - CATCH_UP_NS` is applied. If no drain of the inbox began since then, this hit drains
     /// it (a `recv` that does not wait, and the evictions it brings), so a push is applied
     /// before any later hit even while the tracking thread waits for a core. Most hits pay one
-    /// clock read and one atomic load.
+    /// clock read and one atomic load. `false`: that could not be done (a drain cut short by
+    /// its budget, a broken channel); this read bypasses the near cache.
     #[cfg(feature = "redis")]
     #[inline]
-    fn catch_up(&self, now: Instant) {
+    fn catch_up(&self, now: Instant) -> bool {
         if !self.catch_up {
-            return;
+            return true;
         }
         let t = self.since(now);
         if self
@@ -259,9 +262,9 @@ impl Near {
             .saturating_add(CATCH_UP_NS)
             > t
         {
-            return;
+            return true;
         }
-        self.drain_due(t);
+        self.drain_due(t)
     }
 
     /// The slow side of [`Near::catch_up`] (once a millisecond at most), kept out of the hit's
@@ -269,7 +272,7 @@ impl Near {
     #[cfg(feature = "redis")]
     #[cold]
     #[inline(never)]
-    fn drain_due(&self, t: u64) {
+    fn drain_due(&self, t: u64) -> bool {
         let mut inbox = self.inbox();
         // Another thread may have drained while this one waited for the lock.
         if self
@@ -278,20 +281,38 @@ impl Near {
             .saturating_add(CATCH_UP_NS)
             > t
         {
-            return;
+            return true;
         }
         let Some(ib) = inbox.as_mut() else {
-            return;
+            // Live without a channel: only in the gap before the tracking thread's teardown
+            // (which suspends under this lock first); bypass as if suspended.
+            self.suspend();
+            return false;
         };
         let began = self.clock();
         match ib.drain(self) {
-            Ok(()) => self.drained(began),
+            Ok(true) => {
+                self.drained(began);
+                true
+            }
+            // A flood of pushes: the rest is the next drain's; this read bypasses.
+            Ok(false) => false,
             Err(why) => {
                 tracing::debug!(reason = %why, "ddf: a near hit found the tracking connection broken");
                 // The thread ends the session and reconnects; until then, bypass.
                 self.suspend();
+                false
             }
         }
+    }
+
+    /// Ends the tracking session whose inbox `inbox` (this near cache's, locked) holds: suspends
+    /// the near cache, then drops the inbox, both before the lock is let go (lock order: the
+    /// inbox, then the shards). A hit that finds no inbox thus finds the near cache suspended.
+    #[cfg(feature = "redis")]
+    fn end_session(&self, inbox: &mut MutexGuard<'_, Option<tracking::Inbox>>) {
+        self.suspend();
+        **inbox = None;
     }
 
     fn lock(&self, shard: usize) -> MutexGuard<'_, u64> {
@@ -327,7 +348,10 @@ impl Near {
         }
         let now = Instant::now();
         #[cfg(feature = "redis")]
-        self.catch_up(now);
+        if !self.catch_up(now) {
+            bump(&self.counts.misses);
+            return Lookup::Miss(None);
+        }
         if let Some(held) = self.store.get(key)
             && now < held.until
         {
@@ -473,68 +497,10 @@ impl Near {
     }
 }
 
-/// Planted faults: per namespace, how many invalidated keys the tracking threads still ignore.
-#[cfg(all(feature = "testing", feature = "redis"))]
-static DROPS: Mutex<Vec<(String, u64)>> = Mutex::new(Vec::new());
-
-/// A planted fault for ddf's own tests (no stability promise): the tracking threads of the near
-/// caches of `namespace` ignore the next `n` keys the server says changed, as if those
-/// invalidations were lost, so that a test can show its checker catches a lost invalidation.
-///
-/// ```
-/// ddf::testing::internals::drop_invalidations("fault:", 1);
-/// ddf::testing::internals::drop_invalidations("fault:", 0);
-/// ```
-#[cfg(all(feature = "testing", feature = "redis"))]
-pub fn drop_invalidations(namespace: &str, n: u64) {
-    let mut d = DROPS
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    d.retain(|(ns, _)| ns != namespace);
-    if n > 0 {
-        d.push((namespace.to_owned(), n));
-    }
-}
-
-/// Whether near caches made from now on drain the tracking socket on a hit (see
-/// `Near::catch_up`); off only to measure the rule without it.
 #[cfg(feature = "redis")]
-static NO_CATCH_UP: AtomicBool = AtomicBool::new(false);
-
-#[cfg(feature = "redis")]
-fn catching_up() -> bool {
-    !NO_CATCH_UP.load(Ordering::Relaxed)
-}
-
-/// For ddf's own measurements (no stability promise): near caches made after
-/// `without_catch_up(true)` leave the tracking socket to the tracking thread alone (the
-/// behaviour before the strict rule's catch-up), so a benchmark or a test can show both in one
-/// run.
-///
-/// ```
-/// ddf::testing::internals::without_catch_up(true);
-/// ddf::testing::internals::without_catch_up(false);
-/// ```
+use hooks::catching_up;
 #[cfg(all(feature = "testing", feature = "redis"))]
-pub fn without_catch_up(off: bool) {
-    NO_CATCH_UP.store(off, Ordering::Relaxed);
-}
-
-/// Whether the tracking thread of `namespace` must ignore this invalidated key (a planted
-/// fault, see [`drop_invalidations`]).
-#[cfg(all(feature = "testing", feature = "redis"))]
-fn dropped(namespace: &str) -> bool {
-    let mut d = DROPS
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    match d.iter_mut().find(|(ns, n)| ns == namespace && *n > 0) {
-        Some((_, n)) => {
-            *n -= 1;
-            true
-        }
-        None => false,
-    }
-}
+pub use hooks::{drop_invalidations, pause_teardown, without_catch_up};
 
 /// A backend and its near cache, if any.
 pub(crate) type Built = (Arc<dyn Backend>, Option<Arc<Near>>);

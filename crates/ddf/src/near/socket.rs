@@ -29,12 +29,22 @@ pub(super) enum Sock {
 impl Read for Raw {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         if self.dontwait {
-            let got = match &self.sock {
-                Sock::Tcp(s) => rustix::net::recv(s, &mut *buf, rustix::net::RecvFlags::DONTWAIT),
-                #[cfg(unix)]
-                Sock::Unix(s) => rustix::net::recv(s, &mut *buf, rustix::net::RecvFlags::DONTWAIT),
-            };
-            return got.map(|(n, _)| n).map_err(std::io::Error::from);
+            loop {
+                let got = match &self.sock {
+                    Sock::Tcp(s) => {
+                        rustix::net::recv(s, &mut *buf, rustix::net::RecvFlags::DONTWAIT)
+                    }
+                    #[cfg(unix)]
+                    Sock::Unix(s) => {
+                        rustix::net::recv(s, &mut *buf, rustix::net::RecvFlags::DONTWAIT)
+                    }
+                };
+                // A signal that interrupted the call is no error of the connection: retry.
+                if got == Err(rustix::io::Errno::INTR) {
+                    continue;
+                }
+                return got.map(|(n, _)| n).map_err(std::io::Error::from);
+            }
         }
         match &mut self.sock {
             Sock::Tcp(s) => s.read(buf),
@@ -168,6 +178,24 @@ pub(super) fn readable(fd: &OwnedFd, tick: Duration) -> std::io::Result<bool> {
     let timeout = rustix::event::Timespec::try_from(tick).map_err(std::io::Error::other)?;
     let mut fds = [rustix::event::PollFd::new(fd, rustix::event::PollFlags::IN)];
     match rustix::event::poll(&mut fds, Some(&timeout)) {
+        Ok(n) => Ok(n > 0),
+        Err(rustix::io::Errno::INTR) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Whether `fd` can take a write now (`poll` without waiting): a heartbeat is not written
+/// where it could block with the inbox's lock held.
+pub(super) fn writable(fd: &OwnedFd) -> std::io::Result<bool> {
+    let zero = rustix::event::Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    let mut fds = [rustix::event::PollFd::new(
+        fd,
+        rustix::event::PollFlags::OUT,
+    )];
+    match rustix::event::poll(&mut fds, Some(&zero)) {
         Ok(n) => Ok(n > 0),
         Err(rustix::io::Errno::INTR) => Ok(false),
         Err(e) => Err(e.into()),

@@ -10,10 +10,12 @@
 //! read without waiting (`MSG_DONTWAIT`) by whoever holds it: the thread, woken by `poll`, and
 //! a hit that finds no drain began in the last millisecond (`Near::catch_up`), so that a push
 //! the kernel already delivered is applied before a later hit is served even when this thread
-//! waits for a core. The poll's timeout is a heartbeat tick: after a quiet tick a `PING` is
-//! sent; a connection that answers nothing (no push, no `PONG`) for `timeout` after that is
-//! given up, like one that closed. On loss the near cache is suspended (emptied, bypassed), and
-//! the thread reconnects with backoff; once tracking is on again the near cache resumes, empty.
+//! waits for a core. The poll's timeout is a heartbeat tick: every tick a `PING` (`ROLE` behind
+//! Sentinel, also asked in the set-up) is sent, whatever was heard; a connection that answers
+//! nothing (no push, no `PONG`) for `timeout` after that is given up, like one that closed. On
+//! loss the near cache is suspended (emptied, bypassed) and the inbox dropped, under the inbox's
+//! lock; the thread reconnects with backoff; once tracking is on again the near cache resumes,
+//! empty.
 
 use std::io::Read;
 use std::os::fd::OwnedFd;
@@ -27,7 +29,7 @@ use redis::{PushKind, Value};
 
 #[cfg(feature = "tls")]
 use super::socket::tls;
-use super::socket::{Raw, Sock, Stream, readable, tcp};
+use super::socket::{Raw, Sock, Stream, readable, tcp, writable};
 use super::{Cause, Near};
 use crate::config::{RedisEndpoint, RedisSettings, RedisTarget};
 
@@ -107,25 +109,30 @@ pub(super) struct Inbox {
     stream: Stream,
     parser: redis::Parser,
     namespace: String,
-    /// When the unanswered `PING` of a quiet spell was sent.
+    /// When the oldest heartbeat not answered yet (nothing heard since) was sent.
     pinged: Option<Instant>,
-    /// When anything (a push, a `PONG`) last came.
-    heard: Instant,
+    /// When the latest heartbeat was sent.
+    sent: Instant,
     /// Why a hit's drain found the connection unusable (the thread ends the session).
     broken: Option<String>,
 }
 
+/// The most values one drain applies: a flood of pushes does not hold the inbox's lock (and a
+/// due hit) for long; what is left is read by the next drain.
+const DRAIN_BUDGET: usize = 1024;
+
 impl Inbox {
-    /// Reads and applies everything the server already delivered, without waiting.
+    /// Reads and applies what the server already delivered, without waiting, at most
+    /// [`DRAIN_BUDGET`] values: `true` once nothing is left, `false` when the budget ran out
+    /// first (the drain is not complete).
     ///
     /// # Errors
     /// Why the connection is unusable: closed, failed, or the server answered an error.
-    pub(super) fn drain(&mut self, near: &Near) -> Result<(), String> {
+    pub(super) fn drain(&mut self, near: &Near) -> Result<bool, String> {
         if let Some(why) = &self.broken {
             return Err(why.clone());
         }
-        let r = read_all(&mut self.parser, &mut self.stream, |v| {
-            self.heard = Instant::now();
+        let r = read_all(&mut self.parser, &mut self.stream, DRAIN_BUDGET, |v| {
             self.pinged = None;
             apply(near, &self.namespace, v)
         });
@@ -136,20 +143,23 @@ impl Inbox {
     }
 }
 
-/// Parses every value `reader` has without waiting and hands each to `each`; `Ok` once the
-/// reader would block (a value cut in two stays in the parser for the next call).
+/// Parses the values `reader` has without waiting, at most `budget`, and hands each to `each`;
+/// `Ok(true)` once the reader would block (a value cut in two stays in the parser for the next
+/// call), `Ok(false)` once `budget` values were handed (more may be waiting).
 fn read_all(
     parser: &mut redis::Parser,
     reader: &mut impl Read,
+    budget: usize,
     mut each: impl FnMut(Value) -> Result<(), String>,
-) -> Result<(), String> {
-    loop {
+) -> Result<bool, String> {
+    for _ in 0..budget {
         match parser.parse_value(&mut *reader) {
             Ok(v) => each(v)?,
-            Err(e) if is_timeout(&e) => return Ok(()),
+            Err(e) if is_timeout(&e) => return Ok(true),
             Err(e) => return Err(e.to_string()),
         }
     }
+    Ok(false)
 }
 
 /// Applies one value read on the tracking connection: an `invalidate` push evicts, a `PONG`
@@ -164,15 +174,16 @@ fn apply(near: &Near, namespace: &str, v: Value) -> Result<(), String> {
         }
         Value::ServerError(e) => Err(format!("the server answered an error: {e:?}")),
         // The reply to `ROLE` (the heartbeat behind Sentinel): only a master may be tracked.
-        Value::Array(role)
-            if role.first().is_some_and(
-                |r| matches!(r, Value::BulkString(b) if b.as_slice() != b"master"),
-            ) =>
-        {
-            Err("the server is no longer the master (failover)".to_owned())
-        }
+        v if not_master(&v) => Err("the server is no longer the master (failover)".to_owned()),
         _ => Ok(()),
     }
+}
+
+/// Whether `v` is a reply to `ROLE` that names another role than master.
+fn not_master(v: &Value) -> bool {
+    matches!(v, Value::Array(role) if role.first().is_some_and(
+        |r| matches!(r, Value::BulkString(b) if b.as_slice() != b"master"),
+    ))
 }
 
 /// Applies one `invalidate` push: a list of keys (this namespace's, by the prefix), or a null
@@ -190,7 +201,7 @@ fn invalidate(near: &Near, namespace: &str, data: Vec<Value>) {
                         && let Ok(key) = std::str::from_utf8(user)
                     {
                         #[cfg(feature = "testing")]
-                        if super::dropped(namespace) {
+                        if super::hooks::dropped(namespace) {
                             continue;
                         }
                         near.evict(key, true);
@@ -249,6 +260,8 @@ impl Channel {
             match &end {
                 End::Dropped => return,
                 End::Lost(why) | End::Refused(why) => {
+                    // Already done under the inbox's lock for a session that was established
+                    // (see `listen`); a no-op then.
                     match self.near.upgrade() {
                         Some(near) => near.suspend(),
                         None => return,
@@ -344,8 +357,10 @@ impl Channel {
     }
 
     /// The set-up requests, pipelined: `HELLO 3` (with `AUTH`), `CLIENT SETNAME`,
-    /// `CLIENT TRACKING ON BCAST [PREFIX <namespace>]`.
-    fn setup(&self) -> Vec<u8> {
+    /// `CLIENT TRACKING ON BCAST [PREFIX <namespace>]`, and behind Sentinel `ROLE` (the
+    /// tracked server itself must be the master, not only the one the Sentinels named a
+    /// moment before); with the number of replies they bring.
+    fn setup(&self) -> (Vec<u8>, usize) {
         let s = &self.settings;
         let mut hello = redis::cmd("HELLO");
         hello.arg(3);
@@ -368,7 +383,11 @@ impl Channel {
             track.arg("PREFIX").arg(s.namespace.as_bytes());
         }
         out.extend(track.get_packed_command());
-        out
+        if let RedisTarget::Sentinel { .. } = s.target {
+            out.extend(redis::cmd("ROLE").get_packed_command());
+            return (out, 4);
+        }
+        (out, 3)
     }
 
     /// One connection's life: set up tracking, hand the socket to the near cache, resume it,
@@ -393,15 +412,16 @@ impl Channel {
             parser,
             namespace: self.settings.namespace.clone(),
             pinged: None,
-            heard: Instant::now(),
+            sent: Instant::now(),
             broken: None,
         });
         near.resume();
         drop(near);
         tracing::debug!(client = %self.name, "ddf: near cache tracking established");
         let end = self.listen(&watcher);
+        // `listen` tore a lost session down already; this only covers any other way out.
         if let Some(near) = self.near.upgrade() {
-            *near.inbox() = None;
+            near.end_session(&mut near.inbox());
         }
         (end, true)
     }
@@ -410,12 +430,13 @@ impl Channel {
     fn establish(&self) -> Result<(Stream, redis::Parser), End> {
         let mut stream = self.connect()?;
         let mut parser = redis::Parser::new();
+        let (setup, replies) = self.setup();
         stream
-            .write_all(&self.setup())
+            .write_all(&setup)
             .map_err(|e| End::Lost(format!("cannot send the set-up: {e}")))?;
         let deadline = Instant::now() + self.settings.connect_timeout;
         let mut answered = 0;
-        while answered < 3 {
+        while answered < replies {
             if Instant::now() > deadline {
                 return Err(End::Lost(
                     "the set-up took longer than connect_timeout".to_owned(),
@@ -435,6 +456,11 @@ impl Channel {
                     )));
                 }
                 Ok(Value::Push { .. }) => {}
+                Ok(v) if not_master(&v) => {
+                    return Err(End::Lost(
+                        "the server the Sentinels named is not the master (ROLE)".to_owned(),
+                    ));
+                }
                 Ok(_) => answered += 1,
                 Err(e) => return Err(End::Lost(format!("set-up: {e}"))),
             }
@@ -446,8 +472,10 @@ impl Channel {
         Ok((stream, parser))
     }
 
-    /// Drains the near cache's inbox whenever its socket is readable; pings after a quiet
-    /// tick; ends when the connection fails, goes quiet, or the near cache is dropped.
+    /// Drains the near cache's inbox whenever its socket is readable; sends a heartbeat every
+    /// tick; ends when the connection fails, goes quiet, or the near cache is dropped. A lost
+    /// session is torn down before the inbox's lock is let go (the near cache suspended, then
+    /// the inbox dropped): no hit finds the channel gone and the near cache still live.
     fn listen(&self, watcher: &OwnedFd) -> End {
         // Behind Sentinel the heartbeat is `ROLE`: a server that stops being the master (a
         // failover that did not close this connection) ends the session (see `apply`).
@@ -455,117 +483,86 @@ impl Channel {
             RedisTarget::Sentinel { .. } => redis::cmd("ROLE").get_packed_command(),
             _ => redis::cmd("PING").get_packed_command(),
         };
+        // A drain cut short by its budget may leave values in the parser's buffer, which `poll`
+        // does not see: the next turn drains without waiting.
+        let mut pending = false;
         loop {
-            let ready = match readable(watcher, TICK) {
-                Ok(r) => r,
-                Err(e) => return End::Lost(format!("cannot poll the socket: {e}")),
+            let ready = if pending {
+                Ok(true)
+            } else {
+                readable(watcher, TICK)
             };
             let Some(near) = self.near.upgrade() else {
                 return End::Dropped;
             };
             let mut inbox = near.inbox();
-            let Some(ib) = inbox.as_mut() else {
-                return End::Lost("the inbox was taken".to_owned());
-            };
-            if ready {
-                let began = near.clock();
-                match ib.drain(&near) {
-                    Ok(()) => near.drained(began),
-                    Err(why) => return End::Lost(why),
-                }
-            } else if let Some(why) = &ib.broken {
-                return End::Lost(why.clone());
-            }
-            match ib.pinged {
-                Some(at) if at.elapsed() >= self.settings.timeout => {
-                    return End::Lost(format!(
-                        "no answer to PING within timeout ({:?})",
-                        self.settings.timeout
-                    ));
-                }
-                Some(_) => {}
-                None if ib.heard.elapsed() >= TICK => {
-                    if let Err(e) = ib.stream.write_all(&ping) {
-                        return End::Lost(format!("cannot send PING: {e}"));
+            let why = match (ready, inbox.as_mut()) {
+                (Err(e), _) => format!("cannot poll the socket: {e}"),
+                (Ok(_), None) => "the inbox was taken".to_owned(),
+                (Ok(ready), Some(ib)) => match self.beat(ib, &near, ready, (&ping, watcher)) {
+                    Ok(done) => {
+                        pending = !done;
+                        continue;
                     }
-                    ib.pinged = Some(Instant::now());
-                }
-                None => {}
-            }
+                    Err(why) => why,
+                },
+            };
+            #[cfg(feature = "testing")]
+            super::hooks::teardown_pause(&self.settings.namespace);
+            near.end_session(&mut inbox);
+            return End::Lost(why);
         }
+    }
+
+    /// One turn of [`Channel::listen`] on the open session: drains what came, gives up a
+    /// connection that answered nothing for `timeout` after a heartbeat, sends the heartbeat
+    /// when a tick passed since the last (whatever was heard: a stream of pushes must not keep
+    /// `ROLE` from being asked).
+    ///
+    /// `false`: the drain was cut short by its budget (the next turn goes on).
+    ///
+    /// # Errors
+    /// Why the session is lost.
+    fn beat(
+        &self,
+        ib: &mut Inbox,
+        near: &Near,
+        ready: bool,
+        (ping, watcher): (&[u8], &OwnedFd),
+    ) -> Result<bool, String> {
+        let mut done = true;
+        if ready {
+            let began = near.clock();
+            done = ib.drain(near)?;
+            if done {
+                near.drained(began);
+            }
+        } else if let Some(why) = &ib.broken {
+            return Err(why.clone());
+        }
+        if let Some(at) = ib.pinged
+            && at.elapsed() >= self.settings.timeout
+        {
+            return Err(format!(
+                "no answer to the heartbeat within timeout ({:?})",
+                self.settings.timeout
+            ));
+        }
+        if ib.sent.elapsed() >= TICK {
+            // Written only where it cannot block with the inbox's lock held (a due hit waits
+            // on it); a socket that takes nothing counts as a heartbeat unanswered, so a
+            // server that stopped reading is given up after `timeout`.
+            if writable(watcher).map_err(|e| format!("cannot poll the socket: {e}"))? {
+                ib.stream
+                    .write_all(ping)
+                    .map_err(|e| format!("cannot send the heartbeat: {e}"))?;
+            }
+            ib.sent = Instant::now();
+            ib.pinged.get_or_insert(ib.sent);
+        }
+        Ok(done)
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Review finding 3: after a session that reached tracking the backoff starts over, however
-    /// long it had grown; a refusal waits long.
-    #[test]
-    fn the_backoff_starts_over_after_an_established_session() {
-        let lost = End::Lost("x".to_owned());
-        let mut b = Duration::ZERO;
-        for _ in 0..10 {
-            b = next_backoff(b, &lost, false);
-        }
-        assert_eq!(b, BACKOFF_MAX);
-        assert_eq!(next_backoff(b, &lost, true), BACKOFF_MIN);
-        assert_eq!(next_backoff(Duration::ZERO, &lost, false), BACKOFF_MIN);
-        let refused = End::Refused("ERR unknown command".to_owned());
-        assert_eq!(next_backoff(BACKOFF_MIN, &refused, false), REFUSED_BACKOFF);
-    }
-
-    /// A reader that hands out its chunks one per read, then would block.
-    struct Chunks(std::collections::VecDeque<Vec<u8>>);
-
-    impl Read for Chunks {
-        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-            match self.0.pop_front() {
-                Some(c) => {
-                    buf[..c.len()].copy_from_slice(&c);
-                    Ok(c.len())
-                }
-                None => Err(std::io::ErrorKind::WouldBlock.into()),
-            }
-        }
-    }
-
-    /// The strict rule's drain reads without waiting: a push cut in two by the socket is kept
-    /// by the parser and completed by the next drain, and two pushes in one read are both
-    /// applied.
-    #[test]
-    fn a_drain_keeps_a_push_cut_in_two_for_the_next_one() {
-        let push = b">2\r\n$10\r\ninvalidate\r\n*1\r\n$3\r\nn:a\r\n".to_vec();
-        let mut parser = redis::Parser::new();
-        let mut got = Vec::new();
-        let mut first = Chunks([push[..20].to_vec()].into());
-        read_all(&mut parser, &mut first, |v| {
-            got.push(v);
-            Ok(())
-        })
-        .unwrap();
-        assert!(got.is_empty(), "half a push is not a value: {got:?}");
-        let mut rest = push[20..].to_vec();
-        rest.extend_from_slice(&push);
-        rest.extend_from_slice(b"+PONG\r\n");
-        let mut second = Chunks([rest].into());
-        read_all(&mut parser, &mut second, |v| {
-            got.push(v);
-            Ok(())
-        })
-        .unwrap();
-        assert_eq!(got.len(), 3, "{got:?}");
-        assert!(matches!(
-            &got[0],
-            Value::Push {
-                kind: PushKind::Invalidate,
-                ..
-            }
-        ));
-        assert_eq!(got[2], Value::SimpleString("PONG".to_owned()));
-        // A closed socket is an error, not "nothing yet".
-        let mut closed: &[u8] = b"";
-        assert!(read_all(&mut parser, &mut closed, |_| Ok(())).is_err());
-    }
-}
+mod tests;

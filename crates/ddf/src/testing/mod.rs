@@ -44,7 +44,7 @@ pub mod internals {
     pub use crate::backend::redis::RedisBackend;
     pub use crate::codec::pickle;
     #[cfg(feature = "redis")]
-    pub use crate::near::{drop_invalidations, without_catch_up};
+    pub use crate::near::{drop_invalidations, pause_teardown, without_catch_up};
     /// pymemcache's flags (see the crate's `flags` module).
     pub mod flags {
         pub use crate::flags::*;

@@ -480,6 +480,40 @@ fn faults_on_the_invalidation_channel_and_the_server_yield_no_stale_read() {
     );
 }
 
+/// Review finding (#13, HIGH): a tracking thread slow to tear a lost session down (planted: it
+/// sleeps 50 ms before suspending the near cache, as one waiting for a core would) must not
+/// let hits serve from the near cache in the meantime. Before the fix, the inbox was dropped
+/// first and the suspension came later: hits in that gap served stale versions.
+#[test]
+fn a_tracking_thread_slow_to_tear_a_lost_session_down_yields_no_stale_read() {
+    let Some(mut server) = RedisServer::start() else {
+        return;
+    };
+    let port = server.port();
+    let namespace = "nearp:";
+    ddf::testing::internals::pause_teardown(namespace, Duration::from_millis(50));
+    let w = rust_writer(port, namespace, 4000);
+    let mut step = 0;
+    let (writes, reads, stats) = run(&mut server, namespace, w, &mut |_, at| {
+        let due = [800, 1800, 2800];
+        if step < due.len() && at >= Duration::from_millis(due[step]) {
+            let ids = tracking_ids(port);
+            assert!(!ids.is_empty(), "no tracking connection to kill");
+            for id in ids {
+                redis_cli(port, &["CLIENT", "KILL", "ID", &id]);
+            }
+            step += 1;
+        }
+    });
+    ddf::testing::internals::pause_teardown(namespace, Duration::ZERO);
+    assert_eq!(step, 3, "not every kill was applied");
+    verdict("slow teardown", &writes, &reads, &stats);
+    assert!(
+        stats.near_resets_lost >= 2,
+        "the channel's losses were not seen: {stats}"
+    );
+}
+
 fn wait_for_near_hit(cache: &CacheManager, key: &str) {
     for _ in 0..500 {
         let before = cache.stats().near_hits;

@@ -35,6 +35,26 @@ fn reader(config: CacheConfig) -> CacheManager {
 
 /// `CLOCK_MONOTONIC` in nanoseconds. `Instant` is `CLOCK_MONOTONIC` on Linux, and its `Debug`
 /// shows the timespec; read once, then advanced with `Instant` arithmetic.
+/// A Memcached cache on `server` in `namespace`, its fallback in `dir`, with or without the
+/// near cache (its TTL left at the default).
+#[cfg(feature = "memcached")]
+fn mc_config(
+    server: &ddf_testkit::MemcachedServer,
+    namespace: &str,
+    dir: &std::path::Path,
+    near: bool,
+) -> CacheConfig {
+    let mut c = CacheConfig::default()
+        .with_backend(CacheBackend::Memcached)
+        .with_memcached_servers(vec![
+            ddf::ServerAddr::parse(&server.server(), 11211).unwrap(),
+        ])
+        .with_namespace(namespace)
+        .with_pickle_dir(dir);
+    c.near_cache = near;
+    c
+}
+
 fn mono_ns() -> u64 {
     static BASE: LazyLock<(Instant, u64)> = LazyLock::new(|| {
         let now = Instant::now();
@@ -683,15 +703,7 @@ fn a_memcached_near_entry_never_outlives_the_servers_expiry() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let mut c = CacheConfig::default()
-        .with_backend(CacheBackend::Memcached)
-        .with_memcached_servers(vec![
-            ddf::ServerAddr::parse(&server.server(), 11211).unwrap(),
-        ])
-        .with_namespace("nearmx:")
-        .with_pickle_dir(dir.path());
-    c.near_cache = true;
-    let near = CacheManager::new(c).unwrap();
+    let near = CacheManager::new(mc_config(&server, "nearmx:", dir.path(), true)).unwrap();
     near.set("k", "v", Some(Duration::from_secs(2))).unwrap();
     near.set("forever", "f", None).unwrap();
     hit_twice(&near, "k", "v");
@@ -709,14 +721,7 @@ fn memcached_near_entries_are_bounded_by_the_ttl_and_own_writes_evict_at_once() 
     };
     let dir = tempfile::tempdir().unwrap();
     let mc = |near: bool| {
-        let mut c = CacheConfig::default()
-            .with_backend(CacheBackend::Memcached)
-            .with_memcached_servers(vec![
-                ddf::ServerAddr::parse(&server.server(), 11211).unwrap(),
-            ])
-            .with_namespace("nearm:")
-            .with_pickle_dir(dir.path());
-        c.near_cache = near;
+        let mut c = mc_config(&server, "nearm:", dir.path(), near);
         c.near_cache_ttl = Duration::from_secs(1);
         CacheManager::new(c).unwrap()
     };
@@ -768,17 +773,7 @@ fn a_cancelled_async_write_still_evicts_the_near_entry() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let mc = |near: bool| {
-        let mut c = CacheConfig::default()
-            .with_backend(CacheBackend::Memcached)
-            .with_memcached_servers(vec![
-                ddf::ServerAddr::parse(&server.server(), 11211).unwrap(),
-            ])
-            .with_namespace("nearcw:")
-            .with_pickle_dir(dir.path());
-        c.near_cache = near;
-        c
-    };
+    let mc = |near: bool| mc_config(&server, "nearcw:", dir.path(), near);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -332,9 +332,9 @@ fn counters_on_memcached() {
 
 const JOB: &str = "DDF_TEST_ATOMIC_INCR";
 const PROCS: usize = 8;
-const PER_PROC: i64 = 10_000;
+const PER_PROC: i64 = 2_500;
 
-/// A child: 10,000 `incr` by 1 on the cache its job names (`kind|where|namespace`).
+/// A child: 2,500 `incr` by 1 on the cache its job names (`kind|where|namespace`).
 fn incr_child() -> bool {
     let Some(job) = process::job(JOB) else {
         return false;
@@ -364,7 +364,7 @@ fn incr_child() -> bool {
     true
 }
 
-/// 8 processes x 10,000 `incr` by 1 leave exactly 80,000.
+/// 8 processes x 2,500 `incr` by 1 leave exactly 20,000.
 fn processes_count_exactly(test: &str, kind: &str, place: &str, cache: &CacheManager) {
     let job = format!("{kind}|{place}|{}", cache.config().namespace);
     let children: Vec<_> = (0..PROCS)
@@ -411,23 +411,31 @@ fn eight_processes_count_exactly_on_redis() {
         &cache,
     );
     // redis-py and the Python DDF's JSON read an int.
-    if let Some(python) = ddf_testkit::python() {
-        let key = format!("{}n", cache.config().namespace);
-        let out = std::process::Command::new(python)
-            .args([
-                "-c",
-                "import json, sys, redis; v = json.loads(redis.Redis(port=int(sys.argv[1])).get(sys.argv[2])); print(type(v).__name__, v)",
-                &server.port().to_string(),
-                &key,
-            ])
-            .output()
-            .unwrap();
-        assert_eq!(
-            String::from_utf8_lossy(&out.stdout).trim(),
-            "int 80000",
-            "{out:?}"
-        );
-    }
+    python_reads_the_count(
+        "import json, sys, redis; v = json.loads(redis.Redis(port=int(sys.argv[1])).get(sys.argv[2])); print(type(v).__name__, v)",
+        &[
+            &server.port().to_string(),
+            &format!("{}n", cache.config().namespace),
+        ],
+    );
+}
+
+/// The count as a Python client reads it: an `int`, exactly (when the tests have a Python).
+fn python_reads_the_count(script: &str, args: &[&str]) {
+    let Some(python) = ddf_testkit::python() else {
+        return;
+    };
+    let out = std::process::Command::new(python)
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("int {}", PROCS as i64 * PER_PROC),
+        "{out:?}"
+    );
 }
 
 #[test]
@@ -446,29 +454,12 @@ fn eight_processes_count_exactly_on_memcached() {
         &cache,
     );
     // pymemcache with the python_memcache serializer (the Python DDF's) reads an int.
-    if let Some(python) = ddf_testkit::python() {
-        let key = format!("{}n", cache.config().namespace);
-        let (host, port) = server
-            .server()
-            .rsplit_once(':')
-            .map(|(h, p)| (h.to_owned(), p.to_owned()))
-            .unwrap();
-        let out = std::process::Command::new(python)
-            .args([
-                "-c",
-                "import sys\nfrom pymemcache.client.base import Client\nfrom pymemcache import serde\nc = Client((sys.argv[1], int(sys.argv[2])), serde=serde.pickle_serde)\nv = c.get(sys.argv[3]); print(type(v).__name__, v)",
-                &host,
-                &port,
-                &key,
-            ])
-            .output()
-            .unwrap();
-        assert_eq!(
-            String::from_utf8_lossy(&out.stdout).trim(),
-            "int 80000",
-            "{out:?}"
-        );
-    }
+    let addr = server.server();
+    let (host, port) = addr.rsplit_once(':').unwrap();
+    python_reads_the_count(
+        "import sys\nfrom pymemcache.client.base import Client\nfrom pymemcache import serde\nc = Client((sys.argv[1], int(sys.argv[2])), serde=serde.pickle_serde)\nv = c.get(sys.argv[3]); print(type(v).__name__, v)",
+        &[host, port, &format!("{}n", cache.config().namespace)],
+    );
 }
 
 /// The async face: the same operations, through native Redis, Memcached on the sync client

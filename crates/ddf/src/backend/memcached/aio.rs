@@ -383,6 +383,27 @@ impl AsyncMemcached {
     }
 }
 
+/// One scope per configured server for the async face's breaker per server: the sync face's
+/// scopes ([`MemcachedBackend::per_server`]: label, journal identity), each scope's primary the
+/// one backend both faces use for that server (its dead-server state shared, as with one
+/// server), and the async client on it, in the servers' order.
+pub(crate) fn per_server(
+    settings: &crate::config::MemcachedSettings,
+) -> (
+    Vec<crate::backend::resilience::scopes::ScopeSpec>,
+    Vec<Arc<dyn AsyncBackend>>,
+) {
+    let mut specs = MemcachedBackend::per_server(settings);
+    let mut clients: Vec<Arc<dyn AsyncBackend>> = Vec::with_capacity(specs.len());
+    for (spec, addr) in specs.iter_mut().zip(&settings.servers) {
+        let twin = Arc::new(MemcachedBackend::new(&settings.only(addr)));
+        let shared = twin.clone();
+        spec.factory = Box::new(move || Ok(shared.clone() as Arc<dyn Backend>));
+        clients.push(Arc::new(AsyncMemcached::new(twin)));
+    }
+    (specs, clients)
+}
+
 impl AsyncBackend for AsyncMemcached {
     fn name(&self) -> &'static str {
         self.core.name

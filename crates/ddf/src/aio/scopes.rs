@@ -9,6 +9,10 @@
 //! [`Routing`] and [`Tally`], called by both. What is rare and spans every server
 //! (`delete_prefix`, `clear`, `ping`, `info`) runs the sync router on the blocking pool.
 //!
+//! After a write, the sync router's `follow_moves` runs inline: it does I/O (a journal record)
+//! only when the partition moved a key to another scope, which Memcached's placement never
+//! does (a Redis Cluster's resharding can; the Cluster is not routed here).
+//!
 //! [`Resilient`]: crate::backend::resilience::Resilient
 
 use std::sync::Arc;

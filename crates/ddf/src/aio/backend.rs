@@ -217,6 +217,12 @@ impl Blocking {
         }
     }
 
+    /// A backend with a fallback, every call on the blocking pool, counting the calls the
+    /// fallback answered in `tally` (the resilience wrapper and the routers over several).
+    pub(crate) fn with_fallback(inner: Arc<dyn Backend>, tally: Arc<AtomicU64>) -> Self {
+        Blocking::new(inner, Place::Offload, Place::Offload).counting_fallback(tally)
+    }
+
     /// Counts the calls the fallback answered in `tally` (the manager's `fallback` counter).
     pub(crate) fn counting_fallback(mut self, tally: Arc<AtomicU64>) -> Self {
         self.fallback = Some(tally);

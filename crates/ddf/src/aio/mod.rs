@@ -10,6 +10,8 @@ pub(crate) mod backend;
 #[cfg(feature = "redis")]
 mod redis;
 mod resilient;
+#[cfg(feature = "memcached")]
+mod scopes;
 
 use std::fmt;
 use std::future::Future;
@@ -164,17 +166,20 @@ fn from_config(
             }
         }
         // Several servers: the sync face's breaker per server (the same journal scopes, so the
-        // two faces replay each other's records), on the blocking pool. Not yet native: the
-        // async twin of the per-server router is left for issue #12.
+        // two faces replay each other's records), each driven with its server's async client.
         #[cfg(feature = "memcached")]
-        BackendSettings::Memcached(s) if s.servers.len() > 1 => Arc::new(
-            Blocking::new(
-                crate::backend::from_config(config)?,
-                Place::Offload,
-                Place::Offload,
-            )
-            .counting_fallback(fallback.clone()),
-        ),
+        BackendSettings::Memcached(s) if s.servers.len() > 1 => {
+            use crate::backend::memcached::{aio, placement::Placement};
+            let (specs, clients) = aio::per_server(&s);
+            let sync = crate::backend::per_server_router(
+                config,
+                config.backend.as_str(),
+                s.identity(),
+                Arc::new(Placement::new(&s)),
+                specs,
+            )?;
+            Arc::new(scopes::AsyncPerScope::new(sync, clients, fallback))
+        }
         #[cfg(feature = "memcached")]
         BackendSettings::Memcached(settings) => {
             use crate::backend::memcached::{MemcachedBackend, aio::AsyncMemcached};

@@ -13,9 +13,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use super::backend::{AsyncBackend, Blocking, BoxFuture, Noted, Place, offload};
+use super::backend::{AsyncBackend, Blocking, BoxFuture, Noted, offload};
+use crate::backend::resilience::scopes::Cause;
 use crate::backend::resilience::{Forget, Resilient};
-use crate::backend::{Backend, BackendStatus, EntryInfo, Item};
+use crate::backend::{BackendStatus, EntryInfo, Item};
 use crate::error::{Error, Result};
 use crate::manager::core::CodecCounter;
 
@@ -29,6 +30,9 @@ pub(crate) struct AsyncResilient {
     /// The manager's `fallback` counter (see `CacheStats::fallback`): the fallback path counts
     /// through `otherwise`; a read that failed on the primary and became a miss, here.
     fallback: Arc<AtomicU64>,
+    /// Where a server of several notes why it is down (`stats`, `ping`), as the sync face's
+    /// primary does (see `scopes::watched`).
+    cause: Option<Arc<Cause>>,
 }
 
 impl AsyncResilient {
@@ -37,23 +41,29 @@ impl AsyncResilient {
         primary: Arc<dyn AsyncBackend>,
         fallback: Arc<AtomicU64>,
     ) -> Self {
-        let otherwise = Blocking::new(
-            state.clone() as Arc<dyn Backend>,
-            Place::Offload,
-            Place::Offload,
-        )
-        .counting_fallback(fallback.clone());
+        let otherwise = Blocking::with_fallback(state.clone(), fallback.clone());
         AsyncResilient {
             state,
             otherwise,
             primary,
             fallback,
+            cause: None,
         }
+    }
+
+    #[cfg(feature = "memcached")]
+    /// Notes every temporary failure of the primary in `cause`.
+    pub(crate) fn noting(mut self, cause: Arc<Cause>) -> Self {
+        self.cause = Some(cause);
+        self
     }
 
     /// Reports a temporary failure of the primary (it may open an outage in the journal: on
     /// the blocking pool) and gives the error back.
     async fn failed(&self, at_once: bool, e: Error) -> Error {
+        if let Some(c) = &self.cause {
+            c.note(&e);
+        }
         let state = self.state.clone();
         let name = self.primary.name();
         offload(name, move || {

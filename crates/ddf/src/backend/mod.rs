@@ -515,6 +515,20 @@ pub(crate) fn per_server(
     partition: Arc<dyn resilience::scopes::Partition>,
     specs: Vec<resilience::scopes::ScopeSpec>,
 ) -> Result<Arc<dyn Backend>> {
+    Ok(per_server_router(config, name, identity, partition, specs)?)
+}
+
+/// [`per_server`], as the router itself: the async face's router drives its scopes.
+///
+/// # Errors
+/// As [`resilient`].
+pub(crate) fn per_server_router(
+    config: &CacheConfig,
+    name: &'static str,
+    identity: &str,
+    partition: Arc<dyn resilience::scopes::Partition>,
+    specs: Vec<resilience::scopes::ScopeSpec>,
+) -> Result<Arc<resilience::scopes::PerScope>> {
     use resilience::scopes::{Cause, PerScope, Scope, adopt_legacy, build_all, watched};
     let settings = config.resilience_settings()?;
     let journal = Arc::new(resilience::journal::Journal::open(settings.dir.clone())?);

@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use self::conn::{Answer, Conn, Kind};
-use self::pipe::Pipe;
+use self::pipe::{Failed, Pipe};
 use super::client::{McError, McResult, Value};
 use super::{BATCH, DEFAULT_ITEM_SIZE_MAX, MemcachedBackend, Server, exptime, is_stale, map_err};
 use crate::aio::backend::{AsyncBackend, Blocking, BoxFuture, Noted, Place};
@@ -31,6 +31,8 @@ use crate::key::{memcached_key, memcached_key_is_carryable};
 
 mod conn;
 mod pipe;
+#[cfg(test)]
+mod tests;
 
 /// One server's connection: one pipelined connection carries every concurrent request (as
 /// redis-rs's multiplexed connection does). Measured with `examples/async_bench` on the 2-core
@@ -67,10 +69,7 @@ impl std::fmt::Debug for AsyncMemcached {
 }
 
 fn timed_out() -> McError {
-    McError::Io(std::io::Error::new(
-        std::io::ErrorKind::TimedOut,
-        "no answer within the timeout",
-    ))
+    Failed::TimedOut { queued: false }.into_error()
 }
 
 fn value(a: Answer) -> Option<Option<Value>> {
@@ -177,10 +176,18 @@ impl AsyncMemcached {
     /// `pick` takes the answer of that kind) with the sync `run_checked`'s rules: a connection
     /// open before the call and found dead is replaced and the request retried once; a
     /// timeout closes the connection; an I/O or protocol error counts against the server.
+    ///
+    /// The retry's limit: a request that met a stale connection itself (the sync rule), or
+    /// lost on a connection that failed on another request before it was sent, is retried.
+    /// One lost after it was sent (the server may have run it) is retried only if `resend`
+    /// (gets and sets: running them twice gives the same answer); a delete is not (its first
+    /// attempt may have deleted the key, and the retry would find nothing and report a wrong
+    /// `false`): it reports the error.
     async fn run<T>(
         &self,
         i: usize,
         what: &str,
+        resend: bool,
         build: impl Fn(&mut Vec<u8>) -> McResult<Kind>,
         pick: fn(Answer) -> Option<T>,
     ) -> Result<T> {
@@ -188,19 +195,22 @@ impl AsyncMemcached {
         let mut bytes = Vec::new();
         let kind =
             build(&mut bytes).map_err(|e| map_err(&server.name, what, self.core.timeout, e))?;
-        let limit = self.core.timeout;
+        let deadline = tokio::time::Instant::now() + self.core.timeout;
         let once = |p: Arc<Pipe>, bytes: Vec<u8>| async move {
-            match tokio::time::timeout(limit, p.call(bytes, kind)).await {
-                Ok(r) => (p, r),
-                Err(_) => {
-                    p.kill();
-                    (p, Err(timed_out()))
-                }
+            let r = p.call(bytes, kind, deadline).await;
+            if matches!(r, Err(Failed::TimedOut { .. })) {
+                p.kill();
             }
+            (p, r)
         };
         let (p, was_open) = self.pipe(i, what).await?;
         let (mut p, mut result) = once(p, bytes).await;
-        if was_open && matches!(&result, Err(McError::Io(e)) if is_stale(e)) {
+        let retry = match &result {
+            Err(Failed::Error(McError::Io(e))) => is_stale(e),
+            Err(Failed::Lost { sent }) => !sent || resend,
+            _ => false,
+        };
+        if was_open && retry {
             // A connection the server closed while it sat idle (a restart), or that failed on
             // another request: retried once on a new one.
             self.forget(i, &p);
@@ -210,7 +220,7 @@ impl AsyncMemcached {
             build(&mut bytes).map_err(|e| map_err(&server.name, what, self.core.timeout, e))?;
             (p, result) = once(p2, bytes).await;
         }
-        let result = result.and_then(|a| {
+        let result = result.map_err(Failed::into_error).and_then(|a| {
             pick(a).ok_or_else(|| McError::Protocol(format!("a reply of another kind to {what}")))
         });
         match result {
@@ -245,7 +255,9 @@ impl AsyncMemcached {
         if self.skipped(i) {
             return self.slow.get(key).await.result;
         }
-        let v = self.run(i, "get", |out| conn::get(out, &wk), value).await?;
+        let v = self
+            .run(i, "get", true, |out| conn::get(out, &wk), value)
+            .await?;
         let mapped = !memcached_key_is_carryable(&sk);
         Ok(v.and_then(|v| self.core.read_item(&sk, mapped, v)))
     }
@@ -264,7 +276,7 @@ impl AsyncMemcached {
             .check_size(&self.core.servers[i], key, &wk, data.len())?;
         let t = exptime(ttl);
         let one: &[(&str, &[u8], u32)] = &[(&wk, &data, item.flags)];
-        self.run(i, "set", |out| conn::set_many(out, one, t), stored)
+        self.run(i, "set", true, |out| conn::set_many(out, one, t), stored)
             .await
     }
 
@@ -295,7 +307,7 @@ impl AsyncMemcached {
             for chunk in group.chunks(BATCH) {
                 let wks: Vec<&str> = chunk.iter().map(|(_, _, w)| w.as_str()).collect();
                 let vals = self
-                    .run(s, "get_many", |out| conn::get_many(out, &wks), values)
+                    .run(s, "get_many", true, |out| conn::get_many(out, &wks), values)
                     .await?;
                 for ((i, sk, _), v) in chunk.iter().zip(vals) {
                     let mapped = !memcached_key_is_carryable(sk);
@@ -330,8 +342,14 @@ impl AsyncMemcached {
                     .iter()
                     .map(|(k, d, f)| (k.as_str(), d.as_slice(), *f))
                     .collect();
-                self.run(s, "set_many", |out| conn::set_many(out, &refs, t), stored)
-                    .await?;
+                self.run(
+                    s,
+                    "set_many",
+                    true,
+                    |out| conn::set_many(out, &refs, t),
+                    stored,
+                )
+                .await?;
             }
         }
         Ok(())
@@ -354,6 +372,7 @@ impl AsyncMemcached {
                     .run(
                         s,
                         "delete_many",
+                        false,
                         |out| conn::delete_many(out, &refs),
                         deleted,
                     )
@@ -362,6 +381,27 @@ impl AsyncMemcached {
         }
         Ok(n)
     }
+}
+
+/// One scope per configured server for the async face's breaker per server: the sync face's
+/// scopes ([`MemcachedBackend::per_server`]: label, journal identity), each scope's primary the
+/// one backend both faces use for that server (its dead-server state shared, as with one
+/// server), and the async client on it, in the servers' order.
+pub(crate) fn per_server(
+    settings: &crate::config::MemcachedSettings,
+) -> (
+    Vec<crate::backend::resilience::scopes::ScopeSpec>,
+    Vec<Arc<dyn AsyncBackend>>,
+) {
+    let mut specs = MemcachedBackend::per_server(settings);
+    let mut clients: Vec<Arc<dyn AsyncBackend>> = Vec::with_capacity(specs.len());
+    for (spec, addr) in specs.iter_mut().zip(&settings.servers) {
+        let twin = Arc::new(MemcachedBackend::new(&settings.only(addr)));
+        let shared = twin.clone();
+        spec.factory = Box::new(move || Ok(shared.clone() as Arc<dyn Backend>));
+        clients.push(Arc::new(AsyncMemcached::new(twin)));
+    }
+    (specs, clients)
 }
 
 impl AsyncBackend for AsyncMemcached {

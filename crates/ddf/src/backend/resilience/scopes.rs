@@ -180,7 +180,8 @@ pub(crate) fn build_all(
 pub(crate) struct Cause(Mutex<Option<String>>);
 
 impl Cause {
-    fn note(&self, e: &Error) {
+    /// Remembers `e` as the reason the scope is down, if it is temporary.
+    pub(crate) fn note(&self, e: &Error) {
         if !e.is_temporary() {
             return;
         }
@@ -321,7 +322,7 @@ fn moved_here(backend: &'static str, n: usize, from: &str) -> Error {
 /// One server's breaker, fallback, journal scope and background loop.
 pub(crate) struct Scope {
     label: String,
-    resilient: Resilient,
+    resilient: Arc<Resilient>,
     cause: Arc<Cause>,
 }
 
@@ -331,7 +332,7 @@ impl Scope {
     pub(crate) fn new(label: String, resilient: Resilient, cause: Arc<Cause>) -> Self {
         Scope {
             label,
-            resilient,
+            resilient: Arc::new(resilient),
             cause,
         }
     }
@@ -352,7 +353,7 @@ impl Scope {
 /// Keys routed to the breaker of the server that holds them (see the module docs).
 pub(crate) struct PerScope {
     name: &'static str,
-    partition: Arc<dyn Partition>,
+    routing: Routing,
     scopes: Vec<Scope>,
 }
 
@@ -372,19 +373,108 @@ impl fmt::Debug for PerScope {
     }
 }
 
-/// Items of a batch split by scope: for each scope, the positions in the batch.
-fn split<T>(
-    partition: &dyn Partition,
+/// The routing decisions of a router over scopes, made once for both faces ([`PerScope`] and
+/// the async face's router, `aio/scopes.rs`): which scope serves a key, and how a batch splits.
+#[derive(Debug, Clone)]
+pub(crate) struct Routing {
+    partition: Arc<dyn Partition>,
     n: usize,
-    items: &[T],
-    key: impl Fn(&T) -> &str,
-) -> Vec<Vec<usize>> {
-    let mut groups = vec![Vec::new(); n];
-    for (i, item) in items.iter().enumerate() {
-        let s = partition.scope_of(key(item)).min(n.saturating_sub(1));
-        groups[s].push(i);
+}
+
+impl Routing {
+    /// Keys placed by `partition` over `n` scopes.
+    pub(crate) fn new(partition: Arc<dyn Partition>, n: usize) -> Self {
+        Routing { partition, n }
     }
-    groups
+
+    /// The scope that serves `key`, a user key (a partition's answer past the last scope is
+    /// the last).
+    pub(crate) fn index(&self, key: &str) -> usize {
+        self.partition.scope_of(key).min(self.n.saturating_sub(1))
+    }
+
+    /// A batch split by scope: one part per scope that has items, in scope order.
+    pub(crate) fn parts<T: Clone>(&self, items: &[T], key: impl Fn(&T) -> &str) -> Vec<Part<T>> {
+        let mut groups = vec![Vec::new(); self.n];
+        for (i, item) in items.iter().enumerate() {
+            groups[self.index(key(item))].push(i);
+        }
+        groups
+            .into_iter()
+            .enumerate()
+            .filter(|(_, at)| !at.is_empty())
+            .map(|(scope, at)| Part {
+                scope,
+                items: at.iter().map(|&i| items[i].clone()).collect(),
+                at,
+            })
+            .collect()
+    }
+}
+
+/// One scope's part of a batch ([`Routing::parts`]).
+#[derive(Debug)]
+pub(crate) struct Part<T> {
+    /// The scope.
+    pub(crate) scope: usize,
+    /// The items' positions in the batch.
+    pub(crate) at: Vec<usize>,
+    /// The items, in batch order.
+    pub(crate) items: Vec<T>,
+}
+
+impl<T> Part<T> {
+    /// The part's keys.
+    pub(crate) fn keys<'s>(&'s self, key: impl Fn(&'s T) -> &'s str) -> Vec<&'s str> {
+        self.items.iter().map(key).collect()
+    }
+
+    /// Puts the part's answers (one per item, in order) at their places in the batch's.
+    pub(crate) fn place<V>(&self, answers: Vec<V>, out: &mut [V]) {
+        for (&i, v) in self.at.iter().zip(answers) {
+            out[i] = v;
+        }
+    }
+}
+
+/// A batch's outcome over its scopes, the same for both faces: every scope's part is tried
+/// (one failing does not skip the others); the sum of what they did, or the first error.
+#[derive(Debug)]
+pub(crate) struct Tally<T> {
+    done: T,
+    first: Option<Error>,
+}
+
+impl<T: Default + std::ops::AddAssign> Tally<T> {
+    pub(crate) fn new() -> Self {
+        Tally {
+            done: T::default(),
+            first: None,
+        }
+    }
+
+    /// One scope's part.
+    pub(crate) fn add(&mut self, r: Result<T>) {
+        match r {
+            Ok(v) => self.done += v,
+            Err(e) => {
+                self.first.get_or_insert(e);
+            }
+        }
+    }
+
+    /// The sum, or the first error.
+    pub(crate) fn finish(self) -> Result<T> {
+        self.first.map_or(Ok(self.done), Err)
+    }
+}
+
+/// `()` as a count of nothing, for the batches whose parts return nothing ([`Tally`]).
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Nothing;
+
+impl std::ops::AddAssign for Nothing {
+    fn add_assign(&mut self, _: Nothing) {}
 }
 
 impl PerScope {
@@ -410,7 +500,7 @@ impl PerScope {
         );
         Ok(PerScope {
             name,
-            partition,
+            routing: Routing::new(partition, scopes.len()),
             scopes,
         })
     }
@@ -420,9 +510,20 @@ impl PerScope {
     }
 
     fn index(&self, key: &str) -> usize {
-        self.partition
-            .scope_of(key)
-            .min(self.scopes.len().saturating_sub(1))
+        self.routing.index(key)
+    }
+
+    #[cfg(all(feature = "async", feature = "memcached"))]
+    /// The routing decisions (for the async face's router over the same scopes).
+    pub(crate) fn routing(&self) -> &Routing {
+        &self.routing
+    }
+
+    #[cfg(all(feature = "async", feature = "memcached"))]
+    /// Each scope's breaker, fallback and journal, and where the reason it is down is noted,
+    /// in order (the async face's router drives them through its own primaries).
+    pub(crate) fn states(&self) -> impl Iterator<Item = (&Arc<Resilient>, &Arc<Cause>)> {
+        self.scopes.iter().map(|s| (&s.resilient, &s.cause))
     }
 
     /// After a write in scope `from` that did not reach its server (recorded there): a key the
@@ -431,7 +532,7 @@ impl PerScope {
     /// before this write recorded). The key's delete is recorded in the scope that holds it
     /// now too, and that scope marked down, so that it replays the record before it reads the
     /// key from the server again. A write that reached the server needs nothing.
-    fn follow_moves(&self, from: usize, keys: &[&str]) {
+    pub(crate) fn follow_moves(&self, from: usize, keys: &[&str]) {
         let Some(old) = self.scopes.get(from) else {
             return;
         };
@@ -646,61 +747,30 @@ impl Backend for PerScope {
     }
 
     fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<Item>>> {
-        let groups = split(self.partition.as_ref(), self.scopes.len(), keys, |k| k);
-        let mut out: Vec<Option<Item>> = vec![None; keys.len()];
-        for (scope, group) in self.scopes.iter().zip(&groups) {
-            if group.is_empty() {
-                continue;
-            }
-            let ks: Vec<&str> = group.iter().map(|&i| keys[i]).collect();
-            let vals = scope.resilient.get_many(&ks)?;
-            for (&i, v) in group.iter().zip(vals) {
-                out[i] = v;
-            }
+        let mut out = vec![None; keys.len()];
+        for p in self.routing.parts(keys, |k| k) {
+            p.place(self.scopes[p.scope].resilient.get_many(&p.items)?, &mut out);
         }
         Ok(out)
     }
 
     fn set_many(&self, items: &[(&str, Item)], ttl: Option<Duration>) -> Result<()> {
-        let groups = split(
-            self.partition.as_ref(),
-            self.scopes.len(),
-            items,
-            |(k, _)| k,
-        );
-        let mut first = None;
-        for (i, (scope, group)) in self.scopes.iter().zip(&groups).enumerate() {
-            if group.is_empty() {
-                continue;
-            }
-            let part: Vec<(&str, Item)> = group.iter().map(|&i| items[i].clone()).collect();
-            if let Err(e) = scope.resilient.set_many(&part, ttl) {
-                first.get_or_insert(e);
-            }
-            let keys: Vec<&str> = part.iter().map(|(k, _)| *k).collect();
-            self.follow_moves(i, &keys);
+        let mut tally = Tally::new();
+        for p in self.routing.parts(items, |(k, _)| k) {
+            let r = self.scopes[p.scope].resilient.set_many(&p.items, ttl);
+            tally.add(r.map(|()| Nothing));
+            self.follow_moves(p.scope, &p.keys(|(k, _)| k));
         }
-        first.map_or(Ok(()), Err)
+        tally.finish().map(|Nothing| ())
     }
 
     fn delete_many(&self, keys: &[&str]) -> Result<u64> {
-        let groups = split(self.partition.as_ref(), self.scopes.len(), keys, |k| k);
-        let (mut n, mut first) = (0, None);
-        for (i, (scope, group)) in self.scopes.iter().zip(&groups).enumerate() {
-            if group.is_empty() {
-                continue;
-            }
-            let ks: Vec<&str> = group.iter().map(|&i| keys[i]).collect();
-            let r = scope.resilient.delete_many(&ks);
-            self.follow_moves(i, &ks);
-            match r {
-                Ok(k) => n += k,
-                Err(e) => {
-                    first.get_or_insert(e);
-                }
-            }
+        let mut tally = Tally::new();
+        for p in self.routing.parts(keys, |k| k) {
+            tally.add(self.scopes[p.scope].resilient.delete_many(&p.items));
+            self.follow_moves(p.scope, &p.items);
         }
-        first.map_or(Ok(n), Err)
+        tally.finish()
     }
 
     fn compare_and_delete(&self, key: &str, expected: &[u8]) -> Result<bool> {

@@ -747,6 +747,49 @@ mod tests {
         assert_eq!(aside, 1, "moved aside once");
     }
 
+    /// Every write path bumps the change counters (near caches in other processes check them),
+    /// and a database moved aside moves the epoch.
+    #[test]
+    fn writes_and_a_database_moved_aside_move_the_change_counters() {
+        let (_d, b, _c) = backend();
+        let changes = Changes::open(b.dir()).unwrap();
+        let writes: Vec<(&str, Box<dyn Fn(&FileBackend)>)> = vec![
+            ("set", Box::new(|b| b.set("k", &item("v"), None).unwrap())),
+            (
+                "add",
+                Box::new(|b| drop(b.add("k", &item("v"), None).unwrap())),
+            ),
+            ("touch", Box::new(|b| drop(b.touch("k", None).unwrap()))),
+            ("delete", Box::new(|b| drop(b.delete("k").unwrap()))),
+            (
+                "set_many",
+                Box::new(|b| b.set_many(&[("k", item("v"))], None).unwrap()),
+            ),
+            (
+                "delete_many",
+                Box::new(|b| drop(b.delete_many(&["k"]).unwrap())),
+            ),
+            (
+                "delete_prefix",
+                Box::new(|b| drop(b.delete_prefix("x").unwrap())),
+            ),
+            ("clear", Box::new(|b| b.clear().unwrap())),
+            (
+                "compare_and_delete",
+                Box::new(|b| drop(b.compare_and_delete("k", b"v").unwrap())),
+            ),
+            ("moved aside", Box::new(|b| b.db.quarantine_now())),
+        ];
+        for (what, write) in writes {
+            let stamp = changes.stamp("ns:", "k");
+            write(&b);
+            assert!(
+                !changes.unchanged(stamp),
+                "{what} did not move the counters"
+            );
+        }
+    }
+
     #[test]
     fn other_files_and_namespaces_survive() {
         let (_d, b, _c) = backend();

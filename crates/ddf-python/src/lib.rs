@@ -283,6 +283,11 @@ impl Manager {
         d.set_item("invalidated", s.invalidated)?;
         d.set_item("errors", s.errors)?;
         d.set_item("fallback", s.fallback)?;
+        if self.m()?.config().near_cache {
+            d.set_item("near_hits", s.near_hits)?;
+            d.set_item("near_misses", s.near_misses)?;
+            d.set_item("near_evictions", s.near_evictions)?;
+        }
         Ok(d)
     }
 

@@ -44,6 +44,7 @@ pub(crate) mod key;
 mod manager;
 pub mod memo;
 pub(crate) mod near;
+pub(crate) mod shm;
 mod stampede;
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -382,7 +382,9 @@ class CacheManager:
         return self._client().delete_many(list(keys))
 
     def stats(self):
-        """Counters: hits, misses, sets, deletes, invalidated, errors, fallback."""
+        """Counters: hits, misses, sets, deletes, invalidated, errors, fallback; with
+        ``near_cache=True`` also near_hits, near_misses and near_evictions (entries dropped
+        because another write changed their key)."""
         return self._client().stats()
 
     @property

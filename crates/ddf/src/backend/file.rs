@@ -14,7 +14,8 @@
 //!
 //! # Layout
 //! `pickle_dir/ddf-cache.sqlite3` (plus its `-wal` and `-shm` files while in use), mode 0600, in a
-//! directory created with mode 0700. One table, keyed by the bytes of `namespace + key`, so any
+//! directory created with mode 0700, and `ddf-near.counters`, the change counters every write
+//! bumps (`near/file.rs`: what keeps near caches over the directory coherent). One table, keyed by the bytes of `namespace + key`, so any
 //! UTF-8 key — `/`, `..`, absolute paths, control characters, the empty key, 10 kB keys — is just
 //! a key: nothing is ever written outside the database. Other files in the directory are never
 //! touched, and several namespaces can share one directory.
@@ -47,6 +48,7 @@ use super::{Backend, BackendStatus, Item};
 use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, Result};
 use crate::key::{Keyspace, prefix_range};
+use crate::near::file::Changes;
 
 const NAME: &str = "pickle";
 /// The database's file name inside the cache directory.
@@ -79,6 +81,9 @@ pub struct FileBackend {
     /// The database and its connections (pool, WAL, corruption handling).
     db: Db,
     keys: Keyspace,
+    /// The directory's change counters, bumped around every write (near caches in any process
+    /// check them; `near/file.rs`). `None`: they could not be mapped (logged).
+    changes: Option<Arc<Changes>>,
 }
 
 impl fmt::Debug for FileBackend {
@@ -112,10 +117,34 @@ impl FileBackend {
         namespace: &str,
         clock: Arc<dyn Clock>,
     ) -> Result<Self> {
+        let db = Db::open(dir.into(), DB_FILE, SCHEMA, NAME, clock)?;
+        let changes = Changes::open(db.path().parent().unwrap_or(db.path()));
+        if let Some(c) = &changes {
+            let c = c.clone();
+            db.on_replace(Box::new(move || c.everything_changed()));
+        }
         Ok(FileBackend {
-            db: Db::open(dir.into(), DB_FILE, SCHEMA, NAME, clock)?,
+            db,
             keys: Keyspace::new(namespace),
+            changes,
         })
+    }
+
+    /// As [`FileBackend::changing`] for a commit that changes `keys`.
+    fn changing_keys<T>(&self, keys: &[&str], write: impl FnOnce() -> T) -> T {
+        match &self.changes {
+            Some(c) => c.around_keys(self.keys.namespace(), keys, write),
+            None => write(),
+        }
+    }
+
+    /// Runs `write`, a commit that changes `key` (`None`: many keys), with the change counters
+    /// bumped before and after it (`near/file.rs`, [`Changes::around`]).
+    fn changing<T>(&self, key: Option<&str>, write: impl FnOnce() -> T) -> T {
+        match &self.changes {
+            Some(c) => c.around(self.keys.namespace(), key, write),
+            None => write(),
+        }
     }
 
     /// The cache directory.
@@ -187,6 +216,11 @@ impl Backend for FileBackend {
     }
 
     fn get(&self, key: &str) -> Result<Option<Item>> {
+        Ok(self.get_expiring(key)?.map(|(item, _)| item))
+    }
+
+    /// The row's expiry with it: a near entry never outlives it.
+    fn get_expiring(&self, key: &str) -> Result<Option<(Item, super::Expiry)>> {
         let sk = self.keys.storage_key(key);
         let row = self.with_conn("cannot read an entry", |c| {
             c.prepare_cached(SQL_GET)?
@@ -202,31 +236,43 @@ impl Backend for FileBackend {
         let Some((exp, flags, data)) = row else {
             return Ok(None);
         };
-        if !self.is_live(exp) {
+        let now = self.now();
+        if exp != 0 && exp <= now {
             // Remove it only if it is still the expired entry (a fresh write may have landed).
-            self.with_conn("cannot remove an expired entry", |c| {
-                c.prepare_cached(SQL_DEL_EXPIRED)?
-                    .execute(params![sk.as_bytes(), exp])
+            self.changing(Some(key), || {
+                self.with_conn("cannot remove an expired entry", |c| {
+                    c.prepare_cached(SQL_DEL_EXPIRED)?
+                        .execute(params![sk.as_bytes(), exp])
+                })
             })?;
             return Ok(None);
         }
-        Ok(Some(Item {
+        let expiry = match exp {
+            0 => super::Expiry::Never,
+            e => super::Expiry::In(Duration::from_millis(
+                u64::try_from(e.saturating_sub(now)).unwrap_or(0),
+            )),
+        };
+        let item = Item {
             data,
             flags: u32::try_from(flags).unwrap_or(0),
-        }))
+        };
+        Ok(Some((item, expiry)))
     }
 
     fn set(&self, key: &str, item: &Item, ttl: Option<Duration>) -> Result<()> {
         check_size(item)?;
         let sk = self.keys.storage_key(key);
         let exp = self.expires_at(ttl);
-        self.with_conn("cannot write an entry", |c| {
-            c.prepare_cached(SQL_SET)?.execute(params![
-                sk.as_bytes(),
-                exp,
-                i64::from(item.flags),
-                item.data
-            ])
+        self.changing(Some(key), || {
+            self.with_conn("cannot write an entry", |c| {
+                c.prepare_cached(SQL_SET)?.execute(params![
+                    sk.as_bytes(),
+                    exp,
+                    i64::from(item.flags),
+                    item.data
+                ])
+            })
         })?;
         Ok(())
     }
@@ -235,14 +281,16 @@ impl Backend for FileBackend {
         check_size(item)?;
         let sk = self.keys.storage_key(key);
         let (exp, now) = (self.expires_at(ttl), self.now());
-        let n = self.with_conn("cannot add an entry", |c| {
-            c.prepare_cached(SQL_ADD)?.execute(params![
-                sk.as_bytes(),
-                exp,
-                i64::from(item.flags),
-                item.data,
-                now
-            ])
+        let n = self.changing(Some(key), || {
+            self.with_conn("cannot add an entry", |c| {
+                c.prepare_cached(SQL_ADD)?.execute(params![
+                    sk.as_bytes(),
+                    exp,
+                    i64::from(item.flags),
+                    item.data,
+                    now
+                ])
+            })
         })?;
         Ok(n == 1)
     }
@@ -251,65 +299,75 @@ impl Backend for FileBackend {
         let sk = self.keys.storage_key(key);
         // One immediate transaction: read, step, write. A codec or range error rolls it back
         // (the transaction is dropped) and is returned as it is.
-        self.with_conn("cannot update a counter", |c| {
-            let tx =
-                rusqlite::Transaction::new_unchecked(c, rusqlite::TransactionBehavior::Immediate)?;
-            // The clock is read once the transaction holds the write lock: `BEGIN IMMEDIATE`
-            // may wait up to the busy timeout, and a row that expired meanwhile is absent.
-            let now = self.now();
-            let row = tx
-                .prepare_cached(SQL_GET)?
-                .query_row([sk.as_bytes()], |r| {
-                    Ok((
-                        r.get::<_, i64>(0)?,
-                        r.get::<_, i64>(1)?,
-                        r.get::<_, Vec<u8>>(2)?,
-                    ))
-                })
-                .optional()?
-                .filter(|(exp, ..)| *exp == 0 || *exp > now);
-            let step = || -> Result<(i64, i64, Item)> {
-                let (exp, current) = match &row {
-                    Some((exp, flags, data)) => {
-                        let item = Item::new(data.clone(), u32::try_from(*flags).unwrap_or(0));
-                        (*exp, counter.read(key, &item)?)
-                    }
-                    None => (0, 0),
+        self.changing(Some(key), || {
+            self.with_conn("cannot update a counter", |c| {
+                let tx = rusqlite::Transaction::new_unchecked(
+                    c,
+                    rusqlite::TransactionBehavior::Immediate,
+                )?;
+                // The clock is read once the transaction holds the write lock: `BEGIN IMMEDIATE`
+                // may wait up to the busy timeout, and a row that expired meanwhile is absent.
+                let now = self.now();
+                let row = tx
+                    .prepare_cached(SQL_GET)?
+                    .query_row([sk.as_bytes()], |r| {
+                        Ok((
+                            r.get::<_, i64>(0)?,
+                            r.get::<_, i64>(1)?,
+                            r.get::<_, Vec<u8>>(2)?,
+                        ))
+                    })
+                    .optional()?
+                    .filter(|(exp, ..)| *exp == 0 || *exp > now);
+                let step = || -> Result<(i64, i64, Item)> {
+                    let (exp, current) = match &row {
+                        Some((exp, flags, data)) => {
+                            let item = Item::new(data.clone(), u32::try_from(*flags).unwrap_or(0));
+                            (*exp, counter.read(key, &item)?)
+                        }
+                        None => (0, 0),
+                    };
+                    let n = super::counter_step(current, delta)?;
+                    Ok((n, exp, counter.write(key, n)?))
                 };
-                let n = super::counter_step(current, delta)?;
-                Ok((n, exp, counter.write(key, n)?))
-            };
-            let (n, exp, item) = match step() {
-                Ok(v) => v,
-                Err(e) => return Ok(Err(e)),
-            };
-            tx.prepare_cached(SQL_SET)?.execute(params![
-                sk.as_bytes(),
-                exp,
-                i64::from(item.flags),
-                item.data
-            ])?;
-            tx.commit()?;
-            Ok(Ok(n))
+                let (n, exp, item) = match step() {
+                    Ok(v) => v,
+                    Err(e) => return Ok(Err(e)),
+                };
+                tx.prepare_cached(SQL_SET)?.execute(params![
+                    sk.as_bytes(),
+                    exp,
+                    i64::from(item.flags),
+                    item.data
+                ])?;
+                tx.commit()?;
+                Ok(Ok(n))
+            })
         })?
     }
 
     fn touch(&self, key: &str, ttl: Option<Duration>) -> Result<bool> {
         let sk = self.keys.storage_key(key);
         let (exp, now) = (self.expires_at(ttl), self.now());
-        let n = self.with_conn("cannot touch an entry", |c| {
-            c.prepare_cached("UPDATE entries SET exp = ?2 WHERE k = ?1 AND (exp = 0 OR exp > ?3)")?
+        let n = self.changing(Some(key), || {
+            self.with_conn("cannot touch an entry", |c| {
+                c.prepare_cached(
+                    "UPDATE entries SET exp = ?2 WHERE k = ?1 AND (exp = 0 OR exp > ?3)",
+                )?
                 .execute(params![sk.as_bytes(), exp, now])
+            })
         })?;
         Ok(n == 1)
     }
 
     fn delete(&self, key: &str) -> Result<bool> {
         let sk = self.keys.storage_key(key);
-        let exp = self.with_conn("cannot delete an entry", |c| {
-            c.prepare_cached(SQL_DEL)?
-                .query_row([sk.as_bytes()], |r| r.get::<_, i64>(0))
-                .optional()
+        let exp = self.changing(Some(key), || {
+            self.with_conn("cannot delete an entry", |c| {
+                c.prepare_cached(SQL_DEL)?
+                    .query_row([sk.as_bytes()], |r| r.get::<_, i64>(0))
+                    .optional()
+            })
         })?;
         Ok(exp.is_some_and(|e| self.is_live(e)))
     }
@@ -317,7 +375,7 @@ impl Backend for FileBackend {
     fn delete_prefix(&self, prefix: &str) -> Result<u64> {
         let (lo, hi) = prefix_range(self.keys.storage_key(prefix).as_bytes());
         let now = self.now();
-        self.with_conn("cannot invalidate a prefix", |c| {
+        self.changing(None, || self.with_conn("cannot invalidate a prefix", |c| {
             // One immediate transaction: count the live entries, then remove the whole range
             // (expired entries too, uncounted).
             let tx = rusqlite::Transaction::new_unchecked(c, rusqlite::TransactionBehavior::Immediate)?;
@@ -342,7 +400,7 @@ impl Backend for FileBackend {
             };
             tx.commit()?;
             Ok(u64::try_from(live).unwrap_or(0))
-        })
+        }))
     }
 
     fn clear(&self) -> Result<()> {
@@ -417,45 +475,54 @@ impl Backend for FileBackend {
         }
         let exp = self.expires_at(ttl);
         // One transaction for the batch: all or nothing, and one commit.
-        self.with_conn("cannot write entries", |c| {
-            let tx =
-                rusqlite::Transaction::new_unchecked(c, rusqlite::TransactionBehavior::Immediate)?;
-            {
-                let mut st = tx.prepare_cached(SQL_SET)?;
-                for (k, item) in items {
-                    let sk = self.keys.storage_key(k);
-                    st.execute(params![
-                        sk.as_bytes(),
-                        exp,
-                        i64::from(item.flags),
-                        item.data
-                    ])?;
+        let keys: Vec<&str> = items.iter().map(|(k, _)| *k).collect();
+        self.changing_keys(&keys, || {
+            self.with_conn("cannot write entries", |c| {
+                let tx = rusqlite::Transaction::new_unchecked(
+                    c,
+                    rusqlite::TransactionBehavior::Immediate,
+                )?;
+                {
+                    let mut st = tx.prepare_cached(SQL_SET)?;
+                    for (k, item) in items {
+                        let sk = self.keys.storage_key(k);
+                        st.execute(params![
+                            sk.as_bytes(),
+                            exp,
+                            i64::from(item.flags),
+                            item.data
+                        ])?;
+                    }
                 }
-            }
-            tx.commit()
+                tx.commit()
+            })
         })
     }
 
     fn delete_many(&self, keys: &[&str]) -> Result<u64> {
         let now = self.now();
-        self.with_conn("cannot delete entries", |c| {
-            let tx =
-                rusqlite::Transaction::new_unchecked(c, rusqlite::TransactionBehavior::Immediate)?;
-            let mut n = 0u64;
-            {
-                let mut st = tx.prepare_cached(SQL_DEL)?;
-                for k in keys {
-                    let sk = self.keys.storage_key(k);
-                    if let Some(exp) = st
-                        .query_row([sk.as_bytes()], |r| r.get::<_, i64>(0))
-                        .optional()?
-                    {
-                        n += u64::from(exp == 0 || exp > now);
+        self.changing_keys(keys, || {
+            self.with_conn("cannot delete entries", |c| {
+                let tx = rusqlite::Transaction::new_unchecked(
+                    c,
+                    rusqlite::TransactionBehavior::Immediate,
+                )?;
+                let mut n = 0u64;
+                {
+                    let mut st = tx.prepare_cached(SQL_DEL)?;
+                    for k in keys {
+                        let sk = self.keys.storage_key(k);
+                        if let Some(exp) = st
+                            .query_row([sk.as_bytes()], |r| r.get::<_, i64>(0))
+                            .optional()?
+                        {
+                            n += u64::from(exp == 0 || exp > now);
+                        }
                     }
                 }
-            }
-            tx.commit()?;
-            Ok(n)
+                tx.commit()?;
+                Ok(n)
+            })
         })
     }
 
@@ -473,21 +540,23 @@ impl Backend for FileBackend {
         let sk = self.keys.storage_key(key);
         let lk = self.keys.storage_key(lease);
         let (exp, now) = (self.expires_at(ttl), self.now());
-        let n = self.with_conn("cannot write an entry", |c| {
-            c.prepare_cached(
-                "INSERT OR REPLACE INTO entries (k, exp, flags, v) SELECT ?1, ?2, ?3, ?4 \
+        let n = self.changing(Some(key), || {
+            self.with_conn("cannot write an entry", |c| {
+                c.prepare_cached(
+                    "INSERT OR REPLACE INTO entries (k, exp, flags, v) SELECT ?1, ?2, ?3, ?4 \
                  WHERE EXISTS (SELECT 1 FROM entries WHERE k = ?5 AND v = ?6 \
                  AND (exp = 0 OR exp > ?7))",
-            )?
-            .execute(params![
-                sk.as_bytes(),
-                exp,
-                i64::from(item.flags),
-                item.data,
-                lk.as_bytes(),
-                token,
-                now
-            ])
+                )?
+                .execute(params![
+                    sk.as_bytes(),
+                    exp,
+                    i64::from(item.flags),
+                    item.data,
+                    lk.as_bytes(),
+                    token,
+                    now
+                ])
+            })
         })?;
         Ok(n == 1)
     }
@@ -496,11 +565,13 @@ impl Backend for FileBackend {
     fn extend_lease(&self, lease: &str, token: &[u8], ttl: Duration) -> Result<bool> {
         let lk = self.keys.storage_key(lease);
         let (exp, now) = (self.expires_at(Some(ttl)), self.now());
-        let n = self.with_conn("cannot extend a lease", |c| {
-            c.prepare_cached(
-                "UPDATE entries SET exp = ?3 WHERE k = ?1 AND v = ?2 AND (exp = 0 OR exp > ?4)",
-            )?
-            .execute(params![lk.as_bytes(), token, exp, now])
+        let n = self.changing(Some(lease), || {
+            self.with_conn("cannot extend a lease", |c| {
+                c.prepare_cached(
+                    "UPDATE entries SET exp = ?3 WHERE k = ?1 AND v = ?2 AND (exp = 0 OR exp > ?4)",
+                )?
+                .execute(params![lk.as_bytes(), token, exp, now])
+            })
         })?;
         Ok(n == 1)
     }
@@ -510,10 +581,12 @@ impl Backend for FileBackend {
         let now = self.now();
         // One statement: atomic against every other connection. An expired row holding the
         // token is removed too, but does not count (the lease it was had already ended).
-        let exp = self.with_conn("cannot release a lease", |c| {
-            c.prepare_cached("DELETE FROM entries WHERE k = ?1 AND v = ?2 RETURNING exp")?
-                .query_row(params![sk.as_bytes(), expected], |r| r.get::<_, i64>(0))
-                .optional()
+        let exp = self.changing(Some(key), || {
+            self.with_conn("cannot release a lease", |c| {
+                c.prepare_cached("DELETE FROM entries WHERE k = ?1 AND v = ?2 RETURNING exp")?
+                    .query_row(params![sk.as_bytes(), expected], |r| r.get::<_, i64>(0))
+                    .optional()
+            })
         })?;
         Ok(exp.is_some_and(|e| e == 0 || e > now))
     }
@@ -672,6 +745,68 @@ mod tests {
             .filter(|e| e.file_name().to_string_lossy().contains(".corrupt-"))
             .count();
         assert_eq!(aside, 1, "moved aside once");
+    }
+
+    /// Every write path bumps the change counters (near caches in other processes check them),
+    /// and a database moved aside moves the epoch.
+    #[test]
+    fn writes_and_a_database_moved_aside_move_the_change_counters() {
+        let (_d, b, _c) = backend();
+        let changes = Changes::open(b.dir()).unwrap();
+        type Write = Box<dyn Fn(&FileBackend)>;
+        let writes: Vec<(&str, Write)> = vec![
+            ("set", Box::new(|b| b.set("k", &item("v"), None).unwrap())),
+            (
+                "add",
+                Box::new(|b| {
+                    let _ = b.add("k", &item("v"), None).unwrap();
+                }),
+            ),
+            (
+                "touch",
+                Box::new(|b| {
+                    let _ = b.touch("k", None).unwrap();
+                }),
+            ),
+            (
+                "delete",
+                Box::new(|b| {
+                    let _ = b.delete("k").unwrap();
+                }),
+            ),
+            (
+                "set_many",
+                Box::new(|b| b.set_many(&[("k", item("v"))], None).unwrap()),
+            ),
+            (
+                "delete_many",
+                Box::new(|b| {
+                    let _ = b.delete_many(&["k"]).unwrap();
+                }),
+            ),
+            (
+                "delete_prefix",
+                Box::new(|b| {
+                    let _ = b.delete_prefix("x").unwrap();
+                }),
+            ),
+            ("clear", Box::new(|b| b.clear().unwrap())),
+            (
+                "compare_and_delete",
+                Box::new(|b| {
+                    let _ = b.compare_and_delete("k", b"v").unwrap();
+                }),
+            ),
+            ("moved aside", Box::new(|b| b.db.quarantine_now())),
+        ];
+        for (what, write) in writes {
+            let stamp = changes.stamp("ns:", "k");
+            write(&b);
+            assert!(
+                !changes.unchanged(stamp),
+                "{what} did not move the counters"
+            );
+        }
     }
 
     #[test]

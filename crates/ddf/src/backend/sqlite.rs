@@ -71,6 +71,8 @@ pub(crate) struct Db {
     label: &'static str,
     clock: Arc<dyn Clock>,
     pool: Mutex<Pool>,
+    /// Called once this process moved the database aside (the near cache's change counters).
+    on_replace: std::sync::OnceLock<Box<dyn Fn() + Send + Sync>>,
 }
 
 #[derive(Default)]
@@ -161,10 +163,16 @@ impl Db {
             label,
             clock,
             pool: Mutex::new(Pool::default()),
+            on_replace: std::sync::OnceLock::new(),
         };
         let (c, generation) = db.take()?;
         db.give(c, generation);
         Ok(db)
+    }
+
+    /// Calls `f` whenever this process moves the database aside (at most one `f`).
+    pub(crate) fn on_replace(&self, f: Box<dyn Fn() + Send + Sync>) {
+        let _ = self.on_replace.set(f);
     }
 
     /// The directory.
@@ -328,6 +336,9 @@ impl Db {
             let mut p = self.path.clone().into_os_string();
             p.push(ext);
             let _ = fs::remove_file(PathBuf::from(p));
+        }
+        if let Some(f) = self.on_replace.get() {
+            f();
         }
     }
 

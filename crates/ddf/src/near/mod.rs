@@ -18,6 +18,7 @@
 //!   in the last millisecond ([`CATCH_UP_NS`], `Near::catch_up`), so a push is applied before
 //!   a later hit even while the tracking thread waits for a core.
 
+pub(crate) mod file;
 #[cfg(feature = "redis")]
 mod hooks;
 #[cfg(feature = "redis")]
@@ -91,6 +92,8 @@ pub(crate) struct Ticket {
     transitions: u64,
     /// When it was taken: the remaining TTL the reply carries counts from no earlier.
     at: Instant,
+    /// The file backend's change counters before the `SELECT` (`near/file.rs`).
+    stamp: file::Stamp,
 }
 
 /// What a face's read returned: an item the near cache holds, or what the backend returned.
@@ -136,6 +139,8 @@ pub(crate) struct NearCounts {
 struct Held {
     item: Arc<Item>,
     until: Instant,
+    /// The file backend: served only while the change counters still say this.
+    stamp: file::Stamp,
 }
 
 /// The near cache of one cache (shared by the manager's clones, and by its tracking thread
@@ -169,6 +174,8 @@ pub(crate) struct Near {
     /// Hits drain the inbox (off only in ddf's own before/after measurements).
     #[cfg(feature = "redis")]
     catch_up: bool,
+    /// The file backend's change counters (`NearMode::Counted`).
+    watch: Option<file::Watch>,
 }
 
 impl fmt::Debug for Near {
@@ -202,7 +209,7 @@ impl Near {
             shards: (0..SHARDS).map(|_| Mutex::new(0)).collect(),
             generation: AtomicU64::new(0),
             // A tracked near cache is live once its channel is established.
-            live: AtomicBool::new(settings.mode == NearMode::TtlOnly),
+            live: AtomicBool::new(settings.mode != NearMode::Tracked),
             health,
             seen: AtomicU64::new(seen),
             counts: Counters::default(),
@@ -215,7 +222,14 @@ impl Near {
             drained: AtomicU64::new(0),
             #[cfg(feature = "redis")]
             catch_up: settings.mode == NearMode::Tracked && catching_up(),
+            watch: None,
         }
+    }
+
+    /// Checks every hit against the file backend's change counters (`NearMode::Counted`).
+    pub(crate) fn watching(mut self, watch: file::Watch) -> Self {
+        self.watch = Some(watch);
+        self
     }
 
     /// The tracking session's inbox (see `tracking::Inbox`).
@@ -355,8 +369,21 @@ impl Near {
         if let Some(held) = self.store.get(key)
             && now < held.until
         {
-            bump(&self.counts.hits);
-            return Lookup::Hit(held.item);
+            match &self.watch {
+                Some(w) if !w.changes.unchanged(held.stamp) => {
+                    // Another write (any process) changed its shard since the fill.
+                    let gone = self
+                        .store
+                        .remove_if(key, |h| Arc::ptr_eq(&h.item, &held.item));
+                    if gone.is_some() {
+                        bump(&self.counts.evictions);
+                    }
+                }
+                _ => {
+                    bump(&self.counts.hits);
+                    return Lookup::Hit(held.item);
+                }
+            }
         }
         bump(&self.counts.misses);
         Lookup::Miss(Some(self.ticket(key)))
@@ -366,12 +393,17 @@ impl Near {
     fn ticket(&self, key: &str) -> Ticket {
         let shard = shard_of(key);
         let seq = *self.lock(shard);
+        let stamp = self
+            .watch
+            .as_ref()
+            .map_or_else(file::Stamp::default, |w| w.changes.stamp(&w.namespace, key));
         Ticket {
             shard,
             seq,
             generation: self.generation.load(Ordering::Acquire),
             transitions: self.health.as_ref().map_or(0, |h| h.transitions()),
             at: Instant::now(),
+            stamp,
         }
     }
 
@@ -407,6 +439,7 @@ impl Near {
             let held = Held {
                 item: Arc::new(item.clone()),
                 until,
+                stamp: ticket.stamp,
             };
             self.store.insert(key.to_owned(), held);
         }
@@ -558,6 +591,12 @@ pub(crate) fn build(config: &CacheConfig) -> Result<Built> {
             let cache = Arc::new(Near::new(&near, Some(state.clone() as Arc<dyn Health>)));
             Ok((state, Some(cache)))
         }
+        // The file backend: every hit checked against the directory's change counters.
+        BackendSettings::File(settings) => Ok((
+            crate::backend::from_config(config)?,
+            file::watch(&settings.dir, &settings.namespace)
+                .map(|w| Arc::new(Near::new(&near, None).watching(w))),
+        )),
         // Several Memcached servers (a breaker each): TTL-bounded, reset whenever a fallback
         // answers a call.
         _ => Ok((
@@ -581,7 +620,14 @@ pub(crate) fn for_async(
         return Ok(None);
     };
     let health = breaker.map(|b| b as Arc<dyn Health>);
-    let cache = Arc::new(Near::new(&near, health));
+    let mut cache = Near::new(&near, health);
+    if let BackendSettings::File(settings) = config.backend_settings()? {
+        let Some(w) = file::watch(&settings.dir, &settings.namespace) else {
+            return Ok(None);
+        };
+        cache = cache.watching(w);
+    }
+    let cache = Arc::new(cache);
     #[cfg(feature = "redis")]
     if let BackendSettings::Redis(settings) = config.backend_settings()? {
         tracking::start(&settings, &cache);

@@ -31,6 +31,7 @@ mod memcached_hostile;
 mod memo;
 #[cfg(feature = "redis")]
 mod near;
+mod near_file;
 #[cfg(all(feature = "redis", feature = "memcached"))]
 mod outage;
 #[cfg(all(feature = "redis", feature = "memcached"))]

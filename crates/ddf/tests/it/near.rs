@@ -956,14 +956,7 @@ fn redis_cli_tls(tls: &ddf_testkit::TlsFiles, port: u16, args: &[&str]) -> Strin
 
 #[test]
 fn near_cache_is_refused_where_it_is_not_offered_with_the_key_and_line() {
-    let err = CacheConfig::from_ini_str("[cache]\nbackend = pickle\nnear_cache = true\n")
-        .and_then(CacheManager::new)
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("near_cache") && err.contains("pickle"),
-        "{err}"
-    );
+    // The file backend is offered (change counters: tests/it/near_file.rs).
     let err = CacheConfig::from_ini_str(
         "[cache]\nbackend = redis\nredis_cluster_nodes = 127.0.0.1:1\nnear_cache = true\n",
     )

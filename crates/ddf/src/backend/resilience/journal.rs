@@ -132,51 +132,21 @@ pub(crate) struct Journal {
 /// its file faults): ddf only ever extends it. A missing or disagreeing marker is repaired when
 /// a journal is opened ([`Journal::open`]).
 #[derive(Debug)]
-struct Marker {
-    file: File,
-    map: Option<memmap2::MmapRaw>,
-}
+struct Marker(crate::shm::Shared);
 
 /// The marker's length: ddf extends it to this and never shortens it.
 const MARKER_LEN: u64 = 8;
 
 impl Marker {
-    /// Opens the marker at `path`, creating it (zeroes: "none open") if needed, and maps it.
+    /// Opens the marker at `path`, creating it (zeroes: "none open") if needed, and maps it
+    /// (the mapping itself is `crate::shm`'s).
     fn open(path: PathBuf) -> std::io::Result<Marker> {
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .open(path)?;
-        if file.metadata()?.len() < MARKER_LEN {
-            // Extends (zeroes after what is there); a byte 0 already written stays.
-            file.set_len(MARKER_LEN)?;
-        }
-        let map = memmap2::MmapOptions::new()
-            .len(1)
-            .map_raw(&file)
-            .inspect_err(|e| {
-                tracing::debug!(error = %e, "cannot map the outage marker; it is read with pread");
-            })
-            .ok();
-        Ok(Marker { file, map })
+        crate::shm::Shared::open(&path, MARKER_LEN).map(Marker)
     }
 
     /// The mapped byte 0 as an atomic.
     fn flag(&self) -> Option<&std::sync::atomic::AtomicU8> {
-        let map = self.map.as_ref()?;
-        if map.len() < 1 {
-            return None;
-        }
-        // SAFETY: the mapping is at least one byte long and lives as long as `self` (the
-        // returned reference borrows it); a byte is always aligned for `AtomicU8`; other
-        // processes only ever access this byte atomically (this type) or with pread/pwrite,
-        // which the kernel does not tear for one byte. The file is never truncated by ddf
-        // (see above), so the page stays backed.
-        #[allow(unsafe_code)]
-        let flag = unsafe { &*map.as_ptr().cast::<std::sync::atomic::AtomicU8>() };
-        Some(flag)
+        self.0.atomics(0, 1)?.first()
     }
 
     /// Whether it says an outage may be open (also when it cannot be read).
@@ -185,7 +155,7 @@ impl Marker {
             return !matches!(f.load(std::sync::atomic::Ordering::SeqCst), 0 | b'0');
         }
         let mut b = [0u8; 1];
-        match read_at(&self.file, &mut b) {
+        match read_at(self.0.file(), &mut b) {
             Ok(0) => false,
             Ok(_) => !matches!(b[0], 0 | b'0'),
             Err(_) => true,
@@ -200,7 +170,7 @@ impl Marker {
                 f.store(byte, std::sync::atomic::Ordering::SeqCst);
                 Ok(())
             }
-            None => write_at(&self.file, &[byte]),
+            None => write_at(self.0.file(), &[byte]),
         }
     }
 }

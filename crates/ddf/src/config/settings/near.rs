@@ -14,6 +14,8 @@ pub(crate) enum NearMode {
     Tracked,
     /// Memcached: no push; entries live at most `near_cache_ttl`.
     TtlOnly,
+    /// The file backend: every hit checks the directory's change counters (`near/file.rs`).
+    Counted,
 }
 
 /// The near cache's settings (`near_cache`, `near_cache_size`, `near_cache_ttl`).
@@ -34,8 +36,7 @@ impl CacheConfig {
     /// # Errors
     /// [`Error::Config`](crate::Error) for a size or TTL out of range (only possible by setting the
     /// fields directly: the parsers refuse them), and for `near_cache = true` where it is not
-    /// offered: the local directory (see docs/near-cache.md: a hit could not be both coherent and
-    /// faster than the file's own get) and a Redis Cluster (not tracked yet).
+    /// offered: a Redis Cluster (not tracked yet).
     pub(crate) fn near_settings(&self) -> Result<Option<NearSettings>> {
         if !self.near_cache {
             return Ok(None);
@@ -67,11 +68,7 @@ impl CacheConfig {
         };
         let mode = match self.backend {
             CacheBackend::None => return Ok(None),
-            CacheBackend::Pickle => {
-                return Err(not_offered(
-                    "backend = pickle (a local directory: a hit would not be faster than its own get)",
-                ));
-            }
+            CacheBackend::Pickle => NearMode::Counted,
             CacheBackend::Memcached | CacheBackend::MemcachedPickle => NearMode::TtlOnly,
             CacheBackend::Redis | CacheBackend::RedisPickle => {
                 if !self.redis_cluster_nodes.is_empty() {

@@ -35,7 +35,7 @@ impl CacheConfig {
     /// [`Error::Config`](crate::Error) for a size or TTL out of range (only possible by setting the
     /// fields directly: the parsers refuse them), and for `near_cache = true` where it is not
     /// offered: the local directory (see docs/near-cache.md: a hit could not be both coherent and
-    /// faster than the file's own get) and a Redis Cluster (not tracked yet).
+    /// faster than the file's own get).
     pub(crate) fn near_settings(&self) -> Result<Option<NearSettings>> {
         if !self.near_cache {
             return Ok(None);
@@ -73,14 +73,8 @@ impl CacheConfig {
                 ));
             }
             CacheBackend::Memcached | CacheBackend::MemcachedPickle => NearMode::TtlOnly,
-            CacheBackend::Redis | CacheBackend::RedisPickle => {
-                if !self.redis_cluster_nodes.is_empty() {
-                    return Err(not_offered(
-                        "a Redis Cluster (redis_cluster_nodes): tracking every primary is not written yet",
-                    ));
-                }
-                NearMode::Tracked
-            }
+            // Standalone, Sentinel and Cluster (a tracking connection per master).
+            CacheBackend::Redis | CacheBackend::RedisPickle => NearMode::Tracked,
         };
         Ok(Some(NearSettings {
             size: self.near_cache_size,

@@ -31,6 +31,8 @@ mod memcached_hostile;
 mod memo;
 #[cfg(feature = "redis")]
 mod near;
+#[cfg(feature = "redis")]
+mod near_cluster;
 #[cfg(all(feature = "redis", feature = "memcached"))]
 mod outage;
 #[cfg(all(feature = "redis", feature = "memcached"))]

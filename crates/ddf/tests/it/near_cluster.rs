@@ -5,7 +5,8 @@
 //! `MIGRATE`: `ASK` during it, a new owner after it). The rule of tests/it/near.rs, per key:
 //! no read returns a version older than one the writer had finished 5 ms or more before the
 //! read began; the checker is the same one, shown there and here to catch a planted stale
-//! read.
+//! read. Then, on the same cluster: writes by redis-cli on every node, `invalidate_pattern`,
+//! `flush_all`, and the async face.
 
 use std::io::Write;
 use std::time::{Duration, Instant};
@@ -278,4 +279,86 @@ fn a_near_cache_on_a_cluster_stays_coherent_through_a_killed_tracking_connection
         stats.near_resets_topology >= 1,
         "the resharding was not seen: {stats}"
     );
+    drop(cache);
+    writes_by_anyone_evict_and_the_async_face_is_tracked_too(&cluster);
+}
+
+/// Reads `key` until the near cache serves it (tracking set up on every master), at most 10 s.
+fn until_near_hit(cache: &CacheManager, key: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let before = cache.stats().near_hits;
+        let _ = cache.get::<String>(key);
+        if cache.stats().near_hits > before {
+            return;
+        }
+        assert!(Instant::now() < deadline, "never served: {}", cache.stats());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Writes by anyone on any primary (redis-cli on the key's node), this cache's
+/// `invalidate_pattern` and `flush_all`, and the async face, on a cluster: the near cache
+/// evicts and resets as on one server. Run on the coherence test's cluster (one start less).
+fn writes_by_anyone_evict_and_the_async_face_is_tracked_too(cluster: &RedisCluster) {
+    let ports: Vec<u16> = cluster.nodes.iter().map(|n| n.port()).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let cache = CacheManager::new(config(&ports, dir.path(), true)).unwrap();
+    let keys: Vec<String> = (0..12).map(|i| format!("e{i}")).collect();
+    for k in &keys {
+        cache.set(k, "old", None).unwrap();
+    }
+    for k in &keys {
+        until_near_hit(&cache, k);
+    }
+    // Every key rewritten by redis-cli on its own node (raw bytes: a JSON string).
+    for k in &keys {
+        let stored = format!("{NS}{k}");
+        let port = ports[owner(cluster, &stored)];
+        cluster.cli(port, &["SET", &stored, "\"new\""]);
+    }
+    for k in &keys {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while cache.get::<String>(k).unwrap().as_deref() != Some("new") {
+            assert!(
+                Instant::now() < deadline,
+                "{k} stayed stale: {}",
+                cache.stats()
+            );
+        }
+    }
+    assert!(
+        cache.stats().near_evictions >= keys.len() as u64,
+        "{}",
+        cache.stats()
+    );
+    until_near_hit(&cache, &keys[0]);
+    cache.invalidate_pattern("e").unwrap();
+    assert_eq!(cache.get::<String>(&keys[0]).unwrap(), None);
+    cache.set(&keys[1], "x", None).unwrap();
+    until_near_hit(&cache, &keys[1]);
+    cache.flush_all().unwrap();
+    assert_eq!(cache.get::<String>(&keys[1]).unwrap(), None);
+    assert!(cache.stats().near_resets_flush >= 1, "{}", cache.stats());
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let a = ddf::AsyncCacheManager::new(config(&ports, dir.path(), true)).unwrap();
+        a.set("a1", "v", None).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while a.stats().near_hits == 0 {
+            assert!(Instant::now() < deadline, "never served: {}", a.stats());
+            let _ = a.get::<String>("a1").await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let stored = format!("{NS}a1");
+        cluster.cli(ports[owner(cluster, &stored)], &["SET", &stored, "\"w\""]);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while a.get::<String>("a1").await.unwrap().as_deref() != Some("w") {
+            assert!(Instant::now() < deadline, "stale: {}", a.stats());
+        }
+    });
 }

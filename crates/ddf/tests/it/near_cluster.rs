@@ -1,8 +1,9 @@
 //! The near cache on a real 3-primary Redis Cluster (issue #13, "track every primary"): a
 //! writer process rewrites one key on each primary every millisecond (in turn) while the
 //! reader reads them all through its near cache, and meanwhile one primary's tracking
-//! connection is killed (`CLIENT KILL`) and a key's slot is resharded (`CLUSTER SETSLOT` +
-//! `MIGRATE`: `ASK` during it, a new owner after it). The rule of tests/it/near.rs, per key:
+//! connection is killed (`CLIENT KILL`), a key's slot is resharded (`CLUSTER SETSLOT` +
+//! `MIGRATE`: `ASK` during it, a new owner after it), and a fourth primary is added and given
+//! another key's slot (its writes reach the reader only if the new node is tracked). The rule of tests/it/near.rs, per key:
 //! no read returns a version older than one the writer had finished 5 ms or more before the
 //! read began; the checker is the same one, shown there and here to catch a planted stale
 //! read. Then, on the same cluster: writes by redis-cli on every node, `invalidate_pattern`,
@@ -43,8 +44,9 @@ fn config(ports: &[u16], dir: &std::path::Path, near: bool) -> CacheConfig {
     c
 }
 
-/// The writer child: for `ms` milliseconds, every millisecond a new version (one counter) of
-/// the next key in turn, each logged as `W <key index> <version> <when set returned Ok>`.
+/// The writer child: until `<log>.stop` exists (at most `ms` milliseconds), every millisecond a
+/// new version (one counter) of the next key in turn, each logged as
+/// `W <key index> <version> <when set returned Ok>`.
 #[test]
 fn writer() {
     let Some(job) = process::job(JOB) else {
@@ -58,8 +60,9 @@ fn writer() {
     let cache = CacheManager::new(config(&ports, dir.path(), false)).unwrap();
     let end = Instant::now() + Duration::from_millis(ms);
     let mut out = std::io::BufWriter::new(std::fs::File::create(parts[3]).unwrap());
+    let stop = std::path::PathBuf::from(format!("{}.stop", parts[3]));
     let mut v = 0u64;
-    while Instant::now() < end {
+    while Instant::now() < end && !stop.exists() {
         v += 1;
         let k = (v % keys.len() as u64) as usize;
         if cache.set(keys[k], &v, None).is_ok() {
@@ -112,10 +115,10 @@ fn tracking_ids(cluster: &RedisCluster, port: u16) -> Vec<String> {
         .collect()
 }
 
-/// Moves the slot of `stored` (with the key) from node `from` to node `to`: `SETSLOT
-/// IMPORTING`/`MIGRATING`, `MIGRATE`, then the slot given to `to` on every node.
-fn reshard(cluster: &RedisCluster, stored: &str, from: usize, to: usize) {
-    let (fp, tp) = (cluster.nodes[from].port(), cluster.nodes[to].port());
+/// Moves the slot of `stored` (with the key) from the node at `fp` to the node at `tp`:
+/// `SETSLOT IMPORTING`/`MIGRATING`, `MIGRATE`, then the slot given to `tp` on every node of
+/// `all`.
+fn reshard(cluster: &RedisCluster, stored: &str, fp: u16, tp: u16, all: &[u16]) {
     let id = |p| cluster.cli(p, &["CLUSTER", "MYID"]).trim().to_owned();
     let (from_id, to_id) = (id(fp), id(tp));
     let slot = cluster
@@ -143,10 +146,47 @@ fn reshard(cluster: &RedisCluster, stored: &str, from: usize, to: usize) {
         "MIGRATE answered {out:?}"
     );
     // A while with the slot half moved (`ASK` for the migrated key), then the end.
-    std::thread::sleep(Duration::from_millis(300));
-    for n in &cluster.nodes {
-        cluster.cli(n.port(), &["CLUSTER", "SETSLOT", &slot, "NODE", &to_id]);
+    std::thread::sleep(Duration::from_millis(150));
+    for &p in all {
+        cluster.cli(p, &["CLUSTER", "SETSLOT", &slot, "NODE", &to_id]);
     }
+}
+
+/// A fourth (empty) primary, met by the cluster, known to every node, and seeing the cluster up.
+fn add_node(cluster: &RedisCluster) -> ddf_testkit::RedisServer {
+    let bus = ddf_testkit::free_port().to_string();
+    let node = ddf_testkit::RedisServer::start_with(&[
+        "--cluster-enabled",
+        "yes",
+        "--cluster-config-file",
+        "nodes.conf",
+        "--cluster-port",
+        &bus,
+        "--cluster-node-timeout",
+        "5000",
+    ])
+    .unwrap();
+    let port = node.port().to_string();
+    let p0 = cluster.nodes[0].port();
+    cluster.cli(p0, &["CLUSTER", "MEET", "127.0.0.1", &port, &bus]);
+    let id = cluster
+        .cli(node.port(), &["CLUSTER", "MYID"])
+        .trim()
+        .to_owned();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !cluster.nodes.iter().all(|n| {
+        cluster
+            .cli(n.port(), &["CLUSTER", "NODES"])
+            .lines()
+            .any(|l| l.starts_with(&id) && !l.contains("handshake"))
+    }) || !cluster
+        .cli(node.port(), &["CLUSTER", "INFO"])
+        .contains("cluster_state:ok")
+    {
+        assert!(Instant::now() < deadline, "the new node was not met");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    node
 }
 
 #[test]
@@ -174,7 +214,7 @@ fn a_near_cache_on_a_cluster_stays_coherent_through_a_killed_tracking_connection
     let log = logs.path().join("writes.log");
     let ports_s: Vec<String> = ports.iter().map(u16::to_string).collect();
     let job = format!(
-        "{} {} 3500 {}",
+        "{} {} 20000 {}",
         ports_s.join(","),
         keys.join(","),
         log.display()
@@ -188,11 +228,13 @@ fn a_near_cache_on_a_cluster_stays_coherent_through_a_killed_tracking_connection
     let mut reads: Vec<(usize, ReadRec)> = Vec::with_capacity(1 << 20);
     // The faults, from another thread: the reads go on meanwhile (through the `ASK` phase of
     // the resharding too).
-    let steps = std::thread::scope(|s| {
+    let stop = std::path::PathBuf::from(format!("{}.stop", log.display()));
+    let done = std::sync::OnceLock::new();
+    let (steps, _added) = std::thread::scope(|s| {
         let faults = s.spawn(|| {
             let at =
                 |ms| std::thread::sleep(Duration::from_millis(ms).saturating_sub(began.elapsed()));
-            at(1000);
+            at(500);
             // The tracking connection to the first key's primary only.
             let port = ports[owners[0]];
             let ids = tracking_ids(&cluster, port);
@@ -200,11 +242,26 @@ fn a_near_cache_on_a_cluster_stays_coherent_through_a_killed_tracking_connection
             for id in ids {
                 cluster.cli(port, &["CLIENT", "KILL", "ID", &id]);
             }
-            at(2000);
+            at(900);
+            // A slot moved between two primaries.
             let from = owners[1];
             let to = (from + 1) % cluster.nodes.len();
-            reshard(&cluster, &format!("{NS}{}", keys[1]), from, to);
-            2
+            reshard(
+                &cluster,
+                &format!("{NS}{}", keys[1]),
+                ports[from],
+                ports[to],
+                &ports,
+            );
+            at(1300);
+            // A node added, and a slot moved to it: it must be tracked before it holds a key.
+            let node = add_node(&cluster);
+            let mut all = ports.clone();
+            all.push(node.port());
+            let stored = format!("{NS}{}", keys[2]);
+            reshard(&cluster, &stored, ports[owners[2]], node.port(), &all);
+            let _ = done.set(Instant::now());
+            (2, node)
         });
         let mut n = 0u64;
         loop {
@@ -215,8 +272,18 @@ fn a_near_cache_on_a_cluster_stays_coherent_through_a_killed_tracking_connection
                 reads.push((k, ReadRec { start, version }));
             }
             n += 1;
-            if n.is_multiple_of(256) && writer.try_wait().unwrap().is_some() {
-                break;
+            if n.is_multiple_of(256) {
+                // The writer goes on for 0.6 s after the last fault (reads of the moved keys on
+                // their new owners), however long the faults took.
+                if done
+                    .get()
+                    .is_some_and(|d: &Instant| d.elapsed() > Duration::from_millis(600))
+                {
+                    let _ = std::fs::File::create(&stop);
+                }
+                if writer.try_wait().unwrap().is_some() {
+                    break;
+                }
             }
         }
         faults.join().unwrap()
@@ -276,8 +343,8 @@ fn a_near_cache_on_a_cluster_stays_coherent_through_a_killed_tracking_connection
         "the killed tracking connection was not seen: {stats}"
     );
     assert!(
-        stats.near_resets_topology >= 1,
-        "the resharding was not seen: {stats}"
+        stats.near_resets_topology >= 2,
+        "the reshardings and the node added were not seen: {stats}"
     );
     drop(cache);
     writes_by_anyone_evict_and_the_async_face_is_tracked_too(&cluster);

@@ -23,7 +23,6 @@
 //! heartbeat whose `CLUSTER NODES` names other masters or other slots ends it too (cause
 //! `topology`), to be set up again on the masters it names now.
 
-use std::io::Read;
 use std::os::fd::OwnedFd;
 #[cfg(unix)]
 use std::os::unix::net::UnixStream;
@@ -31,8 +30,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use redis::{PushKind, Value};
+use redis::Value;
 
+pub(super) use self::inbox::Inbox;
+use self::inbox::{Fault, Link, not_master, text};
 #[cfg(feature = "tls")]
 use super::socket::tls;
 use super::socket::{Raw, Sock, Stream, readable, tcp, writable};
@@ -116,192 +117,6 @@ struct Channel {
     tls: std::cell::OnceCell<Result<crate::backend::redis::conn::TlsConfig, String>>,
 }
 
-/// Why an open session is unusable, and the cause its reset is counted under.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct Fault {
-    pub(super) why: String,
-    /// [`Cause::ChannelLost`], or [`Cause::Topology`] (a Cluster's masters or slots changed).
-    pub(super) cause: Cause,
-}
-
-impl Fault {
-    fn lost(why: impl Into<String>) -> Self {
-        Fault {
-            why: why.into(),
-            cause: Cause::ChannelLost,
-        }
-    }
-}
-
-/// One tracking connection of a session (one per master on a Cluster, else the only one).
-pub(super) struct Link {
-    stream: Stream,
-    parser: redis::Parser,
-    /// When the oldest heartbeat not answered yet (nothing heard since) was sent.
-    pinged: Option<Instant>,
-    /// When the latest heartbeat was sent.
-    sent: Instant,
-    /// A second handle of the socket, to ask `poll` whether a heartbeat can be written.
-    fd: OwnedFd,
-}
-
-/// The open session's sockets and parsers, kept in the near cache behind its lock: the
-/// tracking thread and the hits (`Near::catch_up`) both drain it, whoever holds the lock.
-pub(super) struct Inbox {
-    links: Vec<Link>,
-    namespace: String,
-    /// On a Cluster: the masters and slots the session tracks; a `CLUSTER NODES` answer that
-    /// differs ends it.
-    topology: Option<Topology>,
-    /// Why a drain found the session unusable (the thread ends it).
-    broken: Option<Fault>,
-}
-
-/// The most values one drain applies per link: a flood of pushes does not hold the inbox's
-/// lock (and a due hit) for long; what is left is read by the next drain.
-const DRAIN_BUDGET: usize = 1024;
-
-impl Inbox {
-    /// Reads and applies what the server(s) already delivered, without waiting, at most
-    /// [`DRAIN_BUDGET`] values per link: `true` once nothing is left, `false` when a budget
-    /// ran out first (the drain is not complete).
-    ///
-    /// # Errors
-    /// Why the session is unusable: a connection closed, failed, or its server answered an
-    /// error, or (Cluster) the topology changed.
-    pub(super) fn drain(&mut self, near: &Near) -> Result<bool, Fault> {
-        if let Some(f) = &self.broken {
-            return Err(f.clone());
-        }
-        let (ns, topology) = (&self.namespace, self.topology.as_ref());
-        let mut done = true;
-        for link in &mut self.links {
-            let pinged = &mut link.pinged;
-            let r = read_all(&mut link.parser, &mut link.stream, DRAIN_BUDGET, |v| {
-                *pinged = None;
-                apply(near, ns, topology, v)
-            });
-            match r {
-                Ok(d) => done &= d,
-                Err(f) => {
-                    self.broken = Some(f.clone());
-                    return Err(f);
-                }
-            }
-        }
-        Ok(done)
-    }
-
-    /// The cause a drain found this session unusable for, if one did.
-    pub(super) fn cause(&self) -> Option<Cause> {
-        self.broken.as_ref().map(|f| f.cause)
-    }
-}
-
-/// Parses the values `reader` has without waiting, at most `budget`, and hands each to `each`;
-/// `Ok(true)` once the reader would block (a value cut in two stays in the parser for the next
-/// call), `Ok(false)` once `budget` values were handed (more may be waiting).
-fn read_all(
-    parser: &mut redis::Parser,
-    reader: &mut impl Read,
-    budget: usize,
-    mut each: impl FnMut(Value) -> Result<(), Fault>,
-) -> Result<bool, Fault> {
-    for _ in 0..budget {
-        match parser.parse_value(&mut *reader) {
-            Ok(v) => each(v)?,
-            Err(e) if is_timeout(&e) => return Ok(true),
-            Err(e) => return Err(Fault::lost(e.to_string())),
-        }
-    }
-    Ok(false)
-}
-
-/// Applies one value read on a tracking connection: an `invalidate` push evicts, a `PONG`
-/// or another push is only a sign of life, an error ends the session; on a Cluster
-/// (`topology`), a `CLUSTER NODES` answer that names other masters or slots ends it too.
-fn apply(near: &Near, namespace: &str, topology: Option<&Topology>, v: Value) -> Result<(), Fault> {
-    match v {
-        Value::Push { kind, data } => {
-            if kind == PushKind::Invalidate {
-                invalidate(near, namespace, data);
-            }
-            Ok(())
-        }
-        Value::ServerError(e) => Err(Fault::lost(format!("the server answered an error: {e:?}"))),
-        // The reply to `ROLE` (the heartbeat behind Sentinel and on a Cluster): only a master
-        // may be tracked.
-        v if not_master(&v) => Err(Fault::lost("the server is no longer the master (failover)")),
-        v => match (topology, text(&v)) {
-            (Some(t), Some(text)) => {
-                let asked = t.myself.as_ref().map_or("", |a| a.0.as_str());
-                match parse_nodes(&text, asked) {
-                    Some(now) if same_slots(&now, t) => Ok(()),
-                    _ => Err(Fault {
-                        why: "the cluster's masters or slots changed (CLUSTER NODES)".to_owned(),
-                        cause: Cause::Topology,
-                    }),
-                }
-            }
-            _ => Ok(()),
-        },
-    }
-}
-
-/// Whether two readings of `CLUSTER NODES` agree on every master and its slots (whichever
-/// node answered).
-fn same_slots(a: &Topology, b: &Topology) -> bool {
-    let mut a = a.clone();
-    a.myself.clone_from(&b.myself);
-    a == *b
-}
-
-/// The text of a `CLUSTER NODES` answer (a verbatim string in RESP3, a bulk string in RESP2).
-fn text(v: &Value) -> Option<String> {
-    match v {
-        Value::VerbatimString { text, .. } => Some(text.clone()),
-        Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
-        _ => None,
-    }
-}
-
-/// Whether `v` is a reply to `ROLE` that names another role than master.
-fn not_master(v: &Value) -> bool {
-    matches!(v, Value::Array(role) if role.first().is_some_and(
-        |r| matches!(r, Value::BulkString(b) if b.as_slice() != b"master"),
-    ))
-}
-
-/// Applies one `invalidate` push: a list of keys (this namespace's, by the prefix), or a null
-/// (a flush) which empties the near cache.
-fn invalidate(near: &Near, namespace: &str, data: Vec<Value>) {
-    let ns = namespace.as_bytes();
-    for v in data {
-        match v {
-            Value::Nil => near.reset(Cause::Flush),
-            Value::Array(keys) | Value::Set(keys) => {
-                for k in keys {
-                    if let Value::BulkString(b) = k
-                        && let Some(user) = b.strip_prefix(ns)
-                        // Keys that are not UTF-8 were never stored here.
-                        && let Ok(key) = std::str::from_utf8(user)
-                    {
-                        #[cfg(feature = "testing")]
-                        if super::hooks::dropped(namespace) {
-                            continue;
-                        }
-                        near.evict(key, true);
-                    }
-                }
-            }
-            other => {
-                tracing::debug!(value = ?other, "ddf: unexpected invalidation payload; emptying the near cache");
-                near.reset(Cause::Flush);
-            }
-        }
-    }
-}
-
 /// Why a connection ended.
 #[derive(Debug)]
 pub(super) enum End {
@@ -324,18 +139,6 @@ fn next_backoff(backoff: Duration, end: &End, established: bool) -> Duration {
         _ if established => BACKOFF_MIN,
         _ => (backoff * 2).clamp(BACKOFF_MIN, BACKOFF_MAX),
     }
-}
-
-fn is_timeout(e: &redis::RedisError) -> bool {
-    e.is_timeout()
-        || std::error::Error::source(e)
-            .and_then(|s| s.downcast_ref::<std::io::Error>())
-            .is_some_and(|io| {
-                matches!(
-                    io.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                )
-            })
 }
 
 impl Channel {
@@ -800,6 +603,8 @@ impl Channel {
         Ok(done)
     }
 }
+
+mod inbox;
 
 #[cfg(test)]
 mod tests;

@@ -2,6 +2,11 @@
 //! heartbeat, the teardown's bypass.
 
 use super::super::Lookup;
+use std::io::Read;
+
+use redis::PushKind;
+
+use super::inbox::*;
 use super::*;
 
 /// Review finding 3: after a session that reached tracking the backoff starts over, however

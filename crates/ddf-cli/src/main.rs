@@ -273,7 +273,7 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
                 writeln!(
                     out,
                     "near_cache: at most {} entries, {} s each; this process: hits {} misses {} \
-                     evictions {} resets (lost {} breaker {} flush {})",
+                     evictions {} resets (lost {} breaker {} flush {} topology {})",
                     c.near_cache_size,
                     c.near_cache_ttl.as_secs_f64(),
                     s.near_hits,
@@ -281,7 +281,8 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
                     s.near_evictions,
                     s.near_resets_lost,
                     s.near_resets_breaker,
-                    s.near_resets_flush
+                    s.near_resets_flush,
+                    s.near_resets_topology
                 )?;
             }
             Ok(ExitCode::SUCCESS)

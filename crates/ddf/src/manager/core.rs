@@ -67,6 +67,8 @@ pub struct CacheStats {
     pub near_resets_breaker: u64,
     /// Times the near cache was emptied by a flush (`flush_all`, or anyone's `FLUSHDB`).
     pub near_resets_flush: u64,
+    /// Times the near cache was emptied because a Redis Cluster's masters or slots changed.
+    pub near_resets_topology: u64,
 }
 
 impl CacheStats {
@@ -99,13 +101,15 @@ impl fmt::Display for CacheStats {
         if self.near_hits + self.near_misses > 0 {
             write!(
                 f,
-                " near: hits {} misses {} evictions {} resets (lost {} breaker {} flush {})",
+                " near: hits {} misses {} evictions {} resets (lost {} breaker {} flush {} \
+                 topology {})",
                 self.near_hits,
                 self.near_misses,
                 self.near_evictions,
                 self.near_resets_lost,
                 self.near_resets_breaker,
-                self.near_resets_flush
+                self.near_resets_flush,
+                self.near_resets_topology
             )?;
         }
         Ok(())

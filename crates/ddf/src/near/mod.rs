@@ -24,6 +24,8 @@ mod hooks;
 #[cfg(feature = "redis")]
 mod socket;
 #[cfg(feature = "redis")]
+mod topology;
+#[cfg(feature = "redis")]
 mod tracking;
 
 use std::collections::hash_map::DefaultHasher;
@@ -60,6 +62,9 @@ pub(crate) enum Cause {
     Breaker,
     /// A flush: `flush_all` here, or a null invalidation (`FLUSHDB`/`FLUSHALL` by anyone).
     Flush,
+    /// A Redis Cluster's masters or slots changed (a resharding, a failover, a node added or
+    /// removed): tracking is set up again on the masters it has now.
+    Topology,
 }
 
 /// What the breaker says, for the near cache: whether the primary serves, and a counter that
@@ -120,6 +125,7 @@ struct Counters {
     lost: AtomicU64,
     breaker: AtomicU64,
     flush: AtomicU64,
+    topology: AtomicU64,
 }
 
 /// The near cache's statistics (see [`CacheStats`](crate::CacheStats)).
@@ -131,6 +137,7 @@ pub(crate) struct NearCounts {
     pub(crate) resets_lost: u64,
     pub(crate) resets_breaker: u64,
     pub(crate) resets_flush: u64,
+    pub(crate) resets_topology: u64,
 }
 
 /// A held item and when it stops being served (`near_cache_ttl` after its fill, or the key's
@@ -311,10 +318,10 @@ impl Near {
             }
             // A flood of pushes: the rest is the next drain's; this read bypasses.
             Ok(false) => false,
-            Err(why) => {
-                tracing::debug!(reason = %why, "ddf: a near hit found the tracking connection broken");
+            Err(fault) => {
+                tracing::debug!(reason = %fault.why, "ddf: a near hit found the tracking session unusable");
                 // The thread ends the session and reconnects; until then, bypass.
-                self.suspend();
+                self.suspend_for(fault.cause);
                 false
             }
         }
@@ -323,9 +330,10 @@ impl Near {
     /// Ends the tracking session whose inbox `inbox` (this near cache's, locked) holds: suspends
     /// the near cache, then drops the inbox, both before the lock is let go (lock order: the
     /// inbox, then the shards). A hit that finds no inbox thus finds the near cache suspended.
+    /// The reset counts under the cause a drain found (`cause` when none did).
     #[cfg(feature = "redis")]
-    fn end_session(&self, inbox: &mut MutexGuard<'_, Option<tracking::Inbox>>) {
-        self.suspend();
+    fn end_session(&self, inbox: &mut MutexGuard<'_, Option<tracking::Inbox>>, cause: Cause) {
+        self.suspend_for(inbox.as_ref().and_then(|ib| ib.cause()).unwrap_or(cause));
         **inbox = None;
     }
 
@@ -495,14 +503,21 @@ impl Near {
             Cause::ChannelLost => &self.counts.lost,
             Cause::Breaker => &self.counts.breaker,
             Cause::Flush => &self.counts.flush,
+            Cause::Topology => &self.counts.topology,
         });
         tracing::debug!(?cause, "ddf: near cache reset");
     }
 
     /// The invalidation channel is down: bypass and empty until [`Near::resume`].
     pub(crate) fn suspend(&self) {
+        self.suspend_for(Cause::ChannelLost);
+    }
+
+    /// As [`Near::suspend`], the reset counted under `cause` (the channel lost, or a Cluster's
+    /// topology changed).
+    pub(crate) fn suspend_for(&self, cause: Cause) {
         if self.live.swap(false, Ordering::AcqRel) {
-            self.reset(Cause::ChannelLost);
+            self.reset(cause);
         }
     }
 
@@ -526,6 +541,7 @@ impl Near {
             resets_lost: l(&c.lost),
             resets_breaker: l(&c.breaker),
             resets_flush: l(&c.flush),
+            resets_topology: l(&c.topology),
         }
     }
 }
@@ -551,6 +567,7 @@ pub(crate) fn with_counts(
         stats.near_resets_lost = c.resets_lost;
         stats.near_resets_breaker = c.resets_breaker;
         stats.near_resets_flush = c.resets_flush;
+        stats.near_resets_topology = c.resets_topology;
     }
     stats
 }
@@ -566,6 +583,18 @@ pub(crate) fn build(config: &CacheConfig) -> Result<Built> {
         return Ok((crate::backend::from_config(config)?, None));
     };
     match config.backend_settings()? {
+        // A Cluster: a breaker per primary (no one health to follow: a reply a fallback served
+        // resets the near cache, as for several Memcached servers), a tracking connection per
+        // master.
+        #[cfg(feature = "redis")]
+        BackendSettings::Redis(settings)
+            if matches!(settings.target, crate::config::RedisTarget::Cluster(_)) =>
+        {
+            let backend = crate::backend::from_config(config)?;
+            let cache = Arc::new(Near::new(&near, None));
+            tracking::start(&settings, &cache);
+            Ok((backend, Some(cache)))
+        }
         #[cfg(feature = "redis")]
         BackendSettings::Redis(settings) => {
             let state = crate::backend::redis_resilient(config, settings.clone())?;

@@ -141,11 +141,14 @@ impl Stream {
 
 /// TLS over `raw` to `host`, with the data connections' configuration (`redis_ca_file` when
 /// given, else the system's roots; `#insecure` refused): one place decides what is trusted.
+/// `config` is built once per tracking thread, not at each reconnection.
 #[cfg(feature = "tls")]
-pub(super) fn tls(settings: &RedisSettings, raw: Raw, host: &str) -> Result<Stream, End> {
+pub(super) fn tls(
+    config: &crate::backend::redis::conn::TlsConfig,
+    raw: Raw,
+    host: &str,
+) -> Result<Stream, End> {
     use rustls::pki_types::ServerName;
-    let config = crate::backend::redis::conn::TlsConfig::new(settings.ca.as_deref(), false)
-        .map_err(|e| End::Refused(format!("TLS: {e}")))?;
     let name = ServerName::try_from(host.to_owned())
         .map_err(|e| End::Refused(format!("TLS server name {host:?}: {e}")))?;
     let conn = rustls::ClientConnection::new(config.client_config(), name)
@@ -173,10 +176,13 @@ pub(super) fn tcp(host: &str, port: u16, s: &RedisSettings) -> Result<Raw, End> 
         )
     })))
 }
-/// Waits up to `tick` for `fd` to be readable (or closed); `true` if it is.
-pub(super) fn readable(fd: &OwnedFd, tick: Duration) -> std::io::Result<bool> {
+/// Waits up to `tick` for one of `fds` to be readable (or closed); `true` if one is.
+pub(super) fn readable(fds: &[OwnedFd], tick: Duration) -> std::io::Result<bool> {
     let timeout = rustix::event::Timespec::try_from(tick).map_err(std::io::Error::other)?;
-    let mut fds = [rustix::event::PollFd::new(fd, rustix::event::PollFlags::IN)];
+    let mut fds: Vec<rustix::event::PollFd<'_>> = fds
+        .iter()
+        .map(|fd| rustix::event::PollFd::new(fd, rustix::event::PollFlags::IN))
+        .collect();
     match rustix::event::poll(&mut fds, Some(&timeout)) {
         Ok(n) => Ok(n > 0),
         Err(rustix::io::Errno::INTR) => Ok(false),

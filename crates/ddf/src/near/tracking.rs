@@ -16,8 +16,13 @@
 //! loss the near cache is suspended (emptied, bypassed) and the inbox dropped, under the inbox's
 //! lock; the thread reconnects with backoff; once tracking is on again the near cache resumes,
 //! empty.
+//!
+//! On a Redis Cluster a session is one such connection per master that `CLUSTER NODES` names
+//! (a [`Link`] each, all in the one inbox, all drained by whoever holds its lock): the near
+//! cache is live only while every one of them tracks, any one's loss ends the session, and a
+//! heartbeat whose `CLUSTER NODES` names other masters or other slots ends it too (cause
+//! `topology`), to be set up again on the masters it names now.
 
-use std::io::Read;
 use std::os::fd::OwnedFd;
 #[cfg(unix)]
 use std::os::unix::net::UnixStream;
@@ -25,11 +30,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use redis::{PushKind, Value};
+use redis::Value;
 
+pub(super) use self::inbox::Inbox;
+use self::inbox::{Fault, Link, not_master, text};
 #[cfg(feature = "tls")]
 use super::socket::tls;
 use super::socket::{Raw, Sock, Stream, readable, tcp, writable};
+use super::topology::{Addr, Topology, parse_nodes};
 use super::{Cause, Near};
 use crate::config::{RedisEndpoint, RedisSettings, RedisTarget};
 
@@ -56,6 +64,8 @@ pub(super) fn start(settings: &RedisSettings, near: &Arc<Near>) {
         settings: settings.clone(),
         name: name.clone(),
         near: Arc::downgrade(near),
+        #[cfg(feature = "tls")]
+        tls: std::cell::OnceCell::new(),
     };
     if let Err(e) = std::thread::Builder::new()
         .name(name)
@@ -101,119 +111,10 @@ struct Channel {
     settings: RedisSettings,
     name: String,
     near: Weak<Near>,
-}
-
-/// The open session's socket and parser, kept in the near cache behind its lock: the tracking
-/// thread and the hits (`Near::catch_up`) both drain it, whoever holds the lock.
-pub(super) struct Inbox {
-    stream: Stream,
-    parser: redis::Parser,
-    namespace: String,
-    /// When the oldest heartbeat not answered yet (nothing heard since) was sent.
-    pinged: Option<Instant>,
-    /// When the latest heartbeat was sent.
-    sent: Instant,
-    /// Why a hit's drain found the connection unusable (the thread ends the session).
-    broken: Option<String>,
-}
-
-/// The most values one drain applies: a flood of pushes does not hold the inbox's lock (and a
-/// due hit) for long; what is left is read by the next drain.
-const DRAIN_BUDGET: usize = 1024;
-
-impl Inbox {
-    /// Reads and applies what the server already delivered, without waiting, at most
-    /// [`DRAIN_BUDGET`] values: `true` once nothing is left, `false` when the budget ran out
-    /// first (the drain is not complete).
-    ///
-    /// # Errors
-    /// Why the connection is unusable: closed, failed, or the server answered an error.
-    pub(super) fn drain(&mut self, near: &Near) -> Result<bool, String> {
-        if let Some(why) = &self.broken {
-            return Err(why.clone());
-        }
-        let r = read_all(&mut self.parser, &mut self.stream, DRAIN_BUDGET, |v| {
-            self.pinged = None;
-            apply(near, &self.namespace, v)
-        });
-        if let Err(why) = &r {
-            self.broken = Some(why.clone());
-        }
-        r
-    }
-}
-
-/// Parses the values `reader` has without waiting, at most `budget`, and hands each to `each`;
-/// `Ok(true)` once the reader would block (a value cut in two stays in the parser for the next
-/// call), `Ok(false)` once `budget` values were handed (more may be waiting).
-fn read_all(
-    parser: &mut redis::Parser,
-    reader: &mut impl Read,
-    budget: usize,
-    mut each: impl FnMut(Value) -> Result<(), String>,
-) -> Result<bool, String> {
-    for _ in 0..budget {
-        match parser.parse_value(&mut *reader) {
-            Ok(v) => each(v)?,
-            Err(e) if is_timeout(&e) => return Ok(true),
-            Err(e) => return Err(e.to_string()),
-        }
-    }
-    Ok(false)
-}
-
-/// Applies one value read on the tracking connection: an `invalidate` push evicts, a `PONG`
-/// or another push is only a sign of life, an error ends the session.
-fn apply(near: &Near, namespace: &str, v: Value) -> Result<(), String> {
-    match v {
-        Value::Push { kind, data } => {
-            if kind == PushKind::Invalidate {
-                invalidate(near, namespace, data);
-            }
-            Ok(())
-        }
-        Value::ServerError(e) => Err(format!("the server answered an error: {e:?}")),
-        // The reply to `ROLE` (the heartbeat behind Sentinel): only a master may be tracked.
-        v if not_master(&v) => Err("the server is no longer the master (failover)".to_owned()),
-        _ => Ok(()),
-    }
-}
-
-/// Whether `v` is a reply to `ROLE` that names another role than master.
-fn not_master(v: &Value) -> bool {
-    matches!(v, Value::Array(role) if role.first().is_some_and(
-        |r| matches!(r, Value::BulkString(b) if b.as_slice() != b"master"),
-    ))
-}
-
-/// Applies one `invalidate` push: a list of keys (this namespace's, by the prefix), or a null
-/// (a flush) which empties the near cache.
-fn invalidate(near: &Near, namespace: &str, data: Vec<Value>) {
-    let ns = namespace.as_bytes();
-    for v in data {
-        match v {
-            Value::Nil => near.reset(Cause::Flush),
-            Value::Array(keys) | Value::Set(keys) => {
-                for k in keys {
-                    if let Value::BulkString(b) = k
-                        && let Some(user) = b.strip_prefix(ns)
-                        // Keys that are not UTF-8 were never stored here.
-                        && let Ok(key) = std::str::from_utf8(user)
-                    {
-                        #[cfg(feature = "testing")]
-                        if super::hooks::dropped(namespace) {
-                            continue;
-                        }
-                        near.evict(key, true);
-                    }
-                }
-            }
-            other => {
-                tracing::debug!(value = ?other, "ddf: unexpected invalidation payload; emptying the near cache");
-                near.reset(Cause::Flush);
-            }
-        }
-    }
+    /// The TLS configuration (the CA file read once), made at the first TLS connection and
+    /// kept for every reconnection; an error (an unreadable CA) is kept too.
+    #[cfg(feature = "tls")]
+    tls: std::cell::OnceCell<Result<crate::backend::redis::conn::TlsConfig, String>>,
 }
 
 /// Why a connection ended.
@@ -223,6 +124,8 @@ pub(super) enum End {
     Dropped,
     /// The connection failed or went quiet: reconnect.
     Lost(String),
+    /// A Cluster's masters or slots changed: set tracking up again on the masters it has now.
+    Moved(String),
     /// The server answered the set-up with an error: retry seldom, say it once.
     Refused(String),
 }
@@ -238,42 +141,42 @@ fn next_backoff(backoff: Duration, end: &End, established: bool) -> Duration {
     }
 }
 
-fn is_timeout(e: &redis::RedisError) -> bool {
-    e.is_timeout()
-        || std::error::Error::source(e)
-            .and_then(|s| s.downcast_ref::<std::io::Error>())
-            .is_some_and(|io| {
-                matches!(
-                    io.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                )
-            })
-}
-
 impl Channel {
     fn run(self) {
         // Zero: the first attempt after a loss of a working session is at BACKOFF_MIN.
         let mut backoff = Duration::ZERO;
         let mut refused: Option<String> = None;
+        // On a Cluster: the masters of the last session, asked first for `CLUSTER NODES`.
+        let mut masters: Vec<Addr> = Vec::new();
         loop {
-            let (end, established) = self.session();
+            let (end, established) = self.session(&mut masters);
             match &end {
                 End::Dropped => return,
-                End::Lost(why) | End::Refused(why) => {
+                End::Lost(why) | End::Refused(why) | End::Moved(why) => {
                     // Already done under the inbox's lock for a session that was established
                     // (see `listen`); a no-op then.
+                    let cause = match end {
+                        End::Moved(_) => Cause::Topology,
+                        _ => Cause::ChannelLost,
+                    };
                     match self.near.upgrade() {
-                        Some(near) => near.suspend(),
+                        Some(near) => near.suspend_for(cause),
                         None => return,
                     }
-                    if let End::Refused(_) = end {
-                        // Said once (again only if the refusal changes).
-                        if refused.as_deref() != Some(why.as_str()) {
-                            tracing::warn!(client = %self.name, reason = %why, "ddf: the server refused the near cache's invalidation channel; bypassing the near cache, retrying every {REFUSED_BACKOFF:?}");
-                            refused = Some(why.clone());
+                    match end {
+                        End::Refused(_) => {
+                            // Said once (again only if the refusal changes).
+                            if refused.as_deref() != Some(why.as_str()) {
+                                tracing::warn!(client = %self.name, reason = %why, "ddf: the server refused the near cache's invalidation channel; bypassing the near cache, retrying every {REFUSED_BACKOFF:?}");
+                                refused = Some(why.clone());
+                            }
                         }
-                    } else {
-                        tracing::warn!(client = %self.name, reason = %why, "ddf: near cache's invalidation channel lost; bypassing the near cache until it is back");
+                        End::Moved(_) => {
+                            tracing::info!(client = %self.name, reason = %why, "ddf: near cache emptied; tracking the cluster's masters again");
+                        }
+                        _ => {
+                            tracing::warn!(client = %self.name, reason = %why, "ddf: near cache's invalidation channel lost; bypassing the near cache until it is back");
+                        }
                     }
                 }
             }
@@ -302,26 +205,55 @@ impl Channel {
         }
     }
 
-    fn connect(&self) -> Result<Stream, End> {
+    /// The server to track outside a Cluster: the configured one, or the master the Sentinels
+    /// name now.
+    fn endpoint(&self) -> Result<RedisEndpoint, End> {
         let s = &self.settings;
-        let lost = |e: std::io::Error| End::Lost(format!("cannot connect: {e}"));
-        let found;
-        let endpoint = match &s.target {
-            RedisTarget::Standalone(e) => e,
+        match &s.target {
+            RedisTarget::Standalone(e) => Ok(e.clone()),
             RedisTarget::Sentinel {
                 sentinels,
                 master,
                 password,
-            } => {
-                found = sentinel_master(s, sentinels, master, password.as_ref())?;
-                &found
+            } => sentinel_master(s, sentinels, master, password.as_ref()),
+            RedisTarget::Cluster(_) => Err(End::Refused(
+                "a Cluster is tracked per master (a bug: no single endpoint)".to_owned(),
+            )),
+        }
+    }
+
+    /// A Cluster node's endpoint: TLS when the settings have a CA, as the data connections.
+    fn node_endpoint(&self, (host, port): &Addr) -> RedisEndpoint {
+        if self.settings.ca.is_some() {
+            RedisEndpoint::Tls {
+                host: host.clone(),
+                port: *port,
+                insecure: false,
             }
-            RedisTarget::Cluster(_) => {
-                return Err(End::Refused(
-                    "the near cache does not track a Redis Cluster".to_owned(),
-                ));
+        } else {
+            RedisEndpoint::Tcp {
+                host: host.clone(),
+                port: *port,
             }
-        };
+        }
+    }
+
+    /// The TLS configuration, built once (the CA file is read at the first TLS connection,
+    /// not at every reconnection).
+    #[cfg(feature = "tls")]
+    fn tls_config(&self) -> Result<&crate::backend::redis::conn::TlsConfig, End> {
+        self.tls
+            .get_or_init(|| {
+                crate::backend::redis::conn::TlsConfig::new(self.settings.ca.as_deref(), false)
+                    .map_err(|e| format!("TLS: {e}"))
+            })
+            .as_ref()
+            .map_err(|e| End::Refused(e.clone()))
+    }
+
+    fn connect(&self, endpoint: &RedisEndpoint) -> Result<Stream, End> {
+        let s = &self.settings;
+        let lost = |e: std::io::Error| End::Lost(format!("cannot connect: {e}"));
         let stream = match endpoint {
             RedisEndpoint::Tcp { host, port } => Stream::Plain(tcp(host, *port, s)?),
             #[cfg(unix)]
@@ -333,7 +265,7 @@ impl Channel {
                 host,
                 port,
                 insecure: false,
-            } => tls(s, tcp(host, *port, s)?, host)?,
+            } => tls(self.tls_config()?, tcp(host, *port, s)?, host)?,
             #[cfg(feature = "tls")]
             RedisEndpoint::Tls { insecure: true, .. } => {
                 return Err(End::Refused(
@@ -357,10 +289,10 @@ impl Channel {
     }
 
     /// The set-up requests, pipelined: `HELLO 3` (with `AUTH`), `CLIENT SETNAME`,
-    /// `CLIENT TRACKING ON BCAST [PREFIX <namespace>]`, and behind Sentinel `ROLE` (the
-    /// tracked server itself must be the master, not only the one the Sentinels named a
-    /// moment before); with the number of replies they bring.
-    fn setup(&self) -> (Vec<u8>, usize) {
+    /// `CLIENT TRACKING ON BCAST [PREFIX <namespace>]`, then `extra` (behind Sentinel and on a
+    /// Cluster's masters `ROLE`: the tracked server itself must be a master; on the first node
+    /// of a Cluster `CLUSTER NODES`); with the number of replies they bring.
+    fn setup(&self, extra: &[redis::Cmd]) -> (Vec<u8>, usize) {
         let s = &self.settings;
         let mut hello = redis::cmd("HELLO");
         hello.arg(3);
@@ -383,59 +315,125 @@ impl Channel {
             track.arg("PREFIX").arg(s.namespace.as_bytes());
         }
         out.extend(track.get_packed_command());
-        if let RedisTarget::Sentinel { .. } = s.target {
-            out.extend(redis::cmd("ROLE").get_packed_command());
-            return (out, 4);
+        for c in extra {
+            out.extend(c.get_packed_command());
         }
-        (out, 3)
+        (out, 3 + extra.len())
     }
 
-    /// One connection's life: set up tracking, hand the socket to the near cache, resume it,
-    /// then drain the socket whenever it is readable until the connection fails, goes quiet,
-    /// or the near cache is dropped. `true` with it: tracking was established (the near cache
-    /// resumed).
-    fn session(&self) -> (End, bool) {
-        let (mut stream, parser) = match self.establish() {
+    /// What the set-up of a connection asks besides tracking (see [`Channel::setup`]).
+    fn extra(&self) -> Vec<redis::Cmd> {
+        match self.settings.target {
+            RedisTarget::Sentinel { .. } | RedisTarget::Cluster(_) => vec![redis::cmd("ROLE")],
+            RedisTarget::Standalone(_) => Vec::new(),
+        }
+    }
+
+    /// The links of a new session: the one server's, or on a Cluster one per master.
+    fn open(&self, masters: &mut Vec<Addr>) -> Result<(Vec<Link>, Option<Topology>), End> {
+        let RedisTarget::Cluster(nodes) = &self.settings.target else {
+            let (link, _) = self.establish(&self.endpoint()?, &self.extra())?;
+            return Ok((vec![link], None));
+        };
+        // `CLUSTER NODES` from the first node that sets tracking up: the last session's
+        // masters first, then the configured nodes.
+        let mut ask: Vec<Addr> = masters.clone();
+        for n in nodes {
+            let a = (n.host.clone(), n.port);
+            if !ask.contains(&a) {
+                ask.push(a);
+            }
+        }
+        let mut last = End::Lost("no node of redis_cluster_nodes".to_owned());
+        let mut first = None;
+        let nodes_cmd = {
+            let mut c = redis::cmd("CLUSTER");
+            c.arg("NODES");
+            c
+        };
+        for a in &ask {
+            match self.establish(&self.node_endpoint(a), std::slice::from_ref(&nodes_cmd)) {
+                Ok((link, Some(text))) => {
+                    first = Some((link, text, a.0.clone()));
+                    break;
+                }
+                Ok((_, None)) => last = End::Lost("CLUSTER NODES: no answer".to_owned()),
+                Err(e @ End::Refused(_)) => return Err(e),
+                Err(e) => last = e,
+            }
+        }
+        let Some((link, text, host)) = first else {
+            return Err(last);
+        };
+        let topology = parse_nodes(&text, &host)
+            .ok_or_else(|| End::Lost("CLUSTER NODES named no master".to_owned()))?;
+        let mut links = Vec::new();
+        // The node that answered, when it is a master (a configured replica is not tracked).
+        let mine = topology.myself.clone().filter(|m| topology.has(m));
+        if mine.is_some() {
+            links.push(link);
+        }
+        for m in topology.masters() {
+            if Some(m) != mine.as_ref() {
+                links.push(self.establish(&self.node_endpoint(m), &self.extra())?.0);
+            }
+        }
+        *masters = topology.masters().cloned().collect();
+        Ok((links, Some(topology)))
+    }
+
+    /// One session's life: set up tracking (on every master of a Cluster), hand the sockets to
+    /// the near cache, resume it, then drain them whenever one is readable until a connection
+    /// fails or goes quiet, the Cluster's topology changes, or the near cache is dropped.
+    /// `true` with it: tracking was established (the near cache resumed).
+    fn session(&self, masters: &mut Vec<Addr>) -> (End, bool) {
+        let (links, topology) = match self.open(masters) {
             Ok(s) => s,
             Err(end) => return (end, false),
         };
-        let watcher = match stream.raw().watcher() {
-            Ok(fd) => fd,
+        let watchers: std::io::Result<Vec<OwnedFd>> =
+            links.iter().map(|l| l.fd.try_clone()).collect();
+        let watchers = match watchers {
+            Ok(w) => w,
             Err(e) => return (End::Lost(format!("cannot watch the socket: {e}")), false),
         };
         let Some(near) = self.near.upgrade() else {
             return (End::Dropped, false);
         };
-        stream.raw().dontwait = true;
+        let n = links.len();
         *near.inbox() = Some(Inbox {
-            stream,
-            parser,
+            links,
             namespace: self.settings.namespace.clone(),
-            pinged: None,
-            sent: Instant::now(),
+            topology,
             broken: None,
         });
         near.resume();
         drop(near);
-        tracing::debug!(client = %self.name, "ddf: near cache tracking established");
-        let end = self.listen(&watcher);
+        tracing::debug!(client = %self.name, connections = n, "ddf: near cache tracking established");
+        let end = self.listen(&watchers);
         // `listen` tore a lost session down already; this only covers any other way out.
         if let Some(near) = self.near.upgrade() {
-            near.end_session(&mut near.inbox());
+            near.end_session(&mut near.inbox(), Cause::ChannelLost);
         }
         (end, true)
     }
 
-    /// Connects and sets tracking up (every reply read).
-    fn establish(&self) -> Result<(Stream, redis::Parser), End> {
-        let mut stream = self.connect()?;
+    /// Connects to `endpoint` and sets tracking up (every reply read), asking `extra` too; the
+    /// link, and the text of a `CLUSTER NODES` answer if one came.
+    fn establish(
+        &self,
+        endpoint: &RedisEndpoint,
+        extra: &[redis::Cmd],
+    ) -> Result<(Link, Option<String>), End> {
+        let mut stream = self.connect(endpoint)?;
         let mut parser = redis::Parser::new();
-        let (setup, replies) = self.setup();
+        let (setup, replies) = self.setup(extra);
         stream
             .write_all(&setup)
             .map_err(|e| End::Lost(format!("cannot send the set-up: {e}")))?;
         let deadline = Instant::now() + self.settings.connect_timeout;
         let mut answered = 0;
+        let mut nodes = None;
         while answered < replies {
             if Instant::now() > deadline {
                 return Err(End::Lost(
@@ -446,7 +444,10 @@ impl Channel {
                 // A server still loading or busy: try again soon; anything else is a refusal
                 // (an old Redis, an ACL without CLIENT, a bad password).
                 Ok(Value::ServerError(e))
-                    if matches!(e.code(), "LOADING" | "BUSY" | "TRYAGAIN" | "MASTERDOWN") =>
+                    if matches!(
+                        e.code(),
+                        "LOADING" | "BUSY" | "TRYAGAIN" | "MASTERDOWN" | "CLUSTERDOWN"
+                    ) =>
                 {
                     return Err(End::Lost(format!("set-up: {e:?}")));
                 }
@@ -458,10 +459,18 @@ impl Channel {
                 Ok(Value::Push { .. }) => {}
                 Ok(v) if not_master(&v) => {
                     return Err(End::Lost(
-                        "the server the Sentinels named is not the master (ROLE)".to_owned(),
+                        "the server to track is not a master (ROLE)".to_owned(),
                     ));
                 }
-                Ok(_) => answered += 1,
+                Ok(v) => {
+                    // The replies before the extras are `HELLO`'s map and two `OK`s.
+                    if answered >= 3
+                        && let Some(t) = text(&v)
+                    {
+                        nodes = Some(t);
+                    }
+                    answered += 1;
+                }
                 Err(e) => return Err(End::Lost(format!("set-up: {e}"))),
             }
         }
@@ -469,20 +478,44 @@ impl Channel {
             .raw()
             .timeouts(TICK, self.settings.timeout)
             .map_err(|e| End::Lost(format!("cannot set the socket's timeouts: {e}")))?;
-        Ok((stream, parser))
+        let fd = stream
+            .raw()
+            .watcher()
+            .map_err(|e| End::Lost(format!("cannot watch the socket: {e}")))?;
+        stream.raw().dontwait = true;
+        let link = Link {
+            stream,
+            parser,
+            pinged: None,
+            sent: Instant::now(),
+            fd,
+        };
+        Ok((link, nodes))
     }
 
-    /// Drains the near cache's inbox whenever its socket is readable; sends a heartbeat every
-    /// tick; ends when the connection fails, goes quiet, or the near cache is dropped. A lost
-    /// session is torn down before the inbox's lock is let go (the near cache suspended, then
-    /// the inbox dropped): no hit finds the channel gone and the near cache still live.
-    fn listen(&self, watcher: &OwnedFd) -> End {
-        // Behind Sentinel the heartbeat is `ROLE`: a server that stops being the master (a
-        // failover that did not close this connection) ends the session (see `apply`).
-        let ping = match self.settings.target {
+    /// The heartbeat of link `i`: `PING`; `ROLE` behind Sentinel and on a Cluster, with
+    /// `CLUSTER NODES` on a Cluster's first link (the topology the session tracks).
+    fn heartbeat(&self, i: usize) -> Vec<u8> {
+        match self.settings.target {
             RedisTarget::Sentinel { .. } => redis::cmd("ROLE").get_packed_command(),
-            _ => redis::cmd("PING").get_packed_command(),
-        };
+            RedisTarget::Cluster(_) => {
+                let mut out = redis::cmd("ROLE").get_packed_command();
+                if i == 0 {
+                    out.extend(redis::cmd("CLUSTER").arg("NODES").get_packed_command());
+                }
+                out
+            }
+            RedisTarget::Standalone(_) => redis::cmd("PING").get_packed_command(),
+        }
+    }
+
+    /// Drains the near cache's inbox whenever a socket is readable; sends a heartbeat every
+    /// tick; ends when a connection fails, goes quiet, the topology changes, or the near cache
+    /// is dropped. A lost session is torn down before the inbox's lock is let go (the near
+    /// cache suspended, then the inbox dropped): no hit finds the channel gone and the near
+    /// cache still live.
+    fn listen(&self, watchers: &[OwnedFd]) -> End {
+        let pings: Vec<Vec<u8>> = (0..watchers.len()).map(|i| self.heartbeat(i)).collect();
         // A drain cut short by its budget may leave values in the parser's buffer, which `poll`
         // does not see: the next turn drains without waiting.
         let mut pending = false;
@@ -490,46 +523,49 @@ impl Channel {
             let ready = if pending {
                 Ok(true)
             } else {
-                readable(watcher, TICK)
+                readable(watchers, TICK)
             };
             let Some(near) = self.near.upgrade() else {
                 return End::Dropped;
             };
             let mut inbox = near.inbox();
-            let why = match (ready, inbox.as_mut()) {
-                (Err(e), _) => format!("cannot poll the socket: {e}"),
-                (Ok(_), None) => "the inbox was taken".to_owned(),
-                (Ok(ready), Some(ib)) => match self.beat(ib, &near, ready, (&ping, watcher)) {
+            let fault = match (ready, inbox.as_mut()) {
+                (Err(e), _) => Fault::lost(format!("cannot poll the socket: {e}")),
+                (Ok(_), None) => Fault::lost("the inbox was taken"),
+                (Ok(ready), Some(ib)) => match self.beat(ib, &near, ready, &pings) {
                     Ok(done) => {
                         pending = !done;
                         continue;
                     }
-                    Err(why) => why,
+                    Err(f) => f,
                 },
             };
             #[cfg(feature = "testing")]
             super::hooks::teardown_pause(&self.settings.namespace);
-            near.end_session(&mut inbox);
-            return End::Lost(why);
+            near.end_session(&mut inbox, fault.cause);
+            return match fault.cause {
+                Cause::Topology => End::Moved(fault.why),
+                _ => End::Lost(fault.why),
+            };
         }
     }
 
     /// One turn of [`Channel::listen`] on the open session: drains what came, gives up a
-    /// connection that answered nothing for `timeout` after a heartbeat, sends the heartbeat
-    /// when a tick passed since the last (whatever was heard: a stream of pushes must not keep
-    /// `ROLE` from being asked).
+    /// connection that answered nothing for `timeout` after a heartbeat, sends each link's
+    /// heartbeat (`pings`) when a tick passed since its last (whatever was heard: a stream of
+    /// pushes must not keep `ROLE` from being asked).
     ///
     /// `false`: the drain was cut short by its budget (the next turn goes on).
     ///
     /// # Errors
-    /// Why the session is lost.
+    /// Why the session ends.
     fn beat(
         &self,
         ib: &mut Inbox,
         near: &Near,
         ready: bool,
-        (ping, watcher): (&[u8], &OwnedFd),
-    ) -> Result<bool, String> {
+        pings: &[Vec<u8>],
+    ) -> Result<bool, Fault> {
         let mut done = true;
         if ready {
             let began = near.clock();
@@ -537,32 +573,38 @@ impl Channel {
             if done {
                 near.drained(began);
             }
-        } else if let Some(why) = &ib.broken {
-            return Err(why.clone());
+        } else if let Some(f) = &ib.broken {
+            return Err(f.clone());
         }
-        if let Some(at) = ib.pinged
-            && at.elapsed() >= self.settings.timeout
-        {
-            return Err(format!(
-                "no answer to the heartbeat within timeout ({:?})",
-                self.settings.timeout
-            ));
-        }
-        if ib.sent.elapsed() >= TICK {
-            // Written only where it cannot block with the inbox's lock held (a due hit waits
-            // on it); a socket that takes nothing counts as a heartbeat unanswered, so a
-            // server that stopped reading is given up after `timeout`.
-            if writable(watcher).map_err(|e| format!("cannot poll the socket: {e}"))? {
-                ib.stream
-                    .write_all(ping)
-                    .map_err(|e| format!("cannot send the heartbeat: {e}"))?;
+        for (link, ping) in ib.links.iter_mut().zip(pings) {
+            if let Some(at) = link.pinged
+                && at.elapsed() >= self.settings.timeout
+            {
+                return Err(Fault::lost(format!(
+                    "no answer to the heartbeat within timeout ({:?})",
+                    self.settings.timeout
+                )));
             }
-            ib.sent = Instant::now();
-            ib.pinged.get_or_insert(ib.sent);
+            if link.sent.elapsed() >= TICK {
+                // Written only where it cannot block with the inbox's lock held (a due hit
+                // waits on it); a socket that takes nothing counts as a heartbeat unanswered,
+                // so a server that stopped reading is given up after `timeout`.
+                if writable(&link.fd)
+                    .map_err(|e| Fault::lost(format!("cannot poll the socket: {e}")))?
+                {
+                    link.stream
+                        .write_all(ping)
+                        .map_err(|e| Fault::lost(format!("cannot send the heartbeat: {e}")))?;
+                }
+                link.sent = Instant::now();
+                link.pinged.get_or_insert(link.sent);
+            }
         }
         Ok(done)
     }
 }
+
+mod inbox;
 
 #[cfg(test)]
 mod tests;

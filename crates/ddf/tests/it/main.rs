@@ -32,6 +32,8 @@ mod memo;
 #[cfg(feature = "redis")]
 mod near;
 mod near_file;
+#[cfg(feature = "redis")]
+mod near_cluster;
 #[cfg(all(feature = "redis", feature = "memcached"))]
 mod outage;
 #[cfg(all(feature = "redis", feature = "memcached"))]

@@ -23,11 +23,11 @@ const JOB: &str = "DDF_NEAR_JOB";
 /// however late the tracking thread is scheduled, because hits drain the tracking socket
 /// themselves (`Near::catch_up`); `DDF_NEAR_NO_CATCH_UP=1` turns that off to show the
 /// difference (those runs are expected to fail on a loaded machine).
-const GRACE_NS: u64 = 5_000_000;
+pub(crate) const GRACE_NS: u64 = 5_000_000;
 
 /// A reader's near cache, draining the tracking socket on its hits unless
 /// `DDF_NEAR_NO_CATCH_UP=1` (the behaviour before the strict rule's catch-up, to measure both).
-fn reader(config: CacheConfig) -> CacheManager {
+pub(crate) fn reader(config: CacheConfig) -> CacheManager {
     let off = std::env::var_os("DDF_NEAR_NO_CATCH_UP").is_some_and(|v| v == "1");
     ddf::testing::internals::without_catch_up(off);
     CacheManager::new(config).unwrap()
@@ -55,7 +55,7 @@ fn mc_config(
     c
 }
 
-fn mono_ns() -> u64 {
+pub(crate) fn mono_ns() -> u64 {
     static BASE: LazyLock<(Instant, u64)> = LazyLock::new(|| {
         let now = Instant::now();
         let text = format!("{now:?}");
@@ -95,20 +95,20 @@ fn config(port: u16, namespace: &str, dir: &std::path::Path, near: bool) -> Cach
 
 /// One read: when it began, and the version it returned (`None`: nothing, or an error).
 #[derive(Debug, Clone, Copy)]
-struct ReadRec {
-    start: u64,
-    version: Option<u64>,
+pub(crate) struct ReadRec {
+    pub(crate) start: u64,
+    pub(crate) version: Option<u64>,
 }
 
 /// One write: the version, and when the server had acknowledged it.
 #[derive(Debug, Clone, Copy)]
-struct WriteRec {
-    version: u64,
-    done: u64,
+pub(crate) struct WriteRec {
+    pub(crate) version: u64,
+    pub(crate) done: u64,
 }
 
 /// The reads that break the rule (a version older than one finished `GRACE_NS` before).
-fn stale(writes: &[WriteRec], reads: &[ReadRec], grace: u64) -> Vec<(ReadRec, u64)> {
+pub(crate) fn stale(writes: &[WriteRec], reads: &[ReadRec], grace: u64) -> Vec<(ReadRec, u64)> {
     let mut w: Vec<WriteRec> = writes.to_vec();
     w.sort_by_key(|w| w.done);
     // The newest version finished by each write's time (versions only grow, but be exact).
@@ -134,7 +134,7 @@ fn stale(writes: &[WriteRec], reads: &[ReadRec], grace: u64) -> Vec<(ReadRec, u6
 
 /// For each write, how long after it finished the first read that began after it and
 /// returned it (or newer): the visibility delay, in microseconds (median, p99, max).
-fn delays(writes: &[WriteRec], reads: &[ReadRec]) -> (u64, u64, u64, usize) {
+pub(crate) fn delays(writes: &[WriteRec], reads: &[ReadRec]) -> (u64, u64, u64, usize) {
     let mut out = Vec::new();
     let mut i = 0;
     for w in writes {
@@ -955,16 +955,9 @@ fn redis_cli_tls(tls: &ddf_testkit::TlsFiles, port: u16, args: &[&str]) -> Strin
 }
 
 #[test]
-fn near_cache_is_refused_where_it_is_not_offered_with_the_key_and_line() {
-    // The file backend is offered (change counters: tests/it/near_file.rs).
-    let err = CacheConfig::from_ini_str(
-        "[cache]\nbackend = redis\nredis_cluster_nodes = 127.0.0.1:1\nnear_cache = true\n",
-    )
-    .and_then(CacheManager::new)
-    .unwrap_err()
-    .to_string();
-    assert!(err.contains("Cluster"), "{err}");
-    // TLS and Sentinel are tracked now (tests above).
+fn a_bad_near_cache_size_is_refused_with_the_key_and_line() {
+    // The file backend (change counters: tests/it/near_file.rs), TLS, Sentinel (tests above) and
+    // a Cluster (near_cluster.rs) are all offered now.
     let err = CacheConfig::from_ini_str("[cache]\nnear_cache_size = 0\n")
         .unwrap_err()
         .to_string();

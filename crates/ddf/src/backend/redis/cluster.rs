@@ -478,6 +478,18 @@ impl Backend for NodeBackend {
         Ok(v.map(Item::unflagged))
     }
 
+    /// `GET` and `PTTL` pipelined to the key's owner (redirects followed as for any request),
+    /// as the standalone backend does for the near cache's fill.
+    fn get_expiring(&self, key: &str) -> Result<Option<(Item, crate::backend::Expiry)>> {
+        let get = self.keyed(key, commands::get);
+        let pttl = self.keyed(key, |k| redis::cmd("PTTL").arg(k).clone());
+        let vals = self.exec("GET/PTTL", &[get, pttl])?;
+        let [v, pttl] = <[Value; 2]>::try_from(vals).map_err(|_| self.parse_error("GET/PTTL"))?;
+        let v: Option<Vec<u8>> = self.convert("GET", v)?;
+        let pttl: i64 = self.convert("PTTL", pttl)?;
+        Ok(v.map(|v| (Item::unflagged(v), commands::expiry(pttl))))
+    }
+
     fn set(&self, key: &str, item: &Item, ttl: Option<Duration>) -> Result<()> {
         self.one(
             "SET",

@@ -35,8 +35,7 @@ impl CacheConfig {
     ///
     /// # Errors
     /// [`Error::Config`](crate::Error) for a size or TTL out of range (only possible by setting the
-    /// fields directly: the parsers refuse them), and for `near_cache = true` where it is not
-    /// offered: a Redis Cluster (not tracked yet).
+    /// fields directly: the parsers refuse them). Every backend that stores offers a near cache.
     pub(crate) fn near_settings(&self) -> Result<Option<NearSettings>> {
         if !self.near_cache {
             return Ok(None);
@@ -57,27 +56,12 @@ impl CacheConfig {
                 "near_cache_ttl is 0: it must be a number of seconds greater than 0",
             ));
         }
-        let not_offered = |what: &str| {
-            self.invalid(
-                "near_cache",
-                format!(
-                    "near_cache = true is not offered with {what}; set near_cache = false \
-                     (see docs/near-cache.md)"
-                ),
-            )
-        };
         let mode = match self.backend {
             CacheBackend::None => return Ok(None),
             CacheBackend::Pickle => NearMode::Counted,
             CacheBackend::Memcached | CacheBackend::MemcachedPickle => NearMode::TtlOnly,
-            CacheBackend::Redis | CacheBackend::RedisPickle => {
-                if !self.redis_cluster_nodes.is_empty() {
-                    return Err(not_offered(
-                        "a Redis Cluster (redis_cluster_nodes): tracking every primary is not written yet",
-                    ));
-                }
-                NearMode::Tracked
-            }
+            // Standalone, Sentinel and Cluster (a tracking connection per master).
+            CacheBackend::Redis | CacheBackend::RedisPickle => NearMode::Tracked,
         };
         Ok(Some(NearSettings {
             size: self.near_cache_size,

@@ -2,6 +2,11 @@
 //! heartbeat, the teardown's bypass.
 
 use super::super::Lookup;
+use std::io::Read;
+
+use redis::PushKind;
+
+use super::inbox::*;
 use super::*;
 
 /// Review finding 3: after a session that reached tracking the backoff starts over, however
@@ -37,6 +42,8 @@ fn channel(settings: RedisSettings, near: &Arc<Near>) -> Channel {
         settings,
         name: "ddf-near-test".to_owned(),
         near: Arc::downgrade(near),
+        #[cfg(feature = "tls")]
+        tls: std::cell::OnceCell::new(),
     }
 }
 
@@ -61,11 +68,24 @@ fn behind_sentinel_the_setup_asks_the_tracked_server_its_role() {
         settings(crate::CacheConfig::default().with_redis_sentinels(sentinels, "m")),
         &near,
     );
-    let (bytes, replies) = sentinel.setup();
+    let (bytes, replies) = sentinel.setup(&sentinel.extra());
     assert_eq!(replies, 4);
     assert!(bytes.ends_with(&redis::cmd("ROLE").get_packed_command()));
     let plain = channel(settings(crate::CacheConfig::default()), &near);
-    assert_eq!(plain.setup().1, 3);
+    assert_eq!(plain.setup(&plain.extra()).1, 3);
+    // On a Cluster: every master is asked its role; the first link's heartbeat also asks
+    // `CLUSTER NODES` (the topology the session tracks), the others' only `ROLE`.
+    let nodes = vec![crate::config::ServerAddr::parse("127.0.0.1:1", 6379).unwrap()];
+    let cluster = channel(
+        settings(crate::CacheConfig::default().with_redis_cluster_nodes(nodes)),
+        &near,
+    );
+    assert_eq!(cluster.setup(&cluster.extra()).1, 4);
+    let role = redis::cmd("ROLE").get_packed_command();
+    assert!(cluster.heartbeat(0).starts_with(&role));
+    assert!(cluster.heartbeat(0).len() > role.len());
+    assert_eq!(cluster.heartbeat(1), role);
+    assert_eq!(sentinel.heartbeat(0), role);
     let role = |r: &str| Value::Array(vec![Value::BulkString(r.as_bytes().to_vec())]);
     assert!(not_master(&role("slave")));
     assert!(!not_master(&role("master")));
@@ -84,15 +104,20 @@ fn the_heartbeat_is_sent_every_tick_whatever_was_heard() {
     server.set_nonblocking(true).unwrap();
     let mut raw = Raw::new(Sock::Unix(ours));
     raw.dontwait = true;
-    let watcher = raw.watcher().unwrap();
+    let fd = raw.watcher().unwrap();
     let mut ib = Inbox {
-        stream: Stream::Plain(raw),
-        parser: redis::Parser::new(),
+        links: vec![Link {
+            stream: Stream::Plain(raw),
+            parser: redis::Parser::new(),
+            pinged: None,
+            sent: Instant::now() - TICK,
+            fd,
+        }],
         namespace: "t:".to_owned(),
-        pinged: None,
-        sent: Instant::now() - TICK,
+        topology: None,
         broken: None,
     };
+    let hb = [b"HB".to_vec()];
     let push = b">2\r\n$10\r\ninvalidate\r\n*1\r\n$3\r\nt:a\r\n";
     let sent = |server: &mut UnixStream| {
         let mut got = [0u8; 64];
@@ -100,18 +125,18 @@ fn the_heartbeat_is_sent_every_tick_whatever_was_heard() {
     };
     // A push was just heard, and a tick passed since the last heartbeat: one goes.
     server.write_all(push).unwrap();
-    assert!(ch.beat(&mut ib, &near, true, (b"HB", &watcher)).unwrap());
+    assert!(ch.beat(&mut ib, &near, true, &hb).unwrap());
     assert_eq!(sent(&mut server), 2);
-    assert!(ib.pinged.is_some());
+    assert!(ib.links[0].pinged.is_some());
     // Pushes heard within the tick: none.
     server.write_all(push).unwrap();
-    assert!(ch.beat(&mut ib, &near, true, (b"HB", &watcher)).unwrap());
+    assert!(ch.beat(&mut ib, &near, true, &hb).unwrap());
     assert_eq!(sent(&mut server), 0);
-    assert!(ib.pinged.is_none(), "a push is a sign of life");
+    assert!(ib.links[0].pinged.is_none(), "a push is a sign of life");
     // The next tick: again, though a push was heard just now.
-    ib.sent = Instant::now() - TICK;
+    ib.links[0].sent = Instant::now() - TICK;
     server.write_all(push).unwrap();
-    assert!(ch.beat(&mut ib, &near, true, (b"HB", &watcher)).unwrap());
+    assert!(ch.beat(&mut ib, &near, true, &hb).unwrap());
     assert_eq!(sent(&mut server), 2);
 }
 
@@ -208,4 +233,39 @@ fn a_drain_stops_at_its_budget_and_the_next_goes_on() {
         Ok(())
     });
     assert_eq!((done, n), (Ok(true), 5));
+}
+
+/// On a Cluster, a heartbeat's `CLUSTER NODES` answer that names the masters and slots the
+/// session tracks is only a sign of life (whichever node answered); one that differs (a slot
+/// moved, a master joined or failed) ends the session with the cause `topology`.
+#[test]
+fn a_changed_cluster_topology_ends_the_session() {
+    let near = tracked();
+    let nodes = "\
+a 127.0.0.1:7000@17000 myself,master - 0 0 1 connected 0-8191
+b 127.0.0.1:7001@17001 master - 0 0 2 connected 8192-16383
+";
+    let t = parse_nodes(nodes, "127.0.0.1").unwrap();
+    let verbatim = |text: &str| Value::VerbatimString {
+        format: redis::VerbatimFormat::Text,
+        text: text.to_owned(),
+    };
+    assert_eq!(apply(&near, "t:", Some(&t), verbatim(nodes)), Ok(()));
+    let from_b = nodes.replace("myself,master", "master").replace(
+        "b 127.0.0.1:7001@17001 master",
+        "b 127.0.0.1:7001@17001 myself,master",
+    );
+    assert_eq!(apply(&near, "t:", Some(&t), verbatim(&from_b)), Ok(()));
+    let moved = nodes
+        .replace("0-8191", "0-8190")
+        .replace("8192-16383", "8191-16383");
+    let err = apply(&near, "t:", Some(&t), verbatim(&moved)).unwrap_err();
+    assert_eq!(err.cause, Cause::Topology);
+    let resp2 = Value::BulkString(moved.into_bytes());
+    assert!(apply(&near, "t:", Some(&t), resp2).is_err());
+    // Outside a Cluster a bulk string is nothing to compare.
+    assert_eq!(
+        apply(&near, "t:", None, Value::BulkString(b"x".to_vec())),
+        Ok(())
+    );
 }

@@ -899,16 +899,38 @@ fn the_first_call_counts_the_map_wait_against_its_bound() {
         let cache = CacheManager::new(cfg.clone()).unwrap();
         cache.get::<String>("k1")
     });
+    // Invalidations recorded in every scope (a prefix delete, made by a process with short
+    // timeouts), then a cache built with them pending: its start-up recovery waits at most one
+    // timeout, where it pinged each scope inline (the map wait, the ping, the map asked of the
+    // other nodes: 9.2 s here) before the build returned.
+    let short = config(&cluster, dir.path());
+    let recorder = CacheManager::new(short).unwrap();
+    let _ = recorder.invalidate_pattern("p");
+    let recorded = row(&recorder, "recorded invalidations pending");
+    drop(recorder);
+    let (pending_got, pending_took) = timed(|| {
+        let cache = CacheManager::new(cfg.clone()).unwrap();
+        let got = cache.get::<String>("k1");
+        (got, row(&cache, "recorded invalidations pending"))
+    });
     for n in &cluster.nodes {
         n.process.signal("CONT");
     }
     eprintln!(
-        "cluster, every primary stopped: build + first get {took:?} ({})",
-        if got.is_ok() { "ok" } else { "error" }
+        "cluster, every primary stopped: build + first get {took:?} ({}); with {recorded} \
+         recorded invalidations pending: {pending_took:?} ({:?})",
+        if got.is_ok() { "ok" } else { "error" },
+        pending_got.0.as_ref().map(drop),
     );
     assert!(
         took < connect + timeout + Duration::from_secs(1),
         "build + first get took {took:?}"
+    );
+    assert_eq!(recorded, "3", "one prefix delete recorded per scope");
+    assert_eq!(pending_got.1, "3", "nothing applied while the nodes are stopped");
+    assert!(
+        pending_took < connect + timeout + Duration::from_secs(1),
+        "build with records pending + first get took {pending_took:?}"
     );
 }
 

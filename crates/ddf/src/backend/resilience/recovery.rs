@@ -76,6 +76,10 @@ impl Shared {
     /// the replay's deadline as before.
     pub(super) fn recover_at_start(this: &Arc<Shared>) {
         let wait = this.cfg.startup_wait;
+        if wait.is_zero() {
+            // Nobody waits: the background loop recovers, at once.
+            return Shared::start_probe(this, Duration::ZERO);
+        }
         let deadline = Instant::now() + wait;
         let recover = move |s: Arc<Shared>, done: std::sync::mpsc::Sender<bool>| {
             let up = s.try_recover(Some(deadline));

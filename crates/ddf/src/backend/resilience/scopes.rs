@@ -37,6 +37,18 @@ pub(crate) trait Partition: Send + Sync + fmt::Debug + 'static {
     /// `redis/cluster.rs`).
     fn scope_of(&self, key: &str) -> usize;
 
+    /// The scopes of a batch's keys, in order: one call (a batch), so that a partition that
+    /// bounds a call by when it started (a Redis Cluster's first slot-map wait) sees it once.
+    fn scopes_of(&self, keys: &[&str]) -> Vec<usize> {
+        keys.iter().map(|k| self.scope_of(k)).collect()
+    }
+
+    /// The scope of `key` asked in the middle of a call ([`PerScope::follow_moves`]), which
+    /// must not count as a new call's start. The default is [`Partition::scope_of`].
+    fn scope_within_call(&self, key: &str) -> usize {
+        self.scope_of(key)
+    }
+
     /// Told once the scopes are built (in their order) how to see their state: a partition
     /// that can move a key from one scope to another (a Redis Cluster's resharding) moves it
     /// only out of a scope with nothing to replay. The default ignores it.
@@ -380,9 +392,9 @@ fn split<T>(
     key: impl Fn(&T) -> &str,
 ) -> Vec<Vec<usize>> {
     let mut groups = vec![Vec::new(); n];
-    for (i, item) in items.iter().enumerate() {
-        let s = partition.scope_of(key(item)).min(n.saturating_sub(1));
-        groups[s].push(i);
+    let keys: Vec<&str> = items.iter().map(key).collect();
+    for (i, s) in partition.scopes_of(&keys).into_iter().enumerate() {
+        groups[s.min(n.saturating_sub(1))].push(i);
     }
     groups
 }
@@ -441,7 +453,14 @@ impl PerScope {
         for (to, scope) in self.scopes.iter().enumerate() {
             let moved: Vec<PendingOp> = keys
                 .iter()
-                .filter(|k| to != from && self.index(k) == to)
+                .filter(|k| {
+                    to != from
+                        && self
+                            .partition
+                            .scope_within_call(k)
+                            .min(self.scopes.len().saturating_sub(1))
+                            == to
+                })
                 .map(|k| PendingOp::Delete(std::borrow::Cow::Borrowed(*k)))
                 .collect();
             if moved.is_empty() {

@@ -353,6 +353,56 @@ fn a_slot_resharded_during_an_outage_stays_with_its_records() {
     );
 }
 
+/// Two processes on either side of a resharding: one (`late`) still places a key in its old
+/// scope, the other (`moved`) in its new owner's. With the old owner stopped and down in both,
+/// `late`'s delete of the key fails and is recorded in the old scope; `moved` reads the key
+/// from its new owner, where the value is still there. `moved`'s probe of the old scope, which
+/// cannot replay (its node is stopped), applies the recorded delete through the scope that now
+/// holds the key: the deleted value is gone within a few probes. Before, it was read until the
+/// old owner answered again.
+#[test]
+fn a_delete_recorded_by_a_process_that_missed_a_resharding_is_not_read_stale() {
+    let Some(cluster) = cluster() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(&cluster, dir.path());
+    cfg.breaker_failures = 1;
+    let (key, stored) = ("crossed", "rc:crossed");
+    let from = owner(&cluster, stored);
+    let to = (from + 1) % 3;
+    let other_key = (0..1000)
+        .map(|i| format!("other{i}"))
+        .find(|k| owner(&cluster, &format!("rc:{k}")) == from)
+        .unwrap();
+    let late = CacheManager::new(cfg.clone()).unwrap();
+    late.set(key, &"old", None).unwrap();
+    let slot = start_migration(&cluster, stored, from, to);
+    end_migration(&cluster, &slot, to);
+    // Built after the resharding: its first map places the key with its new owner.
+    let moved = CacheManager::new(cfg).unwrap();
+    assert_eq!(moved.get::<String>(key).unwrap().as_deref(), Some("old"));
+    cluster.nodes[from].process.signal("STOP");
+    // The old owner's scope goes down in both processes; `late` records its delete there.
+    let _ = moved.get::<String>(&other_key);
+    let (r, took) = timed(|| late.delete(key));
+    let pending = row(&late, "recorded invalidations pending");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut read = moved.get::<String>(key);
+    while matches!(read, Ok(Some(_))) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        read = moved.get::<String>(key);
+    }
+    cluster.nodes[from].process.signal("CONT");
+    assert!(took < HANG, "delete hung");
+    assert!(r.is_ok(), "{r:?}");
+    assert_eq!(pending, "1");
+    assert!(
+        matches!(read, Ok(None)),
+        "the deleted value is still read through the new owner's scope: {read:?}"
+    );
+}
+
 /// `CLUSTER SLOTS` calls a node has served since its statistics were reset.
 fn cluster_slots_calls(cluster: &RedisCluster, node: usize) -> u64 {
     let stats = cluster.cli(cluster.nodes[node].port(), &["INFO", "commandstats"]);

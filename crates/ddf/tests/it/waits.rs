@@ -292,5 +292,8 @@ fn building_with_records_pending_on_stopped_servers_waits_one_timeout() {
     assert_eq!((redis_pending.as_str(), mc_pending.as_str()), ("1", "1"));
     // Generous: "does not hang".
     let hang = bound() + Duration::from_secs(2);
-    assert!(redis_took < hang && mc_took < hang, "{redis_took:?} {mc_took:?}");
+    assert!(
+        redis_took < hang && mc_took < hang,
+        "{redis_took:?} {mc_took:?}"
+    );
 }

@@ -33,8 +33,11 @@
 //!   command to the node named (the map is not changed: the slot is only being migrated). At
 //!   most three sends per command (`request.rs`).
 //! - **Prefix deletes, `clear`**: each scope scans the nodes that own its slots (`SCAN` +
-//!   single-key `UNLINK`s: a multi-key `UNLINK` across slots is refused by a cluster node), then
-//!   the nodes they are migrating slots to (`ASKING` + `UNLINK`).
+//!   single-key `UNLINK`s: a multi-key `UNLINK` across slots is refused by a cluster node) and
+//!   the nodes that took slots out of it in a resharding (a record made in the scope before
+//!   the slot moved is replayed after), then the nodes they are migrating slots to (`ASKING` +
+//!   `UNLINK`). While a scope's node does not answer, the deletes recorded for it whose keys
+//!   another scope now holds are applied through that scope (`Shards::forward_moved`).
 
 use std::cell::Cell;
 use std::collections::HashMap;
@@ -272,6 +275,54 @@ impl Shards {
             .collect()
     }
 
+    /// While `scope`'s node does not answer (its probe's ping just failed): applies the
+    /// deletes recorded for `scope` (by any process) whose keys this process now places in
+    /// another scope, one whose breaker is closed, through that scope (to the key's owner).
+    /// Another process whose map had not seen a resharding recorded them in the old scope;
+    /// this one, having moved the slot, reads the key from its new owner, and the old scope
+    /// replays only once its own node answers again: until then the deleted value would be
+    /// read. Applied on every failed probe (a delete is harmless twice); the records stay, for
+    /// the old scope's replay.
+    fn forward_moved(self: &Arc<Self>, scope: usize) {
+        let Some(states) = self.states.get() else {
+            return;
+        };
+        let Some(keys) = states.get(scope).and_then(ScopeState::recorded_deletes) else {
+            return;
+        };
+        if keys.is_empty() {
+            return;
+        }
+        let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let mut per: Vec<Vec<&str>> = vec![Vec::new(); states.len()];
+        for (k, to) in refs.iter().zip(self.place(&refs)) {
+            if to != scope
+                && states.get(to).is_some_and(ScopeState::is_up)
+                && let Some(keys) = per.get_mut(to)
+            {
+                keys.push(k);
+            }
+        }
+        for (to, keys) in per.iter().enumerate() {
+            if keys.is_empty() {
+                continue;
+            }
+            let through = NodeBackend {
+                shards: self.clone(),
+                scope: to,
+            };
+            match through.delete_many(keys) {
+                Ok(_) => tracing::debug!(
+                    keys = keys.len(),
+                    "deletes recorded in a scope whose node is down applied where their keys moved"
+                ),
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot apply recorded deletes where their keys moved")
+                }
+            }
+        }
+    }
+
     /// One scope per configured node: label `host:port`, identity
     /// `redis-cluster://host:port`, a [`NodeBackend`] as its primary.
     pub(crate) fn specs(self: &Arc<Self>) -> Vec<ScopeSpec> {
@@ -336,6 +387,15 @@ impl Shards {
     /// nothing of ours is there).
     fn nodes_of(&self, scope: usize) -> Vec<Addr> {
         self.read().owners_of(scope)
+    }
+
+    /// The nodes a prefix delete or a flush of `scope` reaches: those that own its slots,
+    /// then those that took slots out of it ([`slots::Map::left_to`]).
+    fn reached_by(&self, scope: usize) -> Vec<Addr> {
+        let map = self.read();
+        let mut out = map.owners_of(scope);
+        out.extend(map.left_to(scope));
+        out
     }
 
     /// The nodes `owners` are migrating slots to, not among them (one `CLUSTER NODES` each):
@@ -564,7 +624,7 @@ impl Backend for NodeBackend {
         super::super::check_prefix(&s.namespace, prefix, s.server_flush, commands::WHOLE)?;
         let pattern = commands::prefix_pattern(&self.shards.keyspace, prefix);
         let mut n = 0;
-        let owners = self.shards.nodes_of(self.scope);
+        let owners = self.shards.reached_by(self.scope);
         for addr in &owners {
             n += Self::scan_unlink(&*self.shards.node(addr)?, &pattern, false)?;
         }
@@ -582,7 +642,7 @@ impl Backend for NodeBackend {
             s.server_flush,
             commands::WHOLE_FLUSH,
             || {
-                for addr in self.shards.nodes_of(self.scope) {
+                for addr in self.shards.reached_by(self.scope) {
                     self.shards
                         .node(&addr)?
                         .run("FLUSHDB", |c| commands::flushdb().query::<()>(c.as_like()))?;
@@ -731,6 +791,7 @@ impl NodeBackend {
                         || !self.shards.refresh_elsewhere(&addr)
                         || self.shards.probed(self.scope) == owners
                     {
+                        self.shards.forward_moved(self.scope);
                         return Err(e);
                     }
                     before = owners;

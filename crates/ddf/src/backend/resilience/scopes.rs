@@ -73,6 +73,21 @@ impl ScopeState {
         self.0.upgrade().is_some_and(|s| s.breaker.is_up())
     }
 
+    /// The keys of the deletes recorded for the scope (by this process or another); `None`
+    /// when the journal cannot be read.
+    pub(crate) fn recorded_deletes(&self) -> Option<Vec<String>> {
+        let s = self.0.upgrade()?;
+        let ops = s.journal.read(&s.cfg.scope).ok()?;
+        Some(
+            ops.into_iter()
+                .filter_map(|(_, op)| match op {
+                    PendingOp::Delete(k) => Some(k.into_owned()),
+                    _ => None,
+                })
+                .collect(),
+        )
+    }
+
     /// The scope may give a key away: its breaker is closed and nothing is recorded for it
     /// (a journal that cannot be read counts as something recorded).
     pub(crate) fn is_settled(&self) -> bool {

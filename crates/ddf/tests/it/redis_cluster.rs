@@ -353,6 +353,56 @@ fn a_slot_resharded_during_an_outage_stays_with_its_records() {
     );
 }
 
+/// Two processes on either side of a resharding: one (`late`) still places a key in its old
+/// scope, the other (`moved`) in its new owner's. With the old owner stopped and down in both,
+/// `late`'s delete of the key fails and is recorded in the old scope; `moved` reads the key
+/// from its new owner, where the value is still there. `moved`'s probe of the old scope, which
+/// cannot replay (its node is stopped), applies the recorded delete through the scope that now
+/// holds the key: the deleted value is gone within a few probes. Before, it was read until the
+/// old owner answered again.
+#[test]
+fn a_delete_recorded_by_a_process_that_missed_a_resharding_is_not_read_stale() {
+    let Some(cluster) = cluster() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(&cluster, dir.path());
+    cfg.breaker_failures = 1;
+    let (key, stored) = ("crossed", "rc:crossed");
+    let from = owner(&cluster, stored);
+    let to = (from + 1) % 3;
+    let other_key = (0..1000)
+        .map(|i| format!("other{i}"))
+        .find(|k| owner(&cluster, &format!("rc:{k}")) == from)
+        .unwrap();
+    let late = CacheManager::new(cfg.clone()).unwrap();
+    late.set(key, &"old", None).unwrap();
+    let slot = start_migration(&cluster, stored, from, to);
+    end_migration(&cluster, &slot, to);
+    // Built after the resharding: its first map places the key with its new owner.
+    let moved = CacheManager::new(cfg).unwrap();
+    assert_eq!(moved.get::<String>(key).unwrap().as_deref(), Some("old"));
+    cluster.nodes[from].process.signal("STOP");
+    // The old owner's scope goes down in both processes; `late` records its delete there.
+    let _ = moved.get::<String>(&other_key);
+    let (r, took) = timed(|| late.delete(key));
+    let pending = row(&late, "recorded invalidations pending");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut read = moved.get::<String>(key);
+    while matches!(read, Ok(Some(_))) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        read = moved.get::<String>(key);
+    }
+    cluster.nodes[from].process.signal("CONT");
+    assert!(took < HANG, "delete hung");
+    assert!(r.is_ok(), "{r:?}");
+    assert_eq!(pending, "1");
+    assert!(
+        matches!(read, Ok(None)),
+        "the deleted value is still read through the new owner's scope: {read:?}"
+    );
+}
+
 /// `CLUSTER SLOTS` calls a node has served since its statistics were reset.
 fn cluster_slots_calls(cluster: &RedisCluster, node: usize) -> u64 {
     let stats = cluster.cli(cluster.nodes[node].port(), &["INFO", "commandstats"]);
@@ -899,16 +949,85 @@ fn the_first_call_counts_the_map_wait_against_its_bound() {
         let cache = CacheManager::new(cfg.clone()).unwrap();
         cache.get::<String>("k1")
     });
+    // Batches spanning the three scopes, and `ping`, each the first call of a new cache (short
+    // timeouts, all at once): each is bounded like the first single-key call. Before, a batch
+    // waited for the map, then one bound per scope in turn; `ping` waited for the map, then
+    // each scope's node and the map asked of the others.
+    let items: Vec<(String, u32)> = (0..20).map(|i| (format!("m{i}"), i)).collect();
+    type Call = fn(&CacheManager, &[(String, u32)]) -> bool;
+    let calls: [(&str, Call); 4] = [
+        ("get_many", |c, items| {
+            let keys: Vec<&str> = items.iter().map(|(k, _)| k.as_str()).collect();
+            c.get_many::<u32>(&keys).is_ok()
+        }),
+        ("set_many", |c, items| {
+            let refs: Vec<(&str, u32)> = items.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+            c.set_many(&refs, None).is_ok()
+        }),
+        ("delete_many", |c, items| {
+            let keys: Vec<&str> = items.iter().map(|(k, _)| k.as_str()).collect();
+            c.delete_many(&keys).is_ok()
+        }),
+        ("ping", |c, _| c.ping().is_ok()),
+    ];
+    let firsts: Vec<(&str, Duration)> = std::thread::scope(|s| {
+        let handles: Vec<_> = calls
+            .iter()
+            .map(|&(name, call)| {
+                // A journal each: their records do not wait for one another's.
+                let dir = tempfile::tempdir().unwrap();
+                let cache = CacheManager::new(config(&cluster, dir.path())).unwrap();
+                let items = &items;
+                s.spawn(move || (name, timed(|| call(&cache, items)).1, dir))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().map(|(name, took, _)| (name, took)).unwrap())
+            .collect()
+    });
+    eprintln!("cluster, every primary stopped, first call of a new cache: {firsts:?}");
+    for (name, took) in &firsts {
+        assert!(
+            *took < CONNECT + TIMEOUT + Duration::from_secs(1),
+            "{name} as the first call took {took:?}"
+        );
+    }
+    // Invalidations recorded in every scope (a prefix delete), then a cache built with them
+    // pending (short timeouts): its start-up recovery waits at most one timeout, where it
+    // pinged each scope inline (the map wait, the ping, the map asked of the other nodes:
+    // 9.2 s with the timeouts above) before the build returned.
+    let short = config(&cluster, dir.path());
+    let recorder = CacheManager::new(short.clone()).unwrap();
+    let _ = recorder.invalidate_pattern("p");
+    let recorded = row(&recorder, "recorded invalidations pending");
+    drop(recorder);
+    let (pending_got, pending_took) = timed(|| {
+        let cache = CacheManager::new(short.clone()).unwrap();
+        let got = cache.get::<String>("k1");
+        (got, row(&cache, "recorded invalidations pending"))
+    });
     for n in &cluster.nodes {
         n.process.signal("CONT");
     }
     eprintln!(
-        "cluster, every primary stopped: build + first get {took:?} ({})",
-        if got.is_ok() { "ok" } else { "error" }
+        "cluster, every primary stopped: build + first get {took:?} ({}); with {recorded} \
+         recorded invalidations pending: {pending_took:?} ({:?})",
+        if got.is_ok() { "ok" } else { "error" },
+        pending_got.0.as_ref().map(drop),
     );
     assert!(
         took < connect + timeout + Duration::from_secs(1),
         "build + first get took {took:?}"
+    );
+    assert_eq!(recorded, "3", "one prefix delete recorded per scope");
+    assert_eq!(
+        pending_got.1, "3",
+        "nothing applied while the nodes are stopped"
+    );
+    assert!(
+        pending_took < CONNECT + TIMEOUT + Duration::from_secs(1),
+        "build with records pending + first get took {pending_took:?}"
     );
 }
 

@@ -6,8 +6,10 @@
 //!   from the moment the backend is built (every configured node asked at once, the first
 //!   answer taken): building a cache, on either face, waits for no server. The first use of
 //!   the map waits for that reading, at most `connect_timeout` + `timeout` from the build
-//!   ([`First`]); that wait counts against the call's own bound (`CALL_DEADLINE`: its request
-//!   gets what is left of `connect_timeout` + `timeout`). It is read again on every `MOVED`, and each time a primary's probe reaches
+//!   ([`First`]); that wait counts against the call's own bound (`CALL_DEADLINE`: its
+//!   requests, a batch's to several primaries included, get what is left of its
+//!   `connect_timeout` + `timeout`; a `ping` or `info` that starts then is bounded the same
+//!   way). It is read again on every `MOVED`, and each time a primary's probe reaches
 //!   it. Until a node answers, the map is the split `redis-cli --cluster create` makes over the
 //!   configured nodes, in their order.
 //! - **Scopes**: one per configured node (`redis_cluster_nodes`, which should list the
@@ -31,8 +33,11 @@
 //!   command to the node named (the map is not changed: the slot is only being migrated). At
 //!   most three sends per command (`request.rs`).
 //! - **Prefix deletes, `clear`**: each scope scans the nodes that own its slots (`SCAN` +
-//!   single-key `UNLINK`s: a multi-key `UNLINK` across slots is refused by a cluster node), then
-//!   the nodes they are migrating slots to (`ASKING` + `UNLINK`).
+//!   single-key `UNLINK`s: a multi-key `UNLINK` across slots is refused by a cluster node) and
+//!   the nodes that took slots out of it in a resharding (a record made in the scope before
+//!   the slot moved is replayed after), then the nodes they are migrating slots to (`ASKING` +
+//!   `UNLINK`). While a scope's node does not answer, the deletes recorded for it whose keys
+//!   another scope now holds are applied through that scope (`Shards::forward_moved`).
 
 use std::cell::Cell;
 use std::collections::HashMap;
@@ -91,9 +96,10 @@ struct First {
 
 thread_local! {
     /// The deadline of the call on this thread whose routing waited for the first slot map
-    /// (its start + `connect_timeout` + `timeout`): its request gets only what is left
-    /// ([`NodeBackend::exec`] takes it). Set by [`Partition::scope_of`] for every keyed call,
-    /// `None` when it did not wait, so no call inherits another's.
+    /// (its start + `connect_timeout` + `timeout`): its requests get only what is left
+    /// ([`NodeBackend::exec`] reads it; a batch's requests to several scopes share it). Set by
+    /// [`Partition::scope_of`] (once per batch, [`Partition::scopes_of`]) at the start of every
+    /// keyed call, `None` when it did not wait, so no call inherits another's.
     static CALL_DEADLINE: Cell<Option<Instant>> = const { Cell::new(None) };
 }
 
@@ -111,6 +117,13 @@ impl First {
     /// Whether the reading is over, without waiting.
     fn is_over(&self) -> bool {
         self.over.load(Ordering::Acquire)
+    }
+
+    /// The bound of a call that starts now: `None` when the reading is over (the call waits
+    /// for nothing: its requests have their own timeouts), else now + `connect_timeout` +
+    /// `timeout`, which its wait for the reading counts against.
+    fn call_deadline(&self) -> Option<Instant> {
+        (!self.is_over()).then(|| Instant::now() + self.budget)
     }
 
     /// The reading is over (answered or not): the waiters go on.
@@ -153,11 +166,21 @@ impl Partition for Shards {
     /// The scope of `key`; the first calls wait here for the first slot map, and that wait
     /// counts against the call's own bound (`CALL_DEADLINE`).
     fn scope_of(&self, key: &str) -> usize {
-        let deadline = (!self.first.is_over()).then(|| Instant::now() + self.first.budget);
-        let slot = slot_of(self.keyspace.storage_key(key).as_bytes());
-        let scope = usize::from(self.read().scope[usize::from(slot)]);
+        self.scopes_of(&[key]).pop().unwrap_or(0)
+    }
+
+    /// The scopes of a batch; the batch waits for the first slot map once, and that wait
+    /// counts against its bound (every request of the batch shares `CALL_DEADLINE`).
+    fn scopes_of(&self, keys: &[&str]) -> Vec<usize> {
+        let deadline = self.first.call_deadline();
+        let scopes = self.place(keys);
         CALL_DEADLINE.set(deadline);
-        scope
+        scopes
+    }
+
+    /// Inside a call: its bound (`CALL_DEADLINE`) is left as its start set it.
+    fn scope_within_call(&self, key: &str) -> usize {
+        self.place(&[key]).pop().unwrap_or(0)
     }
 
     fn watch(&self, scopes: Vec<ScopeState>) {
@@ -241,6 +264,65 @@ impl Shards {
         false
     }
 
+    /// The scopes of `keys` by the map (waiting for its first reading).
+    fn place(&self, keys: &[&str]) -> Vec<usize> {
+        let map = self.read();
+        keys.iter()
+            .map(|k| {
+                let slot = slot_of(self.keyspace.storage_key(k).as_bytes());
+                usize::from(map.scope[usize::from(slot)])
+            })
+            .collect()
+    }
+
+    /// While `scope`'s node does not answer (its probe's ping just failed): applies the
+    /// deletes recorded for `scope` (by any process) whose keys this process now places in
+    /// another scope, one whose breaker is closed, through that scope (to the key's owner).
+    /// Another process whose map had not seen a resharding recorded them in the old scope;
+    /// this one, having moved the slot, reads the key from its new owner, and the old scope
+    /// replays only once its own node answers again: until then the deleted value would be
+    /// read. Applied on every failed probe (a delete is harmless twice); the records stay, for
+    /// the old scope's replay.
+    fn forward_moved(self: &Arc<Self>, scope: usize) {
+        let Some(states) = self.states.get() else {
+            return;
+        };
+        let Some(keys) = states.get(scope).and_then(ScopeState::recorded_deletes) else {
+            return;
+        };
+        if keys.is_empty() {
+            return;
+        }
+        let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let mut per: Vec<Vec<&str>> = vec![Vec::new(); states.len()];
+        for (k, to) in refs.iter().zip(self.place(&refs)) {
+            if to != scope
+                && states.get(to).is_some_and(ScopeState::is_up)
+                && let Some(keys) = per.get_mut(to)
+            {
+                keys.push(k);
+            }
+        }
+        for (to, keys) in per.iter().enumerate() {
+            if keys.is_empty() {
+                continue;
+            }
+            let through = NodeBackend {
+                shards: self.clone(),
+                scope: to,
+            };
+            match through.delete_many(keys) {
+                Ok(_) => tracing::debug!(
+                    keys = keys.len(),
+                    "deletes recorded in a scope whose node is down applied where their keys moved"
+                ),
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot apply recorded deletes where their keys moved")
+                }
+            }
+        }
+    }
+
     /// One scope per configured node: label `host:port`, identity
     /// `redis-cluster://host:port`, a [`NodeBackend`] as its primary.
     pub(crate) fn specs(self: &Arc<Self>) -> Vec<ScopeSpec> {
@@ -305,6 +387,15 @@ impl Shards {
     /// nothing of ours is there).
     fn nodes_of(&self, scope: usize) -> Vec<Addr> {
         self.read().owners_of(scope)
+    }
+
+    /// The nodes a prefix delete or a flush of `scope` reaches: those that own its slots,
+    /// then those that took slots out of it ([`slots::Map::left_to`]).
+    fn reached_by(&self, scope: usize) -> Vec<Addr> {
+        let map = self.read();
+        let mut out = map.owners_of(scope);
+        out.extend(map.left_to(scope));
+        out
     }
 
     /// The nodes `owners` are migrating slots to, not among them (one `CLUSTER NODES` each):
@@ -545,7 +636,7 @@ impl Backend for NodeBackend {
         super::super::check_prefix(&s.namespace, prefix, s.server_flush, commands::WHOLE)?;
         let pattern = commands::prefix_pattern(&self.shards.keyspace, prefix);
         let mut n = 0;
-        let owners = self.shards.nodes_of(self.scope);
+        let owners = self.shards.reached_by(self.scope);
         for addr in &owners {
             n += Self::scan_unlink(&*self.shards.node(addr)?, &pattern, false)?;
         }
@@ -563,7 +654,7 @@ impl Backend for NodeBackend {
             s.server_flush,
             commands::WHOLE_FLUSH,
             || {
-                for addr in self.shards.nodes_of(self.scope) {
+                for addr in self.shards.reached_by(self.scope) {
                     self.shards
                         .node(&addr)?
                         .run("FLUSHDB", |c| commands::flushdb().query::<()>(c.as_like()))?;
@@ -578,51 +669,25 @@ impl Backend for NodeBackend {
     /// or gained slots). When one does not answer, the map is read from another node and the
     /// owners pinged once more: after a failover the scope's slots are on the promoted
     /// replica, which is pinged instead.
+    ///
+    /// A ping that starts before the first slot map is read (the start-up recovery, `ping`
+    /// and `stats` at once after the build) is bounded like the first call: its
+    /// `connect_timeout` and `timeout` from its start, the map wait included.
     fn ping(&self) -> Result<BackendStatus> {
-        let mut before: Vec<Addr> = Vec::new();
-        loop {
-            let owners = self.shards.probed(self.scope);
-            let mut answers = Vec::with_capacity(owners.len());
-            let mut failed = None;
-            for addr in &owners {
-                match self.shards.node(addr)?.ping() {
-                    Ok(st) => answers.push(st.detail),
-                    Err(e) => {
-                        failed = Some((addr.clone(), e));
-                        break;
-                    }
-                }
-            }
-            match failed {
-                None => {
-                    if let Some(first) = owners.first()
-                        && let Err(e) = self.shards.refresh_from(first)
-                    {
-                        tracing::debug!(error = %e, "cannot read the slot map");
-                    }
-                    return Ok(BackendStatus {
-                        detail: answers.join(", "),
-                    });
-                }
-                Some((addr, e)) => {
-                    if !before.is_empty()
-                        || !self.shards.refresh_elsewhere(&addr)
-                        || self.shards.probed(self.scope) == owners
-                    {
-                        return Err(e);
-                    }
-                    before = owners;
-                }
-            }
-        }
+        let Some(deadline) = self.shards.first.call_deadline() else {
+            return self.ping_now();
+        };
+        let me = self.clone();
+        self.within(deadline, "PING", move || me.ping_now())
     }
 
+    /// The first owner's `INFO`; bounded like [`NodeBackend::ping`] before the first slot map.
     fn info(&self) -> Result<Vec<(String, String)>> {
-        let first = self.shards.probed(self.scope).into_iter().next();
-        let Some(addr) = first else {
-            return Ok(Vec::new());
+        let Some(deadline) = self.shards.first.call_deadline() else {
+            return self.info_now();
         };
-        self.shards.node(&addr)?.info()
+        let me = self.clone();
+        self.within(deadline, "INFO", move || me.info_now())
     }
 
     fn keys(&self, prefix: &str, limit: usize) -> Result<Vec<crate::backend::EntryInfo>> {
@@ -702,5 +767,57 @@ impl Backend for NodeBackend {
             n += self.convert::<u64>("UNLINK", v)?;
         }
         Ok(n)
+    }
+}
+
+impl NodeBackend {
+    /// [`Backend::ping`]'s work, unbounded but by each request's timeouts.
+    fn ping_now(&self) -> Result<BackendStatus> {
+        let mut before: Vec<Addr> = Vec::new();
+        loop {
+            let owners = self.shards.probed(self.scope);
+            let mut answers = Vec::with_capacity(owners.len());
+            let mut failed = None;
+            for addr in &owners {
+                match self.shards.node(addr)?.ping() {
+                    Ok(st) => answers.push(st.detail),
+                    Err(e) => {
+                        failed = Some((addr.clone(), e));
+                        break;
+                    }
+                }
+            }
+            match failed {
+                None => {
+                    if let Some(first) = owners.first()
+                        && let Err(e) = self.shards.refresh_from(first)
+                    {
+                        tracing::debug!(error = %e, "cannot read the slot map");
+                    }
+                    return Ok(BackendStatus {
+                        detail: answers.join(", "),
+                    });
+                }
+                Some((addr, e)) => {
+                    if !before.is_empty()
+                        || !self.shards.refresh_elsewhere(&addr)
+                        || self.shards.probed(self.scope) == owners
+                    {
+                        self.shards.forward_moved(self.scope);
+                        return Err(e);
+                    }
+                    before = owners;
+                }
+            }
+        }
+    }
+
+    /// [`Backend::info`]'s work.
+    fn info_now(&self) -> Result<Vec<(String, String)>> {
+        let first = self.shards.probed(self.scope).into_iter().next();
+        let Some(addr) = first else {
+            return Ok(Vec::new());
+        };
+        self.shards.node(&addr)?.info()
     }
 }

@@ -18,15 +18,18 @@
 //!   deadline, so that a request (one command or one pipeline) ends within `timeout` whatever
 //!   the server does. A TLS connection is ours too ([`tls`]: rustls over a socket bounded the
 //!   same way), and so is a connection to a Sentinel or to the master it names.
+//! - its connect does not bound the host name's lookup, nor a unix socket's connect (which
+//!   blocks on a full backlog): [`dial`] bounds both by the same `connect_timeout`.
 
 use std::io::{Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
+use std::net::TcpStream;
 #[cfg(unix)]
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 use redis::{ConnectionAddr, ConnectionLike, RedisError, RedisResult, Value};
 
+mod dial;
 #[cfg(feature = "tls")]
 mod tls;
 #[cfg(feature = "tls")]
@@ -159,7 +162,7 @@ impl Own {
                 )?))
             }
             #[cfg(unix)]
-            (ConnectionAddr::Unix(path), _) => Stream::Unix(UnixStream::connect(path)?),
+            (ConnectionAddr::Unix(path), _) => Stream::Unix(dial::unix(path, deadline)?),
             _ => {
                 return Err(RedisError::from((
                     redis::ErrorKind::InvalidClientConfig,
@@ -181,7 +184,7 @@ impl Own {
 
     fn tcp(host: &str, port: u16, deadline: Instant) -> RedisResult<TcpStream> {
         let mut last = None;
-        for a in (host, port).to_socket_addrs()? {
+        for a in dial::resolve(host, port, deadline)? {
             match TcpStream::connect_timeout(&a, left(deadline)?) {
                 Ok(s) => {
                     s.set_nodelay(true)?;

@@ -77,9 +77,7 @@ use std::borrow::Cow;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
-
-use tracing::info;
+use std::time::Duration;
 
 use self::breaker::{Breaker, Health};
 use self::generation::GenerationView;
@@ -216,16 +214,11 @@ impl Resilient {
                 *write(&shared.primary) = Some(p);
                 shared.breaker.hold_down();
                 shared.join_outage();
-                // For at most one operation timeout here (a short-lived process, the CLI, is
-                // then served by the primary at once when the journal is short), the rest in
-                // the background, at once: the cache serves from the fallback meanwhile.
-                let deadline = Instant::now() + shared.cfg.startup_wait;
-                if !shared.try_recover(Some(deadline)) {
-                    info!(
-                        backend = shared.cfg.name,
-                        "recorded invalidations are being applied in the background; serving from the fallback meanwhile"
-                    );
-                }
+                // Waits for at most one operation timeout (a short-lived process, the CLI, is
+                // then served by the primary at once when the journal is short); the recovery
+                // goes on in the background, and starts the loop when it ends.
+                Shared::recover_at_start(&shared);
+                return Resilient { shared };
             }
             Ok(p) => *write(&shared.primary) = Some(p),
             Err(e) => Shared::failed(&shared, true, &e),

@@ -65,6 +65,49 @@ impl Shared {
         }
     }
 
+    /// The first recovery of a cache built with invalidations recorded (the breaker held
+    /// down): run on a thread of its own, which starts the background loop when it ends, while
+    /// the caller waits for it at most one operation timeout (`startup_wait`), whatever the
+    /// server does (a stopped one accepts the connection and never answers: pinging it, and on
+    /// a Redis Cluster first waiting for the slot map and asking the other nodes for it, costs
+    /// several timeouts) and however long the journal. The scope serves from the fallback
+    /// until the recovery has applied every record, so a caller that stops waiting reads
+    /// nothing stale. A thread the system refuses is replaced by recovering here, bounded by
+    /// the replay's deadline as before.
+    pub(super) fn recover_at_start(this: &Arc<Shared>) {
+        let wait = this.cfg.startup_wait;
+        if wait.is_zero() {
+            // Nobody waits: the background loop recovers, at once.
+            return Shared::start_probe(this, Duration::ZERO);
+        }
+        let deadline = Instant::now() + wait;
+        let recover = move |s: Arc<Shared>, done: std::sync::mpsc::Sender<bool>| {
+            let up = s.try_recover(Some(deadline));
+            let _ = done.send(up);
+            let first = if up { s.cfg.retry } else { Duration::ZERO };
+            Shared::start_probe(&s, first);
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        let s = this.clone();
+        let spawned = std::thread::Builder::new()
+            .name("ddf-start-replay".to_owned())
+            .spawn(move || recover(s, tx));
+        let up = match spawned {
+            Ok(_) => rx.recv_timeout(wait).unwrap_or(false),
+            Err(_) => {
+                let (tx, rx) = std::sync::mpsc::channel();
+                recover(this.clone(), tx);
+                rx.try_recv().unwrap_or(false)
+            }
+        };
+        if !up {
+            info!(
+                backend = this.cfg.name,
+                "recorded invalidations are being applied in the background; serving from the fallback meanwhile"
+            );
+        }
+    }
+
     /// One run of the background loop.
     fn tick(self: &Arc<Self>) {
         if self.breaker.is_up() {

@@ -37,6 +37,18 @@ pub(crate) trait Partition: Send + Sync + fmt::Debug + 'static {
     /// `redis/cluster.rs`).
     fn scope_of(&self, key: &str) -> usize;
 
+    /// The scopes of a batch's keys, in order: one call (a batch), so that a partition that
+    /// bounds a call by when it started (a Redis Cluster's first slot-map wait) sees it once.
+    fn scopes_of(&self, keys: &[&str]) -> Vec<usize> {
+        keys.iter().map(|k| self.scope_of(k)).collect()
+    }
+
+    /// The scope of `key` asked in the middle of a call ([`PerScope::follow_moves`]), which
+    /// must not count as a new call's start. The default is [`Partition::scope_of`].
+    fn scope_within_call(&self, key: &str) -> usize {
+        self.scope_of(key)
+    }
+
     /// Told once the scopes are built (in their order) how to see their state: a partition
     /// that can move a key from one scope to another (a Redis Cluster's resharding) moves it
     /// only out of a scope with nothing to replay. The default ignores it.
@@ -59,6 +71,21 @@ impl ScopeState {
     /// The scope's breaker is closed (its primary serves its keys).
     pub(crate) fn is_up(&self) -> bool {
         self.0.upgrade().is_some_and(|s| s.breaker.is_up())
+    }
+
+    /// The keys of the deletes recorded for the scope (by this process or another); `None`
+    /// when the journal cannot be read.
+    pub(crate) fn recorded_deletes(&self) -> Option<Vec<String>> {
+        let s = self.0.upgrade()?;
+        let ops = s.journal.read(&s.cfg.scope).ok()?;
+        Some(
+            ops.into_iter()
+                .filter_map(|(_, op)| match op {
+                    PendingOp::Delete(k) => Some(k.into_owned()),
+                    _ => None,
+                })
+                .collect(),
+        )
     }
 
     /// The scope may give a key away: its breaker is closed and nothing is recorded for it
@@ -393,11 +420,22 @@ impl Routing {
         self.partition.scope_of(key).min(self.n.saturating_sub(1))
     }
 
+    /// The scope that serves `key` asked in the middle of a call ([`PerScope::follow_moves`]),
+    /// which must not count as a new call's start ([`Partition::scope_within_call`]).
+    pub(crate) fn index_within_call(&self, key: &str) -> usize {
+        self.partition
+            .scope_within_call(key)
+            .min(self.n.saturating_sub(1))
+    }
+
     /// A batch split by scope: one part per scope that has items, in scope order.
+    /// The batch's scopes are asked in one call ([`Partition::scopes_of`]), so that a partition
+    /// that bounds a call by when it started (a Redis Cluster's first slot-map wait) sees it once.
     pub(crate) fn parts<T: Clone>(&self, items: &[T], key: impl Fn(&T) -> &str) -> Vec<Part<T>> {
         let mut groups = vec![Vec::new(); self.n];
-        for (i, item) in items.iter().enumerate() {
-            groups[self.index(key(item))].push(i);
+        let keys: Vec<&str> = items.iter().map(key).collect();
+        for (i, s) in self.partition.scopes_of(&keys).into_iter().enumerate() {
+            groups[s.min(self.n.saturating_sub(1))].push(i);
         }
         groups
             .into_iter()
@@ -542,7 +580,7 @@ impl PerScope {
         for (to, scope) in self.scopes.iter().enumerate() {
             let moved: Vec<PendingOp> = keys
                 .iter()
-                .filter(|k| to != from && self.index(k) == to)
+                .filter(|k| to != from && self.routing.index_within_call(k) == to)
                 .map(|k| PendingOp::Delete(std::borrow::Cow::Borrowed(*k)))
                 .collect();
             if moved.is_empty() {

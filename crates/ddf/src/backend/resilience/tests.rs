@@ -6,6 +6,7 @@ use crate::backend::none::NoneBackend;
 use crate::config::FallbackMode;
 use probe::{Body, ThreadSpawn};
 use std::ops::ControlFlow;
+use std::time::Instant;
 
 #[derive(Debug)]
 struct Switchable {

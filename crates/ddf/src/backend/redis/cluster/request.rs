@@ -60,14 +60,27 @@ impl NodeBackend {
     /// does not count toward the breaker). Replies in order.
     ///
     /// A call whose routing waited for the first slot map gets only what is left of its own
-    /// bound (`connect_timeout` + `timeout` from its start): its request runs on a thread of
-    /// its own, given up (a temporary error, as a timeout) when that time is over; nothing is
-    /// sent when none is left.
+    /// bound (`connect_timeout` + `timeout` from its start; a batch's requests to several
+    /// scopes share it): see [`NodeBackend::within`].
     pub(super) fn exec(&self, what: &str, cmds: &[Keyed]) -> Result<Vec<Value>> {
-        let Some(deadline) = super::CALL_DEADLINE.take() else {
+        let Some(deadline) = super::CALL_DEADLINE.get() else {
             return self.exec_now(what, cmds);
         };
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let (me, owned, label) = (self.clone(), cmds.to_vec(), what.to_owned());
+        self.within(deadline, what, move || me.exec_now(&label, &owned))
+    }
+
+    /// Runs `f` (requests of a call that started before the first slot map was read) on a
+    /// thread of its own and gives it up at `deadline` (a temporary error, as a timeout; the
+    /// thread ends within its requests' own timeouts, its result dropped); nothing is run when
+    /// no time is left. A thread the system refuses is replaced by running `f` here, bounded
+    /// by its requests' own timeouts.
+    pub(super) fn within<T: Send + 'static>(
+        &self,
+        deadline: std::time::Instant,
+        what: &str,
+        f: impl FnOnce() -> Result<T> + Send + 'static,
+    ) -> Result<T> {
         let out_of_time = || Error::Backend {
             backend: super::super::NAME,
             message: format!(
@@ -78,19 +91,28 @@ impl NodeBackend {
             temporary: true,
             source: None,
         };
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
         if left.is_zero() {
             return Err(out_of_time());
         }
+        // Shared with the thread, so that a thread the system refuses leaves `f` to run here.
+        let job = std::sync::Arc::new(std::sync::Mutex::new(Some(f)));
+        let take = |job: &std::sync::Mutex<Option<_>>| {
+            job.lock().unwrap_or_else(|p| p.into_inner()).take()
+        };
         let (tx, rx) = std::sync::mpsc::channel();
-        let (me, owned, label) = (self.clone(), cmds.to_vec(), what.to_owned());
+        let theirs = job.clone();
         let spawned = std::thread::Builder::new()
             .name("ddf-cluster-first".to_owned())
             .spawn(move || {
-                let _ = tx.send(me.exec_now(&label, &owned));
+                if let Some(f) = take(&theirs) {
+                    let _ = tx.send(f());
+                }
             });
-        if spawned.is_err() {
-            // No thread to be had: the request runs here, bounded by its own timeouts.
-            return self.exec_now(what, cmds);
+        if spawned.is_err()
+            && let Some(f) = take(&job)
+        {
+            return f();
         }
         rx.recv_timeout(left).unwrap_or_else(|_| Err(out_of_time()))
     }

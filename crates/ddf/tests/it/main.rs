@@ -31,9 +31,9 @@ mod memcached_hostile;
 mod memo;
 #[cfg(feature = "redis")]
 mod near;
-mod near_file;
 #[cfg(feature = "redis")]
 mod near_cluster;
+mod near_file;
 #[cfg(all(feature = "redis", feature = "memcached"))]
 mod outage;
 #[cfg(all(feature = "redis", feature = "memcached"))]

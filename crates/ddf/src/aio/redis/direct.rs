@@ -432,4 +432,42 @@ mod tests {
         ddf_testkit::redis_cli(server.port(), &["CLIENT", "KILL", "TYPE", "normal"]);
         assert_eq!(get(&d, "k").await.as_deref(), Some(&b"v"[..]));
     }
+
+    /// `AUTH` and `SELECT` at set-up, over TCP and over a unix socket; a wrong password is the
+    /// server's error reply.
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn password_and_db_over_tcp_and_unix() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("r.sock");
+        let Some(server) = RedisServer::start_with(&[
+            "--requirepass",
+            "pw",
+            "--unixsocket",
+            sock.to_str().unwrap(),
+        ]) else {
+            return;
+        };
+        let t = Duration::from_secs(5);
+        let at = |url: String| Direct::new(&redis::Client::open(url).unwrap(), t, t);
+        let tcp = at(format!("redis://:pw@127.0.0.1:{}/3", server.port()));
+        set(&tcp, "k", b"v").await;
+        let unix = at(format!("unix://{}?db=3&pass=pw", sock.display()));
+        assert_eq!(get(&unix, "k").await.as_deref(), Some(&b"v"[..]));
+        let out = ddf_testkit::redis_cli(
+            server.port(),
+            &["--no-auth-warning", "-a", "pw", "-n", "3", "GET", "k"],
+        );
+        assert_eq!(out.trim(), "v");
+        let wrong = at(format!("redis://:nope@127.0.0.1:{}/3", server.port()));
+        let e = wrong
+            .hot(|b| resp::get(b, b"k"), resp::bulk)
+            .await
+            .expect("free")
+            .unwrap_err();
+        // As the sync face's set-up reads it (`conn.rs`): the server's error, not temporary.
+        assert_eq!(e.code(), Some("WRONGPASS"), "{e}");
+        assert!(!e.is_timeout() && !e.is_io_error(), "{e}");
+        assert!(vacant(&wrong));
+    }
 }

@@ -102,7 +102,8 @@ pub(crate) fn set(buf: &mut Vec<u8>, key: &[u8], data: &[u8], ttl: Option<Durati
     }
 }
 
-/// Any command of bulk string arguments (the connection set-up's `AUTH` and `SELECT`).
+/// Any command of bulk string arguments (the async connection set-up's `AUTH` and `SELECT`).
+#[cfg(feature = "async")]
 pub(crate) fn command(buf: &mut Vec<u8>, args: &[&[u8]]) {
     push_len(buf, args.len() as u64);
     for a in args {
@@ -218,6 +219,9 @@ pub(crate) fn parse(buf: &[u8]) -> Result<Parsed<Reply<'_>>, RespError> {
 ///
 /// # Errors
 /// As above: a [`redis::ErrorKind::Parse`] error naming what was wrong.
+// Only the async face calls it so far; the sync `Bounded::recv_hot` (`conn.rs`) holds the
+// same steps inline and should call it too.
+#[cfg_attr(not(feature = "async"), allow(dead_code))]
 pub(crate) fn whole<T>(
     buf: &[u8],
     read: impl FnOnce(Reply<'_>) -> redis::RedisResult<T>,
@@ -244,6 +248,7 @@ pub(crate) fn whole<T>(
 impl RespError {
     /// As redis-rs's own parse errors are (the backend's error mapping says "a reply that is
     /// not RESP"; this names the form only).
+    #[cfg_attr(not(feature = "async"), allow(dead_code))]
     pub(crate) fn into_redis(self) -> redis::RedisError {
         redis::RedisError::from((redis::ErrorKind::Parse, "RESP2", self.0))
     }

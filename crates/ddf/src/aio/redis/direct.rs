@@ -470,4 +470,23 @@ mod tests {
         assert!(!e.is_timeout() && !e.is_io_error(), "{e}");
         assert!(vacant(&wrong));
     }
+
+    /// A connection left idle by a runtime that has ended (the global cache used from one
+    /// test's runtime, then another's) is replaced, not an error.
+    #[test]
+    fn a_connection_outliving_its_runtime_is_replaced() {
+        let Some(server) = RedisServer::start() else {
+            return;
+        };
+        let d = direct(&server);
+        let rt = || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+        };
+        rt().block_on(set(&d, "k", b"v"));
+        assert!(!vacant(&d));
+        assert_eq!(rt().block_on(get(&d, "k")).as_deref(), Some(&b"v"[..]));
+    }
 }

@@ -2,6 +2,7 @@
 //!
 //! - Redis: gets/s of `AsyncCacheManager` with 1, 16, 64, 256 tasks, of the sync face with the
 //!   same number of threads, and of `redis-benchmark -c <n> -P 1 -t get` at 1 and 64 clients;
+//!   the mean `get` and `set` latency of one task (async) and one thread (sync);
 //! - Memcached: gets/s of the async face with those tasks, and of the sync face with 2 threads;
 //! - file: median `get` and `set` of the sync face inline, of the same calls moved to the
 //!   blocking pool (`spawn_blocking`), and of the async face (reads inline, writes moved).
@@ -88,6 +89,71 @@ fn sync_gets(cache: &CacheManager, threads: usize, secs: f64) -> f64 {
         stop.store(true, Ordering::Relaxed);
     });
     count.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
+}
+
+/// Microseconds per call of one task (async face) and one thread (sync face), for `get` and
+/// `set` of a 100-byte value: twenty alternating windows of `secs / 20` each (so that a change
+/// in the machine's load falls on both faces alike); the mean of the best window of each face
+/// (the least disturbed by other work on the machine) and the mean over all windows.
+fn one_caller(
+    rt: &tokio::runtime::Runtime,
+    a: &AsyncCacheManager,
+    s: &CacheManager,
+    secs: f64,
+) -> Vec<(&'static str, [f64; 4])> {
+    let window = secs / 20.0;
+    let mut rows = Vec::new();
+    for op in ["get", "set"] {
+        let (mut async_t, mut async_n, mut sync_t, mut sync_n) = (0.0, 0u64, 0.0, 0u64);
+        let (mut async_best, mut sync_best) = (f64::MAX, f64::MAX);
+        for _ in 0..20 {
+            let a = a.clone();
+            let (t, n) = rt.block_on(async move {
+                tokio::spawn(async move {
+                    let (v, start) = (value(), Instant::now());
+                    let mut n = 0u64;
+                    while start.elapsed().as_secs_f64() < window {
+                        let key = format!("bench:{}", n as usize % KEYS);
+                        if op == "get" {
+                            let _ = a.get::<String>(&key).await;
+                        } else {
+                            let _ = a.set(&key, &v, None).await;
+                        }
+                        n += 1;
+                    }
+                    (start.elapsed().as_secs_f64(), n)
+                })
+                .await
+                .unwrap_or((0.0, 0))
+            });
+            (async_t, async_n) = (async_t + t, async_n + n);
+            async_best = async_best.min(t * 1e6 / n.max(1) as f64);
+            let (v, start) = (value(), Instant::now());
+            let mut n = 0u64;
+            while start.elapsed().as_secs_f64() < window {
+                let key = format!("bench:{}", n as usize % KEYS);
+                if op == "get" {
+                    let _ = s.get::<String>(&key);
+                } else {
+                    let _ = s.set(&key, &v, None);
+                }
+                n += 1;
+            }
+            let t = start.elapsed().as_secs_f64();
+            (sync_t, sync_n) = (sync_t + t, sync_n + n);
+            sync_best = sync_best.min(t * 1e6 / n.max(1) as f64);
+        }
+        rows.push((
+            op,
+            [
+                async_best,
+                sync_best,
+                async_t * 1e6 / async_n as f64,
+                sync_t * 1e6 / sync_n as f64,
+            ],
+        ));
+    }
+    rows
 }
 
 /// `redis-benchmark -c clients -P 1 -t get`: requests per second.
@@ -192,6 +258,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let s = sync_gets(&sync_r, n, secs);
             let rb = redis_benchmark(redis.port(), n).map_or("-".to_owned(), |r| format!("{r:.0}"));
             println!("| {n} | {a:.0} | {s:.0} | {rb} |");
+        }
+        println!(
+            "\n## Redis, one caller: µs per call, best window / all windows (value 100 B, {secs} s per cell)"
+        );
+        println!("| op | async face (1 task) | sync face (1 thread) | async speed ÷ sync |");
+        println!("|---|---|---|---|");
+        for (op, [ab, sb, a, s]) in one_caller(&rt, &async_r, &sync_r, secs) {
+            println!(
+                "| {op} | {ab:.1} / {a:.1} | {sb:.1} / {s:.1} | {:.2}x / {:.2}x |",
+                sb / ab,
+                s / a
+            );
         }
     }
 

@@ -23,6 +23,15 @@
 //!   restarted, or the runtime that drove it ended) is forgotten; the next call connects again,
 //!   and a call that met a dead connection is retried once on a fresh one (as the sync pool
 //!   retries a dead pooled connection once). Timeouts are never retried.
+//! - **One task, one poll**: `GET`, `SET` and `UNLINK` of one key go first to a caller-driven
+//!   connection ([`direct`]: the calling task writes and reads the socket itself, with the sync
+//!   hot path's RESP2 code) when it is free; a task that finds it busy pipelines on the
+//!   multiplexed connection. TLS and RESP3 targets use the multiplexed connection only.
+
+mod direct;
+mod keys;
+
+use keys::{on_node, per_key, primaries, scan_unlink, unlink};
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -35,7 +44,7 @@ use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::{AsyncConnectionConfig, Cmd, FromRedisValue, RedisError, RedisResult};
 
 use super::backend::{AsyncBackend, BoxFuture, Noted};
-use crate::backend::redis::{AsyncClient, RedisBackend, commands};
+use crate::backend::redis::{AsyncClient, RedisBackend, commands, resp};
 use crate::backend::{BackendStatus, ClearPlan, Item, check_prefix, clear_plan};
 use crate::error::{Error, Result};
 
@@ -69,6 +78,8 @@ pub(crate) struct AsyncRedis {
     /// Key layout, error mapping, place and settings: the sync backend's.
     core: Arc<RedisBackend>,
     client: AsyncClient,
+    /// The caller-driven connection (standalone targets only).
+    direct: Option<direct::Direct>,
     timeout: Duration,
     connect_timeout: Duration,
     /// The shared connection, once open.
@@ -110,9 +121,14 @@ impl AsyncRedis {
         connect_timeout: Duration,
     ) -> Option<Self> {
         let client = core.async_client()?;
+        let direct = match &client {
+            AsyncClient::Single(c) => Some(direct::Direct::new(c, timeout, connect_timeout)),
+            AsyncClient::Cluster(_) => None,
+        };
         Some(AsyncRedis {
             core,
             client,
+            direct,
             timeout,
             connect_timeout,
             current: Mutex::new(None),
@@ -130,6 +146,25 @@ impl AsyncRedis {
 
     fn forget(&self) {
         *self.current.lock().unwrap_or_else(PoisonError::into_inner) = None;
+    }
+
+    /// A hot command on the caller-driven connection, `None` when it is busy (see [`direct`]).
+    async fn hot<T>(
+        &self,
+        what: &str,
+        encode: impl Fn(&mut Vec<u8>),
+        read: impl Fn(resp::Reply<'_>) -> RedisResult<T>,
+    ) -> Option<Result<T>> {
+        let d = self.direct.as_ref()?;
+        if tokio::runtime::Handle::try_current().is_err() {
+            // The multiplexed path says what is missing.
+            return None;
+        }
+        Some(
+            d.hot(encode, read)
+                .await?
+                .map_err(|e| self.core.map_err(what, &e)),
+        )
     }
 
     /// The shared connection, opened (once, whoever asks first) if there is none.
@@ -250,81 +285,16 @@ impl AsyncRedis {
     }
 }
 
-/// `host:port` of every primary of the cluster.
-async fn primaries(cc: &mut ClusterConnection) -> RedisResult<Vec<(String, u16)>> {
-    let v = cc
-        .route_command(
-            commands::cluster_nodes(),
-            RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
-        )
-        .await?;
-    let text: String = redis::from_redis_value(v)?;
-    Ok(commands::parse_cluster_nodes(&text))
-}
-
-fn on_node(host: &str, port: u16) -> RoutingInfo {
-    RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
-        host: host.to_owned(),
-        port,
-    })
-}
-
-/// `name key` for every key, sent at once on the cluster connection (it pipelines them per
-/// node), the replies in order.
-async fn per_key<T: FromRedisValue>(
-    cc: &ClusterConnection,
-    name: &str,
-    keys: &[String],
-) -> RedisResult<Vec<T>> {
-    let calls = keys.iter().map(|k| {
-        let mut cc = cc.clone();
-        let mut cmd = redis::cmd(name);
-        cmd.arg(k);
-        async move { cmd.query_async::<T>(&mut cc).await }
-    });
-    futures_util::future::join_all(calls)
-        .await
-        .into_iter()
-        .collect()
-}
-
-/// `UNLINK` of many keys; the number removed.
-async fn unlink(c: &mut Conn, keys: &[String]) -> RedisResult<u64> {
-    match c {
-        Conn::Single(_) => c.query(&commands::unlink(keys)).await,
-        Conn::Cluster(cc) => Ok(per_key::<u64>(cc, "UNLINK", keys).await?.iter().sum()),
-    }
-}
-
-/// SCAN + UNLINK of `pattern` on the connection or one node of the cluster.
-async fn scan_unlink(
-    c: &mut Conn,
-    pattern: &str,
-    node: Option<&(String, u16)>,
-) -> RedisResult<u64> {
-    let mut cursor = 0u64;
-    let mut removed = 0u64;
-    loop {
-        let scan = commands::scan(cursor, pattern);
-        let (next, keys): (u64, Vec<String>) = match (&mut *c, node) {
-            (Conn::Cluster(cc), Some((host, port))) => {
-                redis::from_redis_value(cc.route_command(scan, on_node(host, *port)).await?)?
-            }
-            (c, _) => c.query(&scan).await?,
-        };
-        if !keys.is_empty() {
-            removed += unlink(c, &keys).await?;
-        }
-        if next == 0 {
-            return Ok(removed);
-        }
-        cursor = next;
-    }
-}
-
 impl AsyncRedis {
     async fn get_item(&self, key: &str) -> Result<Option<Item>> {
-        let cmd = &commands::get(&self.key(key));
+        let k = self.key(key);
+        if let Some(r) = self
+            .hot("GET", |b| resp::get(b, k.as_bytes()), resp::bulk)
+            .await
+        {
+            return Ok(r?.map(Item::unflagged));
+        }
+        let cmd = &commands::get(&k);
         let v: Option<Vec<u8>> = self
             .run("GET", |mut c| async move { c.query(cmd).await })
             .await?;
@@ -340,7 +310,19 @@ impl AsyncRedis {
     }
 
     async fn set_item(&self, key: &str, item: &Item, ttl: Option<Duration>) -> Result<()> {
-        let cmd = &commands::set(&self.key(key), &item.data, ttl);
+        let k = self.key(key);
+        if let Some(r) = self
+            .hot(
+                "SET",
+                |b| resp::set(b, k.as_bytes(), &item.data, ttl),
+                // redis-rs reads any reply that is not an error as `()`: the same here.
+                |_| Ok(()),
+            )
+            .await
+        {
+            return r;
+        }
+        let cmd = &commands::set(&k, &item.data, ttl);
         self.run("SET", |mut c| async move { c.query::<()>(cmd).await })
             .await
     }
@@ -531,7 +513,14 @@ impl AsyncBackend for AsyncRedis {
 
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<bool>> {
         Box::pin(async move {
-            let ks: &[String] = &[self.key(key)];
+            let k = self.key(key);
+            if let Some(r) = self
+                .hot("UNLINK", |b| resp::unlink(b, k.as_bytes()), resp::int_reply)
+                .await
+            {
+                return Ok(r? > 0);
+            }
+            let ks: &[String] = &[k];
             let n = self
                 .run("UNLINK", |mut c| async move { unlink(&mut c, ks).await })
                 .await?;
@@ -557,6 +546,9 @@ impl AsyncBackend for AsyncRedis {
 
     fn close(&self) {
         self.forget();
+        if let Some(d) = &self.direct {
+            d.close();
+        }
     }
 
     fn get_many<'a>(&'a self, keys: &'a [&'a str]) -> BoxFuture<'a, Result<Vec<Option<Item>>>> {

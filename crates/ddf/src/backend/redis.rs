@@ -111,30 +111,6 @@ impl Conn {
     }
 }
 
-/// A hot reply that is not the type its command answers with.
-fn unexpected(reply: &resp::Reply<'_>, command: &'static str) -> redis::RedisError {
-    redis::RedisError::from((
-        redis::ErrorKind::UnexpectedReturnType,
-        "unexpected reply type",
-        {
-            // The kind and at most 40 bytes: a misbehaving peer's bulk reply is not copied
-            // whole into the message.
-            let (kind, bytes): (&str, &[u8]) = match reply {
-                resp::Reply::Status(b) => ("a status", b),
-                resp::Reply::Int(_) => ("an integer", b""),
-                resp::Reply::Bulk(Some(b)) => ("a bulk string", b),
-                resp::Reply::Bulk(None) => ("nil", b""),
-                resp::Reply::Error(b) => ("an error", b),
-            };
-            let shown = String::from_utf8_lossy(&bytes[..bytes.len().min(40)]);
-            format!(
-                "{kind} ({} bytes: {shown:?}) in reply to {command}",
-                bytes.len()
-            )
-        },
-    ))
-}
-
 /// A small connection pool.
 ///
 /// Hand-written rather than r2d2: r2d2's `ManageConnection` for redis has no connect timeout,
@@ -694,10 +670,7 @@ impl Backend for RedisBackend {
         let v: Option<Vec<u8>> = self.run("GET", |c| {
             c.hot(
                 |b| resp::get(b, k.as_bytes()),
-                |r| match r {
-                    resp::Reply::Bulk(v) => Ok(v.map(<[u8]>::to_vec)),
-                    r => Err(unexpected(&r, "GET")),
-                },
+                resp::bulk,
                 |c| commands::get(&k).query(c),
             )
         })?;
@@ -750,10 +723,7 @@ impl Backend for RedisBackend {
         let n: i64 = self.run("UNLINK", |c| {
             c.hot(
                 |b| resp::unlink(b, k.as_bytes()),
-                |r| match r {
-                    resp::Reply::Int(n) => Ok(n),
-                    r => Err(unexpected(&r, "UNLINK")),
-                },
+                resp::int_reply,
                 |c| commands::unlink(&[&k]).query(c),
             )
         })?;

@@ -1,6 +1,7 @@
 //! RESP2 for the hot commands (`GET`, `SET [PX]`, `UNLINK`), pure over byte buffers: request
 //! encoding and a reply parser. No I/O here: the sync plain and unix connections
-//! ([`super::conn`]) feed these functions, and an async transport can feed the same ones.
+//! ([`super::conn`]) feed these functions, and so does the async face's caller-driven
+//! connection (`aio/redis/direct.rs`, through [`whole`]).
 //!
 //! Why by hand, beside redis-rs (which still sends and parses everything else): on the write
 //! path redis-rs builds a `Cmd` (two vectors), packs it into a third, parses the reply with a
@@ -98,6 +99,15 @@ pub(crate) fn set(buf: &mut Vec<u8>, key: &[u8], data: &[u8], ttl: Option<Durati
         let mut ms = Vec::with_capacity(20);
         push_uint(&mut ms, super::commands::millis(t));
         push_arg(buf, &ms);
+    }
+}
+
+/// Any command of bulk string arguments (the async connection set-up's `AUTH` and `SELECT`).
+#[cfg(feature = "async")]
+pub(crate) fn command(buf: &mut Vec<u8>, args: &[&[u8]]) {
+    push_len(buf, args.len() as u64);
+    for a in args {
+        push_arg(buf, a);
     }
 }
 
@@ -199,6 +209,95 @@ pub(crate) fn parse(buf: &[u8]) -> Result<Parsed<Reply<'_>>, RespError> {
             char::from(other)
         ))),
     }
+}
+
+/// The one reply to one command, when `buf` (everything received since the request was sent)
+/// holds it whole: `Ok(None)` when more must be read; `Ok(Some(r))` with `read`'s result, or an
+/// error reply as redis-rs classifies it (`READONLY`, `LOADING`...: the connection stays in
+/// step). The outer error means the connection is out of step (bytes that are not RESP2, or
+/// bytes after the reply, which RESP2 never sends unasked): drop it.
+///
+/// # Errors
+/// As above: a [`redis::ErrorKind::Parse`] error naming what was wrong.
+// Only the async face calls it so far; the sync `Bounded::recv_hot` (`conn.rs`) holds the
+// same steps inline and should call it too.
+#[cfg_attr(not(feature = "async"), allow(dead_code))]
+pub(crate) fn whole<T>(
+    buf: &[u8],
+    read: impl FnOnce(Reply<'_>) -> redis::RedisResult<T>,
+) -> redis::RedisResult<Option<redis::RedisResult<T>>> {
+    match parse(buf).map_err(RespError::into_redis)? {
+        Parsed::Incomplete => Ok(None),
+        Parsed::Done(reply, used) if used == buf.len() => Ok(Some(match reply {
+            Reply::Error(raw) => match redis::parse_redis_value(raw) {
+                Ok(redis::Value::ServerError(e)) => Err(e.into()),
+                Ok(_) => Err(
+                    RespError("an error reply redis-rs reads as no error".to_owned()).into_redis(),
+                ),
+                Err(e) => Err(e),
+            },
+            r => read(r),
+        })),
+        Parsed::Done(..) => Err(RespError(
+            "bytes after the reply to one command: the connection is out of step".to_owned(),
+        )
+        .into_redis()),
+    }
+}
+
+impl RespError {
+    /// As redis-rs's own parse errors are (the backend's error mapping says "a reply that is
+    /// not RESP"; this names the form only).
+    #[cfg_attr(not(feature = "async"), allow(dead_code))]
+    pub(crate) fn into_redis(self) -> redis::RedisError {
+        redis::RedisError::from((redis::ErrorKind::Parse, "RESP2", self.0))
+    }
+}
+
+/// `GET`'s reader: a bulk string or nil.
+///
+/// # Errors
+/// Any other reply ([`unexpected`]).
+pub(crate) fn bulk(r: Reply<'_>) -> redis::RedisResult<Option<Vec<u8>>> {
+    match r {
+        Reply::Bulk(v) => Ok(v.map(<[u8]>::to_vec)),
+        r => Err(unexpected(&r, "GET")),
+    }
+}
+
+/// `UNLINK`'s reader: an integer.
+///
+/// # Errors
+/// Any other reply ([`unexpected`]).
+pub(crate) fn int_reply(r: Reply<'_>) -> redis::RedisResult<i64> {
+    match r {
+        Reply::Int(n) => Ok(n),
+        r => Err(unexpected(&r, "UNLINK")),
+    }
+}
+
+/// A hot reply that is not the type its command answers with.
+pub(crate) fn unexpected(reply: &Reply<'_>, command: &'static str) -> redis::RedisError {
+    redis::RedisError::from((
+        redis::ErrorKind::UnexpectedReturnType,
+        "unexpected reply type",
+        {
+            // The kind and at most 40 bytes: a misbehaving peer's bulk reply is not copied
+            // whole into the message.
+            let (kind, bytes): (&str, &[u8]) = match reply {
+                Reply::Status(b) => ("a status", b),
+                Reply::Int(_) => ("an integer", b""),
+                Reply::Bulk(Some(b)) => ("a bulk string", b),
+                Reply::Bulk(None) => ("nil", b""),
+                Reply::Error(b) => ("an error", b),
+            };
+            let shown = String::from_utf8_lossy(&bytes[..bytes.len().min(40)]);
+            format!(
+                "{kind} ({} bytes: {shown:?}) in reply to {command}",
+                bytes.len()
+            )
+        },
+    ))
 }
 
 #[cfg(test)]
@@ -303,6 +402,26 @@ mod tests {
                 ));
             }
             v => panic!("{v:?}"),
+        }
+    }
+
+    #[test]
+    fn whole_reads_one_reply_and_nothing_after_it() {
+        assert!(matches!(whole(b"$3\r\nab", bulk), Ok(None)));
+        let one = |buf: &[u8]| whole(buf, bulk).unwrap().unwrap();
+        assert_eq!(one(b"$3\r\nabc\r\n").unwrap(), Some(b"abc".to_vec()));
+        assert_eq!(whole(b":2\r\n", int_reply).unwrap().unwrap().unwrap(), 2);
+        let e = one(b":2\r\n").unwrap_err();
+        assert_eq!(e.kind(), redis::ErrorKind::UnexpectedReturnType);
+        let e = one(b"-LOADING Redis is loading\r\n").unwrap_err();
+        assert!(matches!(
+            e.kind(),
+            redis::ErrorKind::Server(redis::ServerErrorKind::BusyLoading)
+        ));
+        // Out of step: a second reply, or bytes that are not RESP2.
+        for bad in [&b"+OK\r\n+OK\r\n"[..], b"*1\r\n"] {
+            let e = whole(bad, |_| Ok(())).unwrap_err();
+            assert_eq!(e.kind(), redis::ErrorKind::Parse, "{bad:?}");
         }
     }
 

@@ -1,0 +1,492 @@
+//! The caller-driven connection: one plain TCP or unix socket connection to a standalone
+//! server that the calling task drives itself (it writes its request and reads the reply in
+//! its own poll), for `GET`, `SET` and `UNLINK` when no other task is using it.
+//!
+//! Why beside the multiplexed connection: there a request costs two task polls (the caller's
+//! and the connection driver's, with a channel between them); at one task that was 0.79x the
+//! sync face's latency. Here it costs one. Concurrent callers find this connection busy and
+//! pipeline on the multiplexed connection as before, so the many-task throughput is the
+//! multiplexed connection's.
+//!
+//! - **The sync hot path's protocol**: requests are encoded and replies parsed by
+//!   [`crate::backend::redis::resp`] (as [`Bounded::hot`](crate::backend::redis::conn)), pure and
+//!   bounded: no allocation from an announced length; the reply buffer grows with what the
+//!   server sent. Error replies are classified by redis-rs there, and mapped by
+//!   [`RedisBackend::map_err`](crate::backend::redis::RedisBackend::map_err) as every other error.
+//! - **Bounds**: connecting (TCP or unix connect, `AUTH`, `SELECT`) within `connect_timeout`;
+//!   each request (write and whole reply) within `timeout`.
+//! - **Cancellation**: the connection is moved out of its slot for a request and put back only
+//!   once the reply was read whole. A future dropped between the write and the end of the reply
+//!   drops the connection with it (the slot is left empty; the next caller connects again), so
+//!   a later request never reads an earlier one's reply.
+//! - **Not here**: TLS (it stays on redis-rs's multiplexed connection), RESP3 (`HELLO 3`: our
+//!   parser knows RESP2), Cluster and Sentinel.
+
+use std::path::PathBuf;
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+use redis::{ConnectionAddr, RedisError, RedisResult};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::Instant;
+
+use crate::backend::redis::resp::{self, Reply};
+
+/// What a reply's buffer starts at; it is brought back to this after a larger reply.
+const RBUF: usize = 4096;
+
+/// Where and how to connect (from the async client's settings).
+#[derive(Debug)]
+struct Target {
+    addr: Addr,
+    username: Option<String>,
+    password: Option<String>,
+    db: i64,
+}
+
+#[derive(Debug)]
+enum Addr {
+    Tcp(String, u16),
+    #[cfg(unix)]
+    Unix(PathBuf),
+}
+
+enum Stream {
+    Tcp(tokio::net::TcpStream),
+    #[cfg(unix)]
+    Unix(tokio::net::UnixStream),
+}
+
+/// One open connection, in step (no request in flight) whenever it is in its slot.
+struct Conn {
+    stream: Stream,
+    /// The request being sent (kept: no allocation per call).
+    req: Vec<u8>,
+    /// The room replies are read into (kept; grows with what the server sent).
+    rbuf: Vec<u8>,
+}
+
+enum Slot {
+    /// Open and in step.
+    Idle(Box<Conn>),
+    /// A task is connecting or has a request in flight.
+    Busy,
+    /// None open (never yet, or the last one failed or was abandoned mid-request).
+    Vacant,
+}
+
+/// The caller-driven connection of one async Redis backend (see the module's documentation).
+pub(super) struct Direct {
+    target: Option<Target>,
+    slot: Mutex<Slot>,
+    timeout: Duration,
+    connect_timeout: Duration,
+}
+
+impl std::fmt::Debug for Direct {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Direct")
+            .field("target", &self.target.as_ref().map(|t| &t.addr))
+            .finish_non_exhaustive()
+    }
+}
+
+/// Puts the connection back when the request ended in step; leaves the slot empty otherwise,
+/// the future's being dropped mid-request included.
+struct Lease<'a> {
+    slot: &'a Mutex<Slot>,
+    back: Option<Box<Conn>>,
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        let mut slot = self.slot.lock().unwrap_or_else(PoisonError::into_inner);
+        *slot = match self.back.take() {
+            Some(c) => Slot::Idle(c),
+            None => Slot::Vacant,
+        };
+    }
+}
+
+fn io_error(kind: std::io::ErrorKind, what: &'static str) -> RedisError {
+    RedisError::from(std::io::Error::new(kind, what))
+}
+
+impl Direct {
+    /// The caller-driven connection for `client`'s target: unused (every call goes to the
+    /// multiplexed connection) for TLS and RESP3.
+    pub(super) fn new(
+        client: &redis::Client,
+        timeout: Duration,
+        connect_timeout: Duration,
+    ) -> Self {
+        let info = client.get_connection_info();
+        let settings = info.redis_settings();
+        let addr = match info.addr() {
+            ConnectionAddr::Tcp(host, port) => Some(Addr::Tcp(host.clone(), *port)),
+            #[cfg(unix)]
+            ConnectionAddr::Unix(path) => Some(Addr::Unix(path.clone())),
+            _ => None,
+        };
+        let target = addr
+            .filter(|_| settings.protocol() != redis::ProtocolVersion::RESP3)
+            .map(|addr| Target {
+                addr,
+                username: settings.username().map(str::to_owned),
+                password: settings.password().map(str::to_owned),
+                db: settings.db(),
+            });
+        Direct {
+            target,
+            slot: Mutex::new(Slot::Vacant),
+            timeout,
+            connect_timeout,
+        }
+    }
+
+    /// Forgets the idle connection (a request in flight keeps its own and drops it after).
+    pub(super) fn close(&self) {
+        let mut slot = self.slot.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Slot::Idle(_) = *slot {
+            *slot = Slot::Vacant;
+        }
+    }
+
+    /// One hot command on the caller-driven connection: `None` when it is busy (or this target
+    /// has none): send the command on the multiplexed connection then. Connects first when none
+    /// is open. A connection that was idle and turns out dead (the server restarted) is
+    /// replaced and the command sent once more, as the sync pool retries a dead pooled
+    /// connection once; a timeout is never retried.
+    pub(super) async fn hot<T>(
+        &self,
+        encode: impl Fn(&mut Vec<u8>),
+        read: impl Fn(Reply<'_>) -> RedisResult<T>,
+    ) -> Option<RedisResult<T>> {
+        let target = self.target.as_ref()?;
+        let held = {
+            let mut slot = self.slot.lock().unwrap_or_else(PoisonError::into_inner);
+            match std::mem::replace(&mut *slot, Slot::Busy) {
+                Slot::Busy => return None,
+                Slot::Idle(c) => Some(c),
+                Slot::Vacant => None,
+            }
+        };
+        let mut lease = Lease {
+            slot: &self.slot,
+            back: None,
+        };
+        let reused = held.is_some();
+        let mut conn = match held {
+            Some(c) => c,
+            None => match self.open(target).await {
+                Ok(c) => c,
+                Err(e) => return Some(Err(e)),
+            },
+        };
+        let mut r = self.request(&mut conn, &encode, &read).await;
+        if reused && r.as_ref().is_err_and(is_dead) {
+            tracing::debug!("redis connection was dead; reconnecting");
+            drop(conn);
+            conn = match self.open(target).await {
+                Ok(c) => c,
+                Err(e) => return Some(Err(e)),
+            };
+            r = self.request(&mut conn, &encode, &read).await;
+        }
+        // Only a reply read whole puts the connection back.
+        Some(r.and_then(|reply| {
+            lease.back = Some(conn);
+            reply
+        }))
+    }
+
+    /// Connects, authenticates and selects the database within `connect_timeout`.
+    async fn open(&self, t: &Target) -> RedisResult<Box<Conn>> {
+        let deadline = Instant::now() + self.connect_timeout;
+        let setup = async {
+            let stream = match &t.addr {
+                Addr::Tcp(host, port) => {
+                    let s = tokio::net::TcpStream::connect((host.as_str(), *port)).await?;
+                    s.set_nodelay(true)?;
+                    Stream::Tcp(s)
+                }
+                #[cfg(unix)]
+                Addr::Unix(path) => Stream::Unix(tokio::net::UnixStream::connect(path).await?),
+            };
+            let mut c = Box::new(Conn {
+                stream,
+                req: Vec::new(),
+                rbuf: Vec::new(),
+            });
+            let ok = |_: Reply<'_>| Ok(());
+            if let Some(p) = &t.password {
+                let mut args: Vec<&[u8]> = vec![b"AUTH"];
+                if let Some(u) = &t.username {
+                    args.push(u.as_bytes());
+                }
+                args.push(p.as_bytes());
+                c.exchange(|b| resp::command(b, &args), ok).await??;
+            }
+            if t.db != 0 {
+                let db = t.db.to_string();
+                c.exchange(|b| resp::command(b, &[b"SELECT", db.as_bytes()]), ok)
+                    .await??;
+            }
+            Ok::<_, RedisError>(c)
+        };
+        match tokio::time::timeout_at(deadline, setup).await {
+            Ok(r) => r,
+            // `TimedOut`: the error mapping calls it a connect timeout.
+            Err(_) => Err(io_error(
+                std::io::ErrorKind::TimedOut,
+                "connecting (set-up included) took longer than connect_timeout",
+            )),
+        }
+    }
+
+    /// One request within `timeout`. The outer error: the connection is out of step (or
+    /// timed out) and is dropped; the inner one is the reply's.
+    async fn request<T>(
+        &self,
+        c: &mut Conn,
+        encode: impl FnOnce(&mut Vec<u8>),
+        read: impl Fn(Reply<'_>) -> RedisResult<T>,
+    ) -> RedisResult<RedisResult<T>> {
+        match tokio::time::timeout(self.timeout, c.exchange(encode, read)).await {
+            Ok(r) => r,
+            // `WouldBlock`, as a socket read timeout: the mapping calls it a reply timeout.
+            Err(_) => Err(io_error(
+                std::io::ErrorKind::WouldBlock,
+                "the reply took longer than timeout",
+            )),
+        }
+    }
+}
+
+/// Whether an error means the connection is unusable (dropped, reset, refused).
+fn is_dead(e: &RedisError) -> bool {
+    !e.is_timeout() && (e.is_io_error() || e.is_connection_dropped())
+}
+
+impl Conn {
+    /// Sends one request and reads its reply whole (unbounded in time: the caller bounds it).
+    async fn exchange<T>(
+        &mut self,
+        encode: impl FnOnce(&mut Vec<u8>),
+        read: impl Fn(Reply<'_>) -> RedisResult<T>,
+    ) -> RedisResult<RedisResult<T>> {
+        let mut req = std::mem::take(&mut self.req);
+        req.clear();
+        encode(&mut req);
+        let sent = match &mut self.stream {
+            Stream::Tcp(s) => s.write_all(&req).await,
+            #[cfg(unix)]
+            Stream::Unix(s) => s.write_all(&req).await,
+        };
+        if req.capacity() <= 16 * RBUF {
+            self.req = req;
+        }
+        sent?;
+        // `buf`'s length is its zeroed room, kept between calls; `filled` what was received.
+        // It grows with what the server sent (at most doubling it), never with an announced
+        // length.
+        let mut buf = std::mem::take(&mut self.rbuf);
+        if buf.len() < RBUF {
+            buf.resize(RBUF, 0);
+        }
+        let mut filled = 0;
+        let r = loop {
+            let n = match &mut self.stream {
+                Stream::Tcp(s) => s.read(&mut buf[filled..]).await,
+                #[cfg(unix)]
+                Stream::Unix(s) => s.read(&mut buf[filled..]).await,
+            };
+            match n {
+                Ok(0) => {
+                    break Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+                }
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => break Err(e.into()),
+            }
+            match resp::whole(&buf[..filled], &read) {
+                Ok(Some(reply)) => break Ok(reply),
+                Ok(None) => {}
+                Err(e) => break Err(e),
+            }
+            if filled == buf.len() {
+                buf.resize(filled.saturating_mul(2), 0);
+            }
+        };
+        // A large reply's room is not kept while the connection idles.
+        if buf.len() > 16 * RBUF {
+            buf = Vec::new();
+        }
+        self.rbuf = buf;
+        r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ddf_testkit::RedisServer;
+    use std::future::Future;
+    use std::task::{Context, Waker};
+
+    fn direct(server: &RedisServer) -> Direct {
+        let client = redis::Client::open(format!("redis://127.0.0.1:{}", server.port())).unwrap();
+        let t = Duration::from_secs(5);
+        Direct::new(&client, t, t)
+    }
+
+    async fn get(d: &Direct, key: &str) -> Option<Vec<u8>> {
+        d.hot(|b| resp::get(b, key.as_bytes()), resp::bulk)
+            .await
+            .expect("free")
+            .unwrap()
+    }
+
+    async fn set(d: &Direct, key: &str, v: &[u8]) {
+        d.hot(|b| resp::set(b, key.as_bytes(), v, None), |_| Ok(()))
+            .await
+            .expect("free")
+            .unwrap();
+    }
+
+    fn vacant(d: &Direct) -> bool {
+        matches!(*d.slot.lock().unwrap(), Slot::Vacant)
+    }
+
+    /// A `GET` dropped after its request was written (its reply still on the way) leaves no
+    /// connection behind: the next call opens a new one and reads its own reply. The planted
+    /// violation (the same connection put back in flight) makes that next call read the
+    /// dropped call's reply (or fail as out of step): the check would catch it.
+    #[tokio::test]
+    async fn a_request_dropped_before_its_reply_discards_the_connection() {
+        let Some(server) = RedisServer::start() else {
+            return;
+        };
+        let d = direct(&server);
+        set(&d, "one", b"1").await;
+        set(&d, "two", b"2").await;
+        // Poll once: the request is written and the reply not read yet (retried in the rare
+        // case the reply was already there on that first poll).
+        let mut cut = false;
+        for _ in 0..100 {
+            let mut f = Box::pin(get(&d, "one"));
+            let pending = f
+                .as_mut()
+                .poll(&mut Context::from_waker(Waker::noop()))
+                .is_pending();
+            drop(f);
+            if pending {
+                cut = true;
+                break;
+            }
+        }
+        assert!(cut, "no poll left a request in flight");
+        assert!(vacant(&d), "a connection dropped mid-request is never kept");
+        assert_eq!(get(&d, "two").await.as_deref(), Some(&b"2"[..]));
+        assert!(!vacant(&d));
+
+        // Planted: a request written and the connection put back without its reply read.
+        let Slot::Idle(mut c) = std::mem::replace(&mut *d.slot.lock().unwrap(), Slot::Busy) else {
+            panic!("idle after a whole reply");
+        };
+        let mut req = Vec::new();
+        resp::get(&mut req, b"one");
+        match &mut c.stream {
+            Stream::Tcp(s) => s.write_all(&req).await.unwrap(),
+            #[cfg(unix)]
+            Stream::Unix(_) => unreachable!(),
+        }
+        *d.slot.lock().unwrap() = Slot::Idle(c);
+        // The next call reads the dropped call's reply ("1"), or both replies at once (then
+        // the parser's "out of step" error); never its own.
+        let r = d
+            .hot(|b| resp::get(b, b"two"), resp::bulk)
+            .await
+            .expect("free");
+        assert!(
+            !matches!(&r, Ok(Some(v)) if v == b"2"),
+            "the planted violation must be visible: {r:?}"
+        );
+    }
+
+    /// A busy connection sends the caller to the multiplexed one; a dead idle one is replaced
+    /// (once) without the caller seeing an error.
+    #[tokio::test]
+    async fn busy_means_none_and_a_dead_idle_connection_is_replaced() {
+        let Some(server) = RedisServer::start() else {
+            return;
+        };
+        let d = direct(&server);
+        set(&d, "k", b"v").await;
+        let held = std::mem::replace(&mut *d.slot.lock().unwrap(), Slot::Busy);
+        assert!(
+            d.hot(|b| resp::get(b, b"k"), resp::bulk).await.is_none(),
+            "busy: none"
+        );
+        *d.slot.lock().unwrap() = held;
+        ddf_testkit::redis_cli(server.port(), &["CLIENT", "KILL", "TYPE", "normal"]);
+        assert_eq!(get(&d, "k").await.as_deref(), Some(&b"v"[..]));
+    }
+
+    /// `AUTH` and `SELECT` at set-up, over TCP and over a unix socket; a wrong password is the
+    /// server's error reply.
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn password_and_db_over_tcp_and_unix() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("r.sock");
+        let Some(server) = RedisServer::start_with(&[
+            "--requirepass",
+            "pw",
+            "--unixsocket",
+            sock.to_str().unwrap(),
+        ]) else {
+            return;
+        };
+        let t = Duration::from_secs(5);
+        let at = |url: String| Direct::new(&redis::Client::open(url).unwrap(), t, t);
+        let tcp = at(format!("redis://:pw@127.0.0.1:{}/3", server.port()));
+        set(&tcp, "k", b"v").await;
+        let unix = at(format!("unix://{}?db=3&pass=pw", sock.display()));
+        assert_eq!(get(&unix, "k").await.as_deref(), Some(&b"v"[..]));
+        let out = ddf_testkit::redis_cli(
+            server.port(),
+            &["--no-auth-warning", "-a", "pw", "-n", "3", "GET", "k"],
+        );
+        assert_eq!(out.trim(), "v");
+        let wrong = at(format!("redis://:nope@127.0.0.1:{}/3", server.port()));
+        let e = wrong
+            .hot(|b| resp::get(b, b"k"), resp::bulk)
+            .await
+            .expect("free")
+            .unwrap_err();
+        // As the sync face's set-up reads it (`conn.rs`): the server's error, not temporary.
+        assert_eq!(e.code(), Some("WRONGPASS"), "{e}");
+        assert!(!e.is_timeout() && !e.is_io_error(), "{e}");
+        assert!(vacant(&wrong));
+    }
+
+    /// A connection left idle by a runtime that has ended (the global cache used from one
+    /// test's runtime, then another's) is replaced, not an error.
+    #[test]
+    fn a_connection_outliving_its_runtime_is_replaced() {
+        let Some(server) = RedisServer::start() else {
+            return;
+        };
+        let d = direct(&server);
+        let rt = || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+        };
+        rt().block_on(set(&d, "k", b"v"));
+        assert!(!vacant(&d));
+        assert_eq!(rt().block_on(get(&d, "k")).as_deref(), Some(&b"v"[..]));
+    }
+}

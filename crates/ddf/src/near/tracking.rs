@@ -19,9 +19,12 @@
 //!
 //! On a Redis Cluster a session is one such connection per master that `CLUSTER NODES` names
 //! (a [`Link`] each, all in the one inbox, all drained by whoever holds its lock): the near
-//! cache is live only while every one of them tracks, any one's loss ends the session, and a
-//! heartbeat whose `CLUSTER NODES` names other masters or other slots ends it too (cause
-//! `topology`), to be set up again on the masters it names now.
+//! cache is live only while every one of them tracks, any one's loss ends the session, and
+//! every link's set-up and heartbeat ask its own node's `CLUSTER NODES` and `CLUSTER INFO`:
+//! a view that names other masters or other slots, or says the node is not a master, or a
+//! `cluster_state` not `ok`, ends it too (cause `topology`), to be set up again on the masters
+//! named now. The near cache stores a fill only from a node the session tracks
+//! (`Near::resume_tracking`).
 
 use std::os::fd::OwnedFd;
 #[cfg(unix)]
@@ -53,7 +56,8 @@ const REFUSED_BACKOFF: Duration = Duration::from_secs(60);
 static NEXT: AtomicU64 = AtomicU64::new(0);
 
 /// Starts the tracking thread of `near`. It ends once the near cache is dropped (within a
-/// tick, or a connection attempt).
+/// tick, or a session's set-up: on a Cluster one connection attempt per node asked and per
+/// master).
 pub(super) fn start(settings: &RedisSettings, near: &Arc<Near>) {
     let name = format!(
         "ddf-near-{}-{}",
@@ -116,6 +120,10 @@ struct Channel {
     #[cfg(feature = "tls")]
     tls: std::cell::OnceCell<Result<crate::backend::redis::conn::TlsConfig, String>>,
 }
+
+/// A Cluster session's topology, and the host asked first (a node announced without an IP is
+/// there).
+type Session = (Topology, String);
 
 /// Why a connection ended.
 #[derive(Debug)]
@@ -345,10 +353,7 @@ impl Channel {
     /// session's topology alone. Masters are reached by the hostname they announce, when they
     /// do (a TLS certificate names it), else by their IP. `Ok` with the links, the topology
     /// and the host asked first (a node announced without an IP is there).
-    fn open(
-        &self,
-        masters: &mut Vec<Addr>,
-    ) -> Result<(Vec<Link>, Option<(Topology, String)>), End> {
+    fn open(&self, masters: &mut Vec<Addr>) -> Result<(Vec<Link>, Option<Session>), End> {
         let RedisTarget::Cluster(nodes) = &self.settings.target else {
             let (link, _) = self.establish(&self.endpoint()?, &self.extra())?;
             return Ok((vec![link], None));
@@ -542,7 +547,7 @@ impl Channel {
     /// cache still live. On a Cluster (`topology`: the session's, and the host asked first),
     /// the `CLUSTER NODES` answers drained (by this thread or a hit) are compared after each
     /// turn, outside the inbox's lock.
-    fn listen(&self, watchers: &[OwnedFd], topology: Option<&(Topology, String)>) -> End {
+    fn listen(&self, watchers: &[OwnedFd], topology: Option<&Session>) -> End {
         let ping = self.heartbeat();
         let pings: Vec<Vec<u8>> = vec![ping; watchers.len()];
         // A drain cut short by its budget may leave values in the parser's buffer, which `poll`

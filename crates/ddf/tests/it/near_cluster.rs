@@ -350,9 +350,12 @@ fn a_near_cache_on_a_cluster_stays_coherent_through_a_killed_tracking_connection
         stats.near_resets_lost >= 1,
         "the killed tracking connection was not seen: {stats}"
     );
+    // At least the first resharding ends a live session. The node added may not count: while
+    // the masters' views disagree (the new node's gossip spreading) no session is set up, so
+    // a change seen then resets nothing (the near cache is bypassed already).
     assert!(
-        blind || stats.near_resets_topology >= 2,
-        "the reshardings and the node added were not seen: {stats}"
+        blind || stats.near_resets_topology >= 1,
+        "the resharding was not seen: {stats}"
     );
     drop(cache);
     ddf::testing::internals::ignore_topology_changes(NS, false);

@@ -248,9 +248,10 @@ impl CacheManager {
         let r = match (self.near(), ticket) {
             // A fill: with how long the key has left on the server, in the same round trip.
             (Some(n), Some(t)) => {
+                let answered = crate::backend::degraded::Answered::start();
                 let (r, served) = self.call_noted(|| self.inner.backend.get_expiring(key));
                 if let Ok(Some((item, expiry))) = &r {
-                    n.fill(t, key, item, *expiry, served);
+                    n.fill_from(t, key, item, *expiry, served, answered.take().as_ref());
                 }
                 r.map(|o| o.map(|(item, _)| item))
             }

@@ -65,6 +65,16 @@ pub(crate) trait AsyncBackend: Send + Sync + fmt::Debug + 'static {
         })
     }
 
+    /// As [`AsyncBackend::get_expiring`], with the node that answered (a Redis Cluster's,
+    /// `host:port`: see `degraded::Answered`) for the near cache; the default says none.
+    #[allow(clippy::type_complexity)]
+    fn get_expiring_from<'a>(
+        &'a self,
+        key: &'a str,
+    ) -> BoxFuture<'a, (Noted<Option<(Item, Expiry)>>, Option<(String, u16)>)> {
+        Box::pin(async move { (self.get_expiring(key).await, None) })
+    }
+
     /// As [`Backend::set`], with the degraded note.
     fn set<'a>(
         &'a self,
@@ -295,6 +305,37 @@ impl AsyncBackend for Blocking {
     fn get_expiring<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Noted<Option<(Item, Expiry)>>> {
         let key = key.to_owned();
         self.run(self.reads, move |b| b.get_expiring(&key))
+    }
+
+    /// The node that answered is noted on the thread the read ran on, and carried back here.
+    fn get_expiring_from<'a>(
+        &'a self,
+        key: &'a str,
+    ) -> BoxFuture<'a, (Noted<Option<(Item, Expiry)>>, Option<(String, u16)>)> {
+        let key = key.to_owned();
+        let fut = self.run(self.reads, move |b| {
+            let answered = crate::backend::degraded::Answered::start();
+            b.get_expiring(&key).map(|r| (r, answered.take()))
+        });
+        Box::pin(async move {
+            let Noted { result, degraded } = fut.await;
+            match result {
+                Ok((r, answered)) => (
+                    Noted {
+                        result: Ok(r),
+                        degraded,
+                    },
+                    answered,
+                ),
+                Err(e) => (
+                    Noted {
+                        result: Err(e),
+                        degraded,
+                    },
+                    None,
+                ),
+            }
+        })
     }
 
     fn set<'a>(

@@ -363,10 +363,11 @@ impl AsyncCacheManager {
         let Noted { result, degraded } = match (near, ticket) {
             // A fill: with how long the key has left on the server, in the same round trip.
             (Some(n), Some(t)) => {
-                let Noted { result, degraded } = self.backend().get_expiring(key).await;
+                let (Noted { result, degraded }, answered) =
+                    self.backend().get_expiring_from(key).await;
                 if let Ok(Some((item, expiry))) = &result {
                     // A degraded read may have been the fallback's: never stored.
-                    n.fill(t, key, item, *expiry, degraded);
+                    n.fill_from(t, key, item, *expiry, degraded, answered.as_ref());
                 }
                 Noted {
                     result: result.map(|o| o.map(|(item, _)| item)),

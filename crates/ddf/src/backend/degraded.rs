@@ -9,13 +9,39 @@
 //! it and became a miss) is noted, so that the manager counts it (`CacheStats::fallback`) and
 //! the CLI can tell an operator where a write landed.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 
 thread_local! {
     /// Temporary server failures met on this thread so far.
     static FAILURES: Cell<u64> = const { Cell::new(0) };
     /// Calls answered by the fallback on this thread so far.
     static FALLBACK: Cell<u64> = const { Cell::new(0) };
+    /// The node that answered the latest `get_expiring` of a Redis Cluster on this thread.
+    static ANSWERED: RefCell<Option<(String, u16)>> = const { RefCell::new(None) };
+}
+
+/// Records that `node` (`host:port`, as the request was sent) answered the read running on this
+/// thread (a Redis Cluster's `get_expiring`, redirects followed), for the near cache: a fill is
+/// stored only from a node its tracking session tracks.
+pub(crate) fn note_answered(node: &(String, u16)) {
+    ANSWERED.with(|a| a.borrow_mut().clone_from(&Some(node.clone())));
+}
+
+/// Watches this thread for the node that answers a read (see [`note_answered`]).
+#[derive(Debug)]
+pub(crate) struct Answered(());
+
+impl Answered {
+    pub(crate) fn start() -> Self {
+        ANSWERED.with(|a| a.borrow_mut().take());
+        Answered(())
+    }
+
+    /// The node noted since [`Answered::start`] on this thread, if one was (none: the backend
+    /// does not say, or is not a Cluster).
+    pub(crate) fn take(self) -> Option<(String, u16)> {
+        ANSWERED.with(|a| a.borrow_mut().take())
+    }
 }
 
 /// Records that the call running on this thread was answered by the fallback.
@@ -72,6 +98,21 @@ mod tests {
         note_temporary_failure();
         assert!(w.failed());
         assert!(!Watch::start().failed());
+    }
+
+    #[test]
+    fn the_node_that_answered_is_its_own_threads() {
+        let w = Answered::start();
+        std::thread::spawn(|| note_answered(&("a".to_owned(), 1)))
+            .join()
+            .unwrap();
+        assert_eq!(w.take(), None);
+        note_answered(&("stale".to_owned(), 1));
+        let w = Answered::start();
+        assert_eq!(w.take(), None, "noted before the watch");
+        let w = Answered::start();
+        note_answered(&("b".to_owned(), 2));
+        assert_eq!(w.take(), Some(("b".to_owned(), 2)));
     }
 
     #[test]

@@ -70,6 +70,43 @@ pub(super) fn teardown_pause(namespace: &str) {
     }
 }
 
+/// Planted blindness: the namespaces whose tracking threads ignore the `CLUSTER NODES` views
+/// their heartbeats bring (a Redis Cluster's topology changes are not seen).
+#[cfg(feature = "testing")]
+static TOPOLOGY_IGNORED: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// For ddf's own tests (no stability promise): the tracking threads of the near caches of
+/// `namespace` on a Redis Cluster stop (`true`) or go back to (`false`) comparing the
+/// `CLUSTER NODES` answers of their heartbeats with the topology their session tracks, so that
+/// a test can show what holds without that check (a fill from a node the session does not
+/// track is still refused).
+///
+/// ```
+/// ddf::testing::internals::ignore_topology_changes("fault:", true);
+/// ddf::testing::internals::ignore_topology_changes("fault:", false);
+/// ```
+#[cfg(feature = "testing")]
+pub fn ignore_topology_changes(namespace: &str, on: bool) {
+    let mut t = TOPOLOGY_IGNORED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    t.retain(|ns| ns != namespace);
+    if on {
+        t.push(namespace.to_owned());
+    }
+}
+
+/// Whether the tracking threads of `namespace` ignore topology changes (see
+/// [`ignore_topology_changes`]).
+#[cfg(feature = "testing")]
+pub(super) fn topology_ignored(namespace: &str) -> bool {
+    TOPOLOGY_IGNORED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .iter()
+        .any(|ns| ns == namespace)
+}
+
 /// Whether near caches made from now on drain the tracking socket on a hit (see
 /// `Near::catch_up`); off only to measure the rule without it.
 static NO_CATCH_UP: AtomicBool = AtomicBool::new(false);

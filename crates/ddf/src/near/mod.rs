@@ -183,6 +183,11 @@ pub(crate) struct Near {
     catch_up: bool,
     /// The file backend's change counters (`NearMode::Counted`).
     watch: Option<file::Watch>,
+    /// On a Redis Cluster, while a tracking session is open: every name (hostname and IP,
+    /// `host:port`) of the masters it tracks; a fill is stored only when the node that answered
+    /// its read is one of them. Set by [`Near::resume_tracking`] and cleared on suspend, under
+    /// every shard's lock; read by a fill under its shard's. `None`: not checked (one server).
+    tracked: Mutex<Option<Vec<(String, u16)>>>,
 }
 
 impl fmt::Debug for Near {
@@ -230,7 +235,14 @@ impl Near {
             #[cfg(feature = "redis")]
             catch_up: settings.mode == NearMode::Tracked && catching_up(),
             watch: None,
+            tracked: Mutex::new(None),
         }
+    }
+
+    fn tracked(&self) -> MutexGuard<'_, Option<Vec<(String, u16)>>> {
+        self.tracked
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Checks every hit against the file backend's change counters (`NearMode::Counted`).
@@ -420,6 +432,7 @@ impl Near {
     /// for `near_cache_ttl` or what the server said it has left (`expiry`), whichever is
     /// shorter: an item that expired there is not stored; `served_by_fallback`: the reply came
     /// from the fallback, never stored.
+    #[cfg(test)]
     pub(crate) fn fill(
         &self,
         ticket: Ticket,
@@ -427,6 +440,22 @@ impl Near {
         item: &Item,
         expiry: Expiry,
         served_by_fallback: bool,
+    ) {
+        self.fill_from(ticket, key, item, expiry, served_by_fallback, None);
+    }
+
+    /// As [`Near::fill`], `answered` being the node whose reply it is (`host:port`, a Redis
+    /// Cluster's: see `degraded::Answered`): on a Cluster the reply is stored only when that
+    /// node is one the open tracking session tracks (a node just added, importing a slot or
+    /// promoted since the session was set up is not: its writes would never be pushed here).
+    pub(crate) fn fill_from(
+        &self,
+        ticket: Ticket,
+        key: &str,
+        item: &Item,
+        expiry: Expiry,
+        served_by_fallback: bool,
+        answered: Option<&(String, u16)>,
     ) {
         if served_by_fallback {
             self.reset(Cause::Breaker);
@@ -443,6 +472,12 @@ impl Near {
             && transitions == ticket.transitions
             && up
             && self.live.load(Ordering::Acquire)
+            // Same generation: the session that set `tracked` is the one the ticket saw, so
+            // that node's link was set up before the read was sent.
+            && self
+                .tracked()
+                .as_ref()
+                .is_none_or(|t| answered.is_some_and(|a| t.contains(a)))
         {
             let held = Held {
                 item: Arc::new(item.clone()),
@@ -518,15 +553,28 @@ impl Near {
     pub(crate) fn suspend_for(&self, cause: Cause) {
         if self.live.swap(false, Ordering::AcqRel) {
             self.reset(cause);
+            let guards: Vec<MutexGuard<'_, u64>> = (0..SHARDS).map(|s| self.lock(s)).collect();
+            if let Some(t) = self.tracked().as_mut() {
+                t.clear();
+            }
+            drop(guards);
         }
     }
 
     /// The invalidation channel is up again (tracking established): resume, empty.
+    #[cfg(test)]
     pub(crate) fn resume(&self) {
+        self.resume_tracking(None);
+    }
+
+    /// As [`Near::resume`], on a Redis Cluster with the names of the masters the session
+    /// tracks (`None`: one server, no check of who answered a fill).
+    pub(crate) fn resume_tracking(&self, tracked: Option<Vec<(String, u16)>>) {
         // Empty it again: nothing filled before the channel was established may stay.
         let guards: Vec<MutexGuard<'_, u64>> = (0..SHARDS).map(|s| self.lock(s)).collect();
         self.generation.fetch_add(1, Ordering::AcqRel);
         self.store.clear();
+        *self.tracked() = tracked;
         self.live.store(true, Ordering::Release);
         drop(guards);
     }
@@ -549,7 +597,7 @@ impl Near {
 #[cfg(feature = "redis")]
 use hooks::catching_up;
 #[cfg(all(feature = "testing", feature = "redis"))]
-pub use hooks::{drop_invalidations, pause_teardown, without_catch_up};
+pub use hooks::{drop_invalidations, ignore_topology_changes, pause_teardown, without_catch_up};
 
 /// A backend and its near cache, if any.
 pub(crate) type Built = (Arc<dyn Backend>, Option<Arc<Near>>);

@@ -126,6 +126,37 @@ fn a_tracked_near_cache_bypasses_until_tracking_is_established_and_after_a_loss(
 }
 
 #[test]
+fn on_a_cluster_a_fill_is_stored_only_from_a_node_the_session_tracks() {
+    let n = Near::new(&settings(NearMode::Tracked), None);
+    let a = ("10.0.0.1".to_owned(), 7000);
+    let host = ("node-a".to_owned(), 7000);
+    let new = ("10.0.0.4".to_owned(), 7003);
+    n.resume_tracking(Some(vec![host.clone(), a.clone()]));
+    let fill = |key: &str, from: Option<&(String, u16)>| {
+        let t = ticket(&n, key);
+        n.fill_from(t, key, &item("v"), Expiry::Unknown, false, from);
+        held(&n, key).is_some()
+    };
+    assert!(fill("k", Some(&a)), "from a tracked master, by its IP");
+    assert!(fill("h", Some(&host)), "by its hostname");
+    assert!(
+        !fill("j", Some(&new)),
+        "from a node added (or promoted) since the set-up"
+    );
+    assert!(!fill("u", None), "from a node not said");
+    // A new session tracks the node: its fills are stored; a suspended one tracks nothing.
+    n.resume_tracking(Some(vec![a.clone(), new.clone()]));
+    assert!(fill("j", Some(&new)));
+    let t = ticket(&n, "k");
+    n.suspend();
+    n.fill_from(t, "k", &item("v"), Expiry::Unknown, false, Some(&a));
+    assert!(n.tracked().as_ref().is_some_and(Vec::is_empty));
+    // One server: whoever answered.
+    n.resume_tracking(None);
+    assert!(fill("u", None));
+}
+
+#[test]
 fn the_breaker_leaving_up_bypasses_and_resets_and_its_return_resumes_empty() {
     let b = Arc::new(FakeBreaker::default());
     let n = Near::new(

@@ -10,31 +10,48 @@ pub(super) type Addr = (String, u16);
 /// two readings are equal when no master joined, left, failed or changed its slots.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Topology {
-    /// Each master with its slot ranges as announced (`0-5460 5462`), sorted; migrations in
-    /// progress (`[slot->-id]`) are left out: both nodes of a migration are masters here.
-    masters: Vec<(Addr, String)>,
-    /// The answering node (`myself`) is one of `masters`.
+    /// Each master (its announced hostname when it has one, else its IP) with its slot ranges
+    /// as announced (`0-5460 5462`), sorted, and its IP; migrations in progress
+    /// (`[slot->-id]`) are left out: both nodes of a migration are masters here.
+    masters: Vec<(Addr, String, Addr)>,
+    /// The answering node (`myself`), when it says it is a master (not failed): one of
+    /// `masters`.
     pub(super) myself: Option<Addr>,
 }
 
 impl Topology {
-    /// The masters to track.
+    /// The masters to track, by the name to connect to: the hostname a master announces
+    /// (`cluster-announce-hostname`, which a TLS certificate names), else its IP.
     pub(super) fn masters(&self) -> impl Iterator<Item = &Addr> {
-        self.masters.iter().map(|(a, _)| a)
+        self.masters.iter().map(|(a, _, _)| a)
     }
 
-    /// Whether the topology names `a` as a master.
+    /// Whether the topology names `a` as a master (by the name [`Topology::masters`] gives).
     pub(super) fn has(&self, a: &Addr) -> bool {
-        self.masters.iter().any(|(m, _)| m == a)
+        self.masters.iter().any(|(m, _, _)| m == a)
+    }
+
+    /// Every name of every master, hostname and IP: whichever the data path was given
+    /// (`CLUSTER SLOTS`' preferred endpoint, a redirect), a node answering a read under it is
+    /// tracked.
+    pub(super) fn names(&self) -> Vec<Addr> {
+        let mut v: Vec<Addr> = Vec::with_capacity(self.masters.len() * 2);
+        for (a, _, ip) in &self.masters {
+            v.push(a.clone());
+            if ip != a {
+                v.push(ip.clone());
+            }
+        }
+        v
     }
 }
 
 /// Reads a `CLUSTER NODES` reply: every node flagged `master` and not `fail`, `noaddr` or
 /// `handshake` (a master marked failed serves nothing: its replica is promoted, and shows as a
-/// master), with its address (`host:port@cport[,hostname]`; no host: `asked`'s host) and its
+/// master), with its address (`ip:port@cport[,hostname]`; no IP: `asked`'s host) and its
 /// slots. `None` when the text names no master (not a cluster reply).
 pub(super) fn parse_nodes(text: &str, asked: &str) -> Option<Topology> {
-    let mut masters: Vec<(Addr, String)> = Vec::new();
+    let mut masters: Vec<(Addr, String, Addr)> = Vec::new();
     let mut myself = None;
     for line in text.lines() {
         let f: Vec<&str> = line.split_whitespace().collect();
@@ -49,6 +66,10 @@ pub(super) fn parse_nodes(text: &str, asked: &str) -> Option<Topology> {
         let Some(hostport) = addr.split(['@', ',']).next() else {
             continue;
         };
+        let hostname = addr
+            .split_once(',')
+            .and_then(|(_, h)| h.split(',').next())
+            .filter(|h| !h.is_empty() && *h != "?");
         let Some((h, p)) = hostport.rsplit_once(':') else {
             continue;
         };
@@ -60,7 +81,8 @@ pub(super) fn parse_nodes(text: &str, asked: &str) -> Option<Topology> {
         }
         let h = h.trim_start_matches('[').trim_end_matches(']');
         let host = if h.is_empty() { asked } else { h };
-        let a = (host.to_owned(), port);
+        let ip = (host.to_owned(), port);
+        let a = hostname.map_or_else(|| ip.clone(), |h| (h.to_owned(), port));
         let mut slots: Vec<&str> = f
             .iter()
             .skip(8)
@@ -71,7 +93,7 @@ pub(super) fn parse_nodes(text: &str, asked: &str) -> Option<Topology> {
         if has("myself") {
             myself = Some(a.clone());
         }
-        masters.push((a, slots.join(" ")));
+        masters.push((a, slots.join(" "), ip));
     }
     if masters.is_empty() {
         return None;
@@ -100,13 +122,20 @@ fff 127.0.0.1:7005@17005 master,fail - 0 1 5 disconnected
         assert_eq!(
             m,
             [
-                &("10.0.0.9".to_owned(), 7003),
                 &("127.0.0.1".to_owned(), 7000),
                 &("127.0.0.1".to_owned(), 7001),
+                &("host3".to_owned(), 7003),
             ],
-            "an empty master is tracked (it may be importing a slot); a replica and a failed \
-             master are not"
+            "an empty master is tracked (it may be importing a slot), by its hostname when it \
+             announces one; a replica and a failed master are not"
         );
+        let names = t.names();
+        assert!(names.contains(&("host3".to_owned(), 7003)));
+        assert!(
+            names.contains(&("10.0.0.9".to_owned(), 7003)),
+            "no IP announced: the host asked"
+        );
+        assert_eq!(names.len(), 4);
         assert_eq!(t.myself, Some(("127.0.0.1".to_owned(), 7000)));
         assert!(t.has(&("127.0.0.1".to_owned(), 7001)));
         assert!(!t.has(&("127.0.0.1".to_owned(), 7004)));

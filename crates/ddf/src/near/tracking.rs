@@ -19,9 +19,12 @@
 //!
 //! On a Redis Cluster a session is one such connection per master that `CLUSTER NODES` names
 //! (a [`Link`] each, all in the one inbox, all drained by whoever holds its lock): the near
-//! cache is live only while every one of them tracks, any one's loss ends the session, and a
-//! heartbeat whose `CLUSTER NODES` names other masters or other slots ends it too (cause
-//! `topology`), to be set up again on the masters it names now.
+//! cache is live only while every one of them tracks, any one's loss ends the session, and
+//! every link's set-up and heartbeat ask its own node's `CLUSTER NODES` and `CLUSTER INFO`:
+//! a view that names other masters or other slots, or says the node is not a master, or a
+//! `cluster_state` not `ok`, ends it too (cause `topology`), to be set up again on the masters
+//! named now. The near cache stores a fill only from a node the session tracks
+//! (`Near::resume_tracking`).
 
 use std::os::fd::OwnedFd;
 #[cfg(unix)]
@@ -33,7 +36,7 @@ use std::time::{Duration, Instant};
 use redis::Value;
 
 pub(super) use self::inbox::Inbox;
-use self::inbox::{Fault, Link, not_master, text};
+use self::inbox::{Fault, Link, check_views, into_text, not_master};
 #[cfg(feature = "tls")]
 use super::socket::tls;
 use super::socket::{Raw, Sock, Stream, readable, tcp, writable};
@@ -53,7 +56,8 @@ const REFUSED_BACKOFF: Duration = Duration::from_secs(60);
 static NEXT: AtomicU64 = AtomicU64::new(0);
 
 /// Starts the tracking thread of `near`. It ends once the near cache is dropped (within a
-/// tick, or a connection attempt).
+/// tick, or a session's set-up: on a Cluster one connection attempt per node asked and per
+/// master).
 pub(super) fn start(settings: &RedisSettings, near: &Arc<Near>) {
     let name = format!(
         "ddf-near-{}-{}",
@@ -116,6 +120,10 @@ struct Channel {
     #[cfg(feature = "tls")]
     tls: std::cell::OnceCell<Result<crate::backend::redis::conn::TlsConfig, String>>,
 }
+
+/// A Cluster session's topology, and the host asked first (a node announced without an IP is
+/// there).
+type Session = (Topology, String);
 
 /// Why a connection ended.
 #[derive(Debug)]
@@ -289,9 +297,10 @@ impl Channel {
     }
 
     /// The set-up requests, pipelined: `HELLO 3` (with `AUTH`), `CLIENT SETNAME`,
-    /// `CLIENT TRACKING ON BCAST [PREFIX <namespace>]`, then `extra` (behind Sentinel and on a
-    /// Cluster's masters `ROLE`: the tracked server itself must be a master; on the first node
-    /// of a Cluster `CLUSTER NODES`); with the number of replies they bring.
+    /// `CLIENT TRACKING ON BCAST [PREFIX <namespace>]`, then `extra` (behind Sentinel `ROLE`:
+    /// the tracked server itself must be a master; on a Cluster `CLUSTER NODES` and
+    /// `CLUSTER INFO`: each node's own view, see [`Channel::open`]); with the number of replies
+    /// they bring.
     fn setup(&self, extra: &[redis::Cmd]) -> (Vec<u8>, usize) {
         let s = &self.settings;
         let mut hello = redis::cmd("HELLO");
@@ -324,13 +333,27 @@ impl Channel {
     /// What the set-up of a connection asks besides tracking (see [`Channel::setup`]).
     fn extra(&self) -> Vec<redis::Cmd> {
         match self.settings.target {
-            RedisTarget::Sentinel { .. } | RedisTarget::Cluster(_) => vec![redis::cmd("ROLE")],
+            RedisTarget::Sentinel { .. } => vec![redis::cmd("ROLE")],
+            RedisTarget::Cluster(_) => {
+                let mut nodes = redis::cmd("CLUSTER");
+                nodes.arg("NODES");
+                let mut info = redis::cmd("CLUSTER");
+                info.arg("INFO");
+                vec![nodes, info]
+            }
             RedisTarget::Standalone(_) => Vec::new(),
         }
     }
 
-    /// The links of a new session: the one server's, or on a Cluster one per master.
-    fn open(&self, masters: &mut Vec<Addr>) -> Result<(Vec<Link>, Option<Topology>), End> {
+    /// The links of a new session: the one server's, or on a Cluster one per master. On a
+    /// Cluster every link's set-up asks its node's own `CLUSTER NODES` and `CLUSTER INFO`: the
+    /// session is set up only when every master agrees with the first node's view (the same
+    /// masters and slots), says it is a master, and says `cluster_state:ok`, so that a master
+    /// cut off from the others (still answering us, with its old view) does not set the
+    /// session's topology alone. Masters are reached by the hostname they announce, when they
+    /// do (a TLS certificate names it), else by their IP. `Ok` with the links, the topology
+    /// and the host asked first (a node announced without an IP is there).
+    fn open(&self, masters: &mut Vec<Addr>) -> Result<(Vec<Link>, Option<Session>), End> {
         let RedisTarget::Cluster(nodes) = &self.settings.target else {
             let (link, _) = self.establish(&self.endpoint()?, &self.extra())?;
             return Ok((vec![link], None));
@@ -346,13 +369,9 @@ impl Channel {
         }
         let mut last = End::Lost("no node of redis_cluster_nodes".to_owned());
         let mut first = None;
-        let nodes_cmd = {
-            let mut c = redis::cmd("CLUSTER");
-            c.arg("NODES");
-            c
-        };
+        let extra = self.extra();
         for a in &ask {
-            match self.establish(&self.node_endpoint(a), std::slice::from_ref(&nodes_cmd)) {
+            match self.establish(&self.node_endpoint(a), &extra) {
                 Ok((link, Some(text))) => {
                     first = Some((link, text, a.0.clone()));
                     break;
@@ -375,11 +394,15 @@ impl Channel {
         }
         for m in topology.masters() {
             if Some(m) != mine.as_ref() {
-                links.push(self.establish(&self.node_endpoint(m), &self.extra())?.0);
+                let (link, view) = self.establish(&self.node_endpoint(m), &extra)?;
+                let view = view.ok_or_else(|| End::Lost("CLUSTER NODES: no answer".to_owned()))?;
+                check_views(&topology, &host, &[view])
+                    .map_err(|f| End::Moved(format!("{f_why} ({}:{})", m.0, m.1, f_why = f.why)))?;
+                links.push(link);
             }
         }
         *masters = topology.masters().cloned().collect();
-        Ok((links, Some(topology)))
+        Ok((links, Some((topology, host))))
     }
 
     /// One session's life: set up tracking (on every master of a Cluster), hand the sockets to
@@ -401,16 +424,17 @@ impl Channel {
             return (End::Dropped, false);
         };
         let n = links.len();
+        let tracked = topology.as_ref().map(|(t, _)| t.names());
         *near.inbox() = Some(Inbox {
             links,
             namespace: self.settings.namespace.clone(),
-            topology,
+            cluster: topology.is_some(),
             broken: None,
         });
-        near.resume();
+        near.resume_tracking(tracked);
         drop(near);
         tracing::debug!(client = %self.name, connections = n, "ddf: near cache tracking established");
-        let end = self.listen(&watchers);
+        let end = self.listen(&watchers, topology.as_ref());
         // `listen` tore a lost session down already; this only covers any other way out.
         if let Some(near) = self.near.upgrade() {
             near.end_session(&mut near.inbox(), Cause::ChannelLost);
@@ -465,9 +489,17 @@ impl Channel {
                 Ok(v) => {
                     // The replies before the extras are `HELLO`'s map and two `OK`s.
                     if answered >= 3
-                        && let Some(t) = text(&v)
+                        && let Some(t) = into_text(v)
                     {
-                        nodes = Some(t);
+                        match t.strip_prefix("cluster_state:") {
+                            Some(state) if !state.starts_with("ok") => {
+                                return Err(End::Lost(
+                                    "the node says cluster_state:fail (CLUSTER INFO)".to_owned(),
+                                ));
+                            }
+                            Some(_) => {}
+                            None => nodes = Some(t),
+                        }
                     }
                     answered += 1;
                 }
@@ -489,20 +521,19 @@ impl Channel {
             pinged: None,
             sent: Instant::now(),
             fd,
+            view: None,
         };
         Ok((link, nodes))
     }
 
-    /// The heartbeat of link `i`: `PING`; `ROLE` behind Sentinel and on a Cluster, with
-    /// `CLUSTER NODES` on a Cluster's first link (the topology the session tracks).
-    fn heartbeat(&self, i: usize) -> Vec<u8> {
+    /// The heartbeat of a link: `PING`; `ROLE` behind Sentinel; on a Cluster, on every link,
+    /// `CLUSTER NODES` and `CLUSTER INFO` (each master's own view, compared with the session's).
+    fn heartbeat(&self) -> Vec<u8> {
         match self.settings.target {
             RedisTarget::Sentinel { .. } => redis::cmd("ROLE").get_packed_command(),
             RedisTarget::Cluster(_) => {
-                let mut out = redis::cmd("ROLE").get_packed_command();
-                if i == 0 {
-                    out.extend(redis::cmd("CLUSTER").arg("NODES").get_packed_command());
-                }
+                let mut out = redis::cmd("CLUSTER").arg("NODES").get_packed_command();
+                out.extend(redis::cmd("CLUSTER").arg("INFO").get_packed_command());
                 out
             }
             RedisTarget::Standalone(_) => redis::cmd("PING").get_packed_command(),
@@ -513,9 +544,12 @@ impl Channel {
     /// tick; ends when a connection fails, goes quiet, the topology changes, or the near cache
     /// is dropped. A lost session is torn down before the inbox's lock is let go (the near
     /// cache suspended, then the inbox dropped): no hit finds the channel gone and the near
-    /// cache still live.
-    fn listen(&self, watchers: &[OwnedFd]) -> End {
-        let pings: Vec<Vec<u8>> = (0..watchers.len()).map(|i| self.heartbeat(i)).collect();
+    /// cache still live. On a Cluster (`topology`: the session's, and the host asked first),
+    /// the `CLUSTER NODES` answers drained (by this thread or a hit) are compared after each
+    /// turn, outside the inbox's lock.
+    fn listen(&self, watchers: &[OwnedFd], topology: Option<&Session>) -> End {
+        let ping = self.heartbeat();
+        let pings: Vec<Vec<u8>> = vec![ping; watchers.len()];
         // A drain cut short by its budget may leave values in the parser's buffer, which `poll`
         // does not see: the next turn drains without waiting.
         let mut pending = false;
@@ -535,7 +569,22 @@ impl Channel {
                 (Ok(ready), Some(ib)) => match self.beat(ib, &near, ready, &pings) {
                     Ok(done) => {
                         pending = !done;
-                        continue;
+                        let Some((t, asked)) = topology else {
+                            continue;
+                        };
+                        let views = ib.take_views();
+                        drop(inbox);
+                        #[cfg(feature = "testing")]
+                        if super::hooks::topology_ignored(&self.settings.namespace) {
+                            continue;
+                        }
+                        match check_views(t, asked, &views) {
+                            Ok(()) => continue,
+                            Err(f) => {
+                                inbox = near.inbox();
+                                f
+                            }
+                        }
                     }
                     Err(f) => f,
                 },

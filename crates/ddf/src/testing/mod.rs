@@ -44,7 +44,9 @@ pub mod internals {
     pub use crate::backend::redis::RedisBackend;
     pub use crate::codec::pickle;
     #[cfg(feature = "redis")]
-    pub use crate::near::{drop_invalidations, pause_teardown, without_catch_up};
+    pub use crate::near::{
+        drop_invalidations, ignore_topology_changes, pause_teardown, without_catch_up,
+    };
     /// pymemcache's flags (see the crate's `flags` module).
     pub mod flags {
         pub use crate::flags::*;

@@ -570,11 +570,16 @@ impl Backend for NodeBackend {
     }
 
     /// `GET` and `PTTL` pipelined to the key's owner (redirects followed as for any request),
-    /// as the standalone backend does for the near cache's fill.
+    /// as the standalone backend does for the near cache's fill; the node that answered the
+    /// `GET` is noted (`degraded::note_answered`): the near cache stores the reply only from a
+    /// node it tracks.
     fn get_expiring(&self, key: &str) -> Result<Option<(Item, crate::backend::Expiry)>> {
         let get = self.keyed(key, commands::get);
         let pttl = self.keyed(key, |k| redis::cmd("PTTL").arg(k).clone());
-        let vals = self.exec("GET/PTTL", &[get, pttl])?;
+        let (vals, answered) = self.exec_from("GET/PTTL", &[get, pttl], Some(0))?;
+        if let Some(a) = &answered {
+            crate::backend::degraded::note_answered(a);
+        }
         let [v, pttl] = <[Value; 2]>::try_from(vals).map_err(|_| self.parse_error("GET/PTTL"))?;
         let v: Option<Vec<u8>> = self.convert("GET", v)?;
         let pttl: i64 = self.convert("PTTL", pttl)?;

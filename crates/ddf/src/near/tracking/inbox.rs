@@ -1,8 +1,9 @@
 //! The open tracking session as the near cache holds it (the *inbox*): its links (one
 //! connection each), what a drain reads from them without waiting, and how each value read is
-//! applied (an invalidation evicts, a flush resets, an error or, on a Cluster, a changed
-//! topology ends the session). Drained by the tracking thread and by hits (`Near::catch_up`),
-//! whoever holds the inbox's lock.
+//! applied (an invalidation evicts, a flush resets, an error ends the session; on a Cluster a
+//! `CLUSTER INFO` saying `cluster_state:fail` ends it, and a `CLUSTER NODES` answer is kept,
+//! unparsed, for the tracking thread to compare outside the lock: [`check_views`]). Drained by
+//! the tracking thread and by hits (`Near::catch_up`), whoever holds the inbox's lock.
 
 use std::io::Read;
 use std::os::fd::OwnedFd;
@@ -41,6 +42,8 @@ pub(super) struct Link {
     pub(super) sent: Instant,
     /// A second handle of the socket, to ask `poll` whether a heartbeat can be written.
     pub(super) fd: OwnedFd,
+    /// On a Cluster: the latest `CLUSTER NODES` answer read on it, not compared yet.
+    pub(super) view: Option<String>,
 }
 
 /// The open session's sockets and parsers, kept in the near cache behind its lock: the
@@ -48,9 +51,8 @@ pub(super) struct Link {
 pub(in crate::near) struct Inbox {
     pub(super) links: Vec<Link>,
     pub(super) namespace: String,
-    /// On a Cluster: the masters and slots the session tracks; a `CLUSTER NODES` answer that
-    /// differs ends it.
-    pub(super) topology: Option<Topology>,
+    /// A Redis Cluster's session: text replies are `CLUSTER NODES` and `CLUSTER INFO` answers.
+    pub(super) cluster: bool,
     /// Why a drain found the session unusable (the thread ends it).
     pub(super) broken: Option<Fault>,
 }
@@ -71,13 +73,13 @@ impl Inbox {
         if let Some(f) = &self.broken {
             return Err(f.clone());
         }
-        let (ns, topology) = (&self.namespace, self.topology.as_ref());
+        let (ns, cluster) = (&self.namespace, self.cluster);
         let mut done = true;
         for link in &mut self.links {
-            let pinged = &mut link.pinged;
+            let (pinged, view) = (&mut link.pinged, &mut link.view);
             let r = read_all(&mut link.parser, &mut link.stream, DRAIN_BUDGET, |v| {
                 *pinged = None;
-                apply(near, ns, topology, v)
+                apply(near, ns, cluster.then_some(&mut *view), v)
             });
             match r {
                 Ok(d) => done &= d,
@@ -88,6 +90,15 @@ impl Inbox {
             }
         }
         Ok(done)
+    }
+
+    /// The `CLUSTER NODES` answers drained since the last call (a Cluster's), to be compared
+    /// with the session's topology outside the inbox's lock ([`check_views`]).
+    pub(in crate::near) fn take_views(&mut self) -> Vec<String> {
+        self.links
+            .iter_mut()
+            .filter_map(|l| l.view.take())
+            .collect()
     }
 
     /// The cause a drain found this session unusable for, if one did.
@@ -116,12 +127,14 @@ pub(super) fn read_all(
 }
 
 /// Applies one value read on a tracking connection: an `invalidate` push evicts, a `PONG`
-/// or another push is only a sign of life, an error ends the session; on a Cluster
-/// (`topology`), a `CLUSTER NODES` answer that names other masters or slots ends it too.
+/// or another push is only a sign of life, an error ends the session; on a Cluster (`view`:
+/// the link's slot for a `CLUSTER NODES` answer), a `CLUSTER INFO` that does not say
+/// `cluster_state:ok` ends it too (the node is cut off from the cluster's majority, or the
+/// cluster is down), and a `CLUSTER NODES` answer is kept in `view`, unparsed.
 pub(super) fn apply(
     near: &Near,
     namespace: &str,
-    topology: Option<&Topology>,
+    view: Option<&mut Option<String>>,
     v: Value,
 ) -> Result<(), Fault> {
     match v {
@@ -132,23 +145,52 @@ pub(super) fn apply(
             Ok(())
         }
         Value::ServerError(e) => Err(Fault::lost(format!("the server answered an error: {e:?}"))),
-        // The reply to `ROLE` (the heartbeat behind Sentinel and on a Cluster): only a master
-        // may be tracked.
+        // The reply to `ROLE` (the heartbeat behind Sentinel): only a master may be tracked.
         v if not_master(&v) => Err(Fault::lost("the server is no longer the master (failover)")),
-        v => match (topology, text(&v)) {
-            (Some(t), Some(text)) => {
-                let asked = t.myself.as_ref().map_or("", |a| a.0.as_str());
-                match parse_nodes(&text, asked) {
-                    Some(now) if same_slots(&now, t) => Ok(()),
-                    _ => Err(Fault {
-                        why: "the cluster's masters or slots changed (CLUSTER NODES)".to_owned(),
-                        cause: Cause::Topology,
-                    }),
+        v => match (view, into_text(v)) {
+            (Some(view), Some(text)) => match text.strip_prefix("cluster_state:") {
+                Some(state) if !state.starts_with("ok") => Err(Fault {
+                    why: "a tracked master says cluster_state:fail (CLUSTER INFO)".to_owned(),
+                    cause: Cause::Topology,
+                }),
+                Some(_) => Ok(()),
+                None => {
+                    *view = Some(text);
+                    Ok(())
                 }
-            }
+            },
             _ => Ok(()),
         },
     }
+}
+
+/// Compares the `CLUSTER NODES` answers of a Cluster's links (`views`, read by
+/// [`Inbox::take_views`]; `asked`: the host a node without an announced IP is at) with the
+/// topology the session tracks: every one must name the same masters and slots, and say that
+/// the node answering is a master (not a replica, not failed). Parsed by the tracking thread
+/// outside the inbox's lock.
+///
+/// # Errors
+/// The first disagreement (cause `topology`): the session ends, to be set up again.
+pub(in crate::near) fn check_views(
+    session: &Topology,
+    asked: &str,
+    views: &[String],
+) -> Result<(), Fault> {
+    for v in views {
+        let why = match parse_nodes(v, asked) {
+            Some(now) if now.myself.is_none() => {
+                "a tracked node no longer says it is a master (CLUSTER NODES)"
+            }
+            Some(now) if same_slots(&now, session) => continue,
+            _ => "the cluster's masters or slots changed (CLUSTER NODES)",
+        };
+        return Err(Fault {
+            why: why.to_owned(),
+            cause: Cause::Topology,
+        });
+    }
+    Ok(())
 }
 
 /// Whether two readings of `CLUSTER NODES` agree on every master and its slots (whichever
@@ -159,11 +201,15 @@ pub(super) fn same_slots(a: &Topology, b: &Topology) -> bool {
     a == *b
 }
 
-/// The text of a `CLUSTER NODES` answer (a verbatim string in RESP3, a bulk string in RESP2).
-pub(super) fn text(v: &Value) -> Option<String> {
+/// The text of a `CLUSTER NODES` or `CLUSTER INFO` answer (a verbatim string in RESP3, a
+/// bulk string in RESP2).
+pub(super) fn into_text(v: Value) -> Option<String> {
     match v {
-        Value::VerbatimString { text, .. } => Some(text.clone()),
-        Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        Value::VerbatimString { text, .. } => Some(text),
+        Value::BulkString(b) => Some(
+            String::from_utf8(b)
+                .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
+        ),
         _ => None,
     }
 }

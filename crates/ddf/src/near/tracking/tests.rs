@@ -73,19 +73,21 @@ fn behind_sentinel_the_setup_asks_the_tracked_server_its_role() {
     assert!(bytes.ends_with(&redis::cmd("ROLE").get_packed_command()));
     let plain = channel(settings(crate::CacheConfig::default()), &near);
     assert_eq!(plain.setup(&plain.extra()).1, 3);
-    // On a Cluster: every master is asked its role; the first link's heartbeat also asks
-    // `CLUSTER NODES` (the topology the session tracks), the others' only `ROLE`.
+    // On a Cluster (review of the ntrack merge, HIGH 1): every link's set-up and heartbeat
+    // ask its own node's `CLUSTER NODES` and `CLUSTER INFO` (not `ROLE`: a node's own view
+    // says whether it is a master).
     let nodes = vec![crate::config::ServerAddr::parse("127.0.0.1:1", 6379).unwrap()];
     let cluster = channel(
         settings(crate::CacheConfig::default().with_redis_cluster_nodes(nodes)),
         &near,
     );
-    assert_eq!(cluster.setup(&cluster.extra()).1, 4);
+    assert_eq!(cluster.setup(&cluster.extra()).1, 5);
     let role = redis::cmd("ROLE").get_packed_command();
-    assert!(cluster.heartbeat(0).starts_with(&role));
-    assert!(cluster.heartbeat(0).len() > role.len());
-    assert_eq!(cluster.heartbeat(1), role);
-    assert_eq!(sentinel.heartbeat(0), role);
+    let mut views = redis::cmd("CLUSTER").arg("NODES").get_packed_command();
+    views.extend(redis::cmd("CLUSTER").arg("INFO").get_packed_command());
+    assert_eq!(cluster.heartbeat(), views);
+    assert!(cluster.setup(&cluster.extra()).0.ends_with(&views));
+    assert_eq!(sentinel.heartbeat(), role);
     let role = |r: &str| Value::Array(vec![Value::BulkString(r.as_bytes().to_vec())]);
     assert!(not_master(&role("slave")));
     assert!(!not_master(&role("master")));
@@ -112,9 +114,10 @@ fn the_heartbeat_is_sent_every_tick_whatever_was_heard() {
             pinged: None,
             sent: Instant::now() - TICK,
             fd,
+            view: None,
         }],
         namespace: "t:".to_owned(),
-        topology: None,
+        cluster: false,
         broken: None,
     };
     let hb = [b"HB".to_vec()];
@@ -235,9 +238,12 @@ fn a_drain_stops_at_its_budget_and_the_next_goes_on() {
     assert_eq!((done, n), (Ok(true), 5));
 }
 
-/// On a Cluster, a heartbeat's `CLUSTER NODES` answer that names the masters and slots the
-/// session tracks is only a sign of life (whichever node answered); one that differs (a slot
-/// moved, a master joined or failed) ends the session with the cause `topology`.
+/// On a Cluster, each link's `CLUSTER NODES` answer is kept by the drain (not parsed under
+/// the inbox's lock) and compared by the thread: one that names the masters and slots the
+/// session tracks, from a node that says it is a master, passes (whichever node answered); one
+/// that differs (a slot moved, a master joined or failed) or comes from a node now a replica
+/// ends the session with the cause `topology`, as does a `CLUSTER INFO` saying
+/// `cluster_state:fail` (a master cut off from the majority).
 #[test]
 fn a_changed_cluster_topology_ends_the_session() {
     let near = tracked();
@@ -250,19 +256,46 @@ b 127.0.0.1:7001@17001 master - 0 0 2 connected 8192-16383
         format: redis::VerbatimFormat::Text,
         text: text.to_owned(),
     };
-    assert_eq!(apply(&near, "t:", Some(&t), verbatim(nodes)), Ok(()));
+    let mut view = None;
+    assert_eq!(apply(&near, "t:", Some(&mut view), verbatim(nodes)), Ok(()));
+    assert_eq!(view.as_deref(), Some(nodes), "kept, unparsed");
     let from_b = nodes.replace("myself,master", "master").replace(
         "b 127.0.0.1:7001@17001 master",
         "b 127.0.0.1:7001@17001 myself,master",
     );
-    assert_eq!(apply(&near, "t:", Some(&t), verbatim(&from_b)), Ok(()));
+    assert_eq!(
+        check_views(&t, "127.0.0.1", &[nodes.to_owned(), from_b]),
+        Ok(())
+    );
     let moved = nodes
         .replace("0-8191", "0-8190")
         .replace("8192-16383", "8191-16383");
-    let err = apply(&near, "t:", Some(&t), verbatim(&moved)).unwrap_err();
+    let resp2 = Value::BulkString(moved.clone().into_bytes());
+    assert_eq!(apply(&near, "t:", Some(&mut view), resp2), Ok(()));
+    let err = check_views(&t, "127.0.0.1", &[nodes.to_owned(), view.take().unwrap()]);
+    assert_eq!(err.unwrap_err().cause, Cause::Topology);
+    // The same masters and slots, from a node that is a replica now (or was never a master).
+    let replica = format!(
+        "{}c 127.0.0.1:7002@17002 myself,slave a 0 0 1 connected\n",
+        nodes.replace("myself,master", "master")
+    );
+    let err = check_views(&t, "127.0.0.1", &[replica]).unwrap_err();
     assert_eq!(err.cause, Cause::Topology);
-    let resp2 = Value::BulkString(moved.into_bytes());
-    assert!(apply(&near, "t:", Some(&t), resp2).is_err());
+    assert!(
+        err.why.contains("no longer says it is a master"),
+        "{}",
+        err.why
+    );
+    // `CLUSTER INFO`: ok passes, fail ends the session.
+    let info = |state: &str| {
+        verbatim(&format!(
+            "cluster_state:{state}\r\ncluster_slots_assigned:16384\r\n"
+        ))
+    };
+    assert_eq!(apply(&near, "t:", Some(&mut view), info("ok")), Ok(()));
+    assert_eq!(view, None);
+    let err = apply(&near, "t:", Some(&mut view), info("fail")).unwrap_err();
+    assert_eq!(err.cause, Cause::Topology);
     // Outside a Cluster a bulk string is nothing to compare.
     assert_eq!(
         apply(&near, "t:", None, Value::BulkString(b"x".to_vec())),

@@ -63,11 +63,22 @@ impl NodeBackend {
     /// bound (`connect_timeout` + `timeout` from its start; a batch's requests to several
     /// scopes share it): see [`NodeBackend::within`].
     pub(super) fn exec(&self, what: &str, cmds: &[Keyed]) -> Result<Vec<Value>> {
+        self.exec_from(what, cmds, None).map(|(v, _)| v)
+    }
+
+    /// As [`NodeBackend::exec`], with the node that answered command `watch` (the address
+    /// the request was sent to, redirects followed), if asked.
+    pub(super) fn exec_from(
+        &self,
+        what: &str,
+        cmds: &[Keyed],
+        watch: Option<usize>,
+    ) -> Result<(Vec<Value>, Option<Addr>)> {
         let Some(deadline) = super::CALL_DEADLINE.get() else {
-            return self.exec_now(what, cmds);
+            return self.exec_now(what, cmds, watch);
         };
         let (me, owned, label) = (self.clone(), cmds.to_vec(), what.to_owned());
-        self.within(deadline, what, move || me.exec_now(&label, &owned))
+        self.within(deadline, what, move || me.exec_now(&label, &owned, watch))
     }
 
     /// Runs `f` (requests of a call that started before the first slot map was read) on a
@@ -117,8 +128,14 @@ impl NodeBackend {
         rx.recv_timeout(left).unwrap_or_else(|_| Err(out_of_time()))
     }
 
-    fn exec_now(&self, what: &str, cmds: &[Keyed]) -> Result<Vec<Value>> {
+    fn exec_now(
+        &self,
+        what: &str,
+        cmds: &[Keyed],
+        watch: Option<usize>,
+    ) -> Result<(Vec<Value>, Option<Addr>)> {
         let mut out = vec![Value::Nil; cmds.len()];
+        let mut answered = None;
         let mut todo: Vec<(usize, Hop)> = cmds
             .iter()
             .enumerate()
@@ -146,6 +163,9 @@ impl NodeBackend {
                 let vals = self.send(what, to, cmds, idx)?;
                 for (&i, v) in idx.iter().zip(vals) {
                     let Value::ServerError(e) = v else {
+                        if watch == Some(i) {
+                            answered = Some(to.addr.clone());
+                        }
                         out[i] = v;
                         continue;
                     };
@@ -171,7 +191,7 @@ impl NodeBackend {
                 break;
             }
         }
-        Ok(out)
+        Ok((out, answered))
     }
 
     /// One pipeline of `idx`'s commands to one node (`ASKING` before each after an `ASK`); a

@@ -15,7 +15,8 @@
 //! # Layout
 //! `pickle_dir/ddf-cache.sqlite3` (plus its `-wal` and `-shm` files while in use), mode 0600, in a
 //! directory created with mode 0700, and `ddf-near.counters`, the change counters every write
-//! bumps (`near/file.rs`: what keeps near caches over the directory coherent). One table, keyed by the bytes of `namespace + key`, so any
+//! bumps (`near/file.rs`: what keeps near caches over the directory coherent; a write fails
+//! rather than go uncounted when they cannot be opened). One table, keyed by the bytes of `namespace + key`, so any
 //! UTF-8 key — `/`, `..`, absolute paths, control characters, the empty key, 10 kB keys — is just
 //! a key: nothing is ever written outside the database. Other files in the directory are never
 //! touched, and several namespaces can share one directory.

@@ -32,26 +32,30 @@ mod sealed {
 }
 
 impl Shared {
-    /// Opens the file at `path`, creating it (zeroes) if needed and extending it to `len` bytes
-    /// (what is there stays), and maps its first `len` bytes. A mapping that fails is logged at
-    /// debug level and leaves [`Shared::mapped`] false; the caller falls back (`pread`, or
-    /// going without).
+    /// Opens the file at `path`, creating it (zeroes, mode 0600, never through a symbolic
+    /// link) if needed and extending it to `len` bytes (what is there stays), allocates its
+    /// blocks, and maps its first `len` bytes. A mapping that fails, or a file whose blocks
+    /// cannot be allocated (see [`allocate`]), is logged at debug level and leaves
+    /// [`Shared::mapped`] false; the caller falls back (`pread`, or going without).
     ///
     /// # Errors
-    /// The file cannot be opened, read or extended.
+    /// The file cannot be opened, read or extended (a symbolic link, a full disk).
     pub(crate) fn open(path: &Path, len: u64) -> std::io::Result<Shared> {
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .open(path)?;
-        if file.metadata()?.len() < len {
-            // Extends (zeroes after what is there); what is already written stays.
-            file.set_len(len)?;
+        let mut opts = std::fs::OpenOptions::new();
+        opts.create(true).truncate(false).read(true).write(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            // Private like the database; a link planted in the directory is refused (ELOOP),
+            // not followed and extended.
+            opts.mode(0o600)
+                .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits().cast_signed());
         }
+        let file = opts.open(path)?;
+        let allocated = allocate(&file, len)?;
         let map = usize::try_from(len)
             .ok()
+            .filter(|_| allocated)
             .and_then(|n| {
                 memmap2::MmapOptions::new()
                     .len(n)
@@ -70,6 +74,7 @@ impl Shared {
     }
 
     /// Whether the file is mapped.
+    #[cfg(test)]
     pub(crate) fn mapped(&self) -> bool {
         self.map.is_some()
     }
@@ -99,6 +104,46 @@ impl Shared {
     }
 }
 
+/// Extends `file` to `len` bytes if shorter and allocates the blocks of its first `len` bytes
+/// (never changing what is there), so that a store into the mapping never meets a full disk:
+/// a page of a sparse file is allocated at its first store, and a full disk then kills the
+/// process with `SIGBUS`. With the blocks allocated up front, a full disk is an error here.
+/// `false` (logged): the file system cannot allocate (`posix_fallocate` unsupported): the
+/// file must not be mapped. Writing zeroes instead would race another process's first stores
+/// into a file it just created; a `pwrite` fallback returns the full disk as an error.
+///
+/// # Errors
+/// The file cannot be read or extended, or the disk is full.
+fn allocate(file: &File, len: u64) -> std::io::Result<bool> {
+    let size = file.metadata()?.len();
+    #[cfg(unix)]
+    {
+        // Never below the file's size (on Apple systems, a shorter range truncates).
+        match rustix::fs::fallocate(file, rustix::fs::FallocateFlags::empty(), 0, len.max(size)) {
+            Ok(()) => Ok(true),
+            Err(e)
+                if e == rustix::io::Errno::OPNOTSUPP
+                    || e == rustix::io::Errno::NOSYS
+                    || e == rustix::io::Errno::INVAL =>
+            {
+                tracing::debug!(error = %e, "ddf: cannot allocate a shared file; not mapped");
+                if size < len {
+                    file.set_len(len)?;
+                }
+                Ok(false)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        if size < len {
+            file.set_len(len)?;
+        }
+        Ok(true)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -124,6 +169,35 @@ mod tests {
         assert_eq!(
             c.atomics::<AtomicU64>(56, 1).unwrap()[0].load(Ordering::SeqCst),
             3
+        );
+    }
+
+    /// The blocks are allocated (a store into the mapping never meets a full disk: SIGBUS),
+    /// the file is private, and a symbolic link is refused, not followed.
+    #[cfg(unix)]
+    #[test]
+    fn the_file_is_allocated_private_and_never_a_link() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("shared");
+        let s = Shared::open(&path, 8256).unwrap();
+        let m = std::fs::metadata(&path).unwrap();
+        // Every Linux file system a test runs on allocates (ext4, xfs, btrfs, tmpfs, overlay).
+        #[cfg(target_os = "linux")]
+        assert!(s.mapped());
+        if s.mapped() {
+            assert!(m.blocks() * 512 >= 8256, "sparse: {} blocks", m.blocks());
+        }
+        assert_eq!(m.permissions().mode() & 0o777, 0o600);
+        let target = dir.path().join("target");
+        std::fs::write(&target, b"").unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        assert!(Shared::open(&link, 64).is_err());
+        assert_eq!(
+            std::fs::metadata(&target).unwrap().len(),
+            0,
+            "the link's target is untouched"
         );
     }
 }

@@ -15,7 +15,8 @@
 //! # Layout
 //! `pickle_dir/ddf-cache.sqlite3` (plus its `-wal` and `-shm` files while in use), mode 0600, in a
 //! directory created with mode 0700, and `ddf-near.counters`, the change counters every write
-//! bumps (`near/file.rs`: what keeps near caches over the directory coherent). One table, keyed by the bytes of `namespace + key`, so any
+//! bumps (`near/file.rs`: what keeps near caches over the directory coherent; a write fails
+//! rather than go uncounted when they cannot be opened). One table, keyed by the bytes of `namespace + key`, so any
 //! UTF-8 key — `/`, `..`, absolute paths, control characters, the empty key, 10 kB keys — is just
 //! a key: nothing is ever written outside the database. Other files in the directory are never
 //! touched, and several namespaces can share one directory.
@@ -48,7 +49,7 @@ use super::{Backend, BackendStatus, Item};
 use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, Result};
 use crate::key::{Keyspace, prefix_range};
-use crate::near::file::Changes;
+use crate::near::file::Counters;
 
 const NAME: &str = "pickle";
 /// The database's file name inside the cache directory.
@@ -82,8 +83,8 @@ pub struct FileBackend {
     db: Db,
     keys: Keyspace,
     /// The directory's change counters, bumped around every write (near caches in any process
-    /// check them; `near/file.rs`). `None`: they could not be mapped (logged).
-    changes: Option<Arc<Changes>>,
+    /// check them; `near/file.rs`): a write fails rather than go uncounted.
+    counters: Arc<Counters>,
 }
 
 impl fmt::Debug for FileBackend {
@@ -117,34 +118,29 @@ impl FileBackend {
         namespace: &str,
         clock: Arc<dyn Clock>,
     ) -> Result<Self> {
-        let db = Db::open(dir.into(), DB_FILE, SCHEMA, NAME, clock)?;
-        let changes = Changes::open(db.path().parent().unwrap_or(db.path()));
-        if let Some(c) = &changes {
-            let c = c.clone();
-            db.on_replace(Box::new(move || c.everything_changed()));
-        }
+        let dir = dir.into();
+        // Before the first connect: a database moved aside then moves the epoch too.
+        let counters = Arc::new(Counters::new(&dir));
+        let replacements = counters.clone() as Arc<dyn super::sqlite::Replacements>;
+        let db = Db::open_watched(dir, DB_FILE, SCHEMA, NAME, clock, Some(replacements))?;
         Ok(FileBackend {
             db,
             keys: Keyspace::new(namespace),
-            changes,
+            counters,
         })
     }
 
     /// As [`FileBackend::changing`] for a commit that changes `keys`.
-    fn changing_keys<T>(&self, keys: &[&str], write: impl FnOnce() -> T) -> T {
-        match &self.changes {
-            Some(c) => c.around_keys(self.keys.namespace(), keys, write),
-            None => write(),
-        }
+    fn changing_keys<T>(&self, keys: &[&str], write: impl FnOnce() -> Result<T>) -> Result<T> {
+        self.counters
+            .around_keys(self.keys.namespace(), keys, write)
     }
 
     /// Runs `write`, a commit that changes `key` (`None`: many keys), with the change counters
-    /// bumped before and after it (`near/file.rs`, [`Changes::around`]).
-    fn changing<T>(&self, key: Option<&str>, write: impl FnOnce() -> T) -> T {
-        match &self.changes {
-            Some(c) => c.around(self.keys.namespace(), key, write),
-            None => write(),
-        }
+    /// bumped before and after it (`near/file.rs`, [`Counters::around`]); fails without
+    /// writing when they cannot be opened.
+    fn changing<T>(&self, key: Option<&str>, write: impl FnOnce() -> Result<T>) -> Result<T> {
+        self.counters.around(self.keys.namespace(), key, write)
     }
 
     /// The cache directory.
@@ -196,6 +192,18 @@ impl FileBackend {
             size: u64::try_from(len).ok(),
             flags: u32::try_from(flags).ok(),
         }
+    }
+}
+
+/// The change counters learn of a database moved aside (the epoch), and pools check the file
+/// whenever the epoch moved.
+impl super::sqlite::Replacements for Counters {
+    fn replaced(&self) {
+        Counters::replaced(self);
+    }
+
+    fn epoch(&self) -> Option<u64> {
+        Counters::epoch(self)
     }
 }
 
@@ -732,10 +740,11 @@ mod tests {
         }
         assert_eq!(a.get("k").unwrap(), None); // a moves it aside and starts empty
         a.set("fresh", &item("a"), None).unwrap();
-        // b's pooled connection still points at the moved-aside file; once it notices, it
-        // reconnects to a's fresh database, which it must neither move nor miss.
-        std::thread::sleep(crate::backend::sqlite::FILE_CHECK + Duration::from_millis(100));
-        let _ = b.get("k");
+        // b's pooled connection still points at the moved-aside file, and b checked the file
+        // less than FILE_CHECK ago; the epoch a moved makes it look again at once: it reads
+        // a's fresh database (never the old file), which it must neither move nor miss.
+        assert_eq!(b.get("k").unwrap(), None);
+        assert_eq!(b.get("fresh").unwrap(), Some(item("a")));
         b.set("from-b", &item("b"), None).unwrap();
         assert_eq!(a.get("fresh").unwrap(), Some(item("a")));
         assert_eq!(a.get("from-b").unwrap(), Some(item("b")));
@@ -752,7 +761,11 @@ mod tests {
     #[test]
     fn writes_and_a_database_moved_aside_move_the_change_counters() {
         let (_d, b, _c) = backend();
-        let changes = Changes::open(b.dir()).unwrap();
+        let Ok(crate::near::file::Opened::Mapped(changes)) =
+            crate::near::file::Changes::open(b.dir())
+        else {
+            panic!("not mapped");
+        };
         type Write = Box<dyn Fn(&FileBackend)>;
         let writes: Vec<(&str, Write)> = vec![
             ("set", Box::new(|b| b.set("k", &item("v"), None).unwrap())),
@@ -807,6 +820,28 @@ mod tests {
                 "{what} did not move the counters"
             );
         }
+        // A database found corrupt by the first connect of an open is moved aside: the epoch
+        // moves too (the counters are told before that connect).
+        b.close();
+        fs::write(b.db_path(), vec![0x5au8; 64 * 1024]).unwrap();
+        let stamp = changes.stamp("ns:", "k");
+        let _other = FileBackend::open(b.dir(), "ns:").unwrap();
+        assert!(!changes.unchanged(stamp), "a move aside at open");
+    }
+
+    /// Counters that cannot be opened (a directory in their place) fail every write, naming
+    /// them, and never let it go uncounted; reads go on.
+    #[test]
+    fn a_backend_whose_counters_cannot_open_reads_but_never_writes_uncounted() {
+        let (_d, b, _c) = backend();
+        b.set("k", &item("v1"), None).unwrap();
+        let dir = b.dir().join("other");
+        fs::create_dir_all(dir.join(crate::near::file::COUNTERS_FILE)).unwrap();
+        let other = FileBackend::open(&dir, "ns:").unwrap();
+        let e = other.set("k", &item("v2"), None).unwrap_err().to_string();
+        assert!(e.contains(crate::near::file::COUNTERS_FILE), "{e}");
+        assert_eq!(other.delete_prefix("").map_err(|e| e.to_string()), Err(e));
+        assert_eq!(other.get("k").unwrap(), None);
     }
 
     #[test]

@@ -71,8 +71,20 @@ pub(crate) struct Db {
     label: &'static str,
     clock: Arc<dyn Clock>,
     pool: Mutex<Pool>,
-    /// Called once this process moved the database aside (the near cache's change counters).
-    on_replace: std::sync::OnceLock<Box<dyn Fn() + Send + Sync>>,
+    /// Told when this process moves the database aside, and asked whether any process may
+    /// have (the file backend's change counters).
+    replacements: Option<Arc<dyn Replacements>>,
+}
+
+/// What the owner of a database learns and tells about it being moved aside (the file
+/// backend's change counters, `near/file.rs`).
+pub(crate) trait Replacements: Send + Sync + fmt::Debug {
+    /// This process moved the database aside (after the move, before the next connect).
+    fn replaced(&self);
+    /// A number that moves, in every process, after any process moved the database aside
+    /// (and maybe more often); `None`: unknown. A pool that sees it move checks the file at
+    /// once instead of at its next [`FILE_CHECK`].
+    fn epoch(&self) -> Option<u64>;
 }
 
 #[derive(Default)]
@@ -84,6 +96,8 @@ struct Pool {
     file_id: Option<(u64, u64)>,
     /// When the path was last checked to still name that file.
     checked: Option<Instant>,
+    /// The replacements' epoch at that check.
+    epoch: Option<u64>,
 }
 
 #[cfg(unix)]
@@ -138,6 +152,22 @@ impl Db {
         label: &'static str,
         clock: Arc<dyn Clock>,
     ) -> Result<Self> {
+        Self::open_watched(dir, file, schema, label, clock, None)
+    }
+
+    /// [`Db::open`] telling `replacements` (already from the first connect: a database found
+    /// corrupt then is moved aside too).
+    ///
+    /// # Errors
+    /// As [`Db::open`].
+    pub(crate) fn open_watched(
+        dir: PathBuf,
+        file: &str,
+        schema: &'static str,
+        label: &'static str,
+        clock: Arc<dyn Clock>,
+        replacements: Option<Arc<dyn Replacements>>,
+    ) -> Result<Self> {
         let mut builder = fs::DirBuilder::new();
         builder.recursive(true);
         #[cfg(unix)]
@@ -163,16 +193,11 @@ impl Db {
             label,
             clock,
             pool: Mutex::new(Pool::default()),
-            on_replace: std::sync::OnceLock::new(),
+            replacements,
         };
         let (c, generation) = db.take()?;
         db.give(c, generation);
         Ok(db)
-    }
-
-    /// Calls `f` whenever this process moves the database aside (at most one `f`).
-    pub(crate) fn on_replace(&self, f: Box<dyn Fn() + Send + Sync>) {
-        let _ = self.on_replace.set(f);
     }
 
     /// The directory.
@@ -203,12 +228,17 @@ impl Db {
 
     /// Takes a connection from the pool (or opens one), with the pool generation it belongs to.
     fn take(&self) -> Result<(Connection, u64)> {
+        // Loaded before the check: a process that moves the database aside moves the epoch
+        // after the move, so a caller that loaded the moved epoch (a near fill's stamp) finds
+        // the new file here, never fills from the old one.
+        let epoch = self.replacements.as_ref().and_then(|r| r.epoch());
         let (idle, generation) = {
             let mut pool = self.lock_pool();
-            // At most once a second: if another process moved the database aside, drop the
-            // connections to the old file and open the new one.
-            if pool.checked.is_none_or(|t| t.elapsed() >= FILE_CHECK) {
+            // Once a second, and whenever the epoch moved: if another process moved the
+            // database aside, drop the connections to the old file and open the new one.
+            if pool.checked.is_none_or(|t| t.elapsed() >= FILE_CHECK) || pool.epoch != epoch {
                 pool.checked = Some(Instant::now());
+                pool.epoch = epoch;
                 if pool.file_id.is_some() && file_id(&self.path) != pool.file_id {
                     pool.generation += 1;
                     pool.idle.clear();
@@ -337,8 +367,8 @@ impl Db {
             p.push(ext);
             let _ = fs::remove_file(PathBuf::from(p));
         }
-        if let Some(f) = self.on_replace.get() {
-            f();
+        if let Some(r) = &self.replacements {
+            r.replaced();
         }
     }
 

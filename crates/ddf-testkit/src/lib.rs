@@ -33,10 +33,22 @@ pub fn servers_required() -> bool {
     std::env::var(REQUIRE_SERVERS).is_ok_and(|v| !v.is_empty() && v != "0")
 }
 
-/// A free TCP port on 127.0.0.1 (bound, then released; the caller binds it next).
+/// A free TCP port on 127.0.0.1 (bound, then released; the caller binds it next), never one
+/// handed out before in this process (tests that draw several ports before they start their
+/// servers do not get the same one twice).
 pub fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    l.local_addr().expect("local addr").port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    loop {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let port = l.local_addr().expect("local addr").port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// Finds an executable on `PATH`.
@@ -83,15 +95,31 @@ pub struct ServerProcess {
 }
 
 impl ServerProcess {
-    /// Spawns `cmd` (which logs to `log`) and waits until `ready` answers, at most 10 s.
+    /// Spawns `cmd` (which logs to `log`) and waits until `ready(port, pid)` answers, at most
+    /// 10 s; panics, with the log, if it exits at start-up.
     fn spawn(
+        name: &'static str,
+        cmd: Command,
+        port: u16,
+        dir: tempfile::TempDir,
+        log: PathBuf,
+        ready: impl Fn(u16, u32) -> bool,
+    ) -> Self {
+        Self::try_spawn(name, cmd, port, dir, log, ready).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`ServerProcess::spawn`], with an exit at start-up (the port was taken by another
+    /// process meanwhile) as an error, for a caller that can retry on another port. A port that
+    /// answers is ready only while the child still runs (and, where `ready` can tell, it is the
+    /// child that answered: memcached's `stats` names its pid).
+    fn try_spawn(
         name: &'static str,
         mut cmd: Command,
         port: u16,
         dir: tempfile::TempDir,
         log: PathBuf,
-        ready: impl Fn(u16) -> bool,
-    ) -> Self {
+        ready: impl Fn(u16, u32) -> bool,
+    ) -> Result<Self, String> {
         let child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::from(
@@ -110,15 +138,17 @@ impl ServerProcess {
             name,
         };
         let deadline = Instant::now() + Duration::from_secs(10);
+        let pid = server.child.id();
         loop {
-            if ready(port) {
-                return server;
-            }
+            let answered = ready(port, pid);
             if let Ok(Some(status)) = server.child.try_wait() {
-                panic!(
+                return Err(format!(
                     "{name} on port {port} exited at start-up ({status}):\n{}",
                     server.logs()
-                );
+                ));
+            }
+            if answered {
+                return Ok(server);
             }
             if Instant::now() > deadline {
                 panic!(
@@ -172,24 +202,50 @@ impl ServerProcess {
 
     /// Waits (at most 5 s) until every thread of the process is stopped: `kill -STOP` returns
     /// before the kernel has stopped them, and a request sent in between can still be answered
-    /// (a SIGSTOP test then sees a server that is "down" answer once).
+    /// (a SIGSTOP test then sees a server that is "down" answer once). Panics with each
+    /// thread's state when they are not all stopped by then, or the process is a zombie (it
+    /// died: a STOP stopped nothing).
     fn wait_stopped(&self) {
         let tasks = format!("/proc/{}/task", self.child.id());
+        if !Path::new("/proc/self/task").exists() {
+            return; // not Linux: nothing to look at
+        }
         let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            let Ok(entries) = std::fs::read_dir(&tasks) else {
-                return; // not Linux, or the process is gone: nothing to wait for
-            };
-            let all_stopped = entries.flatten().all(|t| {
-                std::fs::read_to_string(t.path().join("stat")).is_ok_and(|stat| {
-                    // `pid (comm) state ...`: the state follows the last ')'.
-                    stat.rsplit_once(')')
-                        .and_then(|(_, rest)| rest.split_whitespace().next())
-                        .is_some_and(|state| state == "T" || state == "t")
+        loop {
+            // `pid (comm) state ...`: the state follows the last ')'.
+            let states: Vec<String> = std::fs::read_dir(&tasks)
+                .map(|entries| {
+                    entries
+                        .flatten()
+                        .map(|t| {
+                            let stat =
+                                std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+                            stat.rsplit_once(')')
+                                .and_then(|(_, rest)| rest.split_whitespace().next())
+                                .unwrap_or("?")
+                                .to_owned()
+                        })
+                        .collect()
                 })
-            });
-            if all_stopped {
+                .unwrap_or_default();
+            if states.iter().any(|s| s == "Z" || s == "X") || states.is_empty() {
+                panic!(
+                    "{} (pid {}) on port {} is dead, not stopped (threads: {states:?}):\n{}",
+                    self.name,
+                    self.child.id(),
+                    self.port,
+                    self.logs()
+                );
+            }
+            if states.iter().all(|s| s == "T" || s == "t") {
                 return;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "{} (pid {}) not stopped 5 s after kill -STOP (threads: {states:?})",
+                    self.name,
+                    self.child.id()
+                );
             }
             std::thread::sleep(Duration::from_millis(1));
         }
@@ -273,7 +329,7 @@ impl RedisServer {
             .arg(&log)
             .args(extra);
         let needs_auth = extra.contains(&"--requirepass");
-        let process = ServerProcess::spawn("redis-server", cmd, port, dir, log, |p| {
+        let process = ServerProcess::spawn("redis-server", cmd, port, dir, log, |p, _| {
             if needs_auth {
                 // An unauthenticated PING gets -NOAUTH: the server is up.
                 roundtrip(p, b"PING\r\n", b"-NOAUTH")
@@ -431,7 +487,7 @@ impl RedisServer {
         .arg(&log)
         .args(extra);
         // Readiness: the TLS port accepts TCP connections.
-        let process = ServerProcess::spawn("redis-server (TLS)", cmd, port, dir, log, |p| {
+        let process = ServerProcess::spawn("redis-server (TLS)", cmd, port, dir, log, |p, _| {
             TcpStream::connect_timeout(
                 &SocketAddr::from(([127, 0, 0, 1], p)),
                 Duration::from_millis(200),
@@ -609,16 +665,35 @@ impl MemcachedServer {
         Self::start_with(&[])
     }
 
-    /// [`MemcachedServer::start`] with extra arguments (`["-I", "2m"]`).
+    /// [`MemcachedServer::start`] with extra arguments (`["-I", "2m"]`). A port taken by
+    /// another process between [`free_port`] and the server's bind is given up for another.
     pub fn start_with(extra: &[&str]) -> Option<Self> {
-        Self::start_on(free_port(), extra)
+        let bin = Self::binary()?;
+        let mut tries = 3;
+        loop {
+            tries -= 1;
+            match Self::try_start(&bin, free_port(), extra) {
+                Ok(s) => return Some(s),
+                Err(e) if tries == 0 => panic!("{e}"),
+                Err(_) => {}
+            }
+        }
     }
 
     /// Starts a server on a given port (a restart on the same port).
     pub fn start_on(port: u16, extra: &[&str]) -> Option<Self> {
+        let bin = Self::binary()?;
+        Some(Self::try_start(&bin, port, extra).unwrap_or_else(|e| panic!("{e}")))
+    }
+
+    fn binary() -> Option<PathBuf> {
         let Some(bin) = which("memcached") else {
             match missing("memcached", "this Memcached test")? {}
         };
+        Some(bin)
+    }
+
+    fn try_start(bin: &Path, port: u16, extra: &[&str]) -> Result<Self, String> {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("stderr.log");
         let mut cmd = Command::new(bin);
@@ -636,10 +711,16 @@ impl MemcachedServer {
             cmd.args(["-u", "root"]);
         }
         cmd.args(extra);
-        let process = ServerProcess::spawn("memcached", cmd, port, dir, log, |p| {
-            roundtrip(p, b"version\r\n", b"VERSION ")
-        });
-        Some(MemcachedServer { process })
+        // Ready when the server on the port is this child (`stats` names its pid), not
+        // another process that took the port.
+        let process = ServerProcess::try_spawn("memcached", cmd, port, dir, log, |p, pid| {
+            roundtrip(
+                p,
+                b"stats\r\nquit\r\n",
+                format!("STAT pid {pid}\r\n").as_bytes(),
+            )
+        })?;
+        Ok(MemcachedServer { process })
     }
 
     /// The port.
@@ -673,6 +754,39 @@ pub fn python() -> Option<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A port another memcached already serves (taken between `free_port()` and the bind):
+    /// the kit fails with the log, rather than handing back a dead process whose port answers.
+    #[test]
+    fn a_taken_port_is_an_error_not_someone_elses_server() {
+        let Some(other) = MemcachedServer::start() else {
+            return;
+        };
+        let bin = MemcachedServer::binary().unwrap();
+        let taken = MemcachedServer::try_start(&bin, other.port(), &[]);
+        let e = taken.expect_err("the port was taken");
+        assert!(e.contains("exited at start-up"), "{e}");
+    }
+
+    /// A STOP of a process that died stops nothing: it fails, naming the threads' states.
+    #[test]
+    #[should_panic(expected = "is dead, not stopped")]
+    fn a_stop_of_a_dead_server_fails() {
+        let Some(s) = MemcachedServer::start() else {
+            panic!("is dead, not stopped (memcached not installed: nothing to test)");
+        };
+        s.process.signal("KILL");
+        s.process.signal("STOP");
+    }
+
+    #[test]
+    fn free_ports_are_not_handed_out_twice() {
+        let ports: Vec<u16> = (0..50).map(|_| free_port()).collect();
+        let mut unique = ports.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), ports.len());
+    }
 
     #[test]
     fn free_ports_are_bindable() {

@@ -133,7 +133,7 @@ impl RedisSentinel {
                 port,
                 dir,
                 log,
-                move |p| {
+                move |p, _| {
                     if !plain {
                         // The TLS port accepts TCP connections.
                         TcpStream::connect_timeout(

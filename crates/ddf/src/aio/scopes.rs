@@ -128,11 +128,18 @@ impl AsyncBackend for AsyncPerScope {
         }
     }
 
+    // A batch's parts (one per server) run together: a stopped server costs the batch one
+    // timeout, not one per server in turn. Their outcomes add up in the parts' order.
     fn get_many<'a>(&'a self, keys: &'a [&'a str]) -> BoxFuture<'a, Result<Vec<Option<Item>>>> {
         Box::pin(async move {
             let mut out = vec![None; keys.len()];
-            for p in self.routing.parts(keys, |k| k) {
-                p.place(self.scopes[p.scope].get_many(&p.items).await?, &mut out);
+            let parts = self.routing.parts(keys, |k| k);
+            let calls = parts
+                .iter()
+                .map(|p| self.scopes[p.scope].get_many(&p.items));
+            let answers = futures_util::future::join_all(calls).await;
+            for (p, got) in parts.iter().zip(answers) {
+                p.place(got?, &mut out);
             }
             Ok(out)
         })
@@ -145,8 +152,12 @@ impl AsyncBackend for AsyncPerScope {
     ) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             let mut tally = Tally::new();
-            for p in self.routing.parts(items, |(k, _)| k) {
-                let r = self.scopes[p.scope].set_many(&p.items, ttl).await;
+            let parts = self.routing.parts(items, |(k, _)| k);
+            let calls = parts
+                .iter()
+                .map(|p| self.scopes[p.scope].set_many(&p.items, ttl));
+            let results = futures_util::future::join_all(calls).await;
+            for (p, r) in parts.iter().zip(results) {
                 tally.add(r.map(|()| Nothing));
                 self.sync.follow_moves(p.scope, &p.keys(|(k, _)| k));
             }
@@ -157,8 +168,13 @@ impl AsyncBackend for AsyncPerScope {
     fn delete_many<'a>(&'a self, keys: &'a [&'a str]) -> BoxFuture<'a, Result<u64>> {
         Box::pin(async move {
             let mut tally = Tally::new();
-            for p in self.routing.parts(keys, |k| k) {
-                tally.add(self.scopes[p.scope].delete_many(&p.items).await);
+            let parts = self.routing.parts(keys, |k| k);
+            let calls = parts
+                .iter()
+                .map(|p| self.scopes[p.scope].delete_many(&p.items));
+            let results = futures_util::future::join_all(calls).await;
+            for (p, r) in parts.iter().zip(results) {
+                tally.add(r);
                 self.sync.follow_moves(p.scope, &p.items);
             }
             tally.finish()

@@ -16,7 +16,7 @@
 //!   long, and their logic exists once, there. A server in its skip window (the dead-server
 //!   policy) is answered by the sync backend too, which returns its skip error at once.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -41,10 +41,16 @@ mod tests;
 /// wake for smaller batches). The cost: a large value holds up the replies behind it.
 ///
 /// The lock is held while connecting: tasks that find no connection meanwhile wait for that
-/// one instead of each opening their own.
+/// one attempt and share its outcome (as the async Redis client does), instead of each making
+/// their own in turn: against a server that accepts and never answers, a burst of calls waits
+/// one `connect_timeout`, not one each.
 struct Pipes {
     slot: Mutex<Option<Arc<Pipe>>>,
-    connecting: tokio::sync::Mutex<()>,
+    /// The last attempt's failure (message, temporary), for the calls that queued behind it.
+    connecting: tokio::sync::Mutex<Option<(String, bool)>>,
+    /// Connection attempts finished (a call reads it before it queues for `connecting`; an
+    /// attempt that finished since is its outcome too).
+    attempts: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -68,8 +74,9 @@ impl std::fmt::Debug for AsyncMemcached {
     }
 }
 
-fn timed_out() -> McError {
-    Failed::TimedOut { queued: false }.into_error()
+/// `connect_timeout` passed (mapped to the connect timeout's wording).
+fn connect_timed_out() -> McError {
+    McError::Io(std::io::ErrorKind::TimedOut.into())
 }
 
 fn value(a: Answer) -> Option<Option<Value>> {
@@ -104,7 +111,8 @@ impl AsyncMemcached {
             .iter()
             .map(|_| Pipes {
                 slot: Mutex::new(None),
-                connecting: tokio::sync::Mutex::new(()),
+                connecting: tokio::sync::Mutex::new(None),
+                attempts: AtomicU64::new(0),
             })
             .collect();
         let slow = Blocking::new(
@@ -136,7 +144,7 @@ impl AsyncMemcached {
         };
         let made = match tokio::time::timeout(self.core.connect_timeout, made).await {
             Ok(r) => r,
-            Err(_) => Err(timed_out()),
+            Err(_) => Err(connect_timed_out()),
         };
         made.map_err(|e| {
             server.fail(&self.core.policy, &e);
@@ -146,17 +154,62 @@ impl AsyncMemcached {
 
     /// The live pipelined connection to server `i` (connected if there is none, or it died),
     /// and whether it was open before this call (then it may have died while idle: stale).
+    /// Calls that queue behind an attempt share its outcome; one that gets the lock after the
+    /// server entered its skip window gets the skip error; the wait is bounded by
+    /// `connect_timeout`.
     async fn pipe(&self, i: usize, what: &str) -> Result<(Arc<Pipe>, bool)> {
         let pipes = &self.pipes[i];
         let live = || lock(&pipes.slot).clone().filter(|p| !p.is_dead());
         if let Some(p) = live() {
             return Ok((p, true));
         }
-        let _connecting = pipes.connecting.lock().await;
+        let queued_at = pipes.attempts.load(Ordering::SeqCst);
+        let until = tokio::time::Instant::now() + self.core.connect_timeout;
+        let server = &self.core.servers[i];
+        let Ok(mut last) = tokio::time::timeout_at(until, pipes.connecting.lock()).await else {
+            // Another task's attempt took all of this call's `connect_timeout` (that attempt
+            // counts against the server, not this wait).
+            return Err(map_err(
+                &server.name,
+                what,
+                self.core.timeout,
+                connect_timed_out(),
+            ));
+        };
         if let Some(p) = live() {
             return Ok((p, false));
         }
-        let p = Arc::new(Pipe::start(self.connect(i, what).await?));
+        if pipes.attempts.load(Ordering::SeqCst) != queued_at
+            && let Some((message, temporary)) = &*last
+        {
+            return Err(crate::Error::Backend {
+                backend: "memcached",
+                message: message.clone(),
+                temporary: *temporary,
+                source: None,
+            });
+        }
+        if let Some(e) = self.core.skip_error(server, what) {
+            return Err(e);
+        }
+        let made = self.connect(i, what).await;
+        pipes.attempts.fetch_add(1, Ordering::SeqCst);
+        let c = match made {
+            Ok(c) => {
+                *last = None;
+                c
+            }
+            Err(e) => {
+                *last = Some(match &e {
+                    crate::Error::Backend {
+                        message, temporary, ..
+                    } => (message.clone(), *temporary),
+                    e => (e.to_string(), e.is_temporary()),
+                });
+                return Err(e);
+            }
+        };
+        let p = Arc::new(Pipe::start(c));
         if let Some(old) = lock(&pipes.slot).replace(p.clone()) {
             old.kill();
         }
@@ -177,12 +230,12 @@ impl AsyncMemcached {
     /// open before the call and found dead is replaced and the request retried once; a
     /// timeout closes the connection; an I/O or protocol error counts against the server.
     ///
-    /// The retry's limit: a request that met a stale connection itself (the sync rule), or
-    /// lost on a connection that failed on another request before it was sent, is retried.
-    /// One lost after it was sent (the server may have run it) is retried only if `resend`
-    /// (gets and sets: running them twice gives the same answer); a delete is not (its first
-    /// attempt may have deleted the key, and the retry would find nothing and report a wrong
-    /// `false`): it reports the error.
+    /// The retry's limit: a request lost on a connection that failed on another request before
+    /// it was sent is retried. One that was sent (it met the break on its own reply, or was lost
+    /// behind another; the server may have run it) is retried only if `resend` (gets and sets:
+    /// running them twice gives the same answer); a delete is not (its first attempt may have
+    /// deleted the key, and the retry would find nothing and report a wrong `false`): it
+    /// reports the error.
     async fn run<T>(
         &self,
         i: usize,
@@ -195,8 +248,10 @@ impl AsyncMemcached {
         let mut bytes = Vec::new();
         let kind =
             build(&mut bytes).map_err(|e| map_err(&server.name, what, self.core.timeout, e))?;
-        let deadline = tokio::time::Instant::now() + self.core.timeout;
+        // Each attempt's deadline starts once it has its connection (connecting is bounded by
+        // `connect_timeout` on its own).
         let once = |p: Arc<Pipe>, bytes: Vec<u8>| async move {
+            let deadline = tokio::time::Instant::now() + self.core.timeout;
             let r = p.call(bytes, kind, deadline).await;
             if matches!(r, Err(Failed::TimedOut { .. })) {
                 p.kill();
@@ -206,7 +261,8 @@ impl AsyncMemcached {
         let (p, was_open) = self.pipe(i, what).await?;
         let (mut p, mut result) = once(p, bytes).await;
         let retry = match &result {
-            Err(Failed::Error(McError::Io(e))) => is_stale(e),
+            // The request met the break itself: it was sent, so only one that may run twice.
+            Err(Failed::Error(McError::Io(e))) => resend && is_stale(e),
             Err(Failed::Lost { sent }) => !sent || resend,
             _ => false,
         };

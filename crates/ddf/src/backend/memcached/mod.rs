@@ -177,11 +177,19 @@ fn map_err(server: &str, what: &str, timeout: Duration, e: McError) -> Error {
                     "{what} on memcached server {server}: {}",
                     crate::error::why::CONNECT_TIMEOUT
                 ),
-                K::WouldBlock => format!(
-                    "{what} on memcached server {server}: {} (none within {:.1} s)",
-                    crate::error::why::REPLY_TIMEOUT,
-                    timeout.as_secs_f64()
-                ),
+                // The async client's reply timeouts carry their reason when there is one (the
+                // connection's queue was full).
+                K::WouldBlock => match io.get_ref() {
+                    Some(reason) => format!(
+                        "{what} on memcached server {server}: {}: {reason}",
+                        crate::error::why::REPLY_TIMEOUT
+                    ),
+                    None => format!(
+                        "{what} on memcached server {server}: {} (none within {:.1} s)",
+                        crate::error::why::REPLY_TIMEOUT,
+                        timeout.as_secs_f64()
+                    ),
+                },
                 _ => format!("{what} on memcached server {server}: {io}"),
             };
             let temporary = !matches!(io.kind(), K::InvalidInput | K::InvalidData);
@@ -377,6 +385,26 @@ impl MemcachedBackend {
         self.run_checked(server, what, true, f)
     }
 
+    /// The error of `what` on `server` while it is in its skip window; `None` outside it.
+    fn skip_error(&self, server: &Server, what: &str) -> Option<Error> {
+        let h = server.health();
+        let until = h.down_until?;
+        let now = Instant::now();
+        (now < until).then(|| Error::Backend {
+            backend: "memcached",
+            message: format!(
+                "{what}: memcached server {} is skipped for {:.1} s more after {} failure(s) in \
+                 a row (last: {})",
+                server.name,
+                (until - now).as_secs_f64(),
+                h.failures,
+                h.last_error
+            ),
+            temporary: true,
+            source: None,
+        })
+    }
+
     /// [`Self::run`]; `honor_skip = false` tries a skipped server anyway (`ping`, which is what
     /// the breaker's probe calls: a probe must see a server come back, not its skip window).
     fn run_checked<T>(
@@ -386,26 +414,8 @@ impl MemcachedBackend {
         honor_skip: bool,
         mut f: impl FnMut(&mut Conn) -> McResult<T>,
     ) -> Result<T> {
-        if honor_skip {
-            let h = server.health();
-            if let Some(until) = h.down_until {
-                let now = Instant::now();
-                if now < until {
-                    return Err(Error::Backend {
-                        backend: "memcached",
-                        message: format!(
-                            "{what}: memcached server {} is skipped for {:.1} s more after {} \
-                             failure(s) in a row (last: {})",
-                            server.name,
-                            (until - now).as_secs_f64(),
-                            h.failures,
-                            h.last_error
-                        ),
-                        temporary: true,
-                        source: None,
-                    });
-                }
-            }
+        if honor_skip && let Some(e) = self.skip_error(server, what) {
+            return Err(e);
         }
         let pooled = server.pool().pop();
         let was_pooled = pooled.is_some();

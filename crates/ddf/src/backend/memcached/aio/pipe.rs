@@ -69,12 +69,10 @@ impl Failed {
                 "the connection failed on another request in its pipeline before this one was \
                  sent",
             )),
-            Failed::TimedOut { queued: false } => McError::Io(Error::new(
-                ErrorKind::TimedOut,
-                "no answer within the timeout",
-            )),
+            // The reply timeout's kind (as a socket read timeout), worded by `map_err`.
+            Failed::TimedOut { queued: false } => McError::Io(ErrorKind::WouldBlock.into()),
             Failed::TimedOut { queued: true } => McError::Io(Error::new(
-                ErrorKind::TimedOut,
+                ErrorKind::WouldBlock,
                 format!(
                     "no room on the connection within the timeout: {MAX_OUTSTANDING} requests \
                      already queued or in flight, the most allowed"

@@ -88,7 +88,10 @@ async fn dropped_requests_cannot_grow_the_queue_past_its_bound_and_give_their_pl
             full = full.map(|_| ())
         );
     };
-    assert!(format!("{:?}", f.into_error()).contains("the most allowed"));
+    // Reported as a reply timeout (not a connect timeout), its reason kept.
+    let e = super::map_err("s", "get", Duration::from_secs(1), f.into_error()).to_string();
+    assert!(e.contains("timed out waiting for a reply"), "{e}");
+    assert!(e.contains("the most allowed"), "{e}");
     // The server answers: the replies of the gone callers are read, their places given back.
     go.store(true, Ordering::Relaxed);
     let answer = pipe.call(mg(), Kind::Get, far()).await;
@@ -157,4 +160,123 @@ async fn a_delete_lost_with_its_connection_after_it_ran_reports_an_error_not_fal
     // Never a wrong `false`: the server deleted the key, its reply was lost.
     let e = deleted.expect_err("a lost reply is an error, not false");
     assert!(e.to_string().contains("may have run it"), "{e}");
+}
+
+/// The async client on one server at `port`, with `extra` config lines.
+fn mc_on(port: u16, extra: &str) -> AsyncMemcached {
+    let config = crate::CacheConfig::from_ini_str(&format!(
+        "[cache]\nbackend = memcached\nmemcached_servers = 127.0.0.1:{port}\n{extra}"
+    ))
+    .unwrap();
+    AsyncMemcached::new(Arc::new(MemcachedBackend::from_config(&config).unwrap()))
+}
+
+/// First connection: runs the `md` (the key is gone), then closes before its reply.
+async fn closing_server(l: TcpListener, held: Arc<AtomicBool>) {
+    let mut first = true;
+    loop {
+        let Ok((mut s, _)) = l.accept().await else {
+            return;
+        };
+        let (held, lose) = (held.clone(), first);
+        first = false;
+        tokio::spawn(async move {
+            let mut buf = Vec::new();
+            while let Some(ls) = lines(&mut s, &mut buf).await {
+                let mut out = Vec::new();
+                for l in ls {
+                    if l == "stats settings" {
+                        out.extend_from_slice(b"STAT item_size_max 1048576\r\nEND\r\n");
+                    } else if l.starts_with("mg ") {
+                        out.extend_from_slice(b"EN\r\n");
+                    } else if l.starts_with("md ") {
+                        let was = held.swap(false, Ordering::SeqCst);
+                        if lose {
+                            return; // ran it; the connection breaks before the reply
+                        }
+                        out.extend_from_slice(if was { b"HD\r\n" } else { b"NF\r\n" });
+                    }
+                }
+                if !out.is_empty() && s.write_all(&out).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_that_meets_the_break_on_its_own_reply_is_not_retried_into_false() {
+    let (l, port) = listen().await;
+    let held = Arc::new(AtomicBool::new(true));
+    tokio::spawn(closing_server(l, held.clone()));
+    let mc = mc_on(port, "");
+    assert!(mc.get("warm").await.result.unwrap().is_none());
+    let deleted = mc.delete("gone").await;
+    assert!(!held.load(Ordering::SeqCst), "the server ran the delete");
+    assert!(
+        deleted.is_err(),
+        "the server deleted the key, its reply was lost: {deleted:?}"
+    );
+}
+
+/// Accepts and never answers (a stopped server); counts connections.
+async fn silent_server(l: TcpListener, n: Arc<std::sync::atomic::AtomicUsize>) {
+    let mut held = Vec::new();
+    while let Ok((s, _)) = l.accept().await {
+        n.fetch_add(1, Ordering::SeqCst);
+        held.push(s);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_first_calls_share_one_connection_attempt() {
+    let (l, port) = listen().await;
+    let n = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    tokio::spawn(silent_server(l, n.clone()));
+    let mc = Arc::new(mc_on(port, "timeout = 0.2\nconnect_timeout = 0.2\n"));
+    let tasks: Vec<_> = (0..8)
+        .map(|i| {
+            let mc = mc.clone();
+            tokio::spawn(async move { mc.get(&format!("k{i}")).await.result })
+        })
+        .collect();
+    for h in tasks {
+        let e = h.await.unwrap().expect_err("a silent server");
+        assert!(e.to_string().contains("timed out while connecting"), "{e}");
+    }
+    // One attempt (its `stats settings` never answered), its outcome shared by all eight.
+    assert_eq!(n.load(Ordering::SeqCst), 1);
+}
+
+/// Answers `stats settings` after 300 ms, everything else at once.
+async fn slow_hello_server(l: TcpListener) {
+    while let Ok((mut s, _)) = l.accept().await {
+        tokio::spawn(async move {
+            let mut buf = Vec::new();
+            while let Some(ls) = lines(&mut s, &mut buf).await {
+                let mut out = Vec::new();
+                for l in ls {
+                    if l == "stats settings" {
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                        out.extend_from_slice(b"STAT item_size_max 1048576\r\nEND\r\n");
+                    } else if l.starts_with("mg ") {
+                        out.extend_from_slice(b"EN\r\n");
+                    }
+                }
+                if !out.is_empty() && s.write_all(&out).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_connect_does_not_eat_the_requests_timeout() {
+    let (l, port) = listen().await;
+    tokio::spawn(slow_hello_server(l));
+    let mc = mc_on(port, "timeout = 0.2\nconnect_timeout = 1\n");
+    let r = mc.get("a").await.result;
+    assert!(r.is_ok(), "{r:?}");
 }

@@ -351,6 +351,29 @@ fn a_slot_resharded_during_an_outage_stays_with_its_records() {
         None,
         "the deleted value was read through the new owner's scope"
     );
+
+    // A prefix delete recorded in the old scope (still down here), then its key's slot
+    // resharded, then a new cache (a process that never saw the move: its first map places
+    // the key in the new owner's scope at once). The record is replayed on the old scope's
+    // nodes only, so the new scope must apply it on its own before it serves the key.
+    let pkey = (0..1000)
+        .map(|i| format!("pfx:{i}"))
+        .find(|k| owner(&cluster, &format!("rc:{k}")) == from)
+        .unwrap();
+    let pstored = format!("rc:{pkey}");
+    CacheManager::new(config(&cluster, other.path()))
+        .unwrap()
+        .set(&pkey, &"old", None)
+        .unwrap();
+    cache.invalidate_pattern("pfx:").unwrap();
+    let slot = start_migration(&cluster, &pstored, from, to);
+    end_migration(&cluster, &slot, to);
+    let fresh = CacheManager::new(config(&cluster, dir.path())).unwrap();
+    assert_eq!(
+        fresh.get::<String>(&pkey).unwrap(),
+        None,
+        "a prefix delete recorded before the resharding was read past in a new process"
+    );
 }
 
 /// Two processes on either side of a resharding: one (`late`) still places a key in its old

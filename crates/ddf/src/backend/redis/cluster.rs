@@ -33,11 +33,14 @@
 //!   command to the node named (the map is not changed: the slot is only being migrated). At
 //!   most three sends per command (`request.rs`).
 //! - **Prefix deletes, `clear`**: each scope scans the nodes that own its slots (`SCAN` +
-//!   single-key `UNLINK`s: a multi-key `UNLINK` across slots is refused by a cluster node) and
-//!   the nodes that took slots out of it in a resharding (a record made in the scope before
-//!   the slot moved is replayed after), then the nodes they are migrating slots to (`ASKING` +
-//!   `UNLINK`). While a scope's node does not answer, the deletes recorded for it whose keys
-//!   another scope now holds are applied through that scope (`Shards::forward_moved`).
+//!   single-key `UNLINK`s: a multi-key `UNLINK` across slots is refused by a cluster node;
+//!   a slot resharded but held back in the scope counts, its new owner is scanned), then the
+//!   nodes they are migrating slots to (`ASKING` + `UNLINK`). A prefix delete recorded in one
+//!   scope is copied into every other scope's journal when a cache is built
+//!   (`scopes::share_prefixes`): a process started after a resharding places the moved keys in
+//!   their new scope at once, which so replays the record on its own nodes before serving. While
+//!   a scope's node does not answer, the deletes recorded for it whose keys another scope now
+//!   holds are applied through that scope (`Shards::forward_moved`, on the probe's failures).
 
 use std::cell::Cell;
 use std::collections::HashMap;
@@ -185,6 +188,11 @@ impl Partition for Shards {
 
     fn watch(&self, scopes: Vec<ScopeState>) {
         let _ = self.states.set(scopes);
+    }
+
+    /// A resharding moves keys between scopes.
+    fn keys_move(&self) -> bool {
+        true
     }
 }
 
@@ -387,15 +395,6 @@ impl Shards {
     /// nothing of ours is there).
     fn nodes_of(&self, scope: usize) -> Vec<Addr> {
         self.read().owners_of(scope)
-    }
-
-    /// The nodes a prefix delete or a flush of `scope` reaches: those that own its slots,
-    /// then those that took slots out of it ([`slots::Map::left_to`]).
-    fn reached_by(&self, scope: usize) -> Vec<Addr> {
-        let map = self.read();
-        let mut out = map.owners_of(scope);
-        out.extend(map.left_to(scope));
-        out
     }
 
     /// The nodes `owners` are migrating slots to, not among them (one `CLUSTER NODES` each):
@@ -636,7 +635,7 @@ impl Backend for NodeBackend {
         super::super::check_prefix(&s.namespace, prefix, s.server_flush, commands::WHOLE)?;
         let pattern = commands::prefix_pattern(&self.shards.keyspace, prefix);
         let mut n = 0;
-        let owners = self.shards.reached_by(self.scope);
+        let owners = self.shards.nodes_of(self.scope);
         for addr in &owners {
             n += Self::scan_unlink(&*self.shards.node(addr)?, &pattern, false)?;
         }
@@ -654,7 +653,7 @@ impl Backend for NodeBackend {
             s.server_flush,
             commands::WHOLE_FLUSH,
             || {
-                for addr in self.shards.reached_by(self.scope) {
+                for addr in self.shards.nodes_of(self.scope) {
                     self.shards
                         .node(&addr)?
                         .run("FLUSHDB", |c| commands::flushdb().query::<()>(c.as_like()))?;

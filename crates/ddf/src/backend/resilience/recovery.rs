@@ -372,7 +372,7 @@ impl Shared {
 
 /// Keys per batch of recorded deletes, and entries a replay applies between two saves of its
 /// progress.
-const REPLAY_BATCH: usize = 256;
+pub(crate) const REPLAY_BATCH: usize = 256;
 
 /// Which recorded invalidations a batch is made of.
 #[derive(Clone, Copy)]

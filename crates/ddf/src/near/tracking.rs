@@ -24,7 +24,7 @@
 //! `topology`), to be set up again on the masters it names now.
 
 use std::os::fd::OwnedFd;
-#[cfg(unix)]
+#[cfg(all(unix, test))]
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
@@ -258,7 +258,8 @@ impl Channel {
             RedisEndpoint::Tcp { host, port } => Stream::Plain(tcp(host, *port, s)?),
             #[cfg(unix)]
             RedisEndpoint::Unix { path } => Stream::Plain(Raw::new(Sock::Unix(
-                UnixStream::connect(path).map_err(lost)?,
+                crate::backend::dial::unix(path, Instant::now() + s.connect_timeout)
+                    .map_err(lost)?,
             ))),
             #[cfg(feature = "tls")]
             RedisEndpoint::Tls {

@@ -21,6 +21,8 @@ pub use crate::item::Item;
 #[cfg(any(feature = "redis", feature = "memcached"))]
 mod ascii;
 pub(crate) mod degraded;
+#[cfg(any(feature = "redis", feature = "memcached"))]
+pub(crate) mod dial;
 pub mod file;
 #[cfg(feature = "memcached")]
 pub mod memcached;

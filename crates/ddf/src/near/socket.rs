@@ -3,7 +3,7 @@
 //! while the socket itself stays blocking for writes), and a `poll` for the thread's wait.
 
 use std::io::{Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
+use std::net::TcpStream;
 use std::os::fd::{AsFd, OwnedFd};
 #[cfg(unix)]
 use std::os::unix::net::UnixStream;
@@ -156,12 +156,18 @@ pub(super) fn tls(
     Ok(Stream::Tls(Box::new(rustls::StreamOwned::new(conn, raw))))
 }
 
-/// A TCP connection to `host:port` within `connect_timeout` (each address in turn).
+/// A TCP connection to `host:port` within `connect_timeout` (the name's lookup and each
+/// address in turn together: `backend::dial`).
 pub(super) fn tcp(host: &str, port: u16, s: &RedisSettings) -> Result<Raw, End> {
     let lost = |e: std::io::Error| End::Lost(format!("cannot connect: {e}"));
     let mut last = None;
-    for a in (host, port).to_socket_addrs().map_err(lost)? {
-        match TcpStream::connect_timeout(&a, s.connect_timeout) {
+    let deadline = std::time::Instant::now() + s.connect_timeout;
+    for a in crate::backend::dial::resolve(host, port, deadline).map_err(lost)? {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        match TcpStream::connect_timeout(&a, left) {
             Ok(t) => {
                 t.set_nodelay(true).map_err(lost)?;
                 return Ok(Raw::new(Sock::Tcp(t)));

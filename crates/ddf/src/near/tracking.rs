@@ -27,7 +27,7 @@
 //! (`Near::resume_tracking`).
 
 use std::os::fd::OwnedFd;
-#[cfg(unix)]
+#[cfg(all(unix, test))]
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
@@ -266,7 +266,8 @@ impl Channel {
             RedisEndpoint::Tcp { host, port } => Stream::Plain(tcp(host, *port, s)?),
             #[cfg(unix)]
             RedisEndpoint::Unix { path } => Stream::Plain(Raw::new(Sock::Unix(
-                UnixStream::connect(path).map_err(lost)?,
+                crate::backend::dial::unix(path, Instant::now() + s.connect_timeout)
+                    .map_err(lost)?,
             ))),
             #[cfg(feature = "tls")]
             RedisEndpoint::Tls {

@@ -17,6 +17,9 @@ const CONNECT: Duration = Duration::from_millis(300);
 const TIMEOUT: Duration = Duration::from_millis(500);
 /// A call that takes longer than this hung (far above the timeouts: the machine is shared).
 const HANG: Duration = Duration::from_secs(30);
+/// What a bounded call may take beyond its bound on a loaded machine (the bound is what the
+/// assertion shows; the margin keeps a noisy CI from failing it).
+const SLACK: Duration = Duration::from_secs(5);
 
 /// Keys of the run.
 const N: usize = 60;
@@ -350,6 +353,29 @@ fn a_slot_resharded_during_an_outage_stays_with_its_records() {
         cache.get::<String>(key).unwrap(),
         None,
         "the deleted value was read through the new owner's scope"
+    );
+
+    // A prefix delete recorded in the old scope (still down here), then its key's slot
+    // resharded, then a new cache (a process that never saw the move: its first map places
+    // the key in the new owner's scope at once). The record is replayed on the old scope's
+    // nodes only, so the new scope must apply it on its own before it serves the key.
+    let pkey = (0..1000)
+        .map(|i| format!("pfx:{i}"))
+        .find(|k| owner(&cluster, &format!("rc:{k}")) == from)
+        .unwrap();
+    let pstored = format!("rc:{pkey}");
+    CacheManager::new(config(&cluster, other.path()))
+        .unwrap()
+        .set(&pkey, &"old", None)
+        .unwrap();
+    cache.invalidate_pattern("pfx:").unwrap();
+    let slot = start_migration(&cluster, &pstored, from, to);
+    end_migration(&cluster, &slot, to);
+    let fresh = CacheManager::new(config(&cluster, dir.path())).unwrap();
+    assert_eq!(
+        fresh.get::<String>(&pkey).unwrap(),
+        None,
+        "a prefix delete recorded before the resharding was read past in a new process"
     );
 }
 
@@ -989,7 +1015,7 @@ fn the_first_call_counts_the_map_wait_against_its_bound() {
     eprintln!("cluster, every primary stopped, first call of a new cache: {firsts:?}");
     for (name, took) in &firsts {
         assert!(
-            *took < CONNECT + TIMEOUT + Duration::from_secs(1),
+            *took < CONNECT + TIMEOUT + SLACK,
             "{name} as the first call took {took:?}"
         );
     }
@@ -1017,7 +1043,7 @@ fn the_first_call_counts_the_map_wait_against_its_bound() {
         pending_got.0.as_ref().map(drop),
     );
     assert!(
-        took < connect + timeout + Duration::from_secs(1),
+        took < connect + timeout + SLACK,
         "build + first get took {took:?}"
     );
     assert_eq!(recorded, "3", "one prefix delete recorded per scope");
@@ -1026,7 +1052,7 @@ fn the_first_call_counts_the_map_wait_against_its_bound() {
         "nothing applied while the nodes are stopped"
     );
     assert!(
-        pending_took < CONNECT + TIMEOUT + Duration::from_secs(1),
+        pending_took < CONNECT + TIMEOUT + SLACK,
         "build with records pending + first get took {pending_took:?}"
     );
 }

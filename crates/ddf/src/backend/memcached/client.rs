@@ -19,7 +19,7 @@
 //!   back to the pool.
 
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 use super::buffer::{Buffers, Step};
@@ -68,7 +68,8 @@ pub(crate) struct Value {
 }
 
 impl Conn {
-    /// Connects to `host:port` within `connect_timeout`, trying each resolved address.
+    /// Connects to `host:port` within `connect_timeout` (the name's lookup and every resolved
+    /// address together: `backend::dial`).
     ///
     /// Until [`Conn::set_value_limit`] is called, values up to [`proto::MAX_VALUE_CAP`] are
     /// accepted.
@@ -78,10 +79,19 @@ impl Conn {
         connect_timeout: Duration,
         timeout: Duration,
     ) -> McResult<Conn> {
-        let addrs: Vec<SocketAddr> = (host, port).to_socket_addrs()?.collect();
+        let deadline = std::time::Instant::now() + connect_timeout;
+        let addrs: Vec<SocketAddr> = crate::backend::dial::resolve(host, port, deadline)?;
         let mut last = io::Error::new(io::ErrorKind::NotFound, "the host name has no address");
         for addr in addrs {
-            match TcpStream::connect_timeout(&addr, connect_timeout) {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                last = io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("connecting to {host}:{port} took longer than connect_timeout"),
+                );
+                break;
+            }
+            match TcpStream::connect_timeout(&addr, left) {
                 Ok(s) => {
                     s.set_nodelay(true)?;
                     s.set_read_timeout(Some(timeout))?;

@@ -33,11 +33,14 @@
 //!   command to the node named (the map is not changed: the slot is only being migrated). At
 //!   most three sends per command (`request.rs`).
 //! - **Prefix deletes, `clear`**: each scope scans the nodes that own its slots (`SCAN` +
-//!   single-key `UNLINK`s: a multi-key `UNLINK` across slots is refused by a cluster node) and
-//!   the nodes that took slots out of it in a resharding (a record made in the scope before
-//!   the slot moved is replayed after), then the nodes they are migrating slots to (`ASKING` +
-//!   `UNLINK`). While a scope's node does not answer, the deletes recorded for it whose keys
-//!   another scope now holds are applied through that scope (`Shards::forward_moved`).
+//!   single-key `UNLINK`s: a multi-key `UNLINK` across slots is refused by a cluster node;
+//!   a slot resharded but held back in the scope counts, its new owner is scanned), then the
+//!   nodes they are migrating slots to (`ASKING` + `UNLINK`). A prefix delete recorded in one
+//!   scope is copied into every other scope's journal when a cache is built
+//!   (`scopes::share_prefixes`): a process started after a resharding places the moved keys in
+//!   their new scope at once, which so replays the record on its own nodes before serving. While
+//!   a scope's node does not answer, the deletes recorded for it whose keys another scope now
+//!   holds are applied through that scope (`Shards::forward_moved`, on the probe's failures).
 
 use std::cell::Cell;
 use std::collections::HashMap;
@@ -52,6 +55,7 @@ use self::request::Keyed;
 use self::slots::{Map, migrating_to, parse_slots, slot_of, unknown};
 
 use super::{RedisBackend, commands};
+use crate::backend::resilience::REPLAY_BATCH;
 use crate::backend::resilience::scopes::{Partition, ScopeSpec, ScopeState};
 use crate::backend::{Backend, BackendStatus, Item};
 use crate::config::{RedisEndpoint, RedisSettings, RedisTarget};
@@ -78,6 +82,8 @@ pub(crate) struct Shards {
     warned: Mutex<Vec<Addr>>,
     /// The first reading of the map, which its first use waits for.
     first: First,
+    /// Per scope: a thread is applying its recorded deletes where their keys moved.
+    forwarding: Vec<AtomicBool>,
 }
 
 /// The first reading of the slot map, made in the background from the build: the map's first
@@ -99,7 +105,9 @@ thread_local! {
     /// (its start + `connect_timeout` + `timeout`): its requests get only what is left
     /// ([`NodeBackend::exec`] reads it; a batch's requests to several scopes share it). Set by
     /// [`Partition::scope_of`] (once per batch, [`Partition::scopes_of`]) at the start of every
-    /// keyed call, `None` when it did not wait, so no call inherits another's.
+    /// keyed call, `None` when it did not wait, so no keyed call inherits another's; cleared by
+    /// the calls that are not keyed (`ping`, `info`, `delete_prefix`), which would otherwise
+    /// inherit the deadline of the last keyed call on their thread.
     static CALL_DEADLINE: Cell<Option<Instant>> = const { Cell::new(None) };
 }
 
@@ -186,6 +194,11 @@ impl Partition for Shards {
     fn watch(&self, scopes: Vec<ScopeState>) {
         let _ = self.states.set(scopes);
     }
+
+    /// A resharding moves keys between scopes.
+    fn keys_move(&self) -> bool {
+        true
+    }
 }
 
 impl Shards {
@@ -205,6 +218,7 @@ impl Shards {
         let shards = Arc::new(Shards {
             keyspace: Keyspace::new(settings.namespace.clone()),
             map: RwLock::new(Map::even(&nodes)),
+            forwarding: nodes.iter().map(|_| AtomicBool::new(false)).collect(),
             nodes,
             backends: Mutex::new(HashMap::new()),
             settings: settings.clone(),
@@ -281,9 +295,34 @@ impl Shards {
     /// Another process whose map had not seen a resharding recorded them in the old scope;
     /// this one, having moved the slot, reads the key from its new owner, and the old scope
     /// replays only once its own node answers again: until then the deleted value would be
-    /// read. Applied on every failed probe (a delete is harmless twice); the records stay, for
-    /// the old scope's replay.
+    /// read. Applied on every failed ping (a delete is harmless twice); the records stay, for
+    /// the old scope's replay. Run on a thread of its own, at most one per scope at a time, so
+    /// that the ping that failed (a user's `ping` or `stats` too) does not wait for the journal
+    /// read or the deletes; sent in batches of `REPLAY_BATCH` keys, each with its own timeout.
     fn forward_moved(self: &Arc<Self>, scope: usize) {
+        let Some(busy) = self.forwarding.get(scope) else {
+            return;
+        };
+        if busy.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let me = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("ddf-cluster-forward".to_owned())
+            .spawn(move || {
+                me.forward_now(scope);
+                if let Some(busy) = me.forwarding.get(scope) {
+                    busy.store(false, Ordering::Release);
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::debug!(error = %e, "cannot start applying recorded deletes where their keys moved; the next probe tries again");
+            busy.store(false, Ordering::Release);
+        }
+    }
+
+    /// [`Shards::forward_moved`]'s work.
+    fn forward_now(self: &Arc<Self>, scope: usize) {
         let Some(states) = self.states.get() else {
             return;
         };
@@ -304,20 +343,20 @@ impl Shards {
             }
         }
         for (to, keys) in per.iter().enumerate() {
-            if keys.is_empty() {
-                continue;
-            }
             let through = NodeBackend {
                 shards: self.clone(),
                 scope: to,
             };
-            match through.delete_many(keys) {
-                Ok(_) => tracing::debug!(
-                    keys = keys.len(),
-                    "deletes recorded in a scope whose node is down applied where their keys moved"
-                ),
-                Err(e) => {
-                    tracing::debug!(error = %e, "cannot apply recorded deletes where their keys moved")
+            for batch in keys.chunks(REPLAY_BATCH) {
+                match through.delete_many(batch) {
+                    Ok(_) => tracing::debug!(
+                        keys = batch.len(),
+                        "deletes recorded in a scope whose node is down applied where their keys moved"
+                    ),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "cannot apply recorded deletes where their keys moved");
+                        break;
+                    }
                 }
             }
         }
@@ -387,15 +426,6 @@ impl Shards {
     /// nothing of ours is there).
     fn nodes_of(&self, scope: usize) -> Vec<Addr> {
         self.read().owners_of(scope)
-    }
-
-    /// The nodes a prefix delete or a flush of `scope` reaches: those that own its slots,
-    /// then those that took slots out of it ([`slots::Map::left_to`]).
-    fn reached_by(&self, scope: usize) -> Vec<Addr> {
-        let map = self.read();
-        let mut out = map.owners_of(scope);
-        out.extend(map.left_to(scope));
-        out
     }
 
     /// The nodes `owners` are migrating slots to, not among them (one `CLUSTER NODES` each):
@@ -637,11 +667,12 @@ impl Backend for NodeBackend {
     }
 
     fn delete_prefix(&self, prefix: &str) -> Result<u64> {
+        CALL_DEADLINE.set(None);
         let s = &self.shards.settings;
         super::super::check_prefix(&s.namespace, prefix, s.server_flush, commands::WHOLE)?;
         let pattern = commands::prefix_pattern(&self.shards.keyspace, prefix);
         let mut n = 0;
-        let owners = self.shards.reached_by(self.scope);
+        let owners = self.shards.nodes_of(self.scope);
         for addr in &owners {
             n += Self::scan_unlink(&*self.shards.node(addr)?, &pattern, false)?;
         }
@@ -659,7 +690,7 @@ impl Backend for NodeBackend {
             s.server_flush,
             commands::WHOLE_FLUSH,
             || {
-                for addr in self.shards.reached_by(self.scope) {
+                for addr in self.shards.nodes_of(self.scope) {
                     self.shards
                         .node(&addr)?
                         .run("FLUSHDB", |c| commands::flushdb().query::<()>(c.as_like()))?;
@@ -679,6 +710,8 @@ impl Backend for NodeBackend {
     /// and `stats` at once after the build) is bounded like the first call: its
     /// `connect_timeout` and `timeout` from its start, the map wait included.
     fn ping(&self) -> Result<BackendStatus> {
+        // Not a keyed call: a deadline a keyed call left on this thread is not ours.
+        CALL_DEADLINE.set(None);
         let Some(deadline) = self.shards.first.call_deadline() else {
             return self.ping_now();
         };
@@ -688,6 +721,7 @@ impl Backend for NodeBackend {
 
     /// The first owner's `INFO`; bounded like [`NodeBackend::ping`] before the first slot map.
     fn info(&self) -> Result<Vec<(String, String)>> {
+        CALL_DEADLINE.set(None);
         let Some(deadline) = self.shards.first.call_deadline() else {
             return self.info_now();
         };

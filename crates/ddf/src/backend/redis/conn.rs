@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use redis::{ConnectionAddr, ConnectionLike, RedisError, RedisResult, Value};
 
-mod dial;
+use crate::backend::dial;
 #[cfg(feature = "tls")]
 mod tls;
 #[cfg(feature = "tls")]

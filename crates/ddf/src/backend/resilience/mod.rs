@@ -72,6 +72,7 @@ pub(crate) mod journal;
 pub(crate) mod probe;
 mod recovery;
 pub(crate) mod scopes;
+pub(crate) use recovery::REPLAY_BATCH;
 
 use std::borrow::Cow;
 use std::fmt;

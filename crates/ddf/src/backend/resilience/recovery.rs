@@ -81,9 +81,16 @@ impl Shared {
             return Shared::start_probe(this, Duration::ZERO);
         }
         let deadline = Instant::now() + wait;
+        // The background loop waits for the start-up recovery: a failure noted meanwhile (a
+        // key moved into this scope, `PerScope::follow_moves`) would start it, and two
+        // recoveries would run at once. Held only if the loop does not run yet.
+        let held = !this.probing.swap(true, Ordering::AcqRel);
         let recover = move |s: Arc<Shared>, done: std::sync::mpsc::Sender<bool>| {
             let up = s.try_recover(Some(deadline));
             let _ = done.send(up);
+            if held {
+                s.probing.store(false, Ordering::Release);
+            }
             let first = if up { s.cfg.retry } else { Duration::ZERO };
             Shared::start_probe(&s, first);
         };
@@ -92,19 +99,24 @@ impl Shared {
         let spawned = std::thread::Builder::new()
             .name("ddf-start-replay".to_owned())
             .spawn(move || recover(s, tx));
-        let up = match spawned {
-            Ok(_) => rx.recv_timeout(wait).unwrap_or(false),
+        let answer = match spawned {
+            Ok(_) => rx.recv_timeout(wait).ok(),
             Err(_) => {
                 let (tx, rx) = std::sync::mpsc::channel();
                 recover(this.clone(), tx);
-                rx.try_recv().unwrap_or(false)
+                rx.try_recv().ok()
             }
         };
-        if !up {
-            info!(
+        match answer {
+            Some(true) => {}
+            Some(false) => info!(
+                backend = this.cfg.name,
+                "the server is not ready for its recorded invalidations; they are applied once it is, serving from the fallback meanwhile"
+            ),
+            None => info!(
                 backend = this.cfg.name,
                 "recorded invalidations are being applied in the background; serving from the fallback meanwhile"
-            );
+            ),
         }
     }
 
@@ -372,7 +384,7 @@ impl Shared {
 
 /// Keys per batch of recorded deletes, and entries a replay applies between two saves of its
 /// progress.
-const REPLAY_BATCH: usize = 256;
+pub(crate) const REPLAY_BATCH: usize = 256;
 
 /// Which recorded invalidations a batch is made of.
 #[derive(Clone, Copy)]

@@ -53,6 +53,13 @@ pub(crate) trait Partition: Send + Sync + fmt::Debug + 'static {
     /// that can move a key from one scope to another (a Redis Cluster's resharding) moves it
     /// only out of a scope with nothing to replay. The default ignores it.
     fn watch(&self, _scopes: Vec<ScopeState>) {}
+
+    /// Whether a key can change scope while servers keep it (a Redis Cluster's resharding):
+    /// then a prefix delete or `clear` recorded in one scope may concern keys another scope
+    /// holds by the time it is replayed ([`share_prefixes`]). The default is no (Memcached).
+    fn keys_move(&self) -> bool {
+        false
+    }
 }
 
 /// A scope's state as a [`Partition`] may ask it: whether its breaker is closed and whether
@@ -124,6 +131,9 @@ pub(crate) fn adopt_legacy(
     partition: &dyn Partition,
     scopes: &[String],
 ) -> Result<()> {
+    if let Err(e) = share_prefixes(journal, partition, scopes) {
+        tracing::warn!(error = %e, "cannot share the recorded prefix invalidations between the servers; a key resharded since may be read stale until they are replayed");
+    }
     let entries = journal.read(legacy)?;
     let Some(&(last, _)) = entries.last() else {
         return Ok(());
@@ -147,6 +157,60 @@ pub(crate) fn adopt_legacy(
         "recorded invalidations of the whole server list moved to the servers they concern"
     );
     journal.remove(legacy, last)
+}
+
+/// On a partition whose keys move between scopes ([`Partition::keys_move`]): copies every
+/// prefix delete and `clear` recorded in one scope into every other scope's journal (where the
+/// same entry is not already recorded), before the scopes are built. A key the entry concerns
+/// may have been resharded to another scope's node since it was recorded, and this process
+/// (whose first slot map already places it there) would read it through that scope at once,
+/// while the entry waits for its own scope's node. With the copy, each scope applies the entry
+/// on its own nodes, through its own breaker, before it serves (a down node holds only its own
+/// scope down). A running process needs no copy: it keeps a resharded slot in its scope while
+/// that scope has records (`redis/cluster.rs`). Applying an entry twice only deletes more.
+///
+/// # Errors
+/// The journal's.
+pub(crate) fn share_prefixes(
+    journal: &Journal,
+    partition: &dyn Partition,
+    scopes: &[String],
+) -> Result<()> {
+    if !partition.keys_move() || scopes.len() < 2 {
+        return Ok(());
+    }
+    let mut recorded: Vec<Vec<PendingOp<'static>>> = Vec::with_capacity(scopes.len());
+    for scope in scopes {
+        let ops = journal.read(scope)?;
+        recorded.push(
+            ops.into_iter()
+                .map(|(_, op)| op)
+                .filter(|op| !matches!(op, PendingOp::Delete(_)))
+                .collect(),
+        );
+    }
+    for (to, scope) in scopes.iter().enumerate() {
+        let mut copies: Vec<PendingOp<'static>> = Vec::new();
+        for (from, ops) in recorded.iter().enumerate() {
+            for op in ops {
+                if from != to
+                    && recorded.get(to).is_some_and(|mine| !mine.contains(op))
+                    && !copies.contains(op)
+                {
+                    copies.push(op.clone());
+                }
+            }
+        }
+        if !copies.is_empty() {
+            journal.append(scope, &copies)?;
+            tracing::info!(
+                scope = %scope,
+                entries = copies.len(),
+                "prefix invalidations recorded for another server of the cluster copied here (a key resharded since may be here)"
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Builds every scope with `build`, each on a thread of its own: a scope that finds recorded

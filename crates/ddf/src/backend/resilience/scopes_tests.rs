@@ -333,3 +333,47 @@ fn the_moved_here_reason_reads_as_one_sentence() {
         "{text:?}"
     );
 }
+
+/// A partition whose keys move (a Redis Cluster's resharding).
+#[derive(Debug)]
+struct Resharded;
+
+impl Partition for Resharded {
+    fn scope_of(&self, key: &str) -> usize {
+        usize::from(key.starts_with('b'))
+    }
+    fn keys_move(&self) -> bool {
+        true
+    }
+}
+
+/// A prefix delete or clear recorded in one scope is copied into the others (once) where keys
+/// move between scopes, never a keyed delete, and nothing where keys do not move.
+#[test]
+fn prefix_records_are_shared_where_keys_move() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = Journal::open(dir.path()).unwrap();
+    let scopes = ["c://a|".to_owned(), "c://b|".to_owned()];
+    j.append(
+        "c://a|",
+        &[
+            PendingOp::Delete("a1".into()),
+            PendingOp::DeletePrefix("p".into()),
+            PendingOp::Clear,
+        ],
+    )
+    .unwrap();
+    share_prefixes(&j, &ByLetter, &scopes).unwrap();
+    assert_eq!(j.count("c://b|").unwrap(), 0);
+    for _ in 0..2 {
+        share_prefixes(&j, &Resharded, &scopes).unwrap();
+        let b: Vec<_> = j
+            .read("c://b|")
+            .unwrap()
+            .into_iter()
+            .map(|(_, o)| o)
+            .collect();
+        assert_eq!(b, [PendingOp::DeletePrefix("p".into()), PendingOp::Clear]);
+        assert_eq!(j.count("c://a|").unwrap(), 3);
+    }
+}

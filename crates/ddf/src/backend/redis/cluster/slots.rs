@@ -177,9 +177,6 @@ pub(super) struct Map {
     home: Vec<Option<u16>>,
     /// Whether a node has answered `CLUSTER SLOTS` yet.
     known: bool,
-    /// Per scope: the nodes (indices into `addrs`) that took slots out of it (a resharding),
-    /// whose keys of those slots its prefix deletes must reach too ([`Map::left_to`]).
-    left: Vec<Vec<u16>>,
 }
 
 impl Map {
@@ -207,7 +204,6 @@ impl Map {
             addrs: nodes.to_vec(),
             home: (0..nodes.len() as u16).map(Some).collect(),
             known: false,
-            left: vec![Vec::new(); nodes.len()],
         }
     }
 
@@ -286,13 +282,6 @@ impl Map {
                 out.changed |= self.owner[s] != owner;
                 let from = self.scope[s];
                 if from == home || allowed(from, home) {
-                    if from != home
-                        && !first_reading
-                        && let Some(left) = self.left.get_mut(usize::from(from))
-                        && !left.contains(&owner)
-                    {
-                        left.push(owner);
-                    }
                     self.scope[s] = home;
                 } else {
                     out.held_back += 1;
@@ -316,22 +305,6 @@ impl Map {
             .iter()
             .zip(seen)
             .filter_map(|(a, owns)| owns.then_some(a))
-    }
-
-    /// The nodes that took slots out of `scope` (a resharding), but those that own one of
-    /// its slots now. A prefix delete recorded in `scope` by a process whose map had not moved
-    /// the slot yet is replayed by whichever process reaches the server first: one that moved
-    /// the slot must reach the keys on their new owner too.
-    pub(super) fn left_to(&self, scope: usize) -> Vec<Addr> {
-        let now = self.owners_of(scope);
-        let mut out: Vec<Addr> = Vec::new();
-        for &o in self.left.get(scope).into_iter().flatten() {
-            let a = &self.addrs[usize::from(o)];
-            if !now.contains(a) && !out.contains(a) {
-                out.push(a.clone());
-            }
-        }
-        out
     }
 
     /// The nodes that own a slot of `scope`, in slot order.
@@ -594,8 +567,5 @@ ccc 127.0.0.1:7002@17002 master - 0 1 3 connected
         );
         assert_eq!((m.scope[0], m.scope[9], m.scope[10]), (1, 1, 0));
         assert_eq!(m.owners_of(0), addrs(&[("a", 1)]));
-        // a's prefix deletes reach b for the keys of the slots it took.
-        assert_eq!(m.left_to(0), addrs(&[("b", 2)]));
-        assert!(m.left_to(1).is_empty());
     }
 }

@@ -1,5 +1,8 @@
 //! Reaching a server within `connect_timeout`: the two steps of a connection std does not
-//! bound, the host name's lookup and the connect of a unix socket.
+//! bound, the host name's lookup and the connect of a unix socket. Used by every connection
+//! ddf opens itself: Redis (`redis/conn.rs`: TCP, TLS, unix, Sentinel, Cluster nodes), the near
+//! cache's tracking connection (`near/socket.rs`, `near/tracking.rs`) and the Memcached sync
+//! client (`memcached/client.rs`).
 //!
 //! - **The lookup**: `getaddrinfo` (what `ToSocketAddrs` calls) has no timeout and cannot be
 //!   interrupted; a resolver that does not answer holds it for the resolver's own timeouts
@@ -38,7 +41,7 @@ fn timed_out(what: String) -> std::io::Error {
 /// # Errors
 /// The lookup's own error; a timeout when it did not end in time or when [`LOOKUPS`] lookups
 /// are already outstanding.
-pub(in crate::backend::redis) fn resolve(
+pub(crate) fn resolve(
     host: &str,
     port: u16,
     deadline: Instant,
@@ -88,8 +91,8 @@ pub(in crate::backend::redis) fn resolve(
 ///
 /// # Errors
 /// The connect's error; a timeout when the listener's backlog stayed full until the deadline.
-#[cfg(unix)]
-pub(in crate::backend::redis) fn unix(
+#[cfg(all(unix, feature = "redis"))]
+pub(crate) fn unix(
     path: &std::path::Path,
     deadline: Instant,
 ) -> std::io::Result<std::os::unix::net::UnixStream> {
@@ -149,7 +152,7 @@ mod tests {
 
     /// A listener with a backlog of 0 and one connection waiting: the next connect is given
     /// up at the deadline (Linux blocks there; other systems refuse at once).
-    #[cfg(unix)]
+    #[cfg(all(unix, feature = "redis"))]
     #[test]
     fn a_full_backlog_costs_the_connect_timeout_at_most() {
         use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};

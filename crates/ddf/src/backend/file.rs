@@ -119,6 +119,9 @@ impl FileBackend {
         clock: Arc<dyn Clock>,
     ) -> Result<Self> {
         let dir = dir.into();
+        // The directory first: the counters live in it, and a process that cannot open them
+        // on a new directory would fall back to the pools' once-a-second file check.
+        super::sqlite::create_dir(&dir, NAME)?;
         // Before the first connect: a database moved aside then moves the epoch too.
         let counters = Arc::new(Counters::new(&dir));
         let replacements = counters.clone() as Arc<dyn super::sqlite::Replacements>;
@@ -198,6 +201,10 @@ impl FileBackend {
 /// The change counters learn of a database moved aside (the epoch), and pools check the file
 /// whenever the epoch moved.
 impl super::sqlite::Replacements for Counters {
+    fn may_replace(&self) -> bool {
+        Counters::may_replace(self)
+    }
+
     fn replaced(&self) {
         Counters::replaced(self);
     }
@@ -842,6 +849,37 @@ mod tests {
         assert!(e.contains(crate::near::file::COUNTERS_FILE), "{e}");
         assert_eq!(other.delete_prefix("").map_err(|e| e.to_string()), Err(e));
         assert_eq!(other.get("k").unwrap(), None);
+    }
+
+    /// A new directory is created before the counters are opened, so that even a process that
+    /// only reads has the epoch its pools check (a database moved aside by another process is
+    /// then never read through a stale pooled connection).
+    #[test]
+    fn a_backend_on_a_new_directory_has_its_counters_from_the_start() {
+        let d = tempfile::tempdir().unwrap();
+        let b = FileBackend::open(d.path().join("new").join("dir"), "ns:").unwrap();
+        assert!(b.counters.epoch().is_some());
+    }
+
+    /// A corrupt database is left in place, and the corruption returned, by a process whose
+    /// counters cannot be opened: moving it aside could not be told to other near caches.
+    #[test]
+    fn a_corrupt_database_is_not_moved_aside_uncounted() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("c");
+        fs::create_dir_all(dir.join(crate::near::file::COUNTERS_FILE)).unwrap();
+        let b = FileBackend::open(&dir, "ns:").unwrap();
+        fs::write(b.db_path(), vec![b'x'; 8192]).unwrap();
+        b.db.quarantine_now();
+        assert!(
+            b.db_path().exists(),
+            "the corrupt database stays where it was"
+        );
+        let moved = fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().contains(".corrupt-"));
+        assert!(!moved);
     }
 
     #[test]

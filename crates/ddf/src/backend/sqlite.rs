@@ -79,6 +79,9 @@ pub(crate) struct Db {
 /// What the owner of a database learns and tells about it being moved aside (the file
 /// backend's change counters, `near/file.rs`).
 pub(crate) trait Replacements: Send + Sync + fmt::Debug {
+    /// Whether this process may move the database aside now: `false` when the move could not
+    /// be told to the other processes (the corruption is then returned as an error instead).
+    fn may_replace(&self) -> bool;
     /// This process moved the database aside (after the move, before the next connect).
     fn replaced(&self);
     /// A number that moves, in every process, after any process moved the database aside
@@ -139,6 +142,30 @@ fn sql_error(label: &'static str, what: impl fmt::Display, e: rusqlite::Error) -
     }
 }
 
+/// Creates `dir` (and its parents, mode 0700 on unix) unless it exists; an error when it cannot
+/// be created or is not a directory.
+pub(crate) fn create_dir(dir: &Path, label: &'static str) -> Result<()> {
+    let mut builder = fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder
+        .create(dir)
+        .map_err(|e| Error::io(label, format_args!("cannot create {}", dir.display()), e))?;
+    if !dir.is_dir() {
+        return Err(Error::Backend {
+            backend: label,
+            message: format!("{} is not a directory", dir.display()),
+            temporary: false,
+            source: None,
+        });
+    }
+    Ok(())
+}
+
 impl Db {
     /// Creates `dir` (mode 0700) if needed and opens `dir/file` once, so that a bad directory or
     /// database shows now. `label` names the owner in errors (`pickle`, `journal`).
@@ -168,24 +195,7 @@ impl Db {
         clock: Arc<dyn Clock>,
         replacements: Option<Arc<dyn Replacements>>,
     ) -> Result<Self> {
-        let mut builder = fs::DirBuilder::new();
-        builder.recursive(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::DirBuilderExt;
-            builder.mode(0o700);
-        }
-        builder
-            .create(&dir)
-            .map_err(|e| Error::io(label, format_args!("cannot create {}", dir.display()), e))?;
-        if !dir.is_dir() {
-            return Err(Error::Backend {
-                backend: label,
-                message: format!("{} is not a directory", dir.display()),
-                temporary: false,
-                source: None,
-            });
-        }
+        create_dir(&dir, label)?;
         let db = Db {
             path: dir.join(file),
             dir,
@@ -338,6 +348,17 @@ impl Db {
         }
         pool.generation += 1;
         pool.idle.clear();
+        if let Some(r) = &self.replacements
+            && !r.may_replace()
+        {
+            warn!(
+                db = %self.path.display(),
+                error = %cause,
+                "the database is corrupt or not a ddf database, but it is left in place: moving \
+                 it aside could not be told to the near caches of other processes"
+            );
+            return;
+        }
         let ours = pool.file_id.take();
         if ours.is_some() && file_id(&self.path) != ours {
             // Another process moved our corrupt file aside already: the path names its fresh

@@ -361,6 +361,18 @@ impl Counters {
 }
 
 impl Counters {
+    /// Whether a database moved aside now would be counted: the counters are open (mapped,
+    /// or marked blind), so that no other process's near cache keeps serving its entries.
+    pub(crate) fn may_replace(&self) -> bool {
+        match self.ready() {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "ddf: the change counters cannot be opened");
+                false
+            }
+        }
+    }
+
     /// The database was moved aside by this process: bumps the epoch (logged when the
     /// counters cannot be opened).
     pub(crate) fn replaced(&self) {

@@ -160,8 +160,11 @@ impl AsyncRedis {
             // The multiplexed path says what is missing.
             return None;
         }
+        // Only these are sent twice when a reused connection fails (the server may have run
+        // the first); anything else (`UNLINK`: its count) only when it was never written.
+        let idempotent = matches!(what, "GET" | "SET");
         Some(
-            d.hot(encode, read)
+            d.hot(idempotent, encode, read)
                 .await?
                 .map_err(|e| self.core.map_err(what, &e)),
         )

@@ -30,6 +30,7 @@
 //!   parser knows RESP2), Cluster and Sentinel.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
@@ -91,6 +92,8 @@ enum Slot {
 pub(super) struct Direct {
     target: Option<Target>,
     slot: Mutex<Slot>,
+    /// Bumped by [`Direct::close`]: a connection leased before is not put back after.
+    generation: AtomicU64,
     timeout: Duration,
     connect_timeout: Duration,
 }
@@ -106,16 +109,19 @@ impl std::fmt::Debug for Direct {
 /// Puts the connection back when the request ended in step; leaves the slot empty otherwise,
 /// the future's being dropped mid-request included.
 struct Lease<'a> {
-    slot: &'a Mutex<Slot>,
+    of: &'a Direct,
+    /// [`Direct::generation`] when the slot was taken.
+    generation: u64,
     back: Option<Box<Conn>>,
 }
 
 impl Drop for Lease<'_> {
     fn drop(&mut self) {
-        let mut slot = self.slot.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut slot = self.of.slot.lock().unwrap_or_else(PoisonError::into_inner);
+        let closed = self.of.generation.load(Ordering::SeqCst) != self.generation;
         *slot = match self.back.take() {
-            Some(c) => Slot::Idle(c),
-            None => Slot::Vacant,
+            Some(c) if !closed => Slot::Idle(c),
+            _ => Slot::Vacant,
         };
     }
 }
@@ -151,14 +157,16 @@ impl Direct {
         Direct {
             target,
             slot: Mutex::new(Slot::Vacant),
+            generation: AtomicU64::new(0),
             timeout,
             connect_timeout,
         }
     }
 
-    /// Forgets the idle connection (a request in flight keeps its own and drops it after).
+    /// Forgets the idle connection; a request in flight keeps its own and drops it after.
     pub(super) fn close(&self) {
         let mut slot = self.slot.lock().unwrap_or_else(PoisonError::into_inner);
+        self.generation.fetch_add(1, Ordering::SeqCst);
         if let Slot::Idle(_) = *slot {
             *slot = Slot::Vacant;
         }
@@ -180,18 +188,20 @@ impl Direct {
     ) -> Option<RedisResult<T>> {
         let target = self.target.as_ref()?;
         let runtime = tokio::runtime::Handle::try_current().ok()?.id();
-        let held = {
+        let (held, generation) = {
             let mut slot = self.slot.lock().unwrap_or_else(PoisonError::into_inner);
-            match std::mem::replace(&mut *slot, Slot::Busy) {
+            let held = match std::mem::replace(&mut *slot, Slot::Busy) {
                 Slot::Busy => return None,
                 Slot::Idle(c) => Some(c),
                 Slot::Vacant => None,
-            }
+            };
+            (held, self.generation.load(Ordering::SeqCst))
         };
         // Another runtime's socket, or one the server closed while it idled: dropped unused.
         let held = held.filter(|c| c.runtime == runtime && !c.closed());
         let mut lease = Lease {
-            slot: &self.slot,
+            of: self,
+            generation,
             back: None,
         };
         let reused = held.is_some();
@@ -464,6 +474,28 @@ mod tests {
             !matches!(&r, Ok(Some(v)) if v == b"2"),
             "the planted violation must be visible: {r:?}"
         );
+    }
+
+    /// `close` during a request: the connection is not put back after it.
+    #[tokio::test]
+    async fn closed_during_a_request_is_not_put_back() {
+        let Some(server) = RedisServer::start() else {
+            return;
+        };
+        let d = direct(&server);
+        set(&d, "k", b"v").await;
+        let mut f = Box::pin(get(&d, "k"));
+        let first = f.as_mut().poll(&mut Context::from_waker(Waker::noop()));
+        d.close();
+        if first.is_pending() {
+            assert_eq!(f.await.as_deref(), Some(&b"v"[..]));
+        } else {
+            drop(f);
+        }
+        // Planted: the same ending without `close` keeps the connection.
+        assert!(vacant(&d), "closed: not kept");
+        set(&d, "k", b"v").await;
+        assert!(!vacant(&d));
     }
 
     /// A busy connection sends the caller to the multiplexed one; a dead idle one is replaced

@@ -82,8 +82,10 @@ pub(crate) struct AsyncRedis {
     direct: Option<direct::Direct>,
     timeout: Duration,
     connect_timeout: Duration,
-    /// The shared connection, once open.
-    current: Mutex<Option<Conn>>,
+    /// The shared connection, once open, and the runtime its driver task runs on: only tasks
+    /// on that runtime use it (elsewhere a request would wait on a driver nobody may be
+    /// driving); a task on another runtime opens one there, which replaces it.
+    current: Mutex<Option<(Conn, tokio::runtime::Id)>>,
     /// Held while connecting, so that a burst of tasks opens one connection, not one each;
     /// it keeps the last attempt's failure for the calls that queued behind that attempt.
     connecting: tokio::sync::Mutex<LastAttempt>,
@@ -138,10 +140,11 @@ impl AsyncRedis {
     }
 
     fn current(&self) -> Option<Conn> {
-        self.current
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        let here = tokio::runtime::Handle::try_current().ok()?.id();
+        match &*self.current.lock().unwrap_or_else(PoisonError::into_inner) {
+            Some((c, id)) if *id == here => Some(c.clone()),
+            _ => None,
+        }
     }
 
     fn forget(&self) {
@@ -160,8 +163,11 @@ impl AsyncRedis {
             // The multiplexed path says what is missing.
             return None;
         }
+        // Only these are sent twice when a reused connection fails (the server may have run
+        // the first); anything else (`UNLINK`: its count) only when it was never written.
+        let idempotent = matches!(what, "GET" | "SET");
         Some(
-            d.hot(encode, read)
+            d.hot(idempotent, encode, read)
                 .await?
                 .map_err(|e| self.core.map_err(what, &e)),
         )
@@ -172,7 +178,7 @@ impl AsyncRedis {
         if let Some(c) = self.current() {
             return Ok(c);
         }
-        if tokio::runtime::Handle::try_current().is_err() {
+        let Ok(here) = tokio::runtime::Handle::try_current() else {
             return Err(Error::Backend {
                 backend: NAME,
                 message: "the async Redis client needs a tokio runtime: await this future \
@@ -181,7 +187,7 @@ impl AsyncRedis {
                 temporary: false,
                 source: None,
             });
-        }
+        };
         // Calls that queue while an attempt is under way share its outcome: with a server
         // that accepts and never answers, 64 queued calls then wait one `connect_timeout`,
         // not one each in turn.
@@ -203,7 +209,8 @@ impl AsyncRedis {
         let opened = self.attempt().await;
         last.failure = match &opened {
             Ok(c) => {
-                *self.current.lock().unwrap_or_else(PoisonError::into_inner) = Some(c.clone());
+                *self.current.lock().unwrap_or_else(PoisonError::into_inner) =
+                    Some((c.clone(), here.id()));
                 None
             }
             Err(Error::Backend {

@@ -99,7 +99,7 @@ impl Conn {
     fn hot<T>(
         &mut self,
         encode: impl FnOnce(&mut Vec<u8>),
-        read: impl FnOnce(resp::Reply<'_>) -> redis::RedisResult<T>,
+        read: impl Fn(resp::Reply<'_>) -> redis::RedisResult<T>,
         fallback: impl FnOnce(&mut dyn ConnectionLike) -> redis::RedisResult<T>,
     ) -> redis::RedisResult<T> {
         if let Conn::Single(b) = self

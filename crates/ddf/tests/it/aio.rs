@@ -262,6 +262,41 @@ mod conformance_suite {
             assert_up(&rt, &c.cache);
         }
     }
+
+    /// A cache used from a second runtime while the first, which opened its connections, is
+    /// alive and idle: `get` (the caller-driven connection) and `get_many` (the multiplexed
+    /// one) open their own there instead of waiting on the idle runtime's I/O driver.
+    #[test]
+    fn a_second_runtime_while_the_first_idles() {
+        let Some(server) = RedisServer::start() else {
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let cache = AsyncCacheManager::new(redis_config(server.port(), dir.path(), "rt:")).unwrap();
+        let current = || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+        };
+        let a = current();
+        a.block_on(async {
+            cache.set("k", &1, None).await.unwrap();
+            let _: Vec<Option<i32>> = cache.get_many(&["k"]).await.unwrap();
+        });
+        let c = cache.clone();
+        let seen = std::thread::spawn(move || {
+            current().block_on(async {
+                let one: Option<i32> = c.get("k").await.unwrap();
+                let many: Vec<Option<i32>> = c.get_many(&["k"]).await.unwrap();
+                (one, many)
+            })
+        })
+        .join()
+        .unwrap();
+        assert_eq!(seen, (Some(1), vec![Some(1)]));
+        assert_up(&a, &cache);
+    }
 }
 
 mod tls {

@@ -19,10 +19,18 @@
 //!   once the reply was read whole. A future dropped between the write and the end of the reply
 //!   drops the connection with it (the slot is left empty; the next caller connects again), so
 //!   a later request never reads an earlier one's reply.
+//! - **Retry**: a reused connection found dead is replaced and the command sent once more only
+//!   when that cannot run it twice: `GET` and `SET`, or a command not written whole. An
+//!   `UNLINK` the server may have run is an error rather than a second `UNLINK` answering 0.
+//!   An idle connection the server already closed is seen (a non-blocking read) before
+//!   anything is sent, and replaced.
+//! - **Runtimes**: a socket's reads are woken by the I/O driver of the runtime that opened it,
+//!   so a connection is used only from that runtime; a caller on another one replaces it.
 //! - **Not here**: TLS (it stays on redis-rs's multiplexed connection), RESP3 (`HELLO 3`: our
 //!   parser knows RESP2), Cluster and Sentinel.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
@@ -60,6 +68,11 @@ enum Stream {
 /// One open connection, in step (no request in flight) whenever it is in its slot.
 struct Conn {
     stream: Stream,
+    /// The runtime whose I/O driver wakes this socket's reads: only a task on that runtime
+    /// uses it (elsewhere a read would wait on a driver nobody may be driving).
+    runtime: tokio::runtime::Id,
+    /// Whether the last request was written whole (the server may have run it).
+    sent: bool,
     /// The request being sent (kept: no allocation per call).
     req: Vec<u8>,
     /// The room replies are read into (kept; grows with what the server sent).
@@ -79,6 +92,8 @@ enum Slot {
 pub(super) struct Direct {
     target: Option<Target>,
     slot: Mutex<Slot>,
+    /// Bumped by [`Direct::close`]: a connection leased before is not put back after.
+    generation: AtomicU64,
     timeout: Duration,
     connect_timeout: Duration,
 }
@@ -94,16 +109,19 @@ impl std::fmt::Debug for Direct {
 /// Puts the connection back when the request ended in step; leaves the slot empty otherwise,
 /// the future's being dropped mid-request included.
 struct Lease<'a> {
-    slot: &'a Mutex<Slot>,
+    of: &'a Direct,
+    /// [`Direct::generation`] when the slot was taken.
+    generation: u64,
     back: Option<Box<Conn>>,
 }
 
 impl Drop for Lease<'_> {
     fn drop(&mut self) {
-        let mut slot = self.slot.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut slot = self.of.slot.lock().unwrap_or_else(PoisonError::into_inner);
+        let closed = self.of.generation.load(Ordering::SeqCst) != self.generation;
         *slot = match self.back.take() {
-            Some(c) => Slot::Idle(c),
-            None => Slot::Vacant,
+            Some(c) if !closed => Slot::Idle(c),
+            _ => Slot::Vacant,
         };
     }
 }
@@ -139,55 +157,66 @@ impl Direct {
         Direct {
             target,
             slot: Mutex::new(Slot::Vacant),
+            generation: AtomicU64::new(0),
             timeout,
             connect_timeout,
         }
     }
 
-    /// Forgets the idle connection (a request in flight keeps its own and drops it after).
+    /// Forgets the idle connection; a request in flight keeps its own and drops it after.
     pub(super) fn close(&self) {
         let mut slot = self.slot.lock().unwrap_or_else(PoisonError::into_inner);
+        self.generation.fetch_add(1, Ordering::SeqCst);
         if let Slot::Idle(_) = *slot {
             *slot = Slot::Vacant;
         }
     }
 
     /// One hot command on the caller-driven connection: `None` when it is busy (or this target
-    /// has none): send the command on the multiplexed connection then. Connects first when none
-    /// is open. A connection that was idle and turns out dead (the server restarted) is
-    /// replaced and the command sent once more, as the sync pool retries a dead pooled
-    /// connection once; a timeout is never retried.
+    /// has none, or the caller is on no runtime): send the command on the multiplexed
+    /// connection then. Connects first when none is open, or when the idle one belongs to
+    /// another runtime or is already closed by the server (seen before anything is sent).
+    /// A reused connection that turns out dead (the server restarted) is replaced and the
+    /// command sent once more, as the sync pool retries a dead pooled connection once, but
+    /// only when that cannot run it twice: the command is `idempotent` (`GET`, `SET`) or
+    /// nothing of it was written whole. A timeout is never retried.
     pub(super) async fn hot<T>(
         &self,
+        idempotent: bool,
         encode: impl Fn(&mut Vec<u8>),
         read: impl Fn(Reply<'_>) -> RedisResult<T>,
     ) -> Option<RedisResult<T>> {
         let target = self.target.as_ref()?;
-        let held = {
+        let runtime = tokio::runtime::Handle::try_current().ok()?.id();
+        let (held, generation) = {
             let mut slot = self.slot.lock().unwrap_or_else(PoisonError::into_inner);
-            match std::mem::replace(&mut *slot, Slot::Busy) {
+            let held = match std::mem::replace(&mut *slot, Slot::Busy) {
                 Slot::Busy => return None,
                 Slot::Idle(c) => Some(c),
                 Slot::Vacant => None,
-            }
+            };
+            (held, self.generation.load(Ordering::SeqCst))
         };
+        // Another runtime's socket, or one the server closed while it idled: dropped unused.
+        let held = held.filter(|c| c.runtime == runtime && !c.closed());
         let mut lease = Lease {
-            slot: &self.slot,
+            of: self,
+            generation,
             back: None,
         };
         let reused = held.is_some();
         let mut conn = match held {
             Some(c) => c,
-            None => match self.open(target).await {
+            None => match self.open(target, runtime).await {
                 Ok(c) => c,
                 Err(e) => return Some(Err(e)),
             },
         };
         let mut r = self.request(&mut conn, &encode, &read).await;
-        if reused && r.as_ref().is_err_and(is_dead) {
+        if reused && (idempotent || !conn.sent) && r.as_ref().is_err_and(is_dead) {
             tracing::debug!("redis connection was dead; reconnecting");
             drop(conn);
-            conn = match self.open(target).await {
+            conn = match self.open(target, runtime).await {
                 Ok(c) => c,
                 Err(e) => return Some(Err(e)),
             };
@@ -201,7 +230,7 @@ impl Direct {
     }
 
     /// Connects, authenticates and selects the database within `connect_timeout`.
-    async fn open(&self, t: &Target) -> RedisResult<Box<Conn>> {
+    async fn open(&self, t: &Target, runtime: tokio::runtime::Id) -> RedisResult<Box<Conn>> {
         let deadline = Instant::now() + self.connect_timeout;
         let setup = async {
             let stream = match &t.addr {
@@ -211,10 +240,12 @@ impl Direct {
                     Stream::Tcp(s)
                 }
                 #[cfg(unix)]
-                Addr::Unix(path) => Stream::Unix(tokio::net::UnixStream::connect(path).await?),
+                Addr::Unix(path) => Stream::Unix(unix_connect(path).await?),
             };
             let mut c = Box::new(Conn {
                 stream,
+                runtime,
+                sent: false,
                 req: Vec::new(),
                 rbuf: Vec::new(),
             });
@@ -268,13 +299,43 @@ fn is_dead(e: &RedisError) -> bool {
     !e.is_timeout() && (e.is_io_error() || e.is_connection_dropped())
 }
 
+/// Connects to a unix socket. A listener whose backlog is full refuses at once with `EAGAIN`
+/// (`WouldBlock`, which the error mapping would call a reply timeout): that is waited out here,
+/// polling, until the caller's `connect_timeout` ends the wait as a connect timeout.
+#[cfg(unix)]
+async fn unix_connect(path: &std::path::Path) -> std::io::Result<tokio::net::UnixStream> {
+    let mut pause = Duration::from_millis(1);
+    loop {
+        match tokio::net::UnixStream::connect(path).await {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(50));
+            }
+            r => return r,
+        }
+    }
+}
+
 impl Conn {
+    /// Whether the server closed this idle connection (or sent something unasked: out of
+    /// step), as far as is known without waiting.
+    fn closed(&self) -> bool {
+        let mut one = [0u8; 1];
+        let r = match &self.stream {
+            Stream::Tcp(s) => s.try_read(&mut one),
+            #[cfg(unix)]
+            Stream::Unix(s) => s.try_read(&mut one),
+        };
+        !matches!(r, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    }
+
     /// Sends one request and reads its reply whole (unbounded in time: the caller bounds it).
     async fn exchange<T>(
         &mut self,
         encode: impl FnOnce(&mut Vec<u8>),
         read: impl Fn(Reply<'_>) -> RedisResult<T>,
     ) -> RedisResult<RedisResult<T>> {
+        self.sent = false;
         let mut req = std::mem::take(&mut self.req);
         req.clear();
         encode(&mut req);
@@ -287,6 +348,7 @@ impl Conn {
             self.req = req;
         }
         sent?;
+        self.sent = true;
         // `buf`'s length is its zeroed room, kept between calls; `filled` what was received.
         // It grows with what the server sent (at most doubling it), never with an announced
         // length.
@@ -341,14 +403,14 @@ mod tests {
     }
 
     async fn get(d: &Direct, key: &str) -> Option<Vec<u8>> {
-        d.hot(|b| resp::get(b, key.as_bytes()), resp::bulk)
+        d.hot(true, |b| resp::get(b, key.as_bytes()), resp::bulk)
             .await
             .expect("free")
             .unwrap()
     }
 
     async fn set(d: &Direct, key: &str, v: &[u8]) {
-        d.hot(|b| resp::set(b, key.as_bytes(), v, None), |_| Ok(()))
+        d.hot(true, |b| resp::set(b, key.as_bytes(), v, None), |_| Ok(()))
             .await
             .expect("free")
             .unwrap();
@@ -405,13 +467,35 @@ mod tests {
         // The next call reads the dropped call's reply ("1"), or both replies at once (then
         // the parser's "out of step" error); never its own.
         let r = d
-            .hot(|b| resp::get(b, b"two"), resp::bulk)
+            .hot(true, |b| resp::get(b, b"two"), resp::bulk)
             .await
             .expect("free");
         assert!(
             !matches!(&r, Ok(Some(v)) if v == b"2"),
             "the planted violation must be visible: {r:?}"
         );
+    }
+
+    /// `close` during a request: the connection is not put back after it.
+    #[tokio::test]
+    async fn closed_during_a_request_is_not_put_back() {
+        let Some(server) = RedisServer::start() else {
+            return;
+        };
+        let d = direct(&server);
+        set(&d, "k", b"v").await;
+        let mut f = Box::pin(get(&d, "k"));
+        let first = f.as_mut().poll(&mut Context::from_waker(Waker::noop()));
+        d.close();
+        if first.is_pending() {
+            assert_eq!(f.await.as_deref(), Some(&b"v"[..]));
+        } else {
+            drop(f);
+        }
+        // Planted: the same ending without `close` keeps the connection.
+        assert!(vacant(&d), "closed: not kept");
+        set(&d, "k", b"v").await;
+        assert!(!vacant(&d));
     }
 
     /// A busy connection sends the caller to the multiplexed one; a dead idle one is replaced
@@ -425,7 +509,9 @@ mod tests {
         set(&d, "k", b"v").await;
         let held = std::mem::replace(&mut *d.slot.lock().unwrap(), Slot::Busy);
         assert!(
-            d.hot(|b| resp::get(b, b"k"), resp::bulk).await.is_none(),
+            d.hot(true, |b| resp::get(b, b"k"), resp::bulk)
+                .await
+                .is_none(),
             "busy: none"
         );
         *d.slot.lock().unwrap() = held;
@@ -461,7 +547,7 @@ mod tests {
         assert_eq!(out.trim(), "v");
         let wrong = at(format!("redis://:nope@127.0.0.1:{}/3", server.port()));
         let e = wrong
-            .hot(|b| resp::get(b, b"k"), resp::bulk)
+            .hot(true, |b| resp::get(b, b"k"), resp::bulk)
             .await
             .expect("free")
             .unwrap_err();
@@ -488,5 +574,108 @@ mod tests {
         rt().block_on(set(&d, "k", b"v"));
         assert!(!vacant(&d));
         assert_eq!(rt().block_on(get(&d, "k")).as_deref(), Some(&b"v"[..]));
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    /// An `UNLINK` the server ran, whose reply then never comes (here: the socket's runtime
+    /// ends while the reply is awaited, an I/O error that is not a dropped connection), is an
+    /// error, not sent again: a second `UNLINK` would answer 0 for a key the first deleted.
+    /// The socket is planted as the caller's runtime's to get past the runtime check.
+    #[test]
+    fn an_unlink_that_was_sent_is_not_sent_again() {
+        let Some(server) = RedisServer::start() else {
+            return;
+        };
+        let d = std::sync::Arc::new(direct(&server));
+        let a = runtime();
+        a.block_on(set(&d, "k", b"v"));
+        let d2 = d.clone();
+        let t = std::thread::spawn(move || {
+            runtime().block_on(async {
+                if let Slot::Idle(c) = &mut *d2.slot.lock().unwrap() {
+                    c.runtime = tokio::runtime::Handle::current().id();
+                }
+                d2.hot(false, |b| resp::unlink(b, b"k"), resp::int_reply)
+                    .await
+                    .expect("free")
+            })
+        });
+        // The UNLINK ran; its reply waits on runtime `a`'s driver, which nobody drives.
+        let mut deleted = false;
+        for _ in 0..500 {
+            if ddf_testkit::redis_cli(server.port(), &["EXISTS", "k"]).trim() == "0" {
+                deleted = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(deleted, "the UNLINK reached the server");
+        drop(a);
+        let r = t.join().unwrap();
+        assert!(!matches!(r, Ok(0)), "sent twice: {r:?}");
+        assert!(vacant(&d));
+    }
+
+    /// A connection opened on one runtime is not used from another (its reads would wait on
+    /// the first runtime's driver, idle here): the second opens its own.
+    #[test]
+    fn another_runtime_opens_its_own_connection() {
+        let Some(server) = RedisServer::start() else {
+            return;
+        };
+        let d = std::sync::Arc::new(direct(&server));
+        let a = runtime();
+        a.block_on(set(&d, "k", b"v"));
+        let d2 = d.clone();
+        let (r, b) = std::thread::spawn(move || {
+            let rt = runtime();
+            (rt.block_on(get(&d2, "k")), rt.handle().id())
+        })
+        .join()
+        .unwrap();
+        assert_eq!(r.as_deref(), Some(&b"v"[..]));
+        assert!(matches!(&*d.slot.lock().unwrap(), Slot::Idle(c) if c.runtime == b));
+        drop(a);
+    }
+
+    /// A unix listener whose backlog is full refuses with `EAGAIN`: waited out until
+    /// `connect_timeout`, then a connect timeout (not a reply timeout).
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn a_full_unix_backlog_is_a_connect_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        let _listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let mut queued = Vec::new();
+        for _ in 0..10_000 {
+            match tokio::net::UnixStream::connect(&path).await {
+                Ok(s) => queued.push(s),
+                Err(e) => {
+                    assert_eq!(e.kind(), std::io::ErrorKind::WouldBlock, "{e}");
+                    break;
+                }
+            }
+        }
+        let client = redis::Client::open(format!("unix://{}", path.display())).unwrap();
+        let t = Duration::from_millis(200);
+        let d = Direct::new(&client, t, t);
+        let e = d
+            .hot(true, |b| resp::get(b, b"k"), resp::bulk)
+            .await
+            .expect("free")
+            .unwrap_err();
+        // A connect timeout, as `conn/dial.rs` reports one (redis-rs keeps the I/O error
+        // behind an `Arc<dyn Error>`).
+        let kind = std::error::Error::source(&e)
+            .and_then(|s| s.downcast_ref::<std::sync::Arc<dyn std::error::Error + Send + Sync>>())
+            .and_then(|s| s.downcast_ref::<std::io::Error>())
+            .map(std::io::Error::kind);
+        assert_eq!(kind, Some(std::io::ErrorKind::TimedOut), "{e}");
     }
 }

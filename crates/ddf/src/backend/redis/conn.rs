@@ -40,7 +40,7 @@ pub(crate) use tls::TlsConfig;
 #[cfg(not(feature = "tls"))]
 pub(super) enum TlsConfig {}
 
-use super::resp::{self, Parsed, Reply};
+use super::resp::{self, Reply};
 
 /// A connection that fails fast once one of its replies failed (timeout, I/O error, a reply
 /// that is not RESP): later requests are refused without touching the socket.
@@ -246,7 +246,7 @@ impl Own {
     fn recv_hot<T>(
         &mut self,
         deadline: Instant,
-        read: impl FnOnce(Reply<'_>) -> RedisResult<T>,
+        read: impl Fn(Reply<'_>) -> RedisResult<T>,
     ) -> RedisResult<RedisResult<T>> {
         // `buf`'s length is its zeroed room, kept between calls; `filled` what was received.
         // It grows with what the server sent (at most doubling it), never with an announced
@@ -257,27 +257,10 @@ impl Own {
         }
         let mut filled = 0;
         let r = loop {
-            match resp::parse(&buf[..filled]) {
-                Err(e) => break Err(protocol(e)),
-                Ok(Parsed::Done(reply, used)) if used == filled => {
-                    break Ok(match reply {
-                        Reply::Error(raw) => match redis::parse_redis_value(raw) {
-                            Ok(Value::ServerError(e)) => Err(e.into()),
-                            Ok(_) => Err(protocol(resp::RespError(
-                                "an error reply redis-rs reads as no error".to_owned(),
-                            ))),
-                            Err(e) => Err(e),
-                        },
-                        r => read(r),
-                    });
-                }
-                Ok(Parsed::Done(..)) => {
-                    break Err(protocol(resp::RespError(
-                        "bytes after the reply to one command: the connection is out of step"
-                            .to_owned(),
-                    )));
-                }
-                Ok(Parsed::Incomplete) => {}
+            match resp::whole(&buf[..filled], &read) {
+                Err(e) => break Err(e),
+                Ok(Some(reply)) => break Ok(reply),
+                Ok(None) => {}
             }
             if filled == buf.len() {
                 buf.resize(filled.saturating_mul(2), 0);
@@ -317,12 +300,6 @@ impl Own {
         }
         Ok(())
     }
-}
-
-/// A reply the hot path's parser refused, as redis-rs's own parse errors are.
-fn protocol(e: resp::RespError) -> RedisError {
-    // The caller's message says "a reply that is not RESP"; this names the form only.
-    RedisError::from((redis::ErrorKind::Parse, "RESP2", e.0))
 }
 
 /// The reader the parser reads a reply through: each socket read waits at most what is left
@@ -436,7 +413,7 @@ impl Bounded {
     pub(super) fn hot<T>(
         &mut self,
         encode: impl FnOnce(&mut Vec<u8>),
-        read: impl FnOnce(Reply<'_>) -> RedisResult<T>,
+        read: impl Fn(Reply<'_>) -> RedisResult<T>,
     ) -> Option<RedisResult<T>> {
         let o = &mut self.io;
         if !o.resp2 {

@@ -219,9 +219,6 @@ pub(crate) fn parse(buf: &[u8]) -> Result<Parsed<Reply<'_>>, RespError> {
 ///
 /// # Errors
 /// As above: a [`redis::ErrorKind::Parse`] error naming what was wrong.
-// Only the async face calls it so far; the sync `Bounded::recv_hot` (`conn.rs`) holds the
-// same steps inline and should call it too.
-#[cfg_attr(not(feature = "async"), allow(dead_code))]
 pub(crate) fn whole<T>(
     buf: &[u8],
     read: impl FnOnce(Reply<'_>) -> redis::RedisResult<T>,
@@ -248,7 +245,6 @@ pub(crate) fn whole<T>(
 impl RespError {
     /// As redis-rs's own parse errors are (the backend's error mapping says "a reply that is
     /// not RESP"; this names the form only).
-    #[cfg_attr(not(feature = "async"), allow(dead_code))]
     pub(crate) fn into_redis(self) -> redis::RedisError {
         redis::RedisError::from((redis::ErrorKind::Parse, "RESP2", self.0))
     }

@@ -31,6 +31,14 @@ impl Topology {
         self.masters.iter().any(|(m, _, _)| m == a)
     }
 
+    /// The IP a master announces, when [`Topology::masters`] names it by its hostname.
+    pub(super) fn ip_of(&self, a: &Addr) -> Option<&Addr> {
+        self.masters
+            .iter()
+            .find(|(m, _, ip)| m == a && ip != a)
+            .map(|(_, _, ip)| ip)
+    }
+
     /// Every name of every master, hostname and IP: whichever the data path was given
     /// (`CLUSTER SLOTS`' preferred endpoint, a redirect), a node answering a read under it is
     /// tracked.

@@ -352,7 +352,7 @@ impl Channel {
     /// masters and slots), says it is a master, and says `cluster_state:ok`, so that a master
     /// cut off from the others (still answering us, with its old view) does not set the
     /// session's topology alone. Masters are reached by the hostname they announce, when they
-    /// do (a TLS certificate names it), else by their IP. `Ok` with the links, the topology
+    /// do (a TLS certificate names it) and it can be reached, else by their IP. `Ok` with the links, the topology
     /// and the host asked first (a node announced without an IP is there).
     fn open(&self, masters: &mut Vec<Addr>) -> Result<(Vec<Link>, Option<Session>), End> {
         let RedisTarget::Cluster(nodes) = &self.settings.target else {
@@ -395,7 +395,17 @@ impl Channel {
         }
         for m in topology.masters() {
             if Some(m) != mine.as_ref() {
-                let (link, view) = self.establish(&self.node_endpoint(m), &extra)?;
+                // By the announced hostname first; a hostname this machine cannot reach (a
+                // cluster that announces names but has its clients connect by IP) falls back
+                // to the IP.
+                let (link, view) = match self.establish(&self.node_endpoint(m), &extra) {
+                    Ok(x) => x,
+                    Err(e @ End::Refused(_)) => return Err(e),
+                    Err(e) => match topology.ip_of(m) {
+                        Some(ip) => self.establish(&self.node_endpoint(ip), &extra)?,
+                        None => return Err(e),
+                    },
+                };
                 let view = view.ok_or_else(|| End::Lost("CLUSTER NODES: no answer".to_owned()))?;
                 check_views(&topology, &host, &[view])
                     .map_err(|f| End::Moved(format!("{f_why} ({}:{})", m.0, m.1, f_why = f.why)))?;

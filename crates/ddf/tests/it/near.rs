@@ -10,7 +10,6 @@
 
 use std::io::Write;
 use std::process::Child;
-use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
 use ddf::{CacheBackend, CacheConfig, CacheManager, FallbackMode};
@@ -53,26 +52,6 @@ fn mc_config(
         .with_pickle_dir(dir);
     c.near_cache = near;
     c
-}
-
-pub(crate) fn mono_ns() -> u64 {
-    static BASE: LazyLock<(Instant, u64)> = LazyLock::new(|| {
-        let now = Instant::now();
-        let text = format!("{now:?}");
-        let num = |field: &str| -> u64 {
-            let at = text.find(field).expect("a timespec field") + field.len();
-            text[at..]
-                .trim_start_matches([':', ' '])
-                .chars()
-                .take_while(char::is_ascii_digit)
-                .collect::<String>()
-                .parse()
-                .expect("a number")
-        };
-        (now, num("tv_sec") * 1_000_000_000 + num("tv_nsec"))
-    });
-    let (at, ns) = *BASE;
-    ns + at.elapsed().as_nanos() as u64
 }
 
 fn config(port: u16, namespace: &str, dir: &std::path::Path, near: bool) -> CacheConfig {
@@ -190,7 +169,7 @@ fn writer() {
     while Instant::now() < end {
         v += 1;
         if cache.set("k", &v, None).is_ok() {
-            writeln!(out, "W {v} {}", mono_ns()).unwrap();
+            writeln!(out, "W {v} {}", process::mono_ns()).unwrap();
         }
         std::thread::sleep(Duration::from_millis(1));
     }
@@ -230,7 +209,7 @@ fn run(
     let mut reads = Vec::with_capacity(1 << 20);
     let mut n = 0u64;
     loop {
-        let start = mono_ns();
+        let start = process::mono_ns();
         let version = cache.get::<u64>("k").ok().flatten();
         if reads.len() < 4_000_000 {
             reads.push(ReadRec { start, version });
@@ -398,7 +377,7 @@ fn bursts(port: u16, namespace: &str, plant: bool) -> (usize, ddf::CacheStats) {
             let mut reads: Vec<Vec<ReadRec>> = vec![Vec::new(); BURST_KEYS];
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 for (i, log) in reads.iter_mut().enumerate() {
-                    let start = mono_ns();
+                    let start = process::mono_ns();
                     let version = near.get::<u64>(&key(i)).ok().flatten();
                     log.push(ReadRec { start, version });
                 }
@@ -415,7 +394,7 @@ fn bursts(port: u16, namespace: &str, plant: bool) -> (usize, ddf::CacheStats) {
                 writer.set(&key(i), &round, None).unwrap();
                 log.push(WriteRec {
                     version: round,
-                    done: mono_ns(),
+                    done: process::mono_ns(),
                 });
             }
         }

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use ddf::{CacheBackend, CacheConfig, CacheManager, FallbackMode, ServerAddr};
 use ddf_testkit::RedisCluster;
 
-use crate::near::{GRACE_NS, ReadRec, WriteRec, delays, mono_ns, reader, stale};
+use crate::near::{GRACE_NS, ReadRec, WriteRec, delays, reader, stale};
 use crate::process;
 
 const JOB: &str = "DDF_NEAR_CLUSTER_JOB";
@@ -72,7 +72,7 @@ fn writer() {
         v += 1;
         let k = (v % keys.len() as u64) as usize;
         if cache.set(keys[k], &v, None).is_ok() {
-            writeln!(out, "W {k} {v} {}", mono_ns()).unwrap();
+            writeln!(out, "W {k} {v} {}", process::mono_ns()).unwrap();
         }
         std::thread::sleep(Duration::from_millis(1));
     }
@@ -274,7 +274,7 @@ fn a_near_cache_on_a_cluster_stays_coherent_through_a_killed_tracking_connection
         let mut n = 0u64;
         loop {
             let k = (n % keys.len() as u64) as usize;
-            let start = mono_ns();
+            let start = process::mono_ns();
             let version = cache.get::<u64>(&keys[k]).ok().flatten();
             if reads.len() < 4_000_000 {
                 reads.push((k, ReadRec { start, version }));

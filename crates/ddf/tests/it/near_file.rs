@@ -11,7 +11,6 @@
 //! read, and a writer that bypasses the counters (raw SQL) is caught by the same check.
 
 use std::io::Write;
-use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
 use ddf::{CacheConfig, CacheManager};
@@ -20,28 +19,6 @@ use ddf_testkit::model::{self, Op, Outcome};
 use crate::process;
 
 const JOB: &str = "DDF_NEAR_FILE_JOB";
-
-/// `CLOCK_MONOTONIC` in nanoseconds (as tests/it/near.rs reads it: `Instant`'s `Debug` shows the
-/// timespec; read once, then advanced with `Instant` arithmetic).
-fn mono_ns() -> u64 {
-    static BASE: LazyLock<(Instant, u64)> = LazyLock::new(|| {
-        let now = Instant::now();
-        let text = format!("{now:?}");
-        let num = |field: &str| -> u64 {
-            let at = text.find(field).expect("a timespec field") + field.len();
-            text[at..]
-                .trim_start_matches([':', ' '])
-                .chars()
-                .take_while(char::is_ascii_digit)
-                .collect::<String>()
-                .parse()
-                .expect("a number")
-        };
-        (now, num("tv_sec") * 1_000_000_000 + num("tv_nsec"))
-    });
-    let (at, ns) = *BASE;
-    ns + at.elapsed().as_nanos() as u64
-}
 
 fn config(dir: &std::path::Path, near: bool) -> CacheConfig {
     let mut c = CacheConfig::default()
@@ -68,16 +45,28 @@ fn file_writer() {
     // At least 150 operations, however slow the machine.
     while Instant::now() < end || n < 150 {
         n += 1;
-        let start = mono_ns();
+        let start = process::mono_ns();
         let line = if n.is_multiple_of(40) {
             let ok = cache.delete("k").is_ok();
-            format!("{} {start} {}", if ok { "D" } else { "X" }, mono_ns())
+            format!(
+                "{} {start} {}",
+                if ok { "D" } else { "X" },
+                process::mono_ns()
+            )
         } else if n.is_multiple_of(25) {
             let ok = cache.invalidate_pattern("k").is_ok();
-            format!("{} {start} {}", if ok { "P" } else { "X" }, mono_ns())
+            format!(
+                "{} {start} {}",
+                if ok { "P" } else { "X" },
+                process::mono_ns()
+            )
         } else {
             let ok = cache.set("k", &format!("w-{n}"), None).is_ok();
-            format!("{} {n} {start} {}", if ok { "S" } else { "E" }, mono_ns())
+            format!(
+                "{} {n} {start} {}",
+                if ok { "S" } else { "E" },
+                process::mono_ns()
+            )
         };
         writeln!(out, "{line}").unwrap();
         std::thread::sleep(Duration::from_millis(1));
@@ -104,9 +93,9 @@ fn parse(log: &str) -> Vec<Op> {
 
 /// One read through `cache`, recorded.
 fn read(cache: &CacheManager) -> Op {
-    let start = mono_ns();
+    let start = process::mono_ns();
     let r = cache.get::<String>("k");
-    let end = mono_ns();
+    let end = process::mono_ns();
     let outcome = match r {
         Ok(v) => Outcome::Ok(v),
         Err(e) => Outcome::Err(e.to_string()),
@@ -121,7 +110,7 @@ fn a_reader_never_sees_a_value_replaced_before_its_read_began_by_another_process
     let log = logs.path().join("writes.log");
     let reader = CacheManager::new(config(dir.path(), true)).unwrap();
     reader.set("k", "w-0", None).unwrap();
-    let mut history = vec![Op::set(1, "k", "w-0", 0, mono_ns())];
+    let mut history = vec![Op::set(1, "k", "w-0", 0, process::mono_ns())];
     let mut writer = process::child(
         "near_file::file_writer",
         JOB,
@@ -191,13 +180,13 @@ fn a_write_that_bypasses_the_counters_is_caught_by_the_same_check() {
     let writer = CacheManager::new(config(dir.path(), false)).unwrap();
     writer.set("k", "w-1", None).unwrap();
     writer.set("other", "w-2", None).unwrap();
-    let mut history = vec![Op::set(0, "k", "w-1", 0, mono_ns())];
+    let mut history = vec![Op::set(0, "k", "w-1", 0, process::mono_ns())];
     history.push(read(&reader)); // fills
     history.push(read(&reader)); // hits
     // Through ddf: the next read sees it at once.
-    let start = mono_ns();
+    let start = process::mono_ns();
     writer.set("k", "w-3", None).unwrap();
-    history.push(Op::set(0, "k", "w-3", start, mono_ns()));
+    history.push(Op::set(0, "k", "w-3", start, process::mono_ns()));
     history.push(read(&reader));
     history.push(read(&reader));
     assert!(
@@ -208,14 +197,14 @@ fn a_write_that_bypasses_the_counters_is_caught_by_the_same_check() {
     assert_eq!(reader.get::<String>("k").unwrap().as_deref(), Some("w-3"));
     // Around ddf: copy `other`'s stored value over `k`'s row.
     let db = rusqlite::Connection::open(dir.path().join("ddf-cache.sqlite3")).unwrap();
-    let start = mono_ns();
+    let start = process::mono_ns();
     db.execute(
         "UPDATE entries SET v = (SELECT v FROM entries WHERE k = CAST('nf:other' AS BLOB)) \
          WHERE k = CAST('nf:k' AS BLOB)",
         [],
     )
     .unwrap();
-    history.push(Op::set(0, "k", "w-2", start, mono_ns()));
+    history.push(Op::set(0, "k", "w-2", start, process::mono_ns()));
     history.push(read(&reader));
     let report = model::check(&history);
     assert_eq!(report.violations.len(), 1, "{}", report.render(&history, 5));

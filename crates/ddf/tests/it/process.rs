@@ -4,6 +4,8 @@
 //! every test counted really tested something.
 
 use std::process::{Command, Stdio};
+use std::sync::LazyLock;
+use std::time::Instant;
 
 /// The job this process was started for by [`child`], if it is a child.
 pub fn job(var: &str) -> Option<String> {
@@ -68,4 +70,27 @@ pub fn measure_in_child(test: &str, var: &str) {
         .spawn()
         .expect("spawning the measuring child");
     eprintln!("{}", check(c, "allocation worker"));
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds, the clock every process of a coherence test shares, so
+/// that their logs compare after the run (`Instant`'s `Debug` shows the timespec: read once,
+/// then advanced with `Instant` arithmetic).
+pub fn mono_ns() -> u64 {
+    static BASE: LazyLock<(Instant, u64)> = LazyLock::new(|| {
+        let now = Instant::now();
+        let text = format!("{now:?}");
+        let num = |field: &str| -> u64 {
+            let at = text.find(field).expect("a timespec field") + field.len();
+            text[at..]
+                .trim_start_matches([':', ' '])
+                .chars()
+                .take_while(char::is_ascii_digit)
+                .collect::<String>()
+                .parse()
+                .expect("a number")
+        };
+        (now, num("tv_sec") * 1_000_000_000 + num("tv_nsec"))
+    });
+    let (at, ns) = *BASE;
+    ns + at.elapsed().as_nanos() as u64
 }

@@ -27,6 +27,7 @@ use super::breaker::Health;
 use super::journal::{Journal, PendingOp};
 use crate::backend::{Backend, BackendStatus, Item};
 use crate::error::{Error, Result};
+use crate::key::LEASE_PREFIX;
 
 /// How a backend's keys are spread over independent servers (scopes).
 pub(crate) trait Partition: Send + Sync + fmt::Debug + 'static {
@@ -58,6 +59,17 @@ pub(crate) trait Partition: Send + Sync + fmt::Debug + 'static {
     /// then a prefix delete or `clear` recorded in one scope may concern keys another scope
     /// holds by the time it is replayed ([`share_prefixes`]). The default is no (Memcached).
     fn keys_move(&self) -> bool {
+        false
+    }
+
+    /// Whether a `get_or_set` lease (`ddf-lease:<key>`, [`LEASE_PREFIX`]) is placed in the
+    /// scope of the key it guards, so that the store fenced by it (`set_if_lease`) finds the
+    /// lease in the same scope: on the same server, and during that server's outage in the
+    /// same fallback entries, where the fence holds as with one server. Memcached says yes
+    /// (the router chooses the server; no other client reads a lease). The default is no (a
+    /// Redis Cluster: a request goes to its slot's owner whatever the scope, so a lease in
+    /// its key's scope would count its own node's failures against another scope's breaker).
+    fn leases_follow_keys(&self) -> bool {
         false
     }
 }
@@ -470,25 +482,57 @@ impl fmt::Debug for PerScope {
 pub(crate) struct Routing {
     partition: Arc<dyn Partition>,
     n: usize,
+    /// [`Partition::leases_follow_keys`], asked once.
+    leases_follow: bool,
 }
 
 impl Routing {
     /// Keys placed by `partition` over `n` scopes.
     pub(crate) fn new(partition: Arc<dyn Partition>, n: usize) -> Self {
-        Routing { partition, n }
+        let leases_follow = partition.leases_follow_keys();
+        Routing {
+            partition,
+            n,
+            leases_follow,
+        }
+    }
+
+    /// The key whose place `key` takes: a lease's key when leases follow their keys.
+    fn placed_as<'k>(&self, key: &'k str) -> &'k str {
+        match key.strip_prefix(LEASE_PREFIX) {
+            Some(guarded) if self.leases_follow => guarded,
+            _ => key,
+        }
     }
 
     /// The scope that serves `key`, a user key (a partition's answer past the last scope is
     /// the last).
     pub(crate) fn index(&self, key: &str) -> usize {
-        self.partition.scope_of(key).min(self.n.saturating_sub(1))
+        self.partition
+            .scope_of(self.placed_as(key))
+            .min(self.n.saturating_sub(1))
+    }
+
+    /// Where a store fenced by a lease goes (`set_if_lease`): the scope of `key`, and whether
+    /// `lease` is in that scope too (asked in one call, as a batch). Only then can the scope
+    /// fence the store; otherwise it is a plain `set` there, unfenced (as the `Backend`
+    /// trait's default: the leader's clock margin is the only guard).
+    pub(crate) fn fenced(&self, key: &str, lease: &str) -> (usize, bool) {
+        let last = self.n.saturating_sub(1);
+        let both = self
+            .partition
+            .scopes_of(&[self.placed_as(key), self.placed_as(lease)]);
+        match both.as_slice() {
+            &[k, l] => (k.min(last), k.min(last) == l.min(last)),
+            _ => (self.index(key), false),
+        }
     }
 
     /// The scope that serves `key` asked in the middle of a call ([`PerScope::follow_moves`]),
     /// which must not count as a new call's start ([`Partition::scope_within_call`]).
     pub(crate) fn index_within_call(&self, key: &str) -> usize {
         self.partition
-            .scope_within_call(key)
+            .scope_within_call(self.placed_as(key))
             .min(self.n.saturating_sub(1))
     }
 
@@ -497,7 +541,7 @@ impl Routing {
     /// that bounds a call by when it started (a Redis Cluster's first slot-map wait) sees it once.
     pub(crate) fn parts<T: Clone>(&self, items: &[T], key: impl Fn(&T) -> &str) -> Vec<Part<T>> {
         let mut groups = vec![Vec::new(); self.n];
-        let keys: Vec<&str> = items.iter().map(key).collect();
+        let keys: Vec<&str> = items.iter().map(|i| self.placed_as(key(i))).collect();
         for (i, s) in self.partition.scopes_of(&keys).into_iter().enumerate() {
             groups[s.min(self.n.saturating_sub(1))].push(i);
         }
@@ -879,6 +923,29 @@ impl Backend for PerScope {
         self.scope(key).compare_and_delete(key, expected)
     }
 
+    /// Fenced in the key's scope as by one server's wrapper when the lease is there too
+    /// ([`Routing::fenced`]; always, with leases that follow their keys): during that server's
+    /// outage the lease and the value are in the same fallback entries, and a leader whose
+    /// lease was taken over does not overwrite the newer value.
+    fn set_if_lease(
+        &self,
+        key: &str,
+        item: &Item,
+        ttl: Option<Duration>,
+        lease: &str,
+        token: &[u8],
+    ) -> Result<bool> {
+        let (i, fenced) = self.routing.fenced(key, lease);
+        let r = &self.scopes[i].resilient;
+        let stored = if fenced {
+            r.set_if_lease(key, item, ttl, lease, token)
+        } else {
+            r.set(key, item, ttl).map(|()| true)
+        };
+        self.follow_moves(i, &[key]);
+        stored
+    }
+
     fn extend_lease(&self, lease: &str, token: &[u8], ttl: Duration) -> Result<bool> {
         self.scope(lease).extend_lease(lease, token, ttl)
     }
@@ -985,3 +1052,7 @@ impl Backend for PerScope {
 #[cfg(test)]
 #[path = "scopes_tests.rs"]
 mod tests;
+
+#[cfg(all(test, feature = "memcached"))]
+#[path = "scopes_lease_tests.rs"]
+pub(crate) mod lease_tests;

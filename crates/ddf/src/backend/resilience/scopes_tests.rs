@@ -377,3 +377,39 @@ fn prefix_records_are_shared_where_keys_move() {
         assert_eq!(j.count("c://a|").unwrap(), 3);
     }
 }
+
+/// [`ByLetter`], with leases placed by the key they guard.
+#[derive(Debug)]
+struct LeasesFollow;
+
+impl Partition for LeasesFollow {
+    fn scope_of(&self, key: &str) -> usize {
+        ByLetter.scope_of(key)
+    }
+    fn leases_follow_keys(&self) -> bool {
+        true
+    }
+}
+
+/// A lease goes to its key's scope where the partition says so (the fenced store is then made
+/// in that scope); elsewhere it is placed as any key, and a store whose lease is in another
+/// scope is not fenced.
+#[test]
+fn a_lease_follows_its_key_where_the_partition_says_so() {
+    let follow = Routing::new(Arc::new(LeasesFollow), 2);
+    let own = Routing::new(Arc::new(ByLetter), 2);
+    let lease = format!("{LEASE_PREFIX}b1");
+    assert_eq!(follow.index(&lease), 1);
+    assert_eq!(own.index(&lease), 0);
+    assert_eq!(follow.fenced("b1", &lease), (1, true));
+    assert_eq!(own.fenced("b1", &lease), (1, false));
+    assert_eq!(own.fenced("a1", &format!("{LEASE_PREFIX}a1")), (0, true));
+    let parts = follow.parts(&[lease.as_str(), "a1"], |k| k);
+    assert_eq!(
+        parts
+            .iter()
+            .map(|p| (p.scope, p.at.clone()))
+            .collect::<Vec<_>>(),
+        [(0, vec![1]), (1, vec![0])]
+    );
+}

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use super::*;
 use crate::backend::file::FileBackend;
-use crate::backend::resilience::journal::Journal;
+use crate::backend::resilience::journal::{Journal, PendingOp};
 use crate::backend::resilience::probe::ThreadSpawn;
 use crate::backend::resilience::{Fallback, ResilientConfig};
 
@@ -323,7 +323,7 @@ fn a_key_moved_while_its_write_was_recorded_is_not_read_stale() {
 /// two source lines without a `\`, which kept the indentation inside the message).
 #[test]
 fn the_moved_here_reason_reads_as_one_sentence() {
-    let text = super::moved_here("redis", 2, "a:1").to_string();
+    let text = super::moves::moved_here("redis", 2, "a:1").to_string();
     assert!(!text.contains("  "), "{text:?}");
     assert!(
         text.contains(

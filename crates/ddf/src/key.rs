@@ -20,6 +20,13 @@ use std::fmt::Write as _;
 
 use sha2::{Digest, Sha256};
 
+/// Where `get_or_set`'s leases live: `<namespace>ddf-lease:<key>` (the lease of `<key>`).
+/// `invalidate_pattern("")` and `flush_all` remove them too (a computation in progress then
+/// finishes and writes, and the others may compute once more); `keys("")` lists them. Known
+/// here, below the backends, so that a router over several servers places a lease with the key
+/// it guards (`backend/resilience/scopes.rs`).
+pub(crate) const LEASE_PREFIX: &str = "ddf-lease:";
+
 /// A namespace; joins keys into storage keys.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Keyspace {

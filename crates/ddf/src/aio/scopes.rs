@@ -215,6 +215,29 @@ impl AsyncBackend for AsyncPerScope {
         self.scope(key).compare_and_delete(key, expected)
     }
 
+    /// As the sync router's: fenced in the key's scope when the lease is there too
+    /// ([`Routing::fenced`]), else a plain `set` there.
+    fn set_if_lease<'a>(
+        &'a self,
+        key: &'a str,
+        item: &'a Item,
+        ttl: Option<Duration>,
+        lease: &'a str,
+        token: &'a [u8],
+    ) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(async move {
+            let (i, fenced) = self.routing.fenced(key, lease);
+            let scope = &self.scopes[i];
+            let stored = if fenced {
+                scope.set_if_lease(key, item, ttl, lease, token).await
+            } else {
+                scope.set(key, item, ttl).await.result.map(|()| true)
+            };
+            self.sync.follow_moves(i, &[key]);
+            stored
+        })
+    }
+
     fn extend_lease<'a>(
         &'a self,
         lease: &'a str,
@@ -222,5 +245,61 @@ impl AsyncBackend for AsyncPerScope {
         ttl: Duration,
     ) -> BoxFuture<'a, Result<bool>> {
         self.scope(lease).extend_lease(lease, token, ttl)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::AsyncBackend;
+    use crate::backend::Item;
+    use crate::backend::resilience::scopes::lease_tests::{
+        LeaseOps, OneOfTwoKilled, TTL, a_lease_taken_over_fences_the_late_store, item,
+    };
+    use crate::error::Result;
+
+    /// The async face's backend, each call run to its end from the test's thread.
+    struct Driven<'a> {
+        rt: &'a tokio::runtime::Runtime,
+        backend: &'a dyn AsyncBackend,
+    }
+
+    impl LeaseOps for Driven<'_> {
+        fn add(&self, key: &str, value: &str) -> Result<bool> {
+            self.rt.block_on(self.backend.add(key, &item(value), TTL))
+        }
+        fn compare_and_delete(&self, key: &str, expected: &str) -> Result<bool> {
+            self.rt
+                .block_on(self.backend.compare_and_delete(key, expected.as_bytes()))
+        }
+        fn set_if_lease(&self, key: &str, value: &str, lease: &str, token: &str) -> Result<bool> {
+            let v = item(value);
+            self.rt.block_on(
+                self.backend
+                    .set_if_lease(key, &v, TTL, lease, token.as_bytes()),
+            )
+        }
+        fn get(&self, key: &str) -> Result<Option<Item>> {
+            self.rt.block_on(self.backend.get(key)).result
+        }
+    }
+
+    #[test]
+    fn a_lease_taken_over_during_one_servers_outage_fences_the_late_store() {
+        let Some(rig) = OneOfTwoKilled::start() else {
+            return;
+        };
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let cache = rt
+            .block_on(async { crate::AsyncCacheManager::new(rig.config.clone()) })
+            .unwrap();
+        let ops = Driven {
+            rt: &rt,
+            backend: cache.lease_backend(),
+        };
+        a_lease_taken_over_fences_the_late_store(&ops, &rig.keys);
     }
 }

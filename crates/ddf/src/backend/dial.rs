@@ -9,10 +9,16 @@
 //!   (`resolv.conf`: 5 s per attempt, twice, per server). An address given as an IP is used
 //!   as is (no lookup, no thread). A name is looked up on a thread of its own, which the caller
 //!   waits for until the deadline and then leaves to end on its own: the thread cannot be
-//!   stopped, so at most [`LOOKUPS`] may be outstanding at once; past that, a connection that
-//!   needs a lookup fails at once (a temporary error, as a timeout) rather than start another.
-//!   That bounds what a resolver that never answers costs a process (a few idle threads), where
-//!   each new connection attempt would otherwise add one.
+//!   stopped, so at most [`PER_NAME`] lookups of one host name may be outstanding at once, and
+//!   [`LOOKUPS`] of all names; past either, a connection that needs a lookup fails at once (a
+//!   temporary error, as a timeout) rather than start another. That bounds what a resolver
+//!   that never answers costs a process (a few idle threads), where each new connection
+//!   attempt would otherwise add one; and a name the resolver does not answer for (a server
+//!   whose record is gone, a zone whose servers are down) holds only its own slots: the other
+//!   names, of this backend and of every other one, are still looked up. Written by hand: std
+//!   has no bounded lookup, and the crates that have one replace the system's resolver with
+//!   their own DNS client (no `/etc/hosts` order, `nsswitch.conf` or search domains as the
+//!   system applies them), which would change which names resolve.
 //! - **A unix socket**: on Linux, `connect` to a listener whose backlog is full blocks until the
 //!   listener accepts (a stopped server never does). The kernel bounds that wait by the
 //!   socket's send timeout (`SO_SNDTIMEO`, read by `unix_stream_connect`), and then fails with
@@ -23,14 +29,101 @@
 //!   (`ECONNREFUSED`).
 
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, PoisonError};
 use std::time::Instant;
 
-/// Name lookups that may be outstanding at once in a process (see the module docs).
-const LOOKUPS: usize = 4;
+/// Lookups of one host name that may be outstanding at once (see the module docs).
+const PER_NAME: usize = 2;
 
-/// Lookups running now.
-static RUNNING: AtomicUsize = AtomicUsize::new(0);
+/// Lookups of any names that may be outstanding at once in a process: the ceiling on the
+/// threads that resolvers which do not answer can hold.
+const LOOKUPS: usize = 16;
+
+/// The system's lookup (`getaddrinfo`).
+type Lookup = fn(&str, u16) -> std::io::Result<Vec<SocketAddr>>;
+
+fn system_lookup(host: &str, port: u16) -> std::io::Result<Vec<SocketAddr>> {
+    (host, port).to_socket_addrs().map(Iterator::collect)
+}
+
+/// The lookups running now, per name and in all.
+static OUTSTANDING: Outstanding = Outstanding::new(PER_NAME, LOOKUPS);
+
+/// Counts the lookups running, per host name (lower-cased: names are case-insensitive) and
+/// in all, within the two caps.
+struct Outstanding {
+    per_name: usize,
+    total: usize,
+    /// `(name, lookups running)`, a name with none removed: at most `total` entries.
+    running: Mutex<Vec<(String, usize)>>,
+}
+
+impl Outstanding {
+    const fn new(per_name: usize, total: usize) -> Self {
+        Outstanding {
+            per_name,
+            total,
+            running: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// A slot for a lookup of `host`, held until the lookup ends; the reason when either cap
+    /// is reached.
+    fn take(&'static self, host: &str) -> Result<Slot, String> {
+        let name = host.to_ascii_lowercase();
+        let mut running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
+        let all: usize = running.iter().map(|(_, n)| n).sum();
+        let mine = running.iter().position(|(n, _)| *n == name);
+        let of_name = mine.map_or(0, |i| running[i].1);
+        if of_name >= self.per_name {
+            return Err(format!(
+                "cannot look up {host}: {of_name} earlier lookups of this name have not ended \
+                 (the resolver does not answer for it)"
+            ));
+        }
+        if all >= self.total {
+            return Err(format!(
+                "cannot look up {host}: {all} earlier lookups have not ended (the resolver does \
+                 not answer)"
+            ));
+        }
+        match mine {
+            Some(i) => running[i].1 += 1,
+            None => running.push((name.clone(), 1)),
+        }
+        Ok(Slot { of: self, name })
+    }
+
+    /// Lookups running now, in all.
+    #[cfg(test)]
+    fn running(&self) -> usize {
+        let running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
+        running.iter().map(|(_, n)| n).sum()
+    }
+}
+
+/// One running lookup's place in [`Outstanding`], given back when dropped (the lookup ended, or
+/// never started).
+struct Slot {
+    of: &'static Outstanding,
+    name: String,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut running = self
+            .of
+            .running
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(i) = running.iter().position(|(n, _)| *n == self.name) {
+            running[i].1 = running[i].1.saturating_sub(1);
+            if running[i].1 == 0 {
+                running.swap_remove(i);
+            }
+        }
+    }
+}
 
 fn timed_out(what: String) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::TimedOut, what)
@@ -39,9 +132,20 @@ fn timed_out(what: String) -> std::io::Error {
 /// The addresses of `host:port`, looked up before `deadline` (see the module docs).
 ///
 /// # Errors
-/// The lookup's own error; a timeout when it did not end in time or when [`LOOKUPS`] lookups
-/// are already outstanding.
+/// The lookup's own error; a timeout when it did not end in time or when [`PER_NAME`] lookups
+/// of this name, or [`LOOKUPS`] in all, are already outstanding.
 pub(crate) fn resolve(
+    host: &str,
+    port: u16,
+    deadline: Instant,
+) -> std::io::Result<Vec<SocketAddr>> {
+    resolve_with(&OUTSTANDING, system_lookup, host, port, deadline)
+}
+
+/// [`resolve`] within the caps of `outstanding`, with `lookup` (a test's, or the system's).
+fn resolve_with(
+    outstanding: &'static Outstanding,
+    lookup: Lookup,
     host: &str,
     port: u16,
     deadline: Instant,
@@ -57,28 +161,20 @@ pub(crate) fn resolve(
             "no time left in connect_timeout to look up {host}"
         )));
     }
-    if RUNNING.fetch_add(1, Ordering::AcqRel) >= LOOKUPS {
-        RUNNING.fetch_sub(1, Ordering::AcqRel);
-        return Err(timed_out(format!(
-            "cannot look up {host}: {LOOKUPS} earlier lookups have not ended (the resolver does \
-             not answer)"
-        )));
-    }
+    let slot = outstanding.take(host).map_err(timed_out)?;
     let (tx, rx) = std::sync::mpsc::channel();
     let name = host.to_owned();
     let spawned = std::thread::Builder::new()
         .name("ddf-resolve".to_owned())
         .spawn(move || {
-            let found = (name.as_str(), port)
-                .to_socket_addrs()
-                .map(Iterator::collect::<Vec<_>>);
-            RUNNING.fetch_sub(1, Ordering::AcqRel);
+            let found = lookup(&name, port);
+            drop(slot);
             let _ = tx.send(found);
         });
     if spawned.is_err() {
-        RUNNING.fetch_sub(1, Ordering::AcqRel);
-        // No thread to be had: looked up here, unbounded as std's lookup is.
-        return (host, port).to_socket_addrs().map(Iterator::collect);
+        // No thread to be had (the slot went with the closure): looked up here, unbounded as
+        // std's lookup is.
+        return lookup(host, port);
     }
     rx.recv_timeout(left).unwrap_or_else(|_| {
         Err(timed_out(format!(
@@ -131,6 +227,7 @@ pub(crate) fn unix(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
     use std::time::Duration;
 
     #[test]
@@ -148,6 +245,62 @@ mod tests {
         let e = resolve("localhost", 7, past).unwrap_err();
         assert_eq!(e.kind(), std::io::ErrorKind::TimedOut, "{e}");
         assert!(!resolve("localhost", 7, soon).unwrap().is_empty());
+    }
+
+    /// Set when the test's resolver answers for the `stuck*` names.
+    static OPEN: AtomicBool = AtomicBool::new(false);
+
+    /// The test lookup: `stuck*` names answer only once [`OPEN`] is set (or after 10 s, so
+    /// that no thread outlives the test run for long); every other name is 127.0.0.1.
+    fn fake(host: &str, port: u16) -> std::io::Result<Vec<SocketAddr>> {
+        let until = Instant::now() + Duration::from_secs(10);
+        while host.starts_with("stuck") && !OPEN.load(Ordering::SeqCst) && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Ok(vec![SocketAddr::from(([127, 0, 0, 1], port))])
+    }
+
+    /// Lookups of a name the resolver does not answer for fill only that name's slots: another
+    /// name is still looked up, until the ceiling over all names; the slots come back when the
+    /// stuck lookups end.
+    #[test]
+    fn a_stuck_name_holds_only_its_own_lookups() {
+        static CAPS: Outstanding = Outstanding::new(2, 3);
+        let soon = || Instant::now() + Duration::from_millis(20);
+        let later = || Instant::now() + Duration::from_secs(5);
+        let ok = |r: std::io::Result<Vec<SocketAddr>>| r.map_err(|e| e.to_string());
+        for _ in 0..2 {
+            let e = resolve_with(&CAPS, fake, "stuck.example", 7, soon()).unwrap_err();
+            assert_eq!(e.kind(), std::io::ErrorKind::TimedOut, "{e}");
+            assert!(e.to_string().contains("took longer"), "{e}");
+        }
+        // The third lookup of that name is refused at once (the name's cap, whatever the case).
+        let e = resolve_with(&CAPS, fake, "STUCK.example", 7, later()).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::TimedOut, "{e}");
+        assert!(e.to_string().contains("lookups of this name"), "{e}");
+        // Another name is looked up.
+        assert_eq!(
+            ok(resolve_with(&CAPS, fake, "other.example", 7, later())),
+            Ok(vec![SocketAddr::from(([127, 0, 0, 1], 7))])
+        );
+        // A second stuck name takes the last slot of all: then no name is looked up.
+        assert!(resolve_with(&CAPS, fake, "stuck2.example", 7, soon()).is_err());
+        let e = resolve_with(&CAPS, fake, "other.example", 7, later()).unwrap_err();
+        assert!(
+            e.to_string().contains("3 earlier lookups have not ended"),
+            "{e}"
+        );
+        // The resolver answers: every slot comes back.
+        OPEN.store(true, Ordering::SeqCst);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while CAPS.running() > 0 {
+            assert!(
+                Instant::now() < deadline,
+                "the stuck lookups never gave their slots back"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(resolve_with(&CAPS, fake, "stuck.example", 7, later()).is_ok());
     }
 
     /// A listener with a backlog of 0 and one connection waiting: the next connect is given

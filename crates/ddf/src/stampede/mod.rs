@@ -42,10 +42,7 @@ use crate::config::{CacheBackend, CacheConfig};
 use crate::item::Item;
 use flow::Leased;
 
-/// Where leases live: `<namespace>ddf-lease:<key>`. `invalidate_pattern("")` and `flush_all`
-/// remove them too (a computation in progress then finishes and writes, and the others may
-/// compute once more); `keys("")` lists them.
-pub(crate) const LEASE_PREFIX: &str = "ddf-lease:";
+pub(crate) use crate::key::LEASE_PREFIX;
 
 /// A waiter's first poll comes after this long...
 pub(crate) const FIRST_POLL: Duration = Duration::from_millis(2);

@@ -94,6 +94,11 @@ impl Partition for Placement {
         let wk = memcached_key(&sk);
         pick(&self.names, &wk).unwrap_or(0)
     }
+
+    /// A lease is internal to ddf (no other client looks for it): it goes to its key's server.
+    fn leases_follow_keys(&self) -> bool {
+        true
+    }
 }
 
 /// The node name pymemcache hashes for a server: `host:port`, IPv6 hosts without brackets.

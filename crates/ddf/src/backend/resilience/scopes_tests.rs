@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use super::*;
 use crate::backend::file::FileBackend;
-use crate::backend::resilience::journal::Journal;
+use crate::backend::resilience::journal::{Journal, PendingOp};
 use crate::backend::resilience::probe::ThreadSpawn;
 use crate::backend::resilience::{Fallback, ResilientConfig};
 
@@ -323,7 +323,7 @@ fn a_key_moved_while_its_write_was_recorded_is_not_read_stale() {
 /// two source lines without a `\`, which kept the indentation inside the message).
 #[test]
 fn the_moved_here_reason_reads_as_one_sentence() {
-    let text = super::moved_here("redis", 2, "a:1").to_string();
+    let text = super::moves::moved_here("redis", 2, "a:1").to_string();
     assert!(!text.contains("  "), "{text:?}");
     assert!(
         text.contains(
@@ -376,4 +376,40 @@ fn prefix_records_are_shared_where_keys_move() {
         assert_eq!(b, [PendingOp::DeletePrefix("p".into()), PendingOp::Clear]);
         assert_eq!(j.count("c://a|").unwrap(), 3);
     }
+}
+
+/// [`ByLetter`], with leases placed by the key they guard.
+#[derive(Debug)]
+struct LeasesFollow;
+
+impl Partition for LeasesFollow {
+    fn scope_of(&self, key: &str) -> usize {
+        ByLetter.scope_of(key)
+    }
+    fn leases_follow_keys(&self) -> bool {
+        true
+    }
+}
+
+/// A lease goes to its key's scope where the partition says so (the fenced store is then made
+/// in that scope); elsewhere it is placed as any key, and a store whose lease is in another
+/// scope is not fenced.
+#[test]
+fn a_lease_follows_its_key_where_the_partition_says_so() {
+    let follow = Routing::new(Arc::new(LeasesFollow), 2);
+    let own = Routing::new(Arc::new(ByLetter), 2);
+    let lease = format!("{LEASE_PREFIX}b1");
+    assert_eq!(follow.index(&lease), 1);
+    assert_eq!(own.index(&lease), 0);
+    assert_eq!(follow.fenced("b1", &lease), (1, true));
+    assert_eq!(own.fenced("b1", &lease), (1, false));
+    assert_eq!(own.fenced("a1", &format!("{LEASE_PREFIX}a1")), (0, true));
+    let parts = follow.parts(&[lease.as_str(), "a1"], |k| k);
+    assert_eq!(
+        parts
+            .iter()
+            .map(|p| (p.scope, p.at.clone()))
+            .collect::<Vec<_>>(),
+        [(0, vec![1]), (1, vec![0])]
+    );
 }

@@ -413,3 +413,47 @@ fn a_lease_follows_its_key_where_the_partition_says_so() {
         [(0, vec![1]), (1, vec![0])]
     );
 }
+
+/// [`Moving`] on a partition that says its keys move (a Redis Cluster).
+#[derive(Debug)]
+struct MovingCluster(Moving);
+
+impl Partition for MovingCluster {
+    fn scope_of(&self, key: &str) -> usize {
+        self.0.scope_of(key)
+    }
+    fn keys_move(&self) -> bool {
+        true
+    }
+}
+
+/// Two processes on either side of a resharding: one still places key `m` in its old scope,
+/// down for it, and serves `m` from that scope's outage entries; the other, which places `m`
+/// in its new scope (up), writes `m` there. The old scope's open outage must forget `m`:
+/// before, the first process went on reading the value it wrote during its outage, older than
+/// the second's write, until its outage ended. Here one router plays both (the scope it reads
+/// through directly is the first process's view).
+#[test]
+fn a_write_in_a_keys_new_scope_is_not_hidden_by_its_old_scopes_outage() {
+    let moved = Arc::new(AtomicBool::new(false));
+    let r = rig_with(
+        Arc::new(MovingCluster(Moving {
+            moved: moved.clone(),
+        })),
+        None,
+    );
+    let c = &r.cache;
+    r.up[0].store(false, Ordering::SeqCst);
+    c.set("m", &item("outage"), None).unwrap();
+    let old_scope = &c.scopes[0].resilient;
+    assert_eq!(value(old_scope.get("m")), Some("outage".into()));
+    moved.store(true, Ordering::SeqCst);
+    c.set("m", &item("new"), None).unwrap();
+    assert_eq!(value(r.servers[1].get("m")), Some("new".into()));
+    assert_eq!(
+        value(old_scope.get("m")),
+        None,
+        "the old scope's outage served a value older than the write"
+    );
+    assert_eq!(value(c.get("m")), Some("new".into()));
+}

@@ -1,7 +1,8 @@
 //! Recorded invalidations that cross scopes: the whole server list's records moved to the
 //! servers' scopes ([`adopt_legacy`]), a Redis Cluster's prefix records shared between its
 //! scopes before they are built ([`share_prefixes`]), a write recorded in a scope its key just
-//! left ([`PerScope::follow_moves`]), and what a partition that moves keys sees of a scope
+//! left or served by its new scope while its old one is down elsewhere
+//! ([`PerScope::follow_moves`]), and what a partition that moves keys sees of a scope
 //! ([`ScopeState`]).
 
 use std::fmt;
@@ -155,12 +156,14 @@ impl PerScope {
     /// resharding at that very instant, its check that `from` had nothing recorded made just
     /// before this write recorded). The key's delete is recorded in the scope that holds it
     /// now too, and that scope marked down, so that it replays the record before it reads the
-    /// key from the server again. A write that reached the server needs nothing.
+    /// key from the server again. A write that reached the server makes the other scopes' open
+    /// outages forget its keys ([`PerScope::forget_in_other_scopes`]).
     pub(crate) fn follow_moves(&self, from: usize, keys: &[&str]) {
         let Some(old) = self.scopes.get(from) else {
             return;
         };
         if old.resilient.shared.breaker.is_up() {
+            self.forget_in_other_scopes(from, keys);
             return;
         }
         for (to, scope) in self.scopes.iter().enumerate() {
@@ -178,6 +181,25 @@ impl PerScope {
             }
             let cause = moved_here(self.name, moved.len(), &old.label);
             crate::backend::resilience::Shared::failed(s, true, &cause);
+        }
+    }
+
+    /// A keyed write served by scope `from`'s server, on a partition whose keys move between
+    /// scopes (a Redis Cluster's resharding): the other scopes' open outages forget the keys.
+    /// A process on the other side of the resharding still places a key in its old scope and,
+    /// that scope down for it, would otherwise go on serving what it (or another process)
+    /// wrote to that scope's fallback entries, older than this write, until that outage ends.
+    /// One load of the mapped outage marker when no outage is open.
+    fn forget_in_other_scopes(&self, from: usize, keys: &[&str]) {
+        if !self.routing.keys_move() {
+            return;
+        }
+        for (i, scope) in self.scopes.iter().enumerate() {
+            if i != from {
+                scope.resilient.shared.forget_in_open_outages(|| {
+                    crate::backend::resilience::deletes(keys.iter().copied())
+                });
+            }
         }
     }
 }

@@ -16,17 +16,26 @@ pub(crate) struct Routing {
     n: usize,
     /// [`Partition::leases_follow_keys`], asked once.
     leases_follow: bool,
+    /// [`Partition::keys_move`], asked once.
+    keys_move: bool,
 }
 
 impl Routing {
     /// Keys placed by `partition` over `n` scopes.
     pub(crate) fn new(partition: Arc<dyn Partition>, n: usize) -> Self {
         let leases_follow = partition.leases_follow_keys();
+        let keys_move = partition.keys_move();
         Routing {
             partition,
             n,
             leases_follow,
+            keys_move,
         }
+    }
+
+    /// Whether a key can change scope while servers keep it ([`Partition::keys_move`]).
+    pub(crate) fn keys_move(&self) -> bool {
+        self.keys_move
     }
 
     /// The key whose place `key` takes: a lease's key when leases follow their keys.

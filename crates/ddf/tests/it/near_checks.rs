@@ -75,6 +75,16 @@ fn writes_by_anyone_evict_and_own_writes_are_read_back_at_once() {
     assert!(near.stats().near_resets_flush >= 1, "{}", near.stats());
 }
 
+/// Reads `key` on the async `cache` until its near cache has served a hit.
+async fn until_async_near_hit(cache: &ddf::AsyncCacheManager, key: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while cache.stats().near_hits == 0 {
+        assert!(Instant::now() < deadline, "the near cache never served");
+        let _ = cache.get::<String>(key).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 #[test]
 fn the_async_face_uses_the_same_near_cache_rules() {
     let Some(server) = RedisServer::start() else {
@@ -90,12 +100,7 @@ fn the_async_face_uses_the_same_near_cache_rules() {
         let near =
             ddf::AsyncCacheManager::new(config(server.port(), "neara:", dir.path(), true)).unwrap();
         near.set("k", "v1", None).await.unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while near.stats().near_hits == 0 {
-            assert!(Instant::now() < deadline, "the near cache never served");
-            let _ = near.get::<String>("k").await;
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        until_async_near_hit(&near, "k").await;
         near.set("k", "v2", None).await.unwrap();
         assert_eq!(
             near.get::<String>("k").await.unwrap().as_deref(),
@@ -160,12 +165,7 @@ fn a_near_entry_never_outlives_the_servers_expiry() {
         let a =
             ddf::AsyncCacheManager::new(config(server.port(), "nearx:", dir.path(), true)).unwrap();
         a.set("w2", "w", None).await.unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while a.stats().near_hits == 0 {
-            assert!(Instant::now() < deadline, "the near cache never served");
-            let _ = a.get::<String>("w2").await;
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        until_async_near_hit(&a, "w2").await;
         let at = Instant::now();
         a.set("k2", "v", ttl).await.unwrap();
         let before = a.stats().near_hits;

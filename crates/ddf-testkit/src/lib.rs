@@ -819,6 +819,8 @@ pub enum FakeReply {
     /// Write these bytes one at a time, waiting the given interval before each (a server that
     /// drip-feeds its reply, each byte within a client's read timeout), then read the next line.
     Drip(Vec<u8>, Duration),
+    /// Wait the given time, then write these bytes (a slow server), and read the next line.
+    Late(Duration, Vec<u8>),
     /// Say nothing and read the next line (a line that is part of a larger request).
     Nothing,
     /// Close the connection.
@@ -890,6 +892,33 @@ impl FakeServer {
             accepted,
             thread: Some(thread),
         }
+    }
+
+    /// A fake memcached: `stats` (a 1 MiB `item_size_max`) and `version` answered as memcached
+    /// answers them, every other request line handed to `script`.
+    ///
+    /// ```no_run
+    /// use ddf_testkit::{FakeReply, FakeServer};
+    /// // Every `mg` is a miss; anything else is refused.
+    /// let fake = FakeServer::memcached(|line: &[u8]| match line {
+    ///     l if l.starts_with(b"mg ") => FakeReply::Send(b"EN\r\n".to_vec()),
+    ///     _ => FakeReply::Send(b"ERROR\r\n".to_vec()),
+    /// });
+    /// # drop(fake);
+    /// ```
+    pub fn memcached<F>(script: F) -> FakeServer
+    where
+        F: Fn(&[u8]) -> FakeReply + Send + Sync + 'static,
+    {
+        FakeServer::start(move |line: &[u8]| {
+            if line.starts_with(b"stats") {
+                FakeReply::Send(b"STAT pid 1\r\nSTAT item_size_max 1048576\r\nEND\r\n".to_vec())
+            } else if line == b"version" {
+                FakeReply::Send(b"VERSION 1.6.18\r\n".to_vec())
+            } else {
+                script(line)
+            }
+        })
     }
 
     /// The port.
@@ -968,6 +997,12 @@ fn fake_conn(
                         if stop.load(Ordering::Relaxed) || s.write_all(&[byte]).is_err() {
                             return;
                         }
+                    }
+                }
+                FakeReply::Late(after, b) => {
+                    std::thread::sleep(after);
+                    if s.write_all(&b).is_err() {
+                        return;
                     }
                 }
                 FakeReply::Nothing => {}

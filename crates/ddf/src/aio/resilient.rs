@@ -168,6 +168,11 @@ fn noted<T: Send + 'static>(f: BoxFuture<'_, Result<T>>) -> BoxFuture<'_, Noted<
     Box::pin(async move { Noted::clean(f.await) })
 }
 
+/// The result of `f`, its degraded note dropped (how `read` and `write` take the primary's).
+fn unnoted<T: Send + 'static>(f: BoxFuture<'_, Noted<T>>) -> BoxFuture<'_, Result<T>> {
+    Box::pin(async move { f.await.result })
+}
+
 impl AsyncBackend for AsyncResilient {
     fn name(&self) -> &'static str {
         self.otherwise.name()
@@ -176,10 +181,7 @@ impl AsyncBackend for AsyncResilient {
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Noted<Option<Item>>> {
         Box::pin(self.read(
             || None,
-            || {
-                let f = self.primary.get(key);
-                Box::pin(async move { f.await.result })
-            },
+            || unnoted(self.primary.get(key)),
             || self.otherwise.get(key),
         ))
     }
@@ -190,10 +192,7 @@ impl AsyncBackend for AsyncResilient {
     ) -> BoxFuture<'a, Noted<Option<(Item, crate::backend::Expiry)>>> {
         Box::pin(self.read(
             || None,
-            || {
-                let f = self.primary.get_expiring(key);
-                Box::pin(async move { f.await.result })
-            },
+            || unnoted(self.primary.get_expiring(key)),
             || self.otherwise.get_expiring(key),
         ))
     }
@@ -206,10 +205,7 @@ impl AsyncBackend for AsyncResilient {
     ) -> BoxFuture<'a, Noted<()>> {
         Box::pin(self.write(
             Forget::Key(key),
-            move || {
-                let f = self.primary.set(key, item, ttl);
-                Box::pin(async move { f.await.result })
-            },
+            move || unnoted(self.primary.set(key, item, ttl)),
             move || self.otherwise.set(key, item, ttl),
         ))
     }

@@ -20,12 +20,8 @@ const STALL_BOUND: Duration = Duration::from_millis(2500);
 /// A fake memcached: answers `stats settings` (a 1 MiB item limit) and `version` like memcached,
 /// `mg` with `hostile`, and anything else with `ERROR`.
 fn fake_memcached(hostile: &'static [u8], stall: bool) -> FakeServer {
-    FakeServer::start(move |line: &[u8]| {
-        if line.starts_with(b"stats") {
-            FakeReply::Send(b"STAT pid 1\r\nSTAT item_size_max 1048576\r\nEND\r\n".to_vec())
-        } else if line == b"version" {
-            FakeReply::Send(b"VERSION 1.6.18\r\n".to_vec())
-        } else if line.starts_with(b"mg ") {
+    FakeServer::memcached(move |line: &[u8]| {
+        if line.starts_with(b"mg ") {
             if stall {
                 FakeReply::SendThenStall(hostile.to_vec())
             } else {

@@ -32,6 +32,8 @@ mod memo;
 #[cfg(feature = "redis")]
 mod near;
 #[cfg(feature = "redis")]
+mod near_checks;
+#[cfg(feature = "redis")]
 mod near_cluster;
 mod near_file;
 #[cfg(all(feature = "redis", feature = "memcached"))]
@@ -44,6 +46,8 @@ mod process;
 mod redis;
 #[cfg(feature = "redis")]
 mod redis_cluster;
+#[cfg(feature = "redis")]
+mod redis_config;
 #[cfg(feature = "redis")]
 mod redis_hostile;
 #[cfg(all(feature = "redis", feature = "memcached"))]

@@ -30,12 +30,8 @@ const HOSTILE: &[&[u8]] = &[
 /// starting with `verb` gets `reply`, then the connection stalls; other lines get nothing (a
 /// quiet-mode batch expects no reply before its `mn`).
 fn fake(verb: &'static [u8], reply: &'static [u8]) -> FakeServer {
-    FakeServer::start(move |line: &[u8]| {
-        if line.starts_with(b"stats") {
-            FakeReply::Send(b"STAT pid 1\r\nSTAT item_size_max 1048576\r\nEND\r\n".to_vec())
-        } else if line == b"version" {
-            FakeReply::Send(b"VERSION 1.6.18\r\n".to_vec())
-        } else if line.starts_with(verb) {
+    FakeServer::memcached(move |line: &[u8]| {
+        if line.starts_with(verb) {
             FakeReply::SendThenStall(reply.to_vec())
         } else {
             FakeReply::Nothing

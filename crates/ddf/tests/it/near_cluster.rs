@@ -18,36 +18,21 @@
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use ddf::{CacheBackend, CacheConfig, CacheManager, FallbackMode, ServerAddr};
+use ddf::{CacheConfig, CacheManager};
 use ddf_testkit::RedisCluster;
 
 use crate::near::{GRACE_NS, ReadRec, WriteRec, delays, reader, stale};
 use crate::process;
+use crate::redis_config::{Redis, near_or_writer, redis};
 
 const JOB: &str = "DDF_NEAR_CLUSTER_JOB";
 const NS: &str = "ncl:";
 
 fn config(ports: &[u16], dir: &std::path::Path, near: bool) -> CacheConfig {
-    let nodes = ports
-        .iter()
-        .map(|p| ServerAddr::parse(&format!("127.0.0.1:{p}"), 6379).unwrap())
-        .collect();
-    let mut c = CacheConfig::default()
-        .with_backend(CacheBackend::Redis)
-        .with_redis_cluster_nodes(nodes)
-        .with_namespace(NS)
-        .with_pickle_dir(dir)
-        .with_timeouts(Duration::from_millis(300), Duration::from_millis(500));
-    c.breaker_retry = Duration::from_millis(200);
-    // The writer must know which writes reached the server; the reader never stores what a
-    // fallback answered anyway.
-    c.fallback = if near {
-        FallbackMode::None
-    } else {
-        FallbackMode::Error
-    };
-    c.near_cache = near;
-    c
+    let nodes: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let at = Redis::Cluster(&nodes);
+    let (connect, timeout) = (Duration::from_millis(300), Duration::from_millis(500));
+    near_or_writer(redis(at, NS, dir, connect, timeout), near)
 }
 
 /// The writer child: until `<log>.stop` exists (at most `ms` milliseconds), every millisecond a

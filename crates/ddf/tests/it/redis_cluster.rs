@@ -7,11 +7,12 @@
 
 use std::time::{Duration, Instant};
 
-use ddf::{CacheBackend, CacheConfig, CacheManager, FallbackMode, ServerAddr};
+use ddf::{CacheConfig, CacheManager, FallbackMode, ServerAddr};
 use ddf_testkit::RedisCluster;
 use ddf_testkit::model::{self, Op, Outcome};
 
 use crate::conformance::{self, Caps};
+use crate::redis_config::{Redis, redis};
 
 const CONNECT: Duration = Duration::from_millis(300);
 const TIMEOUT: Duration = Duration::from_millis(500);
@@ -25,19 +26,14 @@ const SLACK: Duration = Duration::from_secs(5);
 const N: usize = 60;
 
 fn config(cluster: &RedisCluster, dir: &std::path::Path) -> CacheConfig {
-    let nodes = cluster
-        .addrs()
-        .iter()
-        .map(|a| ServerAddr::parse(a, 6379).unwrap())
-        .collect();
-    let mut c = CacheConfig::default()
-        .with_backend(CacheBackend::Redis)
-        .with_redis_cluster_nodes(nodes)
-        .with_namespace("rc:")
-        .with_pickle_dir(dir)
-        .with_timeouts(CONNECT, TIMEOUT);
+    let mut c = redis(
+        Redis::Cluster(&cluster.addrs()),
+        "rc:",
+        dir,
+        CONNECT,
+        TIMEOUT,
+    );
     c.fallback = FallbackMode::Pickle;
-    c.breaker_retry = Duration::from_millis(200);
     c
 }
 

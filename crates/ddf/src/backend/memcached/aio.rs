@@ -23,7 +23,9 @@ use std::time::{Duration, Instant};
 use self::conn::{Answer, Conn, Kind};
 use self::pipe::{Failed, Pipe};
 use super::client::{McError, McResult, Value};
-use super::{BATCH, DEFAULT_ITEM_SIZE_MAX, MemcachedBackend, Server, exptime, is_stale, map_err};
+use super::items::exptime;
+use super::server::{DEFAULT_ITEM_SIZE_MAX, Server, is_stale, map_err};
+use super::{BATCH, MemcachedBackend};
 use crate::aio::backend::{AsyncBackend, Blocking, BoxFuture, Noted, Place};
 use crate::backend::{Backend, BackendStatus, Item};
 use crate::error::Result;
@@ -338,13 +340,7 @@ impl AsyncMemcached {
 
     async fn get_batch(&self, keys: &[&str]) -> Result<Vec<Option<Item>>> {
         let mut out: Vec<Option<Item>> = keys.iter().map(|_| None).collect();
-        let mut groups: Vec<Vec<(usize, String, String)>> =
-            self.core.servers.iter().map(|_| Vec::new()).collect();
-        for (i, k) in keys.iter().enumerate() {
-            let sk = self.core.keyspace.storage_key(k);
-            let wk = memcached_key(&sk).into_owned();
-            groups[self.core.pick(&wk)].push((i, sk, wk));
-        }
+        let groups = self.core.reads_by_server(keys);
         for (s, group) in groups.iter().enumerate() {
             if group.is_empty() {
                 continue;
@@ -365,10 +361,7 @@ impl AsyncMemcached {
                 let vals = self
                     .run(s, "get_many", true, |out| conn::get_many(out, &wks), values)
                     .await?;
-                for ((i, sk, _), v) in chunk.iter().zip(vals) {
-                    let mapped = !memcached_key_is_carryable(sk);
-                    out[*i] = v.and_then(|v| self.core.read_item(sk, mapped, v));
-                }
+                self.core.fill(&mut out, chunk, vals);
             }
         }
         Ok(out)
@@ -412,11 +405,7 @@ impl AsyncMemcached {
     }
 
     async fn delete_batch(&self, keys: &[&str]) -> Result<u64> {
-        let mut groups: Vec<Vec<String>> = self.core.servers.iter().map(|_| Vec::new()).collect();
-        for k in keys {
-            let wk = memcached_key(&self.core.keyspace.storage_key(k)).into_owned();
-            groups[self.core.pick(&wk)].push(wk);
-        }
+        let groups = self.core.wire_keys_by_server(keys);
         if (0..groups.len()).any(|s| !groups[s].is_empty() && self.skipped(s)) {
             return self.slow.delete_many(keys).await;
         }

@@ -4,8 +4,9 @@
 
 use std::time::Duration;
 
+use super::MemcachedBackend;
 use super::client::Conn;
-use super::{MemcachedBackend, exptime};
+use super::items::exptime;
 use crate::backend::{Backend, EntryInfo, Expiry, Item, counter_step};
 use crate::error::{Error, Result};
 use crate::key::{memcached_key, memcached_key_is_carryable};

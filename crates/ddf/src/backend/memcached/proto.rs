@@ -65,6 +65,16 @@ pub(crate) fn check_key(key: &[u8]) -> Result<(), ProtoError> {
     Ok(())
 }
 
+/// Checks `key`, then appends `<verb> <key>`: how every keyed meta command starts (nothing is
+/// appended for a refused key).
+fn keyed(buf: &mut Vec<u8>, verb: &[u8; 2], key: &[u8]) -> Result<(), ProtoError> {
+    check_key(key)?;
+    buf.extend_from_slice(verb);
+    buf.push(b' ');
+    buf.extend_from_slice(key);
+    Ok(())
+}
+
 /// `mg <key> v f` (value and client flags); quiet with an opaque for pipelining
 /// (`mg <key> v f q O<opaque>`: a miss sends nothing).
 ///
@@ -72,9 +82,7 @@ pub(crate) fn check_key(key: &[u8]) -> Result<(), ProtoError> {
 ///
 /// A key [`check_key`] refuses; nothing is appended then.
 pub(crate) fn get(buf: &mut Vec<u8>, key: &[u8], quiet: Option<u32>) -> Result<(), ProtoError> {
-    check_key(key)?;
-    buf.extend_from_slice(b"mg ");
-    buf.extend_from_slice(key);
+    keyed(buf, b"mg", key)?;
     buf.extend_from_slice(b" v f");
     if let Some(opaque) = quiet {
         buf.extend_from_slice(b" q O");
@@ -90,9 +98,7 @@ pub(crate) fn get(buf: &mut Vec<u8>, key: &[u8], quiet: Option<u32>) -> Result<(
 ///
 /// A key [`check_key`] refuses; nothing is appended then.
 pub(crate) fn get_expiring(buf: &mut Vec<u8>, key: &[u8]) -> Result<(), ProtoError> {
-    check_key(key)?;
-    buf.extend_from_slice(b"mg ");
-    buf.extend_from_slice(key);
+    keyed(buf, b"mg", key)?;
     buf.extend_from_slice(b" v f t\r\n");
     Ok(())
 }
@@ -170,9 +176,7 @@ fn store(
 ///
 /// A key [`check_key`] refuses; nothing is appended then.
 pub(crate) fn get_cas(buf: &mut Vec<u8>, key: &[u8]) -> Result<(), ProtoError> {
-    check_key(key)?;
-    buf.extend_from_slice(b"mg ");
-    buf.extend_from_slice(key);
+    keyed(buf, b"mg", key)?;
     buf.extend_from_slice(b" v c f\r\n");
     Ok(())
 }
@@ -190,9 +194,7 @@ pub(crate) fn arith(
     decr: bool,
     delta: u64,
 ) -> Result<(), ProtoError> {
-    check_key(key)?;
-    buf.extend_from_slice(b"ma ");
-    buf.extend_from_slice(key);
+    keyed(buf, b"ma", key)?;
     buf.extend_from_slice(b" C");
     push_uint(buf, cas);
     buf.extend_from_slice(if decr { b" MD D" } else { b" MI D" });
@@ -212,9 +214,7 @@ pub(crate) fn touch_or_meta(
     key: &[u8],
     exptime: Option<u64>,
 ) -> Result<(), ProtoError> {
-    check_key(key)?;
-    buf.extend_from_slice(b"mg ");
-    buf.extend_from_slice(key);
+    keyed(buf, b"mg", key)?;
     match exptime {
         Some(t) => {
             buf.extend_from_slice(b" T");
@@ -232,9 +232,7 @@ pub(crate) fn touch_or_meta(
 ///
 /// A key [`check_key`] refuses; nothing is appended then.
 pub(crate) fn delete(buf: &mut Vec<u8>, key: &[u8]) -> Result<(), ProtoError> {
-    check_key(key)?;
-    buf.extend_from_slice(b"md ");
-    buf.extend_from_slice(key);
+    keyed(buf, b"md", key)?;
     buf.extend_from_slice(b"\r\n");
     Ok(())
 }
@@ -246,9 +244,7 @@ pub(crate) fn delete(buf: &mut Vec<u8>, key: &[u8]) -> Result<(), ProtoError> {
 ///
 /// A key [`check_key`] refuses; nothing is appended then.
 pub(crate) fn delete_cas(buf: &mut Vec<u8>, key: &[u8], cas: u64) -> Result<(), ProtoError> {
-    check_key(key)?;
-    buf.extend_from_slice(b"md ");
-    buf.extend_from_slice(key);
+    keyed(buf, b"md", key)?;
     buf.extend_from_slice(b" C");
     push_uint(buf, cas);
     buf.extend_from_slice(b"\r\n");

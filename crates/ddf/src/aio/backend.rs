@@ -143,6 +143,21 @@ pub(crate) trait AsyncBackend: Send + Sync + fmt::Debug + 'static {
         expected: &'a [u8],
     ) -> BoxFuture<'a, Result<bool>>;
 
+    /// As [`Backend::take_lease`]; the default is an `add`.
+    fn take_lease<'a>(
+        &'a self,
+        lease: &'a str,
+        item: &'a Item,
+        ttl: Option<Duration>,
+    ) -> BoxFuture<'a, Result<bool>> {
+        self.add(lease, item, ttl)
+    }
+
+    /// As [`Backend::release_lease`]; the default is a `compare_and_delete`.
+    fn release_lease<'a>(&'a self, lease: &'a str, token: &'a [u8]) -> BoxFuture<'a, Result<bool>> {
+        self.compare_and_delete(lease, token)
+    }
+
     /// As [`Backend::set_if_lease`]; the default stores unfenced.
     fn set_if_lease<'a>(
         &'a self,
@@ -442,6 +457,21 @@ impl AsyncBackend for Blocking {
     ) -> BoxFuture<'a, Result<bool>> {
         let (key, expected) = (key.to_owned(), expected.to_vec());
         self.plain(self.writes, move |b| b.compare_and_delete(&key, &expected))
+    }
+
+    fn take_lease<'a>(
+        &'a self,
+        lease: &'a str,
+        item: &'a Item,
+        ttl: Option<Duration>,
+    ) -> BoxFuture<'a, Result<bool>> {
+        let (lease, item) = (lease.to_owned(), item.clone());
+        self.plain(self.writes, move |b| b.take_lease(&lease, &item, ttl))
+    }
+
+    fn release_lease<'a>(&'a self, lease: &'a str, token: &'a [u8]) -> BoxFuture<'a, Result<bool>> {
+        let (lease, token) = (lease.to_owned(), token.to_vec());
+        self.plain(self.writes, move |b| b.release_lease(&lease, &token))
     }
 
     fn set_if_lease<'a>(

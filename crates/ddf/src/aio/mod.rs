@@ -762,7 +762,7 @@ impl AsyncCacheManager {
         crate::stampede::task::get_or_set(self, key, &plan, compute).await
     }
 
-    /// The backend, for `get_or_set`'s lease (`add`, `compare_and_delete`).
+    /// The backend, for `get_or_set`'s lease (`take_lease`, `release_lease`, `extend_lease`).
     pub(crate) fn lease_backend(&self) -> &dyn AsyncBackend {
         self.backend()
     }

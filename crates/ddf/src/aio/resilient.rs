@@ -380,6 +380,37 @@ impl AsyncBackend for AsyncResilient {
         })
     }
 
+    /// As `add`.
+    fn take_lease<'a>(
+        &'a self,
+        lease: &'a str,
+        item: &'a Item,
+        ttl: Option<Duration>,
+    ) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(async move {
+            self.write(
+                Forget::Key(lease),
+                || self.primary.take_lease(lease, item, ttl),
+                || noted(self.otherwise.take_lease(lease, item, ttl)),
+            )
+            .await
+            .result
+        })
+    }
+
+    /// As `compare_and_delete`.
+    fn release_lease<'a>(&'a self, lease: &'a str, token: &'a [u8]) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(async move {
+            self.write(
+                Forget::Keys(&[]),
+                || self.primary.release_lease(lease, token),
+                || noted(self.otherwise.release_lease(lease, token)),
+            )
+            .await
+            .result
+        })
+    }
+
     /// A write, like `set` (the sync wrapper records it as a delete during an outage).
     fn set_if_lease<'a>(
         &'a self,

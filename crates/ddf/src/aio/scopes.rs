@@ -65,6 +65,10 @@ impl AsyncPerScope {
     fn scope(&self, key: &str) -> &AsyncResilient {
         &self.scopes[self.routing.index(key)]
     }
+
+    fn lease_scope(&self, lease: &str) -> &AsyncResilient {
+        &self.scopes[self.routing.lease_index(lease)]
+    }
 }
 
 impl AsyncBackend for AsyncPerScope {
@@ -238,13 +242,27 @@ impl AsyncBackend for AsyncPerScope {
         })
     }
 
+    /// In the lease's scope, as the sync router's.
+    fn take_lease<'a>(
+        &'a self,
+        lease: &'a str,
+        item: &'a Item,
+        ttl: Option<Duration>,
+    ) -> BoxFuture<'a, Result<bool>> {
+        self.lease_scope(lease).take_lease(lease, item, ttl)
+    }
+
+    fn release_lease<'a>(&'a self, lease: &'a str, token: &'a [u8]) -> BoxFuture<'a, Result<bool>> {
+        self.lease_scope(lease).release_lease(lease, token)
+    }
+
     fn extend_lease<'a>(
         &'a self,
         lease: &'a str,
         token: &'a [u8],
         ttl: Duration,
     ) -> BoxFuture<'a, Result<bool>> {
-        self.scope(lease).extend_lease(lease, token, ttl)
+        self.lease_scope(lease).extend_lease(lease, token, ttl)
     }
 }
 
@@ -264,12 +282,13 @@ mod tests {
     }
 
     impl LeaseOps for Driven<'_> {
-        fn add(&self, key: &str, value: &str) -> Result<bool> {
-            self.rt.block_on(self.backend.add(key, &item(value), TTL))
-        }
-        fn compare_and_delete(&self, key: &str, expected: &str) -> Result<bool> {
+        fn take_lease(&self, lease: &str, value: &str) -> Result<bool> {
             self.rt
-                .block_on(self.backend.compare_and_delete(key, expected.as_bytes()))
+                .block_on(self.backend.take_lease(lease, &item(value), TTL))
+        }
+        fn release_lease(&self, lease: &str, expected: &str) -> Result<bool> {
+            self.rt
+                .block_on(self.backend.release_lease(lease, expected.as_bytes()))
         }
         fn set_if_lease(&self, key: &str, value: &str, lease: &str, token: &str) -> Result<bool> {
             let v = item(value);

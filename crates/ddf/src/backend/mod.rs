@@ -307,6 +307,24 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
         Err(unsupported(self.name(), "compare_and_delete"))
     }
 
+    /// Takes a `get_or_set` lease: stores `item` (the token) under `lease` only if it holds
+    /// none, as [`Backend::add`] (which the default calls). A call of its own, not an `add`,
+    /// so that a router over several servers knows from the call, never from the key's text,
+    /// that `lease` is a lease (Memcached places it with the key it guards; every `add` of a
+    /// user key is placed by that key, as pymemcache places it). Internal to `get_or_set`.
+    #[doc(hidden)]
+    fn take_lease(&self, lease: &str, item: &Item, ttl: Option<Duration>) -> Result<bool> {
+        self.add(lease, item, ttl)
+    }
+
+    /// Releases a `get_or_set` lease: removes `lease` only while it holds `token`, as
+    /// [`Backend::compare_and_delete`] (which the default calls); a call of its own for the
+    /// reason [`Backend::take_lease`] gives. Internal to `get_or_set`.
+    #[doc(hidden)]
+    fn release_lease(&self, lease: &str, token: &[u8]) -> Result<bool> {
+        self.compare_and_delete(lease, token)
+    }
+
     /// A `get_or_set` leader's store, fenced by its lease: stores `item` under `key` only
     /// while `lease` holds `token`, in one atomic step on the server; `Ok(false)` when it did
     /// not store (the lease expired or was taken over). Redis (not Cluster: the two keys may

@@ -5,11 +5,14 @@
 //! face (`task.rs`, with feature `async`) with awaits and timers. docs/memoize.md explains the
 //! design.
 //!
-//! - **The lease** is a second key, `ddf-lease:<key>` inside the cache's namespace, written with
-//!   [`Backend::add`](crate::Backend::add) (stored only if absent) holding a random token, with
-//!   the TTL `lease_ttl`, and released with
-//!   [`Backend::compare_and_delete`](crate::Backend::compare_and_delete) (removed only while it
-//!   still holds that token, so a leader never removes the lease a waiter took over).
+//! - **The lease** is a second key, `ddf-lease:<key>` inside the cache's namespace, taken with
+//!   [`Backend::take_lease`](crate::Backend::take_lease) (an `add`: stored only if absent)
+//!   holding a random token, with the TTL `lease_ttl`, and released with
+//!   [`Backend::release_lease`](crate::Backend::release_lease) (a `compare_and_delete`: removed
+//!   only while it still holds that token, so a leader never removes the lease a waiter took
+//!   over). The lease operations are calls of their own so that a router over several
+//!   Memcached servers places the lease with its key from the call, never from the key's text
+//!   (a user key beginning with `ddf-lease:` is placed by itself, as pymemcache places it).
 //! - **Waiters** poll the value (and try the lease, to take over an expired one) with a backoff
 //!   from [`FIRST_POLL`] to [`LAST_POLL`]: a value that lands is seen within `LAST_POLL` plus a
 //!   round trip. In one process only one thread waits this way; the others wait on it through

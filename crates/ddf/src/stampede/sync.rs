@@ -33,14 +33,14 @@ impl Drop for Lease<'_> {
     /// Never panics (also while unwinding): failures are logged.
     fn drop(&mut self) {
         let lease = Plan::lease_key(self.key);
-        let r = (self.cache).on_backend(|b| b.compare_and_delete(&lease, &self.held.token));
+        let r = (self.cache).on_backend(|b| b.release_lease(&lease, &self.held.token));
         released(self.key, r);
     }
 }
 
 fn acquire<'a>(cache: &'a CacheManager, key: &'a str, plan: &Plan) -> Leased<Lease<'a>> {
     let ask = Ask::new(key);
-    let r = cache.on_backend(|b| b.add(&ask.key, &ask.item, Some(plan.lease_ttl)));
+    let r = cache.on_backend(|b| b.take_lease(&ask.key, &ask.item, Some(plan.lease_ttl)));
     match ask.answer(r, plan) {
         Leased::Held(held) => Leased::Held(Lease { cache, key, held }),
         Leased::Busy => Leased::Busy,

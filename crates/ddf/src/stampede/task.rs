@@ -68,7 +68,7 @@ impl Drop for Lease {
 async fn acquire(cache: &AsyncCacheManager, key: &str, plan: &Plan) -> Leased<Lease> {
     let ask = Ask::new(key);
     let r = (cache.lease_backend())
-        .add(&ask.key, &ask.item, Some(plan.lease_ttl))
+        .take_lease(&ask.key, &ask.item, Some(plan.lease_ttl))
         .await;
     match ask.answer(r, plan) {
         Leased::Held(held) => Leased::Held(Lease {
@@ -84,9 +84,7 @@ async fn acquire(cache: &AsyncCacheManager, key: &str, plan: &Plan) -> Leased<Le
 
 async fn release(cache: &AsyncCacheManager, key: &str, token: &[u8]) {
     let lease = Plan::lease_key(key);
-    let r = (cache.lease_backend())
-        .compare_and_delete(&lease, token)
-        .await;
+    let r = (cache.lease_backend()).release_lease(&lease, token).await;
     released(key, r);
 }
 

@@ -232,6 +232,14 @@ impl Backend for GenerationView {
             .set_if_lease(&self.key(key), item, ttl, &self.key(lease), token)
     }
 
+    fn take_lease(&self, lease: &str, item: &Item, ttl: Option<Duration>) -> Result<bool> {
+        self.inner.take_lease(&self.key(lease), item, ttl)
+    }
+
+    fn release_lease(&self, lease: &str, token: &[u8]) -> Result<bool> {
+        self.inner.release_lease(&self.key(lease), token)
+    }
+
     fn extend_lease(&self, lease: &str, token: &[u8], ttl: Duration) -> Result<bool> {
         self.inner.extend_lease(&self.key(lease), token, ttl)
     }

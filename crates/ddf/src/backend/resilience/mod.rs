@@ -415,6 +415,20 @@ impl Resilient {
         }
     }
 
+    /// An `add` of `key` (`op`): see `Backend for Resilient`'s `add`.
+    fn added(&self, key: &str, op: impl Fn(&dyn Backend) -> Result<bool>) -> Result<bool> {
+        match self.on_primary(true, &op) {
+            Attempt::Done(r) => {
+                if matches!(r, Ok(true)) {
+                    self.shared
+                        .forget_in_open_outages(|| deletes(std::iter::once(key)));
+                }
+                r
+            }
+            Attempt::NotUp | Attempt::Failed(_) => self.on_fallback_unrecorded(key, &op),
+        }
+    }
+
     /// The fallback half of [`Resilient::unrecorded_op`]: `op` on the fallback's entries of
     /// the current outage, under the shared gate, removed again if that outage closed
     /// meanwhile.
@@ -614,17 +628,17 @@ impl Backend for Resilient {
     /// counter) that another host put there and still relies on. On the server, a stored
     /// `add` makes the open outages forget the key, as a `set` does.
     fn add(&self, key: &str, item: &Item, ttl: Option<Duration>) -> Result<bool> {
-        let op = |b: &dyn Backend| b.add(key, item, ttl);
-        match self.on_primary(true, &op) {
-            Attempt::Done(r) => {
-                if matches!(r, Ok(true)) {
-                    self.shared
-                        .forget_in_open_outages(|| deletes(std::iter::once(key)));
-                }
-                r
-            }
-            Attempt::NotUp | Attempt::Failed(_) => self.on_fallback_unrecorded(key, &op),
-        }
+        self.added(key, |b| b.add(key, item, ttl))
+    }
+
+    /// As `add`.
+    fn take_lease(&self, lease: &str, item: &Item, ttl: Option<Duration>) -> Result<bool> {
+        self.added(lease, |b| b.take_lease(lease, item, ttl))
+    }
+
+    /// As `compare_and_delete`.
+    fn release_lease(&self, lease: &str, token: &[u8]) -> Result<bool> {
+        self.unrecorded_op(lease, |b| b.release_lease(lease, token))
     }
 
     /// A write that records nothing: while the server is not up the counter counts on the

@@ -73,15 +73,18 @@ pub(crate) trait Partition: Send + Sync + fmt::Debug + 'static {
 
     /// Whether a key can change scope while servers keep it (a Redis Cluster's resharding):
     /// then a prefix delete or `clear` recorded in one scope may concern keys another scope
-    /// holds by the time it is replayed ([`share_prefixes`]). The default is no (Memcached).
+    /// holds by the time it is replayed ([`share_prefixes`](moves::share_prefixes)). The default is no (Memcached).
     fn keys_move(&self) -> bool {
         false
     }
 
-    /// Whether a `get_or_set` lease (`ddf-lease:<key>`, [`LEASE_PREFIX`]) is placed in the
-    /// scope of the key it guards, so that the store fenced by it (`set_if_lease`) finds the
-    /// lease in the same scope: on the same server, and during that server's outage in the
-    /// same fallback entries, where the fence holds as with one server. Memcached says yes
+    /// Whether a `get_or_set` lease (`ddf-lease:<key>`,
+    /// [`LEASE_PREFIX`](crate::key::LEASE_PREFIX)) is placed in the scope of the key it
+    /// guards by the lease operations (`take_lease`, `release_lease`, `extend_lease`,
+    /// `set_if_lease`'s fence; any other call places a key by itself, whatever its text), so
+    /// that the store fenced by it (`set_if_lease`) finds the lease in the same scope: on the
+    /// same server, and during that server's outage in the same fallback entries, where the
+    /// fence holds as with one server. Memcached says yes
     /// (the router chooses the server; no other client reads a lease). The default is no (a
     /// Redis Cluster: a request goes to its slot's owner whatever the scope, so a lease in
     /// its key's scope would count its own node's failures against another scope's breaker).
@@ -174,6 +177,11 @@ impl PerScope {
 
     fn scope(&self, key: &str) -> &Resilient {
         &self.scopes[self.index(key)].resilient
+    }
+
+    /// The scope of a lease, in a lease operation ([`Routing::lease_index`]).
+    fn lease_scope(&self, lease: &str) -> &Resilient {
+        &self.scopes[self.routing.lease_index(lease)].resilient
     }
 
     fn index(&self, key: &str) -> usize {
@@ -436,8 +444,19 @@ impl Backend for PerScope {
         stored
     }
 
+    /// In the lease's scope ([`Routing::lease_index`]: its key's, with leases that follow
+    /// their keys); an `add` of any key goes to that key's own scope.
+    fn take_lease(&self, lease: &str, item: &Item, ttl: Option<Duration>) -> Result<bool> {
+        self.lease_scope(lease).take_lease(lease, item, ttl)
+    }
+
+    /// In the lease's scope, as `take_lease`.
+    fn release_lease(&self, lease: &str, token: &[u8]) -> Result<bool> {
+        self.lease_scope(lease).release_lease(lease, token)
+    }
+
     fn extend_lease(&self, lease: &str, token: &[u8], ttl: Duration) -> Result<bool> {
-        self.scope(lease).extend_lease(lease, token, ttl)
+        self.lease_scope(lease).extend_lease(lease, token, ttl)
     }
 
     fn ping(&self) -> Result<BackendStatus> {

@@ -22,6 +22,8 @@ pub(crate) struct OneOfTwoKilled {
     pub(crate) config: CacheConfig,
     /// Keys placed on the killed server.
     pub(crate) keys: Vec<String>,
+    /// The live server (`127.0.0.1:port`).
+    live: String,
 }
 
 impl OneOfTwoKilled {
@@ -47,7 +49,7 @@ impl OneOfTwoKilled {
             );
         config.fallback = FallbackMode::Pickle;
         let placement = MemcachedBackend::from_config(&config).unwrap();
-        let victim = servers[1].server();
+        let (live, victim) = (servers[0].server(), servers[1].server());
         let keys: Vec<String> = (0..64)
             .map(|i| format!("computed{i}"))
             .filter(|k| placement.server_for(k) == victim)
@@ -60,14 +62,15 @@ impl OneOfTwoKilled {
             _dir: dir,
             config,
             keys,
+            live,
         })
     }
 }
 
 /// What the scenario calls, on either face.
 pub(crate) trait LeaseOps {
-    fn add(&self, key: &str, value: &str) -> Result<bool>;
-    fn compare_and_delete(&self, key: &str, expected: &str) -> Result<bool>;
+    fn take_lease(&self, lease: &str, value: &str) -> Result<bool>;
+    fn release_lease(&self, lease: &str, expected: &str) -> Result<bool>;
     fn set_if_lease(&self, key: &str, value: &str, lease: &str, token: &str) -> Result<bool>;
     fn get(&self, key: &str) -> Result<Option<Item>>;
 }
@@ -83,11 +86,11 @@ pub(crate) fn item(s: &str) -> Item {
 struct Blocking<'a>(&'a dyn Backend);
 
 impl LeaseOps for Blocking<'_> {
-    fn add(&self, key: &str, value: &str) -> Result<bool> {
-        self.0.add(key, &item(value), TTL)
+    fn take_lease(&self, lease: &str, value: &str) -> Result<bool> {
+        self.0.take_lease(lease, &item(value), TTL)
     }
-    fn compare_and_delete(&self, key: &str, expected: &str) -> Result<bool> {
-        self.0.compare_and_delete(key, expected.as_bytes())
+    fn release_lease(&self, lease: &str, expected: &str) -> Result<bool> {
+        self.0.release_lease(lease, expected.as_bytes())
     }
     fn set_if_lease(&self, key: &str, value: &str, lease: &str, token: &str) -> Result<bool> {
         self.0
@@ -104,11 +107,14 @@ impl LeaseOps for Blocking<'_> {
 pub(crate) fn a_lease_taken_over_fences_the_late_store(ops: &dyn LeaseOps, keys: &[String]) {
     for key in keys {
         let lease = format!("{LEASE_PREFIX}{key}");
-        assert!(ops.add(&lease, "token-a").unwrap(), "A takes the lease");
-        assert!(ops.set_if_lease(key, "first", &lease, "token-a").unwrap());
-        assert!(ops.compare_and_delete(&lease, "token-a").unwrap());
         assert!(
-            ops.add(&lease, "token-b").unwrap(),
+            ops.take_lease(&lease, "token-a").unwrap(),
+            "A takes the lease"
+        );
+        assert!(ops.set_if_lease(key, "first", &lease, "token-a").unwrap());
+        assert!(ops.release_lease(&lease, "token-a").unwrap());
+        assert!(
+            ops.take_lease(&lease, "token-b").unwrap(),
             "B takes the lease over"
         );
         assert!(
@@ -133,4 +139,44 @@ fn a_lease_taken_over_during_one_servers_outage_fences_the_late_store() {
     };
     let backend = crate::backend::from_config(&rig.config).unwrap();
     a_lease_taken_over_fences_the_late_store(&Blocking(backend.as_ref()), &rig.keys);
+}
+
+/// A user key beginning with the lease prefix is placed by itself, as pymemcache (and a ddf
+/// before leases followed their keys) places it: set through ddf's router, it is on the server
+/// a one-server client of that key's server reads; set and deleted there, ddf sees it.
+#[test]
+fn a_user_key_under_the_lease_prefix_is_placed_as_pymemcache_places_it() {
+    let Some(rig) = OneOfTwoKilled::start() else {
+        return;
+    };
+    let placement = MemcachedBackend::from_config(&rig.config).unwrap();
+    // Its own server is the live one; the key after the prefix is on the killed one.
+    let key = (0..256)
+        .map(|i| (format!("{LEASE_PREFIX}user{i}"), format!("user{i}")))
+        .find(|(k, g)| placement.server_for(k) == rig.live && placement.server_for(g) != rig.live)
+        .map(|(k, _)| k)
+        .expect("no key of 256 placed apart from the key after the prefix");
+    let router = crate::backend::from_config(&rig.config).unwrap();
+    let one = MemcachedBackend::from_config(
+        &rig.config
+            .clone()
+            .with_memcached_servers(vec![ServerAddr::parse(&rig.live, 1).unwrap()]),
+    )
+    .unwrap();
+    let data = |b: &dyn Backend| b.get(&key).unwrap().map(|i| i.data);
+    router.set(&key, &item("v1"), TTL).unwrap();
+    assert_eq!(
+        data(&one).as_deref(),
+        Some(&b"v1"[..]),
+        "ddf's write not on {}",
+        rig.live
+    );
+    one.set(&key, &item("v2"), TTL).unwrap();
+    assert_eq!(data(router.as_ref()).as_deref(), Some(&b"v2"[..]));
+    assert!(one.delete(&key).unwrap());
+    assert_eq!(
+        data(router.as_ref()),
+        None,
+        "ddf reads a value deleted on its server"
+    );
 }

@@ -391,26 +391,34 @@ impl Partition for LeasesFollow {
     }
 }
 
-/// A lease goes to its key's scope where the partition says so (the fenced store is then made
-/// in that scope); elsewhere it is placed as any key, and a store whose lease is in another
-/// scope is not fenced.
+/// A lease goes to its key's scope where the partition says so, in a lease operation only
+/// (the fenced store is then made in that scope); elsewhere it is placed as any key, and a
+/// store whose lease is in another scope is not fenced. Any other operation places a key by
+/// itself, whatever its text: a user key beginning with the lease prefix too, as pymemcache
+/// places it.
 #[test]
 fn a_lease_follows_its_key_where_the_partition_says_so() {
     let follow = Routing::new(Arc::new(LeasesFollow), 2);
     let own = Routing::new(Arc::new(ByLetter), 2);
     let lease = format!("{LEASE_PREFIX}b1");
-    assert_eq!(follow.index(&lease), 1);
-    assert_eq!(own.index(&lease), 0);
+    assert_eq!(follow.lease_index(&lease), 1);
+    assert_eq!(own.lease_index(&lease), 0);
+    assert_eq!(
+        follow.index(&lease),
+        0,
+        "a user key is placed by its own text"
+    );
+    assert_eq!(follow.index_within_call(&lease), 0);
     assert_eq!(follow.fenced("b1", &lease), (1, true));
     assert_eq!(own.fenced("b1", &lease), (1, false));
     assert_eq!(own.fenced("a1", &format!("{LEASE_PREFIX}a1")), (0, true));
-    let parts = follow.parts(&[lease.as_str(), "a1"], |k| k);
+    let parts = follow.parts(&[lease.as_str(), "b2"], |k| k);
     assert_eq!(
         parts
             .iter()
             .map(|p| (p.scope, p.at.clone()))
             .collect::<Vec<_>>(),
-        [(0, vec![1]), (1, vec![0])]
+        [(0, vec![0]), (1, vec![1])]
     );
 }
 

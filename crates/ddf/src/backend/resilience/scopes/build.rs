@@ -201,6 +201,12 @@ impl Backend for Watched {
     ) -> Result<bool> {
         self.seen(self.inner.set_if_lease(key, item, ttl, lease, token))
     }
+    fn take_lease(&self, lease: &str, item: &Item, ttl: Option<Duration>) -> Result<bool> {
+        self.seen(self.inner.take_lease(lease, item, ttl))
+    }
+    fn release_lease(&self, lease: &str, token: &[u8]) -> Result<bool> {
+        self.seen(self.inner.release_lease(lease, token))
+    }
     fn extend_lease(&self, lease: &str, token: &[u8], ttl: Duration) -> Result<bool> {
         self.seen(self.inner.extend_lease(lease, token, ttl))
     }

@@ -79,6 +79,11 @@ pub(crate) fn adopt_legacy(
     let mut per: Vec<Vec<PendingOp<'_>>> = vec![Vec::new(); n];
     for (_, op) in &entries {
         match op {
+            // Placed by the key's text, as the router places every key but a lease in a lease
+            // operation (`Routing::lease_index`). Lease operations record nothing; a lease
+            // delete an older ddf recorded lands in the scope of the lease's text, not of the
+            // key it guards: that lease lingers until its TTL (a second computation at worst,
+            // never a stale value).
             PendingOp::Delete(k) => per[partition.scope_of(k).min(n - 1)].push(op.clone()),
             _ => per.iter_mut().for_each(|ops| ops.push(op.clone())),
         }

@@ -38,20 +38,27 @@ impl Routing {
         self.keys_move
     }
 
-    /// The key whose place `key` takes: a lease's key when leases follow their keys.
-    fn placed_as<'k>(&self, key: &'k str) -> &'k str {
-        match key.strip_prefix(LEASE_PREFIX) {
+    /// The key whose place `lease`, the name of a `get_or_set` lease, takes: the key it guards
+    /// when leases follow their keys. Asked only by the lease operations (`take_lease`,
+    /// `release_lease`, `extend_lease`, the lease of `set_if_lease`), which say by the call
+    /// that their key is a lease: any other key is placed by itself, whatever its text (a user
+    /// key beginning with [`LEASE_PREFIX`] too, as pymemcache places it).
+    fn lease_placed_as<'k>(&self, lease: &'k str) -> &'k str {
+        match lease.strip_prefix(LEASE_PREFIX) {
             Some(guarded) if self.leases_follow => guarded,
-            _ => key,
+            _ => lease,
         }
     }
 
     /// The scope that serves `key`, a user key (a partition's answer past the last scope is
     /// the last).
     pub(crate) fn index(&self, key: &str) -> usize {
-        self.partition
-            .scope_of(self.placed_as(key))
-            .min(self.n.saturating_sub(1))
+        self.partition.scope_of(key).min(self.n.saturating_sub(1))
+    }
+
+    /// The scope that serves `lease` in a lease operation ([`Routing::lease_placed_as`]).
+    pub(crate) fn lease_index(&self, lease: &str) -> usize {
+        self.index(self.lease_placed_as(lease))
     }
 
     /// Where a store fenced by a lease goes (`set_if_lease`): the scope of `key`, and whether
@@ -62,7 +69,7 @@ impl Routing {
         let last = self.n.saturating_sub(1);
         let both = self
             .partition
-            .scopes_of(&[self.placed_as(key), self.placed_as(lease)]);
+            .scopes_of(&[key, self.lease_placed_as(lease)]);
         match both.as_slice() {
             &[k, l] => (k.min(last), k.min(last) == l.min(last)),
             _ => (self.index(key), false),
@@ -74,7 +81,7 @@ impl Routing {
     /// new call's start ([`Partition::scope_within_call`]).
     pub(crate) fn index_within_call(&self, key: &str) -> usize {
         self.partition
-            .scope_within_call(self.placed_as(key))
+            .scope_within_call(key)
             .min(self.n.saturating_sub(1))
     }
 
@@ -83,7 +90,7 @@ impl Routing {
     /// that bounds a call by when it started (a Redis Cluster's first slot-map wait) sees it once.
     pub(crate) fn parts<T: Clone>(&self, items: &[T], key: impl Fn(&T) -> &str) -> Vec<Part<T>> {
         let mut groups = vec![Vec::new(); self.n];
-        let keys: Vec<&str> = items.iter().map(|i| self.placed_as(key(i))).collect();
+        let keys: Vec<&str> = items.iter().map(key).collect();
         for (i, s) in self.partition.scopes_of(&keys).into_iter().enumerate() {
             groups[s.min(self.n.saturating_sub(1))].push(i);
         }

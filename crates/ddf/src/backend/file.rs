@@ -14,7 +14,8 @@
 //!
 //! # Layout
 //! `pickle_dir/ddf-cache.sqlite3` (plus its `-wal` and `-shm` files while in use), mode 0600, in a
-//! directory created with mode 0700, and `ddf-near.counters`, the change counters every write
+//! directory created with mode 0700 (the database by the first write: a read of a new directory
+//! is a miss that creates nothing, as creating a database costs several `fsync`s), and `ddf-near.counters`, the change counters every write
 //! bumps (`near/file.rs`: what keeps near caches over the directory coherent; a write fails
 //! rather than go uncounted when they cannot be opened). One table, keyed by the bytes of `namespace + key`, so any
 //! UTF-8 key — `/`, `..`, absolute paths, control characters, the empty key, 10 kB keys — is just
@@ -44,7 +45,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::sqlite::Db;
+use super::sqlite::{Create, Db};
 use super::{Backend, BackendStatus, Item};
 use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, Result};
@@ -101,7 +102,9 @@ fn ms(d: Duration) -> i64 {
 }
 
 impl FileBackend {
-    /// Opens (creating it with mode 0700 if needed) a cache directory for a namespace.
+    /// Opens (creating it with mode 0700 if needed) a cache directory for a namespace. An
+    /// existing database is opened now (a corrupt one is moved aside now); a missing one is
+    /// created by the first write.
     ///
     /// # Errors
     /// [`Error::Backend`] when the directory or its database cannot be created or opened.
@@ -125,7 +128,17 @@ impl FileBackend {
         // Before the first connect: a database moved aside then moves the epoch too.
         let counters = Arc::new(Counters::new(&dir));
         let replacements = counters.clone() as Arc<dyn super::sqlite::Replacements>;
-        let db = Db::open_watched(dir, DB_FILE, SCHEMA, NAME, clock, Some(replacements))?;
+        // The database is created by the first write: a read of a new directory is a miss
+        // that costs no fsync (`Create::OnWrite`).
+        let db = Db::open_watched(
+            dir,
+            DB_FILE,
+            SCHEMA,
+            NAME,
+            clock,
+            Some(replacements),
+            Create::OnWrite,
+        )?;
         Ok(FileBackend {
             db,
             keys: Keyspace::new(namespace),
@@ -237,7 +250,7 @@ impl Backend for FileBackend {
     /// The row's expiry with it: a near entry never outlives it.
     fn get_expiring(&self, key: &str) -> Result<Option<(Item, super::Expiry)>> {
         let sk = self.keys.storage_key(key);
-        let row = self.with_conn("cannot read an entry", |c| {
+        let row = self.db.read("cannot read an entry", |c| {
             c.prepare_cached(SQL_GET)?
                 .query_row([sk.as_bytes()], |r| {
                     Ok((
@@ -248,7 +261,7 @@ impl Backend for FileBackend {
                 })
                 .optional()
         })?;
-        let Some((exp, flags, data)) = row else {
+        let Some((exp, flags, data)) = row.flatten() else {
             return Ok(None);
         };
         let now = self.now();

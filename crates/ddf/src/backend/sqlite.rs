@@ -10,6 +10,7 @@
 use std::fmt;
 use std::fs::{self, OpenOptions};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -74,6 +75,22 @@ pub(crate) struct Db {
     /// Told when this process moves the database aside, and asked whether any process may
     /// have (the file backend's change counters).
     replacements: Option<Arc<dyn Replacements>>,
+    /// Set at this pool's first connect: from then on the database exists (or the next
+    /// connect creates it again), and [`Db::read`] no longer looks for the file.
+    connected: AtomicBool,
+}
+
+/// When [`Db::open_watched`] creates a database that does not exist yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Create {
+    /// At open, like any first connect.
+    Now,
+    /// At the first connect other than a [`Db::read`], which meanwhile finds nothing. Creating
+    /// a database costs several `fsync`s (SQLite's switch to WAL mode commits through a
+    /// rollback journal, and the first commit into a new WAL syncs its header and the
+    /// directory: 50 to 120 ms on this project's loaded test machine), which a process that
+    /// only reads an empty cache need not pay.
+    OnWrite,
 }
 
 /// What the owner of a database learns and tells about it being moved aside (the file
@@ -179,11 +196,13 @@ impl Db {
         label: &'static str,
         clock: Arc<dyn Clock>,
     ) -> Result<Self> {
-        Self::open_watched(dir, file, schema, label, clock, None)
+        Self::open_watched(dir, file, schema, label, clock, None, Create::Now)
     }
 
     /// [`Db::open`] telling `replacements` (already from the first connect: a database found
-    /// corrupt then is moved aside too).
+    /// corrupt then is moved aside too), and creating a missing database when `create` says.
+    /// A database that exists is opened now either way, so that a corrupt or foreign file
+    /// shows (and is moved aside) at once.
     ///
     /// # Errors
     /// As [`Db::open`].
@@ -194,6 +213,7 @@ impl Db {
         label: &'static str,
         clock: Arc<dyn Clock>,
         replacements: Option<Arc<dyn Replacements>>,
+        create: Create,
     ) -> Result<Self> {
         create_dir(&dir, label)?;
         let db = Db {
@@ -204,9 +224,12 @@ impl Db {
             clock,
             pool: Mutex::new(Pool::default()),
             replacements,
+            connected: AtomicBool::new(false),
         };
-        let (c, generation) = db.take()?;
-        db.give(c, generation);
+        if create == Create::Now || db.path.exists() {
+            let (c, generation) = db.take()?;
+            db.give(c, generation);
+        }
         Ok(db)
     }
 
@@ -276,6 +299,7 @@ impl Db {
             }
             Err(e) => return Err(open_err(e)),
         };
+        self.connected.store(true, Ordering::Relaxed);
         let mut pool = self.lock_pool();
         if pool.generation == generation && pool.file_id.is_none() {
             pool.file_id = file_id(&self.path);
@@ -398,6 +422,23 @@ impl Db {
     pub(crate) fn quarantine_now(&self) {
         let generation = self.lock_pool().generation;
         self.quarantine(generation, &rusqlite::Error::InvalidQuery);
+    }
+
+    /// [`Db::with_conn`] for a read that finds nothing in a missing database: `None`, without
+    /// connecting or creating anything, while this pool has never connected and the file does
+    /// not exist (a `stat` per call until then).
+    ///
+    /// # Errors
+    /// As [`Db::with_conn`].
+    pub(crate) fn read<T>(
+        &self,
+        what: &str,
+        f: impl Fn(&Connection) -> rusqlite::Result<T>,
+    ) -> Result<Option<T>> {
+        if !self.connected.load(Ordering::Relaxed) && !self.path.exists() {
+            return Ok(None);
+        }
+        self.with_conn(what, f).map(Some)
     }
 
     /// Runs `f` on a pooled connection; on corruption, moves the database aside and runs it

@@ -253,6 +253,21 @@ fn other_files_and_namespaces_survive() {
 fn the_database_is_private() {
     use std::os::unix::fs::PermissionsExt;
     let (_d, b, _c) = backend();
+    b.set("k", &item("v"), None).unwrap();
     let mode = fs::metadata(b.db_path()).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
+}
+
+/// A read of a new directory is a miss that creates no database (creating one costs
+/// fsyncs); the first write creates it, and a backend that read before it existed reads it.
+#[test]
+fn the_database_is_created_by_the_first_write_not_by_a_read() {
+    let (_d, reader, _c) = backend();
+    assert_eq!(reader.get("k").unwrap(), None);
+    assert!(!reader.db_path().exists(), "a read created the database");
+    let writer = FileBackend::open(reader.dir(), "ns:").unwrap();
+    assert!(!reader.db_path().exists(), "opening created the database");
+    writer.set("k", &item("v"), None).unwrap();
+    assert!(reader.db_path().exists());
+    assert_eq!(reader.get("k").unwrap(), Some(item("v")));
 }

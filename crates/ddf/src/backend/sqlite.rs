@@ -85,7 +85,9 @@ pub(crate) struct Db {
 pub(crate) enum Create {
     /// At open, like any first connect.
     Now,
-    /// At the first connect other than a [`Db::read`], which meanwhile finds nothing. Creating
+    /// The private empty file at open (so that an unusable directory fails then, with no
+    /// `fsync`), the database at the first connect other than a [`Db::read`], which meanwhile
+    /// finds nothing. Creating
     /// a database costs several `fsync`s (SQLite's switch to WAL mode commits through a
     /// rollback journal, and the first commit into a new WAL syncs its header and the
     /// directory: 50 to 120 ms on this project's loaded test machine), which a process that
@@ -183,6 +185,26 @@ pub(crate) fn create_dir(dir: &Path, label: &'static str) -> Result<()> {
     Ok(())
 }
 
+/// Creates `path` empty, private (0600) and not through a symbolic link, unless it exists.
+///
+/// # Errors
+/// The file cannot be created (the directory is read-only or not ours, the path names a link).
+fn create_private(path: &Path) -> std::io::Result<()> {
+    let mut opts = OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits().cast_signed());
+    }
+    match opts.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 impl Db {
     /// Creates `dir` (mode 0700) if needed and opens `dir/file` once, so that a bad directory or
     /// database shows now. `label` names the owner in errors (`pickle`, `journal`).
@@ -226,7 +248,18 @@ impl Db {
             replacements,
             connected: AtomicBool::new(false),
         };
-        if create == Create::Now || db.path.exists() {
+        if create == Create::OnWrite {
+            // The private empty file now (no fsync): an unusable directory fails here, at
+            // build, not at every write. SQLite reads an empty file as an empty database.
+            create_private(&db.path).map_err(|e| {
+                Error::io(
+                    label,
+                    format_args!("cannot create {}", db.path.display()),
+                    e,
+                )
+            })?;
+        }
+        if create == Create::Now || !db.is_blank() {
             let (c, generation) = db.take()?;
             db.give(c, generation);
         }
@@ -341,16 +374,9 @@ impl Db {
 
     fn connect_once(&self) -> rusqlite::Result<Connection> {
         if !self.path.exists() {
-            // Create the file ourselves so that it (and the -wal/-shm files SQLite derives from
-            // it) is private to the user.
-            let mut opts = OpenOptions::new();
-            opts.write(true).create(true).truncate(false);
-            #[cfg(unix)]
-            {
-                use std::os::unix::fs::OpenOptionsExt;
-                opts.mode(0o600);
-            }
-            let _ = opts.open(&self.path);
+            // Created by us so that it (and the -wal/-shm files SQLite derives from it) is
+            // private to the user. A failure shows as SQLite's own at the open below.
+            let _ = create_private(&self.path);
         }
         let mut c = Connection::open(&self.path)?;
         c.busy_handler(Some(busy_wait))?;
@@ -424,9 +450,15 @@ impl Db {
         self.quarantine(generation, &rusqlite::Error::InvalidQuery);
     }
 
-    /// [`Db::with_conn`] for a read that finds nothing in a missing database: `None`, without
-    /// connecting or creating anything, while this pool has never connected and the file does
-    /// not exist (a `stat` per call until then).
+    /// Whether the database is missing or still the empty file [`Db::open_watched`] made
+    /// (`Create::OnWrite`): SQLite reads either as an empty database.
+    pub(crate) fn is_blank(&self) -> bool {
+        !matches!(fs::metadata(&self.path), Ok(m) if m.len() > 0)
+    }
+
+    /// [`Db::with_conn`] for a read (or a delete) that finds nothing in a blank database:
+    /// `None`, without connecting or creating anything, while this pool has never connected
+    /// and the file is missing or empty (a `stat` per call until then).
     ///
     /// # Errors
     /// As [`Db::with_conn`].
@@ -435,7 +467,7 @@ impl Db {
         what: &str,
         f: impl Fn(&Connection) -> rusqlite::Result<T>,
     ) -> Result<Option<T>> {
-        if !self.connected.load(Ordering::Relaxed) && !self.path.exists() {
+        if !self.connected.load(Ordering::Relaxed) && self.is_blank() {
             return Ok(None);
         }
         self.with_conn(what, f).map(Some)

@@ -197,3 +197,18 @@ def test_start_up_loads_no_extra_module_and_a_first_read_creates_no_database(tmp
     assert modules == "[]", f"imported at start-up: {modules}"
     assert "ddf-cache.sqlite3-wal" not in files and files.endswith("] 0"), files
     assert (cache_dir / "ddf-cache.sqlite3").stat().st_size > 0
+
+
+def test_a_lock_held_at_the_fork_is_free_in_the_child(tmp_path):
+    """The shared manager's lock, held by another thread of the parent at the fork (building
+    `CACHE`), would stay held in the child for ever: the child gets a new one."""
+    code = (
+        "import os, ddf_cache\n"
+        "ddf_cache._SHARED_LOCK.acquire()\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    os._exit(0 if ddf_cache._SHARED_LOCK.acquire(timeout=5) else 1)\n"
+        "ddf_cache._SHARED_LOCK.release()\n"
+        "print(os.WEXITSTATUS(os.waitpid(pid, 0)[1]))\n"
+    )
+    assert run_python(code, tmp_path=tmp_path).strip() == "0"

@@ -55,40 +55,26 @@ def _log():
     return logging.getLogger("ddf_cache")
 
 
+# Type checkers take this block as true and see `CacheBackend` (its members complete); at
+# run time it is false, and `CacheBackend` comes from module `__getattr__` on first use (no
+# `typing` import: it costs start-up too).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ._backend import CacheBackend
+
 _BACKEND_CLASS = None
-_BACKEND_LOCK = _thread.allocate_lock()
 
 
 def _backend_class():
-    """``CacheBackend``, built on first use (once: its members are compared by identity): an
-    ``enum.Enum`` whose ``.value`` is the INI name."""
+    """``CacheBackend`` (module ``_backend``, imported on first use: it imports ``enum``), an
+    ``enum.Enum`` whose ``.value`` is the INI name. No lock: Python's import runs the module
+    once, so every thread gets the same class."""
     global _BACKEND_CLASS
-    if _BACKEND_CLASS is not None:
-        return _BACKEND_CLASS
-    with _BACKEND_LOCK:
-        if _BACKEND_CLASS is not None:
-            return _BACKEND_CLASS
-        import enum
+    if _BACKEND_CLASS is None:
+        from ._backend import CacheBackend
 
-        class CacheBackend(enum.Enum):
-            """Available cache backend types; ``.value`` is the INI name."""
-
-            NONE = "none"
-            """No caching."""
-            PICKLE = "pickle"
-            """Local cache directory (file-based), values as Python pickles."""
-            MEMCACHED = "memcached"
-            """Memcached, values with pymemcache's python_memcache flags (JSON mode)."""
-            MEMCACHED_PICKLE = "memcached_pickle"
-            """Memcached with pickle serialization."""
-            REDIS = "redis"
-            """Redis with JSON serialization."""
-            REDIS_PICKLE = "redis_pickle"
-            """Redis with pickle serialization."""
-
-        CacheBackend.__qualname__ = "CacheBackend"
         _BACKEND_CLASS = CacheBackend
-        return CacheBackend
+    return _BACKEND_CLASS
 
 
 def __getattr__(name):
@@ -219,7 +205,7 @@ def _load_global_config():
 CACHE_CONFIG = _load_global_config()
 
 # The live managers (for fork and exit), by id: weak references that remove themselves.
-_MANAGERS = {}
+_MANAGERS: "dict[int, object]" = {}
 _SHARED = None
 _SHARED_LOCK = _thread.allocate_lock()
 
@@ -442,6 +428,9 @@ CACHE = CacheManager()
 
 
 def _after_fork_in_child():
+    # A lock another thread of the parent held at the fork stays held in the child forever.
+    global _SHARED_LOCK
+    _SHARED_LOCK = _thread.allocate_lock()
     for manager in _live_managers():
         manager._after_fork_in_child()
 

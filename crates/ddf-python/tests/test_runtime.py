@@ -169,3 +169,46 @@ def test_cleanup_runs_at_exit(tmp_path, redis_server):
     )
     out = run_python(code, tmp_path=tmp_path)
     assert "cleanup calls 0" not in out and "cleanup calls" in out
+
+
+def test_start_up_loads_no_extra_module_and_a_first_read_creates_no_database(tmp_path):
+    """`import ddf_cache` plus a first `get` (issue #16: under 20 ms over a bare interpreter)
+    imports no module a bare interpreter has not, but built-in ones (`enum` comes with
+    `CacheBackend`), and a read of a new directory does not make the database (SQLite's
+    creation costs fsyncs; the file is created empty at build, so that an unusable directory
+    fails then); a write does."""
+    cache_dir = tmp_path / "c"
+    code = (
+        "import sys\n"
+        "before = set(sys.modules)\n"
+        "import ddf_cache\n"
+        "assert ddf_cache.CACHE.get('k') is None\n"
+        "print(sorted(m for m in set(sys.modules) - before\n"
+        "             if not m.startswith('ddf_cache') and m not in sys.builtin_module_names))\n"
+        "import os\n"
+        "print(sorted(os.listdir(%r)), os.path.getsize(os.path.join(%r, 'ddf-cache.sqlite3')))\n"
+        "ddf_cache.CACHE.set('k', 1)\n"
+        "from ddf_cache import CacheBackend\n"
+        "assert ddf_cache.CACHE_CONFIG.backend is CacheBackend.PICKLE and ddf_cache.CACHE.get('k') == 1\n"
+        % (str(cache_dir), str(cache_dir))
+    )
+    out = run_python(code, ini=f"[cache]\nbackend = pickle\npickle_dir = {cache_dir}\n", tmp_path=tmp_path)
+    modules, files = out.splitlines()
+    assert modules == "[]", f"imported at start-up: {modules}"
+    assert "ddf-cache.sqlite3-wal" not in files and files.endswith("] 0"), files
+    assert (cache_dir / "ddf-cache.sqlite3").stat().st_size > 0
+
+
+def test_a_lock_held_at_the_fork_is_free_in_the_child(tmp_path):
+    """The shared manager's lock, held by another thread of the parent at the fork (building
+    `CACHE`), would stay held in the child for ever: the child gets a new one."""
+    code = (
+        "import os, ddf_cache\n"
+        "ddf_cache._SHARED_LOCK.acquire()\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    os._exit(0 if ddf_cache._SHARED_LOCK.acquire(timeout=5) else 1)\n"
+        "ddf_cache._SHARED_LOCK.release()\n"
+        "print(os.WEXITSTATUS(os.waitpid(pid, 0)[1]))\n"
+    )
+    assert run_python(code, tmp_path=tmp_path).strip() == "0"

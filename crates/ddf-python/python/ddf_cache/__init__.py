@@ -12,12 +12,15 @@ configuration says ``trust_pickles=True``. Every backend call releases the GIL; 
 rebuilds its connections on first use; ``cleanup`` runs at interpreter exit.
 """
 
+# Only modules a bare interpreter has loaded already (`_thread`, `_weakref`, `os`) or built
+# in (`atexit`): `import ddf_cache` plus a first `get` is measured against a bare interpreter
+# (issue #16: under 20 ms), and `enum`, `functools`, `threading` and `weakref` cost about as
+# much as the rest of the import together. `enum` is imported when `CacheBackend` is first
+# named (module `__getattr__`), `functools` when a function is decorated.
+import _thread
+import _weakref
 import atexit
-import enum
-import functools
 import os
-import threading
-import weakref
 
 from . import _ddf
 from ._ddf import CacheError
@@ -52,25 +55,41 @@ def _log():
     return logging.getLogger("ddf_cache")
 
 
-class CacheBackend(enum.Enum):
-    """Available cache backend types; ``.value`` is the INI name."""
+# Type checkers take this block as true and see `CacheBackend` (its members complete); at
+# run time it is false, and `CacheBackend` comes from module `__getattr__` on first use (no
+# `typing` import: it costs start-up too).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ._backend import CacheBackend
 
-    NONE = "none"
-    """No caching."""
-    PICKLE = "pickle"
-    """Local cache directory (file-based), values as Python pickles."""
-    MEMCACHED = "memcached"
-    """Memcached, values with pymemcache's python_memcache flags (JSON mode)."""
-    MEMCACHED_PICKLE = "memcached_pickle"
-    """Memcached with pickle serialization."""
-    REDIS = "redis"
-    """Redis with JSON serialization."""
-    REDIS_PICKLE = "redis_pickle"
-    """Redis with pickle serialization."""
+_BACKEND_CLASS = None
+
+
+def _backend_class():
+    """``CacheBackend`` (module ``_backend``, imported on first use: it imports ``enum``), an
+    ``enum.Enum`` whose ``.value`` is the INI name. No lock: Python's import runs the module
+    once, so every thread gets the same class."""
+    global _BACKEND_CLASS
+    if _BACKEND_CLASS is None:
+        from ._backend import CacheBackend
+
+        _BACKEND_CLASS = CacheBackend
+    return _BACKEND_CLASS
+
+
+def __getattr__(name):
+    # PEP 562: `from ddf_cache import CacheBackend`, `ddf_cache.CacheBackend`, `import *`.
+    if name == "CacheBackend":
+        return _backend_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | {"CacheBackend"})
 
 
 def _ini_value(key, value):
-    if isinstance(value, CacheBackend):
+    if _BACKEND_CLASS is not None and isinstance(value, _BACKEND_CLASS):
         text = value.value
     elif isinstance(value, bool):
         text = "true" if value else "false"
@@ -157,7 +176,7 @@ class CacheConfig:
         environment (``REDIS_HOST``, ``REDIS_PORT``, ``REDIS_PASSWORD``, ``REDIS_DB``...)."""
         return cls._wrap(_ddf.Config.load(), trust_pickles)
 
-    backend = property(lambda self: CacheBackend(self._native.backend))
+    backend = property(lambda self: _backend_class()(self._native.backend))
     enabled = property(lambda self: self._native.enabled)
     ttl = property(lambda self: self._native.ttl)
     namespace = property(lambda self: self._native.namespace)
@@ -185,9 +204,19 @@ def _load_global_config():
 
 CACHE_CONFIG = _load_global_config()
 
-_MANAGERS = weakref.WeakSet()
+# The live managers (for fork and exit), by id: weak references that remove themselves.
+_MANAGERS: "dict[int, object]" = {}
 _SHARED = None
-_SHARED_LOCK = threading.Lock()
+_SHARED_LOCK = _thread.allocate_lock()
+
+
+def _register(manager):
+    key = id(manager)
+    _MANAGERS[key] = _weakref.ref(manager, lambda _ref, key=key: _MANAGERS.pop(key, None))
+
+
+def _live_managers():
+    return [m for m in (r() for r in list(_MANAGERS.values())) if m is not None]
 
 # Encoding modes, from the backend.
 _JSON, _MEMCACHE, _PICKLE = "json", "memcache", "pickle"
@@ -228,7 +257,7 @@ class CacheManager:
         self.config = config
         self._shared = shared
         self._native = None
-        self._lock = threading.Lock()
+        self._lock = _thread.allocate_lock()
         self._mode = _MODES[config._native.backend]
         self._memcached = config._native.backend.startswith("memcached")
         self._loads = (lambda data: _pickle().loads(data)) if config.trust_pickles else _ddf.loads_restricted
@@ -244,7 +273,7 @@ class CacheManager:
             self._memo_decode = _ddf.DECODE_PICKLE_OR_ZERO
         else:
             self._memo_decode = _ddf.DECODE_PICKLE
-        _MANAGERS.add(self)
+        _register(self)
 
     def _client(self):
         """The native manager, built on first use (and again in a forked child)."""
@@ -271,7 +300,7 @@ class CacheManager:
         # that does not exist here.
         native = self._native
         self._native = None
-        self._lock = threading.Lock()
+        self._lock = _thread.allocate_lock()
         if native is not None:
             native.forget()
 
@@ -399,12 +428,15 @@ CACHE = CacheManager()
 
 
 def _after_fork_in_child():
-    for manager in list(_MANAGERS):
+    # A lock another thread of the parent held at the fork stays held in the child forever.
+    global _SHARED_LOCK
+    _SHARED_LOCK = _thread.allocate_lock()
+    for manager in _live_managers():
         manager._after_fork_in_child()
 
 
 def _cleanup_at_exit():
-    for manager in list(_MANAGERS):
+    for manager in _live_managers():
         try:
             manager.cleanup()
         except Exception:  # noqa: BLE001 - exiting: nothing left to report to
@@ -475,6 +507,8 @@ def cache_with_invalidation(ttl=None, key_prefix="", invalidate_on=None, validat
     if validation is not None and not callable(validation):
         raise TypeError("validation must be a callable returning (current_hash, cached_hash, status)")
     patterns = list(invalidate_on or ())
+
+    import functools
 
     def decorator(func):
         name = f"{func.__module__}.{func.__qualname__}" + _closure_tag(func)

@@ -21,6 +21,11 @@
 //! a key: nothing is ever written outside the database. Other files in the directory are never
 //! touched, and several namespaces can share one directory.
 //!
+//! Opening a new directory creates the database file empty (so that an unusable directory fails
+//! then); the first write makes it a database, as that costs several `fsync`s. Until then a
+//! read, a listing (`keys`, `meta`, `info`) or a delete finds nothing and writes nothing (a
+//! delete still bumps the change counters); `ping` creates the database.
+//!
 //! # Guarantees
 //! - Each `set` is one transaction. `synchronous = NORMAL` in WAL mode: no `fsync` per write (this
 //!   is a cache); after a power loss the last writes may be lost, never half-applied.
@@ -44,7 +49,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::sqlite::Db;
+use super::sqlite::{Create, Db};
 use super::{Backend, BackendStatus, Item};
 use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, Result};
@@ -101,7 +106,9 @@ fn ms(d: Duration) -> i64 {
 }
 
 impl FileBackend {
-    /// Opens (creating it with mode 0700 if needed) a cache directory for a namespace.
+    /// Opens (creating it with mode 0700 if needed) a cache directory for a namespace. An
+    /// existing database is opened now (a corrupt one is moved aside now); a missing one is
+    /// created empty now and made a database by the first write.
     ///
     /// # Errors
     /// [`Error::Backend`] when the directory or its database cannot be created or opened.
@@ -125,7 +132,17 @@ impl FileBackend {
         // Before the first connect: a database moved aside then moves the epoch too.
         let counters = Arc::new(Counters::new(&dir));
         let replacements = counters.clone() as Arc<dyn super::sqlite::Replacements>;
-        let db = Db::open_watched(dir, DB_FILE, SCHEMA, NAME, clock, Some(replacements))?;
+        // A new database is made by the first write: a read of a new directory is a miss
+        // that costs no fsync (`Create::OnWrite`).
+        let db = Db::open_watched(
+            dir,
+            DB_FILE,
+            SCHEMA,
+            NAME,
+            clock,
+            Some(replacements),
+            Create::OnWrite,
+        )?;
         Ok(FileBackend {
             db,
             keys: Keyspace::new(namespace),
@@ -237,7 +254,7 @@ impl Backend for FileBackend {
     /// The row's expiry with it: a near entry never outlives it.
     fn get_expiring(&self, key: &str) -> Result<Option<(Item, super::Expiry)>> {
         let sk = self.keys.storage_key(key);
-        let row = self.with_conn("cannot read an entry", |c| {
+        let row = self.db.read("cannot read an entry", |c| {
             c.prepare_cached(SQL_GET)?
                 .query_row([sk.as_bytes()], |r| {
                     Ok((
@@ -248,7 +265,7 @@ impl Backend for FileBackend {
                 })
                 .optional()
         })?;
-        let Some((exp, flags, data)) = row else {
+        let Some((exp, flags, data)) = row.flatten() else {
             return Ok(None);
         };
         let now = self.now();
@@ -378,19 +395,19 @@ impl Backend for FileBackend {
     fn delete(&self, key: &str) -> Result<bool> {
         let sk = self.keys.storage_key(key);
         let exp = self.changing(Some(key), || {
-            self.with_conn("cannot delete an entry", |c| {
+            self.db.read("cannot delete an entry", |c| {
                 c.prepare_cached(SQL_DEL)?
                     .query_row([sk.as_bytes()], |r| r.get::<_, i64>(0))
                     .optional()
             })
         })?;
-        Ok(exp.is_some_and(|e| self.is_live(e)))
+        Ok(exp.flatten().is_some_and(|e| self.is_live(e)))
     }
 
     fn delete_prefix(&self, prefix: &str) -> Result<u64> {
         let (lo, hi) = prefix_range(self.keys.storage_key(prefix).as_bytes());
         let now = self.now();
-        self.changing(None, || self.with_conn("cannot invalidate a prefix", |c| {
+        let live = self.changing(None, || self.db.read("cannot invalidate a prefix", |c| {
             // One immediate transaction: count the live entries, then remove the whole range
             // (expired entries too, uncounted).
             let tx = rusqlite::Transaction::new_unchecked(c, rusqlite::TransactionBehavior::Immediate)?;
@@ -415,7 +432,8 @@ impl Backend for FileBackend {
             };
             tx.commit()?;
             Ok(u64::try_from(live).unwrap_or(0))
-        }))
+        }))?;
+        Ok(live.unwrap_or(0))
     }
 
     fn clear(&self) -> Result<()> {
@@ -427,7 +445,7 @@ impl Backend for FileBackend {
         let (lo, hi) = prefix_range(self.keys.storage_key(prefix).as_bytes());
         let now = self.now();
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let rows = self.with_conn("cannot list keys", |c| {
+        let rows = self.db.read("cannot list keys", |c| {
             let row = |r: &rusqlite::Row<'_>| {
                 Ok((
                     r.get::<_, Vec<u8>>(0)?,
@@ -454,6 +472,7 @@ impl Backend for FileBackend {
         })?;
         let ns = self.keys.namespace().len();
         Ok(rows
+            .unwrap_or_default()
             .into_iter()
             .map(|(k, exp, flags, len)| self.entry(&k[ns.min(k.len())..], exp, flags, len))
             .collect())
@@ -461,7 +480,7 @@ impl Backend for FileBackend {
 
     fn meta(&self, key: &str) -> Result<Option<super::EntryInfo>> {
         let sk = self.keys.storage_key(key);
-        let row = self.with_conn("cannot read an entry", |c| {
+        let row = self.db.read("cannot read an entry", |c| {
             c.prepare_cached("SELECT exp, flags, length(v) FROM entries WHERE k = ?1")?
                 .query_row([sk.as_bytes()], |r| {
                     Ok((
@@ -473,6 +492,7 @@ impl Backend for FileBackend {
                 .optional()
         })?;
         Ok(row
+            .flatten()
             .filter(|(exp, ..)| self.is_live(*exp))
             .map(|(exp, flags, len)| self.entry(key.as_bytes(), exp, flags, len)))
     }
@@ -516,8 +536,8 @@ impl Backend for FileBackend {
 
     fn delete_many(&self, keys: &[&str]) -> Result<u64> {
         let now = self.now();
-        self.changing_keys(keys, || {
-            self.with_conn("cannot delete entries", |c| {
+        let n = self.changing_keys(keys, || {
+            self.db.read("cannot delete entries", |c| {
                 let tx = rusqlite::Transaction::new_unchecked(
                     c,
                     rusqlite::TransactionBehavior::Immediate,
@@ -538,7 +558,8 @@ impl Backend for FileBackend {
                 tx.commit()?;
                 Ok(n)
             })
-        })
+        })?;
+        Ok(n.unwrap_or(0))
     }
 
     /// One statement (atomic against every other connection): the value is written only
@@ -597,25 +618,26 @@ impl Backend for FileBackend {
         // One statement: atomic against every other connection. An expired row holding the
         // token is removed too, but does not count (the lease it was had already ended).
         let exp = self.changing(Some(key), || {
-            self.with_conn("cannot release a lease", |c| {
+            self.db.read("cannot release a lease", |c| {
                 c.prepare_cached("DELETE FROM entries WHERE k = ?1 AND v = ?2 RETURNING exp")?
                     .query_row(params![sk.as_bytes(), expected], |r| r.get::<_, i64>(0))
                     .optional()
             })
         })?;
-        Ok(exp.is_some_and(|e| e == 0 || e > now))
+        Ok(exp.flatten().is_some_and(|e| e == 0 || e > now))
     }
 
     fn info(&self) -> Result<Vec<(String, String)>> {
         let (lo, hi) = prefix_range(self.keys.namespace().as_bytes());
         let now = self.now();
-        let (entries, live, bytes) = self.with_conn("cannot count entries", |c| {
+        let (entries, live, bytes) = self.db.read("cannot count entries", |c| {
             let sql = "SELECT count(*), coalesce(sum(exp = 0 OR exp > ?3), 0), coalesce(sum(length(v)), 0) \
                        FROM entries WHERE k >= ?1 AND (?2 IS NULL OR k < ?2)";
             c.query_row(sql, params![lo, hi, now], |r| {
                 Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
             })
-        })?;
+        })?
+        .unwrap_or_default();
         let file_bytes = fs::metadata(self.db.path()).map(|m| m.len()).unwrap_or(0);
         Ok(vec![
             ("database".to_owned(), self.db.path().display().to_string()),

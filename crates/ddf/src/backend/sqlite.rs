@@ -10,6 +10,7 @@
 use std::fmt;
 use std::fs::{self, OpenOptions};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -74,6 +75,24 @@ pub(crate) struct Db {
     /// Told when this process moves the database aside, and asked whether any process may
     /// have (the file backend's change counters).
     replacements: Option<Arc<dyn Replacements>>,
+    /// Set at this pool's first connect: from then on the database exists (or the next
+    /// connect creates it again), and [`Db::read`] no longer looks for the file.
+    connected: AtomicBool,
+}
+
+/// When [`Db::open_watched`] creates a database that does not exist yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Create {
+    /// At open, like any first connect.
+    Now,
+    /// The private empty file at open (so that an unusable directory fails then, with no
+    /// `fsync`), the database at the first connect other than a [`Db::read`], which meanwhile
+    /// finds nothing. Creating
+    /// a database costs several `fsync`s (SQLite's switch to WAL mode commits through a
+    /// rollback journal, and the first commit into a new WAL syncs its header and the
+    /// directory: 50 to 120 ms on this project's loaded test machine), which a process that
+    /// only reads an empty cache need not pay.
+    OnWrite,
 }
 
 /// What the owner of a database learns and tells about it being moved aside (the file
@@ -166,6 +185,26 @@ pub(crate) fn create_dir(dir: &Path, label: &'static str) -> Result<()> {
     Ok(())
 }
 
+/// Creates `path` empty, private (0600) and not through a symbolic link, unless it exists.
+///
+/// # Errors
+/// The file cannot be created (the directory is read-only or not ours, the path names a link).
+fn create_private(path: &Path) -> std::io::Result<()> {
+    let mut opts = OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits().cast_signed());
+    }
+    match opts.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 impl Db {
     /// Creates `dir` (mode 0700) if needed and opens `dir/file` once, so that a bad directory or
     /// database shows now. `label` names the owner in errors (`pickle`, `journal`).
@@ -179,11 +218,13 @@ impl Db {
         label: &'static str,
         clock: Arc<dyn Clock>,
     ) -> Result<Self> {
-        Self::open_watched(dir, file, schema, label, clock, None)
+        Self::open_watched(dir, file, schema, label, clock, None, Create::Now)
     }
 
     /// [`Db::open`] telling `replacements` (already from the first connect: a database found
-    /// corrupt then is moved aside too).
+    /// corrupt then is moved aside too), and creating a missing database when `create` says.
+    /// A database that exists is opened now either way, so that a corrupt or foreign file
+    /// shows (and is moved aside) at once.
     ///
     /// # Errors
     /// As [`Db::open`].
@@ -194,6 +235,7 @@ impl Db {
         label: &'static str,
         clock: Arc<dyn Clock>,
         replacements: Option<Arc<dyn Replacements>>,
+        create: Create,
     ) -> Result<Self> {
         create_dir(&dir, label)?;
         let db = Db {
@@ -204,9 +246,23 @@ impl Db {
             clock,
             pool: Mutex::new(Pool::default()),
             replacements,
+            connected: AtomicBool::new(false),
         };
-        let (c, generation) = db.take()?;
-        db.give(c, generation);
+        if create == Create::OnWrite {
+            // The private empty file now (no fsync): an unusable directory fails here, at
+            // build, not at every write. SQLite reads an empty file as an empty database.
+            create_private(&db.path).map_err(|e| {
+                Error::io(
+                    label,
+                    format_args!("cannot create {}", db.path.display()),
+                    e,
+                )
+            })?;
+        }
+        if create == Create::Now || !db.is_blank() {
+            let (c, generation) = db.take()?;
+            db.give(c, generation);
+        }
         Ok(db)
     }
 
@@ -276,6 +332,7 @@ impl Db {
             }
             Err(e) => return Err(open_err(e)),
         };
+        self.connected.store(true, Ordering::Relaxed);
         let mut pool = self.lock_pool();
         if pool.generation == generation && pool.file_id.is_none() {
             pool.file_id = file_id(&self.path);
@@ -317,16 +374,9 @@ impl Db {
 
     fn connect_once(&self) -> rusqlite::Result<Connection> {
         if !self.path.exists() {
-            // Create the file ourselves so that it (and the -wal/-shm files SQLite derives from
-            // it) is private to the user.
-            let mut opts = OpenOptions::new();
-            opts.write(true).create(true).truncate(false);
-            #[cfg(unix)]
-            {
-                use std::os::unix::fs::OpenOptionsExt;
-                opts.mode(0o600);
-            }
-            let _ = opts.open(&self.path);
+            // Created by us so that it (and the -wal/-shm files SQLite derives from it) is
+            // private to the user. A failure shows as SQLite's own at the open below.
+            let _ = create_private(&self.path);
         }
         let mut c = Connection::open(&self.path)?;
         c.busy_handler(Some(busy_wait))?;
@@ -398,6 +448,29 @@ impl Db {
     pub(crate) fn quarantine_now(&self) {
         let generation = self.lock_pool().generation;
         self.quarantine(generation, &rusqlite::Error::InvalidQuery);
+    }
+
+    /// Whether the database is missing or still the empty file [`Db::open_watched`] made
+    /// (`Create::OnWrite`): SQLite reads either as an empty database.
+    pub(crate) fn is_blank(&self) -> bool {
+        !matches!(fs::metadata(&self.path), Ok(m) if m.len() > 0)
+    }
+
+    /// [`Db::with_conn`] for a read (or a delete) that finds nothing in a blank database:
+    /// `None`, without connecting or creating anything, while this pool has never connected
+    /// and the file is missing or empty (a `stat` per call until then).
+    ///
+    /// # Errors
+    /// As [`Db::with_conn`].
+    pub(crate) fn read<T>(
+        &self,
+        what: &str,
+        f: impl Fn(&Connection) -> rusqlite::Result<T>,
+    ) -> Result<Option<T>> {
+        if !self.connected.load(Ordering::Relaxed) && self.is_blank() {
+            return Ok(None);
+        }
+        self.with_conn(what, f).map(Some)
     }
 
     /// Runs `f` on a pooled connection; on corruption, moves the database aside and runs it

@@ -253,6 +253,80 @@ fn other_files_and_namespaces_survive() {
 fn the_database_is_private() {
     use std::os::unix::fs::PermissionsExt;
     let (_d, b, _c) = backend();
+    b.set("k", &item("v"), None).unwrap();
     let mode = fs::metadata(b.db_path()).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
+}
+
+fn db_len(b: &FileBackend) -> u64 {
+    fs::metadata(b.db_path()).unwrap().len()
+}
+
+/// Opening a new directory creates the database file empty (private); a read, a listing or a
+/// delete of it finds nothing and does not make it a database (that costs fsyncs); the first
+/// write does, and a backend that read before it reads it.
+#[test]
+fn the_database_is_made_by_the_first_write_not_by_a_read_or_delete() {
+    use std::os::unix::fs::PermissionsExt;
+    let (_d, reader, _c) = backend();
+    assert_eq!(db_len(&reader), 0);
+    let mode = fs::metadata(reader.db_path()).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    assert_eq!(reader.get("k").unwrap(), None);
+    assert_eq!(reader.meta("k").unwrap(), None);
+    assert!(reader.keys("", 10).unwrap().is_empty());
+    assert!(
+        reader
+            .info()
+            .unwrap()
+            .contains(&("entries".to_owned(), "0".to_owned()))
+    );
+    assert!(!reader.delete("k").unwrap());
+    assert_eq!(reader.delete_many(&["k", "l"]).unwrap(), 0);
+    assert_eq!(reader.delete_prefix("k").unwrap(), 0);
+    reader.clear().unwrap();
+    assert!(!reader.compare_and_delete("k", b"t").unwrap());
+    let writer = FileBackend::open(reader.dir(), "ns:").unwrap();
+    assert_eq!(
+        db_len(&reader),
+        0,
+        "a read, a delete or opening made the database"
+    );
+    let wal = reader.db_path().with_extension("sqlite3-wal");
+    assert!(
+        !wal.exists(),
+        "a read, a delete or opening made the database"
+    );
+    writer.set("k", &item("v"), None).unwrap();
+    assert!(db_len(&reader) > 0);
+    assert_eq!(reader.get("k").unwrap(), Some(item("v")));
+    assert_eq!(reader.keys("", 10).unwrap().len(), 1);
+}
+
+/// A directory the database cannot be created in fails at build, not at every write (the
+/// database itself is made by the first write). A path under a regular file, and (on Linux)
+/// `/proc/self`, an existing directory where no file can be created, fail for every user; a
+/// read-only directory fails for all but root (which a mode refuses nothing: that half is
+/// skipped when the directory turns out writable).
+#[test]
+fn an_unusable_directory_fails_at_build() {
+    use std::os::unix::fs::PermissionsExt;
+    let d = tempfile::tempdir().unwrap();
+    fs::write(d.path().join("file"), b"x").unwrap();
+    let e = FileBackend::open(d.path().join("file").join("dir"), "ns:").unwrap_err();
+    assert!(e.to_string().contains("cannot create"), "{e}");
+    #[cfg(target_os = "linux")]
+    {
+        let e = FileBackend::open("/proc/self", "ns:").unwrap_err();
+        assert!(e.to_string().contains(DB_FILE), "{e}");
+    }
+    let ro = d.path().join("ro");
+    fs::create_dir(&ro).unwrap();
+    fs::set_permissions(&ro, fs::Permissions::from_mode(0o500)).unwrap();
+    if fs::write(ro.join("probe"), b"").is_ok() {
+        return; // root: a read-only mode refuses nothing
+    }
+    let e = FileBackend::open(&ro, "ns:").unwrap_err();
+    assert!(e.to_string().contains(DB_FILE), "{e}");
+    fs::set_permissions(&ro, fs::Permissions::from_mode(0o700)).unwrap();
 }

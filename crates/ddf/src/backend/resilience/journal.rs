@@ -568,6 +568,10 @@ mod tests {
         };
         assert_eq!(tables(j.db.path()), ["outages", "pending"]);
         let fresh = FileBackend::open(dir.path(), "ns:").unwrap();
+        // The first write creates the cache database.
+        fresh
+            .set("k", &crate::Item::new(b"v".to_vec(), 0), None)
+            .unwrap();
         assert_eq!(tables(fresh.db_path()), ["entries"]);
     }
 }

@@ -62,7 +62,7 @@ use crate::config::{RedisEndpoint, RedisSettings, RedisTarget};
 use crate::error::{Error, Result};
 use crate::key::Keyspace;
 
-mod request;
+pub(crate) mod request;
 mod slots;
 
 pub(crate) use self::slots::Addr;
@@ -373,32 +373,43 @@ impl Shards {
                 ScopeSpec {
                     label: format!("{host}:{port}"),
                     identity: format!("redis-cluster://{host}:{port}"),
-                    factory: Box::new(move || {
-                        Ok(Arc::new(NodeBackend {
-                            shards: shards.clone(),
-                            scope,
-                        }) as Arc<dyn Backend>)
-                    }),
+                    factory: Box::new(move || Ok(shards.scope_backend(scope))),
                 }
             })
             .collect()
     }
 
-    /// Every primary the slot map names now (for a client-side cache that must track each).
-    #[allow(
-        dead_code,
-        reason = "for the near cache (issue #15), which tracks every primary"
-    )]
-    pub(crate) fn primaries(&self) -> Vec<Addr> {
-        let map = self.read();
-        let mut out: Vec<Addr> = Vec::new();
-        for &o in &map.owner {
-            let a = &map.addrs[usize::from(o)];
-            if !out.contains(a) {
-                out.push(a.clone());
-            }
+    /// A command for `key` (namespaced as stored), with its slot.
+    pub(crate) fn keyed(&self, key: &str, f: impl FnOnce(&str) -> redis::Cmd) -> Keyed {
+        let k = self.keyspace.storage_key(key);
+        Keyed {
+            slot: slot_of(k.as_bytes()),
+            cmd: f(&k),
         }
-        out
+    }
+
+    /// Whether the first reading of the map is over: routing waits for nothing.
+    pub(crate) fn first_read(&self) -> bool {
+        self.first.is_over()
+    }
+
+    /// Waits (blocking) until the first reading is over or its time is.
+    pub(crate) fn wait_first(&self) {
+        self.first.wait();
+    }
+
+    /// One call's bound (`connect_timeout` + `timeout`), which a wait for the first reading
+    /// counts against.
+    pub(crate) fn budget(&self) -> Duration {
+        self.first.budget
+    }
+
+    /// The sync primary of `scope` (what each scope's requests go through on the sync face).
+    pub(crate) fn scope_backend(self: &Arc<Self>, scope: usize) -> Arc<dyn Backend> {
+        Arc::new(NodeBackend {
+            shards: self.clone(),
+            scope,
+        })
     }
 
     /// The map, once its first reading is over (or its time is).
@@ -407,7 +418,8 @@ impl Shards {
         self.map.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn owner(&self, slot: u16) -> Addr {
+    /// The node that owns `slot` by the map now.
+    pub(crate) fn owner(&self, slot: u16) -> Addr {
         let map = self.read();
         map.addrs[usize::from(map.owner[usize::from(slot)])].clone()
     }
@@ -460,7 +472,7 @@ impl Shards {
     }
 
     /// The standalone backend of one node (made on first use).
-    fn node(&self, addr: &Addr) -> Result<Arc<RedisBackend>> {
+    pub(crate) fn node(&self, addr: &Addr) -> Result<Arc<RedisBackend>> {
         let mut all = self.backends.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(b) = all.get(addr) {
             return Ok(b.clone());
@@ -492,10 +504,18 @@ impl Shards {
         let b = self.node(addr)?;
         let v: Value = b.run("CLUSTER SLOTS", |c| {
             c.as_like()
-                .req_command(redis::cmd("CLUSTER").arg("SLOTS"))
+                .req_command(&slots_command())
                 .and_then(|v| v.extract_error())
         })?;
-        let Some(ranges) = parse_slots(&v, &addr.0) else {
+        self.apply_slots(addr, &v)
+    }
+
+    /// Applies `addr`'s reply to `CLUSTER SLOTS` (read by either face's connection).
+    ///
+    /// # Errors
+    /// A reply that is not a slot map.
+    pub(crate) fn apply_slots(&self, addr: &Addr, v: &Value) -> Result<()> {
+        let Some(ranges) = parse_slots(v, &addr.0) else {
             return Err(Error::Backend {
                 backend: super::NAME,
                 message: format!(
@@ -579,6 +599,13 @@ impl Shards {
         let wait = self.settings.connect_timeout + self.settings.timeout;
         self.ask_map(&ask, wait)
     }
+}
+
+/// `CLUSTER SLOTS`.
+pub(crate) fn slots_command() -> redis::Cmd {
+    let mut c = redis::cmd("CLUSTER");
+    c.arg("SLOTS");
+    c
 }
 
 /// The primary of one scope: requests for its keys, sent to the owner of each key's slot.

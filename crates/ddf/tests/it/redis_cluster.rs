@@ -81,6 +81,16 @@ fn owner(cluster: &RedisCluster, key: &str) -> usize {
     panic!("no owner for slot {slot} in {slots}")
 }
 
+/// [`row`] of an async cache.
+fn arow(rt: &tokio::runtime::Runtime, cache: &ddf::AsyncCacheManager, name: &str) -> String {
+    rt.block_on(cache.backend_info())
+        .unwrap()
+        .into_iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v)
+        .unwrap_or_default()
+}
+
 fn row(cache: &CacheManager, name: &str) -> String {
     cache
         .backend_info()
@@ -179,7 +189,36 @@ fn one_stopped_primary_of_three() {
     let pending: u64 = row(&cache, "recorded invalidations pending")
         .parse()
         .unwrap_or(0);
+    // The async face over the same outage (its own breakers, sharing the journal): keys of
+    // healthy primaries to their server, the stopped one's to the fallback, a delete recorded.
+    let rt = crate::aio_face::runtime();
+    let acache = ddf::AsyncCacheManager::new(cfg.clone()).unwrap();
+    let (mut a_on_server, mut a_from_fallback) = (0, 0);
+    for (k, &o) in keys.iter().zip(&owners) {
+        let v = format!("async-{k}");
+        rt.block_on(acache.set(k, &v, None)).unwrap();
+        let got = rt.block_on(acache.get::<String>(k)).unwrap();
+        if o == stopped {
+            a_from_fallback += usize::from(got.as_deref() == Some(v.as_str()));
+        } else if cluster
+            .cli(cluster.nodes[o].port(), &["GET", &format!("rc:{k}")])
+            .contains(&v)
+            && got.as_deref() == Some(v.as_str())
+        {
+            a_on_server += 1;
+        }
+    }
+    let victim = &keys[on_stopped];
+    rt.block_on(acache.delete(victim)).unwrap();
+    let a_state = arow(&rt, &acache, &format!("server.{label}.state"));
     cluster.nodes[stopped].process.signal("CONT");
+    assert_eq!(a_on_server, healthy, "async: keys of healthy primaries");
+    assert_eq!(
+        a_from_fallback,
+        N - healthy,
+        "async: the stopped primary's keys"
+    );
+    assert!(a_state.starts_with("down"), "async: {a_state}");
     assert_eq!(
         on_server, healthy,
         "keys of healthy primaries left their server"
@@ -200,6 +239,19 @@ fn one_stopped_primary_of_three() {
         let v = cache.get::<String>(k).unwrap();
         assert!(v.is_none(), "{k} after the return: {v:?}");
     }
+    // The async face's delete recorded during the outage was applied: no stale read there.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while arow(&rt, &acache, "state") != "up" {
+        let _ = rt.block_on(acache.get::<String>("wait:probe"));
+        assert!(
+            Instant::now() < deadline,
+            "async: {}",
+            arow(&rt, &acache, "state")
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let v = rt.block_on(acache.get::<String>(victim)).unwrap();
+    assert!(v.is_none(), "async: {victim} after the return: {v:?}");
     eprintln!(
         "cluster outage: new cache {new_took:?}, first get (a key of the stopped primary) \
          {first_took:?} ({}), set_many of 20 {many_took:?} ({}), \
@@ -249,13 +301,23 @@ fn a_resharded_slot_still_reads_right() {
     };
     let dir = tempfile::tempdir().unwrap();
     let cache = CacheManager::new(config(&cluster, dir.path())).unwrap();
+    // The async face too, natively: its slot map read before the migration.
+    let rt = crate::aio_face::runtime();
+    let acache = ddf::AsyncCacheManager::new(config(&cluster, dir.path())).unwrap();
+    let aget = |k: &str| rt.block_on(acache.get::<String>(k)).unwrap();
     let (key, stored) = ("moving", "rc:moving");
     cache.set(key, &"v1", None).unwrap();
+    assert_eq!(aget(key).as_deref(), Some("v1"));
     let from = owner(&cluster, stored);
     let to = (from + 1) % 3;
     let slot = start_migration(&cluster, stored, from, to);
     // Mid-migration: the old owner answers ASK for a key it no longer has.
     assert_eq!(cache.get::<String>(key).unwrap().as_deref(), Some("v1"));
+    // The async face: ASK on a lone GET (the caller-driven connection) and in a batch (a
+    // pipeline with ASKING).
+    assert_eq!(aget(key).as_deref(), Some("v1"));
+    let many = rt.block_on(acache.get_many::<String>(&[key, "other"]));
+    assert_eq!(many.unwrap(), vec![Some("v1".to_owned()), None]);
     end_migration(&cluster, &slot, to);
     // After: MOVED, the map is read again, and the key's reads and writes go to the new owner.
     assert_eq!(cache.get::<String>(key).unwrap().as_deref(), Some("v1"));
@@ -269,6 +331,18 @@ fn a_resharded_slot_still_reads_right() {
     assert!(cache.delete(key).unwrap());
     assert_eq!(cache.get::<String>(key).unwrap(), None);
     assert_eq!(row(&cache, "state"), "up");
+    // MOVED on the async face (its map still the one from before): it reads the map again,
+    // and its reads and writes go to the new owner.
+    assert_eq!(aget(key), None);
+    rt.block_on(acache.set(key, &"a1", None)).unwrap();
+    assert!(
+        cluster
+            .cli(cluster.nodes[to].port(), &["GET", stored])
+            .contains("a1")
+    );
+    assert_eq!(cache.get::<String>(key).unwrap().as_deref(), Some("a1"));
+    assert_eq!(aget(key).as_deref(), Some("a1"));
+    assert_eq!(arow(&rt, &acache, "state"), "up");
 }
 
 /// Starts moving the slot of `stored` (a key as stored) from node `from` to node `to`, the

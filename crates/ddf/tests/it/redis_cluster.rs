@@ -1071,7 +1071,7 @@ fn the_first_call_counts_the_map_wait_against_its_bound() {
         ("ping", |c, _| c.ping().is_ok()),
     ];
     let firsts: Vec<(&str, Duration)> = std::thread::scope(|s| {
-        let handles: Vec<_> = calls
+        let mut handles: Vec<_> = calls
             .iter()
             .map(|&(name, call)| {
                 // A journal each: their records do not wait for one another's.
@@ -1081,6 +1081,17 @@ fn the_first_call_counts_the_map_wait_against_its_bound() {
                 s.spawn(move || (name, timed(|| call(&cache, items)).1, dir))
             })
             .collect();
+        // The async face's first `get` (it awaits the map off the workers), alongside.
+        let dir = tempfile::tempdir().unwrap();
+        let cache = ddf::AsyncCacheManager::new(config(&cluster, dir.path())).unwrap();
+        handles.push(s.spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let took = timed(|| rt.block_on(cache.get::<String>("k1"))).1;
+            ("async get", took, dir)
+        }));
         handles
             .into_iter()
             .map(|h| h.join().map(|(name, took, _)| (name, took)).unwrap())

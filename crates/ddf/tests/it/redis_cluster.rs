@@ -1033,7 +1033,12 @@ fn building_a_cache_waits_for_no_node() {
 /// answer), `timeout = 3 s` and `connect_timeout = 1 s`, one `get` made at once after the
 /// build ends within `timeout` + `connect_timeout` (a generous second above it is allowed
 /// here). Before, it waited for the map (one `timeout`) and then its own request (another):
-/// about 6 s.
+/// about 6 s. Alongside, the first calls of a new async cache (the same timeouts), 600 at once
+/// (an async `ttl` among them): each is bounded alike, and they hold one blocking-pool thread
+/// in all, so a blocking no-op issued meanwhile on a pool of two runs at once (30 ms; allowed:
+/// half a `timeout`), not after the map's reading, which ends after one `timeout`. Before, the
+/// async `ttl` ran its requests with no deadline (6.1 s), and each early call held a blocking
+/// thread for the wait (the no-op ran after the reading: 3.1 s).
 #[test]
 fn the_first_call_counts_the_map_wait_against_its_bound() {
     let Some(cluster) = cluster() else {
@@ -1045,10 +1050,30 @@ fn the_first_call_counts_the_map_wait_against_its_bound() {
     for n in &cluster.nodes {
         n.process.signal("STOP");
     }
-    let (got, took) = timed(|| {
-        let cache = CacheManager::new(cfg.clone()).unwrap();
-        cache.get::<String>("k1")
+    let ((got, took), early) = std::thread::scope(|s| {
+        let early = s.spawn(|| early_async_calls(&cluster, connect, timeout));
+        let sync = timed(|| {
+            let cache = CacheManager::new(cfg.clone()).unwrap();
+            cache.get::<String>("k1")
+        });
+        (sync, early.join().unwrap())
     });
+    eprintln!("cluster, every primary stopped, 600 first calls of a new async cache: {early:?}");
+    assert!(
+        early.ttl < connect + timeout + Duration::from_millis(1500),
+        "the async ttl as a first call took {:?}",
+        early.ttl
+    );
+    assert!(
+        early.slowest < connect + timeout + SLACK,
+        "the slowest early async call took {:?}",
+        early.slowest
+    );
+    assert!(
+        early.noop < timeout / 2,
+        "a blocking no-op waited for the early calls: it ran {:?} after the build",
+        early.noop
+    );
     // Batches spanning the three scopes, and `ping`, each the first call of a new cache (short
     // timeouts, all at once): each is bounded like the first single-key call. Before, a batch
     // waited for the map, then one bound per scope in turn; `ping` waited for the map, then
@@ -1140,6 +1165,68 @@ fn the_first_call_counts_the_map_wait_against_its_bound() {
         pending_took < CONNECT + TIMEOUT + SLACK,
         "build with records pending + first get took {pending_took:?}"
     );
+}
+
+/// What [`early_async_calls`] saw.
+#[derive(Debug)]
+struct Early {
+    /// The async `ttl`'s time, one of the first calls.
+    ttl: Duration,
+    /// The slowest first call's time.
+    slowest: Duration,
+    /// When a no-op issued on the blocking pool once every call waits ran, from the build.
+    noop: Duration,
+}
+
+/// 600 calls (`get`s and one `ttl`) made at once on a new async cache with these timeouts,
+/// every primary stopped, on a runtime with two blocking threads; then a no-op on its
+/// blocking pool.
+fn early_async_calls(cluster: &RedisCluster, connect: Duration, timeout: Duration) -> Early {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    const CALLS: usize = 600;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .max_blocking_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let built = Instant::now();
+    let cache = Arc::new(
+        ddf::AsyncCacheManager::new(config(cluster, dir.path()).with_timeouts(connect, timeout))
+            .unwrap(),
+    );
+    let started = Arc::new(AtomicUsize::new(0));
+    rt.block_on(async {
+        let mut calls = tokio::task::JoinSet::new();
+        for i in 0..CALLS {
+            let (cache, started) = (cache.clone(), started.clone());
+            calls.spawn(async move {
+                started.fetch_add(1, Ordering::SeqCst);
+                let t = Instant::now();
+                if i == 0 {
+                    let _ = cache.ttl("k1").await;
+                } else {
+                    let _ = cache.get::<String>(&format!("e{i}")).await;
+                }
+                (i == 0, t.elapsed())
+            });
+        }
+        // Every call has begun its wait for the map.
+        while started.load(Ordering::SeqCst) < CALLS {
+            tokio::task::yield_now().await;
+        }
+        let noop = tokio::task::spawn_blocking(Instant::now).await.unwrap() - built;
+        let (mut ttl, mut slowest) = (Duration::ZERO, Duration::ZERO);
+        while let Some(r) = calls.join_next().await {
+            let (is_ttl, took) = r.unwrap();
+            if is_ttl {
+                ttl = took;
+            }
+            slowest = slowest.max(took);
+        }
+        Early { ttl, slowest, noop }
+    })
 }
 
 /// The first reading of the slot map puts every slot in its owner's scope, whatever the

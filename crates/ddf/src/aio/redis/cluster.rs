@@ -11,26 +11,27 @@
 //! one for a lone `GET`, `SET` or `UNLINK`), the groups of one round to several nodes at once.
 //!
 //! - [`AsyncNode`], one scope's async primary, under `aio/scopes.rs`'s [`AsyncPerScope`]: keyed
-//!   calls and batches are native; `meta` runs the sync scope's primary on the blocking pool,
-//!   and what spans every primary (`invalidate_pattern`, `clear`, `ping`, `info`) is the sync
-//!   router's on the blocking pool (`AsyncPerScope::every`).
-//! - [`AsyncCluster`] waits, off the runtime's workers, for the first reading of the slot map
-//!   before it routes a call (the sync placement would block a worker on it), and bounds the
-//!   requests of a call that waited by what is left of its `connect_timeout` + `timeout` (the
-//!   sync face's rule), through a task-local deadline.
+//!   calls, batches and `meta` are native; what spans every primary (`invalidate_pattern`,
+//!   `clear`, `ping`, `info`) is the sync router's on the blocking pool
+//!   (`AsyncPerScope::every`).
+//! - [`AsyncCluster`] waits for the first reading of the slot map before it routes a call (the
+//!   sync placement would block a worker on it): one blocking-pool thread waits for it, once per
+//!   cache, and every early call awaits its word (a `watch`). The requests of a call that
+//!   waited are bounded by what is left of its `connect_timeout` + `timeout` (the sync face's
+//!   rule), through a task-local deadline.
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use redis::{RedisError, RedisResult, Value};
 
-use super::super::backend::{AsyncBackend, Blocking, BoxFuture, Noted, Place, offload};
+use super::super::backend::{AsyncBackend, Blocking, BoxFuture, Noted, Place};
 use super::super::scopes::AsyncPerScope;
 use super::{AsyncRedis, Conn, NAME};
 use crate::backend::redis::cluster::request::{self, Hop, Keyed, Route};
-use crate::backend::redis::cluster::{Addr, Shards, slots_command};
+use crate::backend::redis::cluster::{Addr, META, Shards, slots_command};
 use crate::backend::redis::{commands, resp};
 use crate::backend::resilience::scopes::PerScope;
 use crate::backend::{BackendStatus, EntryInfo, Expiry, Item};
@@ -212,7 +213,8 @@ impl Nodes {
 #[derive(Debug)]
 pub(crate) struct AsyncNode {
     nodes: Arc<Nodes>,
-    /// The sync scope's primary on the blocking pool, for `meta`.
+    /// The sync scope's primary on the blocking pool (not reached: what spans every primary
+    /// goes to the sync router).
     rare: Blocking,
 }
 
@@ -405,7 +407,11 @@ impl AsyncBackend for AsyncNode {
     }
 
     fn meta<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<EntryInfo>>> {
-        self.rare.meta(key)
+        Box::pin(async move {
+            let shards = &self.nodes.shards;
+            let vals = self.many(META, &shards.meta_commands(key)).await?;
+            shards.meta_entry(key, vals)
+        })
     }
 
     fn compare_and_delete<'a>(
@@ -443,6 +449,9 @@ pub(crate) struct AsyncCluster {
     shards: Arc<Shards>,
     nodes: Arc<Nodes>,
     inner: AsyncPerScope,
+    /// Whether the first reading of the slot map is over, as the one thread waiting for it
+    /// tells (started by the first call that finds it not over).
+    first: OnceLock<tokio::sync::watch::Receiver<bool>>,
 }
 
 impl AsyncCluster {
@@ -477,26 +486,49 @@ impl AsyncCluster {
             inner: AsyncPerScope::new(sync, primaries, fallback),
             shards,
             nodes,
+            first: OnceLock::new(),
+        }
+    }
+
+    /// Waits until the first reading of the slot map is over (at most `connect_timeout` +
+    /// `timeout` from the build): one blocking-pool thread waits, the first time this is
+    /// called, and every caller awaits its word, so early calls hold no thread of their own
+    /// (and a dropped call none at all). Outside a runtime, it waits here.
+    async fn wait_first(&self) {
+        let mut over = self
+            .first
+            .get_or_init(|| {
+                let (tx, rx) = tokio::sync::watch::channel(false);
+                let shards = self.shards.clone();
+                let wait = move || {
+                    shards.wait_first();
+                    // No receiver left: nobody waits.
+                    let _ = tx.send(true);
+                };
+                match tokio::runtime::Handle::try_current() {
+                    // Detached: it ends by the build + the bound whatever the callers do.
+                    Ok(h) => drop(h.spawn_blocking(wait)),
+                    Err(_) => wait(),
+                }
+                rx
+            })
+            .clone();
+        if over.wait_for(|over| *over).await.is_err() {
+            // The waiter ended without its word (the runtime is shutting down): the routing
+            // waits for the reading itself, bounded as ever.
+            tracing::debug!("cannot wait for the first slot map off the workers");
         }
     }
 
     /// Runs the call `f` makes once the first slot map is read: awaited off the runtime's
-    /// workers (at most `connect_timeout` + `timeout` from the build), the call's requests then
+    /// workers ([`AsyncCluster::wait_first`]), the call's requests then
     /// bounded by what is left of its own `connect_timeout` + `timeout`.
     async fn routed<'a, T>(&'a self, f: impl FnOnce() -> BoxFuture<'a, T>) -> T {
         if self.shards.first_read() {
             return f().await;
         }
         let deadline = Instant::now() + self.shards.budget();
-        let shards = self.shards.clone();
-        let waited = offload(NAME, move || {
-            shards.wait_first();
-            Ok(())
-        })
-        .await;
-        if let Err(e) = waited {
-            tracing::debug!(error = %e, "cannot wait for the first slot map off the workers");
-        }
+        self.wait_first().await;
         CALL_DEADLINE.scope(deadline, f()).await
     }
 }

@@ -65,6 +65,9 @@ use crate::key::Keyspace;
 pub(crate) mod request;
 mod slots;
 
+/// What a `meta` call's requests are named in errors.
+pub(crate) const META: &str = "PTTL/STRLEN";
+
 pub(crate) use self::slots::Addr;
 
 /// The cluster's slot map and a standalone backend per node, shared by every scope.
@@ -388,18 +391,49 @@ impl Shards {
         }
     }
 
+    /// `PTTL` and `STRLEN` of `key`, for one pipeline to its owner (both faces' `meta`; their
+    /// replies make the entry in [`Shards::meta_entry`]).
+    pub(crate) fn meta_commands(&self, key: &str) -> [Keyed; 2] {
+        [
+            self.keyed(key, |k| redis::cmd("PTTL").arg(k).clone()),
+            self.keyed(key, |k| redis::cmd("STRLEN").arg(k).clone()),
+        ]
+    }
+
+    /// The entry of `key` from the replies to [`Shards::meta_commands`]; `None` when it is gone.
+    ///
+    /// # Errors
+    /// `request::parse_error` when the replies are not two integers.
+    pub(crate) fn meta_entry(
+        &self,
+        key: &str,
+        vals: Vec<Value>,
+    ) -> Result<Option<crate::backend::EntryInfo>> {
+        let [pttl, size] = <[Value; 2]>::try_from(vals).map_err(|_| request::parse_error(META))?;
+        let pttl: i64 = request::convert("PTTL", pttl)?;
+        let size: i64 = request::convert("STRLEN", size)?;
+        let stored = self.keyspace.storage_key(key);
+        let owner = self.owner(slot_of(stored.as_bytes()));
+        Ok(self
+            .node(&owner)?
+            .entry(stored.as_bytes(), pttl, size.max(0) as u64))
+    }
+
     /// Whether the first reading of the map is over: routing waits for nothing.
+    #[cfg(feature = "async")]
     pub(crate) fn first_read(&self) -> bool {
         self.first.is_over()
     }
 
     /// Waits (blocking) until the first reading is over or its time is.
+    #[cfg(feature = "async")]
     pub(crate) fn wait_first(&self) {
         self.first.wait();
     }
 
     /// One call's bound (`connect_timeout` + `timeout`), which a wait for the first reading
     /// counts against.
+    #[cfg(feature = "async")]
     pub(crate) fn budget(&self) -> Duration {
         self.first.budget
     }
@@ -776,20 +810,9 @@ impl Backend for NodeBackend {
     /// `PTTL` and `STRLEN` of the key, one pipeline to its owner, redirects followed as for
     /// any request.
     fn meta(&self, key: &str) -> Result<Option<crate::backend::EntryInfo>> {
-        let pttl = self.keyed(key, |k| redis::cmd("PTTL").arg(k).clone());
-        let strlen = self.keyed(key, |k| redis::cmd("STRLEN").arg(k).clone());
-        let slot = pttl.slot;
-        let vals = self.exec("PTTL/STRLEN", &[pttl, strlen])?;
-        let [pttl, size] =
-            <[Value; 2]>::try_from(vals).map_err(|_| self.parse_error("PTTL/STRLEN"))?;
-        let pttl: i64 = self.convert("PTTL", pttl)?;
-        let size: i64 = self.convert("STRLEN", size)?;
-        let stored = self.shards.keyspace.storage_key(key);
-        Ok(self.shards.node(&self.shards.owner(slot))?.entry(
-            stored.as_bytes(),
-            pttl,
-            size.max(0) as u64,
-        ))
+        let cmds = self.shards.meta_commands(key);
+        let vals = self.exec(META, &cmds)?;
+        self.shards.meta_entry(key, vals)
     }
 
     fn close(&self) {

@@ -8,7 +8,7 @@
 //!   blocking pool (`spawn_blocking`), and of the async face (reads inline, writes moved).
 //!
 //! ```text
-//! cargo run --release -p ddf --features async --example async_bench -- [--tasks 1,16,64,256] [--secs 2] [--only redis|memcached|file]
+//! cargo run --release -p ddf --features async --example async_bench -- [--tasks 1,16,64,256] [--secs 2] [--only redis|memcached|file|cluster]
 //! ```
 //! Starts its own `redis-server` and `memcached` on free loopback ports (ddf-testkit). Prints a
 //! table; nothing is asserted (speed is measured here, never in tests).
@@ -46,6 +46,45 @@ fn async_gets(
                     while !stop.load(Ordering::Relaxed) {
                         let v = cache.get::<String>(&keys[i % KEYS]).await;
                         if !matches!(v, Ok(Some(_))) {
+                            eprintln!("unexpected: {v:?}");
+                        }
+                        i += 1;
+                        n += 1;
+                    }
+                    count.fetch_add(n, Ordering::Relaxed);
+                })
+            })
+            .collect();
+        let start = Instant::now();
+        tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+        stop.store(true, Ordering::Relaxed);
+        for h in handles {
+            let _ = h.await;
+        }
+        count.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
+    })
+}
+
+/// Gets per second of `tasks` tasks each calling the sync face on the blocking pool.
+fn pooled_gets(
+    rt: &tokio::runtime::Runtime,
+    cache: &Arc<CacheManager>,
+    tasks: usize,
+    secs: f64,
+) -> f64 {
+    rt.block_on(async {
+        let stop = Arc::new(AtomicBool::new(false));
+        let count = Arc::new(AtomicU64::new(0));
+        let handles: Vec<_> = (0..tasks)
+            .map(|t| {
+                let (cache, stop, count) = (cache.clone(), stop.clone(), count.clone());
+                tokio::spawn(async move {
+                    let mut i = t;
+                    let mut n = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        let (c, key) = (cache.clone(), format!("bench:{}", i % KEYS));
+                        let v = tokio::task::spawn_blocking(move || c.get::<String>(&key)).await;
+                        if !matches!(v, Ok(Ok(Some(_)))) {
                             eprintln!("unexpected: {v:?}");
                         }
                         i += 1;
@@ -292,6 +331,39 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let a = async_gets(&rt, &async_m, n, secs);
             println!("| {n} | {a:.0} | {:.2} |", a / two);
         }
+    }
+    // A Redis Cluster (only with `--only cluster`): the async face natively (a breaker per
+    // primary, async connections per node) against the same calls on the blocking pool (what
+    // the async face did before: the sync backend under `spawn_blocking`).
+    if only.as_deref() == Some("cluster") {
+        let cluster = ddf_testkit::RedisCluster::start().ok_or("redis-server not found")?;
+        let nodes = cluster
+            .addrs()
+            .iter()
+            .map(|a| ServerAddr::parse(a, 6379))
+            .collect::<Result<Vec<_>, _>>()?;
+        let ccfg = CacheConfig::default()
+            .with_backend(CacheBackend::Redis)
+            .with_redis_cluster_nodes(nodes)
+            .with_pickle_dir(dir.path())
+            .with_namespace("b:");
+        let sync_c = Arc::new(CacheManager::new(ccfg.clone())?);
+        sync_c.set_many(&refs, None)?;
+        let async_c = rt.block_on(async { AsyncCacheManager::new(ccfg.clone()) })?;
+        println!(
+            "\n## Redis Cluster (3 primaries) gets/s (value 100 B, {KEYS} keys, {secs} s per row)"
+        );
+        println!(
+            "| tasks | async face, native | blocking pool (sync face under spawn_blocking) | sync face (threads) |"
+        );
+        println!("|---|---|---|---|");
+        for &n in &tasks {
+            let a = async_gets(&rt, &async_c, n, secs);
+            let b = pooled_gets(&rt, &sync_c, n, secs);
+            let s = sync_gets(&sync_c, n, secs);
+            println!("| {n} | {a:.0} | {b:.0} | {s:.0} |");
+        }
+        return Ok(());
     }
     if !run("file") {
         return Ok(());

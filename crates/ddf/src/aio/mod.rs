@@ -10,7 +10,7 @@ pub(crate) mod backend;
 #[cfg(feature = "redis")]
 mod redis;
 mod resilient;
-#[cfg(feature = "memcached")]
+#[cfg(any(feature = "memcached", feature = "redis"))]
 mod scopes;
 
 use std::fmt;
@@ -130,19 +130,39 @@ fn from_config(
         #[cfg(not(feature = "memcached"))]
         BackendSettings::Memcached(_) => return Err(config.feature_off("memcached")),
         // A Cluster: the sync face's breaker per primary (the same journal scopes, so the two
-        // faces replay each other's records), on the blocking pool, as several Memcached
-        // servers below. Not yet native: redis-rs's async cluster connection has one breaker
-        // for every node.
+        // faces replay each other's records) and slot map, each primary's requests over async
+        // connections to its slots' owners (`aio/redis/cluster.rs`). With the near cache, the
+        // sync backend on the blocking pool: its fills need the node that answered, which the
+        // async resilience wrapper does not forward yet.
         #[cfg(feature = "redis")]
         BackendSettings::Redis(s) if matches!(s.target, crate::config::RedisTarget::Cluster(_)) => {
-            Arc::new(
-                Blocking::new(
-                    crate::backend::from_config(config)?,
-                    Place::Offload,
-                    Place::Offload,
-                )
-                .counting_fallback(fallback.clone()),
-            )
+            match crate::backend::redis::cluster::Shards::discover(&s) {
+                Some(shards) if !config.near_cache => {
+                    tracing::info!(backend = config.backend.as_str(), namespace = %config.namespace, servers = %s.identity(), fallback = config.fallback.as_str(), "ddf: cache backend chosen (async, a breaker per Cluster primary)");
+                    let sync = crate::backend::per_server_router(
+                        config,
+                        config.backend.as_str(),
+                        s.identity(),
+                        shards.clone(),
+                        shards.specs(),
+                    )?;
+                    Arc::new(redis::cluster::AsyncCluster::new(
+                        shards,
+                        sync,
+                        s.timeout,
+                        s.connect_timeout,
+                        fallback,
+                    ))
+                }
+                _ => Arc::new(
+                    Blocking::new(
+                        crate::backend::from_config(config)?,
+                        Place::Offload,
+                        Place::Offload,
+                    )
+                    .counting_fallback(fallback.clone()),
+                ),
+            }
         }
         #[cfg(feature = "redis")]
         BackendSettings::Redis(settings) => {

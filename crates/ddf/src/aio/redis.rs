@@ -28,6 +28,7 @@
 //!   hot path's RESP2 code) when it is free; a task that finds it busy pipelines on the
 //!   multiplexed connection. TLS and RESP3 targets use the multiplexed connection only.
 
+pub(crate) mod cluster;
 mod direct;
 mod keys;
 

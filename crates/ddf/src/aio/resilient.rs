@@ -51,7 +51,7 @@ impl AsyncResilient {
         }
     }
 
-    #[cfg(feature = "memcached")]
+    #[cfg(any(feature = "memcached", feature = "redis"))]
     /// Notes every temporary failure of the primary in `cause`.
     pub(crate) fn noting(mut self, cause: Arc<Cause>) -> Self {
         self.cause = Some(cause);

@@ -10,8 +10,9 @@
 //! (`delete_prefix`, `clear`, `ping`, `info`) runs the sync router on the blocking pool.
 //!
 //! After a write, the sync router's `follow_moves` runs inline: it does I/O (a journal record)
-//! only when the partition moved a key to another scope, which Memcached's placement never
-//! does (a Redis Cluster's resharding can; the Cluster is not routed here).
+//! only when the write's scope is down and the partition moved the key to another scope
+//! meanwhile, which Memcached's placement never does (a Redis Cluster's resharding can, at
+//! that instant: rare enough to stay inline).
 //!
 //! [`Resilient`]: crate::backend::resilience::Resilient
 

@@ -215,16 +215,18 @@ mod conformance_suite {
             .iter()
             .map(|a| ServerAddr::parse(a, 6379).unwrap())
             .collect();
+        let cfg = |ns: &str| {
+            CacheConfig::default()
+                .with_backend(CacheBackend::Redis)
+                .with_redis_cluster_nodes(nodes.clone())
+                .with_pickle_dir(dir.path())
+                .with_namespace(ns)
+        };
         conformance::run(
             &|ns| {
-                let cfg = CacheConfig::default()
-                    .with_backend(CacheBackend::Redis)
-                    .with_redis_cluster_nodes(nodes.clone())
-                    .with_pickle_dir(dir.path())
-                    .with_namespace(ns);
                 made(
                     &built,
-                    Blocked::new(AsyncCacheManager::new(cfg).unwrap(), &rt),
+                    Blocked::new(AsyncCacheManager::new(cfg(ns)).unwrap(), &rt),
                 )
             },
             Caps::default(),
@@ -232,6 +234,21 @@ mod conformance_suite {
         for c in built.lock().unwrap().iter() {
             assert_up(&rt, &c.cache);
         }
+        // On the same cluster: 256 tasks of mixed calls, futures dropped at random points, the
+        // history checked against the model, then every later answer checked exactly.
+        use crate::aio_model::{
+            LOADED_CONNECT, LOADED_TIMEOUT, every_later_answer_right, run_mix_on,
+        };
+        let cache =
+            AsyncCacheManager::new(cfg("cmodel:").with_timeouts(LOADED_CONNECT, LOADED_TIMEOUT))
+                .unwrap();
+        let t = std::time::Instant::now();
+        rt.block_on(async {
+            let history = run_mix_on(&cache, 256, 30, 5000).await;
+            every_later_answer_right(cache.clone(), "redis cluster", history).await;
+        });
+        eprintln!("redis cluster, the model run took {:?}", t.elapsed());
+        assert_up(&rt, &cache);
     }
 
     #[test]

@@ -122,7 +122,12 @@ async fn run_mix(cache: &AsyncCacheManager, ops: u32, cancel: bool) -> Vec<Op> {
 }
 
 /// Runs the mix on `tasks` tasks (see [`mixed`] for `cut_us`) and returns the whole history.
-async fn run_mix_on(cache: &AsyncCacheManager, tasks: u32, ops: u32, cut_us: u64) -> Vec<Op> {
+pub(crate) async fn run_mix_on(
+    cache: &AsyncCacheManager,
+    tasks: u32,
+    ops: u32,
+    cut_us: u64,
+) -> Vec<Op> {
     let origin = Instant::now();
     let tasks: Vec<_> = (0..tasks)
         .map(|t| tokio::spawn(mixed(cache.clone(), t, ops, cut_us, origin)))
@@ -179,8 +184,8 @@ fn redis_config(server: &RedisServer, dir: &std::path::Path, ns: &str) -> CacheC
 /// on a loaded 2-core machine (CI, other tests) can take more than the defaults to be served,
 /// and a timeout there is an error the model counts ("no error on a healthy server" failed in a
 /// loaded run with 11 of them).
-const LOADED_CONNECT: std::time::Duration = std::time::Duration::from_secs(10);
-const LOADED_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+pub(crate) const LOADED_CONNECT: std::time::Duration = std::time::Duration::from_secs(10);
+pub(crate) const LOADED_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn redis_256_tasks_match_the_model() {
@@ -227,7 +232,11 @@ async fn dropped_futures_leave_every_later_answer_right(cache: AsyncCacheManager
 }
 
 /// Checks a history with dropped futures, then that every key reads back what is written.
-async fn every_later_answer_right(cache: AsyncCacheManager, what: &str, mut history: Vec<Op>) {
+pub(crate) async fn every_later_answer_right(
+    cache: AsyncCacheManager,
+    what: &str,
+    mut history: Vec<Op>,
+) {
     let dropped = history
         .iter()
         .filter(|o| o.outcome == Outcome::Err("dropped".into()))

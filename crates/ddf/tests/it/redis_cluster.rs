@@ -77,6 +77,16 @@ fn owner(cluster: &RedisCluster, key: &str) -> usize {
     panic!("no owner for slot {slot} in {slots}")
 }
 
+/// [`row`] of an async cache.
+fn arow(rt: &tokio::runtime::Runtime, cache: &ddf::AsyncCacheManager, name: &str) -> String {
+    rt.block_on(cache.backend_info())
+        .unwrap()
+        .into_iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v)
+        .unwrap_or_default()
+}
+
 fn row(cache: &CacheManager, name: &str) -> String {
     cache
         .backend_info()
@@ -175,7 +185,36 @@ fn one_stopped_primary_of_three() {
     let pending: u64 = row(&cache, "recorded invalidations pending")
         .parse()
         .unwrap_or(0);
+    // The async face over the same outage (its own breakers, sharing the journal): keys of
+    // healthy primaries to their server, the stopped one's to the fallback, a delete recorded.
+    let rt = crate::aio_face::runtime();
+    let acache = ddf::AsyncCacheManager::new(cfg.clone()).unwrap();
+    let (mut a_on_server, mut a_from_fallback) = (0, 0);
+    for (k, &o) in keys.iter().zip(&owners) {
+        let v = format!("async-{k}");
+        rt.block_on(acache.set(k, &v, None)).unwrap();
+        let got = rt.block_on(acache.get::<String>(k)).unwrap();
+        if o == stopped {
+            a_from_fallback += usize::from(got.as_deref() == Some(v.as_str()));
+        } else if cluster
+            .cli(cluster.nodes[o].port(), &["GET", &format!("rc:{k}")])
+            .contains(&v)
+            && got.as_deref() == Some(v.as_str())
+        {
+            a_on_server += 1;
+        }
+    }
+    let victim = &keys[on_stopped];
+    rt.block_on(acache.delete(victim)).unwrap();
+    let a_state = arow(&rt, &acache, &format!("server.{label}.state"));
     cluster.nodes[stopped].process.signal("CONT");
+    assert_eq!(a_on_server, healthy, "async: keys of healthy primaries");
+    assert_eq!(
+        a_from_fallback,
+        N - healthy,
+        "async: the stopped primary's keys"
+    );
+    assert!(a_state.starts_with("down"), "async: {a_state}");
     assert_eq!(
         on_server, healthy,
         "keys of healthy primaries left their server"
@@ -196,6 +235,19 @@ fn one_stopped_primary_of_three() {
         let v = cache.get::<String>(k).unwrap();
         assert!(v.is_none(), "{k} after the return: {v:?}");
     }
+    // The async face's delete recorded during the outage was applied: no stale read there.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while arow(&rt, &acache, "state") != "up" {
+        let _ = rt.block_on(acache.get::<String>("wait:probe"));
+        assert!(
+            Instant::now() < deadline,
+            "async: {}",
+            arow(&rt, &acache, "state")
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let v = rt.block_on(acache.get::<String>(victim)).unwrap();
+    assert!(v.is_none(), "async: {victim} after the return: {v:?}");
     eprintln!(
         "cluster outage: new cache {new_took:?}, first get (a key of the stopped primary) \
          {first_took:?} ({}), set_many of 20 {many_took:?} ({}), \
@@ -245,13 +297,23 @@ fn a_resharded_slot_still_reads_right() {
     };
     let dir = tempfile::tempdir().unwrap();
     let cache = CacheManager::new(config(&cluster, dir.path())).unwrap();
+    // The async face too, natively: its slot map read before the migration.
+    let rt = crate::aio_face::runtime();
+    let acache = ddf::AsyncCacheManager::new(config(&cluster, dir.path())).unwrap();
+    let aget = |k: &str| rt.block_on(acache.get::<String>(k)).unwrap();
     let (key, stored) = ("moving", "rc:moving");
     cache.set(key, &"v1", None).unwrap();
+    assert_eq!(aget(key).as_deref(), Some("v1"));
     let from = owner(&cluster, stored);
     let to = (from + 1) % 3;
     let slot = start_migration(&cluster, stored, from, to);
     // Mid-migration: the old owner answers ASK for a key it no longer has.
     assert_eq!(cache.get::<String>(key).unwrap().as_deref(), Some("v1"));
+    // The async face: ASK on a lone GET (the caller-driven connection) and in a batch (a
+    // pipeline with ASKING).
+    assert_eq!(aget(key).as_deref(), Some("v1"));
+    let many = rt.block_on(acache.get_many::<String>(&[key, "other"]));
+    assert_eq!(many.unwrap(), vec![Some("v1".to_owned()), None]);
     end_migration(&cluster, &slot, to);
     // After: MOVED, the map is read again, and the key's reads and writes go to the new owner.
     assert_eq!(cache.get::<String>(key).unwrap().as_deref(), Some("v1"));
@@ -265,6 +327,18 @@ fn a_resharded_slot_still_reads_right() {
     assert!(cache.delete(key).unwrap());
     assert_eq!(cache.get::<String>(key).unwrap(), None);
     assert_eq!(row(&cache, "state"), "up");
+    // MOVED on the async face (its map still the one from before): it reads the map again,
+    // and its reads and writes go to the new owner.
+    assert_eq!(aget(key), None);
+    rt.block_on(acache.set(key, &"a1", None)).unwrap();
+    assert!(
+        cluster
+            .cli(cluster.nodes[to].port(), &["GET", stored])
+            .contains("a1")
+    );
+    assert_eq!(cache.get::<String>(key).unwrap().as_deref(), Some("a1"));
+    assert_eq!(aget(key).as_deref(), Some("a1"));
+    assert_eq!(arow(&rt, &acache, "state"), "up");
 }
 
 /// Starts moving the slot of `stored` (a key as stored) from node `from` to node `to`, the
@@ -955,7 +1029,12 @@ fn building_a_cache_waits_for_no_node() {
 /// answer), `timeout = 3 s` and `connect_timeout = 1 s`, one `get` made at once after the
 /// build ends within `timeout` + `connect_timeout` (a generous second above it is allowed
 /// here). Before, it waited for the map (one `timeout`) and then its own request (another):
-/// about 6 s.
+/// about 6 s. Alongside, the first calls of a new async cache (the same timeouts), 600 at once
+/// (an async `ttl` among them): each is bounded alike, and they hold one blocking-pool thread
+/// in all, so a blocking no-op issued meanwhile on a pool of two runs at once (30 ms; allowed:
+/// half a `timeout`), not after the map's reading, which ends after one `timeout`. Before, the
+/// async `ttl` ran its requests with no deadline (6.1 s), and each early call held a blocking
+/// thread for the wait (the no-op ran after the reading: 3.1 s).
 #[test]
 fn the_first_call_counts_the_map_wait_against_its_bound() {
     let Some(cluster) = cluster() else {
@@ -967,10 +1046,30 @@ fn the_first_call_counts_the_map_wait_against_its_bound() {
     for n in &cluster.nodes {
         n.process.signal("STOP");
     }
-    let (got, took) = timed(|| {
-        let cache = CacheManager::new(cfg.clone()).unwrap();
-        cache.get::<String>("k1")
+    let ((got, took), early) = std::thread::scope(|s| {
+        let early = s.spawn(|| early_async_calls(&cluster, connect, timeout));
+        let sync = timed(|| {
+            let cache = CacheManager::new(cfg.clone()).unwrap();
+            cache.get::<String>("k1")
+        });
+        (sync, early.join().unwrap())
     });
+    eprintln!("cluster, every primary stopped, 600 first calls of a new async cache: {early:?}");
+    assert!(
+        early.ttl < connect + timeout + Duration::from_millis(1500),
+        "the async ttl as a first call took {:?}",
+        early.ttl
+    );
+    assert!(
+        early.slowest < connect + timeout + SLACK,
+        "the slowest early async call took {:?}",
+        early.slowest
+    );
+    assert!(
+        early.noop < timeout / 2,
+        "a blocking no-op waited for the early calls: it ran {:?} after the build",
+        early.noop
+    );
     // Batches spanning the three scopes, and `ping`, each the first call of a new cache (short
     // timeouts, all at once): each is bounded like the first single-key call. Before, a batch
     // waited for the map, then one bound per scope in turn; `ping` waited for the map, then
@@ -993,7 +1092,7 @@ fn the_first_call_counts_the_map_wait_against_its_bound() {
         ("ping", |c, _| c.ping().is_ok()),
     ];
     let firsts: Vec<(&str, Duration)> = std::thread::scope(|s| {
-        let handles: Vec<_> = calls
+        let mut handles: Vec<_> = calls
             .iter()
             .map(|&(name, call)| {
                 // A journal each: their records do not wait for one another's.
@@ -1003,6 +1102,17 @@ fn the_first_call_counts_the_map_wait_against_its_bound() {
                 s.spawn(move || (name, timed(|| call(&cache, items)).1, dir))
             })
             .collect();
+        // The async face's first `get` (it awaits the map off the workers), alongside.
+        let dir = tempfile::tempdir().unwrap();
+        let cache = ddf::AsyncCacheManager::new(config(&cluster, dir.path())).unwrap();
+        handles.push(s.spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let took = timed(|| rt.block_on(cache.get::<String>("k1"))).1;
+            ("async get", took, dir)
+        }));
         handles
             .into_iter()
             .map(|h| h.join().map(|(name, took, _)| (name, took)).unwrap())
@@ -1051,6 +1161,68 @@ fn the_first_call_counts_the_map_wait_against_its_bound() {
         pending_took < CONNECT + TIMEOUT + SLACK,
         "build with records pending + first get took {pending_took:?}"
     );
+}
+
+/// What [`early_async_calls`] saw.
+#[derive(Debug)]
+struct Early {
+    /// The async `ttl`'s time, one of the first calls.
+    ttl: Duration,
+    /// The slowest first call's time.
+    slowest: Duration,
+    /// When a no-op issued on the blocking pool once every call waits ran, from the build.
+    noop: Duration,
+}
+
+/// 600 calls (`get`s and one `ttl`) made at once on a new async cache with these timeouts,
+/// every primary stopped, on a runtime with two blocking threads; then a no-op on its
+/// blocking pool.
+fn early_async_calls(cluster: &RedisCluster, connect: Duration, timeout: Duration) -> Early {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    const CALLS: usize = 600;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .max_blocking_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let built = Instant::now();
+    let cache = Arc::new(
+        ddf::AsyncCacheManager::new(config(cluster, dir.path()).with_timeouts(connect, timeout))
+            .unwrap(),
+    );
+    let started = Arc::new(AtomicUsize::new(0));
+    rt.block_on(async {
+        let mut calls = tokio::task::JoinSet::new();
+        for i in 0..CALLS {
+            let (cache, started) = (cache.clone(), started.clone());
+            calls.spawn(async move {
+                started.fetch_add(1, Ordering::SeqCst);
+                let t = Instant::now();
+                if i == 0 {
+                    let _ = cache.ttl("k1").await;
+                } else {
+                    let _ = cache.get::<String>(&format!("e{i}")).await;
+                }
+                (i == 0, t.elapsed())
+            });
+        }
+        // Every call has begun its wait for the map.
+        while started.load(Ordering::SeqCst) < CALLS {
+            tokio::task::yield_now().await;
+        }
+        let noop = tokio::task::spawn_blocking(Instant::now).await.unwrap() - built;
+        let (mut ttl, mut slowest) = (Duration::ZERO, Duration::ZERO);
+        while let Some(r) = calls.join_next().await {
+            let (is_ttl, took) = r.unwrap();
+            if is_ttl {
+                ttl = took;
+            }
+            slowest = slowest.max(took);
+        }
+        Early { ttl, slowest, noop }
+    })
 }
 
 /// The first reading of the slot map puts every slot in its owner's scope, whatever the

@@ -62,8 +62,11 @@ use crate::config::{RedisEndpoint, RedisSettings, RedisTarget};
 use crate::error::{Error, Result};
 use crate::key::Keyspace;
 
-mod request;
+pub(crate) mod request;
 mod slots;
+
+/// What a `meta` call's requests are named in errors.
+pub(crate) const META: &str = "PTTL/STRLEN";
 
 pub(crate) use self::slots::Addr;
 
@@ -373,32 +376,74 @@ impl Shards {
                 ScopeSpec {
                     label: format!("{host}:{port}"),
                     identity: format!("redis-cluster://{host}:{port}"),
-                    factory: Box::new(move || {
-                        Ok(Arc::new(NodeBackend {
-                            shards: shards.clone(),
-                            scope,
-                        }) as Arc<dyn Backend>)
-                    }),
+                    factory: Box::new(move || Ok(shards.scope_backend(scope))),
                 }
             })
             .collect()
     }
 
-    /// Every primary the slot map names now (for a client-side cache that must track each).
-    #[allow(
-        dead_code,
-        reason = "for the near cache (issue #15), which tracks every primary"
-    )]
-    pub(crate) fn primaries(&self) -> Vec<Addr> {
-        let map = self.read();
-        let mut out: Vec<Addr> = Vec::new();
-        for &o in &map.owner {
-            let a = &map.addrs[usize::from(o)];
-            if !out.contains(a) {
-                out.push(a.clone());
-            }
+    /// A command for `key` (namespaced as stored), with its slot.
+    pub(crate) fn keyed(&self, key: &str, f: impl FnOnce(&str) -> redis::Cmd) -> Keyed {
+        let k = self.keyspace.storage_key(key);
+        Keyed {
+            slot: slot_of(k.as_bytes()),
+            cmd: f(&k),
         }
-        out
+    }
+
+    /// `PTTL` and `STRLEN` of `key`, for one pipeline to its owner (both faces' `meta`; their
+    /// replies make the entry in [`Shards::meta_entry`]).
+    pub(crate) fn meta_commands(&self, key: &str) -> [Keyed; 2] {
+        [
+            self.keyed(key, |k| redis::cmd("PTTL").arg(k).clone()),
+            self.keyed(key, |k| redis::cmd("STRLEN").arg(k).clone()),
+        ]
+    }
+
+    /// The entry of `key` from the replies to [`Shards::meta_commands`]; `None` when it is gone.
+    ///
+    /// # Errors
+    /// `request::parse_error` when the replies are not two integers.
+    pub(crate) fn meta_entry(
+        &self,
+        key: &str,
+        vals: Vec<Value>,
+    ) -> Result<Option<crate::backend::EntryInfo>> {
+        let [pttl, size] = <[Value; 2]>::try_from(vals).map_err(|_| request::parse_error(META))?;
+        let pttl: i64 = request::convert("PTTL", pttl)?;
+        let size: i64 = request::convert("STRLEN", size)?;
+        let stored = self.keyspace.storage_key(key);
+        let owner = self.owner(slot_of(stored.as_bytes()));
+        Ok(self
+            .node(&owner)?
+            .entry(stored.as_bytes(), pttl, size.max(0) as u64))
+    }
+
+    /// Whether the first reading of the map is over: routing waits for nothing.
+    #[cfg(feature = "async")]
+    pub(crate) fn first_read(&self) -> bool {
+        self.first.is_over()
+    }
+
+    /// Waits (blocking) until the first reading is over or its time is.
+    #[cfg(feature = "async")]
+    pub(crate) fn wait_first(&self) {
+        self.first.wait();
+    }
+
+    /// One call's bound (`connect_timeout` + `timeout`), which a wait for the first reading
+    /// counts against.
+    #[cfg(feature = "async")]
+    pub(crate) fn budget(&self) -> Duration {
+        self.first.budget
+    }
+
+    /// The sync primary of `scope` (what each scope's requests go through on the sync face).
+    pub(crate) fn scope_backend(self: &Arc<Self>, scope: usize) -> Arc<dyn Backend> {
+        Arc::new(NodeBackend {
+            shards: self.clone(),
+            scope,
+        })
     }
 
     /// The map, once its first reading is over (or its time is).
@@ -407,7 +452,8 @@ impl Shards {
         self.map.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn owner(&self, slot: u16) -> Addr {
+    /// The node that owns `slot` by the map now.
+    pub(crate) fn owner(&self, slot: u16) -> Addr {
         let map = self.read();
         map.addrs[usize::from(map.owner[usize::from(slot)])].clone()
     }
@@ -460,7 +506,7 @@ impl Shards {
     }
 
     /// The standalone backend of one node (made on first use).
-    fn node(&self, addr: &Addr) -> Result<Arc<RedisBackend>> {
+    pub(crate) fn node(&self, addr: &Addr) -> Result<Arc<RedisBackend>> {
         let mut all = self.backends.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(b) = all.get(addr) {
             return Ok(b.clone());
@@ -492,10 +538,18 @@ impl Shards {
         let b = self.node(addr)?;
         let v: Value = b.run("CLUSTER SLOTS", |c| {
             c.as_like()
-                .req_command(redis::cmd("CLUSTER").arg("SLOTS"))
+                .req_command(&slots_command())
                 .and_then(|v| v.extract_error())
         })?;
-        let Some(ranges) = parse_slots(&v, &addr.0) else {
+        self.apply_slots(addr, &v)
+    }
+
+    /// Applies `addr`'s reply to `CLUSTER SLOTS` (read by either face's connection).
+    ///
+    /// # Errors
+    /// A reply that is not a slot map.
+    pub(crate) fn apply_slots(&self, addr: &Addr, v: &Value) -> Result<()> {
+        let Some(ranges) = parse_slots(v, &addr.0) else {
             return Err(Error::Backend {
                 backend: super::NAME,
                 message: format!(
@@ -579,6 +633,13 @@ impl Shards {
         let wait = self.settings.connect_timeout + self.settings.timeout;
         self.ask_map(&ask, wait)
     }
+}
+
+/// `CLUSTER SLOTS`.
+pub(crate) fn slots_command() -> redis::Cmd {
+    let mut c = redis::cmd("CLUSTER");
+    c.arg("SLOTS");
+    c
 }
 
 /// The primary of one scope: requests for its keys, sent to the owner of each key's slot.
@@ -749,20 +810,9 @@ impl Backend for NodeBackend {
     /// `PTTL` and `STRLEN` of the key, one pipeline to its owner, redirects followed as for
     /// any request.
     fn meta(&self, key: &str) -> Result<Option<crate::backend::EntryInfo>> {
-        let pttl = self.keyed(key, |k| redis::cmd("PTTL").arg(k).clone());
-        let strlen = self.keyed(key, |k| redis::cmd("STRLEN").arg(k).clone());
-        let slot = pttl.slot;
-        let vals = self.exec("PTTL/STRLEN", &[pttl, strlen])?;
-        let [pttl, size] =
-            <[Value; 2]>::try_from(vals).map_err(|_| self.parse_error("PTTL/STRLEN"))?;
-        let pttl: i64 = self.convert("PTTL", pttl)?;
-        let size: i64 = self.convert("STRLEN", size)?;
-        let stored = self.shards.keyspace.storage_key(key);
-        Ok(self.shards.node(&self.shards.owner(slot))?.entry(
-            stored.as_bytes(),
-            pttl,
-            size.max(0) as u64,
-        ))
+        let cmds = self.shards.meta_commands(key);
+        let vals = self.exec(META, &cmds)?;
+        self.shards.meta_entry(key, vals)
     }
 
     fn close(&self) {

@@ -188,13 +188,13 @@ impl PerScope {
         self.routing.index(key)
     }
 
-    #[cfg(all(feature = "async", feature = "memcached"))]
+    #[cfg(all(feature = "async", any(feature = "memcached", feature = "redis")))]
     /// The routing decisions (for the async face's router over the same scopes).
     pub(crate) fn routing(&self) -> &Routing {
         &self.routing
     }
 
-    #[cfg(all(feature = "async", feature = "memcached"))]
+    #[cfg(all(feature = "async", any(feature = "memcached", feature = "redis")))]
     /// Each scope's breaker, fallback and journal, and where the reason it is down is noted,
     /// in order (the async face's router drives them through its own primaries).
     pub(crate) fn states(&self) -> impl Iterator<Item = (&Arc<Resilient>, &Arc<Cause>)> {

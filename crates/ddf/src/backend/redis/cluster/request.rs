@@ -1,25 +1,29 @@
 //! The requests of one scope ([`NodeBackend`]): commands sent to their slots' owners, one
 //! pipeline per node, `MOVED`/`ASK` followed (at most [`HOPS`] sends per command, the map read
 //! once per batch), and the `SCAN` + `UNLINK` of a prefix on one node.
+//!
+//! Where a command goes and what its replies mean is [`Route`], without I/O: the sync
+//! [`NodeBackend`] and the async face's cluster client (`aio/redis/cluster.rs`) each drive it
+//! with their own sockets.
 
 use redis::{RedisError, Value};
 
 use super::super::commands;
-use super::{Addr, NodeBackend, RedisBackend, slot_of};
+use super::{Addr, NodeBackend, RedisBackend};
 use crate::error::{Error, Result};
 
 /// A command for the key of `slot`.
 #[derive(Clone)]
-pub(super) struct Keyed {
-    pub(super) slot: u16,
-    cmd: redis::Cmd,
+pub(crate) struct Keyed {
+    pub(crate) slot: u16,
+    pub(crate) cmd: redis::Cmd,
 }
 
 /// Where a command goes: its slot's owner, or (after `ASK`) the node named, `ASKING` first.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Hop {
-    addr: Addr,
-    asking: bool,
+pub(crate) struct Hop {
+    pub(crate) addr: Addr,
+    pub(crate) asking: bool,
 }
 
 /// Sends per command: the first, then up to two redirects (`MOVED` to a node that answers
@@ -43,13 +47,214 @@ fn redirect(e: &RedisError, asked: &Addr) -> Option<Hop> {
     })
 }
 
+/// The sends of one call (a command, or a batch) and their replies: which node each command
+/// goes to, round after round, until every command has a reply that is not a redirect. Pure:
+/// the caller sends each round's groups (one pipeline per node, [`pipeline`]) and hands the
+/// replies to [`Route::take`]; after a round with a `MOVED`, it reads the slot map from the
+/// node [`Route::moved`] names (once per round, whatever the number of keys).
+pub(crate) struct Route {
+    out: Vec<Value>,
+    todo: Vec<(usize, Hop)>,
+    hop: usize,
+    watch: Option<usize>,
+    answered: Option<Addr>,
+    moved: Option<Addr>,
+}
+
+/// A group of one round: the node (and whether `ASKING` goes first) and the commands' indexes.
+pub(crate) type Group = (Hop, Vec<usize>);
+
+impl Route {
+    /// Every command to its slot's owner by the map now; `watch`: the command whose answering
+    /// node [`Route::finish`] gives.
+    pub(crate) fn new(shards: &super::Shards, cmds: &[Keyed], watch: Option<usize>) -> Self {
+        let todo = cmds
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let addr = shards.owner(c.slot);
+                (
+                    i,
+                    Hop {
+                        addr,
+                        asking: false,
+                    },
+                )
+            })
+            .collect();
+        Route {
+            out: vec![Value::Nil; cmds.len()],
+            todo,
+            hop: 0,
+            watch,
+            answered: None,
+            moved: None,
+        }
+    }
+
+    /// The next round's sends, grouped by node; `None` once every command has its reply.
+    pub(crate) fn round(&mut self) -> Option<Vec<Group>> {
+        if self.todo.is_empty() {
+            return None;
+        }
+        self.hop += 1;
+        let mut groups: Vec<Group> = Vec::new();
+        for (i, to) in self.todo.drain(..) {
+            match groups.iter_mut().find(|(h, _)| *h == to) {
+                Some((_, v)) => v.push(i),
+                None => groups.push((to, vec![i])),
+            }
+        }
+        Some(groups)
+    }
+
+    /// The replies of one group, in its commands' order (a server's error reply as `Err`). A
+    /// redirect sends its command again next round (at most [`HOPS`] sends per command).
+    ///
+    /// # Errors
+    /// An error reply that is not a redirect (mapped by the node's backend), or a command
+    /// still redirected at its last send.
+    pub(crate) fn take(
+        &mut self,
+        shards: &super::Shards,
+        what: &str,
+        to: &Hop,
+        idx: &[usize],
+        replies: impl IntoIterator<Item = std::result::Result<Value, RedisError>>,
+    ) -> Result<()> {
+        for (&i, r) in idx.iter().zip(replies) {
+            let e = match r {
+                Ok(v) => {
+                    if self.watch == Some(i) {
+                        self.answered = Some(to.addr.clone());
+                    }
+                    if let Some(slot) = self.out.get_mut(i) {
+                        *slot = v;
+                    }
+                    continue;
+                }
+                Err(e) => e,
+            };
+            match redirect(&e, &to.addr) {
+                None => return Err(shards.node(&to.addr)?.map_err(what, &e)),
+                Some(_) if self.hop >= HOPS => return Err(still_moving(what, &e)),
+                Some(next) => {
+                    if !next.asking && self.moved.is_none() {
+                        self.moved = Some(next.addr.clone());
+                    }
+                    self.todo.push((i, next));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The node the round's first `MOVED` named (read the slot map from it), once.
+    pub(crate) fn moved(&mut self) -> Option<Addr> {
+        self.moved.take()
+    }
+
+    /// The replies in the commands' order, and the node that answered the watched command.
+    pub(crate) fn finish(self) -> (Vec<Value>, Option<Addr>) {
+        (self.out, self.answered)
+    }
+}
+
+/// A reply as [`Route::take`] reads it: a server's error reply as `Err`.
+pub(crate) fn reply(v: Value) -> std::result::Result<Value, RedisError> {
+    match v {
+        Value::ServerError(e) => Err(e.into()),
+        v => Ok(v),
+    }
+}
+
+/// The pipeline of one group (`ASKING` before each command after an `ASK`), and how many
+/// replies each command gets ([`unpipe`] keeps the command's).
+pub(crate) fn pipeline(to: &Hop, cmds: &[Keyed], idx: &[usize]) -> (redis::Pipeline, usize) {
+    let mut p = redis::pipe();
+    for &i in idx {
+        if to.asking {
+            p.add_command(redis::cmd("ASKING"));
+        }
+        if let Some(c) = cmds.get(i) {
+            p.add_command(c.cmd.clone());
+        }
+    }
+    (p, if to.asking { 2 } else { 1 })
+}
+
+/// The commands' replies of a [`pipeline`]: after `ASKING`, its `OK` then the command's reply,
+/// of which the second is kept.
+pub(crate) fn unpipe(all: Vec<Value>, per: usize) -> Vec<Value> {
+    all.into_iter().skip(per - 1).step_by(per).collect()
+}
+
+/// A reply per command, or an error that says how many came.
+pub(crate) fn check_count(what: &str, to: &Hop, vals: Vec<Value>, n: usize) -> Result<Vec<Value>> {
+    if vals.len() != n {
+        return Err(Error::Backend {
+            backend: super::super::NAME,
+            message: format!(
+                "{what} on {}:{}: {} replies for {n} commands",
+                to.addr.0,
+                to.addr.1,
+                vals.len(),
+            ),
+            temporary: false,
+            source: None,
+        });
+    }
+    Ok(vals)
+}
+
+/// A slot redirected at every send: it is being resharded again.
+fn still_moving(what: &str, e: &RedisError) -> Error {
+    Error::Backend {
+        backend: super::super::NAME,
+        message: format!(
+            "{what} on the Redis Cluster: the key's slot was redirected {HOPS} times \
+             (a resharding in progress; try again): {e}"
+        ),
+        temporary: false,
+        source: None,
+    }
+}
+
+/// A call that first waited for the slot map and got no reply within its bound (`budget`:
+/// `connect_timeout` + `timeout` from its start): temporary, as a timeout.
+pub(crate) fn out_of_time(what: &str, budget: std::time::Duration) -> Error {
+    Error::Backend {
+        backend: super::super::NAME,
+        message: format!(
+            "{what} on the Redis Cluster: no reply within connect_timeout + timeout \
+             ({budget:?}) of the call, which first waited for the cluster's slot map"
+        ),
+        temporary: true,
+        source: None,
+    }
+}
+
+/// A reply of another type than the command answers with.
+pub(crate) fn parse_error(what: &str) -> Error {
+    Error::Backend {
+        backend: super::super::NAME,
+        message: format!("{what} on the Redis Cluster: an unexpected reply"),
+        temporary: false,
+        source: None,
+    }
+}
+
+/// A reply read as `T`.
+///
+/// # Errors
+/// [`parse_error`] when it is not one.
+pub(crate) fn convert<T: redis::FromRedisValue>(what: &str, v: Value) -> Result<T> {
+    redis::from_redis_value(v).map_err(|_| parse_error(what))
+}
+
 impl NodeBackend {
     pub(super) fn keyed(&self, key: &str, f: impl FnOnce(&str) -> redis::Cmd) -> Keyed {
-        let k = self.shards.keyspace.storage_key(key);
-        Keyed {
-            slot: slot_of(k.as_bytes()),
-            cmd: f(&k),
-        }
+        self.shards.keyed(key, f)
     }
 
     /// Sends the commands, one pipeline per node (one round trip each, one deadline each).
@@ -92,16 +297,7 @@ impl NodeBackend {
         what: &str,
         f: impl FnOnce() -> Result<T> + Send + 'static,
     ) -> Result<T> {
-        let out_of_time = || Error::Backend {
-            backend: super::super::NAME,
-            message: format!(
-                "{what} on the Redis Cluster: no reply within connect_timeout + timeout ({:?}) \
-                 of the call, which first waited for the cluster's slot map",
-                self.shards.first.budget
-            ),
-            temporary: true,
-            source: None,
-        };
+        let out_of_time = || out_of_time(what, self.shards.first.budget);
         let left = deadline.saturating_duration_since(std::time::Instant::now());
         if left.is_zero() {
             return Err(out_of_time());
@@ -134,64 +330,19 @@ impl NodeBackend {
         cmds: &[Keyed],
         watch: Option<usize>,
     ) -> Result<(Vec<Value>, Option<Addr>)> {
-        let mut out = vec![Value::Nil; cmds.len()];
-        let mut answered = None;
-        let mut todo: Vec<(usize, Hop)> = cmds
-            .iter()
-            .enumerate()
-            .map(|(i, c)| {
-                let addr = self.shards.owner(c.slot);
-                (
-                    i,
-                    Hop {
-                        addr,
-                        asking: false,
-                    },
-                )
-            })
-            .collect();
-        for hop in 1..=HOPS {
-            let mut groups: Vec<(Hop, Vec<usize>)> = Vec::new();
-            for (i, to) in todo.drain(..) {
-                match groups.iter_mut().find(|(h, _)| *h == to) {
-                    Some((_, v)) => v.push(i),
-                    None => groups.push((to, vec![i])),
-                }
-            }
-            let mut moved: Option<Addr> = None;
+        let mut route = Route::new(&self.shards, cmds, watch);
+        while let Some(groups) = route.round() {
             for (to, idx) in &groups {
                 let vals = self.send(what, to, cmds, idx)?;
-                for (&i, v) in idx.iter().zip(vals) {
-                    let Value::ServerError(e) = v else {
-                        if watch == Some(i) {
-                            answered = Some(to.addr.clone());
-                        }
-                        out[i] = v;
-                        continue;
-                    };
-                    let e: RedisError = e.into();
-                    match redirect(&e, &to.addr) {
-                        None => return Err(self.shards.node(&to.addr)?.map_err(what, &e)),
-                        Some(_) if hop == HOPS => return Err(self.still_moving(what, &e)),
-                        Some(next) => {
-                            if !next.asking && moved.is_none() {
-                                moved = Some(next.addr.clone());
-                            }
-                            todo.push((i, next));
-                        }
-                    }
-                }
+                route.take(&self.shards, what, to, idx, vals.into_iter().map(reply))?;
             }
-            if let Some(to) = moved
+            if let Some(to) = route.moved()
                 && let Err(err) = self.shards.refresh_from(&to)
             {
                 tracing::debug!(error = %err, "cannot read the slot map after MOVED");
             }
-            if todo.is_empty() {
-                break;
-            }
         }
-        Ok((out, answered))
+        Ok(route.finish())
     }
 
     /// One pipeline of `idx`'s commands to one node (`ASKING` before each after an `ASK`); a
@@ -204,50 +355,15 @@ impl NodeBackend {
                 vec![b.run(what, |c| c.as_like().req_packed_command(&packed))?]
             }
             _ => {
-                let mut p = redis::pipe();
-                for &i in idx {
-                    if to.asking {
-                        p.add_command(redis::cmd("ASKING"));
-                    }
-                    p.add_command(cmds[i].cmd.clone());
-                }
+                let (p, per) = pipeline(to, cmds, idx);
                 let packed = p.get_packed_pipeline();
-                let per = if to.asking { 2 } else { 1 };
                 let all = b.run(what, |c| {
                     c.as_like().req_packed_commands(&packed, 0, idx.len() * per)
                 })?;
-                // After `ASKING`, its `OK` then the command's reply: keep the second.
-                all.into_iter().skip(per - 1).step_by(per).collect()
+                unpipe(all, per)
             }
         };
-        if vals.len() != idx.len() {
-            return Err(Error::Backend {
-                backend: super::super::NAME,
-                message: format!(
-                    "{what} on {}:{}: {} replies for {} commands",
-                    to.addr.0,
-                    to.addr.1,
-                    vals.len(),
-                    idx.len()
-                ),
-                temporary: false,
-                source: None,
-            });
-        }
-        Ok(vals)
-    }
-
-    /// A slot redirected at every send: it is being resharded again.
-    fn still_moving(&self, what: &str, e: &RedisError) -> Error {
-        Error::Backend {
-            backend: super::super::NAME,
-            message: format!(
-                "{what} on the Redis Cluster: the key's slot was redirected {HOPS} times \
-                 (a resharding in progress; try again): {e}"
-            ),
-            temporary: false,
-            source: None,
-        }
+        check_count(what, to, vals, idx.len())
     }
 
     pub(super) fn one(&self, what: &str, cmd: Keyed) -> Result<Value> {
@@ -257,16 +373,11 @@ impl NodeBackend {
     }
 
     pub(super) fn parse_error(&self, what: &str) -> Error {
-        Error::Backend {
-            backend: super::super::NAME,
-            message: format!("{what} on the Redis Cluster: an unexpected reply"),
-            temporary: false,
-            source: None,
-        }
+        parse_error(what)
     }
 
     pub(super) fn convert<T: redis::FromRedisValue>(&self, what: &str, v: Value) -> Result<T> {
-        redis::from_redis_value(v).map_err(|_| self.parse_error(what))
+        convert(what, v)
     }
 
     /// `SCAN` + single-key `UNLINK`s of `pattern` on one node; the number unlinked.

@@ -4,8 +4,7 @@
 //! Everything but the transport is the sync backend's: the target, credentials, TLS and
 //! timeouts come from the same [`RedisBackend`] (built from the same validated settings), the
 //! requests from `backend/redis/commands.rs`, the errors from [`RedisBackend::map_err`], the
-//! `clear` policy from [`crate::backend::clear_plan`]. Sentinel is served by the sync backend
-//! on the blocking pool (see `aio/mod.rs`).
+//! `clear` policy from [`crate::backend::clear_plan`].
 //!
 //! - **One connection, many requests in flight**: concurrent tasks share one multiplexed
 //!   connection (cloned per call: an `Arc` and a channel), whose driver task writes their
@@ -27,9 +26,12 @@
 //!   connection ([`direct`]: the calling task writes and reads the socket itself, with the sync
 //!   hot path's RESP2 code) when it is free; a task that finds it busy pipelines on the
 //!   multiplexed connection. TLS and RESP3 targets use the multiplexed connection only.
+//! - **Sentinel**: both connections go to the master the Sentinels name, found by the sync
+//!   face's lookup at each connect and followed through a failover ([`sentinel`]).
 
 mod direct;
 mod keys;
+mod sentinel;
 
 use keys::{on_node, per_key, primaries, scan_unlink, unlink};
 
@@ -73,19 +75,30 @@ impl Conn {
     }
 }
 
+/// Where the multiplexed connection goes.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one per backend; the clients' sizes change with redis-rs's features"
+)]
+enum Source {
+    Fixed(AsyncClient),
+    Sentinel(Arc<sentinel::Follow>),
+}
+
 /// The async Redis backend (see the module's documentation).
 pub(crate) struct AsyncRedis {
     /// Key layout, error mapping, place and settings: the sync backend's.
     core: Arc<RedisBackend>,
-    client: AsyncClient,
+    source: Source,
     /// The caller-driven connection (standalone targets only).
     direct: Option<direct::Direct>,
     timeout: Duration,
     connect_timeout: Duration,
-    /// The shared connection, once open, and the runtime its driver task runs on: only tasks
-    /// on that runtime use it (elsewhere a request would wait on a driver nobody may be
-    /// driving); a task on another runtime opens one there, which replaces it.
-    current: Mutex<Option<(Conn, tokio::runtime::Id)>>,
+    /// The shared connection, once open, the runtime its driver task runs on and its
+    /// Sentinel generation: only tasks on that runtime use it (elsewhere a request would wait
+    /// on a driver nobody may be driving), and only while the master has not moved; a task on
+    /// another runtime opens one there, which replaces it.
+    current: Mutex<Option<(Conn, tokio::runtime::Id, u64)>>,
     /// Held while connecting, so that a burst of tasks opens one connection, not one each;
     /// it keeps the last attempt's failure for the calls that queued behind that attempt.
     connecting: tokio::sync::Mutex<LastAttempt>,
@@ -115,21 +128,30 @@ fn is_dead(e: &RedisError) -> bool {
 }
 
 impl AsyncRedis {
-    /// The async twin of `core` (built from the same settings); `None` for a target the async
-    /// face serves through the sync backend (Sentinel).
+    /// The async twin of `core` (built from the same settings): standalone, Cluster or
+    /// Sentinel.
     pub(crate) fn new(
         core: Arc<RedisBackend>,
         timeout: Duration,
         connect_timeout: Duration,
     ) -> Option<Self> {
-        let client = core.async_client()?;
-        let direct = match &client {
-            AsyncClient::Single(c) => Some(direct::Direct::new(c, timeout, connect_timeout)),
-            AsyncClient::Cluster(_) => None,
+        let (source, direct) = match core.async_client() {
+            Some(AsyncClient::Single(c)) => {
+                let d = direct::Direct::new(&c, timeout, connect_timeout);
+                (Source::Fixed(AsyncClient::Single(c)), Some(d))
+            }
+            Some(cluster @ AsyncClient::Cluster(_)) => (Source::Fixed(cluster), None),
+            None => {
+                let follow = Arc::new(sentinel::Follow::new(&core)?);
+                let plain = core.sentinels().is_some_and(|s| s.plain_resp2());
+                let d = plain
+                    .then(|| direct::Direct::following(follow.clone(), timeout, connect_timeout));
+                (Source::Sentinel(follow), d)
+            }
         };
         Some(AsyncRedis {
             core,
-            client,
+            source,
             direct,
             timeout,
             connect_timeout,
@@ -141,9 +163,26 @@ impl AsyncRedis {
 
     fn current(&self) -> Option<Conn> {
         let here = tokio::runtime::Handle::try_current().ok()?.id();
+        let generation = self.generation();
         match &*self.current.lock().unwrap_or_else(PoisonError::into_inner) {
-            Some((c, id)) if *id == here => Some(c.clone()),
+            Some((c, id, g)) if *id == here && *g == generation => Some(c.clone()),
             _ => None,
+        }
+    }
+
+    /// The Sentinel generation a connection must have to be used (0 without Sentinel).
+    fn generation(&self) -> u64 {
+        match &self.source {
+            Source::Sentinel(f) => f.generation(),
+            Source::Fixed(_) => 0,
+        }
+    }
+
+    /// With Sentinel: an error after which the master may have moved retires the connections
+    /// and makes the next connect ask the Sentinels (the sync face's rule).
+    fn after_error(&self, e: &RedisError) {
+        if let Source::Sentinel(f) = &self.source {
+            f.after_error(e);
         }
     }
 
@@ -208,9 +247,9 @@ impl AsyncRedis {
         }
         let opened = self.attempt().await;
         last.failure = match &opened {
-            Ok(c) => {
+            Ok((c, generation)) => {
                 *self.current.lock().unwrap_or_else(PoisonError::into_inner) =
-                    Some((c.clone(), here.id()));
+                    Some((c.clone(), here.id(), *generation));
                 None
             }
             Err(Error::Backend {
@@ -219,14 +258,19 @@ impl AsyncRedis {
             Err(e) => Some((e.to_string(), e.is_temporary())),
         };
         self.attempts.fetch_add(1, Ordering::SeqCst);
-        opened
+        opened.map(|(c, _)| c)
     }
 
-    /// One connection attempt, bounded by `connect_timeout`.
-    async fn attempt(&self) -> Result<Conn> {
-        match tokio::time::timeout(self.connect_timeout, self.open()).await {
+    /// One connection attempt, bounded by `connect_timeout` (a Sentinel lookup included), and
+    /// the Sentinel generation of the connection.
+    async fn attempt(&self) -> Result<(Conn, u64)> {
+        let deadline = tokio::time::Instant::now() + self.connect_timeout;
+        match tokio::time::timeout_at(deadline, self.open(deadline)).await {
             Ok(Ok(c)) => Ok(c),
-            Ok(Err(e)) => Err(self.core.map_err("cannot connect", &e)),
+            Ok(Err(e)) => {
+                self.after_error(&e);
+                Err(self.core.map_err("cannot connect", &e))
+            }
             Err(_) => Err(Error::Backend {
                 backend: NAME,
                 message: format!(
@@ -240,20 +284,27 @@ impl AsyncRedis {
         }
     }
 
-    async fn open(&self) -> RedisResult<Conn> {
-        match &self.client {
-            AsyncClient::Single(client) => {
-                let cfg = AsyncConnectionConfig::new()
-                    .set_connection_timeout(Some(self.connect_timeout))
-                    .set_response_timeout(Some(self.timeout));
-                Ok(Conn::Single(
-                    client
-                        .get_multiplexed_async_connection_with_config(&cfg)
-                        .await?,
-                ))
-            }
+    async fn open(&self, deadline: tokio::time::Instant) -> RedisResult<(Conn, u64)> {
+        let single = |client: redis::Client| async move {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let cfg = AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(left))
+                .set_response_timeout(Some(self.timeout));
+            client
+                .get_multiplexed_async_connection_with_config(&cfg)
+                .await
+                .map(Conn::Single)
+        };
+        match &self.source {
+            Source::Fixed(AsyncClient::Single(client)) => Ok((single(client.clone()).await?, 0)),
             // The cluster client carries both timeouts (see `cluster_client`).
-            AsyncClient::Cluster(client) => Ok(Conn::Cluster(client.get_async_connection().await?)),
+            Source::Fixed(AsyncClient::Cluster(client)) => {
+                Ok((Conn::Cluster(client.get_async_connection().await?), 0))
+            }
+            Source::Sentinel(f) => {
+                let (client, generation) = f.locate(deadline).await?;
+                Ok((single(client).await?, generation))
+            }
         }
     }
 
@@ -269,9 +320,11 @@ impl AsyncRedis {
             Ok(v) => return Ok(v),
             Err(e) if is_dead(&e) && !e.is_timeout() => {
                 tracing::debug!(place = %self.core.place(), "redis connection was dead; reconnecting");
+                self.after_error(&e);
                 self.forget();
             }
             Err(e) => {
+                self.after_error(&e);
                 if is_dead(&e) {
                     self.forget();
                 }
@@ -280,6 +333,7 @@ impl AsyncRedis {
         }
         let c = self.conn().await?;
         f(c).await.map_err(|e| {
+            self.after_error(&e);
             if is_dead(&e) {
                 self.forget();
             }
@@ -414,9 +468,13 @@ impl AsyncRedis {
                 }
             })
             .await?;
+        let master = match &self.source {
+            Source::Sentinel(f) => f.current(),
+            Source::Fixed(_) => None,
+        };
         Ok(commands::info_rows(
             self.core.place(),
-            None,
+            master,
             &info,
             cluster.as_deref(),
         ))
@@ -688,5 +746,36 @@ impl AsyncBackend for AsyncRedis {
                 .await?;
             Ok(n > 0)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::CacheConfig;
+    use crate::config::ServerAddr;
+
+    fn sentinel_config() -> CacheConfig {
+        CacheConfig::default()
+            .with_backend(crate::CacheBackend::Redis)
+            .with_redis_sentinels(vec![ServerAddr::parse("127.0.0.1:1", 26379).unwrap()], "m")
+    }
+
+    /// Sentinel has a native async twin (no server needed: nothing connects here): the
+    /// multiplexed connection follows the master, and so does the caller-driven one over plain
+    /// RESP2; with RESP3 there is no caller-driven connection.
+    #[test]
+    fn sentinel_is_served_natively() {
+        let t = Duration::from_millis(100);
+        let twin = |resp3: bool| {
+            let mut s = sentinel_config().redis_settings().unwrap();
+            s.resp3 = resp3;
+            let core = RedisBackend::new(&s).unwrap();
+            AsyncRedis::new(Arc::new(core), t, t).expect("an async twin")
+        };
+        let plain = twin(false);
+        assert!(matches!(plain.source, Source::Sentinel(_)));
+        assert!(plain.direct.is_some());
+        assert!(twin(true).direct.is_none());
     }
 }

@@ -26,18 +26,22 @@
 //!   anything is sent, and replaced.
 //! - **Runtimes**: a socket's reads are woken by the I/O driver of the runtime that opened it,
 //!   so a connection is used only from that runtime; a caller on another one replaces it.
+//! - **Sentinel**: the target is the master the Sentinels name, looked up at each connect
+//!   ([`Follow`]); a connection from before the master moved (or may have: an error
+//!   [`Follow::after_error`] reads so) is dropped unused, as one from another runtime.
 //! - **Not here**: TLS (it stays on redis-rs's multiplexed connection), RESP3 (`HELLO 3`: our
-//!   parser knows RESP2), Cluster and Sentinel.
+//!   parser knows RESP2), Cluster.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use redis::{ConnectionAddr, RedisError, RedisResult};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
+use super::sentinel::Follow;
 use crate::backend::redis::resp::{self, Reply};
 
 /// What a reply's buffer starts at; it is brought back to this after a larger reply.
@@ -50,6 +54,13 @@ struct Target {
     username: Option<String>,
     password: Option<String>,
     db: i64,
+}
+
+/// Where connections go: one server, or the master a Sentinel group names at each connect.
+#[derive(Debug)]
+enum Source {
+    Fixed(Target),
+    Sentinel(Arc<Follow>),
 }
 
 #[derive(Debug)]
@@ -71,6 +82,9 @@ struct Conn {
     /// The runtime whose I/O driver wakes this socket's reads: only a task on that runtime
     /// uses it (elsewhere a read would wait on a driver nobody may be driving).
     runtime: tokio::runtime::Id,
+    /// [`Follow::generation`] when it was opened (0 for a fixed target): an older one is not
+    /// used again.
+    generation: u64,
     /// Whether the last request was written whole (the server may have run it).
     sent: bool,
     /// The request being sent (kept: no allocation per call).
@@ -90,7 +104,7 @@ enum Slot {
 
 /// The caller-driven connection of one async Redis backend (see the module's documentation).
 pub(super) struct Direct {
-    target: Option<Target>,
+    source: Option<Source>,
     slot: Mutex<Slot>,
     /// Bumped by [`Direct::close`]: a connection leased before is not put back after.
     generation: AtomicU64,
@@ -101,7 +115,7 @@ pub(super) struct Direct {
 impl std::fmt::Debug for Direct {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Direct")
-            .field("target", &self.target.as_ref().map(|t| &t.addr))
+            .field("source", &self.source)
             .finish_non_exhaustive()
     }
 }
@@ -130,14 +144,9 @@ fn io_error(kind: std::io::ErrorKind, what: &'static str) -> RedisError {
     RedisError::from(std::io::Error::new(kind, what))
 }
 
-impl Direct {
-    /// The caller-driven connection for `client`'s target: unused (every call goes to the
-    /// multiplexed connection) for TLS and RESP3.
-    pub(super) fn new(
-        client: &redis::Client,
-        timeout: Duration,
-        connect_timeout: Duration,
-    ) -> Self {
+impl Target {
+    /// Where and how `client` connects; `None` for TLS and RESP3.
+    fn of(client: &redis::Client) -> Option<Target> {
         let info = client.get_connection_info();
         let settings = info.redis_settings();
         let addr = match info.addr() {
@@ -146,20 +155,64 @@ impl Direct {
             ConnectionAddr::Unix(path) => Some(Addr::Unix(path.clone())),
             _ => None,
         };
-        let target = addr
-            .filter(|_| settings.protocol() != redis::ProtocolVersion::RESP3)
+        addr.filter(|_| settings.protocol() != redis::ProtocolVersion::RESP3)
             .map(|addr| Target {
                 addr,
                 username: settings.username().map(str::to_owned),
                 password: settings.password().map(str::to_owned),
                 db: settings.db(),
-            });
+            })
+    }
+}
+
+impl Direct {
+    /// The caller-driven connection for `client`'s target: unused (every call goes to the
+    /// multiplexed connection) for TLS and RESP3.
+    pub(super) fn new(
+        client: &redis::Client,
+        timeout: Duration,
+        connect_timeout: Duration,
+    ) -> Self {
+        Self::with(
+            Target::of(client).map(Source::Fixed),
+            timeout,
+            connect_timeout,
+        )
+    }
+
+    /// The caller-driven connection to the master `follow` finds; the caller checks that the
+    /// master is reached over plain RESP2 (else there is none: see [`Target::of`]).
+    pub(super) fn following(
+        follow: Arc<Follow>,
+        timeout: Duration,
+        connect_timeout: Duration,
+    ) -> Self {
+        Self::with(Some(Source::Sentinel(follow)), timeout, connect_timeout)
+    }
+
+    fn with(source: Option<Source>, timeout: Duration, connect_timeout: Duration) -> Self {
         Direct {
-            target,
+            source,
             slot: Mutex::new(Slot::Vacant),
             generation: AtomicU64::new(0),
             timeout,
             connect_timeout,
+        }
+    }
+
+    /// The generation a connection must have to be used ([`Follow::generation`]; 0 for a
+    /// fixed target).
+    fn current(&self) -> u64 {
+        match &self.source {
+            Some(Source::Sentinel(f)) => f.generation(),
+            _ => 0,
+        }
+    }
+
+    /// Tells the Sentinel follower about an error (it may retire every connection).
+    fn after_error(&self, e: &RedisError) {
+        if let Some(Source::Sentinel(f)) = &self.source {
+            f.after_error(e);
         }
     }
 
@@ -186,7 +239,7 @@ impl Direct {
         encode: impl Fn(&mut Vec<u8>),
         read: impl Fn(Reply<'_>) -> RedisResult<T>,
     ) -> Option<RedisResult<T>> {
-        let target = self.target.as_ref()?;
+        let source = self.source.as_ref()?;
         let runtime = tokio::runtime::Handle::try_current().ok()?.id();
         let (held, generation) = {
             let mut slot = self.slot.lock().unwrap_or_else(PoisonError::into_inner);
@@ -197,8 +250,10 @@ impl Direct {
             };
             (held, self.generation.load(Ordering::SeqCst))
         };
-        // Another runtime's socket, or one the server closed while it idled: dropped unused.
-        let held = held.filter(|c| c.runtime == runtime && !c.closed());
+        // Another runtime's socket, one to a master that may have moved, or one the server
+        // closed while it idled: dropped unused.
+        let current = self.current();
+        let held = held.filter(|c| c.runtime == runtime && c.generation == current && !c.closed());
         let mut lease = Lease {
             of: self,
             generation,
@@ -207,32 +262,61 @@ impl Direct {
         let reused = held.is_some();
         let mut conn = match held {
             Some(c) => c,
-            None => match self.open(target, runtime).await {
+            None => match self.open(source, runtime).await {
                 Ok(c) => c,
-                Err(e) => return Some(Err(e)),
+                Err(e) => return Some(Err(self.noted(e))),
             },
         };
         let mut r = self.request(&mut conn, &encode, &read).await;
-        if reused && (idempotent || !conn.sent) && r.as_ref().is_err_and(is_dead) {
+        if reused
+            && (idempotent || !conn.sent)
+            && let Err(e) = &r
+            && is_dead(e)
+        {
             tracing::debug!("redis connection was dead; reconnecting");
+            self.after_error(e);
             drop(conn);
-            conn = match self.open(target, runtime).await {
+            conn = match self.open(source, runtime).await {
                 Ok(c) => c,
-                Err(e) => return Some(Err(e)),
+                Err(e) => return Some(Err(self.noted(e))),
             };
             r = self.request(&mut conn, &encode, &read).await;
         }
         // Only a reply read whole puts the connection back.
-        Some(r.and_then(|reply| {
-            lease.back = Some(conn);
-            reply
-        }))
+        Some(
+            r.and_then(|reply| {
+                lease.back = Some(conn);
+                reply
+            })
+            .map_err(|e| self.noted(e)),
+        )
     }
 
-    /// Connects, authenticates and selects the database within `connect_timeout`.
-    async fn open(&self, t: &Target, runtime: tokio::runtime::Id) -> RedisResult<Box<Conn>> {
+    /// `e`, after telling the Sentinel follower about it.
+    fn noted(&self, e: RedisError) -> RedisError {
+        self.after_error(&e);
+        e
+    }
+
+    /// Connects, authenticates and selects the database within `connect_timeout` (the
+    /// Sentinel lookup included).
+    async fn open(&self, source: &Source, runtime: tokio::runtime::Id) -> RedisResult<Box<Conn>> {
         let deadline = Instant::now() + self.connect_timeout;
         let setup = async {
+            let found;
+            let (t, generation) = match source {
+                Source::Fixed(t) => (t, 0),
+                Source::Sentinel(f) => {
+                    let (client, generation) = f.locate(deadline).await?;
+                    found = Target::of(&client).ok_or_else(|| {
+                        RedisError::from((
+                            redis::ErrorKind::Client,
+                            "the master is reached over TLS or RESP3: not on this connection",
+                        ))
+                    })?;
+                    (&found, generation)
+                }
+            };
             let stream = match &t.addr {
                 Addr::Tcp(host, port) => {
                     let s = tokio::net::TcpStream::connect((host.as_str(), *port)).await?;
@@ -245,6 +329,7 @@ impl Direct {
             let mut c = Box::new(Conn {
                 stream,
                 runtime,
+                generation,
                 sent: false,
                 req: Vec::new(),
                 rbuf: Vec::new(),

@@ -197,11 +197,9 @@ impl AsyncRedis {
         encode: impl Fn(&mut Vec<u8>),
         read: impl Fn(resp::Reply<'_>) -> RedisResult<T>,
     ) -> Option<Result<T>> {
+        // Outside a runtime `Direct::hot` says `None` too: the multiplexed path says what is
+        // missing.
         let d = self.direct.as_ref()?;
-        if tokio::runtime::Handle::try_current().is_err() {
-            // The multiplexed path says what is missing.
-            return None;
-        }
         // Only these are sent twice when a reused connection fails (the server may have run
         // the first); anything else (`UNLINK`: its count) only when it was never written.
         let idempotent = matches!(what, "GET" | "SET");

@@ -322,3 +322,30 @@ fn sentinel_client(
         .set_tcp_settings(super::tcp_settings());
     redis::Client::open(info)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The one decision both faces take: what makes them ask the Sentinels again. A reply
+    /// error of the command itself (a wrong type) does not; a demoted master does.
+    #[test]
+    fn what_means_the_master_may_have_moved() {
+        let server = |code: &str| {
+            let mut reply = Vec::new();
+            reply.extend_from_slice(format!("-{code} detail\r\n").as_bytes());
+            match redis::parse_redis_value(&reply) {
+                Ok(redis::Value::ServerError(e)) => redis::RedisError::from(e),
+                other => panic!("{other:?}"),
+            }
+        };
+        assert!(master_may_have_moved(&server("READONLY")));
+        assert!(master_may_have_moved(&server("MASTERDOWN")));
+        assert!(master_may_have_moved(&timed_out("t")));
+        assert!(master_may_have_moved(&redis::RedisError::from(
+            io::Error::from(io::ErrorKind::ConnectionReset)
+        )));
+        assert!(!master_may_have_moved(&server("WRONGTYPE")));
+        assert!(!master_may_have_moved(&server("NOAUTH")));
+    }
+}

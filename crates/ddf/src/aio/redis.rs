@@ -776,4 +776,17 @@ mod tests {
         assert!(plain.direct.is_some());
         assert!(twin(true).direct.is_none());
     }
+
+    /// The caller-driven connection's `Debug` names the address, never the password.
+    #[test]
+    fn debug_shows_no_password() {
+        let mut c = CacheConfig::default().with_backend(crate::CacheBackend::Redis);
+        c.redis_url = Some(crate::config::Secret::new("redis://:s3cret@127.0.0.1:1/0"));
+        let core = RedisBackend::new(&c.redis_settings().unwrap()).unwrap();
+        let t = Duration::from_millis(100);
+        let twin = AsyncRedis::new(Arc::new(core), t, t).expect("an async twin");
+        let text = format!("{:?} {:?}", twin, twin.direct);
+        assert!(text.contains("127.0.0.1"), "{text}");
+        assert!(!text.contains("s3cret"), "{text}");
+    }
 }

@@ -57,10 +57,19 @@ struct Target {
 }
 
 /// Where connections go: one server, or the master a Sentinel group names at each connect.
-#[derive(Debug)]
 enum Source {
     Fixed(Target),
     Sentinel(Arc<Follow>),
+}
+
+impl std::fmt::Debug for Source {
+    /// The address only: never the credentials.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Fixed(t) => f.debug_tuple("Fixed").field(&t.addr).finish(),
+            Source::Sentinel(s) => f.debug_tuple("Sentinel").field(s).finish(),
+        }
+    }
 }
 
 #[derive(Debug)]

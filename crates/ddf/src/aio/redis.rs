@@ -291,17 +291,25 @@ impl AsyncRedis {
             client
                 .get_multiplexed_async_connection_with_config(&cfg)
                 .await
-                .map(Conn::Single)
         };
         match &self.source {
-            Source::Fixed(AsyncClient::Single(client)) => Ok((single(client.clone()).await?, 0)),
+            Source::Fixed(AsyncClient::Single(client)) => {
+                Ok((Conn::Single(single(client.clone()).await?), 0))
+            }
             // The cluster client carries both timeouts (see `cluster_client`).
             Source::Fixed(AsyncClient::Cluster(client)) => {
                 Ok((Conn::Cluster(client.get_async_connection().await?), 0))
             }
+            // `ROLE` on the connection itself (the lookup's was on another one): a master
+            // demoted since is not used, and neither is a connection retired while opening.
             Source::Sentinel(f) => {
-                let (client, generation) = f.locate(deadline).await?;
-                Ok((single(client).await?, generation))
+                let (client, addr, generation) = f.locate(deadline).await?;
+                let mut m = single(client).await?;
+                let role = redis::cmd("ROLE")
+                    .query_async::<redis::Role>(&mut m)
+                    .await?;
+                f.verify(&role, &addr, generation)?;
+                Ok((Conn::Single(m), generation))
             }
         }
     }
@@ -788,5 +796,16 @@ mod tests {
         let text = format!("{:?} {:?}", twin, twin.direct);
         assert!(text.contains("127.0.0.1"), "{text}");
         assert!(!text.contains("s3cret"), "{text}");
+        // A Sentinel target: the master's password and the Sentinels' own are shown neither.
+        let mut c = sentinel_config().with_redis_password(Some("m4ster".into()));
+        c.redis_sentinel_password = Some(crate::config::Secret::new("sent1nel"));
+        let core = RedisBackend::new(&c.redis_settings().unwrap()).unwrap();
+        let twin = AsyncRedis::new(Arc::new(core), t, t).expect("an async twin");
+        let text = format!("{:?} {:?}", twin, twin.direct);
+        assert!(text.contains("127.0.0.1"), "{text}");
+        assert!(
+            !text.contains("m4ster") && !text.contains("sent1nel"),
+            "{text}"
+        );
     }
 }

@@ -47,13 +47,28 @@ use crate::backend::redis::resp::{self, Reply};
 /// What a reply's buffer starts at; it is brought back to this after a larger reply.
 const RBUF: usize = 4096;
 
+/// The longest reply to `ROLE` read at set-up (a master lists its replicas: about 40 bytes
+/// each).
+const ROLE_MAX: usize = 64 * 1024;
+
 /// Where and how to connect (from the async client's settings).
-#[derive(Debug)]
 struct Target {
     addr: Addr,
     username: Option<String>,
     password: Option<String>,
     db: i64,
+}
+
+impl std::fmt::Debug for Target {
+    /// Never the password: whether there is one only.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Target")
+            .field("addr", &self.addr)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<hidden>"))
+            .field("db", &self.db)
+            .finish()
+    }
 }
 
 /// Where connections go: one server, or the master a Sentinel group names at each connect.
@@ -313,17 +328,17 @@ impl Direct {
         let deadline = Instant::now() + self.connect_timeout;
         let setup = async {
             let found;
-            let (t, generation) = match source {
-                Source::Fixed(t) => (t, 0),
+            let (t, generation, follow) = match source {
+                Source::Fixed(t) => (t, 0, None),
                 Source::Sentinel(f) => {
-                    let (client, generation) = f.locate(deadline).await?;
+                    let (client, addr, generation) = f.locate(deadline).await?;
                     found = Target::of(&client).ok_or_else(|| {
                         RedisError::from((
                             redis::ErrorKind::Client,
                             "the master is reached over TLS or RESP3: not on this connection",
                         ))
                     })?;
-                    (&found, generation)
+                    (&found, generation, Some((f, addr)))
                 }
             };
             let stream = match &t.addr {
@@ -356,6 +371,12 @@ impl Direct {
                 let db = t.db.to_string();
                 c.exchange(|b| resp::command(b, &[b"SELECT", db.as_bytes()]), ok)
                     .await??;
+            }
+            // `ROLE` on this connection (the lookup's was on another one): a master demoted
+            // since is not used, and neither is a connection retired while opening.
+            if let Some((f, addr)) = follow {
+                let role = c.role().await?;
+                f.verify(&role, &addr, generation)?;
             }
             Ok::<_, RedisError>(c)
         };
@@ -421,6 +442,51 @@ impl Conn {
             Stream::Unix(s) => s.try_read(&mut one),
         };
         !matches!(r, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    }
+
+    /// Sends `ROLE` and reads its reply (an array, which the hot replies' parser refuses) with
+    /// redis-rs's parser; at most [`ROLE_MAX`] bytes are read (unbounded in time: the caller
+    /// bounds it).
+    async fn role(&mut self) -> RedisResult<redis::Role> {
+        let mut req = Vec::new();
+        resp::command(&mut req, &[b"ROLE"]);
+        match &mut self.stream {
+            Stream::Tcp(s) => s.write_all(&req).await?,
+            #[cfg(unix)]
+            Stream::Unix(s) => s.write_all(&req).await?,
+        }
+        let mut buf = vec![0u8; 512];
+        let mut filled = 0;
+        loop {
+            if filled == buf.len() {
+                if buf.len() >= ROLE_MAX {
+                    return Err(RedisError::from((
+                        redis::ErrorKind::Parse,
+                        "RESP2",
+                        format!("a reply to ROLE longer than {ROLE_MAX} bytes"),
+                    )));
+                }
+                buf.resize((buf.len() * 2).min(ROLE_MAX), 0);
+            }
+            let n = match &mut self.stream {
+                Stream::Tcp(s) => s.read(&mut buf[filled..]).await,
+                #[cfg(unix)]
+                Stream::Unix(s) => s.read(&mut buf[filled..]).await,
+            };
+            match n {
+                Ok(0) => return Err(io_error(std::io::ErrorKind::UnexpectedEof, "closed")),
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e.into()),
+            }
+            match redis::parse_redis_value(&buf[..filled]) {
+                // Not whole yet.
+                Err(e) if e.kind() == redis::ErrorKind::Io => {}
+                Err(e) => return Err(e),
+                Ok(redis::Value::ServerError(e)) => return Err(e.into()),
+                Ok(v) => return Ok(redis::from_redis_value(v)?),
+            }
+        }
     }
 
     /// Sends one request and reads its reply whole (unbounded in time: the caller bounds it).
@@ -649,6 +715,59 @@ mod tests {
         assert_eq!(e.code(), Some("WRONGPASS"), "{e}");
         assert!(!e.is_timeout() && !e.is_io_error(), "{e}");
         assert!(vacant(&wrong));
+    }
+
+    /// `ROLE` on the connection a Sentinel target then uses (what refuses a master demoted
+    /// after the lookup): read whole on this connection, which stays in step; a real replica
+    /// is refused as a moved master, a master let through (the sync face's decision).
+    #[tokio::test]
+    async fn role_is_read_on_the_connection_and_a_replica_refused() {
+        use crate::backend::redis::RedisBackend;
+        use crate::backend::redis::sentinel::master_may_have_moved;
+        let Some(master) = RedisServer::start() else {
+            return;
+        };
+        let port = master.port().to_string();
+        let Some(replica) = RedisServer::start_with(&["--replicaof", "127.0.0.1", &port]) else {
+            return;
+        };
+        let cfg = crate::CacheConfig::default()
+            .with_backend(crate::CacheBackend::Redis)
+            .with_redis_sentinels(
+                vec![crate::config::ServerAddr::parse("127.0.0.1:1", 26379).unwrap()],
+                "m",
+            );
+        let core = RedisBackend::new(&cfg.redis_settings().unwrap()).unwrap();
+        let sentinels = core.sentinels().unwrap();
+        for (server, is_master) in [(&master, true), (&replica, false)] {
+            let d = direct(server);
+            assert_eq!(get(&d, "k").await, None);
+            let Slot::Idle(mut c) = std::mem::replace(&mut *d.slot.lock().unwrap(), Slot::Busy)
+            else {
+                panic!("an idle connection");
+            };
+            let role = c.role().await.unwrap();
+            let r = sentinels.must_be_master(&role, "here");
+            assert_eq!(r.is_ok(), is_master, "{role:?}: {r:?}");
+            if let Err(e) = r {
+                assert!(master_may_have_moved(&e), "{e}");
+                assert!(e.to_string().contains("here is not a master"), "{e}");
+            }
+            let after = d.request(&mut c, |b| resp::get(b, b"k"), resp::bulk).await;
+            assert_eq!(after.unwrap().unwrap(), None, "in step after ROLE");
+        }
+    }
+
+    /// A target's `Debug` (a Sentinel's master is one too, once found) shows no password.
+    #[test]
+    fn a_target_shows_no_password() {
+        let client = redis::Client::open("redis://u:s3cret@127.0.0.1:1/2").unwrap();
+        let text = format!("{:?}", Target::of(&client).unwrap());
+        assert!(
+            text.contains("127.0.0.1") && text.contains("<hidden>"),
+            "{text}"
+        );
+        assert!(!text.contains("s3cret"), "{text}");
     }
 
     /// A connection left idle by a runtime that has ended (the global cache used from one

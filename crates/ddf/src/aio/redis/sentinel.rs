@@ -77,9 +77,16 @@ impl Follow {
 
     /// The current master (the known one while it still answers `ROLE` as a master, else the
     /// one the Sentinels name), looked up on the blocking pool before `deadline`: a client of
-    /// it on `redis_db`, and the generation a connection to it belongs to. A master at a new
-    /// address retires the connections to the old one.
-    pub(super) async fn locate(&self, deadline: Instant) -> RedisResult<(redis::Client, u64)> {
+    /// it on `redis_db`, its `host:port`, and the generation a connection to it belongs to. A
+    /// master at a new address retires the connections to the old one.
+    ///
+    /// The generation is read before the lookup: a bump while it runs (an error on another
+    /// connection) leaves this connection in the older one, dropped unused.
+    pub(super) async fn locate(
+        &self,
+        deadline: Instant,
+    ) -> RedisResult<(redis::Client, String, u64)> {
+        let before = self.generation();
         let core = self.core.clone();
         let until = deadline.into_std();
         let found = tokio::task::spawn_blocking(move || match core.sentinels() {
@@ -97,14 +104,84 @@ impl Follow {
         })??;
         let (addr, client) = found;
         let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut generation = before;
         if last.as_deref() != Some(addr.as_str()) {
             if last.is_some() {
                 tracing::info!(addr = %addr, "Sentinel (async): the master moved; \
                     connections to the old one are dropped");
-                self.generation.fetch_add(1, Ordering::AcqRel);
+                // A bump since `before` already retired the old connections; this one then
+                // stays in `before`, older still, and is not used.
+                if self
+                    .generation
+                    .compare_exchange(before, before + 1, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+                {
+                    generation = before + 1;
+                }
             }
-            *last = Some(addr);
+            *last = Some(addr.clone());
         }
-        Ok((client, self.generation()))
+        Ok((client, addr, generation))
+    }
+
+    /// Whether a connection opened in `generation` to `addr`, that answered `ROLE` with
+    /// `role`, may be used: a master (the sync face's decision,
+    /// [`Sentinels::must_be_master`]) and no bump since it was opened.
+    ///
+    /// # Errors
+    /// A `MASTERDOWN` error (the master may have moved: the caller tells [`Follow::after_error`]).
+    pub(super) fn verify(
+        &self,
+        role: &redis::Role,
+        addr: &str,
+        generation: u64,
+    ) -> RedisResult<()> {
+        self.sentinels()?.must_be_master(role, addr)?;
+        if self.generation() != generation {
+            return Err(RedisError::from((
+                redis::ErrorKind::Server(redis::ServerErrorKind::MasterDown),
+                "the master may have moved",
+                format!(
+                    "an error on another connection retired those to {addr} while this one \
+                     was opening; the Sentinels are asked again"
+                ),
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ServerAddr;
+
+    fn role(raw: &[u8]) -> redis::Role {
+        redis::from_redis_value(redis::parse_redis_value(raw).unwrap()).unwrap()
+    }
+
+    /// What a connection's own `ROLE` check lets through: a master, in the generation it was
+    /// opened in. A replica, or a bump while it opened (an error on another connection), is
+    /// refused as a moved master. No server: nothing connects here.
+    #[test]
+    fn verify_refuses_a_replica_and_a_retired_generation() {
+        let cfg = crate::CacheConfig::default()
+            .with_backend(crate::CacheBackend::Redis)
+            .with_redis_sentinels(vec![ServerAddr::parse("127.0.0.1:1", 26379).unwrap()], "m");
+        let core = Arc::new(RedisBackend::new(&cfg.redis_settings().unwrap()).unwrap());
+        let f = Follow::new(&core).expect("a Sentinel target");
+        let master = role(b"*3\r\n$6\r\nmaster\r\n:0\r\n*0\r\n");
+        let replica =
+            role(b"*5\r\n$5\r\nslave\r\n$9\r\n127.0.0.1\r\n:1\r\n$9\r\nconnected\r\n:0\r\n");
+        let g = f.generation();
+        f.verify(&master, "a:1", g).unwrap();
+        let e = f.verify(&replica, "a:1", g).unwrap_err();
+        assert!(master_may_have_moved(&e), "{e}");
+        // The error retires every connection, and the next connect asks the Sentinels.
+        f.after_error(&e);
+        assert_eq!(f.generation(), g + 1);
+        let e = f.verify(&master, "a:1", g).unwrap_err();
+        assert!(master_may_have_moved(&e), "{e}");
+        assert!(e.to_string().contains("while this one was opening"), "{e}");
     }
 }

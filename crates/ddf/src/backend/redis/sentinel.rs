@@ -248,14 +248,25 @@ impl Sentinels {
         c.set_timeout(left(deadline)?.min(timeout));
         let role = redis::cmd("ROLE").query::<redis::Role>(&mut c)?;
         c.set_timeout(timeout);
+        self.must_be_master(&role, &m.addr).map(|()| c)
+    }
+
+    /// Whether a connection to `addr` that answered `ROLE` with `role` may be used as this
+    /// group's master: only a master may. The one decision, for both faces (each asks it on
+    /// the connection it then uses).
+    ///
+    /// # Errors
+    /// A replica or a Sentinel: a `MASTERDOWN` error ([`master_may_have_moved`]: the
+    /// Sentinels are asked again), naming the address and the group.
+    pub(crate) fn must_be_master(&self, role: &redis::Role, addr: &str) -> RedisResult<()> {
         match role {
-            redis::Role::Primary { .. } => Ok(c),
+            redis::Role::Primary { .. } => Ok(()),
             _ => Err(redis::RedisError::from((
                 redis::ErrorKind::Server(redis::ServerErrorKind::MasterDown),
                 "not a master",
                 format!(
-                    "{} is not a master (yet); the Sentinels of {:?} are asked again",
-                    m.addr, self.name
+                    "{addr} is not a master (yet); the Sentinels of {:?} are asked again",
+                    self.name
                 ),
             ))),
         }

@@ -277,7 +277,20 @@ impl Direct {
         // Another runtime's socket, one to a master that may have moved, or one the server
         // closed while it idled: dropped unused.
         let current = self.current();
-        let held = held.filter(|c| c.runtime == runtime && c.generation == current && !c.closed());
+        let held = held.filter(|c| c.runtime == runtime && c.generation == current);
+        let held = match held {
+            // Closed by the server: it may have gone down (a failover), so the next connect
+            // asks the Sentinels rather than trusting the master last found, which may be an
+            // old master restarted and still claiming the role.
+            Some(c) if c.closed() => {
+                self.after_error(&io_error(
+                    std::io::ErrorKind::ConnectionAborted,
+                    "the server closed the idle connection",
+                ));
+                None
+            }
+            held => held,
+        };
         let mut lease = Lease {
             of: self,
             generation,
@@ -756,6 +769,53 @@ mod tests {
             let after = d.request(&mut c, |b| resp::get(b, b"k"), resp::bulk).await;
             assert_eq!(after.unwrap().unwrap(), None, "in step after ROLE");
         }
+    }
+
+    /// An idle connection the server closed (it may have gone down in a failover) makes the
+    /// next connect ask the Sentinels rather than reuse the master last found, which may be an
+    /// old master restarted and still claiming the role. Without that, the fake Sentinel
+    /// would be asked once, not twice.
+    #[tokio::test]
+    async fn a_closed_idle_connection_makes_the_next_connect_ask_the_sentinels() {
+        use std::sync::atomic::AtomicUsize;
+        let Some(server) = RedisServer::start() else {
+            return;
+        };
+        let at = server.port().to_string();
+        let named = format!("*2\r\n$9\r\n127.0.0.1\r\n${}\r\n{at}\r\n", at.len()).into_bytes();
+        let asked = Arc::new(AtomicUsize::new(0));
+        let counted = asked.clone();
+        let sentinel = ddf_testkit::FakeServer::start(move |line: &[u8]| match line {
+            b"get-master-addr-by-name" => {
+                counted.fetch_add(1, Ordering::SeqCst);
+                ddf_testkit::FakeReply::Send(named.clone())
+            }
+            _ => ddf_testkit::FakeReply::Nothing,
+        });
+        let cfg = crate::CacheConfig::default()
+            .with_backend(crate::CacheBackend::Redis)
+            .with_redis_sentinels(
+                vec![crate::config::ServerAddr::parse(&sentinel.server(), 26379).unwrap()],
+                "m",
+            );
+        let core = crate::backend::redis::RedisBackend::new(&cfg.redis_settings().unwrap());
+        let follow = Arc::new(Follow::new(&Arc::new(core.unwrap())).unwrap());
+        let t = Duration::from_secs(5);
+        let d = Direct::following(follow, t, t);
+        assert_eq!(get(&d, "k").await, None);
+        assert_eq!(asked.load(Ordering::SeqCst), 1);
+        ddf_testkit::redis_cli(server.port(), &["CLIENT", "KILL", "TYPE", "normal"]);
+        // Until the close has reached this side (no timing asserted: it is waited for).
+        for _ in 0..500 {
+            if let Slot::Idle(c) = &*d.slot.lock().unwrap()
+                && c.closed()
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(get(&d, "k").await, None);
+        assert_eq!(asked.load(Ordering::SeqCst), 2);
     }
 
     /// A target's `Debug` (a Sentinel's master is one too, once found) shows no password.

@@ -785,6 +785,37 @@ mod tests {
         assert!(twin(true).direct.is_none());
     }
 
+    /// The reviewer's case on the multiplexed connection: the lookup's `ROLE` check reached
+    /// a master, the connection then opened reaches a replica. It is refused (a temporary
+    /// error: the breaker sends the call to the fallback), not read from.
+    #[tokio::test]
+    async fn the_multiplexed_connection_checks_role_itself() {
+        use super::direct::tests::{naming, switching_proxy};
+        use ddf_testkit::RedisServer;
+        let Some(master) = RedisServer::start() else {
+            return;
+        };
+        let port = master.port().to_string();
+        let Some(replica) = RedisServer::start_with(&["--replicaof", "127.0.0.1", &port]) else {
+            return;
+        };
+        let (_sentinel, core, _) = naming(switching_proxy(master.port(), replica.port()));
+        let t = Duration::from_secs(5);
+        let twin = AsyncRedis::new(core, t, t).expect("an async twin");
+        let get = redis::cmd("GET").arg("k").clone();
+        let r = twin
+            .run("GET", |mut c| {
+                let get = get.clone();
+                async move { c.query::<Option<Vec<u8>>>(&get).await }
+            })
+            .await;
+        let e = r.unwrap_err();
+        assert!(
+            e.is_temporary() && e.to_string().contains("is not a master"),
+            "{e}"
+        );
+    }
+
     /// The caller-driven connection's `Debug` names the address, never the password.
     #[test]
     fn debug_shows_no_password() {

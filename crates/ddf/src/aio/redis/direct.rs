@@ -563,7 +563,7 @@ impl Conn {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use ddf_testkit::RedisServer;
     use std::future::Future;
@@ -771,19 +771,44 @@ mod tests {
         }
     }
 
-    /// An idle connection the server closed (it may have gone down in a failover) makes the
-    /// next connect ask the Sentinels rather than reuse the master last found, which may be an
-    /// old master restarted and still claiming the role. Without that, the fake Sentinel
-    /// would be asked once, not twice.
-    #[tokio::test]
-    async fn a_closed_idle_connection_makes_the_next_connect_ask_the_sentinels() {
-        use std::sync::atomic::AtomicUsize;
-        let Some(server) = RedisServer::start() else {
-            return;
-        };
-        let at = server.port().to_string();
+    /// A proxy on a free loopback port: its first connection goes to `first`, every later
+    /// one to `then` (a master demoted between the lookup's check and the connection used).
+    pub(crate) fn switching_proxy(first: u16, then: u16) -> u16 {
+        use std::net::{TcpListener, TcpStream};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for (n, client) in listener.incoming().enumerate() {
+                let Ok(client) = client else { return };
+                let to = if n == 0 { first } else { then };
+                let Ok(server) = TcpStream::connect(("127.0.0.1", to)) else {
+                    return;
+                };
+                let pipe = |mut a: TcpStream, mut b: TcpStream| {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut a, &mut b);
+                        let _ = b.shutdown(std::net::Shutdown::Both);
+                    });
+                };
+                pipe(client.try_clone().unwrap(), server.try_clone().unwrap());
+                pipe(server, client);
+            }
+        });
+        port
+    }
+
+    /// A fake Sentinel naming `port` on loopback, a sync backend following it, and how many
+    /// times the fake was asked.
+    pub(crate) fn naming(
+        port: u16,
+    ) -> (
+        ddf_testkit::FakeServer,
+        Arc<crate::backend::redis::RedisBackend>,
+        Arc<std::sync::atomic::AtomicUsize>,
+    ) {
+        let at = port.to_string();
         let named = format!("*2\r\n$9\r\n127.0.0.1\r\n${}\r\n{at}\r\n", at.len()).into_bytes();
-        let asked = Arc::new(AtomicUsize::new(0));
+        let asked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let counted = asked.clone();
         let sentinel = ddf_testkit::FakeServer::start(move |line: &[u8]| match line {
             b"get-master-addr-by-name" => {
@@ -799,7 +824,48 @@ mod tests {
                 "m",
             );
         let core = crate::backend::redis::RedisBackend::new(&cfg.redis_settings().unwrap());
-        let follow = Arc::new(Follow::new(&Arc::new(core.unwrap())).unwrap());
+        (sentinel, Arc::new(core.unwrap()), asked)
+    }
+
+    /// The reviewer's case: the lookup checks a master with `ROLE` on its own connection, and
+    /// the connection then used reaches a replica (here: a proxy that sends the second
+    /// connection elsewhere). It is refused as a moved master, not read from; without the
+    /// check on the connection used, the `GET` would answer from the replica.
+    #[tokio::test]
+    async fn a_connection_reaching_a_replica_after_the_lookup_is_refused() {
+        use crate::backend::redis::sentinel::master_may_have_moved;
+        let Some(master) = RedisServer::start() else {
+            return;
+        };
+        let port = master.port().to_string();
+        let Some(replica) = RedisServer::start_with(&["--replicaof", "127.0.0.1", &port]) else {
+            return;
+        };
+        let (_sentinel, core, _) = naming(switching_proxy(master.port(), replica.port()));
+        let follow = Arc::new(Follow::new(&core).unwrap());
+        let t = Duration::from_secs(5);
+        let d = Direct::following(follow, t, t);
+        let e = d
+            .hot(true, |b| resp::get(b, b"k"), resp::bulk)
+            .await
+            .expect("free")
+            .unwrap_err();
+        assert!(master_may_have_moved(&e), "{e}");
+        assert!(e.to_string().contains("is not a master"), "{e}");
+        assert!(vacant(&d));
+    }
+
+    /// An idle connection the server closed (it may have gone down in a failover) makes the
+    /// next connect ask the Sentinels rather than reuse the master last found, which may be an
+    /// old master restarted and still claiming the role. Without that, the fake Sentinel
+    /// would be asked once, not twice.
+    #[tokio::test]
+    async fn a_closed_idle_connection_makes_the_next_connect_ask_the_sentinels() {
+        let Some(server) = RedisServer::start() else {
+            return;
+        };
+        let (_sentinel, core, asked) = naming(server.port());
+        let follow = Arc::new(Follow::new(&core).unwrap());
         let t = Duration::from_secs(5);
         let d = Direct::following(follow, t, t);
         assert_eq!(get(&d, "k").await, None);

@@ -177,8 +177,8 @@ fn from_config(
                     Arc::new(p),
                     fallback.clone(),
                 )),
-                // Sentinel: the sync backend, whole, on the blocking pool (its master lookup
-                // and failover handling are sync code; not yet ported).
+                // Not reached (standalone and Sentinel have an async twin): should redis-rs
+                // refuse to rebuild the client, the sync backend on the blocking pool.
                 None => Arc::new(
                     Blocking::new(state, Place::Offload, Place::Offload)
                         .counting_fallback(fallback.clone()),

@@ -4,8 +4,7 @@
 //! Everything but the transport is the sync backend's: the target, credentials, TLS and
 //! timeouts come from the same [`RedisBackend`] (built from the same validated settings), the
 //! requests from `backend/redis/commands.rs`, the errors from [`RedisBackend::map_err`], the
-//! `clear` policy from [`crate::backend::clear_plan`]. Sentinel is served by the sync backend
-//! on the blocking pool (see `aio/mod.rs`).
+//! `clear` policy from [`crate::backend::clear_plan`].
 //!
 //! - **One connection, many requests in flight**: concurrent tasks share one multiplexed
 //!   connection (cloned per call: an `Arc` and a channel), whose driver task writes their
@@ -27,10 +26,13 @@
 //!   connection ([`direct`]: the calling task writes and reads the socket itself, with the sync
 //!   hot path's RESP2 code) when it is free; a task that finds it busy pipelines on the
 //!   multiplexed connection. TLS and RESP3 targets use the multiplexed connection only.
+//! - **Sentinel**: both connections go to the master the Sentinels name, found by the sync
+//!   face's lookup at each connect and followed through a failover ([`sentinel`]).
 
 pub(crate) mod cluster;
 mod direct;
 mod keys;
+mod sentinel;
 
 use keys::{on_node, per_key, primaries, scan_unlink, unlink};
 
@@ -74,19 +76,30 @@ impl Conn {
     }
 }
 
+/// Where the multiplexed connection goes.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one per backend; the clients' sizes change with redis-rs's features"
+)]
+enum Source {
+    Fixed(AsyncClient),
+    Sentinel(Arc<sentinel::Follow>),
+}
+
 /// The async Redis backend (see the module's documentation).
 pub(crate) struct AsyncRedis {
     /// Key layout, error mapping, place and settings: the sync backend's.
     core: Arc<RedisBackend>,
-    client: AsyncClient,
+    source: Source,
     /// The caller-driven connection (standalone targets only).
     direct: Option<direct::Direct>,
     timeout: Duration,
     connect_timeout: Duration,
-    /// The shared connection, once open, and the runtime its driver task runs on: only tasks
-    /// on that runtime use it (elsewhere a request would wait on a driver nobody may be
-    /// driving); a task on another runtime opens one there, which replaces it.
-    current: Mutex<Option<(Conn, tokio::runtime::Id)>>,
+    /// The shared connection, once open, the runtime its driver task runs on and its
+    /// Sentinel generation: only tasks on that runtime use it (elsewhere a request would wait
+    /// on a driver nobody may be driving), and only while the master has not moved; a task on
+    /// another runtime opens one there, which replaces it.
+    current: Mutex<Option<(Conn, tokio::runtime::Id, u64)>>,
     /// Held while connecting, so that a burst of tasks opens one connection, not one each;
     /// it keeps the last attempt's failure for the calls that queued behind that attempt.
     connecting: tokio::sync::Mutex<LastAttempt>,
@@ -116,21 +129,30 @@ fn is_dead(e: &RedisError) -> bool {
 }
 
 impl AsyncRedis {
-    /// The async twin of `core` (built from the same settings); `None` for a target the async
-    /// face serves through the sync backend (Sentinel).
+    /// The async twin of `core` (built from the same settings): standalone, Cluster or
+    /// Sentinel.
     pub(crate) fn new(
         core: Arc<RedisBackend>,
         timeout: Duration,
         connect_timeout: Duration,
     ) -> Option<Self> {
-        let client = core.async_client()?;
-        let direct = match &client {
-            AsyncClient::Single(c) => Some(direct::Direct::new(c, timeout, connect_timeout)),
-            AsyncClient::Cluster(_) => None,
+        let (source, direct) = match core.async_client() {
+            Some(AsyncClient::Single(c)) => {
+                let d = direct::Direct::new(&c, timeout, connect_timeout);
+                (Source::Fixed(AsyncClient::Single(c)), Some(d))
+            }
+            Some(cluster @ AsyncClient::Cluster(_)) => (Source::Fixed(cluster), None),
+            None => {
+                let follow = Arc::new(sentinel::Follow::new(&core)?);
+                let plain = core.sentinels().is_some_and(|s| s.plain_resp2());
+                let d = plain
+                    .then(|| direct::Direct::following(follow.clone(), timeout, connect_timeout));
+                (Source::Sentinel(follow), d)
+            }
         };
         Some(AsyncRedis {
             core,
-            client,
+            source,
             direct,
             timeout,
             connect_timeout,
@@ -142,9 +164,26 @@ impl AsyncRedis {
 
     fn current(&self) -> Option<Conn> {
         let here = tokio::runtime::Handle::try_current().ok()?.id();
+        let generation = self.generation();
         match &*self.current.lock().unwrap_or_else(PoisonError::into_inner) {
-            Some((c, id)) if *id == here => Some(c.clone()),
+            Some((c, id, g)) if *id == here && *g == generation => Some(c.clone()),
             _ => None,
+        }
+    }
+
+    /// The Sentinel generation a connection must have to be used (0 without Sentinel).
+    fn generation(&self) -> u64 {
+        match &self.source {
+            Source::Sentinel(f) => f.generation(),
+            Source::Fixed(_) => 0,
+        }
+    }
+
+    /// With Sentinel: an error after which the master may have moved retires the connections
+    /// and makes the next connect ask the Sentinels (the sync face's rule).
+    fn after_error(&self, e: &RedisError) {
+        if let Source::Sentinel(f) = &self.source {
+            f.after_error(e);
         }
     }
 
@@ -159,11 +198,9 @@ impl AsyncRedis {
         encode: impl Fn(&mut Vec<u8>),
         read: impl Fn(resp::Reply<'_>) -> RedisResult<T>,
     ) -> Option<Result<T>> {
+        // Outside a runtime `Direct::hot` says `None` too: the multiplexed path says what is
+        // missing.
         let d = self.direct.as_ref()?;
-        if tokio::runtime::Handle::try_current().is_err() {
-            // The multiplexed path says what is missing.
-            return None;
-        }
         // Only these are sent twice when a reused connection fails (the server may have run
         // the first); anything else (`UNLINK`: its count) only when it was never written.
         let idempotent = matches!(what, "GET" | "SET");
@@ -209,9 +246,9 @@ impl AsyncRedis {
         }
         let opened = self.attempt().await;
         last.failure = match &opened {
-            Ok(c) => {
+            Ok((c, generation)) => {
                 *self.current.lock().unwrap_or_else(PoisonError::into_inner) =
-                    Some((c.clone(), here.id()));
+                    Some((c.clone(), here.id(), *generation));
                 None
             }
             Err(Error::Backend {
@@ -220,14 +257,19 @@ impl AsyncRedis {
             Err(e) => Some((e.to_string(), e.is_temporary())),
         };
         self.attempts.fetch_add(1, Ordering::SeqCst);
-        opened
+        opened.map(|(c, _)| c)
     }
 
-    /// One connection attempt, bounded by `connect_timeout`.
-    async fn attempt(&self) -> Result<Conn> {
-        match tokio::time::timeout(self.connect_timeout, self.open()).await {
+    /// One connection attempt, bounded by `connect_timeout` (a Sentinel lookup included), and
+    /// the Sentinel generation of the connection.
+    async fn attempt(&self) -> Result<(Conn, u64)> {
+        let deadline = tokio::time::Instant::now() + self.connect_timeout;
+        match tokio::time::timeout_at(deadline, self.open(deadline)).await {
             Ok(Ok(c)) => Ok(c),
-            Ok(Err(e)) => Err(self.core.map_err("cannot connect", &e)),
+            Ok(Err(e)) => {
+                self.after_error(&e);
+                Err(self.core.map_err("cannot connect", &e))
+            }
             Err(_) => Err(Error::Backend {
                 backend: NAME,
                 message: format!(
@@ -241,20 +283,35 @@ impl AsyncRedis {
         }
     }
 
-    async fn open(&self) -> RedisResult<Conn> {
-        match &self.client {
-            AsyncClient::Single(client) => {
-                let cfg = AsyncConnectionConfig::new()
-                    .set_connection_timeout(Some(self.connect_timeout))
-                    .set_response_timeout(Some(self.timeout));
-                Ok(Conn::Single(
-                    client
-                        .get_multiplexed_async_connection_with_config(&cfg)
-                        .await?,
-                ))
+    async fn open(&self, deadline: tokio::time::Instant) -> RedisResult<(Conn, u64)> {
+        let single = |client: redis::Client| async move {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let cfg = AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(left))
+                .set_response_timeout(Some(self.timeout));
+            client
+                .get_multiplexed_async_connection_with_config(&cfg)
+                .await
+        };
+        match &self.source {
+            Source::Fixed(AsyncClient::Single(client)) => {
+                Ok((Conn::Single(single(client.clone()).await?), 0))
             }
             // The cluster client carries both timeouts (see `cluster_client`).
-            AsyncClient::Cluster(client) => Ok(Conn::Cluster(client.get_async_connection().await?)),
+            Source::Fixed(AsyncClient::Cluster(client)) => {
+                Ok((Conn::Cluster(client.get_async_connection().await?), 0))
+            }
+            // `ROLE` on the connection itself (the lookup's was on another one): a master
+            // demoted since is not used, and neither is a connection retired while opening.
+            Source::Sentinel(f) => {
+                let (client, addr, generation) = f.locate(deadline).await?;
+                let mut m = single(client).await?;
+                let role = redis::cmd("ROLE")
+                    .query_async::<redis::Role>(&mut m)
+                    .await?;
+                f.verify(&role, &addr, generation)?;
+                Ok((Conn::Single(m), generation))
+            }
         }
     }
 
@@ -270,9 +327,11 @@ impl AsyncRedis {
             Ok(v) => return Ok(v),
             Err(e) if is_dead(&e) && !e.is_timeout() => {
                 tracing::debug!(place = %self.core.place(), "redis connection was dead; reconnecting");
+                self.after_error(&e);
                 self.forget();
             }
             Err(e) => {
+                self.after_error(&e);
                 if is_dead(&e) {
                     self.forget();
                 }
@@ -281,6 +340,7 @@ impl AsyncRedis {
         }
         let c = self.conn().await?;
         f(c).await.map_err(|e| {
+            self.after_error(&e);
             if is_dead(&e) {
                 self.forget();
             }
@@ -415,9 +475,13 @@ impl AsyncRedis {
                 }
             })
             .await?;
+        let master = match &self.source {
+            Source::Sentinel(f) => f.current(),
+            Source::Fixed(_) => None,
+        };
         Ok(commands::info_rows(
             self.core.place(),
-            None,
+            master,
             &info,
             cluster.as_deref(),
         ))
@@ -689,5 +753,91 @@ impl AsyncBackend for AsyncRedis {
                 .await?;
             Ok(n > 0)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::CacheConfig;
+    use crate::config::ServerAddr;
+
+    fn sentinel_config() -> CacheConfig {
+        CacheConfig::default()
+            .with_backend(crate::CacheBackend::Redis)
+            .with_redis_sentinels(vec![ServerAddr::parse("127.0.0.1:1", 26379).unwrap()], "m")
+    }
+
+    /// Sentinel has a native async twin (no server needed: nothing connects here): the
+    /// multiplexed connection follows the master, and so does the caller-driven one over plain
+    /// RESP2; with RESP3 there is no caller-driven connection.
+    #[test]
+    fn sentinel_is_served_natively() {
+        let t = Duration::from_millis(100);
+        let twin = |resp3: bool| {
+            let mut s = sentinel_config().redis_settings().unwrap();
+            s.resp3 = resp3;
+            let core = RedisBackend::new(&s).unwrap();
+            AsyncRedis::new(Arc::new(core), t, t).expect("an async twin")
+        };
+        let plain = twin(false);
+        assert!(matches!(plain.source, Source::Sentinel(_)));
+        assert!(plain.direct.is_some());
+        assert!(twin(true).direct.is_none());
+    }
+
+    /// The reviewer's case on the multiplexed connection: the lookup's `ROLE` check reached
+    /// a master, the connection then opened reaches a replica. It is refused (a temporary
+    /// error: the breaker sends the call to the fallback), not read from.
+    #[tokio::test]
+    async fn the_multiplexed_connection_checks_role_itself() {
+        use super::direct::tests::{naming, switching_proxy};
+        use ddf_testkit::RedisServer;
+        let Some(master) = RedisServer::start() else {
+            return;
+        };
+        let port = master.port().to_string();
+        let Some(replica) = RedisServer::start_with(&["--replicaof", "127.0.0.1", &port]) else {
+            return;
+        };
+        let (_sentinel, core, _) = naming(switching_proxy(master.port(), replica.port()));
+        let t = Duration::from_secs(5);
+        let twin = AsyncRedis::new(core, t, t).expect("an async twin");
+        let get = redis::cmd("GET").arg("k").clone();
+        let r = twin
+            .run("GET", |mut c| {
+                let get = get.clone();
+                async move { c.query::<Option<Vec<u8>>>(&get).await }
+            })
+            .await;
+        let e = r.unwrap_err();
+        assert!(
+            e.is_temporary() && e.to_string().contains("is not a master"),
+            "{e}"
+        );
+    }
+
+    /// The caller-driven connection's `Debug` names the address, never the password.
+    #[test]
+    fn debug_shows_no_password() {
+        let mut c = CacheConfig::default().with_backend(crate::CacheBackend::Redis);
+        c.redis_url = Some(crate::config::Secret::new("redis://:s3cret@127.0.0.1:1/0"));
+        let core = RedisBackend::new(&c.redis_settings().unwrap()).unwrap();
+        let t = Duration::from_millis(100);
+        let twin = AsyncRedis::new(Arc::new(core), t, t).expect("an async twin");
+        let text = format!("{:?} {:?}", twin, twin.direct);
+        assert!(text.contains("127.0.0.1"), "{text}");
+        assert!(!text.contains("s3cret"), "{text}");
+        // A Sentinel target: the master's password and the Sentinels' own are shown neither.
+        let mut c = sentinel_config().with_redis_password(Some("m4ster".into()));
+        c.redis_sentinel_password = Some(crate::config::Secret::new("sent1nel"));
+        let core = RedisBackend::new(&c.redis_settings().unwrap()).unwrap();
+        let twin = AsyncRedis::new(Arc::new(core), t, t).expect("an async twin");
+        let text = format!("{:?} {:?}", twin, twin.direct);
+        assert!(text.contains("127.0.0.1"), "{text}");
+        assert!(
+            !text.contains("m4ster") && !text.contains("sent1nel"),
+            "{text}"
+        );
     }
 }

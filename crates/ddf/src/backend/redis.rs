@@ -260,21 +260,22 @@ impl RedisBackend {
     }
 
     /// The client the async face connects with (the same target, credentials and TLS), or
-    /// `None` for Sentinel, which the async face serves through this backend.
+    /// `None` for Sentinel, whose master the async face finds with [`RedisBackend::sentinels`].
     #[cfg(feature = "async")]
     pub(crate) fn async_client(&self) -> Option<AsyncClient> {
         match &self.target {
-            Target::Single(c, _) => {
-                // Built with database 0 for the sync set-up (see `client`); the async set-up
-                // fits in one bounded connect, so redis-rs selects `redis_db` itself.
-                let info = c.get_connection_info().clone();
-                let redis = info.redis_settings().clone().set_db(self.db);
-                redis::Client::open(info.set_redis_settings(redis))
-                    .ok()
-                    .map(AsyncClient::Single)
-            }
+            Target::Single(c, _) => on_db(c, self.db).ok().map(AsyncClient::Single),
             Target::Cluster(c) => Some(AsyncClient::Cluster(c.clone())),
             Target::Sentinel(_) => None,
+        }
+    }
+
+    /// The Sentinels, when the master is found through them.
+    #[cfg(feature = "async")]
+    pub(crate) fn sentinels(&self) -> Option<&sentinel::Sentinels> {
+        match &self.target {
+            Target::Sentinel(s) => Some(s),
+            _ => None,
         }
     }
 
@@ -353,17 +354,7 @@ impl RedisBackend {
         let Target::Sentinel(s) = &self.target else {
             return;
         };
-        let moved = e.is_timeout()
-            || e.is_io_error()
-            || e.is_connection_dropped()
-            || e.is_connection_refusal()
-            || matches!(
-                e.kind(),
-                redis::ErrorKind::Server(
-                    redis::ServerErrorKind::ReadOnly | redis::ServerErrorKind::MasterDown
-                )
-            );
-        if moved {
+        if sentinel::master_may_have_moved(e) {
             s.forget();
             self.pool.clear();
         }
@@ -594,6 +585,16 @@ fn client(settings: &RedisSettings, endpoint: &RedisEndpoint) -> redis::RedisRes
         return redis::Client::build_with_tls(info, certs(pem));
     }
     redis::Client::open(info)
+}
+
+/// `client` on database `db`, for the async face: the sync clients are built with database 0
+/// for the sync set-up (see `client`); the async set-up fits in one bounded connect, so
+/// redis-rs selects `redis_db` itself.
+#[cfg(feature = "async")]
+fn on_db(client: &redis::Client, db: i64) -> redis::RedisResult<redis::Client> {
+    let info = client.get_connection_info().clone();
+    let redis = info.redis_settings().clone().set_db(db);
+    redis::Client::open(info.set_redis_settings(redis))
 }
 
 /// The TLS configuration of a TLS endpoint (its CA, else the system's); `None` for a plain one.

@@ -26,30 +26,65 @@
 //!   anything is sent, and replaced.
 //! - **Runtimes**: a socket's reads are woken by the I/O driver of the runtime that opened it,
 //!   so a connection is used only from that runtime; a caller on another one replaces it.
+//! - **Sentinel**: the target is the master the Sentinels name, looked up at each connect
+//!   ([`Follow`]); a connection from before the master moved (or may have: an error
+//!   [`Follow::after_error`] reads so) is dropped unused, as one from another runtime.
 //! - **Not here**: TLS (it stays on redis-rs's multiplexed connection), RESP3 (`HELLO 3`: our
-//!   parser knows RESP2), Cluster and Sentinel.
+//!   parser knows RESP2), Cluster.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use redis::{ConnectionAddr, RedisError, RedisResult};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
+use super::sentinel::Follow;
 use crate::backend::redis::resp::{self, Reply};
 
 /// What a reply's buffer starts at; it is brought back to this after a larger reply.
 const RBUF: usize = 4096;
 
+/// The longest reply to `ROLE` read at set-up (a master lists its replicas: about 40 bytes
+/// each).
+const ROLE_MAX: usize = 64 * 1024;
+
 /// Where and how to connect (from the async client's settings).
-#[derive(Debug)]
 struct Target {
     addr: Addr,
     username: Option<String>,
     password: Option<String>,
     db: i64,
+}
+
+impl std::fmt::Debug for Target {
+    /// Never the password: whether there is one only.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Target")
+            .field("addr", &self.addr)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<hidden>"))
+            .field("db", &self.db)
+            .finish()
+    }
+}
+
+/// Where connections go: one server, or the master a Sentinel group names at each connect.
+enum Source {
+    Fixed(Target),
+    Sentinel(Arc<Follow>),
+}
+
+impl std::fmt::Debug for Source {
+    /// The address only: never the credentials.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Fixed(t) => f.debug_tuple("Fixed").field(&t.addr).finish(),
+            Source::Sentinel(s) => f.debug_tuple("Sentinel").field(s).finish(),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -71,6 +106,9 @@ struct Conn {
     /// The runtime whose I/O driver wakes this socket's reads: only a task on that runtime
     /// uses it (elsewhere a read would wait on a driver nobody may be driving).
     runtime: tokio::runtime::Id,
+    /// [`Follow::generation`] when it was opened (0 for a fixed target): an older one is not
+    /// used again.
+    generation: u64,
     /// Whether the last request was written whole (the server may have run it).
     sent: bool,
     /// The request being sent (kept: no allocation per call).
@@ -90,7 +128,7 @@ enum Slot {
 
 /// The caller-driven connection of one async Redis backend (see the module's documentation).
 pub(super) struct Direct {
-    target: Option<Target>,
+    source: Option<Source>,
     slot: Mutex<Slot>,
     /// Bumped by [`Direct::close`]: a connection leased before is not put back after.
     generation: AtomicU64,
@@ -101,7 +139,7 @@ pub(super) struct Direct {
 impl std::fmt::Debug for Direct {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Direct")
-            .field("target", &self.target.as_ref().map(|t| &t.addr))
+            .field("source", &self.source)
             .finish_non_exhaustive()
     }
 }
@@ -130,14 +168,9 @@ fn io_error(kind: std::io::ErrorKind, what: &'static str) -> RedisError {
     RedisError::from(std::io::Error::new(kind, what))
 }
 
-impl Direct {
-    /// The caller-driven connection for `client`'s target: unused (every call goes to the
-    /// multiplexed connection) for TLS and RESP3.
-    pub(super) fn new(
-        client: &redis::Client,
-        timeout: Duration,
-        connect_timeout: Duration,
-    ) -> Self {
+impl Target {
+    /// Where and how `client` connects; `None` for TLS and RESP3.
+    fn of(client: &redis::Client) -> Option<Target> {
         let info = client.get_connection_info();
         let settings = info.redis_settings();
         let addr = match info.addr() {
@@ -146,20 +179,64 @@ impl Direct {
             ConnectionAddr::Unix(path) => Some(Addr::Unix(path.clone())),
             _ => None,
         };
-        let target = addr
-            .filter(|_| settings.protocol() != redis::ProtocolVersion::RESP3)
+        addr.filter(|_| settings.protocol() != redis::ProtocolVersion::RESP3)
             .map(|addr| Target {
                 addr,
                 username: settings.username().map(str::to_owned),
                 password: settings.password().map(str::to_owned),
                 db: settings.db(),
-            });
+            })
+    }
+}
+
+impl Direct {
+    /// The caller-driven connection for `client`'s target: unused (every call goes to the
+    /// multiplexed connection) for TLS and RESP3.
+    pub(super) fn new(
+        client: &redis::Client,
+        timeout: Duration,
+        connect_timeout: Duration,
+    ) -> Self {
+        Self::with(
+            Target::of(client).map(Source::Fixed),
+            timeout,
+            connect_timeout,
+        )
+    }
+
+    /// The caller-driven connection to the master `follow` finds; the caller checks that the
+    /// master is reached over plain RESP2 (else there is none: see [`Target::of`]).
+    pub(super) fn following(
+        follow: Arc<Follow>,
+        timeout: Duration,
+        connect_timeout: Duration,
+    ) -> Self {
+        Self::with(Some(Source::Sentinel(follow)), timeout, connect_timeout)
+    }
+
+    fn with(source: Option<Source>, timeout: Duration, connect_timeout: Duration) -> Self {
         Direct {
-            target,
+            source,
             slot: Mutex::new(Slot::Vacant),
             generation: AtomicU64::new(0),
             timeout,
             connect_timeout,
+        }
+    }
+
+    /// The generation a connection must have to be used ([`Follow::generation`]; 0 for a
+    /// fixed target).
+    fn current(&self) -> u64 {
+        match &self.source {
+            Some(Source::Sentinel(f)) => f.generation(),
+            _ => 0,
+        }
+    }
+
+    /// Tells the Sentinel follower about an error (it may retire every connection).
+    fn after_error(&self, e: &RedisError) {
+        if let Some(Source::Sentinel(f)) = &self.source {
+            f.after_error(e);
         }
     }
 
@@ -186,7 +263,7 @@ impl Direct {
         encode: impl Fn(&mut Vec<u8>),
         read: impl Fn(Reply<'_>) -> RedisResult<T>,
     ) -> Option<RedisResult<T>> {
-        let target = self.target.as_ref()?;
+        let source = self.source.as_ref()?;
         let runtime = tokio::runtime::Handle::try_current().ok()?.id();
         let (held, generation) = {
             let mut slot = self.slot.lock().unwrap_or_else(PoisonError::into_inner);
@@ -197,8 +274,23 @@ impl Direct {
             };
             (held, self.generation.load(Ordering::SeqCst))
         };
-        // Another runtime's socket, or one the server closed while it idled: dropped unused.
-        let held = held.filter(|c| c.runtime == runtime && !c.closed());
+        // Another runtime's socket, one to a master that may have moved, or one the server
+        // closed while it idled: dropped unused.
+        let current = self.current();
+        let held = held.filter(|c| c.runtime == runtime && c.generation == current);
+        let held = match held {
+            // Closed by the server: it may have gone down (a failover), so the next connect
+            // asks the Sentinels rather than trusting the master last found, which may be an
+            // old master restarted and still claiming the role.
+            Some(c) if c.closed() => {
+                self.after_error(&io_error(
+                    std::io::ErrorKind::ConnectionAborted,
+                    "the server closed the idle connection",
+                ));
+                None
+            }
+            held => held,
+        };
         let mut lease = Lease {
             of: self,
             generation,
@@ -207,32 +299,61 @@ impl Direct {
         let reused = held.is_some();
         let mut conn = match held {
             Some(c) => c,
-            None => match self.open(target, runtime).await {
+            None => match self.open(source, runtime).await {
                 Ok(c) => c,
-                Err(e) => return Some(Err(e)),
+                Err(e) => return Some(Err(self.noted(e))),
             },
         };
         let mut r = self.request(&mut conn, &encode, &read).await;
-        if reused && (idempotent || !conn.sent) && r.as_ref().is_err_and(is_dead) {
+        if reused
+            && (idempotent || !conn.sent)
+            && let Err(e) = &r
+            && is_dead(e)
+        {
             tracing::debug!("redis connection was dead; reconnecting");
+            self.after_error(e);
             drop(conn);
-            conn = match self.open(target, runtime).await {
+            conn = match self.open(source, runtime).await {
                 Ok(c) => c,
-                Err(e) => return Some(Err(e)),
+                Err(e) => return Some(Err(self.noted(e))),
             };
             r = self.request(&mut conn, &encode, &read).await;
         }
         // Only a reply read whole puts the connection back.
-        Some(r.and_then(|reply| {
-            lease.back = Some(conn);
-            reply
-        }))
+        Some(
+            r.and_then(|reply| {
+                lease.back = Some(conn);
+                reply
+            })
+            .map_err(|e| self.noted(e)),
+        )
     }
 
-    /// Connects, authenticates and selects the database within `connect_timeout`.
-    async fn open(&self, t: &Target, runtime: tokio::runtime::Id) -> RedisResult<Box<Conn>> {
+    /// `e`, after telling the Sentinel follower about it.
+    fn noted(&self, e: RedisError) -> RedisError {
+        self.after_error(&e);
+        e
+    }
+
+    /// Connects, authenticates and selects the database within `connect_timeout` (the
+    /// Sentinel lookup included).
+    async fn open(&self, source: &Source, runtime: tokio::runtime::Id) -> RedisResult<Box<Conn>> {
         let deadline = Instant::now() + self.connect_timeout;
         let setup = async {
+            let found;
+            let (t, generation, follow) = match source {
+                Source::Fixed(t) => (t, 0, None),
+                Source::Sentinel(f) => {
+                    let (client, addr, generation) = f.locate(deadline).await?;
+                    found = Target::of(&client).ok_or_else(|| {
+                        RedisError::from((
+                            redis::ErrorKind::Client,
+                            "the master is reached over TLS or RESP3: not on this connection",
+                        ))
+                    })?;
+                    (&found, generation, Some((f, addr)))
+                }
+            };
             let stream = match &t.addr {
                 Addr::Tcp(host, port) => {
                     let s = tokio::net::TcpStream::connect((host.as_str(), *port)).await?;
@@ -245,6 +366,7 @@ impl Direct {
             let mut c = Box::new(Conn {
                 stream,
                 runtime,
+                generation,
                 sent: false,
                 req: Vec::new(),
                 rbuf: Vec::new(),
@@ -262,6 +384,12 @@ impl Direct {
                 let db = t.db.to_string();
                 c.exchange(|b| resp::command(b, &[b"SELECT", db.as_bytes()]), ok)
                     .await??;
+            }
+            // `ROLE` on this connection (the lookup's was on another one): a master demoted
+            // since is not used, and neither is a connection retired while opening.
+            if let Some((f, addr)) = follow {
+                let role = c.role().await?;
+                f.verify(&role, &addr, generation)?;
             }
             Ok::<_, RedisError>(c)
         };
@@ -329,6 +457,51 @@ impl Conn {
         !matches!(r, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
     }
 
+    /// Sends `ROLE` and reads its reply (an array, which the hot replies' parser refuses) with
+    /// redis-rs's parser; at most [`ROLE_MAX`] bytes are read (unbounded in time: the caller
+    /// bounds it).
+    async fn role(&mut self) -> RedisResult<redis::Role> {
+        let mut req = Vec::new();
+        resp::command(&mut req, &[b"ROLE"]);
+        match &mut self.stream {
+            Stream::Tcp(s) => s.write_all(&req).await?,
+            #[cfg(unix)]
+            Stream::Unix(s) => s.write_all(&req).await?,
+        }
+        let mut buf = vec![0u8; 512];
+        let mut filled = 0;
+        loop {
+            if filled == buf.len() {
+                if buf.len() >= ROLE_MAX {
+                    return Err(RedisError::from((
+                        redis::ErrorKind::Parse,
+                        "RESP2",
+                        format!("a reply to ROLE longer than {ROLE_MAX} bytes"),
+                    )));
+                }
+                buf.resize((buf.len() * 2).min(ROLE_MAX), 0);
+            }
+            let n = match &mut self.stream {
+                Stream::Tcp(s) => s.read(&mut buf[filled..]).await,
+                #[cfg(unix)]
+                Stream::Unix(s) => s.read(&mut buf[filled..]).await,
+            };
+            match n {
+                Ok(0) => return Err(io_error(std::io::ErrorKind::UnexpectedEof, "closed")),
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e.into()),
+            }
+            match redis::parse_redis_value(&buf[..filled]) {
+                // Not whole yet.
+                Err(e) if e.kind() == redis::ErrorKind::Io => {}
+                Err(e) => return Err(e),
+                Ok(redis::Value::ServerError(e)) => return Err(e.into()),
+                Ok(v) => return Ok(redis::from_redis_value(v)?),
+            }
+        }
+    }
+
     /// Sends one request and reads its reply whole (unbounded in time: the caller bounds it).
     async fn exchange<T>(
         &mut self,
@@ -390,7 +563,7 @@ impl Conn {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use ddf_testkit::RedisServer;
     use std::future::Future;
@@ -555,6 +728,172 @@ mod tests {
         assert_eq!(e.code(), Some("WRONGPASS"), "{e}");
         assert!(!e.is_timeout() && !e.is_io_error(), "{e}");
         assert!(vacant(&wrong));
+    }
+
+    /// `ROLE` on the connection a Sentinel target then uses (what refuses a master demoted
+    /// after the lookup): read whole on this connection, which stays in step; a real replica
+    /// is refused as a moved master, a master let through (the sync face's decision).
+    #[tokio::test]
+    async fn role_is_read_on_the_connection_and_a_replica_refused() {
+        use crate::backend::redis::RedisBackend;
+        use crate::backend::redis::sentinel::master_may_have_moved;
+        let Some(master) = RedisServer::start() else {
+            return;
+        };
+        let port = master.port().to_string();
+        let Some(replica) = RedisServer::start_with(&["--replicaof", "127.0.0.1", &port]) else {
+            return;
+        };
+        let cfg = crate::CacheConfig::default()
+            .with_backend(crate::CacheBackend::Redis)
+            .with_redis_sentinels(
+                vec![crate::config::ServerAddr::parse("127.0.0.1:1", 26379).unwrap()],
+                "m",
+            );
+        let core = RedisBackend::new(&cfg.redis_settings().unwrap()).unwrap();
+        let sentinels = core.sentinels().unwrap();
+        for (server, is_master) in [(&master, true), (&replica, false)] {
+            let d = direct(server);
+            assert_eq!(get(&d, "k").await, None);
+            let Slot::Idle(mut c) = std::mem::replace(&mut *d.slot.lock().unwrap(), Slot::Busy)
+            else {
+                panic!("an idle connection");
+            };
+            let role = c.role().await.unwrap();
+            let r = sentinels.must_be_master(&role, "here");
+            assert_eq!(r.is_ok(), is_master, "{role:?}: {r:?}");
+            if let Err(e) = r {
+                assert!(master_may_have_moved(&e), "{e}");
+                assert!(e.to_string().contains("here is not a master"), "{e}");
+            }
+            let after = d.request(&mut c, |b| resp::get(b, b"k"), resp::bulk).await;
+            assert_eq!(after.unwrap().unwrap(), None, "in step after ROLE");
+        }
+    }
+
+    /// A proxy on a free loopback port: its first connection goes to `first`, every later
+    /// one to `then` (a master demoted between the lookup's check and the connection used).
+    pub(crate) fn switching_proxy(first: u16, then: u16) -> u16 {
+        use std::net::{TcpListener, TcpStream};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for (n, client) in listener.incoming().enumerate() {
+                let Ok(client) = client else { return };
+                let to = if n == 0 { first } else { then };
+                let Ok(server) = TcpStream::connect(("127.0.0.1", to)) else {
+                    return;
+                };
+                let pipe = |mut a: TcpStream, mut b: TcpStream| {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut a, &mut b);
+                        let _ = b.shutdown(std::net::Shutdown::Both);
+                    });
+                };
+                pipe(client.try_clone().unwrap(), server.try_clone().unwrap());
+                pipe(server, client);
+            }
+        });
+        port
+    }
+
+    /// A fake Sentinel naming `port` on loopback, a sync backend following it, and how many
+    /// times the fake was asked.
+    pub(crate) fn naming(
+        port: u16,
+    ) -> (
+        ddf_testkit::FakeServer,
+        Arc<crate::backend::redis::RedisBackend>,
+        Arc<std::sync::atomic::AtomicUsize>,
+    ) {
+        let at = port.to_string();
+        let named = format!("*2\r\n$9\r\n127.0.0.1\r\n${}\r\n{at}\r\n", at.len()).into_bytes();
+        let asked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = asked.clone();
+        let sentinel = ddf_testkit::FakeServer::start(move |line: &[u8]| match line {
+            b"get-master-addr-by-name" => {
+                counted.fetch_add(1, Ordering::SeqCst);
+                ddf_testkit::FakeReply::Send(named.clone())
+            }
+            _ => ddf_testkit::FakeReply::Nothing,
+        });
+        let cfg = crate::CacheConfig::default()
+            .with_backend(crate::CacheBackend::Redis)
+            .with_redis_sentinels(
+                vec![crate::config::ServerAddr::parse(&sentinel.server(), 26379).unwrap()],
+                "m",
+            );
+        let core = crate::backend::redis::RedisBackend::new(&cfg.redis_settings().unwrap());
+        (sentinel, Arc::new(core.unwrap()), asked)
+    }
+
+    /// The reviewer's case: the lookup checks a master with `ROLE` on its own connection, and
+    /// the connection then used reaches a replica (here: a proxy that sends the second
+    /// connection elsewhere). It is refused as a moved master, not read from; without the
+    /// check on the connection used, the `GET` would answer from the replica.
+    #[tokio::test]
+    async fn a_connection_reaching_a_replica_after_the_lookup_is_refused() {
+        use crate::backend::redis::sentinel::master_may_have_moved;
+        let Some(master) = RedisServer::start() else {
+            return;
+        };
+        let port = master.port().to_string();
+        let Some(replica) = RedisServer::start_with(&["--replicaof", "127.0.0.1", &port]) else {
+            return;
+        };
+        let (_sentinel, core, _) = naming(switching_proxy(master.port(), replica.port()));
+        let follow = Arc::new(Follow::new(&core).unwrap());
+        let t = Duration::from_secs(5);
+        let d = Direct::following(follow, t, t);
+        let e = d
+            .hot(true, |b| resp::get(b, b"k"), resp::bulk)
+            .await
+            .expect("free")
+            .unwrap_err();
+        assert!(master_may_have_moved(&e), "{e}");
+        assert!(e.to_string().contains("is not a master"), "{e}");
+        assert!(vacant(&d));
+    }
+
+    /// An idle connection the server closed (it may have gone down in a failover) makes the
+    /// next connect ask the Sentinels rather than reuse the master last found, which may be an
+    /// old master restarted and still claiming the role. Without that, the fake Sentinel
+    /// would be asked once, not twice.
+    #[tokio::test]
+    async fn a_closed_idle_connection_makes_the_next_connect_ask_the_sentinels() {
+        let Some(server) = RedisServer::start() else {
+            return;
+        };
+        let (_sentinel, core, asked) = naming(server.port());
+        let follow = Arc::new(Follow::new(&core).unwrap());
+        let t = Duration::from_secs(5);
+        let d = Direct::following(follow, t, t);
+        assert_eq!(get(&d, "k").await, None);
+        assert_eq!(asked.load(Ordering::SeqCst), 1);
+        ddf_testkit::redis_cli(server.port(), &["CLIENT", "KILL", "TYPE", "normal"]);
+        // Until the close has reached this side (no timing asserted: it is waited for).
+        for _ in 0..500 {
+            if let Slot::Idle(c) = &*d.slot.lock().unwrap()
+                && c.closed()
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(get(&d, "k").await, None);
+        assert_eq!(asked.load(Ordering::SeqCst), 2);
+    }
+
+    /// A target's `Debug` (a Sentinel's master is one too, once found) shows no password.
+    #[test]
+    fn a_target_shows_no_password() {
+        let client = redis::Client::open("redis://u:s3cret@127.0.0.1:1/2").unwrap();
+        let text = format!("{:?}", Target::of(&client).unwrap());
+        assert!(
+            text.contains("127.0.0.1") && text.contains("<hidden>"),
+            "{text}"
+        );
+        assert!(!text.contains("s3cret"), "{text}");
     }
 
     /// A connection left idle by a runtime that has ended (the global cache used from one

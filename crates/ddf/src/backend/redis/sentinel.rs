@@ -13,7 +13,12 @@
 //!    master answered is asked first next time;
 //! 3. ask again when the master fails: the backend calls [`Sentinels::forget`] after a
 //!    connection error, a timeout or a `READONLY` reply (a demoted master; Sentinel also closes
-//!    the clients of a server it turns into a replica).
+//!    the clients of a server it turns into a replica): [`master_may_have_moved`], the one
+//!    decision both faces take.
+//!
+//! The async face (`aio/redis/sentinel.rs`) runs [`Sentinels::locate`], this same lookup, on
+//! tokio's blocking pool once per (re)connect, and opens its own async connections to the
+//! address found.
 //!
 //! Every connection opened here, to a Sentinel or to the master, is a [`Bounded`] one (TLS
 //! included): each request ends within its deadline however the server drip-feeds its reply,
@@ -92,8 +97,15 @@ impl Sentinels {
         self.state().master.as_ref().map(|m| m.addr.clone())
     }
 
+    /// Whether the master is reached over plain TCP in RESP2 (no CA, no RESP3): what the
+    /// async face's caller-driven connection speaks.
+    #[cfg(feature = "async")]
+    pub(crate) fn plain_resp2(&self) -> bool {
+        self.settings.ca.is_none() && !self.settings.resp3
+    }
+
     /// Makes the next connection ask the Sentinels where the master is.
-    pub(super) fn forget(&self) {
+    pub(crate) fn forget(&self) {
         if self.state().master.take().is_some() {
             tracing::debug!(master = %self.name, "Sentinel: the master will be looked up again");
         }
@@ -109,11 +121,26 @@ impl Sentinels {
     /// last found while it still is one, else to the one the Sentinels name now. Takes at most
     /// `connect_timeout` in all; each later request on it waits at most `timeout`.
     pub(super) fn connect(&self) -> RedisResult<Bounded> {
-        let deadline = Instant::now() + self.settings.connect_timeout;
+        self.connect_until(Instant::now() + self.settings.connect_timeout)
+            .map(|(_, c)| c)
+    }
+
+    /// Where the current master is, found and verified with `ROLE` as [`Sentinels::connect`]
+    /// does (the verifying connection is then closed), before `deadline`: its `host:port` and
+    /// a client of it on `redis_db`, for the async face's connections (which open their own).
+    #[cfg(feature = "async")]
+    pub(crate) fn locate(&self, deadline: Instant) -> RedisResult<(String, redis::Client)> {
+        let (m, _verified) = self.connect_until(deadline)?;
+        let client = super::on_db(&m.client, self.settings.db)?;
+        Ok((m.addr, client))
+    }
+
+    /// [`Sentinels::connect`] before `deadline`, with the master it connected to.
+    fn connect_until(&self, deadline: Instant) -> RedisResult<(Master, Bounded)> {
         let known = self.state().master.clone();
         if let Some(m) = known {
             match self.open_master(&m, deadline) {
-                Ok(c) => return Ok(c),
+                Ok(c) => return Ok((m, c)),
                 Err(e) => {
                     tracing::debug!(master = %self.name, addr = %m.addr, error = %e,
                         "Sentinel: the known master failed; asking the Sentinels");
@@ -126,8 +153,8 @@ impl Sentinels {
         if state.master.as_ref().map(|k| &k.addr) != Some(&m.addr) {
             tracing::info!(master = %self.name, addr = %m.addr, "Sentinel: using the master at {}", m.addr);
         }
-        state.master = Some(m);
-        Ok(c)
+        state.master = Some(m.clone());
+        Ok((m, c))
     }
 
     /// Asks the Sentinels in turn, from the one whose master answered last, where the master
@@ -221,18 +248,45 @@ impl Sentinels {
         c.set_timeout(left(deadline)?.min(timeout));
         let role = redis::cmd("ROLE").query::<redis::Role>(&mut c)?;
         c.set_timeout(timeout);
+        self.must_be_master(&role, &m.addr).map(|()| c)
+    }
+
+    /// Whether a connection to `addr` that answered `ROLE` with `role` may be used as this
+    /// group's master: only a master may. The one decision, for both faces (each asks it on
+    /// the connection it then uses).
+    ///
+    /// # Errors
+    /// A replica or a Sentinel: a `MASTERDOWN` error ([`master_may_have_moved`]: the
+    /// Sentinels are asked again), naming the address and the group.
+    pub(crate) fn must_be_master(&self, role: &redis::Role, addr: &str) -> RedisResult<()> {
         match role {
-            redis::Role::Primary { .. } => Ok(c),
+            redis::Role::Primary { .. } => Ok(()),
             _ => Err(redis::RedisError::from((
                 redis::ErrorKind::Server(redis::ServerErrorKind::MasterDown),
                 "not a master",
                 format!(
-                    "{} is not a master (yet); the Sentinels of {:?} are asked again",
-                    m.addr, self.name
+                    "{addr} is not a master (yet); the Sentinels of {:?} are asked again",
+                    self.name
                 ),
             ))),
         }
     }
+}
+
+/// Whether an error may mean that the master moved (a connection error, a timeout, `READONLY`
+/// from a demoted master, `MASTERDOWN`): then the next connection asks the Sentinels again and
+/// the connections open to the old one are dropped. The one decision, for both faces.
+pub(crate) fn master_may_have_moved(e: &redis::RedisError) -> bool {
+    e.is_timeout()
+        || e.is_io_error()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || matches!(
+            e.kind(),
+            redis::ErrorKind::Server(
+                redis::ServerErrorKind::ReadOnly | redis::ServerErrorKind::MasterDown
+            )
+        )
 }
 
 /// The time left before `deadline`, or a timeout error when there is none.
@@ -278,4 +332,31 @@ fn sentinel_client(
         .set_redis_settings(redis)
         .set_tcp_settings(super::tcp_settings());
     redis::Client::open(info)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The one decision both faces take: what makes them ask the Sentinels again. A reply
+    /// error of the command itself (a wrong type) does not; a demoted master does.
+    #[test]
+    fn what_means_the_master_may_have_moved() {
+        let server = |code: &str| {
+            let mut reply = Vec::new();
+            reply.extend_from_slice(format!("-{code} detail\r\n").as_bytes());
+            match redis::parse_redis_value(&reply) {
+                Ok(redis::Value::ServerError(e)) => redis::RedisError::from(e),
+                other => panic!("{other:?}"),
+            }
+        };
+        assert!(master_may_have_moved(&server("READONLY")));
+        assert!(master_may_have_moved(&server("MASTERDOWN")));
+        assert!(master_may_have_moved(&timed_out("t")));
+        assert!(master_may_have_moved(&redis::RedisError::from(
+            io::Error::from(io::ErrorKind::ConnectionReset)
+        )));
+        assert!(!master_may_have_moved(&server("WRONGTYPE")));
+        assert!(!master_may_have_moved(&server("NOAUTH")));
+    }
 }

@@ -1,5 +1,6 @@
 //! The async Redis backend: redis-rs's multiplexed connection (standalone over TCP, TLS or a
-//! unix socket) or its async cluster connection, shared by every task of the cache.
+//! unix socket, or the master Sentinels name), shared by every task of the cache. A Cluster
+//! is [`cluster`]'s, whose nodes are standalone targets of this backend.
 //!
 //! Everything but the transport is the sync backend's: the target, credentials, TLS and
 //! timeouts come from the same [`RedisBackend`] (built from the same validated settings), the
@@ -34,7 +35,7 @@ mod direct;
 mod keys;
 mod sentinel;
 
-use keys::{on_node, per_key, primaries, scan_unlink, unlink};
+use keys::{scan_unlink, unlink};
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -42,37 +43,26 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
-use redis::cluster_async::ClusterConnection;
-use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::{AsyncConnectionConfig, Cmd, FromRedisValue, RedisError, RedisResult};
 
 use super::backend::{AsyncBackend, BoxFuture, Noted};
-use crate::backend::redis::{AsyncClient, RedisBackend, commands, resp};
+use crate::backend::redis::{RedisBackend, commands, resp};
 use crate::backend::{BackendStatus, ClearPlan, Item, check_prefix, clear_plan};
 use crate::error::{Error, Result};
 
 const NAME: &str = "redis";
 
-/// A live connection of either kind (cheap to clone: requests share its socket).
+/// A live connection (cheap to clone: requests share its socket).
 #[derive(Clone)]
-enum Conn {
-    Single(MultiplexedConnection),
-    Cluster(ClusterConnection),
-}
+struct Conn(MultiplexedConnection);
 
 impl Conn {
     async fn query<T: FromRedisValue>(&mut self, cmd: &Cmd) -> RedisResult<T> {
-        match self {
-            Conn::Single(c) => cmd.query_async(c).await,
-            Conn::Cluster(c) => cmd.query_async(c).await,
-        }
+        cmd.query_async(&mut self.0).await
     }
 
     async fn query_pipe<T: FromRedisValue>(&mut self, p: &redis::Pipeline) -> RedisResult<T> {
-        match self {
-            Conn::Single(c) => p.query_async(c).await,
-            Conn::Cluster(c) => p.query_async(c).await,
-        }
+        p.query_async(&mut self.0).await
     }
 }
 
@@ -82,7 +72,7 @@ impl Conn {
     reason = "one per backend; the clients' sizes change with redis-rs's features"
 )]
 enum Source {
-    Fixed(AsyncClient),
+    Fixed(redis::Client),
     Sentinel(Arc<sentinel::Follow>),
 }
 
@@ -129,19 +119,18 @@ fn is_dead(e: &RedisError) -> bool {
 }
 
 impl AsyncRedis {
-    /// The async twin of `core` (built from the same settings): standalone, Cluster or
-    /// Sentinel.
+    /// The async twin of `core` (built from the same settings): standalone or Sentinel; `None`
+    /// for a Cluster (see [`cluster`]).
     pub(crate) fn new(
         core: Arc<RedisBackend>,
         timeout: Duration,
         connect_timeout: Duration,
     ) -> Option<Self> {
         let (source, direct) = match core.async_client() {
-            Some(AsyncClient::Single(c)) => {
+            Some(c) => {
                 let d = direct::Direct::new(&c, timeout, connect_timeout);
-                (Source::Fixed(AsyncClient::Single(c)), Some(d))
+                (Source::Fixed(c), Some(d))
             }
-            Some(cluster @ AsyncClient::Cluster(_)) => (Source::Fixed(cluster), None),
             None => {
                 let follow = Arc::new(sentinel::Follow::new(&core)?);
                 let plain = core.sentinels().is_some_and(|s| s.plain_resp2());
@@ -294,13 +283,7 @@ impl AsyncRedis {
                 .await
         };
         match &self.source {
-            Source::Fixed(AsyncClient::Single(client)) => {
-                Ok((Conn::Single(single(client.clone()).await?), 0))
-            }
-            // The cluster client carries both timeouts (see `cluster_client`).
-            Source::Fixed(AsyncClient::Cluster(client)) => {
-                Ok((Conn::Cluster(client.get_async_connection().await?), 0))
-            }
+            Source::Fixed(client) => Ok((Conn(single(client.clone()).await?), 0)),
             // `ROLE` on the connection itself (the lookup's was on another one): a master
             // demoted since is not used, and neither is a connection retired while opening.
             Source::Sentinel(f) => {
@@ -310,7 +293,7 @@ impl AsyncRedis {
                     .query_async::<redis::Role>(&mut m)
                     .await?;
                 f.verify(&role, &addr, generation)?;
-                Ok((Conn::Single(m), generation))
+                Ok((Conn(m), generation))
             }
         }
     }
@@ -404,15 +387,7 @@ impl AsyncRedis {
         )?;
         let pattern = &commands::prefix_pattern(self.core.keyspace(), prefix);
         self.run("SCAN/UNLINK", |mut c| async move {
-            let nodes = match &mut c {
-                Conn::Single(_) => return scan_unlink(&mut c, pattern, None).await,
-                Conn::Cluster(cc) => primaries(cc).await?,
-            };
-            let mut n = 0;
-            for node in &nodes {
-                n += scan_unlink(&mut c, pattern, Some(node)).await?;
-            }
-            Ok(n)
+            scan_unlink(&mut c, pattern).await
         })
         .await
     }
@@ -428,16 +403,7 @@ impl AsyncRedis {
             ClearPlan::Prefix => self.remove_prefix("").await.map(drop),
             ClearPlan::Flush => {
                 self.run("FLUSHDB", |mut c| async move {
-                    match &mut c {
-                        Conn::Single(_) => c.query::<()>(&commands::flushdb()).await,
-                        Conn::Cluster(cc) => {
-                            for (host, port) in primaries(cc).await? {
-                                cc.route_command(commands::flushdb(), on_node(&host, port))
-                                    .await?;
-                            }
-                            Ok(())
-                        }
-                    }
+                    c.query::<()>(&commands::flushdb()).await
                 })
                 .await
             }
@@ -457,34 +423,17 @@ impl AsyncRedis {
     }
 
     async fn server_info(&self) -> Result<Vec<(String, String)>> {
-        let (info, cluster): (String, Option<String>) = self
-            .run("INFO", |mut c| async move {
-                let cc = match &mut c {
-                    Conn::Single(_) => return Ok((c.query(&commands::info()).await?, None)),
-                    Conn::Cluster(cc) => cc,
-                };
-                {
-                    let random = || RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random);
-                    let info = redis::from_redis_value(
-                        cc.route_command(commands::info(), random()).await?,
-                    )?;
-                    let ci = redis::from_redis_value(
-                        cc.route_command(commands::cluster_info(), random()).await?,
-                    )?;
-                    Ok((info, Some(ci)))
-                }
-            })
+        let info: String = self
+            .run(
+                "INFO",
+                |mut c| async move { c.query(&commands::info()).await },
+            )
             .await?;
         let master = match &self.source {
             Source::Sentinel(f) => f.current(),
             Source::Fixed(_) => None,
         };
-        Ok(commands::info_rows(
-            self.core.place(),
-            master,
-            &info,
-            cluster.as_deref(),
-        ))
+        Ok(commands::info_rows(self.core.place(), master, &info, None))
     }
 
     async fn get_items(&self, keys: &[&str]) -> Result<Vec<Option<Item>>> {
@@ -493,12 +442,10 @@ impl AsyncRedis {
         }
         let ks: &[String] = &keys.iter().map(|k| self.key(k)).collect::<Vec<_>>();
         let vals: Vec<Option<Vec<u8>>> = self
-            .run("MGET", |mut c| async move {
-                match &mut c {
-                    Conn::Single(_) => c.query(&commands::mget(ks)).await,
-                    Conn::Cluster(cc) => per_key(cc, "GET", ks).await,
-                }
-            })
+            .run(
+                "MGET",
+                |mut c| async move { c.query(&commands::mget(ks)).await },
+            )
             .await?;
         if vals.len() != keys.len() {
             return Err(Error::Backend {
@@ -524,26 +471,12 @@ impl AsyncRedis {
             .iter()
             .map(|(k, it)| commands::set(&self.key(k), &it.data, ttl))
             .collect::<Vec<_>>();
-        self.run("SET (pipeline)", |c| async move {
-            match c {
-                Conn::Single(mut mc) => {
-                    let mut p = redis::pipe();
-                    for cmd in cmds {
-                        p.add_command(cmd.clone()).ignore();
-                    }
-                    p.query_async::<()>(&mut mc).await
-                }
-                Conn::Cluster(cc) => {
-                    let calls = cmds.iter().map(|cmd| {
-                        let mut cc = cc.clone();
-                        async move { cmd.query_async::<()>(&mut cc).await }
-                    });
-                    futures_util::future::join_all(calls)
-                        .await
-                        .into_iter()
-                        .collect()
-                }
+        self.run("SET (pipeline)", |mut c| async move {
+            let mut p = redis::pipe();
+            for cmd in cmds {
+                p.add_command(cmd.clone()).ignore();
             }
+            c.query_pipe::<()>(&p).await
         })
         .await
     }
@@ -712,7 +645,7 @@ impl AsyncBackend for AsyncRedis {
         })
     }
 
-    /// As the sync backend's: one script outside a Cluster, a plain `SET` on one.
+    /// As the sync backend's outside a Cluster: one script.
     fn set_if_lease<'a>(
         &'a self,
         key: &'a str,
@@ -724,13 +657,9 @@ impl AsyncBackend for AsyncRedis {
         Box::pin(async move {
             let k = self.key(key);
             let fenced = &commands::set_if_lease(&k, &item.data, ttl, &self.key(lease), token);
-            let plain = &commands::set(&k, &item.data, ttl);
             let n: u64 = self
-                .run("EVAL (set-if-lease)", |c| async move {
-                    match c {
-                        Conn::Single(mut s) => fenced.query_async(&mut s).await,
-                        Conn::Cluster(mut cc) => plain.query_async::<()>(&mut cc).await.map(|()| 1),
-                    }
+                .run("EVAL (set-if-lease)", |mut c| async move {
+                    c.query(fenced).await
                 })
                 .await?;
             Ok(n > 0)

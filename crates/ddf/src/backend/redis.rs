@@ -65,17 +65,6 @@ enum Target {
     Sentinel(Box<sentinel::Sentinels>),
 }
 
-/// What the async face connects with ([`RedisBackend::async_client`]).
-#[cfg(feature = "async")]
-#[allow(
-    clippy::large_enum_variant,
-    reason = "one per backend; the clients' sizes change with redis-rs's features"
-)]
-pub(crate) enum AsyncClient {
-    Single(redis::Client),
-    Cluster(ClusterClient),
-}
-
 /// One pooled connection.
 // A few pooled connections per cache: the hot single-server variant is kept inline (no pointer
 // to follow on each request) at the cost of a larger enum.
@@ -260,13 +249,13 @@ impl RedisBackend {
     }
 
     /// The client the async face connects with (the same target, credentials and TLS), or
-    /// `None` for Sentinel, whose master the async face finds with [`RedisBackend::sentinels`].
+    /// `None` for Sentinel, whose master the async face finds with [`RedisBackend::sentinels`],
+    /// and for a Cluster, which the async face serves with `aio/redis/cluster.rs`.
     #[cfg(feature = "async")]
-    pub(crate) fn async_client(&self) -> Option<AsyncClient> {
+    pub(crate) fn async_client(&self) -> Option<redis::Client> {
         match &self.target {
-            Target::Single(c, _) => on_db(c, self.db).ok().map(AsyncClient::Single),
-            Target::Cluster(c) => Some(AsyncClient::Cluster(c.clone())),
-            Target::Sentinel(_) => None,
+            Target::Single(c, _) => on_db(c, self.db).ok(),
+            Target::Cluster(_) | Target::Sentinel(_) => None,
         }
     }
 

@@ -25,7 +25,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
-use redis::{RedisError, RedisResult, Value};
+use redis::{RedisResult, Value};
 
 use super::super::backend::{AsyncBackend, Blocking, BoxFuture, Noted, Place};
 use super::super::scopes::AsyncPerScope;
@@ -183,14 +183,8 @@ impl Nodes {
         let (p, per) = request::pipeline(to, cmds, idx);
         let (p, n) = (&p, idx.len() * per);
         let all = node
-            .run(what, |c| async move {
-                match c {
-                    Conn::Single(mut mc) => mc.send_packed_commands(p, 0, n).await,
-                    Conn::Cluster(_) => Err(RedisError::from((
-                        redis::ErrorKind::Client,
-                        "a cluster node's connection is standalone",
-                    ))),
-                }
+            .run(what, |Conn(mut mc)| async move {
+                mc.send_packed_commands(p, 0, n).await
             })
             .await?;
         let vals = request::check_count(what, to, request::unpipe(all, per), idx.len())?;

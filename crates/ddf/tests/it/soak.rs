@@ -11,9 +11,9 @@
 //!
 //! The `*_processes` variants also run short-lived child processes (this test binary run again,
 //! see `process.rs`) that share the fallback directory, which is where most of issue #14's stale
-//! reads come from. Every process stamps each call with the wall clock read at that moment
-//! (nanoseconds since the Unix epoch): one kernel clock, the same for every process on the
-//! machine. (A clock made of the wall clock read once and advanced by `Instant` is ahead by
+//! reads come from. Every process stamps each call with `CLOCK_MONOTONIC` read exactly
+//! ([`process::mono_ns`]): one kernel clock, the same for every process on the machine, which
+//! never steps. (A clock made of the wall clock read once and advanced by `Instant` is ahead by
 //! however long the process was paused between its two readings: a child process 0.06-0.14 ms
 //! ahead of the parent made 16 legal histories look stale, issue #14 wave 8.)
 //!
@@ -54,10 +54,10 @@ fn soak_duration() -> Duration {
     Duration::from_secs_f64(secs)
 }
 
-/// Nanoseconds since the Unix epoch, read from the wall clock at each call: every process of
-/// the soak reads the same kernel clock, so their histories share one time line (what the
-/// checker requires). Nothing is sampled once per process: a clock built from two readings
-/// (the wall clock once, then `Instant`) is off by any pause between them.
+/// `CLOCK_MONOTONIC` in nanoseconds ([`process::mono_ns`]): every process of the soak reads
+/// the same kernel clock, so their histories share one time line (what the checker requires).
+/// Nothing is sampled twice per process: a clock built from two readings (the wall clock once,
+/// then `Instant`) is off by any pause between them.
 #[derive(Clone, Copy)]
 struct Clock;
 
@@ -67,10 +67,7 @@ impl Clock {
     }
 
     fn now(self) -> u64 {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_nanos() as u64
+        process::mono_ns()
     }
 }
 

@@ -17,7 +17,11 @@
 //!   value on `k`, a `delete` of `k`, an `invalidate_pattern` whose prefix covers `k`, a
 //!   `flush_all`) started after the `set` of `v` ended and ended before the read began:
 //!   `o.start > w.end && o.end < r.start` ([`Violation::Stale`]). Operations that overlap the
-//!   write or the read are concurrent with them and never make a read stale.
+//!   write or the read are concurrent with them and never make a read stale, or
+//! - the read ended before every `set` of `v` on `k` began ([`Violation::BeforeWrite`]). No
+//!   cache can do that: the recorders' clocks disagree (a recorder whose clock is ahead makes
+//!   its writes look later than they were, and legal reads of the others look stale), so the
+//!   history cannot be judged.
 //!
 //! Every `set` must write a value no other `set` writes (writer id and sequence number): that
 //! is what tells which write a read saw. If a value is written twice anyway, a read of it is
@@ -244,13 +248,23 @@ pub enum Violation {
         /// The index of a removal that proves the read stale (the earliest-ending one).
         removal: usize,
     },
+    /// The read ended before any `set` of the value it returned began: the clocks of the
+    /// history's recorders disagree (see the module docs).
+    BeforeWrite {
+        /// The read's index in the history.
+        read: usize,
+        /// The index of the `set` of the value read that began first.
+        write: usize,
+    },
 }
 
 impl Violation {
     /// The index of the illegal read.
     pub fn read(&self) -> usize {
         match self {
-            Violation::Phantom { read } | Violation::Stale { read, .. } => *read,
+            Violation::Phantom { read }
+            | Violation::Stale { read, .. }
+            | Violation::BeforeWrite { read, .. } => *read,
         }
     }
 }
@@ -310,6 +324,19 @@ impl Report {
                     for o in elsewhere {
                         let _ = writeln!(out, "  (set elsewhere) {}", o.describe(origin));
                     }
+                }
+                Violation::BeforeWrite { write, .. } => {
+                    let w = &history[*write];
+                    let _ = writeln!(
+                        out,
+                        "violation {}: read before its write: get({key}) returned {value}, whose \
+                         first set began {:.3} ms after the read ended (the recorders' clocks \
+                         disagree: the history cannot be judged)",
+                        n + 1,
+                        w.start.saturating_sub(r.end) as f64 / 1e6
+                    );
+                    let _ = writeln!(out, "  write   {}", w.describe(origin));
+                    let _ = writeln!(out, "  read    {}", r.describe(origin));
                 }
                 Violation::Stale { write, removal, .. } => {
                     let (w, o) = (&history[*write], &history[*removal]);
@@ -513,6 +540,16 @@ pub fn check_with(history: &[Op], grace: Option<&Grace>) -> Report {
             report.violations.push(Violation::Phantom { read: i });
             continue;
         };
+        // Every write of the value began after the read ended: the clocks disagree.
+        if let Some(&first) = ws.iter().min_by_key(|&&w| history[w].start)
+            && history[first].start > op.end
+        {
+            report.violations.push(Violation::BeforeWrite {
+                read: i,
+                write: first,
+            });
+            continue;
+        }
         let lists = covering.entry(key).or_insert_with(|| {
             let mut v: Vec<&Removals> = by_prefix
                 .iter()
@@ -747,6 +784,34 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("(set elsewhere)"), "{text}");
+    }
+
+    #[test]
+    fn a_read_before_its_write_is_caught() {
+        // Two recorders whose clocks disagree: thread 100's clock is 15 ns ahead, so its set
+        // (really at 5..15) is stamped 20..30 and the read of thread 0 (really after it) ends
+        // before it began. Such a clock also makes reads of the others' older values look
+        // stale (the shape of issue #14 wave 8's 16 stale reads): nothing can be judged.
+        let h = vec![
+            Op::set(0, "k", "t0-1", 0, 4),
+            Op::set(100, "k", "t100-1", 20, 30),
+            hit(0, "k", "t100-1", 16, 18),
+        ];
+        let r = check(&h);
+        assert_eq!(r.violations, [Violation::BeforeWrite { read: 2, write: 1 }]);
+        let text = r.render(&h, 10);
+        assert!(
+            text.contains("read before its write: get(k) returned t100-1"),
+            "{text}"
+        );
+        assert!(text.contains("clocks"), "{text}");
+        // On one clock the same calls are legal.
+        let h = vec![
+            Op::set(0, "k", "t0-1", 0, 4),
+            Op::set(100, "k", "t100-1", 5, 15),
+            hit(0, "k", "t100-1", 16, 18),
+        ];
+        assert!(check(&h).is_ok());
     }
 
     #[test]

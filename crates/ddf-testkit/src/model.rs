@@ -462,16 +462,19 @@ pub fn check(history: &[Op]) -> Report {
 /// The one window the resilience design allows a read to lag a removal: a removal that a
 /// process made while its server was not up (or that failed there) is recorded in the journal
 /// and served by the fallback at once, but reaches the server, which the *other* processes
-/// that are up read, only within `breaker_retry` (their watcher applies it). Such a removal
-/// counts for reads of other processes only from `window` after it ended.
+/// that are up read, only within `breaker_retry` of the server answering again (their watcher
+/// applies it). Such a removal counts for reads of other processes only from `window` after
+/// the time [`Grace::recorded`] gives it: its end, or the server's return if that came later.
 #[derive(Clone, Debug)]
 pub struct Grace {
     /// How late a recorded removal may reach other processes (ns): `breaker_retry` plus the
     /// time a watcher takes to apply it.
     pub window: u64,
-    /// Per operation of the history (same index): whether it may have been recorded rather than
-    /// made on the server.
-    pub recorded: Vec<bool>,
+    /// Per operation of the history (same index): `None` when it was made on the server;
+    /// `Some(t)` when it may have been recorded instead, `t` being when it could first be
+    /// applied there (its end, or when its server answered again if that was later; never
+    /// before its end). The window counts from `t`.
+    pub recorded: Vec<Option<u64>>,
     /// The process a thread id belongs to.
     pub process_of: fn(u32) -> u32,
 }
@@ -486,7 +489,7 @@ pub struct Grace {
 ///     Op::delete(100, "k", 20, 30), // recorded by process 1, down
 ///     Op::get(0, "k", Outcome::Ok(Some("t0-1".into())), 40, 50),
 /// ];
-/// let grace = Grace { window: 100, recorded: vec![false, true, false], process_of: |t| t / 100 };
+/// let grace = Grace { window: 100, recorded: vec![None, Some(30), None], process_of: |t| t / 100 };
 /// assert!(check_with(&h, Some(&grace)).is_ok(), "process 0 may lag it");
 /// assert!(!check_with(&h, None).is_ok());
 /// ```
@@ -563,11 +566,10 @@ pub fn check_with(history: &[Op], grace: Option<&Grace>) -> Report {
         // Another write of the same value is not a removal of it.
         let same_value = |j: usize| ws.contains(&j);
         let late = |j: usize| match grace {
-            Some(g)
-                if g.recorded.get(j).copied().unwrap_or(false)
-                    && (g.process_of)(history[j].thread) != (g.process_of)(op.thread) =>
-            {
-                g.window
+            Some(g) if (g.process_of)(history[j].thread) != (g.process_of)(op.thread) => {
+                g.recorded.get(j).copied().flatten().map_or(0, |from| {
+                    from.saturating_sub(history[j].end).saturating_add(g.window)
+                })
             }
             _ => 0,
         };
@@ -744,7 +746,7 @@ mod tests {
         ];
         let grace = Grace {
             window: 50,
-            recorded: vec![false, true, false, false, false],
+            recorded: vec![None, Some(30), None, None, None],
             process_of,
         };
         let reads: Vec<usize> = check_with(&h, Some(&grace))
@@ -755,10 +757,28 @@ mod tests {
         assert_eq!(reads, [3, 4]);
         // Not recorded (made on the server): every later read is judged at once.
         let exact = Grace {
-            recorded: vec![false; 5],
-            ..grace
+            recorded: vec![None; 5],
+            ..grace.clone()
         };
         assert_eq!(check_with(&h, Some(&exact)).violations.len(), 3);
+        // Recorded while its server was away until 60: the window counts from there, so the
+        // read at 100 is within it (60 + 50); process 1's own read is still judged at once.
+        // The window never counts from before the removal's end.
+        let returned = Grace {
+            recorded: vec![None, Some(60), None, None, None],
+            ..grace.clone()
+        };
+        let reads: Vec<usize> = check_with(&h, Some(&returned))
+            .violations
+            .iter()
+            .map(Violation::read)
+            .collect();
+        assert_eq!(reads, [4]);
+        let before_end = Grace {
+            recorded: vec![None, Some(0), None, None, None],
+            ..grace
+        };
+        assert_eq!(check_with(&h, Some(&before_end)).violations.len(), 2);
     }
 
     #[test]

@@ -7,7 +7,8 @@
 //! test fails listing each stale or phantom read with its key's history and the faults around
 //! it. The one lag the design allows is granted ([`model::Grace`]): a removal a process may
 //! have recorded during its outage (slow, or its process not up around it) counts for the other
-//! processes' reads from 300 ms after it ended (`breaker_retry` 0.1 s, plus applying it).
+//! processes' reads from 300 ms after it ended or after the server answered again, whichever
+//! is later (`breaker_retry` 0.1 s, plus applying it).
 //!
 //! The `*_processes` variants also run short-lived child processes (this test binary run again,
 //! see `process.rs`) that share the fallback directory, which is where most of issue #14's stale
@@ -584,7 +585,9 @@ fn soak(kind: Kind, servers: usize, children_of: Option<&str>) {
 
 /// How late a removal that a process recorded during its outage may reach the other processes:
 /// `breaker_retry` (0.1 s here: their watcher's interval) plus the time it takes to apply it
-/// on a loaded machine. The README promises "within `breaker_retry`".
+/// on a loaded machine, counted from the removal's end or its server's return
+/// ([`maybe_recorded`]). The README promises "within `breaker_retry`" of the server answering
+/// again.
 const GRACE: Duration = Duration::from_millis(300);
 
 /// Whether `op` may have been recorded (its process was not up, or it failed on the server)
@@ -593,7 +596,26 @@ const GRACE: Duration = Duration::from_millis(300);
 /// sampled from its start to just after its end. States are sampled every 10 ms with the
 /// number of transitions, so even an outage shorter than that leaves a change behind it.
 /// Reads are never recorded.
-fn maybe_recorded(op: &Op, context: &Context) -> bool {
+///
+/// When it may have been, the time from which the other processes' watchers can apply it: its
+/// end, or the end of a fault going on then (the server answers again; the README promises the
+/// removal within `breaker_retry` of that). Which server a key lives on is not tracked, so any
+/// server's fault counts.
+fn maybe_recorded(op: &Op, context: &Context) -> Option<u64> {
+    if !may_be_recorded(op, context) {
+        return None;
+    }
+    let back = context
+        .faults
+        .iter()
+        .filter(|f| f.start <= op.end && op.end < f.end)
+        .map(|f| f.end)
+        .max();
+    Some(back.unwrap_or(op.end))
+}
+
+/// The first half of [`maybe_recorded`]: whether `op` may have been recorded at all.
+fn may_be_recorded(op: &Op, context: &Context) -> bool {
     if matches!(op.action, Action::Get { .. }) {
         return false;
     }

@@ -489,7 +489,11 @@ pub struct Grace {
 ///     Op::delete(100, "k", 20, 30), // recorded by process 1, down
 ///     Op::get(0, "k", Outcome::Ok(Some("t0-1".into())), 40, 50),
 /// ];
-/// let grace = Grace { window: 100, recorded: vec![None, Some(30), None], process_of: |t| t / 100 };
+/// let grace = Grace {
+///     window: 100,
+///     recorded: vec![None, Some(30), None], // from its end
+///     process_of: |t| t / 100,
+/// };
 /// assert!(check_with(&h, Some(&grace)).is_ok(), "process 0 may lag it");
 /// assert!(!check_with(&h, None).is_ok());
 /// ```

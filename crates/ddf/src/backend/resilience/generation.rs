@@ -12,7 +12,8 @@
 //!   processes can be in different generations for a while. The check is one read of a
 //!   one-byte marker that says whether an outage may be open
 //!   ([`super::journal::OUTAGE_MARKER`]), then, only then, one indexed query in the journal
-//!   database.
+//!   database, whose "none of this scope's" is reused until an outage of any scope opens or
+//!   closes (the marker's change counter).
 //! - **No entry outlives its generation**: the process that ends an outage empties its entries,
 //!   closes it, and empties them again; a process that writes into a generation checks, after
 //!   the write, that it is still open, and removes what it wrote if not
@@ -20,6 +21,7 @@
 //!   generation is removed by one of the two.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tracing::{debug, warn};
@@ -60,13 +62,27 @@ impl Shared {
 
     /// The fallback store and the open outages of this scope other than `but`, when there are
     /// any (the marker first: one load of a mapped byte when none is open).
+    ///
+    /// When an outage of another scope is open, the answer "none of this scope's" is reused
+    /// while the journal's outages stamp stays the same ([`Journal::outages_stamp`]): two
+    /// atomic loads instead of a query per write.
+    ///
+    /// [`Journal::outages_stamp`]: super::journal::Journal::outages_stamp
     fn open_outages_but(&self, but: i64) -> Option<(&Arc<dyn Backend>, Vec<i64>)> {
         let store = self.outage_store()?;
         if !self.journal.may_have_open_outages() {
             return None;
         }
+        // Loaded before the query (see `outages_stamp`).
+        let stamp = self.journal.outages_stamp();
+        if stamp.is_some_and(|s| s == self.none_open_at.load(Ordering::Acquire)) {
+            return None;
+        }
         match self.journal.open_outages(&self.cfg.scope) {
             Ok(mut open) => {
+                if let (true, Some(s)) = (open.is_empty(), stamp) {
+                    self.none_open_at.store(s, Ordering::Release);
+                }
                 open.retain(|&g| g != but);
                 (!open.is_empty()).then_some((store, open))
             }

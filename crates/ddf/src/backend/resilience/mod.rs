@@ -76,7 +76,7 @@ pub(crate) use recovery::REPLAY_BATCH;
 
 use std::borrow::Cow;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -155,6 +155,9 @@ struct Shared {
     /// The outage this process serves from the fallback (its generation), 0 when none: up,
     /// or the journal could not say (then the fallback misses and drops writes).
     generation: AtomicI64,
+    /// The journal's outages stamp at which this scope had no open outage (`u64::MAX`: none
+    /// known); see `generation.rs`.
+    none_open_at: AtomicU64,
     breaker: Breaker,
     /// Runs the probe loop in the background.
     spawn: Arc<dyn Spawn>,
@@ -196,6 +199,7 @@ impl Resilient {
             fallback,
             journal,
             generation: AtomicI64::new(0),
+            none_open_at: AtomicU64::new(u64::MAX),
             spawn,
             probing: AtomicBool::new(false),
             gate: RwLock::new(()),

@@ -1,14 +1,22 @@
 """Fixtures: real redis-server and memcached processes on free loopback ports (stopped by pid),
 and a runner for code in a fresh interpreter with a given ddf configuration."""
 
+import atexit
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
+
+# Caches built without a directory of their own use the default one ($XDG_CACHE_HOME/ddf): a
+# fresh one for the session (child interpreters inherit it), so that the suite leaves nothing
+# in the user's ~/.cache/ddf, such as an outage of a test server that never comes back.
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="ddf-pytest-cache-")
+atexit.register(shutil.rmtree, os.environ["XDG_CACHE_HOME"], ignore_errors=True)
 
 
 def _free_port():

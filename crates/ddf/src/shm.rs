@@ -79,6 +79,15 @@ impl Shared {
         self.map.is_some()
     }
 
+    /// The same file without its mapping: a process whose mapping failed.
+    #[cfg(test)]
+    pub(crate) fn without_mapping(self) -> Shared {
+        Shared {
+            file: self.file,
+            map: None,
+        }
+    }
+
     /// `n` atomics of type `T` from byte `offset` of the mapping; `None` when not mapped, or
     /// when they would not lie inside it or `offset` is not aligned for `T`.
     pub(crate) fn atomics<T: Atomic>(&self, offset: usize, n: usize) -> Option<&[T]> {

@@ -399,10 +399,13 @@ async fn memcached_start_with_the_server_down() {
 async fn redis_connect_attempts_are_shared_by_the_calls_queued_behind_them() {
     let fake = ddf_testkit::FakeServer::start(|_| ddf_testkit::FakeReply::Nothing);
     let (connect, timeout) = (Duration::from_millis(300), Duration::from_millis(400));
+    // A directory of its own: the outage this test opens must not stay in the user's.
+    let dir = tempfile::tempdir().unwrap();
     let mut config = ddf::CacheConfig::default()
         .with_backend(ddf::CacheBackend::Redis)
         .with_redis("127.0.0.1", fake.port())
         .with_timeouts(connect, timeout)
+        .with_pickle_dir(dir.path())
         .with_namespace(crate::conformance::unique_namespace("aconnect"));
     // A `SELECT` at connection set-up: the attempt waits for its reply (the TCP connect alone
     // would succeed against this server).

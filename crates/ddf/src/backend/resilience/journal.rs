@@ -133,14 +133,20 @@ pub(crate) struct Journal {
 /// a journal is opened ([`Journal::open`]).
 ///
 /// Bytes 8-15 count the changes to the outages table (a `u64`, mapped only), for
-/// [`Journal::outages_stamp`]: an outage opened or closed anywhere moves it, once before the
-/// commit and once after. Why: byte 0 says whether *any* scope's outage is open, and one left
-/// open for a server that never came back (decommissioned, or another program's) made every
-/// write of every other scope ask the database: 35-40 µs per Memcached `set` from Python on a
-/// 2-core VM (its `get`: 117 µs). With the counter, a process remembers at which count its
-/// scope had none open and asks again only when it moved.
+/// [`Journal::outages_stamp`]: an outage opened or closed anywhere moves it once before the
+/// commit and once after, and joining one moves it after the commit. Byte 0 then says `2`
+/// ([`COUNTED`]) rather than `1` when the process that made it say "open" moves the counter.
+/// Why: byte 0 says whether *any* scope's outage is open, and one left open for a server that
+/// never came back (decommissioned, or another program's) made every write of every other
+/// scope ask the database: 35-40 µs per Memcached `set` from Python on a 2-core VM (its
+/// `get`: 117 µs). With the counter, a process remembers at which count its scope had none
+/// open and asks again only when it moved.
 #[derive(Debug)]
 struct Marker(crate::shm::Shared);
+
+/// Byte 0's "open" from a process that moves the change counter (any byte but `0` and NUL
+/// means open to every version).
+const COUNTED: u8 = b'2';
 
 /// The marker's length: ddf extends it to this and never shortens it (a directory last used
 /// by a version with the one-byte marker has 8 bytes: extended when opened).
@@ -171,6 +177,13 @@ impl Marker {
         }
     }
 
+    /// Whether byte 0 says [`COUNTED`] (mapped only): every opener since it was last `0`
+    /// moved the change counter.
+    fn counted(&self) -> bool {
+        self.flag()
+            .is_some_and(|f| f.load(std::sync::atomic::Ordering::SeqCst) == COUNTED)
+    }
+
     /// Whether it says an outage may be open (also when it cannot be read).
     fn says_open(&self) -> bool {
         if let Some(f) = self.flag() {
@@ -184,9 +197,16 @@ impl Marker {
         }
     }
 
-    /// Makes it say `open` (inside a transaction holding the write lock).
+    /// Makes it say `open` (inside a transaction holding the write lock): `2` from a process
+    /// that moves the change counter (mapped), `1` from one that cannot (as a version without
+    /// the counter writes), so that a stamp is trusted only while every outage open since the
+    /// byte was last `0` was opened by a process that counts ([`Marker::counted`]).
     fn set(&self, open: bool) -> std::io::Result<()> {
-        let byte = if open { b'1' } else { b'0' };
+        let byte = match (open, self.changes().is_some()) {
+            (false, _) => b'0',
+            (true, true) => COUNTED,
+            (true, false) => b'1',
+        };
         match self.flag() {
             Some(f) => {
                 f.store(byte, std::sync::atomic::Ordering::SeqCst);
@@ -269,8 +289,11 @@ impl Journal {
                 let open = any_open(&tx)?;
                 if open != journal.marker.says_open() {
                     journal.marker.set(open).map_err(fs_error)?;
+                    journal.marker.changed();
                 }
-                tx.commit()
+                let done = tx.commit();
+                journal.marker.changed();
+                done
             })?;
         }
         Ok(journal)
@@ -291,14 +314,32 @@ impl Journal {
     /// Why that holds: an opener moves the counter inside its transaction (before the commit)
     /// and again after the commit, and holds no lock in between; a query whose snapshot is
     /// from before the commit began after a stamp loaded before the second move, so the next
-    /// load (after it) differs. One gap, as with byte 0: a process killed between its commit
-    /// and the second move leaves the first as the last, and a caller that loaded the stamp
-    /// between that first move and the commit, and queried before the commit, keeps its
-    /// answer until the next change.
+    /// load (after it) differs. Every `join_outage` moves it after its commit, also when it
+    /// joins an outage already open: a process killed between an opening's commit and its
+    /// second move leaves a caller that loaded the stamp between the two moves and queried
+    /// before the commit with its answer only until the next process joins, which is the
+    /// first that could write into that outage. An opener that cannot move the counter (its
+    /// marker is not mapped, or a version without the counter) makes byte 0 say `1`, and no
+    /// stamp is given until every outage closed (`None`: ask the database).
     pub(crate) fn outages_stamp(&self) -> Option<u64> {
-        self.marker
-            .changes()
-            .map(|c| c.load(std::sync::atomic::Ordering::SeqCst))
+        let stamp = self
+            .marker
+            .changes()?
+            .load(std::sync::atomic::Ordering::SeqCst);
+        // After the counter: an opener that does not count stores `1` before its commit, so a
+        // check that starts after its `join_outage` returned reads `1` here, or `2` stored by
+        // a counting opener whose transaction came later and moved the counter past `stamp`'s
+        // cached peers.
+        self.marker.counted().then_some(stamp)
+    }
+
+    /// This journal as a process whose marker mapping failed sees it.
+    #[cfg(test)]
+    pub(crate) fn without_mapping(self) -> Journal {
+        Journal {
+            db: self.db,
+            marker: Marker(self.marker.0.without_mapping()),
+        }
     }
 
     /// Appends invalidations for `scope`, in order, in one transaction: all are recorded or
@@ -403,11 +444,8 @@ impl Journal {
                     tx.last_insert_rowid()
                 }
             };
-            let opened = open.is_none();
             let done = tx.commit();
-            if opened {
-                self.marker.changed();
-            }
+            self.marker.changed();
             done?;
             Ok(generation)
         })
@@ -540,30 +578,57 @@ mod tests {
     }
 
     #[test]
-    fn the_outages_stamp_moves_when_any_outage_opens_or_closes_and_only_then() {
+    fn the_outages_stamp_moves_when_an_outage_opens_closes_or_is_joined_and_only_then() {
         let dir = tempfile::tempdir().unwrap();
         let up = Journal::open(dir.path()).unwrap();
         let down = Journal::open(dir.path()).unwrap();
-        let s0 = up.outages_stamp().expect("mapped here");
+        assert_eq!(up.outages_stamp(), None, "none open: byte 0 says so");
         let t = down.join_outage("t").unwrap();
-        let s1 = up.outages_stamp().unwrap();
-        assert_ne!(s1, s0, "another handle opened one");
-        // Joining the open one, recording, reading: no change.
+        let s1 = up
+            .outages_stamp()
+            .expect("mapped, opened by a counting process");
+        assert_eq!(s1, 2, "before the opening's commit and after it");
         down.join_outage("t").unwrap();
+        assert_eq!(up.outages_stamp(), Some(3), "joining: after its commit");
+        // Recording, reading and opening another handle: no change.
         down.append("t", &[PendingOp::Clear]).unwrap();
         up.open_outages("s").unwrap();
-        assert_eq!(up.outages_stamp(), Some(s1));
+        drop(Journal::open(dir.path()).unwrap());
+        assert_eq!(up.outages_stamp(), Some(3));
         down.join_outage("s").unwrap();
-        let s2 = up.outages_stamp().unwrap();
-        assert_ne!(s2, s1, "one of another scope");
+        assert_eq!(up.outages_stamp(), Some(5), "another scope's");
         down.close_outages("t", &[t]).unwrap();
-        assert_ne!(up.outages_stamp(), Some(s2), "closing one");
-        // A marker of the one-byte layout (8 bytes) is extended, the counter from zero.
+        assert_eq!(up.outages_stamp(), Some(7), "closing one");
+        // A marker of the one-byte layout (8 bytes) is extended, the counter from zero; a `1`
+        // there (a version without the counter) gives no stamp.
         drop((up, down));
         std::fs::write(dir.path().join(OUTAGE_MARKER), [b'1', 0, 0, 0, 0, 0, 0, 0]).unwrap();
         let j = Journal::open(dir.path()).unwrap();
-        assert_eq!(j.outages_stamp(), Some(0));
         assert!(j.may_have_open_outages(), "scope s's is still open");
+        assert_eq!(j.outages_stamp(), None);
+    }
+
+    #[test]
+    fn an_opener_that_cannot_count_turns_the_stamp_off_until_every_outage_closed() {
+        let dir = tempfile::tempdir().unwrap();
+        let up = Journal::open(dir.path()).unwrap();
+        let counting = Journal::open(dir.path()).unwrap();
+        let blind = Journal::open(dir.path()).unwrap().without_mapping();
+        let gone = counting.join_outage("gone").unwrap();
+        let cached = up.outages_stamp().unwrap();
+        // An opener whose mapping failed writes `1` with pwrite: no stamp from then on.
+        let s = blind.join_outage("s").unwrap();
+        assert!(up.may_have_open_outages());
+        assert_eq!(up.outages_stamp(), None);
+        // A counting opener afterwards says `2` again, with the counter moved past every stamp
+        // given before the blind opening (so no answer cached then is reused).
+        let t = counting.join_outage("t").unwrap();
+        assert!(up.outages_stamp().is_some_and(|now| now > cached));
+        assert_eq!(up.open_outages("s").unwrap(), [s], "the query sees it");
+        for (scope, g) in [("gone", gone), ("s", s), ("t", t)] {
+            blind.close_outages(scope, &[g]).unwrap();
+        }
+        assert!(!up.may_have_open_outages());
     }
 
     #[test]

@@ -716,47 +716,56 @@ fn processes_share_the_fallback_for_the_length_of_one_outage() {
 
 /// An outage of another scope left open (a server that never came back) must not hide this
 /// scope's: an up process reuses "none of mine is open" only until the journal's outages stamp
-/// moves, so its next write still reaches the entries of an outage another process opens.
+/// moves, so its next write still reaches the entries of an outage another process opens;
+/// also when that process cannot move the stamp (its marker is not mapped).
 #[test]
 fn an_outage_opened_after_an_up_process_found_none_is_forgotten_into() {
-    let dir = tempfile::tempdir().unwrap();
-    let local = dir.path().join("local");
-    let store = || FileBackend::open(dir.path().join("primary"), "ns:").unwrap();
-    // Each process sees the server through its own switch: A reaches it, B does not.
-    let process = |up: bool, manual: &Arc<Manual>| {
-        let p = Arc::new(Switchable {
-            store: store(),
-            up: Arc::new(AtomicBool::new(up)),
-        });
-        Resilient::new(
-            config("s", 1),
-            Box::new(move || {
-                p.check()?;
-                Ok(p.clone() as Arc<dyn Backend>)
-            }),
-            Fallback::Serve(Arc::new(FileBackend::open(&local, "fb:").unwrap())),
-            Arc::new(Journal::open(&local).unwrap()),
-            Arc::new(manual.clone()),
-        )
-    };
-    // Another scope's outage, open for good.
-    Journal::open(&local).unwrap().join_outage("gone").unwrap();
-    let a = process(true, &Arc::new(Manual::default()));
-    assert_eq!(a.health(), Health::Up);
-    a.set("k", &item("v1"), None).unwrap();
-    a.set("k", &item("v1"), None).unwrap();
-    // B starts during its own outage of scope s and writes into it.
-    let b = process(false, &Arc::new(Manual::default()));
-    assert_eq!(b.health(), Health::Down);
-    b.set("k", &item("v-outage"), None).unwrap();
-    assert_eq!(b.get("k").unwrap(), Some(item("v-outage")));
-    // A, up, replaces the value on the server: B's outage forgets it.
-    a.set("k", &item("v2"), None).unwrap();
-    assert_eq!(
-        b.get("k").unwrap(),
-        None,
-        "B must not serve what the server replaced"
-    );
+    for b_mapped in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let local = dir.path().join("local");
+        let store = || FileBackend::open(dir.path().join("primary"), "ns:").unwrap();
+        // Each process sees the server through its own switch: A reaches it, B does not.
+        let process = |up: bool, mapped: bool, manual: &Arc<Manual>| {
+            let p = Arc::new(Switchable {
+                store: store(),
+                up: Arc::new(AtomicBool::new(up)),
+            });
+            let journal = Journal::open(&local).unwrap();
+            let journal = if mapped {
+                journal
+            } else {
+                journal.without_mapping()
+            };
+            Resilient::new(
+                config("s", 1),
+                Box::new(move || {
+                    p.check()?;
+                    Ok(p.clone() as Arc<dyn Backend>)
+                }),
+                Fallback::Serve(Arc::new(FileBackend::open(&local, "fb:").unwrap())),
+                Arc::new(journal),
+                Arc::new(manual.clone()),
+            )
+        };
+        // Another scope's outage, open for good.
+        Journal::open(&local).unwrap().join_outage("gone").unwrap();
+        let a = process(true, true, &Arc::new(Manual::default()));
+        assert_eq!(a.health(), Health::Up);
+        a.set("k", &item("v1"), None).unwrap();
+        a.set("k", &item("v1"), None).unwrap();
+        // B starts during its own outage of scope s and writes into it.
+        let b = process(false, b_mapped, &Arc::new(Manual::default()));
+        assert_eq!(b.health(), Health::Down);
+        b.set("k", &item("v-outage"), None).unwrap();
+        assert_eq!(b.get("k").unwrap(), Some(item("v-outage")));
+        // A, up, replaces the value on the server: B's outage forgets it.
+        a.set("k", &item("v2"), None).unwrap();
+        assert_eq!(
+            b.get("k").unwrap(),
+            None,
+            "B (mapped: {b_mapped}) must not serve what the server replaced"
+        );
+    }
 }
 
 #[test]

@@ -21,8 +21,11 @@ def test_config_keywords_and_ddf_keys(tmp_path):
     assert c.memcached_servers == [("localhost", 11211), ("::1", 11212), ("h", 1)]
     with pytest.raises(CacheError, match="redis_port"):
         CacheConfig(redis_port="not a port")
-    with pytest.raises(CacheError, match="no_such_key"):
+    with pytest.raises(CacheError, match="no_such_key") as e:
         CacheConfig(no_such_key=1)
+    # Named as the keyword argument it was, with the known ones; no INI line number.
+    assert str(e.value).startswith('CacheConfig: unknown keyword argument "no_such_key"'), e.value
+    assert "pickle_dir" in str(e.value) and "line" not in str(e.value)
     with pytest.raises(ValueError):
         CacheConfig(namespace="a\nb")
 

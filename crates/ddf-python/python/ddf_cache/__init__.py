@@ -154,7 +154,15 @@ class CacheConfig:
         for key, value in given.items():
             if value is not None:
                 lines.append(f"{key} = {_ini_value(key, value)}")
-        self._native = _ddf.Config.from_ini_str("\n".join(lines) + "\n")
+        try:
+            self._native = _ddf.Config.from_ini_str("\n".join(lines) + "\n")
+        except CacheError as e:
+            # The keyword arguments went through INI lines: name the argument, not the line.
+            text = str(e)
+            if text.startswith("INI text, line "):
+                text = text.split(": ", 1)[-1].replace(' in [cache]', '', 1)
+                text = text.replace("unknown key ", "unknown keyword argument ", 1)
+            raise CacheError(f"CacheConfig: {text}") from None
         self.trust_pickles = bool(trust_pickles)
 
     @classmethod

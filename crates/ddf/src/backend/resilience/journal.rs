@@ -133,9 +133,10 @@ pub(crate) struct Journal {
 /// a journal is opened ([`Journal::open`]).
 ///
 /// Bytes 8-15 count the changes to the outages table (a `u64`, mapped only), for
-/// [`Journal::outages_stamp`]: an outage opened or closed anywhere moves it once before the
-/// commit and once after, and joining one moves it after the commit. Byte 0 then says `2`
-/// ([`COUNTED`]) rather than `1` when the process that made it say "open" moves the counter.
+/// [`Journal::outages_stamp`]: an outage opened, joined or closed anywhere moves it once inside
+/// the transaction, before byte 0 changes, and once after the commit. Byte 0 says `2`
+/// ([`COUNTED`]) rather than `1` while every process that opened or joined an outage since it
+/// last said `0` moves the counter ([`Marker::set_open`]).
 /// Why: byte 0 says whether *any* scope's outage is open, and one left open for a server that
 /// never came back (decommissioned, or another program's) made every write of every other
 /// scope ask the database: 35-40 µs per Memcached `set` from Python on a 2-core VM (its
@@ -197,22 +198,49 @@ impl Marker {
         }
     }
 
-    /// Makes it say `open` (inside a transaction holding the write lock): `2` from a process
-    /// that moves the change counter (mapped), `1` from one that cannot (as a version without
-    /// the counter writes), so that a stamp is trusted only while every outage open since the
-    /// byte was last `0` was opened by a process that counts ([`Marker::counted`]).
-    fn set(&self, open: bool) -> std::io::Result<()> {
-        let byte = match (open, self.changes().is_some()) {
-            (false, _) => b'0',
-            (true, true) => COUNTED,
-            (true, false) => b'1',
-        };
+    /// Makes it say "open" (inside a transaction holding the write lock), for an outage
+    /// opened or joined: a process that moves the change counter (mapped) turns a "none open"
+    /// into `2` and leaves any other value as it is; one that cannot writes `1` (as a version
+    /// without the counter does), which stays until every outage is closed. So `2` means that
+    /// every opener and joiner since the byte was last `0` moved the counter
+    /// ([`Marker::counted`]); a `1` is never turned back into `2` while an outage is open.
+    /// Returns the byte it replaced.
+    fn set_open(&self) -> std::io::Result<u8> {
+        use std::sync::atomic::Ordering::SeqCst;
+        match (self.flag(), self.changes().is_some()) {
+            (Some(f), true) => Ok(f
+                .fetch_update(SeqCst, SeqCst, |b| matches!(b, 0 | b'0').then_some(COUNTED))
+                .unwrap_or_else(|b| b)),
+            (Some(f), false) => Ok(f.swap(b'1', SeqCst)),
+            (None, _) => {
+                let mut was = [0u8; 1];
+                let _ = read_at(self.0.file(), &mut was);
+                write_at(self.0.file(), b"1").map(|()| was[0])
+            }
+        }
+    }
+
+    /// Makes it say "none open" (inside the transaction that closes the last outage), or puts
+    /// back `byte`, what [`Marker::set_open`] or [`Marker::set_closed`] returned.
+    fn put(&self, byte: u8) -> std::io::Result<()> {
         match self.flag() {
             Some(f) => {
                 f.store(byte, std::sync::atomic::Ordering::SeqCst);
                 Ok(())
             }
             None => write_at(self.0.file(), &[byte]),
+        }
+    }
+
+    /// Makes it say "none open"; returns the byte it replaced.
+    fn set_closed(&self) -> std::io::Result<u8> {
+        match self.flag() {
+            Some(f) => Ok(f.swap(b'0', std::sync::atomic::Ordering::SeqCst)),
+            None => {
+                let mut was = [0u8; 1];
+                let _ = read_at(self.0.file(), &mut was);
+                write_at(self.0.file(), b"0").map(|()| was[0])
+            }
         }
     }
 }
@@ -288,8 +316,13 @@ impl Journal {
                 )?;
                 let open = any_open(&tx)?;
                 if open != journal.marker.says_open() {
-                    journal.marker.set(open).map_err(fs_error)?;
+                    // Which processes opened what is not known: `1` (no stamp until every
+                    // outage closed) rather than `2`.
                     journal.marker.changed();
+                    journal
+                        .marker
+                        .put(if open { b'1' } else { b'0' })
+                        .map_err(fs_error)?;
                 }
                 let done = tx.commit();
                 journal.marker.changed();
@@ -314,23 +347,29 @@ impl Journal {
     /// Why that holds: an opener moves the counter inside its transaction (before the commit)
     /// and again after the commit, and holds no lock in between; a query whose snapshot is
     /// from before the commit began after a stamp loaded before the second move, so the next
-    /// load (after it) differs. Every `join_outage` moves it after its commit, also when it
-    /// joins an outage already open: a process killed between an opening's commit and its
-    /// second move leaves a caller that loaded the stamp between the two moves and queried
-    /// before the commit with its answer only until the next process joins, which is the
-    /// first that could write into that outage. An opener that cannot move the counter (its
+    /// load (after it) differs. Every `join_outage` moves it too, also when it joins an
+    /// outage already open: a process killed between an opening's commit and its second move
+    /// leaves a caller that loaded the stamp between the two moves and queried before the
+    /// commit with its answer only until the next process joins, which is the first that
+    /// could write into that outage. An opener or joiner that cannot move the counter (its
     /// marker is not mapped, or a version without the counter) makes byte 0 say `1`, and no
-    /// stamp is given until every outage closed (`None`: ask the database).
+    /// stamp is given until every outage closed (`None`: ask the database). Left: an older
+    /// version joining an outage a counting opener opened does not say so (it writes `1` only
+    /// when it opens one).
     pub(crate) fn outages_stamp(&self) -> Option<u64> {
-        let stamp = self
-            .marker
-            .changes()?
-            .load(std::sync::atomic::Ordering::SeqCst);
-        // After the counter: an opener that does not count stores `1` before its commit, so a
-        // check that starts after its `join_outage` returned reads `1` here, or `2` stored by
-        // a counting opener whose transaction came later and moved the counter past `stamp`'s
-        // cached peers.
-        self.marker.counted().then_some(stamp)
+        // Byte 0 before the counter, and every writer moves the counter before it makes byte
+        // 0 say `2`: a `2` read here comes with every move made before it. An opener that
+        // does not count stores `1` before its commit, and `1` is never turned back into `2`
+        // while an outage is open, so a check that starts after its `join_outage` returned
+        // gives no stamp until every outage closed.
+        if !self.marker.counted() {
+            return None;
+        }
+        Some(
+            self.marker
+                .changes()?
+                .load(std::sync::atomic::Ordering::SeqCst),
+        )
     }
 
     /// This journal as a process whose marker mapping failed sees it.
@@ -428,7 +467,6 @@ impl Journal {
                 )?
                 .query_row([scope], |r| r.get::<_, Option<i64>>(0))?;
             let generation = match open {
-                Some(g) => g,
                 None => {
                     tx.prepare_cached(
                         "INSERT INTO outages (generation, scope, opened_at, closed) VALUES (
@@ -438,10 +476,18 @@ impl Journal {
                     )?
                     .execute(params![scope, now])?;
                     // Before the commit: no process writes into the outage before the
-                    // processes that are up can see it is open.
-                    self.marker.set(true).map_err(fs_error)?;
+                    // processes that are up can see it is open. The counter first: a `2`
+                    // comes with the move (see `outages_stamp`).
                     self.marker.changed();
+                    self.marker.set_open().map_err(fs_error)?;
                     tx.last_insert_rowid()
+                }
+                // Joining: a process that cannot count says so (`1`) before it writes into
+                // the outage, which a counting one leaves as it is.
+                Some(g) => {
+                    self.marker.changed();
+                    self.marker.set_open().map_err(fs_error)?;
+                    g
                 }
             };
             let done = tx.commit();
@@ -502,14 +548,17 @@ impl Journal {
             tx.prepare_cached("DELETE FROM outages WHERE closed = 1 AND opened_at < ?1")?
                 .execute([day_ago])?;
             let last = !any_open(&tx)?;
-            if last {
-                self.marker.set(false).map_err(fs_error)?;
-            }
             self.marker.changed();
+            let was = if last {
+                Some(self.marker.set_closed().map_err(fs_error)?)
+            } else {
+                None
+            };
             let done = tx.commit().inspect_err(|_| {
-                if last {
-                    // Still open: the marker must say so.
-                    let _ = self.marker.set(true);
+                if let Some(was) = was {
+                    // Still open: the marker must say so, as it did (a `1` stays `1`).
+                    self.marker.changed();
+                    let _ = self.marker.put(was);
                 }
             });
             self.marker.changed();
@@ -589,16 +638,16 @@ mod tests {
             .expect("mapped, opened by a counting process");
         assert_eq!(s1, 2, "before the opening's commit and after it");
         down.join_outage("t").unwrap();
-        assert_eq!(up.outages_stamp(), Some(3), "joining: after its commit");
+        assert_eq!(up.outages_stamp(), Some(4), "joining too");
         // Recording, reading and opening another handle: no change.
         down.append("t", &[PendingOp::Clear]).unwrap();
         up.open_outages("s").unwrap();
         drop(Journal::open(dir.path()).unwrap());
-        assert_eq!(up.outages_stamp(), Some(3));
+        assert_eq!(up.outages_stamp(), Some(4));
         down.join_outage("s").unwrap();
-        assert_eq!(up.outages_stamp(), Some(5), "another scope's");
+        assert_eq!(up.outages_stamp(), Some(6), "another scope's");
         down.close_outages("t", &[t]).unwrap();
-        assert_eq!(up.outages_stamp(), Some(7), "closing one");
+        assert_eq!(up.outages_stamp(), Some(8), "closing one");
         // A marker of the one-byte layout (8 bytes) is extended, the counter from zero; a `1`
         // there (a version without the counter) gives no stamp.
         drop((up, down));
@@ -620,15 +669,25 @@ mod tests {
         let s = blind.join_outage("s").unwrap();
         assert!(up.may_have_open_outages());
         assert_eq!(up.outages_stamp(), None);
-        // A counting opener afterwards says `2` again, with the counter moved past every stamp
-        // given before the blind opening (so no answer cached then is reused).
+        // A counting opener afterwards leaves the `1`: no stamp while the blind one's is open.
         let t = counting.join_outage("t").unwrap();
-        assert!(up.outages_stamp().is_some_and(|now| now > cached));
+        assert_eq!(up.outages_stamp(), None);
+        counting.close_outages("t", &[t]).unwrap();
+        assert_eq!(up.outages_stamp(), None, "closing another one either");
         assert_eq!(up.open_outages("s").unwrap(), [s], "the query sees it");
-        for (scope, g) in [("gone", gone), ("s", s), ("t", t)] {
-            blind.close_outages(scope, &[g]).unwrap();
-        }
+        // A blind joiner of a counted outage says so too.
+        counting.close_outages("s", &[s]).unwrap();
+        counting.close_outages("gone", &[gone]).unwrap();
         assert!(!up.may_have_open_outages());
+        let g = counting.join_outage("g").unwrap();
+        assert!(up.outages_stamp().is_some_and(|now| now > cached));
+        assert_eq!(blind.join_outage("g").unwrap(), g);
+        assert_eq!(up.outages_stamp(), None);
+        blind.close_outages("g", &[g]).unwrap();
+        assert!(!up.may_have_open_outages());
+        // Counting again from a marker that said `0`.
+        counting.join_outage("h").unwrap();
+        assert!(up.outages_stamp().is_some());
     }
 
     #[test]

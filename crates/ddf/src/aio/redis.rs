@@ -720,13 +720,8 @@ mod tests {
     /// error: the breaker sends the call to the fallback), not read from.
     #[tokio::test]
     async fn the_multiplexed_connection_checks_role_itself() {
-        use super::direct::tests::{naming, switching_proxy};
-        use ddf_testkit::RedisServer;
-        let Some(master) = RedisServer::start() else {
-            return;
-        };
-        let port = master.port().to_string();
-        let Some(replica) = RedisServer::start_with(&["--replicaof", "127.0.0.1", &port]) else {
+        use super::direct::tests::{master_and_replica, naming, switching_proxy};
+        let Some((master, replica)) = master_and_replica() else {
             return;
         };
         let (_sentinel, core, _) = naming(switching_proxy(master.port(), replica.port()));

@@ -30,6 +30,14 @@ fn vacant(d: &Direct) -> bool {
     matches!(*d.slot.lock().unwrap(), Slot::Vacant)
 }
 
+/// A `redis-server` and a replica of it (`None`, the tests' skip, when one cannot start).
+pub(crate) fn master_and_replica() -> Option<(RedisServer, RedisServer)> {
+    let master = RedisServer::start()?;
+    let port = master.port().to_string();
+    let replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &port])?;
+    Some((master, replica))
+}
+
 /// A `GET` dropped after its request was written (its reply still on the way) leaves no
 /// connection behind: the next call opens a new one and reads its own reply. The planted
 /// violation (the same connection put back in flight) makes that next call read the
@@ -174,11 +182,7 @@ async fn password_and_db_over_tcp_and_unix() {
 async fn role_is_read_on_the_connection_and_a_replica_refused() {
     use crate::backend::redis::RedisBackend;
     use crate::backend::redis::sentinel::master_may_have_moved;
-    let Some(master) = RedisServer::start() else {
-        return;
-    };
-    let port = master.port().to_string();
-    let Some(replica) = RedisServer::start_with(&["--replicaof", "127.0.0.1", &port]) else {
+    let Some((master, replica)) = master_and_replica() else {
         return;
     };
     let cfg = crate::CacheConfig::default()
@@ -270,11 +274,7 @@ pub(crate) fn naming(
 #[tokio::test]
 async fn a_connection_reaching_a_replica_after_the_lookup_is_refused() {
     use crate::backend::redis::sentinel::master_may_have_moved;
-    let Some(master) = RedisServer::start() else {
-        return;
-    };
-    let port = master.port().to_string();
-    let Some(replica) = RedisServer::start_with(&["--replicaof", "127.0.0.1", &port]) else {
+    let Some((master, replica)) = master_and_replica() else {
         return;
     };
     let (_sentinel, core, _) = naming(switching_proxy(master.port(), replica.port()));

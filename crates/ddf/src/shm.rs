@@ -1,7 +1,7 @@
 //! Shared memory between the processes of one cache directory: a small file every process maps
 //! (shared) and reads and writes with atomics, so that a check costs a load and no system call.
-//! Used by the outage marker (`backend/resilience/journal.rs`: one byte) and the file backend's
-//! change counters (`near/file.rs`: the near cache's coherence check).
+//! Used by the outage marker (`backend/resilience/journal.rs`: a byte and a change counter) and
+//! the file backend's change counters (`near/file.rs`: the near cache's coherence check).
 //!
 //! This module holds the crate's one audited `unsafe` block (the workspace denies `unsafe_code`
 //! everywhere else): viewing the mapped bytes as atomics.

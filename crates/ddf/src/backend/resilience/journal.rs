@@ -102,7 +102,7 @@ pub(crate) struct Journal {
 }
 
 /// [`OUTAGE_MARKER`], held open and mapped (shared) for the life of the journal: byte 0 says
-/// `1` while an outage may be open.
+/// `1` or `2` while an outage may be open; bytes 8-15 count the changes (below).
 ///
 /// Why a mapped byte rather than a file that exists (one `stat` of a path, as before) or a
 /// `pread`: the check runs on every write that succeeds on the server. On a loaded 2-core VM
@@ -211,35 +211,20 @@ impl Marker {
             (Some(f), true) => Ok(f
                 .fetch_update(SeqCst, SeqCst, |b| matches!(b, 0 | b'0').then_some(COUNTED))
                 .unwrap_or_else(|b| b)),
-            (Some(f), false) => Ok(f.swap(b'1', SeqCst)),
-            (None, _) => {
-                let mut was = [0u8; 1];
-                let _ = read_at(self.0.file(), &mut was);
-                write_at(self.0.file(), b"1").map(|()| was[0])
-            }
+            _ => self.swap(b'1'),
         }
     }
 
-    /// Makes it say "none open" (inside the transaction that closes the last outage), or puts
-    /// back `byte`, what [`Marker::set_open`] or [`Marker::set_closed`] returned.
-    fn put(&self, byte: u8) -> std::io::Result<()> {
+    /// Stores `byte` (inside a transaction holding the write lock): `0` in the transaction
+    /// that closes the last outage, or what a failed close replaced, put back. Returns the
+    /// byte it replaced.
+    fn swap(&self, byte: u8) -> std::io::Result<u8> {
         match self.flag() {
-            Some(f) => {
-                f.store(byte, std::sync::atomic::Ordering::SeqCst);
-                Ok(())
-            }
-            None => write_at(self.0.file(), &[byte]),
-        }
-    }
-
-    /// Makes it say "none open"; returns the byte it replaced.
-    fn set_closed(&self) -> std::io::Result<u8> {
-        match self.flag() {
-            Some(f) => Ok(f.swap(b'0', std::sync::atomic::Ordering::SeqCst)),
+            Some(f) => Ok(f.swap(byte, std::sync::atomic::Ordering::SeqCst)),
             None => {
                 let mut was = [0u8; 1];
                 let _ = read_at(self.0.file(), &mut was);
-                write_at(self.0.file(), b"0").map(|()| was[0])
+                write_at(self.0.file(), &[byte]).map(|()| was[0])
             }
         }
     }
@@ -321,7 +306,7 @@ impl Journal {
                     journal.marker.changed();
                     journal
                         .marker
-                        .put(if open { b'1' } else { b'0' })
+                        .swap(if open { b'1' } else { b'0' })
                         .map_err(fs_error)?;
                 }
                 let done = tx.commit();
@@ -550,7 +535,7 @@ impl Journal {
             let last = !any_open(&tx)?;
             self.marker.changed();
             let was = if last {
-                Some(self.marker.set_closed().map_err(fs_error)?)
+                Some(self.marker.swap(b'0').map_err(fs_error)?)
             } else {
                 None
             };
@@ -558,7 +543,7 @@ impl Journal {
                 if let Some(was) = was {
                     // Still open: the marker must say so, as it did (a `1` stays `1`).
                     self.marker.changed();
-                    let _ = self.marker.put(was);
+                    let _ = self.marker.swap(was);
                 }
             });
             self.marker.changed();
